@@ -1,0 +1,64 @@
+//! The packet-I/O boundary: one trait, one implementation per backend
+//! (AF_XDP, AF_PACKET; DPDK later). A backend owns exactly one NIC queue and is
+//! driven by exactly one worker thread, so nothing here is shared or locked.
+
+use std::io;
+use std::time::Duration;
+
+/// Which packet source a worker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    AfXdp,
+    AfPacket,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::AfXdp => "af_xdp",
+            BackendKind::AfPacket => "af_packet",
+        })
+    }
+}
+
+/// Per-queue counters kept by a backend (owned by its worker; read by summing).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IoStats {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Frames the stack wanted to send but the tx ring had no room for.
+    pub tx_ring_full: u64,
+    /// Frames the kernel reported dropped before we saw them (ring overrun).
+    pub rx_dropped: u64,
+    /// Syscalls made to kick tx or wake rx (batched, never one per frame).
+    pub kicks: u64,
+}
+
+/// One NIC queue's frame source and sink.
+///
+/// The per-frame methods must not allocate, lock or make a syscall; syscalls
+/// are allowed once per burst (`rx_burst`, `tx_flush`, `wait`).
+pub trait PacketIo: Send {
+    fn kind(&self) -> BackendKind;
+
+    /// Calls `on_frame` for up to `max` received frames (whole Ethernet frames)
+    /// and returns how many it delivered. The slice is only valid during the
+    /// call; the frame's buffer goes back to the NIC afterwards.
+    fn rx_burst(&mut self, max: usize, on_frame: &mut dyn FnMut(&[u8])) -> io::Result<usize>;
+
+    /// Queues one frame for transmission. Returns false (and counts it) when the
+    /// tx ring is full; the caller drops the frame and TCP retransmits.
+    fn tx_frame(&mut self, frame: &[u8]) -> bool;
+
+    /// Makes queued frames visible to the NIC (one kick per burst at most) and
+    /// reclaims completed tx buffers.
+    fn tx_flush(&mut self) -> io::Result<()>;
+
+    /// Sleeps until a frame may be available or `timeout` passes. Used by the
+    /// adaptive polling mode when a worker is idle.
+    fn wait(&mut self, timeout: Duration) -> io::Result<()>;
+
+    fn stats(&self) -> IoStats;
+}

@@ -1,0 +1,91 @@
+//! One error type for a proxied exchange: which side failed, and whether the
+//! request may be retried. Status codes and retries are decided from it.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request: {0}")]
+    BadRequest(crate::http::HeadError),
+    #[error("invalid chunked request body: {0}")]
+    BadRequestBody(crate::http::ChunkError),
+    #[error("client sent no complete request head in time")]
+    ClientHeaderTimeout,
+    #[error("no route for the request")]
+    NoRoute,
+    #[error("upstream connect failed")]
+    UpstreamConnectFailed,
+    #[error("upstream connect timed out")]
+    UpstreamConnectTimeout,
+    #[error("upstream closed before a response")]
+    UpstreamClosedEarly,
+    #[error("upstream response timed out")]
+    UpstreamTimeout,
+    #[error("invalid upstream response: {0}")]
+    BadResponse(crate::http::HeadError),
+    #[error("invalid chunked response body: {0}")]
+    BadResponseBody(crate::http::ChunkError),
+    #[error("no local port left for an upstream connection")]
+    NoLocalPort,
+    #[error("connection limit reached")]
+    Overloaded,
+}
+
+impl ProxyError {
+    pub fn side(&self) -> Side {
+        use ProxyError::*;
+        match self {
+            BadRequest(_) | BadRequestBody(_) | ClientHeaderTimeout | NoRoute => Side::Client,
+            UpstreamConnectFailed | UpstreamConnectTimeout | UpstreamClosedEarly
+            | UpstreamTimeout | BadResponse(_) | BadResponseBody(_) => Side::Upstream,
+            NoLocalPort | Overloaded => Side::Internal,
+        }
+    }
+
+    /// Whether an idempotent request may go to a (new) upstream connection
+    /// again: only when the upstream cannot have acted on it.
+    pub fn retry_safe(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::UpstreamConnectFailed
+                | ProxyError::UpstreamConnectTimeout
+                | ProxyError::UpstreamClosedEarly
+        )
+    }
+
+    /// The status the client receives, if a response can still be sent.
+    pub fn status(&self) -> u16 {
+        use ProxyError::*;
+        match self {
+            BadRequest(e) => e.status(),
+            BadRequestBody(_) => 400,
+            ClientHeaderTimeout => 408,
+            NoRoute => 404,
+            UpstreamConnectFailed | UpstreamClosedEarly | BadResponse(_) | BadResponseBody(_) => {
+                502
+            }
+            UpstreamConnectTimeout | UpstreamTimeout => 504,
+            NoLocalPort | Overloaded => 503,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_side_follow_the_failure() {
+        assert_eq!(ProxyError::UpstreamConnectTimeout.status(), 504);
+        assert_eq!(ProxyError::UpstreamConnectTimeout.side(), Side::Upstream);
+        assert!(ProxyError::UpstreamClosedEarly.retry_safe());
+        assert!(!ProxyError::UpstreamTimeout.retry_safe());
+        assert_eq!(ProxyError::ClientHeaderTimeout.status(), 408);
+        assert_eq!(ProxyError::ClientHeaderTimeout.side(), Side::Client);
+    }
+}

@@ -1,0 +1,487 @@
+//! Request and response heads: parse with httparse, validate the framing
+//! (the smuggling defences live here), and write the rewritten head that goes
+//! to the other side.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use super::ByteBuf;
+
+/// Most headers a request or response head may carry.
+pub const MAX_HEADERS: usize = 96;
+
+/// How the body of a message is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+    /// Response only: the body ends when the upstream closes.
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("head larger than the buffer")]
+    TooLarge,
+    #[error("too many header fields")]
+    TooManyHeaders,
+    #[error("malformed head: {0}")]
+    Malformed(&'static str),
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+}
+
+impl HeadError {
+    /// The status a client gets for a bad request head.
+    pub fn status(&self) -> u16 {
+        match self {
+            HeadError::TooLarge | HeadError::TooManyHeaders => 431,
+            HeadError::Malformed(_) => 400,
+            HeadError::Unsupported(_) => 501,
+        }
+    }
+}
+
+/// What the proxy keeps of a request head after its bytes are consumed.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead {
+    pub head_len: usize,
+    pub is_head: bool,
+    pub idempotent: bool,
+    pub framing: BodyFraming,
+    /// The client wants the connection kept open after this exchange.
+    pub keep_alive: bool,
+    pub http10: bool,
+    pub expect_continue: bool,
+}
+
+/// What the proxy keeps of a response head.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseHead {
+    pub head_len: usize,
+    pub status: u16,
+    pub framing: BodyFraming,
+    /// The upstream connection may carry another request afterwards.
+    pub reusable: bool,
+    /// An interim 1xx response: forward nothing, read the next head.
+    pub interim: bool,
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Framing facts gathered from a head's header fields.
+struct Framing {
+    content_length: Option<u64>,
+    chunked: bool,
+    transfer_encoding: bool,
+    conn_close: bool,
+    conn_keep_alive: bool,
+}
+
+fn scan_framing(headers: &[httparse::Header<'_>]) -> Result<Framing, HeadError> {
+    let mut f = Framing {
+        content_length: None,
+        chunked: false,
+        transfer_encoding: false,
+        conn_close: false,
+        conn_keep_alive: false,
+    };
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = parse_content_length(h.value.trim_ascii())
+                .ok_or(HeadError::Malformed("invalid Content-Length"))?;
+            if f.content_length.is_some_and(|prev| prev != v) {
+                return Err(HeadError::Malformed("conflicting Content-Length"));
+            }
+            f.content_length = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            f.transfer_encoding = true;
+            // Only a final `chunked` delimits a body; remember the last coding.
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+            f.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            f.conn_close |= has_token(h.value, "close");
+            f.conn_keep_alive |= has_token(h.value, "keep-alive");
+        }
+    }
+    Ok(f)
+}
+
+/// Parses a request head at the start of `buf`. `Ok(None)`: incomplete.
+pub fn parse_request<'b, 'h>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>],
+    buffer_full: bool,
+) -> Result<Option<(httparse::Request<'h, 'b>, RequestHead)>, HeadError> {
+    let mut req = httparse::Request::new(headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buffer_full => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(_) => return Err(HeadError::Malformed("request head")),
+    };
+    let method = req.method.unwrap_or("");
+    let path = req.path.unwrap_or("");
+    let http10 = req.version == Some(0);
+    if !path.starts_with('/') && !(method == "OPTIONS" && path == "*") {
+        // Absolute-form and authority-form targets are for forward proxies.
+        return Err(HeadError::Malformed("request target must be origin-form"));
+    }
+    let f = scan_framing(req.headers)?;
+    let hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .count();
+    if hosts > 1 || (!http10 && hosts == 0) {
+        return Err(HeadError::Malformed("exactly one Host header required"));
+    }
+    let framing = match (f.transfer_encoding, f.content_length) {
+        (true, Some(_)) => {
+            return Err(HeadError::Malformed(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        (true, None) if http10 => {
+            return Err(HeadError::Malformed("Transfer-Encoding in HTTP/1.0"));
+        }
+        (true, None) if !f.chunked => {
+            return Err(HeadError::Unsupported("transfer coding"));
+        }
+        (true, None) => BodyFraming::Chunked,
+        (false, Some(0)) | (false, None) => BodyFraming::None,
+        (false, Some(n)) => BodyFraming::Length(n),
+    };
+    let expect_continue = req.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("expect") && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+    });
+    let keep_alive = if http10 {
+        f.conn_keep_alive && !f.conn_close
+    } else {
+        !f.conn_close
+    };
+    let info = RequestHead {
+        head_len,
+        is_head: method == "HEAD",
+        idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"),
+        framing,
+        keep_alive,
+        http10,
+        expect_continue,
+    };
+    Ok(Some((req, info)))
+}
+
+/// The Host header without a port, lower-cased comparison left to the router.
+pub fn request_host<'b>(req: &httparse::Request<'_, 'b>) -> Option<&'b str> {
+    let h = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))?;
+    let v = std::str::from_utf8(h.value).ok()?.trim();
+    // Strip a port, but leave an IPv6 literal's brackets intact.
+    Some(match v.rfind(':') {
+        Some(i) if !v[i..].contains(']') => &v[..i],
+        _ => v,
+    })
+}
+
+/// Writes the head sent to the upstream. False when `out` is too small.
+pub fn write_upstream_request(
+    req: &httparse::Request<'_, '_>,
+    client: IpAddr,
+    out: &mut ByteBuf,
+) -> bool {
+    let mut ok = write!(
+        out,
+        "{} {} HTTP/1.1\r\n",
+        req.method.unwrap_or("GET"),
+        req.path.unwrap_or("/")
+    )
+    .is_ok();
+    let mut forwarded_for: Option<&[u8]> = None;
+    for h in req.headers.iter() {
+        if is_hop_by_hop(h.name) || h.name.eq_ignore_ascii_case("expect") {
+            continue;
+        }
+        if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+            forwarded_for = Some(h.value);
+            continue;
+        }
+        ok &= out.extend(h.name.as_bytes())
+            && out.extend(b": ")
+            && out.extend(h.value)
+            && out.extend(b"\r\n");
+    }
+    ok &= out.extend(b"X-Forwarded-For: ");
+    if let Some(prev) = forwarded_for {
+        ok &= out.extend(prev) && out.extend(b", ");
+    }
+    ok &= write!(out, "{client}\r\nX-Forwarded-Proto: http\r\nVia: 1.1 ferrogate\r\n\r\n").is_ok();
+    ok
+}
+
+/// Parses a response head at the start of `buf`. `Ok(None)`: incomplete.
+pub fn parse_response(
+    buf: &[u8],
+    request_was_head: bool,
+    buffer_full: bool,
+) -> Result<Option<ResponseHead>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buffer_full => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(_) => return Err(HeadError::Malformed("response head")),
+    };
+    let status = resp.code.unwrap_or(0);
+    if (100..200).contains(&status) {
+        if status == 101 {
+            return Err(HeadError::Unsupported("protocol switch"));
+        }
+        return Ok(Some(ResponseHead {
+            head_len,
+            status,
+            framing: BodyFraming::None,
+            reusable: true,
+            interim: true,
+        }));
+    }
+    let f = scan_framing(resp.headers)?;
+    let framing = if request_was_head || status == 204 || status == 304 {
+        BodyFraming::None
+    } else if f.transfer_encoding {
+        if f.chunked {
+            BodyFraming::Chunked
+        } else {
+            BodyFraming::UntilClose
+        }
+    } else {
+        match f.content_length {
+            Some(0) => BodyFraming::None,
+            Some(n) => BodyFraming::Length(n),
+            None => BodyFraming::UntilClose,
+        }
+    };
+    let http11 = resp.version == Some(1);
+    let reusable = http11 && !f.conn_close && framing != BodyFraming::UntilClose;
+    Ok(Some(ResponseHead {
+        head_len,
+        status,
+        framing,
+        reusable,
+        interim: false,
+    }))
+}
+
+/// Writes the response head sent to the client, dropping hop-by-hop fields.
+pub fn write_client_response(
+    buf: &[u8],
+    keep_client: bool,
+    client_http10: bool,
+    out: &mut ByteBuf,
+) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    if !matches!(resp.parse(buf), Ok(httparse::Status::Complete(_))) {
+        return false;
+    }
+    let mut ok = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        resp.code.unwrap_or(502),
+        resp.reason.unwrap_or("")
+    )
+    .is_ok();
+    for h in resp.headers.iter() {
+        if is_hop_by_hop(h.name) {
+            continue;
+        }
+        ok &= out.extend(h.name.as_bytes())
+            && out.extend(b": ")
+            && out.extend(h.value)
+            && out.extend(b"\r\n");
+    }
+    if !keep_client {
+        ok &= out.extend(b"Connection: close\r\n");
+    } else if client_http10 {
+        ok &= out.extend(b"Connection: keep-alive\r\n");
+    }
+    ok && out.extend(b"\r\n")
+}
+
+/// Writes a response the proxy itself generates (errors, direct routes).
+pub fn write_local_response(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+    include_body: bool,
+    out: &mut ByteBuf,
+) -> bool {
+    let ok = write!(
+        out,
+        "HTTP/1.1 {} {}\r\nServer: ferrogate\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+        status,
+        reason(status),
+        content_type,
+        body.len(),
+        if keep_alive { "" } else { "Connection: close\r\n" }
+    )
+    .is_ok();
+    ok && (!include_body || out.extend(body))
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        400 => "Bad Request",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        parse_request(raw, &mut h, false).map(|o| o.map(|(_, i)| i))
+    }
+
+    #[test]
+    fn simple_get_keeps_alive() {
+        let i = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().unwrap();
+        assert!(i.keep_alive && i.idempotent && !i.http10);
+        assert_eq!(i.framing, BodyFraming::None);
+    }
+
+    #[test]
+    fn partial_head_needs_more_until_buffer_full() {
+        assert!(parse(b"GET / HTTP/1.1\r\nHo").unwrap().is_none());
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nHo", &mut h, true).unwrap_err(),
+            HeadError::TooLarge
+        );
+    }
+
+    #[test]
+    fn smuggling_shapes_are_rejected() {
+        let cases: &[&[u8]] = &[
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3 3\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET http://evil/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ];
+        for raw in cases {
+            let err = parse(raw).expect_err(&String::from_utf8_lossy(raw));
+            assert_eq!(err.status(), 400, "{}", String::from_utf8_lossy(raw));
+        }
+        let e = parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n")
+            .unwrap_err();
+        assert_eq!(e.status(), 501);
+    }
+
+    #[test]
+    fn repeated_equal_content_length_is_accepted() {
+        let i = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(i.framing, BodyFraming::Length(3));
+    }
+
+    #[test]
+    fn http10_closes_unless_keep_alive_asked() {
+        assert!(!parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().keep_alive);
+        assert!(
+            parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
+    }
+
+    #[test]
+    fn upstream_head_drops_hop_by_hop_and_adds_forwarding() {
+        let raw = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, foo\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n";
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (req, _) = parse_request(raw, &mut h, false).unwrap().unwrap();
+        let mut out = ByteBuf::with_capacity(1024);
+        assert!(write_upstream_request(&req, "10.0.0.2".parse().unwrap(), &mut out));
+        let s = std::str::from_utf8(out.filled()).unwrap();
+        assert!(s.starts_with("GET /x HTTP/1.1\r\nHost: a\r\n"));
+        assert!(!s.to_ascii_lowercase().contains("keep-alive"));
+        assert!(s.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.2\r\n"));
+        assert!(s.contains("Via: 1.1 ferrogate\r\n"));
+        assert!(s.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn response_framing() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.framing, BodyFraming::Length(5));
+        assert!(r.reusable);
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.framing, BodyFraming::None);
+        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", false, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.framing, BodyFraming::UntilClose);
+        assert!(!r.reusable);
+        let r = parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", false, false)
+            .unwrap()
+            .unwrap();
+        assert!(r.interim);
+    }
+}

@@ -1,0 +1,82 @@
+//! Counters of one stack (one worker). Plain integers: a worker owns them and
+//! the engine publishes copies; readers sum across workers.
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StackStats {
+    pub rx_frames: u64,
+    pub rx_queue_full: u64,
+    pub tx_frames: u64,
+    pub tx_queue_full: u64,
+    pub accepted: u64,
+    pub active_connections: u64,
+    pub overload_rejected: u64,
+    pub requests: u64,
+    pub responses_local: u64,
+    /// Responses by status class: index 1 = 1xx ... 5 = 5xx.
+    pub responses_by_class: [u64; 6],
+    pub upstream_connects: u64,
+    pub upstream_reused: u64,
+    pub upstream_errors: u64,
+    pub retries: u64,
+    pub bad_requests: u64,
+    pub client_aborts: u64,
+    pub sockets_created: u64,
+}
+
+impl StackStats {
+    pub fn count_status(&mut self, status: u16) {
+        let class = (status / 100) as usize;
+        if class < self.responses_by_class.len() {
+            self.responses_by_class[class] += 1;
+        }
+    }
+
+    /// Field-wise sum, for totals across workers.
+    pub fn add(&mut self, o: &StackStats) {
+        self.rx_frames += o.rx_frames;
+        self.rx_queue_full += o.rx_queue_full;
+        self.tx_frames += o.tx_frames;
+        self.tx_queue_full += o.tx_queue_full;
+        self.accepted += o.accepted;
+        self.active_connections += o.active_connections;
+        self.overload_rejected += o.overload_rejected;
+        self.requests += o.requests;
+        self.responses_local += o.responses_local;
+        for (a, b) in self.responses_by_class.iter_mut().zip(o.responses_by_class) {
+            *a += b;
+        }
+        self.upstream_connects += o.upstream_connects;
+        self.upstream_reused += o.upstream_reused;
+        self.upstream_errors += o.upstream_errors;
+        self.retries += o.retries;
+        self.bad_requests += o.bad_requests;
+        self.client_aborts += o.client_aborts;
+        self.sockets_created += o.sockets_created;
+    }
+
+    /// Name/value pairs in a stable order, for printing and metrics.
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("rx_frames", self.rx_frames),
+            ("rx_queue_full", self.rx_queue_full),
+            ("tx_frames", self.tx_frames),
+            ("tx_queue_full", self.tx_queue_full),
+            ("accepted", self.accepted),
+            ("active_connections", self.active_connections),
+            ("overload_rejected", self.overload_rejected),
+            ("requests", self.requests),
+            ("responses_local", self.responses_local),
+            ("responses_2xx", self.responses_by_class[2]),
+            ("responses_3xx", self.responses_by_class[3]),
+            ("responses_4xx", self.responses_by_class[4]),
+            ("responses_5xx", self.responses_by_class[5]),
+            ("upstream_connects", self.upstream_connects),
+            ("upstream_reused", self.upstream_reused),
+            ("upstream_errors", self.upstream_errors),
+            ("retries", self.retries),
+            ("bad_requests", self.bad_requests),
+            ("client_aborts", self.client_aborts),
+            ("sockets_created", self.sockets_created),
+        ]
+    }
+}

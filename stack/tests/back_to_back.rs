@@ -1,0 +1,552 @@
+//! Two stacks back to back over in-memory frames with a simulated clock: the
+//! ferrogate stack under test, and a peer smoltcp interface that plays both
+//! the client (10.0.0.2) and the origin (10.0.0.3).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use ferrogate_stack::{
+    DirectResponse, Instant, Listener, Route, RouteAction, RouteTable, Stack, StackConfig,
+    Upstream,
+};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::time::Duration;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+
+const EDGE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const VIP: [u8; 4] = [10, 0, 0, 10];
+const CLIENT: [u8; 4] = [10, 0, 0, 2];
+const ORIGIN: [u8; 4] = [10, 0, 0, 3];
+
+#[derive(Default)]
+struct PeerDevice {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+}
+
+struct PeerRx(Vec<u8>);
+struct PeerTx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl phy::RxToken for PeerRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for PeerTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0u8; len];
+        let r = f(&mut buf);
+        self.0.push_back(buf);
+        r
+    }
+}
+
+impl phy::Device for PeerDevice {
+    type RxToken<'a> = PeerRx;
+    type TxToken<'a> = PeerTx<'a>;
+
+    fn receive(&mut self, _: Instant) -> Option<(PeerRx, PeerTx<'_>)> {
+        let f = self.rx.pop_front()?;
+        Some((PeerRx(f), PeerTx(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<PeerTx<'_>> {
+        Some(PeerTx(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+/// How the simulated origin behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Origin {
+    Serving,
+    /// Nothing listens: SYNs get RST.
+    Refusing,
+    /// Frames to the origin address vanish (connect timeout).
+    BlackHole,
+}
+
+struct OriginConn {
+    handle: SocketHandle,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    close_after: bool,
+}
+
+struct Lab {
+    now: Instant,
+    edge: Stack,
+    peer: Interface,
+    dev: PeerDevice,
+    sockets: SocketSet<'static>,
+    origin: Origin,
+    origin_listeners: Vec<SocketHandle>,
+    origin_conns: Vec<OriginConn>,
+    origin_requests: Vec<String>,
+    next_client_port: u16,
+}
+
+fn tcp_socket() -> tcp::Socket<'static> {
+    tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 256 * 1024]),
+        tcp::SocketBuffer::new(vec![0; 64 * 1024]),
+    )
+}
+
+fn routes() -> Arc<RouteTable> {
+    let upstream = Arc::new(Upstream {
+        name: "origin".into(),
+        endpoints: vec!["10.0.0.3:8080".parse().unwrap()],
+    });
+    Arc::new(RouteTable {
+        version: 1,
+        listeners: vec![Listener {
+            port: 80,
+            routes: vec![
+                Route {
+                    name: "direct".into(),
+                    host: None,
+                    path_prefix: "/direct".into(),
+                    action: RouteAction::Respond(Arc::new(DirectResponse {
+                        status: 200,
+                        content_type: "text/plain".into(),
+                        body: b"hello from ferrogate".to_vec(),
+                    })),
+                },
+                Route {
+                    name: "origin".into(),
+                    host: None,
+                    path_prefix: "/".into(),
+                    action: RouteAction::Proxy(upstream),
+                },
+            ],
+        }],
+    })
+}
+
+impl Lab {
+    fn new(origin: Origin) -> Self {
+        let now = Instant::from_millis(1_000);
+        let mut cfg = StackConfig::new(
+            EDGE_MAC,
+            vec![(VIP.into(), 24)],
+            40_000..41_000,
+        );
+        // More than the 20 simultaneous SYNs of the busiest test.
+        cfg.listen_backlog = 32;
+        let edge = Stack::new(cfg, routes(), now).expect("stack");
+        let mut dev = PeerDevice::default();
+        let mut peer = Interface::new(
+            Config::new(HardwareAddress::Ethernet(EthernetAddress(PEER_MAC))),
+            &mut dev,
+            now,
+        );
+        peer.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::v4(10, 0, 0, 2), 24)).unwrap();
+            a.push(IpCidr::new(IpAddress::v4(10, 0, 0, 3), 24)).unwrap();
+        });
+        let mut lab = Lab {
+            now,
+            edge,
+            peer,
+            dev,
+            sockets: SocketSet::new(vec![]),
+            origin,
+            origin_listeners: vec![],
+            origin_conns: vec![],
+            origin_requests: vec![],
+            next_client_port: 50_000,
+        };
+        if origin == Origin::Serving {
+            for _ in 0..8 {
+                let mut s = tcp_socket();
+                s.listen((IpAddress::from(Ipv4Address::from(ORIGIN)), 8080))
+                    .unwrap();
+                let h = lab.sockets.add(s);
+                lab.origin_listeners.push(h);
+            }
+        }
+        lab
+    }
+
+    fn connect(&mut self) -> SocketHandle {
+        let mut s = tcp_socket();
+        self.next_client_port += 1;
+        s.connect(
+            self.peer.context(),
+            (IpAddress::from(Ipv4Address::from(VIP)), 80),
+            (IpAddress::from(Ipv4Address::from(CLIENT)), self.next_client_port),
+        )
+        .unwrap();
+        self.sockets.add(s)
+    }
+
+    /// One step of simulated time: move frames both ways, run both sides.
+    fn step(&mut self, dt_ms: u64) {
+        self.now += Duration::from_millis(dt_ms);
+        self.peer.poll(self.now, &mut self.dev, &mut self.sockets);
+        self.serve_origin();
+        self.peer.poll(self.now, &mut self.dev, &mut self.sockets);
+        let black_hole = self.origin == Origin::BlackHole;
+        while let Some(f) = self.dev.tx.pop_front() {
+            assert!(self.edge.handle_frame(&f));
+        }
+        self.edge.poll(self.now);
+        let dev = &mut self.dev;
+        self.edge.drain_tx(|f| {
+            // IPv4 destination at 30..34; ARP target at 38..42.
+            let to_origin = (f.len() >= 34 && f[12..14] == [8, 0] && f[30..34] == ORIGIN)
+                || (f.len() >= 42 && f[12..14] == [8, 6] && f[38..42] == ORIGIN);
+            if !(black_hole && to_origin) {
+                dev.rx.push_back(f.to_vec());
+            }
+        });
+    }
+
+    fn serve_origin(&mut self) {
+        for h in self.origin_listeners.iter_mut() {
+            let state = self.sockets.get::<tcp::Socket>(*h).state();
+            if state != tcp::State::Listen {
+                self.origin_conns.push(OriginConn {
+                    handle: *h,
+                    buf: vec![],
+                    out: vec![],
+                    close_after: false,
+                });
+                let mut s = tcp_socket();
+                s.listen((IpAddress::from(Ipv4Address::from(ORIGIN)), 8080))
+                    .unwrap();
+                *h = self.sockets.add(s);
+            }
+        }
+        for c in &mut self.origin_conns {
+            let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+            while s.can_recv() {
+                s.recv(|b| {
+                    c.buf.extend_from_slice(b);
+                    (b.len(), ())
+                })
+                .unwrap();
+            }
+            while let Some(end) = find(&c.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&c.buf[..end + 4]).to_string();
+                c.buf.drain(..end + 4);
+                let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                self.origin_requests.push(head);
+                let resp: Vec<u8> = match path.as_str() {
+                    "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n".to_vec(),
+                    "/big" => {
+                        let body: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+                        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+                        r.extend(body);
+                        r
+                    }
+                    "/close" => b"HTTP/1.0 200 OK\r\n\r\nuntil-close".to_vec(),
+                    _ => {
+                        let body = format!("origin:{path}");
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}", body.len()).into_bytes()
+                    }
+                };
+                c.out.extend(resp);
+                c.close_after |= path == "/close";
+            }
+            if !c.out.is_empty() && s.may_send() {
+                let n = s.send_slice(&c.out).unwrap();
+                c.out.drain(..n);
+            }
+            if c.out.is_empty() && c.close_after {
+                s.close();
+            }
+        }
+    }
+
+    fn send(&mut self, h: SocketHandle, data: &[u8]) {
+        for _ in 0..200 {
+            if self.sockets.get::<tcp::Socket>(h).may_send() {
+                break;
+            }
+            self.step(1);
+        }
+        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        assert_eq!(s.send_slice(data).unwrap(), data.len());
+    }
+
+    /// Reads from a client socket until `done(bytes)` or the step budget ends.
+    fn read_until(&mut self, h: SocketHandle, steps: usize, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let mut out = vec![];
+        for _ in 0..steps {
+            self.step(1);
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            while s.can_recv() {
+                s.recv(|b| {
+                    out.extend_from_slice(b);
+                    (b.len(), ())
+                })
+                .unwrap();
+            }
+            if done(&out) {
+                break;
+            }
+        }
+        out
+    }
+
+    fn exchange(&mut self, h: SocketHandle, req: &[u8]) -> Response {
+        self.send(h, req);
+        let raw = self.read_until(h, 3_000, |b| Response::parse(b).is_some());
+        Response::parse(&raw).unwrap_or_else(|| panic!("no complete response: {:?}", String::from_utf8_lossy(&raw)))
+    }
+
+    fn client_state(&self, h: SocketHandle) -> tcp::State {
+        self.sockets.get::<tcp::Socket>(h).state()
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Response {
+    /// A complete response with Content-Length or chunked framing.
+    fn parse(raw: &[u8]) -> Option<Response> {
+        let end = find(raw, b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&raw[..end]).to_string();
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        let rest = &raw[end + 4..];
+        let lower = head.to_ascii_lowercase();
+        if let Some(cl) = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+        {
+            let n: usize = cl.trim().parse().ok()?;
+            return (rest.len() >= n).then(|| Response { status, head, body: rest[..n].to_vec() });
+        }
+        if lower.contains("transfer-encoding: chunked") {
+            let mut body = vec![];
+            let mut r = rest;
+            loop {
+                let e = find(r, b"\r\n")?;
+                let n = usize::from_str_radix(std::str::from_utf8(&r[..e]).ok()?, 16).ok()?;
+                r = &r[e + 2..];
+                if n == 0 {
+                    return r.starts_with(b"\r\n").then_some(Response { status, head, body });
+                }
+                if r.len() < n + 2 {
+                    return None;
+                }
+                body.extend_from_slice(&r[..n]);
+                r = &r[n + 2..];
+            }
+        }
+        None
+    }
+}
+
+#[test]
+fn get_is_proxied_to_origin_and_both_sides_keep_alive() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    for i in 0..3 {
+        let req = format!("GET /item/{i} HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+        let r = lab.exchange(c, req.as_bytes());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, format!("origin:/item/{i}").as_bytes());
+        assert!(!r.head.to_ascii_lowercase().contains("connection: close"));
+    }
+    assert_eq!(lab.client_state(c), tcp::State::Established);
+    let s = lab.edge.stats();
+    assert_eq!(s.requests, 3);
+    assert_eq!(s.upstream_connects, 1, "one upstream connection reused");
+    assert_eq!(s.upstream_reused, 2);
+    let first = &lab.origin_requests[0];
+    assert!(first.contains("Host: shop.example\r\n"), "{first}");
+    assert!(first.contains("X-Forwarded-For: 10.0.0.2\r\n"), "{first}");
+    assert!(first.contains("Via: 1.1 ferrogate\r\n"), "{first}");
+}
+
+#[test]
+fn direct_route_answers_without_upstream() {
+    let mut lab = Lab::new(Origin::Refusing);
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"hello from ferrogate");
+    assert_eq!(lab.edge.stats().upstream_connects, 0);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    lab.send(
+        c,
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /direct HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let raw = lab.read_until(c, 3_000, |b| find(b, b"origin:/b").is_some());
+    let text = String::from_utf8_lossy(&raw);
+    let a = text.find("origin:/a").expect("a");
+    let d = text.find("hello from ferrogate").expect("direct");
+    let b = text.find("origin:/b").expect("b");
+    assert!(a < d && d < b, "{text}");
+}
+
+#[test]
+fn chunked_response_streams_through() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /chunked HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.body, b"hello, world");
+    // The connection stays usable after a chunked body.
+    let r = lab.exchange(c, b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.body, b"origin:/again");
+}
+
+#[test]
+fn large_body_crosses_buffers_intact() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.body.len(), 200_000);
+    assert!(r.body.iter().enumerate().all(|(i, b)| *b == b'a' + (i % 26) as u8));
+}
+
+#[test]
+fn close_delimited_response_closes_client() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    lab.send(c, b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n");
+    let raw = lab.read_until(c, 3_000, |b| b.ends_with(b"until-close"));
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("Connection: close"), "{text}");
+    assert!(text.ends_with("until-close"));
+    for _ in 0..200 {
+        lab.step(1);
+    }
+    assert!(!lab.sockets.get::<tcp::Socket>(c).may_recv(), "FIN received");
+}
+
+#[test]
+fn request_body_with_content_length_reaches_origin() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    let r = lab.exchange(c, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(r.status, 200);
+    // The origin sees the body bytes right after the head.
+    let r = lab.exchange(c, b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.body, b"origin:/next");
+}
+
+#[test]
+fn smuggling_attempt_gets_400_and_close() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    let r = lab.exchange(
+        c,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.head.contains("Connection: close"));
+    assert!(lab.origin_requests.is_empty(), "nothing reached the origin");
+    assert_eq!(lab.edge.stats().bad_requests, 1);
+}
+
+#[test]
+fn garbage_gets_400() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    let r = lab.exchange(c, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n");
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn oversized_head_gets_431() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    let mut req = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    req.extend(std::iter::repeat_n(b'a', 20_000));
+    lab.send(c, &req);
+    let raw = lab.read_until(c, 3_000, |b| Response::parse(b).is_some());
+    assert_eq!(Response::parse(&raw).unwrap().status, 431);
+}
+
+#[test]
+fn refused_upstream_gets_502() {
+    let mut lab = Lab::new(Origin::Refusing);
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 502);
+    assert_eq!(lab.edge.stats().retries, 1, "idempotent request retried once");
+}
+
+#[test]
+fn silent_upstream_gets_504_after_connect_timeout() {
+    let mut lab = Lab::new(Origin::BlackHole);
+    let c = lab.connect();
+    lab.send(c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Connect timeout is 3 s, and the retry takes another 3 s.
+    let raw = lab.read_until(c, 800, |b| Response::parse(b).is_some());
+    let raw = if raw.is_empty() {
+        let mut all = vec![];
+        for _ in 0..10 {
+            lab.step(1_000);
+            all.extend(lab.read_until(c, 5, |_| false));
+        }
+        all
+    } else {
+        raw
+    };
+    assert_eq!(Response::parse(&raw).expect("a response").status, 504);
+}
+
+#[test]
+fn slow_client_gets_408() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    lab.send(c, b"GET / HTTP/1.1\r\nHost: x\r\n");
+    let mut raw = vec![];
+    for _ in 0..15 {
+        lab.step(1_000);
+        raw.extend(lab.read_until(c, 3, |_| false));
+    }
+    assert_eq!(Response::parse(&raw).expect("a response").status, 408);
+}
+
+#[test]
+fn many_connections_recycle_sockets_and_ports() {
+    let mut lab = Lab::new(Origin::Serving);
+    for round in 0..5 {
+        let conns: Vec<_> = (0..20).map(|_| lab.connect()).collect();
+        for (i, c) in conns.iter().enumerate() {
+            let req = format!("GET /r{round}/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let r = lab.exchange(*c, req.as_bytes());
+            assert_eq!(r.body, format!("origin:/r{round}/{i}").as_bytes());
+        }
+        for c in conns {
+            lab.sockets.get_mut::<tcp::Socket>(c).close();
+        }
+        for _ in 0..50 {
+            lab.step(100);
+        }
+    }
+    assert_eq!(lab.edge.active_connections(), 0);
+    assert_eq!(lab.edge.upstream_ports_in_use(), 0, "every upstream port returned");
+    // Sockets are reused: far fewer created than the 200 connections served.
+    assert!(lab.edge.stats().sockets_created < 120, "{:?}", lab.edge.stats());
+}

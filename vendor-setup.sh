@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs every system dependency ferrogate's build, tests and lab need on a
+# fresh Debian 12 (or Ubuntu) machine. Idempotent: safe to run again.
+#   FG_HUGEPAGES=N ./vendor-setup.sh   also reserves N 2 MB hugepages.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "vendor-setup.sh: run as root (it installs packages and mounts bpffs)" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+packages=(
+  # build: the XDP program is C, compiled by clang for the bpf target
+  clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config make gcc
+  # lab and tests
+  iproute2 ethtool iputils-ping procps psmisc nginx-light curl wrk
+  python3 python3-scapy tcpdump
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "vendor-setup.sh: installing ${missing[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# nginx is a lab peer and origin, started per test in namespaces; the distro
+# service must not hold port 80 on the host.
+if command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now nginx >/dev/null 2>&1 || true
+fi
+
+# bpffs for pinned maps (the engine does not pin by default, but operators do).
+if ! mountpoint -q /sys/fs/bpf; then
+  mount -t bpf bpf /sys/fs/bpf || echo "vendor-setup.sh: could not mount bpffs (continuing)" >&2
+fi
+
+if [ -n "${FG_HUGEPAGES:-}" ]; then
+  echo "$FG_HUGEPAGES" > /proc/sys/vm/nr_hugepages
+  echo "vendor-setup.sh: hugepages: $(cat /proc/sys/vm/nr_hugepages) x 2 MB"
+fi
+
+# Rust toolchain: the machine's stable rustup toolchain; add components we use.
+if command -v rustup >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+echo "vendor-setup.sh: done"
