@@ -18,6 +18,6 @@ pub mod stats;
 pub use config::{StackConfig, Timeouts};
 pub use error::{ProxyError, Side};
 pub use route::{DirectResponse, Listener, Route, RouteAction, RouteTable, Upstream};
-pub use smoltcp::time::Instant;
+pub use smoltcp::time::{Duration, Instant};
 pub use stack::{Stack, StackError};
 pub use stats::StackStats;

@@ -1,0 +1,246 @@
+//! The lab of DESIGN.md: network namespaces, a bridge and veth pairs that
+//! stand in for a NIC, a client, and an origin. Built and removed with `ip`;
+//! every name carries a prefix so parallel runs do not collide.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+pub const VIP: &str = "10.77.0.10";
+pub const CLIENT_IP: &str = "10.77.0.2";
+pub const EDGE_HOST_IP: &str = "10.77.0.1";
+pub const ORIGIN_IP: &str = "10.77.0.3";
+
+#[derive(Debug, Clone)]
+pub struct Lab {
+    pub prefix: String,
+}
+
+impl Lab {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn wire(&self) -> String {
+        format!("{}wire", self.prefix)
+    }
+    pub fn client(&self) -> String {
+        format!("{}client", self.prefix)
+    }
+    pub fn edge(&self) -> String {
+        format!("{}edge", self.prefix)
+    }
+    pub fn origin(&self) -> String {
+        format!("{}origin", self.prefix)
+    }
+    fn namespaces(&self) -> [String; 4] {
+        [self.client(), self.edge(), self.origin(), self.wire()]
+    }
+
+    /// Where the lab keeps pid files, nginx configs and logs.
+    pub fn state_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/run/ferrogate-lab/{}", self.prefix.trim_end_matches('-')))
+    }
+
+    pub fn exists(&self) -> bool {
+        netns_list().iter().any(|n| *n == self.edge())
+    }
+
+    /// Builds the lab; fails (after cleaning up) if any step fails.
+    pub fn up(&self, queues: u32) -> Result<()> {
+        if self.exists() {
+            bail!("lab {:?} already exists: run `ferrogate lab down --prefix {}` first", self.prefix, self.prefix);
+        }
+        if queues == 0 || queues > 64 {
+            bail!("--queues must be 1..=64");
+        }
+        let r = self.build(queues);
+        if r.is_err() {
+            let _ = self.down();
+        }
+        r
+    }
+
+    fn build(&self, queues: u32) -> Result<()> {
+        std::fs::create_dir_all(self.state_dir()).context("creating the lab state directory")?;
+        for ns in self.namespaces() {
+            ip(&["netns", "add", &ns])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        let wire = self.wire();
+        ip(&["-n", &wire, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &wire, "link", "set", "br0", "up"])?;
+        let q = queues.to_string();
+        let hosts = [
+            (self.client(), "c", CLIENT_IP, "1"),
+            (self.edge(), "e", EDGE_HOST_IP, q.as_str()),
+            (self.origin(), "o", ORIGIN_IP, "1"),
+        ];
+        for (ns, tag, addr, nq) in hosts {
+            let inner = format!("{tag}-eth0");
+            let outer = format!("{tag}-port");
+            ip(&[
+                "-n", &wire, "link", "add", "name", &inner, "numtxqueues", nq, "numrxqueues", nq,
+                "type", "veth", "peer", "name", &outer, "numtxqueues", nq, "numrxqueues", nq,
+            ])?;
+            ip(&["-n", &wire, "link", "set", "dev", &outer, "master", "br0"])?;
+            ip(&["-n", &wire, "link", "set", "dev", &outer, "up"])?;
+            ip(&["-n", &wire, "link", "set", "dev", &inner, "netns", &ns])?;
+            ip(&["-n", &ns, "link", "set", "dev", &inner, "name", "eth0"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "dev", "eth0", "up"])?;
+            if tag != "e" {
+                // Kernel peers send partial TCP checksums over veth; the
+                // userspace stack verifies full ones (PLATFORM.md).
+                run_in(&ns, &["ethtool", "-K", "eth0", "tx", "off"]).context("ethtool -K eth0 tx off")?;
+            }
+        }
+        self.start_origin()?;
+        self.start_edge_nginx()?;
+        Ok(())
+    }
+
+    fn nginx_conf(&self, name: &str, server: &str) -> Result<PathBuf> {
+        let dir = self.state_dir().join(name);
+        std::fs::create_dir_all(&dir)?;
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\nuser root;\ndaemon on;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               keepalive_requests 100000;\n{server}\n}}\n"
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        Ok(path)
+    }
+
+    /// The origin: answers every request with a body naming itself.
+    fn start_origin(&self) -> Result<()> {
+        let www = self.state_dir().join("www");
+        std::fs::create_dir_all(&www)?;
+        // A 16 KiB body for the large-response scenarios.
+        std::fs::write(www.join("16k"), "x".repeat(16 * 1024))?;
+        let server = format!(
+            "  server {{\n    listen {ORIGIN_IP}:8080 reuseport;\n    location = /16k {{ root {www}; }}\n    \
+             location / {{ default_type text/plain; return 200 \"origin {ORIGIN_IP}:8080 {origin} path=$request_uri\\n\"; }}\n  }}",
+            origin = self.origin(),
+            www = www.display(),
+        );
+        let conf = self.nginx_conf("origin", &server)?;
+        run_in(&self.origin(), &["nginx", "-c", &conf.display().to_string()]).context("starting the origin nginx")
+    }
+
+    /// A kernel HTTP server on the edge's host address: host traffic that
+    /// must keep working, and the kernel proxy baseline (nginx → origin).
+    fn start_edge_nginx(&self) -> Result<()> {
+        let server = format!(
+            "  upstream origin {{ server {ORIGIN_IP}:8080; keepalive 64; }}\n  server {{\n    listen {EDGE_HOST_IP}:80 reuseport;\n    \
+             location /host {{ default_type text/plain; return 200 \"edge host kernel\\n\"; }}\n    \
+             location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}"
+        );
+        let conf = self.nginx_conf("edge-nginx", &server)?;
+        run_in(&self.edge(), &["nginx", "-c", &conf.display().to_string()]).context("starting the edge nginx")
+    }
+
+    /// Removes everything the lab made, also after a crash: processes left in
+    /// its namespaces, the namespaces (and with them veths, bridge, XDP).
+    pub fn down(&self) -> Result<()> {
+        let existing = netns_list();
+        for ns in self.namespaces() {
+            if !existing.contains(&ns) {
+                continue;
+            }
+            for pid in netns_pids(&ns) {
+                // SAFETY: kill(2) on a pid that lives in our own namespace.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        // Give processes a moment to exit cleanly, then force.
+        for _ in 0..20 {
+            if self.namespaces().iter().all(|ns| netns_pids(ns).is_empty()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for ns in self.namespaces() {
+            for pid in netns_pids(&ns) {
+                // SAFETY: as above; the process ignored SIGTERM.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let mut failed = Vec::new();
+        for ns in self.namespaces() {
+            if existing.contains(&ns) && ip(&["netns", "del", &ns]).is_err() {
+                failed.push(ns);
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.state_dir());
+        if !failed.is_empty() {
+            bail!("could not delete namespaces {failed:?}");
+        }
+        Ok(())
+    }
+
+    pub fn status(&self) -> String {
+        let mut s = String::new();
+        if !self.exists() {
+            return format!("lab {:?}: down\n", self.prefix);
+        }
+        for ns in self.namespaces() {
+            s.push_str(&format!("== {ns}\n"));
+            if let Ok(o) = output(Command::new("ip").args(["-n", &ns, "-br", "addr"])) {
+                s.push_str(&o);
+            }
+            if let Ok(o) = output(Command::new("ip").args(["-n", &ns, "-d", "link", "show", "dev", "eth0"])) {
+                if let Some(x) = o.lines().find(|l| l.contains("prog/xdp")) {
+                    s.push_str(&format!("xdp: {}\n", x.trim()));
+                }
+            }
+            let pids = netns_pids(&ns);
+            if !pids.is_empty() {
+                s.push_str(&format!("processes: {pids:?}\n"));
+            }
+        }
+        s
+    }
+
+    /// Runs a command in the client namespace and returns its stdout.
+    pub fn in_client(&self, argv: &[&str]) -> Result<String> {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.client()]).args(argv);
+        output(&mut c)
+    }
+}
+
+fn output(c: &mut Command) -> Result<String> {
+    let o = c.stdin(Stdio::null()).output().with_context(|| format!("running {c:?}"))?;
+    if !o.status.success() {
+        bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    output(Command::new("ip").args(args)).map(|_| ())
+}
+
+fn run_in(ns: &str, argv: &[&str]) -> Result<()> {
+    output(Command::new("ip").args(["netns", "exec", ns]).args(argv)).map(|_| ())
+}
+
+pub fn netns_list() -> Vec<String> {
+    output(Command::new("ip").args(["netns", "list"]))
+        .map(|o| o.lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect())
+        .unwrap_or_default()
+}
+
+fn netns_pids(ns: &str) -> Vec<i32> {
+    output(Command::new("ip").args(["netns", "pids", ns]))
+        .map(|o| o.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,152 @@
+//! The `ferrogate` command: run the engine, check configs, drive the lab.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use ferrogate_control::{config, demo, lab, run};
+
+#[derive(Parser)]
+#[command(name = "ferrogate", version, about = "Kernel-bypass edge proxy")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the data plane with a TOML config.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Network namespace to enter (overrides engine.netns).
+        #[arg(long)]
+        netns: Option<String>,
+        /// Write counters to this file every 250 ms and at exit.
+        #[arg(long)]
+        stats_file: Option<PathBuf>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Number of NIC queues / workers (overrides engine.queues).
+        #[arg(long)]
+        queues: Option<u32>,
+        /// af_xdp, af_packet or auto (overrides engine.backend).
+        #[arg(long)]
+        backend: Option<String>,
+    },
+    /// Validate a config file like `nginx -t`.
+    Check { file: PathBuf },
+    /// Build, inspect, remove and demo the network-namespace lab.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    Up {
+        #[arg(long, default_value = "fg-")]
+        prefix: String,
+        #[arg(long, default_value_t = 2)]
+        queues: u32,
+    },
+    Down {
+        #[arg(long, default_value = "fg-")]
+        prefix: String,
+    },
+    Status {
+        #[arg(long, default_value = "fg-")]
+        prefix: String,
+    },
+    /// Lab up, engine up, curl and wrk through the VIP, counters, lab down.
+    Demo {
+        #[arg(long, default_value = "fg-")]
+        prefix: String,
+        #[arg(long, default_value_t = 2)]
+        queues: u32,
+        #[arg(long, default_value = "configs/lab.toml")]
+        config: PathBuf,
+        /// af_xdp or af_packet (overrides the config).
+        #[arg(long)]
+        backend: Option<String>,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+}
+
+fn parse_backend(s: &str) -> Result<ferrogate_engine::BackendChoice> {
+    use ferrogate_engine::BackendChoice::*;
+    Ok(match s {
+        "af_xdp" => AfXdp,
+        "af_packet" => AfPacket,
+        "auto" => Auto,
+        other => anyhow::bail!("--backend {other:?}: expected af_xdp, af_packet or auto"),
+    })
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run {
+            config,
+            netns,
+            stats_file,
+            duration,
+            queues,
+            backend,
+        } => run::run(run::RunArgs {
+            config,
+            netns,
+            stats_file,
+            duration: duration.map(Duration::from_secs),
+            queues,
+            backend: backend.as_deref().map(parse_backend).transpose()?,
+        }),
+        Cmd::Check { file } => match config::load(&file) {
+            Ok(_) => {
+                println!("{}: configuration ok", file.display());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("{}: configuration invalid", file.display());
+                std::process::exit(1);
+            }
+        },
+        Cmd::Lab { cmd } => match cmd {
+            LabCmd::Up { prefix, queues } => {
+                lab::Lab::new(&prefix).up(queues)?;
+                print!("{}", lab::Lab::new(&prefix).status());
+                Ok(())
+            }
+            LabCmd::Down { prefix } => lab::Lab::new(&prefix).down(),
+            LabCmd::Status { prefix } => {
+                print!("{}", lab::Lab::new(&prefix).status());
+                Ok(())
+            }
+            LabCmd::Demo {
+                prefix,
+                queues,
+                config,
+                backend,
+                seconds,
+            } => demo::demo(demo::DemoArgs {
+                prefix,
+                queues,
+                config,
+                backend,
+                seconds,
+            }),
+        },
+    }
+}

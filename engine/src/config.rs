@@ -1,0 +1,130 @@
+//! What the engine needs to start: compiled by the control plane from TOML.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrogate_ebpf::AttachMode;
+use ferrogate_stack::{RouteTable, Timeouts};
+
+/// Which packet source to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// AF_XDP, falling back to AF_PACKET (with a log line) if it cannot open.
+    Auto,
+    AfXdp,
+    AfPacket,
+}
+
+/// How a worker waits for frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollingMode {
+    /// Spin forever: lowest latency, a full core per worker.
+    Busy,
+    /// Spin for `spin`, then sleep on the socket until a frame or a timer.
+    Adaptive { spin: Duration },
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub iface: String,
+    pub queues: u32,
+    pub backend: BackendChoice,
+    pub xdp_mode: AttachMode,
+    /// Service addresses with prefix length; the stack owns them entirely.
+    pub vips: Vec<(IpAddr, u8)>,
+    pub gateway_v4: Option<Ipv4Addr>,
+    pub routes: Arc<RouteTable>,
+    pub batch_size: usize,
+    pub polling: PollingMode,
+    /// CPUs for the workers, in queue order; empty = the NIC's node.
+    pub cpus: Vec<usize>,
+    pub umem_frames: u32,
+    pub ring_size: u32,
+    pub hugepages: bool,
+    pub listen_backlog: usize,
+    pub max_connections: usize,
+    pub tcp_buffer: usize,
+    pub verify_rx_checksums: bool,
+    pub timeouts: Timeouts,
+    /// Local ports upstream connections use, split evenly across workers.
+    pub upstream_port_range: std::ops::Range<u16>,
+}
+
+impl EngineConfig {
+    pub fn new(iface: impl Into<String>, vips: Vec<(IpAddr, u8)>, routes: Arc<RouteTable>) -> Self {
+        Self {
+            iface: iface.into(),
+            queues: 1,
+            backend: BackendChoice::Auto,
+            xdp_mode: AttachMode::Auto,
+            vips,
+            gateway_v4: None,
+            routes,
+            batch_size: 64,
+            polling: PollingMode::Adaptive {
+                spin: Duration::from_micros(50),
+            },
+            cpus: Vec::new(),
+            umem_frames: 4096,
+            ring_size: 2048,
+            hugepages: false,
+            listen_backlog: 64,
+            max_connections: 16_384,
+            tcp_buffer: 64 * 1024,
+            verify_rx_checksums: true,
+            timeouts: Timeouts::default(),
+            upstream_port_range: 32_768..61_000,
+        }
+    }
+}
+
+/// Splits the upstream port range into one disjoint range per worker.
+#[derive(Debug, Clone)]
+pub struct PortPlan {
+    start: u16,
+    span: u16,
+    workers: usize,
+}
+
+impl PortPlan {
+    pub fn new(range: std::ops::Range<u16>, workers: usize) -> Self {
+        let span = (range.len() / workers.max(1)) as u16;
+        Self {
+            start: range.start,
+            span,
+            workers,
+        }
+    }
+
+    pub fn range_of(&self, worker: usize) -> std::ops::Range<u16> {
+        let s = self.start + self.span * worker as u16;
+        s..s + self.span
+    }
+
+    /// The worker that owns local port `port`, if any.
+    pub fn owner(&self, port: u16) -> Option<usize> {
+        if port < self.start || self.span == 0 {
+            return None;
+        }
+        let w = ((port - self.start) / self.span) as usize;
+        (w < self.workers).then_some(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_are_disjoint_and_owned() {
+        let p = PortPlan::new(32_768..61_000, 2);
+        let (a, b) = (p.range_of(0), p.range_of(1));
+        assert!(a.end <= b.start);
+        assert_eq!(p.owner(a.start), Some(0));
+        assert_eq!(p.owner(a.end - 1), Some(0));
+        assert_eq!(p.owner(b.start), Some(1));
+        assert_eq!(p.owner(80), None);
+        assert_eq!(p.owner(b.end), None);
+    }
+}

@@ -1,0 +1,241 @@
+//! The data-plane process core: attaches XDP, opens one packet socket per
+//! queue, builds a stack per worker and runs the workers until shutdown.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant as StdInstant;
+
+use arc_swap::ArcSwap;
+use ferrogate_ebpf::{VipAction, XdpFilter};
+use ferrogate_stack::{Instant, RouteTable, Stack, StackConfig};
+
+use crate::afpacket::{AfPacketConfig, AfPacketSocket};
+use crate::afxdp::{AfXdpConfig, AfXdpSocket};
+use crate::config::{BackendChoice, EngineConfig, PortPlan};
+use crate::handoff;
+use crate::io::{BackendKind, PacketIo};
+use crate::stats::{EngineStats, StatsCell};
+use crate::worker::Worker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("interface {iface}: {source}")]
+    Interface {
+        iface: String,
+        source: std::io::Error,
+    },
+    #[error("XDP: {0}")]
+    Xdp(#[from] ferrogate_ebpf::EbpfError),
+    #[error("packet I/O: {0}")]
+    Io(#[from] crate::io_error::IoError),
+    #[error("worker placement: {0}")]
+    Numa(#[from] ferrogate_numa::NumaError),
+    #[error("worker {worker}: stack: {source}")]
+    Stack {
+        worker: usize,
+        source: ferrogate_stack::StackError,
+    },
+    #[error("invalid engine config: {0}")]
+    Config(String),
+    #[error("spawning worker thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+pub struct Engine {
+    backend: BackendKind,
+    xdp: Option<XdpFilter>,
+    workers: Vec<JoinHandle<()>>,
+    stats: Vec<Arc<StatsCell>>,
+    shutdown: Arc<AtomicBool>,
+    routes: Arc<ArcSwap<RouteTable>>,
+    epoch: Arc<AtomicU64>,
+}
+
+fn vip_addrs(cfg: &EngineConfig) -> Vec<IpAddr> {
+    cfg.vips.iter().map(|(ip, _)| *ip).collect()
+}
+
+/// Opens AF_XDP sockets on every queue and registers them with the program.
+fn open_af_xdp(cfg: &EngineConfig, xdp: &mut XdpFilter) -> Result<Vec<Box<dyn PacketIo>>, EngineError> {
+    let mut out: Vec<Box<dyn PacketIo>> = Vec::new();
+    for q in 0..cfg.queues {
+        let mut c = AfXdpConfig::new(cfg.iface.clone(), q);
+        c.frame_count = cfg.umem_frames;
+        c.ring_size = cfg.ring_size;
+        c.hugepages = cfg.hugepages;
+        let sock = AfXdpSocket::open(&c)?;
+        xdp.register_xsk(q, sock.fd())?;
+        tracing::info!(queue = q, zero_copy = sock.zero_copy(), "AF_XDP socket bound");
+        out.push(Box::new(sock));
+    }
+    Ok(out)
+}
+
+fn open_af_packet(cfg: &EngineConfig) -> Result<Vec<Box<dyn PacketIo>>, EngineError> {
+    // Sockets join the fanout group in queue order (PACKET_FANOUT_QM).
+    (0..cfg.queues)
+        .map(|q| {
+            let c = AfPacketConfig::new(cfg.iface.clone(), q, cfg.queues);
+            Ok(Box::new(AfPacketSocket::open(&c)?) as Box<dyn PacketIo>)
+        })
+        .collect()
+}
+
+impl Engine {
+    pub fn start(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        if cfg.queues == 0 || cfg.queues as usize > ferrogate_ebpf::MAX_QUEUES as usize {
+            return Err(EngineError::Config(format!("queues must be 1..={}", ferrogate_ebpf::MAX_QUEUES)));
+        }
+        if cfg.vips.is_empty() {
+            return Err(EngineError::Config("at least one VIP is required".into()));
+        }
+        let mac = crate::netdev::mac_address(&cfg.iface).map_err(|source| EngineError::Interface {
+            iface: cfg.iface.clone(),
+            source,
+        })?;
+        let cpus = ferrogate_numa::plan_worker_cpus(cfg.queues as usize, &cfg.cpus, &cfg.iface)?;
+        let vips = vip_addrs(&cfg);
+
+        let (backend, xdp, ios) = match cfg.backend {
+            BackendChoice::AfXdp => {
+                let mut xdp = XdpFilter::attach(&cfg.iface, cfg.xdp_mode, &vips, VipAction::RedirectToXsk)?;
+                let ios = open_af_xdp(&cfg, &mut xdp)?;
+                (BackendKind::AfXdp, Some(xdp), ios)
+            }
+            BackendChoice::Auto => {
+                let mut xdp = XdpFilter::attach(&cfg.iface, cfg.xdp_mode, &vips, VipAction::RedirectToXsk)?;
+                match open_af_xdp(&cfg, &mut xdp) {
+                    Ok(ios) => (BackendKind::AfXdp, Some(xdp), ios),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "AF_XDP unavailable, falling back to AF_PACKET");
+                        xdp.set_vip_action(VipAction::PassToKernel)?;
+                        (BackendKind::AfPacket, Some(xdp), open_af_packet(&cfg)?)
+                    }
+                }
+            }
+            BackendChoice::AfPacket => {
+                // XDP still counts and passes; AF_PACKET taps the kernel path.
+                let xdp = match XdpFilter::attach(&cfg.iface, cfg.xdp_mode, &vips, VipAction::PassToKernel) {
+                    Ok(x) => Some(x),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "running AF_PACKET without the XDP program");
+                        None
+                    }
+                };
+                (BackendKind::AfPacket, xdp, open_af_packet(&cfg)?)
+            }
+        };
+        tracing::info!(
+            backend = %backend,
+            iface = %cfg.iface,
+            queues = cfg.queues,
+            xdp_mode = ?xdp.as_ref().map(|x| x.mode()),
+            "packet backend selected"
+        );
+
+        let workers_n = cfg.queues as usize;
+        let ports = PortPlan::new(cfg.upstream_port_range.clone(), workers_n);
+        let routes = Arc::new(ArcSwap::from(cfg.routes.clone()));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let clock_start = StdInstant::now();
+        let mut meshes = handoff::mesh(workers_n, 1024);
+        let mut engine = Engine {
+            backend,
+            xdp,
+            workers: Vec::new(),
+            stats: Vec::new(),
+            shutdown: shutdown.clone(),
+            routes: routes.clone(),
+            epoch: epoch.clone(),
+        };
+        for (id, io) in ios.into_iter().enumerate().rev() {
+            let mut sc = StackConfig::new(mac, cfg.vips.clone(), ports.range_of(id));
+            sc.gateway_v4 = cfg.gateway_v4;
+            sc.listen_backlog = cfg.listen_backlog;
+            sc.max_connections = cfg.max_connections;
+            sc.tcp_rx_buffer = cfg.tcp_buffer;
+            sc.tcp_tx_buffer = cfg.tcp_buffer;
+            sc.verify_rx_checksums = cfg.verify_rx_checksums;
+            sc.timeouts = cfg.timeouts;
+            sc.random_seed = 0x9e37_79b9_7f4a_7c15 ^ (id as u64) ^ clock_start.elapsed().as_nanos() as u64;
+            let stack = Stack::new(sc, cfg.routes.clone(), Instant::from_micros(0))
+                .map_err(|source| EngineError::Stack { worker: id, source })?;
+            let cell = Arc::new(StatsCell::default());
+            engine.stats.push(cell.clone());
+            let worker = Worker {
+                id,
+                queue: id as u32,
+                cpu: cpus[id],
+                io,
+                stack,
+                handoff: meshes.pop().expect("one mesh end per worker"),
+                ports: ports.clone(),
+                routes: routes.clone(),
+                epoch: epoch.clone(),
+                shutdown: shutdown.clone(),
+                stats: cell,
+                batch: cfg.batch_size,
+                polling: cfg.polling,
+                mac,
+                clock_start,
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("fg-worker-{id}"))
+                .spawn(move || worker.run())
+                .map_err(EngineError::Spawn)?;
+            engine.workers.push(h);
+        }
+        engine.stats.reverse();
+        Ok(engine)
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// Swaps in a new routing snapshot; workers pick it up between batches.
+    pub fn apply_routes(&self, routes: Arc<RouteTable>) {
+        self.routes.store(routes);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            backend: self.backend,
+            workers: self.stats.iter().map(|c| c.read()).collect(),
+            xdp: self.xdp.as_ref().and_then(|x| x.counters().ok()),
+        }
+    }
+
+    /// Whether every worker thread is still running.
+    pub fn healthy(&self) -> bool {
+        self.workers.iter().all(|w| !w.is_finished())
+    }
+
+    /// Stops the workers, then detaches XDP (so no frame is redirected to a
+    /// closed socket in between: unbound queues fall back to the kernel).
+    pub fn shutdown(mut self) -> Result<EngineStats, EngineError> {
+        self.stop_workers();
+        let stats = self.stats();
+        if let Some(x) = self.xdp.take() {
+            x.detach()?;
+        }
+        Ok(stats)
+    }
+
+    fn stop_workers(&mut self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_workers();
+    }
+}

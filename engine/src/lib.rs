@@ -1,0 +1,18 @@
+//! ferrogate's data plane: packet I/O backends behind one trait, the pinned
+//! run-to-completion workers, worker-to-worker hand-off and snapshot swap.
+
+pub mod afpacket;
+pub mod afxdp;
+pub mod config;
+pub mod engine;
+pub mod handoff;
+pub mod io;
+pub mod io_error;
+pub mod netdev;
+pub mod stats;
+mod worker;
+
+pub use config::{BackendChoice, EngineConfig, PollingMode, PortPlan};
+pub use engine::{Engine, EngineError};
+pub use io::{BackendKind, IoStats, PacketIo};
+pub use stats::{EngineStats, WorkerStats};

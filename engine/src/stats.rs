@@ -1,0 +1,104 @@
+//! Per-worker counters, published by each worker every few milliseconds
+//! (never per packet) and summed by readers.
+
+use std::sync::Mutex;
+
+use ferrogate_stack::StackStats;
+
+use crate::io::IoStats;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WorkerStats {
+    pub worker: usize,
+    pub queue: u32,
+    pub cpu: usize,
+    pub stack: StackStats,
+    pub io: IoStats,
+    /// Frames this worker received for another worker's flow and passed on.
+    pub handoff_out: u64,
+    /// Frames other workers passed to this one.
+    pub handoff_in: u64,
+    /// Hand-offs refused because the target's ring was full.
+    pub handoff_dropped: u64,
+    /// Loop iterations that moved frames, and ones that found nothing.
+    pub busy_loops: u64,
+    pub idle_loops: u64,
+    /// Sleeps on the socket in adaptive mode.
+    pub sleeps: u64,
+    pub snapshot_version: u64,
+}
+
+/// Where a worker publishes its counters. The worker only `try_lock`s it,
+/// every few milliseconds, so it never waits on a reader.
+#[derive(Default)]
+pub struct StatsCell(Mutex<WorkerStats>);
+
+impl StatsCell {
+    pub fn publish(&self, s: &WorkerStats) {
+        if let Ok(mut g) = self.0.try_lock() {
+            *g = *s;
+        }
+    }
+
+    pub fn read(&self) -> WorkerStats {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Counters of the whole engine at one moment.
+#[derive(Debug, Clone)]
+pub struct EngineStats {
+    pub backend: crate::io::BackendKind,
+    pub workers: Vec<WorkerStats>,
+    pub xdp: Option<ferrogate_ebpf::XdpCounters>,
+}
+
+impl EngineStats {
+    pub fn stack_total(&self) -> StackStats {
+        let mut t = StackStats::default();
+        for w in &self.workers {
+            t.add(&w.stack);
+        }
+        t
+    }
+
+    pub fn handoff_total(&self) -> (u64, u64, u64) {
+        self.workers.iter().fold((0, 0, 0), |a, w| {
+            (a.0 + w.handoff_out, a.1 + w.handoff_in, a.2 + w.handoff_dropped)
+        })
+    }
+
+    /// `name value` lines, one counter each, for logs and `ferrogate stats`.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "backend {}", self.backend);
+        for w in &self.workers {
+            let _ = writeln!(
+                s,
+                "worker {} queue {} cpu {}: rx {} tx {} requests {} handoff_out {} handoff_in {} handoff_dropped {} sleeps {}",
+                w.worker,
+                w.queue,
+                w.cpu,
+                w.io.rx_frames,
+                w.io.tx_frames,
+                w.stack.requests,
+                w.handoff_out,
+                w.handoff_in,
+                w.handoff_dropped,
+                w.sleeps
+            );
+        }
+        for (k, v) in self.stack_total().fields() {
+            let _ = writeln!(s, "stack_{k} {v}");
+        }
+        let (o, i, d) = self.handoff_total();
+        let _ = writeln!(s, "handoff_out {o}\nhandoff_in {i}\nhandoff_dropped {d}");
+        if let Some(x) = &self.xdp {
+            for (k, v) in x.iter() {
+                let _ = writeln!(s, "xdp_{k}_packets {}", v.packets);
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,183 @@
+//! The run-to-completion worker: one thread per NIC queue, pinned, looping
+//! rx burst → steer → stack → tx burst. No locks or allocation per frame.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant as StdInstant};
+
+use arc_swap::ArcSwap;
+use ferrogate_stack::frame::{self, FrameClass};
+use ferrogate_stack::{Instant, RouteTable, Stack};
+
+use crate::config::{PollingMode, PortPlan};
+use crate::handoff::HandoffPorts;
+use crate::io::PacketIo;
+use crate::stats::{StatsCell, WorkerStats};
+
+/// How often a worker publishes its counters.
+const PUBLISH_EVERY: Duration = Duration::from_millis(10);
+/// Longest sleep of an idle adaptive worker: bounds the delay of a frame that
+/// another worker hands off (hand-offs do not wake the socket).
+const MAX_SLEEP: Duration = Duration::from_micros(500);
+
+pub(crate) struct Worker {
+    pub id: usize,
+    pub queue: u32,
+    pub cpu: usize,
+    pub io: Box<dyn PacketIo>,
+    pub stack: Stack,
+    pub handoff: HandoffPorts,
+    pub ports: PortPlan,
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    pub epoch: Arc<AtomicU64>,
+    pub shutdown: Arc<AtomicBool>,
+    pub stats: Arc<StatsCell>,
+    pub batch: usize,
+    pub polling: PollingMode,
+    pub mac: [u8; 6],
+    pub clock_start: StdInstant,
+}
+
+impl Worker {
+    pub(crate) fn run(mut self) {
+        if let Err(e) = ferrogate_numa::pin_current_thread(self.cpu) {
+            tracing::warn!(worker = self.id, cpu = self.cpu, error = %e, "worker not pinned");
+        }
+        tracing::info!(worker = self.id, queue = self.queue, cpu = self.cpu, backend = %self.io.kind(), "worker running");
+        let mut s = WorkerStats {
+            worker: self.id,
+            queue: self.queue,
+            cpu: self.cpu,
+            ..Default::default()
+        };
+        let mut seen_epoch = self.epoch.load(Ordering::Acquire);
+        s.snapshot_version = self.stack.routes().version;
+        let mut last_publish = StdInstant::now();
+        let mut idle_since: Option<StdInstant> = None;
+        let mut next_timer = Instant::from_micros(0);
+        let mut rx_error_logged = false;
+
+        while !self.shutdown.load(Ordering::Relaxed) {
+            let wall = StdInstant::now();
+            let now = Instant::from_micros(wall.duration_since(self.clock_start).as_micros() as i64);
+
+            // A new snapshot applies between batches, never inside one.
+            let epoch = self.epoch.load(Ordering::Acquire);
+            if epoch != seen_epoch {
+                seen_epoch = epoch;
+                let routes = self.routes.load_full();
+                s.snapshot_version = routes.version;
+                self.stack.set_routes(routes);
+            }
+
+            let received = self.receive_burst(&mut s, &mut rx_error_logged);
+            let handed = {
+                let stack = &mut self.stack;
+                self.handoff.receive(self.batch, |f| {
+                    stack.handle_frame(f);
+                })
+            };
+            s.handoff_in += handed as u64;
+            let work = received + handed;
+
+            if work > 0 || now >= next_timer {
+                self.stack.poll(now);
+                // Timers (retransmits, timeouts) at most every millisecond
+                // when nothing arrives.
+                next_timer = now + smoltcp_ms(1);
+            }
+            let io = &mut self.io;
+            self.stack.drain_tx(|f| {
+                io.tx_frame(f);
+            });
+            if let Err(e) = self.io.tx_flush() {
+                tracing::debug!(worker = self.id, error = %e, "tx flush failed");
+            }
+
+            if work > 0 {
+                s.busy_loops += 1;
+                idle_since = None;
+            } else {
+                s.idle_loops += 1;
+                if let PollingMode::Adaptive { spin } = self.polling {
+                    let since = *idle_since.get_or_insert(wall);
+                    if wall.duration_since(since) >= spin {
+                        s.sleeps += 1;
+                        let _ = self.io.wait(MAX_SLEEP);
+                    }
+                }
+            }
+
+            if wall.duration_since(last_publish) >= PUBLISH_EVERY {
+                last_publish = wall;
+                s.stack = *self.stack.stats();
+                s.io = self.io.stats();
+                self.stats.publish(&s);
+            }
+        }
+        s.stack = *self.stack.stats();
+        s.io = self.io.stats();
+        self.stats.publish(&s);
+        tracing::info!(worker = self.id, "worker stopped");
+    }
+
+    /// One rx burst, steering each frame to this stack or its owner.
+    fn receive_burst(&mut self, s: &mut WorkerStats, error_logged: &mut bool) -> usize {
+        let me = self.id;
+        let mac = self.mac;
+        let stack = &mut self.stack;
+        let handoff = &self.handoff;
+        let ports = &self.ports;
+        let (mut out, mut dropped) = (0u64, 0u64);
+        let r = self.io.rx_burst(self.batch, &mut |f| match frame::classify(f) {
+            FrameClass::Tcp { dst_port, .. } => match ports.owner(dst_port) {
+                Some(owner) if owner != me => {
+                    if handoff.send(owner, f) {
+                        out += 1;
+                    } else {
+                        dropped += 1;
+                    }
+                }
+                _ => {
+                    stack.handle_frame(f);
+                }
+            },
+            FrameClass::Arp { request } => {
+                stack.handle_frame(f);
+                // Every worker needs the neighbour's address; only the one
+                // that received a request answers it.
+                for w in (0..handoff.workers()).filter(|&w| w != me) {
+                    let sent = handoff.send_with(w, f, |copy| {
+                        if request {
+                            frame::arp_request_to_learning_reply(copy, mac);
+                        }
+                    });
+                    if sent {
+                        out += 1;
+                    } else {
+                        dropped += 1;
+                    }
+                }
+            }
+            FrameClass::Other => {
+                stack.handle_frame(f);
+            }
+        });
+        s.handoff_out += out;
+        s.handoff_dropped += dropped;
+        match r {
+            Ok(n) => n,
+            Err(e) => {
+                if !*error_logged {
+                    tracing::error!(worker = me, error = %e, "rx burst failed");
+                    *error_logged = true;
+                }
+                0
+            }
+        }
+    }
+}
+
+fn smoltcp_ms(ms: u64) -> ferrogate_stack::Duration {
+    ferrogate_stack::Duration::from_millis(ms)
+}
