@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use ferrogate_ebpf::AttachMode;
 use ferrogate_engine::{BackendChoice, EngineConfig, PollingMode};
-use ferrogate_stack::{DirectResponse, Listener, Route, RouteAction, RouteTable, Timeouts, Upstream};
+use ferrogate_stack::{
+    DirectResponse, Listener, Route, RouteAction, RouteTable, Timeouts, Upstream,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -280,16 +282,28 @@ fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
 fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
     let e = &cfg.engine;
     if *e.queues.get_ref() == 0 || *e.queues.get_ref() > ferrogate_ebpf::MAX_QUEUES {
-        rep.at(e.queues.span(), "engine.queues", format!("must be 1..={}", ferrogate_ebpf::MAX_QUEUES));
+        rep.at(
+            e.queues.span(),
+            "engine.queues",
+            format!("must be 1..={}", ferrogate_ebpf::MAX_QUEUES),
+        );
     }
     if !(1..=1024).contains(e.batch_size.get_ref()) {
         rep.at(e.batch_size.span(), "engine.batch_size", "must be 1..=1024");
     }
     if !(4096..=16 * 1024 * 1024).contains(e.tcp_buffer.get_ref()) {
-        rep.at(e.tcp_buffer.span(), "engine.tcp_buffer", "must be 4096..=16777216 bytes");
+        rep.at(
+            e.tcp_buffer.span(),
+            "engine.tcp_buffer",
+            "must be 4096..=16777216 bytes",
+        );
     }
     if e.interface.is_empty() || e.interface.len() > 15 {
-        rep.at(0..0, "engine.interface", "must be an interface name of 1..=15 characters");
+        rep.at(
+            0..0,
+            "engine.interface",
+            "must be an interface name of 1..=15 characters",
+        );
     }
 
     let mut vips = Vec::new();
@@ -299,34 +313,66 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
     for (i, v) in cfg.vips.iter().enumerate() {
         match parse_cidr(v.get_ref()) {
             Some(c) => vips.push(c),
-            None => rep.at(v.span(), format!("vips[{i}]"), format!("{:?} is not an address/prefix like 10.0.0.10/24", v.get_ref())),
+            None => rep.at(
+                v.span(),
+                format!("vips[{i}]"),
+                format!(
+                    "{:?} is not an address/prefix like 10.0.0.10/24",
+                    v.get_ref()
+                ),
+            ),
         }
     }
-    let gateway = cfg.gateway.as_ref().and_then(|g| match g.get_ref().parse::<Ipv4Addr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            rep.at(g.span(), "gateway", format!("{:?} is not an IPv4 address", g.get_ref()));
-            None
-        }
-    });
+    let gateway = cfg
+        .gateway
+        .as_ref()
+        .and_then(|g| match g.get_ref().parse::<Ipv4Addr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                rep.at(
+                    g.span(),
+                    "gateway",
+                    format!("{:?} is not an IPv4 address", g.get_ref()),
+                );
+                None
+            }
+        });
 
     let mut pools: Vec<(String, Arc<Upstream>)> = Vec::new();
     for (i, u) in cfg.upstreams.iter().enumerate() {
         let name = u.name.get_ref().clone();
         if pools.iter().any(|(n, _)| *n == name) {
-            rep.at(u.name.span(), format!("upstreams[{i}].name"), format!("duplicate upstream {name:?}"));
+            rep.at(
+                u.name.span(),
+                format!("upstreams[{i}].name"),
+                format!("duplicate upstream {name:?}"),
+            );
         }
         let mut eps = Vec::new();
         if u.endpoints.is_empty() {
-            rep.at(u.name.span(), format!("upstreams[{i}].endpoints"), "needs at least one endpoint");
+            rep.at(
+                u.name.span(),
+                format!("upstreams[{i}].endpoints"),
+                "needs at least one endpoint",
+            );
         }
         for (j, ep) in u.endpoints.iter().enumerate() {
             match ep.get_ref().parse::<SocketAddr>() {
                 Ok(a) => eps.push(a),
-                Err(_) => rep.at(ep.span(), format!("upstreams[{i}].endpoints[{j}]"), format!("{:?} is not ip:port", ep.get_ref())),
+                Err(_) => rep.at(
+                    ep.span(),
+                    format!("upstreams[{i}].endpoints[{j}]"),
+                    format!("{:?} is not ip:port", ep.get_ref()),
+                ),
             }
         }
-        pools.push((name.clone(), Arc::new(Upstream { name, endpoints: eps })));
+        pools.push((
+            name.clone(),
+            Arc::new(Upstream {
+                name,
+                endpoints: eps,
+            }),
+        ));
     }
 
     let mut listeners = Vec::new();
@@ -337,32 +383,56 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
     for (i, l) in cfg.listeners.iter().enumerate() {
         let port = *l.port.get_ref();
         if port == 0 || !ports.insert(port) {
-            rep.at(l.port.span(), format!("listeners[{i}].port"), format!("port {port} is zero or used twice"));
+            rep.at(
+                l.port.span(),
+                format!("listeners[{i}].port"),
+                format!("port {port} is zero or used twice"),
+            );
         }
         if (32_768..61_000).contains(&port) {
-            rep.at(l.port.span(), format!("listeners[{i}].port"), "lies in the upstream port range 32768..61000");
+            rep.at(
+                l.port.span(),
+                format!("listeners[{i}].port"),
+                "lies in the upstream port range 32768..61000",
+            );
         }
         let mut routes = Vec::new();
         for (j, r) in l.routes.iter().enumerate() {
             let field = format!("listeners[{i}].routes[{j}]");
             if !r.path_prefix.get_ref().starts_with('/') {
-                rep.at(r.path_prefix.span(), format!("{field}.path_prefix"), "must start with '/'");
+                rep.at(
+                    r.path_prefix.span(),
+                    format!("{field}.path_prefix"),
+                    "must start with '/'",
+                );
             }
             let action = match (&r.upstream, &r.respond) {
                 (Some(u), None) => match pools.iter().find(|(n, _)| n == u.get_ref()) {
                     Some((_, p)) => Some(RouteAction::Proxy(p.clone())),
                     None => {
-                        rep.at(u.span(), format!("{field}.upstream"), format!("no upstream named {:?}", u.get_ref()));
+                        rep.at(
+                            u.span(),
+                            format!("{field}.upstream"),
+                            format!("no upstream named {:?}", u.get_ref()),
+                        );
                         None
                     }
                 },
                 (None, Some(resp)) => {
                     let d = resp.get_ref();
                     if !(200..=599).contains(&d.status) {
-                        rep.at(resp.span(), format!("{field}.respond.status"), "must be 200..=599");
+                        rep.at(
+                            resp.span(),
+                            format!("{field}.respond.status"),
+                            "must be 200..=599",
+                        );
                     }
                     if d.body.len() > MAX_DIRECT_BODY {
-                        rep.at(resp.span(), format!("{field}.respond.body"), format!("longer than {MAX_DIRECT_BODY} bytes"));
+                        rep.at(
+                            resp.span(),
+                            format!("{field}.respond.body"),
+                            format!("longer than {MAX_DIRECT_BODY} bytes"),
+                        );
                     }
                     Some(RouteAction::Respond(Arc::new(DirectResponse {
                         status: d.status,
@@ -371,7 +441,11 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
                     })))
                 }
                 _ => {
-                    rep.at(r.path_prefix.span(), field.clone(), "needs exactly one of `upstream` or `respond`");
+                    rep.at(
+                        r.path_prefix.span(),
+                        field.clone(),
+                        "needs exactly one of `upstream` or `respond`",
+                    );
                     None
                 }
             };
@@ -389,7 +463,10 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
     if !rep.errors.is_empty() {
         return None;
     }
-    let routes = Arc::new(RouteTable { version: 1, listeners });
+    let routes = Arc::new(RouteTable {
+        version: 1,
+        listeners,
+    });
     let mut ec = EngineConfig::new(e.interface.clone(), vips, routes);
     ec.queues = *e.queues.get_ref();
     ec.backend = match e.backend {
@@ -405,7 +482,9 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
     ec.batch_size = *e.batch_size.get_ref();
     ec.polling = match e.polling {
         Polling::Busy => PollingMode::Busy,
-        Polling::Adaptive => PollingMode::Adaptive { spin: Duration::from_micros(50) },
+        Polling::Adaptive => PollingMode::Adaptive {
+            spin: Duration::from_micros(50),
+        },
     };
     ec.cpus = e.cpus.clone();
     ec.verify_rx_checksums = e.verify_rx_checksums;
@@ -472,7 +551,12 @@ upstream = "origin"
         let bad = GOOD.replace("upstream = \"origin\"", "upstream = \"nope\"");
         let e = errors(&bad);
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("t.toml:18:12: listeners[0].routes[1].upstream: no upstream named \"nope\""), "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "t.toml:18:12: listeners[0].routes[1].upstream: no upstream named \"nope\""
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -139,7 +139,14 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let _guard = LabGuard(lab.clone());
     let stats_file = lab.state_dir().join("engine.stats");
     let log_file = lab.state_dir().join("engine.log");
-    let child = spawn_engine(&lab, &a.config, a.queues, a.backend.as_deref(), &stats_file, &log_file)?;
+    let child = spawn_engine(
+        &lab,
+        &a.config,
+        a.queues,
+        a.backend.as_deref(),
+        &stats_file,
+        &log_file,
+    )?;
     let mut engine = EngineProc(Some(child));
     if !wait_for_vip(&lab, Duration::from_secs(20)) {
         engine.stop();
@@ -159,7 +166,10 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         println!("GET {path} -> {code} {}", body.trim());
     }
 
-    println!("== wrk -t1 -c50 -d{}s, alternating ferrogate and nginx (kernel proxy on {EDGE_HOST_IP})", a.seconds);
+    println!(
+        "== wrk -t1 -c50 -d{}s, alternating ferrogate and nginx (kernel proxy on {EDGE_HOST_IP})",
+        a.seconds
+    );
     let mut fg = Vec::new();
     let mut ngx = Vec::new();
     for round in 0..2 {
@@ -171,11 +181,18 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         ngx.push(r);
     }
     let (f, n) = (median(&mut fg), median(&mut ngx));
-    println!("median: ferrogate {f:.0} req/s, nginx {n:.0} req/s, ratio {:.2}", f / n.max(1.0));
+    println!(
+        "median: ferrogate {f:.0} req/s, nginx {n:.0} req/s, ratio {:.2}",
+        f / n.max(1.0)
+    );
 
     std::thread::sleep(Duration::from_millis(400));
     let st = engine.stop();
-    println!("== engine exited: {}", st.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()));
+    println!(
+        "== engine exited: {}",
+        st.map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".into())
+    );
     let stats = std::fs::read_to_string(&stats_file).unwrap_or_default();
     println!("== counters");
     for line in stats.lines() {

@@ -42,7 +42,10 @@ impl Lab {
 
     /// Where the lab keeps pid files, nginx configs and logs.
     pub fn state_dir(&self) -> PathBuf {
-        PathBuf::from(format!("/run/ferrogate-lab/{}", self.prefix.trim_end_matches('-')))
+        PathBuf::from(format!(
+            "/run/ferrogate-lab/{}",
+            self.prefix.trim_end_matches('-')
+        ))
     }
 
     pub fn exists(&self) -> bool {
@@ -52,7 +55,11 @@ impl Lab {
     /// Builds the lab; fails (after cleaning up) if any step fails.
     pub fn up(&self, queues: u32) -> Result<()> {
         if self.exists() {
-            bail!("lab {:?} already exists: run `ferrogate lab down --prefix {}` first", self.prefix, self.prefix);
+            bail!(
+                "lab {:?} already exists: run `ferrogate lab down --prefix {}` first",
+                self.prefix,
+                self.prefix
+            );
         }
         if queues == 0 || queues > 64 {
             bail!("--queues must be 1..=64");
@@ -73,6 +80,12 @@ impl Lab {
         let wire = self.wire();
         ip(&["-n", &wire, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &wire, "link", "set", "br0", "up"])?;
+        // With br_netfilter loaded, bridged frames would go through iptables,
+        // which validates (and drops) malformed IP before the edge sees it.
+        for table in ["iptables", "ip6tables", "arptables"] {
+            let key = format!("net.bridge.bridge-nf-call-{table}=0");
+            let _ = run_in(&wire, &["sysctl", "-qw", &key]);
+        }
         let q = queues.to_string();
         let hosts = [
             (self.client(), "c", CLIENT_IP, "1"),
@@ -83,19 +96,45 @@ impl Lab {
             let inner = format!("{tag}-eth0");
             let outer = format!("{tag}-port");
             ip(&[
-                "-n", &wire, "link", "add", "name", &inner, "numtxqueues", nq, "numrxqueues", nq,
-                "type", "veth", "peer", "name", &outer, "numtxqueues", nq, "numrxqueues", nq,
+                "-n",
+                &wire,
+                "link",
+                "add",
+                "name",
+                &inner,
+                "numtxqueues",
+                nq,
+                "numrxqueues",
+                nq,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &outer,
+                "numtxqueues",
+                nq,
+                "numrxqueues",
+                nq,
             ])?;
             ip(&["-n", &wire, "link", "set", "dev", &outer, "master", "br0"])?;
             ip(&["-n", &wire, "link", "set", "dev", &outer, "up"])?;
             ip(&["-n", &wire, "link", "set", "dev", &inner, "netns", &ns])?;
             ip(&["-n", &ns, "link", "set", "dev", &inner, "name", "eth0"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns, "link", "set", "dev", "eth0", "up"])?;
             if tag != "e" {
                 // Kernel peers send partial TCP checksums over veth; the
                 // userspace stack verifies full ones (PLATFORM.md).
-                run_in(&ns, &["ethtool", "-K", "eth0", "tx", "off"]).context("ethtool -K eth0 tx off")?;
+                run_in(&ns, &["ethtool", "-K", "eth0", "tx", "off"])
+                    .context("ethtool -K eth0 tx off")?;
             }
         }
         self.start_origin()?;
@@ -132,7 +171,11 @@ impl Lab {
             www = www.display(),
         );
         let conf = self.nginx_conf("origin", &server)?;
-        run_in(&self.origin(), &["nginx", "-c", &conf.display().to_string()]).context("starting the origin nginx")
+        run_in(
+            &self.origin(),
+            &["nginx", "-c", &conf.display().to_string()],
+        )
+        .context("starting the origin nginx")
     }
 
     /// A kernel HTTP server on the edge's host address: host traffic that
@@ -144,7 +187,8 @@ impl Lab {
              location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}"
         );
         let conf = self.nginx_conf("edge-nginx", &server)?;
-        run_in(&self.edge(), &["nginx", "-c", &conf.display().to_string()]).context("starting the edge nginx")
+        run_in(&self.edge(), &["nginx", "-c", &conf.display().to_string()])
+            .context("starting the edge nginx")
     }
 
     /// Removes everything the lab made, also after a crash: processes left in
@@ -196,10 +240,13 @@ impl Lab {
             if let Ok(o) = output(Command::new("ip").args(["-n", &ns, "-br", "addr"])) {
                 s.push_str(&o);
             }
-            if let Ok(o) = output(Command::new("ip").args(["-n", &ns, "-d", "link", "show", "dev", "eth0"])) {
-                if let Some(x) = o.lines().find(|l| l.contains("prog/xdp")) {
-                    s.push_str(&format!("xdp: {}\n", x.trim()));
-                }
+            let link =
+                output(Command::new("ip").args(["-n", &ns, "-d", "link", "show", "dev", "eth0"]));
+            if let Some(x) = link
+                .ok()
+                .and_then(|o| o.lines().find(|l| l.contains("prog/xdp")).map(String::from))
+            {
+                s.push_str(&format!("xdp: {}\n", x.trim()));
             }
             let pids = netns_pids(&ns);
             if !pids.is_empty() {
@@ -218,9 +265,15 @@ impl Lab {
 }
 
 fn output(c: &mut Command) -> Result<String> {
-    let o = c.stdin(Stdio::null()).output().with_context(|| format!("running {c:?}"))?;
+    let o = c
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {c:?}"))?;
     if !o.status.success() {
-        bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+        bail!(
+            "{c:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
@@ -235,12 +288,21 @@ fn run_in(ns: &str, argv: &[&str]) -> Result<()> {
 
 pub fn netns_list() -> Vec<String> {
     output(Command::new("ip").args(["netns", "list"]))
-        .map(|o| o.lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect())
+        .map(|o| {
+            o.lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn netns_pids(ns: &str) -> Vec<i32> {
     output(Command::new("ip").args(["netns", "pids", ns]))
-        .map(|o| o.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .map(|o| {
+            o.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }

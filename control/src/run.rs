@@ -22,7 +22,8 @@ pub struct RunArgs {
 /// network namespace.
 pub fn enter_netns(name: &str) -> Result<()> {
     let path = format!("/var/run/netns/{name}");
-    let f = std::fs::File::open(&path).with_context(|| format!("opening {path} (does the namespace exist?)"))?;
+    let f = std::fs::File::open(&path)
+        .with_context(|| format!("opening {path} (does the namespace exist?)"))?;
     use std::os::fd::AsRawFd;
     // SAFETY: setns(2) with a valid namespace fd; the process is still
     // single-threaded, so every thread spawned later inherits the namespace.

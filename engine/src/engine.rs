@@ -58,7 +58,10 @@ fn vip_addrs(cfg: &EngineConfig) -> Vec<IpAddr> {
 }
 
 /// Opens AF_XDP sockets on every queue and registers them with the program.
-fn open_af_xdp(cfg: &EngineConfig, xdp: &mut XdpFilter) -> Result<Vec<Box<dyn PacketIo>>, EngineError> {
+fn open_af_xdp(
+    cfg: &EngineConfig,
+    xdp: &mut XdpFilter,
+) -> Result<Vec<Box<dyn PacketIo>>, EngineError> {
     let mut out: Vec<Box<dyn PacketIo>> = Vec::new();
     for q in 0..cfg.queues {
         let mut c = AfXdpConfig::new(cfg.iface.clone(), q);
@@ -67,7 +70,11 @@ fn open_af_xdp(cfg: &EngineConfig, xdp: &mut XdpFilter) -> Result<Vec<Box<dyn Pa
         c.hugepages = cfg.hugepages;
         let sock = AfXdpSocket::open(&c)?;
         xdp.register_xsk(q, sock.fd())?;
-        tracing::info!(queue = q, zero_copy = sock.zero_copy(), "AF_XDP socket bound");
+        tracing::info!(
+            queue = q,
+            zero_copy = sock.zero_copy(),
+            "AF_XDP socket bound"
+        );
         out.push(Box::new(sock));
     }
     Ok(out)
@@ -86,26 +93,32 @@ fn open_af_packet(cfg: &EngineConfig) -> Result<Vec<Box<dyn PacketIo>>, EngineEr
 impl Engine {
     pub fn start(cfg: EngineConfig) -> Result<Engine, EngineError> {
         if cfg.queues == 0 || cfg.queues as usize > ferrogate_ebpf::MAX_QUEUES as usize {
-            return Err(EngineError::Config(format!("queues must be 1..={}", ferrogate_ebpf::MAX_QUEUES)));
+            return Err(EngineError::Config(format!(
+                "queues must be 1..={}",
+                ferrogate_ebpf::MAX_QUEUES
+            )));
         }
         if cfg.vips.is_empty() {
             return Err(EngineError::Config("at least one VIP is required".into()));
         }
-        let mac = crate::netdev::mac_address(&cfg.iface).map_err(|source| EngineError::Interface {
-            iface: cfg.iface.clone(),
-            source,
-        })?;
+        let mac =
+            crate::netdev::mac_address(&cfg.iface).map_err(|source| EngineError::Interface {
+                iface: cfg.iface.clone(),
+                source,
+            })?;
         let cpus = ferrogate_numa::plan_worker_cpus(cfg.queues as usize, &cfg.cpus, &cfg.iface)?;
         let vips = vip_addrs(&cfg);
 
         let (backend, xdp, ios) = match cfg.backend {
             BackendChoice::AfXdp => {
-                let mut xdp = XdpFilter::attach(&cfg.iface, cfg.xdp_mode, &vips, VipAction::RedirectToXsk)?;
+                let mut xdp =
+                    XdpFilter::attach(&cfg.iface, cfg.xdp_mode, &vips, VipAction::RedirectToXsk)?;
                 let ios = open_af_xdp(&cfg, &mut xdp)?;
                 (BackendKind::AfXdp, Some(xdp), ios)
             }
             BackendChoice::Auto => {
-                let mut xdp = XdpFilter::attach(&cfg.iface, cfg.xdp_mode, &vips, VipAction::RedirectToXsk)?;
+                let mut xdp =
+                    XdpFilter::attach(&cfg.iface, cfg.xdp_mode, &vips, VipAction::RedirectToXsk)?;
                 match open_af_xdp(&cfg, &mut xdp) {
                     Ok(ios) => (BackendKind::AfXdp, Some(xdp), ios),
                     Err(e) => {
@@ -117,7 +130,12 @@ impl Engine {
             }
             BackendChoice::AfPacket => {
                 // XDP still counts and passes; AF_PACKET taps the kernel path.
-                let xdp = match XdpFilter::attach(&cfg.iface, cfg.xdp_mode, &vips, VipAction::PassToKernel) {
+                let xdp = match XdpFilter::attach(
+                    &cfg.iface,
+                    cfg.xdp_mode,
+                    &vips,
+                    VipAction::PassToKernel,
+                ) {
                     Ok(x) => Some(x),
                     Err(e) => {
                         tracing::warn!(error = %e, "running AF_PACKET without the XDP program");
@@ -160,7 +178,8 @@ impl Engine {
             sc.tcp_tx_buffer = cfg.tcp_buffer;
             sc.verify_rx_checksums = cfg.verify_rx_checksums;
             sc.timeouts = cfg.timeouts;
-            sc.random_seed = 0x9e37_79b9_7f4a_7c15 ^ (id as u64) ^ clock_start.elapsed().as_nanos() as u64;
+            sc.random_seed =
+                0x9e37_79b9_7f4a_7c15 ^ (id as u64) ^ clock_start.elapsed().as_nanos() as u64;
             let stack = Stack::new(sc, cfg.routes.clone(), Instant::from_micros(0))
                 .map_err(|source| EngineError::Stack { worker: id, source })?;
             let cell = Arc::new(StatsCell::default());

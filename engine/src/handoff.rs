@@ -61,7 +61,9 @@ pub fn mesh(workers: usize, depth: usize) -> Vec<HandoffPorts> {
         .map(|me| HandoffPorts {
             me,
             outbound: rings[me].clone(),
-            inbound: (0..workers).filter_map(|src| rings[src][me].clone()).collect(),
+            inbound: (0..workers)
+                .filter_map(|src| rings[src][me].clone())
+                .collect(),
         })
         .collect()
 }

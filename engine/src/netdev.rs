@@ -6,7 +6,10 @@ use std::io;
 /// The interface's MAC address (SIOCGIFHWADDR).
 pub fn mac_address(iface: &str) -> io::Result<[u8; 6]> {
     if iface.is_empty() || iface.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
     }
     // SAFETY: plain socket(2) call; the fd is closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };

@@ -64,7 +64,11 @@ impl EngineStats {
 
     pub fn handoff_total(&self) -> (u64, u64, u64) {
         self.workers.iter().fold((0, 0, 0), |a, w| {
-            (a.0 + w.handoff_out, a.1 + w.handoff_in, a.2 + w.handoff_dropped)
+            (
+                a.0 + w.handoff_out,
+                a.1 + w.handoff_in,
+                a.2 + w.handoff_dropped,
+            )
         })
     }
 

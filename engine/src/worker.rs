@@ -59,7 +59,8 @@ impl Worker {
 
         while !self.shutdown.load(Ordering::Relaxed) {
             let wall = StdInstant::now();
-            let now = Instant::from_micros(wall.duration_since(self.clock_start).as_micros() as i64);
+            let now =
+                Instant::from_micros(wall.duration_since(self.clock_start).as_micros() as i64);
 
             // A new snapshot applies between batches, never inside one.
             let epoch = self.epoch.load(Ordering::Acquire);
@@ -129,40 +130,42 @@ impl Worker {
         let handoff = &self.handoff;
         let ports = &self.ports;
         let (mut out, mut dropped) = (0u64, 0u64);
-        let r = self.io.rx_burst(self.batch, &mut |f| match frame::classify(f) {
-            FrameClass::Tcp { dst_port, .. } => match ports.owner(dst_port) {
-                Some(owner) if owner != me => {
-                    if handoff.send(owner, f) {
-                        out += 1;
-                    } else {
-                        dropped += 1;
+        let r = self
+            .io
+            .rx_burst(self.batch, &mut |f| match frame::classify(f) {
+                FrameClass::Tcp { dst_port, .. } => match ports.owner(dst_port) {
+                    Some(owner) if owner != me => {
+                        if handoff.send(owner, f) {
+                            out += 1;
+                        } else {
+                            dropped += 1;
+                        }
+                    }
+                    _ => {
+                        stack.handle_frame(f);
+                    }
+                },
+                FrameClass::Arp { request } => {
+                    stack.handle_frame(f);
+                    // Every worker needs the neighbour's address; only the one
+                    // that received a request answers it.
+                    for w in (0..handoff.workers()).filter(|&w| w != me) {
+                        let sent = handoff.send_with(w, f, |copy| {
+                            if request {
+                                frame::arp_request_to_learning_reply(copy, mac);
+                            }
+                        });
+                        if sent {
+                            out += 1;
+                        } else {
+                            dropped += 1;
+                        }
                     }
                 }
-                _ => {
+                FrameClass::Other => {
                     stack.handle_frame(f);
                 }
-            },
-            FrameClass::Arp { request } => {
-                stack.handle_frame(f);
-                // Every worker needs the neighbour's address; only the one
-                // that received a request answers it.
-                for w in (0..handoff.workers()).filter(|&w| w != me) {
-                    let sent = handoff.send_with(w, f, |copy| {
-                        if request {
-                            frame::arp_request_to_learning_reply(copy, mac);
-                        }
-                    });
-                    if sent {
-                        out += 1;
-                    } else {
-                        dropped += 1;
-                    }
-                }
-            }
-            FrameClass::Other => {
-                stack.handle_frame(f);
-            }
-        });
+            });
         s.handoff_out += out;
         s.handoff_dropped += dropped;
         match r {

@@ -57,7 +57,10 @@ pub fn online_cpus() -> Result<Vec<usize>, NumaError> {
 /// machines that report -1.
 pub fn nic_node(iface: &str) -> Option<usize> {
     let s = std::fs::read_to_string(format!("/sys/class/net/{iface}/device/numa_node")).ok()?;
-    s.trim().parse::<i64>().ok().and_then(|n| usize::try_from(n).ok())
+    s.trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
 }
 
 /// CPUs of a NUMA node.
@@ -81,7 +84,9 @@ pub fn plan_worker_cpus(
                 return Err(NumaError::CpuOffline(c));
             }
         }
-        return Ok((0..workers).map(|i| requested[i % requested.len()]).collect());
+        return Ok((0..workers)
+            .map(|i| requested[i % requested.len()])
+            .collect());
     }
     let local = nic_node(iface)
         .and_then(|n| node_cpus(n).ok())
@@ -105,7 +110,10 @@ mod tests {
 
     #[test]
     fn cpu_lists_parse() {
-        assert_eq!(parse_cpu_list("0-3,8,10-11\n").unwrap(), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11\n").unwrap(),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
         assert_eq!(parse_cpu_list("1").unwrap(), vec![1]);
         assert!(parse_cpu_list("3-1").is_err());
         assert!(parse_cpu_list("a").is_err());

@@ -126,7 +126,10 @@ impl phy::RxToken for RxToken<'_> {
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut f = Some(f);
-        if let Some(r) = self.tx.push_with(len, |buf| (f.take().expect("fill once"))(buf)) {
+        if let Some(r) = self
+            .tx
+            .push_with(len, |buf| (f.take().expect("fill once"))(buf))
+        {
             return r;
         }
         // Full queue: smoltcp still needs a buffer to build into; the frame is

@@ -41,8 +41,12 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             BadRequest(_) | BadRequestBody(_) | ClientHeaderTimeout | NoRoute => Side::Client,
-            UpstreamConnectFailed | UpstreamConnectTimeout | UpstreamClosedEarly
-            | UpstreamTimeout | BadResponse(_) | BadResponseBody(_) => Side::Upstream,
+            UpstreamConnectFailed
+            | UpstreamConnectTimeout
+            | UpstreamClosedEarly
+            | UpstreamTimeout
+            | BadResponse(_)
+            | BadResponseBody(_) => Side::Upstream,
             NoLocalPort | Overloaded => Side::Internal,
         }
     }

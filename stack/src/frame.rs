@@ -5,9 +5,14 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameClass {
     /// ARP: every worker needs the neighbour it announces.
-    Arp { request: bool },
+    Arp {
+        request: bool,
+    },
     /// TCP over IPv4 or IPv6, by destination port.
-    Tcp { dst_port: u16, syn_only: bool },
+    Tcp {
+        dst_port: u16,
+        syn_only: bool,
+    },
     Other,
 }
 

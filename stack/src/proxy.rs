@@ -77,11 +77,20 @@ impl Body {
 
 enum Phase {
     ReadHead,
-    WriteLocal { keep: bool },
+    WriteLocal {
+        keep: bool,
+    },
     Connect,
-    SendRequest { head_sent: usize, body: Body },
+    SendRequest {
+        head_sent: usize,
+        body: Body,
+    },
     ReadResponseHead,
-    StreamResponse { body: Body, keep_client: bool, keep_upstream: bool },
+    StreamResponse {
+        body: Body,
+        keep_client: bool,
+        keep_upstream: bool,
+    },
     Close,
     Finished,
 }
@@ -275,7 +284,14 @@ impl Conn {
                     // Direct body larger than the head buffer: configuration
                     // validation bounds it, so this is an internal error.
                     self.bufs.to_client.clear();
-                    head::write_local_response(500, "text/plain", b"", false, true, &mut self.bufs.to_client);
+                    head::write_local_response(
+                        500,
+                        "text/plain",
+                        b"",
+                        false,
+                        true,
+                        &mut self.bufs.to_client,
+                    );
                     self.phase = Phase::WriteLocal { keep: false };
                 } else {
                     self.phase = Phase::WriteLocal { keep };
@@ -288,7 +304,8 @@ impl Conn {
                 self.bufs.request_head.clear();
                 if !head::write_upstream_request(&req, client_ip, &mut self.bufs.request_head) {
                     self.bufs.from_client.consume(info.head_len);
-                    return self.fail_to_client(cx, ProxyError::BadRequest(head::HeadError::TooLarge));
+                    return self
+                        .fail_to_client(cx, ProxyError::BadRequest(head::HeadError::TooLarge));
                 }
                 self.bufs.from_client.consume(info.head_len);
                 if info.expect_continue {
@@ -481,10 +498,8 @@ impl Conn {
                 );
                 self.bufs.from_upstream.consume(resp.head_len);
                 if !ok {
-                    return self.upstream_failed(
-                        cx,
-                        ProxyError::BadResponse(head::HeadError::TooLarge),
-                    );
+                    return self
+                        .upstream_failed(cx, ProxyError::BadResponse(head::HeadError::TooLarge));
                 }
                 cx.stats.count_status(resp.status);
                 self.phase = Phase::StreamResponse {
@@ -570,10 +585,7 @@ impl Conn {
                     return true;
                 }
             },
-            Body::UntilClose => (
-                window.len(),
-                !upstream_open && avail.len() == window.len(),
-            ),
+            Body::UntilClose => (window.len(), !upstream_open && avail.len() == window.len()),
         };
         if take > 0 {
             let n = client.send_slice(&window[..take]).unwrap_or(0);
@@ -655,7 +667,8 @@ impl Conn {
     /// Moves the upstream socket to the pool's closing list.
     fn drop_upstream(&mut self, cx: &mut Ctx<'_>, reset: bool) {
         if let Some(up) = self.upstream.take() {
-            cx.pool.retire(cx.sockets, up.handle, Some(up.local_port), reset, cx.now);
+            cx.pool
+                .retire(cx.sockets, up.handle, Some(up.local_port), reset, cx.now);
         }
     }
 

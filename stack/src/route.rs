@@ -106,8 +106,14 @@ mod tests {
                 respond("any", None, "/"),
             ],
         };
-        assert_eq!(l.route(Some("API.example.com"), "/v1/x").unwrap().name, "api");
-        assert_eq!(l.route(Some("api.example.com"), "/v2").unwrap().name, "wild");
+        assert_eq!(
+            l.route(Some("API.example.com"), "/v1/x").unwrap().name,
+            "api"
+        );
+        assert_eq!(
+            l.route(Some("api.example.com"), "/v2").unwrap().name,
+            "wild"
+        );
         assert_eq!(l.route(Some("example.com"), "/").unwrap().name, "any");
         assert_eq!(l.route(Some("xexample.com"), "/").unwrap().name, "any");
         assert_eq!(l.route(None, "/").unwrap().name, "any");

@@ -35,7 +35,11 @@ impl SocketPool {
     }
 
     /// A closed socket, reused or new.
-    pub(crate) fn take(&mut self, sockets: &mut SocketSet<'static>, cfg: &StackConfig) -> SocketHandle {
+    pub(crate) fn take(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        cfg: &StackConfig,
+    ) -> SocketHandle {
         if let Some(h) = self.idle.pop() {
             return h;
         }

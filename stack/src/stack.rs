@@ -8,7 +8,7 @@ use std::sync::Arc;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use crate::config::StackConfig;
 use crate::device::{DeviceStats, FrameQueue, QueueDevice};
@@ -59,7 +59,11 @@ pub struct Stack {
 const MAX_ROUNDS: usize = 8;
 
 impl Stack {
-    pub fn new(cfg: StackConfig, routes: Arc<RouteTable>, now: Instant) -> Result<Self, StackError> {
+    pub fn new(
+        cfg: StackConfig,
+        routes: Arc<RouteTable>,
+        now: Instant,
+    ) -> Result<Self, StackError> {
         let mac = EthernetAddress(cfg.mac);
         if !mac.is_unicast() {
             return Err(StackError::BadMac(cfg.mac));
@@ -96,9 +100,7 @@ impl Stack {
                 }
             });
             if let Some(gw) = cfg.gateway_v4 {
-                let _ = iface
-                    .routes_mut()
-                    .add_default_ipv4_route(Ipv4Address::from(gw));
+                let _ = iface.routes_mut().add_default_ipv4_route(gw);
             }
             iface
         };
@@ -226,8 +228,7 @@ impl Stack {
                 }
                 if self.conns.len() >= self.cfg.max_connections {
                     self.stats.overload_rejected += 1;
-                    self.pool
-                        .retire(&mut self.sockets, taken, None, true, now);
+                    self.pool.retire(&mut self.sockets, taken, None, true, now);
                     continue;
                 }
                 self.stats.accepted += 1;

@@ -6,8 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ferrogate_stack::{
-    DirectResponse, Instant, Listener, Route, RouteAction, RouteTable, Stack, StackConfig,
-    Upstream,
+    DirectResponse, Instant, Listener, Route, RouteAction, RouteTable, Stack, StackConfig, Upstream,
 };
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
@@ -137,11 +136,7 @@ fn routes() -> Arc<RouteTable> {
 impl Lab {
     fn new(origin: Origin) -> Self {
         let now = Instant::from_millis(1_000);
-        let mut cfg = StackConfig::new(
-            EDGE_MAC,
-            vec![(VIP.into(), 24)],
-            40_000..41_000,
-        );
+        let mut cfg = StackConfig::new(EDGE_MAC, vec![(VIP.into(), 24)], 40_000..41_000);
         // More than the 20 simultaneous SYNs of the busiest test.
         cfg.listen_backlog = 32;
         let edge = Stack::new(cfg, routes(), now).expect("stack");
@@ -185,7 +180,10 @@ impl Lab {
         s.connect(
             self.peer.context(),
             (IpAddress::from(Ipv4Address::from(VIP)), 80),
-            (IpAddress::from(Ipv4Address::from(CLIENT)), self.next_client_port),
+            (
+                IpAddress::from(Ipv4Address::from(CLIENT)),
+                self.next_client_port,
+            ),
         )
         .unwrap();
         self.sockets.add(s)
@@ -282,7 +280,12 @@ impl Lab {
     }
 
     /// Reads from a client socket until `done(bytes)` or the step budget ends.
-    fn read_until(&mut self, h: SocketHandle, steps: usize, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    fn read_until(
+        &mut self,
+        h: SocketHandle,
+        steps: usize,
+        done: impl Fn(&[u8]) -> bool,
+    ) -> Vec<u8> {
         let mut out = vec![];
         for _ in 0..steps {
             self.step(1);
@@ -304,7 +307,8 @@ impl Lab {
     fn exchange(&mut self, h: SocketHandle, req: &[u8]) -> Response {
         self.send(h, req);
         let raw = self.read_until(h, 3_000, |b| Response::parse(b).is_some());
-        Response::parse(&raw).unwrap_or_else(|| panic!("no complete response: {:?}", String::from_utf8_lossy(&raw)))
+        Response::parse(&raw)
+            .unwrap_or_else(|| panic!("no complete response: {:?}", String::from_utf8_lossy(&raw)))
     }
 
     fn client_state(&self, h: SocketHandle) -> tcp::State {
@@ -336,7 +340,11 @@ impl Response {
             .find_map(|l| l.strip_prefix("content-length: "))
         {
             let n: usize = cl.trim().parse().ok()?;
-            return (rest.len() >= n).then(|| Response { status, head, body: rest[..n].to_vec() });
+            return (rest.len() >= n).then(|| Response {
+                status,
+                head,
+                body: rest[..n].to_vec(),
+            });
         }
         if lower.contains("transfer-encoding: chunked") {
             let mut body = vec![];
@@ -346,7 +354,9 @@ impl Response {
                 let n = usize::from_str_radix(std::str::from_utf8(&r[..e]).ok()?, 16).ok()?;
                 r = &r[e + 2..];
                 if n == 0 {
-                    return r.starts_with(b"\r\n").then_some(Response { status, head, body });
+                    return r
+                        .starts_with(b"\r\n")
+                        .then_some(Response { status, head, body });
                 }
                 if r.len() < n + 2 {
                     return None;
@@ -424,7 +434,12 @@ fn large_body_crosses_buffers_intact() {
     let c = lab.connect();
     let r = lab.exchange(c, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.body.len(), 200_000);
-    assert!(r.body.iter().enumerate().all(|(i, b)| *b == b'a' + (i % 26) as u8));
+    assert!(
+        r.body
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == b'a' + (i % 26) as u8)
+    );
 }
 
 #[test]
@@ -439,14 +454,20 @@ fn close_delimited_response_closes_client() {
     for _ in 0..200 {
         lab.step(1);
     }
-    assert!(!lab.sockets.get::<tcp::Socket>(c).may_recv(), "FIN received");
+    assert!(
+        !lab.sockets.get::<tcp::Socket>(c).may_recv(),
+        "FIN received"
+    );
 }
 
 #[test]
 fn request_body_with_content_length_reaches_origin() {
     let mut lab = Lab::new(Origin::Serving);
     let c = lab.connect();
-    let r = lab.exchange(c, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    let r = lab.exchange(
+        c,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    );
     assert_eq!(r.status, 200);
     // The origin sees the body bytes right after the head.
     let r = lab.exchange(c, b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -492,7 +513,11 @@ fn refused_upstream_gets_502() {
     let c = lab.connect();
     let r = lab.exchange(c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.status, 502);
-    assert_eq!(lab.edge.stats().retries, 1, "idempotent request retried once");
+    assert_eq!(
+        lab.edge.stats().retries,
+        1,
+        "idempotent request retried once"
+    );
 }
 
 #[test]
@@ -546,7 +571,15 @@ fn many_connections_recycle_sockets_and_ports() {
         }
     }
     assert_eq!(lab.edge.active_connections(), 0);
-    assert_eq!(lab.edge.upstream_ports_in_use(), 0, "every upstream port returned");
+    assert_eq!(
+        lab.edge.upstream_ports_in_use(),
+        0,
+        "every upstream port returned"
+    );
     // Sockets are reused: far fewer created than the 200 connections served.
-    assert!(lab.edge.stats().sockets_created < 120, "{:?}", lab.edge.stats());
+    assert!(
+        lab.edge.stats().sockets_created < 120,
+        "{:?}",
+        lab.edge.stats()
+    );
 }

@@ -149,7 +149,8 @@ pub fn parse_request<'b, 'h>(
     let method = req.method.unwrap_or("");
     let path = req.path.unwrap_or("");
     let http10 = req.version == Some(0);
-    if !path.starts_with('/') && !(method == "OPTIONS" && path == "*") {
+    let origin_form = path.starts_with('/') || (method == "OPTIONS" && path == "*");
+    if !origin_form {
         // Absolute-form and authority-form targets are for forward proxies.
         return Err(HeadError::Malformed("request target must be origin-form"));
     }
@@ -179,7 +180,8 @@ pub fn parse_request<'b, 'h>(
         (false, Some(n)) => BodyFraming::Length(n),
     };
     let expect_continue = req.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("expect") && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+        h.name.eq_ignore_ascii_case("expect")
+            && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
     });
     let keep_alive = if http10 {
         f.conn_keep_alive && !f.conn_close
@@ -189,7 +191,10 @@ pub fn parse_request<'b, 'h>(
     let info = RequestHead {
         head_len,
         is_head: method == "HEAD",
-        idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"),
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        ),
         framing,
         keep_alive,
         http10,
@@ -243,7 +248,11 @@ pub fn write_upstream_request(
     if let Some(prev) = forwarded_for {
         ok &= out.extend(prev) && out.extend(b", ");
     }
-    ok &= write!(out, "{client}\r\nX-Forwarded-Proto: http\r\nVia: 1.1 ferrogate\r\n\r\n").is_ok();
+    ok &= write!(
+        out,
+        "{client}\r\nX-Forwarded-Proto: http\r\nVia: 1.1 ferrogate\r\n\r\n"
+    )
+    .is_ok();
     ok
 }
 
@@ -354,7 +363,11 @@ pub fn write_local_response(
         reason(status),
         content_type,
         body.len(),
-        if keep_alive { "" } else { "Connection: close\r\n" }
+        if keep_alive {
+            ""
+        } else {
+            "Connection: close\r\n"
+        }
     )
     .is_ok();
     ok && (!include_body || out.extend(body))
@@ -392,7 +405,9 @@ mod tests {
 
     #[test]
     fn simple_get_keeps_alive() {
-        let i = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().unwrap();
+        let i = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(i.keep_alive && i.idempotent && !i.http10);
         assert_eq!(i.framing, BodyFraming::None);
     }
@@ -431,15 +446,21 @@ mod tests {
 
     #[test]
     fn repeated_equal_content_length_is_accepted() {
-        let i = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let i =
+            parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert_eq!(i.framing, BodyFraming::Length(3));
     }
 
     #[test]
     fn http10_closes_unless_keep_alive_asked() {
-        assert!(!parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().keep_alive);
+        assert!(
+            !parse(b"GET / HTTP/1.0\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
         assert!(
             parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
                 .unwrap()
@@ -454,7 +475,11 @@ mod tests {
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let (req, _) = parse_request(raw, &mut h, false).unwrap().unwrap();
         let mut out = ByteBuf::with_capacity(1024);
-        assert!(write_upstream_request(&req, "10.0.0.2".parse().unwrap(), &mut out));
+        assert!(write_upstream_request(
+            &req,
+            "10.0.0.2".parse().unwrap(),
+            &mut out
+        ));
         let s = std::str::from_utf8(out.filled()).unwrap();
         assert!(s.starts_with("GET /x HTTP/1.1\r\nHost: a\r\n"));
         assert!(!s.to_ascii_lowercase().contains("keep-alive"));
@@ -465,9 +490,13 @@ mod tests {
 
     #[test]
     fn response_framing() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false, false)
-            .unwrap()
-            .unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            false,
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r.framing, BodyFraming::Length(5));
         assert!(r.reusable);
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, false)
