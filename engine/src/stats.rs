@@ -25,6 +25,9 @@ pub struct WorkerStats {
     pub idle_loops: u64,
     /// Sleeps on the socket in adaptive mode.
     pub sleeps: u64,
+    /// Nanoseconds spent in loop iterations that moved frames: the worker's
+    /// CPU cost of the traffic, without idle spinning or sleeping.
+    pub busy_ns: u64,
     pub snapshot_version: u64,
 }
 
@@ -80,7 +83,7 @@ impl EngineStats {
         for w in &self.workers {
             let _ = writeln!(
                 s,
-                "worker {} queue {} cpu {}: rx {} tx {} requests {} handoff_out {} handoff_in {} handoff_dropped {} sleeps {}",
+                "worker {} queue {} cpu {}: rx {} tx {} requests {} handoff_out {} handoff_in {} handoff_dropped {} sleeps {} busy_ns {}",
                 w.worker,
                 w.queue,
                 w.cpu,
@@ -90,12 +93,15 @@ impl EngineStats {
                 w.handoff_out,
                 w.handoff_in,
                 w.handoff_dropped,
-                w.sleeps
+                w.sleeps,
+                w.busy_ns
             );
         }
         for (k, v) in self.stack_total().fields() {
             let _ = writeln!(s, "stack_{k} {v}");
         }
+        let busy: u64 = self.workers.iter().map(|w| w.busy_ns).sum();
+        let _ = writeln!(s, "workers_busy_ns {busy}");
         let (o, i, d) = self.handoff_total();
         let _ = writeln!(s, "handoff_out {o}\nhandoff_in {i}\nhandoff_dropped {d}");
         if let Some(x) = &self.xdp {

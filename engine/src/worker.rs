@@ -97,6 +97,7 @@ impl Worker {
 
             if work > 0 {
                 s.busy_loops += 1;
+                s.busy_ns += wall.elapsed().as_nanos() as u64;
                 idle_since = None;
             } else {
                 s.idle_loops += 1;
