@@ -16,6 +16,8 @@ packages=(
   # lab and tests
   iproute2 ethtool iputils-ping procps psmisc nginx-light curl wrk
   python3 python3-scapy tcpdump
+  # bench/: the kernel baselines ferrogate is compared with
+  haproxy iptables nftables
 )
 missing=()
 for p in "${packages[@]}"; do

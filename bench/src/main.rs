@@ -1,11 +1,231 @@
-//! ferrogate-bench: side-by-side benchmarks against kernel baselines.
-//!
-//! The harness (scenarios, generator, reports) is issue #3. Until it lands,
-//! `ferrogate lab demo` prints an alternating ferrogate/nginx wrk comparison.
+//! ferrogate-bench: side-by-side benchmarks of ferrogate against kernel
+//! baselines (nginx, HAProxy, iptables, nftables) on the lab, with an own
+//! packet generator and an own open-loop HTTP client. See bench/README.md.
 
-fn main() {
-    eprintln!(
-        "ferrogate-bench: no scenarios yet (issue #3); use `ferrogate lab demo` for a one-off ferrogate vs nginx comparison"
+mod contenders;
+mod env;
+mod loadgen;
+mod measure;
+mod pktgen;
+mod report;
+mod scenarios;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferrogate-bench",
+    about = "ferrogate vs nginx / HAProxy / iptables / nftables on the lab"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Options every scenario takes.
+#[derive(clap::Args, Debug, Clone)]
+struct Common {
+    /// Alternating rounds (every contender once per round).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Warm-up seconds before each contender's measurement.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// CI mode: 1 round, 1 s, no warm-up, low fixed rates; fails only when a
+    /// contender returns errors or nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Client connections (wrk -c, loadgen --conns).
+    #[arg(long, default_value_t = 50)]
+    conns: u32,
+    /// Lab prefix (namespaces <prefix>client, ...).
+    #[arg(long, default_value = "fb-")]
+    prefix: String,
+    /// Where reports go.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// http-latency: fixed request rate (default: 50 % of nginx's saturation).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// flood: packets/s (0 = as fast as the generator goes); goodput-under-flood default 200000.
+    #[arg(long)]
+    flood_rate: Option<u64>,
+    /// flood: packet count bound per measurement (0 = duration only).
+    #[arg(long, default_value_t = 0)]
+    flood_count: u64,
+    #[arg(long, value_enum, default_value = "syn")]
+    template: pktgen::Template,
+    #[arg(long, default_value = "198.18.0.0/15")]
+    src_cidr: String,
+    /// CPU the generator is pinned to.
+    #[arg(long, default_value_t = env::LOAD_CPU)]
+    gen_cpu: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Keep-alive req/s, latency, proxy CPU/request (tiny and 16 KiB bodies).
+    Http(Common),
+    /// Latency distribution at a fixed request rate (open loop).
+    HttpLatency(Common),
+    /// New connections per second (`Connection: close`).
+    Conn(Common),
+    /// Drop rate of a spoofed flood: ferrogate XDP vs iptables raw vs nft ingress.
+    Flood(Common),
+    /// Legit req/s under a flood, as a fraction of the no-flood figure.
+    GoodputUnderFlood(Common),
+    /// Every scenario, one lab.
+    All(Common),
+    /// The packet generator alone (run it inside a namespace; prints JSON).
+    Gen(pktgen::GenArgs),
+    /// The open-loop HTTP client alone (prints JSON).
+    Loadgen(loadgen::LoadArgs),
+}
+
+fn meta() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let first = |s: String| s.lines().next().unwrap_or("").to_string();
+    m.insert("kernel".into(), env::probe(&["uname", "-r"]));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':').map(|x| x.1.trim().to_string()))
+        .unwrap_or_default();
+    m.insert("cpu model".into(), cpu);
+    m.insert("online cpus".into(), env::probe(&["nproc"]));
+    m.insert("nginx".into(), env::probe(&["nginx", "-v"]));
+    m.insert("haproxy".into(), first(env::probe(&["haproxy", "-v"])));
+    m.insert("wrk".into(), first(env::probe(&["wrk", "-v"])));
+    m.insert("iptables".into(), env::probe(&["iptables", "-V"]));
+    m.insert("nft".into(), env::probe(&["nft", "-v"]));
+    let ws = contenders::workspace();
+    m.insert(
+        "ferrogate commit".into(),
+        env::probe(&[
+            "git",
+            "-C",
+            &ws.display().to_string(),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ]),
     );
-    std::process::exit(2);
+    m.insert(
+        "bench command".into(),
+        std::env::args().collect::<Vec<_>>().join(" "),
+    );
+    m.insert(
+        "threaded NAPI / RPS".into(),
+        "off (kernel defaults on the lab's veths; every contender sees the same)".into(),
+    );
+    m
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match &cli.cmd {
+        Cmd::Gen(a) => {
+            let r = pktgen::run(a)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        Cmd::Loadgen(a) => {
+            let r = loadgen::run(a)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        _ => {}
+    }
+    let cli = match &cli.cmd {
+        Cmd::Http(c)
+        | Cmd::HttpLatency(c)
+        | Cmd::Conn(c)
+        | Cmd::Flood(c)
+        | Cmd::GoodputUnderFlood(c)
+        | Cmd::All(c) => (c.clone(), &cli.cmd),
+        Cmd::Gen(_) | Cmd::Loadgen(_) => unreachable!(),
+    };
+    let (cli, cmd) = cli;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("ferrogate-bench needs root (network namespaces, XDP, iptables)");
+    }
+    let opts = scenarios::Opts {
+        rounds: if cli.smoke { 1 } else { cli.rounds.max(1) },
+        seconds: if cli.smoke { 1 } else { cli.seconds.max(1) },
+        warmup: if cli.smoke { 0 } else { cli.warmup },
+        smoke: cli.smoke,
+        conns: cli.conns,
+        out: cli
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")),
+        rate: cli.rate,
+        flood_rate: cli.flood_rate.unwrap_or(if cli.smoke { 20_000 } else { 0 }),
+        flood_count: cli.flood_count,
+        template: cli.template,
+        src_cidr: cli.src_cidr.clone(),
+        gen_cpu: cli.gen_cpu,
+    };
+    env::install_cleanup_handlers()?;
+    let bin = contenders::ferrogate_bin()?;
+    let lab = env::Lab::up(&bin, &cli.prefix)?;
+    let ctx = scenarios::Ctx {
+        lab,
+        opts,
+        meta: meta(),
+    };
+    type Scenario = fn(&scenarios::Ctx) -> Result<report::Report>;
+    let list: Vec<(&str, Scenario)> = match cmd {
+        Cmd::Http(_) => vec![("http", scenarios::http)],
+        Cmd::HttpLatency(_) => vec![("http-latency", scenarios::http_latency)],
+        Cmd::Conn(_) => vec![("conn", scenarios::conn)],
+        Cmd::Flood(_) => vec![("flood", scenarios::flood)],
+        Cmd::GoodputUnderFlood(_) => vec![("goodput-under-flood", scenarios::goodput)],
+        Cmd::All(_) => vec![
+            ("http", scenarios::http),
+            ("http-latency", scenarios::http_latency),
+            ("conn", scenarios::conn),
+            ("flood", scenarios::flood),
+            ("goodput-under-flood", scenarios::goodput),
+        ],
+        Cmd::Gen(_) | Cmd::Loadgen(_) => unreachable!(),
+    };
+    let mut failures = Vec::new();
+    let mut ctx = ctx;
+    for (name, f) in list {
+        if name == "goodput-under-flood" && cli.flood_rate.is_none() && !cli.smoke {
+            ctx.opts.flood_rate = 200_000;
+        }
+        let mut rep = match f(&ctx) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{name}: {e:#}"));
+                continue;
+            }
+        };
+        let files = rep.write(&ctx.opts.out)?;
+        println!("== {name}");
+        print!(
+            "{}",
+            rep.markdown().split("## Settings").next().unwrap_or("")
+        );
+        for f in files {
+            println!("wrote {}", f.display());
+        }
+        failures.extend(rep.failures().into_iter().map(|x| format!("{name}: {x}")));
+    }
+    drop(ctx);
+    if !failures.is_empty() {
+        bail!("{} failure(s):\n{}", failures.len(), failures.join("\n"));
+    }
+    Ok(())
 }
