@@ -11,6 +11,10 @@ pub const VIP: &str = "10.77.0.10";
 pub const CLIENT_IP: &str = "10.77.0.2";
 pub const EDGE_HOST_IP: &str = "10.77.0.1";
 pub const ORIGIN_IP: &str = "10.77.0.3";
+pub const VIP6: &str = "fd77::10";
+pub const CLIENT_IP6: &str = "fd77::2";
+pub const EDGE_HOST_IP6: &str = "fd77::1";
+pub const ORIGIN_IP6: &str = "fd77::3";
 
 #[derive(Debug, Clone)]
 pub struct Lab {
@@ -88,11 +92,11 @@ impl Lab {
         }
         let q = queues.to_string();
         let hosts = [
-            (self.client(), "c", CLIENT_IP, "1"),
-            (self.edge(), "e", EDGE_HOST_IP, q.as_str()),
-            (self.origin(), "o", ORIGIN_IP, "1"),
+            (self.client(), "c", CLIENT_IP, CLIENT_IP6, "1"),
+            (self.edge(), "e", EDGE_HOST_IP, EDGE_HOST_IP6, q.as_str()),
+            (self.origin(), "o", ORIGIN_IP, ORIGIN_IP6, "1"),
         ];
-        for (ns, tag, addr, nq) in hosts {
+        for (ns, tag, addr, addr6, nq) in hosts {
             let inner = format!("{tag}-eth0");
             let outer = format!("{tag}-port");
             ip(&[
@@ -129,6 +133,9 @@ impl Lab {
                 "dev",
                 "eth0",
             ])?;
+            // nodad: usable at once (duplicate address detection takes ~1 s).
+            let v6 = format!("{addr6}/64");
+            ip(&["-n", &ns, "addr", "add", &v6, "dev", "eth0", "nodad"])?;
             ip(&["-n", &ns, "link", "set", "dev", "eth0", "up"])?;
             if tag != "e" {
                 // Kernel peers send partial TCP checksums over veth; the
@@ -182,7 +189,7 @@ impl Lab {
     /// must keep working, and the kernel proxy baseline (nginx → origin).
     fn start_edge_nginx(&self) -> Result<()> {
         let server = format!(
-            "  upstream origin {{ server {ORIGIN_IP}:8080; keepalive 64; }}\n  server {{\n    listen {EDGE_HOST_IP}:80 reuseport;\n    \
+            "  upstream origin {{ server {ORIGIN_IP}:8080; keepalive 64; }}\n  server {{\n    listen {EDGE_HOST_IP}:80 reuseport;\n    listen [{EDGE_HOST_IP6}]:80 reuseport;\n    \
              location /host {{ default_type text/plain; return 200 \"edge host kernel\\n\"; }}\n    \
              location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}"
         );

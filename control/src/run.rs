@@ -41,6 +41,36 @@ fn write_stats(path: &Path, text: &str) {
     }
 }
 
+/// SIGHUP: re-read the file; a bad file is logged and the running
+/// configuration stays.
+fn reload_config(engine: &mut Engine, args: &RunArgs, version: u64) {
+    let mut compiled = match crate::config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(config = %args.config.display(), errors = %e, "reload rejected; keeping the running configuration");
+            return;
+        }
+    };
+    let mut routes = (*compiled.engine.routes).clone();
+    routes.version = version;
+    compiled.engine.routes = Arc::new(routes);
+    compiled.engine.queues = args.queues.unwrap_or(compiled.engine.queues);
+    match engine.reload(&compiled.engine) {
+        Ok(r) => {
+            if !r.ignored.is_empty() {
+                tracing::warn!(ignored = ?r.ignored, "these changes need a restart");
+            }
+            tracing::info!(
+                version,
+                filter_generation = r.filter.as_ref().map(|f| f.generation),
+                filter_ms = r.filter.as_ref().map(|f| f.elapsed.as_millis() as u64),
+                "configuration reloaded"
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
+    }
+}
+
 pub fn run(args: RunArgs) -> Result<()> {
     let mut compiled = crate::config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(q) = args.queues {
@@ -54,10 +84,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         tracing::info!(netns = %ns, "entered network namespace");
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
 
-    let engine = Engine::start(compiled.engine).context("starting the engine")?;
+    let mut version = compiled.engine.routes.version;
+    let mut engine = Engine::start(compiled.engine).context("starting the engine")?;
     tracing::info!(backend = %engine.backend(), "ferrogate engine serving");
     let started = Instant::now();
     let mut last_stats = Instant::now();
@@ -69,6 +102,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         {
             last_stats = Instant::now();
             write_stats(path, &engine.stats().render());
+        }
+        if reload.swap(false, Ordering::Relaxed) {
+            version += 1;
+            reload_config(&mut engine, &args, version);
         }
         if !engine.healthy() {
             failure = Some("a worker thread exited");

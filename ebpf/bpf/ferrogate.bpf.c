@@ -10,11 +10,29 @@
  * that are not addressed to a VIP are counted and passed (the kernel drops
  * them itself).
  *
+ * Filter tier (VIP traffic only; host traffic always passes): the source is
+ * looked up in an LPM trie of allow/deny CIDRs (longest prefix wins; in
+ * allow-list mode an unmatched source is dropped), then per-VIP L4 rules
+ * (allowed protocol/port pairs), then up to FG_MAX_RATE_RULES token buckets
+ * (packets/s and bytes/s with bursts, keyed by source prefix or global,
+ * optionally SYN-only, per VIP/port/protocol) kept in an LRU map so a spoofed
+ * flood cannot exhaust it. Rule sets are double-buffered: userspace fills the
+ * inactive generation, then flips `config.generation`; each frame reads the
+ * generation once, so it sees either the old or the new set, never a mix.
+ *
  * Counters: every frame increments exactly one *verdict* counter
- * (PASS_HOST, REDIRECT_VIP, PASS_VIP, DROP_MALFORMED_VIP). The other counters
- * classify: ARP_VIP + IPV4_VIP + IPV6_VIP == REDIRECT_VIP + PASS_VIP, and the
+ * (PASS_HOST, REDIRECT_VIP, PASS_VIP, DROP_*). The other counters classify:
+ * ARP_VIP + IPV4_VIP + IPV6_VIP counts VIP frames that passed the filter, the
  * MALFORMED_* counters count malformed frames per reason, whatever their
- * verdict.
+ * verdict, and BAD_TCP_FLAGS counts impossible flag combinations (dropped as
+ * malformed L4). Each rule also has per-CPU packets/bytes in
+ * `rule_counters[rule index]`.
+ *
+ * Documented drops for VIP traffic: malformed headers (every truncation, IHL
+ * < 5, bad lengths, TCP data offset, bogus TCP flags: none, SYN+FIN, SYN+RST,
+ * FIN/PSH/URG without ACK), IP fragments (the stack does not reassemble; TCP
+ * from compliant peers sets DF), IPv6 extension chains longer than
+ * FG_MAX_EXT_HEADERS or truncated. Non-VIP traffic is counted and passed.
  *
  * Keep `enum fg_counter` in step with `ferrogate_ebpf::counters` (a unit test
  * parses this file).
@@ -42,6 +60,13 @@
 
 #define FG_MAX_QUEUES 64
 #define FG_MAX_VIPS 4096
+#define FG_MAX_RULES 1024
+#define FG_MAX_RATE_RULES 16
+#define FG_MAX_PREFIXES (2 * 1024 * 1024)
+#define FG_MAX_BUCKETS (256 * 1024)
+#define FG_MAX_L4_RULES 4096
+#define FG_MAX_EXT_HEADERS 6
+#define NSEC_PER_SEC 1000000000ULL
 
 /* Indices of the `counters` per-CPU array. */
 enum fg_counter {
@@ -58,6 +83,13 @@ enum fg_counter {
 	FG_CNT_MALFORMED_IPV4,
 	FG_CNT_MALFORMED_IPV6,
 	FG_CNT_MALFORMED_L4,
+	FG_CNT_DROP_DENY,
+	FG_CNT_DROP_NOT_ALLOWED,
+	FG_CNT_DROP_RATE,
+	FG_CNT_DROP_L4,
+	FG_CNT_DROP_FRAGMENT_VIP,
+	FG_CNT_DROP_NO_SOCKET,
+	FG_CNT_BAD_TCP_FLAGS,
 	FG_CNT_MAX,
 };
 
@@ -72,9 +104,94 @@ struct fg_counter_value {
 	__u64 bytes;
 };
 
+/* config.vip_miss: VIP frame on a queue without a socket (engine gone). */
+enum fg_vip_miss {
+	FG_MISS_PASS = 0, /* fail open: the kernel sees it (and drops it) */
+	FG_MISS_DROP = 1, /* fail closed */
+};
+
 struct fg_config {
 	__u32 vip_action;
+	__u32 generation; /* 0 or 1: the active rule set */
+	__u32 vip_miss;
 	__u32 reserved;
+};
+
+/* Rate rule flags. */
+#define FG_RATE_SYN_ONLY (1u << 0)
+#define FG_RATE_MATCH_VIP (1u << 1)
+#define FG_RATE_MATCH_PORT (1u << 2)
+#define FG_RATE_MATCH_PROTO (1u << 3)
+#define FG_RATE_GLOBAL (1u << 4)
+
+struct fg_rate_rule {
+	__u32 rule; /* index into rule_counters */
+	__u32 flags;
+	__u8 vip[16]; /* IPv4 in the first 4 bytes (network order) */
+	__u16 port; /* network order */
+	__u8 proto;
+	__u8 prefix4; /* source prefix length that keys the bucket */
+	__u8 prefix6;
+	__u8 vip_is_v6;
+	__u8 pad[2];
+	__u64 pps; /* 0: no packet limit */
+	__u64 burst_pkts;
+	__u64 bps; /* bytes/s, 0: no byte limit */
+	__u64 burst_bytes;
+};
+
+/* One generation of settings that are not per-prefix. */
+struct fg_ruleset {
+	__u32 default_deny; /* allow-list mode: unmatched sources are dropped */
+	__u32 not_allowed_rule; /* rule counter for allow-list-mode drops */
+	__u32 n_rate;
+	__u32 pad;
+	struct fg_rate_rule rate[FG_MAX_RATE_RULES];
+};
+
+_Static_assert(sizeof(struct fg_rate_rule) == 64, "fg_rate_rule layout");
+_Static_assert(sizeof(struct fg_ruleset) == 16 + 64 * FG_MAX_RATE_RULES,
+	       "fg_ruleset layout");
+
+struct fg_lpm4 {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct fg_lpm6 {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+enum fg_cidr_action {
+	FG_CIDR_DENY = 0,
+	FG_CIDR_ALLOW = 1,
+	/* An upstream endpoint: its replies bypass every client rule. */
+	FG_CIDR_UPSTREAM = 2,
+};
+
+struct fg_cidr_value {
+	__u32 rule;
+	__u32 action;
+};
+
+struct fg_l4_key {
+	__u8 vip[16];
+	__u8 proto; /* 0 with port 0: the VIP is restricted to listed pairs */
+	__u8 pad;
+	__u16 port; /* network order; 0 for protocols without ports */
+};
+
+struct fg_bucket_key {
+	__u32 rule;
+	__u32 pad;
+	__u8 addr[16];
+};
+
+struct fg_bucket {
+	__u64 last_ns;
+	__u64 pkt_tokens; /* packets * 1e9 */
+	__u64 byte_tokens; /* bytes * 1e9 */
 };
 
 struct fg_vip6 {
@@ -134,6 +251,53 @@ struct {
 	__type(value, struct fg_counter_value);
 } counters SEC(".maps");
 
+
+#define FG_LPM_MAP(name, keytype)                                              \
+	struct {                                                               \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);                           \
+		__uint(max_entries, FG_MAX_PREFIXES);                          \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                          \
+		__type(key, keytype);                                          \
+		__type(value, struct fg_cidr_value);                           \
+	} name SEC(".maps")
+
+FG_LPM_MAP(cidr4_0, struct fg_lpm4);
+FG_LPM_MAP(cidr4_1, struct fg_lpm4);
+FG_LPM_MAP(cidr6_0, struct fg_lpm6);
+FG_LPM_MAP(cidr6_1, struct fg_lpm6);
+
+#define FG_L4_MAP(name)                                                        \
+	struct {                                                               \
+		__uint(type, BPF_MAP_TYPE_HASH);                               \
+		__uint(max_entries, FG_MAX_L4_RULES);                          \
+		__type(key, struct fg_l4_key);                                 \
+		__type(value, __u32);                                          \
+	} name SEC(".maps")
+
+FG_L4_MAP(l4_0);
+FG_L4_MAP(l4_1);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct fg_ruleset);
+} rulesets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FG_MAX_BUCKETS);
+	__type(key, struct fg_bucket_key);
+	__type(value, struct fg_bucket);
+} buckets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FG_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct fg_counter_value);
+} rule_counters SEC(".maps");
+
 static __always_inline void count(__u32 idx, __u64 bytes)
 {
 	struct fg_counter_value *c = bpf_map_lookup_elem(&counters, &idx);
@@ -157,20 +321,56 @@ static __always_inline int is_vip6(const struct in6_addr *addr)
 	return bpf_map_lookup_elem(&vips6, &key) != NULL;
 }
 
-/* A well-formed VIP frame: redirect to the queue's socket or pass. */
+/* What the filter needs to know about an IP frame to a VIP. */
+struct fg_pkt {
+	__u8 src[16]; /* IPv4 in the first 4 bytes */
+	__u8 dst[16];
+	__u64 bytes;
+	__u16 dport; /* network order; 0 without ports */
+	__u8 v6;
+	__u8 proto;
+	__u8 syn; /* SYN without ACK: a new connection */
+	__u8 exempt; /* neighbour discovery: never filtered */
+	__u8 pad[2];
+};
+
+static __always_inline void count_rule(__u32 rule, __u64 bytes)
+{
+	struct fg_counter_value *c = bpf_map_lookup_elem(&rule_counters, &rule);
+
+	if (c) {
+		c->packets += 1;
+		c->bytes += bytes;
+	}
+}
+
+static __always_inline struct fg_config *get_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+/* A VIP frame that passed the filter: redirect to the queue's socket or pass. */
 static __always_inline int vip_verdict(struct xdp_md *ctx, __u32 proto_counter,
 				       __u64 bytes)
 {
-	__u32 zero = 0;
-	struct fg_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	struct fg_config *cfg = get_config();
 	long act = XDP_PASS;
 
 	count(proto_counter, bytes);
-	if (cfg && cfg->vip_action == FG_VIP_REDIRECT_XSK)
-		act = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+	if (cfg && cfg->vip_action == FG_VIP_REDIRECT_XSK) {
+		__u64 miss = cfg->vip_miss == FG_MISS_DROP ? XDP_DROP : XDP_PASS;
+
+		act = bpf_redirect_map(&xsks, ctx->rx_queue_index, miss);
+	}
 	if (act == XDP_REDIRECT) {
 		count(FG_CNT_REDIRECT_VIP, bytes);
 		return XDP_REDIRECT;
+	}
+	if (act == XDP_DROP) {
+		count(FG_CNT_DROP_NO_SOCKET, bytes);
+		return XDP_DROP;
 	}
 	count(FG_CNT_PASS_VIP, bytes);
 	return XDP_PASS;
@@ -194,14 +394,35 @@ static __always_inline int pass_host(__u64 bytes)
 	return XDP_PASS;
 }
 
-/*
- * Validates the TCP or UDP header at `l4`, with `l4_len` bytes of IP payload.
- * Returns 0 when fine (or not TCP/UDP), -1 when malformed.
- */
-static __always_inline int check_l4(void *l4, void *data_end, __u32 l4_len,
-				    __u8 proto)
+static __always_inline int drop(__u32 verdict, __u32 rule, __u64 bytes)
 {
-	if (proto == IPPROTO_TCP) {
+	count(verdict, bytes);
+	count_rule(rule, bytes);
+	return XDP_DROP;
+}
+
+/* Impossible TCP flag combinations (scans, fingerprinting, state attacks). */
+static __always_inline int bogus_tcp_flags(const struct tcphdr *th)
+{
+	if (!th->syn && !th->ack && !th->rst && !th->fin && !th->psh &&
+	    !th->urg)
+		return 1; /* null scan */
+	if (th->syn && (th->fin || th->rst))
+		return 1;
+	if (!th->ack && (th->fin || th->psh || th->urg))
+		return 1; /* FIN/xmas scans */
+	return 0;
+}
+
+/*
+ * Validates the TCP or UDP header at `l4`, with `l4_len` bytes of IP payload,
+ * and records ports and flags in `pkt`. Returns 0 when fine (or another
+ * protocol), -1 when malformed, -2 for bogus TCP flags.
+ */
+static __always_inline int parse_l4(void *l4, void *data_end, __u32 l4_len,
+				    struct fg_pkt *pkt)
+{
+	if (pkt->proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 		__u32 doff;
 
@@ -210,13 +431,219 @@ static __always_inline int check_l4(void *l4, void *data_end, __u32 l4_len,
 		doff = th->doff;
 		if (doff < 5 || doff * 4 > l4_len)
 			return -1;
-	} else if (proto == IPPROTO_UDP) {
+		if (bogus_tcp_flags(th))
+			return -2;
+		pkt->dport = th->dest;
+		pkt->syn = th->syn && !th->ack;
+	} else if (pkt->proto == IPPROTO_UDP) {
 		struct udphdr *uh = l4;
 
 		if ((void *)(uh + 1) > data_end || l4_len < sizeof(*uh))
 			return -1;
+		pkt->dport = uh->dest;
 	}
 	return 0;
+}
+
+static __always_inline void mask_prefix(__u8 *addr, __u32 bits)
+{
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		if (bits >= 8) {
+			bits -= 8;
+		} else {
+			addr[i] &= (__u8)(0xff << (8 - bits));
+			bits = 0;
+		}
+	}
+}
+
+static __always_inline int same_addr(const __u8 *a, const __u8 *b, int v6)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	if (x[0] != y[0])
+		return 0;
+	if (!v6)
+		return 1;
+	return x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+/* Refills the bucket for the time since its last use and takes one packet. */
+static __always_inline int bucket_take(struct fg_bucket *b,
+				       const struct fg_rate_rule *r, __u64 now,
+				       __u64 bytes)
+{
+	__u64 elapsed = now > b->last_ns ? now - b->last_ns : 0;
+
+	b->last_ns = now;
+	if (r->pps) {
+		__u64 cap = r->burst_pkts * NSEC_PER_SEC;
+
+		if (elapsed >= cap / r->pps)
+			b->pkt_tokens = cap;
+		else if (b->pkt_tokens + elapsed * r->pps > cap)
+			b->pkt_tokens = cap;
+		else
+			b->pkt_tokens += elapsed * r->pps;
+	}
+	if (r->bps) {
+		__u64 cap = r->burst_bytes * NSEC_PER_SEC;
+
+		if (elapsed >= cap / r->bps)
+			b->byte_tokens = cap;
+		else if (b->byte_tokens + elapsed * r->bps > cap)
+			b->byte_tokens = cap;
+		else
+			b->byte_tokens += elapsed * r->bps;
+	}
+	if (r->pps && b->pkt_tokens < NSEC_PER_SEC)
+		return -1;
+	if (r->bps && b->byte_tokens < bytes * NSEC_PER_SEC)
+		return -1;
+	if (r->pps)
+		b->pkt_tokens -= NSEC_PER_SEC;
+	if (r->bps)
+		b->byte_tokens -= bytes * NSEC_PER_SEC;
+	return 0;
+}
+
+/* Applies one rate rule; 0 = within the rate (or not matched), -1 = over. */
+static __always_inline int rate_check(const struct fg_rate_rule *r,
+				      const struct fg_pkt *pkt, __u64 now)
+{
+	struct fg_bucket_key key = {};
+	struct fg_bucket *b;
+
+	if ((r->flags & FG_RATE_SYN_ONLY) && !pkt->syn)
+		return 0;
+	if ((r->flags & FG_RATE_MATCH_PROTO) && r->proto != pkt->proto)
+		return 0;
+	if ((r->flags & FG_RATE_MATCH_PORT) && r->port != pkt->dport)
+		return 0;
+	if (r->flags & FG_RATE_MATCH_VIP) {
+		if (r->vip_is_v6 != pkt->v6 || !same_addr(r->vip, pkt->dst, pkt->v6))
+			return 0;
+	}
+	key.rule = r->rule;
+	key.pad = pkt->v6;
+	if (!(r->flags & FG_RATE_GLOBAL)) {
+		__builtin_memcpy(key.addr, pkt->src, sizeof(key.addr));
+		mask_prefix(key.addr, pkt->v6 ? r->prefix6 : r->prefix4);
+	}
+	b = bpf_map_lookup_elem(&buckets, &key);
+	if (!b) {
+		struct fg_bucket fresh = {
+			.last_ns = now,
+			.pkt_tokens = r->burst_pkts * NSEC_PER_SEC,
+			.byte_tokens = r->burst_bytes * NSEC_PER_SEC,
+		};
+
+		bucket_take(&fresh, r, now, pkt->bytes);
+		bpf_map_update_elem(&buckets, &key, &fresh, BPF_ANY);
+		return 0;
+	}
+	return bucket_take(b, r, now, pkt->bytes);
+}
+
+static __always_inline struct fg_cidr_value *cidr_lookup(__u32 gen,
+							const struct fg_pkt *pkt)
+{
+	if (pkt->v6) {
+		struct fg_lpm6 k = { .prefixlen = 128 };
+
+		__builtin_memcpy(k.addr, pkt->src, 16);
+		if (gen)
+			return bpf_map_lookup_elem(&cidr6_1, &k);
+		return bpf_map_lookup_elem(&cidr6_0, &k);
+	} else {
+		struct fg_lpm4 k = { .prefixlen = 32 };
+
+		__builtin_memcpy(k.addr, pkt->src, 4);
+		if (gen)
+			return bpf_map_lookup_elem(&cidr4_1, &k);
+		return bpf_map_lookup_elem(&cidr4_0, &k);
+	}
+}
+
+static __always_inline __u32 *l4_lookup(__u32 gen, struct fg_l4_key *k)
+{
+	if (gen)
+		return bpf_map_lookup_elem(&l4_1, k);
+	return bpf_map_lookup_elem(&l4_0, k);
+}
+
+/*
+ * The filter tier for an IP frame to a VIP. Returns -1 to continue to the
+ * VIP verdict, or an XDP action (the frame was dropped and counted).
+ */
+static __always_inline int filter(const struct fg_pkt *pkt)
+{
+	struct fg_config *cfg = get_config();
+	struct fg_ruleset *rs;
+	struct fg_cidr_value *cv;
+	struct fg_l4_key lk = {};
+	__u32 gen, *marker, n;
+	__u64 now;
+
+	if (!cfg || pkt->exempt)
+		return -1;
+	gen = cfg->generation & 1;
+	rs = bpf_map_lookup_elem(&rulesets, &gen);
+	if (!rs)
+		return -1;
+
+	cv = cidr_lookup(gen, pkt);
+	if (cv) {
+		if (cv->action == FG_CIDR_UPSTREAM) {
+			count_rule(cv->rule, pkt->bytes);
+			return -1;
+		}
+		if (cv->action == FG_CIDR_DENY)
+			return drop(FG_CNT_DROP_DENY, cv->rule, pkt->bytes);
+		count_rule(cv->rule, pkt->bytes);
+	} else if (rs->default_deny) {
+		return drop(FG_CNT_DROP_NOT_ALLOWED, rs->not_allowed_rule,
+			    pkt->bytes);
+	}
+
+	__builtin_memcpy(lk.vip, pkt->dst, 16);
+	marker = l4_lookup(gen, &lk);
+	if (marker) {
+		__u32 restricted_rule = *marker;
+
+		lk.proto = pkt->proto;
+		lk.port = pkt->dport;
+		if (!l4_lookup(gen, &lk))
+			return drop(FG_CNT_DROP_L4, restricted_rule, pkt->bytes);
+	}
+
+	n = rs->n_rate;
+	if (n == 0)
+		return -1;
+	now = bpf_ktime_get_ns();
+	for (__u32 i = 0; i < FG_MAX_RATE_RULES; i++) {
+		if (i >= n)
+			break;
+		if (rate_check(&rs->rate[i], pkt, now) < 0)
+			return drop(FG_CNT_DROP_RATE, rs->rate[i].rule,
+				    pkt->bytes);
+	}
+	return -1;
+}
+
+static __always_inline int is_vip_bytes(const __u8 *addr, int v6)
+{
+	if (v6) {
+		struct fg_vip6 key;
+
+		__builtin_memcpy(key.addr, addr, sizeof(key.addr));
+		return bpf_map_lookup_elem(&vips6, &key) != NULL;
+	}
+	__u32 a;
+
+	__builtin_memcpy(&a, addr, 4);
+	return is_vip4(a);
 }
 
 static __always_inline int handle_arp(struct xdp_md *ctx, void *l3,
@@ -240,8 +667,9 @@ static __always_inline int handle_ipv4(struct xdp_md *ctx, void *l3,
 				       void *data_end, __u64 bytes)
 {
 	struct iphdr *iph = l3;
+	struct fg_pkt pkt = { .bytes = bytes };
 	__u32 avail, ihl, hlen, tot_len;
-	int vip;
+	int vip, r;
 
 	if ((void *)(iph + 1) > data_end)
 		return malformed(FG_CNT_MALFORMED_IPV4, 0, bytes);
@@ -254,23 +682,49 @@ static __always_inline int handle_ipv4(struct xdp_md *ctx, void *l3,
 		return malformed(FG_CNT_MALFORMED_IPV4, vip, bytes);
 	if (!vip)
 		return pass_host(bytes);
-	/* Non-first fragments carry no L4 header. */
-	if ((iph->frag_off & bpf_htons(0x1FFF)) == 0) {
-		if (hlen > 60) /* for the verifier: ihl is 4 bits */
-			return malformed(FG_CNT_MALFORMED_IPV4, vip, bytes);
-		if (check_l4(l3 + hlen, data_end, tot_len - hlen,
-			     iph->protocol) < 0)
-			return malformed(FG_CNT_MALFORMED_L4, vip, bytes);
+	/* Fragments: the stack does not reassemble; ports are unknown. */
+	if (iph->frag_off & bpf_htons(0x3FFF)) {
+		count(FG_CNT_DROP_FRAGMENT_VIP, bytes);
+		return XDP_DROP;
 	}
+	if (hlen > 60) /* for the verifier: ihl is 4 bits */
+		return malformed(FG_CNT_MALFORMED_IPV4, vip, bytes);
+	pkt.proto = iph->protocol;
+	__builtin_memcpy(pkt.src, &iph->saddr, 4);
+	__builtin_memcpy(pkt.dst, &iph->daddr, 4);
+	r = parse_l4(l3 + hlen, data_end, tot_len - hlen, &pkt);
+	if (r == -2)
+		count(FG_CNT_BAD_TCP_FLAGS, bytes);
+	if (r < 0)
+		return malformed(FG_CNT_MALFORMED_L4, vip, bytes);
+	r = filter(&pkt);
+	if (r >= 0)
+		return r;
 	return vip_verdict(ctx, FG_CNT_IPV4_VIP, bytes);
 }
+
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_DEST 60
+#define NEXTHDR_ICMPV6 58
+#define ICMPV6_NS 135
+
+struct ipv6_opt_hdr_min {
+	__u8 nexthdr;
+	__u8 hdrlen;
+};
 
 static __always_inline int handle_ipv6(struct xdp_md *ctx, void *l3,
 				       void *data_end, __u64 bytes)
 {
 	struct ipv6hdr *ip6 = l3;
-	__u32 avail, payload;
-	int vip;
+	struct fg_pkt pkt = { .bytes = bytes, .v6 = 1 };
+	__u32 avail, payload, consumed = 0;
+	void *cur;
+	__u8 next;
+	int vip, r;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return malformed(FG_CNT_MALFORMED_IPV6, 0, bytes);
@@ -279,11 +733,71 @@ static __always_inline int handle_ipv6(struct xdp_md *ctx, void *l3,
 	payload = bpf_ntohs(ip6->payload_len);
 	if (payload > avail)
 		return malformed(FG_CNT_MALFORMED_IPV6, vip, bytes);
+
+	/* Walk the extension header chain (bounded). */
+	next = ip6->nexthdr;
+	cur = ip6 + 1;
+#pragma unroll
+	for (int i = 0; i < FG_MAX_EXT_HEADERS; i++) {
+		struct ipv6_opt_hdr_min *eh = cur;
+		__u32 len;
+
+		if (next != NEXTHDR_HOP && next != NEXTHDR_ROUTING &&
+		    next != NEXTHDR_DEST && next != NEXTHDR_AUTH &&
+		    next != NEXTHDR_FRAGMENT)
+			break;
+		if ((void *)(eh + 1) > data_end)
+			return malformed(FG_CNT_MALFORMED_IPV6, vip, bytes);
+		if (next == NEXTHDR_FRAGMENT) {
+			if (!vip)
+				return pass_host(bytes);
+			count(FG_CNT_DROP_FRAGMENT_VIP, bytes);
+			return XDP_DROP;
+		}
+		len = next == NEXTHDR_AUTH ? ((__u32)eh->hdrlen + 2) * 4 :
+					     ((__u32)eh->hdrlen + 1) * 8;
+		consumed += len;
+		if (consumed > payload)
+			return malformed(FG_CNT_MALFORMED_IPV6, vip, bytes);
+		next = eh->nexthdr;
+		cur += len;
+		if (cur > data_end)
+			return malformed(FG_CNT_MALFORMED_IPV6, vip, bytes);
+	}
+	if (next == NEXTHDR_HOP || next == NEXTHDR_ROUTING ||
+	    next == NEXTHDR_DEST || next == NEXTHDR_AUTH ||
+	    next == NEXTHDR_FRAGMENT)
+		return malformed(FG_CNT_MALFORMED_IPV6, vip, bytes); /* too long */
+
+	pkt.proto = next;
+	if (next == NEXTHDR_ICMPV6) {
+		/* type(1) code(1) csum(2) body; NS: reserved(4) target(16) */
+		__u8 *icmp = cur;
+
+		if ((void *)(icmp + 4) > data_end)
+			return vip ? malformed(FG_CNT_MALFORMED_L4, vip, bytes) :
+				     pass_host(bytes);
+		/* Neighbour discovery (133..137) is never filtered. */
+		pkt.exempt = icmp[0] >= 133 && icmp[0] <= 137;
+		/* A solicitation for a VIP goes to the solicited-node group. */
+		if (!vip && icmp[0] == ICMPV6_NS) {
+			if ((void *)(icmp + 24) > data_end)
+				return pass_host(bytes);
+			vip = is_vip_bytes(icmp + 8, 1);
+		}
+	}
 	if (!vip)
 		return pass_host(bytes);
-	/* Only an L4 header directly after the fixed header is checked. */
-	if (check_l4(ip6 + 1, data_end, payload, ip6->nexthdr) < 0)
+	__builtin_memcpy(pkt.src, &ip6->saddr, 16);
+	__builtin_memcpy(pkt.dst, &ip6->daddr, 16);
+	r = parse_l4(cur, data_end, payload - consumed, &pkt);
+	if (r == -2)
+		count(FG_CNT_BAD_TCP_FLAGS, bytes);
+	if (r < 0)
 		return malformed(FG_CNT_MALFORMED_L4, vip, bytes);
+	r = filter(&pkt);
+	if (r >= 0)
+		return r;
 	return vip_verdict(ctx, FG_CNT_IPV6_VIP, bytes);
 }
 

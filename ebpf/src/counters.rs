@@ -106,6 +106,20 @@ define_counters! {
     MalformedIpv6 => malformed_ipv6, "FG_CNT_MALFORMED_IPV6";
     /// TCP/UDP header to a VIP truncated, or TCP data offset < 5 or beyond the IP payload.
     MalformedL4 => malformed_l4, "FG_CNT_MALFORMED_L4";
+    /// Source in a denied CIDR (longest match).
+    DropDeny => drop_deny, "FG_CNT_DROP_DENY";
+    /// Allow-list mode: source in no allowed CIDR.
+    DropNotAllowed => drop_not_allowed, "FG_CNT_DROP_NOT_ALLOWED";
+    /// Over a rate rule (token bucket).
+    DropRate => drop_rate, "FG_CNT_DROP_RATE";
+    /// Protocol/port not allowed for the VIP.
+    DropL4 => drop_l4, "FG_CNT_DROP_L4";
+    /// IPv4/IPv6 fragment to a VIP (the stack does not reassemble).
+    DropFragmentVip => drop_fragment_vip, "FG_CNT_DROP_FRAGMENT_VIP";
+    /// VIP frame on a queue without a socket, fail-closed mode.
+    DropNoSocket => drop_no_socket, "FG_CNT_DROP_NO_SOCKET";
+    /// Impossible TCP flags (null, SYN+FIN, SYN+RST, FIN/PSH/URG without ACK); also counted as malformed_l4.
+    BadTcpFlags => bad_tcp_flags, "FG_CNT_BAD_TCP_FLAGS";
 }
 
 impl XdpCounters {
@@ -144,7 +158,23 @@ impl XdpCounters {
         self.pass_host.packets
             + self.redirect_vip.packets
             + self.pass_vip.packets
-            + self.drop_malformed_vip.packets
+            + self.drops_total()
+    }
+
+    /// Frames dropped, for any reason.
+    pub fn drops_total(&self) -> u64 {
+        [
+            self.drop_malformed_vip,
+            self.drop_deny,
+            self.drop_not_allowed,
+            self.drop_rate,
+            self.drop_l4,
+            self.drop_fragment_vip,
+            self.drop_no_socket,
+        ]
+        .iter()
+        .map(|v| v.packets)
+        .sum()
     }
 
     /// `(name, value)` of every counter, in index order, with stable snake_case names.

@@ -109,6 +109,9 @@ pub enum EbpfError {
     /// Removing a VIP that is not configured.
     #[error("{iface}: VIP {vip} is not configured")]
     UnknownVip { iface: String, vip: IpAddr },
+    /// A rule set the program cannot hold.
+    #[error("{iface}: invalid filter rules: {reason}")]
+    Rules { iface: String, reason: String },
 }
 
 fn ip_link_mode(mode: AttachMode) -> &'static str {

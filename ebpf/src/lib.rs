@@ -10,10 +10,25 @@
 mod counters;
 mod error;
 mod loader;
+pub mod rules;
 
 pub use counters::{Counter, Verdict, XdpCounters};
 pub use error::EbpfError;
-pub use loader::{MAX_QUEUES, MAX_VIPS, OBJECT, OBJECT_PATH, PROGRAM_NAME, XdpConfig, XdpFilter};
+pub use loader::{
+    ApplyReport, MAX_QUEUES, MAX_VIPS, NOT_ALLOWED_RULE, OBJECT, OBJECT_PATH, PROGRAM_NAME,
+    XdpConfig, XdpFilter,
+};
+pub use rules::{CidrAction, CidrRule, FilterRules, L4Rule, RateKey, RateRule};
+
+/// What VIP frames do when the engine's socket for their queue is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailMode {
+    /// Pass to the kernel (which does not own the VIP and drops it quietly).
+    #[default]
+    Open,
+    /// Drop in XDP.
+    Closed,
+}
 
 /// How to attach the XDP program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,10 +1,19 @@
 //! Loading, configuring and attaching the XDP program with aya.
 
-use std::{collections::HashSet, net::IpAddr, os::fd::RawFd};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    hash::Hash,
+    net::IpAddr,
+    os::fd::RawFd,
+    time::{Duration, Instant},
+};
 
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, MapData, PerCpuArray, XskMap},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray, PerCpuValues, XskMap,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
         Link as _, ProgramError, Xdp,
         xdp::{XdpLink, XdpMode},
@@ -12,9 +21,14 @@ use aya::{
 };
 
 use crate::{
-    AttachMode, EbpfError, VipAction,
+    AttachMode, EbpfError, FailMode, VipAction,
     counters::{Counter, Verdict, XdpCounters},
     error::program_errno,
+    rules::{
+        CidrAction, FilterRules, MAX_BURST_BYTES, MAX_BURST_PACKETS, MAX_L4_ENTRIES, MAX_PREFIXES,
+        MAX_RATE_RULES, MAX_RULES, RATE_GLOBAL, RATE_MATCH_PORT, RATE_MATCH_PROTO, RATE_MATCH_VIP,
+        RATE_SYN_ONLY, RateKey, RawCidrValue, RawL4Key, RawRuleset, addr_bytes, masked,
+    },
 };
 
 /// The compiled XDP program (built by `build.rs` from `bpf/ferrogate.bpf.c`).
@@ -37,25 +51,46 @@ pub const MAX_VIPS: usize = 4096;
 pub struct XdpConfig {
     /// 0 = redirect VIP frames to AF_XDP, 1 = pass them to the kernel.
     pub vip_action: u32,
+    /// The active rule-set generation (0 or 1).
+    pub generation: u32,
+    /// VIP frame on a queue without a socket: 0 = pass, 1 = drop.
+    pub vip_miss: u32,
     pub reserved: u32,
 }
 
-// SAFETY: `XdpConfig` is `#[repr(C)]` with two `u32` fields (no padding, no
+// SAFETY: `XdpConfig` is `#[repr(C)]` with four `u32` fields (no padding, no
 // pointers); any bit pattern is valid, so it can be copied as raw bytes.
 unsafe impl Pod for XdpConfig {}
 
-impl From<VipAction> for XdpConfig {
-    fn from(action: VipAction) -> Self {
-        let vip_action = match action {
-            VipAction::RedirectToXsk => 0,
-            VipAction::PassToKernel => 1,
-        };
-        XdpConfig {
-            vip_action,
-            reserved: 0,
-        }
+fn vip_action_value(action: VipAction) -> u32 {
+    match action {
+        VipAction::RedirectToXsk => 0,
+        VipAction::PassToKernel => 1,
     }
 }
+
+/// What one generation of the rule maps holds, mirrored in userspace so an
+/// update only writes the difference.
+#[derive(Default)]
+struct Generation {
+    cidr4: StdHashMap<([u8; 4], u8), RawCidrValue>,
+    cidr6: StdHashMap<([u8; 16], u8), RawCidrValue>,
+    l4: StdHashMap<RawL4Key, u32>,
+}
+
+/// What [`XdpFilter::apply_rules`] did.
+#[derive(Debug, Clone)]
+pub struct ApplyReport {
+    /// The generation now active.
+    pub generation: u32,
+    pub prefixes: usize,
+    /// Map writes and deletions needed (the difference to that generation).
+    pub writes: usize,
+    pub elapsed: Duration,
+}
+
+/// Id of the pseudo-rule counting allow-list-mode drops.
+pub const NOT_ALLOWED_RULE: &str = "not-allow-listed";
 
 /// The loaded XDP program attached to one interface. Dropping it detaches.
 pub struct XdpFilter {
@@ -67,6 +102,15 @@ pub struct XdpFilter {
     vips6: HashMap<MapData, [u8; 16], u32>,
     config: Array<MapData, XdpConfig>,
     counters: PerCpuArray<MapData, Verdict>,
+    cidr4: [LpmTrie<MapData, [u8; 4], RawCidrValue>; 2],
+    cidr6: [LpmTrie<MapData, [u8; 16], RawCidrValue>; 2],
+    l4: [HashMap<MapData, RawL4Key, u32>; 2],
+    rulesets: Array<MapData, RawRuleset>,
+    rule_counters: PerCpuArray<MapData, Verdict>,
+    cfg: XdpConfig,
+    held: [Generation; 2],
+    /// Rule id → index of its counters; stable across updates.
+    rule_index: StdHashMap<String, u32>,
     // Declared last: the program (and its fds) outlive the link and maps above.
     _ebpf: Ebpf,
 }
@@ -147,6 +191,26 @@ impl XdpFilter {
         vips: &[IpAddr],
         action: VipAction,
     ) -> Result<XdpFilter, EbpfError> {
+        Self::attach_with_rules(
+            iface,
+            mode,
+            vips,
+            action,
+            FailMode::Open,
+            &FilterRules::default(),
+        )
+    }
+
+    /// Like [`attach`](Self::attach), with the filter rules and fail mode in
+    /// place before the first frame is seen.
+    pub fn attach_with_rules(
+        iface: &str,
+        mode: AttachMode,
+        vips: &[IpAddr],
+        action: VipAction,
+        fail_mode: FailMode,
+        rules: &FilterRules,
+    ) -> Result<XdpFilter, EbpfError> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(|source| EbpfError::Object {
             iface: iface.to_owned(),
             source: Box::new(source),
@@ -157,6 +221,20 @@ impl XdpFilter {
         let vips6 = take_map(&mut ebpf, iface, "vips6")?;
         let config = take_map(&mut ebpf, iface, "config")?;
         let counters = take_map(&mut ebpf, iface, "counters")?;
+        let cidr4 = [
+            take_map(&mut ebpf, iface, "cidr4_0")?,
+            take_map(&mut ebpf, iface, "cidr4_1")?,
+        ];
+        let cidr6 = [
+            take_map(&mut ebpf, iface, "cidr6_0")?,
+            take_map(&mut ebpf, iface, "cidr6_1")?,
+        ];
+        let l4 = [
+            take_map(&mut ebpf, iface, "l4_0")?,
+            take_map(&mut ebpf, iface, "l4_1")?,
+        ];
+        let rulesets = take_map(&mut ebpf, iface, "rulesets")?;
+        let rule_counters = take_map(&mut ebpf, iface, "rule_counters")?;
 
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
@@ -184,11 +262,21 @@ impl XdpFilter {
             vips6,
             config,
             counters,
+            cidr4,
+            cidr6,
+            l4,
+            rulesets,
+            rule_counters,
+            cfg: XdpConfig::default(),
+            held: [Generation::default(), Generation::default()],
+            rule_index: StdHashMap::new(),
             _ebpf: ebpf,
         };
         // Configure before attaching: no frame ever sees a half-set program.
         filter.set_vip_action(action)?;
+        filter.set_fail_mode(fail_mode)?;
         filter.set_vips(vips)?;
+        filter.apply_rules(rules)?;
 
         let prog: &mut Xdp = filter
             ._ebpf
@@ -278,10 +366,267 @@ impl XdpFilter {
         Ok(())
     }
 
+    fn write_config(&mut self, what: String) -> Result<(), EbpfError> {
+        let res = self.config.set(0, self.cfg, 0);
+        res.map_err(self.map_err(what))
+    }
+
     /// Changes what happens to VIP frames.
     pub fn set_vip_action(&mut self, action: VipAction) -> Result<(), EbpfError> {
-        let res = self.config.set(0, XdpConfig::from(action), 0);
-        res.map_err(self.map_err(format!("setting the VIP action to {action:?}")))
+        self.cfg.vip_action = vip_action_value(action);
+        self.write_config(format!("setting the VIP action to {action:?}"))
+    }
+
+    /// What VIP frames do on a queue whose socket is gone.
+    pub fn set_fail_mode(&mut self, mode: FailMode) -> Result<(), EbpfError> {
+        self.cfg.vip_miss = match mode {
+            FailMode::Open => 0,
+            FailMode::Closed => 1,
+        };
+        self.write_config(format!("setting the fail mode to {mode:?}"))
+    }
+
+    /// The active rule-set generation.
+    pub fn generation(&self) -> u32 {
+        self.cfg.generation
+    }
+
+    /// Replaces the whole rule set atomically: the inactive generation is
+    /// brought to the new rules, then one write of `config` flips every
+    /// frame over to it. The old generation keeps serving until that write.
+    pub fn apply_rules(&mut self, rules: &FilterRules) -> Result<ApplyReport, EbpfError> {
+        let started = Instant::now();
+        self.check_rules(rules)?;
+        self.assign_rule_indices(rules)?;
+        let gen_new = 1 - (self.cfg.generation & 1);
+        let g = gen_new as usize;
+
+        let mut want4 = StdHashMap::new();
+        let mut want6 = StdHashMap::new();
+        for r in &rules.cidr {
+            let value = RawCidrValue {
+                rule: self.rule_index[&r.id],
+                action: match r.action {
+                    CidrAction::Deny => 0,
+                    CidrAction::Allow => 1,
+                    CidrAction::Upstream => 2,
+                },
+            };
+            for &(ip, len) in &r.prefixes {
+                match ip {
+                    IpAddr::V4(v4) => {
+                        want4.insert((masked(v4.octets(), len), len), value);
+                    }
+                    IpAddr::V6(v6) => {
+                        want6.insert((masked(v6.octets(), len), len), value);
+                    }
+                }
+            }
+        }
+        let mut want_l4 = StdHashMap::new();
+        for r in &rules.l4 {
+            let idx = self.rule_index[&r.id];
+            let vip = addr_bytes(r.vip);
+            // The marker entry says: this VIP only takes the listed pairs.
+            want_l4.insert(
+                RawL4Key {
+                    vip,
+                    ..Default::default()
+                },
+                idx,
+            );
+            for &(proto, port) in &r.allow {
+                let key = RawL4Key {
+                    vip,
+                    proto,
+                    pad: 0,
+                    port: port.to_be(),
+                };
+                want_l4.insert(key, idx);
+            }
+        }
+
+        let iface = self.iface.clone();
+        let mut writes = 0;
+        writes += sync(&mut self.held[g].cidr4, want4, |k, v| {
+            let key = LpmKey::new(k.1 as u32, k.0);
+            match v {
+                Some(v) => self.cidr4[g].insert(&key, v, 0),
+                None => self.cidr4[g].remove(&key),
+            }
+        })
+        .map_err(map_error(&iface, "writing IPv4 prefixes"))?;
+        writes += sync(&mut self.held[g].cidr6, want6, |k, v| {
+            let key = LpmKey::new(k.1 as u32, k.0);
+            match v {
+                Some(v) => self.cidr6[g].insert(&key, v, 0),
+                None => self.cidr6[g].remove(&key),
+            }
+        })
+        .map_err(map_error(&iface, "writing IPv6 prefixes"))?;
+        writes += sync(&mut self.held[g].l4, want_l4, |k, v| match v {
+            Some(v) => self.l4[g].insert(k, v, 0),
+            None => self.l4[g].remove(&k),
+        })
+        .map_err(map_error(&iface, "writing L4 rules"))?;
+
+        let mut rs = RawRuleset {
+            default_deny: rules.default_deny as u32,
+            not_allowed_rule: self.rule_index[NOT_ALLOWED_RULE],
+            n_rate: rules.rate.len() as u32,
+            ..Default::default()
+        };
+        for (slot, r) in rs.rate.iter_mut().zip(&rules.rate) {
+            slot.rule = self.rule_index[&r.id];
+            slot.pps = r.pps;
+            slot.burst_pkts = if r.pps > 0 { r.burst_packets.max(1) } else { 0 };
+            slot.bps = r.bps;
+            slot.burst_bytes = if r.bps > 0 { r.burst_bytes.max(1) } else { 0 };
+            if r.syn_only {
+                slot.flags |= RATE_SYN_ONLY;
+            }
+            match r.key {
+                RateKey::Global => slot.flags |= RATE_GLOBAL,
+                RateKey::Source { prefix4, prefix6 } => {
+                    slot.prefix4 = prefix4;
+                    slot.prefix6 = prefix6;
+                }
+            }
+            if let Some(vip) = r.vip {
+                slot.flags |= RATE_MATCH_VIP;
+                slot.vip = addr_bytes(vip);
+                slot.vip_is_v6 = vip.is_ipv6() as u8;
+            }
+            if let Some(port) = r.port {
+                slot.flags |= RATE_MATCH_PORT;
+                slot.port = port.to_be();
+            }
+            if let Some(proto) = r.protocol {
+                slot.flags |= RATE_MATCH_PROTO;
+                slot.proto = proto;
+            }
+        }
+        let res = self.rulesets.set(gen_new, rs, 0);
+        res.map_err(self.map_err("writing the rule set"))?;
+        writes += 1;
+
+        // The switch: from here on every frame sees the new generation.
+        self.cfg.generation = gen_new;
+        self.write_config(format!("activating rule generation {gen_new}"))?;
+        let report = ApplyReport {
+            generation: gen_new,
+            prefixes: rules.prefix_count(),
+            writes,
+            elapsed: started.elapsed(),
+        };
+        tracing::info!(
+            iface = %self.iface,
+            generation = gen_new,
+            prefixes = report.prefixes,
+            rate_rules = rules.rate.len(),
+            writes,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "filter rules applied"
+        );
+        Ok(report)
+    }
+
+    fn check_rules(&self, rules: &FilterRules) -> Result<(), EbpfError> {
+        let bad = |reason: String| EbpfError::Rules {
+            iface: self.iface.clone(),
+            reason,
+        };
+        if rules.rate.len() > MAX_RATE_RULES {
+            return Err(bad(format!(
+                "{} rate rules, at most {MAX_RATE_RULES}",
+                rules.rate.len()
+            )));
+        }
+        let v4 = rules
+            .cidr
+            .iter()
+            .flat_map(|r| &r.prefixes)
+            .filter(|p| p.0.is_ipv4())
+            .count();
+        let v6 = rules.prefix_count() - v4;
+        if v4 > MAX_PREFIXES || v6 > MAX_PREFIXES {
+            return Err(bad(format!(
+                "{v4} IPv4 / {v6} IPv6 prefixes, at most {MAX_PREFIXES} each"
+            )));
+        }
+        let l4: usize = rules.l4.iter().map(|r| r.allow.len() + 1).sum();
+        if l4 > MAX_L4_ENTRIES {
+            return Err(bad(format!("{l4} L4 entries, at most {MAX_L4_ENTRIES}")));
+        }
+        for r in &rules.rate {
+            if r.burst_packets > MAX_BURST_PACKETS || r.burst_bytes > MAX_BURST_BYTES {
+                return Err(bad(format!("rate rule {:?}: burst too large", r.id)));
+            }
+        }
+        for r in &rules.cidr {
+            for &(ip, len) in &r.prefixes {
+                if len > if ip.is_ipv4() { 32 } else { 128 } {
+                    return Err(bad(format!("rule {:?}: prefix {ip}/{len}", r.id)));
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        for id in rules.ids() {
+            if !seen.insert(id) || id == NOT_ALLOWED_RULE {
+                return Err(bad(format!("duplicate rule id {id:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives every rule id a counter slot; ids keep their slot across updates,
+    /// and a slot taken over by a new id starts from zero.
+    fn assign_rule_indices(&mut self, rules: &FilterRules) -> Result<(), EbpfError> {
+        let wanted: HashSet<&str> = rules.ids().chain([NOT_ALLOWED_RULE]).collect();
+        self.rule_index.retain(|id, _| wanted.contains(id.as_str()));
+        let mut used: HashSet<u32> = self.rule_index.values().copied().collect();
+        let mut next = 0u32;
+        for id in rules.ids().chain([NOT_ALLOWED_RULE]) {
+            if self.rule_index.contains_key(id) {
+                continue;
+            }
+            while used.contains(&next) {
+                next += 1;
+            }
+            if next >= MAX_RULES {
+                return Err(EbpfError::Rules {
+                    iface: self.iface.clone(),
+                    reason: format!("more than {MAX_RULES} rule ids"),
+                });
+            }
+            let zeros = PerCpuValues::try_from(vec![Verdict::default(); nr_cpus()])
+                .expect("one value per possible CPU");
+            let res = self.rule_counters.set(next, zeros, 0);
+            res.map_err(self.map_err(format!("resetting counters of rule {id:?}")))?;
+            self.rule_index.insert(id.to_owned(), next);
+            used.insert(next);
+        }
+        Ok(())
+    }
+
+    /// Packets and bytes per rule id, summed over CPUs, in slot order.
+    pub fn rule_counters(&self) -> Result<Vec<(String, Verdict)>, EbpfError> {
+        let mut ids: Vec<(&String, &u32)> = self.rule_index.iter().collect();
+        ids.sort_by_key(|(_, i)| **i);
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, &idx) in ids {
+            let values = self
+                .rule_counters
+                .get(&idx, 0)
+                .map_err(self.map_err(format!("reading counters of rule {id:?}")))?;
+            let mut total = Verdict::default();
+            for v in values.iter() {
+                total.packets += v.packets;
+                total.bytes += v.bytes;
+            }
+            out.push((id.clone(), total));
+        }
+        Ok(out)
     }
 
     /// Adds one VIP (idempotent).
@@ -374,6 +719,50 @@ impl XdpFilter {
             None => Ok(()),
         }
     }
+}
+
+fn nr_cpus() -> usize {
+    aya::util::nr_cpus().unwrap_or(1)
+}
+
+fn map_error<'a>(
+    iface: &'a str,
+    what: &'static str,
+) -> impl FnOnce(aya::maps::MapError) -> EbpfError + 'a {
+    move |source| EbpfError::Map {
+        iface: iface.to_owned(),
+        what: what.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+/// Brings a map (whose contents `held` mirrors) to `wanted`: new and changed
+/// entries first, then stale ones removed (`write(k, None)`). Returns the
+/// number of writes.
+fn sync<K: Copy + Eq + Hash, V: Copy + PartialEq>(
+    held: &mut StdHashMap<K, V>,
+    wanted: StdHashMap<K, V>,
+    mut write: impl FnMut(K, Option<V>) -> Result<(), aya::maps::MapError>,
+) -> Result<usize, aya::maps::MapError> {
+    let mut writes = 0;
+    for (k, v) in &wanted {
+        if held.get(k) != Some(v) {
+            write(*k, Some(*v))?;
+            held.insert(*k, *v);
+            writes += 1;
+        }
+    }
+    let stale: Vec<K> = held
+        .keys()
+        .filter(|k| !wanted.contains_key(k))
+        .copied()
+        .collect();
+    for k in stale {
+        write(k, None)?;
+        held.remove(&k);
+        writes += 1;
+    }
+    Ok(writes)
 }
 
 impl Drop for XdpFilter {

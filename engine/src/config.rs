@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrogate_ebpf::AttachMode;
+use ferrogate_ebpf::{AttachMode, FailMode, FilterRules};
 use ferrogate_stack::{RouteTable, Timeouts};
 
 /// Which packet source to use.
@@ -49,6 +49,9 @@ pub struct EngineConfig {
     pub timeouts: Timeouts,
     /// Local ports upstream connections use, split evenly across workers.
     pub upstream_port_range: std::ops::Range<u16>,
+    /// The XDP filter tier's rules (VIP traffic only).
+    pub filter: FilterRules,
+    pub fail_mode: FailMode,
 }
 
 impl EngineConfig {
@@ -75,6 +78,8 @@ impl EngineConfig {
             verify_rx_checksums: true,
             timeouts: Timeouts::default(),
             upstream_port_range: 32_768..61_000,
+            filter: FilterRules::default(),
+            fail_mode: FailMode::Open,
         }
     }
 }

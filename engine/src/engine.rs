@@ -43,7 +43,24 @@ pub enum EngineError {
     Spawn(std::io::Error),
 }
 
+/// What a reload changed.
+#[derive(Debug)]
+pub struct ReloadReport {
+    pub filter: Option<ferrogate_ebpf::ApplyReport>,
+    /// Settings that changed but need a restart.
+    pub ignored: Vec<&'static str>,
+}
+
+/// The settings the engine started with (for reload comparisons).
+struct Started {
+    iface: String,
+    queues: u32,
+    vips: Vec<(IpAddr, u8)>,
+    routes: Arc<RouteTable>,
+}
+
 pub struct Engine {
+    started: Started,
     backend: BackendKind,
     xdp: Option<XdpFilter>,
     workers: Vec<JoinHandle<()>>,
@@ -111,14 +128,26 @@ impl Engine {
 
         let (backend, xdp, ios) = match cfg.backend {
             BackendChoice::AfXdp => {
-                let mut xdp =
-                    XdpFilter::attach(&cfg.iface, cfg.xdp_mode, &vips, VipAction::RedirectToXsk)?;
+                let mut xdp = XdpFilter::attach_with_rules(
+                    &cfg.iface,
+                    cfg.xdp_mode,
+                    &vips,
+                    VipAction::RedirectToXsk,
+                    cfg.fail_mode,
+                    &cfg.filter,
+                )?;
                 let ios = open_af_xdp(&cfg, &mut xdp)?;
                 (BackendKind::AfXdp, Some(xdp), ios)
             }
             BackendChoice::Auto => {
-                let mut xdp =
-                    XdpFilter::attach(&cfg.iface, cfg.xdp_mode, &vips, VipAction::RedirectToXsk)?;
+                let mut xdp = XdpFilter::attach_with_rules(
+                    &cfg.iface,
+                    cfg.xdp_mode,
+                    &vips,
+                    VipAction::RedirectToXsk,
+                    cfg.fail_mode,
+                    &cfg.filter,
+                )?;
                 match open_af_xdp(&cfg, &mut xdp) {
                     Ok(ios) => (BackendKind::AfXdp, Some(xdp), ios),
                     Err(e) => {
@@ -161,6 +190,12 @@ impl Engine {
         let clock_start = StdInstant::now();
         let mut meshes = handoff::mesh(workers_n, 1024);
         let mut engine = Engine {
+            started: Started {
+                iface: cfg.iface.clone(),
+                queues: cfg.queues,
+                vips: cfg.vips.clone(),
+                routes: cfg.routes.clone(),
+            },
             backend,
             xdp,
             workers: Vec::new(),
@@ -221,11 +256,47 @@ impl Engine {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Applies a reloaded configuration: filter rules (atomically, in XDP)
+    /// and routes. Interface, queues, VIPs and listeners need a restart; a
+    /// change to them is reported and ignored.
+    pub fn reload(&mut self, cfg: &EngineConfig) -> Result<ReloadReport, EngineError> {
+        let mut ignored = Vec::new();
+        if cfg.iface != self.started.iface {
+            ignored.push("engine.interface");
+        }
+        if cfg.queues != self.started.queues {
+            ignored.push("engine.queues");
+        }
+        if cfg.vips != self.started.vips {
+            ignored.push("vips");
+        }
+        let ports = |t: &RouteTable| t.listeners.iter().map(|l| l.port).collect::<Vec<_>>();
+        if ports(&cfg.routes) != ports(&self.started.routes) {
+            ignored.push("listeners (ports)");
+        }
+        let filter = match self.xdp.as_mut() {
+            Some(x) => {
+                x.set_fail_mode(cfg.fail_mode)?;
+                Some(x.apply_rules(&cfg.filter)?)
+            }
+            None => None,
+        };
+        self.apply_routes(cfg.routes.clone());
+        Ok(ReloadReport { filter, ignored })
+    }
+
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             backend: self.backend,
             workers: self.stats.iter().map(|c| c.read()).collect(),
             xdp: self.xdp.as_ref().and_then(|x| x.counters().ok()),
+            rules: self
+                .xdp
+                .as_ref()
+                .and_then(|x| x.rule_counters().ok())
+                .unwrap_or_default(),
+            filter_generation: self.xdp.as_ref().map(|x| x.generation()),
+            snapshot_version: self.routes.load().version,
         }
     }
 

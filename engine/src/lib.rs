@@ -13,6 +13,6 @@ pub mod stats;
 mod worker;
 
 pub use config::{BackendChoice, EngineConfig, PollingMode, PortPlan};
-pub use engine::{Engine, EngineError};
+pub use engine::{Engine, EngineError, ReloadReport};
 pub use io::{BackendKind, IoStats, PacketIo};
 pub use stats::{EngineStats, WorkerStats};

@@ -54,6 +54,11 @@ pub struct EngineStats {
     pub backend: crate::io::BackendKind,
     pub workers: Vec<WorkerStats>,
     pub xdp: Option<ferrogate_ebpf::XdpCounters>,
+    /// Per filter rule id: packets and bytes it matched (drops for deny and
+    /// rate rules, passes for allow rules).
+    pub rules: Vec<(String, ferrogate_ebpf::Verdict)>,
+    pub filter_generation: Option<u32>,
+    pub snapshot_version: u64,
 }
 
 impl EngineStats {
@@ -109,6 +114,14 @@ impl EngineStats {
                 let _ = writeln!(s, "xdp_{k}_packets {}", v.packets);
             }
         }
+        for (id, v) in &self.rules {
+            let _ = writeln!(s, "xdp_rule_{id}_packets {}", v.packets);
+            let _ = writeln!(s, "xdp_rule_{id}_bytes {}", v.bytes);
+        }
+        if let Some(g) = self.filter_generation {
+            let _ = writeln!(s, "filter_generation {g}");
+        }
+        let _ = writeln!(s, "snapshot_version {}", self.snapshot_version);
         s
     }
 }

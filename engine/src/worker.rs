@@ -163,6 +163,16 @@ impl Worker {
                         }
                     }
                 }
+                FrameClass::NeighborAdvert => {
+                    stack.handle_frame(f);
+                    for w in (0..handoff.workers()).filter(|&w| w != me) {
+                        if handoff.send(w, f) {
+                            out += 1;
+                        } else {
+                            dropped += 1;
+                        }
+                    }
+                }
                 FrameClass::Other => {
                     stack.handle_frame(f);
                 }

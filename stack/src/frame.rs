@@ -8,6 +8,8 @@ pub enum FrameClass {
     Arp {
         request: bool,
     },
+    /// IPv6 neighbour advertisement: every worker needs it, like ARP.
+    NeighborAdvert,
     /// TCP over IPv4 or IPv6, by destination port.
     Tcp {
         dst_port: u16,
@@ -43,10 +45,15 @@ pub fn classify(frame: &[u8]) -> FrameClass {
         }
         0x86dd => {
             let ip = &frame[ETH_HLEN..];
-            if ip.len() < 40 || ip[6] != 6 {
+            if ip.len() < 41 {
                 return FrameClass::Other;
             }
-            tcp_class(ip.get(40..))
+            match ip[6] {
+                6 => tcp_class(ip.get(40..)),
+                // ICMPv6 type 136 directly after the fixed header
+                58 if ip[40] == 136 => FrameClass::NeighborAdvert,
+                _ => FrameClass::Other,
+            }
         }
         _ => FrameClass::Other,
     }

@@ -147,13 +147,50 @@ impl Lab {
     }
 
     pub fn start_engine(&self, backend: &str, queues: u32) -> Engine {
+        self.start_engine_with(&workspace().join("configs/lab.toml"), backend, queues)
+    }
+
+    /// The MAC address of `eth0` in one of the lab's namespaces.
+    pub fn mac(&self, role: &str) -> [u8; 6] {
+        let out = self
+            .exec(role, &["ip", "-o", "link", "show", "dev", "eth0"])
+            .unwrap();
+        let i = out.find("link/ether ").expect("ether address");
+        let mut mac = [0u8; 6];
+        for (m, part) in mac.iter_mut().zip(out[i + 11..i + 28].split(':')) {
+            *m = u8::from_str_radix(part, 16).unwrap();
+        }
+        mac
+    }
+
+    /// Writes `configs/lab.toml` plus `extra` to the lab's state dir.
+    pub fn config_with(&self, name: &str, extra: &str) -> PathBuf {
+        let base = std::fs::read_to_string(workspace().join("configs/lab.toml")).unwrap();
+        let path = self.state_dir().join(name);
+        std::fs::write(&path, format!("{base}\n{extra}\n")).unwrap();
+        path
+    }
+
+    pub fn start_engine_with(&self, config: &Path, backend: &str, queues: u32) -> Engine {
+        self.start_engine_probe(config, backend, queues, true)
+    }
+
+    /// Starts the engine; with `probe`, waits until the VIP answers the
+    /// client (a config that filters the client must not probe).
+    pub fn start_engine_probe(
+        &self,
+        config: &Path,
+        backend: &str,
+        queues: u32,
+        probe: bool,
+    ) -> Engine {
         let stats = self.state_dir().join("engine.stats");
         let log = self.state_dir().join("engine.log");
         let logf = std::fs::File::create(&log).unwrap();
         let child = Command::new(ferrogate_bin())
             .arg("run")
             .arg("--config")
-            .arg(workspace().join("configs/lab.toml"))
+            .arg(config)
             .args([
                 "--netns",
                 &self.ns("edge"),
@@ -176,6 +213,17 @@ impl Lab {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && !e.log().contains("ferrogate engine serving") {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            e.log().contains("ferrogate engine serving"),
+            "engine did not start within 20 s; log:\n{}",
+            e.log()
+        );
+        if !probe {
+            return e;
+        }
         while Instant::now() < deadline {
             if self.curl(&format!("http://{VIP}/ferrogate/health")).is_ok() {
                 return e;
@@ -231,6 +279,12 @@ impl Engine {
     /// SIGTERM and wait; returns the exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         self.signal_and_wait(libc::SIGTERM)
+    }
+
+    /// Asks the engine to re-read its configuration file.
+    pub fn sighup(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), libc::SIGHUP) };
     }
 
     pub fn kill9(&mut self) -> Option<std::process::ExitStatus> {
@@ -327,4 +381,147 @@ impl HttpConn {
         self.reader.read_exact(&mut body)?;
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
+}
+
+/// Frames built by hand for the filter tests (full IPv4 checksums).
+pub mod frames {
+    pub fn ipv4_checksum(h: &[u8]) -> u16 {
+        let mut sum = 0u32;
+        for c in h.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
+        let mut f = Vec::with_capacity(128);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    fn ipv4(f: &mut Vec<u8>, src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) {
+        let total = 20 + l4.len();
+        let mut h = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            1,
+            0x40,
+            0,
+            64,
+            proto,
+            0,
+            0,
+        ];
+        h.extend_from_slice(&src);
+        h.extend_from_slice(&dst);
+        let c = ipv4_checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&h);
+        f.extend_from_slice(l4);
+    }
+
+    /// A UDP datagram with `payload` zero bytes.
+    pub fn udp4(
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        src: [u8; 4],
+        dst: [u8; 4],
+        dport: u16,
+        payload: usize,
+    ) -> Vec<u8> {
+        let mut f = eth(dst_mac, src_mac, 0x0800);
+        let len = 8 + payload;
+        let mut u = vec![
+            0x9c,
+            0x40,
+            (dport >> 8) as u8,
+            dport as u8,
+            (len >> 8) as u8,
+            len as u8,
+            0,
+            0,
+        ];
+        u.resize(len, 0);
+        ipv4(&mut f, src, dst, 17, &u);
+        f
+    }
+
+    /// A TCP SYN (checksum left zero: the filter drops it before any stack).
+    pub fn syn4(
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+    ) -> Vec<u8> {
+        let mut f = eth(dst_mac, src_mac, 0x0800);
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = 0x02;
+        t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        ipv4(&mut f, src, dst, 6, &t);
+        f
+    }
+}
+
+/// Sends frames from `eth0` of namespace `ns` over a raw AF_PACKET socket,
+/// paced to `pps` (0 = as fast as possible). Returns (sent, seconds taken).
+pub fn send_frames(ns: &str, frames: Vec<Vec<u8>>, pps: u64) -> Result<(usize, f64)> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || -> Result<(usize, f64)> {
+        enter_netns(&ns)?;
+        // SAFETY: plain socket(2); the fd is closed at the end.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if fd < 0 {
+            bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+        }
+        let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        // SAFETY: sockaddr_ll is plain data; zeroed is valid.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = ifindex as i32;
+        sll.sll_halen = 6;
+        let start = Instant::now();
+        let mut sent = 0;
+        for (i, f) in frames.iter().enumerate() {
+            if pps > 0 {
+                let due = Duration::from_secs_f64(i as f64 / pps as f64);
+                while start.elapsed() < due {
+                    std::hint::spin_loop();
+                }
+            }
+            // SAFETY: `f` and `sll` are valid for the call's duration.
+            let rc = unsafe {
+                libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if rc >= 0 {
+                sent += 1;
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        // SAFETY: our fd.
+        unsafe { libc::close(fd) };
+        Ok((sent, secs))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("sender thread panicked"))?
 }
