@@ -934,6 +934,58 @@ upstream = "origin"
     }
 
     #[test]
+    fn shipped_configs_compile() {
+        for name in ["lab.toml", "filter.example.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../configs")
+                .join(name);
+            let c = load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!c.engine.vips.is_empty());
+        }
+        let c = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/filter.example.toml"))
+            .unwrap();
+        let f = &c.engine.filter;
+        assert_eq!(f.rate.len(), 4);
+        assert_eq!(f.l4[0].allow, vec![(6, 80), (6, 443), (1, 0)]);
+        // The generated upstream rule lets origin replies through.
+        assert!(
+            f.cidr
+                .iter()
+                .any(|r| r.id == UPSTREAM_RULE && r.action == CidrAction::Upstream)
+        );
+    }
+
+    #[test]
+    fn filter_errors_name_their_field() {
+        let bad = format!(
+            "{GOOD}\n[filter]\n[[filter.rate]]\nid = \"r\"\nvip = \"10.9.9.9\"\npps = 1\n[[filter.l4]]\nid = \"l\"\nvip = \"10.77.0.10\"\nallow = [\"tcp/0\", \"sctp/9\"]\n[[filter.cidr]]\nid = \"r\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/33\"]\n"
+        );
+        let e = errors(&bad);
+        assert!(
+            e.iter().any(|l| l.contains("filter.rate[0].vip")
+                && l.contains("not one of the configured vips")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|l| l.contains("filter.l4[0].allow[0]")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|l| l.contains("filter.l4[0].allow[1]")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|l| l.contains("filter.cidr[0].cidrs[0]")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.contains("duplicate or reserved rule id \"r\"")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn good_config_compiles() {
         let c = compile(Path::new("t.toml"), GOOD).unwrap();
         assert_eq!(c.engine.queues, 2);

@@ -123,6 +123,15 @@ impl Engine {
                 iface: cfg.iface.clone(),
                 source,
             })?;
+        if let Some(n) = crate::netdev::rx_queues(&cfg.iface)
+            && cfg.queues > n
+        {
+            return Err(EngineError::Config(format!(
+                "{} has {n} receive queue(s) but {} workers were asked for (engine.queues); \
+                 raise the NIC's channels (`ethtool -L {} combined {}`) or lower engine.queues",
+                cfg.iface, cfg.queues, cfg.iface, cfg.queues
+            )));
+        }
         let cpus = ferrogate_numa::plan_worker_cpus(cfg.queues as usize, &cfg.cpus, &cfg.iface)?;
         let vips = vip_addrs(&cfg);
 

@@ -461,3 +461,41 @@ fn malformed_truncations_ext_headers_fragments_and_bogus_flags_are_dropped_and_c
         assert!(e.stop().unwrap().success());
     });
 }
+
+#[test]
+fn a_million_prefix_deny_set_loads_and_denies() {
+    lab_test("million", || {
+        let lab = Lab::up(1);
+        add_client2(&lab);
+        // 1,000,000 /30s (100.64.0.0 - 100.125.9.255), plus the client's /32.
+        let path = lab.state_dir().join("million.txt");
+        let mut text = String::with_capacity(20_000_000);
+        for i in 0..1_000_000u32 {
+            let a = (100u32 << 24 | 64 << 16) + i * 4;
+            text.push_str(&format!(
+                "{}.{}.{}.{}/30\n",
+                a >> 24,
+                (a >> 16) & 255,
+                (a >> 8) & 255,
+                a & 255
+            ));
+        }
+        text.push_str(&format!("{CLIENT2}/32\n"));
+        std::fs::write(&path, text).unwrap();
+        let cfg = lab.config_with(
+            "million.toml",
+            &format!("[filter]\n[[filter.cidr]]\nid = \"million\"\naction = \"deny\"\ncidr_files = [\"{}\"]\n", path.display()),
+        );
+        let engine = lab.start_engine_with(&cfg, "af_xdp", 1);
+        let log = engine.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("filter rules applied"))
+            .expect("apply log line");
+        assert!(line.contains("prefixes=1000002"), "{line}");
+        eprintln!("{line}");
+        assert!(curl_from(&lab, "10.77.0.2", &format!("http://{VIP}/in")).is_ok());
+        assert!(curl_from(&lab, CLIENT2, &format!("http://{VIP}/out")).is_err());
+        assert!(engine.stats()["xdp_rule_million_packets"] >= 1);
+    });
+}

@@ -234,3 +234,34 @@ fn lab_down_after_a_crash_removes_everything() {
         );
     });
 }
+
+#[test]
+fn engine_refuses_more_workers_than_nic_queues_with_a_clear_error() {
+    lab_test("queues", || {
+        let lab = Lab::up(1);
+        let out = std::process::Command::new(ferrogate_tests::ferrogate_bin())
+            .args(["run", "--config"])
+            .arg(workspace().join("configs/lab.toml"))
+            .args([
+                "--netns",
+                &lab.ns("edge"),
+                "--queues",
+                "2",
+                "--duration",
+                "1",
+            ])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("eth0 has 1 receive queue(s) but 2 workers"),
+            "{err}"
+        );
+        assert!(
+            !lab.edge_has_xdp(),
+            "a failed start must not leave XDP attached"
+        );
+    });
+}
