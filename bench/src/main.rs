@@ -122,10 +122,6 @@ fn meta() -> BTreeMap<String, String> {
         "bench command".into(),
         std::env::args().collect::<Vec<_>>().join(" "),
     );
-    m.insert(
-        "threaded NAPI / RPS".into(),
-        "off (kernel defaults on the lab's veths; every contender sees the same)".into(),
-    );
     m
 }
 
@@ -178,11 +174,22 @@ fn main() -> Result<()> {
     env::install_cleanup_handlers()?;
     let bin = contenders::ferrogate_bin()?;
     let lab = env::Lab::up(&bin, &cli.prefix)?;
-    let ctx = scenarios::Ctx {
-        lab,
-        opts,
-        meta: meta(),
-    };
+    let mut meta = meta();
+    let napi = lab
+        .exec("edge", &["cat", "/sys/class/net/eth0/threaded"])
+        .unwrap_or_else(|e| format!("{e:#}"));
+    let rps = lab
+        .exec("edge", &["cat", "/sys/class/net/eth0/queues/rx-0/rps_cpus"])
+        .unwrap_or_default();
+    meta.insert(
+        "threaded NAPI / RPS".into(),
+        format!(
+            "edge eth0 threaded={} rps_cpus={} (kernel defaults, the same for every contender)",
+            napi.trim(),
+            rps.trim()
+        ),
+    );
+    let ctx = scenarios::Ctx { lab, opts, meta };
     type Scenario = fn(&scenarios::Ctx) -> Result<report::Report>;
     let list: Vec<(&str, Scenario)> = match cmd {
         Cmd::Http(_) => vec![("http", scenarios::http)],

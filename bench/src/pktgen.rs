@@ -297,13 +297,17 @@ pub fn run(a: &GenArgs) -> Result<GenReport> {
             n = n.min((a.count - sent) as usize);
         }
         if a.rate > 0 {
-            let due = (now - start).as_secs_f64() * a.rate as f64;
-            let allowed = due as u64 + 1;
-            if sent >= allowed {
-                let wait = (sent + 1) as f64 / a.rate as f64 - (now - start).as_secs_f64();
-                if wait > 0.0002 {
-                    std::thread::sleep(Duration::from_secs_f64(wait.min(0.01)));
-                }
+            // Send in chunks of ~0.5 ms worth of packets and sleep between
+            // them, so a rate-limited generator does not spin its CPU (the
+            // CPU it shares with the client and origin).
+            let chunk = ((a.rate / 2000) as usize).clamp(1, batch) as u64;
+            let allowed = ((now - start).as_secs_f64() * a.rate as f64) as u64;
+            if allowed < sent + chunk {
+                let due = start + Duration::from_secs_f64((sent + chunk) as f64 / a.rate as f64);
+                std::thread::sleep(
+                    due.saturating_duration_since(now)
+                        .min(Duration::from_millis(10)),
+                );
                 continue;
             }
             n = n.min((allowed - sent) as usize);
