@@ -190,14 +190,14 @@ fn wait_http(lab: &Lab, url: &str, proc: &mut Option<Proc>, log: &Path) -> Resul
         {
             return Ok(());
         }
-        if let Some(p) = proc.as_mut() {
-            if let Some(st) = p.exited() {
-                bail!(
-                    "{} exited ({st}) before answering; log:\n{}",
-                    p.name,
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
+        if let Some(p) = proc.as_mut()
+            && let Some(st) = p.exited()
+        {
+            bail!(
+                "{} exited ({st}) before answering; log:\n{}",
+                p.name,
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -211,11 +211,11 @@ impl Lab {
         // The lab's own edge nginx would share the edge with our contenders:
         // stop it; every contender is started (pinned) by the bench.
         let pidf = lab.state_dir().join("edge-nginx/nginx.pid");
-        if let Ok(p) = std::fs::read_to_string(&pidf) {
-            if let Ok(pid) = p.trim().parse::<i32>() {
-                // SAFETY: the lab's edge nginx master, in our own lab.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
+        if let Ok(p) = std::fs::read_to_string(&pidf)
+            && let Ok(pid) = p.trim().parse::<i32>()
+        {
+            // SAFETY: the lab's edge nginx master, in our own lab.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while !lab.pids("edge").is_empty() && Instant::now() < deadline {

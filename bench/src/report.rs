@@ -382,7 +382,7 @@ impl Report {
                     BLACK.stroke_width(2),
                 )))?;
                 chart.draw_series(std::iter::once(Text::new(
-                    format!("{c}"),
+                    c.to_string(),
                     (x0 + w * 0.1, st.max + ymax * 0.04),
                     ("sans-serif", 11),
                 )))?;

@@ -1,0 +1,82 @@
+//! CI smoke: `ferrogate-bench all --smoke` (1 round, 1 s per measurement)
+//! so the harness cannot rot. No assertion on speed; the bench itself fails
+//! when a contender returns errors or nothing. Needs root (namespaces, XDP,
+//! iptables); skipped with a message otherwise.
+
+use std::process::Command;
+
+#[test]
+fn all_scenarios_smoke() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("all_scenarios_smoke: skipped: needs root (network namespaces, XDP, iptables)");
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("ferrogate-bench-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let prefix = format!("fs{}-", std::process::id() % 100_000);
+    let st = Command::new(env!("CARGO_BIN_EXE_ferrogate-bench"))
+        .args(["all", "--smoke", "--prefix", &prefix, "--out"])
+        .arg(&out)
+        .status()
+        .expect("running ferrogate-bench");
+    let left: Vec<String> = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .lines()
+    .filter(|l| l.starts_with(&prefix))
+    .map(String::from)
+    .collect();
+    assert!(
+        left.is_empty(),
+        "the bench left namespaces behind: {left:?}"
+    );
+    assert!(st.success(), "ferrogate-bench all --smoke failed: {st}");
+    let expect: [(&str, &[&str]); 5] = [
+        ("http", &["direct", "ferrogate", "nginx", "haproxy"]),
+        ("http-latency", &["direct", "ferrogate", "nginx", "haproxy"]),
+        ("conn", &["direct", "ferrogate", "nginx", "haproxy"]),
+        (
+            "flood",
+            &["ferrogate-xdp", "iptables-raw", "nft-netdev-ingress"],
+        ),
+        (
+            "goodput-under-flood",
+            &["ferrogate", "nginx+iptables", "nginx+nft"],
+        ),
+    ];
+    let files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for (scenario, contenders) in expect {
+        for ext in ["json", "md"] {
+            let f = files
+                .iter()
+                .find(|f| {
+                    f.ends_with(&format!(".{ext}"))
+                        && f.strip_prefix(scenario)
+                            .and_then(|r| r.strip_prefix('-'))
+                            .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+                })
+                .unwrap_or_else(|| panic!("no {scenario} .{ext} report in {files:?}"));
+            let text = std::fs::read_to_string(out.join(f)).unwrap();
+            for c in contenders {
+                // A contender is either measured or reported unavailable
+                // (ferrogate's deny rule before the filter tier exists).
+                assert!(text.contains(c), "{f} does not mention {c}");
+            }
+        }
+        assert!(
+            files
+                .iter()
+                .any(|f| f.starts_with(&format!("{scenario}-")) && f.ends_with(".svg")),
+            "no {scenario} plot"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
