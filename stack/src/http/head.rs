@@ -146,6 +146,11 @@ pub fn parse_request<'b, 'h>(
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(_) => return Err(HeadError::Malformed("request head")),
     };
+    // httparse accepts bare LF line endings; a proxy must not, or a peer that
+    // splits lines differently can be fed a different request.
+    if has_bare_lf(&buf[..head_len]) {
+        return Err(HeadError::Malformed("bare LF in head"));
+    }
     let method = req.method.unwrap_or("");
     let path = req.path.unwrap_or("");
     let http10 = req.version == Some(0);
@@ -201,6 +206,12 @@ pub fn parse_request<'b, 'h>(
         expect_continue,
     };
     Ok(Some((req, info)))
+}
+
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 /// The Host header without a port, lower-cased comparison left to the router.
@@ -434,6 +445,10 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             b"GET http://evil/ HTTP/1.1\r\nHost: a\r\n\r\n",
             b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
         ];
         for raw in cases {
             let err = parse(raw).expect_err(&String::from_utf8_lossy(raw));

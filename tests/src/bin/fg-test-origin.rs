@@ -1,0 +1,236 @@
+//! A small HTTP/1.1 origin for the lab tests, which can be told to be slow,
+//! to reset, to fail, or to stream large bodies.
+//!
+//! usage: fg-test-origin --listen ADDR [--name NAME]
+//!
+//! Paths: `/` and anything else → 200 "origin NAME path=..."; `/status/NNN`;
+//! `/slow/MS` (waits before answering); `/reset` (RST, no response);
+//! `/close` (close-delimited body); `/bytes/N` (N bytes, Content-Length);
+//! `/chunked/N` (N bytes, chunked); `/echo` (answers with the request body's
+//! length and a checksum); `/ws` (101 Switching Protocols, then echoes bytes).
+//! Every response carries `X-Origin: NAME` and echoes `X-Request-Id`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let listen = get("--listen").expect("--listen ADDR");
+    let name = get("--name").unwrap_or_else(|| listen.clone());
+    let listener = TcpListener::bind(&listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+    eprintln!("fg-test-origin {name} listening on {listen}");
+    for stream in listener.incoming().flatten() {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let _ = serve(stream, &name);
+        });
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn read_head(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Request>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("/").to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 {
+            return Ok(None);
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    Ok(Some(Request {
+        method,
+        path,
+        headers,
+    }))
+}
+
+/// Reads the request body (Content-Length or chunked); returns (len, sum).
+fn read_body(r: &mut BufReader<TcpStream>, req: &Request) -> std::io::Result<(u64, u64)> {
+    let mut len = 0u64;
+    let mut sum = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut take = |r: &mut BufReader<TcpStream>, mut n: u64| -> std::io::Result<()> {
+        while n > 0 {
+            let k = r.read(&mut buf[..n.min(65536) as usize])?;
+            if k == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            for b in &buf[..k] {
+                sum = sum.wrapping_mul(31).wrapping_add(*b as u64);
+            }
+            len += k as u64;
+            n -= k as u64;
+        }
+        Ok(())
+    };
+    if let Some(cl) = req.header("content-length") {
+        take(r, cl.parse().unwrap_or(0))?;
+    } else if req
+        .header("transfer-encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size)?;
+            let n = u64::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            if n == 0 {
+                let mut end = String::new();
+                r.read_line(&mut end)?;
+                break;
+            }
+            take(r, n)?;
+            let mut crlf = String::new();
+            r.read_line(&mut crlf)?;
+        }
+    }
+    Ok((len, sum))
+}
+
+fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut w = stream.try_clone()?;
+    let mut r = BufReader::new(stream);
+    while let Some(req) = read_head(&mut r)? {
+        let (body_len, body_sum) = read_body(&mut r, &req)?;
+        let rid = req
+            .header("x-request-id")
+            .map(|v| format!("X-Request-Id: {v}\r\n"))
+            .unwrap_or_default();
+        let common = format!("X-Origin: {name}\r\n{rid}");
+        let path = req.path.clone();
+        let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match seg[0] {
+            "status" => {
+                let code: u16 = seg.get(1).and_then(|s| s.parse().ok()).unwrap_or(500);
+                let body = format!("status {code} from {name}\n");
+                write!(w, "HTTP/1.1 {code} X\r\n{common}Content-Length: {}\r\n\r\n{body}", body.len())?;
+            }
+            "slow" => {
+                let ms: u64 = seg.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+                std::thread::sleep(Duration::from_millis(ms));
+                let body = format!("slow {ms} from {name}\n");
+                write!(w, "HTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}", body.len())?;
+            }
+            "reset" => {
+                // SO_LINGER 0 + close = RST.
+                let s = r.get_ref();
+                let _ = socket2_linger_zero(s);
+                return Ok(());
+            }
+            "close" => {
+                write!(w, "HTTP/1.1 200 OK\r\n{common}Connection: close\r\n\r\nclose-delimited from {name}\n")?;
+                return Ok(());
+            }
+            "bytes" | "chunked" => {
+                let n: u64 = seg.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let chunked = seg[0] == "chunked";
+                if chunked {
+                    write!(w, "HTTP/1.1 200 OK\r\n{common}Transfer-Encoding: chunked\r\n\r\n")?;
+                } else {
+                    write!(w, "HTTP/1.1 200 OK\r\n{common}Content-Length: {n}\r\n\r\n")?;
+                }
+                let block: Vec<u8> = (0..65536u32).map(|i| b'a' + (i % 26) as u8).collect();
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(block.len() as u64) as usize;
+                    if chunked {
+                        write!(w, "{k:x}\r\n")?;
+                    }
+                    w.write_all(&block[..k])?;
+                    if chunked {
+                        w.write_all(b"\r\n")?;
+                    }
+                    left -= k as u64;
+                }
+                if chunked {
+                    w.write_all(b"0\r\n\r\n")?;
+                }
+            }
+            "echo" => {
+                let body = format!("len={body_len} sum={body_sum}\n");
+                write!(w, "HTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}", body.len())?;
+            }
+            "ws" => {
+                write!(w, "HTTP/1.1 101 Switching Protocols\r\n{common}Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")?;
+                w.flush()?;
+                // Echo whatever comes until the peer closes.
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = r.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    w.write_all(&buf[..n])?;
+                }
+            }
+            _ => {
+                let body = format!("origin {name} method={} path={path}\n", req.method);
+                write!(w, "HTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}", body.len())?;
+            }
+        }
+        w.flush()?;
+        if req
+            .header("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn socket2_linger_zero(s: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a valid socket fd with a correctly sized linger.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
