@@ -250,6 +250,116 @@ impl Drop for Lab {
     }
 }
 
+/// A test origin process in the lab's origin namespace; killed on drop.
+pub struct Origin {
+    child: Option<Child>,
+    pub addr: String,
+}
+
+impl Origin {
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Lab {
+    /// Starts `fg-test-origin` on `addr` (inside the origin namespace) and
+    /// waits until it accepts connections.
+    pub fn start_origin(&self, name: &str, addr: &str) -> Origin {
+        let bin = ferrogate_bin().with_file_name("fg-test-origin");
+        assert!(
+            bin.exists(),
+            "{} missing: `cargo build --bins`",
+            bin.display()
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("origin")])
+            .arg(&bin)
+            .args(["--listen", addr, "--name", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn fg-test-origin");
+        let o = Origin {
+            child: Some(child),
+            addr: addr.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let url = format!("http://{addr}/ready");
+            if self
+                .exec(
+                    "origin",
+                    &["curl", "-sf", "-m", "1", "-o", "/dev/null", &url],
+                )
+                .is_ok()
+            {
+                return o;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("test origin {name} on {addr} did not come up");
+    }
+
+    /// Runs `f` on a thread inside the client namespace.
+    pub fn in_client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let ns = self.ns("client");
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                enter_netns(&ns).expect("enter client namespace");
+                f()
+            })
+            .join()
+            .expect("client thread")
+        })
+    }
+
+    /// Resident memory of the engine process, in KiB.
+    pub fn rss_kib(pid: i32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Sends raw bytes on a fresh connection and reads until the peer closes
+/// or `timeout` passes. Returns (response bytes, closed by peer).
+pub fn raw_exchange(addr: &str, request: &[u8], timeout: Duration) -> Result<(Vec<u8>, bool)> {
+    let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    s.write_all(request)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok((out, true)),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok((out, true)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((out, false))
+}
+
 /// A running `ferrogate run`; stopped (SIGTERM) on drop.
 pub struct Engine {
     child: Option<Child>,

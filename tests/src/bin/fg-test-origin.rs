@@ -106,7 +106,8 @@ fn read_body(r: &mut BufReader<TcpStream>, req: &Request) -> std::io::Result<(u6
         loop {
             let mut size = String::new();
             r.read_line(&mut size)?;
-            let n = u64::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            let n =
+                u64::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
             if n == 0 {
                 let mut end = String::new();
                 r.read_line(&mut end)?;
@@ -137,13 +138,21 @@ fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
             "status" => {
                 let code: u16 = seg.get(1).and_then(|s| s.parse().ok()).unwrap_or(500);
                 let body = format!("status {code} from {name}\n");
-                write!(w, "HTTP/1.1 {code} X\r\n{common}Content-Length: {}\r\n\r\n{body}", body.len())?;
+                write!(
+                    w,
+                    "HTTP/1.1 {code} X\r\n{common}Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )?;
             }
             "slow" => {
                 let ms: u64 = seg.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
                 std::thread::sleep(Duration::from_millis(ms));
                 let body = format!("slow {ms} from {name}\n");
-                write!(w, "HTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}", body.len())?;
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )?;
             }
             "reset" => {
                 // SO_LINGER 0 + close = RST.
@@ -152,14 +161,20 @@ fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
                 return Ok(());
             }
             "close" => {
-                write!(w, "HTTP/1.1 200 OK\r\n{common}Connection: close\r\n\r\nclose-delimited from {name}\n")?;
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\n{common}Connection: close\r\n\r\nclose-delimited from {name}\n"
+                )?;
                 return Ok(());
             }
             "bytes" | "chunked" => {
                 let n: u64 = seg.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
                 let chunked = seg[0] == "chunked";
                 if chunked {
-                    write!(w, "HTTP/1.1 200 OK\r\n{common}Transfer-Encoding: chunked\r\n\r\n")?;
+                    write!(
+                        w,
+                        "HTTP/1.1 200 OK\r\n{common}Transfer-Encoding: chunked\r\n\r\n"
+                    )?;
                 } else {
                     write!(w, "HTTP/1.1 200 OK\r\n{common}Content-Length: {n}\r\n\r\n")?;
                 }
@@ -182,10 +197,17 @@ fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
             }
             "echo" => {
                 let body = format!("len={body_len} sum={body_sum}\n");
-                write!(w, "HTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}", body.len())?;
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )?;
             }
             "ws" => {
-                write!(w, "HTTP/1.1 101 Switching Protocols\r\n{common}Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")?;
+                write!(
+                    w,
+                    "HTTP/1.1 101 Switching Protocols\r\n{common}Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                )?;
                 w.flush()?;
                 // Echo whatever comes until the peer closes.
                 let mut buf = [0u8; 4096];
@@ -199,7 +221,11 @@ fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
             }
             _ => {
                 let body = format!("origin {name} method={} path={path}\n", req.method);
-                write!(w, "HTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}", body.len())?;
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )?;
             }
         }
         w.flush()?;
