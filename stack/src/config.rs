@@ -13,8 +13,12 @@ pub struct StackConfig {
     pub gateway_v4: Option<Ipv4Addr>,
     /// Local ports this worker uses for upstream connections.
     pub upstream_ports: Range<u16>,
-    /// Listening sockets kept open per listener port (pending handshakes).
+    /// Unused since sockets are opened per SYN (kept so existing configs
+    /// still apply); `max_connections` is the bound on accepted connections.
     pub listen_backlog: usize,
+    /// Client connections per worker; a SYN beyond it is answered with RST
+    /// (counted as `overload_rejected`). Also sizes the socket and
+    /// connection tables up front.
     pub max_connections: usize,
     pub tcp_rx_buffer: usize,
     pub tcp_tx_buffer: usize,

@@ -68,8 +68,9 @@ impl FrameQueue {
         Some(r)
     }
 
-    /// Removes the oldest frame and returns its slot index.
-    fn pop_index(&mut self) -> Option<usize> {
+    /// Removes the oldest frame and returns its slot index; the slot stays
+    /// intact until the next `push`.
+    pub(crate) fn pop_index(&mut self) -> Option<usize> {
         if self.len == 0 {
             return None;
         }
@@ -79,7 +80,7 @@ impl FrameQueue {
         Some(idx)
     }
 
-    fn slot(&self, idx: usize) -> &[u8] {
+    pub(crate) fn slot(&self, idx: usize) -> &[u8] {
         let start = idx * self.slot_size;
         &self.storage[start..start + self.lens[idx] as usize]
     }
@@ -98,9 +99,11 @@ pub struct DeviceStats {
     pub tx_queue_full: u64,
 }
 
-/// Borrowed rx/tx queues presented to smoltcp for one poll.
+/// What smoltcp sees for one call: at most one received frame (the stack
+/// demultiplexes frames itself and feeds them one at a time, each with the
+/// sockets of its own connection) and the tx queue.
 pub(crate) struct QueueDevice<'a> {
-    pub rx: &'a mut FrameQueue,
+    pub rx: Option<&'a [u8]>,
     pub tx: &'a mut FrameQueue,
     pub scratch: &'a mut [u8],
     pub stats: &'a mut DeviceStats,
@@ -151,11 +154,9 @@ impl phy::Device for QueueDevice<'_> {
         Self: 'b;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
-        let idx = self.rx.pop_index()?;
+        let frame = self.rx.take()?;
         Some((
-            RxToken {
-                frame: self.rx.slot(idx),
-            },
+            RxToken { frame },
             TxToken {
                 tx: self.tx,
                 scratch: self.scratch,

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod device;
 pub mod error;
+mod flow;
 pub mod frame;
 pub mod http;
 pub mod ports;
@@ -14,6 +15,7 @@ pub mod route;
 mod sockets;
 mod stack;
 pub mod stats;
+mod timer;
 
 pub use config::{StackConfig, Timeouts};
 pub use error::{ProxyError, Side};

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use smoltcp::iface::{Context, SocketHandle, SocketSet};
+use smoltcp::iface::Context;
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::IpEndpoint;
@@ -16,7 +16,7 @@ use crate::http::head::{self, MAX_HEADERS};
 use crate::http::{BodyFraming, ByteBuf, ChunkedDecoder, RequestHead};
 use crate::ports::PortAllocator;
 use crate::route::{RouteAction, RouteTable, Upstream};
-use crate::sockets::SocketPool;
+use crate::sockets::{SockId, SocketTable};
 use crate::stats::StackStats;
 
 /// Buffers of one connection, recycled between connections.
@@ -50,7 +50,7 @@ impl ConnBufs {
 }
 
 struct UpstreamConn {
-    handle: SocketHandle,
+    handle: SockId,
     local_port: u16,
     endpoint: SocketAddr,
     /// Requests completed on this connection (0: fresh).
@@ -97,9 +97,12 @@ enum Phase {
 
 /// Everything of the stack a connection may touch while it runs.
 pub(crate) struct Ctx<'a> {
-    pub sockets: &'a mut SocketSet<'static>,
+    /// Every socket of the stack; a connection touches only its own.
+    pub sockets: &'a mut SocketTable,
     pub iface: &'a mut Context,
-    pub pool: &'a mut SocketPool,
+    /// This connection's index in the stack, recorded as the owner of the
+    /// sockets it opens so that their frames and timers wake it.
+    pub conn: u32,
     pub ports: &'a mut PortAllocator,
     pub routes: &'a RouteTable,
     pub stats: &'a mut StackStats,
@@ -109,13 +112,26 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn tcp(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
-        self.sockets.get_mut::<tcp::Socket<'static>>(h)
+    fn tcp(&mut self, h: SockId) -> &mut tcp::Socket<'static> {
+        self.sockets.tcp(h)
+    }
+
+    /// Opens an upstream connection owned by this connection.
+    fn connect(&mut self, remote: IpEndpoint, local_port: u16) -> Option<SockId> {
+        self.sockets
+            .connect(self.iface, self.cfg, self.conn, remote, local_port)
+    }
+
+    /// Hands a socket back to the stack to close (FIN) or reset and reuse.
+    fn retire(&mut self, h: SockId, local_port: Option<u16>, reset: bool) {
+        let linger =
+            smoltcp::time::Duration::from_micros(self.cfg.timeouts.linger.as_micros() as u64);
+        self.sockets.retire(h, local_port, reset, self.now, linger);
     }
 }
 
 pub(crate) struct Conn {
-    client: SocketHandle,
+    client: SockId,
     client_ip: Option<IpAddr>,
     listener_port: u16,
     upstream: Option<UpstreamConn>,
@@ -133,7 +149,7 @@ fn after(now: Instant, d: std::time::Duration) -> Instant {
 
 impl Conn {
     pub(crate) fn new(
-        client: SocketHandle,
+        client: SockId,
         listener_port: u16,
         mut bufs: ConnBufs,
         cfg: &StackConfig,
@@ -162,8 +178,13 @@ impl Conn {
         self.deadline
     }
 
+    /// The client socket and the current upstream socket, if any.
+    pub(crate) fn sockets(&self) -> (SockId, Option<SockId>) {
+        (self.client, self.upstream.as_ref().map(|u| u.handle))
+    }
+
     /// Hands back the buffers and the sockets still open, for recycling.
-    pub(crate) fn into_parts(self) -> (ConnBufs, SocketHandle, Option<(SocketHandle, u16)>) {
+    pub(crate) fn into_parts(self) -> (ConnBufs, SockId, Option<(SockId, u16)>) {
         (
             self.bufs,
             self.client,
@@ -199,7 +220,7 @@ impl Conn {
 
     /// Reads what the client socket has into `from_client`.
     fn fill_from_client(&mut self, cx: &mut Ctx<'_>) -> usize {
-        let sock = cx.sockets.get_mut::<tcp::Socket<'static>>(self.client);
+        let sock = cx.tcp(self.client);
         if self.client_ip.is_none() {
             self.client_ip = sock.remote_endpoint().map(|e| e.addr.into());
         }
@@ -350,14 +371,11 @@ impl Conn {
         let Some(port) = cx.ports.alloc() else {
             return self.fail_to_client(cx, ProxyError::NoLocalPort);
         };
-        let handle = cx.pool.take(cx.sockets, cx.cfg);
         let remote = IpEndpoint::new(endpoint.ip().into(), endpoint.port());
-        let sock = cx.sockets.get_mut::<tcp::Socket<'static>>(handle);
-        if sock.connect(cx.iface, remote, port).is_err() {
-            cx.pool.put_closed(cx.sockets, handle);
+        let Some(handle) = cx.connect(remote, port) else {
             cx.ports.free(port);
             return self.fail_to_client(cx, ProxyError::UpstreamConnectFailed);
-        }
+        };
         cx.stats.upstream_connects += 1;
         self.upstream = Some(UpstreamConn {
             handle,
@@ -409,7 +427,7 @@ impl Conn {
             unreachable!()
         };
         let mut moved = false;
-        let up = cx.sockets.get_mut::<tcp::Socket<'static>>(up_handle);
+        let up = cx.tcp(up_handle);
         if !up.may_send() {
             return self.upstream_failed(cx, ProxyError::UpstreamClosedEarly);
         }
@@ -471,7 +489,7 @@ impl Conn {
             return true;
         }
         let up_handle = self.upstream.as_ref().expect("upstream").handle;
-        let up = cx.sockets.get_mut::<tcp::Socket<'static>>(up_handle);
+        let up = cx.tcp(up_handle);
         let mut got = 0;
         if up.can_recv() {
             let space = self.bufs.from_upstream.space();
@@ -549,7 +567,7 @@ impl Conn {
             return moved;
         }
         let up_handle = self.upstream.as_ref().expect("upstream").handle;
-        let up = cx.sockets.get_mut::<tcp::Socket<'static>>(up_handle);
+        let up = cx.tcp(up_handle);
         if up.can_recv() && !self.bufs.from_upstream.is_full() {
             let space = self.bufs.from_upstream.space();
             let n = up.recv_slice(space).unwrap_or(0);
@@ -557,7 +575,7 @@ impl Conn {
             moved |= n > 0;
         }
         let upstream_open = up.may_recv();
-        let client = cx.sockets.get_mut::<tcp::Socket<'static>>(self.client);
+        let client = cx.tcp(self.client);
         let space = client.send_capacity() - client.send_queue();
         let Phase::StreamResponse {
             body,
@@ -667,8 +685,7 @@ impl Conn {
     /// Moves the upstream socket to the pool's closing list.
     fn drop_upstream(&mut self, cx: &mut Ctx<'_>, reset: bool) {
         if let Some(up) = self.upstream.take() {
-            cx.pool
-                .retire(cx.sockets, up.handle, Some(up.local_port), reset, cx.now);
+            cx.retire(up.handle, Some(up.local_port), reset);
         }
     }
 

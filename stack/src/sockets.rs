@@ -1,47 +1,119 @@
-//! Reuse of smoltcp TCP sockets: a socket's buffers are allocated once and the
-//! socket goes back to an idle list when its connection has fully closed.
+//! Per-connection socket storage and the O(1) demultiplexer.
+//!
+//! smoltcp's `Interface` scans its whole `SocketSet` for every ingress segment
+//! and every egress poll. So no socket shares a set here: each TCP socket lives
+//! in a slot of its own, with a one-entry `SocketSet`, and the stack hands
+//! smoltcp only the set of the connection a frame belongs to (found through a
+//! hash map keyed by the TCP 4-tuple), or of a socket that has work to do.
+//!
+//! Slots are recycled: a socket's buffers are allocated once, and its slot goes
+//! back to an idle list when its connection has fully closed.
 
-use smoltcp::iface::{SocketHandle, SocketSet};
+use std::collections::HashMap;
+
+use smoltcp::iface::{Context, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
+use smoltcp::wire::IpEndpoint;
 
 use crate::config::StackConfig;
+use crate::flow::FlowKey;
 use crate::ports::PortAllocator;
+use crate::timer::TimerWheel;
+
+/// Index of a socket slot. Stable for the life of one connection's use of it.
+pub(crate) type SockId = u32;
+
+/// `owner` of a slot that belongs to no connection (idle or closing).
+pub(crate) const NO_OWNER: u32 = u32::MAX;
 
 struct Closing {
-    handle: SocketHandle,
     local_port: Option<u16>,
-    since: Instant,
-    /// Poll round it was retired in; reclaimed only in a later round, after an
-    /// egress poll has sent its FIN or RST.
-    round: u64,
+    /// Reset and reused at this time even if the peer never finishes closing.
+    linger_until: Instant,
 }
 
-#[derive(Default)]
-pub(crate) struct SocketPool {
-    idle: Vec<SocketHandle>,
-    closing: Vec<Closing>,
-    created: usize,
-    round: u64,
+pub(crate) struct SockSlot {
+    /// Exactly one TCP socket, at `handle`.
+    pub(crate) set: SocketSet<'static>,
+    handle: SocketHandle,
+    /// The 4-tuple under which `SocketTable::map` finds this slot.
+    key: Option<FlowKey>,
+    /// Connection (index in the stack's connection table) this socket serves.
+    pub(crate) owner: u32,
+    closing: Option<Closing>,
+    /// In the dirty list already.
+    queued: bool,
+    /// Waiting for a neighbour (ARP/NDP) before it can send.
+    neighbour_wait: bool,
 }
 
-impl SocketPool {
+impl SockSlot {
+    pub(crate) fn tcp(&mut self) -> &mut tcp::Socket<'static> {
+        self.set.get_mut::<tcp::Socket<'static>>(self.handle)
+    }
+}
+
+pub(crate) struct SocketTable {
+    slots: Vec<SockSlot>,
+    idle: Vec<SockId>,
+    map: HashMap<FlowKey, SockId>,
+    /// Sockets with something to do in this poll (ingress, the application
+    /// touched them, a timer came due), each once.
+    dirty: Vec<SockId>,
+    /// Sockets whose last send waited for a neighbour; an ARP/NDP frame wakes
+    /// them (smoltcp would otherwise retry only after a 1 s silence).
+    neighbour_waiters: Vec<SockId>,
+    pub(crate) timers: TimerWheel,
+    closing: usize,
+}
+
+impl SocketTable {
+    /// Sized for `max_connections` (a client and an upstream socket each) so
+    /// that steady state neither rehashes nor grows.
+    pub(crate) fn new(cfg: &StackConfig, now: Instant) -> Self {
+        let n = cfg.max_connections.saturating_mul(2).max(16);
+        Self {
+            slots: Vec::with_capacity(n),
+            idle: Vec::with_capacity(n),
+            map: HashMap::with_capacity(n),
+            dirty: Vec::with_capacity(n),
+            neighbour_waiters: Vec::with_capacity(64),
+            timers: TimerWheel::new(n, now),
+            closing: 0,
+        }
+    }
+
+    /// Sockets ever created (each allocated its buffers once).
     pub(crate) fn created(&self) -> usize {
-        self.created
+        self.slots.len()
     }
 
     pub(crate) fn closing(&self) -> usize {
-        self.closing.len()
+        self.closing
+    }
+
+    pub(crate) fn lookup(&self, key: &FlowKey) -> Option<SockId> {
+        self.map.get(key).copied()
+    }
+
+    pub(crate) fn slot(&mut self, id: SockId) -> &mut SockSlot {
+        &mut self.slots[id as usize]
+    }
+
+    pub(crate) fn tcp(&mut self, id: SockId) -> &mut tcp::Socket<'static> {
+        self.slots[id as usize].tcp()
+    }
+
+    /// False for an idle slot (no connection, nothing to send).
+    pub(crate) fn is_live(&self, id: SockId) -> bool {
+        self.slots[id as usize].key.is_some()
     }
 
     /// A closed socket, reused or new.
-    pub(crate) fn take(
-        &mut self,
-        sockets: &mut SocketSet<'static>,
-        cfg: &StackConfig,
-    ) -> SocketHandle {
-        if let Some(h) = self.idle.pop() {
-            return h;
+    pub(crate) fn take(&mut self, cfg: &StackConfig) -> SockId {
+        if let Some(id) = self.idle.pop() {
+            return id;
         }
         let rx = tcp::SocketBuffer::new(vec![0u8; cfg.tcp_rx_buffer]);
         let tx = tcp::SocketBuffer::new(vec![0u8; cfg.tcp_tx_buffer]);
@@ -50,75 +122,195 @@ impl SocketPool {
         // delay the last segment of each.
         sock.set_nagle_enabled(false);
         sock.set_congestion_control(tcp::CongestionControl::Cubic);
-        self.created += 1;
-        sockets.add(sock)
+        let mut set = SocketSet::new(vec![SocketStorage::EMPTY]);
+        let handle = set.add(sock);
+        let id = self.slots.len() as SockId;
+        self.slots.push(SockSlot {
+            set,
+            handle,
+            key: None,
+            owner: NO_OWNER,
+            closing: None,
+            queued: false,
+            neighbour_wait: false,
+        });
+        self.timers.grow_to(self.slots.len());
+        id
     }
 
-    /// Returns a socket that never left the Closed state.
-    pub(crate) fn put_closed(&mut self, _sockets: &mut SocketSet<'static>, handle: SocketHandle) {
-        self.idle.push(handle);
+    /// Makes `id` reachable by frames of `key`.
+    pub(crate) fn register(&mut self, id: SockId, key: FlowKey) {
+        self.slots[id as usize].key = Some(key);
+        self.map.insert(key, id);
+    }
+
+    /// Returns a socket that never left the Closed/Listen state to the idle
+    /// list without any close handshake.
+    pub(crate) fn put_back(&mut self, id: SockId) {
+        let s = &mut self.slots[id as usize];
+        if let Some(key) = s.key.take() {
+            self.map.remove(&key);
+        }
+        s.owner = NO_OWNER;
+        let sock = s.tcp();
+        if sock.state() != tcp::State::Closed {
+            sock.abort();
+        }
+        self.timers.cancel(id);
+        self.idle.push(id);
+    }
+
+    /// Opens an active connection for `owner` and registers its 4-tuple.
+    pub(crate) fn connect(
+        &mut self,
+        iface: &mut Context,
+        cfg: &StackConfig,
+        owner: u32,
+        remote: IpEndpoint,
+        local_port: u16,
+    ) -> Option<SockId> {
+        let id = self.take(cfg);
+        let sock = self.tcp(id);
+        if sock.connect(iface, remote, local_port).is_err() {
+            self.idle.push(id);
+            return None;
+        }
+        let local = sock
+            .local_endpoint()
+            .expect("connected socket has a local endpoint");
+        self.register(
+            id,
+            FlowKey {
+                local: local.addr,
+                local_port: local.port,
+                remote: remote.addr,
+                remote_port: remote.port,
+            },
+        );
+        self.slots[id as usize].owner = owner;
+        self.mark(id);
+        Some(id)
     }
 
     /// Starts closing (FIN) or resets a socket; it is reused once closed.
     pub(crate) fn retire(
         &mut self,
-        sockets: &mut SocketSet<'static>,
-        handle: SocketHandle,
+        id: SockId,
         local_port: Option<u16>,
         reset: bool,
         now: Instant,
+        linger: smoltcp::time::Duration,
     ) {
-        let sock = sockets.get_mut::<tcp::Socket<'static>>(handle);
+        let s = &mut self.slots[id as usize];
+        s.owner = NO_OWNER;
+        let sock = s.tcp();
         if reset {
             sock.abort();
         } else {
             sock.close();
         }
-        self.closing.push(Closing {
-            handle,
+        s.closing = Some(Closing {
             local_port,
-            since: now,
-            round: self.round,
+            linger_until: now + linger,
+        });
+        self.closing += 1;
+        // The next egress of this socket sends its FIN or RST.
+        self.mark(id);
+    }
+
+    /// Queues `id` for processing in the current poll.
+    pub(crate) fn mark(&mut self, id: SockId) {
+        let s = &mut self.slots[id as usize];
+        if !s.queued {
+            s.queued = true;
+            self.dirty.push(id);
+        }
+    }
+
+    pub(crate) fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Moves the dirty list to the end of `into`; the sockets stay queued
+    /// (a second `mark` is a no-op) until `unqueue`.
+    pub(crate) fn take_dirty_append(&mut self, into: &mut Vec<SockId>) {
+        into.extend_from_slice(&self.dirty);
+        self.dirty.clear();
+    }
+
+    /// Queues every socket whose timer is due.
+    pub(crate) fn fire_timers(&mut self, now: Instant) {
+        let (slots, dirty) = (&mut self.slots, &mut self.dirty);
+        self.timers.advance(now, |id| {
+            let s = &mut slots[id as usize];
+            if !s.queued {
+                s.queued = true;
+                dirty.push(id);
+            }
         });
     }
 
-    /// Moves fully closed sockets (and ones lingering too long) back to idle.
-    pub(crate) fn reclaim(
+    /// Marks a socket as processed, so the next `mark` queues it again.
+    pub(crate) fn unqueue(&mut self, id: SockId) {
+        self.slots[id as usize].queued = false;
+    }
+
+    pub(crate) fn set_neighbour_wait(&mut self, id: SockId) {
+        let s = &mut self.slots[id as usize];
+        if !s.neighbour_wait {
+            s.neighbour_wait = true;
+            self.neighbour_waiters.push(id);
+        }
+    }
+
+    /// A neighbour may have become known: every waiting socket gets polled.
+    pub(crate) fn wake_neighbour_waiters(&mut self) {
+        while let Some(id) = self.neighbour_waiters.pop() {
+            self.slots[id as usize].neighbour_wait = false;
+            self.mark(id);
+        }
+    }
+
+    /// The time a closing socket must be given up at, if it is closing.
+    pub(crate) fn linger_until(&self, id: SockId) -> Option<Instant> {
+        self.slots[id as usize]
+            .closing
+            .as_ref()
+            .map(|c| c.linger_until)
+    }
+
+    /// Moves a closing socket back to idle once it has fully closed (or has
+    /// lingered too long, or `force`). True if it was reclaimed.
+    pub(crate) fn reclaim_if_done(
         &mut self,
-        sockets: &mut SocketSet<'static>,
+        id: SockId,
         ports: &mut PortAllocator,
         now: Instant,
-        linger: smoltcp::time::Duration,
-    ) {
-        self.round += 1;
-        let mut i = 0;
-        while i < self.closing.len() {
-            let c = &self.closing[i];
-            if c.round + 1 >= self.round {
-                i += 1;
-                continue;
-            }
-            let sock = sockets.get_mut::<tcp::Socket<'static>>(c.handle);
-            let state = sock.state();
-            // TIME_WAIT holds no data; new client connections use new ports,
-            // and upstream ports are reused round-robin, far apart in time.
-            let done = state == tcp::State::Closed
-                || state == tcp::State::TimeWait
-                || now >= c.since + linger;
-            if done {
-                if state != tcp::State::Closed {
-                    sock.abort();
-                }
-                // Reuse resets the socket (`listen`/`connect`); an RST that
-                // `abort` queued here may be lost, which TIME_WAIT tolerates.
-                let c = self.closing.swap_remove(i);
-                if let Some(p) = c.local_port {
-                    ports.free(p);
-                }
-                self.idle.push(c.handle);
-            } else {
-                i += 1;
-            }
+        force: bool,
+    ) -> bool {
+        let s = &mut self.slots[id as usize];
+        let Some(c) = &s.closing else {
+            return false;
+        };
+        let linger_until = c.linger_until;
+        let state = s.tcp().state();
+        // TIME_WAIT holds no data; new client connections use new ports,
+        // and upstream ports are reused round-robin, far apart in time.
+        let done = force
+            || state == tcp::State::Closed
+            || state == tcp::State::TimeWait
+            || now >= linger_until;
+        if !done {
+            return false;
         }
+        let c = s.closing.take().expect("closing");
+        self.closing -= 1;
+        if let Some(p) = c.local_port {
+            ports.free(p);
+        }
+        // Reuse resets the socket (`listen`/`connect`); the RST that `abort`
+        // queues here is never sent, which TIME_WAIT tolerates.
+        self.put_back(id);
+        true
     }
 }

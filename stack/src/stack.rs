@@ -1,21 +1,29 @@
 //! The per-worker stack: a smoltcp interface that owns the VIPs, listeners,
 //! the proxy connections and their upstream connections. Sans-IO: frames and
 //! time go in (`handle_frame`, `poll(now)`), frames come out (`drain_tx`).
+//!
+//! Work is proportional to events, not to open connections: each frame is
+//! demultiplexed by its 4-tuple to the one socket it belongs to (see
+//! `sockets.rs`) and given to smoltcp together with that socket alone; only
+//! sockets that received a frame, were touched by their connection, or whose
+//! timer came due are polled for egress, and only their connections run.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use crate::config::StackConfig;
 use crate::device::{DeviceStats, FrameQueue, QueueDevice};
+use crate::flow;
+use crate::frame::{self, FrameClass};
 use crate::ports::PortAllocator;
 use crate::proxy::{Conn, ConnBufs, Ctx};
 use crate::route::RouteTable;
-use crate::sockets::SocketPool;
+use crate::sockets::{NO_OWNER, SockId, SocketTable};
 use crate::stats::StackStats;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,33 +38,55 @@ pub enum StackError {
     ListenerInPortRange(u16),
 }
 
-struct ListenSlot {
-    port: u16,
-    sockets: Vec<SocketHandle>,
+/// A connection and the pass it was last driven in (each runs at most once
+/// per pass, however many of its sockets had events).
+struct ConnSlot {
+    conn: Option<Conn>,
+    pass: u64,
 }
 
 pub struct Stack {
     cfg: StackConfig,
     iface: Interface,
-    sockets: SocketSet<'static>,
+    /// Given to smoltcp for frames that belong to no connection (ARP, ICMP,
+    /// NDP, stray TCP that it answers with RST).
+    no_sockets: SocketSet<'static>,
+    sockets: SocketTable,
     rx: FrameQueue,
     tx: FrameQueue,
     scratch: Box<[u8]>,
     device_stats: DeviceStats,
     routes: Arc<RouteTable>,
-    listeners: Vec<ListenSlot>,
-    conns: Vec<Conn>,
+    listen_ports: Vec<u16>,
+    conns: Vec<ConnSlot>,
+    free_conns: Vec<u32>,
+    active: usize,
+    /// Connections whose run made progress in this pass: run again in the
+    /// next one (a run is bounded, and may stop before it is out of work).
+    redrive: Vec<u32>,
+    /// The sockets of the current pass (kept for its allocation).
+    work: Vec<SockId>,
     spare_bufs: Vec<ConnBufs>,
-    pool: SocketPool,
     ports: PortAllocator,
     rr_cursor: usize,
     stats: StackStats,
+    pass: u64,
+    linger: Duration,
     now: Instant,
 }
 
-/// Rounds of ingress → application → egress per `poll`, so one burst cannot
-/// monopolise a worker.
+/// Passes over the sockets with work per `poll`, so one burst cannot
+/// monopolise a worker; what is left stays queued for the next `poll`.
 const MAX_ROUNDS: usize = 8;
+
+/// Egress polls of one socket in a row: each sends at most one segment; the
+/// window bounds it long before this does.
+const MAX_EGRESS_SEGMENTS: usize = 256;
+
+/// smoltcp retries a send that waited for a neighbour after this long
+/// (`Meta::DISCOVERY_SILENT_TIME`); a socket whose next poll is exactly this
+/// far away after an egress is (almost always) such a waiter.
+const NEIGHBOUR_SILENCE: Duration = Duration::from_millis(1_000);
 
 impl Stack {
     pub fn new(
@@ -79,7 +109,7 @@ impl Stack {
                 return Err(StackError::ListenerInPortRange(l.port));
             }
         }
-        let mut rx = FrameQueue::new(cfg.rx_queue_frames, 2048);
+        let rx = FrameQueue::new(cfg.rx_queue_frames, 2048);
         let mut tx = FrameQueue::new(cfg.tx_queue_frames, 2048);
         let mut scratch = vec![0u8; 2048].into_boxed_slice();
         let mut device_stats = DeviceStats::default();
@@ -87,7 +117,7 @@ impl Stack {
         iface_cfg.random_seed = cfg.random_seed;
         let iface = {
             let mut dev = QueueDevice {
-                rx: &mut rx,
+                rx: None,
                 tx: &mut tx,
                 scratch: &mut scratch,
                 stats: &mut device_stats,
@@ -105,37 +135,31 @@ impl Stack {
             iface
         };
         let ports = PortAllocator::new(cfg.upstream_ports.clone());
-        let mut stack = Self {
+        let max = cfg.max_connections;
+        Ok(Self {
             iface,
-            sockets: SocketSet::new(Vec::new()),
+            no_sockets: SocketSet::new(Vec::new()),
+            sockets: SocketTable::new(&cfg, now),
             rx,
             tx,
             scratch,
             device_stats,
             routes: routes.clone(),
-            listeners: Vec::new(),
-            conns: Vec::new(),
-            spare_bufs: Vec::new(),
-            pool: SocketPool::default(),
+            listen_ports: routes.listeners.iter().map(|l| l.port).collect(),
+            conns: Vec::with_capacity(max),
+            free_conns: Vec::with_capacity(max),
+            active: 0,
+            redrive: Vec::with_capacity(max),
+            work: Vec::with_capacity(max.saturating_mul(2)),
+            spare_bufs: Vec::with_capacity(max),
             ports,
             rr_cursor: cfg.random_seed as usize,
             stats: StackStats::default(),
+            pass: 0,
+            linger: Duration::from_micros(cfg.timeouts.linger.as_micros() as u64),
             now,
             cfg,
-        };
-        for l in &routes.listeners {
-            let mut slot = ListenSlot {
-                port: l.port,
-                sockets: Vec::with_capacity(stack.cfg.listen_backlog),
-            };
-            for _ in 0..stack.cfg.listen_backlog.max(1) {
-                let h = stack.pool.take(&mut stack.sockets, &stack.cfg);
-                listen(&mut stack.sockets, h, l.port);
-                slot.sockets.push(h);
-            }
-            stack.listeners.push(slot);
-        }
-        Ok(stack)
+        })
     }
 
     pub fn config(&self) -> &StackConfig {
@@ -168,112 +192,257 @@ impl Stack {
         self.rx.len()
     }
 
-    /// Runs the interface and every connection until quiescent (bounded).
+    /// Takes in every queued frame, fires due timers, and runs the sockets
+    /// and connections that have work until quiescent (bounded).
     pub fn poll(&mut self, now: Instant) {
         self.now = now;
-        for round in 0..MAX_ROUNDS {
-            let changed = self.poll_interface(now);
-            self.pool.reclaim(
-                &mut self.sockets,
-                &mut self.ports,
-                now,
-                Duration::from_micros(self.cfg.timeouts.linger.as_micros() as u64),
-            );
-            let accepted = self.accept(now);
-            let progressed = self.drive(now);
-            if !changed && !accepted && !progressed {
+        self.iface.poll_maintenance(now);
+        self.sockets.fire_timers(now);
+        while let Some(idx) = self.rx.pop_index() {
+            self.ingress(idx, now);
+        }
+        for _ in 0..MAX_ROUNDS {
+            if !self.sockets.has_dirty() {
                 break;
             }
-            if round + 1 == MAX_ROUNDS {
-                // Flush what the last round produced.
-                self.poll_interface(now);
-            }
+            self.run_pass(now);
         }
-        self.stats.active_connections = self.conns.len() as u64;
+        self.stats.active_connections = self.active as u64;
         self.stats.tx_queue_full = self.device_stats.tx_queue_full;
-        self.stats.sockets_created = self.pool.created() as u64;
+        self.stats.sockets_created = self.sockets.created() as u64;
     }
 
-    fn poll_interface(&mut self, now: Instant) -> bool {
+    /// Gives one received frame to smoltcp with the sockets it concerns: its
+    /// connection's socket, a new socket listening for it (a SYN to a
+    /// listener), or none.
+    fn ingress(&mut self, idx: usize, now: Instant) {
+        let frame = self.rx.slot(idx);
+        let meta = flow::tcp_meta(frame);
+        let mut target: Option<SockId> = None;
+        let mut opening = false;
+        if let Some(m) = meta {
+            target = self.sockets.lookup(&m.key);
+            if m.syn_only
+                && self.listen_ports.contains(&m.key.local_port)
+                && self.iface.has_ip_addr(m.key.local)
+            {
+                if let Some(id) = target
+                    && self.sockets.slot(id).owner == NO_OWNER
+                {
+                    // A new connection reusing the 4-tuple of one we are still
+                    // closing: the old one has nothing left to say.
+                    self.sockets.reclaim_if_done(id, &mut self.ports, now, true);
+                    target = None;
+                }
+                if target.is_none() {
+                    if self.active >= self.cfg.max_connections {
+                        // No socket: smoltcp answers the SYN with RST.
+                        self.stats.overload_rejected += 1;
+                    } else {
+                        let id = self.sockets.take(&self.cfg);
+                        let sock = self.sockets.tcp(id);
+                        // A slot from the table is always closed.
+                        sock.listen(m.key.local_port)
+                            .expect("idle socket is closed");
+                        self.sockets.register(id, m.key);
+                        target = Some(id);
+                        opening = true;
+                    }
+                }
+            }
+        }
         let mut dev = QueueDevice {
-            rx: &mut self.rx,
+            rx: Some(frame),
             tx: &mut self.tx,
             scratch: &mut self.scratch,
             stats: &mut self.device_stats,
             checksum_rx: self.cfg.verify_rx_checksums,
         };
-        let r = self.iface.poll(now, &mut dev, &mut self.sockets);
-        r == smoltcp::iface::PollResult::SocketStateChanged
+        let Some(id) = target else {
+            self.iface
+                .poll_ingress_single(now, &mut dev, &mut self.no_sockets);
+            if meta.is_none()
+                && matches!(
+                    frame::classify(frame),
+                    FrameClass::Arp { .. } | FrameClass::NeighborAdvert
+                )
+            {
+                // It may have taught us a neighbour someone is waiting for.
+                self.sockets.wake_neighbour_waiters();
+            }
+            return;
+        };
+        let slot = self.sockets.slot(id);
+        self.iface.poll_ingress_single(now, &mut dev, &mut slot.set);
+        self.stats.socket_polls += 1;
+        if opening {
+            if slot.tcp().state() == tcp::State::Listen {
+                // smoltcp dropped the SYN (bad checksum, not for us).
+                self.sockets.put_back(id);
+                return;
+            }
+            self.accept(id, now);
+        }
+        self.sockets.mark(id);
     }
 
-    /// Hands every listening socket that left LISTEN to a new connection, and
-    /// puts a fresh listening socket in its place.
-    fn accept(&mut self, now: Instant) -> bool {
-        let mut any = false;
-        for slot in &mut self.listeners {
-            for h in slot.sockets.iter_mut() {
-                let state = self.sockets.get::<tcp::Socket<'static>>(*h).state();
-                if state == tcp::State::Listen {
-                    continue;
+    /// Starts a connection on a socket that has just received its SYN.
+    fn accept(&mut self, id: SockId, now: Instant) {
+        self.stats.accepted += 1;
+        let port = self.sockets.tcp(id).local_endpoint().map_or(0, |e| e.port);
+        let bufs = self
+            .spare_bufs
+            .pop()
+            .unwrap_or_else(|| ConnBufs::new(self.cfg.head_buffer));
+        let conn = Conn::new(id, port, bufs, &self.cfg, now);
+        let idx = match self.free_conns.pop() {
+            Some(i) => {
+                self.conns[i as usize].conn = Some(conn);
+                i
+            }
+            None => {
+                self.conns.push(ConnSlot {
+                    conn: Some(conn),
+                    pass: 0,
+                });
+                (self.conns.len() - 1) as u32
+            }
+        };
+        self.active += 1;
+        self.sockets.slot(id).owner = idx;
+    }
+
+    /// One pass over the sockets with work: runs each one's connection (once
+    /// per pass), sends what the socket has to send, and re-arms its timer.
+    /// Sockets touched on the way join the same pass.
+    fn run_pass(&mut self, now: Instant) {
+        self.pass += 1;
+        let mut work = std::mem::take(&mut self.work);
+        let mut i = 0;
+        loop {
+            if i == work.len() {
+                // Sockets marked while this pass ran (a connection's other
+                // socket, a new upstream) join it.
+                self.sockets.take_dirty_append(&mut work);
+                if i == work.len() {
+                    break;
                 }
-                any = true;
-                let taken = *h;
-                let fresh = self.pool.take(&mut self.sockets, &self.cfg);
-                listen(&mut self.sockets, fresh, slot.port);
-                *h = fresh;
-                if state == tcp::State::Closed {
-                    // Handshake failed (RST): just recycle.
-                    self.pool.put_closed(&mut self.sockets, taken);
-                    continue;
-                }
-                if self.conns.len() >= self.cfg.max_connections {
-                    self.stats.overload_rejected += 1;
-                    self.pool.retire(&mut self.sockets, taken, None, true, now);
-                    continue;
-                }
-                self.stats.accepted += 1;
-                let bufs = self
-                    .spare_bufs
-                    .pop()
-                    .unwrap_or_else(|| ConnBufs::new(self.cfg.head_buffer));
-                self.conns
-                    .push(Conn::new(taken, slot.port, bufs, &self.cfg, now));
+            }
+            let id = work[i];
+            i += 1;
+            self.process_socket(id, now);
+        }
+        work.clear();
+        self.work = work;
+        for idx in self.redrive.drain(..) {
+            if let Some(c) = &self.conns[idx as usize].conn {
+                self.sockets.mark(c.sockets().0);
             }
         }
-        any
     }
 
-    fn drive(&mut self, now: Instant) -> bool {
-        let mut progressed = false;
-        let routes = self.routes.clone();
+    fn process_socket(&mut self, id: SockId, now: Instant) {
+        if !self.sockets.is_live(id) {
+            self.sockets.unqueue(id);
+            return;
+        }
+        let owner = self.sockets.slot(id).owner;
+        if owner != NO_OWNER && self.conns[owner as usize].pass != self.pass {
+            self.drive(owner, now);
+        }
+        if !self.sockets.is_live(id) {
+            self.sockets.unqueue(id);
+            return;
+        }
+        // Egress: everything the socket has to send now.
+        let slot = self.sockets.slot(id);
+        let mut dev = QueueDevice {
+            rx: None,
+            tx: &mut self.tx,
+            scratch: &mut self.scratch,
+            stats: &mut self.device_stats,
+            checksum_rx: self.cfg.verify_rx_checksums,
+        };
+        let mut n = 0;
+        while n < MAX_EGRESS_SEGMENTS {
+            n += 1;
+            if self.iface.poll_egress(now, &mut dev, &mut slot.set) == PollResult::None {
+                break;
+            }
+        }
+        self.stats.socket_polls += n as u64;
+        let mut at = self.iface.poll_at(now, &slot.set);
+        self.sockets.unqueue(id);
+        if at == Some(now + NEIGHBOUR_SILENCE) {
+            self.sockets.set_neighbour_wait(id);
+        }
+        if self
+            .sockets
+            .reclaim_if_done(id, &mut self.ports, now, false)
+        {
+            return;
+        }
+        let owner = self.sockets.slot(id).owner;
+        let deadline = if owner != NO_OWNER {
+            // The connection's own deadline rides on its client socket.
+            self.conns[owner as usize]
+                .conn
+                .as_ref()
+                .filter(|c| c.sockets().0 == id)
+                .map(Conn::deadline)
+        } else {
+            self.sockets.linger_until(id)
+        };
+        if let Some(d) = deadline {
+            at = Some(at.map_or(d, |a| a.min(d)));
+        }
+        match at {
+            Some(t) => self.sockets.timers.schedule(id, t),
+            None => self.sockets.timers.cancel(id),
+        }
+    }
+
+    /// Runs one connection's state machine; releases it when it has finished.
+    fn drive(&mut self, idx: u32, now: Instant) {
+        let slot = &mut self.conns[idx as usize];
+        slot.pass = self.pass;
+        let Some(conn) = slot.conn.as_mut() else {
+            return;
+        };
+        self.stats.conn_drives += 1;
         let mut cx = Ctx {
             sockets: &mut self.sockets,
             iface: self.iface.context(),
-            pool: &mut self.pool,
+            conn: idx,
             ports: &mut self.ports,
-            routes: &routes,
+            routes: &self.routes,
             stats: &mut self.stats,
             cfg: &self.cfg,
             rr_cursor: &mut self.rr_cursor,
             now,
         };
-        let mut i = 0;
-        while i < self.conns.len() {
-            progressed |= self.conns[i].drive(&mut cx);
-            if self.conns[i].is_finished() {
-                let conn = self.conns.swap_remove(i);
-                let (bufs, client, upstream) = conn.into_parts();
-                cx.pool.retire(cx.sockets, client, None, false, now);
-                if let Some((h, port)) = upstream {
-                    cx.pool.retire(cx.sockets, h, Some(port), false, now);
-                }
-                self.spare_bufs.push(bufs);
-                progressed = true;
-            } else {
-                i += 1;
+        let progressed = conn.drive(&mut cx);
+        let (client, upstream) = conn.sockets();
+        if conn.is_finished() {
+            let conn = slot.conn.take().expect("finished connection");
+            let (bufs, client, upstream) = conn.into_parts();
+            self.sockets.retire(client, None, false, now, self.linger);
+            if let Some((h, port)) = upstream {
+                self.sockets.retire(h, Some(port), false, now, self.linger);
             }
+            self.spare_bufs.push(bufs);
+            self.free_conns.push(idx);
+            self.active -= 1;
+            return;
         }
-        progressed
+        // Whatever it wrote is sent, and its timers re-armed, in this pass.
+        self.sockets.mark(client);
+        if let Some(u) = upstream {
+            self.sockets.mark(u);
+        }
+        if progressed {
+            self.redrive.push(idx);
+        }
     }
 
     /// Hands each queued outgoing frame to `send`, oldest first.
@@ -286,14 +455,13 @@ impl Stack {
         n
     }
 
-    /// When `poll` should run next even without new frames.
+    /// When `poll` should run next even without new frames (a soft deadline:
+    /// it may be early, never late).
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
-        let iface = self.iface.poll_at(now, &self.sockets);
-        let conns = self.conns.iter().map(Conn::deadline).min();
-        match (iface, conns) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        if self.sockets.has_dirty() {
+            return Some(now);
         }
+        self.sockets.timers.next_at()
     }
 
     pub fn stats(&self) -> &StackStats {
@@ -301,11 +469,11 @@ impl Stack {
     }
 
     pub fn active_connections(&self) -> usize {
-        self.conns.len()
+        self.active
     }
 
     pub fn closing_sockets(&self) -> usize {
-        self.pool.closing()
+        self.sockets.closing()
     }
 
     pub fn upstream_ports_in_use(&self) -> usize {
@@ -315,10 +483,4 @@ impl Stack {
     pub fn owns_address(&self, ip: IpAddr) -> bool {
         self.iface.has_ip_addr(ip)
     }
-}
-
-fn listen(sockets: &mut SocketSet<'static>, h: SocketHandle, port: u16) {
-    let sock = sockets.get_mut::<tcp::Socket<'static>>(h);
-    // A socket from the pool is always Closed, so listen cannot fail.
-    sock.listen(port).expect("pooled socket is closed");
 }

@@ -21,6 +21,12 @@ pub struct StackStats {
     pub bad_requests: u64,
     pub client_aborts: u64,
     pub sockets_created: u64,
+    /// smoltcp polls of a connection's socket (one ingress frame, or one
+    /// egress attempt): the stack's per-event work, independent of how many
+    /// connections are open.
+    pub socket_polls: u64,
+    /// Runs of a connection's proxy state machine.
+    pub conn_drives: u64,
 }
 
 impl StackStats {
@@ -52,6 +58,8 @@ impl StackStats {
         self.bad_requests += o.bad_requests;
         self.client_aborts += o.client_aborts;
         self.sockets_created += o.sockets_created;
+        self.socket_polls += o.socket_polls;
+        self.conn_drives += o.conn_drives;
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
@@ -77,6 +85,8 @@ impl StackStats {
             ("bad_requests", self.bad_requests),
             ("client_aborts", self.client_aborts),
             ("sockets_created", self.sockets_created),
+            ("socket_polls", self.socket_polls),
+            ("conn_drives", self.conn_drives),
         ]
     }
 }

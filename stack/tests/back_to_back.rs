@@ -135,10 +135,15 @@ fn routes() -> Arc<RouteTable> {
 
 impl Lab {
     fn new(origin: Origin) -> Self {
+        Self::with_config(origin, |_| {})
+    }
+
+    fn with_config(origin: Origin, tune: impl FnOnce(&mut StackConfig)) -> Self {
         let now = Instant::from_millis(1_000);
         let mut cfg = StackConfig::new(EDGE_MAC, vec![(VIP.into(), 24)], 40_000..41_000);
         // More than the 20 simultaneous SYNs of the busiest test.
         cfg.listen_backlog = 32;
+        tune(&mut cfg);
         let edge = Stack::new(cfg, routes(), now).expect("stack");
         let mut dev = PeerDevice::default();
         let mut peer = Interface::new(
@@ -582,4 +587,167 @@ fn many_connections_recycle_sockets_and_ports() {
         "{:?}",
         lab.edge.stats()
     );
+}
+
+/// Opens `n` client connections and completes their handshakes, in batches
+/// whose sockets go to socket sets of their own that the lab never polls
+/// again: the connections stay established and silent, and the harness's own
+/// smoltcp does not slow down with them.
+fn open_idle_connections(lab: &mut Lab, n: usize) -> Vec<SocketSet<'static>> {
+    let mut sets = vec![];
+    // The origin's sockets live in the lab's set, which is swapped out.
+    let listeners = std::mem::take(&mut lab.origin_listeners);
+    let origin_conns = std::mem::take(&mut lab.origin_conns);
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(200);
+        left -= batch;
+        let mut set = SocketSet::new(vec![]);
+        std::mem::swap(&mut lab.sockets, &mut set);
+        let handles: Vec<_> = (0..batch)
+            .map(|_| {
+                let mut s = tcp::Socket::new(
+                    tcp::SocketBuffer::new(vec![0; 256]),
+                    tcp::SocketBuffer::new(vec![0; 256]),
+                );
+                lab.next_client_port += 1;
+                s.connect(
+                    lab.peer.context(),
+                    (IpAddress::from(Ipv4Address::from(VIP)), 80),
+                    (
+                        IpAddress::from(Ipv4Address::from(CLIENT)),
+                        lab.next_client_port,
+                    ),
+                )
+                .unwrap();
+                lab.sockets.add(s)
+            })
+            .collect();
+        for _ in 0..4 {
+            lab.step(1);
+        }
+        for h in handles {
+            assert_eq!(lab.client_state(h), tcp::State::Established);
+        }
+        std::mem::swap(&mut lab.sockets, &mut set);
+        sets.push(set);
+    }
+    lab.origin_listeners = listeners;
+    lab.origin_conns = origin_conns;
+    sets
+}
+
+/// Per-request stack work (smoltcp socket polls + connection runs) and
+/// harness wall time per request, over `n` keep-alive proxied requests.
+fn keepalive_work(lab: &mut Lab, n: usize) -> (f64, std::time::Duration) {
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /warm HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let before = *lab.edge.stats();
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let req = format!("GET /ka/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = lab.exchange(c, req.as_bytes());
+        assert_eq!(r.body, format!("origin:/ka/{i}").as_bytes());
+    }
+    let wall = t.elapsed() / n as u32;
+    let after = *lab.edge.stats();
+    assert_eq!(after.requests - before.requests, n as u64);
+    assert_eq!(
+        after.upstream_connects, before.upstream_connects,
+        "kept alive"
+    );
+    let work =
+        (after.socket_polls - before.socket_polls) + (after.conn_drives - before.conn_drives);
+    (work as f64 / n as f64, wall)
+}
+
+fn idle_lab() -> Lab {
+    Lab::with_config(Origin::Serving, |cfg| {
+        // Idle connections must outlive the test, and small buffers keep
+        // 10,000 of them cheap.
+        cfg.timeouts.client_header = std::time::Duration::from_secs(3_600);
+        cfg.timeouts.client_idle = std::time::Duration::from_secs(3_600);
+        cfg.tcp_rx_buffer = 4 * 1024;
+        cfg.tcp_tx_buffer = 4 * 1024;
+        cfg.head_buffer = 2 * 1024;
+        cfg.rx_queue_frames = 1024;
+    })
+}
+
+#[test]
+fn idle_connections_cost_nothing_per_request() {
+    const IDLE: usize = 10_000;
+    const REQUESTS: usize = 300;
+
+    let mut quiet = idle_lab();
+    let (work_0, wall_0) = keepalive_work(&mut quiet, REQUESTS);
+
+    let mut busy = idle_lab();
+    let _idle = open_idle_connections(&mut busy, IDLE);
+    assert_eq!(busy.edge.active_connections(), IDLE);
+    assert_eq!(busy.edge.stats().accepted, IDLE as u64);
+    let (work_n, wall_n) = keepalive_work(&mut busy, REQUESTS);
+    assert_eq!(
+        busy.edge.active_connections(),
+        IDLE + 1,
+        "idle ones still open"
+    );
+
+    println!(
+        "per keep-alive request: {work_0:.1} socket polls + connection runs with 0 idle \
+         connections, {work_n:.1} with {IDLE}; harness wall time {wall_0:?} vs {wall_n:?} \
+         ({:.0} vs {:.0} req/s)",
+        1.0 / wall_0.as_secs_f64(),
+        1.0 / wall_n.as_secs_f64()
+    );
+    assert!(work_0 > 0.0);
+    // The target: ≥ 90 % of the idle-free throughput, i.e. ≤ 1.1x the work.
+    assert!(work_n <= work_0 * 1.1, "{work_n} vs {work_0}");
+    // Wall time is noisy on shared CI cores; a scan of 10,000 sockets per
+    // frame would cost ~100x, far beyond this bound.
+    assert!(wall_n < wall_0 * 3, "{wall_n:?} vs {wall_0:?}");
+}
+
+#[test]
+fn connection_limit_refuses_with_rst_and_slots_are_reused() {
+    let mut lab = Lab::with_config(Origin::Refusing, |cfg| cfg.max_connections = 4);
+    let conns: Vec<_> = (0..5).map(|_| lab.connect()).collect();
+    for _ in 0..10 {
+        lab.step(1);
+    }
+    let states: Vec<_> = conns.iter().map(|c| lab.client_state(*c)).collect();
+    let refused: Vec<_> = conns
+        .iter()
+        .copied()
+        .filter(|c| lab.client_state(*c) == tcp::State::Closed)
+        .collect();
+    assert_eq!(refused.len(), 1, "{states:?}");
+    assert_eq!(lab.edge.stats().overload_rejected, 1);
+    assert_eq!(lab.edge.stats().accepted, 4);
+    assert_eq!(lab.edge.active_connections(), 4);
+    let created = lab.edge.stats().sockets_created;
+    assert_eq!(created, 4, "a refused SYN takes no socket");
+
+    // Closing one frees its slot for a newcomer, on the same socket.
+    let open: Vec<_> = conns
+        .iter()
+        .copied()
+        .filter(|c| !refused.contains(c))
+        .collect();
+    lab.sockets.get_mut::<tcp::Socket>(open[0]).close();
+    for _ in 0..50 {
+        lab.step(10);
+    }
+    assert_eq!(lab.edge.active_connections(), 3);
+    assert_eq!(lab.edge.closing_sockets(), 0, "closed socket reclaimed");
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(lab.edge.active_connections(), 4);
+    assert_eq!(lab.edge.stats().sockets_created, created, "socket reused");
+    assert_eq!(lab.edge.stats().overload_rejected, 1);
+    // The others still work.
+    let r = lab.exchange(open[1], b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
 }
