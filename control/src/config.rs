@@ -1,7 +1,7 @@
 //! The TOML configuration: schema (serde), validation with errors that name
 //! file, line, column and field, and compilation into the engine's config.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -12,8 +12,13 @@ use ferrogate_ebpf::{
     AttachMode, CidrAction, CidrRule, FailMode, FilterRules, L4Rule, RateKey, RateRule,
 };
 use ferrogate_engine::{BackendChoice, EngineConfig, PollingMode};
+use ferrogate_stack::upstream::{
+    Balancer, BreakerPolicy, CheckKind, Endpoint, HashOn, HealthCheck, MAX_ENDPOINTS,
+    PassivePolicy, PoolPolicy, RetryPolicy, UpstreamTimeouts,
+};
 use ferrogate_stack::{
-    DirectResponse, Listener, Route, RouteAction, RouteTable, Timeouts, Upstream,
+    DirectResponse, HeaderMatch, Listener, PathMatch, QueryMatch, Route, RouteAction, RouteTable,
+    Timeouts, Upstream,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -232,19 +237,30 @@ pub struct ListenerSection {
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
     #[serde(default)]
-    pub name: Option<String>,
+    pub name: Option<Spanned<String>>,
     #[serde(default)]
     pub host: Option<String>,
-    #[serde(default = "root_path")]
-    pub path_prefix: Spanned<String>,
+    /// At most one of `path_prefix` (default `/`), `path_exact`, `path_regex`.
+    #[serde(default)]
+    pub path_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub path_exact: Option<Spanned<String>>,
+    /// Must match the whole path (regex crate syntax).
+    #[serde(default)]
+    pub path_regex: Option<Spanned<String>>,
+    /// Any of these methods (case-sensitive); absent or empty: any method.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Header name → exact value (a string) or presence (`true`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<toml::Value>>,
+    /// Query parameter → exact raw value (a string) or presence (`true`).
+    #[serde(default)]
+    pub query: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     pub upstream: Option<Spanned<String>>,
     #[serde(default)]
     pub respond: Option<Spanned<RespondSection>>,
-}
-
-fn root_path() -> Spanned<String> {
-    Spanned::new(0..0, "/".into())
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,7 +285,116 @@ fn text_plain() -> String {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     pub name: Spanned<String>,
-    pub endpoints: Vec<Spanned<String>>,
+    /// `"ip:port"` or `{ address = "ip:port", weight = 3 }`.
+    pub endpoints: Vec<Spanned<EndpointSetting>>,
+    /// `round_robin` (default), `weighted`, `least_conn` or `hash`.
+    #[serde(default)]
+    pub balancer: Option<Spanned<String>>,
+    /// For `hash`: `header:NAME`, `cookie:NAME` or `source` (default).
+    #[serde(default)]
+    pub hash_on: Option<Spanned<String>>,
+    /// Panic mode: with every endpoint unhealthy, use all of them (default
+    /// true) instead of answering 503.
+    #[serde(default)]
+    pub fail_open: Option<bool>,
+    #[serde(default)]
+    pub health: Option<Spanned<HealthSection>>,
+    #[serde(default)]
+    pub passive: Option<Spanned<PassiveSection>>,
+    #[serde(default)]
+    pub breaker: Option<Spanned<BreakerSection>>,
+    #[serde(default)]
+    pub retry: Option<Spanned<RetrySection>>,
+    #[serde(default)]
+    pub connect_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub response_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub idle_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EndpointSetting {
+    Address(String),
+    Table(EndpointTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointTable {
+    pub address: String,
+    #[serde(default = "one_u32")]
+    pub weight: u32,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// `http` (default when `path` is set) or `tcp`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// `Host` header of HTTP probes (default: the endpoint's address).
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub interval_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub rise: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub fall: Option<Spanned<u32>>,
+    /// `"200"` or an inclusive range `"200-399"` (the default).
+    #[serde(default)]
+    pub expect_status: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveSection {
+    #[serde(default)]
+    pub consecutive_failures: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub eject_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSection {
+    #[serde(default)]
+    pub failure_percent: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub min_requests: Option<Spanned<u32>>,
+    /// 0 (default): only the ratio trips the breaker.
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    #[serde(default)]
+    pub window_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub cooldown_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub half_open_probes: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Tries per request, the first included (1 = no retries).
+    #[serde(default)]
+    pub attempts: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub budget_percent: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub min_per_sec: Option<u32>,
+    #[serde(default)]
+    pub window_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -608,6 +733,373 @@ fn check_filter(
     Some((rules, fail))
 }
 
+/// An HTTP token (header names, methods).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A header/query match value: a string (exact) or `true` (presence).
+fn match_value(
+    v: &Spanned<toml::Value>,
+    field: String,
+    rep: &mut Reporter<'_>,
+) -> Option<Option<String>> {
+    match v.get_ref() {
+        toml::Value::String(s) => Some(Some(s.clone())),
+        toml::Value::Boolean(true) => Some(None),
+        _ => {
+            rep.at(
+                v.span(),
+                field,
+                "must be a string (exact value) or true (present)",
+            );
+            None
+        }
+    }
+}
+
+fn check_path(
+    r: &RouteSection,
+    field: &str,
+    anchor: Range<usize>,
+    rep: &mut Reporter<'_>,
+) -> Option<PathMatch> {
+    let set = [&r.path_prefix, &r.path_exact, &r.path_regex]
+        .iter()
+        .filter(|p| p.is_some())
+        .count();
+    if set > 1 {
+        rep.at(
+            anchor,
+            field.to_string(),
+            "at most one of `path_prefix`, `path_exact`, `path_regex`",
+        );
+        return None;
+    }
+    let slash = |p: &Spanned<String>, key: &str, rep: &mut Reporter<'_>| {
+        let ok = p.get_ref().starts_with('/');
+        if !ok {
+            rep.at(p.span(), format!("{field}.{key}"), "must start with '/'");
+        }
+        ok
+    };
+    if let Some(p) = &r.path_exact {
+        return slash(p, "path_exact", rep).then(|| PathMatch::Exact(p.get_ref().clone()));
+    }
+    if let Some(p) = &r.path_regex {
+        return match PathMatch::regex(p.get_ref()) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                let msg = e.to_string().replace('\n', " ");
+                rep.at(
+                    p.span(),
+                    format!("{field}.path_regex"),
+                    format!("invalid regex: {msg}"),
+                );
+                None
+            }
+        };
+    }
+    match &r.path_prefix {
+        Some(p) => slash(p, "path_prefix", rep).then(|| PathMatch::Prefix(p.get_ref().clone())),
+        None => Some(PathMatch::Prefix("/".into())),
+    }
+}
+
+/// A number within `range`, or `default` when absent.
+fn bounded<T>(
+    v: &Option<Spanned<T>>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    field: String,
+    rep: &mut Reporter<'_>,
+) -> T
+where
+    T: Copy + PartialOrd + std::fmt::Display,
+{
+    match v {
+        None => default,
+        Some(x) => {
+            if !range.contains(x.get_ref()) {
+                rep.at(
+                    x.span(),
+                    field,
+                    format!("must be {}..={}", range.start(), range.end()),
+                );
+            }
+            *x.get_ref()
+        }
+    }
+}
+
+fn ms_of(
+    v: &Option<Spanned<u64>>,
+    default: Duration,
+    field: String,
+    rep: &mut Reporter<'_>,
+) -> Duration {
+    let d = default.as_millis() as u64;
+    Duration::from_millis(bounded(v, d, 1..=86_400_000, field, rep))
+}
+
+fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+        None => {
+            let v = s.trim().parse().ok()?;
+            (v, v)
+        }
+    };
+    ((100..=599).contains(&lo) && (100..=599).contains(&hi) && lo <= hi).then_some((lo, hi))
+}
+
+/// Endpoints and policy of `[[upstreams]]` number `i`.
+fn check_upstream(
+    i: usize,
+    u: &UpstreamSection,
+    rep: &mut Reporter<'_>,
+) -> (Vec<Endpoint>, PoolPolicy) {
+    let f = format!("upstreams[{i}]");
+    let mut eps: Vec<Endpoint> = Vec::new();
+    if u.endpoints.is_empty() {
+        rep.at(
+            u.name.span(),
+            format!("{f}.endpoints"),
+            "needs at least one endpoint",
+        );
+    }
+    if u.endpoints.len() > MAX_ENDPOINTS {
+        rep.at(
+            u.name.span(),
+            format!("{f}.endpoints"),
+            format!("at most {MAX_ENDPOINTS} endpoints"),
+        );
+    }
+    for (j, ep) in u.endpoints.iter().enumerate() {
+        let (addr, weight) = match ep.get_ref() {
+            EndpointSetting::Address(a) => (a, 1),
+            EndpointSetting::Table(t) => (&t.address, t.weight),
+        };
+        if !(1..=10_000).contains(&weight) {
+            rep.at(
+                ep.span(),
+                format!("{f}.endpoints[{j}].weight"),
+                "must be 1..=10000",
+            );
+        }
+        match addr.parse::<SocketAddr>() {
+            Ok(a) if eps.iter().any(|e| e.addr == a) => rep.at(
+                ep.span(),
+                format!("{f}.endpoints[{j}]"),
+                format!("duplicate endpoint {a}"),
+            ),
+            Ok(a) => eps.push(Endpoint::weighted(a, weight.max(1))),
+            Err(_) => rep.at(
+                ep.span(),
+                format!("{f}.endpoints[{j}]"),
+                format!("{addr:?} is not ip:port"),
+            ),
+        }
+    }
+    let hash_on = u
+        .hash_on
+        .as_ref()
+        .and_then(|h| match HashOn::parse(h.get_ref()) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                rep.at(h.span(), format!("{f}.hash_on"), e);
+                None
+            }
+        });
+    let balancer = match u.balancer.as_ref().map(|b| (b, b.get_ref().as_str())) {
+        None | Some((_, "round_robin")) => Balancer::RoundRobin,
+        Some((_, "weighted")) => Balancer::Weighted,
+        Some((_, "least_conn")) => Balancer::LeastConn,
+        Some((_, "hash")) => Balancer::Hash(hash_on.clone().unwrap_or(HashOn::Source)),
+        Some((b, other)) => {
+            rep.at(
+                b.span(),
+                format!("{f}.balancer"),
+                format!("unknown balancer {other:?}: round_robin, weighted, least_conn or hash"),
+            );
+            Balancer::Hash(HashOn::Source)
+        }
+    };
+    if let Some(h) = &u.hash_on
+        && hash_on.is_some()
+        && !balancer.is_hash()
+    {
+        rep.at(
+            h.span(),
+            format!("{f}.hash_on"),
+            "only used with balancer = \"hash\"",
+        );
+    }
+    let health = u.health.as_ref().map(|h| {
+        let hf = format!("{f}.health");
+        let s = h.get_ref();
+        let d = HealthCheck::default();
+        let kind = match s.kind.as_ref().map(|k| (k, k.get_ref().as_str())) {
+            Some((_, "tcp")) => {
+                if let Some(p) = &s.path {
+                    rep.at(p.span(), format!("{hf}.path"), "tcp checks send no request");
+                }
+                CheckKind::Tcp
+            }
+            None | Some((_, "http")) => {
+                let path = s.path.as_ref().map(|p| p.get_ref().as_str()).unwrap_or("/");
+                if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    rep.at(
+                        s.path.as_ref().map(|p| p.span()).unwrap_or(h.span()),
+                        format!("{hf}.path"),
+                        "must start with '/' and contain no spaces or control characters",
+                    );
+                }
+                if s.kind.is_none() && s.path.is_none() {
+                    CheckKind::Tcp
+                } else {
+                    CheckKind::Http {
+                        path: path.to_string(),
+                        host: s.host.clone().unwrap_or_default(),
+                    }
+                }
+            }
+            Some((k, other)) => {
+                rep.at(
+                    k.span(),
+                    format!("{hf}.type"),
+                    format!("unknown check type {other:?}: http or tcp"),
+                );
+                CheckKind::Tcp
+            }
+        };
+        let interval = ms_of(&s.interval_ms, d.interval, format!("{hf}.interval_ms"), rep);
+        let timeout = ms_of(&s.timeout_ms, d.timeout, format!("{hf}.timeout_ms"), rep);
+        if timeout >= interval && !interval.is_zero() {
+            rep.at(
+                s.timeout_ms.as_ref().map(|t| t.span()).unwrap_or(h.span()),
+                format!("{hf}.timeout_ms"),
+                "must be shorter than interval_ms",
+            );
+        }
+        let expect_status = match &s.expect_status {
+            None => d.expect_status,
+            Some(e) => parse_status_range(e.get_ref()).unwrap_or_else(|| {
+                rep.at(
+                    e.span(),
+                    format!("{hf}.expect_status"),
+                    format!(
+                        "{:?} is not a status or range like \"200-399\"",
+                        e.get_ref()
+                    ),
+                );
+                d.expect_status
+            }),
+        };
+        HealthCheck {
+            kind,
+            interval,
+            timeout,
+            rise: bounded(&s.rise, d.rise, 1..=100, format!("{hf}.rise"), rep),
+            fall: bounded(&s.fall, d.fall, 1..=100, format!("{hf}.fall"), rep),
+            expect_status,
+        }
+    });
+    let passive = u.passive.as_ref().map(|p| {
+        let pf = format!("{f}.passive");
+        let s = p.get_ref();
+        let d = PassivePolicy::default();
+        PassivePolicy {
+            consecutive_failures: bounded(
+                &s.consecutive_failures,
+                d.consecutive_failures,
+                1..=1000,
+                format!("{pf}.consecutive_failures"),
+                rep,
+            ),
+            eject: ms_of(&s.eject_ms, d.eject, format!("{pf}.eject_ms"), rep),
+        }
+    });
+    let breaker = u.breaker.as_ref().map(|b| {
+        let bf = format!("{f}.breaker");
+        let s = b.get_ref();
+        let d = BreakerPolicy::default();
+        BreakerPolicy {
+            failure_percent: bounded(
+                &s.failure_percent,
+                d.failure_percent,
+                1..=100,
+                format!("{bf}.failure_percent"),
+                rep,
+            ),
+            min_requests: bounded(
+                &s.min_requests,
+                d.min_requests,
+                1..=1_000_000,
+                format!("{bf}.min_requests"),
+                rep,
+            ),
+            consecutive_failures: s.consecutive_failures.unwrap_or(d.consecutive_failures),
+            window: ms_of(&s.window_ms, d.window, format!("{bf}.window_ms"), rep),
+            cooldown: ms_of(&s.cooldown_ms, d.cooldown, format!("{bf}.cooldown_ms"), rep),
+            half_open_probes: bounded(
+                &s.half_open_probes,
+                d.half_open_probes,
+                1..=1000,
+                format!("{bf}.half_open_probes"),
+                rep,
+            ),
+        }
+    });
+    let retry = match &u.retry {
+        None => RetryPolicy::default(),
+        Some(r) => {
+            let rf = format!("{f}.retry");
+            let s = r.get_ref();
+            let d = RetryPolicy::default();
+            RetryPolicy {
+                attempts: bounded(
+                    &s.attempts,
+                    d.attempts,
+                    1..=10,
+                    format!("{rf}.attempts"),
+                    rep,
+                ),
+                budget_percent: bounded(
+                    &s.budget_percent,
+                    d.budget_percent,
+                    0..=100,
+                    format!("{rf}.budget_percent"),
+                    rep,
+                ),
+                min_per_sec: s.min_per_sec.unwrap_or(d.min_per_sec),
+                window: ms_of(&s.window_ms, d.window, format!("{rf}.window_ms"), rep),
+            }
+        }
+    };
+    let opt_ms = |v: &Option<Spanned<u64>>, key: &str, rep: &mut Reporter<'_>| {
+        v.as_ref()
+            .map(|_| ms_of(v, Duration::ZERO, format!("{f}.{key}"), rep))
+    };
+    let timeouts = UpstreamTimeouts {
+        connect: opt_ms(&u.connect_ms, "connect_ms", rep),
+        response: opt_ms(&u.response_ms, "response_ms", rep),
+        idle: opt_ms(&u.idle_ms, "idle_ms", rep),
+    };
+    let policy = PoolPolicy {
+        balancer,
+        health,
+        passive,
+        breaker,
+        retry,
+        timeouts,
+        fail_open: u.fail_open.unwrap_or(true),
+    };
+    (eps, policy)
+}
+
 /// Id of the generated rule that lets upstream replies through.
 pub const UPSTREAM_RULE: &str = "upstreams";
 
@@ -738,35 +1230,17 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
                 format!("duplicate upstream {name:?}"),
             );
         }
-        let mut eps = Vec::new();
-        if u.endpoints.is_empty() {
-            rep.at(
-                u.name.span(),
-                format!("upstreams[{i}].endpoints"),
-                "needs at least one endpoint",
-            );
-        }
-        for (j, ep) in u.endpoints.iter().enumerate() {
-            match ep.get_ref().parse::<SocketAddr>() {
-                Ok(a) => eps.push(a),
-                Err(_) => rep.at(
-                    ep.span(),
-                    format!("upstreams[{i}].endpoints[{j}]"),
-                    format!("{:?} is not ip:port", ep.get_ref()),
-                ),
-            }
-        }
+        let (eps, policy) = check_upstream(i, u, rep);
+        let index = pools.len();
         pools.push((
             name.clone(),
-            Arc::new(Upstream {
-                name,
-                endpoints: eps,
-            }),
+            Arc::new(Upstream::new(name, index, &eps, policy)),
         ));
     }
 
     let mut listeners = Vec::new();
     let mut ports = HashSet::new();
+    let mut route_names = HashSet::new();
     if cfg.listeners.is_empty() {
         rep.at(0..0, "listeners", "at least one listener is required");
     }
@@ -789,13 +1263,29 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
         let mut routes = Vec::new();
         for (j, r) in l.routes.iter().enumerate() {
             let field = format!("listeners[{i}].routes[{j}]");
-            if !r.path_prefix.get_ref().starts_with('/') {
-                rep.at(
-                    r.path_prefix.span(),
-                    format!("{field}.path_prefix"),
-                    "must start with '/'",
-                );
-            }
+            let name = match &r.name {
+                Some(n) => {
+                    if !route_names.insert(n.get_ref().clone()) {
+                        rep.at(
+                            n.span(),
+                            format!("{field}.name"),
+                            format!(
+                                "duplicate route name {:?} (counters are kept by name)",
+                                n.get_ref()
+                            ),
+                        );
+                    }
+                    n.get_ref().clone()
+                }
+                None => format!("{port}:{j}"),
+            };
+            let anchor = r
+                .upstream
+                .as_ref()
+                .map(|u| u.span())
+                .or_else(|| r.respond.as_ref().map(|x| x.span()))
+                .unwrap_or(0..0);
+            let path = check_path(r, &field, anchor.clone(), rep);
             let action = match (&r.upstream, &r.respond) {
                 (Some(u), None) => match pools.iter().find(|(n, _)| n == u.get_ref()) {
                     Some((_, p)) => Some(RouteAction::Proxy(p.clone())),
@@ -832,33 +1322,82 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
                 }
                 _ => {
                     rep.at(
-                        r.path_prefix.span(),
+                        anchor.clone(),
                         field.clone(),
                         "needs exactly one of `upstream` or `respond`",
                     );
                     None
                 }
             };
-            if let Some(action) = action {
+            let mut methods = Vec::new();
+            for (k, m) in r.methods.iter().enumerate() {
+                let v = m.get_ref();
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+                {
+                    rep.at(
+                        m.span(),
+                        format!("{field}.methods[{k}]"),
+                        format!("{v:?} is not an upper-case method like GET (methods are case-sensitive)"),
+                    );
+                }
+                methods.push(v.clone());
+            }
+            let headers = r
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    if !is_token(k) {
+                        rep.at(
+                            v.span(),
+                            format!("{field}.headers.{k}"),
+                            format!("{k:?} is not a header name"),
+                        );
+                    }
+                    match_value(v, format!("{field}.headers.{k}"), rep).map(|value| HeaderMatch {
+                        name: k.clone(),
+                        value,
+                    })
+                })
+                .collect();
+            let query = r
+                .query
+                .iter()
+                .filter_map(|(k, v)| {
+                    if k.is_empty() {
+                        rep.at(v.span(), format!("{field}.query"), "empty parameter name");
+                    }
+                    match_value(v, format!("{field}.query.{k}"), rep).map(|value| QueryMatch {
+                        name: k.clone(),
+                        value,
+                    })
+                })
+                .collect();
+            if let (Some(action), Some(path)) = (action, path) {
                 routes.push(Route {
-                    name: r.name.clone().unwrap_or_else(|| format!("{port}:{j}")),
                     host: r.host.clone(),
-                    path_prefix: r.path_prefix.get_ref().clone(),
-                    action,
+                    path,
+                    methods,
+                    headers,
+                    query,
+                    ..Route::new(name, action)
                 });
             }
         }
-        listeners.push(Listener { port, routes });
+        listeners.push(Listener::new(port, routes));
     }
     let filter = check_filter(cfg, rep, &vips, &pools);
     if !rep.errors.is_empty() {
         return None;
     }
     let (filter, fail_mode) = filter?;
-    let routes = Arc::new(RouteTable {
-        version: 1,
+    let routes = Arc::new(RouteTable::new(
+        1,
         listeners,
-    });
+        pools.iter().map(|(_, p)| p.clone()).collect(),
+    ));
     let mut ec = EngineConfig::new(e.interface.clone(), vips, routes);
     ec.queues = *e.queues.get_ref();
     ec.backend = match e.backend {
@@ -935,7 +1474,7 @@ upstream = "origin"
 
     #[test]
     fn shipped_configs_compile() {
-        for name in ["lab.toml", "filter.example.toml"] {
+        for name in ["lab.toml", "filter.example.toml", "edge.example.toml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../configs")
                 .join(name);
@@ -989,7 +1528,7 @@ upstream = "origin"
     fn good_config_compiles() {
         let c = compile(Path::new("t.toml"), GOOD).unwrap();
         assert_eq!(c.engine.queues, 2);
-        assert_eq!(c.engine.routes.listeners[0].routes.len(), 2);
+        assert_eq!(c.engine.routes.listeners[0].routes().len(), 2);
     }
 
     #[test]
@@ -1025,5 +1564,214 @@ upstream = "origin"
         assert!(e.iter().any(|l| l.contains("vips[0]")));
         assert!(e.iter().any(|l| l.contains("upstreams[0].endpoints[0]")));
         assert!(e.iter().any(|l| l.contains("engine.queues")));
+    }
+
+    fn compiled(text: &str) -> Compiled {
+        compile(Path::new("t.toml"), text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn edge_example_compiles_every_new_key() {
+        let c = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/edge.example.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let t = &c.engine.routes;
+        let api = t.upstreams.iter().find(|u| u.name == "api").unwrap();
+        assert_eq!(api.policy.balancer, Balancer::Weighted);
+        assert!(api.weights.iter().any(|&w| w > 1));
+        assert!(api.policy.health.is_some() && api.policy.breaker.is_some());
+        let sessions = t.upstreams.iter().find(|u| u.name == "sessions").unwrap();
+        assert!(sessions.maglev.is_some());
+        assert!(t.routes().any(|r| matches!(r.path, PathMatch::Regex(_))));
+        assert!(t.routes().any(|r| !r.headers.is_empty()));
+        assert!(t.routes().any(|r| !r.query.is_empty()));
+        assert!(t.routes().any(|r| !r.methods.is_empty()));
+        for (i, u) in t.upstreams.iter().enumerate() {
+            assert_eq!(u.index, i);
+        }
+    }
+
+    #[test]
+    fn upstream_policy_compiles_from_toml() {
+        let text = GOOD.replace(
+            "endpoints = [\"10.77.0.3:8080\"]",
+            r#"endpoints = ["10.77.0.3:8080", { address = "10.77.0.4:8080", weight = 3 }]
+balancer = "hash"
+hash_on = "cookie:sid"
+fail_open = false
+connect_ms = 250
+[upstreams.health]
+type = "http"
+path = "/healthz"
+interval_ms = 1000
+timeout_ms = 300
+rise = 2
+fall = 4
+expect_status = "200-299"
+[upstreams.passive]
+consecutive_failures = 3
+eject_ms = 15000
+[upstreams.breaker]
+failure_percent = 40
+min_requests = 50
+consecutive_failures = 10
+window_ms = 5000
+cooldown_ms = 2000
+half_open_probes = 2
+[upstreams.retry]
+attempts = 3
+budget_percent = 20
+min_per_sec = 5"#,
+        );
+        let c = compiled(&text);
+        let u = &c.engine.routes.upstreams[0];
+        assert_eq!(u.weights, vec![1, 3]);
+        let p = &u.policy;
+        assert_eq!(p.balancer, Balancer::Hash(HashOn::Cookie("sid".into())));
+        assert!(!p.fail_open);
+        assert_eq!(p.timeouts.connect, Some(Duration::from_millis(250)));
+        assert_eq!(p.timeouts.response, None);
+        let h = p.health.as_ref().unwrap();
+        assert_eq!(
+            h.kind,
+            CheckKind::Http {
+                path: "/healthz".into(),
+                host: String::new()
+            }
+        );
+        assert_eq!((h.rise, h.fall, h.expect_status), (2, 4, (200, 299)));
+        assert_eq!(p.passive.unwrap().eject, Duration::from_secs(15));
+        let b = p.breaker.unwrap();
+        assert_eq!(
+            (b.failure_percent, b.min_requests, b.half_open_probes),
+            (40, 50, 2)
+        );
+        assert_eq!(
+            (
+                p.retry.attempts,
+                p.retry.budget_percent,
+                p.retry.min_per_sec
+            ),
+            (3, 20, 5)
+        );
+        assert!(u.maglev.is_some());
+    }
+
+    #[test]
+    fn route_matchers_compile_and_route_requests() {
+        let text = GOOD.replace(
+            "[[listeners.routes]]\nupstream = \"origin\"",
+            r#"[[listeners.routes]]
+name = "canary"
+host = "*.example.com"
+path_regex = "/v[0-9]+/users/[^/]+"
+methods = ["GET", "HEAD"]
+headers = { "X-Env" = "canary", "X-Trace" = true }
+query = { v = "2" }
+upstream = "origin"
+[[listeners.routes]]
+name = "exact"
+path_exact = "/login"
+upstream = "origin"
+[[listeners.routes]]
+upstream = "origin""#,
+        );
+        let c = compiled(&text);
+        let l = &c.engine.routes.listeners[0];
+        let h = [
+            httparse::Header {
+                name: "x-env",
+                value: b"canary",
+            },
+            httparse::Header {
+                name: "x-trace",
+                value: b"1",
+            },
+        ];
+        let req = |m, host, target, hs| {
+            l.route_request(&ferrogate_stack::RequestView::new(m, host, target, hs))
+                .map(|r| r.name.clone())
+        };
+        assert_eq!(
+            req("GET", Some("a.example.com"), "/v2/users/bob?v=2", &h[..]).as_deref(),
+            Some("canary")
+        );
+        assert_eq!(
+            req("POST", Some("a.example.com"), "/v2/users/bob?v=2", &h[..]).as_deref(),
+            Some("80:3")
+        );
+        assert_eq!(
+            req("GET", Some("a.example.com"), "/v2/users/bob?v=2", &h[..1]).as_deref(),
+            Some("80:3")
+        );
+        assert_eq!(req("GET", None, "/login", &[]).as_deref(), Some("exact"));
+        assert_eq!(req("GET", None, "/direct", &[]).as_deref(), Some("80:0"));
+    }
+
+    #[test]
+    fn upstream_policy_errors_name_file_line_and_field() {
+        let text = GOOD.replace(
+            "endpoints = [\"10.77.0.3:8080\"]",
+            r#"endpoints = ["10.77.0.3:8080", { address = "10.77.0.4:8080", weight = 0 }, "10.77.0.3:8080"]
+balancer = "random"
+hash_on = "ip"
+[upstreams.health]
+type = "udp"
+interval_ms = 0
+rise = 0
+expect_status = "2xx"
+[upstreams.passive]
+consecutive_failures = 0
+[upstreams.breaker]
+failure_percent = 101
+[upstreams.retry]
+attempts = 0"#,
+        );
+        let e = errors(&text);
+        let has = |needle: &str| {
+            assert!(e.iter().any(|l| l.contains(needle)), "{needle}: {e:#?}");
+        };
+        has("t.toml:10:32: upstreams[0].endpoints[1].weight: must be 1..=10000");
+        has("upstreams[0].endpoints[2]: duplicate endpoint 10.77.0.3:8080");
+        has("t.toml:11:12: upstreams[0].balancer: unknown balancer \"random\"");
+        has("t.toml:12:11: upstreams[0].hash_on: \"ip\" is not `header:NAME`");
+        has("upstreams[0].health.type: unknown check type \"udp\"");
+        has("upstreams[0].health.interval_ms: must be 1..=86400000");
+        has("upstreams[0].health.rise: must be 1..=100");
+        has("upstreams[0].health.expect_status:");
+        has("upstreams[0].passive.consecutive_failures: must be 1..=1000");
+        has("upstreams[0].breaker.failure_percent: must be 1..=100");
+        has("upstreams[0].retry.attempts: must be 1..=10");
+        assert!(
+            !e.iter().any(|l| l.contains("only used with")),
+            "no follow-on error for an unknown balancer: {e:#?}"
+        );
+    }
+
+    #[test]
+    fn route_matcher_errors_name_file_line_and_field() {
+        let text = GOOD.replace(
+            "[[listeners.routes]]\nupstream = \"origin\"",
+            r#"[[listeners.routes]]
+name = "r"
+path_regex = "/users/(["
+methods = ["get"]
+headers = { "X Bad" = "x", "X-Num" = 3 }
+upstream = "origin"
+[[listeners.routes]]
+name = "r"
+path_exact = "/a"
+path_prefix = "/b"
+upstream = "origin""#,
+        );
+        let e = errors(&text);
+        let has = |needle: &str| {
+            assert!(e.iter().any(|l| l.contains(needle)), "{needle}: {e:#?}");
+        };
+        has("t.toml:19:14: listeners[0].routes[1].path_regex: invalid regex: ");
+        has("t.toml:20:12: listeners[0].routes[1].methods[0]: \"get\" is not an upper-case method");
+        has("listeners[0].routes[1].headers.X Bad: \"X Bad\" is not a header name");
+        has("listeners[0].routes[1].headers.X-Num: must be a string (exact value) or true");
+        has("listeners[0].routes[2].name: duplicate route name \"r\"");
+        has("listeners[0].routes[2]: at most one of `path_prefix`, `path_exact`, `path_regex`");
     }
 }

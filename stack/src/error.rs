@@ -34,6 +34,14 @@ pub enum ProxyError {
     NoLocalPort,
     #[error("connection limit reached")]
     Overloaded,
+    /// The pool's circuit breaker refuses requests (503; the response says
+    /// so in a header).
+    #[error("upstream circuit breaker open")]
+    BreakerOpen,
+    /// Every endpoint of the pool is unhealthy and the pool does not fail
+    /// open (503).
+    #[error("no healthy upstream endpoint")]
+    NoHealthyEndpoint,
 }
 
 impl ProxyError {
@@ -46,7 +54,9 @@ impl ProxyError {
             | UpstreamClosedEarly
             | UpstreamTimeout
             | BadResponse(_)
-            | BadResponseBody(_) => Side::Upstream,
+            | BadResponseBody(_)
+            | BreakerOpen
+            | NoHealthyEndpoint => Side::Upstream,
             NoLocalPort | Overloaded => Side::Internal,
         }
     }
@@ -74,7 +84,7 @@ impl ProxyError {
                 502
             }
             UpstreamConnectTimeout | UpstreamTimeout => 504,
-            NoLocalPort | Overloaded => 503,
+            NoLocalPort | Overloaded | BreakerOpen | NoHealthyEndpoint => 503,
         }
     }
 }
@@ -91,5 +101,14 @@ mod tests {
         assert!(!ProxyError::UpstreamTimeout.retry_safe());
         assert_eq!(ProxyError::ClientHeaderTimeout.status(), 408);
         assert_eq!(ProxyError::ClientHeaderTimeout.side(), Side::Client);
+    }
+
+    #[test]
+    fn breaker_open_and_no_healthy_endpoint_are_upstream_503s_never_retried() {
+        for e in [ProxyError::BreakerOpen, ProxyError::NoHealthyEndpoint] {
+            assert_eq!(e.status(), 503);
+            assert_eq!(e.side(), Side::Upstream);
+            assert!(!e.retry_safe());
+        }
     }
 }

@@ -12,14 +12,21 @@ pub mod http;
 pub mod ports;
 mod proxy;
 pub mod route;
+pub mod router;
 mod sockets;
 mod stack;
 pub mod stats;
 mod timer;
+pub mod upstream;
 
 pub use config::{StackConfig, Timeouts};
 pub use error::{ProxyError, Side};
-pub use route::{DirectResponse, Listener, Route, RouteAction, RouteTable, Upstream};
+pub use route::{
+    DirectResponse, HeaderMatch, Listener, PathMatch, QueryMatch, Route, RouteAction, RouteTable,
+    Upstream,
+};
+pub use router::RequestView;
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{Stack, StackError};
 pub use stats::StackStats;
+pub use upstream::{PoolPolicy, UpstreamRegistry};

@@ -1,28 +1,78 @@
 //! Routing snapshot: listeners, their ordered routes, and upstream pools. Built
 //! off the data path (by the control plane), immutable, shared with `Arc`.
+//!
+//! Everything here is configuration: what to match and where to send it. The
+//! mutable runtime state of pools (health, breakers, balancer cursors,
+//! counters) lives in [`crate::upstream::UpstreamRegistry`], keyed by pool name
+//! and endpoint address, so it survives a reload; a pool finds its state in
+//! O(1) through [`Upstream::index`], its position in [`RouteTable::upstreams`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use crate::router::{RequestView, RouteIndex};
+use crate::upstream::{Endpoint, Maglev, PoolPolicy};
 
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     pub version: u64,
     pub listeners: Vec<Listener>,
+    /// Every pool of the snapshot; `upstreams[i].index == i`.
+    pub upstreams: Vec<Arc<Upstream>>,
 }
 
+/// A listening port with its routes in configuration order and the lookup
+/// structure compiled from them (see [`crate::router`]).
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub port: u16,
-    pub routes: Vec<Route>,
+    routes: Vec<Route>,
+    index: RouteIndex,
 }
 
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
+    /// Position of the route in the whole table (all listeners, in order),
+    /// set by [`RouteTable::new`]: the slot of its per-worker counters.
+    pub id: usize,
     /// Exact host (case-insensitive) or `*.suffix`; `None` matches any host.
     pub host: Option<String>,
-    pub path_prefix: String,
+    pub path: PathMatch,
+    /// Accepted methods (case-sensitive, e.g. `GET`); empty accepts any.
+    pub methods: Vec<String>,
+    /// Every one must match (AND).
+    pub headers: Vec<HeaderMatch>,
+    /// Every one must match (AND).
+    pub query: Vec<QueryMatch>,
     pub action: RouteAction,
+}
+
+/// How a route matches the request path (the target without `?query`).
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    /// Must match the whole path (compiled as `^(?:pattern)$`), once per
+    /// snapshot. Only routes that configure one ever run a regex.
+    Regex(regex::Regex),
+}
+
+/// A header that must be present, and equal `value` when given (the value is
+/// compared exactly, after trimming surrounding whitespace; the name
+/// case-insensitively). Any one of repeated headers may match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+/// A query parameter that must be present, and equal `value` when given. The
+/// raw (not percent-decoded) query string is compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryMatch {
+    pub name: String,
+    pub value: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -31,10 +81,22 @@ pub enum RouteAction {
     Respond(Arc<DirectResponse>),
 }
 
+/// A pool of endpoints and its policy (balancer, health checks, breaker,
+/// retries, timeouts). Immutable; see [`crate::upstream`] for its state.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: String,
+    /// Position in [`RouteTable::upstreams`], resolved at compile time: the
+    /// O(1) key of the pool's runtime state in an `UpstreamRegistry` synced
+    /// with the same snapshot.
+    pub index: usize,
     pub endpoints: Vec<SocketAddr>,
+    /// Weight of `endpoints[i]` (>= 1).
+    pub weights: Vec<u32>,
+    pub policy: PoolPolicy,
+    /// Lookup table of the consistent-hash balancer, built once per snapshot
+    /// when the policy asks for it.
+    pub maglev: Option<Maglev>,
 }
 
 #[derive(Debug, Clone)]
@@ -45,30 +107,176 @@ pub struct DirectResponse {
 }
 
 impl RouteTable {
+    /// Assigns route ids and checks that every pool sits at its index.
+    ///
+    /// # Panics
+    /// If `upstreams[i].index != i` (a bug in the snapshot compiler).
+    pub fn new(version: u64, mut listeners: Vec<Listener>, upstreams: Vec<Arc<Upstream>>) -> Self {
+        for (i, u) in upstreams.iter().enumerate() {
+            assert_eq!(u.index, i, "pool {:?} out of place", u.name);
+        }
+        let mut id = 0;
+        for l in &mut listeners {
+            for r in &mut l.routes {
+                r.id = id;
+                id += 1;
+            }
+        }
+        Self {
+            version,
+            listeners,
+            upstreams,
+        }
+    }
+
     pub fn listener(&self, port: u16) -> Option<&Listener> {
         self.listeners.iter().find(|l| l.port == port)
+    }
+
+    /// Every route of every listener, in id order.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.listeners.iter().flat_map(|l| l.routes.iter())
     }
 }
 
 impl Listener {
-    /// First route that matches, in configuration order.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(host, path))
+    /// Compiles the lookup structure of `routes` (kept in this order).
+    pub fn new(port: u16, routes: Vec<Route>) -> Self {
+        let index = RouteIndex::build(&routes);
+        Self {
+            port,
+            routes,
+            index,
+        }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// First route, in configuration order, that matches the request. No
+    /// allocation; only the routes that can match the host are examined.
+    pub fn route_request(&self, req: &RequestView<'_>) -> Option<&Route> {
+        self.index
+            .candidates(req.host)
+            .iter()
+            .map(|&i| &self.routes[i as usize])
+            .find(|r| r.matches_rest(req))
+    }
+
+    /// Host and target only (method `GET`, no headers): the lookup of the
+    /// first proxy version, kept until the proxy passes a [`RequestView`].
+    /// Routes that need a method other than GET, or a header, never match.
+    pub fn route(&self, host: Option<&str>, target: &str) -> Option<&Route> {
+        self.route_request(&RequestView::new("GET", host, target, &[]))
     }
 }
 
 impl Route {
-    pub fn matches(&self, host: Option<&str>, path: &str) -> bool {
-        let host_ok = match (&self.host, host) {
+    /// A route matching every request (any host, path prefix `/`).
+    pub fn new(name: impl Into<String>, action: RouteAction) -> Self {
+        Self {
+            name: name.into(),
+            id: 0,
+            host: None,
+            path: PathMatch::Prefix("/".into()),
+            methods: Vec::new(),
+            headers: Vec::new(),
+            query: Vec::new(),
+            action,
+        }
+    }
+
+    /// Whether the route matches, host included (the listener's index
+    /// already filters on the host; this is the reference behaviour).
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        let host_ok = match (&self.host, req.host) {
             (None, _) => true,
             (Some(_), None) => false,
             (Some(pattern), Some(h)) => host_matches(pattern, h),
         };
-        host_ok && path.starts_with(self.path_prefix.as_str())
+        host_ok && self.matches_rest(req)
+    }
+
+    /// Everything but the host.
+    fn matches_rest(&self, req: &RequestView<'_>) -> bool {
+        self.path.matches(req.path)
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == req.method))
+            && self.headers.iter().all(|h| h.matches(req.headers))
+            && self.query.iter().all(|q| q.matches(req.query))
     }
 }
 
-fn host_matches(pattern: &str, host: &str) -> bool {
+impl PathMatch {
+    /// Compiles an anchored regex: it must match the whole path.
+    pub fn regex(pattern: &str) -> Result<Self, regex::Error> {
+        regex::Regex::new(&format!("^(?:{pattern})$")).map(PathMatch::Regex)
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+impl HeaderMatch {
+    fn matches(&self, headers: &[httparse::Header<'_>]) -> bool {
+        headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case(&self.name)
+                && self
+                    .value
+                    .as_ref()
+                    .is_none_or(|v| h.value.trim_ascii() == v.as_bytes())
+        })
+    }
+}
+
+impl QueryMatch {
+    fn matches(&self, query: Option<&str>) -> bool {
+        let Some(q) = query else {
+            return false;
+        };
+        q.split('&').any(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            k == self.name && self.value.as_ref().is_none_or(|want| want == v)
+        })
+    }
+}
+
+impl Upstream {
+    /// A pool at `index` of its snapshot. Builds the Maglev table when the
+    /// policy hashes.
+    pub fn new(
+        name: impl Into<String>,
+        index: usize,
+        endpoints: &[Endpoint],
+        policy: PoolPolicy,
+    ) -> Self {
+        let maglev = policy
+            .balancer
+            .is_hash()
+            .then(|| Maglev::new(endpoints, crate::upstream::MAGLEV_TABLE_SIZE));
+        Self {
+            name: name.into(),
+            index,
+            endpoints: endpoints.iter().map(|e| e.addr).collect(),
+            weights: endpoints.iter().map(|e| e.weight.max(1)).collect(),
+            policy,
+            maglev,
+        }
+    }
+
+    /// Round-robin over `endpoints` of weight 1 with the default policy.
+    pub fn simple(name: impl Into<String>, index: usize, endpoints: &[SocketAddr]) -> Self {
+        let eps: Vec<Endpoint> = endpoints.iter().map(|&a| Endpoint::new(a)).collect();
+        Self::new(name, index, &eps, PoolPolicy::default())
+    }
+}
+
+pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
     match pattern.strip_prefix("*.") {
         Some(suffix) => {
             host.len() > suffix.len() + 1
@@ -85,27 +293,29 @@ mod tests {
 
     fn respond(name: &str, host: Option<&str>, prefix: &str) -> Route {
         Route {
-            name: name.into(),
             host: host.map(Into::into),
-            path_prefix: prefix.into(),
-            action: RouteAction::Respond(Arc::new(DirectResponse {
-                status: 200,
-                content_type: "text/plain".into(),
-                body: name.as_bytes().to_vec(),
-            })),
+            path: PathMatch::Prefix(prefix.into()),
+            ..Route::new(
+                name,
+                RouteAction::Respond(Arc::new(DirectResponse {
+                    status: 200,
+                    content_type: "text/plain".into(),
+                    body: name.as_bytes().to_vec(),
+                })),
+            )
         }
     }
 
     #[test]
     fn first_matching_route_wins() {
-        let l = Listener {
-            port: 80,
-            routes: vec![
+        let l = Listener::new(
+            80,
+            vec![
                 respond("api", Some("api.example.com"), "/v1/"),
                 respond("wild", Some("*.example.com"), "/"),
                 respond("any", None, "/"),
             ],
-        };
+        );
         assert_eq!(
             l.route(Some("API.example.com"), "/v1/x").unwrap().name,
             "api"
@@ -117,5 +327,27 @@ mod tests {
         assert_eq!(l.route(Some("example.com"), "/").unwrap().name, "any");
         assert_eq!(l.route(Some("xexample.com"), "/").unwrap().name, "any");
         assert_eq!(l.route(None, "/").unwrap().name, "any");
+    }
+
+    #[test]
+    fn table_numbers_routes_across_listeners() {
+        let t = RouteTable::new(
+            1,
+            vec![
+                Listener::new(80, vec![respond("a", None, "/"), respond("b", None, "/")]),
+                Listener::new(81, vec![respond("c", None, "/")]),
+            ],
+            vec![],
+        );
+        let ids: Vec<(usize, &str)> = t.routes().map(|r| (r.id, r.name.as_str())).collect();
+        assert_eq!(ids, vec![(0, "a"), (1, "b"), (2, "c")]);
+        assert_eq!(t.listener(81).unwrap().route(None, "/").unwrap().id, 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of place")]
+    fn table_rejects_a_pool_at_the_wrong_index() {
+        let u = Arc::new(Upstream::simple("p", 3, &["10.0.0.1:80".parse().unwrap()]));
+        RouteTable::new(1, vec![], vec![u]);
     }
 }

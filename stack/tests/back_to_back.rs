@@ -6,7 +6,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ferrogate_stack::{
-    DirectResponse, Instant, Listener, Route, RouteAction, RouteTable, Stack, StackConfig, Upstream,
+    DirectResponse, Instant, Listener, PathMatch, Route, RouteAction, RouteTable, Stack,
+    StackConfig, Upstream,
 };
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
@@ -103,34 +104,32 @@ fn tcp_socket() -> tcp::Socket<'static> {
 }
 
 fn routes() -> Arc<RouteTable> {
-    let upstream = Arc::new(Upstream {
-        name: "origin".into(),
-        endpoints: vec!["10.0.0.3:8080".parse().unwrap()],
-    });
-    Arc::new(RouteTable {
-        version: 1,
-        listeners: vec![Listener {
-            port: 80,
-            routes: vec![
+    let upstream = Arc::new(Upstream::simple(
+        "origin",
+        0,
+        &["10.0.0.3:8080".parse().unwrap()],
+    ));
+    Arc::new(RouteTable::new(
+        1,
+        vec![Listener::new(
+            80,
+            vec![
                 Route {
-                    name: "direct".into(),
-                    host: None,
-                    path_prefix: "/direct".into(),
-                    action: RouteAction::Respond(Arc::new(DirectResponse {
-                        status: 200,
-                        content_type: "text/plain".into(),
-                        body: b"hello from ferrogate".to_vec(),
-                    })),
+                    path: PathMatch::Prefix("/direct".into()),
+                    ..Route::new(
+                        "direct",
+                        RouteAction::Respond(Arc::new(DirectResponse {
+                            status: 200,
+                            content_type: "text/plain".into(),
+                            body: b"hello from ferrogate".to_vec(),
+                        })),
+                    )
                 },
-                Route {
-                    name: "origin".into(),
-                    host: None,
-                    path_prefix: "/".into(),
-                    action: RouteAction::Proxy(upstream),
-                },
+                Route::new("origin", RouteAction::Proxy(upstream.clone())),
             ],
-        }],
-    })
+        )],
+        vec![upstream],
+    ))
 }
 
 impl Lab {
