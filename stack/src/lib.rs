@@ -17,6 +17,7 @@ mod sockets;
 mod stack;
 pub mod stats;
 mod timer;
+pub mod tls;
 pub mod upstream;
 
 pub use config::{StackConfig, Timeouts};

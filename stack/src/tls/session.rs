@@ -1,0 +1,106 @@
+//! One server-side TLS session driven with byte slices: ciphertext in from the
+//! TCP socket, plaintext out to the HTTP layer and back. No I/O of its own.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use rustls::{ServerConfig, ServerConnection};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSessionError {
+    /// The peer sent something TLS forbids; an alert is queued for it.
+    #[error("TLS: {0}")]
+    Protocol(#[from] rustls::Error),
+    #[error("TLS session I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeKind {
+    Full,
+    Resumed,
+}
+
+pub struct TlsSession {
+    conn: ServerConnection,
+}
+
+impl TlsSession {
+    pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsSessionError> {
+        Ok(Self {
+            conn: ServerConnection::new(config)?,
+        })
+    }
+
+    /// Feeds ciphertext from the peer; returns how much was taken. On error
+    /// the caller still flushes `take_tls` (it holds the alert) and closes.
+    pub fn feed(&mut self, mut tls: &[u8]) -> Result<usize, TlsSessionError> {
+        let mut taken = 0;
+        while !tls.is_empty() {
+            let n = self.conn.read_tls(&mut tls)?;
+            if n == 0 {
+                break;
+            }
+            taken += n;
+            self.conn.process_new_packets()?;
+        }
+        Ok(taken)
+    }
+
+    /// Decrypted application data available to read.
+    pub fn read_plain(&mut self, out: &mut [u8]) -> usize {
+        // WouldBlock (nothing decrypted yet) reads as zero bytes.
+        self.conn.reader().read(out).unwrap_or_default()
+    }
+
+    /// Queues plaintext for encryption; returns how much was accepted.
+    pub fn write_plain(&mut self, data: &[u8]) -> usize {
+        self.conn.writer().write(data).unwrap_or(0)
+    }
+
+    /// Moves pending ciphertext (handshake, records, alerts) into `out`.
+    pub fn take_tls(&mut self, out: &mut [u8]) -> usize {
+        let mut cursor = std::io::Cursor::new(out);
+        let mut total = 0;
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut cursor) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        total
+    }
+
+    pub fn wants_write(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Sends close_notify.
+    pub fn close(&mut self) {
+        self.conn.send_close_notify();
+    }
+
+    pub fn sni(&self) -> Option<&str> {
+        self.conn.server_name()
+    }
+
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    pub fn handshake_kind(&self) -> Option<HandshakeKind> {
+        self.conn.handshake_kind().map(|k| match k {
+            rustls::HandshakeKind::Resumed => HandshakeKind::Resumed,
+            _ => HandshakeKind::Full,
+        })
+    }
+
+    /// The client's certificate chain (mTLS), leaf first.
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+}

@@ -1,0 +1,362 @@
+//! TLS termination in memory: a rustls client against `TlsSession`, with
+//! certificates made by rcgen for each test.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferrogate_stack::tls::{
+    CertSpec, ClientAuth, HandshakeKind, MinVersion, TlsListenerConfig, TlsServer, TlsSession,
+};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+fn ca(name: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// (cert PEM, key PEM) for `names`, signed by `ca`.
+fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn dir() -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "fg-tls-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write(d: &PathBuf, name: &str, text: &str) -> PathBuf {
+    let p = d.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn spec(d: &PathBuf, tag: &str, pem: (String, String), names: &[&str], default: bool) -> CertSpec {
+    CertSpec {
+        cert: write(d, &format!("{tag}.crt"), &pem.0),
+        key: write(d, &format!("{tag}.key"), &pem.1),
+        names: names.iter().map(|s| s.to_string()).collect(),
+        default,
+    }
+}
+
+fn client_config(ca: &Ca, alpn: &[&[u8]], identity: Option<(String, String)>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
+        .unwrap();
+    let b = ClientConfig::builder_with_provider(ferrogate_stack::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut c = match identity {
+        None => b.with_no_client_auth(),
+        Some((cert, key)) => b
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(c)
+}
+
+/// Runs the handshake and one request/response; returns the server session
+/// or the first error either side saw.
+fn exchange(
+    server: &TlsServer,
+    client: Arc<ClientConfig>,
+    sni: &str,
+) -> Result<(TlsSession, ClientConnection), String> {
+    let mut s = TlsSession::new(server.config.clone()).map_err(|e| e.to_string())?;
+    let mut c = ClientConnection::new(client, ServerName::try_from(sni.to_string()).unwrap())
+        .map_err(|e| e.to_string())?;
+    use std::io::{Read, Write};
+    c.writer().write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got_request = false;
+    for _ in 0..20 {
+        let mut wire = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut wire).unwrap();
+        }
+        let feed = s.feed(&wire);
+        let n = s.take_tls(&mut buf);
+        let mut rd = &buf[..n];
+        while !rd.is_empty() {
+            c.read_tls(&mut rd).unwrap();
+        }
+        let client_state = c.process_new_packets();
+        feed.map_err(|e| format!("server: {e}"))?;
+        client_state.map_err(|e| format!("client: {e}"))?;
+        let mut plain = [0u8; 256];
+        let k = s.read_plain(&mut plain);
+        if k > 0 {
+            assert_eq!(&plain[..k], b"GET / HTTP/1.1\r\n\r\n");
+            got_request = true;
+            s.write_plain(b"HTTP/1.1 200 OK\r\n\r\n");
+        }
+        let mut out = Vec::new();
+        if c.reader().read_to_end(&mut out).is_ok() || !out.is_empty() {
+            if out == b"HTTP/1.1 200 OK\r\n\r\n" {
+                return Ok((s, c));
+            }
+        }
+    }
+    Err(format!(
+        "no complete exchange (request seen: {got_request})"
+    ))
+}
+
+fn served_name(c: &ClientConnection) -> String {
+    let cert = &c.peer_certificates().unwrap()[0];
+    // The SAN strings are visible in the DER; enough to tell certificates apart.
+    String::from_utf8_lossy(cert.as_ref()).to_string()
+}
+
+#[test]
+fn sni_picks_exact_then_wildcard_then_default_certificate() {
+    let d = dir();
+    let root = ca("test root");
+    let server = TlsServer::build(&TlsListenerConfig {
+        certs: vec![
+            spec(
+                &d,
+                "api",
+                leaf(&root, &["api.example.test"]),
+                &["api.example.test"],
+                false,
+            ),
+            spec(
+                &d,
+                "wild",
+                leaf(&root, &["*.example.test"]),
+                &["*.example.test"],
+                false,
+            ),
+            spec(
+                &d,
+                "dflt",
+                leaf(&root, &["default.test"]),
+                &["default.test"],
+                true,
+            ),
+        ],
+        alpn: vec![b"http/1.1".to_vec()],
+        ..Default::default()
+    })
+    .unwrap();
+    let cc = client_config(&root, &[b"http/1.1"], None);
+    let (s, c) = exchange(&server, cc.clone(), "api.example.test").unwrap();
+    assert!(served_name(&c).contains("api.example.test"));
+    assert_eq!(s.sni(), Some("api.example.test"));
+    assert_eq!(s.alpn(), Some(&b"http/1.1"[..]));
+    let (_, c) = exchange(&server, cc.clone(), "www.example.test").unwrap();
+    assert!(served_name(&c).contains("*.example.test"));
+    // A name no certificate covers gets the default, which the client rejects.
+    let e = exchange(&server, cc, "other.test").err().unwrap();
+    assert!(e.contains("client"), "{e}");
+}
+
+#[test]
+fn mtls_required_refuses_missing_and_foreign_certificates() {
+    let d = dir();
+    let root = ca("server root");
+    let clients = ca("client root");
+    let other = ca("other root");
+    let ca_path = write(&d, "clients.pem", &clients.pem);
+    let server = TlsServer::build(&TlsListenerConfig {
+        certs: vec![spec(
+            &d,
+            "srv",
+            leaf(&root, &["svc.test"]),
+            &["svc.test"],
+            true,
+        )],
+        client_auth: ClientAuth::Required { ca: ca_path },
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(exchange(&server, client_config(&root, &[], None), "svc.test").is_err());
+    let good = leaf(&clients, &["client-a"]);
+    let (s, _) = exchange(&server, client_config(&root, &[], Some(good)), "svc.test").unwrap();
+    assert!(s.peer_certificates().is_some_and(|c| !c.is_empty()));
+    let foreign = leaf(&other, &["client-b"]);
+    assert!(
+        exchange(
+            &server,
+            client_config(&root, &[], Some(foreign)),
+            "svc.test"
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn mtls_optional_accepts_clients_without_certificates() {
+    let d = dir();
+    let root = ca("server root");
+    let clients = ca("client root");
+    let server = TlsServer::build(&TlsListenerConfig {
+        certs: vec![spec(
+            &d,
+            "srv",
+            leaf(&root, &["svc.test"]),
+            &["svc.test"],
+            true,
+        )],
+        client_auth: ClientAuth::Optional {
+            ca: write(&d, "c.pem", &clients.pem),
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let (s, _) = exchange(&server, client_config(&root, &[], None), "svc.test").unwrap();
+    assert!(s.peer_certificates().is_none());
+}
+
+#[test]
+fn tickets_resume_sessions() {
+    let d = dir();
+    let root = ca("root");
+    let server = TlsServer::build(&TlsListenerConfig {
+        certs: vec![spec(
+            &d,
+            "srv",
+            leaf(&root, &["svc.test"]),
+            &["svc.test"],
+            true,
+        )],
+        session_tickets: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let cc = client_config(&root, &[], None);
+    let (s1, _) = exchange(&server, cc.clone(), "svc.test").unwrap();
+    assert_eq!(s1.handshake_kind(), Some(HandshakeKind::Full));
+    let (s2, _) = exchange(&server, cc, "svc.test").unwrap();
+    assert_eq!(s2.handshake_kind(), Some(HandshakeKind::Resumed));
+}
+
+#[test]
+fn tls13_minimum_refuses_tls12_clients() {
+    let d = dir();
+    let root = ca("root");
+    let server = TlsServer::build(&TlsListenerConfig {
+        certs: vec![spec(
+            &d,
+            "srv",
+            leaf(&root, &["svc.test"]),
+            &["svc.test"],
+            true,
+        )],
+        min_version: MinVersion::Tls13,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(root.pem.as_bytes()).unwrap())
+        .unwrap();
+    let tls12 = ClientConfig::builder_with_provider(ferrogate_stack::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    assert!(exchange(&server, Arc::new(tls12), "svc.test").is_err());
+}
+
+#[test]
+fn mismatched_key_is_rejected_at_build_time() {
+    let d = dir();
+    let root = ca("root");
+    let (cert, _) = leaf(&root, &["a.test"]);
+    let (_, other_key) = leaf(&root, &["b.test"]);
+    let err = TlsServer::build(&TlsListenerConfig {
+        certs: vec![spec(&d, "bad", (cert, other_key), &["a.test"], true)],
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("does not match"), "{err}");
+}
+
+#[test]
+fn garbage_and_truncated_hello_fail_cleanly_with_an_alert() {
+    let d = dir();
+    let root = ca("root");
+    let server = TlsServer::build(&TlsListenerConfig {
+        certs: vec![spec(
+            &d,
+            "srv",
+            leaf(&root, &["svc.test"]),
+            &["svc.test"],
+            true,
+        )],
+        ..Default::default()
+    })
+    .unwrap();
+    let corpus: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0xff],
+        vec![0x17, 0x03, 0x03, 0x00, 0x10]
+            .into_iter()
+            .chain([0u8; 16])
+            .collect(),
+        vec![0x16, 0x03, 0x01, 0xff, 0xff],
+        (0..=255u8).collect(),
+    ];
+    for case in corpus {
+        let mut s = TlsSession::new(server.config.clone()).unwrap();
+        let r = s.feed(&case);
+        let mut out = vec![0u8; 4096];
+        let n = s.take_tls(&mut out);
+        match r {
+            Err(_) => assert!(
+                n > 0 && out[0] == 0x15,
+                "an alert record goes back: {:?}",
+                &out[..n.min(8)]
+            ),
+            // A partial record just waits for more bytes.
+            Ok(_) => assert!(s.is_handshaking()),
+        }
+    }
+    // A truncated real ClientHello is incomplete, not an error.
+    let mut c = ClientConnection::new(
+        client_config(&root, &[], None),
+        ServerName::try_from("svc.test").unwrap(),
+    )
+    .unwrap();
+    let mut hello = Vec::new();
+    c.write_tls(&mut hello).unwrap();
+    let mut s = TlsSession::new(server.config.clone()).unwrap();
+    assert!(s.feed(&hello[..hello.len() / 2]).is_ok());
+    assert!(s.is_handshaking());
+}
