@@ -102,6 +102,7 @@ fn exchange(
     c.writer().write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     let mut got_request = false;
+    let mut response = Vec::new();
     for _ in 0..20 {
         let mut wire = Vec::new();
         while c.wants_write() {
