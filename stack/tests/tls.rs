@@ -102,7 +102,7 @@ fn exchange(
     c.writer().write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     let mut got_request = false;
-    let mut response = Vec::new();
+    let mut response: Vec<u8> = Vec::new();
     for _ in 0..20 {
         let mut wire = Vec::new();
         while c.wants_write() {
@@ -124,12 +124,9 @@ fn exchange(
             got_request = true;
             s.write_plain(b"HTTP/1.1 200 OK\r\n\r\n");
         }
-        let mut out = Vec::new();
         // WouldBlock until the response arrives; whatever was read counts.
-        let _ = c.reader().read_to_end(&mut out);
-        if out == b"HTTP/1.1 200 OK
-
-" {
+        let _ = c.reader().read_to_end(&mut response);
+        if response == b"HTTP/1.1 200 OK\r\n\r\n" {
             return Ok((s, c));
         }
     }
