@@ -41,6 +41,17 @@ pub struct FileConfig {
     pub timeouts: TimeoutSection,
     #[serde(default)]
     pub filter: FilterSection,
+    #[serde(default)]
+    pub limits: LimitSection,
+}
+
+/// Request limits of every listener.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSection {
+    /// Largest request body in bytes (413 above it); 0 or absent = no limit.
+    #[serde(default)]
+    pub max_request_body_bytes: u64,
 }
 
 /// The XDP filter tier (applies to traffic addressed to VIPs only).
@@ -1424,6 +1435,7 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
     ec.max_connections = e.max_connections;
     ec.tcp_buffer = *e.tcp_buffer.get_ref();
     ec.gateway_v4 = gateway;
+    ec.max_request_body = cfg.limits.max_request_body_bytes;
     ec.filter = filter;
     ec.fail_mode = fail_mode;
     let d = Timeouts::default();

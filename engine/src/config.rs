@@ -46,6 +46,8 @@ pub struct EngineConfig {
     pub max_connections: usize,
     pub tcp_buffer: usize,
     pub verify_rx_checksums: bool,
+    /// Largest request body (413 above); 0 = no limit.
+    pub max_request_body: u64,
     pub timeouts: Timeouts,
     /// Local ports upstream connections use, split evenly across workers.
     pub upstream_port_range: std::ops::Range<u16>,
@@ -76,6 +78,7 @@ impl EngineConfig {
             max_connections: 16_384,
             tcp_buffer: 64 * 1024,
             verify_rx_checksums: true,
+            max_request_body: 0,
             timeouts: Timeouts::default(),
             upstream_port_range: 32_768..61_000,
             filter: FilterRules::default(),

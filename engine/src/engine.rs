@@ -9,6 +9,7 @@ use std::time::Instant as StdInstant;
 
 use arc_swap::ArcSwap;
 use ferrogate_ebpf::{VipAction, XdpFilter};
+use ferrogate_stack::upstream::{RouteCounters, UpstreamStats};
 use ferrogate_stack::{Instant, RouteTable, Stack, StackConfig};
 
 use crate::afpacket::{AfPacketConfig, AfPacketSocket};
@@ -222,6 +223,7 @@ impl Engine {
             sc.tcp_tx_buffer = cfg.tcp_buffer;
             sc.verify_rx_checksums = cfg.verify_rx_checksums;
             sc.timeouts = cfg.timeouts;
+            sc.max_request_body = cfg.max_request_body;
             sc.random_seed =
                 0x9e37_79b9_7f4a_7c15 ^ (id as u64) ^ clock_start.elapsed().as_nanos() as u64;
             let stack = Stack::new(sc, cfg.routes.clone(), Instant::from_micros(0))
@@ -306,6 +308,20 @@ impl Engine {
                 .unwrap_or_default(),
             filter_generation: self.xdp.as_ref().map(|x| x.generation()),
             snapshot_version: self.routes.load().version,
+            upstreams: self
+                .stats
+                .iter()
+                .fold(Default::default(), |mut acc: UpstreamStats, c| {
+                    acc.add(&c.read_l7().0);
+                    acc
+                }),
+            routes: self
+                .stats
+                .iter()
+                .fold(Default::default(), |mut acc: RouteCounters, c| {
+                    acc.add(&c.read_l7().1);
+                    acc
+                }),
         }
     }
 

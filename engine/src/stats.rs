@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 
 use ferrogate_stack::StackStats;
+use ferrogate_stack::upstream::{RouteCounters, UpstreamStats};
 
 use crate::io::IoStats;
 
@@ -34,17 +35,32 @@ pub struct WorkerStats {
 /// Where a worker publishes its counters. The worker only `try_lock`s it,
 /// every few milliseconds, so it never waits on a reader.
 #[derive(Default)]
-pub struct StatsCell(Mutex<WorkerStats>);
+pub struct StatsCell {
+    worker: Mutex<WorkerStats>,
+    /// Pool and route counters: cloned (allocating) twice a second, off the
+    /// per-packet path.
+    l7: Mutex<(UpstreamStats, RouteCounters)>,
+}
 
 impl StatsCell {
     pub fn publish(&self, s: &WorkerStats) {
-        if let Ok(mut g) = self.0.try_lock() {
+        if let Ok(mut g) = self.worker.try_lock() {
             *g = *s;
         }
     }
 
+    pub fn publish_l7(&self, upstreams: UpstreamStats, routes: RouteCounters) {
+        if let Ok(mut g) = self.l7.try_lock() {
+            *g = (upstreams, routes);
+        }
+    }
+
     pub fn read(&self) -> WorkerStats {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        *self.worker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn read_l7(&self) -> (UpstreamStats, RouteCounters) {
+        self.l7.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -59,6 +75,9 @@ pub struct EngineStats {
     pub rules: Vec<(String, ferrogate_ebpf::Verdict)>,
     pub filter_generation: Option<u32>,
     pub snapshot_version: u64,
+    /// Pools and routes, summed over workers.
+    pub upstreams: UpstreamStats,
+    pub routes: RouteCounters,
 }
 
 impl EngineStats {
@@ -122,6 +141,8 @@ impl EngineStats {
             let _ = writeln!(s, "filter_generation {g}");
         }
         let _ = writeln!(s, "snapshot_version {}", self.snapshot_version);
+        self.upstreams.render(&mut s);
+        self.routes.render(&mut s);
         s
     }
 }

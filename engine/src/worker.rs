@@ -16,6 +16,8 @@ use crate::stats::{StatsCell, WorkerStats};
 
 /// How often a worker publishes its counters.
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
+/// Pool and route counters allocate when copied: publish them less often.
+const L7_PUBLISH_EVERY: Duration = Duration::from_millis(250);
 /// Longest sleep of an idle adaptive worker: bounds the delay of a frame that
 /// another worker hands off (hand-offs do not wake the socket).
 const MAX_SLEEP: Duration = Duration::from_micros(500);
@@ -53,6 +55,7 @@ impl Worker {
         let mut seen_epoch = self.epoch.load(Ordering::Acquire);
         s.snapshot_version = self.stack.routes().version;
         let mut last_publish = StdInstant::now();
+        let mut last_l7_publish = StdInstant::now();
         let mut idle_since: Option<StdInstant> = None;
         let mut next_timer = Instant::from_micros(0);
         let mut rx_error_logged = false;
@@ -115,8 +118,19 @@ impl Worker {
                 s.stack = *self.stack.stats();
                 s.io = self.io.stats();
                 self.stats.publish(&s);
+                if wall.duration_since(last_l7_publish) >= L7_PUBLISH_EVERY {
+                    last_l7_publish = wall;
+                    self.stats.publish_l7(
+                        self.stack.upstream_stats(),
+                        self.stack.route_stats().clone(),
+                    );
+                }
             }
         }
+        self.stats.publish_l7(
+            self.stack.upstream_stats(),
+            self.stack.route_stats().clone(),
+        );
         s.stack = *self.stack.stats();
         s.io = self.io.stats();
         self.stats.publish(&s);

@@ -27,6 +27,8 @@ pub struct StackConfig {
     pub rx_queue_frames: usize,
     pub tx_queue_frames: usize,
     pub verify_rx_checksums: bool,
+    /// Largest request body in bytes (413 above it); 0 = no limit.
+    pub max_request_body: u64,
     pub timeouts: Timeouts,
     pub random_seed: u64,
 }
@@ -71,6 +73,7 @@ impl StackConfig {
             rx_queue_frames: 512,
             tx_queue_frames: 1024,
             verify_rx_checksums: true,
+            max_request_body: 0,
             timeouts: Timeouts::default(),
             random_seed: 0x6665_7272_6f67_6174,
         }

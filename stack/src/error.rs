@@ -18,6 +18,8 @@ pub enum ProxyError {
     ClientHeaderTimeout,
     #[error("no route for the request")]
     NoRoute,
+    #[error("request body larger than the configured limit")]
+    BodyTooLarge,
     #[error("upstream connect failed")]
     UpstreamConnectFailed,
     #[error("upstream connect timed out")]
@@ -48,7 +50,9 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         use ProxyError::*;
         match self {
-            BadRequest(_) | BadRequestBody(_) | ClientHeaderTimeout | NoRoute => Side::Client,
+            BadRequest(_) | BadRequestBody(_) | ClientHeaderTimeout | NoRoute | BodyTooLarge => {
+                Side::Client
+            }
             UpstreamConnectFailed
             | UpstreamConnectTimeout
             | UpstreamClosedEarly
@@ -80,6 +84,7 @@ impl ProxyError {
             BadRequestBody(_) => 400,
             ClientHeaderTimeout => 408,
             NoRoute => 404,
+            BodyTooLarge => 413,
             UpstreamConnectFailed | UpstreamClosedEarly | BadResponse(_) | BadResponseBody(_) => {
                 502
             }

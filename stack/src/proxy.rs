@@ -16,8 +16,10 @@ use crate::http::head::{self, MAX_HEADERS};
 use crate::http::{BodyFraming, ByteBuf, ChunkedDecoder, RequestHead};
 use crate::ports::PortAllocator;
 use crate::route::{RouteAction, RouteTable, Upstream};
+use crate::router::RequestView;
 use crate::sockets::{SockId, SocketTable};
 use crate::stats::StackStats;
+use crate::upstream::{Balancer, PickError, RequestBody, RouteCounters, UpstreamRegistry};
 
 /// Buffers of one connection, recycled between connections.
 pub(crate) struct ConnBufs {
@@ -91,9 +93,16 @@ enum Phase {
         keep_client: bool,
         keep_upstream: bool,
     },
+    /// After `101 Switching Protocols`: bytes both ways until one side ends.
+    Tunnel,
     Close,
     Finished,
 }
+
+/// Longest request id kept (a client's longer id is forwarded, not echoed).
+const REQUEST_ID_MAX: usize = 64;
+/// Endpoints one request may try.
+const MAX_TRIES: usize = 8;
 
 /// Everything of the stack a connection may touch while it runs.
 pub(crate) struct Ctx<'a> {
@@ -108,6 +117,12 @@ pub(crate) struct Ctx<'a> {
     pub stats: &'a mut StackStats,
     pub cfg: &'a StackConfig,
     pub rr_cursor: &'a mut usize,
+    /// Per-worker pool state: health, breakers, retry budgets, balancers.
+    pub registry: &'a mut UpstreamRegistry,
+    pub route_stats: &'a mut RouteCounters,
+    /// Generated request ids: `<worker tag>-<sequence>`.
+    pub request_seq: &'a mut u64,
+    pub id_tag: u32,
     pub now: Instant,
 }
 
@@ -138,9 +153,45 @@ pub(crate) struct Conn {
     upstream_pool: Option<Arc<Upstream>>,
     request: Option<RequestHead>,
     attempts: u8,
+    /// The endpoint (index into the pool) of the attempt in flight.
+    ep: Option<usize>,
+    tried: [usize; MAX_TRIES],
+    tried_len: usize,
+    hash_key: u64,
+    /// Some request-body bytes went upstream: the request can't be resent.
+    body_started: bool,
+    upgrade: bool,
+    route_id: Option<usize>,
+    started: Instant,
+    request_id: [u8; REQUEST_ID_MAX],
+    request_id_len: usize,
     phase: Phase,
     deadline: Instant,
     bufs: ConnBufs,
+}
+
+/// Keeps the client's `X-Request-Id` (for echoing) or makes one.
+fn set_request_id(
+    id: &mut [u8; REQUEST_ID_MAX],
+    len: &mut usize,
+    req: &httparse::Request<'_, '_>,
+    cx: &mut Ctx<'_>,
+) {
+    use std::io::Write as _;
+    match head::request_id(req) {
+        Some(v) if v.len() <= REQUEST_ID_MAX => {
+            id[..v.len()].copy_from_slice(v);
+            *len = v.len();
+        }
+        Some(_) => *len = 0,
+        None => {
+            *cx.request_seq += 1;
+            let mut w = &mut id[..];
+            let before = w.len();
+            let _ = write!(w, "{:08x}-{:x}", cx.id_tag, *cx.request_seq);
+            *len = before - w.len();
+        }
+    }
 }
 
 fn after(now: Instant, d: std::time::Duration) -> Instant {
@@ -164,6 +215,16 @@ impl Conn {
             upstream_pool: None,
             request: None,
             attempts: 0,
+            ep: None,
+            tried: [0; MAX_TRIES],
+            tried_len: 0,
+            hash_key: 0,
+            body_started: false,
+            upgrade: false,
+            route_id: None,
+            started: now,
+            request_id: [0; REQUEST_ID_MAX],
+            request_id_len: 0,
             phase: Phase::ReadHead,
             deadline: after(now, cfg.timeouts.client_header),
             bufs,
@@ -203,6 +264,7 @@ impl Conn {
                 Phase::SendRequest { .. } => self.send_request(cx),
                 Phase::ReadResponseHead => self.read_response_head(cx),
                 Phase::StreamResponse { .. } => self.stream_response(cx),
+                Phase::Tunnel => self.tunnel(cx),
                 Phase::Close => self.close(cx),
                 Phase::Finished => false,
             };
@@ -273,18 +335,28 @@ impl Conn {
             Err(e) => return self.fail_to_client(cx, ProxyError::BadRequest(e)),
         };
         cx.stats.requests += 1;
+        self.started = cx.now;
+        self.route_id = None;
         let host = head::request_host(&req);
-        let path = req.path.unwrap_or("/");
-        let route = cx
-            .routes
+        let view = RequestView::new(
+            req.method.unwrap_or("GET"),
+            host,
+            req.path.unwrap_or("/"),
+            req.headers,
+        );
+        let routes = cx.routes;
+        let route = routes
             .listener(self.listener_port)
-            .and_then(|l| l.route(host, path));
+            .and_then(|l| l.route_request(&view));
+        set_request_id(&mut self.request_id, &mut self.request_id_len, &req, cx);
         let Some(route) = route else {
             // Skipping an unread body is not worth it for a 404: close after.
             let keep = info.keep_alive && info.framing == BodyFraming::None;
             self.bufs.from_client.consume(info.head_len);
             return self.local_error(cx, ProxyError::NoRoute, keep);
         };
+        self.route_id = Some(route.id);
+        cx.route_stats.get_mut(route.id).requests += 1;
         match &route.action {
             RouteAction::Respond(r) => {
                 let keep = info.keep_alive && info.framing == BodyFraming::None;
@@ -296,11 +368,13 @@ impl Conn {
                     &r.body,
                     keep,
                     !info.is_head,
+                    b"",
                     &mut self.bufs.to_client,
                 );
                 self.bufs.from_client.consume(info.head_len);
                 cx.stats.responses_local += 1;
                 cx.stats.count_status(r.status);
+                self.count_route_response(cx, r.status);
                 if !ok {
                     // Direct body larger than the head buffer: configuration
                     // validation bounds it, so this is an internal error.
@@ -311,6 +385,7 @@ impl Conn {
                         b"",
                         false,
                         true,
+                        b"",
                         &mut self.bufs.to_client,
                     );
                     self.phase = Phase::WriteLocal { keep: false };
@@ -322,8 +397,29 @@ impl Conn {
             RouteAction::Proxy(upstream) => {
                 let upstream = upstream.clone();
                 let client_ip = self.client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+                if let BodyFraming::Length(n) = info.framing
+                    && cx.cfg.max_request_body > 0
+                    && n > cx.cfg.max_request_body
+                {
+                    self.bufs.from_client.consume(info.head_len);
+                    return self.fail_to_client(cx, ProxyError::BodyTooLarge);
+                }
+                self.hash_key = match &upstream.policy.balancer {
+                    Balancer::Hash(on) => on.key(&view, client_ip),
+                    _ => 0,
+                };
+                self.upgrade = head::wants_upgrade(&req);
                 self.bufs.request_head.clear();
-                if !head::write_upstream_request(&req, client_ip, &mut self.bufs.request_head) {
+                let generated = head::request_id(&req)
+                    .is_none()
+                    .then_some(&self.request_id[..self.request_id_len]);
+                if !head::write_upstream_request(
+                    &req,
+                    client_ip,
+                    generated,
+                    self.upgrade,
+                    &mut self.bufs.request_head,
+                ) {
                     self.bufs.from_client.consume(info.head_len);
                     return self
                         .fail_to_client(cx, ProxyError::BadRequest(head::HeadError::TooLarge));
@@ -337,43 +433,110 @@ impl Conn {
                 }
                 self.request = Some(info);
                 self.attempts = 0;
+                self.tried_len = 0;
+                self.body_started = false;
+                if let Some(p) = cx.registry.pool_mut(&upstream) {
+                    p.begin_request(&upstream, cx.now);
+                }
                 self.start_upstream(cx, upstream)
             }
         }
     }
 
-    /// Uses the kept-alive upstream connection or opens a new one.
+    fn count_route_response(&mut self, cx: &mut Ctx<'_>, status: u16) {
+        if let Some(id) = self.route_id {
+            let us = (cx.now - self.started).total_micros();
+            cx.route_stats.get_mut(id).count_response(status, us);
+        }
+    }
+
+    /// Uses the kept-alive upstream connection or opens a new one to the
+    /// endpoint the pool's balancer picks.
     fn start_upstream(&mut self, cx: &mut Ctx<'_>, pool: Arc<Upstream>) -> bool {
         let same_pool = self
             .upstream_pool
             .as_ref()
             .is_some_and(|p| Arc::ptr_eq(p, &pool) || p.name == pool.name);
+        self.upstream_pool = Some(pool.clone());
         if let Some(up) = &self.upstream {
             let sock = cx.tcp(up.handle);
-            if same_pool && sock.state() == tcp::State::Established && sock.may_send() {
-                cx.stats.upstream_reused += 1;
-                self.begin_send();
-                return true;
+            let alive = sock.state() == tcp::State::Established && sock.may_send();
+            let current = pool.endpoints.iter().position(|a| *a == up.endpoint);
+            if same_pool
+                && alive
+                && let Some(cur) = current
+            {
+                // Keep-alive affinity: reuse the connection unless the hash
+                // balancer wants another endpoint for this request.
+                let claimed = match &pool.policy.balancer {
+                    Balancer::Hash(_) => self.pick(cx, &pool).ok(),
+                    _ => cx
+                        .registry
+                        .pool_mut(&pool)
+                        .map(|p| p.claim(&pool, cur, cx.now).ok())
+                        .unwrap_or(Some(cur)),
+                };
+                if claimed == Some(cur) {
+                    self.ep = Some(cur);
+                    cx.stats.upstream_reused += 1;
+                    self.begin_send();
+                    return true;
+                }
+                if let Some(other) = claimed {
+                    // The hash picked another endpoint: connect there.
+                    self.drop_upstream(cx, false);
+                    return self.open_upstream(cx, other);
+                }
             }
             self.drop_upstream(cx, false);
         }
-        self.upstream_pool = Some(pool);
-        self.open_upstream(cx)
+        match self.pick(cx, &pool) {
+            Ok(ep) => self.open_upstream(cx, ep),
+            Err(e) => self.fail_to_client(cx, e.into()),
+        }
     }
 
-    fn open_upstream(&mut self, cx: &mut Ctx<'_>) -> bool {
-        let pool = self.upstream_pool.clone().expect("pool chosen");
-        if pool.endpoints.is_empty() {
-            return self.fail_to_client(cx, ProxyError::UpstreamConnectFailed);
+    /// Asks the pool's balancer for an endpoint, avoiding those tried.
+    fn pick(&mut self, cx: &mut Ctx<'_>, pool: &Upstream) -> Result<usize, PickError> {
+        let tried = &self.tried[..self.tried_len];
+        match cx.registry.pool_mut(pool) {
+            Some(p) => p.pick(pool, self.hash_key, tried, cx.now),
+            None if !pool.endpoints.is_empty() => {
+                let i = *cx.rr_cursor % pool.endpoints.len();
+                *cx.rr_cursor = cx.rr_cursor.wrapping_add(1);
+                Ok(i)
+            }
+            None => Err(PickError::NoHealthyEndpoint),
         }
-        let endpoint = pool.endpoints[*cx.rr_cursor % pool.endpoints.len()];
-        *cx.rr_cursor = cx.rr_cursor.wrapping_add(1);
+    }
+
+    /// Reports the attempt's outcome to the pool (health, breaker).
+    fn settle(&mut self, cx: &mut Ctx<'_>, ok: Option<bool>) {
+        let (Some(ep), Some(pool)) = (self.ep.take(), self.upstream_pool.clone()) else {
+            return;
+        };
+        if let Some(p) = cx.registry.pool_mut(&pool) {
+            match ok {
+                Some(ok) => p.finish(&pool, ep, ok, cx.now),
+                None => p.cancel(&pool, ep, cx.now),
+            }
+        }
+    }
+
+    fn open_upstream(&mut self, cx: &mut Ctx<'_>, ep: usize) -> bool {
+        let pool = self.upstream_pool.clone().expect("pool chosen");
+        let Some(&endpoint) = pool.endpoints.get(ep) else {
+            return self.fail_to_client(cx, ProxyError::NoHealthyEndpoint);
+        };
+        self.ep = Some(ep);
         let Some(port) = cx.ports.alloc() else {
+            self.settle(cx, None);
             return self.fail_to_client(cx, ProxyError::NoLocalPort);
         };
         let remote = IpEndpoint::new(endpoint.ip().into(), endpoint.port());
         let Some(handle) = cx.connect(remote, port) else {
             cx.ports.free(port);
+            self.settle(cx, None);
             return self.fail_to_client(cx, ProxyError::UpstreamConnectFailed);
         };
         cx.stats.upstream_connects += 1;
@@ -384,7 +547,12 @@ impl Conn {
             served: 0,
         });
         self.phase = Phase::Connect;
-        self.deadline = after(cx.now, cx.cfg.timeouts.upstream_connect);
+        let timeout = pool
+            .policy
+            .timeouts
+            .connect
+            .unwrap_or(cx.cfg.timeouts.upstream_connect);
+        self.deadline = after(cx.now, timeout);
         true
     }
 
@@ -427,6 +595,7 @@ impl Conn {
             unreachable!()
         };
         let mut moved = false;
+        let max_body = cx.cfg.max_request_body;
         let up = cx.tcp(up_handle);
         if !up.may_send() {
             return self.upstream_failed(cx, ProxyError::UpstreamClosedEarly);
@@ -452,6 +621,10 @@ impl Conn {
             }
             Body::Chunked(dec) => {
                 let window = &avail[..avail.len().min(space)];
+                if max_body > 0 && dec.bytes_seen() > max_body {
+                    // Already streaming: the client gets 413, the upstream a reset.
+                    return self.fail_to_client(cx, ProxyError::BodyTooLarge);
+                }
                 match dec.feed(window) {
                     Ok(t) => (t, dec.is_done()),
                     Err(e) => {
@@ -465,11 +638,17 @@ impl Conn {
             let sent = up.send_slice(&avail[..take]).unwrap_or(0);
             debug_assert_eq!(sent, take);
             self.bufs.from_client.consume(sent);
+            self.body_started = true;
             moved = true;
         }
         if done {
             self.phase = Phase::ReadResponseHead;
-            self.deadline = after(cx.now, cx.cfg.timeouts.upstream_response);
+            let timeout = self
+                .upstream_pool
+                .as_ref()
+                .and_then(|p| p.policy.timeouts.response)
+                .unwrap_or(cx.cfg.timeouts.upstream_response);
+            self.deadline = after(cx.now, timeout);
             return true;
         }
         if self.fill_from_client(cx) > 0 {
@@ -512,6 +691,7 @@ impl Conn {
                     &self.bufs.from_upstream.filled()[..resp.head_len],
                     keep_client,
                     req.http10,
+                    Some(&self.request_id[..self.request_id_len]).filter(|id| !id.is_empty()),
                     &mut self.bufs.to_client,
                 );
                 self.bufs.from_upstream.consume(resp.head_len);
@@ -520,6 +700,22 @@ impl Conn {
                         .upstream_failed(cx, ProxyError::BadResponse(head::HeadError::TooLarge));
                 }
                 cx.stats.count_status(resp.status);
+                let endpoint_ok = !matches!(resp.status, 502..=504);
+                self.settle(cx, Some(endpoint_ok));
+                self.count_route_response(cx, resp.status);
+                if resp.status == 101 {
+                    if !self.upgrade {
+                        return self.upstream_failed(
+                            cx,
+                            ProxyError::BadResponse(head::HeadError::Unsupported(
+                                "101 without an upgrade request",
+                            )),
+                        );
+                    }
+                    self.phase = Phase::Tunnel;
+                    self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+                    return true;
+                }
                 self.phase = Phase::StreamResponse {
                     body: Body::from_framing(resp.framing),
                     keep_client,
@@ -695,17 +891,61 @@ impl Conn {
         if let Some(up) = &self.upstream {
             tracing::debug!(endpoint = %up.endpoint, error = %err, "upstream failed");
         }
-        let req = self.request;
         self.drop_upstream(cx, true);
-        let body_unsent = req.is_some_and(|r| r.framing == BodyFraming::None);
-        let retry = err.retry_safe()
-            && req.is_some_and(|r| r.idempotent)
-            && body_unsent
-            && (self.attempts == 0 || (was_reused && self.attempts < 2));
-        if retry {
+        let Some(req) = self.request else {
+            return self.fail_to_client(cx, err);
+        };
+        let pool = self
+            .upstream_pool
+            .clone()
+            .expect("pool of the failed attempt");
+        let stale_keep_alive = was_reused && err == ProxyError::UpstreamClosedEarly;
+        let failed_ep = self.ep;
+        // A kept-alive connection the origin closed just as we reused it is
+        // the race every HTTP/1.1 proxy meets; it says nothing about health.
+        self.settle(cx, if stale_keep_alive { None } else { Some(false) });
+        if let Some(ep) = failed_ep
+            && self.tried_len < MAX_TRIES
+            && !stale_keep_alive
+        {
+            self.tried[self.tried_len] = ep;
+            self.tried_len += 1;
+        }
+        let body = if req.framing == BodyFraming::None {
+            RequestBody::None
+        } else if self.body_started {
+            RequestBody::Streamed
+        } else {
+            RequestBody::Buffered
+        };
+        let allowed = if stale_keep_alive && self.attempts == 0 {
+            crate::upstream::may_retry(req.method, body, &err)
+        } else {
+            cx.registry
+                .pool_mut(&pool)
+                .map(|p| {
+                    p.retry(
+                        &pool,
+                        self.attempts as u32 + 1,
+                        req.method,
+                        body,
+                        &err,
+                        cx.now,
+                    )
+                    .is_ok()
+                })
+                .unwrap_or(false)
+        };
+        if allowed {
             self.attempts += 1;
             cx.stats.retries += 1;
-            return self.open_upstream(cx);
+            if let Some(id) = self.route_id {
+                cx.route_stats.get_mut(id).retries += 1;
+            }
+            return match self.pick(cx, &pool) {
+                Ok(ep) => self.open_upstream(cx, ep),
+                Err(e) => self.fail_to_client(cx, e.into()),
+            };
         }
         self.fail_to_client(cx, err)
     }
@@ -722,9 +962,34 @@ impl Conn {
         let status = err.status();
         cx.stats.count_status(status);
         cx.stats.responses_local += 1;
+        self.settle(cx, None);
         self.drop_upstream(cx, true);
+        if let Some(id) = self.route_id
+            && err.side() == crate::error::Side::Upstream
+        {
+            cx.route_stats.get_mut(id).upstream_errors += 1;
+        }
+        self.count_route_response(cx, status);
         self.request = None;
         self.bufs.to_client.clear();
+        // Header lines: the request id, and why a 503 came from the proxy.
+        let mut extra = [0u8; REQUEST_ID_MAX + 64];
+        let mut n = 0;
+        let mut put = |b: &[u8]| {
+            let end = (n + b.len()).min(extra.len());
+            extra[n..end].copy_from_slice(&b[..end - n]);
+            n = end;
+        };
+        if self.request_id_len > 0 {
+            put(b"X-Request-Id: ");
+            put(&self.request_id[..self.request_id_len]);
+            put(b"\r\n");
+        }
+        match err {
+            ProxyError::BreakerOpen => put(b"X-Ferrogate-Error: breaker-open\r\n"),
+            ProxyError::NoHealthyEndpoint => put(b"X-Ferrogate-Error: no-healthy-endpoint\r\n"),
+            _ => {}
+        }
         let body = head::reason(status);
         head::write_local_response(
             status,
@@ -732,9 +997,59 @@ impl Conn {
             body.as_bytes(),
             keep,
             true,
+            &extra[..n],
             &mut self.bufs.to_client,
         );
         self.phase = Phase::WriteLocal { keep };
         true
+    }
+
+    /// Copies bytes both ways after a protocol switch, until either side
+    /// stops sending; then closes both.
+    fn tunnel(&mut self, cx: &mut Ctx<'_>) -> bool {
+        let (flushed, mut moved) = self.flush_to_client(cx);
+        if !flushed {
+            return moved;
+        }
+        let Some(up_handle) = self.upstream.as_ref().map(|u| u.handle) else {
+            self.phase = Phase::Close;
+            return true;
+        };
+        // client -> upstream
+        moved |= self.fill_from_client(cx) > 0;
+        if !self.bufs.from_client.is_empty() {
+            let n = cx
+                .tcp(up_handle)
+                .send_slice(self.bufs.from_client.filled())
+                .unwrap_or(0);
+            self.bufs.from_client.consume(n);
+            moved |= n > 0;
+        }
+        // upstream -> client
+        let up = cx.tcp(up_handle);
+        if up.can_recv() && !self.bufs.from_upstream.is_full() {
+            let space = self.bufs.from_upstream.space();
+            let n = up.recv_slice(space).unwrap_or(0);
+            self.bufs.from_upstream.commit(n);
+            moved |= n > 0;
+        }
+        let upstream_done = !cx.tcp(up_handle).may_recv() && self.bufs.from_upstream.is_empty();
+        if !self.bufs.from_upstream.is_empty() {
+            let n = cx
+                .tcp(self.client)
+                .send_slice(self.bufs.from_upstream.filled())
+                .unwrap_or(0);
+            self.bufs.from_upstream.consume(n);
+            moved |= n > 0;
+        }
+        let client_done = !cx.tcp(self.client).may_recv() && self.bufs.from_client.is_empty();
+        if moved {
+            self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+        }
+        if upstream_done || client_done || self.client_gone(cx) || cx.now >= self.deadline {
+            self.phase = Phase::Close;
+            return true;
+        }
+        moved
     }
 }

@@ -25,6 +25,7 @@ use crate::proxy::{Conn, ConnBufs, Ctx};
 use crate::route::RouteTable;
 use crate::sockets::{NO_OWNER, SockId, SocketTable};
 use crate::stats::StackStats;
+use crate::upstream::{RouteCounters, UpstreamRegistry, UpstreamStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
@@ -69,6 +70,11 @@ pub struct Stack {
     spare_bufs: Vec<ConnBufs>,
     ports: PortAllocator,
     rr_cursor: usize,
+    /// Pool runtime state (health, breakers, budgets), survives snapshots.
+    registry: UpstreamRegistry,
+    route_stats: RouteCounters,
+    request_seq: u64,
+    id_tag: u32,
     stats: StackStats,
     pass: u64,
     linger: Duration,
@@ -154,6 +160,18 @@ impl Stack {
             spare_bufs: Vec::with_capacity(max),
             ports,
             rr_cursor: cfg.random_seed as usize,
+            registry: {
+                let mut r = UpstreamRegistry::new();
+                r.sync(&routes.upstreams, now);
+                r
+            },
+            route_stats: {
+                let mut c = RouteCounters::default();
+                c.sync(&routes);
+                c
+            },
+            request_seq: 0,
+            id_tag: (cfg.random_seed ^ (cfg.random_seed >> 32)) as u32,
             stats: StackStats::default(),
             pass: 0,
             linger: Duration::from_micros(cfg.timeouts.linger.as_micros() as u64),
@@ -169,7 +187,19 @@ impl Stack {
     /// Replaces the routing snapshot. Listener ports are fixed at creation;
     /// routes and pools change for every request that starts afterwards.
     pub fn set_routes(&mut self, routes: Arc<RouteTable>) {
+        self.registry.sync(&routes.upstreams, self.now);
+        self.route_stats.sync(&routes);
         self.routes = routes;
+    }
+
+    /// Per-pool and per-endpoint counters and states of this worker.
+    pub fn upstream_stats(&self) -> UpstreamStats {
+        self.registry.stats(self.now)
+    }
+
+    /// Per-route counters of this worker (aligned with its snapshot).
+    pub fn route_stats(&self) -> &RouteCounters {
+        &self.route_stats
     }
 
     pub fn routes(&self) -> &Arc<RouteTable> {
@@ -419,6 +449,10 @@ impl Stack {
             stats: &mut self.stats,
             cfg: &self.cfg,
             rr_cursor: &mut self.rr_cursor,
+            registry: &mut self.registry,
+            route_stats: &mut self.route_stats,
+            request_seq: &mut self.request_seq,
+            id_tag: self.id_tag,
             now,
         };
         let progressed = conn.drive(&mut cx);

@@ -42,6 +42,8 @@ pub struct ChunkedDecoder {
     remaining: u64,
     line_len: u32,
     last_chunk: bool,
+    /// Bytes of framing and data consumed so far (body size limits).
+    seen: u64,
 }
 
 impl Default for ChunkedDecoder {
@@ -58,6 +60,7 @@ impl ChunkedDecoder {
             remaining: 0,
             line_len: 0,
             last_chunk: false,
+            seen: 0,
         }
     }
 
@@ -65,9 +68,20 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
+    /// Bytes consumed so far, framing included.
+    pub fn bytes_seen(&self) -> u64 {
+        self.seen
+    }
+
     /// Consumes bytes of the body framing; returns how many belong to the
     /// body (all of `input` unless the body ends inside it).
     pub fn feed(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+        let n = self.feed_inner(input)?;
+        self.seen += n as u64;
+        Ok(n)
+    }
+
+    fn feed_inner(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];

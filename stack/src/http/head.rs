@@ -47,6 +47,8 @@ impl HeadError {
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead {
     pub head_len: usize,
+    /// The method, for known methods (retry rules); "OTHER" otherwise.
+    pub method: &'static str,
     pub is_head: bool,
     pub idempotent: bool,
     pub framing: BodyFraming,
@@ -195,6 +197,7 @@ pub fn parse_request<'b, 'h>(
     };
     let info = RequestHead {
         head_len,
+        method: static_method(method),
         is_head: method == "HEAD",
         idempotent: matches!(
             method,
@@ -206,6 +209,29 @@ pub fn parse_request<'b, 'h>(
         expect_continue,
     };
     Ok(Some((req, info)))
+}
+
+fn static_method(m: &str) -> &'static str {
+    match m {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
+/// The client's `X-Request-Id`, if it sent one.
+pub fn request_id<'b>(req: &httparse::Request<'_, 'b>) -> Option<&'b [u8]> {
+    req.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("x-request-id"))
+        .map(|h| h.value)
 }
 
 fn has_bare_lf(head: &[u8]) -> bool {
@@ -229,9 +255,13 @@ pub fn request_host<'b>(req: &httparse::Request<'_, 'b>) -> Option<&'b str> {
 }
 
 /// Writes the head sent to the upstream. False when `out` is too small.
+/// `request_id` is added as `X-Request-Id` (None: the client sent one, which
+/// is forwarded as it is). `upgrade`: keep `Connection: upgrade` + `Upgrade`.
 pub fn write_upstream_request(
     req: &httparse::Request<'_, '_>,
     client: IpAddr,
+    request_id: Option<&[u8]>,
+    upgrade: bool,
     out: &mut ByteBuf,
 ) -> bool {
     let mut ok = write!(
@@ -243,7 +273,8 @@ pub fn write_upstream_request(
     .is_ok();
     let mut forwarded_for: Option<&[u8]> = None;
     for h in req.headers.iter() {
-        if is_hop_by_hop(h.name) || h.name.eq_ignore_ascii_case("expect") {
+        let keep_for_upgrade = upgrade && h.name.eq_ignore_ascii_case("upgrade");
+        if (is_hop_by_hop(h.name) && !keep_for_upgrade) || h.name.eq_ignore_ascii_case("expect") {
             continue;
         }
         if h.name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -261,10 +292,30 @@ pub fn write_upstream_request(
     }
     ok &= write!(
         out,
-        "{client}\r\nX-Forwarded-Proto: http\r\nVia: 1.1 ferrogate\r\n\r\n"
+        "{client}\r\nX-Forwarded-Proto: http\r\nVia: 1.1 ferrogate\r\n"
     )
     .is_ok();
-    ok
+    if let Some(id) = request_id {
+        ok &= out.extend(b"X-Request-Id: ") && out.extend(id) && out.extend(b"\r\n");
+    }
+    if upgrade {
+        ok &= out.extend(b"Connection: upgrade\r\n");
+    }
+    ok && out.extend(b"\r\n")
+}
+
+/// Whether the request asks to switch protocols (WebSocket and the like):
+/// `Connection: upgrade` plus an `Upgrade` header.
+pub fn wants_upgrade(req: &httparse::Request<'_, '_>) -> bool {
+    let conn_upgrade = req
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("connection") && has_token(h.value, "upgrade"));
+    conn_upgrade
+        && req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Parses a response head at the start of `buf`. `Ok(None)`: incomplete.
@@ -283,10 +334,17 @@ pub fn parse_response(
         Err(_) => return Err(HeadError::Malformed("response head")),
     };
     let status = resp.code.unwrap_or(0);
+    if status == 101 {
+        // Switching protocols: the caller tunnels, if it asked to upgrade.
+        return Ok(Some(ResponseHead {
+            head_len,
+            status,
+            framing: BodyFraming::UntilClose,
+            reusable: false,
+            interim: false,
+        }));
+    }
     if (100..200).contains(&status) {
-        if status == 101 {
-            return Err(HeadError::Unsupported("protocol switch"));
-        }
         return Ok(Some(ResponseHead {
             head_len,
             status,
@@ -327,6 +385,7 @@ pub fn write_client_response(
     buf: &[u8],
     keep_client: bool,
     client_http10: bool,
+    request_id: Option<&[u8]>,
     out: &mut ByteBuf,
 ) -> bool {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -341,16 +400,24 @@ pub fn write_client_response(
         resp.reason.unwrap_or("")
     )
     .is_ok();
+    let switching = resp.code == Some(101);
+    let mut has_id = false;
     for h in resp.headers.iter() {
-        if is_hop_by_hop(h.name) {
+        if is_hop_by_hop(h.name) && !(switching && h.name.eq_ignore_ascii_case("upgrade")) {
             continue;
         }
+        has_id |= h.name.eq_ignore_ascii_case("x-request-id");
         ok &= out.extend(h.name.as_bytes())
             && out.extend(b": ")
             && out.extend(h.value)
             && out.extend(b"\r\n");
     }
-    if !keep_client {
+    if let (Some(id), false) = (request_id, has_id) {
+        ok &= out.extend(b"X-Request-Id: ") && out.extend(id) && out.extend(b"\r\n");
+    }
+    if switching {
+        ok &= out.extend(b"Connection: upgrade\r\n");
+    } else if !keep_client {
         ok &= out.extend(b"Connection: close\r\n");
     } else if client_http10 {
         ok &= out.extend(b"Connection: keep-alive\r\n");
@@ -365,23 +432,26 @@ pub fn write_local_response(
     body: &[u8],
     keep_alive: bool,
     include_body: bool,
+    extra: &[u8],
     out: &mut ByteBuf,
 ) -> bool {
+    let close = if keep_alive {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
     let ok = write!(
         out,
-        "HTTP/1.1 {} {}\r\nServer: ferrogate\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+        "HTTP/1.1 {} {}\r\nServer: ferrogate\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}",
         status,
         reason(status),
         content_type,
         body.len(),
-        if keep_alive {
-            ""
-        } else {
-            "Connection: close\r\n"
-        }
+        close
     )
     .is_ok();
-    ok && (!include_body || out.extend(body))
+    // `extra`: complete header lines (`Name: value\r\n`), e.g. a request id.
+    ok && out.extend(extra) && out.extend(b"\r\n") && (!include_body || out.extend(body))
 }
 
 pub fn reason(status: u16) -> &'static str {
@@ -395,6 +465,7 @@ pub fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         408 => "Request Timeout",
         413 => "Content Too Large",
+        101 => "Switching Protocols",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -493,6 +564,8 @@ mod tests {
         assert!(write_upstream_request(
             &req,
             "10.0.0.2".parse().unwrap(),
+            Some(b"abc-1"),
+            false,
             &mut out
         ));
         let s = std::str::from_utf8(out.filled()).unwrap();
@@ -500,6 +573,7 @@ mod tests {
         assert!(!s.to_ascii_lowercase().contains("keep-alive"));
         assert!(s.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.2\r\n"));
         assert!(s.contains("Via: 1.1 ferrogate\r\n"));
+        assert!(s.contains("X-Request-Id: abc-1\r\n"));
         assert!(s.ends_with("\r\n\r\n"));
     }
 

@@ -177,6 +177,28 @@ impl PoolState {
         Ok(i)
     }
 
+    /// Claims endpoint `ep` for a request on a kept-alive connection to it,
+    /// with the checks `pick` makes (usable, breaker allows). Like a pick,
+    /// an `Ok` must be followed by `finish` or `cancel`.
+    pub fn claim(&mut self, pool: &Upstream, ep: usize, now: Instant) -> Result<usize, PickError> {
+        let Some(i) = self.slot(pool, ep) else {
+            return Err(PickError::NoHealthyEndpoint);
+        };
+        if !self.endpoints[i].health.usable(now) {
+            return Err(PickError::NoHealthyEndpoint);
+        }
+        if let Some(b) = &pool.policy.breaker
+            && !self.breaker.allow(b, now)
+        {
+            self.stats.breaker_rejected += 1;
+            return Err(PickError::BreakerOpen);
+        }
+        let e = &mut self.endpoints[i];
+        e.in_flight += 1;
+        e.stats.attempts += 1;
+        Ok(ep)
+    }
+
     /// Reports the outcome of an attempt `pick` returned: `ok` false for a
     /// connect failure, timeout, reset or 502/503/504 from the endpoint.
     /// Drives passive ejection and the breaker.
