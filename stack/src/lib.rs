@@ -10,6 +10,7 @@ mod flow;
 pub mod frame;
 pub mod http;
 pub mod ports;
+mod probe;
 mod proxy;
 pub mod route;
 pub mod router;

@@ -21,6 +21,7 @@ use crate::device::{DeviceStats, FrameQueue, QueueDevice};
 use crate::flow;
 use crate::frame::{self, FrameClass};
 use crate::ports::PortAllocator;
+use crate::probe::{ProbeCtx, Prober};
 use crate::proxy::{Conn, ConnBufs, Ctx};
 use crate::route::RouteTable;
 use crate::sockets::{NO_OWNER, SockId, SocketTable};
@@ -75,6 +76,7 @@ pub struct Stack {
     route_stats: RouteCounters,
     request_seq: u64,
     id_tag: u32,
+    prober: Prober,
     stats: StackStats,
     pass: u64,
     linger: Duration,
@@ -171,6 +173,7 @@ impl Stack {
                 c
             },
             request_seq: 0,
+            prober: Prober::default(),
             id_tag: (cfg.random_seed ^ (cfg.random_seed >> 32)) as u32,
             stats: StackStats::default(),
             pass: 0,
@@ -231,6 +234,18 @@ impl Stack {
         while let Some(idx) = self.rx.pop_index() {
             self.ingress(idx, now);
         }
+        self.prober.run(
+            &mut ProbeCtx {
+                sockets: &mut self.sockets,
+                iface: self.iface.context(),
+                ports: &mut self.ports,
+                registry: &mut self.registry,
+                cfg: &self.cfg,
+                linger: self.linger,
+            },
+            &self.routes,
+            now,
+        );
         for _ in 0..MAX_ROUNDS {
             if !self.sockets.has_dirty() {
                 break;
