@@ -13,6 +13,8 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
   # build: the XDP program is C, compiled by clang for the bpf target
   clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config make gcc
+  # numa/: hwloc topology (hwlocality links the system libhwloc)
+  libhwloc-dev libudev-dev
   # lab and tests
   iproute2 ethtool iputils-ping procps psmisc nginx-light curl wrk
   python3 python3-scapy tcpdump

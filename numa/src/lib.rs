@@ -1,8 +1,13 @@
-//! Where workers run: the machine's online CPUs, the NUMA node of a NIC, and
-//! pinning the calling thread. (Full hwloc topology and node-local memory
-//! come with per-node tuning; this is what the first data path needs.)
+//! Where workers run: the machine's topology (hwloc), the NUMA node of a NIC,
+//! the per-node placement plan, pinning, and node-local memory.
 
 use std::path::Path;
+
+mod plan;
+mod topology;
+
+pub use plan::{NodeTuning, Plan, PlanError, PlanRequest, WorkerPlacement, plan};
+pub use topology::{Core, Machine, Node};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NumaError {
@@ -17,6 +22,49 @@ pub enum NumaError {
     CpuOffline(usize),
     #[error("pinning the thread to CPU {0} failed")]
     Pin(usize),
+    #[error("hwloc: {0}")]
+    Hwloc(String),
+    #[error("binding {len} bytes to NUMA node {node}: {source}")]
+    Bind {
+        len: usize,
+        node: usize,
+        source: std::io::Error,
+    },
+}
+
+/// Binds `len` bytes at `addr` (page aligned, not yet touched) to `node`'s
+/// memory (mbind MPOL_BIND), so the pages fault in on the NIC's node.
+pub fn bind_to_node(addr: *mut libc::c_void, len: usize, node: usize) -> Result<(), NumaError> {
+    const MPOL_BIND: libc::c_int = 2;
+    if node >= 64 {
+        return Err(NumaError::Bind {
+            len,
+            node,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "node beyond 63"),
+        });
+    }
+    let mask: libc::c_ulong = 1 << node;
+    // SAFETY: mbind(2) on a mapping the caller owns; `mask` outlives the
+    // call and `maxnode` (64) matches its bit width.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            addr,
+            len,
+            MPOL_BIND,
+            &mask as *const libc::c_ulong,
+            64 as libc::c_ulong,
+            0 as libc::c_uint,
+        )
+    };
+    if rc != 0 {
+        return Err(NumaError::Bind {
+            len,
+            node,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 /// Parses a kernel CPU list such as `0-3,8,10-11`.
