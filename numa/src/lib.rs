@@ -32,9 +32,10 @@ pub enum NumaError {
     },
 }
 
-/// Binds `len` bytes at `addr` (page aligned, not yet touched) to `node`'s
-/// memory (mbind MPOL_BIND), so the pages fault in on the NIC's node.
-pub fn bind_to_node(addr: *mut libc::c_void, len: usize, node: usize) -> Result<(), NumaError> {
+/// Binds `len` bytes at address `addr` (page aligned, not yet touched) to
+/// `node`'s memory (mbind MPOL_BIND), so the pages fault in on the NIC's
+/// node. The kernel checks the range; nothing is dereferenced here.
+pub fn bind_to_node(addr: usize, len: usize, node: usize) -> Result<(), NumaError> {
     const MPOL_BIND: libc::c_int = 2;
     if node >= 64 {
         return Err(NumaError::Bind {
@@ -44,12 +45,13 @@ pub fn bind_to_node(addr: *mut libc::c_void, len: usize, node: usize) -> Result<
         });
     }
     let mask: libc::c_ulong = 1 << node;
-    // SAFETY: mbind(2) on a mapping the caller owns; `mask` outlives the
-    // call and `maxnode` (64) matches its bit width.
+    // SAFETY: mbind(2) only changes the policy of the caller's range (the
+    // kernel validates it); `mask` outlives the call and `maxnode` (64)
+    // matches its bit width.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mbind,
-            addr,
+            addr as *mut libc::c_void,
             len,
             MPOL_BIND,
             &mask as *const libc::c_ulong,
