@@ -43,6 +43,37 @@ pub struct FileConfig {
     pub filter: FilterSection,
     #[serde(default)]
     pub limits: LimitSection,
+    #[serde(default)]
+    pub numa: NumaSection,
+}
+
+/// Per-NUMA-node tuning: `[numa.node.0]`, `[numa.node.1]`, ... Only the
+/// NIC's node's entry applies to the engine; absent keys come from the
+/// topology (cores) and the [engine] defaults.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NumaSection {
+    #[serde(default)]
+    pub node: std::collections::BTreeMap<String, NumaNodeSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumaNodeSection {
+    /// CPU list like "2-5,8" (one worker per listed CPU, in order).
+    #[serde(default)]
+    pub cores: Option<Spanned<String>>,
+    #[serde(default)]
+    pub umem_frames: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub ring_size: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub batch_size: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub hugepages: Option<bool>,
+    /// busy | adaptive | interrupt
+    #[serde(default)]
+    pub polling: Option<Spanned<String>>,
 }
 
 /// Request limits of every listener.
@@ -234,14 +265,72 @@ pub enum Polling {
     Busy,
     #[default]
     Adaptive,
+    Interrupt,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
     pub port: Spanned<u16>,
+    /// TLS termination on this port (HTTPS).
+    #[serde(default)]
+    pub tls: Option<Spanned<ListenerTlsSection>>,
+    /// Headers carrying the verified client certificate identity (mTLS) to
+    /// the upstream; client-sent headers of these names are removed.
+    #[serde(default)]
+    pub mtls_headers: Option<MtlsHeadersSection>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+}
+
+/// `[listeners.tls]`. Paths are relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSection {
+    pub certificates: Vec<Spanned<CertificateSection>>,
+    /// ALPN protocols offered, in preference order (default `["http/1.1"]`).
+    #[serde(default)]
+    pub alpn: Option<Vec<Spanned<String>>>,
+    /// `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: Option<Spanned<String>>,
+    /// PEM bundle of the CAs that sign client certificates.
+    #[serde(default)]
+    pub client_ca: Option<Spanned<String>>,
+    /// `none`, `optional` or `required` (default: `required` with a
+    /// `client_ca`, `none` without).
+    #[serde(default)]
+    pub client_auth: Option<Spanned<String>>,
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
+    #[serde(default)]
+    pub handshake_timeout_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    /// PEM chain, leaf first.
+    pub cert: Spanned<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<String>,
+    /// SNI names served with it (`host` or `*.suffix`).
+    #[serde(default)]
+    pub names: Vec<Spanned<String>>,
+    /// Served when no name matches (the only certificate is the default).
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsHeadersSection {
+    /// e.g. `X-Client-CN`: the subject common name.
+    #[serde(default)]
+    pub common_name: Option<String>,
+    /// e.g. `X-Client-SAN`: `DNS:` / `URI:` subject alternative names.
+    #[serde(default)]
+    pub sans: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +361,10 @@ pub struct RouteSection {
     pub upstream: Option<Spanned<String>>,
     #[serde(default)]
     pub respond: Option<Spanned<RespondSection>>,
+    /// Matches only requests on an mTLS connection whose verified client
+    /// certificate has this subject common name.
+    #[serde(default)]
+    pub client_cert_cn: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1111,6 +1204,70 @@ fn check_upstream(
     (eps, policy)
 }
 
+fn check_numa(
+    cfg: &FileConfig,
+    rep: &mut Reporter<'_>,
+) -> std::collections::BTreeMap<usize, ferrogate_engine::numa::NodeTuning> {
+    let mut out = std::collections::BTreeMap::new();
+    for (key, n) in &cfg.numa.node {
+        let field = format!("numa.node.{key}");
+        let Ok(id) = key.parse::<usize>() else {
+            rep.at(0..0, field, "node ids are numbers: [numa.node.0]");
+            continue;
+        };
+        let mut t = ferrogate_engine::numa::NodeTuning::default();
+        if let Some(c) = &n.cores {
+            match ferrogate_engine::numa::parse_cpu_list(c.get_ref()) {
+                Ok(list) if !list.is_empty() => t.cores = Some(list),
+                _ => rep.at(
+                    c.span(),
+                    format!("{field}.cores"),
+                    format!("{:?} is not a CPU list like \"2-5,8\"", c.get_ref()),
+                ),
+            }
+        }
+        if let Some(v) = &n.umem_frames {
+            if !(64..=1 << 20).contains(v.get_ref()) || !v.get_ref().is_power_of_two() {
+                rep.at(
+                    v.span(),
+                    format!("{field}.umem_frames"),
+                    "a power of two in 64..=1048576",
+                );
+            }
+            t.umem_frames = Some(*v.get_ref());
+        }
+        if let Some(v) = &n.ring_size {
+            if !(64..=1 << 16).contains(v.get_ref()) || !v.get_ref().is_power_of_two() {
+                rep.at(
+                    v.span(),
+                    format!("{field}.ring_size"),
+                    "a power of two in 64..=65536",
+                );
+            }
+            t.ring_size = Some(*v.get_ref());
+        }
+        if let Some(v) = &n.batch_size {
+            if !(1..=1024).contains(v.get_ref()) {
+                rep.at(v.span(), format!("{field}.batch_size"), "must be 1..=1024");
+            }
+            t.batch_size = Some(*v.get_ref());
+        }
+        t.hugepages = n.hugepages;
+        if let Some(p) = &n.polling {
+            if !matches!(p.get_ref().as_str(), "busy" | "adaptive" | "interrupt") {
+                rep.at(
+                    p.span(),
+                    format!("{field}.polling"),
+                    "busy, adaptive or interrupt",
+                );
+            }
+            t.polling = Some(p.get_ref().clone());
+        }
+        out.insert(id, t);
+    }
+    out
+}
+
 /// Id of the generated rule that lets upstream replies through.
 pub const UPSTREAM_RULE: &str = "upstreams";
 
@@ -1170,6 +1327,216 @@ fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     let len: u8 = len.parse().ok()?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     (len <= max).then_some((ip, len))
+}
+
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty() && is_token(s)
+}
+
+/// Validates `[listeners.tls]` and compiles it into the rustls server config
+/// (certificates loaded and checked against their keys here, off the data
+/// path, once per snapshot).
+fn check_listener_tls(
+    i: usize,
+    l: &ListenerSection,
+    rep: &mut Reporter<'_>,
+) -> Option<ferrogate_stack::tls::ListenerTls> {
+    use ferrogate_stack::tls::{
+        CertSpec, ClientAuth, IdentityHeaders, ListenerTls, MinVersion, TlsListenerConfig,
+        TlsServer, load_certified_key, provider,
+    };
+    let field = format!("listeners[{i}].tls");
+    let Some(tls) = &l.tls else {
+        if let Some(h) = &l.mtls_headers
+            && (h.common_name.is_some() || h.sans.is_some())
+        {
+            rep.at(
+                l.port.span(),
+                format!("listeners[{i}].mtls_headers"),
+                "needs [listeners.tls] with a client_ca",
+            );
+        }
+        return None;
+    };
+    let span = tls.span();
+    let t = tls.get_ref();
+    let errors_before = rep.errors.len();
+    let base = rep.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let resolve = |p: &str| base.join(p);
+    let provider = provider();
+    if t.certificates.is_empty() {
+        rep.at(
+            span.clone(),
+            format!("{field}.certificates"),
+            "at least one certificate is required",
+        );
+    }
+    let mut certs = Vec::new();
+    let mut defaults = 0;
+    for (k, c) in t.certificates.iter().enumerate() {
+        let cf = format!("{field}.certificates[{k}]");
+        let cs = c.get_ref();
+        for n in &cs.names {
+            let v = n.get_ref();
+            let host = v.strip_prefix("*.").unwrap_or(v);
+            if host.is_empty()
+                || host.contains('*')
+                || !host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                rep.at(
+                    n.span(),
+                    format!("{cf}.names"),
+                    format!("{v:?} is not a host name or *.suffix wildcard"),
+                );
+            }
+        }
+        defaults += cs.default as usize;
+        let spec = CertSpec {
+            cert: resolve(cs.cert.get_ref()),
+            key: resolve(cs.key.get_ref()),
+            names: cs.names.iter().map(|n| n.get_ref().clone()).collect(),
+            default: cs.default,
+        };
+        if let Err(e) = load_certified_key(&spec.cert, &spec.key, &provider) {
+            use ferrogate_stack::tls::CertError;
+            let (sp, f) = match &e {
+                CertError::Key { .. } => (cs.key.span(), format!("{cf}.key")),
+                _ => (cs.cert.span(), format!("{cf}.cert")),
+            };
+            rep.at(sp, f, e.to_string());
+        }
+        certs.push(spec);
+    }
+    if defaults > 1 {
+        rep.at(
+            span.clone(),
+            format!("{field}.certificates"),
+            "more than one certificate has default = true",
+        );
+    }
+    let mut alpn = Vec::new();
+    match &t.alpn {
+        None => alpn.push(b"http/1.1".to_vec()),
+        Some(list) => {
+            for (k, a) in list.iter().enumerate() {
+                if a.get_ref() != "http/1.1" {
+                    rep.at(
+                        a.span(),
+                        format!("{field}.alpn[{k}]"),
+                        format!("{:?} is not supported (only \"http/1.1\")", a.get_ref()),
+                    );
+                }
+                alpn.push(a.get_ref().as_bytes().to_vec());
+            }
+        }
+    }
+    let min_version = match t.min_version.as_ref().map(|v| (v, v.get_ref().as_str())) {
+        None | Some((_, "1.2")) => MinVersion::Tls12,
+        Some((_, "1.3")) => MinVersion::Tls13,
+        Some((v, other)) => {
+            rep.at(
+                v.span(),
+                format!("{field}.min_version"),
+                format!("{other:?} must be \"1.2\" or \"1.3\""),
+            );
+            MinVersion::Tls12
+        }
+    };
+    let ca = t.client_ca.as_ref().map(|c| resolve(c.get_ref()));
+    let mode = t.client_auth.as_ref().map(|m| (m, m.get_ref().as_str()));
+    let client_auth = match (mode, ca) {
+        (None, None) | (Some((_, "none")), _) => ClientAuth::None,
+        (None, Some(ca)) | (Some((_, "required")), Some(ca)) => ClientAuth::Required { ca },
+        (Some((_, "optional")), Some(ca)) => ClientAuth::Optional { ca },
+        (Some((m, "required" | "optional")), None) => {
+            rep.at(
+                m.span(),
+                format!("{field}.client_auth"),
+                "needs client_ca (the CA bundle that signs client certificates)",
+            );
+            ClientAuth::None
+        }
+        (Some((m, other)), _) => {
+            rep.at(
+                m.span(),
+                format!("{field}.client_auth"),
+                format!("{other:?} must be \"none\", \"optional\" or \"required\""),
+            );
+            ClientAuth::None
+        }
+    };
+    let identity_headers = match &l.mtls_headers {
+        None => IdentityHeaders::default(),
+        Some(h) => {
+            for (k, v) in [("common_name", &h.common_name), ("sans", &h.sans)] {
+                if let Some(v) = v
+                    && !is_header_name(v)
+                {
+                    rep.at(
+                        span.clone(),
+                        format!("listeners[{i}].mtls_headers.{k}"),
+                        format!("{v:?} is not a header name"),
+                    );
+                }
+            }
+            IdentityHeaders {
+                common_name: h.common_name.clone(),
+                sans: h.sans.clone(),
+            }
+        }
+    };
+    let handshake_timeout = match &t.handshake_timeout_ms {
+        None => Duration::from_secs(10),
+        Some(ms) => {
+            if !(100..=600_000).contains(ms.get_ref()) {
+                rep.at(
+                    ms.span(),
+                    format!("{field}.handshake_timeout_ms"),
+                    "must be 100..=600000",
+                );
+            }
+            Duration::from_millis(*ms.get_ref())
+        }
+    };
+    if rep.errors.len() > errors_before {
+        return None;
+    }
+    let cfg = TlsListenerConfig {
+        certs,
+        alpn,
+        min_version,
+        client_auth,
+        session_tickets: t.session_tickets,
+    };
+    match TlsServer::build(&cfg) {
+        Ok(server) => {
+            let mut lt = ListenerTls::new(server);
+            lt.handshake_timeout = handshake_timeout;
+            lt.identity_headers = identity_headers;
+            Some(lt)
+        }
+        Err(e) => {
+            let f = match &e {
+                ferrogate_stack::tls::TlsConfigError::Cert(
+                    ferrogate_stack::tls::CertError::Ca { .. },
+                )
+                | ferrogate_stack::tls::TlsConfigError::Verifier(_) => {
+                    format!("{field}.client_ca")
+                }
+                _ => field.clone(),
+            };
+            let sp = t
+                .client_ca
+                .as_ref()
+                .filter(|_| f.ends_with("client_ca"))
+                .map(|c| c.span())
+                .unwrap_or(span);
+            rep.at(sp, f, e.to_string());
+            None
+        }
+    }
 }
 
 fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
@@ -1386,6 +1753,15 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
                     })
                 })
                 .collect();
+            if let Some(cn) = &r.client_cert_cn
+                && l.tls.is_none()
+            {
+                rep.at(
+                    cn.span(),
+                    format!("{field}.client_cert_cn"),
+                    "needs a TLS listener with client certificates ([listeners.tls] client_ca)",
+                );
+            }
             if let (Some(action), Some(path)) = (action, path) {
                 routes.push(Route {
                     host: r.host.clone(),
@@ -1393,13 +1769,19 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
                     methods,
                     headers,
                     query,
+                    client_cert_cn: r.client_cert_cn.as_ref().map(|c| c.get_ref().clone()),
                     ..Route::new(name, action)
                 });
             }
         }
-        listeners.push(Listener::new(port, routes));
+        let mut listener = Listener::new(port, routes);
+        if let Some(tls) = check_listener_tls(i, l, rep) {
+            listener = listener.with_tls(Arc::new(tls));
+        }
+        listeners.push(listener);
     }
     let filter = check_filter(cfg, rep, &vips, &pools);
+    let numa = check_numa(cfg, rep);
     if !rep.errors.is_empty() {
         return None;
     }
@@ -1423,6 +1805,7 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
     };
     ec.batch_size = *e.batch_size.get_ref();
     ec.polling = match e.polling {
+        Polling::Interrupt => PollingMode::Interrupt,
         Polling::Busy => PollingMode::Busy,
         Polling::Adaptive => PollingMode::Adaptive {
             spin: Duration::from_micros(50),
@@ -1436,6 +1819,7 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
     ec.tcp_buffer = *e.tcp_buffer.get_ref();
     ec.gateway_v4 = gateway;
     ec.max_request_body = cfg.limits.max_request_body_bytes;
+    ec.numa = numa;
     ec.filter = filter;
     ec.fail_mode = fail_mode;
     let d = Timeouts::default();
@@ -1785,5 +2169,118 @@ upstream = "origin""#,
         has("listeners[0].routes[1].headers.X-Num: must be a string (exact value) or true");
         has("listeners[0].routes[2].name: duplicate route name \"r\"");
         has("listeners[0].routes[2]: at most one of `path_prefix`, `path_exact`, `path_regex`");
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    fn pem_pair(cn: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![cn.to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    fn dir() -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "fg-cfg-tls-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn config(tls: &str) -> String {
+        format!(
+            r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+
+[[listeners]]
+port = 443
+{tls}
+[[listeners.routes]]
+respond = {{ status = 200, body = "hi" }}
+"#
+        )
+    }
+
+    fn compile_in(d: &Path, text: &str) -> Result<Compiled, Vec<String>> {
+        let path = d.join("edge.toml");
+        std::fs::write(&path, text).unwrap();
+        load(&path).map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn tls_listener_compiles_with_paths_relative_to_the_config() {
+        let d = dir();
+        let (c, k) = pem_pair("a.example");
+        std::fs::write(d.join("a.crt"), c).unwrap();
+        std::fs::write(d.join("a.key"), k).unwrap();
+        let (ca, _) = pem_pair("client ca");
+        std::fs::write(d.join("ca.pem"), ca).unwrap();
+        let text = config(
+            r#"[listeners.tls]
+certificates = [{ cert = "a.crt", key = "a.key", names = ["a.example", "*.a.example"], default = true }]
+min_version = "1.3"
+client_ca = "ca.pem"
+client_auth = "optional"
+handshake_timeout_ms = 2000
+[listeners.mtls_headers]
+common_name = "X-Client-CN"
+sans = "X-Client-SAN"
+"#,
+        );
+        let c = compile_in(&d, &text).expect("compiles");
+        let l = &c.engine.routes.listeners[0];
+        let tls = l.tls.as_ref().expect("tls listener");
+        assert_eq!(tls.handshake_timeout, Duration::from_millis(2000));
+        assert_eq!(tls.server.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert_eq!(
+            tls.identity_headers.common_name.as_deref(),
+            Some("X-Client-CN")
+        );
+    }
+
+    #[test]
+    fn tls_errors_name_file_line_field_and_cause() {
+        let d = dir();
+        let (c, _) = pem_pair("a.example");
+        let (_, other_key) = pem_pair("b.example");
+        std::fs::write(d.join("a.crt"), c).unwrap();
+        std::fs::write(d.join("b.key"), other_key).unwrap();
+        std::fs::write(
+            d.join("bad.pem"),
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let text = config(
+            r#"[listeners.tls]
+certificates = [
+  { cert = "a.crt", key = "b.key", names = ["a.example"] },
+  { cert = "missing.crt", key = "b.key" },
+  { cert = "bad.pem", key = "b.key", names = ["bad name"] },
+]
+min_version = "1.1"
+client_auth = "required"
+"#,
+        );
+        let e = compile_in(&d, &text).unwrap_err();
+        let has = |needle: &str| {
+            assert!(e.iter().any(|l| l.contains(needle)), "{needle}: {e:#?}");
+        };
+        has("edge.toml:10:12: listeners[0].tls.certificates[0].cert: ");
+        has("the key does not match the certificate");
+        has("edge.toml:11:12: listeners[0].tls.certificates[1].cert: ");
+        has("missing.crt: cannot read certificates");
+        has("listeners[0].tls.certificates[2].cert: ");
+        has("listeners[0].tls.certificates[2].names: \"bad name\" is not a host name");
+        has("edge.toml:14:15: listeners[0].tls.min_version: \"1.1\" must be");
+        has("listeners[0].tls.client_auth: needs client_ca");
     }
 }

@@ -10,6 +10,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::IpEndpoint;
 
+use crate::client_io::ClientIo;
 use crate::config::StackConfig;
 use crate::error::ProxyError;
 use crate::http::head::{self, MAX_HEADERS};
@@ -78,6 +79,8 @@ impl Body {
 }
 
 enum Phase {
+    /// TLS listeners: until the handshake completes.
+    Handshake,
     ReadHead,
     WriteLocal {
         keep: bool,
@@ -147,6 +150,8 @@ impl Ctx<'_> {
 
 pub(crate) struct Conn {
     client: SockId,
+    /// The client byte stream: plain, or through a TLS session.
+    io: ClientIo,
     client_ip: Option<IpAddr>,
     listener_port: u16,
     upstream: Option<UpstreamConn>,
@@ -205,10 +210,16 @@ impl Conn {
         mut bufs: ConnBufs,
         cfg: &StackConfig,
         now: Instant,
+        io: ClientIo,
     ) -> Self {
         bufs.clear();
+        let (phase, deadline) = match io.handshake_timeout() {
+            Some(t) => (Phase::Handshake, after(now, t)),
+            None => (Phase::ReadHead, after(now, cfg.timeouts.client_header)),
+        };
         Self {
             client,
+            io,
             client_ip: None,
             listener_port,
             upstream: None,
@@ -225,8 +236,8 @@ impl Conn {
             started: now,
             request_id: [0; REQUEST_ID_MAX],
             request_id_len: 0,
-            phase: Phase::ReadHead,
-            deadline: after(now, cfg.timeouts.client_header),
+            phase,
+            deadline,
             bufs,
         }
     }
@@ -256,8 +267,11 @@ impl Conn {
     /// Runs the state machine until it cannot progress. True if anything moved.
     pub(crate) fn drive(&mut self, cx: &mut Ctx<'_>) -> bool {
         let mut progressed = false;
+        // Ciphertext that did not fit the socket last time goes first.
+        self.io.flush(cx.tcp(self.client));
         for _ in 0..16 {
             let step = match self.phase {
+                Phase::Handshake => self.handshake(cx),
                 Phase::ReadHead => self.read_head(cx),
                 Phase::WriteLocal { keep } => self.write_local(cx, keep),
                 Phase::Connect => self.connect(cx),
@@ -277,22 +291,69 @@ impl Conn {
     }
 
     fn client_gone(&self, cx: &mut Ctx<'_>) -> bool {
-        !cx.tcp(self.client).is_active()
+        !cx.tcp(self.client).is_active() || self.io.failed()
     }
 
-    /// Reads what the client socket has into `from_client`.
+    /// Whether the client may still send (no FIN, no TLS close_notify).
+    fn client_may_recv(&self, cx: &mut Ctx<'_>) -> bool {
+        self.io.may_recv(cx.tcp(self.client))
+    }
+
+    /// Reads what the client sent (decrypted, on TLS listeners) into
+    /// `from_client`. A TLS error sends its alert and marks the client gone.
     fn fill_from_client(&mut self, cx: &mut Ctx<'_>) -> usize {
-        let sock = cx.tcp(self.client);
+        let sock = cx.sockets.tcp(self.client);
         if self.client_ip.is_none() {
             self.client_ip = sock.remote_endpoint().map(|e| e.addr.into());
         }
-        if !sock.can_recv() {
-            return 0;
+        let handshaking = self.io.is_handshaking();
+        match self.io.recv(sock, &mut self.bufs.from_client) {
+            Ok(n) => n,
+            Err(e) => {
+                if handshaking {
+                    cx.stats.tls_handshake_failures += 1;
+                } else {
+                    cx.stats.tls_record_errors += 1;
+                }
+                tracing::debug!(client = ?self.client_ip, error = %e, "TLS error, alert sent");
+                0
+            }
         }
-        let space = self.bufs.from_client.space();
-        let n = sock.recv_slice(space).unwrap_or(0);
-        self.bufs.from_client.commit(n);
-        n
+    }
+
+    /// TLS listeners: runs the handshake, then reads the first request.
+    fn handshake(&mut self, cx: &mut Ctx<'_>) -> bool {
+        if self.client_gone(cx) {
+            // Closed by the client, or a bad handshake (its alert is out).
+            if !self.io.failed() {
+                cx.stats.tls_handshake_failures += 1;
+            }
+            self.finish(cx, false);
+            return true;
+        }
+        let got = self.fill_from_client(cx);
+        if self.io.failed() {
+            self.finish(cx, false);
+            return true;
+        }
+        if !self.io.is_handshaking() {
+            match self.io.handshake_done() {
+                Some(crate::tls::HandshakeKind::Resumed) => cx.stats.tls_handshakes_resumed += 1,
+                _ => cx.stats.tls_handshakes_full += 1,
+            }
+            self.phase = Phase::ReadHead;
+            self.deadline = after(cx.now, cx.cfg.timeouts.client_header);
+            return true;
+        }
+        let sock = cx.tcp(self.client);
+        let eof = sock.state() != tcp::State::SynReceived && !sock.may_recv();
+        if eof || cx.now >= self.deadline {
+            // A truncated hello followed by FIN, or a client too slow.
+            cx.stats.tls_handshake_failures += 1;
+            self.finish(cx, false);
+            return true;
+        }
+        got > 0
     }
 
     fn read_head(&mut self, cx: &mut Ctx<'_>) -> bool {
@@ -302,8 +363,9 @@ impl Conn {
         }
         let got = self.fill_from_client(cx);
         if self.bufs.from_client.is_empty() {
+            let may_recv = self.client_may_recv(cx);
             let sock = cx.tcp(self.client);
-            if sock.state() != tcp::State::SynReceived && !sock.may_recv() {
+            if sock.state() != tcp::State::SynReceived && !may_recv {
                 // Client finished sending and has nothing pending: done.
                 self.phase = Phase::Close;
                 return true;
@@ -321,8 +383,7 @@ impl Conn {
         let (req, info) = match parsed {
             Ok(Some(p)) => p,
             Ok(None) => {
-                let sock = cx.tcp(self.client);
-                if !sock.may_recv() {
+                if !self.client_may_recv(cx) {
                     // Truncated head followed by FIN.
                     let e = ProxyError::BadRequest(head::HeadError::Malformed("truncated head"));
                     return self.fail_to_client(cx, e);
@@ -338,12 +399,13 @@ impl Conn {
         self.started = cx.now;
         self.route_id = None;
         let host = head::request_host(&req);
-        let view = RequestView::new(
+        let mut view = RequestView::new(
             req.method.unwrap_or("GET"),
             host,
             req.path.unwrap_or("/"),
             req.headers,
         );
+        view.client_cn = self.io.client_cn();
         let routes = cx.routes;
         let route = routes
             .listener(self.listener_port)
@@ -418,6 +480,7 @@ impl Conn {
                     client_ip,
                     generated,
                     self.upgrade,
+                    &self.io.forwarding(),
                     &mut self.bufs.request_head,
                 ) {
                     self.bufs.from_client.consume(info.head_len);
@@ -427,9 +490,8 @@ impl Conn {
                 self.bufs.from_client.consume(info.head_len);
                 if info.expect_continue {
                     // Answer the expectation ourselves; the upstream never sees it.
-                    let _ = cx
-                        .tcp(self.client)
-                        .send_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    let sock = cx.sockets.tcp(self.client);
+                    let _ = self.io.send(sock, b"HTTP/1.1 100 Continue\r\n\r\n");
                 }
                 self.request = Some(info);
                 self.attempts = 0;
@@ -653,7 +715,7 @@ impl Conn {
         }
         if self.fill_from_client(cx) > 0 {
             moved = true;
-        } else if !cx.tcp(self.client).may_recv() && self.bufs.from_client.is_empty() {
+        } else if !self.client_may_recv(cx) && self.bufs.from_client.is_empty() {
             // Client stopped sending mid-body: nothing sensible to forward.
             cx.stats.client_aborts += 1;
             self.finish(cx, true);
@@ -746,8 +808,8 @@ impl Conn {
         if self.bufs.to_client.is_empty() {
             return (true, false);
         }
-        let sock = cx.tcp(self.client);
-        let n = sock.send_slice(self.bufs.to_client.filled()).unwrap_or(0);
+        let sock = cx.sockets.tcp(self.client);
+        let n = self.io.send(sock, self.bufs.to_client.filled());
         self.bufs.to_client.consume(n);
         (self.bufs.to_client.is_empty(), n > 0)
     }
@@ -771,8 +833,8 @@ impl Conn {
             moved |= n > 0;
         }
         let upstream_open = up.may_recv();
-        let client = cx.tcp(self.client);
-        let space = client.send_capacity() - client.send_queue();
+        let client = cx.sockets.tcp(self.client);
+        let space = self.io.send_space(client);
         let Phase::StreamResponse {
             body,
             keep_client,
@@ -802,7 +864,7 @@ impl Conn {
             Body::UntilClose => (window.len(), !upstream_open && avail.len() == window.len()),
         };
         if take > 0 {
-            let n = client.send_slice(&window[..take]).unwrap_or(0);
+            let n = self.io.send(client, &window[..take]);
             debug_assert_eq!(n, take);
             self.bufs.from_upstream.consume(n);
             moved = true;
@@ -857,7 +919,7 @@ impl Conn {
     fn close(&mut self, cx: &mut Ctx<'_>) -> bool {
         if !self.client_gone(cx) {
             let (flushed, moved) = self.flush_to_client(cx);
-            if !flushed {
+            if !flushed || !self.io.close(cx.sockets.tcp(self.client)) {
                 return moved;
             }
             cx.tcp(self.client).close();
@@ -1035,14 +1097,14 @@ impl Conn {
         }
         let upstream_done = !cx.tcp(up_handle).may_recv() && self.bufs.from_upstream.is_empty();
         if !self.bufs.from_upstream.is_empty() {
-            let n = cx
-                .tcp(self.client)
-                .send_slice(self.bufs.from_upstream.filled())
-                .unwrap_or(0);
+            let sock = cx.sockets.tcp(self.client);
+            let avail = self.bufs.from_upstream.filled();
+            let space = self.io.send_space(sock).min(avail.len());
+            let n = self.io.send(sock, &avail[..space]);
             self.bufs.from_upstream.consume(n);
             moved |= n > 0;
         }
-        let client_done = !cx.tcp(self.client).may_recv() && self.bufs.from_client.is_empty();
+        let client_done = !self.client_may_recv(cx) && self.bufs.from_client.is_empty();
         if moved {
             self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
         }

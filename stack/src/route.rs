@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::router::{RequestView, RouteIndex};
+use crate::tls::ListenerTls;
 use crate::upstream::{Endpoint, Maglev, PoolPolicy};
 
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct RouteTable {
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub port: u16,
+    /// TLS termination on this port (None: plain HTTP).
+    pub tls: Option<Arc<ListenerTls>>,
     routes: Vec<Route>,
     index: RouteIndex,
 }
@@ -45,6 +48,9 @@ pub struct Route {
     pub headers: Vec<HeaderMatch>,
     /// Every one must match (AND).
     pub query: Vec<QueryMatch>,
+    /// The verified client certificate's subject CN must equal this (mTLS
+    /// listeners; a request without a client certificate never matches).
+    pub client_cert_cn: Option<String>,
     pub action: RouteAction,
 }
 
@@ -145,9 +151,16 @@ impl Listener {
         let index = RouteIndex::build(&routes);
         Self {
             port,
+            tls: None,
             routes,
             index,
         }
+    }
+
+    /// Terminates TLS on this listener.
+    pub fn with_tls(mut self, tls: Arc<ListenerTls>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -183,6 +196,7 @@ impl Route {
             methods: Vec::new(),
             headers: Vec::new(),
             query: Vec::new(),
+            client_cert_cn: None,
             action,
         }
     }
@@ -204,6 +218,10 @@ impl Route {
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == req.method))
             && self.headers.iter().all(|h| h.matches(req.headers))
             && self.query.iter().all(|q| q.matches(req.query))
+            && self
+                .client_cert_cn
+                .as_deref()
+                .is_none_or(|cn| req.client_cn == Some(cn))
     }
 }
 

@@ -31,6 +31,8 @@ pub struct RequestView<'a> {
     /// What follows the first `?` of the target, if any.
     pub query: Option<&'a str>,
     pub headers: &'a [httparse::Header<'a>],
+    /// Subject CN of the verified client certificate (mTLS), if any.
+    pub client_cn: Option<&'a str>,
 }
 
 impl<'a> RequestView<'a> {
@@ -51,6 +53,7 @@ impl<'a> RequestView<'a> {
             path,
             query,
             headers,
+            client_cn: None,
         }
     }
 

@@ -16,6 +16,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
+use crate::client_io::ClientIo;
 use crate::config::StackConfig;
 use crate::device::{DeviceStats, FrameQueue, QueueDevice};
 use crate::flow;
@@ -339,7 +340,13 @@ impl Stack {
             .spare_bufs
             .pop()
             .unwrap_or_else(|| ConnBufs::new(self.cfg.head_buffer));
-        let conn = Conn::new(id, port, bufs, &self.cfg, now);
+        let tls = self.routes.listener(port).and_then(|l| l.tls.as_ref());
+        let Some(io) = ClientIo::for_listener(tls) else {
+            self.spare_bufs.push(bufs);
+            self.sockets.retire(id, None, true, now, self.linger);
+            return;
+        };
+        let conn = Conn::new(id, port, bufs, &self.cfg, now, io);
         let idx = match self.free_conns.pop() {
             Some(i) => {
                 self.conns[i as usize].conn = Some(conn);

@@ -27,6 +27,14 @@ pub struct StackStats {
     pub socket_polls: u64,
     /// Runs of a connection's proxy state machine.
     pub conn_drives: u64,
+    /// TLS handshakes completed without / with session resumption.
+    pub tls_handshakes_full: u64,
+    pub tls_handshakes_resumed: u64,
+    /// Handshakes that failed (bad records, refused client certificate,
+    /// timeout, client gone mid-handshake).
+    pub tls_handshake_failures: u64,
+    /// Established TLS sessions ended by a bad record (alert sent).
+    pub tls_record_errors: u64,
 }
 
 impl StackStats {
@@ -60,6 +68,10 @@ impl StackStats {
         self.sockets_created += o.sockets_created;
         self.socket_polls += o.socket_polls;
         self.conn_drives += o.conn_drives;
+        self.tls_handshakes_full += o.tls_handshakes_full;
+        self.tls_handshakes_resumed += o.tls_handshakes_resumed;
+        self.tls_handshake_failures += o.tls_handshake_failures;
+        self.tls_record_errors += o.tls_record_errors;
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
@@ -87,6 +99,10 @@ impl StackStats {
             ("sockets_created", self.sockets_created),
             ("socket_polls", self.socket_polls),
             ("conn_drives", self.conn_drives),
+            ("tls_handshakes_full", self.tls_handshakes_full),
+            ("tls_handshakes_resumed", self.tls_handshakes_resumed),
+            ("tls_handshake_failures", self.tls_handshake_failures),
+            ("tls_record_errors", self.tls_record_errors),
         ]
     }
 }

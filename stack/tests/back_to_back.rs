@@ -138,12 +138,20 @@ impl Lab {
     }
 
     fn with_config(origin: Origin, tune: impl FnOnce(&mut StackConfig)) -> Self {
+        Self::with_routes(origin, routes(), tune)
+    }
+
+    fn with_routes(
+        origin: Origin,
+        routes: Arc<RouteTable>,
+        tune: impl FnOnce(&mut StackConfig),
+    ) -> Self {
         let now = Instant::from_millis(1_000);
         let mut cfg = StackConfig::new(EDGE_MAC, vec![(VIP.into(), 24)], 40_000..41_000);
         // More than the 20 simultaneous SYNs of the busiest test.
         cfg.listen_backlog = 32;
         tune(&mut cfg);
-        let edge = Stack::new(cfg, routes(), now).expect("stack");
+        let edge = Stack::new(cfg, routes, now).expect("stack");
         let mut dev = PeerDevice::default();
         let mut peer = Interface::new(
             Config::new(HardwareAddress::Ethernet(EthernetAddress(PEER_MAC))),
@@ -179,11 +187,15 @@ impl Lab {
     }
 
     fn connect(&mut self) -> SocketHandle {
+        self.connect_to(80)
+    }
+
+    fn connect_to(&mut self, port: u16) -> SocketHandle {
         let mut s = tcp_socket();
         self.next_client_port += 1;
         s.connect(
             self.peer.context(),
-            (IpAddress::from(Ipv4Address::from(VIP)), 80),
+            (IpAddress::from(Ipv4Address::from(VIP)), port),
             (
                 IpAddress::from(Ipv4Address::from(CLIENT)),
                 self.next_client_port,
@@ -244,7 +256,7 @@ impl Lab {
                 let head = String::from_utf8_lossy(&c.buf[..end + 4]).to_string();
                 c.buf.drain(..end + 4);
                 let path = head.split(' ').nth(1).unwrap_or("/").to_string();
-                self.origin_requests.push(head);
+                self.origin_requests.push(head.clone());
                 let resp: Vec<u8> = match path.as_str() {
                     "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n".to_vec(),
                     "/big" => {
@@ -254,6 +266,10 @@ impl Lab {
                         r
                     }
                     "/close" => b"HTTP/1.0 200 OK\r\n\r\nuntil-close".to_vec(),
+                    "/headers" => {
+                        let body = head.clone();
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+                    }
                     _ => {
                         let body = format!("origin:{path}");
                         format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}", body.len()).into_bytes()
@@ -748,5 +764,318 @@ fn connection_limit_refuses_with_rst_and_slots_are_reused() {
     assert_eq!(lab.edge.stats().overload_rejected, 1);
     // The others still work.
     let r = lab.exchange(open[1], b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+}
+
+// ---- TLS termination: a rustls client over the simulated peer ----
+
+mod tls {
+    use super::*;
+    use ferrogate_stack::tls::{
+        CertSpec, ClientAuth, IdentityHeaders, ListenerTls, TlsListenerConfig, TlsServer,
+    };
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+    use std::io::{Read, Write};
+
+    pub struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        pem: String,
+    }
+
+    pub fn ca(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    pub fn leaf(ca: &Ca, cn: &str, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn dir() -> std::path::PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "fg-b2b-tls-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A stack with a TLS listener on 443 (direct + origin routes) and the
+    /// client config that trusts it.
+    pub fn tls_lab(client_ca: Option<&Ca>, handshake_ms: u64) -> (Lab, Ca) {
+        let server_ca = ca("b2b server CA");
+        let d = dir();
+        let (cert, key) = leaf(&server_ca, "edge", &["edge.example"]);
+        std::fs::write(d.join("edge.crt"), cert).unwrap();
+        std::fs::write(d.join("edge.key"), key).unwrap();
+        let client_auth = match client_ca {
+            None => ClientAuth::None,
+            Some(c) => {
+                std::fs::write(d.join("clients.pem"), &c.pem).unwrap();
+                ClientAuth::Required {
+                    ca: d.join("clients.pem"),
+                }
+            }
+        };
+        let server = TlsServer::build(&TlsListenerConfig {
+            certs: vec![CertSpec {
+                cert: d.join("edge.crt"),
+                key: d.join("edge.key"),
+                names: vec!["edge.example".into()],
+                default: true,
+            }],
+            alpn: vec![b"http/1.1".to_vec()],
+            client_auth,
+            session_tickets: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut lt = ListenerTls::new(server);
+        lt.handshake_timeout = std::time::Duration::from_millis(handshake_ms);
+        lt.identity_headers = IdentityHeaders {
+            common_name: Some("X-Client-CN".into()),
+            sans: Some("X-Client-SAN".into()),
+        };
+        let base = routes();
+        let l = base.listeners[0].clone();
+        let routes = Arc::new(RouteTable::new(
+            2,
+            vec![Listener::new(443, l.routes().to_vec()).with_tls(Arc::new(lt))],
+            base.upstreams.clone(),
+        ));
+        (Lab::with_routes(Origin::Serving, routes, |_| {}), server_ca)
+    }
+
+    pub fn client_config(ca: &Ca, identity: Option<(String, String)>) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
+            .unwrap();
+        let b = ClientConfig::builder_with_provider(ferrogate_stack::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut c = match identity {
+            None => b.with_no_client_auth(),
+            Some((cert, key)) => b
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(c)
+    }
+
+    pub struct TlsClient {
+        pub h: SocketHandle,
+        pub conn: ClientConnection,
+        pub plain: Vec<u8>,
+    }
+
+    impl TlsClient {
+        pub fn new(lab: &mut Lab, cfg: Arc<ClientConfig>) -> Self {
+            let h = lab.connect_to(443);
+            let conn =
+                ClientConnection::new(cfg, ServerName::try_from("edge.example").unwrap()).unwrap();
+            Self {
+                h,
+                conn,
+                plain: Vec::new(),
+            }
+        }
+
+        /// One round: ciphertext out, a step of time, ciphertext in.
+        pub fn pump(&mut self, lab: &mut Lab) -> Result<(), rustls::Error> {
+            let s = lab.sockets.get_mut::<tcp::Socket>(self.h);
+            while self.conn.wants_write() && s.can_send() {
+                let n = s
+                    .send(|buf| {
+                        let mut c = std::io::Cursor::new(buf);
+                        let n = self.conn.write_tls(&mut c).unwrap_or(0);
+                        (n, n)
+                    })
+                    .unwrap();
+                if n == 0 {
+                    break;
+                }
+            }
+            lab.step(1);
+            let s = lab.sockets.get_mut::<tcp::Socket>(self.h);
+            while s.can_recv() {
+                let conn = &mut self.conn;
+                s.recv(|b| {
+                    let mut rd: &[u8] = b;
+                    let n = conn.read_tls(&mut rd).unwrap_or(0);
+                    (n, ())
+                })
+                .unwrap();
+                conn_process(&mut self.conn)?;
+                let _ = self.conn.reader().read_to_end(&mut self.plain);
+            }
+            Ok(())
+        }
+
+        pub fn exchange(&mut self, lab: &mut Lab, req: &[u8]) -> Response {
+            self.conn.writer().write_all(req).unwrap();
+            for _ in 0..5_000 {
+                self.pump(lab).expect("TLS client");
+                if let Some(r) = Response::parse(&self.plain) {
+                    let end = find(&self.plain, b"\r\n\r\n").unwrap() + 4 + r.body.len();
+                    self.plain.drain(..end);
+                    return r;
+                }
+            }
+            panic!(
+                "no complete response: {:?}",
+                String::from_utf8_lossy(&self.plain)
+            );
+        }
+    }
+
+    fn conn_process(c: &mut ClientConnection) -> Result<(), rustls::Error> {
+        c.process_new_packets().map(|_| ())
+    }
+}
+
+#[test]
+fn tls_requests_keep_alive_and_large_bodies_cross_intact() {
+    let (mut lab, server_ca) = tls::tls_lab(None, 5_000);
+    let mut c = tls::TlsClient::new(&mut lab, tls::client_config(&server_ca, None));
+    for i in 0..3 {
+        let req = format!("GET /item/{i} HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+        let r = c.exchange(&mut lab, req.as_bytes());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, format!("origin:/item/{i}").as_bytes());
+    }
+    assert_eq!(c.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // 200 kB through a 64 kB socket buffer: the TLS writer waits for room.
+    let r = c.exchange(&mut lab, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.body.len(), 200_000);
+    assert!(
+        r.body
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == b'a' + (i % 26) as u8)
+    );
+    let r = c.exchange(&mut lab, b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.body, b"hello from ferrogate");
+    let s = lab.edge.stats();
+    assert_eq!(s.tls_handshakes_full, 1);
+    assert_eq!(s.requests, 5);
+    let first = &lab.origin_requests[0];
+    assert!(first.contains("X-Forwarded-Proto: https\r\n"), "{first}");
+    assert_eq!(lab.client_state(c.h), tcp::State::Established);
+}
+
+#[test]
+fn tls_sessions_resume_with_tickets() {
+    let (mut lab, server_ca) = tls::tls_lab(None, 5_000);
+    let cfg = tls::client_config(&server_ca, None);
+    for _ in 0..2 {
+        let mut c = tls::TlsClient::new(&mut lab, cfg.clone());
+        let r = c.exchange(&mut lab, b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200);
+        // Let the post-handshake ticket arrive before the next connection.
+        for _ in 0..20 {
+            c.pump(&mut lab).unwrap();
+        }
+    }
+    let s = lab.edge.stats();
+    assert_eq!(s.tls_handshakes_full, 1);
+    assert_eq!(s.tls_handshakes_resumed, 1);
+}
+
+#[test]
+fn tls_client_identity_reaches_the_origin_and_forged_headers_do_not() {
+    let clients = tls::ca("b2b client CA");
+    let (mut lab, server_ca) = tls::tls_lab(Some(&clients), 5_000);
+    let id = tls::leaf(&clients, "alice", &["alice.example"]);
+    let mut c = tls::TlsClient::new(&mut lab, tls::client_config(&server_ca, Some(id)));
+    let r = c.exchange(
+        &mut lab,
+        b"GET /headers HTTP/1.1\r\nHost: x\r\nX-Client-CN: mallory\r\nx-client-san: DNS:evil\r\n\r\n",
+    );
+    let seen = String::from_utf8_lossy(&r.body).to_string();
+    assert!(seen.contains("X-Client-CN: alice\r\n"), "{seen}");
+    assert!(
+        seen.contains("X-Client-SAN: DNS:alice.example\r\n"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("mallory") && !seen.contains("evil"),
+        "{seen}"
+    );
+
+    // Without a client certificate the handshake is refused.
+    let mut c = tls::TlsClient::new(&mut lab, tls::client_config(&server_ca, None));
+    use std::io::Write;
+    c.conn
+        .writer()
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let mut refused = false;
+    for _ in 0..200 {
+        if c.pump(&mut lab).is_err() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused || c.plain.is_empty());
+    for _ in 0..50 {
+        lab.step(1);
+    }
+    assert!(lab.edge.stats().tls_handshake_failures >= 1);
+    // Only alice's kept-alive connection is left.
+    assert_eq!(lab.edge.active_connections(), 1);
+}
+
+#[test]
+fn tls_garbage_truncated_hello_and_silence_close_without_panics() {
+    let (mut lab, server_ca) = tls::tls_lab(None, 500);
+    // Garbage: an alert comes back and the connection closes.
+    let g = lab.connect_to(443);
+    lab.send(g, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let out = lab.read_until(g, 200, |b| !b.is_empty());
+    assert_eq!(out.first(), Some(&0x15), "an alert record: {out:?}");
+    // A ClientHello cut short, then FIN.
+    let mut c = tls::TlsClient::new(&mut lab, tls::client_config(&server_ca, None));
+    let mut hello = Vec::new();
+    c.conn.write_tls(&mut hello).unwrap();
+    lab.send(c.h, &hello[..hello.len() / 2]);
+    lab.sockets.get_mut::<tcp::Socket>(c.h).close();
+    // Silence: the handshake timeout closes it.
+    let _silent = lab.connect_to(443);
+    for _ in 0..1_000 {
+        lab.step(1);
+    }
+    assert_eq!(lab.edge.active_connections(), 0);
+    assert!(lab.edge.stats().tls_handshake_failures >= 3);
+    // Still serving.
+    let mut c = tls::TlsClient::new(&mut lab, tls::client_config(&server_ca, None));
+    let r = c.exchange(&mut lab, b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.status, 200);
 }

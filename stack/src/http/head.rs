@@ -254,6 +254,18 @@ pub fn request_host<'b>(req: &httparse::Request<'_, 'b>) -> Option<&'b str> {
     })
 }
 
+/// What the proxy tells the upstream about the client connection beyond
+/// `X-Forwarded-For`.
+#[derive(Default, Clone, Copy)]
+pub struct Forwarding<'a> {
+    /// The client connection is TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
+    /// Identity header names: client-sent copies are dropped.
+    pub identity: Option<&'a crate::tls::IdentityHeaders>,
+    /// Header lines added (`Name: value\r\n`), e.g. the verified identity.
+    pub extra: &'a [u8],
+}
+
 /// Writes the head sent to the upstream. False when `out` is too small.
 /// `request_id` is added as `X-Request-Id` (None: the client sent one, which
 /// is forwarded as it is). `upgrade`: keep `Connection: upgrade` + `Upgrade`.
@@ -262,6 +274,7 @@ pub fn write_upstream_request(
     client: IpAddr,
     request_id: Option<&[u8]>,
     upgrade: bool,
+    fwd: &Forwarding<'_>,
     out: &mut ByteBuf,
 ) -> bool {
     let mut ok = write!(
@@ -281,6 +294,11 @@ pub fn write_upstream_request(
             forwarded_for = Some(h.value);
             continue;
         }
+        if h.name.eq_ignore_ascii_case("x-forwarded-proto")
+            || fwd.identity.is_some_and(|i| i.is_identity_header(h.name))
+        {
+            continue;
+        }
         ok &= out.extend(h.name.as_bytes())
             && out.extend(b": ")
             && out.extend(h.value)
@@ -290,11 +308,13 @@ pub fn write_upstream_request(
     if let Some(prev) = forwarded_for {
         ok &= out.extend(prev) && out.extend(b", ");
     }
+    let proto = if fwd.https { "https" } else { "http" };
     ok &= write!(
         out,
-        "{client}\r\nX-Forwarded-Proto: http\r\nVia: 1.1 ferrogate\r\n"
+        "{client}\r\nX-Forwarded-Proto: {proto}\r\nVia: 1.1 ferrogate\r\n"
     )
     .is_ok();
+    ok &= out.extend(fwd.extra);
     if let Some(id) = request_id {
         ok &= out.extend(b"X-Request-Id: ") && out.extend(id) && out.extend(b"\r\n");
     }
@@ -556,6 +576,33 @@ mod tests {
     }
 
     #[test]
+    fn tls_forwarding_replaces_proto_and_identity_headers() {
+        let raw =
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\nx-client-cn: forged\r\n\r\n";
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (req, _) = parse_request(raw, &mut h, false).unwrap().unwrap();
+        let mut out = ByteBuf::with_capacity(1024);
+        let ids = crate::tls::IdentityHeaders {
+            common_name: Some("X-Client-CN".into()),
+            sans: None,
+        };
+        let fwd = Forwarding {
+            https: true,
+            identity: Some(&ids),
+            extra: b"X-Client-CN: alice\r\n",
+        };
+        let ip = "10.0.0.2".parse().unwrap();
+        assert!(write_upstream_request(
+            &req, ip, None, false, &fwd, &mut out
+        ));
+        let s = std::str::from_utf8(out.filled()).unwrap();
+        assert!(!s.contains("forged"), "{s}");
+        assert!(!s.contains("Proto: http\r\n"), "{s}");
+        assert!(s.contains("X-Forwarded-Proto: https\r\n"), "{s}");
+        assert!(s.contains("X-Client-CN: alice\r\n"), "{s}");
+    }
+
+    #[test]
     fn upstream_head_drops_hop_by_hop_and_adds_forwarding() {
         let raw = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, foo\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n";
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -566,6 +613,7 @@ mod tests {
             "10.0.0.2".parse().unwrap(),
             Some(b"abc-1"),
             false,
+            &Forwarding::default(),
             &mut out
         ));
         let s = std::str::from_utf8(out.filled()).unwrap();

@@ -4,13 +4,37 @@
 //! byte-oriented session the proxy drives over its TCP sockets.
 
 mod certs;
+mod identity;
 mod server;
 mod session;
 mod sni;
 
 pub use certs::{CertError, load_certified_key};
+pub use identity::{ClientIdentity, IdentityHeaders};
 pub use server::{
     CertSpec, ClientAuth, MinVersion, TlsConfigError, TlsListenerConfig, TlsServer, provider,
 };
 pub use session::{HandshakeKind, TlsSession, TlsSessionError};
 pub use sni::SniResolver;
+
+/// A listener's TLS termination, compiled once per snapshot. Connections
+/// take an `Arc` of it when they are accepted, so a reload changes what new
+/// handshakes see and leaves established sessions alone.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub server: TlsServer,
+    /// Time a client has to complete its handshake.
+    pub handshake_timeout: std::time::Duration,
+    /// Headers carrying the verified client identity upstream (mTLS).
+    pub identity_headers: IdentityHeaders,
+}
+
+impl ListenerTls {
+    pub fn new(server: TlsServer) -> Self {
+        Self {
+            server,
+            handshake_timeout: std::time::Duration::from_secs(10),
+            identity_headers: IdentityHeaders::default(),
+        }
+    }
+}

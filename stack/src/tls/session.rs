@@ -23,13 +23,40 @@ pub enum HandshakeKind {
 
 pub struct TlsSession {
     conn: ServerConnection,
+    peer_closed: bool,
 }
 
 impl TlsSession {
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsSessionError> {
         Ok(Self {
             conn: ServerConnection::new(config)?,
+            peer_closed: false,
         })
+    }
+
+    /// Like `feed`, but stops as soon as decrypted data waits to be read, so
+    /// rustls never holds more than about one batch of records of plaintext
+    /// (the caller drains it with `read_plain` before feeding more).
+    pub fn feed_some(&mut self, mut tls: &[u8]) -> Result<usize, TlsSessionError> {
+        let mut taken = 0;
+        while !tls.is_empty() && !self.peer_closed {
+            let n = self.conn.read_tls(&mut tls)?;
+            if n == 0 {
+                break;
+            }
+            taken += n;
+            let st = self.conn.process_new_packets()?;
+            self.peer_closed |= st.peer_has_closed();
+            if st.plaintext_bytes_to_read() > 0 {
+                break;
+            }
+        }
+        Ok(taken)
+    }
+
+    /// The peer sent close_notify: it will send nothing more.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
     }
 
     /// Feeds ciphertext from the peer; returns how much was taken. On error
