@@ -38,6 +38,14 @@ enum Cmd {
     },
     /// Validate a config file like `nginx -t`.
     Check { file: PathBuf },
+    /// Print the machine's topology and where the config's workers would run.
+    Numa {
+        #[arg(long)]
+        config: PathBuf,
+        /// Network namespace of the interface (overrides engine.netns).
+        #[arg(long)]
+        netns: Option<String>,
+    },
     /// Build, inspect, remove and demo the network-namespace lab.
     Lab {
         #[command(subcommand)]
@@ -87,6 +95,38 @@ fn parse_backend(s: &str) -> Result<ferrogate_engine::BackendChoice> {
     })
 }
 
+fn numa_plan(config: &std::path::Path, netns: Option<&str>) -> Result<()> {
+    use ferrogate_engine::numa;
+    let compiled = config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let machine = numa::Machine::discover()?;
+    for n in &machine.nodes {
+        let cores: Vec<String> = n.cores.iter().map(|c| format!("{:?}", c.pus)).collect();
+        println!("node {}: cores {}", n.id, cores.join(" "));
+    }
+    let iface = compiled.engine.iface.clone();
+    // The NIC's node is read before entering a namespace (sysfs is the host's).
+    let nic_node = numa::nic_node(&iface);
+    if let Some(ns) = netns.or(compiled.netns.as_deref()) {
+        println!("interface {iface} in namespace {ns}: NUMA node {nic_node:?}");
+    }
+    let plan = numa::plan(
+        &machine,
+        &numa::PlanRequest {
+            queues: compiled.engine.queues,
+            nic_node,
+            tuning: &compiled.engine.numa,
+        },
+    )?;
+    print!("{}", plan.render());
+    for w in &plan.workers {
+        println!(
+            "  advice: pin the IRQ of {iface} queue {} to cpu {} (echo {} > /proc/irq/<irq>/smp_affinity_list)",
+            w.queue, w.cpu, w.cpu
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -124,6 +164,7 @@ fn main() -> Result<()> {
                 std::process::exit(1);
             }
         },
+        Cmd::Numa { config, netns } => numa_plan(&config, netns.as_deref()),
         Cmd::Lab { cmd } => match cmd {
             LabCmd::Up { prefix, queues } => {
                 lab::Lab::new(&prefix).up(queues)?;

@@ -52,6 +52,8 @@ pub struct AfXdpConfig {
     pub need_wakeup: bool,
     /// Put the UMEM on 2 MB hugepages (`MAP_HUGETLB`).
     pub hugepages: bool,
+    /// Place the UMEM on this NUMA node (the NIC's), with mbind.
+    pub numa_node: Option<usize>,
 }
 
 impl AfXdpConfig {
@@ -66,6 +68,7 @@ impl AfXdpConfig {
             zero_copy: ZeroCopy::Auto,
             need_wakeup: true,
             hugepages: false,
+            numa_node: None,
         }
     }
 }
@@ -110,6 +113,12 @@ impl UmemArea {
         } else {
             (bytes, 0)
         };
+        // Node-local memory: map without populating, bind, then fault in.
+        let populate = if cfg.numa_node.is_some() {
+            0
+        } else {
+            libc::MAP_POPULATE
+        };
         // SAFETY: anonymous private mapping with no address hint; the kernel
         // picks a fresh page-aligned range, no existing memory is affected.
         let p = unsafe {
@@ -117,7 +126,7 @@ impl UmemArea {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE | extra,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | populate | extra,
                 -1,
                 0,
             )
@@ -136,7 +145,21 @@ impl UmemArea {
             });
         }
         let ptr = NonNull::new(p.cast::<u8>()).expect("mmap returned NULL without MAP_FAILED");
-        Ok(UmemArea { ptr, len })
+        let area = UmemArea { ptr, len };
+        if let Some(node) = cfg.numa_node {
+            ferrogate_numa::bind_to_node(p as usize, len, node).map_err(|e| {
+                IoError::sys(
+                    &cfg.iface,
+                    cfg.queue,
+                    "binding the UMEM to the NIC's NUMA node",
+                    io::Error::other(e.to_string()),
+                )
+            })?;
+            // SAFETY: `p` is a fresh writable mapping of `len` bytes that we
+            // own; writing zeros faults every page in under the new policy.
+            unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0, len) };
+        }
+        Ok(area)
     }
 }
 

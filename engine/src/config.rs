@@ -23,6 +23,10 @@ pub enum PollingMode {
     Busy,
     /// Spin for `spin`, then sleep on the socket until a frame or a timer.
     Adaptive { spin: Duration },
+    /// Sleep on the socket as soon as a loop finds nothing (up to 2 ms):
+    /// least CPU, most latency (a hand-off from another worker can wait for
+    /// that sleep to end).
+    Interrupt,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +58,8 @@ pub struct EngineConfig {
     /// The XDP filter tier's rules (VIP traffic only).
     pub filter: FilterRules,
     pub fail_mode: FailMode,
+    /// `[numa.node.N]` tuning; the NIC's node's entry applies.
+    pub numa: std::collections::BTreeMap<usize, ferrogate_numa::NodeTuning>,
 }
 
 impl EngineConfig {
@@ -83,6 +89,7 @@ impl EngineConfig {
             upstream_port_range: 32_768..61_000,
             filter: FilterRules::default(),
             fail_mode: FailMode::Open,
+            numa: Default::default(),
         }
     }
 }

@@ -14,7 +14,7 @@ use ferrogate_stack::{Instant, RouteTable, Stack, StackConfig};
 
 use crate::afpacket::{AfPacketConfig, AfPacketSocket};
 use crate::afxdp::{AfXdpConfig, AfXdpSocket};
-use crate::config::{BackendChoice, EngineConfig, PortPlan};
+use crate::config::{BackendChoice, EngineConfig, PollingMode, PortPlan};
 use crate::handoff;
 use crate::io::{BackendKind, PacketIo};
 use crate::stats::{EngineStats, StatsCell};
@@ -75,10 +75,77 @@ fn vip_addrs(cfg: &EngineConfig) -> Vec<IpAddr> {
     cfg.vips.iter().map(|(ip, _)| *ip).collect()
 }
 
+/// Decides each worker's CPU (hwloc plan for the NIC's node, or
+/// `engine.cpus` when given) and applies the NIC node's `[numa.node.N]`
+/// tuning to the config. Returns the CPUs and the node for packet memory.
+fn place_workers(cfg: &mut EngineConfig) -> Result<(Vec<usize>, Option<usize>), EngineError> {
+    if !cfg.cpus.is_empty() {
+        let cpus = ferrogate_numa::plan_worker_cpus(cfg.queues as usize, &cfg.cpus, &cfg.iface)?;
+        return Ok((cpus, None));
+    }
+    let machine = match ferrogate_numa::Machine::discover() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "no hwloc topology; placing workers on the online CPUs");
+            let cpus = ferrogate_numa::plan_worker_cpus(cfg.queues as usize, &[], &cfg.iface)?;
+            return Ok((cpus, None));
+        }
+    };
+    let plan = ferrogate_numa::plan(
+        &machine,
+        &ferrogate_numa::PlanRequest {
+            queues: cfg.queues,
+            nic_node: ferrogate_numa::nic_node(&cfg.iface),
+            tuning: &cfg.numa,
+        },
+    )
+    .map_err(|e| EngineError::Config(e.to_string()))?;
+    for w in &plan.warnings {
+        tracing::warn!(warning = %w, "worker placement");
+    }
+    for w in &plan.workers {
+        tracing::info!(
+            queue = w.queue,
+            cpu = w.cpu,
+            node = w.node,
+            "worker placement"
+        );
+    }
+    if let Some(t) = cfg.numa.get(&plan.node).cloned() {
+        if let Some(v) = t.umem_frames {
+            cfg.umem_frames = v;
+        }
+        if let Some(v) = t.ring_size {
+            cfg.ring_size = v;
+        }
+        if let Some(v) = t.batch_size {
+            cfg.batch_size = v;
+        }
+        if let Some(v) = t.hugepages {
+            cfg.hugepages = v;
+        }
+        if let Some(p) = t.polling.as_deref() {
+            cfg.polling = match p {
+                "busy" => PollingMode::Busy,
+                "interrupt" => PollingMode::Interrupt,
+                _ => PollingMode::Adaptive {
+                    spin: std::time::Duration::from_micros(50),
+                },
+            };
+        }
+    }
+    let multi_node = machine.nodes.len() > 1;
+    Ok((
+        plan.workers.iter().map(|w| w.cpu).collect(),
+        multi_node.then_some(plan.node),
+    ))
+}
+
 /// Opens AF_XDP sockets on every queue and registers them with the program.
 fn open_af_xdp(
     cfg: &EngineConfig,
     xdp: &mut XdpFilter,
+    umem_node: Option<usize>,
 ) -> Result<Vec<Box<dyn PacketIo>>, EngineError> {
     let mut out: Vec<Box<dyn PacketIo>> = Vec::new();
     for q in 0..cfg.queues {
@@ -86,6 +153,7 @@ fn open_af_xdp(
         c.frame_count = cfg.umem_frames;
         c.ring_size = cfg.ring_size;
         c.hugepages = cfg.hugepages;
+        c.numa_node = umem_node;
         let sock = AfXdpSocket::open(&c)?;
         xdp.register_xsk(q, sock.fd())?;
         tracing::info!(
@@ -133,7 +201,8 @@ impl Engine {
                 cfg.iface, cfg.queues, cfg.iface, cfg.queues
             )));
         }
-        let cpus = ferrogate_numa::plan_worker_cpus(cfg.queues as usize, &cfg.cpus, &cfg.iface)?;
+        let mut cfg = cfg;
+        let (cpus, umem_node) = place_workers(&mut cfg)?;
         let vips = vip_addrs(&cfg);
 
         let (backend, xdp, ios) = match cfg.backend {
@@ -146,7 +215,7 @@ impl Engine {
                     cfg.fail_mode,
                     &cfg.filter,
                 )?;
-                let ios = open_af_xdp(&cfg, &mut xdp)?;
+                let ios = open_af_xdp(&cfg, &mut xdp, umem_node)?;
                 (BackendKind::AfXdp, Some(xdp), ios)
             }
             BackendChoice::Auto => {
@@ -158,7 +227,7 @@ impl Engine {
                     cfg.fail_mode,
                     &cfg.filter,
                 )?;
-                match open_af_xdp(&cfg, &mut xdp) {
+                match open_af_xdp(&cfg, &mut xdp, umem_node) {
                     Ok(ios) => (BackendKind::AfXdp, Some(xdp), ios),
                     Err(e) => {
                         tracing::warn!(error = %e, "AF_XDP unavailable, falling back to AF_PACKET");

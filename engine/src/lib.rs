@@ -14,5 +14,7 @@ mod worker;
 
 pub use config::{BackendChoice, EngineConfig, PollingMode, PortPlan};
 pub use engine::{Engine, EngineError, ReloadReport};
+/// Topology and placement, for the control plane (`control → engine`).
+pub use ferrogate_numa as numa;
 pub use io::{BackendKind, IoStats, PacketIo};
 pub use stats::{EngineStats, WorkerStats};

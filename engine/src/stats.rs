@@ -29,6 +29,8 @@ pub struct WorkerStats {
     /// Nanoseconds spent in loop iterations that moved frames: the worker's
     /// CPU cost of the traffic, without idle spinning or sleeping.
     pub busy_ns: u64,
+    /// Nanoseconds since the worker started (busy ratio = busy_ns / this).
+    pub uptime_ns: u64,
     pub snapshot_version: u64,
 }
 
@@ -126,6 +128,18 @@ impl EngineStats {
         }
         let busy: u64 = self.workers.iter().map(|w| w.busy_ns).sum();
         let _ = writeln!(s, "workers_busy_ns {busy}");
+        let sleeps: u64 = self.workers.iter().map(|w| w.sleeps).sum();
+        let _ = writeln!(s, "workers_sleeps {sleeps}");
+        for w in &self.workers {
+            let ratio = w.busy_ns as f64 / w.uptime_ns.max(1) as f64;
+            let _ = writeln!(s, "worker_{}_cpu {}", w.worker, w.cpu);
+            let _ = writeln!(
+                s,
+                "worker_{}_busy_permille {}",
+                w.worker,
+                (ratio * 1000.0) as u64
+            );
+        }
         let (o, i, d) = self.handoff_total();
         let _ = writeln!(s, "handoff_out {o}\nhandoff_in {i}\nhandoff_dropped {d}");
         if let Some(x) = &self.xdp {

@@ -21,6 +21,9 @@ const L7_PUBLISH_EVERY: Duration = Duration::from_millis(250);
 /// Longest sleep of an idle adaptive worker: bounds the delay of a frame that
 /// another worker hands off (hand-offs do not wake the socket).
 const MAX_SLEEP: Duration = Duration::from_micros(500);
+/// Longest sleep in interrupt mode: a frame on the socket wakes the worker
+/// at once, but a hand-off from another worker waits for the sleep to end.
+const INTERRUPT_SLEEP: Duration = Duration::from_millis(2);
 
 pub(crate) struct Worker {
     pub id: usize,
@@ -104,17 +107,25 @@ impl Worker {
                 idle_since = None;
             } else {
                 s.idle_loops += 1;
-                if let PollingMode::Adaptive { spin } = self.polling {
-                    let since = *idle_since.get_or_insert(wall);
-                    if wall.duration_since(since) >= spin {
+                match self.polling {
+                    PollingMode::Busy => {}
+                    PollingMode::Adaptive { spin } => {
+                        let since = *idle_since.get_or_insert(wall);
+                        if wall.duration_since(since) >= spin {
+                            s.sleeps += 1;
+                            let _ = self.io.wait(MAX_SLEEP);
+                        }
+                    }
+                    PollingMode::Interrupt => {
                         s.sleeps += 1;
-                        let _ = self.io.wait(MAX_SLEEP);
+                        let _ = self.io.wait(INTERRUPT_SLEEP);
                     }
                 }
             }
 
             if wall.duration_since(last_publish) >= PUBLISH_EVERY {
                 last_publish = wall;
+                s.uptime_ns = wall.duration_since(self.clock_start).as_nanos() as u64;
                 s.stack = *self.stack.stats();
                 s.io = self.io.stats();
                 self.stats.publish(&s);

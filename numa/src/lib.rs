@@ -69,7 +69,8 @@ pub fn bind_to_node(addr: usize, len: usize, node: usize) -> Result<(), NumaErro
     Ok(())
 }
 
-/// Parses a kernel CPU list such as `0-3,8,10-11`.
+/// Parses a CPU list such as `0-3,8,10-11`, keeping the given order (a
+/// configured list is a placement order) and dropping repeats.
 pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, NumaError> {
     let mut cpus = Vec::new();
     let bad = || NumaError::BadCpuList(s.to_string());
@@ -86,8 +87,8 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, NumaError> {
             None => cpus.push(part.trim().parse().map_err(|_| bad())?),
         }
     }
-    cpus.sort_unstable();
-    cpus.dedup();
+    let mut seen = std::collections::HashSet::new();
+    cpus.retain(|c| seen.insert(*c));
     Ok(cpus)
 }
 
@@ -165,6 +166,7 @@ mod tests {
             vec![0, 1, 2, 3, 8, 10, 11]
         );
         assert_eq!(parse_cpu_list("1").unwrap(), vec![1]);
+        assert_eq!(parse_cpu_list("3,1,3").unwrap(), vec![3, 1]);
         assert!(parse_cpu_list("3-1").is_err());
         assert!(parse_cpu_list("a").is_err());
     }
