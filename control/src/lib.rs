@@ -1,7 +1,11 @@
 //! ferrogate's control side: the TOML configuration, the lab, and the
 //! commands of the `ferrogate` binary.
 
+pub mod admin;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod lab;
+pub mod metrics;
 pub mod run;
+pub mod snapshot;

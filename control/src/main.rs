@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use ferrogate_control::{config, demo, lab, run};
+use ferrogate_control::{admin, config, ctl, demo, lab, run};
 
 #[derive(Parser)]
 #[command(name = "ferrogate", version, about = "Kernel-bypass edge proxy")]
@@ -16,10 +16,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the data plane with a TOML config.
+    /// Run the data plane with a TOML config (without one: the persisted
+    /// last-known-good snapshot).
     Run {
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Network namespace to enter (overrides engine.netns).
         #[arg(long)]
         netns: Option<String>,
@@ -35,6 +36,20 @@ enum Cmd {
         /// af_xdp, af_packet or auto (overrides engine.backend).
         #[arg(long)]
         backend: Option<String>,
+        /// The admin API's Unix socket (mode 0600); `none` serves none.
+        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+        /// Where the last applied snapshot is persisted.
+        #[arg(long, default_value = "/var/lib/ferrogate")]
+        state_dir: PathBuf,
+    },
+    /// Talk to a running engine's admin API.
+    Ctl {
+        /// The admin API's Unix socket.
+        #[arg(long, global = true, default_value = admin::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[command(subcommand)]
+        cmd: CtlSub,
     },
     /// Validate a config file like `nginx -t`.
     Check { file: PathBuf },
@@ -51,6 +66,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LabCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum CtlSub {
+    /// Running version, uptime, backend, workers, filter generation.
+    Status,
+    /// The engine's counters, `name value` lines.
+    Stats,
+    /// Prometheus text exposition.
+    Metrics,
+    /// Validate a config file against the running engine's schema.
+    Validate { file: PathBuf },
+    /// Validate and apply a config file as a new snapshot.
+    Apply { file: PathBuf },
+    /// Running configuration vs the file on disk, per section.
+    Diff,
+    /// Back to the previous kept version.
+    Rollback,
 }
 
 #[derive(Subcommand)]
@@ -145,6 +178,8 @@ fn main() -> Result<()> {
             duration,
             queues,
             backend,
+            admin_socket,
+            state_dir,
         } => run::run(run::RunArgs {
             config,
             netns,
@@ -152,7 +187,28 @@ fn main() -> Result<()> {
             duration: duration.map(Duration::from_secs),
             queues,
             backend: backend.as_deref().map(parse_backend).transpose()?,
+            admin_socket: (admin_socket.as_os_str() != "none").then_some(admin_socket),
+            state_dir,
         }),
+        Cmd::Ctl { socket, cmd } => {
+            use ctl::CtlCmd;
+            let cmd = match cmd {
+                CtlSub::Status => CtlCmd::Status,
+                CtlSub::Stats => CtlCmd::Stats,
+                CtlSub::Metrics => CtlCmd::Metrics,
+                CtlSub::Validate { file } => CtlCmd::Validate(file),
+                CtlSub::Apply { file } => CtlCmd::Apply(file),
+                CtlSub::Diff => CtlCmd::Diff,
+                CtlSub::Rollback => CtlCmd::Rollback,
+            };
+            match ctl::ctl(&socket, cmd) {
+                Ok(code) => std::process::exit(code),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(2);
+                }
+            }
+        }
         Cmd::Check { file } => match config::load(&file) {
             Ok(_) => {
                 println!("{}: configuration ok", file.display());

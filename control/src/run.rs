@@ -1,21 +1,34 @@
 //! `ferrogate run`: enter the namespace, start the engine, serve until
-//! SIGTERM/SIGINT, publish counters, detach cleanly.
+//! SIGTERM/SIGINT, publish counters, detach cleanly. The main thread owns
+//! the engine and answers the admin API (forwarded from its own thread);
+//! every applied snapshot is persisted as the last-known-good one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ferrogate_engine::Engine;
 
+use crate::admin::{self, Op, Reply};
+use crate::config::Compiled;
+use crate::snapshot::{self, History, Snapshot};
+
 pub struct RunArgs {
-    pub config: PathBuf,
+    /// The config file; without it (or when it fails validation) the
+    /// engine starts from the last-known-good snapshot in `state_dir`.
+    pub config: Option<PathBuf>,
     pub netns: Option<String>,
     pub stats_file: Option<PathBuf>,
     pub duration: Option<Duration>,
     pub queues: Option<u32>,
     pub backend: Option<ferrogate_engine::BackendChoice>,
+    /// The admin API's Unix socket; `None` serves none.
+    pub admin_socket: Option<PathBuf>,
+    /// Where the last applied snapshot is persisted.
+    pub state_dir: PathBuf,
 }
 
 /// Moves this process (it must not have spawned threads yet) into a named
@@ -41,44 +54,256 @@ fn write_stats(path: &Path, text: &str) {
     }
 }
 
-/// SIGHUP: re-read the file; a bad file is logged and the running
-/// configuration stays.
-fn reload_config(engine: &mut Engine, args: &RunArgs, version: u64) {
-    let mut compiled = match crate::config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(config = %args.config.display(), errors = %e, "reload rejected; keeping the running configuration");
-            return;
+/// What was started from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    File,
+    LastKnownGood,
+}
+
+/// The owner of the engine: applies snapshots (SIGHUP, admin API,
+/// rollback), keeps the history, persists the last applied one.
+struct Runtime<'a> {
+    engine: Engine,
+    args: &'a RunArgs,
+    history: History,
+    started: Instant,
+    origin: Origin,
+}
+
+impl Runtime<'_> {
+    fn current(&self) -> &Snapshot {
+        self.history
+            .current()
+            .expect("a snapshot is always running")
+    }
+
+    /// Validates and applies `text` as snapshot `counter`; nothing changes
+    /// on error.
+    fn apply_text(
+        &mut self,
+        text: &str,
+        source: &Path,
+        counter: u64,
+    ) -> Result<Vec<&'static str>, Reply> {
+        let mut compiled = crate::config::compile(source, text).map_err(|e| {
+            Reply::err(
+                422,
+                format!(
+                    "{e}\nconfiguration invalid; running version {} unchanged\n",
+                    self.current().version()
+                ),
+            )
+        })?;
+        let mut routes = (*compiled.engine.routes).clone();
+        routes.version = counter;
+        compiled.engine.routes = Arc::new(routes);
+        compiled.engine.queues = self.args.queues.unwrap_or(compiled.engine.queues);
+        let r = self.engine.reload(&compiled.engine).map_err(|e| {
+            Reply::err(
+                422,
+                format!(
+                    "apply failed: {e}; running version {} unchanged\n",
+                    self.current().version()
+                ),
+            )
+        })?;
+        tracing::info!(
+            counter,
+            filter_generation = r.filter.as_ref().map(|f| f.generation),
+            filter_ms = r.filter.as_ref().map(|f| f.elapsed.as_millis() as u64),
+            "configuration applied"
+        );
+        if !r.ignored.is_empty() {
+            tracing::warn!(ignored = ?r.ignored, "these changes need a restart");
         }
-    };
-    let mut routes = (*compiled.engine.routes).clone();
-    routes.version = version;
-    compiled.engine.routes = Arc::new(routes);
-    compiled.engine.queues = args.queues.unwrap_or(compiled.engine.queues);
-    match engine.reload(&compiled.engine) {
-        Ok(r) => {
-            if !r.ignored.is_empty() {
-                tracing::warn!(ignored = ?r.ignored, "these changes need a restart");
+        Ok(r.ignored)
+    }
+
+    fn commit(&mut self, snap: Snapshot) {
+        if let Err(e) = snapshot::persist(&self.args.state_dir, &snap) {
+            tracing::error!(error = %e, "could not persist the last-known-good snapshot");
+        }
+        self.history.push(snap);
+    }
+
+    fn apply(&mut self, text: String, source: PathBuf) -> Reply {
+        let counter = self.current().counter + 1;
+        match self.apply_text(&text, &source, counter) {
+            Err(r) => r,
+            Ok(ignored) => {
+                let snap = Snapshot::new(counter, text, source);
+                let mut body = format!("applied version {}\n", snap.version());
+                for i in ignored {
+                    body.push_str(&format!("warning: {i} changed; needs a restart\n"));
+                }
+                self.commit(snap);
+                Reply::ok(body)
             }
-            tracing::info!(
-                version,
-                filter_generation = r.filter.as_ref().map(|f| f.generation),
-                filter_ms = r.filter.as_ref().map(|f| f.elapsed.as_millis() as u64),
-                "configuration reloaded"
-            );
         }
-        Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
+    }
+
+    fn rollback(&mut self) -> Reply {
+        let Some(prev) = self.history.previous().cloned() else {
+            return Reply::err(409, "no previous version kept\n");
+        };
+        let counter = self.current().counter + 1;
+        match self.apply_text(&prev.text, &prev.source, counter) {
+            Err(r) => r,
+            Ok(_) => {
+                let from = self.current().version();
+                self.history.pop_two();
+                let prev_version = prev.version();
+                let snap = Snapshot::new(counter, prev.text, prev.source);
+                let body = format!(
+                    "rolled back from {from} to the content of {prev_version} as version {}\n",
+                    snap.version()
+                );
+                self.commit(snap);
+                Reply::ok(body)
+            }
+        }
+    }
+
+    /// The file SIGHUP and diff read: `--config`, else the running
+    /// snapshot's source.
+    fn file(&self) -> PathBuf {
+        self.args
+            .config
+            .clone()
+            .unwrap_or_else(|| self.current().source.clone())
+    }
+
+    fn status(&self) -> String {
+        let st = self.engine.stats();
+        let cur = self.current();
+        format!(
+            "version {}\ncounter {}\ncontent_hash {:016x}\nsource {}\nstarted_from {}\nuptime_s {:.1}\nbackend {}\nworkers {}\nfilter_generation {}\nengine_snapshot_version {}\nkept_versions {}\n",
+            cur.version(),
+            cur.counter,
+            cur.hash,
+            cur.source.display(),
+            match self.origin {
+                Origin::File => "file",
+                Origin::LastKnownGood => "last-known-good",
+            },
+            self.started.elapsed().as_secs_f64(),
+            st.backend,
+            st.workers.len(),
+            st.filter_generation
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| "none".into()),
+            st.snapshot_version,
+            self.history.versions().join(","),
+        )
+    }
+
+    fn handle(&mut self, op: Op) -> Reply {
+        match op {
+            Op::Status => Reply::ok(self.status()),
+            Op::Stats => Reply::ok(self.engine.stats().render()),
+            Op::Metrics => {
+                let cur = self.current();
+                let info = crate::metrics::Info {
+                    version: &cur.version(),
+                    counter: cur.counter,
+                    uptime_s: self.started.elapsed().as_secs_f64(),
+                };
+                Reply::ok(crate::metrics::render(&self.engine.stats(), &info))
+            }
+            Op::Apply { text, source } => self.apply(text, source),
+            Op::Rollback => self.rollback(),
+            Op::Diff => {
+                let file = self.file();
+                match std::fs::read_to_string(&file) {
+                    Err(e) => Reply::err(404, format!("{}: {e}\n", file.display())),
+                    Ok(disk) => match snapshot::diff(&self.current().text, &disk) {
+                        Ok(d) => Reply::ok(format!(
+                            "running {} vs {}\n{d}",
+                            self.current().version(),
+                            file.display()
+                        )),
+                        Err(e) => Reply::err(422, format!("{e:#}\n")),
+                    },
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: re-read the file; a bad file is logged and the running
+    /// configuration stays.
+    fn reload_file(&mut self) {
+        let file = self.file();
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(config = %file.display(), error = %e, "reload rejected; keeping the running configuration");
+                return;
+            }
+        };
+        let r = self.apply(text, file.clone());
+        if r.status != 200 {
+            tracing::error!(config = %file.display(), errors = %r.body.trim_end(), "reload rejected; keeping the running configuration");
+        }
+    }
+}
+
+/// Picks the starting snapshot: the config file when it validates, else
+/// the persisted last-known-good one.
+fn initial(args: &RunArgs) -> Result<(Snapshot, Compiled, Origin)> {
+    let persisted = || -> Result<(Snapshot, Compiled)> {
+        let (version, source, text) = snapshot::load_persisted(&args.state_dir)?;
+        let compiled = crate::config::compile(&source, &text).map_err(|e| {
+            anyhow::anyhow!("the persisted snapshot {version} does not validate:\n{e}")
+        })?;
+        let snap = Snapshot::new(snapshot::counter_of(&version), text, source);
+        Ok((snap, compiled))
+    };
+    let next_counter = || {
+        snapshot::load_persisted(&args.state_dir)
+            .map(|(v, _, _)| snapshot::counter_of(&v) + 1)
+            .unwrap_or(1)
+    };
+    let Some(path) = &args.config else {
+        let (snap, c) =
+            persisted().context("no --config and no usable last-known-good snapshot")?;
+        tracing::info!(state_dir = %args.state_dir.display(), version = %snap.version(), "no --config: starting from the persisted last-known-good snapshot");
+        return Ok((snap, c, Origin::LastKnownGood));
+    };
+    let from_file = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+        .and_then(|text| match crate::config::compile(path, &text) {
+            Ok(c) => Ok((text, c)),
+            Err(e) => Err(e.to_string()),
+        });
+    match from_file {
+        Ok((text, c)) => Ok((
+            Snapshot::new(next_counter(), text, path.clone()),
+            c,
+            Origin::File,
+        )),
+        Err(errors) => match persisted() {
+            Ok((snap, c)) => {
+                tracing::error!(config = %path.display(), %errors, "the config does not validate");
+                tracing::warn!(state_dir = %args.state_dir.display(), version = %snap.version(), "starting from the persisted last-known-good snapshot instead");
+                Ok((snap, c, Origin::LastKnownGood))
+            }
+            Err(_) => bail!("{errors}"),
+        },
     }
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let mut compiled = crate::config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (snap, mut compiled, origin) = initial(&args)?;
     if let Some(q) = args.queues {
         compiled.engine.queues = q;
     }
     if let Some(b) = args.backend {
         compiled.engine.backend = b;
     }
+    let mut routes = (*compiled.engine.routes).clone();
+    routes.version = snap.counter;
+    compiled.engine.routes = Arc::new(routes);
     if let Some(ns) = args.netns.as_ref().or(compiled.netns.as_ref()) {
         enter_netns(ns)?;
         tracing::info!(netns = %ns, "entered network namespace");
@@ -89,34 +314,67 @@ pub fn run(args: RunArgs) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
 
-    let mut version = compiled.engine.routes.version;
-    let mut engine = Engine::start(compiled.engine).context("starting the engine")?;
-    tracing::info!(backend = %engine.backend(), "ferrogate engine serving");
-    let started = Instant::now();
+    let engine = Engine::start(compiled.engine).context("starting the engine")?;
+    let mut rt = Runtime {
+        engine,
+        args: &args,
+        history: History::default(),
+        started: Instant::now(),
+        origin,
+    };
+    if origin == Origin::File {
+        rt.commit(snap);
+    } else {
+        rt.history.push(snap);
+    }
+    let (tx, rx) = mpsc::channel::<admin::Request>();
+    let mut socket = None;
+    if let Some(path) = &args.admin_socket {
+        match admin::bind(path) {
+            Ok(l) => {
+                admin::spawn(l, tx.clone())?;
+                tracing::info!(socket = %path.display(), "admin API listening");
+                socket = Some(path.clone());
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "admin API not served"),
+        }
+    }
+    tracing::info!(backend = %rt.engine.backend(), version = %rt.current().version(), "ferrogate engine serving");
     let mut last_stats = Instant::now();
     let mut failure = None;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(req) => {
+                let reply = rt.handle(req.op);
+                let _ = req.reply.send(reply);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+        }
         if let Some(path) = &args.stats_file
             && last_stats.elapsed() >= Duration::from_millis(250)
         {
             last_stats = Instant::now();
-            write_stats(path, &engine.stats().render());
+            write_stats(path, &rt.engine.stats().render());
         }
         if reload.swap(false, Ordering::Relaxed) {
-            version += 1;
-            reload_config(&mut engine, &args, version);
+            rt.reload_file();
         }
-        if !engine.healthy() {
+        if !rt.engine.healthy() {
             failure = Some("a worker thread exited");
             break;
         }
-        if args.duration.is_some_and(|d| started.elapsed() >= d) {
+        if args.duration.is_some_and(|d| rt.started.elapsed() >= d) {
             break;
         }
     }
     tracing::info!("shutting down");
-    let stats = engine.shutdown().context("detaching XDP")?;
+    if let Some(p) = socket {
+        let _ = std::fs::remove_file(p);
+    }
+    let stats = rt.engine.shutdown().context("detaching XDP")?;
     let text = stats.render();
     if let Some(path) = &args.stats_file {
         write_stats(path, &text);

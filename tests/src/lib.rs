@@ -184,13 +184,54 @@ impl Lab {
         queues: u32,
         probe: bool,
     ) -> Engine {
+        self.start_engine_args(Some(config), backend, queues, probe, &[])
+    }
+
+    /// The lab's admin socket (every engine the harness starts serves one).
+    pub fn admin_socket(&self) -> PathBuf {
+        self.state_dir().join("admin.sock")
+    }
+
+    /// The lab's engine state directory (last-known-good snapshot).
+    pub fn engine_state_dir(&self) -> PathBuf {
+        self.state_dir().join("engine-state")
+    }
+
+    /// `ferrogate ctl <args> --socket <lab socket>`: (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(ferrogate_bin())
+            .arg("ctl")
+            .args(args)
+            .arg("--socket")
+            .arg(self.admin_socket())
+            .output()
+            .expect("spawn ferrogate ctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts the engine with an optional config (none: the persisted
+    /// last-known-good snapshot) and extra `ferrogate run` arguments.
+    pub fn start_engine_args(
+        &self,
+        config: Option<&Path>,
+        backend: &str,
+        queues: u32,
+        probe: bool,
+        extra: &[&str],
+    ) -> Engine {
         let stats = self.state_dir().join("engine.stats");
         let log = self.state_dir().join("engine.log");
         let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new(ferrogate_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(config)
+        let mut cmd = Command::new(ferrogate_bin());
+        cmd.arg("run");
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        let child = cmd
             .args([
                 "--netns",
                 &self.ns("edge"),
@@ -201,6 +242,11 @@ impl Lab {
             ])
             .arg("--stats-file")
             .arg(&stats)
+            .arg("--admin-socket")
+            .arg(self.admin_socket())
+            .arg("--state-dir")
+            .arg(self.engine_state_dir())
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
