@@ -18,6 +18,8 @@ packages=(
   # lab and tests
   iproute2 ethtool iputils-ping procps psmisc nginx-light curl wrk
   python3 python3-scapy tcpdump
+  # TLS tests: curl/openssl s_client clients, testssl.sh (installs `testssl`)
+  openssl testssl.sh
   # bench/: the kernel baselines ferrogate is compared with
   haproxy iptables nftables
 )

@@ -1981,6 +1981,8 @@ upstream = "origin"
         assert!(t.routes().any(|r| !r.headers.is_empty()));
         assert!(t.routes().any(|r| !r.query.is_empty()));
         assert!(t.routes().any(|r| !r.methods.is_empty()));
+        assert!(t.listeners.iter().any(|l| l.tls.is_some()));
+        assert!(t.routes().any(|r| r.client_cert_cn.is_some()));
         for (i, u) in t.upstreams.iter().enumerate() {
             assert_eq!(u.index, i);
         }

@@ -7,7 +7,8 @@
 //! `/slow/MS` (waits before answering); `/reset` (RST, no response);
 //! `/close` (close-delimited body); `/bytes/N` (N bytes, Content-Length);
 //! `/chunked/N` (N bytes, chunked); `/echo` (answers with the request body's
-//! length and a checksum); `/ws` (101 Switching Protocols, then echoes bytes).
+//! length and a checksum); `/ws` (101 Switching Protocols, then echoes bytes);
+//! `/headers` (the request's header lines, `Name: value` one per line).
 //! Every response carries `X-Origin: NAME` and echoes `X-Request-Id`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -194,6 +195,18 @@ fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
                 if chunked {
                     w.write_all(b"0\r\n\r\n")?;
                 }
+            }
+            "headers" => {
+                let body: String = req
+                    .headers
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}\n"))
+                    .collect();
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )?;
             }
             "echo" => {
                 let body = format!("len={body_len} sum={body_sum}\n");
