@@ -134,6 +134,7 @@ impl Runtime<'_> {
             Ok(ignored) => {
                 let snap = Snapshot::new(counter, text, source);
                 let mut body = format!("applied version {}\n", snap.version());
+                body.push_str(&self.wait_switched(counter));
                 for i in ignored {
                     body.push_str(&format!("warning: {i} changed; needs a restart\n"));
                 }
@@ -141,6 +142,36 @@ impl Runtime<'_> {
                 Reply::ok(body)
             }
         }
+    }
+
+    /// Waits (up to 1 s) until every worker reports snapshot `counter`.
+    /// Workers publish every 10 ms, so the time is an upper bound.
+    fn wait_switched(&self, counter: u64) -> String {
+        let t0 = Instant::now();
+        loop {
+            let (on, all) = self.workers_on(counter);
+            if on == all {
+                return format!(
+                    "all {all} workers switched within {:.1} ms\n",
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            if t0.elapsed() >= Duration::from_secs(1) {
+                return format!("{on}/{all} workers switched after 1 s\n");
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+
+    /// (workers on snapshot `counter`, workers).
+    fn workers_on(&self, counter: u64) -> (usize, usize) {
+        let st = self.engine.stats();
+        let on = st
+            .workers
+            .iter()
+            .filter(|w| w.snapshot_version == counter)
+            .count();
+        (on, st.workers.len())
     }
 
     fn rollback(&mut self) -> Reply {
@@ -178,7 +209,7 @@ impl Runtime<'_> {
         let st = self.engine.stats();
         let cur = self.current();
         format!(
-            "version {}\ncounter {}\ncontent_hash {:016x}\nsource {}\nstarted_from {}\nuptime_s {:.1}\nbackend {}\nworkers {}\nfilter_generation {}\nengine_snapshot_version {}\nkept_versions {}\n",
+            "version {}\ncounter {}\ncontent_hash {:016x}\nsource {}\nstarted_from {}\nuptime_s {:.1}\nbackend {}\nworkers {}\nfilter_generation {}\nengine_snapshot_version {}\nworkers_on_version {}\nkept_versions {}\n",
             cur.version(),
             cur.counter,
             cur.hash,
@@ -194,6 +225,10 @@ impl Runtime<'_> {
                 .map(|g| g.to_string())
                 .unwrap_or_else(|| "none".into()),
             st.snapshot_version,
+            st.workers
+                .iter()
+                .filter(|w| w.snapshot_version == cur.counter)
+                .count(),
             self.history.versions().join(","),
         )
     }

@@ -171,6 +171,19 @@ fn admin_api_answers_applies_refuses_and_rolls_back() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "admin socket mode {mode:o}");
 
+        // curl drives the socket too
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--unix-socket"])
+            .arg(lab.admin_socket())
+            .arg("http://ferrogate/status")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("version 1-"),
+            "{out:?}"
+        );
+
         // status / stats / metrics
         let status = ctl_ok(&lab, &["status"]);
         let v1 = field(&status, "version");
@@ -247,6 +260,7 @@ fn admin_api_answers_applies_refuses_and_rolls_back() {
             let b = c.get("lab", "/v").unwrap();
             let out = ctl_ok(&lab, &["apply", two.to_str().unwrap()]);
             assert!(out.starts_with("applied version 2-"), "{out}");
+            assert!(out.contains("all 1 workers switched within"), "{out}");
             let mut a = (0, String::new());
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_secs(3) {
@@ -267,8 +281,11 @@ fn admin_api_answers_applies_refuses_and_rolls_back() {
             "same connection sees the new route"
         );
         wait_body(&lab, "/v", "two").expect("new route serves");
-        let v2 = field(&ctl_ok(&lab, &["status"]), "version");
+        let status = ctl_ok(&lab, &["status"]);
+        let v2 = field(&status, "version");
         assert!(v2.starts_with("2-") && v2 != v1, "{v2}");
+        assert_eq!(field(&status, "workers_on_version"), "1", "{status}");
+        assert_eq!(field(&status, "engine_snapshot_version"), "2", "{status}");
 
         // diff: running (two) vs the file on disk (--config one.toml)
         let diff = ctl_ok(&lab, &["diff"]);
@@ -327,7 +344,9 @@ fn restart_with_only_the_state_dir_serves_the_last_applied_config() {
         let applied = config(&lab, "applied.toml", "applied");
         let out = ctl_ok(&lab, &["apply", applied.to_str().unwrap()]);
         let version = out
-            .trim()
+            .lines()
+            .next()
+            .unwrap()
             .strip_prefix("applied version ")
             .unwrap()
             .to_string();
