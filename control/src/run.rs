@@ -144,8 +144,9 @@ impl Runtime<'_> {
         }
     }
 
-    /// Waits (up to 1 s) until every worker reports snapshot `counter`.
-    /// Workers publish every 10 ms, so the time is an upper bound.
+    /// Waits (up to 1 s) until every worker reports snapshot `counter`
+    /// (a worker publishes its counters as soon as it switches; polled
+    /// every 0.5 ms).
     fn wait_switched(&self, counter: u64) -> String {
         let t0 = Instant::now();
         loop {

@@ -70,11 +70,15 @@ impl Worker {
 
             // A new snapshot applies between batches, never inside one.
             let epoch = self.epoch.load(Ordering::Acquire);
+            let mut switched = false;
             if epoch != seen_epoch {
                 seen_epoch = epoch;
                 let routes = self.routes.load_full();
                 s.snapshot_version = routes.version;
                 self.stack.set_routes(routes);
+                // Report the switch right away (the control side waits for
+                // every worker to run the version it applied).
+                switched = true;
             }
 
             let received = self.receive_burst(&mut s, &mut rx_error_logged);
@@ -123,7 +127,7 @@ impl Worker {
                 }
             }
 
-            if wall.duration_since(last_publish) >= PUBLISH_EVERY {
+            if switched || wall.duration_since(last_publish) >= PUBLISH_EVERY {
                 last_publish = wall;
                 s.uptime_ns = wall.duration_since(self.clock_start).as_nanos() as u64;
                 s.stack = *self.stack.stats();
