@@ -415,6 +415,19 @@ pub struct UpstreamSection {
     pub response_ms: Option<Spanned<u64>>,
     #[serde(default)]
     pub idle_ms: Option<Spanned<u64>>,
+    /// TLS to the endpoints, verified against `ca`.
+    #[serde(default)]
+    pub tls: Option<Spanned<bool>>,
+    /// PEM trust anchors for the endpoints' certificates (needed with
+    /// `tls = true` unless `insecure_skip_verify = true`).
+    #[serde(default)]
+    pub ca: Option<Spanned<String>>,
+    /// Accept any upstream certificate (logged as a warning).
+    #[serde(default)]
+    pub insecure_skip_verify: Option<Spanned<bool>>,
+    /// Server name sent and verified (default: the endpoint's IP address).
+    #[serde(default)]
+    pub sni: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -957,6 +970,83 @@ fn parse_status_range(s: &str) -> Option<(u16, u16)> {
         }
     };
     ((100..=599).contains(&lo) && (100..=599).contains(&hi) && lo <= hi).then_some((lo, hi))
+}
+
+/// TLS to the endpoints of `[[upstreams]]` number `i` (`tls = true`).
+fn check_upstream_tls(
+    i: usize,
+    u: &UpstreamSection,
+    rep: &mut Reporter<'_>,
+) -> Option<ferrogate_stack::tls::UpstreamTls> {
+    use ferrogate_stack::tls::{CertError, TlsConfigError, UpstreamTls, UpstreamTlsConfig};
+    let f = format!("upstreams[{i}]");
+    let on = u.tls.as_ref().is_some_and(|t| *t.get_ref());
+    let insecure = u
+        .insecure_skip_verify
+        .as_ref()
+        .is_some_and(|t| *t.get_ref());
+    if !on {
+        for (span, key) in [
+            (u.ca.as_ref().map(|c| c.span()), "ca"),
+            (u.sni.as_ref().map(|c| c.span()), "sni"),
+            (
+                u.insecure_skip_verify.as_ref().map(|c| c.span()),
+                "insecure_skip_verify",
+            ),
+        ] {
+            if let Some(sp) = span {
+                rep.at(sp, format!("{f}.{key}"), "only used with tls = true");
+            }
+        }
+        return None;
+    }
+    let tls_span = u.tls.as_ref().map(|t| t.span()).unwrap_or(u.name.span());
+    if let Some(h) = &u.health
+        && h.get_ref().kind.as_ref().map(|k| k.get_ref().as_str()) != Some("tcp")
+    {
+        // Active checks speak plain HTTP; against a TLS port they would fail.
+        rep.at(
+            h.span(),
+            format!("{f}.health.type"),
+            "TLS pools support only type = \"tcp\" health checks",
+        );
+    }
+    if u.ca.is_none() && !insecure {
+        rep.at(
+            tls_span,
+            format!("{f}.ca"),
+            "tls = true needs ca = \"trust-anchors.pem\" to verify the upstream \
+             (or insecure_skip_verify = true)",
+        );
+        return None;
+    }
+    let base = rep.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let cfg = UpstreamTlsConfig {
+        ca: u.ca.as_ref().map(|c| base.join(c.get_ref())),
+        insecure_skip_verify: insecure && u.ca.is_none(),
+        sni: u.sni.as_ref().map(|s| s.get_ref().clone()),
+    };
+    match UpstreamTls::build(&cfg) {
+        Ok(t) => {
+            if cfg.insecure_skip_verify {
+                tracing::warn!(
+                    upstream = %u.name.get_ref(),
+                    "insecure_skip_verify: upstream certificates are not verified"
+                );
+            }
+            Some(t)
+        }
+        Err(e) => {
+            let (sp, key) = match &e {
+                TlsConfigError::Cert(CertError::Ca { .. }) => {
+                    (u.ca.as_ref().map(|c| c.span()), "ca")
+                }
+                _ => (u.sni.as_ref().map(|c| c.span()), "sni"),
+            };
+            rep.at(sp.unwrap_or(tls_span), format!("{f}.{key}"), e.to_string());
+            None
+        }
+    }
 }
 
 /// Endpoints and policy of `[[upstreams]]` number `i`.
@@ -1610,10 +1700,11 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
         }
         let (eps, policy) = check_upstream(i, u, rep);
         let index = pools.len();
-        pools.push((
-            name.clone(),
-            Arc::new(Upstream::new(name, index, &eps, policy)),
-        ));
+        let mut pool = Upstream::new(name.clone(), index, &eps, policy);
+        if let Some(tls) = check_upstream_tls(i, u, rep) {
+            pool = pool.with_tls(tls);
+        }
+        pools.push((name, Arc::new(pool)));
     }
 
     let mut listeners = Vec::new();
@@ -2247,6 +2338,77 @@ sans = "X-Client-SAN"
             tls.identity_headers.common_name.as_deref(),
             Some("X-Client-CN")
         );
+    }
+
+    fn upstream_config(tls: &str) -> String {
+        format!(
+            r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+
+[[upstreams]]
+name = "secure"
+endpoints = ["10.77.0.3:9443"]
+{tls}
+
+[[listeners]]
+port = 80
+[[listeners.routes]]
+upstream = "secure"
+"#
+        )
+    }
+
+    #[test]
+    fn upstream_tls_needs_a_ca_or_an_explicit_skip() {
+        let d = dir();
+        let (ca, _) = pem_pair("origin ca");
+        std::fs::write(d.join("origin-ca.pem"), ca).unwrap();
+        let c = compile_in(
+            &d,
+            &upstream_config("tls = true\nca = \"origin-ca.pem\"\nsni = \"origin.example\""),
+        )
+        .expect("compiles");
+        let tls = c.engine.routes.upstreams[0].tls.as_ref().expect("tls pool");
+        assert_eq!(tls.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+
+        let e = compile_in(&d, &upstream_config("tls = true")).unwrap_err();
+        assert!(
+            e.iter().any(|l| l.contains("upstreams[0].ca")
+                && l.contains("insecure_skip_verify")
+                && l.contains(":9:")),
+            "{e:?}"
+        );
+        let e = compile_in(&d, &upstream_config("tls = true\nca = \"missing.pem\"")).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|l| l.contains("upstreams[0].ca") && l.contains("missing.pem")),
+            "{e:?}"
+        );
+        let e = compile_in(&d, &upstream_config("ca = \"origin-ca.pem\"")).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|l| l.contains("upstreams[0].ca") && l.contains("only used with tls = true")),
+            "{e:?}"
+        );
+        let e = compile_in(
+            &d,
+            &upstream_config(
+                "tls = true\nca = \"origin-ca.pem\"\n[upstreams.health]\npath = \"/\"",
+            ),
+        )
+        .unwrap_err();
+        assert!(
+            e.iter().any(|l| l.contains("upstreams[0].health.type")),
+            "{e:?}"
+        );
+        let c = compile_in(
+            &d,
+            &upstream_config("tls = true\ninsecure_skip_verify = true"),
+        )
+        .expect("compiles");
+        assert!(c.engine.routes.upstreams[0].tls.is_some());
     }
 
     #[test]

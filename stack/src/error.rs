@@ -24,6 +24,10 @@ pub enum ProxyError {
     UpstreamConnectFailed,
     #[error("upstream connect timed out")]
     UpstreamConnectTimeout,
+    /// The TLS handshake with the upstream failed (certificate not
+    /// verified, name mismatch, protocol error).
+    #[error("upstream TLS handshake failed")]
+    UpstreamTls,
     #[error("upstream closed before a response")]
     UpstreamClosedEarly,
     #[error("upstream response timed out")]
@@ -55,6 +59,7 @@ impl ProxyError {
             }
             UpstreamConnectFailed
             | UpstreamConnectTimeout
+            | UpstreamTls
             | UpstreamClosedEarly
             | UpstreamTimeout
             | BadResponse(_)
@@ -72,6 +77,7 @@ impl ProxyError {
             self,
             ProxyError::UpstreamConnectFailed
                 | ProxyError::UpstreamConnectTimeout
+                | ProxyError::UpstreamTls
                 | ProxyError::UpstreamClosedEarly
         )
     }
@@ -85,9 +91,11 @@ impl ProxyError {
             ClientHeaderTimeout => 408,
             NoRoute => 404,
             BodyTooLarge => 413,
-            UpstreamConnectFailed | UpstreamClosedEarly | BadResponse(_) | BadResponseBody(_) => {
-                502
-            }
+            UpstreamConnectFailed
+            | UpstreamTls
+            | UpstreamClosedEarly
+            | BadResponse(_)
+            | BadResponseBody(_) => 502,
             UpstreamConnectTimeout | UpstreamTimeout => 504,
             NoLocalPort | Overloaded | BreakerOpen | NoHealthyEndpoint => 503,
         }

@@ -21,6 +21,7 @@ pub mod stats;
 mod timer;
 pub mod tls;
 pub mod upstream;
+mod upstream_io;
 
 pub use config::{StackConfig, Timeouts};
 pub use error::{ProxyError, Side};

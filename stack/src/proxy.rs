@@ -21,6 +21,7 @@ use crate::router::RequestView;
 use crate::sockets::{SockId, SocketTable};
 use crate::stats::StackStats;
 use crate::upstream::{Balancer, PickError, RequestBody, RouteCounters, UpstreamRegistry};
+use crate::upstream_io::UpstreamIo;
 
 /// Buffers of one connection, recycled between connections.
 pub(crate) struct ConnBufs {
@@ -58,6 +59,8 @@ struct UpstreamConn {
     endpoint: SocketAddr,
     /// Requests completed on this connection (0: fresh).
     served: u32,
+    /// The upstream byte stream: plain, or through a TLS client session.
+    io: UpstreamIo,
 }
 
 enum Body {
@@ -269,6 +272,9 @@ impl Conn {
         let mut progressed = false;
         // Ciphertext that did not fit the socket last time goes first.
         self.io.flush(cx.tcp(self.client));
+        if let Some(up) = self.upstream.as_mut() {
+            up.io.flush(cx.sockets.tcp(up.handle));
+        }
         for _ in 0..16 {
             let step = match self.phase {
                 Phase::Handshake => self.handshake(cx),
@@ -521,8 +527,11 @@ impl Conn {
             .is_some_and(|p| Arc::ptr_eq(p, &pool) || p.name == pool.name);
         self.upstream_pool = Some(pool.clone());
         if let Some(up) = &self.upstream {
-            let sock = cx.tcp(up.handle);
-            let alive = sock.state() == tcp::State::Established && sock.may_send();
+            let sock = cx.sockets.tcp(up.handle);
+            let alive = sock.state() == tcp::State::Established
+                && sock.may_send()
+                && up.io.reusable()
+                && up.io.may_recv(sock);
             let current = pool.endpoints.iter().position(|a| *a == up.endpoint);
             if same_pool
                 && alive
@@ -595,6 +604,15 @@ impl Conn {
             self.settle(cx, None);
             return self.fail_to_client(cx, ProxyError::NoLocalPort);
         };
+        let io = match UpstreamIo::for_pool(&pool, endpoint) {
+            Ok(io) => io,
+            Err(e) => {
+                cx.ports.free(port);
+                self.settle(cx, None);
+                tracing::warn!(error = %e, "cannot start an upstream TLS session");
+                return self.fail_to_client(cx, ProxyError::UpstreamTls);
+            }
+        };
         let remote = IpEndpoint::new(endpoint.ip().into(), endpoint.port());
         let Some(handle) = cx.connect(remote, port) else {
             cx.ports.free(port);
@@ -607,6 +625,7 @@ impl Conn {
             local_port: port,
             endpoint,
             served: 0,
+            io,
         });
         self.phase = Phase::Connect;
         let timeout = pool
@@ -631,8 +650,34 @@ impl Conn {
             self.finish(cx, false);
             return true;
         }
-        let up = self.upstream.as_ref().expect("connecting upstream");
-        match cx.tcp(up.handle).state() {
+        let up = self.upstream.as_mut().expect("connecting upstream");
+        match cx.sockets.tcp(up.handle).state() {
+            tcp::State::Established if up.io.is_handshaking() => {
+                let sock = cx.sockets.tcp(up.handle);
+                up.io.flush(sock);
+                match up.io.recv(sock, &mut self.bufs.from_upstream) {
+                    Err(e) => {
+                        cx.stats.upstream_tls_failures += 1;
+                        tracing::debug!(endpoint = %up.endpoint, error = %e, "upstream TLS handshake failed");
+                        return self.upstream_failed(cx, ProxyError::UpstreamTls);
+                    }
+                    Ok(_) if !up.io.is_handshaking() => {
+                        self.begin_send();
+                        return true;
+                    }
+                    Ok(_) => {}
+                }
+                let sock = cx.sockets.tcp(up.handle);
+                if !up.io.may_recv(sock) {
+                    cx.stats.upstream_tls_failures += 1;
+                    tracing::debug!(endpoint = %up.endpoint, "upstream closed during the TLS handshake");
+                    return self.upstream_failed(cx, ProxyError::UpstreamTls);
+                }
+                if cx.now >= self.deadline {
+                    return self.upstream_failed(cx, ProxyError::UpstreamConnectTimeout);
+                }
+                false
+            }
             tcp::State::Established => {
                 self.begin_send();
                 true
@@ -652,19 +697,19 @@ impl Conn {
             self.finish(cx, false);
             return true;
         }
-        let up_handle = self.upstream.as_ref().expect("upstream").handle;
+        let upc = self.upstream.as_mut().expect("upstream");
         let Phase::SendRequest { head_sent, body } = &mut self.phase else {
             unreachable!()
         };
         let mut moved = false;
         let max_body = cx.cfg.max_request_body;
-        let up = cx.tcp(up_handle);
-        if !up.may_send() {
+        let up = cx.sockets.tcp(upc.handle);
+        if !up.may_send() || upc.io.failed() {
             return self.upstream_failed(cx, ProxyError::UpstreamClosedEarly);
         }
         let head = self.bufs.request_head.filled();
         if *head_sent < head.len() {
-            let n = up.send_slice(&head[*head_sent..]).unwrap_or(0);
+            let n = upc.io.send(up, &head[*head_sent..]);
             *head_sent += n;
             moved |= n > 0;
             if *head_sent < head.len() {
@@ -672,7 +717,7 @@ impl Conn {
             }
         }
         // Stream the request body from the client, bounded by its framing.
-        let space = up.send_capacity() - up.send_queue();
+        let space = upc.io.send_space(up);
         let avail = self.bufs.from_client.filled();
         let (take, done) = match body {
             Body::Done => (0, true),
@@ -697,7 +742,7 @@ impl Conn {
             Body::UntilClose => unreachable!("requests are never close-delimited"),
         };
         if take > 0 {
-            let sent = up.send_slice(&avail[..take]).unwrap_or(0);
+            let sent = upc.io.send(up, &avail[..take]);
             debug_assert_eq!(sent, take);
             self.bufs.from_client.consume(sent);
             self.body_started = true;
@@ -724,20 +769,38 @@ impl Conn {
         moved
     }
 
+    /// Reads what the upstream sent (decrypted, for TLS pools) into
+    /// `from_upstream`. A TLS error ends the stream (`upstream_may_recv`).
+    fn fill_from_upstream(&mut self, cx: &mut Ctx<'_>) -> usize {
+        let Some(up) = self.upstream.as_mut() else {
+            return 0;
+        };
+        match up
+            .io
+            .recv(cx.sockets.tcp(up.handle), &mut self.bufs.from_upstream)
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(endpoint = %up.endpoint, error = %e, "upstream TLS error");
+                0
+            }
+        }
+    }
+
+    /// Whether the upstream may still send (no FIN, no TLS close_notify).
+    fn upstream_may_recv(&self, cx: &mut Ctx<'_>) -> bool {
+        self.upstream
+            .as_ref()
+            .is_some_and(|up| up.io.may_recv(cx.sockets.tcp(up.handle)))
+    }
+
     fn read_response_head(&mut self, cx: &mut Ctx<'_>) -> bool {
         if self.client_gone(cx) {
             self.finish(cx, true);
             return true;
         }
-        let up_handle = self.upstream.as_ref().expect("upstream").handle;
-        let up = cx.tcp(up_handle);
-        let mut got = 0;
-        if up.can_recv() {
-            let space = self.bufs.from_upstream.space();
-            got = up.recv_slice(space).unwrap_or(0);
-            self.bufs.from_upstream.commit(got);
-        }
-        let upstream_open = up.may_recv();
+        let got = self.fill_from_upstream(cx);
+        let upstream_open = self.upstream_may_recv(cx);
         let is_head = self.request.is_some_and(|r| r.is_head);
         let full = self.bufs.from_upstream.is_full();
         match head::parse_response(self.bufs.from_upstream.filled(), is_head, full) {
@@ -824,15 +887,8 @@ impl Conn {
         if !flushed {
             return moved;
         }
-        let up_handle = self.upstream.as_ref().expect("upstream").handle;
-        let up = cx.tcp(up_handle);
-        if up.can_recv() && !self.bufs.from_upstream.is_full() {
-            let space = self.bufs.from_upstream.space();
-            let n = up.recv_slice(space).unwrap_or(0);
-            self.bufs.from_upstream.commit(n);
-            moved |= n > 0;
-        }
-        let upstream_open = up.may_recv();
+        moved |= self.fill_from_upstream(cx) > 0;
+        let upstream_open = self.upstream_may_recv(cx);
         let client = cx.sockets.tcp(self.client);
         let space = self.io.send_space(client);
         let Phase::StreamResponse {
@@ -942,7 +998,10 @@ impl Conn {
 
     /// Moves the upstream socket to the pool's closing list.
     fn drop_upstream(&mut self, cx: &mut Ctx<'_>, reset: bool) {
-        if let Some(up) = self.upstream.take() {
+        if let Some(mut up) = self.upstream.take() {
+            if !reset {
+                up.io.close(cx.sockets.tcp(up.handle));
+            }
             cx.retire(up.handle, Some(up.local_port), reset);
         }
     }
@@ -950,7 +1009,10 @@ impl Conn {
     fn upstream_failed(&mut self, cx: &mut Ctx<'_>, err: ProxyError) -> bool {
         cx.stats.upstream_errors += 1;
         let was_reused = self.upstream.as_ref().is_some_and(|u| u.served > 0);
-        if let Some(up) = &self.upstream {
+        // A failed TLS handshake already logged its reason.
+        if let Some(up) = &self.upstream
+            && err != ProxyError::UpstreamTls
+        {
             tracing::debug!(endpoint = %up.endpoint, error = %err, "upstream failed");
         }
         self.drop_upstream(cx, true);
@@ -1079,23 +1141,18 @@ impl Conn {
         };
         // client -> upstream
         moved |= self.fill_from_client(cx) > 0;
-        if !self.bufs.from_client.is_empty() {
-            let n = cx
-                .tcp(up_handle)
-                .send_slice(self.bufs.from_client.filled())
-                .unwrap_or(0);
+        if !self.bufs.from_client.is_empty()
+            && let Some(up) = self.upstream.as_mut()
+        {
+            let n = up
+                .io
+                .send(cx.sockets.tcp(up_handle), self.bufs.from_client.filled());
             self.bufs.from_client.consume(n);
             moved |= n > 0;
         }
         // upstream -> client
-        let up = cx.tcp(up_handle);
-        if up.can_recv() && !self.bufs.from_upstream.is_full() {
-            let space = self.bufs.from_upstream.space();
-            let n = up.recv_slice(space).unwrap_or(0);
-            self.bufs.from_upstream.commit(n);
-            moved |= n > 0;
-        }
-        let upstream_done = !cx.tcp(up_handle).may_recv() && self.bufs.from_upstream.is_empty();
+        moved |= self.fill_from_upstream(cx) > 0;
+        let upstream_done = !self.upstream_may_recv(cx) && self.bufs.from_upstream.is_empty();
         if !self.bufs.from_upstream.is_empty() {
             let sock = cx.sockets.tcp(self.client);
             let avail = self.bufs.from_upstream.filled();

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::router::{RequestView, RouteIndex};
-use crate::tls::ListenerTls;
+use crate::tls::{ListenerTls, UpstreamTls};
 use crate::upstream::{Endpoint, Maglev, PoolPolicy};
 
 #[derive(Debug, Clone)]
@@ -103,6 +103,8 @@ pub struct Upstream {
     /// Lookup table of the consistent-hash balancer, built once per snapshot
     /// when the policy asks for it.
     pub maglev: Option<Maglev>,
+    /// TLS to the endpoints (`tls = true`), compiled once per snapshot.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 #[derive(Debug, Clone)]
@@ -284,7 +286,14 @@ impl Upstream {
             weights: endpoints.iter().map(|e| e.weight.max(1)).collect(),
             policy,
             maglev,
+            tls: None,
         }
+    }
+
+    /// The same pool, speaking TLS to its endpoints.
+    pub fn with_tls(mut self, tls: UpstreamTls) -> Self {
+        self.tls = Some(Arc::new(tls));
+        self
     }
 
     /// Round-robin over `endpoints` of weight 1 with the default policy.

@@ -35,6 +35,9 @@ pub struct StackStats {
     pub tls_handshake_failures: u64,
     /// Established TLS sessions ended by a bad record (alert sent).
     pub tls_record_errors: u64,
+    /// TLS handshakes with an upstream that failed (certificate not
+    /// verified, name mismatch, protocol error): answered 502.
+    pub upstream_tls_failures: u64,
 }
 
 impl StackStats {
@@ -72,6 +75,7 @@ impl StackStats {
         self.tls_handshakes_resumed += o.tls_handshakes_resumed;
         self.tls_handshake_failures += o.tls_handshake_failures;
         self.tls_record_errors += o.tls_record_errors;
+        self.upstream_tls_failures += o.upstream_tls_failures;
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
@@ -103,6 +107,7 @@ impl StackStats {
             ("tls_handshakes_resumed", self.tls_handshakes_resumed),
             ("tls_handshake_failures", self.tls_handshake_failures),
             ("tls_record_errors", self.tls_record_errors),
+            ("upstream_tls_failures", self.upstream_tls_failures),
         ]
     }
 }

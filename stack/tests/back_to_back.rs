@@ -81,6 +81,8 @@ struct OriginConn {
     buf: Vec<u8>,
     out: Vec<u8>,
     close_after: bool,
+    /// The origin's TLS session when it serves TLS (`Lab::origin_tls`).
+    tls: Option<rustls::ServerConnection>,
 }
 
 struct Lab {
@@ -93,6 +95,10 @@ struct Lab {
     origin_listeners: Vec<SocketHandle>,
     origin_conns: Vec<OriginConn>,
     origin_requests: Vec<String>,
+    /// Set: the origin speaks TLS with this config on every new connection.
+    origin_tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS sessions the origin saw fail (e.g. the proxy's alert).
+    origin_tls_errors: usize,
     next_client_port: u16,
 }
 
@@ -172,6 +178,8 @@ impl Lab {
             origin_listeners: vec![],
             origin_conns: vec![],
             origin_requests: vec![],
+            origin_tls: None,
+            origin_tls_errors: 0,
             next_client_port: 50_000,
         };
         if origin == Origin::Serving {
@@ -236,6 +244,10 @@ impl Lab {
                     buf: vec![],
                     out: vec![],
                     close_after: false,
+                    tls: self
+                        .origin_tls
+                        .as_ref()
+                        .map(|c| rustls::ServerConnection::new(c.clone()).unwrap()),
                 });
                 let mut s = tcp_socket();
                 s.listen((IpAddress::from(Ipv4Address::from(ORIGIN)), 8080))
@@ -246,8 +258,24 @@ impl Lab {
         for c in &mut self.origin_conns {
             let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
             while s.can_recv() {
+                let errors = &mut self.origin_tls_errors;
                 s.recv(|b| {
-                    c.buf.extend_from_slice(b);
+                    match &mut c.tls {
+                        None => c.buf.extend_from_slice(b),
+                        Some(t) => {
+                            let mut rd: &[u8] = b;
+                            while !rd.is_empty() {
+                                if t.read_tls(&mut rd).unwrap_or(0) == 0 {
+                                    break;
+                                }
+                                if t.process_new_packets().is_err() {
+                                    *errors += 1;
+                                    break;
+                                }
+                            }
+                            let _ = std::io::Read::read_to_end(&mut t.reader(), &mut c.buf);
+                        }
+                    }
                     (b.len(), ())
                 })
                 .unwrap();
@@ -278,7 +306,24 @@ impl Lab {
                 c.out.extend(resp);
                 c.close_after |= path == "/close";
             }
-            if !c.out.is_empty() && s.may_send() {
+            if let Some(t) = &mut c.tls {
+                if !c.out.is_empty() && !t.is_handshaking() {
+                    let n = std::io::Write::write(&mut t.writer(), &c.out).unwrap_or(0);
+                    c.out.drain(..n);
+                }
+                while t.wants_write() && s.can_send() {
+                    let n = s
+                        .send(|buf| {
+                            let mut w = std::io::Cursor::new(buf);
+                            let n = t.write_tls(&mut w).unwrap_or(0);
+                            (n, n)
+                        })
+                        .unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                }
+            } else if !c.out.is_empty() && s.may_send() {
                 let n = s.send_slice(&c.out).unwrap();
                 c.out.drain(..n);
             }
@@ -785,6 +830,12 @@ mod tls {
         pem: String,
     }
 
+    impl Ca {
+        pub fn pem(&self) -> &str {
+            &self.pem
+        }
+    }
+
     pub fn ca(name: &str) -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -1078,4 +1129,86 @@ fn tls_garbage_truncated_hello_and_silence_close_without_panics() {
     let mut c = tls::TlsClient::new(&mut lab, tls::client_config(&server_ca, None));
     let r = c.exchange(&mut lab, b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.status, 200);
+}
+
+// ---- TLS to upstreams: the simulated origin speaks TLS ----
+
+/// A lab whose origin serves TLS with a certificate for 10.0.0.3 from
+/// `origin_ca`; the pool trusts `trusted` (its PEM).
+fn upstream_tls_lab(origin_ca: &tls::Ca, trusted: &tls::Ca) -> Lab {
+    use ferrogate_stack::tls::UpstreamTls;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = tls::leaf(origin_ca, "origin", &["10.0.0.3"]);
+    let server = rustls::ServerConfig::builder_with_provider(ferrogate_stack::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(trusted.pem().as_bytes()).unwrap())
+        .unwrap();
+    let upstream = Arc::new(
+        Upstream::simple("origin", 0, &["10.0.0.3:8080".parse().unwrap()])
+            .with_tls(UpstreamTls::with_roots(Some(roots), None).unwrap()),
+    );
+    let routes = Arc::new(RouteTable::new(
+        3,
+        vec![Listener::new(
+            80,
+            vec![Route::new("origin", RouteAction::Proxy(upstream.clone()))],
+        )],
+        vec![upstream],
+    ));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    lab.origin_tls = Some(Arc::new(server));
+    lab
+}
+
+#[test]
+fn tls_upstream_serves_requests_over_a_kept_alive_session() {
+    let ca = tls::ca("b2b origin CA");
+    let mut lab = upstream_tls_lab(&ca, &ca);
+    let c = lab.connect();
+    for i in 0..3 {
+        let req = format!("GET /item/{i} HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+        let r = lab.exchange(c, req.as_bytes());
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, format!("origin:/item/{i}").as_bytes());
+    }
+    // 200 kB through TLS records and 64 kB socket buffers on both sides.
+    let r = lab.exchange(c, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.body.len(), 200_000);
+    assert!(
+        r.body
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == b'a' + (i % 26) as u8)
+    );
+    let s = lab.edge.stats();
+    assert_eq!(s.upstream_connects, 1, "one TLS session for every request");
+    assert_eq!(s.upstream_reused, 3);
+    assert_eq!(s.upstream_tls_failures, 0);
+    assert_eq!(lab.origin_tls_errors, 0);
+}
+
+#[test]
+fn tls_upstream_with_a_certificate_from_another_ca_gets_502() {
+    let origin_ca = tls::ca("b2b origin CA");
+    let other = tls::ca("some other CA");
+    let mut lab = upstream_tls_lab(&origin_ca, &other);
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 502);
+    let s = lab.edge.stats();
+    assert!(s.upstream_tls_failures >= 1, "{s:?}");
+    assert!(
+        lab.origin_requests.is_empty(),
+        "no request reached the origin"
+    );
 }

@@ -432,3 +432,168 @@ fn testssl_finds_nothing_high_or_critical() {
         eprintln!("testssl.sh: no HIGH/CRITICAL findings in {took:?}");
     });
 }
+
+/// nginx serving TLS in the origin namespace (single process, no daemon);
+/// killed on drop (and by `lab down`, which ends the namespace's processes).
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_tls_nginx(lab: &Lab, dir: &Path) -> Nginx {
+    let d = dir.display();
+    let conf = dir.join("nginx-origin.conf");
+    std::fs::create_dir_all(dir.join("nginx-tmp")).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            r#"daemon off;
+master_process off;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/nginx-tmp/body;
+    proxy_temp_path {d}/nginx-tmp/proxy;
+    fastcgi_temp_path {d}/nginx-tmp/fastcgi;
+    uwsgi_temp_path {d}/nginx-tmp/uwsgi;
+    scgi_temp_path {d}/nginx-tmp/scgi;
+    server {{
+        listen 10.77.0.3:9443 ssl;
+        ssl_certificate {d}/origin.crt;
+        ssl_certificate_key {d}/origin.key;
+        location / {{ return 200 "tls origin\n"; }}
+    }}
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns("origin"), "nginx", "-e"])
+        .arg(dir.join("nginx-error.log"))
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("nginx");
+    let nginx = Nginx(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ss = lab.exec("origin", &["ss", "-ltn"]).unwrap_or_default();
+        if ss.contains("10.77.0.3:9443") {
+            return nginx;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not listen: {}",
+            std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn upstream_tls_to_nginx_verifies_the_origin_certificate() {
+    lab_test("tls-upstream", || {
+        if std::process::Command::new("nginx")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            eprintln!("nginx not installed: skipped");
+            return;
+        }
+        let lab = Lab::up(1);
+        let dir = lab.state_dir();
+        let origin_ca = ca("fg test origin CA");
+        std::fs::write(dir.join("origin-ca.pem"), &origin_ca.pem).unwrap();
+        leaf(
+            &dir,
+            &origin_ca,
+            "origin",
+            "origin",
+            &["10.77.0.3", "origin.example"],
+        );
+        let other = ca("some other CA");
+        std::fs::write(dir.join("other-ca.pem"), &other.pem).unwrap();
+        let _nginx = start_tls_nginx(&lab, &dir);
+        let cfg = write_config(
+            &lab,
+            "upstream-tls.toml",
+            r#"[[listeners.routes]]
+name = "by-ip"
+path_prefix = "/ip"
+upstream = "tls-ip"
+[[listeners.routes]]
+name = "by-name"
+path_prefix = "/name"
+upstream = "tls-name"
+[[listeners.routes]]
+name = "wrong-ca"
+path_prefix = "/wrong"
+upstream = "tls-wrong"
+
+[[upstreams]]
+name = "tls-ip"
+endpoints = ["10.77.0.3:9443"]
+tls = true
+ca = "origin-ca.pem"
+
+[[upstreams]]
+name = "tls-name"
+endpoints = ["10.77.0.3:9443"]
+tls = true
+ca = "origin-ca.pem"
+sni = "origin.example"
+
+[[upstreams]]
+name = "tls-wrong"
+endpoints = ["10.77.0.3:9443"]
+tls = true
+ca = "other-ca.pem"
+"#,
+        );
+        let mut engine = lab.start_engine_with(&cfg, "af_xdp", 1);
+        for path in ["/ip", "/name", "/ip/again"] {
+            let (ok, out) = sh(
+                &lab,
+                &format!("curl -sS -m 5 --fail-with-body http://{VIP}{path}"),
+            );
+            assert!(ok && out == "tls origin\n", "{path}: {out:?}");
+        }
+        // Keep-alive to the client reuses the TLS session upstream.
+        let (ok, out) = sh(
+            &lab,
+            &format!("curl -sS -m 5 --fail-with-body http://{VIP}/ip/1 http://{VIP}/ip/2"),
+        );
+        assert!(ok && out == "tls origin\ntls origin\n", "{out:?}");
+        let (_, out) = sh(
+            &lab,
+            &format!("curl -sS -m 5 -o /dev/null -w '%{{http_code}}' http://{VIP}/wrong"),
+        );
+        assert_eq!(out.trim(), "502", "{out}");
+        let stats = engine.stats();
+        assert!(
+            stats
+                .get("stack_upstream_tls_failures")
+                .copied()
+                .unwrap_or(0)
+                >= 1,
+            "{stats:?}"
+        );
+        assert!(
+            stats.get("stack_upstream_reused").copied().unwrap_or(0) >= 1,
+            "{stats:?}"
+        );
+        assert!(engine.is_running(), "{}", engine.log());
+    });
+}

@@ -4,12 +4,14 @@
 //! byte-oriented session the proxy drives over its TCP sockets.
 
 mod certs;
+mod client;
 mod identity;
 mod server;
 mod session;
 mod sni;
 
-pub use certs::{CertError, load_certified_key};
+pub use certs::{CertError, load_certified_key, load_roots};
+pub use client::{UpstreamTls, UpstreamTlsConfig};
 pub use identity::{ClientIdentity, IdentityHeaders};
 pub use server::{
     CertSpec, ClientAuth, MinVersion, TlsConfigError, TlsListenerConfig, TlsServer, provider,

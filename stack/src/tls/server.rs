@@ -61,6 +61,8 @@ pub enum TlsConfigError {
     Cert(#[from] CertError),
     #[error("no certificate configured")]
     NoCert,
+    #[error("no ca configured to verify the upstream (set insecure_skip_verify = true to skip)")]
+    NoCa,
     #[error("rustls: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]

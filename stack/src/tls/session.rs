@@ -1,10 +1,12 @@
-//! One server-side TLS session driven with byte slices: ciphertext in from the
+//! One TLS session (server side for listeners, client side for upstreams)
+//! driven with byte slices: ciphertext in from the
 //! TCP socket, plaintext out to the HTTP layer and back. No I/O of its own.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSessionError {
@@ -22,14 +24,26 @@ pub enum HandshakeKind {
 }
 
 pub struct TlsSession {
-    conn: ServerConnection,
+    conn: Connection,
     peer_closed: bool,
 }
 
 impl TlsSession {
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsSessionError> {
         Ok(Self {
-            conn: ServerConnection::new(config)?,
+            conn: Connection::Server(ServerConnection::new(config)?),
+            peer_closed: false,
+        })
+    }
+
+    /// A client session to an upstream; the ClientHello is queued at once
+    /// (`take_tls`).
+    pub fn client(
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<Self, TlsSessionError> {
+        Ok(Self {
+            conn: Connection::Client(ClientConnection::new(config, name)?),
             peer_closed: false,
         })
     }
@@ -111,8 +125,12 @@ impl TlsSession {
         self.conn.send_close_notify();
     }
 
+    /// The name the client asked for (server sessions).
     pub fn sni(&self) -> Option<&str> {
-        self.conn.server_name()
+        match &self.conn {
+            Connection::Server(c) => c.server_name(),
+            Connection::Client(_) => None,
+        }
     }
 
     pub fn alpn(&self) -> Option<&[u8]> {
