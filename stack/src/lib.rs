@@ -10,6 +10,7 @@ pub mod error;
 mod flow;
 pub mod frame;
 pub mod http;
+mod neighbors;
 pub mod ports;
 mod probe;
 mod proxy;

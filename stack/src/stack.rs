@@ -21,6 +21,7 @@ use crate::config::StackConfig;
 use crate::device::{DeviceStats, FrameQueue, QueueDevice};
 use crate::flow;
 use crate::frame::{self, FrameClass};
+use crate::neighbors::NeighborPrimer;
 use crate::ports::PortAllocator;
 use crate::probe::{ProbeCtx, Prober};
 use crate::proxy::{Conn, ConnBufs, Ctx};
@@ -78,6 +79,7 @@ pub struct Stack {
     request_seq: u64,
     id_tag: u32,
     prober: Prober,
+    neighbors: NeighborPrimer,
     stats: StackStats,
     pass: u64,
     linger: Duration,
@@ -175,6 +177,7 @@ impl Stack {
             },
             request_seq: 0,
             prober: Prober::default(),
+            neighbors: NeighborPrimer::default(),
             id_tag: (cfg.random_seed ^ (cfg.random_seed >> 32)) as u32,
             stats: StackStats::default(),
             pass: 0,
@@ -194,6 +197,7 @@ impl Stack {
         self.registry.sync(&routes.upstreams, self.now);
         self.route_stats.sync(&routes);
         self.routes = routes;
+        self.neighbors.soon();
     }
 
     /// Per-pool and per-endpoint counters and states of this worker.
@@ -231,6 +235,8 @@ impl Stack {
     pub fn poll(&mut self, now: Instant) {
         self.now = now;
         self.iface.poll_maintenance(now);
+        self.neighbors
+            .run(&self.cfg, &self.routes, &mut self.tx, now);
         self.sockets.fire_timers(now);
         while let Some(idx) = self.rx.pop_index() {
             self.ingress(idx, now);

@@ -265,3 +265,35 @@ fn engine_refuses_more_workers_than_nic_queues_with_a_clear_error() {
         );
     });
 }
+
+#[test]
+fn upstream_next_hops_are_resolved_before_the_first_request() {
+    lab_test("arp_prime", || {
+        let lab = Lab::up(1);
+        // The client already knows the VIP, so the engine must ARP for the
+        // client first; smoltcp's interface-wide ARP rate limit would then hold
+        // the first upstream connection for a second unless the origin's
+        // address was resolved ahead of time.
+        let cfg = lab.config_with("prime.toml", "");
+        let engine = lab.start_engine_probe(&cfg, "af_xdp", 1, false);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut neigh = String::new();
+        while std::time::Instant::now() < deadline {
+            neigh = lab
+                .exec("origin", &["ip", "neigh", "show", VIP])
+                .unwrap_or_default();
+            if neigh.contains("lladdr") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The origin learned the VIP's MAC from the engine's own ARP request,
+        // before any client traffic existed.
+        assert!(
+            neigh.contains(&lab.edge_mac()),
+            "origin neighbour table: {neigh:?}"
+        );
+        assert_proxied(&lab);
+        drop(engine);
+    });
+}
