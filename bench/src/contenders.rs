@@ -85,6 +85,23 @@ pub fn workspace() -> PathBuf {
 /// configs/lab.toml for the bench lab: one queue, worker on PROXY_CPU,
 /// plus `extra` (e.g. a filter section).
 pub fn ferrogate_config(lab: &Lab, extra: &str) -> Result<PathBuf> {
+    let name = if extra.is_empty() {
+        "ferrogate.toml"
+    } else {
+        "ferrogate-filter.toml"
+    };
+    ferrogate_config_tuned(lab, 1, &PROXY_CPU.to_string(), extra, name)
+}
+
+/// configs/lab.toml with `queues` workers on the CPU list `cpus` (e.g.
+/// "0,1"), plus `extra`, written to the bench dir as `name`.
+pub fn ferrogate_config_tuned(
+    lab: &Lab,
+    queues: u32,
+    cpus: &str,
+    extra: &str,
+    name: &str,
+) -> Result<PathBuf> {
     let base = std::fs::read_to_string(workspace().join("configs/lab.toml"))
         .context("reading configs/lab.toml")?;
     let mut out = String::new();
@@ -102,17 +119,12 @@ pub fn ferrogate_config(lab: &Lab, extra: &str) -> Result<PathBuf> {
         out.push('\n');
         if t.starts_with("[engine]") {
             out.push_str(&format!(
-                "netns = \"{}\"\nqueues = 1\ncpus = [{PROXY_CPU}]\n",
+                "netns = \"{}\"\nqueues = {queues}\ncpus = [{cpus}]\n",
                 lab.ns("edge")
             ));
         }
     }
     out.push_str(extra);
-    let name = if extra.is_empty() {
-        "ferrogate.toml"
-    } else {
-        "ferrogate-filter.toml"
-    };
     let p = lab.bench_dir().join(name);
     std::fs::write(&p, out)?;
     Ok(p)
@@ -218,6 +230,17 @@ fn cmdline(c: &Command) -> String {
 /// Starts `who` (ferrogate with `fg_config`, default: the plain lab config)
 /// and checks it proxies a request to the origin.
 pub fn start(lab: &Lab, who: Contender, fg_config: Option<&Path>) -> Result<Running> {
+    start_with(lab, who, fg_config, 1, &PROXY_CPU.to_string())
+}
+
+/// Like `start`; ferrogate runs `queues` workers under `taskset -c cpus`.
+pub fn start_with(
+    lab: &Lab,
+    who: Contender,
+    fg_config: Option<&Path>,
+    queues: u32,
+    cpus: &str,
+) -> Result<Running> {
     let log = lab.bench_dir().join(format!("{}.log", who.name()));
     let mut stats_file = None;
     let (proc, command) = match who {
@@ -250,7 +273,8 @@ pub fn start(lab: &Lab, who: Contender, fg_config: Option<&Path>) -> Result<Runn
             let sf = lab.bench_dir().join("ferrogate.stats");
             let _ = std::fs::remove_file(&sf);
             let mut c = Command::new("taskset");
-            c.args(["-c", &PROXY_CPU.to_string()])
+            let q = queues.to_string();
+            c.args(["-c", cpus])
                 .arg(ferrogate_bin()?)
                 .args(["run", "--config"])
                 .arg(&cfg)
@@ -258,7 +282,7 @@ pub fn start(lab: &Lab, who: Contender, fg_config: Option<&Path>) -> Result<Runn
                     "--netns",
                     &lab.ns("edge"),
                     "--queues",
-                    "1",
+                    &q,
                     "--backend",
                     "af_xdp",
                     "--stats-file",

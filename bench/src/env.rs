@@ -196,7 +196,7 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub fn up(bin: &Path, prefix: &str) -> Result<Lab> {
+    pub fn up(bin: &Path, prefix: &str, queues: u32) -> Result<Lab> {
         let edge = format!("{prefix}edge");
         if netns_list().contains(&edge) {
             eprintln!("removing a leftover lab {prefix:?}");
@@ -206,7 +206,8 @@ impl Lab {
         let lab = Lab {
             prefix: prefix.into(),
         };
-        run(Command::new(bin).args(["lab", "up", "--prefix", prefix, "--queues", "1"]))
+        let q = queues.to_string();
+        run(Command::new(bin).args(["lab", "up", "--prefix", prefix, "--queues", &q]))
             .context("ferrogate lab up")?;
         // The lab's own edge nginx would share the edge with our contenders:
         // stop it; every contender is started (pinned) by the bench.

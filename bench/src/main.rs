@@ -83,6 +83,9 @@ enum Cmd {
     GoodputUnderFlood(Common),
     /// Every scenario, one lab.
     All(Common),
+    /// ferrogate alone: req/s with 1 and 2 workers (2-queue lab), and
+    /// latency at 100 req/s per polling mode (busy, adaptive, interrupt).
+    Scale(Common),
     /// The packet generator alone (run it inside a namespace; prints JSON).
     Gen(pktgen::GenArgs),
     /// The open-loop HTTP client alone (prints JSON).
@@ -146,6 +149,7 @@ fn main() -> Result<()> {
         | Cmd::Conn(c)
         | Cmd::Flood(c)
         | Cmd::GoodputUnderFlood(c)
+        | Cmd::Scale(c)
         | Cmd::All(c) => (c.clone(), &cli.cmd),
         Cmd::Gen(_) | Cmd::Loadgen(_) => unreachable!(),
     };
@@ -173,7 +177,8 @@ fn main() -> Result<()> {
     };
     env::install_cleanup_handlers()?;
     let bin = contenders::ferrogate_bin()?;
-    let lab = env::Lab::up(&bin, &cli.prefix)?;
+    let queues = if matches!(cmd, Cmd::Scale(_)) { 2 } else { 1 };
+    let lab = env::Lab::up(&bin, &cli.prefix, queues)?;
     let mut meta = meta();
     let napi = lab
         .exec("edge", &["cat", "/sys/class/net/eth0/threaded"])
@@ -197,6 +202,7 @@ fn main() -> Result<()> {
         Cmd::Conn(_) => vec![("conn", scenarios::conn)],
         Cmd::Flood(_) => vec![("flood", scenarios::flood)],
         Cmd::GoodputUnderFlood(_) => vec![("goodput-under-flood", scenarios::goodput)],
+        Cmd::Scale(_) => vec![("scale", scenarios::scale)],
         Cmd::All(_) => vec![
             ("http", scenarios::http),
             ("http-latency", scenarios::http_latency),

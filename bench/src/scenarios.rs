@@ -652,3 +652,109 @@ pub fn goodput(ctx: &Ctx) -> Result<Report> {
     }
     Ok(r)
 }
+
+/// Sets the edge NIC (and its bridge-side peer, whose TX queue picks the RX
+/// queue on veth) to `n` queues, so every queue has a worker.
+fn set_channels(lab: &Lab, n: u32) -> Result<()> {
+    let n = n.to_string();
+    lab.exec("edge", &["ethtool", "-L", "eth0", "rx", &n, "tx", &n])?;
+    lab.exec("wire", &["ethtool", "-L", "e-port", "rx", &n, "tx", &n])?;
+    Ok(())
+}
+
+/// ferrogate alone: closed-loop req/s with 1 and 2 workers, then latency at
+/// 100 req/s (open loop) per polling mode with one worker.
+pub fn scale(ctx: &Ctx) -> Result<Report> {
+    let mut r = Report::new("scale", ctx.meta.clone());
+    settings(ctx, &mut r);
+    let o = &ctx.opts;
+    r.columns = vec![
+        col("rps", "req/s", 1.0),
+        col("p50_us", "p50 ms", 1e-3),
+        col("p99_us", "p99 ms", 1e-3),
+        col("proxy_us_per_op", "proxy µs/req", 1.0),
+        col("cpu1_us_per_op", "CPU1 µs/req", 1.0),
+    ];
+    r.plots = vec![("rps".into(), "scale: requests/s per worker count".into())];
+    r.notes.push("workers: wrk -t1 against ferrogate with 1 worker (CPU 1) and 2 workers (CPUs 0,1) on a 2-queue edge NIC; on a 2-core VM the second worker shares CPU 0 with the client and the origin, so this shows the hand-off and contention cost, not scaling headroom.".into());
+    r.notes.push("polling: one worker; the open-loop client at 100 req/s; p50/p99 corrected for coordinated omission. Busy polling spins a whole core; adaptive spins 50 µs, then sleeps on the socket; interrupt sleeps at once.".into());
+    r.settings.insert("edge NIC queues".into(), "2".into());
+    for round in 0..o.rounds {
+        for (queues, cpus) in [
+            (1u32, PROXY_CPU.to_string()),
+            (2, format!("{LOAD_CPU},{PROXY_CPU}")),
+        ] {
+            let who = format!(
+                "ferrogate {queues} worker{}",
+                if queues > 1 { "s" } else { "" }
+            );
+            eprintln!("scale round {round}: {who}");
+            set_channels(&ctx.lab, queues)?;
+            let cfg = contenders::ferrogate_config_tuned(
+                &ctx.lab,
+                queues,
+                &cpus,
+                "",
+                "ferrogate-scale.toml",
+            )?;
+            let s =
+                contenders::start_with(&ctx.lab, Contender::Ferrogate, Some(&cfg), queues, &cpus)
+                    .and_then(|mut run| {
+                        let out = wrk_turn(ctx, &run, "/", None);
+                        run.stop();
+                        out
+                    });
+            r.samples.push(match s {
+                Ok((m, c)) => sample("workers", &who, round, m, c, None),
+                Err(e) => sample(
+                    "workers",
+                    &who,
+                    round,
+                    Metrics::new(),
+                    vec![],
+                    Some(format!("{e:#}")),
+                ),
+            });
+        }
+        set_channels(&ctx.lab, 1)?;
+        for mode in ["busy", "adaptive", "interrupt"] {
+            let who = format!("ferrogate {mode}");
+            eprintln!("scale round {round}: {who}");
+            let extra = format!("\n[numa.node.0]\npolling = \"{mode}\"\n");
+            let cpus = PROXY_CPU.to_string();
+            let cfg = contenders::ferrogate_config_tuned(
+                &ctx.lab,
+                1,
+                &cpus,
+                &extra,
+                "ferrogate-polling.toml",
+            )?;
+            let s = contenders::start_with(&ctx.lab, Contender::Ferrogate, Some(&cfg), 1, &cpus)
+                .and_then(|mut run| {
+                    let addr = Contender::Ferrogate.addr();
+                    let w = measure::window_start(&ctx.lab, &run);
+                    let (mut m, cmd) =
+                        measure::loadgen(&ctx.lab, &addr, "/", 100, o.seconds as f64, 10)?;
+                    let n = m["completed"];
+                    measure::window_end(w, &run, n, &mut m);
+                    run.stop();
+                    measure::check_http(&who, &m, "completed")?;
+                    let achieved = m["achieved_rps"];
+                    m.insert("rps".into(), achieved);
+                    Ok((m, vec![run.command.clone(), cmd]))
+                });
+            r.samples.push(match s {
+                Ok((m, c)) => sample("polling at 100 req/s", &who, round, m, c, None),
+                Err(e) => sample(
+                    "polling at 100 req/s",
+                    &who,
+                    round,
+                    Metrics::new(),
+                    vec![],
+                    Some(format!("{e:#}")),
+                ),
+            });
+        }
+    }
+    Ok(r)
+}

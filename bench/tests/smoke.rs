@@ -80,3 +80,37 @@ fn all_scenarios_smoke() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn scale_scenario_smoke() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("scale_scenario_smoke: skipped: needs root (network namespaces, XDP)");
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("ferrogate-bench-scale-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let prefix = format!("fz{}-", std::process::id() % 100_000);
+    let st = Command::new(env!("CARGO_BIN_EXE_ferrogate-bench"))
+        .args(["scale", "--smoke", "--prefix", &prefix, "--out"])
+        .arg(&out)
+        .status()
+        .expect("running ferrogate-bench scale");
+    assert!(st.success(), "ferrogate-bench scale --smoke failed: {st}");
+    let md = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "md"))
+        .expect("a markdown report");
+    let text = std::fs::read_to_string(md).unwrap();
+    for who in [
+        "ferrogate 1 worker",
+        "ferrogate 2 workers",
+        "ferrogate busy",
+        "ferrogate adaptive",
+        "ferrogate interrupt",
+    ] {
+        assert!(text.contains(who), "{who} missing from the report");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -193,6 +193,18 @@ impl Engine {
                 source,
             })?;
         if let Some(n) = crate::netdev::rx_queues(&cfg.iface)
+            && cfg.queues < n
+        {
+            tracing::warn!(
+                iface = %cfg.iface,
+                nic_queues = n,
+                workers = cfg.queues,
+                "fewer workers than receive queues: VIP frames on queues without a worker go to the kernel and are lost; set `ethtool -L {} combined {}` or engine.queues = {n}",
+                cfg.iface,
+                cfg.queues
+            );
+        }
+        if let Some(n) = crate::netdev::rx_queues(&cfg.iface)
             && cfg.queues > n
         {
             return Err(EngineError::Config(format!(
