@@ -377,6 +377,15 @@ impl Engine {
         Ok(ReloadReport { filter, ignored })
     }
 
+    /// The snapshot version each worker last reported: a cheap read (no
+    /// XDP map reads, no copies of pool counters) for apply's wait loop.
+    pub fn worker_versions(&self) -> Vec<u64> {
+        self.stats
+            .iter()
+            .map(|c| c.read().snapshot_version)
+            .collect()
+    }
+
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             backend: self.backend,

@@ -681,3 +681,13 @@ pub fn send_frames(ns: &str, frames: Vec<Vec<u8>>, pps: u64) -> Result<(usize, f
     .join()
     .map_err(|_| anyhow::anyhow!("sender thread panicked"))?
 }
+
+/// Sets a flag when dropped: load threads in a `std::thread::scope` stop even
+/// when the scope's body panics (otherwise the scope waits for them forever).
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

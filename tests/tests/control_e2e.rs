@@ -392,6 +392,8 @@ fn a_hundred_applies_under_keep_alive_load_fail_no_request() {
         let ns = lab.ns("client");
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (served, switch_ms) = std::thread::scope(|s| {
+            // A failed apply panics the body; the load threads must still stop.
+            let _stop_guard = ferrogate_tests::StopOnDrop(&stop);
             let load: Vec<_> = (0..8)
                 .map(|_| {
                     let (ns, stop) = (&ns, &stop);

@@ -341,6 +341,8 @@ fn rules_change_under_load_without_failed_requests_and_apply_within_a_second() {
         let ns = lab.ns("client");
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (served, applied_in) = std::thread::scope(|s| {
+            // A panic in the body must still stop the load threads.
+            let _stop_guard = ferrogate_tests::StopOnDrop(&stop);
             let load: Vec<_> = (0..8)
                 .map(|_| {
                     let (ns, stop) = (&ns, &stop);

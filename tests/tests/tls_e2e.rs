@@ -307,6 +307,8 @@ fn certificate_reload_under_https_load_fails_no_request() {
             "curl -sS -m 5 --fail --cacert {d}/ca.pem --resolve a.example:443:{VIP} -o /dev/null -w '%{{http_code}}\\n'{urls}"
         );
         let (results, new_cn) = std::thread::scope(|s| {
+            // A panic in the body must still stop the load threads.
+            let _stop_guard = ferrogate_tests::StopOnDrop(&stop);
             let workers: Vec<_> = (0..2)
                 .map(|_| {
                     s.spawn(|| {
