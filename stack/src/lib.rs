@@ -21,6 +21,7 @@ mod stack;
 pub mod stats;
 mod timer;
 pub mod tls;
+mod tls_pipe;
 pub mod upstream;
 mod upstream_io;
 

@@ -1,9 +1,6 @@
 //! The upstream side of a proxied connection as a plaintext byte stream,
 //! over a plain TCP socket or through a TLS client session (`tls = true` on
-//! the pool). Mirrors [`crate::client_io`]: ciphertext moves between the
-//! socket buffers and rustls without an extra copy, and plaintext is taken
-//! only as far as the socket can hold its ciphertext (`send_space`), so a
-//! slow upstream holds back the client instead of making rustls buffer.
+//! the pool), pumped by the same [`TlsPipe`] as the client side.
 
 use std::net::SocketAddr;
 
@@ -12,21 +9,11 @@ use smoltcp::socket::tcp;
 use crate::http::ByteBuf;
 use crate::route::Upstream;
 use crate::tls::{TlsSession, TlsSessionError};
-
-const RECORD_OVERHEAD: usize = 40;
-const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
-const MAX_PLAINTEXT_PER_SEND: usize = 48 * 1024;
-
-pub(crate) struct UpstreamTlsIo {
-    session: TlsSession,
-    /// A protocol or verification error ended the session.
-    failed: bool,
-    closing: bool,
-}
+use crate::tls_pipe::TlsPipe;
 
 pub(crate) enum UpstreamIo {
     Plain,
-    Tls(Box<UpstreamTlsIo>),
+    Tls(Box<TlsPipe>),
 }
 
 impl UpstreamIo {
@@ -36,11 +23,10 @@ impl UpstreamIo {
             None => UpstreamIo::Plain,
             Some(tls) => {
                 let name = tls.server_name(endpoint.ip());
-                UpstreamIo::Tls(Box::new(UpstreamTlsIo {
-                    session: TlsSession::client(tls.config.clone(), name)?,
-                    failed: false,
-                    closing: false,
-                }))
+                UpstreamIo::Tls(Box::new(TlsPipe::new(TlsSession::client(
+                    tls.config.clone(),
+                    name,
+                )?)))
             }
         })
     }
@@ -59,63 +45,24 @@ impl UpstreamIo {
         sock: &mut tcp::Socket<'static>,
         buf: &mut ByteBuf,
     ) -> Result<usize, TlsSessionError> {
-        let t = match self {
+        match self {
             UpstreamIo::Plain => {
                 if !sock.can_recv() || buf.is_full() {
                     return Ok(0);
                 }
                 let n = sock.recv_slice(buf.space()).unwrap_or(0);
                 buf.commit(n);
-                return Ok(n);
+                Ok(n)
             }
-            UpstreamIo::Tls(t) => t,
-        };
-        if t.failed {
-            return Ok(0);
+            UpstreamIo::Tls(t) => t.recv(sock, buf),
         }
-        let mut total = 0;
-        loop {
-            loop {
-                let space = buf.space();
-                if space.is_empty() {
-                    break;
-                }
-                let n = t.session.read_plain(space);
-                if n == 0 {
-                    break;
-                }
-                buf.commit(n);
-                total += n;
-            }
-            if buf.space().is_empty() || !sock.can_recv() {
-                break;
-            }
-            let fed = sock.recv(|data| match t.session.feed_some(data) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (data.len(), Err(e)),
-            });
-            let n = match fed {
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => {
-                    t.failed = true;
-                    t.flush(sock);
-                    return Err(e);
-                }
-                Err(_) => 0,
-            };
-            t.flush(sock);
-            if n == 0 {
-                break;
-            }
-        }
-        Ok(total)
     }
 
     /// Whether the upstream may still send: no FIN, no close_notify.
     pub(crate) fn may_recv(&self, sock: &tcp::Socket<'static>) -> bool {
         match self {
             UpstreamIo::Plain => sock.may_recv(),
-            UpstreamIo::Tls(t) => !t.failed && !t.session.peer_closed() && sock.may_recv(),
+            UpstreamIo::Tls(t) => t.may_recv(sock),
         }
     }
 
@@ -134,8 +81,7 @@ impl UpstreamIo {
         match self {
             UpstreamIo::Plain if sock.may_send() => sock.send_capacity() - sock.send_queue(),
             UpstreamIo::Plain => 0,
-            UpstreamIo::Tls(t) if t.failed => 0,
-            UpstreamIo::Tls(t) => Self::tls_space(t, sock),
+            UpstreamIo::Tls(t) => t.send_space(sock),
         }
     }
 
@@ -143,28 +89,8 @@ impl UpstreamIo {
     pub(crate) fn send(&mut self, sock: &mut tcp::Socket<'static>, data: &[u8]) -> usize {
         match self {
             UpstreamIo::Plain => sock.send_slice(data).unwrap_or(0),
-            UpstreamIo::Tls(t) => {
-                if t.failed {
-                    return 0;
-                }
-                let data = &data[..data.len().min(Self::tls_space(t, sock))];
-                if data.is_empty() {
-                    return 0;
-                }
-                let n = t.session.write_plain(data);
-                t.flush(sock);
-                n
-            }
+            UpstreamIo::Tls(t) => t.send(sock, data),
         }
-    }
-
-    fn tls_space(t: &UpstreamTlsIo, sock: &tcp::Socket<'static>) -> usize {
-        if !sock.may_send() || t.session.wants_write() || t.session.is_handshaking() {
-            return 0;
-        }
-        let free = (sock.send_capacity() - sock.send_queue()).min(MAX_PLAINTEXT_PER_SEND);
-        let records = free / MAX_RECORD_PLAINTEXT + 1;
-        free.saturating_sub(records * RECORD_OVERHEAD)
     }
 
     /// Pushes ciphertext rustls holds (the ClientHello first) into the
@@ -179,26 +105,7 @@ impl UpstreamIo {
     /// Queues close_notify before the socket gets its FIN (best effort).
     pub(crate) fn close(&mut self, sock: &mut tcp::Socket<'static>) {
         if let UpstreamIo::Tls(t) = self {
-            if !t.closing && !t.failed && !t.session.is_handshaking() {
-                t.session.close();
-            }
-            t.closing = true;
-            t.flush(sock);
+            t.close(sock);
         }
-    }
-}
-
-impl UpstreamTlsIo {
-    fn flush(&mut self, sock: &mut tcp::Socket<'static>) -> bool {
-        while self.session.wants_write() {
-            let wrote = sock.send(|space| {
-                let n = self.session.take_tls(space);
-                (n, n)
-            });
-            if !matches!(wrote, Ok(n) if n > 0) {
-                break;
-            }
-        }
-        !self.session.wants_write()
     }
 }
