@@ -99,6 +99,9 @@ pub fn eal_args(s: &DpdkSettings, cpus: &[usize]) -> Vec<String> {
     a.push(format!("--lcores=0@({cpu_list})"));
     match &s.file_prefix {
         Some(p) => a.push(format!("--file-prefix={p}")),
+        // --no-huge implies legacy memory, which --in-memory refuses;
+        // --no-shconf is the part of --in-memory that matters then.
+        None if !s.hugepages => a.push("--no-shconf".into()),
         None => a.push("--in-memory".into()),
     }
     if s.hugepages {
@@ -203,6 +206,12 @@ fn eal_cleanup() {
         // unregistered; nothing uses DPDK after this.
         unsafe { sys::rte_eal_cleanup() };
         *st = EalState::Done;
+        // The EAL leaves its (empty, with --in-memory/--no-shconf) runtime
+        // directory behind; remove it when empty. remove_dir never removes a
+        // non-empty directory, so another process's files stay.
+        for d in ["/var/run/dpdk/rte", "/var/run/dpdk"] {
+            let _ = std::fs::remove_dir(d);
+        }
     }
 }
 
@@ -772,7 +781,7 @@ mod tests {
         let a = eal_args(&s, &[0, 1]);
         assert_eq!(a[0], "ferrogate");
         assert!(a.contains(&"--lcores=0@(0,1)".to_string()), "{a:?}");
-        assert!(a.contains(&"--in-memory".to_string()));
+        assert!(a.contains(&"--no-shconf".to_string()), "{a:?}");
         assert!(a.contains(&"--no-huge".to_string()));
         assert!(a.contains(&"-m256".to_string()));
         assert!(a.contains(&"--vdev=net_null1,size=64".to_string()));
