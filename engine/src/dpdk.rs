@@ -43,9 +43,13 @@ pub enum DpdkError {
     #[error("DPDK: the EAL was already cleaned up in this process; it cannot start twice")]
     EalDone,
     #[error(
-        "DPDK: port {name:?} not found; ports DPDK probed: [{available}] (check engine.dpdk.vdevs / engine.dpdk.port; a PCI NIC must be bound to vfio-pci)"
+        "DPDK: port {name:?} not found{hint}; ports DPDK probed: [{available}] (check engine.dpdk.vdevs / engine.dpdk.port; a PCI NIC must be bound to vfio-pci)"
     )]
-    NoPort { name: String, available: String },
+    NoPort {
+        name: String,
+        available: String,
+        hint: &'static str,
+    },
     #[error("DPDK: no port at all (no engine.dpdk.vdevs and no NIC bound to a DPDK driver)")]
     NoPorts,
     #[error("DPDK: port {port} ({name}): {what} failed: {reason}")]
@@ -276,7 +280,13 @@ pub fn probe(s: &DpdkSettings, cpus: &[usize]) -> Result<PortInfo, DpdkError> {
             // SAFETY: NUL-terminated name and a valid out pointer.
             let rc = unsafe { sys::rte_eth_dev_get_port_by_name(c.as_ptr(), &mut id) };
             if rc != 0 {
+                let hint = if s.vdevs.iter().any(|v| vdev_name(v) == name) {
+                    " — the vdev did not probe: see the EAL line above (e.g. its iface does not exist in this namespace)"
+                } else {
+                    ""
+                };
                 return Err(DpdkError::NoPort {
+                    hint,
                     name,
                     available: ports
                         .iter()
