@@ -189,6 +189,8 @@ fn eal_init(s: &DpdkSettings, cpus: &[usize]) -> Result<(), DpdkError> {
         let errno = rte_errno();
         // EAL initialisation is not retryable once it failed half way.
         *st = EalState::Done;
+        drop(st);
+        eal_cleanup();
         if s.hugepages && (errno == libc::EACCES || errno == libc::ENOMEM) {
             return Err(DpdkError::NoHugepages {
                 detail: strerror(errno),
@@ -203,19 +205,21 @@ fn eal_init(s: &DpdkSettings, cpus: &[usize]) -> Result<(), DpdkError> {
     Ok(())
 }
 
-fn eal_cleanup() {
+/// Cleans up the EAL if it is up (once per process) and removes the empty
+/// runtime directory it leaves behind. Called when the port closes, and on
+/// every start-up error after the EAL started.
+pub fn eal_cleanup() {
     let mut st = EAL.lock().unwrap_or_else(|e| e.into_inner());
     if *st == EalState::Up {
         // SAFETY: every port and pool is closed/freed and every worker has
         // unregistered; nothing uses DPDK after this.
         unsafe { sys::rte_eal_cleanup() };
         *st = EalState::Done;
-        // The EAL leaves its (empty, with --in-memory/--no-shconf) runtime
-        // directory behind; remove it when empty. remove_dir never removes a
-        // non-empty directory, so another process's files stay.
-        for d in ["/var/run/dpdk/rte", "/var/run/dpdk"] {
-            let _ = std::fs::remove_dir(d);
-        }
+    }
+    // With --in-memory/--no-shconf the directory is empty; remove_dir never
+    // removes a non-empty one, so another process's files stay.
+    for d in ["/var/run/dpdk/rte", "/var/run/dpdk"] {
+        let _ = std::fs::remove_dir(d);
     }
 }
 
@@ -268,6 +272,10 @@ pub struct PortInfo {
 /// configured yet, so the caller can place workers on the port's node first.
 pub fn probe(s: &DpdkSettings, cpus: &[usize]) -> Result<PortInfo, DpdkError> {
     eal_init(s, cpus)?;
+    find_port(s).inspect_err(|_| eal_cleanup())
+}
+
+fn find_port(s: &DpdkSettings) -> Result<PortInfo, DpdkError> {
     let wanted = s
         .port
         .clone()
