@@ -82,6 +82,8 @@ fn main() {
         .allowlist_function("rte_thread_.*")
         .allowlist_function("rte_strerror")
         .allowlist_function("rte_vdev_.*")
+        .allowlist_function("rte_ring_.*")
+        .allowlist_var("RING_F_.*")
         .allowlist_function("fg_.*")
         .allowlist_type("rte_eth_.*")
         .allowlist_var("RTE_ETH_.*")

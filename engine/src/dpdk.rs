@@ -157,8 +157,9 @@ fn free_hugepages() -> u64 {
         .sum()
 }
 
-/// Starts the EAL once per process.
-fn eal_init(s: &DpdkSettings, cpus: &[usize]) -> Result<(), DpdkError> {
+/// Starts the EAL once per process (the engine does it in [`probe`]; a
+/// benchmark may start it first to create ports of its own).
+pub fn eal_init(s: &DpdkSettings, cpus: &[usize]) -> Result<(), DpdkError> {
     let mut st = EAL.lock().unwrap_or_else(|e| e.into_inner());
     match *st {
         EalState::Up => return Ok(()),

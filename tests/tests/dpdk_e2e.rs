@@ -432,3 +432,79 @@ fn dpdk_start_up_errors_are_one_clear_line_each() {
         );
     });
 }
+
+/// Reserves 2 MB hugepages and mounts a hugetlbfs for one test; restores
+/// `nr_hugepages` and unmounts on drop (also when the test fails).
+struct Hugepages {
+    before: u64,
+    mount: PathBuf,
+}
+
+impl Hugepages {
+    const NR: &'static str = "/proc/sys/vm/nr_hugepages";
+
+    fn reserve(extra: u64, mount: PathBuf) -> Option<Hugepages> {
+        let before: u64 = std::fs::read_to_string(Self::NR)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        std::fs::write(Self::NR, (before + extra).to_string()).ok()?;
+        let g = Hugepages {
+            before,
+            mount: mount.clone(),
+        };
+        std::fs::create_dir_all(&mount).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "nodev"])
+            .arg(&mount)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok || free_hugepages() < extra {
+            return None; // drop restores
+        }
+        Some(g)
+    }
+}
+
+impl Drop for Hugepages {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = std::fs::remove_dir(&self.mount);
+        let _ = std::fs::write(Self::NR, self.before.to_string());
+    }
+}
+
+#[test]
+fn dpdk_on_hugepages_serves_keep_alive_requests() {
+    lab_test("dpdk_hugepages", || {
+        let lab = Lab::up(1);
+        let mount = lab.state_dir().join("hugetlbfs");
+        let Some(_huge) = Hugepages::reserve(160, mount.clone()) else {
+            eprintln!("dpdk_hugepages: skipped: could not reserve 2 MB hugepages here");
+            return;
+        };
+        let cfg = lab.config_with(
+            "huge.toml",
+            &format!(
+                r#"
+[engine.dpdk]
+vdevs = ["net_af_packet0,iface=eth0"]
+hugepages = true
+huge_dir = "{}"
+memory_mb = 256
+mbufs = 4095
+"#,
+                mount.display()
+            ),
+        );
+        let mut engine = lab.start_engine_with(&cfg, "dpdk", 1);
+        assert!(engine.log().contains("--in-memory"), "{}", engine.log());
+        let (ok, errors) = keep_alive_load(&lab, 10, 20);
+        assert!(errors.is_empty(), "{errors:?}\nlog:\n{}", engine.log());
+        assert_eq!(ok, 200);
+        let st = engine.stop().expect("exit status");
+        assert!(st.success(), "engine exit {st}; log:\n{}", engine.log());
+    });
+}
