@@ -239,7 +239,7 @@ fn open_kernel(cfg: &mut EngineConfig) -> Result<Opened, EngineError> {
         )));
     }
     let (cpus, umem_node) = place_workers(cfg, ferrogate_numa::nic_node(&cfg.iface))?;
-    let vips = vip_addrs(&cfg);
+    let vips = vip_addrs(cfg);
 
     let (backend, xdp, ios) = match cfg.backend {
         BackendChoice::AfXdp => {
