@@ -148,6 +148,13 @@ fn dpdk_two_queues_serves_2000_keep_alive_requests_with_hand_off() {
             "{after:?}"
         );
         assert!(!lab.edge_has_xdp(), "no XDP program under DPDK");
+        let (code, metrics, err) = lab.ctl(&["metrics"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            metrics.contains("ferrogate_dpdk_port_total{counter=\"ipackets\"}")
+                && metrics.contains("ferrogate_dpdk_xstat_total{xstat=\"rx_good_packets\"}"),
+            "{metrics}"
+        );
         assert!(engine.is_running());
         let st = engine.stop().expect("exit status");
         assert!(st.success(), "engine exit {st}; log:\n{}", engine.log());
