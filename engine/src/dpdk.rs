@@ -203,6 +203,7 @@ pub fn eal_init(s: &DpdkSettings, cpus: &[usize]) -> Result<(), DpdkError> {
         });
     }
     *st = EalState::Up;
+    tracing::info!("DPDK EAL up");
     Ok(())
 }
 

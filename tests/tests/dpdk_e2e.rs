@@ -300,6 +300,50 @@ burst_packets = {burst}
     });
 }
 
+#[test]
+fn dpdk_allow_list_mode_admits_only_listed_sources() {
+    lab_test("dpdk_allow_list", || {
+        let lab = Lab::up(1);
+        lab.exec(
+            "client",
+            &["ip", "addr", "add", &format!("{CLIENT2}/24"), "dev", "eth0"],
+        )
+        .unwrap();
+        let cfg = lab.config_with(
+            "allow.toml",
+            &format!(
+                r#"{}
+[filter]
+mode = "allow_list"
+[[filter.cidr]]
+id = "office"
+action = "allow"
+cidrs = ["10.77.0.22/32", "fd77::/64"]
+"#,
+                dpdk_section(1)
+            ),
+        );
+        let engine = lab.start_engine_probe(&cfg, "dpdk", 1, false);
+        // Upstream replies from the origin (not allow-listed) still arrive.
+        assert!(
+            curl_from(&lab, CLIENT2, &format!("http://{VIP}/in"))
+                .unwrap()
+                .contains("path=/in")
+        );
+        assert!(
+            curl_from(&lab, "fd77::2", "http://[fd77::10]/in6")
+                .unwrap()
+                .contains("path=/in6")
+        );
+        assert!(curl_from(&lab, "10.77.0.2", &format!("http://{VIP}/out")).is_err());
+        let s = engine.stats();
+        assert!(s["xdp_drop_not_allowed_packets"] >= 1, "{s:?}");
+        assert!(s["xdp_rule_not-allow-listed_packets"] >= 1, "{s:?}");
+        assert!(s["xdp_rule_office_packets"] >= 2, "{s:?}");
+        assert!(s["xdp_rule_upstreams_packets"] >= 2, "{s:?}");
+    });
+}
+
 /// Runs `ferrogate run` with `config` until it exits; (exit code, output).
 fn run_to_exit(config: &Path, state: &Path, netns: Option<&str>) -> (i32, String) {
     let mut cmd = Command::new(ferrogate_bin());
