@@ -1,7 +1,7 @@
 //! The DPDK backend in the lab: the real `ferrogate` binary (built with the
 //! `dpdk` feature, the default) runs `backend = "dpdk"` on a `net_af_packet`
-//! vdev over the edge veth inside the lab's edge namespace, without
-//! hugepages. The same cases as `lab_e2e.rs` (keep-alive load over two
+//! (or `net_af_xdp`) vdev over the edge veth inside the lab's edge
+//! namespace, without hugepages (and once on 2 MB hugepages). The same cases as `lab_e2e.rs` (keep-alive load over two
 //! queues with hand-off, clean exit) and `filter_e2e.rs` (CIDR deny on IPv4
 //! and IPv6, a per-source rate rule) — the filter tier runs in the workers
 //! here — plus the start-up errors (missing hugepages, port, vdev; EAL
@@ -163,6 +163,38 @@ fn dpdk_two_queues_serves_2000_keep_alive_requests_with_hand_off() {
             "{}",
             engine.log()
         );
+    });
+}
+
+#[test]
+fn dpdk_af_xdp_vdev_proxies_and_detaches_its_program() {
+    lab_test("dpdk_af_xdp", || {
+        let lab = Lab::up(1);
+        // The af_xdp PMD attaches its own XDP program (libxdp) that takes
+        // every frame of the queue: the edge host loses the interface while
+        // it runs, like a NIC bound to DPDK.
+        let cfg = lab.config_with(
+            "afxdp.toml",
+            r#"
+[engine.dpdk]
+vdevs = ["net_af_xdp0,iface=eth0,start_queue=0,queue_count=1"]
+hugepages = false
+memory_mb = 256
+mbufs = 4095
+"#,
+        );
+        let mut engine = lab.start_engine_with(&cfg, "dpdk", 1);
+        assert!(
+            engine.log().contains("driver=net_af_xdp"),
+            "{}",
+            engine.log()
+        );
+        let (ok, errors) = keep_alive_load(&lab, 10, 20);
+        assert!(errors.is_empty(), "{errors:?}\nlog:\n{}", engine.log());
+        assert_eq!(ok, 200);
+        let st = engine.stop().expect("exit status");
+        assert!(st.success(), "engine exit {st}; log:\n{}", engine.log());
+        assert!(!lab.edge_has_xdp(), "the PMD's XDP program stayed attached");
     });
 }
 
