@@ -4,8 +4,10 @@
 pub mod admin;
 pub mod config;
 pub mod ctl;
+pub mod daemon;
 pub mod demo;
 pub mod lab;
 pub mod metrics;
 pub mod run;
 pub mod snapshot;
+pub mod supervise;

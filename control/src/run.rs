@@ -245,6 +245,25 @@ impl Runtime<'_> {
             }
             Op::Apply { text, source } => self.apply(text, source),
             Op::Rollback => self.rollback(),
+            Op::Hello => {
+                let cur = self.current();
+                Reply::ok(format!(
+                    "protocol {}\nversion {}\ncontent_hash {:016x}\npid {}\n",
+                    admin::PROTOCOL,
+                    cur.version(),
+                    cur.hash,
+                    std::process::id()
+                ))
+            }
+            Op::Running => {
+                let cur = self.current();
+                Reply::ok(format!(
+                    "version {}\nsource {}\n\n{}",
+                    cur.version(),
+                    cur.source.display(),
+                    cur.text
+                ))
+            }
             Op::Diff => {
                 let file = self.file();
                 match std::fs::read_to_string(&file) {
