@@ -45,7 +45,10 @@ pub enum Op {
     Status,
     Stats,
     Metrics,
-    Apply { text: String, source: PathBuf },
+    Apply {
+        text: String,
+        source: PathBuf,
+    },
     Diff,
     Rollback,
     /// `GET /v1/hello`: protocol, running version and content hash.
@@ -135,7 +138,12 @@ pub fn spawn(listener: UnixListener, tx: mpsc::Sender<Request>) -> Result<()> {
 
 /// Serves `handler` on a Unix socket, one thread per connection.
 pub fn spawn_unix(listener: UnixListener, handler: Handler) -> Result<()> {
-    serve_loop("fg-admin", move || listener.accept().map(|(s, _)| s), None, handler)
+    serve_loop(
+        "fg-admin",
+        move || listener.accept().map(|(s, _)| s),
+        None,
+        handler,
+    )
 }
 
 /// Serves `handler` on TCP; every request must carry `Authorization:
@@ -311,10 +319,7 @@ fn handle<S: Read + Write + Timeouts>(
     let (reply, ctype) = match read_request(&mut s) {
         Err(e) => (Reply::err(400, format!("bad request: {e}\n")), "text/plain"),
         Ok(req) => match (token, req.bearer.as_deref()) {
-            (Some(_), None) => (
-                Reply::err(401, "missing bearer token\n"),
-                "text/plain",
-            ),
+            (Some(_), None) => (Reply::err(401, "missing bearer token\n"), "text/plain"),
             (Some(want), Some(given)) if !token_matches(given, want) => {
                 (Reply::err(401, "wrong bearer token\n"), "text/plain")
             }
@@ -410,7 +415,10 @@ fn engine_dispatch(req: HttpRequest, tx: &mpsc::Sender<Request>) -> (Reply, &'st
         ("GET", "/v1/hello") => Op::Hello,
         ("GET", "/v1/snapshot") => Op::Running,
         ("POST", "/v1/snapshot") => {
-            let want = req.hash.as_deref().and_then(|h| u64::from_str_radix(h, 16).ok());
+            let want = req
+                .hash
+                .as_deref()
+                .and_then(|h| u64::from_str_radix(h, 16).ok());
             let Some(want) = want else {
                 return (
                     Reply::err(400, "a pushed snapshot needs X-Ferrogate-Hash\n"),
@@ -422,7 +430,9 @@ fn engine_dispatch(req: HttpRequest, tx: &mpsc::Sender<Request>) -> (Reply, &'st
                 return (
                     Reply::err(
                         400,
-                        format!("snapshot hash {got:016x} does not match X-Ferrogate-Hash {want:016x}\n"),
+                        format!(
+                            "snapshot hash {got:016x} does not match X-Ferrogate-Hash {want:016x}\n"
+                        ),
                     ),
                     "text/plain",
                 );

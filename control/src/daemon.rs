@@ -388,10 +388,7 @@ impl Daemon {
             ("GET", "/status") => self.status(),
             ("GET", "/stats") => self.forward("GET", "/stats"),
             ("GET", "/metrics") => {
-                return (
-                    self.forward("GET", "/metrics"),
-                    "text/plain; version=0.0.4",
-                );
+                return (self.forward("GET", "/metrics"), "text/plain; version=0.0.4");
             }
             ("GET", "/diff") => self.diff(),
             ("POST", "/validate") => admin::validate(
@@ -472,7 +469,8 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         tracing::info!(socket = %path.display(), "control API listening");
     }
     if let (Some(addr), Some(token)) = (daemon.args.tcp, token) {
-        let l = TcpListener::bind(addr).with_context(|| format!("binding the admin API on {addr}"))?;
+        let l =
+            TcpListener::bind(addr).with_context(|| format!("binding the admin API on {addr}"))?;
         admin::spawn_tcp(l, token, handler)?;
         tracing::info!(%addr, "control API listening on TCP (bearer token)");
     }

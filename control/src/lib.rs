@@ -1,6 +1,7 @@
 //! ferrogate's control side: the TOML configuration, the lab, and the
 //! commands of the `ferrogate` binary.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod ctl;

@@ -164,6 +164,15 @@ enum CtlSub {
     Diff,
     /// Back to the previous kept version.
     Rollback,
+    /// Live per-worker rates (packets, requests, busy %), refreshed.
+    Top {
+        /// Refresh interval in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many refreshes (0 = until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -331,6 +340,10 @@ fn main() -> Result<()> {
                 CtlSub::Apply { file } => CtlCmd::Apply(file),
                 CtlSub::Diff => CtlCmd::Diff,
                 CtlSub::Rollback => CtlCmd::Rollback,
+                CtlSub::Top { interval_ms, count } => CtlCmd::Top {
+                    interval: Duration::from_millis(interval_ms.max(100)),
+                    count,
+                },
             };
             match ctl::ctl(&socket, cmd) {
                 Ok(code) => std::process::exit(code),

@@ -42,12 +42,17 @@ pub struct SuperviseArgs {
 const FIRST_START_GRACE: Duration = Duration::from_secs(10);
 /// Restarts closer together than this are delayed to it.
 const RESTART_BACKOFF: Duration = Duration::from_millis(500);
+/// More engine restarts than this within `RESTART_WINDOW` end the
+/// supervisor: a crash loop is an operator's problem, not a retry's.
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 struct Proc {
     name: &'static str,
     child: Option<Child>,
     started: Instant,
     restarts: u32,
+    recent: std::collections::VecDeque<Instant>,
 }
 
 impl Proc {
@@ -105,7 +110,9 @@ fn spawn(name: &'static str, args: &[String]) -> Result<Child> {
             Ok(())
         });
     }
-    let child = cmd.spawn().with_context(|| format!("starting the {name}"))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting the {name}"))?;
     tracing::info!(process = name, pid = child.id(), "started");
     Ok(child)
 }
@@ -176,6 +183,7 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
         child: Some(spawn("engine", &engine_argv(true))?),
         started: Instant::now(),
         restarts: 0,
+        recent: Default::default(),
     };
     let mut control = if with_control {
         Some(Proc {
@@ -183,6 +191,7 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
             child: Some(spawn("control daemon", &control_argv())?),
             started: Instant::now(),
             restarts: 0,
+            recent: Default::default(),
         })
     } else {
         None
@@ -207,7 +216,27 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
                 break;
             }
             if first {
-                result = Err(anyhow::anyhow!("the engine failed to start ({})", describe(st)));
+                result = Err(anyhow::anyhow!(
+                    "the engine failed to start ({})",
+                    describe(st)
+                ));
+                break;
+            }
+            engine.recent.push_back(Instant::now());
+            while engine
+                .recent
+                .front()
+                .is_some_and(|t| t.elapsed() > RESTART_WINDOW)
+            {
+                engine.recent.pop_front();
+            }
+            if engine.recent.len() > MAX_RESTARTS {
+                result = Err(anyhow::anyhow!(
+                    "the engine died {} times within {} s ({}); giving up",
+                    engine.recent.len(),
+                    RESTART_WINDOW.as_secs(),
+                    describe(st)
+                ));
                 break;
             }
             tracing::error!(status = %describe(st), "engine died; restarting it from its last-known-good snapshot");
@@ -220,6 +249,15 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
         if let Some(c) = control.as_mut()
             && let Some(st) = c.try_exit()
         {
+            // A daemon that refuses to start (bad token file, address in
+            // use) says why and exits 1: retrying does not fix that.
+            if c.restarts == 0 && st.code().is_some() && c.started.elapsed() < FIRST_START_GRACE {
+                result = Err(anyhow::anyhow!(
+                    "the control daemon failed to start ({})",
+                    describe(st)
+                ));
+                break;
+            }
             tracing::warn!(status = %describe(st), "control daemon exited; restarting it (the engine keeps serving)");
             std::thread::sleep(RESTART_BACKOFF.saturating_sub(c.started.elapsed()));
             c.child = Some(spawn("control daemon", &control_argv())?);
