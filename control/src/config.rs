@@ -246,6 +246,155 @@ pub struct EngineSection {
     pub max_connections: usize,
     #[serde(default = "default_tcp_buffer")]
     pub tcp_buffer: Spanned<usize>,
+    /// `[engine.dpdk]`: EAL and port settings for `backend = "dpdk"`.
+    #[serde(default)]
+    pub dpdk: DpdkSection,
+}
+
+/// `[engine.dpdk]` (see `configs/edge.example.toml`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpdkSection {
+    /// `--vdev` devices, e.g. `net_af_packet0,iface=eth0,qpairs=2`.
+    #[serde(default)]
+    pub vdevs: Vec<Spanned<String>>,
+    /// A vdev name or a PCI address; default: the first vdev, else port 0.
+    #[serde(default)]
+    pub port: Option<Spanned<String>>,
+    #[serde(default = "default_true")]
+    pub hugepages: bool,
+    #[serde(default)]
+    pub huge_dir: Option<String>,
+    /// EAL memory in MB; 0 = the EAL default (with hugepages), 512 without.
+    #[serde(default)]
+    pub memory_mb: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub mbufs: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub mbuf_cache: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub rx_desc: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub tx_desc: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub file_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub eal_args: Vec<Spanned<String>>,
+}
+
+impl Default for DpdkSection {
+    fn default() -> Self {
+        DpdkSection {
+            vdevs: Vec::new(),
+            port: None,
+            hugepages: true,
+            huge_dir: None,
+            memory_mb: None,
+            mbufs: None,
+            mbuf_cache: None,
+            rx_desc: None,
+            tx_desc: None,
+            file_prefix: None,
+            eal_args: Vec::new(),
+        }
+    }
+}
+
+/// Checks `[engine.dpdk]` and builds the engine's settings from it.
+fn check_dpdk(d: &DpdkSection, rep: &mut Reporter<'_>) -> ferrogate_engine::DpdkSettings {
+    let mut s = ferrogate_engine::DpdkSettings {
+        hugepages: d.hugepages,
+        huge_dir: d.huge_dir.clone(),
+        ..Default::default()
+    };
+    for v in &d.vdevs {
+        let t = v.get_ref();
+        if !t.starts_with("net_") || t.chars().any(char::is_whitespace) {
+            rep.at(
+                v.span(),
+                "engine.dpdk.vdevs",
+                format!(
+                    "{t:?}: expected a DPDK net vdev like \"net_af_packet0,iface=eth0\" (no spaces)"
+                ),
+            );
+        }
+        s.vdevs.push(t.clone());
+    }
+    if let Some(p) = &d.port {
+        if p.get_ref().is_empty() {
+            rep.at(p.span(), "engine.dpdk.port", "must not be empty");
+        }
+        s.port = Some(p.get_ref().clone());
+    }
+    if let Some(m) = &d.memory_mb {
+        let v = *m.get_ref();
+        if (!d.hugepages && v < 64) || v > 1024 * 1024 {
+            rep.at(
+                m.span(),
+                "engine.dpdk.memory_mb",
+                "must be 64..=1048576 without hugepages (0 = EAL default with hugepages)",
+            );
+        }
+        s.memory_mb = v;
+    }
+    if let Some(m) = &d.mbufs {
+        let v = *m.get_ref();
+        if !(1023..=16 * 1024 * 1024).contains(&v) {
+            rep.at(m.span(), "engine.dpdk.mbufs", "must be 1023..=16777216");
+        }
+        s.mbufs = v;
+    }
+    if let Some(m) = &d.mbuf_cache {
+        let v = *m.get_ref();
+        if v > 512 || (v as u64) * 3 / 2 > s.mbufs as u64 {
+            rep.at(
+                m.span(),
+                "engine.dpdk.mbuf_cache",
+                "must be <= 512 and <= mbufs / 1.5",
+            );
+        }
+        s.mbuf_cache = v;
+    }
+    for (field, v, dst) in [
+        ("engine.dpdk.rx_desc", &d.rx_desc, &mut s.rx_desc),
+        ("engine.dpdk.tx_desc", &d.tx_desc, &mut s.tx_desc),
+    ] {
+        if let Some(v) = v {
+            if !(64..=16384).contains(v.get_ref()) {
+                rep.at(v.span(), field, "must be 64..=16384");
+            }
+            *dst = *v.get_ref();
+        }
+    }
+    if let Some(p) = &d.file_prefix {
+        let t = p.get_ref();
+        if t.is_empty()
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            rep.at(
+                p.span(),
+                "engine.dpdk.file_prefix",
+                "must be letters, digits, '_' or '-'",
+            );
+        }
+        s.file_prefix = Some(t.clone());
+    }
+    for a in &d.eal_args {
+        if !a.get_ref().starts_with('-') {
+            rep.at(
+                a.span(),
+                "engine.dpdk.eal_args",
+                format!(
+                    "{:?}: each entry is one EAL option starting with '-' (use --opt=value)",
+                    a.get_ref()
+                ),
+            );
+        }
+        s.eal_args.push(a.get_ref().clone());
+    }
+    s
 }
 
 fn one() -> Spanned<u32> {
@@ -274,6 +423,7 @@ pub enum Backend {
     AfXdp,
     AfPacket,
     Auto,
+    Dpdk,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
@@ -1900,6 +2050,7 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
     }
     let filter = check_filter(cfg, rep, &vips, &pools);
     let numa = check_numa(cfg, rep);
+    let dpdk = check_dpdk(&e.dpdk, rep);
     if !rep.errors.is_empty() {
         return None;
     }
@@ -1915,7 +2066,9 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
         Backend::AfXdp => BackendChoice::AfXdp,
         Backend::AfPacket => BackendChoice::AfPacket,
         Backend::Auto => BackendChoice::Auto,
+        Backend::Dpdk => BackendChoice::Dpdk,
     };
+    ec.dpdk = dpdk;
     ec.xdp_mode = match e.xdp_mode {
         XdpMode::Auto => AttachMode::Auto,
         XdpMode::Native => AttachMode::Native,

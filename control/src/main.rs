@@ -213,7 +213,8 @@ fn parse_backend(s: &str) -> Result<ferrogate_engine::BackendChoice> {
         "af_xdp" => AfXdp,
         "af_packet" => AfPacket,
         "auto" => Auto,
-        other => anyhow::bail!("--backend {other:?}: expected af_xdp, af_packet or auto"),
+        "dpdk" => Dpdk,
+        other => anyhow::bail!("--backend {other:?}: expected af_xdp, af_packet, dpdk or auto"),
     })
 }
 

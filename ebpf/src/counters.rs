@@ -123,6 +123,12 @@ define_counters! {
 }
 
 impl XdpCounters {
+    /// Adds `v` to one counter (for filters that count outside the program,
+    /// e.g. the engine's software filter under DPDK).
+    pub fn add_to(&mut self, counter: Counter, v: Verdict) {
+        self.get_mut(counter).add(v);
+    }
+
     /// Builds the totals from the per-CPU values of each counter (indexed by [`Counter`]).
     pub(crate) fn from_per_cpu<'a, I>(per_counter: I) -> Self
     where

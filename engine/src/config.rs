@@ -14,6 +14,57 @@ pub enum BackendChoice {
     Auto,
     AfXdp,
     AfPacket,
+    /// DPDK (feature `dpdk`): the port named in [`DpdkSettings`], EAL owned
+    /// by the engine; the filter rules run in the workers.
+    Dpdk,
+}
+
+/// `[engine.dpdk]`: how the EAL starts and which port the engine drives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpdkSettings {
+    /// Virtual devices (`--vdev`), e.g. `net_af_packet0,iface=eth0,qpairs=2`.
+    pub vdevs: Vec<String>,
+    /// The port: a vdev name (`net_af_packet0`) or a PCI address
+    /// (`0000:03:00.0`, which is also allow-listed with `-a`). None: the
+    /// first vdev, else the first port DPDK finds.
+    pub port: Option<String>,
+    /// 2 MB hugepages (the EAL's default); false = `--no-huge -m memory_mb`.
+    pub hugepages: bool,
+    /// hugetlbfs mount (`--huge-dir`); None = the EAL's own discovery.
+    pub huge_dir: Option<String>,
+    /// Memory for the EAL in MB (`-m`); 0 = the EAL's default (hugepages only).
+    pub memory_mb: u32,
+    /// Mbufs per NUMA node's mempool.
+    pub mbufs: u32,
+    /// Per-lcore mempool cache.
+    pub mbuf_cache: u32,
+    /// Rx/tx descriptors per queue (rounded by the driver).
+    pub rx_desc: u16,
+    pub tx_desc: u16,
+    /// `--file-prefix`: shared runtime files under /var/run/dpdk/<prefix>
+    /// (for secondary processes, dpdk-proc-info). None = `--in-memory`, so
+    /// several engines and tests never clash.
+    pub file_prefix: Option<String>,
+    /// Extra EAL arguments, appended last (e.g. `--log-level=lib.eal:debug`).
+    pub eal_args: Vec<String>,
+}
+
+impl Default for DpdkSettings {
+    fn default() -> Self {
+        Self {
+            vdevs: Vec::new(),
+            port: None,
+            hugepages: true,
+            huge_dir: None,
+            memory_mb: 0,
+            mbufs: 8191,
+            mbuf_cache: 256,
+            rx_desc: 1024,
+            tx_desc: 1024,
+            file_prefix: None,
+            eal_args: Vec::new(),
+        }
+    }
 }
 
 /// How a worker waits for frames.
@@ -63,6 +114,8 @@ pub struct EngineConfig {
     /// Access-log records each worker may queue for the writer; 0 = no
     /// access log (the stack then does no access-log work at all).
     pub access_log_queue: usize,
+    /// `[engine.dpdk]` (used with `backend = dpdk`).
+    pub dpdk: DpdkSettings,
 }
 
 impl EngineConfig {
@@ -94,6 +147,7 @@ impl EngineConfig {
             fail_mode: FailMode::Open,
             numa: Default::default(),
             access_log_queue: 0,
+            dpdk: DpdkSettings::default(),
         }
     }
 }

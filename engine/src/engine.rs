@@ -19,7 +19,8 @@ use crate::config::{BackendChoice, EngineConfig, PollingMode, PortPlan};
 use crate::handoff;
 use crate::io::{BackendKind, PacketIo};
 use crate::stats::{EngineStats, StatsCell};
-use crate::worker::Worker;
+use crate::swfilter::{Buckets, FilterCounters, RuleIndex, SwRules};
+use crate::worker::{Worker, WorkerFilter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -43,6 +44,21 @@ pub enum EngineError {
     Config(String),
     #[error("spawning worker thread: {0}")]
     Spawn(std::io::Error),
+    #[cfg(feature = "dpdk")]
+    #[error(transparent)]
+    Dpdk(#[from] crate::dpdk::DpdkError),
+    #[error("filter rules: {0}")]
+    Filter(String),
+}
+
+/// The software filter tier (backends without XDP): compiled rules swapped
+/// atomically, token buckets shared by the workers, counters per worker.
+struct SoftFilter {
+    rules: Arc<ArcSwap<SwRules>>,
+    buckets: Arc<Buckets>,
+    counters: Vec<Arc<FilterCounters>>,
+    index: RuleIndex,
+    vips: Vec<IpAddr>,
 }
 
 /// What a reload changed.
@@ -74,6 +90,22 @@ pub struct Engine {
     /// Per-worker access-log queues (index = worker), empty when off.
     access: Vec<Arc<AccessQueue>>,
     clock_start: StdInstant,
+    soft_filter: Option<SoftFilter>,
+    /// Dropped after the workers (Drop joins them first): stops and closes
+    /// the port, frees the mempools, cleans up the EAL.
+    #[cfg(feature = "dpdk")]
+    dpdk: Option<crate::dpdk::DpdkPort>,
+}
+
+/// What opening a backend produced.
+struct Opened {
+    mac: [u8; 6],
+    cpus: Vec<usize>,
+    backend: BackendKind,
+    xdp: Option<XdpFilter>,
+    ios: Vec<Box<dyn PacketIo>>,
+    #[cfg(feature = "dpdk")]
+    dpdk: Option<crate::dpdk::DpdkPort>,
 }
 
 fn vip_addrs(cfg: &EngineConfig) -> Vec<IpAddr> {
@@ -83,7 +115,10 @@ fn vip_addrs(cfg: &EngineConfig) -> Vec<IpAddr> {
 /// Decides each worker's CPU (hwloc plan for the NIC's node, or
 /// `engine.cpus` when given) and applies the NIC node's `[numa.node.N]`
 /// tuning to the config. Returns the CPUs and the node for packet memory.
-fn place_workers(cfg: &mut EngineConfig) -> Result<(Vec<usize>, Option<usize>), EngineError> {
+fn place_workers(
+    cfg: &mut EngineConfig,
+    nic_node: Option<usize>,
+) -> Result<(Vec<usize>, Option<usize>), EngineError> {
     if !cfg.cpus.is_empty() {
         let cpus = ferrogate_numa::plan_worker_cpus(cfg.queues as usize, &cfg.cpus, &cfg.iface)?;
         return Ok((cpus, None));
@@ -100,7 +135,7 @@ fn place_workers(cfg: &mut EngineConfig) -> Result<(Vec<usize>, Option<usize>), 
         &machine,
         &ferrogate_numa::PlanRequest {
             queues: cfg.queues,
-            nic_node: ferrogate_numa::nic_node(&cfg.iface),
+            nic_node,
             tuning: &cfg.numa,
         },
     )
@@ -181,6 +216,123 @@ fn open_af_packet(cfg: &EngineConfig) -> Result<Vec<Box<dyn PacketIo>>, EngineEr
         .collect()
 }
 
+/// AF_XDP / AF_PACKET on a kernel interface, with the XDP program.
+fn open_kernel(cfg: &mut EngineConfig) -> Result<Opened, EngineError> {
+    let mac = crate::netdev::mac_address(&cfg.iface).map_err(|source| EngineError::Interface {
+        iface: cfg.iface.clone(),
+        source,
+    })?;
+    if let Some(n) = crate::netdev::rx_queues(&cfg.iface)
+        && cfg.queues < n
+    {
+        tracing::warn!(
+            iface = %cfg.iface,
+            nic_queues = n,
+            workers = cfg.queues,
+            "fewer workers than receive queues: VIP frames on queues without a worker go to the kernel and are lost; set `ethtool -L {} combined {}` or engine.queues = {n}",
+            cfg.iface,
+            cfg.queues
+        );
+    }
+    if let Some(n) = crate::netdev::rx_queues(&cfg.iface)
+        && cfg.queues > n
+    {
+        return Err(EngineError::Config(format!(
+            "{} has {n} receive queue(s) but {} workers were asked for (engine.queues); \
+             raise the NIC's channels (`ethtool -L {} combined {}`) or lower engine.queues",
+            cfg.iface, cfg.queues, cfg.iface, cfg.queues
+        )));
+    }
+    let (cpus, umem_node) = place_workers(cfg, ferrogate_numa::nic_node(&cfg.iface))?;
+    let vips = vip_addrs(&cfg);
+
+    let (backend, xdp, ios) = match cfg.backend {
+        BackendChoice::AfXdp => {
+            let mut xdp = XdpFilter::attach_with_rules(
+                &cfg.iface,
+                cfg.xdp_mode,
+                &vips,
+                VipAction::RedirectToXsk,
+                cfg.fail_mode,
+                &cfg.filter,
+            )?;
+            let ios = open_af_xdp(cfg, &mut xdp, umem_node)?;
+            (BackendKind::AfXdp, Some(xdp), ios)
+        }
+        BackendChoice::Auto => {
+            let mut xdp = XdpFilter::attach_with_rules(
+                &cfg.iface,
+                cfg.xdp_mode,
+                &vips,
+                VipAction::RedirectToXsk,
+                cfg.fail_mode,
+                &cfg.filter,
+            )?;
+            match open_af_xdp(cfg, &mut xdp, umem_node) {
+                Ok(ios) => (BackendKind::AfXdp, Some(xdp), ios),
+                Err(e) => {
+                    tracing::warn!(error = %e, "AF_XDP unavailable, falling back to AF_PACKET");
+                    xdp.set_vip_action(VipAction::PassToKernel)?;
+                    (BackendKind::AfPacket, Some(xdp), open_af_packet(cfg)?)
+                }
+            }
+        }
+        BackendChoice::Dpdk => unreachable!("opened by open_dpdk"),
+        BackendChoice::AfPacket => {
+            // XDP still counts and passes; AF_PACKET taps the kernel path.
+            let xdp =
+                match XdpFilter::attach(&cfg.iface, cfg.xdp_mode, &vips, VipAction::PassToKernel) {
+                    Ok(x) => Some(x),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "running AF_PACKET without the XDP program");
+                        None
+                    }
+                };
+            (BackendKind::AfPacket, xdp, open_af_packet(cfg)?)
+        }
+    };
+    Ok(Opened {
+        mac,
+        cpus,
+        backend,
+        xdp,
+        ios,
+        #[cfg(feature = "dpdk")]
+        dpdk: None,
+    })
+}
+
+/// DPDK: EAL, port on its NUMA node, one queue per worker; no XDP.
+#[cfg(feature = "dpdk")]
+fn open_dpdk(cfg: &mut EngineConfig) -> Result<Opened, EngineError> {
+    let float = ferrogate_numa::online_cpus().unwrap_or_default();
+    let info = crate::dpdk::probe(&cfg.dpdk, &float)?;
+    tracing::info!(port = info.port, name = %info.name, driver = %info.driver, node = ?info.node, max_queues = info.max_queues, "DPDK port found");
+    let mac = info.mac;
+    let (cpus, node) = place_workers(cfg, info.node)?;
+    let nodes = vec![node; cpus.len()];
+    let (port, queues) = crate::dpdk::DpdkPort::open(&cfg.dpdk, info, &nodes)?;
+    let ios = queues
+        .into_iter()
+        .map(|q| Box::new(q) as Box<dyn PacketIo>)
+        .collect();
+    Ok(Opened {
+        mac,
+        cpus,
+        backend: BackendKind::Dpdk,
+        xdp: None,
+        ios,
+        dpdk: Some(port),
+    })
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn open_dpdk(_cfg: &mut EngineConfig) -> Result<Opened, EngineError> {
+    Err(EngineError::Config(
+        "backend dpdk: this ferrogate was built without DPDK support (build with the `dpdk` feature, the default of the ferrogate binary)".into(),
+    ))
+}
+
 impl Engine {
     pub fn start(cfg: EngineConfig) -> Result<Engine, EngineError> {
         if cfg.queues == 0 || cfg.queues as usize > ferrogate_ebpf::MAX_QUEUES as usize {
@@ -192,84 +344,22 @@ impl Engine {
         if cfg.vips.is_empty() {
             return Err(EngineError::Config("at least one VIP is required".into()));
         }
-        let mac =
-            crate::netdev::mac_address(&cfg.iface).map_err(|source| EngineError::Interface {
-                iface: cfg.iface.clone(),
-                source,
-            })?;
-        if let Some(n) = crate::netdev::rx_queues(&cfg.iface)
-            && cfg.queues < n
-        {
-            tracing::warn!(
-                iface = %cfg.iface,
-                nic_queues = n,
-                workers = cfg.queues,
-                "fewer workers than receive queues: VIP frames on queues without a worker go to the kernel and are lost; set `ethtool -L {} combined {}` or engine.queues = {n}",
-                cfg.iface,
-                cfg.queues
-            );
-        }
-        if let Some(n) = crate::netdev::rx_queues(&cfg.iface)
-            && cfg.queues > n
-        {
-            return Err(EngineError::Config(format!(
-                "{} has {n} receive queue(s) but {} workers were asked for (engine.queues); \
-                 raise the NIC's channels (`ethtool -L {} combined {}`) or lower engine.queues",
-                cfg.iface, cfg.queues, cfg.iface, cfg.queues
-            )));
-        }
         let mut cfg = cfg;
-        let (cpus, umem_node) = place_workers(&mut cfg)?;
-        let vips = vip_addrs(&cfg);
-
-        let (backend, xdp, ios) = match cfg.backend {
-            BackendChoice::AfXdp => {
-                let mut xdp = XdpFilter::attach_with_rules(
-                    &cfg.iface,
-                    cfg.xdp_mode,
-                    &vips,
-                    VipAction::RedirectToXsk,
-                    cfg.fail_mode,
-                    &cfg.filter,
-                )?;
-                let ios = open_af_xdp(&cfg, &mut xdp, umem_node)?;
-                (BackendKind::AfXdp, Some(xdp), ios)
-            }
-            BackendChoice::Auto => {
-                let mut xdp = XdpFilter::attach_with_rules(
-                    &cfg.iface,
-                    cfg.xdp_mode,
-                    &vips,
-                    VipAction::RedirectToXsk,
-                    cfg.fail_mode,
-                    &cfg.filter,
-                )?;
-                match open_af_xdp(&cfg, &mut xdp, umem_node) {
-                    Ok(ios) => (BackendKind::AfXdp, Some(xdp), ios),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "AF_XDP unavailable, falling back to AF_PACKET");
-                        xdp.set_vip_action(VipAction::PassToKernel)?;
-                        (BackendKind::AfPacket, Some(xdp), open_af_packet(&cfg)?)
-                    }
-                }
-            }
-            BackendChoice::AfPacket => {
-                // XDP still counts and passes; AF_PACKET taps the kernel path.
-                let xdp = match XdpFilter::attach(
-                    &cfg.iface,
-                    cfg.xdp_mode,
-                    &vips,
-                    VipAction::PassToKernel,
-                ) {
-                    Ok(x) => Some(x),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "running AF_PACKET without the XDP program");
-                        None
-                    }
-                };
-                (BackendKind::AfPacket, xdp, open_af_packet(&cfg)?)
-            }
+        let opened = if cfg.backend == BackendChoice::Dpdk {
+            open_dpdk(&mut cfg)?
+        } else {
+            open_kernel(&mut cfg)?
         };
+        let Opened {
+            mac,
+            cpus,
+            backend,
+            xdp,
+            ios,
+            ..
+        } = opened;
+        #[cfg(feature = "dpdk")]
+        let dpdk_port = opened.dpdk;
         tracing::info!(
             backend = %backend,
             iface = %cfg.iface,
@@ -277,6 +367,24 @@ impl Engine {
             xdp_mode = ?xdp.as_ref().map(|x| x.mode()),
             "packet backend selected"
         );
+        let vips = vip_addrs(&cfg);
+        // Without XDP, the filter tier runs in the workers.
+        let soft_filter = if xdp.is_none() && backend == BackendKind::Dpdk {
+            let mut index = RuleIndex::default();
+            let rules =
+                SwRules::compile(&cfg.filter, &vips, &mut index, 0).map_err(EngineError::Filter)?;
+            Some(SoftFilter {
+                rules: Arc::new(ArcSwap::from_pointee(rules)),
+                buckets: Arc::new(Buckets::default()),
+                counters: (0..cfg.queues)
+                    .map(|_| Arc::new(FilterCounters::default()))
+                    .collect(),
+                index,
+                vips: vips.clone(),
+            })
+        } else {
+            None
+        };
 
         let workers_n = cfg.queues as usize;
         let ports = PortPlan::new(cfg.upstream_port_range.clone(), workers_n);
@@ -302,6 +410,9 @@ impl Engine {
             epoch: epoch.clone(),
             access: Vec::new(),
             clock_start,
+            soft_filter,
+            #[cfg(feature = "dpdk")]
+            dpdk: dpdk_port,
         };
         for (id, io) in ios.into_iter().enumerate().rev() {
             let mut sc = StackConfig::new(mac, cfg.vips.clone(), ports.range_of(id));
@@ -340,6 +451,11 @@ impl Engine {
                 polling: cfg.polling,
                 mac,
                 clock_start,
+                filter: engine.soft_filter.as_ref().map(|f| WorkerFilter {
+                    rules: f.rules.clone(),
+                    buckets: f.buckets.clone(),
+                    counters: f.counters[id].clone(),
+                }),
             };
             let h = std::thread::Builder::new()
                 .name(format!("fg-worker-{id}"))
@@ -395,12 +511,25 @@ impl Engine {
         if (cfg.access_log_queue > 0) != self.started.access_log {
             ignored.push("access_log (on/off)");
         }
-        let filter = match self.xdp.as_mut() {
-            Some(x) => {
+        let filter = match (self.xdp.as_mut(), self.soft_filter.as_mut()) {
+            (Some(x), _) => {
                 x.set_fail_mode(cfg.fail_mode)?;
                 Some(x.apply_rules(&cfg.filter)?)
             }
-            None => None,
+            (None, Some(sf)) => {
+                let started = std::time::Instant::now();
+                let generation = sf.rules.load().generation + 1;
+                let rules = SwRules::compile(&cfg.filter, &sf.vips, &mut sf.index, generation)
+                    .map_err(EngineError::Filter)?;
+                sf.rules.store(Arc::new(rules));
+                Some(ferrogate_ebpf::ApplyReport {
+                    generation,
+                    prefixes: cfg.filter.prefix_count(),
+                    writes: 0,
+                    elapsed: started.elapsed(),
+                })
+            }
+            (None, None) => None,
         };
         self.apply_routes(cfg.routes.clone());
         Ok(ReloadReport { filter, ignored })
@@ -419,13 +548,42 @@ impl Engine {
         EngineStats {
             backend: self.backend,
             workers: self.stats.iter().map(|c| c.read()).collect(),
-            xdp: self.xdp.as_ref().and_then(|x| x.counters().ok()),
-            rules: self
-                .xdp
-                .as_ref()
-                .and_then(|x| x.rule_counters().ok())
-                .unwrap_or_default(),
-            filter_generation: self.xdp.as_ref().map(|x| x.generation()),
+            xdp: match &self.soft_filter {
+                Some(sf) => {
+                    let mut total = ferrogate_ebpf::XdpCounters::default();
+                    for c in &sf.counters {
+                        c.add_to(&mut total);
+                    }
+                    Some(total)
+                }
+                None => self.xdp.as_ref().and_then(|x| x.counters().ok()),
+            },
+            rules: match &self.soft_filter {
+                Some(sf) => sf
+                    .index
+                    .ids()
+                    .into_iter()
+                    .map(|(id, slot)| {
+                        let mut v = ferrogate_ebpf::Verdict::default();
+                        for c in &sf.counters {
+                            let r = c.rule(slot);
+                            v.packets += r.packets;
+                            v.bytes += r.bytes;
+                        }
+                        (id, v)
+                    })
+                    .collect(),
+                None => self
+                    .xdp
+                    .as_ref()
+                    .and_then(|x| x.rule_counters().ok())
+                    .unwrap_or_default(),
+            },
+            filter_generation: match &self.soft_filter {
+                Some(sf) => Some(sf.rules.load().generation),
+                None => self.xdp.as_ref().map(|x| x.generation()),
+            },
+            port: self.port_stats(),
             snapshot_version: self.routes.load().version,
             upstreams: self
                 .stats
@@ -444,6 +602,15 @@ impl Engine {
         }
     }
 
+    /// The DPDK port's counters (`rte_eth_stats`, xstats); empty otherwise.
+    fn port_stats(&self) -> Vec<(String, u64)> {
+        #[cfg(feature = "dpdk")]
+        if let Some(p) = &self.dpdk {
+            return p.stats();
+        }
+        Vec::new()
+    }
+
     /// Whether every worker thread is still running.
     pub fn healthy(&self) -> bool {
         self.workers.iter().all(|w| !w.is_finished())
@@ -457,6 +624,8 @@ impl Engine {
         if let Some(x) = self.xdp.take() {
             x.detach()?;
         }
+        #[cfg(feature = "dpdk")]
+        drop(self.dpdk.take());
         Ok(stats)
     }
 

@@ -1,5 +1,5 @@
 //! The packet-I/O boundary: one trait, one implementation per backend
-//! (AF_XDP, AF_PACKET; DPDK later). A backend owns exactly one NIC queue and is
+//! (AF_XDP, AF_PACKET, DPDK). A backend owns exactly one NIC queue and is
 //! driven by exactly one worker thread, so nothing here is shared or locked.
 
 use std::io;
@@ -10,6 +10,7 @@ use std::time::Duration;
 pub enum BackendKind {
     AfXdp,
     AfPacket,
+    Dpdk,
 }
 
 impl std::fmt::Display for BackendKind {
@@ -17,6 +18,7 @@ impl std::fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::AfXdp => "af_xdp",
             BackendKind::AfPacket => "af_packet",
+            BackendKind::Dpdk => "dpdk",
         })
     }
 }

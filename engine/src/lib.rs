@@ -4,15 +4,18 @@
 pub mod afpacket;
 pub mod afxdp;
 pub mod config;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod engine;
 pub mod handoff;
 pub mod io;
 pub mod io_error;
 pub mod netdev;
 pub mod stats;
+pub mod swfilter;
 mod worker;
 
-pub use config::{BackendChoice, EngineConfig, PollingMode, PortPlan};
+pub use config::{BackendChoice, DpdkSettings, EngineConfig, PollingMode, PortPlan};
 pub use engine::{Engine, EngineError, ReloadReport};
 /// Topology and placement, for the control plane (`control → engine`).
 pub use ferrogate_numa as numa;

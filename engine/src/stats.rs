@@ -80,6 +80,8 @@ pub struct EngineStats {
     /// Pools and routes, summed over workers.
     pub upstreams: UpstreamStats,
     pub routes: RouteCounters,
+    /// Port counters of the DPDK backend (`dpdk_port_*`, `dpdk_xstat_*`).
+    pub port: Vec<(String, u64)>,
 }
 
 impl EngineStats {
@@ -155,6 +157,9 @@ impl EngineStats {
             let _ = writeln!(s, "filter_generation {g}");
         }
         let _ = writeln!(s, "snapshot_version {}", self.snapshot_version);
+        for (k, v) in &self.port {
+            let _ = writeln!(s, "{k} {v}");
+        }
         self.upstreams.render(&mut s);
         self.routes.render(&mut s);
         s

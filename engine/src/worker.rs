@@ -13,6 +13,15 @@ use crate::config::{PollingMode, PortPlan};
 use crate::handoff::HandoffPorts;
 use crate::io::PacketIo;
 use crate::stats::{StatsCell, WorkerStats};
+use crate::swfilter::{Buckets, FilterCounters, SwFilter, SwRules};
+
+/// The software filter tier a worker runs before its stack (backends
+/// without XDP).
+pub(crate) struct WorkerFilter {
+    pub rules: Arc<ArcSwap<SwRules>>,
+    pub buckets: Arc<Buckets>,
+    pub counters: Arc<FilterCounters>,
+}
 
 /// How often a worker publishes its counters.
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
@@ -41,6 +50,7 @@ pub(crate) struct Worker {
     pub polling: PollingMode,
     pub mac: [u8; 6],
     pub clock_start: StdInstant,
+    pub filter: Option<WorkerFilter>,
 }
 
 impl Worker {
@@ -81,7 +91,8 @@ impl Worker {
                 switched = true;
             }
 
-            let received = self.receive_burst(&mut s, &mut rx_error_logged);
+            let now_ns = wall.duration_since(self.clock_start).as_nanos() as u64;
+            let received = self.receive_burst(&mut s, &mut rx_error_logged, now_ns);
             let handed = {
                 let stack = &mut self.stack;
                 self.handoff.receive(self.batch, |f| {
@@ -153,16 +164,35 @@ impl Worker {
     }
 
     /// One rx burst, steering each frame to this stack or its owner.
-    fn receive_burst(&mut self, s: &mut WorkerStats, error_logged: &mut bool) -> usize {
+    fn receive_burst(
+        &mut self,
+        s: &mut WorkerStats,
+        error_logged: &mut bool,
+        now_ns: u64,
+    ) -> usize {
         let me = self.id;
         let mac = self.mac;
         let stack = &mut self.stack;
         let handoff = &self.handoff;
         let ports = &self.ports;
         let (mut out, mut dropped) = (0u64, 0u64);
-        let r = self
-            .io
-            .rx_burst(self.batch, &mut |f| match frame::classify(f) {
+        // One snapshot of the rules per burst (a guard, no allocation).
+        let guard = self.filter.as_ref().map(|f| f.rules.load());
+        let filter = match (&self.filter, &guard) {
+            (Some(f), Some(g)) => Some(SwFilter {
+                rules: g,
+                buckets: &f.buckets,
+                counters: &f.counters,
+            }),
+            _ => None,
+        };
+        let r = self.io.rx_burst(self.batch, &mut |f| {
+            if let Some(filter) = &filter
+                && !filter.admit(f, now_ns)
+            {
+                return;
+            }
+            match frame::classify(f) {
                 FrameClass::Tcp { dst_port, .. } => match ports.owner(dst_port) {
                     Some(owner) if owner != me => {
                         if handoff.send(owner, f) {
@@ -205,7 +235,8 @@ impl Worker {
                 FrameClass::Other => {
                     stack.handle_frame(f);
                 }
-            });
+            }
+        });
         s.handoff_out += out;
         s.handoff_dropped += dropped;
         match r {
