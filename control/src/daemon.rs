@@ -145,6 +145,11 @@ impl Daemon {
     /// snapshot. Returns the engine's answer.
     fn push(&self, text: &str, source: &Path) -> Result<Reply> {
         let _one = self.push.lock().unwrap_or_else(|e| e.into_inner());
+        self.push_locked(text, source)
+    }
+
+    /// `push` for a caller that holds the push lock.
+    fn push_locked(&self, text: &str, source: &Path) -> Result<Reply> {
         let hash = content_hash(text);
         let r = self.engine_with(
             "POST",
@@ -189,18 +194,20 @@ impl Daemon {
     }
 
     /// Looks at the file: a changed, valid file is pushed; a changed,
-    /// invalid one is logged and the running version stays.
-    fn check_file(&self) {
+    /// invalid one is logged and the running version stays. `force`
+    /// (SIGHUP) pushes an unchanged file too: the files it names
+    /// (certificates, CIDR lists) may have changed.
+    fn check_file(&self, force: bool) {
         let path = &self.args.config;
         let Ok(text) = std::fs::read_to_string(path) else {
             return;
         };
         let hash = content_hash(&text);
-        if self.state().file_hash == Some(hash) {
+        if !force && self.state().file_hash == Some(hash) {
             return;
         }
         self.state().file_hash = Some(hash);
-        if self.remembered_file_hash() == Some(hash) {
+        if !force && self.remembered_file_hash() == Some(hash) {
             return; // applied before (by an earlier daemon)
         }
         if let Err(e) = crate::config::compile(path, &text) {
@@ -211,7 +218,7 @@ impl Daemon {
             return;
         }
         let engine_hash = self.state().engine_hash;
-        if self.state().engine_connected && engine_hash == hash {
+        if !force && self.state().engine_connected && engine_hash == hash {
             // The engine already runs it (it started from this file).
             self.adopt(text, path.clone(), hash);
             self.remember_file_hash(hash);
@@ -246,6 +253,9 @@ impl Daemon {
     /// Talks to the engine: notices it coming and going, and brings it to
     /// the desired snapshot (an engine that restarted from an older one).
     fn check_engine(&self) {
+        // Under the push lock: an apply in flight must not be mistaken for
+        // an engine that runs something else (and be pushed back over).
+        let _one = self.push.lock().unwrap_or_else(|e| e.into_inner());
         match self.hello() {
             Err(e) => {
                 let mut st = self.state();
@@ -276,7 +286,7 @@ impl Daemon {
                     }
                     Some(d) if d.hash != h.hash => {
                         tracing::info!(engine = %h.version, want = %format!("{:016x}", d.hash), "engine runs another snapshot; pushing the desired one");
-                        if let Err(e) = self.push(&d.text, &d.source) {
+                        if let Err(e) = self.push_locked(&d.text, &d.source) {
                             tracing::warn!(error = %format!("{e:#}"), "re-sync push failed");
                         }
                     }
@@ -478,13 +488,15 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     let mut last = Instant::now() - daemon.args.watch;
     while !stop.load(Ordering::Relaxed) {
         if reload.swap(false, Ordering::Relaxed) {
-            daemon.state().file_hash = None;
-            last = Instant::now() - daemon.args.watch;
+            tracing::info!(config = %daemon.args.config.display(), "SIGHUP: re-reading and re-applying the configuration");
+            daemon.check_engine();
+            daemon.check_file(true);
+            last = Instant::now();
         }
         if last.elapsed() >= daemon.args.watch {
             last = Instant::now();
             daemon.check_engine();
-            daemon.check_file();
+            daemon.check_file(false);
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -96,6 +96,11 @@ enum Cmd {
         #[arg(long)]
         netns: Option<String>,
     },
+    /// Operate on ferrogate's XDP program outside a running engine.
+    Xdp {
+        #[command(subcommand)]
+        cmd: XdpCmd,
+    },
     /// Build, inspect, remove and demo the network-namespace lab.
     Lab {
         #[command(subcommand)]
@@ -172,6 +177,19 @@ enum CtlSub {
         /// Stop after this many refreshes (0 = until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         count: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum XdpCmd {
+    /// Remove the program a fail-closed engine left attached (its pinned
+    /// link); a running engine keeps its own until it exits.
+    Detach {
+        #[arg(long)]
+        iface: String,
+        /// Network namespace of the interface.
+        #[arg(long)]
+        netns: Option<String>,
     },
 }
 
@@ -366,6 +384,22 @@ fn main() -> Result<()> {
             }
         },
         Cmd::Numa { config, netns } => numa_plan(&config, netns.as_deref()),
+        Cmd::Xdp {
+            cmd: XdpCmd::Detach { iface, netns },
+        } => {
+            let existed = match &netns {
+                Some(ns) => lab::remove_xdp_pin(ns, &iface)?,
+                None => ferrogate_ebpf::persist::remove_pin(&iface)?,
+            };
+            if existed {
+                println!(
+                    "{iface}: pinned XDP link removed; the program detaches unless an engine holds it"
+                );
+            } else {
+                println!("{iface}: no pinned XDP link");
+            }
+            Ok(())
+        }
         Cmd::Lab { cmd } => match cmd {
             LabCmd::Up { prefix, queues } => {
                 lab::Lab::new(&prefix).up(queues)?;

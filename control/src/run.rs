@@ -71,6 +71,7 @@ struct Runtime<'a> {
     started: Instant,
     origin: Origin,
     access_log: Option<AccessLogWriter>,
+    persister: snapshot::Persister,
 }
 
 impl Runtime<'_> {
@@ -126,9 +127,7 @@ impl Runtime<'_> {
     }
 
     fn commit(&mut self, snap: Snapshot) {
-        if let Err(e) = snapshot::persist(&self.args.state_dir, &snap) {
-            tracing::error!(error = %e, "could not persist the last-known-good snapshot");
-        }
+        self.persister.submit(snap.clone());
         self.history.push(snap);
     }
 
@@ -389,6 +388,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
     let mut rt = Runtime {
+        persister: snapshot::Persister::start(args.state_dir.clone()),
         access_log,
         engine,
         args: &args,
@@ -448,11 +448,17 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(p) = socket {
         let _ = std::fs::remove_file(p);
     }
-    let access_log = rt.access_log.take();
-    let stats = rt.engine.shutdown().context("detaching XDP")?;
+    let Runtime {
+        engine,
+        persister,
+        access_log,
+        ..
+    } = rt;
+    let stats = engine.shutdown().context("detaching XDP")?;
     if let Some(w) = access_log {
         w.stop();
     }
+    persister.finish();
     let text = stats.render();
     if let Some(path) = &args.stats_file {
         write_stats(path, &text);

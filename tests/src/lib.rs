@@ -430,7 +430,22 @@ impl Engine {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The engine process (`ferrogate engine`, the supervisor's child):
+    /// its threads, memory and CPU are the data plane's.
     pub fn pid(&self) -> i32 {
+        let sup = self.supervisor_pid();
+        children_of(sup)
+            .into_iter()
+            .find(|&c| {
+                std::fs::read(format!("/proc/{c}/cmdline"))
+                    .map(|cmd| cmd.split(|&b| b == 0).nth(1) == Some(b"engine".as_slice()))
+                    .unwrap_or(false)
+            })
+            .unwrap_or_else(|| panic!("no engine process under supervisor {sup}"))
+    }
+
+    /// The `ferrogate run` process.
+    pub fn supervisor_pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }
 
@@ -454,7 +469,7 @@ impl Engine {
     /// Asks the engine to re-read its configuration file.
     pub fn sighup(&self) {
         // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.pid(), libc::SIGHUP) };
+        unsafe { libc::kill(self.supervisor_pid(), libc::SIGHUP) };
     }
 
     /// A crash: SIGKILL to the engine and control processes, then to the

@@ -506,3 +506,73 @@ fn ctl_top_shows_per_worker_rates_under_load() {
         assert!(out.contains("2xx/s"), "{out}");
     });
 }
+
+#[test]
+fn fail_closed_keeps_the_program_across_engine_restarts_until_detached() {
+    lab_test("daemon_fail_closed", || {
+        let lab = Lab::up(1);
+        let path = write_config(
+            &lab,
+            "closed.toml",
+            "closed",
+            "[filter]\nfail_mode = \"closed\"\n",
+        );
+        let vip = format!("http://{VIP}/v");
+        let host = "http://10.77.0.1/host";
+        let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        assert_eq!(lab.curl(&vip).unwrap(), "closed");
+        assert!(engine.log().contains("XDP link pinned"), "{}", engine.log());
+
+        // A clean exit leaves the program: VIP frames are dropped in XDP,
+        // the host's own traffic still passes.
+        engine.stop();
+        assert!(
+            lab.edge_has_xdp(),
+            "fail-closed keeps XDP after a clean exit"
+        );
+        assert!(lab.curl(&vip).is_err(), "VIP answered with no engine");
+        assert!(lab.curl(host).is_ok(), "host traffic must pass");
+
+        // The next engine takes the link over (no gap), and serves.
+        let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        assert!(
+            engine.log().contains("took over the pinned"),
+            "{}",
+            engine.log()
+        );
+        assert_eq!(lab.curl(&vip).unwrap(), "closed");
+
+        // A crash leaves it too.
+        engine.kill9();
+        assert!(lab.edge_has_xdp(), "fail-closed keeps XDP after SIGKILL");
+        assert!(lab.curl(&vip).is_err());
+
+        // The operator removes it.
+        let out = Command::new(ferrogate_tests::ferrogate_bin())
+            .args([
+                "xdp",
+                "detach",
+                "--iface",
+                "eth0",
+                "--netns",
+                &lab.ns("edge"),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("pinned XDP link removed"));
+        let t0 = Instant::now();
+        while lab.edge_has_xdp() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!lab.edge_has_xdp(), "xdp detach must remove the program");
+        assert!(lab.curl(host).is_ok());
+
+        // Fail-open (the default) detaches with the engine.
+        let open = write_config(&lab, "open.toml", "open", "");
+        let mut engine = lab.start_engine_with(&open, "af_xdp", 1);
+        assert_eq!(lab.curl(&vip).unwrap(), "open");
+        engine.stop();
+        assert!(!lab.edge_has_xdp(), "fail-open leaves nothing behind");
+    });
+}
