@@ -22,6 +22,9 @@ packages=(
   openssl testssl.sh
   # bench/: the kernel baselines ferrogate is compared with
   haproxy iptables nftables
+  # DPDK backend (engine/dpdk-sys: pkg-config libdpdk + bindgen, which needs
+  # libclang); dpdk-dev has dpdk-testpmd, dpdk has dpdk-devbind.py
+  libdpdk-dev dpdk dpdk-dev libclang-dev
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -47,6 +50,13 @@ fi
 if [ -n "${FG_HUGEPAGES:-}" ]; then
   echo "$FG_HUGEPAGES" > /proc/sys/vm/nr_hugepages
   echo "vendor-setup.sh: hugepages: $(cat /proc/sys/vm/nr_hugepages) x 2 MB"
+  # DPDK's EAL finds hugepages through a hugetlbfs mount (systemd usually
+  # mounts /dev/hugepages; containers often do not).
+  if ! grep -q hugetlbfs /proc/mounts; then
+    mkdir -p /dev/hugepages
+    mount -t hugetlbfs -o pagesize=2M nodev /dev/hugepages \
+      || echo "vendor-setup.sh: could not mount hugetlbfs (continuing)" >&2
+  fi
 fi
 
 # Rust toolchain: the machine's stable rustup toolchain; add components we use.

@@ -242,6 +242,26 @@ pub fn render(st: &EngineStats, info: &Info<'_>) -> String {
             v.bytes,
         );
     }
+    // DPDK port counters (empty for the other backends).
+    for (k, v) in &st.port {
+        if let Some(c) = k.strip_prefix("dpdk_port_") {
+            let l = [("counter", c.to_string())];
+            f.counter(
+                "ferrogate_dpdk_port_total",
+                "DPDK port counters (rte_eth_stats)",
+                &l,
+                *v,
+            );
+        } else if let Some(c) = k.strip_prefix("dpdk_xstat_") {
+            let l = [("xstat", c.to_string())];
+            f.counter(
+                "ferrogate_dpdk_xstat_total",
+                "DPDK driver extended statistics",
+                &l,
+                *v,
+            );
+        }
+    }
     for (pool, p) in &st.upstreams.pools {
         let l = [("pool", pool.clone())];
         let scalars = [

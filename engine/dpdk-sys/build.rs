@@ -13,7 +13,7 @@ fn fail(msg: &str) -> ! {
         "\n\nferrogate-dpdk-sys: {msg}\n\
          DPDK (>= 22.11) development files are needed for the `dpdk` feature:\n\
          run ./vendor-setup.sh (installs libdpdk-dev dpdk dpdk-dev libclang-dev pkg-config),\n\
-         or build without DPDK: cargo build --no-default-features\n\n"
+         or build without DPDK: cargo build --workspace --exclude ferrogate-dpdk-sys --no-default-features\n\n"
     );
 }
 
@@ -43,6 +43,7 @@ fn main() {
     println!("cargo:rerun-if-changed=wrapper.h");
     println!("cargo:rerun-if-changed=helpers.c");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
+    println!("cargo:rerun-if-env-changed=PKG_CONFIG_LIBDIR");
 
     let version = pkg_config(&["--modversion"]);
     let major: u32 = version
@@ -82,6 +83,8 @@ fn main() {
         .allowlist_function("rte_thread_.*")
         .allowlist_function("rte_strerror")
         .allowlist_function("rte_vdev_.*")
+        .allowlist_function("rte_ring_.*")
+        .allowlist_var("RING_F_.*")
         .allowlist_function("fg_.*")
         .allowlist_type("rte_eth_.*")
         .allowlist_var("RTE_ETH_.*")

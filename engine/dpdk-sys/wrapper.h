@@ -9,6 +9,7 @@
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
 #include <rte_bus_vdev.h>
+#include <rte_ring.h>
 
 /* Hand-written helpers (helpers.c): rte_errno is a thread-local macro, and
  * rte_pktmbuf_mtod is a macro over buf_addr + data_off. */

@@ -43,9 +43,13 @@ pub enum DpdkError {
     #[error("DPDK: the EAL was already cleaned up in this process; it cannot start twice")]
     EalDone,
     #[error(
-        "DPDK: port {name:?} not found; ports DPDK probed: [{available}] (check engine.dpdk.vdevs / engine.dpdk.port; a PCI NIC must be bound to vfio-pci)"
+        "DPDK: port {name:?} not found{hint}; ports DPDK probed: [{available}] (check engine.dpdk.vdevs / engine.dpdk.port; a PCI NIC must be bound to vfio-pci)"
     )]
-    NoPort { name: String, available: String },
+    NoPort {
+        name: String,
+        available: String,
+        hint: &'static str,
+    },
     #[error("DPDK: no port at all (no engine.dpdk.vdevs and no NIC bound to a DPDK driver)")]
     NoPorts,
     #[error("DPDK: port {port} ({name}): {what} failed: {reason}")]
@@ -153,8 +157,9 @@ fn free_hugepages() -> u64 {
         .sum()
 }
 
-/// Starts the EAL once per process.
-fn eal_init(s: &DpdkSettings, cpus: &[usize]) -> Result<(), DpdkError> {
+/// Starts the EAL once per process (the engine does it in [`probe`]; a
+/// benchmark may start it first to create ports of its own).
+pub fn eal_init(s: &DpdkSettings, cpus: &[usize]) -> Result<(), DpdkError> {
     let mut st = EAL.lock().unwrap_or_else(|e| e.into_inner());
     match *st {
         EalState::Up => return Ok(()),
@@ -185,6 +190,8 @@ fn eal_init(s: &DpdkSettings, cpus: &[usize]) -> Result<(), DpdkError> {
         let errno = rte_errno();
         // EAL initialisation is not retryable once it failed half way.
         *st = EalState::Done;
+        drop(st);
+        eal_cleanup();
         if s.hugepages && (errno == libc::EACCES || errno == libc::ENOMEM) {
             return Err(DpdkError::NoHugepages {
                 detail: strerror(errno),
@@ -199,19 +206,21 @@ fn eal_init(s: &DpdkSettings, cpus: &[usize]) -> Result<(), DpdkError> {
     Ok(())
 }
 
-fn eal_cleanup() {
+/// Cleans up the EAL if it is up (once per process) and removes the empty
+/// runtime directory it leaves behind. Called when the port closes, and on
+/// every start-up error after the EAL started.
+pub fn eal_cleanup() {
     let mut st = EAL.lock().unwrap_or_else(|e| e.into_inner());
     if *st == EalState::Up {
         // SAFETY: every port and pool is closed/freed and every worker has
         // unregistered; nothing uses DPDK after this.
         unsafe { sys::rte_eal_cleanup() };
         *st = EalState::Done;
-        // The EAL leaves its (empty, with --in-memory/--no-shconf) runtime
-        // directory behind; remove it when empty. remove_dir never removes a
-        // non-empty directory, so another process's files stay.
-        for d in ["/var/run/dpdk/rte", "/var/run/dpdk"] {
-            let _ = std::fs::remove_dir(d);
-        }
+    }
+    // With --in-memory/--no-shconf the directory is empty; remove_dir never
+    // removes a non-empty one, so another process's files stay.
+    for d in ["/var/run/dpdk/rte", "/var/run/dpdk"] {
+        let _ = std::fs::remove_dir(d);
     }
 }
 
@@ -264,6 +273,10 @@ pub struct PortInfo {
 /// configured yet, so the caller can place workers on the port's node first.
 pub fn probe(s: &DpdkSettings, cpus: &[usize]) -> Result<PortInfo, DpdkError> {
     eal_init(s, cpus)?;
+    find_port(s).inspect_err(|_| eal_cleanup())
+}
+
+fn find_port(s: &DpdkSettings) -> Result<PortInfo, DpdkError> {
     let wanted = s
         .port
         .clone()
@@ -276,7 +289,13 @@ pub fn probe(s: &DpdkSettings, cpus: &[usize]) -> Result<PortInfo, DpdkError> {
             // SAFETY: NUL-terminated name and a valid out pointer.
             let rc = unsafe { sys::rte_eth_dev_get_port_by_name(c.as_ptr(), &mut id) };
             if rc != 0 {
+                let hint = if s.vdevs.iter().any(|v| vdev_name(v) == name) {
+                    " — the vdev did not probe: see the EAL line above (e.g. its iface does not exist in this namespace)"
+                } else {
+                    ""
+                };
                 return Err(DpdkError::NoPort {
+                    hint,
                     name,
                     available: ports
                         .iter()

@@ -244,7 +244,7 @@ fn open_kernel(cfg: &mut EngineConfig) -> Result<Opened, EngineError> {
         )));
     }
     let (cpus, umem_node) = place_workers(cfg, ferrogate_numa::nic_node(&cfg.iface))?;
-    let vips = vip_addrs(&cfg);
+    let vips = vip_addrs(cfg);
 
     let (backend, xdp, ios) = match cfg.backend {
         BackendChoice::AfXdp => {
@@ -309,7 +309,7 @@ fn open_dpdk(cfg: &mut EngineConfig) -> Result<Opened, EngineError> {
     let info = crate::dpdk::probe(&cfg.dpdk, &float)?;
     tracing::info!(port = info.port, name = %info.name, driver = %info.driver, node = ?info.node, max_queues = info.max_queues, "DPDK port found");
     let mac = info.mac;
-    let (cpus, node) = place_workers(cfg, info.node)?;
+    let (cpus, node) = place_workers(cfg, info.node).inspect_err(|_| crate::dpdk::eal_cleanup())?;
     let nodes = vec![node; cpus.len()];
     let (port, queues) = crate::dpdk::DpdkPort::open(&cfg.dpdk, info, &nodes)?;
     let ios = queues

@@ -371,21 +371,22 @@ fn bucket_take(
 ) -> bool {
     let elapsed = now.saturating_sub(*last_ns);
     *last_ns = now;
-    if r.pps > 0 {
-        let cap = r.burst_pkts * NSEC_PER_SEC;
-        if elapsed >= cap / r.pps {
-            *pkt = cap;
+    // `cap / rate`: the time to fill an empty bucket (no rate: no limit).
+    let cap = r.burst_pkts * NSEC_PER_SEC;
+    if let Some(fill) = cap.checked_div(r.pps) {
+        *pkt = if elapsed >= fill {
+            cap
         } else {
-            *pkt = (*pkt + elapsed * r.pps).min(cap);
-        }
+            (*pkt + elapsed * r.pps).min(cap)
+        };
     }
-    if r.bps > 0 {
-        let cap = r.burst_bytes * NSEC_PER_SEC;
-        if elapsed >= cap / r.bps {
-            *byt = cap;
+    let cap = r.burst_bytes * NSEC_PER_SEC;
+    if let Some(fill) = cap.checked_div(r.bps) {
+        *byt = if elapsed >= fill {
+            cap
         } else {
-            *byt = (*byt + elapsed * r.bps).min(cap);
-        }
+            (*byt + elapsed * r.bps).min(cap)
+        };
     }
     if r.pps > 0 && *pkt < NSEC_PER_SEC {
         return false;

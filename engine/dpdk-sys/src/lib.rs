@@ -9,7 +9,12 @@
 //! Everything here is `unsafe`; the safe layer is `ferrogate-engine`'s
 //! `dpdk` module.
 
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code
+)]
 #![allow(clippy::all)]
 #![allow(unsafe_op_in_unsafe_fn)]
 

@@ -1,0 +1,517 @@
+//! The DPDK backend in the lab: the real `ferrogate` binary (built with the
+//! `dpdk` feature, the default) runs `backend = "dpdk"` on a `net_af_packet`
+//! vdev over the edge veth inside the lab's edge namespace, without
+//! hugepages. The same cases as `lab_e2e.rs` (keep-alive load over two
+//! queues with hand-off, clean exit) and `filter_e2e.rs` (CIDR deny on IPv4
+//! and IPv6, a per-source rate rule) — the filter tier runs in the workers
+//! here — plus the start-up errors (missing hugepages, port, vdev; EAL
+//! failure) as one clear line each.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ferrogate_tests::{
+    HttpConn, Lab, VIP, enter_netns, ferrogate_bin, frames, lab_test, send_frames,
+};
+
+const VIP4: [u8; 4] = [10, 77, 0, 10];
+const CLIENT2: &str = "10.77.0.22";
+
+/// `[engine.dpdk]` for the lab: an af_packet vdev with `queues` queue pairs
+/// on the edge's eth0, 256 MB of ordinary memory.
+fn dpdk_section(queues: u32) -> String {
+    format!(
+        r#"
+[engine.dpdk]
+vdevs = ["net_af_packet0,iface=eth0,qpairs={queues}"]
+hugepages = false
+memory_mb = 256
+mbufs = 4095
+"#
+    )
+}
+
+fn grew(before: &HashMap<String, u64>, after: &HashMap<String, u64>, k: &str) -> u64 {
+    after
+        .get(k)
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(before.get(k).copied().unwrap_or(0))
+}
+
+fn keep_alive_load(lab: &Lab, conns: usize, per_conn: usize) -> (usize, Vec<String>) {
+    let ns = lab.ns("client");
+    let handles: Vec<_> = (0..conns)
+        .map(|c| {
+            let ns = ns.clone();
+            std::thread::spawn(move || -> Result<usize, String> {
+                enter_netns(&ns).map_err(|e| e.to_string())?;
+                let mut conn = HttpConn::connect(&format!("{VIP}:80"))
+                    .map_err(|e| format!("conn {c}: connect: {e}"))?;
+                for i in 0..per_conn {
+                    let path = format!("/load/{c}/{i}");
+                    let (status, body) = conn
+                        .get("lab", &path)
+                        .map_err(|e| format!("conn {c} req {i}: {e}"))?;
+                    if status != 200 || !body.contains(&format!("path={path}")) {
+                        return Err(format!("conn {c} req {i}: {status} {body:?}"));
+                    }
+                }
+                Ok(per_conn)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut errors = vec![];
+    for h in handles {
+        match h.join().expect("client thread") {
+            Ok(n) => ok += n,
+            Err(e) => errors.push(e),
+        }
+    }
+    (ok, errors)
+}
+
+fn curl_from(lab: &Lab, src: &str, url: &str) -> Result<String, String> {
+    lab.exec(
+        "client",
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "2",
+            "--interface",
+            src,
+            "--fail-with-body",
+            url,
+        ],
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn dpdk_two_queues_serves_2000_keep_alive_requests_with_hand_off() {
+    lab_test("dpdk_two_queues", || {
+        let lab = Lab::up(2);
+        let cfg = lab.config_with("dpdk.toml", &dpdk_section(2));
+        let mut engine = lab.start_engine_with(&cfg, "dpdk", 2);
+        let log = engine.log();
+        assert!(log.contains("backend=dpdk"), "{log}");
+        assert!(log.contains("DPDK port started"), "{log}");
+        let body = lab
+            .curl(&format!("http://{VIP}/hello?x=1"))
+            .expect("curl VIP");
+        assert!(
+            body.contains("origin 10.77.0.3:8080") && body.contains("path=/hello?x=1"),
+            "unexpected body {body:?}"
+        );
+        let before = engine.stats();
+        let (ok, errors) = keep_alive_load(&lab, 50, 40);
+        assert!(
+            errors.is_empty(),
+            "failed requests: {errors:?}\nlog:\n{}",
+            engine.log()
+        );
+        assert_eq!(ok, 2_000);
+        let after = engine.stats();
+        assert!(
+            grew(&before, &after, "stack_requests") >= 2_000,
+            "{after:?}"
+        );
+        assert!(
+            grew(&before, &after, "stack_responses_2xx") >= 2_000,
+            "{after:?}"
+        );
+        // Upstream replies hashed to the other queue were handed over.
+        assert!(
+            grew(&before, &after, "handoff_out") > 0,
+            "the cross-queue path was not exercised: {after:?}"
+        );
+        assert_eq!(after["handoff_dropped"], 0, "{after:?}");
+        // Port counters from rte_eth_stats / xstats, and the worker-side
+        // filter tier's verdicts under the XDP counters' names.
+        assert!(
+            grew(&before, &after, "dpdk_port_ipackets") >= 2_000,
+            "{after:?}"
+        );
+        assert!(
+            grew(&before, &after, "dpdk_port_opackets") >= 2_000,
+            "{after:?}"
+        );
+        assert!(
+            after.contains_key("dpdk_xstat_rx_good_packets"),
+            "{after:?}"
+        );
+        assert!(
+            grew(&before, &after, "xdp_redirect_vip_packets") >= 2_000,
+            "{after:?}"
+        );
+        assert!(!lab.edge_has_xdp(), "no XDP program under DPDK");
+        let (code, metrics, err) = lab.ctl(&["metrics"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            metrics.contains("ferrogate_dpdk_port_total{counter=\"ipackets\"}")
+                && metrics.contains("ferrogate_dpdk_xstat_total{xstat=\"rx_good_packets\"}"),
+            "{metrics}"
+        );
+        assert!(engine.is_running());
+        let st = engine.stop().expect("exit status");
+        assert!(st.success(), "engine exit {st}; log:\n{}", engine.log());
+        assert!(
+            engine.log().contains("DPDK port closed, EAL cleaned up"),
+            "{}",
+            engine.log()
+        );
+    });
+}
+
+#[test]
+fn dpdk_denied_cidrs_get_nothing_and_allowed_get_200_on_ipv4_and_ipv6() {
+    lab_test("dpdk_cidr", || {
+        let lab = Lab::up(1);
+        lab.exec(
+            "client",
+            &["ip", "addr", "add", &format!("{CLIENT2}/24"), "dev", "eth0"],
+        )
+        .unwrap();
+        lab.exec(
+            "client",
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "fd77::22/64",
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )
+        .unwrap();
+        let cfg = lab.config_with(
+            "deny.toml",
+            &format!(
+                r#"{}
+[filter]
+[[filter.cidr]]
+id = "deny-client2"
+action = "deny"
+cidrs = ["10.77.0.22/32", "fd77::22/128"]
+"#,
+                dpdk_section(1)
+            ),
+        );
+        let engine = lab.start_engine_with(&cfg, "dpdk", 1);
+        let before = engine.stats();
+        assert!(
+            curl_from(&lab, "10.77.0.2", &format!("http://{VIP}/ok"))
+                .unwrap()
+                .contains("path=/ok")
+        );
+        assert!(
+            curl_from(&lab, "fd77::2", "http://[fd77::10]/ok6")
+                .unwrap()
+                .contains("path=/ok6")
+        );
+        assert!(curl_from(&lab, CLIENT2, &format!("http://{VIP}/no")).is_err());
+        assert!(curl_from(&lab, "fd77::22", "http://[fd77::10]/no6").is_err());
+        let after = engine.stats();
+        assert!(
+            grew(&before, &after, "xdp_rule_deny-client2_packets") >= 2,
+            "{after:?}"
+        );
+        assert!(
+            grew(&before, &after, "xdp_drop_deny_packets") >= 2,
+            "{after:?}"
+        );
+        // The host keeps answering a denied source (af_packet taps a copy;
+        // the kernel path is untouched).
+        assert!(
+            curl_from(&lab, CLIENT2, "http://10.77.0.1/host")
+                .unwrap()
+                .contains("edge host kernel")
+        );
+    });
+}
+
+#[test]
+fn dpdk_a_source_above_its_rate_is_cut_to_the_rate_and_others_are_unaffected() {
+    lab_test("dpdk_rate", || {
+        let lab = Lab::up(1);
+        lab.exec(
+            "client",
+            &["ip", "addr", "add", &format!("{CLIENT2}/24"), "dev", "eth0"],
+        )
+        .unwrap();
+        let (pps, burst) = (500u64, 50u64);
+        let cfg = lab.config_with(
+            "rate.toml",
+            &format!(
+                r#"{}
+[filter]
+[[filter.rate]]
+id = "per-source-udp"
+key = "source"
+protocol = "udp"
+pps = {pps}
+burst_packets = {burst}
+"#,
+                dpdk_section(1)
+            ),
+        );
+        let engine = lab.start_engine_with(&cfg, "dpdk", 1);
+        let (edge, client) = (lab.mac("edge"), lab.mac("client"));
+        let flood: Vec<_> = (0..6000)
+            .map(|_| frames::udp4(edge, client, [10, 77, 0, 22], VIP4, 9, 64))
+            .collect();
+        let before = engine.stats();
+        let other = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                (0..10)
+                    .map(|i| {
+                        curl_from(&lab, "10.77.0.2", &format!("http://{VIP}/other{i}")).is_ok()
+                    })
+                    .filter(|ok| *ok)
+                    .count()
+            });
+            let r = send_frames(&lab.ns("client"), flood, 4 * pps).unwrap();
+            (h.join().unwrap(), r)
+        });
+        let (ok, (sent, secs)) = other;
+        assert_eq!(ok, 10, "another source was affected");
+        let after = engine.stats();
+        let dropped = grew(&before, &after, "xdp_rule_per-source-udp_packets");
+        assert_eq!(
+            grew(&before, &after, "xdp_drop_rate_packets"),
+            dropped,
+            "{after:?}"
+        );
+        let passed = sent as u64 - dropped;
+        let expected = pps as f64 * secs + burst as f64;
+        let ratio = passed as f64 / expected;
+        eprintln!(
+            "sent {sent} in {secs:.2}s, passed {passed}, expected {expected:.0}, ratio {ratio:.3}"
+        );
+        assert!(
+            (0.9..=1.1).contains(&ratio),
+            "passed {passed} vs expected {expected:.0} (ratio {ratio:.3})"
+        );
+    });
+}
+
+/// Runs `ferrogate run` with `config` until it exits; (exit code, output).
+fn run_to_exit(config: &Path, state: &Path, netns: Option<&str>) -> (i32, String) {
+    let mut cmd = Command::new(ferrogate_bin());
+    cmd.arg("run").arg("--config").arg(config);
+    if let Some(ns) = netns {
+        cmd.args(["--netns", ns]);
+    }
+    let out = cmd
+        .args(["--backend", "dpdk", "--admin-socket", "none", "--state-dir"])
+        .arg(state)
+        .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .expect("spawn ferrogate run");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The one `DPDK: ...` line of the error; asserts there is exactly one and
+/// no panic.
+fn dpdk_error_line(code: i32, out: &str) -> String {
+    assert_ne!(code, 0, "should have failed:\n{out}");
+    assert!(!out.contains("panicked"), "panic:\n{out}");
+    let lines: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("DPDK: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "expected one DPDK error line:\n{out}");
+    lines[0].to_string()
+}
+
+fn free_hugepages() -> u64 {
+    std::fs::read_dir("/sys/kernel/mm/hugepages")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("free_hugepages")).ok())
+                .filter_map(|s| s.trim().parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn dpdk_start_up_errors_are_one_clear_line_each() {
+    lab_test("dpdk_errors", || {
+        let lab = Lab::up(1);
+        let dir: PathBuf = lab.state_dir();
+        let base =
+            std::fs::read_to_string(ferrogate_tests::workspace().join("configs/lab.toml")).unwrap();
+        let write = |name: &str, extra: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, format!("{base}\n{extra}\n")).unwrap();
+            p
+        };
+        let state = dir.join("state");
+        let edge = lab.ns("edge");
+
+        // A port that is not there.
+        let c = write(
+            "noport.toml",
+            "[engine.dpdk]\nvdevs = [\"net_null0\"]\nport = \"net_null7\"\nhugepages = false\nmemory_mb = 128\n",
+        );
+        let (code, out) = run_to_exit(&c, &state, Some(&edge));
+        let line = dpdk_error_line(code, &out);
+        assert!(
+            line.contains("port \"net_null7\" not found") && line.contains("net_null0"),
+            "{line}"
+        );
+
+        // A vdev that does not probe (its interface is not in the namespace).
+        let c = write(
+            "novdev.toml",
+            "[engine.dpdk]\nvdevs = [\"net_af_packet0,iface=fgnosuch0\"]\nhugepages = false\nmemory_mb = 128\n",
+        );
+        let (code, out) = run_to_exit(&c, &state, Some(&edge));
+        let line = dpdk_error_line(code, &out);
+        assert!(
+            line.contains("net_af_packet0") && line.contains("did not probe"),
+            "{line}"
+        );
+
+        // An EAL failure (an option it does not know).
+        let c = write(
+            "eal.toml",
+            "[engine.dpdk]\nvdevs = [\"net_null0\"]\nhugepages = false\nmemory_mb = 128\neal_args = [\"--fg-no-such-option\"]\n",
+        );
+        let (code, out) = run_to_exit(&c, &state, Some(&edge));
+        let line = dpdk_error_line(code, &out);
+        assert!(
+            line.contains("EAL initialisation failed") && line.contains("--fg-no-such-option"),
+            "{line}"
+        );
+
+        // Hugepages asked for but none free (only checkable where none are reserved).
+        if free_hugepages() == 0 {
+            let c = write(
+                "huge.toml",
+                "[engine.dpdk]\nvdevs = [\"net_null0\"]\nhugepages = true\n",
+            );
+            let (code, out) = run_to_exit(&c, &state, Some(&edge));
+            let line = dpdk_error_line(code, &out);
+            assert!(
+                line.contains("no free hugepages") && line.contains("nr_hugepages"),
+                "{line}"
+            );
+        } else {
+            eprintln!("hugepages reserved on this machine: missing-hugepages case not checked");
+        }
+
+        // A bad [engine.dpdk] key is a config error with file:line:col.
+        let c = write(
+            "badcfg.toml",
+            "[engine.dpdk]\nvdevs = [\"net_null0\"]\nmbufs = 4095\nmbuf_cache = 4000\n",
+        );
+        let out = Command::new(ferrogate_bin())
+            .arg("check")
+            .arg(&c)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            text.contains("badcfg.toml:") && text.contains("engine.dpdk.mbuf_cache"),
+            "{text}"
+        );
+    });
+}
+
+/// Reserves 2 MB hugepages and mounts a hugetlbfs for one test; restores
+/// `nr_hugepages` and unmounts on drop (also when the test fails).
+struct Hugepages {
+    before: u64,
+    mount: PathBuf,
+}
+
+impl Hugepages {
+    const NR: &'static str = "/proc/sys/vm/nr_hugepages";
+
+    fn reserve(extra: u64, mount: PathBuf) -> Option<Hugepages> {
+        let before: u64 = std::fs::read_to_string(Self::NR)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        std::fs::write(Self::NR, (before + extra).to_string()).ok()?;
+        let g = Hugepages {
+            before,
+            mount: mount.clone(),
+        };
+        std::fs::create_dir_all(&mount).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "nodev"])
+            .arg(&mount)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok || free_hugepages() < extra {
+            return None; // drop restores
+        }
+        Some(g)
+    }
+}
+
+impl Drop for Hugepages {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = std::fs::remove_dir(&self.mount);
+        let _ = std::fs::write(Self::NR, self.before.to_string());
+    }
+}
+
+#[test]
+fn dpdk_on_hugepages_serves_keep_alive_requests() {
+    lab_test("dpdk_hugepages", || {
+        let lab = Lab::up(1);
+        let mount = lab.state_dir().join("hugetlbfs");
+        let Some(_huge) = Hugepages::reserve(160, mount.clone()) else {
+            eprintln!("dpdk_hugepages: skipped: could not reserve 2 MB hugepages here");
+            return;
+        };
+        let cfg = lab.config_with(
+            "huge.toml",
+            &format!(
+                r#"
+[engine.dpdk]
+vdevs = ["net_af_packet0,iface=eth0"]
+hugepages = true
+huge_dir = "{}"
+memory_mb = 256
+mbufs = 4095
+"#,
+                mount.display()
+            ),
+        );
+        let mut engine = lab.start_engine_with(&cfg, "dpdk", 1);
+        assert!(engine.log().contains("--in-memory"), "{}", engine.log());
+        let (ok, errors) = keep_alive_load(&lab, 10, 20);
+        assert!(errors.is_empty(), "{errors:?}\nlog:\n{}", engine.log());
+        assert_eq!(ok, 200);
+        let st = engine.stop().expect("exit status");
+        assert!(st.success(), "engine exit {st}; log:\n{}", engine.log());
+    });
+}
