@@ -1,7 +1,10 @@
-//! The admin API: HTTP/1.1 over a Unix socket (mode 0600), one request per
-//! connection, served on its own thread. Requests that touch the engine are
-//! forwarded to the thread that owns it (`ferrogate run`'s main loop); the
-//! data path never sees this thread. `ferrogate ctl` is the client.
+//! The admin API: HTTP/1.1, one request per connection, on a Unix socket
+//! (mode 0600) and, for the control daemon, optionally on TCP with a bearer
+//! token. The engine process serves it on its own socket: requests that
+//! touch the engine are forwarded to the thread that owns it; the data path
+//! never sees these threads. The control daemon (`ferrogate control`) serves
+//! the same operator endpoints and talks to the engine through `/v1/…`.
+//! `ferrogate ctl` is the client.
 //!
 //! | request | answer |
 //! |---|---|
@@ -12,15 +15,21 @@
 //! | `POST /apply` (TOML body) | the new version, or the errors (422) and nothing changes |
 //! | `GET /diff` | running config vs the file on disk, per section |
 //! | `POST /rollback` | back to the previous kept version (409 when none is kept) |
+//! | `GET /v1/hello` | engine only: `protocol`, `version`, `content_hash` |
+//! | `GET /v1/snapshot` | engine only: `version`/`source` lines, a blank line, the running TOML |
+//! | `POST /v1/snapshot` | engine only: apply the body if it hashes to `X-Ferrogate-Hash` |
 //!
 //! `X-Ferrogate-Path` names the file a body came from (errors name it and
-//! relative paths in it resolve against it).
+//! relative paths in it resolve against it). `/v1/…` requests must carry
+//! `Ferrogate-Protocol: 1` (426 for another version).
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -36,9 +45,16 @@ pub enum Op {
     Status,
     Stats,
     Metrics,
-    Apply { text: String, source: PathBuf },
+    Apply {
+        text: String,
+        source: PathBuf,
+    },
     Diff,
     Rollback,
+    /// `GET /v1/hello`: protocol, running version and content hash.
+    Hello,
+    /// `GET /v1/snapshot`: the running snapshot's text.
+    Running,
 }
 
 /// An answer: HTTP status and a text body.
@@ -69,6 +85,29 @@ pub struct Request {
     pub reply: mpsc::Sender<Reply>,
 }
 
+/// The version of the control ↔ engine protocol (`/v1/…` endpoints, the
+/// `Ferrogate-Protocol` header). A peer speaking another version is refused
+/// with 426 instead of being misunderstood.
+pub const PROTOCOL: u32 = 1;
+
+/// One parsed admin request.
+#[derive(Debug, Default)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    pub source: Option<PathBuf>,
+    /// `Ferrogate-Protocol` header, when present.
+    pub protocol: Option<String>,
+    /// `X-Ferrogate-Hash`: the content hash a pushed snapshot must have.
+    pub hash: Option<String>,
+    /// The `Authorization: Bearer …` token, when present.
+    pub bearer: Option<String>,
+    pub body: String,
+}
+
+/// Answers one request: (reply, content type).
+pub type Handler = Arc<dyn Fn(HttpRequest) -> (Reply, &'static str) + Send + Sync>;
+
 /// Binds the socket: creates the directory, replaces a stale socket (one
 /// nobody answers on), refuses to steal a live one, sets mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener> {
@@ -87,19 +126,75 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-/// Serves the socket on a new thread until the process exits.
+/// At most this many admin connections are served at once; more wait in
+/// the listen backlog.
+const MAX_CONCURRENT: usize = 16;
+
+/// Serves the engine's API on a new thread until the process exits: every
+/// request that touches the engine goes to the thread owning it.
 pub fn spawn(listener: UnixListener, tx: mpsc::Sender<Request>) -> Result<()> {
+    spawn_unix(listener, engine_handler(tx))
+}
+
+/// Serves `handler` on a Unix socket, one thread per connection.
+pub fn spawn_unix(listener: UnixListener, handler: Handler) -> Result<()> {
+    serve_loop(
+        "fg-admin",
+        move || listener.accept().map(|(s, _)| s),
+        None,
+        handler,
+    )
+}
+
+/// Serves `handler` on TCP; every request must carry `Authorization:
+/// Bearer <token>` (compared in constant time) or gets 401.
+pub fn spawn_tcp(listener: TcpListener, token: String, handler: Handler) -> Result<()> {
+    serve_loop(
+        "fg-admin-tcp",
+        move || listener.accept().map(|(s, _)| s),
+        Some(Arc::new(token)),
+        handler,
+    )
+}
+
+fn serve_loop<S, A>(
+    name: &str,
+    mut accept: A,
+    token: Option<Arc<String>>,
+    handler: Handler,
+) -> Result<()>
+where
+    S: Read + Write + Timeouts + Send + 'static,
+    A: FnMut() -> std::io::Result<S> + Send + 'static,
+{
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
-        .name("fg-admin".into())
+        .name(name.into())
         .spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(s) => {
-                        if let Err(e) = handle(s, &tx) {
+            loop {
+                let s = match accept() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept");
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                while active.load(Ordering::Acquire) >= MAX_CONCURRENT {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                active.fetch_add(1, Ordering::AcqRel);
+                let (active, handler, token) = (active.clone(), handler.clone(), token.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("fg-admin-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = handle(s, token.as_deref().map(|t| t.as_str()), &handler) {
                             tracing::debug!(error = %e, "admin connection");
                         }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "admin accept"),
+                        active.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    tracing::warn!("admin: cannot spawn a connection thread");
                 }
             }
         })
@@ -107,40 +202,77 @@ pub fn spawn(listener: UnixListener, tx: mpsc::Sender<Request>) -> Result<()> {
     Ok(())
 }
 
-struct HttpRequest {
-    method: String,
-    path: String,
-    source: Option<PathBuf>,
-    body: String,
+/// Read/write timeouts for both stream kinds.
+pub trait Timeouts {
+    fn timeouts(&self, d: Duration) -> std::io::Result<()>;
 }
 
-fn read_request(s: &UnixStream) -> Result<HttpRequest> {
+impl Timeouts for UnixStream {
+    fn timeouts(&self, d: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(d))?;
+        self.set_write_timeout(Some(d))
+    }
+}
+
+impl Timeouts for TcpStream {
+    fn timeouts(&self, d: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(d))?;
+        self.set_write_timeout(Some(d))
+    }
+}
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 16 << 10;
+
+fn read_request<S: Read>(s: &mut S) -> Result<HttpRequest> {
     let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
+    let mut head_bytes = 0usize;
+    let mut next_line = |r: &mut BufReader<&mut S>| -> Result<String> {
+        let mut line = String::new();
+        let n = r.by_ref().take(MAX_HEAD as u64).read_line(&mut line)?;
+        head_bytes += n;
+        if head_bytes >= MAX_HEAD {
+            bail!("request head over {MAX_HEAD} bytes");
+        }
+        if n == 0 {
+            bail!("connection closed inside the head");
+        }
+        Ok(line)
+    };
+    let line = next_line(&mut r)?;
     let mut parts = line.split_whitespace();
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
         bail!("bad request line {line:?}");
     };
-    let (method, path) = (method.to_string(), target.to_string());
+    let mut req = HttpRequest {
+        method: method.to_string(),
+        path: target.split('?').next().unwrap_or("").to_string(),
+        ..Default::default()
+    };
     let mut len = 0usize;
-    let mut source = None;
     loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 {
-            bail!("connection closed inside the head");
-        }
+        let h = next_line(&mut r)?;
         let h = h.trim_end();
         if h.is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':') {
-            let v = v.trim();
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.parse().context("content-length")?;
-            } else if k.eq_ignore_ascii_case("x-ferrogate-path") && !v.is_empty() {
-                source = Some(PathBuf::from(v));
-            }
+        let Some((k, v)) = h.split_once(':') else {
+            bail!("bad header line {h:?}");
+        };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("content-length") {
+            len = v.parse().context("content-length")?;
+        } else if k.eq_ignore_ascii_case("x-ferrogate-path") && !v.is_empty() {
+            req.source = Some(PathBuf::from(v));
+        } else if k.eq_ignore_ascii_case("ferrogate-protocol") {
+            req.protocol = Some(v.to_string());
+        } else if k.eq_ignore_ascii_case("x-ferrogate-hash") {
+            req.hash = Some(v.to_string());
+        } else if k.eq_ignore_ascii_case("authorization") {
+            req.bearer = v
+                .strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .map(|t| t.trim().to_string());
         }
     }
     if len > MAX_BODY {
@@ -148,36 +280,59 @@ fn read_request(s: &UnixStream) -> Result<HttpRequest> {
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
-    Ok(HttpRequest {
-        method,
-        path,
-        source,
-        body: String::from_utf8(body).context("the body is not UTF-8")?,
-    })
+    req.body = String::from_utf8(body).context("the body is not UTF-8")?;
+    Ok(req)
 }
 
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
         422 => "Unprocessable Entity",
+        426 => "Upgrade Required",
         503 => "Service Unavailable",
         _ => "Error",
     }
 }
 
-fn handle(mut s: UnixStream, tx: &mpsc::Sender<Request>) -> Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let (reply, ctype) = match read_request(&s) {
+/// Equal-length-independent comparison whose time does not depend on
+/// where the first differing byte is.
+fn token_matches(given: &str, want: &str) -> bool {
+    let (g, w) = (given.as_bytes(), want.as_bytes());
+    let mut diff = u8::from(g.len() != w.len());
+    for (i, b) in w.iter().enumerate() {
+        diff |= b ^ g.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+fn handle<S: Read + Write + Timeouts>(
+    mut s: S,
+    token: Option<&str>,
+    handler: &Handler,
+) -> Result<()> {
+    s.timeouts(Duration::from_secs(5))?;
+    let (reply, ctype) = match read_request(&mut s) {
         Err(e) => (Reply::err(400, format!("bad request: {e}\n")), "text/plain"),
-        Ok(req) => dispatch(req, tx),
+        Ok(req) => match (token, req.bearer.as_deref()) {
+            (Some(_), None) => (Reply::err(401, "missing bearer token\n"), "text/plain"),
+            (Some(want), Some(given)) if !token_matches(given, want) => {
+                (Reply::err(401, "wrong bearer token\n"), "text/plain")
+            }
+            _ => handler(req),
+        },
+    };
+    let auth = if reply.status == 401 {
+        "WWW-Authenticate: Bearer realm=\"ferrogate\"\r\n"
+    } else {
+        ""
     };
     let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {ctype}; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {ctype}; charset=utf-8\r\nContent-Length: {}\r\n{auth}Ferrogate-Protocol: {PROTOCOL}\r\nConnection: close\r\n\r\n",
         reply.status,
         reason(reply.status),
         reply.body.len()
@@ -187,14 +342,64 @@ fn handle(mut s: UnixStream, tx: &mpsc::Sender<Request>) -> Result<()> {
     Ok(())
 }
 
-fn dispatch(req: HttpRequest, tx: &mpsc::Sender<Request>) -> (Reply, &'static str) {
-    let path = req.path.split('?').next().unwrap_or("");
+/// 405 for a known path with the wrong method, else 404.
+pub fn unknown(method: &str, path: &str, known: &[&str]) -> Reply {
+    if known.contains(&path) {
+        Reply::err(405, format!("{method} not allowed on {path}\n"))
+    } else {
+        Reply::err(404, format!("no such endpoint {path}\n"))
+    }
+}
+
+/// Checks the `Ferrogate-Protocol` header of a `/v1/…` request.
+pub fn check_protocol(req: &HttpRequest) -> Result<(), Reply> {
+    match req.protocol.as_deref() {
+        None => Err(Reply::err(
+            400,
+            format!("missing Ferrogate-Protocol header (this side speaks {PROTOCOL})\n"),
+        )),
+        Some(v) if v.trim() == PROTOCOL.to_string() => Ok(()),
+        Some(v) => Err(Reply::err(
+            426,
+            format!("protocol {v} not supported (this side speaks {PROTOCOL})\n"),
+        )),
+    }
+}
+
+const ENGINE_PATHS: &[&str] = &[
+    "/status",
+    "/stats",
+    "/metrics",
+    "/diff",
+    "/validate",
+    "/apply",
+    "/rollback",
+    "/v1/hello",
+    "/v1/snapshot",
+];
+
+/// The engine process's API: the operator endpoints plus the `/v1/…`
+/// protocol the control daemon speaks.
+pub fn engine_handler(tx: mpsc::Sender<Request>) -> Handler {
+    let tx = std::sync::Mutex::new(tx);
+    Arc::new(move |req: HttpRequest| {
+        let tx = tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        engine_dispatch(req, &tx)
+    })
+}
+
+fn engine_dispatch(req: HttpRequest, tx: &mpsc::Sender<Request>) -> (Reply, &'static str) {
     let source = || {
         req.source
             .clone()
             .unwrap_or_else(|| PathBuf::from("<admin-request>"))
     };
-    let op = match (req.method.as_str(), path) {
+    if req.path.starts_with("/v1/")
+        && let Err(r) = check_protocol(&req)
+    {
+        return (r, "text/plain");
+    }
+    let op = match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/status") => Op::Status,
         ("GET", "/stats") => Op::Stats,
         ("GET", "/metrics") => Op::Metrics,
@@ -207,18 +412,37 @@ fn dispatch(req: HttpRequest, tx: &mpsc::Sender<Request>) -> (Reply, &'static st
             source: source(),
         },
         ("POST", "/rollback") => Op::Rollback,
-        (_, "/status" | "/stats" | "/metrics" | "/diff" | "/validate" | "/apply" | "/rollback") => {
-            return (
-                Reply::err(405, format!("{} not allowed on {path}\n", req.method)),
-                "text/plain",
-            );
+        ("GET", "/v1/hello") => Op::Hello,
+        ("GET", "/v1/snapshot") => Op::Running,
+        ("POST", "/v1/snapshot") => {
+            let want = req
+                .hash
+                .as_deref()
+                .and_then(|h| u64::from_str_radix(h, 16).ok());
+            let Some(want) = want else {
+                return (
+                    Reply::err(400, "a pushed snapshot needs X-Ferrogate-Hash\n"),
+                    "text/plain",
+                );
+            };
+            let got = crate::snapshot::content_hash(&req.body);
+            if got != want {
+                return (
+                    Reply::err(
+                        400,
+                        format!(
+                            "snapshot hash {got:016x} does not match X-Ferrogate-Hash {want:016x}\n"
+                        ),
+                    ),
+                    "text/plain",
+                );
+            }
+            Op::Apply {
+                text: req.body.clone(),
+                source: source(),
+            }
         }
-        _ => {
-            return (
-                Reply::err(404, format!("no such endpoint {path}\n")),
-                "text/plain",
-            );
-        }
+        (m, p) => return (unknown(m, p, ENGINE_PATHS), "text/plain"),
     };
     let ctype = if matches!(op, Op::Metrics) {
         "text/plain; version=0.0.4"
@@ -243,16 +467,35 @@ pub fn validate(text: &str, source: &Path) -> Reply {
     }
 }
 
-/// The client side: one request, the whole answer.
+/// The client side: one request, the whole answer. Every request says
+/// which protocol version it speaks.
 pub fn call(socket: &Path, method: &str, path: &str, body: Option<(&str, &Path)>) -> Result<Reply> {
+    call_with(socket, method, path, body, &[], Duration::from_secs(60))
+}
+
+/// `call` with extra headers and a timeout.
+pub fn call_with(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &Path)>,
+    headers: &[(&str, String)],
+    timeout: Duration,
+) -> Result<Reply> {
     let mut s = UnixStream::connect(socket).with_context(|| {
         format!(
             "connecting to {} (is `ferrogate run` up?)",
             socket.display()
         )
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: ferrogate\r\nConnection: close\r\n");
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: ferrogate\r\nConnection: close\r\nFerrogate-Protocol: {PROTOCOL}\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
     let (text, src) = body.unwrap_or(("", Path::new("")));
     if !src.as_os_str().is_empty() {
         req.push_str(&format!("X-Ferrogate-Path: {}\r\n", src.display()));

@@ -45,6 +45,32 @@ pub struct FileConfig {
     pub limits: LimitSection,
     #[serde(default)]
     pub numa: NumaSection,
+    #[serde(default)]
+    pub access_log: Option<AccessLogSection>,
+}
+
+/// JSON access log, one line per response, written off the data path.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// File to append to (relative to the config file), or "-" for the
+    /// process log (tracing target `ferrogate::access`).
+    pub path: Spanned<String>,
+    /// Records each worker may queue before lines are dropped (counted).
+    #[serde(default = "default_access_queue")]
+    pub queue: Spanned<usize>,
+}
+
+fn default_access_queue() -> Spanned<usize> {
+    Spanned::new(0..0, 8192)
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    File(PathBuf),
+    /// The process log, through `tracing`.
+    Log,
 }
 
 /// Per-NUMA-node tuning: `[numa.node.0]`, `[numa.node.1]`, ... Only the
@@ -694,6 +720,7 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 pub struct Compiled {
     pub netns: Option<String>,
     pub engine: EngineConfig,
+    pub access_log: Option<AccessLogTarget>,
 }
 
 struct Reporter<'a> {
@@ -2063,6 +2090,30 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
     ec.tcp_buffer = *e.tcp_buffer.get_ref();
     ec.gateway_v4 = gateway;
     ec.max_request_body = cfg.limits.max_request_body_bytes;
+    let mut access_log = None;
+    if let Some(a) = &cfg.access_log {
+        let path = a.path.get_ref().trim();
+        if path.is_empty() {
+            rep.at(
+                a.path.span(),
+                "access_log.path",
+                "must name a file or \"-\"",
+            );
+        } else if path == "-" {
+            access_log = Some(AccessLogTarget::Log);
+        } else {
+            let base = rep.file.parent().map(Path::to_path_buf).unwrap_or_default();
+            access_log = Some(AccessLogTarget::File(base.join(path)));
+        }
+        if !(16..=1 << 20).contains(a.queue.get_ref()) {
+            rep.at(
+                a.queue.span(),
+                "access_log.queue",
+                "must be 16..=1048576 records",
+            );
+        }
+        ec.access_log_queue = *a.queue.get_ref();
+    }
     ec.numa = numa;
     ec.filter = filter;
     ec.fail_mode = fail_mode;
@@ -2078,6 +2129,7 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
     Some(Compiled {
         netns: e.netns.clone(),
         engine: ec,
+        access_log,
     })
 }
 

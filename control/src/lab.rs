@@ -224,6 +224,14 @@ impl Lab {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
+        // A fail-closed engine leaves its XDP link pinned: remove the pin
+        // (the namespace's deletion would only make it a stale file).
+        let edge = format!("{}edge", self.prefix);
+        if existing.contains(&edge)
+            && let Err(e) = remove_xdp_pin(&edge, "eth0")
+        {
+            tracing::warn!(netns = %edge, error = %format!("{e:#}"), "could not remove a pinned XDP link");
+        }
         let mut failed = Vec::new();
         for ns in self.namespaces() {
             if existing.contains(&ns) && ip(&["netns", "del", &ns]).is_err() {
@@ -312,4 +320,25 @@ fn netns_pids(ns: &str) -> Vec<i32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Removes the pinned XDP link of `iface` in network namespace `netns` (a
+/// fail-closed engine's program detaches once no engine holds it). Runs on
+/// its own thread: setns(2) moves only the calling thread. Returns whether
+/// a pin existed.
+pub fn remove_xdp_pin(netns: &str, iface: &str) -> Result<bool> {
+    let path = format!("/var/run/netns/{netns}");
+    let f = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    let iface = iface.to_string();
+    std::thread::spawn(move || -> Result<bool> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns(2) with a valid namespace fd, on this short-lived
+        // thread only.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        ferrogate_ebpf::persist::remove_pin(&iface).context("removing the pin")
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the pin-removal thread panicked"))?
 }

@@ -1,11 +1,14 @@
 //! ferrogate's control side: the TOML configuration, the lab, and the
 //! commands of the `ferrogate` binary.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod ctl;
+pub mod daemon;
 pub mod demo;
 pub mod lab;
 pub mod metrics;
 pub mod run;
 pub mod snapshot;
+pub mod supervise;

@@ -1,11 +1,12 @@
 //! The `ferrogate` command: run the engine, check configs, drive the lab.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use ferrogate_control::{admin, config, ctl, demo, lab, run};
+use ferrogate_control::{admin, config, ctl, daemon, demo, lab, run, supervise};
 
 #[derive(Parser)]
 #[command(name = "ferrogate", version, about = "Kernel-bypass edge proxy")]
@@ -16,32 +17,66 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the data plane with a TOML config (without one: the persisted
-    /// last-known-good snapshot).
+    /// Run ferrogate on this machine: the engine and, with a config file,
+    /// the control daemon that owns it; restarts either when it dies.
     Run {
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Network namespace to enter (overrides engine.netns).
-        #[arg(long)]
-        netns: Option<String>,
-        /// Write counters to this file every 250 ms and at exit.
-        #[arg(long)]
-        stats_file: Option<PathBuf>,
-        /// Stop after this many seconds.
-        #[arg(long)]
-        duration: Option<u64>,
-        /// Number of NIC queues / workers (overrides engine.queues).
-        #[arg(long)]
-        queues: Option<u32>,
-        /// af_xdp, af_packet or auto (overrides engine.backend).
-        #[arg(long)]
-        backend: Option<String>,
-        /// The admin API's Unix socket (mode 0600); `none` serves none.
+        #[command(flatten)]
+        engine: EngineOpts,
+        /// The operator API's Unix socket (mode 0600); `none` serves none.
         #[arg(long, default_value = admin::DEFAULT_SOCKET)]
         admin_socket: PathBuf,
         /// Where the last applied snapshot is persisted.
         #[arg(long, default_value = "/var/lib/ferrogate")]
         state_dir: PathBuf,
+        /// The engine's own socket, which the control daemon talks to
+        /// (default: `engine.sock` beside the admin socket).
+        #[arg(long)]
+        engine_socket: Option<PathBuf>,
+        /// Also serve the operator API on this TCP address (host side;
+        /// needs --admin-token-file).
+        #[arg(long)]
+        admin_tcp: Option<SocketAddr>,
+        /// File holding the bearer token for --admin-tcp (≥ 16 characters).
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+        /// Run the engine alone, without the control daemon.
+        #[arg(long)]
+        no_control: bool,
+    },
+    /// The data plane process alone (what `run` supervises): serves its
+    /// config, or without one the persisted last-known-good snapshot.
+    Engine {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        engine: EngineOpts,
+        /// The engine's API socket (mode 0600); `none` serves none.
+        #[arg(long, default_value = "/run/ferrogate/engine.sock")]
+        admin_socket: PathBuf,
+        #[arg(long, default_value = "/var/lib/ferrogate")]
+        state_dir: PathBuf,
+    },
+    /// The control daemon alone (what `run` supervises): owns the config
+    /// file, pushes changes to the engine, serves the operator API.
+    Control {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "/run/ferrogate/engine.sock")]
+        engine_socket: PathBuf,
+        /// The operator API's Unix socket (mode 0600); `none` serves none.
+        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        admin_tcp: Option<SocketAddr>,
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+        #[arg(long, default_value = "/var/lib/ferrogate")]
+        state_dir: PathBuf,
+        /// How often the config file and the engine are looked at (ms).
+        #[arg(long, default_value_t = 250)]
+        watch_ms: u64,
     },
     /// Talk to a running engine's admin API.
     Ctl {
@@ -61,11 +96,61 @@ enum Cmd {
         #[arg(long)]
         netns: Option<String>,
     },
+    /// Operate on ferrogate's XDP program outside a running engine.
+    Xdp {
+        #[command(subcommand)]
+        cmd: XdpCmd,
+    },
     /// Build, inspect, remove and demo the network-namespace lab.
     Lab {
         #[command(subcommand)]
         cmd: LabCmd,
     },
+}
+
+/// Options of the engine process (passed through by `run`).
+#[derive(clap::Args, Clone)]
+struct EngineOpts {
+    /// Network namespace to enter (overrides engine.netns).
+    #[arg(long)]
+    netns: Option<String>,
+    /// Write counters to this file every 250 ms and at exit.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Number of NIC queues / workers (overrides engine.queues).
+    #[arg(long)]
+    queues: Option<u32>,
+    /// af_xdp, af_packet or auto (overrides engine.backend).
+    #[arg(long)]
+    backend: Option<String>,
+}
+
+impl EngineOpts {
+    fn to_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut opt = |k: &str, val: Option<String>| {
+            if let Some(val) = val {
+                v.push(k.to_string());
+                v.push(val);
+            }
+        };
+        opt("--netns", self.netns.clone());
+        opt(
+            "--stats-file",
+            self.stats_file.as_ref().map(|p| p.display().to_string()),
+        );
+        opt("--duration", self.duration.map(|d| d.to_string()));
+        opt("--queues", self.queues.map(|q| q.to_string()));
+        opt("--backend", self.backend.clone());
+        v
+    }
+}
+
+fn socket_opt(p: PathBuf) -> Option<PathBuf> {
+    (p.as_os_str() != "none").then_some(p)
 }
 
 #[derive(Subcommand)]
@@ -84,6 +169,28 @@ enum CtlSub {
     Diff,
     /// Back to the previous kept version.
     Rollback,
+    /// Live per-worker rates (packets, requests, busy %), refreshed.
+    Top {
+        /// Refresh interval in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many refreshes (0 = until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum XdpCmd {
+    /// Remove the program a fail-closed engine left attached (its pinned
+    /// link); a running engine keeps its own until it exits.
+    Detach {
+        #[arg(long)]
+        iface: String,
+        /// Network namespace of the interface.
+        #[arg(long)]
+        netns: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -174,22 +281,73 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Run {
             config,
-            netns,
-            stats_file,
-            duration,
-            queues,
-            backend,
+            engine,
+            admin_socket,
+            state_dir,
+            engine_socket,
+            admin_tcp,
+            admin_token_file,
+            no_control,
+        } => {
+            if let Some(b) = &engine.backend {
+                parse_backend(b)?;
+            }
+            let admin_socket = socket_opt(admin_socket);
+            let engine_socket = engine_socket.unwrap_or_else(|| {
+                admin_socket
+                    .as_deref()
+                    .and_then(|p| p.parent())
+                    .unwrap_or(std::path::Path::new("/run/ferrogate"))
+                    .join("engine.sock")
+            });
+            let mut control_args = Vec::new();
+            if let Some(a) = admin_tcp {
+                control_args.extend(["--admin-tcp".to_string(), a.to_string()]);
+            }
+            if let Some(t) = admin_token_file {
+                control_args.extend(["--admin-token-file".to_string(), t.display().to_string()]);
+            }
+            supervise::run(supervise::SuperviseArgs {
+                engine_args: engine.to_args(),
+                config,
+                admin_socket,
+                engine_socket,
+                state_dir,
+                control_args,
+                control: !no_control,
+            })
+        }
+        Cmd::Engine {
+            config,
+            engine,
             admin_socket,
             state_dir,
         } => run::run(run::RunArgs {
             config,
-            netns,
-            stats_file,
-            duration: duration.map(Duration::from_secs),
-            queues,
-            backend: backend.as_deref().map(parse_backend).transpose()?,
-            admin_socket: (admin_socket.as_os_str() != "none").then_some(admin_socket),
+            netns: engine.netns,
+            stats_file: engine.stats_file,
+            duration: engine.duration.map(Duration::from_secs),
+            queues: engine.queues,
+            backend: engine.backend.as_deref().map(parse_backend).transpose()?,
+            admin_socket: socket_opt(admin_socket),
             state_dir,
+        }),
+        Cmd::Control {
+            config,
+            engine_socket,
+            socket,
+            admin_tcp,
+            admin_token_file,
+            state_dir,
+            watch_ms,
+        } => daemon::run(daemon::DaemonArgs {
+            config,
+            engine_socket,
+            socket: socket_opt(socket),
+            tcp: admin_tcp,
+            token_file: admin_token_file,
+            state_dir,
+            watch: Duration::from_millis(watch_ms.max(10)),
         }),
         Cmd::Ctl { socket, cmd } => {
             use ctl::CtlCmd;
@@ -201,6 +359,10 @@ fn main() -> Result<()> {
                 CtlSub::Apply { file } => CtlCmd::Apply(file),
                 CtlSub::Diff => CtlCmd::Diff,
                 CtlSub::Rollback => CtlCmd::Rollback,
+                CtlSub::Top { interval_ms, count } => CtlCmd::Top {
+                    interval: Duration::from_millis(interval_ms.max(100)),
+                    count,
+                },
             };
             match ctl::ctl(&socket, cmd) {
                 Ok(code) => std::process::exit(code),
@@ -222,6 +384,22 @@ fn main() -> Result<()> {
             }
         },
         Cmd::Numa { config, netns } => numa_plan(&config, netns.as_deref()),
+        Cmd::Xdp {
+            cmd: XdpCmd::Detach { iface, netns },
+        } => {
+            let existed = match &netns {
+                Some(ns) => lab::remove_xdp_pin(ns, &iface)?,
+                None => ferrogate_ebpf::persist::remove_pin(&iface)?,
+            };
+            if existed {
+                println!(
+                    "{iface}: pinned XDP link removed; the program detaches unless an engine holds it"
+                );
+            } else {
+                println!("{iface}: no pinned XDP link");
+            }
+            Ok(())
+        }
         Cmd::Lab { cmd } => match cmd {
             LabCmd::Up { prefix, queues } => {
                 lab::Lab::new(&prefix).up(queues)?;

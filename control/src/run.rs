@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use ferrogate_engine::Engine;
 
+use crate::access_log::AccessLogWriter;
 use crate::admin::{self, Op, Reply};
 use crate::config::Compiled;
 use crate::snapshot::{self, History, Snapshot};
@@ -69,6 +70,8 @@ struct Runtime<'a> {
     history: History,
     started: Instant,
     origin: Origin,
+    access_log: Option<AccessLogWriter>,
+    persister: snapshot::Persister,
 }
 
 impl Runtime<'_> {
@@ -95,6 +98,9 @@ impl Runtime<'_> {
                 ),
             )
         })?;
+        if let (Some(w), Some(t)) = (&self.access_log, &compiled.access_log) {
+            w.set_target(t.clone());
+        }
         let mut routes = (*compiled.engine.routes).clone();
         routes.version = counter;
         compiled.engine.routes = Arc::new(routes);
@@ -121,9 +127,7 @@ impl Runtime<'_> {
     }
 
     fn commit(&mut self, snap: Snapshot) {
-        if let Err(e) = snapshot::persist(&self.args.state_dir, &snap) {
-            tracing::error!(error = %e, "could not persist the last-known-good snapshot");
-        }
+        self.persister.submit(snap.clone());
         self.history.push(snap);
     }
 
@@ -233,7 +237,16 @@ impl Runtime<'_> {
     fn handle(&mut self, op: Op) -> Reply {
         match op {
             Op::Status => Reply::ok(self.status()),
-            Op::Stats => Reply::ok(self.engine.stats().render()),
+            Op::Stats => {
+                let mut text = self.engine.stats().render();
+                if let Some(w) = &self.access_log {
+                    let (written, errors) = w.counts();
+                    text.push_str(&format!(
+                        "access_log_written {written}\naccess_log_write_errors {errors}\n"
+                    ));
+                }
+                Reply::ok(text)
+            }
             Op::Metrics => {
                 let cur = self.current();
                 let info = crate::metrics::Info {
@@ -245,6 +258,25 @@ impl Runtime<'_> {
             }
             Op::Apply { text, source } => self.apply(text, source),
             Op::Rollback => self.rollback(),
+            Op::Hello => {
+                let cur = self.current();
+                Reply::ok(format!(
+                    "protocol {}\nversion {}\ncontent_hash {:016x}\npid {}\n",
+                    admin::PROTOCOL,
+                    cur.version(),
+                    cur.hash,
+                    std::process::id()
+                ))
+            }
+            Op::Running => {
+                let cur = self.current();
+                Reply::ok(format!(
+                    "version {}\nsource {}\n\n{}",
+                    cur.version(),
+                    cur.source.display(),
+                    cur.text
+                ))
+            }
             Op::Diff => {
                 let file = self.file();
                 match std::fs::read_to_string(&file) {
@@ -346,8 +378,18 @@ pub fn run(args: RunArgs) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
 
+    let access_target = compiled.access_log.clone();
     let engine = Engine::start(compiled.engine).context("starting the engine")?;
+    let access_log = match access_target {
+        Some(t) => Some(
+            AccessLogWriter::start(engine.access_queues().to_vec(), engine.clock_start(), t)
+                .context("starting the access-log writer")?,
+        ),
+        None => None,
+    };
     let mut rt = Runtime {
+        persister: snapshot::Persister::start(args.state_dir.clone()),
+        access_log,
         engine,
         args: &args,
         history: History::default(),
@@ -406,7 +448,17 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(p) = socket {
         let _ = std::fs::remove_file(p);
     }
-    let stats = rt.engine.shutdown().context("detaching XDP")?;
+    let Runtime {
+        engine,
+        persister,
+        access_log,
+        ..
+    } = rt;
+    let stats = engine.shutdown().context("detaching XDP")?;
+    if let Some(w) = access_log {
+        w.stop();
+    }
+    persister.finish();
     let text = stats.render();
     if let Some(path) = &args.stats_file {
         write_stats(path, &text);

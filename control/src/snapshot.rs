@@ -114,6 +114,72 @@ pub fn persist(dir: &Path, s: &Snapshot) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Persists snapshots on its own thread, newest wins: an apply never waits
+/// for the disk (an fsync behind a busy disk can take seconds). A crash
+/// before the write lands restarts from the previous snapshot, which the
+/// control daemon then brings forward.
+pub struct Persister {
+    slot: std::sync::Arc<(std::sync::Mutex<PersistSlot>, std::sync::Condvar)>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct PersistSlot {
+    next: Option<Snapshot>,
+    stop: bool,
+}
+
+impl Persister {
+    pub fn start(dir: PathBuf) -> Self {
+        let slot = std::sync::Arc::new((
+            std::sync::Mutex::new(PersistSlot::default()),
+            std::sync::Condvar::new(),
+        ));
+        let s = slot.clone();
+        let handle = std::thread::Builder::new()
+            .name("fg-persist".into())
+            .spawn(move || {
+                loop {
+                    let next = {
+                        let (m, cv) = &*s;
+                        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+                        while g.next.is_none() && !g.stop {
+                            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                        }
+                        match g.next.take() {
+                            Some(n) => n,
+                            None => return,
+                        }
+                    };
+                    if let Err(e) = persist(&dir, &next) {
+                        tracing::error!(error = %format!("{e:#}"), "could not persist the last-known-good snapshot");
+                    }
+                }
+            })
+            .ok();
+        Self { slot, handle }
+    }
+
+    /// Queues `s` (replacing one not yet written).
+    pub fn submit(&self, s: Snapshot) {
+        let (m, cv) = &*self.slot;
+        m.lock().unwrap_or_else(|e| e.into_inner()).next = Some(s);
+        cv.notify_one();
+    }
+
+    /// Writes what is queued and stops.
+    pub fn finish(mut self) {
+        {
+            let (m, cv) = &*self.slot;
+            m.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+            cv.notify_one();
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// Reads the persisted snapshot back: (version string, source, text).
 pub fn load_persisted(dir: &Path) -> Result<(String, PathBuf, String)> {
     let path = dir.join(LAST_GOOD);

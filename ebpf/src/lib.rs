@@ -10,6 +10,7 @@
 mod counters;
 mod error;
 mod loader;
+pub mod persist;
 pub mod rules;
 
 pub use counters::{Counter, Verdict, XdpCounters};

@@ -97,6 +97,8 @@ pub struct XdpFilter {
     iface: String,
     mode: AttachMode,
     link: Option<XdpLink>,
+    /// Where the link is pinned (fail-closed mode): it outlives the process.
+    pinned: Option<std::path::PathBuf>,
     xsks: XskMap<MapData>,
     vips4: HashMap<MapData, u32, u32>,
     vips6: HashMap<MapData, [u8; 16], u32>,
@@ -257,6 +259,7 @@ impl XdpFilter {
             iface: iface.to_owned(),
             mode,
             link: None,
+            pinned: None,
             xsks,
             vips4,
             vips6,
@@ -284,6 +287,27 @@ impl XdpFilter {
             .expect("program present: checked above")
             .try_into()
             .expect("program is XDP: checked above");
+        // A fail-closed predecessor left its link pinned: replace the program
+        // in it atomically (no moment without a program on the NIC).
+        if let Some((old, path)) = crate::persist::pinned_link(iface) {
+            match prog.attach_to_link(old) {
+                Ok(id) => {
+                    let link = prog
+                        .take_link(id)
+                        .map_err(|e| attach_error(iface, mode, e))?;
+                    filter.link = Some(link);
+                    filter.pinned = Some(path.clone());
+                    filter.mode = mode;
+                    tracing::info!(iface, pin = %path.display(), "took over the pinned (fail-closed) XDP link");
+                    filter.sync_pin();
+                    return Ok(filter);
+                }
+                Err(e) => {
+                    tracing::warn!(iface, pin = %path.display(), error = %e, "cannot take over the pinned XDP link; removing it");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
         let (link, attached) = match mode {
             AttachMode::Native | AttachMode::Generic => (attach_in(prog, iface, mode)?, mode),
             AttachMode::Auto => match attach_in(prog, iface, AttachMode::Native) {
@@ -308,6 +332,7 @@ impl XdpFilter {
         };
         filter.link = Some(link);
         filter.mode = attached;
+        filter.sync_pin();
         tracing::info!(
             iface,
             mode = ?attached,
@@ -383,7 +408,64 @@ impl XdpFilter {
             FailMode::Open => 0,
             FailMode::Closed => 1,
         };
-        self.write_config(format!("setting the fail mode to {mode:?}"))
+        self.write_config(format!("setting the fail mode to {mode:?}"))?;
+        self.sync_pin();
+        Ok(())
+    }
+
+    /// Whether the program stays attached after this process (fail-closed).
+    pub fn pinned(&self) -> Option<&std::path::Path> {
+        self.pinned.as_deref()
+    }
+
+    /// Pins the link in fail-closed mode, unpins it in fail-open mode. A
+    /// failure is logged: the program then detaches with the process.
+    fn sync_pin(&mut self) {
+        let closed = self.cfg.vip_miss == 1;
+        match (closed, self.pinned.is_some()) {
+            (true, false) => {
+                let Some(link) = self.link.take() else {
+                    return;
+                };
+                match crate::persist::pin(&self.iface, link) {
+                    Ok((link, path)) => {
+                        tracing::info!(iface = %self.iface, pin = %path.display(), "fail-closed: XDP link pinned; the program outlives the engine");
+                        self.link = Some(link);
+                        self.pinned = Some(path);
+                    }
+                    Err(e) => {
+                        tracing::error!(iface = %self.iface, error = %e, "cannot pin the XDP link; fail-closed ends with the engine");
+                        self.reattach();
+                    }
+                }
+            }
+            (false, true) => {
+                if let Some(p) = self.pinned.take() {
+                    let _ = std::fs::remove_file(&p);
+                    tracing::info!(iface = %self.iface, "fail-open: XDP link unpinned; the program detaches with the engine");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Attaches again after a failed pin consumed the link.
+    fn reattach(&mut self) {
+        if self.link.is_some() {
+            return;
+        }
+        let mode = self.mode;
+        let iface = self.iface.clone();
+        let prog: Result<&mut Xdp, _> = match self._ebpf.program_mut(PROGRAM_NAME) {
+            Some(p) => p.try_into(),
+            None => return,
+        };
+        if let Ok(prog) = prog {
+            match attach_in(prog, &iface, mode) {
+                Ok(link) => self.link = Some(link),
+                Err(e) => tracing::error!(iface = %iface, error = %e, "re-attaching XDP failed"),
+            }
+        }
     }
 
     /// The active rule-set generation.
@@ -709,8 +791,13 @@ impl XdpFilter {
         ))
     }
 
-    /// Detaches the program from the interface (and unloads it).
+    /// Detaches the program from the interface (and unloads it), unless
+    /// fail-closed pinned it: then it stays attached, dropping VIP frames,
+    /// until the next engine takes it over or `ferrogate xdp detach`.
     pub fn detach(mut self) -> Result<(), EbpfError> {
+        if let Some(p) = &self.pinned {
+            tracing::warn!(iface = %self.iface, pin = %p.display(), "fail-closed: the XDP program stays attached and drops VIP traffic until an engine takes it over (`ferrogate xdp detach` removes it)");
+        }
         match self.link.take() {
             Some(link) => link.detach().map_err(|source| EbpfError::Detach {
                 iface: self.iface.clone(),

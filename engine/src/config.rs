@@ -111,6 +111,9 @@ pub struct EngineConfig {
     pub fail_mode: FailMode,
     /// `[numa.node.N]` tuning; the NIC's node's entry applies.
     pub numa: std::collections::BTreeMap<usize, ferrogate_numa::NodeTuning>,
+    /// Access-log records each worker may queue for the writer; 0 = no
+    /// access log (the stack then does no access-log work at all).
+    pub access_log_queue: usize,
     /// `[engine.dpdk]` (used with `backend = dpdk`).
     pub dpdk: DpdkSettings,
 }
@@ -143,6 +146,7 @@ impl EngineConfig {
             filter: FilterRules::default(),
             fail_mode: FailMode::Open,
             numa: Default::default(),
+            access_log_queue: 0,
             dpdk: DpdkSettings::default(),
         }
     }

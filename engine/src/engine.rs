@@ -9,6 +9,7 @@ use std::time::Instant as StdInstant;
 
 use arc_swap::ArcSwap;
 use ferrogate_ebpf::{VipAction, XdpFilter};
+use ferrogate_stack::access::{AccessQueue, AccessSink};
 use ferrogate_stack::upstream::{RouteCounters, UpstreamStats};
 use ferrogate_stack::{Instant, RouteTable, Stack, StackConfig};
 
@@ -74,6 +75,7 @@ struct Started {
     queues: u32,
     vips: Vec<(IpAddr, u8)>,
     routes: Arc<RouteTable>,
+    access_log: bool,
 }
 
 pub struct Engine {
@@ -85,6 +87,9 @@ pub struct Engine {
     shutdown: Arc<AtomicBool>,
     routes: Arc<ArcSwap<RouteTable>>,
     epoch: Arc<AtomicU64>,
+    /// Per-worker access-log queues (index = worker), empty when off.
+    access: Vec<Arc<AccessQueue>>,
+    clock_start: StdInstant,
     soft_filter: Option<SoftFilter>,
     /// Dropped after the workers (Drop joins them first): stops and closes
     /// the port, frees the mempools, cleans up the EAL.
@@ -393,6 +398,7 @@ impl Engine {
                 iface: cfg.iface.clone(),
                 queues: cfg.queues,
                 vips: cfg.vips.clone(),
+                access_log: cfg.access_log_queue > 0,
                 routes: cfg.routes.clone(),
             },
             backend,
@@ -402,6 +408,8 @@ impl Engine {
             shutdown: shutdown.clone(),
             routes: routes.clone(),
             epoch: epoch.clone(),
+            access: Vec::new(),
+            clock_start,
             soft_filter,
             #[cfg(feature = "dpdk")]
             dpdk: dpdk_port,
@@ -418,8 +426,13 @@ impl Engine {
             sc.max_request_body = cfg.max_request_body;
             sc.random_seed =
                 0x9e37_79b9_7f4a_7c15 ^ (id as u64) ^ clock_start.elapsed().as_nanos() as u64;
-            let stack = Stack::new(sc, cfg.routes.clone(), Instant::from_micros(0))
+            let mut stack = Stack::new(sc, cfg.routes.clone(), Instant::from_micros(0))
                 .map_err(|source| EngineError::Stack { worker: id, source })?;
+            if cfg.access_log_queue > 0 {
+                let q = Arc::new(AccessQueue::new(cfg.access_log_queue));
+                stack.set_access_log(AccessSink::new(q.clone()));
+                engine.access.push(q);
+            }
             let cell = Arc::new(StatsCell::default());
             engine.stats.push(cell.clone());
             let worker = Worker {
@@ -451,11 +464,24 @@ impl Engine {
             engine.workers.push(h);
         }
         engine.stats.reverse();
+        engine.access.reverse();
         Ok(engine)
     }
 
     pub fn backend(&self) -> BackendKind {
         self.backend
+    }
+
+    /// Each worker's access-log queue (index = worker); empty when the
+    /// access log is off. The writer drains them off the data path.
+    pub fn access_queues(&self) -> &[Arc<AccessQueue>] {
+        &self.access
+    }
+
+    /// When the workers' clocks started: `AccessRecord::at_us` counts from
+    /// here.
+    pub fn clock_start(&self) -> StdInstant {
+        self.clock_start
     }
 
     /// Swaps in a new routing snapshot; workers pick it up between batches.
@@ -481,6 +507,9 @@ impl Engine {
         let ports = |t: &RouteTable| t.listeners.iter().map(|l| l.port).collect::<Vec<_>>();
         if ports(&cfg.routes) != ports(&self.started.routes) {
             ignored.push("listeners (ports)");
+        }
+        if (cfg.access_log_queue > 0) != self.started.access_log {
+            ignored.push("access_log (on/off)");
         }
         let filter = match (self.xdp.as_mut(), self.soft_filter.as_mut()) {
             (Some(x), _) => {

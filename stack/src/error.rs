@@ -82,6 +82,29 @@ impl ProxyError {
         )
     }
 
+    /// A short stable name (access logs, metrics labels).
+    pub fn code(&self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            BadRequest(_) => "bad_request",
+            BadRequestBody(_) => "bad_request_body",
+            ClientHeaderTimeout => "client_header_timeout",
+            NoRoute => "no_route",
+            BodyTooLarge => "body_too_large",
+            UpstreamConnectFailed => "upstream_connect_failed",
+            UpstreamConnectTimeout => "upstream_connect_timeout",
+            UpstreamTls => "upstream_tls",
+            UpstreamClosedEarly => "upstream_closed_early",
+            UpstreamTimeout => "upstream_timeout",
+            BadResponse(_) => "bad_response",
+            BadResponseBody(_) => "bad_response_body",
+            NoLocalPort => "no_local_port",
+            Overloaded => "overloaded",
+            BreakerOpen => "breaker_open",
+            NoHealthyEndpoint => "no_healthy_endpoint",
+        }
+    }
+
     /// The status the client receives, if a response can still be sent.
     pub fn status(&self) -> u16 {
         use ProxyError::*;

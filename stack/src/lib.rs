@@ -3,6 +3,7 @@
 //! proxied as HTTP/1.1 to upstreams opened by the same stack. No knowledge of
 //! AF_XDP or DPDK: frames and time go in, frames come out.
 
+pub mod access;
 mod client_io;
 pub mod config;
 pub mod device;

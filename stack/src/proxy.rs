@@ -10,6 +10,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::IpEndpoint;
 
+use crate::access::{AccessRecord, AccessSink};
 use crate::client_io::ClientIo;
 use crate::config::StackConfig;
 use crate::error::ProxyError;
@@ -126,6 +127,7 @@ pub(crate) struct Ctx<'a> {
     /// Per-worker pool state: health, breakers, retry budgets, balancers.
     pub registry: &'a mut UpstreamRegistry,
     pub route_stats: &'a mut RouteCounters,
+    pub access: &'a AccessSink,
     /// Generated request ids: `<worker tag>-<sequence>`.
     pub request_seq: &'a mut u64,
     pub id_tag: u32,
@@ -173,6 +175,9 @@ pub(crate) struct Conn {
     started: Instant,
     request_id: [u8; REQUEST_ID_MAX],
     request_id_len: usize,
+    /// The access-log record of the request in flight (filled only when
+    /// the access log is on).
+    access: AccessRecord,
     phase: Phase,
     deadline: Instant,
     bufs: ConnBufs,
@@ -239,6 +244,7 @@ impl Conn {
             started: now,
             request_id: [0; REQUEST_ID_MAX],
             request_id_len: 0,
+            access: AccessRecord::default(),
             phase,
             deadline,
             bufs,
@@ -417,6 +423,14 @@ impl Conn {
             .listener(self.listener_port)
             .and_then(|l| l.route_request(&view));
         set_request_id(&mut self.request_id, &mut self.request_id_len, &req, cx);
+        if cx.access.enabled() {
+            let a = &mut self.access;
+            a.method.set(req.method.unwrap_or("").as_bytes());
+            a.host.set(host.unwrap_or("").as_bytes());
+            a.path.set(req.path.unwrap_or("").as_bytes());
+            a.request_id.set(&self.request_id[..self.request_id_len]);
+            a.route.set(route.map(|r| r.name.as_bytes()).unwrap_or(b""));
+        }
         let Some(route) = route else {
             // Skipping an unread body is not worth it for a 404: close after.
             let keep = info.keep_alive && info.framing == BodyFraming::None;
@@ -443,6 +457,7 @@ impl Conn {
                 cx.stats.responses_local += 1;
                 cx.stats.count_status(r.status);
                 self.count_route_response(cx, r.status);
+                self.log_access(cx, r.status, "");
                 if !ok {
                     // Direct body larger than the head buffer: configuration
                     // validation bounds it, so this is an internal error.
@@ -509,6 +524,35 @@ impl Conn {
                 self.start_upstream(cx, upstream)
             }
         }
+    }
+
+    /// Queues the access-log record of the response being sent (never
+    /// waits: a full queue drops it and counts).
+    fn log_access(&mut self, cx: &mut Ctx<'_>, status: u16, error: &'static str) {
+        if !cx.access.enabled() {
+            return;
+        }
+        let client = cx
+            .sockets
+            .tcp(self.client)
+            .remote_endpoint()
+            .map(|e| std::net::SocketAddr::new(e.addr.into(), e.port));
+        let a = &mut self.access;
+        a.at_us = cx.now.total_micros();
+        a.duration_us = (cx.now - self.started).total_micros();
+        a.status = status;
+        a.client = client;
+        a.listener_port = self.listener_port;
+        a.tls = self.io.forwarding().https;
+        a.upstream = self.upstream.as_ref().map(|u| u.endpoint);
+        a.retries = self.attempts;
+        a.error = error;
+        if cx.access.push(a) {
+            cx.stats.access_log_queued += 1;
+        } else {
+            cx.stats.access_log_dropped += 1;
+        }
+        a.reset();
     }
 
     fn count_route_response(&mut self, cx: &mut Ctx<'_>, status: u16) {
@@ -826,6 +870,7 @@ impl Conn {
                 }
                 cx.stats.count_status(resp.status);
                 let endpoint_ok = !matches!(resp.status, 502..=504);
+                self.log_access(cx, resp.status, "");
                 self.settle(cx, Some(endpoint_ok));
                 self.count_route_response(cx, resp.status);
                 if resp.status == 101 {
@@ -1086,6 +1131,7 @@ impl Conn {
         let status = err.status();
         cx.stats.count_status(status);
         cx.stats.responses_local += 1;
+        self.log_access(cx, status, err.code());
         self.settle(cx, None);
         self.drop_upstream(cx, true);
         if let Some(id) = self.route_id

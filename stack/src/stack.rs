@@ -8,6 +8,7 @@
 //! sockets that received a frame, were touched by their connection, or whose
 //! timer came due are polled for egress, and only their connections run.
 
+use crate::access::AccessSink;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -77,6 +78,7 @@ pub struct Stack {
     registry: UpstreamRegistry,
     route_stats: RouteCounters,
     request_seq: u64,
+    access: AccessSink,
     id_tag: u32,
     prober: Prober,
     neighbors: NeighborPrimer,
@@ -176,6 +178,7 @@ impl Stack {
                 c
             },
             request_seq: 0,
+            access: AccessSink::default(),
             prober: Prober::default(),
             neighbors: NeighborPrimer::default(),
             id_tag: (cfg.random_seed ^ (cfg.random_seed >> 32)) as u32,
@@ -193,6 +196,12 @@ impl Stack {
 
     /// Replaces the routing snapshot. Listener ports are fixed at creation;
     /// routes and pools change for every request that starts afterwards.
+    /// Sends one record per response to `sink` (the engine's access-log
+    /// queue of this worker).
+    pub fn set_access_log(&mut self, sink: AccessSink) {
+        self.access = sink;
+    }
+
     pub fn set_routes(&mut self, routes: Arc<RouteTable>) {
         self.registry.sync(&routes.upstreams, self.now);
         self.route_stats.sync(&routes);
@@ -480,6 +489,7 @@ impl Stack {
             registry: &mut self.registry,
             route_stats: &mut self.route_stats,
             request_seq: &mut self.request_seq,
+            access: &self.access,
             id_tag: self.id_tag,
             now,
         };

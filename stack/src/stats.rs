@@ -38,6 +38,9 @@ pub struct StackStats {
     /// TLS handshakes with an upstream that failed (certificate not
     /// verified, name mismatch, protocol error): answered 502.
     pub upstream_tls_failures: u64,
+    /// Access-log records queued, and dropped because the queue was full.
+    pub access_log_queued: u64,
+    pub access_log_dropped: u64,
 }
 
 impl StackStats {
@@ -76,6 +79,8 @@ impl StackStats {
         self.tls_handshake_failures += o.tls_handshake_failures;
         self.tls_record_errors += o.tls_record_errors;
         self.upstream_tls_failures += o.upstream_tls_failures;
+        self.access_log_queued += o.access_log_queued;
+        self.access_log_dropped += o.access_log_dropped;
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
@@ -108,6 +113,8 @@ impl StackStats {
             ("tls_handshake_failures", self.tls_handshake_failures),
             ("tls_record_errors", self.tls_record_errors),
             ("upstream_tls_failures", self.upstream_tls_failures),
+            ("access_log_queued", self.access_log_queued),
+            ("access_log_dropped", self.access_log_dropped),
         ]
     }
 }

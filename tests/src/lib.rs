@@ -267,6 +267,18 @@ impl Lab {
             "engine did not start within 20 s; log:\n{}",
             e.log()
         );
+        // With a config file, `run` also starts the control daemon: wait
+        // until it talks to the engine, so tests see one settled system.
+        if config.is_some() && !extra.contains(&"--no-control") {
+            while Instant::now() < deadline && !e.log().contains("connected to the engine") {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(
+                e.log().contains("connected to the engine"),
+                "control daemon did not connect within 20 s; log:\n{}",
+                e.log()
+            );
+        }
         if !probe {
             return e;
         }
@@ -418,7 +430,22 @@ impl Engine {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The engine process (`ferrogate engine`, the supervisor's child):
+    /// its threads, memory and CPU are the data plane's.
     pub fn pid(&self) -> i32 {
+        let sup = self.supervisor_pid();
+        children_of(sup)
+            .into_iter()
+            .find(|&c| {
+                std::fs::read(format!("/proc/{c}/cmdline"))
+                    .map(|cmd| cmd.split(|&b| b == 0).nth(1) == Some(b"engine".as_slice()))
+                    .unwrap_or(false)
+            })
+            .unwrap_or_else(|| panic!("no engine process under supervisor {sup}"))
+    }
+
+    /// The `ferrogate run` process.
+    pub fn supervisor_pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }
 
@@ -428,8 +455,10 @@ impl Engine {
         parse_stats(&std::fs::read_to_string(&self.stats).unwrap_or_default())
     }
 
+    /// The supervisor runs and never had to restart a dead engine.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+            && !self.log().contains("engine died")
     }
 
     /// SIGTERM and wait; returns the exit status.
@@ -440,11 +469,33 @@ impl Engine {
     /// Asks the engine to re-read its configuration file.
     pub fn sighup(&self) {
         // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.pid(), libc::SIGHUP) };
+        unsafe { libc::kill(self.supervisor_pid(), libc::SIGHUP) };
     }
 
+    /// A crash: SIGKILL to the engine and control processes, then to the
+    /// supervisor (which would otherwise restart them).
     pub fn kill9(&mut self) -> Option<std::process::ExitStatus> {
-        self.signal_and_wait(libc::SIGKILL)
+        let children = self
+            .child
+            .as_ref()
+            .map(|c| children_of(c.id() as i32))
+            .unwrap_or_default();
+        for &pid in &children {
+            // SAFETY: kill(2) on a child of our own child (the supervisor is
+            // alive, so these are not yet reaped and the PIDs are theirs).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let st = self.signal_and_wait(libc::SIGKILL);
+        wait_gone(&children);
+        st
+    }
+
+    /// PIDs of the supervisor's children (engine, control daemon).
+    pub fn children(&self) -> Vec<i32> {
+        self.child
+            .as_ref()
+            .map(|c| children_of(c.id() as i32))
+            .unwrap_or_default()
     }
 
     fn signal_and_wait(&mut self, sig: i32) -> Option<std::process::ExitStatus> {
@@ -460,6 +511,43 @@ impl Engine {
         }
         let _ = c.kill();
         c.wait().ok()
+    }
+}
+
+/// Processes whose parent is `ppid` (from /proc/*/stat).
+pub fn children_of(ppid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if parent == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits (up to 10 s) until none of `pids` exists any more.
+pub fn wait_gone(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && pids
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}/stat")).exists())
+    {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -180,7 +180,7 @@ fn admin_api_answers_applies_refuses_and_rolls_back() {
             .unwrap();
         assert!(out.status.success(), "{out:?}");
         assert!(
-            String::from_utf8_lossy(&out.stdout).starts_with("version 1-"),
+            String::from_utf8_lossy(&out.stdout).contains("\nversion 1-"),
             "{out:?}"
         );
 

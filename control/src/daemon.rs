@@ -1,0 +1,508 @@
+//! `ferrogate control`: the control daemon. It owns the configuration file:
+//! watches it, validates every change, and pushes accepted snapshots to the
+//! engine over the engine's socket (`/v1/…`, protocol 1). It serves the
+//! operator API on its own Unix socket and, with a bearer token, on TCP.
+//!
+//! The engine never depends on it: it keeps serving (and persisting) the
+//! last snapshot it applied when the daemon is gone. When the daemon comes
+//! back it adopts what the engine runs, unless the file changed while it
+//! was away — then the file wins, as it would have had the daemon been up.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::admin::{self, Handler, HttpRequest, Reply};
+use crate::snapshot::{self, content_hash};
+
+pub struct DaemonArgs {
+    pub config: PathBuf,
+    pub engine_socket: PathBuf,
+    /// The operator API's Unix socket; `None` serves none.
+    pub socket: Option<PathBuf>,
+    /// Optional TCP address of the operator API (needs `token_file`).
+    pub tcp: Option<SocketAddr>,
+    pub token_file: Option<PathBuf>,
+    /// Where the daemon remembers the last file content it applied.
+    pub state_dir: PathBuf,
+    /// How often the file and the engine are looked at.
+    pub watch: Duration,
+}
+
+/// File (under the state dir) holding the hash of the last file content the
+/// daemon applied: a file changed while the daemon was down is noticed.
+const FILE_HASH: &str = "control-file-hash";
+
+/// What the daemon wants the engine to run.
+#[derive(Debug, Clone)]
+struct Desired {
+    text: String,
+    source: PathBuf,
+    hash: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    desired: Option<Desired>,
+    /// Hash of the file content last looked at.
+    file_hash: Option<u64>,
+    engine_connected: bool,
+    engine_version: String,
+    engine_hash: u64,
+    file_applied: u64,
+    file_rejected: u64,
+    pushes: u64,
+    last_error: Option<String>,
+}
+
+struct Daemon {
+    args: DaemonArgs,
+    state: Mutex<State>,
+    /// Serializes pushes (API applies, file changes, re-syncs).
+    push: Mutex<()>,
+    started: Instant,
+}
+
+/// What `/v1/hello` says.
+struct Hello {
+    version: String,
+    hash: u64,
+}
+
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .and_then(|r| r.strip_prefix(' '))
+            .map(str::trim)
+    })
+}
+
+impl Daemon {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn engine(&self, method: &str, path: &str, body: Option<(&str, &Path)>) -> Result<Reply> {
+        self.engine_with(method, path, body, &[])
+    }
+
+    fn engine_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &Path)>,
+        headers: &[(&str, String)],
+    ) -> Result<Reply> {
+        admin::call_with(
+            &self.args.engine_socket,
+            method,
+            path,
+            body,
+            headers,
+            Duration::from_secs(30),
+        )
+    }
+
+    fn hello(&self) -> Result<Hello> {
+        let r = self.engine("GET", "/v1/hello", None)?;
+        if r.status != 200 {
+            bail!("engine refused hello ({}): {}", r.status, r.body.trim_end());
+        }
+        let protocol = field(&r.body, "protocol").unwrap_or("");
+        if protocol != admin::PROTOCOL.to_string() {
+            bail!(
+                "engine speaks protocol {protocol:?}, this daemon {}",
+                admin::PROTOCOL
+            );
+        }
+        Ok(Hello {
+            version: field(&r.body, "version").unwrap_or("").to_string(),
+            hash: field(&r.body, "content_hash")
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .unwrap_or(0),
+        })
+    }
+
+    /// The engine's running snapshot: (version, source, text).
+    fn running(&self) -> Result<(String, PathBuf, String)> {
+        let r = self.engine("GET", "/v1/snapshot", None)?;
+        if r.status != 200 {
+            bail!("engine: {}", r.body.trim_end());
+        }
+        let (head, text) = r.body.split_once("\n\n").unwrap_or((&r.body, ""));
+        Ok((
+            field(head, "version").unwrap_or("").to_string(),
+            PathBuf::from(field(head, "source").unwrap_or("")),
+            text.to_string(),
+        ))
+    }
+
+    /// Pushes `text` to the engine; on success it becomes the desired
+    /// snapshot. Returns the engine's answer.
+    fn push(&self, text: &str, source: &Path) -> Result<Reply> {
+        let _one = self.push.lock().unwrap_or_else(|e| e.into_inner());
+        self.push_locked(text, source)
+    }
+
+    /// `push` for a caller that holds the push lock.
+    fn push_locked(&self, text: &str, source: &Path) -> Result<Reply> {
+        let hash = content_hash(text);
+        let r = self.engine_with(
+            "POST",
+            "/v1/snapshot",
+            Some((text, source)),
+            &[("X-Ferrogate-Hash", format!("{hash:016x}"))],
+        )?;
+        let mut st = self.state();
+        st.pushes += 1;
+        if r.status == 200 {
+            st.desired = Some(Desired {
+                text: text.to_string(),
+                source: source.to_path_buf(),
+                hash,
+            });
+            st.engine_hash = hash;
+            if let Some(v) = field(&r.body, "applied version") {
+                st.engine_version = v.to_string();
+            }
+            st.last_error = None;
+        } else {
+            st.last_error = Some(r.body.trim_end().to_string());
+        }
+        Ok(r)
+    }
+
+    fn remember_file_hash(&self, hash: u64) {
+        let dir = &self.args.state_dir;
+        let tmp = dir.join(format!(".{FILE_HASH}.tmp"));
+        let ok = std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&tmp, format!("{hash:016x}\n")))
+            .and_then(|_| std::fs::rename(&tmp, dir.join(FILE_HASH)));
+        if let Err(e) = ok {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot record the applied file hash");
+        }
+    }
+
+    fn remembered_file_hash(&self) -> Option<u64> {
+        std::fs::read_to_string(self.args.state_dir.join(FILE_HASH))
+            .ok()
+            .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+    }
+
+    /// Looks at the file: a changed, valid file is pushed; a changed,
+    /// invalid one is logged and the running version stays. `force`
+    /// (SIGHUP) pushes an unchanged file too: the files it names
+    /// (certificates, CIDR lists) may have changed.
+    fn check_file(&self, force: bool) {
+        let path = &self.args.config;
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return;
+        };
+        let hash = content_hash(&text);
+        if !force && self.state().file_hash == Some(hash) {
+            return;
+        }
+        self.state().file_hash = Some(hash);
+        if !force && self.remembered_file_hash() == Some(hash) {
+            return; // applied before (by an earlier daemon)
+        }
+        if let Err(e) = crate::config::compile(path, &text) {
+            let mut st = self.state();
+            st.file_rejected += 1;
+            st.last_error = Some(e.to_string());
+            tracing::error!(config = %path.display(), errors = %e, "configuration change rejected; the engine keeps its running version");
+            return;
+        }
+        let engine_hash = self.state().engine_hash;
+        if !force && self.state().engine_connected && engine_hash == hash {
+            // The engine already runs it (it started from this file).
+            self.adopt(text, path.clone(), hash);
+            self.remember_file_hash(hash);
+            return;
+        }
+        match self.push(&text, path) {
+            Ok(r) if r.status == 200 => {
+                self.state().file_applied += 1;
+                self.remember_file_hash(hash);
+                tracing::info!(config = %path.display(), answer = %r.body.trim_end(), "configuration change applied");
+            }
+            Ok(r) => {
+                self.state().file_rejected += 1;
+                self.remember_file_hash(hash);
+                tracing::error!(config = %path.display(), answer = %r.body.trim_end(), "the engine refused the configuration change");
+            }
+            Err(e) => {
+                // Not reachable: try again on the next look.
+                let mut st = self.state();
+                st.file_hash = None;
+                if st.engine_connected {
+                    tracing::warn!(error = %format!("{e:#}"), "engine unreachable; the change waits");
+                }
+            }
+        }
+    }
+
+    fn adopt(&self, text: String, source: PathBuf, hash: u64) {
+        self.state().desired = Some(Desired { text, source, hash });
+    }
+
+    /// Talks to the engine: notices it coming and going, and brings it to
+    /// the desired snapshot (an engine that restarted from an older one).
+    fn check_engine(&self) {
+        // Under the push lock: an apply in flight must not be mistaken for
+        // an engine that runs something else (and be pushed back over).
+        let _one = self.push.lock().unwrap_or_else(|e| e.into_inner());
+        match self.hello() {
+            Err(e) => {
+                let mut st = self.state();
+                if st.engine_connected {
+                    tracing::warn!(error = %format!("{e:#}"), socket = %self.args.engine_socket.display(), "lost the engine; it keeps serving its last snapshot");
+                }
+                st.engine_connected = false;
+            }
+            Ok(h) => {
+                let (was, desired) = {
+                    let mut st = self.state();
+                    let was = st.engine_connected;
+                    st.engine_connected = true;
+                    st.engine_version = h.version.clone();
+                    st.engine_hash = h.hash;
+                    (was, st.desired.clone())
+                };
+                if !was {
+                    tracing::info!(version = %h.version, socket = %self.args.engine_socket.display(), "connected to the engine");
+                }
+                match desired {
+                    None => {
+                        // Nothing wanted yet: what the engine runs is it.
+                        if let Ok((_, source, text)) = self.running() {
+                            let hash = content_hash(&text);
+                            self.adopt(text, source, hash);
+                        }
+                    }
+                    Some(d) if d.hash != h.hash => {
+                        tracing::info!(engine = %h.version, want = %format!("{:016x}", d.hash), "engine runs another snapshot; pushing the desired one");
+                        if let Err(e) = self.push_locked(&d.text, &d.source) {
+                            tracing::warn!(error = %format!("{e:#}"), "re-sync push failed");
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> Reply {
+        let st = self.state();
+        let in_sync = st
+            .desired
+            .as_ref()
+            .is_some_and(|d| st.engine_connected && d.hash == st.engine_hash);
+        let mut out = format!(
+            "control_pid {}\ncontrol_config {}\ncontrol_uptime_s {:.1}\nengine_socket {}\nengine_connected {}\ndesired_hash {}\nin_sync {}\nfile_changes_applied {}\nfile_changes_rejected {}\npushes {}\n",
+            std::process::id(),
+            self.args.config.display(),
+            self.started.elapsed().as_secs_f64(),
+            self.args.engine_socket.display(),
+            if st.engine_connected { "yes" } else { "no" },
+            st.desired
+                .as_ref()
+                .map(|d| format!("{:016x}", d.hash))
+                .unwrap_or_else(|| "none".into()),
+            if in_sync { "yes" } else { "no" },
+            st.file_applied,
+            st.file_rejected,
+            st.pushes,
+        );
+        if let Some(e) = &st.last_error {
+            let first = e.lines().next().unwrap_or("");
+            out.push_str(&format!("last_error {first}\n"));
+        }
+        drop(st);
+        match self.engine("GET", "/status", None) {
+            Ok(r) if r.status == 200 => {
+                out.push_str(&r.body);
+                Reply::ok(out)
+            }
+            Ok(r) => Reply::err(r.status, out + &r.body),
+            Err(e) => Reply::err(503, format!("{out}engine unreachable: {e:#}\n")),
+        }
+    }
+
+    fn forward(&self, method: &str, path: &str) -> Reply {
+        match self.engine(method, path, None) {
+            Ok(r) => r,
+            Err(e) => Reply::err(503, format!("engine unreachable: {e:#}\n")),
+        }
+    }
+
+    fn apply(&self, req: &HttpRequest) -> Reply {
+        let source = req
+            .source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("<admin-request>"));
+        let v = admin::validate(&req.body, &source);
+        if v.status != 200 {
+            let running = self.state().engine_version.clone();
+            return Reply::err(
+                422,
+                format!(
+                    "{}running version {running} unchanged\n",
+                    v.body.trim_end_matches("configuration invalid\n")
+                ),
+            );
+        }
+        match self.push(&req.body, &source) {
+            Ok(r) => r,
+            Err(e) => Reply::err(503, format!("engine unreachable: {e:#}\n")),
+        }
+    }
+
+    fn rollback(&self) -> Reply {
+        let _one = self.push.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.forward("POST", "/rollback");
+        if r.status == 200
+            && let Ok((version, source, text)) = self.running()
+        {
+            let hash = content_hash(&text);
+            let mut st = self.state();
+            st.desired = Some(Desired { text, source, hash });
+            st.engine_hash = hash;
+            st.engine_version = version;
+        }
+        r
+    }
+
+    fn diff(&self) -> Reply {
+        let file = &self.args.config;
+        let disk = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => return Reply::err(404, format!("{}: {e}\n", file.display())),
+        };
+        match self.running() {
+            Err(e) => Reply::err(503, format!("engine unreachable: {e:#}\n")),
+            Ok((version, _, running)) => match snapshot::diff(&running, &disk) {
+                Ok(d) => Reply::ok(format!("running {version} vs {}\n{d}", file.display())),
+                Err(e) => Reply::err(422, format!("{e:#}\n")),
+            },
+        }
+    }
+
+    fn handle(&self, req: HttpRequest) -> (Reply, &'static str) {
+        let text = "text/plain";
+        let reply = match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/status") => self.status(),
+            ("GET", "/stats") => self.forward("GET", "/stats"),
+            ("GET", "/metrics") => {
+                return (self.forward("GET", "/metrics"), "text/plain; version=0.0.4");
+            }
+            ("GET", "/diff") => self.diff(),
+            ("POST", "/validate") => admin::validate(
+                &req.body,
+                req.source
+                    .as_deref()
+                    .unwrap_or(Path::new("<admin-request>")),
+            ),
+            ("POST", "/apply") => self.apply(&req),
+            ("POST", "/rollback") => self.rollback(),
+            (m, p) => admin::unknown(
+                m,
+                p,
+                &[
+                    "/status",
+                    "/stats",
+                    "/metrics",
+                    "/diff",
+                    "/validate",
+                    "/apply",
+                    "/rollback",
+                ],
+            ),
+        };
+        (reply, text)
+    }
+}
+
+fn read_token(path: &Path) -> Result<String> {
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the admin token {}", path.display()))?;
+    let t = t.trim().to_string();
+    if t.len() < 16 {
+        bail!(
+            "{}: the admin token must be at least 16 characters",
+            path.display()
+        );
+    }
+    Ok(t)
+}
+
+pub fn run(args: DaemonArgs) -> Result<()> {
+    let token = match (&args.tcp, &args.token_file) {
+        (Some(addr), None) => {
+            bail!("refusing to serve the admin API on {addr} without --admin-token-file")
+        }
+        (_, Some(p)) => Some(read_token(p)?),
+        (None, None) => None,
+    };
+    // A file that does not validate at start is reported, not fatal: the
+    // engine keeps its snapshot and the daemon waits for a good file.
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    if let Err(e) = crate::config::compile(&args.config, &text) {
+        tracing::error!(config = %args.config.display(), errors = %e, "the configuration does not validate; waiting for a good one");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
+
+    let daemon = Arc::new(Daemon {
+        args,
+        state: Mutex::new(State::default()),
+        push: Mutex::new(()),
+        started: Instant::now(),
+    });
+    // Connect first so a file the engine already runs is adopted, not pushed.
+    daemon.check_engine();
+    let handler: Handler = {
+        let d = daemon.clone();
+        Arc::new(move |req| d.handle(req))
+    };
+    if let Some(path) = &daemon.args.socket {
+        let l = admin::bind(path)?;
+        admin::spawn_unix(l, handler.clone())?;
+        tracing::info!(socket = %path.display(), "control API listening");
+    }
+    if let (Some(addr), Some(token)) = (daemon.args.tcp, token) {
+        let l =
+            TcpListener::bind(addr).with_context(|| format!("binding the admin API on {addr}"))?;
+        admin::spawn_tcp(l, token, handler)?;
+        tracing::info!(%addr, "control API listening on TCP (bearer token)");
+    }
+    tracing::info!(config = %daemon.args.config.display(), engine = %daemon.args.engine_socket.display(), "ferrogate control daemon running");
+    let mut last = Instant::now() - daemon.args.watch;
+    while !stop.load(Ordering::Relaxed) {
+        if reload.swap(false, Ordering::Relaxed) {
+            tracing::info!(config = %daemon.args.config.display(), "SIGHUP: re-reading and re-applying the configuration");
+            daemon.check_engine();
+            daemon.check_file(true);
+            last = Instant::now();
+        }
+        if last.elapsed() >= daemon.args.watch {
+            last = Instant::now();
+            daemon.check_engine();
+            daemon.check_file(false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(p) = &daemon.args.socket {
+        let _ = std::fs::remove_file(p);
+    }
+    tracing::info!("control daemon stopped; the engine keeps serving");
+    Ok(())
+}

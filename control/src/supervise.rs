@@ -1,0 +1,280 @@
+//! `ferrogate run`: one machine's supervisor. Starts the engine process
+//! (`ferrogate engine`) and, when there is a config file to own, the control
+//! daemon (`ferrogate control`), and keeps them up:
+//!
+//! - the control daemon is restarted whenever it dies (the engine keeps
+//!   serving meanwhile and the new daemon reconnects);
+//! - an engine that crashes is restarted from its last-known-good snapshot
+//!   (not from the file: the daemon may have applied something newer); one
+//!   that exits cleanly (`--duration`, a signal) ends the supervisor, and so
+//!   does one that fails during its first start (a config or NIC error is
+//!   not fixed by retrying);
+//! - SIGTERM/SIGINT stop both (daemon first), SIGHUP goes to the daemon
+//!   (re-read the file), or to the engine when there is no daemon.
+//!
+//! Both children get PDEATHSIG=SIGTERM: a supervisor killed with SIGKILL
+//! does not leave an engine holding the NIC.
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+pub struct SuperviseArgs {
+    /// `ferrogate engine` arguments without `--config`/`--admin-socket`.
+    pub engine_args: Vec<String>,
+    pub config: Option<PathBuf>,
+    /// The operator socket: the daemon's, or the engine's without a daemon.
+    pub admin_socket: Option<PathBuf>,
+    pub engine_socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// Extra `ferrogate control` arguments (TCP address, token file).
+    pub control_args: Vec<String>,
+    pub control: bool,
+}
+
+/// An engine that fails within this long of its first start is not
+/// restarted (its error is the answer).
+const FIRST_START_GRACE: Duration = Duration::from_secs(10);
+/// Restarts closer together than this are delayed to it.
+const RESTART_BACKOFF: Duration = Duration::from_millis(500);
+/// More engine restarts than this within `RESTART_WINDOW` end the
+/// supervisor: a crash loop is an operator's problem, not a retry's.
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+struct Proc {
+    name: &'static str,
+    child: Option<Child>,
+    started: Instant,
+    restarts: u32,
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl Proc {
+    fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child's PID (not yet reaped, so
+            // the PID cannot have been reused).
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    fn try_exit(&mut self) -> Option<ExitStatus> {
+        let c = self.child.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(st)) => {
+                self.child = None;
+                Some(st)
+            }
+            _ => None,
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let t0 = Instant::now();
+        while t0.elapsed() < grace {
+            if let Some(st) = self.try_exit() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut c = self.child.take()?;
+        tracing::warn!(process = self.name, "did not stop in time; killing");
+        let _ = c.kill();
+        c.wait().ok()
+    }
+}
+
+fn spawn(name: &'static str, args: &[String]) -> Result<Child> {
+    let exe = std::env::current_exe().context("locating the ferrogate binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args);
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls prctl(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting the {name}"))?;
+    tracing::info!(process = name, pid = child.id(), "started");
+    Ok(child)
+}
+
+fn describe(st: ExitStatus) -> String {
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (_, Some(s)) => format!("signal {s}"),
+        _ => "unknown status".into(),
+    }
+}
+
+pub fn run(args: SuperviseArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
+
+    let with_control = args.control && args.config.is_some();
+    let engine_socket = if with_control {
+        Some(args.engine_socket.clone())
+    } else {
+        args.admin_socket.clone()
+    };
+    let engine_argv = |first: bool| -> Vec<String> {
+        let mut v = vec!["engine".to_string()];
+        if first && let Some(c) = &args.config {
+            v.push("--config".into());
+            v.push(c.display().to_string());
+        }
+        v.push("--admin-socket".into());
+        v.push(
+            engine_socket
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "none".into()),
+        );
+        v.push("--state-dir".into());
+        v.push(args.state_dir.display().to_string());
+        v.extend(args.engine_args.iter().cloned());
+        v
+    };
+    let control_argv = || -> Vec<String> {
+        let mut v = vec![
+            "control".to_string(),
+            "--config".into(),
+            args.config
+                .as_ref()
+                .map(|c| c.display().to_string())
+                .unwrap_or_default(),
+            "--engine-socket".into(),
+            args.engine_socket.display().to_string(),
+            "--socket".into(),
+            args.admin_socket
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "none".into()),
+            "--state-dir".into(),
+            args.state_dir.display().to_string(),
+        ];
+        v.extend(args.control_args.iter().cloned());
+        v
+    };
+
+    let mut engine = Proc {
+        name: "engine",
+        child: Some(spawn("engine", &engine_argv(true))?),
+        started: Instant::now(),
+        restarts: 0,
+        recent: Default::default(),
+    };
+    let mut control = if with_control {
+        Some(Proc {
+            name: "control daemon",
+            child: Some(spawn("control daemon", &control_argv())?),
+            started: Instant::now(),
+            restarts: 0,
+            recent: Default::default(),
+        })
+    } else {
+        None
+    };
+
+    let mut result = Ok(());
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            tracing::info!("stopping");
+            break;
+        }
+        if hup.swap(false, Ordering::Relaxed) {
+            match &control {
+                Some(c) => c.signal(libc::SIGHUP),
+                None => engine.signal(libc::SIGHUP),
+            }
+        }
+        if let Some(st) = engine.try_exit() {
+            let first = engine.restarts == 0 && engine.started.elapsed() < FIRST_START_GRACE;
+            if st.success() {
+                tracing::info!("engine exited");
+                break;
+            }
+            if first {
+                result = Err(anyhow::anyhow!(
+                    "the engine failed to start ({})",
+                    describe(st)
+                ));
+                break;
+            }
+            engine.recent.push_back(Instant::now());
+            while engine
+                .recent
+                .front()
+                .is_some_and(|t| t.elapsed() > RESTART_WINDOW)
+            {
+                engine.recent.pop_front();
+            }
+            if engine.recent.len() > MAX_RESTARTS {
+                result = Err(anyhow::anyhow!(
+                    "the engine died {} times within {} s ({}); giving up",
+                    engine.recent.len(),
+                    RESTART_WINDOW.as_secs(),
+                    describe(st)
+                ));
+                break;
+            }
+            tracing::error!(status = %describe(st), "engine died; restarting it from its last-known-good snapshot");
+            let wait = RESTART_BACKOFF.saturating_sub(engine.started.elapsed());
+            std::thread::sleep(wait);
+            engine.child = Some(spawn("engine", &engine_argv(false))?);
+            engine.started = Instant::now();
+            engine.restarts += 1;
+        }
+        if let Some(c) = control.as_mut()
+            && let Some(st) = c.try_exit()
+        {
+            // A daemon that refuses to start (bad token file, address in
+            // use) says why and exits 1: retrying does not fix that.
+            if c.restarts == 0 && st.code().is_some() && c.started.elapsed() < FIRST_START_GRACE {
+                result = Err(anyhow::anyhow!(
+                    "the control daemon failed to start ({})",
+                    describe(st)
+                ));
+                break;
+            }
+            tracing::warn!(status = %describe(st), "control daemon exited; restarting it (the engine keeps serving)");
+            std::thread::sleep(RESTART_BACKOFF.saturating_sub(c.started.elapsed()));
+            c.child = Some(spawn("control daemon", &control_argv())?);
+            c.started = Instant::now();
+            c.restarts += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(c) = control.as_mut() {
+        c.stop(Duration::from_secs(5));
+    }
+    if let Some(st) = engine.stop(Duration::from_secs(15))
+        && !st.success()
+        && result.is_ok()
+        && !stop.load(Ordering::Relaxed)
+    {
+        bail!("the engine exited with {}", describe(st));
+    }
+    result
+}

@@ -1,0 +1,578 @@
+//! The control daemon and the supervisor (`ferrogate run` = engine +
+//! `ferrogate control`) in the lab: the daemon killed under load, the engine
+//! restarted alone, reload on file change, the TCP admin endpoint's bearer
+//! token, the engine protocol's version check, JSON access logs and
+//! `ctl top`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ferrogate_tests::{HttpConn, Lab, StopOnDrop, VIP, lab_test};
+
+/// A lab config whose `/v` route answers `body`, plus `extra` TOML.
+fn config_text(body: &str, extra: &str) -> String {
+    format!(
+        r#"vips = ["10.77.0.10/24", "fd77::10/64"]
+
+[engine]
+interface = "eth0"
+queues = 1
+polling = "adaptive"
+
+[[listeners]]
+port = 80
+
+[[listeners.routes]]
+name = "v"
+path_prefix = "/v"
+respond = {{ status = 200, body = "{body}" }}
+
+[[listeners.routes]]
+name = "health"
+path_prefix = "/ferrogate/health"
+respond = {{ status = 200, body = "ferrogate ok\n" }}
+{extra}
+"#
+    )
+}
+
+fn write_config(lab: &Lab, name: &str, body: &str, extra: &str) -> PathBuf {
+    let path = lab.state_dir().join(name);
+    std::fs::write(&path, config_text(body, extra)).unwrap();
+    path
+}
+
+fn ctl_ok(lab: &Lab, args: &[&str]) -> String {
+    let (code, out, err) = lab.ctl(args);
+    assert_eq!(code, 0, "ctl {args:?} failed: {out}{err}");
+    out
+}
+
+fn field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} ")))
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+        .to_string()
+}
+
+/// Polls `ctl status` until `pred` holds (10 s at most); returns the last.
+fn wait_status(lab: &Lab, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let t0 = Instant::now();
+    let mut last = String::new();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let (code, out, err) = lab.ctl(&["status"]);
+        if code == 0 && pred(&out) {
+            return out;
+        }
+        last = format!("{out}{err}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("status never showed {what}; last:\n{last}");
+}
+
+fn wait_body(lab: &Lab, path: &str, want: &str) {
+    let t0 = Instant::now();
+    let mut last = String::new();
+    while t0.elapsed() < Duration::from_secs(10) {
+        match lab.curl(&format!("http://{VIP}{path}")) {
+            Ok(b) if b == want => return,
+            Ok(b) => last = b,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{path} never answered {want:?}; last {last:?}");
+}
+
+/// Runs `n` keep-alive clients on `/v` until `stop`; every request must
+/// succeed with one of `bodies`. Returns the requests served.
+fn keep_alive_load<'s>(
+    s: &'s std::thread::Scope<'s, '_>,
+    ns: &'s str,
+    n: usize,
+    stop: &'s AtomicBool,
+    bodies: &'s [&'s str],
+) -> Vec<std::thread::ScopedJoinHandle<'s, u64>> {
+    (0..n)
+        .map(|_| {
+            s.spawn(move || {
+                ferrogate_tests::enter_netns(ns).unwrap();
+                let mut c = HttpConn::connect(&format!("{VIP}:80")).unwrap();
+                let mut served = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (status, body) = c.get("lab", "/v").expect("a request failed");
+                    assert_eq!(status, 200);
+                    assert!(bodies.contains(&body.as_str()), "{body}");
+                    served += 1;
+                }
+                served
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn control_daemon_killed_under_load_fails_no_request_and_the_engine_serves_alone() {
+    lab_test("daemon_kill9", || {
+        let lab = Lab::up(1);
+        let a = write_config(&lab, "a.toml", "a", "");
+        let b = write_config(&lab, "b.toml", "b", "");
+        let mut engine = lab.start_engine_with(&a, "af_xdp", 1);
+        let ns = lab.ns("client");
+        let stop = AtomicBool::new(false);
+        let served: u64 = std::thread::scope(|s| {
+            let _guard = StopOnDrop(&stop);
+            let load = keep_alive_load(s, &ns, 4, &stop, &["a", "b"]);
+            std::thread::sleep(Duration::from_millis(300));
+            let before = ctl_ok(&lab, &["status"]);
+            let daemon: i32 = field(&before, "control_pid").parse().unwrap();
+            assert_eq!(field(&before, "in_sync"), "yes", "{before}");
+            // SAFETY: kill(2) on the control daemon our supervisor started.
+            assert_eq!(unsafe { libc::kill(daemon, libc::SIGKILL) }, 0);
+            // The supervisor starts a new daemon; it reconnects and agrees.
+            let after = wait_status(&lab, "a new, synced daemon", |s| {
+                s.contains("in_sync yes") && !s.contains(&format!("control_pid {daemon}\n"))
+            });
+            assert_eq!(
+                field(&after, "desired_hash"),
+                field(&after, "content_hash"),
+                "{after}"
+            );
+            // The new daemon applies, under the same load.
+            let out = ctl_ok(&lab, &["apply", b.to_str().unwrap()]);
+            assert!(out.contains("applied version"), "{out}");
+            wait_body(&lab, "/v", "b");
+            std::thread::sleep(Duration::from_millis(300));
+            stop.store(true, Ordering::Relaxed);
+            load.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert!(served > 100, "only {served} requests served");
+        let status = ctl_ok(&lab, &["status"]);
+        assert_eq!(field(&status, "in_sync"), "yes", "{status}");
+        assert!(
+            engine
+                .log()
+                .contains("control daemon exited; restarting it"),
+            "{}",
+            engine.log()
+        );
+        eprintln!("control daemon killed under load: {served} requests, none failed");
+
+        // Everything crashes; the engine alone comes back with what the
+        // daemon last applied (no config, no daemon).
+        engine.kill9();
+        assert!(
+            !lab.edge_has_xdp(),
+            "a killed engine must not leave XDP behind"
+        );
+        let engine = lab.start_engine_args(None, "af_xdp", 1, true, &[]);
+        assert_eq!(lab.curl(&format!("http://{VIP}/v")).unwrap(), "b");
+        assert!(
+            !engine.log().contains("control daemon running"),
+            "no daemon without a config: {}",
+            engine.log()
+        );
+    });
+}
+
+#[test]
+fn a_changed_file_is_applied_without_a_signal_and_a_bad_one_is_refused() {
+    lab_test("daemon_watch", || {
+        let lab = Lab::up(1);
+        let path = write_config(&lab, "watched.toml", "one", "");
+        let _engine = lab.start_engine_with(&path, "af_xdp", 1);
+        assert_eq!(lab.curl(&format!("http://{VIP}/v")).unwrap(), "one");
+
+        std::fs::write(&path, config_text("two", "")).unwrap();
+        wait_body(&lab, "/v", "two");
+        let st = wait_status(&lab, "the change applied", |s| {
+            s.contains("file_changes_applied 1\n")
+        });
+        let version = field(&st, "version");
+
+        // An invalid edit: refused with file:line:field, nothing changes.
+        let bad = config_text("three", "").replace(
+            "status = 200, body = \"three\"",
+            "status = 999, body = \"three\"",
+        );
+        std::fs::write(&path, &bad).unwrap();
+        let st = wait_status(&lab, "the change rejected", |s| {
+            s.contains("file_changes_rejected 1\n")
+        });
+        let err = field(&st, "last_error");
+        assert!(
+            err.starts_with(&format!("{}:", path.display())) && err.contains("status"),
+            "{err}"
+        );
+        assert_eq!(field(&st, "version"), version, "{st}");
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(lab.curl(&format!("http://{VIP}/v")).unwrap(), "two");
+
+        // Fixed: applied.
+        std::fs::write(&path, config_text("three", "")).unwrap();
+        wait_body(&lab, "/v", "three");
+        // diff: the daemon compares the engine's snapshot with the file.
+        let d = ctl_ok(&lab, &["diff"]);
+        assert!(d.contains("no differences"), "{d}");
+    });
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn curl_status(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (code.to_string(), body.to_string())
+}
+
+#[test]
+fn the_tcp_admin_endpoint_needs_the_bearer_token_and_sockets_are_private() {
+    lab_test("daemon_tcp", || {
+        let lab = Lab::up(1);
+        let path = write_config(&lab, "tcp.toml", "tcp", "");
+        let token = "s3cr3t-token-0123456789abcdef";
+        let token_file = lab.state_dir().join("token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let _engine = lab.start_engine_args(
+            Some(&path),
+            "af_xdp",
+            1,
+            true,
+            &[
+                "--admin-tcp",
+                &addr,
+                "--admin-token-file",
+                token_file.to_str().unwrap(),
+            ],
+        );
+        let url = format!("http://{addr}/status");
+        let (code, body) = curl_status(&[&url]);
+        assert_eq!(code, "401", "no token: {body}");
+        let (code, body) =
+            curl_status(&["-H", "Authorization: Bearer wrong-token-0123456789", &url]);
+        assert_eq!(code, "401", "wrong token: {body}");
+        let (code, body) = curl_status(&["-H", &format!("Authorization: Bearer {token}x"), &url]);
+        assert_eq!(code, "401", "longer token: {body}");
+        let (code, body) = curl_status(&["-H", &format!("Authorization: Bearer {token}"), &url]);
+        assert_eq!(code, "200", "{body}");
+        assert!(body.contains("in_sync yes"), "{body}");
+        // A write through TCP with the token works too.
+        let (code, body) = curl_status(&[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "--data-binary",
+            &config_text("via-tcp", ""),
+            &format!("http://{addr}/apply"),
+        ]);
+        assert_eq!(code, "200", "{body}");
+        wait_body(&lab, "/v", "via-tcp");
+
+        use std::os::unix::fs::PermissionsExt;
+        for sock in [lab.admin_socket(), lab.state_dir().join("engine.sock")] {
+            let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} mode {mode:o}", sock.display());
+        }
+    });
+}
+
+#[test]
+fn tcp_admin_without_a_token_refuses_to_start() {
+    lab_test("daemon_tcp_no_token", || {
+        let lab = Lab::up(1);
+        let path = write_config(&lab, "notoken.toml", "x", "");
+        let out = Command::new(ferrogate_tests::ferrogate_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .args(["--netns", &lab.ns("edge"), "--queues", "1"])
+            .arg("--admin-socket")
+            .arg(lab.admin_socket())
+            .arg("--state-dir")
+            .arg(lab.engine_state_dir())
+            .args(["--admin-tcp", &format!("127.0.0.1:{}", free_port())])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("without --admin-token-file"), "{err}");
+        assert!(err.contains("the control daemon failed to start"), "{err}");
+        assert!(
+            !lab.edge_has_xdp(),
+            "the engine stopped with the supervisor"
+        );
+    });
+}
+
+/// One request on the engine's own socket with the given headers.
+fn engine_call(
+    lab: &Lab,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (String, String) {
+    let mut args = vec![
+        "--unix-socket".to_string(),
+        lab.state_dir().join("engine.sock").display().to_string(),
+        "-X".into(),
+        method.into(),
+    ];
+    for h in headers {
+        args.push("-H".into());
+        args.push(h.to_string());
+    }
+    if !body.is_empty() {
+        args.push("--data-binary".into());
+        args.push(body.into());
+    }
+    args.push(format!("http://ferrogate{path}"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl_status(&refs)
+}
+
+#[test]
+fn the_engine_protocol_checks_its_version_and_the_snapshot_hash() {
+    lab_test("daemon_protocol", || {
+        let lab = Lab::up(1);
+        let path = write_config(&lab, "proto.toml", "p", "");
+        let _engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let (code, body) = engine_call(&lab, "GET", "/v1/hello", &[], "");
+        assert_eq!(code, "400", "{body}");
+        let (code, body) = engine_call(&lab, "GET", "/v1/hello", &["Ferrogate-Protocol: 2"], "");
+        assert_eq!(code, "426", "{body}");
+        let (code, hello) = engine_call(&lab, "GET", "/v1/hello", &["Ferrogate-Protocol: 1"], "");
+        assert_eq!(code, "200", "{hello}");
+        assert!(hello.starts_with("protocol 1\n"), "{hello}");
+        let version = field(&hello, "version");
+        // A snapshot whose body does not hash to the header is refused.
+        let (code, body) = engine_call(
+            &lab,
+            "POST",
+            "/v1/snapshot",
+            &[
+                "Ferrogate-Protocol: 1",
+                "X-Ferrogate-Hash: 0123456789abcdef",
+            ],
+            &config_text("tampered", ""),
+        );
+        assert_eq!(code, "400", "{body}");
+        assert!(body.contains("does not match"), "{body}");
+        let (_, hello) = engine_call(&lab, "GET", "/v1/hello", &["Ferrogate-Protocol: 1"], "");
+        assert_eq!(field(&hello, "version"), version);
+        assert_eq!(lab.curl(&format!("http://{VIP}/v")).unwrap(), "p");
+    });
+}
+
+fn read_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn access_log_has_one_json_line_per_response_and_a_full_queue_drops_and_counts() {
+    lab_test("daemon_access_log", || {
+        let lab = Lab::up(1);
+        let log = lab.state_dir().join("access.log");
+        let _ = std::fs::remove_file(&log);
+        let path = write_config(
+            &lab,
+            "access.toml",
+            "logged",
+            &format!("[access_log]\npath = \"{}\"\nqueue = 16\n", log.display()),
+        );
+        let engine = lab.start_engine_with(&path, "af_xdp", 1);
+        // The readiness probe answered /ferrogate/health: count from here.
+        let probes = {
+            std::thread::sleep(Duration::from_millis(200));
+            read_lines(&log).len()
+        };
+        for _ in 0..3 {
+            assert_eq!(lab.curl(&format!("http://{VIP}/v?q=1")).unwrap(), "logged");
+        }
+        assert!(lab.curl(&format!("http://{VIP}/nope")).is_err());
+        let (resp, _) = lab.in_client(|| {
+            ferrogate_tests::raw_exchange(
+                &format!("{VIP}:80"),
+                b"POST /v HTTP/1.1\r\nHost: lab\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                Duration::from_secs(3),
+            )
+            .unwrap()
+        });
+        assert!(
+            resp.starts_with(b"HTTP/1.1 400"),
+            "{}",
+            String::from_utf8_lossy(&resp)
+        );
+        let t0 = Instant::now();
+        let mut lines = read_lines(&log);
+        while lines.len() < probes + 5 && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+            lines = read_lines(&log);
+        }
+        let ours = &lines[probes..];
+        assert_eq!(ours.len(), 5, "{ours:?}");
+        let statuses: Vec<u64> = ours.iter().map(|l| l["status"].as_u64().unwrap()).collect();
+        assert_eq!(statuses, [200, 200, 200, 404, 400], "{ours:?}");
+        assert_eq!(ours[0]["method"], "GET");
+        assert_eq!(ours[0]["path"], "/v?q=1");
+        assert_eq!(ours[0]["route"], "v");
+        assert_eq!(ours[0]["client"], "10.77.0.2");
+        assert!(ours[0]["time"].as_str().unwrap().ends_with('Z'));
+        assert!(!ours[0]["request_id"].as_str().unwrap().is_empty());
+        assert_eq!(ours[3]["error"], "no_route");
+        assert_eq!(ours[4]["error"], "bad_request");
+
+        // Load through a 16-record queue: nothing waits, every response is
+        // either written or counted as dropped.
+        let ns = lab.ns("client");
+        let stop = AtomicBool::new(false);
+        let served: u64 = std::thread::scope(|s| {
+            let _guard = StopOnDrop(&stop);
+            let load = keep_alive_load(s, &ns, 8, &stop, &["logged"]);
+            std::thread::sleep(Duration::from_secs(2));
+            stop.store(true, Ordering::Relaxed);
+            load.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let stats: HashMap<String, u64> = ferrogate_tests::parse_stats(&ctl_ok(&lab, &["stats"]));
+        let queued = stats["stack_access_log_queued"];
+        let dropped = stats["stack_access_log_dropped"];
+        let written = stats["access_log_written"];
+        let responses = stats["stack_responses_2xx"] + stats["stack_responses_4xx"];
+        assert_eq!(queued + dropped, responses, "{stats:?}");
+        assert_eq!(written, queued, "{stats:?}");
+        assert_eq!(read_lines(&log).len() as u64, written);
+        assert!(engine.log().contains("ferrogate engine serving"));
+        eprintln!(
+            "access log under load: {served} requests, {queued} lines written, {dropped} dropped (16-record queue)"
+        );
+    });
+}
+
+#[test]
+fn ctl_top_shows_per_worker_rates_under_load() {
+    lab_test("daemon_top", || {
+        let lab = Lab::up(2);
+        let path = write_config(&lab, "top.toml", "top", "");
+        let _engine = lab.start_engine_args(Some(&path), "af_xdp", 2, true, &[]);
+        let ns = lab.ns("client");
+        let stop = AtomicBool::new(false);
+        let out = std::thread::scope(|s| {
+            let _guard = StopOnDrop(&stop);
+            let load = keep_alive_load(s, &ns, 4, &stop, &["top"]);
+            std::thread::sleep(Duration::from_millis(300));
+            let out = ctl_ok(&lab, &["top", "--interval-ms", "700", "--count", "1"]);
+            stop.store(true, Ordering::Relaxed);
+            for h in load {
+                h.join().unwrap();
+            }
+            out
+        });
+        let rows: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|w| w.first().is_some_and(|c| c.parse::<usize>().is_ok()))
+            .collect();
+        assert_eq!(rows.len(), 2, "{out}");
+        let total: Vec<&str> = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("total"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let req_s: f64 = total[3].parse().unwrap();
+        assert!(req_s > 0.0, "{out}");
+        assert!(out.contains("2xx/s"), "{out}");
+    });
+}
+
+#[test]
+fn fail_closed_keeps_the_program_across_engine_restarts_until_detached() {
+    lab_test("daemon_fail_closed", || {
+        let lab = Lab::up(1);
+        let path = write_config(
+            &lab,
+            "closed.toml",
+            "closed",
+            "[filter]\nfail_mode = \"closed\"\n",
+        );
+        let vip = format!("http://{VIP}/v");
+        let host = "http://10.77.0.1/host";
+        let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        assert_eq!(lab.curl(&vip).unwrap(), "closed");
+        assert!(engine.log().contains("XDP link pinned"), "{}", engine.log());
+
+        // A clean exit leaves the program: VIP frames are dropped in XDP,
+        // the host's own traffic still passes.
+        engine.stop();
+        assert!(
+            lab.edge_has_xdp(),
+            "fail-closed keeps XDP after a clean exit"
+        );
+        assert!(lab.curl(&vip).is_err(), "VIP answered with no engine");
+        assert!(lab.curl(host).is_ok(), "host traffic must pass");
+
+        // The next engine takes the link over (no gap), and serves.
+        let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        assert!(
+            engine.log().contains("took over the pinned"),
+            "{}",
+            engine.log()
+        );
+        assert_eq!(lab.curl(&vip).unwrap(), "closed");
+
+        // A crash leaves it too.
+        engine.kill9();
+        assert!(lab.edge_has_xdp(), "fail-closed keeps XDP after SIGKILL");
+        assert!(lab.curl(&vip).is_err());
+
+        // The operator removes it.
+        let out = Command::new(ferrogate_tests::ferrogate_bin())
+            .args([
+                "xdp",
+                "detach",
+                "--iface",
+                "eth0",
+                "--netns",
+                &lab.ns("edge"),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("pinned XDP link removed"));
+        let t0 = Instant::now();
+        while lab.edge_has_xdp() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!lab.edge_has_xdp(), "xdp detach must remove the program");
+        assert!(lab.curl(host).is_ok());
+
+        // Fail-open (the default) detaches with the engine.
+        let open = write_config(&lab, "open.toml", "open", "");
+        let mut engine = lab.start_engine_with(&open, "af_xdp", 1);
+        assert_eq!(lab.curl(&vip).unwrap(), "open");
+        engine.stop();
+        assert!(!lab.edge_has_xdp(), "fail-open leaves nothing behind");
+    });
+}
