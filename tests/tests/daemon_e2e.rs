@@ -124,9 +124,18 @@ fn control_daemon_killed_under_load_fails_no_request_and_the_engine_serves_alone
         let mut engine = lab.start_engine_with(&a, "af_xdp", 1);
         let ns = lab.ns("client");
         let stop = AtomicBool::new(false);
-        let served: u64 = std::thread::scope(|s| {
+        let (served, wrk) = std::thread::scope(|s| {
             let _guard = StopOnDrop(&stop);
             let load = keep_alive_load(s, &ns, 4, &stop, &["a", "b"]);
+            // wrk alongside: it counts non-2xx answers and socket errors.
+            let wrk = s.spawn(|| {
+                Command::new("ip")
+                    .args(["netns", "exec", &ns, "wrk", "-t1", "-c8", "-d5s"])
+                    .arg(format!("http://{VIP}/v"))
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            });
             std::thread::sleep(Duration::from_millis(300));
             let before = ctl_ok(&lab, &["status"]);
             let daemon: i32 = field(&before, "control_pid").parse().unwrap();
@@ -146,11 +155,23 @@ fn control_daemon_killed_under_load_fails_no_request_and_the_engine_serves_alone
             let out = ctl_ok(&lab, &["apply", b.to_str().unwrap()]);
             assert!(out.contains("applied version"), "{out}");
             wait_body(&lab, "/v", "b");
-            std::thread::sleep(Duration::from_millis(300));
+            let wrk = wrk.join().unwrap();
             stop.store(true, Ordering::Relaxed);
-            load.into_iter().map(|h| h.join().unwrap()).sum()
+            let served: u64 = load.into_iter().map(|h| h.join().unwrap()).sum();
+            (served, wrk)
         });
         assert!(served > 100, "only {served} requests served");
+        assert!(wrk.contains("requests in"), "wrk did not run: {wrk}");
+        assert!(
+            !wrk.contains("Non-2xx") && !wrk.contains("Socket errors"),
+            "wrk saw failures while the daemon was killed:\n{wrk}"
+        );
+        let wrk_requests = wrk
+            .lines()
+            .find(|l| l.contains("requests in"))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string();
         let status = ctl_ok(&lab, &["status"]);
         assert_eq!(field(&status, "in_sync"), "yes", "{status}");
         assert!(
@@ -160,7 +181,9 @@ fn control_daemon_killed_under_load_fails_no_request_and_the_engine_serves_alone
             "{}",
             engine.log()
         );
-        eprintln!("control daemon killed under load: {served} requests, none failed");
+        eprintln!(
+            "control daemon killed under load: {served} keep-alive requests + {wrk_requests} wrk requests, none failed"
+        );
 
         // Everything crashes; the engine alone comes back with what the
         // daemon last applied (no config, no daemon).
