@@ -170,6 +170,14 @@ pub fn parse_request<'b, 'h>(
     if hosts > 1 || (!http10 && hosts == 0) {
         return Err(HeadError::Malformed("exactly one Host header required"));
     }
+    if let Some(h) = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        && !valid_host(h.value)
+    {
+        return Err(HeadError::Malformed("invalid Host header"));
+    }
     let framing = match (f.transfer_encoding, f.content_length) {
         (true, Some(_)) => {
             return Err(HeadError::Malformed(
@@ -238,6 +246,49 @@ fn has_bare_lf(head: &[u8]) -> bool {
     head.iter()
         .enumerate()
         .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
+/// RFC 3986 `host [":" port]`: a reg-name (unreserved, pct-encoded,
+/// sub-delims), an IPv4 address or a bracketed IPv6 literal. Quotes, spaces,
+/// slashes, `@` and the like would reach routing, logs and the upstream.
+fn valid_host(v: &[u8]) -> bool {
+    if v.is_empty() {
+        return true; // HTTP/1.1 allows an empty Host (no authority).
+    }
+    let (host, port) = if v[0] == b'[' {
+        let Some(end) = v.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inner = &v[1..end];
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        (&v[..=end], &v[end + 1..])
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(i) => (&v[..i], &v[i..]),
+            None => (v, &v[v.len()..]),
+        }
+    };
+    let reg_name_ok = host.first() == Some(&b'[')
+        || host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')'
+                        | b'*' | b'+' | b',' | b';' | b'='
+                )
+        });
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    reg_name_ok && port_ok
 }
 
 /// The Host header without a port, lower-cased comparison left to the router.
@@ -525,6 +576,23 @@ mod tests {
     }
 
     #[test]
+    fn valid_host_forms_are_accepted() {
+        for host in [
+            "a",
+            "a.example:8080",
+            "10.77.0.10",
+            "10.77.0.10:80",
+            "[fd77::10]",
+            "[fd77::10]:443",
+            "xn--bcher-kva.example",
+            "under_score.example",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(parse(raw.as_bytes()).is_ok(), "{host}");
+        }
+    }
+
+    #[test]
     fn smuggling_shapes_are_rejected() {
         let cases: &[&[u8]] = &[
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -540,6 +608,12 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: y\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\"b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: evil.com/x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: user@evil\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a:80x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [zz::1]\r\n\r\n",
         ];
         for raw in cases {
             let err = parse(raw).expect_err(&String::from_utf8_lossy(raw));
