@@ -482,14 +482,60 @@ pub fn call_with(
     headers: &[(&str, String)],
     timeout: Duration,
 ) -> Result<Reply> {
-    let mut s = UnixStream::connect(socket).with_context(|| {
+    let s = UnixStream::connect(socket).with_context(|| {
         format!(
             "connecting to {} (is `ferrogate run` up?)",
             socket.display()
         )
     })?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
+    exchange(s, method, path, body, headers, timeout)
+}
+
+/// Where `ferrogate ctl` sends its requests.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    /// The daemon's TCP listener, with the bearer token.
+    Tcp {
+        addr: String,
+        token: String,
+    },
+}
+
+/// One request to `ep`.
+pub fn request(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &Path)>,
+) -> Result<Reply> {
+    let timeout = Duration::from_secs(60);
+    match ep {
+        Endpoint::Unix(p) => call_with(p, method, path, body, &[], timeout),
+        Endpoint::Tcp { addr, token } => {
+            let s = TcpStream::connect(addr)
+                .with_context(|| format!("connecting to the admin API on {addr}"))?;
+            exchange(
+                s,
+                method,
+                path,
+                body,
+                &[("Authorization", format!("Bearer {token}"))],
+                timeout,
+            )
+        }
+    }
+}
+
+fn exchange<S: Read + Write + Timeouts>(
+    mut s: S,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &Path)>,
+    headers: &[(&str, String)],
+    timeout: Duration,
+) -> Result<Reply> {
+    s.timeouts(timeout)?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: ferrogate\r\nConnection: close\r\nFerrogate-Protocol: {PROTOCOL}\r\n"
     );

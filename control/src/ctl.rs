@@ -26,7 +26,7 @@ pub enum CtlCmd {
 }
 
 /// Runs one command; returns the process exit code.
-pub fn ctl(socket: &Path, cmd: CtlCmd) -> Result<i32> {
+pub fn ctl(ep: &admin::Endpoint, cmd: CtlCmd) -> Result<i32> {
     let file_body = |p: &Path| -> Result<(String, PathBuf)> {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -34,19 +34,19 @@ pub fn ctl(socket: &Path, cmd: CtlCmd) -> Result<i32> {
         Ok((text, abs))
     };
     let reply = match cmd {
-        CtlCmd::Top { interval, count } => return top(socket, interval, count),
-        CtlCmd::Status => admin::call(socket, "GET", "/status", None)?,
-        CtlCmd::Stats => admin::call(socket, "GET", "/stats", None)?,
-        CtlCmd::Metrics => admin::call(socket, "GET", "/metrics", None)?,
-        CtlCmd::Diff => admin::call(socket, "GET", "/diff", None)?,
-        CtlCmd::Rollback => admin::call(socket, "POST", "/rollback", None)?,
+        CtlCmd::Top { interval, count } => return top(ep, interval, count),
+        CtlCmd::Status => admin::request(ep, "GET", "/status", None)?,
+        CtlCmd::Stats => admin::request(ep, "GET", "/stats", None)?,
+        CtlCmd::Metrics => admin::request(ep, "GET", "/metrics", None)?,
+        CtlCmd::Diff => admin::request(ep, "GET", "/diff", None)?,
+        CtlCmd::Rollback => admin::request(ep, "POST", "/rollback", None)?,
         CtlCmd::Validate(p) => {
             let (text, abs) = file_body(&p)?;
-            admin::call(socket, "POST", "/validate", Some((&text, &abs)))?
+            admin::request(ep, "POST", "/validate", Some((&text, &abs)))?
         }
         CtlCmd::Apply(p) => {
             let (text, abs) = file_body(&p)?;
-            admin::call(socket, "POST", "/apply", Some((&text, &abs)))?
+            admin::request(ep, "POST", "/apply", Some((&text, &abs)))?
         }
     };
     if reply.status == 200 {
@@ -107,11 +107,11 @@ fn sample(text: &str) -> Sample {
 }
 
 /// `ferrogate ctl top`: per-worker packet, request and busy rates.
-fn top(socket: &Path, interval: Duration, count: u64) -> Result<i32> {
+fn top(ep: &admin::Endpoint, interval: Duration, count: u64) -> Result<i32> {
     use std::io::IsTerminal;
     let tty = std::io::stdout().is_terminal();
     let fetch = || -> Result<(Sample, Instant)> {
-        let r = admin::call(socket, "GET", "/stats", None)?;
+        let r = admin::request(ep, "GET", "/stats", None)?;
         if r.status != 200 {
             anyhow::bail!("{}", r.body.trim_end());
         }

@@ -83,6 +83,12 @@ enum Cmd {
         /// The admin API's Unix socket.
         #[arg(long, global = true, default_value = admin::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Talk to the daemon's TCP listener instead (needs --token-file).
+        #[arg(long, global = true)]
+        tcp: Option<String>,
+        /// File holding the bearer token for --tcp.
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
         #[command(subcommand)]
         cmd: CtlSub,
     },
@@ -349,7 +355,23 @@ fn main() -> Result<()> {
             state_dir,
             watch: Duration::from_millis(watch_ms.max(10)),
         }),
-        Cmd::Ctl { socket, cmd } => {
+        Cmd::Ctl {
+            socket,
+            tcp,
+            token_file,
+            cmd,
+        } => {
+            let ep = match (tcp, token_file) {
+                (None, _) => admin::Endpoint::Unix(socket),
+                (Some(addr), Some(f)) => {
+                    let token = std::fs::read_to_string(&f)
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))?
+                        .trim()
+                        .to_string();
+                    admin::Endpoint::Tcp { addr, token }
+                }
+                (Some(_), None) => anyhow::bail!("--tcp needs --token-file"),
+            };
             use ctl::CtlCmd;
             let cmd = match cmd {
                 CtlSub::Status => CtlCmd::Status,
@@ -364,7 +386,7 @@ fn main() -> Result<()> {
                     count,
                 },
             };
-            match ctl::ctl(&socket, cmd) {
+            match ctl::ctl(&ep, cmd) {
                 Ok(code) => std::process::exit(code),
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -307,6 +307,27 @@ fn the_tcp_admin_endpoint_needs_the_bearer_token_and_sockets_are_private() {
         assert_eq!(code, "200", "{body}");
         wait_body(&lab, "/v", "via-tcp");
 
+        // `ferrogate ctl` over TCP, with the right and a wrong token.
+        let ctl_tcp = |token_path: &Path| {
+            Command::new(ferrogate_tests::ferrogate_bin())
+                .args(["ctl", "--tcp", &addr, "--token-file"])
+                .arg(token_path)
+                .arg("status")
+                .output()
+                .unwrap()
+        };
+        let out = ctl_tcp(&token_file);
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("in_sync yes"));
+        let wrong = lab.state_dir().join("wrong-token");
+        std::fs::write(&wrong, "not-the-token-0123456789").unwrap();
+        let out = ctl_tcp(&wrong);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("wrong bearer token"),
+            "{out:?}"
+        );
+
         use std::os::unix::fs::PermissionsExt;
         for sock in [lab.admin_socket(), lab.state_dir().join("engine.sock")] {
             let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
