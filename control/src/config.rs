@@ -721,15 +721,26 @@ pub struct Compiled {
     pub netns: Option<String>,
     pub engine: EngineConfig,
     pub access_log: Option<AccessLogTarget>,
+    /// Files the config names, whose changes the control daemon applies.
+    pub files: Vec<PathBuf>,
 }
 
 struct Reporter<'a> {
     file: &'a Path,
     text: &'a str,
     errors: Vec<ConfigError>,
+    /// Files the config names (certificates, keys, CA bundles, prefix
+    /// lists): the control daemon re-applies when one changes.
+    files: Vec<PathBuf>,
 }
 
 impl Reporter<'_> {
+    fn uses(&mut self, p: &Path) {
+        if !self.files.iter().any(|f| f == p) {
+            self.files.push(p.to_path_buf());
+        }
+    }
+
     fn at(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
         let (line, col) = line_col(self.text, span.start);
         self.errors.push(ConfigError {
@@ -840,6 +851,7 @@ fn check_filter(
             }
         }
         for (j, file) in c.cidr_files.iter().enumerate() {
+            rep.uses(&base.join(file.get_ref()));
             match read_prefix_file(&base.join(file.get_ref())) {
                 Ok(mut v) => prefixes.append(&mut v),
                 Err(e) => rep.at(file.span(), format!("filter.cidr[{i}].cidr_files[{j}]"), e),
@@ -1198,6 +1210,9 @@ fn check_upstream_tls(
         return None;
     }
     let base = rep.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    if let Some(c) = &u.ca {
+        rep.uses(&base.join(c.get_ref()));
+    }
     let cfg = UpstreamTlsConfig {
         ca: u.ca.as_ref().map(|c| base.join(c.get_ref())),
         insecure_skip_verify: insecure && u.ca.is_none(),
@@ -1558,6 +1573,7 @@ pub fn compile(path: &Path, text: &str) -> Result<Compiled, ConfigErrors> {
         file: path,
         text,
         errors: Vec::new(),
+        files: Vec::new(),
     };
     let cfg: FileConfig = match toml::from_str(text) {
         Ok(c) => c,
@@ -1571,7 +1587,9 @@ pub fn compile(path: &Path, text: &str) -> Result<Compiled, ConfigErrors> {
     };
     let compiled = check(&cfg, &mut rep);
     if rep.errors.is_empty() {
-        Ok(compiled.expect("no errors means compiled"))
+        let mut c = compiled.expect("no errors means compiled");
+        c.files = std::mem::take(&mut rep.files);
+        Ok(c)
     } else {
         Err(ConfigErrors(rep.errors))
     }
@@ -1666,6 +1684,8 @@ fn check_listener_tls(
             names: cs.names.iter().map(|n| n.get_ref().clone()).collect(),
             default: cs.default,
         };
+        rep.uses(&spec.cert);
+        rep.uses(&spec.key);
         if let Err(e) = load_certified_key(&spec.cert, &spec.key, &provider) {
             use ferrogate_stack::tls::CertError;
             let (sp, f) = match &e {
@@ -1712,6 +1732,9 @@ fn check_listener_tls(
         }
     };
     let ca = t.client_ca.as_ref().map(|c| resolve(c.get_ref()));
+    if let Some(ca) = &ca {
+        rep.uses(ca);
+    }
     let mode = t.client_auth.as_ref().map(|m| (m, m.get_ref().as_str()));
     let client_auth = match (mode, ca) {
         (None, None) | (Some((_, "none")), _) => ClientAuth::None,
@@ -2130,6 +2153,7 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
         netns: e.netns.clone(),
         engine: ec,
         access_log,
+        files: Vec::new(),
     })
 }
 

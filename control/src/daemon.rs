@@ -59,9 +59,26 @@ struct State {
     last_error: Option<String>,
 }
 
+/// What identifies a file's version without reading it: (mtime ns, size,
+/// inode); None when it is missing.
+type Fingerprint = Option<(i128, u64, u64)>;
+
+fn fingerprint(p: &Path) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some((
+        i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        m.size(),
+        m.ino(),
+    ))
+}
+
 struct Daemon {
     args: DaemonArgs,
     state: Mutex<State>,
+    /// Files the config names (certificates, keys, CA bundles, prefix
+    /// lists) and their last seen fingerprints: a change re-applies.
+    named: Mutex<Vec<(PathBuf, Fingerprint)>>,
     /// Serializes pushes (API applies, file changes, re-syncs).
     push: Mutex<()>,
     started: Instant,
@@ -84,6 +101,31 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 impl Daemon {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn watch_named(&self, files: Vec<PathBuf>) {
+        *self.named.lock().unwrap_or_else(|e| e.into_inner()) = files
+            .into_iter()
+            .map(|f| {
+                let fp = fingerprint(&f);
+                (f, fp)
+            })
+            .collect();
+    }
+
+    /// The first named file that changed since the last look (all are
+    /// brought up to date, so one rotation is one re-apply).
+    fn named_change(&self) -> Option<PathBuf> {
+        let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed = None;
+        for (path, seen) in named.iter_mut() {
+            let now = fingerprint(path);
+            if now != *seen {
+                *seen = now;
+                changed.get_or_insert_with(|| path.clone());
+            }
+        }
+        changed
     }
 
     fn engine(&self, method: &str, path: &str, body: Option<(&str, &Path)>) -> Result<Reply> {
@@ -210,12 +252,15 @@ impl Daemon {
         if !force && self.remembered_file_hash() == Some(hash) {
             return; // applied before (by an earlier daemon)
         }
-        if let Err(e) = crate::config::compile(path, &text) {
-            let mut st = self.state();
-            st.file_rejected += 1;
-            st.last_error = Some(e.to_string());
-            tracing::error!(config = %path.display(), errors = %e, "configuration change rejected; the engine keeps its running version");
-            return;
+        match crate::config::compile(path, &text) {
+            Ok(c) => self.watch_named(c.files),
+            Err(e) => {
+                let mut st = self.state();
+                st.file_rejected += 1;
+                st.last_error = Some(e.to_string());
+                tracing::error!(config = %path.display(), errors = %e, "configuration change rejected; the engine keeps its running version");
+                return;
+            }
         }
         let engine_hash = self.state().engine_hash;
         if !force && self.state().engine_connected && engine_hash == hash {
@@ -452,9 +497,13 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     // engine keeps its snapshot and the daemon waits for a good file.
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
-    if let Err(e) = crate::config::compile(&args.config, &text) {
-        tracing::error!(config = %args.config.display(), errors = %e, "the configuration does not validate; waiting for a good one");
-    }
+    let named = match crate::config::compile(&args.config, &text) {
+        Ok(c) => c.files,
+        Err(e) => {
+            tracing::error!(config = %args.config.display(), errors = %e, "the configuration does not validate; waiting for a good one");
+            Vec::new()
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
@@ -466,7 +515,9 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         state: Mutex::new(State::default()),
         push: Mutex::new(()),
         started: Instant::now(),
+        named: Mutex::new(Vec::new()),
     });
+    daemon.watch_named(named);
     // Connect first so a file the engine already runs is adopted, not pushed.
     daemon.check_engine();
     let handler: Handler = {
@@ -497,6 +548,10 @@ pub fn run(args: DaemonArgs) -> Result<()> {
             last = Instant::now();
             daemon.check_engine();
             daemon.check_file(false);
+            if let Some(changed) = daemon.named_change() {
+                tracing::info!(file = %changed.display(), "a file the configuration names changed; re-applying");
+                daemon.check_file(true);
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }

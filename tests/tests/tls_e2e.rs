@@ -361,6 +361,27 @@ fn certificate_reload_under_https_load_fails_no_request() {
             "{log}"
         );
         eprintln!("reload under load: {ok} HTTPS requests, 0 failed");
+
+        // Rotated again without a signal (certbot-style): the control
+        // daemon notices the named files changed and re-applies.
+        leaf(&dir, &server_ca, "a", "cert-a-rotated-2", &["a.example"]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = String::new();
+        while Instant::now() < deadline && !seen.contains("CN=cert-a-rotated-2") {
+            std::thread::sleep(Duration::from_millis(200));
+            seen = sh(&lab, &curl(&dir, "a.example", 443, "/probe", "")).1;
+        }
+        assert!(
+            seen.contains("CN=cert-a-rotated-2"),
+            "a rotated certificate file must be picked up without SIGHUP: {seen}"
+        );
+        assert!(
+            engine
+                .log()
+                .contains("a file the configuration names changed"),
+            "{}",
+            engine.log()
+        );
     });
 }
 
