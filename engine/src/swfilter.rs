@@ -962,6 +962,30 @@ mod tests {
     }
 
     #[test]
+    fn fragments_and_truncations_to_a_vip_are_dropped() {
+        let (r, b, c) = setup(&FilterRules::default());
+        let f = SwFilter {
+            rules: &r,
+            buckets: &b,
+            counters: &c,
+        };
+        let mut frag = udp4([10, 77, 0, 2], VIP, 53);
+        frag[14 + 6] = 0x20; // more fragments
+        assert!(!f.admit(&frag, 0));
+        let mut bad_len = udp4([10, 77, 0, 2], VIP, 53);
+        bad_len[14 + 2..14 + 4].copy_from_slice(&200u16.to_be_bytes());
+        assert!(!f.admit(&bad_len, 0));
+        // The same to a host address passes (the kernel decides).
+        let mut host = udp4([10, 77, 0, 2], [10, 77, 0, 1], 53);
+        host[14 + 2..14 + 4].copy_from_slice(&200u16.to_be_bytes());
+        assert!(f.admit(&host, 0));
+        let t = totals(&c);
+        assert_eq!(t.drop_fragment_vip.packets, 1);
+        assert_eq!(t.malformed_ipv4.packets, 2);
+        assert_eq!(t.drop_malformed_vip.packets, 1);
+    }
+
+    #[test]
     fn ipv6_deny_and_neighbour_discovery_is_exempt() {
         let rules = FilterRules {
             default_deny: true,
