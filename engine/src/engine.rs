@@ -309,8 +309,17 @@ fn open_dpdk(cfg: &mut EngineConfig) -> Result<Opened, EngineError> {
     let info = crate::dpdk::probe(&cfg.dpdk, &float)?;
     tracing::info!(port = info.port, name = %info.name, driver = %info.driver, node = ?info.node, max_queues = info.max_queues, "DPDK port found");
     let mac = info.mac;
-    let (cpus, node) = place_workers(cfg, info.node).inspect_err(|_| crate::dpdk::eal_cleanup())?;
-    let nodes = vec![node; cpus.len()];
+    let (cpus, _) = place_workers(cfg, info.node).inspect_err(|_| crate::dpdk::eal_cleanup())?;
+    // Each queue's mbufs come from the pool of its worker's node (one pool
+    // per node that runs a worker); one machine-wide pool on single-node
+    // machines or without a topology.
+    let nodes: Vec<Option<usize>> = match ferrogate_numa::Machine::discover() {
+        Ok(m) if m.nodes.len() > 1 => cpus
+            .iter()
+            .map(|&c| m.locate(c).map(|(n, _)| n.id))
+            .collect(),
+        _ => vec![None; cpus.len()],
+    };
     let (port, queues) = crate::dpdk::DpdkPort::open(&cfg.dpdk, info, &nodes)?;
     let ios = queues
         .into_iter()
