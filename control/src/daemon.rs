@@ -493,17 +493,8 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         (_, Some(p)) => Some(read_token(p)?),
         (None, None) => None,
     };
-    // A file that does not validate at start is reported, not fatal: the
-    // engine keeps its snapshot and the daemon waits for a good file.
-    let text = std::fs::read_to_string(&args.config)
+    std::fs::metadata(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
-    let named = match crate::config::compile(&args.config, &text) {
-        Ok(c) => c.files,
-        Err(e) => {
-            tracing::error!(config = %args.config.display(), errors = %e, "the configuration does not validate; waiting for a good one");
-            Vec::new()
-        }
-    };
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
@@ -517,9 +508,21 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         started: Instant::now(),
         named: Mutex::new(Vec::new()),
     });
-    daemon.watch_named(named);
     // Connect first so a file the engine already runs is adopted, not pushed.
     daemon.check_engine();
+    // Which files the config names (a large prefix list takes seconds to
+    // compile: after the engine is reached, not before). A file that does
+    // not validate is reported, not fatal: the engine keeps its snapshot and
+    // the daemon waits for a good one.
+    match std::fs::read_to_string(&daemon.args.config)
+        .map_err(|e| e.to_string())
+        .and_then(|t| crate::config::compile(&daemon.args.config, &t).map_err(|e| e.to_string()))
+    {
+        Ok(c) => daemon.watch_named(c.files),
+        Err(e) => {
+            tracing::error!(config = %daemon.args.config.display(), errors = %e, "the configuration does not validate; waiting for a good one");
+        }
+    }
     let handler: Handler = {
         let d = daemon.clone();
         Arc::new(move |req| d.handle(req))

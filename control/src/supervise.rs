@@ -81,6 +81,7 @@ impl Proc {
 
     /// SIGTERM, then SIGKILL after `grace`.
     fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.child.as_ref()?;
         self.signal(libc::SIGTERM);
         let t0 = Instant::now();
         while t0.elapsed() < grace {

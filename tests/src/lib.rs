@@ -270,6 +270,7 @@ impl Lab {
         // With a config file, `run` also starts the control daemon: wait
         // until it talks to the engine, so tests see one settled system.
         if config.is_some() && !extra.contains(&"--no-control") {
+            let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline && !e.log().contains("connected to the engine") {
                 std::thread::sleep(Duration::from_millis(50));
             }
