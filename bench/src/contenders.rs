@@ -288,6 +288,11 @@ pub fn start_with(
                     "--stats-file",
                 ])
                 .arg(&sf)
+                // Per-lab sockets and state: benches may run side by side.
+                .arg("--admin-socket")
+                .arg(lab.bench_dir().join("admin.sock"))
+                .arg("--state-dir")
+                .arg(lab.bench_dir().join("state"))
                 .env("RUST_LOG", "info");
             let s = cmdline(&c);
             stats_file = Some(sf);

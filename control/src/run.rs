@@ -378,6 +378,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
 
+    // Bound before the engine starts, and fatal: an engine nobody can reach
+    // cannot be managed, and a control daemon would talk to whichever engine
+    // owns the path.
+    let listener = match &args.admin_socket {
+        Some(path) => Some((
+            path.clone(),
+            admin::bind(path).context("the engine's API socket")?,
+        )),
+        None => None,
+    };
     let access_target = compiled.access_log.clone();
     let engine = Engine::start(compiled.engine).context("starting the engine")?;
     let access_log = match access_target {
@@ -403,15 +413,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let (tx, rx) = mpsc::channel::<admin::Request>();
     let mut socket = None;
-    if let Some(path) = &args.admin_socket {
-        match admin::bind(path) {
-            Ok(l) => {
-                admin::spawn(l, tx.clone())?;
-                tracing::info!(socket = %path.display(), "admin API listening");
-                socket = Some(path.clone());
-            }
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "admin API not served"),
-        }
+    if let Some((path, l)) = listener {
+        admin::spawn(l, tx.clone())?;
+        tracing::info!(socket = %path.display(), "admin API listening");
+        socket = Some(path);
     }
     tracing::info!(backend = %rt.engine.backend(), version = %rt.current().version(), "ferrogate engine serving");
     let mut last_stats = Instant::now();
