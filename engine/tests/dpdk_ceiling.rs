@@ -6,10 +6,11 @@
 //! echo requests to its VIP from its smoltcp stack. A generator thread on
 //! another core keeps the rx ring full and counts the replies.
 //!
-//! A benchmark, not a check: ignored by default; run as root with
-//!   cargo test --release -p ferrogate-engine --features dpdk --test dpdk_ceiling -- --ignored --nocapture
-//! (FG_CEILING_SECS changes the 5 s measurement). It prints replies/s and
-//! the worker's busy ns per packet.
+//! CI runs it as a 1 s check (every request answered, the filter tier on
+//! the path); as a benchmark run it as root with
+//!   FG_CEILING_SECS=5 cargo test --release -p ferrogate-engine --features dpdk --test dpdk_ceiling -- --nocapture
+//! It prints replies/s and the worker's busy ns per packet; it never
+//! asserts on a rate.
 
 #![cfg(feature = "dpdk")]
 
@@ -192,12 +193,16 @@ impl Gen {
 }
 
 #[test]
-#[ignore = "benchmark: needs root and two cores; run with --ignored --nocapture"]
 fn ring_port_icmp_echo_ceiling_per_core() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("dpdk_ceiling: skipped: needs root (DPDK EAL)");
+        return;
+    }
     let secs: u64 = std::env::var("FG_CEILING_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(1);
     let cpus = ferrogate_engine::numa::online_cpus().unwrap();
     let (gen_cpu, worker_cpu) = (cpus[0], *cpus.last().unwrap());
     let settings = DpdkSettings {
