@@ -2,6 +2,8 @@
 //! (unique prefix), the `ferrogate` binary running in the edge namespace,
 //! clients in the client namespace, and teardown that runs even on panic.
 
+pub mod filter_cases;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -779,4 +781,96 @@ impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// `conns` keep-alive connections from the client namespace, `per_conn`
+/// requests each to `/load/<c>/<i>`, each answered 200 by the origin with its
+/// path: (requests that succeeded, one error per failed connection).
+pub fn keep_alive_load(lab: &Lab, conns: usize, per_conn: usize) -> (usize, Vec<String>) {
+    let ns = lab.ns("client");
+    let handles: Vec<_> = (0..conns)
+        .map(|c| {
+            let ns = ns.clone();
+            std::thread::spawn(move || -> Result<usize, String> {
+                enter_netns(&ns).map_err(|e| e.to_string())?;
+                let mut conn = HttpConn::connect(&format!("{VIP}:80"))
+                    .map_err(|e| format!("conn {c}: connect: {e}"))?;
+                for i in 0..per_conn {
+                    let path = format!("/load/{c}/{i}");
+                    let (status, body) = conn
+                        .get("lab", &path)
+                        .map_err(|e| format!("conn {c} req {i}: {e}"))?;
+                    if status != 200 || !body.contains(&format!("path={path}")) {
+                        return Err(format!("conn {c} req {i}: {status} {body:?}"));
+                    }
+                }
+                Ok(per_conn)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut errors = vec![];
+    for h in handles {
+        match h.join().expect("client thread") {
+            Ok(n) => ok += n,
+            Err(e) => errors.push(e),
+        }
+    }
+    (ok, errors)
+}
+
+/// A lab config (1 queue) whose `/v` route answers `body` with no upstream,
+/// plus `extra` TOML.
+pub fn respond_config(body: &str, extra: &str) -> String {
+    format!(
+        r#"vips = ["10.77.0.10/24", "fd77::10/64"]
+
+[engine]
+interface = "eth0"
+queues = 1
+polling = "adaptive"
+
+[[listeners]]
+port = 80
+
+[[listeners.routes]]
+name = "v"
+path_prefix = "/v"
+respond = {{ status = 200, body = "{body}" }}
+
+[[listeners.routes]]
+name = "health"
+path_prefix = "/ferrogate/health"
+respond = {{ status = 200, body = "ferrogate ok\n" }}
+{extra}
+"#
+    )
+}
+
+/// Runs `n` keep-alive clients (in namespace `ns`) on `/v` until `stop`;
+/// every request must succeed with one of `bodies`. Join the handles for
+/// the requests each served.
+pub fn load_until_stopped<'s>(
+    s: &'s std::thread::Scope<'s, '_>,
+    ns: &'s str,
+    n: usize,
+    stop: &'s std::sync::atomic::AtomicBool,
+    bodies: &'s [&'s str],
+) -> Vec<std::thread::ScopedJoinHandle<'s, u64>> {
+    (0..n)
+        .map(|_| {
+            s.spawn(move || {
+                enter_netns(ns).unwrap();
+                let mut c = HttpConn::connect(&format!("{VIP}:80")).unwrap();
+                let mut served = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, body) = c.get("lab", "/v").expect("a request failed");
+                    assert_eq!(status, 200);
+                    assert!(bodies.contains(&body.as_str()), "{body}");
+                    served += 1;
+                }
+                served
+            })
+        })
+        .collect()
 }

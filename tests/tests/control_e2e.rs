@@ -7,34 +7,12 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ferrogate_tests::{HttpConn, Lab, VIP, lab_test};
+use ferrogate_tests::{HttpConn, Lab, VIP, lab_test, respond_config};
 
 /// A lab config whose `/v` route answers `body` (no upstream needed).
 fn config(lab: &Lab, name: &str, body: &str) -> PathBuf {
     let path = lab.state_dir().join(name);
-    let text = format!(
-        r#"vips = ["10.77.0.10/24", "fd77::10/64"]
-
-[engine]
-interface = "eth0"
-queues = 1
-polling = "adaptive"
-
-[[listeners]]
-port = 80
-
-[[listeners.routes]]
-name = "v"
-path_prefix = "/v"
-respond = {{ status = 200, body = "{body}" }}
-
-[[listeners.routes]]
-name = "health"
-path_prefix = "/ferrogate/health"
-respond = {{ status = 200, body = "ferrogate ok\n" }}
-"#
-    );
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, respond_config(body, "")).unwrap();
     path
 }
 
@@ -394,24 +372,7 @@ fn a_hundred_applies_under_keep_alive_load_fail_no_request() {
         let (served, switch_ms) = std::thread::scope(|s| {
             // A failed apply panics the body; the load threads must still stop.
             let _stop_guard = ferrogate_tests::StopOnDrop(&stop);
-            let load: Vec<_> = (0..8)
-                .map(|_| {
-                    let (ns, stop) = (&ns, &stop);
-                    s.spawn(move || {
-                        ferrogate_tests::enter_netns(ns).unwrap();
-                        let mut c = HttpConn::connect(&format!("{VIP}:80")).unwrap();
-                        let mut n = 0u64;
-                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            let (status, body) =
-                                c.get("lab", "/v").expect("a request failed during applies");
-                            assert_eq!(status, 200);
-                            assert!(body == "a" || body == "b", "{body}");
-                            n += 1;
-                        }
-                        n
-                    })
-                })
-                .collect();
+            let load = ferrogate_tests::load_until_stopped(s, &ns, 8, &stop, &["a", "b"]);
             std::thread::sleep(Duration::from_millis(200));
             let mut switch_ms = Vec::new();
             for i in 0..100 {

@@ -10,38 +10,11 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ferrogate_tests::{HttpConn, Lab, StopOnDrop, VIP, lab_test};
-
-/// A lab config whose `/v` route answers `body`, plus `extra` TOML.
-fn config_text(body: &str, extra: &str) -> String {
-    format!(
-        r#"vips = ["10.77.0.10/24", "fd77::10/64"]
-
-[engine]
-interface = "eth0"
-queues = 1
-polling = "adaptive"
-
-[[listeners]]
-port = 80
-
-[[listeners.routes]]
-name = "v"
-path_prefix = "/v"
-respond = {{ status = 200, body = "{body}" }}
-
-[[listeners.routes]]
-name = "health"
-path_prefix = "/ferrogate/health"
-respond = {{ status = 200, body = "ferrogate ok\n" }}
-{extra}
-"#
-    )
-}
+use ferrogate_tests::{Lab, StopOnDrop, VIP, lab_test, load_until_stopped, respond_config};
 
 fn write_config(lab: &Lab, name: &str, body: &str, extra: &str) -> PathBuf {
     let path = lab.state_dir().join(name);
-    std::fs::write(&path, config_text(body, extra)).unwrap();
+    std::fs::write(&path, respond_config(body, extra)).unwrap();
     path
 }
 
@@ -88,33 +61,6 @@ fn wait_body(lab: &Lab, path: &str, want: &str) {
     panic!("{path} never answered {want:?}; last {last:?}");
 }
 
-/// Runs `n` keep-alive clients on `/v` until `stop`; every request must
-/// succeed with one of `bodies`. Returns the requests served.
-fn keep_alive_load<'s>(
-    s: &'s std::thread::Scope<'s, '_>,
-    ns: &'s str,
-    n: usize,
-    stop: &'s AtomicBool,
-    bodies: &'s [&'s str],
-) -> Vec<std::thread::ScopedJoinHandle<'s, u64>> {
-    (0..n)
-        .map(|_| {
-            s.spawn(move || {
-                ferrogate_tests::enter_netns(ns).unwrap();
-                let mut c = HttpConn::connect(&format!("{VIP}:80")).unwrap();
-                let mut served = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let (status, body) = c.get("lab", "/v").expect("a request failed");
-                    assert_eq!(status, 200);
-                    assert!(bodies.contains(&body.as_str()), "{body}");
-                    served += 1;
-                }
-                served
-            })
-        })
-        .collect()
-}
-
 #[test]
 fn control_daemon_killed_under_load_fails_no_request_and_the_engine_serves_alone() {
     lab_test("daemon_kill9", || {
@@ -126,7 +72,7 @@ fn control_daemon_killed_under_load_fails_no_request_and_the_engine_serves_alone
         let stop = AtomicBool::new(false);
         let (served, wrk) = std::thread::scope(|s| {
             let _guard = StopOnDrop(&stop);
-            let load = keep_alive_load(s, &ns, 4, &stop, &["a", "b"]);
+            let load = load_until_stopped(s, &ns, 4, &stop, &["a", "b"]);
             // wrk alongside: it counts non-2xx answers and socket errors.
             let wrk = s.spawn(|| {
                 Command::new("ip")
@@ -210,7 +156,7 @@ fn a_changed_file_is_applied_without_a_signal_and_a_bad_one_is_refused() {
         let _engine = lab.start_engine_with(&path, "af_xdp", 1);
         assert_eq!(lab.curl(&format!("http://{VIP}/v")).unwrap(), "one");
 
-        std::fs::write(&path, config_text("two", "")).unwrap();
+        std::fs::write(&path, respond_config("two", "")).unwrap();
         wait_body(&lab, "/v", "two");
         let st = wait_status(&lab, "the change applied", |s| {
             s.contains("file_changes_applied 1\n")
@@ -218,7 +164,7 @@ fn a_changed_file_is_applied_without_a_signal_and_a_bad_one_is_refused() {
         let version = field(&st, "version");
 
         // An invalid edit: refused with file:line:field, nothing changes.
-        let bad = config_text("three", "").replace(
+        let bad = respond_config("three", "").replace(
             "status = 200, body = \"three\"",
             "status = 999, body = \"three\"",
         );
@@ -236,7 +182,7 @@ fn a_changed_file_is_applied_without_a_signal_and_a_bad_one_is_refused() {
         assert_eq!(lab.curl(&format!("http://{VIP}/v")).unwrap(), "two");
 
         // Fixed: applied.
-        std::fs::write(&path, config_text("three", "")).unwrap();
+        std::fs::write(&path, respond_config("three", "")).unwrap();
         wait_body(&lab, "/v", "three");
         // diff: the daemon compares the engine's snapshot with the file.
         let d = ctl_ok(&lab, &["diff"]);
@@ -301,7 +247,7 @@ fn the_tcp_admin_endpoint_needs_the_bearer_token_and_sockets_are_private() {
             "-H",
             &format!("Authorization: Bearer {token}"),
             "--data-binary",
-            &config_text("via-tcp", ""),
+            &respond_config("via-tcp", ""),
             &format!("http://{addr}/apply"),
         ]);
         assert_eq!(code, "200", "{body}");
@@ -415,7 +361,7 @@ fn the_engine_protocol_checks_its_version_and_the_snapshot_hash() {
                 "Ferrogate-Protocol: 1",
                 "X-Ferrogate-Hash: 0123456789abcdef",
             ],
-            &config_text("tampered", ""),
+            &respond_config("tampered", ""),
         );
         assert_eq!(code, "400", "{body}");
         assert!(body.contains("does not match"), "{body}");
@@ -493,7 +439,7 @@ fn access_log_has_one_json_line_per_response_and_a_full_queue_drops_and_counts()
         let stop = AtomicBool::new(false);
         let served: u64 = std::thread::scope(|s| {
             let _guard = StopOnDrop(&stop);
-            let load = keep_alive_load(s, &ns, 8, &stop, &["logged"]);
+            let load = load_until_stopped(s, &ns, 8, &stop, &["logged"]);
             std::thread::sleep(Duration::from_secs(2));
             stop.store(true, Ordering::Relaxed);
             load.into_iter().map(|h| h.join().unwrap()).sum()
@@ -524,7 +470,7 @@ fn ctl_top_shows_per_worker_rates_under_load() {
         let stop = AtomicBool::new(false);
         let out = std::thread::scope(|s| {
             let _guard = StopOnDrop(&stop);
-            let load = keep_alive_load(s, &ns, 4, &stop, &["top"]);
+            let load = load_until_stopped(s, &ns, 4, &stop, &["top"]);
             std::thread::sleep(Duration::from_millis(300));
             let out = ctl_ok(&lab, &["top", "--interval-ms", "700", "--count", "1"]);
             stop.store(true, Ordering::Relaxed);

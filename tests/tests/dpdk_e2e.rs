@@ -7,16 +7,11 @@
 //! here — plus the start-up errors (missing hugepages, port, vdev; EAL
 //! failure) as one clear line each.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferrogate_tests::{
-    HttpConn, Lab, VIP, enter_netns, ferrogate_bin, frames, lab_test, send_frames,
-};
-
-const VIP4: [u8; 4] = [10, 77, 0, 10];
-const CLIENT2: &str = "10.77.0.22";
+use ferrogate_tests::filter_cases::{self, CLIENT2, Tier, add_client2, curl_from, grew};
+use ferrogate_tests::{Lab, VIP, ferrogate_bin, keep_alive_load, lab_test};
 
 /// `[engine.dpdk]` for the lab: an af_packet vdev with `queues` queue pairs
 /// on the edge's eth0, 256 MB of ordinary memory.
@@ -30,64 +25,6 @@ memory_mb = 256
 mbufs = 4095
 "#
     )
-}
-
-fn grew(before: &HashMap<String, u64>, after: &HashMap<String, u64>, k: &str) -> u64 {
-    after
-        .get(k)
-        .copied()
-        .unwrap_or(0)
-        .saturating_sub(before.get(k).copied().unwrap_or(0))
-}
-
-fn keep_alive_load(lab: &Lab, conns: usize, per_conn: usize) -> (usize, Vec<String>) {
-    let ns = lab.ns("client");
-    let handles: Vec<_> = (0..conns)
-        .map(|c| {
-            let ns = ns.clone();
-            std::thread::spawn(move || -> Result<usize, String> {
-                enter_netns(&ns).map_err(|e| e.to_string())?;
-                let mut conn = HttpConn::connect(&format!("{VIP}:80"))
-                    .map_err(|e| format!("conn {c}: connect: {e}"))?;
-                for i in 0..per_conn {
-                    let path = format!("/load/{c}/{i}");
-                    let (status, body) = conn
-                        .get("lab", &path)
-                        .map_err(|e| format!("conn {c} req {i}: {e}"))?;
-                    if status != 200 || !body.contains(&format!("path={path}")) {
-                        return Err(format!("conn {c} req {i}: {status} {body:?}"));
-                    }
-                }
-                Ok(per_conn)
-            })
-        })
-        .collect();
-    let mut ok = 0;
-    let mut errors = vec![];
-    for h in handles {
-        match h.join().expect("client thread") {
-            Ok(n) => ok += n,
-            Err(e) => errors.push(e),
-        }
-    }
-    (ok, errors)
-}
-
-fn curl_from(lab: &Lab, src: &str, url: &str) -> Result<String, String> {
-    lab.exec(
-        "client",
-        &[
-            "curl",
-            "-sS",
-            "-m",
-            "2",
-            "--interface",
-            src,
-            "--fail-with-body",
-            url,
-        ],
-    )
-    .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -198,267 +135,40 @@ mbufs = 4095
     });
 }
 
+/// The same case and assertions as `filter_e2e.rs`, on the workers' software tier.
 #[test]
 fn dpdk_denied_cidrs_get_nothing_and_allowed_get_200_on_ipv4_and_ipv6() {
-    lab_test("dpdk_cidr", || {
-        let lab = Lab::up(1);
-        lab.exec(
-            "client",
-            &["ip", "addr", "add", &format!("{CLIENT2}/24"), "dev", "eth0"],
-        )
-        .unwrap();
-        lab.exec(
-            "client",
-            &[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                "fd77::22/64",
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )
-        .unwrap();
-        let cfg = lab.config_with(
-            "deny.toml",
-            &format!(
-                r#"{}
-[filter]
-[[filter.cidr]]
-id = "deny-client2"
-action = "deny"
-cidrs = ["10.77.0.22/32", "fd77::22/128"]
-"#,
-                dpdk_section(1)
-            ),
-        );
-        let engine = lab.start_engine_with(&cfg, "dpdk", 1);
-        let before = engine.stats();
-        assert!(
-            curl_from(&lab, "10.77.0.2", &format!("http://{VIP}/ok"))
-                .unwrap()
-                .contains("path=/ok")
-        );
-        assert!(
-            curl_from(&lab, "fd77::2", "http://[fd77::10]/ok6")
-                .unwrap()
-                .contains("path=/ok6")
-        );
-        assert!(curl_from(&lab, CLIENT2, &format!("http://{VIP}/no")).is_err());
-        assert!(curl_from(&lab, "fd77::22", "http://[fd77::10]/no6").is_err());
-        let after = engine.stats();
-        assert!(
-            grew(&before, &after, "xdp_rule_deny-client2_packets") >= 2,
-            "{after:?}"
-        );
-        assert!(
-            grew(&before, &after, "xdp_drop_deny_packets") >= 2,
-            "{after:?}"
-        );
-        // The host keeps answering a denied source (af_packet taps a copy;
-        // the kernel path is untouched).
-        assert!(
-            curl_from(&lab, CLIENT2, "http://10.77.0.1/host")
-                .unwrap()
-                .contains("edge host kernel")
-        );
-    });
+    filter_cases::denied_cidrs(&Tier::dpdk("net_af_packet0,iface=eth0,qpairs=1"));
 }
 
+/// The same case and assertions as `filter_e2e.rs`, on the workers' software tier.
 #[test]
 fn dpdk_a_source_above_its_rate_is_cut_to_the_rate_and_others_are_unaffected() {
-    lab_test("dpdk_rate", || {
-        let lab = Lab::up(1);
-        lab.exec(
-            "client",
-            &["ip", "addr", "add", &format!("{CLIENT2}/24"), "dev", "eth0"],
-        )
-        .unwrap();
-        let (pps, burst) = (500u64, 50u64);
-        let cfg = lab.config_with(
-            "rate.toml",
-            &format!(
-                r#"{}
-[filter]
-[[filter.rate]]
-id = "per-source-udp"
-key = "source"
-protocol = "udp"
-pps = {pps}
-burst_packets = {burst}
-"#,
-                dpdk_section(1)
-            ),
-        );
-        let engine = lab.start_engine_with(&cfg, "dpdk", 1);
-        let (edge, client) = (lab.mac("edge"), lab.mac("client"));
-        let flood: Vec<_> = (0..6000)
-            .map(|_| frames::udp4(edge, client, [10, 77, 0, 22], VIP4, 9, 64))
-            .collect();
-        let before = engine.stats();
-        let other = std::thread::scope(|s| {
-            let h = s.spawn(|| {
-                (0..10)
-                    .map(|i| {
-                        curl_from(&lab, "10.77.0.2", &format!("http://{VIP}/other{i}")).is_ok()
-                    })
-                    .filter(|ok| *ok)
-                    .count()
-            });
-            let r = send_frames(&lab.ns("client"), flood, 4 * pps).unwrap();
-            (h.join().unwrap(), r)
-        });
-        let (ok, (sent, secs)) = other;
-        assert_eq!(ok, 10, "another source was affected");
-        let after = engine.stats();
-        let dropped = grew(&before, &after, "xdp_rule_per-source-udp_packets");
-        assert_eq!(
-            grew(&before, &after, "xdp_drop_rate_packets"),
-            dropped,
-            "{after:?}"
-        );
-        let passed = sent as u64 - dropped;
-        let expected = pps as f64 * secs + burst as f64;
-        let ratio = passed as f64 / expected;
-        eprintln!(
-            "sent {sent} in {secs:.2}s, passed {passed}, expected {expected:.0}, ratio {ratio:.3}"
-        );
-        assert!(
-            (0.9..=1.1).contains(&ratio),
-            "passed {passed} vs expected {expected:.0} (ratio {ratio:.3})"
-        );
-    });
+    filter_cases::source_rate_limit(&Tier::dpdk("net_af_packet0,iface=eth0,qpairs=1"));
 }
 
+/// The same case and assertions as `filter_e2e.rs`, on the workers' software tier.
 #[test]
 fn dpdk_allow_list_mode_admits_only_listed_sources() {
-    lab_test("dpdk_allow_list", || {
-        let lab = Lab::up(1);
-        lab.exec(
-            "client",
-            &["ip", "addr", "add", &format!("{CLIENT2}/24"), "dev", "eth0"],
-        )
-        .unwrap();
-        let cfg = lab.config_with(
-            "allow.toml",
-            &format!(
-                r#"{}
-[filter]
-mode = "allow_list"
-[[filter.cidr]]
-id = "office"
-action = "allow"
-cidrs = ["10.77.0.22/32", "fd77::/64"]
-"#,
-                dpdk_section(1)
-            ),
-        );
-        let engine = lab.start_engine_probe(&cfg, "dpdk", 1, false);
-        // Upstream replies from the origin (not allow-listed) still arrive.
-        assert!(
-            curl_from(&lab, CLIENT2, &format!("http://{VIP}/in"))
-                .unwrap()
-                .contains("path=/in")
-        );
-        assert!(
-            curl_from(&lab, "fd77::2", "http://[fd77::10]/in6")
-                .unwrap()
-                .contains("path=/in6")
-        );
-        assert!(curl_from(&lab, "10.77.0.2", &format!("http://{VIP}/out")).is_err());
-        let s = engine.stats();
-        assert!(s["xdp_drop_not_allowed_packets"] >= 1, "{s:?}");
-        assert!(s["xdp_rule_not-allow-listed_packets"] >= 1, "{s:?}");
-        assert!(s["xdp_rule_office_packets"] >= 2, "{s:?}");
-        assert!(s["xdp_rule_upstreams_packets"] >= 2, "{s:?}");
-    });
+    filter_cases::allow_list_mode(&Tier::dpdk("net_af_packet0,iface=eth0,qpairs=1"));
 }
 
+/// The same case and assertions as `filter_e2e.rs`, on the workers' software tier.
 #[test]
 fn dpdk_malformed_frames_are_dropped_and_counted_like_xdp() {
-    lab_test("dpdk_malformed", || {
-        let lab = Lab::up(1);
-        // The af_xdp PMD sees frames as the NIC does; through the af_packet
-        // PMD the kernel reassembles (or holds) IPv4 fragments before the
-        // vdev sees them (observed here: IPv4 fragments never arrive).
-        let cfg = lab.config_with(
-            "m.toml",
-            r#"
-[engine.dpdk]
-vdevs = ["net_af_xdp0,iface=eth0,start_queue=0,queue_count=1"]
-hugepages = false
-memory_mb = 256
-mbufs = 4095
-"#,
-        );
-        let engine = lab.start_engine_with(&cfg, "dpdk", 1);
-        let before = engine.stats();
-        let script = ferrogate_tests::workspace().join("tests/scripts/malformed_full.py");
-        let mac = lab.edge_mac();
-        let out = lab
-            .exec(
-                "client",
-                &["/usr/bin/python3", script.to_str().unwrap(), "eth0", &mac],
-            )
-            .expect("scapy sender");
-        let sent: HashMap<String, u64> = out
-            .lines()
-            .filter_map(|l| {
-                l.split_once(' ')
-                    .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
-            })
-            .collect();
-        let after = engine.stats();
-        let g = |k: &str| grew(&before, &after, k);
-        eprintln!("sent {sent:?}");
-        // The same assertions as filter_e2e's XDP case, on the worker-side tier.
-        assert_eq!(
-            g("xdp_drop_fragment_vip_packets"),
-            sent["fragments"],
-            "{after:?}"
-        );
-        assert_eq!(
-            g("xdp_bad_tcp_flags_packets"),
-            sent["bogus_flags"],
-            "{after:?}"
-        );
-        assert!(
-            g("xdp_malformed_ipv6_packets") >= sent["ext_chain_too_long"] + sent["ext_truncated"],
-            "{after:?}"
-        );
-        assert!(
-            g("xdp_malformed_ipv4_packets")
-                + g("xdp_malformed_l4_packets")
-                + g("xdp_malformed_ipv6_packets")
-                >= sent["truncations"],
-            "{after:?}"
-        );
-        assert!(
-            g("xdp_ipv6_vip_packets") >= sent["ext_chain_ok"],
-            "{after:?}"
-        );
-        let mut e = engine;
-        assert!(e.is_running(), "{}", e.log());
-        assert!(
-            lab.curl(&format!("http://{VIP}/still"))
-                .unwrap()
-                .contains("path=/still")
-        );
-        assert!(e.stop().unwrap().success());
-    });
+    // Through net_af_xdp: the af_packet PMD sees IPv4 fragments only after
+    // the kernel held or reassembled them; the af_xdp PMD sees frames as the
+    // NIC does.
+    filter_cases::malformed_frames(&Tier::dpdk(
+        "net_af_xdp0,iface=eth0,start_queue=0,queue_count=1",
+    ));
 }
 
 #[test]
 fn dpdk_sighup_swaps_the_filter_rules() {
     lab_test("dpdk_reload", || {
         let lab = Lab::up(1);
-        lab.exec(
-            "client",
-            &["ip", "addr", "add", &format!("{CLIENT2}/24"), "dev", "eth0"],
-        )
-        .unwrap();
+        add_client2(&lab);
         let cfg = lab.config_with("live.toml", &dpdk_section(1));
         let engine = lab.start_engine_with(&cfg, "dpdk", 1);
         assert!(curl_from(&lab, CLIENT2, &format!("http://{VIP}/before")).is_ok());

@@ -5,201 +5,23 @@ use std::time::{Duration, Instant};
 
 use ferrogate_tests::{HttpConn, Lab, VIP, enter_netns, frames, lab_test, send_frames, workspace};
 
+use ferrogate_tests::filter_cases::{self, CLIENT2, Tier, add_client2, curl_from, grew};
+
 const VIP4: [u8; 4] = [10, 77, 0, 10];
-/// A second client address, for "another source" cases.
-const CLIENT2: &str = "10.77.0.22";
-
-fn add_client2(lab: &Lab) {
-    lab.exec(
-        "client",
-        &["ip", "addr", "add", &format!("{CLIENT2}/24"), "dev", "eth0"],
-    )
-    .unwrap();
-}
-
-fn curl_from(lab: &Lab, src: &str, url: &str) -> Result<String, String> {
-    lab.exec(
-        "client",
-        &[
-            "curl",
-            "-sS",
-            "-m",
-            "2",
-            "--interface",
-            src,
-            "--fail-with-body",
-            url,
-        ],
-    )
-    .map_err(|e| e.to_string())
-}
-
-fn grew(
-    before: &std::collections::HashMap<String, u64>,
-    after: &std::collections::HashMap<String, u64>,
-    k: &str,
-) -> u64 {
-    after
-        .get(k)
-        .copied()
-        .unwrap_or(0)
-        .saturating_sub(before.get(k).copied().unwrap_or(0))
-}
 
 #[test]
 fn denied_cidrs_get_nothing_and_allowed_get_200_on_ipv4_and_ipv6() {
-    lab_test("cidr", || {
-        let lab = Lab::up(1);
-        add_client2(&lab);
-        let cfg = lab.config_with(
-            "deny.toml",
-            r#"
-[filter]
-[[filter.cidr]]
-id = "deny-client2"
-action = "deny"
-cidrs = ["10.77.0.22/32", "fd77::22/128"]
-"#,
-        );
-        lab.exec(
-            "client",
-            &[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                "fd77::22/64",
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )
-        .unwrap();
-        let engine = lab.start_engine_with(&cfg, "af_xdp", 1);
-        let before = engine.stats();
-        // Allowed sources, both families.
-        assert!(
-            curl_from(&lab, "10.77.0.2", &format!("http://{VIP}/ok"))
-                .unwrap()
-                .contains("path=/ok")
-        );
-        assert!(
-            curl_from(&lab, "fd77::2", "http://[fd77::10]/ok6")
-                .unwrap()
-                .contains("path=/ok6")
-        );
-        // Denied sources: nothing comes back.
-        assert!(curl_from(&lab, CLIENT2, &format!("http://{VIP}/no")).is_err());
-        assert!(curl_from(&lab, "fd77::22", "http://[fd77::10]/no6").is_err());
-        let after = engine.stats();
-        assert!(
-            grew(&before, &after, "xdp_rule_deny-client2_packets") >= 2,
-            "{after:?}"
-        );
-        assert!(
-            grew(&before, &after, "xdp_drop_deny_packets") >= 2,
-            "{after:?}"
-        );
-        // The host is never filtered, even for a denied source.
-        assert!(
-            curl_from(&lab, CLIENT2, "http://10.77.0.1/host")
-                .unwrap()
-                .contains("edge host kernel")
-        );
-    });
+    filter_cases::denied_cidrs(&Tier::xdp());
 }
 
 #[test]
 fn allow_list_mode_admits_only_listed_sources() {
-    lab_test("allow_list", || {
-        let lab = Lab::up(1);
-        add_client2(&lab);
-        let cfg = lab.config_with(
-            "allow.toml",
-            r#"
-[filter]
-mode = "allow_list"
-[[filter.cidr]]
-id = "office"
-action = "allow"
-cidrs = ["10.77.0.22/32", "fd77::/64"]
-"#,
-        );
-        let engine = lab.start_engine_probe(&cfg, "af_xdp", 1, false);
-        // Upstream replies from the origin (not allow-listed) still arrive.
-        assert!(
-            curl_from(&lab, CLIENT2, &format!("http://{VIP}/in"))
-                .unwrap()
-                .contains("path=/in")
-        );
-        assert!(
-            curl_from(&lab, "fd77::2", "http://[fd77::10]/in6")
-                .unwrap()
-                .contains("path=/in6")
-        );
-        assert!(curl_from(&lab, "10.77.0.2", &format!("http://{VIP}/out")).is_err());
-        let s = engine.stats();
-        assert!(s["xdp_drop_not_allowed_packets"] >= 1, "{s:?}");
-        assert!(s["xdp_rule_not-allow-listed_packets"] >= 1, "{s:?}");
-        assert!(s["xdp_rule_office_packets"] >= 2, "{s:?}");
-        assert!(s["xdp_rule_upstreams_packets"] >= 2, "{s:?}");
-    });
+    filter_cases::allow_list_mode(&Tier::xdp());
 }
 
 #[test]
 fn a_source_above_its_rate_is_cut_to_the_rate_and_others_are_unaffected() {
-    lab_test("rate", || {
-        let lab = Lab::up(1);
-        add_client2(&lab);
-        let (pps, burst) = (500u64, 50u64);
-        let cfg = lab.config_with(
-            "rate.toml",
-            &format!(
-                r#"
-[filter]
-[[filter.rate]]
-id = "per-source-udp"
-key = "source"
-protocol = "udp"
-pps = {pps}
-burst_packets = {burst}
-"#
-            ),
-        );
-        let engine = lab.start_engine_with(&cfg, "af_xdp", 1);
-        let (edge, client) = (lab.mac("edge"), lab.mac("client"));
-        let flood: Vec<_> = (0..6000)
-            .map(|_| frames::udp4(edge, client, [10, 77, 0, 22], VIP4, 9, 64))
-            .collect();
-        let before = engine.stats();
-        // Another source keeps being served while .22 floods at 4x its rate.
-        let other = std::thread::scope(|s| {
-            let h = s.spawn(|| {
-                (0..10)
-                    .map(|i| {
-                        curl_from(&lab, "10.77.0.2", &format!("http://{VIP}/other{i}")).is_ok()
-                    })
-                    .filter(|ok| *ok)
-                    .count()
-            });
-            let r = send_frames(&lab.ns("client"), flood, 4 * pps).unwrap();
-            (h.join().unwrap(), r)
-        });
-        let (ok, (sent, secs)) = other;
-        assert_eq!(ok, 10, "another source was affected");
-        let after = engine.stats();
-        let dropped = grew(&before, &after, "xdp_rule_per-source-udp_packets");
-        let passed = sent as u64 - dropped;
-        let expected = pps as f64 * secs + burst as f64;
-        let ratio = passed as f64 / expected;
-        eprintln!(
-            "sent {sent} in {secs:.2}s, passed {passed}, expected {expected:.0}, ratio {ratio:.3}"
-        );
-        assert!(
-            (0.9..=1.1).contains(&ratio),
-            "passed {passed} vs expected {expected:.0} (ratio {ratio:.3})"
-        );
-    });
+    filter_cases::source_rate_limit(&Tier::xdp());
 }
 
 #[test]
@@ -404,64 +226,7 @@ fn rules_change_under_load_without_failed_requests_and_apply_within_a_second() {
 
 #[test]
 fn malformed_truncations_ext_headers_fragments_and_bogus_flags_are_dropped_and_counted() {
-    lab_test("malformed_full", || {
-        let lab = Lab::up(1);
-        let engine = lab.start_engine_with(&lab.config_with("m.toml", ""), "af_xdp", 1);
-        let before = engine.stats();
-        let script = workspace().join("tests/scripts/malformed_full.py");
-        let mac = lab.edge_mac();
-        let out = lab
-            .exec(
-                "client",
-                &["/usr/bin/python3", script.to_str().unwrap(), "eth0", &mac],
-            )
-            .expect("scapy sender");
-        let sent: std::collections::HashMap<String, u64> = out
-            .lines()
-            .filter_map(|l| {
-                l.split_once(' ')
-                    .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
-            })
-            .collect();
-        let after = engine.stats();
-        let g = |k: &str| grew(&before, &after, k);
-        eprintln!("sent {sent:?}");
-        assert_eq!(
-            g("xdp_drop_fragment_vip_packets"),
-            sent["fragments"],
-            "{after:?}"
-        );
-        assert_eq!(
-            g("xdp_bad_tcp_flags_packets"),
-            sent["bogus_flags"],
-            "{after:?}"
-        );
-        assert!(
-            g("xdp_malformed_ipv6_packets") >= sent["ext_chain_too_long"] + sent["ext_truncated"],
-            "{after:?}"
-        );
-        // Every truncation of a TCP SYN that cuts into IP or TCP is counted.
-        assert!(
-            g("xdp_malformed_ipv4_packets")
-                + g("xdp_malformed_l4_packets")
-                + g("xdp_malformed_ipv6_packets")
-                >= sent["truncations"],
-            "{after:?}"
-        );
-        // Valid extension chains still reach the stack (and are answered or ignored there).
-        assert!(
-            g("xdp_ipv6_vip_packets") >= sent["ext_chain_ok"],
-            "{after:?}"
-        );
-        let mut e = engine;
-        assert!(e.is_running(), "{}", e.log());
-        assert!(
-            lab.curl(&format!("http://{VIP}/still"))
-                .unwrap()
-                .contains("path=/still")
-        );
-        assert!(e.stop().unwrap().success());
-    });
+    filter_cases::malformed_frames(&Tier::xdp());
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferrogate_tests::{EDGE_HOST_IP, HttpConn, Lab, VIP, enter_netns, lab_test, workspace};
+use ferrogate_tests::{EDGE_HOST_IP, Lab, VIP, keep_alive_load, lab_test, workspace};
 
 /// curl to the VIP returns the origin's body (it names the origin).
 fn assert_proxied(lab: &Lab) {
@@ -15,40 +15,6 @@ fn assert_proxied(lab: &Lab) {
         body.contains("origin 10.77.0.3:8080") && body.contains("path=/hello?x=1"),
         "unexpected body {body:?}"
     );
-}
-
-/// 2,000 requests over 50 concurrent keep-alive connections; returns failures.
-fn keep_alive_load(lab: &Lab, conns: usize, per_conn: usize) -> (usize, Vec<String>) {
-    let ns = lab.ns("client");
-    let handles: Vec<_> = (0..conns)
-        .map(|c| {
-            let ns = ns.clone();
-            std::thread::spawn(move || -> Result<usize, String> {
-                enter_netns(&ns).map_err(|e| e.to_string())?;
-                let mut conn = HttpConn::connect(&format!("{VIP}:80"))
-                    .map_err(|e| format!("conn {c}: connect: {e}"))?;
-                for i in 0..per_conn {
-                    let path = format!("/load/{c}/{i}");
-                    let (status, body) = conn
-                        .get("lab", &path)
-                        .map_err(|e| format!("conn {c} req {i}: {e}"))?;
-                    if status != 200 || !body.contains(&format!("path={path}")) {
-                        return Err(format!("conn {c} req {i}: {status} {body:?}"));
-                    }
-                }
-                Ok(per_conn)
-            })
-        })
-        .collect();
-    let mut ok = 0;
-    let mut errors = vec![];
-    for h in handles {
-        match h.join().expect("client thread") {
-            Ok(n) => ok += n,
-            Err(e) => errors.push(e),
-        }
-    }
-    (ok, errors)
 }
 
 fn no_kernel_listener_on_vip(lab: &Lab) {
