@@ -184,16 +184,19 @@ where
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 active.fetch_add(1, Ordering::AcqRel);
-                let (active, handler, token) = (active.clone(), handler.clone(), token.clone());
+                let slot = active.clone();
+                let (handler, token) = (handler.clone(), token.clone());
                 let spawned = std::thread::Builder::new()
                     .name("fg-admin-conn".into())
                     .spawn(move || {
                         if let Err(e) = handle(s, token.as_deref().map(|t| t.as_str()), &handler) {
                             tracing::debug!(error = %e, "admin connection");
                         }
-                        active.fetch_sub(1, Ordering::AcqRel);
+                        slot.fetch_sub(1, Ordering::AcqRel);
                     });
                 if spawned.is_err() {
+                    // The closure (and its stream) is gone: give the slot back.
+                    active.fetch_sub(1, Ordering::AcqRel);
                     tracing::warn!("admin: cannot spawn a connection thread");
                 }
             }
@@ -381,11 +384,7 @@ const ENGINE_PATHS: &[&str] = &[
 /// The engine process's API: the operator endpoints plus the `/v1/…`
 /// protocol the control daemon speaks.
 pub fn engine_handler(tx: mpsc::Sender<Request>) -> Handler {
-    let tx = std::sync::Mutex::new(tx);
-    Arc::new(move |req: HttpRequest| {
-        let tx = tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        engine_dispatch(req, &tx)
-    })
+    Arc::new(move |req: HttpRequest| engine_dispatch(req, &tx))
 }
 
 fn engine_dispatch(req: HttpRequest, tx: &mpsc::Sender<Request>) -> (Reply, &'static str) {

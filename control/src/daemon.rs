@@ -390,15 +390,13 @@ impl Daemon {
             .source
             .clone()
             .unwrap_or_else(|| PathBuf::from("<admin-request>"));
-        let v = admin::validate(&req.body, &source);
-        if v.status != 200 {
+        // Refused here, with the errors located in the operator's file, so
+        // a bad config never reaches the engine.
+        if let Err(e) = crate::config::compile(&source, &req.body) {
             let running = self.state().engine_version.clone();
             return Reply::err(
                 422,
-                format!(
-                    "{}running version {running} unchanged\n",
-                    v.body.trim_end_matches("configuration invalid\n")
-                ),
+                format!("{e}\nconfiguration invalid; running version {running} unchanged\n"),
             );
         }
         match self.push(&req.body, &source) {

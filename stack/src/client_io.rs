@@ -141,6 +141,10 @@ impl ClientIo {
     }
 
     /// What the upstream request head says about this connection.
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, ClientIo::Tls(_))
+    }
+
     pub(crate) fn forwarding(&self) -> crate::http::head::Forwarding<'_> {
         match self {
             ClientIo::Plain => Default::default(),

@@ -539,11 +539,17 @@ impl Conn {
             .map(|e| std::net::SocketAddr::new(e.addr.into(), e.port));
         let a = &mut self.access;
         a.at_us = cx.now.total_micros();
-        a.duration_us = (cx.now - self.started).total_micros();
+        // An error before any head parsed (garbage, a head timeout) has no
+        // request start of its own.
+        a.duration_us = if a.method.is_empty() {
+            0
+        } else {
+            (cx.now - self.started).total_micros()
+        };
         a.status = status;
         a.client = client;
         a.listener_port = self.listener_port;
-        a.tls = self.io.forwarding().https;
+        a.tls = self.io.is_tls();
         a.upstream = self.upstream.as_ref().map(|u| u.endpoint);
         a.retries = self.attempts;
         a.error = error;
