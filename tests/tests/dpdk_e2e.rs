@@ -13,18 +13,13 @@ use std::process::Command;
 use ferrogate_tests::filter_cases::{self, CLIENT2, Tier, add_client2, curl_from, grew};
 use ferrogate_tests::{Lab, VIP, ferrogate_bin, keep_alive_load, lab_test};
 
+/// The lab's edge NIC as a one-queue af_packet vdev.
+const AF_PACKET_1Q: &str = "net_af_packet0,iface=eth0,qpairs=1";
+
 /// `[engine.dpdk]` for the lab: an af_packet vdev with `queues` queue pairs
 /// on the edge's eth0, 256 MB of ordinary memory.
 fn dpdk_section(queues: u32) -> String {
-    format!(
-        r#"
-[engine.dpdk]
-vdevs = ["net_af_packet0,iface=eth0,qpairs={queues}"]
-hugepages = false
-memory_mb = 256
-mbufs = 4095
-"#
-    )
+    Tier::dpdk(&format!("net_af_packet0,iface=eth0,qpairs={queues}")).config
 }
 
 #[test]
@@ -138,19 +133,19 @@ mbufs = 4095
 /// The same case and assertions as `filter_e2e.rs`, on the workers' software tier.
 #[test]
 fn dpdk_denied_cidrs_get_nothing_and_allowed_get_200_on_ipv4_and_ipv6() {
-    filter_cases::denied_cidrs(&Tier::dpdk("net_af_packet0,iface=eth0,qpairs=1"));
+    filter_cases::denied_cidrs(&Tier::dpdk(AF_PACKET_1Q));
 }
 
 /// The same case and assertions as `filter_e2e.rs`, on the workers' software tier.
 #[test]
 fn dpdk_a_source_above_its_rate_is_cut_to_the_rate_and_others_are_unaffected() {
-    filter_cases::source_rate_limit(&Tier::dpdk("net_af_packet0,iface=eth0,qpairs=1"));
+    filter_cases::source_rate_limit(&Tier::dpdk(AF_PACKET_1Q));
 }
 
 /// The same case and assertions as `filter_e2e.rs`, on the workers' software tier.
 #[test]
 fn dpdk_allow_list_mode_admits_only_listed_sources() {
-    filter_cases::allow_list_mode(&Tier::dpdk("net_af_packet0,iface=eth0,qpairs=1"));
+    filter_cases::allow_list_mode(&Tier::dpdk(AF_PACKET_1Q));
 }
 
 /// The same case and assertions as `filter_e2e.rs`, on the workers' software tier.
@@ -253,56 +248,40 @@ fn free_hugepages() -> u64 {
 fn dpdk_start_up_errors_are_one_clear_line_each() {
     lab_test("dpdk_errors", || {
         let lab = Lab::up(1);
-        let dir: PathBuf = lab.state_dir();
-        let base =
-            std::fs::read_to_string(ferrogate_tests::workspace().join("configs/lab.toml")).unwrap();
-        let write = |name: &str, extra: &str| {
-            let p = dir.join(name);
-            std::fs::write(&p, format!("{base}\n{extra}\n")).unwrap();
-            p
-        };
-        let state = dir.join("state");
+        let state = lab.state_dir().join("state");
         let edge = lab.ns("edge");
-
-        // A port that is not there.
-        let c = write(
-            "noport.toml",
-            "[engine.dpdk]\nvdevs = [\"net_null0\"]\nport = \"net_null7\"\nhugepages = false\nmemory_mb = 128\n",
-        );
-        let (code, out) = run_to_exit(&c, &state, Some(&edge));
-        let line = dpdk_error_line(code, &out);
-        assert!(
-            line.contains("port \"net_null7\" not found") && line.contains("net_null0"),
-            "{line}"
-        );
-
-        // A vdev that does not probe (its interface is not in the namespace).
-        let c = write(
-            "novdev.toml",
-            "[engine.dpdk]\nvdevs = [\"net_af_packet0,iface=fgnosuch0\"]\nhugepages = false\nmemory_mb = 128\n",
-        );
-        let (code, out) = run_to_exit(&c, &state, Some(&edge));
-        let line = dpdk_error_line(code, &out);
-        assert!(
-            line.contains("net_af_packet0") && line.contains("did not probe"),
-            "{line}"
-        );
-
-        // An EAL failure (an option it does not know).
-        let c = write(
-            "eal.toml",
-            "[engine.dpdk]\nvdevs = [\"net_null0\"]\nhugepages = false\nmemory_mb = 128\neal_args = [\"--fg-no-such-option\"]\n",
-        );
-        let (code, out) = run_to_exit(&c, &state, Some(&edge));
-        let line = dpdk_error_line(code, &out);
-        assert!(
-            line.contains("EAL initialisation failed") && line.contains("--fg-no-such-option"),
-            "{line}"
-        );
+        // (config, what the one error line must name)
+        let cases: [(&str, &str, &[&str]); 3] = [
+            (
+                "noport.toml",
+                "[engine.dpdk]\nvdevs = [\"net_null0\"]\nport = \"net_null7\"\nhugepages = false\nmemory_mb = 128\n",
+                &["port \"net_null7\" not found", "net_null0"],
+            ),
+            // Its interface is not in the namespace: the vdev does not probe.
+            (
+                "novdev.toml",
+                "[engine.dpdk]\nvdevs = [\"net_af_packet0,iface=fgnosuch0\"]\nhugepages = false\nmemory_mb = 128\n",
+                &["net_af_packet0", "did not probe"],
+            ),
+            // An EAL failure: an option it does not know.
+            (
+                "eal.toml",
+                "[engine.dpdk]\nvdevs = [\"net_null0\"]\nhugepages = false\nmemory_mb = 128\neal_args = [\"--fg-no-such-option\"]\n",
+                &["EAL initialisation failed", "--fg-no-such-option"],
+            ),
+        ];
+        for (name, extra, wants) in cases {
+            let c = lab.config_with(name, extra);
+            let (code, out) = run_to_exit(&c, &state, Some(&edge));
+            let line = dpdk_error_line(code, &out);
+            for w in wants {
+                assert!(line.contains(w), "{name}: {line}");
+            }
+        }
 
         // Hugepages asked for but none free (only checkable where none are reserved).
         if free_hugepages() == 0 {
-            let c = write(
+            let c = lab.config_with(
                 "huge.toml",
                 "[engine.dpdk]\nvdevs = [\"net_null0\"]\nhugepages = true\n",
             );
@@ -317,7 +296,7 @@ fn dpdk_start_up_errors_are_one_clear_line_each() {
         }
 
         // A bad [engine.dpdk] key is a config error with file:line:col.
-        let c = write(
+        let c = lab.config_with(
             "badcfg.toml",
             "[engine.dpdk]\nvdevs = [\"net_null0\"]\nmbufs = 4095\nmbuf_cache = 4000\n",
         );
