@@ -132,6 +132,10 @@ impl Daemon {
         self.engine_with(method, path, body, &[])
     }
 
+    /// How long a hello may take: it is a liveness check, and the daemon's
+    /// loop (and its SIGTERM) waits on it.
+    const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
     fn engine_with(
         &self,
         method: &str,
@@ -150,7 +154,14 @@ impl Daemon {
     }
 
     fn hello(&self) -> Result<Hello> {
-        let r = self.engine("GET", "/v1/hello", None)?;
+        let r = admin::call_with(
+            &self.args.engine_socket,
+            "GET",
+            "/v1/hello",
+            None,
+            &[],
+            Self::HELLO_TIMEOUT,
+        )?;
         if r.status != 200 {
             bail!("engine refused hello ({}): {}", r.status, r.body.trim_end());
         }
@@ -248,6 +259,12 @@ impl Daemon {
         if !force && self.state().file_hash == Some(hash) {
             return;
         }
+        if !self.state().engine_connected {
+            // Decided once the engine answers a hello: it may already run
+            // this file (it starts from it), which must not become a new
+            // version. Looked at again on the next tick.
+            return;
+        }
         self.state().file_hash = Some(hash);
         if !force && self.remembered_file_hash() == Some(hash) {
             return; // applied before (by an earlier daemon)
@@ -263,7 +280,7 @@ impl Daemon {
             }
         }
         let engine_hash = self.state().engine_hash;
-        if !force && self.state().engine_connected && engine_hash == hash {
+        if !force && engine_hash == hash {
             // The engine already runs it (it started from this file).
             self.adopt(text, path.clone(), hash);
             self.remember_file_hash(hash);

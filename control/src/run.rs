@@ -450,6 +450,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     }
     tracing::info!("shutting down");
+    // Requests still queued (or arriving) get "shutting down" at once
+    // instead of waiting out their timeout on a loop that has ended.
+    drop(rx);
     if let Some(p) = socket {
         let _ = std::fs::remove_file(p);
     }
