@@ -37,6 +37,21 @@ pub struct DaemonArgs {
 /// daemon applied: a file changed while the daemon was down is noticed.
 const FILE_HASH: &str = "control-file-hash";
 
+/// How long a changed file must hold still before the watch applies it.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Why the daemon looks at the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// The periodic watch: a change is applied once it holds still.
+    Watch,
+    /// SIGHUP: the operator says the file is complete; it is pushed at
+    /// once unless the engine already runs it and no file it names changed.
+    Signal,
+    /// A file the configuration names changed: the file is pushed again.
+    NamedChange,
+}
+
 /// What the daemon wants the engine to run.
 #[derive(Debug, Clone)]
 struct Desired {
@@ -50,6 +65,9 @@ struct State {
     desired: Option<Desired>,
     /// Hash of the file content last looked at.
     file_hash: Option<u64>,
+    /// A changed content seen once by the watch: applied when the next look
+    /// finds it unchanged (a file written in place is not taken half-done).
+    pending_hash: Option<u64>,
     engine_connected: bool,
     engine_version: String,
     engine_hash: u64,
@@ -247,27 +265,58 @@ impl Daemon {
     }
 
     /// Looks at the file: a changed, valid file is pushed; a changed,
-    /// invalid one is logged and the running version stays. `force`
-    /// (SIGHUP) pushes an unchanged file too: the files it names
-    /// (certificates, CIDR lists) may have changed.
-    fn check_file(&self, force: bool) {
+    /// invalid one is logged and the running version stays. Returns true
+    /// when the watch saw a change that must hold still until the next look.
+    fn check_file(&self, look: Look) -> bool {
         let path = &self.args.config;
         let Ok(text) = std::fs::read_to_string(path) else {
-            return;
+            return false;
         };
         let hash = content_hash(&text);
-        if !force && self.state().file_hash == Some(hash) {
-            return;
-        }
+        let force = match look {
+            Look::Watch => {
+                let mut st = self.state();
+                if st.file_hash == Some(hash) {
+                    st.pending_hash = None;
+                    return false;
+                }
+                if st.pending_hash != Some(hash) {
+                    // An editor or `>` may be half-way through writing it.
+                    st.pending_hash = Some(hash);
+                    return true;
+                }
+                false
+            }
+            Look::Signal => {
+                // One SIGHUP, at most one new version: a file the watch
+                // already applied (or that never changed) is not pushed
+                // again, unless a file it names changed.
+                let named = self.named_change().is_some();
+                let mut st = self.state();
+                if !named && st.engine_connected && st.engine_hash == hash {
+                    st.file_hash = Some(hash);
+                    st.pending_hash = None;
+                    drop(st);
+                    tracing::info!(config = %path.display(), "SIGHUP: the file and the files it names are unchanged; the engine already runs them");
+                    return false;
+                }
+                true
+            }
+            Look::NamedChange => true,
+        };
         if !self.state().engine_connected {
             // Decided once the engine answers a hello: it may already run
             // this file (it starts from it), which must not become a new
             // version. Looked at again on the next tick.
-            return;
+            return false;
         }
-        self.state().file_hash = Some(hash);
+        {
+            let mut st = self.state();
+            st.file_hash = Some(hash);
+            st.pending_hash = None;
+        }
         if !force && self.remembered_file_hash() == Some(hash) {
-            return; // applied before (by an earlier daemon)
+            return false; // applied before (by an earlier daemon)
         }
         match crate::config::compile(path, &text) {
             Ok(c) => self.watch_named(c.files),
@@ -276,7 +325,7 @@ impl Daemon {
                 st.file_rejected += 1;
                 st.last_error = Some(e.to_string());
                 tracing::error!(config = %path.display(), errors = %e, "configuration change rejected; the engine keeps its running version");
-                return;
+                return false;
             }
         }
         let engine_hash = self.state().engine_hash;
@@ -284,7 +333,7 @@ impl Daemon {
             // The engine already runs it (it started from this file).
             self.adopt(text, path.clone(), hash);
             self.remember_file_hash(hash);
-            return;
+            return false;
         }
         match self.push(&text, path) {
             Ok(r) if r.status == 200 => {
@@ -306,6 +355,7 @@ impl Daemon {
                 }
             }
         }
+        false
     }
 
     fn adopt(&self, text: String, source: PathBuf, hash: u64) {
@@ -554,21 +604,27 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         tracing::info!(%addr, "control API listening on TCP (bearer token)");
     }
     tracing::info!(config = %daemon.args.config.display(), engine = %daemon.args.engine_socket.display(), "ferrogate control daemon running");
-    let mut last = Instant::now() - daemon.args.watch;
+    // A change the watch sees is applied when a look this much later finds
+    // the same content.
+    let settle = daemon.args.watch.min(SETTLE);
+    let mut next_look = daemon.args.watch;
+    let mut last = Instant::now() - next_look;
     while !stop.load(Ordering::Relaxed) {
         if reload.swap(false, Ordering::Relaxed) {
-            tracing::info!(config = %daemon.args.config.display(), "SIGHUP: re-reading and re-applying the configuration");
+            tracing::info!(config = %daemon.args.config.display(), "SIGHUP: re-reading the configuration");
             daemon.check_engine();
-            daemon.check_file(true);
+            daemon.check_file(Look::Signal);
             last = Instant::now();
+            next_look = daemon.args.watch;
         }
-        if last.elapsed() >= daemon.args.watch {
+        if last.elapsed() >= next_look {
             last = Instant::now();
             daemon.check_engine();
-            daemon.check_file(false);
+            let pending = daemon.check_file(Look::Watch);
+            next_look = if pending { settle } else { daemon.args.watch };
             if let Some(changed) = daemon.named_change() {
                 tracing::info!(file = %changed.display(), "a file the configuration names changed; re-applying");
-                daemon.check_file(true);
+                daemon.check_file(Look::NamedChange);
             }
         }
         std::thread::sleep(Duration::from_millis(20));

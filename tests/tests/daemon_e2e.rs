@@ -190,6 +190,55 @@ fn a_changed_file_is_applied_without_a_signal_and_a_bad_one_is_refused() {
     });
 }
 
+/// The engine's apply counter, as `ctl status` shows it.
+fn apply_counter(lab: &Lab) -> u64 {
+    field(&ctl_ok(lab, &["status"]), "counter").parse().unwrap()
+}
+
+#[test]
+fn one_sighup_is_at_most_one_version_however_it_races_the_file_watch() {
+    lab_test("daemon_hup", || {
+        let lab = Lab::up(1);
+        let path = write_config(&lab, "hup.toml", "v0", "");
+        let engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let start = apply_counter(&lab);
+
+        // Nothing changed: the engine already runs the file, no new version.
+        // Waits until the daemon says so, or (the defect) applies it again.
+        const UNCHANGED: &str = "SIGHUP: the file and the files it names are unchanged";
+        engine.sighup();
+        let t0 = Instant::now();
+        while !engine.log().contains(UNCHANGED)
+            && apply_counter(&lab) == start
+            && t0.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(apply_counter(&lab), start, "an unchanged file became a new version");
+        assert!(engine.log().contains(UNCHANGED), "{}", engine.log());
+
+        // Edit, then SIGHUP: before the watch looks, while it waits for the
+        // file to hold still, and after it applied the edit itself (it looks
+        // every 250 ms). Each edit is exactly one new version.
+        for (i, delay_ms) in [0u64, 120, 300, 450, 700].into_iter().enumerate() {
+            let body = format!("v{}", i + 1);
+            std::fs::write(&path, respond_config(&body, "")).unwrap();
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            engine.sighup();
+            wait_body(&lab, "/v", &body);
+            // Give the watch time for two more looks before counting.
+            std::thread::sleep(Duration::from_millis(700));
+            assert_eq!(
+                apply_counter(&lab),
+                start + i as u64 + 1,
+                "edit {} with SIGHUP {delay_ms} ms later; log:\n{}",
+                i + 1,
+                engine.log()
+            );
+        }
+    });
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
