@@ -12,6 +12,7 @@ use ferrogate_ebpf::{
     AttachMode, CidrAction, CidrRule, FailMode, FilterRules, L4Rule, RateKey, RateRule,
 };
 use ferrogate_engine::{BackendChoice, EngineConfig, PollingMode};
+use ferrogate_stack::http::head::valid_host;
 use ferrogate_stack::upstream::{
     Balancer, BreakerPolicy, CheckKind, Endpoint, HashOn, HealthCheck, MAX_ENDPOINTS,
     PassivePolicy, PoolPolicy, RetryPolicy, UpstreamTimeouts,
@@ -604,6 +605,10 @@ pub struct UpstreamSection {
     /// Server name sent and verified (default: the endpoint's IP address).
     #[serde(default)]
     pub sni: Option<Spanned<String>>,
+    /// `Host` for requests that arrive without one (HTTP/1.0); default: the
+    /// `sni` name, else the endpoint's address (`ip[:port]`).
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1904,6 +1909,20 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
         if let Some(tls) = check_upstream_tls(i, u, rep) {
             pool = pool.with_tls(tls);
         }
+        match (&u.host, &u.sni) {
+            (Some(h), _) if h.get_ref().is_empty() || !valid_host(h.get_ref().as_bytes()) => {
+                rep.at(
+                    h.span(),
+                    format!("upstreams[{i}].host"),
+                    format!("{:?} is not host[:port]", h.get_ref()),
+                );
+            }
+            (Some(h), _) => pool = pool.with_host(h.get_ref().as_str()),
+            (None, Some(sni)) if pool.tls.is_some() => {
+                pool = pool.with_host(sni.get_ref().as_str())
+            }
+            _ => {}
+        }
         pools.push((name, Arc::new(pool)));
     }
 
@@ -2186,6 +2205,31 @@ upstream = "origin"
             Ok(_) => vec![],
             Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn pool_host_for_requests_without_one_is_checked() {
+        let with = |host: &str| {
+            GOOD.replace(
+                "endpoints = [\"10.77.0.3:8080\"]",
+                &format!("endpoints = [\"10.77.0.3:8080\"]\nhost = {host:?}"),
+            )
+        };
+        let c = compile(Path::new("t.toml"), &with("api.example:8080")).unwrap();
+        assert_eq!(
+            c.engine.routes.upstreams[0].host.as_deref(),
+            Some("api.example:8080")
+        );
+        for bad in ["", "a b", "evil.com/x", "user@evil"] {
+            let e = errors(&with(bad));
+            assert!(
+                e.iter()
+                    .any(|e| e.starts_with("t.toml:11:") && e.contains("upstreams[0].host")),
+                "{bad:?}: {e:?}"
+            );
+        }
+        let c = compile(Path::new("t.toml"), GOOD).unwrap();
+        assert_eq!(c.engine.routes.upstreams[0].host, None);
     }
 
     #[test]

@@ -102,6 +102,14 @@ enum Phase {
     },
     /// After `101 Switching Protocols`: bytes both ways until one side ends.
     Tunnel,
+    /// The answer is out and our FIN sent, but the client may still be
+    /// sending a body nobody will read: discard it until the client closes
+    /// too (or the drain's bounds), so that a reset does not destroy the
+    /// response in the client's receive buffer (a lingering close).
+    Drain {
+        fin_sent: bool,
+        left: usize,
+    },
     Close,
     Finished,
 }
@@ -110,6 +118,8 @@ enum Phase {
 const REQUEST_ID_MAX: usize = 64;
 /// Endpoints one request may try.
 const MAX_TRIES: usize = 8;
+/// Most request-body bytes a lingering close discards.
+const DRAIN_MAX_BYTES: usize = 4 << 20;
 
 /// Everything of the stack a connection may touch while it runs.
 pub(crate) struct Ctx<'a> {
@@ -170,6 +180,12 @@ pub(crate) struct Conn {
     hash_key: u64,
     /// Some request-body bytes went upstream: the request can't be resent.
     body_started: bool,
+    /// The request came without Host (HTTP/1.0): where in `request_head`
+    /// each attempt writes the one its pool and endpoint call for.
+    host_at: Option<usize>,
+    /// The upstream answered before the request body was complete: the
+    /// rest of it is not sent, and neither connection is kept.
+    body_abandoned: bool,
     upgrade: bool,
     route_id: Option<usize>,
     started: Instant,
@@ -239,6 +255,8 @@ impl Conn {
             tried_len: 0,
             hash_key: 0,
             body_started: false,
+            host_at: None,
+            body_abandoned: false,
             upgrade: false,
             route_id: None,
             started: now,
@@ -291,6 +309,7 @@ impl Conn {
                 Phase::ReadResponseHead => self.read_response_head(cx),
                 Phase::StreamResponse { .. } => self.stream_response(cx),
                 Phase::Tunnel => self.tunnel(cx),
+                Phase::Drain { .. } => self.drain(cx),
                 Phase::Close => self.close(cx),
                 Phase::Finished => false,
             };
@@ -492,6 +511,10 @@ impl Conn {
                     _ => 0,
                 };
                 self.upgrade = head::wants_upgrade(&req);
+                let has_host = req
+                    .headers
+                    .iter()
+                    .any(|h| h.name.eq_ignore_ascii_case("host"));
                 self.bufs.request_head.clear();
                 let generated = head::request_id(&req)
                     .is_none()
@@ -508,6 +531,8 @@ impl Conn {
                     return self
                         .fail_to_client(cx, ProxyError::BadRequest(head::HeadError::TooLarge));
                 }
+                // Before the blank line that ends the head.
+                self.host_at = (!has_host).then(|| self.bufs.request_head.len() - 2);
                 self.bufs.from_client.consume(info.head_len);
                 if info.expect_continue {
                     // Answer the expectation ourselves; the upstream never sees it.
@@ -518,6 +543,7 @@ impl Conn {
                 self.attempts = 0;
                 self.tried_len = 0;
                 self.body_started = false;
+                self.body_abandoned = false;
                 if let Some(p) = cx.registry.pool_mut(&upstream) {
                     p.begin_request(&upstream, cx.now);
                 }
@@ -600,8 +626,7 @@ impl Conn {
                 if claimed == Some(cur) {
                     self.ep = Some(cur);
                     cx.stats.upstream_reused += 1;
-                    self.begin_send();
-                    return true;
+                    return self.begin_send(cx);
                 }
                 if let Some(other) = claimed {
                     // The hash picked another endpoint: connect there.
@@ -687,12 +712,28 @@ impl Conn {
         true
     }
 
-    fn begin_send(&mut self) {
+    /// Starts sending the request over the attempt's connection.
+    fn begin_send(&mut self, cx: &mut Ctx<'_>) -> bool {
+        if let (Some(at), Some(pool), Some(up)) =
+            (self.host_at, &self.upstream_pool, &self.upstream)
+        {
+            // Every HTTP/1.1 request carries Host (RFC 9112 §3.2); the
+            // endpoint may differ from one attempt to the next.
+            let out = &mut self.bufs.request_head;
+            out.truncate(at);
+            let ok = out.extend(b"Host: ")
+                && pool.write_host(up.endpoint, out).is_ok()
+                && out.extend(b"\r\n\r\n");
+            if !ok {
+                return self.fail_to_client(cx, ProxyError::BadRequest(head::HeadError::TooLarge));
+            }
+        }
         let framing = self.request.map(|r| r.framing).unwrap_or(BodyFraming::None);
         self.phase = Phase::SendRequest {
             head_sent: 0,
             body: Body::from_framing(framing),
         };
+        true
     }
 
     fn connect(&mut self, cx: &mut Ctx<'_>) -> bool {
@@ -711,10 +752,7 @@ impl Conn {
                         tracing::debug!(endpoint = %up.endpoint, error = %e, "upstream TLS handshake failed");
                         return self.upstream_failed(cx, ProxyError::UpstreamTls);
                     }
-                    Ok(_) if !up.io.is_handshaking() => {
-                        self.begin_send();
-                        return true;
-                    }
+                    Ok(_) if !up.io.is_handshaking() => return self.begin_send(cx),
                     Ok(_) => {}
                 }
                 let sock = cx.sockets.tcp(up.handle);
@@ -728,10 +766,7 @@ impl Conn {
                 }
                 false
             }
-            tcp::State::Established => {
-                self.begin_send();
-                true
-            }
+            tcp::State::Established => self.begin_send(cx),
             tcp::State::Closed | tcp::State::TimeWait => {
                 self.upstream_failed(cx, ProxyError::UpstreamConnectFailed)
             }
@@ -745,6 +780,9 @@ impl Conn {
     fn send_request(&mut self, cx: &mut Ctx<'_>) -> bool {
         if self.client_gone(cx) {
             self.finish(cx, false);
+            return true;
+        }
+        if self.early_response(cx) {
             return true;
         }
         let upc = self.upstream.as_mut().expect("upstream");
@@ -819,6 +857,39 @@ impl Conn {
         moved
     }
 
+    /// While the request is still going up: has the upstream answered
+    /// already (an early 413 or 401, or a 200 from an origin that does not
+    /// read the body)? Then the answer goes to the client at once and the
+    /// rest of the body stays with the client. Interim 1xx are skipped.
+    fn early_response(&mut self, cx: &mut Ctx<'_>) -> bool {
+        self.fill_from_upstream(cx);
+        loop {
+            if self.bufs.from_upstream.is_empty() {
+                return false;
+            }
+            let is_head = self.request.is_some_and(|r| r.is_head);
+            let full = self.bufs.from_upstream.is_full();
+            match head::parse_response(self.bufs.from_upstream.filled(), is_head, full) {
+                Ok(Some(resp)) if resp.interim => self.bufs.from_upstream.consume(resp.head_len),
+                // Incomplete: keep sending. Broken: read_response_head says so.
+                Ok(None) => return false,
+                Ok(Some(_)) | Err(_) => break,
+            }
+        }
+        let unsent = match &self.phase {
+            Phase::SendRequest {
+                head_sent, body, ..
+            } => *head_sent < self.bufs.request_head.len() || !matches!(body, Body::Done),
+            _ => false,
+        };
+        if unsent {
+            self.body_abandoned = true;
+            cx.stats.early_responses += 1;
+        }
+        self.phase = Phase::ReadResponseHead;
+        true
+    }
+
     /// Reads what the upstream sent (decrypted, for TLS pools) into
     /// `from_upstream`. A TLS error ends the stream (`upstream_may_recv`).
     fn fill_from_upstream(&mut self, cx: &mut Ctx<'_>) -> usize {
@@ -860,7 +931,9 @@ impl Conn {
             }
             Ok(Some(resp)) => {
                 let req = self.request.expect("request in flight");
-                let keep_client = req.keep_alive && resp.framing != BodyFraming::UntilClose;
+                let keep_client = req.keep_alive
+                    && resp.framing != BodyFraming::UntilClose
+                    && !self.body_abandoned;
                 self.bufs.to_client.clear();
                 let ok = head::write_client_response(
                     &self.bufs.from_upstream.filled()[..resp.head_len],
@@ -895,7 +968,8 @@ impl Conn {
                 self.phase = Phase::StreamResponse {
                     body: Body::from_framing(resp.framing),
                     keep_client,
-                    keep_upstream: resp.reusable,
+                    // It never got the whole request: out of step.
+                    keep_upstream: resp.reusable && !self.body_abandoned,
                 };
                 true
             }
@@ -990,6 +1064,8 @@ impl Conn {
             if keep_client {
                 self.phase = Phase::ReadHead;
                 self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+            } else if self.body_abandoned {
+                self.start_drain(cx);
             } else {
                 self.phase = Phase::Close;
             }
@@ -1034,6 +1110,69 @@ impl Conn {
         self.drop_upstream(cx, false);
         self.phase = Phase::Finished;
         true
+    }
+
+    /// Closes after the response while the client may still be sending
+    /// the rest of a body (see `Phase::Drain`).
+    fn start_drain(&mut self, cx: &mut Ctx<'_>) {
+        self.drop_upstream(cx, false);
+        self.bufs.from_client.clear();
+        self.phase = Phase::Drain {
+            fin_sent: false,
+            left: DRAIN_MAX_BYTES,
+        };
+        self.deadline = after(cx.now, cx.cfg.timeouts.linger);
+    }
+
+    fn drain(&mut self, cx: &mut Ctx<'_>) -> bool {
+        if self.client_gone(cx) {
+            self.finish(cx, false);
+            return true;
+        }
+        let (flushed, mut moved) = self.flush_to_client(cx);
+        if !flushed {
+            if cx.now >= self.deadline {
+                self.finish(cx, true);
+                return true;
+            }
+            return moved;
+        }
+        let Phase::Drain { fin_sent, .. } = &mut self.phase else {
+            unreachable!()
+        };
+        if !*fin_sent {
+            if !self.io.close(cx.sockets.tcp(self.client)) {
+                return moved;
+            }
+            cx.tcp(self.client).close();
+            *fin_sent = true;
+            moved = true;
+        }
+        // Read and forget what the client still sends.
+        let sock = cx.sockets.tcp(self.client);
+        let got = match self.io.recv(sock, &mut self.bufs.from_client) {
+            Ok(n) => n,
+            Err(_) => {
+                self.finish(cx, false);
+                return true;
+            }
+        };
+        self.bufs.from_client.clear();
+        let Phase::Drain { left, .. } = &mut self.phase else {
+            unreachable!()
+        };
+        *left = left.saturating_sub(got);
+        let exhausted = *left == 0;
+        if !self.client_may_recv(cx) {
+            // The client is done too: an orderly close.
+            self.phase = Phase::Finished;
+            return true;
+        }
+        if exhausted || cx.now >= self.deadline {
+            self.finish(cx, true);
+            return true;
+        }
+        moved || got > 0
     }
 
     /// Ends the connection now; `reset` aborts the client socket.

@@ -105,6 +105,9 @@ pub struct Upstream {
     pub maglev: Option<Maglev>,
     /// TLS to the endpoints (`tls = true`), compiled once per snapshot.
     pub tls: Option<Arc<UpstreamTls>>,
+    /// `Host` sent for requests that arrive without one (HTTP/1.0); None:
+    /// the endpoint's authority, as nginx's `$proxy_host`.
+    pub host: Option<Box<str>>,
 }
 
 #[derive(Debug, Clone)]
@@ -287,6 +290,32 @@ impl Upstream {
             policy,
             maglev,
             tls: None,
+            host: None,
+        }
+    }
+
+    /// The same pool, sending `host` to requests without a Host header.
+    pub fn with_host(mut self, host: impl Into<Box<str>>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// Writes the `Host` value for a request to `endpoint` that came
+    /// without one: the pool's `host`, else the endpoint's authority (the
+    /// port left out when it is the scheme's default).
+    pub fn write_host(
+        &self,
+        endpoint: SocketAddr,
+        out: &mut impl std::fmt::Write,
+    ) -> std::fmt::Result {
+        if let Some(h) = &self.host {
+            return out.write_str(h);
+        }
+        let default_port = if self.tls.is_some() { 443 } else { 80 };
+        match (endpoint, endpoint.port() == default_port) {
+            (SocketAddr::V4(a), true) => write!(out, "{}", a.ip()),
+            (SocketAddr::V6(a), true) => write!(out, "[{}]", a.ip()),
+            (a, false) => write!(out, "{a}"),
         }
     }
 
@@ -317,6 +346,24 @@ pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn host_for(pool: &Upstream, ep: &str) -> String {
+        let mut s = String::new();
+        pool.write_host(ep.parse().unwrap(), &mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn host_for_a_request_without_one_leaves_out_the_default_port() {
+        let eps: [SocketAddr; 1] = ["10.0.0.3:80".parse().unwrap()];
+        let pool = Upstream::simple("p", 0, &eps);
+        assert_eq!(host_for(&pool, "10.0.0.3:80"), "10.0.0.3");
+        assert_eq!(host_for(&pool, "10.0.0.3:8080"), "10.0.0.3:8080");
+        assert_eq!(host_for(&pool, "[fd77::3]:80"), "[fd77::3]");
+        assert_eq!(host_for(&pool, "[fd77::3]:443"), "[fd77::3]:443");
+        let named = Upstream::simple("p", 0, &eps).with_host("api.example");
+        assert_eq!(host_for(&named, "10.0.0.3:8080"), "api.example");
+    }
 
     fn respond(name: &str, host: Option<&str>, prefix: &str) -> Route {
         Route {

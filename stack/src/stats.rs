@@ -41,6 +41,9 @@ pub struct StackStats {
     /// Access-log records queued, and dropped because the queue was full.
     pub access_log_queued: u64,
     pub access_log_dropped: u64,
+    /// Responses the upstream sent before it had the whole request body:
+    /// forwarded at once, the rest of the body was not sent.
+    pub early_responses: u64,
 }
 
 impl StackStats {
@@ -81,6 +84,7 @@ impl StackStats {
         self.upstream_tls_failures += o.upstream_tls_failures;
         self.access_log_queued += o.access_log_queued;
         self.access_log_dropped += o.access_log_dropped;
+        self.early_responses += o.early_responses;
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
@@ -115,6 +119,7 @@ impl StackStats {
             ("upstream_tls_failures", self.upstream_tls_failures),
             ("access_log_queued", self.access_log_queued),
             ("access_log_dropped", self.access_log_dropped),
+            ("early_responses", self.early_responses),
         ]
     }
 }

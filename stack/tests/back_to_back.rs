@@ -457,6 +457,61 @@ fn get_is_proxied_to_origin_and_both_sides_keep_alive() {
 }
 
 #[test]
+fn http10_request_without_host_goes_upstream_with_the_endpoint_as_host() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /h10 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"origin:/h10");
+    // The second rides the kept-alive upstream connection: Host again.
+    let r = lab.exchange(c, b"GET /again HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200);
+    // With its own Host, an HTTP/1.0 request keeps it.
+    let c = lab.connect();
+    lab.exchange(c, b"GET /own HTTP/1.0\r\nHost: mine.example\r\n\r\n");
+    assert_eq!(lab.origin_requests.len(), 3);
+    for (req, host) in
+        lab.origin_requests
+            .iter()
+            .zip(["10.0.0.3:8080", "10.0.0.3:8080", "mine.example"])
+    {
+        assert!(req.starts_with("GET /"), "{req}");
+        assert!(req.contains(" HTTP/1.1\r\n"), "{req}");
+        let hosts: Vec<_> = req
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("host:"))
+            .collect();
+        assert_eq!(hosts, [format!("Host: {host}")], "{req}");
+        assert!(req.ends_with("\r\n\r\n"), "{req}");
+    }
+    // HTTP/1.1 still needs its own.
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /h11 HTTP/1.1\r\n\r\n");
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn http10_request_without_host_gets_the_pool_host() {
+    let upstream = Arc::new(
+        Upstream::simple("origin", 0, &["10.0.0.3:8080".parse().unwrap()]).with_host("api.example"),
+    );
+    let routes = Arc::new(RouteTable::new(
+        1,
+        vec![Listener::new(
+            80,
+            vec![Route::new("origin", RouteAction::Proxy(upstream.clone()))],
+        )],
+        vec![upstream],
+    ));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /x HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let req = &lab.origin_requests[0];
+    assert!(req.contains("\r\nHost: api.example\r\n"), "{req}");
+}
+
+#[test]
 fn direct_route_answers_without_upstream() {
     let mut lab = Lab::new(Origin::Refusing);
     let c = lab.connect();
@@ -537,6 +592,74 @@ fn request_body_with_content_length_reaches_origin() {
     // The origin sees the body bytes right after the head.
     let r = lab.exchange(c, b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.body, b"origin:/next");
+}
+
+#[test]
+fn early_response_reaches_the_client_while_the_body_is_still_coming() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    // The origin answers as soon as it has the head (see `serve_origin`).
+    lab.send(
+        c,
+        b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+    );
+    let raw = lab.read_until(c, 500, |b| Response::parse(b).is_some());
+    let r = Response::parse(&raw).unwrap_or_else(|| {
+        panic!(
+            "no answer while the body is incomplete: {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    });
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"origin:/early");
+    // The rest of the body will not be read: the connection ends after it.
+    assert!(r.head.contains("Connection: close"), "{}", r.head);
+    assert_eq!(lab.edge.stats().early_responses, 1);
+    // The client goes on sending; the proxy discards it and closes in
+    // order once the client is done (no reset that could destroy the
+    // answer in a real client's receive buffer).
+    for _ in 0..9 {
+        lab.send(c, b"0123456789");
+        lab.step(50);
+        // The proxy's FIN arrived, no reset: the client may still send.
+        assert_eq!(lab.client_state(c), tcp::State::CloseWait);
+    }
+    for _ in 0..20 {
+        lab.step(5);
+    }
+    let s = lab.sockets.get::<tcp::Socket>(c);
+    assert_eq!(s.send_queue(), 0, "the discarded body was taken");
+    lab.sockets.get_mut::<tcp::Socket>(c).close();
+    assert_eq!(lab.origin_requests.len(), 1, "{:?}", lab.origin_requests);
+    // Nothing is left behind on the edge.
+    for _ in 0..2_000 {
+        lab.step(5);
+    }
+    assert_eq!(lab.edge.active_connections(), 0);
+}
+
+#[test]
+fn early_response_to_a_client_that_stops_sending_ends_within_the_linger_bound() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    lab.send(
+        c,
+        b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc",
+    );
+    let raw = lab.read_until(c, 500, |b| Response::parse(b).is_some());
+    assert_eq!(Response::parse(&raw).map(|r| r.status), Some(200));
+    // The client neither sends the rest nor closes: the drain gives up
+    // after the linger time (5 s) with a reset.
+    let mut state = lab.client_state(c);
+    for _ in 0..7_000 {
+        lab.step(1);
+        state = lab.client_state(c);
+        if state == tcp::State::Closed {
+            break;
+        }
+    }
+    assert_eq!(state, tcp::State::Closed);
+    assert_eq!(lab.edge.active_connections(), 0);
 }
 
 #[test]

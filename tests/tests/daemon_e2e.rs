@@ -214,7 +214,11 @@ fn one_sighup_is_at_most_one_version_however_it_races_the_file_watch() {
         {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(apply_counter(&lab), start, "an unchanged file became a new version");
+        assert_eq!(
+            apply_counter(&lab),
+            start,
+            "an unchanged file became a new version"
+        );
         assert!(engine.log().contains(UNCHANGED), "{}", engine.log());
 
         // Edit, then SIGHUP: before the watch looks, while it waits for the

@@ -79,6 +79,120 @@ fn every_bad_request_in_the_corpus_gets_400_and_close() {
 }
 
 #[test]
+fn http10_without_host_reaches_nginx_with_the_endpoint_as_host() {
+    lab_test("http10", || {
+        let lab = Lab::up(1);
+        let _engine = lab.start_engine("af_xdp", 1);
+        let (resp, closed) = lab.in_client(|| {
+            raw_exchange(
+                &format!("{VIP}:80"),
+                b"GET /h10 HTTP/1.0\r\n\r\n",
+                Duration::from_secs(5),
+            )
+            .unwrap()
+        });
+        let text = String::from_utf8_lossy(&resp);
+        // nginx answers 400 to an HTTP/1.1 request without Host.
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("path=/h10"), "{text}");
+        assert!(
+            closed,
+            "HTTP/1.0 without keep-alive: closed after the answer"
+        );
+    });
+}
+
+/// A POST whose 100-byte body arrives 10 bytes at a time, to an origin that
+/// answers `status` at once and closes 1.5 s later with the body unread.
+/// Returns (what the client read, whether the answer came before the body
+/// was complete).
+fn slow_body_post(status: u16) -> (String, bool) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(format!("{VIP}:80")).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    write!(
+        s,
+        "POST /early/{status}/1500 HTTP/1.1\r\nHost: lab\r\nContent-Length: 100\r\n\r\n0123456789"
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut early = false;
+    let mut sent = 10;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("read after {} bytes: {e}", got.len()),
+        }
+        let answered = got.windows(4).any(|w| w == b"\r\n\r\n");
+        if answered && sent < 100 {
+            early = true;
+        }
+        // The rest of the body trickles in only once the answer is here
+        // (or after 4 s, when the answer would never come early).
+        if sent < 100 && (answered || deadline - Instant::now() < Duration::from_secs(16)) {
+            if s.write_all(b"0123456789").is_err() {
+                sent = 100;
+            } else {
+                sent += 10;
+            }
+            std::thread::sleep(Duration::from_millis(150));
+            if sent == 100 {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), early)
+}
+
+#[test]
+fn an_early_answer_from_the_origin_reaches_slow_body_clients_never_a_502() {
+    lab_test("early", || {
+        let lab = Lab::up(1);
+        let _o = lab.start_origin("t1", "10.77.0.3:9001");
+        let cfg = config(&lab, "early.toml", ONE_ORIGIN);
+        let engine = lab.start_engine_with(&cfg, "af_xdp", 1);
+        let before = engine.stats();
+        let results = lab.in_client(|| {
+            std::thread::scope(|s| {
+                let hs: Vec<_> = (0..20)
+                    .map(|i| s.spawn(move || slow_body_post(if i % 2 == 0 { 200 } else { 413 })))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        });
+        for (i, (text, early)) in results.iter().enumerate() {
+            let want = if i % 2 == 0 { 200 } else { 413 };
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 {want} ")),
+                "client {i}: {text:?}"
+            );
+            assert!(
+                text.contains(&format!("early {want} from t1")),
+                "client {i}: {text:?}"
+            );
+            assert!(text.contains("Connection: close"), "client {i}: {text:?}");
+            assert!(*early, "client {i}: the answer waited for the whole body");
+        }
+        let after = engine.stats();
+        assert_eq!(
+            after["stack_early_responses"]
+                - before.get("stack_early_responses").copied().unwrap_or(0),
+            20,
+            "{after:?}"
+        );
+    });
+}
+
+#[test]
 fn slowloris_gets_408_within_the_header_timeout() {
     lab_test("slowloris", || {
         let lab = Lab::up(1);

@@ -60,6 +60,13 @@ impl ByteBuf {
         }
     }
 
+    /// Keeps the first `len` unconsumed bytes, drops the rest.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len() {
+            self.end = self.start + len;
+        }
+    }
+
     pub fn clear(&mut self) {
         self.start = 0;
         self.end = 0;

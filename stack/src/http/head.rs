@@ -251,7 +251,7 @@ fn has_bare_lf(head: &[u8]) -> bool {
 /// RFC 3986 `host [":" port]`: a reg-name (unreserved, pct-encoded,
 /// sub-delims), an IPv4 address or a bracketed IPv6 literal. Quotes, spaces,
 /// slashes, `@` and the like would reach routing, logs and the upstream.
-fn valid_host(v: &[u8]) -> bool {
+pub fn valid_host(v: &[u8]) -> bool {
     if v.is_empty() {
         return true; // HTTP/1.1 allows an empty Host (no authority).
     }

@@ -8,7 +8,9 @@
 //! `/close` (close-delimited body); `/bytes/N` (N bytes, Content-Length);
 //! `/chunked/N` (N bytes, chunked); `/echo` (answers with the request body's
 //! length and a checksum); `/ws` (101 Switching Protocols, then echoes bytes);
-//! `/headers` (the request's header lines, `Name: value` one per line).
+//! `/headers` (the request's header lines, `Name: value` one per line);
+//! `/early/NNN/MS` (answers NNN before reading the request body, then
+//! closes MS later with the body unread, which the kernel turns into a RST).
 //! Every response carries `X-Origin: NAME` and echoes `X-Request-Id`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -127,6 +129,20 @@ fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
     while let Some(req) = read_head(&mut r)? {
+        if let Some(rest) = req.path.strip_prefix("/early/") {
+            let mut p = rest.split('/');
+            let code: u16 = p.next().and_then(|s| s.parse().ok()).unwrap_or(200);
+            let ms: u64 = p.next().and_then(|s| s.parse().ok()).unwrap_or(2000);
+            let body = format!("early {code} from {name}\n");
+            write!(
+                w,
+                "HTTP/1.1 {code} X\r\nX-Origin: {name}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )?;
+            w.flush()?;
+            std::thread::sleep(Duration::from_millis(ms));
+            return Ok(());
+        }
         let (body_len, body_sum) = read_body(&mut r, &req)?;
         let rid = req
             .header("x-request-id")
