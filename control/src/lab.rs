@@ -122,6 +122,26 @@ impl Lab {
             ])?;
             ip(&["-n", &wire, "link", "set", "dev", &outer, "master", "br0"])?;
             ip(&["-n", &wire, "link", "set", "dev", &outer, "up"])?;
+            if tag == "e" {
+                // The bridge moves a VLAN tag into skb metadata, and a veth
+                // with tx VLAN offload keeps it there, so XDP on the edge would
+                // see the frame untagged. Off: the tag is in the frame, as on
+                // a NIC with rx VLAN offload off (the filter tier drops
+                // tagged VIP frames, issue #13).
+                run_in(
+                    &wire,
+                    &[
+                        "ethtool",
+                        "-K",
+                        &outer,
+                        "txvlan",
+                        "off",
+                        "tx-vlan-stag-hw-insert",
+                        "off",
+                    ],
+                )
+                .context("ethtool -K txvlan off on the edge's bridge port")?;
+            }
             ip(&["-n", &wire, "link", "set", "dev", &inner, "netns", &ns])?;
             ip(&["-n", &ns, "link", "set", "dev", &inner, "name", "eth0"])?;
             ip(&[

@@ -32,7 +32,11 @@
  * < 5, bad lengths, TCP data offset, bogus TCP flags: none, SYN+FIN, SYN+RST,
  * FIN/PSH/URG without ACK), IP fragments (the stack does not reassemble; TCP
  * from compliant peers sets DF), IPv6 extension chains longer than
- * FG_MAX_EXT_HEADERS or truncated. Non-VIP traffic is counted and passed.
+ * FG_MAX_EXT_HEADERS or truncated, and well-formed frames carrying one
+ * 802.1Q/802.1ad tag (DROP_VLAN_VIP: the stack speaks untagged Ethernet
+ * only and would drop them silently). The tag is parsed so that a tagged
+ * frame to a VIP is told from host traffic; tagged host traffic passes.
+ * Non-VIP traffic is counted and passed.
  *
  * Keep `enum fg_counter` in step with `ferrogate_ebpf::counters` (a unit test
  * parses this file).
@@ -90,6 +94,7 @@ enum fg_counter {
 	FG_CNT_DROP_FRAGMENT_VIP,
 	FG_CNT_DROP_NO_SOCKET,
 	FG_CNT_BAD_TCP_FLAGS,
+	FG_CNT_DROP_VLAN_VIP,
 	FG_CNT_MAX,
 };
 
@@ -394,6 +399,13 @@ static __always_inline int pass_host(__u64 bytes)
 	return XDP_PASS;
 }
 
+/* A well-formed VIP frame under a VLAN tag: the stack cannot answer it. */
+static __always_inline int drop_vlan(__u64 bytes)
+{
+	count(FG_CNT_DROP_VLAN_VIP, bytes);
+	return XDP_DROP;
+}
+
 static __always_inline int drop(__u32 verdict, __u32 rule, __u64 bytes)
 {
 	count(verdict, bytes);
@@ -647,7 +659,7 @@ static __always_inline int is_vip_bytes(const __u8 *addr, int v6)
 }
 
 static __always_inline int handle_arp(struct xdp_md *ctx, void *l3,
-				      void *data_end, __u64 bytes)
+				      void *data_end, __u64 bytes, int tagged)
 {
 	struct arp_ipv4 *arp = l3;
 	__u32 tpa;
@@ -660,11 +672,13 @@ static __always_inline int handle_arp(struct xdp_md *ctx, void *l3,
 	__builtin_memcpy(&tpa, arp->tpa, sizeof(tpa));
 	if (!is_vip4(tpa))
 		return pass_host(bytes);
+	if (tagged)
+		return drop_vlan(bytes);
 	return vip_verdict(ctx, FG_CNT_ARP_VIP, bytes);
 }
 
 static __always_inline int handle_ipv4(struct xdp_md *ctx, void *l3,
-				       void *data_end, __u64 bytes)
+				       void *data_end, __u64 bytes, int tagged)
 {
 	struct iphdr *iph = l3;
 	struct fg_pkt pkt = { .bytes = bytes };
@@ -697,6 +711,9 @@ static __always_inline int handle_ipv4(struct xdp_md *ctx, void *l3,
 		count(FG_CNT_BAD_TCP_FLAGS, bytes);
 	if (r < 0)
 		return malformed(FG_CNT_MALFORMED_L4, vip, bytes);
+	/* After the malformed checks, before any rule: rules never see it. */
+	if (tagged)
+		return drop_vlan(bytes);
 	r = filter(&pkt);
 	if (r >= 0)
 		return r;
@@ -717,7 +734,7 @@ struct ipv6_opt_hdr_min {
 };
 
 static __always_inline int handle_ipv6(struct xdp_md *ctx, void *l3,
-				       void *data_end, __u64 bytes)
+				       void *data_end, __u64 bytes, int tagged)
 {
 	struct ipv6hdr *ip6 = l3;
 	struct fg_pkt pkt = { .bytes = bytes, .v6 = 1 };
@@ -795,6 +812,9 @@ static __always_inline int handle_ipv6(struct xdp_md *ctx, void *l3,
 		count(FG_CNT_BAD_TCP_FLAGS, bytes);
 	if (r < 0)
 		return malformed(FG_CNT_MALFORMED_L4, vip, bytes);
+	/* After the malformed checks, before any rule: rules never see it. */
+	if (tagged)
+		return drop_vlan(bytes);
 	r = filter(&pkt);
 	if (r >= 0)
 		return r;
@@ -810,6 +830,7 @@ int ferrogate_xdp(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	void *l3;
 	__u16 proto;
+	int tagged = 0;
 
 	if ((void *)(eth + 1) > data_end)
 		return malformed(FG_CNT_MALFORMED_ETH, 0, bytes);
@@ -822,14 +843,15 @@ int ferrogate_xdp(struct xdp_md *ctx)
 			return malformed(FG_CNT_MALFORMED_VLAN, 0, bytes);
 		proto = vh->encap_proto;
 		l3 = vh + 1;
+		tagged = 1;
 	}
 
 	if (proto == bpf_htons(ETH_P_ARP))
-		return handle_arp(ctx, l3, data_end, bytes);
+		return handle_arp(ctx, l3, data_end, bytes, tagged);
 	if (proto == bpf_htons(ETH_P_IP))
-		return handle_ipv4(ctx, l3, data_end, bytes);
+		return handle_ipv4(ctx, l3, data_end, bytes, tagged);
 	if (proto == bpf_htons(ETH_P_IPV6))
-		return handle_ipv6(ctx, l3, data_end, bytes);
+		return handle_ipv6(ctx, l3, data_end, bytes, tagged);
 	/* Anything else (incl. a second VLAN tag) belongs to the host. */
 	return pass_host(bytes);
 }

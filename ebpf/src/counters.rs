@@ -2,7 +2,7 @@
 //! `bpf/ferrogate.bpf.c` (same names, same order; a unit test checks it).
 //!
 //! Every frame increments exactly one *verdict* counter (`pass_host`,
-//! `redirect_vip`, `pass_vip`, `drop_malformed_vip`). The others classify:
+//! `redirect_vip`, `pass_vip`, `drop_*`). The others classify:
 //! `arp_vip + ipv4_vip + ipv6_vip == redirect_vip + pass_vip`, and the
 //! `malformed_*` counters count malformed frames per reason, whatever their
 //! verdict (dropped when addressed to a VIP, passed to the kernel otherwise).
@@ -120,6 +120,9 @@ define_counters! {
     DropNoSocket => drop_no_socket, "FG_CNT_DROP_NO_SOCKET";
     /// Impossible TCP flags (null, SYN+FIN, SYN+RST, FIN/PSH/URG without ACK); also counted as malformed_l4.
     BadTcpFlags => bad_tcp_flags, "FG_CNT_BAD_TCP_FLAGS";
+    /// Well-formed frame to a VIP under one 802.1Q/802.1ad tag: dropped (the
+    /// stack speaks untagged Ethernet only). Tagged host traffic passes.
+    DropVlanVip => drop_vlan_vip, "FG_CNT_DROP_VLAN_VIP";
 }
 
 impl XdpCounters {
@@ -177,6 +180,7 @@ impl XdpCounters {
             self.drop_l4,
             self.drop_fragment_vip,
             self.drop_no_socket,
+            self.drop_vlan_vip,
         ]
         .iter()
         .map(|v| v.packets)
@@ -271,6 +275,7 @@ mod tests {
             (Counter::MalformedIpv4, &b[..]),
             (Counter::MalformedL4, &b[..]),
             (Counter::DropMalformedVip, &b[..]),
+            (Counter::DropVlanVip, &b[..]),
         ]);
         assert_eq!(
             c.pass_host,
@@ -280,7 +285,7 @@ mod tests {
             }
         );
         assert_eq!(c.malformed_total(), 10);
-        assert_eq!(c.frames_total(), 8);
+        assert_eq!(c.frames_total(), 13, "drop_vlan_vip is a verdict");
         let names: Vec<_> = c.iter().map(|(n, _)| n).collect();
         assert_eq!(names.len(), Counter::COUNT);
         assert_eq!(names[0], "pass_host");

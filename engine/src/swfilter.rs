@@ -536,6 +536,13 @@ impl SwFilter<'_> {
         true
     }
 
+    /// A well-formed VIP frame under a VLAN tag (`drop_vlan`): the stack
+    /// speaks untagged Ethernet only.
+    fn drop_vlan(&self, bytes: u64) -> bool {
+        self.counters.count(Counter::DropVlanVip, bytes);
+        false
+    }
+
     fn drop(&self, verdict: Counter, rule: u32, bytes: u64) -> bool {
         self.counters.count(verdict, bytes);
         self.counters.count_rule(rule, bytes);
@@ -549,8 +556,9 @@ impl SwFilter<'_> {
     }
 
     /// Whether the frame may reach the stack (`now_ns`: a monotonic clock).
-    /// Non-VIP frames always pass (counted as `pass_host`); under DPDK they
-    /// reach the stack, which ignores what is not addressed to it.
+    /// Non-VIP frames always pass (counted as `pass_host`), tagged or not;
+    /// under DPDK they reach the stack, which counts and drops what is not
+    /// addressed to it (`stack_rx_drop_*`).
     pub fn admit(&self, frame: &[u8], now_ns: u64) -> bool {
         let bytes = frame.len() as u64;
         if frame.len() < 14 {
@@ -558,7 +566,8 @@ impl SwFilter<'_> {
         }
         let mut proto = be16(frame, 12);
         let mut l3 = 14;
-        if proto == 0x8100 || proto == 0x88a8 {
+        let tagged = proto == 0x8100 || proto == 0x88a8;
+        if tagged {
             if frame.len() < 18 {
                 return self.malformed(Counter::MalformedVlan, false, bytes);
             }
@@ -567,14 +576,14 @@ impl SwFilter<'_> {
         }
         let l3b = &frame[l3..];
         match proto {
-            0x0806 => self.arp(l3b, bytes),
-            0x0800 => self.ipv4(l3b, bytes, now_ns),
-            0x86dd => self.ipv6(l3b, bytes, now_ns),
+            0x0806 => self.arp(l3b, bytes, tagged),
+            0x0800 => self.ipv4(l3b, bytes, tagged, now_ns),
+            0x86dd => self.ipv6(l3b, bytes, tagged, now_ns),
             _ => self.pass_host(bytes),
         }
     }
 
-    fn arp(&self, a: &[u8], bytes: u64) -> bool {
+    fn arp(&self, a: &[u8], bytes: u64, tagged: bool) -> bool {
         if a.len() < 28 {
             return self.malformed(Counter::MalformedArp, false, bytes);
         }
@@ -584,10 +593,13 @@ impl SwFilter<'_> {
         if !self.rules.is_vip4(&a[24..28]) {
             return self.pass_host(bytes);
         }
+        if tagged {
+            return self.drop_vlan(bytes);
+        }
         self.vip(Counter::ArpVip, bytes)
     }
 
-    fn ipv4(&self, ip: &[u8], bytes: u64, now: u64) -> bool {
+    fn ipv4(&self, ip: &[u8], bytes: u64, tagged: bool, now: u64) -> bool {
         if ip.len() < 20 {
             return self.malformed(Counter::MalformedIpv4, false, bytes);
         }
@@ -622,13 +634,17 @@ impl SwFilter<'_> {
                 return self.malformed(Counter::MalformedL4, true, bytes);
             }
         }
+        // After the malformed checks, before any rule (as the program).
+        if tagged {
+            return self.drop_vlan(bytes);
+        }
         if !self.filter(&pkt, now) {
             return false;
         }
         self.vip(Counter::Ipv4Vip, bytes)
     }
 
-    fn ipv6(&self, ip: &[u8], bytes: u64, now: u64) -> bool {
+    fn ipv6(&self, ip: &[u8], bytes: u64, tagged: bool, now: u64) -> bool {
         if ip.len() < 40 {
             return self.malformed(Counter::MalformedIpv6, false, bytes);
         }
@@ -713,6 +729,9 @@ impl SwFilter<'_> {
                 self.counters.count(Counter::BadTcpFlags, bytes);
             }
             return self.malformed(Counter::MalformedL4, true, bytes);
+        }
+        if tagged {
+            return self.drop_vlan(bytes);
         }
         if !self.filter(&pkt, now) {
             return false;
@@ -983,6 +1002,84 @@ mod tests {
         assert_eq!(t.drop_fragment_vip.packets, 1);
         assert_eq!(t.malformed_ipv4.packets, 2);
         assert_eq!(t.drop_malformed_vip.packets, 1);
+    }
+
+    /// Puts an 802.1Q/802.1ad tag (VID 7) after the MAC addresses.
+    fn tagged(tpid: u16, plain: &[u8]) -> Vec<u8> {
+        let mut f = plain[..12].to_vec();
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&[0x00, 0x07]);
+        f.extend_from_slice(&plain[12..]);
+        f
+    }
+
+    #[test]
+    fn vlan_tagged_frames_to_a_vip_are_dropped_and_host_ones_pass() {
+        let rules = FilterRules {
+            cidr: vec![CidrRule {
+                id: "deny-22".into(),
+                action: CidrAction::Deny,
+                prefixes: vec![("10.77.0.22".parse().unwrap(), 32)],
+            }],
+            ..Default::default()
+        };
+        let (r, b, c) = setup(&rules);
+        let f = SwFilter {
+            rules: &r,
+            buckets: &b,
+            counters: &c,
+        };
+        let mut arp = vec![0u8; 14 + 28];
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        arp[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+        arp[14 + 24..14 + 28].copy_from_slice(&VIP);
+        let mut udp6 = vec![0u8; 14 + 40 + 8];
+        udp6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        udp6[14] = 0x60;
+        udp6[14 + 4..14 + 6].copy_from_slice(&8u16.to_be_bytes());
+        udp6[14 + 6] = IPPROTO_UDP;
+        udp6[14 + 24..14 + 40]
+            .copy_from_slice(&"fd77::10".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        let udp = udp4([10, 77, 0, 2], VIP, 53);
+        for tpid in [0x8100, 0x88a8] {
+            assert!(
+                !f.admit(&tagged(tpid, &udp), 0),
+                "{tpid:#x} udp4 to the VIP"
+            );
+            assert!(
+                !f.admit(&tagged(tpid, &arp), 0),
+                "{tpid:#x} arp for the VIP"
+            );
+            assert!(
+                !f.admit(&tagged(tpid, &udp6), 0),
+                "{tpid:#x} udp6 to the VIP"
+            );
+        }
+        // A denied source under a tag: the tag decides, before any rule.
+        assert!(!f.admit(&tagged(0x8100, &udp4([10, 77, 0, 22], VIP, 53)), 0));
+        let t = totals(&c);
+        assert_eq!(t.drop_vlan_vip.packets, 7);
+        assert_eq!(t.drop_deny.packets, 0);
+        assert_eq!(c.rule(0).packets, 0, "deny-22 not consulted");
+        // Malformed under a tag stays malformed.
+        let mut bad = tagged(0x8100, &udp);
+        bad[18 + 2..18 + 4].copy_from_slice(&500u16.to_be_bytes());
+        assert!(!f.admit(&bad, 0));
+        // Tagged host traffic is never filtered.
+        assert!(f.admit(
+            &tagged(0x8100, &udp4([10, 77, 0, 2], [10, 77, 0, 1], 53)),
+            0
+        ));
+        assert!(f.admit(
+            &tagged(0x88a8, &udp4([10, 77, 0, 22], [10, 77, 0, 1], 53)),
+            0
+        ));
+        let t = totals(&c);
+        assert_eq!(t.drop_vlan_vip.packets, 7);
+        assert_eq!(t.drop_malformed_vip.packets, 1);
+        assert_eq!(t.pass_host.packets, 2);
+        assert_eq!(t.redirect_vip.packets, 0);
+        assert_eq!(t.frames_total(), 10);
     }
 
     #[test]

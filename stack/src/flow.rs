@@ -19,6 +19,8 @@ pub(crate) struct TcpMeta {
     pub key: FlowKey,
     /// SYN without ACK: may open a connection on a listener.
     pub syn_only: bool,
+    /// RST set: smoltcp never answers it.
+    pub rst: bool,
 }
 
 const ETH_HLEN: usize = 14;
@@ -66,6 +68,7 @@ pub(crate) fn tcp_meta(frame: &[u8]) -> Option<TcpMeta> {
         },
         // SYN set; ACK and RST clear.
         syn_only: tcp[13] & 0x16 == 0x02,
+        rst: tcp[13] & 0x04 != 0,
     })
 }
 

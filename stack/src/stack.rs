@@ -224,7 +224,8 @@ impl Stack {
     }
 
     /// Queues a received frame. False when the rx queue is full (counted);
-    /// call `poll` after each burst so it never is.
+    /// call `poll` after each burst so it never is. Each queued frame gets
+    /// one `rx_*` outcome when polled (`StackStats::rx_outcomes`).
     pub fn handle_frame(&mut self, frame: &[u8]) -> bool {
         if self.rx.push(frame) {
             self.stats.rx_frames += 1;
@@ -278,6 +279,12 @@ impl Stack {
     /// listener), or none.
     fn ingress(&mut self, idx: usize, now: Instant) {
         let frame = self.rx.slot(idx);
+        // What smoltcp would drop silently is dropped here, with a reason.
+        let mac = EthernetAddress(self.cfg.mac);
+        if let Err(why) = frame::rx_check(frame, mac, self.iface.ip_addrs()) {
+            self.stats.count_rx_drop(why);
+            return;
+        }
         let meta = flow::tcp_meta(frame);
         let mut target: Option<SockId> = None;
         let mut opening = false;
@@ -320,6 +327,12 @@ impl Stack {
             checksum_rx: self.cfg.verify_rx_checksums,
         };
         let Some(id) = target else {
+            match meta {
+                // TCP to us (rx_check) that no socket takes.
+                Some(m) if m.rst => self.stats.rx_drop_no_socket += 1,
+                Some(_) => self.stats.rx_rst_no_socket += 1,
+                None => self.stats.rx_handed += 1,
+            }
             self.iface
                 .poll_ingress_single(now, &mut dev, &mut self.no_sockets);
             if meta.is_none()
@@ -335,6 +348,7 @@ impl Stack {
         };
         let slot = self.sockets.slot(id);
         self.iface.poll_ingress_single(now, &mut dev, &mut slot.set);
+        self.stats.rx_handed += 1;
         self.stats.socket_polls += 1;
         if opening {
             if slot.tcp().state() == tcp::State::Listen {

@@ -3,7 +3,23 @@
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StackStats {
+    /// Frames queued by `handle_frame`. Once polled, each has exactly one
+    /// outcome below: `rx_frames == rx_accounted()` (see [`Self::rx_outcomes`]).
     pub rx_frames: u64,
+    /// Given to smoltcp: to a connection's or a new listening socket, or to
+    /// smoltcp's own protocols (ARP, ICMP, NDP; UDP answered unreachable).
+    pub rx_handed: u64,
+    /// TCP to one of our addresses that no socket takes (closed port, no
+    /// such connection, listener full): smoltcp answers it with RST.
+    pub rx_rst_no_socket: u64,
+    /// The same for a segment that is itself a RST: dropped, unanswered.
+    pub rx_drop_no_socket: u64,
+    /// Dropped before smoltcp, per [`crate::frame::RxDrop`] reason.
+    pub rx_drop_malformed: u64,
+    pub rx_drop_unknown_ethertype: u64,
+    pub rx_drop_vlan: u64,
+    pub rx_drop_not_for_us: u64,
+    pub rx_drop_fragment: u64,
     pub rx_queue_full: u64,
     pub tx_frames: u64,
     pub tx_queue_full: u64,
@@ -54,9 +70,49 @@ impl StackStats {
         }
     }
 
+    /// Counts a frame dropped before smoltcp.
+    pub fn count_rx_drop(&mut self, why: crate::frame::RxDrop) {
+        use crate::frame::RxDrop;
+        *match why {
+            RxDrop::Malformed => &mut self.rx_drop_malformed,
+            RxDrop::UnknownEthertype => &mut self.rx_drop_unknown_ethertype,
+            RxDrop::Vlan => &mut self.rx_drop_vlan,
+            RxDrop::NotForUs => &mut self.rx_drop_not_for_us,
+            RxDrop::Fragment => &mut self.rx_drop_fragment,
+        } += 1;
+    }
+
+    /// The outcome of every polled frame, by name: they sum to `rx_frames`
+    /// once the rx queue is empty.
+    pub fn rx_outcomes(&self) -> [(&'static str, u64); 8] {
+        [
+            ("rx_handed", self.rx_handed),
+            ("rx_rst_no_socket", self.rx_rst_no_socket),
+            ("rx_drop_no_socket", self.rx_drop_no_socket),
+            ("rx_drop_malformed", self.rx_drop_malformed),
+            ("rx_drop_unknown_ethertype", self.rx_drop_unknown_ethertype),
+            ("rx_drop_vlan", self.rx_drop_vlan),
+            ("rx_drop_not_for_us", self.rx_drop_not_for_us),
+            ("rx_drop_fragment", self.rx_drop_fragment),
+        ]
+    }
+
+    /// Frames with an outcome (see [`Self::rx_outcomes`]).
+    pub fn rx_accounted(&self) -> u64 {
+        self.rx_outcomes().iter().map(|(_, v)| v).sum()
+    }
+
     /// Field-wise sum, for totals across workers.
     pub fn add(&mut self, o: &StackStats) {
         self.rx_frames += o.rx_frames;
+        self.rx_handed += o.rx_handed;
+        self.rx_rst_no_socket += o.rx_rst_no_socket;
+        self.rx_drop_no_socket += o.rx_drop_no_socket;
+        self.rx_drop_malformed += o.rx_drop_malformed;
+        self.rx_drop_unknown_ethertype += o.rx_drop_unknown_ethertype;
+        self.rx_drop_vlan += o.rx_drop_vlan;
+        self.rx_drop_not_for_us += o.rx_drop_not_for_us;
+        self.rx_drop_fragment += o.rx_drop_fragment;
         self.rx_queue_full += o.rx_queue_full;
         self.tx_frames += o.tx_frames;
         self.tx_queue_full += o.tx_queue_full;
@@ -91,6 +147,14 @@ impl StackStats {
     pub fn fields(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("rx_frames", self.rx_frames),
+            ("rx_handed", self.rx_handed),
+            ("rx_rst_no_socket", self.rx_rst_no_socket),
+            ("rx_drop_no_socket", self.rx_drop_no_socket),
+            ("rx_drop_malformed", self.rx_drop_malformed),
+            ("rx_drop_unknown_ethertype", self.rx_drop_unknown_ethertype),
+            ("rx_drop_vlan", self.rx_drop_vlan),
+            ("rx_drop_not_for_us", self.rx_drop_not_for_us),
+            ("rx_drop_fragment", self.rx_drop_fragment),
             ("rx_queue_full", self.rx_queue_full),
             ("tx_frames", self.tx_frames),
             ("tx_queue_full", self.tx_queue_full),

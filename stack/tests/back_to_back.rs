@@ -935,6 +935,178 @@ fn connection_limit_refuses_with_rst_and_slots_are_reused() {
     assert_eq!(r.status, 200);
 }
 
+// ---- every received frame is accounted: handed to smoltcp or counted ----
+
+/// One's-complement sum of `b`, folded, starting from `sum`.
+fn csum(mut sum: u32, b: &[u8]) -> u16 {
+    for c in b.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn eth_header(dst_mac: [u8; 6], ethertype: u16) -> Vec<u8> {
+    let mut f = dst_mac.to_vec();
+    f.extend_from_slice(&PEER_MAC);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// A TCP segment from the client to `dst:dport` with `flags`, valid
+/// checksums; `frag` is the IPv4 flags/fragment-offset field.
+fn tcp_frame(dst: [u8; 4], dport: u16, flags: u8, frag: u16) -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&50_123u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1_000u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&8_192u16.to_be_bytes());
+    let mut pseudo = CLIENT.to_vec();
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let c = csum(0, &pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 40, 0, 1];
+    ip.extend_from_slice(&frag.to_be_bytes());
+    ip.extend_from_slice(&[64, 6, 0, 0]);
+    ip.extend_from_slice(&CLIENT);
+    ip.extend_from_slice(&dst);
+    let c = csum(0, &ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = eth_header(EDGE_MAC, 0x0800);
+    f.extend(ip);
+    f.extend(tcp);
+    f
+}
+
+fn arp_request_for(target: [u8; 4]) -> Vec<u8> {
+    let mut f = eth_header([0xff; 6], 0x0806);
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&PEER_MAC);
+    f.extend_from_slice(&CLIENT);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+/// `plain` with a VLAN tag (`tpid`, VID 7) after the MAC addresses.
+fn vlan_tagged(tpid: u16, plain: &[u8]) -> Vec<u8> {
+    let mut f = plain[..12].to_vec();
+    f.extend_from_slice(&tpid.to_be_bytes());
+    f.extend_from_slice(&[0, 7]);
+    f.extend_from_slice(&plain[12..]);
+    f
+}
+
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+
+#[test]
+fn every_received_frame_is_handed_to_smoltcp_or_counted_under_one_reason() {
+    let mut lab = Lab::new(Origin::Refusing);
+    let syn = tcp_frame(VIP, 80, SYN, 0);
+    let mut other_mac = syn.clone();
+    other_mac[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    let mut unknown = eth_header(EDGE_MAC, 0x88cc);
+    unknown.resize(60, 0);
+    let mut long = syn.clone();
+    long[16..18].copy_from_slice(&200u16.to_be_bytes()); // IP total length > frame
+    let mut short_tcp = syn[..14 + 20 + 12].to_vec();
+    short_tcp[16..18].copy_from_slice(&32u16.to_be_bytes()); // 12 bytes of TCP
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        // First, so that the stack knows the client's MAC for its answers.
+        ("arp request for the VIP", arp_request_for(VIP), "rx_handed"),
+        (
+            "arp request for another address",
+            arp_request_for([10, 0, 0, 77]),
+            "rx_drop_not_for_us",
+        ),
+        (
+            "garbage shorter than Ethernet",
+            vec![0xab; 9],
+            "rx_drop_malformed",
+        ),
+        (
+            "ipv4 total length beyond the frame",
+            long,
+            "rx_drop_malformed",
+        ),
+        ("tcp header cut to 12 bytes", short_tcp, "rx_drop_malformed"),
+        ("unknown ethertype", unknown, "rx_drop_unknown_ethertype"),
+        (
+            "802.1Q SYN to the VIP",
+            vlan_tagged(0x8100, &syn),
+            "rx_drop_vlan",
+        ),
+        (
+            "802.1ad SYN to the VIP",
+            vlan_tagged(0x88a8, &syn),
+            "rx_drop_vlan",
+        ),
+        (
+            "SYN to another address",
+            tcp_frame([10, 0, 0, 99], 80, SYN, 0),
+            "rx_drop_not_for_us",
+        ),
+        ("SYN to another MAC", other_mac, "rx_drop_not_for_us"),
+        (
+            "fragment to the VIP",
+            tcp_frame(VIP, 80, SYN, 0x2000),
+            "rx_drop_fragment",
+        ),
+        (
+            "SYN to a closed port",
+            tcp_frame(VIP, 81, SYN, 0),
+            "rx_rst_no_socket",
+        ),
+        (
+            "RST to a closed port",
+            tcp_frame(VIP, 81, RST, 0),
+            "rx_drop_no_socket",
+        ),
+        ("SYN to the listener", syn, "rx_handed"),
+    ];
+    let now = lab.now;
+    for (what, frame, expected) in &cases {
+        let before = *lab.edge.stats();
+        assert!(lab.edge.handle_frame(frame), "{what}: queued");
+        lab.edge.poll(now);
+        let after = *lab.edge.stats();
+        assert_eq!(after.rx_frames, before.rx_frames + 1, "{what}");
+        for ((name, b), (_, a)) in before.rx_outcomes().iter().zip(after.rx_outcomes()) {
+            let want = u64::from(name == expected);
+            assert_eq!(a - b, want, "{what}: {name} (expected only {expected})");
+        }
+        let mut sent = vec![];
+        lab.edge.drain_tx(|f| sent.push(f.to_vec()));
+        // TCP flags of IPv4 frames sent from the VIP.
+        let flags: Vec<u8> = sent
+            .iter()
+            .filter(|f| f.len() >= 54 && f[12..14] == [8, 0] && f[23] == 6)
+            .map(|f| f[47])
+            .collect();
+        match *what {
+            "SYN to a closed port" => assert_eq!(flags, [0x14], "{what}: RST-ACK"),
+            "SYN to the listener" => assert_eq!(flags, [0x12], "{what}: SYN-ACK"),
+            _ => assert!(flags.is_empty(), "{what}: answered {flags:x?}"),
+        }
+    }
+    let s = lab.edge.stats();
+    assert_eq!(s.accepted, 1);
+    assert_eq!(s.rx_frames, cases.len() as u64);
+    assert_eq!(s.rx_frames, s.rx_accounted(), "{:?}", s.rx_outcomes());
+    // Exported like every stack counter.
+    let names: Vec<_> = s.fields().iter().map(|(n, _)| *n).collect();
+    for (name, _) in s.rx_outcomes() {
+        assert!(names.contains(&name), "{name} not in fields()");
+    }
+}
+
 // ---- TLS termination: a rustls client over the simulated peer ----
 
 mod tls {

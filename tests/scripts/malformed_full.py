@@ -3,12 +3,13 @@
 
 Prints `kind count` lines: truncations of a TCP SYN at every length that cuts
 into the IP or TCP header (IPv4 and IPv6), IPv6 extension header chains
-(valid, too long, truncated), IPv4/IPv6 fragments, bogus TCP flag sets.
+(valid, too long, truncated), IPv4/IPv6 fragments, bogus TCP flag sets,
+802.1Q/802.1ad tagged frames to the VIPs and to the edge's host address.
 """
 import sys
 
 from scapy.all import (  # noqa: E402
-    IP, IPv6, TCP, Ether, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
+    ARP, IP, IPv6, TCP, Ether, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, Raw, conf, get_if_hwaddr, sendp,
 )
 
@@ -53,6 +54,27 @@ send("bogus_flags", [
     eth / IP(**v4) / TCP(sport=41008, dport=80, flags="SR"),    # SYN+RST
     eth / IP(**v4) / TCP(sport=41009, dport=80, flags="FPU"),   # xmas
     eth / IPv6(**v6) / TCP(sport=41010, dport=80, flags="F"),   # FIN without ACK
+])
+
+
+
+def tagged(tpid, frame):
+    """`frame` with a VLAN tag (`tpid`, VID 7) after the MAC addresses."""
+    frame = bytes(frame)
+    return frame[:12] + tpid.to_bytes(2, "big") + b"\x00\x07" + frame[12:]
+
+
+arp_vip = Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
+    op=1, hwsrc=src_mac, psrc="10.77.0.2", pdst="10.77.0.10")
+send("vlan_vip", [
+    tagged(0x8100, eth / IP(**v4) / TCP(sport=41011, dport=80, flags="S")),
+    tagged(0x88A8, eth / IP(**v4) / TCP(sport=41012, dport=80, flags="S")),
+    tagged(0x8100, eth / IPv6(**v6) / TCP(sport=41013, dport=80, flags="S")),
+    tagged(0x8100, arp_vip),
+])
+send("vlan_host", [
+    tagged(0x8100, eth / IP(src="10.77.0.2", dst="10.77.0.1") / TCP(sport=41014, dport=80, flags="S")),
+    tagged(0x88A8, eth / IP(src="10.77.0.2", dst="10.77.0.1") / TCP(sport=41015, dport=80, flags="S")),
 ])
 
 for k, v in counts.items():

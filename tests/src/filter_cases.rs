@@ -42,6 +42,12 @@ impl Tier {
         }
     }
 
+    /// Whether frames the tier passes as host traffic reach the stack too
+    /// (DPDK: the port is the engine's alone) rather than the kernel.
+    pub fn host_frames_reach_stack(&self) -> bool {
+        self.backend == "dpdk"
+    }
+
     fn test_name(&self, case: &str) -> String {
         format!("{}_{case}", self.name)
     }
@@ -255,7 +261,7 @@ burst_packets = {burst}
 }
 
 /// The scapy corpus (truncations, extension chains, fragments, bogus
-/// flags): each counted exactly, serving continues.
+/// flags, VLAN tags): each counted exactly, serving continues.
 pub fn malformed_frames(tier: &Tier) {
     lab_test("malformed_full", || {
         let lab = Lab::up(1);
@@ -302,6 +308,22 @@ pub fn malformed_frames(tier: &Tier) {
                 >= sent["truncations"],
             "{after:?}"
         );
+        // Tagged frames to a VIP die in the filter tier under their own
+        // reason; tagged host traffic is not filtered.
+        assert_eq!(
+            g("xdp_drop_vlan_vip_packets"),
+            sent["vlan_vip"],
+            "{after:?}"
+        );
+        assert!(g("xdp_pass_host_packets") >= sent["vlan_host"], "{after:?}");
+        // The stack never sees a tagged VIP frame; tagged host frames reach
+        // it only where host traffic does, and are counted there.
+        let host_tagged = if tier.host_frames_reach_stack() {
+            sent["vlan_host"]
+        } else {
+            0
+        };
+        assert_eq!(g("stack_rx_drop_vlan"), host_tagged, "{after:?}");
         // Valid extension chains still reach the stack (and are answered or ignored there).
         assert!(
             g("xdp_ipv6_vip_packets") >= sent["ext_chain_ok"],
