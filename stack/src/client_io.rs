@@ -51,12 +51,20 @@ impl ClientIo {
         matches!(self, ClientIo::Tls(t) if t.pipe.failed)
     }
 
+    /// After a TLS error: the alert that went back to the client.
+    pub(crate) fn tls_failure(&self) -> Option<crate::tls::FailAlert> {
+        match self {
+            ClientIo::Tls(t) => t.pipe.session.failure(),
+            ClientIo::Plain => None,
+        }
+    }
+
     pub(crate) fn is_handshaking(&self) -> bool {
         matches!(self, ClientIo::Tls(t) if t.pipe.session.is_handshaking())
     }
 
     /// Moves what the client sent, decrypted, into `buf`. On a TLS error
-    /// the alert is already on its way to the client.
+    /// its alert (`tls_failure`) is on its way to the client.
     pub(crate) fn recv(
         &mut self,
         sock: &mut tcp::Socket<'static>,

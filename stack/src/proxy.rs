@@ -346,7 +346,11 @@ impl Conn {
                 } else {
                     cx.stats.tls_record_errors += 1;
                 }
-                tracing::debug!(client = ?self.client_ip, error = %e, "TLS error, alert sent");
+                let alert = self.io.tls_failure();
+                if alert.is_some_and(crate::tls::FailAlert::sent) {
+                    cx.stats.tls_alerts_sent += 1;
+                }
+                tracing::debug!(client = ?self.client_ip, error = %e, ?alert, "TLS error");
                 0
             }
         }
@@ -1205,7 +1209,10 @@ impl Conn {
         {
             tracing::debug!(endpoint = %up.endpoint, error = %err, "upstream failed");
         }
-        self.drop_upstream(cx, true);
+        // A TLS session that failed closes gracefully so its alert reaches
+        // the origin ahead of the FIN; anything else is reset.
+        let tls_failed = self.upstream.as_ref().is_some_and(|u| u.io.failed());
+        self.drop_upstream(cx, !(err == ProxyError::UpstreamTls && tls_failed));
         let Some(req) = self.request else {
             return self.fail_to_client(cx, err);
         };

@@ -49,8 +49,11 @@ pub struct StackStats {
     /// Handshakes that failed (bad records, refused client certificate,
     /// timeout, client gone mid-handshake).
     pub tls_handshake_failures: u64,
-    /// Established TLS sessions ended by a bad record (alert sent).
+    /// Established TLS sessions ended by a bad record.
     pub tls_record_errors: u64,
+    /// Fatal alerts sent to clients on TLS errors, rustls's own and those
+    /// ferrogate adds where rustls queues none (see `TlsSession::fail`).
+    pub tls_alerts_sent: u64,
     /// TLS handshakes with an upstream that failed (certificate not
     /// verified, name mismatch, protocol error): answered 502.
     pub upstream_tls_failures: u64,
@@ -137,6 +140,7 @@ impl StackStats {
         self.tls_handshakes_resumed += o.tls_handshakes_resumed;
         self.tls_handshake_failures += o.tls_handshake_failures;
         self.tls_record_errors += o.tls_record_errors;
+        self.tls_alerts_sent += o.tls_alerts_sent;
         self.upstream_tls_failures += o.upstream_tls_failures;
         self.access_log_queued += o.access_log_queued;
         self.access_log_dropped += o.access_log_dropped;
@@ -180,6 +184,7 @@ impl StackStats {
             ("tls_handshakes_resumed", self.tls_handshakes_resumed),
             ("tls_handshake_failures", self.tls_handshake_failures),
             ("tls_record_errors", self.tls_record_errors),
+            ("tls_alerts_sent", self.tls_alerts_sent),
             ("upstream_tls_failures", self.upstream_tls_failures),
             ("access_log_queued", self.access_log_queued),
             ("access_log_dropped", self.access_log_dropped),

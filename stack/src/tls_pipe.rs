@@ -20,8 +20,8 @@ const MAX_PLAINTEXT_PER_SEND: usize = 48 * 1024;
 
 pub(crate) struct TlsPipe {
     pub(crate) session: TlsSession,
-    /// A protocol (or verification) error ended the session; its alert has
-    /// been queued.
+    /// A protocol (or verification) error ended the session; what went back
+    /// to the peer is `session.failure()`.
     pub(crate) failed: bool,
     pub(crate) closing: bool,
 }
@@ -35,8 +35,9 @@ impl TlsPipe {
         }
     }
 
-    /// Moves what the peer sent, decrypted, into `buf`. On a TLS error the
-    /// alert is already on its way to the peer.
+    /// Moves what the peer sent, decrypted, into `buf`. On a TLS error its
+    /// alert, if one can be sent, is already in the socket (as far as it fits;
+    /// `flush` sends the rest).
     pub(crate) fn recv(
         &mut self,
         sock: &mut tcp::Socket<'static>,

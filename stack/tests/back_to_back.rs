@@ -1426,6 +1426,100 @@ fn tls_garbage_truncated_hello_and_silence_close_without_panics() {
     assert_eq!(r.status, 200);
 }
 
+/// Sends `bytes` on a new connection to 443; returns what came back before
+/// the edge's FIN.
+fn tls_bytes_until_fin(lab: &mut Lab, h: SocketHandle, bytes: &[u8]) -> Vec<u8> {
+    lab.send(h, bytes);
+    let out = lab.read_until(h, 500, |_| false);
+    assert_eq!(
+        lab.client_state(h),
+        tcp::State::CloseWait,
+        "the edge closed with a FIN"
+    );
+    out
+}
+
+#[test]
+fn tls_errors_rustls_sends_no_alert_for_get_one_before_the_fin() {
+    let (mut lab, server_ca) = tls::tls_lab(None, 5_000);
+    let mut hello = Vec::new();
+    tls::TlsClient::new(&mut lab, tls::client_config(&server_ca, None))
+        .conn
+        .write_tls(&mut hello)
+        .unwrap();
+    // The ClientHello's message in two records, application data between
+    // them (RFC 8446 §5.1 forbids it: unexpected_message).
+    let body = &hello[5..];
+    let mut interleaved = vec![0x16, 0x03, 0x01, 0x00, 0x0a];
+    interleaved.extend_from_slice(&body[..10]);
+    interleaved.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x01, 0x00]);
+    interleaved.extend_from_slice(&[0x16, 0x03, 0x01]);
+    interleaved.extend_from_slice(&((body.len() - 10) as u16).to_be_bytes());
+    interleaved.extend_from_slice(&body[10..]);
+    // A ClientHello announcing 64 KiB, over rustls's limit: decode_error.
+    let oversized = [0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x01, 0x00, 0x00];
+    for (bytes, desc) in [(&interleaved[..], 10u8), (&oversized[..], 50)] {
+        let h = lab.connect_to(443);
+        let out = tls_bytes_until_fin(&mut lab, h, bytes);
+        assert_eq!(out, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, desc]);
+    }
+    let s = lab.edge.stats();
+    assert_eq!(s.tls_alerts_sent, 2, "{s:?}");
+    assert!(s.tls_handshake_failures >= 2, "{s:?}");
+}
+
+/// A TLS 1.3 record under the client's keys whose inner plaintext is all
+/// zeros, so it has no content type (RFC 8446 §5.4: unexpected_message).
+fn zero_inner_plaintext_record(conn: rustls::ClientConnection) -> Vec<u8> {
+    use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+    use rustls::{ConnectionTrafficSecrets as S, ContentType, ProtocolVersion};
+    let Some(rustls::SupportedCipherSuite::Tls13(suite)) = conn.negotiated_cipher_suite() else {
+        panic!("TLS 1.3 expected");
+    };
+    let (seq, secrets) = conn.dangerous_extract_secrets().unwrap().tx;
+    let (key, iv) = match secrets {
+        S::Aes128Gcm { key, iv } | S::Aes256Gcm { key, iv } | S::Chacha20Poly1305 { key, iv } => {
+            (key, iv)
+        }
+        _ => panic!("an AEAD suite expected"),
+    };
+    let msg = OutboundPlainMessage {
+        typ: ContentType::Unknown(0),
+        version: ProtocolVersion::TLSv1_2,
+        payload: OutboundChunks::Single(&[0u8; 16]),
+    };
+    suite
+        .aead_alg
+        .encrypter(key, iv)
+        .encrypt(msg, seq)
+        .unwrap()
+        .encode()
+}
+
+#[test]
+fn tls_zero_inner_plaintext_after_the_handshake_gets_a_fin_without_alert() {
+    let (mut lab, server_ca) = tls::tls_lab(None, 5_000);
+    let mut cfg = (*tls::client_config(&server_ca, None)).clone();
+    cfg.enable_secret_extraction = true;
+    let mut c = tls::TlsClient::new(&mut lab, Arc::new(cfg));
+    let r = c.exchange(&mut lab, b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    // Let the session ticket arrive: nothing else is in flight after it.
+    for _ in 0..20 {
+        c.pump(&mut lab).unwrap();
+    }
+    let tls::TlsClient { h, conn, .. } = c;
+    let record = zero_inner_plaintext_record(conn);
+    // rustls queues no alert for it, and our records are encrypted: a
+    // plaintext alert would read as a corrupt record, close_notify as an
+    // orderly end; the FIN alone it is (see TlsSession::fail).
+    let out = tls_bytes_until_fin(&mut lab, h, &record);
+    assert!(out.is_empty(), "{out:?}");
+    let s = lab.edge.stats();
+    assert_eq!(s.tls_record_errors, 1, "{s:?}");
+    assert_eq!(s.tls_alerts_sent, 0, "{s:?}");
+}
+
 // ---- TLS to upstreams: the simulated origin speaks TLS ----
 
 /// A lab whose origin serves TLS with a certificate for 10.0.0.3 from
@@ -1506,4 +1600,9 @@ fn tls_upstream_with_a_certificate_from_another_ca_gets_502() {
         lab.origin_requests.is_empty(),
         "no request reached the origin"
     );
+    // The refusal's alert (unknown_ca) reached the origin before the FIN.
+    for _ in 0..50 {
+        lab.step(1);
+    }
+    assert!(lab.origin_tls_errors >= 1, "the origin saw no alert");
 }

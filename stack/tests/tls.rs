@@ -360,3 +360,125 @@ fn garbage_and_truncated_hello_fail_cleanly_with_an_alert() {
     assert!(s.feed(&hello[..hello.len() / 2]).is_ok());
     assert!(s.is_handshaking());
 }
+
+/// A real ClientHello, as the one record rustls writes it.
+fn client_hello(root: &Ca) -> Vec<u8> {
+    let mut c = ClientConnection::new(
+        client_config(root, &[], None),
+        ServerName::try_from("svc.test").unwrap(),
+    )
+    .unwrap();
+    let mut hello = Vec::new();
+    c.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// The hello's handshake message in two handshake records with `between`
+/// (a whole record) in the middle.
+fn hello_interleaved_with(hello: &[u8], between: &[u8]) -> Vec<u8> {
+    let body = &hello[5..];
+    let mut out = Vec::new();
+    for (i, part) in [&body[..10], &body[10..]].into_iter().enumerate() {
+        out.extend_from_slice(&[0x16, 0x03, 0x01]);
+        out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        out.extend_from_slice(part);
+        if i == 0 {
+            out.extend_from_slice(between);
+        }
+    }
+    out
+}
+
+#[test]
+fn handshake_errors_rustls_sends_no_alert_for_get_one_from_ferrogate() {
+    use ferrogate_stack::tls::FailAlert;
+    use rustls::AlertDescription as A;
+    let d = dir();
+    let root = ca("root");
+    let server = TlsServer::build(&TlsListenerConfig {
+        certs: vec![spec(
+            &d,
+            "srv",
+            leaf(&root, &["svc.test"]),
+            &["svc.test"],
+            true,
+        )],
+        ..Default::default()
+    })
+    .unwrap();
+    let hello = client_hello(&root);
+    let cases: Vec<(&str, Vec<u8>, A)> = vec![
+        (
+            "application data between two fragments of the ClientHello",
+            hello_interleaved_with(&hello, &[0x17, 0x03, 0x03, 0x00, 0x01, 0x00]),
+            A::UnexpectedMessage,
+        ),
+        (
+            "an alert between two fragments of the ClientHello",
+            hello_interleaved_with(&hello, &[0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00]),
+            A::UnexpectedMessage,
+        ),
+        (
+            "change_cipher_spec between two fragments of the ClientHello",
+            hello_interleaved_with(&hello, &[0x14, 0x03, 0x03, 0x00, 0x01, 0x01]),
+            A::UnexpectedMessage,
+        ),
+        (
+            "a ClientHello of 64 KiB (over rustls's limit)",
+            vec![0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x01, 0x00, 0x00],
+            A::DecodeError,
+        ),
+    ];
+    for (what, bytes, desc) in cases {
+        let mut s = TlsSession::new(server.config.clone()).unwrap();
+        assert!(s.feed(&bytes).is_err(), "{what}: refused");
+        let mut out = vec![0u8; 4096];
+        let n = s.take_tls(&mut out);
+        assert_eq!(
+            &out[..n],
+            &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, u8::from(desc)],
+            "{what}: one fatal {desc:?} alert"
+        );
+        assert_eq!(s.failure(), Some(FailAlert::Added(desc)), "{what}");
+        assert!(!s.wants_write(), "{what}: nothing after the alert");
+    }
+    // Where rustls queues its own alert, it goes alone (no second one).
+    let mut s = TlsSession::new(server.config.clone()).unwrap();
+    assert!(s.feed(b"GET / HTTP/1.1\r\n\r\n").is_err());
+    let mut out = vec![0u8; 4096];
+    let n = s.take_tls(&mut out);
+    assert_eq!(n, 7, "{:?}", &out[..n]);
+    assert_eq!(out[0], 0x15);
+    assert_eq!(s.failure(), Some(FailAlert::Rustls));
+}
+
+#[test]
+fn rustls_errors_map_to_rfc8446_alerts() {
+    use ferrogate_stack::tls::alert_for;
+    use rustls::{AlertDescription as A, Error, InvalidMessage, PeerMisbehaved as P};
+    let cases = [
+        (
+            Error::PeerMisbehaved(P::IllegalTlsInnerPlaintext),
+            Some(A::UnexpectedMessage),
+        ),
+        (
+            Error::PeerMisbehaved(P::MessageInterleavedWithHandshakeMessage),
+            Some(A::UnexpectedMessage),
+        ),
+        (
+            Error::PeerMisbehaved(P::TooManyEmptyFragments),
+            Some(A::UnexpectedMessage),
+        ),
+        (
+            Error::InvalidMessage(InvalidMessage::HandshakePayloadTooLarge),
+            Some(A::DecodeError),
+        ),
+        (Error::PeerSentOversizedRecord, Some(A::RecordOverflow)),
+        (Error::DecryptError, Some(A::BadRecordMac)),
+        (Error::AlertReceived(A::HandshakeFailure), None),
+        (Error::General("x".into()), Some(A::InternalError)),
+    ];
+    for (err, want) in cases {
+        assert_eq!(alert_for(&err), want, "{err:?}");
+    }
+}

@@ -265,6 +265,24 @@ fn sni_alpn_mtls_and_malformed_tls() {
                     other => failures.push(format!("{name}: {other:?}")),
                 }
             }
+            // Errors rustls queues no alert for get ferrogate's, then FIN.
+            let mut interleaved = vec![0x16, 0x03, 0x01, 0x00, 0x0a];
+            interleaved.extend_from_slice(&hello[5..15]);
+            interleaved.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x01, 0x00]);
+            let exact: [(&str, Vec<u8>, u8); 2] = [
+                ("appdata-inside-hello", interleaved, 10),
+                (
+                    "hello-over-64k",
+                    vec![0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x01, 0x00, 0x00],
+                    50,
+                ),
+            ];
+            for (name, raw, desc) in &exact {
+                match raw_exchange(&format!("{VIP}:443"), raw, Duration::from_secs(4)) {
+                    Ok((resp, true)) if resp == [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, *desc] => {}
+                    other => failures.push(format!("{name}: {other:?}")),
+                }
+            }
             // A truncated hello followed by FIN.
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect(format!("{VIP}:443")).unwrap();
@@ -282,7 +300,8 @@ fn sni_alpn_mtls_and_malformed_tls() {
         let (ok, out) = sh(&lab, &curl(&dir, "a.example", 443, "/after", ""));
         assert!(ok, "still serving: {out}");
         let st = engine.stats();
-        assert!(st["stack_tls_handshake_failures"] >= 12, "{st:?}");
+        assert!(st["stack_tls_handshake_failures"] >= 14, "{st:?}");
+        assert!(st["stack_tls_alerts_sent"] >= 2, "{st:?}");
         assert!(st["stack_tls_handshakes_full"] >= 8, "{st:?}");
         assert!(!engine.log().contains("panicked"), "{}", engine.log());
     });

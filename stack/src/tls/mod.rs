@@ -16,7 +16,7 @@ pub use identity::{ClientIdentity, IdentityHeaders};
 pub use server::{
     CertSpec, ClientAuth, MinVersion, TlsConfigError, TlsListenerConfig, TlsServer, provider,
 };
-pub use session::{HandshakeKind, TlsSession, TlsSessionError};
+pub use session::{FailAlert, HandshakeKind, TlsSession, TlsSessionError, alert_for};
 pub use sni::SniResolver;
 
 /// A listener's TLS termination, compiled once per snapshot. Connections
