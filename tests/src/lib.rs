@@ -94,7 +94,9 @@ pub struct Lab {
 impl Lab {
     pub fn up(queues: u32) -> Lab {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!("ft{}{}-", std::process::id() % 100_000, n);
+        // `x` separates the two numbers: pid 1234 lab 56 and pid 12345
+        // lab 6 must not share a prefix.
+        let prefix = format!("ft{}x{}-", std::process::id() % 100_000, n);
         let lab = Lab { prefix };
         run(Command::new(ferrogate_bin()).args([
             "lab",
@@ -146,6 +148,19 @@ impl Lab {
         self.exec("edge", &["ip", "-d", "link", "show", "dev", "eth0"])
             .map(|o| o.contains("prog/xdp"))
             .unwrap_or(false)
+    }
+
+    /// No XDP program on the edge's eth0, waiting up to 5 s for the kernel
+    /// to release a killed process's link (its teardown is deferred).
+    pub fn edge_xdp_gone(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.edge_has_xdp() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
     }
 
     pub fn start_engine(&self, backend: &str, queues: u32) -> Engine {
@@ -260,25 +275,28 @@ impl Lab {
             stats,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: a debug build loading a million prefixes on a loaded
+        // 2-core machine; a healthy start returns as soon as it serves.
+        const START_WITHIN: Duration = Duration::from_secs(60);
+        let deadline = Instant::now() + START_WITHIN;
         while Instant::now() < deadline && !e.log().contains("ferrogate engine serving") {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert!(
             e.log().contains("ferrogate engine serving"),
-            "engine did not start within 20 s; log:\n{}",
+            "engine did not start within {START_WITHIN:?}; log:\n{}",
             e.log()
         );
         // With a config file, `run` also starts the control daemon: wait
         // until it talks to the engine, so tests see one settled system.
         if config.is_some() && !extra.contains(&"--no-control") {
-            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + START_WITHIN;
             while Instant::now() < deadline && !e.log().contains("connected to the engine") {
                 std::thread::sleep(Duration::from_millis(50));
             }
             assert!(
                 e.log().contains("connected to the engine"),
-                "control daemon did not connect within 20 s; log:\n{}",
+                "control daemon did not connect within {START_WITHIN:?}; log:\n{}",
                 e.log()
             );
         }
@@ -292,7 +310,7 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(200));
         }
         panic!(
-            "engine did not answer on the VIP within 20 s; log:\n{}",
+            "engine did not answer on the VIP within {START_WITHIN:?}; log:\n{}",
             e.log()
         );
     }
@@ -452,10 +470,53 @@ impl Engine {
         self.child.as_ref().unwrap().id() as i32
     }
 
-    /// Latest counters the engine published (every 250 ms).
+    /// Counters the engine published (every 250 ms) after this call: the
+    /// third publication from now, so everything counted before the call
+    /// is in (workers hand over L7 counters every 250 ms too), however
+    /// loaded the machine (bounded: 10 s, then the latest).
     pub fn stats(&self) -> HashMap<String, u64> {
-        std::thread::sleep(Duration::from_millis(600));
+        self.wait_publications(3);
+        self.read_stats()
+    }
+
+    /// Counters once `done` holds of them, re-read at each publication for
+    /// up to 10 s; the last read otherwise, for the caller's assert to show.
+    /// For exact counts that a worker may still be catching up on.
+    pub fn stats_until(
+        &self,
+        done: impl Fn(&HashMap<String, u64>) -> bool,
+    ) -> HashMap<String, u64> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut s = self.stats();
+        while !done(&s) && Instant::now() < deadline {
+            self.wait_publications(1);
+            s = self.read_stats();
+        }
+        s
+    }
+
+    fn read_stats(&self) -> HashMap<String, u64> {
         parse_stats(&std::fs::read_to_string(&self.stats).unwrap_or_default())
+    }
+
+    /// Waits until the stats file was replaced `n` times (at most 10 s).
+    fn wait_publications(&self, n: usize) {
+        let stamp = || {
+            std::fs::metadata(&self.stats)
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = stamp();
+        let mut seen = 0;
+        while seen < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = stamp();
+            if now != last {
+                seen += 1;
+                last = now;
+            }
+        }
     }
 
     /// The supervisor runs and never had to restart a dead engine.
@@ -503,17 +564,27 @@ impl Engine {
 
     fn signal_and_wait(&mut self, sig: i32) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
+        let children = children_of(c.id() as i32);
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(c.id() as i32, sig) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // A loaded machine can take a while to detach XDP and flush logs.
+        let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(st)) = c.try_wait() {
                 return Some(st);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Hung: nothing of ours may outlive the test.
+        for &pid in &children {
+            // SAFETY: kill(2) on the supervisor's children, which cannot
+            // have been reaped (and their PIDs reused) while it runs.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         let _ = c.kill();
-        c.wait().ok()
+        let st = c.wait().ok();
+        wait_gone(&children);
+        st
     }
 }
 
@@ -723,11 +794,41 @@ pub mod frames {
     }
 }
 
+/// What [`send_frames_timed`] did: frames the kernel took, seconds from
+/// the first send to the last, and each pause between two sends longer
+/// than 1 ms (the sender was descheduled: a rate limiter refills then).
+#[derive(Debug, Clone, Default)]
+pub struct Sent {
+    pub sent: usize,
+    pub secs: f64,
+    pub gaps: Vec<f64>,
+}
+
+impl Sent {
+    /// The range a token bucket of `rate`/s and `burst` lets through of
+    /// this send: at most `rate × secs + burst`; at least that less what
+    /// the bucket could not hold while the sender was paused (a pause of g
+    /// seconds refills at most `burst`, so `rate × g − burst` is lost).
+    pub fn token_bucket_range(&self, rate: u64, burst: u64) -> (f64, f64) {
+        let (rate, burst) = (rate as f64, burst as f64);
+        let hi = rate * self.secs + burst;
+        let lost: f64 = self.gaps.iter().map(|g| (rate * g - burst).max(0.0)).sum();
+        ((hi - lost).max(0.0), hi)
+    }
+}
+
 /// Sends frames from `eth0` of namespace `ns` over a raw AF_PACKET socket,
 /// paced to `pps` (0 = as fast as possible). Returns (sent, seconds taken).
 pub fn send_frames(ns: &str, frames: Vec<Vec<u8>>, pps: u64) -> Result<(usize, f64)> {
+    send_frames_timed(ns, frames, pps).map(|s| (s.sent, s.secs))
+}
+
+/// [`send_frames`] with the pauses it suffered. Pacing never catches up
+/// after a pause (a burst of back-to-back frames would be a different test):
+/// the schedule restarts from the late frame.
+pub fn send_frames_timed(ns: &str, frames: Vec<Vec<u8>>, pps: u64) -> Result<Sent> {
     let ns = ns.to_string();
-    std::thread::spawn(move || -> Result<(usize, f64)> {
+    std::thread::spawn(move || -> Result<Sent> {
         enter_netns(&ns)?;
         // SAFETY: plain socket(2); the fd is closed at the end.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
@@ -740,15 +841,36 @@ pub fn send_frames(ns: &str, frames: Vec<Vec<u8>>, pps: u64) -> Result<(usize, f
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_ifindex = ifindex as i32;
         sll.sll_halen = 6;
+        let interval = if pps > 0 {
+            Duration::from_secs_f64(1.0 / pps as f64)
+        } else {
+            Duration::ZERO
+        };
+        let pause = Duration::from_millis(1);
         let start = Instant::now();
-        let mut sent = 0;
-        for (i, f) in frames.iter().enumerate() {
+        let (mut base, mut since_base) = (start, 0u32);
+        let mut last_send: Option<Instant> = None;
+        let mut out = Sent::default();
+        for f in &frames {
             if pps > 0 {
-                let due = Duration::from_secs_f64(i as f64 / pps as f64);
-                while start.elapsed() < due {
+                let due = base + interval * since_base;
+                while Instant::now() < due {
                     std::hint::spin_loop();
                 }
+                if Instant::now() > due + pause {
+                    // Late (descheduled): restart the schedule here.
+                    base = Instant::now();
+                    since_base = 0;
+                }
+                since_base += 1;
             }
+            let now = Instant::now();
+            if let Some(prev) = last_send
+                && now - prev > pause
+            {
+                out.gaps.push((now - prev).as_secs_f64());
+            }
+            last_send = Some(now);
             // SAFETY: `f` and `sll` are valid for the call's duration.
             let rc = unsafe {
                 libc::sendto(
@@ -761,13 +883,13 @@ pub fn send_frames(ns: &str, frames: Vec<Vec<u8>>, pps: u64) -> Result<(usize, f
                 )
             };
             if rc >= 0 {
-                sent += 1;
+                out.sent += 1;
             }
         }
-        let secs = start.elapsed().as_secs_f64();
+        out.secs = start.elapsed().as_secs_f64();
         // SAFETY: our fd.
         unsafe { libc::close(fd) };
-        Ok((sent, secs))
+        Ok(out)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("sender thread panicked"))?

@@ -388,10 +388,13 @@ fn a_hundred_applies_under_keep_alive_load_fail_no_request() {
             }
             std::thread::sleep(Duration::from_millis(200));
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let served: u64 = load.into_iter().map(|h| h.join().unwrap()).sum();
+            let served: Vec<u64> = load.into_iter().map(|h| h.join().unwrap()).collect();
             (served, switch_ms)
         });
-        assert!(served > 1000, "{served}");
+        assert!(
+            served.iter().all(|&n| n >= 1),
+            "a load connection starved: {served:?}"
+        );
         let status = ctl_ok(&lab, &["status"]);
         assert_eq!(field(&status, "counter"), "101", "{status}");
         assert_eq!(field(&status, "workers_on_version"), "2", "{status}");
@@ -403,8 +406,10 @@ fn a_hundred_applies_under_keep_alive_load_fail_no_request() {
         let mut sorted = switch_ms.clone();
         sorted.sort_by(f64::total_cmp);
         eprintln!(
-            "100 applies under load: {served} requests, none failed; apply -> all workers report it: p50 {:.2} ms, p99 {:.2} ms (polled every 0.5 ms)",
-            sorted[49], sorted[98]
+            "100 applies under load: {} requests, none failed; apply -> all workers report it: p50 {:.2} ms, p99 {:.2} ms (polled every 0.5 ms)",
+            served.iter().sum::<u64>(),
+            sorted[49],
+            sorted[98]
         );
     });
 }

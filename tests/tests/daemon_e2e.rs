@@ -83,9 +83,11 @@ fn control_daemon_killed_under_load_fails_no_request_and_the_engine_serves_alone
                     .unwrap_or_default()
             });
             std::thread::sleep(Duration::from_millis(300));
-            let before = ctl_ok(&lab, &["status"]);
+            // The daemon may still be connecting on a loaded machine.
+            let before = wait_status(&lab, "the first daemon in sync", |s| {
+                s.contains("in_sync yes")
+            });
             let daemon: i32 = field(&before, "control_pid").parse().unwrap();
-            assert_eq!(field(&before, "in_sync"), "yes", "{before}");
             // SAFETY: kill(2) on the control daemon our supervisor started.
             assert_eq!(unsafe { libc::kill(daemon, libc::SIGKILL) }, 0);
             // The supervisor starts a new daemon; it reconnects and agrees.
@@ -103,10 +105,13 @@ fn control_daemon_killed_under_load_fails_no_request_and_the_engine_serves_alone
             wait_body(&lab, "/v", "b");
             let wrk = wrk.join().unwrap();
             stop.store(true, Ordering::Relaxed);
-            let served: u64 = load.into_iter().map(|h| h.join().unwrap()).sum();
+            let served: Vec<u64> = load.into_iter().map(|h| h.join().unwrap()).collect();
             (served, wrk)
         });
-        assert!(served > 100, "only {served} requests served");
+        assert!(
+            served.iter().all(|&n| n >= 1),
+            "a load connection starved: {served:?}"
+        );
         assert!(wrk.contains("requests in"), "wrk did not run: {wrk}");
         assert!(
             !wrk.contains("Non-2xx") && !wrk.contains("Socket errors"),
@@ -128,14 +133,14 @@ fn control_daemon_killed_under_load_fails_no_request_and_the_engine_serves_alone
             engine.log()
         );
         eprintln!(
-            "control daemon killed under load: {served} keep-alive requests + {wrk_requests} wrk requests, none failed"
+            "control daemon killed under load: {served:?} keep-alive requests (per connection) + {wrk_requests} wrk requests, none failed"
         );
 
         // Everything crashes; the engine alone comes back with what the
         // daemon last applied (no config, no daemon).
         engine.kill9();
         assert!(
-            !lab.edge_has_xdp(),
+            lab.edge_xdp_gone(),
             "a killed engine must not leave XDP behind"
         );
         let engine = lab.start_engine_args(None, "af_xdp", 1, true, &[]);
@@ -284,6 +289,7 @@ fn the_tcp_admin_endpoint_needs_the_bearer_token_and_sockets_are_private() {
                 token_file.to_str().unwrap(),
             ],
         );
+        wait_status(&lab, "the daemon in sync", |s| s.contains("in_sync yes"));
         let url = format!("http://{addr}/status");
         let (code, body) = curl_status(&[&url]);
         assert_eq!(code, "401", "no token: {body}");
@@ -358,7 +364,7 @@ fn tcp_admin_without_a_token_refuses_to_start() {
         assert!(err.contains("without --admin-token-file"), "{err}");
         assert!(err.contains("the control daemon failed to start"), "{err}");
         assert!(
-            !lab.edge_has_xdp(),
+            lab.edge_xdp_gone(),
             "the engine stopped with the supervisor"
         );
     });
@@ -445,11 +451,6 @@ fn access_log_has_one_json_line_per_response_and_a_full_queue_drops_and_counts()
             &format!("[access_log]\npath = \"{}\"\nqueue = 16\n", log.display()),
         );
         let engine = lab.start_engine_with(&path, "af_xdp", 1);
-        // The readiness probe answered /ferrogate/health: count from here.
-        let probes = {
-            std::thread::sleep(Duration::from_millis(200));
-            read_lines(&log).len()
-        };
         for _ in 0..3 {
             assert_eq!(lab.curl(&format!("http://{VIP}/v?q=1")).unwrap(), "logged");
         }
@@ -467,13 +468,20 @@ fn access_log_has_one_json_line_per_response_and_a_full_queue_drops_and_counts()
             "{}",
             String::from_utf8_lossy(&resp)
         );
+        // The readiness probes' lines (/ferrogate/health) may be written
+        // before or after ours: leave them out.
+        let ours_of = |lines: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+            lines
+                .into_iter()
+                .filter(|l| !l["path"].as_str().unwrap_or("").starts_with("/ferrogate/"))
+                .collect()
+        };
         let t0 = Instant::now();
-        let mut lines = read_lines(&log);
-        while lines.len() < probes + 5 && t0.elapsed() < Duration::from_secs(5) {
+        let mut ours = ours_of(read_lines(&log));
+        while ours.len() < 5 && t0.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(50));
-            lines = read_lines(&log);
+            ours = ours_of(read_lines(&log));
         }
-        let ours = &lines[probes..];
         assert_eq!(ours.len(), 5, "{ours:?}");
         let statuses: Vec<u64> = ours.iter().map(|l| l["status"].as_u64().unwrap()).collect();
         assert_eq!(statuses, [200, 200, 200, 404, 400], "{ours:?}");
@@ -497,8 +505,21 @@ fn access_log_has_one_json_line_per_response_and_a_full_queue_drops_and_counts()
             stop.store(true, Ordering::Relaxed);
             load.into_iter().map(|h| h.join().unwrap()).sum()
         });
-        std::thread::sleep(Duration::from_millis(500));
-        let stats: HashMap<String, u64> = ferrogate_tests::parse_stats(&ctl_ok(&lab, &["stats"]));
+        // The writer drains its queue and the workers publish: poll.
+        let settled = |s: &HashMap<String, u64>| {
+            s.get("access_log_written") == s.get("stack_access_log_queued")
+                && s.get("stack_access_log_queued").unwrap_or(&0)
+                    + s.get("stack_access_log_dropped").unwrap_or(&0)
+                    == s.get("stack_responses_2xx").unwrap_or(&0)
+                        + s.get("stack_responses_4xx").unwrap_or(&0)
+        };
+        let t0 = Instant::now();
+        let mut stats: HashMap<String, u64> =
+            ferrogate_tests::parse_stats(&ctl_ok(&lab, &["stats"]));
+        while !settled(&stats) && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(100));
+            stats = ferrogate_tests::parse_stats(&ctl_ok(&lab, &["stats"]));
+        }
         let queued = stats["stack_access_log_queued"];
         let dropped = stats["stack_access_log_dropped"];
         let written = stats["access_log_written"];
@@ -608,7 +629,7 @@ fn fail_closed_keeps_the_program_across_engine_restarts_until_detached() {
         while lab.edge_has_xdp() && t0.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(!lab.edge_has_xdp(), "xdp detach must remove the program");
+        assert!(lab.edge_xdp_gone(), "xdp detach must remove the program");
         assert!(lab.curl(host).is_ok());
 
         // Fail-open (the default) detaches with the engine.
@@ -616,6 +637,6 @@ fn fail_closed_keeps_the_program_across_engine_restarts_until_detached() {
         let mut engine = lab.start_engine_with(&open, "af_xdp", 1);
         assert_eq!(lab.curl(&vip).unwrap(), "open");
         engine.stop();
-        assert!(!lab.edge_has_xdp(), "fail-open leaves nothing behind");
+        assert!(lab.edge_xdp_gone(), "fail-open leaves nothing behind");
     });
 }

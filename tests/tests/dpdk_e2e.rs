@@ -79,7 +79,7 @@ fn dpdk_two_queues_serves_2000_keep_alive_requests_with_hand_off() {
             grew(&before, &after, "xdp_redirect_vip_packets") >= 2_000,
             "{after:?}"
         );
-        assert!(!lab.edge_has_xdp(), "no XDP program under DPDK");
+        assert!(lab.edge_xdp_gone(), "no XDP program under DPDK");
         let (code, metrics, err) = lab.ctl(&["metrics"]);
         assert_eq!(code, 0, "{err}");
         assert!(
@@ -126,7 +126,7 @@ mbufs = 4095
         assert_eq!(ok, 200);
         let st = engine.stop().expect("exit status");
         assert!(st.success(), "engine exit {st}; log:\n{}", engine.log());
-        assert!(!lab.edge_has_xdp(), "the PMD's XDP program stayed attached");
+        assert!(lab.edge_xdp_gone(), "the PMD's XDP program stayed attached");
     });
 }
 

@@ -62,7 +62,7 @@ fn two_queue_load(backend: &str) {
     assert!(engine.is_running());
     let st = engine.stop().expect("exit status");
     assert!(st.success(), "engine exit {st}; log:\n{}", engine.log());
-    assert!(!lab.edge_has_xdp(), "XDP still attached after a clean exit");
+    assert!(lab.edge_xdp_gone(), "XDP still attached after a clean exit");
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn host_traffic_works_during_and_after_the_engine_even_after_sigkill() {
         let neigh = lab.exec("client", &["ip", "neigh", "show", VIP]).unwrap();
         assert!(neigh.contains(&lab.edge_mac()), "VIP ARP answer: {neigh}");
         assert!(engine.stop().unwrap().success());
-        assert!(!lab.edge_has_xdp());
+        assert!(lab.edge_xdp_gone());
         assert_eq!(lab.curl(&host).unwrap().trim(), "edge host kernel");
         lab.exec("client", &["ping", "-c", "1", "-W", "1", EDGE_HOST_IP])
             .expect("ping host after");
@@ -122,7 +122,7 @@ fn host_traffic_works_during_and_after_the_engine_even_after_sigkill() {
         let mut engine = lab.start_engine("af_xdp", 2);
         engine.kill9();
         std::thread::sleep(Duration::from_millis(300));
-        assert!(!lab.edge_has_xdp(), "XDP left attached after SIGKILL");
+        assert!(lab.edge_xdp_gone(), "XDP left attached after SIGKILL");
         assert_eq!(lab.curl(&host).unwrap().trim(), "edge host kernel");
     });
 }
@@ -226,7 +226,7 @@ fn engine_refuses_more_workers_than_nic_queues_with_a_clear_error() {
             "{err}"
         );
         assert!(
-            !lab.edge_has_xdp(),
+            lab.edge_xdp_gone(),
             "a failed start must not leave XDP attached"
         );
     });
