@@ -605,6 +605,14 @@ pub struct UpstreamSection {
     /// Server name sent and verified (default: the endpoint's IP address).
     #[serde(default)]
     pub sni: Option<Spanned<String>>,
+    /// Idle connections kept per endpoint and worker, reused by any client
+    /// connection (default 32; 0: one exchange per connection).
+    #[serde(default)]
+    pub keepalive: Option<Spanned<u32>>,
+    /// Requests per upstream connection before it is closed (default 1000;
+    /// 0: no limit).
+    #[serde(default)]
+    pub max_requests: Option<Spanned<u32>>,
     /// `Host` for requests that arrive without one (HTTP/1.0); default: the
     /// `sni` name, else the endpoint's address (`ip[:port]`).
     #[serde(default)]
@@ -1487,6 +1495,22 @@ fn check_upstream(
         retry,
         timeouts,
         fail_open: u.fail_open.unwrap_or(true),
+        keepalive: match &u.keepalive {
+            Some(k) if *k.get_ref() > 10_000 => {
+                rep.at(
+                    k.span(),
+                    format!("{f}.keepalive"),
+                    "at most 10000 idle connections per endpoint",
+                );
+                0
+            }
+            Some(k) => *k.get_ref() as usize,
+            None => PoolPolicy::default().keepalive,
+        },
+        max_requests: u
+            .max_requests
+            .as_ref()
+            .map_or(PoolPolicy::default().max_requests, |m| *m.get_ref()),
     };
     (eps, policy)
 }
@@ -2230,6 +2254,32 @@ upstream = "origin"
         }
         let c = compile(Path::new("t.toml"), GOOD).unwrap();
         assert_eq!(c.engine.routes.upstreams[0].host, None);
+    }
+
+    #[test]
+    fn pool_keepalive_and_max_requests_reach_the_policy_and_are_bounded() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "endpoints = [\"10.77.0.3:8080\"]",
+                &format!("endpoints = [\"10.77.0.3:8080\"]\n{extra}"),
+            )
+        };
+        let c = compile(
+            Path::new("t.toml"),
+            &with("keepalive = 4\nmax_requests = 9"),
+        )
+        .unwrap();
+        let p = &c.engine.routes.upstreams[0].policy;
+        assert_eq!((p.keepalive, p.max_requests), (4, 9));
+        let c = compile(Path::new("t.toml"), GOOD).unwrap();
+        let p = &c.engine.routes.upstreams[0].policy;
+        assert_eq!((p.keepalive, p.max_requests), (32, 1000));
+        let e = errors(&with("keepalive = 10001"));
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("t.toml:11:") && e.contains("upstreams[0].keepalive")),
+            "{e:?}"
+        );
     }
 
     #[test]

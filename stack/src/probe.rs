@@ -16,6 +16,7 @@ use crate::ports::PortAllocator;
 use crate::route::{RouteTable, Upstream};
 use crate::sockets::{NO_OWNER, SockId, SocketTable};
 use crate::upstream::UpstreamRegistry;
+use crate::upstream::conn_pool::{Closer, ConnPool};
 
 /// How often the stack looks for probes that fell due.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
@@ -47,6 +48,23 @@ pub(crate) struct ProbeCtx<'a> {
     pub registry: &'a mut UpstreamRegistry,
     pub cfg: &'a StackConfig,
     pub linger: Duration,
+    /// Idle connections to an endpoint that fails its check are closed.
+    pub conn_pool: &'a mut ConnPool,
+}
+
+impl ProbeCtx<'_> {
+    /// The endpoint left rotation: its idle pooled connections go too.
+    fn evict(&mut self, pool: &Upstream, addr: SocketAddr, now: Instant) {
+        self.conn_pool.evict_endpoint(
+            pool,
+            addr,
+            &mut Closer {
+                sockets: self.sockets,
+                now,
+                linger: self.linger,
+            },
+        );
+    }
 }
 
 impl Prober {
@@ -72,8 +90,10 @@ impl Prober {
             match self.advance(cx, i, now) {
                 Some(ok) => {
                     let p = self.active.swap_remove(i);
-                    if let Some(s) = cx.registry.pool_mut(&p.pool) {
-                        s.record_result(&p.pool, p.addr, ok, now);
+                    if let Some(s) = cx.registry.pool_mut(&p.pool)
+                        && s.record_result(&p.pool, p.addr, ok, now)
+                    {
+                        cx.evict(&p.pool, p.addr, now);
                     }
                     cx.sockets.retire(p.sock, Some(p.port), !ok, now, cx.linger);
                 }
@@ -91,8 +111,10 @@ impl Prober {
         now: Instant,
     ) {
         let fail = |cx: &mut ProbeCtx<'_>| {
-            if let Some(s) = cx.registry.pool_mut(pool) {
-                s.record_result(pool, addr, false, now);
+            if let Some(s) = cx.registry.pool_mut(pool)
+                && s.record_result(pool, addr, false, now)
+            {
+                cx.evict(pool, addr, now);
             }
         };
         let Some(port) = cx.ports.alloc() else {

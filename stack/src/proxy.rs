@@ -2,7 +2,7 @@
 //! between the client socket and an upstream socket of the same stack, parses
 //! heads, applies the route, and decides keep-alive, retries and errors.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use smoltcp::iface::Context;
@@ -21,6 +21,7 @@ use crate::route::{RouteAction, RouteTable, Upstream};
 use crate::router::RequestView;
 use crate::sockets::{SockId, SocketTable};
 use crate::stats::StackStats;
+use crate::upstream::conn_pool::{Closer, ConnPool, DEFAULT_IDLE, PoolKey, UpstreamConn};
 use crate::upstream::{Balancer, PickError, RequestBody, RouteCounters, UpstreamRegistry};
 use crate::upstream_io::UpstreamIo;
 
@@ -52,16 +53,6 @@ impl ConnBufs {
         self.request_head.clear();
         self.to_client.clear();
     }
-}
-
-struct UpstreamConn {
-    handle: SockId,
-    local_port: u16,
-    endpoint: SocketAddr,
-    /// Requests completed on this connection (0: fresh).
-    served: u32,
-    /// The upstream byte stream: plain, or through a TLS client session.
-    io: UpstreamIo,
 }
 
 enum Body {
@@ -136,6 +127,8 @@ pub(crate) struct Ctx<'a> {
     pub rr_cursor: &'a mut usize,
     /// Per-worker pool state: health, breakers, retry budgets, balancers.
     pub registry: &'a mut UpstreamRegistry,
+    /// The worker's idle upstream connections, shared by its connections.
+    pub conn_pool: &'a mut ConnPool,
     pub route_stats: &'a mut RouteCounters,
     pub access: &'a AccessSink,
     /// Generated request ids: `<worker tag>-<sequence>`.
@@ -153,6 +146,18 @@ impl Ctx<'_> {
     fn connect(&mut self, remote: IpEndpoint, local_port: u16) -> Option<SockId> {
         self.sockets
             .connect(self.iface, self.cfg, self.conn, remote, local_port)
+    }
+
+    /// The worker's connection pool, with what it needs to close one.
+    fn conn_pool(&mut self) -> (&mut ConnPool, Closer<'_>) {
+        let closer = Closer {
+            sockets: self.sockets,
+            now: self.now,
+            linger: smoltcp::time::Duration::from_micros(
+                self.cfg.timeouts.linger.as_micros() as u64
+            ),
+        };
+        (self.conn_pool, closer)
     }
 
     /// Hands a socket back to the stack to close (FIN) or reset and reuse.
@@ -183,6 +188,9 @@ pub(crate) struct Conn {
     /// The request came without Host (HTTP/1.0): where in `request_head`
     /// each attempt writes the one its pool and endpoint call for.
     host_at: Option<usize>,
+    /// The attempt must open a new connection: the previous one failed on a
+    /// pooled connection the origin had closed.
+    fresh_only: bool,
     /// The upstream answered before the request body was complete: the
     /// rest of it is not sent, and neither connection is kept.
     body_abandoned: bool,
@@ -256,6 +264,7 @@ impl Conn {
             hash_key: 0,
             body_started: false,
             host_at: None,
+            fresh_only: false,
             body_abandoned: false,
             upgrade: false,
             route_id: None,
@@ -548,6 +557,7 @@ impl Conn {
                 self.tried_len = 0;
                 self.body_started = false;
                 self.body_abandoned = false;
+                self.fresh_only = false;
                 if let Some(p) = cx.registry.pool_mut(&upstream) {
                     p.begin_request(&upstream, cx.now);
                 }
@@ -598,52 +608,40 @@ impl Conn {
         }
     }
 
-    /// Uses the kept-alive upstream connection or opens a new one to the
-    /// endpoint the pool's balancer picks.
+    /// Sends the request to the endpoint the pool's balancer picks.
     fn start_upstream(&mut self, cx: &mut Ctx<'_>, pool: Arc<Upstream>) -> bool {
-        let same_pool = self
-            .upstream_pool
-            .as_ref()
-            .is_some_and(|p| Arc::ptr_eq(p, &pool) || p.name == pool.name);
-        self.upstream_pool = Some(pool.clone());
-        if let Some(up) = &self.upstream {
-            let sock = cx.sockets.tcp(up.handle);
-            let alive = sock.state() == tcp::State::Established
-                && sock.may_send()
-                && up.io.reusable()
-                && up.io.may_recv(sock);
-            let current = pool.endpoints.iter().position(|a| *a == up.endpoint);
-            if same_pool
-                && alive
-                && let Some(cur) = current
-            {
-                // Keep-alive affinity: reuse the connection unless the hash
-                // balancer wants another endpoint for this request.
-                let claimed = match &pool.policy.balancer {
-                    Balancer::Hash(_) => self.pick(cx, &pool).ok(),
-                    _ => cx
-                        .registry
-                        .pool_mut(&pool)
-                        .map(|p| p.claim(&pool, cur, cx.now).ok())
-                        .unwrap_or(Some(cur)),
-                };
-                if claimed == Some(cur) {
-                    self.ep = Some(cur);
-                    cx.stats.upstream_reused += 1;
-                    return self.begin_send(cx);
-                }
-                if let Some(other) = claimed {
-                    // The hash picked another endpoint: connect there.
-                    self.drop_upstream(cx, false);
-                    return self.open_upstream(cx, other);
-                }
-            }
+        if self.upstream.is_some() {
+            // Not given back after the last response: out of step.
             self.drop_upstream(cx, false);
         }
+        self.upstream_pool = Some(pool.clone());
         match self.pick(cx, &pool) {
-            Ok(ep) => self.open_upstream(cx, ep),
+            Ok(ep) => self.use_endpoint(cx, ep),
             Err(e) => self.fail_to_client(cx, e.into()),
         }
+    }
+
+    /// Sends the attempt to endpoint `ep` of the pool: over a live idle
+    /// connection from the worker's pool when there is one (and the attempt
+    /// need not be fresh), else over a new connection.
+    fn use_endpoint(&mut self, cx: &mut Ctx<'_>, ep: usize) -> bool {
+        let pool = self.upstream_pool.clone().expect("pool chosen");
+        let Some(&endpoint) = pool.endpoints.get(ep) else {
+            return self.open_upstream(cx, ep);
+        };
+        if !self.fresh_only {
+            let key = PoolKey::new(&pool, endpoint);
+            let (conn_pool, mut closer) = cx.conn_pool();
+            if let Some(up) = conn_pool.checkout(&key, &mut closer) {
+                cx.sockets.slot(up.handle).owner = cx.conn;
+                cx.sockets.mark(up.handle);
+                self.ep = Some(ep);
+                self.upstream = Some(up);
+                cx.stats.upstream_reused += 1;
+                return self.begin_send(cx);
+            }
+        }
+        self.open_upstream(cx, ep)
     }
 
     /// Asks the pool's balancer for an endpoint, avoiding those tried.
@@ -666,9 +664,17 @@ impl Conn {
             return;
         };
         if let Some(p) = cx.registry.pool_mut(&pool) {
-            match ok {
+            let ejected = match ok {
                 Some(ok) => p.finish(&pool, ep, ok, cx.now),
-                None => p.cancel(&pool, ep, cx.now),
+                None => {
+                    p.cancel(&pool, ep, cx.now);
+                    false
+                }
+            };
+            if ejected && let Some(&addr) = pool.endpoints.get(ep) {
+                // Its idle connections leave rotation with it.
+                let (conn_pool, mut closer) = cx.conn_pool();
+                conn_pool.evict_endpoint(&pool, addr, &mut closer);
             }
         }
     }
@@ -1061,7 +1067,9 @@ impl Conn {
             if let Some(up) = self.upstream.as_mut() {
                 up.served += 1;
             }
-            if !keep_upstream {
+            if keep_upstream {
+                self.release_upstream(cx);
+            } else {
                 self.drop_upstream(cx, false);
             }
             self.request = None;
@@ -1190,7 +1198,41 @@ impl Conn {
         self.phase = Phase::Finished;
     }
 
-    /// Moves the upstream socket to the pool's closing list.
+    /// Gives the upstream connection to the worker's pool for the next
+    /// request to its endpoint (from any client), or closes it when the
+    /// pool has enough.
+    fn release_upstream(&mut self, cx: &mut Ctx<'_>) {
+        let (Some(up), Some(pool)) = (self.upstream.take(), self.upstream_pool.clone()) else {
+            return;
+        };
+        let in_rotation = pool
+            .endpoints
+            .iter()
+            .position(|a| *a == up.endpoint)
+            .is_some_and(|ep| {
+                cx.registry
+                    .pool(&pool)
+                    .is_none_or(|p| p.usable(&pool, ep, cx.now))
+            });
+        if !in_rotation {
+            // Ejected or failing its checks: nobody would be given it.
+            cx.conn_pool.counters.evicted += 1;
+            self.upstream = Some(up);
+            self.drop_upstream(cx, false);
+            return;
+        }
+        let key = PoolKey::new(&pool, up.endpoint);
+        let handle = up.handle;
+        let policy = &pool.policy;
+        let idle = policy.timeouts.idle.unwrap_or(DEFAULT_IDLE);
+        let (limit, max_requests) = (policy.keepalive, policy.max_requests);
+        let (conn_pool, mut closer) = cx.conn_pool();
+        conn_pool.release(key, up, limit, max_requests, idle, &mut closer);
+        // Its idle timer (or its FIN) is armed in this pass.
+        cx.sockets.mark(handle);
+    }
+
+    /// Moves the upstream socket to the stack's closing list.
     fn drop_upstream(&mut self, cx: &mut Ctx<'_>, reset: bool) {
         if let Some(mut up) = self.upstream.take() {
             if !reset {
@@ -1263,8 +1305,11 @@ impl Conn {
             if let Some(id) = self.route_id {
                 cx.route_stats.get_mut(id).retries += 1;
             }
+            // After an origin closed a pooled connection under us, the
+            // retry opens a fresh one (Pingora's `ReusedOnly`).
+            self.fresh_only = stale_keep_alive;
             return match self.pick(cx, &pool) {
-                Ok(ep) => self.open_upstream(cx, ep),
+                Ok(ep) => self.use_endpoint(cx, ep),
                 Err(e) => self.fail_to_client(cx, e.into()),
             };
         }

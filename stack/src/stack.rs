@@ -29,6 +29,7 @@ use crate::proxy::{Conn, ConnBufs, Ctx};
 use crate::route::RouteTable;
 use crate::sockets::{NO_OWNER, SockId, SocketTable};
 use crate::stats::StackStats;
+use crate::upstream::conn_pool::{Closer, ConnPool, POOLED};
 use crate::upstream::{RouteCounters, UpstreamRegistry, UpstreamStats};
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,8 @@ pub struct Stack {
     rr_cursor: usize,
     /// Pool runtime state (health, breakers, budgets), survives snapshots.
     registry: UpstreamRegistry,
+    /// Idle upstream connections, reused across client connections.
+    conn_pool: ConnPool,
     route_stats: RouteCounters,
     request_seq: u64,
     access: AccessSink,
@@ -177,6 +180,7 @@ impl Stack {
                 c.sync(&routes);
                 c
             },
+            conn_pool: ConnPool::new(),
             request_seq: 0,
             access: AccessSink::default(),
             prober: Prober::default(),
@@ -259,6 +263,7 @@ impl Stack {
                 registry: &mut self.registry,
                 cfg: &self.cfg,
                 linger: self.linger,
+                conn_pool: &mut self.conn_pool,
             },
             &self.routes,
             now,
@@ -270,6 +275,13 @@ impl Stack {
             self.run_pass(now);
         }
         self.stats.active_connections = self.active as u64;
+        let pc = self.conn_pool.counters;
+        self.stats.upstream_idle = self.conn_pool.len() as u64;
+        self.stats.upstream_pool_released = pc.released;
+        self.stats.upstream_pool_surplus = pc.surplus;
+        self.stats.upstream_pool_stale = pc.stale;
+        self.stats.upstream_pool_expired = pc.expired;
+        self.stats.upstream_pool_evicted = pc.evicted;
         self.stats.tx_queue_full = self.device_stats.tx_queue_full;
         self.stats.sockets_created = self.sockets.created() as u64;
     }
@@ -428,7 +440,17 @@ impl Stack {
             return;
         }
         let owner = self.sockets.slot(id).owner;
-        if owner != NO_OWNER && self.conns[owner as usize].pass != self.pass {
+        if owner == POOLED {
+            // An idle pooled connection: the origin may have closed it.
+            self.conn_pool.check(
+                id,
+                &mut Closer {
+                    sockets: &mut self.sockets,
+                    now,
+                    linger: self.linger,
+                },
+            );
+        } else if owner != NO_OWNER && self.conns[owner as usize].pass != self.pass {
             self.drive(owner, now);
         }
         if !self.sockets.is_live(id) {
@@ -464,15 +486,15 @@ impl Stack {
             return;
         }
         let owner = self.sockets.slot(id).owner;
-        let deadline = if owner != NO_OWNER {
+        let deadline = match owner {
+            NO_OWNER => self.sockets.linger_until(id),
+            POOLED => self.conn_pool.idle_until(id),
             // The connection's own deadline rides on its client socket.
-            self.conns[owner as usize]
+            _ => self.conns[owner as usize]
                 .conn
                 .as_ref()
                 .filter(|c| c.sockets().0 == id)
-                .map(Conn::deadline)
-        } else {
-            self.sockets.linger_until(id)
+                .map(Conn::deadline),
         };
         if let Some(d) = deadline {
             at = Some(at.map_or(d, |a| a.min(d)));
@@ -501,6 +523,7 @@ impl Stack {
             cfg: &self.cfg,
             rr_cursor: &mut self.rr_cursor,
             registry: &mut self.registry,
+            conn_pool: &mut self.conn_pool,
             route_stats: &mut self.route_stats,
             request_seq: &mut self.request_seq,
             access: &self.access,

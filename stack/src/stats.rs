@@ -31,7 +31,21 @@ pub struct StackStats {
     /// Responses by status class: index 1 = 1xx ... 5 = 5xx.
     pub responses_by_class: [u64; 6],
     pub upstream_connects: u64,
+    /// Requests sent over an idle connection from the worker's pool.
     pub upstream_reused: u64,
+    /// Idle upstream connections in the worker's pool (a gauge).
+    pub upstream_idle: u64,
+    /// Connections given to the pool after a response; closed instead
+    /// because the endpoint had enough idle or `max_requests` was reached;
+    /// closed by the origin (or found with stray bytes) while idle; idle
+    /// past the pool's idle timeout.
+    pub upstream_pool_released: u64,
+    pub upstream_pool_surplus: u64,
+    pub upstream_pool_stale: u64,
+    pub upstream_pool_expired: u64,
+    /// Idle upstream connections closed because their endpoint left
+    /// rotation (failed health check, passive ejection).
+    pub upstream_pool_evicted: u64,
     pub upstream_errors: u64,
     pub retries: u64,
     pub bad_requests: u64,
@@ -129,6 +143,12 @@ impl StackStats {
         }
         self.upstream_connects += o.upstream_connects;
         self.upstream_reused += o.upstream_reused;
+        self.upstream_idle += o.upstream_idle;
+        self.upstream_pool_released += o.upstream_pool_released;
+        self.upstream_pool_surplus += o.upstream_pool_surplus;
+        self.upstream_pool_stale += o.upstream_pool_stale;
+        self.upstream_pool_expired += o.upstream_pool_expired;
+        self.upstream_pool_evicted += o.upstream_pool_evicted;
         self.upstream_errors += o.upstream_errors;
         self.retries += o.retries;
         self.bad_requests += o.bad_requests;
@@ -173,6 +193,12 @@ impl StackStats {
             ("responses_5xx", self.responses_by_class[5]),
             ("upstream_connects", self.upstream_connects),
             ("upstream_reused", self.upstream_reused),
+            ("upstream_idle", self.upstream_idle),
+            ("upstream_pool_released", self.upstream_pool_released),
+            ("upstream_pool_surplus", self.upstream_pool_surplus),
+            ("upstream_pool_stale", self.upstream_pool_stale),
+            ("upstream_pool_expired", self.upstream_pool_expired),
+            ("upstream_pool_evicted", self.upstream_pool_evicted),
             ("upstream_errors", self.upstream_errors),
             ("retries", self.retries),
             ("bad_requests", self.bad_requests),

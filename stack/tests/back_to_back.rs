@@ -5,9 +5,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use ferrogate_stack::upstream::Endpoint;
 use ferrogate_stack::{
-    DirectResponse, Instant, Listener, PathMatch, Route, RouteAction, RouteTable, Stack,
-    StackConfig, Upstream,
+    DirectResponse, Instant, Listener, PathMatch, PoolPolicy, Route, RouteAction, RouteTable,
+    Stack, StackConfig, Upstream,
 };
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
@@ -294,6 +295,7 @@ impl Lab {
                         r
                     }
                     "/close" => b"HTTP/1.0 200 OK\r\n\r\nuntil-close".to_vec(),
+                    "/503" => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec(),
                     "/headers" => {
                         let body = head.clone();
                         format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
@@ -374,6 +376,23 @@ impl Lab {
         let raw = self.read_until(h, 3_000, |b| Response::parse(b).is_some());
         Response::parse(&raw)
             .unwrap_or_else(|| panic!("no complete response: {:?}", String::from_utf8_lossy(&raw)))
+    }
+
+    /// The origin ends every connection it holds: FIN, sent on the next
+    /// step.
+    fn origin_closes_all(&mut self) {
+        for c in self.origin_conns.drain(..) {
+            self.sockets.get_mut::<tcp::Socket>(c.handle).close();
+        }
+    }
+
+    /// The origin loses every connection without a word (a restart, an
+    /// idle timeout whose FIN was lost): the next segment the proxy sends
+    /// on one gets a RST.
+    fn origin_forgets_all(&mut self) {
+        for c in self.origin_conns.drain(..) {
+            self.sockets.remove(c.handle);
+        }
     }
 
     fn client_state(&self, h: SocketHandle) -> tcp::State {
@@ -509,6 +528,186 @@ fn http10_request_without_host_gets_the_pool_host() {
     assert_eq!(r.status, 200);
     let req = &lab.origin_requests[0];
     assert!(req.contains("\r\nHost: api.example\r\n"), "{req}");
+}
+
+/// A lab whose one pool has `policy` (endpoint: the origin).
+fn pool_lab(tune: impl FnOnce(&mut PoolPolicy)) -> Lab {
+    let mut policy = PoolPolicy::default();
+    tune(&mut policy);
+    let upstream = Arc::new(Upstream::new(
+        "origin",
+        0,
+        &[Endpoint::new("10.0.0.3:8080".parse().unwrap())],
+        policy,
+    ));
+    let routes = Arc::new(RouteTable::new(
+        1,
+        vec![Listener::new(
+            80,
+            vec![Route::new("origin", RouteAction::Proxy(upstream.clone()))],
+        )],
+        vec![upstream],
+    ));
+    Lab::with_routes(Origin::Serving, routes, |_| {})
+}
+
+/// One `Connection: close` exchange on a new client connection.
+fn one_shot(lab: &mut Lab, path: &str) -> Response {
+    let c = lab.connect();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = lab.exchange(c, req.as_bytes());
+    lab.sockets.get_mut::<tcp::Socket>(c).close();
+    for _ in 0..20 {
+        lab.step(1);
+    }
+    r
+}
+
+#[test]
+fn pooled_connection_serves_the_next_client_connection() {
+    let mut lab = pool_lab(|_| {});
+    for i in 0..10 {
+        let r = one_shot(&mut lab, &format!("/c{i}"));
+        assert_eq!(r.body, format!("origin:/c{i}").as_bytes());
+    }
+    let s = *lab.edge.stats();
+    assert_eq!(s.upstream_connects, 1, "{s:?}");
+    assert_eq!(s.upstream_reused, 9);
+    assert_eq!(s.upstream_idle, 1);
+    assert_eq!(lab.edge.active_connections(), 0);
+    assert_eq!(lab.edge.upstream_ports_in_use(), 1, "the pooled one");
+}
+
+#[test]
+fn idle_connection_the_origin_closed_is_never_handed_out() {
+    let mut lab = pool_lab(|_| {});
+    assert_eq!(one_shot(&mut lab, "/a").status, 200);
+    assert_eq!(lab.edge.stats().upstream_idle, 1);
+    lab.origin_closes_all();
+    for _ in 0..50 {
+        lab.step(1);
+    }
+    // The FIN was noticed while idle: closed, out of the pool.
+    let s = *lab.edge.stats();
+    assert_eq!((s.upstream_idle, s.upstream_pool_stale), (0, 1), "{s:?}");
+    let r = one_shot(&mut lab, "/b");
+    assert_eq!(r.status, 200);
+    let s = *lab.edge.stats();
+    assert_eq!(
+        (s.upstream_connects, s.upstream_reused, s.retries),
+        (2, 0, 0)
+    );
+}
+
+#[test]
+fn reused_connection_closed_by_origin_retries_once_on_fresh() {
+    let mut lab = pool_lab(|_| {});
+    assert_eq!(one_shot(&mut lab, "/a").status, 200);
+    // The origin has lost it, silently: the pool cannot tell; the request
+    // sent on it is answered by a RST before any response byte.
+    lab.origin_forgets_all();
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"origin:/b");
+    let s = *lab.edge.stats();
+    assert_eq!((s.upstream_connects, s.retries), (2, 1), "{s:?}");
+    // A POST whose body went up on the dead connection is not resent.
+    let c2 = lab.connect();
+    lab.exchange(
+        c2,
+        b"GET /warm HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    for _ in 0..20 {
+        lab.step(1);
+    }
+    lab.origin_forgets_all();
+    let c3 = lab.connect();
+    let r = lab.exchange(
+        c3,
+        b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(r.status, 502, "{r:?}");
+}
+
+#[test]
+fn pool_at_its_idle_limit_closes_the_surplus() {
+    let mut lab = pool_lab(|p| p.keepalive = 1);
+    // Two clients at once: two upstream connections, one may stay.
+    let a = lab.connect();
+    let b = lab.connect();
+    lab.send(a, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    lab.send(b, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+    for h in [a, b] {
+        let raw = lab.read_until(h, 3_000, |r| Response::parse(r).is_some());
+        assert_eq!(Response::parse(&raw).unwrap().status, 200);
+    }
+    for _ in 0..20 {
+        lab.step(1);
+    }
+    let s = *lab.edge.stats();
+    assert_eq!(s.upstream_connects, 2, "{s:?}");
+    assert_eq!((s.upstream_idle, s.upstream_pool_surplus), (1, 1), "{s:?}");
+    // keepalive = 0: every exchange on its own connection.
+    let mut lab = pool_lab(|p| p.keepalive = 0);
+    one_shot(&mut lab, "/x");
+    one_shot(&mut lab, "/y");
+    let s = *lab.edge.stats();
+    assert_eq!((s.upstream_connects, s.upstream_idle), (2, 0), "{s:?}");
+}
+
+#[test]
+fn ejected_endpoint_takes_its_idle_connections_out_of_the_pool() {
+    let mut lab = pool_lab(|p| {
+        p.passive = Some(ferrogate_stack::upstream::PassivePolicy {
+            consecutive_failures: 1,
+            eject: std::time::Duration::from_secs(30),
+        })
+    });
+    // Two clients at once leave two idle connections to the endpoint.
+    let a = lab.connect();
+    let b = lab.connect();
+    lab.send(a, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    lab.send(b, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+    for h in [a, b] {
+        let raw = lab.read_until(h, 3_000, |r| Response::parse(r).is_some());
+        assert_eq!(Response::parse(&raw).unwrap().status, 200);
+    }
+    for h in [a, b] {
+        lab.sockets.get_mut::<tcp::Socket>(h).close();
+    }
+    for _ in 0..20 {
+        lab.step(1);
+    }
+    assert_eq!(lab.edge.stats().upstream_idle, 2);
+    // A 503 ejects the endpoint: the other idle connection is closed, and
+    // the one that carried the 503 is not pooled either.
+    assert_eq!(one_shot(&mut lab, "/503").status, 503);
+    let s = *lab.edge.stats();
+    assert_eq!(
+        (s.upstream_idle, s.upstream_pool_evicted, s.upstream_reused),
+        (0, 2, 1),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn idle_pooled_connection_expires_and_max_requests_retires() {
+    let mut lab = pool_lab(|p| p.timeouts.idle = Some(std::time::Duration::from_secs(2)));
+    one_shot(&mut lab, "/a");
+    assert_eq!(lab.edge.stats().upstream_idle, 1);
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    let s = *lab.edge.stats();
+    assert_eq!((s.upstream_idle, s.upstream_pool_expired), (0, 1), "{s:?}");
+
+    let mut lab = pool_lab(|p| p.max_requests = 3);
+    for i in 0..7 {
+        one_shot(&mut lab, &format!("/m{i}"));
+    }
+    // 3 + 3 + 1 requests: a third connection.
+    assert_eq!(lab.edge.stats().upstream_connects, 3);
 }
 
 #[test]
@@ -759,10 +958,13 @@ fn many_connections_recycle_sockets_and_ports() {
         }
     }
     assert_eq!(lab.edge.active_connections(), 0);
+    // One after the other, the 100 clients shared one pooled connection.
+    let s = *lab.edge.stats();
+    assert_eq!(s.upstream_connects, 1, "{s:?}");
     assert_eq!(
-        lab.edge.upstream_ports_in_use(),
-        0,
-        "every upstream port returned"
+        lab.edge.upstream_ports_in_use() as u64,
+        s.upstream_idle,
+        "every upstream port returned but the pooled ones"
     );
     // Sockets are reused: far fewer created than the 200 connections served.
     assert!(

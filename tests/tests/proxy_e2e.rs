@@ -808,3 +808,122 @@ fn ten_thousand_idle_connections_cost_memory_not_throughput() {
         assert!(during > 0.0 && before > 0.0);
     });
 }
+
+/// An nginx in the origin namespace on `addr` that closes idle keep-alive
+/// connections after `keepalive_timeout`; stopped by its PID on drop.
+struct IdleClosingNginx {
+    pid_file: std::path::PathBuf,
+}
+
+impl IdleClosingNginx {
+    fn start(lab: &Lab, addr: &str, keepalive_timeout: &str) -> Self {
+        let dir = lab.state_dir().join("idle-nginx");
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\nuser root;\ndaemon on;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                 keepalive_timeout {keepalive_timeout};\n\
+                 server {{\n    listen {addr};\n    location / {{ default_type text/plain; return 200 \"idle-nginx path=$request_uri\\n\"; }}\n  }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        lab.exec("origin", &["nginx", "-c", &conf.display().to_string()])
+            .expect("start nginx");
+        let n = IdleClosingNginx {
+            pid_file: dir.join("nginx.pid"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lab
+            .exec(
+                "origin",
+                &["curl", "-sf", "-m", "1", &format!("http://{addr}/ready")],
+            )
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "nginx on {addr} never answered");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        n
+    }
+}
+
+impl Drop for IdleClosingNginx {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on the nginx master this test started (its
+            // pid file); it takes its worker with it.
+            unsafe { libc::kill(pid, libc::SIGQUIT) };
+            ferrogate_tests::wait_gone(&[pid]);
+        }
+    }
+}
+
+#[test]
+fn an_origin_closing_idle_pooled_connections_fails_no_request() {
+    lab_test("idle_close", || {
+        let lab = Lab::up(1);
+        let _nginx = IdleClosingNginx::start(&lab, "10.77.0.3:8090", "1s");
+        let cfg = config(
+            &lab,
+            "pool.toml",
+            r#"
+[[upstreams]]
+name = "ka"
+endpoints = ["10.77.0.3:8090"]
+[[listeners]]
+port = 80
+[[listeners.routes]]
+upstream = "ka"
+"#,
+        );
+        let engine = lab.start_engine_probe(&cfg, "af_xdp", 1, false);
+        let before = engine.stats();
+        // `Connection: close` clients one after another: each request can
+        // take the connection the previous one left in the pool. Pauses
+        // around nginx's 1 s idle timeout make it close pooled connections
+        // before, while and after they are taken.
+        let pauses_ms = [0, 0, 0, 1200, 0, 950, 1000, 1050, 0, 1500, 980, 1020, 0, 0];
+        let statuses = lab.in_client(|| {
+            let mut statuses = Vec::new();
+            for (i, pause) in pauses_ms.iter().enumerate() {
+                std::thread::sleep(Duration::from_millis(*pause));
+                let r = get_close(&format!("/k{i}"), "lab", "");
+                statuses.push(r.map(|(status, _, body)| (status, body)));
+            }
+            statuses
+        });
+        for (i, r) in statuses.iter().enumerate() {
+            let (status, body) = r.as_ref().unwrap_or_else(|e| panic!("request {i}: {e}"));
+            assert_eq!(*status, 200, "request {i}: {body}");
+            assert!(body.contains(&format!("path=/k{i}")), "{body}");
+        }
+        let s = engine.stats();
+        let grew = |k: &str| s.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+        eprintln!(
+            "{} requests: {} upstream connects, {} reused, {} closed by nginx while idle, {} retried",
+            pauses_ms.len(),
+            grew("stack_upstream_connects"),
+            grew("stack_upstream_reused"),
+            grew("stack_upstream_pool_stale"),
+            grew("stack_retries"),
+        );
+        assert!(grew("stack_upstream_reused") >= 5, "{s:?}");
+        assert!(
+            grew("stack_upstream_pool_stale") >= 1,
+            "nginx's idle close was noticed: {s:?}"
+        );
+        assert!(
+            grew("stack_upstream_connects") < pauses_ms.len() as u64,
+            "{s:?}"
+        );
+    });
+}

@@ -30,6 +30,7 @@
 
 mod balance;
 mod breaker;
+pub(crate) mod conn_pool;
 mod health;
 mod registry;
 mod retry;
@@ -43,6 +44,7 @@ use std::time::Duration;
 
 pub use balance::{Maglev, stable_hash};
 pub use breaker::{BreakerState, CircuitBreaker};
+pub use conn_pool::DEFAULT_IDLE;
 pub use health::{EndpointHealth, Probe};
 pub use registry::{EndpointState, PickError, PoolState, UpstreamRegistry};
 pub use retry::{RequestBody, RetryBudget, RetryDenied, is_idempotent, may_retry};
@@ -310,6 +312,12 @@ pub struct PoolPolicy {
     pub timeouts: UpstreamTimeouts,
     /// Panic mode: with no usable endpoint, pick among all of them.
     pub fail_open: bool,
+    /// Idle connections kept per endpoint and worker for reuse by any
+    /// client connection (0: a connection carries one exchange).
+    pub keepalive: usize,
+    /// Requests one upstream connection carries before it is closed (0: no
+    /// limit).
+    pub max_requests: u32,
 }
 
 impl Default for PoolPolicy {
@@ -322,6 +330,8 @@ impl Default for PoolPolicy {
             retry: RetryPolicy::default(),
             timeouts: UpstreamTimeouts::default(),
             fail_open: true,
+            keepalive: 32,
+            max_requests: 1000,
         }
     }
 }

@@ -177,37 +177,23 @@ impl PoolState {
         Ok(i)
     }
 
-    /// Claims endpoint `ep` for a request on a kept-alive connection to it,
-    /// with the checks `pick` makes (usable, breaker allows). Like a pick,
-    /// an `Ok` must be followed by `finish` or `cancel`.
-    pub fn claim(&mut self, pool: &Upstream, ep: usize, now: Instant) -> Result<usize, PickError> {
-        let Some(i) = self.slot(pool, ep) else {
-            return Err(PickError::NoHealthyEndpoint);
-        };
-        if !self.endpoints[i].health.usable(now) {
-            return Err(PickError::NoHealthyEndpoint);
-        }
-        if let Some(b) = &pool.policy.breaker
-            && !self.breaker.allow(b, now)
-        {
-            self.stats.breaker_rejected += 1;
-            return Err(PickError::BreakerOpen);
-        }
-        let e = &mut self.endpoints[i];
-        e.in_flight += 1;
-        e.stats.attempts += 1;
-        Ok(ep)
+    /// Whether endpoint `ep` is in rotation (healthy, not ejected): a
+    /// connection to one that is not goes back to no pool.
+    pub fn usable(&self, pool: &Upstream, ep: usize, now: Instant) -> bool {
+        self.slot(pool, ep)
+            .is_some_and(|i| self.endpoints[i].health.usable(now))
     }
 
     /// Reports the outcome of an attempt `pick` returned: `ok` false for a
     /// connect failure, timeout, reset or 502/503/504 from the endpoint.
-    /// Drives passive ejection and the breaker.
-    pub fn finish(&mut self, pool: &Upstream, ep: usize, ok: bool, now: Instant) {
+    /// Drives passive ejection and the breaker. True when this ejected the
+    /// endpoint.
+    pub fn finish(&mut self, pool: &Upstream, ep: usize, ok: bool, now: Instant) -> bool {
         if let Some(b) = &pool.policy.breaker {
             self.breaker.record(b, ok, now);
         }
         let Some(i) = self.slot(pool, ep) else {
-            return;
+            return false;
         };
         let e = &mut self.endpoints[i];
         e.in_flight = e.in_flight.saturating_sub(1);
@@ -219,7 +205,9 @@ impl PoolState {
         {
             e.stats.ejections += 1;
             self.stats.ejections += 1;
+            return true;
         }
+        false
     }
 
     /// Gives back a pick that was never sent (e.g. no local port): frees its
@@ -291,12 +279,19 @@ impl PoolState {
     /// Reports a probe result (`ok`: connected for TCP checks, status in
     /// `expect_status` for HTTP). By address, so a probe that straddled a
     /// reload still lands.
-    pub fn record_result(&mut self, pool: &Upstream, addr: SocketAddr, ok: bool, _now: Instant) {
+    /// True when this took the endpoint out of rotation.
+    pub fn record_result(
+        &mut self,
+        pool: &Upstream,
+        addr: SocketAddr,
+        ok: bool,
+        _now: Instant,
+    ) -> bool {
         let Some(check) = pool.policy.health.as_ref() else {
-            return;
+            return false;
         };
         let Some(e) = self.endpoints.iter_mut().find(|e| e.addr == addr) else {
-            return;
+            return false;
         };
         if !ok {
             self.stats.probe_failures += 1;
@@ -304,7 +299,9 @@ impl PoolState {
         if e.health.probe_result(check, ok) && !e.health.active_up {
             e.stats.ejections += 1;
             self.stats.ejections += 1;
+            return true;
         }
+        false
     }
 
     pub fn breaker_state(&self, now: Instant) -> BreakerState {

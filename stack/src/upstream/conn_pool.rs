@@ -1,0 +1,243 @@
+//! The worker's idle upstream connections, shared by all of its client
+//! connections: a response that leaves its upstream connection reusable
+//! gives it back here, and the next request to the same endpoint of the same
+//! pool (any client) takes it instead of a new TCP (and TLS) handshake.
+//!
+//! Keyed by (pool, endpoint, TLS identity): a pool's TLS config is compiled
+//! per snapshot, so after a reload its old TLS connections are never handed
+//! out (they idle out). Most recently used first, so few connections stay
+//! warm. A connection is checked on the way out: one the origin closed
+//! (FIN, RST, close_notify), or that has bytes nobody asked for, is closed
+//! and the next one tried. Pooled sockets belong to no client connection
+//! (`POOLED` owner); their events come here through [`ConnPool::check`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+
+use crate::http::ByteBuf;
+use crate::route::Upstream;
+use crate::sockets::{SockId, SocketTable};
+use crate::upstream::stable_hash;
+use crate::upstream_io::UpstreamIo;
+
+/// `owner` of a socket resting in the pool.
+pub(crate) const POOLED: u32 = u32::MAX - 1;
+
+/// Idle time after which a pooled connection is closed, unless the pool
+/// sets `idle_ms`: below nginx's 60 s upstream and 75 s client defaults, so
+/// the proxy, not the origin, usually ends an idle connection.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
+
+/// One upstream TCP connection (plain or TLS) and what it has carried.
+pub(crate) struct UpstreamConn {
+    pub handle: SockId,
+    pub local_port: u16,
+    pub endpoint: SocketAddr,
+    /// Requests completed on this connection (0: fresh).
+    pub served: u32,
+    /// The upstream byte stream: plain, or through a TLS client session.
+    pub io: UpstreamIo,
+}
+
+/// Which pooled connections a request may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    pool: u64,
+    endpoint: SocketAddr,
+    /// The TLS client config's address (0: plain): a connection made under
+    /// another config (another snapshot's CA or SNI) is not this pool's.
+    tls: usize,
+}
+
+impl PoolKey {
+    pub(crate) fn new(pool: &Upstream, endpoint: SocketAddr) -> Self {
+        Self {
+            pool: stable_hash(pool.name.as_bytes(), 0),
+            endpoint,
+            tls: pool
+                .tls
+                .as_ref()
+                .map_or(0, |t| std::sync::Arc::as_ptr(&t.config) as usize),
+        }
+    }
+}
+
+struct Idle {
+    conn: UpstreamConn,
+    until: Instant,
+}
+
+/// Why a pooled connection was closed (`StackStats::upstream_pool_*`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PoolCounters {
+    /// Given back after a response.
+    pub released: u64,
+    /// Closed at release: the endpoint's idle list was full, or the
+    /// connection reached the pool's `max_requests`.
+    pub surplus: u64,
+    /// Found closed by the origin (or with stray bytes) while idle.
+    pub stale: u64,
+    /// Idle longer than the pool's idle timeout.
+    pub expired: u64,
+    /// Closed because their endpoint left rotation (health, ejection).
+    pub evicted: u64,
+}
+
+pub(crate) struct ConnPool {
+    idle: HashMap<PoolKey, Vec<Idle>>,
+    /// Where each pooled socket rests, for its events.
+    by_sock: HashMap<SockId, PoolKey>,
+    /// Post-handshake TLS records (tickets) of idle connections are read
+    /// into this and thrown away; any plaintext makes the connection stale.
+    scratch: ByteBuf,
+    pub counters: PoolCounters,
+}
+
+/// What closing a pooled connection needs from the stack.
+pub(crate) struct Closer<'a> {
+    pub sockets: &'a mut SocketTable,
+    pub now: Instant,
+    pub linger: smoltcp::time::Duration,
+}
+
+impl Closer<'_> {
+    /// FIN (after close_notify on TLS); the socket lingers, then is reused.
+    fn close(&mut self, mut c: UpstreamConn) {
+        c.io.close(self.sockets.tcp(c.handle));
+        self.sockets
+            .retire(c.handle, Some(c.local_port), false, self.now, self.linger);
+    }
+}
+
+impl ConnPool {
+    pub(crate) fn new() -> Self {
+        Self {
+            idle: HashMap::new(),
+            by_sock: HashMap::new(),
+            scratch: ByteBuf::with_capacity(4096),
+            counters: PoolCounters::default(),
+        }
+    }
+
+    /// Connections resting in the pool.
+    pub(crate) fn len(&self) -> usize {
+        self.by_sock.len()
+    }
+
+    /// Whether `c` can carry a request now: open both ways, nothing unread.
+    fn alive(&mut self, c: &mut UpstreamConn, sockets: &mut SocketTable) -> bool {
+        let sock = sockets.tcp(c.handle);
+        if sock.state() != tcp::State::Established || !sock.may_send() || !c.io.reusable() {
+            return false;
+        }
+        if let UpstreamIo::Tls(_) = c.io {
+            // Session tickets and key updates are fine; data is not.
+            self.scratch.clear();
+            if c.io.recv(sock, &mut self.scratch).is_err() || !self.scratch.is_empty() {
+                return false;
+            }
+        } else if sock.recv_queue() > 0 {
+            return false;
+        }
+        c.io.may_recv(sock) && c.io.reusable()
+    }
+
+    /// A live idle connection for `key`, or None. Dead ones met on the way
+    /// are closed. The caller owns the one returned (and sets its owner).
+    pub(crate) fn checkout(&mut self, key: &PoolKey, cl: &mut Closer<'_>) -> Option<UpstreamConn> {
+        loop {
+            let mut idle = self.idle.get_mut(key)?.pop()?;
+            self.by_sock.remove(&idle.conn.handle);
+            if self.alive(&mut idle.conn, cl.sockets) {
+                return Some(idle.conn);
+            }
+            self.counters.stale += 1;
+            cl.close(idle.conn);
+        }
+    }
+
+    /// Takes `c` back after a response; closes it instead when the
+    /// endpoint already has `limit` idle or it served `max_requests`.
+    pub(crate) fn release(
+        &mut self,
+        key: PoolKey,
+        c: UpstreamConn,
+        limit: usize,
+        max_requests: u32,
+        idle_for: Duration,
+        cl: &mut Closer<'_>,
+    ) {
+        let list = self.idle.entry(key).or_default();
+        if list.len() >= limit || (max_requests > 0 && c.served >= max_requests) {
+            self.counters.surplus += 1;
+            cl.close(c);
+            return;
+        }
+        self.counters.released += 1;
+        cl.sockets.slot(c.handle).owner = POOLED;
+        self.by_sock.insert(c.handle, key);
+        let until = cl.now + smoltcp::time::Duration::from_micros(idle_for.as_micros() as u64);
+        list.push(Idle { conn: c, until });
+    }
+
+    /// A pooled socket had a frame or its timer fired: closes it when the
+    /// origin ended it or it idled out. Returns when to look again.
+    pub(crate) fn check(&mut self, id: SockId, cl: &mut Closer<'_>) -> Option<Instant> {
+        let key = *self.by_sock.get(&id)?;
+        let list = self.idle.get_mut(&key)?;
+        let i = list.iter().position(|e| e.conn.handle == id)?;
+        let expired = cl.now >= list[i].until;
+        let mut e = list.remove(i);
+        let alive = !expired && self.alive(&mut e.conn, cl.sockets);
+        if alive {
+            let until = e.until;
+            // Back in its place: the order is the reuse order.
+            self.idle.get_mut(&key)?.insert(i, e);
+            return Some(until);
+        }
+        self.by_sock.remove(&id);
+        if expired {
+            self.counters.expired += 1;
+        } else {
+            self.counters.stale += 1;
+        }
+        cl.close(e.conn);
+        None
+    }
+
+    /// Closes every idle connection to `endpoint` of `pool`: the endpoint
+    /// left rotation (a failed health check or a passive ejection), and a
+    /// connection to it would only be found dead by the next request.
+    pub(crate) fn evict_endpoint(
+        &mut self,
+        pool: &Upstream,
+        endpoint: SocketAddr,
+        cl: &mut Closer<'_>,
+    ) {
+        let pool_hash = stable_hash(pool.name.as_bytes(), 0);
+        for (key, list) in self.idle.iter_mut() {
+            if key.pool != pool_hash || key.endpoint != endpoint {
+                continue;
+            }
+            for e in list.drain(..) {
+                self.by_sock.remove(&e.conn.handle);
+                self.counters.evicted += 1;
+                cl.close(e.conn);
+            }
+        }
+    }
+
+    /// The time a pooled socket idles out, if it is pooled.
+    pub(crate) fn idle_until(&self, id: SockId) -> Option<Instant> {
+        let key = self.by_sock.get(&id)?;
+        self.idle
+            .get(key)?
+            .iter()
+            .find(|e| e.conn.handle == id)
+            .map(|e| e.until)
+    }
+}
