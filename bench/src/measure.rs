@@ -154,6 +154,21 @@ pub fn window_end(w: Window, run: &Running, n: f64, m: &mut Metrics) {
             // up to 250 ms behind wrk's own count).
             let reqs = d("stack_requests");
             m.insert("fg_stack_requests".into(), reqs);
+            // What explains a tail or an error: kept in the JSON report.
+            for k in [
+                "stack_upstream_connects",
+                "stack_upstream_reused",
+                "stack_retries",
+                "stack_upstream_errors",
+                "stack_overload_rejected",
+                "stack_rx_rst_no_socket",
+                "stack_rx_drop_no_socket",
+                "stack_rx_queue_full",
+                "stack_tx_queue_full",
+                "handoff_dropped",
+            ] {
+                m.insert(format!("fg_{k}"), d(k));
+            }
             if fg.contains_key("workers_busy_ns") && reqs > 0.0 {
                 m.insert(
                     "proxy_us_per_op".into(),

@@ -606,7 +606,7 @@ pub struct UpstreamSection {
     #[serde(default)]
     pub sni: Option<Spanned<String>>,
     /// Idle connections kept per endpoint and worker, reused by any client
-    /// connection (default 32; 0: one exchange per connection).
+    /// connection (default 64; 0: one exchange per connection).
     #[serde(default)]
     pub keepalive: Option<Spanned<u32>>,
     /// Requests per upstream connection before it is closed (default 1000;
@@ -2273,7 +2273,7 @@ upstream = "origin"
         assert_eq!((p.keepalive, p.max_requests), (4, 9));
         let c = compile(Path::new("t.toml"), GOOD).unwrap();
         let p = &c.engine.routes.upstreams[0].policy;
-        assert_eq!((p.keepalive, p.max_requests), (32, 1000));
+        assert_eq!((p.keepalive, p.max_requests), (64, 1000));
         let e = errors(&with("keepalive = 10001"));
         assert!(
             e.iter()

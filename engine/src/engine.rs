@@ -433,8 +433,14 @@ impl Engine {
             sc.verify_rx_checksums = cfg.verify_rx_checksums;
             sc.timeouts = cfg.timeouts;
             sc.max_request_body = cfg.max_request_body;
+            // Differs per start (wall clock, pid): request ids, and where
+            // the upstream port allocator begins.
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
             sc.random_seed =
-                0x9e37_79b9_7f4a_7c15 ^ (id as u64) ^ clock_start.elapsed().as_nanos() as u64;
+                (0x9e37_79b9_7f4a_7c15 ^ (id as u64) ^ wall ^ u64::from(std::process::id()) << 32)
+                    .wrapping_mul(0xbf58_476d_1ce4_e5b9);
             let mut stack = Stack::new(sc, cfg.routes.clone(), Instant::from_micros(0))
                 .map_err(|source| EngineError::Stack { worker: id, source })?;
             if cfg.access_log_queue > 0 {

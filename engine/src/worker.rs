@@ -30,6 +30,9 @@ const L7_PUBLISH_EVERY: Duration = Duration::from_millis(250);
 /// Longest sleep of an idle adaptive worker: bounds the delay of a frame that
 /// another worker hands off (hand-offs do not wake the socket).
 const MAX_SLEEP: Duration = Duration::from_micros(500);
+/// How long a stopping worker keeps exchanging frames after it closed its
+/// idle upstream connections.
+const CLOSE_SETTLE: Duration = Duration::from_millis(20);
 /// Longest sleep in interrupt mode: a frame on the socket wakes the worker
 /// at once, but a hand-off from another worker waits for the sleep to end.
 const INTERRUPT_SLEEP: Duration = Duration::from_millis(2);
@@ -153,6 +156,7 @@ impl Worker {
                 }
             }
         }
+        self.close_pooled(&mut s, &mut rx_error_logged);
         self.stats.publish_l7(
             self.stack.upstream_stats(),
             self.stack.route_stats().clone(),
@@ -161,6 +165,33 @@ impl Worker {
         s.io = self.io.stats();
         self.stats.publish(&s);
         tracing::info!(worker = self.id, "worker stopped");
+    }
+
+    /// Clean stop: a FIN on every idle pooled upstream connection, then a
+    /// few milliseconds of rx/tx so the origins' FINs are acknowledged and
+    /// none keeps a half-dead connection (or a 4-tuple a new engine meets).
+    fn close_pooled(&mut self, s: &mut WorkerStats, error_logged: &mut bool) {
+        let mut first = true;
+        let until = StdInstant::now() + CLOSE_SETTLE;
+        while StdInstant::now() < until {
+            let wall = StdInstant::now();
+            let now =
+                Instant::from_micros(wall.duration_since(self.clock_start).as_micros() as i64);
+            if first {
+                self.stack.close_idle_upstreams(now);
+                first = false;
+            } else {
+                let now_ns = wall.duration_since(self.clock_start).as_nanos() as u64;
+                self.receive_burst(s, error_logged, now_ns);
+                self.stack.poll(now);
+            }
+            let io = &mut self.io;
+            self.stack.drain_tx(|f| {
+                io.tx_frame(f);
+            });
+            let _ = self.io.tx_flush();
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// One rx burst, steering each frame to this stack or its owner.

@@ -23,6 +23,16 @@ impl PortAllocator {
         }
     }
 
+    /// Like `new`, but the first port handed out is `seed` mod the range's
+    /// length into it: a restarted engine does not begin with the 4-tuples
+    /// its predecessor used (an origin may still hold them open, and a SYN
+    /// on one gets a challenge ACK and a one-second retransmit).
+    pub fn starting_at(range: Range<u16>, seed: u64) -> Self {
+        let mut p = Self::new(range);
+        p.cursor = p.range.start + (seed % p.range.len() as u64) as u16;
+        p
+    }
+
     pub fn range(&self) -> Range<u16> {
         self.range.clone()
     }
@@ -69,6 +79,19 @@ impl PortAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seeded_allocator_starts_inside_the_range_and_still_hands_out_every_port() {
+        let mut p = PortAllocator::starting_at(100..110, 7);
+        assert_eq!(p.alloc(), Some(107));
+        let mut got: Vec<u16> = (0..9).map(|_| p.alloc().unwrap()).collect();
+        got.push(107);
+        got.sort();
+        assert_eq!(got, (100..110).collect::<Vec<_>>());
+        assert_eq!(p.alloc(), None);
+        let mut q = PortAllocator::starting_at(100..110, u64::MAX);
+        assert!((100..110).contains(&q.alloc().unwrap()));
+    }
 
     #[test]
     fn hands_out_every_port_once_then_none() {

@@ -150,7 +150,7 @@ impl Stack {
             }
             iface
         };
-        let ports = PortAllocator::new(cfg.upstream_ports.clone());
+        let ports = PortAllocator::starting_at(cfg.upstream_ports.clone(), cfg.random_seed);
         let max = cfg.max_connections;
         Ok(Self {
             iface,
@@ -238,6 +238,19 @@ impl Stack {
             self.stats.rx_queue_full += 1;
             false
         }
+    }
+
+    /// For a clean stop: ends every idle pooled upstream connection with a
+    /// FIN, so origins do not keep them open until their own timeout (and
+    /// a new engine's first connections never meet their 4-tuples). Keep
+    /// polling and draining tx for a moment after, for the FIN exchange.
+    pub fn close_idle_upstreams(&mut self, now: Instant) {
+        self.conn_pool.close_all(&mut Closer {
+            sockets: &mut self.sockets,
+            now,
+            linger: self.linger,
+        });
+        self.poll(now);
     }
 
     pub fn rx_pending(&self) -> usize {

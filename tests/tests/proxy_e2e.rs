@@ -885,7 +885,7 @@ port = 80
 upstream = "ka"
 "#,
         );
-        let engine = lab.start_engine_probe(&cfg, "af_xdp", 1, false);
+        let mut engine = lab.start_engine_probe(&cfg, "af_xdp", 1, false);
         let before = engine.stats();
         // `Connection: close` clients one after another: each request can
         // take the connection the previous one left in the pool. Pauses
@@ -924,6 +924,32 @@ upstream = "ka"
         assert!(
             grew("stack_upstream_connects") < pauses_ms.len() as u64,
             "{s:?}"
+        );
+        // A clean stop ends the pooled connections with a FIN: the origin
+        // keeps none of them open.
+        let established = || {
+            lab.exec(
+                "origin",
+                &["ss", "-Htn", "state", "established", "( sport = :8090 )"],
+            )
+            .unwrap_or_default()
+        };
+        let last = lab.in_client(|| get_close("/last", "lab", ""));
+        assert_eq!(last.map(|r| r.0), Ok(200));
+        assert!(
+            established().contains("10.77.0.10"),
+            "a pooled connection is open before the stop: {}",
+            established()
+        );
+        assert!(engine.stop().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while established().contains("10.77.0.10") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            !established().contains("10.77.0.10"),
+            "the origin still holds the stopped engine's connections:\n{}",
+            established()
         );
     });
 }

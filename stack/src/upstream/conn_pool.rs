@@ -231,6 +231,19 @@ impl ConnPool {
         }
     }
 
+    /// Closes every idle connection (FIN; close_notify first on TLS): the
+    /// worker is stopping.
+    pub(crate) fn close_all(&mut self, cl: &mut Closer<'_>) {
+        for (_, list) in self.idle.iter_mut() {
+            for e in list.drain(..) {
+                let handle = e.conn.handle;
+                cl.close(e.conn);
+                cl.sockets.mark(handle);
+            }
+        }
+        self.by_sock.clear();
+    }
+
     /// The time a pooled socket idles out, if it is pooled.
     pub(crate) fn idle_until(&self, id: SockId) -> Option<Instant> {
         let key = self.by_sock.get(&id)?;

@@ -330,7 +330,7 @@ impl Default for PoolPolicy {
             retry: RetryPolicy::default(),
             timeouts: UpstreamTimeouts::default(),
             fail_open: true,
-            keepalive: 32,
+            keepalive: 64,
             max_requests: 1000,
         }
     }
