@@ -280,7 +280,10 @@ impl Daemon {
                     st.pending_hash = None;
                     return false;
                 }
-                if st.pending_hash != Some(hash) {
+                // The first look (at start) decides at once: settling it
+                // would leave a window in which an operator's apply is
+                // taken back by the file the daemon started with.
+                if st.file_hash.is_some() && st.pending_hash != Some(hash) {
                     // An editor or `>` may be half-way through writing it.
                     st.pending_hash = Some(hash);
                     return true;
@@ -467,9 +470,29 @@ impl Daemon {
             );
         }
         match self.push(&req.body, &source) {
-            Ok(r) => r,
+            Ok(r) => {
+                if r.status == 200 {
+                    self.file_superseded();
+                }
+                r
+            }
             Err(e) => Reply::err(503, format!("engine unreachable: {e:#}\n")),
         }
+    }
+
+    /// An operator's apply or rollback wins over the file as it is now: the
+    /// watch applies only what is written to it after this.
+    fn file_superseded(&self) {
+        let Ok(text) = std::fs::read_to_string(&self.args.config) else {
+            return;
+        };
+        let hash = content_hash(&text);
+        {
+            let mut st = self.state();
+            st.file_hash = Some(hash);
+            st.pending_hash = None;
+        }
+        self.remember_file_hash(hash);
     }
 
     fn rollback(&self) -> Reply {
@@ -479,10 +502,13 @@ impl Daemon {
             && let Ok((version, source, text)) = self.running()
         {
             let hash = content_hash(&text);
-            let mut st = self.state();
-            st.desired = Some(Desired { text, source, hash });
-            st.engine_hash = hash;
-            st.engine_version = version;
+            {
+                let mut st = self.state();
+                st.desired = Some(Desired { text, source, hash });
+                st.engine_hash = hash;
+                st.engine_version = version;
+            }
+            self.file_superseded();
         }
         r
     }

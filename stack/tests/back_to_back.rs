@@ -1808,3 +1808,47 @@ fn tls_upstream_with_a_certificate_from_another_ca_gets_502() {
     }
     assert!(lab.origin_tls_errors >= 1, "the origin saw no alert");
 }
+
+/// The root lab's bad-request corpus (`tests/corpus/http-bad`), here on the
+/// simulated clock: every case gets 400 or 501 from the proxy itself and the
+/// connection is closed; none reaches the client as an origin answer.
+#[test]
+fn every_bad_request_in_the_corpus_gets_400_or_501_and_close() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/http-bad");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 20, "corpus missing: {}", dir.display());
+    let mut lab = Lab::new(Origin::Serving);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let raw = std::fs::read(case).unwrap();
+        let c = lab.connect();
+        lab.send(c, &raw);
+        let mut got = lab.read_until(c, 3_000, |b| Response::parse(b).is_some());
+        for _ in 0..500 {
+            if !lab.sockets.get::<tcp::Socket>(c).may_recv() {
+                break;
+            }
+            got.extend(lab.read_until(c, 1, |_| true));
+        }
+        let closed = !lab.sockets.get::<tcp::Socket>(c).may_recv();
+        let text = String::from_utf8_lossy(&got);
+        let status_ok = text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 501");
+        if !status_ok || !closed || text.contains("origin:") {
+            failures.push(format!(
+                "{name}: closed={closed} response={:?}",
+                text.lines().next()
+            ));
+        }
+        lab.sockets.get_mut::<tcp::Socket>(c).abort();
+        for _ in 0..5 {
+            lab.step(1);
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(lab.edge.stats().bad_requests, cases.len() as u64);
+}

@@ -640,3 +640,26 @@ fn fail_closed_keeps_the_program_across_engine_restarts_until_detached() {
         assert!(lab.edge_xdp_gone(), "fail-open leaves nothing behind");
     });
 }
+
+#[test]
+fn an_apply_right_after_the_daemon_starts_is_not_taken_back_by_the_file() {
+    lab_test("daemon_early_apply", || {
+        let lab = Lab::up(1);
+        let path = write_config(&lab, "early.toml", "from-file", "");
+        let other = write_config(&lab, "other.toml", "from-apply", "");
+        // Returns once the daemon logged its connection to the engine: the
+        // apply lands while the daemon is still taking its first looks.
+        let _engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let out = ctl_ok(&lab, &["apply", other.to_str().unwrap()]);
+        assert!(out.contains("applied version"), "{out}");
+        wait_body(&lab, "/v", "from-apply");
+        // Several file-watch periods later the operator's apply still holds.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(lab.curl(&format!("http://{VIP}/v")).unwrap(), "from-apply");
+        let status = ctl_ok(&lab, &["status"]);
+        assert_eq!(field(&status, "in_sync"), "yes", "{status}");
+        // A later edit of the file is still applied.
+        std::fs::write(&path, respond_config("edited", "")).unwrap();
+        wait_body(&lab, "/v", "edited");
+    });
+}

@@ -44,7 +44,7 @@ impl HeadError {
 }
 
 /// What the proxy keeps of a request head after its bytes are consumed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestHead {
     pub head_len: usize,
     /// The method, for known methods (retry rules); "OTHER" otherwise.
@@ -59,7 +59,7 @@ pub struct RequestHead {
 }
 
 /// What the proxy keeps of a response head.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseHead {
     pub head_len: usize,
     pub status: u16,
