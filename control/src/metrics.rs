@@ -114,7 +114,7 @@ impl Families {
 }
 
 fn is_gauge(stack_field: &str) -> bool {
-    stack_field == "active_connections"
+    matches!(stack_field, "active_connections" | "upstream_idle")
 }
 
 /// Renders every counter of `st` as Prometheus text.

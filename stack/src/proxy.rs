@@ -1189,6 +1189,9 @@ impl Conn {
 
     /// Ends the connection now; `reset` aborts the client socket.
     fn finish(&mut self, cx: &mut Ctx<'_>, reset: bool) {
+        // A pick the client left before it was judged is given back (its
+        // in-flight slot, a half-open breaker probe), not leaked.
+        self.settle(cx, None);
         if reset {
             cx.tcp(self.client).abort();
         } else {
@@ -1226,8 +1229,9 @@ impl Conn {
         let policy = &pool.policy;
         let idle = policy.timeouts.idle.unwrap_or(DEFAULT_IDLE);
         let (limit, max_requests) = (policy.keepalive, policy.max_requests);
+        let tls = pool.tls.as_ref().map(|t| t.config.clone());
         let (conn_pool, mut closer) = cx.conn_pool();
-        conn_pool.release(key, up, limit, max_requests, idle, &mut closer);
+        conn_pool.release(key, up, tls, limit, max_requests, idle, &mut closer);
         // Its idle timer (or its FIN) is armed in this pass.
         cx.sockets.mark(handle);
     }

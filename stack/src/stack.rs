@@ -208,6 +208,14 @@ impl Stack {
 
     pub fn set_routes(&mut self, routes: Arc<RouteTable>) {
         self.registry.sync(&routes.upstreams, self.now);
+        self.conn_pool.retain_current(
+            &routes.upstreams,
+            &mut Closer {
+                sockets: &mut self.sockets,
+                now: self.now,
+                linger: self.linger,
+            },
+        );
         self.route_stats.sync(&routes);
         self.routes = routes;
         self.neighbors.soon();

@@ -601,17 +601,41 @@ fn idle_connection_the_origin_closed_is_never_handed_out() {
 
 #[test]
 fn reused_connection_closed_by_origin_retries_once_on_fresh() {
-    let mut lab = pool_lab(|_| {});
-    assert_eq!(one_shot(&mut lab, "/a").status, 200);
-    // The origin has lost it, silently: the pool cannot tell; the request
-    // sent on it is answered by a RST before any response byte.
+    // No ordinary retries: only the reused-connection rule may resend.
+    let mut lab = pool_lab(|p| p.retry.attempts = 1);
+    // Two clients at once leave two idle connections.
+    let a = lab.connect();
+    let b = lab.connect();
+    lab.send(a, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    lab.send(b, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+    for h in [a, b] {
+        let raw = lab.read_until(h, 3_000, |r| Response::parse(r).is_some());
+        assert_eq!(Response::parse(&raw).unwrap().status, 200);
+        lab.sockets.get_mut::<tcp::Socket>(h).close();
+    }
+    for _ in 0..20 {
+        lab.step(1);
+    }
+    assert_eq!(lab.edge.stats().upstream_idle, 2);
+    // The origin has lost both, silently: the pool cannot tell; the request
+    // sent on one is answered by a RST before any response byte. The
+    // retry must not take the other (just as dead) pooled connection.
     lab.origin_forgets_all();
     let c = lab.connect();
-    let r = lab.exchange(c, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = lab.exchange(c, b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.status, 200);
-    assert_eq!(r.body, b"origin:/b");
+    assert_eq!(r.body, b"origin:/c");
     let s = *lab.edge.stats();
-    assert_eq!((s.upstream_connects, s.retries), (2, 1), "{s:?}");
+    assert_eq!(
+        (s.upstream_connects, s.upstream_reused, s.retries),
+        (3, 1, 1),
+        "{s:?}"
+    );
+    assert_eq!(
+        lab.edge.upstream_stats().pools[0].1.ejections,
+        0,
+        "a stale pooled connection says nothing about the endpoint's health"
+    );
     // A POST whose body went up on the dead connection is not resent.
     let c2 = lab.connect();
     lab.exchange(

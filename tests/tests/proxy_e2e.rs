@@ -817,7 +817,9 @@ struct IdleClosingNginx {
 
 impl IdleClosingNginx {
     fn start(lab: &Lab, addr: &str, keepalive_timeout: &str) -> Self {
-        let dir = lab.state_dir().join("idle-nginx");
+        let dir = lab
+            .state_dir()
+            .join(format!("nginx-{}", addr.replace([':', '.'], "-")));
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.display();
         let conf = dir.join("nginx.conf");
@@ -872,6 +874,8 @@ fn an_origin_closing_idle_pooled_connections_fails_no_request() {
     lab_test("idle_close", || {
         let lab = Lab::up(1);
         let _nginx = IdleClosingNginx::start(&lab, "10.77.0.3:8090", "1s");
+        // One that keeps idle connections a minute: for the stop check.
+        let _long = IdleClosingNginx::start(&lab, "10.77.0.3:8091", "60s");
         let cfg = config(
             &lab,
             "pool.toml",
@@ -879,8 +883,14 @@ fn an_origin_closing_idle_pooled_connections_fails_no_request() {
 [[upstreams]]
 name = "ka"
 endpoints = ["10.77.0.3:8090"]
+[[upstreams]]
+name = "long"
+endpoints = ["10.77.0.3:8091"]
 [[listeners]]
 port = 80
+[[listeners.routes]]
+host = "long"
+upstream = "long"
 [[listeners.routes]]
 upstream = "ka"
 "#,
@@ -916,7 +926,7 @@ upstream = "ka"
             grew("stack_upstream_pool_stale"),
             grew("stack_retries"),
         );
-        assert!(grew("stack_upstream_reused") >= 5, "{s:?}");
+        assert!(grew("stack_upstream_reused") >= 6, "{s:?}");
         assert!(
             grew("stack_upstream_pool_stale") >= 1,
             "nginx's idle close was noticed: {s:?}"
@@ -926,15 +936,15 @@ upstream = "ka"
             "{s:?}"
         );
         // A clean stop ends the pooled connections with a FIN: the origin
-        // keeps none of them open.
+        // (which would keep them a minute) holds none of them open.
         let established = || {
             lab.exec(
                 "origin",
-                &["ss", "-Htn", "state", "established", "( sport = :8090 )"],
+                &["ss", "-Htn", "state", "established", "( sport = :8091 )"],
             )
             .unwrap_or_default()
         };
-        let last = lab.in_client(|| get_close("/last", "lab", ""));
+        let last = lab.in_client(|| get_close("/last", "long", ""));
         assert_eq!(last.map(|r| r.0), Ok(200));
         assert!(
             established().contains("10.77.0.10"),

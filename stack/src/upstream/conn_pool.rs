@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use smoltcp::socket::tcp;
@@ -69,6 +70,10 @@ impl PoolKey {
 struct Idle {
     conn: UpstreamConn,
     until: Instant,
+    /// Holds the TLS config the connection was made under: its address
+    /// is in the key, and must not be reused by another config while a
+    /// connection made under this one rests here.
+    _tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Why a pooled connection was closed (`StackStats::upstream_pool_*`).
@@ -94,6 +99,8 @@ pub(crate) struct ConnPool {
     /// Post-handshake TLS records (tickets) of idle connections are read
     /// into this and thrown away; any plaintext makes the connection stale.
     scratch: ByteBuf,
+    /// The worker is stopping: connections given back are closed.
+    closing: bool,
     pub counters: PoolCounters,
 }
 
@@ -119,6 +126,7 @@ impl ConnPool {
             idle: HashMap::new(),
             by_sock: HashMap::new(),
             scratch: ByteBuf::with_capacity(4096),
+            closing: false,
             counters: PoolCounters::default(),
         }
     }
@@ -150,7 +158,11 @@ impl ConnPool {
     /// are closed. The caller owns the one returned (and sets its owner).
     pub(crate) fn checkout(&mut self, key: &PoolKey, cl: &mut Closer<'_>) -> Option<UpstreamConn> {
         loop {
-            let mut idle = self.idle.get_mut(key)?.pop()?;
+            let list = self.idle.get_mut(key)?;
+            let Some(mut idle) = list.pop() else {
+                self.idle.remove(key);
+                return None;
+            };
             self.by_sock.remove(&idle.conn.handle);
             if self.alive(&mut idle.conn, cl.sockets) {
                 return Some(idle.conn);
@@ -162,17 +174,19 @@ impl ConnPool {
 
     /// Takes `c` back after a response; closes it instead when the
     /// endpoint already has `limit` idle or it served `max_requests`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn release(
         &mut self,
         key: PoolKey,
         c: UpstreamConn,
+        tls: Option<Arc<rustls::ClientConfig>>,
         limit: usize,
         max_requests: u32,
         idle_for: Duration,
         cl: &mut Closer<'_>,
     ) {
         let list = self.idle.entry(key).or_default();
-        if list.len() >= limit || (max_requests > 0 && c.served >= max_requests) {
+        if self.closing || list.len() >= limit || (max_requests > 0 && c.served >= max_requests) {
             self.counters.surplus += 1;
             cl.close(c);
             return;
@@ -181,7 +195,11 @@ impl ConnPool {
         cl.sockets.slot(c.handle).owner = POOLED;
         self.by_sock.insert(c.handle, key);
         let until = cl.now + smoltcp::time::Duration::from_micros(idle_for.as_micros() as u64);
-        list.push(Idle { conn: c, until });
+        list.push(Idle {
+            conn: c,
+            until,
+            _tls: tls,
+        });
     }
 
     /// A pooled socket had a frame or its timer fired: closes it when the
@@ -231,9 +249,34 @@ impl ConnPool {
         }
     }
 
+    /// A new snapshot: idle connections whose pool, endpoint or TLS config
+    /// it no longer has are closed (nobody could be given them).
+    pub(crate) fn retain_current(&mut self, upstreams: &[Arc<Upstream>], cl: &mut Closer<'_>) {
+        let current: Vec<PoolKey> = upstreams
+            .iter()
+            .flat_map(|u| u.endpoints.iter().map(|&ep| PoolKey::new(u, ep)))
+            .collect();
+        let stale: Vec<PoolKey> = self
+            .idle
+            .keys()
+            .filter(|k| !current.contains(k))
+            .copied()
+            .collect();
+        for key in stale {
+            for e in self.idle.remove(&key).unwrap_or_default() {
+                self.by_sock.remove(&e.conn.handle);
+                self.counters.evicted += 1;
+                let handle = e.conn.handle;
+                cl.close(e.conn);
+                cl.sockets.mark(handle);
+            }
+        }
+    }
+
     /// Closes every idle connection (FIN; close_notify first on TLS): the
     /// worker is stopping.
     pub(crate) fn close_all(&mut self, cl: &mut Closer<'_>) {
+        self.closing = true;
         for (_, list) in self.idle.iter_mut() {
             for e in list.drain(..) {
                 let handle = e.conn.handle;
@@ -242,6 +285,7 @@ impl ConnPool {
             }
         }
         self.by_sock.clear();
+        self.idle.clear();
     }
 
     /// The time a pooled socket idles out, if it is pooled.
