@@ -551,6 +551,26 @@ fn pool_lab(tune: impl FnOnce(&mut PoolPolicy)) -> Lab {
     Lab::with_routes(Origin::Serving, routes, |_| {})
 }
 
+/// Two client connections with a request each in flight at once (so two
+/// upstream connections), both answered 200 and then closed by the client.
+fn two_clients_at_once(lab: &mut Lab) {
+    let clients = [lab.connect(), lab.connect()];
+    for (h, path) in clients.iter().zip(["/a", "/b"]) {
+        lab.send(
+            *h,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        );
+    }
+    for h in clients {
+        let raw = lab.read_until(h, 3_000, |r| Response::parse(r).is_some());
+        assert_eq!(Response::parse(&raw).unwrap().status, 200);
+        lab.sockets.get_mut::<tcp::Socket>(h).close();
+    }
+    for _ in 0..20 {
+        lab.step(1);
+    }
+}
+
 /// One `Connection: close` exchange on a new client connection.
 fn one_shot(lab: &mut Lab, path: &str) -> Response {
     let c = lab.connect();
@@ -604,18 +624,7 @@ fn reused_connection_closed_by_origin_retries_once_on_fresh() {
     // No ordinary retries: only the reused-connection rule may resend.
     let mut lab = pool_lab(|p| p.retry.attempts = 1);
     // Two clients at once leave two idle connections.
-    let a = lab.connect();
-    let b = lab.connect();
-    lab.send(a, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
-    lab.send(b, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
-    for h in [a, b] {
-        let raw = lab.read_until(h, 3_000, |r| Response::parse(r).is_some());
-        assert_eq!(Response::parse(&raw).unwrap().status, 200);
-        lab.sockets.get_mut::<tcp::Socket>(h).close();
-    }
-    for _ in 0..20 {
-        lab.step(1);
-    }
+    two_clients_at_once(&mut lab);
     assert_eq!(lab.edge.stats().upstream_idle, 2);
     // The origin has lost both, silently: the pool cannot tell; the request
     // sent on one is answered by a RST before any response byte. The
@@ -658,17 +667,7 @@ fn reused_connection_closed_by_origin_retries_once_on_fresh() {
 fn pool_at_its_idle_limit_closes_the_surplus() {
     let mut lab = pool_lab(|p| p.keepalive = 1);
     // Two clients at once: two upstream connections, one may stay.
-    let a = lab.connect();
-    let b = lab.connect();
-    lab.send(a, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
-    lab.send(b, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
-    for h in [a, b] {
-        let raw = lab.read_until(h, 3_000, |r| Response::parse(r).is_some());
-        assert_eq!(Response::parse(&raw).unwrap().status, 200);
-    }
-    for _ in 0..20 {
-        lab.step(1);
-    }
+    two_clients_at_once(&mut lab);
     let s = *lab.edge.stats();
     assert_eq!(s.upstream_connects, 2, "{s:?}");
     assert_eq!((s.upstream_idle, s.upstream_pool_surplus), (1, 1), "{s:?}");
@@ -689,20 +688,7 @@ fn ejected_endpoint_takes_its_idle_connections_out_of_the_pool() {
         })
     });
     // Two clients at once leave two idle connections to the endpoint.
-    let a = lab.connect();
-    let b = lab.connect();
-    lab.send(a, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
-    lab.send(b, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
-    for h in [a, b] {
-        let raw = lab.read_until(h, 3_000, |r| Response::parse(r).is_some());
-        assert_eq!(Response::parse(&raw).unwrap().status, 200);
-    }
-    for h in [a, b] {
-        lab.sockets.get_mut::<tcp::Socket>(h).close();
-    }
-    for _ in 0..20 {
-        lab.step(1);
-    }
+    two_clients_at_once(&mut lab);
     assert_eq!(lab.edge.stats().upstream_idle, 2);
     // A 503 ejects the endpoint: the other idle connection is closed, and
     // the one that carried the 503 is not pooled either.

@@ -84,7 +84,14 @@ fn chunked_body() -> impl Strategy<Value = (Vec<u8>, usize)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // A fixed seed: the suite gives the same answer on every machine and
+    // run; change the seed (or the case count) to explore further.
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x6665_7272_6f67_6174),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn a_valid_request_head_split_at_every_byte_parses_the_same_once_complete(

@@ -136,24 +136,6 @@ impl ConnPool {
         self.by_sock.len()
     }
 
-    /// Whether `c` can carry a request now: open both ways, nothing unread.
-    fn alive(&mut self, c: &mut UpstreamConn, sockets: &mut SocketTable) -> bool {
-        let sock = sockets.tcp(c.handle);
-        if sock.state() != tcp::State::Established || !sock.may_send() || !c.io.reusable() {
-            return false;
-        }
-        if let UpstreamIo::Tls(_) = c.io {
-            // Session tickets and key updates are fine; data is not.
-            self.scratch.clear();
-            if c.io.recv(sock, &mut self.scratch).is_err() || !self.scratch.is_empty() {
-                return false;
-            }
-        } else if sock.recv_queue() > 0 {
-            return false;
-        }
-        c.io.may_recv(sock) && c.io.reusable()
-    }
-
     /// A live idle connection for `key`, or None. Dead ones met on the way
     /// are closed. The caller owns the one returned (and sets its owner).
     pub(crate) fn checkout(&mut self, key: &PoolKey, cl: &mut Closer<'_>) -> Option<UpstreamConn> {
@@ -164,7 +146,7 @@ impl ConnPool {
                 return None;
             };
             self.by_sock.remove(&idle.conn.handle);
-            if self.alive(&mut idle.conn, cl.sockets) {
+            if alive(&mut idle.conn, cl.sockets, &mut self.scratch) {
                 return Some(idle.conn);
             }
             self.counters.stale += 1;
@@ -208,15 +190,12 @@ impl ConnPool {
         let key = *self.by_sock.get(&id)?;
         let list = self.idle.get_mut(&key)?;
         let i = list.iter().position(|e| e.conn.handle == id)?;
-        let expired = cl.now >= list[i].until;
-        let mut e = list.remove(i);
-        let alive = !expired && self.alive(&mut e.conn, cl.sockets);
-        if alive {
-            let until = e.until;
-            // Back in its place: the order is the reuse order.
-            self.idle.get_mut(&key)?.insert(i, e);
+        let until = list[i].until;
+        let expired = cl.now >= until;
+        if !expired && alive(&mut list[i].conn, cl.sockets, &mut self.scratch) {
             return Some(until);
         }
+        let e = list.remove(i);
         self.by_sock.remove(&id);
         if expired {
             self.counters.expired += 1;
@@ -297,4 +276,22 @@ impl ConnPool {
             .find(|e| e.conn.handle == id)
             .map(|e| e.until)
     }
+}
+
+/// Whether `c` can carry a request now: open both ways, nothing unread.
+fn alive(c: &mut UpstreamConn, sockets: &mut SocketTable, scratch: &mut ByteBuf) -> bool {
+    let sock = sockets.tcp(c.handle);
+    if sock.state() != tcp::State::Established || !sock.may_send() || !c.io.reusable() {
+        return false;
+    }
+    if let UpstreamIo::Tls(_) = c.io {
+        // Session tickets and key updates are fine; data is not.
+        scratch.clear();
+        if c.io.recv(sock, scratch).is_err() || !scratch.is_empty() {
+            return false;
+        }
+    } else if sock.recv_queue() > 0 {
+        return false;
+    }
+    c.io.may_recv(sock) && c.io.reusable()
 }
