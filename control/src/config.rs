@@ -2490,16 +2490,17 @@ upstream = "origin""#,
         let c = compiled(&text);
         let l = &c.engine.routes.listeners[0];
         let h = [
-            httparse::Header {
+            ferrogate_stack::http::Header {
                 name: "x-env",
                 value: b"canary",
             },
-            httparse::Header {
+            ferrogate_stack::http::Header {
                 name: "x-trace",
                 value: b"1",
             },
         ];
-        let req = |m, host, target, hs| {
+        let req = |m, host, target, hs: &[ferrogate_stack::http::Header<'_>]| {
+            let hs = ferrogate_stack::http::Headers::from_list(hs);
             l.route_request(&ferrogate_stack::RequestView::new(m, host, target, hs))
                 .map(|r| r.name.clone())
         };

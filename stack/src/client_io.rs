@@ -153,14 +153,28 @@ impl ClientIo {
         matches!(self, ClientIo::Tls(_))
     }
 
-    pub(crate) fn forwarding(&self) -> crate::http::head::Forwarding<'_> {
+    /// `owned_by_proxy`: header names the proxy sets itself, see
+    /// [`Self::is_identity_header`].
+    pub(crate) fn forwarding<'a>(
+        &'a self,
+        owned_by_proxy: &'a dyn Fn(&str) -> bool,
+    ) -> crate::http::head::Forwarding<'a> {
         match self {
             ClientIo::Plain => Default::default(),
             ClientIo::Tls(t) => crate::http::head::Forwarding {
                 https: true,
-                identity: Some(&t.cfg.identity_headers),
+                owned_by_proxy: Some(owned_by_proxy),
                 extra: &t.identity_lines,
             },
+        }
+    }
+
+    /// A header carrying the verified client identity upstream: a client's
+    /// own copy must not reach the upstream.
+    pub(crate) fn is_identity_header(&self, name: &str) -> bool {
+        match self {
+            ClientIo::Tls(t) => t.cfg.identity_headers.is_identity_header(name),
+            ClientIo::Plain => false,
         }
     }
 

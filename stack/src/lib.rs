@@ -10,7 +10,6 @@ pub mod device;
 pub mod error;
 mod flow;
 pub mod frame;
-pub mod http;
 mod neighbors;
 pub mod ports;
 mod probe;
@@ -21,10 +20,12 @@ mod sockets;
 mod stack;
 pub mod stats;
 mod timer;
-pub mod tls;
 mod tls_pipe;
 pub mod upstream;
 mod upstream_io;
+
+pub use ferrogate_http as http;
+pub use ferrogate_tls as tls;
 
 pub use config::{StackConfig, Timeouts};
 pub use error::{ProxyError, Side};

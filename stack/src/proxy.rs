@@ -14,7 +14,8 @@ use crate::access::{AccessRecord, AccessSink};
 use crate::client_io::ClientIo;
 use crate::config::StackConfig;
 use crate::error::ProxyError;
-use crate::http::head::{self, MAX_HEADERS};
+use crate::http::HeaderSlots;
+use crate::http::head;
 use crate::http::{BodyFraming, ByteBuf, ChunkedDecoder, RequestHead};
 use crate::ports::PortAllocator;
 use crate::route::{RouteAction, RouteTable, Upstream};
@@ -211,7 +212,7 @@ pub(crate) struct Conn {
 fn set_request_id(
     id: &mut [u8; REQUEST_ID_MAX],
     len: &mut usize,
-    req: &httparse::Request<'_, '_>,
+    req: &crate::http::Request<'_>,
     cx: &mut Ctx<'_>,
 ) {
     use std::io::Write as _;
@@ -421,7 +422,7 @@ impl Conn {
             }
             return got > 0;
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = HeaderSlots::new();
         let full = self.bufs.from_client.is_full();
         let parsed = head::parse_request(self.bufs.from_client.filled(), &mut headers, full);
         let (req, info) = match parsed {
@@ -443,12 +444,7 @@ impl Conn {
         self.started = cx.now;
         self.route_id = None;
         let host = head::request_host(&req);
-        let mut view = RequestView::new(
-            req.method.unwrap_or("GET"),
-            host,
-            req.path.unwrap_or("/"),
-            req.headers,
-        );
+        let mut view = RequestView::new(req.method, host, req.target, req.headers);
         view.client_cn = self.io.client_cn();
         let routes = cx.routes;
         let route = routes
@@ -457,9 +453,9 @@ impl Conn {
         set_request_id(&mut self.request_id, &mut self.request_id_len, &req, cx);
         if cx.access.enabled() {
             let a = &mut self.access;
-            a.method.set(req.method.unwrap_or("").as_bytes());
+            a.method.set(req.method.as_bytes());
             a.host.set(host.unwrap_or("").as_bytes());
-            a.path.set(req.path.unwrap_or("").as_bytes());
+            a.path.set(req.target.as_bytes());
             a.request_id.set(&self.request_id[..self.request_id_len]);
             a.route.set(route.map(|r| r.name.as_bytes()).unwrap_or(b""));
         }
@@ -524,10 +520,7 @@ impl Conn {
                     _ => 0,
                 };
                 self.upgrade = head::wants_upgrade(&req);
-                let has_host = req
-                    .headers
-                    .iter()
-                    .any(|h| h.name.eq_ignore_ascii_case("host"));
+                let has_host = req.headers.contains("host");
                 self.bufs.request_head.clear();
                 let generated = head::request_id(&req)
                     .is_none()
@@ -537,7 +530,7 @@ impl Conn {
                     client_ip,
                     generated,
                     self.upgrade,
-                    &self.io.forwarding(),
+                    &self.io.forwarding(&|name| self.io.is_identity_header(name)),
                     &mut self.bufs.request_head,
                 ) {
                     self.bufs.from_client.consume(info.head_len);

@@ -186,7 +186,12 @@ impl Listener {
     /// first proxy version, kept until the proxy passes a [`RequestView`].
     /// Routes that need a method other than GET, or a header, never match.
     pub fn route(&self, host: Option<&str>, target: &str) -> Option<&Route> {
-        self.route_request(&RequestView::new("GET", host, target, &[]))
+        self.route_request(&RequestView::new(
+            "GET",
+            host,
+            target,
+            crate::http::Headers::EMPTY,
+        ))
     }
 }
 
@@ -246,7 +251,7 @@ impl PathMatch {
 }
 
 impl HeaderMatch {
-    fn matches(&self, headers: &[httparse::Header<'_>]) -> bool {
+    fn matches(&self, headers: crate::http::Headers<'_>) -> bool {
         headers.iter().any(|h| {
             h.name.eq_ignore_ascii_case(&self.name)
                 && self

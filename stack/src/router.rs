@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 
+use crate::http::Headers;
 use crate::route::{Route, host_matches};
 
 /// The parts of a request that routes (and hash balancers) look at. Borrowed
@@ -30,7 +31,7 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     /// What follows the first `?` of the target, if any.
     pub query: Option<&'a str>,
-    pub headers: &'a [httparse::Header<'a>],
+    pub headers: Headers<'a>,
     /// Subject CN of the verified client certificate (mTLS), if any.
     pub client_cn: Option<&'a str>,
 }
@@ -41,7 +42,7 @@ impl<'a> RequestView<'a> {
         method: &'a str,
         host: Option<&'a str>,
         target: &'a str,
-        headers: &'a [httparse::Header<'a>],
+        headers: Headers<'a>,
     ) -> Self {
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
@@ -182,6 +183,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::http::Header;
     use crate::route::{DirectResponse, HeaderMatch, Listener, PathMatch, QueryMatch, RouteAction};
 
     fn route(name: &str) -> Route {
@@ -207,8 +209,9 @@ mod tests {
         method: &str,
         host: Option<&str>,
         target: &str,
-        headers: &[httparse::Header<'_>],
+        headers: &[Header<'_>],
     ) -> Option<&'a str> {
+        let headers = Headers::from_list(headers);
         l.route_request(&RequestView::new(method, host, target, headers))
             .map(|r| r.name.as_str())
     }
@@ -363,7 +366,7 @@ mod tests {
                 route("rest"),
             ],
         );
-        let h = |n: &'static str, v: &'static [u8]| httparse::Header { name: n, value: v };
+        let h = |n: &'static str, v: &'static [u8]| Header { name: n, value: v };
         assert_eq!(
             get(&l, "GET", None, "/", &[h("x-env", b" canary ")]),
             Some("canary")
@@ -465,7 +468,7 @@ mod tests {
         for h in hosts {
             for m in ["GET", "POST"] {
                 for p in ["/", "/api/1", "/x", "/y"] {
-                    let req = RequestView::new(m, h, p, &[]);
+                    let req = RequestView::new(m, h, p, Headers::EMPTY);
                     let linear = routes.iter().find(|r| r.matches(&req)).map(|r| &r.name);
                     let indexed = l.route_request(&req).map(|r| &r.name);
                     assert_eq!(indexed, linear, "{m} {h:?} {p}");
@@ -486,16 +489,16 @@ mod tests {
     #[test]
     fn cookie_and_header_accessors_find_values() {
         let headers = [
-            httparse::Header {
+            Header {
                 name: "Cookie",
                 value: b"a=1; sid=abc ; z=",
             },
-            httparse::Header {
+            Header {
                 name: "X-User",
                 value: b" u7 ",
             },
         ];
-        let r = RequestView::new("GET", None, "/", &headers);
+        let r = RequestView::new("GET", None, "/", Headers::from_list(&headers));
         assert_eq!(r.cookie("sid"), Some(&b"abc"[..]));
         assert_eq!(r.cookie("z"), Some(&b""[..]));
         assert_eq!(r.cookie("nope"), None);

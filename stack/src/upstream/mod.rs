@@ -384,11 +384,16 @@ mod policy_tests {
 
     #[test]
     fn hash_key_falls_back_to_the_source_address() {
-        let headers = [httparse::Header {
+        let headers = [crate::http::Header {
             name: "x-user",
             value: b"alice",
         }];
-        let req = crate::router::RequestView::new("GET", None, "/", &headers);
+        let req = crate::router::RequestView::new(
+            "GET",
+            None,
+            "/",
+            crate::http::Headers::from_list(&headers),
+        );
         let ip: std::net::IpAddr = "10.0.0.9".parse().unwrap();
         let by_header = HashOn::Header("X-User".into()).key(&req, ip);
         assert_eq!(by_header, stable_hash(b"alice", 0));

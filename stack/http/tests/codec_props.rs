@@ -2,12 +2,12 @@
 //! boundary parses the same once complete (and never early); a chunked body
 //! fed in any pieces decodes the same; random bytes never panic.
 
-use ferrogate_stack::http::head::{MAX_HEADERS, parse_request, parse_response};
-use ferrogate_stack::http::{BodyFraming, ChunkedDecoder, RequestHead};
+use ferrogate_http::head::{parse_request, parse_response};
+use ferrogate_http::{BodyFraming, ChunkedDecoder, HeaderSlots, RequestHead};
 use proptest::prelude::*;
 
 fn parse_req(buf: &[u8]) -> Result<Option<RequestHead>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = HeaderSlots::new();
     parse_request(buf, &mut headers, false)
         .map(|r| r.map(|(_, head)| head))
         .map_err(|e| e.to_string())
@@ -140,7 +140,7 @@ proptest! {
     #[test]
     fn random_bytes_never_panic_the_codec(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
         let _ = parse_req(&bytes);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = HeaderSlots::new();
         let _ = parse_request(&bytes, &mut headers, true);
         let _ = parse_response(&bytes, false, false);
         let _ = parse_response(&bytes, true, true);

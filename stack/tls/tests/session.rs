@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferrogate_stack::tls::{
+use ferrogate_tls::{
     CertSpec, ClientAuth, HandshakeKind, MinVersion, TlsListenerConfig, TlsServer, TlsSession,
 };
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -71,7 +71,7 @@ fn client_config(ca: &Ca, alpn: &[&[u8]], identity: Option<(String, String)>) ->
     roots
         .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
         .unwrap();
-    let b = ClientConfig::builder_with_provider(ferrogate_stack::tls::provider())
+    let b = ClientConfig::builder_with_provider(ferrogate_tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots);
@@ -285,7 +285,7 @@ fn tls13_minimum_refuses_tls12_clients() {
     roots
         .add(CertificateDer::from_pem_slice(root.pem.as_bytes()).unwrap())
         .unwrap();
-    let tls12 = ClientConfig::builder_with_provider(ferrogate_stack::tls::provider())
+    let tls12 = ClientConfig::builder_with_provider(ferrogate_tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()
         .with_root_certificates(roots)
@@ -391,7 +391,7 @@ fn hello_interleaved_with(hello: &[u8], between: &[u8]) -> Vec<u8> {
 
 #[test]
 fn handshake_errors_rustls_sends_no_alert_for_get_one_from_ferrogate() {
-    use ferrogate_stack::tls::FailAlert;
+    use ferrogate_tls::FailAlert;
     use rustls::AlertDescription as A;
     let d = dir();
     let root = ca("root");
@@ -454,7 +454,7 @@ fn handshake_errors_rustls_sends_no_alert_for_get_one_from_ferrogate() {
 
 #[test]
 fn rustls_errors_map_to_rfc8446_alerts() {
-    use ferrogate_stack::tls::alert_for;
+    use ferrogate_tls::alert_for;
     use rustls::{AlertDescription as A, Error, InvalidMessage, PeerMisbehaved as P};
     let cases = [
         (

@@ -1,6 +1,6 @@
-//! Request and response heads: parse with httparse, validate the framing
-//! (the smuggling defences live here), and write the rewritten head that goes
-//! to the other side.
+//! Request and response heads: parse (httparse, which stays inside this
+//! crate), validate the framing (the smuggling defences live here), and write
+//! the rewritten head that goes to the other side.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -9,6 +9,102 @@ use super::ByteBuf;
 
 /// Most headers a request or response head may carry.
 pub const MAX_HEADERS: usize = 96;
+
+/// One header field, borrowed from the bytes it was parsed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub name: &'a str,
+    pub value: &'a [u8],
+}
+
+/// The header fields of a head in arrival order, whichever codec produced
+/// them: routing, balancing and forwarding read fields through this, so they
+/// do not depend on the HTTP version or the parser.
+#[derive(Debug, Clone, Copy)]
+pub struct Headers<'a>(Fields<'a>);
+
+#[derive(Debug, Clone, Copy)]
+enum Fields<'a> {
+    Http1(&'a [httparse::Header<'a>]),
+    List(&'a [Header<'a>]),
+}
+
+impl<'a> Headers<'a> {
+    pub const EMPTY: Headers<'static> = Headers(Fields::List(&[]));
+
+    /// Fields decoded elsewhere (tests, a later HTTP/2 decoder).
+    pub fn from_list(list: &'a [Header<'a>]) -> Self {
+        Headers(Fields::List(list))
+    }
+
+    pub fn len(&self) -> usize {
+        match self.0 {
+            Fields::Http1(h) => h.len(),
+            Fields::List(h) => h.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Header<'a>> + 'a {
+        let (http1, list) = match self.0 {
+            Fields::Http1(h) => (h, &[][..]),
+            Fields::List(l) => (&[][..], l),
+        };
+        http1
+            .iter()
+            .map(|h| Header {
+                name: h.name,
+                value: h.value,
+            })
+            .chain(list.iter().copied())
+    }
+
+    /// The first value of `name` (case-insensitive), untrimmed.
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    }
+}
+
+/// Room for the fields of one request head; lives on the caller's stack so
+/// parsing allocates nothing.
+pub struct HeaderSlots<'b>([httparse::Header<'b>; MAX_HEADERS]);
+
+impl Default for HeaderSlots<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HeaderSlots<'_> {
+    pub fn new() -> Self {
+        HeaderSlots([httparse::EMPTY_HEADER; MAX_HEADERS])
+    }
+}
+
+/// A parsed request head, borrowing the buffer it was parsed from.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// The origin-form target: `/path?query` (or `*` for `OPTIONS`).
+    pub target: &'a str,
+    pub http10: bool,
+    pub headers: Headers<'a>,
+}
 
 /// How the body of a message is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +201,7 @@ struct Framing {
     conn_keep_alive: bool,
 }
 
-fn scan_framing(headers: &[httparse::Header<'_>]) -> Result<Framing, HeadError> {
+fn scan_framing(headers: Headers<'_>) -> Result<Framing, HeadError> {
     let mut f = Framing {
         content_length: None,
         chunked: false,
@@ -113,7 +209,7 @@ fn scan_framing(headers: &[httparse::Header<'_>]) -> Result<Framing, HeadError> 
         conn_close: false,
         conn_keep_alive: false,
     };
-    for h in headers {
+    for h in headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let v = parse_content_length(h.value.trim_ascii())
                 .ok_or(HeadError::Malformed("invalid Content-Length"))?;
@@ -137,10 +233,10 @@ fn scan_framing(headers: &[httparse::Header<'_>]) -> Result<Framing, HeadError> 
 /// Parses a request head at the start of `buf`. `Ok(None)`: incomplete.
 pub fn parse_request<'b, 'h>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>],
+    slots: &'h mut HeaderSlots<'b>,
     buffer_full: bool,
-) -> Result<Option<(httparse::Request<'h, 'b>, RequestHead)>, HeadError> {
-    let mut req = httparse::Request::new(headers);
+) -> Result<Option<(Request<'h>, RequestHead)>, HeadError> {
+    let mut req = httparse::Request::new(&mut slots.0);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buffer_full => return Err(HeadError::TooLarge),
@@ -161,20 +257,14 @@ pub fn parse_request<'b, 'h>(
         // Absolute-form and authority-form targets are for forward proxies.
         return Err(HeadError::Malformed("request target must be origin-form"));
     }
-    let f = scan_framing(req.headers)?;
-    let hosts = req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("host"))
-        .count();
+    let headers = Headers(Fields::Http1(req.headers));
+    let f = scan_framing(headers)?;
+    let hosts = headers.count("host");
     if hosts > 1 || (!http10 && hosts == 0) {
         return Err(HeadError::Malformed("exactly one Host header required"));
     }
-    if let Some(h) = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("host"))
-        && !valid_host(h.value)
+    if let Some(h) = headers.get("host")
+        && !valid_host(h)
     {
         return Err(HeadError::Malformed("invalid Host header"));
     }
@@ -194,7 +284,7 @@ pub fn parse_request<'b, 'h>(
         (false, Some(0)) | (false, None) => BodyFraming::None,
         (false, Some(n)) => BodyFraming::Length(n),
     };
-    let expect_continue = req.headers.iter().any(|h| {
+    let expect_continue = headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("expect")
             && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
     });
@@ -216,6 +306,12 @@ pub fn parse_request<'b, 'h>(
         http10,
         expect_continue,
     };
+    let req = Request {
+        method,
+        target: path,
+        http10,
+        headers,
+    };
     Ok(Some((req, info)))
 }
 
@@ -235,11 +331,8 @@ fn static_method(m: &str) -> &'static str {
 }
 
 /// The client's `X-Request-Id`, if it sent one.
-pub fn request_id<'b>(req: &httparse::Request<'_, 'b>) -> Option<&'b [u8]> {
-    req.headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("x-request-id"))
-        .map(|h| h.value)
+pub fn request_id<'a>(req: &Request<'a>) -> Option<&'a [u8]> {
+    req.headers.get("x-request-id")
 }
 
 fn has_bare_lf(head: &[u8]) -> bool {
@@ -305,12 +398,8 @@ pub fn valid_host(v: &[u8]) -> bool {
 }
 
 /// The Host header without a port, lower-cased comparison left to the router.
-pub fn request_host<'b>(req: &httparse::Request<'_, 'b>) -> Option<&'b str> {
-    let h = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("host"))?;
-    let v = std::str::from_utf8(h.value).ok()?.trim();
+pub fn request_host<'a>(req: &Request<'a>) -> Option<&'a str> {
+    let v = std::str::from_utf8(req.headers.get("host")?).ok()?.trim();
     // Strip a port, but leave an IPv6 literal's brackets intact.
     Some(match v.rfind(':') {
         Some(i) if !v[i..].contains(']') => &v[..i],
@@ -324,8 +413,9 @@ pub fn request_host<'b>(req: &httparse::Request<'_, 'b>) -> Option<&'b str> {
 pub struct Forwarding<'a> {
     /// The client connection is TLS (`X-Forwarded-Proto: https`).
     pub https: bool,
-    /// Identity header names: client-sent copies are dropped.
-    pub identity: Option<&'a crate::tls::IdentityHeaders>,
+    /// Header names the proxy sets itself (e.g. the verified client
+    /// identity): client-sent copies are dropped.
+    pub owned_by_proxy: Option<&'a dyn Fn(&str) -> bool>,
     /// Header lines added (`Name: value\r\n`), e.g. the verified identity.
     pub extra: &'a [u8],
 }
@@ -334,20 +424,14 @@ pub struct Forwarding<'a> {
 /// `request_id` is added as `X-Request-Id` (None: the client sent one, which
 /// is forwarded as it is). `upgrade`: keep `Connection: upgrade` + `Upgrade`.
 pub fn write_upstream_request(
-    req: &httparse::Request<'_, '_>,
+    req: &Request<'_>,
     client: IpAddr,
     request_id: Option<&[u8]>,
     upgrade: bool,
     fwd: &Forwarding<'_>,
     out: &mut ByteBuf,
 ) -> bool {
-    let mut ok = write!(
-        out,
-        "{} {} HTTP/1.1\r\n",
-        req.method.unwrap_or("GET"),
-        req.path.unwrap_or("/")
-    )
-    .is_ok();
+    let mut ok = write!(out, "{} {} HTTP/1.1\r\n", req.method, req.target).is_ok();
     let mut forwarded_for: Option<&[u8]> = None;
     for h in req.headers.iter() {
         let keep_for_upgrade = upgrade && h.name.eq_ignore_ascii_case("upgrade");
@@ -359,7 +443,7 @@ pub fn write_upstream_request(
             continue;
         }
         if h.name.eq_ignore_ascii_case("x-forwarded-proto")
-            || fwd.identity.is_some_and(|i| i.is_identity_header(h.name))
+            || fwd.owned_by_proxy.is_some_and(|owned| owned(h.name))
         {
             continue;
         }
@@ -390,7 +474,7 @@ pub fn write_upstream_request(
 
 /// Whether the request asks to switch protocols (WebSocket and the like):
 /// `Connection: upgrade` plus an `Upgrade` header.
-pub fn wants_upgrade(req: &httparse::Request<'_, '_>) -> bool {
+pub fn wants_upgrade(req: &Request<'_>) -> bool {
     let conn_upgrade = req
         .headers
         .iter()
@@ -437,7 +521,7 @@ pub fn parse_response(
             interim: true,
         }));
     }
-    let f = scan_framing(resp.headers)?;
+    let f = scan_framing(Headers(Fields::Http1(resp.headers)))?;
     let framing = if request_was_head || status == 204 || status == 304 {
         BodyFraming::None
     } else if f.transfer_encoding {
@@ -565,7 +649,7 @@ mod tests {
     use super::*;
 
     fn parse(raw: &[u8]) -> Result<Option<RequestHead>, HeadError> {
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = HeaderSlots::new();
         parse_request(raw, &mut h, false).map(|o| o.map(|(_, i)| i))
     }
 
@@ -581,7 +665,7 @@ mod tests {
     #[test]
     fn partial_head_needs_more_until_buffer_full() {
         assert!(parse(b"GET / HTTP/1.1\r\nHo").unwrap().is_none());
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = HeaderSlots::new();
         assert_eq!(
             parse_request(b"GET / HTTP/1.1\r\nHo", &mut h, true).unwrap_err(),
             HeadError::TooLarge
@@ -666,16 +750,13 @@ mod tests {
     fn tls_forwarding_replaces_proto_and_identity_headers() {
         let raw =
             b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\nx-client-cn: forged\r\n\r\n";
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = HeaderSlots::new();
         let (req, _) = parse_request(raw, &mut h, false).unwrap().unwrap();
         let mut out = ByteBuf::with_capacity(1024);
-        let ids = crate::tls::IdentityHeaders {
-            common_name: Some("X-Client-CN".into()),
-            sans: None,
-        };
+        let identity = |name: &str| name.eq_ignore_ascii_case("x-client-cn");
         let fwd = Forwarding {
             https: true,
-            identity: Some(&ids),
+            owned_by_proxy: Some(&identity),
             extra: b"X-Client-CN: alice\r\n",
         };
         let ip = "10.0.0.2".parse().unwrap();
@@ -692,7 +773,7 @@ mod tests {
     #[test]
     fn upstream_head_drops_hop_by_hop_and_adds_forwarding() {
         let raw = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, foo\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n";
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = HeaderSlots::new();
         let (req, _) = parse_request(raw, &mut h, false).unwrap().unwrap();
         let mut out = ByteBuf::with_capacity(1024);
         assert!(write_upstream_request(
