@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant as StdInstant};
 
 use arc_swap::ArcSwap;
-use ferrogate_stack::frame::{self, FrameClass};
 use ferrogate_stack::{Instant, RouteTable, Stack};
+use ferrogate_wire::{self as wire, FrameClass};
 
 use crate::config::{PollingMode, PortPlan};
 use crate::handoff::HandoffPorts;
@@ -223,8 +223,8 @@ impl Worker {
             {
                 return;
             }
-            match frame::classify(f) {
-                FrameClass::Tcp { dst_port, .. } => match ports.owner(dst_port) {
+            match wire::classify(f) {
+                FrameClass::Tcp(tcp) => match ports.owner(tcp.key.local_port) {
                     Some(owner) if owner != me => {
                         if handoff.send(owner, f) {
                             out += 1;
@@ -243,7 +243,7 @@ impl Worker {
                     for w in (0..handoff.workers()).filter(|&w| w != me) {
                         let sent = handoff.send_with(w, f, |copy| {
                             if request {
-                                frame::arp_request_to_learning_reply(copy, mac);
+                                wire::arp_request_to_learning_reply(copy, mac);
                             }
                         });
                         if sent {

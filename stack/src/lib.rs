@@ -8,8 +8,6 @@ mod client_io;
 pub mod config;
 pub mod device;
 pub mod error;
-mod flow;
-pub mod frame;
 mod neighbors;
 pub mod ports;
 mod probe;
@@ -26,6 +24,7 @@ mod upstream_io;
 
 pub use ferrogate_http as http;
 pub use ferrogate_tls as tls;
+pub use ferrogate_wire as wire;
 
 pub use config::{StackConfig, Timeouts};
 pub use error::{ProxyError, Side};

@@ -17,9 +17,9 @@ use smoltcp::time::Instant;
 use smoltcp::wire::IpEndpoint;
 
 use crate::config::StackConfig;
-use crate::flow::FlowKey;
 use crate::ports::PortAllocator;
 use crate::timer::TimerWheel;
+use crate::wire::FlowKey;
 
 /// Index of a socket slot. Stable for the life of one connection's use of it.
 pub(crate) type SockId = u32;

@@ -20,8 +20,6 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 use crate::client_io::ClientIo;
 use crate::config::StackConfig;
 use crate::device::{DeviceStats, FrameQueue, QueueDevice};
-use crate::flow;
-use crate::frame::{self, FrameClass};
 use crate::neighbors::NeighborPrimer;
 use crate::ports::PortAllocator;
 use crate::probe::{ProbeCtx, Prober};
@@ -31,6 +29,7 @@ use crate::sockets::{NO_OWNER, SockId, SocketTable};
 use crate::stats::StackStats;
 use crate::upstream::conn_pool::{Closer, ConnPool, POOLED};
 use crate::upstream::{RouteCounters, UpstreamRegistry, UpstreamStats};
+use crate::wire::{self, FrameClass};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
@@ -314,11 +313,15 @@ impl Stack {
         let frame = self.rx.slot(idx);
         // What smoltcp would drop silently is dropped here, with a reason.
         let mac = EthernetAddress(self.cfg.mac);
-        if let Err(why) = frame::rx_check(frame, mac, self.iface.ip_addrs()) {
+        if let Err(why) = wire::rx_check(frame, mac, self.iface.ip_addrs()) {
             self.stats.count_rx_drop(why);
             return;
         }
-        let meta = flow::tcp_meta(frame);
+        let class = wire::classify(frame);
+        let meta = match class {
+            FrameClass::Tcp(m) => Some(m),
+            _ => None,
+        };
         let mut target: Option<SockId> = None;
         let mut opening = false;
         if let Some(m) = meta {
@@ -368,12 +371,7 @@ impl Stack {
             }
             self.iface
                 .poll_ingress_single(now, &mut dev, &mut self.no_sockets);
-            if meta.is_none()
-                && matches!(
-                    frame::classify(frame),
-                    FrameClass::Arp { .. } | FrameClass::NeighborAdvert
-                )
-            {
+            if matches!(class, FrameClass::Arp { .. } | FrameClass::NeighborAdvert) {
                 // It may have taught us a neighbour someone is waiting for.
                 self.sockets.wake_neighbour_waiters();
             }

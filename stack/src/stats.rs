@@ -14,7 +14,7 @@ pub struct StackStats {
     pub rx_rst_no_socket: u64,
     /// The same for a segment that is itself a RST: dropped, unanswered.
     pub rx_drop_no_socket: u64,
-    /// Dropped before smoltcp, per [`crate::frame::RxDrop`] reason.
+    /// Dropped before smoltcp, per [`crate::wire::RxDrop`] reason.
     pub rx_drop_malformed: u64,
     pub rx_drop_unknown_ethertype: u64,
     pub rx_drop_vlan: u64,
@@ -88,8 +88,8 @@ impl StackStats {
     }
 
     /// Counts a frame dropped before smoltcp.
-    pub fn count_rx_drop(&mut self, why: crate::frame::RxDrop) {
-        use crate::frame::RxDrop;
+    pub fn count_rx_drop(&mut self, why: crate::wire::RxDrop) {
+        use crate::wire::RxDrop;
         *match why {
             RxDrop::Malformed => &mut self.rx_drop_malformed,
             RxDrop::UnknownEthertype => &mut self.rx_drop_unknown_ethertype,
