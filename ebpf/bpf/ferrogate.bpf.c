@@ -538,8 +538,10 @@ static __always_inline int rate_check(const struct fg_rate_rule *r,
 			return 0;
 	}
 	key.rule = r->rule;
-	key.pad = pkt->v6;
+	/* A global rule has one bucket for both families; a source bucket
+	 * keeps them apart (an IPv4 address is not the IPv6 one it prefixes). */
 	if (!(r->flags & FG_RATE_GLOBAL)) {
+		key.pad = pkt->v6;
 		__builtin_memcpy(key.addr, pkt->src, sizeof(key.addr));
 		mask_prefix(key.addr, pkt->v6 ? r->prefix6 : r->prefix4);
 	}

@@ -50,6 +50,15 @@ pub enum EbpfError {
         source: Box<ProgramError>,
     },
 
+    /// `BPF_PROG_TEST_RUN` refused a frame (too short, no permission).
+    #[error("test run of the XDP program ({iface}) on a {len}-byte frame failed: {source}")]
+    TestRun {
+        iface: String,
+        len: usize,
+        #[source]
+        source: Box<ProgramError>,
+    },
+
     /// The interface already has an XDP program; ferrogate does not replace it.
     #[error(
         "{iface} already has an XDP program attached; ferrogate does not replace it \

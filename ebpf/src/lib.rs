@@ -6,12 +6,15 @@
 //! everything else to the host. Malformed frames are counted per reason, and
 //! dropped when addressed to a VIP. [`XdpFilter`] loads, configures, attaches
 //! and detaches it, registers AF_XDP sockets and reads the counters.
+//! [`swfilter`] is the same filter in Rust for backends without XDP (DPDK);
+//! `tests/parity.rs` runs one frame corpus through both.
 
 mod counters;
 mod error;
 mod loader;
 pub mod persist;
 pub mod rules;
+pub mod swfilter;
 
 pub use counters::{Counter, Verdict, XdpCounters};
 pub use error::EbpfError;

@@ -213,6 +213,21 @@ impl XdpFilter {
         fail_mode: FailMode,
         rules: &FilterRules,
     ) -> Result<XdpFilter, EbpfError> {
+        let mut filter = Self::load(iface, vips, action, fail_mode, rules)?;
+        filter.attach_loaded(mode, vips.len(), action)?;
+        Ok(filter)
+    }
+
+    /// Loads and configures the program without attaching it anywhere: what
+    /// [`test_run`](Self::test_run) needs. `iface` only names it in errors
+    /// until it is attached.
+    pub fn load(
+        iface: &str,
+        vips: &[IpAddr],
+        action: VipAction,
+        fail_mode: FailMode,
+        rules: &FilterRules,
+    ) -> Result<XdpFilter, EbpfError> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(|source| EbpfError::Object {
             iface: iface.to_owned(),
             source: Box::new(source),
@@ -257,7 +272,7 @@ impl XdpFilter {
 
         let mut filter = XdpFilter {
             iface: iface.to_owned(),
-            mode,
+            mode: AttachMode::Auto,
             link: None,
             pinned: None,
             xsks,
@@ -280,7 +295,20 @@ impl XdpFilter {
         filter.set_fail_mode(fail_mode)?;
         filter.set_vips(vips)?;
         filter.apply_rules(rules)?;
+        Ok(filter)
+    }
 
+    /// Attaches a loaded program to `self.iface`, taking over a pinned
+    /// (fail-closed) link of a predecessor where there is one.
+    fn attach_loaded(
+        &mut self,
+        mode: AttachMode,
+        vips: usize,
+        action: VipAction,
+    ) -> Result<(), EbpfError> {
+        let filter = self;
+        let iface = filter.iface.clone();
+        let iface = iface.as_str();
         let prog: &mut Xdp = filter
             ._ebpf
             .program_mut(PROGRAM_NAME)
@@ -300,7 +328,7 @@ impl XdpFilter {
                     filter.mode = mode;
                     tracing::info!(iface, pin = %path.display(), "took over the pinned (fail-closed) XDP link");
                     filter.sync_pin();
-                    return Ok(filter);
+                    return Ok(());
                 }
                 Err(e) => {
                     tracing::warn!(iface, pin = %path.display(), error = %e, "cannot take over the pinned XDP link; removing it");
@@ -336,11 +364,35 @@ impl XdpFilter {
         tracing::info!(
             iface,
             mode = ?attached,
-            vips = vips.len(),
+            vips,
             action = ?action,
             "XDP program attached"
         );
-        Ok(filter)
+        Ok(())
+    }
+
+    /// Runs the loaded program once on `frame` (`BPF_PROG_TEST_RUN`), as if
+    /// queue 0 received it; returns its XDP action (`XDP_DROP` 1, `XDP_PASS`
+    /// 2, `XDP_REDIRECT` 4). Counters, rule counters and rate buckets change
+    /// as for a received frame. The kernel refuses frames shorter than an
+    /// Ethernet header.
+    pub fn test_run(&self, frame: &[u8]) -> Result<u32, EbpfError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let prog: &Xdp = self
+            ._ebpf
+            .program(PROGRAM_NAME)
+            .expect("program present: checked at load")
+            .try_into()
+            .expect("program is XDP: checked at load");
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        prog.test_run(opts)
+            .map(|r| r.return_value)
+            .map_err(|source| EbpfError::TestRun {
+                iface: self.iface.clone(),
+                len: frame.len(),
+                source: Box::new(source),
+            })
     }
 
     /// What actually attached: `Native` or `Generic`.

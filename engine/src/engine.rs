@@ -19,8 +19,8 @@ use crate::config::{BackendChoice, EngineConfig, PollingMode, PortPlan};
 use crate::handoff;
 use crate::io::{BackendKind, PacketIo};
 use crate::stats::{EngineStats, StatsCell};
-use crate::swfilter::{Buckets, FilterCounters, RuleIndex, SwRules};
 use crate::worker::{Worker, WorkerFilter};
+use ferrogate_ebpf::swfilter::{Buckets, FilterCounters, RuleIndex, SwRules};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -12,7 +12,6 @@ pub mod io;
 pub mod io_error;
 pub mod netdev;
 pub mod stats;
-pub mod swfilter;
 mod worker;
 
 pub use config::{BackendChoice, DpdkSettings, EngineConfig, PollingMode, PortPlan};

@@ -13,7 +13,7 @@ use crate::config::{PollingMode, PortPlan};
 use crate::handoff::HandoffPorts;
 use crate::io::PacketIo;
 use crate::stats::{StatsCell, WorkerStats};
-use crate::swfilter::{Buckets, FilterCounters, SwFilter, SwRules};
+use ferrogate_ebpf::swfilter::{Buckets, FilterCounters, SwFilter, SwRules};
 
 /// The software filter tier a worker runs before its stack (backends
 /// without XDP).

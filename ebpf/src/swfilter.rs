@@ -14,10 +14,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use ferrogate_ebpf::rules::{MAX_RULES, addr_bytes, masked};
-use ferrogate_ebpf::{
-    CidrAction, Counter, FilterRules, NOT_ALLOWED_RULE, RateKey, Verdict, XdpCounters,
-};
+use crate::rules::{MAX_RULES, addr_bytes, masked};
+use crate::{CidrAction, Counter, FilterRules, NOT_ALLOWED_RULE, RateKey, Verdict, XdpCounters};
 
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 const MAX_EXT_HEADERS: usize = 6;
@@ -192,10 +190,10 @@ impl SwRules {
         index: &mut RuleIndex,
         generation: u32,
     ) -> Result<SwRules, String> {
-        if rules.rate.len() > ferrogate_ebpf::rules::MAX_RATE_RULES {
+        if rules.rate.len() > crate::rules::MAX_RATE_RULES {
             return Err(format!(
                 "at most {} rate rules",
-                ferrogate_ebpf::rules::MAX_RATE_RULES
+                crate::rules::MAX_RATE_RULES
             ));
         }
         index.assign(rules)?;
@@ -788,8 +786,9 @@ impl SwFilter<'_> {
                     continue;
                 }
             }
+            // A global rule: one bucket for both families (as the program).
             let key = if r.global {
-                r.key_hash ^ pkt.v6 as u64
+                r.key_hash
             } else {
                 let a = masked(pkt.src, if pkt.v6 { r.prefix6 } else { r.prefix4 });
                 let x = u128::from_be_bytes(a);
@@ -808,7 +807,7 @@ impl SwFilter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferrogate_ebpf::{CidrRule, L4Rule, RateRule};
+    use crate::{CidrRule, L4Rule, RateRule};
 
     const VIP: [u8; 4] = [10, 77, 0, 10];
 
