@@ -241,8 +241,11 @@ pub struct EngineSection {
     pub verify_rx_checksums: bool,
     #[serde(default)]
     pub hugepages: bool,
-    #[serde(default = "default_backlog")]
-    pub listen_backlog: usize,
+    /// Never had an effect (sockets open per SYN; `max_connections` bounds
+    /// accepted connections). Still accepted so older files load, with a
+    /// warning; nothing reads it.
+    #[serde(default)]
+    pub listen_backlog: Option<usize>,
     #[serde(default = "default_max_conns")]
     pub max_connections: usize,
     #[serde(default = "default_tcp_buffer")]
@@ -406,9 +409,6 @@ fn default_batch() -> Spanned<usize> {
 }
 fn default_true() -> bool {
     true
-}
-fn default_backlog() -> usize {
-    64
 }
 fn default_max_conns() -> usize {
     16_384
@@ -2151,7 +2151,11 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
     ec.cpus = e.cpus.clone();
     ec.verify_rx_checksums = e.verify_rx_checksums;
     ec.hugepages = e.hugepages;
-    ec.listen_backlog = e.listen_backlog.max(1);
+    if e.listen_backlog.is_some() {
+        tracing::warn!(
+            "engine.listen_backlog has no effect and is ignored (engine.max_connections bounds accepted connections); remove it"
+        );
+    }
     ec.max_connections = e.max_connections;
     ec.tcp_buffer = *e.tcp_buffer.get_ref();
     ec.gateway_v4 = gateway;
@@ -2229,6 +2233,14 @@ upstream = "origin"
             Ok(_) => vec![],
             Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn a_file_that_still_sets_the_dead_listen_backlog_loads() {
+        let old = GOOD.replace("queues = 2", "queues = 2\nlisten_backlog = 128");
+        assert_eq!(errors(&old), Vec::<String>::new());
+        let typo = GOOD.replace("queues = 2", "queues = 2\nlisten_backlogg = 128");
+        assert!(errors(&typo)[0].contains("unknown field"));
     }
 
     #[test]

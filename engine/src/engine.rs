@@ -426,7 +426,6 @@ impl Engine {
         for (id, io) in ios.into_iter().enumerate().rev() {
             let mut sc = StackConfig::new(mac, cfg.vips.clone(), ports.range_of(id));
             sc.gateway_v4 = cfg.gateway_v4;
-            sc.listen_backlog = cfg.listen_backlog;
             sc.max_connections = cfg.max_connections;
             sc.tcp_rx_buffer = cfg.tcp_buffer;
             sc.tcp_tx_buffer = cfg.tcp_buffer;

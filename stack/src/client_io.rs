@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use smoltcp::socket::tcp;
+use crate::net::Stream;
 
 use crate::http::ByteBuf;
 use crate::tls::{ClientIdentity, HandshakeKind, ListenerTls, TlsSession, TlsSessionError};
@@ -67,7 +67,7 @@ impl ClientIo {
     /// its alert (`tls_failure`) is on its way to the client.
     pub(crate) fn recv(
         &mut self,
-        sock: &mut tcp::Socket<'static>,
+        sock: &mut Stream<'_>,
         buf: &mut ByteBuf,
     ) -> Result<usize, TlsSessionError> {
         match self {
@@ -75,7 +75,7 @@ impl ClientIo {
                 if !sock.can_recv() {
                     return Ok(0);
                 }
-                let n = sock.recv_slice(buf.space()).unwrap_or(0);
+                let n = sock.recv_slice(buf.space());
                 buf.commit(n);
                 Ok(n)
             }
@@ -84,7 +84,7 @@ impl ClientIo {
     }
 
     /// Whether the client may still send: no FIN (and no close_notify).
-    pub(crate) fn may_recv(&self, sock: &tcp::Socket<'static>) -> bool {
+    pub(crate) fn may_recv(&self, sock: &Stream<'_>) -> bool {
         match self {
             ClientIo::Plain => sock.may_recv(),
             ClientIo::Tls(t) => t.pipe.may_recv(sock),
@@ -92,25 +92,25 @@ impl ClientIo {
     }
 
     /// Plaintext bytes `send` takes now without buffering beyond the socket.
-    pub(crate) fn send_space(&self, sock: &tcp::Socket<'static>) -> usize {
+    pub(crate) fn send_space(&self, sock: &Stream<'_>) -> usize {
         match self {
-            ClientIo::Plain if sock.may_send() => sock.send_capacity() - sock.send_queue(),
+            ClientIo::Plain if sock.may_send() => sock.send_space(),
             ClientIo::Plain => 0,
             ClientIo::Tls(t) => t.pipe.send_space(sock),
         }
     }
 
     /// Sends plaintext; returns how much was taken (see `send_space`).
-    pub(crate) fn send(&mut self, sock: &mut tcp::Socket<'static>, data: &[u8]) -> usize {
+    pub(crate) fn send(&mut self, sock: &mut Stream<'_>, data: &[u8]) -> usize {
         match self {
-            ClientIo::Plain => sock.send_slice(data).unwrap_or(0),
+            ClientIo::Plain => sock.send_slice(data),
             ClientIo::Tls(t) => t.pipe.send(sock, data),
         }
     }
 
     /// Pushes ciphertext rustls still holds into the socket; true when none
     /// is left.
-    pub(crate) fn flush(&mut self, sock: &mut tcp::Socket<'static>) -> bool {
+    pub(crate) fn flush(&mut self, sock: &mut Stream<'_>) -> bool {
         match self {
             ClientIo::Plain => true,
             ClientIo::Tls(t) => t.pipe.flush(sock),
@@ -119,7 +119,7 @@ impl ClientIo {
 
     /// Starts an orderly close (close_notify for TLS); true once everything,
     /// the notify included, is in the socket and it may get its FIN.
-    pub(crate) fn close(&mut self, sock: &mut tcp::Socket<'static>) -> bool {
+    pub(crate) fn close(&mut self, sock: &mut Stream<'_>) -> bool {
         match self {
             ClientIo::Plain => true,
             ClientIo::Tls(t) => t.pipe.close(sock),

@@ -13,9 +13,6 @@ pub struct StackConfig {
     pub gateway_v4: Option<Ipv4Addr>,
     /// Local ports this worker uses for upstream connections.
     pub upstream_ports: Range<u16>,
-    /// Unused since sockets are opened per SYN (kept so existing configs
-    /// still apply); `max_connections` is the bound on accepted connections.
-    pub listen_backlog: usize,
     /// Client connections per worker; a SYN beyond it is answered with RST
     /// (counted as `overload_rejected`). Also sizes the socket and
     /// connection tables up front.
@@ -59,13 +56,30 @@ impl Default for Timeouts {
 }
 
 impl StackConfig {
+    /// What the TCP/IP layer takes of it.
+    pub fn net(&self) -> crate::net::NetConfig {
+        crate::net::NetConfig {
+            mac: self.mac,
+            addresses: self.addresses.clone(),
+            gateway_v4: self.gateway_v4,
+            upstream_ports: self.upstream_ports.clone(),
+            max_connections: self.max_connections,
+            tcp_rx_buffer: self.tcp_rx_buffer,
+            tcp_tx_buffer: self.tcp_tx_buffer,
+            rx_queue_frames: self.rx_queue_frames,
+            tx_queue_frames: self.tx_queue_frames,
+            verify_rx_checksums: self.verify_rx_checksums,
+            linger: crate::net::Duration::from_micros(self.timeouts.linger.as_micros() as u64),
+            random_seed: self.random_seed,
+        }
+    }
+
     pub fn new(mac: [u8; 6], addresses: Vec<(IpAddr, u8)>, upstream_ports: Range<u16>) -> Self {
         Self {
             mac,
             addresses,
             gateway_v4: None,
             upstream_ports,
-            listen_backlog: 64,
             max_connections: 16_384,
             tcp_rx_buffer: 64 * 1024,
             tcp_tx_buffer: 64 * 1024,

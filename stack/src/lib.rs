@@ -6,34 +6,30 @@
 pub mod access;
 mod client_io;
 pub mod config;
-pub mod device;
 pub mod error;
-mod neighbors;
-pub mod ports;
 mod probe;
 mod proxy;
 pub mod route;
 pub mod router;
-mod sockets;
 mod stack;
 pub mod stats;
-mod timer;
 mod tls_pipe;
 pub mod upstream;
 mod upstream_io;
 
 pub use ferrogate_http as http;
+pub use ferrogate_net as net;
 pub use ferrogate_tls as tls;
 pub use ferrogate_wire as wire;
 
 pub use config::{StackConfig, Timeouts};
 pub use error::{ProxyError, Side};
+pub use net::{Duration, Instant};
 pub use route::{
     DirectResponse, HeaderMatch, Listener, PathMatch, QueryMatch, Route, RouteAction, RouteTable,
     Upstream,
 };
 pub use router::RequestView;
-pub use smoltcp::time::{Duration, Instant};
 pub use stack::{Stack, StackError};
 pub use stats::StackStats;
 pub use upstream::{PoolPolicy, UpstreamRegistry};

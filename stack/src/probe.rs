@@ -6,17 +6,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use smoltcp::iface::Context;
-use smoltcp::socket::tcp;
-use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::IpEndpoint;
-
-use crate::config::StackConfig;
-use crate::ports::PortAllocator;
+use crate::net::{Duration, Instant, NO_OWNER, StreamId as SockId, StreamState, Streams};
 use crate::route::{RouteTable, Upstream};
-use crate::sockets::{NO_OWNER, SockId, SocketTable};
 use crate::upstream::UpstreamRegistry;
-use crate::upstream::conn_pool::{Closer, ConnPool};
+use crate::upstream::conn_pool::ConnPool;
 
 /// How often the stack looks for probes that fell due.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
@@ -42,28 +35,16 @@ pub(crate) struct Prober {
 
 /// What the prober needs from the stack.
 pub(crate) struct ProbeCtx<'a> {
-    pub sockets: &'a mut SocketTable,
-    pub iface: &'a mut Context,
-    pub ports: &'a mut PortAllocator,
+    pub net: Streams<'a>,
     pub registry: &'a mut UpstreamRegistry,
-    pub cfg: &'a StackConfig,
-    pub linger: Duration,
     /// Idle connections to an endpoint that fails its check are closed.
     pub conn_pool: &'a mut ConnPool,
 }
 
 impl ProbeCtx<'_> {
     /// The endpoint left rotation: its idle pooled connections go too.
-    fn evict(&mut self, pool: &Upstream, addr: SocketAddr, now: Instant) {
-        self.conn_pool.evict_endpoint(
-            pool,
-            addr,
-            &mut Closer {
-                sockets: self.sockets,
-                now,
-                linger: self.linger,
-            },
-        );
+    fn evict(&mut self, pool: &Upstream, addr: SocketAddr) {
+        self.conn_pool.evict_endpoint(pool, addr, &mut self.net);
     }
 }
 
@@ -93,9 +74,9 @@ impl Prober {
                     if let Some(s) = cx.registry.pool_mut(&p.pool)
                         && s.record_result(&p.pool, p.addr, ok, now)
                     {
-                        cx.evict(&p.pool, p.addr, now);
+                        cx.evict(&p.pool, p.addr);
                     }
-                    cx.sockets.retire(p.sock, Some(p.port), !ok, now, cx.linger);
+                    cx.net.retire(p.sock, Some(p.port), !ok);
                 }
                 None => i += 1,
             }
@@ -114,16 +95,15 @@ impl Prober {
             if let Some(s) = cx.registry.pool_mut(pool)
                 && s.record_result(pool, addr, false, now)
             {
-                cx.evict(pool, addr, now);
+                cx.evict(pool, addr);
             }
         };
-        let Some(port) = cx.ports.alloc() else {
+        let Some(port) = cx.net.ports().alloc() else {
             return fail(cx);
         };
-        let remote = IpEndpoint::new(addr.ip().into(), addr.port());
-        // Ownerless: the socket table still runs its egress and timers.
-        let Some(sock) = cx.sockets.connect(cx.iface, cx.cfg, NO_OWNER, remote, port) else {
-            cx.ports.free(port);
+        // Ownerless: the stack still runs its egress and timers.
+        let Some(sock) = cx.net.connect(NO_OWNER, addr, port) else {
+            cx.net.ports().free(port);
             return fail(cx);
         };
         let request = pool.policy.health.as_ref().and_then(|h| h.request(addr));
@@ -143,20 +123,20 @@ impl Prober {
     /// Some(result) when the probe is decided.
     fn advance(&mut self, cx: &mut ProbeCtx<'_>, i: usize, now: Instant) -> Option<bool> {
         let p = &mut self.active[i];
-        let sock = cx.sockets.tcp(p.sock);
+        let sock = &mut cx.net.stream(p.sock);
         match sock.state() {
-            tcp::State::SynSent | tcp::State::SynReceived => {}
-            tcp::State::Established | tcp::State::CloseWait => {
+            StreamState::SynSent | StreamState::SynReceived => {}
+            StreamState::Established | StreamState::CloseWait => {
                 let Some(req) = &p.request else {
                     return Some(true);
                 };
                 if p.sent < req.len() && sock.may_send() {
-                    p.sent += sock.send_slice(&req[p.sent..]).unwrap_or(0);
-                    cx.sockets.mark(p.sock);
+                    p.sent += sock.send_slice(&req[p.sent..]);
+                    cx.net.mark(p.sock);
                 }
-                let sock = cx.sockets.tcp(p.sock);
+                let sock = &mut cx.net.stream(p.sock);
                 if sock.can_recv() && p.got < p.status_line.len() {
-                    p.got += sock.recv_slice(&mut p.status_line[p.got..]).unwrap_or(0);
+                    p.got += sock.recv_slice(&mut p.status_line[p.got..]);
                 }
                 if let Some(status) = status_code(&p.status_line[..p.got]) {
                     let ok = p

@@ -5,10 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use smoltcp::iface::Context;
-use smoltcp::socket::tcp;
-use smoltcp::time::Instant;
-use smoltcp::wire::IpEndpoint;
+use crate::net::{Instant, StreamId, StreamState, Streams};
 
 use crate::access::{AccessRecord, AccessSink};
 use crate::client_io::ClientIo;
@@ -17,12 +14,10 @@ use crate::error::ProxyError;
 use crate::http::HeaderSlots;
 use crate::http::head;
 use crate::http::{BodyFraming, ByteBuf, ChunkedDecoder, RequestHead};
-use crate::ports::PortAllocator;
 use crate::route::{RouteAction, RouteTable, Upstream};
 use crate::router::RequestView;
-use crate::sockets::{SockId, SocketTable};
 use crate::stats::StackStats;
-use crate::upstream::conn_pool::{Closer, ConnPool, DEFAULT_IDLE, PoolKey, UpstreamConn};
+use crate::upstream::conn_pool::{ConnPool, DEFAULT_IDLE, PoolKey, UpstreamConn};
 use crate::upstream::{Balancer, PickError, RequestBody, RouteCounters, UpstreamRegistry};
 use crate::upstream_io::UpstreamIo;
 
@@ -115,13 +110,11 @@ const DRAIN_MAX_BYTES: usize = 4 << 20;
 
 /// Everything of the stack a connection may touch while it runs.
 pub(crate) struct Ctx<'a> {
-    /// Every socket of the stack; a connection touches only its own.
-    pub sockets: &'a mut SocketTable,
-    pub iface: &'a mut Context,
+    /// The worker's streams; a connection touches only its own.
+    pub net: Streams<'a>,
     /// This connection's index in the stack, recorded as the owner of the
-    /// sockets it opens so that their frames and timers wake it.
+    /// streams it opens so that their frames and timers wake it.
     pub conn: u32,
-    pub ports: &'a mut PortAllocator,
     pub routes: &'a RouteTable,
     pub stats: &'a mut StackStats,
     pub cfg: &'a StackConfig,
@@ -138,39 +131,25 @@ pub(crate) struct Ctx<'a> {
     pub now: Instant,
 }
 
-impl Ctx<'_> {
-    fn tcp(&mut self, h: SockId) -> &mut tcp::Socket<'static> {
-        self.sockets.tcp(h)
-    }
-
+impl<'a> Ctx<'a> {
     /// Opens an upstream connection owned by this connection.
-    fn connect(&mut self, remote: IpEndpoint, local_port: u16) -> Option<SockId> {
-        self.sockets
-            .connect(self.iface, self.cfg, self.conn, remote, local_port)
+    fn connect(&mut self, remote: std::net::SocketAddr, local_port: u16) -> Option<StreamId> {
+        self.net.connect(self.conn, remote, local_port)
     }
 
-    /// The worker's connection pool, with what it needs to close one.
-    fn conn_pool(&mut self) -> (&mut ConnPool, Closer<'_>) {
-        let closer = Closer {
-            sockets: self.sockets,
-            now: self.now,
-            linger: smoltcp::time::Duration::from_micros(
-                self.cfg.timeouts.linger.as_micros() as u64
-            ),
-        };
-        (self.conn_pool, closer)
+    /// The worker's connection pool, with the streams it closes with.
+    fn conn_pool(&mut self) -> (&mut ConnPool, &mut Streams<'a>) {
+        (self.conn_pool, &mut self.net)
     }
 
-    /// Hands a socket back to the stack to close (FIN) or reset and reuse.
-    fn retire(&mut self, h: SockId, local_port: Option<u16>, reset: bool) {
-        let linger =
-            smoltcp::time::Duration::from_micros(self.cfg.timeouts.linger.as_micros() as u64);
-        self.sockets.retire(h, local_port, reset, self.now, linger);
+    /// Hands a stream back to the stack to close (FIN) or reset and reuse.
+    fn retire(&mut self, h: StreamId, local_port: Option<u16>, reset: bool) {
+        self.net.retire(h, local_port, reset);
     }
 }
 
 pub(crate) struct Conn {
-    client: SockId,
+    client: StreamId,
     /// The client byte stream: plain, or through a TLS session.
     io: ClientIo,
     client_ip: Option<IpAddr>,
@@ -233,12 +212,12 @@ fn set_request_id(
 }
 
 fn after(now: Instant, d: std::time::Duration) -> Instant {
-    now + smoltcp::time::Duration::from_micros(d.as_micros() as u64)
+    now + crate::net::Duration::from_micros(d.as_micros() as u64)
 }
 
 impl Conn {
     pub(crate) fn new(
-        client: SockId,
+        client: StreamId,
         listener_port: u16,
         mut bufs: ConnBufs,
         cfg: &StackConfig,
@@ -288,12 +267,12 @@ impl Conn {
     }
 
     /// The client socket and the current upstream socket, if any.
-    pub(crate) fn sockets(&self) -> (SockId, Option<SockId>) {
+    pub(crate) fn sockets(&self) -> (StreamId, Option<StreamId>) {
         (self.client, self.upstream.as_ref().map(|u| u.handle))
     }
 
     /// Hands back the buffers and the sockets still open, for recycling.
-    pub(crate) fn into_parts(self) -> (ConnBufs, SockId, Option<(SockId, u16)>) {
+    pub(crate) fn into_parts(self) -> (ConnBufs, StreamId, Option<(StreamId, u16)>) {
         (
             self.bufs,
             self.client,
@@ -305,9 +284,9 @@ impl Conn {
     pub(crate) fn drive(&mut self, cx: &mut Ctx<'_>) -> bool {
         let mut progressed = false;
         // Ciphertext that did not fit the socket last time goes first.
-        self.io.flush(cx.tcp(self.client));
+        self.io.flush(&mut cx.net.stream(self.client));
         if let Some(up) = self.upstream.as_mut() {
-            up.io.flush(cx.sockets.tcp(up.handle));
+            up.io.flush(&mut cx.net.stream(up.handle));
         }
         for _ in 0..16 {
             let step = match self.phase {
@@ -332,20 +311,20 @@ impl Conn {
     }
 
     fn client_gone(&self, cx: &mut Ctx<'_>) -> bool {
-        !cx.tcp(self.client).is_active() || self.io.failed()
+        !cx.net.stream(self.client).is_active() || self.io.failed()
     }
 
     /// Whether the client may still send (no FIN, no TLS close_notify).
     fn client_may_recv(&self, cx: &mut Ctx<'_>) -> bool {
-        self.io.may_recv(cx.tcp(self.client))
+        self.io.may_recv(&cx.net.stream(self.client))
     }
 
     /// Reads what the client sent (decrypted, on TLS listeners) into
     /// `from_client`. A TLS error sends its alert and marks the client gone.
     fn fill_from_client(&mut self, cx: &mut Ctx<'_>) -> usize {
-        let sock = cx.sockets.tcp(self.client);
+        let sock = &mut cx.net.stream(self.client);
         if self.client_ip.is_none() {
-            self.client_ip = sock.remote_endpoint().map(|e| e.addr.into());
+            self.client_ip = sock.remote().map(|a| a.ip());
         }
         let handshaking = self.io.is_handshaking();
         match self.io.recv(sock, &mut self.bufs.from_client) {
@@ -390,8 +369,8 @@ impl Conn {
             self.deadline = after(cx.now, cx.cfg.timeouts.client_header);
             return true;
         }
-        let sock = cx.tcp(self.client);
-        let eof = sock.state() != tcp::State::SynReceived && !sock.may_recv();
+        let sock = &mut cx.net.stream(self.client);
+        let eof = sock.state() != StreamState::SynReceived && !sock.may_recv();
         if eof || cx.now >= self.deadline {
             // A truncated hello followed by FIN, or a client too slow.
             cx.stats.tls_handshake_failures += 1;
@@ -409,8 +388,8 @@ impl Conn {
         let got = self.fill_from_client(cx);
         if self.bufs.from_client.is_empty() {
             let may_recv = self.client_may_recv(cx);
-            let sock = cx.tcp(self.client);
-            if sock.state() != tcp::State::SynReceived && !may_recv {
+            let sock = &mut cx.net.stream(self.client);
+            if sock.state() != StreamState::SynReceived && !may_recv {
                 // Client finished sending and has nothing pending: done.
                 self.phase = Phase::Close;
                 return true;
@@ -542,7 +521,7 @@ impl Conn {
                 self.bufs.from_client.consume(info.head_len);
                 if info.expect_continue {
                     // Answer the expectation ourselves; the upstream never sees it.
-                    let sock = cx.sockets.tcp(self.client);
+                    let sock = &mut cx.net.stream(self.client);
                     let _ = self.io.send(sock, b"HTTP/1.1 100 Continue\r\n\r\n");
                 }
                 self.request = Some(info);
@@ -565,11 +544,7 @@ impl Conn {
         if !cx.access.enabled() {
             return;
         }
-        let client = cx
-            .sockets
-            .tcp(self.client)
-            .remote_endpoint()
-            .map(|e| std::net::SocketAddr::new(e.addr.into(), e.port));
+        let client = cx.net.stream(self.client).remote();
         let a = &mut self.access;
         a.at_us = cx.now.total_micros();
         // An error before any head parsed (garbage, a head timeout) has no
@@ -624,10 +599,10 @@ impl Conn {
         };
         if !self.fresh_only {
             let key = PoolKey::new(&pool, endpoint);
-            let (conn_pool, mut closer) = cx.conn_pool();
-            if let Some(up) = conn_pool.checkout(&key, &mut closer) {
-                cx.sockets.slot(up.handle).owner = cx.conn;
-                cx.sockets.mark(up.handle);
+            let (conn_pool, net) = cx.conn_pool();
+            if let Some(up) = conn_pool.checkout(&key, net) {
+                cx.net.set_owner(up.handle, cx.conn);
+                cx.net.mark(up.handle);
                 self.ep = Some(ep);
                 self.upstream = Some(up);
                 cx.stats.upstream_reused += 1;
@@ -666,8 +641,8 @@ impl Conn {
             };
             if ejected && let Some(&addr) = pool.endpoints.get(ep) {
                 // Its idle connections leave rotation with it.
-                let (conn_pool, mut closer) = cx.conn_pool();
-                conn_pool.evict_endpoint(&pool, addr, &mut closer);
+                let (conn_pool, net) = cx.conn_pool();
+                conn_pool.evict_endpoint(&pool, addr, net);
             }
         }
     }
@@ -678,22 +653,21 @@ impl Conn {
             return self.fail_to_client(cx, ProxyError::NoHealthyEndpoint);
         };
         self.ep = Some(ep);
-        let Some(port) = cx.ports.alloc() else {
+        let Some(port) = cx.net.ports().alloc() else {
             self.settle(cx, None);
             return self.fail_to_client(cx, ProxyError::NoLocalPort);
         };
         let io = match UpstreamIo::for_pool(&pool, endpoint) {
             Ok(io) => io,
             Err(e) => {
-                cx.ports.free(port);
+                cx.net.ports().free(port);
                 self.settle(cx, None);
                 tracing::warn!(error = %e, "cannot start an upstream TLS session");
                 return self.fail_to_client(cx, ProxyError::UpstreamTls);
             }
         };
-        let remote = IpEndpoint::new(endpoint.ip().into(), endpoint.port());
-        let Some(handle) = cx.connect(remote, port) else {
-            cx.ports.free(port);
+        let Some(handle) = cx.connect(endpoint, port) else {
+            cx.net.ports().free(port);
             self.settle(cx, None);
             return self.fail_to_client(cx, ProxyError::UpstreamConnectFailed);
         };
@@ -745,9 +719,9 @@ impl Conn {
             return true;
         }
         let up = self.upstream.as_mut().expect("connecting upstream");
-        match cx.sockets.tcp(up.handle).state() {
-            tcp::State::Established if up.io.is_handshaking() => {
-                let sock = cx.sockets.tcp(up.handle);
+        match cx.net.stream(up.handle).state() {
+            StreamState::Established if up.io.is_handshaking() => {
+                let sock = &mut cx.net.stream(up.handle);
                 up.io.flush(sock);
                 match up.io.recv(sock, &mut self.bufs.from_upstream) {
                     Err(e) => {
@@ -758,7 +732,7 @@ impl Conn {
                     Ok(_) if !up.io.is_handshaking() => return self.begin_send(cx),
                     Ok(_) => {}
                 }
-                let sock = cx.sockets.tcp(up.handle);
+                let sock = &mut cx.net.stream(up.handle);
                 if !up.io.may_recv(sock) {
                     cx.stats.upstream_tls_failures += 1;
                     tracing::debug!(endpoint = %up.endpoint, "upstream closed during the TLS handshake");
@@ -769,8 +743,8 @@ impl Conn {
                 }
                 false
             }
-            tcp::State::Established => self.begin_send(cx),
-            tcp::State::Closed | tcp::State::TimeWait => {
+            StreamState::Established => self.begin_send(cx),
+            StreamState::Closed | StreamState::TimeWait => {
                 self.upstream_failed(cx, ProxyError::UpstreamConnectFailed)
             }
             _ if cx.now >= self.deadline => {
@@ -794,7 +768,7 @@ impl Conn {
         };
         let mut moved = false;
         let max_body = cx.cfg.max_request_body;
-        let up = cx.sockets.tcp(upc.handle);
+        let up = &mut cx.net.stream(upc.handle);
         if !up.may_send() || upc.io.failed() {
             return self.upstream_failed(cx, ProxyError::UpstreamClosedEarly);
         }
@@ -901,7 +875,7 @@ impl Conn {
         };
         match up
             .io
-            .recv(cx.sockets.tcp(up.handle), &mut self.bufs.from_upstream)
+            .recv(&mut cx.net.stream(up.handle), &mut self.bufs.from_upstream)
         {
             Ok(n) => n,
             Err(e) => {
@@ -915,7 +889,7 @@ impl Conn {
     fn upstream_may_recv(&self, cx: &mut Ctx<'_>) -> bool {
         self.upstream
             .as_ref()
-            .is_some_and(|up| up.io.may_recv(cx.sockets.tcp(up.handle)))
+            .is_some_and(|up| up.io.may_recv(&cx.net.stream(up.handle)))
     }
 
     fn read_response_head(&mut self, cx: &mut Ctx<'_>) -> bool {
@@ -999,14 +973,14 @@ impl Conn {
         if self.bufs.to_client.is_empty() {
             return (true, false);
         }
-        let sock = cx.sockets.tcp(self.client);
+        let sock = &mut cx.net.stream(self.client);
         let n = self.io.send(sock, self.bufs.to_client.filled());
         self.bufs.to_client.consume(n);
         (self.bufs.to_client.is_empty(), n > 0)
     }
 
     fn stream_response(&mut self, cx: &mut Ctx<'_>) -> bool {
-        if self.client_gone(cx) || !cx.tcp(self.client).may_send() {
+        if self.client_gone(cx) || !cx.net.stream(self.client).may_send() {
             cx.stats.client_aborts += 1;
             self.finish(cx, true);
             return true;
@@ -1017,7 +991,7 @@ impl Conn {
         }
         moved |= self.fill_from_upstream(cx) > 0;
         let upstream_open = self.upstream_may_recv(cx);
-        let client = cx.sockets.tcp(self.client);
+        let client = &mut cx.net.stream(self.client);
         let space = self.io.send_space(client);
         let Phase::StreamResponse {
             body,
@@ -1107,10 +1081,10 @@ impl Conn {
     fn close(&mut self, cx: &mut Ctx<'_>) -> bool {
         if !self.client_gone(cx) {
             let (flushed, moved) = self.flush_to_client(cx);
-            if !flushed || !self.io.close(cx.sockets.tcp(self.client)) {
+            if !flushed || !self.io.close(&mut cx.net.stream(self.client)) {
                 return moved;
             }
-            cx.tcp(self.client).close();
+            cx.net.stream(self.client).close();
         }
         self.drop_upstream(cx, false);
         self.phase = Phase::Finished;
@@ -1146,15 +1120,15 @@ impl Conn {
             unreachable!()
         };
         if !*fin_sent {
-            if !self.io.close(cx.sockets.tcp(self.client)) {
+            if !self.io.close(&mut cx.net.stream(self.client)) {
                 return moved;
             }
-            cx.tcp(self.client).close();
+            cx.net.stream(self.client).close();
             *fin_sent = true;
             moved = true;
         }
         // Read and forget what the client still sends.
-        let sock = cx.sockets.tcp(self.client);
+        let sock = &mut cx.net.stream(self.client);
         let got = match self.io.recv(sock, &mut self.bufs.from_client) {
             Ok(n) => n,
             Err(_) => {
@@ -1186,9 +1160,9 @@ impl Conn {
         // in-flight slot, a half-open breaker probe), not leaked.
         self.settle(cx, None);
         if reset {
-            cx.tcp(self.client).abort();
+            cx.net.stream(self.client).abort();
         } else {
-            cx.tcp(self.client).close();
+            cx.net.stream(self.client).close();
         }
         self.drop_upstream(cx, reset);
         self.phase = Phase::Finished;
@@ -1223,17 +1197,17 @@ impl Conn {
         let idle = policy.timeouts.idle.unwrap_or(DEFAULT_IDLE);
         let (limit, max_requests) = (policy.keepalive, policy.max_requests);
         let tls = pool.tls.as_ref().map(|t| t.config.clone());
-        let (conn_pool, mut closer) = cx.conn_pool();
-        conn_pool.release(key, up, tls, limit, max_requests, idle, &mut closer);
+        let (conn_pool, net) = cx.conn_pool();
+        conn_pool.release(key, up, tls, limit, max_requests, idle, net);
         // Its idle timer (or its FIN) is armed in this pass.
-        cx.sockets.mark(handle);
+        cx.net.mark(handle);
     }
 
     /// Moves the upstream socket to the stack's closing list.
     fn drop_upstream(&mut self, cx: &mut Ctx<'_>, reset: bool) {
         if let Some(mut up) = self.upstream.take() {
             if !reset {
-                up.io.close(cx.sockets.tcp(up.handle));
+                up.io.close(&mut cx.net.stream(up.handle));
             }
             cx.retire(up.handle, Some(up.local_port), reset);
         }
@@ -1384,9 +1358,10 @@ impl Conn {
         if !self.bufs.from_client.is_empty()
             && let Some(up) = self.upstream.as_mut()
         {
-            let n = up
-                .io
-                .send(cx.sockets.tcp(up_handle), self.bufs.from_client.filled());
+            let n = up.io.send(
+                &mut cx.net.stream(up_handle),
+                self.bufs.from_client.filled(),
+            );
             self.bufs.from_client.consume(n);
             moved |= n > 0;
         }
@@ -1394,7 +1369,7 @@ impl Conn {
         moved |= self.fill_from_upstream(cx) > 0;
         let upstream_done = !self.upstream_may_recv(cx) && self.bufs.from_upstream.is_empty();
         if !self.bufs.from_upstream.is_empty() {
-            let sock = cx.sockets.tcp(self.client);
+            let sock = &mut cx.net.stream(self.client);
             let avail = self.bufs.from_upstream.filled();
             let space = self.io.send_space(sock).min(avail.len());
             let n = self.io.send(sock, &avail[..space]);

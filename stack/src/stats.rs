@@ -87,16 +87,25 @@ impl StackStats {
         }
     }
 
-    /// Counts a frame dropped before smoltcp.
-    pub fn count_rx_drop(&mut self, why: crate::wire::RxDrop) {
-        use crate::wire::RxDrop;
-        *match why {
-            RxDrop::Malformed => &mut self.rx_drop_malformed,
-            RxDrop::UnknownEthertype => &mut self.rx_drop_unknown_ethertype,
-            RxDrop::Vlan => &mut self.rx_drop_vlan,
-            RxDrop::NotForUs => &mut self.rx_drop_not_for_us,
-            RxDrop::Fragment => &mut self.rx_drop_fragment,
-        } += 1;
+    /// Takes the TCP/IP layer's counters (it owns them; this struct is
+    /// what the engine publishes).
+    pub fn set_net(&mut self, n: &crate::net::NetStats) {
+        self.rx_frames = n.rx_frames;
+        self.rx_handed = n.rx_handed;
+        self.rx_rst_no_socket = n.rx_rst_no_socket;
+        self.rx_drop_no_socket = n.rx_drop_no_socket;
+        self.rx_drop_malformed = n.rx_drop_malformed;
+        self.rx_drop_unknown_ethertype = n.rx_drop_unknown_ethertype;
+        self.rx_drop_vlan = n.rx_drop_vlan;
+        self.rx_drop_not_for_us = n.rx_drop_not_for_us;
+        self.rx_drop_fragment = n.rx_drop_fragment;
+        self.rx_queue_full = n.rx_queue_full;
+        self.tx_frames = n.tx_frames;
+        self.tx_queue_full = n.tx_queue_full;
+        self.accepted = n.accepted;
+        self.overload_rejected = n.overload_rejected;
+        self.sockets_created = n.sockets_created;
+        self.socket_polls = n.socket_polls;
     }
 
     /// The outcome of every polled frame, by name: they sum to `rx_frames`

@@ -1,4 +1,4 @@
-//! A TLS session pumped over a smoltcp TCP socket, used by both sides of a
+//! A TLS session pumped over a TCP stream, used by both sides of a
 //! proxied connection (`client_io`, `upstream_io`). Ciphertext moves between
 //! the socket buffers and rustls without an extra copy: `recv` hands rustls a
 //! slice of the socket's receive buffer and `flush` lets rustls write records
@@ -6,7 +6,7 @@
 //! socket can take its ciphertext (`send_space`), so a slow peer holds back
 //! the other side instead of making rustls buffer a whole body.
 
-use smoltcp::socket::tcp;
+use crate::net::Stream;
 
 use crate::http::ByteBuf;
 use crate::tls::{TlsSession, TlsSessionError};
@@ -40,7 +40,7 @@ impl TlsPipe {
     /// `flush` sends the rest).
     pub(crate) fn recv(
         &mut self,
-        sock: &mut tcp::Socket<'static>,
+        sock: &mut Stream<'_>,
         buf: &mut ByteBuf,
     ) -> Result<usize, TlsSessionError> {
         if self.failed {
@@ -65,18 +65,18 @@ impl TlsPipe {
                 break;
             }
             let session = &mut self.session;
-            let fed = sock.recv(|data| match session.feed_some(data) {
+            let fed = sock.recv_with(|data| match session.feed_some(data) {
                 Ok(n) => (n, Ok(n)),
                 Err(e) => (data.len(), Err(e)),
             });
             let n = match fed {
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => {
+                Some(Ok(n)) => n,
+                Some(Err(e)) => {
                     self.failed = true;
                     self.flush(sock);
                     return Err(e);
                 }
-                Err(_) => 0,
+                None => 0,
             };
             // Handshake messages (and alerts) to send back.
             self.flush(sock);
@@ -88,12 +88,12 @@ impl TlsPipe {
     }
 
     /// Whether the peer may still send: no FIN, no close_notify.
-    pub(crate) fn may_recv(&self, sock: &tcp::Socket<'static>) -> bool {
+    pub(crate) fn may_recv(&self, sock: &Stream<'_>) -> bool {
         !self.failed && !self.session.peer_closed() && sock.may_recv()
     }
 
     /// Plaintext bytes `send` takes now without buffering beyond the socket.
-    pub(crate) fn send_space(&self, sock: &tcp::Socket<'static>) -> usize {
+    pub(crate) fn send_space(&self, sock: &Stream<'_>) -> usize {
         if self.failed
             || !sock.may_send()
             || self.session.wants_write()
@@ -101,13 +101,13 @@ impl TlsPipe {
         {
             return 0;
         }
-        let free = (sock.send_capacity() - sock.send_queue()).min(MAX_PLAINTEXT_PER_SEND);
+        let free = (sock.send_space()).min(MAX_PLAINTEXT_PER_SEND);
         let records = free / MAX_RECORD_PLAINTEXT + 1;
         free.saturating_sub(records * RECORD_OVERHEAD)
     }
 
     /// Sends plaintext, as much as `send_space` allows; returns how much.
-    pub(crate) fn send(&mut self, sock: &mut tcp::Socket<'static>, data: &[u8]) -> usize {
+    pub(crate) fn send(&mut self, sock: &mut Stream<'_>, data: &[u8]) -> usize {
         let data = &data[..data.len().min(self.send_space(sock))];
         if data.is_empty() {
             return 0;
@@ -118,14 +118,14 @@ impl TlsPipe {
     }
 
     /// Pushes ciphertext rustls holds into the socket; true when none is left.
-    pub(crate) fn flush(&mut self, sock: &mut tcp::Socket<'static>) -> bool {
+    pub(crate) fn flush(&mut self, sock: &mut Stream<'_>) -> bool {
         while self.session.wants_write() {
             let session = &mut self.session;
-            let wrote = sock.send(|space| {
+            let wrote = sock.send_with(|space| {
                 let n = session.take_tls(space);
                 (n, n)
             });
-            if !matches!(wrote, Ok(n) if n > 0) {
+            if !matches!(wrote, Some(n) if n > 0) {
                 break;
             }
         }
@@ -134,7 +134,7 @@ impl TlsPipe {
 
     /// Queues close_notify (once, not mid-handshake or after an error) and
     /// flushes; true once everything is in the socket.
-    pub(crate) fn close(&mut self, sock: &mut tcp::Socket<'static>) -> bool {
+    pub(crate) fn close(&mut self, sock: &mut Stream<'_>) -> bool {
         if !self.closing && !self.failed && !self.session.is_handshaking() {
             self.session.close();
         }

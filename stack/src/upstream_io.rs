@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use smoltcp::socket::tcp;
+use crate::net::Stream;
 
 use crate::http::ByteBuf;
 use crate::route::Upstream;
@@ -42,7 +42,7 @@ impl UpstreamIo {
     /// Moves what the upstream sent, decrypted, into `buf`.
     pub(crate) fn recv(
         &mut self,
-        sock: &mut tcp::Socket<'static>,
+        sock: &mut Stream<'_>,
         buf: &mut ByteBuf,
     ) -> Result<usize, TlsSessionError> {
         match self {
@@ -50,7 +50,7 @@ impl UpstreamIo {
                 if !sock.can_recv() || buf.is_full() {
                     return Ok(0);
                 }
-                let n = sock.recv_slice(buf.space()).unwrap_or(0);
+                let n = sock.recv_slice(buf.space());
                 buf.commit(n);
                 Ok(n)
             }
@@ -59,7 +59,7 @@ impl UpstreamIo {
     }
 
     /// Whether the upstream may still send: no FIN, no close_notify.
-    pub(crate) fn may_recv(&self, sock: &tcp::Socket<'static>) -> bool {
+    pub(crate) fn may_recv(&self, sock: &Stream<'_>) -> bool {
         match self {
             UpstreamIo::Plain => sock.may_recv(),
             UpstreamIo::Tls(t) => t.may_recv(sock),
@@ -77,25 +77,25 @@ impl UpstreamIo {
     }
 
     /// Plaintext bytes `send` takes now without buffering beyond the socket.
-    pub(crate) fn send_space(&self, sock: &tcp::Socket<'static>) -> usize {
+    pub(crate) fn send_space(&self, sock: &Stream<'_>) -> usize {
         match self {
-            UpstreamIo::Plain if sock.may_send() => sock.send_capacity() - sock.send_queue(),
+            UpstreamIo::Plain if sock.may_send() => sock.send_space(),
             UpstreamIo::Plain => 0,
             UpstreamIo::Tls(t) => t.send_space(sock),
         }
     }
 
     /// Sends plaintext; returns how much was taken (see `send_space`).
-    pub(crate) fn send(&mut self, sock: &mut tcp::Socket<'static>, data: &[u8]) -> usize {
+    pub(crate) fn send(&mut self, sock: &mut Stream<'_>, data: &[u8]) -> usize {
         match self {
-            UpstreamIo::Plain => sock.send_slice(data).unwrap_or(0),
+            UpstreamIo::Plain => sock.send_slice(data),
             UpstreamIo::Tls(t) => t.send(sock, data),
         }
     }
 
     /// Pushes ciphertext rustls holds (the ClientHello first) into the
     /// socket; true when none is left.
-    pub(crate) fn flush(&mut self, sock: &mut tcp::Socket<'static>) -> bool {
+    pub(crate) fn flush(&mut self, sock: &mut Stream<'_>) -> bool {
         match self {
             UpstreamIo::Plain => true,
             UpstreamIo::Tls(t) => t.flush(sock),
@@ -103,7 +103,7 @@ impl UpstreamIo {
     }
 
     /// Queues close_notify before the socket gets its FIN (best effort).
-    pub(crate) fn close(&mut self, sock: &mut tcp::Socket<'static>) {
+    pub(crate) fn close(&mut self, sock: &mut Stream<'_>) {
         if let UpstreamIo::Tls(t) = self {
             t.close(sock);
         }

@@ -155,8 +155,6 @@ impl Lab {
     ) -> Self {
         let now = Instant::from_millis(1_000);
         let mut cfg = StackConfig::new(EDGE_MAC, vec![(VIP.into(), 24)], 40_000..41_000);
-        // More than the 20 simultaneous SYNs of the busiest test.
-        cfg.listen_backlog = 32;
         tune(&mut cfg);
         let edge = Stack::new(cfg, routes, now).expect("stack");
         let mut dev = PeerDevice::default();

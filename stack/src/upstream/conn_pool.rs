@@ -16,12 +16,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smoltcp::socket::tcp;
-use smoltcp::time::Instant;
-
 use crate::http::ByteBuf;
+use crate::net::{Instant, StreamId as SockId, StreamState, Streams};
 use crate::route::Upstream;
-use crate::sockets::{SockId, SocketTable};
 use crate::upstream::stable_hash;
 use crate::upstream_io::UpstreamIo;
 
@@ -104,20 +101,10 @@ pub(crate) struct ConnPool {
     pub counters: PoolCounters,
 }
 
-/// What closing a pooled connection needs from the stack.
-pub(crate) struct Closer<'a> {
-    pub sockets: &'a mut SocketTable,
-    pub now: Instant,
-    pub linger: smoltcp::time::Duration,
-}
-
-impl Closer<'_> {
-    /// FIN (after close_notify on TLS); the socket lingers, then is reused.
-    fn close(&mut self, mut c: UpstreamConn) {
-        c.io.close(self.sockets.tcp(c.handle));
-        self.sockets
-            .retire(c.handle, Some(c.local_port), false, self.now, self.linger);
-    }
+/// FIN (after close_notify on TLS); the stream lingers, then is reused.
+fn close(net: &mut Streams<'_>, mut c: UpstreamConn) {
+    c.io.close(&mut net.stream(c.handle));
+    net.retire(c.handle, Some(c.local_port), false);
 }
 
 impl ConnPool {
@@ -138,7 +125,11 @@ impl ConnPool {
 
     /// A live idle connection for `key`, or None. Dead ones met on the way
     /// are closed. The caller owns the one returned (and sets its owner).
-    pub(crate) fn checkout(&mut self, key: &PoolKey, cl: &mut Closer<'_>) -> Option<UpstreamConn> {
+    pub(crate) fn checkout(
+        &mut self,
+        key: &PoolKey,
+        net: &mut Streams<'_>,
+    ) -> Option<UpstreamConn> {
         loop {
             let list = self.idle.get_mut(key)?;
             let Some(mut idle) = list.pop() else {
@@ -146,11 +137,11 @@ impl ConnPool {
                 return None;
             };
             self.by_sock.remove(&idle.conn.handle);
-            if alive(&mut idle.conn, cl.sockets, &mut self.scratch) {
+            if alive(&mut idle.conn, net, &mut self.scratch) {
                 return Some(idle.conn);
             }
             self.counters.stale += 1;
-            cl.close(idle.conn);
+            close(net, idle.conn);
         }
     }
 
@@ -165,18 +156,18 @@ impl ConnPool {
         limit: usize,
         max_requests: u32,
         idle_for: Duration,
-        cl: &mut Closer<'_>,
+        net: &mut Streams<'_>,
     ) {
         let list = self.idle.entry(key).or_default();
         if self.closing || list.len() >= limit || (max_requests > 0 && c.served >= max_requests) {
             self.counters.surplus += 1;
-            cl.close(c);
+            close(net, c);
             return;
         }
         self.counters.released += 1;
-        cl.sockets.slot(c.handle).owner = POOLED;
+        net.set_owner(c.handle, POOLED);
         self.by_sock.insert(c.handle, key);
-        let until = cl.now + smoltcp::time::Duration::from_micros(idle_for.as_micros() as u64);
+        let until = net.now() + crate::net::Duration::from_micros(idle_for.as_micros() as u64);
         list.push(Idle {
             conn: c,
             until,
@@ -186,13 +177,13 @@ impl ConnPool {
 
     /// A pooled socket had a frame or its timer fired: closes it when the
     /// origin ended it or it idled out. Returns when to look again.
-    pub(crate) fn check(&mut self, id: SockId, cl: &mut Closer<'_>) -> Option<Instant> {
+    pub(crate) fn check(&mut self, id: SockId, net: &mut Streams<'_>) -> Option<Instant> {
         let key = *self.by_sock.get(&id)?;
         let list = self.idle.get_mut(&key)?;
         let i = list.iter().position(|e| e.conn.handle == id)?;
         let until = list[i].until;
-        let expired = cl.now >= until;
-        if !expired && alive(&mut list[i].conn, cl.sockets, &mut self.scratch) {
+        let expired = net.now() >= until;
+        if !expired && alive(&mut list[i].conn, net, &mut self.scratch) {
             return Some(until);
         }
         let e = list.remove(i);
@@ -202,7 +193,7 @@ impl ConnPool {
         } else {
             self.counters.stale += 1;
         }
-        cl.close(e.conn);
+        close(net, e.conn);
         None
     }
 
@@ -213,7 +204,7 @@ impl ConnPool {
         &mut self,
         pool: &Upstream,
         endpoint: SocketAddr,
-        cl: &mut Closer<'_>,
+        net: &mut Streams<'_>,
     ) {
         let pool_hash = stable_hash(pool.name.as_bytes(), 0);
         for (key, list) in self.idle.iter_mut() {
@@ -223,14 +214,14 @@ impl ConnPool {
             for e in list.drain(..) {
                 self.by_sock.remove(&e.conn.handle);
                 self.counters.evicted += 1;
-                cl.close(e.conn);
+                close(net, e.conn);
             }
         }
     }
 
     /// A new snapshot: idle connections whose pool, endpoint or TLS config
     /// it no longer has are closed (nobody could be given them).
-    pub(crate) fn retain_current(&mut self, upstreams: &[Arc<Upstream>], cl: &mut Closer<'_>) {
+    pub(crate) fn retain_current(&mut self, upstreams: &[Arc<Upstream>], net: &mut Streams<'_>) {
         let current: Vec<PoolKey> = upstreams
             .iter()
             .flat_map(|u| u.endpoints.iter().map(|&ep| PoolKey::new(u, ep)))
@@ -246,21 +237,21 @@ impl ConnPool {
                 self.by_sock.remove(&e.conn.handle);
                 self.counters.evicted += 1;
                 let handle = e.conn.handle;
-                cl.close(e.conn);
-                cl.sockets.mark(handle);
+                close(net, e.conn);
+                net.mark(handle);
             }
         }
     }
 
     /// Closes every idle connection (FIN; close_notify first on TLS): the
     /// worker is stopping.
-    pub(crate) fn close_all(&mut self, cl: &mut Closer<'_>) {
+    pub(crate) fn close_all(&mut self, net: &mut Streams<'_>) {
         self.closing = true;
         for (_, list) in self.idle.iter_mut() {
             for e in list.drain(..) {
                 let handle = e.conn.handle;
-                cl.close(e.conn);
-                cl.sockets.mark(handle);
+                close(net, e.conn);
+                net.mark(handle);
             }
         }
         self.by_sock.clear();
@@ -279,9 +270,9 @@ impl ConnPool {
 }
 
 /// Whether `c` can carry a request now: open both ways, nothing unread.
-fn alive(c: &mut UpstreamConn, sockets: &mut SocketTable, scratch: &mut ByteBuf) -> bool {
-    let sock = sockets.tcp(c.handle);
-    if sock.state() != tcp::State::Established || !sock.may_send() || !c.io.reusable() {
+fn alive(c: &mut UpstreamConn, net: &mut Streams<'_>, scratch: &mut ByteBuf) -> bool {
+    let sock = &mut net.stream(c.handle);
+    if sock.state() != StreamState::Established || !sock.may_send() || !c.io.reusable() {
         return false;
     }
     if let UpstreamIo::Tls(_) = c.io {

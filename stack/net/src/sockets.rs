@@ -16,16 +16,14 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::IpEndpoint;
 
-use crate::config::StackConfig;
+use crate::config::NetConfig;
 use crate::ports::PortAllocator;
+pub(crate) use crate::stream::NO_OWNER;
 use crate::timer::TimerWheel;
-use crate::wire::FlowKey;
+use ferrogate_wire::FlowKey;
 
 /// Index of a socket slot. Stable for the life of one connection's use of it.
-pub(crate) type SockId = u32;
-
-/// `owner` of a slot that belongs to no connection (idle or closing).
-pub(crate) const NO_OWNER: u32 = u32::MAX;
+pub(crate) type SockId = crate::stream::StreamId;
 
 struct Closing {
     local_port: Option<u16>,
@@ -71,7 +69,7 @@ pub(crate) struct SocketTable {
 impl SocketTable {
     /// Sized for `max_connections` (a client and an upstream socket each) so
     /// that steady state neither rehashes nor grows.
-    pub(crate) fn new(cfg: &StackConfig, now: Instant) -> Self {
+    pub(crate) fn new(cfg: &NetConfig, now: Instant) -> Self {
         let n = cfg.max_connections.saturating_mul(2).max(16);
         Self {
             slots: Vec::with_capacity(n),
@@ -111,7 +109,7 @@ impl SocketTable {
     }
 
     /// A closed socket, reused or new.
-    pub(crate) fn take(&mut self, cfg: &StackConfig) -> SockId {
+    pub(crate) fn take(&mut self, cfg: &NetConfig) -> SockId {
         if let Some(id) = self.idle.pop() {
             return id;
         }
@@ -164,7 +162,7 @@ impl SocketTable {
     pub(crate) fn connect(
         &mut self,
         iface: &mut Context,
-        cfg: &StackConfig,
+        cfg: &NetConfig,
         owner: u32,
         remote: IpEndpoint,
         local_port: u16,

@@ -11,9 +11,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use smoltcp::time::{Duration, Instant};
 
-use crate::config::StackConfig;
+use crate::config::NetConfig;
 use crate::device::FrameQueue;
-use crate::route::RouteTable;
 
 /// smoltcp forgets a neighbour after 60 s; ask again well before.
 const REFRESH: Duration = Duration::from_secs(20);
@@ -21,44 +20,39 @@ const REFRESH: Duration = Duration::from_secs(20);
 #[derive(Default)]
 pub(crate) struct NeighborPrimer {
     next: Option<Instant>,
+    /// Addresses the application will connect to (upstream endpoints).
+    targets: Vec<IpAddr>,
 }
 
 impl NeighborPrimer {
-    /// Asks now (e.g. after a snapshot swap).
-    pub(crate) fn soon(&mut self) {
+    /// New targets (e.g. after a snapshot swap): asks for them now.
+    pub(crate) fn set_targets(&mut self, targets: Vec<IpAddr>) {
+        self.targets = targets;
         self.next = None;
     }
 
-    /// Sends ARP requests for the next hops of every IPv4 upstream endpoint
-    /// when due. Returns how many were queued.
-    pub(crate) fn run(
-        &mut self,
-        cfg: &StackConfig,
-        routes: &RouteTable,
-        tx: &mut FrameQueue,
-        now: Instant,
-    ) -> usize {
+    /// Sends ARP requests for the next hops of every IPv4 target when due.
+    /// Returns how many were queued.
+    pub(crate) fn run(&mut self, cfg: &NetConfig, tx: &mut FrameQueue, now: Instant) -> usize {
         if self.next.is_some_and(|t| now < t) {
             return 0;
         }
         self.next = Some(now + REFRESH);
         let mut hops: Vec<(Ipv4Addr, Ipv4Addr)> = Vec::new();
-        for pool in &routes.upstreams {
-            for ep in &pool.endpoints {
-                let IpAddr::V4(target) = ep.ip() else {
-                    continue;
-                };
-                let hop = match on_link_source(cfg, target) {
-                    Some(src) => Some((target, src)),
-                    None => cfg
-                        .gateway_v4
-                        .and_then(|gw| on_link_source(cfg, gw).map(|src| (gw, src))),
-                };
-                if let Some(h) = hop
-                    && !hops.contains(&h)
-                {
-                    hops.push(h);
-                }
+        for target in &self.targets {
+            let IpAddr::V4(target) = *target else {
+                continue;
+            };
+            let hop = match on_link_source(cfg, target) {
+                Some(src) => Some((target, src)),
+                None => cfg
+                    .gateway_v4
+                    .and_then(|gw| on_link_source(cfg, gw).map(|src| (gw, src))),
+            };
+            if let Some(h) = hop
+                && !hops.contains(&h)
+            {
+                hops.push(h);
             }
         }
         let mut sent = 0;
@@ -75,7 +69,7 @@ impl NeighborPrimer {
 }
 
 /// Our IPv4 address on the subnet of `target`, if it is on-link.
-fn on_link_source(cfg: &StackConfig, target: Ipv4Addr) -> Option<Ipv4Addr> {
+fn on_link_source(cfg: &NetConfig, target: Ipv4Addr) -> Option<Ipv4Addr> {
     cfg.addresses.iter().find_map(|(ip, len)| match ip {
         IpAddr::V4(a) => {
             let mask = if *len == 0 {
@@ -107,11 +101,20 @@ mod tests {
 
     #[test]
     fn on_link_targets_use_the_matching_address() {
-        let cfg = StackConfig::new(
-            [2, 0, 0, 0, 0, 1],
-            vec![("10.77.0.10".parse().unwrap(), 24)],
-            40_000..41_000,
-        );
+        let cfg = NetConfig {
+            mac: [2, 0, 0, 0, 0, 1],
+            addresses: vec![("10.77.0.10".parse().unwrap(), 24)],
+            gateway_v4: None,
+            upstream_ports: 40_000..41_000,
+            max_connections: 16,
+            tcp_rx_buffer: 4096,
+            tcp_tx_buffer: 4096,
+            rx_queue_frames: 16,
+            tx_queue_frames: 16,
+            verify_rx_checksums: true,
+            linger: Duration::from_secs(1),
+            random_seed: 1,
+        };
         assert_eq!(
             on_link_source(&cfg, "10.77.0.3".parse().unwrap()),
             Some("10.77.0.10".parse().unwrap())

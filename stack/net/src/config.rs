@@ -1,0 +1,28 @@
+//! What the TCP/IP layer of one worker needs to know.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
+
+use smoltcp::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// MAC address the stack answers ARP with (the NIC's own).
+    pub mac: [u8; 6],
+    /// Service addresses (VIPs) with their prefix length.
+    pub addresses: Vec<(IpAddr, u8)>,
+    pub gateway_v4: Option<Ipv4Addr>,
+    /// Local ports this worker uses for outgoing connections.
+    pub upstream_ports: Range<u16>,
+    /// Sizes the socket table up front (a client and an upstream socket
+    /// each); the application decides how many it accepts.
+    pub max_connections: usize,
+    pub tcp_rx_buffer: usize,
+    pub tcp_tx_buffer: usize,
+    pub rx_queue_frames: usize,
+    pub tx_queue_frames: usize,
+    pub verify_rx_checksums: bool,
+    /// Longest a closing socket may linger before it is reset and reused.
+    pub linger: Duration,
+    pub random_seed: u64,
+}

@@ -1,0 +1,22 @@
+//! ferrogate's userspace TCP/IP for one worker: a smoltcp interface that
+//! owns the service addresses (ARP, ICMP, TCP), O(1) demultiplexing of
+//! frames to sockets, a timer wheel, local port ranges and neighbour
+//! priming, under a stream API ([`Streams`], [`Stream`]) that applications
+//! ([`App`]) use without seeing smoltcp. No knowledge of AF_XDP, DPDK or
+//! HTTP: frames and time go in, frames come out.
+
+mod config;
+mod device;
+mod neighbors;
+mod net;
+mod ports;
+mod sockets;
+mod stream;
+mod timer;
+
+pub use config::NetConfig;
+pub use device::{DeviceStats, FrameQueue};
+pub use net::{App, Net, NetError, NetStats};
+pub use ports::PortAllocator;
+pub use smoltcp::time::{Duration, Instant};
+pub use stream::{NO_OWNER, Owner, Stream, StreamId, StreamState, Streams};

@@ -1,0 +1,483 @@
+//! The per-worker TCP/IP layer: a smoltcp interface that owns the VIPs and
+//! listening ports, and runs the streams an [`App`] uses. Sans-IO: frames and
+//! time go in (`handle_frame`, `poll(now, app)`), frames come out
+//! (`drain_tx`), and `poll_at` says when to come back.
+//!
+//! Work is proportional to events, not to open connections: each frame is
+//! demultiplexed by its 4-tuple to the one socket it belongs to (see
+//! `sockets.rs`) and given to smoltcp together with that socket alone; only
+//! sockets that received a frame, were touched by their owner, or whose
+//! timer came due are polled for egress, and only their owners run.
+
+use std::net::IpAddr;
+
+use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+
+use ferrogate_wire::{self as wire, FrameClass, RxDrop};
+
+use crate::config::NetConfig;
+use crate::device::{DeviceStats, FrameQueue, QueueDevice};
+use crate::neighbors::NeighborPrimer;
+use crate::ports::PortAllocator;
+use crate::sockets::{NO_OWNER, SockId, SocketTable};
+use crate::stream::{Owner, StreamId, Streams};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("invalid MAC address {0:02x?}: must be unicast")]
+    BadMac([u8; 6]),
+    #[error("no service address configured")]
+    NoAddress,
+    #[error("more than 8 service addresses per worker")]
+    TooManyAddresses,
+    #[error("listener port {0} lies inside the upstream port range")]
+    ListenerInPortRange(u16),
+}
+
+/// What runs on the streams: the HTTP proxy, later L4 proxies. Every call
+/// gets the worker's streams for its duration; none may block.
+pub trait App {
+    /// Whether one more connection may be accepted; when not, a SYN to a
+    /// listening port is answered with RST (counted `overload_rejected`).
+    fn can_accept(&self) -> bool;
+
+    /// `stream` has just received its SYN on `local_port`: the application
+    /// takes it (its owner token) or refuses it (None: the stream is reset).
+    fn accept(&mut self, streams: Streams<'_>, stream: StreamId, local_port: u16) -> Option<Owner>;
+
+    /// A stream of `owner` had events (a frame, a timer, a write): run it.
+    /// Called for every such stream; the application runs an owner at most
+    /// once per [`Streams::pass`].
+    fn run(&mut self, streams: Streams<'_>, owner: Owner, stream: StreamId);
+
+    /// When `owner` wants `stream`'s timer to fire without events (its
+    /// deadline); None: only TCP's own timers.
+    fn deadline(&self, owner: Owner, stream: StreamId) -> Option<Instant>;
+
+    /// Once per poll, after the received frames and before the passes: the
+    /// application's own timers (health probes, …).
+    fn poll(&mut self, streams: Streams<'_>);
+
+    /// After each pass: owners that stopped with work left mark a stream
+    /// (`Streams::mark`) to run again in the next one.
+    fn end_pass(&mut self, streams: Streams<'_>);
+}
+
+/// Counters of the TCP/IP layer of one worker.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NetStats {
+    /// Frames queued by `handle_frame`; once polled, each has one outcome.
+    pub rx_frames: u64,
+    /// Given to smoltcp: to a stream, a new listening socket, or its own
+    /// protocols (ARP, ICMP, NDP; UDP answered unreachable).
+    pub rx_handed: u64,
+    /// TCP to one of our addresses that no socket takes: answered with RST.
+    pub rx_rst_no_socket: u64,
+    /// The same for a segment that is itself a RST: dropped, unanswered.
+    pub rx_drop_no_socket: u64,
+    pub rx_drop_malformed: u64,
+    pub rx_drop_unknown_ethertype: u64,
+    pub rx_drop_vlan: u64,
+    pub rx_drop_not_for_us: u64,
+    pub rx_drop_fragment: u64,
+    pub rx_queue_full: u64,
+    pub tx_frames: u64,
+    pub tx_queue_full: u64,
+    pub accepted: u64,
+    pub overload_rejected: u64,
+    pub sockets_created: u64,
+    /// smoltcp polls of a stream's socket (one ingress frame, or one egress
+    /// attempt): the per-event work, independent of open connections.
+    pub socket_polls: u64,
+}
+
+impl NetStats {
+    fn count_rx_drop(&mut self, why: RxDrop) {
+        match why {
+            RxDrop::Malformed => self.rx_drop_malformed += 1,
+            RxDrop::UnknownEthertype => self.rx_drop_unknown_ethertype += 1,
+            RxDrop::Vlan => self.rx_drop_vlan += 1,
+            RxDrop::NotForUs => self.rx_drop_not_for_us += 1,
+            RxDrop::Fragment => self.rx_drop_fragment += 1,
+        }
+    }
+}
+
+pub struct Net {
+    cfg: NetConfig,
+    iface: Interface,
+    /// Given to smoltcp for frames that belong to no stream (ARP, ICMP,
+    /// NDP, stray TCP that it answers with RST).
+    no_sockets: SocketSet<'static>,
+    sockets: SocketTable,
+    rx: FrameQueue,
+    tx: FrameQueue,
+    scratch: Box<[u8]>,
+    device_stats: DeviceStats,
+    listen_ports: Vec<u16>,
+    /// The sockets of the current pass (kept for its allocation).
+    work: Vec<SockId>,
+    ports: PortAllocator,
+    neighbors: NeighborPrimer,
+    stats: NetStats,
+    pass: u64,
+    now: Instant,
+}
+
+/// Passes over the sockets with work per `poll`, so one burst cannot
+/// monopolise a worker; what is left stays queued for the next `poll`.
+const MAX_ROUNDS: usize = 8;
+
+/// Egress polls of one socket in a row: each sends at most one segment; the
+/// window bounds it long before this does.
+const MAX_EGRESS_SEGMENTS: usize = 256;
+
+/// smoltcp retries a send that waited for a neighbour after this long
+/// (`Meta::DISCOVERY_SILENT_TIME`); a socket whose next poll is exactly this
+/// far away after an egress is (almost always) such a waiter.
+const NEIGHBOUR_SILENCE: Duration = Duration::from_millis(1_000);
+
+impl Net {
+    /// An interface owning `cfg.addresses`, accepting connections on
+    /// `listen_ports`.
+    pub fn new(cfg: NetConfig, listen_ports: Vec<u16>, now: Instant) -> Result<Self, NetError> {
+        let mac = EthernetAddress(cfg.mac);
+        if !mac.is_unicast() {
+            return Err(NetError::BadMac(cfg.mac));
+        }
+        if cfg.addresses.is_empty() {
+            return Err(NetError::NoAddress);
+        }
+        if cfg.addresses.len() > 8 {
+            return Err(NetError::TooManyAddresses);
+        }
+        if let Some(&p) = listen_ports.iter().find(|p| cfg.upstream_ports.contains(p)) {
+            return Err(NetError::ListenerInPortRange(p));
+        }
+        let rx = FrameQueue::new(cfg.rx_queue_frames, 2048);
+        let mut tx = FrameQueue::new(cfg.tx_queue_frames, 2048);
+        let mut scratch = vec![0u8; 2048].into_boxed_slice();
+        let mut device_stats = DeviceStats::default();
+        let mut iface_cfg = Config::new(HardwareAddress::Ethernet(mac));
+        iface_cfg.random_seed = cfg.random_seed;
+        let iface = {
+            let mut dev = QueueDevice {
+                rx: None,
+                tx: &mut tx,
+                scratch: &mut scratch,
+                stats: &mut device_stats,
+                checksum_rx: cfg.verify_rx_checksums,
+            };
+            let mut iface = Interface::new(iface_cfg, &mut dev, now);
+            iface.update_ip_addrs(|addrs| {
+                for (ip, prefix) in &cfg.addresses {
+                    let _ = addrs.push(IpCidr::new((*ip).into(), *prefix));
+                }
+            });
+            if let Some(gw) = cfg.gateway_v4 {
+                let _ = iface.routes_mut().add_default_ipv4_route(gw);
+            }
+            iface
+        };
+        let ports = PortAllocator::starting_at(cfg.upstream_ports.clone(), cfg.random_seed);
+        Ok(Self {
+            iface,
+            no_sockets: SocketSet::new(Vec::new()),
+            sockets: SocketTable::new(&cfg, now),
+            rx,
+            tx,
+            scratch,
+            device_stats,
+            listen_ports,
+            work: Vec::with_capacity(cfg.max_connections.saturating_mul(2)),
+            ports,
+            neighbors: NeighborPrimer::default(),
+            stats: NetStats::default(),
+            pass: 0,
+            now,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &NetConfig {
+        &self.cfg
+    }
+
+    /// The time of the last `poll` (or of creation).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Addresses the application will connect to: their next hops are
+    /// resolved ahead of time (and now).
+    pub fn set_neighbour_targets(&mut self, targets: Vec<IpAddr>) {
+        self.neighbors.set_targets(targets);
+    }
+
+    /// The streams, for an application call outside `poll` (a snapshot
+    /// swap, a stop).
+    pub fn streams(&mut self) -> Streams<'_> {
+        Streams {
+            sockets: &mut self.sockets,
+            iface: self.iface.context(),
+            ports: &mut self.ports,
+            cfg: &self.cfg,
+            now: self.now,
+            pass: self.pass,
+        }
+    }
+
+    /// Queues a received frame. False when the rx queue is full (counted);
+    /// call `poll` after each burst so it never is.
+    pub fn handle_frame(&mut self, frame: &[u8]) -> bool {
+        if self.rx.push(frame) {
+            self.stats.rx_frames += 1;
+            true
+        } else {
+            self.stats.rx_queue_full += 1;
+            false
+        }
+    }
+
+    pub fn rx_pending(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Takes in every queued frame, fires due timers, and runs the sockets
+    /// and their owners that have work until quiescent (bounded).
+    pub fn poll<A: App>(&mut self, now: Instant, app: &mut A) {
+        self.now = now;
+        self.iface.poll_maintenance(now);
+        self.neighbors.run(&self.cfg, &mut self.tx, now);
+        self.sockets.fire_timers(now);
+        while let Some(idx) = self.rx.pop_index() {
+            self.ingress(idx, now, app);
+        }
+        app.poll(self.streams());
+        for _ in 0..MAX_ROUNDS {
+            if !self.sockets.has_dirty() {
+                break;
+            }
+            self.run_pass(now, app);
+        }
+        self.stats.tx_queue_full = self.device_stats.tx_queue_full;
+        self.stats.sockets_created = self.sockets.created() as u64;
+    }
+
+    /// Gives one received frame to smoltcp with the sockets it concerns: its
+    /// stream's socket, a new socket listening for it (a SYN to a listening
+    /// port), or none.
+    fn ingress<A: App>(&mut self, idx: usize, now: Instant, app: &mut A) {
+        let frame = self.rx.slot(idx);
+        // What smoltcp would drop silently is dropped here, with a reason.
+        let mac = EthernetAddress(self.cfg.mac);
+        if let Err(why) = wire::rx_check(frame, mac, self.iface.ip_addrs()) {
+            self.stats.count_rx_drop(why);
+            return;
+        }
+        let class = wire::classify(frame);
+        let meta = match class {
+            FrameClass::Tcp(m) => Some(m),
+            _ => None,
+        };
+        let mut target: Option<SockId> = None;
+        let mut opening = false;
+        if let Some(m) = meta {
+            target = self.sockets.lookup(&m.key);
+            if m.syn_only
+                && self.listen_ports.contains(&m.key.local_port)
+                && self.iface.has_ip_addr(m.key.local)
+            {
+                if let Some(id) = target
+                    && self.sockets.slot(id).owner == NO_OWNER
+                {
+                    // A new connection reusing the 4-tuple of one we are still
+                    // closing: the old one has nothing left to say.
+                    self.sockets.reclaim_if_done(id, &mut self.ports, now, true);
+                    target = None;
+                }
+                if target.is_none() {
+                    if !app.can_accept() {
+                        // No socket: smoltcp answers the SYN with RST.
+                        self.stats.overload_rejected += 1;
+                    } else {
+                        let id = self.sockets.take(&self.cfg);
+                        let sock = self.sockets.tcp(id);
+                        // A slot from the table is always closed.
+                        sock.listen(m.key.local_port)
+                            .expect("idle socket is closed");
+                        self.sockets.register(id, m.key);
+                        target = Some(id);
+                        opening = true;
+                    }
+                }
+            }
+        }
+        let mut dev = QueueDevice {
+            rx: Some(frame),
+            tx: &mut self.tx,
+            scratch: &mut self.scratch,
+            stats: &mut self.device_stats,
+            checksum_rx: self.cfg.verify_rx_checksums,
+        };
+        let Some(id) = target else {
+            match meta {
+                // TCP to us (rx_check) that no socket takes.
+                Some(m) if m.rst => self.stats.rx_drop_no_socket += 1,
+                Some(_) => self.stats.rx_rst_no_socket += 1,
+                None => self.stats.rx_handed += 1,
+            }
+            self.iface
+                .poll_ingress_single(now, &mut dev, &mut self.no_sockets);
+            if matches!(class, FrameClass::Arp { .. } | FrameClass::NeighborAdvert) {
+                // It may have taught us a neighbour someone is waiting for.
+                self.sockets.wake_neighbour_waiters();
+            }
+            return;
+        };
+        let slot = self.sockets.slot(id);
+        self.iface.poll_ingress_single(now, &mut dev, &mut slot.set);
+        self.stats.rx_handed += 1;
+        self.stats.socket_polls += 1;
+        if opening {
+            if slot.tcp().state() == tcp::State::Listen {
+                // smoltcp dropped the SYN (bad checksum, not for us).
+                self.sockets.put_back(id);
+                return;
+            }
+            self.accept(id, app);
+        }
+        self.sockets.mark(id);
+    }
+
+    /// Hands a socket that has just received its SYN to the application.
+    fn accept<A: App>(&mut self, id: SockId, app: &mut A) {
+        self.stats.accepted += 1;
+        let port = self.sockets.tcp(id).local_endpoint().map_or(0, |e| e.port);
+        match app.accept(self.streams(), id, port) {
+            Some(owner) => self.sockets.slot(id).owner = owner,
+            None => {
+                let (now, linger) = (self.now, self.cfg.linger);
+                self.sockets.retire(id, None, true, now, linger);
+            }
+        }
+    }
+
+    /// One pass over the sockets with work: runs each one's owner (once per
+    /// pass), sends what the socket has to send, and re-arms its timer.
+    /// Sockets touched on the way join the same pass.
+    fn run_pass<A: App>(&mut self, now: Instant, app: &mut A) {
+        self.pass += 1;
+        let mut work = std::mem::take(&mut self.work);
+        let mut i = 0;
+        loop {
+            if i == work.len() {
+                // Sockets marked while this pass ran (an owner's other
+                // socket, a new connection) join it.
+                self.sockets.take_dirty_append(&mut work);
+                if i == work.len() {
+                    break;
+                }
+            }
+            let id = work[i];
+            i += 1;
+            self.process_socket(id, now, app);
+        }
+        work.clear();
+        self.work = work;
+        app.end_pass(self.streams());
+    }
+
+    fn process_socket<A: App>(&mut self, id: SockId, now: Instant, app: &mut A) {
+        if !self.sockets.is_live(id) {
+            self.sockets.unqueue(id);
+            return;
+        }
+        let owner = self.sockets.slot(id).owner;
+        if owner != NO_OWNER {
+            app.run(self.streams(), owner, id);
+        }
+        if !self.sockets.is_live(id) {
+            self.sockets.unqueue(id);
+            return;
+        }
+        // Egress: everything the socket has to send now.
+        let slot = self.sockets.slot(id);
+        let mut dev = QueueDevice {
+            rx: None,
+            tx: &mut self.tx,
+            scratch: &mut self.scratch,
+            stats: &mut self.device_stats,
+            checksum_rx: self.cfg.verify_rx_checksums,
+        };
+        let mut n = 0;
+        while n < MAX_EGRESS_SEGMENTS {
+            n += 1;
+            if self.iface.poll_egress(now, &mut dev, &mut slot.set) == PollResult::None {
+                break;
+            }
+        }
+        self.stats.socket_polls += n as u64;
+        let mut at = self.iface.poll_at(now, &slot.set);
+        self.sockets.unqueue(id);
+        if at == Some(now + NEIGHBOUR_SILENCE) {
+            self.sockets.set_neighbour_wait(id);
+        }
+        if self
+            .sockets
+            .reclaim_if_done(id, &mut self.ports, now, false)
+        {
+            return;
+        }
+        let owner = self.sockets.slot(id).owner;
+        let deadline = match owner {
+            NO_OWNER => self.sockets.linger_until(id),
+            _ => app.deadline(owner, id),
+        };
+        if let Some(d) = deadline {
+            at = Some(at.map_or(d, |a| a.min(d)));
+        }
+        match at {
+            Some(t) => self.sockets.timers.schedule(id, t),
+            None => self.sockets.timers.cancel(id),
+        }
+    }
+
+    /// Hands each queued outgoing frame to `send`, oldest first.
+    pub fn drain_tx(&mut self, mut send: impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while self.tx.pop_with(&mut send).is_some() {
+            n += 1;
+        }
+        self.stats.tx_frames += n as u64;
+        n
+    }
+
+    /// When `poll` should run next even without new frames (a soft deadline:
+    /// it may be early, never late).
+    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+        if self.sockets.has_dirty() {
+            return Some(now);
+        }
+        self.sockets.timers.next_at()
+    }
+
+    pub fn stats(&self) -> &NetStats {
+        &self.stats
+    }
+
+    pub fn closing_sockets(&self) -> usize {
+        self.sockets.closing()
+    }
+
+    pub fn upstream_ports_in_use(&self) -> usize {
+        self.ports.in_use()
+    }
+
+    pub fn owns_address(&self, ip: IpAddr) -> bool {
+        self.iface.has_ip_addr(ip)
+    }
+}
