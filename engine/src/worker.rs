@@ -36,6 +36,17 @@ const CLOSE_SETTLE: Duration = Duration::from_millis(20);
 /// Longest sleep in interrupt mode: a frame on the socket wakes the worker
 /// at once, but a hand-off from another worker waits for the sleep to end.
 const INTERRUPT_SLEEP: Duration = Duration::from_millis(2);
+/// Longest time between two polls of an idle stack (its `poll_at` is
+/// usually sooner): interface maintenance runs at least this often.
+const IDLE_POLL_MS: u64 = 50;
+
+/// A sleep that ends by the stack's next due time, at most `cap`.
+fn until(now: Instant, due: Instant, cap: Duration) -> Duration {
+    if due <= now {
+        return Duration::ZERO;
+    }
+    cap.min(Duration::from_micros((due - now).total_micros()))
+}
 
 pub(crate) struct Worker {
     pub id: usize,
@@ -107,9 +118,11 @@ impl Worker {
 
             if work > 0 || now >= next_timer {
                 self.stack.poll(now);
-                // Timers (retransmits, timeouts) at most every millisecond
-                // when nothing arrives.
-                next_timer = now + smoltcp_ms(1);
+                // Without frames, the stack runs again when it asks to (a
+                // retransmit, a timeout, a health check), or after
+                // IDLE_POLL at the latest.
+                let latest = now + smoltcp_ms(IDLE_POLL_MS);
+                next_timer = self.stack.poll_at(now).map_or(latest, |t| t.min(latest));
             }
             let io = &mut self.io;
             self.stack.drain_tx(|f| {
@@ -131,12 +144,12 @@ impl Worker {
                         let since = *idle_since.get_or_insert(wall);
                         if wall.duration_since(since) >= spin {
                             s.sleeps += 1;
-                            let _ = self.io.wait(MAX_SLEEP);
+                            let _ = self.io.wait(until(now, next_timer, MAX_SLEEP));
                         }
                     }
                     PollingMode::Interrupt => {
                         s.sleeps += 1;
-                        let _ = self.io.wait(INTERRUPT_SLEEP);
+                        let _ = self.io.wait(until(now, next_timer, INTERRUPT_SLEEP));
                     }
                 }
             }

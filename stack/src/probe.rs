@@ -49,6 +49,16 @@ impl ProbeCtx<'_> {
 }
 
 impl Prober {
+    /// When `run` has work next: the next look for due probes while any
+    /// pool has health checks, or a probe in flight (its deadline).
+    pub(crate) fn next_at(&self, routes: &RouteTable) -> Option<Instant> {
+        let checked = routes.upstreams.iter().any(|u| u.policy.health.is_some());
+        if !checked && self.active.is_empty() {
+            return None;
+        }
+        Some(self.next_check.unwrap_or(Instant::ZERO))
+    }
+
     /// Starts due probes and advances running ones.
     pub(crate) fn run(&mut self, cx: &mut ProbeCtx<'_>, routes: &RouteTable, now: Instant) {
         if self.next_check.is_none_or(|t| now >= t) {

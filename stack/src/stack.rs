@@ -118,6 +118,10 @@ impl App for ProxyApp {
         );
     }
 
+    fn poll_at(&self) -> Option<Instant> {
+        self.prober.next_at(&self.routes)
+    }
+
     fn end_pass(&mut self, mut net: Streams<'_>) {
         for idx in self.redrive.drain(..) {
             if let Some(c) = &self.conns[idx as usize].conn {
@@ -317,8 +321,8 @@ impl Stack {
 
     /// When `poll` should run next even without new frames (a soft deadline:
     /// it may be early, never late).
-    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
-        self.net.poll_at(now)
+    pub fn poll_at(&self, now: Instant) -> Option<Instant> {
+        self.net.poll_at(now, &self.app)
     }
 
     pub fn stats(&self) -> &StackStats {

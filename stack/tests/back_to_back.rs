@@ -473,6 +473,52 @@ fn get_is_proxied_to_origin_and_both_sides_keep_alive() {
     assert!(first.contains("Via: 1.1 ferrogate\r\n"), "{first}");
 }
 
+/// The worker sleeps until `poll_at`: with the clock jumping from one
+/// `poll_at` to the next (no millisecond polling), an idle keep-alive
+/// connection is still closed at its idle deadline, neither early nor late,
+/// after a handful of wakes (the timer wheel may wake early, never late).
+#[test]
+fn an_idle_stack_polled_only_at_poll_at_meets_its_deadline_in_a_few_wakes() {
+    let mut lab = Lab::with_config(Origin::Serving, |c| {
+        c.timeouts.client_idle = std::time::Duration::from_secs(5);
+    });
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    for _ in 0..50 {
+        lab.step(1);
+    }
+    let quiet_since = lab.now;
+    let mut wakes = 0;
+    while lab.client_state(c) == tcp::State::Established {
+        let due = lab
+            .edge
+            .poll_at(lab.now)
+            .expect("an open connection has a deadline");
+        assert!(
+            lab.now - quiet_since < Duration::from_secs(6),
+            "still open {} after going quiet",
+            lab.now - quiet_since
+        );
+        // Straight to the due time (one step moves 1 ms).
+        if due > lab.now + Duration::from_millis(1) {
+            lab.now = due - Duration::from_millis(1);
+        }
+        lab.step(1);
+        // What the edge sent reaches the client in the next step.
+        lab.step(1);
+        wakes += 1;
+    }
+    let closed_after = lab.now - quiet_since;
+    assert_eq!(lab.client_state(c), tcp::State::CloseWait, "the edge's FIN");
+    assert!(
+        closed_after >= Duration::from_millis(4_940)
+            && closed_after <= Duration::from_millis(5_010),
+        "closed {closed_after} after the last 50 ms of activity, idle timeout 5 s"
+    );
+    assert!(wakes <= 20, "{wakes} wakes for 5 s of idle");
+}
+
 #[test]
 fn http10_request_without_host_goes_upstream_with_the_endpoint_as_host() {
     let mut lab = Lab::new(Origin::Serving);

@@ -31,6 +31,14 @@ impl NeighborPrimer {
         self.next = None;
     }
 
+    /// When the next requests are due (None: no targets).
+    pub(crate) fn next_at(&self) -> Option<Instant> {
+        if self.targets.is_empty() {
+            return None;
+        }
+        Some(self.next.unwrap_or(Instant::ZERO))
+    }
+
     /// Sends ARP requests for the next hops of every IPv4 target when due.
     /// Returns how many were queued.
     pub(crate) fn run(&mut self, cfg: &NetConfig, tx: &mut FrameQueue, now: Instant) -> usize {

@@ -61,6 +61,9 @@ pub trait App {
     /// application's own timers (health probes, …).
     fn poll(&mut self, streams: Streams<'_>);
 
+    /// When [`App::poll`] has timed work next (None: only on events).
+    fn poll_at(&self) -> Option<Instant>;
+
     /// After each pass: owners that stopped with work left mark a stream
     /// (`Streams::mark`) to run again in the next one.
     fn end_pass(&mut self, streams: Streams<'_>);
@@ -458,11 +461,18 @@ impl Net {
 
     /// When `poll` should run next even without new frames (a soft deadline:
     /// it may be early, never late).
-    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+    pub fn poll_at<A: App>(&self, now: Instant, app: &A) -> Option<Instant> {
         if self.sockets.has_dirty() {
             return Some(now);
         }
-        self.sockets.timers.next_at()
+        [
+            self.sockets.timers.next_at(),
+            self.neighbors.next_at(),
+            app.poll_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn stats(&self) -> &NetStats {
