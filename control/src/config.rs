@@ -13,7 +13,7 @@ use ferrogate_ebpf::{
 };
 use ferrogate_engine::{BackendChoice, EngineConfig, PollingMode};
 use ferrogate_stack::http::head::valid_host;
-use ferrogate_stack::upstream::{
+use ferrogate_stack::lb::{
     Balancer, BreakerPolicy, CheckKind, Endpoint, HashOn, HealthCheck, MAX_ENDPOINTS,
     PassivePolicy, PoolPolicy, RetryPolicy, UpstreamTimeouts,
 };

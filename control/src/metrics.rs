@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use ferrogate_engine::EngineStats;
-use ferrogate_stack::upstream::LatencyHistogram;
+use ferrogate_stack::lb::LatencyHistogram;
 
 /// Snapshot facts that are not in `EngineStats`.
 pub struct Info<'a> {

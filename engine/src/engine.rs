@@ -10,8 +10,8 @@ use std::time::Instant as StdInstant;
 use arc_swap::ArcSwap;
 use ferrogate_ebpf::{VipAction, XdpFilter};
 use ferrogate_stack::access::{AccessQueue, AccessSink};
-use ferrogate_stack::upstream::{RouteCounters, UpstreamStats};
 use ferrogate_stack::{Instant, RouteTable, Stack, StackConfig};
+use ferrogate_stack::{lb::UpstreamStats, route_stats::RouteCounters};
 
 use crate::afpacket::{AfPacketConfig, AfPacketSocket};
 use crate::afxdp::{AfXdpConfig, AfXdpSocket};

@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use ferrogate_stack::StackStats;
-use ferrogate_stack::upstream::{RouteCounters, UpstreamStats};
+use ferrogate_stack::{lb::UpstreamStats, route_stats::RouteCounters};
 
 use crate::io::IoStats;
 

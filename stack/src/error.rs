@@ -125,6 +125,15 @@ impl ProxyError {
     }
 }
 
+impl From<crate::lb::PickError> for ProxyError {
+    fn from(e: crate::lb::PickError) -> Self {
+        match e {
+            crate::lb::PickError::BreakerOpen => ProxyError::BreakerOpen,
+            crate::lb::PickError::NoHealthyEndpoint => ProxyError::NoHealthyEndpoint,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +144,8 @@ mod tests {
         assert_eq!(ProxyError::UpstreamConnectTimeout.side(), Side::Upstream);
         assert!(ProxyError::UpstreamClosedEarly.retry_safe());
         assert!(!ProxyError::UpstreamTimeout.retry_safe());
+        assert!(ProxyError::UpstreamConnectFailed.retry_safe());
+        assert!(!ProxyError::BadResponse(crate::http::HeadError::TooLarge).retry_safe());
         assert_eq!(ProxyError::ClientHeaderTimeout.status(), 408);
         assert_eq!(ProxyError::ClientHeaderTimeout.side(), Side::Client);
     }
@@ -146,5 +157,11 @@ mod tests {
             assert_eq!(e.side(), Side::Upstream);
             assert!(!e.retry_safe());
         }
+        use crate::lb::PickError;
+        assert_eq!(
+            ProxyError::from(PickError::BreakerOpen),
+            ProxyError::BreakerOpen
+        );
+        assert_eq!(ProxyError::from(PickError::NoHealthyEndpoint).status(), 503);
     }
 }

@@ -1,35 +1,40 @@
-//! ferrogate's userspace network stack: everything above the frame. A smoltcp
-//! interface owns the service addresses (ARP, ICMP, TCP); connections are
-//! proxied as HTTP/1.1 to upstreams opened by the same stack. No knowledge of
-//! AF_XDP or DPDK: frames and time go in, frames come out.
+//! ferrogate's HTTP proxy on the userspace stack: the application that the
+//! TCP/IP layer (`ferrogate-net`) runs. Client connections are proxied as
+//! HTTP/1.1 to upstreams opened by the same stack, through the phases of
+//! [`ProxyHttp`] (routing, header rules, body filters, logging), with pools
+//! from `ferrogate-lb`, the codec from `ferrogate-http` and TLS from
+//! `ferrogate-tls`. No knowledge of AF_XDP or DPDK: frames and time go in
+//! ([`Stack::handle_frame`], [`Stack::poll`]), frames come out
+//! ([`Stack::drain_tx`]).
 
 pub mod access;
 mod client_io;
 pub mod config;
 pub mod error;
+pub mod phases;
 mod probe;
 mod proxy;
 pub mod route;
+pub mod route_stats;
 pub mod router;
 mod stack;
 pub mod stats;
-mod tls_pipe;
-pub mod upstream;
-mod upstream_io;
 
 pub use ferrogate_http as http;
+pub use ferrogate_lb as lb;
 pub use ferrogate_net as net;
 pub use ferrogate_tls as tls;
 pub use ferrogate_wire as wire;
 
 pub use config::{StackConfig, Timeouts};
 pub use error::{ProxyError, Side};
+pub use http::RequestView;
+pub use lb::Upstream;
+pub use lb::{PoolPolicy, UpstreamRegistry};
 pub use net::{Duration, Instant};
+pub use phases::{ProxyHttp, RequestInfo, ResponseInfo, StandardPhases, Verdict};
 pub use route::{
     DirectResponse, HeaderMatch, Listener, PathMatch, QueryMatch, Route, RouteAction, RouteTable,
-    Upstream,
 };
-pub use router::RequestView;
 pub use stack::{Stack, StackError};
 pub use stats::StackStats;
-pub use upstream::{PoolPolicy, UpstreamRegistry};

@@ -6,10 +6,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::lb::Upstream;
+use crate::lb::UpstreamRegistry;
+use crate::lb::conn_pool::ConnPool;
 use crate::net::{Duration, Instant, NO_OWNER, StreamId as SockId, StreamState, Streams};
-use crate::route::{RouteTable, Upstream};
-use crate::upstream::UpstreamRegistry;
-use crate::upstream::conn_pool::ConnPool;
+use crate::route::RouteTable;
 
 /// How often the stack looks for probes that fell due.
 const CHECK_EVERY: Duration = Duration::from_millis(20);

@@ -8,18 +8,19 @@ use std::sync::Arc;
 use crate::net::{Instant, StreamId, StreamState, Streams};
 
 use crate::access::{AccessRecord, AccessSink};
-use crate::client_io::ClientIo;
+use crate::client_io::{ClientIo, recv_into};
 use crate::config::StackConfig;
 use crate::error::ProxyError;
 use crate::http::HeaderSlots;
 use crate::http::head;
-use crate::http::{BodyFraming, ByteBuf, ChunkedDecoder, RequestHead};
-use crate::route::{RouteAction, RouteTable, Upstream};
-use crate::router::RequestView;
+use crate::http::{BodyFraming, ByteBuf, ChunkedDecoder, RequestHead, RequestView};
+use crate::lb::Upstream;
+use crate::lb::conn_pool::{ConnPool, DEFAULT_IDLE, PoolKey, UpstreamConn};
+use crate::lb::{Balancer, PickError, RequestBody, UpstreamRegistry};
+use crate::phases::{ProxyHttp, RequestInfo, ResponseInfo, Verdict};
+use crate::route::{DirectResponse, RouteAction, RouteTable};
+use crate::route_stats::RouteCounters;
 use crate::stats::StackStats;
-use crate::upstream::conn_pool::{ConnPool, DEFAULT_IDLE, PoolKey, UpstreamConn};
-use crate::upstream::{Balancer, PickError, RequestBody, RouteCounters, UpstreamRegistry};
-use crate::upstream_io::UpstreamIo;
 
 /// Buffers of one connection, recycled between connections.
 pub(crate) struct ConnBufs {
@@ -109,9 +110,11 @@ const MAX_TRIES: usize = 8;
 const DRAIN_MAX_BYTES: usize = 4 << 20;
 
 /// Everything of the stack a connection may touch while it runs.
-pub(crate) struct Ctx<'a> {
+pub(crate) struct Ctx<'a, P: ProxyHttp> {
     /// The worker's streams; a connection touches only its own.
     pub net: Streams<'a>,
+    /// The proxy's phases (routing, header rules, logging).
+    pub phases: &'a P,
     /// This connection's index in the stack, recorded as the owner of the
     /// streams it opens so that their frames and timers wake it.
     pub conn: u32,
@@ -131,7 +134,7 @@ pub(crate) struct Ctx<'a> {
     pub now: Instant,
 }
 
-impl<'a> Ctx<'a> {
+impl<'a, P: ProxyHttp> Ctx<'a, P> {
     /// Opens an upstream connection owned by this connection.
     fn connect(&mut self, remote: std::net::SocketAddr, local_port: u16) -> Option<StreamId> {
         self.net.connect(self.conn, remote, local_port)
@@ -148,7 +151,7 @@ impl<'a> Ctx<'a> {
     }
 }
 
-pub(crate) struct Conn {
+pub(crate) struct Conn<P: ProxyHttp> {
     client: StreamId,
     /// The client byte stream: plain, or through a TLS session.
     io: ClientIo,
@@ -179,9 +182,11 @@ pub(crate) struct Conn {
     started: Instant,
     request_id: [u8; REQUEST_ID_MAX],
     request_id_len: usize,
-    /// The access-log record of the request in flight (filled only when
-    /// the access log is on).
+    /// The record of the request in flight, for the access log and the
+    /// logging phase.
     access: AccessRecord,
+    /// The phases' state for the request in flight.
+    pctx: P::Ctx,
     phase: Phase,
     deadline: Instant,
     bufs: ConnBufs,
@@ -192,7 +197,7 @@ fn set_request_id(
     id: &mut [u8; REQUEST_ID_MAX],
     len: &mut usize,
     req: &crate::http::Request<'_>,
-    cx: &mut Ctx<'_>,
+    cx: &mut Ctx<'_, impl ProxyHttp>,
 ) {
     use std::io::Write as _;
     match head::request_id(req) {
@@ -215,7 +220,7 @@ fn after(now: Instant, d: std::time::Duration) -> Instant {
     now + crate::net::Duration::from_micros(d.as_micros() as u64)
 }
 
-impl Conn {
+impl<P: ProxyHttp> Conn<P> {
     pub(crate) fn new(
         client: StreamId,
         listener_port: u16,
@@ -252,6 +257,7 @@ impl Conn {
             request_id: [0; REQUEST_ID_MAX],
             request_id_len: 0,
             access: AccessRecord::default(),
+            pctx: P::Ctx::default(),
             phase,
             deadline,
             bufs,
@@ -281,10 +287,10 @@ impl Conn {
     }
 
     /// Runs the state machine until it cannot progress. True if anything moved.
-    pub(crate) fn drive(&mut self, cx: &mut Ctx<'_>) -> bool {
+    pub(crate) fn drive(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         let mut progressed = false;
         // Ciphertext that did not fit the socket last time goes first.
-        self.io.flush(&mut cx.net.stream(self.client));
+        self.io.stream.flush(&mut cx.net.stream(self.client));
         if let Some(up) = self.upstream.as_mut() {
             up.io.flush(&mut cx.net.stream(up.handle));
         }
@@ -310,23 +316,23 @@ impl Conn {
         progressed
     }
 
-    fn client_gone(&self, cx: &mut Ctx<'_>) -> bool {
-        !cx.net.stream(self.client).is_active() || self.io.failed()
+    fn client_gone(&self, cx: &mut Ctx<'_, P>) -> bool {
+        !cx.net.stream(self.client).is_active() || self.io.stream.failed()
     }
 
     /// Whether the client may still send (no FIN, no TLS close_notify).
-    fn client_may_recv(&self, cx: &mut Ctx<'_>) -> bool {
-        self.io.may_recv(&cx.net.stream(self.client))
+    fn client_may_recv(&self, cx: &mut Ctx<'_, P>) -> bool {
+        self.io.stream.may_recv(&cx.net.stream(self.client))
     }
 
     /// Reads what the client sent (decrypted, on TLS listeners) into
     /// `from_client`. A TLS error sends its alert and marks the client gone.
-    fn fill_from_client(&mut self, cx: &mut Ctx<'_>) -> usize {
+    fn fill_from_client(&mut self, cx: &mut Ctx<'_, P>) -> usize {
         let sock = &mut cx.net.stream(self.client);
         if self.client_ip.is_none() {
             self.client_ip = sock.remote().map(|a| a.ip());
         }
-        let handshaking = self.io.is_handshaking();
+        let handshaking = self.io.stream.is_handshaking();
         match self.io.recv(sock, &mut self.bufs.from_client) {
             Ok(n) => n,
             Err(e) => {
@@ -335,7 +341,7 @@ impl Conn {
                 } else {
                     cx.stats.tls_record_errors += 1;
                 }
-                let alert = self.io.tls_failure();
+                let alert = self.io.stream.tls_failure();
                 if alert.is_some_and(crate::tls::FailAlert::sent) {
                     cx.stats.tls_alerts_sent += 1;
                 }
@@ -346,21 +352,21 @@ impl Conn {
     }
 
     /// TLS listeners: runs the handshake, then reads the first request.
-    fn handshake(&mut self, cx: &mut Ctx<'_>) -> bool {
+    fn handshake(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         if self.client_gone(cx) {
             // Closed by the client, or a bad handshake (its alert is out).
-            if !self.io.failed() {
+            if !self.io.stream.failed() {
                 cx.stats.tls_handshake_failures += 1;
             }
             self.finish(cx, false);
             return true;
         }
         let got = self.fill_from_client(cx);
-        if self.io.failed() {
+        if self.io.stream.failed() {
             self.finish(cx, false);
             return true;
         }
-        if !self.io.is_handshaking() {
+        if !self.io.stream.is_handshaking() {
             match self.io.handshake_done() {
                 Some(crate::tls::HandshakeKind::Resumed) => cx.stats.tls_handshakes_resumed += 1,
                 _ => cx.stats.tls_handshakes_full += 1,
@@ -380,7 +386,7 @@ impl Conn {
         got > 0
     }
 
-    fn read_head(&mut self, cx: &mut Ctx<'_>) -> bool {
+    fn read_head(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         if self.client_gone(cx) {
             self.finish(cx, false);
             return true;
@@ -422,22 +428,48 @@ impl Conn {
         cx.stats.requests += 1;
         self.started = cx.now;
         self.route_id = None;
+        self.pctx = P::Ctx::default();
+        let phases = cx.phases;
         let host = head::request_host(&req);
+        set_request_id(&mut self.request_id, &mut self.request_id_len, &req, cx);
         let mut view = RequestView::new(req.method, host, req.target, req.headers);
         view.client_cn = self.io.client_cn();
-        let routes = cx.routes;
-        let route = routes
-            .listener(self.listener_port)
-            .and_then(|l| l.route_request(&view));
-        set_request_id(&mut self.request_id, &mut self.request_id_len, &req, cx);
-        if cx.access.enabled() {
+        let info_req = RequestInfo {
+            view,
+            target: req.target,
+            http10: req.http10,
+            client_ip: self.client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            listener_port: self.listener_port,
+            https: self.io.stream.is_tls(),
+            identity: self.io.identity(),
+            request_id: &self.request_id[..self.request_id_len],
+            client_sent_request_id: head::request_id(&req).is_some(),
+            now: cx.now,
+        };
+        {
             let a = &mut self.access;
             a.method.set(req.method.as_bytes());
             a.host.set(host.unwrap_or("").as_bytes());
             a.path.set(req.target.as_bytes());
-            a.request_id.set(&self.request_id[..self.request_id_len]);
-            a.route.set(route.map(|r| r.name.as_bytes()).unwrap_or(b""));
+            a.request_id.set(info_req.request_id);
         }
+        let routes = cx.routes;
+        let route = match phases.request_filter(&info_req, &mut self.pctx) {
+            Verdict::Continue => routes
+                .listener(self.listener_port)
+                .and_then(|l| phases.upstream_peer(l, &info_req, &mut self.pctx)),
+            Verdict::Respond(r) => {
+                self.bufs.from_client.consume(info.head_len);
+                return self.respond_direct(cx, &r, &info);
+            }
+            Verdict::Fail(e) => {
+                self.bufs.from_client.consume(info.head_len);
+                return self.fail_to_client(cx, e);
+            }
+        };
+        self.access
+            .route
+            .set(route.map(|r| r.name.as_bytes()).unwrap_or(b""));
         let Some(route) = route else {
             // Skipping an unread body is not worth it for a 404: close after.
             let keep = info.keep_alive && info.framing == BodyFraming::None;
@@ -448,45 +480,12 @@ impl Conn {
         cx.route_stats.get_mut(route.id).requests += 1;
         match &route.action {
             RouteAction::Respond(r) => {
-                let keep = info.keep_alive && info.framing == BodyFraming::None;
-                self.bufs.to_client.clear();
                 let r = r.clone();
-                let ok = head::write_local_response(
-                    r.status,
-                    &r.content_type,
-                    &r.body,
-                    keep,
-                    !info.is_head,
-                    b"",
-                    &mut self.bufs.to_client,
-                );
                 self.bufs.from_client.consume(info.head_len);
-                cx.stats.responses_local += 1;
-                cx.stats.count_status(r.status);
-                self.count_route_response(cx, r.status);
-                self.log_access(cx, r.status, "");
-                if !ok {
-                    // Direct body larger than the head buffer: configuration
-                    // validation bounds it, so this is an internal error.
-                    self.bufs.to_client.clear();
-                    head::write_local_response(
-                        500,
-                        "text/plain",
-                        b"",
-                        false,
-                        true,
-                        b"",
-                        &mut self.bufs.to_client,
-                    );
-                    self.phase = Phase::WriteLocal { keep: false };
-                } else {
-                    self.phase = Phase::WriteLocal { keep };
-                }
-                true
+                self.respond_direct(cx, &r, &info)
             }
             RouteAction::Proxy(upstream) => {
                 let upstream = upstream.clone();
-                let client_ip = self.client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
                 if let BodyFraming::Length(n) = info.framing
                     && cx.cfg.max_request_body > 0
                     && n > cx.cfg.max_request_body
@@ -495,21 +494,18 @@ impl Conn {
                     return self.fail_to_client(cx, ProxyError::BodyTooLarge);
                 }
                 self.hash_key = match &upstream.policy.balancer {
-                    Balancer::Hash(on) => on.key(&view, client_ip),
+                    Balancer::Hash(on) => on.key(&info_req.view, info_req.client_ip),
                     _ => 0,
                 };
                 self.upgrade = head::wants_upgrade(&req);
                 let has_host = req.headers.contains("host");
                 self.bufs.request_head.clear();
-                let generated = head::request_id(&req)
-                    .is_none()
-                    .then_some(&self.request_id[..self.request_id_len]);
+                let pctx = &mut self.pctx;
                 if !head::write_upstream_request(
                     &req,
-                    client_ip,
-                    generated,
                     self.upgrade,
-                    &self.io.forwarding(&|name| self.io.is_identity_header(name)),
+                    |name| phases.strip_request_header(&info_req, name),
+                    |lines| phases.upstream_request_filter(&info_req, pctx, lines),
                     &mut self.bufs.request_head,
                 ) {
                     self.bufs.from_client.consume(info.head_len);
@@ -522,7 +518,7 @@ impl Conn {
                 if info.expect_continue {
                     // Answer the expectation ourselves; the upstream never sees it.
                     let sock = &mut cx.net.stream(self.client);
-                    let _ = self.io.send(sock, b"HTTP/1.1 100 Continue\r\n\r\n");
+                    let _ = self.io.stream.send(sock, b"HTTP/1.1 100 Continue\r\n\r\n");
                 }
                 self.request = Some(info);
                 self.attempts = 0;
@@ -538,12 +534,52 @@ impl Conn {
         }
     }
 
+    /// Answers with a configured (or phase-made) response; keeps the
+    /// connection when the request had no body to skip.
+    fn respond_direct(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        r: &DirectResponse,
+        info: &RequestHead,
+    ) -> bool {
+        let keep = info.keep_alive && info.framing == BodyFraming::None;
+        self.bufs.to_client.clear();
+        let ok = head::write_local_response(
+            r.status,
+            &r.content_type,
+            &r.body,
+            keep,
+            !info.is_head,
+            |_| {},
+            &mut self.bufs.to_client,
+        );
+        cx.stats.responses_local += 1;
+        cx.stats.count_status(r.status);
+        self.count_route_response(cx, r.status);
+        self.log_access(cx, r.status, "");
+        if !ok {
+            // Direct body larger than the head buffer: configuration
+            // validation bounds it, so this is an internal error.
+            self.bufs.to_client.clear();
+            head::write_local_response(
+                500,
+                "text/plain",
+                b"",
+                false,
+                true,
+                |_| {},
+                &mut self.bufs.to_client,
+            );
+            self.phase = Phase::WriteLocal { keep: false };
+        } else {
+            self.phase = Phase::WriteLocal { keep };
+        }
+        true
+    }
+
     /// Queues the access-log record of the response being sent (never
     /// waits: a full queue drops it and counts).
-    fn log_access(&mut self, cx: &mut Ctx<'_>, status: u16, error: &'static str) {
-        if !cx.access.enabled() {
-            return;
-        }
+    fn log_access(&mut self, cx: &mut Ctx<'_, P>, status: u16, error: &'static str) {
         let client = cx.net.stream(self.client).remote();
         let a = &mut self.access;
         a.at_us = cx.now.total_micros();
@@ -557,19 +593,22 @@ impl Conn {
         a.status = status;
         a.client = client;
         a.listener_port = self.listener_port;
-        a.tls = self.io.is_tls();
+        a.tls = self.io.stream.is_tls();
         a.upstream = self.upstream.as_ref().map(|u| u.endpoint);
         a.retries = self.attempts;
         a.error = error;
-        if cx.access.push(a) {
-            cx.stats.access_log_queued += 1;
-        } else {
-            cx.stats.access_log_dropped += 1;
+        if cx.access.enabled() {
+            if cx.access.push(a) {
+                cx.stats.access_log_queued += 1;
+            } else {
+                cx.stats.access_log_dropped += 1;
+            }
         }
+        cx.phases.logging(a, &mut self.pctx);
         a.reset();
     }
 
-    fn count_route_response(&mut self, cx: &mut Ctx<'_>, status: u16) {
+    fn count_route_response(&mut self, cx: &mut Ctx<'_, P>, status: u16) {
         if let Some(id) = self.route_id {
             let us = (cx.now - self.started).total_micros();
             cx.route_stats.get_mut(id).count_response(status, us);
@@ -577,7 +616,7 @@ impl Conn {
     }
 
     /// Sends the request to the endpoint the pool's balancer picks.
-    fn start_upstream(&mut self, cx: &mut Ctx<'_>, pool: Arc<Upstream>) -> bool {
+    fn start_upstream(&mut self, cx: &mut Ctx<'_, P>, pool: Arc<Upstream>) -> bool {
         if self.upstream.is_some() {
             // Not given back after the last response: out of step.
             self.drop_upstream(cx, false);
@@ -592,7 +631,7 @@ impl Conn {
     /// Sends the attempt to endpoint `ep` of the pool: over a live idle
     /// connection from the worker's pool when there is one (and the attempt
     /// need not be fresh), else over a new connection.
-    fn use_endpoint(&mut self, cx: &mut Ctx<'_>, ep: usize) -> bool {
+    fn use_endpoint(&mut self, cx: &mut Ctx<'_, P>, ep: usize) -> bool {
         let pool = self.upstream_pool.clone().expect("pool chosen");
         let Some(&endpoint) = pool.endpoints.get(ep) else {
             return self.open_upstream(cx, ep);
@@ -613,7 +652,7 @@ impl Conn {
     }
 
     /// Asks the pool's balancer for an endpoint, avoiding those tried.
-    fn pick(&mut self, cx: &mut Ctx<'_>, pool: &Upstream) -> Result<usize, PickError> {
+    fn pick(&mut self, cx: &mut Ctx<'_, P>, pool: &Upstream) -> Result<usize, PickError> {
         let tried = &self.tried[..self.tried_len];
         match cx.registry.pool_mut(pool) {
             Some(p) => p.pick(pool, self.hash_key, tried, cx.now),
@@ -627,7 +666,7 @@ impl Conn {
     }
 
     /// Reports the attempt's outcome to the pool (health, breaker).
-    fn settle(&mut self, cx: &mut Ctx<'_>, ok: Option<bool>) {
+    fn settle(&mut self, cx: &mut Ctx<'_, P>, ok: Option<bool>) {
         let (Some(ep), Some(pool)) = (self.ep.take(), self.upstream_pool.clone()) else {
             return;
         };
@@ -647,7 +686,7 @@ impl Conn {
         }
     }
 
-    fn open_upstream(&mut self, cx: &mut Ctx<'_>, ep: usize) -> bool {
+    fn open_upstream(&mut self, cx: &mut Ctx<'_, P>, ep: usize) -> bool {
         let pool = self.upstream_pool.clone().expect("pool chosen");
         let Some(&endpoint) = pool.endpoints.get(ep) else {
             return self.fail_to_client(cx, ProxyError::NoHealthyEndpoint);
@@ -657,7 +696,13 @@ impl Conn {
             self.settle(cx, None);
             return self.fail_to_client(cx, ProxyError::NoLocalPort);
         };
-        let io = match UpstreamIo::for_pool(&pool, endpoint) {
+        let io = match &pool.tls {
+            None => Ok(crate::tls::ByteStream::Plain),
+            Some(tls) => {
+                crate::tls::ByteStream::client(tls.config.clone(), tls.server_name(endpoint.ip()))
+            }
+        };
+        let io = match io {
             Ok(io) => io,
             Err(e) => {
                 cx.net.ports().free(port);
@@ -690,7 +735,7 @@ impl Conn {
     }
 
     /// Starts sending the request over the attempt's connection.
-    fn begin_send(&mut self, cx: &mut Ctx<'_>) -> bool {
+    fn begin_send(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         if let (Some(at), Some(pool), Some(up)) =
             (self.host_at, &self.upstream_pool, &self.upstream)
         {
@@ -713,7 +758,7 @@ impl Conn {
         true
     }
 
-    fn connect(&mut self, cx: &mut Ctx<'_>) -> bool {
+    fn connect(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         if self.client_gone(cx) {
             self.finish(cx, false);
             return true;
@@ -723,7 +768,7 @@ impl Conn {
             StreamState::Established if up.io.is_handshaking() => {
                 let sock = &mut cx.net.stream(up.handle);
                 up.io.flush(sock);
-                match up.io.recv(sock, &mut self.bufs.from_upstream) {
+                match recv_into(&mut up.io, sock, &mut self.bufs.from_upstream) {
                     Err(e) => {
                         cx.stats.upstream_tls_failures += 1;
                         tracing::debug!(endpoint = %up.endpoint, error = %e, "upstream TLS handshake failed");
@@ -754,7 +799,7 @@ impl Conn {
         }
     }
 
-    fn send_request(&mut self, cx: &mut Ctx<'_>) -> bool {
+    fn send_request(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         if self.client_gone(cx) {
             self.finish(cx, false);
             return true;
@@ -806,6 +851,14 @@ impl Conn {
             }
             Body::UntilClose => unreachable!("requests are never close-delimited"),
         };
+        if take > 0 || done {
+            let filtered = cx
+                .phases
+                .request_body_filter(&avail[..take], done, &mut self.pctx);
+            if let Err(e) = filtered {
+                return self.fail_to_client(cx, e);
+            }
+        }
         if take > 0 {
             let sent = upc.io.send(up, &avail[..take]);
             debug_assert_eq!(sent, take);
@@ -838,7 +891,7 @@ impl Conn {
     /// already (an early 413 or 401, or a 200 from an origin that does not
     /// read the body)? Then the answer goes to the client at once and the
     /// rest of the body stays with the client. Interim 1xx are skipped.
-    fn early_response(&mut self, cx: &mut Ctx<'_>) -> bool {
+    fn early_response(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         self.fill_from_upstream(cx);
         loop {
             if self.bufs.from_upstream.is_empty() {
@@ -869,14 +922,15 @@ impl Conn {
 
     /// Reads what the upstream sent (decrypted, for TLS pools) into
     /// `from_upstream`. A TLS error ends the stream (`upstream_may_recv`).
-    fn fill_from_upstream(&mut self, cx: &mut Ctx<'_>) -> usize {
+    fn fill_from_upstream(&mut self, cx: &mut Ctx<'_, P>) -> usize {
         let Some(up) = self.upstream.as_mut() else {
             return 0;
         };
-        match up
-            .io
-            .recv(&mut cx.net.stream(up.handle), &mut self.bufs.from_upstream)
-        {
+        match recv_into(
+            &mut up.io,
+            &mut cx.net.stream(up.handle),
+            &mut self.bufs.from_upstream,
+        ) {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!(endpoint = %up.endpoint, error = %e, "upstream TLS error");
@@ -886,13 +940,13 @@ impl Conn {
     }
 
     /// Whether the upstream may still send (no FIN, no TLS close_notify).
-    fn upstream_may_recv(&self, cx: &mut Ctx<'_>) -> bool {
+    fn upstream_may_recv(&self, cx: &mut Ctx<'_, P>) -> bool {
         self.upstream
             .as_ref()
             .is_some_and(|up| up.io.may_recv(&cx.net.stream(up.handle)))
     }
 
-    fn read_response_head(&mut self, cx: &mut Ctx<'_>) -> bool {
+    fn read_response_head(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         if self.client_gone(cx) {
             self.finish(cx, true);
             return true;
@@ -912,11 +966,17 @@ impl Conn {
                     && resp.framing != BodyFraming::UntilClose
                     && !self.body_abandoned;
                 self.bufs.to_client.clear();
+                let phases = cx.phases;
+                let info = ResponseInfo {
+                    request_id: &self.request_id[..self.request_id_len],
+                    now: cx.now,
+                };
+                let pctx = &mut self.pctx;
                 let ok = head::write_client_response(
                     &self.bufs.from_upstream.filled()[..resp.head_len],
                     keep_client,
                     req.http10,
-                    Some(&self.request_id[..self.request_id_len]).filter(|id| !id.is_empty()),
+                    |view, lines| phases.response_filter(view, &info, pctx, lines),
                     &mut self.bufs.to_client,
                 );
                 self.bufs.from_upstream.consume(resp.head_len);
@@ -969,17 +1029,17 @@ impl Conn {
     }
 
     /// Writes pending `to_client` bytes; true when all are written.
-    fn flush_to_client(&mut self, cx: &mut Ctx<'_>) -> (bool, bool) {
+    fn flush_to_client(&mut self, cx: &mut Ctx<'_, P>) -> (bool, bool) {
         if self.bufs.to_client.is_empty() {
             return (true, false);
         }
         let sock = &mut cx.net.stream(self.client);
-        let n = self.io.send(sock, self.bufs.to_client.filled());
+        let n = self.io.stream.send(sock, self.bufs.to_client.filled());
         self.bufs.to_client.consume(n);
         (self.bufs.to_client.is_empty(), n > 0)
     }
 
-    fn stream_response(&mut self, cx: &mut Ctx<'_>) -> bool {
+    fn stream_response(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         if self.client_gone(cx) || !cx.net.stream(self.client).may_send() {
             cx.stats.client_aborts += 1;
             self.finish(cx, true);
@@ -992,7 +1052,7 @@ impl Conn {
         moved |= self.fill_from_upstream(cx) > 0;
         let upstream_open = self.upstream_may_recv(cx);
         let client = &mut cx.net.stream(self.client);
-        let space = self.io.send_space(client);
+        let space = self.io.stream.send_space(client);
         let Phase::StreamResponse {
             body,
             keep_client,
@@ -1021,8 +1081,12 @@ impl Conn {
             },
             Body::UntilClose => (window.len(), !upstream_open && avail.len() == window.len()),
         };
+        if take > 0 || done {
+            cx.phases
+                .response_body_filter(&window[..take], done, &mut self.pctx);
+        }
         if take > 0 {
-            let n = self.io.send(client, &window[..take]);
+            let n = self.io.stream.send(client, &window[..take]);
             debug_assert_eq!(n, take);
             self.bufs.from_upstream.consume(n);
             moved = true;
@@ -1060,7 +1124,7 @@ impl Conn {
         moved
     }
 
-    fn write_local(&mut self, cx: &mut Ctx<'_>, keep: bool) -> bool {
+    fn write_local(&mut self, cx: &mut Ctx<'_, P>, keep: bool) -> bool {
         if self.client_gone(cx) {
             self.finish(cx, false);
             return true;
@@ -1078,10 +1142,10 @@ impl Conn {
         true
     }
 
-    fn close(&mut self, cx: &mut Ctx<'_>) -> bool {
+    fn close(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         if !self.client_gone(cx) {
             let (flushed, moved) = self.flush_to_client(cx);
-            if !flushed || !self.io.close(&mut cx.net.stream(self.client)) {
+            if !flushed || !self.io.stream.close(&mut cx.net.stream(self.client)) {
                 return moved;
             }
             cx.net.stream(self.client).close();
@@ -1093,7 +1157,7 @@ impl Conn {
 
     /// Closes after the response while the client may still be sending
     /// the rest of a body (see `Phase::Drain`).
-    fn start_drain(&mut self, cx: &mut Ctx<'_>) {
+    fn start_drain(&mut self, cx: &mut Ctx<'_, P>) {
         self.drop_upstream(cx, false);
         self.bufs.from_client.clear();
         self.phase = Phase::Drain {
@@ -1103,7 +1167,7 @@ impl Conn {
         self.deadline = after(cx.now, cx.cfg.timeouts.linger);
     }
 
-    fn drain(&mut self, cx: &mut Ctx<'_>) -> bool {
+    fn drain(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         if self.client_gone(cx) {
             self.finish(cx, false);
             return true;
@@ -1120,7 +1184,7 @@ impl Conn {
             unreachable!()
         };
         if !*fin_sent {
-            if !self.io.close(&mut cx.net.stream(self.client)) {
+            if !self.io.stream.close(&mut cx.net.stream(self.client)) {
                 return moved;
             }
             cx.net.stream(self.client).close();
@@ -1155,7 +1219,7 @@ impl Conn {
     }
 
     /// Ends the connection now; `reset` aborts the client socket.
-    fn finish(&mut self, cx: &mut Ctx<'_>, reset: bool) {
+    fn finish(&mut self, cx: &mut Ctx<'_, P>, reset: bool) {
         // A pick the client left before it was judged is given back (its
         // in-flight slot, a half-open breaker probe), not leaked.
         self.settle(cx, None);
@@ -1171,7 +1235,7 @@ impl Conn {
     /// Gives the upstream connection to the worker's pool for the next
     /// request to its endpoint (from any client), or closes it when the
     /// pool has enough.
-    fn release_upstream(&mut self, cx: &mut Ctx<'_>) {
+    fn release_upstream(&mut self, cx: &mut Ctx<'_, P>) {
         let (Some(up), Some(pool)) = (self.upstream.take(), self.upstream_pool.clone()) else {
             return;
         };
@@ -1204,7 +1268,7 @@ impl Conn {
     }
 
     /// Moves the upstream socket to the stack's closing list.
-    fn drop_upstream(&mut self, cx: &mut Ctx<'_>, reset: bool) {
+    fn drop_upstream(&mut self, cx: &mut Ctx<'_, P>, reset: bool) {
         if let Some(mut up) = self.upstream.take() {
             if !reset {
                 up.io.close(&mut cx.net.stream(up.handle));
@@ -1213,7 +1277,7 @@ impl Conn {
         }
     }
 
-    fn upstream_failed(&mut self, cx: &mut Ctx<'_>, err: ProxyError) -> bool {
+    fn upstream_failed(&mut self, cx: &mut Ctx<'_, P>, err: ProxyError) -> bool {
         cx.stats.upstream_errors += 1;
         let was_reused = self.upstream.as_ref().is_some_and(|u| u.served > 0);
         // A failed TLS handshake already logged its reason.
@@ -1253,7 +1317,7 @@ impl Conn {
             RequestBody::Buffered
         };
         let allowed = if stale_keep_alive && self.attempts == 0 {
-            crate::upstream::may_retry(req.method, body, &err)
+            crate::lb::may_retry(req.method, body, err.retry_safe())
         } else {
             cx.registry
                 .pool_mut(&pool)
@@ -1263,7 +1327,7 @@ impl Conn {
                         self.attempts as u32 + 1,
                         req.method,
                         body,
-                        &err,
+                        err.retry_safe(),
                         cx.now,
                     )
                     .is_ok()
@@ -1288,14 +1352,14 @@ impl Conn {
     }
 
     /// Answers the client with the error's status and closes.
-    fn fail_to_client(&mut self, cx: &mut Ctx<'_>, err: ProxyError) -> bool {
+    fn fail_to_client(&mut self, cx: &mut Ctx<'_, P>, err: ProxyError) -> bool {
         if err.side() == crate::error::Side::Client {
             cx.stats.bad_requests += 1;
         }
         self.local_error(cx, err, false)
     }
 
-    fn local_error(&mut self, cx: &mut Ctx<'_>, err: ProxyError, keep: bool) -> bool {
+    fn local_error(&mut self, cx: &mut Ctx<'_, P>, err: ProxyError, keep: bool) -> bool {
         let status = err.status();
         cx.stats.count_status(status);
         cx.stats.responses_local += 1;
@@ -1310,32 +1374,18 @@ impl Conn {
         self.count_route_response(cx, status);
         self.request = None;
         self.bufs.to_client.clear();
-        // Header lines: the request id, and why a 503 came from the proxy.
-        let mut extra = [0u8; REQUEST_ID_MAX + 64];
-        let mut n = 0;
-        let mut put = |b: &[u8]| {
-            let end = (n + b.len()).min(extra.len());
-            extra[n..end].copy_from_slice(&b[..end - n]);
-            n = end;
+        let phases = cx.phases;
+        let info = ResponseInfo {
+            request_id: &self.request_id[..self.request_id_len],
+            now: cx.now,
         };
-        if self.request_id_len > 0 {
-            put(b"X-Request-Id: ");
-            put(&self.request_id[..self.request_id_len]);
-            put(b"\r\n");
-        }
-        match err {
-            ProxyError::BreakerOpen => put(b"X-Ferrogate-Error: breaker-open\r\n"),
-            ProxyError::NoHealthyEndpoint => put(b"X-Ferrogate-Error: no-healthy-endpoint\r\n"),
-            _ => {}
-        }
-        let body = head::reason(status);
         head::write_local_response(
             status,
             "text/plain",
-            body.as_bytes(),
+            head::reason(status).as_bytes(),
             keep,
             true,
-            &extra[..n],
+            |lines| phases.error_response_filter(&err, &info, lines),
             &mut self.bufs.to_client,
         );
         self.phase = Phase::WriteLocal { keep };
@@ -1344,7 +1394,7 @@ impl Conn {
 
     /// Copies bytes both ways after a protocol switch, until either side
     /// stops sending; then closes both.
-    fn tunnel(&mut self, cx: &mut Ctx<'_>) -> bool {
+    fn tunnel(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         let (flushed, mut moved) = self.flush_to_client(cx);
         if !flushed {
             return moved;
@@ -1371,8 +1421,8 @@ impl Conn {
         if !self.bufs.from_upstream.is_empty() {
             let sock = &mut cx.net.stream(self.client);
             let avail = self.bufs.from_upstream.filled();
-            let space = self.io.send_space(sock).min(avail.len());
-            let n = self.io.send(sock, &avail[..space]);
+            let space = self.io.stream.send_space(sock).min(avail.len());
+            let n = self.io.stream.send(sock, &avail[..space]);
             self.bufs.from_upstream.consume(n);
             moved |= n > 0;
         }

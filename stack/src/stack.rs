@@ -12,29 +12,33 @@ use std::sync::Arc;
 use crate::access::AccessSink;
 use crate::client_io::ClientIo;
 use crate::config::StackConfig;
+use crate::lb::conn_pool::{ConnPool, POOLED};
+use crate::lb::{UpstreamRegistry, UpstreamStats};
 use crate::net::{App, Instant, Net, NetError, Owner, StreamId, Streams};
+use crate::phases::{ProxyHttp, StandardPhases};
 use crate::probe::{ProbeCtx, Prober};
 use crate::proxy::{Conn, ConnBufs, Ctx};
 use crate::route::RouteTable;
+use crate::route_stats::RouteCounters;
 use crate::stats::StackStats;
-use crate::upstream::conn_pool::{ConnPool, POOLED};
-use crate::upstream::{RouteCounters, UpstreamRegistry, UpstreamStats};
 
 /// Why a stack cannot start (the TCP/IP layer's reasons).
 pub type StackError = NetError;
 
 /// A connection and the pass it was last driven in (each runs at most once
 /// per pass, however many of its streams had events).
-struct ConnSlot {
-    conn: Option<Conn>,
+struct ConnSlot<P: ProxyHttp> {
+    conn: Option<Conn<P>>,
     pass: u64,
 }
 
 /// The HTTP proxy as the net layer's application.
-struct ProxyApp {
+struct ProxyApp<P: ProxyHttp> {
+    /// What each request goes through (routing, header rules, logging).
+    phases: P,
     cfg: StackConfig,
     routes: Arc<RouteTable>,
-    conns: Vec<ConnSlot>,
+    conns: Vec<ConnSlot<P>>,
     free_conns: Vec<u32>,
     active: usize,
     /// Connections whose run made progress in this pass: run again in the
@@ -54,7 +58,7 @@ struct ProxyApp {
     stats: StackStats,
 }
 
-impl App for ProxyApp {
+impl<P: ProxyHttp> App for ProxyApp<P> {
     fn can_accept(&self) -> bool {
         self.active < self.cfg.max_connections
     }
@@ -102,7 +106,7 @@ impl App for ProxyApp {
             .conn
             .as_ref()
             .filter(|c| c.sockets().0 == id)
-            .map(Conn::deadline)
+            .map(Conn::<P>::deadline)
     }
 
     fn poll(&mut self, net: Streams<'_>) {
@@ -131,7 +135,7 @@ impl App for ProxyApp {
     }
 }
 
-impl ProxyApp {
+impl<P: ProxyHttp> ProxyApp<P> {
     /// Runs one connection's state machine; releases it when it has finished.
     fn drive(&mut self, idx: u32, net: Streams<'_>) {
         let slot = &mut self.conns[idx as usize];
@@ -143,6 +147,7 @@ impl ProxyApp {
         let now = net.now();
         let mut cx = Ctx {
             net,
+            phases: &self.phases,
             conn: idx,
             routes: &self.routes,
             stats: &mut self.stats,
@@ -195,22 +200,38 @@ fn endpoint_addresses(routes: &RouteTable) -> Vec<IpAddr> {
     v
 }
 
-pub struct Stack {
+/// The stack with the HTTP proxy on top; `P` are the proxy's phases
+/// ([`StandardPhases`]: ferrogate's own behaviour).
+pub struct Stack<P: ProxyHttp = StandardPhases> {
     net: Net,
-    app: ProxyApp,
+    app: ProxyApp<P>,
 }
 
 impl Stack {
+    /// A stack whose proxy runs every phase at its default.
     pub fn new(
         cfg: StackConfig,
         routes: Arc<RouteTable>,
         now: Instant,
+    ) -> Result<Self, StackError> {
+        Self::with_phases(cfg, routes, now, StandardPhases)
+    }
+}
+
+impl<P: ProxyHttp> Stack<P> {
+    /// A stack whose proxy runs `phases`.
+    pub fn with_phases(
+        cfg: StackConfig,
+        routes: Arc<RouteTable>,
+        now: Instant,
+        phases: P,
     ) -> Result<Self, StackError> {
         let listen_ports = routes.listeners.iter().map(|l| l.port).collect();
         let mut net = Net::new(cfg.net(), listen_ports, now)?;
         net.set_neighbour_targets(endpoint_addresses(&routes));
         let max = cfg.max_connections;
         let app = ProxyApp {
+            phases,
             conns: Vec::with_capacity(max),
             free_conns: Vec::with_capacity(max),
             active: 0,

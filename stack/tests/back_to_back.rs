@@ -5,10 +5,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use ferrogate_stack::upstream::Endpoint;
+use ferrogate_stack::lb::Endpoint;
 use ferrogate_stack::{
-    DirectResponse, Instant, Listener, PathMatch, PoolPolicy, Route, RouteAction, RouteTable,
-    Stack, StackConfig, Upstream,
+    DirectResponse, Instant, Listener, PathMatch, PoolPolicy, ProxyHttp, Route, RouteAction,
+    RouteTable, Stack, StackConfig, StandardPhases, Upstream,
 };
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
@@ -86,9 +86,9 @@ struct OriginConn {
     tls: Option<rustls::ServerConnection>,
 }
 
-struct Lab {
+struct Lab<P: ProxyHttp = StandardPhases> {
     now: Instant,
-    edge: Stack,
+    edge: Stack<P>,
     peer: Interface,
     dev: PeerDevice,
     sockets: SocketSet<'static>,
@@ -153,10 +153,21 @@ impl Lab {
         routes: Arc<RouteTable>,
         tune: impl FnOnce(&mut StackConfig),
     ) -> Self {
+        Lab::with_phases(origin, routes, tune, StandardPhases)
+    }
+}
+
+impl<P: ProxyHttp> Lab<P> {
+    fn with_phases(
+        origin: Origin,
+        routes: Arc<RouteTable>,
+        tune: impl FnOnce(&mut StackConfig),
+        phases: P,
+    ) -> Self {
         let now = Instant::from_millis(1_000);
         let mut cfg = StackConfig::new(EDGE_MAC, vec![(VIP.into(), 24)], 40_000..41_000);
         tune(&mut cfg);
-        let edge = Stack::new(cfg, routes, now).expect("stack");
+        let edge = Stack::with_phases(cfg, routes, now, phases).expect("stack");
         let mut dev = PeerDevice::default();
         let mut peer = Interface::new(
             Config::new(HardwareAddress::Ethernet(EthernetAddress(PEER_MAC))),
@@ -726,7 +737,7 @@ fn pool_at_its_idle_limit_closes_the_surplus() {
 #[test]
 fn ejected_endpoint_takes_its_idle_connections_out_of_the_pool() {
     let mut lab = pool_lab(|p| {
-        p.passive = Some(ferrogate_stack::upstream::PassivePolicy {
+        p.passive = Some(ferrogate_stack::lb::PassivePolicy {
             consecutive_failures: 1,
             eject: std::time::Duration::from_secs(30),
         })
@@ -1905,4 +1916,169 @@ fn every_bad_request_in_the_corpus_gets_400_or_501_and_close() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
     assert_eq!(lab.edge.stats().bad_requests, cases.len() as u64);
+}
+
+/// A custom set of phases: each one changes what the default does, and the
+/// test sees every change end to end (client, origin, counters).
+mod custom_phases {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use ferrogate_stack::access::AccessRecord;
+    use ferrogate_stack::http::{HeaderLines, ResponseView};
+    use ferrogate_stack::phases::{self, RequestInfo, ResponseInfo, Verdict};
+    use ferrogate_stack::{ProxyError, Route};
+
+    use super::*;
+
+    #[derive(Default)]
+    pub struct Seen {
+        pub body_up: Vec<u8>,
+        pub body_down: usize,
+        pub request_ends: u32,
+        pub response_ends: u32,
+        pub logged: Vec<u16>,
+    }
+
+    pub struct Guard {
+        pub seen: Rc<RefCell<Seen>>,
+        pub deny: Arc<DirectResponse>,
+    }
+
+    impl ProxyHttp for Guard {
+        /// The tenant, copied at request time for the response phase.
+        type Ctx = Option<String>;
+
+        fn request_filter(&self, req: &RequestInfo<'_>, ctx: &mut Self::Ctx) -> Verdict {
+            if req.view.path.starts_with("/admin") {
+                return Verdict::Respond(self.deny.clone());
+            }
+            *ctx = req
+                .view
+                .header("x-tenant")
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            Verdict::Continue
+        }
+
+        fn upstream_peer<'t>(
+            &self,
+            listener: &'t Listener,
+            req: &RequestInfo<'_>,
+            _ctx: &mut Self::Ctx,
+        ) -> Option<&'t Route> {
+            // Only tenants get through.
+            req.view.header("x-tenant")?;
+            listener.route_request(&req.view)
+        }
+
+        fn strip_request_header(&self, req: &RequestInfo<'_>, name: &str) -> bool {
+            name.eq_ignore_ascii_case("x-secret") || phases::strips_proxy_owned_header(req, name)
+        }
+
+        fn upstream_request_filter(
+            &self,
+            req: &RequestInfo<'_>,
+            ctx: &mut Self::Ctx,
+            lines: &mut HeaderLines<'_>,
+        ) {
+            phases::forwarding_headers(req, lines);
+            lines.add("X-Tenant-Seen", ctx.as_deref().unwrap_or("-").as_bytes());
+            // A phase cannot split the head: this line is left out.
+            lines.add("X-Evil", b"a\r\nInjected: 1");
+        }
+
+        fn request_body_filter(
+            &self,
+            chunk: &[u8],
+            end: bool,
+            _ctx: &mut Self::Ctx,
+        ) -> Result<(), ProxyError> {
+            let mut seen = self.seen.borrow_mut();
+            seen.body_up.extend_from_slice(chunk);
+            seen.request_ends += u32::from(end);
+            if find(&seen.body_up, b"forbidden").is_some() {
+                return Err(ProxyError::BodyTooLarge);
+            }
+            Ok(())
+        }
+
+        fn response_filter(
+            &self,
+            resp: &ResponseView<'_>,
+            info: &ResponseInfo<'_>,
+            ctx: &mut Self::Ctx,
+            lines: &mut HeaderLines<'_>,
+        ) {
+            phases::echo_request_id(resp, info, lines);
+            lines.add_display("X-Upstream-Status", resp.status);
+            if let Some(t) = ctx {
+                lines.add("X-Tenant", t.as_bytes());
+            }
+        }
+
+        fn response_body_filter(&self, chunk: &[u8], end: bool, _ctx: &mut Self::Ctx) {
+            let mut seen = self.seen.borrow_mut();
+            seen.body_down += chunk.len();
+            seen.response_ends += u32::from(end);
+        }
+
+        fn logging(&self, record: &AccessRecord, _ctx: &mut Self::Ctx) {
+            self.seen.borrow_mut().logged.push(record.status);
+        }
+    }
+}
+
+#[test]
+fn custom_phases_answer_route_rewrite_watch_bodies_and_log_each_request() {
+    use custom_phases::{Guard, Seen};
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(Seen::default()));
+    let guard = Guard {
+        seen: seen.clone(),
+        deny: Arc::new(DirectResponse {
+            status: 403,
+            content_type: "text/plain".into(),
+            body: b"admins only".to_vec(),
+        }),
+    };
+    let mut lab = Lab::with_phases(Origin::Serving, routes(), |_| {}, guard);
+    let c = lab.connect();
+
+    // request_filter answers itself; nothing reaches the origin.
+    let r = lab.exchange(c, b"GET /admin/x HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.status, r.body.as_slice()), (403, &b"admins only"[..]));
+    assert!(lab.origin_requests.is_empty());
+
+    // upstream_peer refuses requests without a tenant: 404.
+    let r = lab.exchange(c, b"GET /t HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 404);
+    assert!(lab.origin_requests.is_empty());
+
+    // The header phases and both body filters see a proxied request.
+    let r = lab.exchange(
+        c,
+        b"POST /t HTTP/1.1\r\nHost: x\r\nX-Tenant: acme\r\nX-Secret: s3\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(r.status, 200);
+    let up = lab.origin_requests.last().unwrap().clone();
+    assert!(up.contains("X-Tenant-Seen: acme\r\n"), "{up}");
+    assert!(up.contains("X-Forwarded-For: 10.0.0.2\r\n"), "{up}");
+    assert!(!up.contains("s3") && !up.contains("Injected"), "{up}");
+    assert!(r.head.contains("X-Upstream-Status: 200\r\n"), "{}", r.head);
+    assert!(r.head.contains("X-Tenant: acme"), "{}", r.head);
+    assert!(r.head.contains("X-Request-Id: "), "{}", r.head);
+    {
+        let s = seen.borrow();
+        assert_eq!(s.body_up, b"hello");
+        assert_eq!(s.body_down, r.body.len());
+        assert_eq!((s.request_ends, s.response_ends), (1, 1));
+    }
+
+    // A request body the filter refuses ends the request with its error.
+    let c2 = lab.connect();
+    let r = lab.exchange(
+        c2,
+        b"POST /t HTTP/1.1\r\nHost: x\r\nX-Tenant: acme\r\nContent-Length: 9\r\n\r\nforbidden",
+    );
+    assert_eq!(r.status, 413);
+    assert_eq!(seen.borrow().logged, vec![403, 404, 200, 413]);
 }

@@ -3,9 +3,9 @@
 //! the rewritten head that goes to the other side.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
 use super::ByteBuf;
+use crate::HeaderLines;
 
 /// Most headers a request or response head may carry.
 pub const MAX_HEADERS: usize = 96;
@@ -407,43 +407,24 @@ pub fn request_host<'a>(req: &Request<'a>) -> Option<&'a str> {
     })
 }
 
-/// What the proxy tells the upstream about the client connection beyond
-/// `X-Forwarded-For`.
-#[derive(Default, Clone, Copy)]
-pub struct Forwarding<'a> {
-    /// The client connection is TLS (`X-Forwarded-Proto: https`).
-    pub https: bool,
-    /// Header names the proxy sets itself (e.g. the verified client
-    /// identity): client-sent copies are dropped.
-    pub owned_by_proxy: Option<&'a dyn Fn(&str) -> bool>,
-    /// Header lines added (`Name: value\r\n`), e.g. the verified identity.
-    pub extra: &'a [u8],
-}
-
 /// Writes the head sent to the upstream. False when `out` is too small.
-/// `request_id` is added as `X-Request-Id` (None: the client sent one, which
-/// is forwarded as it is). `upgrade`: keep `Connection: upgrade` + `Upgrade`.
+/// Hop-by-hop fields and `Expect` never go (the proxy answers expectations
+/// itself); `upgrade` keeps `Upgrade` + `Connection: upgrade`. Fields for
+/// which `strip` says yes are left out; `add` appends the proxy's own lines
+/// (forwarding, request id, identity) before the end of the head.
 pub fn write_upstream_request(
     req: &Request<'_>,
-    client: IpAddr,
-    request_id: Option<&[u8]>,
     upgrade: bool,
-    fwd: &Forwarding<'_>,
+    strip: impl Fn(&str) -> bool,
+    add: impl FnOnce(&mut HeaderLines<'_>),
     out: &mut ByteBuf,
 ) -> bool {
     let mut ok = write!(out, "{} {} HTTP/1.1\r\n", req.method, req.target).is_ok();
-    let mut forwarded_for: Option<&[u8]> = None;
     for h in req.headers.iter() {
         let keep_for_upgrade = upgrade && h.name.eq_ignore_ascii_case("upgrade");
-        if (is_hop_by_hop(h.name) && !keep_for_upgrade) || h.name.eq_ignore_ascii_case("expect") {
-            continue;
-        }
-        if h.name.eq_ignore_ascii_case("x-forwarded-for") {
-            forwarded_for = Some(h.value);
-            continue;
-        }
-        if h.name.eq_ignore_ascii_case("x-forwarded-proto")
-            || fwd.owned_by_proxy.is_some_and(|owned| owned(h.name))
+        if (is_hop_by_hop(h.name) && !keep_for_upgrade)
+            || h.name.eq_ignore_ascii_case("expect")
+            || strip(h.name)
         {
             continue;
         }
@@ -452,24 +433,21 @@ pub fn write_upstream_request(
             && out.extend(h.value)
             && out.extend(b"\r\n");
     }
-    ok &= out.extend(b"X-Forwarded-For: ");
-    if let Some(prev) = forwarded_for {
-        ok &= out.extend(prev) && out.extend(b", ");
-    }
-    let proto = if fwd.https { "https" } else { "http" };
-    ok &= write!(
-        out,
-        "{client}\r\nX-Forwarded-Proto: {proto}\r\nVia: 1.1 ferrogate\r\n"
-    )
-    .is_ok();
-    ok &= out.extend(fwd.extra);
-    if let Some(id) = request_id {
-        ok &= out.extend(b"X-Request-Id: ") && out.extend(id) && out.extend(b"\r\n");
-    }
+    let mut lines = HeaderLines::new(out);
+    add(&mut lines);
+    ok &= lines.fits();
     if upgrade {
         ok &= out.extend(b"Connection: upgrade\r\n");
     }
     ok && out.extend(b"\r\n")
+}
+
+/// A response head as the phases see it (status and fields), whichever
+/// codec parsed it.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseView<'a> {
+    pub status: u16,
+    pub headers: Headers<'a>,
 }
 
 /// Whether the request asks to switch protocols (WebSocket and the like):
@@ -553,7 +531,7 @@ pub fn write_client_response(
     buf: &[u8],
     keep_client: bool,
     client_http10: bool,
-    request_id: Option<&[u8]>,
+    add: impl FnOnce(&ResponseView<'_>, &mut HeaderLines<'_>),
     out: &mut ByteBuf,
 ) -> bool {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -561,28 +539,25 @@ pub fn write_client_response(
     if !matches!(resp.parse(buf), Ok(httparse::Status::Complete(_))) {
         return false;
     }
-    let mut ok = write!(
-        out,
-        "HTTP/1.1 {} {}\r\n",
-        resp.code.unwrap_or(502),
-        resp.reason.unwrap_or("")
-    )
-    .is_ok();
-    let switching = resp.code == Some(101);
-    let mut has_id = false;
+    let status = resp.code.unwrap_or(502);
+    let mut ok = write!(out, "HTTP/1.1 {} {}\r\n", status, resp.reason.unwrap_or("")).is_ok();
+    let switching = status == 101;
     for h in resp.headers.iter() {
         if is_hop_by_hop(h.name) && !(switching && h.name.eq_ignore_ascii_case("upgrade")) {
             continue;
         }
-        has_id |= h.name.eq_ignore_ascii_case("x-request-id");
         ok &= out.extend(h.name.as_bytes())
             && out.extend(b": ")
             && out.extend(h.value)
             && out.extend(b"\r\n");
     }
-    if let (Some(id), false) = (request_id, has_id) {
-        ok &= out.extend(b"X-Request-Id: ") && out.extend(id) && out.extend(b"\r\n");
-    }
+    let view = ResponseView {
+        status,
+        headers: Headers(Fields::Http1(resp.headers)),
+    };
+    let mut lines = HeaderLines::new(out);
+    add(&view, &mut lines);
+    ok &= lines.fits();
     if switching {
         ok &= out.extend(b"Connection: upgrade\r\n");
     } else if !keep_client {
@@ -600,7 +575,7 @@ pub fn write_local_response(
     body: &[u8],
     keep_alive: bool,
     include_body: bool,
-    extra: &[u8],
+    add: impl FnOnce(&mut HeaderLines<'_>),
     out: &mut ByteBuf,
 ) -> bool {
     let close = if keep_alive {
@@ -618,8 +593,9 @@ pub fn write_local_response(
         close
     )
     .is_ok();
-    // `extra`: complete header lines (`Name: value\r\n`), e.g. a request id.
-    ok && out.extend(extra) && out.extend(b"\r\n") && (!include_body || out.extend(body))
+    let mut lines = HeaderLines::new(out);
+    add(&mut lines);
+    ok && lines.fits() && out.extend(b"\r\n") && (!include_body || out.extend(body))
 }
 
 pub fn reason(status: u16) -> &'static str {
@@ -747,50 +723,69 @@ mod tests {
     }
 
     #[test]
-    fn tls_forwarding_replaces_proto_and_identity_headers() {
-        let raw =
-            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\nx-client-cn: forged\r\n\r\n";
-        let mut h = HeaderSlots::new();
-        let (req, _) = parse_request(raw, &mut h, false).unwrap().unwrap();
-        let mut out = ByteBuf::with_capacity(1024);
-        let identity = |name: &str| name.eq_ignore_ascii_case("x-client-cn");
-        let fwd = Forwarding {
-            https: true,
-            owned_by_proxy: Some(&identity),
-            extra: b"X-Client-CN: alice\r\n",
-        };
-        let ip = "10.0.0.2".parse().unwrap();
-        assert!(write_upstream_request(
-            &req, ip, None, false, &fwd, &mut out
-        ));
-        let s = std::str::from_utf8(out.filled()).unwrap();
-        assert!(!s.contains("forged"), "{s}");
-        assert!(!s.contains("Proto: http\r\n"), "{s}");
-        assert!(s.contains("X-Forwarded-Proto: https\r\n"), "{s}");
-        assert!(s.contains("X-Client-CN: alice\r\n"), "{s}");
-    }
-
-    #[test]
-    fn upstream_head_drops_hop_by_hop_and_adds_forwarding() {
-        let raw = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, foo\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n";
+    fn upstream_head_drops_hop_by_hop_expect_and_stripped_fields_then_adds_lines() {
+        let raw = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, foo\r\nKeep-Alive: 5\r\nExpect: 100-continue\r\nX-Client-CN: forged\r\n\r\n";
         let mut h = HeaderSlots::new();
         let (req, _) = parse_request(raw, &mut h, false).unwrap().unwrap();
         let mut out = ByteBuf::with_capacity(1024);
         assert!(write_upstream_request(
             &req,
-            "10.0.0.2".parse().unwrap(),
-            Some(b"abc-1"),
             false,
-            &Forwarding::default(),
+            |name| name.eq_ignore_ascii_case("x-client-cn"),
+            |l| {
+                l.add("X-Request-Id", b"abc-1");
+            },
             &mut out
         ));
         let s = std::str::from_utf8(out.filled()).unwrap();
-        assert!(s.starts_with("GET /x HTTP/1.1\r\nHost: a\r\n"));
-        assert!(!s.to_ascii_lowercase().contains("keep-alive"));
-        assert!(s.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.2\r\n"));
-        assert!(s.contains("Via: 1.1 ferrogate\r\n"));
-        assert!(s.contains("X-Request-Id: abc-1\r\n"));
-        assert!(s.ends_with("\r\n\r\n"));
+        assert_eq!(
+            s,
+            "GET /x HTTP/1.1\r\nHost: a\r\nX-Request-Id: abc-1\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn upstream_head_that_does_not_fit_is_refused() {
+        let raw = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut h = HeaderSlots::new();
+        let (req, _) = parse_request(raw, &mut h, false).unwrap().unwrap();
+        let mut out = ByteBuf::with_capacity(40);
+        let big = [b'v'; 64];
+        assert!(!write_upstream_request(
+            &req,
+            false,
+            |_| false,
+            |l| {
+                l.add("X-Big", &big);
+            },
+            &mut out
+        ));
+    }
+
+    #[test]
+    fn client_head_shows_the_response_to_the_phase_and_keeps_its_lines() {
+        let raw = b"HTTP/1.1 200 OK\r\nX-Request-Id: up\r\nKeep-Alive: 5\r\n\r\n";
+        let mut out = ByteBuf::with_capacity(1024);
+        let mut seen = None;
+        assert!(write_client_response(
+            raw,
+            false,
+            false,
+            |resp, l| {
+                seen = Some((
+                    resp.status,
+                    resp.headers.get("x-request-id").map(<[u8]>::to_vec),
+                ));
+                l.add("X-Extra", b"1");
+            },
+            &mut out
+        ));
+        assert_eq!(seen, Some((200, Some(b"up".to_vec()))));
+        let s = std::str::from_utf8(out.filled()).unwrap();
+        assert_eq!(
+            s,
+            "HTTP/1.1 200 OK\r\nX-Request-Id: up\r\nX-Extra: 1\r\nConnection: close\r\n\r\n"
+        );
     }
 
     #[test]

@@ -151,20 +151,6 @@ impl IdentityHeaders {
             .flatten()
             .any(|h| h.eq_ignore_ascii_case(name))
     }
-
-    /// The header lines (`Name: value\r\n`) for `id`.
-    pub fn render(&self, id: &ClientIdentity) -> Vec<u8> {
-        let mut out = Vec::new();
-        if let (Some(h), Some(cn)) = (&self.common_name, &id.common_name) {
-            out.extend_from_slice(format!("{h}: {cn}\r\n").as_bytes());
-        }
-        if let Some(h) = &self.sans
-            && !id.sans.is_empty()
-        {
-            out.extend_from_slice(format!("{h}: {}\r\n", id.sans.join(", ")).as_bytes());
-        }
-        out
-    }
 }
 
 #[cfg(test)]

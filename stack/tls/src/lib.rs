@@ -1,7 +1,8 @@
 //! TLS termination with rustls: certificates from PEM, SNI selection among
 //! many certificates (wildcards, a default), ALPN, minimum version, optional or
 //! required client certificates, session tickets shared by every worker, and a
-//! byte-oriented session the proxy drives over its TCP sockets.
+//! byte-oriented session, and one plaintext byte stream (plain or TLS) over
+//! the userspace stack's TCP streams for both sides of a proxied connection.
 
 mod certs;
 mod client;
@@ -9,6 +10,7 @@ mod identity;
 mod server;
 mod session;
 mod sni;
+mod stream;
 
 pub use certs::{CertError, load_certified_key, load_roots};
 pub use client::{UpstreamTls, UpstreamTlsConfig};
@@ -18,6 +20,7 @@ pub use server::{
 };
 pub use session::{FailAlert, HandshakeKind, TlsSession, TlsSessionError, alert_for};
 pub use sni::SniResolver;
+pub use stream::{ByteStream, TlsStream};
 
 /// A listener's TLS termination, compiled once per snapshot. Connections
 /// take an `Arc` of it when they are accepted, so a reload changes what new

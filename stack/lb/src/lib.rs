@@ -1,9 +1,10 @@
-//! Upstream pools: the policy a snapshot carries for each pool (balancer,
-//! health checks, passive ejection, circuit breaker, retries, timeouts) and
-//! the per-worker runtime state that outlives snapshots.
+//! Upstream pools (ferrogate-lb): the policy a snapshot carries for each
+//! pool (balancer, health checks, passive ejection, circuit breaker, retries,
+//! timeouts), the per-worker runtime state that outlives snapshots, and the
+//! per-worker pool of idle upstream connections.
 //!
-//! - Policy is configuration and lives in [`crate::route::Upstream`]
-//!   (immutable, shared by every worker).
+//! - Policy is configuration and lives in [`Upstream`] (immutable, shared by
+//!   every worker).
 //! - State (health, ejections, breaker, retry budget, balancer cursors,
 //!   in-flight counts, counters) lives in an [`UpstreamRegistry`] that each
 //!   worker owns, keyed by pool name and endpoint address. On a snapshot swap
@@ -30,8 +31,9 @@
 
 mod balance;
 mod breaker;
-pub(crate) mod conn_pool;
+pub mod conn_pool;
 mod health;
+mod pool;
 mod registry;
 mod retry;
 mod stats;
@@ -44,13 +46,14 @@ use std::time::Duration;
 
 pub use balance::{Maglev, stable_hash};
 pub use breaker::{BreakerState, CircuitBreaker};
-pub use conn_pool::DEFAULT_IDLE;
+pub use conn_pool::{ConnPool, DEFAULT_IDLE, PoolCounters, PoolKey, UpstreamConn};
 pub use health::{EndpointHealth, Probe};
+pub use pool::Upstream;
 pub use registry::{EndpointState, PickError, PoolState, UpstreamRegistry};
 pub use retry::{RequestBody, RetryBudget, RetryDenied, is_idempotent, may_retry};
 pub use stats::{
-    EndpointStats, LATENCY_BUCKETS, LatencyHistogram, PoolStats, RouteCounters, RouteStats,
-    UpstreamStats,
+    EndpointStats, LATENCY_BUCKETS, LatencyHistogram, PoolStats, UpstreamStats, render_classes,
+    status_class,
 };
 
 /// Maglev lookup table size: a prime far above any pool's endpoint count.
@@ -140,7 +143,7 @@ impl HashOn {
     }
 
     /// The request's key hash (no allocation).
-    pub fn key(&self, req: &crate::router::RequestView<'_>, client: std::net::IpAddr) -> u64 {
+    pub fn key(&self, req: &ferrogate_http::RequestView<'_>, client: std::net::IpAddr) -> u64 {
         let value = match self {
             HashOn::Header(n) => req.header(n),
             HashOn::Cookie(n) => req.cookie(n),
@@ -384,15 +387,15 @@ mod policy_tests {
 
     #[test]
     fn hash_key_falls_back_to_the_source_address() {
-        let headers = [crate::http::Header {
+        let headers = [ferrogate_http::Header {
             name: "x-user",
             value: b"alice",
         }];
-        let req = crate::router::RequestView::new(
+        let req = ferrogate_http::RequestView::new(
             "GET",
             None,
             "/",
-            crate::http::Headers::from_list(&headers),
+            ferrogate_http::Headers::from_list(&headers),
         );
         let ip: std::net::IpAddr = "10.0.0.9".parse().unwrap();
         let by_header = HashOn::Header("X-User".into()).key(&req, ip);

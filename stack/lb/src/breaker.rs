@@ -2,7 +2,7 @@
 
 use super::window::Window;
 use super::{BreakerPolicy, micros};
-use crate::Instant;
+use ferrogate_net::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {

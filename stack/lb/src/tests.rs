@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::route::Upstream;
-use crate::{Instant, ProxyError};
+use crate::Upstream;
+use ferrogate_net::Instant;
 
 fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, 1, i as u8 + 1], 8080))
@@ -275,7 +275,6 @@ fn all_endpoints_down_fails_open_by_default_and_closed_when_configured() {
             assert_ne!(i, j, "panic picks rotate too");
         } else {
             assert_eq!(r, Err(PickError::NoHealthyEndpoint));
-            assert_eq!(ProxyError::from(r.unwrap_err()).status(), 503);
             assert_eq!(s.stats(T0).no_healthy, 1);
         }
     }
@@ -301,10 +300,6 @@ fn open_breaker_refuses_picks_with_503_until_cooldown() {
         s.finish(&p, i, false, T0);
     }
     assert_eq!(s.pick(&p, 0, &[], T0), Err(PickError::BreakerOpen));
-    assert_eq!(
-        ProxyError::from(PickError::BreakerOpen),
-        ProxyError::BreakerOpen
-    );
     let t = Instant::from_secs(1);
     let probe = s.pick(&p, 0, &[], t).unwrap();
     assert_eq!(
@@ -342,19 +337,20 @@ fn retries_respect_attempts_rule_and_budget() {
     for _ in 0..20 {
         s.begin_request(&p, T0);
     }
-    let e = ProxyError::UpstreamConnectFailed;
+    // A refused connect: the upstream never saw the request.
+    let e = true;
     assert_eq!(
-        s.retry(&p, 1, "POST", RequestBody::None, &e, T0),
+        s.retry(&p, 1, "POST", RequestBody::None, e, T0),
         Err(RetryDenied::NotRetryable)
     );
     assert_eq!(
-        s.retry(&p, 2, "GET", RequestBody::None, &e, T0),
+        s.retry(&p, 2, "GET", RequestBody::None, e, T0),
         Err(RetryDenied::AttemptsExhausted)
     );
-    assert_eq!(s.retry(&p, 1, "GET", RequestBody::None, &e, T0), Ok(()));
-    assert_eq!(s.retry(&p, 1, "GET", RequestBody::None, &e, T0), Ok(()));
+    assert_eq!(s.retry(&p, 1, "GET", RequestBody::None, e, T0), Ok(()));
+    assert_eq!(s.retry(&p, 1, "GET", RequestBody::None, e, T0), Ok(()));
     assert_eq!(
-        s.retry(&p, 1, "GET", RequestBody::None, &e, T0),
+        s.retry(&p, 1, "GET", RequestBody::None, e, T0),
         Err(RetryDenied::BudgetExhausted),
         "10 % of 20 requests"
     );

@@ -10,8 +10,8 @@ use super::health::{EndpointHealth, Probe};
 use super::retry::{RequestBody, RetryBudget, RetryDenied, may_retry};
 use super::stats::{EndpointStats, PoolStats, UpstreamStats};
 use super::{Balancer, micros};
-use crate::route::Upstream;
-use crate::{Instant, ProxyError};
+use crate::Upstream;
+use ferrogate_net::Instant;
 
 /// Why no endpoint was picked. Both answer 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -20,15 +20,6 @@ pub enum PickError {
     BreakerOpen,
     #[error("no healthy endpoint in the pool")]
     NoHealthyEndpoint,
-}
-
-impl From<PickError> for ProxyError {
-    fn from(e: PickError) -> Self {
-        match e {
-            PickError::BreakerOpen => ProxyError::BreakerOpen,
-            PickError::NoHealthyEndpoint => ProxyError::NoHealthyEndpoint,
-        }
-    }
 }
 
 /// Runtime state of one endpoint.
@@ -231,10 +222,10 @@ impl PoolState {
         attempts: u32,
         method: &str,
         body: RequestBody,
-        err: &ProxyError,
+        upstream_untouched: bool,
         now: Instant,
     ) -> Result<(), RetryDenied> {
-        if !may_retry(method, body, err) {
+        if !may_retry(method, body, upstream_untouched) {
             return Err(RetryDenied::NotRetryable);
         }
         if attempts >= pool.policy.retry.attempts {

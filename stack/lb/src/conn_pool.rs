@@ -16,14 +16,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::http::ByteBuf;
-use crate::net::{Instant, StreamId as SockId, StreamState, Streams};
-use crate::route::Upstream;
-use crate::upstream::stable_hash;
-use crate::upstream_io::UpstreamIo;
+use crate::Upstream;
+use crate::stable_hash;
+use ferrogate_net::{Instant, StreamId as SockId, StreamState, Streams};
+use ferrogate_tls::ByteStream;
 
 /// `owner` of a socket resting in the pool.
-pub(crate) const POOLED: u32 = u32::MAX - 1;
+pub const POOLED: u32 = u32::MAX - 1;
 
 /// Idle time after which a pooled connection is closed, unless the pool
 /// sets `idle_ms`: below nginx's 60 s upstream and 75 s client defaults, so
@@ -31,19 +30,19 @@ pub(crate) const POOLED: u32 = u32::MAX - 1;
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 
 /// One upstream TCP connection (plain or TLS) and what it has carried.
-pub(crate) struct UpstreamConn {
+pub struct UpstreamConn {
     pub handle: SockId,
     pub local_port: u16,
     pub endpoint: SocketAddr,
     /// Requests completed on this connection (0: fresh).
     pub served: u32,
     /// The upstream byte stream: plain, or through a TLS client session.
-    pub io: UpstreamIo,
+    pub io: ByteStream,
 }
 
 /// Which pooled connections a request may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct PoolKey {
+pub struct PoolKey {
     pool: u64,
     endpoint: SocketAddr,
     /// The TLS client config's address (0: plain): a connection made under
@@ -52,7 +51,7 @@ pub(crate) struct PoolKey {
 }
 
 impl PoolKey {
-    pub(crate) fn new(pool: &Upstream, endpoint: SocketAddr) -> Self {
+    pub fn new(pool: &Upstream, endpoint: SocketAddr) -> Self {
         Self {
             pool: stable_hash(pool.name.as_bytes(), 0),
             endpoint,
@@ -75,7 +74,7 @@ struct Idle {
 
 /// Why a pooled connection was closed (`StackStats::upstream_pool_*`).
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct PoolCounters {
+pub struct PoolCounters {
     /// Given back after a response.
     pub released: u64,
     /// Closed at release: the endpoint's idle list was full, or the
@@ -89,13 +88,13 @@ pub(crate) struct PoolCounters {
     pub evicted: u64,
 }
 
-pub(crate) struct ConnPool {
+pub struct ConnPool {
     idle: HashMap<PoolKey, Vec<Idle>>,
     /// Where each pooled socket rests, for its events.
     by_sock: HashMap<SockId, PoolKey>,
     /// Post-handshake TLS records (tickets) of idle connections are read
     /// into this and thrown away; any plaintext makes the connection stale.
-    scratch: ByteBuf,
+    scratch: Box<[u8]>,
     /// The worker is stopping: connections given back are closed.
     closing: bool,
     pub counters: PoolCounters,
@@ -107,29 +106,35 @@ fn close(net: &mut Streams<'_>, mut c: UpstreamConn) {
     net.retire(c.handle, Some(c.local_port), false);
 }
 
+impl Default for ConnPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ConnPool {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             idle: HashMap::new(),
             by_sock: HashMap::new(),
-            scratch: ByteBuf::with_capacity(4096),
+            scratch: vec![0; 4096].into_boxed_slice(),
             closing: false,
             counters: PoolCounters::default(),
         }
     }
 
     /// Connections resting in the pool.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.by_sock.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_sock.is_empty()
     }
 
     /// A live idle connection for `key`, or None. Dead ones met on the way
     /// are closed. The caller owns the one returned (and sets its owner).
-    pub(crate) fn checkout(
-        &mut self,
-        key: &PoolKey,
-        net: &mut Streams<'_>,
-    ) -> Option<UpstreamConn> {
+    pub fn checkout(&mut self, key: &PoolKey, net: &mut Streams<'_>) -> Option<UpstreamConn> {
         loop {
             let list = self.idle.get_mut(key)?;
             let Some(mut idle) = list.pop() else {
@@ -148,7 +153,7 @@ impl ConnPool {
     /// Takes `c` back after a response; closes it instead when the
     /// endpoint already has `limit` idle or it served `max_requests`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn release(
+    pub fn release(
         &mut self,
         key: PoolKey,
         c: UpstreamConn,
@@ -167,7 +172,7 @@ impl ConnPool {
         self.counters.released += 1;
         net.set_owner(c.handle, POOLED);
         self.by_sock.insert(c.handle, key);
-        let until = net.now() + crate::net::Duration::from_micros(idle_for.as_micros() as u64);
+        let until = net.now() + ferrogate_net::Duration::from_micros(idle_for.as_micros() as u64);
         list.push(Idle {
             conn: c,
             until,
@@ -177,7 +182,7 @@ impl ConnPool {
 
     /// A pooled socket had a frame or its timer fired: closes it when the
     /// origin ended it or it idled out. Returns when to look again.
-    pub(crate) fn check(&mut self, id: SockId, net: &mut Streams<'_>) -> Option<Instant> {
+    pub fn check(&mut self, id: SockId, net: &mut Streams<'_>) -> Option<Instant> {
         let key = *self.by_sock.get(&id)?;
         let list = self.idle.get_mut(&key)?;
         let i = list.iter().position(|e| e.conn.handle == id)?;
@@ -200,12 +205,7 @@ impl ConnPool {
     /// Closes every idle connection to `endpoint` of `pool`: the endpoint
     /// left rotation (a failed health check or a passive ejection), and a
     /// connection to it would only be found dead by the next request.
-    pub(crate) fn evict_endpoint(
-        &mut self,
-        pool: &Upstream,
-        endpoint: SocketAddr,
-        net: &mut Streams<'_>,
-    ) {
+    pub fn evict_endpoint(&mut self, pool: &Upstream, endpoint: SocketAddr, net: &mut Streams<'_>) {
         let pool_hash = stable_hash(pool.name.as_bytes(), 0);
         for (key, list) in self.idle.iter_mut() {
             if key.pool != pool_hash || key.endpoint != endpoint {
@@ -221,7 +221,7 @@ impl ConnPool {
 
     /// A new snapshot: idle connections whose pool, endpoint or TLS config
     /// it no longer has are closed (nobody could be given them).
-    pub(crate) fn retain_current(&mut self, upstreams: &[Arc<Upstream>], net: &mut Streams<'_>) {
+    pub fn retain_current(&mut self, upstreams: &[Arc<Upstream>], net: &mut Streams<'_>) {
         let current: Vec<PoolKey> = upstreams
             .iter()
             .flat_map(|u| u.endpoints.iter().map(|&ep| PoolKey::new(u, ep)))
@@ -245,7 +245,7 @@ impl ConnPool {
 
     /// Closes every idle connection (FIN; close_notify first on TLS): the
     /// worker is stopping.
-    pub(crate) fn close_all(&mut self, net: &mut Streams<'_>) {
+    pub fn close_all(&mut self, net: &mut Streams<'_>) {
         self.closing = true;
         for (_, list) in self.idle.iter_mut() {
             for e in list.drain(..) {
@@ -259,7 +259,7 @@ impl ConnPool {
     }
 
     /// The time a pooled socket idles out, if it is pooled.
-    pub(crate) fn idle_until(&self, id: SockId) -> Option<Instant> {
+    pub fn idle_until(&self, id: SockId) -> Option<Instant> {
         let key = self.by_sock.get(&id)?;
         self.idle
             .get(key)?
@@ -270,15 +270,14 @@ impl ConnPool {
 }
 
 /// Whether `c` can carry a request now: open both ways, nothing unread.
-fn alive(c: &mut UpstreamConn, net: &mut Streams<'_>, scratch: &mut ByteBuf) -> bool {
+fn alive(c: &mut UpstreamConn, net: &mut Streams<'_>, scratch: &mut [u8]) -> bool {
     let sock = &mut net.stream(c.handle);
     if sock.state() != StreamState::Established || !sock.may_send() || !c.io.reusable() {
         return false;
     }
-    if let UpstreamIo::Tls(_) = c.io {
+    if c.io.is_tls() {
         // Session tickets and key updates are fine; data is not.
-        scratch.clear();
-        if c.io.recv(sock, scratch).is_err() || !scratch.is_empty() {
+        if !matches!(c.io.recv(sock, scratch), Ok(0)) {
             return false;
         }
     } else if sock.recv_queue() > 0 {

@@ -2,7 +2,7 @@
 
 use super::window::Window;
 use super::{RetryPolicy, micros};
-use crate::{Instant, ProxyError};
+use ferrogate_net::Instant;
 
 /// What the proxy had sent of the request body when the attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,10 +24,12 @@ pub fn is_idempotent(method: &str) -> bool {
 }
 
 /// Whether a failed attempt may be sent again (to another endpoint): an
-/// idempotent method, a body that can be resent, and an error after which
-/// the upstream cannot have acted on the request (`retry_safe`).
-pub fn may_retry(method: &str, body: RequestBody, err: &ProxyError) -> bool {
-    is_idempotent(method) && body != RequestBody::Streamed && err.retry_safe()
+/// idempotent method, a body that can be resent, and a failure after which
+/// the upstream cannot have acted on the request (`upstream_untouched`: the
+/// caller's error type knows, e.g. a refused connect or a connection the
+/// origin closed before reading).
+pub fn may_retry(method: &str, body: RequestBody, upstream_untouched: bool) -> bool {
+    is_idempotent(method) && body != RequestBody::Streamed && upstream_untouched
 }
 
 /// Why a retry was refused.
@@ -79,31 +81,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::http::HeadError;
 
     #[test]
-    fn only_idempotent_resendable_requests_after_safe_errors_are_retried() {
-        let safe = ProxyError::UpstreamConnectFailed;
-        assert!(may_retry("GET", RequestBody::None, &safe));
-        assert!(may_retry("PUT", RequestBody::Buffered, &safe));
-        assert!(!may_retry("POST", RequestBody::None, &safe));
-        assert!(!may_retry("PATCH", RequestBody::Buffered, &safe));
-        assert!(!may_retry("PUT", RequestBody::Streamed, &safe));
-        assert!(!may_retry(
-            "GET",
-            RequestBody::None,
-            &ProxyError::UpstreamTimeout
-        ));
-        assert!(!may_retry(
-            "GET",
-            RequestBody::None,
-            &ProxyError::BadResponse(HeadError::TooLarge)
-        ));
-        assert!(may_retry(
-            "GET",
-            RequestBody::None,
-            &ProxyError::UpstreamClosedEarly
-        ));
+    fn only_idempotent_resendable_requests_the_upstream_never_acted_on_are_retried() {
+        assert!(may_retry("GET", RequestBody::None, true));
+        assert!(may_retry("PUT", RequestBody::Buffered, true));
+        assert!(!may_retry("POST", RequestBody::None, true));
+        assert!(!may_retry("PATCH", RequestBody::Buffered, true));
+        assert!(!may_retry("PUT", RequestBody::Streamed, true));
+        assert!(!may_retry("GET", RequestBody::None, false));
     }
 
     #[test]

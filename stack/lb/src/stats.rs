@@ -1,4 +1,5 @@
-//! Per-route and per-pool counters. A worker owns its own and updates them
+//! Per-pool and per-endpoint counters (and the latency histogram and
+//! status classes the proxy's per-route counters use too). A worker owns its own and updates them
 //! with plain integer adds; readers sum copies across workers with `add` and
 //! print `name value` lines like the engine's other counters.
 //!
@@ -8,8 +9,6 @@
 
 use std::fmt::Write;
 use std::net::SocketAddr;
-
-use crate::route::RouteTable;
 
 /// Buckets of [`LatencyHistogram`]: bucket `i < LATENCY_BUCKETS - 1` counts
 /// latencies below `64 µs << i` (and at least the previous bound); the last
@@ -73,7 +72,8 @@ impl LatencyHistogram {
         self.sum_us = self.sum_us.saturating_add(o.sum_us);
     }
 
-    fn render(&self, prefix: &str, out: &mut String) {
+    /// Prometheus-style `{prefix}_latency_us_*` lines.
+    pub fn render(&self, prefix: &str, out: &mut String) {
         for (i, c) in self.counts.iter().enumerate() {
             match Self::bound_us(i) {
                 Some(b) => {
@@ -89,103 +89,18 @@ impl LatencyHistogram {
     }
 }
 
-fn status_class(counts: &mut [u64; 6], status: u16) {
+/// Counts `status` in its class slot (1xx..5xx).
+pub fn status_class(counts: &mut [u64; 6], status: u16) {
     let class = (status / 100) as usize;
     if class < counts.len() {
         counts[class] += 1;
     }
 }
 
-fn render_classes(prefix: &str, counts: &[u64; 6], out: &mut String) {
+/// `{prefix}_responses_Nxx` lines of a class-count array.
+pub fn render_classes(prefix: &str, counts: &[u64; 6], out: &mut String) {
     for (class, c) in counts.iter().enumerate().skip(1) {
         let _ = writeln!(out, "{prefix}_responses_{class}xx {c}");
-    }
-}
-
-/// Counters of one route.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RouteStats {
-    pub requests: u64,
-    /// Responses by status class: index 1 = 1xx ... 5 = 5xx.
-    pub responses_by_class: [u64; 6],
-    /// Request start → response head sent to the client.
-    pub latency: LatencyHistogram,
-    pub retries: u64,
-    /// Requests answered by the proxy itself for an upstream failure
-    /// (502/503/504).
-    pub upstream_errors: u64,
-}
-
-impl RouteStats {
-    pub fn count_response(&mut self, status: u16, latency_us: u64) {
-        status_class(&mut self.responses_by_class, status);
-        self.latency.record(latency_us);
-    }
-
-    pub fn add(&mut self, o: &RouteStats) {
-        self.requests += o.requests;
-        for (a, b) in self.responses_by_class.iter_mut().zip(o.responses_by_class) {
-            *a += b;
-        }
-        self.latency.add(&o.latency);
-        self.retries += o.retries;
-        self.upstream_errors += o.upstream_errors;
-    }
-
-    /// `route_<name>_requests N` and friends.
-    pub fn render(&self, name: &str, out: &mut String) {
-        let p = format!("route_{name}");
-        let _ = writeln!(out, "{p}_requests {}", self.requests);
-        render_classes(&p, &self.responses_by_class, out);
-        let _ = writeln!(out, "{p}_retries {}", self.retries);
-        let _ = writeln!(out, "{p}_upstream_errors {}", self.upstream_errors);
-        self.latency.render(&p, out);
-    }
-}
-
-/// One worker's route counters, slot `Route::id` of its current snapshot.
-#[derive(Debug, Clone, Default)]
-pub struct RouteCounters {
-    pub routes: Vec<(String, RouteStats)>,
-}
-
-impl RouteCounters {
-    /// Re-aligns with a new snapshot; counters of routes that keep their
-    /// name are carried over, others start at zero (and removed ones go).
-    pub fn sync(&mut self, table: &RouteTable) {
-        let mut old = std::mem::take(&mut self.routes);
-        self.routes = table
-            .routes()
-            .map(|r| {
-                let prev = old
-                    .iter_mut()
-                    .find(|(n, _)| *n == r.name)
-                    .map(|(_, s)| std::mem::take(s))
-                    .unwrap_or_default();
-                (r.name.clone(), prev)
-            })
-            .collect();
-    }
-
-    /// The counters of route `id` (`Route::id`); O(1).
-    pub fn get_mut(&mut self, id: usize) -> &mut RouteStats {
-        &mut self.routes[id].1
-    }
-
-    /// Sums another worker's counters in, matching routes by name.
-    pub fn add(&mut self, o: &RouteCounters) {
-        for (name, s) in &o.routes {
-            match self.routes.iter_mut().find(|(n, _)| n == name) {
-                Some((_, mine)) => mine.add(s),
-                None => self.routes.push((name.clone(), *s)),
-            }
-        }
-    }
-
-    pub fn render(&self, out: &mut String) {
-        for (name, s) in &self.routes {
-            s.render(name, out);
-        }
     }
 }
 
@@ -338,10 +253,7 @@ impl UpstreamStats {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::route::{DirectResponse, Listener, Route, RouteAction};
 
     #[test]
     fn latency_lands_in_power_of_two_buckets() {
@@ -359,45 +271,6 @@ mod tests {
         assert_eq!(LatencyHistogram::bound_us(20), Some(64 << 20));
         assert_eq!(h.quantile(0.5), Some(128));
         assert_eq!(h.quantile(1.0), Some(u64::MAX));
-    }
-
-    #[test]
-    fn route_counters_sum_across_workers_and_render_by_name() {
-        let resp = RouteAction::Respond(Arc::new(DirectResponse {
-            status: 200,
-            content_type: "text/plain".into(),
-            body: vec![],
-        }));
-        let table = RouteTable::new(
-            1,
-            vec![Listener::new(
-                80,
-                vec![Route::new("api", resp.clone()), Route::new("web", resp)],
-            )],
-            vec![],
-        );
-        let mut w1 = RouteCounters::default();
-        w1.sync(&table);
-        let mut w2 = w1.clone();
-        w1.get_mut(0).requests += 2;
-        w1.get_mut(0).count_response(200, 100);
-        w2.get_mut(0).requests += 1;
-        w2.get_mut(0).count_response(503, 5_000);
-        w2.get_mut(1).retries += 1;
-        let mut total = RouteCounters::default();
-        total.add(&w1);
-        total.add(&w2);
-        let mut out = String::new();
-        total.render(&mut out);
-        assert!(out.contains("route_api_requests 3\n"), "{out}");
-        assert!(out.contains("route_api_responses_2xx 1\n"));
-        assert!(out.contains("route_api_responses_5xx 1\n"));
-        assert!(out.contains("route_api_latency_us_lt_128 1\n"));
-        assert!(out.contains("route_api_latency_us_count 2\n"));
-        assert!(out.contains("route_web_retries 1\n"));
-        // A reload keeps counters of routes that keep their name.
-        w1.sync(&table);
-        assert_eq!(w1.get_mut(0).requests, 2);
     }
 
     #[test]

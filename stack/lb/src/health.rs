@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::{HealthCheck, PassivePolicy, micros};
-use crate::Instant;
+use ferrogate_net::Instant;
 
 /// What the proxy must probe now: connect to `addr` (and send the check's
 /// request for HTTP checks); report via `PoolState::record_result` by
