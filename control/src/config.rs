@@ -2149,17 +2149,18 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
         },
     };
     ec.cpus = e.cpus.clone();
-    ec.verify_rx_checksums = e.verify_rx_checksums;
+    ec.stack.net.verify_rx_checksums = e.verify_rx_checksums;
     ec.hugepages = e.hugepages;
     if e.listen_backlog.is_some() {
         tracing::warn!(
             "engine.listen_backlog has no effect and is ignored (engine.max_connections bounds accepted connections); remove it"
         );
     }
-    ec.max_connections = e.max_connections;
-    ec.tcp_buffer = *e.tcp_buffer.get_ref();
-    ec.gateway_v4 = gateway;
-    ec.max_request_body = cfg.limits.max_request_body_bytes;
+    ec.stack.net.max_connections = e.max_connections;
+    ec.stack.net.tcp_rx_buffer = *e.tcp_buffer.get_ref();
+    ec.stack.net.tcp_tx_buffer = *e.tcp_buffer.get_ref();
+    ec.stack.net.gateway_v4 = gateway;
+    ec.stack.max_request_body = cfg.limits.max_request_body_bytes;
     let mut access_log = None;
     if let Some(a) = &cfg.access_log {
         let path = a.path.get_ref().trim();
@@ -2189,12 +2190,11 @@ fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
     ec.fail_mode = fail_mode;
     let d = Timeouts::default();
     let ms = |v: Option<u64>, dflt: Duration| v.map(Duration::from_millis).unwrap_or(dflt);
-    ec.timeouts = Timeouts {
+    ec.stack.timeouts = Timeouts {
         client_header: ms(cfg.timeouts.client_header_ms, d.client_header),
         client_idle: ms(cfg.timeouts.client_idle_ms, d.client_idle),
         upstream_connect: ms(cfg.timeouts.upstream_connect_ms, d.upstream_connect),
         upstream_response: ms(cfg.timeouts.upstream_response_ms, d.upstream_response),
-        linger: d.linger,
     };
     Some(Compiled {
         netns: e.netns.clone(),
@@ -2301,7 +2301,7 @@ upstream = "origin"
                 .join("../configs")
                 .join(name);
             let c = load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(!c.engine.vips.is_empty());
+            assert!(!c.engine.vips().is_empty());
         }
         let c = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/filter.example.toml"))
             .unwrap();

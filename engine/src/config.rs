@@ -1,11 +1,11 @@
 //! What the engine needs to start: compiled by the control plane from TOML.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferrogate_ebpf::{AttachMode, FailMode, FilterRules};
-use ferrogate_stack::{RouteTable, Timeouts};
+use ferrogate_stack::{RouteTable, StackConfig};
 
 /// Which packet source to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,9 +86,12 @@ pub struct EngineConfig {
     pub queues: u32,
     pub backend: BackendChoice,
     pub xdp_mode: AttachMode,
-    /// Service addresses with prefix length; the stack owns them entirely.
-    pub vips: Vec<(IpAddr, u8)>,
-    pub gateway_v4: Option<Ipv4Addr>,
+    /// Every worker's stack settings: the service addresses (VIPs, which
+    /// the stack owns entirely: `stack.net.addresses`), gateway, buffers,
+    /// connection limit, body limit, timeouts. The engine sets the per-worker
+    /// parts itself: the MAC, the worker's share of `upstream_port_range`
+    /// and the random seed.
+    pub stack: StackConfig,
     pub routes: Arc<RouteTable>,
     pub batch_size: usize,
     pub polling: PollingMode,
@@ -97,12 +100,6 @@ pub struct EngineConfig {
     pub umem_frames: u32,
     pub ring_size: u32,
     pub hugepages: bool,
-    pub max_connections: usize,
-    pub tcp_buffer: usize,
-    pub verify_rx_checksums: bool,
-    /// Largest request body (413 above); 0 = no limit.
-    pub max_request_body: u64,
-    pub timeouts: Timeouts,
     /// Local ports upstream connections use, split evenly across workers.
     pub upstream_port_range: std::ops::Range<u16>,
     /// The XDP filter tier's rules (VIP traffic only).
@@ -124,8 +121,7 @@ impl EngineConfig {
             queues: 1,
             backend: BackendChoice::Auto,
             xdp_mode: AttachMode::Auto,
-            vips,
-            gateway_v4: None,
+            stack: StackConfig::new([0; 6], vips, 0..0),
             routes,
             batch_size: 64,
             polling: PollingMode::Adaptive {
@@ -135,11 +131,6 @@ impl EngineConfig {
             umem_frames: 4096,
             ring_size: 2048,
             hugepages: false,
-            max_connections: 16_384,
-            tcp_buffer: 64 * 1024,
-            verify_rx_checksums: true,
-            max_request_body: 0,
-            timeouts: Timeouts::default(),
             upstream_port_range: 32_768..61_000,
             filter: FilterRules::default(),
             fail_mode: FailMode::Open,
@@ -147,6 +138,11 @@ impl EngineConfig {
             access_log_queue: 0,
             dpdk: DpdkSettings::default(),
         }
+    }
+
+    /// Service addresses with their prefix length.
+    pub fn vips(&self) -> &[(IpAddr, u8)] {
+        &self.stack.net.addresses
     }
 }
 

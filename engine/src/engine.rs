@@ -10,7 +10,7 @@ use std::time::Instant as StdInstant;
 use arc_swap::ArcSwap;
 use ferrogate_ebpf::{VipAction, XdpFilter};
 use ferrogate_stack::access::{AccessQueue, AccessSink};
-use ferrogate_stack::{Instant, RouteTable, Stack, StackConfig};
+use ferrogate_stack::{Instant, RouteTable, Stack};
 use ferrogate_stack::{lb::UpstreamStats, route_stats::RouteCounters};
 
 use crate::afpacket::{AfPacketConfig, AfPacketSocket};
@@ -109,7 +109,7 @@ struct Opened {
 }
 
 fn vip_addrs(cfg: &EngineConfig) -> Vec<IpAddr> {
-    cfg.vips.iter().map(|(ip, _)| *ip).collect()
+    cfg.vips().iter().map(|(ip, _)| *ip).collect()
 }
 
 /// Decides each worker's CPU (hwloc plan for the NIC's node, or
@@ -350,7 +350,7 @@ impl Engine {
                 ferrogate_ebpf::MAX_QUEUES
             )));
         }
-        if cfg.vips.is_empty() {
+        if cfg.vips().is_empty() {
             return Err(EngineError::Config("at least one VIP is required".into()));
         }
         let mut cfg = cfg;
@@ -406,7 +406,7 @@ impl Engine {
             started: Started {
                 iface: cfg.iface.clone(),
                 queues: cfg.queues,
-                vips: cfg.vips.clone(),
+                vips: cfg.vips().to_vec(),
                 access_log: cfg.access_log_queue > 0,
                 routes: cfg.routes.clone(),
             },
@@ -424,20 +424,15 @@ impl Engine {
             dpdk: dpdk_port,
         };
         for (id, io) in ios.into_iter().enumerate().rev() {
-            let mut sc = StackConfig::new(mac, cfg.vips.clone(), ports.range_of(id));
-            sc.gateway_v4 = cfg.gateway_v4;
-            sc.max_connections = cfg.max_connections;
-            sc.tcp_rx_buffer = cfg.tcp_buffer;
-            sc.tcp_tx_buffer = cfg.tcp_buffer;
-            sc.verify_rx_checksums = cfg.verify_rx_checksums;
-            sc.timeouts = cfg.timeouts;
-            sc.max_request_body = cfg.max_request_body;
+            let mut sc = cfg.stack.clone();
+            sc.net.mac = mac;
+            sc.net.upstream_ports = ports.range_of(id);
             // Differs per start (wall clock, pid): request ids, and where
             // the upstream port allocator begins.
             let wall = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
-            sc.random_seed =
+            sc.net.random_seed =
                 (0x9e37_79b9_7f4a_7c15 ^ (id as u64) ^ wall ^ u64::from(std::process::id()) << 32)
                     .wrapping_mul(0xbf58_476d_1ce4_e5b9);
             let mut stack = Stack::new(sc, cfg.routes.clone(), Instant::from_micros(0))
@@ -515,7 +510,7 @@ impl Engine {
         if cfg.queues != self.started.queues {
             ignored.push("engine.queues");
         }
-        if cfg.vips != self.started.vips {
+        if cfg.vips() != self.started.vips.as_slice() {
             ignored.push("vips");
         }
         let ports = |t: &RouteTable| t.listeners.iter().map(|l| l.port).collect::<Vec<_>>();

@@ -1164,7 +1164,7 @@ impl<P: ProxyHttp> Conn<P> {
             fin_sent: false,
             left: DRAIN_MAX_BYTES,
         };
-        self.deadline = after(cx.now, cx.cfg.timeouts.linger);
+        self.deadline = cx.now + cx.cfg.net.linger;
     }
 
     fn drain(&mut self, cx: &mut Ctx<'_, P>) -> bool {

@@ -60,7 +60,7 @@ struct ProxyApp<P: ProxyHttp> {
 
 impl<P: ProxyHttp> App for ProxyApp<P> {
     fn can_accept(&self) -> bool {
-        self.active < self.cfg.max_connections
+        self.active < self.cfg.net.max_connections
     }
 
     fn accept(&mut self, _net: Streams<'_>, id: StreamId, port: u16) -> Option<Owner> {
@@ -227,9 +227,9 @@ impl<P: ProxyHttp> Stack<P> {
         phases: P,
     ) -> Result<Self, StackError> {
         let listen_ports = routes.listeners.iter().map(|l| l.port).collect();
-        let mut net = Net::new(cfg.net(), listen_ports, now)?;
+        let mut net = Net::new(cfg.net.clone(), listen_ports, now)?;
         net.set_neighbour_targets(endpoint_addresses(&routes));
-        let max = cfg.max_connections;
+        let max = cfg.net.max_connections;
         let app = ProxyApp {
             phases,
             conns: Vec::with_capacity(max),
@@ -237,7 +237,7 @@ impl<P: ProxyHttp> Stack<P> {
             active: 0,
             redrive: Vec::with_capacity(max),
             spare_bufs: Vec::with_capacity(max),
-            rr_cursor: cfg.random_seed as usize,
+            rr_cursor: cfg.net.random_seed as usize,
             registry: {
                 let mut r = UpstreamRegistry::new();
                 r.sync(&routes.upstreams, now);
@@ -252,7 +252,7 @@ impl<P: ProxyHttp> Stack<P> {
             request_seq: 0,
             access: AccessSink::default(),
             prober: Prober::default(),
-            id_tag: (cfg.random_seed ^ (cfg.random_seed >> 32)) as u32,
+            id_tag: (cfg.net.random_seed ^ (cfg.net.random_seed >> 32)) as u32,
             stats: StackStats::default(),
             routes,
             cfg,
@@ -298,7 +298,7 @@ impl<P: ProxyHttp> Stack<P> {
 
     /// Queues a received frame. False when the rx queue is full (counted);
     /// call `poll` after each burst so it never is. Each queued frame gets
-    /// one `rx_*` outcome when polled (`StackStats::rx_outcomes`).
+    /// one `rx_*` outcome when polled (`NetStats::rx_outcomes`).
     pub fn handle_frame(&mut self, frame: &[u8]) -> bool {
         self.net.handle_frame(frame)
     }
@@ -330,13 +330,13 @@ impl<P: ProxyHttp> Stack<P> {
         s.upstream_pool_stale = pc.stale;
         s.upstream_pool_expired = pc.expired;
         s.upstream_pool_evicted = pc.evicted;
-        s.set_net(self.net.stats());
+        s.net = *self.net.stats();
     }
 
     /// Hands each queued outgoing frame to `send`, oldest first.
     pub fn drain_tx(&mut self, send: impl FnMut(&[u8])) -> usize {
         let n = self.net.drain_tx(send);
-        self.app.stats.set_net(self.net.stats());
+        self.app.stats.net = *self.net.stats();
         n
     }
 

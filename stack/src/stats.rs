@@ -3,29 +3,10 @@
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StackStats {
-    /// Frames queued by `handle_frame`. Once polled, each has exactly one
-    /// outcome below: `rx_frames == rx_accounted()` (see [`Self::rx_outcomes`]).
-    pub rx_frames: u64,
-    /// Given to smoltcp: to a connection's or a new listening socket, or to
-    /// smoltcp's own protocols (ARP, ICMP, NDP; UDP answered unreachable).
-    pub rx_handed: u64,
-    /// TCP to one of our addresses that no socket takes (closed port, no
-    /// such connection, listener full): smoltcp answers it with RST.
-    pub rx_rst_no_socket: u64,
-    /// The same for a segment that is itself a RST: dropped, unanswered.
-    pub rx_drop_no_socket: u64,
-    /// Dropped before smoltcp, per [`crate::wire::RxDrop`] reason.
-    pub rx_drop_malformed: u64,
-    pub rx_drop_unknown_ethertype: u64,
-    pub rx_drop_vlan: u64,
-    pub rx_drop_not_for_us: u64,
-    pub rx_drop_fragment: u64,
-    pub rx_queue_full: u64,
-    pub tx_frames: u64,
-    pub tx_queue_full: u64,
-    pub accepted: u64,
+    /// The TCP/IP layer's counters (frames in and out, each received
+    /// frame's outcome, accepts, sockets).
+    pub net: crate::net::NetStats,
     pub active_connections: u64,
-    pub overload_rejected: u64,
     pub requests: u64,
     pub responses_local: u64,
     /// Responses by status class: index 1 = 1xx ... 5 = 5xx.
@@ -50,11 +31,6 @@ pub struct StackStats {
     pub retries: u64,
     pub bad_requests: u64,
     pub client_aborts: u64,
-    pub sockets_created: u64,
-    /// smoltcp polls of a connection's socket (one ingress frame, or one
-    /// egress attempt): the stack's per-event work, independent of how many
-    /// connections are open.
-    pub socket_polls: u64,
     /// Runs of a connection's proxy state machine.
     pub conn_drives: u64,
     /// TLS handshakes completed without / with session resumption.
@@ -87,64 +63,10 @@ impl StackStats {
         }
     }
 
-    /// Takes the TCP/IP layer's counters (it owns them; this struct is
-    /// what the engine publishes).
-    pub fn set_net(&mut self, n: &crate::net::NetStats) {
-        self.rx_frames = n.rx_frames;
-        self.rx_handed = n.rx_handed;
-        self.rx_rst_no_socket = n.rx_rst_no_socket;
-        self.rx_drop_no_socket = n.rx_drop_no_socket;
-        self.rx_drop_malformed = n.rx_drop_malformed;
-        self.rx_drop_unknown_ethertype = n.rx_drop_unknown_ethertype;
-        self.rx_drop_vlan = n.rx_drop_vlan;
-        self.rx_drop_not_for_us = n.rx_drop_not_for_us;
-        self.rx_drop_fragment = n.rx_drop_fragment;
-        self.rx_queue_full = n.rx_queue_full;
-        self.tx_frames = n.tx_frames;
-        self.tx_queue_full = n.tx_queue_full;
-        self.accepted = n.accepted;
-        self.overload_rejected = n.overload_rejected;
-        self.sockets_created = n.sockets_created;
-        self.socket_polls = n.socket_polls;
-    }
-
-    /// The outcome of every polled frame, by name: they sum to `rx_frames`
-    /// once the rx queue is empty.
-    pub fn rx_outcomes(&self) -> [(&'static str, u64); 8] {
-        [
-            ("rx_handed", self.rx_handed),
-            ("rx_rst_no_socket", self.rx_rst_no_socket),
-            ("rx_drop_no_socket", self.rx_drop_no_socket),
-            ("rx_drop_malformed", self.rx_drop_malformed),
-            ("rx_drop_unknown_ethertype", self.rx_drop_unknown_ethertype),
-            ("rx_drop_vlan", self.rx_drop_vlan),
-            ("rx_drop_not_for_us", self.rx_drop_not_for_us),
-            ("rx_drop_fragment", self.rx_drop_fragment),
-        ]
-    }
-
-    /// Frames with an outcome (see [`Self::rx_outcomes`]).
-    pub fn rx_accounted(&self) -> u64 {
-        self.rx_outcomes().iter().map(|(_, v)| v).sum()
-    }
-
     /// Field-wise sum, for totals across workers.
     pub fn add(&mut self, o: &StackStats) {
-        self.rx_frames += o.rx_frames;
-        self.rx_handed += o.rx_handed;
-        self.rx_rst_no_socket += o.rx_rst_no_socket;
-        self.rx_drop_no_socket += o.rx_drop_no_socket;
-        self.rx_drop_malformed += o.rx_drop_malformed;
-        self.rx_drop_unknown_ethertype += o.rx_drop_unknown_ethertype;
-        self.rx_drop_vlan += o.rx_drop_vlan;
-        self.rx_drop_not_for_us += o.rx_drop_not_for_us;
-        self.rx_drop_fragment += o.rx_drop_fragment;
-        self.rx_queue_full += o.rx_queue_full;
-        self.tx_frames += o.tx_frames;
-        self.tx_queue_full += o.tx_queue_full;
-        self.accepted += o.accepted;
+        self.net.add(&o.net);
         self.active_connections += o.active_connections;
-        self.overload_rejected += o.overload_rejected;
         self.requests += o.requests;
         self.responses_local += o.responses_local;
         for (a, b) in self.responses_by_class.iter_mut().zip(o.responses_by_class) {
@@ -162,8 +84,6 @@ impl StackStats {
         self.retries += o.retries;
         self.bad_requests += o.bad_requests;
         self.client_aborts += o.client_aborts;
-        self.sockets_created += o.sockets_created;
-        self.socket_polls += o.socket_polls;
         self.conn_drives += o.conn_drives;
         self.tls_handshakes_full += o.tls_handshakes_full;
         self.tls_handshakes_resumed += o.tls_handshakes_resumed;
@@ -178,22 +98,9 @@ impl StackStats {
 
     /// Name/value pairs in a stable order, for printing and metrics.
     pub fn fields(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("rx_frames", self.rx_frames),
-            ("rx_handed", self.rx_handed),
-            ("rx_rst_no_socket", self.rx_rst_no_socket),
-            ("rx_drop_no_socket", self.rx_drop_no_socket),
-            ("rx_drop_malformed", self.rx_drop_malformed),
-            ("rx_drop_unknown_ethertype", self.rx_drop_unknown_ethertype),
-            ("rx_drop_vlan", self.rx_drop_vlan),
-            ("rx_drop_not_for_us", self.rx_drop_not_for_us),
-            ("rx_drop_fragment", self.rx_drop_fragment),
-            ("rx_queue_full", self.rx_queue_full),
-            ("tx_frames", self.tx_frames),
-            ("tx_queue_full", self.tx_queue_full),
-            ("accepted", self.accepted),
+        let mut v = self.net.fields().to_vec();
+        v.extend([
             ("active_connections", self.active_connections),
-            ("overload_rejected", self.overload_rejected),
             ("requests", self.requests),
             ("responses_local", self.responses_local),
             ("responses_2xx", self.responses_by_class[2]),
@@ -212,8 +119,6 @@ impl StackStats {
             ("retries", self.retries),
             ("bad_requests", self.bad_requests),
             ("client_aborts", self.client_aborts),
-            ("sockets_created", self.sockets_created),
-            ("socket_polls", self.socket_polls),
             ("conn_drives", self.conn_drives),
             ("tls_handshakes_full", self.tls_handshakes_full),
             ("tls_handshakes_resumed", self.tls_handshakes_resumed),
@@ -224,6 +129,7 @@ impl StackStats {
             ("access_log_queued", self.access_log_queued),
             ("access_log_dropped", self.access_log_dropped),
             ("early_responses", self.early_responses),
-        ]
+        ]);
+        v
     }
 }

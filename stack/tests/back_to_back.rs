@@ -1033,7 +1033,7 @@ fn many_connections_recycle_sockets_and_ports() {
     );
     // Sockets are reused: far fewer created than the 200 connections served.
     assert!(
-        lab.edge.stats().sockets_created < 120,
+        lab.edge.stats().net.sockets_created < 120,
         "{:?}",
         lab.edge.stats()
     );
@@ -1107,8 +1107,8 @@ fn keepalive_work(lab: &mut Lab, n: usize) -> (f64, std::time::Duration) {
         after.upstream_connects, before.upstream_connects,
         "kept alive"
     );
-    let work =
-        (after.socket_polls - before.socket_polls) + (after.conn_drives - before.conn_drives);
+    let work = (after.net.socket_polls - before.net.socket_polls)
+        + (after.conn_drives - before.conn_drives);
     (work as f64 / n as f64, wall)
 }
 
@@ -1118,10 +1118,10 @@ fn idle_lab() -> Lab {
         // 10,000 of them cheap.
         cfg.timeouts.client_header = std::time::Duration::from_secs(3_600);
         cfg.timeouts.client_idle = std::time::Duration::from_secs(3_600);
-        cfg.tcp_rx_buffer = 4 * 1024;
-        cfg.tcp_tx_buffer = 4 * 1024;
+        cfg.net.tcp_rx_buffer = 4 * 1024;
+        cfg.net.tcp_tx_buffer = 4 * 1024;
         cfg.head_buffer = 2 * 1024;
-        cfg.rx_queue_frames = 1024;
+        cfg.net.rx_queue_frames = 1024;
     })
 }
 
@@ -1136,7 +1136,7 @@ fn idle_connections_cost_nothing_per_request() {
     let mut busy = idle_lab();
     let _idle = open_idle_connections(&mut busy, IDLE);
     assert_eq!(busy.edge.active_connections(), IDLE);
-    assert_eq!(busy.edge.stats().accepted, IDLE as u64);
+    assert_eq!(busy.edge.stats().net.accepted, IDLE as u64);
     let (work_n, wall_n) = keepalive_work(&mut busy, REQUESTS);
     assert_eq!(
         busy.edge.active_connections(),
@@ -1161,7 +1161,7 @@ fn idle_connections_cost_nothing_per_request() {
 
 #[test]
 fn connection_limit_refuses_with_rst_and_slots_are_reused() {
-    let mut lab = Lab::with_config(Origin::Refusing, |cfg| cfg.max_connections = 4);
+    let mut lab = Lab::with_config(Origin::Refusing, |cfg| cfg.net.max_connections = 4);
     let conns: Vec<_> = (0..5).map(|_| lab.connect()).collect();
     for _ in 0..10 {
         lab.step(1);
@@ -1173,10 +1173,10 @@ fn connection_limit_refuses_with_rst_and_slots_are_reused() {
         .filter(|c| lab.client_state(*c) == tcp::State::Closed)
         .collect();
     assert_eq!(refused.len(), 1, "{states:?}");
-    assert_eq!(lab.edge.stats().overload_rejected, 1);
-    assert_eq!(lab.edge.stats().accepted, 4);
+    assert_eq!(lab.edge.stats().net.overload_rejected, 1);
+    assert_eq!(lab.edge.stats().net.accepted, 4);
     assert_eq!(lab.edge.active_connections(), 4);
-    let created = lab.edge.stats().sockets_created;
+    let created = lab.edge.stats().net.sockets_created;
     assert_eq!(created, 4, "a refused SYN takes no socket");
 
     // Closing one frees its slot for a newcomer, on the same socket.
@@ -1195,8 +1195,12 @@ fn connection_limit_refuses_with_rst_and_slots_are_reused() {
     let r = lab.exchange(c, b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.status, 200);
     assert_eq!(lab.edge.active_connections(), 4);
-    assert_eq!(lab.edge.stats().sockets_created, created, "socket reused");
-    assert_eq!(lab.edge.stats().overload_rejected, 1);
+    assert_eq!(
+        lab.edge.stats().net.sockets_created,
+        created,
+        "socket reused"
+    );
+    assert_eq!(lab.edge.stats().net.overload_rejected, 1);
     // The others still work.
     let r = lab.exchange(open[1], b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.status, 200);
@@ -1344,8 +1348,8 @@ fn every_received_frame_is_handed_to_smoltcp_or_counted_under_one_reason() {
         assert!(lab.edge.handle_frame(frame), "{what}: queued");
         lab.edge.poll(now);
         let after = *lab.edge.stats();
-        assert_eq!(after.rx_frames, before.rx_frames + 1, "{what}");
-        for ((name, b), (_, a)) in before.rx_outcomes().iter().zip(after.rx_outcomes()) {
+        assert_eq!(after.net.rx_frames, before.net.rx_frames + 1, "{what}");
+        for ((name, b), (_, a)) in before.net.rx_outcomes().iter().zip(after.net.rx_outcomes()) {
             let want = u64::from(name == expected);
             assert_eq!(a - b, want, "{what}: {name} (expected only {expected})");
         }
@@ -1364,12 +1368,17 @@ fn every_received_frame_is_handed_to_smoltcp_or_counted_under_one_reason() {
         }
     }
     let s = lab.edge.stats();
-    assert_eq!(s.accepted, 1);
-    assert_eq!(s.rx_frames, cases.len() as u64);
-    assert_eq!(s.rx_frames, s.rx_accounted(), "{:?}", s.rx_outcomes());
+    assert_eq!(s.net.accepted, 1);
+    assert_eq!(s.net.rx_frames, cases.len() as u64);
+    assert_eq!(
+        s.net.rx_frames,
+        s.net.rx_accounted(),
+        "{:?}",
+        s.net.rx_outcomes()
+    );
     // Exported like every stack counter.
     let names: Vec<_> = s.fields().iter().map(|(n, _)| *n).collect();
-    for (name, _) in s.rx_outcomes() {
+    for (name, _) in s.net.rx_outcomes() {
         assert!(names.contains(&name), "{name} not in fields()");
     }
 }

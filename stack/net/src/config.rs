@@ -26,3 +26,24 @@ pub struct NetConfig {
     pub linger: Duration,
     pub random_seed: u64,
 }
+
+impl NetConfig {
+    /// Defaults for everything but the interface's MAC, its addresses and
+    /// the local ports of outgoing connections.
+    pub fn new(mac: [u8; 6], addresses: Vec<(IpAddr, u8)>, upstream_ports: Range<u16>) -> Self {
+        Self {
+            mac,
+            addresses,
+            gateway_v4: None,
+            upstream_ports,
+            max_connections: 16_384,
+            tcp_rx_buffer: 64 * 1024,
+            tcp_tx_buffer: 64 * 1024,
+            rx_queue_frames: 512,
+            tx_queue_frames: 1024,
+            verify_rx_checksums: true,
+            linger: Duration::from_secs(5),
+            random_seed: 0x6665_7272_6f67_6174,
+        }
+    }
+}

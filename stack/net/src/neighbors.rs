@@ -109,20 +109,11 @@ mod tests {
 
     #[test]
     fn on_link_targets_use_the_matching_address() {
-        let cfg = NetConfig {
-            mac: [2, 0, 0, 0, 0, 1],
-            addresses: vec![("10.77.0.10".parse().unwrap(), 24)],
-            gateway_v4: None,
-            upstream_ports: 40_000..41_000,
-            max_connections: 16,
-            tcp_rx_buffer: 4096,
-            tcp_tx_buffer: 4096,
-            rx_queue_frames: 16,
-            tx_queue_frames: 16,
-            verify_rx_checksums: true,
-            linger: Duration::from_secs(1),
-            random_seed: 1,
-        };
+        let cfg = NetConfig::new(
+            [2, 0, 0, 0, 0, 1],
+            vec![("10.77.0.10".parse().unwrap(), 24)],
+            40_000..41_000,
+        );
         assert_eq!(
             on_link_source(&cfg, "10.77.0.3".parse().unwrap()),
             Some("10.77.0.10".parse().unwrap())

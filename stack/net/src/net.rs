@@ -98,6 +98,69 @@ pub struct NetStats {
 }
 
 impl NetStats {
+    /// The outcome of every polled frame, by name: they sum to `rx_frames`
+    /// once the rx queue is empty.
+    pub fn rx_outcomes(&self) -> [(&'static str, u64); 8] {
+        [
+            ("rx_handed", self.rx_handed),
+            ("rx_rst_no_socket", self.rx_rst_no_socket),
+            ("rx_drop_no_socket", self.rx_drop_no_socket),
+            ("rx_drop_malformed", self.rx_drop_malformed),
+            ("rx_drop_unknown_ethertype", self.rx_drop_unknown_ethertype),
+            ("rx_drop_vlan", self.rx_drop_vlan),
+            ("rx_drop_not_for_us", self.rx_drop_not_for_us),
+            ("rx_drop_fragment", self.rx_drop_fragment),
+        ]
+    }
+
+    /// Frames with an outcome (see [`Self::rx_outcomes`]).
+    pub fn rx_accounted(&self) -> u64 {
+        self.rx_outcomes().iter().map(|(_, v)| v).sum()
+    }
+
+    /// Name/value pairs in a stable order, for printing and metrics.
+    pub fn fields(&self) -> [(&'static str, u64); 16] {
+        let o = self.rx_outcomes();
+        [
+            ("rx_frames", self.rx_frames),
+            o[0],
+            o[1],
+            o[2],
+            o[3],
+            o[4],
+            o[5],
+            o[6],
+            o[7],
+            ("rx_queue_full", self.rx_queue_full),
+            ("tx_frames", self.tx_frames),
+            ("tx_queue_full", self.tx_queue_full),
+            ("accepted", self.accepted),
+            ("overload_rejected", self.overload_rejected),
+            ("sockets_created", self.sockets_created),
+            ("socket_polls", self.socket_polls),
+        ]
+    }
+
+    /// Field-wise sum, for totals across workers.
+    pub fn add(&mut self, o: &NetStats) {
+        self.rx_frames += o.rx_frames;
+        self.rx_handed += o.rx_handed;
+        self.rx_rst_no_socket += o.rx_rst_no_socket;
+        self.rx_drop_no_socket += o.rx_drop_no_socket;
+        self.rx_drop_malformed += o.rx_drop_malformed;
+        self.rx_drop_unknown_ethertype += o.rx_drop_unknown_ethertype;
+        self.rx_drop_vlan += o.rx_drop_vlan;
+        self.rx_drop_not_for_us += o.rx_drop_not_for_us;
+        self.rx_drop_fragment += o.rx_drop_fragment;
+        self.rx_queue_full += o.rx_queue_full;
+        self.tx_frames += o.tx_frames;
+        self.tx_queue_full += o.tx_queue_full;
+        self.accepted += o.accepted;
+        self.overload_rejected += o.overload_rejected;
+        self.sockets_created += o.sockets_created;
+        self.socket_polls += o.socket_polls;
+    }
+
     fn count_rx_drop(&mut self, why: RxDrop) {
         match why {
             RxDrop::Malformed => self.rx_drop_malformed += 1,
