@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferrogate_stack::access::AccessQueue;
+use ferrogate_proxy::access::AccessQueue;
 
 use crate::config::AccessLogTarget;
 
@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn writes_every_queued_record_as_one_json_line() {
-        use ferrogate_stack::access::AccessRecord;
+        use ferrogate_proxy::access::AccessRecord;
         let dir = std::env::temp_dir().join(format!("fg-access-{}", std::process::id()));
         let path = dir.join("a.log");
         let q = Arc::new(AccessQueue::new(64));

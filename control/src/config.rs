@@ -12,12 +12,12 @@ use ferrogate_ebpf::{
     AttachMode, CidrAction, CidrRule, FailMode, FilterRules, L4Rule, RateKey, RateRule,
 };
 use ferrogate_engine::{BackendChoice, EngineConfig, PollingMode};
-use ferrogate_stack::http::head::valid_host;
-use ferrogate_stack::lb::{
+use ferrogate_proxy::http::head::valid_host;
+use ferrogate_proxy::lb::{
     Balancer, BreakerPolicy, CheckKind, Endpoint, HashOn, HealthCheck, MAX_ENDPOINTS,
     PassivePolicy, PoolPolicy, RetryPolicy, UpstreamTimeouts,
 };
-use ferrogate_stack::{
+use ferrogate_proxy::{
     DirectResponse, HeaderMatch, Listener, PathMatch, QueryMatch, Route, RouteAction, RouteTable,
     Timeouts, Upstream,
 };
@@ -1179,8 +1179,8 @@ fn check_upstream_tls(
     i: usize,
     u: &UpstreamSection,
     rep: &mut Reporter<'_>,
-) -> Option<ferrogate_stack::tls::UpstreamTls> {
-    use ferrogate_stack::tls::{CertError, TlsConfigError, UpstreamTls, UpstreamTlsConfig};
+) -> Option<ferrogate_proxy::tls::UpstreamTls> {
+    use ferrogate_proxy::tls::{CertError, TlsConfigError, UpstreamTls, UpstreamTlsConfig};
     let f = format!("upstreams[{i}]");
     let on = u.tls.as_ref().is_some_and(|t| *t.get_ref());
     let insecure = u
@@ -1654,8 +1654,8 @@ fn check_listener_tls(
     i: usize,
     l: &ListenerSection,
     rep: &mut Reporter<'_>,
-) -> Option<ferrogate_stack::tls::ListenerTls> {
-    use ferrogate_stack::tls::{
+) -> Option<ferrogate_proxy::tls::ListenerTls> {
+    use ferrogate_proxy::tls::{
         CertSpec, ClientAuth, IdentityHeaders, ListenerTls, MinVersion, TlsListenerConfig,
         TlsServer, load_certified_key, provider,
     };
@@ -1716,7 +1716,7 @@ fn check_listener_tls(
         rep.uses(&spec.cert);
         rep.uses(&spec.key);
         if let Err(e) = load_certified_key(&spec.cert, &spec.key, &provider) {
-            use ferrogate_stack::tls::CertError;
+            use ferrogate_proxy::tls::CertError;
             let (sp, f) = match &e {
                 CertError::Key { .. } => (cs.key.span(), format!("{cf}.key")),
                 _ => (cs.cert.span(), format!("{cf}.cert")),
@@ -1838,10 +1838,10 @@ fn check_listener_tls(
         }
         Err(e) => {
             let f = match &e {
-                ferrogate_stack::tls::TlsConfigError::Cert(
-                    ferrogate_stack::tls::CertError::Ca { .. },
+                ferrogate_proxy::tls::TlsConfigError::Cert(
+                    ferrogate_proxy::tls::CertError::Ca { .. },
                 )
-                | ferrogate_stack::tls::TlsConfigError::Verifier(_) => {
+                | ferrogate_proxy::tls::TlsConfigError::Verifier(_) => {
                     format!("{field}.client_ca")
                 }
                 _ => field.clone(),
@@ -2502,18 +2502,18 @@ upstream = "origin""#,
         let c = compiled(&text);
         let l = &c.engine.routes.listeners[0];
         let h = [
-            ferrogate_stack::http::Header {
+            ferrogate_proxy::http::Header {
                 name: "x-env",
                 value: b"canary",
             },
-            ferrogate_stack::http::Header {
+            ferrogate_proxy::http::Header {
                 name: "x-trace",
                 value: b"1",
             },
         ];
-        let req = |m, host, target, hs: &[ferrogate_stack::http::Header<'_>]| {
-            let hs = ferrogate_stack::http::Headers::from_list(hs);
-            l.route_request(&ferrogate_stack::RequestView::new(m, host, target, hs))
+        let req = |m, host, target, hs: &[ferrogate_proxy::http::Header<'_>]| {
+            let hs = ferrogate_proxy::http::Headers::from_list(hs);
+            l.route_request(&ferrogate_proxy::RequestView::new(m, host, target, hs))
                 .map(|r| r.name.clone())
         };
         assert_eq!(

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use ferrogate_engine::EngineStats;
-use ferrogate_stack::lb::LatencyHistogram;
+use ferrogate_proxy::lb::LatencyHistogram;
 
 /// Snapshot facts that are not in `EngineStats`.
 pub struct Info<'a> {
@@ -209,10 +209,10 @@ pub fn render(st: &EngineStats, info: &Info<'_>) -> String {
         );
         for (k, v) in w.stack.fields() {
             if is_gauge(k) {
-                f.gauge(&format!("ferrogate_stack_{k}"), "stack gauge", &l[..1], v);
+                f.gauge(&format!("ferrogate_proxy_{k}"), "stack gauge", &l[..1], v);
             } else {
                 f.counter(
-                    &format!("ferrogate_stack_{k}_total"),
+                    &format!("ferrogate_proxy_{k}_total"),
                     "stack counter",
                     &l[..1],
                     v,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrogate_ebpf::{AttachMode, FailMode, FilterRules};
-use ferrogate_stack::{RouteTable, StackConfig};
+use ferrogate_proxy::{RouteTable, StackConfig};
 
 /// Which packet source to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

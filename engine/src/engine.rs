@@ -9,9 +9,9 @@ use std::time::Instant as StdInstant;
 
 use arc_swap::ArcSwap;
 use ferrogate_ebpf::{VipAction, XdpFilter};
-use ferrogate_stack::access::{AccessQueue, AccessSink};
-use ferrogate_stack::{Instant, RouteTable, Stack};
-use ferrogate_stack::{lb::UpstreamStats, route_stats::RouteCounters};
+use ferrogate_proxy::access::{AccessQueue, AccessSink};
+use ferrogate_proxy::{Instant, RouteTable, Stack};
+use ferrogate_proxy::{lb::UpstreamStats, route_stats::RouteCounters};
 
 use crate::afpacket::{AfPacketConfig, AfPacketSocket};
 use crate::afxdp::{AfXdpConfig, AfXdpSocket};
@@ -38,7 +38,7 @@ pub enum EngineError {
     #[error("worker {worker}: stack: {source}")]
     Stack {
         worker: usize,
-        source: ferrogate_stack::StackError,
+        source: ferrogate_proxy::StackError,
     },
     #[error("invalid engine config: {0}")]
     Config(String),

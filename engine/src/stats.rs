@@ -3,8 +3,8 @@
 
 use std::sync::Mutex;
 
-use ferrogate_stack::StackStats;
-use ferrogate_stack::{lb::UpstreamStats, route_stats::RouteCounters};
+use ferrogate_proxy::StackStats;
+use ferrogate_proxy::{lb::UpstreamStats, route_stats::RouteCounters};
 
 use crate::io::IoStats;
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant as StdInstant};
 
 use arc_swap::ArcSwap;
-use ferrogate_stack::{Instant, RouteTable, Stack};
+use ferrogate_proxy::{Instant, RouteTable, Stack};
 use ferrogate_wire::{self as wire, FrameClass};
 
 use crate::config::{PollingMode, PortPlan};
@@ -296,6 +296,6 @@ impl Worker {
     }
 }
 
-fn smoltcp_ms(ms: u64) -> ferrogate_stack::Duration {
-    ferrogate_stack::Duration::from_millis(ms)
+fn smoltcp_ms(ms: u64) -> ferrogate_proxy::Duration {
+    ferrogate_proxy::Duration::from_millis(ms)
 }

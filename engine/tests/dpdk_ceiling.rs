@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use ferrogate_dpdk_sys as sys;
 use ferrogate_engine::{BackendChoice, DpdkSettings, Engine, EngineConfig, PollingMode};
-use ferrogate_stack::RouteTable;
+use ferrogate_proxy::RouteTable;
 
 const VIP: [u8; 4] = [10, 99, 0, 1];
 const GEN_IP: [u8; 4] = [10, 99, 0, 2];

@@ -5,8 +5,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use ferrogate_stack::lb::Endpoint;
-use ferrogate_stack::{
+use ferrogate_proxy::lb::Endpoint;
+use ferrogate_proxy::{
     DirectResponse, Instant, Listener, PathMatch, PoolPolicy, ProxyHttp, Route, RouteAction,
     RouteTable, Stack, StackConfig, StandardPhases, Upstream,
 };
@@ -737,7 +737,7 @@ fn pool_at_its_idle_limit_closes_the_surplus() {
 #[test]
 fn ejected_endpoint_takes_its_idle_connections_out_of_the_pool() {
     let mut lab = pool_lab(|p| {
-        p.passive = Some(ferrogate_stack::lb::PassivePolicy {
+        p.passive = Some(ferrogate_proxy::lb::PassivePolicy {
             consecutive_failures: 1,
             eject: std::time::Duration::from_secs(30),
         })
@@ -1387,7 +1387,7 @@ fn every_received_frame_is_handed_to_smoltcp_or_counted_under_one_reason() {
 
 mod tls {
     use super::*;
-    use ferrogate_stack::tls::{
+    use ferrogate_proxy::tls::{
         CertSpec, ClientAuth, IdentityHeaders, ListenerTls, TlsListenerConfig, TlsServer,
     };
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -1495,7 +1495,7 @@ mod tls {
         roots
             .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
             .unwrap();
-        let b = ClientConfig::builder_with_provider(ferrogate_stack::tls::provider())
+        let b = ClientConfig::builder_with_provider(ferrogate_proxy::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots);
@@ -1801,11 +1801,11 @@ fn tls_zero_inner_plaintext_after_the_handshake_gets_a_fin_without_alert() {
 /// A lab whose origin serves TLS with a certificate for 10.0.0.3 from
 /// `origin_ca`; the pool trusts `trusted` (its PEM).
 fn upstream_tls_lab(origin_ca: &tls::Ca, trusted: &tls::Ca) -> Lab {
-    use ferrogate_stack::tls::UpstreamTls;
+    use ferrogate_proxy::tls::UpstreamTls;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let (cert, key) = tls::leaf(origin_ca, "origin", &["10.0.0.3"]);
-    let server = rustls::ServerConfig::builder_with_provider(ferrogate_stack::tls::provider())
+    let server = rustls::ServerConfig::builder_with_provider(ferrogate_proxy::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
@@ -1888,7 +1888,7 @@ fn tls_upstream_with_a_certificate_from_another_ca_gets_502() {
 /// connection is closed; none reaches the client as an origin answer.
 #[test]
 fn every_bad_request_in_the_corpus_gets_400_or_501_and_close() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/http-bad");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpus/http-bad");
     let mut cases: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -1933,10 +1933,10 @@ mod custom_phases {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    use ferrogate_stack::access::AccessRecord;
-    use ferrogate_stack::http::{HeaderLines, ResponseView};
-    use ferrogate_stack::phases::{self, RequestInfo, ResponseInfo, Verdict};
-    use ferrogate_stack::{ProxyError, Route};
+    use ferrogate_proxy::access::AccessRecord;
+    use ferrogate_proxy::http::{HeaderLines, ResponseView};
+    use ferrogate_proxy::phases::{self, RequestInfo, ResponseInfo, Verdict};
+    use ferrogate_proxy::{ProxyError, Route};
 
     use super::*;
 
