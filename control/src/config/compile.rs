@@ -1,0 +1,350 @@
+//! The one compile step: a parsed file, validated section by section, into
+//! the engine's config (which carries the stack's and the routing snapshot).
+
+use super::*;
+
+pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled> {
+    let e = &cfg.engine;
+    if *e.queues.get_ref() == 0 || *e.queues.get_ref() > ferrogate_ebpf::MAX_QUEUES {
+        rep.at(
+            e.queues.span(),
+            "engine.queues",
+            format!("must be 1..={}", ferrogate_ebpf::MAX_QUEUES),
+        );
+    }
+    if !(1..=1024).contains(e.batch_size.get_ref()) {
+        rep.at(e.batch_size.span(), "engine.batch_size", "must be 1..=1024");
+    }
+    if !(4096..=16 * 1024 * 1024).contains(e.tcp_buffer.get_ref()) {
+        rep.at(
+            e.tcp_buffer.span(),
+            "engine.tcp_buffer",
+            "must be 4096..=16777216 bytes",
+        );
+    }
+    if e.interface.is_empty() || e.interface.len() > 15 {
+        rep.at(
+            0..0,
+            "engine.interface",
+            "must be an interface name of 1..=15 characters",
+        );
+    }
+
+    let mut vips = Vec::new();
+    if cfg.vips.is_empty() {
+        rep.at(0..0, "vips", "at least one service address is required");
+    }
+    for (i, v) in cfg.vips.iter().enumerate() {
+        match parse_cidr(v.get_ref()) {
+            Some(c) => vips.push(c),
+            None => rep.at(
+                v.span(),
+                format!("vips[{i}]"),
+                format!(
+                    "{:?} is not an address/prefix like 10.0.0.10/24",
+                    v.get_ref()
+                ),
+            ),
+        }
+    }
+    let gateway = cfg
+        .gateway
+        .as_ref()
+        .and_then(|g| match g.get_ref().parse::<Ipv4Addr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                rep.at(
+                    g.span(),
+                    "gateway",
+                    format!("{:?} is not an IPv4 address", g.get_ref()),
+                );
+                None
+            }
+        });
+
+    let mut pools: Vec<(String, Arc<Upstream>)> = Vec::new();
+    for (i, u) in cfg.upstreams.iter().enumerate() {
+        let name = u.name.get_ref().clone();
+        if pools.iter().any(|(n, _)| *n == name) {
+            rep.at(
+                u.name.span(),
+                format!("upstreams[{i}].name"),
+                format!("duplicate upstream {name:?}"),
+            );
+        }
+        let (eps, policy) = check_upstream(i, u, rep);
+        let index = pools.len();
+        let mut pool = Upstream::new(name.clone(), index, &eps, policy);
+        if let Some(tls) = check_upstream_tls(i, u, rep) {
+            pool = pool.with_tls(tls);
+        }
+        match (&u.host, &u.sni) {
+            (Some(h), _) if h.get_ref().is_empty() || !valid_host(h.get_ref().as_bytes()) => {
+                rep.at(
+                    h.span(),
+                    format!("upstreams[{i}].host"),
+                    format!("{:?} is not host[:port]", h.get_ref()),
+                );
+            }
+            (Some(h), _) => pool = pool.with_host(h.get_ref().as_str()),
+            (None, Some(sni)) if pool.tls.is_some() => {
+                pool = pool.with_host(sni.get_ref().as_str())
+            }
+            _ => {}
+        }
+        pools.push((name, Arc::new(pool)));
+    }
+
+    let mut listeners = Vec::new();
+    let mut ports = HashSet::new();
+    let mut route_names = HashSet::new();
+    if cfg.listeners.is_empty() {
+        rep.at(0..0, "listeners", "at least one listener is required");
+    }
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let port = *l.port.get_ref();
+        if port == 0 || !ports.insert(port) {
+            rep.at(
+                l.port.span(),
+                format!("listeners[{i}].port"),
+                format!("port {port} is zero or used twice"),
+            );
+        }
+        if (32_768..61_000).contains(&port) {
+            rep.at(
+                l.port.span(),
+                format!("listeners[{i}].port"),
+                "lies in the upstream port range 32768..61000",
+            );
+        }
+        let mut routes = Vec::new();
+        for (j, r) in l.routes.iter().enumerate() {
+            let field = format!("listeners[{i}].routes[{j}]");
+            let name = match &r.name {
+                Some(n) => {
+                    if !route_names.insert(n.get_ref().clone()) {
+                        rep.at(
+                            n.span(),
+                            format!("{field}.name"),
+                            format!(
+                                "duplicate route name {:?} (counters are kept by name)",
+                                n.get_ref()
+                            ),
+                        );
+                    }
+                    n.get_ref().clone()
+                }
+                None => format!("{port}:{j}"),
+            };
+            let anchor = r
+                .upstream
+                .as_ref()
+                .map(|u| u.span())
+                .or_else(|| r.respond.as_ref().map(|x| x.span()))
+                .unwrap_or(0..0);
+            let path = check_path(r, &field, anchor.clone(), rep);
+            let action = match (&r.upstream, &r.respond) {
+                (Some(u), None) => match pools.iter().find(|(n, _)| n == u.get_ref()) {
+                    Some((_, p)) => Some(RouteAction::Proxy(p.clone())),
+                    None => {
+                        rep.at(
+                            u.span(),
+                            format!("{field}.upstream"),
+                            format!("no upstream named {:?}", u.get_ref()),
+                        );
+                        None
+                    }
+                },
+                (None, Some(resp)) => {
+                    let d = resp.get_ref();
+                    if !(200..=599).contains(&d.status) {
+                        rep.at(
+                            resp.span(),
+                            format!("{field}.respond.status"),
+                            "must be 200..=599",
+                        );
+                    }
+                    if d.body.len() > MAX_DIRECT_BODY {
+                        rep.at(
+                            resp.span(),
+                            format!("{field}.respond.body"),
+                            format!("longer than {MAX_DIRECT_BODY} bytes"),
+                        );
+                    }
+                    Some(RouteAction::Respond(Arc::new(DirectResponse {
+                        status: d.status,
+                        content_type: d.content_type.clone(),
+                        body: d.body.clone().into_bytes(),
+                    })))
+                }
+                _ => {
+                    rep.at(
+                        anchor.clone(),
+                        field.clone(),
+                        "needs exactly one of `upstream` or `respond`",
+                    );
+                    None
+                }
+            };
+            let mut methods = Vec::new();
+            for (k, m) in r.methods.iter().enumerate() {
+                let v = m.get_ref();
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+                {
+                    rep.at(
+                        m.span(),
+                        format!("{field}.methods[{k}]"),
+                        format!("{v:?} is not an upper-case method like GET (methods are case-sensitive)"),
+                    );
+                }
+                methods.push(v.clone());
+            }
+            let headers = r
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    if !is_token(k) {
+                        rep.at(
+                            v.span(),
+                            format!("{field}.headers.{k}"),
+                            format!("{k:?} is not a header name"),
+                        );
+                    }
+                    match_value(v, format!("{field}.headers.{k}"), rep).map(|value| HeaderMatch {
+                        name: k.clone(),
+                        value,
+                    })
+                })
+                .collect();
+            let query = r
+                .query
+                .iter()
+                .filter_map(|(k, v)| {
+                    if k.is_empty() {
+                        rep.at(v.span(), format!("{field}.query"), "empty parameter name");
+                    }
+                    match_value(v, format!("{field}.query.{k}"), rep).map(|value| QueryMatch {
+                        name: k.clone(),
+                        value,
+                    })
+                })
+                .collect();
+            if let Some(cn) = &r.client_cert_cn
+                && l.tls.is_none()
+            {
+                rep.at(
+                    cn.span(),
+                    format!("{field}.client_cert_cn"),
+                    "needs a TLS listener with client certificates ([listeners.tls] client_ca)",
+                );
+            }
+            if let (Some(action), Some(path)) = (action, path) {
+                routes.push(Route {
+                    host: r.host.clone(),
+                    path,
+                    methods,
+                    headers,
+                    query,
+                    client_cert_cn: r.client_cert_cn.as_ref().map(|c| c.get_ref().clone()),
+                    ..Route::new(name, action)
+                });
+            }
+        }
+        let mut listener = Listener::new(port, routes);
+        if let Some(tls) = check_listener_tls(i, l, rep) {
+            listener = listener.with_tls(Arc::new(tls));
+        }
+        listeners.push(listener);
+    }
+    let filter = check_filter(cfg, rep, &vips, &pools);
+    let numa = check_numa(cfg, rep);
+    let dpdk = check_dpdk(&e.dpdk, rep);
+    if !rep.errors.is_empty() {
+        return None;
+    }
+    let (filter, fail_mode) = filter?;
+    let routes = Arc::new(RouteTable::new(
+        1,
+        listeners,
+        pools.iter().map(|(_, p)| p.clone()).collect(),
+    ));
+    let mut ec = EngineConfig::new(e.interface.clone(), vips, routes);
+    ec.queues = *e.queues.get_ref();
+    ec.backend = match e.backend {
+        Backend::AfXdp => BackendChoice::AfXdp,
+        Backend::AfPacket => BackendChoice::AfPacket,
+        Backend::Auto => BackendChoice::Auto,
+        Backend::Dpdk => BackendChoice::Dpdk,
+    };
+    ec.dpdk = dpdk;
+    ec.xdp_mode = match e.xdp_mode {
+        XdpMode::Auto => AttachMode::Auto,
+        XdpMode::Native => AttachMode::Native,
+        XdpMode::Generic => AttachMode::Generic,
+    };
+    ec.batch_size = *e.batch_size.get_ref();
+    ec.polling = match e.polling {
+        Polling::Interrupt => PollingMode::Interrupt,
+        Polling::Busy => PollingMode::Busy,
+        Polling::Adaptive => PollingMode::Adaptive {
+            spin: Duration::from_micros(50),
+        },
+    };
+    ec.cpus = e.cpus.clone();
+    ec.stack.net.verify_rx_checksums = e.verify_rx_checksums;
+    ec.hugepages = e.hugepages;
+    if e.listen_backlog.is_some() {
+        tracing::warn!(
+            "engine.listen_backlog has no effect and is ignored (engine.max_connections bounds accepted connections); remove it"
+        );
+    }
+    ec.stack.net.max_connections = e.max_connections;
+    ec.stack.net.tcp_rx_buffer = *e.tcp_buffer.get_ref();
+    ec.stack.net.tcp_tx_buffer = *e.tcp_buffer.get_ref();
+    ec.stack.net.gateway_v4 = gateway;
+    ec.stack.max_request_body = cfg.limits.max_request_body_bytes;
+    let mut access_log = None;
+    if let Some(a) = &cfg.access_log {
+        let path = a.path.get_ref().trim();
+        if path.is_empty() {
+            rep.at(
+                a.path.span(),
+                "access_log.path",
+                "must name a file or \"-\"",
+            );
+        } else if path == "-" {
+            access_log = Some(AccessLogTarget::Log);
+        } else {
+            let base = rep.file.parent().map(Path::to_path_buf).unwrap_or_default();
+            access_log = Some(AccessLogTarget::File(base.join(path)));
+        }
+        if !(16..=1 << 20).contains(a.queue.get_ref()) {
+            rep.at(
+                a.queue.span(),
+                "access_log.queue",
+                "must be 16..=1048576 records",
+            );
+        }
+        ec.access_log_queue = *a.queue.get_ref();
+    }
+    ec.numa = numa;
+    ec.filter = filter;
+    ec.fail_mode = fail_mode;
+    let d = Timeouts::default();
+    let ms = |v: Option<u64>, dflt: Duration| v.map(Duration::from_millis).unwrap_or(dflt);
+    ec.stack.timeouts = Timeouts {
+        client_header: ms(cfg.timeouts.client_header_ms, d.client_header),
+        client_idle: ms(cfg.timeouts.client_idle_ms, d.client_idle),
+        upstream_connect: ms(cfg.timeouts.upstream_connect_ms, d.upstream_connect),
+        upstream_response: ms(cfg.timeouts.upstream_response_ms, d.upstream_response),
+    };
+    Some(Compiled {
+        netns: e.netns.clone(),
+        engine: ec,
+        access_log,
+        files: Vec::new(),
+    })
+}

@@ -1,0 +1,592 @@
+//! The file's schema: one serde struct per section, with spans kept
+//! (`Spanned`) where an error has to point into the file.
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub engine: EngineSection,
+    pub vips: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub gateway: Option<Spanned<String>>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerSection>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamSection>,
+    #[serde(default)]
+    pub timeouts: TimeoutSection,
+    #[serde(default)]
+    pub filter: FilterSection,
+    #[serde(default)]
+    pub limits: LimitSection,
+    #[serde(default)]
+    pub numa: NumaSection,
+    #[serde(default)]
+    pub access_log: Option<AccessLogSection>,
+}
+
+/// JSON access log, one line per response, written off the data path.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// File to append to (relative to the config file), or "-" for the
+    /// process log (tracing target `ferrogate::access`).
+    pub path: Spanned<String>,
+    /// Records each worker may queue before lines are dropped (counted).
+    #[serde(default = "default_access_queue")]
+    pub queue: Spanned<usize>,
+}
+
+pub(super) fn default_access_queue() -> Spanned<usize> {
+    Spanned::new(0..0, 8192)
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    File(PathBuf),
+    /// The process log, through `tracing`.
+    Log,
+}
+
+/// Per-NUMA-node tuning: `[numa.node.0]`, `[numa.node.1]`, ... Only the
+/// NIC's node's entry applies to the engine; absent keys come from the
+/// topology (cores) and the [engine] defaults.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NumaSection {
+    #[serde(default)]
+    pub node: std::collections::BTreeMap<String, NumaNodeSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumaNodeSection {
+    /// CPU list like "2-5,8" (one worker per listed CPU, in order).
+    #[serde(default)]
+    pub cores: Option<Spanned<String>>,
+    #[serde(default)]
+    pub umem_frames: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub ring_size: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub batch_size: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub hugepages: Option<bool>,
+    /// busy | adaptive | interrupt
+    #[serde(default)]
+    pub polling: Option<Spanned<String>>,
+}
+
+/// Request limits of every listener.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSection {
+    /// Largest request body in bytes (413 above it); 0 or absent = no limit.
+    #[serde(default)]
+    pub max_request_body_bytes: u64,
+}
+
+/// The XDP filter tier (applies to traffic addressed to VIPs only).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSection {
+    #[serde(default)]
+    pub mode: FilterMode,
+    #[serde(default)]
+    pub fail_mode: FailModeSetting,
+    #[serde(default)]
+    pub cidr: Vec<CidrSection>,
+    #[serde(default)]
+    pub rate: Vec<RateSection>,
+    #[serde(default)]
+    pub l4: Vec<L4Section>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterMode {
+    /// Everything not denied reaches the VIPs.
+    #[default]
+    DenyList,
+    /// Only sources in an `allow` CIDR reach the VIPs.
+    AllowList,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum FailModeSetting {
+    #[default]
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CidrSection {
+    pub id: Spanned<String>,
+    pub action: CidrActionSetting,
+    #[serde(default)]
+    pub cidrs: Vec<Spanned<String>>,
+    /// Files with one prefix per line (`#` comments), relative to the config.
+    #[serde(default)]
+    pub cidr_files: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum CidrActionSetting {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSection {
+    pub id: Spanned<String>,
+    /// `source` (one bucket per source prefix) or `global`.
+    #[serde(default)]
+    pub key: RateKeySetting,
+    #[serde(default = "prefix4_default")]
+    pub prefix4: u8,
+    #[serde(default = "prefix6_default")]
+    pub prefix6: u8,
+    #[serde(default)]
+    pub pps: u64,
+    #[serde(default)]
+    pub burst_packets: Option<u64>,
+    #[serde(default)]
+    pub bps: u64,
+    #[serde(default)]
+    pub burst_bytes: Option<u64>,
+    #[serde(default)]
+    pub syn_only: bool,
+    #[serde(default)]
+    pub vip: Option<Spanned<String>>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub protocol: Option<Spanned<String>>,
+}
+
+pub(super) fn prefix4_default() -> u8 {
+    32
+}
+pub(super) fn prefix6_default() -> u8 {
+    128
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum RateKeySetting {
+    #[default]
+    Source,
+    Global,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L4Section {
+    pub id: Spanned<String>,
+    pub vip: Spanned<String>,
+    /// `tcp/80`, `udp/53`, `icmp`, `icmpv6`.
+    pub allow: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    pub interface: String,
+    /// Network namespace to enter before opening the interface.
+    #[serde(default)]
+    pub netns: Option<String>,
+    #[serde(default = "one")]
+    pub queues: Spanned<u32>,
+    #[serde(default)]
+    pub backend: Backend,
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    #[serde(default = "default_batch")]
+    pub batch_size: Spanned<usize>,
+    #[serde(default)]
+    pub polling: Polling,
+    #[serde(default)]
+    pub cpus: Vec<usize>,
+    #[serde(default = "default_true")]
+    pub verify_rx_checksums: bool,
+    #[serde(default)]
+    pub hugepages: bool,
+    /// Never had an effect (sockets open per SYN; `max_connections` bounds
+    /// accepted connections). Still accepted so older files load, with a
+    /// warning; nothing reads it.
+    #[serde(default)]
+    pub listen_backlog: Option<usize>,
+    #[serde(default = "default_max_conns")]
+    pub max_connections: usize,
+    #[serde(default = "default_tcp_buffer")]
+    pub tcp_buffer: Spanned<usize>,
+    /// `[engine.dpdk]`: EAL and port settings for `backend = "dpdk"`.
+    #[serde(default)]
+    pub dpdk: DpdkSection,
+}
+
+/// `[engine.dpdk]` (see `configs/edge.example.toml`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpdkSection {
+    /// `--vdev` devices, e.g. `net_af_packet0,iface=eth0,qpairs=2`.
+    #[serde(default)]
+    pub vdevs: Vec<Spanned<String>>,
+    /// A vdev name or a PCI address; default: the first vdev, else port 0.
+    #[serde(default)]
+    pub port: Option<Spanned<String>>,
+    #[serde(default = "default_true")]
+    pub hugepages: bool,
+    #[serde(default)]
+    pub huge_dir: Option<String>,
+    /// EAL memory in MB; 0 = the EAL default (with hugepages), 512 without.
+    #[serde(default)]
+    pub memory_mb: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub mbufs: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub mbuf_cache: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub rx_desc: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub tx_desc: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub file_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub eal_args: Vec<Spanned<String>>,
+}
+
+impl Default for DpdkSection {
+    fn default() -> Self {
+        DpdkSection {
+            vdevs: Vec::new(),
+            port: None,
+            hugepages: true,
+            huge_dir: None,
+            memory_mb: None,
+            mbufs: None,
+            mbuf_cache: None,
+            rx_desc: None,
+            tx_desc: None,
+            file_prefix: None,
+            eal_args: Vec::new(),
+        }
+    }
+}
+
+pub(super) fn one() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+pub(super) fn default_batch() -> Spanned<usize> {
+    Spanned::new(0..0, 64)
+}
+pub(super) fn default_true() -> bool {
+    true
+}
+pub(super) fn default_max_conns() -> usize {
+    16_384
+}
+pub(super) fn default_tcp_buffer() -> Spanned<usize> {
+    Spanned::new(0..0, 64 * 1024)
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    #[default]
+    AfXdp,
+    AfPacket,
+    Auto,
+    Dpdk,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpMode {
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum Polling {
+    Busy,
+    #[default]
+    Adaptive,
+    Interrupt,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub port: Spanned<u16>,
+    /// TLS termination on this port (HTTPS).
+    #[serde(default)]
+    pub tls: Option<Spanned<ListenerTlsSection>>,
+    /// Headers carrying the verified client certificate identity (mTLS) to
+    /// the upstream; client-sent headers of these names are removed.
+    #[serde(default)]
+    pub mtls_headers: Option<MtlsHeadersSection>,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+}
+
+/// `[listeners.tls]`. Paths are relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSection {
+    pub certificates: Vec<Spanned<CertificateSection>>,
+    /// ALPN protocols offered, in preference order (default `["http/1.1"]`).
+    #[serde(default)]
+    pub alpn: Option<Vec<Spanned<String>>>,
+    /// `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: Option<Spanned<String>>,
+    /// PEM bundle of the CAs that sign client certificates.
+    #[serde(default)]
+    pub client_ca: Option<Spanned<String>>,
+    /// `none`, `optional` or `required` (default: `required` with a
+    /// `client_ca`, `none` without).
+    #[serde(default)]
+    pub client_auth: Option<Spanned<String>>,
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
+    #[serde(default)]
+    pub handshake_timeout_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    /// PEM chain, leaf first.
+    pub cert: Spanned<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<String>,
+    /// SNI names served with it (`host` or `*.suffix`).
+    #[serde(default)]
+    pub names: Vec<Spanned<String>>,
+    /// Served when no name matches (the only certificate is the default).
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsHeadersSection {
+    /// e.g. `X-Client-CN`: the subject common name.
+    #[serde(default)]
+    pub common_name: Option<String>,
+    /// e.g. `X-Client-SAN`: `DNS:` / `URI:` subject alternative names.
+    #[serde(default)]
+    pub sans: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub host: Option<String>,
+    /// At most one of `path_prefix` (default `/`), `path_exact`, `path_regex`.
+    #[serde(default)]
+    pub path_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub path_exact: Option<Spanned<String>>,
+    /// Must match the whole path (regex crate syntax).
+    #[serde(default)]
+    pub path_regex: Option<Spanned<String>>,
+    /// Any of these methods (case-sensitive); absent or empty: any method.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Header name → exact value (a string) or presence (`true`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<toml::Value>>,
+    /// Query parameter → exact raw value (a string) or presence (`true`).
+    #[serde(default)]
+    pub query: BTreeMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
+    #[serde(default)]
+    pub respond: Option<Spanned<RespondSection>>,
+    /// Matches only requests on an mTLS connection whose verified client
+    /// certificate has this subject common name.
+    #[serde(default)]
+    pub client_cert_cn: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondSection {
+    #[serde(default = "ok_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default = "text_plain")]
+    pub content_type: String,
+}
+
+pub(super) fn ok_status() -> u16 {
+    200
+}
+pub(super) fn text_plain() -> String {
+    "text/plain".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub name: Spanned<String>,
+    /// `"ip:port"` or `{ address = "ip:port", weight = 3 }`.
+    pub endpoints: Vec<Spanned<EndpointSetting>>,
+    /// `round_robin` (default), `weighted`, `least_conn` or `hash`.
+    #[serde(default)]
+    pub balancer: Option<Spanned<String>>,
+    /// For `hash`: `header:NAME`, `cookie:NAME` or `source` (default).
+    #[serde(default)]
+    pub hash_on: Option<Spanned<String>>,
+    /// Panic mode: with every endpoint unhealthy, use all of them (default
+    /// true) instead of answering 503.
+    #[serde(default)]
+    pub fail_open: Option<bool>,
+    #[serde(default)]
+    pub health: Option<Spanned<HealthSection>>,
+    #[serde(default)]
+    pub passive: Option<Spanned<PassiveSection>>,
+    #[serde(default)]
+    pub breaker: Option<Spanned<BreakerSection>>,
+    #[serde(default)]
+    pub retry: Option<Spanned<RetrySection>>,
+    #[serde(default)]
+    pub connect_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub response_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub idle_ms: Option<Spanned<u64>>,
+    /// TLS to the endpoints, verified against `ca`.
+    #[serde(default)]
+    pub tls: Option<Spanned<bool>>,
+    /// PEM trust anchors for the endpoints' certificates (needed with
+    /// `tls = true` unless `insecure_skip_verify = true`).
+    #[serde(default)]
+    pub ca: Option<Spanned<String>>,
+    /// Accept any upstream certificate (logged as a warning).
+    #[serde(default)]
+    pub insecure_skip_verify: Option<Spanned<bool>>,
+    /// Server name sent and verified (default: the endpoint's IP address).
+    #[serde(default)]
+    pub sni: Option<Spanned<String>>,
+    /// Idle connections kept per endpoint and worker, reused by any client
+    /// connection (default 64; 0: one exchange per connection).
+    #[serde(default)]
+    pub keepalive: Option<Spanned<u32>>,
+    /// Requests per upstream connection before it is closed (default 1000;
+    /// 0: no limit).
+    #[serde(default)]
+    pub max_requests: Option<Spanned<u32>>,
+    /// `Host` for requests that arrive without one (HTTP/1.0); default: the
+    /// `sni` name, else the endpoint's address (`ip[:port]`).
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EndpointSetting {
+    Address(String),
+    Table(EndpointTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointTable {
+    pub address: String,
+    #[serde(default = "one_u32")]
+    pub weight: u32,
+}
+
+pub(super) fn one_u32() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// `http` (default when `path` is set) or `tcp`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// `Host` header of HTTP probes (default: the endpoint's address).
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub interval_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub rise: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub fall: Option<Spanned<u32>>,
+    /// `"200"` or an inclusive range `"200-399"` (the default).
+    #[serde(default)]
+    pub expect_status: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveSection {
+    #[serde(default)]
+    pub consecutive_failures: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub eject_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSection {
+    #[serde(default)]
+    pub failure_percent: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub min_requests: Option<Spanned<u32>>,
+    /// 0 (default): only the ratio trips the breaker.
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    #[serde(default)]
+    pub window_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub cooldown_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub half_open_probes: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Tries per request, the first included (1 = no retries).
+    #[serde(default)]
+    pub attempts: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub budget_percent: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub min_per_sec: Option<u32>,
+    #[serde(default)]
+    pub window_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSection {
+    pub client_header_ms: Option<u64>,
+    pub client_idle_ms: Option<u64>,
+    pub upstream_connect_ms: Option<u64>,
+    pub upstream_response_ms: Option<u64>,
+}

@@ -1,0 +1,395 @@
+
+use super::*;
+
+const GOOD: &str = r#"
+vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+queues = 2
+
+[[upstreams]]
+name = "origin"
+endpoints = ["10.77.0.3:8080"]
+
+[[listeners]]
+port = 80
+[[listeners.routes]]
+path_prefix = "/direct"
+respond = { status = 200, body = "hi" }
+[[listeners.routes]]
+upstream = "origin"
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match compile(Path::new("t.toml"), text) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn a_file_that_still_sets_the_dead_listen_backlog_loads() {
+    let old = GOOD.replace("queues = 2", "queues = 2\nlisten_backlog = 128");
+    assert_eq!(errors(&old), Vec::<String>::new());
+    let typo = GOOD.replace("queues = 2", "queues = 2\nlisten_backlogg = 128");
+    assert!(errors(&typo)[0].contains("unknown field"));
+}
+
+#[test]
+fn pool_host_for_requests_without_one_is_checked() {
+    let with = |host: &str| {
+        GOOD.replace(
+            "endpoints = [\"10.77.0.3:8080\"]",
+            &format!("endpoints = [\"10.77.0.3:8080\"]\nhost = {host:?}"),
+        )
+    };
+    let c = compile(Path::new("t.toml"), &with("api.example:8080")).unwrap();
+    assert_eq!(
+        c.engine.routes.upstreams[0].host.as_deref(),
+        Some("api.example:8080")
+    );
+    for bad in ["", "a b", "evil.com/x", "user@evil"] {
+        let e = errors(&with(bad));
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("t.toml:11:") && e.contains("upstreams[0].host")),
+            "{bad:?}: {e:?}"
+        );
+    }
+    let c = compile(Path::new("t.toml"), GOOD).unwrap();
+    assert_eq!(c.engine.routes.upstreams[0].host, None);
+}
+
+#[test]
+fn pool_keepalive_and_max_requests_reach_the_policy_and_are_bounded() {
+    let with = |extra: &str| {
+        GOOD.replace(
+            "endpoints = [\"10.77.0.3:8080\"]",
+            &format!("endpoints = [\"10.77.0.3:8080\"]\n{extra}"),
+        )
+    };
+    let c = compile(
+        Path::new("t.toml"),
+        &with("keepalive = 4\nmax_requests = 9"),
+    )
+    .unwrap();
+    let p = &c.engine.routes.upstreams[0].policy;
+    assert_eq!((p.keepalive, p.max_requests), (4, 9));
+    let c = compile(Path::new("t.toml"), GOOD).unwrap();
+    let p = &c.engine.routes.upstreams[0].policy;
+    assert_eq!((p.keepalive, p.max_requests), (64, 1000));
+    let e = errors(&with("keepalive = 10001"));
+    assert!(
+        e.iter()
+            .any(|e| e.starts_with("t.toml:11:") && e.contains("upstreams[0].keepalive")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn shipped_configs_compile() {
+    for name in ["lab.toml", "filter.example.toml", "edge.example.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs")
+            .join(name);
+        let c = load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!c.engine.vips().is_empty());
+    }
+    let c = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/filter.example.toml"))
+        .unwrap();
+    let f = &c.engine.filter;
+    assert_eq!(f.rate.len(), 4);
+    assert_eq!(f.l4[0].allow, vec![(6, 80), (6, 443), (1, 0)]);
+    // The generated upstream rule lets origin replies through.
+    assert!(
+        f.cidr
+            .iter()
+            .any(|r| r.id == UPSTREAM_RULE && r.action == CidrAction::Upstream)
+    );
+}
+
+#[test]
+fn filter_errors_name_their_field() {
+    let bad = format!(
+        "{GOOD}\n[filter]\n[[filter.rate]]\nid = \"r\"\nvip = \"10.9.9.9\"\npps = 1\n[[filter.l4]]\nid = \"l\"\nvip = \"10.77.0.10\"\nallow = [\"tcp/0\", \"sctp/9\"]\n[[filter.cidr]]\nid = \"r\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/33\"]\n"
+    );
+    let e = errors(&bad);
+    assert!(
+        e.iter()
+            .any(|l| l.contains("filter.rate[0].vip")
+                && l.contains("not one of the configured vips")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|l| l.contains("filter.l4[0].allow[0]")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|l| l.contains("filter.l4[0].allow[1]")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|l| l.contains("filter.cidr[0].cidrs[0]")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.contains("duplicate or reserved rule id \"r\"")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn good_config_compiles() {
+    let c = compile(Path::new("t.toml"), GOOD).unwrap();
+    assert_eq!(c.engine.queues, 2);
+    assert_eq!(c.engine.routes.listeners[0].routes().len(), 2);
+}
+
+#[test]
+fn unknown_upstream_is_named_with_line() {
+    let bad = GOOD.replace("upstream = \"origin\"", "upstream = \"nope\"");
+    let e = errors(&bad);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "t.toml:18:12: listeners[0].routes[1].upstream: no upstream named \"nope\""
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn unknown_key_and_bad_type_are_located() {
+    let e = errors(&GOOD.replace("queues = 2", "queuez = 2"));
+    assert!(e[0].starts_with("t.toml:6:1: queuez:"), "{e:?}");
+    assert!(e[0].contains("unknown field"), "{e:?}");
+    let e = errors(&GOOD.replace("queues = 2", "queues = \"two\""));
+    assert!(e[0].starts_with("t.toml:6:10: queues:"), "{e:?}");
+}
+
+#[test]
+fn several_semantic_errors_are_all_reported() {
+    let bad = GOOD
+        .replace("10.77.0.10/24", "10.77.0.300/24")
+        .replace("10.77.0.3:8080", "nowhere")
+        .replace("queues = 2", "queues = 0");
+    let e = errors(&bad);
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(e.iter().any(|l| l.contains("vips[0]")));
+    assert!(e.iter().any(|l| l.contains("upstreams[0].endpoints[0]")));
+    assert!(e.iter().any(|l| l.contains("engine.queues")));
+}
+
+fn compiled(text: &str) -> Compiled {
+    compile(Path::new("t.toml"), text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn edge_example_compiles_every_new_key() {
+    let c = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/edge.example.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = &c.engine.routes;
+    let api = t.upstreams.iter().find(|u| u.name == "api").unwrap();
+    assert_eq!(api.policy.balancer, Balancer::Weighted);
+    assert!(api.weights.iter().any(|&w| w > 1));
+    assert!(api.policy.health.is_some() && api.policy.breaker.is_some());
+    let sessions = t.upstreams.iter().find(|u| u.name == "sessions").unwrap();
+    assert!(sessions.maglev.is_some());
+    assert!(t.routes().any(|r| matches!(r.path, PathMatch::Regex(_))));
+    assert!(t.routes().any(|r| !r.headers.is_empty()));
+    assert!(t.routes().any(|r| !r.query.is_empty()));
+    assert!(t.routes().any(|r| !r.methods.is_empty()));
+    assert!(t.listeners.iter().any(|l| l.tls.is_some()));
+    assert!(t.routes().any(|r| r.client_cert_cn.is_some()));
+    for (i, u) in t.upstreams.iter().enumerate() {
+        assert_eq!(u.index, i);
+    }
+}
+
+#[test]
+fn upstream_policy_compiles_from_toml() {
+    let text = GOOD.replace(
+        "endpoints = [\"10.77.0.3:8080\"]",
+        r#"endpoints = ["10.77.0.3:8080", { address = "10.77.0.4:8080", weight = 3 }]
+balancer = "hash"
+hash_on = "cookie:sid"
+fail_open = false
+connect_ms = 250
+[upstreams.health]
+type = "http"
+path = "/healthz"
+interval_ms = 1000
+timeout_ms = 300
+rise = 2
+fall = 4
+expect_status = "200-299"
+[upstreams.passive]
+consecutive_failures = 3
+eject_ms = 15000
+[upstreams.breaker]
+failure_percent = 40
+min_requests = 50
+consecutive_failures = 10
+window_ms = 5000
+cooldown_ms = 2000
+half_open_probes = 2
+[upstreams.retry]
+attempts = 3
+budget_percent = 20
+min_per_sec = 5"#,
+    );
+    let c = compiled(&text);
+    let u = &c.engine.routes.upstreams[0];
+    assert_eq!(u.weights, vec![1, 3]);
+    let p = &u.policy;
+    assert_eq!(p.balancer, Balancer::Hash(HashOn::Cookie("sid".into())));
+    assert!(!p.fail_open);
+    assert_eq!(p.timeouts.connect, Some(Duration::from_millis(250)));
+    assert_eq!(p.timeouts.response, None);
+    let h = p.health.as_ref().unwrap();
+    assert_eq!(
+        h.kind,
+        CheckKind::Http {
+            path: "/healthz".into(),
+            host: String::new()
+        }
+    );
+    assert_eq!((h.rise, h.fall, h.expect_status), (2, 4, (200, 299)));
+    assert_eq!(p.passive.unwrap().eject, Duration::from_secs(15));
+    let b = p.breaker.unwrap();
+    assert_eq!(
+        (b.failure_percent, b.min_requests, b.half_open_probes),
+        (40, 50, 2)
+    );
+    assert_eq!(
+        (
+            p.retry.attempts,
+            p.retry.budget_percent,
+            p.retry.min_per_sec
+        ),
+        (3, 20, 5)
+    );
+    assert!(u.maglev.is_some());
+}
+
+#[test]
+fn route_matchers_compile_and_route_requests() {
+    let text = GOOD.replace(
+        "[[listeners.routes]]\nupstream = \"origin\"",
+        r#"[[listeners.routes]]
+name = "canary"
+host = "*.example.com"
+path_regex = "/v[0-9]+/users/[^/]+"
+methods = ["GET", "HEAD"]
+headers = { "X-Env" = "canary", "X-Trace" = true }
+query = { v = "2" }
+upstream = "origin"
+[[listeners.routes]]
+name = "exact"
+path_exact = "/login"
+upstream = "origin"
+[[listeners.routes]]
+upstream = "origin""#,
+    );
+    let c = compiled(&text);
+    let l = &c.engine.routes.listeners[0];
+    let h = [
+        ferrogate_proxy::http::Header {
+            name: "x-env",
+            value: b"canary",
+        },
+        ferrogate_proxy::http::Header {
+            name: "x-trace",
+            value: b"1",
+        },
+    ];
+    let req = |m, host, target, hs: &[ferrogate_proxy::http::Header<'_>]| {
+        let hs = ferrogate_proxy::http::Headers::from_list(hs);
+        l.route_request(&ferrogate_proxy::RequestView::new(m, host, target, hs))
+            .map(|r| r.name.clone())
+    };
+    assert_eq!(
+        req("GET", Some("a.example.com"), "/v2/users/bob?v=2", &h[..]).as_deref(),
+        Some("canary")
+    );
+    assert_eq!(
+        req("POST", Some("a.example.com"), "/v2/users/bob?v=2", &h[..]).as_deref(),
+        Some("80:3")
+    );
+    assert_eq!(
+        req("GET", Some("a.example.com"), "/v2/users/bob?v=2", &h[..1]).as_deref(),
+        Some("80:3")
+    );
+    assert_eq!(req("GET", None, "/login", &[]).as_deref(), Some("exact"));
+    assert_eq!(req("GET", None, "/direct", &[]).as_deref(), Some("80:0"));
+}
+
+#[test]
+fn upstream_policy_errors_name_file_line_and_field() {
+    let text = GOOD.replace(
+            "endpoints = [\"10.77.0.3:8080\"]",
+            r#"endpoints = ["10.77.0.3:8080", { address = "10.77.0.4:8080", weight = 0 }, "10.77.0.3:8080"]
+balancer = "random"
+hash_on = "ip"
+[upstreams.health]
+type = "udp"
+interval_ms = 0
+rise = 0
+expect_status = "2xx"
+[upstreams.passive]
+consecutive_failures = 0
+[upstreams.breaker]
+failure_percent = 101
+[upstreams.retry]
+attempts = 0"#,
+        );
+    let e = errors(&text);
+    let has = |needle: &str| {
+        assert!(e.iter().any(|l| l.contains(needle)), "{needle}: {e:#?}");
+    };
+    has("t.toml:10:32: upstreams[0].endpoints[1].weight: must be 1..=10000");
+    has("upstreams[0].endpoints[2]: duplicate endpoint 10.77.0.3:8080");
+    has("t.toml:11:12: upstreams[0].balancer: unknown balancer \"random\"");
+    has("t.toml:12:11: upstreams[0].hash_on: \"ip\" is not `header:NAME`");
+    has("upstreams[0].health.type: unknown check type \"udp\"");
+    has("upstreams[0].health.interval_ms: must be 1..=86400000");
+    has("upstreams[0].health.rise: must be 1..=100");
+    has("upstreams[0].health.expect_status:");
+    has("upstreams[0].passive.consecutive_failures: must be 1..=1000");
+    has("upstreams[0].breaker.failure_percent: must be 1..=100");
+    has("upstreams[0].retry.attempts: must be 1..=10");
+    assert!(
+        !e.iter().any(|l| l.contains("only used with")),
+        "no follow-on error for an unknown balancer: {e:#?}"
+    );
+}
+
+#[test]
+fn route_matcher_errors_name_file_line_and_field() {
+    let text = GOOD.replace(
+        "[[listeners.routes]]\nupstream = \"origin\"",
+        r#"[[listeners.routes]]
+name = "r"
+path_regex = "/users/(["
+methods = ["get"]
+headers = { "X Bad" = "x", "X-Num" = 3 }
+upstream = "origin"
+[[listeners.routes]]
+name = "r"
+path_exact = "/a"
+path_prefix = "/b"
+upstream = "origin""#,
+    );
+    let e = errors(&text);
+    let has = |needle: &str| {
+        assert!(e.iter().any(|l| l.contains(needle)), "{needle}: {e:#?}");
+    };
+    has("t.toml:19:14: listeners[0].routes[1].path_regex: invalid regex: ");
+    has("t.toml:20:12: listeners[0].routes[1].methods[0]: \"get\" is not an upper-case method");
+    has("listeners[0].routes[1].headers.X Bad: \"X Bad\" is not a header name");
+    has("listeners[0].routes[1].headers.X-Num: must be a string (exact value) or true");
+    has("listeners[0].routes[2].name: duplicate route name \"r\"");
+    has("listeners[0].routes[2]: at most one of `path_prefix`, `path_exact`, `path_regex`");
+}

@@ -1,0 +1,179 @@
+
+use super::*;
+
+fn pem_pair(cn: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec![cn.to_string()]).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+fn dir() -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "fg-cfg-tls-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn config(tls: &str) -> String {
+    format!(
+        r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+
+[[listeners]]
+port = 443
+{tls}
+[[listeners.routes]]
+respond = {{ status = 200, body = "hi" }}
+"#
+    )
+}
+
+fn compile_in(d: &Path, text: &str) -> Result<Compiled, Vec<String>> {
+    let path = d.join("edge.toml");
+    std::fs::write(&path, text).unwrap();
+    load(&path).map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+}
+
+#[test]
+fn tls_listener_compiles_with_paths_relative_to_the_config() {
+    let d = dir();
+    let (c, k) = pem_pair("a.example");
+    std::fs::write(d.join("a.crt"), c).unwrap();
+    std::fs::write(d.join("a.key"), k).unwrap();
+    let (ca, _) = pem_pair("client ca");
+    std::fs::write(d.join("ca.pem"), ca).unwrap();
+    let text = config(
+        r#"[listeners.tls]
+certificates = [{ cert = "a.crt", key = "a.key", names = ["a.example", "*.a.example"], default = true }]
+min_version = "1.3"
+client_ca = "ca.pem"
+client_auth = "optional"
+handshake_timeout_ms = 2000
+[listeners.mtls_headers]
+common_name = "X-Client-CN"
+sans = "X-Client-SAN"
+"#,
+    );
+    let c = compile_in(&d, &text).expect("compiles");
+    let l = &c.engine.routes.listeners[0];
+    let tls = l.tls.as_ref().expect("tls listener");
+    assert_eq!(tls.handshake_timeout, Duration::from_millis(2000));
+    assert_eq!(tls.server.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    assert_eq!(
+        tls.identity_headers.common_name.as_deref(),
+        Some("X-Client-CN")
+    );
+}
+
+fn upstream_config(tls: &str) -> String {
+    format!(
+        r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+
+[[upstreams]]
+name = "secure"
+endpoints = ["10.77.0.3:9443"]
+{tls}
+
+[[listeners]]
+port = 80
+[[listeners.routes]]
+upstream = "secure"
+"#
+    )
+}
+
+#[test]
+fn upstream_tls_needs_a_ca_or_an_explicit_skip() {
+    let d = dir();
+    let (ca, _) = pem_pair("origin ca");
+    std::fs::write(d.join("origin-ca.pem"), ca).unwrap();
+    let c = compile_in(
+        &d,
+        &upstream_config("tls = true\nca = \"origin-ca.pem\"\nsni = \"origin.example\""),
+    )
+    .expect("compiles");
+    let tls = c.engine.routes.upstreams[0].tls.as_ref().expect("tls pool");
+    assert_eq!(tls.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+
+    let e = compile_in(&d, &upstream_config("tls = true")).unwrap_err();
+    assert!(
+        e.iter().any(|l| l.contains("upstreams[0].ca")
+            && l.contains("insecure_skip_verify")
+            && l.contains(":9:")),
+        "{e:?}"
+    );
+    let e = compile_in(&d, &upstream_config("tls = true\nca = \"missing.pem\"")).unwrap_err();
+    assert!(
+        e.iter()
+            .any(|l| l.contains("upstreams[0].ca") && l.contains("missing.pem")),
+        "{e:?}"
+    );
+    let e = compile_in(&d, &upstream_config("ca = \"origin-ca.pem\"")).unwrap_err();
+    assert!(
+        e.iter()
+            .any(|l| l.contains("upstreams[0].ca") && l.contains("only used with tls = true")),
+        "{e:?}"
+    );
+    let e = compile_in(
+        &d,
+        &upstream_config("tls = true\nca = \"origin-ca.pem\"\n[upstreams.health]\npath = \"/\""),
+    )
+    .unwrap_err();
+    assert!(
+        e.iter().any(|l| l.contains("upstreams[0].health.type")),
+        "{e:?}"
+    );
+    let c = compile_in(
+        &d,
+        &upstream_config("tls = true\ninsecure_skip_verify = true"),
+    )
+    .expect("compiles");
+    assert!(c.engine.routes.upstreams[0].tls.is_some());
+}
+
+#[test]
+fn tls_errors_name_file_line_field_and_cause() {
+    let d = dir();
+    let (c, _) = pem_pair("a.example");
+    let (_, other_key) = pem_pair("b.example");
+    std::fs::write(d.join("a.crt"), c).unwrap();
+    std::fs::write(d.join("b.key"), other_key).unwrap();
+    std::fs::write(
+        d.join("bad.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let text = config(
+        r#"[listeners.tls]
+certificates = [
+  { cert = "a.crt", key = "b.key", names = ["a.example"] },
+  { cert = "missing.crt", key = "b.key" },
+  { cert = "bad.pem", key = "b.key", names = ["bad name"] },
+]
+min_version = "1.1"
+client_auth = "required"
+"#,
+    );
+    let e = compile_in(&d, &text).unwrap_err();
+    let has = |needle: &str| {
+        assert!(e.iter().any(|l| l.contains(needle)), "{needle}: {e:#?}");
+    };
+    has("edge.toml:10:12: listeners[0].tls.certificates[0].cert: ");
+    has("the key does not match the certificate");
+    has("edge.toml:11:12: listeners[0].tls.certificates[1].cert: ");
+    has("missing.crt: cannot read certificates");
+    has("listeners[0].tls.certificates[2].cert: ");
+    has("listeners[0].tls.certificates[2].names: \"bad name\" is not a host name");
+    has("edge.toml:14:15: listeners[0].tls.min_version: \"1.1\" must be");
+    has("listeners[0].tls.client_auth: needs client_ca");
+}
