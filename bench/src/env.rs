@@ -179,16 +179,7 @@ pub fn probe(argv: &[&str]) -> String {
         .unwrap_or_else(|e| format!("unavailable ({e})"))
 }
 
-pub fn netns_list() -> Vec<String> {
-    run(Command::new("ip").args(["netns", "list"]))
-        .map(|o| {
-            o.lines()
-                .filter_map(|l| l.split_whitespace().next())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default()
-}
+pub use ferrogate_testkit::netns_list;
 
 /// The lab, up for the bench's lifetime; `lab down` on drop.
 pub struct Lab {

@@ -75,16 +75,7 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-pub fn netns_list() -> Vec<String> {
-    run(Command::new("ip").args(["netns", "list"]))
-        .map(|o| {
-            o.lines()
-                .filter_map(|l| l.split_whitespace().next())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default()
-}
+pub use ferrogate_testkit::netns_list;
 
 /// A lab with a unique prefix; removed on drop.
 pub struct Lab {

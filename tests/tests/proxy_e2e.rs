@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferrogate_tests::{HttpConn, Lab, VIP, lab_test, raw_exchange, workspace};
+use ferrogate_tests::{HttpConn, Lab, VIP, lab_test, raw_exchange};
 
 /// A config for the lab whose routes go to test origins.
 fn config(lab: &Lab, name: &str, body: &str) -> std::path::PathBuf {
@@ -41,21 +41,14 @@ fn every_bad_request_in_the_corpus_gets_400_and_close() {
         let _o = lab.start_origin("t1", "10.77.0.3:9001");
         let cfg = config(&lab, "corpus.toml", ONE_ORIGIN);
         let mut engine = lab.start_engine_probe(&cfg, "af_xdp", 1, false);
-        let dir = workspace().join("tests/corpus/http-bad");
-        let mut cases: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        cases.sort();
-        assert!(cases.len() >= 20, "corpus missing: {}", dir.display());
+        let cases = ferrogate_testkit::corpus_files("http-bad");
+        assert!(cases.len() >= 20, "corpus missing");
         let failures = lab.in_client(|| {
             let mut failures = Vec::new();
-            for case in &cases {
-                let raw = std::fs::read(case).unwrap();
+            for (name, raw) in &cases {
                 let (resp, closed) =
-                    raw_exchange(&format!("{VIP}:80"), &raw, Duration::from_secs(3)).unwrap();
+                    raw_exchange(&format!("{VIP}:80"), raw, Duration::from_secs(3)).unwrap();
                 let text = String::from_utf8_lossy(&resp);
-                let name = case.file_name().unwrap().to_string_lossy().to_string();
                 let status_ok =
                     text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 501");
                 if !status_ok || !closed || text.contains("X-Origin") {

@@ -6,39 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ferrogate_testkit::{Ca, rcgen};
 use ferrogate_tests::{Lab, VIP, lab_test, raw_exchange};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
 
 /// Writes `<tag>.crt` / `<tag>.key` for `names` with subject CN `cn`.
 fn leaf(dir: &Path, ca: &Ca, tag: &str, cn: &str, names: &[&str]) {
-    let key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    std::fs::write(dir.join(format!("{tag}.crt")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{tag}.key")), key.serialize_pem()).unwrap();
+    ca.leaf(Some(cn), names).write(dir, tag);
 }
 
 fn write_config(lab: &Lab, name: &str, body: &str) -> PathBuf {
@@ -122,8 +95,8 @@ fn curl(dir: &Path, name: &str, port: u16, path: &str, extra: &str) -> String {
 
 fn setup(lab: &Lab) -> (PathBuf, Ca, Ca) {
     let dir = lab.state_dir();
-    let server_ca = ca("fg test server CA");
-    std::fs::write(dir.join("ca.pem"), &server_ca.pem).unwrap();
+    let server_ca = Ca::new("fg test server CA");
+    std::fs::write(dir.join("ca.pem"), server_ca.pem()).unwrap();
     leaf(&dir, &server_ca, "a", "cert-a", &["a.example"]);
     leaf(&dir, &server_ca, "wild", "cert-wild", &["*.b.example"]);
     leaf(
@@ -133,11 +106,11 @@ fn setup(lab: &Lab) -> (PathBuf, Ca, Ca) {
         "cert-default",
         &["default.example"],
     );
-    let clients = ca("fg test client CA");
-    std::fs::write(dir.join("clients.pem"), &clients.pem).unwrap();
+    let clients = Ca::new("fg test client CA");
+    std::fs::write(dir.join("clients.pem"), clients.pem()).unwrap();
     leaf(&dir, &clients, "alice", "alice", &["alice.example"]);
     leaf(&dir, &clients, "bob", "bob", &["bob.example"]);
-    let other = ca("some other CA");
+    let other = Ca::new("some other CA");
     leaf(&dir, &other, "eve", "alice", &["alice.example"]);
     (dir, server_ca, clients)
 }
@@ -425,8 +398,7 @@ fn testssl_finds_nothing_high_or_critical() {
         let (dir, server_ca, _) = setup(&lab);
         // A certificate as a public CA would issue it: with a CRL pointer
         // (testssl rates a certificate without revocation info HIGH).
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["a.example".to_string()]).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".to_string()]).unwrap();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "a.example");
@@ -440,9 +412,7 @@ fn testssl_finds_nothing_high_or_critical() {
         params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
             uris: vec!["http://crl.a.example/ca.crl".into()],
         }];
-        let cert = params.signed_by(&key, &server_ca.issuer).unwrap();
-        std::fs::write(dir.join("a.crt"), cert.pem()).unwrap();
-        std::fs::write(dir.join("a.key"), key.serialize_pem()).unwrap();
+        server_ca.sign(params).write(&dir, "a");
         let cfg = write_config(&lab, "tls.toml", TLS_LISTENERS);
         let mut engine = lab.start_engine_with(&cfg, "af_xdp", 1);
         let json = dir.join("testssl.json");
@@ -556,8 +526,8 @@ fn upstream_tls_to_nginx_verifies_the_origin_certificate() {
         }
         let lab = Lab::up(1);
         let dir = lab.state_dir();
-        let origin_ca = ca("fg test origin CA");
-        std::fs::write(dir.join("origin-ca.pem"), &origin_ca.pem).unwrap();
+        let origin_ca = Ca::new("fg test origin CA");
+        std::fs::write(dir.join("origin-ca.pem"), origin_ca.pem()).unwrap();
         leaf(
             &dir,
             &origin_ca,
@@ -565,8 +535,8 @@ fn upstream_tls_to_nginx_verifies_the_origin_certificate() {
             "origin",
             &["10.77.0.3", "origin.example"],
         );
-        let other = ca("some other CA");
-        std::fs::write(dir.join("other-ca.pem"), &other.pem).unwrap();
+        let other = Ca::new("some other CA");
+        std::fs::write(dir.join("other-ca.pem"), other.pem()).unwrap();
         let _nginx = start_tls_nginx(&lab, &dir);
         let cfg = write_config(
             &lab,

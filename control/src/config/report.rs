@@ -18,7 +18,12 @@ impl Reporter<'_> {
         }
     }
 
-    pub(super) fn at(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn at(
+        &mut self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         let (line, col) = line_col(self.text, span.start);
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),

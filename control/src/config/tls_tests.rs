@@ -1,22 +1,12 @@
-
 use super::*;
 
 fn pem_pair(cn: &str) -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(vec![cn.to_string()]).unwrap();
-    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    let p = ferrogate_testkit::Pem::self_signed(cn);
+    (p.cert, p.key)
 }
 
 fn dir() -> PathBuf {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "fg-cfg-tls-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    ferrogate_testkit::temp_dir("fg-cfg-tls")
 }
 
 fn config(tls: &str) -> String {

@@ -1390,58 +1390,24 @@ mod tls {
     use ferrogate_proxy::tls::{
         CertSpec, ClientAuth, IdentityHeaders, ListenerTls, TlsListenerConfig, TlsServer,
     };
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use rustls::{ClientConfig, ClientConnection, RootCertStore};
     use std::io::{Read, Write};
 
-    pub struct Ca {
-        issuer: Issuer<'static, KeyPair>,
-        pem: String,
-    }
-
-    impl Ca {
-        pub fn pem(&self) -> &str {
-            &self.pem
-        }
-    }
+    pub use ferrogate_testkit::Ca;
 
     pub fn ca(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
+        Ca::new(name)
     }
 
     pub fn leaf(ca: &Ca, cn: &str, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &ca.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
+        let p = ca.leaf(Some(cn), names);
+        (p.cert, p.key)
     }
 
     fn dir() -> std::path::PathBuf {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "fg-b2b-tls-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        ferrogate_testkit::temp_dir("fg-b2b-tls")
     }
 
     /// A stack with a TLS listener on 443 (direct + origin routes) and the
@@ -1455,7 +1421,7 @@ mod tls {
         let client_auth = match client_ca {
             None => ClientAuth::None,
             Some(c) => {
-                std::fs::write(d.join("clients.pem"), &c.pem).unwrap();
+                std::fs::write(d.join("clients.pem"), c.pem()).unwrap();
                 ClientAuth::Required {
                     ca: d.join("clients.pem"),
                 }
@@ -1493,7 +1459,7 @@ mod tls {
     pub fn client_config(ca: &Ca, identity: Option<(String, String)>) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots
-            .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
+            .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
             .unwrap();
         let b = ClientConfig::builder_with_provider(ferrogate_proxy::tls::provider())
             .with_safe_default_protocol_versions()
@@ -1888,20 +1854,13 @@ fn tls_upstream_with_a_certificate_from_another_ca_gets_502() {
 /// connection is closed; none reaches the client as an origin answer.
 #[test]
 fn every_bad_request_in_the_corpus_gets_400_or_501_and_close() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpus/http-bad");
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    cases.sort();
-    assert!(cases.len() >= 20, "corpus missing: {}", dir.display());
+    let cases = ferrogate_testkit::corpus_files("http-bad");
+    assert!(cases.len() >= 20, "corpus missing");
     let mut lab = Lab::new(Origin::Serving);
     let mut failures = Vec::new();
-    for case in &cases {
-        let name = case.file_name().unwrap().to_string_lossy().to_string();
-        let raw = std::fs::read(case).unwrap();
+    for (name, raw) in &cases {
         let c = lab.connect();
-        lab.send(c, &raw);
+        lab.send(c, raw);
         let mut got = lab.read_until(c, 3_000, |b| Response::parse(b).is_some());
         for _ in 0..500 {
             if !lab.sockets.get::<tcp::Socket>(c).may_recv() {

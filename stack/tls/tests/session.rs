@@ -1,60 +1,21 @@
 //! TLS termination in memory: a rustls client against `TlsSession`, with
 //! certificates made by rcgen for each test.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
+use ferrogate_testkit::{Ca, temp_dir, write};
 use ferrogate_tls::{
     CertSpec, ClientAuth, HandshakeKind, MinVersion, TlsListenerConfig, TlsServer, TlsSession,
 };
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
 /// (cert PEM, key PEM) for `names`, signed by `ca`.
 fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn dir() -> PathBuf {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "fg-tls-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn write(d: &Path, name: &str, text: &str) -> PathBuf {
-    let p = d.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
+    let p = ca.leaf(None, names);
+    (p.cert, p.key)
 }
 
 fn spec(d: &Path, tag: &str, pem: (String, String), names: &[&str], default: bool) -> CertSpec {
@@ -69,7 +30,7 @@ fn spec(d: &Path, tag: &str, pem: (String, String), names: &[&str], default: boo
 fn client_config(ca: &Ca, alpn: &[&[u8]], identity: Option<(String, String)>) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
         .unwrap();
     let b = ClientConfig::builder_with_provider(ferrogate_tls::provider())
         .with_safe_default_protocol_versions()
@@ -143,8 +104,8 @@ fn served_name(c: &ClientConnection) -> String {
 
 #[test]
 fn sni_picks_exact_then_wildcard_then_default_certificate() {
-    let d = dir();
-    let root = ca("test root");
+    let d = temp_dir("fg-tls");
+    let root = Ca::new("test root");
     let server = TlsServer::build(&TlsListenerConfig {
         certs: vec![
             spec(
@@ -187,11 +148,11 @@ fn sni_picks_exact_then_wildcard_then_default_certificate() {
 
 #[test]
 fn mtls_required_refuses_missing_and_foreign_certificates() {
-    let d = dir();
-    let root = ca("server root");
-    let clients = ca("client root");
-    let other = ca("other root");
-    let ca_path = write(&d, "clients.pem", &clients.pem);
+    let d = temp_dir("fg-tls");
+    let root = Ca::new("server root");
+    let clients = Ca::new("client root");
+    let other = Ca::new("other root");
+    let ca_path = write(&d, "clients.pem()", clients.pem());
     let server = TlsServer::build(&TlsListenerConfig {
         certs: vec![spec(
             &d,
@@ -221,9 +182,9 @@ fn mtls_required_refuses_missing_and_foreign_certificates() {
 
 #[test]
 fn mtls_optional_accepts_clients_without_certificates() {
-    let d = dir();
-    let root = ca("server root");
-    let clients = ca("client root");
+    let d = temp_dir("fg-tls");
+    let root = Ca::new("server root");
+    let clients = Ca::new("client root");
     let server = TlsServer::build(&TlsListenerConfig {
         certs: vec![spec(
             &d,
@@ -233,7 +194,7 @@ fn mtls_optional_accepts_clients_without_certificates() {
             true,
         )],
         client_auth: ClientAuth::Optional {
-            ca: write(&d, "c.pem", &clients.pem),
+            ca: write(&d, "c.pem", clients.pem()),
         },
         ..Default::default()
     })
@@ -244,8 +205,8 @@ fn mtls_optional_accepts_clients_without_certificates() {
 
 #[test]
 fn tickets_resume_sessions() {
-    let d = dir();
-    let root = ca("root");
+    let d = temp_dir("fg-tls");
+    let root = Ca::new("root");
     let server = TlsServer::build(&TlsListenerConfig {
         certs: vec![spec(
             &d,
@@ -267,8 +228,8 @@ fn tickets_resume_sessions() {
 
 #[test]
 fn tls13_minimum_refuses_tls12_clients() {
-    let d = dir();
-    let root = ca("root");
+    let d = temp_dir("fg-tls");
+    let root = Ca::new("root");
     let server = TlsServer::build(&TlsListenerConfig {
         certs: vec![spec(
             &d,
@@ -283,7 +244,7 @@ fn tls13_minimum_refuses_tls12_clients() {
     .unwrap();
     let mut roots = RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_slice(root.pem.as_bytes()).unwrap())
+        .add(CertificateDer::from_pem_slice(root.pem().as_bytes()).unwrap())
         .unwrap();
     let tls12 = ClientConfig::builder_with_provider(ferrogate_tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS12])
@@ -295,8 +256,8 @@ fn tls13_minimum_refuses_tls12_clients() {
 
 #[test]
 fn mismatched_key_is_rejected_at_build_time() {
-    let d = dir();
-    let root = ca("root");
+    let d = temp_dir("fg-tls");
+    let root = Ca::new("root");
     let (cert, _) = leaf(&root, &["a.test"]);
     let (_, other_key) = leaf(&root, &["b.test"]);
     let err = TlsServer::build(&TlsListenerConfig {
@@ -310,8 +271,8 @@ fn mismatched_key_is_rejected_at_build_time() {
 
 #[test]
 fn garbage_and_truncated_hello_fail_cleanly_with_an_alert() {
-    let d = dir();
-    let root = ca("root");
+    let d = temp_dir("fg-tls");
+    let root = Ca::new("root");
     let server = TlsServer::build(&TlsListenerConfig {
         certs: vec![spec(
             &d,
@@ -393,8 +354,8 @@ fn hello_interleaved_with(hello: &[u8], between: &[u8]) -> Vec<u8> {
 fn handshake_errors_rustls_sends_no_alert_for_get_one_from_ferrogate() {
     use ferrogate_tls::FailAlert;
     use rustls::AlertDescription as A;
-    let d = dir();
-    let root = ca("root");
+    let d = temp_dir("fg-tls");
+    let root = Ca::new("root");
     let server = TlsServer::build(&TlsListenerConfig {
         certs: vec![spec(
             &d,
