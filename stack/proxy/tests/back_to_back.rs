@@ -1390,9 +1390,8 @@ mod tls {
     use ferrogate_proxy::tls::{
         CertSpec, ClientAuth, IdentityHeaders, ListenerTls, TlsListenerConfig, TlsServer,
     };
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection};
     use std::io::{Read, Write};
 
     pub use ferrogate_testkit::Ca;
@@ -1457,25 +1456,13 @@ mod tls {
     }
 
     pub fn client_config(ca: &Ca, identity: Option<(String, String)>) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
-            .unwrap();
-        let b = ClientConfig::builder_with_provider(ferrogate_proxy::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let mut c = match identity {
-            None => b.with_no_client_auth(),
-            Some((cert, key)) => b
-                .with_client_auth_cert(
-                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-                )
-                .unwrap(),
-        };
-        c.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(c)
+        let identity = identity.map(|(cert, key)| ferrogate_testkit::Pem { cert, key });
+        ferrogate_testkit::client_config(
+            ferrogate_proxy::tls::provider(),
+            ca,
+            &[b"http/1.1"],
+            identity.as_ref(),
+        )
     }
 
     pub struct TlsClient {

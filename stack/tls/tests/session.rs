@@ -9,7 +9,7 @@ use ferrogate_tls::{
     CertSpec, ClientAuth, HandshakeKind, MinVersion, TlsListenerConfig, TlsServer, TlsSession,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 /// (cert PEM, key PEM) for `names`, signed by `ca`.
@@ -28,25 +28,8 @@ fn spec(d: &Path, tag: &str, pem: (String, String), names: &[&str], default: boo
 }
 
 fn client_config(ca: &Ca, alpn: &[&[u8]], identity: Option<(String, String)>) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
-        .unwrap();
-    let b = ClientConfig::builder_with_provider(ferrogate_tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut c = match identity {
-        None => b.with_no_client_auth(),
-        Some((cert, key)) => b
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-    };
-    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    Arc::new(c)
+    let identity = identity.map(|(cert, key)| ferrogate_testkit::Pem { cert, key });
+    ferrogate_testkit::client_config(ferrogate_tls::provider(), ca, alpn, identity.as_ref())
 }
 
 /// Runs the handshake and one request/response; returns the server session

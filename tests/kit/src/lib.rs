@@ -1,10 +1,11 @@
 //! What ferrogate's tests and benches share, so each helper exists once:
-//! a test PKI ([`Ca`]), unique temp dirs ([`temp_dir`]), the lab's
+//! a test PKI ([`Ca`], [`Pem`], [`client_config`]), unique temp dirs ([`temp_dir`]), the lab's
 //! namespace list ([`netns_list`]) and the corpora under `tests/corpus`
 //! ([`corpus`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use rcgen;
@@ -84,6 +85,37 @@ impl Ca {
             key: key.serialize_pem(),
         }
     }
+}
+
+/// A rustls client config that trusts `ca`, offers `alpn` and, with
+/// `identity`, presents that client certificate (mTLS).
+pub fn client_config(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    ca: &Ca,
+    alpn: &[&[u8]],
+    identity: Option<&Pem>,
+) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).expect("CA PEM"))
+        .expect("CA certificate");
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+    let mut c = match identity {
+        None => b.with_no_client_auth(),
+        Some(id) => b
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(id.cert.as_bytes()).expect("cert PEM")],
+                PrivateKeyDer::from_pem_slice(id.key.as_bytes()).expect("key PEM"),
+            )
+            .expect("client certificate"),
+    };
+    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(c)
 }
 
 /// A new empty directory under the system temp dir, unique per process and
