@@ -98,6 +98,9 @@ pub struct Engine {
 }
 
 /// What opening a backend produced.
+/// The stack's MAC address on in-memory ports (locally administered).
+pub const MEMORY_MAC: [u8; 6] = [0x02, 0xfe, 0, 0, 0, 0x01];
+
 struct Opened {
     mac: [u8; 6],
     cpus: Vec<usize>,
@@ -359,6 +362,45 @@ impl Engine {
         } else {
             open_kernel(&mut cfg)?
         };
+        Self::start_opened(cfg, opened)
+    }
+
+    /// Starts one worker per in-memory port ([`crate::memio`]): the whole
+    /// data path (filter tier in the workers, stack, proxy) with no NIC and
+    /// no kernel, for the L7 ceiling bench and tests that need no root.
+    /// `cfg.iface`, `backend` and `queues` are ignored; `cfg.cpus` pins the
+    /// workers when it names enough CPUs. The stack's MAC is [`MEMORY_MAC`].
+    pub fn start_on_memory(
+        mut cfg: EngineConfig,
+        ports: Vec<crate::memio::MemPort>,
+    ) -> Result<Engine, EngineError> {
+        if ports.is_empty() || ports.len() > ferrogate_ebpf::MAX_QUEUES as usize {
+            return Err(EngineError::Config(format!(
+                "1..={} memory ports",
+                ferrogate_ebpf::MAX_QUEUES
+            )));
+        }
+        if cfg.vips().is_empty() {
+            return Err(EngineError::Config("at least one VIP is required".into()));
+        }
+        cfg.queues = ports.len() as u32;
+        let (cpus, _) = place_workers(&mut cfg, None)?;
+        let opened = Opened {
+            mac: MEMORY_MAC,
+            cpus,
+            backend: BackendKind::Memory,
+            xdp: None,
+            ios: ports
+                .into_iter()
+                .map(|p| Box::new(p) as Box<dyn PacketIo>)
+                .collect(),
+            #[cfg(feature = "dpdk")]
+            dpdk: None,
+        };
+        Self::start_opened(cfg, opened)
+    }
+
+    fn start_opened(cfg: EngineConfig, opened: Opened) -> Result<Engine, EngineError> {
         let Opened {
             mac,
             cpus,
@@ -378,22 +420,23 @@ impl Engine {
         );
         let vips = vip_addrs(&cfg);
         // Without XDP, the filter tier runs in the workers.
-        let soft_filter = if xdp.is_none() && backend == BackendKind::Dpdk {
-            let mut index = RuleIndex::default();
-            let rules =
-                SwRules::compile(&cfg.filter, &vips, &mut index, 0).map_err(EngineError::Filter)?;
-            Some(SoftFilter {
-                rules: Arc::new(ArcSwap::from_pointee(rules)),
-                buckets: Arc::new(Buckets::default()),
-                counters: (0..cfg.queues)
-                    .map(|_| Arc::new(FilterCounters::default()))
-                    .collect(),
-                index,
-                vips: vips.clone(),
-            })
-        } else {
-            None
-        };
+        let soft_filter =
+            if xdp.is_none() && matches!(backend, BackendKind::Dpdk | BackendKind::Memory) {
+                let mut index = RuleIndex::default();
+                let rules = SwRules::compile(&cfg.filter, &vips, &mut index, 0)
+                    .map_err(EngineError::Filter)?;
+                Some(SoftFilter {
+                    rules: Arc::new(ArcSwap::from_pointee(rules)),
+                    buckets: Arc::new(Buckets::default()),
+                    counters: (0..cfg.queues)
+                        .map(|_| Arc::new(FilterCounters::default()))
+                        .collect(),
+                    index,
+                    vips: vips.clone(),
+                })
+            } else {
+                None
+            };
 
         let workers_n = cfg.queues as usize;
         let ports = PortPlan::new(cfg.upstream_port_range.clone(), workers_n);

@@ -1,5 +1,5 @@
 //! The packet-I/O boundary: one trait, one implementation per backend
-//! (AF_XDP, AF_PACKET, DPDK). A backend owns exactly one NIC queue and is
+//! (AF_XDP, AF_PACKET, DPDK, and an in-memory port for benches and tests). A backend owns exactly one NIC queue and is
 //! driven by exactly one worker thread, so nothing here is shared or locked.
 
 use std::io;
@@ -11,6 +11,8 @@ pub enum BackendKind {
     AfXdp,
     AfPacket,
     Dpdk,
+    /// In-memory port ([`crate::memio`]): no NIC, no kernel.
+    Memory,
 }
 
 impl std::fmt::Display for BackendKind {
@@ -19,6 +21,7 @@ impl std::fmt::Display for BackendKind {
             BackendKind::AfXdp => "af_xdp",
             BackendKind::AfPacket => "af_packet",
             BackendKind::Dpdk => "dpdk",
+            BackendKind::Memory => "memory",
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod handoff;
 pub mod io;
 pub mod io_error;
+pub mod memio;
 pub mod netdev;
 pub mod stats;
 mod worker;
@@ -19,4 +20,5 @@ pub use engine::{Engine, EngineError, ReloadReport};
 /// Topology and placement, for the control plane (`control → engine`).
 pub use ferrogate_numa as numa;
 pub use io::{BackendKind, IoStats, PacketIo};
+pub use memio::{MemPeer, MemPort, mem_port};
 pub use stats::{EngineStats, WorkerStats};

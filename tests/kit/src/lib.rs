@@ -3,6 +3,8 @@
 //! namespace list ([`netns_list`]) and the corpora under `tests/corpus`
 //! ([`corpus`]).
 
+pub mod peer;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
