@@ -209,10 +209,10 @@ pub fn render(st: &EngineStats, info: &Info<'_>) -> String {
         );
         for (k, v) in w.stack.fields() {
             if is_gauge(k) {
-                f.gauge(&format!("ferrogate_proxy_{k}"), "stack gauge", &l[..1], v);
+                f.gauge(&format!("ferrogate_stack_{k}"), "stack gauge", &l[..1], v);
             } else {
                 f.counter(
-                    &format!("ferrogate_proxy_{k}_total"),
+                    &format!("ferrogate_stack_{k}_total"),
                     "stack counter",
                     &l[..1],
                     v,
@@ -378,6 +378,42 @@ pub fn render(st: &EngineStats, info: &Info<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Dashboards and alerts key on these names: renaming a crate must not
+    /// rename a metric.
+    #[test]
+    fn stack_counters_keep_their_exported_names() {
+        let mut w = ferrogate_engine::WorkerStats::default();
+        w.stack.requests = 7;
+        w.stack.net.rx_frames = 9;
+        w.stack.active_connections = 2;
+        let st = EngineStats {
+            backend: ferrogate_engine::BackendKind::Memory,
+            workers: vec![w],
+            xdp: None,
+            rules: vec![],
+            filter_generation: None,
+            snapshot_version: 1,
+            upstreams: Default::default(),
+            routes: Default::default(),
+            port: vec![],
+        };
+        let s = render(
+            &st,
+            &Info {
+                version: "1",
+                counter: 1,
+                uptime_s: 1.0,
+            },
+        );
+        for line in [
+            "ferrogate_stack_requests_total{worker=\"0\"} 7",
+            "ferrogate_stack_rx_frames_total{worker=\"0\"} 9",
+            "ferrogate_stack_active_connections{worker=\"0\"} 2",
+        ] {
+            assert!(s.contains(line), "{line} missing in:\n{s}");
+        }
+    }
 
     #[test]
     fn label_values_are_escaped() {

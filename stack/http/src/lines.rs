@@ -1,7 +1,8 @@
 //! Header lines a proxy phase adds to a head being written: bounded by the
-//! head buffer, and checked so that no phase can split a head (a value with
-//! CR, LF or NUL, a name that is not a token) — the line is left out and
-//! counted instead.
+//! head buffer, and checked so that no phase can split a head or change its
+//! framing (a value with CR, LF or NUL, a name that is not a token, or one
+//! of the fields that frame the message or the connection) — the line is
+//! left out and counted instead.
 
 use std::fmt::Write as _;
 
@@ -12,6 +13,42 @@ pub struct HeaderLines<'a> {
     /// Every line fit the buffer.
     fits: bool,
     refused: u32,
+}
+
+/// Fields only the codec writes: a phase adding one could frame the
+/// message twice (smuggling, desync) or address another host.
+const CODEC_OWNED: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "host",
+];
+
+/// Appends one header value; cannot touch what was written before it.
+pub struct ValueWriter<'b> {
+    out: &'b mut ByteBuf,
+}
+
+impl ValueWriter<'_> {
+    /// False when the head buffer is full.
+    pub fn extend(&mut self, bytes: &[u8]) -> bool {
+        self.out.extend(bytes)
+    }
+}
+
+impl std::fmt::Write for ValueWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.out.extend(s.as_bytes()) {
+            Ok(())
+        } else {
+            Err(std::fmt::Error)
+        }
+    }
 }
 
 fn is_token(name: &str) -> bool {
@@ -42,9 +79,13 @@ impl<'a> HeaderLines<'a> {
 
     /// Adds `name: ` + whatever `write` appends; the value is checked after
     /// it is written and the line taken back when it is bad or did not fit.
-    pub fn add_with(&mut self, name: &str, write: impl FnOnce(&mut ByteBuf) -> bool) -> bool {
+    pub fn add_with(
+        &mut self,
+        name: &str,
+        write: impl FnOnce(&mut ValueWriter<'_>) -> bool,
+    ) -> bool {
         let mark = self.out.len();
-        if !is_token(name) {
+        if !is_token(name) || CODEC_OWNED.iter().any(|f| f.eq_ignore_ascii_case(name)) {
             self.refused += 1;
             return false;
         }
@@ -52,7 +93,7 @@ impl<'a> HeaderLines<'a> {
             && self.out.extend(b": ")
             && {
                 let value_at = self.out.len();
-                let wrote = write(self.out);
+                let wrote = write(&mut ValueWriter { out: self.out });
                 let bad = self.out.filled()[value_at..]
                     .iter()
                     .any(|&b| matches!(b, b'\r' | b'\n' | 0));
@@ -94,9 +135,11 @@ mod tests {
         assert!(l.add("X-Ok", b"1"));
         assert!(!l.add("X-Bad", b"a\r\nInjected: yes"));
         assert!(!l.add("Bad Name", b"v"));
+        assert!(!l.add("Content-Length", b"0") && !l.add("transfer-encoding", b"chunked"));
+        assert!(!l.add("Host", b"elsewhere") && !l.add("Connection", b"close"));
         assert!(!l.add_with("X-Late", |o| o.extend(b"x\n")));
         assert!(l.add_display("X-Num", 42));
-        assert_eq!((l.fits(), l.refused()), (true, 3));
+        assert_eq!((l.fits(), l.refused()), (true, 7));
         assert_eq!(buf.filled(), b"X-Ok: 1\r\nX-Num: 42\r\n");
     }
 

@@ -77,7 +77,8 @@ pub enum Verdict {
 /// docs for the order.
 pub trait ProxyHttp {
     /// Per-request state the phases share; a fresh `default()` for every
-    /// request.
+    /// request (made when the connection starts waiting for it, so an error
+    /// before its head parses sees a fresh one too).
     type Ctx: Default;
 
     /// First look at a request, before routing. Default: go on.
@@ -116,9 +117,14 @@ pub trait ProxyHttp {
         forwarding_headers(req, lines);
     }
 
-    /// Sees each piece of the request body as it goes upstream, in order
-    /// (`end`: the last one). An error stops the request: the client gets
-    /// its status, the upstream a reset. Default: pass.
+    /// Sees each piece of the request body as it goes upstream, in order,
+    /// as on the wire (chunked framing included). `end` is true exactly once,
+    /// when the whole body went up (a request without a body gets one empty
+    /// call with `end`); a request that ends otherwise (an early response,
+    /// a client abort, an error) gets no `end` — `logging` still sees it.
+    /// Retries never repeat a piece (a request whose body started is not
+    /// retried). An error stops the request: the client gets its status,
+    /// the upstream a reset. Default: pass.
     fn request_body_filter(
         &self,
         _chunk: &[u8],
@@ -140,8 +146,9 @@ pub trait ProxyHttp {
         echo_request_id(resp, info, lines);
     }
 
-    /// Sees each piece of the response body as it goes to the client.
-    /// Default: nothing.
+    /// Sees each piece of the response body as it goes to the client, as on
+    /// the wire (chunked framing included); `end` once the body is complete
+    /// (not when the upstream cut it short). Default: nothing.
     fn response_body_filter(&self, _chunk: &[u8], _end: bool, _ctx: &mut Self::Ctx) {}
 
     /// Lines added to a response the proxy makes for an error. Default:

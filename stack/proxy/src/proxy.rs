@@ -168,6 +168,9 @@ pub(crate) struct Conn<P: ProxyHttp> {
     hash_key: u64,
     /// Some request-body bytes went upstream: the request can't be resent.
     body_started: bool,
+    /// `request_body_filter` was told the body ended (once per request,
+    /// however many attempts).
+    body_end_seen: bool,
     /// The request came without Host (HTTP/1.0): where in `request_head`
     /// each attempt writes the one its pool and endpoint call for.
     host_at: Option<usize>,
@@ -248,6 +251,7 @@ impl<P: ProxyHttp> Conn<P> {
             tried_len: 0,
             hash_key: 0,
             body_started: false,
+            body_end_seen: false,
             host_at: None,
             fresh_only: false,
             body_abandoned: false,
@@ -428,7 +432,6 @@ impl<P: ProxyHttp> Conn<P> {
         cx.stats.requests += 1;
         self.started = cx.now;
         self.route_id = None;
-        self.pctx = P::Ctx::default();
         let phases = cx.phases;
         let host = head::request_host(&req);
         set_request_id(&mut self.request_id, &mut self.request_id_len, &req, cx);
@@ -524,6 +527,7 @@ impl<P: ProxyHttp> Conn<P> {
                 self.attempts = 0;
                 self.tried_len = 0;
                 self.body_started = false;
+                self.body_end_seen = false;
                 self.body_abandoned = false;
                 self.fresh_only = false;
                 if let Some(p) = cx.registry.pool_mut(&upstream) {
@@ -851,13 +855,15 @@ impl<P: ProxyHttp> Conn<P> {
             }
             Body::UntilClose => unreachable!("requests are never close-delimited"),
         };
-        if take > 0 || done {
+        let end = done && !self.body_end_seen;
+        if take > 0 || end {
             let filtered = cx
                 .phases
-                .request_body_filter(&avail[..take], done, &mut self.pctx);
+                .request_body_filter(&avail[..take], end, &mut self.pctx);
             if let Err(e) = filtered {
                 return self.fail_to_client(cx, e);
             }
+            self.body_end_seen |= end;
         }
         if take > 0 {
             let sent = upc.io.send(up, &avail[..take]);
@@ -1105,8 +1111,7 @@ impl<P: ProxyHttp> Conn<P> {
             }
             self.request = None;
             if keep_client {
-                self.phase = Phase::ReadHead;
-                self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+                self.next_request(cx);
             } else if self.body_abandoned {
                 self.start_drain(cx);
             } else {
@@ -1134,12 +1139,19 @@ impl<P: ProxyHttp> Conn<P> {
             return moved;
         }
         if keep {
-            self.phase = Phase::ReadHead;
-            self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+            self.next_request(cx);
         } else {
             self.phase = Phase::Close;
         }
         true
+    }
+
+    /// Waits for the next request on a kept-alive connection; its phases
+    /// start from a fresh `Ctx` (also for an error before its head parses).
+    fn next_request(&mut self, cx: &mut Ctx<'_, P>) {
+        self.pctx = P::Ctx::default();
+        self.phase = Phase::ReadHead;
+        self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
     }
 
     fn close(&mut self, cx: &mut Ctx<'_, P>) -> bool {
@@ -1379,15 +1391,30 @@ impl<P: ProxyHttp> Conn<P> {
             request_id: &self.request_id[..self.request_id_len],
             now: cx.now,
         };
-        head::write_local_response(
+        let body = head::reason(status).as_bytes();
+        let mut keep = keep;
+        if !head::write_local_response(
             status,
             "text/plain",
-            head::reason(status).as_bytes(),
+            body,
             keep,
             true,
             |lines| phases.error_response_filter(&err, &info, lines),
             &mut self.bufs.to_client,
-        );
+        ) {
+            // The phase's lines did not fit: the bare answer, then close.
+            self.bufs.to_client.clear();
+            keep = false;
+            head::write_local_response(
+                status,
+                "text/plain",
+                body,
+                false,
+                true,
+                |_| {},
+                &mut self.bufs.to_client,
+            );
+        }
         self.phase = Phase::WriteLocal { keep };
         true
     }

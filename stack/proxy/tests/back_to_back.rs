@@ -1940,6 +1940,8 @@ mod custom_phases {
             lines.add("X-Tenant-Seen", ctx.as_deref().unwrap_or("-").as_bytes());
             // A phase cannot split the head: this line is left out.
             lines.add("X-Evil", b"a\r\nInjected: 1");
+            // Nor frame the message a second time.
+            lines.add("Transfer-Encoding", b"chunked");
         }
 
         fn request_body_filter(
@@ -2018,6 +2020,10 @@ fn custom_phases_answer_route_rewrite_watch_bodies_and_log_each_request() {
     assert!(up.contains("X-Tenant-Seen: acme\r\n"), "{up}");
     assert!(up.contains("X-Forwarded-For: 10.0.0.2\r\n"), "{up}");
     assert!(!up.contains("s3") && !up.contains("Injected"), "{up}");
+    assert!(
+        !up.to_ascii_lowercase().contains("transfer-encoding"),
+        "{up}"
+    );
     assert!(r.head.contains("X-Upstream-Status: 200\r\n"), "{}", r.head);
     assert!(r.head.contains("X-Tenant: acme"), "{}", r.head);
     assert!(r.head.contains("X-Request-Id: "), "{}", r.head);
