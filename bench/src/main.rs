@@ -2,6 +2,7 @@
 //! baselines (nginx, HAProxy, iptables, nftables) on the lab, with an own
 //! packet generator and an own open-loop HTTP client. See bench/README.md.
 
+mod ceiling;
 mod contenders;
 mod env;
 mod loadgen;
@@ -86,6 +87,10 @@ enum Cmd {
     /// ferrogate alone: req/s with 1 and 2 workers (2-queue lab), and
     /// latency at 100 req/s per polling mode (busy, adaptive, interrupt).
     Scale(Common),
+    /// The engine's own cost per request with no kernel in the path: the real
+    /// engine on an in-memory port, a userspace peer (clients + origin) on the
+    /// other CPU. Needs no root and no lab.
+    Ceiling(Common),
     /// The packet generator alone (run it inside a namespace; prints JSON).
     Gen(pktgen::GenArgs),
     /// The open-loop HTTP client alone (prints JSON).
@@ -141,6 +146,34 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }
+        Cmd::Ceiling(c) => {
+            let o = ceiling::Opts {
+                rounds: if c.smoke { 1 } else { c.rounds.max(1) },
+                seconds: if c.smoke { 1 } else { c.seconds.max(1) },
+                warmup: if c.smoke { 0 } else { c.warmup },
+                conns: c.conns,
+                smoke: c.smoke,
+            };
+            let mut rep = ceiling::run(&o, meta())?;
+            let out = c
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
+            let files = rep.write(&out)?;
+            println!("== ceiling");
+            print!(
+                "{}",
+                rep.markdown().split("## Settings").next().unwrap_or("")
+            );
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            let failures = rep.failures();
+            if !failures.is_empty() {
+                bail!("ceiling: {}", failures.join("\n"));
+            }
+            return Ok(());
+        }
         _ => {}
     }
     let cli = match &cli.cmd {
@@ -151,7 +184,7 @@ fn main() -> Result<()> {
         | Cmd::GoodputUnderFlood(c)
         | Cmd::Scale(c)
         | Cmd::All(c) => (c.clone(), &cli.cmd),
-        Cmd::Gen(_) | Cmd::Loadgen(_) => unreachable!(),
+        Cmd::Gen(_) | Cmd::Loadgen(_) | Cmd::Ceiling(_) => unreachable!(),
     };
     let (cli, cmd) = cli;
     // SAFETY: geteuid has no preconditions.
@@ -210,7 +243,7 @@ fn main() -> Result<()> {
             ("flood", scenarios::flood),
             ("goodput-under-flood", scenarios::goodput),
         ],
-        Cmd::Gen(_) | Cmd::Loadgen(_) => unreachable!(),
+        Cmd::Gen(_) | Cmd::Loadgen(_) | Cmd::Ceiling(_) => unreachable!(),
     };
     let mut failures = Vec::new();
     let mut ctx = ctx;

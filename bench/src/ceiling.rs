@@ -1,0 +1,214 @@
+//! `ceiling`: what the engine itself costs per request, with no kernel in
+//! the path. The real engine (one worker, busy polling, pinned to the proxy
+//! CPU) runs on an in-memory port; on the load CPU a userspace peer with its
+//! own TCP/IP stack plays the keep-alive clients and the origin. Reports
+//! requests/s, the worker's busy ns per request, frames per request and its
+//! busy ratio: below ~0.9 the peer, not the worker, is the bottleneck, and
+//! ns/req (from busy time) is the figure to read.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ferrogate_engine::{Engine, EngineConfig, EngineStats, MemPeer, PollingMode, mem_port};
+use ferrogate_proxy::{Listener, Route, RouteAction, RouteTable, Upstream};
+use ferrogate_testkit::peer::{HttpPeer, Link, PeerConfig};
+
+use crate::env::{LOAD_CPU, PROXY_CPU};
+use crate::measure::Metrics;
+use crate::report::{Report, Sample, col};
+
+/// Variants: (name, response body bytes).
+const VARIANTS: [(&str, usize); 2] = [("tiny", 13), ("16k", 16 * 1024)];
+
+struct PeerLink(MemPeer);
+
+impl Link for PeerLink {
+    fn send(&mut self, frame: &[u8]) -> bool {
+        self.0.send(frame)
+    }
+
+    fn recv(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
+        self.0.recv(max, f)
+    }
+}
+
+pub struct Opts {
+    pub rounds: usize,
+    pub seconds: u64,
+    pub warmup: u64,
+    pub conns: u32,
+    pub smoke: bool,
+}
+
+fn routes() -> Arc<RouteTable> {
+    let pool = Arc::new(Upstream::simple(
+        "origin",
+        0,
+        &["10.99.0.3:8080".parse().expect("address")],
+    ));
+    Arc::new(RouteTable::new(
+        1,
+        vec![Listener::new(
+            80,
+            vec![Route::new("all", RouteAction::Proxy(pool.clone()))],
+        )],
+        vec![pool],
+    ))
+}
+
+fn pin_this_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+    // sched_setaffinity only read and write that local set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+struct Totals {
+    ok: u64,
+    bad: u64,
+    requests: u64,
+    busy_ns: u64,
+    frames: u64,
+}
+
+fn totals(peer_ok: u64, peer_bad: u64, s: &EngineStats) -> Totals {
+    let w = &s.workers[0];
+    Totals {
+        ok: peer_ok,
+        bad: peer_bad,
+        requests: w.stack.requests,
+        busy_ns: w.busy_ns,
+        frames: w.io.rx_frames + w.io.tx_frames,
+    }
+}
+
+/// One measurement: `warmup` then `seconds` of load through a fresh engine.
+fn measure(o: &Opts, body_len: usize) -> Result<Metrics> {
+    let (port, peer_end) = mem_port(4096);
+    let mut cfg = EngineConfig::new(
+        "mem0",
+        vec![("10.99.0.10".parse().expect("vip"), 24)],
+        routes(),
+    );
+    cfg.polling = PollingMode::Busy;
+    cfg.cpus = vec![PROXY_CPU];
+    let engine = Engine::start_on_memory(cfg, vec![port]).context("engine on a memory port")?;
+    pin_this_thread(LOAD_CPU);
+    let mut peer = HttpPeer::new(
+        PeerLink(peer_end),
+        PeerConfig {
+            mac: [0x02, 0, 0, 0, 0, 0x02],
+            client_ip: Ipv4Addr::new(10, 99, 0, 2),
+            origin_ip: Ipv4Addr::new(10, 99, 0, 3),
+            prefix_len: 24,
+            vip: Ipv4Addr::new(10, 99, 0, 10),
+            vip_port: 80,
+            origin_port: 8080,
+            clients: o.conns as usize,
+            body_len,
+            path: "/".into(),
+        },
+        smoltcp::time::Instant::from_millis(0),
+    );
+    let start = Instant::now();
+    let poll_until = |peer: &mut HttpPeer<PeerLink>, end: Instant| {
+        while Instant::now() < end {
+            peer.poll(smoltcp::time::Instant::from_micros(
+                start.elapsed().as_micros() as i64,
+            ));
+        }
+    };
+    poll_until(&mut peer, start + Duration::from_secs(o.warmup));
+    let p0 = peer.stats();
+    let t0 = totals(p0.ok, p0.bad, &engine.stats());
+    let m0 = Instant::now();
+    poll_until(&mut peer, m0 + Duration::from_secs(o.seconds));
+    let wall = m0.elapsed();
+    let p1 = peer.stats();
+    let t1 = totals(p1.ok, p1.bad, &engine.stats());
+    engine.shutdown().context("engine stop")?;
+    let ok = t1.ok - t0.ok;
+    let requests = (t1.requests - t0.requests).max(1);
+    let busy = t1.busy_ns - t0.busy_ns;
+    let mut m = Metrics::new();
+    m.insert("rps".into(), ok as f64 / wall.as_secs_f64());
+    m.insert("worker_ns_per_req".into(), busy as f64 / requests as f64);
+    m.insert(
+        "req_per_core_s".into(),
+        requests as f64 / (busy as f64 / 1e9).max(1e-9),
+    );
+    m.insert(
+        "frames_per_req".into(),
+        (t1.frames - t0.frames) as f64 / requests as f64,
+    );
+    m.insert("busy_ratio".into(), busy as f64 / wall.as_nanos() as f64);
+    m.insert("bad_responses".into(), (t1.bad - t0.bad) as f64);
+    m.insert("client_drops".into(), p1.client_drops as f64);
+    if ok == 0 {
+        bail!("no response in {} s", o.seconds);
+    }
+    Ok(m)
+}
+
+pub fn run(o: &Opts, meta: BTreeMap<String, String>) -> Result<Report> {
+    let mut r = Report::new("ceiling", meta);
+    for (k, v) in [
+        ("rounds", o.rounds.to_string()),
+        ("seconds per measurement", o.seconds.to_string()),
+        ("warm-up seconds", o.warmup.to_string()),
+        ("smoke", o.smoke.to_string()),
+        ("keep-alive client connections", o.conns.to_string()),
+        ("peer CPU", LOAD_CPU.to_string()),
+        ("worker CPU (busy polling)", PROXY_CPU.to_string()),
+    ] {
+        r.settings.insert(k.into(), v);
+    }
+    r.columns = vec![
+        col("rps", "req/s", 1.0),
+        col("worker_ns_per_req", "worker ns/req", 1.0),
+        col("req_per_core_s", "req/s per busy core", 1.0),
+        col("frames_per_req", "frames/req", 1.0),
+        col("busy_ratio", "worker busy", 1.0),
+        col("bad_responses", "bad responses", 1.0),
+    ];
+    r.plots = vec![(
+        "worker_ns_per_req".into(),
+        "ceiling: worker ns per request (in-memory port, no kernel)".into(),
+    )];
+    r.notes.push("The real engine (filter tier, stack, proxy, pooled upstream connections) on an in-memory port; the peer (keep-alive clients and the origin on one smoltcp stack) runs on the other CPU. `worker ns/req` is the worker's busy time (loop iterations that moved frames) per request; `worker busy` below ~0.9 means the peer could not keep the worker busy.".into());
+    r.unavailable.insert(
+        "nginx on loopback".into(),
+        "the kernel reference of the issue is not built yet: compare with `http` (nginx in the lab) meanwhile".into(),
+    );
+    for round in 0..o.rounds {
+        for (variant, body) in VARIANTS {
+            eprintln!("ceiling round {round}: {variant}");
+            let s = measure(o, body);
+            let (metrics, error) = match s {
+                Ok(m) => (m, None),
+                Err(e) => (Metrics::new(), Some(format!("{e:#}"))),
+            };
+            if metrics.get("bad_responses").is_some_and(|b| *b > 0.0) {
+                bail!("{variant}: bad responses through the engine: {metrics:?}");
+            }
+            r.samples.push(Sample {
+                variant: variant.into(),
+                contender: "ferrogate".into(),
+                round,
+                metrics,
+                commands: vec![format!(
+                    "in-process: Engine::start_on_memory (1 worker, busy, CPU {PROXY_CPU}) + testkit HttpPeer ({} conns, {body} B bodies, CPU {LOAD_CPU})",
+                    o.conns
+                )],
+                error,
+            });
+        }
+    }
+    Ok(r)
+}
