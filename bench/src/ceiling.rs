@@ -182,12 +182,32 @@ pub fn run(o: &Opts, meta: BTreeMap<String, String>) -> Result<Report> {
         "ceiling: worker ns per request (in-memory port, no kernel)".into(),
     )];
     r.notes.push("The real engine (filter tier, stack, proxy, pooled upstream connections) on an in-memory port; the peer (keep-alive clients and the origin on one smoltcp stack) runs on the other CPU. `worker ns/req` is the worker's busy time (loop iterations that moved frames) per request; `worker busy` below ~0.9 means the peer could not keep the worker busy.".into());
-    r.unavailable.insert(
-        "nginx on loopback".into(),
-        "the kernel reference of the issue is not built yet: compare with `http` (nginx in the lab) meanwhile".into(),
-    );
+    r.ratios = vec![crate::report::Ratio {
+        key: "worker_ns_per_req".into(),
+        label: "ns/req vs nginx-loopback".into(),
+        baseline: "nginx-loopback".into(),
+    }];
+    r.notes.push("nginx-loopback: wrk → nginx (1 worker, CPU 1) → origin nginx on 127.0.0.1 (wrk and origin on CPU 0), upstream keepalive 64; its `worker ns/req` is the proxy nginx's utime+stime per request (tick-based). On loopback the sender's syscall runs the receiving TCP stack too, so nginx pays receive work for what it sends, not for what it is sent.".into());
+    let scratch = crate::loopback::scratch();
     for round in 0..o.rounds {
         for (variant, body) in VARIANTS {
+            eprintln!("ceiling round {round}: {variant} nginx-loopback");
+            let (metrics, error) =
+                match crate::loopback::measure(&scratch, body, o.warmup, o.seconds, o.conns) {
+                    Ok(m) => (m, None),
+                    Err(e) => (Metrics::new(), Some(format!("{e:#}"))),
+                };
+            r.samples.push(Sample {
+                variant: variant.into(),
+                contender: "nginx-loopback".into(),
+                round,
+                metrics,
+                commands: vec![format!(
+                    "taskset -c {LOAD_CPU} wrk -t1 -c{} -d{}s http://127.0.0.1:18480/body-{body} ; nginx (1 worker) pinned to CPU {PROXY_CPU}, origin nginx on CPU {LOAD_CPU}",
+                    o.conns, o.seconds
+                )],
+                error,
+            });
             eprintln!("ceiling round {round}: {variant}");
             let s = measure(o, body);
             let (metrics, error) = match s {
@@ -210,5 +230,6 @@ pub fn run(o: &Opts, meta: BTreeMap<String, String>) -> Result<Report> {
             });
         }
     }
+    let _ = std::fs::remove_dir_all(&scratch);
     Ok(r)
 }

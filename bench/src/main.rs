@@ -6,6 +6,7 @@ mod ceiling;
 mod contenders;
 mod env;
 mod loadgen;
+mod loopback;
 mod measure;
 mod pktgen;
 mod report;

@@ -1,5 +1,6 @@
 //! CI smoke of `ferrogate-bench ceiling --smoke` (1 s per variant): the real
-//! engine on an in-memory port with the userspace peer, no root, no lab.
+//! engine on an in-memory port with the userspace peer, and the kernel
+//! reference (nginx proxying on loopback); no lab.
 //! Its own test binary, so it never runs beside the lab smoke. No assertion
 //! on speed; the bench fails when a response is bad or none comes.
 
@@ -29,8 +30,8 @@ fn ceiling_smoke() {
     }
     let json = files.iter().find(|f| f.ends_with(".json")).unwrap();
     let text = std::fs::read_to_string(out.join(json)).unwrap();
-    for variant in ["\"tiny\"", "\"16k\""] {
-        assert!(text.contains(variant), "{variant} missing");
+    for want in ["\"tiny\"", "\"16k\"", "\"ferrogate\"", "\"nginx-loopback\""] {
+        assert!(text.contains(want), "{want} missing");
     }
     let _ = std::fs::remove_dir_all(&out);
 }
