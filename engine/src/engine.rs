@@ -504,7 +504,7 @@ impl Engine {
                 mac,
                 clock_start,
                 filter: engine.soft_filter.as_ref().map(|f| WorkerFilter {
-                    rules: f.rules.clone(),
+                    rules: arc_swap::Cache::new(f.rules.clone()),
                     buckets: f.buckets.clone(),
                     counters: f.counters[id].clone(),
                 }),

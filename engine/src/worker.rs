@@ -18,7 +18,9 @@ use ferrogate_ebpf::swfilter::{Buckets, FilterCounters, SwFilter, SwRules};
 /// The software filter tier a worker runs before its stack (backends
 /// without XDP).
 pub(crate) struct WorkerFilter {
-    pub rules: Arc<ArcSwap<SwRules>>,
+    /// The current rules: a cached `Arc`, refreshed only when a new rule
+    /// set is stored (one pointer compare per burst, not an `ArcSwap` load).
+    pub rules: arc_swap::Cache<Arc<ArcSwap<SwRules>>, Arc<SwRules>>,
     pub buckets: Arc<Buckets>,
     pub counters: Arc<FilterCounters>,
 }
@@ -84,13 +86,19 @@ impl Worker {
         let mut last_publish = StdInstant::now();
         let mut last_l7_publish = StdInstant::now();
         let mut idle_since: Option<StdInstant> = None;
+        // Start of the last iteration if it moved frames: its busy time is
+        // counted from the next iteration's clock read (one read per loop).
+        let mut busy_from: Option<StdInstant> = None;
         let mut next_timer = Instant::from_micros(0);
         let mut rx_error_logged = false;
 
         while !self.shutdown.load(Ordering::Relaxed) {
             let wall = StdInstant::now();
-            let now =
-                Instant::from_micros(wall.duration_since(self.clock_start).as_micros() as i64);
+            if let Some(from) = busy_from.take() {
+                s.busy_ns += wall.duration_since(from).as_nanos() as u64;
+            }
+            let since_start = wall.duration_since(self.clock_start);
+            let now = Instant::from_micros(since_start.as_micros() as i64);
 
             // A new snapshot applies between batches, never inside one.
             let epoch = self.epoch.load(Ordering::Acquire);
@@ -105,7 +113,7 @@ impl Worker {
                 switched = true;
             }
 
-            let now_ns = wall.duration_since(self.clock_start).as_nanos() as u64;
+            let now_ns = since_start.as_nanos() as u64;
             let received = self.receive_burst(&mut s, &mut rx_error_logged, now_ns);
             let handed = {
                 let stack = &mut self.stack;
@@ -134,7 +142,7 @@ impl Worker {
 
             if work > 0 {
                 s.busy_loops += 1;
-                s.busy_ns += wall.elapsed().as_nanos() as u64;
+                busy_from = Some(wall);
                 idle_since = None;
             } else {
                 s.idle_loops += 1;
@@ -220,16 +228,19 @@ impl Worker {
         let handoff = &self.handoff;
         let ports = &self.ports;
         let (mut out, mut dropped) = (0u64, 0u64);
-        // One snapshot of the rules per burst (a guard, no allocation).
-        let guard = self.filter.as_ref().map(|f| f.rules.load());
-        let filter = match (&self.filter, &guard) {
-            (Some(f), Some(g)) => Some(SwFilter {
-                rules: g,
-                buckets: &f.buckets,
-                counters: &f.counters,
-            }),
-            _ => None,
-        };
+        // One snapshot of the rules per burst (no allocation, no lock).
+        let filter = self.filter.as_mut().map(|f| {
+            let WorkerFilter {
+                rules,
+                buckets,
+                counters,
+            } = f;
+            SwFilter {
+                rules: rules.load(),
+                buckets,
+                counters,
+            }
+        });
         let r = self.io.rx_burst(self.batch, &mut |f| {
             if let Some(filter) = &filter
                 && !filter.admit(f, now_ns)
