@@ -470,6 +470,10 @@ impl Engine {
             let mut sc = cfg.stack.clone();
             sc.net.mac = mac;
             sc.net.upstream_ports = ports.range_of(id);
+            if io.checksum_offload() {
+                sc.net.verify_rx_checksums = false;
+                sc.net.tx_checksum_offload = true;
+            }
             // Differs per start (wall clock, pid): request ids, and where
             // the upstream port allocator begins.
             let wall = std::time::SystemTime::now()

@@ -66,4 +66,10 @@ pub trait PacketIo: Send {
     fn wait(&mut self, timeout: Duration) -> io::Result<()>;
 
     fn stats(&self) -> IoStats;
+
+    /// The port checks received checksums and fills those of sent frames
+    /// (IPv4, TCP, UDP) itself, so the stack does neither.
+    fn checksum_offload(&self) -> bool {
+        false
+    }
 }

@@ -78,6 +78,7 @@ struct Shared {
 pub struct MemPort {
     shared: Arc<Shared>,
     stats: IoStats,
+    checksum_offload: bool,
 }
 
 /// The peer's end of an in-memory port.
@@ -95,9 +96,20 @@ pub fn mem_port(frames: usize) -> (MemPort, MemPeer) {
         MemPort {
             shared: shared.clone(),
             stats: IoStats::default(),
+            checksum_offload: false,
         },
         MemPeer { shared },
     )
+}
+
+impl MemPort {
+    /// Models a NIC with checksum offload: the worker's stack neither
+    /// verifies nor computes IPv4/TCP/UDP checksums, so the peer must not
+    /// either (frames on this port never carry them).
+    pub fn with_checksum_offload(mut self, on: bool) -> Self {
+        self.checksum_offload = on;
+        self
+    }
 }
 
 impl MemPeer {
@@ -150,6 +162,10 @@ impl PacketIo for MemPort {
 
     fn stats(&self) -> IoStats {
         self.stats
+    }
+
+    fn checksum_offload(&self) -> bool {
+        self.checksum_offload
     }
 }
 

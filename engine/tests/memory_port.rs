@@ -4,7 +4,9 @@
 //! and proxy, and every response comes back whole. The same setup is the
 //! L7 ceiling bench (`ferrogate-bench ceiling`).
 
+use std::cell::Cell;
 use std::net::Ipv4Addr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -12,15 +14,32 @@ use ferrogate_engine::{Engine, EngineConfig, MemPeer, PollingMode, mem_port};
 use ferrogate_proxy::{Listener, Route, RouteAction, RouteTable, Upstream};
 use ferrogate_testkit::peer::{HttpPeer, Link, PeerConfig};
 
-struct PeerLink(MemPeer);
+/// The peer's link, counting the engine's IPv4 frames by whether their
+/// header checksum is filled.
+struct PeerLink {
+    port: MemPeer,
+    ipv4_with_checksum: Rc<Cell<u64>>,
+    ipv4_without: Rc<Cell<u64>>,
+}
 
 impl Link for PeerLink {
     fn send(&mut self, frame: &[u8]) -> bool {
-        self.0.send(frame)
+        self.port.send(frame)
     }
 
     fn recv(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
-        self.0.recv(max, f)
+        let (with, without) = (&self.ipv4_with_checksum, &self.ipv4_without);
+        self.port.recv(max, &mut |frame| {
+            if frame.len() >= 34 && frame[12..14] == [8, 0] {
+                let c = if frame[24..26] == [0, 0] {
+                    without
+                } else {
+                    with
+                };
+                c.set(c.get() + 1);
+            }
+            f(frame)
+        })
     }
 }
 
@@ -42,14 +61,41 @@ fn routes() -> Arc<RouteTable> {
 
 #[test]
 fn keep_alive_requests_cross_the_real_engine_on_an_in_memory_port() {
+    let (with, without) = run(false);
+    assert!(
+        with > 0 && without == 0,
+        "checksums filled: {with} / {without}"
+    );
+}
+
+/// A port that offloads checksums (as a NIC does): the stack leaves them
+/// to it, and everything still works.
+#[test]
+fn with_checksum_offload_the_stack_computes_no_checksum_and_still_serves() {
+    let (with, without) = run(true);
+    assert!(
+        without > 0 && with == 0,
+        "checksums left out: {with} / {without}"
+    );
+}
+
+/// Runs 2,000 requests; returns the engine's IPv4 frames with and without a
+/// header checksum.
+fn run(offload: bool) -> (u64, u64) {
     let (port, peer_end) = mem_port(1024);
+    let port = port.with_checksum_offload(offload);
+    let (with, without) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
     let mut cfg = EngineConfig::new("mem0", vec![("10.99.0.10".parse().unwrap(), 24)], routes());
     cfg.polling = PollingMode::Adaptive {
         spin: Duration::from_micros(50),
     };
     let engine = Engine::start_on_memory(cfg, vec![port]).expect("engine on a memory port");
     let mut peer = HttpPeer::new(
-        PeerLink(peer_end),
+        PeerLink {
+            port: peer_end,
+            ipv4_with_checksum: with.clone(),
+            ipv4_without: without.clone(),
+        },
         PeerConfig {
             mac: [0x02, 0, 0, 0, 0, 0x02],
             client_ip: Ipv4Addr::new(10, 99, 0, 2),
@@ -61,6 +107,7 @@ fn keep_alive_requests_cross_the_real_engine_on_an_in_memory_port() {
             clients: 8,
             body_len: 20_000,
             path: "/x".into(),
+            checksum_offload: offload,
         },
         smoltcp::time::Instant::from_millis(0),
     );
@@ -88,4 +135,5 @@ fn keep_alive_requests_cross_the_real_engine_on_an_in_memory_port() {
         s.upstream_connects
     );
     assert_eq!(s.upstream_errors, 0);
+    (with.get(), without.get())
 }

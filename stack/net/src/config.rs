@@ -22,6 +22,9 @@ pub struct NetConfig {
     pub rx_queue_frames: usize,
     pub tx_queue_frames: usize,
     pub verify_rx_checksums: bool,
+    /// The port computes IPv4/TCP/UDP checksums of sent frames (a NIC's tx
+    /// checksum offload): the stack leaves them to it.
+    pub tx_checksum_offload: bool,
     /// Longest a closing socket may linger before it is reset and reused.
     pub linger: Duration,
     pub random_seed: u64,
@@ -42,6 +45,7 @@ impl NetConfig {
             rx_queue_frames: 512,
             tx_queue_frames: 1024,
             verify_rx_checksums: true,
+            tx_checksum_offload: false,
             linger: Duration::from_secs(5),
             random_seed: 0x6665_7272_6f67_6174,
         }

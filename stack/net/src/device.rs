@@ -108,6 +108,8 @@ pub(crate) struct QueueDevice<'a> {
     pub scratch: &'a mut [u8],
     pub stats: &'a mut DeviceStats,
     pub checksum_rx: bool,
+    /// The port fills IPv4/TCP/UDP checksums of sent frames.
+    pub checksum_tx_offload: bool,
 }
 
 pub(crate) struct RxToken<'a> {
@@ -179,18 +181,21 @@ impl phy::Device for QueueDevice<'_> {
         caps.max_transmission_unit = self.tx.slot_size().min(1514);
         caps.max_burst_size = None;
         let mut csum = ChecksumCapabilities::default();
-        // Emitted frames always carry full checksums (veth peers and real NICs
-        // alike); verification on receive is a config choice.
-        let rx_mode = if self.checksum_rx {
-            Checksum::Both
-        } else {
-            Checksum::Tx
-        };
-        csum.ipv4 = rx_mode;
-        csum.tcp = rx_mode;
-        csum.udp = rx_mode;
-        csum.icmpv4 = rx_mode;
-        csum.icmpv6 = rx_mode;
+        // Emitted frames carry full checksums unless the port offloads
+        // them (IPv4, TCP, UDP: what NICs offload; ICMP is always computed);
+        // verification on receive is a config choice.
+        let mode =
+            |offloadable: bool| match (self.checksum_rx, offloadable && self.checksum_tx_offload) {
+                (true, false) => Checksum::Both,
+                (true, true) => Checksum::Rx,
+                (false, false) => Checksum::Tx,
+                (false, true) => Checksum::None,
+            };
+        csum.ipv4 = mode(true);
+        csum.tcp = mode(true);
+        csum.udp = mode(true);
+        csum.icmpv4 = mode(false);
+        csum.icmpv6 = mode(false);
         caps.checksum = csum;
         caps
     }

@@ -236,6 +236,7 @@ impl Net {
                 scratch: &mut scratch,
                 stats: &mut device_stats,
                 checksum_rx: cfg.verify_rx_checksums,
+                checksum_tx_offload: cfg.tx_checksum_offload,
             };
             let mut iface = Interface::new(iface_cfg, &mut dev, now);
             iface.update_ip_addrs(|addrs| {
@@ -388,6 +389,7 @@ impl Net {
             scratch: &mut self.scratch,
             stats: &mut self.device_stats,
             checksum_rx: self.cfg.verify_rx_checksums,
+            checksum_tx_offload: self.cfg.tx_checksum_offload,
         };
         let Some(id) = target else {
             match meta {
@@ -478,6 +480,7 @@ impl Net {
             scratch: &mut self.scratch,
             stats: &mut self.device_stats,
             checksum_rx: self.cfg.verify_rx_checksums,
+            checksum_tx_offload: self.cfg.tx_checksum_offload,
         };
         let mut n = 0;
         while n < MAX_EGRESS_SEGMENTS {
