@@ -417,6 +417,7 @@ pub fn write_upstream_request(
     upgrade: bool,
     strip: impl Fn(&str) -> bool,
     add: impl FnOnce(&mut HeaderLines<'_>),
+    refused: &mut u64,
     out: &mut ByteBuf,
 ) -> bool {
     let mut ok = write!(out, "{} {} HTTP/1.1\r\n", req.method, req.target).is_ok();
@@ -436,6 +437,7 @@ pub fn write_upstream_request(
     let mut lines = HeaderLines::new(out);
     add(&mut lines);
     ok &= lines.fits();
+    *refused += u64::from(lines.refused());
     if upgrade {
         ok &= out.extend(b"Connection: upgrade\r\n");
     }
@@ -532,6 +534,7 @@ pub fn write_client_response(
     keep_client: bool,
     client_http10: bool,
     add: impl FnOnce(&ResponseView<'_>, &mut HeaderLines<'_>),
+    refused: &mut u64,
     out: &mut ByteBuf,
 ) -> bool {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -558,6 +561,7 @@ pub fn write_client_response(
     let mut lines = HeaderLines::new(out);
     add(&view, &mut lines);
     ok &= lines.fits();
+    *refused += u64::from(lines.refused());
     if switching {
         ok &= out.extend(b"Connection: upgrade\r\n");
     } else if !keep_client {
@@ -568,16 +572,31 @@ pub fn write_client_response(
     ok && out.extend(b"\r\n")
 }
 
+/// A response the proxy itself makes (errors, direct routes).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalResponse<'a> {
+    pub status: u16,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    pub keep_alive: bool,
+    /// False for HEAD: the head announces the body's length, no body.
+    pub include_body: bool,
+}
+
 /// Writes a response the proxy itself generates (errors, direct routes).
 pub fn write_local_response(
-    status: u16,
-    content_type: &str,
-    body: &[u8],
-    keep_alive: bool,
-    include_body: bool,
+    r: &LocalResponse<'_>,
     add: impl FnOnce(&mut HeaderLines<'_>),
+    refused: &mut u64,
     out: &mut ByteBuf,
 ) -> bool {
+    let LocalResponse {
+        status,
+        content_type,
+        body,
+        keep_alive,
+        include_body,
+    } = *r;
     let close = if keep_alive {
         ""
     } else {
@@ -595,6 +614,7 @@ pub fn write_local_response(
     .is_ok();
     let mut lines = HeaderLines::new(out);
     add(&mut lines);
+    *refused += u64::from(lines.refused());
     ok && lines.fits() && out.extend(b"\r\n") && (!include_body || out.extend(body))
 }
 
@@ -735,6 +755,7 @@ mod tests {
             |l| {
                 l.add("X-Request-Id", b"abc-1");
             },
+            &mut 0,
             &mut out
         ));
         let s = std::str::from_utf8(out.filled()).unwrap();
@@ -758,6 +779,7 @@ mod tests {
             |l| {
                 l.add("X-Big", &big);
             },
+            &mut 0,
             &mut out
         ));
     }
@@ -778,6 +800,7 @@ mod tests {
                 ));
                 l.add("X-Extra", b"1");
             },
+            &mut 0,
             &mut out
         ));
         assert_eq!(seen, Some((200, Some(b"up".to_vec()))));

@@ -509,6 +509,7 @@ impl<P: ProxyHttp> Conn<P> {
                     self.upgrade,
                     |name| phases.strip_request_header(&info_req, name),
                     |lines| phases.upstream_request_filter(&info_req, pctx, lines),
+                    &mut cx.stats.header_lines_refused,
                     &mut self.bufs.request_head,
                 ) {
                     self.bufs.from_client.consume(info.head_len);
@@ -549,12 +550,15 @@ impl<P: ProxyHttp> Conn<P> {
         let keep = info.keep_alive && info.framing == BodyFraming::None;
         self.bufs.to_client.clear();
         let ok = head::write_local_response(
-            r.status,
-            &r.content_type,
-            &r.body,
-            keep,
-            !info.is_head,
+            &head::LocalResponse {
+                status: r.status,
+                content_type: &r.content_type,
+                body: &r.body,
+                keep_alive: keep,
+                include_body: !info.is_head,
+            },
             |_| {},
+            &mut 0,
             &mut self.bufs.to_client,
         );
         cx.stats.responses_local += 1;
@@ -566,12 +570,15 @@ impl<P: ProxyHttp> Conn<P> {
             // validation bounds it, so this is an internal error.
             self.bufs.to_client.clear();
             head::write_local_response(
-                500,
-                "text/plain",
-                b"",
-                false,
-                true,
+                &head::LocalResponse {
+                    status: 500,
+                    content_type: "text/plain",
+                    body: b"",
+                    keep_alive: false,
+                    include_body: true,
+                },
                 |_| {},
+                &mut 0,
                 &mut self.bufs.to_client,
             );
             self.phase = Phase::WriteLocal { keep: false };
@@ -983,6 +990,7 @@ impl<P: ProxyHttp> Conn<P> {
                     keep_client,
                     req.http10,
                     |view, lines| phases.response_filter(view, &info, pctx, lines),
+                    &mut cx.stats.header_lines_refused,
                     &mut self.bufs.to_client,
                 );
                 self.bufs.from_upstream.consume(resp.head_len);
@@ -1394,24 +1402,30 @@ impl<P: ProxyHttp> Conn<P> {
         let body = head::reason(status).as_bytes();
         let mut keep = keep;
         if !head::write_local_response(
-            status,
-            "text/plain",
-            body,
-            keep,
-            true,
+            &head::LocalResponse {
+                status,
+                content_type: "text/plain",
+                body,
+                keep_alive: keep,
+                include_body: true,
+            },
             |lines| phases.error_response_filter(&err, &info, lines),
+            &mut cx.stats.header_lines_refused,
             &mut self.bufs.to_client,
         ) {
             // The phase's lines did not fit: the bare answer, then close.
             self.bufs.to_client.clear();
             keep = false;
             head::write_local_response(
-                status,
-                "text/plain",
-                body,
-                false,
-                true,
+                &head::LocalResponse {
+                    status,
+                    content_type: "text/plain",
+                    body,
+                    keep_alive: false,
+                    include_body: true,
+                },
                 |_| {},
+                &mut 0,
                 &mut self.bufs.to_client,
             );
         }

@@ -53,6 +53,9 @@ pub struct StackStats {
     /// Responses the upstream sent before it had the whole request body:
     /// forwarded at once, the rest of the body was not sent.
     pub early_responses: u64,
+    /// Header lines a proxy phase tried to add and the codec refused (bad
+    /// bytes, a framing field).
+    pub header_lines_refused: u64,
 }
 
 impl StackStats {
@@ -94,6 +97,7 @@ impl StackStats {
         self.access_log_queued += o.access_log_queued;
         self.access_log_dropped += o.access_log_dropped;
         self.early_responses += o.early_responses;
+        self.header_lines_refused += o.header_lines_refused;
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
@@ -129,6 +133,7 @@ impl StackStats {
             ("access_log_queued", self.access_log_queued),
             ("access_log_dropped", self.access_log_dropped),
             ("early_responses", self.early_responses),
+            ("header_lines_refused", self.header_lines_refused),
         ]);
         v
     }

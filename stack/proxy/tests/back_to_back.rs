@@ -2024,6 +2024,11 @@ fn custom_phases_answer_route_rewrite_watch_bodies_and_log_each_request() {
         !up.to_ascii_lowercase().contains("transfer-encoding"),
         "{up}"
     );
+    assert_eq!(
+        lab.edge.stats().header_lines_refused,
+        2,
+        "the injection and the framing field are counted"
+    );
     assert!(r.head.contains("X-Upstream-Status: 200\r\n"), "{}", r.head);
     assert!(r.head.contains("X-Tenant: acme"), "{}", r.head);
     assert!(r.head.contains("X-Request-Id: "), "{}", r.head);
