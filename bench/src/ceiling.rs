@@ -20,8 +20,12 @@ use crate::env::{LOAD_CPU, PROXY_CPU};
 use crate::measure::Metrics;
 use crate::report::{Report, Sample, col};
 
-/// Variants: (name, response body bytes).
-const VARIANTS: [(&str, usize); 2] = [("tiny", 13), ("16k", 16 * 1024)];
+/// Variants: (name, response body bytes, one request per connection).
+const VARIANTS: [(&str, usize, bool); 3] = [
+    ("tiny", 13, false),
+    ("16k", 16 * 1024, false),
+    ("close", 13, true),
+];
 
 struct PeerLink(MemPeer);
 
@@ -89,7 +93,7 @@ fn totals(peer_ok: u64, peer_bad: u64, s: &EngineStats) -> Totals {
 }
 
 /// One measurement: `warmup` then `seconds` of load through a fresh engine.
-fn measure(o: &Opts, body_len: usize) -> Result<Metrics> {
+fn measure(o: &Opts, body_len: usize, close_each: bool) -> Result<Metrics> {
     let (port, peer_end) = mem_port(4096);
     // A NIC would check and fill checksums: so does this port.
     let port = port.with_checksum_offload(true);
@@ -116,6 +120,7 @@ fn measure(o: &Opts, body_len: usize) -> Result<Metrics> {
             body_len,
             path: "/".into(),
             checksum_offload: true,
+            close_each,
         },
         smoltcp::time::Instant::from_millis(0),
     );
@@ -193,13 +198,14 @@ pub fn run(o: &Opts, meta: BTreeMap<String, String>) -> Result<Report> {
     r.notes.push("nginx-loopback: wrk → nginx (1 worker, CPU 1) → origin nginx on 127.0.0.1 (wrk and origin on CPU 0), upstream keepalive 64; its `worker ns/req` is the proxy nginx's utime+stime per request (tick-based). On loopback the sender's syscall runs the receiving TCP stack too, so nginx pays receive work for what it sends, not for what it is sent.".into());
     let scratch = crate::loopback::scratch();
     for round in 0..o.rounds {
-        for (variant, body) in VARIANTS {
+        for (variant, body, close_each) in VARIANTS {
             eprintln!("ceiling round {round}: {variant} nginx-loopback");
-            let (metrics, error) =
-                match crate::loopback::measure(&scratch, body, o.warmup, o.seconds, o.conns) {
-                    Ok(m) => (m, None),
-                    Err(e) => (Metrics::new(), Some(format!("{e:#}"))),
-                };
+            let (metrics, error) = match crate::loopback::measure(
+                &scratch, body, close_each, o.warmup, o.seconds, o.conns,
+            ) {
+                Ok(m) => (m, None),
+                Err(e) => (Metrics::new(), Some(format!("{e:#}"))),
+            };
             r.samples.push(Sample {
                 variant: variant.into(),
                 contender: "nginx-loopback".into(),
@@ -212,7 +218,7 @@ pub fn run(o: &Opts, meta: BTreeMap<String, String>) -> Result<Report> {
                 error,
             });
             eprintln!("ceiling round {round}: {variant}");
-            let s = measure(o, body);
+            let s = measure(o, body, close_each);
             let (metrics, error) = match s {
                 Ok(m) => (m, None),
                 Err(e) => (Metrics::new(), Some(format!("{e:#}"))),

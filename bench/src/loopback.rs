@@ -102,11 +102,16 @@ fn cpu_ns(pid: u32) -> u64 {
         * tick_ns
 }
 
-fn wrk(port: u16, path: &str, seconds: u64, conns: u32) -> Result<u64> {
+fn wrk(port: u16, path: &str, close: bool, seconds: u64, conns: u32) -> Result<u64> {
     let out = Command::new("taskset")
         .args(["-c", &LOAD_CPU.to_string(), "wrk", "-t1"])
         .arg(format!("-c{conns}"))
         .arg(format!("-d{seconds}s"))
+        .args(if close {
+            &["-H", "Connection: close"][..]
+        } else {
+            &[][..]
+        })
         .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()
         .context("wrk (./vendor-setup.sh installs it)")?;
@@ -131,6 +136,7 @@ fn wrk(port: u16, path: &str, seconds: u64, conns: u32) -> Result<u64> {
 pub fn measure(
     dir: &Path,
     body_len: usize,
+    close: bool,
     warmup: u64,
     seconds: u64,
     conns: u32,
@@ -158,11 +164,11 @@ pub fn measure(
     wait_ready(PROXY_PORT)?;
     let path = format!("/body-{body_len}");
     if warmup > 0 {
-        wrk(PROXY_PORT, &path, warmup, conns)?;
+        wrk(PROXY_PORT, &path, close, warmup, conns)?;
     }
     let c0 = cpu_ns(proxy.child.id());
     let t0 = Instant::now();
-    let requests = wrk(PROXY_PORT, &path, seconds, conns)?;
+    let requests = wrk(PROXY_PORT, &path, close, seconds, conns)?;
     let wall = t0.elapsed();
     let cpu = cpu_ns(proxy.child.id()) - c0;
     if requests == 0 {

@@ -108,6 +108,7 @@ fn run(offload: bool) -> (u64, u64) {
             body_len: 20_000,
             path: "/x".into(),
             checksum_offload: offload,
+            close_each: false,
         },
         smoltcp::time::Instant::from_millis(0),
     );

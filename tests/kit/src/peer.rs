@@ -41,6 +41,9 @@ pub struct PeerConfig {
     /// Frames carry no IPv4/TCP/UDP checksums (the edge's port offloads
     /// them): neither computed nor verified.
     pub checksum_offload: bool,
+    /// One request per connection (`Connection: close`): each client closes
+    /// after its response and a new connection takes its place.
+    pub close_each: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -51,8 +54,11 @@ pub struct PeerStats {
     pub bad: u64,
     /// Requests the origin answered.
     pub origin_requests: u64,
-    /// Client connections that ended (reset or closed by the edge).
+    /// Client connections that ended without the client closing them
+    /// (reset, or closed by the edge before the response).
     pub client_drops: u64,
+    /// Client connections closed after their response (`close_each`).
+    pub client_closes: u64,
     pub frames_in: u64,
     pub frames_out: u64,
     /// Frames the link refused (the edge was behind).
@@ -64,6 +70,8 @@ struct Client {
     /// Bytes of the response read so far.
     got: Vec<u8>,
     waiting: bool,
+    /// Closed by us after its response (`close_each`).
+    closing: bool,
 }
 
 struct OriginConn {
@@ -122,8 +130,13 @@ impl<L: Link> HttpPeer<L> {
                     .expect("two addresses");
             }
         });
+        let close = if cfg.close_each {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
         let request = format!(
-            "GET {} HTTP/1.1\r\nHost: peer.test\r\nUser-Agent: ferrogate-peer\r\n\r\n",
+            "GET {} HTTP/1.1\r\nHost: peer.test\r\nUser-Agent: ferrogate-peer\r\n{close}\r\n",
             cfg.path
         )
         .into_bytes();
@@ -179,6 +192,7 @@ impl<L: Link> HttpPeer<L> {
             h,
             got: Vec::new(),
             waiting: false,
+            closing: false,
         });
     }
 
@@ -205,14 +219,25 @@ impl<L: Link> HttpPeer<L> {
     }
 
     fn run_clients(&mut self) {
-        let mut dropped = 0;
+        let (mut dropped, mut closed) = (0, 0);
         for c in &mut self.clients {
             let s = self.sockets.get_mut::<tcp::Socket>(c.h);
             if !s.is_active() {
-                dropped += 1;
+                if c.closing {
+                    closed += 1;
+                } else {
+                    dropped += 1;
+                }
                 continue;
             }
-            if s.state() != tcp::State::Established {
+            if c.closing {
+                // Drain the edge's FIN; the socket ends on its own.
+                while s.can_recv() {
+                    let _ = s.recv(|b| (b.len(), ()));
+                }
+                continue;
+            }
+            if s.state() != tcp::State::Established && s.state() != tcp::State::CloseWait {
                 continue;
             }
             while s.can_recv() {
@@ -232,16 +257,27 @@ impl<L: Link> HttpPeer<L> {
                         }
                         c.got.clear();
                         c.waiting = false;
+                        if self.cfg.close_each {
+                            s.close();
+                            c.closing = true;
+                            continue;
+                        }
                     }
                 }
+            }
+            if !s.may_send() || s.state() == tcp::State::CloseWait {
+                // The edge closed before our next request: a drop, counted
+                // when the aborted socket is gone.
+                s.abort();
+                continue;
             }
             if s.send_capacity() - s.send_queue() >= self.request.len() {
                 let _ = s.send_slice(&self.request);
                 c.waiting = true;
             }
         }
-        if dropped > 0 {
-            // Replace connections the edge ended, so the load stays.
+        if dropped + closed > 0 {
+            // Replace connections that ended, so the load stays.
             let sockets = &mut self.sockets;
             self.clients.retain(|c| {
                 let active = sockets.get::<tcp::Socket>(c.h).is_active();
@@ -251,7 +287,8 @@ impl<L: Link> HttpPeer<L> {
                 active
             });
             self.dev.stats.client_drops += dropped;
-            for _ in 0..dropped {
+            self.dev.stats.client_closes += closed;
+            for _ in 0..dropped + closed {
                 self.connect();
             }
         }
