@@ -7,13 +7,12 @@
 //! ns/req (from busy time) is the figure to read.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ferrogate_engine::{Engine, EngineConfig, EngineStats, MemPeer, PollingMode, mem_port};
-use ferrogate_proxy::{Listener, Route, RouteAction, RouteTable, Upstream};
+use ferrogate_proxy::{RouteTable, Upstream};
 use ferrogate_testkit::peer::{HttpPeer, Link, PeerConfig};
 
 use crate::env::{LOAD_CPU, PROXY_CPU};
@@ -45,22 +44,6 @@ pub struct Opts {
     pub warmup: u64,
     pub conns: u32,
     pub smoke: bool,
-}
-
-fn routes() -> Arc<RouteTable> {
-    let pool = Arc::new(Upstream::simple(
-        "origin",
-        0,
-        &["10.99.0.3:8080".parse().expect("address")],
-    ));
-    Arc::new(RouteTable::new(
-        1,
-        vec![Listener::new(
-            80,
-            vec![Route::new("all", RouteAction::Proxy(pool.clone()))],
-        )],
-        vec![pool],
-    ))
 }
 
 fn pin_this_thread(cpu: usize) {
@@ -97,31 +80,20 @@ fn measure(o: &Opts, body_len: usize, close_each: bool) -> Result<Metrics> {
     let (port, peer_end) = mem_port(4096);
     // A NIC would check and fill checksums: so does this port.
     let port = port.with_checksum_offload(true);
-    let mut cfg = EngineConfig::new(
-        "mem0",
-        vec![("10.99.0.10".parse().expect("vip"), 24)],
-        routes(),
-    );
+    let peer_cfg = PeerConfig {
+        checksum_offload: true,
+        close_each,
+        ..PeerConfig::memory_lab(o.conns as usize, body_len)
+    };
+    let routes = RouteTable::proxy_all(1, 80, Upstream::simple("origin", 0, &[peer_cfg.origin()]));
+    let mut cfg = EngineConfig::new("mem0", vec![peer_cfg.vip_cidr()], Arc::new(routes));
     cfg.polling = PollingMode::Busy;
     cfg.cpus = vec![PROXY_CPU];
     let engine = Engine::start_on_memory(cfg, vec![port]).context("engine on a memory port")?;
     pin_this_thread(LOAD_CPU);
     let mut peer = HttpPeer::new(
         PeerLink(peer_end),
-        PeerConfig {
-            mac: [0x02, 0, 0, 0, 0, 0x02],
-            client_ip: Ipv4Addr::new(10, 99, 0, 2),
-            origin_ip: Ipv4Addr::new(10, 99, 0, 3),
-            prefix_len: 24,
-            vip: Ipv4Addr::new(10, 99, 0, 10),
-            vip_port: 80,
-            origin_port: 8080,
-            clients: o.conns as usize,
-            body_len,
-            path: "/".into(),
-            checksum_offload: true,
-            close_each,
-        },
+        peer_cfg,
         smoltcp::time::Instant::from_millis(0),
     );
     let start = Instant::now();
@@ -164,6 +136,23 @@ fn measure(o: &Opts, body_len: usize, close_each: bool) -> Result<Metrics> {
     Ok(m)
 }
 
+/// A measurement (metrics and the command that made them) as a sample;
+/// an error is kept with it.
+fn sample(variant: &str, who: &str, round: usize, m: Result<(Metrics, String)>) -> Sample {
+    let (metrics, commands, error) = match m {
+        Ok((m, cmd)) => (m, vec![cmd], None),
+        Err(e) => (Metrics::new(), vec![], Some(format!("{e:#}"))),
+    };
+    Sample {
+        variant: variant.into(),
+        contender: who.into(),
+        round,
+        metrics,
+        commands,
+        error,
+    }
+}
+
 pub fn run(o: &Opts, meta: BTreeMap<String, String>) -> Result<Report> {
     let mut r = Report::new("ceiling", meta);
     for (k, v) in [
@@ -200,43 +189,24 @@ pub fn run(o: &Opts, meta: BTreeMap<String, String>) -> Result<Report> {
     for round in 0..o.rounds {
         for (variant, body, close_each) in VARIANTS {
             eprintln!("ceiling round {round}: {variant} nginx-loopback");
-            let (metrics, error) = match crate::loopback::measure(
-                &scratch, body, close_each, o.warmup, o.seconds, o.conns,
-            ) {
-                Ok(m) => (m, None),
-                Err(e) => (Metrics::new(), Some(format!("{e:#}"))),
-            };
-            r.samples.push(Sample {
-                variant: variant.into(),
-                contender: "nginx-loopback".into(),
-                round,
-                metrics,
-                commands: vec![format!(
-                    "taskset -c {LOAD_CPU} wrk -t1 -c{} -d{}s http://127.0.0.1:18480/body-{body} ; nginx (1 worker) pinned to CPU {PROXY_CPU}, origin nginx on CPU {LOAD_CPU}",
-                    o.conns, o.seconds
-                )],
-                error,
-            });
+            let nginx =
+                crate::loopback::measure(&scratch, body, close_each, o.warmup, o.seconds, o.conns);
+            r.samples
+                .push(sample(variant, "nginx-loopback", round, nginx));
             eprintln!("ceiling round {round}: {variant}");
-            let s = measure(o, body, close_each);
-            let (metrics, error) = match s {
-                Ok(m) => (m, None),
-                Err(e) => (Metrics::new(), Some(format!("{e:#}"))),
-            };
-            if metrics.get("bad_responses").is_some_and(|b| *b > 0.0) {
-                bail!("{variant}: bad responses through the engine: {metrics:?}");
-            }
-            r.samples.push(Sample {
-                variant: variant.into(),
-                contender: "ferrogate".into(),
-                round,
-                metrics,
-                commands: vec![format!(
-                    "in-process: Engine::start_on_memory (1 worker, busy, CPU {PROXY_CPU}) + testkit HttpPeer ({} conns, {body} B bodies, CPU {LOAD_CPU})",
+            let fg = measure(o, body, close_each).map(|m| {
+                let cmd = format!(
+                    "in-process: Engine::start_on_memory (1 worker, busy, CPU {PROXY_CPU}) + testkit HttpPeer ({} conns, {body} B bodies, close_each={close_each}, CPU {LOAD_CPU})",
                     o.conns
-                )],
-                error,
+                );
+                (m, cmd)
             });
+            if let Ok((m, _)) = &fg
+                && m.get("bad_responses").is_some_and(|b| *b > 0.0)
+            {
+                bail!("{variant}: bad responses through the engine: {m:?}");
+            }
+            r.samples.push(sample(variant, "ferrogate", round, fg));
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);

@@ -15,8 +15,13 @@ use anyhow::{Context, Result, bail};
 use crate::env::{LOAD_CPU, PROXY_CPU};
 use crate::measure::Metrics;
 
-const PROXY_PORT: u16 = 18_480;
-const ORIGIN_PORT: u16 = 18_481;
+/// A port nothing listens on now (the kernel picks it), so a leftover
+/// server from another run can never answer in our place.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
 
 /// One nginx process group (master + its worker), stopped on drop.
 struct Nginx {
@@ -68,9 +73,15 @@ fn start(dir: &Path, name: &str, cpu: usize, http: &str) -> Result<Nginx> {
     Ok(Nginx { child })
 }
 
-fn wait_ready(port: u16) -> Result<()> {
+/// Waits until `nginx` listens on `port`; fails if it exited (a port taken
+/// meanwhile, a bad config: its error log says why).
+fn wait_ready(nginx: &mut Nginx, port: u16, log: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
+        if let Some(st) = nginx.child.try_wait()? {
+            let why = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("nginx for 127.0.0.1:{port} exited ({st}): {why}");
+        }
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
@@ -102,17 +113,20 @@ fn cpu_ns(pid: u32) -> u64 {
         * tick_ns
 }
 
-fn wrk(port: u16, path: &str, close: bool, seconds: u64, conns: u32) -> Result<u64> {
-    let out = Command::new("taskset")
-        .args(["-c", &LOAD_CPU.to_string(), "wrk", "-t1"])
+fn wrk_command(port: u16, path: &str, close: bool, seconds: u64, conns: u32) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", &LOAD_CPU.to_string(), "wrk", "-t1"])
         .arg(format!("-c{conns}"))
-        .arg(format!("-d{seconds}s"))
-        .args(if close {
-            &["-H", "Connection: close"][..]
-        } else {
-            &[][..]
-        })
-        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .arg(format!("-d{seconds}s"));
+    if close {
+        c.args(["-H", "Connection: close"]);
+    }
+    c.arg(format!("http://127.0.0.1:{port}{path}"));
+    c
+}
+
+fn wrk(port: u16, path: &str, close: bool, seconds: u64, conns: u32) -> Result<u64> {
+    let out = wrk_command(port, path, close, seconds, conns)
         .output()
         .context("wrk (./vendor-setup.sh installs it)")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -132,7 +146,8 @@ fn wrk(port: u16, path: &str, close: bool, seconds: u64, conns: u32) -> Result<u
         .with_context(|| format!("no request count in wrk output:\n{text}"))
 }
 
-/// Runs the reference for a response body of `body_len` bytes.
+/// Runs the reference for a response body of `body_len` bytes; returns the
+/// metrics and the measured wrk command.
 pub fn measure(
     dir: &Path,
     body_len: usize,
@@ -140,35 +155,36 @@ pub fn measure(
     warmup: u64,
     seconds: u64,
     conns: u32,
-) -> Result<Metrics> {
+) -> Result<(Metrics, String)> {
+    let (proxy_port, origin_port) = (free_port()?, free_port()?);
     let body = dir.join(format!("body-{body_len}"));
     std::fs::write(&body, vec![b'x'; body_len])?;
-    let _origin = start(
+    let mut origin = start(
         dir,
         "origin",
         LOAD_CPU,
         &format!(
-            "  server {{ listen 127.0.0.1:{ORIGIN_PORT} reuseport backlog=4096; location / {{ default_type application/octet-stream; root {}; }} }}",
+            "  server {{ listen 127.0.0.1:{origin_port} reuseport backlog=4096; location / {{ default_type application/octet-stream; root {}; }} }}",
             dir.display()
         ),
     )?;
-    let proxy = start(
+    let mut proxy = start(
         dir,
         "proxy",
         PROXY_CPU,
         &format!(
-            "  upstream origin {{ server 127.0.0.1:{ORIGIN_PORT}; keepalive 64; keepalive_requests 1000000; }}\n  server {{ listen 127.0.0.1:{PROXY_PORT} reuseport backlog=4096; location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }} }}"
+            "  upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; keepalive_requests 1000000; }}\n  server {{ listen 127.0.0.1:{proxy_port} reuseport backlog=4096; location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }} }}"
         ),
     )?;
-    wait_ready(ORIGIN_PORT)?;
-    wait_ready(PROXY_PORT)?;
+    wait_ready(&mut origin, origin_port, &dir.join("origin/error.log"))?;
+    wait_ready(&mut proxy, proxy_port, &dir.join("proxy/error.log"))?;
     let path = format!("/body-{body_len}");
     if warmup > 0 {
-        wrk(PROXY_PORT, &path, close, warmup, conns)?;
+        wrk(proxy_port, &path, close, warmup, conns)?;
     }
     let c0 = cpu_ns(proxy.child.id());
     let t0 = Instant::now();
-    let requests = wrk(PROXY_PORT, &path, close, seconds, conns)?;
+    let requests = wrk(proxy_port, &path, close, seconds, conns)?;
     let wall = t0.elapsed();
     let cpu = cpu_ns(proxy.child.id()) - c0;
     if requests == 0 {
@@ -183,7 +199,11 @@ pub fn measure(
     );
     m.insert("busy_ratio".into(), cpu as f64 / wall.as_nanos() as f64);
     m.insert("bad_responses".into(), 0.0);
-    Ok(m)
+    let cmd = crate::measure::cmdline(&wrk_command(proxy_port, &path, close, seconds, conns));
+    Ok((
+        m,
+        format!("{cmd} ; nginx (1 worker) on CPU {PROXY_CPU}, origin nginx on CPU {LOAD_CPU}"),
+    ))
 }
 
 /// A scratch dir for the nginx configs and bodies.

@@ -5,13 +5,12 @@
 //! L7 ceiling bench (`ferrogate-bench ceiling`).
 
 use std::cell::Cell;
-use std::net::Ipv4Addr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use ferrogate_engine::{Engine, EngineConfig, MemPeer, PollingMode, mem_port};
-use ferrogate_proxy::{Listener, Route, RouteAction, RouteTable, Upstream};
+use ferrogate_proxy::{RouteTable, Upstream};
 use ferrogate_testkit::peer::{HttpPeer, Link, PeerConfig};
 
 /// The peer's link, counting the engine's IPv4 frames by whether their
@@ -43,22 +42,6 @@ impl Link for PeerLink {
     }
 }
 
-fn routes() -> Arc<RouteTable> {
-    let pool = Arc::new(Upstream::simple(
-        "origin",
-        0,
-        &["10.99.0.3:8080".parse().unwrap()],
-    ));
-    Arc::new(RouteTable::new(
-        1,
-        vec![Listener::new(
-            80,
-            vec![Route::new("all", RouteAction::Proxy(pool.clone()))],
-        )],
-        vec![pool],
-    ))
-}
-
 #[test]
 fn keep_alive_requests_cross_the_real_engine_on_an_in_memory_port() {
     let (with, without) = run(false);
@@ -85,7 +68,13 @@ fn run(offload: bool) -> (u64, u64) {
     let (port, peer_end) = mem_port(1024);
     let port = port.with_checksum_offload(offload);
     let (with, without) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
-    let mut cfg = EngineConfig::new("mem0", vec![("10.99.0.10".parse().unwrap(), 24)], routes());
+    let peer_cfg = PeerConfig {
+        path: "/x".into(),
+        checksum_offload: offload,
+        ..PeerConfig::memory_lab(8, 20_000)
+    };
+    let routes = RouteTable::proxy_all(1, 80, Upstream::simple("origin", 0, &[peer_cfg.origin()]));
+    let mut cfg = EngineConfig::new("mem0", vec![peer_cfg.vip_cidr()], Arc::new(routes));
     cfg.polling = PollingMode::Adaptive {
         spin: Duration::from_micros(50),
     };
@@ -96,20 +85,7 @@ fn run(offload: bool) -> (u64, u64) {
             ipv4_with_checksum: with.clone(),
             ipv4_without: without.clone(),
         },
-        PeerConfig {
-            mac: [0x02, 0, 0, 0, 0, 0x02],
-            client_ip: Ipv4Addr::new(10, 99, 0, 2),
-            origin_ip: Ipv4Addr::new(10, 99, 0, 3),
-            prefix_len: 24,
-            vip: Ipv4Addr::new(10, 99, 0, 10),
-            vip_port: 80,
-            origin_port: 8080,
-            clients: 8,
-            body_len: 20_000,
-            path: "/x".into(),
-            checksum_offload: offload,
-            close_each: false,
-        },
+        peer_cfg,
         smoltcp::time::Instant::from_millis(0),
     );
     let start = StdInstant::now();

@@ -117,6 +117,20 @@ impl RouteTable {
         }
     }
 
+    /// One listener on `port` whose one route sends every request to
+    /// `pool` (which gets index 0).
+    pub fn proxy_all(version: u64, port: u16, pool: Upstream) -> Self {
+        let pool = Arc::new(Upstream { index: 0, ..pool });
+        Self::new(
+            version,
+            vec![Listener::new(
+                port,
+                vec![Route::new("all", RouteAction::Proxy(pool.clone()))],
+            )],
+            vec![pool],
+        )
+    }
+
     pub fn listener(&self, port: u16) -> Option<&Listener> {
         self.listeners.iter().find(|l| l.port == port)
     }

@@ -46,6 +46,38 @@ pub struct PeerConfig {
     pub close_each: bool,
 }
 
+impl PeerConfig {
+    /// The addresses the in-memory port setups use: edge VIP 10.99.0.10:80,
+    /// clients 10.99.0.2, origin 10.99.0.3:8080, one /24; keep-alive, path
+    /// `/`, checksums on the wire.
+    pub fn memory_lab(clients: usize, body_len: usize) -> Self {
+        PeerConfig {
+            mac: [0x02, 0, 0, 0, 0, 0x02],
+            client_ip: Ipv4Addr::new(10, 99, 0, 2),
+            origin_ip: Ipv4Addr::new(10, 99, 0, 3),
+            prefix_len: 24,
+            vip: Ipv4Addr::new(10, 99, 0, 10),
+            vip_port: 80,
+            origin_port: 8080,
+            clients,
+            body_len,
+            path: "/".into(),
+            checksum_offload: false,
+            close_each: false,
+        }
+    }
+
+    /// The edge's service address with its prefix length.
+    pub fn vip_cidr(&self) -> (std::net::IpAddr, u8) {
+        (self.vip.into(), self.prefix_len)
+    }
+
+    /// Where the edge must send upstream requests.
+    pub fn origin(&self) -> std::net::SocketAddr {
+        (self.origin_ip, self.origin_port).into()
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PeerStats {
     /// Responses with status 200 and the whole body.
