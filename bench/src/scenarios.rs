@@ -258,13 +258,32 @@ pub fn http_latency(ctx: &Ctx) -> Result<Report> {
         ),
     ];
     r.notes.push("Own open-loop client (`ferrogate-bench loadgen`): requests scheduled at fixed intervals over N keep-alive connections, latency measured from the scheduled send time (coordinated-omission corrected), HDR histogram (3 significant digits). `uncorrected_p99_us` in the JSON is the closed-loop view.".into());
+    r.notes.push("ferrogate runs twice per round: `ferrogate` with the lab's adaptive polling (spins 50 µs, then sleeps on the AF_XDP socket and its hand-off eventfd) and `ferrogate busy` (spins the whole core).".into());
+    let busy_cfg = contenders::ferrogate_config_tuned(
+        &ctx.lab,
+        1,
+        &crate::env::PROXY_CPU.to_string(),
+        "\n[numa.node.0]\npolling = \"busy\"\n",
+        "ferrogate-busy.toml",
+    )?;
+    let turns: Vec<(String, Contender, Option<&std::path::Path>)> = HTTP_CONTENDERS
+        .iter()
+        .flat_map(|&who| {
+            let mut t = vec![(who.name().to_string(), who, None)];
+            if who == Contender::Ferrogate {
+                t.push(("ferrogate busy".to_string(), who, Some(busy_cfg.as_path())));
+            }
+            t
+        })
+        .collect();
     let secs = o.seconds as f64;
     for round in 0..o.rounds {
         let mut direct_p99 = None;
         let first = r.samples.len();
-        for who in HTTP_CONTENDERS {
-            eprintln!("http-latency round {round}: {}", who.name());
-            let s = contenders::start(&ctx.lab, who, None).and_then(|mut run| {
+        for (name, who, cfg) in &turns {
+            let (name, who) = (name.as_str(), *who);
+            eprintln!("http-latency round {round}: {name}");
+            let s = contenders::start(&ctx.lab, who, *cfg).and_then(|mut run| {
                 let addr = who.addr();
                 if o.warmup > 0 {
                     measure::loadgen(
@@ -282,9 +301,9 @@ pub fn http_latency(ctx: &Ctx) -> Result<Report> {
                 let n = m["completed"];
                 measure::window_end(w, &run, n, &mut m);
                 run.stop();
-                measure::check_http(who.name(), &m, "completed")?;
+                measure::check_http(name, &m, "completed")?;
                 if m["unfinished"] > 0.0 {
-                    anyhow::bail!("{}: {} requests unanswered", who.name(), m["unfinished"]);
+                    anyhow::bail!("{name}: {} requests unanswered", m["unfinished"]);
                 }
                 Ok((m, vec![run.command.clone(), cmd]))
             });
@@ -293,11 +312,11 @@ pub fn http_latency(ctx: &Ctx) -> Result<Report> {
                     if who == Contender::Direct {
                         direct_p99 = Some(m["p99_us"]);
                     }
-                    sample("tiny", who.name(), round, m, c, None)
+                    sample("tiny", name, round, m, c, None)
                 }
                 Err(e) => sample(
                     "tiny",
-                    who.name(),
+                    name,
                     round,
                     Metrics::new(),
                     vec![],

@@ -114,7 +114,10 @@ impl Families {
 }
 
 fn is_gauge(stack_field: &str) -> bool {
-    matches!(stack_field, "active_connections" | "upstream_idle")
+    matches!(
+        stack_field,
+        "active_connections" | "upstream_idle" | "sockets_parked"
+    )
 }
 
 /// Renders every counter of `st` as Prometheus text.
@@ -187,6 +190,12 @@ pub fn render(st: &EngineStats, info: &Info<'_>) -> String {
             "hand-offs dropped (ring full)",
             &l,
             w.handoff_dropped,
+        );
+        f.counter(
+            "ferrogate_worker_handoff_wakeups_total",
+            "sleeping workers woken for frames handed to them",
+            &l,
+            w.handoff_wakeups,
         );
         f.counter("ferrogate_worker_sleeps_total", "idle sleeps", &l, w.sleeps);
         f.counter(

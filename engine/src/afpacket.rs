@@ -546,13 +546,13 @@ impl PacketIo for AfPacketSocket {
         result
     }
 
-    fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<()> {
         if self.in_block
             || self.block_status(self.cur_block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
         {
             return Ok(());
         }
-        poll_readable(self.fd.as_raw_fd(), timeout)
+        poll_readable(&[self.fd.as_raw_fd(), wake], timeout)
     }
 
     fn stats(&self) -> IoStats {

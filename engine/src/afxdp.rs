@@ -618,8 +618,8 @@ impl PacketIo for AfXdpSocket {
         Ok(())
     }
 
-    fn wait(&mut self, timeout: Duration) -> io::Result<()> {
-        poll_readable(self.fd, timeout)
+    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<()> {
+        poll_readable(&[self.fd, wake], timeout)
     }
 
     fn stats(&self) -> IoStats {

@@ -17,6 +17,7 @@
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -759,11 +760,10 @@ impl PacketIo for DpdkQueue {
         Ok(())
     }
 
-    fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<()> {
         // Poll-mode drivers have no fd to sleep on: an idle worker sleeps a
-        // bounded time and polls again.
-        std::thread::sleep(timeout.min(Duration::from_micros(200)));
-        Ok(())
+        // bounded time (or until a hand-off wakes it) and polls again.
+        crate::io_error::poll_readable(&[wake], timeout.min(Duration::from_micros(200)))
     }
 
     fn stats(&self) -> IoStats {

@@ -44,6 +44,8 @@ pub enum EngineError {
     Config(String),
     #[error("spawning worker thread: {0}")]
     Spawn(std::io::Error),
+    #[error("worker wake-up eventfd: {0}")]
+    Waker(std::io::Error),
     #[cfg(feature = "dpdk")]
     #[error(transparent)]
     Dpdk(#[from] crate::dpdk::DpdkError),
@@ -444,7 +446,7 @@ impl Engine {
         let epoch = Arc::new(AtomicU64::new(0));
         let shutdown = Arc::new(AtomicBool::new(false));
         let clock_start = StdInstant::now();
-        let mut meshes = handoff::mesh(workers_n, 1024);
+        let mut meshes = handoff::mesh(workers_n, 1024).map_err(EngineError::Waker)?;
         let mut engine = Engine {
             started: Started {
                 iface: cfg.iface.clone(),

@@ -2,10 +2,15 @@
 //! worker does not own its flow (an upstream reply RSS-hashed elsewhere) is
 //! copied into the owner's inbound ring. One bounded lock-free ring per
 //! (sender, receiver) pair, so each ring has a single producer and consumer.
+//! A sender wakes a sleeping receiver once per burst (`wake_receivers`).
 
+use std::cell::Cell;
+use std::io;
 use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
+
+use crate::wake::Waker;
 
 /// Largest frame a hand-off slot carries (a full Ethernet frame fits).
 pub const HANDOFF_FRAME: usize = 2048;
@@ -46,10 +51,17 @@ pub struct HandoffPorts {
     /// `outbound[w]`: ring to worker `w` (None for `me`).
     outbound: Vec<Option<Ring>>,
     inbound: Vec<Ring>,
+    /// Every worker's waker, by worker index.
+    wakers: Vec<Arc<Waker>>,
+    /// Receivers this worker pushed to since its last `wake_receivers`.
+    pushed: Vec<Cell<bool>>,
 }
 
 /// Builds the full mesh for `workers` workers with `depth` slots per ring.
-pub fn mesh(workers: usize, depth: usize) -> Vec<HandoffPorts> {
+pub fn mesh(workers: usize, depth: usize) -> io::Result<Vec<HandoffPorts>> {
+    let wakers = (0..workers)
+        .map(|_| Waker::new().map(Arc::new))
+        .collect::<io::Result<Vec<_>>>()?;
     let rings: Vec<Vec<Option<Ring>>> = (0..workers)
         .map(|src| {
             (0..workers)
@@ -57,15 +69,17 @@ pub fn mesh(workers: usize, depth: usize) -> Vec<HandoffPorts> {
                 .collect()
         })
         .collect();
-    (0..workers)
+    Ok((0..workers)
         .map(|me| HandoffPorts {
             me,
             outbound: rings[me].clone(),
             inbound: (0..workers)
                 .filter_map(|src| rings[src][me].clone())
                 .collect(),
+            wakers: wakers.clone(),
+            pushed: (0..workers).map(|_| Cell::new(false)).collect(),
         })
-        .collect()
+        .collect())
 }
 
 impl HandoffPorts {
@@ -87,7 +101,34 @@ impl HandoffPorts {
             return false;
         };
         edit(f.bytes_mut());
-        ring.push(f).is_ok()
+        let ok = ring.push(f).is_ok();
+        if ok {
+            self.pushed[to].set(true);
+        }
+        ok
+    }
+
+    /// After a burst of sends: wakes each receiver that got frames and
+    /// sleeps (an eventfd write only then). Returns how many were woken.
+    pub fn wake_receivers(&self) -> usize {
+        let mut woken = 0;
+        for (to, pushed) in self.pushed.iter().enumerate() {
+            if pushed.replace(false) && self.wakers[to].wake_if_sleeping() {
+                woken += 1;
+            }
+        }
+        woken
+    }
+
+    /// This worker's own waker (its fd goes into the worker's sleep).
+    pub fn waker(&self) -> &Waker {
+        &self.wakers[self.me]
+    }
+
+    /// True if some inbound ring holds a frame: checked after announcing a
+    /// sleep, so a frame pushed just before is not left waiting.
+    pub fn has_inbound(&self) -> bool {
+        self.inbound.iter().any(|r| !r.is_empty())
     }
 
     /// Hands up to `max` inbound frames to `on_frame`; returns how many.
@@ -114,7 +155,7 @@ mod tests {
 
     #[test]
     fn frames_reach_only_their_target() {
-        let m = mesh(3, 4);
+        let m = mesh(3, 4).unwrap();
         assert!(m[0].send(2, b"to-two"));
         assert!(!m[0].send(0, b"self"), "no ring to itself");
         let mut got = vec![];
@@ -125,9 +166,23 @@ mod tests {
 
     #[test]
     fn full_ring_refuses() {
-        let m = mesh(2, 2);
+        let m = mesh(2, 2).unwrap();
         assert!(m[0].send(1, b"a"));
         assert!(m[0].send(1, b"b"));
         assert!(!m[0].send(1, b"c"));
+    }
+
+    #[test]
+    fn a_sender_wakes_only_a_sleeping_receiver_it_pushed_to() {
+        let m = mesh(3, 4).unwrap();
+        assert!(m[0].send(1, b"x"));
+        assert_eq!(m[0].wake_receivers(), 0, "receiver 1 is awake");
+        m[2].waker().going_to_sleep();
+        assert!(m[0].send(1, b"y"));
+        assert_eq!(m[0].wake_receivers(), 0, "2 sleeps but got nothing");
+        assert!(m[1].send(2, b"z"));
+        assert!(m[2].has_inbound());
+        assert_eq!(m[1].wake_receivers(), 1);
+        assert_eq!(m[1].wake_receivers(), 0, "a burst wakes once");
     }
 }

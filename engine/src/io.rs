@@ -3,6 +3,7 @@
 //! driven by exactly one worker thread, so nothing here is shared or locked.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 /// Which packet source a worker uses.
@@ -61,9 +62,10 @@ pub trait PacketIo: Send {
     /// reclaims completed tx buffers.
     fn tx_flush(&mut self) -> io::Result<()>;
 
-    /// Sleeps until a frame may be available or `timeout` passes. Used by the
-    /// adaptive polling mode when a worker is idle.
-    fn wait(&mut self, timeout: Duration) -> io::Result<()>;
+    /// Sleeps until a frame may be available, `wake` (the worker's hand-off
+    /// eventfd) is readable, or `timeout` passes. Used by the adaptive and
+    /// interrupt polling modes when a worker is idle.
+    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<()>;
 
     fn stats(&self) -> IoStats;
 

@@ -114,21 +114,26 @@ pub(crate) fn ifindex(iface: &str, queue: u32) -> Result<u32, IoError> {
     Ok(idx)
 }
 
-/// `poll(2)` on one fd for readability, retrying nothing: EINTR counts as a wake-up.
-pub(crate) fn poll_readable(fd: libc::c_int, timeout: std::time::Duration) -> io::Result<()> {
+/// Sleeps until one of `fds` (at most two) is readable or `timeout` passes;
+/// EINTR counts as a wake-up.
+pub(crate) fn poll_readable(fds: &[libc::c_int], timeout: std::time::Duration) -> io::Result<()> {
     // ppoll, not poll: adaptive workers sleep for sub-millisecond budgets.
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
-    let mut pfd = libc::pollfd {
-        fd,
+    let mut pfds = [libc::pollfd {
+        fd: -1,
         events: libc::POLLIN,
         revents: 0,
-    };
-    // SAFETY: `pfd` is a valid, initialised pollfd, we pass a count of 1, and
-    // `ts` outlives the call; a null sigmask keeps the current one.
-    let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+    }; 2];
+    let n = fds.len().min(pfds.len());
+    for (p, &fd) in pfds.iter_mut().zip(fds) {
+        p.fd = fd;
+    }
+    // SAFETY: `pfds` holds `n` valid, initialised pollfds, and `ts` outlives
+    // the call; a null sigmask keeps the current one.
+    let rc = unsafe { libc::ppoll(pfds.as_mut_ptr(), n as libc::nfds_t, &ts, std::ptr::null()) };
     if rc < 0 {
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {

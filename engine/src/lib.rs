@@ -13,6 +13,7 @@ pub mod io_error;
 pub mod memio;
 pub mod netdev;
 pub mod stats;
+pub mod wake;
 mod worker;
 
 pub use config::{BackendChoice, DpdkSettings, EngineConfig, PollingMode, PortPlan};

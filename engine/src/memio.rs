@@ -10,6 +10,7 @@
 //! `ArrayQueue` is lock-free).
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,10 +155,10 @@ impl PacketIo for MemPort {
         Ok(())
     }
 
-    fn wait(&mut self, timeout: Duration) -> io::Result<()> {
-        // Nothing to sleep on: nap briefly so an idle worker does not spin.
-        std::thread::sleep(timeout.min(Duration::from_micros(100)));
-        Ok(())
+    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<()> {
+        // No fd for the peer's frames: nap briefly (or until a hand-off
+        // wakes the worker) so an idle worker does not spin.
+        crate::io_error::poll_readable(&[wake], timeout.min(Duration::from_micros(100)))
     }
 
     fn stats(&self) -> IoStats {

@@ -21,10 +21,12 @@ pub struct WorkerStats {
     pub handoff_in: u64,
     /// Hand-offs refused because the target's ring was full.
     pub handoff_dropped: u64,
+    /// Sleeping workers this one woke (eventfd) after handing them frames.
+    pub handoff_wakeups: u64,
     /// Loop iterations that moved frames, and ones that found nothing.
     pub busy_loops: u64,
     pub idle_loops: u64,
-    /// Sleeps on the socket in adaptive mode.
+    /// Sleeps on the port (adaptive and interrupt modes).
     pub sleeps: u64,
     /// Nanoseconds spent in loop iterations that moved frames: the worker's
     /// CPU cost of the traffic, without idle spinning or sleeping.
@@ -144,6 +146,8 @@ impl EngineStats {
         }
         let (o, i, d) = self.handoff_total();
         let _ = writeln!(s, "handoff_out {o}\nhandoff_in {i}\nhandoff_dropped {d}");
+        let wakeups: u64 = self.workers.iter().map(|w| w.handoff_wakeups).sum();
+        let _ = writeln!(s, "handoff_wakeups {wakeups}");
         if let Some(x) = &self.xdp {
             for (k, v) in x.iter() {
                 let _ = writeln!(s, "xdp_{k}_packets {}", v.packets);

@@ -29,14 +29,15 @@ pub(crate) struct WorkerFilter {
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 /// Pool and route counters allocate when copied: publish them less often.
 const L7_PUBLISH_EVERY: Duration = Duration::from_millis(250);
-/// Longest sleep of an idle adaptive worker: bounds the delay of a frame that
-/// another worker hands off (hand-offs do not wake the socket).
+/// Longest sleep of an idle adaptive worker. Frames on the port and
+/// hand-offs (the eventfd) wake it sooner; the cap bounds what a port without
+/// an fd (DPDK, memory) waits.
 const MAX_SLEEP: Duration = Duration::from_micros(500);
 /// How long a stopping worker keeps exchanging frames after it closed its
 /// idle upstream connections.
 const CLOSE_SETTLE: Duration = Duration::from_millis(20);
-/// Longest sleep in interrupt mode: a frame on the socket wakes the worker
-/// at once, but a hand-off from another worker waits for the sleep to end.
+/// Longest sleep in interrupt mode: a frame on the socket or a hand-off
+/// (the eventfd) wakes the worker at once.
 const INTERRUPT_SLEEP: Duration = Duration::from_millis(2);
 /// Longest time between two polls of an idle stack (its `poll_at` is
 /// usually sooner): interface maintenance runs at least this often.
@@ -146,19 +147,16 @@ impl Worker {
                 idle_since = None;
             } else {
                 s.idle_loops += 1;
-                match self.polling {
-                    PollingMode::Busy => {}
+                let cap = match self.polling {
+                    PollingMode::Busy => None,
                     PollingMode::Adaptive { spin } => {
                         let since = *idle_since.get_or_insert(wall);
-                        if wall.duration_since(since) >= spin {
-                            s.sleeps += 1;
-                            let _ = self.io.wait(until(now, next_timer, MAX_SLEEP));
-                        }
+                        (wall.duration_since(since) >= spin).then_some(MAX_SLEEP)
                     }
-                    PollingMode::Interrupt => {
-                        s.sleeps += 1;
-                        let _ = self.io.wait(until(now, next_timer, INTERRUPT_SLEEP));
-                    }
+                    PollingMode::Interrupt => Some(INTERRUPT_SLEEP),
+                };
+                if let Some(cap) = cap {
+                    self.sleep(&mut s, until(now, next_timer, cap));
                 }
             }
 
@@ -186,6 +184,20 @@ impl Worker {
         s.io = self.io.stats();
         self.stats.publish(&s);
         tracing::info!(worker = self.id, "worker stopped");
+    }
+
+    /// Sleeps on the port and on the hand-off eventfd, unless a hand-off
+    /// arrived between the last receive and the announcement of the sleep.
+    fn sleep(&mut self, s: &mut WorkerStats, timeout: Duration) {
+        let waker = self.handoff.waker();
+        waker.going_to_sleep();
+        if self.handoff.has_inbound() {
+            waker.woke();
+            return;
+        }
+        s.sleeps += 1;
+        let _ = self.io.wait(timeout, self.handoff.waker().fd());
+        self.handoff.waker().woke();
     }
 
     /// Clean stop: a FIN on every idle pooled upstream connection, then a
@@ -294,6 +306,9 @@ impl Worker {
         });
         s.handoff_out += out;
         s.handoff_dropped += dropped;
+        if out > 0 {
+            s.handoff_wakeups += self.handoff.wake_receivers() as u64;
+        }
         match r {
             Ok(n) => n,
             Err(e) => {

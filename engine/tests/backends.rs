@@ -284,6 +284,8 @@ fn send_from_cpu(iface: &'static str, cpu: usize, tag: u8, count: u32) {
 fn rx_ours(io: &mut dyn PacketIo, want: usize, timeout: Duration) -> Vec<(u8, u32)> {
     let mut got = Vec::new();
     let deadline = Instant::now() + timeout;
+    // Nothing hands frames to this port: a waker nobody writes.
+    let waker = ferrogate_engine::wake::Waker::new().expect("eventfd");
     while got.len() < want && Instant::now() < deadline {
         let n = io
             .rx_burst(64, &mut |f| {
@@ -293,7 +295,8 @@ fn rx_ours(io: &mut dyn PacketIo, want: usize, timeout: Duration) -> Vec<(u8, u3
             })
             .expect("rx_burst");
         if n == 0 {
-            io.wait(Duration::from_millis(20)).expect("wait");
+            io.wait(Duration::from_millis(20), waker.fd())
+                .expect("wait");
         }
     }
     got

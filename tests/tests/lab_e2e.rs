@@ -30,9 +30,20 @@ fn no_kernel_listener_on_vip(lab: &Lab) {
     }
 }
 
-fn two_queue_load(backend: &str) {
+/// 2,000 keep-alive requests over two queues; returns the `handoff_wakeups`
+/// this made. `polling` overrides the lab config's mode.
+fn two_queue_load(backend: &str, polling: Option<&str>) -> u64 {
     let lab = Lab::up(2);
-    let mut engine = lab.start_engine(backend, 2);
+    let mut engine = match polling {
+        None => lab.start_engine(backend, 2),
+        Some(mode) => {
+            let config = lab.config_with(
+                "polling.toml",
+                &format!("[numa.node.0]\npolling = \"{mode}\""),
+            );
+            lab.start_engine_with(&config, backend, 2)
+        }
+    };
     assert_proxied(&lab);
     no_kernel_listener_on_vip(&lab);
     let before = engine.stats();
@@ -63,16 +74,32 @@ fn two_queue_load(backend: &str) {
     let st = engine.stop().expect("exit status");
     assert!(st.success(), "engine exit {st}; log:\n{}", engine.log());
     assert!(lab.edge_xdp_gone(), "XDP still attached after a clean exit");
+    grew("handoff_wakeups")
 }
 
 #[test]
 fn af_xdp_two_queues_serves_2000_keep_alive_requests_with_hand_off() {
-    lab_test("af_xdp_two_queues", || two_queue_load("af_xdp"));
+    lab_test("af_xdp_two_queues", || {
+        two_queue_load("af_xdp", None);
+    });
 }
 
 #[test]
 fn af_packet_two_queues_serves_2000_keep_alive_requests_with_hand_off() {
-    lab_test("af_packet_two_queues", || two_queue_load("af_packet"));
+    lab_test("af_packet_two_queues", || {
+        two_queue_load("af_packet", None);
+    });
+}
+
+/// In interrupt mode an idle worker sleeps at once; a reply handed to it by
+/// the other queue's worker must wake it (its eventfd), not wait out the
+/// sleep. Thousands of hand-offs to workers that sleep between frames.
+#[test]
+fn interrupt_mode_wakes_the_sleeping_owner_of_a_handed_off_frame() {
+    lab_test("interrupt_wakeups", || {
+        let wakeups = two_queue_load("af_xdp", Some("interrupt"));
+        assert!(wakeups > 0, "no hand-off woke a sleeping worker");
+    });
 }
 
 #[test]
