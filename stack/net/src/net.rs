@@ -92,6 +92,11 @@ pub struct NetStats {
     pub accepted: u64,
     pub overload_rejected: u64,
     pub sockets_created: u64,
+    /// Sockets holding no payload buffers right now (idle connections and
+    /// closed slots; a gauge): their buffers are back in the worker's pool.
+    pub sockets_parked: u64,
+    /// Payload buffer pairs allocated because the pool had none spare.
+    pub socket_buffers_allocated: u64,
     /// smoltcp polls of a stream's socket (one ingress frame, or one egress
     /// attempt): the per-event work, independent of open connections.
     pub socket_polls: u64,
@@ -119,7 +124,7 @@ impl NetStats {
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
-    pub fn fields(&self) -> [(&'static str, u64); 16] {
+    pub fn fields(&self) -> [(&'static str, u64); 18] {
         let o = self.rx_outcomes();
         [
             ("rx_frames", self.rx_frames),
@@ -137,6 +142,8 @@ impl NetStats {
             ("accepted", self.accepted),
             ("overload_rejected", self.overload_rejected),
             ("sockets_created", self.sockets_created),
+            ("sockets_parked", self.sockets_parked),
+            ("socket_buffers_allocated", self.socket_buffers_allocated),
             ("socket_polls", self.socket_polls),
         ]
     }
@@ -158,6 +165,8 @@ impl NetStats {
         self.accepted += o.accepted;
         self.overload_rejected += o.overload_rejected;
         self.sockets_created += o.sockets_created;
+        self.sockets_parked += o.sockets_parked;
+        self.socket_buffers_allocated += o.socket_buffers_allocated;
         self.socket_polls += o.socket_polls;
     }
 
@@ -332,6 +341,8 @@ impl Net {
         }
         self.stats.tx_queue_full = self.device_stats.tx_queue_full;
         self.stats.sockets_created = self.sockets.created() as u64;
+        self.stats.sockets_parked = self.sockets.parked() as u64;
+        self.stats.socket_buffers_allocated = self.sockets.buffers_allocated();
     }
 
     /// Gives one received frame to smoltcp with the sockets it concerns: its
@@ -371,7 +382,7 @@ impl Net {
                         // No socket: smoltcp answers the SYN with RST.
                         self.stats.overload_rejected += 1;
                     } else {
-                        let id = self.sockets.take(&self.cfg);
+                        let id = self.sockets.take();
                         let sock = self.sockets.tcp(id);
                         // A slot from the table is always closed.
                         sock.listen(m.key.local_port)
@@ -406,6 +417,8 @@ impl Net {
             }
             return;
         };
+        // smoltcp never sees a socket without its buffers (a zero window).
+        self.sockets.unpark(id);
         let slot = self.sockets.slot(id);
         self.iface.poll_ingress_single(now, &mut dev, &mut slot.set);
         self.stats.rx_handed += 1;
@@ -464,6 +477,8 @@ impl Net {
             self.sockets.unqueue(id);
             return;
         }
+        // A delayed ACK or a timer may make smoltcp send: with its buffers.
+        self.sockets.unpark(id);
         let owner = self.sockets.slot(id).owner;
         if owner != NO_OWNER {
             app.run(self.streams(), owner, id);
@@ -513,6 +528,9 @@ impl Net {
             Some(t) => self.sockets.timers.schedule(id, t),
             None => self.sockets.timers.cancel(id),
         }
+        // Nothing buffered either way: the buffers wait in the pool until
+        // the next frame, write or timer of this socket.
+        self.sockets.park_if_idle(id);
     }
 
     /// Hands each queued outgoing frame to `send`, oldest first.

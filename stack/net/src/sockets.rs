@@ -6,8 +6,12 @@
 //! smoltcp only the set of the connection a frame belongs to (found through a
 //! hash map keyed by the TCP 4-tuple), or of a socket that has work to do.
 //!
-//! Slots are recycled: a socket's buffers are allocated once, and its slot goes
-//! back to an idle list when its connection has fully closed.
+//! Slots are recycled: a slot goes back to an idle list when its connection
+//! has fully closed. Payload buffers are not tied to a slot: a socket with
+//! nothing buffered (an idle keep-alive connection, a closed slot) is
+//! *parked* — its rx/tx buffers go to the worker's pool — and takes a pair
+//! back before smoltcp or the application touches it again. So memory per
+//! idle connection is the socket's state, not its buffers.
 
 use std::collections::HashMap;
 
@@ -42,6 +46,8 @@ pub(crate) struct SockSlot {
     closing: Option<Closing>,
     /// In the dirty list already.
     queued: bool,
+    /// Holds empty, zero-capacity buffers; its own are in the pool.
+    parked: bool,
     /// Waiting for a neighbour (ARP/NDP) before it can send.
     neighbour_wait: bool,
 }
@@ -64,6 +70,28 @@ pub(crate) struct SocketTable {
     neighbour_waiters: Vec<SockId>,
     pub(crate) timers: TimerWheel,
     closing: usize,
+    /// Buffer pairs of parked sockets, ready for the next socket that
+    /// needs some; at most `SPARE_BUFFERS` are kept, the rest are freed.
+    spare: Vec<BufferPair>,
+    parked: usize,
+    buffers_allocated: u64,
+    rx_size: usize,
+    tx_size: usize,
+}
+
+type BufferPair = (tcp::SocketBuffer<'static>, tcp::SocketBuffer<'static>);
+
+/// Spare buffer pairs a worker keeps: enough for the sockets active at
+/// once in a busy worker, so steady traffic allocates nothing, while memory
+/// parked connections free goes back to the allocator.
+const SPARE_BUFFERS: usize = 256;
+
+fn no_buffers() -> BufferPair {
+    // An empty Vec does not allocate.
+    (
+        tcp::SocketBuffer::new(Vec::new()),
+        tcp::SocketBuffer::new(Vec::new()),
+    )
 }
 
 impl SocketTable {
@@ -79,7 +107,81 @@ impl SocketTable {
             neighbour_waiters: Vec::with_capacity(64),
             timers: TimerWheel::new(n, now),
             closing: 0,
+            spare: Vec::with_capacity(SPARE_BUFFERS),
+            parked: 0,
+            buffers_allocated: 0,
+            rx_size: cfg.tcp_rx_buffer,
+            tx_size: cfg.tcp_tx_buffer,
         }
+    }
+
+    /// Sockets parked now (see the module doc).
+    pub(crate) fn parked(&self) -> usize {
+        self.parked
+    }
+
+    /// Buffer pairs allocated because the pool was empty.
+    pub(crate) fn buffers_allocated(&self) -> u64 {
+        self.buffers_allocated
+    }
+
+    fn buffer_pair(&mut self) -> BufferPair {
+        if let Some(pair) = self.spare.pop() {
+            return pair;
+        }
+        self.buffers_allocated += 1;
+        (
+            tcp::SocketBuffer::new(vec![0u8; self.rx_size]),
+            tcp::SocketBuffer::new(vec![0u8; self.tx_size]),
+        )
+    }
+
+    /// Gives a parked socket buffers again. Every path to smoltcp and to the
+    /// application goes through here first.
+    pub(crate) fn unpark(&mut self, id: SockId) {
+        if !self.slots[id as usize].parked {
+            return;
+        }
+        let (rx, tx) = self.buffer_pair();
+        let s = &mut self.slots[id as usize];
+        // A parked socket's buffers are empty: the swap cannot be refused.
+        if let Ok(empty) = s.tcp().replace_buffers(rx, tx) {
+            drop(empty);
+            s.parked = false;
+            self.parked -= 1;
+        }
+    }
+
+    /// Parks `id` if it has nothing buffered and is established (an idle
+    /// connection) or closed (an idle slot).
+    pub(crate) fn park_if_idle(&mut self, id: SockId) -> bool {
+        let s = &mut self.slots[id as usize];
+        if s.parked {
+            return false;
+        }
+        let (closing, key) = (s.closing.is_some(), s.key.is_some());
+        let sock = s.tcp();
+        let idle = match sock.state() {
+            tcp::State::Established => !closing && sock.buffers_empty(),
+            tcp::State::Closed => !key,
+            _ => false,
+        };
+        if !idle {
+            return false;
+        }
+        let (rx, tx) = no_buffers();
+        let Ok((mut rx, mut tx)) = s.tcp().replace_buffers(rx, tx) else {
+            return false;
+        };
+        s.parked = true;
+        self.parked += 1;
+        if self.spare.len() < SPARE_BUFFERS {
+            // A closed socket's buffers may hold stale bytes.
+            rx.clear();
+            tx.clear();
+            self.spare.push((rx, tx));
+        }
+        true
     }
 
     /// Sockets ever created (each allocated its buffers once).
@@ -99,7 +201,13 @@ impl SocketTable {
         &mut self.slots[id as usize]
     }
 
+    /// The socket, with its buffers: a parked one takes a pair back and is
+    /// queued, so this poll parks it again if it stays idle.
     pub(crate) fn tcp(&mut self, id: SockId) -> &mut tcp::Socket<'static> {
+        if self.slots[id as usize].parked {
+            self.unpark(id);
+            self.mark(id);
+        }
         self.slots[id as usize].tcp()
     }
 
@@ -109,12 +217,13 @@ impl SocketTable {
     }
 
     /// A closed socket, reused or new.
-    pub(crate) fn take(&mut self, cfg: &NetConfig) -> SockId {
+    pub(crate) fn take(&mut self) -> SockId {
         if let Some(id) = self.idle.pop() {
+            // listen/connect derive the window scale from the buffers.
+            self.unpark(id);
             return id;
         }
-        let rx = tcp::SocketBuffer::new(vec![0u8; cfg.tcp_rx_buffer]);
-        let tx = tcp::SocketBuffer::new(vec![0u8; cfg.tcp_tx_buffer]);
+        let (rx, tx) = self.buffer_pair();
         let mut sock = tcp::Socket::new(rx, tx);
         // The proxy writes whole heads and body slices; Nagle would only
         // delay the last segment of each.
@@ -130,6 +239,7 @@ impl SocketTable {
             owner: NO_OWNER,
             closing: None,
             queued: false,
+            parked: false,
             neighbour_wait: false,
         });
         self.timers.grow_to(self.slots.len());
@@ -155,6 +265,7 @@ impl SocketTable {
             sock.abort();
         }
         self.timers.cancel(id);
+        self.park_if_idle(id);
         self.idle.push(id);
     }
 
@@ -162,14 +273,14 @@ impl SocketTable {
     pub(crate) fn connect(
         &mut self,
         iface: &mut Context,
-        cfg: &NetConfig,
         owner: u32,
         remote: IpEndpoint,
         local_port: u16,
     ) -> Option<SockId> {
-        let id = self.take(cfg);
+        let id = self.take();
         let sock = self.tcp(id);
         if sock.connect(iface, remote, local_port).is_err() {
+            self.park_if_idle(id);
             self.idle.push(id);
             return None;
         }
@@ -199,6 +310,7 @@ impl SocketTable {
         now: Instant,
         linger: smoltcp::time::Duration,
     ) {
+        self.unpark(id);
         let s = &mut self.slots[id as usize];
         s.owner = NO_OWNER;
         let sock = s.tcp();

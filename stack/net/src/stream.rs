@@ -191,8 +191,7 @@ impl Streams<'_> {
         local_port: u16,
     ) -> Option<StreamId> {
         let remote = IpEndpoint::new(remote.ip().into(), remote.port());
-        self.sockets
-            .connect(self.iface, self.cfg, owner, remote, local_port)
+        self.sockets.connect(self.iface, owner, remote, local_port)
     }
 
     pub fn owner(&mut self, id: StreamId) -> Owner {

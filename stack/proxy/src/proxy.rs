@@ -44,6 +44,16 @@ impl ConnBufs {
         }
     }
 
+    /// What a parked connection holds: four unallocated buffers.
+    pub(crate) fn none() -> Self {
+        Self::new(0)
+    }
+
+    /// Has storage (not the placeholder of a parked connection).
+    pub(crate) fn is_held(&self) -> bool {
+        self.from_client.capacity() > 0
+    }
+
     fn clear(&mut self) {
         self.from_client.clear();
         self.from_upstream.clear();
@@ -270,6 +280,33 @@ impl<P: ProxyHttp> Conn<P> {
 
     pub(crate) fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Finished)
+    }
+
+    /// True for a connection parked by `park_bufs`: lend it buffers
+    /// (`lend_bufs`) before driving it.
+    pub(crate) fn needs_bufs(&self) -> bool {
+        !self.bufs.is_held()
+    }
+
+    pub(crate) fn lend_bufs(&mut self, bufs: ConnBufs) {
+        self.bufs = bufs;
+    }
+
+    /// An idle keep-alive connection (waiting for the next request head,
+    /// nothing received or queued, no upstream) gives its buffers back:
+    /// 100k idle connections must not hold 100k buffer sets.
+    pub(crate) fn park_bufs(&mut self) -> Option<ConnBufs> {
+        let idle = matches!(self.phase, Phase::ReadHead)
+            && self.upstream.is_none()
+            && self.bufs.is_held()
+            && self.bufs.from_client.is_empty()
+            && self.bufs.to_client.is_empty();
+        if !idle {
+            return None;
+        }
+        let mut bufs = std::mem::replace(&mut self.bufs, ConnBufs::none());
+        bufs.clear();
+        Some(bufs)
     }
 
     pub(crate) fn deadline(&self) -> Instant {

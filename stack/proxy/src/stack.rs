@@ -66,11 +66,8 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
     fn accept(&mut self, _net: Streams<'_>, id: StreamId, port: u16) -> Option<Owner> {
         let tls = self.routes.listener(port).and_then(|l| l.tls.as_ref());
         let io = ClientIo::for_listener(tls)?;
-        let bufs = self
-            .spare_bufs
-            .pop()
-            .unwrap_or_else(|| ConnBufs::new(self.cfg.head_buffer));
-        let conn = Conn::new(id, port, bufs, &self.cfg, _net.now(), io);
+        // Buffers are lent by `drive` when there is something to read.
+        let conn = Conn::new(id, port, ConnBufs::none(), &self.cfg, _net.now(), io);
         let idx = match self.free_conns.pop() {
             Some(i) => {
                 self.conns[i as usize].conn = Some(conn);
@@ -135,6 +132,16 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
     }
 }
 
+/// Buffer sets a worker keeps for the connections it drives next; beyond
+/// this, buffers of connections that finish or go idle are freed.
+const SPARE_CONN_BUFS: usize = 256;
+
+fn keep_spare(spare: &mut Vec<ConnBufs>, bufs: ConnBufs) {
+    if bufs.is_held() && spare.len() < SPARE_CONN_BUFS {
+        spare.push(bufs);
+    }
+}
+
 impl<P: ProxyHttp> ProxyApp<P> {
     /// Runs one connection's state machine; releases it when it has finished.
     fn drive(&mut self, idx: u32, net: Streams<'_>) {
@@ -143,6 +150,13 @@ impl<P: ProxyHttp> ProxyApp<P> {
         let Some(conn) = slot.conn.as_mut() else {
             return;
         };
+        if conn.needs_bufs() {
+            let bufs = self.spare_bufs.pop().unwrap_or_else(|| {
+                self.stats.conn_buffers_allocated += 1;
+                ConnBufs::new(self.cfg.head_buffer)
+            });
+            conn.lend_bufs(bufs);
+        }
         self.stats.conn_drives += 1;
         let now = net.now();
         let mut cx = Ctx {
@@ -171,10 +185,13 @@ impl<P: ProxyHttp> ProxyApp<P> {
             if let Some((h, port)) = upstream {
                 net.retire(h, Some(port), false);
             }
-            self.spare_bufs.push(bufs);
+            keep_spare(&mut self.spare_bufs, bufs);
             self.free_conns.push(idx);
             self.active -= 1;
             return;
+        }
+        if let Some(bufs) = conn.park_bufs() {
+            keep_spare(&mut self.spare_bufs, bufs);
         }
         // Whatever it wrote is sent, and its timers re-armed, in this pass.
         net.mark(client);
@@ -236,7 +253,7 @@ impl<P: ProxyHttp> Stack<P> {
             free_conns: Vec::with_capacity(max),
             active: 0,
             redrive: Vec::with_capacity(max),
-            spare_bufs: Vec::with_capacity(max),
+            spare_bufs: Vec::with_capacity(SPARE_CONN_BUFS),
             rr_cursor: cfg.net.random_seed as usize,
             registry: {
                 let mut r = UpstreamRegistry::new();

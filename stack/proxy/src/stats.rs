@@ -33,6 +33,9 @@ pub struct StackStats {
     pub client_aborts: u64,
     /// Runs of a connection's proxy state machine.
     pub conn_drives: u64,
+    /// Connection buffer sets allocated because the worker had none spare
+    /// (idle connections hold none; see `Conn::park_bufs`).
+    pub conn_buffers_allocated: u64,
     /// TLS handshakes completed without / with session resumption.
     pub tls_handshakes_full: u64,
     pub tls_handshakes_resumed: u64,
@@ -88,6 +91,7 @@ impl StackStats {
         self.bad_requests += o.bad_requests;
         self.client_aborts += o.client_aborts;
         self.conn_drives += o.conn_drives;
+        self.conn_buffers_allocated += o.conn_buffers_allocated;
         self.tls_handshakes_full += o.tls_handshakes_full;
         self.tls_handshakes_resumed += o.tls_handshakes_resumed;
         self.tls_handshake_failures += o.tls_handshake_failures;
@@ -124,6 +128,7 @@ impl StackStats {
             ("bad_requests", self.bad_requests),
             ("client_aborts", self.client_aborts),
             ("conn_drives", self.conn_drives),
+            ("conn_buffers_allocated", self.conn_buffers_allocated),
             ("tls_handshakes_full", self.tls_handshakes_full),
             ("tls_handshakes_resumed", self.tls_handshakes_resumed),
             ("tls_handshake_failures", self.tls_handshake_failures),

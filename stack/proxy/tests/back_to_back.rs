@@ -1159,6 +1159,45 @@ fn idle_connections_cost_nothing_per_request() {
     assert!(wall_n < wall_0 * 3, "{wall_n:?} vs {wall_0:?}");
 }
 
+/// An idle keep-alive connection holds no payload buffers: its socket's
+/// rx/tx buffers and its proxy buffers go back to the worker's pool, and
+/// come back when the next request arrives.
+#[test]
+fn idle_keep_alive_connections_park_their_buffers_and_serve_the_next_request() {
+    const N: usize = 200;
+    let mut lab = Lab::new(Origin::Serving);
+    let conns: Vec<_> = (0..N)
+        .map(|i| {
+            let c = lab.connect();
+            let req = format!("GET /a/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let r = lab.exchange(c, req.as_bytes());
+            assert_eq!(r.body, format!("origin:/a/{i}").as_bytes());
+            c
+        })
+        .collect();
+    for _ in 0..5 {
+        lab.step(50);
+    }
+    let s = *lab.edge.stats();
+    assert_eq!(lab.edge.active_connections(), N);
+    // Every idle client socket, and the pooled upstream one, is parked.
+    assert!(s.net.sockets_parked > N as u64, "{s:?}");
+    // One request at a time: a few buffer sets served all of them.
+    assert!(s.net.socket_buffers_allocated <= 8, "{s:?}");
+    assert!(s.conn_buffers_allocated <= 2, "{s:?}");
+    // Parked connections take buffers back for their next request.
+    for (i, c) in conns.iter().enumerate() {
+        let req = format!("GET /b/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = lab.exchange(*c, req.as_bytes());
+        assert_eq!(r.body, format!("origin:/b/{i}").as_bytes());
+    }
+    let after = *lab.edge.stats();
+    assert_eq!(after.requests, 2 * N as u64);
+    assert_eq!(after.upstream_connects, 1, "{after:?}");
+    assert!(after.net.socket_buffers_allocated <= 8, "{after:?}");
+    assert!(after.conn_buffers_allocated <= 2, "{after:?}");
+}
+
 #[test]
 fn connection_limit_refuses_with_rst_and_slots_are_reused() {
     let mut lab = Lab::with_config(Origin::Refusing, |cfg| cfg.net.max_connections = 4);
