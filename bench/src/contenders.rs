@@ -159,7 +159,11 @@ pub fn ferrogate_filter_available(lab: &Lab) -> Result<PathBuf, String> {
 /// What a scenario changes in the edge nginx's config.
 #[derive(Debug, Clone)]
 pub struct NginxTuning {
+    /// All pinned to PROXY_CPU (taskset); `reuseport` spreads connections.
+    pub worker_processes: u32,
     pub worker_connections: u32,
+    /// worker_rlimit_nofile; None = 2 x worker_connections, at least 16384.
+    pub rlimit_nofile: Option<u64>,
     /// Lines added to the `http` block (e.g. `keepalive_timeout 900s;`).
     pub http_extra: String,
 }
@@ -167,7 +171,9 @@ pub struct NginxTuning {
 impl Default for NginxTuning {
     fn default() -> Self {
         NginxTuning {
+            worker_processes: 1,
             worker_connections: 8192,
+            rlimit_nofile: None,
             http_extra: String::new(),
         }
     }
@@ -179,10 +185,11 @@ fn nginx_conf(lab: &Lab, t: &NginxTuning) -> Result<PathBuf> {
     let dd = d.display();
     let wc = t.worker_connections;
     // Every connection is a descriptor (plus the upstream ones).
-    let nofile = (wc as u64 * 2).max(16384);
+    let nofile = t.rlimit_nofile.unwrap_or((wc as u64 * 2).max(16384));
     let extra = &t.http_extra;
+    let wp = t.worker_processes;
     let conf = format!(
-        "worker_processes 1;\nuser root;\ndaemon off;\npid {dd}/nginx.pid;\nerror_log {dd}/error.log warn;\n\
+        "worker_processes {wp};\nuser root;\ndaemon off;\npid {dd}/nginx.pid;\nerror_log {dd}/error.log warn;\n\
          worker_rlimit_nofile {nofile};\n\
          events {{ worker_connections {wc}; }}\n\
          http {{\n  access_log off;\n{extra}\n  client_body_temp_path {dd}/body;\n  proxy_temp_path {dd}/proxy;\n\

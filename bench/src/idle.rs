@@ -200,19 +200,33 @@ fn epoll_set(ep: i32, op: i32, fd: i32, events: u32, idx: usize) {
     unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) };
 }
 
-fn raise_nofile(n: u64) -> Result<()> {
-    let want = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
+/// The hard RLIMIT_NOFILE after trying to raise it to `want` (root
+/// without CAP_SYS_RESOURCE, as in some sandboxes, cannot), with the soft
+/// limit raised to it. Children inherit both.
+pub fn raise_nofile(want: u64) -> u64 {
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: setrlimit with a valid struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
-        bail!(
-            "setrlimit(RLIMIT_NOFILE, {n}): {} (root and fs.nr_open >= {n} needed)",
-            std::io::Error::last_os_error()
-        );
+    // SAFETY: getrlimit/setrlimit with valid structs.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur);
+        if cur.rlim_max < want {
+            let up = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &up) == 0 {
+                return want;
+            }
+        }
+        let soft = libc::rlimit {
+            rlim_cur: cur.rlim_max,
+            rlim_max: cur.rlim_max,
+        };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &soft);
     }
-    Ok(())
+    cur.rlim_max
 }
 
 /// Opens `conns` connections, one GET each, bounded in time.
@@ -460,7 +474,13 @@ pub fn run_client(a: &ClientArgs) -> Result<()> {
     if a.sources.is_empty() || a.conns == 0 {
         bail!("--sources and --conns > 0 are needed");
     }
-    raise_nofile(a.conns as u64 + 1024)?;
+    let want = a.conns as u64 + 64;
+    let got = raise_nofile(want);
+    if got < want {
+        bail!(
+            "RLIMIT_NOFILE is {got} and cannot be raised to {want}: run several holders with fewer --conns each"
+        );
+    }
     let mut held = Vec::with_capacity(a.conns);
     let r = open_all(a, &mut held)?;
     let mut out = std::io::stdout().lock();
@@ -527,7 +547,7 @@ struct Holder {
 }
 
 impl Holder {
-    fn start(lab: &Lab, addr: &str, n: usize, smoke: bool) -> Result<Holder> {
+    fn start(lab: &Lab, addr: &str, n: usize, smoke: bool, index: usize) -> Result<Holder> {
         let exe = std::env::current_exe()?.display().to_string();
         let conns = n.to_string();
         let sources = SOURCES.join(",");
@@ -550,7 +570,7 @@ impl Holder {
         ];
         let mut c = lab.pinned("client", LOAD_CPU, &argv);
         let command = measure::cmdline(&c);
-        let log = lab.bench_dir().join("idle-client.log");
+        let log = lab.bench_dir().join(format!("idle-client-{index}.log"));
         let (proc, stdin, stdout) = Proc::spawn_piped("idle-client", &mut c, &log)?;
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -571,11 +591,15 @@ impl Holder {
     }
 
     fn next_line(&mut self, limit: Duration) -> Result<String> {
-        self.lines.recv_timeout(limit).map_err(|_| {
+        self.lines.recv_timeout(limit).map_err(|e| {
             let mut log = String::new();
             let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut log));
+            let why = match e {
+                mpsc::RecvTimeoutError::Timeout => format!("said nothing within {limit:?}"),
+                mpsc::RecvTimeoutError::Disconnected => "closed its output".to_string(),
+            };
             anyhow::anyhow!(
-                "idle-client said nothing within {limit:?} (exited: {:?}); log:\n{}",
+                "idle-client {why} (exited: {:?}); log:\n{}",
                 self.proc.exited(),
                 log.trim()
             )
@@ -606,6 +630,65 @@ impl Holder {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.proc.stop();
+        Ok(())
+    }
+}
+
+/// The holders of one turn: one process holds at most `per_proc`
+/// connections (RLIMIT_NOFILE); they open one after the other, so the
+/// opening concurrency stays one holder's window.
+struct Holders {
+    list: Vec<Holder>,
+}
+
+impl Holders {
+    fn open(
+        lab: &Lab,
+        addr: &str,
+        n: usize,
+        per_proc: usize,
+        smoke: bool,
+    ) -> Result<(Holders, OpenReport, Vec<String>)> {
+        let mut hs = Holders { list: Vec::new() };
+        let mut total = OpenReport::default();
+        let mut cmds = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(per_proc);
+            let mut h = Holder::start(lab, addr, k, smoke, hs.list.len())?;
+            cmds.push(h.command.clone());
+            let r = h.opened(smoke);
+            hs.list.push(h);
+            let r = r?;
+            total.requested += r.requested;
+            total.established += r.established;
+            total.non2xx += r.non2xx;
+            total.closed_early += r.closed_early;
+            total.timeouts += r.timeouts;
+            total.not_started += r.not_started;
+            total.open_secs += r.open_secs;
+            for (e, c) in r.connect_errors {
+                *total.connect_errors.entry(e).or_default() += c;
+            }
+            left -= k;
+        }
+        Ok((hs, total, cmds))
+    }
+
+    fn check(&mut self) -> Result<CheckReport> {
+        let mut t = CheckReport::default();
+        for h in &mut self.list {
+            let c = h.check()?;
+            t.still_open += c.still_open;
+            t.closed_by_peer += c.closed_by_peer;
+        }
+        Ok(t)
+    }
+
+    fn close(self) -> Result<()> {
+        for h in self.list {
+            h.close()?;
+        }
         Ok(())
     }
 }
@@ -770,10 +853,38 @@ fn fg_delta(
 
 /// One contender's turn. Metrics even when the holder fell short; the
 /// error says by how much.
+/// Descriptors per process, and what follows from it for N connections.
+struct Limits {
+    nofile: u64,
+    /// Connections one holder process takes.
+    per_proc: usize,
+    nginx_workers: u32,
+    nginx_worker_connections: u32,
+}
+
+impl Limits {
+    fn for_conns(n: usize) -> Limits {
+        let nofile = raise_nofile(n as u64 + 8192);
+        let per_proc = (nofile.saturating_sub(100) as usize).max(1000);
+        // Room for wrk's 50, the upstream pool and reuseport's uneven spread.
+        let per_worker = (nofile.saturating_sub(3000) as usize).max(1000);
+        let workers = (n + 4096).div_ceil(per_worker).max(1);
+        Limits {
+            nofile,
+            per_proc,
+            nginx_workers: workers as u32,
+            nginx_worker_connections: (nofile.saturating_sub(1000) as usize)
+                .min((n + 4096).div_ceil(workers) + 2048)
+                as u32,
+        }
+    }
+}
+
 fn turn(
     ctx: &Ctx,
     who: Contender,
     fg_cfg: &std::path::Path,
+    limits: &Limits,
 ) -> (Metrics, Vec<String>, Option<String>) {
     let n = ctx.opts.idle_conns;
     let mut cmds = Vec::new();
@@ -787,7 +898,9 @@ fn turn(
             1,
             &PROXY_CPU.to_string(),
             &NginxTuning {
-                worker_connections: (n + 4096) as u32,
+                worker_processes: limits.nginx_workers,
+                worker_connections: limits.nginx_worker_connections,
+                rlimit_nofile: Some(limits.nofile),
                 http_extra: "  keepalive_timeout 900s;\n".into(),
             },
         ),
@@ -797,7 +910,7 @@ fn turn(
         Err(e) => return (m, cmds, Some(format!("{e:#}"))),
     };
     cmds.push(run.command.clone());
-    let res = measure_turn(ctx, &run, n, &mut m, &mut cmds);
+    let res = measure_turn(ctx, &run, n, limits, &mut m, &mut cmds);
     run.stop();
     if let Err(e) = res {
         return (m, cmds, Some(format!("{e:#}")));
@@ -824,6 +937,7 @@ fn measure_turn(
     ctx: &Ctx,
     run: &Running,
     n: usize,
+    limits: &Limits,
     m: &mut Metrics,
     cmds: &mut Vec<String>,
 ) -> Result<()> {
@@ -840,9 +954,9 @@ fn measure_turn(
     std::thread::sleep(Duration::from_secs(1));
     let fg0 = run.stats();
     let mem0 = MemSnap::take(root);
-    let mut holder = Holder::start(&ctx.lab, &run.who.addr(), n, smoke)?;
-    cmds.push(holder.command.clone());
-    let open = holder.opened(smoke)?;
+    let (mut holder, open, hcmds) =
+        Holders::open(&ctx.lab, &run.who.addr(), n, limits.per_proc, smoke)?;
+    cmds.extend(hcmds);
     // Let the proxy settle (timers, stats file, lazily freed memory).
     std::thread::sleep(Duration::from_secs(if smoke { 1 } else { 3 }));
     let fg1 = run.stats();
@@ -934,7 +1048,7 @@ fn measure_turn(
     Ok(())
 }
 
-const MEM_NOTE: &str = "proxy RSS Δ B/conn = (VmRSS of the proxy's process tree with N idle connections held − just before opening them, after a wrk run) ÷ N. nginx: master + worker; ferrogate: supervisor + engine + control daemon (`engine_rss_b_per_conn` in the JSON is the engine alone). What a proxy preallocates at start for its connection limit is outside the Δ: nginx allocates worker_connections (set to N + 4096) connection and event structs at start; ferrogate sizes its socket table's index for max_connections (N + 4096) — the `RSS MiB at start` column shows both.";
+const MEM_NOTE: &str = "proxy RSS Δ B/conn = (VmRSS of the proxy's process tree with N idle connections held − just before opening them, after a wrk run) ÷ N. nginx: master + workers; ferrogate: supervisor + engine + control daemon (`engine_rss_b_per_conn` in the JSON is the engine alone). What a proxy preallocates at start for its connection limit is outside the Δ: each nginx worker allocates worker_connections connection and event structs at start; ferrogate sizes its socket table's index for max_connections (N + 4096) — the `RSS MiB at start` column shows both.";
 
 const KERNEL_NOTE: &str = "Kernel memory is not in any RSS. `kernel Δ B/conn` = Δ of the slab pages of the socket caches (TCP, sock_inode_cache, filp, dentry, eppoll_epi, bind buckets, request/timewait socks; /proc/slabinfo) + Δ TCP buffer pages (/proc/net/sockstat `mem`), machine-wide, ÷ N: it holds the N client sockets of the holder in both turns, and nginx's N accepted sockets in its turn. `edge kernel B/conn` (nginx) = nginx's kernel Δ − ferrogate's in the same round (the client side is the same); ferrogate's is 0: the engine holds no kernel socket per connection. `edge total` = RSS Δ + edge kernel: the fair per-connection comparison. `kernel_slab_total_b_per_conn` in the JSON is the coarser /proc/meminfo Slab Δ.";
 
@@ -952,10 +1066,29 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
         "ferrogate engine.tcp_buffer".into(),
         o.tcp_buffer.to_string(),
     );
+    let limits = Limits::for_conns(n);
     r.settings.insert(
-        "ferrogate engine.max_connections / nginx worker_connections".into(),
+        "ferrogate engine.max_connections".into(),
         (n + 4096).to_string(),
     );
+    r.settings.insert(
+        "nginx worker_processes x worker_connections".into(),
+        format!(
+            "{} x {} (all on CPU {PROXY_CPU})",
+            limits.nginx_workers, limits.nginx_worker_connections
+        ),
+    );
+    r.settings.insert(
+        "RLIMIT_NOFILE (hard, after trying to raise it)".into(),
+        limits.nofile.to_string(),
+    );
+    r.settings.insert(
+        "connections per holder process".into(),
+        limits.per_proc.min(n).to_string(),
+    );
+    if (limits.nofile as usize) < n + 8192 {
+        r.notes.push(format!("RLIMIT_NOFILE could not be raised above {} here (root without CAP_SYS_RESOURCE): one process cannot hold N sockets, so the holder runs as {} processes (one after the other) and nginx as {} workers, all pinned to CPU {PROXY_CPU} (`listen … reuseport` spreads connections over them). nginx's RSS is that of the master and all workers; each worker's fixed memory is outside the Δ (started before), but nginx's req/s here comes from {} workers sharing one core, not the 1 worker of `http`.", limits.nofile, n.div_ceil(limits.per_proc), limits.nginx_workers, limits.nginx_workers));
+    }
     r.settings.insert(
         "idle timeouts".into(),
         "ferrogate timeouts.client_idle_ms = 900000; nginx keepalive_timeout 900s".into(),
@@ -1028,7 +1161,7 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
         let first = r.samples.len();
         for who in [Contender::Ferrogate, Contender::Nginx] {
             eprintln!("idle round {round}: {} ({n} idle)", who.name());
-            let (m, cmds, err) = turn(ctx, who, &fg_cfg);
+            let (m, cmds, err) = turn(ctx, who, &fg_cfg, &limits);
             r.samples
                 .push(scenarios::sample("idle", who.name(), round, m, cmds, err));
         }
