@@ -156,14 +156,43 @@ pub fn ferrogate_filter_available(lab: &Lab) -> Result<PathBuf, String> {
     Ok(cfg)
 }
 
-fn nginx_conf(lab: &Lab) -> Result<PathBuf> {
+/// What a scenario changes in the edge nginx's config.
+#[derive(Debug, Clone)]
+pub struct NginxTuning {
+    /// All pinned to PROXY_CPU (taskset); `reuseport` spreads connections.
+    pub worker_processes: u32,
+    pub worker_connections: u32,
+    /// worker_rlimit_nofile; None = 2 x worker_connections, at least 16384.
+    pub rlimit_nofile: Option<u64>,
+    /// Lines added to the `http` block (e.g. `keepalive_timeout 900s;`).
+    pub http_extra: String,
+}
+
+impl Default for NginxTuning {
+    fn default() -> Self {
+        NginxTuning {
+            worker_processes: 1,
+            worker_connections: 8192,
+            rlimit_nofile: None,
+            http_extra: String::new(),
+        }
+    }
+}
+
+fn nginx_conf(lab: &Lab, t: &NginxTuning) -> Result<PathBuf> {
     let d = lab.bench_dir().join("nginx");
     std::fs::create_dir_all(&d)?;
     let dd = d.display();
+    let wc = t.worker_connections;
+    // Every connection is a descriptor (plus the upstream ones).
+    let nofile = t.rlimit_nofile.unwrap_or((wc as u64 * 2).max(16384));
+    let extra = &t.http_extra;
+    let wp = t.worker_processes;
     let conf = format!(
-        "worker_processes 1;\nuser root;\ndaemon off;\npid {dd}/nginx.pid;\nerror_log {dd}/error.log warn;\n\
-         events {{ worker_connections 8192; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {dd}/body;\n  proxy_temp_path {dd}/proxy;\n\
+        "worker_processes {wp};\nuser root;\ndaemon off;\npid {dd}/nginx.pid;\nerror_log {dd}/error.log warn;\n\
+         worker_rlimit_nofile {nofile};\n\
+         events {{ worker_connections {wc}; }}\n\
+         http {{\n  access_log off;\n{extra}\n  client_body_temp_path {dd}/body;\n  proxy_temp_path {dd}/proxy;\n\
            fastcgi_temp_path {dd}/fastcgi;\n  uwsgi_temp_path {dd}/uwsgi;\n  scgi_temp_path {dd}/scgi;\n\
            keepalive_requests 1000000;\n\
            upstream origin {{ server {ORIGIN_IP}:8080; keepalive 64; keepalive_requests 1000000; }}\n\
@@ -241,12 +270,24 @@ pub fn start_with(
     queues: u32,
     cpus: &str,
 ) -> Result<Running> {
+    start_tuned(lab, who, fg_config, queues, cpus, &NginxTuning::default())
+}
+
+/// Like `start_with`, with nginx configured by `nginx`.
+pub fn start_tuned(
+    lab: &Lab,
+    who: Contender,
+    fg_config: Option<&Path>,
+    queues: u32,
+    cpus: &str,
+    nginx: &NginxTuning,
+) -> Result<Running> {
     let log = lab.bench_dir().join(format!("{}.log", who.name()));
     let mut stats_file = None;
     let (proc, command) = match who {
         Contender::Direct => (None, "(none: client → origin 10.77.0.3:8080)".to_string()),
         Contender::Nginx => {
-            let conf = nginx_conf(lab)?;
+            let conf = nginx_conf(lab, nginx)?;
             let mut c = lab.pinned(
                 "edge",
                 PROXY_CPU,

@@ -116,6 +116,37 @@ impl Proc {
         })
     }
 
+    /// Like `spawn`, with stdin and stdout as pipes (a process the bench
+    /// talks to); stderr goes to `log`.
+    pub fn spawn_piped(
+        name: &str,
+        cmd: &mut Command,
+        log: &Path,
+    ) -> Result<(Proc, std::process::ChildStdin, std::process::ChildStdout)> {
+        let f = std::fs::File::create(log)?;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("spawning {name}: {cmd:?}"))?;
+        reg().pids.push(child.id() as i32);
+        let stdin = child.stdin.take().context("child stdin")?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        Ok((
+            Proc {
+                child: Some(child),
+                name: name.into(),
+            },
+            stdin,
+            stdout,
+        ))
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child
             .as_mut()

@@ -63,7 +63,7 @@ fn connect(addr: SocketAddr) -> Result<TcpStream> {
 }
 
 /// Some(status) once `b` holds one whole response.
-fn complete(b: &[u8]) -> Option<(u16, usize)> {
+pub(crate) fn complete(b: &[u8]) -> Option<(u16, usize)> {
     let end = b.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = std::str::from_utf8(&b[..end]).ok()?;
     let status: u16 = head.get(9..12)?.parse().ok()?;

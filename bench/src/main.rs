@@ -5,6 +5,7 @@
 mod ceiling;
 mod contenders;
 mod env;
+mod idle;
 mod loadgen;
 mod loopback;
 mod measure;
@@ -69,6 +70,12 @@ struct Common {
     /// CPU the generator is pinned to.
     #[arg(long, default_value_t = env::LOAD_CPU)]
     gen_cpu: usize,
+    /// idle: connections held open (default 100000; 2000 with --smoke).
+    #[arg(long)]
+    idle_conns: Option<usize>,
+    /// idle: ferrogate's engine.tcp_buffer (issue #15 measured 16384).
+    #[arg(long, default_value_t = 16384)]
+    tcp_buffer: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,6 +90,9 @@ enum Cmd {
     Flood(Common),
     /// Legit req/s under a flood, as a fraction of the no-flood figure.
     GoodputUnderFlood(Common),
+    /// Memory per idle keep-alive connection (N held) and keep-alive req/s
+    /// with N idle vs none: ferrogate vs nginx.
+    Idle(Common),
     /// Every scenario, one lab.
     All(Common),
     /// ferrogate alone: req/s with 1 and 2 workers (2-queue lab), and
@@ -96,6 +106,9 @@ enum Cmd {
     Gen(pktgen::GenArgs),
     /// The open-loop HTTP client alone (prints JSON).
     Loadgen(loadgen::LoadArgs),
+    /// The idle scenario's holder (run inside the client namespace): opens
+    /// N keep-alive connections, one request each, and holds them.
+    IdleClient(idle::ClientArgs),
 }
 
 fn meta() -> BTreeMap<String, String> {
@@ -147,6 +160,7 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }
+        Cmd::IdleClient(a) => return idle::run_client(a),
         Cmd::Ceiling(c) => {
             let o = ceiling::Opts {
                 rounds: if c.smoke { 1 } else { c.rounds.max(1) },
@@ -184,8 +198,9 @@ fn main() -> Result<()> {
         | Cmd::Flood(c)
         | Cmd::GoodputUnderFlood(c)
         | Cmd::Scale(c)
+        | Cmd::Idle(c)
         | Cmd::All(c) => (c.clone(), &cli.cmd),
-        Cmd::Gen(_) | Cmd::Loadgen(_) | Cmd::Ceiling(_) => unreachable!(),
+        Cmd::Gen(_) | Cmd::Loadgen(_) | Cmd::Ceiling(_) | Cmd::IdleClient(_) => unreachable!(),
     };
     let (cli, cmd) = cli;
     // SAFETY: geteuid has no preconditions.
@@ -208,6 +223,10 @@ fn main() -> Result<()> {
         template: cli.template,
         src_cidr: cli.src_cidr.clone(),
         gen_cpu: cli.gen_cpu,
+        idle_conns: cli
+            .idle_conns
+            .unwrap_or(if cli.smoke { 2000 } else { 100_000 }),
+        tcp_buffer: cli.tcp_buffer,
     };
     env::install_cleanup_handlers()?;
     let bin = contenders::ferrogate_bin()?;
@@ -237,14 +256,16 @@ fn main() -> Result<()> {
         Cmd::Flood(_) => vec![("flood", scenarios::flood)],
         Cmd::GoodputUnderFlood(_) => vec![("goodput-under-flood", scenarios::goodput)],
         Cmd::Scale(_) => vec![("scale", scenarios::scale)],
+        Cmd::Idle(_) => vec![("idle", idle::scenario)],
         Cmd::All(_) => vec![
             ("http", scenarios::http),
             ("http-latency", scenarios::http_latency),
             ("conn", scenarios::conn),
             ("flood", scenarios::flood),
             ("goodput-under-flood", scenarios::goodput),
+            ("idle", idle::scenario),
         ],
-        Cmd::Gen(_) | Cmd::Loadgen(_) | Cmd::Ceiling(_) => unreachable!(),
+        Cmd::Gen(_) | Cmd::Loadgen(_) | Cmd::Ceiling(_) | Cmd::IdleClient(_) => unreachable!(),
     };
     let mut failures = Vec::new();
     let mut ctx = ctx;

@@ -27,6 +27,10 @@ pub struct Opts {
     pub template: Template,
     pub src_cidr: String,
     pub gen_cpu: usize,
+    /// idle: connections held open.
+    pub idle_conns: usize,
+    /// idle: ferrogate's `engine.tcp_buffer`.
+    pub tcp_buffer: usize,
 }
 
 pub struct Ctx {
@@ -42,7 +46,7 @@ const HTTP_CONTENDERS: [Contender; 4] = [
     Contender::Haproxy,
 ];
 
-fn settings(ctx: &Ctx, r: &mut Report) {
+pub(crate) fn settings(ctx: &Ctx, r: &mut Report) {
     let o = &ctx.opts;
     for (k, v) in [
         ("rounds", o.rounds.to_string()),
@@ -58,7 +62,7 @@ fn settings(ctx: &Ctx, r: &mut Report) {
     }
 }
 
-fn sample(
+pub(crate) fn sample(
     variant: &str,
     who: &str,
     round: usize,
@@ -77,7 +81,7 @@ fn sample(
 }
 
 /// One closed-loop wrk measurement against a running contender.
-fn wrk_turn(
+pub(crate) fn wrk_turn(
     ctx: &Ctx,
     run: &Running,
     path: &str,
@@ -96,7 +100,7 @@ fn wrk_turn(
     Ok((m, vec![run.command.clone(), cmd]))
 }
 
-const CPU_NOTE: &str = "proxy µs/op: nginx/HAProxy = utime+stime of their processes (tick-based; includes softirq run in their context, e.g. the veth transmit of what they send); ferrogate = workers_busy_ns (loop iterations that moved frames, wall time, including its own syscalls such as the TX kick that runs the veth transmit). For every contender the receive-side work of frames sent *to* it runs on the sender's CPU (CPU0, client/origin), not on CPU1. `CPU1 µs/op` = all non-idle time of the proxy core from /proc/stat (includes ferrogate's busy-polling and any softirq landing there): an upper bound that treats every contender the same.";
+pub(crate) const CPU_NOTE: &str = "proxy µs/op: nginx/HAProxy = utime+stime of their processes (tick-based; includes softirq run in their context, e.g. the veth transmit of what they send); ferrogate = workers_busy_ns (loop iterations that moved frames, wall time, including its own syscalls such as the TX kick that runs the veth transmit). For every contender the receive-side work of frames sent *to* it runs on the sender's CPU (CPU0, client/origin), not on CPU1. `CPU1 µs/op` = all non-idle time of the proxy core from /proc/stat (includes ferrogate's busy-polling and any softirq landing there): an upper bound that treats every contender the same.";
 
 pub fn http(ctx: &Ctx) -> Result<Report> {
     let mut r = Report::new("http", ctx.meta.clone());
@@ -163,7 +167,7 @@ pub fn http(ctx: &Ctx) -> Result<Report> {
     Ok(r)
 }
 
-fn ratio(key: &str, label: &str, baseline: &str) -> crate::report::Ratio {
+pub(crate) fn ratio(key: &str, label: &str, baseline: &str) -> crate::report::Ratio {
     crate::report::Ratio {
         key: key.into(),
         label: label.into(),

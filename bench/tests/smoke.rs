@@ -1,4 +1,5 @@
-//! CI smoke: `ferrogate-bench all --smoke` (1 round, 1 s per measurement)
+//! CI smoke: `ferrogate-bench all --smoke` (1 round, 1 s per measurement,
+//! 2,000 idle connections for `idle`)
 //! so the harness cannot rot. No assertion on speed; the bench itself fails
 //! when a contender returns errors or nothing. Needs root (namespaces, XDP,
 //! iptables); skipped with a message otherwise.
@@ -36,7 +37,7 @@ fn all_scenarios_smoke() {
         "the bench left namespaces behind: {left:?}"
     );
     assert!(st.success(), "ferrogate-bench all --smoke failed: {st}");
-    let expect: [(&str, &[&str]); 5] = [
+    let expect: [(&str, &[&str]); 6] = [
         ("http", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("http-latency", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("conn", &["direct", "ferrogate", "nginx", "haproxy"]),
@@ -48,6 +49,8 @@ fn all_scenarios_smoke() {
             "goodput-under-flood",
             &["ferrogate", "nginx+iptables", "nginx+nft"],
         ),
+        // 2,000 idle connections in smoke mode.
+        ("idle", &["ferrogate", "nginx"]),
     ];
     let files: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
