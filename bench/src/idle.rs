@@ -1030,6 +1030,7 @@ fn measure_turn(
             "stack_active_connections",
             "stack_upstream_idle",
             "stack_overload_rejected",
+            "stack_sockets_parked",
         ] {
             m.insert(
                 format!("fg_{key}"),
@@ -1041,6 +1042,8 @@ fn measure_turn(
             "stack_accepted",
             "stack_upstream_connects",
             "stack_rx_rst_no_socket",
+            "stack_socket_buffers_allocated",
+            "stack_conn_buffers_allocated",
         ] {
             m.insert(format!("fg_{key}_delta"), fg_delta(&fg0, &fg1, key));
         }
@@ -1153,7 +1156,7 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
     r.notes.push(format!("Each turn: start the proxy; wrk (tiny body, {} connections) with no idle connections; snapshot; `ferrogate-bench idle-client` in the client namespace opens N connections from {} extra client addresses (/32 on the client's eth0, removed after), sends one keep-alive GET on each and reads the whole 2xx response, then holds them; 1–3 s later snapshot; wrk again with the N held; the holder checks that every connection is still open (no FIN/RST/data pending) and resets them all (SO_LINGER 0). Goal (#15): ≤ 4096 B per idle connection, req/s ratio ≥ 0.9.", o.conns, SOURCES.len()));
     r.notes.push(MEM_NOTE.into());
     r.notes.push(KERNEL_NOTE.into());
-    r.notes.push("An idle keep-alive client connection has no upstream socket in either proxy: upstream connections are pooled per worker (ferrogate: `fg_stack_upstream_idle` in the JSON; nginx: `keepalive 64`). ferrogate's own view, in the JSON: `fg_stack_active_connections`, `fg_stack_sockets_created_delta` (socket slots created for the N: each allocates its rx and tx buffers once and keeps them).".into());
+    r.notes.push("An idle keep-alive client connection has no upstream socket in either proxy: upstream connections are pooled per worker (ferrogate: `fg_stack_upstream_idle` in the JSON; nginx: `keepalive 64`). ferrogate's own view, in the JSON: `fg_stack_active_connections`, `fg_stack_sockets_created_delta` (socket slots created for the N), `fg_stack_sockets_parked` (sockets holding no payload buffers: idle ones give theirs back to the worker's pool), `fg_stack_socket_buffers_allocated_delta` / `fg_stack_conn_buffers_allocated_delta` (buffer sets allocated while opening the N).".into());
     r.notes.push(scenarios::CPU_NOTE.into());
     let _addrs = ClientAddrs::add(&ctx.lab)?;
     let fg_cfg = ferrogate_config(ctx, n)?;
