@@ -1096,14 +1096,30 @@ impl<P: ProxyHttp> Conn<P> {
             self.finish(cx, true);
             return true;
         }
-        let (flushed, mut moved) = self.flush_to_client(cx);
-        if !flushed {
-            return moved;
+        // On TLS a pending response head waits for the body's first bytes
+        // so both go out in one record (one seal instead of two).
+        let coalesce = self.io.stream.is_tls() && !self.bufs.to_client.is_empty();
+        let mut moved = false;
+        if !coalesce {
+            let (flushed, m) = self.flush_to_client(cx);
+            if !flushed {
+                return m;
+            }
+            moved = m;
         }
         moved |= self.fill_from_upstream(cx) > 0;
         let upstream_open = self.upstream_may_recv(cx);
         let client = &mut cx.net.stream(self.client);
-        let space = self.io.stream.send_space(client);
+        // The head (if coalescing) goes first: the body gets what is left.
+        let head_len = self.bufs.to_client.len();
+        let room = self.io.stream.send_space(client);
+        if head_len > room {
+            // Not even the head fits: send what does, the rest later.
+            let n = self.io.stream.send(client, self.bufs.to_client.filled());
+            self.bufs.to_client.consume(n);
+            return moved || n > 0;
+        }
+        let space = room - head_len;
         let Phase::StreamResponse {
             body,
             keep_client,
@@ -1136,7 +1152,16 @@ impl<P: ProxyHttp> Conn<P> {
             cx.phases
                 .response_body_filter(&window[..take], done, &mut self.pctx);
         }
-        if take > 0 {
+        if head_len > 0 {
+            // Head and body bytes in one write; with no body bytes yet the
+            // head goes alone rather than wait.
+            let head = self.bufs.to_client.filled();
+            let n = self.io.stream.send_parts(client, head, &window[..take]);
+            debug_assert_eq!(n, head_len + take);
+            self.bufs.to_client.consume(head_len);
+            self.bufs.from_upstream.consume(n - head_len);
+            moved = true;
+        } else if take > 0 {
             let n = self.io.stream.send(client, &window[..take]);
             debug_assert_eq!(n, take);
             self.bufs.from_upstream.consume(n);

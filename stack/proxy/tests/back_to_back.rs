@@ -1508,6 +1508,11 @@ mod tls {
         pub h: SocketHandle,
         pub conn: ClientConnection,
         pub plain: Vec<u8>,
+        /// Received ciphertext not yet split into records.
+        raw: Vec<u8>,
+        /// Records of type application_data received (TLS 1.3 also wraps
+        /// the encrypted handshake and tickets in this type).
+        pub app_records: usize,
     }
 
     impl TlsClient {
@@ -1519,6 +1524,8 @@ mod tls {
                 h,
                 conn,
                 plain: Vec::new(),
+                raw: Vec::new(),
+                app_records: 0,
             }
         }
 
@@ -1541,12 +1548,22 @@ mod tls {
             let s = lab.sockets.get_mut::<tcp::Socket>(self.h);
             while s.can_recv() {
                 let conn = &mut self.conn;
+                let raw = &mut self.raw;
                 s.recv(|b| {
                     let mut rd: &[u8] = b;
                     let n = conn.read_tls(&mut rd).unwrap_or(0);
+                    raw.extend_from_slice(&b[..n]);
                     (n, ())
                 })
                 .unwrap();
+                while self.raw.len() >= 5 {
+                    let len = 5 + u16::from_be_bytes([self.raw[3], self.raw[4]]) as usize;
+                    if self.raw.len() < len {
+                        break;
+                    }
+                    self.app_records += usize::from(self.raw[0] == 23);
+                    self.raw.drain(..len);
+                }
                 conn_process(&mut self.conn)?;
                 let _ = self.conn.reader().read_to_end(&mut self.plain);
             }
@@ -1603,6 +1620,31 @@ fn tls_requests_keep_alive_and_large_bodies_cross_intact() {
     let first = &lab.origin_requests[0];
     assert!(first.contains("X-Forwarded-Proto: https\r\n"), "{first}");
     assert_eq!(lab.client_state(c.h), tcp::State::Established);
+}
+
+/// A proxied response whose head and body are ready together goes to the
+/// client in one TLS record, not one for the head and one for the body.
+#[test]
+fn tls_response_head_and_body_share_one_record() {
+    let (mut lab, server_ca) = tls::tls_lab(None, 5_000);
+    let mut c = tls::TlsClient::new(&mut lab, tls::client_config(&server_ca, None));
+    let r = c.exchange(&mut lab, b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.body, b"origin:/first");
+    // Session tickets follow the handshake: let them arrive first.
+    for _ in 0..20 {
+        c.pump(&mut lab).unwrap();
+    }
+    for i in 0..5 {
+        let before = c.app_records;
+        let req = format!("GET /item/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = c.exchange(&mut lab, req.as_bytes());
+        assert_eq!(r.body, format!("origin:/item/{i}").as_bytes());
+        assert_eq!(
+            c.app_records - before,
+            1,
+            "response {i}: head and body records"
+        );
+    }
 }
 
 #[test]

@@ -236,6 +236,18 @@ impl TlsSession {
         self.conn.writer().write(data).unwrap_or(0)
     }
 
+    /// Queues `first` then `second` for encryption in one write, so they
+    /// share records (a response head and its first body bytes: one AEAD
+    /// seal and one record header instead of two); returns how much was
+    /// accepted, `first` counted first.
+    pub fn write_plain_parts(&mut self, first: &[u8], second: &[u8]) -> usize {
+        if self.failure.is_some() {
+            return 0;
+        }
+        let parts = [std::io::IoSlice::new(first), std::io::IoSlice::new(second)];
+        self.conn.writer().write_vectored(&parts).unwrap_or(0)
+    }
+
     /// Moves pending ciphertext (handshake, records, alerts) into `out`.
     pub fn take_tls(&mut self, out: &mut [u8]) -> usize {
         if self.failure.is_some() {

@@ -145,6 +145,32 @@ impl ByteStream {
         }
     }
 
+    /// Sends `first` then `second` as one write, as much as `send_space`
+    /// allows; returns how much (`first` counted first). On TLS both go
+    /// into the same records.
+    pub fn send_parts(&mut self, sock: &mut Stream<'_>, first: &[u8], second: &[u8]) -> usize {
+        match self {
+            ByteStream::Plain => {
+                let n = sock.send_slice(first);
+                if n < first.len() {
+                    return n;
+                }
+                n + sock.send_slice(second)
+            }
+            ByteStream::Tls(t) => {
+                let space = t.send_space(sock);
+                let a = first.len().min(space);
+                let b = second.len().min(space - a);
+                if a + b == 0 {
+                    return 0;
+                }
+                let n = t.session.write_plain_parts(&first[..a], &second[..b]);
+                t.flush(sock);
+                n
+            }
+        }
+    }
+
     /// Pushes ciphertext rustls holds (a ClientHello, handshake answers,
     /// records that did not fit) into the socket; true when none is left.
     pub fn flush(&mut self, sock: &mut Stream<'_>) -> bool {
