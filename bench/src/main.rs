@@ -5,12 +5,14 @@
 mod ceiling;
 mod contenders;
 mod env;
+mod handshake;
 mod loadgen;
 mod loopback;
 mod measure;
 mod pktgen;
 mod report;
 mod scenarios;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -83,6 +85,11 @@ enum Cmd {
     Flood(Common),
     /// Legit req/s under a flood, as a fraction of the no-flood figure.
     GoodputUnderFlood(Common),
+    /// HTTPS keep-alive (TLS 1.3, ECDSA P-256) req/s, latency, proxy CPU/request.
+    Https(Common),
+    /// New TLS 1.3 handshakes (full, resumed) per second and proxy CPU per
+    /// handshake, with the in-process crypto floor.
+    TlsHandshake(Common),
     /// Every scenario, one lab.
     All(Common),
     /// ferrogate alone: req/s with 1 and 2 workers (2-queue lab), and
@@ -96,6 +103,10 @@ enum Cmd {
     Gen(pktgen::GenArgs),
     /// The open-loop HTTP client alone (prints JSON).
     Loadgen(loadgen::LoadArgs),
+    /// The TLS handshake client alone (prints JSON).
+    TlsClient(handshake::ClientArgs),
+    /// The server-side CPU of TLS 1.3 handshakes in memory (prints JSON).
+    TlsFloor(handshake::FloorArgs),
 }
 
 fn meta() -> BTreeMap<String, String> {
@@ -113,6 +124,7 @@ fn meta() -> BTreeMap<String, String> {
     m.insert("nginx".into(), env::probe(&["nginx", "-v"]));
     m.insert("haproxy".into(), first(env::probe(&["haproxy", "-v"])));
     m.insert("wrk".into(), first(env::probe(&["wrk", "-v"])));
+    m.insert("openssl".into(), env::probe(&["openssl", "version"]));
     m.insert("iptables".into(), env::probe(&["iptables", "-V"]));
     m.insert("nft".into(), env::probe(&["nft", "-v"]));
     let ws = contenders::workspace();
@@ -144,6 +156,16 @@ fn main() -> Result<()> {
         }
         Cmd::Loadgen(a) => {
             let r = loadgen::run(a)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        Cmd::TlsClient(a) => {
+            let r = handshake::run_client(a)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        Cmd::TlsFloor(a) => {
+            let r = handshake::run_floor(a)?;
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }
@@ -184,8 +206,12 @@ fn main() -> Result<()> {
         | Cmd::Flood(c)
         | Cmd::GoodputUnderFlood(c)
         | Cmd::Scale(c)
+        | Cmd::Https(c)
+        | Cmd::TlsHandshake(c)
         | Cmd::All(c) => (c.clone(), &cli.cmd),
-        Cmd::Gen(_) | Cmd::Loadgen(_) | Cmd::Ceiling(_) => unreachable!(),
+        Cmd::Gen(_) | Cmd::Loadgen(_) | Cmd::Ceiling(_) | Cmd::TlsClient(_) | Cmd::TlsFloor(_) => {
+            unreachable!()
+        }
     };
     let (cli, cmd) = cli;
     // SAFETY: geteuid has no preconditions.
@@ -237,14 +263,20 @@ fn main() -> Result<()> {
         Cmd::Flood(_) => vec![("flood", scenarios::flood)],
         Cmd::GoodputUnderFlood(_) => vec![("goodput-under-flood", scenarios::goodput)],
         Cmd::Scale(_) => vec![("scale", scenarios::scale)],
+        Cmd::Https(_) => vec![("https", tls::https)],
+        Cmd::TlsHandshake(_) => vec![("tls-handshake", tls::handshake)],
         Cmd::All(_) => vec![
             ("http", scenarios::http),
             ("http-latency", scenarios::http_latency),
             ("conn", scenarios::conn),
             ("flood", scenarios::flood),
             ("goodput-under-flood", scenarios::goodput),
+            ("https", tls::https),
+            ("tls-handshake", tls::handshake),
         ],
-        Cmd::Gen(_) | Cmd::Loadgen(_) | Cmd::Ceiling(_) => unreachable!(),
+        Cmd::Gen(_) | Cmd::Loadgen(_) | Cmd::Ceiling(_) | Cmd::TlsClient(_) | Cmd::TlsFloor(_) => {
+            unreachable!()
+        }
     };
     let mut failures = Vec::new();
     let mut ctx = ctx;

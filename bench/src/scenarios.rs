@@ -42,7 +42,7 @@ const HTTP_CONTENDERS: [Contender; 4] = [
     Contender::Haproxy,
 ];
 
-fn settings(ctx: &Ctx, r: &mut Report) {
+pub(crate) fn settings(ctx: &Ctx, r: &mut Report) {
     let o = &ctx.opts;
     for (k, v) in [
         ("rounds", o.rounds.to_string()),
@@ -58,7 +58,7 @@ fn settings(ctx: &Ctx, r: &mut Report) {
     }
 }
 
-fn sample(
+pub(crate) fn sample(
     variant: &str,
     who: &str,
     round: usize,
@@ -84,19 +84,29 @@ fn wrk_turn(
     header: Option<&str>,
 ) -> Result<(Metrics, Vec<String>)> {
     let url = format!("http://{}{path}", run.who.addr());
+    wrk_turn_url(ctx, run, &url, header)
+}
+
+/// `wrk_turn` on a full URL (e.g. https://…).
+pub(crate) fn wrk_turn_url(
+    ctx: &Ctx,
+    run: &Running,
+    url: &str,
+    header: Option<&str>,
+) -> Result<(Metrics, Vec<String>)> {
     let o = &ctx.opts;
     if o.warmup > 0 {
-        measure::wrk(&ctx.lab, &url, o.warmup, o.conns, header)?;
+        measure::wrk(&ctx.lab, url, o.warmup, o.conns, header)?;
     }
     let w = measure::window_start(&ctx.lab, run);
-    let (mut m, cmd) = measure::wrk(&ctx.lab, &url, o.seconds, o.conns, header)?;
+    let (mut m, cmd) = measure::wrk(&ctx.lab, url, o.seconds, o.conns, header)?;
     let n = m["requests"];
     measure::window_end(w, run, n, &mut m);
     measure::check_http(run.who.name(), &m, "requests")?;
     Ok((m, vec![run.command.clone(), cmd]))
 }
 
-const CPU_NOTE: &str = "proxy µs/op: nginx/HAProxy = utime+stime of their processes (tick-based; includes softirq run in their context, e.g. the veth transmit of what they send); ferrogate = workers_busy_ns (loop iterations that moved frames, wall time, including its own syscalls such as the TX kick that runs the veth transmit). For every contender the receive-side work of frames sent *to* it runs on the sender's CPU (CPU0, client/origin), not on CPU1. `CPU1 µs/op` = all non-idle time of the proxy core from /proc/stat (includes ferrogate's busy-polling and any softirq landing there): an upper bound that treats every contender the same.";
+pub(crate) const CPU_NOTE: &str = "proxy µs/op: nginx/HAProxy = utime+stime of their processes (tick-based; includes softirq run in their context, e.g. the veth transmit of what they send); ferrogate = workers_busy_ns (loop iterations that moved frames, wall time, including its own syscalls such as the TX kick that runs the veth transmit). For every contender the receive-side work of frames sent *to* it runs on the sender's CPU (CPU0, client/origin), not on CPU1. `CPU1 µs/op` = all non-idle time of the proxy core from /proc/stat (includes ferrogate's busy-polling and any softirq landing there): an upper bound that treats every contender the same.";
 
 pub fn http(ctx: &Ctx) -> Result<Report> {
     let mut r = Report::new("http", ctx.meta.clone());
@@ -163,7 +173,7 @@ pub fn http(ctx: &Ctx) -> Result<Report> {
     Ok(r)
 }
 
-fn ratio(key: &str, label: &str, baseline: &str) -> crate::report::Ratio {
+pub(crate) fn ratio(key: &str, label: &str, baseline: &str) -> crate::report::Ratio {
     crate::report::Ratio {
         key: key.into(),
         label: label.into(),

@@ -36,7 +36,7 @@ fn all_scenarios_smoke() {
         "the bench left namespaces behind: {left:?}"
     );
     assert!(st.success(), "ferrogate-bench all --smoke failed: {st}");
-    let expect: [(&str, &[&str]); 5] = [
+    let expect: [(&str, &[&str]); 7] = [
         ("http", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("http-latency", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("conn", &["direct", "ferrogate", "nginx", "haproxy"]),
@@ -47,6 +47,11 @@ fn all_scenarios_smoke() {
         (
             "goodput-under-flood",
             &["ferrogate", "nginx+iptables", "nginx+nft"],
+        ),
+        ("https", &["ferrogate", "nginx", "haproxy"]),
+        (
+            "tls-handshake",
+            &["ferrogate", "nginx", "haproxy", "crypto floor"],
         ),
     ];
     let files: Vec<String> = std::fs::read_dir(&out)
