@@ -667,7 +667,17 @@ pub fn goodput(ctx: &Ctx) -> Result<Report> {
 /// queue on veth) to `n` queues, so every queue has a worker.
 fn set_channels(lab: &Lab, n: u32) -> Result<()> {
     let n = n.to_string();
-    lab.exec("edge", &["ethtool", "-L", "eth0", "rx", &n, "tx", &n])?;
+    // The kernel frees a stopped ferrogate's zero-copy AF_XDP sockets
+    // asynchronously; until then it refuses fewer channels ("too low for
+    // existing zerocopy AF_XDP sockets"), so retry for up to 5 s.
+    let argv = ["ethtool", "-L", "eth0", "rx", &n, "tx", &n];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = lab.exec("edge", &argv) {
+        if std::time::Instant::now() > deadline {
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     lab.exec("wire", &["ethtool", "-L", "e-port", "rx", &n, "tx", &n])?;
     Ok(())
 }
