@@ -179,39 +179,49 @@ impl Default for NginxTuning {
     }
 }
 
-fn nginx_conf(lab: &Lab, t: &NginxTuning) -> Result<PathBuf> {
+/// Extra configuration for the kernel proxies (e.g. an HTTPS listener):
+/// `nginx` goes inside nginx's `http {}` block, `haproxy` after the plain
+/// frontend and backend. ferrogate's goes into its config file instead.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    pub nginx: String,
+    pub haproxy: String,
+}
+
+/// `extra` goes at the end of the `http` block (e.g. an HTTPS server).
+fn nginx_conf(lab: &Lab, t: &NginxTuning, extra: &str) -> Result<PathBuf> {
     let d = lab.bench_dir().join("nginx");
     std::fs::create_dir_all(&d)?;
     let dd = d.display();
     let wc = t.worker_connections;
     // Every connection is a descriptor (plus the upstream ones).
     let nofile = t.rlimit_nofile.unwrap_or((wc as u64 * 2).max(16384));
-    let extra = &t.http_extra;
+    let http_extra = &t.http_extra;
     let wp = t.worker_processes;
     let conf = format!(
         "worker_processes {wp};\nuser root;\ndaemon off;\npid {dd}/nginx.pid;\nerror_log {dd}/error.log warn;\n\
          worker_rlimit_nofile {nofile};\n\
          events {{ worker_connections {wc}; }}\n\
-         http {{\n  access_log off;\n{extra}\n  client_body_temp_path {dd}/body;\n  proxy_temp_path {dd}/proxy;\n\
+         http {{\n  access_log off;\n{http_extra}\n  client_body_temp_path {dd}/body;\n  proxy_temp_path {dd}/proxy;\n\
            fastcgi_temp_path {dd}/fastcgi;\n  uwsgi_temp_path {dd}/uwsgi;\n  scgi_temp_path {dd}/scgi;\n\
            keepalive_requests 1000000;\n\
            upstream origin {{ server {ORIGIN_IP}:8080; keepalive 64; keepalive_requests 1000000; }}\n\
            server {{\n    listen {EDGE_HOST_IP}:80 reuseport backlog=4096;\n    \
-             location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }}\n  }}\n}}\n"
+             location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }}\n  }}\n{extra}}}\n"
     );
     let p = d.join("nginx.conf");
     std::fs::write(&p, conf)?;
     Ok(p)
 }
 
-fn haproxy_conf(lab: &Lab) -> Result<PathBuf> {
+fn haproxy_conf(lab: &Lab, extra: &str) -> Result<PathBuf> {
     let d = lab.bench_dir();
     let conf = format!(
         "global\n  nbthread 1\n  maxconn 8000\n  pidfile {pid}\n\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  \
          option http-keep-alive\n  http-reuse always\n  maxconn 8000\n\n\
          frontend fe\n  bind {EDGE_HOST_IP}:80 backlog 4096\n  default_backend be\n\n\
-         backend be\n  server origin {ORIGIN_IP}:8080\n",
+         backend be\n  server origin {ORIGIN_IP}:8080\n{extra}",
         pid = d.join("haproxy.pid").display()
     );
     let p = d.join("haproxy.cfg");
@@ -270,7 +280,15 @@ pub fn start_with(
     queues: u32,
     cpus: &str,
 ) -> Result<Running> {
-    start_tuned(lab, who, fg_config, queues, cpus, &NginxTuning::default())
+    start_custom(
+        lab,
+        who,
+        fg_config,
+        queues,
+        cpus,
+        &NginxTuning::default(),
+        &Extra::default(),
+    )
 }
 
 /// Like `start_with`, with nginx configured by `nginx`.
@@ -282,12 +300,44 @@ pub fn start_tuned(
     cpus: &str,
     nginx: &NginxTuning,
 ) -> Result<Running> {
+    start_custom(lab, who, fg_config, queues, cpus, nginx, &Extra::default())
+}
+
+/// Like `start_with`, with `extra` configuration for nginx and HAProxy.
+pub fn start_extra(
+    lab: &Lab,
+    who: Contender,
+    fg_config: Option<&Path>,
+    queues: u32,
+    cpus: &str,
+    extra: &Extra,
+) -> Result<Running> {
+    start_custom(
+        lab,
+        who,
+        fg_config,
+        queues,
+        cpus,
+        &NginxTuning::default(),
+        extra,
+    )
+}
+
+fn start_custom(
+    lab: &Lab,
+    who: Contender,
+    fg_config: Option<&Path>,
+    queues: u32,
+    cpus: &str,
+    nginx: &NginxTuning,
+    extra: &Extra,
+) -> Result<Running> {
     let log = lab.bench_dir().join(format!("{}.log", who.name()));
     let mut stats_file = None;
     let (proc, command) = match who {
         Contender::Direct => (None, "(none: client → origin 10.77.0.3:8080)".to_string()),
         Contender::Nginx => {
-            let conf = nginx_conf(lab, nginx)?;
+            let conf = nginx_conf(lab, nginx, &extra.nginx)?;
             let mut c = lab.pinned(
                 "edge",
                 PROXY_CPU,
@@ -297,7 +347,7 @@ pub fn start_tuned(
             (Some(Proc::spawn("nginx", &mut c, &log)?), s)
         }
         Contender::Haproxy => {
-            let conf = haproxy_conf(lab)?;
+            let conf = haproxy_conf(lab, &extra.haproxy)?;
             let mut c = lab.pinned(
                 "edge",
                 PROXY_CPU,

@@ -5,6 +5,7 @@
 mod ceiling;
 mod contenders;
 mod env;
+mod handshake;
 mod idle;
 mod loadgen;
 mod loopback;
@@ -12,6 +13,7 @@ mod measure;
 mod pktgen;
 mod report;
 mod scenarios;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -93,6 +95,11 @@ enum Cmd {
     /// Memory per idle keep-alive connection (N held) and keep-alive req/s
     /// with N idle vs none: ferrogate vs nginx.
     Idle(Common),
+    /// HTTPS keep-alive (TLS 1.3, ECDSA P-256) req/s, latency, proxy CPU/request.
+    Https(Common),
+    /// New TLS 1.3 handshakes (full, resumed) per second and proxy CPU per
+    /// handshake, with the in-process crypto floor.
+    TlsHandshake(Common),
     /// Every scenario, one lab.
     All(Common),
     /// ferrogate alone: req/s with 1 and 2 workers (2-queue lab), and
@@ -109,6 +116,10 @@ enum Cmd {
     /// The idle scenario's holder (run inside the client namespace): opens
     /// N keep-alive connections, one request each, and holds them.
     IdleClient(idle::ClientArgs),
+    /// The TLS handshake client alone (prints JSON).
+    TlsClient(handshake::ClientArgs),
+    /// The server-side CPU of TLS 1.3 handshakes in memory (prints JSON).
+    TlsFloor(handshake::FloorArgs),
 }
 
 fn meta() -> BTreeMap<String, String> {
@@ -126,6 +137,7 @@ fn meta() -> BTreeMap<String, String> {
     m.insert("nginx".into(), env::probe(&["nginx", "-v"]));
     m.insert("haproxy".into(), first(env::probe(&["haproxy", "-v"])));
     m.insert("wrk".into(), first(env::probe(&["wrk", "-v"])));
+    m.insert("openssl".into(), env::probe(&["openssl", "version"]));
     m.insert("iptables".into(), env::probe(&["iptables", "-V"]));
     m.insert("nft".into(), env::probe(&["nft", "-v"]));
     let ws = contenders::workspace();
@@ -161,6 +173,16 @@ fn main() -> Result<()> {
             return Ok(());
         }
         Cmd::IdleClient(a) => return idle::run_client(a),
+        Cmd::TlsClient(a) => {
+            let r = handshake::run_client(a)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        Cmd::TlsFloor(a) => {
+            let r = handshake::run_floor(a)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
         Cmd::Ceiling(c) => {
             let o = ceiling::Opts {
                 rounds: if c.smoke { 1 } else { c.rounds.max(1) },
@@ -199,8 +221,15 @@ fn main() -> Result<()> {
         | Cmd::GoodputUnderFlood(c)
         | Cmd::Scale(c)
         | Cmd::Idle(c)
+        | Cmd::Https(c)
+        | Cmd::TlsHandshake(c)
         | Cmd::All(c) => (c.clone(), &cli.cmd),
-        Cmd::Gen(_) | Cmd::Loadgen(_) | Cmd::Ceiling(_) | Cmd::IdleClient(_) => unreachable!(),
+        Cmd::Gen(_)
+        | Cmd::Loadgen(_)
+        | Cmd::Ceiling(_)
+        | Cmd::IdleClient(_)
+        | Cmd::TlsClient(_)
+        | Cmd::TlsFloor(_) => unreachable!(),
     };
     let (cli, cmd) = cli;
     // SAFETY: geteuid has no preconditions.
@@ -257,6 +286,8 @@ fn main() -> Result<()> {
         Cmd::GoodputUnderFlood(_) => vec![("goodput-under-flood", scenarios::goodput)],
         Cmd::Scale(_) => vec![("scale", scenarios::scale)],
         Cmd::Idle(_) => vec![("idle", idle::scenario)],
+        Cmd::Https(_) => vec![("https", tls::https)],
+        Cmd::TlsHandshake(_) => vec![("tls-handshake", tls::handshake)],
         Cmd::All(_) => vec![
             ("http", scenarios::http),
             ("http-latency", scenarios::http_latency),
@@ -264,8 +295,15 @@ fn main() -> Result<()> {
             ("flood", scenarios::flood),
             ("goodput-under-flood", scenarios::goodput),
             ("idle", idle::scenario),
+            ("https", tls::https),
+            ("tls-handshake", tls::handshake),
         ],
-        Cmd::Gen(_) | Cmd::Loadgen(_) | Cmd::Ceiling(_) | Cmd::IdleClient(_) => unreachable!(),
+        Cmd::Gen(_)
+        | Cmd::Loadgen(_)
+        | Cmd::Ceiling(_)
+        | Cmd::IdleClient(_)
+        | Cmd::TlsClient(_)
+        | Cmd::TlsFloor(_) => unreachable!(),
     };
     let mut failures = Vec::new();
     let mut ctx = ctx;

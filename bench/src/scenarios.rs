@@ -88,12 +88,22 @@ pub(crate) fn wrk_turn(
     header: Option<&str>,
 ) -> Result<(Metrics, Vec<String>)> {
     let url = format!("http://{}{path}", run.who.addr());
+    wrk_turn_url(ctx, run, &url, header)
+}
+
+/// `wrk_turn` on a full URL (e.g. https://…).
+pub(crate) fn wrk_turn_url(
+    ctx: &Ctx,
+    run: &Running,
+    url: &str,
+    header: Option<&str>,
+) -> Result<(Metrics, Vec<String>)> {
     let o = &ctx.opts;
     if o.warmup > 0 {
-        measure::wrk(&ctx.lab, &url, o.warmup, o.conns, header)?;
+        measure::wrk(&ctx.lab, url, o.warmup, o.conns, header)?;
     }
     let w = measure::window_start(&ctx.lab, run);
-    let (mut m, cmd) = measure::wrk(&ctx.lab, &url, o.seconds, o.conns, header)?;
+    let (mut m, cmd) = measure::wrk(&ctx.lab, url, o.seconds, o.conns, header)?;
     let n = m["requests"];
     measure::window_end(w, run, n, &mut m);
     measure::check_http(run.who.name(), &m, "requests")?;
@@ -680,7 +690,17 @@ pub fn goodput(ctx: &Ctx) -> Result<Report> {
 /// queue on veth) to `n` queues, so every queue has a worker.
 fn set_channels(lab: &Lab, n: u32) -> Result<()> {
     let n = n.to_string();
-    lab.exec("edge", &["ethtool", "-L", "eth0", "rx", &n, "tx", &n])?;
+    // The kernel frees a stopped ferrogate's zero-copy AF_XDP sockets
+    // asynchronously; until then it refuses fewer channels ("too low for
+    // existing zerocopy AF_XDP sockets"), so retry for up to 5 s.
+    let argv = ["ethtool", "-L", "eth0", "rx", &n, "tx", &n];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = lab.exec("edge", &argv) {
+        if std::time::Instant::now() > deadline {
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     lab.exec("wire", &["ethtool", "-L", "e-port", "rx", &n, "tx", &n])?;
     Ok(())
 }

@@ -37,7 +37,7 @@ fn all_scenarios_smoke() {
         "the bench left namespaces behind: {left:?}"
     );
     assert!(st.success(), "ferrogate-bench all --smoke failed: {st}");
-    let expect: [(&str, &[&str]); 6] = [
+    let expect: [(&str, &[&str]); 8] = [
         ("http", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("http-latency", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("conn", &["direct", "ferrogate", "nginx", "haproxy"]),
@@ -51,6 +51,11 @@ fn all_scenarios_smoke() {
         ),
         // 2,000 idle connections in smoke mode.
         ("idle", &["ferrogate", "nginx"]),
+        ("https", &["ferrogate", "nginx", "haproxy"]),
+        (
+            "tls-handshake",
+            &["ferrogate", "nginx", "haproxy", "crypto floor"],
+        ),
     ];
     let files: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
