@@ -288,7 +288,11 @@ impl<P: ProxyHttp> Conn<P> {
         !self.bufs.is_held()
     }
 
-    pub(crate) fn lend_bufs(&mut self, bufs: ConnBufs) {
+    /// Gives a parked connection buffers: spare ones may hold what the
+    /// connection that had them last left unread (a refused request, a
+    /// tunnel's tail), so they start empty.
+    pub(crate) fn lend_bufs(&mut self, mut bufs: ConnBufs) {
+        bufs.clear();
         self.bufs = bufs;
     }
 

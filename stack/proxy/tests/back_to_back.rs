@@ -941,11 +941,20 @@ fn smuggling_attempt_gets_400_and_close() {
 }
 
 #[test]
-fn garbage_gets_400() {
+fn garbage_gets_400_and_the_next_connection_starts_clean() {
     let mut lab = Lab::new(Origin::Serving);
     let c = lab.connect();
     let r = lab.exchange(c, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n");
     assert_eq!(r.status, 400);
+    // The refused bytes stay in that connection's buffers; the buffers go
+    // back to the worker's spares and must not reach the next connection.
+    for _ in 0..5 {
+        lab.step(50);
+    }
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"origin:/after");
 }
 
 #[test]
