@@ -475,6 +475,8 @@ impl Net {
     fn process_socket<A: App>(&mut self, id: SockId, now: Instant, app: &mut A) {
         if !self.sockets.is_live(id) {
             self.sockets.unqueue(id);
+            // An idle slot a stale stream access unparked.
+            self.sockets.park_if_idle(id);
             return;
         }
         // A delayed ACK or a timer may make smoltcp send: with its buffers.
@@ -485,6 +487,7 @@ impl Net {
         }
         if !self.sockets.is_live(id) {
             self.sockets.unqueue(id);
+            self.sockets.park_if_idle(id);
             return;
         }
         // Egress: everything the socket has to send now.

@@ -144,12 +144,12 @@ impl SocketTable {
         }
         let (rx, tx) = self.buffer_pair();
         let s = &mut self.slots[id as usize];
-        // A parked socket's buffers are empty: the swap cannot be refused.
-        if let Ok(empty) = s.tcp().replace_buffers(rx, tx) {
-            drop(empty);
-            s.parked = false;
-            self.parked -= 1;
-        }
+        // A parked socket holds empty zero-capacity buffers: the swap
+        // cannot be refused, and smoltcp must never run it without them.
+        let empty = s.tcp().replace_buffers(rx, tx);
+        assert!(empty.is_ok(), "a parked socket holds buffered bytes");
+        s.parked = false;
+        self.parked -= 1;
     }
 
     /// Parks `id` if it has nothing buffered and is established (an idle

@@ -1161,10 +1161,18 @@ impl<P: ProxyHttp> Conn<P> {
             // head goes alone rather than wait.
             let head = self.bufs.to_client.filled();
             let n = self.io.stream.send_parts(client, head, &window[..take]);
-            debug_assert_eq!(n, head_len + take);
-            self.bufs.to_client.consume(head_len);
-            self.bufs.from_upstream.consume(n - head_len);
+            let sent_head = n.min(head_len);
+            self.bufs.to_client.consume(sent_head);
+            self.bufs.from_upstream.consume(n - sent_head);
             moved = true;
+            if n != head_len + take {
+                // `send_space` promised room for both; a TLS session that
+                // failed in between takes less. The body count already
+                // includes `take`: the response cannot continue intact.
+                cx.stats.client_aborts += 1;
+                self.finish(cx, true);
+                return true;
+            }
         } else if take > 0 {
             let n = self.io.stream.send(client, &window[..take]);
             debug_assert_eq!(n, take);
@@ -1355,6 +1363,10 @@ impl<P: ProxyHttp> Conn<P> {
 
     /// Moves the upstream socket to the stack's closing list.
     fn drop_upstream(&mut self, cx: &mut Ctx<'_, P>, reset: bool) {
+        // Bytes the dropped connection sent past its response (an origin out
+        // of step, e.g. a body after a 204) must not prefix the next
+        // upstream's response.
+        self.bufs.from_upstream.clear();
         if let Some(mut up) = self.upstream.take() {
             if !reset {
                 up.io.close(&mut cx.net.stream(up.handle));

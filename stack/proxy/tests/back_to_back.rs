@@ -305,6 +305,8 @@ impl<P: ProxyHttp> Lab<P> {
                     }
                     "/close" => b"HTTP/1.0 200 OK\r\n\r\nuntil-close".to_vec(),
                     "/503" => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                    // Out of step: bytes after a response that has no body.
+                    "/204-junk" => b"HTTP/1.1 204 No Content\r\n\r\nJUNK 500 out of step\r\n\r\n".to_vec(),
                     "/headers" => {
                         let body = head.clone();
                         format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
@@ -799,6 +801,34 @@ fn pipelined_requests_are_answered_in_order() {
     let d = text.find("hello from ferrogate").expect("direct");
     let b = text.find("origin:/b").expect("b");
     assert!(a < d && d < b, "{text}");
+}
+
+/// An origin that sends bytes after a bodiless response is out of step:
+/// its connection is dropped, and its stray bytes must not prefix the
+/// response to the next (pipelined) request from another connection.
+#[test]
+fn stray_bytes_of_a_dropped_upstream_do_not_reach_the_next_response() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    lab.send(
+        c,
+        b"GET /204-junk HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let raw = lab.read_until(c, 3_000, |b| {
+        find(b, b"origin:/after").is_some() || find(b, b" 502 ").is_some()
+    });
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 204"), "{text}");
+    assert!(!text.contains("JUNK"), "{text}");
+    assert!(
+        text.contains("HTTP/1.1 200") && text.ends_with("origin:/after"),
+        "{text}"
+    );
+    assert_eq!(
+        lab.edge.stats().upstream_connects,
+        2,
+        "the out-of-step one was dropped"
+    );
 }
 
 #[test]

@@ -244,6 +244,10 @@ impl TlsSession {
         if self.failure.is_some() {
             return 0;
         }
+        if second.is_empty() {
+            // rustls collects several slices into a Vec: one is cheaper.
+            return self.write_plain(first);
+        }
         let parts = [std::io::IoSlice::new(first), std::io::IoSlice::new(second)];
         self.conn.writer().write_vectored(&parts).unwrap_or(0)
     }
