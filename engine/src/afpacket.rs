@@ -546,13 +546,13 @@ impl PacketIo for AfPacketSocket {
         result
     }
 
-    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<()> {
+    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<bool> {
         if self.in_block
             || self.block_status(self.cur_block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
         {
-            return Ok(());
+            return Ok(false);
         }
-        poll_readable(&[self.fd.as_raw_fd(), wake], timeout)
+        poll_readable(&[self.fd.as_raw_fd(), wake], timeout).map(|ready| ready & 2 != 0)
     }
 
     fn stats(&self) -> IoStats {

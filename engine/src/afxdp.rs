@@ -618,8 +618,8 @@ impl PacketIo for AfXdpSocket {
         Ok(())
     }
 
-    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<()> {
-        poll_readable(&[self.fd, wake], timeout)
+    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<bool> {
+        poll_readable(&[self.fd, wake], timeout).map(|ready| ready & 2 != 0)
     }
 
     fn stats(&self) -> IoStats {

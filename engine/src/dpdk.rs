@@ -760,10 +760,11 @@ impl PacketIo for DpdkQueue {
         Ok(())
     }
 
-    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<()> {
+    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<bool> {
         // Poll-mode drivers have no fd to sleep on: an idle worker sleeps a
         // bounded time (or until a hand-off wakes it) and polls again.
         crate::io_error::poll_readable(&[wake], timeout.min(Duration::from_micros(200)))
+            .map(|ready| ready & 1 != 0)
     }
 
     fn stats(&self) -> IoStats {

@@ -63,9 +63,10 @@ pub trait PacketIo: Send {
     fn tx_flush(&mut self) -> io::Result<()>;
 
     /// Sleeps until a frame may be available, `wake` (the worker's hand-off
-    /// eventfd) is readable, or `timeout` passes. Used by the adaptive and
+    /// eventfd) is readable, or `timeout` passes; true when `wake` is
+    /// readable (the caller then consumes it). Used by the adaptive and
     /// interrupt polling modes when a worker is idle.
-    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<()>;
+    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<bool>;
 
     fn stats(&self) -> IoStats;
 

@@ -115,8 +115,9 @@ pub(crate) fn ifindex(iface: &str, queue: u32) -> Result<u32, IoError> {
 }
 
 /// Sleeps until one of `fds` (at most two) is readable or `timeout` passes;
-/// EINTR counts as a wake-up.
-pub(crate) fn poll_readable(fds: &[libc::c_int], timeout: std::time::Duration) -> io::Result<()> {
+/// EINTR counts as a wake-up. Returns a bit per fd that is readable (bit 0
+/// for `fds[0]`).
+pub(crate) fn poll_readable(fds: &[libc::c_int], timeout: std::time::Duration) -> io::Result<u8> {
     // ppoll, not poll: adaptive workers sleep for sub-millisecond budgets.
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
@@ -139,6 +140,11 @@ pub(crate) fn poll_readable(fds: &[libc::c_int], timeout: std::time::Duration) -
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
+        return Ok(0);
     }
-    Ok(())
+    Ok(pfds[..n]
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.revents & libc::POLLIN != 0)
+        .fold(0, |m, (i, _)| m | 1 << i))
 }

@@ -155,10 +155,11 @@ impl PacketIo for MemPort {
         Ok(())
     }
 
-    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<()> {
+    fn wait(&mut self, timeout: Duration, wake: RawFd) -> io::Result<bool> {
         // No fd for the peer's frames: nap briefly (or until a hand-off
         // wakes the worker) so an idle worker does not spin.
         crate::io_error::poll_readable(&[wake], timeout.min(Duration::from_micros(100)))
+            .map(|ready| ready & 1 != 0)
     }
 
     fn stats(&self) -> IoStats {

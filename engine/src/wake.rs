@@ -44,13 +44,17 @@ impl Waker {
         fence(Ordering::SeqCst);
     }
 
-    /// Ends a sleep and consumes any pending wake-up.
-    pub fn woke(&self) {
+    /// Ends a sleep. `signalled`: the eventfd was readable, so its count is
+    /// consumed (one read); otherwise no syscall. A write that lands after
+    /// this only makes the next sleep return at once, and that one reads it.
+    pub fn woke(&self, signalled: bool) {
         self.sleeping.store(false, Ordering::Relaxed);
-        let mut buf = 0u64;
-        // SAFETY: reads 8 bytes into a live u64; a non-blocking eventfd with
-        // nothing pending returns EAGAIN, which is fine.
-        unsafe { libc::read(self.fd(), (&raw mut buf).cast(), 8) };
+        if signalled {
+            let mut buf = 0u64;
+            // SAFETY: reads 8 bytes into a live u64; a non-blocking eventfd
+            // with nothing pending returns EAGAIN, which is fine.
+            unsafe { libc::read(self.fd(), (&raw mut buf).cast(), 8) };
+        }
     }
 
     /// Called by a sender after it pushed frames: wakes the receiver if it
@@ -82,15 +86,16 @@ mod tests {
         w.going_to_sleep();
         assert!(w.wake_if_sleeping());
         let t = Instant::now();
-        poll_readable(&[w.fd()], Duration::from_secs(5)).unwrap();
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "the eventfd woke the poll"
-        );
-        w.woke();
+        let ready = poll_readable(&[w.fd()], Duration::from_secs(5)).unwrap();
+        assert_eq!(ready, 1, "the eventfd woke the poll");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        w.woke(true);
         // The wake-up was consumed: the next poll times out.
         let t = Instant::now();
-        poll_readable(&[w.fd()], Duration::from_millis(20)).unwrap();
+        assert_eq!(
+            poll_readable(&[w.fd()], Duration::from_millis(20)).unwrap(),
+            0
+        );
         assert!(t.elapsed() >= Duration::from_millis(20));
     }
 }

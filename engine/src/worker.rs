@@ -192,12 +192,16 @@ impl Worker {
         let waker = self.handoff.waker();
         waker.going_to_sleep();
         if self.handoff.has_inbound() {
-            waker.woke();
+            waker.woke(false);
             return;
         }
         s.sleeps += 1;
-        let _ = self.io.wait(timeout, self.handoff.waker().fd());
-        self.handoff.waker().woke();
+        // An error counts as signalled: the read is harmless, a missed one not.
+        let signalled = self
+            .io
+            .wait(timeout, self.handoff.waker().fd())
+            .unwrap_or(true);
+        self.handoff.waker().woke(signalled);
     }
 
     /// Clean stop: a FIN on every idle pooled upstream connection, then a
