@@ -1,21 +1,32 @@
 //! ferrogate's HTTP/2 frame codec (RFC 9113 §3.4, §4-7), sans-IO: the client
 //! preface, frame headers, borrowed views of every frame type with the checks
 //! a frame allows alone (each mapped to its error code and scope), and the
-//! frames a server emits. No allocation in parsing. Connection state (stream
-//! states, CONTINUATION sequencing, flow-control windows, SETTINGS ACK timing)
-//! and HPACK live above this crate.
+//! frames a server emits. No allocation in parsing. HPACK (RFC 7541, through
+//! `loona-hpack`) with the server's limits, and the request and trailer rules
+//! of RFC 9113 §8. Connection state (stream states, CONTINUATION sequencing,
+//! flow-control windows, SETTINGS ACK timing) lives above this crate.
 
 pub mod emit;
 pub mod error;
+pub mod fields;
 pub mod frame;
 pub mod header;
+pub mod hpack;
+#[cfg(test)]
+mod hpack_tests;
+pub mod request;
+#[cfg(test)]
+mod request_tests;
 pub mod settings;
 #[cfg(test)]
 mod tests;
 
 pub use error::{ErrorCode, FrameError, Scope};
+pub use fields::Field;
 pub use frame::{Frame, PrioritySpec, decode, frame_len, parse};
 pub use header::{FrameHeader, FrameType, HEADER_LEN, flags};
+pub use hpack::{HeaderDecoder, HeaderError, ResponseEncoder};
+pub use request::{Request, validate_request, validate_trailers};
 pub use settings::{Setting, SettingId, SettingsIter};
 
 /// What a client sends first on a connection (§3.4), before its SETTINGS.
