@@ -159,30 +159,20 @@ fn meta() -> BTreeMap<String, String> {
     m
 }
 
+/// The standalone tools' output: one JSON line on stdout.
+fn print_json(r: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string(r)?);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.cmd {
-        Cmd::Gen(a) => {
-            let r = pktgen::run(a)?;
-            println!("{}", serde_json::to_string(&r)?);
-            return Ok(());
-        }
-        Cmd::Loadgen(a) => {
-            let r = loadgen::run(a)?;
-            println!("{}", serde_json::to_string(&r)?);
-            return Ok(());
-        }
+        Cmd::Gen(a) => return print_json(&pktgen::run(a)?),
+        Cmd::Loadgen(a) => return print_json(&loadgen::run(a)?),
         Cmd::IdleClient(a) => return idle::run_client(a),
-        Cmd::TlsClient(a) => {
-            let r = handshake::run_client(a)?;
-            println!("{}", serde_json::to_string(&r)?);
-            return Ok(());
-        }
-        Cmd::TlsFloor(a) => {
-            let r = handshake::run_floor(a)?;
-            println!("{}", serde_json::to_string(&r)?);
-            return Ok(());
-        }
+        Cmd::TlsClient(a) => return print_json(&handshake::run_client(a)?),
+        Cmd::TlsFloor(a) => return print_json(&handshake::run_floor(a)?),
         Cmd::Ceiling(c) => {
             let o = ceiling::Opts {
                 rounds: if c.smoke { 1 } else { c.rounds.max(1) },
