@@ -481,13 +481,31 @@ pub fn call_with(
     headers: &[(&str, String)],
     timeout: Duration,
 ) -> Result<Reply> {
-    let s = UnixStream::connect(socket).with_context(|| {
+    let s = connect_unix(socket, timeout).with_context(|| {
         format!(
             "connecting to {} (is `ferrogate run` up?)",
             socket.display()
         )
     })?;
     exchange(s, method, path, body, headers, timeout)
+}
+
+/// Connects, retrying while the listener's backlog is full (Linux answers a
+/// Unix-socket connect with EAGAIN then, even for a blocking socket when
+/// the server is slow to accept, e.g. under load), up to `timeout`.
+fn connect_unix(socket: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match UnixStream::connect(socket) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Where `ferrogate ctl` sends its requests.

@@ -269,6 +269,18 @@ impl Raw {
 /// that (with qdisc bypass) they leave on tx queue `cpu % 2` and arrive on the
 /// peer's rx queue of the same index.
 fn send_from_cpu(iface: &'static str, cpu: usize, tag: u8, count: u32) {
+    spawn_sender(iface, cpu, tag, count)
+        .join()
+        .expect("sender thread");
+}
+
+/// `send_from_cpu` without waiting for the sender.
+fn spawn_sender(
+    iface: &'static str,
+    cpu: usize,
+    tag: u8,
+    count: u32,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         pin_to_cpu(cpu);
         let raw = Raw::open(iface);
@@ -276,8 +288,6 @@ fn send_from_cpu(iface: &'static str, cpu: usize, tag: u8, count: u32) {
             raw.send(&frame(tag, seq));
         }
     })
-    .join()
-    .expect("sender thread");
 }
 
 /// Polls `io` until `want` of our frames arrived or `timeout` passed.
@@ -344,9 +354,13 @@ fn afpacket_rx_tx() {
     ns.run(|| {
         make_veth();
         let mut sock = AfPacketSocket::open(&AfPacketConfig::new("a", 0, 1)).expect("open");
-        send_from_cpu("b", 0, 1, 500);
-        send_from_cpu("b", 1, 2, 500);
-        let got = rx_ours(&mut sock, 1000, Duration::from_secs(3));
+        // Received while they are sent: 1,000 frames queued before the
+        // first read can overflow the ring on a loaded machine.
+        let senders = [spawn_sender("b", 0, 1, 500), spawn_sender("b", 1, 2, 500)];
+        let got = rx_ours(&mut sock, 1000, Duration::from_secs(5));
+        for s in senders {
+            s.join().expect("sender thread");
+        }
         let (t1, t2): (Vec<_>, Vec<_>) = got.into_iter().partition(|(t, _)| *t == 1);
         assert_all(t1, 1, 500);
         assert_all(t2, 2, 500);
