@@ -22,6 +22,8 @@ packages=(
   openssl testssl.sh
   # bench/: the kernel baselines ferrogate is compared with
   haproxy iptables nftables
+  # HTTP/2 clients: h2load, nghttp (the h2 tests and bench scenario)
+  nghttp2-client
   # DPDK backend (engine/dpdk-sys: pkg-config libdpdk + bindgen, which needs
   # libclang); dpdk-dev has dpdk-testpmd, dpdk has dpdk-devbind.py
   libdpdk-dev dpdk dpdk-dev libclang-dev

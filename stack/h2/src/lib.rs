@@ -3,9 +3,11 @@
 //! a frame allows alone (each mapped to its error code and scope), and the
 //! frames a server emits. No allocation in parsing. HPACK (RFC 7541, through
 //! `loona-hpack`) with the server's limits, and the request and trailer rules
-//! of RFC 9113 §8. Connection state (stream states, CONTINUATION sequencing,
-//! flow-control windows, SETTINGS ACK timing) lives above this crate.
+//! of RFC 9113 §8. [`Connection`] is the server side of one connection on
+//! top: stream states, CONTINUATION sequencing, flow control, SETTINGS ACK
+//! timing and the flood limits.
 
+pub mod conn;
 pub mod emit;
 pub mod error;
 pub mod fields;
@@ -21,6 +23,7 @@ pub mod settings;
 #[cfg(test)]
 mod tests;
 
+pub use conn::{ConnStats, Connection, Event, SendError, ServerConfig};
 pub use error::{ErrorCode, FrameError, Scope};
 pub use fields::Field;
 pub use frame::{Frame, PrioritySpec, decode, frame_len, parse};
