@@ -8,6 +8,7 @@
 //! ([`Stack::drain_tx`]).
 
 pub mod access;
+mod attempt;
 mod client_io;
 pub mod config;
 pub mod error;

@@ -8,15 +8,16 @@ use std::sync::Arc;
 use crate::net::{Instant, StreamId, StreamState, Streams};
 
 use crate::access::{AccessRecord, AccessSink};
-use crate::client_io::{ClientIo, recv_into};
+use crate::attempt::{Attempt, Connecting, Started};
+use crate::client_io::ClientIo;
 use crate::config::StackConfig;
 use crate::error::ProxyError;
 use crate::http::HeaderSlots;
 use crate::http::head;
 use crate::http::{BodyFraming, ByteBuf, ChunkedDecoder, RequestHead, RequestView};
 use crate::lb::Upstream;
-use crate::lb::conn_pool::{ConnPool, DEFAULT_IDLE, PoolKey, UpstreamConn};
-use crate::lb::{Balancer, PickError, RequestBody, UpstreamRegistry};
+use crate::lb::conn_pool::ConnPool;
+use crate::lb::{Balancer, UpstreamRegistry};
 use crate::phases::{ProxyHttp, RequestInfo, ResponseInfo, Verdict};
 use crate::route::{DirectResponse, RouteAction, RouteTable};
 use crate::route_stats::RouteCounters;
@@ -114,8 +115,6 @@ enum Phase {
 
 /// Longest request id kept (a client's longer id is forwarded, not echoed).
 const REQUEST_ID_MAX: usize = 64;
-/// Endpoints one request may try.
-const MAX_TRIES: usize = 8;
 /// Most request-body bytes a lingering close discards.
 const DRAIN_MAX_BYTES: usize = 4 << 20;
 
@@ -146,17 +145,21 @@ pub(crate) struct Ctx<'a, P: ProxyHttp> {
 
 impl<'a, P: ProxyHttp> Ctx<'a, P> {
     /// Opens an upstream connection owned by this connection.
-    fn connect(&mut self, remote: std::net::SocketAddr, local_port: u16) -> Option<StreamId> {
+    pub(crate) fn connect(
+        &mut self,
+        remote: std::net::SocketAddr,
+        local_port: u16,
+    ) -> Option<StreamId> {
         self.net.connect(self.conn, remote, local_port)
     }
 
     /// The worker's connection pool, with the streams it closes with.
-    fn conn_pool(&mut self) -> (&mut ConnPool, &mut Streams<'a>) {
+    pub(crate) fn conn_pool(&mut self) -> (&mut ConnPool, &mut Streams<'a>) {
         (self.conn_pool, &mut self.net)
     }
 
     /// Hands a stream back to the stack to close (FIN) or reset and reuse.
-    fn retire(&mut self, h: StreamId, local_port: Option<u16>, reset: bool) {
+    pub(crate) fn retire(&mut self, h: StreamId, local_port: Option<u16>, reset: bool) {
         self.net.retire(h, local_port, reset);
     }
 }
@@ -167,26 +170,15 @@ pub(crate) struct Conn<P: ProxyHttp> {
     io: ClientIo,
     client_ip: Option<IpAddr>,
     listener_port: u16,
-    upstream: Option<UpstreamConn>,
-    upstream_pool: Option<Arc<Upstream>>,
+    /// The upstream side of the request in flight.
+    att: Attempt,
     request: Option<RequestHead>,
-    attempts: u8,
-    /// The endpoint (index into the pool) of the attempt in flight.
-    ep: Option<usize>,
-    tried: [usize; MAX_TRIES],
-    tried_len: usize,
-    hash_key: u64,
-    /// Some request-body bytes went upstream: the request can't be resent.
-    body_started: bool,
     /// `request_body_filter` was told the body ended (once per request,
     /// however many attempts).
     body_end_seen: bool,
     /// The request came without Host (HTTP/1.0): where in `request_head`
     /// each attempt writes the one its pool and endpoint call for.
     host_at: Option<usize>,
-    /// The attempt must open a new connection: the previous one failed on a
-    /// pooled connection the origin had closed.
-    fresh_only: bool,
     /// The upstream answered before the request body was complete: the
     /// rest of it is not sent, and neither connection is kept.
     body_abandoned: bool,
@@ -229,7 +221,7 @@ fn set_request_id(
     }
 }
 
-fn after(now: Instant, d: std::time::Duration) -> Instant {
+pub(crate) fn after(now: Instant, d: std::time::Duration) -> Instant {
     now + crate::net::Duration::from_micros(d.as_micros() as u64)
 }
 
@@ -252,18 +244,10 @@ impl<P: ProxyHttp> Conn<P> {
             io,
             client_ip: None,
             listener_port,
-            upstream: None,
-            upstream_pool: None,
+            att: Attempt::default(),
             request: None,
-            attempts: 0,
-            ep: None,
-            tried: [0; MAX_TRIES],
-            tried_len: 0,
-            hash_key: 0,
-            body_started: false,
             body_end_seen: false,
             host_at: None,
-            fresh_only: false,
             body_abandoned: false,
             upgrade: false,
             route_id: None,
@@ -301,7 +285,7 @@ impl<P: ProxyHttp> Conn<P> {
     /// 100k idle connections must not hold 100k buffer sets.
     pub(crate) fn park_bufs(&mut self) -> Option<ConnBufs> {
         let idle = matches!(self.phase, Phase::ReadHead)
-            && self.upstream.is_none()
+            && self.att.conn.is_none()
             && self.bufs.is_held()
             && self.bufs.from_client.is_empty()
             && self.bufs.to_client.is_empty();
@@ -319,7 +303,7 @@ impl<P: ProxyHttp> Conn<P> {
 
     /// The client socket and the current upstream socket, if any.
     pub(crate) fn sockets(&self) -> (StreamId, Option<StreamId>) {
-        (self.client, self.upstream.as_ref().map(|u| u.handle))
+        (self.client, self.att.conn.as_ref().map(|u| u.handle))
     }
 
     /// Hands back the buffers and the sockets still open, for recycling.
@@ -327,7 +311,7 @@ impl<P: ProxyHttp> Conn<P> {
         (
             self.bufs,
             self.client,
-            self.upstream.map(|u| (u.handle, u.local_port)),
+            self.att.conn.map(|u| (u.handle, u.local_port)),
         )
     }
 
@@ -336,7 +320,7 @@ impl<P: ProxyHttp> Conn<P> {
         let mut progressed = false;
         // Ciphertext that did not fit the socket last time goes first.
         self.io.stream.flush(&mut cx.net.stream(self.client));
-        if let Some(up) = self.upstream.as_mut() {
+        if let Some(up) = self.att.conn.as_mut() {
             up.io.flush(&mut cx.net.stream(up.handle));
         }
         for _ in 0..16 {
@@ -537,7 +521,7 @@ impl<P: ProxyHttp> Conn<P> {
                     self.bufs.from_client.consume(info.head_len);
                     return self.fail_to_client(cx, ProxyError::BodyTooLarge);
                 }
-                self.hash_key = match &upstream.policy.balancer {
+                let hash_key = match &upstream.policy.balancer {
                     Balancer::Hash(on) => on.key(&info_req.view, info_req.client_ip),
                     _ => 0,
                 };
@@ -566,16 +550,9 @@ impl<P: ProxyHttp> Conn<P> {
                     let _ = self.io.stream.send(sock, b"HTTP/1.1 100 Continue\r\n\r\n");
                 }
                 self.request = Some(info);
-                self.attempts = 0;
-                self.tried_len = 0;
-                self.body_started = false;
                 self.body_end_seen = false;
                 self.body_abandoned = false;
-                self.fresh_only = false;
-                if let Some(p) = cx.registry.pool_mut(&upstream) {
-                    p.begin_request(&upstream, cx.now);
-                }
-                self.start_upstream(cx, upstream)
+                self.start_upstream(cx, upstream, hash_key)
             }
         }
     }
@@ -646,8 +623,8 @@ impl<P: ProxyHttp> Conn<P> {
         a.client = client;
         a.listener_port = self.listener_port;
         a.tls = self.io.stream.is_tls();
-        a.upstream = self.upstream.as_ref().map(|u| u.endpoint);
-        a.retries = self.attempts;
+        a.upstream = self.att.conn.as_ref().map(|u| u.endpoint);
+        a.retries = self.att.retries;
         a.error = error;
         if cx.access.enabled() {
             if cx.access.push(a) {
@@ -668,129 +645,38 @@ impl<P: ProxyHttp> Conn<P> {
     }
 
     /// Sends the request to the endpoint the pool's balancer picks.
-    fn start_upstream(&mut self, cx: &mut Ctx<'_, P>, pool: Arc<Upstream>) -> bool {
-        if self.upstream.is_some() {
+    fn start_upstream(&mut self, cx: &mut Ctx<'_, P>, pool: Arc<Upstream>, hash_key: u64) -> bool {
+        if self.att.conn.is_some() {
             // Not given back after the last response: out of step.
             self.drop_upstream(cx, false);
         }
-        self.upstream_pool = Some(pool.clone());
-        match self.pick(cx, &pool) {
+        self.att.begin(cx, pool, hash_key);
+        match self.att.pick(cx) {
             Ok(ep) => self.use_endpoint(cx, ep),
             Err(e) => self.fail_to_client(cx, e.into()),
         }
     }
 
-    /// Sends the attempt to endpoint `ep` of the pool: over a live idle
-    /// connection from the worker's pool when there is one (and the attempt
-    /// need not be fresh), else over a new connection.
+    /// Sends the attempt to endpoint `ep` of the pool.
     fn use_endpoint(&mut self, cx: &mut Ctx<'_, P>, ep: usize) -> bool {
-        let pool = self.upstream_pool.clone().expect("pool chosen");
-        let Some(&endpoint) = pool.endpoints.get(ep) else {
-            return self.open_upstream(cx, ep);
-        };
-        if !self.fresh_only {
-            let key = PoolKey::new(&pool, endpoint);
-            let (conn_pool, net) = cx.conn_pool();
-            if let Some(up) = conn_pool.checkout(&key, net) {
-                cx.net.set_owner(up.handle, cx.conn);
-                cx.net.mark(up.handle);
-                self.ep = Some(ep);
-                self.upstream = Some(up);
-                cx.stats.upstream_reused += 1;
-                return self.begin_send(cx);
+        match self.att.start(cx, ep) {
+            Ok(Started::Reused) => self.begin_send(cx),
+            Ok(Started::Connecting { deadline }) => {
+                self.phase = Phase::Connect;
+                self.deadline = deadline;
+                true
             }
-        }
-        self.open_upstream(cx, ep)
-    }
-
-    /// Asks the pool's balancer for an endpoint, avoiding those tried.
-    fn pick(&mut self, cx: &mut Ctx<'_, P>, pool: &Upstream) -> Result<usize, PickError> {
-        let tried = &self.tried[..self.tried_len];
-        match cx.registry.pool_mut(pool) {
-            Some(p) => p.pick(pool, self.hash_key, tried, cx.now),
-            None if !pool.endpoints.is_empty() => {
-                let i = *cx.rr_cursor % pool.endpoints.len();
-                *cx.rr_cursor = cx.rr_cursor.wrapping_add(1);
-                Ok(i)
-            }
-            None => Err(PickError::NoHealthyEndpoint),
+            Err(e) => self.fail_to_client(cx, e),
         }
     }
 
-    /// Reports the attempt's outcome to the pool (health, breaker).
     fn settle(&mut self, cx: &mut Ctx<'_, P>, ok: Option<bool>) {
-        let (Some(ep), Some(pool)) = (self.ep.take(), self.upstream_pool.clone()) else {
-            return;
-        };
-        if let Some(p) = cx.registry.pool_mut(&pool) {
-            let ejected = match ok {
-                Some(ok) => p.finish(&pool, ep, ok, cx.now),
-                None => {
-                    p.cancel(&pool, ep, cx.now);
-                    false
-                }
-            };
-            if ejected && let Some(&addr) = pool.endpoints.get(ep) {
-                // Its idle connections leave rotation with it.
-                let (conn_pool, net) = cx.conn_pool();
-                conn_pool.evict_endpoint(&pool, addr, net);
-            }
-        }
-    }
-
-    fn open_upstream(&mut self, cx: &mut Ctx<'_, P>, ep: usize) -> bool {
-        let pool = self.upstream_pool.clone().expect("pool chosen");
-        let Some(&endpoint) = pool.endpoints.get(ep) else {
-            return self.fail_to_client(cx, ProxyError::NoHealthyEndpoint);
-        };
-        self.ep = Some(ep);
-        let Some(port) = cx.net.ports().alloc() else {
-            self.settle(cx, None);
-            return self.fail_to_client(cx, ProxyError::NoLocalPort);
-        };
-        let io = match &pool.tls {
-            None => Ok(crate::tls::ByteStream::Plain),
-            Some(tls) => {
-                crate::tls::ByteStream::client(tls.config.clone(), tls.server_name(endpoint.ip()))
-            }
-        };
-        let io = match io {
-            Ok(io) => io,
-            Err(e) => {
-                cx.net.ports().free(port);
-                self.settle(cx, None);
-                tracing::warn!(error = %e, "cannot start an upstream TLS session");
-                return self.fail_to_client(cx, ProxyError::UpstreamTls);
-            }
-        };
-        let Some(handle) = cx.connect(endpoint, port) else {
-            cx.net.ports().free(port);
-            self.settle(cx, None);
-            return self.fail_to_client(cx, ProxyError::UpstreamConnectFailed);
-        };
-        cx.stats.upstream_connects += 1;
-        self.upstream = Some(UpstreamConn {
-            handle,
-            local_port: port,
-            endpoint,
-            served: 0,
-            io,
-        });
-        self.phase = Phase::Connect;
-        let timeout = pool
-            .policy
-            .timeouts
-            .connect
-            .unwrap_or(cx.cfg.timeouts.upstream_connect);
-        self.deadline = after(cx.now, timeout);
-        true
+        self.att.settle(cx, ok);
     }
 
     /// Starts sending the request over the attempt's connection.
     fn begin_send(&mut self, cx: &mut Ctx<'_, P>) -> bool {
-        if let (Some(at), Some(pool), Some(up)) =
-            (self.host_at, &self.upstream_pool, &self.upstream)
-        {
+        if let (Some(at), Some(pool), Some(up)) = (self.host_at, &self.att.pool, &self.att.conn) {
             // Every HTTP/1.1 request carries Host (RFC 9112 §3.2); the
             // endpoint may differ from one attempt to the next.
             let out = &mut self.bufs.request_head;
@@ -815,39 +701,13 @@ impl<P: ProxyHttp> Conn<P> {
             self.finish(cx, false);
             return true;
         }
-        let up = self.upstream.as_mut().expect("connecting upstream");
-        match cx.net.stream(up.handle).state() {
-            StreamState::Established if up.io.is_handshaking() => {
-                let sock = &mut cx.net.stream(up.handle);
-                up.io.flush(sock);
-                match recv_into(&mut up.io, sock, &mut self.bufs.from_upstream) {
-                    Err(e) => {
-                        cx.stats.upstream_tls_failures += 1;
-                        tracing::debug!(endpoint = %up.endpoint, error = %e, "upstream TLS handshake failed");
-                        return self.upstream_failed(cx, ProxyError::UpstreamTls);
-                    }
-                    Ok(_) if !up.io.is_handshaking() => return self.begin_send(cx),
-                    Ok(_) => {}
-                }
-                let sock = &mut cx.net.stream(up.handle);
-                if !up.io.may_recv(sock) {
-                    cx.stats.upstream_tls_failures += 1;
-                    tracing::debug!(endpoint = %up.endpoint, "upstream closed during the TLS handshake");
-                    return self.upstream_failed(cx, ProxyError::UpstreamTls);
-                }
-                if cx.now >= self.deadline {
-                    return self.upstream_failed(cx, ProxyError::UpstreamConnectTimeout);
-                }
-                false
-            }
-            StreamState::Established => self.begin_send(cx),
-            StreamState::Closed | StreamState::TimeWait => {
-                self.upstream_failed(cx, ProxyError::UpstreamConnectFailed)
-            }
-            _ if cx.now >= self.deadline => {
-                self.upstream_failed(cx, ProxyError::UpstreamConnectTimeout)
-            }
-            _ => false,
+        match self
+            .att
+            .poll_connect(cx, &mut self.bufs.from_upstream, self.deadline)
+        {
+            Connecting::Ready => self.begin_send(cx),
+            Connecting::Pending => false,
+            Connecting::Failed(e) => self.upstream_failed(cx, e),
         }
     }
 
@@ -859,7 +719,7 @@ impl<P: ProxyHttp> Conn<P> {
         if self.early_response(cx) {
             return true;
         }
-        let upc = self.upstream.as_mut().expect("upstream");
+        let upc = self.att.conn.as_mut().expect("upstream");
         let Phase::SendRequest { head_sent, body } = &mut self.phase else {
             unreachable!()
         };
@@ -917,13 +777,14 @@ impl<P: ProxyHttp> Conn<P> {
             let sent = upc.io.send(up, &avail[..take]);
             debug_assert_eq!(sent, take);
             self.bufs.from_client.consume(sent);
-            self.body_started = true;
+            self.att.body_started = true;
             moved = true;
         }
         if done {
             self.phase = Phase::ReadResponseHead;
             let timeout = self
-                .upstream_pool
+                .att
+                .pool
                 .as_ref()
                 .and_then(|p| p.policy.timeouts.response)
                 .unwrap_or(cx.cfg.timeouts.upstream_response);
@@ -974,30 +835,12 @@ impl<P: ProxyHttp> Conn<P> {
         true
     }
 
-    /// Reads what the upstream sent (decrypted, for TLS pools) into
-    /// `from_upstream`. A TLS error ends the stream (`upstream_may_recv`).
     fn fill_from_upstream(&mut self, cx: &mut Ctx<'_, P>) -> usize {
-        let Some(up) = self.upstream.as_mut() else {
-            return 0;
-        };
-        match recv_into(
-            &mut up.io,
-            &mut cx.net.stream(up.handle),
-            &mut self.bufs.from_upstream,
-        ) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(endpoint = %up.endpoint, error = %e, "upstream TLS error");
-                0
-            }
-        }
+        self.att.fill(cx, &mut self.bufs.from_upstream)
     }
 
-    /// Whether the upstream may still send (no FIN, no TLS close_notify).
     fn upstream_may_recv(&self, cx: &mut Ctx<'_, P>) -> bool {
-        self.upstream
-            .as_ref()
-            .is_some_and(|up| up.io.may_recv(&cx.net.stream(up.handle)))
+        self.att.may_recv(cx)
     }
 
     fn read_response_head(&mut self, cx: &mut Ctx<'_, P>) -> bool {
@@ -1183,7 +1026,7 @@ impl<P: ProxyHttp> Conn<P> {
             let keep_client = *keep_client;
             // Bytes past the end of the body mean the upstream is out of step.
             let keep_upstream = *keep_upstream && self.bufs.from_upstream.is_empty();
-            if let Some(up) = self.upstream.as_mut() {
+            if let Some(up) = self.att.conn.as_mut() {
                 up.served += 1;
             }
             if keep_upstream {
@@ -1326,39 +1169,8 @@ impl<P: ProxyHttp> Conn<P> {
         self.phase = Phase::Finished;
     }
 
-    /// Gives the upstream connection to the worker's pool for the next
-    /// request to its endpoint (from any client), or closes it when the
-    /// pool has enough.
     fn release_upstream(&mut self, cx: &mut Ctx<'_, P>) {
-        let (Some(up), Some(pool)) = (self.upstream.take(), self.upstream_pool.clone()) else {
-            return;
-        };
-        let in_rotation = pool
-            .endpoints
-            .iter()
-            .position(|a| *a == up.endpoint)
-            .is_some_and(|ep| {
-                cx.registry
-                    .pool(&pool)
-                    .is_none_or(|p| p.usable(&pool, ep, cx.now))
-            });
-        if !in_rotation {
-            // Ejected or failing its checks: nobody would be given it.
-            cx.conn_pool.counters.evicted += 1;
-            self.upstream = Some(up);
-            self.drop_upstream(cx, false);
-            return;
-        }
-        let key = PoolKey::new(&pool, up.endpoint);
-        let handle = up.handle;
-        let policy = &pool.policy;
-        let idle = policy.timeouts.idle.unwrap_or(DEFAULT_IDLE);
-        let (limit, max_requests) = (policy.keepalive, policy.max_requests);
-        let tls = pool.tls.as_ref().map(|t| t.config.clone());
-        let (conn_pool, net) = cx.conn_pool();
-        conn_pool.release(key, up, tls, limit, max_requests, idle, net);
-        // Its idle timer (or its FIN) is armed in this pass.
-        cx.net.mark(handle);
+        self.att.release(cx);
     }
 
     /// Moves the upstream socket to the stack's closing list.
@@ -1367,86 +1179,16 @@ impl<P: ProxyHttp> Conn<P> {
         // of step, e.g. a body after a 204) must not prefix the next
         // upstream's response.
         self.bufs.from_upstream.clear();
-        if let Some(mut up) = self.upstream.take() {
-            if !reset {
-                up.io.close(&mut cx.net.stream(up.handle));
-            }
-            cx.retire(up.handle, Some(up.local_port), reset);
-        }
+        self.att.close(cx, reset);
     }
 
     fn upstream_failed(&mut self, cx: &mut Ctx<'_, P>, err: ProxyError) -> bool {
-        cx.stats.upstream_errors += 1;
-        let was_reused = self.upstream.as_ref().is_some_and(|u| u.served > 0);
-        // A failed TLS handshake already logged its reason.
-        if let Some(up) = &self.upstream
-            && err != ProxyError::UpstreamTls
-        {
-            tracing::debug!(endpoint = %up.endpoint, error = %err, "upstream failed");
+        self.bufs.from_upstream.clear();
+        let request = self.request.map(|r| (r.method, r.framing));
+        match self.att.failed(cx, err, request, self.route_id) {
+            Ok(ep) => self.use_endpoint(cx, ep),
+            Err(e) => self.fail_to_client(cx, e),
         }
-        // A TLS session that failed closes gracefully so its alert reaches
-        // the origin ahead of the FIN; anything else is reset.
-        let tls_failed = self.upstream.as_ref().is_some_and(|u| u.io.failed());
-        self.drop_upstream(cx, !(err == ProxyError::UpstreamTls && tls_failed));
-        let Some(req) = self.request else {
-            return self.fail_to_client(cx, err);
-        };
-        let pool = self
-            .upstream_pool
-            .clone()
-            .expect("pool of the failed attempt");
-        let stale_keep_alive = was_reused && err == ProxyError::UpstreamClosedEarly;
-        let failed_ep = self.ep;
-        // A kept-alive connection the origin closed just as we reused it is
-        // the race every HTTP/1.1 proxy meets; it says nothing about health.
-        self.settle(cx, if stale_keep_alive { None } else { Some(false) });
-        if let Some(ep) = failed_ep
-            && self.tried_len < MAX_TRIES
-            && !stale_keep_alive
-        {
-            self.tried[self.tried_len] = ep;
-            self.tried_len += 1;
-        }
-        let body = if req.framing == BodyFraming::None {
-            RequestBody::None
-        } else if self.body_started {
-            RequestBody::Streamed
-        } else {
-            RequestBody::Buffered
-        };
-        let allowed = if stale_keep_alive && self.attempts == 0 {
-            crate::lb::may_retry(req.method, body, err.retry_safe())
-        } else {
-            cx.registry
-                .pool_mut(&pool)
-                .map(|p| {
-                    p.retry(
-                        &pool,
-                        self.attempts as u32 + 1,
-                        req.method,
-                        body,
-                        err.retry_safe(),
-                        cx.now,
-                    )
-                    .is_ok()
-                })
-                .unwrap_or(false)
-        };
-        if allowed {
-            self.attempts += 1;
-            cx.stats.retries += 1;
-            if let Some(id) = self.route_id {
-                cx.route_stats.get_mut(id).retries += 1;
-            }
-            // After an origin closed a pooled connection under us, the
-            // retry opens a fresh one (Pingora's `ReusedOnly`).
-            self.fresh_only = stale_keep_alive;
-            return match self.pick(cx, &pool) {
-                Ok(ep) => self.use_endpoint(cx, ep),
-                Err(e) => self.fail_to_client(cx, e.into()),
-            };
-        }
-        self.fail_to_client(cx, err)
     }
 
     /// Answers the client with the error's status and closes.
@@ -1518,14 +1260,14 @@ impl<P: ProxyHttp> Conn<P> {
         if !flushed {
             return moved;
         }
-        let Some(up_handle) = self.upstream.as_ref().map(|u| u.handle) else {
+        let Some(up_handle) = self.att.conn.as_ref().map(|u| u.handle) else {
             self.phase = Phase::Close;
             return true;
         };
         // client -> upstream
         moved |= self.fill_from_client(cx) > 0;
         if !self.bufs.from_client.is_empty()
-            && let Some(up) = self.upstream.as_mut()
+            && let Some(up) = self.att.conn.as_mut()
         {
             let n = up.io.send(
                 &mut cx.net.stream(up_handle),
