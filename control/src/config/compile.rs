@@ -253,7 +253,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 });
             }
         }
-        let mut listener = Listener::new(port, routes);
+        let mut listener = Listener::new(port, routes).with_http2(l.http2);
         if let Some(tls) = check_listener_tls(i, l, rep) {
             listener = listener.with_tls(Arc::new(tls));
         }
@@ -341,10 +341,93 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
         upstream_connect: ms(cfg.timeouts.upstream_connect_ms, d.upstream_connect),
         upstream_response: ms(cfg.timeouts.upstream_response_ms, d.upstream_response),
     };
+    ec.stack.h2 = check_http2(&cfg.http2, rep);
     Some(Compiled {
         netns: e.netns.clone(),
         engine: ec,
         access_log,
         files: Vec::new(),
     })
+}
+
+/// `[http2]`: each key within the range RFC 9113 (or sense) allows.
+fn check_http2(h: &Http2Section, rep: &mut Reporter<'_>) -> ferrogate_proxy::h2::ServerConfig {
+    let mut c = ferrogate_proxy::h2::ServerConfig::default();
+    let mut u32_key = |v: &Option<Spanned<u32>>,
+                       name: &str,
+                       range: std::ops::RangeInclusive<u32>,
+                       out: &mut u32| {
+        if let Some(v) = v {
+            if range.contains(v.get_ref()) {
+                *out = *v.get_ref();
+            } else {
+                rep.at(
+                    v.span(),
+                    format!("http2.{name}"),
+                    format!("must be {}..={}", range.start(), range.end()),
+                );
+            }
+        }
+    };
+    u32_key(
+        &h.max_concurrent_streams,
+        "max_concurrent_streams",
+        1..=10_000,
+        &mut c.max_concurrent_streams,
+    );
+    u32_key(
+        &h.stream_window,
+        "stream_window",
+        1024..=(1 << 31) - 1,
+        &mut c.stream_window,
+    );
+    u32_key(
+        &h.connection_window,
+        "connection_window",
+        65_535..=(1 << 31) - 1,
+        &mut c.connection_window,
+    );
+    u32_key(
+        &h.max_frame_size,
+        "max_frame_size",
+        16_384..=16_777_215,
+        &mut c.max_frame_size,
+    );
+    let mut list = c.max_header_list_size as u32;
+    u32_key(
+        &h.max_header_list_size,
+        "max_header_list_size",
+        1024..=1 << 20,
+        &mut list,
+    );
+    c.max_header_list_size = list as usize;
+    let mut resets = c.max_resets_per_window;
+    u32_key(
+        &h.max_resets_per_second,
+        "max_resets_per_second",
+        1..=1_000_000,
+        &mut resets,
+    );
+    c.max_resets_per_window = resets;
+    let mut control = c.max_control_frames_per_window;
+    u32_key(
+        &h.max_control_frames_per_second,
+        "max_control_frames_per_second",
+        1..=1_000_000,
+        &mut control,
+    );
+    c.max_control_frames_per_window = control;
+    c.flood_window = Duration::from_secs(1);
+    if let Some(t) = &h.settings_timeout_ms {
+        if (100..=600_000).contains(t.get_ref()) {
+            c.settings_timeout = Duration::from_millis(*t.get_ref());
+        } else {
+            rep.at(
+                t.span(),
+                "http2.settings_timeout_ms",
+                "must be 100..=600000",
+            );
+        }
+    }
+    c
 }

@@ -90,15 +90,23 @@ pub(super) fn check_listener_tls(
     }
     let mut alpn = Vec::new();
     match &t.alpn {
+        None if l.http2 => alpn.extend([b"h2".to_vec(), b"http/1.1".to_vec()]),
         None => alpn.push(b"http/1.1".to_vec()),
         Some(list) => {
             for (k, a) in list.iter().enumerate() {
-                if a.get_ref() != "http/1.1" {
-                    rep.at(
+                match a.get_ref().as_str() {
+                    "http/1.1" => {}
+                    "h2" if l.http2 => {}
+                    "h2" => rep.at(
                         a.span(),
                         format!("{field}.alpn[{k}]"),
-                        format!("{:?} is not supported (only \"http/1.1\")", a.get_ref()),
-                    );
+                        format!("\"h2\" needs http2 = true on listeners[{i}]"),
+                    ),
+                    other => rep.at(
+                        a.span(),
+                        format!("{field}.alpn[{k}]"),
+                        format!("{other:?} is not supported (\"h2\" or \"http/1.1\")"),
+                    ),
                 }
                 alpn.push(a.get_ref().as_bytes().to_vec());
             }

@@ -24,6 +24,41 @@ pub struct FileConfig {
     pub numa: NumaSection,
     #[serde(default)]
     pub access_log: Option<AccessLogSection>,
+    #[serde(default)]
+    pub http2: Http2Section,
+}
+
+/// `[http2]`: settings and limits of HTTP/2 connections (listeners with
+/// `http2 = true`). Defaults follow Envoy's edge recommendations.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Section {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (default 100).
+    #[serde(default)]
+    pub max_concurrent_streams: Option<Spanned<u32>>,
+    /// Request-body window per stream, octets (default 65536).
+    #[serde(default)]
+    pub stream_window: Option<Spanned<u32>>,
+    /// Request-body window per connection, octets (default 1 MiB).
+    #[serde(default)]
+    pub connection_window: Option<Spanned<u32>>,
+    /// Largest frame accepted, 16384..=16777215 (default 16384).
+    #[serde(default)]
+    pub max_frame_size: Option<Spanned<u32>>,
+    /// Largest decoded request header list, octets (default 16384; 431 above).
+    #[serde(default)]
+    pub max_header_list_size: Option<Spanned<u32>>,
+    /// Time for the client to acknowledge our SETTINGS (default 10000).
+    #[serde(default)]
+    pub settings_timeout_ms: Option<Spanned<u64>>,
+    /// Streams a client may reset (or have refused) per second before
+    /// GOAWAY ENHANCE_YOUR_CALM (rapid reset; default 100).
+    #[serde(default)]
+    pub max_resets_per_second: Option<Spanned<u32>>,
+    /// PING, SETTINGS, PRIORITY, WINDOW_UPDATE or empty frames of one kind
+    /// per second before GOAWAY ENHANCE_YOUR_CALM (default 1000).
+    #[serde(default)]
+    pub max_control_frames_per_second: Option<Spanned<u32>>,
 }
 
 /// JSON access log, one line per response, written off the data path.
@@ -335,6 +370,10 @@ pub struct ListenerSection {
     /// the upstream; client-sent headers of these names are removed.
     #[serde(default)]
     pub mtls_headers: Option<MtlsHeadersSection>,
+    /// HTTP/2 beside HTTP/1.1: ALPN `h2` on TLS, h2c with prior knowledge
+    /// on plain listeners (default false).
+    #[serde(default)]
+    pub http2: bool,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
 }
@@ -344,7 +383,8 @@ pub struct ListenerSection {
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsSection {
     pub certificates: Vec<Spanned<CertificateSection>>,
-    /// ALPN protocols offered, in preference order (default `["http/1.1"]`).
+    /// ALPN protocols offered, in preference order (default `["http/1.1"]`,
+    /// or `["h2", "http/1.1"]` with `http2 = true`).
     #[serde(default)]
     pub alpn: Option<Vec<Spanned<String>>>,
     /// `"1.2"` (default) or `"1.3"`.

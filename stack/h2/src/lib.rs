@@ -8,6 +8,7 @@
 //! timing and the flood limits.
 
 pub mod conn;
+mod conn_stats;
 pub mod emit;
 pub mod error;
 pub mod fields;

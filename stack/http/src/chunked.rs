@@ -76,12 +76,27 @@ impl ChunkedDecoder {
     /// Consumes bytes of the body framing; returns how many belong to the
     /// body (all of `input` unless the body ends inside it).
     pub fn feed(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
-        let n = self.feed_inner(input)?;
+        self.feed_with(input, |_| {})
+    }
+
+    /// As `feed`, and hands each run of payload octets (the body with the
+    /// chunk framing removed) to `data`, in order: for a peer that frames
+    /// the body itself (HTTP/2 DATA).
+    pub fn feed_with(
+        &mut self,
+        input: &[u8],
+        data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
+        let n = self.feed_inner(input, data)?;
         self.seen += n as u64;
         Ok(n)
     }
 
-    fn feed_inner(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+    fn feed_inner(
+        &mut self,
+        input: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -89,6 +104,7 @@ impl ChunkedDecoder {
                 State::Done => break,
                 State::Data => {
                     let take = (self.remaining).min((input.len() - i) as u64) as usize;
+                    data(&input[i..i + take]);
                     self.remaining -= take as u64;
                     i += take;
                     if self.remaining == 0 {
@@ -217,6 +233,25 @@ mod tests {
         let mut d = ChunkedDecoder::new();
         let n = d.feed(input)?;
         Ok((n, d.is_done()))
+    }
+
+    #[test]
+    fn feed_with_yields_the_payload_without_framing_across_splits() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
+        for split in 0..body.len() {
+            let mut d = ChunkedDecoder::new();
+            let mut out = Vec::new();
+            let a = d
+                .feed_with(&body[..split], |p| out.extend_from_slice(p))
+                .unwrap();
+            assert_eq!(a, split);
+            let b = d
+                .feed_with(&body[split..], |p| out.extend_from_slice(p))
+                .unwrap();
+            assert_eq!(a + b, body.len());
+            assert!(d.is_done());
+            assert_eq!(out, b"hello world");
+        }
     }
 
     #[test]

@@ -315,7 +315,8 @@ pub fn parse_request<'b, 'h>(
     Ok(Some((req, info)))
 }
 
-fn static_method(m: &str) -> &'static str {
+/// The method as a static name for the known ones (retry rules), else "OTHER".
+pub fn static_method(m: &str) -> &'static str {
     match m {
         "GET" => "GET",
         "HEAD" => "HEAD",
@@ -570,6 +571,20 @@ pub fn write_client_response(
         ok &= out.extend(b"Connection: keep-alive\r\n");
     }
     ok && out.extend(b"\r\n")
+}
+
+/// The status and fields of a complete response head (one written by
+/// `write_client_response`), for a client codec that frames fields itself
+/// (HTTP/2): `out` gets every field in order, borrowed from `buf`.
+pub fn response_fields<'b>(buf: &'b [u8], out: &mut Vec<(&'b [u8], &'b [u8])>) -> Option<u16> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    if !matches!(resp.parse(buf), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    let status = resp.code?;
+    out.extend(resp.headers.iter().map(|h| (h.name.as_bytes(), h.value)));
+    Some(status)
 }
 
 /// A response the proxy itself makes (errors, direct routes).

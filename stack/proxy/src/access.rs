@@ -53,6 +53,23 @@ impl<const N: usize> Field<N> {
     }
 }
 
+/// The client's protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+        }
+    }
+}
+
 /// One response, as the access log sees it.
 #[derive(Clone, Copy, Default)]
 pub struct AccessRecord {
@@ -64,6 +81,7 @@ pub struct AccessRecord {
     pub client: Option<SocketAddr>,
     pub listener_port: u16,
     pub tls: bool,
+    pub protocol: Protocol,
     pub method: Field<16>,
     pub host: Field<96>,
     pub path: Field<192>,
@@ -109,8 +127,10 @@ impl AccessRecord {
         }
         let _ = write!(
             out,
-            ",\"listener\":{},\"tls\":{}",
-            self.listener_port, self.tls
+            ",\"listener\":{},\"tls\":{},\"protocol\":\"{}\"",
+            self.listener_port,
+            self.tls,
+            self.protocol.as_str()
         );
         str_field(
             out,

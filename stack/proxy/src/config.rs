@@ -19,6 +19,8 @@ pub struct StackConfig {
     /// Largest request body in bytes (413 above it); 0 = no limit.
     pub max_request_body: u64,
     pub timeouts: Timeouts,
+    /// HTTP/2 settings and limits (listeners with `http2`).
+    pub h2: ferrogate_h2::ServerConfig,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +52,7 @@ impl StackConfig {
             head_buffer: 16 * 1024,
             max_request_body: 0,
             timeouts: Timeouts::default(),
+            h2: ferrogate_h2::ServerConfig::default(),
         }
     }
 }

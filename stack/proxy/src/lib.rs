@@ -12,6 +12,7 @@ mod attempt;
 mod client_io;
 pub mod config;
 pub mod error;
+mod h2_session;
 pub mod phases;
 mod probe;
 mod proxy;
@@ -21,6 +22,7 @@ pub mod router;
 mod stack;
 pub mod stats;
 
+pub use ferrogate_h2 as h2;
 pub use ferrogate_http as http;
 pub use ferrogate_lb as lb;
 pub use ferrogate_net as net;

@@ -63,7 +63,7 @@ impl ConnBufs {
     }
 }
 
-enum Body {
+pub(crate) enum Body {
     Done,
     Length(u64),
     Chunked(ChunkedDecoder),
@@ -71,7 +71,7 @@ enum Body {
 }
 
 impl Body {
-    fn from_framing(f: BodyFraming) -> Self {
+    pub(crate) fn from_framing(f: BodyFraming) -> Self {
         match f {
             BodyFraming::None => Body::Done,
             BodyFraming::Length(n) => Body::Length(n),
@@ -111,10 +111,13 @@ enum Phase {
     },
     Close,
     Finished,
+    /// The client chose HTTP/2 (ALPN `h2`, or the h2c preface): the stack
+    /// hands the connection to an `H2Conn`.
+    ToH2,
 }
 
 /// Longest request id kept (a client's longer id is forwarded, not echoed).
-const REQUEST_ID_MAX: usize = 64;
+pub(crate) const REQUEST_ID_MAX: usize = 64;
 /// Most request-body bytes a lingering close discards.
 const DRAIN_MAX_BYTES: usize = 4 << 20;
 
@@ -183,6 +186,9 @@ pub(crate) struct Conn<P: ProxyHttp> {
     /// rest of it is not sent, and neither connection is kept.
     body_abandoned: bool,
     upgrade: bool,
+    /// A plain listener with `http2`: the first bytes may be the h2c
+    /// preface (prior knowledge). Cleared once a request head came.
+    h2c: bool,
     route_id: Option<usize>,
     started: Instant,
     request_id: [u8; REQUEST_ID_MAX],
@@ -198,7 +204,7 @@ pub(crate) struct Conn<P: ProxyHttp> {
 }
 
 /// Keeps the client's `X-Request-Id` (for echoing) or makes one.
-fn set_request_id(
+pub(crate) fn set_request_id(
     id: &mut [u8; REQUEST_ID_MAX],
     len: &mut usize,
     req: &crate::http::Request<'_>,
@@ -218,6 +224,51 @@ fn set_request_id(
             let _ = write!(w, "{:08x}-{:x}", cx.id_tag, *cx.request_seq);
             *len = before - w.len();
         }
+    }
+}
+
+/// What the request phases and the router decided for a request.
+pub(crate) enum Routing<'r> {
+    Route(&'r crate::route::Route),
+    NoRoute,
+    /// `request_filter` answers itself.
+    Respond(Arc<DirectResponse>),
+    Fail(ProxyError),
+}
+
+/// Runs `request_filter` and `upstream_peer` for a parsed request (either
+/// protocol); records the route in the access record and its counters.
+pub(crate) fn choose_route<'r, P: ProxyHttp>(
+    cx: &mut Ctx<'r, P>,
+    info: &RequestInfo<'_>,
+    pctx: &mut P::Ctx,
+    access: &mut AccessRecord,
+) -> Routing<'r> {
+    let (phases, routes) = (cx.phases, cx.routes);
+    let route = match phases.request_filter(info, pctx) {
+        Verdict::Continue => routes
+            .listener(info.listener_port)
+            .and_then(|l| phases.upstream_peer(l, info, pctx)),
+        Verdict::Respond(r) => return Routing::Respond(r),
+        Verdict::Fail(e) => return Routing::Fail(e),
+    };
+    access
+        .route
+        .set(route.map(|r| r.name.as_bytes()).unwrap_or(b""));
+    match route {
+        Some(route) => {
+            cx.route_stats.get_mut(route.id).requests += 1;
+            Routing::Route(route)
+        }
+        None => Routing::NoRoute,
+    }
+}
+
+/// The key a hashing balancer picks an endpoint by.
+pub(crate) fn hash_key(pool: &Upstream, info: &RequestInfo<'_>) -> u64 {
+    match &pool.policy.balancer {
+        Balancer::Hash(on) => on.key(&info.view, info.client_ip),
+        _ => 0,
     }
 }
 
@@ -250,6 +301,7 @@ impl<P: ProxyHttp> Conn<P> {
             host_at: None,
             body_abandoned: false,
             upgrade: false,
+            h2c: false,
             route_id: None,
             started: now,
             request_id: [0; REQUEST_ID_MAX],
@@ -264,6 +316,28 @@ impl<P: ProxyHttp> Conn<P> {
 
     pub(crate) fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Finished)
+    }
+
+    /// Accepts the h2c preface as the first bytes (plain listeners with
+    /// `http2`).
+    pub(crate) fn allow_h2c(&mut self) {
+        self.h2c = !self.io.stream.is_tls();
+    }
+
+    /// The client chose HTTP/2: hand it over with `into_h2`.
+    pub(crate) fn wants_h2(&self) -> bool {
+        matches!(self.phase, Phase::ToH2)
+    }
+
+    /// The client socket, its byte stream and the buffers (`from_client`
+    /// holds what was read already) for an `H2Conn`.
+    pub(crate) fn into_h2(self) -> (StreamId, ClientIo, u16, ConnBufs) {
+        (self.client, self.io, self.listener_port, self.bufs)
+    }
+
+    /// What the client sent and nobody took yet.
+    pub(crate) fn received(bufs: &ConnBufs) -> &[u8] {
+        bufs.from_client.filled()
     }
 
     /// True for a connection parked by `park_bufs`: lend it buffers
@@ -335,7 +409,7 @@ impl<P: ProxyHttp> Conn<P> {
                 Phase::Tunnel => self.tunnel(cx),
                 Phase::Drain { .. } => self.drain(cx),
                 Phase::Close => self.close(cx),
-                Phase::Finished => false,
+                Phase::Finished | Phase::ToH2 => false,
             };
             if !step {
                 break;
@@ -400,7 +474,8 @@ impl<P: ProxyHttp> Conn<P> {
                 Some(crate::tls::HandshakeKind::Resumed) => cx.stats.tls_handshakes_resumed += 1,
                 _ => cx.stats.tls_handshakes_full += 1,
             }
-            self.phase = Phase::ReadHead;
+            let h2 = self.io.stream.session().and_then(|s| s.alpn()) == Some(b"h2");
+            self.phase = if h2 { Phase::ToH2 } else { Phase::ReadHead };
             self.deadline = after(cx.now, cx.cfg.timeouts.client_header);
             return true;
         }
@@ -436,6 +511,23 @@ impl<P: ProxyHttp> Conn<P> {
             }
             return got > 0;
         }
+        if self.h2c {
+            let buf = self.bufs.from_client.filled();
+            let n = buf.len().min(ferrogate_h2::PREFACE.len());
+            if buf[..n] == ferrogate_h2::PREFACE[..n] {
+                if n == ferrogate_h2::PREFACE.len() {
+                    self.phase = Phase::ToH2;
+                    return true;
+                }
+                // Its first 18 octets parse as an HTTP/1 head: wait for all.
+                if !self.client_may_recv(cx) || cx.now >= self.deadline {
+                    self.phase = Phase::Close;
+                    return true;
+                }
+                return got > 0;
+            }
+        }
+        self.h2c = false;
         let mut headers = HeaderSlots::new();
         let full = self.bufs.from_client.is_full();
         let parsed = head::parse_request(self.bufs.from_client.filled(), &mut headers, full);
@@ -481,31 +573,24 @@ impl<P: ProxyHttp> Conn<P> {
             a.path.set(req.target.as_bytes());
             a.request_id.set(info_req.request_id);
         }
-        let routes = cx.routes;
-        let route = match phases.request_filter(&info_req, &mut self.pctx) {
-            Verdict::Continue => routes
-                .listener(self.listener_port)
-                .and_then(|l| phases.upstream_peer(l, &info_req, &mut self.pctx)),
-            Verdict::Respond(r) => {
+        let route = match choose_route(cx, &info_req, &mut self.pctx, &mut self.access) {
+            Routing::Route(route) => route,
+            Routing::Respond(r) => {
                 self.bufs.from_client.consume(info.head_len);
                 return self.respond_direct(cx, &r, &info);
             }
-            Verdict::Fail(e) => {
+            Routing::Fail(e) => {
                 self.bufs.from_client.consume(info.head_len);
                 return self.fail_to_client(cx, e);
             }
-        };
-        self.access
-            .route
-            .set(route.map(|r| r.name.as_bytes()).unwrap_or(b""));
-        let Some(route) = route else {
-            // Skipping an unread body is not worth it for a 404: close after.
-            let keep = info.keep_alive && info.framing == BodyFraming::None;
-            self.bufs.from_client.consume(info.head_len);
-            return self.local_error(cx, ProxyError::NoRoute, keep);
+            Routing::NoRoute => {
+                // Skipping an unread body is not worth it for a 404: close after.
+                let keep = info.keep_alive && info.framing == BodyFraming::None;
+                self.bufs.from_client.consume(info.head_len);
+                return self.local_error(cx, ProxyError::NoRoute, keep);
+            }
         };
         self.route_id = Some(route.id);
-        cx.route_stats.get_mut(route.id).requests += 1;
         match &route.action {
             RouteAction::Respond(r) => {
                 let r = r.clone();
@@ -521,10 +606,7 @@ impl<P: ProxyHttp> Conn<P> {
                     self.bufs.from_client.consume(info.head_len);
                     return self.fail_to_client(cx, ProxyError::BodyTooLarge);
                 }
-                let hash_key = match &upstream.policy.balancer {
-                    Balancer::Hash(on) => on.key(&info_req.view, info_req.client_ip),
-                    _ => 0,
-                };
+                let hash_key = hash_key(&upstream, &info_req);
                 self.upgrade = head::wants_upgrade(&req);
                 let has_host = req.headers.contains("host");
                 self.bufs.request_head.clear();

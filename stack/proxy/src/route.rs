@@ -29,6 +29,9 @@ pub struct Listener {
     pub port: u16,
     /// TLS termination on this port (None: plain HTTP).
     pub tls: Option<Arc<ListenerTls>>,
+    /// HTTP/2 beside HTTP/1.1: ALPN `h2` on TLS (the TLS config offers
+    /// it), the h2c preface (prior knowledge) on plain connections.
+    pub http2: bool,
     routes: Vec<Route>,
     index: RouteIndex,
 }
@@ -148,6 +151,7 @@ impl Listener {
         Self {
             port,
             tls: None,
+            http2: false,
             routes,
             index,
         }
@@ -156,6 +160,12 @@ impl Listener {
     /// Terminates TLS on this listener.
     pub fn with_tls(mut self, tls: Arc<ListenerTls>) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Accepts HTTP/2 too (see `http2`).
+    pub fn with_http2(mut self, on: bool) -> Self {
+        self.http2 = on;
         self
     }
 

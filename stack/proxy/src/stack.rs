@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::access::AccessSink;
 use crate::client_io::ClientIo;
 use crate::config::StackConfig;
+use crate::h2_session::H2Conn;
 use crate::lb::conn_pool::{ConnPool, POOLED};
 use crate::lb::{UpstreamRegistry, UpstreamStats};
 use crate::net::{App, Instant, Net, NetError, Owner, StreamId, Streams};
@@ -25,10 +26,34 @@ use crate::stats::StackStats;
 /// Why a stack cannot start (the TCP/IP layer's reasons).
 pub type StackError = NetError;
 
+/// A client connection, in the protocol it speaks. HTTP/1 is inline: it is
+/// the common case, and boxing it would cost an allocation per connection.
+#[allow(clippy::large_enum_variant)]
+enum Session<P: ProxyHttp> {
+    H1(Conn<P>),
+    H2(Box<H2Conn<P>>),
+}
+
+impl<P: ProxyHttp> Session<P> {
+    fn client(&self) -> StreamId {
+        match self {
+            Session::H1(c) => c.sockets().0,
+            Session::H2(c) => c.client(),
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        match self {
+            Session::H1(c) => c.deadline(),
+            Session::H2(c) => c.deadline(),
+        }
+    }
+}
+
 /// A connection and the pass it was last driven in (each runs at most once
 /// per pass, however many of its streams had events).
 struct ConnSlot<P: ProxyHttp> {
-    conn: Option<Conn<P>>,
+    conn: Option<Session<P>>,
     pass: u64,
 }
 
@@ -67,7 +92,11 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
         let tls = self.routes.listener(port).and_then(|l| l.tls.as_ref());
         let io = ClientIo::for_listener(tls)?;
         // Buffers are lent by `drive` when there is something to read.
-        let conn = Conn::new(id, port, ConnBufs::none(), &self.cfg, _net.now(), io);
+        let mut conn = Conn::new(id, port, ConnBufs::none(), &self.cfg, _net.now(), io);
+        if self.routes.listener(port).is_some_and(|l| l.http2) {
+            conn.allow_h2c();
+        }
+        let conn = Session::H1(conn);
         let idx = match self.free_conns.pop() {
             Some(i) => {
                 self.conns[i as usize].conn = Some(conn);
@@ -102,8 +131,8 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
         self.conns[owner as usize]
             .conn
             .as_ref()
-            .filter(|c| c.sockets().0 == id)
-            .map(Conn::<P>::deadline)
+            .filter(|c| c.client() == id)
+            .map(Session::deadline)
     }
 
     fn poll(&mut self, net: Streams<'_>) {
@@ -126,7 +155,7 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
     fn end_pass(&mut self, mut net: Streams<'_>) {
         for idx in self.redrive.drain(..) {
             if let Some(c) = &self.conns[idx as usize].conn {
-                net.mark(c.sockets().0);
+                net.mark(c.client());
             }
         }
     }
@@ -147,10 +176,12 @@ impl<P: ProxyHttp> ProxyApp<P> {
     fn drive(&mut self, idx: u32, net: Streams<'_>) {
         let slot = &mut self.conns[idx as usize];
         slot.pass = net.pass();
-        let Some(conn) = slot.conn.as_mut() else {
+        let Some(session) = slot.conn.as_mut() else {
             return;
         };
-        if conn.needs_bufs() {
+        if let Session::H1(conn) = session
+            && conn.needs_bufs()
+        {
             let bufs = self.spare_bufs.pop().unwrap_or_else(|| {
                 self.stats.conn_buffers_allocated += 1;
                 ConnBufs::new(self.cfg.head_buffer)
@@ -175,28 +206,65 @@ impl<P: ProxyHttp> ProxyApp<P> {
             id_tag: self.id_tag,
             now,
         };
-        let progressed = conn.drive(&mut cx);
+        let mut progressed = match session {
+            Session::H1(conn) => conn.drive(&mut cx),
+            Session::H2(conn) => conn.drive(&mut cx),
+        };
+        if let Some(Session::H1(conn)) = &slot.conn
+            && conn.wants_h2()
+        {
+            let Some(Session::H1(conn)) = slot.conn.take() else {
+                unreachable!()
+            };
+            let (client, io, port, bufs) = conn.into_h2();
+            let received = Conn::<P>::received(&bufs);
+            let mut h2 = Box::new(H2Conn::new(client, port, io, received, &mut cx));
+            keep_spare(&mut self.spare_bufs, bufs);
+            progressed |= h2.drive(&mut cx);
+            slot.conn = Some(Session::H2(h2));
+        }
         let mut net = cx.net;
-        let (client, upstream) = conn.sockets();
-        if conn.is_finished() {
-            let conn = slot.conn.take().expect("finished connection");
-            let (bufs, client, upstream) = conn.into_parts();
-            net.retire(client, None, false);
-            if let Some((h, port)) = upstream {
-                net.retire(h, Some(port), false);
+        let session = slot.conn.as_mut().expect("driven connection");
+        match session {
+            Session::H1(conn) if conn.is_finished() => {
+                let Some(Session::H1(conn)) = slot.conn.take() else {
+                    unreachable!()
+                };
+                let (bufs, client, upstream) = conn.into_parts();
+                net.retire(client, None, false);
+                if let Some((h, port)) = upstream {
+                    net.retire(h, Some(port), false);
+                }
+                keep_spare(&mut self.spare_bufs, bufs);
+                self.free_conns.push(idx);
+                self.active -= 1;
+                return;
             }
-            keep_spare(&mut self.spare_bufs, bufs);
-            self.free_conns.push(idx);
-            self.active -= 1;
-            return;
-        }
-        if let Some(bufs) = conn.park_bufs() {
-            keep_spare(&mut self.spare_bufs, bufs);
-        }
-        // Whatever it wrote is sent, and its timers re-armed, in this pass.
-        net.mark(client);
-        if let Some(u) = upstream {
-            net.mark(u);
+            Session::H2(conn) if conn.is_finished() => {
+                // Its streams gave their upstream sockets back as they ended.
+                net.retire(conn.client(), None, false);
+                slot.conn = None;
+                self.free_conns.push(idx);
+                self.active -= 1;
+                return;
+            }
+            Session::H1(conn) => {
+                if let Some(bufs) = conn.park_bufs() {
+                    keep_spare(&mut self.spare_bufs, bufs);
+                }
+                // Whatever it wrote is sent, and its timers re-armed, in this pass.
+                let (client, upstream) = conn.sockets();
+                net.mark(client);
+                if let Some(u) = upstream {
+                    net.mark(u);
+                }
+            }
+            Session::H2(conn) => {
+                net.mark(conn.client());
+                for u in conn.upstream_sockets() {
+                    net.mark(u);
+                }
+            }
         }
         if progressed {
             self.redrive.push(idx);

@@ -59,6 +59,59 @@ pub struct StackStats {
     /// Header lines a proxy phase tried to add and the codec refused (bad
     /// bytes, a framing field).
     pub header_lines_refused: u64,
+    /// HTTP/2 connections and their protocol counters.
+    pub h2: H2Stats,
+}
+
+/// HTTP/2 counters of a worker: its connections' `ConnStats` summed, plus
+/// what the proxy counts around them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct H2Stats {
+    /// Connections that spoke HTTP/2 (ALPN h2 or the h2c preface).
+    pub connections: u64,
+    /// Requests (streams) that reached the proxy.
+    pub requests: u64,
+    /// Streams the client reset before their response ended.
+    pub client_resets: u64,
+    /// Streams reset because the response stalled: the client never
+    /// opened its window (or the origin went quiet) for the idle timeout.
+    pub stalled_resets: u64,
+    pub conn: ferrogate_h2::ConnStats,
+}
+
+impl H2Stats {
+    fn add(&mut self, o: &H2Stats) {
+        self.connections += o.connections;
+        self.requests += o.requests;
+        self.client_resets += o.client_resets;
+        self.stalled_resets += o.stalled_resets;
+        self.conn.add(&o.conn);
+    }
+
+    fn fields(&self) -> [(&'static str, u64); 16] {
+        let c = &self.conn;
+        [
+            ("h2_connections", self.connections),
+            ("h2_requests", self.requests),
+            ("h2_client_resets", self.client_resets),
+            ("h2_stalled_resets", self.stalled_resets),
+            ("h2_frames_received", c.frames_received),
+            ("h2_streams_refused", c.streams_refused),
+            ("h2_streams_reset_by_peer", c.streams_reset_by_peer),
+            ("h2_stream_errors", c.stream_errors),
+            ("h2_headers_too_large", c.headers_too_large),
+            ("h2_connection_errors", c.connection_errors),
+            ("h2_rapid_reset_goaways", c.rapid_reset_goaways),
+            ("h2_flood_goaways", c.flood_goaways),
+            (
+                "h2_continuation_flood_goaways",
+                c.continuation_flood_goaways,
+            ),
+            ("h2_settings_timeouts", c.settings_timeouts),
+            ("h2_pings_answered", c.pings_answered),
+            ("h2_streams_opened", c.streams_opened),
+        ]
+    }
 }
 
 impl StackStats {
@@ -102,6 +155,7 @@ impl StackStats {
         self.access_log_dropped += o.access_log_dropped;
         self.early_responses += o.early_responses;
         self.header_lines_refused += o.header_lines_refused;
+        self.h2.add(&o.h2);
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
@@ -140,6 +194,7 @@ impl StackStats {
             ("early_responses", self.early_responses),
             ("header_lines_refused", self.header_lines_refused),
         ]);
+        v.extend(self.h2.fields());
         v
     }
 }

@@ -1,0 +1,275 @@
+//! An HTTP/2 client connection (ALPN `h2` on TLS listeners, or the h2c
+//! preface on plain listeners with `http2` on): the sans-IO protocol from
+//! `ferrogate-h2` over the client's byte stream, and one [`H2Stream`]
+//! exchange per request, each with its own upstream attempt.
+
+mod stream;
+
+use std::time::Duration;
+
+use ferrogate_h2::{Connection, ErrorCode, Event};
+
+use crate::client_io::ClientIo;
+use crate::http::ByteBuf;
+use crate::net::{Instant, StreamId};
+use crate::phases::ProxyHttp;
+use crate::proxy::{Ctx, after};
+
+use stream::{H2Stream, Peer};
+
+/// The protocol's clock: the stack's, as a duration since its start.
+fn clock(now: Instant) -> Duration {
+    Duration::from_micros(now.total_micros().max(0) as u64)
+}
+
+fn instant(d: Duration) -> Instant {
+    Instant::from_micros(d.as_micros() as i64)
+}
+
+pub(crate) struct H2Conn<P: ProxyHttp> {
+    client: StreamId,
+    io: ClientIo,
+    listener_port: u16,
+    h2: Connection,
+    /// Received plaintext not yet taken by the protocol (at most a frame).
+    from_client: ByteBuf,
+    streams: Vec<H2Stream<P>>,
+    /// With no stream open: when the connection is closed as idle.
+    idle_deadline: Instant,
+    /// The protocol's counters already added to the worker's.
+    reported: ferrogate_h2::ConnStats,
+    finished: bool,
+}
+
+impl<P: ProxyHttp> H2Conn<P> {
+    /// Takes over a client connection that chose HTTP/2; `received` is
+    /// what was read already (the preface, perhaps more).
+    pub(crate) fn new(
+        client: StreamId,
+        listener_port: u16,
+        io: ClientIo,
+        received: &[u8],
+        cx: &mut Ctx<'_, P>,
+    ) -> Self {
+        let cfg = cx.cfg.h2.clone();
+        // A whole frame must fit, or the protocol could never take it.
+        let size = cx.cfg.head_buffer.max(cfg.max_frame_size as usize + 9);
+        let mut from_client = ByteBuf::with_capacity(size);
+        let ok = from_client.extend(received);
+        debug_assert!(ok, "received bytes fit a head buffer");
+        cx.stats.h2.connections += 1;
+        Self {
+            client,
+            io,
+            listener_port,
+            h2: Connection::new(cfg, clock(cx.now)),
+            from_client,
+            streams: Vec::new(),
+            idle_deadline: after(cx.now, cx.cfg.timeouts.client_idle),
+            reported: Default::default(),
+            finished: false,
+        }
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    pub(crate) fn client(&self) -> StreamId {
+        self.client
+    }
+
+    /// The upstream sockets of the streams in flight.
+    pub(crate) fn upstream_sockets(&self) -> impl Iterator<Item = StreamId> + '_ {
+        self.streams.iter().filter_map(H2Stream::upstream_socket)
+    }
+
+    /// The earliest of: the idle close, the protocol's timer, each stream's.
+    pub(crate) fn deadline(&self) -> Instant {
+        let mut d = self.idle_deadline;
+        if let Some(t) = self.h2.poll_timeout() {
+            d = d.min(instant(t));
+        }
+        for st in &self.streams {
+            d = d.min(st.deadline());
+        }
+        d
+    }
+
+    /// Runs the protocol and every stream until nothing moves (bounded).
+    pub(crate) fn drive(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        let mut progressed = false;
+        self.io.stream.flush(&mut cx.net.stream(self.client));
+        for _ in 0..16 {
+            if self.finished {
+                break;
+            }
+            let moved = self.step(cx);
+            self.report(cx);
+            if !moved {
+                break;
+            }
+            progressed = true;
+        }
+        progressed
+    }
+
+    fn step(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        if !cx.net.stream(self.client).is_active() || self.io.stream.failed() {
+            self.finish(cx, false);
+            return true;
+        }
+        let now = clock(cx.now);
+        let mut moved = self.fill(cx) > 0;
+        let peer = Peer {
+            io: &self.io,
+            client: cx.net.stream(self.client).remote(),
+            listener_port: self.listener_port,
+        };
+        loop {
+            let used = self.h2.recv(self.from_client.filled(), now);
+            self.from_client.consume(used);
+            let mut events = false;
+            while let Some(ev) = self.h2.poll_event() {
+                events = true;
+                on_event(cx, &mut self.h2, &peer, &mut self.streams, ev);
+            }
+            moved |= used > 0 || events;
+            if used == 0 && !events {
+                break;
+            }
+        }
+        for st in &mut self.streams {
+            moved |= st.drive(cx, &mut self.h2, &peer);
+        }
+        self.streams.retain(|st| !st.is_done());
+        if self.h2.poll_timeout().is_some_and(|t| t <= now) {
+            self.h2.handle_timeout(now);
+            moved = true;
+        }
+        moved |= self.flush(cx);
+        if !self.streams.is_empty() || moved {
+            self.idle_deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+        } else if cx.now >= self.idle_deadline && !self.h2.is_going_away() {
+            // Idle: say goodbye properly rather than drop the socket.
+            self.h2.go_away(ErrorCode::NoError, b"idle");
+            moved |= self.flush(cx);
+        }
+        let client_done = !self.io.stream.may_recv(&cx.net.stream(self.client));
+        let quiet = self.streams.is_empty() && self.h2.pending_output().is_empty();
+        if quiet && (self.h2.is_done() || client_done) {
+            self.close(cx);
+            return true;
+        }
+        if self.h2.is_done() && cx.now >= self.idle_deadline {
+            // Its GOAWAY could not be written in time: give up.
+            self.finish(cx, true);
+            return true;
+        }
+        moved
+    }
+
+    /// Reads what the client sent (decrypted on TLS) behind what is left.
+    fn fill(&mut self, cx: &mut Ctx<'_, P>) -> usize {
+        let sock = &mut cx.net.stream(self.client);
+        match self.io.recv(sock, &mut self.from_client) {
+            Ok(n) => n,
+            Err(e) => {
+                cx.stats.tls_record_errors += 1;
+                if self
+                    .io
+                    .stream
+                    .tls_failure()
+                    .is_some_and(crate::tls::FailAlert::sent)
+                {
+                    cx.stats.tls_alerts_sent += 1;
+                }
+                tracing::debug!(error = %e, "TLS error on an HTTP/2 connection");
+                0
+            }
+        }
+    }
+
+    /// Writes what the protocol has queued; true if any went out.
+    fn flush(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        let out = self.h2.pending_output();
+        if out.is_empty() {
+            return false;
+        }
+        let n = self.io.stream.send(&mut cx.net.stream(self.client), out);
+        self.h2.consume_output(n);
+        n > 0
+    }
+
+    /// Adds what the protocol counted since the last report.
+    fn report(&mut self, cx: &mut Ctx<'_, P>) {
+        let now = *self.h2.stats();
+        cx.stats.h2.conn.add(&now.since(&self.reported));
+        self.reported = now;
+    }
+
+    /// Everything is said: close the client connection in order.
+    fn close(&mut self, cx: &mut Ctx<'_, P>) {
+        let sock = &mut cx.net.stream(self.client);
+        if self.io.stream.close(sock) {
+            sock.close();
+            self.finish(cx, false);
+        }
+    }
+
+    /// Ends the connection now; `reset` aborts the client socket.
+    fn finish(&mut self, cx: &mut Ctx<'_, P>, reset: bool) {
+        for st in &mut self.streams {
+            st.finish(cx, true);
+        }
+        self.streams.clear();
+        if reset {
+            cx.net.stream(self.client).abort();
+        } else {
+            cx.net.stream(self.client).close();
+        }
+        self.report(cx);
+        self.finished = true;
+    }
+}
+
+fn on_event<P: ProxyHttp>(
+    cx: &mut Ctx<'_, P>,
+    h2: &mut Connection,
+    peer: &Peer<'_>,
+    streams: &mut Vec<H2Stream<P>>,
+    ev: Event,
+) {
+    match ev {
+        Event::Request {
+            stream,
+            request,
+            end_stream,
+        } => {
+            let st = H2Stream::start(cx, h2, peer, stream, request, end_stream);
+            if !st.is_done() {
+                streams.push(st);
+            }
+        }
+        Event::Data { stream, end_stream } => {
+            if let Some(st) = streams.iter_mut().find(|s| s.id == stream) {
+                st.request_ended |= end_stream;
+            }
+        }
+        // Request trailers have no HTTP/1.1 upstream form short of a
+        // chunked trailer section; the body is complete.
+        Event::Trailers { stream, .. } => {
+            if let Some(st) = streams.iter_mut().find(|s| s.id == stream) {
+                st.request_ended = true;
+            }
+        }
+        Event::Reset { stream, .. } => {
+            if let Some(i) = streams.iter().position(|s| s.id == stream) {
+                cx.stats.h2.client_resets += 1;
+                cx.stats.client_aborts += 1;
+                let mut st = streams.swap_remove(i);
+                st.finish(cx, true);
+            }
+        }
+    }
+}

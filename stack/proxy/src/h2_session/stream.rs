@@ -1,0 +1,863 @@
+//! One HTTP/2 stream's exchange: the request goes through the same phases,
+//! router, pools, retries and limits as an HTTP/1 request, and upstream as
+//! HTTP/1.1 over a connection of the worker's pool ([`Attempt`]); the
+//! response comes back as HEADERS and DATA within the stream's and the
+//! connection's flow-control windows.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ferrogate_h2::{Connection, ErrorCode, Request};
+
+use crate::access::AccessRecord;
+use crate::attempt::{Attempt, Connecting, Started};
+use crate::client_io::ClientIo;
+use crate::error::ProxyError;
+use crate::http::head::{self, HeadError, Header, Headers};
+use crate::http::{BodyFraming, ByteBuf, RequestView};
+use crate::lb::Upstream;
+use crate::net::Instant;
+use crate::phases::{ProxyHttp, RequestInfo, ResponseInfo};
+use crate::proxy::{
+    Body, Ctx, REQUEST_ID_MAX, Routing, after, choose_route, hash_key, set_request_id,
+};
+use crate::route::{DirectResponse, RouteAction};
+
+/// What a stream knows of its connection.
+pub(crate) struct Peer<'a> {
+    pub io: &'a ClientIo,
+    pub client: Option<SocketAddr>,
+    pub listener_port: u16,
+}
+
+/// How the request body goes upstream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReqBody {
+    None,
+    /// `content-length` said how much: forwarded as is.
+    Length(u64),
+    /// No length: sent chunked; `chunks` counts the chunks sent.
+    Chunked {
+        chunks: u64,
+    },
+}
+
+enum Step {
+    Connect,
+    Send,
+    ReadHead,
+    Response {
+        body: Body,
+        keep_upstream: bool,
+    },
+    /// A local answer's body waits for window.
+    Local {
+        sent: usize,
+    },
+    Done,
+}
+
+/// Most octets of chunk framing around one chunk ("ffffffff\r\n" + "\r\n").
+const CHUNK_FRAMING: usize = 16;
+
+pub(crate) struct H2Stream<P: ProxyHttp> {
+    pub(crate) id: u32,
+    att: Attempt,
+    method: &'static str,
+    is_head: bool,
+    body: ReqBody,
+    /// The client ended the request (END_STREAM, or trailers).
+    pub(crate) request_ended: bool,
+    /// `request_body_filter` was told the body ended.
+    body_end_seen: bool,
+    body_sent: u64,
+    /// The upstream request head (kept for retries); once the response head
+    /// arrived, the scratch space its HTTP/2 fields are read from.
+    request_head: ByteBuf,
+    head_sent: usize,
+    from_upstream: ByteBuf,
+    /// The upstream answered before the whole request went up.
+    abandoned: bool,
+    step: Step,
+    local_body: Vec<u8>,
+    route_id: Option<usize>,
+    started: Instant,
+    deadline: Instant,
+    request_id: [u8; REQUEST_ID_MAX],
+    request_id_len: usize,
+    access: AccessRecord,
+    pctx: P::Ctx,
+}
+
+/// An HTTP/2 request as the HTTP/1-shaped view the phases and the router
+/// read: Host from `:authority` when the client sent none (RFC 9113 §8.3.1).
+fn fields<'a>(request: &'a Request) -> Result<Vec<Header<'a>>, ProxyError> {
+    let bad = |why| ProxyError::BadRequest(HeadError::Malformed(why));
+    let mut list = Vec::with_capacity(request.headers.len() + 1);
+    if !request.headers.iter().any(|f| f.name == b"host") {
+        list.push(Header {
+            name: "host",
+            value: &request.authority,
+        });
+    }
+    for f in &request.headers {
+        // Names were checked to be lowercase tokens: ASCII.
+        let name = std::str::from_utf8(&f.name).map_err(|_| bad("field name"))?;
+        list.push(Header {
+            name,
+            value: &f.value,
+        });
+    }
+    Ok(list)
+}
+
+impl<P: ProxyHttp> H2Stream<P> {
+    fn new(id: u32, now: Instant, head_buffer: usize) -> Self {
+        Self {
+            id,
+            att: Attempt::default(),
+            method: "OTHER",
+            is_head: false,
+            body: ReqBody::None,
+            request_ended: false,
+            body_end_seen: false,
+            body_sent: 0,
+            request_head: ByteBuf::with_capacity(head_buffer),
+            head_sent: 0,
+            from_upstream: ByteBuf::with_capacity(head_buffer),
+            abandoned: false,
+            step: Step::Done,
+            local_body: Vec::new(),
+            route_id: None,
+            started: now,
+            deadline: now,
+            request_id: [0; REQUEST_ID_MAX],
+            request_id_len: 0,
+            access: AccessRecord::default(),
+            pctx: P::Ctx::default(),
+        }
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.step, Step::Done)
+    }
+
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    pub(crate) fn upstream_socket(&self) -> Option<crate::net::StreamId> {
+        self.att.conn.as_ref().map(|u| u.handle)
+    }
+
+    /// A new request: routes it and starts its upstream attempt, or answers it.
+    pub(crate) fn start(
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+        id: u32,
+        request: Request,
+        end_stream: bool,
+    ) -> Self {
+        let mut st = Self::new(id, cx.now, cx.cfg.head_buffer);
+        cx.stats.requests += 1;
+        cx.stats.h2.requests += 1;
+        st.request_ended = end_stream;
+        st.route(cx, h2, peer, &request);
+        st
+    }
+
+    fn route(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection, peer: &Peer<'_>, r: &Request) {
+        let bad = |why| ProxyError::BadRequest(HeadError::Malformed(why));
+        let method = std::str::from_utf8(&r.method).unwrap_or("");
+        self.method = crate::http::head::static_method(method);
+        self.is_head = method == "HEAD";
+        self.access.method.set(method.as_bytes());
+        let Some(path) = &r.path else {
+            // CONNECT (RFC 9113 §8.5): a tunnel, which this proxy does not open.
+            return self.local_error(
+                cx,
+                h2,
+                peer,
+                ProxyError::BadRequest(HeadError::Unsupported("CONNECT")),
+            );
+        };
+        let list = match fields(r) {
+            Ok(l) => l,
+            Err(e) => return self.local_error(cx, h2, peer, e),
+        };
+        let Ok(target) = std::str::from_utf8(path) else {
+            return self.local_error(cx, h2, peer, bad(":path is not UTF-8"));
+        };
+        let req = crate::http::Request {
+            method,
+            target,
+            http10: false,
+            headers: Headers::from_list(&list),
+        };
+        let host = head::request_host(&req);
+        if host.is_none_or(|h| !head::valid_host(h.as_bytes())) {
+            return self.local_error(cx, h2, peer, bad("invalid :authority"));
+        }
+        set_request_id(&mut self.request_id, &mut self.request_id_len, &req, cx);
+        let mut view = RequestView::new(method, host, target, req.headers);
+        view.client_cn = peer.io.client_cn();
+        let client_ip = peer
+            .client
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let info = RequestInfo {
+            view,
+            target,
+            http10: false,
+            client_ip,
+            listener_port: peer.listener_port,
+            https: peer.io.stream.is_tls(),
+            identity: peer.io.identity(),
+            request_id: &self.request_id[..self.request_id_len],
+            client_sent_request_id: head::request_id(&req).is_some(),
+            now: cx.now,
+        };
+        self.access.host.set(host.unwrap_or("").as_bytes());
+        self.access.path.set(target.as_bytes());
+        self.access.request_id.set(info.request_id);
+        let route = match choose_route(cx, &info, &mut self.pctx, &mut self.access) {
+            Routing::Route(route) => route,
+            Routing::Respond(d) => return self.respond_direct(cx, h2, peer, &d),
+            Routing::Fail(e) => return self.local_error(cx, h2, peer, e),
+            Routing::NoRoute => return self.local_error(cx, h2, peer, ProxyError::NoRoute),
+        };
+        self.route_id = Some(route.id);
+        let upstream = match &route.action {
+            RouteAction::Respond(d) => {
+                let d = d.clone();
+                return self.respond_direct(cx, h2, peer, &d);
+            }
+            RouteAction::Proxy(upstream) => upstream.clone(),
+        };
+        let max = cx.cfg.max_request_body;
+        if max > 0 && r.content_length.is_some_and(|n| n > max) {
+            return self.local_error(cx, h2, peer, ProxyError::BodyTooLarge);
+        }
+        self.body = match r.content_length {
+            _ if self.request_ended => ReqBody::None,
+            Some(0) => ReqBody::None,
+            Some(n) => ReqBody::Length(n),
+            None => ReqBody::Chunked { chunks: 0 },
+        };
+        let chunked = matches!(self.body, ReqBody::Chunked { .. });
+        let phases = cx.phases;
+        let pctx = &mut self.pctx;
+        self.request_head.clear();
+        let written = head::write_upstream_request(
+            &req,
+            false,
+            |name| phases.strip_request_header(&info, name),
+            |lines| {
+                phases.upstream_request_filter(&info, pctx, lines);
+                if chunked {
+                    lines.add("transfer-encoding", b"chunked");
+                }
+            },
+            &mut cx.stats.header_lines_refused,
+            &mut self.request_head,
+        );
+        if !written {
+            return self.local_error(cx, h2, peer, ProxyError::BadRequest(HeadError::TooLarge));
+        }
+        let key = hash_key(&upstream, &info);
+        self.start_upstream(cx, h2, peer, upstream, key);
+    }
+
+    fn start_upstream(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+        pool: Arc<Upstream>,
+        key: u64,
+    ) {
+        self.att.begin(cx, pool, key);
+        match self.att.pick(cx) {
+            Ok(ep) => self.use_endpoint(cx, h2, peer, ep),
+            Err(e) => self.local_error(cx, h2, peer, e.into()),
+        }
+    }
+
+    fn use_endpoint(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+        ep: usize,
+    ) {
+        match self.att.start(cx, ep) {
+            Ok(Started::Reused) => self.begin_send(),
+            Ok(Started::Connecting { deadline }) => {
+                self.step = Step::Connect;
+                self.deadline = deadline;
+            }
+            Err(e) => self.local_error(cx, h2, peer, e),
+        }
+    }
+
+    fn begin_send(&mut self) {
+        self.head_sent = 0;
+        self.step = Step::Send;
+    }
+
+    /// Moves the exchange on; true if anything moved.
+    pub(crate) fn drive(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+    ) -> bool {
+        let mut moved = false;
+        if let Some(up) = self.att.conn.as_mut() {
+            up.io.flush(&mut cx.net.stream(up.handle));
+        }
+        for _ in 0..8 {
+            let step = match self.step {
+                Step::Connect => {
+                    match self
+                        .att
+                        .poll_connect(cx, &mut self.from_upstream, self.deadline)
+                    {
+                        Connecting::Ready => {
+                            self.begin_send();
+                            true
+                        }
+                        Connecting::Pending => false,
+                        Connecting::Failed(e) => {
+                            self.upstream_failed(cx, h2, peer, e);
+                            true
+                        }
+                    }
+                }
+                Step::Send => self.send_request(cx, h2, peer),
+                Step::ReadHead => self.read_response_head(cx, h2, peer),
+                Step::Response { .. } => self.stream_response(cx, h2),
+                Step::Local { .. } => self.send_local(cx, h2),
+                Step::Done => false,
+            };
+            if !step {
+                break;
+            }
+            moved = true;
+        }
+        moved
+    }
+
+    fn send_request(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection, peer: &Peer<'_>) -> bool {
+        // An answer before the whole request went up (an early 413, or an
+        // origin that does not read the body): read it, send no more.
+        if self.att.fill(cx, &mut self.from_upstream) > 0 || !self.from_upstream.is_empty() {
+            let unsent = self.head_sent < self.request_head.len() || self.body != ReqBody::None;
+            if unsent {
+                self.abandoned = true;
+                cx.stats.early_responses += 1;
+            }
+            self.await_response(cx);
+            return true;
+        }
+        let upc = self.att.conn.as_mut().expect("upstream");
+        let up = &mut cx.net.stream(upc.handle);
+        if !up.may_send() || upc.io.failed() {
+            self.upstream_failed(cx, h2, peer, ProxyError::UpstreamClosedEarly);
+            return true;
+        }
+        let mut moved = false;
+        let head = self.request_head.filled();
+        if self.head_sent < head.len() {
+            let n = upc.io.send(up, &head[self.head_sent..]);
+            self.head_sent += n;
+            moved |= n > 0;
+            if self.head_sent < head.len() {
+                return moved;
+            }
+        }
+        let space = upc.io.send_space(up);
+        let avail = h2.request_body(self.id);
+        let max = cx.cfg.max_request_body;
+        let (take, done) = match &mut self.body {
+            ReqBody::None => (0, true),
+            ReqBody::Length(left) => {
+                let t = (*left).min(avail.len() as u64).min(space as u64) as usize;
+                *left -= t as u64;
+                (t, *left == 0)
+            }
+            ReqBody::Chunked { .. } => {
+                let t = avail.len().min(space.saturating_sub(CHUNK_FRAMING));
+                (t, self.request_ended && t == avail.len())
+            }
+        };
+        if max > 0 && self.body_sent + take as u64 > max {
+            // Already streaming: the client gets 413, the upstream a reset.
+            self.local_error(cx, h2, peer, ProxyError::BodyTooLarge);
+            return true;
+        }
+        let end = done && !self.body_end_seen;
+        if take > 0 || end {
+            if let Err(e) = cx
+                .phases
+                .request_body_filter(&avail[..take], end, &mut self.pctx)
+            {
+                self.local_error(cx, h2, peer, e);
+                return true;
+            }
+            self.body_end_seen |= end;
+        }
+        if take > 0 {
+            let sent = match &mut self.body {
+                ReqBody::Chunked { chunks } => {
+                    *chunks += 1;
+                    let mut size = [0u8; CHUNK_FRAMING];
+                    let n = chunk_size_line(take, &mut size);
+                    let s = upc.io.send_parts(up, &size[..n], &avail[..take]);
+                    upc.io.send(up, b"\r\n");
+                    s - n
+                }
+                _ => upc.io.send(up, &avail[..take]),
+            };
+            debug_assert_eq!(sent, take);
+            h2.consume_body(self.id, take);
+            self.body_sent += take as u64;
+            self.att.body_started = true;
+            moved = true;
+        }
+        if done {
+            if let ReqBody::Chunked { .. } = self.body {
+                if upc.io.send_space(up) < 5 {
+                    return moved;
+                }
+                upc.io.send(up, b"0\r\n\r\n");
+            }
+            self.body = ReqBody::None;
+            self.await_response(cx);
+            return true;
+        }
+        if !moved && cx.now >= self.deadline {
+            // The client stopped sending its body (or the origin reading it).
+            self.local_error(cx, h2, peer, ProxyError::ClientHeaderTimeout);
+            return true;
+        }
+        if moved {
+            self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+        }
+        moved
+    }
+
+    fn await_response(&mut self, cx: &mut Ctx<'_, P>) {
+        self.step = Step::ReadHead;
+        let timeout = self
+            .att
+            .pool
+            .as_ref()
+            .and_then(|p| p.policy.timeouts.response)
+            .unwrap_or(cx.cfg.timeouts.upstream_response);
+        self.deadline = after(cx.now, timeout);
+    }
+
+    fn read_response_head(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+    ) -> bool {
+        let got = self.att.fill(cx, &mut self.from_upstream);
+        let open = self.att.may_recv(cx);
+        let full = self.from_upstream.is_full();
+        let resp = match head::parse_response(self.from_upstream.filled(), self.is_head, full) {
+            Ok(Some(resp)) if resp.interim => {
+                self.from_upstream.consume(resp.head_len);
+                return true;
+            }
+            Ok(Some(resp)) if resp.status == 101 => {
+                // No upgrade was asked for: HTTP/2 has no protocol switch.
+                let e = ProxyError::BadResponse(HeadError::Unsupported("101 to an HTTP/2 request"));
+                self.upstream_failed(cx, h2, peer, e);
+                return true;
+            }
+            Ok(Some(resp)) => resp,
+            Ok(None) => {
+                if !open {
+                    let e = if self.from_upstream.is_empty() {
+                        ProxyError::UpstreamClosedEarly
+                    } else {
+                        ProxyError::BadResponse(HeadError::Malformed("truncated head"))
+                    };
+                    self.upstream_failed(cx, h2, peer, e);
+                    return true;
+                }
+                if cx.now >= self.deadline {
+                    self.upstream_failed(cx, h2, peer, ProxyError::UpstreamTimeout);
+                    return true;
+                }
+                return got > 0;
+            }
+            Err(e) => {
+                self.upstream_failed(cx, h2, peer, ProxyError::BadResponse(e));
+                return true;
+            }
+        };
+        // The request head is not needed any more (no retry after a
+        // response): its buffer holds the client's response head.
+        self.request_head.clear();
+        let phases = cx.phases;
+        let info = ResponseInfo {
+            request_id: &self.request_id[..self.request_id_len],
+            now: cx.now,
+        };
+        let pctx = &mut self.pctx;
+        let ok = head::write_client_response(
+            &self.from_upstream.filled()[..resp.head_len],
+            true,
+            false,
+            |view, lines| phases.response_filter(view, &info, pctx, lines),
+            &mut cx.stats.header_lines_refused,
+            &mut self.request_head,
+        );
+        self.from_upstream.consume(resp.head_len);
+        if !ok {
+            self.upstream_failed(cx, h2, peer, ProxyError::BadResponse(HeadError::TooLarge));
+            return true;
+        }
+        let body = Body::from_framing(resp.framing);
+        let end = matches!(body, Body::Done);
+        if !self.send_head(h2, end) {
+            self.finish(cx, true);
+            return true;
+        }
+        cx.stats.count_status(resp.status);
+        self.log_access(cx, peer, resp.status, "");
+        self.att.settle(cx, Some(!matches!(resp.status, 502..=504)));
+        self.count_route_response(cx, resp.status);
+        self.step = Step::Response {
+            body,
+            keep_upstream: resp.reusable && !self.abandoned,
+        };
+        self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+        true
+    }
+
+    /// Sends the HTTP/1 head in `request_head` as HEADERS.
+    fn send_head(&mut self, h2: &mut Connection, end_stream: bool) -> bool {
+        let mut list = Vec::with_capacity(16);
+        let Some(status) = head::response_fields(self.request_head.filled(), &mut list) else {
+            return false;
+        };
+        h2.send_headers(self.id, status, &list, end_stream).is_ok()
+    }
+
+    fn stream_response(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+        let mut moved = self.att.fill(cx, &mut self.from_upstream) > 0;
+        let open = self.att.may_recv(cx);
+        let id = self.id;
+        let cap = h2.send_capacity(id);
+        let Step::Response {
+            body,
+            keep_upstream,
+        } = &mut self.step
+        else {
+            unreachable!()
+        };
+        let avail = self.from_upstream.filled();
+        let window = &avail[..avail.len().min(cap)];
+        let phases = cx.phases;
+        let pctx = &mut self.pctx;
+        let mut sent_ok = true;
+        let (used, done) = match body {
+            Body::Done => (0, true),
+            Body::Length(n) => {
+                let t = (*n).min(window.len() as u64) as usize;
+                *n -= t as u64;
+                let end = *n == 0;
+                if t > 0 || end {
+                    phases.response_body_filter(&window[..t], end, pctx);
+                    sent_ok = h2.send_data(id, &window[..t], end).is_ok();
+                }
+                (t, end)
+            }
+            Body::Chunked(dec) => {
+                let fed = dec.feed_with(window, |data| {
+                    if !data.is_empty() {
+                        phases.response_body_filter(data, false, pctx);
+                        sent_ok &= h2.send_data(id, data, false).is_ok();
+                    }
+                });
+                match fed {
+                    Ok(n) => {
+                        let end = dec.is_done();
+                        if end {
+                            phases.response_body_filter(&[], true, pctx);
+                            sent_ok &= h2.send_data(id, &[], true).is_ok();
+                        }
+                        (n, end)
+                    }
+                    Err(e) => {
+                        cx.stats.upstream_errors += 1;
+                        tracing::debug!(error = %ProxyError::BadResponseBody(e), "aborting HTTP/2 response");
+                        h2.reset_stream(id, ErrorCode::InternalError);
+                        self.finish(cx, true);
+                        return true;
+                    }
+                }
+            }
+            Body::UntilClose => {
+                let end = !open && avail.len() == window.len();
+                if !window.is_empty() || end {
+                    phases.response_body_filter(window, end, pctx);
+                    sent_ok = h2.send_data(id, window, end).is_ok();
+                }
+                (window.len(), end)
+            }
+        };
+        let keep_upstream = *keep_upstream;
+        self.from_upstream.consume(used);
+        moved |= used > 0;
+        if !sent_ok {
+            // The stream is gone (the client reset it): nothing to send to.
+            self.finish(cx, true);
+            return true;
+        }
+        if done {
+            if let Some(up) = self.att.conn.as_mut() {
+                up.served += 1;
+            }
+            // Bytes past the end of the body mean the upstream is out of step.
+            if keep_upstream && self.from_upstream.is_empty() {
+                self.att.release(cx);
+            } else {
+                self.att.close(cx, false);
+            }
+            self.step = Step::Done;
+            return true;
+        }
+        if !open && self.from_upstream.is_empty() {
+            // Truncated by the origin: the client must not take it as whole.
+            cx.stats.upstream_errors += 1;
+            h2.reset_stream(id, ErrorCode::InternalError);
+            self.finish(cx, true);
+            return true;
+        }
+        if moved {
+            self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+        } else if cx.now >= self.deadline {
+            // A client that never opens its window, or an origin gone quiet.
+            cx.stats.h2.stalled_resets += 1;
+            h2.reset_stream(id, ErrorCode::Cancel);
+            self.finish(cx, true);
+            return true;
+        }
+        moved
+    }
+
+    fn upstream_failed(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+        err: ProxyError,
+    ) {
+        self.from_upstream.clear();
+        let framing = match self.body {
+            ReqBody::None if self.body_sent == 0 => BodyFraming::None,
+            ReqBody::Chunked { .. } => BodyFraming::Chunked,
+            _ => BodyFraming::Length(self.body_sent),
+        };
+        match self
+            .att
+            .failed(cx, err, Some((self.method, framing)), self.route_id)
+        {
+            Ok(ep) => {
+                if let Some(chunks) = match &mut self.body {
+                    ReqBody::Chunked { chunks } => Some(chunks),
+                    _ => None,
+                } {
+                    *chunks = 0;
+                }
+                self.use_endpoint(cx, h2, peer, ep)
+            }
+            Err(e) => self.local_error(cx, h2, peer, e),
+        }
+    }
+
+    /// Answers with the error's status.
+    fn local_error(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+        err: ProxyError,
+    ) {
+        if err.side() == crate::error::Side::Client {
+            cx.stats.bad_requests += 1;
+        }
+        if let Some(id) = self.route_id
+            && err.side() == crate::error::Side::Upstream
+        {
+            cx.route_stats.get_mut(id).upstream_errors += 1;
+        }
+        self.att.settle(cx, None);
+        self.att.close(cx, true);
+        let status = err.status();
+        let phases = cx.phases;
+        let info = ResponseInfo {
+            request_id: &self.request_id[..self.request_id_len],
+            now: cx.now,
+        };
+        let body = head::reason(status).as_bytes();
+        self.request_head.clear();
+        let mut refused = 0;
+        let ok = head::write_local_response(
+            &head::LocalResponse {
+                status,
+                content_type: "text/plain",
+                body,
+                keep_alive: true,
+                include_body: false,
+            },
+            |lines| phases.error_response_filter(&err, &info, lines),
+            &mut refused,
+            &mut self.request_head,
+        );
+        cx.stats.header_lines_refused += refused;
+        self.answer(cx, h2, peer, status, ok, body, err.code());
+    }
+
+    fn respond_direct(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+        d: &DirectResponse,
+    ) {
+        self.request_head.clear();
+        let ok = head::write_local_response(
+            &head::LocalResponse {
+                status: d.status,
+                content_type: &d.content_type,
+                body: &d.body,
+                keep_alive: true,
+                include_body: false,
+            },
+            |_| {},
+            &mut 0,
+            &mut self.request_head,
+        );
+        self.answer(cx, h2, peer, d.status, ok, &d.body, "");
+    }
+
+    /// Sends a local answer whose head is in `request_head`.
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+        status: u16,
+        head_ok: bool,
+        body: &[u8],
+        code: &'static str,
+    ) {
+        cx.stats.responses_local += 1;
+        cx.stats.count_status(status);
+        self.count_route_response(cx, status);
+        self.log_access(cx, peer, status, code);
+        let body = if self.is_head { &[][..] } else { body };
+        if !head_ok || !self.send_head(h2, body.is_empty()) {
+            // The phases' lines did not fit, or the stream is gone.
+            let _ = h2.send_headers(self.id, status.max(500), &[], true);
+            self.step = Step::Done;
+            return;
+        }
+        if body.is_empty() {
+            self.step = Step::Done;
+        } else {
+            self.local_body.clear();
+            self.local_body.extend_from_slice(body);
+            self.step = Step::Local { sent: 0 };
+            self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+        }
+    }
+
+    fn send_local(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+        let Step::Local { sent } = &mut self.step else {
+            unreachable!()
+        };
+        let rest = &self.local_body[*sent..];
+        let n = rest.len().min(h2.send_capacity(self.id));
+        if n == 0 {
+            if cx.now >= self.deadline {
+                cx.stats.h2.stalled_resets += 1;
+                h2.reset_stream(self.id, ErrorCode::Cancel);
+                self.step = Step::Done;
+                return true;
+            }
+            return false;
+        }
+        let end = n == rest.len();
+        if h2.send_data(self.id, &rest[..n], end).is_err() || end {
+            self.step = Step::Done;
+            return true;
+        }
+        *sent += n;
+        true
+    }
+
+    fn count_route_response(&mut self, cx: &mut Ctx<'_, P>, status: u16) {
+        if let Some(id) = self.route_id {
+            let us = (cx.now - self.started).total_micros();
+            cx.route_stats.get_mut(id).count_response(status, us);
+        }
+    }
+
+    fn log_access(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        peer: &Peer<'_>,
+        status: u16,
+        error: &'static str,
+    ) {
+        let a = &mut self.access;
+        a.at_us = cx.now.total_micros();
+        a.duration_us = (cx.now - self.started).total_micros();
+        a.status = status;
+        a.client = peer.client;
+        a.listener_port = peer.listener_port;
+        a.tls = peer.io.stream.is_tls();
+        a.protocol = crate::access::Protocol::Http2;
+        a.upstream = self.att.conn.as_ref().map(|u| u.endpoint);
+        a.retries = self.att.retries;
+        a.error = error;
+        if cx.access.enabled() {
+            if cx.access.push(a) {
+                cx.stats.access_log_queued += 1;
+            } else {
+                cx.stats.access_log_dropped += 1;
+            }
+        }
+        cx.phases.logging(a, &mut self.pctx);
+        a.reset();
+    }
+
+    /// Ends the exchange now (the client reset the stream, the connection
+    /// ends, or the response broke): the pick is given back, the upstream
+    /// connection closed (`reset`: aborted).
+    pub(crate) fn finish(&mut self, cx: &mut Ctx<'_, P>, reset: bool) {
+        self.att.settle(cx, None);
+        self.att.close(cx, reset);
+        self.from_upstream.clear();
+        self.step = Step::Done;
+    }
+}
+
+/// Writes a chunk-size line (`<hex>\r\n`) into `out`; returns its length.
+fn chunk_size_line(size: usize, out: &mut [u8; CHUNK_FRAMING]) -> usize {
+    use std::io::Write as _;
+    let mut w = &mut out[..];
+    let before = w.len();
+    let _ = write!(w, "{size:x}\r\n");
+    before - w.len()
+}
