@@ -312,7 +312,7 @@ impl RawClient {
 
 fn curl_ok(lab: &Lab) -> bool {
     let (ok, out) = sh(
-        &lab,
+        lab,
         &format!("curl -sS -m 5 --http2-prior-knowledge http://{VIP}/hello"),
     );
     ok && out.contains("origin t1")
@@ -411,12 +411,12 @@ fn h2_attacks_get_goaway_and_other_clients_keep_being_served() {
             let mut dec = loona_hpack::Decoder::new();
             let mut statuses = Vec::new();
             c.read_frames(Duration::from_secs(5), |h, p| {
-                if h.kind == FrameType::Headers {
-                    if let Ok(list) = dec.decode(p) {
-                        for (n, v) in list {
-                            if n == b":status" {
-                                statuses.push((h.stream, String::from_utf8_lossy(&v).into_owned()));
-                            }
+                if h.kind == FrameType::Headers
+                    && let Ok(list) = dec.decode(p)
+                {
+                    for (n, v) in list {
+                        if n == b":status" {
+                            statuses.push((h.stream, String::from_utf8_lossy(&v).into_owned()));
                         }
                     }
                 }
