@@ -13,11 +13,38 @@
 //! connection errors are answered here (RST_STREAM, GOAWAY, a 431 for an
 //! over-size header list); the application only sees well-formed requests.
 
+mod flow;
+mod limits;
+mod stream;
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use crate::error::ErrorCode;
-use crate::fields::Field;
-use crate::request::Request;
+use crate::emit;
+use crate::error::{ErrorCode, FrameError, Scope};
+use crate::fields::{Field, join_cookies};
+use crate::frame::{self, Frame, PrioritySpec};
+use crate::header::{HEADER_LEN, MAX_LENGTH};
+use crate::hpack::{HeaderDecoder, HeaderError, ResponseEncoder};
+use crate::request::{Request, validate_request, validate_trailers};
+use crate::settings::{DEFAULT_MAX_FRAME_SIZE, MAX_WINDOW_SIZE, SettingId, SettingsIter};
+use flow::{DEFAULT_WINDOW, RecvWindow, grow};
+use limits::{Kind, Limits};
+use stream::{Closed, ClosedRing, SendState, Stream};
+
+/// `recv` stops taking frames once this many events wait, so a large read
+/// cannot queue an unbounded list of them.
+const MAX_QUEUED_EVENTS: usize = 16;
+
+/// How far past `max_pending_output` our answers (PING and SETTINGS ACKs,
+/// RST_STREAM, WINDOW_UPDATE) may go: response DATA may fill the output up
+/// to the cap (`send_capacity`), and an honest client's PING must still be
+/// answered then. Beyond it the client is not reading: GOAWAY.
+pub const ANSWER_HEADROOM: usize = 16 * 1024;
 
 /// What the server advertises and enforces. Defaults follow Envoy's edge
 /// recommendations where it has one.
@@ -126,17 +153,131 @@ pub struct ConnStats {
     pub pings_answered: u64,
 }
 
+
+/// A header block being received: HEADERS then CONTINUATIONs of one stream.
+struct Block {
+    stream: u32,
+    end_stream: bool,
+    priority: Option<PrioritySpec>,
+    buf: Vec<u8>,
+}
+
 /// One HTTP/2 server connection.
 pub struct Connection {
-    _private: (),
+    cfg: ServerConfig,
+    /// Output; `out[out_start..]` is pending.
+    out: Vec<u8>,
+    out_start: usize,
+    events: VecDeque<Event>,
+    preface_done: bool,
+    /// The client's first SETTINGS arrived (it must be its first frame).
+    peer_settings_seen: bool,
+    /// Our SETTINGS were ACKed; until then `settings_deadline` runs.
+    settings_acked: bool,
+    settings_deadline: Duration,
+    /// The stream window the client currently assumes for new streams:
+    /// 65,535 until it ACKs our SETTINGS, `stream_window` after.
+    recv_initial: i64,
+    decoder: HeaderDecoder,
+    encoder: ResponseEncoder,
+    block: Option<Block>,
+    /// Most octets of one header block (CONTINUATION flood guard).
+    block_cap: usize,
+    /// Open and half-closed streams; at most `max_concurrent_streams`.
+    streams: HashMap<u32, Stream>,
+    closed: ClosedRing,
+    /// The highest client stream id seen on a HEADERS (all below are not idle).
+    highest: u32,
+    /// The highest stream id accepted (processed), for GOAWAY.
+    last_accepted: u32,
+    conn_recv: RecvWindow,
+    send_conn_window: i64,
+    peer_initial_window: u32,
+    peer_max_frame: u32,
+    goaway_sent: bool,
+    peer_goaway: Option<u32>,
+    error: Option<FrameError>,
+    /// A connection error's GOAWAY is queued: nothing more is read.
+    dead: bool,
+    limits: Limits,
+    now: Duration,
+    stats: ConnStats,
 }
 
 impl Connection {
     /// Starts a connection; our SETTINGS (and the connection WINDOW_UPDATE)
     /// are queued as output at once. The client preface is expected first
     /// in `recv`.
-    pub fn new(_cfg: ServerConfig, _now: Duration) -> Self {
-        todo!()
+    pub fn new(cfg: ServerConfig, now: Duration) -> Self {
+        let mut cfg = cfg;
+        cfg.max_frame_size = cfg.max_frame_size.clamp(DEFAULT_MAX_FRAME_SIZE, MAX_LENGTH);
+        cfg.stream_window = cfg.stream_window.min(MAX_WINDOW_SIZE);
+        cfg.connection_window = cfg.connection_window.min(MAX_WINDOW_SIZE);
+        let mut out = Vec::with_capacity(128);
+        let mut params = vec![
+            (SettingId::MaxConcurrentStreams, cfg.max_concurrent_streams),
+            (SettingId::InitialWindowSize, cfg.stream_window),
+            (SettingId::MaxFrameSize, cfg.max_frame_size),
+            (
+                SettingId::MaxHeaderListSize,
+                u32::try_from(cfg.max_header_list_size).unwrap_or(u32::MAX),
+            ),
+        ];
+        if cfg.header_table_size != crate::hpack::DEFAULT_HEADER_TABLE_SIZE {
+            params.push((
+                SettingId::HeaderTableSize,
+                u32::try_from(cfg.header_table_size).unwrap_or(u32::MAX),
+            ));
+        }
+        emit::settings(&mut out, &params);
+        let target = cfg.connection_window.max(DEFAULT_WINDOW);
+        let mut conn_recv = RecvWindow::new(target);
+        if target > DEFAULT_WINDOW {
+            emit::window_update(&mut out, 0, target - DEFAULT_WINDOW);
+            conn_recv.window = i64::from(target);
+        }
+        // A compressed block is rarely larger than its decoded list; twice
+        // the list (at least the list plus 16 KiB) leaves room for an
+        // over-size list to still be decoded and answered 431.
+        let block_cap = cfg
+            .max_header_list_size
+            .saturating_mul(2)
+            .max(cfg.max_header_list_size.saturating_add(16 * 1024));
+        // Enough closed ids to recognise frames in flight on recent streams,
+        // bounded with the stream table.
+        let ring = (cfg.max_concurrent_streams as usize)
+            .saturating_mul(2)
+            .clamp(16, 1024);
+        Self {
+            decoder: HeaderDecoder::new(cfg.header_table_size, cfg.max_header_list_size),
+            encoder: ResponseEncoder::new(),
+            settings_deadline: now.saturating_add(cfg.settings_timeout),
+            cfg,
+            out,
+            out_start: 0,
+            events: VecDeque::new(),
+            preface_done: false,
+            peer_settings_seen: false,
+            settings_acked: false,
+            recv_initial: i64::from(DEFAULT_WINDOW),
+            block: None,
+            block_cap,
+            streams: HashMap::new(),
+            closed: ClosedRing::new(ring),
+            highest: 0,
+            last_accepted: 0,
+            conn_recv,
+            send_conn_window: i64::from(DEFAULT_WINDOW),
+            peer_initial_window: DEFAULT_WINDOW,
+            peer_max_frame: DEFAULT_MAX_FRAME_SIZE,
+            goaway_sent: false,
+            peer_goaway: None,
+            error: None,
+            dead: false,
+            limits: Limits::new(now),
+            now,
+            stats: ConnStats::default(),
+        }
     }
 
     /// Takes received plaintext. Returns the octets consumed: whole frames
@@ -144,121 +285,905 @@ impl Connection {
     /// with more. Stops early (returns less than `buf` holds while whole
     /// frames remain) once events are waiting, so the caller drains
     /// `poll_event` and calls again: events never pile up.
-    pub fn recv(&mut self, _buf: &[u8], _now: Duration) -> usize {
-        todo!()
+    ///
+    /// Once the connection has failed (`is_done` after a connection error)
+    /// everything is consumed and ignored.
+    pub fn recv(&mut self, buf: &[u8], now: Duration) -> usize {
+        self.now = now;
+        if self.dead {
+            return buf.len();
+        }
+        let mut used = 0;
+        if !self.preface_done {
+            match crate::check_preface(buf) {
+                Ok(None) => return 0,
+                Ok(Some(n)) => {
+                    used = n;
+                    self.preface_done = true;
+                }
+                Err(e) => {
+                    self.fail(e, e.reason.as_bytes());
+                    return buf.len();
+                }
+            }
+        }
+        while !self.dead && self.events.len() < MAX_QUEUED_EVENTS {
+            let rest = &buf[used..];
+            match frame::parse(rest, self.cfg.max_frame_size) {
+                Ok(None) => break,
+                Ok(Some((frame, n))) => {
+                    used += n;
+                    self.stats.frames_received += 1;
+                    self.on_frame(frame, (n - HEADER_LEN) as u32);
+                }
+                Err(e) => {
+                    self.stats.frames_received += 1;
+                    match e.scope {
+                        Scope::Stream(id) => {
+                            // The header was there, or parse could not fail.
+                            used += frame::frame_len(rest).unwrap_or(rest.len());
+                            if self.block.is_some() {
+                                self.conn_error(
+                                    ErrorCode::ProtocolError,
+                                    "frame interleaved in a header block",
+                                );
+                            } else if !self.peer_settings_seen {
+                                self.conn_error(
+                                    ErrorCode::ProtocolError,
+                                    "first frame after the preface is not SETTINGS",
+                                );
+                            } else {
+                                self.stream_error(id, e.code, e.reason);
+                            }
+                        }
+                        Scope::Connection => self.fail(e, e.reason.as_bytes()),
+                    }
+                }
+            }
+        }
+        if self.dead { buf.len() } else { used }
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        todo!()
+        self.events.pop_front()
     }
 
     /// Frames waiting to be written to the transport.
     pub fn pending_output(&self) -> &[u8] {
-        todo!()
+        &self.out[self.out_start..]
     }
 
     /// The transport took `n` octets of `pending_output`.
-    pub fn consume_output(&mut self, _n: usize) {
-        todo!()
+    pub fn consume_output(&mut self, n: usize) {
+        self.out_start = (self.out_start + n).min(self.out.len());
+        if self.out_start == self.out.len() {
+            self.out.clear();
+            self.out_start = 0;
+        } else if self.out_start >= 64 * 1024 && self.out_start * 2 >= self.out.len() {
+            self.out.drain(..self.out_start);
+            self.out_start = 0;
+        }
     }
 
     /// Sends a response head (`status` 100..=999; 1xx any number of times
     /// before the final one). `headers` are HTTP/1-style fields: names are
     /// lowercased and connection-specific fields dropped here.
+    ///
+    /// A 1xx head never ends the stream (`end_stream` is ignored for it). A
+    /// second final head is refused with `StreamClosed`.
     pub fn send_headers(
         &mut self,
-        _stream: u32,
-        _status: u16,
-        _headers: &[(&[u8], &[u8])],
-        _end_stream: bool,
+        stream: u32,
+        status: u16,
+        headers: &[(&[u8], &[u8])],
+        end_stream: bool,
     ) -> Result<(), SendError> {
-        todo!()
+        if self.dead {
+            return Err(SendError::ConnectionClosed);
+        }
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return Err(SendError::StreamClosed(stream));
+        };
+        if s.send != SendState::AwaitingHead {
+            return Err(SendError::StreamClosed(stream));
+        }
+        let informational = status < 200;
+        debug_assert!(!(informational && end_stream), "a 1xx head cannot end a stream");
+        let end = end_stream && !informational;
+        if !informational {
+            s.send = SendState::Body;
+        }
+        let mut block = Vec::new();
+        self.encoder.encode(status, headers, &mut block);
+        emit::headers(&mut self.out, stream, &block, end, self.peer_max_frame);
+        if end {
+            self.end_send(stream);
+        }
+        Ok(())
     }
 
     /// How many DATA octets `stream` may send now: the least of its send
     /// window, the connection's, and the room left under
     /// `max_pending_output`. 0 for a stream not open for sending.
-    pub fn send_capacity(&self, _stream: u32) -> usize {
-        todo!()
+    ///
+    /// "Open for sending" means the final response head went and the
+    /// response has not ended.
+    pub fn send_capacity(&self, stream: u32) -> usize {
+        if self.dead {
+            return 0;
+        }
+        let Some(s) = self.streams.get(&stream) else {
+            return 0;
+        };
+        if s.send != SendState::Body {
+            return 0;
+        }
+        let window = s.send_window.min(self.send_conn_window).max(0);
+        let room = self.cfg.max_pending_output.saturating_sub(self.pending_len());
+        usize::try_from(window).unwrap_or(usize::MAX).min(room)
     }
 
     /// Queues body octets (at most `send_capacity`, split by the peer's max
     /// frame size); `end_stream` ends the response. Ending a response while
     /// the request body is still arriving resets the stream with NO_ERROR
     /// (§8.1) after the last frame.
+    ///
+    /// More than `send_capacity` is the caller's bug (debug-asserted); in a
+    /// release build it is sent and the windows go negative.
     pub fn send_data(
         &mut self,
-        _stream: u32,
-        _data: &[u8],
-        _end_stream: bool,
+        stream: u32,
+        data: &[u8],
+        end_stream: bool,
     ) -> Result<(), SendError> {
-        todo!()
+        if self.dead {
+            return Err(SendError::ConnectionClosed);
+        }
+        debug_assert!(
+            data.len() <= self.send_capacity(stream),
+            "send_data beyond send_capacity"
+        );
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return Err(SendError::StreamClosed(stream));
+        };
+        if s.send != SendState::Body {
+            return Err(SendError::StreamClosed(stream));
+        }
+        let n = i64::try_from(data.len()).unwrap_or(i64::MAX);
+        s.send_window = s.send_window.saturating_sub(n);
+        self.send_conn_window = self.send_conn_window.saturating_sub(n);
+        emit::data(&mut self.out, stream, data, end_stream, self.peer_max_frame);
+        if end_stream {
+            self.end_send(stream);
+        }
+        Ok(())
     }
 
     /// Ends the response with trailers.
     pub fn send_trailers(
         &mut self,
-        _stream: u32,
-        _headers: &[(&[u8], &[u8])],
+        stream: u32,
+        headers: &[(&[u8], &[u8])],
     ) -> Result<(), SendError> {
-        todo!()
+        if self.dead {
+            return Err(SendError::ConnectionClosed);
+        }
+        let Some(s) = self.streams.get(&stream) else {
+            return Err(SendError::StreamClosed(stream));
+        };
+        if s.send != SendState::Body {
+            return Err(SendError::StreamClosed(stream));
+        }
+        let mut block = Vec::new();
+        self.encoder.encode_trailers(headers, &mut block);
+        emit::headers(&mut self.out, stream, &block, true, self.peer_max_frame);
+        self.end_send(stream);
+        Ok(())
     }
 
     /// Request-body octets buffered for `stream` and not yet consumed.
-    pub fn request_body(&self, _stream: u32) -> &[u8] {
-        todo!()
+    pub fn request_body(&self, stream: u32) -> &[u8] {
+        self.streams.get(&stream).map_or(&[], |s| &s.body[..])
     }
 
     /// The application took `n` octets of `request_body`: they are freed
     /// and the windows re-opened (WINDOW_UPDATE once enough is owed).
-    pub fn consume_body(&mut self, _stream: u32, _n: usize) {
-        todo!()
+    pub fn consume_body(&mut self, stream: u32, n: usize) {
+        if self.dead {
+            return;
+        }
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let n = n.min(s.body.len());
+        if n == 0 {
+            return;
+        }
+        s.body.drain(..n);
+        // n <= the body, itself under a 31-bit window.
+        let n = n as u32;
+        self.stream_give_back(stream, n);
+        self.conn_give_back(n);
     }
 
     /// Ends a stream from our side (RST_STREAM with `code`); no event follows for it.
-    pub fn reset_stream(&mut self, _stream: u32, _code: ErrorCode) {
-        todo!()
+    pub fn reset_stream(&mut self, stream: u32, code: ErrorCode) {
+        if self.dead {
+            return;
+        }
+        if self.remove_stream(stream).is_some() {
+            emit::rst_stream(&mut self.out, stream, code);
+            self.closed.push(stream, Closed::ResetByUs);
+        }
     }
 
     /// GOAWAY: with NO_ERROR a graceful close (the streams already opened
     /// finish, new ones are refused); with another code the connection ends
     /// now. The last stream id is the highest one accepted.
-    pub fn go_away(&mut self, _code: ErrorCode, _debug: &[u8]) {
-        todo!()
+    pub fn go_away(&mut self, code: ErrorCode, debug: &[u8]) {
+        if self.dead {
+            return;
+        }
+        if code == ErrorCode::NoError {
+            if !self.goaway_sent {
+                self.goaway_sent = true;
+                emit::goaway(&mut self.out, self.last_accepted, code, debug);
+            }
+            return;
+        }
+        self.fail(
+            FrameError {
+                code,
+                scope: Scope::Connection,
+                reason: "connection closed by the application",
+            },
+            debug,
+        );
     }
 
     /// When `handle_timeout` must run next (the SETTINGS ACK deadline).
     pub fn poll_timeout(&self) -> Option<Duration> {
-        todo!()
+        (!self.dead && !self.settings_acked).then_some(self.settings_deadline)
     }
 
-    pub fn handle_timeout(&mut self, _now: Duration) {
-        todo!()
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.now = now;
+        if !self.dead && !self.settings_acked && now >= self.settings_deadline {
+            self.stats.settings_timeouts += 1;
+            self.conn_error(
+                ErrorCode::SettingsTimeout,
+                "SETTINGS not acknowledged in time",
+            );
+        }
     }
 
     /// Streams open (not closed in both directions, not reset).
     pub fn active_streams(&self) -> usize {
-        todo!()
+        self.streams.len()
     }
 
     /// A GOAWAY was sent or received: no new streams will come.
     pub fn is_going_away(&self) -> bool {
-        todo!()
+        self.dead || self.goaway_sent || self.peer_goaway.is_some()
     }
 
     /// Nothing more will happen: a connection error's GOAWAY is queued, or
     /// a graceful GOAWAY's streams are all done. Flush `pending_output`, then
     /// close the transport.
     pub fn is_done(&self) -> bool {
-        todo!()
+        self.dead || (self.is_going_away() && self.streams.is_empty())
     }
 
     /// The connection error that ended the connection, if one did.
     pub fn error(&self) -> Option<crate::FrameError> {
-        todo!()
+        self.error
     }
 
     pub fn stats(&self) -> &ConnStats {
-        todo!()
+        &self.stats
+    }
+
+    /// The highest stream id accepted so far (what a GOAWAY would carry).
+    pub fn last_stream_id(&self) -> u32 {
+        self.last_accepted
+    }
+
+    /// The GOAWAY the client sent, if it did: its last stream id.
+    pub fn peer_goaway(&self) -> Option<u32> {
+        self.peer_goaway
+    }
+}
+
+/// Receiving frames.
+impl Connection {
+    fn on_frame(&mut self, frame: Frame<'_>, flow_len: u32) {
+        if !self.peer_settings_seen && !matches!(frame, Frame::Settings { ack: false, .. }) {
+            return self.conn_error(
+                ErrorCode::ProtocolError,
+                "first frame after the preface is not SETTINGS",
+            );
+        }
+        if let Some(b) = &self.block {
+            // §6.10: nothing may come between HEADERS and its last CONTINUATION.
+            if !matches!(frame, Frame::Continuation { stream, .. } if stream == b.stream) {
+                return self.conn_error(
+                    ErrorCode::ProtocolError,
+                    "frame interleaved in a header block",
+                );
+            }
+        }
+        match frame {
+            Frame::Data {
+                stream,
+                end_stream,
+                data,
+            } => self.on_data(stream, end_stream, data, flow_len),
+            Frame::Headers {
+                stream,
+                end_stream,
+                end_headers,
+                priority,
+                fragment,
+            } => {
+                if fragment.is_empty() && !end_headers && self.flood(Kind::EmptyFragment) {
+                    return;
+                }
+                self.block = Some(Block {
+                    stream,
+                    end_stream,
+                    priority,
+                    buf: Vec::new(),
+                });
+                self.on_fragment(fragment, end_headers);
+            }
+            Frame::Continuation {
+                end_headers,
+                fragment,
+                ..
+            } => {
+                if self.block.is_none() {
+                    return self.conn_error(
+                        ErrorCode::ProtocolError,
+                        "CONTINUATION without a header block",
+                    );
+                }
+                if fragment.is_empty() && !end_headers && self.flood(Kind::EmptyFragment) {
+                    return;
+                }
+                self.on_fragment(fragment, end_headers);
+            }
+            // Deprecated signalling (RFC 9113 §5.3.2); the self-dependency
+            // check was the parser's. Counted, else ignored.
+            Frame::Priority { .. } => {
+                self.flood(Kind::Priority);
+            }
+            Frame::RstStream { stream, code } => self.on_rst(stream, code),
+            Frame::Settings { ack, params } => self.on_settings(ack, params),
+            Frame::PushPromise { .. } => {
+                self.conn_error(ErrorCode::ProtocolError, "PUSH_PROMISE sent by a client")
+            }
+            Frame::Ping { ack, data } => {
+                if self.flood(Kind::Ping) || ack {
+                    return;
+                }
+                if self.answer(|out| emit::ping(out, true, data)) {
+                    self.stats.pings_answered += 1;
+                }
+            }
+            Frame::GoAway { last_stream, .. } => self.peer_goaway = Some(last_stream),
+            Frame::WindowUpdate { stream, increment } => self.on_window_update(stream, increment),
+            Frame::Unknown { .. } => {
+                self.flood(Kind::Ignored);
+            }
+        }
+    }
+
+    fn on_fragment(&mut self, fragment: &[u8], end_headers: bool) {
+        let Some(block) = self.block.as_mut() else {
+            return;
+        };
+        if block.buf.len() + fragment.len() > self.block_cap {
+            // CVE-2024-27316: a block that never ends must not grow forever.
+            self.block = None;
+            self.stats.continuation_flood_goaways += 1;
+            return self.conn_error(
+                ErrorCode::EnhanceYourCalm,
+                "header block over the size cap (CONTINUATION flood)",
+            );
+        }
+        block.buf.extend_from_slice(fragment);
+        if end_headers {
+            if let Some(block) = self.block.take() {
+                self.on_header_block(block);
+            }
+        }
+    }
+
+    /// A complete header block. It is decoded first whatever becomes of
+    /// the stream, so the HPACK table stays in step with the client's.
+    fn on_header_block(&mut self, b: Block) {
+        let id = b.stream;
+        let (fields, too_large) = match self.decoder.decode(id, &b.buf) {
+            Ok(fields) => (fields, false),
+            Err(HeaderError::ListTooLarge { .. }) => (Vec::new(), true),
+            Err(HeaderError::Frame(e)) => return self.fail(e, e.reason.as_bytes()),
+        };
+        if self.streams.contains_key(&id) {
+            return self.on_trailers(id, fields, too_large, b.end_stream, b.priority);
+        }
+        match self.closed.get(id) {
+            // Trailers (or anything) the client sent before seeing our reset.
+            Some(Closed::ResetByUs) => return,
+            Some(Closed::Finished) => {
+                return self.conn_error(ErrorCode::StreamClosed, "HEADERS on a closed stream");
+            }
+            None => {}
+        }
+        if id % 2 == 0 {
+            return self.conn_error(ErrorCode::ProtocolError, "HEADERS on an even stream id");
+        }
+        if id <= self.highest {
+            return self.conn_error(
+                ErrorCode::ProtocolError,
+                "new stream id not above the highest seen",
+            );
+        }
+        self.highest = id;
+        if self.is_going_away() {
+            // After a GOAWAY no new stream is processed; REFUSED_STREAM tells
+            // the client it may retry it elsewhere.
+            self.stats.streams_refused += 1;
+            self.closed.push(id, Closed::ResetByUs);
+            self.answer(|out| emit::rst_stream(out, id, ErrorCode::RefusedStream));
+            return;
+        }
+        if self.streams.len() >= self.cfg.max_concurrent_streams as usize {
+            self.stats.streams_refused += 1;
+            self.closed.push(id, Closed::ResetByUs);
+            if self.answer(|out| emit::rst_stream(out, id, ErrorCode::RefusedStream)) {
+                self.count_reset();
+            }
+            return;
+        }
+        if let Some(Err(e)) = b.priority.map(|p| p.check(id)) {
+            return self.stream_error(id, e.code, e.reason);
+        }
+        if too_large {
+            return self.answer_431(id, !b.end_stream);
+        }
+        let mut request = match validate_request(id, fields) {
+            Ok(r) => r,
+            Err(e) => return self.stream_error(id, e.code, e.reason),
+        };
+        join_cookies(&mut request.headers);
+        if b.end_stream && request.content_length.is_some_and(|n| n != 0) {
+            return self.stream_error(
+                id,
+                ErrorCode::ProtocolError,
+                "content-length does not match the DATA received",
+            );
+        }
+        let mut s = Stream::new(
+            self.recv_initial,
+            i64::from(self.peer_initial_window),
+            request.content_length,
+        );
+        s.recv_open = !b.end_stream;
+        self.streams.insert(id, s);
+        self.last_accepted = id;
+        self.stats.streams_opened += 1;
+        self.events.push_back(Event::Request {
+            stream: id,
+            request,
+            end_stream: b.end_stream,
+        });
+    }
+
+    /// A second HEADERS block on an open stream: the request's trailers.
+    fn on_trailers(
+        &mut self,
+        id: u32,
+        fields: Vec<Field>,
+        too_large: bool,
+        end_stream: bool,
+        priority: Option<PrioritySpec>,
+    ) {
+        let Some(s) = self.streams.get(&id) else {
+            return;
+        };
+        if !s.recv_open {
+            return self.stream_error(
+                id,
+                ErrorCode::StreamClosed,
+                "HEADERS on a half-closed (remote) stream",
+            );
+        }
+        let declared = s.content_length;
+        let received = s.received;
+        if let Some(Err(e)) = priority.map(|p| p.check(id)) {
+            return self.stream_error(id, e.code, e.reason);
+        }
+        if too_large {
+            // The response may have started: no 431 then; reset it.
+            self.stats.headers_too_large += 1;
+            return self.stream_error(id, ErrorCode::ProtocolError, "trailer list too large");
+        }
+        let fields = match validate_trailers(id, fields, end_stream) {
+            Ok(f) => f,
+            Err(e) => return self.stream_error(id, e.code, e.reason),
+        };
+        if declared.is_some_and(|n| n != received) {
+            return self.stream_error(
+                id,
+                ErrorCode::ProtocolError,
+                "content-length does not match the DATA received",
+            );
+        }
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.recv_open = false;
+        }
+        self.events.push_back(Event::Trailers { stream: id, fields });
+        self.maybe_finish(id);
+    }
+
+    /// §10.5.1: an over-size request head is answered 431 (a reason the
+    /// client can see), the request side reset if it is still open.
+    fn answer_431(&mut self, id: u32, request_open: bool) {
+        self.stats.headers_too_large += 1;
+        self.last_accepted = id;
+        let mut block = Vec::new();
+        self.encoder.encode(431, &[], &mut block);
+        let max_frame = self.peer_max_frame;
+        let sent = self.answer(|out| {
+            let mut n = emit::headers(out, id, &block, true, max_frame);
+            if request_open {
+                n += emit::rst_stream(out, id, ErrorCode::NoError);
+            }
+            n
+        });
+        if sent {
+            let how = if request_open {
+                Closed::ResetByUs
+            } else {
+                Closed::Finished
+            };
+            self.closed.push(id, how);
+        }
+    }
+
+    fn on_data(&mut self, id: u32, end_stream: bool, data: &[u8], flow_len: u32) {
+        // §6.9.1: every DATA octet, padding included, counts against the
+        // connection window, whatever the stream's state.
+        if !self.conn_recv.take(flow_len) {
+            return self.conn_error(
+                ErrorCode::FlowControlError,
+                "DATA beyond the connection window",
+            );
+        }
+        if data.is_empty() && !end_stream && self.flood(Kind::EmptyData) {
+            return;
+        }
+        let Some(s) = self.streams.get_mut(&id) else {
+            // Not delivered: give the connection window back at once.
+            self.conn_give_back(flow_len);
+            return match self.closed.get(id) {
+                Some(Closed::ResetByUs) => {}
+                Some(Closed::Finished) => {
+                    self.stream_error(id, ErrorCode::StreamClosed, "DATA on a closed stream")
+                }
+                None if id % 2 == 1 && id <= self.highest => {
+                    self.stream_error(id, ErrorCode::StreamClosed, "DATA on a closed stream")
+                }
+                None => self.conn_error(ErrorCode::ProtocolError, "DATA on an idle stream"),
+            };
+        };
+        if !s.recv_open {
+            self.conn_give_back(flow_len);
+            return self.stream_error(
+                id,
+                ErrorCode::StreamClosed,
+                "DATA on a half-closed (remote) stream",
+            );
+        }
+        if i64::from(flow_len) > s.recv_window {
+            self.conn_give_back(flow_len);
+            return self.stream_error(
+                id,
+                ErrorCode::FlowControlError,
+                "DATA beyond the stream window",
+            );
+        }
+        s.recv_window -= i64::from(flow_len);
+        s.received += data.len() as u64;
+        let length_broken = s
+            .content_length
+            .is_some_and(|n| s.received > n || (end_stream && s.received != n));
+        if length_broken {
+            self.conn_give_back(flow_len);
+            return self.stream_error(
+                id,
+                ErrorCode::ProtocolError,
+                "content-length does not match the DATA received",
+            );
+        }
+        s.body.extend_from_slice(data);
+        if end_stream {
+            s.recv_open = false;
+        }
+        // Padding is never delivered: owed back at once.
+        let pad = flow_len - data.len() as u32;
+        if pad > 0 {
+            self.stream_give_back(id, pad);
+            self.conn_give_back(pad);
+        }
+        if !data.is_empty() || end_stream {
+            match self.events.back_mut() {
+                Some(Event::Data {
+                    stream,
+                    end_stream: ended,
+                }) if *stream == id && !*ended => *ended = end_stream,
+                _ => self.events.push_back(Event::Data {
+                    stream: id,
+                    end_stream,
+                }),
+            }
+        }
+        if end_stream {
+            self.maybe_finish(id);
+        }
+    }
+
+    fn on_rst(&mut self, id: u32, code: ErrorCode) {
+        if self.remove_stream(id).is_some() {
+            self.stats.streams_reset_by_peer += 1;
+            self.closed.push(id, Closed::Finished);
+            self.events.push_back(Event::Reset { stream: id, code });
+            self.count_reset();
+            return;
+        }
+        if self.is_idle(id) {
+            return self.conn_error(ErrorCode::ProtocolError, "RST_STREAM on an idle stream");
+        }
+        self.flood(Kind::Ignored);
+    }
+
+    fn on_window_update(&mut self, id: u32, increment: u32) {
+        if self.flood(Kind::WindowUpdate) {
+            return;
+        }
+        let inc = i64::from(increment);
+        if id == 0 {
+            match grow(self.send_conn_window, inc) {
+                Some(w) => self.send_conn_window = w,
+                None => self.conn_error(
+                    ErrorCode::FlowControlError,
+                    "connection send window over 2^31-1",
+                ),
+            }
+            return;
+        }
+        if let Some(s) = self.streams.get_mut(&id) {
+            match grow(s.send_window, inc) {
+                Some(w) => s.send_window = w,
+                None => self.stream_error(
+                    id,
+                    ErrorCode::FlowControlError,
+                    "stream send window over 2^31-1",
+                ),
+            }
+            return;
+        }
+        if self.is_idle(id) {
+            self.conn_error(ErrorCode::ProtocolError, "WINDOW_UPDATE on an idle stream");
+        }
+        // A closed stream: allowed for a while (§5.1), ignored.
+    }
+
+    fn on_settings(&mut self, ack: bool, params: SettingsIter<'_>) {
+        if self.flood(Kind::Settings) {
+            return;
+        }
+        if ack {
+            if !self.settings_acked {
+                self.settings_acked = true;
+                // The client now counts our INITIAL_WINDOW_SIZE (§6.9.2).
+                let target = i64::from(self.cfg.stream_window);
+                let delta = target - self.recv_initial;
+                self.recv_initial = target;
+                for s in self.streams.values_mut() {
+                    s.recv_window += delta;
+                }
+            }
+            return;
+        }
+        self.peer_settings_seen = true;
+        for p in params {
+            match p.id {
+                SettingId::HeaderTableSize => self.encoder.set_peer_table_size(p.value),
+                SettingId::InitialWindowSize => {
+                    let delta = i64::from(p.value) - i64::from(self.peer_initial_window);
+                    for s in self.streams.values_mut() {
+                        match grow(s.send_window, delta) {
+                            Some(w) => s.send_window = w,
+                            None => {
+                                return self.conn_error(
+                                    ErrorCode::FlowControlError,
+                                    "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream window",
+                                );
+                            }
+                        }
+                    }
+                    self.peer_initial_window = p.value;
+                }
+                SettingId::MaxFrameSize => self.peer_max_frame = p.value,
+                // MAX_CONCURRENT_STREAMS and ENABLE_PUSH concern pushes we
+                // never make; MAX_HEADER_LIST_SIZE is advisory.
+                _ => {}
+            }
+        }
+        self.answer(emit::settings_ack);
+    }
+}
+
+/// Stream and connection bookkeeping.
+impl Connection {
+    fn pending_len(&self) -> usize {
+        self.out.len() - self.out_start
+    }
+
+    /// A stream id no frame has opened yet (§5.1 "idle"): even ids (we never
+    /// push) and odd ids above the highest seen, unless we reset one.
+    fn is_idle(&self, id: u32) -> bool {
+        (id % 2 == 0 || id > self.highest) && self.closed.get(id).is_none()
+    }
+
+    /// Queues a frame the peer made us send; if the peer is not reading and
+    /// the output would pass the cap (plus headroom), GOAWAY instead.
+    fn answer(&mut self, write: impl FnOnce(&mut Vec<u8>) -> usize) -> bool {
+        let before = self.out.len();
+        write(&mut self.out);
+        if self.pending_len() > self.cfg.max_pending_output.saturating_add(ANSWER_HEADROOM) {
+            self.out.truncate(before);
+            self.stats.flood_goaways += 1;
+            self.conn_error(
+                ErrorCode::EnhanceYourCalm,
+                "peer does not read the frames it makes us send",
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Counts one frame of `kind`; true (and GOAWAY sent) over the budget.
+    fn flood(&mut self, kind: Kind) -> bool {
+        let (window, max) = (self.cfg.flood_window, self.cfg.max_control_frames_per_window);
+        if self.limits.control(kind, self.now, window, max) {
+            self.stats.flood_goaways += 1;
+            self.conn_error(ErrorCode::EnhanceYourCalm, "control frame flood");
+            return true;
+        }
+        false
+    }
+
+    /// One stream reset by the client, refused, or reset for breaking a rule
+    /// (CVE-2023-44487 and its server-provoked variant).
+    fn count_reset(&mut self) {
+        let (window, max) = (self.cfg.flood_window, self.cfg.max_resets_per_window);
+        if !self.dead && self.limits.reset(self.now, window, max) {
+            self.stats.rapid_reset_goaways += 1;
+            self.conn_error(ErrorCode::EnhanceYourCalm, "too many stream resets");
+        }
+    }
+
+    /// A stream error (§5.4.2): RST_STREAM, the stream leaves the table, and
+    /// the application hears of it if it knew the stream.
+    fn stream_error(&mut self, id: u32, code: ErrorCode, _reason: &'static str) {
+        if self.dead {
+            return;
+        }
+        self.stats.stream_errors += 1;
+        if !self.answer(|out| emit::rst_stream(out, id, code)) {
+            return;
+        }
+        if self.remove_stream(id).is_some() {
+            self.events.push_back(Event::Reset { stream: id, code });
+        }
+        self.closed.push(id, Closed::ResetByUs);
+        self.count_reset();
+    }
+
+    fn conn_error(&mut self, code: ErrorCode, reason: &'static str) {
+        let e = FrameError {
+            code,
+            scope: Scope::Connection,
+            reason,
+        };
+        self.fail(e, reason.as_bytes());
+    }
+
+    /// A connection error (§5.4.1): GOAWAY, then nothing more is read. The
+    /// streams still open get a Reset event each.
+    fn fail(&mut self, e: FrameError, debug: &[u8]) {
+        if self.dead {
+            return;
+        }
+        self.dead = true;
+        self.block = None;
+        emit::goaway(&mut self.out, self.last_accepted, e.code, debug);
+        self.stats.connection_errors += 1;
+        self.error = Some(e);
+        let mut ids: Vec<u32> = self.streams.keys().copied().collect();
+        ids.sort_unstable();
+        self.streams.clear();
+        for stream in ids {
+            self.events.push_back(Event::Reset {
+                stream,
+                code: e.code,
+            });
+        }
+    }
+
+    /// Removes a stream from the table, giving its undelivered body back to
+    /// the connection window.
+    fn remove_stream(&mut self, id: u32) -> Option<Stream> {
+        let s = self.streams.remove(&id)?;
+        if !s.body.is_empty() {
+            self.conn_give_back(s.body.len() as u32);
+        }
+        Some(s)
+    }
+
+    /// Our response ended: the stream closes, with RST_STREAM(NO_ERROR) if
+    /// the request is still arriving (§8.1).
+    fn end_send(&mut self, id: u32) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        s.send = SendState::Done;
+        if s.recv_open {
+            self.remove_stream(id);
+            emit::rst_stream(&mut self.out, id, ErrorCode::NoError);
+            self.closed.push(id, Closed::ResetByUs);
+        } else {
+            self.maybe_finish(id);
+        }
+    }
+
+    /// Both sides ended: the stream leaves the table.
+    fn maybe_finish(&mut self, id: u32) {
+        let done = self
+            .streams
+            .get(&id)
+            .is_some_and(|s| !s.recv_open && s.send == SendState::Done);
+        if done {
+            self.remove_stream(id);
+            self.closed.push(id, Closed::Finished);
+        }
+    }
+
+    /// `n` octets of `id`'s window are owed back; one WINDOW_UPDATE once
+    /// half the stream window is (none once the request has ended).
+    fn stream_give_back(&mut self, id: u32, n: u32) {
+        let threshold = (self.cfg.stream_window / 2).max(1);
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if !s.recv_open {
+            return;
+        }
+        s.recv_owed = s.recv_owed.saturating_add(n);
+        if s.recv_owed < threshold {
+            return;
+        }
+        let inc = s.recv_owed;
+        s.recv_owed = 0;
+        s.recv_window += i64::from(inc);
+        self.answer(|out| emit::window_update(out, id, inc));
+    }
+
+    fn conn_give_back(&mut self, n: u32) {
+        if let Some(inc) = self.conn_recv.give_back(n) {
+            self.answer(|out| emit::window_update(out, 0, inc));
+        }
     }
 }
