@@ -14,10 +14,10 @@
 //! over-size header list); the application only sees well-formed requests.
 
 mod flow;
-mod limits;
-mod stream;
 #[cfg(test)]
 mod harness;
+mod limits;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -152,7 +152,6 @@ pub struct ConnStats {
     pub settings_timeouts: u64,
     pub pings_answered: u64,
 }
-
 
 /// A header block being received: HEADERS then CONTINUATIONs of one stream.
 struct Block {
@@ -388,7 +387,10 @@ impl Connection {
             return Err(SendError::StreamClosed(stream));
         }
         let informational = status < 200;
-        debug_assert!(!(informational && end_stream), "a 1xx head cannot end a stream");
+        debug_assert!(
+            !(informational && end_stream),
+            "a 1xx head cannot end a stream"
+        );
         let end = end_stream && !informational;
         if !informational {
             s.send = SendState::Body;
@@ -419,7 +421,10 @@ impl Connection {
             return 0;
         }
         let window = s.send_window.min(self.send_conn_window).max(0);
-        let room = self.cfg.max_pending_output.saturating_sub(self.pending_len());
+        let room = self
+            .cfg
+            .max_pending_output
+            .saturating_sub(self.pending_len());
         usize::try_from(window).unwrap_or(usize::MAX).min(room)
     }
 
@@ -439,6 +444,12 @@ impl Connection {
         if self.dead {
             return Err(SendError::ConnectionClosed);
         }
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return Err(SendError::StreamClosed(stream));
+        };
+        if s.send != SendState::Body {
+            return Err(SendError::StreamClosed(stream));
+        }
         debug_assert!(
             data.len() <= self.send_capacity(stream),
             "send_data beyond send_capacity"
@@ -446,9 +457,6 @@ impl Connection {
         let Some(s) = self.streams.get_mut(&stream) else {
             return Err(SendError::StreamClosed(stream));
         };
-        if s.send != SendState::Body {
-            return Err(SendError::StreamClosed(stream));
-        }
         let n = i64::try_from(data.len()).unwrap_or(i64::MAX);
         s.send_window = s.send_window.saturating_sub(n);
         self.send_conn_window = self.send_conn_window.saturating_sub(n);
@@ -692,10 +700,8 @@ impl Connection {
             );
         }
         block.buf.extend_from_slice(fragment);
-        if end_headers {
-            if let Some(block) = self.block.take() {
-                self.on_header_block(block);
-            }
+        if end_headers && let Some(block) = self.block.take() {
+            self.on_header_block(block);
         }
     }
 
@@ -719,7 +725,7 @@ impl Connection {
             }
             None => {}
         }
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             return self.conn_error(ErrorCode::ProtocolError, "HEADERS on an even stream id");
         }
         if id <= self.highest {
@@ -822,7 +828,8 @@ impl Connection {
         if let Some(s) = self.streams.get_mut(&id) {
             s.recv_open = false;
         }
-        self.events.push_back(Event::Trailers { stream: id, fields });
+        self.events
+            .push_back(Event::Trailers { stream: id, fields });
         self.maybe_finish(id);
     }
 
@@ -871,7 +878,7 @@ impl Connection {
                 Some(Closed::Finished) => {
                     self.stream_error(id, ErrorCode::StreamClosed, "DATA on a closed stream")
                 }
-                None if id % 2 == 1 && id <= self.highest => {
+                None if !id.is_multiple_of(2) && id <= self.highest => {
                     self.stream_error(id, ErrorCode::StreamClosed, "DATA on a closed stream")
                 }
                 None => self.conn_error(ErrorCode::ProtocolError, "DATA on an idle stream"),
@@ -1034,7 +1041,7 @@ impl Connection {
     /// A stream id no frame has opened yet (§5.1 "idle"): even ids (we never
     /// push) and odd ids above the highest seen, unless we reset one.
     fn is_idle(&self, id: u32) -> bool {
-        (id % 2 == 0 || id > self.highest) && self.closed.get(id).is_none()
+        (id.is_multiple_of(2) || id > self.highest) && self.closed.get(id).is_none()
     }
 
     /// Queues a frame the peer made us send; if the peer is not reading and
@@ -1056,7 +1063,10 @@ impl Connection {
 
     /// Counts one frame of `kind`; true (and GOAWAY sent) over the budget.
     fn flood(&mut self, kind: Kind) -> bool {
-        let (window, max) = (self.cfg.flood_window, self.cfg.max_control_frames_per_window);
+        let (window, max) = (
+            self.cfg.flood_window,
+            self.cfg.max_control_frames_per_window,
+        );
         if self.limits.control(kind, self.now, window, max) {
             self.stats.flood_goaways += 1;
             self.conn_error(ErrorCode::EnhanceYourCalm, "control frame flood");

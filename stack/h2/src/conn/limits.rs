@@ -72,7 +72,13 @@ impl Limits {
     }
 
     /// One control frame of `kind`: true when its budget is exceeded.
-    pub(crate) fn control(&mut self, kind: Kind, now: Duration, window: Duration, max: u32) -> bool {
+    pub(crate) fn control(
+        &mut self,
+        kind: Kind,
+        now: Duration,
+        window: Duration,
+        max: u32,
+    ) -> bool {
         self.control[kind as usize].hit(now, window, max)
     }
 }

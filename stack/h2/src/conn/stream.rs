@@ -92,6 +92,10 @@ impl ClosedRing {
     }
 
     pub(crate) fn get(&self, id: u32) -> Option<Closed> {
-        self.ids.iter().rev().find(|(i, _)| *i == id).map(|&(_, c)| c)
+        self.ids
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == id)
+            .map(|&(_, c)| c)
     }
 }
