@@ -60,7 +60,9 @@ pub(crate) enum Closed {
     /// reset, an early response end): the client may have frames in flight,
     /// so they are ignored (§5.1 "closed").
     ResetByUs,
-    /// The client reset it, or both sides ended: later frames are errors.
+    /// The client reset it: later frames are stream errors (§5.1).
+    ResetByPeer,
+    /// Both sides ended: later frames are errors, HEADERS a connection one.
     Finished,
 }
 
