@@ -190,6 +190,10 @@ pub struct Connection {
     goaway_sent: bool,
     peer_goaway: Option<u32>,
     error: Option<FrameError>,
+    /// The last stream error we answered with RST_STREAM, for logs.
+    last_stream_error: Option<FrameError>,
+    /// Reused for encoding response and trailer blocks.
+    scratch: Vec<u8>,
     /// A connection error's GOAWAY is queued: nothing more is read.
     dead: bool,
     limits: Limits,
@@ -266,6 +270,8 @@ impl Connection {
             goaway_sent: false,
             peer_goaway: None,
             error: None,
+            last_stream_error: None,
+            scratch: Vec::new(),
             dead: false,
             limits: Limits::new(now),
             now,
@@ -389,9 +395,9 @@ impl Connection {
         if !informational {
             s.send = SendState::Body;
         }
-        let mut block = Vec::new();
-        self.encoder.encode(status, headers, &mut block);
+        let block = self.encode_head(Some(status), headers);
         emit::headers(&mut self.out, stream, &block, end, self.peer_max_frame);
+        self.scratch = block;
         if end {
             self.end_send(stream);
         }
@@ -476,9 +482,9 @@ impl Connection {
         if s.send != SendState::Body {
             return Err(SendError::StreamClosed(stream));
         }
-        let mut block = Vec::new();
-        self.encoder.encode_trailers(headers, &mut block);
+        let block = self.encode_head(None, headers);
         emit::headers(&mut self.out, stream, &block, true, self.peer_max_frame);
+        self.scratch = block;
         self.end_send(stream);
         Ok(())
     }
@@ -588,6 +594,13 @@ impl Connection {
     /// The highest stream id accepted so far (what a GOAWAY would carry).
     pub fn last_stream_id(&self) -> u32 {
         self.last_accepted
+    }
+
+    /// The last stream error this connection answered with RST_STREAM
+    /// (malformed request, flow control, state), with the rule's reason: for
+    /// logs; `stats().stream_errors` counts them.
+    pub fn last_stream_error(&self) -> Option<FrameError> {
+        self.last_stream_error
     }
 
     /// The GOAWAY the client sent, if it did: its last stream id.

@@ -53,7 +53,11 @@ impl Connection {
                 priority,
                 fragment,
             } => {
-                if fragment.is_empty() && !end_headers && self.flood(Kind::EmptyFragment) {
+                if end_headers {
+                    // The common case: one frame, decoded in place.
+                    return self.on_header_block(stream, end_stream, priority, fragment);
+                }
+                if fragment.is_empty() && self.flood(Kind::EmptyFragment) {
                     return;
                 }
                 self.block = Some(Block {
@@ -62,7 +66,7 @@ impl Connection {
                     priority,
                     buf: Vec::new(),
                 });
-                self.on_fragment(fragment, end_headers);
+                self.on_fragment(fragment, false);
             }
             Frame::Continuation {
                 end_headers,
@@ -120,22 +124,27 @@ impl Connection {
             );
         }
         block.buf.extend_from_slice(fragment);
-        if end_headers && let Some(block) = self.block.take() {
-            self.on_header_block(block);
+        if end_headers && let Some(b) = self.block.take() {
+            self.on_header_block(b.stream, b.end_stream, b.priority, &b.buf);
         }
     }
 
     /// A complete header block. It is decoded first whatever becomes of
     /// the stream, so the HPACK table stays in step with the client's.
-    pub(super) fn on_header_block(&mut self, b: Block) {
-        let id = b.stream;
-        let (fields, too_large) = match self.decoder.decode(id, &b.buf) {
+    pub(super) fn on_header_block(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        priority: Option<PrioritySpec>,
+        block: &[u8],
+    ) {
+        let (fields, too_large) = match self.decoder.decode(id, block) {
             Ok(fields) => (fields, false),
             Err(HeaderError::ListTooLarge { .. }) => (Vec::new(), true),
             Err(HeaderError::Frame(e)) => return self.fail(e, e.reason.as_bytes()),
         };
         if self.streams.contains_key(&id) {
-            return self.on_trailers(id, fields, too_large, b.end_stream, b.priority);
+            return self.on_trailers(id, fields, too_large, end_stream, priority);
         }
         match self.closed.get(id) {
             // Trailers (or anything) the client sent before seeing our reset.
@@ -178,18 +187,18 @@ impl Connection {
             }
             return;
         }
-        if let Some(Err(e)) = b.priority.map(|p| p.check(id)) {
+        if let Some(Err(e)) = priority.map(|p| p.check(id)) {
             return self.stream_error(id, e.code, e.reason);
         }
         if too_large {
-            return self.answer_431(id, !b.end_stream);
+            return self.answer_431(id, !end_stream);
         }
         let mut request = match validate_request(id, fields) {
             Ok(r) => r,
             Err(e) => return self.stream_error(id, e.code, e.reason),
         };
         join_cookies(&mut request.headers);
-        if b.end_stream && request.content_length.is_some_and(|n| n != 0) {
+        if end_stream && request.content_length.is_some_and(|n| n != 0) {
             return self.stream_error(
                 id,
                 ErrorCode::ProtocolError,
@@ -201,14 +210,14 @@ impl Connection {
             i64::from(self.peer_initial_window),
             request.content_length,
         );
-        s.recv_open = !b.end_stream;
+        s.recv_open = !end_stream;
         self.streams.insert(id, s);
         self.last_accepted = id;
         self.stats.streams_opened += 1;
         self.events.push_back(Event::Request {
             stream: id,
             request,
-            end_stream: b.end_stream,
+            end_stream,
         });
     }
 
@@ -265,8 +274,7 @@ impl Connection {
     pub(super) fn answer_431(&mut self, id: u32, request_open: bool) {
         self.stats.headers_too_large += 1;
         self.last_accepted = id;
-        let mut block = Vec::new();
-        self.encoder.encode(431, &[], &mut block);
+        let block = self.encode_head(Some(431), &[]);
         let max_frame = self.peer_max_frame;
         let sent = self.answer(|out| {
             let mut n = emit::headers(out, id, &block, true, max_frame);
@@ -283,6 +291,7 @@ impl Connection {
             };
             self.closed.push(id, how);
         }
+        self.scratch = block;
     }
 
     pub(super) fn on_data(&mut self, id: u32, end_stream: bool, data: &[u8], flow_len: u32) {

@@ -64,11 +64,16 @@ impl Connection {
 
     /// A stream error (§5.4.2): RST_STREAM, the stream leaves the table, and
     /// the application hears of it if it knew the stream.
-    pub(super) fn stream_error(&mut self, id: u32, code: ErrorCode, _reason: &'static str) {
+    pub(super) fn stream_error(&mut self, id: u32, code: ErrorCode, reason: &'static str) {
         if self.dead {
             return;
         }
         self.stats.stream_errors += 1;
+        self.last_stream_error = Some(FrameError {
+            code,
+            scope: Scope::Stream(id),
+            reason,
+        });
         if !self.answer(|out| emit::rst_stream(out, id, code)) {
             return;
         }
@@ -124,6 +129,22 @@ impl Connection {
         Some(s)
     }
 
+    /// Encodes a response head (`Some(status)`) or a trailer block (`None`)
+    /// into the reused scratch buffer; hand it back with `self.scratch =`.
+    pub(super) fn encode_head(
+        &mut self,
+        status: Option<u16>,
+        headers: &[(&[u8], &[u8])],
+    ) -> Vec<u8> {
+        let mut block = std::mem::take(&mut self.scratch);
+        block.clear();
+        match status {
+            Some(status) => self.encoder.encode(status, headers, &mut block),
+            None => self.encoder.encode_trailers(headers, &mut block),
+        }
+        block
+    }
+
     /// Our response ended: the stream closes, with RST_STREAM(NO_ERROR) if
     /// the request is still arriving (§8.1).
     pub(super) fn end_send(&mut self, id: u32) {
@@ -132,9 +153,9 @@ impl Connection {
         };
         s.send = SendState::Done;
         if s.recv_open {
-            self.remove_stream(id);
             emit::rst_stream(&mut self.out, id, ErrorCode::NoError);
             self.closed.push(id, Closed::ResetByUs);
+            self.remove_stream(id);
         } else {
             self.maybe_finish(id);
         }
