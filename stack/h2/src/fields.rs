@@ -77,3 +77,62 @@ pub fn check_value(value: &[u8]) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+/// Joins the `cookie` fields of a request into one, in order, with "; "
+/// (RFC 9113 §8.2.3: HTTP/2 clients may split a cookie into crumbs, but an
+/// HTTP/1 origin expects one field). The joined field takes the place of
+/// the first crumb; other fields keep their order.
+pub fn join_cookies(fields: &mut Vec<Field>) {
+    let mut crumbs = fields.iter().filter(|f| f.name == b"cookie");
+    if crumbs.nth(1).is_none() {
+        return;
+    }
+    let mut joined: Option<usize> = None;
+    let mut i = 0;
+    while i < fields.len() {
+        if fields[i].name != b"cookie" {
+            i += 1;
+            continue;
+        }
+        match joined {
+            None => {
+                joined = Some(i);
+                i += 1;
+            }
+            Some(first) => {
+                let crumb = fields.remove(i);
+                let value = &mut fields[first].value;
+                value.extend_from_slice(b"; ");
+                value.extend_from_slice(&crumb.value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_crumbs_are_joined_with_semicolon_space_in_place_of_the_first() {
+        let mut f = vec![
+            Field::new("a", "1"),
+            Field::new("cookie", "x=1"),
+            Field::new("b", "2"),
+            Field::new("cookie", "y=2"),
+            Field::new("cookie", "z=3"),
+        ];
+        join_cookies(&mut f);
+        assert_eq!(
+            f,
+            [
+                Field::new("a", "1"),
+                Field::new("cookie", "x=1; y=2; z=3"),
+                Field::new("b", "2"),
+            ]
+        );
+        let mut one = vec![Field::new("cookie", "x=1")];
+        join_cookies(&mut one);
+        assert_eq!(one, [Field::new("cookie", "x=1")]);
+    }
+}

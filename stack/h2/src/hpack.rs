@@ -136,6 +136,22 @@ impl ResponseEncoder {
             self.inner
                 .encode_header_into((b":status", status.as_bytes()), out),
         );
+        self.encode_regular(headers, out);
+    }
+
+    /// Appends a trailer block (no pseudo-header fields, §8.1) for `headers`,
+    /// with the same filtering as [`ResponseEncoder::encode`].
+    pub fn encode_trailers(&mut self, headers: &[(&[u8], &[u8])], out: &mut Vec<u8>) {
+        if let Some(size) = self.pending_update.take() {
+            write(loona_hpack::encoder::encode_integer_into(
+                size, 5, 0x20, out,
+            ));
+        }
+        self.encode_regular(headers, out);
+    }
+
+    /// The regular fields of a block: lowercased, hop fields dropped.
+    fn encode_regular(&mut self, headers: &[(&[u8], &[u8])], out: &mut Vec<u8>) {
         let nominated: Vec<&[u8]> = headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
