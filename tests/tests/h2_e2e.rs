@@ -172,7 +172,9 @@ fn h2c_and_h2_over_tls_with_curl_nghttp_and_h2load() {
             ),
             (
                 "unknown length",
-                format!("cat {f} | curl -sS -m 30 --http2-prior-knowledge -T - http://{VIP}/echo"),
+                format!(
+                    "cat {f} | curl -v -sS -m 30 --http2-prior-knowledge -T - http://{VIP}/echo"
+                ),
             ),
             (
                 "tls",
@@ -180,7 +182,11 @@ fn h2c_and_h2_over_tls_with_curl_nghttp_and_h2load() {
             ),
         ] {
             let (ok, out) = sh(&lab, &cmd);
-            assert!(ok && out.contains(&want), "{how}: {out}");
+            assert!(
+                ok && out.contains(&want),
+                "{how}: {out}\n{:?}",
+                engine.stats()
+            );
         }
 
         // Downloads, content-length and chunked from the origin.

@@ -253,15 +253,16 @@ impl<P: ProxyHttp> H2Stream<P> {
             &req,
             false,
             |name| phases.strip_request_header(&info, name),
-            |lines| {
-                phases.upstream_request_filter(&info, pctx, lines);
-                if chunked {
-                    lines.add("transfer-encoding", b"chunked");
-                }
-            },
+            |lines| phases.upstream_request_filter(&info, pctx, lines),
             &mut cx.stats.header_lines_refused,
             &mut self.request_head,
-        );
+        ) && (!chunked || {
+            // A framing field, which phases may not add: ours, before the
+            // blank line that ends the head.
+            let out = &mut self.request_head;
+            out.truncate(out.len() - 2);
+            out.extend(b"Transfer-Encoding: chunked\r\n\r\n")
+        });
         if !written {
             return self.local_error(cx, h2, peer, ProxyError::BadRequest(HeadError::TooLarge));
         }
