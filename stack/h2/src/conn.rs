@@ -340,7 +340,8 @@ impl Connection {
                     match e.scope {
                         Scope::Stream(id) => {
                             // The header was there, or parse could not fail.
-                            used += frame::frame_len(rest).unwrap_or(rest.len());
+                            used +=
+                                frame::frame_len(rest).map_or(rest.len(), |n| n.min(rest.len()));
                             if self.block.is_some() {
                                 self.conn_error(
                                     ErrorCode::ProtocolError,
