@@ -12,6 +12,26 @@
 //! frame floods, CONTINUATION floods, unbounded output). Stream and
 //! connection errors are answered here (RST_STREAM, GOAWAY, a 431 for an
 //! over-size header list); the application only sees well-formed requests.
+//!
+//! What the application can rely on:
+//! - `Event::Request` comes once per accepted stream, before any other event
+//!   of it. `Event::Data` means octets were appended to `request_body` (or
+//!   the body ended); consecutive ones of a stream not yet polled coalesce.
+//!   `Event::Trailers` ends the body. `Event::Reset` comes for a stream the
+//!   application knows when the client resets it, a stream error of ours
+//!   resets it, or the connection fails (one per open stream); never after
+//!   `reset_stream` or after the stream finished.
+//! - A stream leaves the table (and `request_body` becomes empty) when both
+//!   sides have ended (request END_STREAM received and response END_STREAM
+//!   sent), or on any reset. Ending the response while the request body is
+//!   still arriving resets the request side (RST_STREAM NO_ERROR, §8.1) and
+//!   discards the rest of the body.
+//! - Stream errors, refusals (MAX_CONCURRENT_STREAMS, after a GOAWAY) and
+//!   client resets all count toward `max_resets_per_window`.
+//! - Our own answers (ACKs, RST_STREAM, WINDOW_UPDATE) may take the pending
+//!   output up to [`ANSWER_HEADROOM`] past `max_pending_output` before the
+//!   connection calls it a flood; the application's own frames are bounded
+//!   by `send_capacity` only for DATA.
 
 mod flow;
 #[cfg(test)]
@@ -320,7 +340,8 @@ impl Connection {
                     match e.scope {
                         Scope::Stream(id) => {
                             // The header was there, or parse could not fail.
-                            used += frame::frame_len(rest).unwrap_or(rest.len());
+                            used +=
+                                frame::frame_len(rest).map_or(rest.len(), |n| n.min(rest.len()));
                             if self.block.is_some() {
                                 self.conn_error(
                                     ErrorCode::ProtocolError,

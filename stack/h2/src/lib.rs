@@ -26,7 +26,7 @@ mod tests;
 
 pub use conn::{ConnStats, Connection, Event, SendError, ServerConfig};
 pub use error::{ErrorCode, FrameError, Scope};
-pub use fields::Field;
+pub use fields::{Field, join_cookies};
 pub use frame::{Frame, PrioritySpec, decode, frame_len, parse};
 pub use header::{FrameHeader, FrameType, HEADER_LEN, flags};
 pub use hpack::{HeaderDecoder, HeaderError, ResponseEncoder};
