@@ -61,6 +61,13 @@ if [ -n "${FG_HUGEPAGES:-}" ]; then
   fi
 fi
 
+# httpwg (httpwg-cli: a Rust port of h2spec, the HTTP/2 conformance suite the
+# h2 lab test runs); built from crates.io once, pinned.
+if ! command -v httpwg >/dev/null 2>&1; then
+  echo "vendor-setup.sh: installing httpwg-cli 0.2.5"
+  cargo install httpwg-cli --version 0.2.5 --locked --root /usr/local --quiet
+fi
+
 # Rust toolchain: the machine's stable rustup toolchain; add components we use.
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true

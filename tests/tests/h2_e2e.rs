@@ -504,3 +504,50 @@ fn h2_stalled_reader_is_reset_and_memory_stays_bounded() {
         assert!(engine.is_running());
     });
 }
+
+/// `httpwg` (httpwg-cli, a Rust port of h2spec; installed by
+/// vendor-setup.sh) against the h2c listener: every case passes.
+#[test]
+fn httpwg_conformance_suite_passes_over_h2c() {
+    lab_test("h2-httpwg", || {
+        let lab = Lab::up(1);
+        let _o = lab.start_origin("t1", "10.77.0.3:9001");
+        certs(&lab);
+        let cfg = write_config(&lab, "");
+        let mut engine = lab.start_engine_with(&cfg, "af_xdp", 1);
+        let (ok, out) = sh(
+            &lab,
+            &format!(
+                "timeout 300 httpwg --connect-timeout 2000 --frame-timeout 2000 -a {VIP}:80 2>&1"
+            ),
+        );
+        // "Passed 107/107 tests …" (with colour codes around the figures).
+        let plain: String = out
+            .split('\u{1b}')
+            .map(|part| part.split_once('m').map_or(part, |(_, rest)| rest))
+            .collect();
+        let summary = plain
+            .lines()
+            .find(|l| l.contains("Passed") && l.contains("tests in"))
+            .unwrap_or_else(|| panic!("no httpwg summary:\n{out}"));
+        let figures = summary
+            .split_whitespace()
+            .find(|w| w.contains('/'))
+            .and_then(|w| w.split_once('/'))
+            .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
+        let Some((passed, total)) = figures else {
+            panic!("unreadable httpwg summary {summary:?}");
+        };
+        assert!(
+            ok && passed == total && total >= 100,
+            "httpwg: {summary}\n{}",
+            plain
+                .lines()
+                .filter(|l| l.contains("panicked") || l.contains("Message") || l.contains("failed"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert!(engine.is_running());
+        assert!(curl_ok(&lab));
+    });
+}

@@ -597,10 +597,12 @@ impl Connection {
     }
 
     /// Nothing more will happen: a connection error's GOAWAY is queued, or
-    /// a graceful GOAWAY's streams are all done. Flush `pending_output`, then
-    /// close the transport.
+    /// our graceful GOAWAY's streams are all done. Flush `pending_output`,
+    /// then close the transport. A client's GOAWAY alone does not end the
+    /// connection: the client closes it when it is done (and may still
+    /// PING until then).
     pub fn is_done(&self) -> bool {
-        self.dead || (self.is_going_away() && self.streams.is_empty())
+        self.dead || (self.goaway_sent && self.streams.is_empty())
     }
 
     /// The connection error that ended the connection, if one did.

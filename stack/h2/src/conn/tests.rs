@@ -857,7 +857,7 @@ fn go_away_with_an_error_ends_now_and_resets_the_open_streams() {
 }
 
 #[test]
-fn client_goaway_means_going_away_and_done_when_streams_finish() {
+fn client_goaway_means_going_away_but_the_client_closes_and_may_still_ping() {
     let mut c = Client::handshake(cfg());
     c.get(1);
     let mut b = Vec::new();
@@ -866,6 +866,22 @@ fn client_goaway_means_going_away_and_done_when_streams_finish() {
     assert!(c.conn.is_going_away());
     assert!(!c.conn.is_done());
     c.conn.send_headers(1, 200, &[], true).unwrap();
+    // Done is ours to say (our GOAWAY, a connection error); until then a
+    // PING after the client's GOAWAY is still answered (h2spec 7 checks it).
+    assert!(!c.conn.is_done());
+    c.read();
+    let mut b = Vec::new();
+    emit::ping(&mut b, false, *b"after-go");
+    c.send(&b);
+    let out = c.read();
+    assert!(
+        out.contains(&Out::Ping {
+            ack: true,
+            data: *b"after-go"
+        }),
+        "{out:?}"
+    );
+    c.conn.go_away(NoError, b"");
     assert!(c.conn.is_done());
 }
 
