@@ -551,3 +551,42 @@ fn httpwg_conformance_suite_passes_over_h2c() {
         assert!(curl_ok(&lab));
     });
 }
+
+/// A clean stop says GOAWAY (NO_ERROR, "shutdown") to HTTP/2 clients.
+#[test]
+fn h2_clients_get_goaway_on_shutdown() {
+    lab_test("h2-shutdown", || {
+        let lab = Lab::up(1);
+        let _o = lab.start_origin("t1", "10.77.0.3:9001");
+        certs(&lab);
+        let cfg = write_config(&lab, "");
+        let mut engine = lab.start_engine_with(&cfg, "af_xdp", 1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ns = lab.ns("client");
+        let goaway = std::thread::scope(|s| {
+            let client = s.spawn(move || {
+                ferrogate_tests::enter_netns(&ns).expect("enter client namespace");
+                let mut c = RawClient::connect();
+                // Our SETTINGS are acknowledged: the connection is up.
+                let (frames, _) = c.read_frames(Duration::from_secs(5), |h, _| {
+                    h.kind == FrameType::Settings && h.flags & flags::ACK != 0
+                });
+                assert!(!frames.is_empty(), "no SETTINGS ACK");
+                tx.send(()).unwrap();
+                let (frames, _) =
+                    c.read_frames(Duration::from_secs(10), |h, _| h.kind == FrameType::GoAway);
+                frames
+                    .into_iter()
+                    .find(|(h, _)| h.kind == FrameType::GoAway)
+                    .map(|(_, p)| p)
+            });
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("client connected");
+            engine.stop();
+            client.join().expect("client thread")
+        });
+        let p = goaway.expect("a GOAWAY before the close");
+        assert_eq!(u32::from_be_bytes([p[4], p[5], p[6], p[7]]), 0, "NO_ERROR");
+        assert_eq!(&p[8..], b"shutdown");
+    });
+}

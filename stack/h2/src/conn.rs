@@ -591,6 +591,11 @@ impl Connection {
         self.streams.len()
     }
 
+    /// We sent a GOAWAY (graceful, or for a connection error).
+    pub fn goaway_sent(&self) -> bool {
+        self.dead || self.goaway_sent
+    }
+
     /// A GOAWAY was sent or received: no new streams will come.
     pub fn is_going_away(&self) -> bool {
         self.dead || self.goaway_sent || self.peer_goaway.is_some()

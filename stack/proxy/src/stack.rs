@@ -392,8 +392,17 @@ impl<P: ProxyHttp> Stack<P> {
     /// FIN, so origins do not keep them open until their own timeout (and
     /// a new engine's first connections never meet their 4-tuples). Keep
     /// polling and draining tx for a moment after, for the FIN exchange.
+    /// HTTP/2 clients get a GOAWAY (NO_ERROR, "shutdown") first, so they
+    /// know no new stream will be served here.
     pub fn close_idle_upstreams(&mut self, now: Instant) {
-        self.app.conn_pool.close_all(&mut self.net.streams());
+        let mut streams = self.net.streams();
+        for slot in &mut self.app.conns {
+            if let Some(Session::H2(c)) = &mut slot.conn {
+                c.go_away(b"shutdown");
+                streams.mark(c.client());
+            }
+        }
+        self.app.conn_pool.close_all(&mut streams);
         self.poll(now);
     }
 

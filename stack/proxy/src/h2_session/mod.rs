@@ -71,6 +71,13 @@ impl<P: ProxyHttp> H2Conn<P> {
         }
     }
 
+    /// A graceful GOAWAY: the streams already open finish, no new ones.
+    pub(crate) fn go_away(&mut self, why: &[u8]) {
+        if !self.h2.goaway_sent() {
+            self.h2.go_away(ErrorCode::NoError, why);
+        }
+    }
+
     pub(crate) fn is_finished(&self) -> bool {
         self.finished
     }
@@ -150,7 +157,7 @@ impl<P: ProxyHttp> H2Conn<P> {
         moved |= self.flush(cx);
         if !self.streams.is_empty() || moved {
             self.idle_deadline = after(cx.now, cx.cfg.timeouts.client_idle);
-        } else if cx.now >= self.idle_deadline && !self.h2.is_going_away() {
+        } else if cx.now >= self.idle_deadline && !self.h2.goaway_sent() {
             // Idle: say goodbye properly rather than drop the socket.
             self.h2.go_away(ErrorCode::NoError, b"idle");
             moved |= self.flush(cx);
