@@ -99,7 +99,7 @@ fn h2c_and_h2_over_tls_with_curl_nghttp_and_h2load() {
         let lab = Lab::up(1);
         let _o = lab.start_origin("t1", "10.77.0.3:9001");
         let dir = certs(&lab);
-        let cfg = write_config(&lab, "");
+        let cfg = write_config(&lab, "[access_log]\npath = \"access.log\"\n");
         let mut engine = lab.start_engine_with(&cfg, "af_xdp", 1);
 
         // h2c with prior knowledge, and HTTP/1.1 on the same port.
@@ -213,6 +213,34 @@ fn h2c_and_h2_over_tls_with_curl_nghttp_and_h2load() {
         );
         assert!(ok, "{out}");
         assert!(out.contains("1000 succeeded, 0 failed, 0 errored"), "{out}");
+
+        // The access log says which protocol each request came in.
+        let log = lab.state_dir().join("access.log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut text = String::new();
+        while Instant::now() < deadline {
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("\"protocol\":\"HTTP/2\"")
+                && text.contains("\"protocol\":\"HTTP/1.1\"")
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let h2_line = text
+            .lines()
+            .find(|l| l.contains("\"protocol\":\"HTTP/2\"") && l.contains("/hello"));
+        assert!(
+            h2_line.is_some(),
+            "no HTTP/2 record in {}:\n{}",
+            log.display(),
+            &text[..text.len().min(2000)]
+        );
+        assert!(
+            text.contains("\"protocol\":\"HTTP/1.1\""),
+            "{}",
+            &text[..text.len().min(2000)]
+        );
 
         let stats = engine.stats();
         assert!(stats["stack_h2_connections"] >= 20, "{stats:?}");
