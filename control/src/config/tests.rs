@@ -392,3 +392,37 @@ upstream = "origin""#,
     has("listeners[0].routes[2].name: duplicate route name \"r\"");
     has("listeners[0].routes[2]: at most one of `path_prefix`, `path_exact`, `path_regex`");
 }
+
+#[test]
+fn http2_listener_and_limits_compile_and_bad_values_name_their_line() {
+    let on = GOOD.replace("port = 80\n", "port = 80\nhttp2 = true\n")
+        + "\n[http2]\nmax_concurrent_streams = 50\nstream_window = 131072\nmax_resets_per_second = 20\nsettings_timeout_ms = 3000\n";
+    let c = compile(Path::new("t.toml"), &on).unwrap();
+    assert!(c.engine.routes.listeners[0].http2);
+    let h2 = &c.engine.stack.h2;
+    assert_eq!(h2.max_concurrent_streams, 50);
+    assert_eq!(h2.stream_window, 131_072);
+    assert_eq!(h2.max_resets_per_window, 20);
+    assert_eq!(h2.flood_window, Duration::from_secs(1));
+    assert_eq!(h2.settings_timeout, Duration::from_millis(3000));
+    // Off unless asked for; the defaults otherwise.
+    let c = compile(Path::new("t.toml"), GOOD).unwrap();
+    assert!(!c.engine.routes.listeners[0].http2);
+    assert_eq!(
+        c.engine.stack.h2,
+        ferrogate_proxy::h2::ServerConfig::default()
+    );
+
+    let bad = GOOD.to_string()
+        + "\n[http2]\nmax_frame_size = 1000\nmax_concurrent_streams = 0\nsettings_timeout_ms = 5\n";
+    let e = errors(&bad);
+    let has = |needle: &str| {
+        assert!(e.iter().any(|l| l.contains(needle)), "{needle}: {e:#?}");
+    };
+    has("t.toml:21:18: http2.max_frame_size: must be 16384..=16777215");
+    has("t.toml:22:26: http2.max_concurrent_streams: must be 1..=10000");
+    has("t.toml:23:23: http2.settings_timeout_ms: must be 100..=600000");
+    assert!(
+        errors(&(GOOD.to_string() + "\n[http2]\nmax_streams = 1\n"))[0].contains("unknown field")
+    );
+}

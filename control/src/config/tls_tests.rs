@@ -167,3 +167,37 @@ client_auth = "required"
     has("edge.toml:14:15: listeners[0].tls.min_version: \"1.1\" must be");
     has("listeners[0].tls.client_auth: needs client_ca");
 }
+
+#[test]
+fn alpn_offers_h2_only_on_http2_listeners() {
+    let d = dir();
+    let (c, k) = pem_pair("a.example");
+    std::fs::write(d.join("a.crt"), c).unwrap();
+    std::fs::write(d.join("a.key"), k).unwrap();
+    let tls =
+        "[listeners.tls]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\", default = true }]\n";
+    let h2 = config(tls).replace("port = 443\n", "port = 443\nhttp2 = true\n");
+    let c = compile_in(&d, &h2).expect("compiles");
+    let alpn = &c.engine.routes.listeners[0]
+        .tls
+        .as_ref()
+        .unwrap()
+        .server
+        .config
+        .alpn_protocols;
+    assert_eq!(alpn, &vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+    // "h2" in an explicit list needs http2 = true.
+    let explicit = format!("{tls}alpn = [\"h2\", \"http/1.1\"]\n");
+    let e = compile_in(&d, &config(&explicit)).unwrap_err();
+    assert!(
+        e.iter()
+            .any(|l| l.contains("listeners[0].tls.alpn[0]: \"h2\" needs http2 = true")),
+        "{e:#?}"
+    );
+    let c = compile_in(
+        &d,
+        &config(&explicit).replace("port = 443\n", "port = 443\nhttp2 = true\n"),
+    )
+    .expect("compiles");
+    assert!(c.engine.routes.listeners[0].http2);
+}
