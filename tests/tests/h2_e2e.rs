@@ -157,6 +157,19 @@ fn h2c_and_h2_over_tls_with_curl_nghttp_and_h2load() {
         assert!(out.to_ascii_lowercase().contains("x-test: yes"), "{out}");
         assert!(!out.contains(":authority"), "{out}");
 
+        // 1xx from the origin (103 Early Hints) reach the client ahead of
+        // the response.
+        let (ok, out) = sh(
+            &lab,
+            &format!("curl -v -sS -m 10 --http2-prior-knowledge http://{VIP}/hints"),
+        );
+        assert!(ok && out.contains("< HTTP/2 103"), "{out}");
+        assert!(out.contains("< link: </style.css>; rel=preload"), "{out}");
+        assert!(
+            out.contains("< HTTP/2 200") && out.contains("hinted by t1"),
+            "{out}"
+        );
+
         // Uploads: with a content-length, and without one (chunked upstream).
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let file = dir.join("upload.bin");

@@ -87,7 +87,21 @@ impl ChunkedDecoder {
         input: &[u8],
         data: impl FnMut(&[u8]),
     ) -> Result<usize, ChunkError> {
-        let n = self.feed_inner(input, data)?;
+        self.feed_limited(input, usize::MAX, data)
+    }
+
+    /// As `feed_with`, handing out at most `budget` payload octets: input
+    /// stops being consumed at the first payload octet over it, while
+    /// framing (chunk sizes, CRLFs, trailers, the end) is consumed with a
+    /// zero budget too, so a peer's window never holds back the end of a
+    /// body that has no payload left.
+    pub fn feed_limited(
+        &mut self,
+        input: &[u8],
+        budget: usize,
+        data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
+        let n = self.feed_inner(input, budget, data)?;
         self.seen += n as u64;
         Ok(n)
     }
@@ -95,6 +109,7 @@ impl ChunkedDecoder {
     fn feed_inner(
         &mut self,
         input: &[u8],
+        mut budget: usize,
         mut data: impl FnMut(&[u8]),
     ) -> Result<usize, ChunkError> {
         let mut i = 0;
@@ -103,8 +118,14 @@ impl ChunkedDecoder {
             match self.state {
                 State::Done => break,
                 State::Data => {
-                    let take = (self.remaining).min((input.len() - i) as u64) as usize;
+                    let take = (self.remaining)
+                        .min((input.len() - i) as u64)
+                        .min(budget as u64) as usize;
+                    if take == 0 {
+                        break;
+                    }
                     data(&input[i..i + take]);
+                    budget -= take;
                     self.remaining -= take as u64;
                     i += take;
                     if self.remaining == 0 {
@@ -252,6 +273,32 @@ mod tests {
             assert!(d.is_done());
             assert_eq!(out, b"hello world");
         }
+    }
+
+    #[test]
+    fn feed_limited_stops_at_the_budget_but_consumes_framing_with_none_left() {
+        let body = b"5\r\nhello\r\n0\r\n\r\n";
+        let mut d = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        // Budget 3: "5\r\n" + "hel", then stops inside the chunk.
+        let n = d
+            .feed_limited(body, 3, |p| out.extend_from_slice(p))
+            .unwrap();
+        assert_eq!((n, &out[..]), (6, &b"hel"[..]));
+        // Budget 0 in the middle of data: nothing moves.
+        assert_eq!(
+            d.feed_limited(&body[n..], 0, |_| panic!("no payload"))
+                .unwrap(),
+            0
+        );
+        let m = d
+            .feed_limited(&body[n..], 2, |p| out.extend_from_slice(p))
+            .unwrap();
+        assert_eq!(out, b"hello");
+        // The framing after the last payload octet went too, though the
+        // budget was spent: the end of a body never waits for window.
+        assert_eq!(n + m, body.len());
+        assert!(d.is_done());
     }
 
     #[test]

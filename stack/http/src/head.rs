@@ -179,6 +179,15 @@ fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// Whether a `Connection` field of `headers` names `name`: such a field
+/// describes the hop it came over and goes no further (RFC 9110 §7.6.1).
+fn named_by_connection(headers: Headers<'_>, name: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .any(|h| has_token(h.value, name))
+}
+
 fn has_token(value: &[u8], token: &str) -> bool {
     value
         .split(|&b| b == b',')
@@ -424,7 +433,8 @@ pub fn write_upstream_request(
     let mut ok = write!(out, "{} {} HTTP/1.1\r\n", req.method, req.target).is_ok();
     for h in req.headers.iter() {
         let keep_for_upgrade = upgrade && h.name.eq_ignore_ascii_case("upgrade");
-        if (is_hop_by_hop(h.name) && !keep_for_upgrade)
+        if ((is_hop_by_hop(h.name) || named_by_connection(req.headers, h.name))
+            && !keep_for_upgrade)
             || h.name.eq_ignore_ascii_case("expect")
             || strip(h.name)
         {
@@ -546,8 +556,10 @@ pub fn write_client_response(
     let status = resp.code.unwrap_or(502);
     let mut ok = write!(out, "HTTP/1.1 {} {}\r\n", status, resp.reason.unwrap_or("")).is_ok();
     let switching = status == 101;
+    let fields = Headers(Fields::Http1(resp.headers));
     for h in resp.headers.iter() {
-        if is_hop_by_hop(h.name) && !(switching && h.name.eq_ignore_ascii_case("upgrade")) {
+        let upgrade = switching && h.name.eq_ignore_ascii_case("upgrade");
+        if (is_hop_by_hop(h.name) || named_by_connection(fields, h.name)) && !upgrade {
             continue;
         }
         ok &= out.extend(h.name.as_bytes())
@@ -577,7 +589,8 @@ pub fn write_client_response(
 /// `write_client_response`), for a client codec that frames fields itself
 /// (HTTP/2): `out` gets every field in order, borrowed from `buf`.
 pub fn response_fields<'b>(buf: &'b [u8], out: &mut Vec<(&'b [u8], &'b [u8])>) -> Option<u16> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // Room for the origin's fields plus the lines the phases added.
+    let mut headers = [httparse::EMPTY_HEADER; 2 * MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     if !matches!(resp.parse(buf), Ok(httparse::Status::Complete(_))) {
         return None;
@@ -759,7 +772,7 @@ mod tests {
 
     #[test]
     fn upstream_head_drops_hop_by_hop_expect_and_stripped_fields_then_adds_lines() {
-        let raw = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, foo\r\nKeep-Alive: 5\r\nExpect: 100-continue\r\nX-Client-CN: forged\r\n\r\n";
+        let raw = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, foo\r\nKeep-Alive: 5\r\nFoo: hop\r\nExpect: 100-continue\r\nX-Client-CN: forged\r\n\r\n";
         let mut h = HeaderSlots::new();
         let (req, _) = parse_request(raw, &mut h, false).unwrap().unwrap();
         let mut out = ByteBuf::with_capacity(1024);
@@ -778,6 +791,22 @@ mod tests {
             s,
             "GET /x HTTP/1.1\r\nHost: a\r\nX-Request-Id: abc-1\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn client_head_drops_the_fields_the_origins_connection_header_names() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\n\r\n";
+        let mut out = ByteBuf::with_capacity(1024);
+        assert!(write_client_response(
+            raw,
+            true,
+            false,
+            |_, _| {},
+            &mut 0,
+            &mut out
+        ));
+        let s = std::str::from_utf8(out.filled()).unwrap();
+        assert_eq!(s, "HTTP/1.1 200 OK\r\nX-End: 2\r\n\r\n");
     }
 
     #[test]

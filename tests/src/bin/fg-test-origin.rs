@@ -161,6 +161,15 @@ fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
                     body.len()
                 )?;
             }
+            "hints" => {
+                // 103 Early Hints ahead of the response (RFC 8297).
+                let body = format!("hinted by {name}\n");
+                write!(
+                    w,
+                    "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )?;
+            }
             "slow" => {
                 let ms: u64 = seg.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
                 std::thread::sleep(Duration::from_millis(ms));

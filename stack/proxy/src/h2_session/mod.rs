@@ -15,7 +15,10 @@ use crate::net::{Instant, StreamId};
 use crate::phases::ProxyHttp;
 use crate::proxy::{Ctx, after};
 
-use stream::{H2Stream, Peer};
+use stream::{H2Stream, Peer, StreamBufs};
+
+/// Buffer pairs a connection keeps from finished streams for its next ones.
+const SPARE_STREAM_BUFS: usize = 8;
 
 /// The protocol's clock: the stack's, as a duration since its start.
 fn clock(now: Instant) -> Duration {
@@ -34,6 +37,9 @@ pub(crate) struct H2Conn<P: ProxyHttp> {
     /// Received plaintext not yet taken by the protocol (at most a frame).
     from_client: ByteBuf,
     streams: Vec<H2Stream<P>>,
+    /// Buffers of finished streams, for the next ones: a busy connection
+    /// does not allocate per request.
+    spare: Vec<StreamBufs>,
     /// With no stream open: when the connection is closed as idle.
     idle_deadline: Instant,
     /// The protocol's counters already added to the worker's.
@@ -53,7 +59,10 @@ impl<P: ProxyHttp> H2Conn<P> {
     ) -> Self {
         let cfg = cx.cfg.h2.clone();
         // A whole frame must fit, or the protocol could never take it.
-        let size = cx.cfg.head_buffer.max(cfg.max_frame_size as usize + 9);
+        let size = cx
+            .cfg
+            .head_buffer
+            .max(cfg.max_frame_size.max(16_384) as usize + 9);
         let mut from_client = ByteBuf::with_capacity(size);
         let ok = from_client.extend(received);
         debug_assert!(ok, "received bytes fit a head buffer");
@@ -65,6 +74,7 @@ impl<P: ProxyHttp> H2Conn<P> {
             h2: Connection::new(cfg, clock(cx.now)),
             from_client,
             streams: Vec::new(),
+            spare: Vec::new(),
             idle_deadline: after(cx.now, cx.cfg.timeouts.client_idle),
             reported: Default::default(),
             finished: false,
@@ -139,39 +149,65 @@ impl<P: ProxyHttp> H2Conn<P> {
             let mut events = false;
             while let Some(ev) = self.h2.poll_event() {
                 events = true;
-                on_event(cx, &mut self.h2, &peer, &mut self.streams, ev);
+                let mut streams = Streams {
+                    live: &mut self.streams,
+                    spare: &mut self.spare,
+                };
+                on_event(cx, &mut self.h2, &peer, &mut streams, ev);
             }
             moved |= used > 0 || events;
             if used == 0 && !events {
                 break;
             }
         }
+        let client_done = !self.io.stream.may_recv(&cx.net.stream(self.client));
         for st in &mut self.streams {
+            if client_done && st.awaits_body() {
+                // The client closed its side with a body still owed: nothing
+                // sensible can go upstream (as HTTP/1 aborts).
+                cx.stats.client_aborts += 1;
+                st.finish(cx, true);
+                moved = true;
+                continue;
+            }
             moved |= st.drive(cx, &mut self.h2, &peer);
         }
-        self.streams.retain(|st| !st.is_done());
+        let mut i = 0;
+        while i < self.streams.len() {
+            if self.streams[i].is_done() {
+                let st = self.streams.swap_remove(i);
+                keep_spare(&mut self.spare, st.into_bufs());
+            } else {
+                i += 1;
+            }
+        }
         if self.h2.poll_timeout().is_some_and(|t| t <= now) {
             self.h2.handle_timeout(now);
             moved = true;
         }
         moved |= self.flush(cx);
-        if !self.streams.is_empty() || moved {
+        // Only streams keep a connection alive: PINGs or WINDOW_UPDATEs
+        // alone do not.
+        if !self.streams.is_empty() {
             self.idle_deadline = after(cx.now, cx.cfg.timeouts.client_idle);
-        } else if cx.now >= self.idle_deadline && !self.h2.goaway_sent() {
-            // Idle: say goodbye properly rather than drop the socket.
-            self.h2.go_away(ErrorCode::NoError, b"idle");
-            moved |= self.flush(cx);
+        } else if cx.now >= self.idle_deadline {
+            if !self.h2.goaway_sent() {
+                // Idle: say goodbye properly rather than drop the socket, and
+                // give the close as long again.
+                self.h2.go_away(ErrorCode::NoError, b"idle");
+                self.idle_deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+                moved |= self.flush(cx);
+            } else {
+                // Our GOAWAY and close could not get out in time.
+                self.finish(cx, true);
+                return true;
+            }
         }
-        let client_done = !self.io.stream.may_recv(&cx.net.stream(self.client));
         let quiet = self.streams.is_empty() && self.h2.pending_output().is_empty();
         if quiet && (self.h2.is_done() || client_done) {
-            self.close(cx);
-            return true;
-        }
-        if self.h2.is_done() && cx.now >= self.idle_deadline {
-            // Its GOAWAY could not be written in time: give up.
-            self.finish(cx, true);
-            return true;
+            // A TLS close_notify that does not fit yet is no progress: the
+            // idle deadline above bounds the wait.
+            return self.close(cx) || moved;
         }
         moved
     }
@@ -215,13 +251,16 @@ impl<P: ProxyHttp> H2Conn<P> {
         self.reported = now;
     }
 
-    /// Everything is said: close the client connection in order.
-    fn close(&mut self, cx: &mut Ctx<'_, P>) {
+    /// Everything is said: close the client connection in order. False
+    /// while a TLS close_notify waits for room.
+    fn close(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         let sock = &mut cx.net.stream(self.client);
-        if self.io.stream.close(sock) {
-            sock.close();
-            self.finish(cx, false);
+        if !self.io.stream.close(sock) {
+            return false;
         }
+        sock.close();
+        self.finish(cx, false);
+        true
     }
 
     /// Ends the connection now; `reset` aborts the client socket.
@@ -240,11 +279,23 @@ impl<P: ProxyHttp> H2Conn<P> {
     }
 }
 
+fn keep_spare(spare: &mut Vec<StreamBufs>, bufs: StreamBufs) {
+    if spare.len() < SPARE_STREAM_BUFS {
+        spare.push(bufs);
+    }
+}
+
+/// The connection's streams and their spare buffers.
+struct Streams<'s, P: ProxyHttp> {
+    live: &'s mut Vec<H2Stream<P>>,
+    spare: &'s mut Vec<StreamBufs>,
+}
+
 fn on_event<P: ProxyHttp>(
     cx: &mut Ctx<'_, P>,
     h2: &mut Connection,
     peer: &Peer<'_>,
-    streams: &mut Vec<H2Stream<P>>,
+    streams: &mut Streams<'_, P>,
     ev: Event,
 ) {
     match ev {
@@ -253,27 +304,38 @@ fn on_event<P: ProxyHttp>(
             request,
             end_stream,
         } => {
-            let st = H2Stream::start(cx, h2, peer, stream, request, end_stream);
-            if !st.is_done() {
-                streams.push(st);
+            let bufs = streams
+                .spare
+                .pop()
+                .unwrap_or_else(|| StreamBufs::new(cx.cfg.head_buffer));
+            let st = H2Stream::start(cx, h2, peer, stream, request, end_stream, bufs);
+            if st.is_done() {
+                keep_spare(streams.spare, st.into_bufs());
+            } else {
+                streams.live.push(st);
             }
         }
         Event::Data { stream, end_stream } => {
-            if let Some(st) = streams.iter_mut().find(|s| s.id == stream) {
+            if let Some(st) = streams.live.iter_mut().find(|s| s.id == stream) {
                 st.request_ended |= end_stream;
             }
         }
         // Request trailers have no HTTP/1.1 upstream form short of a
         // chunked trailer section; the body is complete.
         Event::Trailers { stream, .. } => {
-            if let Some(st) = streams.iter_mut().find(|s| s.id == stream) {
+            if let Some(st) = streams.live.iter_mut().find(|s| s.id == stream) {
                 st.request_ended = true;
             }
         }
         Event::Reset { stream, .. } => {
+            let streams = &mut *streams.live;
             if let Some(i) = streams.iter().position(|s| s.id == stream) {
-                cx.stats.h2.client_resets += 1;
-                cx.stats.client_aborts += 1;
+                // Our own connection error resets every stream too: not the
+                // client's doing.
+                if h2.error().is_none() {
+                    cx.stats.h2.client_resets += 1;
+                    cx.stats.client_aborts += 1;
+                }
                 let mut st = streams.swap_remove(i);
                 st.finish(cx, true);
             }

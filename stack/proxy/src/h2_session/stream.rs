@@ -30,16 +30,15 @@ pub(crate) struct Peer<'a> {
     pub listener_port: u16,
 }
 
-/// How the request body goes upstream.
+/// How the request body goes upstream (fixed per request; every attempt
+/// starts from it).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ReqBody {
     None,
     /// `content-length` said how much: forwarded as is.
     Length(u64),
-    /// No length: sent chunked; `chunks` counts the chunks sent.
-    Chunked {
-        chunks: u64,
-    },
+    /// No length: sent chunked.
+    Chunked,
 }
 
 enum Step {
@@ -57,8 +56,27 @@ enum Step {
     Done,
 }
 
-/// Most octets of chunk framing around one chunk ("ffffffff\r\n" + "\r\n").
-const CHUNK_FRAMING: usize = 16;
+/// Most octets of framing before one chunk: the CRLF ending the previous
+/// chunk, then its size line ("\r\nffffffff\r\n").
+const CHUNK_FRAMING: usize = 12;
+/// The end of a chunked body after at least one chunk.
+const CHUNKED_END: &[u8] = b"\r\n0\r\n\r\n";
+
+/// A stream's two head-sized buffers, reused by the connection's next
+/// streams (see `H2Conn::spare`).
+pub(crate) struct StreamBufs {
+    request_head: ByteBuf,
+    from_upstream: ByteBuf,
+}
+
+impl StreamBufs {
+    pub(crate) fn new(size: usize) -> Self {
+        Self {
+            request_head: ByteBuf::with_capacity(size),
+            from_upstream: ByteBuf::with_capacity(size),
+        }
+    }
+}
 
 pub(crate) struct H2Stream<P: ProxyHttp> {
     pub(crate) id: u32,
@@ -66,6 +84,11 @@ pub(crate) struct H2Stream<P: ProxyHttp> {
     method: &'static str,
     is_head: bool,
     body: ReqBody,
+    /// This attempt's progress through the body: octets left (`Length`),
+    /// chunks sent (`Chunked`), all of it (and the chunked end) sent.
+    body_left: u64,
+    chunks: u64,
+    body_done: bool,
     /// The client ended the request (END_STREAM, or trailers).
     pub(crate) request_ended: bool,
     /// `request_body_filter` was told the body ended.
@@ -112,19 +135,24 @@ fn fields<'a>(request: &'a Request) -> Result<Vec<Header<'a>>, ProxyError> {
 }
 
 impl<P: ProxyHttp> H2Stream<P> {
-    fn new(id: u32, now: Instant, head_buffer: usize) -> Self {
+    fn new(id: u32, now: Instant, mut bufs: StreamBufs) -> Self {
+        bufs.request_head.clear();
+        bufs.from_upstream.clear();
         Self {
             id,
             att: Attempt::default(),
             method: "OTHER",
             is_head: false,
             body: ReqBody::None,
+            body_left: 0,
+            chunks: 0,
+            body_done: false,
             request_ended: false,
             body_end_seen: false,
             body_sent: 0,
-            request_head: ByteBuf::with_capacity(head_buffer),
+            request_head: bufs.request_head,
             head_sent: 0,
-            from_upstream: ByteBuf::with_capacity(head_buffer),
+            from_upstream: bufs.from_upstream,
             abandoned: false,
             step: Step::Done,
             local_body: Vec::new(),
@@ -140,6 +168,19 @@ impl<P: ProxyHttp> H2Stream<P> {
 
     pub(crate) fn is_done(&self) -> bool {
         matches!(self.step, Step::Done)
+    }
+
+    /// The buffers, for the connection's next stream.
+    pub(crate) fn into_bufs(self) -> StreamBufs {
+        StreamBufs {
+            request_head: self.request_head,
+            from_upstream: self.from_upstream,
+        }
+    }
+
+    /// Still waiting for request-body octets from the client.
+    pub(crate) fn awaits_body(&self) -> bool {
+        !self.request_ended && !self.is_done()
     }
 
     pub(crate) fn deadline(&self) -> Instant {
@@ -158,8 +199,9 @@ impl<P: ProxyHttp> H2Stream<P> {
         id: u32,
         request: Request,
         end_stream: bool,
+        bufs: StreamBufs,
     ) -> Self {
-        let mut st = Self::new(id, cx.now, cx.cfg.head_buffer);
+        let mut st = Self::new(id, cx.now, bufs);
         cx.stats.requests += 1;
         cx.stats.h2.requests += 1;
         st.request_ended = end_stream;
@@ -243,9 +285,9 @@ impl<P: ProxyHttp> H2Stream<P> {
             _ if self.request_ended => ReqBody::None,
             Some(0) => ReqBody::None,
             Some(n) => ReqBody::Length(n),
-            None => ReqBody::Chunked { chunks: 0 },
+            None => ReqBody::Chunked,
         };
-        let chunked = matches!(self.body, ReqBody::Chunked { .. });
+        let chunked = self.body == ReqBody::Chunked;
         let phases = cx.phases;
         let pctx = &mut self.pctx;
         self.request_head.clear();
@@ -265,6 +307,14 @@ impl<P: ProxyHttp> H2Stream<P> {
         });
         if !written {
             return self.local_error(cx, h2, peer, ProxyError::BadRequest(HeadError::TooLarge));
+        }
+        let expects_continue = !self.request_ended
+            && req.headers.iter().any(|h| {
+                h.name == "expect" && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+            });
+        if expects_continue {
+            // Answered here, as for HTTP/1: the origin never sees Expect.
+            let _ = h2.send_headers(self.id, 100, &[], false);
         }
         let key = hash_key(&upstream, &info);
         self.start_upstream(cx, h2, peer, upstream, key);
@@ -293,7 +343,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         ep: usize,
     ) {
         match self.att.start(cx, ep) {
-            Ok(Started::Reused) => self.begin_send(),
+            Ok(Started::Reused) => self.begin_send(cx),
             Ok(Started::Connecting { deadline }) => {
                 self.step = Step::Connect;
                 self.deadline = deadline;
@@ -302,9 +352,19 @@ impl<P: ProxyHttp> H2Stream<P> {
         }
     }
 
-    fn begin_send(&mut self) {
+    /// Starts an attempt's request: the head, then the body from its start
+    /// (an attempt after the first only comes before any body octet left).
+    fn begin_send(&mut self, cx: &mut Ctx<'_, P>) {
+        debug_assert_eq!(self.body_sent, 0, "no retry once the body started");
         self.head_sent = 0;
+        self.chunks = 0;
+        (self.body_left, self.body_done) = match self.body {
+            ReqBody::None => (0, true),
+            ReqBody::Length(n) => (n, false),
+            ReqBody::Chunked => (0, false),
+        };
         self.step = Step::Send;
+        self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
     }
 
     /// Moves the exchange on; true if anything moved.
@@ -326,7 +386,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                         .poll_connect(cx, &mut self.from_upstream, self.deadline)
                     {
                         Connecting::Ready => {
-                            self.begin_send();
+                            self.begin_send(cx);
                             true
                         }
                         Connecting::Pending => false,
@@ -351,15 +411,7 @@ impl<P: ProxyHttp> H2Stream<P> {
     }
 
     fn send_request(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection, peer: &Peer<'_>) -> bool {
-        // An answer before the whole request went up (an early 413, or an
-        // origin that does not read the body): read it, send no more.
-        if self.att.fill(cx, &mut self.from_upstream) > 0 || !self.from_upstream.is_empty() {
-            let unsent = self.head_sent < self.request_head.len() || self.body != ReqBody::None;
-            if unsent {
-                self.abandoned = true;
-                cx.stats.early_responses += 1;
-            }
-            self.await_response(cx);
+        if self.early_response(cx, h2) {
             return true;
         }
         let upc = self.att.conn.as_mut().expect("upstream");
@@ -374,31 +426,28 @@ impl<P: ProxyHttp> H2Stream<P> {
             let n = upc.io.send(up, &head[self.head_sent..]);
             self.head_sent += n;
             moved |= n > 0;
-            if self.head_sent < head.len() {
-                return moved;
-            }
         }
-        let space = upc.io.send_space(up);
+        let head_done = self.head_sent == self.request_head.len();
+        let space = if head_done { upc.io.send_space(up) } else { 0 };
         let avail = h2.request_body(self.id);
         let max = cx.cfg.max_request_body;
-        let (take, done) = match &mut self.body {
-            ReqBody::None => (0, true),
-            ReqBody::Length(left) => {
-                let t = (*left).min(avail.len() as u64).min(space as u64) as usize;
-                *left -= t as u64;
-                (t, *left == 0)
-            }
-            ReqBody::Chunked { .. } => {
-                let t = avail.len().min(space.saturating_sub(CHUNK_FRAMING));
-                (t, self.request_ended && t == avail.len())
-            }
+        let take = match self.body {
+            _ if !head_done || self.body_done => 0,
+            ReqBody::None => 0,
+            ReqBody::Length(_) => self.body_left.min(avail.len() as u64).min(space as u64) as usize,
+            ReqBody::Chunked => avail.len().min(space.saturating_sub(CHUNK_FRAMING)),
         };
         if max > 0 && self.body_sent + take as u64 > max {
             // Already streaming: the client gets 413, the upstream a reset.
             self.local_error(cx, h2, peer, ProxyError::BodyTooLarge);
             return true;
         }
-        let end = done && !self.body_end_seen;
+        let all_taken = match self.body {
+            ReqBody::None => true,
+            ReqBody::Length(_) => self.body_left == take as u64,
+            ReqBody::Chunked => self.request_ended && take == avail.len(),
+        };
+        let end = head_done && all_taken && !self.body_end_seen;
         if take > 0 || end {
             if let Err(e) = cx
                 .phases
@@ -410,16 +459,16 @@ impl<P: ProxyHttp> H2Stream<P> {
             self.body_end_seen |= end;
         }
         if take > 0 {
-            let sent = match &mut self.body {
-                ReqBody::Chunked { chunks } => {
-                    *chunks += 1;
-                    let mut size = [0u8; CHUNK_FRAMING];
-                    let n = chunk_size_line(take, &mut size);
-                    let s = upc.io.send_parts(up, &size[..n], &avail[..take]);
-                    upc.io.send(up, b"\r\n");
-                    s - n
-                }
-                _ => upc.io.send(up, &avail[..take]),
+            let sent = if self.body == ReqBody::Chunked {
+                // The previous chunk's CRLF rides with this chunk's size
+                // line: one write per chunk, within the space checked.
+                let mut prefix = [0u8; CHUNK_FRAMING];
+                let n = chunk_prefix(self.chunks > 0, take, &mut prefix);
+                self.chunks += 1;
+                upc.io.send_parts(up, &prefix[..n], &avail[..take]) - n
+            } else {
+                self.body_left -= take as u64;
+                upc.io.send(up, &avail[..take])
             };
             debug_assert_eq!(sent, take);
             h2.consume_body(self.id, take);
@@ -427,26 +476,81 @@ impl<P: ProxyHttp> H2Stream<P> {
             self.att.body_started = true;
             moved = true;
         }
-        if done {
-            if let ReqBody::Chunked { .. } = self.body {
-                if upc.io.send_space(up) < 5 {
-                    return moved;
+        if head_done && all_taken && !self.body_done {
+            if self.body == ReqBody::Chunked {
+                let end: &[u8] = if self.chunks > 0 {
+                    CHUNKED_END
+                } else {
+                    &CHUNKED_END[2..]
+                };
+                if upc.io.send_space(up) >= end.len() {
+                    upc.io.send(up, end);
+                    self.body_done = true;
+                    moved = true;
                 }
-                upc.io.send(up, b"0\r\n\r\n");
+            } else {
+                self.body_done = true;
             }
-            self.body = ReqBody::None;
-            self.await_response(cx);
-            return true;
         }
-        if !moved && cx.now >= self.deadline {
-            // The client stopped sending its body (or the origin reading it).
-            self.local_error(cx, h2, peer, ProxyError::ClientHeaderTimeout);
+        if self.body_done && head_done {
+            self.await_response(cx);
             return true;
         }
         if moved {
             self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+        } else if cx.now >= self.deadline {
+            // Body octets wait for an upstream that stopped reading, or none
+            // come from the client.
+            let e = if head_done && h2.request_body(self.id).is_empty() {
+                ProxyError::ClientHeaderTimeout
+            } else {
+                ProxyError::UpstreamTimeout
+            };
+            self.local_error(cx, h2, peer, e);
+            return true;
         }
         moved
+    }
+
+    /// While the request is still going up: has the upstream answered
+    /// already (an early 413, or an origin that does not read the body)?
+    /// Then the rest of the body stays with the client and the answer goes
+    /// out. 1xx heads on the way are handled as in `read_response_head`; an
+    /// incomplete head keeps the request going.
+    fn early_response(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+        self.att.fill(cx, &mut self.from_upstream);
+        loop {
+            if self.from_upstream.is_empty() {
+                return false;
+            }
+            let full = self.from_upstream.is_full();
+            match head::parse_response(self.from_upstream.filled(), self.is_head, full) {
+                Ok(Some(resp)) if resp.interim && resp.status != 101 => {
+                    self.forward_interim(h2, resp.status, resp.head_len)
+                }
+                Ok(None) => return false,
+                // A final head, or a broken one: read_response_head says which.
+                Ok(Some(_)) | Err(_) => break,
+            }
+        }
+        let unsent = self.head_sent < self.request_head.len() || !self.body_done;
+        if unsent {
+            self.abandoned = true;
+            cx.stats.early_responses += 1;
+        }
+        self.await_response(cx);
+        true
+    }
+
+    /// Sends a 1xx head from the origin on (103 Early Hints and the like:
+    /// HTTP/2 carries any number of them); 100 Continue was ours to send.
+    fn forward_interim(&mut self, h2: &mut Connection, status: u16, head_len: usize) {
+        let head = &self.from_upstream.filled()[..head_len];
+        let mut fields = Vec::new();
+        if status != 100 && head::response_fields(head, &mut fields).is_some() {
+            let _ = h2.send_headers(self.id, status, &fields, false);
+        }
+        self.from_upstream.consume(head_len);
     }
 
     fn await_response(&mut self, cx: &mut Ctx<'_, P>) {
@@ -471,7 +575,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         let full = self.from_upstream.is_full();
         let resp = match head::parse_response(self.from_upstream.filled(), self.is_head, full) {
             Ok(Some(resp)) if resp.interim => {
-                self.from_upstream.consume(resp.head_len);
+                self.forward_interim(h2, resp.status, resp.head_len);
                 return true;
             }
             Ok(Some(resp)) if resp.status == 101 => {
@@ -526,7 +630,11 @@ impl<P: ProxyHttp> H2Stream<P> {
         }
         let body = Body::from_framing(resp.framing);
         let end = matches!(body, Body::Done);
-        if !self.send_head(h2, end) {
+        let length = matches!(resp.framing, BodyFraming::Length(_));
+        if !self.send_head(h2, end, length) {
+            // The stream is gone, or the head has more fields than fit.
+            cx.stats.upstream_errors += 1;
+            h2.reset_stream(self.id, ErrorCode::InternalError);
             self.finish(cx, true);
             return true;
         }
@@ -542,12 +650,18 @@ impl<P: ProxyHttp> H2Stream<P> {
         true
     }
 
-    /// Sends the HTTP/1 head in `request_head` as HEADERS.
-    fn send_head(&mut self, h2: &mut Connection, end_stream: bool) -> bool {
+    /// Sends the HTTP/1 head in `request_head` as HEADERS. `content-length`
+    /// goes only with a body of that length: an origin's chunked response
+    /// that also names a length (RFC 9112 §6.3 says chunked wins) would
+    /// otherwise be a malformed HTTP/2 response (RFC 9113 §8.1.1).
+    fn send_head(&mut self, h2: &mut Connection, end_stream: bool, length: bool) -> bool {
         let mut list = Vec::with_capacity(16);
         let Some(status) = head::response_fields(self.request_head.filled(), &mut list) else {
             return false;
         };
+        if !length {
+            list.retain(|(n, _)| !n.eq_ignore_ascii_case(b"content-length"));
+        }
         h2.send_headers(self.id, status, &list, end_stream).is_ok()
     }
 
@@ -565,6 +679,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         };
         let avail = self.from_upstream.filled();
         let window = &avail[..avail.len().min(cap)];
+        let chunked_input = avail;
         let phases = cx.phases;
         let pctx = &mut self.pctx;
         let mut sent_ok = true;
@@ -581,7 +696,8 @@ impl<P: ProxyHttp> H2Stream<P> {
                 (t, end)
             }
             Body::Chunked(dec) => {
-                let fed = dec.feed_with(window, |data| {
+                // Framing costs no window: the whole input, a payload budget.
+                let fed = dec.feed_limited(chunked_input, cap, |data| {
                     if !data.is_empty() {
                         phases.response_body_filter(data, false, pctx);
                         sent_ok &= h2.send_data(id, data, false).is_ok();
@@ -663,23 +779,15 @@ impl<P: ProxyHttp> H2Stream<P> {
     ) {
         self.from_upstream.clear();
         let framing = match self.body {
-            ReqBody::None if self.body_sent == 0 => BodyFraming::None,
-            ReqBody::Chunked { .. } => BodyFraming::Chunked,
-            _ => BodyFraming::Length(self.body_sent),
+            ReqBody::None => BodyFraming::None,
+            ReqBody::Length(n) => BodyFraming::Length(n),
+            ReqBody::Chunked => BodyFraming::Chunked,
         };
         match self
             .att
             .failed(cx, err, Some((self.method, framing)), self.route_id)
         {
-            Ok(ep) => {
-                if let Some(chunks) = match &mut self.body {
-                    ReqBody::Chunked { chunks } => Some(chunks),
-                    _ => None,
-                } {
-                    *chunks = 0;
-                }
-                self.use_endpoint(cx, h2, peer, ep)
-            }
+            Ok(ep) => self.use_endpoint(cx, h2, peer, ep),
             Err(e) => self.local_error(cx, h2, peer, e),
         }
     }
@@ -767,9 +875,14 @@ impl<P: ProxyHttp> H2Stream<P> {
         self.count_route_response(cx, status);
         self.log_access(cx, peer, status, code);
         let body = if self.is_head { &[][..] } else { body };
-        if !head_ok || !self.send_head(h2, body.is_empty()) {
+        if !head_ok || !self.send_head(h2, body.is_empty(), true) {
             // The phases' lines did not fit, or the stream is gone.
-            let _ = h2.send_headers(self.id, status.max(500), &[], true);
+            if h2
+                .send_headers(self.id, status.max(500), &[], true)
+                .is_err()
+            {
+                h2.reset_stream(self.id, ErrorCode::InternalError);
+            }
             self.step = Step::Done;
             return;
         }
@@ -854,11 +967,13 @@ impl<P: ProxyHttp> H2Stream<P> {
     }
 }
 
-/// Writes a chunk-size line (`<hex>\r\n`) into `out`; returns its length.
-fn chunk_size_line(size: usize, out: &mut [u8; CHUNK_FRAMING]) -> usize {
+/// Writes what goes before a chunk of `size` octets into `out` (the CRLF
+/// that ends the previous chunk, if any, then `<hex>\r\n`); its length.
+fn chunk_prefix(after_chunk: bool, size: usize, out: &mut [u8; CHUNK_FRAMING]) -> usize {
     use std::io::Write as _;
     let mut w = &mut out[..];
     let before = w.len();
-    let _ = write!(w, "{size:x}\r\n");
+    let crlf = if after_chunk { "\r\n" } else { "" };
+    let _ = write!(w, "{crlf}{size:x}\r\n");
     before - w.len()
 }
