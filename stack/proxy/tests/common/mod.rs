@@ -1,0 +1,467 @@
+//! The back-to-back harness the proxy's integration tests share: the
+//! ferrogate stack under test and a peer smoltcp interface that plays both
+//! the client (10.0.0.2) and the origin (10.0.0.3), over in-memory frames
+//! with a simulated clock.
+#![allow(dead_code)]
+
+pub use std::collections::VecDeque;
+pub use std::sync::Arc;
+
+pub use ferrogate_proxy::lb::Endpoint;
+pub use ferrogate_proxy::{
+    DirectResponse, Instant, Listener, PathMatch, PoolPolicy, ProxyHttp, Route, RouteAction,
+    RouteTable, Stack, StackConfig, StandardPhases, Upstream,
+};
+pub use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+pub use smoltcp::phy::{self, DeviceCapabilities, Medium};
+pub use smoltcp::socket::tcp;
+pub use smoltcp::time::Duration;
+pub use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+
+pub const EDGE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const VIP: [u8; 4] = [10, 0, 0, 10];
+pub const CLIENT: [u8; 4] = [10, 0, 0, 2];
+pub const ORIGIN: [u8; 4] = [10, 0, 0, 3];
+
+#[derive(Default)]
+pub struct PeerDevice {
+    pub rx: VecDeque<Vec<u8>>,
+    pub tx: VecDeque<Vec<u8>>,
+}
+
+pub struct PeerRx(pub Vec<u8>);
+pub struct PeerTx<'a>(pub &'a mut VecDeque<Vec<u8>>);
+
+impl phy::RxToken for PeerRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for PeerTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0u8; len];
+        let r = f(&mut buf);
+        self.0.push_back(buf);
+        r
+    }
+}
+
+impl phy::Device for PeerDevice {
+    type RxToken<'a> = PeerRx;
+    type TxToken<'a> = PeerTx<'a>;
+
+    fn receive(&mut self, _: Instant) -> Option<(PeerRx, PeerTx<'_>)> {
+        let f = self.rx.pop_front()?;
+        Some((PeerRx(f), PeerTx(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<PeerTx<'_>> {
+        Some(PeerTx(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+/// How the simulated origin behaves.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Origin {
+    Serving,
+    /// Nothing listens: SYNs get RST.
+    Refusing,
+    /// Frames to the origin address vanish (connect timeout).
+    BlackHole,
+}
+
+pub struct OriginConn {
+    pub handle: SocketHandle,
+    pub buf: Vec<u8>,
+    pub out: Vec<u8>,
+    pub close_after: bool,
+    /// The origin's TLS session when it serves TLS (`Lab::origin_tls`).
+    pub tls: Option<rustls::ServerConnection>,
+}
+
+pub struct Lab<P: ProxyHttp = StandardPhases> {
+    pub now: Instant,
+    pub edge: Stack<P>,
+    pub peer: Interface,
+    pub dev: PeerDevice,
+    pub sockets: SocketSet<'static>,
+    pub origin: Origin,
+    pub origin_listeners: Vec<SocketHandle>,
+    pub origin_conns: Vec<OriginConn>,
+    pub origin_requests: Vec<String>,
+    /// Set: the origin speaks TLS with this config on every new connection.
+    pub origin_tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS sessions the origin saw fail (e.g. the proxy's alert).
+    pub origin_tls_errors: usize,
+    pub next_client_port: u16,
+}
+
+pub fn tcp_socket() -> tcp::Socket<'static> {
+    tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 256 * 1024]),
+        tcp::SocketBuffer::new(vec![0; 64 * 1024]),
+    )
+}
+
+pub fn routes() -> Arc<RouteTable> {
+    let upstream = Arc::new(Upstream::simple(
+        "origin",
+        0,
+        &["10.0.0.3:8080".parse().unwrap()],
+    ));
+    Arc::new(RouteTable::new(
+        1,
+        vec![Listener::new(
+            80,
+            vec![
+                Route {
+                    path: PathMatch::Prefix("/direct".into()),
+                    ..Route::new(
+                        "direct",
+                        RouteAction::Respond(Arc::new(DirectResponse {
+                            status: 200,
+                            content_type: "text/plain".into(),
+                            body: b"hello from ferrogate".to_vec(),
+                        })),
+                    )
+                },
+                Route::new("origin", RouteAction::Proxy(upstream.clone())),
+            ],
+        )],
+        vec![upstream],
+    ))
+}
+
+impl Lab {
+    pub fn new(origin: Origin) -> Self {
+        Self::with_config(origin, |_| {})
+    }
+
+    pub fn with_config(origin: Origin, tune: impl FnOnce(&mut StackConfig)) -> Self {
+        Self::with_routes(origin, routes(), tune)
+    }
+
+    pub fn with_routes(
+        origin: Origin,
+        routes: Arc<RouteTable>,
+        tune: impl FnOnce(&mut StackConfig),
+    ) -> Self {
+        Lab::with_phases(origin, routes, tune, StandardPhases)
+    }
+}
+
+impl<P: ProxyHttp> Lab<P> {
+    pub fn with_phases(
+        origin: Origin,
+        routes: Arc<RouteTable>,
+        tune: impl FnOnce(&mut StackConfig),
+        phases: P,
+    ) -> Self {
+        let now = Instant::from_millis(1_000);
+        let mut cfg = StackConfig::new(EDGE_MAC, vec![(VIP.into(), 24)], 40_000..41_000);
+        tune(&mut cfg);
+        let edge = Stack::with_phases(cfg, routes, now, phases).expect("stack");
+        let mut dev = PeerDevice::default();
+        let mut peer = Interface::new(
+            Config::new(HardwareAddress::Ethernet(EthernetAddress(PEER_MAC))),
+            &mut dev,
+            now,
+        );
+        peer.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::v4(10, 0, 0, 2), 24)).unwrap();
+            a.push(IpCidr::new(IpAddress::v4(10, 0, 0, 3), 24)).unwrap();
+        });
+        let mut lab = Lab {
+            now,
+            edge,
+            peer,
+            dev,
+            sockets: SocketSet::new(vec![]),
+            origin,
+            origin_listeners: vec![],
+            origin_conns: vec![],
+            origin_requests: vec![],
+            origin_tls: None,
+            origin_tls_errors: 0,
+            next_client_port: 50_000,
+        };
+        if origin == Origin::Serving {
+            for _ in 0..8 {
+                let mut s = tcp_socket();
+                s.listen((IpAddress::from(Ipv4Address::from(ORIGIN)), 8080))
+                    .unwrap();
+                let h = lab.sockets.add(s);
+                lab.origin_listeners.push(h);
+            }
+        }
+        lab
+    }
+
+    pub fn connect(&mut self) -> SocketHandle {
+        self.connect_to(80)
+    }
+
+    pub fn connect_to(&mut self, port: u16) -> SocketHandle {
+        let mut s = tcp_socket();
+        self.next_client_port += 1;
+        s.connect(
+            self.peer.context(),
+            (IpAddress::from(Ipv4Address::from(VIP)), port),
+            (
+                IpAddress::from(Ipv4Address::from(CLIENT)),
+                self.next_client_port,
+            ),
+        )
+        .unwrap();
+        self.sockets.add(s)
+    }
+
+    /// One step of simulated time: move frames both ways, run both sides.
+    pub fn step(&mut self, dt_ms: u64) {
+        self.now += Duration::from_millis(dt_ms);
+        self.peer.poll(self.now, &mut self.dev, &mut self.sockets);
+        self.serve_origin();
+        self.peer.poll(self.now, &mut self.dev, &mut self.sockets);
+        let black_hole = self.origin == Origin::BlackHole;
+        while let Some(f) = self.dev.tx.pop_front() {
+            assert!(self.edge.handle_frame(&f));
+        }
+        self.edge.poll(self.now);
+        let dev = &mut self.dev;
+        self.edge.drain_tx(|f| {
+            // IPv4 destination at 30..34; ARP target at 38..42.
+            let to_origin = (f.len() >= 34 && f[12..14] == [8, 0] && f[30..34] == ORIGIN)
+                || (f.len() >= 42 && f[12..14] == [8, 6] && f[38..42] == ORIGIN);
+            if !(black_hole && to_origin) {
+                dev.rx.push_back(f.to_vec());
+            }
+        });
+    }
+
+    pub fn serve_origin(&mut self) {
+        for h in self.origin_listeners.iter_mut() {
+            let state = self.sockets.get::<tcp::Socket>(*h).state();
+            if state != tcp::State::Listen {
+                self.origin_conns.push(OriginConn {
+                    handle: *h,
+                    buf: vec![],
+                    out: vec![],
+                    close_after: false,
+                    tls: self
+                        .origin_tls
+                        .as_ref()
+                        .map(|c| rustls::ServerConnection::new(c.clone()).unwrap()),
+                });
+                let mut s = tcp_socket();
+                s.listen((IpAddress::from(Ipv4Address::from(ORIGIN)), 8080))
+                    .unwrap();
+                *h = self.sockets.add(s);
+            }
+        }
+        for c in &mut self.origin_conns {
+            let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+            while s.can_recv() {
+                let errors = &mut self.origin_tls_errors;
+                s.recv(|b| {
+                    match &mut c.tls {
+                        None => c.buf.extend_from_slice(b),
+                        Some(t) => {
+                            let mut rd: &[u8] = b;
+                            while !rd.is_empty() {
+                                if t.read_tls(&mut rd).unwrap_or(0) == 0 {
+                                    break;
+                                }
+                                if t.process_new_packets().is_err() {
+                                    *errors += 1;
+                                    break;
+                                }
+                            }
+                            let _ = std::io::Read::read_to_end(&mut t.reader(), &mut c.buf);
+                        }
+                    }
+                    (b.len(), ())
+                })
+                .unwrap();
+            }
+            while let Some(end) = find(&c.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&c.buf[..end + 4]).to_string();
+                c.buf.drain(..end + 4);
+                let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                self.origin_requests.push(head.clone());
+                let resp: Vec<u8> = match path.as_str() {
+                    "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n".to_vec(),
+                    "/big" => {
+                        let body: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+                        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+                        r.extend(body);
+                        r
+                    }
+                    "/close" => b"HTTP/1.0 200 OK\r\n\r\nuntil-close".to_vec(),
+                    "/503" => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                    // Out of step: bytes after a response that has no body.
+                    "/204-junk" => b"HTTP/1.1 204 No Content\r\n\r\nJUNK 500 out of step\r\n\r\n".to_vec(),
+                    "/headers" => {
+                        let body = head.clone();
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+                    }
+                    _ => {
+                        let body = format!("origin:{path}");
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}", body.len()).into_bytes()
+                    }
+                };
+                c.out.extend(resp);
+                c.close_after |= path == "/close";
+            }
+            if let Some(t) = &mut c.tls {
+                if !c.out.is_empty() && !t.is_handshaking() {
+                    let n = std::io::Write::write(&mut t.writer(), &c.out).unwrap_or(0);
+                    c.out.drain(..n);
+                }
+                while t.wants_write() && s.can_send() {
+                    let n = s
+                        .send(|buf| {
+                            let mut w = std::io::Cursor::new(buf);
+                            let n = t.write_tls(&mut w).unwrap_or(0);
+                            (n, n)
+                        })
+                        .unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                }
+            } else if !c.out.is_empty() && s.may_send() {
+                let n = s.send_slice(&c.out).unwrap();
+                c.out.drain(..n);
+            }
+            if c.out.is_empty() && c.close_after {
+                s.close();
+            }
+        }
+    }
+
+    pub fn send(&mut self, h: SocketHandle, data: &[u8]) {
+        for _ in 0..200 {
+            if self.sockets.get::<tcp::Socket>(h).may_send() {
+                break;
+            }
+            self.step(1);
+        }
+        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        assert_eq!(s.send_slice(data).unwrap(), data.len());
+    }
+
+    /// Reads from a client socket until `done(bytes)` or the step budget ends.
+    pub fn read_until(
+        &mut self,
+        h: SocketHandle,
+        steps: usize,
+        done: impl Fn(&[u8]) -> bool,
+    ) -> Vec<u8> {
+        let mut out = vec![];
+        for _ in 0..steps {
+            self.step(1);
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            while s.can_recv() {
+                s.recv(|b| {
+                    out.extend_from_slice(b);
+                    (b.len(), ())
+                })
+                .unwrap();
+            }
+            if done(&out) {
+                break;
+            }
+        }
+        out
+    }
+
+    pub fn exchange(&mut self, h: SocketHandle, req: &[u8]) -> Response {
+        self.send(h, req);
+        let raw = self.read_until(h, 3_000, |b| Response::parse(b).is_some());
+        Response::parse(&raw)
+            .unwrap_or_else(|| panic!("no complete response: {:?}", String::from_utf8_lossy(&raw)))
+    }
+
+    /// The origin ends every connection it holds: FIN, sent on the next
+    /// step.
+    pub fn origin_closes_all(&mut self) {
+        for c in self.origin_conns.drain(..) {
+            self.sockets.get_mut::<tcp::Socket>(c.handle).close();
+        }
+    }
+
+    /// The origin loses every connection without a word (a restart, an
+    /// idle timeout whose FIN was lost): the next segment the proxy sends
+    /// on one gets a RST.
+    pub fn origin_forgets_all(&mut self) {
+        for c in self.origin_conns.drain(..) {
+            self.sockets.remove(c.handle);
+        }
+    }
+
+    pub fn client_state(&self, h: SocketHandle) -> tcp::State {
+        self.sockets.get::<tcp::Socket>(h).state()
+    }
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A complete response with Content-Length or chunked framing.
+    pub fn parse(raw: &[u8]) -> Option<Response> {
+        let end = find(raw, b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&raw[..end]).to_string();
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        let rest = &raw[end + 4..];
+        let lower = head.to_ascii_lowercase();
+        if let Some(cl) = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+        {
+            let n: usize = cl.trim().parse().ok()?;
+            return (rest.len() >= n).then(|| Response {
+                status,
+                head,
+                body: rest[..n].to_vec(),
+            });
+        }
+        if lower.contains("transfer-encoding: chunked") {
+            let mut body = vec![];
+            let mut r = rest;
+            loop {
+                let e = find(r, b"\r\n")?;
+                let n = usize::from_str_radix(std::str::from_utf8(&r[..e]).ok()?, 16).ok()?;
+                r = &r[e + 2..];
+                if n == 0 {
+                    return r
+                        .starts_with(b"\r\n")
+                        .then_some(Response { status, head, body });
+                }
+                if r.len() < n + 2 {
+                    return None;
+                }
+                body.extend_from_slice(&r[..n]);
+                r = &r[n + 2..];
+            }
+        }
+        None
+    }
+}
