@@ -98,6 +98,8 @@ pub struct Lab<P: ProxyHttp = StandardPhases> {
     pub origin_listeners: Vec<SocketHandle>,
     pub origin_conns: Vec<OriginConn>,
     pub origin_requests: Vec<String>,
+    /// Request bodies `/upload` received, framing included.
+    pub origin_bodies: Vec<Vec<u8>>,
     /// Set: the origin speaks TLS with this config on every new connection.
     pub origin_tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS sessions the origin saw fail (e.g. the proxy's alert).
@@ -190,6 +192,7 @@ impl<P: ProxyHttp> Lab<P> {
             origin_listeners: vec![],
             origin_conns: vec![],
             origin_requests: vec![],
+            origin_bodies: vec![],
             origin_tls: None,
             origin_tls_errors: 0,
             next_client_port: 50_000,
@@ -294,10 +297,47 @@ impl<P: ProxyHttp> Lab<P> {
             }
             while let Some(end) = find(&c.buf, b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&c.buf[..end + 4]).to_string();
-                c.buf.drain(..end + 4);
                 let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                // `/upload` reads its whole body (chunked or with a length)
+                // before it answers "got <n>: <body>"; other paths answer
+                // at the head, like an origin that ignores a body.
+                let mut upload = None;
+                if path.starts_with("/upload") {
+                    let lower = head.to_ascii_lowercase();
+                    let rest = &c.buf[end + 4..];
+                    let mut body = vec![];
+                    let used = if lower.contains("transfer-encoding: chunked") {
+                        let mut dec = ferrogate_proxy::http::ChunkedDecoder::new();
+                        match dec.feed_with(rest, |d| body.extend_from_slice(d)) {
+                            Ok(n) if dec.is_done() => n,
+                            _ => break,
+                        }
+                    } else {
+                        let n: usize = lower
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if rest.len() < n {
+                            break;
+                        }
+                        body.extend_from_slice(&rest[..n]);
+                        n
+                    };
+                    self.origin_bodies.push(rest[..used].to_vec());
+                    upload = Some((used, body));
+                }
+                c.buf.drain(..end + 4 + upload.as_ref().map_or(0, |u| u.0));
                 self.origin_requests.push(head.clone());
                 let resp: Vec<u8> = match path.as_str() {
+                    _ if upload.is_some() => {
+                        let (_, body) = upload.take().unwrap();
+                        let text = format!("got {}: {}", body.len(), String::from_utf8_lossy(&body));
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}", text.len()).into_bytes()
+                    }
+                    // Both framings (RFC 9112 §6.3: chunked wins).
+                    "/te-cl" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+                    "/hints" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
                     "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n".to_vec(),
                     "/big" => {
                         let body: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();

@@ -1,0 +1,298 @@
+//! HTTP/2 (h2c) through the proxy back to back (`common/`): a raw client
+//! built from the codec's emitters and HPACK, the HTTP/1.1 origin of the
+//! harness, a simulated clock. What the lab tests cannot pin down: the
+//! exact bytes upstream, retries, and framings the real origins never send.
+
+mod common;
+
+use common::*;
+use ferrogate_proxy::h2::{ErrorCode, FrameHeader, FrameType, PREFACE, SettingId, emit, flags};
+
+/// The harness's routes with HTTP/2 on the listener.
+fn h2_routes() -> Arc<RouteTable> {
+    let base = routes();
+    let upstream = base.upstreams[0].clone();
+    let listener = Listener::new(80, base.listeners[0].routes().to_vec()).with_http2(true);
+    Arc::new(RouteTable::new(1, vec![listener], vec![upstream]))
+}
+
+fn h2_lab() -> Lab {
+    Lab::with_routes(Origin::Serving, h2_routes(), |_| {})
+}
+
+/// One response as the client saw it.
+#[derive(Debug, Default)]
+struct H2Response {
+    /// Every head in order (1xx first): status and fields.
+    heads: Vec<(u16, Vec<(String, String)>)>,
+    body: Vec<u8>,
+    reset: Option<u32>,
+}
+
+impl H2Response {
+    fn status(&self) -> u16 {
+        self.heads.last().map_or(0, |h| h.0)
+    }
+
+    fn field(&self, name: &str) -> Option<&str> {
+        let (_, fields) = self.heads.last()?;
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+struct H2Client {
+    h: SocketHandle,
+    enc: loona_hpack::Encoder<'static>,
+    dec: loona_hpack::Decoder<'static>,
+    buf: Vec<u8>,
+}
+
+impl H2Client {
+    fn connect(lab: &mut Lab) -> H2Client {
+        let h = lab.connect();
+        let mut out = PREFACE.to_vec();
+        emit::settings(&mut out, &[(SettingId::InitialWindowSize, 1 << 20)]);
+        lab.send(h, &out);
+        H2Client {
+            h,
+            enc: loona_hpack::Encoder::new(),
+            dec: loona_hpack::Decoder::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn headers(&mut self, lab: &mut Lab, stream: u32, method: &str, path: &str, end: bool) {
+        let mut block = Vec::new();
+        self.enc
+            .encode_into(
+                [
+                    (&b":method"[..], method.as_bytes()),
+                    (b":scheme", b"http"),
+                    (b":authority", b"x.example"),
+                    (b":path", path.as_bytes()),
+                ],
+                &mut block,
+            )
+            .unwrap();
+        let mut out = Vec::new();
+        emit::headers(&mut out, stream, &block, end, 16_384);
+        lab.send(self.h, &out);
+    }
+
+    fn data(&mut self, lab: &mut Lab, stream: u32, bytes: &[u8], end: bool) {
+        let mut out = Vec::new();
+        emit::data(&mut out, stream, bytes, end, 16_384);
+        lab.send(self.h, &out);
+    }
+
+    /// Runs `steps` of time, reading (and decoding, to keep HPACK in step)
+    /// whatever comes; the frames of `stream` go into the response.
+    fn pump(&mut self, lab: &mut Lab, steps: usize) {
+        let mut sink = H2Response::default();
+        for _ in 0..steps {
+            self.read_frames(lab, 0, &mut sink);
+        }
+    }
+
+    /// Reads until `stream` ends (END_STREAM or RST_STREAM); ACKs SETTINGS.
+    fn response(&mut self, lab: &mut Lab, stream: u32) -> H2Response {
+        let mut r = H2Response::default();
+        for _ in 0..3_000 {
+            if self.read_frames(lab, stream, &mut r) {
+                return r;
+            }
+        }
+        panic!("stream {stream} did not end: {r:?}");
+    }
+
+    /// One step of reading; true once `stream` ended.
+    fn read_frames(&mut self, lab: &mut Lab, stream: u32, r: &mut H2Response) -> bool {
+        {
+            let got = lab.read_until(self.h, 1, |_| true);
+            self.buf.extend_from_slice(&got);
+            while let Some(h) = FrameHeader::parse(&self.buf) {
+                let total = 9 + h.length as usize;
+                if self.buf.len() < total {
+                    break;
+                }
+                let payload: Vec<u8> = self.buf[9..total].to_vec();
+                self.buf.drain(..total);
+                let end = h.flags & flags::END_STREAM != 0;
+                match h.kind {
+                    FrameType::Settings if h.flags & flags::ACK == 0 => {
+                        let mut ack = Vec::new();
+                        emit::settings_ack(&mut ack);
+                        lab.send(self.h, &ack);
+                    }
+                    FrameType::Headers if h.stream == stream => {
+                        let fields = self.dec.decode(&payload).expect("HPACK");
+                        let mut status = 0;
+                        let mut list = Vec::new();
+                        for (n, v) in fields {
+                            let (n, v) =
+                                (String::from_utf8(n).unwrap(), String::from_utf8(v).unwrap());
+                            if n == ":status" {
+                                status = v.parse().unwrap();
+                            } else {
+                                list.push((n, v));
+                            }
+                        }
+                        r.heads.push((status, list));
+                        if end {
+                            return true;
+                        }
+                    }
+                    FrameType::Headers => {
+                        self.dec.decode(&payload).expect("HPACK");
+                    }
+                    FrameType::Data if h.stream == stream => {
+                        r.body.extend_from_slice(&payload);
+                        if end {
+                            return true;
+                        }
+                    }
+                    FrameType::RstStream if h.stream == stream => {
+                        r.reset = Some(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+                        return true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        false
+    }
+}
+
+#[test]
+fn h2c_get_is_proxied_and_direct_routes_answer_on_the_stream() {
+    let mut lab = h2_lab();
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/hello", true);
+    let r = c.response(&mut lab, 1);
+    assert_eq!((r.status(), &r.body[..]), (200, &b"origin:/hello"[..]));
+    // The origin saw HTTP/1.1 with Host from :authority, no pseudo-headers.
+    let head = &lab.origin_requests[0];
+    assert!(head.starts_with("GET /hello HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("host: x.example\r\n"), "{head}");
+    assert!(!head.contains(":authority"), "{head}");
+    c.headers(&mut lab, 3, "GET", "/direct", true);
+    let r = c.response(&mut lab, 3);
+    assert_eq!(
+        (r.status(), &r.body[..]),
+        (200, &b"hello from ferrogate"[..])
+    );
+    assert_eq!(lab.edge.stats().h2.requests, 2);
+}
+
+#[test]
+fn h2c_body_without_length_goes_upstream_chunked_one_write_per_chunk() {
+    let mut lab = h2_lab();
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "POST", "/upload", false);
+    c.data(&mut lab, 1, b"hello", false);
+    c.pump(&mut lab, 20);
+    c.data(&mut lab, 1, b" world", true);
+    let r = c.response(&mut lab, 1);
+    assert_eq!(
+        (r.status(), &r.body[..]),
+        (200, &b"got 11: hello world"[..])
+    );
+    assert!(
+        lab.origin_requests[0].contains("Transfer-Encoding: chunked\r\n"),
+        "{}",
+        lab.origin_requests[0]
+    );
+    assert_eq!(
+        lab.origin_bodies[0],
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    );
+}
+
+#[test]
+fn h2c_retry_on_a_fresh_connection_resends_the_whole_chunked_request() {
+    let mut lab = h2_lab();
+    let mut c = H2Client::connect(&mut lab);
+    // A pooled upstream connection, then the origin forgets it: the next
+    // request on it meets a reset and is retried on a fresh connection.
+    c.headers(&mut lab, 1, "GET", "/warm", true);
+    assert_eq!(c.response(&mut lab, 1).status(), 200);
+    lab.origin_forgets_all();
+    // PUT (idempotent) whose body is known to be empty only at its end.
+    c.headers(&mut lab, 3, "PUT", "/upload", false);
+    c.data(&mut lab, 3, b"", true);
+    let r = c.response(&mut lab, 3);
+    assert_eq!((r.status(), &r.body[..]), (200, &b"got 0: "[..]));
+    assert_eq!(lab.edge.stats().retries, 1);
+    assert_eq!(lab.origin_bodies.last().unwrap(), b"0\r\n\r\n");
+}
+
+#[test]
+fn h2c_response_with_both_framings_carries_no_content_length() {
+    let mut lab = h2_lab();
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/te-cl", true);
+    let r = c.response(&mut lab, 1);
+    assert_eq!((r.status(), &r.body[..]), (200, &b"hello"[..]));
+    assert_eq!(r.field("content-length"), None, "{r:?}");
+    assert_eq!(r.field("transfer-encoding"), None, "{r:?}");
+}
+
+#[test]
+fn h2c_early_hints_reach_the_client_before_the_response() {
+    let mut lab = h2_lab();
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/hints", true);
+    let r = c.response(&mut lab, 1);
+    assert_eq!(r.heads.len(), 2, "{r:?}");
+    assert_eq!(r.heads[0].0, 103);
+    assert!(
+        r.heads[0]
+            .1
+            .contains(&("link".into(), "</a.css>; rel=preload".into()))
+    );
+    assert_eq!((r.status(), &r.body[..]), (200, &b"ok"[..]));
+}
+
+#[test]
+fn h2c_chunked_response_ends_although_the_client_window_is_spent_by_the_payload() {
+    let mut lab = h2_lab();
+    let h = lab.connect();
+    // A stream window of exactly the payload (12 octets, "hello, world"):
+    // the chunked framing after it must not wait for more window.
+    let mut out = PREFACE.to_vec();
+    emit::settings(&mut out, &[(SettingId::InitialWindowSize, 12)]);
+    lab.send(h, &out);
+    let mut c = H2Client {
+        h,
+        enc: loona_hpack::Encoder::new(),
+        dec: loona_hpack::Decoder::new(),
+        buf: Vec::new(),
+    };
+    c.headers(&mut lab, 1, "GET", "/chunked", true);
+    let r = c.response(&mut lab, 1);
+    assert_eq!((r.status(), &r.body[..]), (200, &b"hello, world"[..]));
+    assert_eq!(r.reset, None);
+}
+
+#[test]
+fn h2c_client_reset_mid_response_gives_the_upstream_back_and_counts() {
+    let mut lab = h2_lab();
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/big", true);
+    c.pump(&mut lab, 5);
+    let mut out = Vec::new();
+    emit::rst_stream(&mut out, 1, ErrorCode::Cancel);
+    lab.send(c.h, &out);
+    c.pump(&mut lab, 50);
+    let s = lab.edge.stats();
+    assert_eq!(s.h2.client_resets, 1, "{:?}", s.h2);
+    // The connection goes on.
+    c.headers(&mut lab, 3, "GET", "/after", true);
+    assert_eq!(c.response(&mut lab, 3).body, b"origin:/after");
+    // Nothing leaked: one upstream in use at most, then idle or closed.
+    c.pump(&mut lab, 50);
+    assert!(lab.edge.upstream_ports_in_use() <= 2);
+}
