@@ -2,7 +2,7 @@
 //! ferrogate stack under test and a peer smoltcp interface that plays both
 //! the client (10.0.0.2) and the origin (10.0.0.3), over in-memory frames
 //! with a simulated clock.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub use std::collections::VecDeque;
 pub use std::sync::Arc;
