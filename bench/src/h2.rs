@@ -30,15 +30,27 @@ fn h2_addr(who: Contender) -> String {
     }
 }
 
+/// Idle upstream connections each proxy keeps for the h2c listener: one
+/// per stream in flight (`conns` x STREAMS). With the bench's usual 64
+/// (nginx `keepalive 64`, ferrogate's default) nginx and ferrogate close
+/// and reopen an upstream connection for about half of the 500 requests
+/// in flight, and nginx's edge runs out of ephemeral ports (TIME_WAIT)
+/// and collapses to ~1k req/s (results/h2-20261129T155106Z.md): a test
+/// of upstream churn, not of HTTP/2. HAProxy keeps every idle server
+/// connection (`http-reuse always`, no pool limit) either way.
+fn pool(ctx: &Ctx) -> u32 {
+    ctx.opts.conns * STREAMS
+}
+
 /// nginx 1.22 has no `http2 on;` (1.25.1+): `listen … http2` without `ssl`
-/// is h2c with prior knowledge. The upstream block (keep-alive to the
-/// origin) and `keepalive_requests 1000000` (which also bounds HTTP/2
-/// streams per connection since 1.19.7) are the plain server's.
-fn extra() -> Extra {
+/// is h2c with prior knowledge. `keepalive_requests 1000000` in the http
+/// block also bounds HTTP/2 streams per connection (since 1.19.7).
+fn extra(pool: u32) -> Extra {
     Extra {
         nginx: format!(
-            "  server {{\n    listen {EDGE_HOST_IP}:{PORT} http2 reuseport backlog=4096;\n    \
-             location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }}\n  }}\n"
+            "  upstream origin_h2 {{ server {ORIGIN_IP}:8080; keepalive {pool}; keepalive_requests 1000000; }}\n  \
+             server {{\n    listen {EDGE_HOST_IP}:{PORT} http2 reuseport backlog=4096;\n    \
+             location / {{ proxy_pass http://origin_h2; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }}\n  }}\n"
         ),
         haproxy: format!(
             "\nfrontend fe_h2\n  bind {EDGE_HOST_IP}:{PORT} proto h2 backlog 4096\n  default_backend be\n"
@@ -46,10 +58,14 @@ fn extra() -> Extra {
     }
 }
 
-fn ferrogate_listener() -> String {
+/// The same origin as a pool of `pool` idle connections, none retired by
+/// request count (as nginx's `keepalive_requests 1000000`).
+fn ferrogate_listener(pool: u32) -> String {
     format!(
-        "\n[[listeners]]\nport = {PORT}\nhttp2 = true\n\n\
-         [[listeners.routes]]\nname = \"h2-origin\"\npath_prefix = \"/\"\nupstream = \"origin\"\n"
+        "\n[[upstreams]]\nname = \"origin-h2\"\nendpoints = [\"{ORIGIN_IP}:8080\"]\n\
+         keepalive = {pool}\nmax_requests = 0\n\n\
+         [[listeners]]\nport = {PORT}\nhttp2 = true\n\n\
+         [[listeners.routes]]\nname = \"h2-origin\"\npath_prefix = \"/\"\nupstream = \"origin-h2\"\n"
     )
 }
 
@@ -66,12 +82,12 @@ fn start_h2(ctx: &Ctx, who: Contender) -> Result<Running> {
                 lab,
                 1,
                 &cpu,
-                &ferrogate_listener(),
+                &ferrogate_listener(pool(ctx)),
                 "ferrogate-h2.toml",
             )?;
             contenders::start_with(lab, who, Some(&cfg), 1, &cpu)?
         }
-        _ => contenders::start_extra(lab, who, None, 1, &cpu, &extra())?,
+        _ => contenders::start_extra(lab, who, None, 1, &cpu, &extra(pool(ctx)))?,
     };
     let body = lab.bench_dir().join("h2-body");
     let body_s = body.display().to_string();
@@ -272,6 +288,13 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
         "h2c listener".into(),
         format!(
             "port {PORT}: ferrogate `http2 = true`, nginx `listen {EDGE_HOST_IP}:{PORT} http2` (1.22: h2c prior knowledge), HAProxy `bind {EDGE_HOST_IP}:{PORT} proto h2`; HTTP/1.1 keep-alive to the origin"
+        ),
+    );
+    r.settings.insert(
+        "upstream pool behind the h2c listener".into(),
+        format!(
+            "{} idle connections to the origin (one per stream in flight): nginx `upstream origin_h2 {{ keepalive {0}; keepalive_requests 1000000; }}`, ferrogate `[[upstreams]] origin-h2 keepalive = {0}, max_requests = 0`, HAProxy `http-reuse always` (no limit)",
+            pool(ctx)
         ),
     );
     r.columns = vec![
