@@ -34,10 +34,10 @@ fn h2_addr(who: Contender) -> String {
 /// per stream in flight (`conns` x STREAMS). With the bench's usual 64
 /// (nginx `keepalive 64`, ferrogate's default) nginx and ferrogate close
 /// and reopen an upstream connection for about half of the 500 requests
-/// in flight, and nginx collapses to ~1k req/s with its core busy (most
-/// likely the edge's ephemeral ports in TIME_WAIT;
-/// results/h2-20261129T155106Z.md): a test of upstream churn, not of
-/// HTTP/2. HAProxy keeps every idle server connection (`http-reuse
+/// in flight, and nginx collapses to ~1k req/s with its core busy (the
+/// edge fills with ~14–19k TIME_WAIT sockets towards the one origin and
+/// connect(), likely, hunts for free ports; results/h2-20261129T155106Z.md): a
+/// test of upstream churn, not of HTTP/2. HAProxy keeps every idle server connection (`http-reuse
 /// always`, no pool limit) either way.
 fn pool(ctx: &Ctx) -> u32 {
     ctx.opts.conns * STREAMS
