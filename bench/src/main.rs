@@ -5,6 +5,7 @@
 mod ceiling;
 mod contenders;
 mod env;
+mod h2;
 mod handshake;
 mod idle;
 mod loadgen;
@@ -100,6 +101,9 @@ enum Cmd {
     /// New TLS 1.3 handshakes (full, resumed) per second and proxy CPU per
     /// handshake, with the in-process crypto floor.
     TlsHandshake(Common),
+    /// HTTP/2 from the client (h2c, prior knowledge): h2load -c 50 -m 10,
+    /// req/s, latency, proxy CPU/request (tiny and 16 KiB bodies).
+    H2(Common),
     /// Every scenario, one lab.
     All(Common),
     /// ferrogate alone: req/s with 1 and 2 workers (2-queue lab), and
@@ -137,6 +141,7 @@ fn meta() -> BTreeMap<String, String> {
     m.insert("nginx".into(), env::probe(&["nginx", "-v"]));
     m.insert("haproxy".into(), first(env::probe(&["haproxy", "-v"])));
     m.insert("wrk".into(), first(env::probe(&["wrk", "-v"])));
+    m.insert("h2load".into(), first(env::probe(&["h2load", "--version"])));
     m.insert("openssl".into(), env::probe(&["openssl", "version"]));
     m.insert("iptables".into(), env::probe(&["iptables", "-V"]));
     m.insert("nft".into(), env::probe(&["nft", "-v"]));
@@ -213,6 +218,7 @@ fn main() -> Result<()> {
         | Cmd::Idle(c)
         | Cmd::Https(c)
         | Cmd::TlsHandshake(c)
+        | Cmd::H2(c)
         | Cmd::All(c) => (c.clone(), &cli.cmd),
         Cmd::Gen(_)
         | Cmd::Loadgen(_)
@@ -278,6 +284,7 @@ fn main() -> Result<()> {
         Cmd::Idle(_) => vec![("idle", idle::scenario)],
         Cmd::Https(_) => vec![("https", tls::https)],
         Cmd::TlsHandshake(_) => vec![("tls-handshake", tls::handshake)],
+        Cmd::H2(_) => vec![("h2", h2::scenario)],
         Cmd::All(_) => vec![
             ("http", scenarios::http),
             ("http-latency", scenarios::http_latency),
@@ -287,6 +294,7 @@ fn main() -> Result<()> {
             ("idle", idle::scenario),
             ("https", tls::https),
             ("tls-handshake", tls::handshake),
+            ("h2", h2::scenario),
         ],
         Cmd::Gen(_)
         | Cmd::Loadgen(_)

@@ -37,7 +37,7 @@ fn all_scenarios_smoke() {
         "the bench left namespaces behind: {left:?}"
     );
     assert!(st.success(), "ferrogate-bench all --smoke failed: {st}");
-    let expect: [(&str, &[&str]); 8] = [
+    let expect: [(&str, &[&str]); 9] = [
         ("http", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("http-latency", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("conn", &["direct", "ferrogate", "nginx", "haproxy"]),
@@ -56,6 +56,7 @@ fn all_scenarios_smoke() {
             "tls-handshake",
             &["ferrogate", "nginx", "haproxy", "crypto floor"],
         ),
+        ("h2", &["ferrogate", "nginx", "haproxy"]),
     ];
     let files: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
