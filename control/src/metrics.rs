@@ -174,6 +174,18 @@ pub fn render(st: &EngineStats, info: &Info<'_>) -> String {
             w.io.tx_frames,
         );
         f.counter(
+            "ferrogate_worker_rx_dropped_total",
+            "frames the kernel dropped before the worker saw them (rx ring full)",
+            &l,
+            w.io.rx_dropped,
+        );
+        f.counter(
+            "ferrogate_worker_tx_ring_full_total",
+            "frames dropped because the tx ring was full",
+            &l,
+            w.io.tx_ring_full,
+        );
+        f.counter(
             "ferrogate_worker_handoff_out_total",
             "frames handed to another worker",
             &l,

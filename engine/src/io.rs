@@ -34,7 +34,8 @@ pub struct IoStats {
     pub rx_bytes: u64,
     pub tx_frames: u64,
     pub tx_bytes: u64,
-    /// Frames the stack wanted to send but the tx ring had no room for.
+    /// Times a frame found the tx ring full: it stays queued in the stack
+    /// for the next flush (the close path and raw senders drop it).
     pub tx_ring_full: u64,
     /// Frames the kernel reported dropped before we saw them (ring overrun).
     pub rx_dropped: u64,

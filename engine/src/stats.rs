@@ -130,6 +130,11 @@ impl EngineStats {
         for (k, v) in self.stack_total().fields() {
             let _ = writeln!(s, "stack_{k} {v}");
         }
+        // Frames lost at the rings: invisible to the stack's counters.
+        let io = |f: fn(&IoStats) -> u64| self.workers.iter().map(|w| f(&w.io)).sum::<u64>();
+        let _ = writeln!(s, "io_rx_dropped {}", io(|i| i.rx_dropped));
+        let _ = writeln!(s, "io_tx_ring_full {}", io(|i| i.tx_ring_full));
+        let _ = writeln!(s, "io_kicks {}", io(|i| i.kicks));
         let busy: u64 = self.workers.iter().map(|w| w.busy_ns).sum();
         let _ = writeln!(s, "workers_busy_ns {busy}");
         let sleeps: u64 = self.workers.iter().map(|w| w.sleeps).sum();

@@ -13,6 +13,9 @@ use crate::config::{PollingMode, PortPlan};
 use crate::handoff::HandoffPorts;
 use crate::io::PacketIo;
 use crate::stats::{StatsCell, WorkerStats};
+
+/// Flushes per pass while the tx ring is full (a kick each at most).
+const TX_FLUSH_ROUNDS: u32 = 4;
 use ferrogate_ebpf::swfilter::{Buckets, FilterCounters, SwFilter, SwRules};
 
 /// The software filter tier a worker runs before its stack (backends
@@ -133,12 +136,10 @@ impl Worker {
                 let latest = now + smoltcp_ms(IDLE_POLL_MS);
                 next_timer = self.stack.poll_at(now).map_or(latest, |t| t.min(latest));
             }
-            let io = &mut self.io;
-            self.stack.drain_tx(|f| {
-                io.tx_frame(f);
-            });
-            if let Err(e) = self.io.tx_flush() {
-                tracing::debug!(worker = self.id, error = %e, "tx flush failed");
+            self.send_tx();
+            if self.stack.tx_pending() > 0 {
+                // The ring is full: no sleep before the rest is out.
+                next_timer = now;
             }
 
             if work > 0 {
@@ -184,6 +185,24 @@ impl Worker {
         s.io = self.io.stats();
         self.stats.publish(&s);
         tracing::info!(worker = self.id, "worker stopped");
+    }
+
+    /// Moves the stack's queued frames into the tx ring and kicks it. A
+    /// full ring keeps the rest queued in the stack (in order) instead of
+    /// dropping it: a dropped segment costs TCP a retransmission timeout
+    /// (smoltcp's is at least 1 s). A few flushes let the kernel free ring
+    /// slots within this pass; what still does not fit waits for the next.
+    fn send_tx(&mut self) {
+        for _ in 0..TX_FLUSH_ROUNDS {
+            let io = &mut self.io;
+            self.stack.drain_tx_while(|f| io.tx_frame(f));
+            if let Err(e) = self.io.tx_flush() {
+                tracing::debug!(worker = self.id, error = %e, "tx flush failed");
+            }
+            if self.stack.tx_pending() == 0 {
+                break;
+            }
+        }
     }
 
     /// Sleeps on the port and on the hand-off eventfd, unless a hand-off

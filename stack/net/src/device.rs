@@ -90,6 +90,20 @@ impl FrameQueue {
         let idx = self.pop_index()?;
         Some(f(self.slot(idx)))
     }
+
+    /// Offers the oldest frame to `take`; removes it only if `take` says it
+    /// took it. None when empty.
+    pub fn pop_if(&mut self, take: impl FnOnce(&[u8]) -> bool) -> Option<bool> {
+        if self.is_empty() {
+            return None;
+        }
+        let idx = self.head;
+        let taken = take(self.slot(idx));
+        if taken {
+            self.pop_index();
+        }
+        Some(taken)
+    }
 }
 
 /// Counters of the device layer.
@@ -216,6 +230,36 @@ mod tests {
         assert_eq!(q.pop_with(|f| f.to_vec()).unwrap(), b"two");
         assert_eq!(q.pop_with(|f| f.to_vec()).unwrap(), b"four");
         assert!(q.pop_with(|_| ()).is_none());
+    }
+
+    #[test]
+    fn a_refused_frame_stays_at_the_head_in_order() {
+        let mut q = FrameQueue::new(4, 16);
+        for f in [&b"a"[..], b"b", b"c"] {
+            assert!(q.push(f));
+        }
+        let mut sent = Vec::new();
+        // The sink takes one frame, then is full.
+        let mut room = 1;
+        while q.pop_if(|f| {
+            if room == 0 {
+                return false;
+            }
+            room -= 1;
+            sent.push(f.to_vec());
+            true
+        }) == Some(true)
+        {}
+        assert_eq!(sent, [b"a".to_vec()]);
+        assert_eq!(q.len(), 2);
+        // Room again: the rest in order.
+        while q.pop_if(|f| {
+            sent.push(f.to_vec());
+            true
+        }) == Some(true)
+        {}
+        assert_eq!(sent, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(q.pop_if(|_| true), None);
     }
 
     #[test]

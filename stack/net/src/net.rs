@@ -538,12 +538,28 @@ impl Net {
 
     /// Hands each queued outgoing frame to `send`, oldest first.
     pub fn drain_tx(&mut self, mut send: impl FnMut(&[u8])) -> usize {
+        self.drain_tx_while(|f| {
+            send(f);
+            true
+        })
+    }
+
+    /// Hands queued frames to `send` oldest first until it refuses one (a
+    /// full NIC ring): that frame and those behind it stay queued, in
+    /// order, for the next call, rather than be lost and left to a
+    /// retransmission timeout.
+    pub fn drain_tx_while(&mut self, mut send: impl FnMut(&[u8]) -> bool) -> usize {
         let mut n = 0;
-        while self.tx.pop_with(&mut send).is_some() {
+        while self.tx.pop_if(&mut send) == Some(true) {
             n += 1;
         }
         self.stats.tx_frames += n as u64;
         n
+    }
+
+    /// Frames waiting to be sent.
+    pub fn tx_pending(&self) -> usize {
+        self.tx.len()
     }
 
     /// When `poll` should run next even without new frames (a soft deadline:

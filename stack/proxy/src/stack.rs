@@ -434,6 +434,19 @@ impl<P: ProxyHttp> Stack<P> {
         n
     }
 
+    /// As `drain_tx`, until `send` refuses a frame (the NIC's ring is
+    /// full): the rest stays queued, in order, for the next call.
+    pub fn drain_tx_while(&mut self, send: impl FnMut(&[u8]) -> bool) -> usize {
+        let n = self.net.drain_tx_while(send);
+        self.app.stats.net = *self.net.stats();
+        n
+    }
+
+    /// Frames queued for sending (a full NIC ring held them back).
+    pub fn tx_pending(&self) -> usize {
+        self.net.tx_pending()
+    }
+
     /// When `poll` should run next even without new frames (a soft deadline:
     /// it may be early, never late).
     pub fn poll_at(&self, now: Instant) -> Option<Instant> {

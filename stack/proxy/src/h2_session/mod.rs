@@ -40,6 +40,8 @@ pub(crate) struct H2Conn<P: ProxyHttp> {
     /// Buffers of finished streams, for the next ones: a busy connection
     /// does not allocate per request.
     spare: Vec<StreamBufs>,
+    /// Where the streams' round robin starts this pass.
+    turn: usize,
     /// With no stream open: when the connection is closed as idle.
     idle_deadline: Instant,
     /// The protocol's counters already added to the worker's.
@@ -75,6 +77,7 @@ impl<P: ProxyHttp> H2Conn<P> {
             from_client,
             streams: Vec::new(),
             spare: Vec::new(),
+            turn: 0,
             idle_deadline: after(cx.now, cx.cfg.timeouts.client_idle),
             reported: Default::default(),
             finished: false,
@@ -161,7 +164,11 @@ impl<P: ProxyHttp> H2Conn<P> {
             }
         }
         let client_done = !self.io.stream.may_recv(&cx.net.stream(self.client));
-        for st in &mut self.streams {
+        // Round robin: each pass starts one stream further on.
+        let n = self.streams.len();
+        self.turn = self.turn.wrapping_add(1);
+        for k in 0..n {
+            let st = &mut self.streams[(self.turn + k) % n];
             if client_done && st.awaits_body() {
                 // The client closed its side with a body still owed: nothing
                 // sensible can go upstream (as HTTP/1 aborts).

@@ -59,6 +59,10 @@ enum Step {
 /// Most octets of framing before one chunk: the CRLF ending the previous
 /// chunk, then its size line ("\r\nffffffff\r\n").
 const CHUNK_FRAMING: usize = 12;
+/// Most response octets a stream sends per turn: streams of a connection
+/// take turns (round robin), so one large response cannot hold the
+/// connection's window and output room while the others wait.
+const SEND_QUANTUM: usize = 16 * 1024;
 /// The end of a chunked body after at least one chunk.
 const CHUNKED_END: &[u8] = b"\r\n0\r\n\r\n";
 
@@ -398,7 +402,8 @@ impl<P: ProxyHttp> H2Stream<P> {
                 }
                 Step::Send => self.send_request(cx, h2, peer),
                 Step::ReadHead => self.read_response_head(cx, h2, peer),
-                Step::Response { .. } => self.stream_response(cx, h2),
+                // One quantum per turn: the other streams get theirs first.
+                Step::Response { .. } => return self.stream_response(cx, h2) || moved,
                 Step::Local { .. } => self.send_local(cx, h2),
                 Step::Done => false,
             };
@@ -669,7 +674,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         let mut moved = self.att.fill(cx, &mut self.from_upstream) > 0;
         let open = self.att.may_recv(cx);
         let id = self.id;
-        let cap = h2.send_capacity(id);
+        let cap = h2.send_capacity(id).min(SEND_QUANTUM);
         let Step::Response {
             body,
             keep_upstream,

@@ -151,8 +151,11 @@ const RTTE_MIN_MARGIN: u32 = 5;
 const RTTE_K: u32 = 4;
 
 // RFC 6298 (2.4): Whenever RTO is computed, if it is less than 1 second, then the
-// RTO SHOULD be rounded up to 1 second.
-const RTTE_MIN_RTO: u32 = 1000;
+// RTO SHOULD be rounded up to 1 second. ferrogate: 200 ms, Linux's TCP_RTO_MIN
+// (and every kernel peer it is measured against): with a 1 s floor one lost
+// segment that fast retransmit cannot repair stalls a connection (and every
+// HTTP/2 stream on it) for a second on a LAN whose RTT is well under 1 ms.
+const RTTE_MIN_RTO: u32 = 200;
 
 // RFC 6298 (2.5) A maximum value MAY be placed on RTO provided it is at least 60
 // seconds
