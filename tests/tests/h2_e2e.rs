@@ -631,3 +631,51 @@ fn h2_clients_get_goaway_on_shutdown() {
         assert_eq!(&p[8..], b"shutdown");
     });
 }
+
+/// A reload that turns HTTP/2 off on a listener drains its HTTP/2
+/// connections: GOAWAY (NO_ERROR, "reload"), and the port serves HTTP/1.1.
+#[test]
+fn h2_clients_get_goaway_when_a_reload_turns_http2_off() {
+    lab_test("h2-reload", || {
+        let lab = Lab::up(1);
+        let _o = lab.start_origin("t1", "10.77.0.3:9001");
+        certs(&lab);
+        let cfg = write_config(&lab, "");
+        let mut engine = lab.start_engine_with(&cfg, "af_xdp", 1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ns = lab.ns("client");
+        let goaway = std::thread::scope(|s| {
+            let client = s.spawn(move || {
+                ferrogate_tests::enter_netns(&ns).expect("enter client namespace");
+                let mut c = RawClient::connect();
+                let (frames, _) = c.read_frames(Duration::from_secs(5), |h, _| {
+                    h.kind == FrameType::Settings && h.flags & flags::ACK != 0
+                });
+                assert!(!frames.is_empty(), "no SETTINGS ACK");
+                tx.send(()).unwrap();
+                let (frames, _) =
+                    c.read_frames(Duration::from_secs(15), |h, _| h.kind == FrameType::GoAway);
+                frames
+                    .into_iter()
+                    .find(|(h, _)| h.kind == FrameType::GoAway)
+                    .map(|(_, p)| p)
+            });
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("client connected");
+            let text = std::fs::read_to_string(&cfg).unwrap();
+            let off = text.replacen("port = 80\nhttp2 = true\n", "port = 80\n", 1);
+            assert_ne!(text, off);
+            std::fs::write(&cfg, off).unwrap();
+            engine.sighup();
+            client.join().expect("client thread")
+        });
+        let p = goaway.expect("a GOAWAY after the reload");
+        assert_eq!(u32::from_be_bytes([p[4], p[5], p[6], p[7]]), 0, "NO_ERROR");
+        assert_eq!(&p[8..], b"reload");
+        // The port still answers HTTP/1.1, and no longer h2c.
+        let (ok, out) = sh(&lab, &format!("curl -sS -m 5 http://{VIP}/hello"));
+        assert!(ok && out.contains("origin t1"), "{out}");
+        assert!(!curl_ok(&lab), "h2c after http2 was turned off");
+        assert!(engine.is_running());
+    });
+}

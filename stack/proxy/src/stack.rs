@@ -364,6 +364,18 @@ impl<P: ProxyHttp> Stack<P> {
             .retain_current(&routes.upstreams, &mut self.net.streams());
         app.route_stats.sync(&routes);
         self.net.set_neighbour_targets(endpoint_addresses(&routes));
+        // HTTP/2 connections whose listener no longer speaks it (removed,
+        // or `http2` turned off) are drained: GOAWAY, their streams finish,
+        // the client reconnects to what the new snapshot serves.
+        let mut streams = self.net.streams();
+        for slot in &mut app.conns {
+            if let Some(Session::H2(c)) = &mut slot.conn
+                && !routes.listener(c.listener_port()).is_some_and(|l| l.http2)
+            {
+                c.go_away(b"reload");
+                streams.mark(c.client());
+            }
+        }
         app.routes = routes;
     }
 

@@ -95,6 +95,10 @@ impl<P: ProxyHttp> H2Conn<P> {
         self.finished
     }
 
+    pub(crate) fn listener_port(&self) -> u16 {
+        self.listener_port
+    }
+
     pub(crate) fn client(&self) -> StreamId {
         self.client
     }
