@@ -534,6 +534,22 @@ fn h2_stalled_reader_is_reset_and_memory_stays_bounded() {
             ),
         );
         assert!(ok && out.trim() == "104857600", "{out}");
+        // A 100 MiB upload: the body streams through the stream window
+        // (64 KiB) and the upstream socket, never buffered whole.
+        let data: Vec<u8> = (0..100u32 << 20).map(|i| (i % 253) as u8).collect();
+        let file = lab.state_dir().join("big-upload.bin");
+        std::fs::write(&file, &data).unwrap();
+        let want = format!("len={} sum={}", data.len(), origin_sum(&data));
+        drop(data);
+        let (ok, out) = sh(
+            &lab,
+            &format!(
+                "curl -sS -m 120 --http2-prior-knowledge --data-binary @{} http://{VIP}/echo",
+                file.display()
+            ),
+        );
+        assert!(ok && out.contains(&want), "{out}");
+        let _ = std::fs::remove_file(&file);
         let rss_after = Lab::rss_kib(engine.pid());
         assert!(
             rss_after < rss_before + 64 * 1024,
