@@ -7,6 +7,7 @@
 mod certs;
 mod client;
 mod identity;
+mod peek;
 mod server;
 mod session;
 mod sni;
@@ -15,6 +16,7 @@ mod stream;
 pub use certs::{CertError, load_certified_key, load_roots};
 pub use client::{UpstreamTls, UpstreamTlsConfig};
 pub use identity::{ClientIdentity, IdentityHeaders};
+pub use peek::{ClientHelloInfo, MAX_HELLO, PeekError, peek_client_hello};
 pub use server::{
     CertSpec, ClientAuth, MinVersion, TlsConfigError, TlsListenerConfig, TlsServer, provider,
 };
