@@ -381,6 +381,19 @@ impl Lab {
         panic!("test origin {name} on {addr} did not come up");
     }
 
+    /// Runs a shell command in the client namespace: (success, stdout
+    /// followed by stderr).
+    pub fn client_sh(&self, cmd: &str) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("client"), "sh", "-c", cmd])
+            .stdin(Stdio::null())
+            .output()
+            .expect("ip netns exec");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
     /// Runs `f` on a thread inside the client namespace.
     pub fn in_client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let ns = self.ns("client");

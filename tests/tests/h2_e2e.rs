@@ -60,18 +60,6 @@ upstream = "t"
     path
 }
 
-/// Runs a shell command in the client namespace; (success, stdout+stderr).
-fn sh(lab: &Lab, cmd: &str) -> (bool, String) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ns("client"), "sh", "-c", cmd])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
 fn certs(lab: &Lab) -> PathBuf {
     let dir = lab.state_dir();
     let ca = Ca::new("fg h2 test CA");
@@ -103,38 +91,33 @@ fn h2c_and_h2_over_tls_with_curl_nghttp_and_h2load() {
         let mut engine = lab.start_engine_with(&cfg, "af_xdp", 1);
 
         // h2c with prior knowledge, and HTTP/1.1 on the same port.
-        let (ok, out) = sh(
-            &lab,
-            &format!(
-                "curl -v -sS -m 10 --fail-with-body --http2-prior-knowledge http://{VIP}/hello"
-            ),
-        );
+        let (ok, out) = lab.client_sh(&format!(
+            "curl -v -sS -m 10 --fail-with-body --http2-prior-knowledge http://{VIP}/hello"
+        ));
         assert!(ok, "{out}");
         assert!(out.contains("< HTTP/2 200"), "{out}");
         assert!(out.contains("origin t1 method=GET path=/hello"), "{out}");
-        let (ok, out) = sh(&lab, &format!("curl -v -sS -m 10 http://{VIP}/hello"));
+        let (ok, out) = lab.client_sh(&format!("curl -v -sS -m 10 http://{VIP}/hello"));
         assert!(ok && out.contains("< HTTP/1.1 200"), "{out}");
         // A listener without http2 answers the preface as a bad HTTP/1 request.
-        let (ok, out) = sh(
-            &lab,
-            &format!("curl -sS -m 5 --http2-prior-knowledge http://{VIP}:8080/hello"),
-        );
+        let (ok, out) = lab.client_sh(&format!(
+            "curl -sS -m 5 --http2-prior-knowledge http://{VIP}:8080/hello"
+        ));
         assert!(!ok, "h2c on a listener without http2 must fail: {out}");
         // A direct route answers on the stream itself.
-        let (ok, out) = sh(
-            &lab,
-            &format!("curl -sS -m 10 --http2-prior-knowledge http://{VIP}/direct"),
-        );
+        let (ok, out) = lab.client_sh(&format!(
+            "curl -sS -m 10 --http2-prior-knowledge http://{VIP}/direct"
+        ));
         assert!(ok && out.contains("direct answer"), "{out}");
 
         // h2 over TLS through ALPN.
-        let (ok, out) = sh(&lab, &tls_curl(&dir, "", "/hello"));
+        let (ok, out) = lab.client_sh(&tls_curl(&dir, "", "/hello"));
         assert!(ok, "{out}");
         assert!(out.contains("ALPN: server accepted h2"), "{out}");
         assert!(out.contains("< HTTP/2 200"), "{out}");
         assert!(out.contains("origin t1 method=GET path=/hello"), "{out}");
         // HTTP/1.1-only clients still get http/1.1 on the same listener.
-        let (ok, out) = sh(&lab, &tls_curl(&dir, "--http1.1", "/hello"));
+        let (ok, out) = lab.client_sh(&tls_curl(&dir, "--http1.1", "/hello"));
         assert!(
             ok && out.contains("ALPN: server accepted http/1.1"),
             "{out}"
@@ -142,12 +125,9 @@ fn h2c_and_h2_over_tls_with_curl_nghttp_and_h2load() {
 
         // What the origin sees: Host from :authority, the cookie crumbs
         // joined (RFC 9113 §8.2.3), forwarding headers, no h2 pseudo-headers.
-        let (ok, out) = sh(
-            &lab,
-            &format!(
-                "nghttp -H 'cookie: a=1' -H 'cookie: b=2' -H 'x-test: yes' http://{VIP}/headers"
-            ),
-        );
+        let (ok, out) = lab.client_sh(&format!(
+            "nghttp -H 'cookie: a=1' -H 'cookie: b=2' -H 'x-test: yes' http://{VIP}/headers"
+        ));
         assert!(ok, "{out}");
         assert!(
             out.to_ascii_lowercase().contains("host: 10.77.0.10"),
@@ -159,10 +139,9 @@ fn h2c_and_h2_over_tls_with_curl_nghttp_and_h2load() {
 
         // 1xx from the origin (103 Early Hints) reach the client ahead of
         // the response.
-        let (ok, out) = sh(
-            &lab,
-            &format!("curl -v -sS -m 10 --http2-prior-knowledge http://{VIP}/hints"),
-        );
+        let (ok, out) = lab.client_sh(&format!(
+            "curl -v -sS -m 10 --http2-prior-knowledge http://{VIP}/hints"
+        ));
         assert!(ok && out.contains("< HTTP/2 103"), "{out}");
         assert!(out.contains("< link: </style.css>; rel=preload"), "{out}");
         assert!(
@@ -194,7 +173,7 @@ fn h2c_and_h2_over_tls_with_curl_nghttp_and_h2load() {
                 tls_curl(&dir, &format!("--data-binary @{f}"), "/echo"),
             ),
         ] {
-            let (ok, out) = sh(&lab, &cmd);
+            let (ok, out) = lab.client_sh(&cmd);
             assert!(
                 ok && out.contains(&want),
                 "{how}: {out}\n{:?}",
@@ -204,9 +183,7 @@ fn h2c_and_h2_over_tls_with_curl_nghttp_and_h2load() {
 
         // Downloads, content-length and chunked from the origin.
         for path in ["/bytes/20000000", "/chunked/20000000"] {
-            let (ok, out) = sh(
-                &lab,
-                &format!(
+            let (ok, out) = lab.client_sh(&format!(
                     "curl -sS -m 60 --http2-prior-knowledge -o /dev/null -w '%{{http_version}} %{{size_download}}' http://{VIP}{path}"
                 ),
             );
@@ -214,16 +191,12 @@ fn h2c_and_h2_over_tls_with_curl_nghttp_and_h2load() {
         }
 
         // Many streams on few connections.
-        let (ok, out) = sh(
-            &lab,
-            &format!("h2load -n 4000 -c 8 -m 16 http://{VIP}/hello"),
-        );
+        let (ok, out) = lab.client_sh(&format!("h2load -n 4000 -c 8 -m 16 http://{VIP}/hello"));
         assert!(ok, "{out}");
         assert!(out.contains("4000 succeeded, 0 failed, 0 errored"), "{out}");
-        let (ok, out) = sh(
-            &lab,
-            &format!("h2load -n 1000 -c 4 -m 10 --connect-to={VIP}:443 https://a.example/hello"),
-        );
+        let (ok, out) = lab.client_sh(&format!(
+            "h2load -n 1000 -c 4 -m 10 --connect-to={VIP}:443 https://a.example/hello"
+        ));
         assert!(ok, "{out}");
         assert!(out.contains("1000 succeeded, 0 failed, 0 errored"), "{out}");
 
@@ -358,10 +331,9 @@ impl RawClient {
 }
 
 fn curl_ok(lab: &Lab) -> bool {
-    let (ok, out) = sh(
-        lab,
-        &format!("curl -sS -m 5 --http2-prior-knowledge http://{VIP}/hello"),
-    );
+    let (ok, out) = lab.client_sh(&format!(
+        "curl -sS -m 5 --http2-prior-knowledge http://{VIP}/hello"
+    ));
     ok && out.contains("origin t1")
 }
 
@@ -527,9 +499,7 @@ fn h2_stalled_reader_is_reset_and_memory_stays_bounded() {
         });
         assert!(reset, "the stalled stream must be reset");
         // A 100 MiB download by a reader that does read: RSS stays flat.
-        let (ok, out) = sh(
-            &lab,
-            &format!(
+        let (ok, out) = lab.client_sh(&format!(
                 "curl -sS -m 120 --http2-prior-knowledge -o /dev/null -w '%{{size_download}}' http://{VIP}/bytes/104857600"
             ),
         );
@@ -541,13 +511,10 @@ fn h2_stalled_reader_is_reset_and_memory_stays_bounded() {
         std::fs::write(&file, &data).unwrap();
         let want = format!("len={} sum={}", data.len(), origin_sum(&data));
         drop(data);
-        let (ok, out) = sh(
-            &lab,
-            &format!(
-                "curl -sS -m 120 --http2-prior-knowledge --data-binary @{} http://{VIP}/echo",
-                file.display()
-            ),
-        );
+        let (ok, out) = lab.client_sh(&format!(
+            "curl -sS -m 120 --http2-prior-knowledge --data-binary @{} http://{VIP}/echo",
+            file.display()
+        ));
         assert!(ok && out.contains(&want), "{out}");
         let _ = std::fs::remove_file(&file);
         let rss_after = Lab::rss_kib(engine.pid());
@@ -572,12 +539,9 @@ fn httpwg_conformance_suite_passes_over_h2c() {
         certs(&lab);
         let cfg = write_config(&lab, "");
         let mut engine = lab.start_engine_with(&cfg, "af_xdp", 1);
-        let (ok, out) = sh(
-            &lab,
-            &format!(
-                "timeout 300 httpwg --connect-timeout 2000 --frame-timeout 2000 -a {VIP}:80 2>&1"
-            ),
-        );
+        let (ok, out) = lab.client_sh(&format!(
+            "timeout 300 httpwg --connect-timeout 2000 --frame-timeout 2000 -a {VIP}:80 2>&1"
+        ));
         // "Passed 107/107 tests …" (with colour codes around the figures).
         let plain: String = out
             .split('\u{1b}')
@@ -609,6 +573,42 @@ fn httpwg_conformance_suite_passes_over_h2c() {
     });
 }
 
+/// Connects a raw HTTP/2 client, waits until its SETTINGS are
+/// acknowledged, runs `trigger`, and returns the payload of the GOAWAY the
+/// connection then gets (None if none comes within 15 s).
+fn goaway_after(lab: &Lab, trigger: impl FnOnce()) -> Option<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = lab.ns("client");
+    std::thread::scope(|s| {
+        let client = s.spawn(move || {
+            ferrogate_tests::enter_netns(&ns).expect("enter client namespace");
+            let mut c = RawClient::connect();
+            let (frames, _) = c.read_frames(Duration::from_secs(5), |h, _| {
+                h.kind == FrameType::Settings && h.flags & flags::ACK != 0
+            });
+            assert!(!frames.is_empty(), "no SETTINGS ACK");
+            tx.send(()).unwrap();
+            let (frames, _) =
+                c.read_frames(Duration::from_secs(15), |h, _| h.kind == FrameType::GoAway);
+            frames
+                .into_iter()
+                .find(|(h, _)| h.kind == FrameType::GoAway)
+                .map(|(_, p)| p)
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("client connected");
+        trigger();
+        client.join().expect("client thread")
+    })
+}
+
+/// A GOAWAY's error code is NO_ERROR and its debug data `why`.
+fn assert_graceful(goaway: Option<Vec<u8>>, why: &[u8]) {
+    let p = goaway.expect("a GOAWAY before the close");
+    assert_eq!(u32::from_be_bytes([p[4], p[5], p[6], p[7]]), 0, "NO_ERROR");
+    assert_eq!(&p[8..], why);
+}
+
 /// A clean stop says GOAWAY (NO_ERROR, "shutdown") to HTTP/2 clients.
 #[test]
 fn h2_clients_get_goaway_on_shutdown() {
@@ -618,33 +618,10 @@ fn h2_clients_get_goaway_on_shutdown() {
         certs(&lab);
         let cfg = write_config(&lab, "");
         let mut engine = lab.start_engine_with(&cfg, "af_xdp", 1);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let ns = lab.ns("client");
-        let goaway = std::thread::scope(|s| {
-            let client = s.spawn(move || {
-                ferrogate_tests::enter_netns(&ns).expect("enter client namespace");
-                let mut c = RawClient::connect();
-                // Our SETTINGS are acknowledged: the connection is up.
-                let (frames, _) = c.read_frames(Duration::from_secs(5), |h, _| {
-                    h.kind == FrameType::Settings && h.flags & flags::ACK != 0
-                });
-                assert!(!frames.is_empty(), "no SETTINGS ACK");
-                tx.send(()).unwrap();
-                let (frames, _) =
-                    c.read_frames(Duration::from_secs(10), |h, _| h.kind == FrameType::GoAway);
-                frames
-                    .into_iter()
-                    .find(|(h, _)| h.kind == FrameType::GoAway)
-                    .map(|(_, p)| p)
-            });
-            rx.recv_timeout(Duration::from_secs(10))
-                .expect("client connected");
+        let goaway = goaway_after(&lab, || {
             engine.stop();
-            client.join().expect("client thread")
         });
-        let p = goaway.expect("a GOAWAY before the close");
-        assert_eq!(u32::from_be_bytes([p[4], p[5], p[6], p[7]]), 0, "NO_ERROR");
-        assert_eq!(&p[8..], b"shutdown");
+        assert_graceful(goaway, b"shutdown");
     });
 }
 
@@ -658,38 +635,16 @@ fn h2_clients_get_goaway_when_a_reload_turns_http2_off() {
         certs(&lab);
         let cfg = write_config(&lab, "");
         let mut engine = lab.start_engine_with(&cfg, "af_xdp", 1);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let ns = lab.ns("client");
-        let goaway = std::thread::scope(|s| {
-            let client = s.spawn(move || {
-                ferrogate_tests::enter_netns(&ns).expect("enter client namespace");
-                let mut c = RawClient::connect();
-                let (frames, _) = c.read_frames(Duration::from_secs(5), |h, _| {
-                    h.kind == FrameType::Settings && h.flags & flags::ACK != 0
-                });
-                assert!(!frames.is_empty(), "no SETTINGS ACK");
-                tx.send(()).unwrap();
-                let (frames, _) =
-                    c.read_frames(Duration::from_secs(15), |h, _| h.kind == FrameType::GoAway);
-                frames
-                    .into_iter()
-                    .find(|(h, _)| h.kind == FrameType::GoAway)
-                    .map(|(_, p)| p)
-            });
-            rx.recv_timeout(Duration::from_secs(10))
-                .expect("client connected");
+        let goaway = goaway_after(&lab, || {
             let text = std::fs::read_to_string(&cfg).unwrap();
             let off = text.replacen("port = 80\nhttp2 = true\n", "port = 80\n", 1);
             assert_ne!(text, off);
             std::fs::write(&cfg, off).unwrap();
             engine.sighup();
-            client.join().expect("client thread")
         });
-        let p = goaway.expect("a GOAWAY after the reload");
-        assert_eq!(u32::from_be_bytes([p[4], p[5], p[6], p[7]]), 0, "NO_ERROR");
-        assert_eq!(&p[8..], b"reload");
+        assert_graceful(goaway, b"reload");
         // The port still answers HTTP/1.1, and no longer h2c.
-        let (ok, out) = sh(&lab, &format!("curl -sS -m 5 http://{VIP}/hello"));
+        let (ok, out) = lab.client_sh(&format!("curl -sS -m 5 http://{VIP}/hello"));
         assert!(ok && out.contains("origin t1"), "{out}");
         assert!(!curl_ok(&lab), "h2c after http2 was turned off");
         assert!(engine.is_running());

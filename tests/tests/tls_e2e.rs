@@ -74,18 +74,6 @@ name = "mtls-origin"
 upstream = "t"
 "#;
 
-/// Runs a shell command in the client namespace; (success, stdout+stderr).
-fn sh(lab: &Lab, cmd: &str) -> (bool, String) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ns("client"), "sh", "-c", cmd])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
 fn curl(dir: &Path, name: &str, port: u16, path: &str, extra: &str) -> String {
     format!(
         "curl -v -sS -m 5 --fail-with-body --cacert {d}/ca.pem --resolve {name}:{port}:{VIP} {extra} https://{name}:{port}{path}",
@@ -131,7 +119,7 @@ fn sni_alpn_mtls_and_malformed_tls() {
             ("x.b.example", "cert-wild"),
             ("y.b.example", "cert-wild"),
         ] {
-            let (ok, out) = sh(&lab, &curl(&dir, name, 443, "/hello", ""));
+            let (ok, out) = lab.client_sh(&curl(&dir, name, 443, "/hello", ""));
             assert!(ok, "{name}: {out}");
             assert!(out.contains(&format!("CN={cn}")), "{name}: {out}");
             assert!(out.contains("ALPN: server accepted http/1.1"), "{out}");
@@ -139,9 +127,7 @@ fn sni_alpn_mtls_and_malformed_tls() {
         }
         // openssl s_client: the default certificate for an unknown name.
         for (name, cn) in [("a.example", "cert-a"), ("unknown.example", "cert-default")] {
-            let (_, out) = sh(
-                &lab,
-                &format!(
+            let (_, out) = lab.client_sh(&format!(
                     "echo | openssl s_client -connect {VIP}:443 -servername {name} -alpn http/1.1 -CAfile {d}/ca.pem 2>&1"
                 ),
             );
@@ -149,27 +135,24 @@ fn sni_alpn_mtls_and_malformed_tls() {
             assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
         }
         // X-Forwarded-Proto reaches the origin; forged identity does not.
-        let (ok, out) = sh(
-            &lab,
-            &curl(
-                &dir,
-                "a.example",
-                443,
-                "/headers",
-                "-H 'X-Forwarded-Proto: http'",
-            ),
-        );
+        let (ok, out) = lab.client_sh(&curl(
+            &dir,
+            "a.example",
+            443,
+            "/headers",
+            "-H 'X-Forwarded-Proto: http'",
+        ));
         assert!(ok && out.contains("X-Forwarded-Proto: https"), "{out}");
         assert!(!out.contains("X-Forwarded-Proto: http\n"), "{out}");
 
         // mTLS required: no certificate → refused.
-        let (ok, out) = sh(&lab, &curl(&dir, "a.example", 8443, "/headers", ""));
+        let (ok, out) = lab.client_sh(&curl(&dir, "a.example", 8443, "/headers", ""));
         assert!(!ok, "no client cert must be refused: {out}");
         assert!(!out.contains("X-Client-CN"), "{out}");
         // A certificate from the client CA: the identity reaches the origin,
         // client-sent copies of the identity headers do not.
         let alice = format!("--cert {d}/alice.crt --key {d}/alice.key -H 'X-Client-CN: mallory'");
-        let (ok, out) = sh(&lab, &curl(&dir, "a.example", 8443, "/headers", &alice));
+        let (ok, out) = lab.client_sh(&curl(&dir, "a.example", 8443, "/headers", &alice));
         assert!(ok, "{out}");
         assert!(out.contains("X-Client-CN: alice\n"), "{out}");
         assert!(out.contains("X-Client-SAN: DNS:alice.example\n"), "{out}");
@@ -179,14 +162,14 @@ fn sni_alpn_mtls_and_malformed_tls() {
             "{out}"
         );
         // Route matching on the client certificate's CN.
-        let (ok, out) = sh(&lab, &curl(&dir, "a.example", 8443, "/only-alice", &alice));
+        let (ok, out) = lab.client_sh(&curl(&dir, "a.example", 8443, "/only-alice", &alice));
         assert!(ok && out.contains("hello alice"), "{out}");
         let bob = format!("--cert {d}/bob.crt --key {d}/bob.key");
-        let (_, out) = sh(&lab, &curl(&dir, "a.example", 8443, "/only-alice", &bob));
+        let (_, out) = lab.client_sh(&curl(&dir, "a.example", 8443, "/only-alice", &bob));
         assert!(!out.contains("hello alice"), "{out}");
         // Same CN and SAN, signed by another CA: refused.
         let eve = format!("--cert {d}/eve.crt --key {d}/eve.key");
-        let (ok, out) = sh(&lab, &curl(&dir, "a.example", 8443, "/headers", &eve));
+        let (ok, out) = lab.client_sh(&curl(&dir, "a.example", 8443, "/headers", &eve));
         assert!(!ok && !out.contains("X-Client-CN"), "{out}");
 
         // Malformed TLS: each closes (after an alert, or at the handshake
@@ -270,7 +253,7 @@ fn sni_alpn_mtls_and_malformed_tls() {
         });
         assert!(failures.is_empty(), "{failures:#?}");
         assert!(engine.is_running(), "{}", engine.log());
-        let (ok, out) = sh(&lab, &curl(&dir, "a.example", 443, "/after", ""));
+        let (ok, out) = lab.client_sh(&curl(&dir, "a.example", 443, "/after", ""));
         assert!(ok, "still serving: {out}");
         let st = engine.stats();
         assert!(st["stack_tls_handshake_failures"] >= 14, "{st:?}");
@@ -306,7 +289,7 @@ fn certificate_reload_under_https_load_fails_no_request() {
                     s.spawn(|| {
                         let (mut ok, mut failed) = (0usize, Vec::new());
                         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            let (success, out) = sh(&lab, &cmd);
+                            let (success, out) = lab.client_sh(&cmd);
                             let codes = out.lines().filter(|l| *l == "200").count();
                             if success && codes == 5 {
                                 ok += codes;
@@ -325,7 +308,7 @@ fn certificate_reload_under_https_load_fails_no_request() {
             let deadline = Instant::now() + Duration::from_secs(10);
             let mut seen = String::new();
             while Instant::now() < deadline {
-                let (_, out) = sh(&lab, &curl(&dir, "a.example", 443, "/probe", ""));
+                let (_, out) = lab.client_sh(&curl(&dir, "a.example", 443, "/probe", ""));
                 seen = out;
                 if seen.contains("CN=cert-a-rotated") {
                     break;
@@ -361,7 +344,7 @@ fn certificate_reload_under_https_load_fails_no_request() {
         let mut seen = String::new();
         while Instant::now() < deadline && !seen.contains("CN=cert-a-rotated-2") {
             std::thread::sleep(Duration::from_millis(200));
-            seen = sh(&lab, &curl(&dir, "a.example", 443, "/probe", "")).1;
+            seen = lab.client_sh(&curl(&dir, "a.example", 443, "/probe", "")).1;
         }
         assert!(
             seen.contains("CN=cert-a-rotated-2"),
@@ -417,9 +400,7 @@ fn testssl_finds_nothing_high_or_critical() {
         let mut engine = lab.start_engine_with(&cfg, "af_xdp", 1);
         let json = dir.join("testssl.json");
         let started = Instant::now();
-        let (_, out) = sh(
-            &lab,
-            &format!(
+        let (_, out) = lab.client_sh(&format!(
                 "timeout 240 testssl --fast --quiet --color 0 --warnings off --severity HIGH --add-ca {d}/ca.pem --ip {VIP} --jsonfile {j} a.example:443 2>&1",
                 d = dir.display(),
                 j = json.display()
@@ -576,22 +557,19 @@ ca = "other-ca.pem"
         );
         let mut engine = lab.start_engine_with(&cfg, "af_xdp", 1);
         for path in ["/ip", "/name", "/ip/again"] {
-            let (ok, out) = sh(
-                &lab,
-                &format!("curl -sS -m 5 --fail-with-body http://{VIP}{path}"),
-            );
+            let (ok, out) = lab.client_sh(&format!(
+                "curl -sS -m 5 --fail-with-body http://{VIP}{path}"
+            ));
             assert!(ok && out == "tls origin\n", "{path}: {out:?}");
         }
         // Keep-alive to the client reuses the TLS session upstream.
-        let (ok, out) = sh(
-            &lab,
-            &format!("curl -sS -m 5 --fail-with-body http://{VIP}/ip/1 http://{VIP}/ip/2"),
-        );
+        let (ok, out) = lab.client_sh(&format!(
+            "curl -sS -m 5 --fail-with-body http://{VIP}/ip/1 http://{VIP}/ip/2"
+        ));
         assert!(ok && out == "tls origin\ntls origin\n", "{out:?}");
-        let (_, out) = sh(
-            &lab,
-            &format!("curl -sS -m 5 -o /dev/null -w '%{{http_code}}' http://{VIP}/wrong"),
-        );
+        let (_, out) = lab.client_sh(&format!(
+            "curl -sS -m 5 -o /dev/null -w '%{{http_code}}' http://{VIP}/wrong"
+        ));
         assert_eq!(out.trim(), "502", "{out}");
         let stats = engine.stats();
         assert!(

@@ -264,6 +264,24 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
     }
 }
 
+/// Queues a filled access record (never waits: a full queue drops it and
+/// counts), runs the logging phase, and clears it for the next request.
+pub(crate) fn emit_access<P: ProxyHttp>(
+    cx: &mut Ctx<'_, P>,
+    a: &mut AccessRecord,
+    pctx: &mut P::Ctx,
+) {
+    if cx.access.enabled() {
+        if cx.access.push(a) {
+            cx.stats.access_log_queued += 1;
+        } else {
+            cx.stats.access_log_dropped += 1;
+        }
+    }
+    cx.phases.logging(a, pctx);
+    a.reset();
+}
+
 /// The key a hashing balancer picks an endpoint by.
 pub(crate) fn hash_key(pool: &Upstream, info: &RequestInfo<'_>) -> u64 {
     match &pool.policy.balancer {
@@ -708,15 +726,7 @@ impl<P: ProxyHttp> Conn<P> {
         a.upstream = self.att.conn.as_ref().map(|u| u.endpoint);
         a.retries = self.att.retries;
         a.error = error;
-        if cx.access.enabled() {
-            if cx.access.push(a) {
-                cx.stats.access_log_queued += 1;
-            } else {
-                cx.stats.access_log_dropped += 1;
-            }
-        }
-        cx.phases.logging(a, &mut self.pctx);
-        a.reset();
+        emit_access(cx, a, &mut self.pctx);
     }
 
     fn count_route_response(&mut self, cx: &mut Ctx<'_, P>, status: u16) {

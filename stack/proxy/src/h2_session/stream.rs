@@ -19,7 +19,7 @@ use crate::lb::Upstream;
 use crate::net::Instant;
 use crate::phases::{ProxyHttp, RequestInfo, ResponseInfo};
 use crate::proxy::{
-    Body, Ctx, REQUEST_ID_MAX, Routing, after, choose_route, hash_key, set_request_id,
+    Body, Ctx, REQUEST_ID_MAX, Routing, after, choose_route, emit_access, hash_key, set_request_id,
 };
 use crate::route::{DirectResponse, RouteAction};
 
@@ -950,15 +950,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         a.upstream = self.att.conn.as_ref().map(|u| u.endpoint);
         a.retries = self.att.retries;
         a.error = error;
-        if cx.access.enabled() {
-            if cx.access.push(a) {
-                cx.stats.access_log_queued += 1;
-            } else {
-                cx.stats.access_log_dropped += 1;
-            }
-        }
-        cx.phases.logging(a, &mut self.pctx);
-        a.reset();
+        emit_access(cx, a, &mut self.pctx);
     }
 
     /// Ends the exchange now (the client reset the stream, the connection
