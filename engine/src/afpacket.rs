@@ -477,8 +477,9 @@ impl PacketIo for AfPacketSocket {
 
     fn tx_frame(&mut self, frame: &[u8]) -> bool {
         if frame.len() > self.frame_size {
+            // Never fits: dropped and counted, not offered again.
             self.tx_oversize += 1;
-            return false;
+            return true;
         }
         let i = self.tx.len;
         if i >= TX_BATCH {

@@ -729,8 +729,9 @@ impl PacketIo for DpdkQueue {
             self.send_pending();
         }
         if frame.len() > u16::MAX as usize {
+            // Never fits an mbuf: dropped and counted, not offered again.
             self.stats.tx_ring_full += 1;
-            return false;
+            return true;
         }
         // SAFETY: a live mempool owned by the port.
         let m = unsafe { sys::rte_pktmbuf_alloc(self.pool) };
@@ -743,8 +744,9 @@ impl PacketIo for DpdkQueue {
         if rc != 0 {
             // SAFETY: ours, not handed to the driver.
             unsafe { sys::rte_pktmbuf_free(m) };
+            // Larger than an mbuf's data room: it never will fit.
             self.stats.tx_ring_full += 1;
-            return false;
+            return true;
         }
         self.tx[self.tx_len] = m;
         self.tx_len += 1;

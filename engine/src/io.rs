@@ -56,7 +56,10 @@ pub trait PacketIo: Send {
     fn rx_burst(&mut self, max: usize, on_frame: &mut dyn FnMut(&[u8])) -> io::Result<usize>;
 
     /// Queues one frame for transmission. Returns false (and counts it) when the
-    /// tx ring is full; the caller drops the frame and TCP retransmits.
+    /// tx ring is full: the caller keeps the frame and offers it again after
+    /// `tx_flush`. A frame that can never be sent (larger than a buffer) is
+    /// counted and dropped, and true returned, so it cannot block the frames
+    /// behind it.
     fn tx_frame(&mut self, frame: &[u8]) -> bool;
 
     /// Makes queued frames visible to the NIC (one kick per burst at most) and
