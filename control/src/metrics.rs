@@ -181,7 +181,7 @@ pub fn render(st: &EngineStats, info: &Info<'_>) -> String {
         );
         f.counter(
             "ferrogate_worker_tx_ring_full_total",
-            "frames dropped because the tx ring was full",
+            "times a frame found the tx ring full (kept for the next flush; the DPDK backend drops it)",
             &l,
             w.io.tx_ring_full,
         );

@@ -241,11 +241,8 @@ impl Worker {
                 self.receive_burst(s, error_logged, now_ns);
                 self.stack.poll(now);
             }
-            let io = &mut self.io;
-            self.stack.drain_tx(|f| {
-                io.tx_frame(f);
-            });
-            let _ = self.io.tx_flush();
+            // In order, behind whatever a full ring still holds back.
+            self.send_tx();
             std::thread::sleep(Duration::from_micros(200));
         }
     }

@@ -181,7 +181,16 @@ fn is_hop_by_hop(name: &str) -> bool {
 
 /// Whether a `Connection` field of `headers` names `name`: such a field
 /// describes the hop it came over and goes no further (RFC 9110 §7.6.1).
+/// Never the fields that frame the message or name its host: a peer could
+/// otherwise strip the `Content-Length` we framed the body by and smuggle
+/// the body to the other side as a second message.
 fn named_by_connection(headers: Headers<'_>, name: &str) -> bool {
+    if ["content-length", "transfer-encoding", "host"]
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(name))
+    {
+        return false;
+    }
     headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
@@ -431,9 +440,11 @@ pub fn write_upstream_request(
     out: &mut ByteBuf,
 ) -> bool {
     let mut ok = write!(out, "{} {} HTTP/1.1\r\n", req.method, req.target).is_ok();
+    // Most heads have no Connection field: then no field is looked up.
+    let nominates = req.headers.contains("connection");
     for h in req.headers.iter() {
         let keep_for_upgrade = upgrade && h.name.eq_ignore_ascii_case("upgrade");
-        if ((is_hop_by_hop(h.name) || named_by_connection(req.headers, h.name))
+        if ((is_hop_by_hop(h.name) || (nominates && named_by_connection(req.headers, h.name)))
             && !keep_for_upgrade)
             || h.name.eq_ignore_ascii_case("expect")
             || strip(h.name)
@@ -557,9 +568,11 @@ pub fn write_client_response(
     let mut ok = write!(out, "HTTP/1.1 {} {}\r\n", status, resp.reason.unwrap_or("")).is_ok();
     let switching = status == 101;
     let fields = Headers(Fields::Http1(resp.headers));
+    let nominates = fields.contains("connection");
     for h in resp.headers.iter() {
         let upgrade = switching && h.name.eq_ignore_ascii_case("upgrade");
-        if (is_hop_by_hop(h.name) || named_by_connection(fields, h.name)) && !upgrade {
+        if (is_hop_by_hop(h.name) || (nominates && named_by_connection(fields, h.name))) && !upgrade
+        {
             continue;
         }
         ok &= out.extend(h.name.as_bytes())
@@ -790,6 +803,42 @@ mod tests {
         assert_eq!(
             s,
             "GET /x HTTP/1.1\r\nHost: a\r\nX-Request-Id: abc-1\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_connection_header_cannot_strip_the_framing_or_the_host() {
+        // Smuggling: the body framed by Content-Length must reach the
+        // origin with that Content-Length, whatever Connection names.
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: content-length, host, x-hop\r\nX-Hop: 1\r\n\r\n";
+        let mut h = HeaderSlots::new();
+        let (req, info) = parse_request(raw, &mut h, false).unwrap().unwrap();
+        assert_eq!(info.framing, BodyFraming::Length(5));
+        let mut out = ByteBuf::with_capacity(1024);
+        assert!(write_upstream_request(
+            &req,
+            false,
+            |_| false,
+            |_| {},
+            &mut 0,
+            &mut out
+        ));
+        let s = std::str::from_utf8(out.filled()).unwrap();
+        assert_eq!(s, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n");
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: content-length\r\n\r\n";
+        let mut out = ByteBuf::with_capacity(1024);
+        assert!(write_client_response(
+            resp,
+            true,
+            false,
+            |_, _| {},
+            &mut 0,
+            &mut out
+        ));
+        assert!(
+            std::str::from_utf8(out.filled())
+                .unwrap()
+                .contains("Content-Length: 2\r\n")
         );
     }
 

@@ -219,6 +219,10 @@ impl<P: ProxyHttp> ProxyApp<P> {
             let (client, io, port, bufs) = conn.into_h2();
             let received = Conn::<P>::received(&bufs);
             let mut h2 = Box::new(H2Conn::new(client, port, io, received, &mut cx));
+            if !self.routes.listener(port).is_some_and(|l| l.http2) {
+                // Chose h2 before a reload turned it off: drained at once.
+                h2.go_away(b"reload");
+            }
             keep_spare(&mut self.spare_bufs, bufs);
             progressed |= h2.drive(&mut cx);
             slot.conn = Some(Session::H2(h2));

@@ -217,7 +217,10 @@ impl RttEstimator {
 
         // RFC 6298 (2.2), (2.3)
         let margin = RTTE_MIN_MARGIN.max(self.rttvar * RTTE_K);
-        self.rto = (self.srtt + margin).clamp(RTTE_MIN_RTO, RTTE_MAX_RTO);
+        // ferrogate: as Linux, the floor applies to the variance term, so the
+        // RTO is never closer to the RTT than RTTE_MIN_RTO (a delayed ACK or
+        // some jitter on a long path must not fire it).
+        self.rto = (self.srtt + margin.max(RTTE_MIN_RTO)).min(RTTE_MAX_RTO);
 
         self.rto_count = 0;
 
