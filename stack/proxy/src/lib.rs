@@ -37,7 +37,8 @@ pub use lb::{PoolPolicy, UpstreamRegistry};
 pub use net::{Duration, Instant};
 pub use phases::{ProxyHttp, RequestInfo, ResponseInfo, StandardPhases, Verdict};
 pub use route::{
-    DirectResponse, HeaderMatch, Listener, PathMatch, QueryMatch, Route, RouteAction, RouteTable,
+    DirectResponse, HeaderMatch, L4Listener, Listener, PathMatch, QueryMatch, Route, RouteAction,
+    RouteTable,
 };
 pub use stack::{Stack, StackError};
 pub use stats::StackStats;
