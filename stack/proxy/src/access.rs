@@ -59,6 +59,8 @@ pub enum Protocol {
     #[default]
     Http1,
     Http2,
+    /// A TCP listener's connection (one record per connection).
+    Tcp,
 }
 
 impl Protocol {
@@ -66,6 +68,7 @@ impl Protocol {
         match self {
             Protocol::Http1 => "HTTP/1.1",
             Protocol::Http2 => "HTTP/2",
+            Protocol::Tcp => "TCP",
         }
     }
 }
@@ -90,8 +93,14 @@ pub struct AccessRecord {
     pub upstream: Option<SocketAddr>,
     /// Upstream retries of this request.
     pub retries: u8,
-    /// Why the proxy answered itself, for local errors (`no_route`, …).
+    /// Why the proxy answered itself, for local errors (`no_route`, …);
+    /// for TCP connections, why the connection ended (`closed`,
+    /// `idle_timeout`, `client_reset`, `upstream_reset`, an error code).
     pub error: &'static str,
+    /// TCP connections: bytes client → upstream and upstream → client
+    /// (written for protocol `TCP` only).
+    pub bytes_up: u64,
+    pub bytes_down: u64,
 }
 
 impl AccessRecord {
@@ -159,6 +168,13 @@ impl AccessRecord {
             self.request_id.as_bytes(),
             self.request_id.truncated(),
         );
+        if self.protocol == Protocol::Tcp {
+            let _ = write!(
+                out,
+                ",\"bytes_up\":{},\"bytes_down\":{}",
+                self.bytes_up, self.bytes_down
+            );
+        }
         if !self.error.is_empty() {
             let _ = write!(out, ",\"error\":\"{}\"", self.error);
         }

@@ -13,6 +13,7 @@ mod client_io;
 pub mod config;
 pub mod error;
 mod h2_session;
+mod l4_session;
 pub mod phases;
 mod probe;
 mod proxy;
