@@ -274,6 +274,27 @@ mod tests {
     }
 
     #[test]
+    fn tcp_records_carry_bytes_each_way_and_http_ones_do_not() {
+        let mut r = AccessRecord {
+            protocol: Protocol::Tcp,
+            listener_port: 6379,
+            bytes_up: 12,
+            bytes_down: 34,
+            error: "closed",
+            ..Default::default()
+        };
+        let mut s = String::new();
+        r.write_json(0, "t", &mut s);
+        assert!(s.contains(r#""protocol":"TCP""#), "{s}");
+        assert!(s.contains(r#""bytes_up":12,"bytes_down":34"#), "{s}");
+        assert!(s.contains(r#""error":"closed""#), "{s}");
+        r.protocol = Protocol::Http1;
+        s.clear();
+        r.write_json(0, "t", &mut s);
+        assert!(!s.contains("bytes_up"), "{s}");
+    }
+
+    #[test]
     fn a_full_queue_refuses_instead_of_waiting() {
         let sink = AccessSink::new(Arc::new(AccessQueue::new(2)));
         let r = AccessRecord::default();

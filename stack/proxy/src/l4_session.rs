@@ -258,3 +258,45 @@ impl L4Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lb::{HashOn, PoolPolicy};
+
+    fn pool(balancer: Balancer) -> Upstream {
+        let eps: Vec<crate::lb::Endpoint> = ["10.0.0.3:1", "10.0.0.4:1", "10.0.0.5:1"]
+            .iter()
+            .map(|a| crate::lb::Endpoint::new(a.parse().unwrap()))
+            .collect();
+        let policy = PoolPolicy {
+            balancer,
+            ..PoolPolicy::default()
+        };
+        Upstream::new("p", 0, &eps, policy)
+    }
+
+    #[test]
+    fn hash_pools_pick_by_the_client_address_not_its_port() {
+        let p = pool(Balancer::Hash(HashOn::Source));
+        let at = |a: &str| source_key(&p, Some(a.parse().unwrap()));
+        assert_eq!(at("10.1.0.1:5000"), at("10.1.0.1:6000"));
+        assert_ne!(at("10.1.0.1:5000"), at("10.1.0.2:5000"));
+        let ip = "10.1.0.1".parse().unwrap();
+        let view = RequestView::new("GET", None, "/", crate::http::Headers::EMPTY);
+        assert_eq!(at("10.1.0.1:5000"), HashOn::Source.key(&view, ip));
+        // A header key has no header to read here: the source it is.
+        let h = pool(Balancer::Hash(HashOn::Header("x-user".into())));
+        assert_eq!(
+            source_key(&h, Some("10.1.0.1:1".parse().unwrap())),
+            at("10.1.0.1:5000")
+        );
+        assert_eq!(
+            source_key(
+                &pool(Balancer::RoundRobin),
+                Some("10.1.0.1:1".parse().unwrap())
+            ),
+            0
+        );
+    }
+}
