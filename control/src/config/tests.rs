@@ -202,6 +202,12 @@ fn edge_example_compiles_every_new_key() {
     assert!(t.routes().any(|r| !r.methods.is_empty()));
     assert!(t.listeners.iter().any(|l| l.tls.is_some()));
     assert!(t.routes().any(|r| r.client_cert_cn.is_some()));
+    let tcp = t
+        .listener(6379)
+        .and_then(|l| l.l4.as_ref())
+        .expect("tcp listener");
+    assert_eq!(tcp.upstream.name, "sessions");
+    assert_eq!(tcp.max_connections, Some(5000));
     for (i, u) in t.upstreams.iter().enumerate() {
         assert_eq!(u.index, i);
     }
