@@ -368,3 +368,46 @@ fn max_connections_resets_one_more() {
     }
     assert_eq!(lab.client_state(c), tcp::State::Established);
 }
+
+#[test]
+fn a_pool_shared_with_http_routes_never_lends_its_idle_connections() {
+    // Port 80 proxies HTTP to the pool and keeps the upstream connection
+    // idle for reuse; a TCP connection to the same pool opens its own.
+    let pool = Arc::new(Upstream::simple(
+        "shared",
+        0,
+        &["10.0.0.3:8080".parse().unwrap()],
+    ));
+    let table = Arc::new(RouteTable::new(
+        1,
+        vec![
+            Listener::new(
+                80,
+                vec![Route::new("all", RouteAction::Proxy(pool.clone()))],
+            ),
+            Listener::tcp(
+                TCP_PORT,
+                L4Listener {
+                    upstream: pool.clone(),
+                    idle_timeout: std::time::Duration::from_secs(300),
+                    max_connections: None,
+                },
+            ),
+        ],
+        vec![pool],
+    ));
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let h = lab.connect();
+    assert_eq!(
+        lab.exchange(h, b"GET /http HTTP/1.1\r\nHost: x\r\n\r\n")
+            .status,
+        200
+    );
+    assert_eq!(lab.edge.stats().upstream_idle, 1);
+    let t = lab.connect_to(TCP_PORT);
+    let resp = lab.exchange(t, b"GET /tcp HTTP/1.1\r\n\r\n");
+    assert_eq!(resp.body, b"origin:/tcp");
+    assert_eq!(lab.edge.stats().upstream_reused, 0);
+    assert_eq!(lab.origin_conns.len(), 2, "the TCP connection has its own");
+    assert_eq!(lab.edge.stats().upstream_idle, 1);
+}
