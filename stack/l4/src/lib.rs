@@ -38,8 +38,6 @@ pub trait Ends {
     fn state(&mut self, e: End) -> StreamState;
     /// Bytes received and not read yet.
     fn recv_queue(&mut self, e: End) -> usize;
-    /// The peer may still send (no FIN received, or bytes left to read).
-    fn may_recv(&mut self, e: End) -> bool;
     fn recv(&mut self, e: End, buf: &mut [u8]) -> usize;
     fn send_space(&mut self, e: End) -> usize;
     fn send(&mut self, e: End, data: &[u8]) -> usize;
@@ -73,10 +71,6 @@ impl Ends for StreamPair<'_, '_> {
     fn recv_queue(&mut self, e: End) -> usize {
         let id = self.id(e);
         self.net.stream(id).recv_queue()
-    }
-    fn may_recv(&mut self, e: End) -> bool {
-        let id = self.id(e);
-        self.net.stream(id).may_recv()
     }
     fn recv(&mut self, e: End, buf: &mut [u8]) -> usize {
         let id = self.id(e);

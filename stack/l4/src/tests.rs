@@ -68,10 +68,6 @@ impl Ends for Mock {
     fn recv_queue(&mut self, e: End) -> usize {
         self.s(e).rx.len()
     }
-    fn may_recv(&mut self, e: End) -> bool {
-        let s = self.s(e);
-        !s.reset && (!s.peer_fin || !s.rx.is_empty())
-    }
     fn recv(&mut self, e: End, buf: &mut [u8]) -> usize {
         let s = self.s(e);
         let n = buf.len().min(s.rx.len());
@@ -229,9 +225,6 @@ fn a_side_in_its_handshake_is_not_a_fin() {
         }
         fn recv_queue(&mut self, e: End) -> usize {
             self.0.recv_queue(e)
-        }
-        fn may_recv(&mut self, e: End) -> bool {
-            e == End::Upstream && self.0.may_recv(e)
         }
         fn recv(&mut self, e: End, buf: &mut [u8]) -> usize {
             self.0.recv(e, buf)
