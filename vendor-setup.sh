@@ -24,6 +24,8 @@ packages=(
   haproxy iptables nftables
   # HTTP/2 clients: h2load, nghttp (the h2 tests and bench scenario)
   nghttp2-client
+  # L4 (TCP listener) tests: iperf3, and redis-server driven by redis-benchmark
+  iperf3 redis-server redis-tools
   # DPDK backend (engine/dpdk-sys: pkg-config libdpdk + bindgen, which needs
   # libclang); dpdk-dev has dpdk-testpmd, dpdk has dpdk-devbind.py
   libdpdk-dev dpdk dpdk-dev libclang-dev

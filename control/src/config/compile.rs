@@ -253,6 +253,12 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 });
             }
         }
+        if let Some(l4) = check_l4(i, l, &pools, rep) {
+            if let Some(l4) = l4 {
+                listeners.push(Listener::tcp(port, l4));
+            }
+            continue;
+        }
         let mut listener = Listener::new(port, routes).with_http2(l.http2);
         if let Some(tls) = check_listener_tls(i, l, rep) {
             listener = listener.with_tls(Arc::new(tls));
@@ -430,4 +436,141 @@ fn check_http2(h: &Http2Section, rep: &mut Reporter<'_>) -> ferrogate_proxy::h2:
         }
     }
     c
+}
+
+/// A listener's `protocol` and the keys of TCP listeners. None: an HTTP
+/// listener (TCP-only keys on it are reported); Some(None): a TCP listener
+/// with errors; Some(Some(l4)): a TCP listener.
+fn check_l4(
+    i: usize,
+    l: &ListenerSection,
+    pools: &[(String, Arc<Upstream>)],
+    rep: &mut Reporter<'_>,
+) -> Option<Option<L4Listener>> {
+    let field = |k: &str| format!("listeners[{i}].{k}");
+    let tcp = match &l.protocol {
+        None => false,
+        Some(p) => match p.get_ref().as_str() {
+            "http" => false,
+            "tcp" => true,
+            other => {
+                rep.at(
+                    p.span(),
+                    field("protocol"),
+                    format!("{other:?} is not \"http\" or \"tcp\""),
+                );
+                return Some(None);
+            }
+        },
+    };
+    if !tcp {
+        let only_tcp = [
+            ("upstream", l.upstream.as_ref().map(|u| u.span())),
+            (
+                "idle_timeout_ms",
+                l.idle_timeout_ms.as_ref().map(|u| u.span()),
+            ),
+            (
+                "max_connections",
+                l.max_connections.as_ref().map(|u| u.span()),
+            ),
+        ];
+        for (k, span) in only_tcp {
+            if let Some(span) = span {
+                rep.at(
+                    span,
+                    field(k),
+                    "only a TCP listener (protocol = \"tcp\") has it; HTTP listeners route with [[listeners.routes]]",
+                );
+            }
+        }
+        return None;
+    }
+    let anchor = l.protocol.as_ref().map(|p| p.span()).unwrap_or(0..0);
+    let mut ok = true;
+    if !l.routes.is_empty() {
+        rep.at(
+            anchor.clone(),
+            field("routes"),
+            "a TCP listener has no routes (it sends every connection to its `upstream`)",
+        );
+        ok = false;
+    }
+    if let Some(t) = &l.tls {
+        rep.at(
+            t.span(),
+            field("tls"),
+            "TLS on a TCP listener is not supported yet",
+        );
+        ok = false;
+    }
+    if l.mtls_headers.is_some() {
+        rep.at(
+            anchor.clone(),
+            field("mtls_headers"),
+            "not for a TCP listener",
+        );
+        ok = false;
+    }
+    if l.http2 {
+        rep.at(anchor.clone(), field("http2"), "not for a TCP listener");
+        ok = false;
+    }
+    let upstream = match &l.upstream {
+        None => {
+            rep.at(
+                anchor.clone(),
+                field("upstream"),
+                "a TCP listener needs an `upstream` pool",
+            );
+            None
+        }
+        Some(u) => match pools.iter().find(|(n, _)| n == u.get_ref()) {
+            None => {
+                rep.at(
+                    u.span(),
+                    field("upstream"),
+                    format!("no upstream named {:?}", u.get_ref()),
+                );
+                None
+            }
+            Some((_, p)) if p.tls.is_some() => {
+                rep.at(
+                    u.span(),
+                    field("upstream"),
+                    format!(
+                        "pool {:?} speaks TLS to its endpoints; a TCP listener forwards bytes untouched (use a pool without `tls`)",
+                        u.get_ref()
+                    ),
+                );
+                None
+            }
+            Some((_, p)) => Some(p.clone()),
+        },
+    };
+    let idle_timeout = match &l.idle_timeout_ms {
+        None => ferrogate_proxy::route::L4_IDLE_TIMEOUT,
+        Some(ms) if *ms.get_ref() == 0 => {
+            rep.at(ms.span(), field("idle_timeout_ms"), "must be at least 1");
+            ok = false;
+            ferrogate_proxy::route::L4_IDLE_TIMEOUT
+        }
+        Some(ms) => std::time::Duration::from_millis(*ms.get_ref()),
+    };
+    let max_connections = match &l.max_connections {
+        Some(m) if *m.get_ref() == 0 => {
+            rep.at(m.span(), field("max_connections"), "must be at least 1");
+            ok = false;
+            None
+        }
+        m => m.as_ref().map(|m| *m.get_ref()),
+    };
+    match upstream {
+        Some(upstream) if ok => Some(Some(L4Listener {
+            upstream,
+            idle_timeout,
+            max_connections,
+        })),
+        _ => Some(None),
+    }
 }

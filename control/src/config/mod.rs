@@ -20,8 +20,8 @@ use ferrogate_proxy::lb::{
     PassivePolicy, PoolPolicy, RetryPolicy, UpstreamTimeouts,
 };
 use ferrogate_proxy::{
-    DirectResponse, HeaderMatch, Listener, PathMatch, QueryMatch, Route, RouteAction, RouteTable,
-    Timeouts, Upstream,
+    DirectResponse, HeaderMatch, L4Listener, Listener, PathMatch, QueryMatch, Route, RouteAction,
+    RouteTable, Timeouts, Upstream,
 };
 use serde::Deserialize;
 use toml::Spanned;

@@ -374,6 +374,21 @@ pub struct ListenerSection {
     /// on plain listeners (default false).
     #[serde(default)]
     pub http2: bool,
+    /// `"http"` (default) or `"tcp"`: a TCP listener splices every
+    /// connection to `upstream` and has no routes.
+    #[serde(default)]
+    pub protocol: Option<Spanned<String>>,
+    /// The pool of a TCP listener.
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
+    /// TCP listeners: no byte either way for this long closes both sides
+    /// (default 300000).
+    #[serde(default)]
+    pub idle_timeout_ms: Option<Spanned<u64>>,
+    /// TCP listeners: connections at once per worker (default: only the
+    /// engine's `max_connections`); beyond it a SYN is reset.
+    #[serde(default)]
+    pub max_connections: Option<Spanned<usize>>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
 }

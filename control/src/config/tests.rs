@@ -202,6 +202,12 @@ fn edge_example_compiles_every_new_key() {
     assert!(t.routes().any(|r| !r.methods.is_empty()));
     assert!(t.listeners.iter().any(|l| l.tls.is_some()));
     assert!(t.routes().any(|r| r.client_cert_cn.is_some()));
+    let tcp = t
+        .listener(6379)
+        .and_then(|l| l.l4.as_ref())
+        .expect("tcp listener");
+    assert_eq!(tcp.upstream.name, "sessions");
+    assert_eq!(tcp.max_connections, Some(5000));
     for (i, u) in t.upstreams.iter().enumerate() {
         assert_eq!(u.index, i);
     }
@@ -425,4 +431,103 @@ fn http2_listener_and_limits_compile_and_bad_values_name_their_line() {
     assert!(
         errors(&(GOOD.to_string() + "\n[http2]\nmax_streams = 1\n"))[0].contains("unknown field")
     );
+}
+
+const TCP: &str = r#"
+vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+
+[[upstreams]]
+name = "origin"
+endpoints = ["10.77.0.3:8080"]
+
+[[upstreams]]
+name = "db"
+endpoints = ["10.77.0.3:6379", "10.77.0.4:6379"]
+balancer = "hash"
+hash_on = "source"
+
+[[listeners]]
+port = 80
+[[listeners.routes]]
+upstream = "origin"
+
+[[listeners]]
+port = 6379
+protocol = "tcp"
+upstream = "db"
+"#;
+
+#[test]
+fn a_tcp_listener_compiles_to_its_pool_with_defaults() {
+    let c = compile(Path::new("t.toml"), TCP).unwrap();
+    let routes = &c.engine.routes;
+    assert!(routes.listener(80).unwrap().l4.is_none());
+    let l = routes.listener(6379).unwrap();
+    let l4 = l.l4.as_ref().expect("tcp listener");
+    assert_eq!(l4.upstream.name, "db");
+    assert_eq!(l4.idle_timeout, ferrogate_proxy::route::L4_IDLE_TIMEOUT);
+    assert_eq!(l4.max_connections, None);
+    assert!(l.routes().is_empty());
+    let set = TCP.replace(
+        "upstream = \"db\"\n",
+        "upstream = \"db\"\nidle_timeout_ms = 2500\nmax_connections = 10\n",
+    );
+    let c = compile(Path::new("t.toml"), &set).unwrap();
+    let l4 = c.engine.routes.listener(6379).unwrap().l4.clone().unwrap();
+    assert_eq!(l4.idle_timeout, Duration::from_millis(2500));
+    assert_eq!(l4.max_connections, Some(10));
+}
+
+#[test]
+fn tcp_listener_keys_are_checked_with_their_line() {
+    let cases: [(&str, &str, &str); 8] = [
+        (
+            "protocol = \"tcp\"",
+            "protocol = \"udpx\"",
+            "t.toml:24:12: listeners[1].protocol",
+        ),
+        (
+            "upstream = \"db\"",
+            "upstream = \"nope\"",
+            "t.toml:25:12: listeners[1].upstream: no upstream named \"nope\"",
+        ),
+        (
+            "upstream = \"db\"\n",
+            "",
+            "t.toml:24:12: listeners[1].upstream: a TCP listener needs",
+        ),
+        (
+            "upstream = \"db\"\n",
+            "upstream = \"db\"\nidle_timeout_ms = 0\n",
+            "t.toml:26:19: listeners[1].idle_timeout_ms",
+        ),
+        (
+            "upstream = \"db\"\n",
+            "upstream = \"db\"\nmax_connections = 0\n",
+            "t.toml:26:19: listeners[1].max_connections",
+        ),
+        (
+            "upstream = \"db\"\n",
+            "upstream = \"db\"\nhttp2 = true\n",
+            "t.toml:24:12: listeners[1].http2",
+        ),
+        (
+            "upstream = \"db\"\n",
+            "upstream = \"db\"\n[[listeners.routes]]\nupstream = \"origin\"\n",
+            "t.toml:24:12: listeners[1].routes: a TCP listener has no routes",
+        ),
+        (
+            "port = 80\n",
+            "port = 80\nupstream = \"db\"\n",
+            "t.toml:19:12: listeners[0].upstream: only a TCP listener",
+        ),
+    ];
+    for (from, to, want) in cases {
+        let text = TCP.replacen(from, to, 1);
+        let e = errors(&text);
+        assert!(e.iter().any(|e| e.starts_with(want)), "{want}: {e:?}");
+    }
 }

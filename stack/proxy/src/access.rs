@@ -59,6 +59,8 @@ pub enum Protocol {
     #[default]
     Http1,
     Http2,
+    /// A TCP listener's connection (one record per connection).
+    Tcp,
 }
 
 impl Protocol {
@@ -66,6 +68,7 @@ impl Protocol {
         match self {
             Protocol::Http1 => "HTTP/1.1",
             Protocol::Http2 => "HTTP/2",
+            Protocol::Tcp => "TCP",
         }
     }
 }
@@ -90,8 +93,14 @@ pub struct AccessRecord {
     pub upstream: Option<SocketAddr>,
     /// Upstream retries of this request.
     pub retries: u8,
-    /// Why the proxy answered itself, for local errors (`no_route`, …).
+    /// Why the proxy answered itself, for local errors (`no_route`, …);
+    /// for TCP connections, why the connection ended (`closed`,
+    /// `idle_timeout`, `client_reset`, `upstream_reset`, an error code).
     pub error: &'static str,
+    /// TCP connections: bytes client → upstream and upstream → client
+    /// (written for protocol `TCP` only).
+    pub bytes_up: u64,
+    pub bytes_down: u64,
 }
 
 impl AccessRecord {
@@ -159,6 +168,13 @@ impl AccessRecord {
             self.request_id.as_bytes(),
             self.request_id.truncated(),
         );
+        if self.protocol == Protocol::Tcp {
+            let _ = write!(
+                out,
+                ",\"bytes_up\":{},\"bytes_down\":{}",
+                self.bytes_up, self.bytes_down
+            );
+        }
         if !self.error.is_empty() {
             let _ = write!(out, ",\"error\":\"{}\"", self.error);
         }
@@ -255,6 +271,27 @@ mod tests {
         assert!(s.contains(r#""route":null"#), "{s}");
         assert!(s.contains(r#""error":"no_route""#), "{s}");
         assert!(s.starts_with('{') && s.ends_with('}'));
+    }
+
+    #[test]
+    fn tcp_records_carry_bytes_each_way_and_http_ones_do_not() {
+        let mut r = AccessRecord {
+            protocol: Protocol::Tcp,
+            listener_port: 6379,
+            bytes_up: 12,
+            bytes_down: 34,
+            error: "closed",
+            ..Default::default()
+        };
+        let mut s = String::new();
+        r.write_json(0, "t", &mut s);
+        assert!(s.contains(r#""protocol":"TCP""#), "{s}");
+        assert!(s.contains(r#""bytes_up":12,"bytes_down":34"#), "{s}");
+        assert!(s.contains(r#""error":"closed""#), "{s}");
+        r.protocol = Protocol::Http1;
+        s.clear();
+        r.write_json(0, "t", &mut s);
+        assert!(!s.contains("bytes_up"), "{s}");
     }
 
     #[test]

@@ -51,9 +51,28 @@ pub(crate) struct Attempt {
     /// The attempt must open a new connection: the previous one failed on a
     /// pooled connection the origin had closed.
     fresh_only: bool,
+    /// A TCP (L4) connection: always a new connection (never one of the
+    /// worker's idle HTTP connections), never given back to the pool.
+    pub(crate) l4: bool,
 }
 
+/// What an L4 connection passes to [`Attempt::failed`] as its "request"
+/// while no client byte went upstream (it reads none before the upstream
+/// connection is established): a request that can be sent again, so a
+/// refused or timed-out connect is retried on the next endpoint under the
+/// pool's retry policy (attempts, budget) like an idempotent request
+/// without a body. Once bytes flow, a failure is never retried.
+pub(crate) const L4_UNSENT: (&str, BodyFraming) = ("GET", BodyFraming::None);
+
 impl Attempt {
+    /// The upstream side of a TCP listener's connection (see `l4`).
+    pub(crate) fn l4() -> Self {
+        Self {
+            l4: true,
+            ..Self::default()
+        }
+    }
+
     /// Starts a request to `pool`: forgets the previous request's attempts.
     pub(crate) fn begin<P: ProxyHttp>(
         &mut self,
@@ -100,7 +119,7 @@ impl Attempt {
             return Err(ProxyError::NoHealthyEndpoint);
         };
         self.ep = Some(ep);
-        if !self.fresh_only {
+        if !self.fresh_only && !self.l4 {
             let key = PoolKey::new(&pool, endpoint);
             let (conn_pool, net) = cx.conn_pool();
             if let Some(up) = conn_pool.checkout(&key, net) {

@@ -13,6 +13,7 @@ mod client_io;
 pub mod config;
 pub mod error;
 mod h2_session;
+mod l4_session;
 pub mod phases;
 mod probe;
 mod proxy;
@@ -37,7 +38,8 @@ pub use lb::{PoolPolicy, UpstreamRegistry};
 pub use net::{Duration, Instant};
 pub use phases::{ProxyHttp, RequestInfo, ResponseInfo, StandardPhases, Verdict};
 pub use route::{
-    DirectResponse, HeaderMatch, Listener, PathMatch, QueryMatch, Route, RouteAction, RouteTable,
+    DirectResponse, HeaderMatch, L4Listener, Listener, PathMatch, QueryMatch, Route, RouteAction,
+    RouteTable,
 };
 pub use stack::{Stack, StackError};
 pub use stats::StackStats;

@@ -32,9 +32,28 @@ pub struct Listener {
     /// HTTP/2 beside HTTP/1.1: ALPN `h2` on TLS (the TLS config offers
     /// it), the h2c preface (prior knowledge) on plain connections.
     pub http2: bool,
+    /// A TCP listener (`protocol = "tcp"`): every connection is spliced to
+    /// this pool; such a listener has no routes.
+    pub l4: Option<L4Listener>,
     routes: Vec<Route>,
     index: RouteIndex,
 }
+
+/// What a TCP (L4) listener does with its connections.
+#[derive(Debug, Clone)]
+pub struct L4Listener {
+    /// Where every connection goes (picked with the pool's balancer; a
+    /// hash balancer hashes the client's address).
+    pub upstream: Arc<Upstream>,
+    /// No byte either way for this long: both sides are closed.
+    pub idle_timeout: std::time::Duration,
+    /// Connections at once on this listener in a worker (None: only the
+    /// engine's bound); beyond it a SYN is reset.
+    pub max_connections: Option<usize>,
+}
+
+/// Default idle timeout of a TCP listener.
+pub const L4_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -152,6 +171,7 @@ impl Listener {
             port,
             tls: None,
             http2: false,
+            l4: None,
             routes,
             index,
         }
@@ -161,6 +181,14 @@ impl Listener {
     pub fn with_tls(mut self, tls: Arc<ListenerTls>) -> Self {
         self.tls = Some(tls);
         self
+    }
+
+    /// A TCP listener splicing every connection to `l4.upstream`.
+    pub fn tcp(port: u16, l4: L4Listener) -> Self {
+        Self {
+            l4: Some(l4),
+            ..Self::new(port, Vec::new())
+        }
     }
 
     /// Accepts HTTP/2 too (see `http2`).

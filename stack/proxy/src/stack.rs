@@ -13,6 +13,7 @@ use crate::access::AccessSink;
 use crate::client_io::ClientIo;
 use crate::config::StackConfig;
 use crate::h2_session::H2Conn;
+use crate::l4_session::L4Conn;
 use crate::lb::conn_pool::{ConnPool, POOLED};
 use crate::lb::{UpstreamRegistry, UpstreamStats};
 use crate::net::{App, Instant, Net, NetError, Owner, StreamId, Streams};
@@ -32,6 +33,8 @@ pub type StackError = NetError;
 enum Session<P: ProxyHttp> {
     H1(Conn<P>),
     H2(Box<H2Conn<P>>),
+    /// A TCP listener's connection, spliced to its pool.
+    Tcp(Box<L4Conn>),
 }
 
 impl<P: ProxyHttp> Session<P> {
@@ -39,6 +42,7 @@ impl<P: ProxyHttp> Session<P> {
         match self {
             Session::H1(c) => c.sockets().0,
             Session::H2(c) => c.client(),
+            Session::Tcp(c) => c.client(),
         }
     }
 
@@ -46,6 +50,7 @@ impl<P: ProxyHttp> Session<P> {
         match self {
             Session::H1(c) => c.deadline(),
             Session::H2(c) => c.deadline(),
+            Session::Tcp(c) => c.deadline(),
         }
     }
 }
@@ -81,7 +86,14 @@ struct ProxyApp<P: ProxyHttp> {
     id_tag: u32,
     prober: Prober,
     stats: StackStats,
+    /// Open connections per TCP listener port (for `max_connections`).
+    l4_open: Vec<(u16, usize)>,
+    /// The splice's copy buffer, lent to each TCP connection's run.
+    l4_scratch: Vec<u8>,
 }
+
+/// The splice's copy unit.
+const L4_SCRATCH: usize = 16 * 1024;
 
 impl<P: ProxyHttp> App for ProxyApp<P> {
     fn can_accept(&self) -> bool {
@@ -89,6 +101,22 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
     }
 
     fn accept(&mut self, _net: Streams<'_>, id: StreamId, port: u16) -> Option<Owner> {
+        if let Some(l4) = self.routes.listener(port).and_then(|l| l.l4.as_ref()) {
+            let open = match self.l4_open.iter_mut().position(|(p, _)| *p == port) {
+                Some(i) => &mut self.l4_open[i].1,
+                None => {
+                    self.l4_open.push((port, 0));
+                    &mut self.l4_open.last_mut().expect("pushed").1
+                }
+            };
+            if l4.max_connections.is_some_and(|max| *open >= max) {
+                self.stats.l4.refused_over_limit += 1;
+                return None;
+            }
+            *open += 1;
+            let conn = Session::Tcp(Box::new(L4Conn::new(id, port, l4, _net.now())));
+            return Some(self.insert(conn));
+        }
         let tls = self.routes.listener(port).and_then(|l| l.tls.as_ref());
         let io = ClientIo::for_listener(tls)?;
         // Buffers are lent by `drive` when there is something to read.
@@ -96,22 +124,7 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
         if self.routes.listener(port).is_some_and(|l| l.http2) {
             conn.allow_h2c();
         }
-        let conn = Session::H1(conn);
-        let idx = match self.free_conns.pop() {
-            Some(i) => {
-                self.conns[i as usize].conn = Some(conn);
-                i
-            }
-            None => {
-                self.conns.push(ConnSlot {
-                    conn: Some(conn),
-                    pass: 0,
-                });
-                (self.conns.len() - 1) as u32
-            }
-        };
-        self.active += 1;
-        Some(idx)
+        Some(self.insert(Session::H1(conn)))
     }
 
     fn run(&mut self, mut net: Streams<'_>, owner: Owner, id: StreamId) {
@@ -172,6 +185,25 @@ fn keep_spare(spare: &mut Vec<ConnBufs>, bufs: ConnBufs) {
 }
 
 impl<P: ProxyHttp> ProxyApp<P> {
+    /// Stores a new connection; its index is the owner of its streams.
+    fn insert(&mut self, conn: Session<P>) -> u32 {
+        let idx = match self.free_conns.pop() {
+            Some(i) => {
+                self.conns[i as usize].conn = Some(conn);
+                i
+            }
+            None => {
+                self.conns.push(ConnSlot {
+                    conn: Some(conn),
+                    pass: 0,
+                });
+                (self.conns.len() - 1) as u32
+            }
+        };
+        self.active += 1;
+        idx
+    }
+
     /// Runs one connection's state machine; releases it when it has finished.
     fn drive(&mut self, idx: u32, net: Streams<'_>) {
         let slot = &mut self.conns[idx as usize];
@@ -209,6 +241,7 @@ impl<P: ProxyHttp> ProxyApp<P> {
         let mut progressed = match session {
             Session::H1(conn) => conn.drive(&mut cx),
             Session::H2(conn) => conn.drive(&mut cx),
+            Session::Tcp(conn) => conn.drive(&mut cx, &mut self.l4_scratch),
         };
         if let Some(Session::H1(conn)) = &slot.conn
             && conn.wants_h2()
@@ -251,6 +284,24 @@ impl<P: ProxyHttp> ProxyApp<P> {
                 self.free_conns.push(idx);
                 self.active -= 1;
                 return;
+            }
+            Session::Tcp(conn) if conn.is_finished() => {
+                // Its upstream socket was handed back as it finished.
+                net.retire(conn.client(), None, conn.reset_client());
+                let port = conn.listener_port();
+                if let Some((_, n)) = self.l4_open.iter_mut().find(|(p, _)| *p == port) {
+                    *n -= 1;
+                }
+                slot.conn = None;
+                self.free_conns.push(idx);
+                self.active -= 1;
+                return;
+            }
+            Session::Tcp(conn) => {
+                net.mark(conn.client());
+                if let Some(u) = conn.upstream_socket() {
+                    net.mark(u);
+                }
             }
             Session::H1(conn) => {
                 if let Some(bufs) = conn.park_bufs() {
@@ -343,6 +394,8 @@ impl<P: ProxyHttp> Stack<P> {
             prober: Prober::default(),
             id_tag: (cfg.net.random_seed ^ (cfg.net.random_seed >> 32)) as u32,
             stats: StackStats::default(),
+            l4_open: Vec::new(),
+            l4_scratch: vec![0; L4_SCRATCH],
             routes,
             cfg,
         };
@@ -433,6 +486,7 @@ impl<P: ProxyHttp> Stack<P> {
         let app = &mut self.app;
         let s = &mut app.stats;
         s.active_connections = app.active as u64;
+        s.l4.active = app.l4_open.iter().map(|(_, n)| *n as u64).sum();
         let pc = app.conn_pool.counters;
         s.upstream_idle = app.conn_pool.len() as u64;
         s.upstream_pool_released = pc.released;

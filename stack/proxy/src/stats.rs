@@ -61,6 +61,60 @@ pub struct StackStats {
     pub header_lines_refused: u64,
     /// HTTP/2 connections and their protocol counters.
     pub h2: H2Stats,
+    /// TCP (L4) listeners' connections.
+    pub l4: L4Stats,
+}
+
+/// Counters of a worker's TCP listeners.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct L4Stats {
+    /// Connections accepted on TCP listeners.
+    pub connections: u64,
+    /// Of those, open now (a gauge).
+    pub active: u64,
+    /// Bytes forwarded client → upstream and upstream → client.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// Upstream connects that failed (refused, timed out, no port); a
+    /// retry on another endpoint may follow.
+    pub connect_failures: u64,
+    /// Connections closed with a RST to the client because no endpoint
+    /// could be connected (none healthy, every try failed).
+    pub no_upstream: u64,
+    /// Connections closed because no byte moved for the idle timeout.
+    pub idle_timeouts: u64,
+    /// Connections ended by a reset on either side (propagated to the other).
+    pub resets: u64,
+    /// SYNs reset because the listener had `max_connections` open.
+    pub refused_over_limit: u64,
+}
+
+impl L4Stats {
+    fn add(&mut self, o: &L4Stats) {
+        self.connections += o.connections;
+        self.active += o.active;
+        self.bytes_up += o.bytes_up;
+        self.bytes_down += o.bytes_down;
+        self.connect_failures += o.connect_failures;
+        self.no_upstream += o.no_upstream;
+        self.idle_timeouts += o.idle_timeouts;
+        self.resets += o.resets;
+        self.refused_over_limit += o.refused_over_limit;
+    }
+
+    fn fields(&self) -> [(&'static str, u64); 9] {
+        [
+            ("l4_connections", self.connections),
+            ("l4_active", self.active),
+            ("l4_bytes_up", self.bytes_up),
+            ("l4_bytes_down", self.bytes_down),
+            ("l4_connect_failures", self.connect_failures),
+            ("l4_no_upstream", self.no_upstream),
+            ("l4_idle_timeouts", self.idle_timeouts),
+            ("l4_resets", self.resets),
+            ("l4_refused_over_limit", self.refused_over_limit),
+        ]
+    }
 }
 
 /// HTTP/2 counters of a worker: its connections' `ConnStats` summed, plus
@@ -156,6 +210,7 @@ impl StackStats {
         self.early_responses += o.early_responses;
         self.header_lines_refused += o.header_lines_refused;
         self.h2.add(&o.h2);
+        self.l4.add(&o.l4);
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
@@ -195,6 +250,7 @@ impl StackStats {
             ("header_lines_refused", self.header_lines_refused),
         ]);
         v.extend(self.h2.fields());
+        v.extend(self.l4.fields());
         v
     }
 }

@@ -1,0 +1,302 @@
+//! One connection of a TCP listener: pick an endpoint with the pool's
+//! balancer (a hash balancer hashes the client's address), connect through
+//! [`Attempt`] (retried on the next endpoint while no byte went up), then
+//! splice both ways ([`ferrogate_l4::Splice`]) until both sides have ended,
+//! one is reset, or nothing moved for the idle timeout. One access record
+//! per connection, at its end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ferrogate_l4::{End, Splice, Status, StreamPair};
+
+use crate::access::{AccessRecord, Protocol};
+use crate::attempt::{Attempt, Connecting, L4_UNSENT, Started};
+use crate::error::ProxyError;
+use crate::http::{ByteBuf, RequestView};
+use crate::lb::{Balancer, Upstream};
+use crate::net::{Instant, StreamId, StreamState};
+use crate::phases::ProxyHttp;
+use crate::proxy::{Ctx, after};
+use crate::route::L4Listener;
+
+enum Phase {
+    /// Accepted: the first run picks and connects.
+    Start,
+    Connecting,
+    Splicing,
+    Finished,
+}
+
+pub(crate) struct L4Conn {
+    client: StreamId,
+    listener_port: u16,
+    pool: Arc<Upstream>,
+    idle: std::time::Duration,
+    att: Attempt,
+    splice: Splice,
+    phase: Phase,
+    deadline: Instant,
+    started: Instant,
+    client_addr: Option<SocketAddr>,
+    upstream_addr: Option<SocketAddr>,
+    /// Bytes of `splice` already added to the worker's counters.
+    counted: (u64, u64),
+    /// The client is reset (not closed) when the connection is retired.
+    reset_client: bool,
+    reason: &'static str,
+}
+
+/// The key a hash balancer picks by: the client's address (`source`; a
+/// header or cookie key has nothing to read and falls back to it).
+fn source_key(pool: &Upstream, client: Option<SocketAddr>) -> u64 {
+    match (&pool.policy.balancer, client) {
+        (Balancer::Hash(on), Some(c)) => on.key(
+            &RequestView::new("", None, "", crate::http::Headers::EMPTY),
+            c.ip(),
+        ),
+        _ => 0,
+    }
+}
+
+impl L4Conn {
+    pub(crate) fn new(client: StreamId, listener_port: u16, l4: &L4Listener, now: Instant) -> Self {
+        Self {
+            client,
+            listener_port,
+            pool: l4.upstream.clone(),
+            idle: l4.idle_timeout,
+            att: Attempt::l4(),
+            splice: Splice::new(),
+            phase: Phase::Start,
+            deadline: now,
+            started: now,
+            client_addr: None,
+            upstream_addr: None,
+            counted: (0, 0),
+            reset_client: false,
+            reason: "",
+        }
+    }
+
+    pub(crate) fn client(&self) -> StreamId {
+        self.client
+    }
+
+    pub(crate) fn listener_port(&self) -> u16 {
+        self.listener_port
+    }
+
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    pub(crate) fn upstream_socket(&self) -> Option<StreamId> {
+        self.att.conn.as_ref().map(|u| u.handle)
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    /// Whether the client stream is to be reset rather than closed.
+    pub(crate) fn reset_client(&self) -> bool {
+        self.reset_client
+    }
+
+    /// Runs the connection; true when it made progress and may have more.
+    pub(crate) fn drive<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>, scratch: &mut [u8]) -> bool {
+        match self.phase {
+            Phase::Start => {
+                cx.stats.l4.connections += 1;
+                self.client_addr = cx.net.stream(self.client).remote();
+                let key = source_key(&self.pool, self.client_addr);
+                self.att.begin(cx, self.pool.clone(), key);
+                match self.att.pick(cx) {
+                    Ok(ep) => self.start(cx, ep),
+                    Err(e) => self.no_upstream(cx, e.into()),
+                }
+            }
+            Phase::Connecting => self.connect(cx),
+            Phase::Splicing => self.splice(cx, scratch),
+            Phase::Finished => false,
+        }
+    }
+
+    fn start<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>, ep: usize) -> bool {
+        match self.att.start(cx, ep) {
+            Ok(Started::Connecting { deadline }) => {
+                self.phase = Phase::Connecting;
+                self.deadline = deadline;
+                true
+            }
+            Ok(Started::Reused) => unreachable!("an L4 attempt never reuses"),
+            Err(e) => self.upstream_failed(cx, e),
+        }
+    }
+
+    fn connect<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        if cx.net.stream(self.client).state() == StreamState::Closed {
+            // The client reset (or gave up) before the upstream answered.
+            self.att.settle(cx, None);
+            cx.stats.l4.resets += 1;
+            return self.finish(cx, true, "client_reset");
+        }
+        // Plain pools only (the config refuses TLS pools): nothing arrives
+        // here before the splice.
+        let mut none = ByteBuf::with_capacity(0);
+        match self.att.poll_connect(cx, &mut none, self.deadline) {
+            Connecting::Pending => false,
+            Connecting::Failed(e) => self.upstream_failed(cx, e),
+            Connecting::Ready => {
+                self.upstream_addr = self.att.conn.as_ref().map(|u| u.endpoint);
+                self.phase = Phase::Splicing;
+                self.deadline = after(cx.now, self.idle);
+                true
+            }
+        }
+    }
+
+    /// A connect failed: the next endpoint when the pool's retry policy
+    /// allows (no client byte went up yet), else the client is reset.
+    fn upstream_failed<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>, e: ProxyError) -> bool {
+        cx.stats.l4.connect_failures += 1;
+        match self.att.failed(cx, e, Some(L4_UNSENT), None) {
+            Ok(ep) => self.start(cx, ep),
+            Err(e) => self.no_upstream(cx, e),
+        }
+    }
+
+    fn no_upstream<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>, e: ProxyError) -> bool {
+        cx.stats.l4.no_upstream += 1;
+        self.finish(cx, true, e.code())
+    }
+
+    fn splice<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>, scratch: &mut [u8]) -> bool {
+        let upstream = self.upstream_socket().expect("spliced upstream");
+        let run = self.splice.run(
+            &mut StreamPair {
+                net: &mut cx.net,
+                client: self.client,
+                upstream,
+            },
+            scratch,
+        );
+        self.count(cx);
+        if run.moved > 0 {
+            self.deadline = after(cx.now, self.idle);
+        }
+        match run.status {
+            Status::Open if run.moved == 0 && cx.now >= self.deadline => {
+                cx.stats.l4.idle_timeouts += 1;
+                self.finish(cx, false, "idle_timeout")
+            }
+            Status::Open => run.more,
+            Status::Done => self.finish(cx, false, "closed"),
+            Status::Reset(side) => {
+                cx.stats.l4.resets += 1;
+                let reason = match side {
+                    End::Client => "client_reset",
+                    End::Upstream => "upstream_reset",
+                };
+                self.finish(cx, true, reason)
+            }
+        }
+    }
+
+    /// Adds the bytes moved since the last count to the worker's counters.
+    fn count<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) {
+        let (up, down) = (self.splice.bytes_up(), self.splice.bytes_down());
+        cx.stats.l4.bytes_up += up - self.counted.0;
+        cx.stats.l4.bytes_down += down - self.counted.1;
+        self.counted = (up, down);
+    }
+
+    /// Ends the connection: the upstream side is handed back (FIN or RST),
+    /// the pool told, the record logged; the stack retires the client.
+    fn finish<P: ProxyHttp>(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        reset: bool,
+        reason: &'static str,
+    ) -> bool {
+        if matches!(self.phase, Phase::Splicing) {
+            // The endpoint served the connection, however it ended.
+            self.att.settle(cx, Some(true));
+        } else {
+            self.att.settle(cx, None);
+        }
+        self.att.close(cx, reset);
+        self.reset_client = reset;
+        self.reason = reason;
+        self.phase = Phase::Finished;
+        self.log(cx);
+        true
+    }
+
+    fn log<P: ProxyHttp>(&self, cx: &mut Ctx<'_, P>) {
+        if !cx.access.enabled() {
+            return;
+        }
+        let a = AccessRecord {
+            at_us: cx.now.total_micros(),
+            duration_us: (cx.now - self.started).total_micros(),
+            client: self.client_addr,
+            listener_port: self.listener_port,
+            protocol: Protocol::Tcp,
+            upstream: self.upstream_addr,
+            retries: self.att.retries,
+            error: self.reason,
+            bytes_up: self.splice.bytes_up(),
+            bytes_down: self.splice.bytes_down(),
+            ..AccessRecord::default()
+        };
+        if cx.access.push(&a) {
+            cx.stats.access_log_queued += 1;
+        } else {
+            cx.stats.access_log_dropped += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lb::{HashOn, PoolPolicy};
+
+    fn pool(balancer: Balancer) -> Upstream {
+        let eps: Vec<crate::lb::Endpoint> = ["10.0.0.3:1", "10.0.0.4:1", "10.0.0.5:1"]
+            .iter()
+            .map(|a| crate::lb::Endpoint::new(a.parse().unwrap()))
+            .collect();
+        let policy = PoolPolicy {
+            balancer,
+            ..PoolPolicy::default()
+        };
+        Upstream::new("p", 0, &eps, policy)
+    }
+
+    #[test]
+    fn hash_pools_pick_by_the_client_address_not_its_port() {
+        let p = pool(Balancer::Hash(HashOn::Source));
+        let at = |a: &str| source_key(&p, Some(a.parse().unwrap()));
+        assert_eq!(at("10.1.0.1:5000"), at("10.1.0.1:6000"));
+        assert_ne!(at("10.1.0.1:5000"), at("10.1.0.2:5000"));
+        let ip = "10.1.0.1".parse().unwrap();
+        let view = RequestView::new("GET", None, "/", crate::http::Headers::EMPTY);
+        assert_eq!(at("10.1.0.1:5000"), HashOn::Source.key(&view, ip));
+        // A header key has no header to read here: the source it is.
+        let h = pool(Balancer::Hash(HashOn::Header("x-user".into())));
+        assert_eq!(
+            source_key(&h, Some("10.1.0.1:1".parse().unwrap())),
+            at("10.1.0.1:5000")
+        );
+        assert_eq!(
+            source_key(
+                &pool(Balancer::RoundRobin),
+                Some("10.1.0.1:1".parse().unwrap())
+            ),
+            0
+        );
+    }
+}

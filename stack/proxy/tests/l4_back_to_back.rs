@@ -1,0 +1,413 @@
+//! TCP (L4) listeners back to back (`common/`): the harness's peer plays
+//! the client and, on 10.0.0.3:9000, a raw echo origin this file drives
+//! (the harness's HTTP origin on :8080 serves where bytes must be exact).
+
+mod common;
+
+use common::*;
+use ferrogate_proxy::L4Listener;
+
+const TCP_PORT: u16 = 7000;
+const ECHO: u16 = 9000;
+
+fn l4_table(endpoints: &[&str], tune: impl FnOnce(&mut L4Listener)) -> Arc<RouteTable> {
+    let eps: Vec<std::net::SocketAddr> = endpoints.iter().map(|e| e.parse().unwrap()).collect();
+    let pool = Arc::new(Upstream::simple("tcp-pool", 0, &eps));
+    let mut l4 = L4Listener {
+        upstream: pool.clone(),
+        idle_timeout: std::time::Duration::from_secs(300),
+        max_connections: None,
+    };
+    tune(&mut l4);
+    Arc::new(RouteTable::new(
+        1,
+        vec![Listener::tcp(TCP_PORT, l4)],
+        vec![pool],
+    ))
+}
+
+/// A raw origin on 10.0.0.3:`ECHO`: accepts, and echoes what it reads
+/// unless told otherwise by the test.
+struct Echo {
+    listeners: Vec<SocketHandle>,
+    conns: Vec<SocketHandle>,
+    echo: bool,
+}
+
+fn big_socket() -> tcp::Socket<'static> {
+    tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 64 * 1024]),
+        tcp::SocketBuffer::new(vec![0; 64 * 1024]),
+    )
+}
+
+impl Echo {
+    fn new(lab: &mut Lab) -> Self {
+        let mut e = Echo {
+            listeners: vec![],
+            conns: vec![],
+            echo: true,
+        };
+        for _ in 0..4 {
+            e.listen(lab);
+        }
+        e
+    }
+
+    fn listen(&mut self, lab: &mut Lab) {
+        let mut s = big_socket();
+        s.listen((IpAddress::from(Ipv4Address::from(ORIGIN)), ECHO))
+            .unwrap();
+        self.listeners.push(lab.sockets.add(s));
+    }
+
+    /// One lab step, then the origin's turn.
+    fn step(&mut self, lab: &mut Lab) {
+        lab.step(1);
+        let mut accepted = 0;
+        self.listeners.retain(|h| {
+            if lab.sockets.get::<tcp::Socket>(*h).state() != tcp::State::Listen {
+                self.conns.push(*h);
+                accepted += 1;
+                false
+            } else {
+                true
+            }
+        });
+        for _ in 0..accepted {
+            self.listen(lab);
+        }
+        if self.echo {
+            for h in &self.conns {
+                let s = lab.sockets.get_mut::<tcp::Socket>(*h);
+                let mut buf = [0u8; 8192];
+                while s.can_recv() && s.send_capacity() - s.send_queue() > 0 {
+                    let room = (s.send_capacity() - s.send_queue()).min(buf.len());
+                    let n = s.recv_slice(&mut buf[..room]).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    s.send_slice(&buf[..n]).unwrap();
+                }
+                if !s.may_recv() && s.send_queue() == 0 && s.state() == tcp::State::CloseWait {
+                    s.close();
+                }
+            }
+        }
+    }
+}
+
+fn read_all(lab: &mut Lab, h: SocketHandle, out: &mut Vec<u8>) {
+    let s = lab.sockets.get_mut::<tcp::Socket>(h);
+    while s.can_recv() {
+        s.recv(|b| {
+            out.extend_from_slice(b);
+            (b.len(), ())
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn bytes_go_through_untouched_both_ways() {
+    let mut lab = Lab::with_routes(
+        Origin::Serving,
+        l4_table(&["10.0.0.3:8080"], |_| {}),
+        |_| {},
+    );
+    let h = lab.connect_to(TCP_PORT);
+    // An HTTP request, and no proxy header added to it.
+    let req = b"GET /raw HTTP/1.1\r\nHost: x\r\n\r\n";
+    let resp = lab.exchange(h, req);
+    assert_eq!(resp.body, b"origin:/raw");
+    assert_eq!(
+        lab.origin_requests,
+        vec![String::from_utf8_lossy(req).to_string()]
+    );
+    let l4 = lab.edge.stats().l4;
+    assert_eq!(l4.connections, 1);
+    assert_eq!(l4.active, 1);
+    assert_eq!(l4.bytes_up, req.len() as u64);
+    assert!(l4.bytes_down > 11);
+    assert_eq!(lab.edge.stats().requests, 0, "not parsed as HTTP");
+}
+
+#[test]
+fn a_megabyte_each_way_arrives_intact_through_small_buffers() {
+    let mut lab = Lab::with_routes(
+        Origin::Refusing,
+        l4_table(&["10.0.0.3:9000"], |_| {}),
+        |c| {
+            c.net.tcp_rx_buffer = 16 * 1024;
+            c.net.tcp_tx_buffer = 16 * 1024;
+        },
+    );
+    let mut echo = Echo::new(&mut lab);
+    let h = lab.connect_to(TCP_PORT);
+    let data: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let (mut sent, mut got) = (0, vec![]);
+    for _ in 0..200_000 {
+        let s = lab.sockets.get_mut::<tcp::Socket>(h);
+        if sent < data.len() && s.may_send() {
+            sent += s.send_slice(&data[sent..]).unwrap();
+            if sent == data.len() {
+                s.close();
+            }
+        }
+        echo.step(&mut lab);
+        read_all(&mut lab, h, &mut got);
+        if got.len() == data.len() && !lab.sockets.get::<tcp::Socket>(h).may_recv() {
+            break;
+        }
+    }
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "bytes differ");
+    let l4 = lab.edge.stats().l4;
+    assert_eq!((l4.bytes_up, l4.bytes_down), (1_000_000, 1_000_000));
+    // Both FINs crossed: the connection ended in order.
+    for _ in 0..100 {
+        echo.step(&mut lab);
+    }
+    assert_eq!(lab.edge.stats().l4.active, 0);
+    assert_eq!(lab.edge.stats().l4.resets, 0);
+}
+
+#[test]
+fn half_close_keeps_the_reply_direction_open() {
+    let mut lab = Lab::with_routes(
+        Origin::Refusing,
+        l4_table(&["10.0.0.3:9000"], |_| {}),
+        |_| {},
+    );
+    let mut echo = Echo::new(&mut lab);
+    echo.echo = false;
+    let h = lab.connect_to(TCP_PORT);
+    lab.send(h, b"question");
+    lab.sockets.get_mut::<tcp::Socket>(h).close();
+    let mut seen = vec![];
+    for _ in 0..200 {
+        echo.step(&mut lab);
+        if let Some(&o) = echo.conns.first() {
+            let s = lab.sockets.get_mut::<tcp::Socket>(o);
+            let mut b = [0u8; 64];
+            let n = s.recv_slice(&mut b).unwrap_or(0);
+            seen.extend_from_slice(&b[..n]);
+            if s.state() == tcp::State::CloseWait {
+                break;
+            }
+        }
+    }
+    assert_eq!(seen, b"question");
+    let o = echo.conns[0];
+    assert_eq!(
+        lab.sockets.get::<tcp::Socket>(o).state(),
+        tcp::State::CloseWait,
+        "client FIN reached the origin"
+    );
+    // The origin answers after the client's FIN, then ends.
+    let s = lab.sockets.get_mut::<tcp::Socket>(o);
+    s.send_slice(b"answer").unwrap();
+    s.close();
+    let mut got = vec![];
+    for _ in 0..200 {
+        echo.step(&mut lab);
+        read_all(&mut lab, h, &mut got);
+        if !lab.sockets.get::<tcp::Socket>(h).may_recv() {
+            break;
+        }
+    }
+    assert_eq!(got, b"answer");
+    assert!(
+        !lab.sockets.get::<tcp::Socket>(h).may_recv(),
+        "origin FIN reached the client"
+    );
+    assert_eq!(lab.edge.stats().l4.resets, 0);
+}
+
+#[test]
+fn a_reset_from_the_origin_resets_the_client() {
+    let mut lab = Lab::with_routes(
+        Origin::Refusing,
+        l4_table(&["10.0.0.3:9000"], |_| {}),
+        |_| {},
+    );
+    let mut echo = Echo::new(&mut lab);
+    let h = lab.connect_to(TCP_PORT);
+    lab.send(h, b"ping");
+    let mut got = vec![];
+    for _ in 0..100 {
+        echo.step(&mut lab);
+        read_all(&mut lab, h, &mut got);
+    }
+    assert_eq!(got, b"ping");
+    lab.sockets.get_mut::<tcp::Socket>(echo.conns[0]).abort();
+    for _ in 0..50 {
+        echo.step(&mut lab);
+    }
+    assert_eq!(lab.client_state(h), tcp::State::Closed, "client was reset");
+    let l4 = lab.edge.stats().l4;
+    assert_eq!((l4.resets, l4.active), (1, 0));
+}
+
+#[test]
+fn a_refused_endpoint_is_retried_on_the_next_one() {
+    // :9001 refuses (nothing listens: RST); every connection still lands.
+    let mut lab = Lab::with_routes(
+        Origin::Serving,
+        l4_table(&["10.0.0.3:9001", "10.0.0.3:8080"], |_| {}),
+        |_| {},
+    );
+    for i in 0..4 {
+        let h = lab.connect_to(TCP_PORT);
+        let resp = lab.exchange(h, format!("GET /{i} HTTP/1.1\r\n\r\n").as_bytes());
+        assert_eq!(resp.body, format!("origin:/{i}").as_bytes());
+    }
+    let l4 = lab.edge.stats().l4;
+    assert!(l4.connect_failures >= 1, "{l4:?}");
+    assert_eq!(l4.no_upstream, 0);
+}
+
+#[test]
+fn no_endpoint_resets_the_client() {
+    let mut lab = Lab::with_routes(
+        Origin::Refusing,
+        l4_table(&["10.0.0.3:9001"], |_| {}),
+        |_| {},
+    );
+    let h = lab.connect_to(TCP_PORT);
+    for _ in 0..200 {
+        lab.step(1);
+    }
+    assert_eq!(lab.client_state(h), tcp::State::Closed);
+    let l4 = lab.edge.stats().l4;
+    assert_eq!(l4.no_upstream, 1);
+    assert!(l4.connect_failures >= 1);
+    assert_eq!(l4.active, 0);
+}
+
+#[test]
+fn a_connect_timeout_fires_without_traffic() {
+    let mut lab = Lab::with_routes(
+        Origin::BlackHole,
+        l4_table(&["10.0.0.3:9000"], |_| {}),
+        |_| {},
+    );
+    let h = lab.connect_to(TCP_PORT);
+    for _ in 0..200 {
+        lab.step(100);
+    }
+    // 20 s: past the connect timeout (and its retry).
+    assert_eq!(lab.client_state(h), tcp::State::Closed);
+    let l4 = lab.edge.stats().l4;
+    assert_eq!(l4.no_upstream, 1, "{l4:?}");
+}
+
+#[test]
+fn an_idle_connection_is_closed_on_both_sides() {
+    let mut lab = Lab::with_routes(
+        Origin::Refusing,
+        l4_table(&["10.0.0.3:9000"], |l| {
+            l.idle_timeout = std::time::Duration::from_secs(2)
+        }),
+        |_| {},
+    );
+    let mut echo = Echo::new(&mut lab);
+    let h = lab.connect_to(TCP_PORT);
+    lab.send(h, b"hi");
+    for _ in 0..100 {
+        echo.step(&mut lab);
+    }
+    assert_eq!(lab.edge.stats().l4.idle_timeouts, 0);
+    assert_eq!(lab.client_state(h), tcp::State::Established);
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    assert_eq!(lab.edge.stats().l4.idle_timeouts, 1);
+    assert_eq!(
+        lab.client_state(h),
+        tcp::State::CloseWait,
+        "client got a FIN"
+    );
+    let o = echo.conns[0];
+    assert_eq!(
+        lab.sockets.get::<tcp::Socket>(o).state(),
+        tcp::State::CloseWait,
+        "origin got a FIN"
+    );
+}
+
+#[test]
+fn max_connections_resets_one_more() {
+    let mut lab = Lab::with_routes(
+        Origin::Refusing,
+        l4_table(&["10.0.0.3:9000"], |l| l.max_connections = Some(1)),
+        |_| {},
+    );
+    let mut echo = Echo::new(&mut lab);
+    let a = lab.connect_to(TCP_PORT);
+    for _ in 0..20 {
+        echo.step(&mut lab);
+    }
+    let b = lab.connect_to(TCP_PORT);
+    for _ in 0..20 {
+        echo.step(&mut lab);
+    }
+    assert_eq!(lab.client_state(a), tcp::State::Established);
+    assert_eq!(lab.client_state(b), tcp::State::Closed);
+    assert_eq!(lab.edge.stats().l4.refused_over_limit, 1);
+    // Once the first ends, a new one is taken.
+    lab.sockets.get_mut::<tcp::Socket>(a).abort();
+    for _ in 0..20 {
+        echo.step(&mut lab);
+    }
+    let c = lab.connect_to(TCP_PORT);
+    for _ in 0..20 {
+        echo.step(&mut lab);
+    }
+    assert_eq!(lab.client_state(c), tcp::State::Established);
+}
+
+#[test]
+fn a_pool_shared_with_http_routes_never_lends_its_idle_connections() {
+    // Port 80 proxies HTTP to the pool and keeps the upstream connection
+    // idle for reuse; a TCP connection to the same pool opens its own.
+    let pool = Arc::new(Upstream::simple(
+        "shared",
+        0,
+        &["10.0.0.3:8080".parse().unwrap()],
+    ));
+    let table = Arc::new(RouteTable::new(
+        1,
+        vec![
+            Listener::new(
+                80,
+                vec![Route::new("all", RouteAction::Proxy(pool.clone()))],
+            ),
+            Listener::tcp(
+                TCP_PORT,
+                L4Listener {
+                    upstream: pool.clone(),
+                    idle_timeout: std::time::Duration::from_secs(300),
+                    max_connections: None,
+                },
+            ),
+        ],
+        vec![pool],
+    ));
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let h = lab.connect();
+    assert_eq!(
+        lab.exchange(h, b"GET /http HTTP/1.1\r\nHost: x\r\n\r\n")
+            .status,
+        200
+    );
+    assert_eq!(lab.edge.stats().upstream_idle, 1);
+    let t = lab.connect_to(TCP_PORT);
+    let resp = lab.exchange(t, b"GET /tcp HTTP/1.1\r\n\r\n");
+    assert_eq!(resp.body, b"origin:/tcp");
+    assert_eq!(lab.edge.stats().upstream_reused, 0);
+    assert_eq!(lab.origin_conns.len(), 2, "the TCP connection has its own");
+    assert_eq!(lab.edge.stats().upstream_idle, 1);
+}

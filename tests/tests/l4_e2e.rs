@@ -1,0 +1,286 @@
+//! TCP (L4) listeners in the lab with real tools: iperf3 both ways through
+//! the VIP, a payload echoed byte for byte with a half-close (the origin
+//! answers only after the client's FIN), and redis-benchmark against a
+//! Debian redis-server behind a Maglev (hash on source) pool.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ferrogate_tests::{Lab, VIP, enter_netns, lab_test};
+
+const ORIGIN_IP: &str = "10.77.0.3";
+
+fn write_config(lab: &Lab) -> PathBuf {
+    let path = lab.state_dir().join("l4.toml");
+    std::fs::write(
+        &path,
+        r#"vips = ["10.77.0.10/24"]
+[engine]
+interface = "eth0"
+queues = 2
+
+[access_log]
+path = "access.log"
+
+[[upstreams]]
+name = "iperf"
+endpoints = ["10.77.0.3:5201"]
+
+[[upstreams]]
+name = "echo"
+endpoints = ["10.77.0.3:7100"]
+
+[[upstreams]]
+name = "redis"
+endpoints = ["10.77.0.3:6390"]
+balancer = "hash"
+hash_on = "source"
+
+[[listeners]]
+port = 80
+[[listeners.routes]]
+respond = { status = 200, body = "up" }
+
+[[listeners]]
+port = 5201
+protocol = "tcp"
+upstream = "iperf"
+
+[[listeners]]
+port = 7100
+protocol = "tcp"
+upstream = "echo"
+idle_timeout_ms = 20000
+
+[[listeners]]
+port = 6390
+protocol = "tcp"
+upstream = "redis"
+"#,
+    )
+    .unwrap();
+    path
+}
+
+/// A process in the origin namespace, killed by its PID on drop (also
+/// when the test fails). `ip netns exec` execs the command: same PID.
+struct Proc(Child);
+
+impl Proc {
+    fn origin(lab: &Lab, argv: &[&str]) -> Proc {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.ns("origin")])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {argv:?}: {e}"));
+        Proc(child)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the PID of our own child, not yet reaped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs a shell command in the client namespace; (success, stdout+stderr).
+fn sh(lab: &Lab, cmd: &str) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("client"), "sh", "-c", cmd])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Waits until `port` on the origin accepts a connection (from the origin
+/// namespace).
+fn wait_listening(lab: &Lab, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &lab.ns("origin"), "bash", "-c"])
+            .arg(format!("exec 3<>/dev/tcp/{ORIGIN_IP}/{port}"))
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing listens on {ORIGIN_IP}:{port}");
+}
+
+/// An origin on 10.77.0.3:7100 (a thread in the origin namespace): reads
+/// each connection to its end (the client's FIN), then sends it all back
+/// and closes. Stops when the flag is set.
+fn start_echo_after_eof(lab: &Lab, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let ns = lab.ns("origin");
+    std::thread::spawn(move || {
+        enter_netns(&ns).expect("enter origin namespace");
+        let l = TcpListener::bind((ORIGIN_IP, 7100)).expect("bind echo");
+        l.set_nonblocking(true).unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    std::thread::spawn(move || {
+                        let mut all = Vec::new();
+                        if s.read_to_end(&mut all).is_ok() {
+                            let _ = s.write_all(&all);
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    })
+}
+
+fn payload(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn tcp_listeners_with_iperf3_a_half_closed_echo_and_redis() {
+    lab_test("l4", || {
+        let lab = Lab::up(2);
+        let cfg = write_config(&lab);
+        let mut engine = lab.start_engine_with(&cfg, "af_xdp", 2);
+
+        // iperf3: 100 MiB up, then 100 MiB down (-R), through the VIP.
+        let iperf = Proc::origin(&lab, &["iperf3", "-s", "-B", ORIGIN_IP, "-p", "5201"]);
+        wait_listening(&lab, 5201);
+        for dir in ["", "-R"] {
+            let (ok, out) = sh(
+                &lab,
+                &format!(
+                    "timeout 120 iperf3 -c {VIP} -p 5201 -n 100M {dir} --connect-timeout 5000"
+                ),
+            );
+            assert!(ok, "iperf3 {dir}: {out}");
+            assert!(out.contains("iperf Done."), "iperf3 {dir}: {out}");
+            let summary: Vec<&str> = out
+                .lines()
+                .filter(|l| l.contains("sender") || l.contains("receiver"))
+                .collect();
+            eprintln!("iperf3 {dir}: {summary:?}");
+        }
+        drop(iperf);
+        // iperf3 counts what its sender wrote: the receiving end closes
+        // its data stream when the control connection says the test ended,
+        // and may reset bytes still on their way (counted as an l4 reset).
+        let stats = engine.stats();
+        assert!(stats["stack_l4_bytes_up"] >= 95 << 20, "{stats:?}");
+        assert!(stats["stack_l4_bytes_down"] >= 95 << 20, "{stats:?}");
+        let resets_before = stats["stack_l4_resets"];
+
+        // 16 MiB echoed back only after the client's FIN crossed (a
+        // half-close): what comes back equals what was sent.
+        let stop = Arc::new(AtomicBool::new(false));
+        let echo = start_echo_after_eof(&lab, stop.clone());
+        wait_listening(&lab, 7100);
+        let data = payload(16 << 20);
+        let back = lab.in_client(|| {
+            let mut s = TcpStream::connect((VIP, 7100)).expect("connect VIP:7100");
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut w = s.try_clone().unwrap();
+            let sent = data.clone();
+            let writer = std::thread::spawn(move || {
+                w.write_all(&sent).unwrap();
+                w.shutdown(Shutdown::Write).unwrap();
+            });
+            let mut back = Vec::new();
+            let r = s.read_to_end(&mut back);
+            writer.join().unwrap();
+            r.map(|_| back)
+        });
+        stop.store(true, Ordering::Relaxed);
+        echo.join().unwrap();
+        let back = back.expect("read the echo (after the half-close)");
+        assert_eq!(back.len(), data.len());
+        assert!(back == data, "echoed bytes differ");
+
+        // redis-benchmark against redis-server, through a Maglev pool.
+        let redis = Proc::origin(
+            &lab,
+            &[
+                "redis-server",
+                "--port",
+                "6390",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--bind",
+                ORIGIN_IP,
+            ],
+        );
+        wait_listening(&lab, 6390);
+        let (ok, out) = sh(
+            &lab,
+            &format!("timeout 120 redis-benchmark -h {VIP} -p 6390 -n 20000 -q -t set,get"),
+        );
+        assert!(ok, "redis-benchmark: {out}");
+        assert!(out.contains("SET:") && out.contains("GET:"), "{out}");
+        assert!(!out.to_ascii_lowercase().contains("error"), "{out}");
+        let (ok, out) = sh(
+            &lab,
+            &format!(
+                "redis-cli -h {VIP} -p 6390 set fg-key through-the-vip && redis-cli -h {VIP} -p 6390 get fg-key"
+            ),
+        );
+        assert!(ok && out.contains("through-the-vip"), "{out}");
+        drop(redis);
+
+        let stats = engine.stats();
+        assert!(stats["stack_l4_connections"] >= 50, "{stats:?}");
+        assert_eq!(stats["stack_l4_resets"], resets_before, "{stats:?}");
+        assert_eq!(stats["stack_l4_no_upstream"], 0, "{stats:?}");
+
+        // One access record per connection, protocol TCP with its bytes.
+        let log = lab.state_dir().join("access.log");
+        let mut text = String::new();
+        for _ in 0..50 {
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("\"bytes_up\":16777216") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let line = text
+            .lines()
+            .find(|l| l.contains("\"protocol\":\"TCP\"") && l.contains("\"bytes_up\":16777216"));
+        assert!(
+            line.is_some_and(
+                |l| l.contains("\"bytes_down\":16777216") && l.contains("\"error\":\"closed\"")
+            ),
+            "no TCP record of the echo in:\n{}",
+            &text[..text.len().min(3000)]
+        );
+        engine.stop();
+    });
+}
