@@ -93,18 +93,6 @@ impl Drop for Proc {
     }
 }
 
-/// Runs a shell command in the client namespace; (success, stdout+stderr).
-fn sh(lab: &Lab, cmd: &str) -> (bool, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("client"), "sh", "-c", cmd])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
 /// Waits until `port` on the origin accepts a connection (from the origin
 /// namespace).
 fn wait_listening(lab: &Lab, port: u16) {
@@ -173,12 +161,9 @@ fn tcp_listeners_with_iperf3_a_half_closed_echo_and_redis() {
         let iperf = Proc::origin(&lab, &["iperf3", "-s", "-B", ORIGIN_IP, "-p", "5201"]);
         wait_listening(&lab, 5201);
         for dir in ["", "-R"] {
-            let (ok, out) = sh(
-                &lab,
-                &format!(
-                    "timeout 120 iperf3 -c {VIP} -p 5201 -n 100M {dir} --connect-timeout 5000"
-                ),
-            );
+            let (ok, out) = lab.client_sh(&format!(
+                "timeout 120 iperf3 -c {VIP} -p 5201 -n 100M {dir} --connect-timeout 5000"
+            ));
             assert!(ok, "iperf3 {dir}: {out}");
             assert!(out.contains("iperf Done."), "iperf3 {dir}: {out}");
             let summary: Vec<&str> = out
@@ -240,16 +225,13 @@ fn tcp_listeners_with_iperf3_a_half_closed_echo_and_redis() {
             ],
         );
         wait_listening(&lab, 6390);
-        let (ok, out) = sh(
-            &lab,
-            &format!("timeout 120 redis-benchmark -h {VIP} -p 6390 -n 20000 -q -t set,get"),
-        );
+        let (ok, out) = lab.client_sh(&format!(
+            "timeout 120 redis-benchmark -h {VIP} -p 6390 -n 20000 -q -t set,get"
+        ));
         assert!(ok, "redis-benchmark: {out}");
         assert!(out.contains("SET:") && out.contains("GET:"), "{out}");
         assert!(!out.to_ascii_lowercase().contains("error"), "{out}");
-        let (ok, out) = sh(
-            &lab,
-            &format!(
+        let (ok, out) = lab.client_sh(&format!(
                 "redis-cli -h {VIP} -p 6390 set fg-key through-the-vip && redis-cli -h {VIP} -p 6390 get fg-key"
             ),
         );
