@@ -266,3 +266,100 @@ fn tcp_listeners_with_iperf3_a_half_closed_echo_and_redis() {
         engine.stop();
     });
 }
+
+/// TLS passthrough: `openssl s_client -servername a|b` through one TCP
+/// VIP reach two origins (`openssl s_server`), each presenting its own
+/// certificate, which the client verifies end to end; garbage instead of a
+/// ClientHello is reset and counted.
+#[test]
+fn tls_passthrough_routes_by_sni_to_origins_with_their_own_certificates() {
+    lab_test("l4-sni", || {
+        let lab = Lab::up(1);
+        let dir = lab.state_dir();
+        let ca = ferrogate_testkit::Ca::new("fg passthrough CA");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        ca.leaf(Some("cert-a"), &["a.example"]).write(&dir, "a");
+        ca.leaf(Some("cert-b"), &["b.example"]).write(&dir, "b");
+        let cfg = lab.state_dir().join("sni.toml");
+        std::fs::write(
+            &cfg,
+            r#"vips = ["10.77.0.10/24"]
+[engine]
+interface = "eth0"
+queues = 1
+
+[[upstreams]]
+name = "tls-a"
+endpoints = ["10.77.0.3:9441"]
+
+[[upstreams]]
+name = "tls-b"
+endpoints = ["10.77.0.3:9442"]
+
+[[listeners]]
+port = 80
+[[listeners.routes]]
+respond = { status = 200, body = "up" }
+
+[[listeners]]
+port = 443
+protocol = "tcp"
+upstream = "tls-a"
+sni = { "b.example" = "tls-b" }
+"#,
+        )
+        .unwrap();
+        let d = dir.display().to_string();
+        let _a = Proc::origin(
+            &lab,
+            &[
+                "openssl",
+                "s_server",
+                "-quiet",
+                "-accept",
+                "10.77.0.3:9441",
+                "-cert",
+                &format!("{d}/a.crt"),
+                "-key",
+                &format!("{d}/a.key"),
+                "-www",
+            ],
+        );
+        let _b = Proc::origin(
+            &lab,
+            &[
+                "openssl",
+                "s_server",
+                "-quiet",
+                "-accept",
+                "10.77.0.3:9442",
+                "-cert",
+                &format!("{d}/b.crt"),
+                "-key",
+                &format!("{d}/b.key"),
+                "-www",
+            ],
+        );
+        wait_listening(&lab, 9441);
+        wait_listening(&lab, 9442);
+        let engine = lab.start_engine_with(&cfg, "af_xdp", 1);
+        for (name, cn) in [("a.example", "cert-a"), ("b.example", "cert-b")] {
+            let (_, out) = lab.client_sh(&format!(
+                "echo | openssl s_client -connect {VIP}:443 -servername {name} -CAfile {d}/ca.pem -verify_return_error 2>&1"
+            ));
+            assert!(out.contains(&format!("CN = {cn}")), "{name}: {out}");
+            assert!(out.contains("Verify return code: 0 (ok)"), "{name}: {out}");
+        }
+        // No SNI (an IP address): the default pool's certificate.
+        let (_, out) = lab.client_sh(&format!(
+            "echo | openssl s_client -connect {VIP}:443 -noservername 2>&1"
+        ));
+        assert!(out.contains("CN = cert-a"), "{out}");
+        // Plain HTTP where a ClientHello must come: reset, counted.
+        let (ok, out) = lab.client_sh(&format!("curl -sS -m 5 http://{VIP}:443/"));
+        assert!(!ok, "{out}");
+        let stats = engine.stats();
+        assert!(stats["stack_l4_bad_client_hello"] >= 1, "{stats:?}");
+        assert!(stats["stack_l4_connections"] >= 4, "{stats:?}");
+    });
+}

@@ -474,6 +474,7 @@ fn check_l4(
                 "max_connections",
                 l.max_connections.as_ref().map(|u| u.span()),
             ),
+            ("sni", l.sni.as_ref().map(|u| u.span())),
         ];
         for (k, span) in only_tcp {
             if let Some(span) = span {
@@ -557,6 +558,58 @@ fn check_l4(
         }
         Some(ms) => std::time::Duration::from_millis(*ms.get_ref()),
     };
+    // TLS passthrough: `sni = { "name" = "pool", "*.suffix" = "pool" }`.
+    let mut sni = Vec::new();
+    if let Some(map) = &l.sni {
+        for (name, pool) in map.get_ref() {
+            let f = format!("listeners[{i}].sni.{name:?}");
+            let bare = name.strip_prefix("*.").unwrap_or(name);
+            let host_ok = !bare.is_empty()
+                && bare.len() <= 253
+                && !bare.contains('*')
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+                && !bare.starts_with('.')
+                && !bare.ends_with('.');
+            if !host_ok {
+                rep.at(
+                    map.span(),
+                    f.clone(),
+                    "a server name is a host name or `*.suffix`",
+                );
+                ok = false;
+                continue;
+            }
+            match pools.iter().find(|(n, _)| n == pool.get_ref()) {
+                None => {
+                    rep.at(
+                        pool.span(),
+                        f,
+                        format!("no upstream named {:?}", pool.get_ref()),
+                    );
+                    ok = false;
+                }
+                Some((_, p)) if p.tls.is_some() => {
+                    rep.at(
+                        pool.span(),
+                        f,
+                        "a passthrough pool forwards the client's TLS untouched (use a pool without `tls`)",
+                    );
+                    ok = false;
+                }
+                Some((_, p)) => {
+                    // Wildcards are kept as "*.suffix" minus the star's
+                    // dot: matching takes a name that ends with ".suffix".
+                    let key = match name.strip_prefix('*') {
+                        Some(rest) => format!("*{}", rest.to_ascii_lowercase()),
+                        None => name.to_ascii_lowercase(),
+                    };
+                    sni.push((key, p.clone()));
+                }
+            }
+        }
+    }
     let max_connections = match &l.max_connections {
         Some(m) if *m.get_ref() == 0 => {
             rep.at(m.span(), field("max_connections"), "must be at least 1");
@@ -570,6 +623,7 @@ fn check_l4(
             upstream,
             idle_timeout,
             max_connections,
+            sni: sni.into(),
         })),
         _ => Some(None),
     }

@@ -389,6 +389,11 @@ pub struct ListenerSection {
     /// engine's `max_connections`); beyond it a SYN is reset.
     #[serde(default)]
     pub max_connections: Option<Spanned<usize>>,
+    /// TCP listeners: TLS passthrough, the pool per server name of the
+    /// ClientHello (`"a.example" = "pool-a"`, `"*.b.example" = "pool-b"`);
+    /// other names and hellos without one go to `upstream`.
+    #[serde(default)]
+    pub sni: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
 }

@@ -531,3 +531,51 @@ fn tcp_listener_keys_are_checked_with_their_line() {
         assert!(e.iter().any(|e| e.starts_with(want)), "{want}: {e:?}");
     }
 }
+
+#[test]
+fn tls_passthrough_sni_maps_names_to_pools_and_bad_entries_name_their_line() {
+    let with = |sni: &str| {
+        TCP.replace(
+            "upstream = \"db\"\n",
+            &format!("upstream = \"db\"\nsni = {sni}\n"),
+        )
+    };
+    let c = compile(
+        Path::new("t.toml"),
+        &with(r#"{ "A.Example" = "origin", "*.b.example" = "origin" }"#),
+    )
+    .unwrap();
+    let l4 = c.engine.routes.listener(6379).unwrap().l4.clone().unwrap();
+    let names: Vec<&str> = l4.sni.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["*.b.example", "a.example"]);
+    assert_eq!(l4.pool_for(Some("x.b.example")).name, "origin");
+    assert_eq!(
+        l4.pool_for(Some("b.example")).name,
+        "db",
+        "*.b.example is not b.example"
+    );
+    assert_eq!(l4.pool_for(None).name, "db");
+    let e = errors(&with(r#"{ "a b" = "origin", "c.example" = "nope" }"#));
+    assert!(
+        e.iter()
+            .any(|l| l.contains("listeners[1].sni.\"a b\": a server name is a host name")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter().any(|l| l.starts_with("t.toml:26:41:")
+            && l.contains("listeners[1].sni.\"c.example\": no upstream named \"nope\"")),
+        "{e:#?}"
+    );
+    // Only TCP listeners peek.
+    let http = GOOD.replace(
+        "port = 80\n",
+        "port = 80\nsni = { \"a.example\" = \"origin\" }\n",
+    );
+    assert!(
+        errors(&http)
+            .iter()
+            .any(|l| l.contains("listeners[0].sni: only a TCP listener")),
+        "{:#?}",
+        errors(&http)
+    );
+}

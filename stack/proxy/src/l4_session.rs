@@ -23,15 +23,31 @@ use crate::route::L4Listener;
 enum Phase {
     /// Accepted: the first run picks and connects.
     Start,
+    /// TLS passthrough: reading the ClientHello (kept, not consumed by
+    /// anyone) until its server name picks the pool.
+    Peek,
     Connecting,
+    /// TLS passthrough: the bytes read while peeking go upstream first.
+    Replay {
+        sent: usize,
+    },
     Splicing,
     Finished,
 }
+
+/// What a passthrough connection may read before it knows its pool: a
+/// ClientHello and its record headers, a little more.
+const HELLO_READ_MAX: usize = ferrogate_tls::MAX_HELLO + 1024;
 
 pub(crate) struct L4Conn {
     client: StreamId,
     listener_port: u16,
     pool: Arc<Upstream>,
+    /// Passthrough listeners: the pools by server name (empty: none; then
+    /// `pool` is the listener's default).
+    sni: Arc<[(String, Arc<Upstream>)]>,
+    /// The ClientHello bytes read while peeking, replayed upstream.
+    hello: Vec<u8>,
     idle: std::time::Duration,
     att: Attempt,
     splice: Splice,
@@ -65,6 +81,8 @@ impl L4Conn {
             client,
             listener_port,
             pool: l4.upstream.clone(),
+            sni: l4.sni.clone(),
+            hello: Vec::new(),
             idle: l4.idle_timeout,
             att: Attempt::l4(),
             splice: Splice::new(),
@@ -110,6 +128,25 @@ impl L4Conn {
             Phase::Start => {
                 cx.stats.l4.connections += 1;
                 self.client_addr = cx.net.stream(self.client).remote();
+                if !self.sni.is_empty() {
+                    self.phase = Phase::Peek;
+                    self.deadline = after(cx.now, self.idle);
+                    return true;
+                }
+                self.pick(cx)
+            }
+            Phase::Peek => self.peek(cx),
+            Phase::Connecting => self.connect(cx),
+            Phase::Replay { .. } => self.replay(cx),
+            Phase::Splicing => self.splice(cx, scratch),
+            Phase::Finished => false,
+        }
+    }
+
+    /// Picks an endpoint of `self.pool` and starts connecting.
+    fn pick<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        {
+            {
                 let key = source_key(&self.pool, self.client_addr);
                 self.att.begin(cx, self.pool.clone(), key);
                 match self.att.pick(cx) {
@@ -117,10 +154,61 @@ impl L4Conn {
                     Err(e) => self.no_upstream(cx, e.into()),
                 }
             }
-            Phase::Connecting => self.connect(cx),
-            Phase::Splicing => self.splice(cx, scratch),
-            Phase::Finished => false,
         }
+    }
+
+    /// Reads the client's first bytes until they hold a whole ClientHello
+    /// (its server name picks the pool), refusing anything else.
+    fn peek<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        let sock = &mut cx.net.stream(self.client);
+        let mut buf = [0u8; 2048];
+        let mut got = 0;
+        while self.hello.len() < HELLO_READ_MAX {
+            let room = buf.len().min(HELLO_READ_MAX - self.hello.len());
+            let n = sock.recv_slice(&mut buf[..room]);
+            if n == 0 {
+                break;
+            }
+            self.hello.extend_from_slice(&buf[..n]);
+            got += n;
+        }
+        let client_done = sock.state() != StreamState::SynReceived && !sock.may_recv();
+        match ferrogate_tls::peek_client_hello(&self.hello) {
+            Ok(Some(info)) => {
+                let pool =
+                    crate::route::sni_pool(&self.sni, &self.pool, info.server_name.as_deref());
+                self.pool = pool.clone();
+                self.pick(cx)
+            }
+            Ok(None) if !client_done && cx.now < self.deadline => got > 0,
+            Ok(None) | Err(_) => {
+                // Not TLS, too large, cut short, or too slow: nothing to
+                // route by.
+                cx.stats.l4.bad_client_hello += 1;
+                self.finish(cx, true, "bad_client_hello")
+            }
+        }
+    }
+
+    /// Sends the bytes read while peeking before anything else.
+    fn replay<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        let Phase::Replay { sent } = &mut self.phase else {
+            unreachable!()
+        };
+        let up = self.att.conn.as_ref().expect("connected upstream").handle;
+        let sock = &mut cx.net.stream(up);
+        if !sock.may_send() {
+            cx.stats.l4.resets += 1;
+            return self.finish(cx, true, "upstream_reset");
+        }
+        let n = sock.send_slice(&self.hello[*sent..]);
+        *sent += n;
+        if *sent == self.hello.len() {
+            self.hello = Vec::new();
+            self.phase = Phase::Splicing;
+            return true;
+        }
+        n > 0
     }
 
     fn start<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>, ep: usize) -> bool {
@@ -150,7 +238,11 @@ impl L4Conn {
             Connecting::Failed(e) => self.upstream_failed(cx, e),
             Connecting::Ready => {
                 self.upstream_addr = self.att.conn.as_ref().map(|u| u.endpoint);
-                self.phase = Phase::Splicing;
+                self.phase = if self.hello.is_empty() {
+                    Phase::Splicing
+                } else {
+                    Phase::Replay { sent: 0 }
+                };
                 self.deadline = after(cx.now, self.idle);
                 true
             }
@@ -220,7 +312,7 @@ impl L4Conn {
         reset: bool,
         reason: &'static str,
     ) -> bool {
-        if matches!(self.phase, Phase::Splicing) {
+        if matches!(self.phase, Phase::Splicing | Phase::Replay { .. }) {
             // The endpoint served the connection, however it ended.
             self.att.settle(cx, Some(true));
         } else {

@@ -50,6 +50,41 @@ pub struct L4Listener {
     /// Connections at once on this listener in a worker (None: only the
     /// engine's bound); beyond it a SYN is reset.
     pub max_connections: Option<usize>,
+    /// TLS passthrough: the pool per server name of the ClientHello (exact
+    /// names, or `*.suffix`), read without terminating TLS; a hello without
+    /// a name, or with another, goes to `upstream`. Empty: no peeking, the
+    /// bytes are spliced from the first one.
+    pub sni: Arc<[(String, Arc<Upstream>)]>,
+}
+
+impl L4Listener {
+    /// The pool for a ClientHello's server name: an exact name first, then
+    /// the longest `*.suffix`, then `upstream`.
+    pub fn pool_for(&self, name: Option<&str>) -> &Arc<Upstream> {
+        sni_pool(&self.sni, &self.upstream, name)
+    }
+}
+
+/// The pool for server name `name` among `sni` (exact, then the longest
+/// `*.suffix`), else `default`.
+pub fn sni_pool<'a>(
+    sni: &'a [(String, Arc<Upstream>)],
+    default: &'a Arc<Upstream>,
+    name: Option<&str>,
+) -> &'a Arc<Upstream> {
+    let Some(name) = name else {
+        return default;
+    };
+    if let Some((_, p)) = sni.iter().find(|(n, _)| n == name) {
+        return p;
+    }
+    sni.iter()
+        .filter(|(n, _)| {
+            n.strip_prefix('*')
+                .is_some_and(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
+        })
+        .max_by_key(|(n, _)| n.len())
+        .map_or(default, |(_, p)| p)
 }
 
 /// Default idle timeout of a TCP listener.

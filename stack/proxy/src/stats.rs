@@ -87,6 +87,10 @@ pub struct L4Stats {
     pub resets: u64,
     /// SYNs reset because the listener had `max_connections` open.
     pub refused_over_limit: u64,
+    /// Passthrough listeners: connections reset because what came first was
+    /// not a ClientHello (garbage, plain HTTP, over 16 KiB) or did not come
+    /// within the idle timeout.
+    pub bad_client_hello: u64,
 }
 
 impl L4Stats {
@@ -100,9 +104,10 @@ impl L4Stats {
         self.idle_timeouts += o.idle_timeouts;
         self.resets += o.resets;
         self.refused_over_limit += o.refused_over_limit;
+        self.bad_client_hello += o.bad_client_hello;
     }
 
-    fn fields(&self) -> [(&'static str, u64); 9] {
+    fn fields(&self) -> [(&'static str, u64); 10] {
         [
             ("l4_connections", self.connections),
             ("l4_active", self.active),
@@ -113,6 +118,7 @@ impl L4Stats {
             ("l4_idle_timeouts", self.idle_timeouts),
             ("l4_resets", self.resets),
             ("l4_refused_over_limit", self.refused_over_limit),
+            ("l4_bad_client_hello", self.bad_client_hello),
         ]
     }
 }

@@ -17,6 +17,7 @@ fn l4_table(endpoints: &[&str], tune: impl FnOnce(&mut L4Listener)) -> Arc<Route
         upstream: pool.clone(),
         idle_timeout: std::time::Duration::from_secs(300),
         max_connections: None,
+        sni: Vec::new().into(),
     };
     tune(&mut l4);
     Arc::new(RouteTable::new(
@@ -391,6 +392,7 @@ fn a_pool_shared_with_http_routes_never_lends_its_idle_connections() {
                     upstream: pool.clone(),
                     idle_timeout: std::time::Duration::from_secs(300),
                     max_connections: None,
+                    sni: Vec::new().into(),
                 },
             ),
         ],
@@ -410,4 +412,64 @@ fn a_pool_shared_with_http_routes_never_lends_its_idle_connections() {
     assert_eq!(lab.edge.stats().upstream_reused, 0);
     assert_eq!(lab.origin_conns.len(), 2, "the TCP connection has its own");
     assert_eq!(lab.edge.stats().upstream_idle, 1);
+}
+
+/// A real ClientHello for `name` (rustls's first flight).
+fn client_hello(name: &str) -> Vec<u8> {
+    let cfg = rustls::ClientConfig::builder_with_provider(ferrogate_proxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let server = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let mut c = rustls::ClientConnection::new(Arc::new(cfg), server).unwrap();
+    let mut out = Vec::new();
+    c.write_tls(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn passthrough_routes_by_the_client_hello_name_and_forwards_it_untouched() {
+    let echo_pool = Arc::new(Upstream::simple(
+        "by-sni",
+        1,
+        &[format!("10.0.0.3:{ECHO}").parse().unwrap()],
+    ));
+    let table = {
+        let base = l4_table(&["10.0.0.3:8080"], |l4| {
+            l4.sni = vec![("*.b.example".to_string(), echo_pool.clone())].into();
+        });
+        let listener = base.listeners[0].clone();
+        Arc::new(RouteTable::new(
+            1,
+            vec![listener],
+            vec![base.upstreams[0].clone(), echo_pool.clone()],
+        ))
+    };
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let mut echo = Echo::new(&mut lab);
+    let hello = client_hello("x.B.example");
+    let h = lab.connect_to(TCP_PORT);
+    lab.send(h, &hello);
+    let mut got = Vec::new();
+    for _ in 0..300 {
+        echo.step(&mut lab);
+        read_all(&mut lab, h, &mut got);
+        if got.len() >= hello.len() {
+            break;
+        }
+    }
+    // The echo origin (picked by the name) got the hello byte for byte.
+    assert_eq!(got, hello);
+    assert!(lab.origin_requests.is_empty(), "the default pool was used");
+
+    // Not a ClientHello: reset, counted, nothing sent upstream.
+    let g = lab.connect_to(TCP_PORT);
+    lab.send(g, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    for _ in 0..50 {
+        echo.step(&mut lab);
+    }
+    assert_eq!(lab.client_state(g), tcp::State::Closed);
+    assert_eq!(lab.edge.stats().l4.bad_client_hello, 1);
+    assert!(lab.origin_requests.is_empty());
 }
