@@ -363,3 +363,78 @@ sni = { "b.example" = "tls-b" }
         assert!(stats["stack_l4_connections"] >= 4, "{stats:?}");
     });
 }
+
+/// PROXY protocol towards upstreams: nginx (`listen … proxy_protocol`) in
+/// the origin namespace sees the real client address through a TCP VIP,
+/// with a v1 and with a v2 header.
+#[test]
+fn proxy_protocol_v1_and_v2_carry_the_client_address_to_nginx() {
+    lab_test("l4-pp", || {
+        let lab = Lab::up(1);
+        let dir = lab.state_dir();
+        let d = dir.display().to_string();
+        let conf = dir.join("nginx-pp.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\nuser root;\ndaemon off;\npid {d}/nginx-pp.pid;\nerror_log {d}/nginx-pp.err warn;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/nb;\n  proxy_temp_path {d}/np;\n  fastcgi_temp_path {d}/nf;\n  uwsgi_temp_path {d}/nu;\n  scgi_temp_path {d}/ns;\n\
+                 server {{ listen 10.77.0.3:9080 proxy_protocol; return 200 \"client=$proxy_protocol_addr\\n\"; }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let _nginx = Proc::origin(
+            &lab,
+            &[
+                "nginx",
+                "-e",
+                &format!("{d}/nginx-pp.err"),
+                "-c",
+                &conf.display().to_string(),
+            ],
+        );
+        wait_listening(&lab, 9080);
+        let cfg = dir.join("pp.toml");
+        std::fs::write(
+            &cfg,
+            r#"vips = ["10.77.0.10/24"]
+[engine]
+interface = "eth0"
+queues = 1
+
+[[upstreams]]
+name = "pp1"
+endpoints = ["10.77.0.3:9080"]
+proxy_protocol = "v1"
+
+[[upstreams]]
+name = "pp2"
+endpoints = ["10.77.0.3:9080"]
+proxy_protocol = "v2"
+
+[[listeners]]
+port = 80
+[[listeners.routes]]
+respond = { status = 200, body = "up" }
+
+[[listeners]]
+port = 9081
+protocol = "tcp"
+upstream = "pp1"
+
+[[listeners]]
+port = 9082
+protocol = "tcp"
+upstream = "pp2"
+"#,
+        )
+        .unwrap();
+        let _engine = lab.start_engine_with(&cfg, "af_xdp", 1);
+        for port in [9081, 9082] {
+            let (ok, out) = lab.client_sh(&format!("curl -sS -m 5 http://{VIP}:{port}/"));
+            assert!(ok, "{port}: {out}");
+            assert_eq!(out.trim(), "client=10.77.0.2", "{port}: {out}");
+        }
+    });
+}

@@ -92,6 +92,17 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
             }
             _ => {}
         }
+        if let Some(pp) = &u.proxy_protocol {
+            match pp.get_ref().as_str() {
+                "v1" => pool.proxy_protocol = Some(ferrogate_proxy::lb::ProxyProtocol::V1),
+                "v2" => pool.proxy_protocol = Some(ferrogate_proxy::lb::ProxyProtocol::V2),
+                other => rep.at(
+                    pp.span(),
+                    format!("upstreams[{i}].proxy_protocol"),
+                    format!("{other:?} is not \"v1\" or \"v2\""),
+                ),
+            }
+        }
         pools.push((name, Arc::new(pool)));
     }
 
@@ -145,6 +156,17 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
             let path = check_path(r, &field, anchor.clone(), rep);
             let action = match (&r.upstream, &r.respond) {
                 (Some(u), None) => match pools.iter().find(|(n, _)| n == u.get_ref()) {
+                    Some((_, p)) if p.proxy_protocol.is_some() => {
+                        rep.at(
+                            u.span(),
+                            format!("{field}.upstream"),
+                            format!(
+                                "pool {:?} sends a PROXY protocol header, which names one client per connection: only TCP listeners may use it (HTTP reuses upstream connections across clients)",
+                                u.get_ref()
+                            ),
+                        );
+                        None
+                    }
                     Some((_, p)) => Some(RouteAction::Proxy(p.clone())),
                     None => {
                         rep.at(

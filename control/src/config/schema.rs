@@ -556,6 +556,10 @@ pub struct UpstreamSection {
     /// `sni` name, else the endpoint's address (`ip[:port]`).
     #[serde(default)]
     pub host: Option<Spanned<String>>,
+    /// `"v1"` or `"v2"`: a PROXY protocol header with the client's address
+    /// first on each connection to an endpoint (TCP listeners only).
+    #[serde(default)]
+    pub proxy_protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

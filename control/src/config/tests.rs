@@ -579,3 +579,40 @@ fn tls_passthrough_sni_maps_names_to_pools_and_bad_entries_name_their_line() {
         errors(&http)
     );
 }
+
+#[test]
+fn proxy_protocol_pools_serve_tcp_listeners_only() {
+    let text = TCP.replace(
+        "hash_on = \"source\"\n",
+        "hash_on = \"source\"\nproxy_protocol = \"v2\"\n",
+    );
+    let c = compile(Path::new("t.toml"), &text).unwrap();
+    let l4 = c.engine.routes.listener(6379).unwrap().l4.clone().unwrap();
+    assert_eq!(
+        l4.upstream.proxy_protocol,
+        Some(ferrogate_proxy::lb::ProxyProtocol::V2)
+    );
+    let bad = TCP.replace(
+        "hash_on = \"source\"\n",
+        "hash_on = \"source\"\nproxy_protocol = \"v3\"\n",
+    );
+    assert!(
+        errors(&bad)
+            .iter()
+            .any(|l| l.contains("upstreams[1].proxy_protocol: \"v3\" is not \"v1\" or \"v2\"")),
+        "{:#?}",
+        errors(&bad)
+    );
+    // An HTTP route may not use it: one header per connection, many clients.
+    let http = text.replace(
+        "[[listeners.routes]]\nupstream = \"origin\"",
+        "[[listeners.routes]]\nupstream = \"db\"",
+    );
+    assert!(
+        errors(&http)
+            .iter()
+            .any(|l| l.contains("only TCP listeners may use it")),
+        "{:#?}",
+        errors(&http)
+    );
+}

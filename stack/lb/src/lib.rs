@@ -48,7 +48,7 @@ pub use balance::{Maglev, stable_hash};
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use conn_pool::{ConnPool, DEFAULT_IDLE, PoolCounters, PoolKey, UpstreamConn};
 pub use health::{EndpointHealth, Probe};
-pub use pool::Upstream;
+pub use pool::{ProxyProtocol, Upstream};
 pub use registry::{EndpointState, PickError, PoolState, UpstreamRegistry};
 pub use retry::{RequestBody, RetryBudget, RetryDenied, is_idempotent, may_retry};
 pub use stats::{

@@ -29,6 +29,19 @@ pub struct Upstream {
     /// `Host` sent for requests that arrive without one (HTTP/1.0); None:
     /// the endpoint's authority, as nginx's `$proxy_host`.
     pub host: Option<Box<str>>,
+    /// PROXY protocol header sent first on each new connection to an
+    /// endpoint (TCP listeners only: HTTP reuses a connection for many
+    /// clients, a header names one).
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// Which PROXY protocol header (HAProxy's proxy-protocol.txt) a pool sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// The text header: `PROXY TCP4 <src> <dst> <sport> <dport>\r\n`.
+    V1,
+    /// The binary header.
+    V2,
 }
 
 impl Upstream {
@@ -53,6 +66,7 @@ impl Upstream {
             maglev,
             tls: None,
             host: None,
+            proxy_protocol: None,
         }
     }
 

@@ -143,6 +143,13 @@ impl Stream<'_> {
     pub fn local_port(&self) -> Option<u16> {
         self.sock.local_endpoint().map(|e| e.port)
     }
+
+    /// Our address and port of the connection (the VIP a client reached).
+    pub fn local(&self) -> Option<SocketAddr> {
+        self.sock
+            .local_endpoint()
+            .map(|e| SocketAddr::new(e.addr.into(), e.port))
+    }
 }
 
 /// The worker's streams, lent to the application for one call: stream

@@ -238,6 +238,15 @@ impl L4Conn {
             Connecting::Failed(e) => self.upstream_failed(cx, e),
             Connecting::Ready => {
                 self.upstream_addr = self.att.conn.as_ref().map(|u| u.endpoint);
+                let vip = cx.net.stream(self.client).local();
+                if let (Some(kind), Some(client), Some(vip)) =
+                    (self.pool.proxy_protocol, self.client_addr, vip)
+                {
+                    // Before anything of the client's (a peeked hello too).
+                    let mut first = crate::proxy_header::proxy_header(kind, client, vip);
+                    first.extend_from_slice(&self.hello);
+                    self.hello = first;
+                }
                 self.phase = if self.hello.is_empty() {
                     Phase::Splicing
                 } else {

@@ -473,3 +473,35 @@ fn passthrough_routes_by_the_client_hello_name_and_forwards_it_untouched() {
     assert_eq!(lab.edge.stats().l4.bad_client_hello, 1);
     assert!(lab.origin_requests.is_empty());
 }
+
+#[test]
+fn a_proxy_protocol_pool_gets_the_client_address_first() {
+    let mut lab = Lab::with_routes(
+        Origin::Serving,
+        l4_table(&[&format!("10.0.0.3:{ECHO}")], |l4| {
+            let mut pool = (*l4.upstream).clone();
+            pool.proxy_protocol = Some(ferrogate_proxy::lb::ProxyProtocol::V1);
+            l4.upstream = Arc::new(pool);
+        }),
+        |_| {},
+    );
+    let mut echo = Echo::new(&mut lab);
+    let h = lab.connect_to(TCP_PORT);
+    lab.send(h, b"hello");
+    let mut got = Vec::new();
+    for _ in 0..300 {
+        echo.step(&mut lab);
+        read_all(&mut lab, h, &mut got);
+        if got.ends_with(b"hello") {
+            break;
+        }
+    }
+    let port = lab
+        .sockets
+        .get::<tcp::Socket>(h)
+        .local_endpoint()
+        .unwrap()
+        .port;
+    let want = format!("PROXY TCP4 10.0.0.2 10.0.0.10 {port} {TCP_PORT}\r\nhello");
+    assert_eq!(String::from_utf8_lossy(&got), want);
+}
