@@ -73,8 +73,12 @@ struct Proc(Child);
 
 impl Proc {
     fn origin(lab: &Lab, argv: &[&str]) -> Proc {
+        Proc::in_ns(lab, "origin", argv)
+    }
+
+    fn in_ns(lab: &Lab, role: &str, argv: &[&str]) -> Proc {
         let child = Command::new("ip")
-            .args(["netns", "exec", &lab.ns("origin")])
+            .args(["netns", "exec", &lab.ns(role)])
             .args(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -366,7 +370,8 @@ sni = { "b.example" = "tls-b" }
 
 /// PROXY protocol towards upstreams: nginx (`listen … proxy_protocol`) in
 /// the origin namespace sees the real client address through a TCP VIP,
-/// with a v1 and with a v2 header.
+/// with a v1 and with a v2 header; and from a balancer in front (HAProxy
+/// `send-proxy-v2`), the client its header names.
 #[test]
 fn proxy_protocol_v1_and_v2_carry_the_client_address_to_nginx() {
     lab_test("l4-pp", || {
@@ -427,14 +432,58 @@ upstream = "pp1"
 port = 9082
 protocol = "tcp"
 upstream = "pp2"
+
+# Behind a balancer (HAProxy in the client namespace) that sends PROXY v2.
+[[listeners]]
+port = 9083
+protocol = "tcp"
+upstream = "pp1"
+proxy_protocol_from = ["10.77.0.2/32"]
 "#,
         )
         .unwrap();
-        let _engine = lab.start_engine_with(&cfg, "af_xdp", 1);
+        let engine = lab.start_engine_with(&cfg, "af_xdp", 1);
         for port in [9081, 9082] {
             let (ok, out) = lab.client_sh(&format!("curl -sS -m 5 http://{VIP}:{port}/"));
             assert!(ok, "{port}: {out}");
             assert_eq!(out.trim(), "client=10.77.0.2", "{port}: {out}");
         }
+        // A balancer in front: its PROXY v2 header names the real client
+        // (127.0.0.1, curl's address towards HAProxy), which goes on to
+        // nginx instead of the balancer's 10.77.0.2.
+        let lb = dir.join("lb.cfg");
+        std::fs::write(
+            &lb,
+            format!(
+                "global\n  pidfile {d}/lb.pid\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+                 frontend lb\n  bind 127.0.0.1:9090\n  default_backend edge\n\
+                 backend edge\n  server vip {VIP}:9083 send-proxy-v2\n"
+            ),
+        )
+        .unwrap();
+        let _lb = Proc::in_ns(
+            &lab,
+            "client",
+            &["haproxy", "-db", "-f", &lb.display().to_string()],
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut out = String::new();
+        while Instant::now() < deadline {
+            let (ok, o) = lab.client_sh("curl -sS -m 5 http://127.0.0.1:9090/");
+            out = o;
+            if ok {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(out.trim(), "client=127.0.0.1", "{out}");
+        // The balancer's own address, without a header: refused.
+        let (ok, _) = lab.client_sh(&format!("curl -sS -m 5 http://{VIP}:9083/"));
+        assert!(
+            !ok,
+            "a connection from the balancer without a header got through"
+        );
+        let stats = engine.stats();
+        assert!(stats["stack_l4_bad_proxy_header"] >= 1, "{stats:?}");
     });
 }

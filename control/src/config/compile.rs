@@ -497,6 +497,13 @@ fn check_l4(
                 l.max_connections.as_ref().map(|u| u.span()),
             ),
             ("sni", l.sni.as_ref().map(|u| u.span())),
+            (
+                "proxy_protocol_from",
+                l.proxy_protocol_from
+                    .as_ref()
+                    .and_then(|v| v.first())
+                    .map(|u| u.span()),
+            ),
         ];
         for (k, span) in only_tcp {
             if let Some(span) = span {
@@ -632,6 +639,24 @@ fn check_l4(
             }
         }
     }
+    // Load balancers in front that send a PROXY header.
+    let mut proxy_from = Vec::new();
+    for (k, c) in l.proxy_protocol_from.iter().flatten().enumerate() {
+        match super::filter::parse_cidr(c.get_ref()) {
+            Some(p) => proxy_from.push(p),
+            None => {
+                rep.at(
+                    c.span(),
+                    format!("listeners[{i}].proxy_protocol_from[{k}]"),
+                    format!(
+                        "{:?} is not an address prefix (e.g. \"10.0.0.0/8\")",
+                        c.get_ref()
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
     let max_connections = match &l.max_connections {
         Some(m) if *m.get_ref() == 0 => {
             rep.at(m.span(), field("max_connections"), "must be at least 1");
@@ -646,6 +671,7 @@ fn check_l4(
             idle_timeout,
             max_connections,
             sni: sni.into(),
+            proxy_from: proxy_from.into(),
         })),
         _ => Some(None),
     }

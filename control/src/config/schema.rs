@@ -394,6 +394,10 @@ pub struct ListenerSection {
     /// other names and hellos without one go to `upstream`.
     #[serde(default)]
     pub sni: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+    /// TCP listeners: address prefixes of load balancers in front whose
+    /// PROXY v2 (or v1) header comes first; its client address is used.
+    #[serde(default)]
+    pub proxy_protocol_from: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
 }

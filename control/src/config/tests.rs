@@ -616,3 +616,25 @@ fn proxy_protocol_pools_serve_tcp_listeners_only() {
         errors(&http)
     );
 }
+
+#[test]
+fn proxy_protocol_from_takes_prefixes_on_tcp_listeners() {
+    let text = TCP.replace(
+        "upstream = \"db\"\n",
+        "upstream = \"db\"\nproxy_protocol_from = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+    );
+    let c = compile(Path::new("t.toml"), &text).unwrap();
+    let l4 = c.engine.routes.listener(6379).unwrap().l4.clone().unwrap();
+    assert_eq!(l4.proxy_from.len(), 2);
+    let bad = TCP.replace(
+        "upstream = \"db\"\n",
+        "upstream = \"db\"\nproxy_protocol_from = [\"10.0.0.0/33\"]\n",
+    );
+    assert!(
+        errors(&bad).iter().any(|l| l.contains(
+            "listeners[1].proxy_protocol_from[0]: \"10.0.0.0/33\" is not an address prefix"
+        )),
+        "{:#?}",
+        errors(&bad)
+    );
+}

@@ -23,6 +23,8 @@ use crate::route::L4Listener;
 enum Phase {
     /// Accepted: the first run picks and connects.
     Start,
+    /// From a trusted load balancer: reading its PROXY header.
+    ProxyHeader,
     /// TLS passthrough: reading the ClientHello (kept, not consumed by
     /// anyone) until its server name picks the pool.
     Peek,
@@ -46,6 +48,8 @@ pub(crate) struct L4Conn {
     /// Passthrough listeners: the pools by server name (empty: none; then
     /// `pool` is the listener's default).
     sni: Arc<[(String, Arc<Upstream>)]>,
+    /// Load balancers whose PROXY header comes first.
+    proxy_from: Arc<[(std::net::IpAddr, u8)]>,
     /// The ClientHello bytes read while peeking, replayed upstream.
     hello: Vec<u8>,
     idle: std::time::Duration,
@@ -82,6 +86,7 @@ impl L4Conn {
             listener_port,
             pool: l4.upstream.clone(),
             sni: l4.sni.clone(),
+            proxy_from: l4.proxy_from.clone(),
             hello: Vec::new(),
             idle: l4.idle_timeout,
             att: Attempt::l4(),
@@ -128,18 +133,65 @@ impl L4Conn {
             Phase::Start => {
                 cx.stats.l4.connections += 1;
                 self.client_addr = cx.net.stream(self.client).remote();
-                if !self.sni.is_empty() {
-                    self.phase = Phase::Peek;
-                    self.deadline = after(cx.now, self.idle);
+                let trusted = self
+                    .client_addr
+                    .is_some_and(|a| crate::proxy_header::in_prefixes(a.ip(), &self.proxy_from));
+                self.deadline = after(cx.now, self.idle);
+                if trusted {
+                    self.phase = Phase::ProxyHeader;
                     return true;
                 }
-                self.pick(cx)
+                self.after_header(cx)
             }
+            Phase::ProxyHeader => self.proxy_header(cx),
             Phase::Peek => self.peek(cx),
             Phase::Connecting => self.connect(cx),
             Phase::Replay { .. } => self.replay(cx),
             Phase::Splicing => self.splice(cx, scratch),
             Phase::Finished => false,
+        }
+    }
+
+    /// With the client known: peek at its hello (passthrough) or connect.
+    fn after_header<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        if !self.sni.is_empty() {
+            self.phase = Phase::Peek;
+            return true;
+        }
+        self.pick(cx)
+    }
+
+    /// Reads a trusted load balancer's PROXY header; the client it names
+    /// replaces the connection's address (hashing, logs, our own header
+    /// upstream). What follows it stays for the upstream.
+    fn proxy_header<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        use crate::proxy_header::{PROXY_HEADER_MAX, Received, parse_proxy_header};
+        let sock = &mut cx.net.stream(self.client);
+        let mut buf = [0u8; 512];
+        let mut got = 0;
+        while self.hello.len() < PROXY_HEADER_MAX {
+            let room = buf.len().min(PROXY_HEADER_MAX - self.hello.len());
+            let n = sock.recv_slice(&mut buf[..room]);
+            if n == 0 {
+                break;
+            }
+            self.hello.extend_from_slice(&buf[..n]);
+            got += n;
+        }
+        let client_done = sock.state() != StreamState::SynReceived && !sock.may_recv();
+        match parse_proxy_header(&self.hello) {
+            Received::Header { len, client } => {
+                self.hello.drain(..len);
+                if let Some(c) = client {
+                    self.client_addr = Some(c);
+                }
+                self.after_header(cx)
+            }
+            Received::Incomplete if !client_done && cx.now < self.deadline => got > 0,
+            Received::Incomplete | Received::Invalid => {
+                cx.stats.l4.bad_proxy_header += 1;
+                self.finish(cx, true, "bad_proxy_header")
+            }
         }
     }
 

@@ -49,3 +49,135 @@ mod tests {
         assert_eq!(v6, b"PROXY TCP6 2001:db8::7 2001:db8::10 1 443\r\n");
     }
 }
+
+/// The most octets a trusted load balancer's PROXY header may take here
+/// (v1 is at most 107; v2 with its TLVs is kept to this).
+pub(crate) const PROXY_HEADER_MAX: usize = 4096;
+
+/// What the first octets from a trusted load balancer hold.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Received {
+    /// Not all of the header yet.
+    Incomplete,
+    /// A header of `len` octets; `client` is the address it carries (None
+    /// for v2 LOCAL / v1 UNKNOWN: the balancer's own connection, e.g. a
+    /// health check, which keeps the connection's address).
+    Header {
+        len: usize,
+        client: Option<SocketAddr>,
+    },
+    Invalid,
+}
+
+/// Reads a PROXY v2 (or v1) header at the start of `buf`.
+pub(crate) fn parse_proxy_header(buf: &[u8]) -> Received {
+    use ppp::PartialResult as _;
+    use std::net::IpAddr;
+    // v1 is a line: until its CRLF (at most 107 octets) it is incomplete,
+    // whatever a parser makes of a prefix cut mid-field.
+    const V1: &[u8] = b"PROXY ";
+    let n = buf.len().min(V1.len());
+    if buf[..n] == V1[..n] && !buf.windows(2).any(|w| w == b"\r\n") {
+        return if buf.len() < 108 {
+            Received::Incomplete
+        } else {
+            Received::Invalid
+        };
+    }
+    let header = ppp::HeaderResult::parse(buf);
+    if header.is_incomplete() {
+        return if buf.len() >= PROXY_HEADER_MAX {
+            Received::Invalid
+        } else {
+            Received::Incomplete
+        };
+    }
+    let sock = |ip: IpAddr, port| Some(SocketAddr::new(ip, port));
+    match header {
+        ppp::HeaderResult::V2(Ok(h)) if h.len() <= PROXY_HEADER_MAX => {
+            let client = match h.addresses {
+                ppp::v2::Addresses::IPv4(a) => sock(a.source_address.into(), a.source_port),
+                ppp::v2::Addresses::IPv6(a) => sock(a.source_address.into(), a.source_port),
+                _ => None,
+            };
+            Received::Header {
+                len: h.len(),
+                client,
+            }
+        }
+        ppp::HeaderResult::V1(Ok(h)) => {
+            let client = match h.addresses {
+                ppp::v1::Addresses::Tcp4(a) => sock(a.source_address.into(), a.source_port),
+                ppp::v1::Addresses::Tcp6(a) => sock(a.source_address.into(), a.source_port),
+                ppp::v1::Addresses::Unknown => None,
+            };
+            Received::Header {
+                len: h.header.len(),
+                client,
+            }
+        }
+        _ => Received::Invalid,
+    }
+}
+
+/// Whether `ip` is in one of `prefixes` (address, prefix length).
+pub(crate) fn in_prefixes(ip: std::net::IpAddr, prefixes: &[(std::net::IpAddr, u8)]) -> bool {
+    use std::net::IpAddr::{V4, V6};
+    prefixes.iter().any(|&(net, len)| match (ip, net) {
+        (V4(a), V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (V6(a), V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+
+    #[test]
+    fn a_v2_or_v1_header_gives_its_length_and_client_and_the_rest_stays() {
+        let client: SocketAddr = "203.0.113.9:5555".parse().unwrap();
+        let vip: SocketAddr = "10.77.0.10:443".parse().unwrap();
+        for kind in [ProxyProtocol::V2, ProxyProtocol::V1] {
+            let mut bytes = proxy_header(kind, client, vip);
+            let len = bytes.len();
+            bytes.extend_from_slice(b"\x16\x03\x01rest");
+            assert_eq!(
+                parse_proxy_header(&bytes),
+                Received::Header {
+                    len,
+                    client: Some(client)
+                }
+            );
+            for n in 0..len {
+                assert_eq!(parse_proxy_header(&bytes[..n]), Received::Incomplete, "{n}");
+            }
+        }
+        assert_eq!(
+            parse_proxy_header(b"GET / HTTP/1.1\r\n\r\n"),
+            Received::Invalid
+        );
+    }
+
+    #[test]
+    fn prefixes_match_by_their_length() {
+        let p = [
+            ("10.0.0.0".parse().unwrap(), 8),
+            ("2001:db8::".parse().unwrap(), 32),
+        ];
+        assert!(in_prefixes("10.9.8.7".parse().unwrap(), &p));
+        assert!(!in_prefixes("11.0.0.1".parse().unwrap(), &p));
+        assert!(in_prefixes("2001:db8:1::1".parse().unwrap(), &p));
+        assert!(!in_prefixes("2001:db9::1".parse().unwrap(), &p));
+        assert!(in_prefixes(
+            "192.0.2.1".parse().unwrap(),
+            &[("0.0.0.0".parse().unwrap(), 0)]
+        ));
+    }
+}

@@ -55,6 +55,10 @@ pub struct L4Listener {
     /// a name, or with another, goes to `upstream`. Empty: no peeking, the
     /// bytes are spliced from the first one.
     pub sni: Arc<[(String, Arc<Upstream>)]>,
+    /// Load balancers in front whose PROXY v2 (or v1) header is read first
+    /// (address, prefix length); the client address it carries replaces
+    /// the connection's. Empty: no header is expected.
+    pub proxy_from: Arc<[(std::net::IpAddr, u8)]>,
 }
 
 impl L4Listener {

@@ -91,6 +91,9 @@ pub struct L4Stats {
     /// not a ClientHello (garbage, plain HTTP, over 16 KiB) or did not come
     /// within the idle timeout.
     pub bad_client_hello: u64,
+    /// Connections from a trusted load balancer reset because their PROXY
+    /// header was missing, malformed, or incomplete within the idle timeout.
+    pub bad_proxy_header: u64,
 }
 
 impl L4Stats {
@@ -105,9 +108,10 @@ impl L4Stats {
         self.resets += o.resets;
         self.refused_over_limit += o.refused_over_limit;
         self.bad_client_hello += o.bad_client_hello;
+        self.bad_proxy_header += o.bad_proxy_header;
     }
 
-    fn fields(&self) -> [(&'static str, u64); 10] {
+    fn fields(&self) -> [(&'static str, u64); 11] {
         [
             ("l4_connections", self.connections),
             ("l4_active", self.active),
@@ -119,6 +123,7 @@ impl L4Stats {
             ("l4_resets", self.resets),
             ("l4_refused_over_limit", self.refused_over_limit),
             ("l4_bad_client_hello", self.bad_client_hello),
+            ("l4_bad_proxy_header", self.bad_proxy_header),
         ]
     }
 }

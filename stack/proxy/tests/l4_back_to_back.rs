@@ -18,6 +18,7 @@ fn l4_table(endpoints: &[&str], tune: impl FnOnce(&mut L4Listener)) -> Arc<Route
         idle_timeout: std::time::Duration::from_secs(300),
         max_connections: None,
         sni: Vec::new().into(),
+        proxy_from: Vec::new().into(),
     };
     tune(&mut l4);
     Arc::new(RouteTable::new(
@@ -393,6 +394,7 @@ fn a_pool_shared_with_http_routes_never_lends_its_idle_connections() {
                     idle_timeout: std::time::Duration::from_secs(300),
                     max_connections: None,
                     sni: Vec::new().into(),
+                    proxy_from: Vec::new().into(),
                 },
             ),
         ],
@@ -504,4 +506,52 @@ fn a_proxy_protocol_pool_gets_the_client_address_first() {
         .port;
     let want = format!("PROXY TCP4 10.0.0.2 10.0.0.10 {port} {TCP_PORT}\r\nhello");
     assert_eq!(String::from_utf8_lossy(&got), want);
+}
+
+#[test]
+fn a_trusted_balancers_proxy_header_is_read_and_its_client_used() {
+    let mut lab = Lab::with_routes(
+        Origin::Serving,
+        l4_table(&[&format!("10.0.0.3:{ECHO}")], |l4| {
+            // The client of the lab (10.0.0.2) plays the balancer.
+            l4.proxy_from = vec![("10.0.0.2".parse().unwrap(), 32)].into();
+            let mut pool = (*l4.upstream).clone();
+            pool.proxy_protocol = Some(ferrogate_proxy::lb::ProxyProtocol::V1);
+            l4.upstream = Arc::new(pool);
+        }),
+        |_| {},
+    );
+    let mut echo = Echo::new(&mut lab);
+    let real: std::net::SocketAddr = "203.0.113.9:5555".parse().unwrap();
+    let vip: std::net::SocketAddr = format!("10.0.0.10:{TCP_PORT}").parse().unwrap();
+    let mut first = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (real, vip),
+    )
+    .build()
+    .unwrap();
+    first.extend_from_slice(b"hello");
+    let h = lab.connect_to(TCP_PORT);
+    lab.send(h, &first);
+    let mut got = Vec::new();
+    for _ in 0..300 {
+        echo.step(&mut lab);
+        read_all(&mut lab, h, &mut got);
+        if got.ends_with(b"hello") {
+            break;
+        }
+    }
+    // Stripped, and the origin is told of the real client, not the balancer.
+    let want = format!("PROXY TCP4 203.0.113.9 10.0.0.10 5555 {TCP_PORT}\r\nhello");
+    assert_eq!(String::from_utf8_lossy(&got), want);
+
+    // From the balancer, anything but a header: reset and counted.
+    let g = lab.connect_to(TCP_PORT);
+    lab.send(g, b"hello without a header\r\n");
+    for _ in 0..50 {
+        echo.step(&mut lab);
+    }
+    assert_eq!(lab.client_state(g), tcp::State::Closed);
+    assert_eq!(lab.edge.stats().l4.bad_proxy_header, 1);
 }
