@@ -166,19 +166,7 @@ impl L4Conn {
     /// upstream). What follows it stays for the upstream.
     fn proxy_header<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         use crate::proxy_header::{PROXY_HEADER_MAX, Received, parse_proxy_header};
-        let sock = &mut cx.net.stream(self.client);
-        let mut buf = [0u8; 512];
-        let mut got = 0;
-        while self.hello.len() < PROXY_HEADER_MAX {
-            let room = buf.len().min(PROXY_HEADER_MAX - self.hello.len());
-            let n = sock.recv_slice(&mut buf[..room]);
-            if n == 0 {
-                break;
-            }
-            self.hello.extend_from_slice(&buf[..n]);
-            got += n;
-        }
-        let client_done = sock.state() != StreamState::SynReceived && !sock.may_recv();
+        let (got, client_done) = self.read_first(cx, PROXY_HEADER_MAX);
         match parse_proxy_header(&self.hello) {
             Received::Header { len, client } => {
                 self.hello.drain(..len);
@@ -195,28 +183,14 @@ impl L4Conn {
         }
     }
 
-    /// Picks an endpoint of `self.pool` and starts connecting.
-    fn pick<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
-        {
-            {
-                let key = source_key(&self.pool, self.client_addr);
-                self.att.begin(cx, self.pool.clone(), key);
-                match self.att.pick(cx) {
-                    Ok(ep) => self.start(cx, ep),
-                    Err(e) => self.no_upstream(cx, e.into()),
-                }
-            }
-        }
-    }
-
-    /// Reads the client's first bytes until they hold a whole ClientHello
-    /// (its server name picks the pool), refusing anything else.
-    fn peek<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+    /// Reads what the client sent into `hello`, up to `cap` octets in all:
+    /// (octets read now, whether the client has ended its side).
+    fn read_first<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>, cap: usize) -> (usize, bool) {
         let sock = &mut cx.net.stream(self.client);
         let mut buf = [0u8; 2048];
         let mut got = 0;
-        while self.hello.len() < HELLO_READ_MAX {
-            let room = buf.len().min(HELLO_READ_MAX - self.hello.len());
+        while self.hello.len() < cap {
+            let room = buf.len().min(cap - self.hello.len());
             let n = sock.recv_slice(&mut buf[..room]);
             if n == 0 {
                 break;
@@ -225,6 +199,23 @@ impl L4Conn {
             got += n;
         }
         let client_done = sock.state() != StreamState::SynReceived && !sock.may_recv();
+        (got, client_done)
+    }
+
+    /// Picks an endpoint of `self.pool` and starts connecting.
+    fn pick<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        let key = source_key(&self.pool, self.client_addr);
+        self.att.begin(cx, self.pool.clone(), key);
+        match self.att.pick(cx) {
+            Ok(ep) => self.start(cx, ep),
+            Err(e) => self.no_upstream(cx, e.into()),
+        }
+    }
+
+    /// Reads the client's first bytes until they hold a whole ClientHello
+    /// (its server name picks the pool), refusing anything else.
+    fn peek<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        let (got, client_done) = self.read_first(cx, HELLO_READ_MAX);
         match ferrogate_tls::peek_client_hello(&self.hello) {
             Ok(Some(info)) => {
                 let pool =

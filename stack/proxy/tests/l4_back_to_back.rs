@@ -416,6 +416,20 @@ fn a_pool_shared_with_http_routes_never_lends_its_idle_connections() {
     assert_eq!(lab.edge.stats().upstream_idle, 1);
 }
 
+/// Steps the lab and the echo origin until `h` has received something
+/// ending with `tail` (or 300 steps); what it received.
+fn echo_until(lab: &mut Lab, echo: &mut Echo, h: SocketHandle, tail: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    for _ in 0..300 {
+        echo.step(lab);
+        read_all(lab, h, &mut got);
+        if got.ends_with(tail) {
+            break;
+        }
+    }
+    got
+}
+
 /// A real ClientHello for `name` (rustls's first flight).
 fn client_hello(name: &str) -> Vec<u8> {
     let cfg = rustls::ClientConfig::builder_with_provider(ferrogate_proxy::tls::provider())
@@ -453,14 +467,7 @@ fn passthrough_routes_by_the_client_hello_name_and_forwards_it_untouched() {
     let hello = client_hello("x.B.example");
     let h = lab.connect_to(TCP_PORT);
     lab.send(h, &hello);
-    let mut got = Vec::new();
-    for _ in 0..300 {
-        echo.step(&mut lab);
-        read_all(&mut lab, h, &mut got);
-        if got.len() >= hello.len() {
-            break;
-        }
-    }
+    let got = echo_until(&mut lab, &mut echo, h, &hello);
     // The echo origin (picked by the name) got the hello byte for byte.
     assert_eq!(got, hello);
     assert!(lab.origin_requests.is_empty(), "the default pool was used");
@@ -490,14 +497,7 @@ fn a_proxy_protocol_pool_gets_the_client_address_first() {
     let mut echo = Echo::new(&mut lab);
     let h = lab.connect_to(TCP_PORT);
     lab.send(h, b"hello");
-    let mut got = Vec::new();
-    for _ in 0..300 {
-        echo.step(&mut lab);
-        read_all(&mut lab, h, &mut got);
-        if got.ends_with(b"hello") {
-            break;
-        }
-    }
+    let got = echo_until(&mut lab, &mut echo, h, b"hello");
     let port = lab
         .sockets
         .get::<tcp::Socket>(h)
@@ -534,14 +534,7 @@ fn a_trusted_balancers_proxy_header_is_read_and_its_client_used() {
     first.extend_from_slice(b"hello");
     let h = lab.connect_to(TCP_PORT);
     lab.send(h, &first);
-    let mut got = Vec::new();
-    for _ in 0..300 {
-        echo.step(&mut lab);
-        read_all(&mut lab, h, &mut got);
-        if got.ends_with(b"hello") {
-            break;
-        }
-    }
+    let got = echo_until(&mut lab, &mut echo, h, b"hello");
     // Stripped, and the origin is told of the real client, not the balancer.
     let want = format!("PROXY TCP4 203.0.113.9 10.0.0.10 5555 {TCP_PORT}\r\nhello");
     assert_eq!(String::from_utf8_lossy(&got), want);
