@@ -398,15 +398,8 @@ impl Connection {
         headers: &[(&[u8], &[u8])],
         end_stream: bool,
     ) -> Result<(), SendError> {
-        if self.dead {
-            return Err(SendError::ConnectionClosed);
-        }
-        let Some(s) = self.streams.get_mut(&stream) else {
-            return Err(SendError::StreamClosed(stream));
-        };
-        if s.send != SendState::AwaitingHead {
-            return Err(SendError::StreamClosed(stream));
-        }
+        self.check_send(stream, SendState::AwaitingHead)?;
+        let s = self.streams.get_mut(&stream).expect("checked");
         let informational = status < 200;
         debug_assert!(
             !(informational && end_stream),
@@ -462,22 +455,12 @@ impl Connection {
         data: &[u8],
         end_stream: bool,
     ) -> Result<(), SendError> {
-        if self.dead {
-            return Err(SendError::ConnectionClosed);
-        }
-        let Some(s) = self.streams.get_mut(&stream) else {
-            return Err(SendError::StreamClosed(stream));
-        };
-        if s.send != SendState::Body {
-            return Err(SendError::StreamClosed(stream));
-        }
+        self.check_send(stream, SendState::Body)?;
         debug_assert!(
             data.len() <= self.send_capacity(stream),
             "send_data beyond send_capacity"
         );
-        let Some(s) = self.streams.get_mut(&stream) else {
-            return Err(SendError::StreamClosed(stream));
-        };
+        let s = self.streams.get_mut(&stream).expect("checked");
         let n = i64::try_from(data.len()).unwrap_or(i64::MAX);
         s.send_window = s.send_window.saturating_sub(n);
         self.send_conn_window = self.send_conn_window.saturating_sub(n);
@@ -488,21 +471,25 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether `stream` may send what its `state` allows next (the
+    /// connection alive, the stream known and at that point).
+    fn check_send(&self, stream: u32, state: SendState) -> Result<(), SendError> {
+        if self.dead {
+            return Err(SendError::ConnectionClosed);
+        }
+        match self.streams.get(&stream) {
+            Some(s) if s.send == state => Ok(()),
+            _ => Err(SendError::StreamClosed(stream)),
+        }
+    }
+
     /// Ends the response with trailers.
     pub fn send_trailers(
         &mut self,
         stream: u32,
         headers: &[(&[u8], &[u8])],
     ) -> Result<(), SendError> {
-        if self.dead {
-            return Err(SendError::ConnectionClosed);
-        }
-        let Some(s) = self.streams.get(&stream) else {
-            return Err(SendError::StreamClosed(stream));
-        };
-        if s.send != SendState::Body {
-            return Err(SendError::StreamClosed(stream));
-        }
+        self.check_send(stream, SendState::Body)?;
         let block = self.encode_head(None, headers);
         emit::headers(&mut self.out, stream, &block, true, self.peer_max_frame);
         self.scratch = block;

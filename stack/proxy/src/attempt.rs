@@ -172,6 +172,17 @@ impl Attempt {
         })
     }
 
+    /// When the response head must have come: the pool's response timeout,
+    /// else the stack's.
+    pub(crate) fn response_deadline<P: ProxyHttp>(&self, cx: &Ctx<'_, P>) -> Instant {
+        let timeout = self
+            .pool
+            .as_ref()
+            .and_then(|p| p.policy.timeouts.response)
+            .unwrap_or(cx.cfg.timeouts.upstream_response);
+        after(cx.now, timeout)
+    }
+
     /// Moves a new connection on (TCP, then the TLS handshake for TLS
     /// pools); bytes the origin sends early land in `from_upstream`.
     pub(crate) fn poll_connect<P: ProxyHttp>(

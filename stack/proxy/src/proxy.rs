@@ -874,13 +874,7 @@ impl<P: ProxyHttp> Conn<P> {
         }
         if done {
             self.phase = Phase::ReadResponseHead;
-            let timeout = self
-                .att
-                .pool
-                .as_ref()
-                .and_then(|p| p.policy.timeouts.response)
-                .unwrap_or(cx.cfg.timeouts.upstream_response);
-            self.deadline = after(cx.now, timeout);
+            self.deadline = self.att.response_deadline(cx);
             return true;
         }
         if self.fill_from_client(cx) > 0 {

@@ -560,13 +560,7 @@ impl<P: ProxyHttp> H2Stream<P> {
 
     fn await_response(&mut self, cx: &mut Ctx<'_, P>) {
         self.step = Step::ReadHead;
-        let timeout = self
-            .att
-            .pool
-            .as_ref()
-            .and_then(|p| p.policy.timeouts.response)
-            .unwrap_or(cx.cfg.timeouts.upstream_response);
-        self.deadline = after(cx.now, timeout);
+        self.deadline = self.att.response_deadline(cx);
     }
 
     fn read_response_head(
