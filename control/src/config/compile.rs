@@ -788,6 +788,17 @@ fn check_udp(
                 );
                 None
             }
+            Some((_, p)) if p.endpoints.iter().any(|e| e.is_ipv6()) => {
+                rep.at(
+                    u.span(),
+                    field("upstream"),
+                    format!(
+                        "pool {:?} has IPv6 endpoints; a UDP listener forwards to IPv4 endpoints only (for now)",
+                        u.get_ref()
+                    ),
+                );
+                None
+            }
             Some((_, p)) if p.tls.is_some() || p.proxy_protocol.is_some() => {
                 rep.at(
                     u.span(),

@@ -147,6 +147,39 @@ impl<T> SessionTable<T> {
         self.link_tail(id);
     }
 
+    /// Room for `n` sessions in all (the per-packet path then allocates
+    /// nothing until they are exceeded).
+    pub fn reserve(&mut self, n: usize) {
+        let more = n.saturating_sub(self.len());
+        self.slots.reserve(n.saturating_sub(self.slots.len()));
+        self.free.reserve(n.saturating_sub(self.free.len()));
+        self.by_client.reserve(more);
+        self.by_port.reserve(more);
+    }
+
+    /// Sets a session's expiry without reordering: follow with
+    /// [`Self::sort_by_expiry`] (a reload that changed idle timeouts).
+    pub fn set_expiry(&mut self, id: SessionId, expires: Instant) {
+        if let Some(s) = self.slots.get_mut(id as usize)
+            && s.data.is_some()
+        {
+            s.expires = expires;
+        }
+    }
+
+    /// Puts each listener's sessions back in expiry order (allocates; not
+    /// for the per-packet path).
+    pub fn sort_by_expiry(&mut self) {
+        let mut ids: Vec<SessionId> = self.ids().collect();
+        ids.sort_by_key(|&id| self.slots[id as usize].expires);
+        for &id in &ids {
+            self.unlink(id);
+        }
+        for id in ids {
+            self.link_tail(id);
+        }
+    }
+
     /// Ends a session; its data back to the caller.
     pub fn remove(&mut self, id: SessionId) -> Option<T> {
         let s = self.slots.get_mut(id as usize)?;
@@ -296,6 +329,23 @@ mod tests {
         );
         t.remove(fast);
         assert_eq!(t.ids().collect::<Vec<_>>(), vec![slow]);
+    }
+
+    #[test]
+    fn a_changed_timeout_is_put_back_in_expiry_order() {
+        let mut t = SessionTable::with_capacity(4);
+        let a = t.insert(53, client(1), 61_001, at(100), ());
+        let b = t.insert(53, client(2), 61_002, at(200), ());
+        let c = t.insert(53, client(3), 61_003, at(300), ());
+        t.set_expiry(a, at(1_000));
+        t.set_expiry(c, at(50));
+        t.sort_by_expiry();
+        assert_eq!(t.expired(at(60)), Some(c));
+        t.remove(c);
+        assert_eq!(t.expired(at(250)), Some(b));
+        t.remove(b);
+        assert_eq!(t.next_expiry(), Some(at(1_000)));
+        assert_eq!(t.count(53), 1);
     }
 
     #[test]

@@ -8,10 +8,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
+use ferrogate_wire::FrameClass;
 use smoltcp::phy::{Checksum, ChecksumCapabilities};
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,
-    Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv6Packet,
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
 };
 
 use crate::device::FrameQueue;
@@ -41,27 +42,16 @@ pub enum SendDrop {
     AddressFamily,
 }
 
-/// Counters of the UDP path of one worker.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct UdpNetStats {
-    /// Datagrams handed to the application.
-    pub rx_datagrams: u64,
-    /// ICMP unreachable messages about our datagrams handed to it.
-    pub rx_unreachable: u64,
-    pub tx_datagrams: u64,
-    pub tx_drop_no_neighbour: u64,
-    pub tx_drop_too_big: u64,
-    pub tx_drop_queue_full: u64,
-}
-
-/// The UDP side of a worker's stack: listening ports, the upstream ports
-/// the application bound, the counters.
+/// The UDP side of a worker's stack: listening ports, and the upstream
+/// ports the application bound.
 pub(crate) struct UdpPorts {
     listen: Vec<u16>,
     /// A bit per port of the upstream range: bound to a session.
     bound: Vec<u64>,
+    bound_count: usize,
     range: Range<u16>,
-    pub(crate) stats: UdpNetStats,
+    /// A send found no next hop: the neighbours are asked again.
+    pub(crate) neighbour_missed: bool,
 }
 
 impl UdpPorts {
@@ -69,9 +59,16 @@ impl UdpPorts {
         Self {
             listen,
             bound: vec![0; range.len().div_ceil(64)],
+            bound_count: 0,
             range,
-            stats: UdpNetStats::default(),
+            neighbour_missed: false,
         }
+    }
+
+    /// At most half of the upstream ports go to UDP sessions: a flood of
+    /// new sources cannot starve TCP upstream connections of ports.
+    pub(crate) fn quota_left(&self) -> bool {
+        self.bound_count < self.range.len() / 2
     }
 
     /// A datagram to `port` goes to the application.
@@ -86,10 +83,16 @@ impl UdpPorts {
 
     pub(crate) fn set_bound(&mut self, port: u16, on: bool) {
         if let Some((w, b)) = self.bit(port) {
+            let was = self.bound[w] & (1 << b) != 0;
             if on {
                 self.bound[w] |= 1 << b;
             } else {
                 self.bound[w] &= !(1 << b);
+            }
+            match (was, on) {
+                (false, true) => self.bound_count += 1,
+                (true, false) => self.bound_count -= 1,
+                _ => {}
             }
         }
     }
@@ -99,6 +102,72 @@ impl UdpPorts {
             let i = (port - self.range.start) as usize;
             (i / 64, i % 64)
         })
+    }
+}
+
+/// What smoltcp checks of a datagram (or ICMP error) before a socket sees
+/// it, for those handed to the application without smoltcp: checksums
+/// (IPv4 header, UDP — optional over IPv4 —, ICMP) when `verify`, and a
+/// source a reply may go to (unicast, not ours, port not 0).
+pub(crate) fn acceptable(
+    frame: &[u8],
+    class: FrameClass,
+    verify: bool,
+    ours: impl Fn(IpAddress) -> bool,
+) -> bool {
+    let l3 = &frame[ETH_HLEN..];
+    let (src, dst, proto, l4) = match l3[0] >> 4 {
+        4 => {
+            let Ok(ip) = Ipv4Packet::new_checked(l3) else {
+                return false;
+            };
+            if verify && !ip.verify_checksum() {
+                return false;
+            }
+            let (s, d) = (
+                IpAddress::Ipv4(ip.src_addr()),
+                IpAddress::Ipv4(ip.dst_addr()),
+            );
+            (s, d, ip.next_header(), ip.payload())
+        }
+        _ => {
+            let Ok(ip) = Ipv6Packet::new_checked(l3) else {
+                return false;
+            };
+            let (s, d) = (
+                IpAddress::Ipv6(ip.src_addr()),
+                IpAddress::Ipv6(ip.dst_addr()),
+            );
+            (s, d, ip.next_header(), ip.payload())
+        }
+    };
+    if !src.is_unicast() || ours(src) {
+        return false;
+    }
+    match class {
+        FrameClass::Udp(m) => {
+            let Ok(udp) = UdpPacket::new_checked(l4) else {
+                return false;
+            };
+            // IPv6 makes the UDP checksum mandatory; smoltcp's check takes
+            // a zero as "none" for IPv4 only.
+            m.key.remote_port != 0 && (!verify || udp.verify_checksum(&src, &dst))
+        }
+        FrameClass::UdpUnreachable(_) => {
+            !verify
+                || match proto {
+                    IpProtocol::Icmp => {
+                        Icmpv4Packet::new_checked(l4).is_ok_and(|p| p.verify_checksum())
+                    }
+                    _ => match (src, dst) {
+                        (IpAddress::Ipv6(s), IpAddress::Ipv6(d)) => {
+                            Icmpv6Packet::new_checked(l4).is_ok_and(|p| p.verify_checksum(&s, &d))
+                        }
+                        _ => false,
+                    },
+                }
+        }
+        _ => false,
     }
 }
 

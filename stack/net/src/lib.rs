@@ -16,7 +16,7 @@ mod stream;
 mod timer;
 
 pub use config::NetConfig;
-pub use datagram::{Datagram, IP_MTU, SendDrop, UdpNetStats, max_payload};
+pub use datagram::{Datagram, IP_MTU, SendDrop, max_payload};
 pub use device::{DeviceStats, FrameQueue};
 pub use net::{App, Net, NetError, NetStats};
 pub use ports::PortAllocator;

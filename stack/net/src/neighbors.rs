@@ -31,6 +31,15 @@ impl NeighborPrimer {
         self.next = None;
     }
 
+    /// Asks again soon: now, or a second after the last requests (a
+    /// sender that keeps missing its next hop does not flood ARP).
+    pub(crate) fn hurry(&mut self, now: Instant) {
+        if let Some(next) = self.next {
+            let last = next - REFRESH;
+            self.next = Some(next.min((last + Duration::from_secs(1)).max(now)));
+        }
+    }
+
     /// When the next requests are due (None: no targets).
     pub(crate) fn next_at(&self) -> Option<Instant> {
         if self.targets.is_empty() {

@@ -106,6 +106,10 @@ pub struct NetStats {
     pub rx_drop_vlan: u64,
     pub rx_drop_not_for_us: u64,
     pub rx_drop_fragment: u64,
+    /// A datagram (or an ICMP error about one) for the application with a
+    /// bad checksum, or from a source no reply may go to (broadcast,
+    /// multicast, unspecified, one of ours, port 0).
+    pub rx_drop_bad_datagram: u64,
     pub rx_queue_full: u64,
     pub tx_frames: u64,
     pub tx_queue_full: u64,
@@ -125,7 +129,7 @@ pub struct NetStats {
 impl NetStats {
     /// The outcome of every polled frame, by name: they sum to `rx_frames`
     /// once the rx queue is empty.
-    pub fn rx_outcomes(&self) -> [(&'static str, u64); 8] {
+    pub fn rx_outcomes(&self) -> [(&'static str, u64); 9] {
         [
             ("rx_handed", self.rx_handed),
             ("rx_rst_no_socket", self.rx_rst_no_socket),
@@ -135,6 +139,7 @@ impl NetStats {
             ("rx_drop_vlan", self.rx_drop_vlan),
             ("rx_drop_not_for_us", self.rx_drop_not_for_us),
             ("rx_drop_fragment", self.rx_drop_fragment),
+            ("rx_drop_bad_datagram", self.rx_drop_bad_datagram),
         ]
     }
 
@@ -144,7 +149,7 @@ impl NetStats {
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
-    pub fn fields(&self) -> [(&'static str, u64); 18] {
+    pub fn fields(&self) -> [(&'static str, u64); 19] {
         let o = self.rx_outcomes();
         [
             ("rx_frames", self.rx_frames),
@@ -156,6 +161,7 @@ impl NetStats {
             o[5],
             o[6],
             o[7],
+            o[8],
             ("rx_queue_full", self.rx_queue_full),
             ("tx_frames", self.tx_frames),
             ("tx_queue_full", self.tx_queue_full),
@@ -179,6 +185,7 @@ impl NetStats {
         self.rx_drop_vlan += o.rx_drop_vlan;
         self.rx_drop_not_for_us += o.rx_drop_not_for_us;
         self.rx_drop_fragment += o.rx_drop_fragment;
+        self.rx_drop_bad_datagram += o.rx_drop_bad_datagram;
         self.rx_queue_full += o.rx_queue_full;
         self.tx_frames += o.tx_frames;
         self.tx_queue_full += o.tx_queue_full;
@@ -315,10 +322,6 @@ impl Net {
         Ok(())
     }
 
-    pub fn udp_stats(&self) -> &crate::datagram::UdpNetStats {
-        &self.udp.stats
-    }
-
     /// The time of the last `poll` (or of creation).
     pub fn now(&self) -> Instant {
         self.now
@@ -377,6 +380,11 @@ impl Net {
                 break;
             }
             self.run_pass(now, app);
+        }
+        if std::mem::take(&mut self.udp.neighbour_missed) {
+            // A datagram found no next hop (an entry expired or evicted):
+            // ask again now rather than at the next refresh.
+            self.neighbors.hurry(now);
         }
         self.stats.tx_queue_full = self.device_stats.tx_queue_full;
         self.stats.sockets_created = self.sockets.created() as u64;
@@ -510,8 +518,25 @@ impl Net {
                 }
             };
         }
+        let for_app = match class {
+            FrameClass::Udp(m) => udp.takes(m.key.local_port) && iface.has_ip_addr(m.key.local),
+            FrameClass::UdpUnreachable(k) => {
+                udp.is_bound(k.local_port) && iface.has_ip_addr(k.local)
+            }
+            _ => false,
+        };
+        if !for_app {
+            return false;
+        }
+        // smoltcp's checks, which these frames no longer meet.
+        if !crate::datagram::acceptable(rx.slot(idx), class, cfg.verify_rx_checksums, |a| {
+            iface.has_ip_addr(a)
+        }) {
+            stats.rx_drop_bad_datagram += 1;
+            return true;
+        }
         match class {
-            FrameClass::Udp(m) if udp.takes(m.key.local_port) && iface.has_ip_addr(m.key.local) => {
+            FrameClass::Udp(m) => {
                 let frame = rx.slot(idx);
                 let d = Datagram {
                     local: SocketAddr::new(ip_of(m.key.local), m.key.local_port),
@@ -520,15 +545,11 @@ impl Net {
                     payload: m.payload(frame),
                 };
                 stats.rx_handed += 1;
-                udp.stats.rx_datagrams += 1;
                 app.datagram(streams!(), &d);
                 true
             }
-            FrameClass::UdpUnreachable(k)
-                if udp.is_bound(k.local_port) && iface.has_ip_addr(k.local) =>
-            {
+            FrameClass::UdpUnreachable(k) => {
                 stats.rx_handed += 1;
-                udp.stats.rx_unreachable += 1;
                 let local = SocketAddr::new(ip_of(k.local), k.local_port);
                 let remote = SocketAddr::new(ip_of(k.remote), k.remote_port);
                 app.datagram_unreachable(streams!(), local, remote);

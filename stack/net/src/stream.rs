@@ -228,8 +228,13 @@ impl Streams<'_> {
 
     /// A local port for a UDP session (from the upstream range, shared with
     /// TCP connections): datagrams to it reach [`crate::App::datagram`]
-    /// until [`Self::unbind_udp`]. None: every port is in use.
+    /// until [`Self::unbind_udp`]. None: no port free, or UDP sessions hold
+    /// their share (half the range) already.
+    /// Sessions get at most half of the range (TCP keeps the rest).
     pub fn bind_udp(&mut self) -> Option<u16> {
+        if !self.udp.quota_left() {
+            return None;
+        }
         let port = self.ports.alloc()?;
         self.udp.set_bound(port, true);
         Some(port)
@@ -244,7 +249,8 @@ impl Streams<'_> {
 
     /// Sends one datagram from `local` (one of our addresses) to `remote`,
     /// to the link-layer address `peer_mac` or, when None, to the one the
-    /// neighbour cache has for `remote`'s next hop. A drop is counted.
+    /// neighbour cache has for `remote`'s next hop (when it has none, the
+    /// neighbours are asked again soon).
     pub fn send_datagram(
         &mut self,
         local: SocketAddr,
@@ -252,7 +258,6 @@ impl Streams<'_> {
         peer_mac: Option<[u8; 6]>,
         payload: &[u8],
     ) -> Result<(), SendDrop> {
-        let stats = &mut self.udp.stats;
         let mac = match peer_mac {
             Some(m) => Some(m),
             None => match self.iface.next_hop_hardware_addr(&remote.ip().into()) {
@@ -260,25 +265,19 @@ impl Streams<'_> {
                 _ => None,
             },
         };
-        let r = match mac {
-            Some(mac) => datagram::emit(
-                self.tx,
-                self.cfg.mac,
-                mac,
-                local,
-                remote,
-                payload,
-                self.cfg.tx_checksum_offload,
-            ),
-            None => Err(SendDrop::NoNeighbour),
+        let Some(mac) = mac else {
+            self.udp.neighbour_missed = true;
+            return Err(SendDrop::NoNeighbour);
         };
-        match r {
-            Ok(()) => stats.tx_datagrams += 1,
-            Err(SendDrop::NoNeighbour) => stats.tx_drop_no_neighbour += 1,
-            Err(SendDrop::TooBig | SendDrop::AddressFamily) => stats.tx_drop_too_big += 1,
-            Err(SendDrop::QueueFull) => stats.tx_drop_queue_full += 1,
-        }
-        r
+        datagram::emit(
+            self.tx,
+            self.cfg.mac,
+            mac,
+            local,
+            remote,
+            payload,
+            self.cfg.tx_checksum_offload,
+        )
     }
 
     /// One of our addresses to send to `remote` from: `preferred` when it

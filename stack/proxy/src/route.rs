@@ -32,7 +32,7 @@ pub struct RouteTable {
 pub struct UdpListener {
     pub port: u16,
     /// Picked once per session with the pool's balancer (a hash balancer
-    /// hashes the client's address and port).
+    /// hashes the client's IP address, as for TCP listeners).
     pub upstream: Arc<Upstream>,
     /// No datagram either way for this long ends the session.
     pub idle_timeout: std::time::Duration,

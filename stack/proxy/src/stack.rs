@@ -436,7 +436,11 @@ impl<P: ProxyHttp> Stack<P> {
             stats: StackStats::default(),
             l4_open: Vec::new(),
             l4_scratch: vec![0; L4_SCRATCH],
-            udp: UdpProxy::default(),
+            udp: {
+                let mut u = UdpProxy::default();
+                u.reserve(&routes);
+                u
+            },
             routes,
             cfg,
         };
@@ -515,6 +519,8 @@ impl<P: ProxyHttp> Stack<P> {
             }
         }
         self.app.conn_pool.close_all(&mut streams);
+        let (udp, mut cx) = self.app.udp_cx();
+        udp.end_all(&mut streams, &mut cx);
         self.poll(now);
     }
 

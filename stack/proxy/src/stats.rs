@@ -82,8 +82,11 @@ pub struct UdpStats {
     pub bytes_down: u64,
     /// Sessions ended because no datagram moved for the idle timeout.
     pub idle_timeouts: u64,
-    /// Sessions ended by ICMP unreachable from their endpoint.
+    /// Sessions ended by ICMP port unreachable from their endpoint.
     pub unreachable: u64,
+    /// ICMP unreachable about a session port that names another flow
+    /// than the session's (stale, or forged): ignored.
+    pub unreachable_ignored: u64,
     /// A new client beyond the listener's `max_sessions`.
     pub drop_over_limit: u64,
     /// A new client and no usable endpoint (none healthy, breaker open).
@@ -110,7 +113,7 @@ impl UdpStats {
         }
     }
 
-    fn fields_mut(&mut self) -> [(&'static str, &mut u64); 16] {
+    fn fields_mut(&mut self) -> [(&'static str, &mut u64); 17] {
         [
             ("udp_sessions", &mut self.sessions),
             ("udp_active", &mut self.active),
@@ -120,6 +123,7 @@ impl UdpStats {
             ("udp_bytes_down", &mut self.bytes_down),
             ("udp_idle_timeouts", &mut self.idle_timeouts),
             ("udp_unreachable", &mut self.unreachable),
+            ("udp_unreachable_ignored", &mut self.unreachable_ignored),
             ("udp_drop_over_limit", &mut self.drop_over_limit),
             ("udp_drop_no_upstream", &mut self.drop_no_upstream),
             ("udp_drop_no_port", &mut self.drop_no_port),
@@ -131,7 +135,7 @@ impl UdpStats {
         ]
     }
 
-    fn fields(&self) -> [(&'static str, u64); 16] {
+    fn fields(&self) -> [(&'static str, u64); 17] {
         let mut copy = *self;
         copy.fields_mut().map(|(k, v)| (k, *v))
     }
@@ -141,7 +145,10 @@ impl UdpStats {
         use crate::net::SendDrop;
         match e {
             SendDrop::NoNeighbour => self.drop_no_neighbour += 1,
-            SendDrop::TooBig | SendDrop::AddressFamily => self.drop_too_big += 1,
+            SendDrop::TooBig => self.drop_too_big += 1,
+            // The proxy picks a source of the endpoint's family: no
+            // usable local address, like no port.
+            SendDrop::AddressFamily => self.drop_no_port += 1,
             SendDrop::QueueFull => self.drop_tx_full += 1,
         }
     }

@@ -30,10 +30,9 @@ struct Session {
     client_mac: [u8; 6],
     idle: std::time::Duration,
     started: Instant,
+    last_active: Instant,
     bytes_up: u64,
     bytes_down: u64,
-    /// The endpoint answered at least once.
-    answered: bool,
 }
 
 /// What a UDP event needs of the worker's proxy.
@@ -44,6 +43,10 @@ pub(crate) struct UdpCx<'a> {
     pub access: &'a AccessSink,
     pub rr_cursor: &'a mut usize,
 }
+
+/// Sessions a worker makes room for up front (at most half its upstream
+/// ports can be bound by UDP anyway).
+const UDP_RESERVE_MAX: usize = 32_768;
 
 #[derive(Default)]
 pub(crate) struct UdpProxy {
@@ -86,6 +89,9 @@ impl UdpProxy {
         };
         let s = self.table.get_mut(id).expect("live session");
         let expires = after(now, s.idle);
+        s.last_active = now;
+        // The client's (or its router's) address may change.
+        s.client_mac = d.peer_mac;
         match net.send_datagram(s.upstream_src, s.endpoint_addr, None, d.payload) {
             Ok(()) => {
                 s.bytes_up += d.payload.len() as u64;
@@ -149,9 +155,9 @@ impl UdpProxy {
             client_mac: d.peer_mac,
             idle: l.idle_timeout,
             started: now,
+            last_active: now,
             bytes_up: 0,
             bytes_down: 0,
-            answered: false,
         };
         Some(
             self.table
@@ -168,15 +174,15 @@ impl UdpProxy {
         };
         let (_, client, _) = self.table.key(id).expect("live session");
         let s = self.table.get_mut(id).expect("live session");
-        if d.remote != s.endpoint_addr {
+        if d.remote != s.endpoint_addr || d.local != s.upstream_src {
             cx.stats.udp.drop_foreign_source += 1;
             return;
         }
         let expires = after(now, s.idle);
+        s.last_active = now;
         match net.send_datagram(s.vip, client, Some(s.client_mac), d.payload) {
             Ok(()) => {
                 s.bytes_down += d.payload.len() as u64;
-                s.answered = true;
                 cx.stats.udp.datagrams_down += 1;
                 cx.stats.udp.bytes_down += d.payload.len() as u64;
             }
@@ -195,14 +201,18 @@ impl UdpProxy {
         local: SocketAddr,
         remote: SocketAddr,
     ) {
-        if let Some(id) = self.table.by_port(local.port())
-            && self
-                .table
-                .get(id)
-                .is_some_and(|s| s.endpoint_addr == remote)
-        {
-            cx.stats.udp.unreachable += 1;
-            self.end(net, cx, id, false, "upstream_unreachable");
+        match self.table.by_port(local.port()) {
+            Some(id)
+                if self
+                    .table
+                    .get(id)
+                    .is_some_and(|s| s.endpoint_addr == remote && s.upstream_src == local) =>
+            {
+                cx.stats.udp.unreachable += 1;
+                self.end(net, cx, id, false, "upstream_unreachable");
+            }
+            // About a datagram this session did not send.
+            _ => cx.stats.udp.unreachable_ignored += 1,
         }
     }
 
@@ -210,29 +220,46 @@ impl UdpProxy {
     pub(crate) fn expire(&mut self, net: &mut Streams<'_>, cx: &mut UdpCx<'_>) {
         while let Some(id) = self.table.expired(net.now()) {
             cx.stats.udp.idle_timeouts += 1;
-            // A session the endpoint never answered counts against it.
-            let answered = self.table.get(id).is_some_and(|s| s.answered);
-            self.end(net, cx, id, answered, "idle_timeout");
+            // Not a failure of the endpoint's, even unanswered: one-way
+            // protocols (syslog) never answer.
+            self.end(net, cx, id, true, "idle_timeout");
         }
     }
 
     /// After a reload: sessions whose listener is gone, or whose endpoint
-    /// left the listener's pool, end.
+    /// left the listener's pool, end; the others take the listener's
+    /// idle timeout as it is now.
     pub(crate) fn retain_current(&mut self, net: &mut Streams<'_>, cx: &mut UdpCx<'_>) {
-        let gone: Vec<SessionId> = self
-            .table
-            .ids()
-            .filter(|&id| {
-                let (listener, _, _) = self.table.key(id).expect("live session");
-                let s = self.table.get(id).expect("live session");
-                !cx.routes
-                    .udp_listener(listener)
-                    .is_some_and(|l| l.upstream.endpoints.contains(&s.endpoint_addr))
-            })
-            .collect();
-        for id in gone {
-            self.end(net, cx, id, true, "reload");
+        let ids: Vec<SessionId> = self.table.ids().collect();
+        for id in ids {
+            let (listener, _, _) = self.table.key(id).expect("live session");
+            let s = self.table.get_mut(id).expect("live session");
+            match cx.routes.udp_listener(listener) {
+                Some(l) if l.upstream.endpoints.contains(&s.endpoint_addr) => {
+                    s.idle = l.idle_timeout;
+                    let expires = after(s.last_active, s.idle);
+                    self.table.set_expiry(id, expires);
+                }
+                _ => self.end(net, cx, id, true, "reload"),
+            }
         }
+        self.table.sort_by_expiry();
+        self.reserve(cx.routes);
+    }
+
+    /// Ends every session (the engine stops): one record each.
+    pub(crate) fn end_all(&mut self, net: &mut Streams<'_>, cx: &mut UdpCx<'_>) {
+        let ids: Vec<SessionId> = self.table.ids().collect();
+        for id in ids {
+            self.end(net, cx, id, true, "shutdown");
+        }
+    }
+
+    /// Room for every session the listeners allow, up to what a worker's
+    /// ports allow: new sessions then allocate nothing.
+    pub(crate) fn reserve(&mut self, routes: &RouteTable) {
+        let sessions: usize = routes.udp_listeners.iter().map(|l| l.max_sessions).sum();
+        self.table.reserve(sessions.min(UDP_RESERVE_MAX));
     }
 
     fn end(

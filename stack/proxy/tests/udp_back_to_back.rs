@@ -336,3 +336,160 @@ fn udp_to_a_port_without_a_listener_is_answered_port_unreachable() {
     assert!(u.icmp_to_client >= 1);
     assert_eq!(u.udp().sessions, 0);
 }
+
+/// ICMP port unreachable sent by `from`, quoting a datagram `sent_from` →
+/// `sent_to` (what an origin's host answers to one of ours).
+fn icmp_unreachable(from: [u8; 4], sent_from: SocketAddr, sent_to: SocketAddr) -> Vec<u8> {
+    use smoltcp::wire::{Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr};
+    let (SocketAddr::V4(sf), SocketAddr::V4(st)) = (sent_from, sent_to) else {
+        panic!("v4 only")
+    };
+    let quoted_ip = Ipv4Repr {
+        src_addr: *sf.ip(),
+        dst_addr: *st.ip(),
+        next_header: IpProtocol::Udp,
+        payload_len: 8 + 1,
+        hop_limit: 64,
+    };
+    let mut quoted_udp = [0u8; 8];
+    quoted_udp[0..2].copy_from_slice(&sf.port().to_be_bytes());
+    quoted_udp[2..4].copy_from_slice(&st.port().to_be_bytes());
+    quoted_udp[4..6].copy_from_slice(&9u16.to_be_bytes());
+    let icmp = Icmpv4Repr::DstUnreachable {
+        reason: Icmpv4DstUnreachable::PortUnreachable,
+        header: quoted_ip,
+        data: &quoted_udp,
+    };
+    let caps = ChecksumCapabilities::default();
+    let mut buf = vec![0u8; 14 + 20 + icmp.buffer_len()];
+    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+    EthernetRepr {
+        src_addr: EthernetAddress(PEER_MAC),
+        dst_addr: EthernetAddress(EDGE_MAC),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut eth);
+    let ip = Ipv4Repr {
+        src_addr: from.into(),
+        dst_addr: *sf.ip(),
+        next_header: IpProtocol::Icmp,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut p = Ipv4Packet::new_unchecked(eth.payload_mut());
+    ip.emit(&mut p, &caps);
+    icmp.emit(&mut Icmpv4Packet::new_unchecked(p.payload_mut()), &caps);
+    buf
+}
+
+#[test]
+fn an_icmp_error_not_from_the_endpoint_or_about_another_flow_ends_nothing() {
+    let mut u = UdpLab::new(udp_table(|_| {}));
+    u.run(3);
+    u.origin_echo = false;
+    u.send(addr(CLIENT, 4000), addr(VIP, DNS), b"q");
+    u.run(3);
+    let ours = u.at_origin[0].from;
+    // Forged by a third host, quoting the session's real flow.
+    let forged = icmp_unreachable([10, 0, 0, 99], ours, addr(ORIGIN, ORIGIN_PORT));
+    assert!(u.lab.edge.handle_frame(&forged));
+    // From the origin's host, about a port of it the session never used.
+    let other = icmp_unreachable(ORIGIN, ours, addr(ORIGIN, ORIGIN_PORT + 1));
+    assert!(u.lab.edge.handle_frame(&other));
+    // Corrupted on the way (bad ICMP checksum).
+    let mut corrupt = icmp_unreachable(ORIGIN, ours, addr(ORIGIN, ORIGIN_PORT));
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    assert!(u.lab.edge.handle_frame(&corrupt));
+    u.run(2);
+    let s = u.udp();
+    assert_eq!(
+        (s.active, s.unreachable, s.unreachable_ignored),
+        (1, 0, 1),
+        "{s:?}"
+    );
+    assert_eq!(u.lab.edge.stats().net.rx_drop_bad_datagram, 1);
+    // The real thing ends it.
+    let real = icmp_unreachable(ORIGIN, ours, addr(ORIGIN, ORIGIN_PORT));
+    assert!(u.lab.edge.handle_frame(&real));
+    u.run(2);
+    assert_eq!((u.udp().active, u.udp().unreachable), (0, 1));
+}
+
+#[test]
+fn a_datagram_with_a_bad_checksum_or_a_source_no_reply_may_go_to_is_dropped() {
+    let mut u = UdpLab::new(udp_table(|_| {}));
+    u.run(3);
+    let mut corrupt = frame(addr(CLIENT, 4000), addr(VIP, DNS), b"query");
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x01;
+    assert!(u.lab.edge.handle_frame(&corrupt));
+    for from in [
+        addr(VIP, 4000),
+        addr([255, 255, 255, 255], 4000),
+        addr([0, 0, 0, 0], 4000),
+        addr([224, 0, 0, 1], 4000),
+        addr(CLIENT, 0),
+    ] {
+        assert!(u.lab.edge.handle_frame(&frame(from, addr(VIP, DNS), b"q")));
+    }
+    u.run(3);
+    assert_eq!(u.lab.edge.stats().net.rx_drop_bad_datagram, 6);
+    assert_eq!(u.udp().sessions, 0);
+    assert!(u.at_origin.is_empty());
+    // IPv4's "no checksum" (zero) is accepted.
+    let mut none = frame(addr(CLIENT, 4001), addr(VIP, DNS), b"q");
+    none[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    assert!(u.lab.edge.handle_frame(&none));
+    u.run(3);
+    assert_eq!(u.udp().sessions, 1);
+}
+
+#[test]
+fn an_unanswered_session_that_idles_out_is_not_charged_to_the_endpoint() {
+    let mut u = UdpLab::new(udp_table(|l| {
+        l.idle_timeout = std::time::Duration::from_secs(1)
+    }));
+    u.run(3);
+    u.origin_echo = false;
+    u.send(addr(CLIENT, 4000), addr(VIP, DNS), b"log line");
+    u.run(3);
+    u.step(1_100);
+    assert_eq!(u.udp().idle_timeouts, 1);
+    let pools = u.lab.edge.upstream_stats();
+    assert_eq!(pools.pools[0].1.endpoints[0].failures, 0);
+}
+
+#[test]
+fn a_reload_with_a_shorter_idle_timeout_applies_to_open_sessions() {
+    let mut u = UdpLab::new(udp_table(|_| {}));
+    u.run(3);
+    for p in 0..3 {
+        u.send(addr(CLIENT, 4000 + p), addr(VIP, DNS), b"q");
+    }
+    u.run(3);
+    assert_eq!(u.udp().active, 3);
+    u.lab.edge.set_routes(udp_table(|l| {
+        l.idle_timeout = std::time::Duration::from_millis(500)
+    }));
+    u.step(600);
+    assert_eq!((u.udp().active, u.udp().idle_timeouts), (0, 3));
+}
+
+#[test]
+fn udp_sessions_take_at_most_half_the_upstream_ports() {
+    // 1000 upstream ports in the harness: 500 sessions at most.
+    let mut u = UdpLab::new(udp_table(|l| l.max_sessions = 10_000));
+    u.run(3);
+    u.origin_echo = false;
+    for p in 0..600u16 {
+        u.send(addr(CLIENT, 10_000 + p), addr(VIP, DNS), b"x");
+        if p % 64 == 63 {
+            u.run(1);
+        }
+    }
+    u.run(2);
+    let s = u.udp();
+    assert_eq!((s.active, s.drop_no_port), (500, 100), "{s:?}");
+    assert_eq!(u.lab.edge.upstream_ports_in_use(), 500);
+}

@@ -51,10 +51,10 @@ pub enum FrameClass {
     Tcp(TcpMeta),
     /// An unfragmented UDP datagram over IPv4 or IPv6 (no extension headers).
     Udp(UdpMeta),
-    /// ICMP destination unreachable (ICMPv6: type 1) quoting a UDP datagram
-    /// this stack sent: `key` is that datagram's flow seen from us (our
-    /// address and port, then the peer it went to). IPv4's "fragmentation
-    /// needed" (path MTU) is not among them: the path exists.
+    /// ICMP port (or IPv4 protocol) unreachable quoting a UDP datagram this
+    /// stack sent, from the host it was sent to: `key` is that datagram's
+    /// flow seen from us (our address and port, then the peer it went to).
+    /// Its checksum is left to the stack.
     UdpUnreachable(FlowKey),
     /// Anything else (other ICMP, NDP solicitations, fragments, malformed frames):
     /// it reaches smoltcp without any socket.
@@ -93,12 +93,17 @@ pub fn classify(frame: &[u8]) -> FrameClass {
                 17 => udp(src, dst, l4, ETH_HLEN + 40).map_or(FrameClass::Other, FrameClass::Udp),
                 // ICMPv6 directly after the fixed header
                 58 if l3.get(40) == Some(&ICMPV6_NEIGHBOR_ADVERT) => FrameClass::NeighborAdvert,
-                58 if l3.get(40) == Some(&ICMPV6_DEST_UNREACHABLE) => {
-                    // The quoted IPv6 header of what we sent, then its UDP header.
+                // Port unreachable (code 4) from the host we sent to,
+                // quoting the IPv6 header of what we sent, then its UDP header.
+                58 if l3.get(40) == Some(&ICMPV6_DEST_UNREACHABLE) && l3.get(41) == Some(&4) => {
                     match l4.get(8..8 + 40 + 4) {
-                        Some(q) if q[0] >> 4 == 6 && q[6] == 17 => FrameClass::UdpUnreachable(
-                            quoted_key(v6_at(q, 8), v6_at(q, 24), &q[40..]),
-                        ),
+                        Some(q) if q[0] >> 4 == 6 && q[6] == 17 && v6_at(q, 24) == src => {
+                            FrameClass::UdpUnreachable(quoted_key(
+                                v6_at(q, 8),
+                                v6_at(q, 24),
+                                &q[40..],
+                            ))
+                        }
                         _ => FrameClass::Other,
                     }
                 }
@@ -128,14 +133,18 @@ fn ipv4(ip: &[u8]) -> FrameClass {
     match ip[9] {
         6 => tcp(src, dst, l4).map_or(FrameClass::Other, FrameClass::Tcp),
         17 => udp(src, dst, l4, ETH_HLEN + ihl).map_or(FrameClass::Other, FrameClass::Udp),
-        // Destination unreachable, any code but 4 (fragmentation needed):
-        // the quoted IPv4 header (with its options) and the first 8 bytes
-        // of what we sent.
-        1 if l4.len() >= 8 + 20 && l4[0] == ICMP_DEST_UNREACHABLE && l4[1] != 4 => {
+        // Protocol or port unreachable (codes 2, 3) from the host we sent
+        // to: the quoted IPv4 header (with its options) and the first 8
+        // bytes of what we sent. Other codes (net/host unreachable,
+        // prohibited, fragmentation needed) may be transient or come from
+        // any router: they end nothing.
+        1 if l4.len() >= 8 + 20 && l4[0] == ICMP_DEST_UNREACHABLE && matches!(l4[1], 2 | 3) => {
             let q = &l4[8..];
             let qihl = ((q[0] & 0x0f) as usize) * 4;
             match q.get(qihl..qihl + 4) {
-                Some(ports) if q[0] >> 4 == 4 && q[9] == 17 && qihl >= 20 => {
+                Some(ports)
+                    if q[0] >> 4 == 4 && q[9] == 17 && qihl >= 20 && v4_at(q, 16) == src =>
+                {
                     FrameClass::UdpUnreachable(quoted_key(v4_at(q, 12), v4_at(q, 16), ports))
                 }
                 _ => FrameClass::Other,
@@ -364,6 +373,8 @@ mod tests {
         ip[0] = 0x45;
         ip[2..4].copy_from_slice(&((20 + 8 + 28) as u16).to_be_bytes());
         ip[9] = 1;
+        // From the host the datagram went to.
+        ip[12..16].copy_from_slice(&quoted[16..20]);
         ip[20] = 3;
         ip[21] = code;
         f
@@ -391,8 +402,20 @@ mod tests {
             FrameClass::UdpUnreachable(key)
         );
         assert_eq!(
-            classify(&icmp4_unreachable(&ours, 1)),
+            classify(&icmp4_unreachable(&ours, 2)),
             FrameClass::UdpUnreachable(key)
+        );
+        assert_eq!(
+            classify(&icmp4_unreachable(&ours, 1)),
+            FrameClass::Other,
+            "host unreachable: maybe transient, maybe any router's"
+        );
+        let mut spoofed = icmp4_unreachable(&ours, 3);
+        spoofed[14 + 12..14 + 16].copy_from_slice(&[10, 0, 0, 99]);
+        assert_eq!(
+            classify(&spoofed),
+            FrameClass::Other,
+            "not from the host we sent to"
         );
         assert_eq!(
             classify(&icmp4_unreachable(&ours, 4)),
