@@ -561,8 +561,13 @@ mod tls {
 
     /// `l4_table` with TLS terminated on the listener (a certificate for
     /// edge.example from the CA returned, no ALPN; with `client_ca`,
-    /// client certificates signed by it are required).
-    pub fn table(endpoints: &[&str], client_ca: Option<&Ca>) -> (Arc<RouteTable>, Ca) {
+    /// client certificates signed by it are required; `tune` as in
+    /// `l4_table`).
+    pub fn table(
+        endpoints: &[&str],
+        client_ca: Option<&Ca>,
+        tune: impl FnOnce(&mut L4Listener),
+    ) -> (Arc<RouteTable>, Ca) {
         let ca = Ca::new("l4 b2b CA");
         let d = ferrogate_testkit::temp_dir("fg-l4-tls");
         let (cert, key) = ca.leaf(Some("edge"), &["edge.example"]).write(&d, "edge");
@@ -587,7 +592,7 @@ mod tls {
         .unwrap();
         let mut lt = ListenerTls::new(server);
         lt.handshake_timeout = std::time::Duration::from_secs(2);
-        let base = l4_table(endpoints, |_| {});
+        let base = l4_table(endpoints, tune);
         let listener = base.listeners[0].clone().with_tls(Arc::new(lt));
         let table = Arc::new(RouteTable::new(1, vec![listener], base.upstreams.clone()));
         (table, ca)
@@ -684,7 +689,7 @@ mod tls {
 
 #[test]
 fn tls_is_terminated_and_plaintext_spliced_with_half_close_both_ways() {
-    let (table, ca) = tls::table(&["10.0.0.3:9000"], None);
+    let (table, ca) = tls::table(&["10.0.0.3:9000"], None, |_| {});
     let cfg = tls::client(&ca, None);
     let mut lab = Lab::with_routes(Origin::Refusing, table, |_| {});
     let log = tls::access_log(&mut lab);
@@ -750,7 +755,7 @@ fn tls_is_terminated_and_plaintext_spliced_with_half_close_both_ways() {
 
 #[test]
 fn tls_megabyte_each_way_through_small_buffers_holds_back_pressure() {
-    let (table, ca) = tls::table(&["10.0.0.3:9000"], None);
+    let (table, ca) = tls::table(&["10.0.0.3:9000"], None, |_| {});
     let cfg = tls::client(&ca, None);
     let mut lab = Lab::with_routes(Origin::Refusing, table, |c| {
         c.net.tcp_rx_buffer = 16 * 1024;
@@ -781,7 +786,7 @@ fn tls_megabyte_each_way_through_small_buffers_holds_back_pressure() {
 
 #[test]
 fn garbage_instead_of_a_client_hello_is_reset_and_counted() {
-    let (table, _) = tls::table(&["10.0.0.3:9000"], None);
+    let (table, _) = tls::table(&["10.0.0.3:9000"], None, |_| {});
     let mut lab = Lab::with_routes(Origin::Refusing, table, |_| {});
     let log = tls::access_log(&mut lab);
     let mut echo = Echo::new(&mut lab);
@@ -795,6 +800,12 @@ fn garbage_instead_of_a_client_hello_is_reset_and_counted() {
     let l4 = lab.edge.stats().l4;
     assert_eq!((l4.tls_handshake_failed, l4.tls_handshakes), (1, 0));
     assert_eq!(l4.active, 0);
+    // Published beside the other l4_* counters (stats file, metrics).
+    let fields = lab.edge.stats().fields();
+    assert!(
+        fields.contains(&("l4_tls_handshake_failed", 1)),
+        "{fields:?}"
+    );
     let r = log.pop().expect("an access record");
     assert_eq!(r.error, "tls_handshake_failed");
     assert!(r.tls);
@@ -802,7 +813,7 @@ fn garbage_instead_of_a_client_hello_is_reset_and_counted() {
 
 #[test]
 fn a_bad_record_after_the_handshake_resets_both_sides() {
-    let (table, ca) = tls::table(&["10.0.0.3:9000"], None);
+    let (table, ca) = tls::table(&["10.0.0.3:9000"], None, |_| {});
     let cfg = tls::client(&ca, None);
     let mut lab = Lab::with_routes(Origin::Refusing, table, |_| {});
     let log = tls::access_log(&mut lab);
@@ -835,7 +846,7 @@ fn a_bad_record_after_the_handshake_resets_both_sides() {
 fn a_client_without_a_required_certificate_is_reset() {
     // mTLS on a TCP listener: the same [listeners.tls] keys as HTTPS.
     let clients = tls::Ca::new("l4 client CA");
-    let (table, ca) = tls::table(&["10.0.0.3:9000"], Some(&clients));
+    let (table, ca) = tls::table(&["10.0.0.3:9000"], Some(&clients), |_| {});
     let mut lab = Lab::with_routes(Origin::Refusing, table, |_| {});
     let mut echo = Echo::new(&mut lab);
     let alice = clients.leaf(Some("alice"), &["alice.example"]);
@@ -873,7 +884,7 @@ fn a_proxy_header_from_an_untrusted_client_is_reset_and_counted() {
     v2.extend_from_slice(b"hello");
     // A plain listener, and one that terminates TLS (the header would come
     // before the ClientHello).
-    let (tls_table, _) = tls::table(&["10.0.0.3:9000"], None);
+    let (tls_table, _) = tls::table(&["10.0.0.3:9000"], None, |_| {});
     for (table, kind) in [
         (l4_table(&["10.0.0.3:9000"], |_| {}), "plain"),
         (tls_table, "tls"),
@@ -916,4 +927,42 @@ fn a_proxy_header_from_an_untrusted_client_is_reset_and_counted() {
     let got = echo_until(&mut lab, &mut echo, h, b"here");
     assert_eq!(got, b"XY is a word here");
     assert_eq!(lab.edge.stats().l4.untrusted_proxy_header, 0);
+    let fields = lab.edge.stats().fields();
+    assert!(
+        fields.contains(&("l4_untrusted_proxy_header", 0)),
+        "{fields:?}"
+    );
+}
+
+#[test]
+fn a_trusted_balancers_header_comes_before_the_client_hello() {
+    // The balancer's PROXY v2 header and the ClientHello arrive together:
+    // the header is stripped, the rest goes to the TLS session, and the
+    // origin gets its own header (the real client) before the plaintext.
+    let (table, ca) = tls::table(&["10.0.0.3:9000"], None, |l4| {
+        l4.proxy_from = vec![("10.0.0.2".parse().unwrap(), 32)].into();
+        let mut pool = (*l4.upstream).clone();
+        pool.proxy_protocol = Some(ferrogate_proxy::lb::ProxyProtocol::V1);
+        l4.upstream = Arc::new(pool);
+    });
+    let mut lab = Lab::with_routes(Origin::Refusing, table, |_| {});
+    let mut echo = Echo::new(&mut lab);
+    let real: std::net::SocketAddr = "203.0.113.9:5555".parse().unwrap();
+    let vip: std::net::SocketAddr = format!("10.0.0.10:{TCP_PORT}").parse().unwrap();
+    let header = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (real, vip),
+    )
+    .build()
+    .unwrap();
+    let mut c = tls::TlsClient::new(&mut lab, tls::client(&ca, None));
+    lab.send(c.h, &header);
+    c.write(b"hello");
+    c.until(&mut lab, &mut echo, b"hello");
+    let want = format!("PROXY TCP4 203.0.113.9 10.0.0.10 5555 {TCP_PORT}\r\nhello");
+    assert_eq!(String::from_utf8_lossy(&c.plain), want);
+    let l4 = lab.edge.stats().l4;
+    assert_eq!((l4.tls_handshakes, l4.bad_proxy_header), (1, 0));
+    assert_eq!(l4.untrusted_proxy_header, 0);
 }
