@@ -26,6 +26,8 @@ packages=(
   nghttp2-client
   # L4 (TCP listener) tests: iperf3, and redis-server driven by redis-benchmark
   iperf3 redis-server redis-tools
+  # UDP listener tests: dig (bind9-dnsutils) against a dnsmasq origin
+  bind9-dnsutils dnsmasq-base
   # DPDK backend (engine/dpdk-sys: pkg-config libdpdk + bindgen, which needs
   # libclang); dpdk-dev has dpdk-testpmd, dpdk has dpdk-devbind.py
   libdpdk-dev dpdk dpdk-dev libclang-dev

@@ -566,6 +566,10 @@ impl Engine {
         if ports(&cfg.routes) != ports(&self.started.routes) {
             ignored.push("listeners (ports)");
         }
+        let udp_ports = |t: &RouteTable| t.udp_listeners.iter().map(|l| l.port).collect::<Vec<_>>();
+        if udp_ports(&cfg.routes) != udp_ports(&self.started.routes) {
+            ignored.push("listeners (UDP ports)");
+        }
         if (cfg.access_log_queue > 0) != self.started.access_log {
             ignored.push("access_log (on/off)");
         }

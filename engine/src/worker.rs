@@ -279,8 +279,19 @@ impl Worker {
             {
                 return;
             }
-            match wire::classify(f) {
-                FrameClass::Tcp(tcp) => match ports.owner(tcp.key.local_port) {
+            // A TCP segment, a datagram or an ICMP error about one belongs
+            // to the worker whose range holds our port (an upstream
+            // connection or UDP session); to a listener port, to whoever
+            // received it.
+            let class = wire::classify(f);
+            let our_port = match class {
+                FrameClass::Tcp(m) => Some(m.key.local_port),
+                FrameClass::Udp(m) => Some(m.key.local_port),
+                FrameClass::UdpUnreachable(k) => Some(k.local_port),
+                _ => None,
+            };
+            if let Some(port) = our_port {
+                match ports.owner(port) {
                     Some(owner) if owner != me => {
                         if handoff.send(owner, f) {
                             out += 1;
@@ -291,7 +302,10 @@ impl Worker {
                     _ => {
                         stack.handle_frame(f);
                     }
-                },
+                }
+                return;
+            }
+            match class {
                 FrameClass::Arp { request } => {
                     stack.handle_frame(f);
                     // Every worker needs the neighbour's address; only the one
@@ -319,7 +333,7 @@ impl Worker {
                         }
                     }
                 }
-                FrameClass::Other => {
+                _ => {
                     stack.handle_frame(f);
                 }
             }

@@ -488,6 +488,184 @@ proxy_protocol_from = ["10.77.0.2/32"]
     });
 }
 
+/// A UDP echo origin on 10.77.0.3:`port` (a thread in the origin
+/// namespace) until `stop` is set.
+fn start_udp_echo(lab: &Lab, port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let ns = lab.ns("origin");
+    std::thread::spawn(move || {
+        enter_netns(&ns).expect("enter origin namespace");
+        let s = std::net::UdpSocket::bind((ORIGIN_IP, port)).expect("bind udp echo");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+            }
+        }
+    })
+}
+
+/// UDP listeners: `dig` through the VIP to a dnsmasq origin (one at a time
+/// and 40 at once), datagrams up to the MTU echoed byte for byte, sessions
+/// that expire, a flood of new sources bounded by `max_sessions`, and an
+/// origin gone (ICMP port unreachable ends the session). One access
+/// record per session.
+#[test]
+fn udp_listeners_with_dig_dnsmasq_an_echo_expiry_and_a_flood() {
+    lab_test("l4-udp", || {
+        let lab = Lab::up(2);
+        let dir = lab.state_dir();
+        let cfg = dir.join("udp.toml");
+        std::fs::write(
+            &cfg,
+            r#"vips = ["10.77.0.10/24"]
+[engine]
+interface = "eth0"
+queues = 2
+
+[access_log]
+path = "ACCESS_LOG"
+
+[[upstreams]]
+name = "dns"
+endpoints = ["10.77.0.3:5353"]
+
+[[upstreams]]
+name = "echo"
+endpoints = ["10.77.0.3:7200"]
+balancer = "hash"
+hash_on = "source"
+
+[[listeners]]
+port = 80
+[[listeners.routes]]
+respond = { status = 200, body = "up" }
+
+[[listeners]]
+port = 53
+protocol = "udp"
+upstream = "dns"
+idle_timeout_ms = 1500
+
+[[listeners]]
+port = 7200
+protocol = "udp"
+upstream = "echo"
+idle_timeout_ms = 1500
+max_sessions = 50
+"#
+            .replace("ACCESS_LOG", &dir.join("access.log").display().to_string()),
+        )
+        .unwrap();
+        let d = dir.display().to_string();
+        let dnsmasq = Proc::origin(
+            &lab,
+            &[
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=10.77.0.3",
+                "--port=5353",
+                "--user=root",
+                "--group=root",
+                &format!("--pid-file={d}/dnsmasq.pid"),
+                "--address=/a.example/10.1.2.3",
+                "--address=/b.example/10.4.5.6",
+            ],
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let echo = start_udp_echo(&lab, 7200, stop.clone());
+        let mut engine = lab.start_engine_with(&cfg, "af_xdp", 2);
+
+        for (name, want) in [("a.example", "10.1.2.3"), ("b.example", "10.4.5.6")] {
+            let (ok, out) =
+                lab.client_sh(&format!("dig @{VIP} -p 53 {name} +short +time=2 +tries=3"));
+            assert!(ok && out.trim() == want, "dig {name}: {out}");
+        }
+        // 40 clients at once (each dig its own source port: a session).
+        let (ok, out) = lab.client_sh(&format!(
+            "for i in $(seq 40); do dig @{VIP} -p 53 a.example +short +time=2 +tries=3 & done; wait"
+        ));
+        assert!(ok, "{out}");
+        let answers = out.lines().filter(|l| l.trim() == "10.1.2.3").count();
+        assert_eq!(answers, 40, "{out}");
+        let stats = engine.stats();
+        assert!(stats["stack_udp_sessions"] >= 42, "{stats:?}");
+        assert_eq!(stats["stack_udp_drop_no_neighbour"], 0, "{stats:?}");
+
+        // Datagrams from 1 byte up to the MTU's 1472, echoed exactly.
+        lab.in_client(|| {
+            let s = std::net::UdpSocket::bind("10.77.0.2:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 2048];
+            for len in [1usize, 100, 512, 1400, 1472] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+                let mut got = None;
+                for _ in 0..3 {
+                    s.send_to(&data, (VIP, 7200)).unwrap();
+                    if let Ok((n, from)) = s.recv_from(&mut buf) {
+                        assert_eq!(from.to_string(), format!("{VIP}:7200"));
+                        got = Some(buf[..n].to_vec());
+                        break;
+                    }
+                }
+                assert_eq!(got.as_deref(), Some(&data[..]), "{len} bytes");
+            }
+        });
+
+        // Every session idles out.
+        std::thread::sleep(Duration::from_millis(2_500));
+        let stats = engine.stats();
+        assert_eq!(stats["stack_udp_active"], 0, "{stats:?}");
+        assert!(stats["stack_udp_idle_timeouts"] >= 43, "{stats:?}");
+
+        // A flood of 2000 new sources (ports) on the echo listener: at most
+        // 50 sessions per worker, the rest dropped and counted.
+        lab.in_client(|| {
+            let mut socks = Vec::new();
+            for _ in 0..2000 {
+                let s = std::net::UdpSocket::bind("10.77.0.2:0").unwrap();
+                let _ = s.send_to(b"flood", (VIP, 7200));
+                socks.push(s);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let stats = engine.stats();
+        assert!(stats["stack_udp_active"] <= 100, "{stats:?}");
+        assert!(stats["stack_udp_active"] >= 50, "{stats:?}");
+        let udp: Vec<_> = stats
+            .iter()
+            .filter(|(k, _)| k.starts_with("stack_udp"))
+            .collect();
+        eprintln!("after the flood: {udp:?}");
+        let seen = stats["stack_udp_active"] + stats["stack_udp_drop_over_limit"];
+        // Every datagram of the flood is a session or a counted drop (the
+        // rest were lost before the engine: rx ring full, counted there).
+        assert!(seen >= 1_000, "{stats:?}");
+
+        // The DNS origin gone: its host answers port unreachable, which
+        // ends the session.
+        drop(dnsmasq);
+        let (_, out) = lab.client_sh(&format!("dig @{VIP} -p 53 a.example +time=1 +tries=1"));
+        assert!(!out.contains("10.1.2.3"), "{out}");
+        let stats = engine.stats();
+        assert!(stats["stack_udp_unreachable"] >= 1, "{stats:?}");
+
+        stop.store(true, Ordering::Relaxed);
+        echo.join().unwrap();
+        engine.stop();
+        let log = std::fs::read_to_string(dir.join("access.log")).unwrap_or_default();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("\"UDP\"") && l.contains("\"error\":\"idle_timeout\"")),
+            "{log}"
+        );
+    });
+}
+
 /// TLS terminated on a TCP listener, plaintext to plain origins: a rustls
 /// client half-closes (close_notify, then FIN) and reads the echo that the
 /// origin sends only after that FIN, ended by ferrogate's close_notify;

@@ -107,6 +107,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     }
 
     let mut listeners = Vec::new();
+    let mut udp_listeners = Vec::new();
     let mut ports = HashSet::new();
     let mut route_names = HashSet::new();
     if cfg.listeners.is_empty() {
@@ -114,7 +115,9 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     }
     for (i, l) in cfg.listeners.iter().enumerate() {
         let port = *l.port.get_ref();
-        if port == 0 || !ports.insert(port) {
+        // TCP/HTTP and UDP ports are apart (DNS serves both on 53).
+        let udp = l.protocol.as_ref().is_some_and(|p| p.get_ref() == "udp");
+        if port == 0 || !ports.insert((port, udp)) {
             rep.at(
                 l.port.span(),
                 format!("listeners[{i}].port"),
@@ -127,6 +130,12 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 format!("listeners[{i}].port"),
                 "lies in the upstream port range 32768..61000",
             );
+        }
+        if udp {
+            if let Some(u) = check_udp(i, l, &pools, rep) {
+                udp_listeners.push(u);
+            }
+            continue;
         }
         let mut routes = Vec::new();
         for (j, r) in l.routes.iter().enumerate() {
@@ -300,11 +309,10 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
         return None;
     }
     let (filter, fail_mode) = filter?;
-    let routes = Arc::new(RouteTable::new(
-        1,
-        listeners,
-        pools.iter().map(|(_, p)| p.clone()).collect(),
-    ));
+    let routes = Arc::new(
+        RouteTable::new(1, listeners, pools.iter().map(|(_, p)| p.clone()).collect())
+            .with_udp(udp_listeners),
+    );
     let mut ec = EngineConfig::new(e.interface.clone(), vips, routes);
     ec.queues = *e.queues.get_ref();
     ec.backend = match e.backend {
@@ -485,38 +493,49 @@ fn check_l4(
                 rep.at(
                     p.span(),
                     field("protocol"),
-                    format!("{other:?} is not \"http\" or \"tcp\""),
+                    format!("{other:?} is not \"http\", \"tcp\" or \"udp\""),
                 );
                 return Some(None);
             }
         },
     };
     if !tcp {
-        let only_tcp = [
-            ("upstream", l.upstream.as_ref().map(|u| u.span())),
+        const L4: &str = "a TCP or UDP listener (protocol = \"tcp\" / \"udp\")";
+        const TCP: &str = "a TCP listener (protocol = \"tcp\")";
+        const UDP: &str = "a UDP listener (protocol = \"udp\")";
+        let only_l4 = [
+            ("upstream", L4, l.upstream.as_ref().map(|u| u.span())),
             (
                 "idle_timeout_ms",
+                L4,
                 l.idle_timeout_ms.as_ref().map(|u| u.span()),
             ),
             (
                 "max_connections",
+                TCP,
                 l.max_connections.as_ref().map(|u| u.span()),
             ),
-            ("sni", l.sni.as_ref().map(|u| u.span())),
+            ("sni", TCP, l.sni.as_ref().map(|u| u.span())),
+            (
+                "max_sessions",
+                UDP,
+                l.max_sessions.as_ref().map(|u| u.span()),
+            ),
             (
                 "proxy_protocol_from",
+                TCP,
                 l.proxy_protocol_from
                     .as_ref()
                     .and_then(|v| v.first())
                     .map(|u| u.span()),
             ),
         ];
-        for (k, span) in only_tcp {
+        for (k, kind, span) in only_l4 {
             if let Some(span) = span {
                 rep.at(
                     span,
                     field(k),
-                    "only a TCP listener (protocol = \"tcp\") has it; HTTP listeners route with [[listeners.routes]]",
+                    format!("only {kind} has it; HTTP listeners route with [[listeners.routes]]"),
                 );
             }
         }
@@ -550,6 +569,14 @@ fn check_l4(
     }
     if l.http2 {
         rep.at(anchor.clone(), field("http2"), "not for a TCP listener");
+        ok = false;
+    }
+    if let Some(m) = &l.max_sessions {
+        rep.at(
+            m.span(),
+            field("max_sessions"),
+            "a TCP listener bounds `max_connections`",
+        );
         ok = false;
     }
     let upstream = match &l.upstream {
@@ -680,5 +707,132 @@ fn check_l4(
             proxy_from: proxy_from.into(),
         })),
         _ => Some(None),
+    }
+}
+
+/// A UDP listener's keys (`protocol = "udp"`); None when any is wrong
+/// (reported).
+fn check_udp(
+    i: usize,
+    l: &ListenerSection,
+    pools: &[(String, Arc<Upstream>)],
+    rep: &mut Reporter<'_>,
+) -> Option<UdpListener> {
+    let field = |k: &str| format!("listeners[{i}].{k}");
+    let anchor = l.protocol.as_ref().map(|p| p.span()).unwrap_or(0..0);
+    let mut ok = true;
+    let mut refuse = |rep: &mut Reporter<'_>, k: &str, span: std::ops::Range<usize>, why: &str| {
+        rep.at(span, field(k), why.to_string());
+        ok = false;
+    };
+    if !l.routes.is_empty() {
+        refuse(
+            rep,
+            "routes",
+            anchor.clone(),
+            "a UDP listener has no routes (it forwards every datagram to its `upstream`)",
+        );
+    }
+    if let Some(t) = &l.tls {
+        refuse(
+            rep,
+            "tls",
+            t.span(),
+            "not for a UDP listener (DTLS is not supported)",
+        );
+    }
+    if l.http2 {
+        refuse(rep, "http2", anchor.clone(), "not for a UDP listener");
+    }
+    if l.mtls_headers.is_some() {
+        refuse(
+            rep,
+            "mtls_headers",
+            anchor.clone(),
+            "not for a UDP listener",
+        );
+    }
+    if let Some(s) = &l.sni {
+        refuse(
+            rep,
+            "sni",
+            s.span(),
+            "not for a UDP listener (TLS passthrough is for TCP listeners)",
+        );
+    }
+    if let Some(p) = l.proxy_protocol_from.as_ref().and_then(|v| v.first()) {
+        refuse(
+            rep,
+            "proxy_protocol_from",
+            p.span(),
+            "not for a UDP listener",
+        );
+    }
+    if let Some(m) = &l.max_connections {
+        refuse(
+            rep,
+            "max_connections",
+            m.span(),
+            "a UDP listener bounds `max_sessions`",
+        );
+    }
+    let upstream = match &l.upstream {
+        None => {
+            rep.at(
+                anchor.clone(),
+                field("upstream"),
+                "a UDP listener needs an `upstream` pool",
+            );
+            None
+        }
+        Some(u) => match pools.iter().find(|(n, _)| n == u.get_ref()) {
+            None => {
+                rep.at(
+                    u.span(),
+                    field("upstream"),
+                    format!("no upstream named {:?}", u.get_ref()),
+                );
+                None
+            }
+            Some((_, p)) if p.tls.is_some() || p.proxy_protocol.is_some() => {
+                rep.at(
+                    u.span(),
+                    field("upstream"),
+                    format!(
+                        "pool {:?} speaks TLS or sends a PROXY header; a UDP listener forwards datagrams untouched (use a plain pool)",
+                        u.get_ref()
+                    ),
+                );
+                None
+            }
+            Some((_, p)) => Some(p.clone()),
+        },
+    };
+    let idle_timeout = match &l.idle_timeout_ms {
+        None => ferrogate_proxy::route::UDP_IDLE_TIMEOUT,
+        Some(ms) if *ms.get_ref() == 0 => {
+            rep.at(ms.span(), field("idle_timeout_ms"), "must be at least 1");
+            ok = false;
+            ferrogate_proxy::route::UDP_IDLE_TIMEOUT
+        }
+        Some(ms) => std::time::Duration::from_millis(*ms.get_ref()),
+    };
+    let max_sessions = match &l.max_sessions {
+        None => ferrogate_proxy::route::UDP_MAX_SESSIONS,
+        Some(m) if !(1..=1_000_000).contains(m.get_ref()) => {
+            rep.at(m.span(), field("max_sessions"), "must be 1..=1000000");
+            ok = false;
+            1
+        }
+        Some(m) => *m.get_ref(),
+    };
+    match upstream {
+        Some(upstream) if ok => Some(UdpListener {
+            port: *l.port.get_ref(),
+            upstream,
+            idle_timeout,
+            max_sessions,
+        }),
+        _ => None,
     }
 }

@@ -21,7 +21,7 @@ use ferrogate_proxy::lb::{
 };
 use ferrogate_proxy::{
     DirectResponse, HeaderMatch, L4Listener, Listener, PathMatch, QueryMatch, Route, RouteAction,
-    RouteTable, Timeouts, Upstream,
+    RouteTable, Timeouts, UdpListener, Upstream,
 };
 use serde::Deserialize;
 use toml::Spanned;

@@ -375,21 +375,27 @@ pub struct ListenerSection {
     /// on plain listeners (default false).
     #[serde(default)]
     pub http2: bool,
-    /// `"http"` (default) or `"tcp"`: a TCP listener splices every
-    /// connection to `upstream` and has no routes.
+    /// `"http"` (default), `"tcp"` or `"udp"`: a TCP listener splices
+    /// every connection to `upstream`, a UDP listener forwards each
+    /// client's datagrams to one endpoint of it; neither has routes.
     #[serde(default)]
     pub protocol: Option<Spanned<String>>,
-    /// The pool of a TCP listener.
+    /// The pool of a TCP or UDP listener.
     #[serde(default)]
     pub upstream: Option<Spanned<String>>,
     /// TCP listeners: no byte either way for this long closes both sides
-    /// (default 300000).
+    /// (default 300000). UDP listeners: no datagram either way for this
+    /// long ends the session (default 30000).
     #[serde(default)]
     pub idle_timeout_ms: Option<Spanned<u64>>,
     /// TCP listeners: connections at once per worker (default: only the
     /// engine's `max_connections`); beyond it a SYN is reset.
     #[serde(default)]
     pub max_connections: Option<Spanned<usize>>,
+    /// UDP listeners: sessions (clients) at once per worker (default
+    /// 16384); a datagram from a new client beyond it is dropped.
+    #[serde(default)]
+    pub max_sessions: Option<Spanned<usize>>,
     /// TCP listeners: TLS passthrough, the pool per server name of the
     /// ClientHello (`"a.example" = "pool-a"`, `"*.b.example" = "pool-b"`);
     /// other names and hellos without one go to `upstream`.

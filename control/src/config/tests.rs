@@ -522,7 +522,7 @@ fn tcp_listener_keys_are_checked_with_their_line() {
         (
             "port = 80\n",
             "port = 80\nupstream = \"db\"\n",
-            "t.toml:19:12: listeners[0].upstream: only a TCP listener",
+            "t.toml:19:12: listeners[0].upstream: only a TCP or UDP listener",
         ),
     ];
     for (from, to, want) in cases {
@@ -530,6 +530,100 @@ fn tcp_listener_keys_are_checked_with_their_line() {
         let e = errors(&text);
         assert!(e.iter().any(|e| e.starts_with(want)), "{want}: {e:?}");
     }
+}
+
+const UDP: &str = r#"
+vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+
+[[upstreams]]
+name = "dns"
+endpoints = ["10.77.0.3:53"]
+
+[[listeners]]
+port = 53
+[[listeners.routes]]
+upstream = "dns"
+
+[[listeners]]
+port = 53
+protocol = "udp"
+upstream = "dns"
+"#;
+
+#[test]
+fn a_udp_listener_shares_its_port_number_with_a_tcp_one_and_has_defaults() {
+    let c = compile(Path::new("t.toml"), UDP).unwrap();
+    let routes = &c.engine.routes;
+    assert!(routes.listener(53).is_some(), "the HTTP listener on 53");
+    let u = routes.udp_listener(53).expect("the UDP listener on 53");
+    assert_eq!(u.upstream.name, "dns");
+    assert_eq!(u.idle_timeout, ferrogate_proxy::route::UDP_IDLE_TIMEOUT);
+    assert_eq!(u.max_sessions, ferrogate_proxy::route::UDP_MAX_SESSIONS);
+    let set = UDP.replacen(
+        "protocol = \"udp\"\nupstream = \"dns\"\n",
+        "protocol = \"udp\"\nupstream = \"dns\"\nidle_timeout_ms = 1500\nmax_sessions = 7\n",
+        1,
+    );
+    let c = compile(Path::new("t.toml"), &set).unwrap();
+    let u = c.engine.routes.udp_listener(53).unwrap();
+    assert_eq!(
+        (u.idle_timeout, u.max_sessions),
+        (Duration::from_millis(1500), 7)
+    );
+}
+
+#[test]
+fn udp_listener_keys_are_checked_with_their_line() {
+    let tail = "protocol = \"udp\"\nupstream = \"dns\"\n";
+    let cases: [(&str, &str); 8] = [
+        (
+            "protocol = \"udp\"\nupstream = \"nope\"\n",
+            "t.toml:19:12: listeners[1].upstream: no upstream named \"nope\"",
+        ),
+        (
+            "protocol = \"udp\"\n",
+            "t.toml:18:12: listeners[1].upstream: a UDP listener needs",
+        ),
+        (
+            "protocol = \"udp\"\nupstream = \"dns\"\nidle_timeout_ms = 0\n",
+            "t.toml:20:19: listeners[1].idle_timeout_ms",
+        ),
+        (
+            "protocol = \"udp\"\nupstream = \"dns\"\nmax_sessions = 0\n",
+            "t.toml:20:16: listeners[1].max_sessions: must be 1..=1000000",
+        ),
+        (
+            "protocol = \"udp\"\nupstream = \"dns\"\nmax_connections = 5\n",
+            "t.toml:20:19: listeners[1].max_connections: a UDP listener bounds `max_sessions`",
+        ),
+        (
+            "protocol = \"udp\"\nupstream = \"dns\"\nsni = { a = \"dns\" }\n",
+            "t.toml:20:7: listeners[1].sni: not for a UDP listener",
+        ),
+        (
+            "protocol = \"udp\"\nupstream = \"dns\"\n[[listeners.routes]]\nupstream = \"dns\"\n",
+            "t.toml:18:12: listeners[1].routes: a UDP listener has no routes",
+        ),
+        (
+            "protocol = \"udp\"\nupstream = \"dns\"\nproxy_protocol_from = [\"10.0.0.0/8\"]\n",
+            "t.toml:20:24: listeners[1].proxy_protocol_from: not for a UDP listener",
+        ),
+    ];
+    for (to, want) in cases {
+        let text = UDP.replacen(tail, to, 1);
+        let e = errors(&text);
+        assert!(e.iter().any(|e| e.starts_with(want)), "{want}: {e:?}");
+    }
+    // Two UDP listeners on one port are one too many.
+    let twice = format!("{UDP}\n[[listeners]]\nport = 53\n{tail}");
+    let e = errors(&twice);
+    assert!(
+        e.iter().any(|e| e.starts_with("t.toml:22:8: listeners[2].port: port 53 is zero or used twice")),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -14,6 +14,8 @@
 //! - **Reset**: a side that is reset (or closes before its direction
 //!   ended, e.g. aborted) resets the other.
 
+pub mod udp;
+
 use ferrogate_net::{StreamId, StreamState, Streams};
 
 /// One side of a splice.

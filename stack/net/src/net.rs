@@ -9,7 +9,7 @@
 //! sockets that received a frame, were touched by their owner, or whose
 //! timer came due are polled for egress, and only their owners run.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
 use smoltcp::socket::tcp;
@@ -19,6 +19,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 use ferrogate_wire::{self as wire, FrameClass, RxDrop};
 
 use crate::config::NetConfig;
+use crate::datagram::{Datagram, UdpPorts};
 use crate::device::{DeviceStats, FrameQueue, QueueDevice};
 use crate::neighbors::NeighborPrimer;
 use crate::ports::PortAllocator;
@@ -35,6 +36,10 @@ pub enum NetError {
     TooManyAddresses,
     #[error("listener port {0} lies inside the upstream port range")]
     ListenerInPortRange(u16),
+}
+
+fn ip_of(a: smoltcp::wire::IpAddress) -> IpAddr {
+    a.into()
 }
 
 /// What runs on the streams: the HTTP proxy, later L4 proxies. Every call
@@ -67,6 +72,21 @@ pub trait App {
     /// After each pass: owners that stopped with work left mark a stream
     /// (`Streams::mark`) to run again in the next one.
     fn end_pass(&mut self, streams: Streams<'_>);
+
+    /// A datagram to one of our UDP ports: a listening one
+    /// ([`Net::set_udp_ports`]) or one the application bound
+    /// ([`Streams::bind_udp`]). Default: ignored.
+    fn datagram(&mut self, _streams: Streams<'_>, _d: &Datagram<'_>) {}
+
+    /// ICMP says a datagram sent from `local` (a bound port) to `remote`
+    /// could not be delivered. Default: ignored.
+    fn datagram_unreachable(
+        &mut self,
+        _streams: Streams<'_>,
+        _local: SocketAddr,
+        _remote: SocketAddr,
+    ) {
+    }
 }
 
 /// Counters of the TCP/IP layer of one worker.
@@ -193,6 +213,7 @@ pub struct Net {
     scratch: Box<[u8]>,
     device_stats: DeviceStats,
     listen_ports: Vec<u16>,
+    udp: UdpPorts,
     /// The sockets of the current pass (kept for its allocation).
     work: Vec<SockId>,
     ports: PortAllocator,
@@ -268,6 +289,7 @@ impl Net {
             scratch,
             device_stats,
             listen_ports,
+            udp: UdpPorts::new(Vec::new(), cfg.upstream_ports.clone()),
             work: Vec::with_capacity(cfg.max_connections.saturating_mul(2)),
             ports,
             neighbors: NeighborPrimer::default(),
@@ -280,6 +302,21 @@ impl Net {
 
     pub fn config(&self) -> &NetConfig {
         &self.cfg
+    }
+
+    /// The UDP ports whose datagrams (to any of our addresses) go to the
+    /// application ([`App::datagram`]); others are answered ICMP port
+    /// unreachable.
+    pub fn set_udp_ports(&mut self, ports: Vec<u16>) -> Result<(), NetError> {
+        if let Some(&p) = ports.iter().find(|p| self.cfg.upstream_ports.contains(p)) {
+            return Err(NetError::ListenerInPortRange(p));
+        }
+        self.udp = UdpPorts::new(ports, self.cfg.upstream_ports.clone());
+        Ok(())
+    }
+
+    pub fn udp_stats(&self) -> &crate::datagram::UdpNetStats {
+        &self.udp.stats
     }
 
     /// The time of the last `poll` (or of creation).
@@ -303,6 +340,8 @@ impl Net {
             cfg: &self.cfg,
             now: self.now,
             pass: self.pass,
+            tx: &mut self.tx,
+            udp: &mut self.udp,
         }
     }
 
@@ -357,6 +396,10 @@ impl Net {
             return;
         }
         let class = wire::classify(frame);
+        if self.datagram_ingress(idx, class, app) {
+            return;
+        }
+        let frame = self.rx.slot(idx);
         let meta = match class {
             FrameClass::Tcp(m) => Some(m),
             _ => None,
@@ -432,6 +475,67 @@ impl Net {
             self.accept(id, app);
         }
         self.sockets.mark(id);
+    }
+
+    /// UDP to a port of the application's, or ICMP unreachable about a
+    /// datagram it sent: handed over without smoltcp. False: not such a
+    /// frame (a datagram to another port gets smoltcp's port unreachable).
+    fn datagram_ingress<A: App>(&mut self, idx: usize, class: FrameClass, app: &mut A) -> bool {
+        let Net {
+            rx,
+            sockets,
+            iface,
+            ports,
+            cfg,
+            tx,
+            udp,
+            stats,
+            now,
+            pass,
+            ..
+        } = self;
+        // The streams from the fields `rx` is not among (the frame stays
+        // borrowed from it).
+        macro_rules! streams {
+            () => {
+                Streams {
+                    sockets,
+                    iface: iface.context(),
+                    ports,
+                    cfg,
+                    now: *now,
+                    pass: *pass,
+                    tx,
+                    udp,
+                }
+            };
+        }
+        match class {
+            FrameClass::Udp(m) if udp.takes(m.key.local_port) && iface.has_ip_addr(m.key.local) => {
+                let frame = rx.slot(idx);
+                let d = Datagram {
+                    local: SocketAddr::new(ip_of(m.key.local), m.key.local_port),
+                    remote: SocketAddr::new(ip_of(m.key.remote), m.key.remote_port),
+                    peer_mac: frame[6..12].try_into().expect("rx_check: a full header"),
+                    payload: m.payload(frame),
+                };
+                stats.rx_handed += 1;
+                udp.stats.rx_datagrams += 1;
+                app.datagram(streams!(), &d);
+                true
+            }
+            FrameClass::UdpUnreachable(k)
+                if udp.is_bound(k.local_port) && iface.has_ip_addr(k.local) =>
+            {
+                stats.rx_handed += 1;
+                udp.stats.rx_unreachable += 1;
+                let local = SocketAddr::new(ip_of(k.local), k.local_port);
+                let remote = SocketAddr::new(ip_of(k.remote), k.remote_port);
+                app.datagram_unreachable(streams!(), local, remote);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Hands a socket that has just received its SYN to the application.

@@ -3,7 +3,7 @@
 //! application; a [`Stream`] is one socket, by id. No smoltcp type crosses
 //! this boundary except the time values (plain microseconds).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::iface::Context;
 use smoltcp::socket::tcp;
@@ -11,6 +11,8 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::IpEndpoint;
 
 use crate::config::NetConfig;
+use crate::datagram::{self, SendDrop, UdpPorts};
+use crate::device::FrameQueue;
 use crate::ports::PortAllocator;
 use crate::sockets::SocketTable;
 
@@ -167,6 +169,8 @@ pub struct Streams<'a> {
     pub(crate) cfg: &'a NetConfig,
     pub(crate) now: Instant,
     pub(crate) pass: u64,
+    pub(crate) tx: &'a mut FrameQueue,
+    pub(crate) udp: &'a mut UdpPorts,
 }
 
 impl Streams<'_> {
@@ -226,5 +230,73 @@ impl Streams<'_> {
     /// Queues `id` for egress and timers in this poll (after writing to it).
     pub fn mark(&mut self, id: StreamId) {
         self.sockets.mark(id);
+    }
+
+    /// A local port for a UDP session (from the upstream range, shared with
+    /// TCP connections): datagrams to it reach [`crate::App::datagram`]
+    /// until [`Self::unbind_udp`]. None: every port is in use.
+    pub fn bind_udp(&mut self) -> Option<u16> {
+        let port = self.ports.alloc()?;
+        self.udp.set_bound(port, true);
+        Some(port)
+    }
+
+    pub fn unbind_udp(&mut self, port: u16) {
+        if self.udp.is_bound(port) {
+            self.udp.set_bound(port, false);
+            self.ports.free(port);
+        }
+    }
+
+    /// Sends one datagram from `local` (one of our addresses) to `remote`,
+    /// to the link-layer address `peer_mac` or, when None, to the one the
+    /// neighbour cache has for `remote`'s next hop. A drop is counted.
+    pub fn send_datagram(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        peer_mac: Option<[u8; 6]>,
+        payload: &[u8],
+    ) -> Result<(), SendDrop> {
+        let stats = &mut self.udp.stats;
+        let mac = match peer_mac {
+            Some(m) => Some(m),
+            None => match self.iface.next_hop_hardware_addr(&remote.ip().into()) {
+                Some(smoltcp::wire::HardwareAddress::Ethernet(e)) => Some(e.0),
+                _ => None,
+            },
+        };
+        let r = match mac {
+            Some(mac) => datagram::emit(
+                self.tx,
+                self.cfg.mac,
+                mac,
+                local,
+                remote,
+                payload,
+                self.cfg.tx_checksum_offload,
+            ),
+            None => Err(SendDrop::NoNeighbour),
+        };
+        match r {
+            Ok(()) => stats.tx_datagrams += 1,
+            Err(SendDrop::NoNeighbour) => stats.tx_drop_no_neighbour += 1,
+            Err(SendDrop::TooBig | SendDrop::AddressFamily) => stats.tx_drop_too_big += 1,
+            Err(SendDrop::QueueFull) => stats.tx_drop_queue_full += 1,
+        }
+        r
+    }
+
+    /// One of our addresses to send to `remote` from: `preferred` when it
+    /// is of the same family, else the first of that family.
+    pub fn source_for(&self, remote: IpAddr, preferred: IpAddr) -> Option<IpAddr> {
+        if preferred.is_ipv4() == remote.is_ipv4() {
+            return Some(preferred);
+        }
+        self.cfg
+            .addresses
+            .iter()
+            .map(|(a, _)| *a)
+            .find(|a| a.is_ipv4() == remote.is_ipv4())
     }
 }

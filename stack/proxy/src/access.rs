@@ -61,6 +61,8 @@ pub enum Protocol {
     Http2,
     /// A TCP listener's connection (one record per connection).
     Tcp,
+    /// A UDP listener's session (one record per session, at its end).
+    Udp,
 }
 
 impl Protocol {
@@ -69,6 +71,7 @@ impl Protocol {
             Protocol::Http1 => "HTTP/1.1",
             Protocol::Http2 => "HTTP/2",
             Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
         }
     }
 }
@@ -97,8 +100,8 @@ pub struct AccessRecord {
     /// for TCP connections, why the connection ended (`closed`,
     /// `idle_timeout`, `client_reset`, `upstream_reset`, an error code).
     pub error: &'static str,
-    /// TCP connections: bytes client → upstream and upstream → client
-    /// (written for protocol `TCP` only).
+    /// TCP connections and UDP sessions: bytes client → upstream and
+    /// upstream → client (written for protocols `TCP` and `UDP` only).
     pub bytes_up: u64,
     pub bytes_down: u64,
 }
@@ -168,7 +171,7 @@ impl AccessRecord {
             self.request_id.as_bytes(),
             self.request_id.truncated(),
         );
-        if self.protocol == Protocol::Tcp {
+        if matches!(self.protocol, Protocol::Tcp | Protocol::Udp) {
             let _ = write!(
                 out,
                 ",\"bytes_up\":{},\"bytes_down\":{}",

@@ -81,7 +81,7 @@ pub(crate) struct L4Conn {
 
 /// The key a hash balancer picks by: the client's address (`source`; a
 /// header or cookie key has nothing to read and falls back to it).
-fn source_key(pool: &Upstream, client: Option<SocketAddr>) -> u64 {
+pub(crate) fn source_key(pool: &Upstream, client: Option<SocketAddr>) -> u64 {
     match (&pool.policy.balancer, client) {
         (Balancer::Hash(on), Some(c)) => on.key(
             &RequestView::new("", None, "", crate::http::Headers::EMPTY),

@@ -23,6 +23,7 @@ pub mod route_stats;
 pub mod router;
 mod stack;
 pub mod stats;
+mod udp_session;
 
 pub use ferrogate_h2 as h2;
 pub use ferrogate_http as http;
@@ -40,7 +41,7 @@ pub use net::{Duration, Instant};
 pub use phases::{ProxyHttp, RequestInfo, ResponseInfo, StandardPhases, Verdict};
 pub use route::{
     DirectResponse, HeaderMatch, L4Listener, Listener, PathMatch, QueryMatch, Route, RouteAction,
-    RouteTable,
+    RouteTable, UdpListener,
 };
 pub use stack::{Stack, StackError};
 pub use stats::StackStats;

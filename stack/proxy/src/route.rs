@@ -20,7 +20,31 @@ pub struct RouteTable {
     pub listeners: Vec<Listener>,
     /// Every pool of the snapshot; `upstreams[i].index == i`.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// UDP listeners (`protocol = "udp"`); a port may have a TCP or HTTP
+    /// listener in `listeners` too.
+    pub udp_listeners: Vec<UdpListener>,
 }
+
+/// A UDP listener: each client (address and port) is a session pinned to
+/// one endpoint of `upstream` through a local port of ours; replies come
+/// back from the listener's address and port.
+#[derive(Debug, Clone)]
+pub struct UdpListener {
+    pub port: u16,
+    /// Picked once per session with the pool's balancer (a hash balancer
+    /// hashes the client's address and port).
+    pub upstream: Arc<Upstream>,
+    /// No datagram either way for this long ends the session.
+    pub idle_timeout: std::time::Duration,
+    /// Sessions at once on this listener in a worker; a datagram from a
+    /// new client beyond it is dropped (counted).
+    pub max_sessions: usize,
+}
+
+/// Default idle timeout of a UDP session.
+pub const UDP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Default sessions per UDP listener and worker.
+pub const UDP_MAX_SESSIONS: usize = 16_384;
 
 /// A listening port with its routes in configuration order and the lookup
 /// structure compiled from them (see [`crate::router`]).
@@ -175,7 +199,18 @@ impl RouteTable {
             version,
             listeners,
             upstreams,
+            udp_listeners: Vec::new(),
         }
+    }
+
+    /// With UDP listeners (their pools are among `upstreams`).
+    pub fn with_udp(mut self, udp: Vec<UdpListener>) -> Self {
+        self.udp_listeners = udp;
+        self
+    }
+
+    pub fn udp_listener(&self, port: u16) -> Option<&UdpListener> {
+        self.udp_listeners.iter().find(|l| l.port == port)
     }
 
     /// One listener on `port` whose one route sends every request to

@@ -6,7 +6,7 @@
 //! health prober, the pools' runtime registry); the net layer calls it when
 //! a connection arrives or one of its streams has events.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::access::AccessSink;
@@ -16,13 +16,14 @@ use crate::h2_session::H2Conn;
 use crate::l4_session::L4Conn;
 use crate::lb::conn_pool::{ConnPool, POOLED};
 use crate::lb::{UpstreamRegistry, UpstreamStats};
-use crate::net::{App, Instant, Net, NetError, Owner, StreamId, Streams};
+use crate::net::{App, Datagram, Instant, Net, NetError, Owner, StreamId, Streams};
 use crate::phases::{ProxyHttp, StandardPhases};
 use crate::probe::{ProbeCtx, Prober};
 use crate::proxy::{Conn, ConnBufs, Ctx};
 use crate::route::RouteTable;
 use crate::route_stats::RouteCounters;
 use crate::stats::StackStats;
+use crate::udp_session::{UdpCx, UdpProxy};
 
 /// Why a stack cannot start (the TCP/IP layer's reasons).
 pub type StackError = NetError;
@@ -90,6 +91,8 @@ struct ProxyApp<P: ProxyHttp> {
     l4_open: Vec<(u16, usize)>,
     /// The splice's copy buffer, lent to each TCP connection's run.
     l4_scratch: Vec<u8>,
+    /// UDP listeners' sessions.
+    udp: UdpProxy,
 }
 
 /// The splice's copy unit.
@@ -150,8 +153,12 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
             .map(Session::deadline)
     }
 
-    fn poll(&mut self, net: Streams<'_>) {
+    fn poll(&mut self, mut net: Streams<'_>) {
         let now = net.now();
+        if self.udp.next_expiry().is_some_and(|t| t <= now) {
+            let (udp, mut cx) = self.udp_cx();
+            udp.expire(&mut net, &mut cx);
+        }
         self.prober.run(
             &mut ProbeCtx {
                 net,
@@ -164,7 +171,25 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
     }
 
     fn poll_at(&self) -> Option<Instant> {
-        self.prober.next_at(&self.routes)
+        [self.prober.next_at(&self.routes), self.udp.next_expiry()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn datagram(&mut self, mut net: Streams<'_>, d: &Datagram<'_>) {
+        let (udp, mut cx) = self.udp_cx();
+        udp.datagram(&mut net, &mut cx, d);
+    }
+
+    fn datagram_unreachable(
+        &mut self,
+        mut net: Streams<'_>,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) {
+        let (udp, mut cx) = self.udp_cx();
+        udp.unreachable(&mut net, &mut cx, local, remote);
     }
 
     fn end_pass(&mut self, mut net: Streams<'_>) {
@@ -187,6 +212,20 @@ fn keep_spare(spare: &mut Vec<ConnBufs>, bufs: ConnBufs) {
 }
 
 impl<P: ProxyHttp> ProxyApp<P> {
+    /// The UDP sessions and what their events need, borrowed apart.
+    fn udp_cx(&mut self) -> (&mut UdpProxy, UdpCx<'_>) {
+        (
+            &mut self.udp,
+            UdpCx {
+                routes: &self.routes,
+                registry: &mut self.registry,
+                stats: &mut self.stats,
+                access: &self.access,
+                rr_cursor: &mut self.rr_cursor,
+            },
+        )
+    }
+
     /// Stores a new connection; its index is the owner of its streams.
     fn insert(&mut self, conn: Session<P>) -> u32 {
         let idx = match self.free_conns.pop() {
@@ -370,6 +409,7 @@ impl<P: ProxyHttp> Stack<P> {
     ) -> Result<Self, StackError> {
         let listen_ports = routes.listeners.iter().map(|l| l.port).collect();
         let mut net = Net::new(cfg.net.clone(), listen_ports, now)?;
+        net.set_udp_ports(routes.udp_listeners.iter().map(|l| l.port).collect())?;
         net.set_neighbour_targets(endpoint_addresses(&routes));
         let max = cfg.net.max_connections;
         let app = ProxyApp {
@@ -398,6 +438,7 @@ impl<P: ProxyHttp> Stack<P> {
             stats: StackStats::default(),
             l4_open: Vec::new(),
             l4_scratch: vec![0; L4_SCRATCH],
+            udp: UdpProxy::default(),
             routes,
             cfg,
         };
@@ -436,6 +477,8 @@ impl<P: ProxyHttp> Stack<P> {
             }
         }
         app.routes = routes;
+        let (udp, mut cx) = app.udp_cx();
+        udp.retain_current(&mut streams, &mut cx);
     }
 
     /// Per-pool and per-endpoint counters and states of this worker.
@@ -489,6 +532,7 @@ impl<P: ProxyHttp> Stack<P> {
         let s = &mut app.stats;
         s.active_connections = app.active as u64;
         s.l4.active = app.l4_open.iter().map(|(_, n)| *n as u64).sum();
+        s.udp.active = app.udp.active() as u64;
         let pc = app.conn_pool.counters;
         s.upstream_idle = app.conn_pool.len() as u64;
         s.upstream_pool_released = pc.released;

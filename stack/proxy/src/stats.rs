@@ -63,6 +63,88 @@ pub struct StackStats {
     pub h2: H2Stats,
     /// TCP (L4) listeners' connections.
     pub l4: L4Stats,
+    /// UDP listeners' sessions and datagrams.
+    pub udp: UdpStats,
+}
+
+/// Counters of a worker's UDP listeners. Every datagram to a UDP listener
+/// or to a session's port is forwarded or counted in one `drop_*`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UdpStats {
+    /// Sessions created (a datagram from a new client).
+    pub sessions: u64,
+    /// Of those, open now (a gauge).
+    pub active: u64,
+    /// Datagrams and payload bytes client → upstream, upstream → client.
+    pub datagrams_up: u64,
+    pub datagrams_down: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// Sessions ended because no datagram moved for the idle timeout.
+    pub idle_timeouts: u64,
+    /// Sessions ended by ICMP unreachable from their endpoint.
+    pub unreachable: u64,
+    /// A new client beyond the listener's `max_sessions`.
+    pub drop_over_limit: u64,
+    /// A new client and no usable endpoint (none healthy, breaker open).
+    pub drop_no_upstream: u64,
+    /// A new client and no free local port.
+    pub drop_no_port: u64,
+    /// To a session port from an address other than its endpoint (or to
+    /// one whose session just ended).
+    pub drop_foreign_source: u64,
+    /// To a UDP port whose listener a reload removed (the port stays
+    /// open until the engine restarts).
+    pub drop_no_listener: u64,
+    /// Not sent: the next hop's address unresolved, larger than the MTU,
+    /// the transmit queue full.
+    pub drop_no_neighbour: u64,
+    pub drop_too_big: u64,
+    pub drop_tx_full: u64,
+}
+
+impl UdpStats {
+    fn add(&mut self, o: &UdpStats) {
+        for ((_, a), (_, b)) in self.fields_mut().into_iter().zip(o.fields()) {
+            *a += b;
+        }
+    }
+
+    fn fields_mut(&mut self) -> [(&'static str, &mut u64); 16] {
+        [
+            ("udp_sessions", &mut self.sessions),
+            ("udp_active", &mut self.active),
+            ("udp_datagrams_up", &mut self.datagrams_up),
+            ("udp_datagrams_down", &mut self.datagrams_down),
+            ("udp_bytes_up", &mut self.bytes_up),
+            ("udp_bytes_down", &mut self.bytes_down),
+            ("udp_idle_timeouts", &mut self.idle_timeouts),
+            ("udp_unreachable", &mut self.unreachable),
+            ("udp_drop_over_limit", &mut self.drop_over_limit),
+            ("udp_drop_no_upstream", &mut self.drop_no_upstream),
+            ("udp_drop_no_port", &mut self.drop_no_port),
+            ("udp_drop_foreign_source", &mut self.drop_foreign_source),
+            ("udp_drop_no_listener", &mut self.drop_no_listener),
+            ("udp_drop_no_neighbour", &mut self.drop_no_neighbour),
+            ("udp_drop_too_big", &mut self.drop_too_big),
+            ("udp_drop_tx_full", &mut self.drop_tx_full),
+        ]
+    }
+
+    fn fields(&self) -> [(&'static str, u64); 16] {
+        let mut copy = *self;
+        copy.fields_mut().map(|(k, v)| (k, *v))
+    }
+
+    /// Counts a datagram the stack could not send.
+    pub(crate) fn count_send_drop(&mut self, e: crate::net::SendDrop) {
+        use crate::net::SendDrop;
+        match e {
+            SendDrop::NoNeighbour => self.drop_no_neighbour += 1,
+            SendDrop::TooBig | SendDrop::AddressFamily => self.drop_too_big += 1,
+            SendDrop::QueueFull => self.drop_tx_full += 1,
+        }
+    }
 }
 
 /// Counters of a worker's TCP listeners.
@@ -241,6 +323,7 @@ impl StackStats {
         self.header_lines_refused += o.header_lines_refused;
         self.h2.add(&o.h2);
         self.l4.add(&o.l4);
+        self.udp.add(&o.udp);
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
@@ -281,6 +364,7 @@ impl StackStats {
         ]);
         v.extend(self.h2.fields());
         v.extend(self.l4.fields());
+        v.extend(self.udp.fields());
         v
     }
 }

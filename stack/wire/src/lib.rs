@@ -12,5 +12,5 @@ mod classify;
 mod rx_check;
 
 pub use arp::arp_request_to_learning_reply;
-pub use classify::{FlowKey, FrameClass, TcpMeta, classify};
+pub use classify::{FlowKey, FrameClass, TcpMeta, UdpMeta, classify};
 pub use rx_check::{RxDrop, rx_check};

@@ -1044,6 +1044,17 @@ impl InterfaceInner {
         self.routes.lookup(addr, timestamp)
     }
 
+    /// ferrogate: the link-layer address of `addr`'s next hop, if known now
+    /// (an application that writes its own frames, e.g. UDP, asks this;
+    /// resolving is left to the caller's neighbour priming).
+    pub fn next_hop_hardware_addr(&self, addr: &IpAddress) -> Option<HardwareAddress> {
+        let hop = self.route(addr, self.now)?;
+        match self.neighbor_cache.lookup(&hop, self.now) {
+            crate::iface::neighbor::Answer::Found(h) => Some(h),
+            _ => None,
+        }
+    }
+
     fn has_neighbor(&self, addr: &IpAddress) -> bool {
         match self.route(addr, self.now) {
             Some(_routed_addr) => match self.caps.medium {
