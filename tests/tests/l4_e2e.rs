@@ -673,3 +673,187 @@ max_sessions = 50
         );
     });
 }
+
+/// TLS terminated on a TCP listener, plaintext to plain origins: a rustls
+/// client half-closes (close_notify, then FIN) and reads the echo that the
+/// origin sends only after that FIN, ended by ferrogate's close_notify;
+/// `redis-cli --tls` and `openssl s_client` against redis-server (the
+/// certificate verified, no ALPN); garbage instead of a ClientHello, and a
+/// PROXY header from a client not trusted to send one, reset and counted.
+#[test]
+fn tls_terminated_on_a_tcp_listener_reaches_plain_origins() {
+    lab_test("l4-tls", || {
+        let lab = Lab::up(1);
+        let dir = lab.state_dir();
+        let d = dir.display().to_string();
+        let ca = ferrogate_testkit::Ca::new("fg l4 termination CA");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        ca.leaf(Some("edge-tls"), &["tls.example"])
+            .write(&dir, "edge");
+        let cfg = dir.join("l4-tls.toml");
+        std::fs::write(
+            &cfg,
+            r#"vips = ["10.77.0.10/24"]
+[engine]
+interface = "eth0"
+queues = 1
+
+[access_log]
+path = "access.log"
+
+[[upstreams]]
+name = "echo"
+endpoints = ["10.77.0.3:7100"]
+
+[[upstreams]]
+name = "redis"
+endpoints = ["10.77.0.3:6391"]
+
+[[listeners]]
+port = 80
+[[listeners.routes]]
+respond = { status = 200, body = "up" }
+
+[[listeners]]
+port = 7100
+protocol = "tcp"
+upstream = "echo"
+
+[[listeners]]
+port = 7443
+protocol = "tcp"
+upstream = "echo"
+[listeners.tls]
+certificates = [{ cert = "edge.crt", key = "edge.key" }]
+
+[[listeners]]
+port = 6443
+protocol = "tcp"
+upstream = "redis"
+[listeners.tls]
+certificates = [{ cert = "edge.crt", key = "edge.key" }]
+"#,
+        )
+        .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let echo = start_echo_after_eof(&lab, stop.clone());
+        wait_listening(&lab, 7100);
+        let redis = Proc::origin(
+            &lab,
+            &[
+                "redis-server",
+                "--port",
+                "6391",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--bind",
+                ORIGIN_IP,
+            ],
+        );
+        wait_listening(&lab, 6391);
+        let engine = lab.start_engine_with(&cfg, "af_xdp", 1);
+
+        // 4 MiB up, the client's side ended, the echo back to an orderly
+        // end (rustls reads to the end only after a close_notify).
+        let data = payload(4 << 20);
+        let back = lab.in_client(|| tls_echo_after_half_close(&ca, &data));
+        let back = back.expect("TLS echo after the half-close");
+        assert_eq!(back.len(), data.len());
+        assert!(back == data, "echoed bytes differ");
+
+        let (ok, out) = lab.client_sh(&format!(
+            "redis-cli --tls --cacert {d}/ca.pem --sni tls.example -h {VIP} -p 6443 set fg-tls through-tls && \
+             redis-cli --tls --cacert {d}/ca.pem --sni tls.example -h {VIP} -p 6443 get fg-tls"
+        ));
+        assert!(ok && out.contains("through-tls"), "{out}");
+        let (_, out) = lab.client_sh(&format!(
+            "(printf 'PING\\r\\n'; sleep 2) | timeout 20 openssl s_client -connect {VIP}:6443 \
+             -servername tls.example -CAfile {d}/ca.pem -verify_return_error 2>&1"
+        ));
+        assert!(out.contains("CN = edge-tls"), "{out}");
+        assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+        assert!(out.contains("No ALPN negotiated"), "{out}");
+        assert!(out.contains("+PONG"), "{out}");
+        drop(redis);
+
+        // Plain HTTP where a ClientHello must come: reset, counted.
+        let (ok, out) = lab.client_sh(&format!("curl -sS -m 5 http://{VIP}:7443/"));
+        assert!(!ok, "{out}");
+        // A PROXY header from the client (not in proxy_protocol_from) on
+        // the plain and the TLS listener: reset, nothing reaches the origin.
+        for port in [7100u16, 7443] {
+            let got = lab.in_client(|| {
+                let mut s = TcpStream::connect((VIP, port))?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                s.write_all(
+                    format!("PROXY TCP4 203.0.113.9 {VIP} 5555 {port}\r\nforged\n").as_bytes(),
+                )?;
+                s.shutdown(Shutdown::Write)?;
+                let mut back = Vec::new();
+                s.read_to_end(&mut back).map(|_| back)
+            });
+            match got {
+                Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{port}"),
+                Ok(back) => panic!("{port}: a forged header got through: {back:?}"),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        echo.join().unwrap();
+
+        let stats = engine.stats_until(|s| s["stack_l4_untrusted_proxy_header"] >= 2);
+        assert!(stats["stack_l4_tls_handshakes"] >= 4, "{stats:?}");
+        assert!(stats["stack_l4_tls_handshake_failed"] >= 1, "{stats:?}");
+        assert_eq!(stats["stack_l4_untrusted_proxy_header"], 2, "{stats:?}");
+        assert_eq!(stats["stack_l4_tls_record_errors"], 0, "{stats:?}");
+        assert!(stats["stack_l4_bytes_up"] >= 4 << 20, "{stats:?}");
+
+        // The access records say why each ended.
+        let log = dir.join("access.log");
+        let mut text = String::new();
+        for _ in 0..50 {
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("untrusted_proxy_header") && text.contains("tls_handshake_failed") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let echo_line = format!("\"bytes_up\":{}", 4 << 20);
+        assert!(
+            text.lines().any(|l| l.contains("\"tls\":true")
+                && l.contains(&echo_line)
+                && l.contains("\"error\":\"closed\"")),
+            "no TLS record of the echo in:\n{}",
+            &text[..text.len().min(3000)]
+        );
+        for reason in ["tls_handshake_failed", "untrusted_proxy_header"] {
+            assert!(
+                text.contains(&format!("\"error\":\"{reason}\"")),
+                "{reason}:\n{text}"
+            );
+        }
+    });
+}
+
+/// In the client namespace: sends `data` through TLS to VIP:7443, ends its
+/// side with close_notify then FIN, and reads the echo to its end (an
+/// error unless that end is a close_notify).
+fn tls_echo_after_half_close(ca: &ferrogate_testkit::Ca, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = ferrogate_testkit::client_config(provider, ca, &[], None);
+    let name = rustls::pki_types::ServerName::try_from("tls.example").unwrap();
+    let conn = rustls::ClientConnection::new(cfg, name).map_err(std::io::Error::other)?;
+    let tcp = TcpStream::connect((VIP, 7443))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(data)?;
+    tls.conn.send_close_notify();
+    tls.flush()?;
+    tls.sock.shutdown(Shutdown::Write)?;
+    let mut back = Vec::new();
+    tls.read_to_end(&mut back)?;
+    Ok(back)
+}

@@ -285,8 +285,14 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
             }
         }
         if let Some(l4) = check_l4(i, l, &pools, rep) {
+            // TLS termination: the keys of HTTPS listeners, plaintext spliced.
+            let tls = check_listener_tls(i, l, rep);
             if let Some(l4) = l4 {
-                listeners.push(Listener::tcp(port, l4));
+                let mut listener = Listener::tcp(port, l4);
+                if let Some(tls) = tls {
+                    listener = listener.with_tls(Arc::new(tls));
+                }
+                listeners.push(listener);
             }
             continue;
         }
@@ -545,11 +551,11 @@ fn check_l4(
         );
         ok = false;
     }
-    if let Some(t) = &l.tls {
+    if let (Some(_), Some(sni)) = (&l.tls, &l.sni) {
         rep.at(
-            t.span(),
-            field("tls"),
-            "TLS on a TCP listener is not supported yet",
+            sni.span(),
+            field("sni"),
+            "TLS passthrough (`sni`) and TLS termination ([listeners.tls]) exclude each other: choose one",
         );
         ok = false;
     }

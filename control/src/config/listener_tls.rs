@@ -89,7 +89,24 @@ pub(super) fn check_listener_tls(
         );
     }
     let mut alpn = Vec::new();
+    let tcp = l.protocol.as_ref().is_some_and(|p| p.get_ref() == "tcp");
     match &t.alpn {
+        // A TCP listener splices whatever protocol: none is claimed unless
+        // listed, and any listed one is offered as it is.
+        None if tcp => {}
+        Some(list) if tcp => {
+            for (k, a) in list.iter().enumerate() {
+                let id = a.get_ref().as_bytes();
+                if !(1..=255).contains(&id.len()) {
+                    rep.at(
+                        a.span(),
+                        format!("{field}.alpn[{k}]"),
+                        "a protocol name is 1..=255 bytes",
+                    );
+                }
+                alpn.push(id.to_vec());
+            }
+        }
         None if l.http2 => alpn.extend([b"h2".to_vec(), b"http/1.1".to_vec()]),
         None => alpn.push(b"http/1.1".to_vec()),
         Some(list) => {

@@ -363,7 +363,8 @@ pub enum Polling {
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
     pub port: Spanned<u16>,
-    /// TLS termination on this port (HTTPS).
+    /// TLS termination on this port (HTTPS; a TCP listener splices the
+    /// plaintext to its `upstream`).
     #[serde(default)]
     pub tls: Option<Spanned<ListenerTlsSection>>,
     /// Headers carrying the verified client certificate identity (mTLS) to
@@ -414,7 +415,7 @@ pub struct ListenerSection {
 pub struct ListenerTlsSection {
     pub certificates: Vec<Spanned<CertificateSection>>,
     /// ALPN protocols offered, in preference order (default `["http/1.1"]`,
-    /// or `["h2", "http/1.1"]` with `http2 = true`).
+    /// or `["h2", "http/1.1"]` with `http2 = true`; none on a TCP listener).
     #[serde(default)]
     pub alpn: Option<Vec<Spanned<String>>>,
     /// `"1.2"` (default) or `"1.3"`.

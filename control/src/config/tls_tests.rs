@@ -201,3 +201,83 @@ fn alpn_offers_h2_only_on_http2_listeners() {
     .expect("compiles");
     assert!(c.engine.routes.listeners[0].http2);
 }
+
+fn tcp_config(keys: &str) -> String {
+    format!(
+        r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+
+[[upstreams]]
+name = "redis"
+endpoints = ["10.77.0.3:6379"]
+
+[[listeners]]
+port = 6380
+protocol = "tcp"
+upstream = "redis"
+{keys}
+[listeners.tls]
+certificates = [{{ cert = "a.crt", key = "a.key" }}]
+"#
+    )
+}
+
+#[test]
+fn a_tcp_listener_terminates_tls_and_offers_alpn_only_when_listed() {
+    let d = dir();
+    let (c, k) = pem_pair("a.example");
+    std::fs::write(d.join("a.crt"), c).unwrap();
+    std::fs::write(d.join("a.key"), k).unwrap();
+    let c = compile_in(&d, &tcp_config("")).expect("compiles");
+    let l = c.engine.routes.listener(6380).unwrap();
+    assert_eq!(
+        l.l4.as_ref().expect("a TCP listener").upstream.name,
+        "redis"
+    );
+    let tls = l.tls.as_ref().expect("terminates TLS");
+    assert!(tls.server.config.alpn_protocols.is_empty(), "no ALPN");
+    let with_alpn = tcp_config("").replace(
+        "key = \"a.key\" }]\n",
+        "key = \"a.key\" }]\nalpn = [\"redis\", \"x-custom/1\"]\n",
+    );
+    let c = compile_in(&d, &with_alpn).expect("compiles");
+    let tls = c.engine.routes.listener(6380).unwrap().tls.clone().unwrap();
+    assert_eq!(
+        tls.server.config.alpn_protocols,
+        vec![b"redis".to_vec(), b"x-custom/1".to_vec()]
+    );
+    let e = compile_in(&d, &with_alpn.replace("\"redis\"", "\"\"")).unwrap_err();
+    assert!(
+        e.iter()
+            .any(|l| l.contains("/edge.toml:17:9: listeners[0].tls.alpn[0]: ")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn sni_passthrough_and_tls_termination_on_one_listener_are_refused_with_their_line() {
+    let d = dir();
+    let (c, k) = pem_pair("a.example");
+    std::fs::write(d.join("a.crt"), c).unwrap();
+    std::fs::write(d.join("a.key"), k).unwrap();
+    let e = compile_in(&d, &tcp_config("sni = { \"a.example\" = \"redis\" }\n")).unwrap_err();
+    assert!(
+        e.iter()
+            .any(|l| l.contains("/edge.toml:14:7: listeners[0].sni: ")
+                && l.contains("exclude each other")),
+        "{e:?}"
+    );
+    // A certificate error is still reported beside it.
+    let e = compile_in(
+        &d,
+        &tcp_config("sni = { \"a.example\" = \"redis\" }\n").replace("a.crt", "none.crt"),
+    )
+    .unwrap_err();
+    assert!(
+        e.iter()
+            .any(|l| l.contains("listeners[0].tls.certificates[0].cert")),
+        "{e:?}"
+    );
+}

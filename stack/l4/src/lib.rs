@@ -1,6 +1,7 @@
 //! The L4 splice: two TCP streams of one worker joined byte for byte, for
 //! TCP listeners. Sans-IO over the [`Ends`] trait (implemented for the
-//! worker's [`Streams`]), so the state machine is tested in memory.
+//! worker's [`Streams`], and by [`TlsPair`] for a client end whose TLS is
+//! terminated here), so the state machine is tested in memory.
 //!
 //! - **Back-pressure**: a direction reads from its source only as much as
 //!   its destination's send buffer has room for, through a caller-lent
@@ -43,10 +44,38 @@ pub trait Ends {
     fn recv(&mut self, e: End, buf: &mut [u8]) -> usize;
     fn send_space(&mut self, e: End) -> usize;
     fn send(&mut self, e: End, data: &[u8]) -> usize;
-    /// FIN after what is queued.
-    fn close(&mut self, e: End);
+    /// FIN after what is queued; false when it cannot be queued yet (a TLS
+    /// end whose close_notify is not all in the socket): asked again on the
+    /// next run.
+    fn close(&mut self, e: End) -> bool;
     /// RST.
     fn abort(&mut self, e: End);
+    /// The peer sent its last byte (its FIN; on TLS its close_notify too):
+    /// once `recv_queue` is empty, its direction has ended.
+    fn peer_done(&mut self, e: End) -> bool {
+        fin_received(self.state(e))
+    }
+    /// The side went away: reset, aborted, or (TLS) its session failed.
+    fn gone(&mut self, e: End) -> bool {
+        is_closed(self.state(e))
+    }
+}
+
+/// The peer's FIN came. (A stream still in its handshake may not receive
+/// yet, which is no FIN either.)
+fn fin_received(s: StreamState) -> bool {
+    matches!(
+        s,
+        StreamState::CloseWait
+            | StreamState::LastAck
+            | StreamState::Closing
+            | StreamState::TimeWait
+    )
+}
+
+/// Reset or aborted (or never connected).
+fn is_closed(s: StreamState) -> bool {
+    matches!(s, StreamState::Closed | StreamState::Listen)
 }
 
 /// The two streams of a splice in the worker's [`Streams`].
@@ -87,9 +116,10 @@ impl Ends for StreamPair<'_, '_> {
         let id = self.id(e);
         self.net.stream(id).send_slice(data)
     }
-    fn close(&mut self, e: End) {
+    fn close(&mut self, e: End) -> bool {
         let id = self.id(e);
-        self.net.stream(id).close()
+        self.net.stream(id).close();
+        true
     }
     fn abort(&mut self, e: End) {
         let id = self.id(e);
@@ -195,9 +225,7 @@ impl Splice {
         // A side that is closed (RST received, or aborted) while a
         // direction through it had not ended: reset the other.
         for side in [End::Client, End::Upstream] {
-            let st = io.state(side);
-            let gone = matches!(st, StreamState::Closed | StreamState::Listen);
-            if gone && !(self.up.fin_sent && self.down.fin_sent) {
+            if io.gone(side) && !(self.up.fin_sent && self.down.fin_sent) {
                 io.abort(side.other());
                 let status = Status::Reset(side);
                 self.status = Some(status);
@@ -254,22 +282,17 @@ impl Splice {
             self.dir_mut(from).bytes += n as u64;
         }
         // The source's FIN came and every byte before it is forwarded. (A
-        // closed source is a reset, handled by the caller; a stream still
-        // in its handshake may not receive yet, which is no FIN either.)
-        let fin_received = matches!(
-            io.state(from),
-            StreamState::CloseWait
-                | StreamState::LastAck
-                | StreamState::Closing
-                | StreamState::TimeWait
-        );
-        if fin_received && io.recv_queue(from) == 0 {
-            io.close(to);
+        // closed source is a reset, handled by the caller.)
+        if io.peer_done(from) && io.recv_queue(from) == 0 && io.close(to) {
             self.dir_mut(from).fin_sent = true;
         }
         (moved, false)
     }
 }
+
+mod tls;
+
+pub use tls::TlsPair;
 
 #[cfg(test)]
 mod tests;

@@ -90,8 +90,9 @@ impl Ends for Mock {
         self.s(e).tx.extend(&data[..n]);
         n
     }
-    fn close(&mut self, e: End) {
+    fn close(&mut self, e: End) -> bool {
         self.s(e).fin = true;
+        true
     }
     fn abort(&mut self, e: End) {
         let s = self.s(e);
@@ -235,7 +236,7 @@ fn a_side_in_its_handshake_is_not_a_fin() {
         fn send(&mut self, e: End, data: &[u8]) -> usize {
             self.0.send(e, data)
         }
-        fn close(&mut self, e: End) {
+        fn close(&mut self, e: End) -> bool {
             self.0.close(e)
         }
         fn abort(&mut self, e: End) {
@@ -246,4 +247,49 @@ fn a_side_in_its_handshake_is_not_a_fin() {
     let mut sp = Splice::new();
     assert_eq!(sp.run(&mut m, &mut [0u8; 16]).status, Status::Open);
     assert!(!m.0.u.fin);
+}
+
+#[test]
+fn a_close_that_cannot_be_queued_yet_is_asked_again_before_done() {
+    // A TLS client end queues its FIN only once close_notify is all in
+    // the socket: until then the direction has not ended.
+    struct SlowClose(Mock, usize);
+    impl Ends for SlowClose {
+        fn state(&mut self, e: End) -> StreamState {
+            self.0.state(e)
+        }
+        fn recv_queue(&mut self, e: End) -> usize {
+            self.0.recv_queue(e)
+        }
+        fn recv(&mut self, e: End, buf: &mut [u8]) -> usize {
+            self.0.recv(e, buf)
+        }
+        fn send_space(&mut self, e: End) -> usize {
+            self.0.send_space(e)
+        }
+        fn send(&mut self, e: End, data: &[u8]) -> usize {
+            self.0.send(e, data)
+        }
+        fn close(&mut self, e: End) -> bool {
+            if e == End::Client && self.1 > 0 {
+                self.1 -= 1;
+                return false;
+            }
+            self.0.close(e)
+        }
+        fn abort(&mut self, e: End) {
+            self.0.abort(e)
+        }
+    }
+    let mut m = SlowClose(Mock::new(64), 2);
+    let mut sp = Splice::new();
+    let mut scratch = [0u8; 16];
+    m.0.c.peer_fin = true;
+    m.0.u.peer_fin = true;
+    for _ in 0..2 {
+        assert_eq!(sp.run(&mut m, &mut scratch).status, Status::Open);
+        assert!(!sp.fin_forwarded(End::Upstream) && !m.0.c.fin);
+    }
+    assert_eq!(sp.run(&mut m, &mut scratch).status, Status::Done);
+    assert!(m.0.c.fin && m.0.u.fin);
 }

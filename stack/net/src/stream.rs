@@ -102,6 +102,12 @@ impl Stream<'_> {
         self.sock.recv_slice(buf).unwrap_or(0)
     }
 
+    /// Copies received bytes into `buf` and leaves them queued; 0 when there
+    /// are none.
+    pub fn peek_slice(&mut self, buf: &mut [u8]) -> usize {
+        self.sock.peek_slice(buf).unwrap_or(0)
+    }
+
     /// Lends the received bytes to `f`, which returns how many it consumed
     /// and a value. None when the stream cannot receive.
     pub fn recv_with<R>(&mut self, f: impl FnOnce(&mut [u8]) -> (usize, R)) -> Option<R> {

@@ -2,13 +2,15 @@
 //! balancer (a hash balancer hashes the client's address), connect through
 //! [`Attempt`] (retried on the next endpoint while no byte went up), then
 //! splice both ways ([`ferrogate_l4::Splice`]) until both sides have ended,
-//! one is reset, or nothing moved for the idle timeout. One access record
-//! per connection, at its end.
+//! one is reset, or nothing moved for the idle timeout. A listener with
+//! `[listeners.tls]` completes the client's TLS handshake before it picks,
+//! and splices the plaintext ([`ferrogate_l4::TlsPair`]). One access
+//! record per connection, at its end.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ferrogate_l4::{End, Splice, Status, StreamPair};
+use ferrogate_l4::{End, Splice, Status, StreamPair, TlsPair};
 
 use crate::access::{AccessRecord, Protocol};
 use crate::attempt::{Attempt, Connecting, L4_UNSENT, Started};
@@ -19,6 +21,7 @@ use crate::net::{Instant, StreamId, StreamState};
 use crate::phases::ProxyHttp;
 use crate::proxy::{Ctx, after};
 use crate::route::L4Listener;
+use crate::tls::{ByteStream, ListenerTls};
 
 enum Phase {
     /// Accepted: the first run picks and connects.
@@ -28,6 +31,8 @@ enum Phase {
     /// TLS passthrough: reading the ClientHello (kept, not consumed by
     /// anyone) until its server name picks the pool.
     Peek,
+    /// TLS termination: the client's handshake, before any upstream.
+    Handshake,
     Connecting,
     /// TLS passthrough: the bytes read while peeking go upstream first.
     Replay {
@@ -50,8 +55,15 @@ pub(crate) struct L4Conn {
     sni: Arc<[(String, Arc<Upstream>)]>,
     /// Load balancers whose PROXY header comes first.
     proxy_from: Arc<[(std::net::IpAddr, u8)]>,
-    /// The ClientHello bytes read while peeking, replayed upstream.
+    /// The ClientHello bytes read while peeking, replayed upstream (after
+    /// a trusted PROXY header: what followed it).
     hello: Vec<u8>,
+    /// TLS-terminating listeners: the client's session.
+    tls: Option<ByteStream>,
+    handshake_timeout: std::time::Duration,
+    /// The client's first bytes were looked at for a PROXY header it may
+    /// not send (or it is trusted to send one).
+    first_checked: bool,
     idle: std::time::Duration,
     att: Attempt,
     splice: Splice,
@@ -79,15 +91,48 @@ pub(crate) fn source_key(pool: &Upstream, client: Option<SocketAddr>) -> u64 {
     }
 }
 
+/// Untrusted sources: whether the client's first bytes (what the first read
+/// that has any finds, not waiting for more) are a PROXY header, i.e. a
+/// forged client address; decided once (`checked`).
+fn spoofs(checked: &mut bool, first: &[u8]) -> bool {
+    if *checked || first.is_empty() {
+        return false;
+    }
+    *checked = true;
+    crate::proxy_header::starts_with_proxy_signature(first)
+}
+
 impl L4Conn {
-    pub(crate) fn new(client: StreamId, listener_port: u16, l4: &L4Listener, now: Instant) -> Self {
-        Self {
+    /// None: the TLS session could not be created (the client is refused).
+    pub(crate) fn new(
+        client: StreamId,
+        listener_port: u16,
+        l4: &L4Listener,
+        tls: Option<&Arc<ListenerTls>>,
+        now: Instant,
+    ) -> Option<Self> {
+        let (tls, handshake_timeout) = match tls {
+            None => (None, std::time::Duration::ZERO),
+            Some(cfg) => match ByteStream::server(cfg.server.config.clone()) {
+                Ok(s) => (Some(s), cfg.handshake_timeout),
+                // Only for a config without a usable protocol version,
+                // which validation rules out.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a TLS session");
+                    return None;
+                }
+            },
+        };
+        Some(Self {
             client,
             listener_port,
             pool: l4.upstream.clone(),
             sni: l4.sni.clone(),
             proxy_from: l4.proxy_from.clone(),
             hello: Vec::new(),
+            tls,
+            handshake_timeout,
+            first_checked: false,
             idle: l4.idle_timeout,
             att: Attempt::l4(),
             splice: Splice::new(),
@@ -99,7 +144,7 @@ impl L4Conn {
             counted: (0, 0),
             reset_client: false,
             reason: "",
-        }
+        })
     }
 
     pub(crate) fn client(&self) -> StreamId {
@@ -138,6 +183,8 @@ impl L4Conn {
                     .is_some_and(|a| crate::proxy_header::in_prefixes(a.ip(), &self.proxy_from));
                 self.deadline = after(cx.now, self.idle);
                 if trusted {
+                    // Its PROXY header is expected, not a forgery.
+                    self.first_checked = true;
                     self.phase = Phase::ProxyHeader;
                     return true;
                 }
@@ -145,6 +192,7 @@ impl L4Conn {
             }
             Phase::ProxyHeader => self.proxy_header(cx),
             Phase::Peek => self.peek(cx),
+            Phase::Handshake => self.handshake(cx),
             Phase::Connecting => self.connect(cx),
             Phase::Replay { .. } => self.replay(cx),
             Phase::Splicing => self.splice(cx, scratch),
@@ -152,13 +200,82 @@ impl L4Conn {
         }
     }
 
-    /// With the client known: peek at its hello (passthrough) or connect.
+    /// With the client known: peek at its hello (passthrough), shake
+    /// hands (termination), or connect.
     fn after_header<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         if !self.sni.is_empty() {
             self.phase = Phase::Peek;
             return true;
         }
+        if self.tls.is_some() {
+            self.phase = Phase::Handshake;
+            self.deadline = after(cx.now, self.handshake_timeout);
+            return true;
+        }
         self.pick(cx)
+    }
+
+    /// `spoofs` on what the client's socket holds, left there.
+    fn socket_spoofs<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        if self.first_checked {
+            return false;
+        }
+        let mut first = [0u8; crate::proxy_header::SIGNATURE_MAX];
+        let n = cx.net.stream(self.client).peek_slice(&mut first);
+        spoofs(&mut self.first_checked, &first[..n])
+    }
+
+    fn untrusted_header<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        cx.stats.l4.untrusted_proxy_header += 1;
+        self.finish(cx, true, "untrusted_proxy_header")
+    }
+
+    /// TLS termination: runs the client's handshake (a trusted balancer's
+    /// leftover bytes first); once done, picks an endpoint. A failed,
+    /// abandoned or too slow handshake resets the client.
+    fn handshake<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        if self.socket_spoofs(cx) {
+            return self.untrusted_header(cx);
+        }
+        let tls = self.tls.as_mut().expect("a TLS listener's connection");
+        let sock = &mut cx.net.stream(self.client);
+        let mut fed = Ok(0);
+        if !self.hello.is_empty() {
+            fed = tls.feed_read(sock, &self.hello);
+            if let Ok(n) = fed {
+                self.hello.drain(..n);
+            }
+        }
+        let fed = fed.and_then(|a| Ok(a + tls.handshake(sock)?));
+        let progressed = match fed {
+            Ok(n) => n > 0,
+            Err(e) => {
+                tracing::debug!(client = ?self.client_addr, error = %e, "TLS handshake failed");
+                return self.handshake_failed(cx);
+            }
+        };
+        if !tls.is_handshaking() {
+            if !self.hello.is_empty() {
+                // Data before our handshake answer: nothing TLS allows
+                // without early data, which is not offered.
+                return self.handshake_failed(cx);
+            }
+            cx.stats.l4.tls_handshakes += 1;
+            self.deadline = after(cx.now, self.idle);
+            return self.pick(cx);
+        }
+        let st = sock.state();
+        let eof = st != StreamState::SynReceived && !sock.may_recv();
+        if st == StreamState::Closed || eof || cx.now >= self.deadline {
+            // Reset, a truncated hello followed by FIN, or too slow.
+            return self.handshake_failed(cx);
+        }
+        progressed
+    }
+
+    fn handshake_failed<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        cx.stats.l4.tls_handshake_failed += 1;
+        self.finish(cx, true, "tls_handshake_failed")
     }
 
     /// Reads a trusted load balancer's PROXY header; the client it names
@@ -216,6 +333,9 @@ impl L4Conn {
     /// (its server name picks the pool), refusing anything else.
     fn peek<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         let (got, client_done) = self.read_first(cx, HELLO_READ_MAX);
+        if spoofs(&mut self.first_checked, &self.hello) {
+            return self.untrusted_header(cx);
+        }
         match ferrogate_tls::peek_client_hello(&self.hello) {
             Ok(Some(info)) => {
                 let pool =
@@ -317,15 +437,32 @@ impl L4Conn {
     }
 
     fn splice<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>, scratch: &mut [u8]) -> bool {
+        // Plain listeners look at the client's first bytes here, as they
+        // are read (the other paths did on their first read).
+        if self.socket_spoofs(cx) {
+            return self.untrusted_header(cx);
+        }
         let upstream = self.upstream_socket().expect("spliced upstream");
-        let run = self.splice.run(
-            &mut StreamPair {
-                net: &mut cx.net,
-                client: self.client,
-                upstream,
-            },
-            scratch,
-        );
+        let (net, client) = (&mut cx.net, self.client);
+        let run = match self.tls.as_mut() {
+            Some(tls) => self.splice.run(
+                &mut TlsPair {
+                    net,
+                    client,
+                    upstream,
+                    tls,
+                },
+                scratch,
+            ),
+            None => self.splice.run(
+                &mut StreamPair {
+                    net,
+                    client,
+                    upstream,
+                },
+                scratch,
+            ),
+        };
         self.count(cx);
         if run.moved > 0 {
             self.deadline = after(cx.now, self.idle);
@@ -337,6 +474,11 @@ impl L4Conn {
             }
             Status::Open => run.more,
             Status::Done => self.finish(cx, false, "closed"),
+            Status::Reset(End::Client) if self.tls.as_ref().is_some_and(ByteStream::failed) => {
+                // A bad record from the client: the upstream was reset.
+                cx.stats.l4.tls_record_errors += 1;
+                self.finish(cx, true, "tls_record_error")
+            }
             Status::Reset(side) => {
                 cx.stats.l4.resets += 1;
                 let reason = match side {
@@ -371,6 +513,11 @@ impl L4Conn {
             self.att.settle(cx, None);
         }
         self.att.close(cx, reset);
+        if let Some(tls) = self.tls.as_mut().filter(|_| !reset) {
+            // An orderly end (idle, or both sides done): close_notify before
+            // the FIN, as far as it fits.
+            tls.close(&mut cx.net.stream(self.client));
+        }
         self.reset_client = reset;
         self.reason = reason;
         self.phase = Phase::Finished;
@@ -388,6 +535,7 @@ impl L4Conn {
             client: self.client_addr,
             listener_port: self.listener_port,
             protocol: Protocol::Tcp,
+            tls: self.tls.is_some(),
             upstream: self.upstream_addr,
             retries: self.att.retries,
             error: self.reason,

@@ -120,6 +120,21 @@ pub(crate) fn parse_proxy_header(buf: &[u8]) -> Received {
     }
 }
 
+/// The v2 header's 12-octet signature.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Whether the first bytes a client sent begin with a whole PROXY v1
+/// (`PROXY `) or v2 signature: from a source not trusted to send one, a
+/// forged client address. Fewer bytes than a signature, even a prefix of
+/// one, are not: the decision is taken on what the first read has, never
+/// by waiting for more.
+pub(crate) fn starts_with_proxy_signature(first: &[u8]) -> bool {
+    first.starts_with(b"PROXY ") || first.starts_with(V2_SIGNATURE)
+}
+
+/// The octets `starts_with_proxy_signature` looks at.
+pub(crate) const SIGNATURE_MAX: usize = 12;
+
 /// Whether `ip` is in one of `prefixes` (address, prefix length).
 pub(crate) fn in_prefixes(ip: std::net::IpAddr, prefixes: &[(std::net::IpAddr, u8)]) -> bool {
     use std::net::IpAddr::{V4, V6};
@@ -163,6 +178,30 @@ mod accept_tests {
             parse_proxy_header(b"GET / HTTP/1.1\r\n\r\n"),
             Received::Invalid
         );
+    }
+
+    #[test]
+    fn only_a_whole_signature_marks_a_spoofed_header() {
+        let client: SocketAddr = "203.0.113.9:5555".parse().unwrap();
+        let vip: SocketAddr = "10.77.0.10:443".parse().unwrap();
+        for kind in [ProxyProtocol::V1, ProxyProtocol::V2] {
+            let h = proxy_header(kind, client, vip);
+            assert!(starts_with_proxy_signature(&h), "{kind:?}");
+            let sig = if kind == ProxyProtocol::V1 { 6 } else { 12 };
+            assert!(sig <= SIGNATURE_MAX);
+            assert!(starts_with_proxy_signature(&h[..sig]));
+            // A shorter first read goes through (no waiting for more).
+            assert!(!starts_with_proxy_signature(&h[..sig - 1]));
+        }
+        for clean in [
+            &b""[..],
+            b"GET / HTTP/1.1\r\n",
+            b"\x16\x03\x01",
+            b"PROXYish",
+            b"*1\r\n",
+        ] {
+            assert!(!starts_with_proxy_signature(clean));
+        }
     }
 
     #[test]

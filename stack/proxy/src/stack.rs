@@ -104,7 +104,9 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
     }
 
     fn accept(&mut self, _net: Streams<'_>, id: StreamId, port: u16) -> Option<Owner> {
-        if let Some(l4) = self.routes.listener(port).and_then(|l| l.l4.as_ref()) {
+        if let Some(listener) = self.routes.listener(port)
+            && let Some(l4) = listener.l4.as_ref()
+        {
             let open = match self.l4_open.iter_mut().position(|(p, _)| *p == port) {
                 Some(i) => &mut self.l4_open[i].1,
                 None => {
@@ -116,9 +118,9 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
                 self.stats.l4.refused_over_limit += 1;
                 return None;
             }
+            let conn = L4Conn::new(id, port, l4, listener.tls.as_ref(), _net.now())?;
             *open += 1;
-            let conn = Session::Tcp(Box::new(L4Conn::new(id, port, l4, _net.now())));
-            return Some(self.insert(conn));
+            return Some(self.insert(Session::Tcp(Box::new(conn))));
         }
         let tls = self.routes.listener(port).and_then(|l| l.tls.as_ref());
         let io = ClientIo::for_listener(tls)?;

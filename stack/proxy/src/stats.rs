@@ -183,6 +183,17 @@ pub struct L4Stats {
     /// Connections from a trusted load balancer reset because their PROXY
     /// header was missing, malformed, or incomplete within the idle timeout.
     pub bad_proxy_header: u64,
+    /// TLS-terminating listeners: handshakes completed; handshakes that
+    /// failed (not TLS, a bad record, a refused client certificate, too
+    /// slow, the client gone); established sessions ended by a bad record.
+    /// Each failure resets the client.
+    pub tls_handshakes: u64,
+    pub tls_handshake_failed: u64,
+    pub tls_record_errors: u64,
+    /// Connections reset because they began with a PROXY header from a
+    /// source not in the listener's `proxy_protocol_from` (a forged client
+    /// address).
+    pub untrusted_proxy_header: u64,
 }
 
 impl L4Stats {
@@ -198,9 +209,13 @@ impl L4Stats {
         self.refused_over_limit += o.refused_over_limit;
         self.bad_client_hello += o.bad_client_hello;
         self.bad_proxy_header += o.bad_proxy_header;
+        self.tls_handshakes += o.tls_handshakes;
+        self.tls_handshake_failed += o.tls_handshake_failed;
+        self.tls_record_errors += o.tls_record_errors;
+        self.untrusted_proxy_header += o.untrusted_proxy_header;
     }
 
-    fn fields(&self) -> [(&'static str, u64); 11] {
+    fn fields(&self) -> [(&'static str, u64); 15] {
         [
             ("l4_connections", self.connections),
             ("l4_active", self.active),
@@ -213,6 +228,10 @@ impl L4Stats {
             ("l4_refused_over_limit", self.refused_over_limit),
             ("l4_bad_client_hello", self.bad_client_hello),
             ("l4_bad_proxy_header", self.bad_proxy_header),
+            ("l4_tls_handshakes", self.tls_handshakes),
+            ("l4_tls_handshake_failed", self.tls_handshake_failed),
+            ("l4_tls_record_errors", self.tls_record_errors),
+            ("l4_untrusted_proxy_header", self.untrusted_proxy_header),
         ]
     }
 }

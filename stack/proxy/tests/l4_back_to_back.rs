@@ -548,3 +548,421 @@ fn a_trusted_balancers_proxy_header_is_read_and_its_client_used() {
     assert_eq!(lab.client_state(g), tcp::State::Closed);
     assert_eq!(lab.edge.stats().l4.bad_proxy_header, 1);
 }
+
+// ---- TLS termination on a TCP listener: a rustls client, plain origin ----
+
+mod tls {
+    use super::*;
+    use ferrogate_proxy::tls::{CertSpec, ClientAuth, ListenerTls, TlsListenerConfig, TlsServer};
+    pub use ferrogate_testkit::Ca;
+    use rustls::ClientConnection;
+    use rustls::pki_types::ServerName;
+    use std::io::{Read, Write};
+
+    /// `l4_table` with TLS terminated on the listener (a certificate for
+    /// edge.example from the CA returned, no ALPN; with `client_ca`,
+    /// client certificates signed by it are required; `tune` as in
+    /// `l4_table`).
+    pub fn table(
+        endpoints: &[&str],
+        client_ca: Option<&Ca>,
+        tune: impl FnOnce(&mut L4Listener),
+    ) -> (Arc<RouteTable>, Ca) {
+        let ca = Ca::new("l4 b2b CA");
+        let d = ferrogate_testkit::temp_dir("fg-l4-tls");
+        let (cert, key) = ca.leaf(Some("edge"), &["edge.example"]).write(&d, "edge");
+        let client_auth = match client_ca {
+            None => ClientAuth::None,
+            Some(c) => ClientAuth::Required {
+                ca: ferrogate_testkit::write(&d, "clients.pem", c.pem()),
+            },
+        };
+        let server = TlsServer::build(&TlsListenerConfig {
+            certs: vec![CertSpec {
+                cert,
+                key,
+                names: vec!["edge.example".into()],
+                default: true,
+            }],
+            alpn: Vec::new(),
+            client_auth,
+            session_tickets: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut lt = ListenerTls::new(server);
+        lt.handshake_timeout = std::time::Duration::from_secs(2);
+        let base = l4_table(endpoints, tune);
+        let listener = base.listeners[0].clone().with_tls(Arc::new(lt));
+        let table = Arc::new(RouteTable::new(1, vec![listener], base.upstreams.clone()));
+        (table, ca)
+    }
+
+    /// A client config that trusts `ca` (and presents `id`).
+    pub fn client(ca: &Ca, id: Option<&ferrogate_testkit::Pem>) -> Arc<rustls::ClientConfig> {
+        ferrogate_testkit::client_config(ferrogate_proxy::tls::provider(), ca, &[], id)
+    }
+
+    pub struct TlsClient {
+        pub h: SocketHandle,
+        pub conn: ClientConnection,
+        /// Plaintext received.
+        pub plain: Vec<u8>,
+        /// The edge's close_notify came.
+        pub peer_closed: bool,
+    }
+
+    impl TlsClient {
+        pub fn new(lab: &mut Lab, cfg: Arc<rustls::ClientConfig>) -> Self {
+            let h = lab.connect_to(TCP_PORT);
+            let name = ServerName::try_from("edge.example").unwrap();
+            TlsClient {
+                h,
+                conn: ClientConnection::new(cfg, name).unwrap(),
+                plain: Vec::new(),
+                peer_closed: false,
+            }
+        }
+
+        /// Queues plaintext; returns how much rustls took.
+        pub fn write(&mut self, data: &[u8]) -> usize {
+            self.conn.writer().write(data).unwrap()
+        }
+
+        /// Ciphertext out as far as the socket takes it, a step of the lab
+        /// and the echo origin, ciphertext in.
+        pub fn pump(&mut self, lab: &mut Lab, echo: &mut Echo) -> Result<(), rustls::Error> {
+            let s = lab.sockets.get_mut::<tcp::Socket>(self.h);
+            while self.conn.wants_write() && s.can_send() {
+                let conn = &mut self.conn;
+                let n = s
+                    .send(|buf| {
+                        let n = conn.write_tls(&mut std::io::Cursor::new(buf)).unwrap_or(0);
+                        (n, n)
+                    })
+                    .unwrap();
+                if n == 0 {
+                    break;
+                }
+            }
+            echo.step(lab);
+            let s = lab.sockets.get_mut::<tcp::Socket>(self.h);
+            while s.can_recv() {
+                let conn = &mut self.conn;
+                s.recv(|b| {
+                    let mut rd: &[u8] = b;
+                    let n = conn.read_tls(&mut rd).unwrap_or(0);
+                    (n, ())
+                })
+                .unwrap();
+                let st = self.conn.process_new_packets()?;
+                self.peer_closed |= st.peer_has_closed();
+                let _ = self.conn.reader().read_to_end(&mut self.plain);
+            }
+            Ok(())
+        }
+
+        /// Pumps until the plaintext received ends with `tail`.
+        pub fn until(&mut self, lab: &mut Lab, echo: &mut Echo, tail: &[u8]) {
+            for _ in 0..2_000 {
+                self.pump(lab, echo).expect("TLS client");
+                if self.plain.ends_with(tail) {
+                    return;
+                }
+            }
+            panic!(
+                "never got {:?}: {:?}",
+                String::from_utf8_lossy(tail),
+                self.plain.len()
+            );
+        }
+    }
+
+    /// The access records the stack logs, popped as they come.
+    pub fn access_log(lab: &mut Lab) -> Arc<ferrogate_proxy::access::AccessQueue> {
+        let q = Arc::new(ferrogate_proxy::access::AccessQueue::new(64));
+        lab.edge
+            .set_access_log(ferrogate_proxy::access::AccessSink::new(q.clone()));
+        q
+    }
+}
+
+#[test]
+fn tls_is_terminated_and_plaintext_spliced_with_half_close_both_ways() {
+    let (table, ca) = tls::table(&["10.0.0.3:9000"], None, |_| {});
+    let cfg = tls::client(&ca, None);
+    let mut lab = Lab::with_routes(Origin::Refusing, table, |_| {});
+    let log = tls::access_log(&mut lab);
+    let mut echo = Echo::new(&mut lab);
+    echo.echo = false;
+    let mut c = tls::TlsClient::new(&mut lab, cfg);
+    c.write(b"question");
+    for _ in 0..100 {
+        c.pump(&mut lab, &mut echo).unwrap();
+    }
+    assert!(!c.conn.is_handshaking());
+    // The client ends its side: close_notify after its bytes, then FIN.
+    c.conn.send_close_notify();
+    let mut seen = Vec::new();
+    let mut fin_sent = false;
+    for _ in 0..500 {
+        c.pump(&mut lab, &mut echo).unwrap();
+        if !fin_sent && !c.conn.wants_write() {
+            lab.sockets.get_mut::<tcp::Socket>(c.h).close();
+            fin_sent = true;
+        }
+        if let Some(&o) = echo.conns.first() {
+            read_all(&mut lab, o, &mut seen);
+            if lab.sockets.get::<tcp::Socket>(o).state() == tcp::State::CloseWait {
+                break;
+            }
+        }
+    }
+    // The origin reads plaintext, then the FIN the close_notify became.
+    assert_eq!(seen, b"question");
+    let o = echo.conns[0];
+    assert_eq!(
+        lab.sockets.get::<tcp::Socket>(o).state(),
+        tcp::State::CloseWait
+    );
+    // It answers after the client's end, then ends: close_notify + FIN.
+    let s = lab.sockets.get_mut::<tcp::Socket>(o);
+    s.send_slice(b"answer").unwrap();
+    s.close();
+    for _ in 0..500 {
+        c.pump(&mut lab, &mut echo).unwrap();
+        if c.peer_closed && !lab.sockets.get::<tcp::Socket>(c.h).may_recv() {
+            break;
+        }
+    }
+    assert_eq!(c.plain, b"answer");
+    assert!(c.peer_closed, "the origin's FIN became a close_notify");
+    assert!(
+        !lab.sockets.get::<tcp::Socket>(c.h).may_recv(),
+        "and a FIN after it"
+    );
+    for _ in 0..50 {
+        echo.step(&mut lab);
+    }
+    let l4 = lab.edge.stats().l4;
+    assert_eq!(l4.tls_handshakes, 1);
+    assert_eq!((l4.resets, l4.tls_handshake_failed, l4.active), (0, 0, 0));
+    assert_eq!((l4.bytes_up, l4.bytes_down), (8, 6), "plaintext counted");
+    let r = log.pop().expect("an access record");
+    assert!(r.tls);
+    assert_eq!(r.error, "closed");
+}
+
+#[test]
+fn tls_megabyte_each_way_through_small_buffers_holds_back_pressure() {
+    let (table, ca) = tls::table(&["10.0.0.3:9000"], None, |_| {});
+    let cfg = tls::client(&ca, None);
+    let mut lab = Lab::with_routes(Origin::Refusing, table, |c| {
+        c.net.tcp_rx_buffer = 16 * 1024;
+        c.net.tcp_tx_buffer = 16 * 1024;
+    });
+    let mut echo = Echo::new(&mut lab);
+    let mut c = tls::TlsClient::new(&mut lab, cfg);
+    let data: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let mut sent = 0;
+    for _ in 0..200_000 {
+        // Small writes: the client's own buffer stays small too.
+        if sent < data.len() && !c.conn.wants_write() {
+            sent += c.write(&data[sent..(sent + 16 * 1024).min(data.len())]);
+        }
+        c.pump(&mut lab, &mut echo).unwrap();
+        if c.plain.len() == data.len() {
+            break;
+        }
+    }
+    assert_eq!(c.plain.len(), data.len());
+    assert!(c.plain == data, "bytes differ");
+    let l4 = lab.edge.stats().l4;
+    assert_eq!((l4.bytes_up, l4.bytes_down), (1_000_000, 1_000_000));
+    assert_eq!((l4.resets, l4.tls_record_errors), (0, 0));
+}
+
+#[test]
+fn garbage_instead_of_a_client_hello_is_reset_and_counted() {
+    let (table, _) = tls::table(&["10.0.0.3:9000"], None, |_| {});
+    let mut lab = Lab::with_routes(Origin::Refusing, table, |_| {});
+    let log = tls::access_log(&mut lab);
+    let mut echo = Echo::new(&mut lab);
+    let h = lab.connect_to(TCP_PORT);
+    lab.send(h, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    for _ in 0..50 {
+        echo.step(&mut lab);
+    }
+    assert_eq!(lab.client_state(h), tcp::State::Closed, "client reset");
+    assert!(echo.conns.is_empty(), "no upstream connection");
+    let l4 = lab.edge.stats().l4;
+    assert_eq!((l4.tls_handshake_failed, l4.tls_handshakes), (1, 0));
+    assert_eq!(l4.active, 0);
+    // Published beside the other l4_* counters (stats file, metrics).
+    let fields = lab.edge.stats().fields();
+    assert!(
+        fields.contains(&("l4_tls_handshake_failed", 1)),
+        "{fields:?}"
+    );
+    let r = log.pop().expect("an access record");
+    assert_eq!(r.error, "tls_handshake_failed");
+    assert!(r.tls);
+}
+
+#[test]
+fn a_bad_record_after_the_handshake_resets_both_sides() {
+    let (table, ca) = tls::table(&["10.0.0.3:9000"], None, |_| {});
+    let cfg = tls::client(&ca, None);
+    let mut lab = Lab::with_routes(Origin::Refusing, table, |_| {});
+    let log = tls::access_log(&mut lab);
+    let mut echo = Echo::new(&mut lab);
+    let mut c = tls::TlsClient::new(&mut lab, cfg);
+    c.write(b"ping");
+    c.until(&mut lab, &mut echo, b"ping");
+    // An application_data record no key opens.
+    let mut bad = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+    bad.extend([0x5a; 32]);
+    lab.send(c.h, &bad);
+    for _ in 0..50 {
+        echo.step(&mut lab);
+    }
+    assert_eq!(lab.client_state(c.h), tcp::State::Closed, "client reset");
+    let o = echo.conns[0];
+    assert_eq!(
+        lab.sockets.get::<tcp::Socket>(o).state(),
+        tcp::State::Closed,
+        "origin reset"
+    );
+    let l4 = lab.edge.stats().l4;
+    assert_eq!((l4.tls_record_errors, l4.active), (1, 0));
+    let r = log.pop().expect("an access record");
+    assert_eq!(r.error, "tls_record_error");
+    assert_eq!(r.bytes_up, 4);
+}
+
+#[test]
+fn a_client_without_a_required_certificate_is_reset() {
+    // mTLS on a TCP listener: the same [listeners.tls] keys as HTTPS.
+    let clients = tls::Ca::new("l4 client CA");
+    let (table, ca) = tls::table(&["10.0.0.3:9000"], Some(&clients), |_| {});
+    let mut lab = Lab::with_routes(Origin::Refusing, table, |_| {});
+    let mut echo = Echo::new(&mut lab);
+    let alice = clients.leaf(Some("alice"), &["alice.example"]);
+    let mut c = tls::TlsClient::new(&mut lab, tls::client(&ca, Some(&alice)));
+    c.write(b"with a certificate");
+    c.until(&mut lab, &mut echo, b"with a certificate");
+    let mut a = tls::TlsClient::new(&mut lab, tls::client(&ca, None));
+    a.write(b"without");
+    for _ in 0..100 {
+        if a.pump(&mut lab, &mut echo).is_err() {
+            break;
+        }
+    }
+    for _ in 0..20 {
+        echo.step(&mut lab);
+    }
+    assert_eq!(lab.client_state(a.h), tcp::State::Closed);
+    let l4 = lab.edge.stats().l4;
+    assert_eq!((l4.tls_handshakes, l4.tls_handshake_failed), (1, 1));
+    assert_eq!(echo.conns.len(), 1, "no upstream for the refused client");
+}
+
+#[test]
+fn a_proxy_header_from_an_untrusted_client_is_reset_and_counted() {
+    let client: std::net::SocketAddr = "203.0.113.9:5555".parse().unwrap();
+    let vip: std::net::SocketAddr = format!("10.0.0.10:{TCP_PORT}").parse().unwrap();
+    let v1 = format!("PROXY TCP4 203.0.113.9 10.0.0.10 5555 {TCP_PORT}\r\nhello").into_bytes();
+    let mut v2 = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (client, vip),
+    )
+    .build()
+    .unwrap();
+    v2.extend_from_slice(b"hello");
+    // A plain listener, and one that terminates TLS (the header would come
+    // before the ClientHello).
+    let (tls_table, _) = tls::table(&["10.0.0.3:9000"], None, |_| {});
+    for (table, kind) in [
+        (l4_table(&["10.0.0.3:9000"], |_| {}), "plain"),
+        (tls_table, "tls"),
+    ] {
+        let mut lab = Lab::with_routes(Origin::Refusing, table, |_| {});
+        let log = tls::access_log(&mut lab);
+        let mut echo = Echo::new(&mut lab);
+        for (i, first) in [&v1, &v2].into_iter().enumerate() {
+            let h = lab.connect_to(TCP_PORT);
+            lab.send(h, first);
+            for _ in 0..50 {
+                echo.step(&mut lab);
+            }
+            assert_eq!(lab.client_state(h), tcp::State::Closed, "{kind} {i}");
+            let l4 = lab.edge.stats().l4;
+            assert_eq!(l4.untrusted_proxy_header, i as u64 + 1, "{kind} {i}");
+            assert_eq!(l4.tls_handshake_failed, 0, "{kind} {i}");
+            let r = log.pop().expect("an access record");
+            assert_eq!(r.error, "untrusted_proxy_header");
+            assert_eq!(r.bytes_up, 0, "nothing went upstream");
+        }
+        for o in &echo.conns {
+            let mut seen = vec![];
+            read_all(&mut lab, *o, &mut seen);
+            assert!(seen.is_empty(), "{kind}: {seen:?}");
+        }
+    }
+    // An ordinary first read goes through, and so does a signature split
+    // over two reads (the documented limit: no waiting for more bytes).
+    let mut lab = Lab::with_routes(
+        Origin::Refusing,
+        l4_table(&["10.0.0.3:9000"], |_| {}),
+        |_| {},
+    );
+    let mut echo = Echo::new(&mut lab);
+    let h = lab.connect_to(TCP_PORT);
+    lab.send(h, b"PRO");
+    assert_eq!(echo_until(&mut lab, &mut echo, h, b"PRO"), b"PRO");
+    lab.send(h, b"XY is a word here");
+    let got = echo_until(&mut lab, &mut echo, h, b"here");
+    assert_eq!(got, b"XY is a word here");
+    assert_eq!(lab.edge.stats().l4.untrusted_proxy_header, 0);
+    let fields = lab.edge.stats().fields();
+    assert!(
+        fields.contains(&("l4_untrusted_proxy_header", 0)),
+        "{fields:?}"
+    );
+}
+
+#[test]
+fn a_trusted_balancers_header_comes_before_the_client_hello() {
+    // The balancer's PROXY v2 header and the ClientHello arrive together:
+    // the header is stripped, the rest goes to the TLS session, and the
+    // origin gets its own header (the real client) before the plaintext.
+    let (table, ca) = tls::table(&["10.0.0.3:9000"], None, |l4| {
+        l4.proxy_from = vec![("10.0.0.2".parse().unwrap(), 32)].into();
+        let mut pool = (*l4.upstream).clone();
+        pool.proxy_protocol = Some(ferrogate_proxy::lb::ProxyProtocol::V1);
+        l4.upstream = Arc::new(pool);
+    });
+    let mut lab = Lab::with_routes(Origin::Refusing, table, |_| {});
+    let mut echo = Echo::new(&mut lab);
+    let real: std::net::SocketAddr = "203.0.113.9:5555".parse().unwrap();
+    let vip: std::net::SocketAddr = format!("10.0.0.10:{TCP_PORT}").parse().unwrap();
+    let header = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (real, vip),
+    )
+    .build()
+    .unwrap();
+    let mut c = tls::TlsClient::new(&mut lab, tls::client(&ca, None));
+    lab.send(c.h, &header);
+    c.write(b"hello");
+    c.until(&mut lab, &mut echo, b"hello");
+    let want = format!("PROXY TCP4 203.0.113.9 10.0.0.10 5555 {TCP_PORT}\r\nhello");
+    assert_eq!(String::from_utf8_lossy(&c.plain), want);
+    let l4 = lab.edge.stats().l4;
+    assert_eq!((l4.tls_handshakes, l4.bad_proxy_header), (1, 0));
+    assert_eq!(l4.untrusted_proxy_header, 0);
+}

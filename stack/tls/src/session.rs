@@ -61,6 +61,8 @@ pub struct TlsSession {
     tail: Vec<u8>,
     tail_sent: usize,
     failure: Option<FailAlert>,
+    /// Decrypted bytes rustls holds for `read_plain`.
+    plain: usize,
 }
 
 impl TlsSession {
@@ -90,6 +92,7 @@ impl TlsSession {
             tail: Vec::new(),
             tail_sent: 0,
             failure: None,
+            plain: 0,
         }
     }
 
@@ -106,7 +109,8 @@ impl TlsSession {
             taken += n;
             let st = self.conn.process_new_packets().map_err(|e| self.fail(e))?;
             self.peer_closed |= st.peer_has_closed();
-            if st.plaintext_bytes_to_read() > 0 {
+            self.plain = st.plaintext_bytes_to_read();
+            if self.plain > 0 {
                 break;
             }
         }
@@ -128,7 +132,8 @@ impl TlsSession {
                 break;
             }
             taken += n;
-            self.conn.process_new_packets().map_err(|e| self.fail(e))?;
+            let st = self.conn.process_new_packets().map_err(|e| self.fail(e))?;
+            self.plain = st.plaintext_bytes_to_read();
         }
         Ok(taken)
     }
@@ -225,7 +230,14 @@ impl TlsSession {
     /// Decrypted application data available to read.
     pub fn read_plain(&mut self, out: &mut [u8]) -> usize {
         // WouldBlock (nothing decrypted yet) reads as zero bytes.
-        self.conn.reader().read(out).unwrap_or_default()
+        let n = self.conn.reader().read(out).unwrap_or_default();
+        self.plain = self.plain.saturating_sub(n);
+        n
+    }
+
+    /// Decrypted bytes waiting for `read_plain`.
+    pub fn plaintext_pending(&self) -> usize {
+        self.plain
     }
 
     /// Queues plaintext for encryption; returns how much was accepted.

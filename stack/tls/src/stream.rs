@@ -120,6 +120,60 @@ impl ByteStream {
         }
     }
 
+    /// The peer sent close_notify (TLS; a plain stream has none).
+    pub fn peer_closed(&self) -> bool {
+        matches!(self, ByteStream::Tls(t) if t.session.peer_closed())
+    }
+
+    /// Bytes that may still yield plaintext to `recv`: what the socket holds
+    /// (ciphertext on TLS, until close_notify or an error) and, on TLS, what
+    /// rustls has decrypted. An upper bound: records carrying no data
+    /// (handshake, alerts, padding) yield none.
+    pub fn recv_pending(&self, sock: &Stream<'_>) -> usize {
+        match self {
+            ByteStream::Plain => sock.recv_queue(),
+            ByteStream::Tls(t) if t.failed => 0,
+            ByteStream::Tls(t) => {
+                let wire = if t.session.peer_closed() {
+                    0
+                } else {
+                    sock.recv_queue()
+                };
+                wire + t.session.plaintext_pending()
+            }
+        }
+    }
+
+    /// TLS: runs the handshake on what the socket holds, reading no
+    /// plaintext (application data decrypted on the way stays in rustls
+    /// for `recv`); returns the ciphertext bytes taken. Its answers (and,
+    /// on an error, the alert) are flushed into the socket as far as they
+    /// fit.
+    pub fn handshake(&mut self, sock: &mut Stream<'_>) -> Result<usize, TlsSessionError> {
+        match self {
+            ByteStream::Plain => Ok(0),
+            ByteStream::Tls(t) => t.handshake(sock),
+        }
+    }
+
+    /// TLS: ciphertext that was read from the socket before the session
+    /// had it (what followed a PROXY header); returns how much it took,
+    /// which is all of it unless decrypted data is waiting for `recv`.
+    pub fn feed_read(
+        &mut self,
+        sock: &mut Stream<'_>,
+        data: &[u8],
+    ) -> Result<usize, TlsSessionError> {
+        match self {
+            ByteStream::Plain => Ok(0),
+            ByteStream::Tls(t) => {
+                let fed = t.feed(data);
+                t.flush(sock);
+                fed
+            }
+        }
+    }
+
     /// Plaintext bytes `send` takes now without buffering beyond the socket.
     pub fn send_space(&self, sock: &Stream<'_>) -> usize {
         match self {
@@ -198,6 +252,39 @@ impl ByteStream {
 }
 
 impl TlsStream {
+    /// Feeds ciphertext to the session; an error marks the stream failed.
+    fn feed(&mut self, data: &[u8]) -> Result<usize, TlsSessionError> {
+        if self.failed {
+            return Ok(0);
+        }
+        self.session
+            .feed_some(data)
+            .inspect_err(|_| self.failed = true)
+    }
+
+    fn handshake(&mut self, sock: &mut Stream<'_>) -> Result<usize, TlsSessionError> {
+        let mut taken = 0;
+        while !self.failed && self.session.is_handshaking() && sock.can_recv() {
+            let session = &mut self.session;
+            let fed = sock.recv_with(|data| match session.feed_some(data) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (data.len(), Err(e)),
+            });
+            match fed {
+                Some(Ok(0)) | None => break,
+                Some(Ok(n)) => taken += n,
+                Some(Err(e)) => {
+                    self.failed = true;
+                    self.flush(sock);
+                    return Err(e);
+                }
+            }
+            self.flush(sock);
+        }
+        self.flush(sock);
+        Ok(taken)
+    }
+
     fn recv(&mut self, sock: &mut Stream<'_>, out: &mut [u8]) -> Result<usize, TlsSessionError> {
         if self.failed {
             return Ok(0);

@@ -426,3 +426,37 @@ fn rustls_errors_map_to_rfc8446_alerts() {
         assert_eq!(alert_for(&err), want, "{err:?}");
     }
 }
+
+#[test]
+fn plaintext_pending_counts_what_rustls_holds_until_read() {
+    let d = temp_dir("fg-tls");
+    let root = Ca::new("root");
+    let server = TlsServer::build(&TlsListenerConfig {
+        certs: vec![spec(
+            &d,
+            "srv",
+            leaf(&root, &["svc.test"]),
+            &["svc.test"],
+            true,
+        )],
+        ..Default::default()
+    })
+    .unwrap();
+    let (mut s, mut c) = exchange(&server, client_config(&root, &[], None), "svc.test").unwrap();
+    assert_eq!(s.plaintext_pending(), 0);
+    use std::io::Write;
+    c.writer().write_all(b"0123456789").unwrap();
+    let mut wire = Vec::new();
+    while c.wants_write() {
+        c.write_tls(&mut wire).unwrap();
+    }
+    s.feed_some(&wire).unwrap();
+    // What the splice's recv_queue counts before decrypting more.
+    assert_eq!(s.plaintext_pending(), 10);
+    let mut out = [0u8; 4];
+    assert_eq!(s.read_plain(&mut out), 4);
+    assert_eq!(s.plaintext_pending(), 6);
+    let mut rest = [0u8; 16];
+    assert_eq!(s.read_plain(&mut rest), 6);
+    assert_eq!(s.plaintext_pending(), 0);
+}
