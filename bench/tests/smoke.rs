@@ -1,5 +1,5 @@
 //! CI smoke: `ferrogate-bench all --smoke` (1 round, 1 s per measurement,
-//! 2,000 idle connections for `idle`)
+//! 2,000 idle connections for `idle`, `l4`'s TCP and UDP variants)
 //! so the harness cannot rot. No assertion on speed; the bench itself fails
 //! when a contender returns errors or nothing. Needs root (namespaces, XDP,
 //! iptables); skipped with a message otherwise.
@@ -37,7 +37,7 @@ fn all_scenarios_smoke() {
         "the bench left namespaces behind: {left:?}"
     );
     assert!(st.success(), "ferrogate-bench all --smoke failed: {st}");
-    let expect: [(&str, &[&str]); 9] = [
+    let expect: [(&str, &[&str]); 10] = [
         ("http", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("http-latency", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("conn", &["direct", "ferrogate", "nginx", "haproxy"]),
@@ -57,6 +57,9 @@ fn all_scenarios_smoke() {
             &["ferrogate", "nginx", "haproxy", "crypto floor"],
         ),
         ("h2", &["ferrogate", "nginx", "haproxy"]),
+        // TCP through all three; UDP has no HAProxy row (it has no UDP
+        // proxying) and ferrogate's is "not measured" before UDP listeners.
+        ("l4", &["direct", "ferrogate", "nginx", "haproxy", "## udp"]),
     ];
     let files: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
