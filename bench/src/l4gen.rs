@@ -487,3 +487,61 @@ pub fn run_udp(a: &UdpArgs) -> Result<UdpReport> {
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both clients against the origin on loopback (no root, no lab): every
+    /// line and datagram comes back, and the count bounds hold.
+    #[test]
+    fn clients_against_the_origin_on_loopback() {
+        let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        // Free ports: bind, read, release (a race with other tests is
+        // harmless: a failure would show as a bind error here).
+        let tcp_port = std::net::TcpListener::bind((lo, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let udp_port = UdpSocket::bind((lo, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let a = OriginArgs {
+            bind: lo,
+            tcp_port,
+            udp_port,
+            max_seconds: 5,
+        };
+        std::thread::spawn(move || run_origin(&a).unwrap());
+        let tcp = SocketAddr::new(lo, tcp_port);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while TcpStream::connect(tcp).is_err() {
+            assert!(Instant::now() < deadline, "the origin did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r = run_tcp_conn(&TcpConnArgs {
+            addr: tcp,
+            conns: 4,
+            seconds: 3.0,
+            count: 200,
+            size: 64,
+        })
+        .unwrap();
+        assert_eq!((r.completed, r.errors), (200, 0), "{r:?}");
+        let u = run_udp(&UdpArgs {
+            addr: SocketAddr::new(lo, udp_port),
+            sockets: 3,
+            window: 4,
+            seconds: 3.0,
+            count: 300,
+            size: 64,
+            loss_timeout_ms: 200,
+        })
+        .unwrap();
+        assert_eq!((u.sent, u.received, u.foreign), (300, 300, 0), "{u:?}");
+        assert!(u.dgram_rate > 0.0 && u.p99_us >= u.p50_us, "{u:?}");
+    }
+}
