@@ -562,8 +562,12 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
     r.settings.insert(
         "ferrogate listeners".into(),
         format!(
-            "[[listeners]] protocol = \"tcp\" on {VIP}:{IPERF_PORT} and :{ECHO_PORT}, protocol = \"udp\" on :{UDP_PORT}, each `upstream` a one-endpoint pool in the origin namespace; engine settings of configs/lab.toml (1 queue, CPU{PROXY_CPU})"
+            "[[listeners]] protocol = \"tcp\" on {VIP}:{IPERF_PORT} and :{ECHO_PORT}, protocol = \"udp\" on :{UDP_PORT} (when this build has UDP listeners), each `upstream` a one-endpoint pool in the origin namespace; engine settings of configs/lab.toml (1 queue, CPU{PROXY_CPU})"
         ),
+    );
+    r.settings.insert(
+        "libnginx-mod-stream".into(),
+        env::probe(&["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-stream"]),
     );
     r.settings.insert(
         "nginx stream".into(),
