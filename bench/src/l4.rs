@@ -519,11 +519,14 @@ fn udp_turn(ctx: &Ctx, run: &Running) -> Result<(Metrics, Vec<String>)> {
     let (r, cmd) = udp_client(&ctx.lab, &addr, o.conns, UDP_WINDOW, o.seconds as f64, 0)?;
     let mut m = json_metrics(&r)?;
     measure::window_totals(w, run, FG_L4, &mut m);
+    // ferrogate: its replies sent back to clients, from the same stats
+    // snapshots as its busy time.
+    let fg = m.get("fg_stack_udp_datagrams_down").copied();
     per_op(
         &mut m,
         run.who,
         r.received as f64,
-        None,
+        fg,
         "proxy_us_per_dgram",
         1e6,
     );
@@ -704,7 +707,7 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
         "tcp-conn vs tcp-conn-tw: the origin closes first, so it keeps each upstream 4-tuple in TIME_WAIT for 60 s. In `tcp-conn` the origin namespace has `{TW_SYSCTL} = 0` (no TIME_WAIT kept; the same for every proxy), in `tcp-conn-tw` Linux's default. Linux accepts a SYN on a 4-tuple it holds in TIME_WAIT only when the SYN's sequence number (or TCP timestamp) is newer than the old connection's, else it answers with the old connection's ACK. Linux proxies send clock-based ISNs and timestamps, so theirs pass; ferrogate's smoltcp sockets send random ISNs and no timestamps, so a share of its SYNs get that ACK and are retransmitted after 1 s (the mechanism stack/net/src/ports.rs names for restarts). Its upstream ports (one range per worker, taken round-robin) wrap within seconds at these rates, hence its 1 s connections in `tcp-conn-tw`: the p99 as the ports start to wrap, the p50 once they all have."
     ));
     r.notes.push(format!(
-        "udp: `ferrogate-bench udp-client` (one thread, {} connected sockets, {UDP_WINDOW} datagrams of {UDP_SIZE} bytes in flight each; echoed dgram/s = replies / time to the last reply; loss = (sent − received) / sent; RTT from the send time carried in each datagram). proxy µs/dgram = proxy CPU / echoed datagrams (each is a request and a reply through the proxy). nginx with `proxy_responses 1` opens an upstream socket per request datagram; ferrogate keeps one session per client socket.",
+        "udp: `ferrogate-bench udp-client` (one thread, {} connected sockets, {UDP_WINDOW} datagrams of {UDP_SIZE} bytes in flight each; echoed dgram/s = replies / time to the last reply; loss = (sent − received) / sent; RTT from the send time carried in each datagram). proxy µs/dgram = proxy CPU / echoed datagrams (each is a request and a reply through the proxy; ferrogate: / Δ`stack_udp_datagrams_down`, its `stack_udp_*` counters are in the JSON). nginx with `proxy_responses 1` opens an upstream socket per request datagram; ferrogate keeps one session per client socket.",
         o.conns
     ));
     r.notes.push(CPU_NOTE.into());
