@@ -50,7 +50,8 @@ struct Common {
     /// contender returns errors or nothing.
     #[arg(long)]
     smoke: bool,
-    /// Client connections (wrk -c, loadgen --conns).
+    /// Client connections (wrk -c, loadgen --conns; l4: tcp-conn loops
+    /// and UDP client sockets).
     #[arg(long, default_value_t = 50)]
     conns: u32,
     /// Lab prefix (namespaces <prefix>client, ...).

@@ -215,7 +215,8 @@ pub fn window_totals(w: Window, run: &Running, fg_prefixes: &[&str], m: &mut Met
                 m.insert("proxy_cpu_s".into(), d("workers_busy_ns") / 1e9);
             }
             m.insert("edge_proc_cpu_s".into(), w.before.proc_secs(&after));
-            for k in fg.keys() {
+            // `*_active` are gauges: a delta of them means nothing.
+            for k in fg.keys().filter(|k| !k.ends_with("_active")) {
                 if fg_prefixes.iter().any(|p| k.starts_with(p)) {
                     m.insert(format!("fg_{k}"), d(k));
                 }
