@@ -22,6 +22,9 @@ packages=(
   openssl testssl.sh
   # bench/: the kernel baselines ferrogate is compared with
   haproxy iptables nftables
+  # bench `l4`: nginx `stream {}` (TCP/UDP proxying) is a dynamic module in
+  # Debian, not in nginx-light: /usr/lib/nginx/modules/ngx_stream_module.so
+  libnginx-mod-stream
   # HTTP/2 clients: h2load, nghttp (the h2 tests and bench scenario)
   nghttp2-client
   # L4 (TCP listener) tests: iperf3, and redis-server driven by redis-benchmark

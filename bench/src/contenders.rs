@@ -186,10 +186,16 @@ impl Default for NginxTuning {
 pub struct Extra {
     pub nginx: String,
     pub haproxy: String,
+    /// The first lines of nginx.conf: `load_module` must come before
+    /// any block (nginx refuses it later).
+    pub nginx_top: String,
+    /// Top level of nginx.conf after the `http {}` block (e.g. `stream {}`).
+    pub nginx_main: String,
 }
 
-/// `extra` goes at the end of the `http` block (e.g. an HTTPS server).
-fn nginx_conf(lab: &Lab, t: &NginxTuning, extra: &str) -> Result<PathBuf> {
+/// `extra.nginx` goes at the end of the `http` block (e.g. an HTTPS
+/// server), `nginx_top` first in the file, `nginx_main` after `http {}`.
+fn nginx_conf(lab: &Lab, t: &NginxTuning, extra: &Extra) -> Result<PathBuf> {
     let d = lab.bench_dir().join("nginx");
     std::fs::create_dir_all(&d)?;
     let dd = d.display();
@@ -198,8 +204,10 @@ fn nginx_conf(lab: &Lab, t: &NginxTuning, extra: &str) -> Result<PathBuf> {
     let nofile = t.rlimit_nofile.unwrap_or((wc as u64 * 2).max(16384));
     let http_extra = &t.http_extra;
     let wp = t.worker_processes;
+    let (top, main) = (&extra.nginx_top, &extra.nginx_main);
+    let extra = &extra.nginx;
     let conf = format!(
-        "worker_processes {wp};\nuser root;\ndaemon off;\npid {dd}/nginx.pid;\nerror_log {dd}/error.log warn;\n\
+        "{top}worker_processes {wp};\nuser root;\ndaemon off;\npid {dd}/nginx.pid;\nerror_log {dd}/error.log warn;\n\
          worker_rlimit_nofile {nofile};\n\
          events {{ worker_connections {wc}; }}\n\
          http {{\n  access_log off;\n{http_extra}\n  client_body_temp_path {dd}/body;\n  proxy_temp_path {dd}/proxy;\n\
@@ -207,7 +215,7 @@ fn nginx_conf(lab: &Lab, t: &NginxTuning, extra: &str) -> Result<PathBuf> {
            keepalive_requests 1000000;\n\
            upstream origin {{ server {ORIGIN_IP}:8080; keepalive 64; keepalive_requests 1000000; }}\n\
            server {{\n    listen {EDGE_HOST_IP}:80 reuseport backlog=4096;\n    \
-             location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }}\n  }}\n{extra}}}\n"
+             location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }}\n  }}\n{extra}}}\n{main}"
     );
     let p = d.join("nginx.conf");
     std::fs::write(&p, conf)?;
@@ -337,7 +345,7 @@ fn start_custom(
     let (proc, command) = match who {
         Contender::Direct => (None, "(none: client → origin 10.77.0.3:8080)".to_string()),
         Contender::Nginx => {
-            let conf = nginx_conf(lab, nginx, &extra.nginx)?;
+            let conf = nginx_conf(lab, nginx, extra)?;
             let mut c = lab.pinned(
                 "edge",
                 PROXY_CPU,

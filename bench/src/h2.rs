@@ -56,6 +56,7 @@ fn extra(pool: u32) -> Extra {
         haproxy: format!(
             "\nfrontend fe_h2\n  bind {EDGE_HOST_IP}:{PORT} proto h2 backlog 4096\n  default_backend be\n"
         ),
+        ..Extra::default()
     }
 }
 

@@ -8,6 +8,8 @@ mod env;
 mod h2;
 mod handshake;
 mod idle;
+mod l4;
+mod l4gen;
 mod loadgen;
 mod loopback;
 mod measure;
@@ -48,7 +50,8 @@ struct Common {
     /// contender returns errors or nothing.
     #[arg(long)]
     smoke: bool,
-    /// Client connections (wrk -c, loadgen --conns).
+    /// Client connections (wrk -c, loadgen --conns; l4: tcp-conn loops
+    /// and UDP client sockets).
     #[arg(long, default_value_t = 50)]
     conns: u32,
     /// Lab prefix (namespaces <prefix>client, ...).
@@ -104,6 +107,11 @@ enum Cmd {
     /// HTTP/2 from the client (h2c, prior knowledge): h2load -c 50 -m 10,
     /// req/s, latency, proxy CPU/request (tiny and 16 KiB bodies).
     H2(Common),
+    /// L4 (issue #17): iperf3 Gbit/s both ways and proxy CPU per GB, TCP
+    /// connections/s and CPU per connection (ferrogate, HAProxy `mode tcp`,
+    /// nginx `stream`); UDP echoed datagrams/s and CPU per datagram
+    /// (ferrogate, nginx `stream` udp).
+    L4(Common),
     /// Every scenario, one lab.
     All(Common),
     /// ferrogate alone: req/s with 1 and 2 workers (2-queue lab), and
@@ -124,6 +132,14 @@ enum Cmd {
     TlsClient(handshake::ClientArgs),
     /// The server-side CPU of TLS 1.3 handshakes in memory (prints JSON).
     TlsFloor(handshake::FloorArgs),
+    /// The l4 scenario's origin (run it in the origin namespace): a TCP
+    /// line echo that closes after the answer, and a UDP echo.
+    L4Origin(l4gen::OriginArgs),
+    /// N loops of connect, one line, its echo to EOF, close (prints JSON).
+    TcpConnClient(l4gen::TcpConnArgs),
+    /// UDP echo client: N sockets with a window of numbered datagrams each
+    /// (prints JSON: datagrams/s, loss, RTT percentiles).
+    UdpClient(l4gen::UdpArgs),
 }
 
 fn meta() -> BTreeMap<String, String> {
@@ -142,6 +158,7 @@ fn meta() -> BTreeMap<String, String> {
     m.insert("haproxy".into(), first(env::probe(&["haproxy", "-v"])));
     m.insert("wrk".into(), first(env::probe(&["wrk", "-v"])));
     m.insert("h2load".into(), first(env::probe(&["h2load", "--version"])));
+    m.insert("iperf3".into(), first(env::probe(&["iperf3", "--version"])));
     m.insert("openssl".into(), env::probe(&["openssl", "version"]));
     m.insert("iptables".into(), env::probe(&["iptables", "-V"]));
     m.insert("nft".into(), env::probe(&["nft", "-v"]));
@@ -178,6 +195,9 @@ fn main() -> Result<()> {
         Cmd::IdleClient(a) => return idle::run_client(a),
         Cmd::TlsClient(a) => return print_json(&handshake::run_client(a)?),
         Cmd::TlsFloor(a) => return print_json(&handshake::run_floor(a)?),
+        Cmd::L4Origin(a) => return l4gen::run_origin(a),
+        Cmd::TcpConnClient(a) => return print_json(&l4gen::run_tcp_conn(a)?),
+        Cmd::UdpClient(a) => return print_json(&l4gen::run_udp(a)?),
         Cmd::Ceiling(c) => {
             let o = ceiling::Opts {
                 rounds: if c.smoke { 1 } else { c.rounds.max(1) },
@@ -219,13 +239,17 @@ fn main() -> Result<()> {
         | Cmd::Https(c)
         | Cmd::TlsHandshake(c)
         | Cmd::H2(c)
+        | Cmd::L4(c)
         | Cmd::All(c) => (c.clone(), &cli.cmd),
         Cmd::Gen(_)
         | Cmd::Loadgen(_)
         | Cmd::Ceiling(_)
         | Cmd::IdleClient(_)
         | Cmd::TlsClient(_)
-        | Cmd::TlsFloor(_) => unreachable!(),
+        | Cmd::TlsFloor(_)
+        | Cmd::L4Origin(_)
+        | Cmd::TcpConnClient(_)
+        | Cmd::UdpClient(_) => unreachable!(),
     };
     let (cli, cmd) = cli;
     // SAFETY: geteuid has no preconditions.
@@ -285,6 +309,7 @@ fn main() -> Result<()> {
         Cmd::Https(_) => vec![("https", tls::https)],
         Cmd::TlsHandshake(_) => vec![("tls-handshake", tls::handshake)],
         Cmd::H2(_) => vec![("h2", h2::scenario)],
+        Cmd::L4(_) => vec![("l4", l4::scenario)],
         Cmd::All(_) => vec![
             ("http", scenarios::http),
             ("http-latency", scenarios::http_latency),
@@ -295,13 +320,17 @@ fn main() -> Result<()> {
             ("https", tls::https),
             ("tls-handshake", tls::handshake),
             ("h2", h2::scenario),
+            ("l4", l4::scenario),
         ],
         Cmd::Gen(_)
         | Cmd::Loadgen(_)
         | Cmd::Ceiling(_)
         | Cmd::IdleClient(_)
         | Cmd::TlsClient(_)
-        | Cmd::TlsFloor(_) => unreachable!(),
+        | Cmd::TlsFloor(_)
+        | Cmd::L4Origin(_)
+        | Cmd::TcpConnClient(_)
+        | Cmd::UdpClient(_) => unreachable!(),
     };
     let mut failures = Vec::new();
     let mut ctx = ctx;

@@ -184,6 +184,51 @@ pub fn window_end(w: Window, run: &Running, n: f64, m: &mut Metrics) {
     }
 }
 
+/// Like `window_end`, for work not counted in requests (bytes, L4
+/// connections, datagrams): totals over the window, which the caller
+/// divides. `proxy_cpu_s`: ferrogate Δ`workers_busy_ns`, nginx/HAProxy
+/// utime+stime of the edge's processes (as `window_end`); `cpu1_busy_s`:
+/// all non-idle time of the proxy core. ferrogate's counters whose name
+/// starts with one of `fg_prefixes` go in as `fg_<name>` deltas, from the
+/// same stats snapshots as its busy time (the file lags up to 250 ms, so
+/// per-op figures divide by these, not by the client's counts).
+pub fn window_totals(w: Window, run: &Running, fg_prefixes: &[&str], m: &mut Metrics) {
+    let after = env::cpu_snap(&w.pids);
+    let fg = run.stats();
+    let (b1, s1) = w.before.busy_softirq(&after, PROXY_CPU);
+    let (b0, _) = w.before.busy_softirq(&after, LOAD_CPU);
+    let wall = (after.at - w.before.at).as_secs_f64();
+    m.insert("window_s".into(), wall);
+    m.insert("cpu1_busy_frac".into(), b1 / wall);
+    m.insert("cpu0_busy_frac".into(), b0 / wall);
+    m.insert("cpu1_busy_s".into(), b1);
+    m.insert("cpu1_softirq_s".into(), s1);
+    let d = |k: &str| {
+        fg.get(k)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(w.fg_before.get(k).copied().unwrap_or(0)) as f64
+    };
+    match run.who {
+        Contender::Ferrogate => {
+            if fg.contains_key("workers_busy_ns") {
+                m.insert("proxy_cpu_s".into(), d("workers_busy_ns") / 1e9);
+            }
+            m.insert("edge_proc_cpu_s".into(), w.before.proc_secs(&after));
+            // `*_active` are gauges: a delta of them means nothing.
+            for k in fg.keys().filter(|k| !k.ends_with("_active")) {
+                if fg_prefixes.iter().any(|p| k.starts_with(p)) {
+                    m.insert(format!("fg_{k}"), d(k));
+                }
+            }
+        }
+        Contender::Nginx | Contender::Haproxy => {
+            m.insert("proxy_cpu_s".into(), w.before.proc_secs(&after));
+        }
+        Contender::Direct => {}
+    }
+}
+
 /// Runs this binary's `loadgen` (open-loop client) in the client namespace.
 pub fn loadgen(
     lab: &Lab,

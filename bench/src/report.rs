@@ -72,6 +72,14 @@ pub struct Ratio {
     pub baseline: String,
 }
 
+/// A variant's own table, for scenarios whose variants measure different
+/// things (e.g. Gbit/s and connections/s).
+#[derive(Debug, Clone, Serialize)]
+pub struct Layout {
+    pub columns: Vec<Column>,
+    pub ratios: Vec<Ratio>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: String,
@@ -80,6 +88,8 @@ pub struct Report {
     pub settings: BTreeMap<String, String>,
     pub columns: Vec<Column>,
     pub ratios: Vec<Ratio>,
+    /// Variant -> its own columns and ratios (instead of the two above).
+    pub layouts: BTreeMap<String, Layout>,
     /// Charts: (metric key, title).
     pub plots: Vec<(String, String)>,
     pub samples: Vec<Sample>,
@@ -106,12 +116,25 @@ impl Report {
             settings: BTreeMap::new(),
             columns: Vec::new(),
             ratios: Vec::new(),
+            layouts: BTreeMap::new(),
             plots: Vec::new(),
             samples: Vec::new(),
             unavailable: BTreeMap::new(),
             notes: Vec::new(),
             summary: Vec::new(),
         }
+    }
+
+    fn columns_for(&self, variant: &str) -> &[Column] {
+        self.layouts
+            .get(variant)
+            .map_or(&self.columns, |l| &l.columns)
+    }
+
+    fn ratios_for(&self, variant: &str) -> &[Ratio] {
+        self.layouts
+            .get(variant)
+            .map_or(&self.ratios, |l| &l.ratios)
     }
 
     fn variants(&self) -> Vec<String> {
@@ -137,7 +160,13 @@ impl Report {
     pub fn summarize(&mut self) {
         self.summary.clear();
         for variant in self.variants() {
-            for c in self.contenders() {
+            // A contender that did not take part in a variant (e.g. no
+            // UDP proxying) gets no row there; one that failed does.
+            for c in self.contenders().into_iter().filter(|c| {
+                self.samples
+                    .iter()
+                    .any(|s| s.variant == variant && &s.contender == c)
+            }) {
                 let ok: Vec<&Sample> = self
                     .samples
                     .iter()
@@ -158,7 +187,7 @@ impl Report {
                     }
                 }
                 let mut ratios = BTreeMap::new();
-                for r in &self.ratios {
+                for r in self.ratios_for(&variant) {
                     if r.baseline == c {
                         continue;
                     }
@@ -201,21 +230,22 @@ impl Report {
         );
         s.push_str("Median over rounds, (min–max) in brackets; ratios are computed per round against the baseline, then summarized.\n\n");
         for variant in self.variants() {
+            let (columns, ratios) = (self.columns_for(&variant), self.ratios_for(&variant));
             s.push_str(&format!("## {variant}\n\n| contender |"));
-            for c in &self.columns {
+            for c in columns {
                 s.push_str(&format!(" {} |", c.label));
             }
-            for r in &self.ratios {
+            for r in ratios {
                 s.push_str(&format!(" {} |", r.label));
             }
             s.push_str("\n|---|");
-            for _ in 0..self.columns.len() + self.ratios.len() {
+            for _ in 0..columns.len() + ratios.len() {
                 s.push_str("---|");
             }
             s.push('\n');
             for row in self.summary.iter().filter(|r| r.variant == variant) {
                 s.push_str(&format!("| {} |", row.contender));
-                for c in &self.columns {
+                for c in columns {
                     match row.stats.get(&c.key) {
                         Some(st) => s.push_str(&format!(
                             " {} ({}–{}) |",
@@ -226,7 +256,7 @@ impl Report {
                         None => s.push_str(" – |"),
                     }
                 }
-                for r in &self.ratios {
+                for r in ratios {
                     match row.ratios.get(&r.label) {
                         Some(st) => s.push_str(&format!(
                             " {:.2} ({:.2}–{:.2}) |",
@@ -318,7 +348,17 @@ impl Report {
     /// median, whisker = min–max.
     fn plot(&self, path: &Path, key: &str, title: &str) -> Result<()> {
         use plotters::prelude::*;
-        let variants = self.variants();
+        // Only the variants that have the metric (with layouts, variants
+        // measure different things).
+        let variants: Vec<String> = self
+            .variants()
+            .into_iter()
+            .filter(|v| {
+                self.summary
+                    .iter()
+                    .any(|r| &r.variant == v && r.stats.contains_key(key))
+            })
+            .collect();
         let contenders = self.contenders();
         let colors = [
             RGBColor(0x4c, 0x72, 0xb0),

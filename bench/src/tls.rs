@@ -87,6 +87,7 @@ fn extra(f: &TlsFiles) -> Extra {
              http-request return status 200 content-type text/plain string ok if {{ path {HS_PATH} }}\n  \
              default_backend be\n"
         ),
+        ..Extra::default()
     }
 }
 

@@ -1,5 +1,5 @@
 //! CI smoke: `ferrogate-bench all --smoke` (1 round, 1 s per measurement,
-//! 2,000 idle connections for `idle`)
+//! 2,000 idle connections for `idle`, `l4`'s TCP and UDP variants)
 //! so the harness cannot rot. No assertion on speed; the bench itself fails
 //! when a contender returns errors or nothing. Needs root (namespaces, XDP,
 //! iptables); skipped with a message otherwise.
@@ -37,7 +37,7 @@ fn all_scenarios_smoke() {
         "the bench left namespaces behind: {left:?}"
     );
     assert!(st.success(), "ferrogate-bench all --smoke failed: {st}");
-    let expect: [(&str, &[&str]); 9] = [
+    let expect: [(&str, &[&str]); 10] = [
         ("http", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("http-latency", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("conn", &["direct", "ferrogate", "nginx", "haproxy"]),
@@ -57,6 +57,7 @@ fn all_scenarios_smoke() {
             &["ferrogate", "nginx", "haproxy", "crypto floor"],
         ),
         ("h2", &["ferrogate", "nginx", "haproxy"]),
+        ("l4", &["direct", "ferrogate", "nginx", "haproxy"]),
     ];
     let files: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
@@ -87,7 +88,32 @@ fn all_scenarios_smoke() {
             "no {scenario} plot"
         );
     }
+    l4_tables(&out, &files);
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `l4`: a table per variant; UDP has nginx, no HAProxy (no UDP proxying),
+/// and ferrogate either measured or "not measured" (before UDP listeners).
+fn l4_tables(out: &std::path::Path, files: &[String]) {
+    let md = files
+        .iter()
+        .find(|f| f.starts_with("l4-") && f.ends_with(".md"))
+        .expect("an l4 report");
+    let text = std::fs::read_to_string(out.join(md)).unwrap();
+    for v in ["tcp-up", "tcp-down", "tcp-conn", "tcp-conn-tw", "udp"] {
+        assert!(text.contains(&format!("## {v}\n")), "{md}: no {v} table");
+    }
+    let udp = text
+        .split("## udp\n")
+        .nth(1)
+        .and_then(|t| t.split("\n## ").next())
+        .unwrap();
+    assert!(udp.contains("| nginx |"), "{md}: no nginx udp row");
+    assert!(!udp.contains("| haproxy |"), "{md}: a HAProxy udp row");
+    assert!(
+        udp.contains("| ferrogate |") || text.contains("**ferrogate (udp)**: NOT MEASURED"),
+        "{md}: ferrogate neither measured nor reported missing for udp"
+    );
 }
 
 #[test]
