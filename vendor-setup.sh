@@ -75,6 +75,13 @@ if ! command -v httpwg >/dev/null 2>&1; then
   cargo install httpwg-cli --version 0.2.5 --locked --root /usr/local --quiet
 fi
 
+# cargo-fuzz: fuzz/run.sh builds and runs the libFuzzer targets in fuzz/
+# (stable Rust, no sanitizer); built from crates.io once, pinned.
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "vendor-setup.sh: installing cargo-fuzz 0.13.2"
+  cargo install cargo-fuzz --version 0.13.2 --locked --root /usr/local --quiet
+fi
+
 # Rust toolchain: the machine's stable rustup toolchain; add components we use.
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -17,7 +17,7 @@ mod l4_session;
 pub mod phases;
 mod probe;
 mod proxy;
-mod proxy_header;
+pub mod proxy_header;
 pub mod route;
 pub mod route_stats;
 pub mod router;

@@ -52,11 +52,11 @@ mod tests {
 
 /// The most octets a trusted load balancer's PROXY header may take here
 /// (v1 is at most 107; v2 with its TLVs is kept to this).
-pub(crate) const PROXY_HEADER_MAX: usize = 4096;
+pub const PROXY_HEADER_MAX: usize = 4096;
 
 /// What the first octets from a trusted load balancer hold.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Received {
+pub enum Received {
     /// Not all of the header yet.
     Incomplete,
     /// A header of `len` octets; `client` is the address it carries (None
@@ -70,7 +70,7 @@ pub(crate) enum Received {
 }
 
 /// Reads a PROXY v2 (or v1) header at the start of `buf`.
-pub(crate) fn parse_proxy_header(buf: &[u8]) -> Received {
+pub fn parse_proxy_header(buf: &[u8]) -> Received {
     use ppp::PartialResult as _;
     use std::net::IpAddr;
     // v1 is a line: until its CRLF (at most 107 octets) it is incomplete,
@@ -128,7 +128,7 @@ const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 /// forged client address. Fewer bytes than a signature, even a prefix of
 /// one, are not: the decision is taken on what the first read has, never
 /// by waiting for more.
-pub(crate) fn starts_with_proxy_signature(first: &[u8]) -> bool {
+pub fn starts_with_proxy_signature(first: &[u8]) -> bool {
     first.starts_with(b"PROXY ") || first.starts_with(V2_SIGNATURE)
 }
 

@@ -476,6 +476,9 @@ pub enum CongestionControl {
 pub struct Socket<'a> {
     state: State,
     timer: Timer,
+    /// ferrogate: the SYN was already resent at once after an RST we sent
+    /// to a wrong ACK in SYN-SENT (see `process`).
+    syn_resent_after_rst: bool,
     rtte: RttEstimator,
     assembler: Assembler,
     rx_buffer: SocketBuffer<'a>,
@@ -595,6 +598,7 @@ impl<'a> Socket<'a> {
         Socket {
             state: State::Closed,
             timer: Timer::new(),
+            syn_resent_after_rst: false,
             rtte: RttEstimator::default(),
             assembler: Assembler::new(),
             tx_buffer,
@@ -1094,6 +1098,7 @@ impl<'a> Socket<'a> {
             remote: remote_endpoint,
         });
         self.set_state(State::SynSent);
+        self.syn_resent_after_rst = false;
 
         let seq = Self::random_seq_no(cx);
         self.local_seq_no = seq;
@@ -1684,6 +1689,15 @@ impl<'a> Socket<'a> {
                 net_debug!(
                     "expecting a SYN|ACK, received an ACK with the wrong ack_number, sending RST."
                 );
+                // ferrogate: this is how a peer still holding the 4-tuple in
+                // TIME-WAIT answers our SYN (a challenge ACK). The RST ends
+                // its TIME-WAIT; resend the SYN now instead of after the
+                // initial RTO (1 s). Once per connection attempt, so a peer
+                // that keeps answering so cannot make a ping-pong of it.
+                if !self.syn_resent_after_rst {
+                    self.syn_resent_after_rst = true;
+                    self.timer.set_for_retransmit(cx.now(), Duration::ZERO);
+                }
                 return Some(Self::rst_reply(ip_repr, repr));
             }
             // Anything else in the SYN-SENT state is invalid.
@@ -4365,6 +4379,41 @@ mod test {
         );
 
         // It should trigger a RST, and change no state
+        assert_eq!(s.state, State::SynSent);
+    }
+
+    #[test]
+    fn test_syn_sent_wrong_ack_resends_the_syn_at_once_only_once() {
+        let mut s = socket_syn_sent();
+        let syn = TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: LOCAL_SEQ,
+            ack_number: None,
+            max_seg_size: Some(BASE_MSS),
+            window_scale: Some(0),
+            sack_permitted: true,
+            ..RECV_TEMPL
+        };
+        recv!(s, [syn]);
+        let challenge = TcpRepr {
+            control: TcpControl::None,
+            seq_number: REMOTE_SEQ,
+            ack_number: Some(LOCAL_SEQ + 123456), // a TIME-WAIT peer's
+            ..SEND_TEMPL
+        };
+        let rst = TcpRepr {
+            control: TcpControl::Rst,
+            seq_number: LOCAL_SEQ + 123456,
+            ack_number: None,
+            window_len: 0,
+            ..RECV_TEMPL
+        };
+        send!(s, time 10, challenge, Some(rst));
+        // The SYN again right away, not after the 1 s initial RTO.
+        recv!(s, time 10, [syn]);
+        // A second challenge: RST, and the SYN waits for its timer.
+        send!(s, time 20, challenge, Some(rst));
+        recv!(s, time 20, []);
         assert_eq!(s.state, State::SynSent);
     }
 
@@ -9608,9 +9657,11 @@ mod test {
     fn test_rtt_estimator() {
         let mut r = RttEstimator::default();
 
+        // ferrogate: RTO = SRTT + max(4·RTTVAR, 200 ms) (PATCHES.md): once
+        // the variance settles the floor holds it at SRTT + 200 ms.
         let rtos = &[
-            6000, 5000, 4252, 3692, 3272, 2956, 2720, 2540, 2408, 2308, 2232, 2176, 2132, 2100,
-            2076, 2060, 2048, 2036, 2028, 2024, 2020, 2016, 2012, 2012,
+            6000, 5000, 4252, 3692, 3272, 2956, 2720, 2540, 2408, 2308, 2232, 2200, 2200, 2200,
+            2200, 2200, 2200, 2200, 2200, 2200, 2200, 2200, 2200, 2200,
         ];
 
         for &rto in rtos {
