@@ -12,7 +12,7 @@ use crate::contenders::{self, Contender, Extra, Running};
 use crate::env::{self, EDGE_HOST_IP, LOAD_CPU, ORIGIN_IP, PROXY_CPU, VIP};
 use crate::measure::{self, Metrics};
 use crate::report::{Report, col};
-use crate::scenarios::{CPU_NOTE, Ctx, ratio, sample, settings};
+use crate::scenarios::{CPU_NOTE, Ctx, failed_sample, ratio, sample, settings};
 
 /// Every contender's h2c listener (beside its plain :80, which `start`
 /// checks first).
@@ -350,14 +350,7 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
                     for (v, path) in BODIES {
                         r.samples.push(match h2_turn(ctx, &run, path) {
                             Ok((m, c)) => sample(v, who.name(), round, m, c, None),
-                            Err(e) => sample(
-                                v,
-                                who.name(),
-                                round,
-                                Metrics::new(),
-                                vec![run.command.clone()],
-                                Some(format!("{e:#}")),
-                            ),
+                            Err(e) => failed_sample(v, who.name(), round, &run.command, &e),
                         });
                     }
                     run.stop();

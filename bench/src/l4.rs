@@ -17,7 +17,7 @@ use crate::env::{self, EDGE_HOST_IP, LOAD_CPU, Lab, ORIGIN_IP, PROXY_CPU, Proc, 
 use crate::l4gen::{TcpConnReport, UdpReport};
 use crate::measure::{self, Metrics};
 use crate::report::{Layout, Report, col};
-use crate::scenarios::{CPU_NOTE, Ctx, ratio, sample, settings};
+use crate::scenarios::{CPU_NOTE, Ctx, failed_sample, ratio, sample, settings};
 
 /// iperf3's server in the origin namespace; every proxy listens on the same port.
 const IPERF_PORT: u16 = 5201;
@@ -704,7 +704,7 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
         o.conns
     ));
     r.notes.push(format!(
-        "tcp-conn vs tcp-conn-tw: the origin closes first, so it keeps each upstream 4-tuple in TIME_WAIT for 60 s. In `tcp-conn` the origin namespace has `{TW_SYSCTL} = 0` (no TIME_WAIT kept; the same for every proxy), in `tcp-conn-tw` Linux's default. Linux accepts a SYN on a 4-tuple it holds in TIME_WAIT only when the SYN's sequence number (or TCP timestamp) is newer than the old connection's, else it answers with the old connection's ACK. Linux proxies send clock-based ISNs and timestamps, so theirs pass; ferrogate's smoltcp sockets send random ISNs and no timestamps, so a share of its SYNs get that ACK and are retransmitted after 1 s (the mechanism stack/net/src/ports.rs names for restarts). Its upstream ports (one range per worker, taken round-robin) wrap within seconds at these rates, hence its 1 s connections in `tcp-conn-tw`: the p99 as the ports start to wrap, the p50 once they all have."
+        "tcp-conn vs tcp-conn-tw: the origin closes first, so it keeps each upstream 4-tuple in TIME_WAIT for 60 s. In `tcp-conn` the origin namespace has `{TW_SYSCTL} = 0` (no TIME_WAIT kept; the same for every proxy), in `tcp-conn-tw` Linux's default. Linux accepts a SYN on a 4-tuple it holds in TIME_WAIT only when the SYN's sequence number (or TCP timestamp) is newer than the old connection's, else it answers with the old connection's ACK. Linux proxies send clock-based ISNs and timestamps, so theirs pass; ferrogate's smoltcp sockets send random ISNs and no timestamps, so a share of its SYNs get that ACK; ferrogate answers it with a RST (which ends the TIME_WAIT) and resends the SYN at once (third_party/smoltcp/PATCHES.md; before that patch the resend waited for the 1 s initial RTO: 99.6 conn/s, p99 1,002 ms). Its upstream ports (one range per worker, taken round-robin) wrap within seconds at these rates, so `tcp-conn-tw` measures that path."
     ));
     r.notes.push(format!(
         "udp: `ferrogate-bench udp-client` (one thread, {} connected sockets, {UDP_WINDOW} datagrams of {UDP_SIZE} bytes in flight each; echoed dgram/s = replies / time to the last reply; loss = (sent − received) / sent; RTT from the send time carried in each datagram). proxy µs/dgram = proxy CPU / echoed datagrams (each is a request and a reply through the proxy; ferrogate: / Δ`stack_udp_datagrams_down`, its `stack_udp_*` counters are in the JSON). nginx with `proxy_responses 1` opens an upstream socket per request datagram; ferrogate keeps one session per client socket.",
@@ -750,14 +750,7 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
                         };
                         r.samples.push(match res {
                             Ok((m, c)) => sample(v, who.name(), round, m, c, None),
-                            Err(e) => sample(
-                                v,
-                                who.name(),
-                                round,
-                                Metrics::new(),
-                                vec![run.command.clone()],
-                                Some(format!("{e:#}")),
-                            ),
+                            Err(e) => failed_sample(v, who.name(), round, &run.command, &e),
                         });
                     }
                     run.stop();

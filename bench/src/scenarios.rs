@@ -80,6 +80,25 @@ pub(crate) fn sample(
     }
 }
 
+/// The sample of a measurement that failed: no metrics, the command it
+/// ran, the error.
+pub(crate) fn failed_sample(
+    variant: &str,
+    who: &str,
+    round: usize,
+    command: &str,
+    e: &anyhow::Error,
+) -> Sample {
+    sample(
+        variant,
+        who,
+        round,
+        Metrics::new(),
+        vec![command.to_string()],
+        Some(format!("{e:#}")),
+    )
+}
+
 /// One closed-loop wrk measurement against a running contender.
 pub(crate) fn wrk_turn(
     ctx: &Ctx,
@@ -158,14 +177,7 @@ pub fn http(ctx: &Ctx) -> Result<Report> {
                     for (v, path) in bodies {
                         let s = match wrk_turn(ctx, &run, path, None) {
                             Ok((m, c)) => sample(v, who.name(), round, m, c, None),
-                            Err(e) => sample(
-                                v,
-                                who.name(),
-                                round,
-                                Metrics::new(),
-                                vec![run.command.clone()],
-                                Some(format!("{e:#}")),
-                            ),
+                            Err(e) => failed_sample(v, who.name(), round, &run.command, &e),
                         };
                         r.samples.push(s);
                     }

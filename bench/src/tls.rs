@@ -15,7 +15,7 @@ use crate::env::{self, EDGE_HOST_IP, LOAD_CPU, Lab, ORIGIN_IP, PROXY_CPU, VIP};
 use crate::handshake::{ClientReport, FloorReport};
 use crate::measure::{self, Metrics};
 use crate::report::{Report, col};
-use crate::scenarios::{CPU_NOTE, Ctx, ratio, sample, settings, wrk_turn_url};
+use crate::scenarios::{CPU_NOTE, Ctx, failed_sample, ratio, sample, settings, wrk_turn_url};
 
 /// SNI name of the bench certificate.
 pub const TLS_NAME: &str = "bench.ferrogate.test";
@@ -540,14 +540,7 @@ pub fn handshake(ctx: &Ctx) -> Result<Report> {
                                 }
                                 sample(v, who.name(), round, m, c, None)
                             }
-                            Err(e) => sample(
-                                v,
-                                who.name(),
-                                round,
-                                Metrics::new(),
-                                vec![run.command.clone()],
-                                Some(format!("{e:#}")),
-                            ),
+                            Err(e) => failed_sample(v, who.name(), round, &run.command, &e),
                         });
                     }
                     run.stop();

@@ -579,47 +579,13 @@ fn check_l4(
         );
         ok = false;
     }
-    let upstream = match &l.upstream {
-        None => {
-            rep.at(
-                anchor.clone(),
-                field("upstream"),
-                "a TCP listener needs an `upstream` pool",
-            );
-            None
-        }
-        Some(u) => match pools.iter().find(|(n, _)| n == u.get_ref()) {
-            None => {
-                rep.at(
-                    u.span(),
-                    field("upstream"),
-                    format!("no upstream named {:?}", u.get_ref()),
-                );
-                None
-            }
-            Some((_, p)) if p.tls.is_some() => {
-                rep.at(
-                    u.span(),
-                    field("upstream"),
-                    format!(
-                        "pool {:?} speaks TLS to its endpoints; a TCP listener forwards bytes untouched (use a pool without `tls`)",
-                        u.get_ref()
-                    ),
-                );
-                None
-            }
-            Some((_, p)) => Some(p.clone()),
-        },
-    };
-    let idle_timeout = match &l.idle_timeout_ms {
-        None => ferrogate_proxy::route::L4_IDLE_TIMEOUT,
-        Some(ms) if *ms.get_ref() == 0 => {
-            rep.at(ms.span(), field("idle_timeout_ms"), "must be at least 1");
-            ok = false;
-            ferrogate_proxy::route::L4_IDLE_TIMEOUT
-        }
-        Some(ms) => std::time::Duration::from_millis(*ms.get_ref()),
-    };
+    let upstream = listener_pool(i, l, pools, rep, "TCP", |p| {
+        p.tls.is_some().then(|| {
+            "speaks TLS to its endpoints; a TCP listener forwards bytes untouched (use a pool without `tls`)"
+                .to_string()
+        })
+    });
+    let idle_timeout = idle_timeout_of(i, l, ferrogate_proxy::route::L4_IDLE_TIMEOUT, rep, &mut ok);
     // TLS passthrough: `sni = { "name" = "pool", "*.suffix" = "pool" }`.
     let mut sni = Vec::new();
     if let Some(map) = &l.sni {
@@ -776,58 +742,20 @@ fn check_udp(
             "a UDP listener bounds `max_sessions`",
         );
     }
-    let upstream = match &l.upstream {
-        None => {
-            rep.at(
-                anchor.clone(),
-                field("upstream"),
-                "a UDP listener needs an `upstream` pool",
-            );
+    let upstream = listener_pool(i, l, pools, rep, "UDP", |p| {
+        if p.endpoints.iter().any(|e| e.is_ipv6()) {
+            Some(
+                "has IPv6 endpoints; a UDP listener forwards to IPv4 endpoints only (for now)"
+                    .into(),
+            )
+        } else if p.tls.is_some() || p.proxy_protocol.is_some() {
+            Some("speaks TLS or sends a PROXY header; a UDP listener forwards datagrams untouched (use a plain pool)".into())
+        } else {
             None
         }
-        Some(u) => match pools.iter().find(|(n, _)| n == u.get_ref()) {
-            None => {
-                rep.at(
-                    u.span(),
-                    field("upstream"),
-                    format!("no upstream named {:?}", u.get_ref()),
-                );
-                None
-            }
-            Some((_, p)) if p.endpoints.iter().any(|e| e.is_ipv6()) => {
-                rep.at(
-                    u.span(),
-                    field("upstream"),
-                    format!(
-                        "pool {:?} has IPv6 endpoints; a UDP listener forwards to IPv4 endpoints only (for now)",
-                        u.get_ref()
-                    ),
-                );
-                None
-            }
-            Some((_, p)) if p.tls.is_some() || p.proxy_protocol.is_some() => {
-                rep.at(
-                    u.span(),
-                    field("upstream"),
-                    format!(
-                        "pool {:?} speaks TLS or sends a PROXY header; a UDP listener forwards datagrams untouched (use a plain pool)",
-                        u.get_ref()
-                    ),
-                );
-                None
-            }
-            Some((_, p)) => Some(p.clone()),
-        },
-    };
-    let idle_timeout = match &l.idle_timeout_ms {
-        None => ferrogate_proxy::route::UDP_IDLE_TIMEOUT,
-        Some(ms) if *ms.get_ref() == 0 => {
-            rep.at(ms.span(), field("idle_timeout_ms"), "must be at least 1");
-            ok = false;
-            ferrogate_proxy::route::UDP_IDLE_TIMEOUT
-        }
-        Some(ms) => std::time::Duration::from_millis(*ms.get_ref()),
-    };
+    });
+    let idle_timeout =
+        idle_timeout_of(i, l, ferrogate_proxy::route::UDP_IDLE_TIMEOUT, rep, &mut ok);
     let max_sessions = match &l.max_sessions {
         None => ferrogate_proxy::route::UDP_MAX_SESSIONS,
         Some(m) if !(1..=1_000_000).contains(m.get_ref()) => {
@@ -845,5 +773,68 @@ fn check_udp(
             max_sessions,
         }),
         _ => None,
+    }
+}
+
+/// The `upstream` pool of a TCP or UDP listener (`kind`): it must exist,
+/// and `unfit` says why a pool cannot serve it (None: it can).
+fn listener_pool(
+    i: usize,
+    l: &ListenerSection,
+    pools: &[(String, Arc<Upstream>)],
+    rep: &mut Reporter<'_>,
+    kind: &str,
+    unfit: impl Fn(&Upstream) -> Option<String>,
+) -> Option<Arc<Upstream>> {
+    let field = format!("listeners[{i}].upstream");
+    let Some(u) = &l.upstream else {
+        let anchor = l.protocol.as_ref().map(|p| p.span()).unwrap_or(0..0);
+        rep.at(
+            anchor,
+            field,
+            format!("a {kind} listener needs an `upstream` pool"),
+        );
+        return None;
+    };
+    match pools.iter().find(|(n, _)| n == u.get_ref()) {
+        None => {
+            rep.at(
+                u.span(),
+                field,
+                format!("no upstream named {:?}", u.get_ref()),
+            );
+            None
+        }
+        Some((name, p)) => match unfit(p) {
+            Some(why) => {
+                rep.at(u.span(), field, format!("pool {name:?} {why}"));
+                None
+            }
+            None => Some(p.clone()),
+        },
+    }
+}
+
+/// A TCP or UDP listener's `idle_timeout_ms` (`default` when absent); 0 is
+/// reported and clears `ok`.
+fn idle_timeout_of(
+    i: usize,
+    l: &ListenerSection,
+    default: std::time::Duration,
+    rep: &mut Reporter<'_>,
+    ok: &mut bool,
+) -> std::time::Duration {
+    match &l.idle_timeout_ms {
+        None => default,
+        Some(ms) if *ms.get_ref() == 0 => {
+            rep.at(
+                ms.span(),
+                format!("listeners[{i}].idle_timeout_ms"),
+                "must be at least 1",
+            );
+            *ok = false;
+            default
+        }
+        Some(ms) => std::time::Duration::from_millis(*ms.get_ref()),
     }
 }

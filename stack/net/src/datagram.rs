@@ -258,29 +258,34 @@ mod tests {
     use super::*;
     use ferrogate_wire::{FrameClass, classify};
 
-    fn one_frame(q: &mut FrameQueue) -> Vec<u8> {
-        q.pop_with(|f| f.to_vec()).expect("a frame")
+    const US: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+    fn send(q: &mut FrameQueue, local: &str, remote: &str, payload: &[u8]) -> Result<(), SendDrop> {
+        emit(
+            q,
+            US,
+            [2; 6],
+            local.parse().unwrap(),
+            remote.parse().unwrap(),
+            payload,
+            false,
+        )
+    }
+
+    /// The one frame queued, and what `classify` makes of it.
+    fn sent(q: &mut FrameQueue) -> (Vec<u8>, ferrogate_wire::UdpMeta) {
+        let f = q.pop_with(|f| f.to_vec()).expect("a frame");
+        let FrameClass::Udp(m) = classify(&f) else {
+            panic!("not udp")
+        };
+        (f, m)
     }
 
     #[test]
     fn an_emitted_datagram_classifies_back_with_valid_checksums() {
         let mut q = FrameQueue::new(4, 2048);
-        let local: SocketAddr = "10.77.0.10:53".parse().unwrap();
-        let remote: SocketAddr = "10.77.0.2:40000".parse().unwrap();
-        emit(
-            &mut q,
-            [2, 0, 0, 0, 0, 1],
-            [2, 0, 0, 0, 0, 2],
-            local,
-            remote,
-            b"answer",
-            false,
-        )
-        .unwrap();
-        let f = one_frame(&mut q);
-        let FrameClass::Udp(m) = classify(&f) else {
-            panic!("not udp")
-        };
+        send(&mut q, "10.77.0.10:53", "10.77.0.2:40000", b"answer").unwrap();
+        let (f, m) = sent(&mut q);
         assert_eq!(m.payload(&f), b"answer");
         assert_eq!((m.key.remote_port, m.key.local_port), (53, 40_000));
         let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
@@ -292,50 +297,20 @@ mod tests {
     #[test]
     fn ipv6_too_big_and_mixed_families() {
         let mut q = FrameQueue::new(4, 2048);
-        let local: SocketAddr = "[fd00::10]:53".parse().unwrap();
-        let remote: SocketAddr = "[fd00::2]:40000".parse().unwrap();
-        emit(
-            &mut q,
-            [2, 0, 0, 0, 0, 1],
-            [2, 0, 0, 0, 0, 2],
-            local,
-            remote,
-            b"v6",
-            false,
-        )
-        .unwrap();
-        let f = one_frame(&mut q);
-        let FrameClass::Udp(m) = classify(&f) else {
-            panic!("not udp")
-        };
+        let (local, remote) = ("[fd00::10]:53", "[fd00::2]:40000");
+        send(&mut q, local, remote, b"v6").unwrap();
+        let (f, m) = sent(&mut q);
         assert_eq!(m.payload(&f), b"v6");
-        let big = vec![0u8; max_payload(remote.ip()) + 1];
-        let e = emit(
-            &mut q,
-            [2, 0, 0, 0, 0, 1],
-            [2; 6],
-            local,
-            remote,
-            &big,
-            false,
-        );
-        assert_eq!(e, Err(SendDrop::TooBig));
-        let v4: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let max = max_payload("fd00::2".parse().unwrap());
         assert_eq!(
-            emit(&mut q, [2, 0, 0, 0, 0, 1], [2; 6], v4, remote, b"", false),
+            send(&mut q, local, remote, &vec![0; max + 1]),
+            Err(SendDrop::TooBig)
+        );
+        assert_eq!(
+            send(&mut q, "10.0.0.1:1", remote, b""),
             Err(SendDrop::AddressFamily)
         );
-        let fits = vec![0u8; max_payload(remote.ip())];
-        emit(
-            &mut q,
-            [2, 0, 0, 0, 0, 1],
-            [2; 6],
-            local,
-            remote,
-            &fits,
-            false,
-        )
-        .unwrap();
-        assert_eq!(one_frame(&mut q).len(), 14 + IP_MTU);
+        send(&mut q, local, remote, &vec![0; max]).unwrap();
+        assert_eq!(sent(&mut q).0.len(), 14 + IP_MTU);
     }
 }

@@ -54,12 +54,17 @@ struct UdpLab {
     icmp_to_client: usize,
 }
 
-fn frame(from: SocketAddr, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let (SocketAddr::V4(f), SocketAddr::V4(t)) = (from, to) else {
-        panic!("v4 only")
-    };
+/// Ethernet (peer → edge) + IPv4 `src` → `dst`, its payload written by
+/// `l4` (`l4_len` bytes).
+fn ipv4_frame(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    proto: IpProtocol,
+    l4_len: usize,
+    l4: impl FnOnce(&mut [u8], &ChecksumCapabilities),
+) -> Vec<u8> {
     let caps = ChecksumCapabilities::default();
-    let mut buf = vec![0u8; 14 + 20 + 8 + payload.len()];
+    let mut buf = vec![0u8; 14 + 20 + l4_len];
     let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
     EthernetRepr {
         src_addr: EthernetAddress(PEER_MAC),
@@ -68,27 +73,42 @@ fn frame(from: SocketAddr, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
     }
     .emit(&mut eth);
     let ip = Ipv4Repr {
-        src_addr: *f.ip(),
-        dst_addr: *t.ip(),
-        next_header: IpProtocol::Udp,
-        payload_len: 8 + payload.len(),
+        src_addr: src,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len: l4_len,
         hop_limit: 64,
     };
     let mut p = Ipv4Packet::new_unchecked(eth.payload_mut());
     ip.emit(&mut p, &caps);
-    UdpRepr {
-        src_port: f.port(),
-        dst_port: t.port(),
-    }
-    .emit(
-        &mut UdpPacket::new_unchecked(p.payload_mut()),
-        &(*f.ip()).into(),
-        &(*t.ip()).into(),
-        payload.len(),
-        |b| b.copy_from_slice(payload),
-        &caps,
-    );
+    l4(p.payload_mut(), &caps);
     buf
+}
+
+fn frame(from: SocketAddr, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let (SocketAddr::V4(f), SocketAddr::V4(t)) = (from, to) else {
+        panic!("v4 only")
+    };
+    ipv4_frame(
+        *f.ip(),
+        *t.ip(),
+        IpProtocol::Udp,
+        8 + payload.len(),
+        |l4, caps| {
+            UdpRepr {
+                src_port: f.port(),
+                dst_port: t.port(),
+            }
+            .emit(
+                &mut UdpPacket::new_unchecked(l4),
+                &(*f.ip()).into(),
+                &(*t.ip()).into(),
+                payload.len(),
+                |b| b.copy_from_slice(payload),
+                caps,
+            )
+        },
+    )
 }
 
 fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
@@ -360,26 +380,13 @@ fn icmp_unreachable(from: [u8; 4], sent_from: SocketAddr, sent_to: SocketAddr) -
         header: quoted_ip,
         data: &quoted_udp,
     };
-    let caps = ChecksumCapabilities::default();
-    let mut buf = vec![0u8; 14 + 20 + icmp.buffer_len()];
-    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-    EthernetRepr {
-        src_addr: EthernetAddress(PEER_MAC),
-        dst_addr: EthernetAddress(EDGE_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut eth);
-    let ip = Ipv4Repr {
-        src_addr: from.into(),
-        dst_addr: *sf.ip(),
-        next_header: IpProtocol::Icmp,
-        payload_len: icmp.buffer_len(),
-        hop_limit: 64,
-    };
-    let mut p = Ipv4Packet::new_unchecked(eth.payload_mut());
-    ip.emit(&mut p, &caps);
-    icmp.emit(&mut Icmpv4Packet::new_unchecked(p.payload_mut()), &caps);
-    buf
+    ipv4_frame(
+        from.into(),
+        *sf.ip(),
+        IpProtocol::Icmp,
+        icmp.buffer_len(),
+        |l4, caps| icmp.emit(&mut Icmpv4Packet::new_unchecked(l4), caps),
+    )
 }
 
 #[test]
