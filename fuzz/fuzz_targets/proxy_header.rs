@@ -14,10 +14,16 @@ fuzz_target!(|data: &[u8]| {
         let mut more = data.to_vec();
         more.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
         match parse_proxy_header(&more) {
-            Received::Header { len: l2, client: c2 } => {
+            Received::Header {
+                len: l2,
+                client: c2,
+            } => {
                 assert_eq!((l2, c2), (len, client), "more input changed the header");
             }
-            other => panic!("more input made a header {}", matches!(other, Received::Invalid)),
+            other => panic!(
+                "more input made a header {}",
+                matches!(other, Received::Invalid)
+            ),
         }
     }
 });

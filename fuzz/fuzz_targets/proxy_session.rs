@@ -7,7 +7,6 @@
 //! pooled upstream or local port is left.
 #![no_main]
 
-#[allow(dead_code, unused_imports)]
 #[path = "../../stack/proxy/tests/common/mod.rs"]
 mod common;
 
@@ -34,10 +33,13 @@ fuzz_target!(|data: &[u8]| {
     let mut clients: Vec<SocketHandle> = Vec::new();
     let mut at = 0;
     for _ in 0..64 {
-        let Some(op) = data.get(at..at + 3) else { break };
+        let Some(op) = data.get(at..at + 3) else {
+            break;
+        };
         at += 3;
         let (kind, a, b) = (op[0], op[1], op[2]);
-        let pick = |clients: &Vec<SocketHandle>| clients.get(a as usize % clients.len().max(1)).copied();
+        let pick =
+            |clients: &Vec<SocketHandle>| clients.get(a as usize % clients.len().max(1)).copied();
         match kind % 8 {
             0 if clients.len() < MAX_CLIENTS => clients.push(lab.connect()),
             1 | 2 => {
@@ -97,5 +99,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(edge.active_connections(), 0, "a connection leaked");
     assert_eq!(edge.upstream_ports_in_use(), 0, "an upstream port leaked");
     assert_eq!(edge.closing_sockets(), 0, "a socket never finished closing");
-    assert_eq!(edge.stats().upstream_idle, 0, "a pooled upstream outlived its idle timeout");
+    assert_eq!(
+        edge.stats().upstream_idle,
+        0,
+        "a pooled upstream outlived its idle timeout"
+    );
 });

@@ -26,10 +26,26 @@ fn rules() -> FilterRules {
     FilterRules {
         default_deny: false,
         cidr: vec![
-            cidr("deny", CidrAction::Deny, (Ipv4Addr::new(192, 0, 2, 0).into(), 24)),
-            cidr("allow", CidrAction::Allow, (Ipv4Addr::new(198, 51, 100, 0).into(), 24)),
-            cidr("origins", CidrAction::Upstream, (Ipv4Addr::new(10, 77, 0, 3).into(), 32)),
-            cidr("deny6", CidrAction::Deny, (Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2).into(), 128)),
+            cidr(
+                "deny",
+                CidrAction::Deny,
+                (Ipv4Addr::new(192, 0, 2, 0).into(), 24),
+            ),
+            cidr(
+                "allow",
+                CidrAction::Allow,
+                (Ipv4Addr::new(198, 51, 100, 0).into(), 24),
+            ),
+            cidr(
+                "origins",
+                CidrAction::Upstream,
+                (Ipv4Addr::new(10, 77, 0, 3).into(), 32),
+            ),
+            cidr(
+                "deny6",
+                CidrAction::Deny,
+                (Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2).into(), 128),
+            ),
         ],
         rate: Vec::new(),
         l4: vec![L4Rule {
@@ -55,8 +71,14 @@ fn both() -> &'static std::sync::Mutex<Both> {
             IpAddr::V6(Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x10)),
         ];
         let rules = rules();
-        let xdp = XdpFilter::load("fuzz", &vips, VipAction::PassToKernel, FailMode::Open, &rules)
-            .expect("load the XDP program (root, BPF)");
+        let xdp = XdpFilter::load(
+            "fuzz",
+            &vips,
+            VipAction::PassToKernel,
+            FailMode::Open,
+            &rules,
+        )
+        .expect("load the XDP program (root, BPF)");
         let mut index = RuleIndex::default();
         let sw = SwRules::compile(&rules, &vips, &mut index, 0).expect("rules compile");
         std::sync::Mutex::new(Both {
@@ -75,7 +97,13 @@ fn moved(after: &XdpCounters, before: &XdpCounters, kernel: bool) -> Vec<&'stati
         .filter(|(_, c)| c.packets != 0)
         // No AF_XDP socket in a test run: the program's pass_vip is the
         // Rust filter's redirect_vip.
-        .map(|(n, _)| if kernel && n == "pass_vip" { "redirect_vip" } else { n })
+        .map(|(n, _)| {
+            if kernel && n == "pass_vip" {
+                "redirect_vip"
+            } else {
+                n
+            }
+        })
         .collect();
     v.sort();
     v
