@@ -215,8 +215,19 @@ impl Daemon {
     /// Pushes `text` to the engine; on success it becomes the desired
     /// snapshot. Returns the engine's answer.
     fn push(&self, text: &str, source: &Path) -> Result<Reply> {
+        let t0 = Instant::now();
         let _one = self.push.lock().unwrap_or_else(|e| e.into_inner());
-        self.push_locked(text, source)
+        let locked = t0.elapsed();
+        let r = self.push_locked(text, source);
+        // Where an apply's time went, so a slow one can be told apart:
+        // waiting behind the engine check, or the engine itself.
+        tracing::info!(
+            lock_wait_ms = locked.as_millis() as u64,
+            engine_ms = (t0.elapsed() - locked).as_millis() as u64,
+            status = r.as_ref().map(|r| r.status).ok(),
+            "pushed a snapshot to the engine"
+        );
+        r
     }
 
     /// `push` for a caller that holds the push lock.
@@ -371,6 +382,8 @@ impl Daemon {
         // Under the push lock: an apply in flight must not be mistaken for
         // an engine that runs something else (and be pushed back over).
         let _one = self.push.lock().unwrap_or_else(|e| e.into_inner());
+        let t0 = Instant::now();
+        let _slow = SlowWarning(t0, "engine check (holds the push lock)");
         match self.hello() {
             Err(e) => {
                 let mut st = self.state();
@@ -560,6 +573,18 @@ impl Daemon {
             ),
         };
         (reply, text)
+    }
+}
+
+/// Logs a warning when dropped more than a second after its start.
+struct SlowWarning(Instant, &'static str);
+
+impl Drop for SlowWarning {
+    fn drop(&mut self) {
+        let took = self.0.elapsed();
+        if took >= Duration::from_secs(1) {
+            tracing::warn!(took_ms = took.as_millis() as u64, "slow: {}", self.1);
+        }
     }
 }
 

@@ -133,12 +133,20 @@ impl Runtime<'_> {
 
     fn apply(&mut self, text: String, source: PathBuf) -> Reply {
         let counter = self.current().counter + 1;
+        let t0 = Instant::now();
         match self.apply_text(&text, &source, counter) {
             Err(r) => r,
             Ok(ignored) => {
+                let reloaded = t0.elapsed();
                 let snap = Snapshot::new(counter, text, source);
                 let mut body = format!("applied version {}\n", snap.version());
                 body.push_str(&self.wait_switched(counter));
+                tracing::info!(
+                    counter,
+                    reload_ms = reloaded.as_millis() as u64,
+                    total_ms = t0.elapsed().as_millis() as u64,
+                    "snapshot answered"
+                );
                 for i in ignored {
                     body.push_str(&format!("warning: {i} changed; needs a restart\n"));
                 }

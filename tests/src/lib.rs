@@ -632,6 +632,19 @@ pub fn wait_gone(pids: &[i32]) {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
+        // A failing test shows what the supervisor, engine and control
+        // daemon logged (after the stop, so the log is complete).
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(200)..];
+            eprintln!(
+                "--- last {} lines of {} ---\n{}\n--- end of log ---",
+                tail.len(),
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
