@@ -4,7 +4,9 @@
 //! close or reset it, jump the clock, make the origin close or forget its
 //! connections. Afterwards every client goes away and time runs past every
 //! timeout: nothing panics, and nothing leaks — no connection, socket,
-//! pooled upstream or local port is left.
+//! pooled upstream or local port is left. A client that sent only whole
+//! HTTP/1 requests (and was not closed by the input) gets exactly one
+//! final response per request, in order — or fewer and a close, never more.
 #![no_main]
 
 #[path = "../../stack/proxy/tests/common/mod.rs"]
@@ -28,9 +30,90 @@ const SNIPPETS: &[&[u8]] = &[
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
 ];
 
+/// What the oracle knows of one client.
+#[derive(Default)]
+struct Seen {
+    /// Whole requests sent.
+    requests: usize,
+    /// Sent only whole HTTP/1 requests and was never closed by the input:
+    /// the one-response-per-request rule applies.
+    clean: bool,
+    received: Vec<u8>,
+}
+
+/// Final (non-1xx) responses in `raw`, and whether the stream ends in the
+/// middle of one. A response without a length runs to the close.
+fn count_responses(raw: &[u8]) -> (usize, bool) {
+    let mut rest = raw;
+    let mut n = 0;
+    while !rest.is_empty() {
+        let Some(end) = find(rest, b"\r\n\r\n") else {
+            return (n, true);
+        };
+        let head = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
+        let status: u16 = match head.split(' ').nth(1).and_then(|s| s.parse().ok()) {
+            Some(s) => s,
+            None => panic!(
+                "not a response head: {:?}",
+                head.chars().take(200).collect::<String>()
+            ),
+        };
+        rest = &rest[end + 4..];
+        if (100..200).contains(&status) {
+            continue;
+        }
+        n += 1;
+        if status == 204 || status == 304 {
+            continue;
+        }
+        if let Some(len) = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            if rest.len() < len {
+                return (n, true);
+            }
+            rest = &rest[len..];
+        } else if head.contains("transfer-encoding: chunked") {
+            let mut dec = ferrogate_proxy::http::ChunkedDecoder::new();
+            match dec.feed_with(rest, |_| {}) {
+                Ok(used) if dec.is_done() => rest = &rest[used..],
+                _ => return (n, true),
+            }
+        } else {
+            // Delimited by the close.
+            return (n, false);
+        }
+    }
+    (n, false)
+}
+
+fn read_all(lab: &mut Lab, clients: &[SocketHandle], seen: &mut [Seen]) {
+    for (&h, seen) in clients.iter().zip(seen.iter_mut()) {
+        let s = lab.sockets.get_mut::<tcp::Socket>(h);
+        while s.can_recv() {
+            let _ = s.recv(|b| {
+                seen.received.extend_from_slice(b);
+                (b.len(), ())
+            });
+        }
+    }
+}
+
+/// The client saw the proxy close (FIN or RST).
+fn closed_by_proxy(lab: &Lab, h: SocketHandle) -> bool {
+    !lab.sockets.get::<tcp::Socket>(h).may_recv()
+}
+
 fuzz_target!(|data: &[u8]| {
-    let mut lab = Lab::new(Origin::Serving);
+    // Idle clients are closed only after 10 min, so a request left without
+    // an answer cannot hide behind an idle close in the oracle's 150 s.
+    let mut lab = Lab::with_config(Origin::Serving, |c| {
+        c.timeouts.client_idle = std::time::Duration::from_secs(600);
+    });
     let mut clients: Vec<SocketHandle> = Vec::new();
+    let mut seen: Vec<Seen> = Vec::new();
     let mut at = 0;
     for _ in 0..64 {
         let Some(op) = data.get(at..at + 3) else {
@@ -41,25 +124,41 @@ fuzz_target!(|data: &[u8]| {
         let pick =
             |clients: &Vec<SocketHandle>| clients.get(a as usize % clients.len().max(1)).copied();
         match kind % 8 {
-            0 if clients.len() < MAX_CLIENTS => clients.push(lab.connect()),
+            0 if clients.len() < MAX_CLIENTS => {
+                clients.push(lab.connect());
+                seen.push(Seen {
+                    clean: true,
+                    ..Seen::default()
+                });
+            }
             1 | 2 => {
                 if let Some(h) = pick(&clients) {
+                    let i = a as usize % clients.len();
                     let s = lab.sockets.get_mut::<tcp::Socket>(h);
                     if s.may_send() {
-                        let bytes: &[u8] = if kind % 8 == 1 {
-                            SNIPPETS[b as usize % SNIPPETS.len()]
-                        } else {
-                            // Raw: the next `b % 32` input bytes.
-                            let n = (b as usize % 32).min(data.len() - at);
-                            at += n;
-                            &data[at - n..at]
+                        let snippet = (kind % 8 == 1).then(|| b as usize % SNIPPETS.len());
+                        let bytes: &[u8] = match snippet {
+                            Some(k) => SNIPPETS[k],
+                            None => {
+                                // Raw: the next `b % 32` input bytes.
+                                let n = (b as usize % 32).min(data.len() - at);
+                                at += n;
+                                &data[at - n..at]
+                            }
                         };
-                        let _ = s.send_slice(bytes);
+                        let sent = s.send_slice(bytes).unwrap_or(0);
+                        let whole_http1 = snippet.is_some_and(|k| !SNIPPETS[k].starts_with(b"PRI"));
+                        if whole_http1 && sent == bytes.len() {
+                            seen[i].requests += 1;
+                        } else if !bytes.is_empty() {
+                            seen[i].clean = false;
+                        }
                     }
                 }
             }
             3 => {
                 if let Some(h) = pick(&clients) {
+                    seen[a as usize % clients.len()].clean = false;
                     let s = lab.sockets.get_mut::<tcp::Socket>(h);
                     if b & 1 == 0 { s.close() } else { s.abort() }
                 }
@@ -72,27 +171,84 @@ fuzz_target!(|data: &[u8]| {
                     lab.step(1);
                 }
                 // Clients read what came (a full socket would stall the proxy).
-                for &h in &clients {
-                    let s = lab.sockets.get_mut::<tcp::Socket>(h);
-                    while s.can_recv() {
-                        let _ = s.recv(|b| (b.len(), ()));
-                    }
-                }
+                read_all(&mut lab, &clients, &mut seen);
             }
         }
+    }
+    // Every request of a clean client is answered once, or the proxy
+    // closes: run until that holds for all (bounded), then judge.
+    let settled = |lab: &Lab, seen: &[Seen]| {
+        clients.iter().zip(seen).all(|(&h, c)| {
+            !c.clean || {
+                let (n, partial) = count_responses(&c.received);
+                (n == c.requests && !partial) || closed_by_proxy(lab, h)
+            }
+        })
+    };
+    // Run while bytes flow (small steps), else in big ones past every
+    // timeout (a retried request to an origin that went silent: 2 x 30 s;
+    // client idle 60 s): judge once settled, or after 150 s without a byte.
+    let received = |seen: &[Seen]| seen.iter().map(|c| c.received.len()).sum::<usize>();
+    let mut quiet_ms = 0;
+    let mut flowing = true;
+    for _ in 0..2_000 {
+        let before = received(&seen);
+        let (steps, ms) = if flowing { (20, 5) } else { (10, 1_000) };
+        for _ in 0..steps {
+            lab.step(ms);
+            read_all(&mut lab, &clients, &mut seen);
+        }
+        flowing = received(&seen) > before;
+        quiet_ms = if flowing { 0 } else { quiet_ms + steps * ms };
+        if settled(&lab, &seen) || quiet_ms > 150_000 {
+            break;
+        }
+    }
+    let show = |raw: &[u8]| {
+        format!(
+            "{} bytes, starting {:?}",
+            raw.len(),
+            String::from_utf8_lossy(&raw[..raw.len().min(300)])
+        )
+    };
+    for (&h, c) in clients.iter().zip(&seen) {
+        if !c.clean {
+            continue;
+        }
+        let (n, partial) = count_responses(&c.received);
+        assert!(
+            n <= c.requests,
+            "{n} responses to {} requests: {}",
+            c.requests,
+            show(&c.received)
+        );
+        assert!(
+            (n == c.requests && !partial) || closed_by_proxy(&lab, h) || quiet_ms <= 150_000,
+            "{n} responses to {} requests and the connection is open, silent for 150 s: {}",
+            c.requests,
+            show(&c.received)
+        );
     }
     // Every client leaves; time runs past every timeout (idle, linger,
     // pool idle), in jumps.
     for &h in &clients {
         lab.sockets.get_mut::<tcp::Socket>(h).abort();
     }
-    for _ in 0..400 {
-        lab.step(1_000);
-        for &h in &clients {
-            let s = lab.sockets.get_mut::<tcp::Socket>(h);
-            while s.can_recv() {
-                let _ = s.recv(|b| (b.len(), ()));
-            }
+    let clean = |lab: &Lab| {
+        let edge = &lab.edge;
+        edge.active_connections() == 0
+            && edge.upstream_ports_in_use() == 0
+            && edge.closing_sockets() == 0
+            && edge.stats().upstream_idle == 0
+    };
+    for round in 0..80 {
+        for _ in 0..10 {
+            lab.step(1_000);
+            read_all(&mut lab, &clients, &mut seen);
+        }
+        // Early out once clean; the last round falls through to the asserts.
+        if round < 79 && clean(&lab) {
+            break;
         }
     }
     let edge = &lab.edge;

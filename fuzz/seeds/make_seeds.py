@@ -40,3 +40,12 @@ put("hpack_decode", "rfc7541-c4-huffman", bytes.fromhex("828684418cf1e3c2e5f23a6
 put("tls_peek", "client-hello", open("../../tests/corpus/http-bad/25-tls-client-hello.bin", "rb").read())
 for f in glob.glob("../../configs/*.toml"):
     put("config_compile", os.path.basename(f), open(f, "rb").read())
+tok = b"Authorization: Bearer 0123456789abcdef-token\r\n"
+put("engine_api", "hello", b"\x00GET /v1/hello HTTP/1.1\r\nFerrogate-Protocol: 1\r\n\r\n")
+put("engine_api", "status-token", b"\x01GET /status HTTP/1.1\r\n" + tok + b"\r\n")
+put("engine_api", "wrong-token", b"\x01GET /stats HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n")
+cfg = open("../../configs/lab.toml", "rb").read()
+put("engine_api", "validate", b"\x00POST /validate HTTP/1.1\r\nX-Ferrogate-Path: /etc/ferrogate/a.toml\r\nContent-Length: %d\r\n\r\n" % len(cfg) + cfg)
+put("engine_api", "push-bad-hash", b"\x00POST /v1/snapshot HTTP/1.1\r\nFerrogate-Protocol: 1\r\nX-Ferrogate-Hash: 00000000000000ff\r\nContent-Length: 3\r\n\r\na=1")
+put("engine_api", "apply", b"\x01POST /apply HTTP/1.1\r\n" + tok + b"Content-Length: 3\r\n\r\na=1")
+put("engine_api", "wrong-protocol", b"\x00GET /v1/snapshot HTTP/1.1\r\nFerrogate-Protocol: 7\r\n\r\n")
