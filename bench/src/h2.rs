@@ -132,7 +132,7 @@ fn start_h2(ctx: &Ctx, who: Contender) -> Result<Running> {
 
 /// `N word, N word, …` after `prefix` (h2load's `requests:` and `status
 /// codes:` lines) as word -> N.
-fn counts(out: &str, prefix: &str) -> Vec<(String, f64)> {
+pub(crate) fn counts(out: &str, prefix: &str) -> Vec<(String, f64)> {
     let Some(line) = out.lines().find_map(|l| l.strip_prefix(prefix)) else {
         return vec![];
     };

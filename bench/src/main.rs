@@ -16,6 +16,7 @@ mod measure;
 mod pktgen;
 mod report;
 mod scenarios;
+mod soak;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -84,6 +85,35 @@ struct Common {
     tcp_buffer: usize,
 }
 
+/// `soak`: the common options plus its own.
+#[derive(clap::Args, Debug, Clone)]
+struct SoakCli {
+    #[command(flatten)]
+    common: Common,
+    /// Run time in minutes (fractions allowed).
+    #[arg(long, default_value_t = 30.0)]
+    minutes: f64,
+    /// Run time in seconds instead of --minutes.
+    #[arg(long)]
+    soak_seconds: Option<u64>,
+    /// One report row (and one load-tool chunk) per this many seconds.
+    #[arg(long, default_value_t = 5)]
+    sample_secs: u64,
+    /// A `ctl apply` (alternating two configs) every this many seconds.
+    #[arg(long, default_value_t = 10)]
+    apply_every_secs: u64,
+    /// The pool's second origin goes down and comes back within this period.
+    #[arg(long, default_value_t = 20)]
+    flap_every_secs: u64,
+    /// Denied-source flood rate (packets/s).
+    #[arg(long, default_value_t = 5000)]
+    flood_pps: u64,
+    /// The pool without health checks, ejection or retries: the flapping
+    /// origin then fails requests (shows that the soak counts failures).
+    #[arg(long)]
+    unprotected: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Keep-alive req/s, latency, proxy CPU/request (tiny and 16 KiB bodies).
@@ -112,7 +142,12 @@ enum Cmd {
     /// nginx `stream`); UDP echoed datagrams/s and CPU per datagram
     /// (ferrogate, nginx `stream` udp).
     L4(Common),
-    /// Every scenario, one lab.
+    /// Stability (issue #18): ferrogate alone for --minutes under mixed
+    /// HTTP/1.1 (keep-alive and new connections), HTTPS and h2c load, a
+    /// denied-source flood, a config apply every 10 s and a flapping
+    /// origin; failed requests, RSS, open sockets and pool sizes over time.
+    Soak(SoakCli),
+    /// Every scenario, one lab (not `soak`).
     All(Common),
     /// ferrogate alone: req/s with 1 and 2 workers (2-queue lab), and
     /// latency at 100 req/s per polling mode (busy, adaptive, interrupt).
@@ -241,6 +276,7 @@ fn main() -> Result<()> {
         | Cmd::H2(c)
         | Cmd::L4(c)
         | Cmd::All(c) => (c.clone(), &cli.cmd),
+        Cmd::Soak(s) => (s.common.clone(), &cli.cmd),
         Cmd::Gen(_)
         | Cmd::Loadgen(_)
         | Cmd::Ceiling(_)
@@ -276,6 +312,21 @@ fn main() -> Result<()> {
             .idle_conns
             .unwrap_or(if cli.smoke { 2000 } else { 100_000 }),
         tcp_buffer: cli.tcp_buffer,
+        soak: match cmd {
+            Cmd::Soak(s) => soak::Opts {
+                duration: std::time::Duration::from_secs(
+                    s.soak_seconds
+                        .unwrap_or((s.minutes * 60.0).round() as u64)
+                        .max(10),
+                ),
+                sample: std::time::Duration::from_secs(s.sample_secs.max(1)),
+                apply_every: std::time::Duration::from_secs(s.apply_every_secs.max(1)),
+                flap_every: std::time::Duration::from_secs(s.flap_every_secs.max(2)),
+                flood_pps: s.flood_pps,
+                unprotected: s.unprotected,
+            },
+            _ => soak::Opts::default(),
+        },
     };
     env::install_cleanup_handlers()?;
     let bin = contenders::ferrogate_bin()?;
@@ -310,6 +361,7 @@ fn main() -> Result<()> {
         Cmd::TlsHandshake(_) => vec![("tls-handshake", tls::handshake)],
         Cmd::H2(_) => vec![("h2", h2::scenario)],
         Cmd::L4(_) => vec![("l4", l4::scenario)],
+        Cmd::Soak(_) => vec![("soak", soak::scenario)],
         Cmd::All(_) => vec![
             ("http", scenarios::http),
             ("http-latency", scenarios::http_latency),

@@ -43,8 +43,48 @@ pub fn wrk(
     conns: u32,
     header: Option<&str>,
 ) -> Result<(Metrics, String)> {
-    let lua = lab.bench_dir().join("report.lua");
-    std::fs::write(&lua, WRK_LUA)?;
+    wrk_with(lab, url, seconds, conns, header, None)
+}
+
+/// `wrk` with each connection waiting `delay_ms` before each request
+/// (wrk's Lua `delay()`): about conns x 1000 / delay_ms requests/s at most,
+/// a moderate, bounded load. `tag` names the Lua file, so that paced runs
+/// may go on side by side.
+pub fn wrk_paced(
+    lab: &Lab,
+    url: &str,
+    seconds: u64,
+    conns: u32,
+    header: Option<&str>,
+    delay_ms: u64,
+    tag: &str,
+) -> Result<(Metrics, String)> {
+    wrk_with(lab, url, seconds, conns, header, Some((delay_ms, tag)))
+}
+
+fn wrk_with(
+    lab: &Lab,
+    url: &str,
+    seconds: u64,
+    conns: u32,
+    header: Option<&str>,
+    paced: Option<(u64, &str)>,
+) -> Result<(Metrics, String)> {
+    let lua = match paced {
+        None => {
+            let p = lab.bench_dir().join("report.lua");
+            std::fs::write(&p, WRK_LUA)?;
+            p
+        }
+        Some((ms, tag)) => {
+            let p = lab.bench_dir().join(format!("report-{tag}.lua"));
+            std::fs::write(
+                &p,
+                format!("{WRK_LUA}\ndelay = function()\n  return {ms}\nend\n"),
+            )?;
+            p
+        }
+    };
     let mut argv: Vec<String> = vec![
         "wrk".into(),
         "-t1".into(),

@@ -97,6 +97,20 @@ pub struct Report {
     pub unavailable: BTreeMap<String, String>,
     pub notes: Vec<String>,
     pub summary: Vec<SummaryRow>,
+    /// Rows over time (e.g. the soak's samples), in the JSON as they are.
+    pub timeseries: Vec<Metrics>,
+    /// Markdown sections after the tables: (title, body).
+    pub sections: Vec<(String, String)>,
+    /// Line charts over time, stacked in one `<scenario>-<ts>.svg`.
+    pub timeline: Vec<Panel>,
+}
+
+/// One panel of a timeline chart: named series of (x, y) points.
+#[derive(Debug, Clone, Serialize)]
+pub struct Panel {
+    pub title: String,
+    pub y_desc: String,
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,6 +136,9 @@ impl Report {
             unavailable: BTreeMap::new(),
             notes: Vec::new(),
             summary: Vec::new(),
+            timeseries: Vec::new(),
+            sections: Vec::new(),
+            timeline: Vec::new(),
         }
     }
 
@@ -269,6 +286,9 @@ impl Report {
             }
             s.push('\n');
         }
+        for (title, body) in &self.sections {
+            s.push_str(&format!("## {title}\n\n{body}\n"));
+        }
         if !self.unavailable.is_empty() {
             s.push_str("## Not measured\n\n");
             for (k, v) in &self.unavailable {
@@ -339,9 +359,78 @@ impl Report {
             ));
             out.push(p);
         }
+        if !self.timeline.is_empty() {
+            let p = dir.join(format!("{base}.svg"));
+            match self.plot_timeline(&p) {
+                Ok(()) => {
+                    md.push_str(&format!(
+                        "\n![{} over time]({})\n",
+                        self.scenario,
+                        p.file_name().unwrap().to_string_lossy()
+                    ));
+                    out.push(p);
+                }
+                Err(e) => md.push_str(&format!("\n(timeline plot failed: {e:#})\n")),
+            }
+        }
         std::fs::write(&m, md)?;
         out.insert(1, m);
         Ok(out)
+    }
+
+    /// The timeline panels stacked vertically, one line per series, x in
+    /// seconds since the start.
+    fn plot_timeline(&self, path: &Path) -> Result<()> {
+        use plotters::prelude::*;
+        let colors = [
+            RGBColor(0x4c, 0x72, 0xb0),
+            RGBColor(0xdd, 0x84, 0x52),
+            RGBColor(0x55, 0xa8, 0x68),
+            RGBColor(0xc4, 0x4e, 0x52),
+            RGBColor(0x81, 0x72, 0xb3),
+        ];
+        let n = self.timeline.len() as u32;
+        let root = SVGBackend::new(path, (900, 300 * n)).into_drawing_area();
+        root.fill(&WHITE)?;
+        for (panel, area) in self.timeline.iter().zip(root.split_evenly((n as usize, 1))) {
+            let pts = panel.series.iter().flat_map(|(_, v)| v.iter());
+            let (mut xmax, mut ymax) = (1f64, 0f64);
+            for &(x, y) in pts {
+                xmax = xmax.max(x);
+                ymax = ymax.max(y);
+            }
+            if ymax <= 0.0 {
+                ymax = 1.0;
+            }
+            let mut chart = ChartBuilder::on(&area)
+                .caption(&panel.title, ("sans-serif", 16))
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0f64..xmax, 0f64..ymax * 1.15)?;
+            chart
+                .configure_mesh()
+                .x_desc("seconds")
+                .y_desc(panel.y_desc.as_str())
+                .draw()?;
+            for (i, (name, v)) in panel.series.iter().enumerate() {
+                let c = colors[i % colors.len()];
+                chart
+                    .draw_series(LineSeries::new(v.iter().copied(), c.stroke_width(2)))?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::LowerRight)
+                .draw()?;
+        }
+        root.present()?;
+        Ok(())
     }
 
     /// A grouped bar chart: groups = variants, bars = contenders, bar =

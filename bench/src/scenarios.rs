@@ -31,6 +31,8 @@ pub struct Opts {
     pub idle_conns: usize,
     /// idle: ferrogate's `engine.tcp_buffer`.
     pub tcp_buffer: usize,
+    /// soak: its own options.
+    pub soak: crate::soak::Opts,
 }
 
 pub struct Ctx {

@@ -116,7 +116,13 @@ impl Families {
 fn is_gauge(stack_field: &str) -> bool {
     matches!(
         stack_field,
-        "active_connections" | "upstream_idle" | "sockets_parked" | "l4_active" | "udp_active"
+        "active_connections"
+            | "upstream_idle"
+            | "sockets_parked"
+            | "sockets_open"
+            | "upstream_ports_in_use"
+            | "l4_active"
+            | "udp_active"
     )
 }
 

@@ -119,6 +119,12 @@ pub struct NetStats {
     /// Sockets holding no payload buffers right now (idle connections and
     /// closed slots; a gauge): their buffers are back in the worker's pool.
     pub sockets_parked: u64,
+    /// Sockets serving a connection now, closing ones included (a gauge):
+    /// flat under steady load, growing only with a socket leak.
+    pub sockets_open: u64,
+    /// Local ports held by upstream connections now (a gauge): the
+    /// worker's upstream sockets, pooled, busy or closing.
+    pub upstream_ports_in_use: u64,
     /// Payload buffer pairs allocated because the pool had none spare.
     pub socket_buffers_allocated: u64,
     /// smoltcp polls of a stream's socket (one ingress frame, or one egress
@@ -149,7 +155,7 @@ impl NetStats {
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
-    pub fn fields(&self) -> [(&'static str, u64); 19] {
+    pub fn fields(&self) -> [(&'static str, u64); 21] {
         let o = self.rx_outcomes();
         [
             ("rx_frames", self.rx_frames),
@@ -169,6 +175,8 @@ impl NetStats {
             ("overload_rejected", self.overload_rejected),
             ("sockets_created", self.sockets_created),
             ("sockets_parked", self.sockets_parked),
+            ("sockets_open", self.sockets_open),
+            ("upstream_ports_in_use", self.upstream_ports_in_use),
             ("socket_buffers_allocated", self.socket_buffers_allocated),
             ("socket_polls", self.socket_polls),
         ]
@@ -193,6 +201,8 @@ impl NetStats {
         self.overload_rejected += o.overload_rejected;
         self.sockets_created += o.sockets_created;
         self.sockets_parked += o.sockets_parked;
+        self.sockets_open += o.sockets_open;
+        self.upstream_ports_in_use += o.upstream_ports_in_use;
         self.socket_buffers_allocated += o.socket_buffers_allocated;
         self.socket_polls += o.socket_polls;
     }
@@ -389,6 +399,8 @@ impl Net {
         self.stats.tx_queue_full = self.device_stats.tx_queue_full;
         self.stats.sockets_created = self.sockets.created() as u64;
         self.stats.sockets_parked = self.sockets.parked() as u64;
+        self.stats.sockets_open = self.sockets.in_use() as u64;
+        self.stats.upstream_ports_in_use = self.ports.in_use() as u64;
         self.stats.socket_buffers_allocated = self.sockets.buffers_allocated();
     }
 

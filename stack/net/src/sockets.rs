@@ -193,6 +193,12 @@ impl SocketTable {
         self.closing
     }
 
+    /// Slots serving a connection now (open, opening or closing): every
+    /// slot not on the idle list.
+    pub(crate) fn in_use(&self) -> usize {
+        self.slots.len() - self.idle.len()
+    }
+
     pub(crate) fn lookup(&self, key: &FlowKey) -> Option<SockId> {
         self.map.get(key).copied()
     }

@@ -611,6 +611,17 @@ fn many_connections_recycle_sockets_and_ports() {
         s.upstream_idle,
         "every upstream port returned but the pooled ones"
     );
+    // The published gauges: the port count, and sockets in use = the
+    // pooled upstream ones plus any still closing (none leaked).
+    assert_eq!(
+        s.net.upstream_ports_in_use,
+        lab.edge.upstream_ports_in_use() as u64
+    );
+    assert_eq!(
+        s.net.sockets_open,
+        s.upstream_idle + lab.edge.closing_sockets() as u64,
+        "{s:?}"
+    );
     // Sockets are reused: far fewer created than the 200 connections served.
     assert!(
         lab.edge.stats().net.sockets_created < 120,
