@@ -253,8 +253,20 @@ impl Daemon {
         let ok = std::fs::create_dir_all(dir)
             .and_then(|_| std::fs::write(&tmp, format!("{hash:016x}\n")))
             .and_then(|_| std::fs::rename(&tmp, dir.join(FILE_HASH)));
-        if let Err(e) = ok {
-            tracing::warn!(error = %e, dir = %dir.display(), "cannot record the applied file hash");
+        // A full disk fails every apply: log the first failure of a run only.
+        static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        match ok {
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                if !FAILING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(error = %e, dir = %dir.display(), "cannot record the applied file hash (logged once until it works again)");
+                }
+            }
+            Ok(()) => {
+                if FAILING.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!(dir = %dir.display(), "the applied file hash is recorded again");
+                }
+            }
         }
     }
 

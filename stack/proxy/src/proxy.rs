@@ -1112,8 +1112,13 @@ impl<P: ProxyHttp> Conn<P> {
         }
         if done {
             let keep_client = *keep_client;
-            // Bytes past the end of the body mean the upstream is out of step.
-            let keep_upstream = *keep_upstream && self.bufs.from_upstream.is_empty();
+            // Bytes past the end of the body mean the upstream is out of
+            // step (an origin error, counted): that connection is dropped.
+            let out_of_step = !self.bufs.from_upstream.is_empty();
+            if out_of_step && *keep_upstream {
+                cx.stats.upstream_errors += 1;
+            }
+            let keep_upstream = *keep_upstream && !out_of_step;
             if let Some(up) = self.att.conn.as_mut() {
                 up.served += 1;
             }

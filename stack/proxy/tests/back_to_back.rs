@@ -370,6 +370,7 @@ fn stray_bytes_of_a_dropped_upstream_do_not_reach_the_next_response() {
         2,
         "the out-of-step one was dropped"
     );
+    assert_eq!(lab.edge.stats().upstream_errors, 1, "and counted");
 }
 
 #[test]
@@ -596,8 +597,7 @@ fn upstream_stalled_mid_body_is_cut_after_the_response_timeout_and_counted() {
         lab.read_until(c, 1, |_| false);
     }
     assert!(
-        !lab.sockets.get::<tcp::Socket>(c).may_recv()
-            || lab.client_state(c) == tcp::State::Closed,
+        !lab.sockets.get::<tcp::Socket>(c).may_recv() || lab.client_state(c) == tcp::State::Closed,
         "the client connection is still open after the upstream stalled: {:?}",
         lab.client_state(c)
     );
