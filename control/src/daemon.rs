@@ -430,7 +430,7 @@ impl Daemon {
             .as_ref()
             .is_some_and(|d| st.engine_connected && d.hash == st.engine_hash);
         let mut out = format!(
-            "control_pid {}\ncontrol_config {}\ncontrol_uptime_s {:.1}\nengine_socket {}\nengine_connected {}\ndesired_hash {}\nin_sync {}\nfile_changes_applied {}\nfile_changes_rejected {}\npushes {}\n",
+            "control_pid {}\ncontrol_config {}\ncontrol_uptime_s {:.1}\nengine_socket {}\nengine_connected {}\ndesired_hash {}\nin_sync {}\nfile_changes_applied {}\nfile_changes_rejected {}\npushes {}\nadmin_auth_failures {}\n",
             std::process::id(),
             self.args.config.display(),
             self.started.elapsed().as_secs_f64(),
@@ -444,6 +444,7 @@ impl Daemon {
             st.file_applied,
             st.file_rejected,
             st.pushes,
+            crate::admin::auth_failures(),
         );
         if let Some(e) = &st.last_error {
             let first = e.lines().next().unwrap_or("");

@@ -571,3 +571,173 @@ fn full_disk_then_sigkilled_engine_the_data_path_serves_errors_are_counted_and_l
         drop(logs);
     });
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One admin request on a fresh TCP connection: (status, body). Reads
+/// until the daemon closes (it answers one request per connection).
+fn admin(addr: &str, req: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+#[test]
+fn admin_api_abuse_is_bounded_refused_and_counted() {
+    lab_test("faults_admin", || {
+        let lab = Lab::up(1);
+        let cfg = write_config(&lab, "adm.toml", "adm", "");
+        let token = "abuse-test-token-0123456789abcdef";
+        let token_file = lab.state_dir().join("token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let engine = lab.start_engine_args(
+            Some(&cfg),
+            "af_xdp",
+            1,
+            true,
+            &[
+                "--admin-tcp",
+                &addr,
+                "--admin-token-file",
+                token_file.to_str().unwrap(),
+            ],
+        );
+        let status_req =
+            format!("GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+        let (code, body) = admin(&addr, &status_req);
+        assert_eq!(code, 200, "{body}");
+
+        // An oversized body: refused from its Content-Length, at once.
+        let t0 = Instant::now();
+        let (code, body) = admin(
+            &addr,
+            &format!(
+                "POST /apply HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 17000000\r\n\r\n"
+            ),
+        );
+        let oversized_s = t0.elapsed().as_secs_f64();
+        assert_eq!(code, 413, "{body}");
+
+        // A client sending its head a byte a second is cut (the whole
+        // request has a deadline), while other clients are served.
+        let stop = AtomicBool::new(false);
+        let (cut_after, served_meanwhile) = std::thread::scope(|s| {
+            let _guard = StopOnDrop(&stop);
+            let slow = s.spawn(|| {
+                let mut c = TcpStream::connect(&addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let head = b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+                let t0 = Instant::now();
+                for b in head {
+                    if c.write_all(&[*b]).is_err() {
+                        return (Some(t0.elapsed()), String::new());
+                    }
+                    let mut buf = [0u8; 256];
+                    match c.read(&mut buf) {
+                        Ok(n) => {
+                            return (
+                                Some(t0.elapsed()),
+                                String::from_utf8_lossy(&buf[..n]).into_owned(),
+                            );
+                        }
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(e) => return (Some(t0.elapsed()), e.to_string()),
+                    }
+                }
+                (None, "sent the whole head a byte a second".into())
+            });
+            let mut served = 0;
+            std::thread::sleep(Duration::from_secs(1));
+            while !slow.is_finished() && served < 100 {
+                let (code, body) = admin(&addr, &status_req);
+                assert_eq!(code, 200, "served while a client trickles: {body}");
+                served += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let (cut, answer) = slow.join().unwrap();
+            let cut = cut.unwrap_or_else(|| panic!("the slow client was never cut: {answer}"));
+            assert!(
+                answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+                "{answer}"
+            );
+            (cut, served)
+        });
+
+        // More idle connections than the daemon serves at once: a real
+        // client waits (boundedly) and is served; the data path does not
+        // notice; every idle one is closed by the daemon.
+        let idle: Vec<TcpStream> = (0..24)
+            .map(|_| TcpStream::connect(&addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(lab.curl(&format!("http://{VIP}/v")).unwrap(), "adm");
+        let t0 = Instant::now();
+        let (code, body) = admin(&addr, &status_req);
+        let waited = t0.elapsed().as_secs_f64();
+        assert_eq!(code, 200, "behind idle connections: {body}");
+        assert_eq!(lab.curl(&format!("http://{VIP}/v")).unwrap(), "adm");
+        for mut c in idle {
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut buf = Vec::new();
+            let r = c.read_to_end(&mut buf);
+            assert!(
+                r.is_ok() || buf.is_empty(),
+                "an idle connection was not closed: {r:?}"
+            );
+        }
+
+        // Wrong or missing tokens at a high rate: all 401, counted, and
+        // the log does not get a line each.
+        let before: u64 = field(&admin(&addr, &status_req).1, "admin_auth_failures")
+            .parse()
+            .unwrap();
+        let t0 = Instant::now();
+        for i in 0..2000 {
+            let req = if i % 2 == 0 {
+                "GET /status HTTP/1.1\r\nHost: x\r\n\r\n".to_string()
+            } else {
+                format!(
+                    "GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong-{i}\r\n\r\n"
+                )
+            };
+            let (code, body) = admin(&addr, &req);
+            assert_eq!(code, 401, "request {i}: {body}");
+        }
+        let flood_s = t0.elapsed().as_secs_f64();
+        let (code, body) = admin(&addr, &status_req);
+        assert_eq!(code, 200, "the right token right after: {body}");
+        let after: u64 = field(&body, "admin_auth_failures").parse().unwrap();
+        assert_eq!(after - before, 2000, "{body}");
+        let log = engine.log();
+        let lines = log.matches("refused for their bearer token").count();
+        assert!(
+            (1..=1 + (flood_s / 10.0).ceil() as usize).contains(&lines),
+            "{lines} log lines for 2000 refused requests in {flood_s:.1} s"
+        );
+        assert_eq!(lab.curl(&format!("http://{VIP}/v")).unwrap(), "adm");
+        eprintln!(
+            "admin abuse: 413 for a 17 MB Content-Length in {oversized_s:.3} s; a 1 byte/s client cut after {:.1} s while {served_meanwhile} other requests were served; behind 24 idle connections a request waited {waited:.1} s; 2000 bad tokens in {flood_s:.1} s: all 401, admin_auth_failures +{}, {lines} log line(s)",
+            cut_after.as_secs_f64(),
+            after - before
+        );
+    });
+}
