@@ -342,7 +342,7 @@ fn full_disk_then_sigkilled_engine_the_data_path_serves_errors_are_counted_and_l
         let a = write_config(&lab, "a.toml", "a", &extra);
         let b = write_config(&lab, "b.toml", "b", &extra);
         let c = write_config(&lab, "c.toml", "c", &extra);
-        let mut engine = lab.start_engine_with(&a, "af_xdp", 1);
+        let engine = lab.start_engine_with(&a, "af_xdp", 1);
         let started = Instant::now();
         assert_eq!(lab.curl(&format!("http://{VIP}/v")).unwrap(), "a");
 
