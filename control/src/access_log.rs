@@ -52,6 +52,36 @@ fn open(path: &PathBuf) -> std::io::Result<Open> {
     })
 }
 
+/// Appends `buf` whole or not at all: after a failed write (a full disk)
+/// the file is cut back, so no half line is left for the next one to join.
+fn append(o: &mut Open, buf: &[u8]) -> std::io::Result<()> {
+    let len = o.file.metadata()?.len();
+    o.file.write_all(buf).inspect_err(|_| {
+        let _ = o.file.set_len(len);
+    })
+}
+
+/// Logs the first error of a run of failures and the recovery, not each
+/// failure (the lost lines are counted in `access_log_write_errors`).
+#[derive(Default)]
+struct ErrorOnce {
+    failing: bool,
+}
+
+impl ErrorOnce {
+    fn failed(&mut self, path: &std::path::Path, what: &str, e: &std::io::Error) {
+        if !std::mem::replace(&mut self.failing, true) {
+            tracing::error!(path = %path.display(), error = %e, "cannot {what} the access log; counting lost lines in access_log_write_errors until it works again");
+        }
+    }
+
+    fn ok(&mut self, path: &std::path::Path) {
+        if std::mem::replace(&mut self.failing, false) {
+            tracing::info!(path = %path.display(), "the access log is written again");
+        }
+    }
+}
+
 /// RFC 3339 UTC with microseconds, from µs since the Unix epoch.
 pub fn rfc3339_micros(us: i64) -> String {
     let secs = us.div_euclid(1_000_000);
@@ -106,6 +136,7 @@ impl AccessLogWriter {
                     let mut out: Option<Open> = None;
                     let mut last_check = Instant::now();
                     let mut buf = String::with_capacity(64 * 1024);
+                    let mut errors = ErrorOnce::default();
                     loop {
                         let stopping = stop.load(Ordering::Acquire);
                         buf.clear();
@@ -137,15 +168,22 @@ impl AccessLogWriter {
                                     out = match open(path) {
                                         Ok(o) => Some(o),
                                         Err(e) => {
-                                            tracing::error!(path = %path.display(), error = %e, "cannot open the access log");
+                                            errors.failed(path, "open", &e);
                                             None
                                         }
                                     };
                                 }
                                 match out.as_mut() {
-                                    Some(o) if !buf.is_empty() => {
-                                        o.file.write_all(buf.as_bytes()).is_ok()
-                                    }
+                                    Some(o) if !buf.is_empty() => match append(o, buf.as_bytes()) {
+                                        Ok(()) => {
+                                            errors.ok(path);
+                                            true
+                                        }
+                                        Err(e) => {
+                                            errors.failed(path, "write", &e);
+                                            false
+                                        }
+                                    },
                                     Some(_) => true,
                                     None => buf.is_empty(),
                                 }

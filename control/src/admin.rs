@@ -28,9 +28,9 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -226,11 +226,101 @@ impl Timeouts for TcpStream {
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 << 10;
+/// Idle time allowed between two reads or writes of a connection.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The whole request (head and body) must arrive within this: a client
+/// trickling a byte now and then would otherwise hold a connection slot
+/// for as long as it likes (the idle timeout restarts at every byte).
+const REQUEST_WITHIN: Duration = Duration::from_secs(10);
 
-fn read_request<S: Read>(s: &mut S) -> Result<HttpRequest> {
-    let mut r = BufReader::new(s);
+/// The request's body is over `MAX_BODY` (answered 413).
+#[derive(Debug, thiserror::Error)]
+#[error("body of {0} bytes is over the {MAX_BODY}-byte limit")]
+struct BodyTooLarge(usize);
+
+/// The request did not arrive within `REQUEST_WITHIN` (answered 408).
+#[derive(Debug, thiserror::Error)]
+#[error("the request did not arrive within {} s", REQUEST_WITHIN.as_secs())]
+struct RequestTimeout;
+
+/// Reads from `s` until `until`, each read waiting at most what is left.
+struct DeadlineReader<'a, S: Read + Timeouts> {
+    s: &'a mut S,
+    until: Instant,
+}
+
+impl<S: Read + Timeouts> Read for DeadlineReader<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                RequestTimeout,
+            ));
+        }
+        self.s.timeouts(left.min(IO_TIMEOUT))?;
+        self.s.read(buf).map_err(|e| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, RequestTimeout)
+            } else {
+                e
+            }
+        })
+    }
+}
+
+/// The status a failed read is answered with.
+fn read_error_status(e: &anyhow::Error) -> u16 {
+    if e.downcast_ref::<BodyTooLarge>().is_some() {
+        return 413;
+    }
+    let timed_out = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    });
+    if timed_out { 408 } else { 400 }
+}
+
+/// Requests refused for a missing or wrong bearer token, since start.
+static AUTH_FAILURES: AtomicU64 = AtomicU64::new(0);
+/// When a refused token was last logged (at most one line per
+/// `AUTH_LOG_EVERY`: a client guessing tokens must not flood the log).
+static AUTH_LOGGED: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
+const AUTH_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Requests refused for a missing or wrong bearer token, since start.
+pub fn auth_failures() -> u64 {
+    AUTH_FAILURES.load(Ordering::Relaxed)
+}
+
+fn count_auth_failure(why: &str) {
+    let total = AUTH_FAILURES.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut last = AUTH_LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+    let due = last.is_none_or(|(at, _)| at.elapsed() >= AUTH_LOG_EVERY);
+    if due {
+        let since = total - last.map_or(0, |(_, n)| n);
+        tracing::warn!(
+            reason = why,
+            refused_since_last_line = since,
+            refused_total = total,
+            "admin requests refused for their bearer token (logged at most every {} s)",
+            AUTH_LOG_EVERY.as_secs()
+        );
+        *last = Some((Instant::now(), total));
+    }
+}
+
+fn read_request<S: Read + Timeouts>(s: &mut S) -> Result<HttpRequest> {
+    let mut dl = DeadlineReader {
+        s,
+        until: Instant::now() + REQUEST_WITHIN,
+    };
+    let mut r = BufReader::new(&mut dl);
     let mut head_bytes = 0usize;
-    let mut next_line = |r: &mut BufReader<&mut S>| -> Result<String> {
+    let mut next_line = |r: &mut BufReader<&mut DeadlineReader<'_, S>>| -> Result<String> {
         let mut line = String::new();
         let n = r.by_ref().take(MAX_HEAD as u64).read_line(&mut line)?;
         head_bytes += n;
@@ -279,7 +369,7 @@ fn read_request<S: Read>(s: &mut S) -> Result<HttpRequest> {
         }
     }
     if len > MAX_BODY {
-        bail!("body of {len} bytes is over the limit");
+        return Err(BodyTooLarge(len).into());
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
@@ -294,7 +384,9 @@ fn reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
+        413 => "Content Too Large",
         422 => "Unprocessable Entity",
         426 => "Upgrade Required",
         503 => "Service Unavailable",
@@ -318,12 +410,19 @@ fn handle<S: Read + Write + Timeouts>(
     token: Option<&str>,
     handler: &Handler,
 ) -> Result<()> {
-    s.timeouts(Duration::from_secs(5))?;
+    s.timeouts(IO_TIMEOUT)?;
     let (reply, ctype) = match read_request(&mut s) {
-        Err(e) => (Reply::err(400, format!("bad request: {e}\n")), "text/plain"),
+        Err(e) => (
+            Reply::err(read_error_status(&e), format!("bad request: {e:#}\n")),
+            "text/plain",
+        ),
         Ok(req) => match (token, req.bearer.as_deref()) {
-            (Some(_), None) => (Reply::err(401, "missing bearer token\n"), "text/plain"),
+            (Some(_), None) => {
+                count_auth_failure("missing");
+                (Reply::err(401, "missing bearer token\n"), "text/plain")
+            }
             (Some(want), Some(given)) if !token_matches(given, want) => {
+                count_auth_failure("wrong");
                 (Reply::err(401, "wrong bearer token\n"), "text/plain")
             }
             _ => handler(req),
@@ -340,6 +439,7 @@ fn handle<S: Read + Write + Timeouts>(
         reason(reply.status),
         reply.body.len()
     );
+    s.timeouts(IO_TIMEOUT)?;
     s.write_all(head.as_bytes())?;
     s.write_all(reply.body.as_bytes())?;
     Ok(())

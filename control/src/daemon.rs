@@ -264,8 +264,20 @@ impl Daemon {
         let ok = std::fs::create_dir_all(dir)
             .and_then(|_| std::fs::write(&tmp, format!("{hash:016x}\n")))
             .and_then(|_| std::fs::rename(&tmp, dir.join(FILE_HASH)));
-        if let Err(e) = ok {
-            tracing::warn!(error = %e, dir = %dir.display(), "cannot record the applied file hash");
+        // A full disk fails every apply: log the first failure of a run only.
+        static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        match ok {
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                if !FAILING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(error = %e, dir = %dir.display(), "cannot record the applied file hash (logged once until it works again)");
+                }
+            }
+            Ok(()) => {
+                if FAILING.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!(dir = %dir.display(), "the applied file hash is recorded again");
+                }
+            }
         }
     }
 
@@ -431,7 +443,7 @@ impl Daemon {
             .as_ref()
             .is_some_and(|d| st.engine_connected && d.hash == st.engine_hash);
         let mut out = format!(
-            "control_pid {}\ncontrol_config {}\ncontrol_uptime_s {:.1}\nengine_socket {}\nengine_connected {}\ndesired_hash {}\nin_sync {}\nfile_changes_applied {}\nfile_changes_rejected {}\npushes {}\n",
+            "control_pid {}\ncontrol_config {}\ncontrol_uptime_s {:.1}\nengine_socket {}\nengine_connected {}\ndesired_hash {}\nin_sync {}\nfile_changes_applied {}\nfile_changes_rejected {}\npushes {}\nadmin_auth_failures {}\n",
             std::process::id(),
             self.args.config.display(),
             self.started.elapsed().as_secs_f64(),
@@ -445,6 +457,7 @@ impl Daemon {
             st.file_applied,
             st.file_rejected,
             st.pushes,
+            crate::admin::auth_failures(),
         );
         if let Some(e) = &st.last_error {
             let first = e.lines().next().unwrap_or("");

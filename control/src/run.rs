@@ -247,6 +247,10 @@ impl Runtime<'_> {
             Op::Status => Reply::ok(self.status()),
             Op::Stats => {
                 let mut text = self.engine.stats().render();
+                text.push_str(&format!(
+                    "snapshot_persist_errors {}\n",
+                    self.persister.errors()
+                ));
                 if let Some(w) = &self.access_log {
                     let (written, errors) = w.counts();
                     text.push_str(&format!(

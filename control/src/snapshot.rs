@@ -103,15 +103,20 @@ pub fn persist(dir: &Path, s: &Snapshot) -> Result<PathBuf> {
         s.source.display(),
         s.text
     );
-    {
+    let written = (|| -> Result<()> {
         use std::io::Write;
         let mut f =
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(body.as_bytes())?;
+        f.write_all(body.as_bytes())
+            .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    })();
+    if written.is_err() {
+        // A full disk: the half-written copy must not hold space.
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(path)
+    written.map(|()| path)
 }
 
 /// Persists snapshots on its own thread, newest wins: an apply never waits
@@ -120,6 +125,7 @@ pub fn persist(dir: &Path, s: &Snapshot) -> Result<PathBuf> {
 /// control daemon then brings forward.
 pub struct Persister {
     slot: std::sync::Arc<(std::sync::Mutex<PersistSlot>, std::sync::Condvar)>,
+    errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -136,9 +142,14 @@ impl Persister {
             std::sync::Condvar::new(),
         ));
         let s = slot.clone();
+        let errors = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let errs = errors.clone();
         let handle = std::thread::Builder::new()
             .name("fg-persist".into())
             .spawn(move || {
+                // Only the first failure of a run is logged (a full disk
+                // fails every apply); each is counted.
+                let mut failing = false;
                 loop {
                     let next = {
                         let (m, cv) = &*s;
@@ -151,13 +162,31 @@ impl Persister {
                             None => return,
                         }
                     };
-                    if let Err(e) = persist(&dir, &next) {
-                        tracing::error!(error = %format!("{e:#}"), "could not persist the last-known-good snapshot");
+                    match persist(&dir, &next) {
+                        Err(e) => {
+                            errs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if !std::mem::replace(&mut failing, true) {
+                                tracing::error!(error = %format!("{e:#}"), "could not persist the last-known-good snapshot; counting in snapshot_persist_errors until it works again");
+                            }
+                        }
+                        Ok(_) if std::mem::replace(&mut failing, false) => {
+                            tracing::info!(version = %next.version(), "the last-known-good snapshot is persisted again");
+                        }
+                        Ok(_) => {}
                     }
                 }
             })
             .ok();
-        Self { slot, handle }
+        Self {
+            slot,
+            errors,
+            handle,
+        }
+    }
+
+    /// Snapshots that could not be written, since start.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues `s` (replacing one not yet written).

@@ -986,6 +986,8 @@ impl<P: ProxyHttp> Conn<P> {
                     self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
                     return true;
                 }
+                // The body's bytes may not stall longer than its head could.
+                self.deadline = self.att.response_deadline(cx);
                 self.phase = Phase::StreamResponse {
                     body: Body::from_framing(resp.framing),
                     keep_client,
@@ -1110,8 +1112,13 @@ impl<P: ProxyHttp> Conn<P> {
         }
         if done {
             let keep_client = *keep_client;
-            // Bytes past the end of the body mean the upstream is out of step.
-            let keep_upstream = *keep_upstream && self.bufs.from_upstream.is_empty();
+            // Bytes past the end of the body mean the upstream is out of
+            // step (an origin error, counted): that connection is dropped.
+            let out_of_step = !self.bufs.from_upstream.is_empty();
+            if out_of_step && *keep_upstream {
+                cx.stats.upstream_errors += 1;
+            }
+            let keep_upstream = *keep_upstream && !out_of_step;
             if let Some(up) = self.att.conn.as_mut() {
                 up.served += 1;
             }
@@ -1134,6 +1141,17 @@ impl<P: ProxyHttp> Conn<P> {
             // Upstream closed before the body was complete: make the
             // truncation visible to the client with a reset.
             cx.stats.upstream_errors += 1;
+            self.finish(cx, true);
+            return true;
+        }
+        if moved {
+            self.deadline = self.att.response_deadline(cx);
+        } else if cx.now >= self.deadline && self.bufs.from_upstream.is_empty() {
+            // The origin went silent mid-body (the client already has the
+            // head): a reset makes the short body visible, and no client
+            // waits forever on it.
+            cx.stats.upstream_errors += 1;
+            tracing::debug!("upstream silent mid-body past the response timeout; resetting");
             self.finish(cx, true);
             return true;
         }

@@ -370,6 +370,7 @@ fn stray_bytes_of_a_dropped_upstream_do_not_reach_the_next_response() {
         2,
         "the out-of-step one was dropped"
     );
+    assert_eq!(lab.edge.stats().upstream_errors, 1, "and counted");
 }
 
 #[test]
@@ -570,6 +571,41 @@ fn silent_upstream_gets_504_after_connect_timeout() {
         raw
     };
     assert_eq!(Response::parse(&raw).expect("a response").status, 504);
+}
+
+/// An origin that sends the head and part of the body, then nothing: the
+/// client has the head already, so the only honest answer is to cut its
+/// connection (a reset: the body is short) once the upstream response
+/// timeout passes with no byte, and to count it — never to hang.
+#[test]
+fn upstream_stalled_mid_body_is_cut_after_the_response_timeout_and_counted() {
+    let mut lab = Lab::with_config(Origin::Serving, |c| {
+        c.timeouts.upstream_response = std::time::Duration::from_secs(2);
+    });
+    let c = lab.connect();
+    lab.send(c, b"GET /stall-body HTTP/1.1\r\nHost: x\r\n\r\n");
+    let raw = lab.read_until(c, 500, |b| b.ends_with(b"0123456789"));
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200") && raw.ends_with(b"0123456789"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    let errors = lab.edge.stats().upstream_errors;
+    // 2 s of silence, plus slack for the timer wheel.
+    for _ in 0..30 {
+        lab.step(100);
+        lab.read_until(c, 1, |_| false);
+    }
+    assert!(
+        !lab.sockets.get::<tcp::Socket>(c).may_recv() || lab.client_state(c) == tcp::State::Closed,
+        "the client connection is still open after the upstream stalled: {:?}",
+        lab.client_state(c)
+    );
+    assert_eq!(lab.edge.stats().upstream_errors, errors + 1);
+    // The worker serves the next client.
+    let c2 = lab.connect();
+    let r = lab.exchange(c2, b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.body, b"origin:/after");
 }
 
 #[test]

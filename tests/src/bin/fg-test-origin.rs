@@ -11,6 +11,9 @@
 //! `/headers` (the request's header lines, `Name: value` one per line);
 //! `/early/NNN/MS` (answers NNN before reading the request body, then
 //! closes MS later with the body unread, which the kernel turns into a RST).
+//! `/fault/KIND`: a misbehaving origin (`reset-mid-body`, `half-close`,
+//! `short-body`, `stall-mid-body`, `trickle`, `long-body`, `garbage`,
+//! `huge-head`; see `serve`).
 //! Every response carries `X-Origin: NAME` and echoes `X-Request-Id`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -179,6 +182,86 @@ fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
                     "HTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}",
                     body.len()
                 )?;
+            }
+            "fault" => {
+                // Misbehaving origins for the fault-injection tests. The
+                // head announces 1000 bytes of body unless said otherwise.
+                let kind = seg.get(1).copied().unwrap_or("");
+                let head = format!("HTTP/1.1 200 OK\r\n{common}Content-Length: 1000\r\n\r\n");
+                let part = [b'p'; 100];
+                match kind {
+                    "reset-mid-body" => {
+                        w.write_all(head.as_bytes())?;
+                        w.write_all(&part)?;
+                        w.flush()?;
+                        std::thread::sleep(Duration::from_millis(100));
+                        let _ = socket2_linger_zero(r.get_ref());
+                        return Ok(());
+                    }
+                    "half-close" => {
+                        // FIN after the head; keep reading until the peer
+                        // closes its side.
+                        w.write_all(head.as_bytes())?;
+                        w.flush()?;
+                        w.shutdown(std::net::Shutdown::Write)?;
+                        let mut sink = [0u8; 1024];
+                        while r.read(&mut sink)? > 0 {}
+                        return Ok(());
+                    }
+                    "short-body" => {
+                        // Content-Length larger than the body, then close.
+                        w.write_all(head.as_bytes())?;
+                        w.write_all(&part)?;
+                        w.flush()?;
+                        return Ok(());
+                    }
+                    "stall-mid-body" => {
+                        w.write_all(head.as_bytes())?;
+                        w.write_all(&part)?;
+                        w.flush()?;
+                        // Silent (not closed) until the peer gives up.
+                        let s = r.get_ref();
+                        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+                        let mut sink = [0u8; 1024];
+                        while r.read(&mut sink).unwrap_or(0) > 0 {}
+                        return Ok(());
+                    }
+                    "trickle" => {
+                        // 20 bytes, one every 100 ms.
+                        write!(w, "HTTP/1.1 200 OK\r\n{common}Content-Length: 20\r\n\r\n")?;
+                        w.flush()?;
+                        for b in b"trickled-20-bytes-ok" {
+                            std::thread::sleep(Duration::from_millis(100));
+                            w.write_all(&[*b])?;
+                            w.flush()?;
+                        }
+                    }
+                    "long-body" => {
+                        // More bytes than Content-Length: what follows looks
+                        // like a response and must never reach a client. One
+                        // write: extra bytes that come later than the next
+                        // request are indistinguishable from its response.
+                        w.write_all(
+                            format!("HTTP/1.1 200 OK\r\n{common}Content-Length: 5\r\n\r\nshortHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nSMUGGLED!").as_bytes(),
+                        )?;
+                    }
+                    "garbage" => {
+                        w.write_all(b"HELLO THIS IS NOT HTTP\r\n\r\n")?;
+                        w.flush()?;
+                        return Ok(());
+                    }
+                    "huge-head" => {
+                        write!(w, "HTTP/1.1 200 OK\r\n{common}")?;
+                        let line = format!("X-Filler: {}\r\n", "f".repeat(1000));
+                        for _ in 0..200 {
+                            w.write_all(line.as_bytes())?;
+                        }
+                        w.write_all(b"Content-Length: 2\r\n\r\nok")?;
+                        w.flush()?;
+                        return Ok(());
+                    }
+                    _ => write!(w, "HTTP/1.1 404 X\r\n{common}Content-Length: 0\r\n\r\n")?,
+                }
             }
             "reset" => {
                 // SO_LINGER 0 + close = RST.

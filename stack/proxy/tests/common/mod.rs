@@ -347,6 +347,9 @@ impl<P: ProxyHttp> Lab<P> {
                     }
                     "/close" => b"HTTP/1.0 200 OK\r\n\r\nuntil-close".to_vec(),
                     "/503" => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                    // The head and 10 of the 100 bytes it announces, then
+                    // nothing (the connection stays open).
+                    "/stall-body" => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789".to_vec(),
                     // Out of step: bytes after a response that has no body.
                     "/204-junk" => b"HTTP/1.1 204 No Content\r\n\r\nJUNK 500 out of step\r\n\r\n".to_vec(),
                     "/headers" => {
