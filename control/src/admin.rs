@@ -683,6 +683,17 @@ fn exchange<S: Read + Write + Timeouts>(
     })
 }
 
+/// One exchange of the admin protocol over any byte stream: what a
+/// connection thread does (read one request, check the token, answer,
+/// close). Public for the `engine_api` fuzz target.
+pub fn serve_stream<S: Read + Write + Timeouts>(
+    s: S,
+    token: Option<&str>,
+    handler: &Handler,
+) -> Result<()> {
+    handle(s, token, handler)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -717,15 +728,4 @@ mod tests {
         assert!(bind(&sock).is_err(), "a live socket is not stolen");
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-/// One exchange of the admin protocol over any byte stream: what a
-/// connection thread does (read one request, check the token, answer,
-/// close). Public for the `engine_api` fuzz target.
-pub fn serve_stream<S: Read + Write + Timeouts>(
-    s: S,
-    token: Option<&str>,
-    handler: &Handler,
-) -> Result<()> {
-    handle(s, token, handler)
 }
