@@ -110,6 +110,9 @@ pub struct NetStats {
     /// bad checksum, or from a source no reply may go to (broadcast,
     /// multicast, unspecified, one of ours, port 0).
     pub rx_drop_bad_datagram: u64,
+    /// A TCP segment with a bad IPv4 header or TCP checksum (corrupted on
+    /// the way): dropped before any socket sees it.
+    pub rx_drop_checksum: u64,
     pub rx_queue_full: u64,
     pub tx_frames: u64,
     pub tx_queue_full: u64,
@@ -129,7 +132,7 @@ pub struct NetStats {
 impl NetStats {
     /// The outcome of every polled frame, by name: they sum to `rx_frames`
     /// once the rx queue is empty.
-    pub fn rx_outcomes(&self) -> [(&'static str, u64); 9] {
+    pub fn rx_outcomes(&self) -> [(&'static str, u64); 10] {
         [
             ("rx_handed", self.rx_handed),
             ("rx_rst_no_socket", self.rx_rst_no_socket),
@@ -140,6 +143,7 @@ impl NetStats {
             ("rx_drop_not_for_us", self.rx_drop_not_for_us),
             ("rx_drop_fragment", self.rx_drop_fragment),
             ("rx_drop_bad_datagram", self.rx_drop_bad_datagram),
+            ("rx_drop_checksum", self.rx_drop_checksum),
         ]
     }
 
@@ -149,7 +153,7 @@ impl NetStats {
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
-    pub fn fields(&self) -> [(&'static str, u64); 19] {
+    pub fn fields(&self) -> [(&'static str, u64); 20] {
         let o = self.rx_outcomes();
         [
             ("rx_frames", self.rx_frames),
@@ -162,6 +166,7 @@ impl NetStats {
             o[6],
             o[7],
             o[8],
+            o[9],
             ("rx_queue_full", self.rx_queue_full),
             ("tx_frames", self.tx_frames),
             ("tx_queue_full", self.tx_queue_full),
@@ -186,6 +191,7 @@ impl NetStats {
         self.rx_drop_not_for_us += o.rx_drop_not_for_us;
         self.rx_drop_fragment += o.rx_drop_fragment;
         self.rx_drop_bad_datagram += o.rx_drop_bad_datagram;
+        self.rx_drop_checksum += o.rx_drop_checksum;
         self.rx_queue_full += o.rx_queue_full;
         self.tx_frames += o.tx_frames;
         self.tx_queue_full += o.tx_queue_full;
@@ -412,6 +418,14 @@ impl Net {
             FrameClass::Tcp(m) => Some(m),
             _ => None,
         };
+        // TCP checksums are verified here rather than inside smoltcp (which
+        // then skips them): a corrupted segment is counted, and never
+        // reaches, opens or resets a socket.
+        let verified = meta.is_some() && self.cfg.verify_rx_checksums;
+        if verified && !wire::tcp_checksums_ok(frame) {
+            self.stats.rx_drop_checksum += 1;
+            return;
+        }
         let mut target: Option<SockId> = None;
         let mut opening = false;
         if let Some(m) = meta {
@@ -450,7 +464,7 @@ impl Net {
             tx: &mut self.tx,
             scratch: &mut self.scratch,
             stats: &mut self.device_stats,
-            checksum_rx: self.cfg.verify_rx_checksums,
+            checksum_rx: self.cfg.verify_rx_checksums && !verified,
             checksum_tx_offload: self.cfg.tx_checksum_offload,
         };
         let Some(id) = target else {
