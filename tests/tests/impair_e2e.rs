@@ -301,3 +301,64 @@ fn origin_side_impairment_set_at_run_time_loses_no_request() {
         assert!(st.success(), "engine exit {st}; log:\n{}", engine.log());
     });
 }
+
+#[test]
+fn a_bad_spec_is_refused_and_a_crashed_relay_is_replaced_and_cleaned_up() {
+    lab_test("impair-crash", || {
+        // Refused before anything is built, naming the bad key and value.
+        for (spec, says) in [
+            ("client:los=1%", "unknown impairment key \"los\""),
+            ("client:loss=120%", "loss=\"120%\""),
+            ("edge:loss=1%", "side \"edge\""),
+        ] {
+            let out = std::process::Command::new(ferrogate_tests::ferrogate_bin())
+                .args(["lab", "up", "--prefix", "fgbadspec-", "--impair", spec])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && err.contains(says), "{spec}: {err}");
+        }
+        assert!(
+            !ferrogate_tests::netns_list()
+                .iter()
+                .any(|n| n.starts_with("fgbadspec-"))
+        );
+        let lab = Lab::up_impaired(1, &["both:loss=1%"]);
+        let (ok, out) = lab.client_sh("curl -sS -m 10 --retry 3 http://10.77.0.3:8080/files/16k -o /dev/null -w '%{http_code}'");
+        assert!(ok && out == "200", "{out}");
+        // SIGKILL the client's relay: the client is cut off until `lab
+        // impair` puts a new one in.
+        let pidf = lab.state_dir().join("impair-client.pid");
+        let pid: i32 = std::fs::read_to_string(&pidf)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: kill(2) on the relay of our own lab.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        ferrogate_tests::wait_gone(&[pid]);
+        lab.impair("client", "loss=0", true);
+        assert!(lab.impair_stats("client").contains_key("tx_frames_in"));
+        let (ok, out) = lab.client_sh("curl -sS -m 10 --retry 3 http://10.77.0.3:8080/files/16k -o /dev/null -w '%{http_code}'");
+        assert!(ok && out == "200", "{out}");
+        // Kill the new one too: `lab down` (on drop) must still remove
+        // every namespace, interface and process (Lab's drop asserts the
+        // namespaces are gone).
+        let pid: i32 = std::fs::read_to_string(&pidf)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        ferrogate_tests::wait_gone(&[pid]);
+        let origin_relay: i32 = std::fs::read_to_string(lab.state_dir().join("impair-origin.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        drop(lab);
+        ferrogate_tests::wait_gone(&[origin_relay]);
+        assert!(!std::path::Path::new(&format!("/proc/{origin_relay}")).exists());
+    });
+}

@@ -134,7 +134,7 @@ fn pct(p: f64) -> String {
 }
 
 fn time(t: Duration) -> String {
-    if t.subsec_nanos() % 1_000_000 == 0 {
+    if t.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", t.as_millis())
     } else {
         format!("{}us", t.as_micros())
@@ -307,8 +307,9 @@ impl std::str::FromStr for ImpairArg {
         let (target, spec) = s.split_once(':').with_context(|| {
             format!("--impair {s:?}: expected SIDE[.tx|.rx]:key=value,… (e.g. client:loss=1%,delay=20ms)")
         })?;
-        let (sides, dirs) = parse_target(target).with_context(|| format!("--impair {s:?}"))?;
-        let patch = parse_patch(spec).with_context(|| format!("--impair {s:?}"))?;
+        // One flat message: clap shows only the error's top line.
+        let (sides, dirs) = parse_target(target).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let patch = parse_patch(spec).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         Ok(ImpairArg { sides, dirs, patch })
     }
 }

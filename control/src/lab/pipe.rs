@@ -181,12 +181,12 @@ impl Pipe {
         if let Some(last) = self.last_due {
             due = due.max(last);
         }
-        if self.imp.rate > 0 {
+        // Serialization time of the frame on the wire (with preamble, FCS
+        // and gap, 24 bytes); no rate (0): none.
+        let bits = (len as u64 + 24) * 8;
+        if let Some(ns) = (bits * 1_000_000_000).checked_div(self.imp.rate) {
             let start = self.next_free.map_or(due, |f| f.max(due));
-            // Serialization time of the frame on the wire (with preamble,
-            // FCS and gap, 24 bytes).
-            let bits = (len as u64 + 24) * 8;
-            let t = Duration::from_nanos(bits * 1_000_000_000 / self.imp.rate);
+            let t = Duration::from_nanos(ns);
             self.next_free = Some(start + t);
             due = start + t;
         }

@@ -142,7 +142,7 @@ impl PacketSocket {
             };
         }
         let mut n = n as usize;
-        if sll.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        if sll.sll_pkttype == libc::PACKET_OUTGOING {
             // Our own sends (if PACKET_IGNORE_OUTGOING is unsupported).
             return Ok(Some(0));
         }

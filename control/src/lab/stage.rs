@@ -98,6 +98,8 @@ impl Lab {
         let (port, rly, br) = (format!("{t}-port"), format!("{t}-rly"), format!("{t}-br"));
         std::fs::write(self.impair_file(side, "spec"), spec.to_file())?;
         let _ = std::fs::remove_file(self.impair_file(side, "stats"));
+        // A relay that died leaves its veth pair: replace it.
+        let _ = ip(&["-n", &wire, "link", "del", &rly]);
         ip(&[
             "-n", &wire, "link", "add", "name", &rly, "type", "veth", "peer", "name", &br,
         ])?;
