@@ -219,6 +219,13 @@ pub struct Lab {
 
 impl Lab {
     pub fn up(bin: &Path, prefix: &str, queues: u32) -> Result<Lab> {
+        Lab::up_impaired(bin, prefix, queues, &[])
+    }
+
+    /// [`Lab::up`] with impaired links: each of `impair` is an `--impair`
+    /// spec of `ferrogate lab up` (`client:loss=1%,delay=20ms`, README
+    /// "Impaired links"); change them later with `ferrogate lab impair`.
+    pub fn up_impaired(bin: &Path, prefix: &str, queues: u32, impair: &[String]) -> Result<Lab> {
         let edge = format!("{prefix}edge");
         if netns_list().contains(&edge) {
             eprintln!("removing a leftover lab {prefix:?}");
@@ -229,8 +236,12 @@ impl Lab {
             prefix: prefix.into(),
         };
         let q = queues.to_string();
-        run(Command::new(bin).args(["lab", "up", "--prefix", prefix, "--queues", &q]))
-            .context("ferrogate lab up")?;
+        let mut up = Command::new(bin);
+        up.args(["lab", "up", "--prefix", prefix, "--queues", &q]);
+        for spec in impair {
+            up.args(["--impair", spec]);
+        }
+        run(&mut up).context("ferrogate lab up")?;
         // The lab's own edge nginx would share the edge with our contenders:
         // stop it; every contender is started (pinned) by the bench.
         let pidf = lab.state_dir().join("edge-nginx/nginx.pid");

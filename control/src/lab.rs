@@ -7,6 +7,13 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+pub mod impair;
+mod pipe;
+pub mod relay;
+mod stage;
+
+use impair::{ImpairArg, Side, SideSpec};
+
 pub const VIP: &str = "10.77.0.10";
 pub const CLIENT_IP: &str = "10.77.0.2";
 pub const EDGE_HOST_IP: &str = "10.77.0.1";
@@ -58,6 +65,11 @@ impl Lab {
 
     /// Builds the lab; fails (after cleaning up) if any step fails.
     pub fn up(&self, queues: u32) -> Result<()> {
+        self.up_with(queues, &[])
+    }
+
+    /// Builds the lab with impairment relays on the sides `impair` names.
+    pub fn up_with(&self, queues: u32, impair: &[ImpairArg]) -> Result<()> {
         if self.exists() {
             bail!(
                 "lab {:?} already exists: run `ferrogate lab down --prefix {}` first",
@@ -68,14 +80,29 @@ impl Lab {
         if queues == 0 || queues > 64 {
             bail!("--queues must be 1..=64");
         }
-        let r = self.build(queues);
+        let mut specs: Vec<(Side, SideSpec)> = Vec::new();
+        for a in impair {
+            for &side in &a.sides {
+                let i = match specs.iter().position(|(s, _)| *s == side) {
+                    Some(i) => i,
+                    None => {
+                        specs.push((side, SideSpec::default()));
+                        specs.len() - 1
+                    }
+                };
+                for &d in &a.dirs {
+                    specs[i].1.dir_mut(d).apply(&a.patch);
+                }
+            }
+        }
+        let r = self.build(queues, &specs);
         if r.is_err() {
             let _ = self.down();
         }
         r
     }
 
-    fn build(&self, queues: u32) -> Result<()> {
+    fn build(&self, queues: u32, impaired: &[(Side, SideSpec)]) -> Result<()> {
         std::fs::create_dir_all(self.state_dir()).context("creating the lab state directory")?;
         for ns in self.namespaces() {
             ip(&["netns", "add", &ns])?;
@@ -120,7 +147,10 @@ impl Lab {
                 "numrxqueues",
                 nq,
             ])?;
-            ip(&["-n", &wire, "link", "set", "dev", &outer, "master", "br0"])?;
+            // An impaired side's port is joined to the bridge by its relay.
+            if !impaired.iter().any(|(s, _)| s.tag() == tag) {
+                ip(&["-n", &wire, "link", "set", "dev", &outer, "master", "br0"])?;
+            }
             ip(&["-n", &wire, "link", "set", "dev", &outer, "up"])?;
             if tag == "e" {
                 // The bridge moves a VLAN tag into skb metadata, and a veth
@@ -164,6 +194,9 @@ impl Lab {
                     .context("ethtool -K eth0 tx off")?;
             }
         }
+        for (side, spec) in impaired {
+            self.insert_relay(*side, spec)?;
+        }
         self.start_origin()?;
         self.start_edge_nginx()?;
         Ok(())
@@ -191,8 +224,17 @@ impl Lab {
         std::fs::create_dir_all(&www)?;
         // A 16 KiB body for the large-response scenarios.
         std::fs::write(www.join("16k"), "x".repeat(16 * 1024))?;
+        // Random bytes (incompressible, every bit matters) for tests that
+        // compare what a client received with what the origin served
+        // (`/files/1m`; tests may add files to `www`).
+        let mut rnd = vec![0u8; 1 << 20];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut rnd))
+            .context("reading /dev/urandom")?;
+        std::fs::write(www.join("1m"), rnd)?;
         let server = format!(
             "  server {{\n    listen {ORIGIN_IP}:8080 reuseport;\n    location = /16k {{ root {www}; }}\n    \
+             location /files/ {{ alias {www}/; }}\n    \
              location / {{ default_type text/plain; return 200 \"origin {ORIGIN_IP}:8080 {origin} path=$request_uri\\n\"; }}\n  }}",
             origin = self.origin(),
             www = www.display(),
@@ -288,6 +330,7 @@ impl Lab {
                 s.push_str(&format!("processes: {pids:?}\n"));
             }
         }
+        s.push_str(&self.impair_status());
         s
     }
 

@@ -206,6 +206,36 @@ enum LabCmd {
         prefix: String,
         #[arg(long, default_value_t = 2)]
         queues: u32,
+        /// Impair a side's link: `SIDE[.tx|.rx]:key=value,…` with SIDE
+        /// client, origin or both; keys loss, delay, jitter, reorder,
+        /// reorder_hold, dup, corrupt, rate, limit (e.g.
+        /// `client:loss=1%,delay=20ms,jitter=5ms`). Repeatable.
+        #[arg(long = "impair", value_name = "SPEC")]
+        impair: Vec<lab::impair::ImpairArg>,
+    },
+    /// Change the impairments of a running lab (a side without a relay
+    /// gets one; `--clear` with no `--set` forwards unimpaired).
+    Impair {
+        #[arg(long, default_value = "fg-")]
+        prefix: String,
+        /// client, origin or both, optionally .tx or .rx (seen from the side).
+        #[arg(long)]
+        side: String,
+        /// `key=value,…` on top of the current spec.
+        #[arg(long, default_value = "")]
+        set: String,
+        /// Start from no impairment instead of the current spec.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// The impairment relay of one side (started by the lab, in its wire
+    /// namespace).
+    #[command(hide = true)]
+    Relay {
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        side: String,
     },
     Down {
         #[arg(long, default_value = "fg-")]
@@ -423,12 +453,35 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Lab { cmd } => match cmd {
-            LabCmd::Up { prefix, queues } => {
-                lab::Lab::new(&prefix).up(queues)?;
+            LabCmd::Up {
+                prefix,
+                queues,
+                impair,
+            } => {
+                lab::Lab::new(&prefix).up_with(queues, &impair)?;
                 print!("{}", lab::Lab::new(&prefix).status());
                 Ok(())
             }
             LabCmd::Down { prefix } => lab::Lab::new(&prefix).down(),
+            LabCmd::Impair {
+                prefix,
+                side,
+                set,
+                clear,
+            } => {
+                let l = lab::Lab::new(&prefix);
+                l.impair(&side, &set, clear)?;
+                print!("{}", l.impair_status());
+                Ok(())
+            }
+            LabCmd::Relay { prefix, side } => {
+                let side = match side.as_str() {
+                    "client" => lab::impair::Side::Client,
+                    "origin" => lab::impair::Side::Origin,
+                    other => anyhow::bail!("--side {other:?}: expected client or origin"),
+                };
+                lab::Lab::new(&prefix).run_relay(side)
+            }
             LabCmd::Status { prefix } => {
                 print!("{}", lab::Lab::new(&prefix).status());
                 Ok(())

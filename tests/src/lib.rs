@@ -84,21 +84,79 @@ pub struct Lab {
 
 impl Lab {
     pub fn up(queues: u32) -> Lab {
+        Lab::up_impaired(queues, &[])
+    }
+
+    /// A lab whose links are impaired from the start: each of `impair` is
+    /// an `--impair` spec of `ferrogate lab up` (`client:loss=2%,delay=5ms`,
+    /// `origin.rx:corrupt=1%`, `both:dup=1%`, …).
+    pub fn up_impaired(queues: u32, impair: &[&str]) -> Lab {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         // `x` separates the two numbers: pid 1234 lab 56 and pid 12345
         // lab 6 must not share a prefix.
         let prefix = format!("ft{}x{}-", std::process::id() % 100_000, n);
         let lab = Lab { prefix };
-        run(Command::new(ferrogate_bin()).args([
+        let mut cmd = Command::new(ferrogate_bin());
+        cmd.args([
             "lab",
             "up",
             "--prefix",
             &lab.prefix,
             "--queues",
             &queues.to_string(),
-        ]))
-        .expect("lab up");
+        ]);
+        for spec in impair {
+            cmd.args(["--impair", spec]);
+        }
+        run(&mut cmd).expect("lab up");
         lab
+    }
+
+    /// Changes a side's impairment at run time (`ferrogate lab impair`):
+    /// `side` is `client`, `origin` or `both` (optionally `.tx`/`.rx`),
+    /// `set` the keys to change; `clear` starts from no impairment.
+    /// Returns once the relay applies it.
+    pub fn impair(&self, side: &str, set: &str, clear: bool) {
+        let mut cmd = Command::new(ferrogate_bin());
+        cmd.args([
+            "lab",
+            "impair",
+            "--prefix",
+            &self.prefix,
+            "--side",
+            side,
+            "--set",
+            set,
+        ]);
+        if clear {
+            cmd.arg("--clear");
+        }
+        run(&mut cmd).expect("lab impair");
+    }
+
+    /// The counters of a side's relay (`tx_lost`, `rx_corrupted`, …; `tx`
+    /// is what the side sends), as of its latest publication (every
+    /// 250 ms: wait for one with [`Lab::impair_stats_fresh`]).
+    pub fn impair_stats(&self, side: &str) -> HashMap<String, u64> {
+        let f = self.state_dir().join(format!("impair-{side}.stats"));
+        parse_stats(&std::fs::read_to_string(f).unwrap_or_default())
+    }
+
+    /// [`Lab::impair_stats`] published after this call (at most 5 s).
+    pub fn impair_stats_fresh(&self, side: &str) -> HashMap<String, u64> {
+        let f = self.state_dir().join(format!("impair-{side}.stats"));
+        let stamp = || std::fs::metadata(&f).and_then(|m| m.modified()).ok();
+        let (first, deadline) = (stamp(), Instant::now() + Duration::from_secs(5));
+        let mut seen = 0;
+        let mut last = first;
+        while seen < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            if stamp() != last {
+                seen += 1;
+                last = stamp();
+            }
+        }
+        self.impair_stats(side)
     }
 
     pub fn ns(&self, role: &str) -> String {

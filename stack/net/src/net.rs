@@ -110,6 +110,9 @@ pub struct NetStats {
     /// bad checksum, or from a source no reply may go to (broadcast,
     /// multicast, unspecified, one of ours, port 0).
     pub rx_drop_bad_datagram: u64,
+    /// A TCP segment with a bad IPv4 header or TCP checksum (corrupted on
+    /// the way): dropped before any socket sees it.
+    pub rx_drop_checksum: u64,
     pub rx_queue_full: u64,
     pub tx_frames: u64,
     pub tx_queue_full: u64,
@@ -135,7 +138,7 @@ pub struct NetStats {
 impl NetStats {
     /// The outcome of every polled frame, by name: they sum to `rx_frames`
     /// once the rx queue is empty.
-    pub fn rx_outcomes(&self) -> [(&'static str, u64); 9] {
+    pub fn rx_outcomes(&self) -> [(&'static str, u64); 10] {
         [
             ("rx_handed", self.rx_handed),
             ("rx_rst_no_socket", self.rx_rst_no_socket),
@@ -146,6 +149,7 @@ impl NetStats {
             ("rx_drop_not_for_us", self.rx_drop_not_for_us),
             ("rx_drop_fragment", self.rx_drop_fragment),
             ("rx_drop_bad_datagram", self.rx_drop_bad_datagram),
+            ("rx_drop_checksum", self.rx_drop_checksum),
         ]
     }
 
@@ -155,7 +159,7 @@ impl NetStats {
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
-    pub fn fields(&self) -> [(&'static str, u64); 21] {
+    pub fn fields(&self) -> [(&'static str, u64); 22] {
         let o = self.rx_outcomes();
         [
             ("rx_frames", self.rx_frames),
@@ -168,6 +172,7 @@ impl NetStats {
             o[6],
             o[7],
             o[8],
+            o[9],
             ("rx_queue_full", self.rx_queue_full),
             ("tx_frames", self.tx_frames),
             ("tx_queue_full", self.tx_queue_full),
@@ -184,27 +189,54 @@ impl NetStats {
 
     /// Field-wise sum, for totals across workers.
     pub fn add(&mut self, o: &NetStats) {
-        self.rx_frames += o.rx_frames;
-        self.rx_handed += o.rx_handed;
-        self.rx_rst_no_socket += o.rx_rst_no_socket;
-        self.rx_drop_no_socket += o.rx_drop_no_socket;
-        self.rx_drop_malformed += o.rx_drop_malformed;
-        self.rx_drop_unknown_ethertype += o.rx_drop_unknown_ethertype;
-        self.rx_drop_vlan += o.rx_drop_vlan;
-        self.rx_drop_not_for_us += o.rx_drop_not_for_us;
-        self.rx_drop_fragment += o.rx_drop_fragment;
-        self.rx_drop_bad_datagram += o.rx_drop_bad_datagram;
-        self.rx_queue_full += o.rx_queue_full;
-        self.tx_frames += o.tx_frames;
-        self.tx_queue_full += o.tx_queue_full;
-        self.accepted += o.accepted;
-        self.overload_rejected += o.overload_rejected;
-        self.sockets_created += o.sockets_created;
-        self.sockets_parked += o.sockets_parked;
-        self.sockets_open += o.sockets_open;
-        self.upstream_ports_in_use += o.upstream_ports_in_use;
-        self.socket_buffers_allocated += o.socket_buffers_allocated;
-        self.socket_polls += o.socket_polls;
+        // Destructured without `..`: a new field does not compile until it
+        // is summed here (a forgotten one would total 0 across workers).
+        let NetStats {
+            rx_frames,
+            rx_handed,
+            rx_rst_no_socket,
+            rx_drop_no_socket,
+            rx_drop_malformed,
+            rx_drop_unknown_ethertype,
+            rx_drop_vlan,
+            rx_drop_not_for_us,
+            rx_drop_fragment,
+            rx_drop_bad_datagram,
+            rx_drop_checksum,
+            rx_queue_full,
+            tx_frames,
+            tx_queue_full,
+            accepted,
+            overload_rejected,
+            sockets_created,
+            sockets_parked,
+            sockets_open,
+            upstream_ports_in_use,
+            socket_buffers_allocated,
+            socket_polls,
+        } = *o;
+        self.rx_frames += rx_frames;
+        self.rx_handed += rx_handed;
+        self.rx_rst_no_socket += rx_rst_no_socket;
+        self.rx_drop_no_socket += rx_drop_no_socket;
+        self.rx_drop_malformed += rx_drop_malformed;
+        self.rx_drop_unknown_ethertype += rx_drop_unknown_ethertype;
+        self.rx_drop_vlan += rx_drop_vlan;
+        self.rx_drop_not_for_us += rx_drop_not_for_us;
+        self.rx_drop_fragment += rx_drop_fragment;
+        self.rx_drop_bad_datagram += rx_drop_bad_datagram;
+        self.rx_drop_checksum += rx_drop_checksum;
+        self.rx_queue_full += rx_queue_full;
+        self.tx_frames += tx_frames;
+        self.tx_queue_full += tx_queue_full;
+        self.accepted += accepted;
+        self.overload_rejected += overload_rejected;
+        self.sockets_created += sockets_created;
+        self.sockets_parked += sockets_parked;
+        self.sockets_open += sockets_open;
+        self.upstream_ports_in_use += upstream_ports_in_use;
+        self.socket_buffers_allocated += socket_buffers_allocated;
+        self.socket_polls += socket_polls;
     }
 
     fn count_rx_drop(&mut self, why: RxDrop) {
@@ -424,6 +456,14 @@ impl Net {
             FrameClass::Tcp(m) => Some(m),
             _ => None,
         };
+        // TCP checksums are verified here rather than inside smoltcp (which
+        // then skips them): a corrupted segment is counted, and never
+        // reaches, opens or resets a socket.
+        let verified = meta.is_some() && self.cfg.verify_rx_checksums;
+        if verified && !wire::tcp_checksums_ok(frame) {
+            self.stats.rx_drop_checksum += 1;
+            return;
+        }
         let mut target: Option<SockId> = None;
         let mut opening = false;
         if let Some(m) = meta {
@@ -462,7 +502,7 @@ impl Net {
             tx: &mut self.tx,
             scratch: &mut self.scratch,
             stats: &mut self.device_stats,
-            checksum_rx: self.cfg.verify_rx_checksums,
+            checksum_rx: self.cfg.verify_rx_checksums && !verified,
             checksum_tx_offload: self.cfg.tx_checksum_offload,
         };
         let Some(id) = target else {

@@ -953,6 +953,9 @@ fn every_received_frame_is_handed_to_smoltcp_or_counted_under_one_reason() {
     unknown.resize(60, 0);
     let mut long = syn.clone();
     long[16..18].copy_from_slice(&200u16.to_be_bytes()); // IP total length > frame
+    // One bit flipped in the sequence number: the TCP checksum catches it.
+    let mut corrupt_syn = syn.clone();
+    corrupt_syn[14 + 20 + 5] ^= 0x10;
     let mut short_tcp = syn[..14 + 20 + 12].to_vec();
     short_tcp[16..18].copy_from_slice(&32u16.to_be_bytes()); // 12 bytes of TCP
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -1005,6 +1008,11 @@ fn every_received_frame_is_handed_to_smoltcp_or_counted_under_one_reason() {
             "RST to a closed port",
             tcp_frame(VIP, 81, RST, 0),
             "rx_drop_no_socket",
+        ),
+        (
+            "SYN with a bad TCP checksum",
+            corrupt_syn,
+            "rx_drop_checksum",
         ),
         ("SYN to the listener", syn, "rx_handed"),
     ];

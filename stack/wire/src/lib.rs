@@ -13,4 +13,4 @@ mod rx_check;
 
 pub use arp::arp_request_to_learning_reply;
 pub use classify::{FlowKey, FrameClass, TcpMeta, UdpMeta, classify};
-pub use rx_check::{RxDrop, rx_check};
+pub use rx_check::{RxDrop, rx_check, tcp_checksums_ok};

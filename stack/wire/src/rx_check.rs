@@ -79,6 +79,42 @@ pub fn rx_check(frame: &[u8], mac: EthernetAddress, addrs: &[IpCidr]) -> Result<
     }
 }
 
+/// Whether a TCP frame that [`rx_check`] admitted carries correct
+/// checksums (the IPv4 header's and the TCP one): the stack verifies these
+/// itself, so that a corrupted segment is counted (and touches no socket)
+/// rather than dropped silently inside smoltcp. Other frames: true.
+pub fn tcp_checksums_ok(frame: &[u8]) -> bool {
+    let payload = &frame[ETH_HLEN.min(frame.len())..];
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 => {
+            let Ok(ip) = Ipv4Packet::new_checked(payload) else {
+                return true;
+            };
+            if ip.next_header() != smoltcp::wire::IpProtocol::Tcp {
+                return true;
+            }
+            let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+                return true;
+            };
+            ip.verify_checksum()
+                && tcp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into())
+        }
+        0x86dd => {
+            let Ok(ip) = Ipv6Packet::new_checked(payload) else {
+                return true;
+            };
+            if ip.next_header() != smoltcp::wire::IpProtocol::Tcp {
+                return true;
+            }
+            let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+                return true;
+            };
+            tcp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into())
+        }
+        _ => true,
+    }
+}
+
 /// TCP and UDP headers must fit their IP payload.
 fn l4_check(proto: u8, l4: &[u8]) -> Result<(), RxDrop> {
     let ok = match proto {
@@ -160,5 +196,58 @@ mod tests {
         ns[14 + 24..14 + 40]
             .copy_from_slice(&Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x11).octets());
         assert_eq!(rx_check(&ns, MAC, &a), Err(RxDrop::NotForUs));
+    }
+
+    #[test]
+    fn tcp_checksums_ok_catches_any_flipped_bit_of_a_segment() {
+        use smoltcp::phy::ChecksumCapabilities;
+        use smoltcp::wire::{IpProtocol, Ipv4Repr, TcpRepr, TcpSeqNumber};
+        let (src, dst) = (
+            Ipv4Address::new(10, 0, 0, 2),
+            Ipv4Address::new(10, 0, 0, 10),
+        );
+        let payload = b"hello, corrupted world";
+        let tcp = TcpRepr {
+            src_port: 40000,
+            dst_port: 80,
+            control: smoltcp::wire::TcpControl::Psh,
+            seq_number: TcpSeqNumber(1),
+            ack_number: Some(TcpSeqNumber(1)),
+            window_len: 1000,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut f = vec![0u8; 14 + 20 + tcp.buffer_len()];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let caps = ChecksumCapabilities::default();
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut f[14..34]), &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut f[34..]),
+            &src.into(),
+            &dst.into(),
+            &caps,
+        );
+        assert!(tcp_checksums_ok(&f));
+        for bit in 14 * 8..f.len() * 8 {
+            let mut g = f.clone();
+            g[bit / 8] ^= 1 << (bit % 8);
+            // A flip in the IPv4 header's version/length fields may make it
+            // unparseable (rx_check's Malformed), which is a drop too.
+            let parses = Ipv4Packet::new_checked(&g[14..]).is_ok_and(|p| {
+                p.next_header() == IpProtocol::Tcp && TcpPacket::new_checked(p.payload()).is_ok()
+            });
+            assert!(!parses || !tcp_checksums_ok(&g), "bit {bit} went unnoticed");
+        }
     }
 }
