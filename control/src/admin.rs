@@ -208,12 +208,19 @@ where
 /// Read/write timeouts for both stream kinds.
 pub trait Timeouts {
     fn timeouts(&self, d: Duration) -> std::io::Result<()>;
+    /// Ends our side of the stream (FIN), keeping it readable.
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Timeouts for UnixStream {
     fn timeouts(&self, d: Duration) -> std::io::Result<()> {
         self.set_read_timeout(Some(d))?;
         self.set_write_timeout(Some(d))
+    }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
 }
 
@@ -222,7 +229,17 @@ impl Timeouts for TcpStream {
         self.set_read_timeout(Some(d))?;
         self.set_write_timeout(Some(d))
     }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
 }
+
+/// After an answer given before the body was read (401, 413), what is
+/// read and dropped of the unread rest, at most: closing with unread
+/// bytes makes the kernel send a reset, which can reach the client before
+/// the answer does. Bounded, so a refused client cannot hold the slot.
+const DRAIN_AFTER_REFUSAL: u64 = 1 << 20;
+const DRAIN_WITHIN: Duration = Duration::from_secs(1);
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 << 10;
@@ -237,6 +254,12 @@ const REQUEST_WITHIN: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 #[error("body of {0} bytes is over the {MAX_BODY}-byte limit")]
 struct BodyTooLarge(usize);
+
+/// A missing or wrong bearer token, found once the head is read: the body
+/// of an unauthenticated request is never read or buffered (answered 401).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} bearer token")]
+struct Unauthorized(&'static str);
 
 /// The request did not arrive within `REQUEST_WITHIN` (answered 408).
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +297,9 @@ impl<S: Read + Timeouts> Read for DeadlineReader<'_, S> {
 
 /// The status a failed read is answered with.
 fn read_error_status(e: &anyhow::Error) -> u16 {
+    if e.downcast_ref::<Unauthorized>().is_some() {
+        return 401;
+    }
     if e.downcast_ref::<BodyTooLarge>().is_some() {
         return 413;
     }
@@ -313,7 +339,9 @@ fn count_auth_failure(why: &str) {
     }
 }
 
-fn read_request<S: Read + Timeouts>(s: &mut S) -> Result<HttpRequest> {
+/// Reads one request; with a `token`, a request without it ends after
+/// its head.
+fn read_request<S: Read + Timeouts>(s: &mut S, token: Option<&str>) -> Result<HttpRequest> {
     let mut dl = DeadlineReader {
         s,
         until: Instant::now() + REQUEST_WITHIN,
@@ -368,6 +396,15 @@ fn read_request<S: Read + Timeouts>(s: &mut S) -> Result<HttpRequest> {
                 .map(|t| t.trim().to_string());
         }
     }
+    if let Some(want) = token {
+        match req.bearer.as_deref() {
+            None => return Err(Unauthorized("missing").into()),
+            Some(given) if !token_matches(given, want) => {
+                return Err(Unauthorized("wrong").into());
+            }
+            Some(_) => {}
+        }
+    }
     if len > MAX_BODY {
         return Err(BodyTooLarge(len).into());
     }
@@ -411,22 +448,22 @@ fn handle<S: Read + Write + Timeouts>(
     handler: &Handler,
 ) -> Result<()> {
     s.timeouts(IO_TIMEOUT)?;
-    let (reply, ctype) = match read_request(&mut s) {
-        Err(e) => (
-            Reply::err(read_error_status(&e), format!("bad request: {e:#}\n")),
-            "text/plain",
-        ),
-        Ok(req) => match (token, req.bearer.as_deref()) {
-            (Some(_), None) => {
-                count_auth_failure("missing");
-                (Reply::err(401, "missing bearer token\n"), "text/plain")
+    let mut refused_early = false;
+    let (reply, ctype) = match read_request(&mut s, token) {
+        Err(e) => {
+            refused_early = e.downcast_ref::<Unauthorized>().is_some()
+                || e.downcast_ref::<BodyTooLarge>().is_some();
+            if let Some(Unauthorized(why)) = e.downcast_ref::<Unauthorized>() {
+                count_auth_failure(why);
+                (Reply::err(401, format!("{e}\n")), "text/plain")
+            } else {
+                (
+                    Reply::err(read_error_status(&e), format!("bad request: {e:#}\n")),
+                    "text/plain",
+                )
             }
-            (Some(want), Some(given)) if !token_matches(given, want) => {
-                count_auth_failure("wrong");
-                (Reply::err(401, "wrong bearer token\n"), "text/plain")
-            }
-            _ => handler(req),
-        },
+        }
+        Ok(req) => handler(req),
     };
     let auth = if reply.status == 401 {
         "WWW-Authenticate: Bearer realm=\"ferrogate\"\r\n"
@@ -442,6 +479,17 @@ fn handle<S: Read + Write + Timeouts>(
     s.timeouts(IO_TIMEOUT)?;
     s.write_all(head.as_bytes())?;
     s.write_all(reply.body.as_bytes())?;
+    if refused_early {
+        s.shutdown_write()?;
+        let mut dl = DeadlineReader {
+            s: &mut s,
+            until: Instant::now() + DRAIN_WITHIN,
+        };
+        let _ = std::io::copy(
+            &mut (&mut dl).take(DRAIN_AFTER_REFUSAL),
+            &mut std::io::sink(),
+        );
+    }
     Ok(())
 }
 
@@ -660,14 +708,35 @@ fn exchange<S: Read + Write + Timeouts>(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     let (text, src) = body.unwrap_or(("", Path::new("")));
+    if text.len() > MAX_BODY {
+        // Refused before a byte is sent: the server would answer 413 and
+        // reset the rest, and a reset can overtake the answer.
+        bail!(
+            "{}: {} bytes is over the admin API's {MAX_BODY}-byte limit",
+            if src.as_os_str().is_empty() {
+                Path::new("body")
+            } else {
+                src
+            }
+            .display(),
+            text.len()
+        );
+    }
     if !src.as_os_str().is_empty() {
         req.push_str(&format!("X-Ferrogate-Path: {}\r\n", src.display()));
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n", text.len()));
-    s.write_all(req.as_bytes())?;
-    s.write_all(text.as_bytes())?;
+    // A server that refuses after the head (401) may close before the
+    // body is written: its answer is still there to read.
+    let sent = s
+        .write_all(req.as_bytes())
+        .and_then(|_| s.write_all(text.as_bytes()));
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
+    let read = s.read_to_end(&mut resp);
+    if resp.is_empty() {
+        sent?;
+        read?;
+    }
     let resp = String::from_utf8_lossy(&resp);
     let (head, body) = resp
         .split_once("\r\n\r\n")
@@ -727,5 +796,46 @@ mod tests {
         assert_eq!(call(&sock, "GET", "/apply", None).unwrap().status, 405);
         assert!(bind(&sock).is_err(), "a live socket is not stolen");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_request_without_the_token_is_refused_at_its_head_and_the_client_reads_the_401() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let handler: Handler = Arc::new(|_| (Reply::ok("served\n"), "text/plain"));
+        spawn_tcp(l, "a-token-of-sixteen+".into(), handler).unwrap();
+        // Only the head of an 8 MiB body: refused now, not after waiting
+        // for (and buffering) a body from a client without the token.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"POST /apply HTTP/1.1\r\nContent-Length: 8388608\r\n\r\n")
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 401 "), "{resp}");
+        // A whole 2 MiB body with a wrong token: the answer reaches the
+        // client although the server stops reading early.
+        let body = "x".repeat(2 << 20);
+        let s = TcpStream::connect(addr).unwrap();
+        let r = exchange(
+            s,
+            "POST",
+            "/apply",
+            Some((&body, Path::new(""))),
+            &[("Authorization", "Bearer wrong".into())],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(r.status, 401, "{}", r.body);
+        let s = TcpStream::connect(addr).unwrap();
+        let r = exchange(
+            s,
+            "GET",
+            "/status",
+            None,
+            &[("Authorization", "Bearer a-token-of-sixteen+".into())],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(r, Reply::ok("served\n"));
     }
 }

@@ -221,12 +221,24 @@ impl Daemon {
         let r = self.push_locked(text, source);
         // Where an apply's time went, so a slow one can be told apart:
         // waiting behind the engine check, or the engine itself.
-        tracing::info!(
-            lock_wait_ms = locked.as_millis() as u64,
-            engine_ms = (t0.elapsed() - locked).as_millis() as u64,
-            status = r.as_ref().map(|r| r.status).ok(),
-            "pushed a snapshot to the engine"
+        let (lock_wait_ms, engine_ms) = (
+            locked.as_millis() as u64,
+            (t0.elapsed() - locked).as_millis() as u64,
         );
+        match &r {
+            Ok(reply) => tracing::info!(
+                lock_wait_ms,
+                engine_ms,
+                status = reply.status,
+                "pushed a snapshot to the engine"
+            ),
+            Err(e) => tracing::warn!(
+                lock_wait_ms,
+                engine_ms,
+                error = %format!("{e:#}"),
+                "pushing a snapshot to the engine failed"
+            ),
+        }
         r
     }
 

@@ -119,6 +119,9 @@ pub fn persist(dir: &Path, s: &Snapshot) -> Result<PathBuf> {
     written.map(|()| path)
 }
 
+/// How often a snapshot that could not be persisted is tried again.
+const PERSIST_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Persists snapshots on its own thread, newest wins: an apply never waits
 /// for the disk (an fsync behind a busy disk can take seconds). A crash
 /// before the write lands restarts from the previous snapshot, which the
@@ -150,23 +153,43 @@ impl Persister {
                 // Only the first failure of a run is logged (a full disk
                 // fails every apply); each is counted.
                 let mut failing = false;
+                // A snapshot that failed to persist, retried every
+                // PERSIST_RETRY until it is written or a newer one comes:
+                // otherwise a crash after the disk frees up would restart
+                // from an older one.
+                let mut pending: Option<Snapshot> = None;
                 loop {
-                    let next = {
+                    let (next, fresh, stopping) = {
                         let (m, cv) = &*s;
                         let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
-                        while g.next.is_none() && !g.stop {
-                            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                        if pending.is_some() {
+                            g = cv
+                                .wait_timeout_while(g, PERSIST_RETRY, |g| {
+                                    g.next.is_none() && !g.stop
+                                })
+                                .map(|(g, _)| g)
+                                .unwrap_or_else(|e| e.into_inner().0);
+                        } else {
+                            while g.next.is_none() && !g.stop {
+                                g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                            }
                         }
-                        match g.next.take() {
-                            Some(n) => n,
-                            None => return,
+                        match (g.next.take(), pending.take()) {
+                            (Some(n), _) => (n, true, g.stop),
+                            (None, Some(p)) => (p, false, g.stop),
+                            (None, None) => return,
                         }
                     };
                     match persist(&dir, &next) {
                         Err(e) => {
-                            errs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if fresh {
+                                errs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                             if !std::mem::replace(&mut failing, true) {
                                 tracing::error!(error = %format!("{e:#}"), "could not persist the last-known-good snapshot; counting in snapshot_persist_errors until it works again");
+                            }
+                            if !stopping {
+                                pending = Some(next);
                             }
                         }
                         Ok(_) if std::mem::replace(&mut failing, false) => {

@@ -351,6 +351,7 @@ fn full_disk_then_sigkilled_engine_the_data_path_serves_errors_are_counted_and_l
         state.fill();
         let ns = lab.ns("client");
         let stop = AtomicBool::new(false);
+        let mut unpersisted = String::new();
         let served: u64 = std::thread::scope(|s| {
             let _guard = StopOnDrop(&stop);
             // Any failed request panics its thread (and the test).
@@ -358,6 +359,11 @@ fn full_disk_then_sigkilled_engine_the_data_path_serves_errors_are_counted_and_l
             for f in [&b, &c, &b] {
                 let out = ctl_ok(&lab, &["apply", f.to_str().unwrap()]);
                 assert!(out.contains("applied version"), "{out}");
+                unpersisted = out
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .replace("applied version ", "");
                 std::thread::sleep(Duration::from_millis(500));
             }
             stop.store(true, Ordering::Relaxed);
@@ -382,9 +388,21 @@ fn full_disk_then_sigkilled_engine_the_data_path_serves_errors_are_counted_and_l
             full["access_log_write_errors"], full["snapshot_persist_errors"]
         );
 
-        // --- Space comes back: both resume.
+        // --- Space comes back: both resume; the snapshot that could not
+        // be written is retried without another apply.
         logs.free();
         state.free();
+        let last_good = state.0.join("last-good.toml");
+        let t0 = Instant::now();
+        while !std::fs::read_to_string(&last_good).is_ok_and(|t| t.contains(&unpersisted))
+            && t0.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            std::fs::read_to_string(&last_good).is_ok_and(|t| t.contains(&unpersisted)),
+            "{unpersisted} (applied while the disk was full) not persisted once space came back"
+        );
         let written = full["access_log_written"];
         for _ in 0..5 {
             assert_eq!(lab.curl(&format!("http://{VIP}/v")).unwrap(), "b");
@@ -404,7 +422,6 @@ fn full_disk_then_sigkilled_engine_the_data_path_serves_errors_are_counted_and_l
             .and_then(|l| l.strip_prefix("applied version "))
             .unwrap()
             .to_string();
-        let last_good = state.0.join("last-good.toml");
         let t0 = Instant::now();
         while !std::fs::read_to_string(&last_good).is_ok_and(|t| t.contains(&applied))
             && t0.elapsed() < Duration::from_secs(10)

@@ -1025,7 +1025,43 @@ impl<P: ProxyHttp> Conn<P> {
         (self.bufs.to_client.is_empty(), n > 0)
     }
 
+    /// One step of a streamed response, and its deadline: after progress it
+    /// is re-armed for whichever side the response now waits on (the
+    /// client to take buffered bytes: `client_idle`; the origin to send
+    /// more: the response timeout); when it passes with nothing moved, that
+    /// side is cut — a reset, so the client sees the body is short.
     fn stream_response(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        let moved = self.stream_response_step(cx);
+        if !matches!(self.phase, Phase::StreamResponse { .. }) {
+            return moved;
+        }
+        let waiting_on_client = !self.bufs.from_upstream.is_empty()
+            || (!self.bufs.to_client.is_empty() && !self.io.stream.is_tls());
+        if moved {
+            self.deadline = if waiting_on_client {
+                after(cx.now, cx.cfg.timeouts.client_idle)
+            } else {
+                self.att.response_deadline(cx)
+            };
+            return true;
+        }
+        if cx.now < self.deadline {
+            return false;
+        }
+        if waiting_on_client {
+            // The client stopped reading: it would hold the upstream
+            // connection (and wake this stream) forever.
+            cx.stats.client_aborts += 1;
+            tracing::debug!("client took nothing for the idle timeout mid-response; resetting");
+        } else {
+            cx.stats.upstream_errors += 1;
+            tracing::debug!("upstream silent mid-body past the response timeout; resetting");
+        }
+        self.finish(cx, true);
+        true
+    }
+
+    fn stream_response_step(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         if self.client_gone(cx) || !cx.net.stream(self.client).may_send() {
             cx.stats.client_aborts += 1;
             self.finish(cx, true);
@@ -1141,17 +1177,6 @@ impl<P: ProxyHttp> Conn<P> {
             // Upstream closed before the body was complete: make the
             // truncation visible to the client with a reset.
             cx.stats.upstream_errors += 1;
-            self.finish(cx, true);
-            return true;
-        }
-        if moved {
-            self.deadline = self.att.response_deadline(cx);
-        } else if cx.now >= self.deadline && self.bufs.from_upstream.is_empty() {
-            // The origin went silent mid-body (the client already has the
-            // head): a reset makes the short body visible, and no client
-            // waits forever on it.
-            cx.stats.upstream_errors += 1;
-            tracing::debug!("upstream silent mid-body past the response timeout; resetting");
             self.finish(cx, true);
             return true;
         }

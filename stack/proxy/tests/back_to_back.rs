@@ -609,6 +609,56 @@ fn upstream_stalled_mid_body_is_cut_after_the_response_timeout_and_counted() {
 }
 
 #[test]
+fn a_client_that_stops_reading_mid_response_is_cut_after_the_idle_timeout() {
+    let mut lab = Lab::with_config(Origin::Serving, |c| {
+        c.timeouts.client_idle = std::time::Duration::from_secs(5);
+    });
+    // A client whose 4 KiB receive window fills and that never reads: the
+    // proxy is left holding /big's bytes for it.
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 4096]),
+        tcp::SocketBuffer::new(vec![0; 4096]),
+    );
+    lab.next_client_port += 1;
+    s.connect(
+        lab.peer.context(),
+        (IpAddress::from(Ipv4Address::from(VIP)), 80),
+        (
+            IpAddress::from(Ipv4Address::from(CLIENT)),
+            lab.next_client_port,
+        ),
+    )
+    .unwrap();
+    let c = lab.sockets.add(s);
+    lab.send(c, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    let aborts = lab.edge.stats().client_aborts;
+    // Longer than the idle timeout: the stalled response may not hold the
+    // client and the upstream connection (nor wake the worker) forever.
+    let mut cut_at = None;
+    for i in 0..100 {
+        lab.step(100);
+        if cut_at.is_none() && lab.client_state(c) == tcp::State::Closed {
+            cut_at = Some(i);
+        }
+    }
+    let cut_at = cut_at.expect("the client that stopped reading is still connected after 10 s");
+    assert!(
+        cut_at >= 40,
+        "cut after {} ms, before the 5 s idle timeout",
+        cut_at * 100
+    );
+    assert_eq!(lab.edge.stats().client_aborts, aborts + 1);
+    assert_eq!(
+        lab.edge.upstream_ports_in_use(),
+        0,
+        "the upstream connection is kept"
+    );
+    let c2 = lab.connect();
+    let r = lab.exchange(c2, b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.body, b"origin:/after");
+}
+
+#[test]
 fn slow_client_gets_408() {
     let mut lab = Lab::new(Origin::Serving);
     let c = lab.connect();
