@@ -28,6 +28,7 @@ use crate::pktgen::{GenArgs, Template};
 use crate::report::{Panel, Report, col};
 use crate::scenarios::{Ctx, settings};
 use crate::tls::{self, TlsFiles};
+use ferrogate_testkit::children_of;
 
 /// The soak's own options (`ferrogate-bench soak --help`).
 #[derive(Debug, Clone)]
@@ -381,31 +382,6 @@ impl FlapOrigin {
             std::fs::read_to_string(&self.log).unwrap_or_default()
         )
     }
-}
-
-/// Processes whose parent is `ppid`.
-fn children_of(ppid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid …: comm may hold spaces, so split after ')'.
-        let parent = stat
-            .rsplit_once(')')
-            .and_then(|(_, r)| r.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<i32>().ok());
-        if parent == Some(ppid) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// The engine process (`ferrogate engine`, the supervisor's child): the

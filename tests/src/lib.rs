@@ -75,7 +75,7 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-pub use ferrogate_testkit::netns_list;
+pub use ferrogate_testkit::{children_of, netns_list};
 
 /// A lab with a unique prefix; removed on drop.
 pub struct Lab {
@@ -650,31 +650,6 @@ impl Engine {
     }
 }
 
-/// Processes whose parent is `ppid` (from /proc/*/stat).
-pub fn children_of(ppid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-        let parent = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<i32>().ok());
-        if parent == Some(ppid) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// Waits (up to 10 s) until none of `pids` exists any more.
 pub fn wait_gone(pids: &[i32]) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1070,4 +1045,21 @@ pub fn load_until_stopped<'s>(
             })
         })
         .collect()
+}
+
+/// Runs `ferrogate ctl ARGS` in the lab; its output, or a panic naming
+/// the failure.
+pub fn ctl_ok(lab: &Lab, args: &[&str]) -> String {
+    let (code, out, err) = lab.ctl(args);
+    assert_eq!(code, 0, "ctl {args:?} failed: {out}{err}");
+    out
+}
+
+/// The value of a `key value` line of a status answer (panics without).
+pub fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} ")))
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+        .to_string()
 }

@@ -16,19 +16,7 @@ fn config(lab: &Lab, name: &str, body: &str) -> PathBuf {
     path
 }
 
-fn ctl_ok(lab: &Lab, args: &[&str]) -> String {
-    let (code, out, err) = lab.ctl(args);
-    assert_eq!(code, 0, "ctl {args:?} failed: {out}{err}");
-    out
-}
-
-fn field(status: &str, key: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} ")))
-        .unwrap_or_else(|| panic!("no {key} in {status}"))
-        .to_string()
-}
+use ferrogate_tests::{ctl_ok, status_field as field};
 
 /// Checks the Prometheus text format: every sample is `name{labels} value`
 /// with valid names, escaped label values, a float value, and a `# TYPE`

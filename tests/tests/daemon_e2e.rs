@@ -18,19 +18,7 @@ fn write_config(lab: &Lab, name: &str, body: &str, extra: &str) -> PathBuf {
     path
 }
 
-fn ctl_ok(lab: &Lab, args: &[&str]) -> String {
-    let (code, out, err) = lab.ctl(args);
-    assert_eq!(code, 0, "ctl {args:?} failed: {out}{err}");
-    out
-}
-
-fn field(status: &str, key: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} ")))
-        .unwrap_or_else(|| panic!("no {key} in {status}"))
-        .to_string()
-}
+use ferrogate_tests::{ctl_ok, status_field as field};
 
 /// Polls `ctl status` until `pred` holds (10 s at most); returns the last.
 fn wait_status(lab: &Lab, what: &str, pred: impl Fn(&str) -> bool) -> String {

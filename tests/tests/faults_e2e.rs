@@ -259,19 +259,7 @@ impl Drop for Tmpfs {
     }
 }
 
-fn ctl_ok(lab: &Lab, args: &[&str]) -> String {
-    let (code, out, err) = lab.ctl(args);
-    assert_eq!(code, 0, "ctl {args:?} failed: {out}{err}");
-    out
-}
-
-fn field(status: &str, key: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} ")))
-        .unwrap_or_else(|| panic!("no {key} in {status}"))
-        .to_string()
-}
+use ferrogate_tests::{ctl_ok, status_field as field};
 
 /// Polls `ctl stats` until `done` holds (10 s at most); returns the last.
 fn stats_until(lab: &Lab, done: impl Fn(&HashMap<String, u64>) -> bool) -> HashMap<String, u64> {

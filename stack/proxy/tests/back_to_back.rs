@@ -615,21 +615,13 @@ fn a_client_that_stops_reading_mid_response_is_cut_after_the_idle_timeout() {
     });
     // A client whose 4 KiB receive window fills and that never reads: the
     // proxy is left holding /big's bytes for it.
-    let mut s = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; 4096]),
-        tcp::SocketBuffer::new(vec![0; 4096]),
-    );
-    lab.next_client_port += 1;
-    s.connect(
-        lab.peer.context(),
-        (IpAddress::from(Ipv4Address::from(VIP)), 80),
-        (
-            IpAddress::from(Ipv4Address::from(CLIENT)),
-            lab.next_client_port,
+    let c = lab.connect_with(
+        80,
+        tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 4096]),
+            tcp::SocketBuffer::new(vec![0; 4096]),
         ),
-    )
-    .unwrap();
-    let c = lab.sockets.add(s);
+    );
     lab.send(c, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
     let aborts = lab.edge.stats().client_aborts;
     // Longer than the idle timeout: the stalled response may not hold the
@@ -733,21 +725,13 @@ fn open_idle_connections(lab: &mut Lab, n: usize) -> Vec<SocketSet<'static>> {
         std::mem::swap(&mut lab.sockets, &mut set);
         let handles: Vec<_> = (0..batch)
             .map(|_| {
-                let mut s = tcp::Socket::new(
-                    tcp::SocketBuffer::new(vec![0; 256]),
-                    tcp::SocketBuffer::new(vec![0; 256]),
-                );
-                lab.next_client_port += 1;
-                s.connect(
-                    lab.peer.context(),
-                    (IpAddress::from(Ipv4Address::from(VIP)), 80),
-                    (
-                        IpAddress::from(Ipv4Address::from(CLIENT)),
-                        lab.next_client_port,
+                lab.connect_with(
+                    80,
+                    tcp::Socket::new(
+                        tcp::SocketBuffer::new(vec![0; 256]),
+                        tcp::SocketBuffer::new(vec![0; 256]),
                     ),
                 )
-                .unwrap();
-                lab.sockets.add(s)
             })
             .collect();
         for _ in 0..4 {

@@ -1,6 +1,6 @@
 //! What ferrogate's tests and benches share, so each helper exists once:
 //! a test PKI ([`Ca`], [`Pem`], [`client_config`]), unique temp dirs ([`temp_dir`]), the lab's
-//! namespace list ([`netns_list`]) and the corpora under `tests/corpus`
+//! namespace list ([`netns_list`]), a process's children ([`children_of`]) and the corpora under `tests/corpus`
 //! ([`corpus`]).
 
 pub mod peer;
@@ -184,6 +184,31 @@ pub fn corpus_files(name: &str) -> Vec<(String, Vec<u8>)> {
             (name, bytes)
         })
         .collect()
+}
+
+/// Processes whose parent is `ppid` (from /proc/*/stat).
+pub fn children_of(ppid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if parent == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -214,7 +214,12 @@ impl<P: ProxyHttp> Lab<P> {
     }
 
     pub fn connect_to(&mut self, port: u16) -> SocketHandle {
-        let mut s = tcp_socket();
+        self.connect_with(port, tcp_socket())
+    }
+
+    /// Connects a client socket of the caller's making (e.g. with small
+    /// buffers) from the next client port.
+    pub fn connect_with(&mut self, port: u16, mut s: tcp::Socket<'static>) -> SocketHandle {
         self.next_client_port += 1;
         s.connect(
             self.peer.context(),
