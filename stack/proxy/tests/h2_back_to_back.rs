@@ -296,3 +296,25 @@ fn h2c_client_reset_mid_response_gives_the_upstream_back_and_counts() {
     c.pump(&mut lab, 50);
     assert!(lab.edge.upstream_ports_in_use() <= 2);
 }
+
+#[test]
+fn h2c_origin_silent_mid_body_is_reset_after_the_response_timeout_and_counted() {
+    let mut lab = Lab::with_routes(Origin::Serving, h2_routes(), |c| {
+        c.timeouts.upstream_response = std::time::Duration::from_secs(1);
+    });
+    let mut c = H2Client::connect(&mut lab);
+    let errors = lab.edge.stats().upstream_errors;
+    c.headers(&mut lab, 1, "GET", "/stall-body", true);
+    // The head and 10 of 100 bytes, then silence: a reset (not a 60 s
+    // client-idle wait, and not a stalled-reader count).
+    let r = c.response(&mut lab, 1);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body, b"0123456789");
+    assert_eq!(r.reset, Some(ErrorCode::InternalError.to_u32()), "{r:?}");
+    let s = lab.edge.stats();
+    assert_eq!(s.upstream_errors, errors + 1);
+    assert_eq!(s.h2.stalled_resets, 0, "{:?}", s.h2);
+    // The connection goes on.
+    c.headers(&mut lab, 3, "GET", "/after", true);
+    assert_eq!(c.response(&mut lab, 3).body, b"origin:/after");
+}

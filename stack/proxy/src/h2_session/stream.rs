@@ -645,7 +645,8 @@ impl<P: ProxyHttp> H2Stream<P> {
             body,
             keep_upstream: resp.reusable && !self.abandoned,
         };
-        self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+        // The body comes from the origin next: its timeout applies.
+        self.deadline = self.att.response_deadline(cx);
         true
     }
 
@@ -741,8 +742,13 @@ impl<P: ProxyHttp> H2Stream<P> {
             if let Some(up) = self.att.conn.as_mut() {
                 up.served += 1;
             }
-            // Bytes past the end of the body mean the upstream is out of step.
-            if keep_upstream && self.from_upstream.is_empty() {
+            // Bytes past the end of the body mean the upstream is out of
+            // step (an origin error, counted as on HTTP/1).
+            let out_of_step = !self.from_upstream.is_empty();
+            if out_of_step && keep_upstream {
+                cx.stats.upstream_errors += 1;
+            }
+            if keep_upstream && !out_of_step {
                 self.att.release(cx);
             } else {
                 self.att.close(cx, false);
@@ -757,12 +763,26 @@ impl<P: ProxyHttp> H2Stream<P> {
             self.finish(cx, true);
             return true;
         }
+        // The deadline follows the side the stream waits on: the client to
+        // open its window for buffered bytes (client_idle), or the origin
+        // to send more (the response timeout, as on HTTP/1).
+        let waiting_on_client = !self.from_upstream.is_empty();
         if moved {
-            self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+            self.deadline = if waiting_on_client {
+                after(cx.now, cx.cfg.timeouts.client_idle)
+            } else {
+                self.att.response_deadline(cx)
+            };
         } else if cx.now >= self.deadline {
-            // A client that never opens its window, or an origin gone quiet.
-            cx.stats.h2.stalled_resets += 1;
-            h2.reset_stream(id, ErrorCode::Cancel);
+            if waiting_on_client {
+                cx.stats.h2.stalled_resets += 1;
+                h2.reset_stream(id, ErrorCode::Cancel);
+            } else {
+                // The origin went silent mid-body: the client must not
+                // take the short body as whole.
+                cx.stats.upstream_errors += 1;
+                h2.reset_stream(id, ErrorCode::InternalError);
+            }
             self.finish(cx, true);
             return true;
         }
