@@ -34,17 +34,10 @@ fn soak(tag: &str, args: &[&str]) -> (bool, serde_json::Value) {
         .arg(&out)
         .status()
         .expect("running ferrogate-bench soak");
-    let left: Vec<String> = String::from_utf8_lossy(
-        &Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .lines()
-    .filter(|l| l.starts_with(&prefix))
-    .map(String::from)
-    .collect();
+    let left: Vec<String> = ferrogate_testkit::netns_list()
+        .into_iter()
+        .filter(|l| l.starts_with(&prefix))
+        .collect();
     assert!(left.is_empty(), "the soak left namespaces behind: {left:?}");
     let json = report(&out);
     let _ = std::fs::remove_dir_all(&out);

@@ -319,6 +319,20 @@ fn get_on(conn: &mut Option<HttpConn>, addr: &str, path: &str) -> Result<(u16, S
     })
 }
 
+/// Whether `last_good` holds snapshot `version` within 10 s.
+fn persisted_within_10_s(last_good: &Path, version: &str) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if std::fs::read_to_string(last_good).is_ok_and(|t| t.contains(version)) {
+            return true;
+        }
+        if t0.elapsed() >= Duration::from_secs(10) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn full_disk_then_sigkilled_engine_the_data_path_serves_errors_are_counted_and_logged_once() {
     lab_test("faults_process", || {
@@ -381,14 +395,8 @@ fn full_disk_then_sigkilled_engine_the_data_path_serves_errors_are_counted_and_l
         logs.free();
         state.free();
         let last_good = state.0.join("last-good.toml");
-        let t0 = Instant::now();
-        while !std::fs::read_to_string(&last_good).is_ok_and(|t| t.contains(&unpersisted))
-            && t0.elapsed() < Duration::from_secs(10)
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
         assert!(
-            std::fs::read_to_string(&last_good).is_ok_and(|t| t.contains(&unpersisted)),
+            persisted_within_10_s(&last_good, &unpersisted),
             "{unpersisted} (applied while the disk was full) not persisted once space came back"
         );
         let written = full["access_log_written"];
@@ -410,14 +418,8 @@ fn full_disk_then_sigkilled_engine_the_data_path_serves_errors_are_counted_and_l
             .and_then(|l| l.strip_prefix("applied version "))
             .unwrap()
             .to_string();
-        let t0 = Instant::now();
-        while !std::fs::read_to_string(&last_good).is_ok_and(|t| t.contains(&applied))
-            && t0.elapsed() < Duration::from_secs(10)
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
         assert!(
-            std::fs::read_to_string(&last_good).is_ok_and(|t| t.contains(&applied)),
+            persisted_within_10_s(&last_good, &applied),
             "{applied} not persisted after the space came back"
         );
         let log = engine.log();
