@@ -28,6 +28,9 @@ pub const ORIGIN: [u8; 4] = [10, 0, 0, 3];
 pub struct PeerDevice {
     pub rx: VecDeque<Vec<u8>>,
     pub tx: VecDeque<Vec<u8>>,
+    /// Neither compute nor verify checksums (set when the edge does not
+    /// either: the fuzz target's speed, the wire is in memory).
+    pub no_checksums: bool,
 }
 
 pub struct PeerRx(pub Vec<u8>);
@@ -65,6 +68,9 @@ impl phy::Device for PeerDevice {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = 1514;
+        if self.no_checksums {
+            caps.checksum = phy::ChecksumCapabilities::ignored();
+        }
         caps
     }
 }
@@ -105,6 +111,9 @@ pub struct Lab<P: ProxyHttp = StandardPhases> {
     /// TLS sessions the origin saw fail (e.g. the proxy's alert).
     pub origin_tls_errors: usize,
     pub next_client_port: u16,
+    /// Body length of `/big` (200 000: beyond every buffer of the default
+    /// config).
+    pub big_body: u32,
 }
 
 pub fn tcp_socket() -> tcp::Socket<'static> {
@@ -171,8 +180,11 @@ impl<P: ProxyHttp> Lab<P> {
         let now = Instant::from_millis(1_000);
         let mut cfg = StackConfig::new(EDGE_MAC, vec![(VIP.into(), 24)], 40_000..41_000);
         tune(&mut cfg);
+        let mut dev = PeerDevice {
+            no_checksums: !cfg.net.verify_rx_checksums && cfg.net.tx_checksum_offload,
+            ..PeerDevice::default()
+        };
         let edge = Stack::with_phases(cfg, routes, now, phases).expect("stack");
-        let mut dev = PeerDevice::default();
         let mut peer = Interface::new(
             Config::new(HardwareAddress::Ethernet(EthernetAddress(PEER_MAC))),
             &mut dev,
@@ -196,6 +208,7 @@ impl<P: ProxyHttp> Lab<P> {
             origin_tls: None,
             origin_tls_errors: 0,
             next_client_port: 50_000,
+            big_body: 200_000,
         };
         if origin == Origin::Serving {
             for _ in 0..8 {
@@ -345,7 +358,7 @@ impl<P: ProxyHttp> Lab<P> {
                     "/hints" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
                     "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n".to_vec(),
                     "/big" => {
-                        let body: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+                        let body: Vec<u8> = (0..self.big_body).map(|i| b'a' + (i % 26) as u8).collect();
                         let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
                         r.extend(body);
                         r
