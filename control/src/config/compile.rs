@@ -382,6 +382,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
         client_idle: ms(cfg.timeouts.client_idle_ms, d.client_idle),
         upstream_connect: ms(cfg.timeouts.upstream_connect_ms, d.upstream_connect),
         upstream_response: ms(cfg.timeouts.upstream_response_ms, d.upstream_response),
+        upstream_read: cfg.timeouts.upstream_read_ms.map(Duration::from_millis),
     };
     ec.stack.h2 = check_http2(&cfg.http2, rep);
     Some(Compiled {

@@ -540,6 +540,9 @@ pub struct UpstreamSection {
     pub connect_ms: Option<Spanned<u64>>,
     #[serde(default)]
     pub response_ms: Option<Spanned<u64>>,
+    /// Longest silence mid-body (server-sent events, long polls).
+    #[serde(default)]
+    pub read_ms: Option<Spanned<u64>>,
     #[serde(default)]
     pub idle_ms: Option<Spanned<u64>>,
     /// TLS to the endpoints, verified against `ca`.
@@ -664,4 +667,5 @@ pub struct TimeoutSection {
     pub client_idle_ms: Option<u64>,
     pub upstream_connect_ms: Option<u64>,
     pub upstream_response_ms: Option<u64>,
+    pub upstream_read_ms: Option<u64>,
 }

@@ -214,6 +214,15 @@ fn edge_example_compiles_every_new_key() {
 }
 
 #[test]
+fn the_global_upstream_read_timeout_compiles_from_toml() {
+    let text = format!("{GOOD}\n[timeouts]\nupstream_read_ms = 120000\n");
+    let c = compiled(&text);
+    let t = &c.engine.stack.timeouts;
+    assert_eq!(t.upstream_read, Some(Duration::from_secs(120)));
+    assert_eq!(t.upstream_response, Duration::from_secs(30));
+}
+
+#[test]
 fn upstream_policy_compiles_from_toml() {
     let text = GOOD.replace(
         "endpoints = [\"10.77.0.3:8080\"]",
@@ -222,6 +231,7 @@ balancer = "hash"
 hash_on = "cookie:sid"
 fail_open = false
 connect_ms = 250
+read_ms = 300000
 [upstreams.health]
 type = "http"
 path = "/healthz"
@@ -253,6 +263,8 @@ min_per_sec = 5"#,
     assert!(!p.fail_open);
     assert_eq!(p.timeouts.connect, Some(Duration::from_millis(250)));
     assert_eq!(p.timeouts.response, None);
+    assert_eq!(p.timeouts.read, Some(Duration::from_secs(300)));
+    assert_eq!(c.engine.stack.timeouts.upstream_read, None);
     let h = p.health.as_ref().unwrap();
     assert_eq!(
         h.kind,

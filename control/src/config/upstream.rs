@@ -361,6 +361,7 @@ pub(super) fn check_upstream(
     let timeouts = UpstreamTimeouts {
         connect: opt_ms(&u.connect_ms, "connect_ms", rep),
         response: opt_ms(&u.response_ms, "response_ms", rep),
+        read: opt_ms(&u.read_ms, "read_ms", rep),
         idle: opt_ms(&u.idle_ms, "idle_ms", rep),
     };
     let policy = PoolPolicy {

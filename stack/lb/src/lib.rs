@@ -300,6 +300,11 @@ pub struct UpstreamTimeouts {
     pub connect: Option<Duration>,
     /// Request sent → response head received.
     pub response: Option<Duration>,
+    /// Longest silence from the origin once the response head has come
+    /// (between two reads of the body): long enough for server-sent events
+    /// or long polls. `None`: the stack's read timeout, else the response
+    /// timeout.
+    pub read: Option<Duration>,
     /// A kept-alive upstream connection idle longer is closed.
     pub idle: Option<Duration>,
 }

@@ -183,6 +183,19 @@ impl Attempt {
         after(cx.now, timeout)
     }
 
+    /// When the origin must have sent more of a body it has begun: the
+    /// pool's read timeout, else the stack's, else the response timeout
+    /// (the pool's, else the stack's).
+    pub(crate) fn read_deadline<P: ProxyHttp>(&self, cx: &Ctx<'_, P>) -> Instant {
+        let pool = self.pool.as_ref().map(|p| &p.policy.timeouts);
+        let timeout = pool
+            .and_then(|t| t.read)
+            .or(cx.cfg.timeouts.upstream_read)
+            .or(pool.and_then(|t| t.response))
+            .unwrap_or(cx.cfg.timeouts.upstream_response);
+        after(cx.now, timeout)
+    }
+
     /// Moves a new connection on (TCP, then the TLS handshake for TLS
     /// pools); bytes the origin sends early land in `from_upstream`.
     pub(crate) fn poll_connect<P: ProxyHttp>(

@@ -32,6 +32,9 @@ pub struct Timeouts {
     pub upstream_connect: Duration,
     /// Time from request sent to response head received (504 after).
     pub upstream_response: Duration,
+    /// Longest silence from the origin mid-body (the client is reset
+    /// after: its body is short). `None`: the response timeout.
+    pub upstream_read: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -41,6 +44,7 @@ impl Default for Timeouts {
             client_idle: Duration::from_secs(60),
             upstream_connect: Duration::from_secs(3),
             upstream_response: Duration::from_secs(30),
+            upstream_read: None,
         }
     }
 }

@@ -986,8 +986,8 @@ impl<P: ProxyHttp> Conn<P> {
                     self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
                     return true;
                 }
-                // The body's bytes may not stall longer than its head could.
-                self.deadline = self.att.response_deadline(cx);
+                // The body's bytes may pause for the read timeout.
+                self.deadline = self.att.read_deadline(cx);
                 self.phase = Phase::StreamResponse {
                     body: Body::from_framing(resp.framing),
                     keep_client,
@@ -1028,7 +1028,7 @@ impl<P: ProxyHttp> Conn<P> {
     /// One step of a streamed response, and its deadline: after progress it
     /// is re-armed for whichever side the response now waits on (the
     /// client to take buffered bytes: `client_idle`; the origin to send
-    /// more: the response timeout); when it passes with nothing moved, that
+    /// more: the read timeout); when it passes with nothing moved, that
     /// side is cut — a reset, so the client sees the body is short.
     fn stream_response(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         let moved = self.stream_response_step(cx);
@@ -1041,7 +1041,7 @@ impl<P: ProxyHttp> Conn<P> {
             self.deadline = if waiting_on_client {
                 after(cx.now, cx.cfg.timeouts.client_idle)
             } else {
-                self.att.response_deadline(cx)
+                self.att.read_deadline(cx)
             };
             return true;
         }
@@ -1055,7 +1055,7 @@ impl<P: ProxyHttp> Conn<P> {
             tracing::debug!("client took nothing for the idle timeout mid-response; resetting");
         } else {
             cx.stats.upstream_errors += 1;
-            tracing::debug!("upstream silent mid-body past the response timeout; resetting");
+            tracing::debug!("upstream silent mid-body past the read timeout; resetting");
         }
         self.finish(cx, true);
         true

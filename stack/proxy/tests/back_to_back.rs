@@ -608,6 +608,55 @@ fn upstream_stalled_mid_body_is_cut_after_the_response_timeout_and_counted() {
     assert_eq!(r.body, b"origin:/after");
 }
 
+/// A body that pauses (server-sent events, a long poll) longer than the
+/// response timeout but within the read timeout goes on; a pause past the
+/// read timeout is cut and counted.
+#[test]
+fn a_body_pause_within_the_read_timeout_survives_the_shorter_response_timeout() {
+    let mut lab = Lab::with_config(Origin::Serving, |c| {
+        c.timeouts.upstream_response = std::time::Duration::from_secs(1);
+        c.timeouts.upstream_read = Some(std::time::Duration::from_secs(5));
+    });
+    let c = lab.connect();
+    lab.send(c, b"GET /stall-body HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut raw = lab.read_until(c, 500, |b| b.ends_with(b"0123456789"));
+    let errors = lab.edge.stats().upstream_errors;
+    // 3 s of silence: past the response timeout, within the read timeout.
+    for _ in 0..30 {
+        lab.step(100);
+        raw.extend(lab.read_until(c, 1, |_| false));
+    }
+    assert!(
+        lab.sockets.get::<tcp::Socket>(c).may_recv(),
+        "cut during a pause within the read timeout: {:?}",
+        lab.client_state(c)
+    );
+    assert_eq!(lab.edge.stats().upstream_errors, errors);
+    // The origin resumes: the whole body arrives and the connection is
+    // kept for the next request.
+    let rest: Vec<u8> = (10..100).map(|i| b'a' + (i % 26) as u8).collect();
+    lab.origin_conns.last_mut().unwrap().out.extend(&rest);
+    raw.extend(lab.read_until(c, 500, |b| Response::parse(b).is_some()));
+    let r = Response::parse(&raw).expect("the whole response");
+    assert_eq!(r.body.len(), 100);
+    assert!(r.body.ends_with(&rest));
+    // A second pause, past the read timeout: cut and counted.
+    let c2 = lab.connect();
+    lab.send(c2, b"GET /stall-body HTTP/1.1\r\nHost: x\r\n\r\n");
+    lab.read_until(c2, 500, |b| b.ends_with(b"0123456789"));
+    for _ in 0..70 {
+        lab.step(100);
+        lab.read_until(c2, 1, |_| false);
+    }
+    assert!(
+        !lab.sockets.get::<tcp::Socket>(c2).may_recv()
+            || lab.client_state(c2) == tcp::State::Closed,
+        "still open after a pause past the read timeout: {:?}",
+        lab.client_state(c2)
+    );
+    assert_eq!(lab.edge.stats().upstream_errors, errors + 1);
+}
+
 #[test]
 fn a_client_that_stops_reading_mid_response_is_cut_after_the_idle_timeout() {
     let mut lab = Lab::with_config(Origin::Serving, |c| {

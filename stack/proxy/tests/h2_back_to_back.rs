@@ -16,6 +16,21 @@ fn h2_routes() -> Arc<RouteTable> {
     Arc::new(RouteTable::new(1, vec![listener], vec![upstream]))
 }
 
+/// h2 routes to one pool with `tune`d policy (endpoint: the origin).
+fn h2_routes_with(tune: impl FnOnce(&mut PoolPolicy)) -> Arc<RouteTable> {
+    let mut policy = PoolPolicy::default();
+    tune(&mut policy);
+    let upstream = Arc::new(Upstream::new(
+        "origin",
+        0,
+        &[Endpoint::new("10.0.0.3:8080".parse().unwrap())],
+        policy,
+    ));
+    let route = Route::new("origin", RouteAction::Proxy(upstream.clone()));
+    let listener = Listener::new(80, vec![route]).with_http2(true);
+    Arc::new(RouteTable::new(1, vec![listener], vec![upstream]))
+}
+
 fn h2_lab() -> Lab {
     Lab::with_routes(Origin::Serving, h2_routes(), |_| {})
 }
@@ -295,6 +310,40 @@ fn h2c_client_reset_mid_response_gives_the_upstream_back_and_counts() {
     // Nothing leaked: one upstream in use at most, then idle or closed.
     c.pump(&mut lab, 50);
     assert!(lab.edge.upstream_ports_in_use() <= 2);
+}
+
+/// A pool's read timeout outlasts the response timeout mid-body on h2 as
+/// on HTTP/1: a pause within it goes on, the body completes.
+#[test]
+fn h2c_body_pause_within_the_pool_read_timeout_goes_on() {
+    let routes = h2_routes_with(|p| {
+        p.timeouts.response = Some(std::time::Duration::from_secs(1));
+        p.timeouts.read = Some(std::time::Duration::from_secs(5));
+    });
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let mut c = H2Client::connect(&mut lab);
+    let errors = lab.edge.stats().upstream_errors;
+    c.headers(&mut lab, 1, "GET", "/stall-body", true);
+    let mut r = H2Response::default();
+    // 3 s: past the response timeout, within the read timeout.
+    for _ in 0..3_000 {
+        assert!(!c.read_frames(&mut lab, 1, &mut r), "ended early: {r:?}");
+    }
+    assert_eq!(r.body, b"0123456789");
+    assert_eq!(lab.edge.stats().upstream_errors, errors);
+    let rest: Vec<u8> = (10..100).map(|i| b'a' + (i % 26) as u8).collect();
+    lab.origin_conns.last_mut().unwrap().out.extend(&rest);
+    let mut ended = false;
+    for _ in 0..1_000 {
+        if c.read_frames(&mut lab, 1, &mut r) {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "{r:?}");
+    assert_eq!(r.reset, None, "{r:?}");
+    assert_eq!(r.body.len(), 100);
+    assert_eq!(lab.edge.stats().upstream_errors, errors);
 }
 
 #[test]

@@ -645,8 +645,8 @@ impl<P: ProxyHttp> H2Stream<P> {
             body,
             keep_upstream: resp.reusable && !self.abandoned,
         };
-        // The body comes from the origin next: its timeout applies.
-        self.deadline = self.att.response_deadline(cx);
+        // The body comes from the origin next: its read timeout applies.
+        self.deadline = self.att.read_deadline(cx);
         true
     }
 
@@ -765,13 +765,13 @@ impl<P: ProxyHttp> H2Stream<P> {
         }
         // The deadline follows the side the stream waits on: the client to
         // open its window for buffered bytes (client_idle), or the origin
-        // to send more (the response timeout, as on HTTP/1).
+        // to send more (the read timeout, as on HTTP/1).
         let waiting_on_client = !self.from_upstream.is_empty();
         if moved {
             self.deadline = if waiting_on_client {
                 after(cx.now, cx.cfg.timeouts.client_idle)
             } else {
-                self.att.response_deadline(cx)
+                self.att.read_deadline(cx)
             };
         } else if cx.now >= self.deadline {
             if waiting_on_client {
