@@ -133,6 +133,12 @@ pub struct NetStats {
     /// smoltcp polls of a stream's socket (one ingress frame, or one egress
     /// attempt): the per-event work, independent of open connections.
     pub socket_polls: u64,
+    /// Segments resent by TCP loss recovery (fast retransmit and the SACK
+    /// holes after it), counted when a connection's socket is recycled.
+    pub tcp_fast_retransmits: u64,
+    /// TCP retransmission timeouts, counted the same way: a storm of them
+    /// means loss recovery failed.
+    pub tcp_retransmit_timeouts: u64,
 }
 
 impl NetStats {
@@ -159,7 +165,7 @@ impl NetStats {
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
-    pub fn fields(&self) -> [(&'static str, u64); 22] {
+    pub fn fields(&self) -> [(&'static str, u64); 24] {
         let o = self.rx_outcomes();
         [
             ("rx_frames", self.rx_frames),
@@ -184,6 +190,8 @@ impl NetStats {
             ("upstream_ports_in_use", self.upstream_ports_in_use),
             ("socket_buffers_allocated", self.socket_buffers_allocated),
             ("socket_polls", self.socket_polls),
+            ("tcp_fast_retransmits", self.tcp_fast_retransmits),
+            ("tcp_retransmit_timeouts", self.tcp_retransmit_timeouts),
         ]
     }
 
@@ -214,6 +222,8 @@ impl NetStats {
             upstream_ports_in_use,
             socket_buffers_allocated,
             socket_polls,
+            tcp_fast_retransmits,
+            tcp_retransmit_timeouts,
         } = *o;
         self.rx_frames += rx_frames;
         self.rx_handed += rx_handed;
@@ -237,6 +247,8 @@ impl NetStats {
         self.upstream_ports_in_use += upstream_ports_in_use;
         self.socket_buffers_allocated += socket_buffers_allocated;
         self.socket_polls += socket_polls;
+        self.tcp_fast_retransmits += tcp_fast_retransmits;
+        self.tcp_retransmit_timeouts += tcp_retransmit_timeouts;
     }
 
     fn count_rx_drop(&mut self, why: RxDrop) {
@@ -434,6 +446,10 @@ impl Net {
         self.stats.sockets_open = self.sockets.in_use() as u64;
         self.stats.upstream_ports_in_use = self.ports.in_use() as u64;
         self.stats.socket_buffers_allocated = self.sockets.buffers_allocated();
+        (
+            self.stats.tcp_fast_retransmits,
+            self.stats.tcp_retransmit_timeouts,
+        ) = self.sockets.retransmissions();
     }
 
     /// Gives one received frame to smoltcp with the sockets it concerns: its

@@ -75,6 +75,8 @@ pub(crate) struct SocketTable {
     spare: Vec<BufferPair>,
     parked: usize,
     buffers_allocated: u64,
+    /// Fast retransmits and retransmission timeouts of recycled sockets.
+    retransmissions: (u64, u64),
     rx_size: usize,
     tx_size: usize,
 }
@@ -110,6 +112,7 @@ impl SocketTable {
             spare: Vec::with_capacity(SPARE_BUFFERS),
             parked: 0,
             buffers_allocated: 0,
+            retransmissions: (0, 0),
             rx_size: cfg.tcp_rx_buffer,
             tx_size: cfg.tcp_tx_buffer,
         }
@@ -123,6 +126,12 @@ impl SocketTable {
     /// Buffer pairs allocated because the pool was empty.
     pub(crate) fn buffers_allocated(&self) -> u64 {
         self.buffers_allocated
+    }
+
+    /// Fast retransmits and retransmission timeouts of the connections
+    /// whose sockets were recycled so far.
+    pub(crate) fn retransmissions(&self) -> (u64, u64) {
+        self.retransmissions
     }
 
     fn buffer_pair(&mut self) -> BufferPair {
@@ -270,6 +279,9 @@ impl SocketTable {
         if sock.state() != tcp::State::Closed {
             sock.abort();
         }
+        let (fast, timeouts) = sock.take_retransmission_counts();
+        self.retransmissions.0 += u64::from(fast);
+        self.retransmissions.1 += u64::from(timeouts);
         self.timers.cancel(id);
         self.park_if_idle(id);
         self.idle.push(id);

@@ -75,6 +75,36 @@ impl phy::Device for PeerDevice {
     }
 }
 
+/// A link that drops frames at random, the same ones for the same seed.
+#[derive(Debug, Clone, Copy)]
+pub struct Lossy {
+    /// Drop probability in parts per million, each direction.
+    pub ppm: u32,
+    pub rng: u64,
+    /// Frames dropped towards the edge and from it.
+    pub dropped_to_edge: u64,
+    pub dropped_from_edge: u64,
+}
+
+impl Lossy {
+    pub fn new(percent: f64, seed: u64) -> Self {
+        Lossy {
+            ppm: (percent * 10_000.0) as u32,
+            rng: seed.max(1),
+            dropped_to_edge: 0,
+            dropped_from_edge: 0,
+        }
+    }
+
+    /// xorshift64: deterministic, no dependency.
+    fn drop_next(&mut self) -> bool {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % 1_000_000) < u64::from(self.ppm)
+    }
+}
+
 /// How the simulated origin behaves.
 #[derive(Clone, Copy, PartialEq)]
 pub enum Origin {
@@ -114,6 +144,8 @@ pub struct Lab<P: ProxyHttp = StandardPhases> {
     /// Body length of `/big` (200 000: beyond every buffer of the default
     /// config).
     pub big_body: u32,
+    /// Set: frames are dropped at random both ways.
+    pub lossy: Option<Lossy>,
 }
 
 pub fn tcp_socket() -> tcp::Socket<'static> {
@@ -209,6 +241,7 @@ impl<P: ProxyHttp> Lab<P> {
             origin_tls_errors: 0,
             next_client_port: 50_000,
             big_body: 200_000,
+            lossy: None,
         };
         if origin == Origin::Serving {
             for _ in 0..8 {
@@ -254,14 +287,27 @@ impl<P: ProxyHttp> Lab<P> {
         self.peer.poll(self.now, &mut self.dev, &mut self.sockets);
         let black_hole = self.origin == Origin::BlackHole;
         while let Some(f) = self.dev.tx.pop_front() {
+            if let Some(l) = &mut self.lossy
+                && l.drop_next()
+            {
+                l.dropped_to_edge += 1;
+                continue;
+            }
             assert!(self.edge.handle_frame(&f));
         }
         self.edge.poll(self.now);
         let dev = &mut self.dev;
+        let lossy = &mut self.lossy;
         self.edge.drain_tx(|f| {
             // IPv4 destination at 30..34; ARP target at 38..42.
             let to_origin = (f.len() >= 34 && f[12..14] == [8, 0] && f[30..34] == ORIGIN)
                 || (f.len() >= 42 && f[12..14] == [8, 6] && f[38..42] == ORIGIN);
+            if let Some(l) = lossy
+                && l.drop_next()
+            {
+                l.dropped_from_edge += 1;
+                return;
+            }
             if !(black_hole && to_origin) {
                 dev.rx.push_back(f.to_vec());
             }

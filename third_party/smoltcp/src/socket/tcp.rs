@@ -19,6 +19,7 @@ use crate::wire::{
 };
 
 mod congestion;
+mod scoreboard;
 
 macro_rules! tcp_trace {
     ($($arg:expr),*) => (net_log!(trace, $($arg),*));
@@ -197,7 +198,6 @@ impl RttEstimator {
         Duration::from_millis(self.rto as _)
     }
 
-    #[cfg(feature = "socket-tcp-cubic")]
     fn smoothed_rtt(&self) -> u32 {
         if self.have_measurement { self.srtt } else { 0 }
     }
@@ -532,6 +532,30 @@ pub struct Socket<'a> {
     local_rx_dup_acks: u8,
     /// If a fast retransmit needs to occur
     pending_fast_retransmit: bool,
+    /// What the peer SACKed above `local_seq_no` (ferrogate patch).
+    scoreboard: scoreboard::Scoreboard,
+    /// In loss recovery until `local_seq_no` reaches this (the highest
+    /// sequence number sent when it began: RFC 6582's `recover`).
+    recovery_high: Option<TcpSeqNumber>,
+    /// The next sequence number loss recovery may retransmit from.
+    rexmit_next: TcpSeqNumber,
+    /// Bytes SACKed above SND.UNA when recovery last ran out of holes to
+    /// resend: three segments' worth more SACKed with SND.UNA still there
+    /// means a retransmission was lost, and the holes are resent again.
+    rexmit_pass_sacked: Option<usize>,
+    /// When a tail loss probe is due (RFC 8985 §7): with no ACK for a
+    /// couple of round trips, the last segment is resent so that the
+    /// peer's SACK reveals what is missing, instead of waiting for the
+    /// retransmission timeout.
+    tlp_at: Option<Instant>,
+    tlp_pending: bool,
+    /// A probe went out; its ACK, if it SACKs data above a hole, starts
+    /// loss recovery.
+    tlp_sent: bool,
+    /// Segments retransmitted by loss recovery, and retransmission
+    /// timeouts: the owner's counters.
+    fast_retransmits: u32,
+    timeouts: u32,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -624,6 +648,15 @@ impl<'a> Socket<'a> {
             local_rx_last_seq: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
+            scoreboard: scoreboard::Scoreboard::default(),
+            recovery_high: None,
+            rexmit_next: TcpSeqNumber::default(),
+            rexmit_pass_sacked: None,
+            tlp_at: None,
+            tlp_pending: false,
+            tlp_sent: false,
+            fast_retransmits: 0,
+            timeouts: 0,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -965,6 +998,21 @@ impl<'a> Socket<'a> {
         self.remote_last_ts = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
+        // ferrogate patch: a socket reused for a new connection starts it
+        // with fresh loss-recovery and congestion state (the controller
+        // kept the last connection's window and ssthresh).
+        self.remote_has_sack = false;
+        self.local_rx_last_seq = None;
+        self.local_rx_last_ack = None;
+        self.local_rx_dup_acks = 0;
+        self.pending_fast_retransmit = false;
+        self.scoreboard.clear();
+        self.recovery_high = None;
+        self.rexmit_pass_sacked = None;
+        self.tlp_at = None;
+        self.tlp_pending = false;
+        self.tlp_sent = false;
+        self.congestion_controller.reset();
 
         #[cfg(feature = "async")]
         {
@@ -1438,10 +1486,77 @@ impl<'a> Socket<'a> {
         self.remote_last_seq - self.local_seq_no
     }
 
+    /// The next retransmission of loss recovery, if it is due: the first
+    /// hole at or after `rexmit_next` the peer SACKed data above, or (no
+    /// SACK information) the segment at SND.UNA once per partial ACK.
+    fn next_rexmit(&self) -> Option<(TcpSeqNumber, usize)> {
+        let high = self.recovery_high?;
+        let from = self.rexmit_next.max(self.local_seq_no);
+        if from >= high {
+            return None;
+        }
+        if self.scoreboard.is_empty() {
+            return (from == self.local_seq_no).then(|| (from, high - from));
+        }
+        // Once in recovery (three duplicate ACKs), every hole below the
+        // highest SACKed byte counts as lost (Linux's FACK): at the loss
+        // rates of real paths, waiting for three segments above each hole
+        // left the later holes to the retransmission timer.
+        let (start, len) = self.scoreboard.next_hole(from)?;
+        (start < high).then(|| (start, len.min(high - start)))
+    }
+
+    /// Arms the tail loss probe (RFC 8985 §7.2): PTO = 2·SRTT (at least
+    /// 10 ms), plus a delayed ACK's 40 ms when one segment is in flight;
+    /// only with SACK (the probe's answer must say what is missing), an
+    /// RTT sample, outside recovery, and when it comes before the RTO.
+    fn arm_tlp(&mut self, now: Instant) {
+        self.tlp_at = None;
+        if !self.remote_has_sack || self.recovery_high.is_some() || !self.rtte.have_measurement {
+            return;
+        }
+        let mut pto = Duration::from_millis(u64::from((2 * self.rtte.smoothed_rtt()).max(10)));
+        if self.flight_size() <= self.remote_mss {
+            pto += Duration::from_millis(40);
+        }
+        if pto < self.rtte.retransmission_timeout() {
+            self.tlp_at = Some(now + pto);
+        }
+    }
+
+    /// Segments resent by loss recovery (fast retransmit and the holes
+    /// after it) over the socket's life (ferrogate patch).
+    pub fn fast_retransmits(&self) -> u32 {
+        self.fast_retransmits
+    }
+
+    /// Retransmission timeouts over the socket's life (ferrogate patch).
+    pub fn retransmit_timeouts(&self) -> u32 {
+        self.timeouts
+    }
+
+    /// Both counters, zeroed (ferrogate patch: harvested when the owner
+    /// recycles the socket).
+    pub fn take_retransmission_counts(&mut self) -> (u32, u32) {
+        let counts = (self.fast_retransmits, self.timeouts);
+        self.fast_retransmits = 0;
+        self.timeouts = 0;
+        counts
+    }
+
     fn cwnd_remaining(&self) -> usize {
+        // Limited transmit (RFC 3042, ferrogate patch): each of the first
+        // two duplicate ACKs lets one new segment out, so a small window
+        // still gathers the three duplicates fast retransmit needs.
+        let limited_transmit = if self.recovery_high.is_none() {
+            usize::from(self.local_rx_dup_acks.min(2)) * self.remote_mss
+        } else {
+            0
+        };
         self.congestion_controller
             .inner()
             .window()
+            .saturating_add(limited_transmit)
             .saturating_sub(self.flight_size())
     }
 
@@ -1568,6 +1683,22 @@ impl<'a> Socket<'a> {
                     .map(|(left, right)| (ack + left, ack + right))
                     .next()
                     .map(|(left, right)| (left.0 as u32, right.0 as u32));
+            }
+
+            // ferrogate patch: the other blocks the assembler holds, lowest
+            // first, in the remaining slots (RFC 2018 asks for as many as
+            // fit; one block let the sender see one hole per round trip).
+            let first = reply_repr.sack_ranges[0];
+            let mut slot = 1;
+            for (left, right) in self.assembler.iter_data() {
+                if slot == reply_repr.sack_ranges.len() {
+                    break;
+                }
+                let block = Some(((ack + left).0 as u32, (ack + right).0 as u32));
+                if first.is_some() && block != first {
+                    reply_repr.sack_ranges[slot] = block;
+                    slot += 1;
+                }
             }
         }
 
@@ -2137,6 +2268,24 @@ impl<'a> Socket<'a> {
             self.tx_waker.wake();
         }
 
+        // ferrogate patch: record what the peer SACKed (RFC 6675), above
+        // the new SND.UNA and within what was queued.
+        let mut newly_sacked = false;
+        if let Some(ack_number) = repr.ack_number
+            && self.remote_has_sack
+        {
+            self.scoreboard.advance(ack_number);
+            let limit = ack_number + self.tx_buffer.len();
+            for &(left, right) in repr.sack_ranges.iter().flatten() {
+                newly_sacked |= self.scoreboard.insert(
+                    TcpSeqNumber(left as i32),
+                    TcpSeqNumber(right as i32),
+                    ack_number,
+                    limit,
+                );
+            }
+        }
+
         if let Some(ack_number) = repr.ack_number {
             // TODO: When flow control is implemented,
             // refractor the following block within that implementation
@@ -2145,11 +2294,14 @@ impl<'a> Socket<'a> {
                 // Duplicate ACK if payload empty and ACK doesn't move send window ->
                 // Increment duplicate ACK count, notify congestion controller and
                 // set for retransmit if we just received the third duplicate ACK
+                // (ferrogate patch: an ACK that SACKs new data is a
+                // duplicate even when the window moved — RFC 6675 — as
+                // receivers that auto-tune their buffer move it often.)
                 Some(last_rx_ack)
                     if repr.payload.is_empty()
                         && last_rx_ack == ack_number
                         && ack_number < self.remote_last_seq
-                        && !is_window_update =>
+                        && (!is_window_update || newly_sacked) =>
                 {
                     // Increment duplicate ACK count
                     self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
@@ -2212,6 +2364,43 @@ impl<'a> Socket<'a> {
             if self.remote_last_seq < self.local_seq_no {
                 self.remote_last_seq = self.local_seq_no
             }
+
+            // ferrogate patch: the answer to a tail loss probe SACKs data
+            // above a hole: that hole is lost (RFC 8985 §7.4).
+            if mem::take(&mut self.tlp_sent)
+                && self.recovery_high.is_none()
+                && newly_sacked
+                && ack_number < self.remote_last_seq
+            {
+                self.timer.set_for_fast_retransmit();
+            }
+
+            // ferrogate patch: loss recovery (RFC 6675 with the scoreboard,
+            // RFC 6582 without): every ACK until the recovery point is
+            // reached may clock out the next hole's retransmission.
+            if let Some(high) = self.recovery_high {
+                if ack_number >= high {
+                    self.recovery_high = None;
+                    self.rexmit_pass_sacked = None;
+                } else {
+                    if ack_len > 0 {
+                        self.rexmit_pass_sacked = None;
+                    }
+                    let sacked = self.scoreboard.sacked_above(ack_number);
+                    // A retransmission was lost: three segments' worth sent
+                    // after it arrived while its hole stayed (RACK's
+                    // insight, counted in SACKed bytes, not send times).
+                    if let Some(at) = self.rexmit_pass_sacked
+                        && sacked >= at + 3 * self.remote_mss
+                    {
+                        self.rexmit_next = ack_number;
+                        self.rexmit_pass_sacked = None;
+                    }
+                    if self.next_rexmit().is_some() {
+                        self.pending_fast_retransmit = true;
+                    }
+                }
+            }
         }
 
         // update last remote tsval
@@ -2225,10 +2414,12 @@ impl<'a> Socket<'a> {
                 if ack_all {
                     // RFC 6298: (5.2) ACK of all outstanding data turn off the retransmit timer.
                     self.timer.set_for_idle(cx.now(), self.keep_alive);
+                    self.tlp_at = None;
                 } else if ack_len > 0 {
                     // (5.3) ACK of new data in ESTABLISHED state restart the retransmit timer.
                     let rto = self.rtte.retransmission_timeout();
                     self.timer.set_for_retransmit(cx.now(), rto);
+                    self.arm_tlp(cx.now());
                 }
             }
             Timer::Idle { .. } => {
@@ -2347,7 +2538,7 @@ impl<'a> Socket<'a> {
 
     fn seq_to_transmit(&self, cx: &mut Context) -> bool {
         // Fast retransmits should always send, even if later congestion checks would disallow
-        if self.pending_fast_retransmit && !self.tx_buffer.is_empty() {
+        if (self.pending_fast_retransmit || self.tlp_pending) && !self.tx_buffer.is_empty() {
             return true;
         }
 
@@ -2380,9 +2571,14 @@ impl<'a> Socket<'a> {
         let max_send_seq =
             self.local_seq_no + core::cmp::min(self.remote_win_len, self.tx_buffer.len());
 
-        // Max amount of octets we can send.
-        let capped_send_seq = if max_send_seq >= self.remote_last_seq {
-            max_send_seq - self.remote_last_seq
+        // Max amount of octets we can send (ferrogate patch: from past
+        // what the peer SACKed, which is not sent again).
+        let next_seq = self
+            .scoreboard
+            .covering(self.remote_last_seq)
+            .unwrap_or(self.remote_last_seq);
+        let capped_send_seq = if max_send_seq >= next_seq {
+            max_send_seq - next_seq
         } else {
             0
         };
@@ -2536,17 +2732,34 @@ impl<'a> Socket<'a> {
                 // to be sent again.
                 self.remote_last_seq = self.local_seq_no;
 
+                // ferrogate patch: the peer may have reneged (RFC 2018:
+                // forget SACK information after a timeout); blocks that
+                // come back with the resent data fill the board again.
+                self.scoreboard.clear();
+                self.recovery_high = None;
+                self.rexmit_pass_sacked = None;
+                self.tlp_at = None;
+                self.timeouts = self.timeouts.wrapping_add(1);
+
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
             } else {
                 // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
                 net_debug!("retransmitting for fast-retransmit");
 
-                // Inform the congestion controller that we're doing a fast retransmit and should enter the fast recovery state
-                let in_flight = self.flight_size();
-                self.congestion_controller
-                    .inner_mut()
-                    .on_loss(cx.now(), in_flight);
+                // ferrogate patch: one window reduction and one recovery
+                // episode per loss event, until everything sent before it
+                // is acknowledged (RFC 6582's `recover`).
+                if self.recovery_high.is_none() {
+                    // Inform the congestion controller that we're doing a fast retransmit and should enter the fast recovery state
+                    let in_flight = self.flight_size();
+                    self.congestion_controller
+                        .inner_mut()
+                        .on_loss(cx.now(), in_flight);
+                    self.recovery_high = Some(self.remote_last_seq);
+                    self.rexmit_next = self.local_seq_no;
+                    self.tlp_at = None;
+                }
 
                 self.pending_fast_retransmit = true;
             }
@@ -2564,6 +2777,14 @@ impl<'a> Socket<'a> {
         #[cfg(feature = "socket-tcp-pause-synack")]
         if matches!(self.state, State::SynReceived) && self.synack_paused {
             return Ok(());
+        }
+
+        // ferrogate patch: a tail loss probe is due.
+        if let Some(at) = self.tlp_at
+            && cx.now() >= at
+        {
+            self.tlp_at = None;
+            self.tlp_pending = self.recovery_high.is_none() && self.flight_size() > 0;
         }
 
         // Decide whether we're sending a packet.
@@ -2680,15 +2901,47 @@ impl<'a> Socket<'a> {
                 let local_mss = cx.ip_mtu() - ip_repr.header_len() - TCP_HEADER_LEN;
                 let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
 
-                let offset = if self.pending_fast_retransmit {
-                    let size = effective_mss.min(self.tx_buffer.len());
-                    repr.seq_number = self.local_seq_no;
-                    repr.payload = self.tx_buffer.get_allocated(0, size);
-
+                // ferrogate patch: loss recovery resends the next hole
+                // (SACK) or the segment at SND.UNA (NewReno).
+                let rexmit = if self.pending_fast_retransmit {
                     self.pending_fast_retransmit = false;
-
-                    0
+                    self.next_rexmit()
+                } else if self.tlp_pending {
+                    // The probe: the last segment sent, again.
+                    self.tlp_pending = false;
+                    self.tlp_sent = true;
+                    let flight = self.flight_size();
+                    let len = flight.min(effective_mss);
+                    (len > 0).then(|| (self.remote_last_seq - len, len))
                 } else {
+                    None
+                };
+                let offset = if let Some((seq, len)) = rexmit {
+                    let offset = seq - self.local_seq_no;
+                    let size = effective_mss
+                        .min(len)
+                        .min(self.tx_buffer.len().saturating_sub(offset));
+                    repr.seq_number = seq;
+                    repr.payload = self.tx_buffer.get_allocated(offset, size);
+                    self.rexmit_next = seq + repr.payload.len();
+                    self.fast_retransmits = self.fast_retransmits.wrapping_add(1);
+                    self.rtte.on_retransmit();
+                    if self.recovery_high.is_some() && self.next_rexmit().is_none() {
+                        // Every hole resent: remember how much was SACKed
+                        // now, to tell when a retransmission was lost.
+                        self.rexmit_pass_sacked =
+                            Some(self.scoreboard.sacked_above(self.local_seq_no));
+                    }
+
+                    offset
+                } else {
+                    // ferrogate patch: what the peer SACKed is not sent
+                    // again (after a timeout rewound `remote_last_seq`).
+                    if let Some(end) = self.scoreboard.covering(self.remote_last_seq) {
+                        self.remote_last_seq = end;
+                        repr.seq_number = end;
+                    }
+
                     // Right edge of window, ie the max sequence number we're allowed to send.
                     let win_right_edge = self.local_seq_no + self.remote_win_len;
 
@@ -2867,6 +3120,10 @@ impl<'a> Socket<'a> {
             return Ok(());
         }
 
+        // ferrogate patch: new data (not a retransmission or a probe)
+        // restarts the tail loss probe's clock (RFC 8985 §7.2).
+        let sent_new_data = repr.segment_len() > 0 && repr.seq_number >= self.remote_last_seq;
+
         // We've sent a packet successfully, so we can update the internal state now.
         // Use max() so a fast-retransmit segment (whose seq_number is local_seq_no, well
         // behind the current frontier) doesn't rewind the tracked "highest sent" sequence.
@@ -2890,6 +3147,9 @@ impl<'a> Socket<'a> {
             // so that it will expire after RTO seconds.
             let rto = self.rtte.retransmission_timeout();
             self.timer.set_for_retransmit(cx.now(), rto);
+        }
+        if sent_new_data && self.timer.is_retransmit() {
+            self.arm_tlp(cx.now());
         }
 
         if self.state == State::Closed {
@@ -2941,11 +3201,18 @@ impl<'a> Socket<'a> {
                 (_, _) => PollAt::Ingress,
             };
 
+            let tlp_poll_at = self.tlp_at.map_or(PollAt::Ingress, PollAt::Time);
+
             // We wait for the earliest of our timers to fire.
-            *[self.timer.poll_at(), timeout_poll_at, delayed_ack_poll_at]
-                .iter()
-                .min()
-                .unwrap_or(&PollAt::Ingress)
+            *[
+                self.timer.poll_at(),
+                timeout_poll_at,
+                delayed_ack_poll_at,
+                tlp_poll_at,
+            ]
+            .iter()
+            .min()
+            .unwrap_or(&PollAt::Ingress)
         }
     }
 }
@@ -7321,6 +7588,257 @@ mod test {
             ack_number: Some(LOCAL_SEQ + 1 + (6 * 4)),
             ..SEND_TEMPL
         });
+    }
+
+    // ferrogate patch: SACK loss recovery, tail loss probes, reset.
+
+    /// Offset `off` into the data after LOCAL_SEQ + 1, as a SACK edge.
+    fn sack_edge(off: usize) -> u32 {
+        (LOCAL_SEQ + 1 + off).0 as u32
+    }
+
+    fn dup_ack_with_sack(blocks: &[(usize, usize)]) -> TcpRepr<'static> {
+        let mut sack_ranges = [None, None, None];
+        for (slot, &(l, r)) in sack_ranges.iter_mut().zip(blocks) {
+            *slot = Some((sack_edge(l), sack_edge(r)));
+        }
+        TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges,
+            ..SEND_TEMPL
+        }
+    }
+
+    /// Six 3-byte segments "aaa" "BBB" "ccc" "DDD" "eee" "FFF" in flight.
+    fn socket_with_six_segments_in_flight() -> TestSocket {
+        let mut s = socket_established();
+        s.remote_mss = 3;
+        s.remote_has_sack = true;
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        });
+        s.send_slice(b"aaaBBBcccDDDeeeFFF").unwrap();
+        let chunks: [&[u8]; 6] = [b"aaa", b"BBB", b"ccc", b"DDD", b"eee", b"FFF"];
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            recv!(s, time 1000, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: chunk,
+                ..RECV_TEMPL
+            }));
+        }
+        s
+    }
+
+    #[test]
+    fn test_sack_recovery_resends_each_hole_and_nothing_sacked() {
+        let mut s = socket_with_six_segments_in_flight();
+        // "aaa" and "ccc" are lost; three duplicate ACKs SACK the rest.
+        send!(s, time 1050, dup_ack_with_sack(&[(3, 6)]));
+        send!(s, time 1051, dup_ack_with_sack(&[(9, 12), (3, 6)]));
+        send!(s, time 1052, dup_ack_with_sack(&[(9, 15), (3, 6)]));
+        recv!(s, time 1060, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        // The next ACK clocks out the second hole; "BBB" is not resent.
+        send!(s, time 1070, dup_ack_with_sack(&[(9, 18), (3, 6)]));
+        recv!(s, time 1071, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"ccc"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1072);
+        assert_eq!(s.fast_retransmits(), 2);
+        send!(s, time 1080, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 18),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.recovery_high, None);
+        assert!(s.scoreboard.is_empty());
+        assert_eq!(s.retransmit_timeouts(), 0);
+    }
+
+    #[test]
+    fn test_sack_recovery_resends_a_lost_retransmission() {
+        let mut s = socket_with_six_segments_in_flight();
+        // "aaa" is lost, the rest comes late.
+        send!(s, time 1050, dup_ack_with_sack(&[(3, 6)]));
+        send!(s, time 1051, dup_ack_with_sack(&[(3, 6)]));
+        send!(s, time 1052, dup_ack_with_sack(&[(3, 6)]));
+        recv!(s, time 1060, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        // The retransmission is lost too: three more segments' worth
+        // arrive above it while SND.UNA stays; "aaa" goes out again
+        // before any timeout.
+        send!(s, time 1070, dup_ack_with_sack(&[(3, 9)]));
+        send!(s, time 1071, dup_ack_with_sack(&[(3, 12)]));
+        recv_nothing!(s, time 1071);
+        send!(s, time 1072, dup_ack_with_sack(&[(3, 15)]));
+        recv!(s, time 1072, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        assert_eq!((s.fast_retransmits(), s.retransmit_timeouts()), (2, 0));
+    }
+
+    #[test]
+    fn test_rto_forgets_sacks_and_resend_skips_ranges_sacked_again() {
+        let mut s = socket_with_six_segments_in_flight();
+        send!(s, time 1050, dup_ack_with_sack(&[(3, 18)]));
+        assert!(!s.scoreboard.is_empty());
+        // No more ACKs: the timer fires and goes back to SND.UNA.
+        recv!(s, time 3000, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        assert_eq!(s.retransmit_timeouts(), 1);
+        assert!(
+            s.scoreboard.is_empty(),
+            "SACK information survived a timeout"
+        );
+        // The peer says again what it holds: only "ccc" is resent next.
+        send!(s, time 3010, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            sack_ranges: [Some((sack_edge(9), sack_edge(18))), None, None],
+            ..SEND_TEMPL
+        });
+        recv!(s, time 3011, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"ccc"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 3012);
+    }
+
+    #[test]
+    fn test_tail_loss_probe_resends_the_last_segment_and_its_sack_starts_recovery() {
+        let mut s = socket_established();
+        s.remote_mss = 3;
+        s.remote_has_sack = true;
+        // One round trip of 10 ms gives the RTT sample the probe needs.
+        s.send_slice(b"xxx").unwrap();
+        recv!(s, time 1000, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"xxx"[..],
+            ..RECV_TEMPL
+        }));
+        send!(s, time 1010, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 3),
+            ..SEND_TEMPL
+        });
+        // "aaa" is lost, "BBB" arrives but its ACK is lost: nothing comes
+        // back.
+        s.send_slice(b"aaaBBB").unwrap();
+        recv!(s, time 1020, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 3,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        recv!(s, time 1020, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"BBB"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1030);
+        // Two round trips later, well before the 1 s timeout: the probe.
+        recv!(s, time 1045, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"BBB"[..],
+            ..RECV_TEMPL
+        }));
+        // Its answer SACKs "BBB" above the hole: "aaa" is resent at once.
+        send!(s, time 1055, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 3),
+            sack_ranges: [Some((sack_edge(6), sack_edge(9))), None, None],
+            ..SEND_TEMPL
+        });
+        recv!(s, time 1056, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 3,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        assert_eq!(s.retransmit_timeouts(), 0);
+    }
+
+    #[test]
+    fn test_sack_option_carries_every_block_the_assembler_holds() {
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        let edge = |off: usize| (REMOTE_SEQ + 1 + off).0 as u32;
+        let mut last = None;
+        // Three out-of-order segments with gaps between them.
+        for off in [2usize, 6, 10] {
+            last = send(
+                &mut s,
+                Instant::from_millis(1000),
+                &TcpRepr {
+                    seq_number: REMOTE_SEQ + 1 + off,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &b"zz"[..],
+                    ..SEND_TEMPL
+                },
+            );
+        }
+        let reply = last.expect("an immediate ACK for out-of-order data");
+        assert_eq!(reply.ack_number, Some(REMOTE_SEQ + 1));
+        // The block the last segment landed in first, then the others.
+        assert_eq!(
+            reply.sack_ranges,
+            [
+                Some((edge(10), edge(12))),
+                Some((edge(2), edge(4))),
+                Some((edge(6), edge(8)))
+            ]
+        );
+    }
+
+    #[test]
+    fn test_reset_gives_a_new_connection_fresh_congestion_state() {
+        let mut s = socket_with_six_segments_in_flight();
+        send!(s, time 1050, dup_ack_with_sack(&[(3, 18)]));
+        send!(s, time 1051, dup_ack_with_sack(&[(3, 18)]));
+        send!(s, time 1052, dup_ack_with_sack(&[(3, 18)]));
+        recv!(s, time 1060, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        assert!(s.recovery_high.is_some());
+        s.reset();
+        assert_eq!(s.recovery_high, None);
+        assert!(s.scoreboard.is_empty());
+        assert_eq!(s.local_rx_dup_acks, 0);
+        assert_eq!(
+            s.congestion_controller.inner().window(),
+            congestion::AnyController::new().inner().window(),
+            "the congestion window carried over to the next connection"
+        );
     }
 
     #[test]

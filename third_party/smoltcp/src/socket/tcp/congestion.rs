@@ -10,6 +10,13 @@ pub(super) mod cubic;
 #[cfg(feature = "socket-tcp-reno")]
 pub(super) mod reno;
 
+/// RFC 6928's initial window, min(10·MSS, max(2·MSS, 14600)) (ferrogate
+/// patch: smoltcp started at 2 KiB, six round trips for a 64 KiB response
+/// where Linux takes three).
+pub(super) fn initial_window(mss: usize) -> usize {
+    (10 * mss).min((2 * mss).max(14_600))
+}
+
 #[allow(unused_variables)]
 pub(super) trait Controller {
     /// Returns the number of bytes that can be sent.
@@ -76,6 +83,18 @@ impl AnyController {
         }
 
         AnyController::None(no_control::NoControl)
+    }
+
+    /// A fresh controller of the same kind (ferrogate patch: for a socket
+    /// reused by a new connection).
+    pub fn reset(&mut self) {
+        *self = match self {
+            AnyController::None(_) => AnyController::None(no_control::NoControl),
+            #[cfg(feature = "socket-tcp-reno")]
+            AnyController::Reno(_) => AnyController::Reno(reno::Reno::new()),
+            #[cfg(feature = "socket-tcp-cubic")]
+            AnyController::Cubic(_) => AnyController::Cubic(cubic::Cubic::new()),
+        };
     }
 
     #[inline]

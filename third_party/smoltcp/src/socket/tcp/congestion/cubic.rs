@@ -1,6 +1,6 @@
 use crate::{socket::tcp::RttEstimator, time::Instant};
 
-use super::Controller;
+use super::{Controller, initial_window};
 
 // Constants for the Cubic congestion control algorithm.
 // See RFC 9438.
@@ -34,15 +34,16 @@ pub struct Cubic {
 
 impl Cubic {
     pub fn new() -> Cubic {
+        let iw = initial_window(DEFAULT_MSS);
         let mut cubic = Cubic {
-            w_max: DEFAULT_MSS * 2,
-            cwnd: DEFAULT_MSS * 2,
+            w_max: iw,
+            cwnd: iw,
             mss: DEFAULT_MSS,
             rwnd: 64 * DEFAULT_MSS,
             ssthresh: usize::MAX,
             k: 0.0,
-            w_est: (DEFAULT_MSS * 2) as f64,
-            cwnd_prior: DEFAULT_MSS * 2,
+            w_est: iw as f64,
+            cwnd_prior: iw,
 
             recovery_start: None,
             in_fast_recovery: false,
@@ -104,10 +105,12 @@ impl Controller for Cubic {
             self.w_est = self.cwnd as f64;
             return;
         } else if self.cwnd < self.ssthresh {
-            // Slow start: increase `cwnd` by 1 MSS per ACK.
+            // Slow start: increase `cwnd` by the bytes ACKed, at most
+            // 2 MSS per ACK (RFC 3465, L = 2: a delayed ACK covers two
+            // segments; 1 MSS per ACK grew by half per round trip).
             self.cwnd = self
                 .cwnd
-                .saturating_add(segment)
+                .saturating_add(len.min(2 * self.mss))
                 .min(self.rwnd)
                 .max(self.mss);
             return;
@@ -232,6 +235,13 @@ impl Controller for Cubic {
 
     fn set_mss(&mut self, mss: usize) {
         self.mss = mss;
+        // Set once, at the handshake, before anything was sent: the
+        // initial window follows the peer's MSS.
+        let iw = initial_window(mss);
+        self.cwnd = iw;
+        self.w_max = iw;
+        self.w_est = iw as f64;
+        self.cwnd_prior = iw;
         self.recompute_k();
     }
 

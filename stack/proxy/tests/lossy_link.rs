@@ -1,0 +1,113 @@
+//! TCP over a lossy link: the back-to-back harness drops frames at random
+//! (seeded, so every run drops the same ones) on both legs — client and
+//! origin — in both directions. A large download through the proxy must
+//! arrive intact, repaired by loss recovery (fast retransmit, then the
+//! holes the peer's SACK blocks reveal), without a storm of retransmission
+//! timeouts. The clock is simulated: the figures printed are deterministic.
+
+mod common;
+
+use common::*;
+
+/// The body `/big` serves (the harness origin's pattern).
+fn expected_body(len: u32) -> Vec<u8> {
+    (0..len).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// Steps until the client socket may send (the SYN or its answer may be
+/// lost: the first retransmission comes after the initial 1 s RTO).
+fn connect_patiently(lab: &mut Lab) -> SocketHandle {
+    let c = lab.connect();
+    for _ in 0..30_000 {
+        if lab.sockets.get::<tcp::Socket>(c).may_send() {
+            return c;
+        }
+        lab.step(1);
+    }
+    panic!("no connection through the lossy link in 30 s");
+}
+
+struct Download {
+    body_ok: bool,
+    sim_ms: u64,
+    fast_retransmits: u64,
+    timeouts: u64,
+    dropped_from_edge: u64,
+    dropped_to_edge: u64,
+}
+
+fn download(percent: f64, seed: u64, len: u32) -> Download {
+    let mut lab = Lab::with_config(Origin::Serving, |c| {
+        c.timeouts.client_idle = std::time::Duration::from_secs(600);
+        c.timeouts.upstream_response = std::time::Duration::from_secs(600);
+    });
+    lab.big_body = len;
+    lab.lossy = Some(Lossy::new(percent, seed));
+    let c = connect_patiently(&mut lab);
+    let start = lab.now;
+    lab.send(c, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    let raw = lab.read_until(c, 1_200_000, |b| Response::parse(b).is_some());
+    let sim_ms = (lab.now - start).total_millis();
+    let r = Response::parse(&raw).unwrap_or_else(|| {
+        panic!(
+            "the download did not complete in 20 simulated minutes: {} bytes",
+            raw.len()
+        )
+    });
+    assert_eq!(r.status, 200);
+    let body_ok = r.body == expected_body(len);
+    // Close both ends and let every socket finish and be recycled: the
+    // counters are harvested then.
+    lab.sockets.get_mut::<tcp::Socket>(c).close();
+    lab.origin_closes_all();
+    for _ in 0..120 {
+        lab.step(1_000);
+    }
+    let s = lab.edge.stats();
+    let l = lab.lossy.expect("lossy");
+    Download {
+        body_ok,
+        sim_ms,
+        fast_retransmits: s.net.tcp_fast_retransmits,
+        timeouts: s.net.tcp_retransmit_timeouts,
+        dropped_from_edge: l.dropped_from_edge,
+        dropped_to_edge: l.dropped_to_edge,
+    }
+}
+
+#[test]
+fn a_10_mib_download_at_3_percent_loss_is_repaired_by_loss_recovery_not_timeouts() {
+    let d = download(3.0, 7, 10 << 20);
+    eprintln!(
+        "10 MiB at 3 %: {} ms simulated, edge fast retransmits {}, timeouts {}, frames dropped from the edge {} / to it {}",
+        d.sim_ms, d.fast_retransmits, d.timeouts, d.dropped_from_edge, d.dropped_to_edge
+    );
+    assert!(d.body_ok, "the body arrived corrupted");
+    assert!(
+        d.dropped_from_edge > 100,
+        "the link dropped too little to test anything"
+    );
+    // Most of what the edge lost (its data segments to the client, and
+    // ACKs to the origin, which cost it nothing) is resent by loss
+    // recovery...
+    assert!(
+        d.fast_retransmits * 2 >= d.dropped_from_edge,
+        "fast retransmits {} for {} dropped frames",
+        d.fast_retransmits,
+        d.dropped_from_edge
+    );
+    // ...and a timeout is the exception: at most one per 20 losses.
+    assert!(
+        d.timeouts * 20 <= d.dropped_from_edge,
+        "{} retransmission timeouts for {} dropped frames",
+        d.timeouts,
+        d.dropped_from_edge
+    );
+}
+
+#[test]
+fn a_clean_link_needs_no_retransmission() {
+    let d = download(0.0, 1, 1 << 20);
+    assert!(d.body_ok);
+    assert_eq!((d.fast_retransmits, d.timeouts), (0, 0));
+}
