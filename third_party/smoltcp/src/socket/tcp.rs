@@ -539,10 +539,15 @@ pub struct Socket<'a> {
     recovery_high: Option<TcpSeqNumber>,
     /// The next sequence number loss recovery may retransmit from.
     rexmit_next: TcpSeqNumber,
-    /// Bytes SACKed above SND.UNA when recovery last ran out of holes to
-    /// resend: three segments' worth more SACKed with SND.UNA still there
-    /// means a retransmission was lost, and the holes are resent again.
-    rexmit_pass_sacked: Option<usize>,
+    /// The highest sequence number sent when recovery last ran out of
+    /// holes to resend: three segments' worth SACKed above it (data sent
+    /// after those retransmissions) with the holes still open means a
+    /// retransmission was lost, and the holes are resent again.
+    rexmit_pass_high: Option<TcpSeqNumber>,
+    /// After a retransmission timeout, the highest sequence number sent
+    /// before it: duplicate ACKs below it are echoes of the old flight, not
+    /// a new loss (RFC 6582 §4.1), and no probe or limited transmit runs.
+    rto_recover: Option<TcpSeqNumber>,
     /// When a tail loss probe is due (RFC 8985 §7): with no ACK for a
     /// couple of round trips, the last segment is resent so that the
     /// peer's SACK reveals what is missing, instead of waiting for the
@@ -651,7 +656,8 @@ impl<'a> Socket<'a> {
             scoreboard: scoreboard::Scoreboard::default(),
             recovery_high: None,
             rexmit_next: TcpSeqNumber::default(),
-            rexmit_pass_sacked: None,
+            rexmit_pass_high: None,
+            rto_recover: None,
             tlp_at: None,
             tlp_pending: false,
             tlp_sent: false,
@@ -1008,7 +1014,8 @@ impl<'a> Socket<'a> {
         self.pending_fast_retransmit = false;
         self.scoreboard.clear();
         self.recovery_high = None;
-        self.rexmit_pass_sacked = None;
+        self.rexmit_pass_high = None;
+        self.rto_recover = None;
         self.tlp_at = None;
         self.tlp_pending = false;
         self.tlp_sent = false;
@@ -1512,7 +1519,11 @@ impl<'a> Socket<'a> {
     /// RTT sample, outside recovery, and when it comes before the RTO.
     fn arm_tlp(&mut self, now: Instant) {
         self.tlp_at = None;
-        if !self.remote_has_sack || self.recovery_high.is_some() || !self.rtte.have_measurement {
+        if !self.remote_has_sack
+            || self.recovery_high.is_some()
+            || self.rto_recover.is_some()
+            || !self.rtte.have_measurement
+        {
             return;
         }
         let mut pto = Duration::from_millis(u64::from((2 * self.rtte.smoothed_rtt()).max(10)));
@@ -1522,6 +1533,35 @@ impl<'a> Socket<'a> {
         if pto < self.rtte.retransmission_timeout() {
             self.tlp_at = Some(now + pto);
         }
+    }
+
+    /// Bytes in the network (RFC 6675's pipe, FACK-style): in SACK
+    /// recovery, what is in flight less what the peer SACKed and less the
+    /// holes below the highest SACK not resent yet (counted lost); else
+    /// the flight size.
+    fn pipe(&self) -> usize {
+        let flight = self.flight_size();
+        if self.recovery_high.is_none() || self.scoreboard.is_empty() {
+            return flight;
+        }
+        let from = self.rexmit_next.max(self.local_seq_no);
+        let lost = match self.scoreboard.highest() {
+            Some(high) if high > from => {
+                (high - from).saturating_sub(self.scoreboard.sacked_above(from))
+            }
+            _ => 0,
+        };
+        flight
+            .saturating_sub(self.scoreboard.sacked_above(self.local_seq_no))
+            .saturating_sub(lost)
+    }
+
+    /// A recovery retransmission is due and the pipe has room for it (the
+    /// first one of an episode goes regardless, on the duplicate ACKs).
+    fn may_rexmit(&self) -> bool {
+        self.next_rexmit().is_some()
+            && (self.scoreboard.is_empty()
+                || self.pipe() < self.congestion_controller.inner().window())
     }
 
     /// Segments resent by loss recovery (fast retransmit and the holes
@@ -1548,7 +1588,7 @@ impl<'a> Socket<'a> {
         // Limited transmit (RFC 3042, ferrogate patch): each of the first
         // two duplicate ACKs lets one new segment out, so a small window
         // still gathers the three duplicates fast retransmit needs.
-        let limited_transmit = if self.recovery_high.is_none() {
+        let limited_transmit = if self.recovery_high.is_none() && self.rto_recover.is_none() {
             usize::from(self.local_rx_dup_acks.min(2)) * self.remote_mss
         } else {
             0
@@ -1557,7 +1597,7 @@ impl<'a> Socket<'a> {
             .inner()
             .window()
             .saturating_add(limited_transmit)
-            .saturating_sub(self.flight_size())
+            .saturating_sub(self.pipe())
     }
 
     /// Return the amount of octets queued in the receive buffer. This value can be larger than
@@ -2086,11 +2126,13 @@ impl<'a> Socket<'a> {
                     // Treat a zero MSS as if the option were absent, like Linux does.
                     if max_seg_size != 0 {
                         self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
-                        self.congestion_controller
-                            .inner_mut()
-                            .set_mss(self.remote_mss);
                     }
                 }
+                // ferrogate patch: also without the option, so the initial
+                // window follows the MSS in use (536).
+                self.congestion_controller
+                    .inner_mut()
+                    .set_mss(self.remote_mss);
 
                 self.tuple = Some(Tuple {
                     local: IpEndpoint::new(ip_repr.dst_addr(), repr.dst_port),
@@ -2139,11 +2181,13 @@ impl<'a> Socket<'a> {
                     // Treat a zero MSS as if the option were absent, like Linux does.
                     if max_seg_size != 0 {
                         self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
-                        self.congestion_controller
-                            .inner_mut()
-                            .set_mss(self.remote_mss);
                     }
                 }
+                // ferrogate patch: also without the option, so the initial
+                // window follows the MSS in use (536).
+                self.congestion_controller
+                    .inner_mut()
+                    .set_mss(self.remote_mss);
 
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no + 1;
@@ -2317,18 +2361,27 @@ impl<'a> Socket<'a> {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 {
+                    // (ferrogate patch: once per loss episode; inside one,
+                    // the recovery below clocks the retransmissions, and a
+                    // second trigger could leave no retransmission timer.)
+                    let echo_of_rto = self.rto_recover.is_some_and(|h| ack_number < h);
+                    if self.local_rx_dup_acks == 3 && self.recovery_high.is_none() && !echo_of_rto {
                         self.timer.set_for_fast_retransmit();
                         net_debug!("started fast retransmit");
                     }
 
-                    // Notify of duplicate ACK
-                    let in_flight = self.flight_size();
-                    self.congestion_controller.inner_mut().on_dup_ack(
-                        cx.now(),
-                        self.remote_mss,
-                        in_flight,
-                    );
+                    // Notify of duplicate ACK (ferrogate patch: not in SACK
+                    // recovery, whose sending follows the pipe estimate;
+                    // inflating the window too would send more than before
+                    // the loss).
+                    if !(self.recovery_high.is_some() && !self.scoreboard.is_empty()) {
+                        let in_flight = self.flight_size();
+                        self.congestion_controller.inner_mut().on_dup_ack(
+                            cx.now(),
+                            self.remote_mss,
+                            in_flight,
+                        );
+                    }
                 }
 
                 // No duplicate ACK means we reset the duplicate ACK count
@@ -2365,41 +2418,31 @@ impl<'a> Socket<'a> {
                 self.remote_last_seq = self.local_seq_no
             }
 
-            // ferrogate patch: the answer to a tail loss probe SACKs data
-            // above a hole: that hole is lost (RFC 8985 §7.4).
-            if mem::take(&mut self.tlp_sent)
-                && self.recovery_high.is_none()
-                && newly_sacked
-                && ack_number < self.remote_last_seq
-            {
-                self.timer.set_for_fast_retransmit();
-            }
-
             // ferrogate patch: loss recovery (RFC 6675 with the scoreboard,
             // RFC 6582 without): every ACK until the recovery point is
             // reached may clock out the next hole's retransmission.
             if let Some(high) = self.recovery_high {
                 if ack_number >= high {
                     self.recovery_high = None;
-                    self.rexmit_pass_sacked = None;
+                    self.rexmit_pass_high = None;
                 } else {
-                    if ack_len > 0 {
-                        self.rexmit_pass_sacked = None;
-                    }
-                    let sacked = self.scoreboard.sacked_above(ack_number);
                     // A retransmission was lost: three segments' worth sent
-                    // after it arrived while its hole stayed (RACK's
-                    // insight, counted in SACKed bytes, not send times).
-                    if let Some(at) = self.rexmit_pass_sacked
-                        && sacked >= at + 3 * self.remote_mss
+                    // after it arrived while a hole it was to fill stayed
+                    // open (RACK's rule, by sequence instead of send time:
+                    // data above `pass_high` was first sent after it).
+                    if let Some(pass_high) = self.rexmit_pass_high
+                        && self.scoreboard.sacked_above(pass_high) >= 3 * self.remote_mss
                     {
                         self.rexmit_next = ack_number;
-                        self.rexmit_pass_sacked = None;
+                        self.rexmit_pass_high = None;
                     }
-                    if self.next_rexmit().is_some() {
+                    if self.may_rexmit() {
                         self.pending_fast_retransmit = true;
                     }
                 }
+            }
+            if self.rto_recover.is_some_and(|h| ack_number >= h) {
+                self.rto_recover = None;
             }
         }
 
@@ -2427,6 +2470,18 @@ impl<'a> Socket<'a> {
                 self.timer.set_for_idle(cx.now(), self.keep_alive);
             }
             _ => {}
+        }
+
+        // ferrogate patch: the answer to a tail loss probe SACKs data above
+        // a hole: that hole is lost (RFC 8985 §7.4). After the timer update
+        // above, which would otherwise re-arm the probe over this.
+        if let Some(ack_number) = repr.ack_number
+            && mem::take(&mut self.tlp_sent)
+            && self.recovery_high.is_none()
+            && newly_sacked
+            && ack_number < self.remote_last_seq
+        {
+            self.timer.set_for_fast_retransmit();
         }
 
         // start/stop the Zero Window Probe timer.
@@ -2727,6 +2782,11 @@ impl<'a> Socket<'a> {
                     .inner_mut()
                     .on_rto(cx.now(), in_flight);
 
+                // ferrogate patch: what was sent before the timeout.
+                let sent_before = self.remote_last_seq;
+                self.rto_recover =
+                    Some(self.rto_recover.map_or(sent_before, |h| h.max(sent_before)));
+
                 // Rewind "last sequence number sent", as if we never
                 // had sent them. This will cause all data in the queue
                 // to be sent again.
@@ -2737,7 +2797,7 @@ impl<'a> Socket<'a> {
                 // come back with the resent data fill the board again.
                 self.scoreboard.clear();
                 self.recovery_high = None;
-                self.rexmit_pass_sacked = None;
+                self.rexmit_pass_high = None;
                 self.tlp_at = None;
                 self.timeouts = self.timeouts.wrapping_add(1);
 
@@ -2768,7 +2828,15 @@ impl<'a> Socket<'a> {
             // now for whatever reason (like zero window), this avoids an
             // infinite polling loop where `poll_at` returns `Now` but `dispatch`
             // can't actually do anything.
-            self.timer.set_for_idle(cx.now(), self.keep_alive);
+            // (ferrogate patch: a fast retransmit keeps the retransmission
+            // timer running while data is in flight, in case it sends
+            // nothing.)
+            if self.pending_fast_retransmit && self.flight_size() > 0 {
+                let rto = self.rtte.retransmission_timeout();
+                self.timer.set_for_retransmit(cx.now(), rto);
+            } else {
+                self.timer.set_for_idle(cx.now(), self.keep_alive);
+            }
 
             // Inform RTTE, so that it can avoid bogus measurements.
             self.rtte.on_retransmit();
@@ -2845,6 +2913,10 @@ impl<'a> Socket<'a> {
         };
 
         let mut is_zero_window_probe = false;
+        // ferrogate patch: the end of a loss-recovery retransmission or
+        // probe in this segment, applied once it is sent.
+        let mut rexmit_sent: Option<TcpSeqNumber> = None;
+        let mut probe = false;
 
         #[cfg_attr(
             not(feature = "segmentation-offload"),
@@ -2909,7 +2981,7 @@ impl<'a> Socket<'a> {
                 } else if self.tlp_pending {
                     // The probe: the last segment sent, again.
                     self.tlp_pending = false;
-                    self.tlp_sent = true;
+                    probe = true;
                     let flight = self.flight_size();
                     let len = flight.min(effective_mss);
                     (len > 0).then(|| (self.remote_last_seq - len, len))
@@ -2923,15 +2995,7 @@ impl<'a> Socket<'a> {
                         .min(self.tx_buffer.len().saturating_sub(offset));
                     repr.seq_number = seq;
                     repr.payload = self.tx_buffer.get_allocated(offset, size);
-                    self.rexmit_next = seq + repr.payload.len();
-                    self.fast_retransmits = self.fast_retransmits.wrapping_add(1);
-                    self.rtte.on_retransmit();
-                    if self.recovery_high.is_some() && self.next_rexmit().is_none() {
-                        // Every hole resent: remember how much was SACKed
-                        // now, to tell when a retransmission was lost.
-                        self.rexmit_pass_sacked =
-                            Some(self.scoreboard.sacked_above(self.local_seq_no));
-                    }
+                    rexmit_sent = Some(seq + repr.payload.len());
 
                     offset
                 } else {
@@ -3120,9 +3184,30 @@ impl<'a> Socket<'a> {
             return Ok(());
         }
 
-        // ferrogate patch: new data (not a retransmission or a probe)
-        // restarts the tail loss probe's clock (RFC 8985 §7.2).
-        let sent_new_data = repr.segment_len() > 0 && repr.seq_number >= self.remote_last_seq;
+        // ferrogate patch: new data (not a retransmission or a probe, nor
+        // go-back-N after a timeout) restarts the tail loss probe's clock
+        // (RFC 8985 §7.2).
+        let sent_new_data = repr.segment_len() > 0
+            && repr.seq_number >= self.remote_last_seq
+            && self.rto_recover.is_none_or(|h| repr.seq_number >= h);
+
+        // ferrogate patch: a loss-recovery retransmission or probe went out.
+        if let Some(end) = rexmit_sent {
+            self.fast_retransmits = self.fast_retransmits.wrapping_add(1);
+            self.rtte.on_retransmit();
+            if probe {
+                self.tlp_sent = true;
+            } else {
+                self.rexmit_next = end;
+                if self.recovery_high.is_some() && self.next_rexmit().is_none() {
+                    // Every hole resent: what is SACKed above the highest
+                    // byte sent so far tells when one of them was lost.
+                    self.rexmit_pass_high = Some(self.remote_last_seq);
+                }
+                // More holes and room in the pipe: resend the next now.
+                self.pending_fast_retransmit = self.may_rexmit();
+            }
+        }
 
         // We've sent a packet successfully, so we can update the internal state now.
         // Use max() so a fast-retransmit segment (whose seq_number is local_seq_no, well
@@ -6792,6 +6877,11 @@ mod test {
     fn test_congestion_window_limits_data_in_flight() {
         let mut s = socket_established_with_buffer_sizes(8192, 64);
         s.set_congestion_control(CongestionControl::Reno);
+        // The 2 KiB initial window this test's arithmetic was written for
+        // (ferrogate's IW10 patch raised the default).
+        s.congestion_controller
+            .inner_mut()
+            .set_window_for_test(2048);
         s.remote_win_len = 65535;
         s.remote_mss = 1024;
 
@@ -6835,6 +6925,11 @@ mod test {
     fn test_congestion_window_doesnt_limit_fast_retransmit() {
         let mut s = socket_established_with_buffer_sizes(8192, 64);
         s.set_congestion_control(CongestionControl::Reno);
+        // The 2 KiB initial window this test's arithmetic was written for
+        // (ferrogate's IW10 patch raised the default).
+        s.congestion_controller
+            .inner_mut()
+            .set_window_for_test(2048);
         s.remote_win_len = 65535;
         s.remote_mss = 1024;
 
@@ -7669,7 +7764,7 @@ mod test {
     #[test]
     fn test_sack_recovery_resends_a_lost_retransmission() {
         let mut s = socket_with_six_segments_in_flight();
-        // "aaa" is lost, the rest comes late.
+        // "aaa" is lost.
         send!(s, time 1050, dup_ack_with_sack(&[(3, 6)]));
         send!(s, time 1051, dup_ack_with_sack(&[(3, 6)]));
         send!(s, time 1052, dup_ack_with_sack(&[(3, 6)]));
@@ -7679,14 +7774,25 @@ mod test {
             payload: &b"aaa"[..],
             ..RECV_TEMPL
         }));
-        // The retransmission is lost too: three more segments' worth
-        // arrive above it while SND.UNA stays; "aaa" goes out again
-        // before any timeout.
-        send!(s, time 1070, dup_ack_with_sack(&[(3, 9)]));
-        send!(s, time 1071, dup_ack_with_sack(&[(3, 12)]));
+        // The rest of the old flight arrives: that says nothing about the
+        // retransmission, which was sent after it.
+        send!(s, time 1070, dup_ack_with_sack(&[(3, 18)]));
         recv_nothing!(s, time 1071);
-        send!(s, time 1072, dup_ack_with_sack(&[(3, 15)]));
-        recv!(s, time 1072, Ok(TcpRepr {
+        // New data goes out after the retransmission...
+        s.send_slice(b"ggghhhiii").unwrap();
+        let chunks: [&[u8]; 3] = [b"ggg", b"hhh", b"iii"];
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            recv!(s, time 1072, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 18 + 3 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: chunk,
+                ..RECV_TEMPL
+            }));
+        }
+        // ...and arrives while "aaa" is still missing: its resend was lost,
+        // and it goes out again before any timeout.
+        send!(s, time 1080, dup_ack_with_sack(&[(3, 27)]));
+        recv!(s, time 1080, Ok(TcpRepr {
             seq_number: LOCAL_SEQ + 1,
             ack_number: Some(REMOTE_SEQ + 1),
             payload: &b"aaa"[..],
@@ -7815,6 +7921,20 @@ mod test {
                 Some((edge(6), edge(8)))
             ]
         );
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-cubic")]
+    fn test_reset_renews_a_cubic_window_cut_by_a_timeout() {
+        let mut s = socket_established();
+        s.set_congestion_control(CongestionControl::Cubic);
+        let fresh = s.congestion_controller.inner().window();
+        s.congestion_controller
+            .inner_mut()
+            .on_rto(Instant::from_millis(0), fresh);
+        assert_ne!(s.congestion_controller.inner().window(), fresh);
+        s.reset();
+        assert_eq!(s.congestion_controller.inner().window(), fresh);
     }
 
     #[test]
@@ -8935,6 +9055,11 @@ mod test {
     fn test_zero_window_probe_not_capped_by_cwnd() {
         let mut s = socket_established_with_buffer_sizes(8192, 64);
         s.set_congestion_control(CongestionControl::Reno);
+        // The 2 KiB initial window this test's arithmetic was written for
+        // (ferrogate's IW10 patch raised the default).
+        s.congestion_controller
+            .inner_mut()
+            .set_window_for_test(2048);
         s.remote_win_len = 65535;
         s.remote_mss = 1024;
 

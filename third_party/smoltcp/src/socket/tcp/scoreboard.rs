@@ -56,11 +56,13 @@ impl Scoreboard {
         una: TcpSeqNumber,
         limit: TcpSeqNumber,
     ) -> bool {
-        // A block entirely outside the window (or inverted) says nothing.
-        if end <= start || end <= una || start >= limit {
+        // A block outside the window, inverted, or reaching below SND.UNA
+        // (a D-SACK, or bogus: clipping it would hide the real hole) says
+        // nothing about what is missing.
+        if end <= start || start < una || start >= limit {
             return false;
         }
-        let (start, end) = (start.max(una), if end > limit { limit } else { end });
+        let end = if end > limit { limit } else { end };
         if end <= start {
             return false;
         }
@@ -91,7 +93,7 @@ impl Scoreboard {
                 out[n] = (s, e);
                 n += 1;
             } else {
-                new_start = new_start.min_seq(s);
+                new_start = new_start.min(s);
                 new_end = new_end.max(e);
             }
         }
@@ -138,16 +140,6 @@ impl Scoreboard {
     }
 }
 
-trait MinSeq {
-    fn min_seq(self, other: Self) -> Self;
-}
-
-impl MinSeq for TcpSeqNumber {
-    fn min_seq(self, other: Self) -> Self {
-        if self < other { self } else { other }
-    }
-}
-
 #[cfg(test)]
 mod test {
     use super::*;
@@ -180,13 +172,15 @@ mod test {
     }
 
     #[test]
-    fn test_insert_clips_to_the_window_and_ignores_stale_blocks() {
+    fn test_insert_clips_to_what_was_sent_and_ignores_stale_blocks() {
         let mut b = Scoreboard::default();
         assert!(!b.insert(seq(10), seq(50), seq(50), seq(1000)));
         assert!(!b.insert(seq(2000), seq(3000), seq(50), seq(1000)));
         assert!(!b.insert(seq(300), seq(200), seq(50), seq(1000)));
-        assert!(b.insert(seq(10), seq(2000), seq(50), seq(1000)));
-        assert_eq!(b.ranges(), &[(seq(50), seq(1000))]);
+        // Reaching below SND.UNA: ignored, not clipped.
+        assert!(!b.insert(seq(10), seq(2000), seq(50), seq(1000)));
+        assert!(b.insert(seq(60), seq(2000), seq(50), seq(1000)));
+        assert_eq!(b.ranges(), &[(seq(60), seq(1000))]);
     }
 
     #[test]

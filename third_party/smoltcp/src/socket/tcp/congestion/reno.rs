@@ -57,8 +57,9 @@ impl Controller for Reno {
         }
 
         let inc = if self.cwnd < self.ssthresh {
-            // Slow start: increase `cwnd` by 1 MSS per ACK.
-            len.min(self.mss)
+            // Slow start: increase `cwnd` by the bytes ACKed, at most
+            // 2 MSS per ACK (ferrogate patch: RFC 3465, L = 2).
+            len.min(2 * self.mss)
         } else {
             // Congestion avoidance: increase by ~1 MSS per RTT.
             (self.mss * self.mss / self.cwnd).max(1)
@@ -97,6 +98,11 @@ impl Controller for Reno {
 
         // Major loss has occurred, ensure we move from fast recovery (if in it) to slow start.
         self.in_fast_recovery = false
+    }
+
+    #[cfg(test)]
+    fn set_window_for_test(&mut self, cwnd: usize) {
+        self.cwnd = cwnd;
     }
 
     fn set_mss(&mut self, mss: usize) {
@@ -213,13 +219,14 @@ mod test {
         assert_eq!(reno.ssthresh, inflight / 2);
         assert_eq!(reno.window(), MSS);
 
-        // slow start grows by at most the MSS per ack
+        // slow start grows by at most 2 MSS per ack (ferrogate patch:
+        // RFC 3465 L = 2; it was 1 MSS)
         let initial_cwnd = reno.window();
-        for i in 0..10 {
+        for i in 0..5 {
             let initial_cwnd = reno.window();
             let now = Instant::from_millis(i);
-            ack(&mut reno, MSS * 2, now);
-            assert_eq!(reno.window(), initial_cwnd + MSS);
+            ack(&mut reno, MSS * 3, now);
+            assert_eq!(reno.window(), initial_cwnd + 2 * MSS);
         }
         assert_eq!(reno.window(), initial_cwnd + MSS * 10);
 
