@@ -35,7 +35,10 @@ fn loss_scenario_smoke() {
         .into_iter()
         .filter(|l| l.starts_with(&prefix))
         .collect();
-    assert!(left.is_empty(), "the bench left namespaces behind: {left:?}");
+    assert!(
+        left.is_empty(),
+        "the bench left namespaces behind: {left:?}"
+    );
     assert!(st.success(), "ferrogate-bench loss --smoke failed: {st}");
 
     let files: Vec<PathBuf> = std::fs::read_dir(&out)
@@ -55,7 +58,10 @@ fn loss_scenario_smoke() {
 
     // Per variant and contender: 3 transfers, 3 complete, none failed.
     for (v, _, _) in VARIANTS {
-        assert!(md.contains(&format!("## {v}\n")), "no {v} table in the report");
+        assert!(
+            md.contains(&format!("## {v}\n")),
+            "no {v} table in the report"
+        );
         for who in ["ferrogate", "nginx"] {
             let s = j["samples"]
                 .as_array()
@@ -107,6 +113,9 @@ fn loss_scenario_smoke() {
         .filter(|l| l.starts_with("- download loss 1% rtt 10ms"))
         .filter_map(|l| l.split("(rx): ").nth(1)?.split(' ').next()?.parse().ok())
         .sum();
-    assert!(lost > 0, "the relay lost no frame towards the client at 1 %");
+    assert!(
+        lost > 0,
+        "the relay lost no frame towards the client at 1 %"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
