@@ -111,7 +111,14 @@ fn loss_scenario_smoke() {
     let lost: u64 = md
         .lines()
         .filter(|l| l.starts_with("- download loss 1% rtt 10ms"))
-        .filter_map(|l| l.split("(rx): ").nth(1)?.split(' ').next()?.parse().ok())
+        .filter_map(|l| {
+            l.split("(rx): ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum();
     assert!(
         lost > 0,
