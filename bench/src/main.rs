@@ -12,6 +12,7 @@ mod l4;
 mod l4gen;
 mod loadgen;
 mod loopback;
+mod loss;
 mod measure;
 mod pktgen;
 mod report;
@@ -114,6 +115,111 @@ struct SoakCli {
     unprotected: bool,
 }
 
+/// `loss`: the common options plus the matrix.
+#[derive(clap::Args, Debug, Clone)]
+struct LossCli {
+    #[command(flatten)]
+    common: Common,
+    /// Loss in % on each direction of the client link (the same P on
+    /// data and ACKs).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 0.5, 1.0, 3.0])]
+    loss: Vec<f64>,
+    /// Round-trip times in ms added on the client link (delay RTT/2 each way).
+    #[arg(long, value_delimiter = ',', default_values_t = [10u64, 50, 150])]
+    rtt: Vec<u64>,
+    /// Download sizes (k, m: KiB, MiB).
+    #[arg(long, value_delimiter = ',', default_value = "64k,1m,10m")]
+    sizes: Vec<String>,
+    /// Transfers per contender, size and cell: `SIZE=N,…` (default by
+    /// size: ≤ 64 KiB 30, ≤ 1 MiB 8, larger 3).
+    #[arg(long, default_value = "")]
+    reps: String,
+    /// curl --max-time in seconds: `SIZE=S,…` (default by size: ≤ 64 KiB
+    /// 15, ≤ 1 MiB 30, larger 60); a transfer not done by then failed.
+    #[arg(long, default_value = "")]
+    max_time: String,
+    /// Seconds per cell (all sizes, both contenders): no new pair of
+    /// transfers starts when the last pair would not fit any more.
+    #[arg(long, default_value_t = 200)]
+    cell_budget: u64,
+    /// The upload row's loss (%) and RTT (ms).
+    #[arg(long, default_value_t = 1.0)]
+    upload_loss: f64,
+    #[arg(long, default_value_t = 50)]
+    upload_rtt: u64,
+    /// The upload row's size and transfers per contender.
+    #[arg(long, default_value = "1m")]
+    upload_size: String,
+    #[arg(long, default_value_t = 8)]
+    upload_reps: usize,
+    /// No upload row.
+    #[arg(long)]
+    no_upload: bool,
+    /// ferrogate's engine.tcp_buffer (default: the lab config's, 64 KiB).
+    #[arg(long)]
+    fg_tcp_buffer: Option<usize>,
+    /// nginx's congestion control (the edge namespace's default; `keep`:
+    /// leave the namespace's, which is the host's default).
+    #[arg(long, default_value = "cubic")]
+    kernel_cc: String,
+}
+
+impl LossCli {
+    /// The matrix; `--smoke`: one cell (1 %, 10 ms), 64k and 1m, 3
+    /// transfers each, and the upload row in the same cell.
+    fn opts(&self) -> Result<loss::Opts> {
+        let reps = loss::per_size(&self.reps)?;
+        let max_time = loss::per_size(&self.max_time)?;
+        let mk = |name: &str, n: Option<usize>| -> Result<loss::Size> {
+            let b = loss::parse_size(name)?;
+            loss::size(
+                name,
+                n.or(loss::lookup(&reps, b).map(|v| v as usize)),
+                loss::lookup(&max_time, b),
+            )
+        };
+        if self.common.smoke {
+            return Ok(loss::Opts {
+                loss_pct: vec![1.0],
+                rtt_ms: vec![10],
+                sizes: vec![mk("64k", Some(3))?, mk("1m", Some(3))?],
+                cell_budget: std::time::Duration::from_secs(120),
+                upload: Some(loss::Upload {
+                    loss_pct: 1.0,
+                    rtt_ms: 10,
+                    size: mk(&self.upload_size, Some(3))?,
+                }),
+                fg_tcp_buffer: self.fg_tcp_buffer,
+                kernel_cc: self.kernel_cc.clone(),
+            });
+        }
+        if self.loss.iter().any(|p| !(0.0..=100.0).contains(p)) {
+            bail!("--loss: percentages in 0..=100");
+        }
+        Ok(loss::Opts {
+            loss_pct: self.loss.clone(),
+            rtt_ms: self.rtt.clone(),
+            sizes: self
+                .sizes
+                .iter()
+                .map(|s| mk(s, None))
+                .collect::<Result<_>>()?,
+            cell_budget: std::time::Duration::from_secs(self.cell_budget.max(1)),
+            upload: (!self.no_upload)
+                .then(|| -> Result<loss::Upload> {
+                    Ok(loss::Upload {
+                        loss_pct: self.upload_loss,
+                        rtt_ms: self.upload_rtt,
+                        size: mk(&self.upload_size, Some(self.upload_reps))?,
+                    })
+                })
+                .transpose()?,
+            fg_tcp_buffer: self.fg_tcp_buffer,
+            kernel_cc: self.kernel_cc.clone(),
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Keep-alive req/s, latency, proxy CPU/request (tiny and 16 KiB bodies).
@@ -147,7 +253,12 @@ enum Cmd {
     /// denied-source flood, a config apply every 10 s and a flapping
     /// origin; failed requests, RSS, open sockets and pool sizes over time.
     Soak(SoakCli),
-    /// Every scenario, one lab (not `soak`).
+    /// TCP over a lossy, long client link (issue #19): downloads of 64 KiB,
+    /// 1 MiB, 10 MiB (and a row of 1 MiB uploads) through ferrogate and
+    /// nginx, loss 0/0.5/1/3 % x RTT 10/50/150 ms on the lab's impairment
+    /// relay; goodput, p50/p99 completion, failures, ratios.
+    Loss(LossCli),
+    /// Every scenario, one lab (not `soak`, not `loss`).
     All(Common),
     /// ferrogate alone: req/s with 1 and 2 workers (2-queue lab), and
     /// latency at 100 req/s per polling mode (busy, adaptive, interrupt).
@@ -277,6 +388,7 @@ fn main() -> Result<()> {
         | Cmd::L4(c)
         | Cmd::All(c) => (c.clone(), &cli.cmd),
         Cmd::Soak(s) => (s.common.clone(), &cli.cmd),
+        Cmd::Loss(l) => (l.common.clone(), &cli.cmd),
         Cmd::Gen(_)
         | Cmd::Loadgen(_)
         | Cmd::Ceiling(_)
@@ -327,11 +439,25 @@ fn main() -> Result<()> {
             },
             _ => soak::Opts::default(),
         },
+        loss: match cmd {
+            Cmd::Loss(l) => l.opts()?,
+            _ => loss::Opts::default(),
+        },
     };
     env::install_cleanup_handlers()?;
     let bin = contenders::ferrogate_bin()?;
     let queues = if matches!(cmd, Cmd::Scale(_)) { 2 } else { 1 };
-    let lab = env::Lab::up(&bin, &cli.prefix, queues)?;
+    let lab = match cmd {
+        // The client link through the impairment relay from the start,
+        // unimpaired until the first cell (`lab impair` changes it).
+        Cmd::Loss(_) => env::Lab::up_impaired(
+            &bin,
+            &cli.prefix,
+            queues,
+            &["client:limit=16384".to_string()],
+        )?,
+        _ => env::Lab::up(&bin, &cli.prefix, queues)?,
+    };
     let mut meta = meta();
     let napi = lab
         .exec("edge", &["cat", "/sys/class/net/eth0/threaded"])
@@ -362,6 +488,7 @@ fn main() -> Result<()> {
         Cmd::H2(_) => vec![("h2", h2::scenario)],
         Cmd::L4(_) => vec![("l4", l4::scenario)],
         Cmd::Soak(_) => vec![("soak", soak::scenario)],
+        Cmd::Loss(_) => vec![("loss", loss::scenario)],
         Cmd::All(_) => vec![
             ("http", scenarios::http),
             ("http-latency", scenarios::http_latency),

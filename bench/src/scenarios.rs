@@ -33,6 +33,8 @@ pub struct Opts {
     pub tcp_buffer: usize,
     /// soak: its own options.
     pub soak: crate::soak::Opts,
+    /// loss: the matrix.
+    pub loss: crate::loss::Opts,
 }
 
 pub struct Ctx {

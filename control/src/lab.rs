@@ -232,10 +232,17 @@ impl Lab {
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut rnd))
             .context("reading /dev/urandom")?;
         std::fs::write(www.join("1m"), rnd)?;
+        // `POST /upload` answers only once the whole body is in: the
+        // origin's own proxy reads it (request buffering) before passing
+        // the request to a loopback server that names the length it got
+        // (`return` alone answers before the body is read).
         let server = format!(
             "  server {{\n    listen {ORIGIN_IP}:8080 reuseport;\n    location = /16k {{ root {www}; }}\n    \
              location /files/ {{ alias {www}/; }}\n    \
-             location / {{ default_type text/plain; return 200 \"origin {ORIGIN_IP}:8080 {origin} path=$request_uri\\n\"; }}\n  }}",
+             location = /upload {{ client_max_body_size 1g; proxy_pass http://127.0.0.1:8089; }}\n    \
+             location / {{ default_type text/plain; return 200 \"origin {ORIGIN_IP}:8080 {origin} path=$request_uri\\n\"; }}\n  }}\n  \
+             server {{\n    listen 127.0.0.1:8089;\n    \
+             location / {{ default_type text/plain; return 200 \"uploaded $content_length\\n\"; }}\n  }}",
             origin = self.origin(),
             www = www.display(),
         );
