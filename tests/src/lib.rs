@@ -669,7 +669,9 @@ impl Drop for Engine {
         // daemon logged (after the stop, so the log is complete).
         if std::thread::panicking() {
             let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
+            // Without the engine's stats dump at exit (hundreds of
+            // `name value` lines that would push the log lines out).
+            let lines: Vec<&str> = log.lines().filter(|l| !is_stats_line(l)).collect();
             let tail = &lines[lines.len().saturating_sub(200)..];
             eprintln!(
                 "--- last {} lines of {} ---\n{}\n--- end of log ---",
@@ -679,6 +681,16 @@ impl Drop for Engine {
             );
         }
     }
+}
+
+/// A `name value` line of a stats dump.
+fn is_stats_line(line: &str) -> bool {
+    line.split_once(' ').is_some_and(|(k, v)| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && v.trim().parse::<f64>().is_ok()
+    })
 }
 
 /// `name value` lines; worker lines are skipped.

@@ -111,8 +111,12 @@ fn control_daemon_killed_under_load_fails_no_request_and_the_engine_serves_alone
             .and_then(|l| l.split_whitespace().next())
             .unwrap_or("?")
             .to_string();
-        let status = ctl_ok(&lab, &["status"]);
-        assert_eq!(field(&status, "in_sync"), "yes", "{status}");
+        // Back in sync (waited for: one engine hello that timed out under
+        // this load marks the engine unreachable until the daemon's next
+        // look — seen once in CI with `engine_connected no`, hashes equal).
+        wait_status(&lab, "the daemon in sync after the apply", |s| {
+            s.contains("in_sync yes")
+        });
         assert!(
             engine
                 .log()
