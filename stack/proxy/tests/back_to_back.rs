@@ -130,14 +130,7 @@ fn http10_request_without_host_gets_the_pool_host() {
 
 /// A lab whose one pool has `policy` (endpoint: the origin).
 fn pool_lab(tune: impl FnOnce(&mut PoolPolicy)) -> Lab {
-    let mut policy = PoolPolicy::default();
-    tune(&mut policy);
-    let upstream = Arc::new(Upstream::new(
-        "origin",
-        0,
-        &[Endpoint::new("10.0.0.3:8080".parse().unwrap())],
-        policy,
-    ));
+    let upstream = origin_pool(tune);
     let routes = Arc::new(RouteTable::new(
         1,
         vec![Listener::new(

@@ -18,14 +18,7 @@ fn h2_routes() -> Arc<RouteTable> {
 
 /// h2 routes to one pool with `tune`d policy (endpoint: the origin).
 fn h2_routes_with(tune: impl FnOnce(&mut PoolPolicy)) -> Arc<RouteTable> {
-    let mut policy = PoolPolicy::default();
-    tune(&mut policy);
-    let upstream = Arc::new(Upstream::new(
-        "origin",
-        0,
-        &[Endpoint::new("10.0.0.3:8080".parse().unwrap())],
-        policy,
-    ));
+    let upstream = origin_pool(tune);
     let route = Route::new("origin", RouteAction::Proxy(upstream.clone()));
     let listener = Listener::new(80, vec![route]).with_http2(true);
     Arc::new(RouteTable::new(1, vec![listener], vec![upstream]))

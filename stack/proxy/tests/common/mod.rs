@@ -155,6 +155,18 @@ pub fn tcp_socket() -> tcp::Socket<'static> {
     )
 }
 
+/// The origin (10.0.0.3:8080) as pool 0 with a `tune`d policy.
+pub fn origin_pool(tune: impl FnOnce(&mut PoolPolicy)) -> Arc<Upstream> {
+    let mut policy = PoolPolicy::default();
+    tune(&mut policy);
+    Arc::new(Upstream::new(
+        "origin",
+        0,
+        &[Endpoint::new("10.0.0.3:8080".parse().unwrap())],
+        policy,
+    ))
+}
+
 pub fn routes() -> Arc<RouteTable> {
     let upstream = Arc::new(Upstream::simple(
         "origin",
