@@ -22,6 +22,21 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
             "must be 4096..=16777216 bytes",
         );
     }
+    let max = *e.tcp_buffer_max.get_ref();
+    if max < *e.tcp_buffer.get_ref() || max > 64 * 1024 * 1024 {
+        rep.at(
+            e.tcp_buffer_max.span(),
+            "engine.tcp_buffer_max",
+            "must be tcp_buffer..=67108864 bytes",
+        );
+    }
+    if *e.tcp_buffer_budget.get_ref() > 64 * 1024 * 1024 * 1024 {
+        rep.at(
+            e.tcp_buffer_budget.span(),
+            "engine.tcp_buffer_budget",
+            "must be at most 68719476736 bytes (64 GiB) per worker",
+        );
+    }
     if e.interface.is_empty() || e.interface.len() > 15 {
         rep.at(
             0..0,
@@ -346,6 +361,8 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     ec.stack.net.max_connections = e.max_connections;
     ec.stack.net.tcp_rx_buffer = *e.tcp_buffer.get_ref();
     ec.stack.net.tcp_tx_buffer = *e.tcp_buffer.get_ref();
+    ec.stack.net.tcp_tx_buffer_max = *e.tcp_buffer_max.get_ref();
+    ec.stack.net.tcp_buffer_budget = *e.tcp_buffer_budget.get_ref();
     ec.stack.net.gateway_v4 = gateway;
     ec.stack.max_request_body = cfg.limits.max_request_body_bytes;
     let mut access_log = None;

@@ -214,6 +214,28 @@ fn edge_example_compiles_every_new_key() {
 }
 
 #[test]
+fn tcp_buffer_growth_compiles_and_bad_bounds_name_their_line() {
+    let c = compiled(GOOD);
+    assert_eq!(c.engine.stack.net.tcp_tx_buffer_max, 4 * 1024 * 1024);
+    assert_eq!(c.engine.stack.net.tcp_buffer_budget, 128 * 1024 * 1024);
+    let set = GOOD.replace(
+        "queues = 2",
+        "queues = 2\ntcp_buffer = 131072\ntcp_buffer_max = 1048576\ntcp_buffer_budget = 33554432",
+    );
+    let c = compiled(&set);
+    assert_eq!(c.engine.stack.net.tcp_tx_buffer, 131072);
+    assert_eq!(c.engine.stack.net.tcp_tx_buffer_max, 1048576);
+    assert_eq!(c.engine.stack.net.tcp_buffer_budget, 33554432);
+    let below = GOOD.replace("queues = 2", "queues = 2\ntcp_buffer_max = 4096");
+    let e = errors(&below);
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("t.toml:7:18:") && l.contains("engine.tcp_buffer_max")),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn the_global_upstream_read_timeout_compiles_from_toml() {
     let text = format!("{GOOD}\n[timeouts]\nupstream_read_ms = 120000\n");
     let c = compiled(&text);

@@ -18,7 +18,14 @@ pub struct NetConfig {
     /// each); the application decides how many it accepts.
     pub max_connections: usize,
     pub tcp_rx_buffer: usize,
+    /// Every socket starts with this transmit buffer; one whose flight the
+    /// buffer caps (a bulk transfer on a long path) grows it by powers of
+    /// two up to `tcp_tx_buffer_max`.
     pub tcp_tx_buffer: usize,
+    pub tcp_tx_buffer_max: usize,
+    /// Bytes the worker's grown buffers may hold beyond their starting
+    /// size, all sockets together: past it, buffers stop growing (counted).
+    pub tcp_buffer_budget: usize,
     pub rx_queue_frames: usize,
     pub tx_queue_frames: usize,
     pub verify_rx_checksums: bool,
@@ -42,6 +49,8 @@ impl NetConfig {
             max_connections: 16_384,
             tcp_rx_buffer: 64 * 1024,
             tcp_tx_buffer: 64 * 1024,
+            tcp_tx_buffer_max: 4 * 1024 * 1024,
+            tcp_buffer_budget: 128 * 1024 * 1024,
             rx_queue_frames: 512,
             tx_queue_frames: 1024,
             verify_rx_checksums: true,

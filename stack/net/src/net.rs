@@ -139,6 +139,12 @@ pub struct NetStats {
     /// TCP retransmission timeouts, counted the same way: a storm of them
     /// means loss recovery failed.
     pub tcp_retransmit_timeouts: u64,
+    /// Transmit buffers grown because they capped a connection's flight.
+    pub tcp_tx_buffers_grown: u64,
+    /// Growths the worker's `tcp_buffer_budget` refused.
+    pub tcp_tx_buffer_growth_refused: u64,
+    /// Bytes grown transmit buffers hold beyond the starting size (a gauge).
+    pub tcp_tx_buffer_grown_bytes: u64,
 }
 
 impl NetStats {
@@ -165,7 +171,7 @@ impl NetStats {
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
-    pub fn fields(&self) -> [(&'static str, u64); 24] {
+    pub fn fields(&self) -> [(&'static str, u64); 27] {
         let o = self.rx_outcomes();
         [
             ("rx_frames", self.rx_frames),
@@ -192,6 +198,12 @@ impl NetStats {
             ("socket_polls", self.socket_polls),
             ("tcp_fast_retransmits", self.tcp_fast_retransmits),
             ("tcp_retransmit_timeouts", self.tcp_retransmit_timeouts),
+            ("tcp_tx_buffers_grown", self.tcp_tx_buffers_grown),
+            (
+                "tcp_tx_buffer_growth_refused",
+                self.tcp_tx_buffer_growth_refused,
+            ),
+            ("tcp_tx_buffer_grown_bytes", self.tcp_tx_buffer_grown_bytes),
         ]
     }
 
@@ -224,6 +236,9 @@ impl NetStats {
             socket_polls,
             tcp_fast_retransmits,
             tcp_retransmit_timeouts,
+            tcp_tx_buffers_grown,
+            tcp_tx_buffer_growth_refused,
+            tcp_tx_buffer_grown_bytes,
         } = *o;
         self.rx_frames += rx_frames;
         self.rx_handed += rx_handed;
@@ -249,6 +264,9 @@ impl NetStats {
         self.socket_polls += socket_polls;
         self.tcp_fast_retransmits += tcp_fast_retransmits;
         self.tcp_retransmit_timeouts += tcp_retransmit_timeouts;
+        self.tcp_tx_buffers_grown += tcp_tx_buffers_grown;
+        self.tcp_tx_buffer_growth_refused += tcp_tx_buffer_growth_refused;
+        self.tcp_tx_buffer_grown_bytes += tcp_tx_buffer_grown_bytes;
     }
 
     fn count_rx_drop(&mut self, why: RxDrop) {
@@ -450,6 +468,10 @@ impl Net {
             self.stats.tcp_fast_retransmits,
             self.stats.tcp_retransmit_timeouts,
         ) = self.sockets.retransmissions();
+        let growth = self.sockets.growth();
+        self.stats.tcp_tx_buffers_grown = growth.grown;
+        self.stats.tcp_tx_buffer_growth_refused = growth.refused;
+        self.stats.tcp_tx_buffer_grown_bytes = self.sockets.grown_bytes() as u64;
     }
 
     /// Gives one received frame to smoltcp with the sockets it concerns: its
@@ -674,6 +696,9 @@ impl Net {
         }
         // A delayed ACK or a timer may make smoltcp send: with its buffers.
         self.sockets.unpark(id);
+        // Before the owner writes: the ACKs just taken in may show that the
+        // buffer, not the path, capped the last flight.
+        self.sockets.grow_tx_if_capped(id);
         let owner = self.sockets.slot(id).owner;
         if owner != NO_OWNER {
             app.run(self.streams(), owner, id);

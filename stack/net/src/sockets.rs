@@ -79,6 +79,18 @@ pub(crate) struct SocketTable {
     retransmissions: (u64, u64),
     rx_size: usize,
     tx_size: usize,
+    tx_size_max: usize,
+    /// Bytes grown transmit buffers hold beyond `tx_size`, all together.
+    grown_bytes: usize,
+    grow_budget: usize,
+    growth: BufferGrowth,
+}
+
+/// Transmit buffers grown, and growths the budget refused.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BufferGrowth {
+    pub(crate) grown: u64,
+    pub(crate) refused: u64,
 }
 
 type BufferPair = (tcp::SocketBuffer<'static>, tcp::SocketBuffer<'static>);
@@ -115,6 +127,10 @@ impl SocketTable {
             retransmissions: (0, 0),
             rx_size: cfg.tcp_rx_buffer,
             tx_size: cfg.tcp_tx_buffer,
+            tx_size_max: cfg.tcp_tx_buffer_max.max(cfg.tcp_tx_buffer),
+            grown_bytes: 0,
+            grow_budget: cfg.tcp_buffer_budget,
+            growth: BufferGrowth::default(),
         }
     }
 
@@ -132,6 +148,60 @@ impl SocketTable {
     /// whose sockets were recycled so far.
     pub(crate) fn retransmissions(&self) -> (u64, u64) {
         self.retransmissions
+    }
+
+    /// Bytes grown transmit buffers hold now beyond their starting size.
+    pub(crate) fn grown_bytes(&self) -> usize {
+        self.grown_bytes
+    }
+
+    pub(crate) fn growth(&self) -> BufferGrowth {
+        self.growth
+    }
+
+    /// Gives `id` a bigger transmit buffer if its flight is capped by the
+    /// one it has (see `tcp::Socket::tx_buffer_growth_wanted`) and the
+    /// worker's budget allows. At most a few times per connection (each
+    /// step doubles), never per segment: the allocation and the copy of
+    /// what is queued are a connection's, like its first buffers. True if
+    /// it grew: the owner may write more now.
+    pub(crate) fn grow_tx_if_capped(&mut self, id: SockId) -> bool {
+        let s = &mut self.slots[id as usize];
+        if s.parked {
+            return false;
+        }
+        let max = self.tx_size_max;
+        let sock = s.tcp();
+        let Some(want) = sock.tx_buffer_growth_wanted(max) else {
+            return false;
+        };
+        let have = sock.send_capacity();
+        let extra = want - have;
+        if self.grown_bytes + extra > self.grow_budget {
+            sock.tx_buffer_growth_declined();
+            self.growth.refused += 1;
+            return false;
+        }
+        let Ok(old) = sock.grow_tx_buffer(tcp::SocketBuffer::new(vec![0u8; want])) else {
+            return false;
+        };
+        // The old buffer is freed: the pool keeps pairs, and the grown
+        // one returns to the allocator when the socket parks.
+        drop(old);
+        self.grown_bytes += extra;
+        self.growth.grown += 1;
+        true
+    }
+
+    /// Accounts a transmit buffer leaving a socket for good (freed or
+    /// pooled): the pool keeps only buffers of the starting size.
+    fn release_tx(&mut self, tx: &tcp::SocketBuffer<'static>) -> bool {
+        let cap = tx.capacity();
+        if cap > self.tx_size {
+            self.grown_bytes -= cap - self.tx_size;
+            return false;
+        }
+        cap == self.tx_size
     }
 
     fn buffer_pair(&mut self) -> BufferPair {
@@ -184,7 +254,7 @@ impl SocketTable {
         };
         s.parked = true;
         self.parked += 1;
-        if self.spare.len() < SPARE_BUFFERS {
+        if self.release_tx(&tx) && self.spare.len() < SPARE_BUFFERS {
             // A closed socket's buffers may hold stale bytes.
             rx.clear();
             tx.clear();

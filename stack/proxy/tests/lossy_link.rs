@@ -34,15 +34,33 @@ struct Download {
     timeouts: u64,
     dropped_from_edge: u64,
     dropped_to_edge: u64,
+    tx_buffers_grown: u64,
+    tx_buffer_growth_refused: u64,
+    /// Grown buffer bytes still held once every socket was recycled.
+    tx_buffer_grown_bytes_after: u64,
 }
 
 fn download(percent: f64, seed: u64, len: u32) -> Download {
+    download_over(percent, seed, len, 0, |_| {})
+}
+
+/// A download over a client link with `percent` loss and `delay_ms` each
+/// way, on an edge configured by `tune`.
+fn download_over(
+    percent: f64,
+    seed: u64,
+    len: u32,
+    delay_ms: u64,
+    tune: impl FnOnce(&mut StackConfig),
+) -> Download {
     let mut lab = Lab::with_config(Origin::Serving, |c| {
         c.timeouts.client_idle = std::time::Duration::from_secs(600);
         c.timeouts.upstream_response = std::time::Duration::from_secs(600);
+        tune(c);
     });
     lab.big_body = len;
     lab.lossy = Some(Lossy::new(percent, seed));
+    lab.client_delay_ms = delay_ms;
     let c = connect_patiently(&mut lab);
     let start = lab.now;
     lab.send(c, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -72,6 +90,9 @@ fn download(percent: f64, seed: u64, len: u32) -> Download {
         timeouts: s.net.tcp_retransmit_timeouts,
         dropped_from_edge: l.dropped_from_edge,
         dropped_to_edge: l.dropped_to_edge,
+        tx_buffers_grown: s.net.tcp_tx_buffers_grown,
+        tx_buffer_growth_refused: s.net.tcp_tx_buffer_growth_refused,
+        tx_buffer_grown_bytes_after: s.net.tcp_tx_buffer_grown_bytes,
     }
 }
 
@@ -121,4 +142,51 @@ fn a_clean_link_needs_no_retransmission() {
     let d = download(0.0, 1, 1 << 20);
     assert!(d.body_ok);
     assert_eq!((d.fast_retransmits, d.timeouts), (0, 0));
+}
+
+/// 10 MiB over a 50 ms round trip, no loss: the 64 KiB transmit buffer
+/// alone allows 64 KiB per round trip (8.6 s simulated); the client's
+/// 256 KiB window about 3. The buffer must grow to what the path holds, and
+/// be given back once the connection is over. (4.3 s simulated: the
+/// harness client answers each 1 ms step's burst with one stretch ACK, and
+/// slow start grows by at most two segments per ACK, RFC 3465.)
+#[test]
+fn a_long_fat_path_grows_the_transmit_buffer_and_the_memory_returns_after() {
+    const LEN: u32 = 10 << 20;
+    let grown = download_over(0.0, 1, LEN, 25, |_| {});
+    eprintln!(
+        "10 MiB at 50 ms RTT: {} ms simulated, {} growths, {} refused",
+        grown.sim_ms, grown.tx_buffers_grown, grown.tx_buffer_growth_refused
+    );
+    assert!(grown.body_ok, "the body arrived corrupted");
+    assert!(grown.tx_buffers_grown >= 2, "{}", grown.tx_buffers_grown);
+    assert_eq!(grown.tx_buffer_growth_refused, 0);
+    assert_eq!(
+        grown.tx_buffer_grown_bytes_after, 0,
+        "grown buffers outlived their connection"
+    );
+    assert!(grown.sim_ms < 5_000, "{} ms simulated", grown.sim_ms);
+
+    // The same path with growth off (maximum = starting size) is capped at
+    // a buffer per round trip: what the test above must beat.
+    let fixed = download_over(0.0, 1, LEN, 25, |c| {
+        c.net.tcp_tx_buffer_max = c.net.tcp_tx_buffer;
+    });
+    eprintln!("the same with a fixed buffer: {} ms", fixed.sim_ms);
+    assert!(fixed.body_ok);
+    assert_eq!(fixed.tx_buffers_grown, 0);
+    assert!(fixed.sim_ms >= 7_500, "{} ms simulated", fixed.sim_ms);
+}
+
+/// A worker whose budget for grown buffers is spent keeps serving at the
+/// starting size and counts each refused growth.
+#[test]
+fn buffer_growth_past_the_worker_budget_is_refused_and_counted() {
+    let d = download_over(0.0, 1, 2 << 20, 25, |c| {
+        c.net.tcp_buffer_budget = 1024;
+    });
+    assert!(d.body_ok);
+    assert_eq!(d.tx_buffers_grown, 0);
+    assert!(d.tx_buffer_growth_refused >= 1);
+    assert_eq!(d.tx_buffer_grown_bytes_after, 0);
 }

@@ -146,6 +146,12 @@ pub struct Lab<P: ProxyHttp = StandardPhases> {
     pub big_body: u32,
     /// Set: frames are dropped at random both ways.
     pub lossy: Option<Lossy>,
+    /// One-way delay of the client's link (IPv4 frames between the edge
+    /// and anyone but the origin): a long path, RTT twice this.
+    pub client_delay_ms: u64,
+    /// Frames on the delayed link, with the time each arrives.
+    delayed_to_edge: VecDeque<(Instant, Vec<u8>)>,
+    delayed_from_edge: VecDeque<(Instant, Vec<u8>)>,
 }
 
 pub fn tcp_socket() -> tcp::Socket<'static> {
@@ -254,6 +260,9 @@ impl<P: ProxyHttp> Lab<P> {
             next_client_port: 50_000,
             big_body: 200_000,
             lossy: None,
+            client_delay_ms: 0,
+            delayed_to_edge: VecDeque::new(),
+            delayed_from_edge: VecDeque::new(),
         };
         if origin == Origin::Serving {
             for _ in 0..8 {
@@ -298,6 +307,7 @@ impl<P: ProxyHttp> Lab<P> {
         self.serve_origin();
         self.peer.poll(self.now, &mut self.dev, &mut self.sockets);
         let black_hole = self.origin == Origin::BlackHole;
+        let (now, delay) = (self.now, Duration::from_millis(self.client_delay_ms));
         while let Some(f) = self.dev.tx.pop_front() {
             if let Some(l) = &mut self.lossy
                 && l.drop_next()
@@ -305,14 +315,30 @@ impl<P: ProxyHttp> Lab<P> {
                 l.dropped_to_edge += 1;
                 continue;
             }
+            // IPv4 source at 26..30.
+            let client_link = f.len() >= 34 && f[12..14] == [8, 0] && f[26..30] != ORIGIN;
+            if self.client_delay_ms > 0 && client_link {
+                self.delayed_to_edge.push_back((now + delay, f));
+                continue;
+            }
+            assert!(self.edge.handle_frame(&f));
+        }
+        while self
+            .delayed_to_edge
+            .front()
+            .is_some_and(|(at, _)| *at <= now)
+        {
+            let (_, f) = self.delayed_to_edge.pop_front().expect("front");
             assert!(self.edge.handle_frame(&f));
         }
         self.edge.poll(self.now);
         let dev = &mut self.dev;
         let lossy = &mut self.lossy;
+        let delayed = &mut self.delayed_from_edge;
         self.edge.drain_tx(|f| {
             // IPv4 destination at 30..34; ARP target at 38..42.
-            let to_origin = (f.len() >= 34 && f[12..14] == [8, 0] && f[30..34] == ORIGIN)
+            let ipv4 = f.len() >= 34 && f[12..14] == [8, 0];
+            let to_origin = (ipv4 && f[30..34] == ORIGIN)
                 || (f.len() >= 42 && f[12..14] == [8, 6] && f[38..42] == ORIGIN);
             if let Some(l) = lossy
                 && l.drop_next()
@@ -320,10 +346,20 @@ impl<P: ProxyHttp> Lab<P> {
                 l.dropped_from_edge += 1;
                 return;
             }
-            if !(black_hole && to_origin) {
+            if ipv4 && !to_origin && delay > Duration::ZERO {
+                delayed.push_back((now + delay, f.to_vec()));
+            } else if !(black_hole && to_origin) {
                 dev.rx.push_back(f.to_vec());
             }
         });
+        while self
+            .delayed_from_edge
+            .front()
+            .is_some_and(|(at, _)| *at <= now)
+        {
+            let (_, f) = self.delayed_from_edge.pop_front().expect("front");
+            self.dev.rx.push_back(f);
+        }
     }
 
     pub fn serve_origin(&mut self) {

@@ -557,6 +557,10 @@ pub struct Socket<'a> {
     /// A probe went out; its ACK, if it SACKs data above a hole, starts
     /// loss recovery.
     tlp_sent: bool,
+    /// The application filled the transmit buffer since it last grew
+    /// (ferrogate patch): the buffer, not the application, may be what
+    /// limits the flight.
+    tx_buffer_filled: bool,
     /// Segments retransmitted by loss recovery, and retransmission
     /// timeouts: the owner's counters.
     fast_retransmits: u32,
@@ -661,6 +665,7 @@ impl<'a> Socket<'a> {
             tlp_at: None,
             tlp_pending: false,
             tlp_sent: false,
+            tx_buffer_filled: false,
             fast_retransmits: 0,
             timeouts: 0,
             ack_delay: Some(ACK_DELAY_DEFAULT),
@@ -708,6 +713,59 @@ impl<'a> Socket<'a> {
         let old_rx = mem::replace(&mut self.rx_buffer, rx);
         let old_tx = mem::replace(&mut self.tx_buffer, tx);
         Ok((old_rx, old_tx))
+    }
+
+    /// ferrogate: the transmit buffer capacity this connection could use,
+    /// if it is more than it has and at most `max`. A buffer is worth
+    /// growing when the application filled it and the window the path
+    /// allows (the smaller of the congestion and the peer's window) is more
+    /// than half of it: then the buffer, not the network, caps the flight.
+    /// Twice that window (Linux sizes its send buffer the same way, so the
+    /// application queues the next window while one is in flight), rounded
+    /// up to a power of two.
+    pub fn tx_buffer_growth_wanted(&self, max: usize) -> Option<usize> {
+        let capacity = self.tx_buffer.capacity();
+        if !self.tx_buffer_filled || capacity >= max || !self.may_send() {
+            return None;
+        }
+        let window = self
+            .congestion_controller
+            .inner()
+            .window()
+            .min(self.remote_win_len);
+        let want = window.saturating_mul(2);
+        if want <= capacity {
+            return None;
+        }
+        Some(want.checked_next_power_of_two().unwrap_or(max).min(max))
+    }
+
+    /// ferrogate: the caller will not grow the transmit buffer now (a
+    /// memory budget); asks again only once the application fills it anew.
+    pub fn tx_buffer_growth_declined(&mut self) {
+        self.tx_buffer_filled = false;
+    }
+
+    /// ferrogate: moves everything queued or unacknowledged in the transmit
+    /// buffer into `tx`, in order, and returns the old buffer. `tx` must be
+    /// empty and hold at least what is queued, else it comes back as the
+    /// error and nothing changes. Sequence numbers count from the start of
+    /// the buffer, so the move is invisible to the peer.
+    pub fn grow_tx_buffer(
+        &mut self,
+        mut tx: SocketBuffer<'a>,
+    ) -> Result<SocketBuffer<'a>, SocketBuffer<'a>> {
+        let queued = self.tx_buffer.len();
+        if !tx.is_empty() || tx.capacity() < queued {
+            return Err(tx);
+        }
+        let mut copied = 0;
+        while copied < queued {
+            let chunk = self.tx_buffer.get_allocated(copied, queued - copied);
+            copied += tx.enqueue_slice(chunk);
+        }
+        self.tx_buffer_filled = false;
+        Ok(mem::replace(&mut self.tx_buffer, tx))
     }
 
     /// Enable or disable TCP Timestamp.
@@ -1019,6 +1077,7 @@ impl<'a> Socket<'a> {
         self.tlp_at = None;
         self.tlp_pending = false;
         self.tlp_sent = false;
+        self.tx_buffer_filled = false;
         self.congestion_controller.reset();
 
         #[cfg(feature = "async")]
@@ -1339,7 +1398,11 @@ impl<'a> Socket<'a> {
         }
 
         let old_length = self.tx_buffer.len();
+        let room = self.tx_buffer.window();
         let (size, result) = f(&mut self.tx_buffer);
+        if size == room {
+            self.tx_buffer_filled = true;
+        }
         if size > 0 {
             // The connection might have been idle for a long time, and so remote_last_ts
             // would be far in the past. Unless we clear it here, we'll abort the connection
@@ -7959,6 +8022,89 @@ mod test {
             congestion::AnyController::new().inner().window(),
             "the congestion window carried over to the next connection"
         );
+    }
+
+    #[test]
+    fn test_tx_buffer_growth_is_wanted_once_the_application_filled_it() {
+        let mut s = socket_established_with_buffer_sizes(6, 64);
+        assert_eq!(s.send_slice(b"abc"), Ok(3));
+        assert_eq!(s.tx_buffer_growth_wanted(64), None, "room left: not full");
+        assert_eq!(s.send_slice(b"defgh"), Ok(3));
+        // The peer's 256-byte window is the smaller one: twice it, capped.
+        assert_eq!(s.tx_buffer_growth_wanted(64), Some(64));
+        assert_eq!(s.tx_buffer_growth_wanted(1024), Some(512));
+        assert_eq!(s.tx_buffer_growth_wanted(6), None, "already at the maximum");
+        // A buffer smaller than what is queued, or not empty, is refused.
+        let small = SocketBuffer::new(vec![0; 4]);
+        assert!(s.grow_tx_buffer(small).is_err());
+        let mut used = SocketBuffer::new(vec![0; 16]);
+        used.enqueue_slice(b"x");
+        assert!(s.grow_tx_buffer(used).is_err());
+        s.tx_buffer_growth_declined();
+        assert_eq!(
+            s.tx_buffer_growth_wanted(64),
+            None,
+            "declined until filled again"
+        );
+        assert_eq!(s.send_slice(b"z"), Ok(0));
+        assert_eq!(s.tx_buffer_growth_wanted(64), Some(64), "filled again");
+    }
+
+    #[test]
+    fn test_tx_buffer_growth_is_not_wanted_when_the_window_caps_the_flight() {
+        let mut s = socket_established_with_buffer_sizes(6, 64);
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 3,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.send_slice(b"abcdef"), Ok(6));
+        assert_eq!(s.tx_buffer_growth_wanted(64), None);
+    }
+
+    #[test]
+    fn test_tx_buffer_grows_keeping_unacked_and_queued_bytes_in_order() {
+        let mut s = socket_established_with_buffer_sizes(6, 64);
+        s.set_nagle_enabled(false);
+        assert_eq!(s.send_slice(b"abcdef"), Ok(6));
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"abcdef"[..],
+            ..RECV_TEMPL
+        }));
+        send!(s, time 10, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 3),
+            ..SEND_TEMPL
+        });
+        // "def" unacknowledged and "ghi" queued: the ring wraps.
+        assert_eq!(s.send_slice(b"ghijkl"), Ok(3));
+        assert_eq!(s.tx_buffer_growth_wanted(16), Some(16));
+        let old = s.grow_tx_buffer(SocketBuffer::new(vec![0; 16])).unwrap();
+        assert_eq!(old.capacity(), 6);
+        assert_eq!(s.send_capacity(), 16);
+        assert_eq!(s.send_queue(), 6);
+        assert_eq!(s.tx_buffer_growth_wanted(16), None);
+        assert_eq!(s.send_slice(b"jkl"), Ok(3));
+        recv!(s, time 20, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"ghijkl"[..],
+            ..RECV_TEMPL
+        }));
+        // The retransmission timeout resends from the first unacked byte,
+        // out of the new buffer.
+        recv!(s, time 2000, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 3,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"defghijkl"[..],
+            ..RECV_TEMPL
+        }));
     }
 
     #[test]
