@@ -121,6 +121,7 @@ fn is_gauge(stack_field: &str) -> bool {
             | "sockets_parked"
             | "sockets_open"
             | "upstream_ports_in_use"
+            | "tcp_buffer_grown_bytes"
             | "l4_active"
             | "udp_active"
     )

@@ -22,15 +22,21 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
             "must be 4096..=16777216 bytes",
         );
     }
-    let max = *e.tcp_buffer_max.get_ref();
-    if max < *e.tcp_buffer.get_ref() || max > 64 * 1024 * 1024 {
-        rep.at(
-            e.tcp_buffer_max.span(),
-            "engine.tcp_buffer_max",
-            "must be tcp_buffer..=67108864 bytes",
-        );
-    }
-    if *e.tcp_buffer_budget.get_ref() > 64 * 1024 * 1024 * 1024 {
+    let tcp_buffer_max = match &e.tcp_buffer_max {
+        Some(max) => {
+            let (v, span) = (*max.get_ref(), max.span());
+            if v < *e.tcp_buffer.get_ref() || v > 64 * 1024 * 1024 {
+                rep.at(
+                    span,
+                    "engine.tcp_buffer_max",
+                    "must be tcp_buffer..=67108864 bytes",
+                );
+            }
+            v
+        }
+        None => (*e.tcp_buffer.get_ref()).max(4 * 1024 * 1024),
+    };
+    if *e.tcp_buffer_budget.get_ref() as u64 > 64 << 30 {
         rep.at(
             e.tcp_buffer_budget.span(),
             "engine.tcp_buffer_budget",
@@ -361,7 +367,8 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     ec.stack.net.max_connections = e.max_connections;
     ec.stack.net.tcp_rx_buffer = *e.tcp_buffer.get_ref();
     ec.stack.net.tcp_tx_buffer = *e.tcp_buffer.get_ref();
-    ec.stack.net.tcp_tx_buffer_max = *e.tcp_buffer_max.get_ref();
+    ec.stack.net.tcp_tx_buffer_max = tcp_buffer_max;
+    ec.stack.net.tcp_rx_buffer_max = tcp_buffer_max;
     ec.stack.net.tcp_buffer_budget = *e.tcp_buffer_budget.get_ref();
     ec.stack.net.gateway_v4 = gateway;
     ec.stack.max_request_body = cfg.limits.max_request_body_bytes;

@@ -261,10 +261,11 @@ pub struct EngineSection {
     pub max_connections: usize,
     #[serde(default = "default_tcp_buffer")]
     pub tcp_buffer: Spanned<usize>,
-    /// Largest a connection's transmit buffer grows to when `tcp_buffer`
-    /// caps its flight (long, fast paths); `tcp_buffer` turns growth off.
-    #[serde(default = "default_tcp_buffer_max")]
-    pub tcp_buffer_max: Spanned<usize>,
+    /// Largest a connection's buffers grow to when `tcp_buffer` caps its
+    /// flight (long, fast paths); `tcp_buffer` turns growth off. Default
+    /// 4 MiB (or `tcp_buffer`, if larger).
+    #[serde(default)]
+    pub tcp_buffer_max: Option<Spanned<usize>>,
     /// Bytes all grown buffers of one worker may hold beyond `tcp_buffer`.
     #[serde(default = "default_tcp_buffer_budget")]
     pub tcp_buffer_budget: Spanned<usize>,
@@ -336,9 +337,6 @@ pub(super) fn default_max_conns() -> usize {
 }
 pub(super) fn default_tcp_buffer() -> Spanned<usize> {
     Spanned::new(0..0, 64 * 1024)
-}
-pub(super) fn default_tcp_buffer_max() -> Spanned<usize> {
-    Spanned::new(0..0, 4 * 1024 * 1024)
 }
 pub(super) fn default_tcp_buffer_budget() -> Spanned<usize> {
     Spanned::new(0..0, 128 * 1024 * 1024)

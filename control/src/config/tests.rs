@@ -225,7 +225,12 @@ fn tcp_buffer_growth_compiles_and_bad_bounds_name_their_line() {
     let c = compiled(&set);
     assert_eq!(c.engine.stack.net.tcp_tx_buffer, 131072);
     assert_eq!(c.engine.stack.net.tcp_tx_buffer_max, 1048576);
+    assert_eq!(c.engine.stack.net.tcp_rx_buffer_max, 1048576);
     assert_eq!(c.engine.stack.net.tcp_buffer_budget, 33554432);
+    // A large starting buffer without a maximum keeps loading (the
+    // default maximum follows it).
+    let big = GOOD.replace("queues = 2", "queues = 2\ntcp_buffer = 8388608");
+    assert_eq!(compiled(&big).engine.stack.net.tcp_tx_buffer_max, 8388608);
     let below = GOOD.replace("queues = 2", "queues = 2\ntcp_buffer_max = 4096");
     let e = errors(&below);
     assert!(

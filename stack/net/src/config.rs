@@ -17,10 +17,12 @@ pub struct NetConfig {
     /// Sizes the socket table up front (a client and an upstream socket
     /// each); the application decides how many it accepts.
     pub max_connections: usize,
+    /// Every socket starts with these buffers; one whose flight a buffer
+    /// caps (a bulk transfer on a long path) grows it by doubling up to
+    /// the maximum (the receive side: when a round trip delivers most of
+    /// the window).
     pub tcp_rx_buffer: usize,
-    /// Every socket starts with this transmit buffer; one whose flight the
-    /// buffer caps (a bulk transfer on a long path) grows it by powers of
-    /// two up to `tcp_tx_buffer_max`.
+    pub tcp_rx_buffer_max: usize,
     pub tcp_tx_buffer: usize,
     pub tcp_tx_buffer_max: usize,
     /// Bytes the worker's grown buffers may hold beyond their starting
@@ -48,6 +50,7 @@ impl NetConfig {
             upstream_ports,
             max_connections: 16_384,
             tcp_rx_buffer: 64 * 1024,
+            tcp_rx_buffer_max: 4 * 1024 * 1024,
             tcp_tx_buffer: 64 * 1024,
             tcp_tx_buffer_max: 4 * 1024 * 1024,
             tcp_buffer_budget: 128 * 1024 * 1024,

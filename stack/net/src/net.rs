@@ -141,10 +141,12 @@ pub struct NetStats {
     pub tcp_retransmit_timeouts: u64,
     /// Transmit buffers grown because they capped a connection's flight.
     pub tcp_tx_buffers_grown: u64,
+    /// Receive buffers grown because their window capped the peer's.
+    pub tcp_rx_buffers_grown: u64,
     /// Growths the worker's `tcp_buffer_budget` refused.
-    pub tcp_tx_buffer_growth_refused: u64,
-    /// Bytes grown transmit buffers hold beyond the starting size (a gauge).
-    pub tcp_tx_buffer_grown_bytes: u64,
+    pub tcp_buffer_growth_refused: u64,
+    /// Bytes grown buffers hold beyond the starting size (a gauge).
+    pub tcp_buffer_grown_bytes: u64,
 }
 
 impl NetStats {
@@ -171,7 +173,7 @@ impl NetStats {
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
-    pub fn fields(&self) -> [(&'static str, u64); 27] {
+    pub fn fields(&self) -> [(&'static str, u64); 28] {
         let o = self.rx_outcomes();
         [
             ("rx_frames", self.rx_frames),
@@ -199,11 +201,9 @@ impl NetStats {
             ("tcp_fast_retransmits", self.tcp_fast_retransmits),
             ("tcp_retransmit_timeouts", self.tcp_retransmit_timeouts),
             ("tcp_tx_buffers_grown", self.tcp_tx_buffers_grown),
-            (
-                "tcp_tx_buffer_growth_refused",
-                self.tcp_tx_buffer_growth_refused,
-            ),
-            ("tcp_tx_buffer_grown_bytes", self.tcp_tx_buffer_grown_bytes),
+            ("tcp_rx_buffers_grown", self.tcp_rx_buffers_grown),
+            ("tcp_buffer_growth_refused", self.tcp_buffer_growth_refused),
+            ("tcp_buffer_grown_bytes", self.tcp_buffer_grown_bytes),
         ]
     }
 
@@ -237,8 +237,9 @@ impl NetStats {
             tcp_fast_retransmits,
             tcp_retransmit_timeouts,
             tcp_tx_buffers_grown,
-            tcp_tx_buffer_growth_refused,
-            tcp_tx_buffer_grown_bytes,
+            tcp_rx_buffers_grown,
+            tcp_buffer_growth_refused,
+            tcp_buffer_grown_bytes,
         } = *o;
         self.rx_frames += rx_frames;
         self.rx_handed += rx_handed;
@@ -265,8 +266,9 @@ impl NetStats {
         self.tcp_fast_retransmits += tcp_fast_retransmits;
         self.tcp_retransmit_timeouts += tcp_retransmit_timeouts;
         self.tcp_tx_buffers_grown += tcp_tx_buffers_grown;
-        self.tcp_tx_buffer_growth_refused += tcp_tx_buffer_growth_refused;
-        self.tcp_tx_buffer_grown_bytes += tcp_tx_buffer_grown_bytes;
+        self.tcp_rx_buffers_grown += tcp_rx_buffers_grown;
+        self.tcp_buffer_growth_refused += tcp_buffer_growth_refused;
+        self.tcp_buffer_grown_bytes += tcp_buffer_grown_bytes;
     }
 
     fn count_rx_drop(&mut self, why: RxDrop) {
@@ -469,9 +471,10 @@ impl Net {
             self.stats.tcp_retransmit_timeouts,
         ) = self.sockets.retransmissions();
         let growth = self.sockets.growth();
-        self.stats.tcp_tx_buffers_grown = growth.grown;
-        self.stats.tcp_tx_buffer_growth_refused = growth.refused;
-        self.stats.tcp_tx_buffer_grown_bytes = self.sockets.grown_bytes() as u64;
+        self.stats.tcp_tx_buffers_grown = growth.tx_grown;
+        self.stats.tcp_rx_buffers_grown = growth.rx_grown;
+        self.stats.tcp_buffer_growth_refused = growth.refused;
+        self.stats.tcp_buffer_grown_bytes = self.sockets.grown_bytes() as u64;
     }
 
     /// Gives one received frame to smoltcp with the sockets it concerns: its
@@ -696,9 +699,9 @@ impl Net {
         }
         // A delayed ACK or a timer may make smoltcp send: with its buffers.
         self.sockets.unpark(id);
-        // Before the owner writes: the ACKs just taken in may show that the
-        // buffer, not the path, capped the last flight.
-        self.sockets.grow_tx_if_capped(id);
+        // Before the owner writes or reads: the segments just taken in may
+        // show that a buffer, not the path, capped the last flight.
+        self.sockets.grow_if_capped(id);
         let owner = self.sockets.slot(id).owner;
         if owner != NO_OWNER {
             app.run(self.streams(), owner, id);
@@ -743,6 +746,9 @@ impl Net {
             _ => app.deadline(owner, id),
         };
         if let Some(d) = deadline {
+            at = Some(at.map_or(d, |a| a.min(d)));
+        }
+        if let Some(d) = self.sockets.hold_grown_idle(id, now) {
             at = Some(at.map_or(d, |a| a.min(d)));
         }
         match at {

@@ -50,6 +50,8 @@ pub(crate) struct SockSlot {
     parked: bool,
     /// Waiting for a neighbour (ARP/NDP) before it can send.
     neighbour_wait: bool,
+    /// Idle with grown buffers since then (see `hold_grown_idle`).
+    grown_idle_since: Option<Instant>,
 }
 
 impl SockSlot {
@@ -80,16 +82,18 @@ pub(crate) struct SocketTable {
     rx_size: usize,
     tx_size: usize,
     tx_size_max: usize,
-    /// Bytes grown transmit buffers hold beyond `tx_size`, all together.
+    rx_size_max: usize,
+    /// Bytes grown buffers hold beyond their starting size, all together.
     grown_bytes: usize,
     grow_budget: usize,
     growth: BufferGrowth,
 }
 
-/// Transmit buffers grown, and growths the budget refused.
+/// Buffers grown, and growths the budget refused.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BufferGrowth {
-    pub(crate) grown: u64,
+    pub(crate) tx_grown: u64,
+    pub(crate) rx_grown: u64,
     pub(crate) refused: u64,
 }
 
@@ -99,6 +103,22 @@ type BufferPair = (tcp::SocketBuffer<'static>, tcp::SocketBuffer<'static>);
 /// once in a busy worker, so steady traffic allocates nothing, while memory
 /// parked connections free goes back to the allocator.
 const SPARE_BUFFERS: usize = 256;
+
+/// The rate one connection is given room for: buffers grow to twice
+/// this rate's bandwidth-delay product at most. Without it a buffer-capped
+/// flow on a LAN would grow as far as on a long path (the congestion window
+/// of a flow the buffer caps keeps growing: nothing validates it), holding
+/// memory that buys nothing. 1 Gbit/s at a 1 ms round trip (the RTT's
+/// resolution) is 256 KiB; at 50 ms the configured maximum decides.
+const RATE_PER_CONNECTION_BYTES_PER_MS: usize = 125_000;
+
+fn rate_cap(srtt: smoltcp::time::Duration) -> usize {
+    let ms = (srtt.total_millis() as usize).max(1);
+    (2 * RATE_PER_CONNECTION_BYTES_PER_MS * ms).next_power_of_two()
+}
+
+/// How long an idle connection keeps grown buffers before parking them.
+const GROWN_IDLE_HOLD: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(1_000);
 
 fn no_buffers() -> BufferPair {
     // An empty Vec does not allocate.
@@ -128,6 +148,7 @@ impl SocketTable {
             rx_size: cfg.tcp_rx_buffer,
             tx_size: cfg.tcp_tx_buffer,
             tx_size_max: cfg.tcp_tx_buffer_max.max(cfg.tcp_tx_buffer),
+            rx_size_max: cfg.tcp_rx_buffer_max.max(cfg.tcp_rx_buffer),
             grown_bytes: 0,
             grow_budget: cfg.tcp_buffer_budget,
             growth: BufferGrowth::default(),
@@ -150,7 +171,7 @@ impl SocketTable {
         self.retransmissions
     }
 
-    /// Bytes grown transmit buffers hold now beyond their starting size.
+    /// Bytes grown buffers hold now beyond their starting size.
     pub(crate) fn grown_bytes(&self) -> usize {
         self.grown_bytes
     }
@@ -159,49 +180,102 @@ impl SocketTable {
         self.growth
     }
 
-    /// Gives `id` a bigger transmit buffer if its flight is capped by the
-    /// one it has (see `tcp::Socket::tx_buffer_growth_wanted`) and the
-    /// worker's budget allows. At most a few times per connection (each
-    /// step doubles), never per segment: the allocation and the copy of
-    /// what is queued are a connection's, like its first buffers. True if
-    /// it grew: the owner may write more now.
-    pub(crate) fn grow_tx_if_capped(&mut self, id: SockId) -> bool {
-        let s = &mut self.slots[id as usize];
-        if s.parked {
-            return false;
+    /// Gives `id` bigger payload buffers where they cap its flight (see
+    /// `tcp::Socket::{tx,rx}_buffer_growth_wanted`) and the worker's
+    /// budget allows. At most a few times per connection (each step
+    /// doubles), never per segment: the allocation and the copy of what is
+    /// buffered are a connection's, like its first buffers.
+    pub(crate) fn grow_if_capped(&mut self, id: SockId) {
+        if self.slots[id as usize].parked {
+            return;
         }
-        let max = self.tx_size_max;
-        let sock = s.tcp();
-        let Some(want) = sock.tx_buffer_growth_wanted(max) else {
-            return false;
-        };
-        let have = sock.send_capacity();
-        let extra = want - have;
-        if self.grown_bytes + extra > self.grow_budget {
-            sock.tx_buffer_growth_declined();
-            self.growth.refused += 1;
-            return false;
-        }
-        let Ok(old) = sock.grow_tx_buffer(tcp::SocketBuffer::new(vec![0u8; want])) else {
-            return false;
-        };
-        // The old buffer is freed: the pool keeps pairs, and the grown
-        // one returns to the allocator when the socket parks.
-        drop(old);
-        self.grown_bytes += extra;
-        self.growth.grown += 1;
-        true
+        self.grow_tx(id);
+        self.grow_rx(id);
     }
 
-    /// Accounts a transmit buffer leaving a socket for good (freed or
-    /// pooled): the pool keeps only buffers of the starting size.
-    fn release_tx(&mut self, tx: &tcp::SocketBuffer<'static>) -> bool {
-        let cap = tx.capacity();
-        if cap > self.tx_size {
-            self.grown_bytes -= cap - self.tx_size;
-            return false;
+    fn grow_tx(&mut self, id: SockId) {
+        let sock = self.slots[id as usize].tcp();
+        let max = self.tx_size_max.min(rate_cap(sock.smoothed_rtt()));
+        let Some(want) = sock.take_tx_buffer_growth(max) else {
+            return;
+        };
+        let extra = want - sock.send_capacity();
+        if self.grown_bytes + extra > self.grow_budget {
+            self.growth.refused += 1;
+            return;
         }
-        cap == self.tx_size
+        // The old buffer is freed: the pool keeps pairs of the starting
+        // size, and a grown one returns to the allocator when it parks.
+        if sock
+            .grow_tx_buffer(tcp::SocketBuffer::new(vec![0u8; want]))
+            .is_ok()
+        {
+            self.grown_bytes += extra;
+            self.growth.tx_grown += 1;
+        }
+    }
+
+    fn grow_rx(&mut self, id: SockId) {
+        let sock = self.slots[id as usize].tcp();
+        let max = self.rx_size_max.min(rate_cap(sock.smoothed_rtt()));
+        let Some(want) = sock.take_rx_buffer_growth(max) else {
+            return;
+        };
+        let extra = want - sock.recv_capacity();
+        if self.grown_bytes + extra > self.grow_budget {
+            self.growth.refused += 1;
+            return;
+        }
+        if sock
+            .grow_rx_buffer(tcp::SocketBuffer::new(vec![0u8; want]))
+            .is_ok()
+        {
+            self.grown_bytes += extra;
+            self.growth.rx_grown += 1;
+        }
+    }
+
+    /// Keeps the grown buffers of an idle connection for `GROWN_IDLE_HOLD`:
+    /// a bulk transfer pauses between round trips (a proxied upload's
+    /// upstream side drains after each of the client's flights), and
+    /// parking would free the buffers only to allocate and grow them again
+    /// a round trip later. Returns when to look again; once the hold is
+    /// over the socket parks like any idle one.
+    pub(crate) fn hold_grown_idle(&mut self, id: SockId, now: Instant) -> Option<Instant> {
+        let (tx_size, rx_size) = (self.tx_size, self.rx_size);
+        let s = &mut self.slots[id as usize];
+        if s.parked {
+            return None;
+        }
+        let closing = s.closing.is_some();
+        let sock = s.tcp();
+        let grown = sock.send_capacity() > tx_size || sock.recv_capacity() > rx_size;
+        let idle = sock.state() == tcp::State::Established && !closing && sock.buffers_empty();
+        if !(grown && idle) {
+            s.grown_idle_since = None;
+            return None;
+        }
+        let since = *s.grown_idle_since.get_or_insert(now);
+        let until = since + GROWN_IDLE_HOLD;
+        if now >= until {
+            // `park_if_idle` parks it now.
+            s.grown_idle_since = None;
+            return None;
+        }
+        Some(until)
+    }
+
+    /// Accounts the buffers leaving a parked socket; true if they are of
+    /// the starting sizes (the pool keeps only those).
+    fn release(
+        &mut self,
+        rx: &tcp::SocketBuffer<'static>,
+        tx: &tcp::SocketBuffer<'static>,
+    ) -> bool {
+        let (rx_cap, tx_cap) = (rx.capacity(), tx.capacity());
+        self.grown_bytes -=
+            rx_cap.saturating_sub(self.rx_size) + tx_cap.saturating_sub(self.tx_size);
+        rx_cap == self.rx_size && tx_cap == self.tx_size
     }
 
     fn buffer_pair(&mut self) -> BufferPair {
@@ -239,9 +313,13 @@ impl SocketTable {
             return false;
         }
         let (closing, key) = (s.closing.is_some(), s.key.is_some());
+        // Grown buffers stay through the short pauses of a transfer (see
+        // `hold_grown_idle`); a closed socket gives them up at once.
+        let held = s.grown_idle_since.is_some();
         let sock = s.tcp();
+        let grown = sock.send_capacity() > self.tx_size || sock.recv_capacity() > self.rx_size;
         let idle = match sock.state() {
-            tcp::State::Established => !closing && sock.buffers_empty(),
+            tcp::State::Established => !closing && sock.buffers_empty() && !(grown && held),
             tcp::State::Closed => !key,
             _ => false,
         };
@@ -253,8 +331,9 @@ impl SocketTable {
             return false;
         };
         s.parked = true;
+        s.grown_idle_since = None;
         self.parked += 1;
-        if self.release_tx(&tx) && self.spare.len() < SPARE_BUFFERS {
+        if self.release(&rx, &tx) && self.spare.len() < SPARE_BUFFERS {
             // A closed socket's buffers may hold stale bytes.
             rx.clear();
             tx.clear();
@@ -310,6 +389,9 @@ impl SocketTable {
         }
         let (rx, tx) = self.buffer_pair();
         let mut sock = tcp::Socket::new(rx, tx);
+        // The window scale of every connection must announce the largest
+        // receive buffer it may grow to.
+        sock.set_rx_buffer_max(self.rx_size_max);
         // The proxy writes whole heads and body slices; Nagle would only
         // delay the last segment of each.
         sock.set_nagle_enabled(false);
@@ -326,6 +408,7 @@ impl SocketTable {
             queued: false,
             parked: false,
             neighbour_wait: false,
+            grown_idle_since: None,
         });
         self.timers.grow_to(self.slots.len());
         id
@@ -510,5 +593,19 @@ impl SocketTable {
         // queues here is never sent, which TIME_WAIT tolerates.
         self.put_back(id);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rate_cap;
+    use smoltcp::time::Duration;
+
+    #[test]
+    fn buffers_grow_to_twice_a_gigabit_round_trip_at_most() {
+        assert_eq!(rate_cap(Duration::ZERO), 256 * 1024);
+        assert_eq!(rate_cap(Duration::from_millis(1)), 256 * 1024);
+        assert_eq!(rate_cap(Duration::from_millis(10)), 4 * 1024 * 1024);
+        assert!(rate_cap(Duration::from_millis(50)) >= 12_500_000);
     }
 }

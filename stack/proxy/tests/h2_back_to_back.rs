@@ -129,6 +129,13 @@ impl H2Client {
                 let payload: Vec<u8> = self.buf[9..total].to_vec();
                 self.buf.drain(..total);
                 let end = h.flags & flags::END_STREAM != 0;
+                // As a real client: what arrives is given back to the
+                // connection's window, also DATA of a stream it reset.
+                if h.kind == FrameType::Data && h.length > 0 {
+                    let mut wu = Vec::new();
+                    emit::window_update(&mut wu, 0, h.length);
+                    lab.send(self.h, &wu);
+                }
                 match h.kind {
                     FrameType::Settings if h.flags & flags::ACK == 0 => {
                         let mut ack = Vec::new();

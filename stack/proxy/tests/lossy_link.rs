@@ -35,9 +35,9 @@ struct Download {
     dropped_from_edge: u64,
     dropped_to_edge: u64,
     tx_buffers_grown: u64,
-    tx_buffer_growth_refused: u64,
+    buffer_growth_refused: u64,
     /// Grown buffer bytes still held once every socket was recycled.
-    tx_buffer_grown_bytes_after: u64,
+    buffer_grown_bytes_after: u64,
 }
 
 fn download(percent: f64, seed: u64, len: u32) -> Download {
@@ -91,8 +91,8 @@ fn download_over(
         dropped_from_edge: l.dropped_from_edge,
         dropped_to_edge: l.dropped_to_edge,
         tx_buffers_grown: s.net.tcp_tx_buffers_grown,
-        tx_buffer_growth_refused: s.net.tcp_tx_buffer_growth_refused,
-        tx_buffer_grown_bytes_after: s.net.tcp_tx_buffer_grown_bytes,
+        buffer_growth_refused: s.net.tcp_buffer_growth_refused,
+        buffer_grown_bytes_after: s.net.tcp_buffer_grown_bytes,
     }
 }
 
@@ -156,13 +156,13 @@ fn a_long_fat_path_grows_the_transmit_buffer_and_the_memory_returns_after() {
     let grown = download_over(0.0, 1, LEN, 25, |_| {});
     eprintln!(
         "10 MiB at 50 ms RTT: {} ms simulated, {} growths, {} refused",
-        grown.sim_ms, grown.tx_buffers_grown, grown.tx_buffer_growth_refused
+        grown.sim_ms, grown.tx_buffers_grown, grown.buffer_growth_refused
     );
     assert!(grown.body_ok, "the body arrived corrupted");
     assert!(grown.tx_buffers_grown >= 2, "{}", grown.tx_buffers_grown);
-    assert_eq!(grown.tx_buffer_growth_refused, 0);
+    assert_eq!(grown.buffer_growth_refused, 0);
     assert_eq!(
-        grown.tx_buffer_grown_bytes_after, 0,
+        grown.buffer_grown_bytes_after, 0,
         "grown buffers outlived their connection"
     );
     assert!(grown.sim_ms < 5_000, "{} ms simulated", grown.sim_ms);
@@ -187,6 +187,126 @@ fn buffer_growth_past_the_worker_budget_is_refused_and_counted() {
     });
     assert!(d.body_ok);
     assert_eq!(d.tx_buffers_grown, 0);
-    assert!(d.tx_buffer_growth_refused >= 1);
-    assert_eq!(d.tx_buffer_grown_bytes_after, 0);
+    assert!(d.buffer_growth_refused >= 1);
+    assert_eq!(d.buffer_grown_bytes_after, 0);
+}
+
+/// Uploads `len` bytes to `/upload` over a client link with `delay_ms`
+/// each way, from a client that may have 4 MiB in flight; returns the
+/// simulated milliseconds until the origin's whole answer (which echoes
+/// the body: a download as large) and the edge's stats.
+fn upload_over(
+    len: usize,
+    delay_ms: u64,
+    tune: impl FnOnce(&mut StackConfig),
+) -> (u64, ferrogate_proxy::net::NetStats) {
+    let mut lab = Lab::with_config(Origin::Serving, |c| {
+        c.timeouts.client_idle = std::time::Duration::from_secs(600);
+        c.timeouts.upstream_response = std::time::Duration::from_secs(600);
+        // A whole flight of the client arrives within one 1 ms step.
+        c.net.rx_queue_frames = 4096;
+        tune(c);
+    });
+    lab.client_delay_ms = delay_ms;
+    let c = lab.connect_with(
+        80,
+        // The origin echoes the body: the answer is as large.
+        tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 4 << 20]),
+            tcp::SocketBuffer::new(vec![0; 4 << 20]),
+        ),
+    );
+    let start = lab.now;
+    let mut out =
+        format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+    out.extend((0..len).map(|i| b'a' + (i % 26) as u8));
+    let mut sent = 0;
+    let mut answer = vec![];
+    for _ in 0..600_000 {
+        lab.step(1);
+        let s = lab.sockets.get_mut::<tcp::Socket>(c);
+        if sent < out.len() && s.may_send() {
+            sent += s.send_slice(&out[sent..]).unwrap();
+        }
+        while s.can_recv() {
+            s.recv(|b| {
+                answer.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        if Response::parse(&answer).is_some() {
+            break;
+        }
+    }
+    let r = Response::parse(&answer)
+        .unwrap_or_else(|| panic!("the upload was not answered: sent {sent} of {}", out.len()));
+    assert!(r.body.starts_with(format!("got {len}: ").as_bytes()));
+    let sim_ms = (lab.now - start).total_millis();
+    assert_eq!(lab.origin_bodies.len(), 1);
+    assert_eq!(lab.origin_bodies[0], out[out.len() - len..]);
+    lab.sockets.get_mut::<tcp::Socket>(c).close();
+    lab.origin_closes_all();
+    for _ in 0..120 {
+        lab.step(1_000);
+    }
+    (sim_ms, lab.edge.stats().net)
+}
+
+/// 4 MiB up over a 50 ms round trip: the edge's 64 KiB receive window
+/// alone allows 64 KiB per round trip (3.4 s); the receive buffer grows
+/// when a round trip delivers most of it (the window scale in the SYN-ACK
+/// announced room for the maximum from the start), and the memory returns.
+#[test]
+fn a_long_fat_upload_grows_the_receive_window() {
+    const LEN: usize = 4 << 20;
+    let (grown_ms, grown) = upload_over(LEN, 25, |_| {});
+    let (fixed_ms, fixed) = upload_over(LEN, 25, |c| c.net.tcp_rx_buffer_max = c.net.tcp_rx_buffer);
+    eprintln!(
+        "4 MiB up at 50 ms RTT: {grown_ms} ms simulated ({} receive buffers grown), {fixed_ms} ms with a fixed window",
+        grown.tcp_rx_buffers_grown
+    );
+    assert!(grown.tcp_rx_buffers_grown >= 2, "{grown:?}");
+    assert_eq!(
+        grown.tcp_buffer_grown_bytes, 0,
+        "grown buffers outlived their connection"
+    );
+    assert_eq!(fixed.tcp_rx_buffers_grown, 0);
+    assert!(fixed_ms >= 3_200, "{fixed_ms} ms with a fixed window");
+    assert!(
+        grown_ms * 2 < fixed_ms,
+        "{grown_ms} ms grown vs {fixed_ms} ms fixed"
+    );
+}
+
+/// A keep-alive connection that grew its buffers for a big download and
+/// went idle (its buffers parked) starts the next, small exchange with the
+/// starting size: what filled the old buffers is forgotten.
+#[test]
+fn an_idle_keep_alive_connection_does_not_grow_again_for_a_small_request() {
+    let mut lab = Lab::with_config(Origin::Serving, |c| {
+        c.timeouts.client_idle = std::time::Duration::from_secs(600);
+    });
+    lab.big_body = 4 << 20;
+    lab.client_delay_ms = 25;
+    let c = lab.connect();
+    lab.send(c, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    let raw = lab.read_until(c, 200_000, |b| {
+        Response::parse(b).is_some_and(|r| r.body.len() == 4 << 20)
+    });
+    assert!(Response::parse(&raw).is_some());
+    for _ in 0..20 {
+        lab.step(100);
+    }
+    let before = lab.edge.stats().net;
+    assert!(before.tcp_tx_buffers_grown >= 1, "{before:?}");
+    assert_eq!(
+        before.tcp_buffer_grown_bytes, 0,
+        "the idle connection kept its grown buffers"
+    );
+    let r = lab.exchange(c, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let after = lab.edge.stats().net;
+    assert_eq!(after.tcp_tx_buffers_grown, before.tcp_tx_buffers_grown);
+    assert_eq!(after.tcp_buffer_grown_bytes, 0);
 }

@@ -561,6 +561,15 @@ pub struct Socket<'a> {
     /// (ferrogate patch): the buffer, not the application, may be what
     /// limits the flight.
     tx_buffer_filled: bool,
+    /// The window scale is chosen for a receive buffer this large, so the
+    /// buffer can grow during the connection (0: its capacity at the time).
+    rx_buffer_max: usize,
+    /// Start of the current round trip of receive-window sizing (Linux's
+    /// DRS): when it began and the in-order edge of received data then.
+    rx_round_start: Option<(Instant, TcpSeqNumber)>,
+    /// In one round trip the peer delivered three quarters of the buffer:
+    /// the window, not the reader, may cap the peer's flight.
+    rx_window_filled: bool,
     /// Segments retransmitted by loss recovery, and retransmission
     /// timeouts: the owner's counters.
     fast_retransmits: u32,
@@ -666,6 +675,9 @@ impl<'a> Socket<'a> {
             tlp_pending: false,
             tlp_sent: false,
             tx_buffer_filled: false,
+            rx_buffer_max: 0,
+            rx_round_start: None,
+            rx_window_filled: false,
             fast_retransmits: 0,
             timeouts: 0,
             ack_delay: Some(ACK_DELAY_DEFAULT),
@@ -712,20 +724,31 @@ impl<'a> Socket<'a> {
         }
         let old_rx = mem::replace(&mut self.rx_buffer, rx);
         let old_tx = mem::replace(&mut self.tx_buffer, tx);
+        // What filled the old buffers says nothing about the new ones (the
+        // round being measured goes on: a transfer parks between flights).
+        self.tx_buffer_filled = false;
+        self.rx_window_filled = false;
         Ok((old_rx, old_tx))
     }
 
+    /// ferrogate: the smoothed round-trip time (zero before a sample).
+    pub fn smoothed_rtt(&self) -> Duration {
+        Duration::from_millis(u64::from(self.rtte.smoothed_rtt()))
+    }
+
     /// ferrogate: the transmit buffer capacity this connection could use,
-    /// if it is more than it has and at most `max`. A buffer is worth
-    /// growing when the application filled it and the window the path
-    /// allows (the smaller of the congestion and the peer's window) is more
-    /// than half of it: then the buffer, not the network, caps the flight.
-    /// Twice that window (Linux sizes its send buffer the same way, so the
-    /// application queues the next window while one is in flight), rounded
-    /// up to a power of two.
-    pub fn tx_buffer_growth_wanted(&self, max: usize) -> Option<usize> {
+    /// if more than it has and at most `max`; asked once after each time
+    /// the application filled the buffer (the answer consumes that). A
+    /// buffer is worth growing when the application filled it and the
+    /// window the path allows (the smaller of the congestion and the peer's
+    /// window) is more than half of it: then the buffer, not the network,
+    /// caps the flight. Twice that window (Linux sizes its send buffer the
+    /// same way, so the application queues the next window while one is in
+    /// flight), rounded up to a power of two.
+    pub fn take_tx_buffer_growth(&mut self, max: usize) -> Option<usize> {
+        let filled = mem::take(&mut self.tx_buffer_filled);
         let capacity = self.tx_buffer.capacity();
-        if !self.tx_buffer_filled || capacity >= max || !self.may_send() {
+        if !filled || capacity >= max || !self.may_send() {
             return None;
         }
         let window = self
@@ -738,12 +761,6 @@ impl<'a> Socket<'a> {
             return None;
         }
         Some(want.checked_next_power_of_two().unwrap_or(max).min(max))
-    }
-
-    /// ferrogate: the caller will not grow the transmit buffer now (a
-    /// memory budget); asks again only once the application fills it anew.
-    pub fn tx_buffer_growth_declined(&mut self) {
-        self.tx_buffer_filled = false;
     }
 
     /// ferrogate: moves everything queued or unacknowledged in the transmit
@@ -766,6 +783,75 @@ impl<'a> Socket<'a> {
         }
         self.tx_buffer_filled = false;
         Ok(mem::replace(&mut self.tx_buffer, tx))
+    }
+
+    /// ferrogate: lets the receive buffer of the next connection grow up to
+    /// `max` bytes (see [`Self::grow_rx_buffer`]): the window scale sent in
+    /// its SYN must cover that size. Takes effect at the next
+    /// `listen`/`connect`.
+    pub fn set_rx_buffer_max(&mut self, max: usize) {
+        self.rx_buffer_max = max.min(1 << 30);
+    }
+
+    /// ferrogate: counts in-order data per round trip (the smoothed RTT of
+    /// this connection, its handshake at least): a round that delivered
+    /// three quarters of the buffer or more asks for a bigger one. The
+    /// reader's pace bounds it: a slow reader keeps the window, and so the
+    /// rounds, small. As Linux's receive-buffer auto-tuning (DRS).
+    fn measure_rx_round(&mut self, now: Instant) {
+        let edge = self.remote_seq_no + self.rx_buffer.len();
+        let Some((started, from)) = self.rx_round_start else {
+            self.rx_round_start = Some((now, edge));
+            return;
+        };
+        let round = Duration::from_millis(u64::from(self.rtte.smoothed_rtt().max(1)));
+        let elapsed = now - started;
+        if elapsed < round {
+            return;
+        }
+        // A round that spanned an idle pause says nothing about the rate.
+        if elapsed <= round * 2 && edge - from >= self.rx_buffer.capacity() / 4 * 3 {
+            self.rx_window_filled = true;
+        }
+        self.rx_round_start = Some((now, edge));
+    }
+
+    /// ferrogate: the receive buffer capacity this connection could use, if
+    /// more than it has and at most `max` (and what the window scale of the
+    /// connection can announce): twice the buffer, once a round trip
+    /// delivered three quarters of it (see `measure_rx_round`), and only
+    /// without out-of-order data held (so the move is a plain copy). The
+    /// answer consumes that round's verdict.
+    pub fn take_rx_buffer_growth(&mut self, max: usize) -> Option<usize> {
+        let filled = mem::take(&mut self.rx_window_filled);
+        let capacity = self.rx_buffer.capacity();
+        let announceable = (u16::MAX as usize) << self.remote_win_shift;
+        let max = max.min(announceable);
+        if !filled || capacity >= max || !self.assembler.is_empty() {
+            return None;
+        }
+        Some(capacity.saturating_mul(2).min(max))
+    }
+
+    /// ferrogate: moves the received, unread bytes into `rx` and returns
+    /// the old buffer. `rx` must be empty and hold them, and nothing may be
+    /// held out of order; else it comes back as the error. The window
+    /// announced next is the bigger one's.
+    pub fn grow_rx_buffer(
+        &mut self,
+        mut rx: SocketBuffer<'a>,
+    ) -> Result<SocketBuffer<'a>, SocketBuffer<'a>> {
+        let unread = self.rx_buffer.len();
+        if !rx.is_empty() || rx.capacity() < unread || !self.assembler.is_empty() {
+            return Err(rx);
+        }
+        let mut copied = 0;
+        while copied < unread {
+            let chunk = self.rx_buffer.get_allocated(copied, unread - copied);
+            copied += rx.enqueue_slice(chunk);
+        }
+        self.rx_window_filled = false;
+        Ok(mem::replace(&mut self.rx_buffer, rx))
     }
 
     /// Enable or disable TCP Timestamp.
@@ -1038,8 +1124,8 @@ impl<'a> Socket<'a> {
     }
 
     fn reset(&mut self) {
-        let rx_cap_log2 =
-            mem::size_of::<usize>() * 8 - self.rx_buffer.capacity().leading_zeros() as usize;
+        let rx_window_max = self.rx_buffer.capacity().max(self.rx_buffer_max);
+        let rx_cap_log2 = mem::size_of::<usize>() * 8 - rx_window_max.leading_zeros() as usize;
 
         self.state = State::Closed;
         self.timer = Timer::new();
@@ -1078,6 +1164,8 @@ impl<'a> Socket<'a> {
         self.tlp_pending = false;
         self.tlp_sent = false;
         self.tx_buffer_filled = false;
+        self.rx_round_start = None;
+        self.rx_window_filled = false;
         self.congestion_controller.reset();
 
         #[cfg(feature = "async")]
@@ -1400,7 +1488,9 @@ impl<'a> Socket<'a> {
         let old_length = self.tx_buffer.len();
         let room = self.tx_buffer.window();
         let (size, result) = f(&mut self.tx_buffer);
-        if size == room {
+        // Less than a segment left counts as full: a writer may keep back a
+        // few bytes it cannot use (a TLS record's overhead).
+        if room - size < self.remote_mss {
             self.tx_buffer_filled = true;
         }
         if size > 0 {
@@ -2598,6 +2688,7 @@ impl<'a> Socket<'a> {
                 self.rx_buffer.len() + contig_len
             );
             self.rx_buffer.enqueue_unallocated(contig_len);
+            self.measure_rx_round(cx.now());
 
             // There's new data in rx_buffer, notify waiting task if any.
             #[cfg(feature = "async")]
@@ -8025,29 +8116,106 @@ mod test {
     }
 
     #[test]
-    fn test_tx_buffer_growth_is_wanted_once_the_application_filled_it() {
-        let mut s = socket_established_with_buffer_sizes(6, 64);
+    fn test_tx_buffer_growth_is_wanted_once_each_time_the_application_filled_it() {
+        let mut s = socket_established_with_buffer_sizes(8, 64);
+        s.remote_mss = 2;
         assert_eq!(s.send_slice(b"abc"), Ok(3));
-        assert_eq!(s.tx_buffer_growth_wanted(64), None, "room left: not full");
-        assert_eq!(s.send_slice(b"defgh"), Ok(3));
+        assert_eq!(s.take_tx_buffer_growth(64), None, "room left: not full");
+        // Less than a segment left (here 2 bytes) counts as full.
+        assert_eq!(s.send_slice(b"defgh"), Ok(5));
+        assert_eq!(s.take_tx_buffer_growth(8), None, "already at the maximum");
+        assert_eq!(s.take_tx_buffer_growth(64), None, "asked once per fill");
+        assert_eq!(s.send_slice(b"ij"), Ok(0));
         // The peer's 256-byte window is the smaller one: twice it, capped.
-        assert_eq!(s.tx_buffer_growth_wanted(64), Some(64));
-        assert_eq!(s.tx_buffer_growth_wanted(1024), Some(512));
-        assert_eq!(s.tx_buffer_growth_wanted(6), None, "already at the maximum");
+        assert_eq!(s.take_tx_buffer_growth(64), Some(64));
+        assert_eq!(s.send_slice(b"ij"), Ok(0));
+        assert_eq!(s.take_tx_buffer_growth(1024), Some(512));
         // A buffer smaller than what is queued, or not empty, is refused.
         let small = SocketBuffer::new(vec![0; 4]);
         assert!(s.grow_tx_buffer(small).is_err());
         let mut used = SocketBuffer::new(vec![0; 16]);
         used.enqueue_slice(b"x");
         assert!(s.grow_tx_buffer(used).is_err());
-        s.tx_buffer_growth_declined();
-        assert_eq!(
-            s.tx_buffer_growth_wanted(64),
-            None,
-            "declined until filled again"
-        );
-        assert_eq!(s.send_slice(b"z"), Ok(0));
-        assert_eq!(s.tx_buffer_growth_wanted(64), Some(64), "filled again");
+    }
+
+    #[test]
+    fn test_replaced_buffers_forget_that_the_old_ones_were_filled() {
+        let mut s = socket_established_with_buffer_sizes(8, 8);
+        s.remote_mss = 2;
+        assert_eq!(s.send_slice(b"abcdefgh"), Ok(8));
+        s.tx_buffer.clear();
+        s.rx_window_filled = true;
+        let fresh = || SocketBuffer::new(vec![0; 8]);
+        assert!(s.replace_buffers(fresh(), fresh()).is_ok());
+        assert_eq!(s.take_tx_buffer_growth(64), None);
+        assert_eq!(s.take_rx_buffer_growth(64), None);
+    }
+
+    #[test]
+    fn test_rx_buffer_grows_when_a_round_trip_delivers_most_of_the_window() {
+        let mut s = socket_established_with_buffer_sizes(64, 8);
+        s.set_ack_delay(None);
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"ab"[..],
+            ..SEND_TEMPL
+        });
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1 + 2),
+            window_len: 6,
+            ..RECV_TEMPL
+        }));
+        assert_eq!(s.take_rx_buffer_growth(64), None, "a round just began");
+        // 6 bytes delivered a round trip later: 3/4 of the 8-byte buffer.
+        send!(s, time 2, TcpRepr {
+            seq_number: REMOTE_SEQ + 1 + 2,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"cdefgh"[..],
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.take_rx_buffer_growth(64), Some(16));
+        let old = s.grow_rx_buffer(SocketBuffer::new(vec![0; 16])).unwrap();
+        assert_eq!(old.capacity(), 8);
+        assert_eq!(s.recv_capacity(), 16);
+        assert_eq!(s.take_rx_buffer_growth(64), None, "consumed");
+        let mut got = [0u8; 16];
+        assert_eq!(s.recv_slice(&mut got), Ok(8));
+        assert_eq!(&got[..8], b"abcdefgh");
+    }
+
+    #[test]
+    fn test_rx_buffer_growth_waits_for_a_full_round_and_for_out_of_order_data() {
+        let mut s = socket_established_with_buffer_sizes(64, 8);
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"a"[..],
+            ..SEND_TEMPL
+        });
+        // A round trip that delivers little asks for nothing.
+        send!(s, time 5, TcpRepr {
+            seq_number: REMOTE_SEQ + 1 + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"b"[..],
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.take_rx_buffer_growth(64), None);
+        // Held out of order: no growth, whatever the round said.
+        s.recv(|b| (b.len(), ())).unwrap();
+        s.assembler.add(2, 1).unwrap();
+        s.rx_window_filled = true;
+        assert_eq!(s.take_rx_buffer_growth(64), None);
+        assert!(s.grow_rx_buffer(SocketBuffer::new(vec![0; 16])).is_err());
+    }
+
+    #[test]
+    fn test_window_scale_announces_the_largest_receive_buffer_allowed() {
+        let mut s = socket();
+        s.set_rx_buffer_max(4 << 20);
+        s.reset();
+        assert_eq!(s.remote_win_shift, 7);
     }
 
     #[test]
@@ -8063,7 +8231,7 @@ mod test {
             }
         );
         assert_eq!(s.send_slice(b"abcdef"), Ok(6));
-        assert_eq!(s.tx_buffer_growth_wanted(64), None);
+        assert_eq!(s.take_tx_buffer_growth(64), None);
     }
 
     #[test]
@@ -8084,12 +8252,12 @@ mod test {
         });
         // "def" unacknowledged and "ghi" queued: the ring wraps.
         assert_eq!(s.send_slice(b"ghijkl"), Ok(3));
-        assert_eq!(s.tx_buffer_growth_wanted(16), Some(16));
+        assert_eq!(s.take_tx_buffer_growth(16), Some(16));
         let old = s.grow_tx_buffer(SocketBuffer::new(vec![0; 16])).unwrap();
         assert_eq!(old.capacity(), 6);
         assert_eq!(s.send_capacity(), 16);
         assert_eq!(s.send_queue(), 6);
-        assert_eq!(s.tx_buffer_growth_wanted(16), None);
+        assert_eq!(s.take_tx_buffer_growth(16), None);
         assert_eq!(s.send_slice(b"jkl"), Ok(3));
         recv!(s, time 20, Ok(TcpRepr {
             seq_number: LOCAL_SEQ + 1 + 6,

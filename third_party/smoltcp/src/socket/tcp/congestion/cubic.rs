@@ -105,12 +105,14 @@ impl Controller for Cubic {
             self.w_est = self.cwnd as f64;
             return;
         } else if self.cwnd < self.ssthresh {
-            // Slow start: increase `cwnd` by the bytes ACKed, at most
-            // 2 MSS per ACK (RFC 3465, L = 2: a delayed ACK covers two
-            // segments; 1 MSS per ACK grew by half per round trip).
+            // Slow start: increase `cwnd` by the bytes ACKed (RFC 3465
+            // byte counting), without its per-ACK limit L, as Linux does: a
+            // receiver that coalesces (GRO, a batching stack) ACKs many
+            // segments at once, and L = 2 would stretch slow start over
+            // many more round trips (1 MSS per ACK grew by half per round).
             self.cwnd = self
                 .cwnd
-                .saturating_add(len.min(2 * self.mss))
+                .saturating_add(len)
                 .min(self.rwnd)
                 .max(self.mss);
             return;
@@ -490,16 +492,17 @@ mod test {
         assert_eq!(cubic.recovery_start, None);
         assert_eq!(cubic.w_max, w_max_before_rto);
 
-        // slow start grows by at most 2 MSS per ack (ferrogate patch:
-        // RFC 3465 L = 2; it was 1 MSS)
+        // slow start grows by the bytes acked, also by a stretch ACK
+        // (ferrogate patch: byte counting without RFC 3465's L, as Linux;
+        // it was 1 MSS per ACK)
         let initial_cwnd = cubic.window();
         for i in 0..5 {
             let initial_cwnd = cubic.window();
             let now = Instant::from_millis(i);
             ack(&mut cubic, MSS * 3, now);
-            assert_eq!(cubic.window(), initial_cwnd + 2 * MSS);
+            assert_eq!(cubic.window(), initial_cwnd + 3 * MSS);
         }
-        assert_eq!(cubic.window(), initial_cwnd + MSS * 10);
+        assert_eq!(cubic.window(), initial_cwnd + MSS * 15);
 
         // slow start uses the number of ACKed bytes if they're less than the MSS
         let initial_cwnd = cubic.window();
