@@ -228,6 +228,64 @@ const KERNEL_KEYS: [&str; 7] = [
     "TCPSpuriousRTOs",
 ];
 
+/// ferrogate's own TCP counters (its stats file, `stack_` + the names of
+/// `NetStats::fields`): (key, label). Retransmissions are harvested when a
+/// connection's socket is recycled, so they lag the transfer by its close
+/// handshake (see `FG_SETTLE`).
+const FG_COUNTERS: [(&str, &str); 4] = [
+    ("stack_tcp_fast_retransmits", "fast retransmits"),
+    ("stack_tcp_retransmit_timeouts", "RTOs"),
+    ("stack_tcp_tx_buffers_grown", "tx buffers grown"),
+    ("stack_tcp_tx_buffer_growth_refused", "growth refused"),
+];
+/// A gauge: bytes grown transmit buffers hold now.
+const FG_GROWN_BYTES: &str = "stack_tcp_tx_buffer_grown_bytes";
+/// Wait after a cell's last transfer before reading the counters: the
+/// last connections' close handshakes (a lost FIN waits for an RTO) and
+/// the stats files' 250 ms period. What still lags lands in the next
+/// cell: each cell's baseline is the previous cell's reading.
+const FG_SETTLE: Duration = Duration::from_millis(1500);
+
+/// ferrogate's TCP counters over a cell: `before` and `after` are its
+/// stats files; None for a key missing from either (not read).
+fn fg_tcp(
+    before: &std::collections::HashMap<String, u64>,
+    after: &std::collections::HashMap<String, u64>,
+) -> Vec<(&'static str, &'static str, Option<u64>)> {
+    let mut out: Vec<_> = FG_COUNTERS
+        .iter()
+        .map(|&(k, label)| {
+            let v = match (before.get(k), after.get(k)) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(*a)),
+                _ => None,
+            };
+            (k, label, v)
+        })
+        .collect();
+    out.push((
+        FG_GROWN_BYTES,
+        "grown bytes now",
+        after.get(FG_GROWN_BYTES).copied(),
+    ));
+    out
+}
+
+/// The report's words for `fg_tcp`'s values; `transfers`: ferrogate's
+/// transfers in the cell.
+fn fg_tcp_line(v: &[(&str, &str, Option<u64>)], transfers: usize) -> String {
+    let n = |x: Option<u64>| x.map_or("not read".to_string(), |x| x.to_string());
+    v.iter()
+        .map(|&(k, label, x)| match (k, x) {
+            ("stack_tcp_fast_retransmits", Some(x)) => format!(
+                "{label} {x} ({:.1} per transfer)",
+                x as f64 / transfers.max(1) as f64
+            ),
+            _ => format!("{label} {}", n(x)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Ok,
@@ -809,7 +867,7 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
     r.notes.push("Contenders: ferrogate (configs/lab.toml, VIP 10.77.0.10:80) and nginx 1 worker (kernel TCP of the edge namespace, 10.77.0.1:80), both up side by side on CPU 1 for the whole run (ferrogate polls adaptively: it sleeps when idle; nginx's frames pass ferrogate's XDP program); both proxy to the same origin over an unimpaired link. Transfers run one at a time, alternating ferrogate / nginx (ferrogate first on even repetitions, nginx first on odd ones), each a fresh `curl` (new TCP connection) from the client namespace on CPU 0.".into());
     r.notes.push("Per cell and size: up to N transfers per contender; a new pair starts only while the cell's remaining budget (split evenly over the sizes still to run; what a size leaves unused goes to the next) covers the last pair's duration, so slow cells run fewer (`transfers`). goodput = median over all transfers of bytes/time_total (a failed transfer counts with the bytes it got: a timeout's partial body over --max-time). p50/p99 = nearest-rank completion times (curl time_total: connect + request + whole body) over all transfers, a failure sorting last: when the rank lands on a failure the table shows `>T (fail)` (T = --max-time, a lower bound) and the ratio is left out. With 30 transfers p99 is the slowest one. failed = timeouts (curl exit 28) + short bodies + connection errors; a non-200 status is an error of the run. frames to receiver/xfer = frames the relay got in the data's direction per successful transfer (retransmissions included; the relay's counters of `c-rly`/`c-port`); dropped by relay = those it did not pass on.".into());
     r.notes.push(format!("nginx's (and the client's, the sender of uploads) congestion control: `{}` (settings `kernel TCP` below). This VM's kernel defaults to bbr and every new namespace inherits it (so the other scenarios' nginx runs BBR); a namespace may only pick a congestion control of the host's `tcp_allowed_congestion_control` (`reno bbr` here), so the bench adds the one asked for to that list for the run and puts the list back after (`--kernel-cc keep`: no change).", o.kernel_cc));
-    r.notes.push("Kernel TCP (nginx's side) counters per cell come from the edge namespace's /proc/net/{snmp,netstat} (only nginx uses kernel TCP there). ferrogate's own counters (`stack_tcp_fast_retransmits`, `stack_tcp_retransmit_timeouts`, since #19's loss recovery) are not read per cell yet; its frames per transfer against nginx's show its retransmissions.".into());
+    r.notes.push(format!("Kernel TCP (nginx's side) counters per cell come from the edge namespace's /proc/net/{{snmp,netstat}} (only nginx uses kernel TCP there). ferrogate's own per cell come from its stats file (`stack_tcp_fast_retransmits`: segments resent by loss recovery, fast retransmit and the SACK holes after it; `stack_tcp_retransmit_timeouts`: RTOs; `stack_tcp_tx_buffers_grown` / `_growth_refused`: transmit buffers grown to the path, and growths `tcp_buffer_budget` refused; deltas over the cell) and `stack_tcp_tx_buffer_grown_bytes` (a gauge: bytes grown buffers hold at the cell's end). They cover both sides of the proxy (the upstream link is not impaired) and the retransmissions are counted when a connection's socket is recycled (after its close handshake): the counters are read {:.1} s after the cell's last transfer, and what still lags then counts in the next cell (each cell's baseline is the previous cell's reading). \"per transfer\" divides by ferrogate's transfers in the cell, all sizes together. Also in the JSON: a `timeseries` row per cell with `cell_counters` = 1.", FG_SETTLE.as_secs_f64()));
 
     // Bodies: random (incompressible) files in the origin's www dir.
     let www = lab.state_dir().join("www");
@@ -863,6 +921,8 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
     let mut rows: Vec<Row> = vec![];
     let mut cell_lines = vec![];
     let t_run = Instant::now();
+    // Each cell's baseline is the previous cell's reading (FG_SETTLE).
+    let mut f0 = fg.stats();
     let result = (|| -> Result<()> {
         for (ci, (loss, rtt, sizes, upload)) in cells.iter().enumerate() {
             let (loss, rtt, upload) = (*loss, *rtt, *upload);
@@ -878,6 +938,7 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
             let k0 = kernel_tcp(nginx_pid);
             let s0 = relay_stats(ctx);
             let t_cell = Instant::now();
+            let mut fg_transfers = 0;
             for (si, sz) in sizes.iter().enumerate() {
                 let left = o.cell_budget.saturating_sub(t_cell.elapsed());
                 let budget = left / (sizes.len() - si) as u32;
@@ -937,6 +998,7 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
                     r.samples
                         .push(sample(&variant, who.name(), 0, m, cmds, err));
                 }
+                fg_transfers += x[0].len();
                 rows.push(Row {
                     what: what.into(),
                     loss,
@@ -945,10 +1007,14 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
                     m: ms,
                 });
             }
-            // The relay writes its counters every 250 ms.
-            std::thread::sleep(Duration::from_millis(300));
+            let t_cell = t_cell.elapsed();
+            // Also covers the relay's 250 ms period of writing counters.
+            std::thread::sleep(FG_SETTLE);
             let s1 = relay_stats(ctx);
             let k1 = kernel_tcp(nginx_pid);
+            let f1 = fg.stats();
+            let fgv = fg_tcp(&f0, &f1);
+            f0 = f1;
             let d = |a: &std::collections::HashMap<String, u64>,
                      b: &std::collections::HashMap<String, u64>,
                      k: &str| {
@@ -974,13 +1040,42 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
                 .map(|k| format!("{k} {}", d(&k0, &k1, k)))
                 .collect();
             cell_lines.push(format!(
-                "- {what} {} ({:.0} s): relay to the client (rx): {}; from the client (tx): {}; nginx's kernel TCP: {}",
+                "- {what} {} ({:.0} s): relay to the client (rx): {}; from the client (tx): {}; nginx's kernel TCP: {}; ferrogate TCP ({fg_transfers} transfers): {}",
                 cell_name(loss, rtt),
-                t_cell.elapsed().as_secs_f64(),
+                t_cell.as_secs_f64(),
                 dir("rx"),
                 dir("tx"),
-                kern.join(", ")
+                kern.join(", "),
+                fg_tcp_line(&fgv, fg_transfers)
             ));
+            // The same per cell in the JSON: a `timeseries` row marked
+            // `cell_counters` (the transfers' rows have no such key); a
+            // ferrogate counter not read is left out.
+            let mut row = Metrics::new();
+            for (k, v) in [
+                ("cell_counters", 1.0),
+                ("loss_pct", loss),
+                ("rtt_ms", rtt as f64),
+                ("upload", if upload { 1.0 } else { 0.0 }),
+                ("fg_transfers", fg_transfers as f64),
+            ] {
+                row.insert(k.into(), v);
+            }
+            for p in ["rx", "tx"] {
+                for c in ["frames_in", "lost", "queue_drops", "socket_drops"] {
+                    let k = format!("{p}_{c}");
+                    row.insert(format!("relay_{k}"), d(&s0, &s1, &k) as f64);
+                }
+            }
+            for k in KERNEL_KEYS {
+                row.insert(format!("nginx_{k}"), d(&k0, &k1, k) as f64);
+            }
+            for (k, _, v) in &fgv {
+                if let Some(v) = v {
+                    row.insert(format!("fg_{}", k.trim_start_matches("stack_")), *v as f64);
+                }
+            }
+            r.timeseries.push(row);
         }
         Ok(())
     })();
@@ -1044,6 +1139,35 @@ mod tests {
             parse_w("0.010 0.020 0.500 65536 200"),
             Some((0.01, 0.02, 0.5, 65536, 200))
         );
+    }
+
+    #[test]
+    fn ferrogate_counters_per_cell() {
+        let m = |v: &[(&str, u64)]| -> std::collections::HashMap<String, u64> {
+            v.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        let before = m(&[
+            ("stack_tcp_fast_retransmits", 10),
+            ("stack_tcp_retransmit_timeouts", 2),
+            ("stack_tcp_tx_buffers_grown", 1),
+            ("stack_tcp_tx_buffer_grown_bytes", 4096),
+        ]);
+        let after = m(&[
+            ("stack_tcp_fast_retransmits", 25),
+            ("stack_tcp_retransmit_timeouts", 3),
+            ("stack_tcp_tx_buffers_grown", 4),
+            ("stack_tcp_tx_buffer_growth_refused", 7),
+            ("stack_tcp_tx_buffer_grown_bytes", 0),
+        ]);
+        let v = fg_tcp(&before, &after);
+        let got: Vec<Option<u64>> = v.iter().map(|t| t.2).collect();
+        // growth_refused is missing before: not read, not guessed.
+        assert_eq!(got, [Some(15), Some(1), Some(3), None, Some(0)]);
+        assert_eq!(
+            fg_tcp_line(&v, 6),
+            "fast retransmits 15 (2.5 per transfer), RTOs 1, tx buffers grown 3, growth refused not read, grown bytes now 0"
+        );
+        assert!(fg_tcp(&before, &m(&[])).iter().all(|t| t.2.is_none()));
     }
 
     fn x(outcome: Outcome, t: f64, bytes: u64) -> Xfer {

@@ -1,11 +1,12 @@
 //! `ferrogate-bench loss --smoke` (issue #19): one impaired cell (1 % loss
 //! each way, 10 ms RTT), 3 downloads of 64 KiB and of 1 MiB and 3 uploads
-//! of 1 MiB through ferrogate and through nginx, ~20 s. Every transfer
+//! of 1 MiB through ferrogate and through nginx, ~25 s. Every transfer
 //! must complete with status 200 and the whole body, through both
-//! contenders; the reports must exist and hold the cells; the lab must be
-//! gone afterwards. Not part of `all --smoke`: the scenario needs its own
-//! lab with the impairment relay on the client link. Needs root; skipped
-//! with a message otherwise.
+//! contenders; the reports must exist and hold the cells, with ferrogate's
+//! TCP counters per cell (and its retransmissions in the lossy download
+//! cell); the lab must be gone afterwards. Not part of `all --smoke`: the
+//! scenario needs its own lab with the impairment relay on the client
+//! link. Needs root; skipped with a message otherwise.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -123,6 +124,46 @@ fn loss_scenario_smoke() {
     assert!(
         lost > 0,
         "the relay lost no frame towards the client at 1 %"
+    );
+
+    // ferrogate's own TCP counters were read per cell (a `timeseries` row
+    // marked `cell_counters`, and the cell's line in the report). The
+    // download cell sends ~2,300 data frames from ferrogate to the client
+    // (3 x 64 KiB + 3 x 1 MiB), 1 % of them dropped: every lost one is
+    // resent by fast retransmit or after an RTO (P(no loss) ≈ e^-23), so
+    // ferrogate's loss recovery must show.
+    for upload in [0.0, 1.0] {
+        let cell = rows
+            .iter()
+            .find(|r| r["cell_counters"] == 1.0 && r["upload"] == upload)
+            .unwrap_or_else(|| panic!("no cell_counters row (upload {upload}) in timeseries"));
+        for k in [
+            "fg_tcp_fast_retransmits",
+            "fg_tcp_retransmit_timeouts",
+            "fg_tcp_tx_buffers_grown",
+            "fg_tcp_tx_buffer_growth_refused",
+            "fg_tcp_tx_buffer_grown_bytes",
+        ] {
+            assert!(cell[k].is_f64(), "{k} not read in the cell: {cell}");
+        }
+        assert_eq!(cell["fg_transfers"], if upload == 1.0 { 3.0 } else { 6.0 });
+        if upload == 0.0 {
+            let resent = cell["fg_tcp_fast_retransmits"].as_f64().unwrap()
+                + cell["fg_tcp_retransmit_timeouts"].as_f64().unwrap();
+            assert!(
+                resent > 0.0,
+                "ferrogate retransmitted nothing in a cell with loss: {cell}"
+            );
+        }
+    }
+    let line = md
+        .lines()
+        .find(|l| l.starts_with("- download loss 1% rtt 10ms"))
+        .expect("the download cell's counter line");
+    assert!(
+        line.contains("ferrogate TCP (6 transfers): fast retransmits ")
+            && !line.contains("not read"),
+        "{line}"
     );
     let _ = std::fs::remove_dir_all(&out);
 }
