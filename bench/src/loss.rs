@@ -232,14 +232,15 @@ const KERNEL_KEYS: [&str; 7] = [
 /// `NetStats::fields`): (key, label). Retransmissions are harvested when a
 /// connection's socket is recycled, so they lag the transfer by its close
 /// handshake (see `FG_SETTLE`).
-const FG_COUNTERS: [(&str, &str); 4] = [
+const FG_COUNTERS: [(&str, &str); 5] = [
     ("stack_tcp_fast_retransmits", "fast retransmits"),
     ("stack_tcp_retransmit_timeouts", "RTOs"),
     ("stack_tcp_tx_buffers_grown", "tx buffers grown"),
-    ("stack_tcp_tx_buffer_growth_refused", "growth refused"),
+    ("stack_tcp_rx_buffers_grown", "rx buffers grown"),
+    ("stack_tcp_buffer_growth_refused", "growth refused"),
 ];
-/// A gauge: bytes grown transmit buffers hold now.
-const FG_GROWN_BYTES: &str = "stack_tcp_tx_buffer_grown_bytes";
+/// A gauge: bytes grown buffers hold now.
+const FG_GROWN_BYTES: &str = "stack_tcp_buffer_grown_bytes";
 /// Wait after a cell's last transfer before reading the counters: the
 /// last connections' close handshakes (a lost FIN waits for an RTO) and
 /// the stats files' 250 ms period. What still lags lands in the next
@@ -867,7 +868,7 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
     r.notes.push("Contenders: ferrogate (configs/lab.toml, VIP 10.77.0.10:80) and nginx 1 worker (kernel TCP of the edge namespace, 10.77.0.1:80), both up side by side on CPU 1 for the whole run (ferrogate polls adaptively: it sleeps when idle; nginx's frames pass ferrogate's XDP program); both proxy to the same origin over an unimpaired link. Transfers run one at a time, alternating ferrogate / nginx (ferrogate first on even repetitions, nginx first on odd ones), each a fresh `curl` (new TCP connection) from the client namespace on CPU 0.".into());
     r.notes.push("Per cell and size: up to N transfers per contender; a new pair starts only while the cell's remaining budget (split evenly over the sizes still to run; what a size leaves unused goes to the next) covers the last pair's duration, so slow cells run fewer (`transfers`). goodput = median over all transfers of bytes/time_total (a failed transfer counts with the bytes it got: a timeout's partial body over --max-time). p50/p99 = nearest-rank completion times (curl time_total: connect + request + whole body) over all transfers, a failure sorting last: when the rank lands on a failure the table shows `>T (fail)` (T = --max-time, a lower bound) and the ratio is left out. With 30 transfers p99 is the slowest one. failed = timeouts (curl exit 28) + short bodies + connection errors; a non-200 status is an error of the run. frames to receiver/xfer = frames the relay got in the data's direction per successful transfer (retransmissions included; the relay's counters of `c-rly`/`c-port`); dropped by relay = those it did not pass on.".into());
     r.notes.push(format!("nginx's (and the client's, the sender of uploads) congestion control: `{}` (settings `kernel TCP` below). This VM's kernel defaults to bbr and every new namespace inherits it (so the other scenarios' nginx runs BBR); a namespace may only pick a congestion control of the host's `tcp_allowed_congestion_control` (`reno bbr` here), so the bench adds the one asked for to that list for the run and puts the list back after (`--kernel-cc keep`: no change).", o.kernel_cc));
-    r.notes.push(format!("Kernel TCP (nginx's side) counters per cell come from the edge namespace's /proc/net/{{snmp,netstat}} (only nginx uses kernel TCP there). ferrogate's own per cell come from its stats file (`stack_tcp_fast_retransmits`: segments resent by loss recovery, fast retransmit and the SACK holes after it; `stack_tcp_retransmit_timeouts`: RTOs; `stack_tcp_tx_buffers_grown` / `_growth_refused`: transmit buffers grown to the path, and growths `tcp_buffer_budget` refused; deltas over the cell) and `stack_tcp_tx_buffer_grown_bytes` (a gauge: bytes grown buffers hold at the cell's end). They cover both sides of the proxy (the upstream link is not impaired) and the retransmissions are counted when a connection's socket is recycled (after its close handshake): the counters are read {:.1} s after the cell's last transfer, and what still lags then counts in the next cell (each cell's baseline is the previous cell's reading). \"per transfer\" divides by ferrogate's transfers in the cell, all sizes together. Also in the JSON: a `timeseries` row per cell with `cell_counters` = 1.", FG_SETTLE.as_secs_f64()));
+    r.notes.push(format!("Kernel TCP (nginx's side) counters per cell come from the edge namespace's /proc/net/{{snmp,netstat}} (only nginx uses kernel TCP there). ferrogate's own per cell come from its stats file (`stack_tcp_fast_retransmits`: segments resent by loss recovery, fast retransmit and the SACK holes after it; `stack_tcp_retransmit_timeouts`: RTOs; `stack_tcp_tx_buffers_grown` / `stack_tcp_rx_buffers_grown` / `stack_tcp_buffer_growth_refused`: transmit and receive buffers grown to the path, and growths `tcp_buffer_budget` refused; deltas over the cell) and `stack_tcp_buffer_grown_bytes` (a gauge: bytes grown buffers hold at the cell's end). They cover both sides of the proxy (the upstream link is not impaired) and the retransmissions are counted when a connection's socket is recycled (after its close handshake): the counters are read {:.1} s after the cell's last transfer, and what still lags then counts in the next cell (each cell's baseline is the previous cell's reading). \"per transfer\" divides by ferrogate's transfers in the cell, all sizes together. Also in the JSON: a `timeseries` row per cell with `cell_counters` = 1.", FG_SETTLE.as_secs_f64()));
 
     // Bodies: random (incompressible) files in the origin's www dir.
     let www = lab.state_dir().join("www");
@@ -1150,22 +1151,24 @@ mod tests {
             ("stack_tcp_fast_retransmits", 10),
             ("stack_tcp_retransmit_timeouts", 2),
             ("stack_tcp_tx_buffers_grown", 1),
-            ("stack_tcp_tx_buffer_grown_bytes", 4096),
+            ("stack_tcp_rx_buffers_grown", 0),
+            ("stack_tcp_buffer_grown_bytes", 4096),
         ]);
         let after = m(&[
             ("stack_tcp_fast_retransmits", 25),
             ("stack_tcp_retransmit_timeouts", 3),
             ("stack_tcp_tx_buffers_grown", 4),
-            ("stack_tcp_tx_buffer_growth_refused", 7),
-            ("stack_tcp_tx_buffer_grown_bytes", 0),
+            ("stack_tcp_rx_buffers_grown", 2),
+            ("stack_tcp_buffer_growth_refused", 7),
+            ("stack_tcp_buffer_grown_bytes", 0),
         ]);
         let v = fg_tcp(&before, &after);
         let got: Vec<Option<u64>> = v.iter().map(|t| t.2).collect();
         // growth_refused is missing before: not read, not guessed.
-        assert_eq!(got, [Some(15), Some(1), Some(3), None, Some(0)]);
+        assert_eq!(got, [Some(15), Some(1), Some(3), Some(2), None, Some(0)]);
         assert_eq!(
             fg_tcp_line(&v, 6),
-            "fast retransmits 15 (2.5 per transfer), RTOs 1, tx buffers grown 3, growth refused not read, grown bytes now 0"
+            "fast retransmits 15 (2.5 per transfer), RTOs 1, tx buffers grown 3, rx buffers grown 2, growth refused not read, grown bytes now 0"
         );
         assert!(fg_tcp(&before, &m(&[])).iter().all(|t| t.2.is_none()));
     }

@@ -141,8 +141,9 @@ fn loss_scenario_smoke() {
             "fg_tcp_fast_retransmits",
             "fg_tcp_retransmit_timeouts",
             "fg_tcp_tx_buffers_grown",
-            "fg_tcp_tx_buffer_growth_refused",
-            "fg_tcp_tx_buffer_grown_bytes",
+            "fg_tcp_rx_buffers_grown",
+            "fg_tcp_buffer_growth_refused",
+            "fg_tcp_buffer_grown_bytes",
         ] {
             assert!(cell[k].is_f64(), "{k} not read in the cell: {cell}");
         }
