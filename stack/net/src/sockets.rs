@@ -50,8 +50,9 @@ pub(crate) struct SockSlot {
     parked: bool,
     /// Waiting for a neighbour (ARP/NDP) before it can send.
     neighbour_wait: bool,
-    /// Idle with grown buffers since then (see `hold_grown_idle`).
-    grown_idle_since: Option<Instant>,
+    /// Idle with grown buffers since then, at this sequence progress (see
+    /// `hold_grown_idle`).
+    grown_idle_since: Option<(Instant, (u32, u32))>,
 }
 
 impl SockSlot {
@@ -255,7 +256,17 @@ impl SocketTable {
             s.grown_idle_since = None;
             return None;
         }
-        let since = *s.grown_idle_since.get_or_insert(now);
+        // Idle at the end of every pass is not idle: a transfer whose
+        // owner drains the socket each pass leaves it empty each time. The
+        // hold restarts whenever data moved.
+        let progress = sock.sequence_progress();
+        let since = match s.grown_idle_since {
+            Some((since, at)) if at == progress => since,
+            _ => {
+                s.grown_idle_since = Some((now, progress));
+                now
+            }
+        };
         let until = since + GROWN_IDLE_HOLD;
         if now >= until {
             // `park_if_idle` parks it now.

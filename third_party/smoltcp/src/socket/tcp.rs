@@ -731,6 +731,14 @@ impl<'a> Socket<'a> {
         Ok((old_rx, old_tx))
     }
 
+    /// ferrogate: where the connection's two sequence spaces stand (the
+    /// in-order edge received, the first byte unacknowledged): changes
+    /// whenever data moves either way.
+    pub fn sequence_progress(&self) -> (u32, u32) {
+        let received = self.remote_seq_no + self.rx_buffer.len();
+        (received.0 as u32, self.local_seq_no.0 as u32)
+    }
+
     /// ferrogate: the smoothed round-trip time (zero before a sample).
     pub fn smoothed_rtt(&self) -> Duration {
         Duration::from_millis(u64::from(self.rtte.smoothed_rtt()))
@@ -2078,7 +2086,12 @@ impl<'a> Socket<'a> {
 
         let window_start = self.remote_seq_no + self.rx_buffer.len();
         let window_end = if let Some(last_ack) = self.remote_last_ack {
-            last_ack + ((self.remote_last_win as usize) << self.remote_win_shift)
+            let announced = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
+            // ferrogate patch: never past what the buffer can hold. A
+            // buffer swapped for a smaller one (a parked connection's grown
+            // buffer) is behind a window announced from the larger one:
+            // the excess is dropped, unacknowledged, and sent again.
+            announced.min(window_start + self.rx_buffer.window())
         } else {
             window_start
         };
@@ -8208,6 +8221,44 @@ mod test {
         s.rx_window_filled = true;
         assert_eq!(s.take_rx_buffer_growth(64), None);
         assert!(s.grow_rx_buffer(SocketBuffer::new(vec![0; 16])).is_err());
+    }
+
+    #[test]
+    fn test_a_window_announced_from_a_larger_buffer_accepts_only_what_fits() {
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        // 64 bytes announced; the buffer is swapped for an 8-byte one (a
+        // parked connection's grown buffer coming back smaller).
+        let small = || SocketBuffer::new(vec![0; 8]);
+        assert!(
+            s.replace_buffers(small(), SocketBuffer::new(vec![0; 64]))
+                .is_ok()
+        );
+        let _ = send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[b'x'; 32][..],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.recv_queue(), 8, "only what fits is taken");
+        // Out of order past the room: not recorded as received.
+        let _ = send(
+            &mut s,
+            Instant::from_millis(1),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 40,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[b'y'; 8][..],
+                ..SEND_TEMPL
+            },
+        );
+        assert!(s.assembler.is_empty());
+        let mut got = [0u8; 8];
+        assert_eq!(s.recv_slice(&mut got), Ok(8));
+        assert_eq!(got, [b'x'; 8]);
     }
 
     #[test]

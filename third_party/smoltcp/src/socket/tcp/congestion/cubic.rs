@@ -79,7 +79,12 @@ impl Controller for Cubic {
     }
 
     fn on_ack(&mut self, now: Instant, len: usize, in_flight: usize, rtt: &RttEstimator) {
-        let segment = len.min(self.mss);
+        // ferrogate patch: congestion avoidance grows by the bytes an ACK
+        // covers (byte counting, as Linux counts ACKed segments), not by
+        // at most one MSS per ACK: a delayed ACK covers two segments, so
+        // Reno's one MSS per round trip (and the cubic curve) grew at half
+        // speed, and slower still behind receivers that coalesce ACKs.
+        let segment = len.min(self.cwnd);
 
         self.absorb_idle(now);
 
@@ -110,9 +115,12 @@ impl Controller for Cubic {
             // receiver that coalesces (GRO, a batching stack) ACKs many
             // segments at once, and L = 2 would stretch slow start over
             // many more round trips (1 MSS per ACK grew by half per round).
+            // Not past ssthresh (Linux too): after a timeout one
+            // cumulative ACK may cover a whole flight.
             self.cwnd = self
                 .cwnd
                 .saturating_add(len)
+                .min(self.ssthresh)
                 .min(self.rwnd)
                 .max(self.mss);
             return;
