@@ -146,6 +146,8 @@ pub struct Lab<P: ProxyHttp = StandardPhases> {
     pub big_body: u32,
     /// Set: frames are dropped at random both ways.
     pub lossy: Option<Lossy>,
+    /// The origin's link is lossy too (default), not just the client's.
+    pub lossy_origin: bool,
     /// One-way delay of the client's link (IPv4 frames between the edge
     /// and anyone but the origin): a long path, RTT twice this.
     pub client_delay_ms: u64,
@@ -260,6 +262,7 @@ impl<P: ProxyHttp> Lab<P> {
             next_client_port: 50_000,
             big_body: 200_000,
             lossy: None,
+            lossy_origin: true,
             client_delay_ms: 0,
             delayed_to_edge: VecDeque::new(),
             delayed_from_edge: VecDeque::new(),
@@ -308,15 +311,17 @@ impl<P: ProxyHttp> Lab<P> {
         self.peer.poll(self.now, &mut self.dev, &mut self.sockets);
         let black_hole = self.origin == Origin::BlackHole;
         let (now, delay) = (self.now, Duration::from_millis(self.client_delay_ms));
+        let lossy_origin = self.lossy_origin;
         while let Some(f) = self.dev.tx.pop_front() {
+            // IPv4 source at 26..30.
+            let client_link = f.len() >= 34 && f[12..14] == [8, 0] && f[26..30] != ORIGIN;
             if let Some(l) = &mut self.lossy
+                && (client_link || lossy_origin)
                 && l.drop_next()
             {
                 l.dropped_to_edge += 1;
                 continue;
             }
-            // IPv4 source at 26..30.
-            let client_link = f.len() >= 34 && f[12..14] == [8, 0] && f[26..30] != ORIGIN;
             if self.client_delay_ms > 0 && client_link {
                 self.delayed_to_edge.push_back((now + delay, f));
                 continue;
@@ -341,6 +346,7 @@ impl<P: ProxyHttp> Lab<P> {
             let to_origin = (ipv4 && f[30..34] == ORIGIN)
                 || (f.len() >= 42 && f[12..14] == [8, 6] && f[38..42] == ORIGIN);
             if let Some(l) = lossy
+                && (!to_origin || lossy_origin)
                 && l.drop_next()
             {
                 l.dropped_from_edge += 1;

@@ -2252,7 +2252,10 @@ impl<'a> Socket<'a> {
 
         // If a FIN is received at the end of the current segment, but
         // we have a hole in the assembler before the current segment, disregard this FIN.
-        if control == TcpControl::Fin && window_start < segment_start {
+        // ferrogate patch: nor a FIN whose segment was cut at the window's
+        // end (the bytes before it were not taken).
+        if control == TcpControl::Fin && (window_start < segment_start || segment_end > window_end)
+        {
             tcp_trace!(
                 "ignoring FIN because we don't have full data yet. window_start={} segment_start={}",
                 window_start,
@@ -8259,6 +8262,30 @@ mod test {
         let mut got = [0u8; 8];
         assert_eq!(s.recv_slice(&mut got), Ok(8));
         assert_eq!(got, [b'x'; 8]);
+    }
+
+    #[test]
+    fn test_a_fin_on_a_segment_cut_at_the_buffers_end_is_not_taken() {
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        let small = || SocketBuffer::new(vec![0; 8]);
+        assert!(
+            s.replace_buffers(small(), SocketBuffer::new(vec![0; 64]))
+                .is_ok()
+        );
+        let _ = send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[b'z'; 12][..],
+                ..SEND_TEMPL
+            },
+        );
+        // The bytes before it were not all taken: no end of stream yet.
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.recv_queue(), 8);
     }
 
     #[test]

@@ -182,7 +182,11 @@ impl Controller for Cubic {
 
         // TODO: clamps to 0 on small w_cubic_target (i.e. close to plateau)
         // add additional counter (linux `cwnd_cnt`?) to track "lost" bytes
-        let increment = (w_cubic_target as usize).saturating_sub(self.cwnd) * segment / self.cwnd;
+        // In u64: the product of two window-sized numbers (ferrogate counts
+        // ACKed bytes, not one MSS) overflows a 32-bit usize.
+        let increment = ((w_cubic_target as usize).saturating_sub(self.cwnd) as u64
+            * segment as u64
+            / self.cwnd as u64) as usize;
         self.cwnd = (self.cwnd + increment).min(self.rwnd).max(self.mss);
     }
 
@@ -216,7 +220,14 @@ impl Controller for Cubic {
                 self.cwnd
             };
 
-            self.ssthresh = ((in_flight as f64 * BETA_CUBIC) as usize).max(2 * self.mss);
+            // ferrogate patch: from the window in use, as Linux (its cwnd),
+            // not only what is in flight when the loss is found: in slow
+            // start that is about half the window the path just carried,
+            // and the cut halved the rate twice. The window counts at most
+            // twice the flight: nothing validates cwnd here (RFC 7661), and
+            // RFC 9438 §4.6 asks for that bound when cwnd is used.
+            let window = self.cwnd.min(2 * in_flight).max(in_flight);
+            self.ssthresh = ((window as f64 * BETA_CUBIC) as usize).max(2 * self.mss);
             self.cwnd = self.ssthresh.min(self.rwnd).saturating_add(3 * self.mss);
 
             self.recovery_start = Some(now);
@@ -341,6 +352,38 @@ mod test {
     }
 
     #[test]
+    fn congestion_avoidance_counts_the_bytes_an_ack_covers() {
+        // ferrogate patch: a (delayed) ACK of three segments grows the
+        // Reno-friendly window three times as much as an ACK of one.
+        let grow = |len: usize| {
+            let mut cubic = Cubic::new();
+            cubic.set_mss(MSS);
+            cubic.cwnd = MSS * 20;
+            cubic.ssthresh = cubic.cwnd;
+            cubic.w_max = MSS * 20;
+            cubic.cwnd_prior = MSS * 20;
+            cubic.recompute_k();
+            cubic.recovery_start = Some(Instant::from_millis(0));
+            cubic.w_est = cubic.cwnd as f64;
+            cubic.on_ack(Instant::from_millis(1), len, MSS * 20, &rtte());
+            cubic.w_est - (MSS * 20) as f64
+        };
+        let (one, three) = (grow(MSS), grow(3 * MSS));
+        assert!(one > 0.0);
+        assert!((three - 3.0 * one).abs() < 1e-6, "{one} {three}");
+    }
+
+    #[test]
+    fn slow_start_stops_at_ssthresh() {
+        let mut cubic = Cubic::new();
+        cubic.set_mss(MSS);
+        cubic.cwnd = MSS * 4;
+        cubic.ssthresh = MSS * 6;
+        ack(&mut cubic, MSS * 8, Instant::from_millis(1));
+        assert_eq!(cubic.window(), MSS * 6);
+    }
+
+    #[test]
     fn congestion_avoidance_works() {
         let mut cubic = Cubic::new();
         cubic.set_mss(MSS);
@@ -393,10 +436,12 @@ mod test {
         assert_eq!(cubic.window(), initial_cwnd);
 
         // we enter fast recovery upon minor loss (three duplicate ACKs).
-        // ssthresh = flight_size * beta_cubic, cwnd = ssthresh + 3*MSS, recovery_start = now.
+        // ssthresh = window * beta_cubic (ferrogate patch: the window is
+        // cwnd, at most twice the flight; it was the flight), cwnd =
+        // ssthresh + 3*MSS, recovery_start = now.
         // w_max = cwnd since the prior w_max (initial 2*MSS) is below cwnd.
-        let in_flight = initial_cwnd / 2;
-        let expected_ssthresh = (in_flight as f64 * BETA_CUBIC) as usize;
+        let in_flight = initial_cwnd / 4;
+        let expected_ssthresh = ((2 * in_flight) as f64 * BETA_CUBIC) as usize;
         cubic.on_loss(Instant::from_millis(0), in_flight);
         assert_eq!(cubic.ssthresh, expected_ssthresh);
         assert_eq!(cubic.cwnd, expected_ssthresh + 3 * MSS);
