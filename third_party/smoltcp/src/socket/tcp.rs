@@ -2947,10 +2947,17 @@ impl<'a> Socket<'a> {
                 net_debug!("retransmitting after rto");
 
                 // Inform the congestion controller that we're retransmitting and should enter the slow start state
+                // (ferrogate patch: not for a lost SYN or SYN-ACK, as
+                // Linux: with one byte in flight it set ssthresh to two
+                // segments, and the first response crawled through
+                // congestion avoidance from one segment up — a 64 KiB
+                // answer took eight round trips instead of three.)
                 let in_flight = self.flight_size();
-                self.congestion_controller
-                    .inner_mut()
-                    .on_rto(cx.now(), in_flight);
+                if !matches!(self.state, State::SynSent | State::SynReceived) {
+                    self.congestion_controller
+                        .inner_mut()
+                        .on_rto(cx.now(), in_flight);
+                }
 
                 // ferrogate patch: what was sent before the timeout.
                 let sent_before = self.remote_last_seq;
@@ -8286,6 +8293,37 @@ mod test {
         // The bytes before it were not all taken: no end of stream yet.
         assert_eq!(s.state, State::Established);
         assert_eq!(s.recv_queue(), 8);
+    }
+
+    #[test]
+    fn test_a_lost_syn_ack_leaves_the_congestion_window_alone() {
+        let mut s = socket_syn_received();
+        recv!(s, time 0, Ok(TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: LOCAL_SEQ,
+            ack_number: Some(REMOTE_SEQ + 1),
+            max_seg_size: Some(BASE_MSS),
+            ..RECV_TEMPL
+        }));
+        // The SYN-ACK times out and is sent again.
+        recv!(s, time 1000, Ok(TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: LOCAL_SEQ,
+            ack_number: Some(REMOTE_SEQ + 1),
+            max_seg_size: Some(BASE_MSS),
+            ..RECV_TEMPL
+        }));
+        send!(s, time 1100, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.state, State::Established);
+        assert_eq!(
+            s.congestion_controller.inner().window(),
+            congestion::AnyController::new().inner().window(),
+            "the handshake's timeout cut the window of the first response"
+        );
     }
 
     #[test]
