@@ -1063,7 +1063,60 @@ pub fn load_until_stopped<'s>(
 /// the failure.
 pub fn ctl_ok(lab: &Lab, args: &[&str]) -> String {
     let (code, out, err) = lab.ctl(args);
+    if code != 0 {
+        // Where every thread of the lab's processes waits: a call that got
+        // no answer (a rare CI flake: the engine's admin thread silent for
+        // a minute under load) says which thread held it up.
+        eprintln!("{}", thread_dump(&lab.state_dir()));
+    }
     assert_eq!(code, 0, "ctl {args:?} failed: {out}{err}");
+    out
+}
+
+/// Each thread of every process whose command line names `state_dir`:
+/// name, state, kernel wait channel and current syscall (from /proc).
+pub fn thread_dump(state_dir: &Path) -> String {
+    let key = state_dir.to_string_lossy().into_owned();
+    let mut out = format!("--- threads of the processes under {key} ---\n");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !cmd.contains(&key) {
+            continue;
+        }
+        out.push_str(&format!("pid {pid}: {}\n", cmd.trim()));
+        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let read = |f: &str| {
+                std::fs::read_to_string(t.path().join(f))
+                    .unwrap_or_default()
+                    .trim()
+                    .replace('\n', " | ")
+            };
+            let state = read("stat")
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next().map(str::to_string))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  tid {} {:<16} {state} wchan {} syscall {} stack {}\n",
+                t.file_name().to_string_lossy(),
+                read("comm"),
+                read("wchan"),
+                read("syscall"),
+                read("stack"),
+            ));
+        }
+    }
     out
 }
 

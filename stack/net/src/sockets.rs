@@ -90,6 +90,12 @@ pub(crate) struct SocketTable {
     growth: BufferGrowth,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum BufferSide {
+    Tx,
+    Rx,
+}
+
 /// Buffers grown, and growths the budget refused.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BufferGrowth {
@@ -190,49 +196,42 @@ impl SocketTable {
         if self.slots[id as usize].parked {
             return;
         }
-        self.grow_tx(id);
-        self.grow_rx(id);
+        self.grow(id, BufferSide::Tx);
+        self.grow(id, BufferSide::Rx);
     }
 
-    fn grow_tx(&mut self, id: SockId) {
+    fn grow(&mut self, id: SockId, side: BufferSide) {
+        let size_max = match side {
+            BufferSide::Tx => self.tx_size_max,
+            BufferSide::Rx => self.rx_size_max,
+        };
         let sock = self.slots[id as usize].tcp();
-        let max = self.tx_size_max.min(rate_cap(sock.smoothed_rtt()));
-        let Some(want) = sock.take_tx_buffer_growth(max) else {
+        let max = size_max.min(rate_cap(sock.smoothed_rtt()));
+        let (want, have) = match side {
+            BufferSide::Tx => (sock.take_tx_buffer_growth(max), sock.send_capacity()),
+            BufferSide::Rx => (sock.take_rx_buffer_growth(max), sock.recv_capacity()),
+        };
+        let Some(want) = want else {
             return;
         };
-        let extra = want - sock.send_capacity();
+        let extra = want - have;
         if self.grown_bytes + extra > self.grow_budget {
             self.growth.refused += 1;
             return;
         }
         // The old buffer is freed: the pool keeps pairs of the starting
         // size, and a grown one returns to the allocator when it parks.
-        if sock
-            .grow_tx_buffer(tcp::SocketBuffer::new(vec![0u8; want]))
-            .is_ok()
-        {
-            self.grown_bytes += extra;
-            self.growth.tx_grown += 1;
-        }
-    }
-
-    fn grow_rx(&mut self, id: SockId) {
-        let sock = self.slots[id as usize].tcp();
-        let max = self.rx_size_max.min(rate_cap(sock.smoothed_rtt()));
-        let Some(want) = sock.take_rx_buffer_growth(max) else {
-            return;
+        let bigger = tcp::SocketBuffer::new(vec![0u8; want]);
+        let grown = match side {
+            BufferSide::Tx => sock.grow_tx_buffer(bigger).is_ok(),
+            BufferSide::Rx => sock.grow_rx_buffer(bigger).is_ok(),
         };
-        let extra = want - sock.recv_capacity();
-        if self.grown_bytes + extra > self.grow_budget {
-            self.growth.refused += 1;
-            return;
-        }
-        if sock
-            .grow_rx_buffer(tcp::SocketBuffer::new(vec![0u8; want]))
-            .is_ok()
-        {
+        if grown {
             self.grown_bytes += extra;
-            self.growth.rx_grown += 1;
+            match side {
+                BufferSide::Tx => self.growth.tx_grown += 1,
+                BufferSide::Rx => self.growth.rx_grown += 1,
+            }
         }
     }
 
