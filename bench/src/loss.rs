@@ -60,6 +60,8 @@ pub struct Opts {
     pub upload: Option<Upload>,
     /// ferrogate's `engine.tcp_buffer` (None: the lab config's default).
     pub fg_tcp_buffer: Option<usize>,
+    /// ferrogate's `engine.tcp_timestamps = false`.
+    pub fg_no_timestamps: bool,
     /// The congestion control of the edge (nginx) and client (curl: the
     /// upload's sender) namespaces (`keep`: the namespaces' default).
     pub kernel_cc: String,
@@ -82,6 +84,7 @@ impl Default for Opts {
                 size: size("1m", None, None).expect("1m parses"),
             }),
             fg_tcp_buffer: None,
+            fg_no_timestamps: false,
             kernel_cc: "cubic".into(),
         }
     }
@@ -600,14 +603,21 @@ fn ferrogate_cfg(ctx: &Ctx) -> Result<std::path::PathBuf> {
         "",
         "ferrogate-loss.toml",
     )?;
+    let mut engine_keys = String::new();
     if let Some(b) = ctx.opts.loss.fg_tcp_buffer {
+        engine_keys += &format!("tcp_buffer = {b}\n");
+    }
+    if ctx.opts.loss.fg_no_timestamps {
+        engine_keys += "tcp_timestamps = false\n";
+    }
+    if !engine_keys.is_empty() {
         let text = std::fs::read_to_string(&p)?;
         if !text.contains("[engine]\n") {
             bail!("{}: no [engine] table", p.display());
         }
         std::fs::write(
             &p,
-            text.replacen("[engine]\n", &format!("[engine]\ntcp_buffer = {b}\n"), 1),
+            text.replacen("[engine]\n", &format!("[engine]\n{engine_keys}"), 1),
         )?;
     }
     Ok(p)
@@ -832,6 +842,15 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
                 .map_or("65536 (configs/lab.toml: the default)".into(), |b| {
                     b.to_string()
                 }),
+        ),
+        (
+            "ferrogate engine.tcp_timestamps",
+            if o.fg_no_timestamps {
+                "false"
+            } else {
+                "true (the default)"
+            }
+            .into(),
         ),
         (
             "curl",

@@ -158,6 +158,10 @@ struct LossCli {
     /// ferrogate's engine.tcp_buffer (default: the lab config's, 64 KiB).
     #[arg(long)]
     fg_tcp_buffer: Option<usize>,
+    /// ferrogate with `engine.tcp_timestamps = false` (for a before/after
+    /// of RFC 7323 timestamps in one build).
+    #[arg(long)]
+    fg_no_timestamps: bool,
     /// nginx's congestion control (the edge namespace's default; `keep`:
     /// leave the namespace's, which is the host's default).
     #[arg(long, default_value = "cubic")]
@@ -190,6 +194,7 @@ impl LossCli {
                     size: mk(&self.upload_size, Some(3))?,
                 }),
                 fg_tcp_buffer: self.fg_tcp_buffer,
+                fg_no_timestamps: self.fg_no_timestamps,
                 kernel_cc: self.kernel_cc.clone(),
             });
         }
@@ -215,6 +220,7 @@ impl LossCli {
                 })
                 .transpose()?,
             fg_tcp_buffer: self.fg_tcp_buffer,
+            fg_no_timestamps: self.fg_no_timestamps,
             kernel_cc: self.kernel_cc.clone(),
         })
     }

@@ -78,6 +78,30 @@ struct Started {
     vips: Vec<(IpAddr, u8)>,
     routes: Arc<RouteTable>,
     access_log: bool,
+    tcp: TcpSettings,
+}
+
+/// The per-socket TCP settings the workers' stacks were built with.
+#[derive(PartialEq)]
+struct TcpSettings {
+    buffers: (usize, usize, usize, usize),
+    budget: usize,
+    timestamps: bool,
+}
+
+impl TcpSettings {
+    fn of(net: &ferrogate_proxy::net::NetConfig) -> Self {
+        Self {
+            buffers: (
+                net.tcp_rx_buffer,
+                net.tcp_rx_buffer_max,
+                net.tcp_tx_buffer,
+                net.tcp_tx_buffer_max,
+            ),
+            budget: net.tcp_buffer_budget,
+            timestamps: net.tcp_timestamps,
+        }
+    }
 }
 
 pub struct Engine {
@@ -454,6 +478,7 @@ impl Engine {
                 vips: cfg.vips().to_vec(),
                 access_log: cfg.access_log_queue > 0,
                 routes: cfg.routes.clone(),
+                tcp: TcpSettings::of(&cfg.stack.net),
             },
             backend,
             xdp,
@@ -572,6 +597,9 @@ impl Engine {
         }
         if (cfg.access_log_queue > 0) != self.started.access_log {
             ignored.push("access_log (on/off)");
+        }
+        if TcpSettings::of(&cfg.stack.net) != self.started.tcp {
+            ignored.push("engine.tcp_buffer*, engine.tcp_timestamps");
         }
         let filter = match (self.xdp.as_mut(), self.soft_filter.as_mut()) {
             (Some(x), _) => {

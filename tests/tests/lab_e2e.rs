@@ -302,3 +302,90 @@ fn upstream_next_hops_are_resolved_before_the_first_request() {
         drop(engine);
     });
 }
+
+/// `tcpi_options` of a connected socket (Linux `TCP_INFO`): which options
+/// the handshake negotiated.
+fn negotiated_options(s: &std::net::TcpStream) -> u8 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed tcp_info is a valid value (integers only).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the fd is open for the call; info and len point to live,
+    // correctly sized storage the kernel writes at most len bytes into.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_options
+}
+
+// linux/tcp.h
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_SACK: u8 = 2;
+const TCPI_OPT_WSCALE: u8 = 4;
+
+/// The MSS Linux uses on the edge's pooled connection to the origin (`ss`
+/// on the origin): 1448 when every segment carries the timestamp option.
+fn origin_side_mss(lab: &Lab) -> String {
+    let ss = lab
+        .exec("origin", &["sh", "-c", "ss -tniH '( sport = :8080 )'"])
+        .expect("ss");
+    ss.split_whitespace()
+        .find_map(|w| w.strip_prefix("mss:"))
+        .unwrap_or_else(|| panic!("no connection from the edge on the origin: {ss}"))
+        .to_string()
+}
+
+/// Linux on both sides of the edge — the client's connection to the VIP and
+/// the edge's pooled connection to the origin — negotiates TCP Timestamps
+/// (RFC 7323) with ferrogate's stack (the client's kernel sizes its receive
+/// window from the RTT they give it); `engine.tcp_timestamps = false`
+/// turns them off on both. SACK and window scaling either way.
+fn timestamps_with_linux(timestamps: bool) {
+    let lab = Lab::up(1);
+    let base = std::fs::read_to_string(workspace().join("configs/lab.toml")).unwrap();
+    let cfg = lab.state_dir().join("timestamps.toml");
+    let setting = format!("[engine]\ntcp_timestamps = {timestamps}\n");
+    std::fs::write(&cfg, base.replacen("[engine]\n", &setting, 1)).unwrap();
+    let engine = lab.start_engine_with(&cfg, "af_xdp", 1);
+    let options = lab.in_client(|| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(format!("{VIP}:80")).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /hello HTTP/1.1\r\nHost: lab\r\n\r\n")
+            .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).expect("response");
+        assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+        negotiated_options(&s)
+    });
+    assert_eq!(
+        options & TCPI_OPT_TIMESTAMPS != 0,
+        timestamps,
+        "client: {options:#x}"
+    );
+    assert_eq!(
+        options & (TCPI_OPT_SACK | TCPI_OPT_WSCALE),
+        TCPI_OPT_SACK | TCPI_OPT_WSCALE
+    );
+    // The request went upstream on a pooled connection that is still open.
+    let want = if timestamps { "1448" } else { "1460" };
+    assert_eq!(origin_side_mss(&lab), want);
+    drop(engine);
+}
+
+#[test]
+fn linux_peers_negotiate_tcp_timestamps_with_the_edge() {
+    lab_test("timestamps_on", || timestamps_with_linux(true));
+}
+
+#[test]
+fn tcp_timestamps_can_be_turned_off() {
+    lab_test("timestamps_off", || timestamps_with_linux(false));
+}

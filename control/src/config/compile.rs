@@ -370,6 +370,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     ec.stack.net.tcp_tx_buffer_max = tcp_buffer_max;
     ec.stack.net.tcp_rx_buffer_max = tcp_buffer_max;
     ec.stack.net.tcp_buffer_budget = *e.tcp_buffer_budget.get_ref();
+    ec.stack.net.tcp_timestamps = e.tcp_timestamps;
     ec.stack.net.gateway_v4 = gateway;
     ec.stack.max_request_body = cfg.limits.max_request_body_bytes;
     let mut access_log = None;

@@ -269,6 +269,9 @@ pub struct EngineSection {
     /// Bytes all grown buffers of one worker may hold beyond `tcp_buffer`.
     #[serde(default = "default_tcp_buffer_budget")]
     pub tcp_buffer_budget: Spanned<usize>,
+    /// TCP Timestamps (RFC 7323) with peers that offer them.
+    #[serde(default = "default_true")]
+    pub tcp_timestamps: bool,
     /// `[engine.dpdk]`: EAL and port settings for `backend = "dpdk"`.
     #[serde(default)]
     pub dpdk: DpdkSection,

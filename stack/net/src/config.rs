@@ -28,6 +28,12 @@ pub struct NetConfig {
     /// Bytes the worker's grown buffers may hold beyond their starting
     /// size, all sockets together: past it, buffers stop growing (counted).
     pub tcp_buffer_budget: usize,
+    /// TCP Timestamps (RFC 7323) on every connection whose peer offers
+    /// them: an RTT sample per ACK, retransmissions included, for our RTO
+    /// and congestion control, and for the peer's (a Linux receiver sizes
+    /// its window from its RTT; without timestamps it measures one window
+    /// at a time and grows it a round trip later).
+    pub tcp_timestamps: bool,
     pub rx_queue_frames: usize,
     pub tx_queue_frames: usize,
     pub verify_rx_checksums: bool,
@@ -54,6 +60,7 @@ impl NetConfig {
             tcp_tx_buffer: 64 * 1024,
             tcp_tx_buffer_max: 4 * 1024 * 1024,
             tcp_buffer_budget: 128 * 1024 * 1024,
+            tcp_timestamps: true,
             rx_queue_frames: 512,
             tx_queue_frames: 1024,
             verify_rx_checksums: true,

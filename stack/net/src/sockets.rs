@@ -84,6 +84,8 @@ pub(crate) struct SocketTable {
     tx_size: usize,
     tx_size_max: usize,
     rx_size_max: usize,
+    /// The TCP Timestamps clock's secret (None: timestamps off).
+    timestamps: Option<u64>,
     /// Bytes grown buffers hold beyond their starting size, all together.
     grown_bytes: usize,
     grow_budget: usize,
@@ -156,6 +158,9 @@ impl SocketTable {
             tx_size: cfg.tcp_tx_buffer,
             tx_size_max: cfg.tcp_tx_buffer_max.max(cfg.tcp_tx_buffer),
             rx_size_max: cfg.tcp_rx_buffer_max.max(cfg.tcp_rx_buffer),
+            timestamps: cfg
+                .tcp_timestamps
+                .then_some(cfg.random_seed.rotate_left(17) ^ 0x7473_7661_6c5f_6b65),
             grown_bytes: 0,
             grow_budget: cfg.tcp_buffer_budget,
             growth: BufferGrowth::default(),
@@ -406,6 +411,7 @@ impl SocketTable {
         // delay the last segment of each.
         sock.set_nagle_enabled(false);
         sock.set_congestion_control(tcp::CongestionControl::Cubic);
+        sock.set_timestamps_from_clock(self.timestamps);
         let mut set = SocketSet::new(vec![SocketStorage::EMPTY]);
         let handle = set.add(sock);
         let id = self.slots.len() as SockId;

@@ -233,6 +233,13 @@ impl RttEstimator {
         );
     }
 
+    /// ferrogate patch: a sample from an echoed timestamp; the segment
+    /// being timed by Karn's rule is then timed already.
+    fn sample_echoed(&mut self, rtt: u32) {
+        self.sample(rtt);
+        self.timestamp = None;
+    }
+
     fn on_send(&mut self, timestamp: Instant, seq: TcpSeqNumber) {
         if self
             .max_seq_sent
@@ -282,6 +289,27 @@ impl RttEstimator {
         }
         self.timestamp = None;
     }
+}
+
+/// ferrogate patch: a keyed hash of two addresses (splitmix64's finalizer
+/// over the secret and the address words). The offset only has to be
+/// unpredictable without the secret and stable for the pair.
+fn ts_offset_between(secret: u64, local: IpAddress, remote: IpAddress) -> u32 {
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let mut h = secret;
+    for addr in [local, remote] {
+        let bits: u128 = match core::net::IpAddr::from(addr) {
+            core::net::IpAddr::V4(a) => u32::from(a).into(),
+            core::net::IpAddr::V6(a) => a.into(),
+        };
+        h = mix(h ^ bits as u64);
+        h = mix(h ^ (bits >> 64) as u64);
+    }
+    (h >> 32) as u32
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -593,7 +621,18 @@ pub struct Socket<'a> {
     /// tsval generator - if some, tcp timestamp is enabled
     tsval_generator: Option<TcpTimestampGenerator>,
 
-    /// 0 if not seen or timestamp not enabled
+    /// ferrogate patch: TSval from the interface clock (milliseconds plus
+    /// an offset keyed by this secret), so timestamps give RTT samples
+    /// (RFC 7323).
+    tsval_clock: Option<u64>,
+    /// Timestamps are in use on this connection (offered by us and by the
+    /// peer's SYN).
+    ts_enabled: bool,
+    /// Added to the clock's milliseconds in the TSval we send (RFC 7323
+    /// 7.1), one per address pair: see `ts_offset_between`.
+    ts_offset: u32,
+
+    /// TS.Recent (RFC 7323 4.3): 0 if not seen or timestamp not enabled
     last_remote_tsval: u32,
 
     #[cfg(feature = "async")]
@@ -685,6 +724,9 @@ impl<'a> Socket<'a> {
             challenge_ack_timer: Instant::from_secs(0),
             nagle: true,
             tsval_generator: None,
+            tsval_clock: None,
+            ts_enabled: false,
+            ts_offset: 0,
             last_remote_tsval: 0,
             congestion_controller: congestion::AnyController::new(),
 
@@ -865,11 +907,84 @@ impl<'a> Socket<'a> {
     /// Enable or disable TCP Timestamp.
     pub fn set_tsval_generator(&mut self, generator: Option<TcpTimestampGenerator>) {
         self.tsval_generator = generator;
+        self.ts_enabled = self.tsval_generator.is_some() || self.tsval_clock.is_some();
+    }
+
+    /// ferrogate patch: enable (`Some(secret)`) or disable TCP Timestamps
+    /// whose TSval is the interface clock in milliseconds plus an offset
+    /// keyed by `secret` and the connection's two addresses (RFC 7323 5.4,
+    /// 7.1). Unlike a generator, the echoed values then give an RTT sample
+    /// on every ACK of new data, retransmitted or not. For the connections
+    /// this socket opens or accepts from now on (and the current one if
+    /// timestamps were negotiated).
+    pub fn set_timestamps_from_clock(&mut self, secret: Option<u64>) {
+        self.tsval_clock = secret;
+        self.ts_enabled = self.tsval_generator.is_some() || self.tsval_clock.is_some();
+    }
+
+    /// The clock's TSval offset for this connection, once its addresses
+    /// are known: a keyed hash of the address pair, not the ports (as
+    /// Linux), so every connection between two hosts counts on one clock —
+    /// a peer still in TIME-WAIT for a 4-tuple takes a new SYN on it by its
+    /// newer timestamp (RFC 6191) instead of answering with an old ACK.
+    fn set_ts_offset(&mut self) {
+        if let (Some(secret), Some(tuple)) = (self.tsval_clock, self.tuple) {
+            self.ts_offset = ts_offset_between(secret, tuple.local.addr, tuple.remote.addr);
+        }
     }
 
     /// Return whether TCP Timestamp is enabled.
     pub fn timestamp_enabled(&self) -> bool {
-        self.tsval_generator.is_some()
+        self.ts_enabled
+    }
+
+    /// ferrogate patch: the sender's maximum segment size (RFC 5681 SMSS):
+    /// the peer's MSS less the timestamp option every segment carries, so
+    /// windows and thresholds counted in segments count the ones sent (IW10
+    /// is ten of them, not ten and a runt).
+    fn smss(&self) -> usize {
+        let options_len = if self.ts_enabled { 12 } else { 0 };
+        self.remote_mss.saturating_sub(options_len)
+    }
+
+    /// The TSval to send now, when timestamps are in use.
+    fn tsval(&self, now: Instant) -> Option<u32> {
+        if !self.ts_enabled {
+            return None;
+        }
+        match self.tsval_generator {
+            Some(generator) => Some(generator()),
+            None => Some((now.total_millis() as u32).wrapping_add(self.ts_offset)),
+        }
+    }
+
+    /// An RTT sample from the TSecr of an ACK (RFC 7323 4.1): only for our
+    /// clock's values, and only when it echoes a time not in the future.
+    fn rtt_from_echo(&self, now: Instant, repr: &TcpRepr) -> Option<u32> {
+        let echoed = repr.timestamp?.tsecr;
+        if !self.ts_enabled || self.tsval_generator.is_some() || echoed == 0 {
+            return None;
+        }
+        let rtt = self.tsval(now)?.wrapping_sub(echoed);
+        (rtt <= RTTE_MAX_RTO).then_some(rtt)
+    }
+
+    /// RFC 7323 4.3: TS.Recent takes SEG.TSval of a segment that is not
+    /// older than it and starts at or before the last ACK we sent, so the
+    /// echo of an out-of-order or delayed-ACKed segment times the oldest
+    /// data it acknowledges.
+    fn update_ts_recent(&mut self, repr: &TcpRepr) {
+        let Some(timestamp) = repr.timestamp else {
+            return;
+        };
+        let not_older = self.last_remote_tsval == 0
+            || timestamp.tsval.wrapping_sub(self.last_remote_tsval) as i32 >= 0;
+        let not_ahead = self
+            .remote_last_ack
+            .is_none_or(|last_ack| repr.seq_number <= last_ack);
+        if not_older && not_ahead {
+            self.last_remote_tsval = timestamp.tsval;
+        }
     }
 
     /// Set an algorithm for congestion control.
@@ -1154,6 +1269,8 @@ impl<'a> Socket<'a> {
         self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
+        self.ts_enabled = self.tsval_generator.is_some() || self.tsval_clock.is_some();
+        self.last_remote_tsval = 0;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
         // ferrogate patch: a socket reused for a new connection starts it
@@ -1313,6 +1430,7 @@ impl<'a> Socket<'a> {
         let seq = Self::random_seq_no(cx);
         self.local_seq_no = seq;
         self.remote_last_seq = seq;
+        self.set_ts_offset();
         Ok(())
     }
 
@@ -1495,10 +1613,11 @@ impl<'a> Socket<'a> {
 
         let old_length = self.tx_buffer.len();
         let room = self.tx_buffer.window();
+        let smss = self.smss();
         let (size, result) = f(&mut self.tx_buffer);
         // Less than a segment left counts as full: a writer may keep back a
         // few bytes it cannot use (a TLS record's overhead).
-        if room - size < self.remote_mss {
+        if room - size < smss {
             self.tx_buffer_filled = true;
         }
         if size > 0 {
@@ -1688,7 +1807,7 @@ impl<'a> Socket<'a> {
             return;
         }
         let mut pto = Duration::from_millis(u64::from((2 * self.rtte.smoothed_rtt()).max(10)));
-        if self.flight_size() <= self.remote_mss {
+        if self.flight_size() <= self.smss() {
             pto += Duration::from_millis(40);
         }
         if pto < self.rtte.retransmission_timeout() {
@@ -1750,7 +1869,7 @@ impl<'a> Socket<'a> {
         // two duplicate ACKs lets one new segment out, so a small window
         // still gathers the three duplicates fast retransmit needs.
         let limited_transmit = if self.recovery_high.is_none() && self.rto_recover.is_none() {
-            usize::from(self.local_rx_dup_acks.min(2)) * self.remote_mss
+            usize::from(self.local_rx_dup_acks.min(2)) * self.smss()
         } else {
             0
         };
@@ -1828,11 +1947,19 @@ impl<'a> Socket<'a> {
         (ip_reply_repr, reply_repr)
     }
 
-    fn ack_reply(&mut self, ip_repr: &IpRepr, repr: &TcpRepr) -> (IpRepr, TcpRepr<'static>) {
+    fn ack_reply(
+        &mut self,
+        now: Instant,
+        ip_repr: &IpRepr,
+        repr: &TcpRepr,
+    ) -> (IpRepr, TcpRepr<'static>) {
         let (mut ip_reply_repr, mut reply_repr) = Self::reply(ip_repr, repr);
+        // ferrogate patch: echo TS.Recent (RFC 7323 4.3), not the TSval
+        // of an out-of-order segment.
         reply_repr.timestamp = repr
             .timestamp
-            .and_then(|tcp_ts| tcp_ts.generate_reply(self.tsval_generator));
+            .and_then(|_| self.tsval(now))
+            .map(|tsval| TcpTimestampRepr::new(tsval, self.last_remote_tsval));
 
         // From RFC 793:
         // [...] an empty acknowledgment segment containing the current send-sequence number
@@ -1921,7 +2048,7 @@ impl<'a> Socket<'a> {
         // Rate-limit to 1 per second max.
         self.challenge_ack_timer = cx.now() + Duration::from_secs(1);
 
-        Some(self.ack_reply(ip_repr, repr))
+        Some(self.ack_reply(cx.now(), ip_repr, repr))
     }
 
     pub(crate) fn accepts(&self, _cx: &mut Context, ip_repr: &IpRepr, repr: &TcpRepr) -> bool {
@@ -1961,6 +2088,7 @@ impl<'a> Socket<'a> {
         repr: &TcpRepr,
     ) -> Option<(IpRepr, TcpRepr<'static>)> {
         debug_assert!(self.accepts(cx, ip_repr, repr));
+        self.update_ts_recent(repr);
 
         // Consider how much the sequence number space differs from the transmit buffer space.
         let (sent_syn, sent_fin) = match self.state {
@@ -2210,7 +2338,7 @@ impl<'a> Socket<'a> {
                             TcpControl::None | TcpControl::Psh | TcpControl::Fin
                         )
                     {
-                        return Some(self.ack_reply(ip_repr, repr));
+                        return Some(self.ack_reply(cx.now(), ip_repr, repr));
                     }
 
                     return self.challenge_ack_reply(cx, ip_repr, repr);
@@ -2297,11 +2425,6 @@ impl<'a> Socket<'a> {
                         self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
                     }
                 }
-                // ferrogate patch: also without the option, so the initial
-                // window follows the MSS in use (536).
-                self.congestion_controller
-                    .inner_mut()
-                    .set_mss(self.remote_mss);
 
                 self.tuple = Some(Tuple {
                     local: IpEndpoint::new(ip_repr.dst_addr(), repr.dst_port),
@@ -2318,8 +2441,13 @@ impl<'a> Socket<'a> {
                 }
                 // Remote doesn't support timestamping, don't do it.
                 if repr.timestamp.is_none() {
-                    self.tsval_generator = None;
+                    self.ts_enabled = false;
                 }
+                self.set_ts_offset();
+                // ferrogate patch: also without the MSS option, so the
+                // initial window follows the segment size in use (536).
+                let smss = self.smss();
+                self.congestion_controller.inner_mut().set_mss(smss);
                 self.set_state(State::SynReceived);
                 self.timer.set_for_idle(cx.now(), self.keep_alive);
             }
@@ -2352,11 +2480,6 @@ impl<'a> Socket<'a> {
                         self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
                     }
                 }
-                // ferrogate patch: also without the option, so the initial
-                // window follows the MSS in use (536).
-                self.congestion_controller
-                    .inner_mut()
-                    .set_mss(self.remote_mss);
 
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no + 1;
@@ -2369,8 +2492,11 @@ impl<'a> Socket<'a> {
                 }
                 // Remote doesn't support timestamping, don't do it.
                 if repr.timestamp.is_none() {
-                    self.tsval_generator = None;
+                    self.ts_enabled = false;
                 }
+                // ferrogate patch: see the LISTEN case.
+                let smss = self.smss();
+                self.congestion_controller.inner_mut().set_mss(smss);
 
                 if repr.ack_number.is_some() {
                     self.set_state(State::Established);
@@ -2545,9 +2671,10 @@ impl<'a> Socket<'a> {
                     // the loss).
                     if !(self.recovery_high.is_some() && !self.scoreboard.is_empty()) {
                         let in_flight = self.flight_size();
+                        let smss = self.smss();
                         self.congestion_controller.inner_mut().on_dup_ack(
                             cx.now(),
-                            self.remote_mss,
+                            smss,
                             in_flight,
                         );
                     }
@@ -2562,8 +2689,13 @@ impl<'a> Socket<'a> {
                     }
                     self.local_rx_last_ack = Some(ack_number);
 
-                    // Notify of fresh ACK
-                    self.rtte.on_ack(cx.now(), ack_number);
+                    // Notify of fresh ACK (ferrogate patch: timed by the
+                    // echoed timestamp when there is one — retransmitted
+                    // data too — else by Karn's one segment per round).
+                    match self.rtt_from_echo(cx.now(), repr) {
+                        Some(rtt) if ack_len > 0 => self.rtte.sample_echoed(rtt),
+                        _ => self.rtte.on_ack(cx.now(), ack_number),
+                    }
                     let new_flight_size = self.flight_size().saturating_sub(ack_len);
                     self.congestion_controller.inner_mut().on_ack(
                         cx.now(),
@@ -2600,7 +2732,7 @@ impl<'a> Socket<'a> {
                     // open (RACK's rule, by sequence instead of send time:
                     // data above `pass_high` was first sent after it).
                     if let Some(pass_high) = self.rexmit_pass_high
-                        && self.scoreboard.sacked_above(pass_high) >= 3 * self.remote_mss
+                        && self.scoreboard.sacked_above(pass_high) >= 3 * self.smss()
                     {
                         self.rexmit_next = ack_number;
                         self.rexmit_pass_high = None;
@@ -2613,11 +2745,6 @@ impl<'a> Socket<'a> {
             if self.rto_recover.is_some_and(|h| ack_number >= h) {
                 self.rto_recover = None;
             }
-        }
-
-        // update last remote tsval
-        if let Some(timestamp) = repr.timestamp {
-            self.last_remote_tsval = timestamp.tsval;
         }
 
         // update timers.
@@ -2748,7 +2875,7 @@ impl<'a> Socket<'a> {
             // This is fine because smoltcp assumes that it can always transmit zero or one
             // packets for every packet it receives.
             tcp_trace!("ACKing incoming segment");
-            Some(self.ack_reply(ip_repr, repr))
+            Some(self.ack_reply(cx.now(), ip_repr, repr))
         } else {
             None
         }
@@ -2775,11 +2902,7 @@ impl<'a> Socket<'a> {
         };
 
         // The effective max segment size, taking into account the options and the local and remote limits.
-        let options_len = if self.tsval_generator.is_some() {
-            12
-        } else {
-            0
-        };
+        let options_len = if self.ts_enabled { 12 } else { 0 };
 
         let local_mss = cx.ip_mtu() - ip_header_len - TCP_HEADER_LEN;
         let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
@@ -3082,10 +3205,9 @@ impl<'a> Socket<'a> {
             max_seg_size: None,
             sack_permitted: false,
             sack_ranges: [None, None, None],
-            timestamp: TcpTimestampRepr::generate_reply_with_tsval(
-                self.tsval_generator,
-                self.last_remote_tsval,
-            ),
+            timestamp: self
+                .tsval(cx.now())
+                .map(|tsval| TcpTimestampRepr::new(tsval, self.last_remote_tsval)),
             payload: &[],
         };
 
@@ -10948,6 +11070,158 @@ mod test {
                 ..RECV_TEMPL
             }]
         );
+    }
+
+    #[test]
+    fn test_tsval_from_clock_times_a_retransmitted_segment() {
+        let mut s = socket_established();
+        s.set_timestamps_from_clock(Some(7));
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            time 100,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(100, 0)),
+                ..RECV_TEMPL
+            }]
+        );
+        // Lost: the timeout resends it with the time of the resend.
+        recv!(
+            s,
+            time 1100,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(1100, 0)),
+                ..RECV_TEMPL
+            }]
+        );
+        // Karn's rule cannot time a retransmitted segment; its echo can.
+        send!(
+            s,
+            time 1150,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 6),
+                timestamp: Some(TcpTimestampRepr::new(9000, 1100)),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.rtte.smoothed_rtt(), 50);
+    }
+
+    #[test]
+    fn test_tsval_echo_of_an_out_of_order_segment_is_ts_recent() {
+        let mut s = socket_established();
+        s.set_timestamps_from_clock(Some(7));
+        send!(
+            s,
+            time 10,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(500, 0)),
+                ..SEND_TEMPL
+            }
+        );
+        // The next segment was lost; the one after it is out of order: its
+        // ACK echoes the segment that last moved the window, so the sender
+        // times the wait for the hole, not the later segment.
+        let reply = send(
+            &mut s,
+            Instant::from_millis(20),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 12,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"ghijkl"[..],
+                timestamp: Some(TcpTimestampRepr::new(700, 0)),
+                ..SEND_TEMPL
+            },
+        )
+        .expect("an immediate ACK for out-of-order data");
+        assert_eq!(reply.ack_number, Some(REMOTE_SEQ + 1 + 6));
+        assert_eq!(reply.timestamp, Some(TcpTimestampRepr::new(20, 500)));
+        // The retransmission fills the hole: it is TS.Recent now.
+        let reply = send(
+            &mut s,
+            Instant::from_millis(30),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"mnopqr"[..],
+                timestamp: Some(TcpTimestampRepr::new(800, 0)),
+                ..SEND_TEMPL
+            },
+        )
+        .expect("an immediate ACK for the filled hole");
+        assert_eq!(reply.ack_number, Some(REMOTE_SEQ + 1 + 18));
+        assert_eq!(reply.timestamp, Some(TcpTimestampRepr::new(30, 800)));
+    }
+
+    #[test]
+    fn test_tsval_from_clock_is_negotiated_again_for_each_connection() {
+        let mut s = socket_listen();
+        s.set_timestamps_from_clock(Some(7));
+        // A peer without timestamps turns them off for its connection...
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                ..SEND_TEMPL
+            }
+        );
+        assert!(!s.timestamp_enabled());
+        // ...and not for the next one on the same socket.
+        s.abort();
+        s.listen(LOCAL_END).unwrap();
+        assert!(s.timestamp_enabled());
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-cubic")]
+    fn test_tsval_from_clock_initial_window_counts_the_segments_sent() {
+        let mut s = socket_syn_sent_with_buffer_sizes(30_000, 64);
+        s.set_congestion_control(CongestionControl::Cubic);
+        s.set_timestamps_from_clock(Some(7));
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: Some(LOCAL_SEQ + 1),
+                max_seg_size: Some(1460),
+                window_len: 65535,
+                timestamp: Some(TcpTimestampRepr::new(100, 0)),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Established);
+        // Ten segments of 1448 bytes (1460 less the option); counted in the
+        // peer's MSS the window would let a runt of 120 bytes follow.
+        assert_eq!(s.congestion_controller.inner().window(), 10 * 1448);
+    }
+
+    #[test]
+    fn test_tsval_offset_is_one_per_address_pair() {
+        let connected = |secret: u64, port: u16| {
+            let mut s = socket();
+            s.set_timestamps_from_clock(Some(secret));
+            s.socket.connect(&mut s.cx, REMOTE_END, port).unwrap();
+            s.ts_offset
+        };
+        // Another port to the same host: the same clock (a TIME-WAIT there
+        // sees the new connection's timestamps as newer).
+        assert_eq!(connected(7, 49500), connected(7, 49501));
+        assert_ne!(connected(7, 49500), 0);
+        // Another secret (another process): another offset.
+        assert_ne!(connected(7, 49500), connected(8, 49500));
     }
 
     #[test]
