@@ -79,6 +79,7 @@ struct Started {
     routes: Arc<RouteTable>,
     access_log: bool,
     tcp: TcpSettings,
+    upstream_port_range: std::ops::Range<u16>,
 }
 
 /// The per-socket TCP settings the workers' stacks were built with.
@@ -479,6 +480,7 @@ impl Engine {
                 access_log: cfg.access_log_queue > 0,
                 routes: cfg.routes.clone(),
                 tcp: TcpSettings::of(&cfg.stack.net),
+                upstream_port_range: cfg.upstream_port_range.clone(),
             },
             backend,
             xdp,
@@ -600,6 +602,9 @@ impl Engine {
         }
         if TcpSettings::of(&cfg.stack.net) != self.started.tcp {
             ignored.push("engine.tcp_buffer*, engine.tcp_timestamps");
+        }
+        if cfg.upstream_port_range != self.started.upstream_port_range {
+            ignored.push("engine.upstream_port_range");
         }
         let filter = match (self.xdp.as_mut(), self.soft_filter.as_mut()) {
             (Some(x), _) => {

@@ -857,3 +857,115 @@ fn tls_echo_after_half_close(ca: &ferrogate_testkit::Ca, data: &[u8]) -> std::io
     tls.read_to_end(&mut back)?;
     Ok(back)
 }
+
+/// An origin on 10.77.0.3:7200 that closes first: reads one line, writes
+/// it back, closes — so Linux keeps each upstream 4-tuple in TIME-WAIT.
+fn start_close_first_echo(lab: &Lab, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let ns = lab.ns("origin");
+    std::thread::spawn(move || {
+        enter_netns(&ns).expect("enter origin namespace");
+        let l = TcpListener::bind((ORIGIN_IP, 7200)).expect("bind echo");
+        l.set_nonblocking(true).unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut line = [0u8; 64];
+                    if let Ok(n) = s.read(&mut line) {
+                        let _ = s.write_all(&line[..n]);
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    })
+}
+
+/// 300 connections in a row through a TCP listener whose 64 upstream
+/// ports wrap four times onto 4-tuples the origin (which closed first)
+/// still holds in TIME-WAIT. With timestamps, whose clock is one per
+/// address pair, Linux takes each reused 4-tuple's SYN by its newer
+/// timestamp: no SYN is answered by a stale ACK. Without them, about half
+/// are (a random ISN below the old connection's): reset and resent, as the
+/// counter shows — so the first phase is no accident.
+fn reused_ports(lab: &Lab, timestamps: bool) -> u64 {
+    let path = lab.state_dir().join(format!("tw-{timestamps}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"vips = ["10.77.0.10/24"]
+[engine]
+interface = "eth0"
+queues = 1
+tcp_timestamps = {timestamps}
+upstream_port_range = [40000, 40063]
+
+[[upstreams]]
+name = "echo"
+endpoints = ["10.77.0.3:7200"]
+
+[[listeners]]
+port = 80
+[[listeners.routes]]
+respond = {{ status = 200, body = "up" }}
+
+[[listeners]]
+port = 7200
+protocol = "tcp"
+upstream = "echo"
+"#
+        ),
+    )
+    .unwrap();
+    let engine = lab.start_engine_with(&path, "af_xdp", 1);
+    let failures = lab.in_client(|| {
+        (0..300)
+            .filter(|i| {
+                let line = format!("line {i}\n");
+                let echoed = (|| -> std::io::Result<Vec<u8>> {
+                    let mut s = TcpStream::connect_timeout(
+                        &format!("{VIP}:7200").parse().unwrap(),
+                        Duration::from_secs(5),
+                    )?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(line.as_bytes())?;
+                    let mut got = Vec::new();
+                    s.read_to_end(&mut got)?;
+                    Ok(got)
+                })();
+                !matches!(echoed, Ok(got) if got == line.as_bytes())
+            })
+            .count()
+    });
+    assert_eq!(failures, 0, "log:\n{}", engine.log());
+    // Counted when the upstream sockets are recycled.
+    let stats = engine.stats_until(|s| s["stack_sockets_open"] == 0);
+    assert!(stats["stack_l4_connections"] >= 300, "{stats:?}");
+    let tw = lab
+        .exec("origin", &["sh", "-c", "ss -tanH state time-wait | wc -l"])
+        .unwrap();
+    assert!(
+        tw.trim().parse::<u32>().unwrap() >= 32,
+        "the origin holds few TIME-WAITs: {tw}"
+    );
+    stats["stack_tcp_syn_stale_acks"]
+}
+
+#[test]
+fn reused_upstream_ports_pass_the_origins_time_wait_by_timestamp() {
+    lab_test("l4_time_wait", || {
+        let lab = Lab::up(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let origin = start_close_first_echo(&lab, stop.clone());
+        wait_listening(&lab, 7200);
+        let with = reused_ports(&lab, true);
+        // Then without, on 4-tuples the first phase left in TIME-WAIT.
+        let without = reused_ports(&lab, false);
+        stop.store(true, Ordering::Relaxed);
+        origin.join().unwrap();
+        eprintln!("SYNs answered by a stale ACK: {with} with timestamps, {without} without");
+        assert_eq!(with, 0, "SYNs answered by a stale ACK with timestamps");
+        assert!(without > 10, "without timestamps: {without} stale ACKs");
+    });
+}

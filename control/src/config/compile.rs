@@ -43,6 +43,16 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
             "must be at most 68719476736 bytes (64 GiB) per worker",
         );
     }
+    let [first_port, last_port] = *e.upstream_port_range.get_ref();
+    let per_worker = (u32::from(last_port) + 1).saturating_sub(u32::from(first_port))
+        / (*e.queues.get_ref()).max(1);
+    if first_port < 1024 || last_port < first_port || per_worker < 16 {
+        rep.at(
+            e.upstream_port_range.span(),
+            "engine.upstream_port_range",
+            "must be [first, last] with 1024 <= first <= last and at least 16 ports per queue",
+        );
+    }
     if e.interface.is_empty() || e.interface.len() > 15 {
         rep.at(
             0..0,
@@ -371,6 +381,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     ec.stack.net.tcp_rx_buffer_max = tcp_buffer_max;
     ec.stack.net.tcp_buffer_budget = *e.tcp_buffer_budget.get_ref();
     ec.stack.net.tcp_timestamps = e.tcp_timestamps;
+    ec.upstream_port_range = first_port..last_port.saturating_add(1);
     ec.stack.net.gateway_v4 = gateway;
     ec.stack.max_request_body = cfg.limits.max_request_body_bytes;
     let mut access_log = None;

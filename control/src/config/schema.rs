@@ -272,6 +272,10 @@ pub struct EngineSection {
     /// TCP Timestamps (RFC 7323) with peers that offer them.
     #[serde(default = "default_true")]
     pub tcp_timestamps: bool,
+    /// Local ports of upstream connections, first and last (inclusive, as
+    /// Linux's `ip_local_port_range`), split evenly between the workers.
+    #[serde(default = "default_upstream_port_range")]
+    pub upstream_port_range: Spanned<[u16; 2]>,
     /// `[engine.dpdk]`: EAL and port settings for `backend = "dpdk"`.
     #[serde(default)]
     pub dpdk: DpdkSection,
@@ -341,6 +345,10 @@ pub(super) fn default_max_conns() -> usize {
 pub(super) fn default_tcp_buffer() -> Spanned<usize> {
     Spanned::new(0..0, 64 * 1024)
 }
+pub(super) fn default_upstream_port_range() -> Spanned<[u16; 2]> {
+    Spanned::new(0..0, [32_768, 60_999])
+}
+
 pub(super) fn default_tcp_buffer_budget() -> Spanned<usize> {
     Spanned::new(0..0, 128 * 1024 * 1024)
 }

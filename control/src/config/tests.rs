@@ -241,6 +241,32 @@ fn tcp_buffer_growth_compiles_and_bad_bounds_name_their_line() {
 }
 
 #[test]
+fn tcp_timestamps_and_the_upstream_port_range_compile_and_a_bad_range_names_its_line() {
+    let c = compiled(GOOD);
+    assert!(c.engine.stack.net.tcp_timestamps);
+    assert_eq!(c.engine.upstream_port_range, 32_768..61_000);
+    let set = GOOD.replace(
+        "queues = 2",
+        "queues = 2\ntcp_timestamps = false\nupstream_port_range = [40000, 40999]",
+    );
+    let c = compiled(&set);
+    assert!(!c.engine.stack.net.tcp_timestamps);
+    assert_eq!(c.engine.upstream_port_range, 40_000..41_000);
+    for bad in ["[40000, 39999]", "[80, 40000]", "[40000, 40030]"] {
+        let text = GOOD.replace(
+            "queues = 2",
+            &format!("queues = 2\nupstream_port_range = {bad}"),
+        );
+        let e = errors(&text);
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("t.toml:7:") && l.contains("engine.upstream_port_range")),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
+#[test]
 fn the_global_upstream_read_timeout_compiles_from_toml() {
     let text = format!("{GOOD}\n[timeouts]\nupstream_read_ms = 120000\n");
     let c = compiled(&text);

@@ -139,6 +139,11 @@ pub struct NetStats {
     /// TCP retransmission timeouts, counted the same way: a storm of them
     /// means loss recovery failed.
     pub tcp_retransmit_timeouts: u64,
+    /// Upstream SYNs the origin answered with an old connection's ACK (it
+    /// still held the 4-tuple in TIME-WAIT and took the SYN for a stray):
+    /// reset and resent. Rare while timestamps are on (the origin sees the
+    /// SYN's timestamp is newer and reuses the 4-tuple at once).
+    pub tcp_syn_stale_acks: u64,
     /// Transmit buffers grown because they capped a connection's flight.
     pub tcp_tx_buffers_grown: u64,
     /// Receive buffers grown because their window capped the peer's.
@@ -173,7 +178,7 @@ impl NetStats {
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
-    pub fn fields(&self) -> [(&'static str, u64); 28] {
+    pub fn fields(&self) -> [(&'static str, u64); 29] {
         let o = self.rx_outcomes();
         [
             ("rx_frames", self.rx_frames),
@@ -200,6 +205,7 @@ impl NetStats {
             ("socket_polls", self.socket_polls),
             ("tcp_fast_retransmits", self.tcp_fast_retransmits),
             ("tcp_retransmit_timeouts", self.tcp_retransmit_timeouts),
+            ("tcp_syn_stale_acks", self.tcp_syn_stale_acks),
             ("tcp_tx_buffers_grown", self.tcp_tx_buffers_grown),
             ("tcp_rx_buffers_grown", self.tcp_rx_buffers_grown),
             ("tcp_buffer_growth_refused", self.tcp_buffer_growth_refused),
@@ -236,6 +242,7 @@ impl NetStats {
             socket_polls,
             tcp_fast_retransmits,
             tcp_retransmit_timeouts,
+            tcp_syn_stale_acks,
             tcp_tx_buffers_grown,
             tcp_rx_buffers_grown,
             tcp_buffer_growth_refused,
@@ -265,6 +272,7 @@ impl NetStats {
         self.socket_polls += socket_polls;
         self.tcp_fast_retransmits += tcp_fast_retransmits;
         self.tcp_retransmit_timeouts += tcp_retransmit_timeouts;
+        self.tcp_syn_stale_acks += tcp_syn_stale_acks;
         self.tcp_tx_buffers_grown += tcp_tx_buffers_grown;
         self.tcp_rx_buffers_grown += tcp_rx_buffers_grown;
         self.tcp_buffer_growth_refused += tcp_buffer_growth_refused;
@@ -469,6 +477,7 @@ impl Net {
         (
             self.stats.tcp_fast_retransmits,
             self.stats.tcp_retransmit_timeouts,
+            self.stats.tcp_syn_stale_acks,
         ) = self.sockets.retransmissions();
         let growth = self.sockets.growth();
         self.stats.tcp_tx_buffers_grown = growth.tx_grown;

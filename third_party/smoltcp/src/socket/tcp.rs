@@ -602,6 +602,9 @@ pub struct Socket<'a> {
     /// timeouts: the owner's counters.
     fast_retransmits: u32,
     timeouts: u32,
+    /// SYNs a peer answered with an old connection's ACK (a 4-tuple it
+    /// still holds in TIME-WAIT), reset and resent.
+    stale_syn_acks: u32,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -719,6 +722,7 @@ impl<'a> Socket<'a> {
             rx_window_filled: false,
             fast_retransmits: 0,
             timeouts: 0,
+            stale_syn_acks: 0,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -915,17 +919,19 @@ impl<'a> Socket<'a> {
     /// keyed by `secret` and the connection's two addresses (RFC 7323 5.4,
     /// 7.1). Unlike a generator, the echoed values then give an RTT sample
     /// on every ACK of new data, retransmitted or not. For the connections
-    /// this socket opens or accepts from now on (and the current one if
-    /// timestamps were negotiated).
+    /// this socket opens or accepts from now on.
     pub fn set_timestamps_from_clock(&mut self, secret: Option<u64>) {
         self.tsval_clock = secret;
-        self.ts_enabled = self.tsval_generator.is_some() || self.tsval_clock.is_some();
+        // A connection keeps what its handshake chose.
+        if matches!(self.state, State::Closed | State::Listen) {
+            self.ts_enabled = self.tsval_generator.is_some() || self.tsval_clock.is_some();
+        }
     }
 
     /// The clock's TSval offset for this connection, once its addresses
     /// are known: a keyed hash of the address pair, not the ports (as
-    /// Linux), so every connection between two hosts counts on one clock —
-    /// a peer still in TIME-WAIT for a 4-tuple takes a new SYN on it by its
+    /// Linux), so every connection between two hosts from sockets with the
+    /// same secret and clock counts on one clock — a peer still in TIME-WAIT for a 4-tuple takes a new SYN on it by its
     /// newer timestamp (RFC 6191) instead of answering with an old ACK.
     fn set_ts_offset(&mut self) {
         if let (Some(secret), Some(tuple)) = (self.tsval_clock, self.tuple) {
@@ -969,14 +975,19 @@ impl<'a> Socket<'a> {
         (rtt <= RTTE_MAX_RTO).then_some(rtt)
     }
 
-    /// RFC 7323 4.3: TS.Recent takes SEG.TSval of a segment that is not
-    /// older than it and starts at or before the last ACK we sent, so the
-    /// echo of an out-of-order or delayed-ACKed segment times the oldest
-    /// data it acknowledges.
+    /// RFC 7323 4.3: TS.Recent takes SEG.TSval of an acceptable segment
+    /// that is not older than it and starts at or before the last ACK we
+    /// sent, so the echo of an out-of-order or delayed-ACKed segment times
+    /// the oldest data it acknowledges. A SYN that opens a connection sets
+    /// it outright (a listener sent back by a RST forgets the last one).
     fn update_ts_recent(&mut self, repr: &TcpRepr) {
         let Some(timestamp) = repr.timestamp else {
             return;
         };
+        if repr.control == TcpControl::Syn {
+            self.last_remote_tsval = timestamp.tsval;
+            return;
+        }
         let not_older = self.last_remote_tsval == 0
             || timestamp.tsval.wrapping_sub(self.last_remote_tsval) as i32 >= 0;
         let not_ahead = self
@@ -1855,12 +1866,14 @@ impl<'a> Socket<'a> {
         self.timeouts
     }
 
-    /// Both counters, zeroed (ferrogate patch: harvested when the owner
-    /// recycles the socket).
-    pub fn take_retransmission_counts(&mut self) -> (u32, u32) {
-        let counts = (self.fast_retransmits, self.timeouts);
+    /// The fast retransmits, timeouts and SYNs answered by a stale ACK
+    /// (a peer's TIME-WAIT), zeroed (ferrogate patch: harvested when the
+    /// owner recycles the socket).
+    pub fn take_retransmission_counts(&mut self) -> (u32, u32, u32) {
+        let counts = (self.fast_retransmits, self.timeouts, self.stale_syn_acks);
         self.fast_retransmits = 0;
         self.timeouts = 0;
+        self.stale_syn_acks = 0;
         counts
     }
 
@@ -1956,9 +1969,10 @@ impl<'a> Socket<'a> {
         let (mut ip_reply_repr, mut reply_repr) = Self::reply(ip_repr, repr);
         // ferrogate patch: echo TS.Recent (RFC 7323 4.3), not the TSval
         // of an out-of-order segment.
-        reply_repr.timestamp = repr
-            .timestamp
-            .and_then(|_| self.tsval(now))
+        // Once negotiated, on every segment (RFC 7323 3.2), also an answer
+        // to one without it.
+        reply_repr.timestamp = self
+            .tsval(now)
             .map(|tsval| TcpTimestampRepr::new(tsval, self.last_remote_tsval));
 
         // From RFC 793:
@@ -2088,7 +2102,6 @@ impl<'a> Socket<'a> {
         repr: &TcpRepr,
     ) -> Option<(IpRepr, TcpRepr<'static>)> {
         debug_assert!(self.accepts(cx, ip_repr, repr));
-        self.update_ts_recent(repr);
 
         // Consider how much the sequence number space differs from the transmit buffer space.
         let (sent_syn, sent_fin) = match self.state {
@@ -2154,6 +2167,7 @@ impl<'a> Socket<'a> {
                 // its TIME-WAIT; resend the SYN now instead of after the
                 // initial RTO (1 s). Once per connection attempt, so a peer
                 // that keeps answering so cannot make a ping-pong of it.
+                self.stale_syn_acks = self.stale_syn_acks.wrapping_add(1);
                 if !self.syn_resent_after_rst {
                     self.syn_resent_after_rst = true;
                     self.timer.set_for_retransmit(cx.now(), Duration::ZERO);
@@ -2345,6 +2359,11 @@ impl<'a> Socket<'a> {
                 }
             }
         };
+        // ferrogate patch: only a segment that passed the checks above
+        // (RFC 7323 5.3: R3 after the window test).
+        if repr.control != TcpControl::Rst {
+            self.update_ts_recent(repr);
+        }
 
         // Compute the amount of acknowledged octets, removing the SYN and FIN bits
         // from the sequence space.
@@ -2439,10 +2458,10 @@ impl<'a> Socket<'a> {
                 if self.remote_win_scale.is_none() {
                     self.remote_win_shift = 0;
                 }
-                // Remote doesn't support timestamping, don't do it.
-                if repr.timestamp.is_none() {
-                    self.ts_enabled = false;
-                }
+                // Remote doesn't support timestamping, don't do it (and
+                // the choice of a connection a RST ended does not carry over).
+                self.ts_enabled = repr.timestamp.is_some()
+                    && (self.tsval_generator.is_some() || self.tsval_clock.is_some());
                 self.set_ts_offset();
                 // ferrogate patch: also without the MSS option, so the
                 // initial window follows the segment size in use (536).
@@ -3245,6 +3264,10 @@ impl<'a> Socket<'a> {
                 repr.window_len = u16::try_from(self.rx_buffer.window()).unwrap_or(u16::MAX);
                 if self.state == State::SynSent {
                     repr.ack_number = None;
+                    // RFC 7323 3.2: TSecr is zero without ACK.
+                    if let Some(ts) = &mut repr.timestamp {
+                        ts.tsecr = 0;
+                    }
                     repr.window_scale = Some(self.remote_win_shift);
                     repr.sack_permitted = true;
                 } else {
@@ -3933,6 +3956,16 @@ mod test {
 
     fn socket_established() -> TestSocket {
         socket_established_with_buffer_sizes(64, 64)
+    }
+
+    /// Established with clock timestamps negotiated and an offset of 1000
+    /// (what the handshake would have left).
+    fn socket_established_with_timestamps() -> TestSocket {
+        let mut s = socket_established();
+        s.set_timestamps_from_clock(Some(7));
+        s.ts_enabled = true;
+        s.ts_offset = 1000;
+        s
     }
 
     fn socket_fin_wait_1() -> TestSocket {
@@ -5031,6 +5064,8 @@ mod test {
 
         // It should trigger a RST, and change no state
         assert_eq!(s.state, State::SynSent);
+        // ferrogate: counted for the owner.
+        assert_eq!(s.take_retransmission_counts(), (0, 0, 1));
     }
 
     #[test]
@@ -11074,8 +11109,7 @@ mod test {
 
     #[test]
     fn test_tsval_from_clock_times_a_retransmitted_segment() {
-        let mut s = socket_established();
-        s.set_timestamps_from_clock(Some(7));
+        let mut s = socket_established_with_timestamps();
         s.send_slice(b"abcdef").unwrap();
         recv!(
             s,
@@ -11084,7 +11118,7 @@ mod test {
                 seq_number: LOCAL_SEQ + 1,
                 ack_number: Some(REMOTE_SEQ + 1),
                 payload: &b"abcdef"[..],
-                timestamp: Some(TcpTimestampRepr::new(100, 0)),
+                timestamp: Some(TcpTimestampRepr::new(1100, 0)),
                 ..RECV_TEMPL
             }]
         );
@@ -11096,7 +11130,7 @@ mod test {
                 seq_number: LOCAL_SEQ + 1,
                 ack_number: Some(REMOTE_SEQ + 1),
                 payload: &b"abcdef"[..],
-                timestamp: Some(TcpTimestampRepr::new(1100, 0)),
+                timestamp: Some(TcpTimestampRepr::new(2100, 0)),
                 ..RECV_TEMPL
             }]
         );
@@ -11107,7 +11141,7 @@ mod test {
             TcpRepr {
                 seq_number: REMOTE_SEQ + 1,
                 ack_number: Some(LOCAL_SEQ + 1 + 6),
-                timestamp: Some(TcpTimestampRepr::new(9000, 1100)),
+                timestamp: Some(TcpTimestampRepr::new(9000, 2100)),
                 ..SEND_TEMPL
             }
         );
@@ -11116,8 +11150,7 @@ mod test {
 
     #[test]
     fn test_tsval_echo_of_an_out_of_order_segment_is_ts_recent() {
-        let mut s = socket_established();
-        s.set_timestamps_from_clock(Some(7));
+        let mut s = socket_established_with_timestamps();
         send!(
             s,
             time 10,
@@ -11145,7 +11178,7 @@ mod test {
         )
         .expect("an immediate ACK for out-of-order data");
         assert_eq!(reply.ack_number, Some(REMOTE_SEQ + 1 + 6));
-        assert_eq!(reply.timestamp, Some(TcpTimestampRepr::new(20, 500)));
+        assert_eq!(reply.timestamp, Some(TcpTimestampRepr::new(1020, 500)));
         // The retransmission fills the hole: it is TS.Recent now.
         let reply = send(
             &mut s,
@@ -11160,7 +11193,7 @@ mod test {
         )
         .expect("an immediate ACK for the filled hole");
         assert_eq!(reply.ack_number, Some(REMOTE_SEQ + 1 + 18));
-        assert_eq!(reply.timestamp, Some(TcpTimestampRepr::new(30, 800)));
+        assert_eq!(reply.timestamp, Some(TcpTimestampRepr::new(1030, 800)));
     }
 
     #[test]
@@ -11189,7 +11222,9 @@ mod test {
     fn test_tsval_from_clock_initial_window_counts_the_segments_sent() {
         let mut s = socket_syn_sent_with_buffer_sizes(30_000, 64);
         s.set_congestion_control(CongestionControl::Cubic);
+        // As connect() leaves a socket with timestamps on.
         s.set_timestamps_from_clock(Some(7));
+        s.ts_enabled = true;
         send!(
             s,
             TcpRepr {
@@ -11222,6 +11257,87 @@ mod test {
         assert_ne!(connected(7, 49500), 0);
         // Another secret (another process): another offset.
         assert_ne!(connected(7, 49500), connected(8, 49500));
+    }
+
+    #[test]
+    fn test_tsval_ts_recent_ignores_a_segment_outside_the_window() {
+        let mut s = socket_established_with_timestamps();
+        send!(
+            s,
+            time 10,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(500, 0)),
+                ..SEND_TEMPL
+            }
+        );
+        // A blind segment far outside the window (behind it, so it starts
+        // before the last ACK sent) with a TSval from the future: answered
+        // (a challenge ACK), never taken as TS.Recent.
+        let reply = send(
+            &mut s,
+            Instant::from_millis(20),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 - 1_000_000,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"x"[..],
+                timestamp: Some(TcpTimestampRepr::new(1 << 30, 0)),
+                ..SEND_TEMPL
+            },
+        )
+        .expect("an ACK for an out-of-window segment");
+        assert_eq!(reply.timestamp, Some(TcpTimestampRepr::new(1020, 500)));
+        assert_eq!(s.last_remote_tsval, 500);
+    }
+
+    #[test]
+    fn test_tsval_reply_to_a_segment_without_the_option_carries_it() {
+        let mut s = socket_established_with_timestamps();
+        let reply = send(
+            &mut s,
+            Instant::from_millis(20),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"ghijkl"[..],
+                ..SEND_TEMPL
+            },
+        )
+        .expect("an immediate ACK for out-of-order data");
+        assert_eq!(reply.timestamp, Some(TcpTimestampRepr::new(1020, 0)));
+    }
+
+    #[test]
+    fn test_tsval_a_listener_reset_to_listen_echoes_the_next_syn() {
+        let mut s = socket_listen();
+        s.set_timestamps_from_clock(Some(7));
+        let syn = |seq, tsval| TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: seq,
+            ack_number: None,
+            timestamp: Some(TcpTimestampRepr::new(tsval, 0)),
+            ..SEND_TEMPL
+        };
+        send!(s, syn(REMOTE_SEQ, 900));
+        assert_eq!(s.state, State::SynReceived);
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: None,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Listen);
+        // The next client's SYN on the same port may carry an older TSval
+        // (another host behind the same address, a restarted one): its
+        // SYN-ACK must echo it, or Linux refuses the SYN-ACK.
+        send!(s, syn(REMOTE_SEQ + 5000, 300));
+        assert_eq!(s.state, State::SynReceived);
+        assert_eq!(s.last_remote_tsval, 300);
     }
 
     #[test]
