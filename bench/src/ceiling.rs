@@ -12,12 +12,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ferrogate_engine::{Engine, EngineConfig, EngineStats, MemPeer, PollingMode, mem_port};
-use ferrogate_proxy::{RouteTable, Upstream};
+use ferrogate_proxy::rules::{Cidr, PathTest, Rule, RuleAction, RuleMatch, Rules, ValueTest};
+use ferrogate_proxy::{DirectResponse, Listener, Route, RouteAction, RouteTable, Upstream};
 use ferrogate_testkit::peer::{HttpPeer, Link, PeerConfig};
 
 use crate::env::{LOAD_CPU, PROXY_CPU};
 use crate::measure::Metrics;
 use crate::report::{Report, Sample, col};
+
+/// L7 rules of the `ferrogate-N-rules` contender.
+const RULES: usize = 1000;
 
 /// Variants: (name, response body bytes, one request per connection).
 const VARIANTS: [(&str, usize, bool); 3] = [
@@ -75,8 +79,52 @@ fn totals(peer_ok: u64, peer_bad: u64, s: &EngineStats) -> Totals {
     }
 }
 
-/// One measurement: `warmup` then `seconds` of load through a fresh engine.
-fn measure(o: &Opts, body_len: usize, close_each: bool) -> Result<Metrics> {
+/// Rules that no request of the peer matches (issue #20's figure: proxy
+/// CPU per request with 1,000 rules): a quarter each of path prefixes,
+/// whole-path regexes (one `RegexSet`), header presence and source
+/// addresses, evaluated in full for every request.
+fn unmatched_rules(n: usize) -> Rules {
+    let deny = RuleAction::Deny(Arc::new(DirectResponse {
+        status: 403,
+        content_type: "text/plain".into(),
+        body: b"no\n".to_vec(),
+        location: None,
+    }));
+    let rules = (0..n)
+        .map(|i| {
+            let m = match i % 4 {
+                0 => RuleMatch {
+                    path: Some(PathTest::Prefix(format!("/never/{i}/"))),
+                    ..Default::default()
+                },
+                1 => RuleMatch {
+                    path: Some(PathTest::Regex(format!("/r{i}/[a-z]+\\.php"))),
+                    ..Default::default()
+                },
+                2 => RuleMatch {
+                    headers: vec![(format!("x-never-{i}"), ValueTest::Present)],
+                    ..Default::default()
+                },
+                _ => RuleMatch {
+                    sources: vec![
+                        Cidr::new(
+                            std::net::IpAddr::from([198, 18, (i >> 8) as u8, i as u8]),
+                            32,
+                        )
+                        .expect("a /32"),
+                    ],
+                    ..Default::default()
+                },
+            };
+            Rule::new(format!("r{i}"), m, deny.clone())
+        })
+        .collect();
+    Rules::new(rules).expect("the rules compile")
+}
+
+/// One measurement: `warmup` then `seconds` of load through a fresh engine
+/// whose listener has `rules` unmatched L7 rules.
+fn measure(o: &Opts, body_len: usize, close_each: bool, rules: usize) -> Result<Metrics> {
     let (port, peer_end) = mem_port(4096);
     // A NIC would check and fill checksums: so does this port.
     let port = port.with_checksum_offload(true);
@@ -85,7 +133,13 @@ fn measure(o: &Opts, body_len: usize, close_each: bool) -> Result<Metrics> {
         close_each,
         ..PeerConfig::memory_lab(o.conns as usize, body_len)
     };
-    let routes = RouteTable::proxy_all(1, 80, Upstream::simple("origin", 0, &[peer_cfg.origin()]));
+    let pool = Arc::new(Upstream::simple("origin", 0, &[peer_cfg.origin()]));
+    let listener = Listener::new(
+        80,
+        vec![Route::new("all", RouteAction::Proxy(pool.clone()))],
+    )
+    .with_rules(unmatched_rules(rules));
+    let routes = RouteTable::new(1, vec![listener], vec![pool]);
     let mut cfg = EngineConfig::new("mem0", vec![peer_cfg.vip_cidr()], Arc::new(routes));
     cfg.polling = PollingMode::Busy;
     cfg.cpus = vec![PROXY_CPU];
@@ -179,11 +233,19 @@ pub fn run(o: &Opts, meta: BTreeMap<String, String>) -> Result<Report> {
         "ceiling: worker ns per request (in-memory port, no kernel)".into(),
     )];
     r.notes.push("The real engine (filter tier, stack, proxy, pooled upstream connections) on an in-memory port; the peer (keep-alive clients and the origin on one smoltcp stack) runs on the other CPU. `worker ns/req` is the worker's busy time (loop iterations that moved frames) per request; `worker busy` below ~0.9 means the peer could not keep the worker busy.".into());
-    r.ratios = vec![crate::report::Ratio {
-        key: "worker_ns_per_req".into(),
-        label: "ns/req vs nginx-loopback".into(),
-        baseline: "nginx-loopback".into(),
-    }];
+    r.ratios = vec![
+        crate::report::Ratio {
+            key: "worker_ns_per_req".into(),
+            label: "ns/req vs nginx-loopback".into(),
+            baseline: "nginx-loopback".into(),
+        },
+        crate::report::Ratio {
+            key: "worker_ns_per_req".into(),
+            label: "ns/req vs ferrogate".into(),
+            baseline: "ferrogate".into(),
+        },
+    ];
+    r.notes.push(format!("ferrogate-{RULES}-rules (tiny only): the same engine with {RULES} L7 rules on the listener that no request matches (path prefixes, whole-path regexes in one RegexSet, header presence, source addresses: every rule is evaluated for every request); issue #20's goal is at most +1 µs per request over none."));
     r.notes.push("nginx-loopback: wrk → nginx (1 worker, CPU 1) → origin nginx on 127.0.0.1 (wrk and origin on CPU 0), upstream keepalive 64; its `worker ns/req` is the proxy nginx's utime+stime per request (tick-based). On loopback the sender's syscall runs the receiving TCP stack too, so nginx pays receive work for what it sends, not for what it is sent.".into());
     let scratch = crate::loopback::scratch();
     for round in 0..o.rounds {
@@ -194,7 +256,7 @@ pub fn run(o: &Opts, meta: BTreeMap<String, String>) -> Result<Report> {
             r.samples
                 .push(sample(variant, "nginx-loopback", round, nginx));
             eprintln!("ceiling round {round}: {variant}");
-            let fg = measure(o, body, close_each).map(|m| {
+            let fg = measure(o, body, close_each, 0).map(|m| {
                 let cmd = format!(
                     "in-process: Engine::start_on_memory (1 worker, busy, CPU {PROXY_CPU}) + testkit HttpPeer ({} conns, {body} B bodies, close_each={close_each}, CPU {LOAD_CPU})",
                     o.conns
@@ -207,6 +269,21 @@ pub fn run(o: &Opts, meta: BTreeMap<String, String>) -> Result<Report> {
                 bail!("{variant}: bad responses through the engine: {m:?}");
             }
             r.samples.push(sample(variant, "ferrogate", round, fg));
+            if variant == "tiny" {
+                eprintln!("ceiling round {round}: {variant} with {RULES} rules");
+                let ruled = measure(o, body, close_each, RULES).map(|m| {
+                    let cmd = format!(
+                        "in-process: as ferrogate, the listener with {RULES} L7 rules no request matches"
+                    );
+                    (m, cmd)
+                });
+                r.samples.push(sample(
+                    variant,
+                    &format!("ferrogate-{RULES}-rules"),
+                    round,
+                    ruled,
+                ));
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);

@@ -400,6 +400,14 @@ pub fn render(st: &EngineStats, info: &Info<'_>) -> String {
             &r.latency,
         );
     }
+    for (rule, hits) in &st.routes.rules {
+        f.counter(
+            "ferrogate_rule_hits_total",
+            "requests an L7 rule matched",
+            &[("rule", rule.clone())],
+            *hits,
+        );
+    }
     f.render()
 }
 

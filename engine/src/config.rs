@@ -155,6 +155,18 @@ pub struct PortPlan {
 }
 
 impl PortPlan {
+    /// Every worker needs a share of at least 16 ports (`--queues` may ask
+    /// for more workers than the config's range was checked for).
+    pub fn check(range: &std::ops::Range<u16>, workers: usize) -> Result<(), String> {
+        if range.len() / workers.max(1) < 16 {
+            return Err(format!(
+                "upstream ports {}..{} leave fewer than 16 per worker for {workers} workers (engine.upstream_port_range)",
+                range.start, range.end
+            ));
+        }
+        Ok(())
+    }
+
     pub fn new(range: std::ops::Range<u16>, workers: usize) -> Self {
         let span = (range.len() / workers.max(1)) as u16;
         Self {
@@ -193,5 +205,12 @@ mod tests {
         assert_eq!(p.owner(b.start), Some(1));
         assert_eq!(p.owner(80), None);
         assert_eq!(p.owner(b.end), None);
+    }
+
+    #[test]
+    fn a_range_too_small_for_the_workers_is_refused() {
+        assert!(PortPlan::check(&(40_000..40_032), 2).is_ok());
+        let e = PortPlan::check(&(40_000..40_032), 3).unwrap_err();
+        assert!(e.contains("engine.upstream_port_range"), "{e}");
     }
 }

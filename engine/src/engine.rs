@@ -383,6 +383,8 @@ impl Engine {
         if cfg.vips().is_empty() {
             return Err(EngineError::Config("at least one VIP is required".into()));
         }
+        PortPlan::check(&cfg.upstream_port_range, cfg.queues as usize)
+            .map_err(EngineError::Config)?;
         let mut cfg = cfg;
         let opened = if cfg.backend == BackendChoice::Dpdk {
             open_dpdk(&mut cfg)?
@@ -411,6 +413,7 @@ impl Engine {
             return Err(EngineError::Config("at least one VIP is required".into()));
         }
         cfg.queues = ports.len() as u32;
+        PortPlan::check(&cfg.upstream_port_range, ports.len()).map_err(EngineError::Config)?;
         let (cpus, _) = place_workers(&mut cfg, None)?;
         let opened = Opened {
             mac: MEMORY_MAC,

@@ -941,6 +941,7 @@ upstream = "echo"
     assert_eq!(failures, 0, "log:\n{}", engine.log());
     // Counted when the upstream sockets are recycled.
     let stats = engine.stats_until(|s| s["stack_sockets_open"] == 0);
+    assert_eq!(stats["stack_sockets_open"], 0, "{stats:?}");
     assert!(stats["stack_l4_connections"] >= 300, "{stats:?}");
     let tw = lab
         .exec("origin", &["sh", "-c", "ss -tanH state time-wait | wc -l"])
@@ -957,12 +958,20 @@ fn reused_upstream_ports_pass_the_origins_time_wait_by_timestamp() {
     lab_test("l4_time_wait", || {
         let lab = Lab::up(1);
         let stop = Arc::new(AtomicBool::new(false));
-        let origin = start_close_first_echo(&lab, stop.clone());
+        // Stops the origin thread also when an assertion fails.
+        struct StopOnDrop(Arc<AtomicBool>);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let stopper = StopOnDrop(stop.clone());
+        let origin = start_close_first_echo(&lab, stop);
         wait_listening(&lab, 7200);
         let with = reused_ports(&lab, true);
         // Then without, on 4-tuples the first phase left in TIME-WAIT.
         let without = reused_ports(&lab, false);
-        stop.store(true, Ordering::Relaxed);
+        drop(stopper);
         origin.join().unwrap();
         eprintln!("SYNs answered by a stale ACK: {with} with timestamps, {without} without");
         assert_eq!(with, 0, "SYNs answered by a stale ACK with timestamps");

@@ -46,11 +46,11 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     let [first_port, last_port] = *e.upstream_port_range.get_ref();
     let per_worker = (u32::from(last_port) + 1).saturating_sub(u32::from(first_port))
         / (*e.queues.get_ref()).max(1);
-    if first_port < 1024 || last_port < first_port || per_worker < 16 {
+    if first_port < 1024 || last_port < first_port || last_port == u16::MAX || per_worker < 16 {
         rep.at(
             e.upstream_port_range.span(),
             "engine.upstream_port_range",
-            "must be [first, last] with 1024 <= first <= last and at least 16 ports per queue",
+            "must be [first, last] with 1024 <= first <= last <= 65534 and at least 16 ports per queue",
         );
     }
     if e.interface.is_empty() || e.interface.len() > 15 {
@@ -141,6 +141,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     let mut udp_listeners = Vec::new();
     let mut ports = HashSet::new();
     let mut route_names = HashSet::new();
+    let mut rule_names = HashSet::new();
     if cfg.listeners.is_empty() {
         rep.at(0..0, "listeners", "at least one listener is required");
     }
@@ -155,13 +156,24 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 format!("port {port} is zero or used twice"),
             );
         }
-        if (32_768..61_000).contains(&port) {
+        if (first_port..=last_port).contains(&port) {
             rep.at(
                 l.port.span(),
                 format!("listeners[{i}].port"),
-                "lies in the upstream port range 32768..61000",
+                format!(
+                    "lies in the upstream port range {first_port}..={last_port} (engine.upstream_port_range)"
+                ),
             );
         }
+        let is_http = l.protocol.as_ref().is_none_or(|p| p.get_ref() == "http");
+        if !is_http && !l.rules.is_empty() {
+            rep.at(
+                l.port.span(),
+                format!("listeners[{i}].rules"),
+                "only HTTP listeners have rules",
+            );
+        }
+        let rules = check_rules(i, l, &mut rule_names, rep);
         if udp {
             if let Some(u) = check_udp(i, l, &pools, rep) {
                 udp_listeners.push(u);
@@ -237,6 +249,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                         status: d.status,
                         content_type: d.content_type.clone(),
                         body: d.body.clone().into_bytes(),
+                        location: None,
                     })))
                 }
                 _ => {
@@ -327,7 +340,9 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
             }
             continue;
         }
-        let mut listener = Listener::new(port, routes).with_http2(l.http2);
+        let mut listener = Listener::new(port, routes)
+            .with_http2(l.http2)
+            .with_rules(rules);
         if let Some(tls) = check_listener_tls(i, l, rep) {
             listener = listener.with_tls(Arc::new(tls));
         }

@@ -35,6 +35,7 @@ mod filter;
 mod listener_tls;
 mod report;
 mod routes;
+mod rules;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -48,6 +49,7 @@ use filter::*;
 use listener_tls::*;
 use report::*;
 use routes::*;
+use rules::*;
 pub use schema::*;
 use upstream::*;
 

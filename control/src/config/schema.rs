@@ -429,6 +429,9 @@ pub struct ListenerSection {
     pub proxy_protocol_from: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+    /// L7 rules evaluated before routing (HTTP listeners).
+    #[serde(default)]
+    pub rules: Vec<RuleSection>,
 }
 
 /// `[listeners.tls]`. Paths are relative to the config file.
@@ -514,6 +517,53 @@ pub struct RouteSection {
     /// certificate has this subject common name.
     #[serde(default)]
     pub client_cert_cn: Option<Spanned<String>>,
+}
+
+/// `[[listeners.rules]]` (see `configs/edge.example.toml`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    pub name: Spanned<String>,
+    /// Client addresses or prefixes; any one matches.
+    #[serde(default)]
+    pub source: Vec<Spanned<String>>,
+    /// Exact host or `*.suffix`.
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub path_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub path_exact: Option<Spanned<String>>,
+    /// Must match the whole path.
+    #[serde(default)]
+    pub path_regex: Option<Spanned<String>>,
+    /// Name → "exact", true (present), false (absent) or { regex = "…" }.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    pub query: BTreeMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    pub cookies: BTreeMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    pub client_cert_cn: Option<String>,
+    /// "allow", "deny" or "redirect".
+    pub action: Spanned<String>,
+    /// deny: 400..=599 (default 403); redirect: 301/302/303/307/308
+    /// (default 302).
+    #[serde(default)]
+    pub status: Option<Spanned<u16>>,
+    /// deny: the answer's body (default "forbidden\n").
+    #[serde(default)]
+    pub body: Option<String>,
+    /// redirect: `Location`, with {scheme} {host} {path} {query}
+    /// {request_uri}.
+    #[serde(default)]
+    pub location: Option<Spanned<String>>,
+    /// Written to the access log of matched requests.
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -190,6 +190,8 @@ fn edge_example_compiles_every_new_key() {
     let c = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/edge.example.toml"))
         .unwrap_or_else(|e| panic!("{e}"));
     let t = &c.engine.routes;
+    let rules: Vec<_> = t.rules().map(|r| r.name.as_str()).collect();
+    assert_eq!(rules, ["monitoring", "admin", "scanners", "old-docs"]);
     let api = t.upstreams.iter().find(|u| u.name == "api").unwrap();
     assert_eq!(api.policy.balancer, Balancer::Weighted);
     assert!(api.weights.iter().any(|&w| w > 1));
@@ -252,7 +254,29 @@ fn tcp_timestamps_and_the_upstream_port_range_compile_and_a_bad_range_names_its_
     let c = compiled(&set);
     assert!(!c.engine.stack.net.tcp_timestamps);
     assert_eq!(c.engine.upstream_port_range, 40_000..41_000);
-    for bad in ["[40000, 39999]", "[80, 40000]", "[40000, 40030]"] {
+    // A listener may sit where the default range was, once the range moved.
+    let moved = set.replace("port = 80", "port = 50000");
+    assert!(
+        compiled(&moved)
+            .engine
+            .routes
+            .listeners
+            .iter()
+            .any(|l| l.port == 50000)
+    );
+    let inside = set.replace("port = 80", "port = 40500");
+    let e = errors(&inside);
+    assert!(
+        e.iter()
+            .any(|l| l.contains("listeners[0].port") && l.contains("40000..=40999")),
+        "{e:?}"
+    );
+    for bad in [
+        "[40000, 39999]",
+        "[80, 40000]",
+        "[40000, 40030]",
+        "[65000, 65535]",
+    ] {
         let text = GOOD.replace(
             "queues = 2",
             &format!("queues = 2\nupstream_port_range = {bad}"),
@@ -795,5 +819,103 @@ fn proxy_protocol_from_takes_prefixes_on_tcp_listeners() {
         )),
         "{:#?}",
         errors(&bad)
+    );
+}
+
+#[test]
+fn rules_compile_in_order_and_bad_ones_name_file_line_and_field() {
+    let good = format!(
+        "{GOOD}{}",
+        r#"
+[[listeners.rules]]
+name = "wp"
+path_regex = "/wp-.*"
+headers = { "user-agent" = { regex = "(?i)bot" }, "x-a" = true, "x-b" = false, "x-c" = "v" }
+source = ["10.0.0.0/8", "2001:db8::1"]
+action = "deny"
+tag = "scanner"
+[[listeners.rules]]
+name = "docs"
+path_prefix = "/docs/"
+action = "redirect"
+location = "https://{host}{request_uri}"
+[[listeners.rules]]
+name = "ok"
+action = "allow"
+"#
+    );
+    let c = compiled(&good);
+    let names: Vec<_> = c
+        .engine
+        .routes
+        .rules()
+        .map(|r| (r.name.as_str(), r.id))
+        .collect();
+    assert_eq!(names, [("wp", 0), ("docs", 1), ("ok", 2)]);
+    let bad = format!(
+        "{GOOD}{}",
+        r#"
+[[listeners.rules]]
+name = "wp"
+path_regex = "/wp-("
+action = "deny"
+[[listeners.rules]]
+name = "wp"
+action = "block"
+[[listeners.rules]]
+name = "r"
+action = "redirect"
+status = 200
+[[listeners.rules]]
+name = "s"
+source = ["10.0.0.0/33"]
+headers = { "x" = 1 }
+location = "/{nope}"
+action = "redirect"
+"#
+    );
+    let e = errors(&bad);
+    let has = |line: &str, field: &str, what: &str| {
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with(line) && l.contains(field) && l.contains(what)),
+            "{line} {field} {what}: {e:?}"
+        );
+    };
+    has(
+        "t.toml:22:",
+        "listeners[0].rules[0].path_regex",
+        "invalid regex",
+    );
+    has(
+        "t.toml:25:",
+        "listeners[0].rules[1].name",
+        "duplicate rule name",
+    );
+    has("t.toml:26:", "listeners[0].rules[1].action", "\"block\"");
+    has(
+        "t.toml:30:",
+        "listeners[0].rules[2].status",
+        "301, 302, 303, 307 or 308",
+    );
+    has(
+        "t.toml:29:",
+        "listeners[0].rules[2].location",
+        "needs a location",
+    );
+    has(
+        "t.toml:33:",
+        "listeners[0].rules[3].source[0]",
+        "not an address or prefix",
+    );
+    has(
+        "t.toml:34:",
+        "listeners[0].rules[3].headers.x",
+        "must be a string",
+    );
+    has(
+        "t.toml:35:",
+        "listeners[0].rules[3].location",
+        "unknown placeholder",
     );
 }

@@ -140,8 +140,8 @@ pub struct NetStats {
     /// means loss recovery failed.
     pub tcp_retransmit_timeouts: u64,
     /// Upstream SYNs the origin answered with an old connection's ACK (it
-    /// still held the 4-tuple in TIME-WAIT and took the SYN for a stray):
-    /// reset and resent. Rare while timestamps are on (the origin sees the
+    /// still held the 4-tuple in TIME-WAIT, or half-open from a connection
+    /// the edge reclaimed, and took the SYN for a stray): reset and resent. Rare while timestamps are on (the origin sees the
     /// SYN's timestamp is newer and reuses the 4-tuple at once).
     pub tcp_syn_stale_acks: u64,
     /// Transmit buffers grown because they capped a connection's flight.

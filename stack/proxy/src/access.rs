@@ -93,6 +93,9 @@ pub struct AccessRecord {
     pub path: Field<192>,
     pub request_id: Field<64>,
     pub route: Field<48>,
+    /// The L7 rule the request matched, and its tag.
+    pub rule: Field<48>,
+    pub tag: Field<48>,
     pub upstream: Option<SocketAddr>,
     /// Upstream retries of this request.
     pub retries: u8,
@@ -115,6 +118,8 @@ impl AccessRecord {
         self.path.clear();
         self.request_id.clear();
         self.route.clear();
+        self.rule.clear();
+        self.tag.clear();
         self.upstream = None;
         self.retries = 0;
         self.error = "";
@@ -158,6 +163,12 @@ impl AccessRecord {
             self.status, self.duration_us
         );
         str_field(out, "route", self.route.as_bytes(), false);
+        if !self.rule.as_bytes().is_empty() {
+            str_field(out, "rule", self.rule.as_bytes(), false);
+        }
+        if !self.tag.as_bytes().is_empty() {
+            str_field(out, "tag", self.tag.as_bytes(), false);
+        }
         match self.upstream {
             Some(u) => {
                 let _ = write!(out, ",\"upstream\":\"{u}\"");

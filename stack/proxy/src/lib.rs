@@ -21,6 +21,7 @@ pub mod proxy_header;
 pub mod route;
 pub mod route_stats;
 pub mod router;
+pub mod rules;
 mod stack;
 pub mod stats;
 mod udp_session;

@@ -21,6 +21,7 @@ use crate::lb::{Balancer, UpstreamRegistry};
 use crate::phases::{ProxyHttp, RequestInfo, ResponseInfo, Verdict};
 use crate::route::{DirectResponse, RouteAction, RouteTable};
 use crate::route_stats::RouteCounters;
+use crate::rules::RuleAction;
 use crate::stats::StackStats;
 
 /// Buffers of one connection, recycled between connections.
@@ -245,6 +246,9 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
     access: &mut AccessRecord,
 ) -> Routing<'r> {
     let (phases, routes) = (cx.phases, cx.routes);
+    if let Some(answer) = apply_rules(cx, info, access) {
+        return Routing::Respond(answer);
+    }
     let route = match phases.request_filter(info, pctx) {
         Verdict::Continue => routes
             .listener(info.listener_port)
@@ -261,6 +265,46 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
             Routing::Route(route)
         }
         None => Routing::NoRoute,
+    }
+}
+
+/// A redirect's `Location`.
+pub(crate) fn location_line(r: &DirectResponse, lines: &mut crate::http::HeaderLines<'_>) {
+    if let Some(to) = &r.location {
+        lines.add("Location", to.as_bytes());
+    }
+}
+
+/// Evaluates the listener's L7 rules: counts and records the rule that
+/// matched; a deny or redirect is the answer.
+fn apply_rules<P: ProxyHttp>(
+    cx: &mut Ctx<'_, P>,
+    info: &RequestInfo<'_>,
+    access: &mut AccessRecord,
+) -> Option<Arc<DirectResponse>> {
+    let routes = cx.routes;
+    let rule = routes
+        .listener(info.listener_port)?
+        .rules()
+        .evaluate(&info.view, info.client_ip)?;
+    cx.route_stats.rule_hit(rule.id);
+    access.rule.set(rule.name.as_bytes());
+    if let Some(tag) = &rule.tag {
+        access.tag.set(tag.as_bytes());
+    }
+    match &rule.action {
+        RuleAction::Allow => None,
+        RuleAction::Deny(answer) => Some(answer.clone()),
+        RuleAction::Redirect { status, location } => {
+            let mut to = String::new();
+            location.render(&info.view, info.https, &mut to);
+            Some(Arc::new(DirectResponse {
+                status: *status,
+                content_type: "text/plain".into(),
+                body: Vec::new(),
+                location: Some(to),
+            }))
+        }
     }
 }
 
@@ -675,7 +719,7 @@ impl<P: ProxyHttp> Conn<P> {
                 keep_alive: keep,
                 include_body: !info.is_head,
             },
-            |_| {},
+            |lines| location_line(r, lines),
             &mut 0,
             &mut self.bufs.to_client,
         );

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::http::RequestView;
 use crate::lb::Upstream;
 use crate::router::RouteIndex;
+use crate::rules::{Rule, Rules};
 use crate::tls::ListenerTls;
 
 #[derive(Debug, Clone)]
@@ -59,6 +60,8 @@ pub struct Listener {
     /// A TCP listener (`protocol = "tcp"`): every connection is spliced to
     /// this pool; such a listener has no routes.
     pub l4: Option<L4Listener>,
+    /// Evaluated before routing (see `rules`).
+    rules: Rules,
     routes: Vec<Route>,
     index: RouteIndex,
 }
@@ -177,6 +180,8 @@ pub struct DirectResponse {
     pub status: u16,
     pub content_type: String,
     pub body: Vec<u8>,
+    /// A `Location` field (redirects).
+    pub location: Option<String>,
 }
 
 impl RouteTable {
@@ -191,6 +196,13 @@ impl RouteTable {
         let mut id = 0;
         for l in &mut listeners {
             for r in &mut l.routes {
+                r.id = id;
+                id += 1;
+            }
+        }
+        let mut id = 0;
+        for l in &mut listeners {
+            for r in l.rules.rules_mut() {
                 r.id = id;
                 id += 1;
             }
@@ -235,6 +247,11 @@ impl RouteTable {
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.listeners.iter().flat_map(|l| l.routes.iter())
     }
+
+    /// Every rule of every listener, in id order.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.listeners.iter().flat_map(|l| l.rules.rules().iter())
+    }
 }
 
 impl Listener {
@@ -246,9 +263,20 @@ impl Listener {
             tls: None,
             http2: false,
             l4: None,
+            rules: Rules::default(),
             routes,
             index,
         }
+    }
+
+    /// With rules evaluated before routing.
+    pub fn with_rules(mut self, rules: Rules) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
     }
 
     /// Terminates TLS on this listener.
@@ -402,6 +430,7 @@ mod tests {
                     status: 200,
                     content_type: "text/plain".into(),
                     body: name.as_bytes().to_vec(),
+                    location: None,
                 })),
             )
         }

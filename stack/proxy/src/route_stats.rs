@@ -52,6 +52,8 @@ impl RouteStats {
 #[derive(Debug, Clone, Default)]
 pub struct RouteCounters {
     pub routes: Vec<(String, RouteStats)>,
+    /// Requests each L7 rule matched, slot `Rule::id`.
+    pub rules: Vec<(String, u64)>,
 }
 
 impl RouteCounters {
@@ -70,6 +72,24 @@ impl RouteCounters {
                 (r.name.clone(), prev)
             })
             .collect();
+        let mut old = std::mem::take(&mut self.rules);
+        self.rules = table
+            .rules()
+            .map(|r| {
+                let prev = old
+                    .iter_mut()
+                    .find(|(n, _)| *n == r.name)
+                    .map_or(0, |(_, hits)| std::mem::take(hits));
+                (r.name.clone(), prev)
+            })
+            .collect();
+    }
+
+    /// Counts a request rule `id` (`Rule::id`) matched; O(1).
+    pub fn rule_hit(&mut self, id: usize) {
+        if let Some((_, hits)) = self.rules.get_mut(id) {
+            *hits += 1;
+        }
     }
 
     /// The counters of route `id` (`Route::id`); O(1).
@@ -85,11 +105,20 @@ impl RouteCounters {
                 None => self.routes.push((name.clone(), *s)),
             }
         }
+        for (name, hits) in &o.rules {
+            match self.rules.iter_mut().find(|(n, _)| n == name) {
+                Some((_, mine)) => *mine += hits,
+                None => self.rules.push((name.clone(), *hits)),
+            }
+        }
     }
 
     pub fn render(&self, out: &mut String) {
         for (name, s) in &self.routes {
             s.render(name, out);
+        }
+        for (name, hits) in &self.rules {
+            let _ = writeln!(out, "rule_{name}_hits {hits}");
         }
     }
 }
@@ -107,6 +136,7 @@ mod tests {
             status: 200,
             content_type: "text/plain".into(),
             body: vec![],
+            location: None,
         }));
         let table = RouteTable::new(
             1,

@@ -130,6 +130,7 @@ mod tests {
                 status: 200,
                 content_type: "text/plain".into(),
                 body: Vec::new(),
+                location: None,
             })),
         )
     }

@@ -1787,6 +1787,7 @@ fn custom_phases_answer_route_rewrite_watch_bodies_and_log_each_request() {
             status: 403,
             content_type: "text/plain".into(),
             body: b"admins only".to_vec(),
+            location: None,
         }),
     };
     let mut lab = Lab::with_phases(Origin::Serving, routes(), |_| {}, guard);

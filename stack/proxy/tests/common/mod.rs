@@ -194,6 +194,7 @@ pub fn routes() -> Arc<RouteTable> {
                             status: 200,
                             content_type: "text/plain".into(),
                             body: b"hello from ferrogate".to_vec(),
+                            location: None,
                         })),
                     )
                 },

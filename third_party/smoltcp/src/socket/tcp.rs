@@ -985,7 +985,11 @@ impl<'a> Socket<'a> {
             return;
         };
         if repr.control == TcpControl::Syn {
-            self.last_remote_tsval = timestamp.tsval;
+            // Only a SYN that opens the connection (any other is dropped
+            // or challenged below).
+            if matches!(self.state, State::Listen | State::SynSent) {
+                self.last_remote_tsval = timestamp.tsval;
+            }
             return;
         }
         let not_older = self.last_remote_tsval == 0
@@ -2972,6 +2976,16 @@ impl<'a> Socket<'a> {
         // * We can send a full packet
         // * We have all the data we'll ever send (we're closing send)
         if self.nagle && data_in_flight && !can_send_full && !want_fin {
+            can_send = false;
+        }
+
+        // ferrogate patch: the congestion window counts bytes, so after a
+        // reduction it has room for a fraction of a segment; with more data
+        // queued and in the peer's window than that, wait for the ACK that
+        // makes room for a full one (sender SWS avoidance, RFC 9293
+        // 3.8.6.2.1; Linux counts the window in segments and sends no runts
+        // mid-stream). Nothing in flight: send what fits.
+        if data_in_flight && !can_send_full && capped_send_seq > max_send {
             can_send = false;
         }
 
@@ -11219,6 +11233,63 @@ mod test {
 
     #[test]
     #[cfg(feature = "socket-tcp-cubic")]
+    fn test_no_runt_while_the_congestion_window_has_room_for_part_of_a_segment() {
+        let mut s = socket_established_with_buffer_sizes(30_000, 64);
+        s.set_congestion_control(CongestionControl::Cubic);
+        // As ferrogate's sockets: Nagle would hold the runt back anyway.
+        s.set_nagle_enabled(false);
+        s.congestion_controller
+            .inner_mut()
+            .set_mss(BASE_MSS as usize);
+        s.remote_mss = BASE_MSS as usize;
+        s.remote_win_len = 65535;
+        s.send_slice(&[0x55; 30_000]).unwrap();
+        let mss = BASE_MSS as usize;
+        let mut sent = 0;
+        while let Some(n) = {
+            let mut n = None;
+            let _ = s.socket.dispatch(&mut s.cx, |_, _, (_, repr)| {
+                n = Some(repr.payload.len());
+                Ok::<(), ()>(())
+            });
+            n
+        } {
+            assert_eq!(n, mss, "segment {} of the initial window", sent / mss);
+            sent += n;
+        }
+        assert_eq!(sent, 10 * mss);
+        // An ACK of part of a segment (slow start grows the window by it)
+        // leaves room for less than a segment: nothing goes out...
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 700),
+                window_len: 65535,
+                ..SEND_TEMPL
+            }
+        );
+        recv_nothing!(s);
+        // ...until the room is a full segment.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + mss as u32 as usize),
+                window_len: 65535,
+                ..SEND_TEMPL
+            }
+        );
+        let mut sizes = vec![];
+        let _ = s.socket.dispatch(&mut s.cx, |_, _, (_, repr)| {
+            sizes.push(repr.payload.len());
+            Ok::<(), ()>(())
+        });
+        assert_eq!(sizes, [mss]);
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-cubic")]
     fn test_tsval_from_clock_initial_window_counts_the_segments_sent() {
         let mut s = socket_syn_sent_with_buffer_sizes(30_000, 64);
         s.set_congestion_control(CongestionControl::Cubic);
@@ -11289,6 +11360,36 @@ mod test {
         )
         .expect("an ACK for an out-of-window segment");
         assert_eq!(reply.timestamp, Some(TcpTimestampRepr::new(1020, 500)));
+        assert_eq!(s.last_remote_tsval, 500);
+    }
+
+    #[test]
+    fn test_tsval_ts_recent_ignores_a_syn_on_an_established_connection() {
+        let mut s = socket_established_with_timestamps();
+        send!(
+            s,
+            time 10,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                timestamp: Some(TcpTimestampRepr::new(500, 0)),
+                ..SEND_TEMPL
+            }
+        );
+        // An in-window SYN|ACK with a TSval from the future is dropped, and
+        // its TSval is not taken.
+        send(
+            &mut s,
+            Instant::from_millis(20),
+            &TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                timestamp: Some(TcpTimestampRepr::new(1 << 30, 0)),
+                ..SEND_TEMPL
+            },
+        );
         assert_eq!(s.last_remote_tsval, 500);
     }
 

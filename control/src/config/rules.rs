@@ -1,0 +1,266 @@
+//! `[[listeners.rules]]`: a listener's L7 rules (WAF-lite), evaluated in
+//! order before routing; the first whose conditions all hold applies.
+
+use ferrogate_proxy::rules::{
+    Cidr, PathTest, Rule, RuleAction, RuleMatch, Rules, Template, ValueTest,
+};
+
+use super::*;
+
+/// Compiles listener `i`'s rules; `names` keeps rule names unique across
+/// the file (counters are kept by name).
+pub(super) fn check_rules(
+    i: usize,
+    l: &ListenerSection,
+    names: &mut HashSet<String>,
+    rep: &mut Reporter<'_>,
+) -> Rules {
+    let mut rules = Vec::new();
+    for (j, r) in l.rules.iter().enumerate() {
+        let field = format!("listeners[{i}].rules[{j}]");
+        if let Some(rule) = check_rule(&field, r, names, rep) {
+            rules.push(rule);
+        }
+    }
+    // Each path regex compiled alone above; the set cannot fail then.
+    Rules::new(rules).unwrap_or_else(|e| {
+        rep.at(0..0, format!("listeners[{i}].rules"), e.to_string());
+        Rules::default()
+    })
+}
+
+fn check_rule(
+    field: &str,
+    r: &RuleSection,
+    names: &mut HashSet<String>,
+    rep: &mut Reporter<'_>,
+) -> Option<Rule> {
+    let before = rep.errors.len();
+    let name = r.name.get_ref();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        rep.at(
+            r.name.span(),
+            format!("{field}.name"),
+            "must be letters, digits, `_` or `-` (it names the rule's counter)",
+        );
+    } else if !names.insert(name.clone()) {
+        rep.at(
+            r.name.span(),
+            format!("{field}.name"),
+            format!("duplicate rule name {name:?} (counters are kept by name)"),
+        );
+    }
+    let mut m = RuleMatch::default();
+    for (k, s) in r.source.iter().enumerate() {
+        let text = s.get_ref();
+        let parsed = match text.parse::<IpAddr>() {
+            Ok(ip) => Some((ip, if ip.is_ipv4() { 32 } else { 128 })),
+            Err(_) => parse_cidr(text),
+        };
+        match parsed.and_then(|(ip, len)| Cidr::new(ip, len)) {
+            Some(c) => m.sources.push(c),
+            None => rep.at(
+                s.span(),
+                format!("{field}.source[{k}]"),
+                format!("{text:?} is not an address or prefix (10.0.0.0/8, 2001:db8::/32)"),
+            ),
+        }
+    }
+    m.host = r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
+    for (k, x) in r.methods.iter().enumerate() {
+        let v = x.get_ref();
+        if v.is_empty()
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+        {
+            rep.at(
+                x.span(),
+                format!("{field}.methods[{k}]"),
+                format!("{v:?} is not an upper-case method like GET"),
+            );
+        }
+        m.methods.push(v.clone());
+    }
+    m.path = check_rule_path(field, r, rep);
+    m.headers = value_tests(field, "headers", &r.headers, true, rep);
+    m.query = value_tests(field, "query", &r.query, false, rep);
+    m.cookies = value_tests(field, "cookies", &r.cookies, false, rep);
+    m.client_cert_cn = r.client_cert_cn.clone();
+    let action = check_action(field, r, rep);
+    if rep.errors.len() > before {
+        return None;
+    }
+    let mut rule = Rule::new(name.clone(), m, action?);
+    rule.tag = r.tag.clone();
+    Some(rule)
+}
+
+fn check_rule_path(field: &str, r: &RuleSection, rep: &mut Reporter<'_>) -> Option<PathTest> {
+    let given = [&r.path_prefix, &r.path_exact, &r.path_regex]
+        .iter()
+        .filter(|p| p.is_some())
+        .count();
+    if given > 1 {
+        rep.at(
+            r.name.span(),
+            field.to_string(),
+            "at most one of `path_prefix`, `path_exact`, `path_regex`",
+        );
+        return None;
+    }
+    let slash = |p: &Spanned<String>, key: &str, rep: &mut Reporter<'_>| {
+        if !p.get_ref().starts_with('/') {
+            rep.at(p.span(), format!("{field}.{key}"), "must start with '/'");
+        }
+        p.get_ref().clone()
+    };
+    if let Some(p) = &r.path_prefix {
+        return Some(PathTest::Prefix(slash(p, "path_prefix", rep)));
+    }
+    if let Some(p) = &r.path_exact {
+        return Some(PathTest::Exact(slash(p, "path_exact", rep)));
+    }
+    let p = r.path_regex.as_ref()?;
+    if let Err(e) = regex::Regex::new(&format!("^(?:{})$", p.get_ref())) {
+        rep.at(
+            p.span(),
+            format!("{field}.path_regex"),
+            format!("invalid regex: {}", e.to_string().replace('\n', " ")),
+        );
+    }
+    Some(PathTest::Regex(p.get_ref().clone()))
+}
+
+/// `name = "exact"`, `name = true` (present), `name = false` (absent) or
+/// `name = { regex = "…" }` (a match anywhere in the value).
+fn value_tests(
+    field: &str,
+    what: &str,
+    tests: &BTreeMap<String, Spanned<toml::Value>>,
+    header_names: bool,
+    rep: &mut Reporter<'_>,
+) -> Vec<(String, ValueTest)> {
+    let mut out = Vec::new();
+    for (k, v) in tests {
+        let at = format!("{field}.{what}.{k}");
+        if k.is_empty() || (header_names && !is_header_name(k)) {
+            rep.at(v.span(), at.clone(), format!("{k:?} is not a valid name"));
+            continue;
+        }
+        let test = match v.get_ref() {
+            toml::Value::String(s) => Some(ValueTest::Equals(s.clone())),
+            toml::Value::Boolean(true) => Some(ValueTest::Present),
+            toml::Value::Boolean(false) => Some(ValueTest::Absent),
+            toml::Value::Table(t) if t.len() == 1 => match t.get("regex") {
+                Some(toml::Value::String(p)) => match regex::Regex::new(p) {
+                    Ok(r) => Some(ValueTest::Regex(r)),
+                    Err(e) => {
+                        rep.at(
+                            v.span(),
+                            format!("{at}.regex"),
+                            format!("invalid regex: {}", e.to_string().replace('\n', " ")),
+                        );
+                        continue;
+                    }
+                },
+                _ => None,
+            },
+            _ => None,
+        };
+        match test {
+            Some(t) => out.push((k.clone(), t)),
+            None => rep.at(
+                v.span(),
+                at,
+                "must be a string (exact value), true (present), false (absent) or { regex = \"…\" }",
+            ),
+        }
+    }
+    out
+}
+
+fn check_action(field: &str, r: &RuleSection, rep: &mut Reporter<'_>) -> Option<RuleAction> {
+    let status = r.status.as_ref().map(|s| (*s.get_ref(), s.span()));
+    match r.action.get_ref().as_str() {
+        "allow" => {
+            if r.status.is_some() || r.body.is_some() || r.location.is_some() {
+                rep.at(
+                    r.action.span(),
+                    format!("{field}.action"),
+                    "`allow` takes no status, body or location",
+                );
+            }
+            Some(RuleAction::Allow)
+        }
+        "deny" => {
+            let code = status.as_ref().map_or(403, |(c, _)| *c);
+            if !(400..=599).contains(&code) {
+                let span = status.map(|(_, s)| s).unwrap_or(r.action.span());
+                rep.at(span, format!("{field}.status"), "a deny answers 400..=599");
+            }
+            let body = r.body.clone().unwrap_or_else(|| "forbidden\n".into());
+            if body.len() > MAX_DIRECT_BODY {
+                rep.at(
+                    r.action.span(),
+                    format!("{field}.body"),
+                    format!("longer than {MAX_DIRECT_BODY} bytes"),
+                );
+            }
+            if r.location.is_some() {
+                rep.at(
+                    r.action.span(),
+                    format!("{field}.location"),
+                    "only a redirect has a location",
+                );
+            }
+            Some(RuleAction::Deny(Arc::new(DirectResponse {
+                status: code,
+                content_type: "text/plain".into(),
+                body: body.into_bytes(),
+                location: None,
+            })))
+        }
+        "redirect" => {
+            let code = status.as_ref().map_or(302, |(c, _)| *c);
+            if ![301, 302, 303, 307, 308].contains(&code) {
+                let span = status.map(|(_, s)| s).unwrap_or(r.action.span());
+                rep.at(
+                    span,
+                    format!("{field}.status"),
+                    "a redirect answers 301, 302, 303, 307 or 308",
+                );
+            }
+            let Some(location) = &r.location else {
+                rep.at(
+                    r.action.span(),
+                    format!("{field}.location"),
+                    "a redirect needs a location (e.g. \"https://{host}{request_uri}\")",
+                );
+                return None;
+            };
+            match Template::parse(location.get_ref()) {
+                Ok(t) => Some(RuleAction::Redirect {
+                    status: code,
+                    location: t,
+                }),
+                Err(e) => {
+                    rep.at(location.span(), format!("{field}.location"), e);
+                    None
+                }
+            }
+        }
+        other => {
+            rep.at(
+                r.action.span(),
+                format!("{field}.action"),
+                format!("{other:?}: must be \"allow\", \"deny\" or \"redirect\""),
+            );
+            None
+        }
+    }
+}

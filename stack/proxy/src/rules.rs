@@ -1,0 +1,478 @@
+//! A listener's L7 rules (WAF-lite): ordered, first match wins, evaluated
+//! in the request phase before routing. A rule matches on the client's
+//! address, the host, method, path, header, query-argument and cookie
+//! values and the verified client certificate's CN (all given conditions
+//! must hold); it allows (routing goes on, later rules are skipped),
+//! denies with a configured answer, or redirects to a templated location,
+//! and may tag the request (access log `tag`, counters per rule).
+//!
+//! Compiled once per snapshot: the path regexes of a listener's rules form
+//! one `RegexSet`, run once per request into a per-thread scratch of
+//! flags. An evaluation allocates nothing (a redirect builds its answer).
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use regex::{Regex, RegexSet};
+
+use crate::http::{Headers, RequestView};
+use crate::route::{DirectResponse, host_matches};
+
+/// An address prefix (`10.0.0.0/8`, `2001:db8::/32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl Cidr {
+    /// None when `len` is longer than the address.
+    pub fn new(addr: IpAddr, len: u8) -> Option<Self> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (len <= max).then_some(Self { addr, len })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a header, query argument or cookie must be.
+#[derive(Debug, Clone)]
+pub enum ValueTest {
+    Present,
+    Absent,
+    /// Exactly this value (headers: trimmed; query: raw, not decoded).
+    Equals(String),
+    /// The regex finds a match in the value (unanchored, as a WAF pattern).
+    Regex(Regex),
+}
+
+impl ValueTest {
+    fn value(&self, v: Option<&[u8]>) -> bool {
+        match self {
+            ValueTest::Present => v.is_some(),
+            ValueTest::Absent => v.is_none(),
+            ValueTest::Equals(want) => v == Some(want.as_bytes()),
+            ValueTest::Regex(r) => v
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .is_some_and(|s| r.is_match(s)),
+        }
+    }
+
+    /// Any one of repeated headers may match; `Absent`: none is there.
+    fn headers(&self, name: &str, headers: Headers<'_>) -> bool {
+        let mut values = headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.trim_ascii());
+        match self {
+            ValueTest::Absent => values.next().is_none(),
+            _ => values.any(|v| self.value(Some(v))),
+        }
+    }
+}
+
+/// How a rule matches the path (the target without `?query`).
+#[derive(Debug, Clone)]
+pub enum PathTest {
+    Exact(String),
+    Prefix(String),
+    /// Must match the whole path; compiled into the listener's `RegexSet`.
+    Regex(String),
+}
+
+/// The conditions of a rule; every one given must hold (an empty list or
+/// `None` holds for every request).
+#[derive(Debug, Clone, Default)]
+pub struct RuleMatch {
+    /// The client's address is in one of these.
+    pub sources: Vec<Cidr>,
+    /// Exact host (case-insensitive) or `*.suffix`.
+    pub host: Option<String>,
+    /// One of these methods.
+    pub methods: Vec<String>,
+    pub path: Option<PathTest>,
+    pub headers: Vec<(String, ValueTest)>,
+    pub query: Vec<(String, ValueTest)>,
+    pub cookies: Vec<(String, ValueTest)>,
+    /// The verified client certificate's subject CN (mTLS listeners).
+    pub client_cert_cn: Option<String>,
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone)]
+pub enum RuleAction {
+    /// Route as usual; later rules are not evaluated.
+    Allow,
+    /// Answer with this (not routed).
+    Deny(Arc<DirectResponse>),
+    /// Answer `status` (301, 302, 307 or 308) with `Location` made from
+    /// the template.
+    Redirect { status: u16, location: Template },
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    /// Position in the whole table (all listeners, in order), set by
+    /// `RouteTable::new`: the slot of its per-worker counter.
+    pub id: usize,
+    pub matches: RuleMatch,
+    pub action: RuleAction,
+    /// Written to the access record of a request the rule matched.
+    pub tag: Option<String>,
+    /// Index of its path regex in the listener's set.
+    path_slot: Option<usize>,
+}
+
+impl Rule {
+    pub fn new(name: impl Into<String>, matches: RuleMatch, action: RuleAction) -> Self {
+        Self {
+            name: name.into(),
+            id: 0,
+            matches,
+            action,
+            tag: None,
+            path_slot: None,
+        }
+    }
+
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    fn holds(&self, req: &RequestView<'_>, client: IpAddr, path_hits: &[bool]) -> bool {
+        let m = &self.matches;
+        (m.sources.is_empty() || m.sources.iter().any(|c| c.contains(client)))
+            && m.host
+                .as_deref()
+                .is_none_or(|p| req.host.is_some_and(|h| host_matches(p, h)))
+            && (m.methods.is_empty() || m.methods.iter().any(|x| x == req.method))
+            && match (&m.path, self.path_slot) {
+                (None, _) => true,
+                (Some(PathTest::Exact(p)), _) => req.path == p.as_str(),
+                (Some(PathTest::Prefix(p)), _) => req.path.starts_with(p.as_str()),
+                (Some(PathTest::Regex(_)), Some(slot)) => path_hits[slot],
+                (Some(PathTest::Regex(_)), None) => false,
+            }
+            && m.headers.iter().all(|(n, t)| t.headers(n, req.headers))
+            && m.query
+                .iter()
+                .all(|(n, t)| t.value(query_value(req.query, n)))
+            && m.cookies.iter().all(|(n, t)| t.value(req.cookie(n)))
+            && m.client_cert_cn
+                .as_deref()
+                .is_none_or(|cn| req.client_cn == Some(cn))
+    }
+}
+
+/// The raw value of the first `name` argument (`name` alone: empty).
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a [u8]> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v.as_bytes())
+    })
+}
+
+/// A redirect location: literal text and `{scheme}`, `{host}`, `{path}`,
+/// `{query}` (with its `?`, or nothing) and `{request_uri}` (path and
+/// query as sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(Vec<Piece>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Scheme,
+    Host,
+    Path,
+    Query,
+    RequestUri,
+}
+
+impl Template {
+    /// Errors name the unknown or unclosed placeholder.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut pieces = Vec::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                pieces.push(Piece::Text(rest[..open].to_string()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("unclosed `{{` at {:?}", &rest[open..]))?;
+            pieces.push(match &rest[open + 1..open + close] {
+                "scheme" => Piece::Scheme,
+                "host" => Piece::Host,
+                "path" => Piece::Path,
+                "query" => Piece::Query,
+                "request_uri" => Piece::RequestUri,
+                other => {
+                    return Err(format!(
+                        "unknown placeholder {{{other}}} (scheme, host, path, query, request_uri)"
+                    ));
+                }
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_string()));
+        }
+        Ok(Self(pieces))
+    }
+
+    pub fn render(&self, req: &RequestView<'_>, https: bool, out: &mut String) {
+        for p in &self.0 {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Scheme => out.push_str(if https { "https" } else { "http" }),
+                Piece::Host => out.push_str(req.host.unwrap_or("")),
+                Piece::Path => out.push_str(req.path),
+                Piece::Query => {
+                    if let Some(q) = req.query {
+                        out.push('?');
+                        out.push_str(q);
+                    }
+                }
+                Piece::RequestUri => {
+                    out.push_str(req.path);
+                    if let Some(q) = req.query {
+                        out.push('?');
+                        out.push_str(q);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A listener's rules, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    rules: Vec<Rule>,
+    path_set: Option<RegexSet>,
+}
+
+thread_local! {
+    /// Which path regexes of the set matched: one flag per pattern, grown
+    /// to the largest set this thread evaluated (no allocation after).
+    static PATH_HITS: RefCell<Vec<bool>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Rules {
+    /// Compiles the path regexes (whole-path, `^(?:…)$`) into one set.
+    pub fn new(mut rules: Vec<Rule>) -> Result<Self, regex::Error> {
+        let mut patterns = Vec::new();
+        for r in &mut rules {
+            r.path_slot = None;
+            if let Some(PathTest::Regex(p)) = &r.matches.path {
+                r.path_slot = Some(patterns.len());
+                patterns.push(format!("^(?:{p})$"));
+            }
+        }
+        let path_set = if patterns.is_empty() {
+            None
+        } else {
+            Some(RegexSet::new(&patterns)?)
+        };
+        Ok(Self { rules, path_set })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub(crate) fn rules_mut(&mut self) -> &mut [Rule] {
+        &mut self.rules
+    }
+
+    /// The first rule whose conditions all hold, if any.
+    pub fn evaluate(&self, req: &RequestView<'_>, client: IpAddr) -> Option<&Rule> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let Some(set) = &self.path_set else {
+            return self.rules.iter().find(|r| r.holds(req, client, &[]));
+        };
+        PATH_HITS.with(|hits| {
+            let mut hits = hits.borrow_mut();
+            if hits.len() < set.len() {
+                hits.resize(set.len(), false);
+            }
+            let hits = &mut hits[..set.len()];
+            hits.fill(false);
+            set.matches_read_at(hits, req.path, 0);
+            self.rules.iter().find(|r| r.holds(req, client, hits))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Header;
+
+    fn deny() -> RuleAction {
+        RuleAction::Deny(Arc::new(DirectResponse {
+            status: 403,
+            content_type: "text/plain".into(),
+            body: b"no\n".to_vec(),
+            location: None,
+        }))
+    }
+
+    /// The name of the rule a request matches first.
+    fn first<'r>(
+        rules: &'r Rules,
+        method: &str,
+        target: &str,
+        fields: &[(&str, &str)],
+        client: &str,
+    ) -> Option<&'r str> {
+        let list: Vec<Header<'_>> = fields
+            .iter()
+            .map(|&(n, v)| Header {
+                name: n,
+                value: v.as_bytes(),
+            })
+            .collect();
+        let view = RequestView::new(method, Some("a.example"), target, Headers::from_list(&list));
+        rules
+            .evaluate(&view, client.parse().unwrap())
+            .map(|r| r.name.as_str())
+    }
+
+    #[test]
+    fn the_first_rule_whose_conditions_all_hold_wins() {
+        let rules = Rules::new(vec![
+            Rule::new(
+                "office",
+                RuleMatch {
+                    sources: vec![Cidr::new("10.1.0.0".parse().unwrap(), 16).unwrap()],
+                    ..Default::default()
+                },
+                RuleAction::Allow,
+            ),
+            Rule::new(
+                "wp",
+                RuleMatch {
+                    path: Some(PathTest::Regex("/wp-(admin|login)[^/]*".into())),
+                    ..Default::default()
+                },
+                deny(),
+            ),
+            Rule::new(
+                "sqlmap",
+                RuleMatch {
+                    headers: vec![(
+                        "user-agent".into(),
+                        ValueTest::Regex(Regex::new("(?i)sqlmap").unwrap()),
+                    )],
+                    methods: vec!["GET".into()],
+                    ..Default::default()
+                },
+                deny(),
+            ),
+            Rule::new(
+                "debug-cookie",
+                RuleMatch {
+                    host: Some("*.example".into()),
+                    cookies: vec![("debug".into(), ValueTest::Equals("1".into()))],
+                    query: vec![("id".into(), ValueTest::Present)],
+                    ..Default::default()
+                },
+                deny(),
+            ),
+        ])
+        .unwrap();
+        let other = "10.2.0.1";
+        assert_eq!(
+            first(&rules, "GET", "/wp-login.php", &[], other),
+            Some("wp")
+        );
+        // The allow rule comes first for the office.
+        assert_eq!(
+            first(&rules, "GET", "/wp-login.php", &[], "10.1.2.3"),
+            Some("office")
+        );
+        // Whole-path regex: a longer path is not matched.
+        assert_eq!(first(&rules, "GET", "/x/wp-login.php", &[], other), None);
+        let ua = [("User-Agent", "curl/8"), ("user-agent", "SQLMap/1.5")];
+        assert_eq!(first(&rules, "GET", "/", &ua, other), Some("sqlmap"));
+        assert_eq!(first(&rules, "POST", "/", &ua, other), None);
+        let cookie = [("Cookie", "a=b; debug=1")];
+        assert_eq!(
+            first(&rules, "GET", "/p?id=7", &cookie, other),
+            Some("debug-cookie")
+        );
+        assert_eq!(first(&rules, "GET", "/p?idx=7", &cookie, other), None);
+        assert_eq!(
+            first(&rules, "GET", "/p?id", &[("Cookie", "debug=2")], other),
+            None
+        );
+    }
+
+    #[test]
+    fn absent_headers_and_ipv6_prefixes() {
+        let rules = Rules::new(vec![Rule::new(
+            "no-ua-v6",
+            RuleMatch {
+                sources: vec![Cidr::new("2001:db8::".parse().unwrap(), 32).unwrap()],
+                headers: vec![("user-agent".into(), ValueTest::Absent)],
+                ..Default::default()
+            },
+            deny(),
+        )])
+        .unwrap();
+        assert_eq!(
+            first(&rules, "GET", "/", &[], "2001:db8::7"),
+            Some("no-ua-v6")
+        );
+        assert_eq!(first(&rules, "GET", "/", &[], "2001:db9::7"), None);
+        assert_eq!(first(&rules, "GET", "/", &[], "10.0.0.1"), None);
+        let ua = [("User-Agent", "x")];
+        assert_eq!(first(&rules, "GET", "/", &ua, "2001:db8::7"), None);
+        assert!(Cidr::new("10.0.0.0".parse().unwrap(), 33).is_none());
+        let any = Cidr::new("0.0.0.0".parse().unwrap(), 0).unwrap();
+        assert!(any.contains("1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn redirect_templates_fill_in_the_request() {
+        let view = RequestView::new("GET", Some("h.example"), "/a/b?c=d", Headers::EMPTY);
+        let t = Template::parse("https://{host}{request_uri}").unwrap();
+        let mut out = String::new();
+        t.render(&view, false, &mut out);
+        assert_eq!(out, "https://h.example/a/b?c=d");
+        let t = Template::parse("{scheme}://new.example{path}{query}").unwrap();
+        out.clear();
+        t.render(&view, true, &mut out);
+        assert_eq!(out, "https://new.example/a/b?c=d");
+        assert!(
+            Template::parse("/{nope}")
+                .unwrap_err()
+                .contains("unknown placeholder")
+        );
+        assert!(Template::parse("/{path").unwrap_err().contains("unclosed"));
+    }
+}

@@ -1,0 +1,172 @@
+//! L7 rules in the lab with curl (issue #20): ordered per listener, first
+//! match wins, before routing — deny by path regex, header regex, cookie +
+//! query + method, source prefix (IPv4 and IPv6); an allow rule ahead of a
+//! deny; a redirect with a templated location (HTTP/1.1 and h2c); counters
+//! per rule and the rule and tag in the access log.
+
+use std::time::Duration;
+
+use ferrogate_tests::{Lab, VIP, lab_test};
+
+fn config() -> String {
+    r#"vips = ["10.77.0.10/24", "fd77::10/64"]
+
+[engine]
+interface = "eth0"
+queues = 1
+polling = "adaptive"
+
+[access_log]
+path = "access.log"
+
+[[upstreams]]
+name = "origin"
+endpoints = ["10.77.0.3:8080"]
+
+[[listeners]]
+port = 80
+http2 = true
+
+[[listeners.rules]]
+name = "trusted"
+source = ["10.77.0.2"]
+headers = { "x-trusted" = "yes" }
+action = "allow"
+
+[[listeners.rules]]
+name = "wp"
+path_regex = "/wp-(admin|login)[^/]*"
+action = "deny"
+body = "no wp here\n"
+tag = "scanner"
+
+[[listeners.rules]]
+name = "sqlmap"
+headers = { "user-agent" = { regex = "(?i)sqlmap" } }
+action = "deny"
+status = 406
+
+[[listeners.rules]]
+name = "old-docs"
+path_prefix = "/docs/v1/"
+action = "redirect"
+status = 301
+location = "https://docs.example{path}{query}"
+
+[[listeners.rules]]
+name = "debug"
+methods = ["GET"]
+cookies = { debug = "1" }
+query = { trace = true }
+action = "deny"
+status = 451
+
+[[listeners.rules]]
+name = "v6-admin"
+source = ["fd77::/64"]
+path_prefix = "/admin"
+action = "deny"
+
+[[listeners.routes]]
+name = "origin"
+upstream = "origin"
+"#
+    .to_string()
+}
+
+/// (status, Location, body) of a curl from the client namespace.
+fn get(lab: &Lab, args: &[&str]) -> (u16, String, String) {
+    let mut argv = vec!["curl", "-sS", "-m", "5", "-D", "-"];
+    argv.extend_from_slice(args);
+    let out = lab.exec("client", &argv).expect("curl");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {out:?}"));
+    let location = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, location, body.to_string())
+}
+
+#[test]
+fn rules_deny_allow_and_redirect_before_routing_and_are_counted() {
+    lab_test("rules", || {
+        let lab = Lab::up(1);
+        let path = lab.state_dir().join("rules.toml");
+        std::fs::write(&path, config()).unwrap();
+        let engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let url = |p: &str| format!("http://{VIP}{p}");
+
+        // No rule matches: routed to the origin.
+        let (s, _, body) = get(&lab, &[&url("/hello")]);
+        assert_eq!(s, 200, "{body}");
+        assert!(body.contains("path=/hello"), "{body}");
+        // Path regex (whole path), with the configured body.
+        let (s, _, body) = get(&lab, &[&url("/wp-login.php")]);
+        assert_eq!((s, body.as_str()), (403, "no wp here\n"));
+        assert_eq!(get(&lab, &[&url("/blog/wp-login.php")]).0, 200);
+        // The allow rule ahead of it lets the trusted client through.
+        let (s, _, body) = get(&lab, &["-H", "X-Trusted: yes", &url("/wp-login.php")]);
+        assert_eq!(s, 200, "{body}");
+        // Header regex, case-insensitive pattern.
+        assert_eq!(get(&lab, &["-A", "SQLMap/1.7", &url("/")]).0, 406);
+        // Cookie AND query argument AND method.
+        let debug = ["-b", "debug=1"];
+        assert_eq!(get(&lab, &[debug[0], debug[1], &url("/x?trace")]).0, 451);
+        assert_eq!(get(&lab, &[debug[0], debug[1], &url("/x?other=1")]).0, 200);
+        assert_eq!(
+            get(&lab, &["-X", "POST", debug[0], debug[1], &url("/x?trace")]).0,
+            200
+        );
+        // Redirect with the path and query filled in, over HTTP/1.1 and h2c.
+        let (s, to, _) = get(&lab, &[&url("/docs/v1/intro?lang=en")]);
+        assert_eq!(
+            (s, to.as_str()),
+            (301, "https://docs.example/docs/v1/intro?lang=en")
+        );
+        let (s, to, _) = get(&lab, &["--http2-prior-knowledge", &url("/docs/v1/a")]);
+        assert_eq!((s, to.as_str()), (301, "https://docs.example/docs/v1/a"));
+        // Source prefix over IPv6: the IPv4 client is routed, the IPv6 one
+        // is not.
+        assert_eq!(get(&lab, &[&url("/admin")]).0, 200);
+        let (s, _, body) = get(&lab, &["-g", "http://[fd77::10]/admin"]);
+        assert_eq!((s, body.as_str()), (403, "forbidden\n"));
+
+        let stats = engine.stats_until(|s| s.get("rule_debug_hits") == Some(&1));
+        let hits = |r: &str| stats.get(&format!("rule_{r}_hits")).copied();
+        assert_eq!(hits("wp"), Some(1), "{stats:?}");
+        assert_eq!(hits("trusted"), Some(1));
+        assert_eq!(hits("sqlmap"), Some(1));
+        assert_eq!(hits("debug"), Some(1));
+        assert_eq!(hits("old-docs"), Some(2));
+        assert_eq!(hits("v6-admin"), Some(1));
+
+        // The access log names the rule and its tag.
+        let log = lab.state_dir().join("access.log");
+        let mut text = String::new();
+        for _ in 0..50 {
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("\"tag\":\"scanner\"") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let line = text
+            .lines()
+            .find(|l| l.contains("\"rule\":\"wp\""))
+            .unwrap_or_else(|| panic!("no record of the wp rule in:\n{text}"));
+        assert!(
+            line.contains("\"tag\":\"scanner\"") && line.contains("\"status\":403"),
+            "{line}"
+        );
+        drop(engine);
+    });
+}
