@@ -18,13 +18,33 @@ pub(super) fn check_rules(
     let mut rules = Vec::new();
     for (j, r) in l.rules.iter().enumerate() {
         let field = format!("listeners[{i}].rules[{j}]");
+        if r.client_cert_cn.is_some() && l.tls.is_none() {
+            rep.at(
+                r.name.span(),
+                format!("{field}.client_cert_cn"),
+                "needs a TLS listener with client certificates ([listeners.tls] client_ca)",
+            );
+        }
         if let Some(rule) = check_rule(&field, r, names, rep) {
             rules.push(rule);
         }
     }
-    // Each path regex compiled alone above; the set cannot fail then.
+    // Each path regex compiled alone above; together they may still
+    // exceed the set's size limit.
     Rules::new(rules).unwrap_or_else(|e| {
-        rep.at(0..0, format!("listeners[{i}].rules"), e.to_string());
+        let at = l
+            .rules
+            .iter()
+            .find_map(|r| r.path_regex.as_ref().map(|p| p.span()))
+            .unwrap_or(0..0);
+        rep.at(
+            at,
+            format!("listeners[{i}].rules"),
+            format!(
+                "the path regexes together: {}",
+                e.to_string().replace('\n', " ")
+            ),
+        );
         Rules::default()
     })
 }
@@ -38,6 +58,7 @@ fn check_rule(
     let before = rep.errors.len();
     let name = r.name.get_ref();
     if name.is_empty()
+        || name.len() > 48
         || !name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -45,7 +66,7 @@ fn check_rule(
         rep.at(
             r.name.span(),
             format!("{field}.name"),
-            "must be letters, digits, `_` or `-` (it names the rule's counter)",
+            "must be 1..=48 letters, digits, `_` or `-` (it names the rule's counter)",
         );
     } else if !names.insert(name.clone()) {
         rep.at(
@@ -91,6 +112,16 @@ fn check_rule(
     m.query = value_tests(field, "query", &r.query, false, rep);
     m.cookies = value_tests(field, "cookies", &r.cookies, false, rep);
     m.client_cert_cn = r.client_cert_cn.clone();
+    if r.tag
+        .as_ref()
+        .is_some_and(|t| t.len() > 48 || t.chars().any(char::is_control))
+    {
+        rep.at(
+            r.name.span(),
+            format!("{field}.tag"),
+            "at most 48 bytes, no control characters (it goes to the access log)",
+        );
+    }
     let action = check_action(field, r, rep);
     if rep.errors.len() > before {
         return None;
@@ -126,7 +157,10 @@ fn check_rule_path(field: &str, r: &RuleSection, rep: &mut Reporter<'_>) -> Opti
         return Some(PathTest::Exact(slash(p, "path_exact", rep)));
     }
     let p = r.path_regex.as_ref()?;
-    if let Err(e) = regex::Regex::new(&format!("^(?:{})$", p.get_ref())) {
+    // Alone first: `a)|(b` would compile once wrapped, unanchored.
+    if let Err(e) = regex::Regex::new(p.get_ref())
+        .and_then(|_| regex::Regex::new(&format!("^(?:{})$", p.get_ref())))
+    {
         rep.at(
             p.span(),
             format!("{field}.path_regex"),
@@ -157,7 +191,7 @@ fn value_tests(
             toml::Value::Boolean(true) => Some(ValueTest::Present),
             toml::Value::Boolean(false) => Some(ValueTest::Absent),
             toml::Value::Table(t) if t.len() == 1 => match t.get("regex") {
-                Some(toml::Value::String(p)) => match regex::Regex::new(p) {
+                Some(toml::Value::String(p)) => match regex::bytes::Regex::new(p) {
                     Ok(r) => Some(ValueTest::Regex(r)),
                     Err(e) => {
                         rep.at(
@@ -243,6 +277,14 @@ fn check_action(field: &str, r: &RuleSection, rep: &mut Reporter<'_>) -> Option<
                 );
                 return None;
             };
+            if location.get_ref().chars().any(char::is_control) {
+                rep.at(
+                    location.span(),
+                    format!("{field}.location"),
+                    "control characters cannot go in a Location field",
+                );
+                return None;
+            }
             match Template::parse(location.get_ref()) {
                 Ok(t) => Some(RuleAction::Redirect {
                     status: code,

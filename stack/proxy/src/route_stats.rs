@@ -54,6 +54,9 @@ pub struct RouteCounters {
     pub routes: Vec<(String, RouteStats)>,
     /// Requests each L7 rule matched, slot `Rule::id`.
     pub rules: Vec<(String, u64)>,
+    /// Takes the counts of a request routed by a snapshot a reload has
+    /// since replaced with fewer routes (its id is past the end).
+    stale: RouteStats,
 }
 
 impl RouteCounters {
@@ -94,7 +97,11 @@ impl RouteCounters {
 
     /// The counters of route `id` (`Route::id`); O(1).
     pub fn get_mut(&mut self, id: usize) -> &mut RouteStats {
-        &mut self.routes[id].1
+        if id < self.routes.len() {
+            &mut self.routes[id].1
+        } else {
+            &mut self.stale
+        }
     }
 
     /// Sums another worker's counters in, matching routes by name.

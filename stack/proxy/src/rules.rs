@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use regex::{Regex, RegexSet};
+use regex::bytes::{Regex, RegexSet};
 
 use crate::http::{Headers, RequestView};
 use crate::route::{DirectResponse, host_matches};
@@ -57,7 +57,8 @@ pub enum ValueTest {
     Absent,
     /// Exactly this value (headers: trimmed; query: raw, not decoded).
     Equals(String),
-    /// The regex finds a match in the value (unanchored, as a WAF pattern).
+    /// The regex finds a match in the value (unanchored, as a WAF pattern;
+    /// on the bytes, so a value that is not UTF-8 is searched too).
     Regex(Regex),
 }
 
@@ -67,22 +68,26 @@ impl ValueTest {
             ValueTest::Present => v.is_some(),
             ValueTest::Absent => v.is_none(),
             ValueTest::Equals(want) => v == Some(want.as_bytes()),
-            ValueTest::Regex(r) => v
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .is_some_and(|s| r.is_match(s)),
+            ValueTest::Regex(r) => v.is_some_and(|b| r.is_match(b)),
         }
     }
 
-    /// Any one of repeated headers may match; `Absent`: none is there.
-    fn headers(&self, name: &str, headers: Headers<'_>) -> bool {
-        let mut values = headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.trim_ascii());
+    /// Any one of repeated values may match (a back end may read any of
+    /// them); `Absent`: none is there.
+    fn any<'v>(&self, mut values: impl Iterator<Item = &'v [u8]>) -> bool {
         match self {
             ValueTest::Absent => values.next().is_none(),
             _ => values.any(|v| self.value(Some(v))),
         }
+    }
+
+    fn headers(&self, name: &str, headers: Headers<'_>) -> bool {
+        self.any(
+            headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value.trim_ascii()),
+        )
     }
 }
 
@@ -156,7 +161,14 @@ impl Rule {
         self
     }
 
-    fn holds(&self, req: &RequestView<'_>, client: IpAddr, path_hits: &[bool]) -> bool {
+    /// `path`: the request's path, normalized (see `normalize_path`).
+    fn holds(
+        &self,
+        req: &RequestView<'_>,
+        path: &[u8],
+        client: IpAddr,
+        path_hits: &[bool],
+    ) -> bool {
         let m = &self.matches;
         (m.sources.is_empty() || m.sources.iter().any(|c| c.contains(client)))
             && m.host
@@ -165,28 +177,95 @@ impl Rule {
             && (m.methods.is_empty() || m.methods.iter().any(|x| x == req.method))
             && match (&m.path, self.path_slot) {
                 (None, _) => true,
-                (Some(PathTest::Exact(p)), _) => req.path == p.as_str(),
-                (Some(PathTest::Prefix(p)), _) => req.path.starts_with(p.as_str()),
+                (Some(PathTest::Exact(p)), _) => path == p.as_bytes(),
+                (Some(PathTest::Prefix(p)), _) => path.starts_with(p.as_bytes()),
                 (Some(PathTest::Regex(_)), Some(slot)) => path_hits[slot],
                 (Some(PathTest::Regex(_)), None) => false,
             }
             && m.headers.iter().all(|(n, t)| t.headers(n, req.headers))
             && m.query
                 .iter()
-                .all(|(n, t)| t.value(query_value(req.query, n)))
-            && m.cookies.iter().all(|(n, t)| t.value(req.cookie(n)))
+                .all(|(n, t)| t.any(query_values(req.query, n)))
+            && m.cookies
+                .iter()
+                .all(|(n, t)| t.any(cookie_values(&req.headers, n)))
             && m.client_cert_cn
                 .as_deref()
                 .is_none_or(|cn| req.client_cn == Some(cn))
     }
 }
 
-/// The raw value of the first `name` argument (`name` alone: empty).
-fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a [u8]> {
-    query?.split('&').find_map(|pair| {
+/// The raw values of every `name` argument (`name` alone: empty).
+fn query_values<'a>(query: Option<&'a str>, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+    query.unwrap_or("").split('&').filter_map(move |pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v.as_bytes())
     })
+}
+
+/// The values of every cookie `name` in every `Cookie` field.
+fn cookie_values<'a>(headers: &'a Headers<'a>, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+        .flat_map(|h| h.value.split(|&b| b == b';'))
+        .filter_map(move |pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
+}
+
+/// Whether the path needs `normalize_path` (a fast test: most do not).
+fn needs_normalizing(path: &[u8]) -> bool {
+    path.contains(&b'%') || path.windows(2).any(|w| w == b"//" || w == b"/.")
+}
+
+/// The path as an origin resolves it before matching its locations (as
+/// nginx does): `%XX` decoded, `//` merged, `.` and `..` segments resolved
+/// (RFC 3986 5.2.4). Rules match this, so `/%61dmin/`, `//admin/` or
+/// `/x/../admin/` cannot pass a rule on `/admin/`. `tmp` and `out` are
+/// scratch (cleared here).
+fn normalize_path(raw: &[u8], tmp: &mut Vec<u8>, out: &mut Vec<u8>) {
+    let hex = |b: u8| (b as char).to_digit(16);
+    tmp.clear();
+    let mut i = 0;
+    while i < raw.len() {
+        match (
+            raw[i],
+            raw.get(i + 1).and_then(|&b| hex(b)),
+            raw.get(i + 2).and_then(|&b| hex(b)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                tmp.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                tmp.push(b);
+                i += 1;
+            }
+        }
+    }
+    out.clear();
+    let mut ends_in_dir = false;
+    for seg in tmp.split(|&b| b == b'/') {
+        match seg {
+            b"" | b"." => ends_in_dir = true,
+            b".." => {
+                let parent = out.iter().rposition(|&b| b == b'/').unwrap_or(0);
+                out.truncate(parent);
+                ends_in_dir = true;
+            }
+            _ => {
+                out.push(b'/');
+                out.extend_from_slice(seg);
+                ends_in_dir = false;
+            }
+        }
+    }
+    if ends_in_dir || out.is_empty() {
+        out.push(b'/');
+    }
 }
 
 /// A redirect location: literal text and `{scheme}`, `{host}`, `{path}`,
@@ -269,10 +348,18 @@ pub struct Rules {
     path_set: Option<RegexSet>,
 }
 
+/// Per-thread scratch of an evaluation, grown to the largest set and
+/// path this thread evaluated (no allocation after).
+#[derive(Default)]
+struct Scratch {
+    /// Which path regexes of the set matched: one flag per pattern.
+    hits: Vec<bool>,
+    decoded: Vec<u8>,
+    path: Vec<u8>,
+}
+
 thread_local! {
-    /// Which path regexes of the set matched: one flag per pattern, grown
-    /// to the largest set this thread evaluated (no allocation after).
-    static PATH_HITS: RefCell<Vec<bool>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 impl Rules {
@@ -311,18 +398,29 @@ impl Rules {
         if self.rules.is_empty() {
             return None;
         }
-        let Some(set) = &self.path_set else {
-            return self.rules.iter().find(|r| r.holds(req, client, &[]));
-        };
-        PATH_HITS.with(|hits| {
-            let mut hits = hits.borrow_mut();
-            if hits.len() < set.len() {
-                hits.resize(set.len(), false);
-            }
-            let hits = &mut hits[..set.len()];
-            hits.fill(false);
-            set.matches_read_at(hits, req.path, 0);
-            self.rules.iter().find(|r| r.holds(req, client, hits))
+        SCRATCH.with(|scratch| {
+            let mut guard = scratch.borrow_mut();
+            let scratch = &mut *guard;
+            let raw = req.path.as_bytes();
+            let path = if needs_normalizing(raw) {
+                normalize_path(raw, &mut scratch.decoded, &mut scratch.path);
+                &scratch.path[..]
+            } else {
+                raw
+            };
+            let hits: &[bool] = match &self.path_set {
+                Some(set) => {
+                    if scratch.hits.len() < set.len() {
+                        scratch.hits.resize(set.len(), false);
+                    }
+                    let hits = &mut scratch.hits[..set.len()];
+                    hits.fill(false);
+                    set.matches_read_at(hits, path, 0);
+                    hits
+                }
+                None => &[],
+            };
+            self.rules.iter().find(|r| r.holds(req, path, client, hits))
         })
     }
 }
@@ -455,6 +553,116 @@ mod tests {
         assert!(Cidr::new("10.0.0.0".parse().unwrap(), 33).is_none());
         let any = Cidr::new("0.0.0.0".parse().unwrap(), 0).unwrap();
         assert!(any.contains("1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn encoded_and_dotted_paths_repeated_arguments_and_binary_values_do_not_slip_past() {
+        let rules = Rules::new(vec![
+            Rule::new(
+                "admin",
+                RuleMatch {
+                    path: Some(PathTest::Prefix("/admin/".into())),
+                    ..Default::default()
+                },
+                deny(),
+            ),
+            Rule::new(
+                "php",
+                RuleMatch {
+                    path: Some(PathTest::Regex(".*\\.php".into())),
+                    ..Default::default()
+                },
+                deny(),
+            ),
+            Rule::new(
+                "union",
+                RuleMatch {
+                    query: vec![(
+                        "id".into(),
+                        ValueTest::Regex(Regex::new("(?i)union").unwrap()),
+                    )],
+                    ..Default::default()
+                },
+                deny(),
+            ),
+            Rule::new(
+                "session",
+                RuleMatch {
+                    cookies: vec![("s".into(), ValueTest::Equals("evil".into()))],
+                    ..Default::default()
+                },
+                deny(),
+            ),
+            Rule::new(
+                "ua",
+                RuleMatch {
+                    headers: vec![(
+                        "user-agent".into(),
+                        ValueTest::Regex(Regex::new("sqlmap").unwrap()),
+                    )],
+                    ..Default::default()
+                },
+                deny(),
+            ),
+        ])
+        .unwrap();
+        let c = "10.0.0.1";
+        for path in [
+            "/admin/",
+            "/%61dmin/x",
+            "//admin/",
+            "/x/../admin/",
+            "/./admin/",
+            "/admin",
+        ] {
+            let want = (path != "/admin").then_some("admin");
+            assert_eq!(first(&rules, "GET", path, &[], c), want, "{path}");
+        }
+        assert_eq!(first(&rules, "GET", "/a/b.%70hp", &[], c), Some("php"));
+        assert_eq!(
+            first(&rules, "GET", "/p?id=1&id=1%20UNION", &[], c),
+            Some("union")
+        );
+        assert_eq!(
+            first(&rules, "GET", "/p", &[("Cookie", "s=ok; s=evil")], c),
+            Some("session")
+        );
+        assert_eq!(
+            first(
+                &rules,
+                "GET",
+                "/p",
+                &[("Cookie", "s=ok"), ("Cookie", "s=evil")],
+                c
+            ),
+            Some("session")
+        );
+        let list = [Header {
+            name: "User-Agent",
+            value: b"sqlmap\xff",
+        }];
+        let view = RequestView::new("GET", None, "/", Headers::from_list(&list));
+        let hit = rules
+            .evaluate(&view, c.parse().unwrap())
+            .map(|r| r.name.as_str());
+        assert_eq!(hit, Some("ua"));
+    }
+
+    #[test]
+    fn normalized_paths() {
+        let (mut tmp, mut out) = (Vec::new(), Vec::new());
+        for (raw, want) in [
+            ("/a//b/./c/../d", "/a/b/d"),
+            ("/../../x", "/x"),
+            ("/a/", "/a/"),
+            ("/a/.", "/a/"),
+            ("/%2e%2e/%41", "/A"),
+            ("/%zz/%4", "/%zz/%4"),
+            ("/", "/"),
+        ] {
+            normalize_path(raw.as_bytes(), &mut tmp, &mut out);
+            assert_eq!(String::from_utf8_lossy(&out), want, "{raw}");
+        }
     }
 
     #[test]

@@ -407,6 +407,7 @@ impl<P: ProxyHttp> Stack<P> {
         now: Instant,
         phases: P,
     ) -> Result<Self, StackError> {
+        let routes = worker_copy(&routes);
         let listen_ports = routes.listeners.iter().map(|l| l.port).collect();
         let mut net = Net::new(cfg.net.clone(), listen_ports, now)?;
         net.set_udp_ports(routes.udp_listeners.iter().map(|l| l.port).collect())?;
@@ -462,6 +463,7 @@ impl<P: ProxyHttp> Stack<P> {
     /// Replaces the routing snapshot. Listener ports are fixed at creation;
     /// routes and pools change for every request that starts afterwards.
     pub fn set_routes(&mut self, routes: Arc<RouteTable>) {
+        let routes = worker_copy(&routes);
         let app = &mut self.app;
         app.registry.sync(&routes.upstreams, self.net.now());
         app.conn_pool
@@ -594,4 +596,13 @@ impl<P: ProxyHttp> Stack<P> {
     pub fn owns_address(&self, ip: IpAddr) -> bool {
         self.net.owns_address(ip)
     }
+}
+
+/// The worker's own copy of a snapshot (made off the data path, at start
+/// and on each reload): a cloned regex gets its own cache pool, which the
+/// first thread to search owns, so the routes' and rules' regexes search
+/// without the lock a pool shared by all workers takes for every thread
+/// but its owner. Pools (`Arc<Upstream>`) stay shared.
+fn worker_copy(routes: &Arc<RouteTable>) -> Arc<RouteTable> {
+    Arc::new(RouteTable::clone(routes))
 }
