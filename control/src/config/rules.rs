@@ -2,7 +2,7 @@
 //! order before routing; the first whose conditions all hold applies.
 
 use ferrogate_proxy::rules::{
-    Cidr, PathTest, Rule, RuleAction, RuleMatch, Rules, Template, ValueTest,
+    Cidr, PathTest, Rule, RuleAction, RuleMatch, Rules, Template, ValueTest, normalized,
 };
 
 use super::*;
@@ -18,7 +18,11 @@ pub(super) fn check_rules(
     let mut rules = Vec::new();
     for (j, r) in l.rules.iter().enumerate() {
         let field = format!("listeners[{i}].rules[{j}]");
-        if r.client_cert_cn.is_some() && l.tls.is_none() {
+        if r.client_cert_cn.is_some()
+            && l.tls
+                .as_ref()
+                .is_none_or(|t| t.get_ref().client_ca.is_none())
+        {
             rep.at(
                 r.name.span(),
                 format!("{field}.client_cert_cn"),
@@ -145,10 +149,19 @@ fn check_rule_path(field: &str, r: &RuleSection, rep: &mut Reporter<'_>) -> Opti
         return None;
     }
     let slash = |p: &Spanned<String>, key: &str, rep: &mut Reporter<'_>| {
-        if !p.get_ref().starts_with('/') {
+        let v = p.get_ref();
+        if !v.starts_with('/') {
             rep.at(p.span(), format!("{field}.{key}"), "must start with '/'");
+        } else if normalized(v) != *v {
+            // Requests are tested as the origin resolves their path too;
+            // a configured path in another form would never match that.
+            rep.at(
+                p.span(),
+                format!("{field}.{key}"),
+                format!("write it as origins resolve it: {:?}", normalized(v)),
+            );
         }
-        p.get_ref().clone()
+        v.clone()
     };
     if let Some(p) = &r.path_prefix {
         return Some(PathTest::Prefix(slash(p, "path_prefix", rep)));

@@ -919,3 +919,32 @@ action = "redirect"
         "unknown placeholder",
     );
 }
+
+#[test]
+fn a_rule_path_not_in_the_form_origins_resolve_is_refused() {
+    let text = format!(
+        "{GOOD}{}",
+        r#"
+[[listeners.rules]]
+name = "enc"
+path_prefix = "/a%20b/"
+action = "deny"
+[[listeners.rules]]
+name = "cn"
+client_cert_cn = "admin"
+action = "allow"
+"#
+    );
+    let e = errors(&text);
+    assert!(
+        e.iter().any(|l| l.starts_with("t.toml:22:")
+            && l.contains("listeners[0].rules[0].path_prefix")
+            && l.contains("\"/a b/\"")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.contains("listeners[0].rules[1].client_cert_cn") && l.contains("client_ca")),
+        "{e:?}"
+    );
+}

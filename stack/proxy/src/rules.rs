@@ -72,21 +72,30 @@ impl ValueTest {
         }
     }
 
-    /// Any one of repeated values may match (a back end may read any of
-    /// them); `Absent`: none is there.
-    fn any<'v>(&self, mut values: impl Iterator<Item = &'v [u8]>) -> bool {
+    /// Over repeated values (a back end may read any of them): for a
+    /// deny or redirect any one may match; for an allow (`strict`) every
+    /// one must, and one must be there. `Absent`: none is there.
+    fn over<'v>(&self, mut values: impl Iterator<Item = &'v [u8]>, strict: bool) -> bool {
         match self {
             ValueTest::Absent => values.next().is_none(),
+            _ if strict => {
+                let mut seen = false;
+                values.all(|v| {
+                    seen = true;
+                    self.value(Some(v))
+                }) && seen
+            }
             _ => values.any(|v| self.value(Some(v))),
         }
     }
 
-    fn headers(&self, name: &str, headers: Headers<'_>) -> bool {
-        self.any(
+    fn headers(&self, name: &str, headers: Headers<'_>, strict: bool) -> bool {
+        self.over(
             headers
                 .iter()
                 .filter(|h| h.name.eq_ignore_ascii_case(name))
                 .map(|h| h.value.trim_ascii()),
+            strict,
         )
     }
 }
@@ -161,15 +170,30 @@ impl Rule {
         self
     }
 
-    /// `path`: the request's path, normalized (see `normalize_path`).
+    /// Whether the rule applies. A request whose path normalizes to
+    /// another (`%XX`, `//`, dot segments) is tested on both forms, as the
+    /// router sees the raw one and the origin may resolve it: a deny or
+    /// redirect applies when either form matches, an allow only when both
+    /// do (and repeated values all match), so neither form slips past.
+    fn applies(&self, req: &RequestView<'_>, client: IpAddr, forms: &[PathForm<'_>]) -> bool {
+        let strict = matches!(self.action, RuleAction::Allow);
+        let mut results = forms.iter().map(|f| self.holds(req, f, client, strict));
+        if strict {
+            results.all(|ok| ok)
+        } else {
+            results.any(|ok| ok)
+        }
+    }
+
     fn holds(
         &self,
         req: &RequestView<'_>,
-        path: &[u8],
+        form: &PathForm<'_>,
         client: IpAddr,
-        path_hits: &[bool],
+        strict: bool,
     ) -> bool {
         let m = &self.matches;
+        let path = form.path;
         (m.sources.is_empty() || m.sources.iter().any(|c| c.contains(client)))
             && m.host
                 .as_deref()
@@ -179,20 +203,29 @@ impl Rule {
                 (None, _) => true,
                 (Some(PathTest::Exact(p)), _) => path == p.as_bytes(),
                 (Some(PathTest::Prefix(p)), _) => path.starts_with(p.as_bytes()),
-                (Some(PathTest::Regex(_)), Some(slot)) => path_hits[slot],
+                (Some(PathTest::Regex(_)), Some(slot)) => form.hits[slot],
                 (Some(PathTest::Regex(_)), None) => false,
             }
-            && m.headers.iter().all(|(n, t)| t.headers(n, req.headers))
+            && m.headers
+                .iter()
+                .all(|(n, t)| t.headers(n, req.headers, strict))
             && m.query
                 .iter()
-                .all(|(n, t)| t.any(query_values(req.query, n)))
+                .all(|(n, t)| t.over(query_values(req.query, n), strict))
             && m.cookies
                 .iter()
-                .all(|(n, t)| t.any(cookie_values(&req.headers, n)))
+                .all(|(n, t)| t.over(cookie_values(&req.headers, n), strict))
             && m.client_cert_cn
                 .as_deref()
                 .is_none_or(|cn| req.client_cn == Some(cn))
     }
+}
+
+/// A form of the request path and which of the set's regexes match it.
+#[derive(Clone, Copy)]
+struct PathForm<'a> {
+    path: &'a [u8],
+    hits: &'a [bool],
 }
 
 /// The raw values of every `name` argument (`name` alone: empty).
@@ -214,6 +247,14 @@ fn cookie_values<'a>(headers: &'a Headers<'a>, name: &'a str) -> impl Iterator<I
             let eq = pair.iter().position(|&b| b == b'=')?;
             (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
         })
+}
+
+/// `path` as rules see it after normalizing (for configured paths, which
+/// must already be in that form to match what origins resolve).
+pub fn normalized(path: &str) -> String {
+    let (mut tmp, mut out) = (Vec::new(), Vec::new());
+    normalize_path(path.as_bytes(), &mut tmp, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether the path needs `normalize_path` (a fast test: most do not).
@@ -352,10 +393,26 @@ pub struct Rules {
 /// path this thread evaluated (no allocation after).
 #[derive(Default)]
 struct Scratch {
-    /// Which path regexes of the set matched: one flag per pattern.
+    /// Which path regexes of the set match the raw and the normalized
+    /// path: one flag per pattern each.
+    raw_hits: Vec<bool>,
     hits: Vec<bool>,
     decoded: Vec<u8>,
     path: Vec<u8>,
+}
+
+/// Which of the set's regexes match `path`, into `hits`.
+fn set_hits<'h>(set: Option<&RegexSet>, path: &[u8], hits: &'h mut Vec<bool>) -> &'h [bool] {
+    let Some(set) = set else {
+        return &[];
+    };
+    if hits.len() < set.len() {
+        hits.resize(set.len(), false);
+    }
+    let hits = &mut hits[..set.len()];
+    hits.fill(false);
+    set.matches_read_at(hits, path, 0);
+    hits
 }
 
 thread_local! {
@@ -373,10 +430,17 @@ impl Rules {
                 patterns.push(format!("^(?:{p})$"));
             }
         }
+        // Bytes, not characters: a decoded path may hold any byte (`%ff`,
+        // `%0a`), and `.` must span it.
         let path_set = if patterns.is_empty() {
             None
         } else {
-            Some(RegexSet::new(&patterns)?)
+            Some(
+                regex::bytes::RegexSetBuilder::new(&patterns)
+                    .unicode(false)
+                    .dot_matches_new_line(true)
+                    .build()?,
+            )
         };
         Ok(Self { rules, path_set })
     }
@@ -400,27 +464,31 @@ impl Rules {
         }
         SCRATCH.with(|scratch| {
             let mut guard = scratch.borrow_mut();
-            let scratch = &mut *guard;
+            let Scratch {
+                raw_hits,
+                hits,
+                decoded,
+                path,
+            } = &mut *guard;
+            let set = self.path_set.as_ref();
             let raw = req.path.as_bytes();
-            let path = if needs_normalizing(raw) {
-                normalize_path(raw, &mut scratch.decoded, &mut scratch.path);
-                &scratch.path[..]
-            } else {
-                raw
+            let raw_form = PathForm {
+                path: raw,
+                hits: set_hits(set, raw, raw_hits),
             };
-            let hits: &[bool] = match &self.path_set {
-                Some(set) => {
-                    if scratch.hits.len() < set.len() {
-                        scratch.hits.resize(set.len(), false);
-                    }
-                    let hits = &mut scratch.hits[..set.len()];
-                    hits.fill(false);
-                    set.matches_read_at(hits, path, 0);
-                    hits
-                }
-                None => &[],
+            if !needs_normalizing(raw) {
+                return self
+                    .rules
+                    .iter()
+                    .find(|r| r.applies(req, client, &[raw_form]));
+            }
+            normalize_path(raw, decoded, path);
+            let normal = PathForm {
+                path: &path[..],
+                hits: set_hits(set, path, hits),
             };
-            self.rules.iter().find(|r| r.holds(req, path, client, hits))
+            let forms = [raw_form, normal];
+            self.rules.iter().find(|r| r.applies(req, client, &forms))
         })
     }
 }
@@ -646,6 +714,90 @@ mod tests {
             .evaluate(&view, c.parse().unwrap())
             .map(|r| r.name.as_str());
         assert_eq!(hit, Some("ua"));
+    }
+
+    #[test]
+    fn an_allow_needs_every_value_and_both_path_forms_a_deny_either() {
+        let rules = Rules::new(vec![
+            Rule::new(
+                "numeric-id",
+                RuleMatch {
+                    query: vec![(
+                        "id".into(),
+                        ValueTest::Regex(Regex::new("^[0-9]+$").unwrap()),
+                    )],
+                    ..Default::default()
+                },
+                RuleAction::Allow,
+            ),
+            Rule::new(
+                "public",
+                RuleMatch {
+                    path: Some(PathTest::Prefix("/public/".into())),
+                    ..Default::default()
+                },
+                RuleAction::Allow,
+            ),
+            Rule::new(
+                "union",
+                RuleMatch {
+                    query: vec![(
+                        "id".into(),
+                        ValueTest::Regex(Regex::new("(?i)union").unwrap()),
+                    )],
+                    ..Default::default()
+                },
+                deny(),
+            ),
+            Rule::new(
+                "admin",
+                RuleMatch {
+                    path: Some(PathTest::Prefix("/admin/".into())),
+                    ..Default::default()
+                },
+                deny(),
+            ),
+            Rule::new(
+                "private",
+                RuleMatch {
+                    path: Some(PathTest::Regex("/api/private/.*".into())),
+                    ..Default::default()
+                },
+                deny(),
+            ),
+        ])
+        .unwrap();
+        let c = "10.0.0.1";
+        assert_eq!(
+            first(&rules, "GET", "/x?id=7&id=8", &[], c),
+            Some("numeric-id")
+        );
+        // One value is not numeric: the allow does not apply, the deny does.
+        assert_eq!(
+            first(&rules, "GET", "/x?id=7&id=7union", &[], c),
+            Some("union")
+        );
+        // The router sees `/admin/…`, the origin may resolve `/metrics`:
+        // denied on the raw form.
+        assert_eq!(
+            first(&rules, "GET", "/admin/../metrics", &[], c),
+            Some("admin")
+        );
+        // Allowed only when both forms are public.
+        assert_eq!(first(&rules, "GET", "/public/a", &[], c), Some("public"));
+        assert_eq!(
+            first(&rules, "GET", "/public/../admin/x", &[], c),
+            Some("admin")
+        );
+        // Decoded bytes that are not text, or a newline, stay inside `.*`.
+        assert_eq!(
+            first(&rules, "GET", "/api/private/%ff", &[], c),
+            Some("private")
+        );
+        assert_eq!(
+            first(&rules, "GET", "/api/private/x%0a", &[], c),
+            Some("private")
+        );
     }
 
     #[test]
