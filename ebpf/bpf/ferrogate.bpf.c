@@ -12,7 +12,8 @@
  *
  * Filter tier (VIP traffic only; host traffic always passes): the source is
  * looked up in an LPM trie of allow/deny CIDRs (longest prefix wins; in
- * allow-list mode an unmatched source is dropped), then per-VIP L4 rules
+ * allow-list mode an unmatched source is dropped), then the escalated
+ * (blocked) sources, then per-VIP L4 rules
  * (allowed protocol/port pairs), then up to FG_MAX_RATE_RULES token buckets
  * (packets/s and bytes/s with bursts, keyed by source prefix or global,
  * optionally SYN-only, per VIP/port/protocol) kept in an LRU map so a spoofed
@@ -27,6 +28,12 @@
  * verdict, and BAD_TCP_FLAGS counts impossible flag combinations (dropped as
  * malformed L4). Each rule also has per-CPU packets/bytes in
  * `rule_counters[rule index]`.
+ *
+ * Escalated sources (issue #20): `blocked4` / `blocked6` map a source
+ * address to an expiry (bpf_ktime_get_ns, CLOCK_MONOTONIC). Userspace (an L7
+ * rate limit) inserts abusive clients with a TTL; a VIP frame from a source
+ * whose expiry is still ahead is dropped (DROP_ESCALATED) right after the
+ * CIDR lookup. Expired entries are ignored here and swept by userspace.
  *
  * Documented drops for VIP traffic: malformed headers (every truncation, IHL
  * < 5, bad lengths, TCP data offset, bogus TCP flags: none, SYN+FIN, SYN+RST,
@@ -70,6 +77,7 @@
 #define FG_MAX_BUCKETS (256 * 1024)
 #define FG_MAX_L4_RULES 4096
 #define FG_MAX_EXT_HEADERS 6
+#define FG_MAX_BLOCKED 65536
 #define NSEC_PER_SEC 1000000000ULL
 
 /* Indices of the `counters` per-CPU array. */
@@ -95,6 +103,7 @@ enum fg_counter {
 	FG_CNT_DROP_NO_SOCKET,
 	FG_CNT_BAD_TCP_FLAGS,
 	FG_CNT_DROP_VLAN_VIP,
+	FG_CNT_DROP_ESCALATED,
 	FG_CNT_MAX,
 };
 
@@ -288,6 +297,26 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fg_ruleset);
 } rulesets SEC(".maps");
+
+/*
+ * Escalated sources: source address -> expiry (bpf_ktime_get_ns). Written by
+ * userspace only (no preallocation: the set is usually tiny).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FG_MAX_BLOCKED);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32); /* IPv4 source, network byte order */
+	__type(value, __u64);
+} blocked4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FG_MAX_BLOCKED);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fg_vip6); /* IPv6 source */
+	__type(value, __u64);
+} blocked6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -580,6 +609,26 @@ static __always_inline struct fg_cidr_value *cidr_lookup(__u32 gen,
 	}
 }
 
+/* Whether the source is an escalated (blocked) one whose expiry is ahead. */
+static __always_inline int escalated(const struct fg_pkt *pkt)
+{
+	__u64 *until;
+
+	if (pkt->v6) {
+		struct fg_vip6 k;
+
+		__builtin_memcpy(k.addr, pkt->src, sizeof(k.addr));
+		until = bpf_map_lookup_elem(&blocked6, &k);
+	} else {
+		__u32 k;
+
+		__builtin_memcpy(&k, pkt->src, sizeof(k));
+		until = bpf_map_lookup_elem(&blocked4, &k);
+	}
+	/* The clock is read on a hit only; an expired entry passes on. */
+	return until && bpf_ktime_get_ns() < *until;
+}
+
 static __always_inline __u32 *l4_lookup(__u32 gen, struct fg_l4_key *k)
 {
 	if (gen)
@@ -619,6 +668,20 @@ static __always_inline int filter(const struct fg_pkt *pkt)
 	} else if (rs->default_deny) {
 		return drop(FG_CNT_DROP_NOT_ALLOWED, rs->not_allowed_rule,
 			    pkt->bytes);
+	}
+
+	/*
+	 * Escalated sources: after the CIDR decision, so upstream replies stay
+	 * exempt (an origin must never be cut off by a client-side limit) and
+	 * the operator's deny / allow-list rules keep their own counters; before
+	 * the L4 lookups and the rate buckets, so a blocked source costs one hash
+	 * lookup and takes no bucket tokens from legitimate clients. Userspace
+	 * never inserts allow-listed sources, so checking allowed ones too is
+	 * harmless and saves a branch.
+	 */
+	if (escalated(pkt)) {
+		count(FG_CNT_DROP_ESCALATED, pkt->bytes);
+		return XDP_DROP;
 	}
 
 	__builtin_memcpy(lk.vip, pkt->dst, 16);

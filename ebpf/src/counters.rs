@@ -123,6 +123,9 @@ define_counters! {
     /// Well-formed frame to a VIP under one 802.1Q/802.1ad tag: dropped (the
     /// stack speaks untagged Ethernet only). Tagged host traffic passes.
     DropVlanVip => drop_vlan_vip, "FG_CNT_DROP_VLAN_VIP";
+    /// Source in the escalated-sources deny set (`blocked4`/`blocked6`) with
+    /// its expiry still ahead: dropped (pushed there by an L7 rate limit).
+    DropEscalated => drop_escalated, "FG_CNT_DROP_ESCALATED";
 }
 
 impl XdpCounters {
@@ -181,6 +184,7 @@ impl XdpCounters {
             self.drop_fragment_vip,
             self.drop_no_socket,
             self.drop_vlan_vip,
+            self.drop_escalated,
         ]
         .iter()
         .map(|v| v.packets)
@@ -276,6 +280,7 @@ mod tests {
             (Counter::MalformedL4, &b[..]),
             (Counter::DropMalformedVip, &b[..]),
             (Counter::DropVlanVip, &b[..]),
+            (Counter::DropEscalated, &b[..]),
         ]);
         assert_eq!(
             c.pass_host,
@@ -285,7 +290,12 @@ mod tests {
             }
         );
         assert_eq!(c.malformed_total(), 10);
-        assert_eq!(c.frames_total(), 13, "drop_vlan_vip is a verdict");
+        assert_eq!(
+            c.frames_total(),
+            18,
+            "drop_vlan_vip and drop_escalated are verdicts"
+        );
+        assert_eq!(c.drops_total(), 15);
         let names: Vec<_> = c.iter().map(|(n, _)| n).collect();
         assert_eq!(names.len(), Counter::COUNT);
         assert_eq!(names[0], "pass_host");

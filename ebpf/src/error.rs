@@ -118,6 +118,18 @@ pub enum EbpfError {
     /// Removing a VIP that is not configured.
     #[error("{iface}: VIP {vip} is not configured")]
     UnknownVip { iface: String, vip: IpAddr },
+    /// The escalated-sources deny set of one family is full (the kernel
+    /// said E2BIG/ENOSPC): expire or unblock entries first.
+    #[error(
+        "{iface}: the escalated-sources deny set is full ({max} {family} sources); \
+         cannot block {addr} until entries expire or are unblocked"
+    )]
+    DenySetFull {
+        iface: String,
+        family: &'static str,
+        addr: IpAddr,
+        max: usize,
+    },
     /// A rule set the program cannot hold.
     #[error("{iface}: invalid filter rules: {reason}")]
     Rules { iface: String, reason: String },
@@ -129,6 +141,24 @@ fn ip_link_mode(mode: AttachMode) -> &'static str {
         AttachMode::Native => "xdpdrv",
         AttachMode::Generic => "xdpgeneric",
     }
+}
+
+/// The OS error code behind a map syscall failure, if any.
+pub(crate) fn map_errno(err: &aya::maps::MapError) -> Option<i32> {
+    match err {
+        aya::maps::MapError::SyscallError(e) => e.io_error.raw_os_error(),
+        aya::maps::MapError::IoError(e) => e.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Whether a map lookup or deletion failed because the key is absent (aya
+/// reports a deletion's ENOENT as a syscall error, not `KeyNotFound`).
+pub(crate) fn key_missing(err: &aya::maps::MapError) -> bool {
+    matches!(
+        err,
+        aya::maps::MapError::KeyNotFound | aya::maps::MapError::ElementNotFound
+    ) || map_errno(err) == Some(libc::ENOENT)
 }
 
 /// The OS error code behind an attach failure, if any.

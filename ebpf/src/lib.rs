@@ -5,10 +5,13 @@
 //! the receiving queue, or to the kernel for the AF_PACKET backend, and passes
 //! everything else to the host. Malformed frames are counted per reason, and
 //! dropped when addressed to a VIP. [`XdpFilter`] loads, configures, attaches
-//! and detaches it, registers AF_XDP sockets and reads the counters.
+//! and detaches it, registers AF_XDP sockets and reads the counters; it also
+//! holds the escalated-sources deny set (sources blocked until an expiry on
+//! [`monotonic_ns`]'s clock).
 //! [`swfilter`] is the same filter in Rust for backends without XDP (DPDK);
 //! `tests/parity.rs` runs one frame corpus through both.
 
+mod clock;
 mod counters;
 mod error;
 mod loader;
@@ -16,11 +19,12 @@ pub mod persist;
 pub mod rules;
 pub mod swfilter;
 
+pub use clock::monotonic_ns;
 pub use counters::{Counter, Verdict, XdpCounters};
 pub use error::EbpfError;
 pub use loader::{
-    ApplyReport, MAX_QUEUES, MAX_VIPS, NOT_ALLOWED_RULE, OBJECT, OBJECT_PATH, PROGRAM_NAME,
-    XdpConfig, XdpFilter,
+    ApplyReport, MAX_BLOCKED_SOURCES, MAX_QUEUES, MAX_VIPS, NOT_ALLOWED_RULE, OBJECT, OBJECT_PATH,
+    PROGRAM_NAME, XdpConfig, XdpFilter,
 };
 pub use rules::{CidrAction, CidrRule, FilterRules, L4Rule, RateKey, RateRule};
 

@@ -23,7 +23,7 @@ use aya::{
 use crate::{
     AttachMode, EbpfError, FailMode, VipAction,
     counters::{Counter, Verdict, XdpCounters},
-    error::program_errno,
+    error::{key_missing, map_errno, program_errno},
     rules::{
         CidrAction, FilterRules, MAX_BURST_BYTES, MAX_BURST_PACKETS, MAX_L4_ENTRIES, MAX_PREFIXES,
         MAX_RATE_RULES, MAX_RULES, RATE_GLOBAL, RATE_MATCH_PORT, RATE_MATCH_PROTO, RATE_MATCH_VIP,
@@ -44,6 +44,9 @@ pub const PROGRAM_NAME: &str = "ferrogate_xdp";
 pub const MAX_QUEUES: u32 = 64;
 /// Capacity of `vips4` and of `vips6` each; `FG_MAX_VIPS` in C.
 pub const MAX_VIPS: usize = 4096;
+/// Capacity of `blocked4` and of `blocked6` each (the escalated-sources deny
+/// set); `FG_MAX_BLOCKED` in C.
+pub const MAX_BLOCKED_SOURCES: usize = 65536;
 
 /// `struct fg_config`: the program's settings (single entry of the `config` array).
 #[repr(C)]
@@ -102,6 +105,9 @@ pub struct XdpFilter {
     xsks: XskMap<MapData>,
     vips4: HashMap<MapData, u32, u32>,
     vips6: HashMap<MapData, [u8; 16], u32>,
+    /// Escalated sources → expiry (`bpf_ktime_get_ns`).
+    blocked4: HashMap<MapData, u32, u64>,
+    blocked6: HashMap<MapData, [u8; 16], u64>,
     config: Array<MapData, XdpConfig>,
     counters: PerCpuArray<MapData, Verdict>,
     cidr4: [LpmTrie<MapData, [u8; 4], RawCidrValue>; 2],
@@ -236,6 +242,8 @@ impl XdpFilter {
         let xsks: XskMap<MapData> = take_map(&mut ebpf, iface, "xsks")?;
         let vips4 = take_map(&mut ebpf, iface, "vips4")?;
         let vips6 = take_map(&mut ebpf, iface, "vips6")?;
+        let blocked4 = take_map(&mut ebpf, iface, "blocked4")?;
+        let blocked6 = take_map(&mut ebpf, iface, "blocked6")?;
         let config = take_map(&mut ebpf, iface, "config")?;
         let counters = take_map(&mut ebpf, iface, "counters")?;
         let cidr4 = [
@@ -278,6 +286,8 @@ impl XdpFilter {
             xsks,
             vips4,
             vips6,
+            blocked4,
+            blocked6,
             config,
             counters,
             cidr4,
@@ -779,7 +789,8 @@ impl XdpFilter {
             IpAddr::V6(v6) => self.vips6.remove(&v6.octets()),
         };
         match res {
-            Err(aya::maps::MapError::KeyNotFound) => Err(EbpfError::UnknownVip {
+            // The kernel's ENOENT: aya does not map a deletion's to KeyNotFound.
+            Err(e) if key_missing(&e) => Err(EbpfError::UnknownVip {
                 iface: self.iface.clone(),
                 vip,
             }),
@@ -826,6 +837,80 @@ impl XdpFilter {
             }
         }
         Ok(())
+    }
+
+    /// Blocks VIP traffic from `addr` until `until_ns` (an absolute
+    /// [`monotonic_ns`](crate::monotonic_ns) value, the clock of
+    /// `bpf_ktime_get_ns`); overwrites an earlier expiry. Host traffic and
+    /// neighbour discovery from `addr` still pass. A full set fails with
+    /// [`EbpfError::DenySetFull`].
+    ///
+    /// The maps live with the loaded program: they are not pinned, so (like
+    /// the rules) blocks do not outlive the engine that made them.
+    pub fn block_source(&mut self, addr: IpAddr, until_ns: u64) -> Result<(), EbpfError> {
+        let res = match addr {
+            IpAddr::V4(v4) => self
+                .blocked4
+                .insert(u32::from_ne_bytes(v4.octets()), until_ns, 0),
+            IpAddr::V6(v6) => self.blocked6.insert(v6.octets(), until_ns, 0),
+        };
+        match res {
+            Err(e) if matches!(map_errno(&e), Some(libc::E2BIG) | Some(libc::ENOSPC)) => {
+                Err(EbpfError::DenySetFull {
+                    iface: self.iface.clone(),
+                    family: if addr.is_ipv4() { "IPv4" } else { "IPv6" },
+                    addr,
+                    max: MAX_BLOCKED_SOURCES,
+                })
+            }
+            other => other.map_err(self.map_err(format!("blocking source {addr}"))),
+        }
+    }
+
+    /// Removes `addr` from the escalated-sources deny set; false when it
+    /// was not there.
+    pub fn unblock_source(&mut self, addr: IpAddr) -> Result<bool, EbpfError> {
+        let res = match addr {
+            IpAddr::V4(v4) => self.blocked4.remove(&u32::from_ne_bytes(v4.octets())),
+            IpAddr::V6(v6) => self.blocked6.remove(&v6.octets()),
+        };
+        match res {
+            Ok(()) => Ok(true),
+            Err(e) if key_missing(&e) => Ok(false),
+            Err(e) => Err(self.map_err(format!("unblocking source {addr}"))(e)),
+        }
+    }
+
+    /// The escalated sources with their expiries (`monotonic_ns` clock),
+    /// expired ones included until [`expire_blocked`](Self::expire_blocked)
+    /// sweeps them.
+    pub fn blocked_sources(&self) -> Result<Vec<(IpAddr, u64)>, EbpfError> {
+        let mut out = Vec::new();
+        for entry in self.blocked4.iter() {
+            let (k, until) = entry.map_err(self.map_err("listing blocked IPv4 sources"))?;
+            out.push((IpAddr::from(k.to_ne_bytes()), until));
+        }
+        for entry in self.blocked6.iter() {
+            let (k, until) = entry.map_err(self.map_err("listing blocked IPv6 sources"))?;
+            out.push((IpAddr::from(k), until));
+        }
+        Ok(out)
+    }
+
+    /// Removes every escalated source whose expiry is at or before `now_ns`
+    /// (the program already ignores them); returns how many went.
+    pub fn expire_blocked(&mut self, now_ns: u64) -> Result<usize, EbpfError> {
+        let mut removed = 0;
+        for (addr, until) in self.blocked_sources()? {
+            if until > now_ns {
+                continue;
+            }
+            // Gone meanwhile (another sweep): not an error, not counted.
+            if self.unblock_source(addr)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// The program's counters, summed over CPUs.

@@ -218,5 +218,7 @@ mod tests {
         assert!(c.contains(&format!("#define FG_MAX_RULES {MAX_RULES}")));
         assert!(c.contains("#define FG_MAX_PREFIXES (2 * 1024 * 1024)"));
         assert!(c.contains(&format!("#define FG_MAX_L4_RULES {MAX_L4_ENTRIES}")));
+        let blocked = crate::MAX_BLOCKED_SOURCES;
+        assert!(c.contains(&format!("#define FG_MAX_BLOCKED {blocked}")));
     }
 }
