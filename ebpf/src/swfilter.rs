@@ -8,11 +8,19 @@
 //! [`SwRules`] (hash tables per prefix length) off the data path and swapped
 //! atomically; token buckets live in one fixed-size table shared by the
 //! workers ([`Buckets`], relaxed atomics — like the program's shared LRU hash,
-//! concurrent updates of one bucket may race by a token).
+//! concurrent updates of one bucket may race by a token). The escalated
+//! sources (`blocked4`/`blocked6` of the program) are [`BlockedSources`],
+//! shared the same way: [`Buckets`] carries them, so every worker that
+//! shares the buckets shares the deny set.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+mod blocked;
+
+pub use blocked::{BlockedSetFull, BlockedSources};
 
 use crate::rules::{MAX_RULES, addr_bytes, masked};
 use crate::{CidrAction, Counter, FilterRules, NOT_ALLOWED_RULE, RateKey, Verdict, XdpCounters};
@@ -335,8 +343,13 @@ impl FilterCounters {
 /// `SLOTS` entries (open addressing over a short window, the stalest entry
 /// evicted when the window is full — an LRU approximation like the
 /// program's LRU hash). Allocated once.
+///
+/// It also carries the escalated-sources deny set, the other piece of
+/// mutable filter state the workers share (and so `SwFilter` keeps its
+/// fields).
 pub struct Buckets {
     slots: Box<[Slot]>,
+    blocked: Arc<BlockedSources>,
 }
 
 #[derive(Default)]
@@ -351,10 +364,9 @@ const SLOTS: usize = 256 * 1024;
 const WINDOW: usize = 8;
 
 impl Default for Buckets {
+    /// Empty buckets with their own, empty deny set.
     fn default() -> Self {
-        Buckets {
-            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
-        }
+        Self::with_blocked(Arc::default())
     }
 }
 
@@ -402,6 +414,20 @@ fn bucket_take(
 }
 
 impl Buckets {
+    /// Empty buckets consulting `blocked` (e.g. a deny set an L7 limiter
+    /// holds a handle to).
+    pub fn with_blocked(blocked: Arc<BlockedSources>) -> Buckets {
+        Buckets {
+            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            blocked,
+        }
+    }
+
+    /// The escalated-sources deny set the filter consults.
+    pub fn blocked(&self) -> &Arc<BlockedSources> {
+        &self.blocked
+    }
+
     /// Takes one packet of `bytes` from the bucket `key`; false = over the rate.
     fn take(&self, key: u64, r: &Rate, now: u64, bytes: u64) -> bool {
         let key = key | 1; // 0 marks a free slot
@@ -553,7 +579,9 @@ impl SwFilter<'_> {
         true
     }
 
-    /// Whether the frame may reach the stack (`now_ns`: a monotonic clock).
+    /// Whether the frame may reach the stack (`now_ns`: a monotonic clock
+    /// for the rate buckets; the escalated sources' expiries are checked
+    /// against [`monotonic_ns`](crate::monotonic_ns) itself).
     /// Non-VIP frames always pass (counted as `pass_host`), tagged or not;
     /// under DPDK they reach the stack, which counts and drops what is not
     /// addressed to it (`stack_rx_drop_*`).
@@ -763,6 +791,15 @@ impl SwFilter<'_> {
                 return self.drop(Counter::DropNotAllowed, rs.not_allowed_rule, pkt.bytes);
             }
             None => {}
+        }
+        // Escalated sources: where the program checks them (after the CIDR
+        // decision, so upstreams stay exempt; before the L4 list and the
+        // buckets, so a blocked source takes no tokens). Expiries are on the
+        // program's clock, read here on a hit: the caller's `now` may be on
+        // another origin (the engine's workers count from their start).
+        if self.buckets.blocked.blocks_now(&pkt.src, pkt.v6) {
+            self.counters.count(Counter::DropEscalated, pkt.bytes);
+            return false;
         }
         if !rs.l4.is_empty()
             && let Some(&restricted) = rs.l4.get(&(pkt.dst, 0, 0))
@@ -1079,6 +1116,95 @@ mod tests {
         assert_eq!(t.pass_host.packets, 2);
         assert_eq!(t.redirect_vip.packets, 0);
         assert_eq!(t.frames_total(), 10);
+    }
+
+    #[test]
+    fn escalated_sources_drop_vip_traffic_only_while_active() {
+        let rules = FilterRules {
+            cidr: vec![CidrRule {
+                id: "origins".into(),
+                action: CidrAction::Upstream,
+                prefixes: vec![("10.77.0.3".parse().unwrap(), 32)],
+            }],
+            rate: vec![RateRule {
+                id: "syn".into(),
+                key: RateKey::Global,
+                pps: 1,
+                burst_packets: 2,
+                bps: 0,
+                burst_bytes: 0,
+                syn_only: true,
+                vip: None,
+                port: None,
+                protocol: None,
+            }],
+            ..Default::default()
+        };
+        let (r, b, c) = setup(&rules);
+        let f = SwFilter {
+            rules: &r,
+            buckets: &b,
+            counters: &c,
+        };
+        let now = crate::monotonic_ns();
+        let hour = 3_600 * NSEC_PER_SEC;
+        let blocked = b.blocked();
+        blocked
+            .block("10.77.0.66".parse().unwrap(), now + hour)
+            .unwrap();
+        blocked.block("10.77.0.67".parse().unwrap(), 1).unwrap(); // expired
+        blocked
+            .block("10.77.0.3".parse().unwrap(), now + hour)
+            .unwrap();
+        blocked
+            .block("fd77::66".parse().unwrap(), now + hour)
+            .unwrap();
+
+        // Blocked: its SYNs are dropped before the global SYN bucket, so
+        // they take none of its 2 tokens.
+        for _ in 0..5 {
+            assert!(!f.admit(&tcp4([10, 77, 0, 66], 0x02), 0));
+        }
+        assert!(f.admit(&tcp4([10, 77, 0, 2], 0x02), 0), "token 1 left");
+        assert!(f.admit(&tcp4([10, 77, 0, 67], 0x02), 0), "expired: token 2");
+        assert!(!f.admit(&tcp4([10, 77, 0, 2], 0x02), 0), "bucket empty");
+        // Upstream replies stay exempt even if their source was escalated.
+        assert!(f.admit(&udp4([10, 77, 0, 3], VIP, 9), 0));
+        // Host traffic from a blocked source passes.
+        assert!(f.admit(&udp4([10, 77, 0, 66], [10, 77, 0, 1], 53), 0));
+        let t = totals(&c);
+        assert_eq!(t.drop_escalated.packets, 5);
+        assert_eq!(t.drop_rate.packets, 1);
+        assert_eq!(t.pass_host.packets, 1);
+        assert_eq!(t.drops_total(), 6);
+
+        // IPv6: an echo to the VIP is dropped, neighbour discovery is not.
+        let six = |src: &str, dst: &str, icmp: u8, target: &str| {
+            let mut f = vec![0u8; 14 + 40 + 24];
+            f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+            let ip = &mut f[14..];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&24u16.to_be_bytes());
+            ip[6] = NEXTHDR_ICMPV6;
+            ip[8..24].copy_from_slice(&src.parse::<std::net::Ipv6Addr>().unwrap().octets());
+            ip[24..40].copy_from_slice(&dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
+            ip[40] = icmp;
+            ip[48..64].copy_from_slice(&target.parse::<std::net::Ipv6Addr>().unwrap().octets());
+            f
+        };
+        assert!(!f.admit(&six("fd77::66", "fd77::10", 128, "::"), 0));
+        assert!(f.admit(&six("fd77::66", "fd77::10", 136, "fd77::66"), 0));
+        assert!(f.admit(&six("fd77::66", "fd77::1", 128, "::"), 0), "host");
+        assert!(f.admit(&six("fd77::2", "fd77::10", 128, "::"), 0));
+        let t = totals(&c);
+        assert_eq!(t.drop_escalated.packets, 6);
+        assert_eq!(t.ipv6_vip.packets, 2);
+
+        // Unblocked: it passes again; the expired entry is swept.
+        assert!(blocked.unblock("10.77.0.66".parse().unwrap()));
+        assert!(f.admit(&udp4([10, 77, 0, 66], VIP, 9), 0));
+        assert_eq!(blocked.expire(now), 1);
+        assert_eq!(blocked.len(), 2);
     }
 
     #[test]
