@@ -89,6 +89,7 @@ fn unmatched_rules(n: usize) -> Rules {
         content_type: "text/plain".into(),
         body: b"no\n".to_vec(),
         location: None,
+        retry_after: None,
     }));
     let rules = (0..n)
         .map(|i| {

@@ -11,6 +11,7 @@
 //! | `GET /status` | `name value` lines: version, uptime, backend, workers, filter generation |
 //! | `GET /stats` | the engine's `name value` counters |
 //! | `GET /metrics` | Prometheus text exposition |
+//! | `GET /blocked` | sources L7 rate limits escalated to the XDP deny set: `source limit expires_in_s offered_per_s since` lines |
 //! | `POST /validate` (TOML body) | `ok` or the `file:line:col: field: message` lines (422) |
 //! | `POST /apply` (TOML body) | the new version, or the errors (422) and nothing changes |
 //! | `GET /diff` | running config vs the file on disk, per section |
@@ -45,6 +46,8 @@ pub enum Op {
     Status,
     Stats,
     Metrics,
+    /// `GET /blocked`: sources escalated to the XDP deny set.
+    Blocked,
     Apply {
         text: String,
         source: PathBuf,
@@ -521,6 +524,7 @@ const ENGINE_PATHS: &[&str] = &[
     "/status",
     "/stats",
     "/metrics",
+    "/blocked",
     "/diff",
     "/validate",
     "/apply",
@@ -550,6 +554,7 @@ fn engine_dispatch(req: HttpRequest, tx: &mpsc::Sender<Request>) -> (Reply, &'st
         ("GET", "/status") => Op::Status,
         ("GET", "/stats") => Op::Stats,
         ("GET", "/metrics") => Op::Metrics,
+        ("GET", "/blocked") => Op::Blocked,
         ("GET", "/diff") => Op::Diff,
         ("POST", "/validate") => {
             return (validate(&req.body, &source()), "text/plain");

@@ -13,6 +13,7 @@ pub enum CtlCmd {
     Status,
     Stats,
     Metrics,
+    Blocked,
     Validate(PathBuf),
     Apply(PathBuf),
     Diff,
@@ -38,6 +39,7 @@ pub fn ctl(ep: &admin::Endpoint, cmd: CtlCmd) -> Result<i32> {
         CtlCmd::Status => admin::request(ep, "GET", "/status", None)?,
         CtlCmd::Stats => admin::request(ep, "GET", "/stats", None)?,
         CtlCmd::Metrics => admin::request(ep, "GET", "/metrics", None)?,
+        CtlCmd::Blocked => admin::request(ep, "GET", "/blocked", None)?,
         CtlCmd::Diff => admin::request(ep, "GET", "/diff", None)?,
         CtlCmd::Rollback => admin::request(ep, "POST", "/rollback", None)?,
         CtlCmd::Validate(p) => {

@@ -571,6 +571,7 @@ impl Daemon {
         let reply = match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/status") => self.status(),
             ("GET", "/stats") => self.forward("GET", "/stats"),
+            ("GET", "/blocked") => self.forward("GET", "/blocked"),
             ("GET", "/metrics") => {
                 return (self.forward("GET", "/metrics"), "text/plain; version=0.0.4");
             }
@@ -590,6 +591,7 @@ impl Daemon {
                     "/status",
                     "/stats",
                     "/metrics",
+                    "/blocked",
                     "/diff",
                     "/validate",
                     "/apply",

@@ -167,6 +167,8 @@ enum CtlSub {
     Stats,
     /// Prometheus text exposition.
     Metrics,
+    /// Sources L7 rate limits escalated to the XDP deny set, with their TTL.
+    Blocked,
     /// Validate a config file against the running engine's schema.
     Validate { file: PathBuf },
     /// Validate and apply a config file as a new snapshot.
@@ -407,6 +409,7 @@ fn main() -> Result<()> {
                 CtlSub::Status => CtlCmd::Status,
                 CtlSub::Stats => CtlCmd::Stats,
                 CtlSub::Metrics => CtlCmd::Metrics,
+                CtlSub::Blocked => CtlCmd::Blocked,
                 CtlSub::Validate { file } => CtlCmd::Validate(file),
                 CtlSub::Apply { file } => CtlCmd::Apply(file),
                 CtlSub::Diff => CtlCmd::Diff,

@@ -408,6 +408,41 @@ pub fn render(st: &EngineStats, info: &Info<'_>) -> String {
             *hits,
         );
     }
+    for (limit, c) in &st.routes.limits {
+        for (outcome, n) in [("allowed", c.allowed), ("limited", c.limited)] {
+            f.counter(
+                "ferrogate_rate_limit_requests_total",
+                "requests an L7 rate limit counted, by outcome (limited: answered 429)",
+                &[("limit", limit.clone()), ("outcome", outcome.into())],
+                n,
+            );
+        }
+        f.counter(
+            "ferrogate_rate_limit_escalations_total",
+            "sources an L7 rate limit escalated to the XDP deny set",
+            &[("limit", limit.clone())],
+            c.escalated,
+        );
+    }
+    let e = &st.escalation;
+    f.gauge(
+        "ferrogate_escalated_sources",
+        "sources in the XDP deny set by escalation now",
+        &[],
+        e.denied_now,
+    );
+    for (what, n) in [
+        ("refused_allowed", e.refused_allowed),
+        ("failed", e.failed),
+        ("queue_dropped", e.queue_dropped),
+    ] {
+        f.counter(
+            "ferrogate_escalations_not_applied_total",
+            "escalations not applied: allow-listed source, full deny set, full queue",
+            &[("reason", what.into())],
+            n,
+        );
+    }
     f.render()
 }
 
@@ -433,6 +468,7 @@ mod tests {
             upstreams: Default::default(),
             routes: Default::default(),
             port: vec![],
+            escalation: Default::default(),
         };
         let s = render(
             &st,

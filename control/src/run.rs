@@ -259,6 +259,7 @@ impl Runtime<'_> {
                 }
                 Reply::ok(text)
             }
+            Op::Blocked => Reply::ok(blocked_list(self.engine.denied_sources())),
             Op::Metrics => {
                 let cur = self.current();
                 let info = crate::metrics::Info {
@@ -453,6 +454,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         if reload.swap(false, Ordering::Relaxed) {
             rt.reload_file();
         }
+        rt.engine.tick();
         if !rt.engine.healthy() {
             failure = Some("a worker thread exited");
             break;
@@ -488,4 +490,27 @@ pub fn run(args: RunArgs) -> Result<()> {
         bail!("engine failed: {f}");
     }
     Ok(())
+}
+
+/// `GET /blocked`: one line per escalated source (a header line first).
+fn blocked_list(denied: &[ferrogate_engine::escalation::DeniedSource]) -> String {
+    use std::fmt::Write as _;
+    let now = Instant::now();
+    let mut out = String::from("# source limit expires_in_s offered_per_s since_unix_s\n");
+    for d in denied {
+        let since = d
+            .since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs());
+        let _ = writeln!(
+            out,
+            "{} {} {} {} {}",
+            d.source,
+            d.limit,
+            ferrogate_engine::escalation::remaining(d, now).as_secs(),
+            d.offered_per_second,
+            since
+        );
+    }
+    out
 }

@@ -16,11 +16,14 @@ use ferrogate_proxy::{lb::UpstreamStats, route_stats::RouteCounters};
 use crate::afpacket::{AfPacketConfig, AfPacketSocket};
 use crate::afxdp::{AfXdpConfig, AfXdpSocket};
 use crate::config::{BackendChoice, EngineConfig, PollingMode, PortPlan};
+use crate::escalation::{DeniedSource, DenySet, DenyTarget};
 use crate::handoff;
 use crate::io::{BackendKind, PacketIo};
+use crate::stats::EscalationStats;
 use crate::stats::{EngineStats, StatsCell};
 use crate::worker::{Worker, WorkerFilter};
-use ferrogate_ebpf::swfilter::{Buckets, FilterCounters, RuleIndex, SwRules};
+use ferrogate_ebpf::swfilter::{BlockedSources, Buckets, FilterCounters, RuleIndex, SwRules};
+use ferrogate_proxy::quota::Quota;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -58,6 +61,8 @@ pub enum EngineError {
 struct SoftFilter {
     rules: Arc<ArcSwap<SwRules>>,
     buckets: Arc<Buckets>,
+    /// Sources denied by escalation (the XDP program's deny set's twin).
+    blocked: Arc<BlockedSources>,
     counters: Vec<Arc<FilterCounters>>,
     index: RuleIndex,
     vips: Vec<IpAddr>,
@@ -118,6 +123,9 @@ pub struct Engine {
     access: Vec<Arc<AccessQueue>>,
     clock_start: StdInstant,
     soft_filter: Option<SoftFilter>,
+    /// Rate-limit buckets shared by the workers; their escalations.
+    quota: Arc<Quota>,
+    deny: DenySet,
     /// Dropped after the workers (Drop joins them first): stops and closes
     /// the port, frees the mempools, cleans up the EAL.
     #[cfg(feature = "dpdk")]
@@ -455,9 +463,11 @@ impl Engine {
                 let mut index = RuleIndex::default();
                 let rules = SwRules::compile(&cfg.filter, &vips, &mut index, 0)
                     .map_err(EngineError::Filter)?;
+                let blocked = Arc::new(BlockedSources::default());
                 Some(SoftFilter {
                     rules: Arc::new(ArcSwap::from_pointee(rules)),
-                    buckets: Arc::new(Buckets::default()),
+                    buckets: Arc::new(Buckets::with_blocked(blocked.clone())),
+                    blocked,
                     counters: (0..cfg.queues)
                         .map(|_| Arc::new(FilterCounters::default()))
                         .collect(),
@@ -495,9 +505,12 @@ impl Engine {
             access: Vec::new(),
             clock_start,
             soft_filter,
+            quota: Arc::new(Quota::default()),
+            deny: DenySet::default(),
             #[cfg(feature = "dpdk")]
             dpdk: dpdk_port,
         };
+        engine.deny.set_rules(&cfg.filter);
         for (id, io) in ios.into_iter().enumerate().rev() {
             let mut sc = cfg.stack.clone();
             sc.net.mac = mac;
@@ -516,6 +529,7 @@ impl Engine {
                     .wrapping_mul(0xbf58_476d_1ce4_e5b9);
             let mut stack = Stack::new(sc, cfg.routes.clone(), Instant::from_micros(0))
                 .map_err(|source| EngineError::Stack { worker: id, source })?;
+            stack.set_quota(engine.quota.clone());
             if cfg.access_log_queue > 0 {
                 let q = Arc::new(AccessQueue::new(cfg.access_log_queue));
                 stack.set_access_log(AccessSink::new(q.clone()));
@@ -629,8 +643,29 @@ impl Engine {
             }
             (None, None) => None,
         };
+        self.deny.set_rules(&cfg.filter);
         self.apply_routes(cfg.routes.clone());
         Ok(ReloadReport { filter, ignored })
+    }
+
+    /// Denies the sources L7 limits escalated since the last call (in XDP,
+    /// or the Rust filter) and lifts expired denies. Call it often (the
+    /// run loop does, every 50 ms at most): escalations wait in a bounded
+    /// queue until then.
+    pub fn tick(&mut self) {
+        let now = StdInstant::now();
+        let target = match (self.xdp.as_mut(), self.soft_filter.as_ref()) {
+            (Some(x), _) => DenyTarget::Xdp(x),
+            (None, Some(sf)) => DenyTarget::Soft(&sf.blocked),
+            // No filter tier (memory ports): escalations are only counted.
+            (None, None) => DenyTarget::None,
+        };
+        self.deny.tick(&self.quota, target, now);
+    }
+
+    /// Sources denied by escalation, now.
+    pub fn denied_sources(&self) -> &[DeniedSource] {
+        self.deny.denied()
     }
 
     /// The snapshot version each worker last reported: a cheap read (no
@@ -682,6 +717,13 @@ impl Engine {
                 None => self.xdp.as_ref().map(|x| x.generation()),
             },
             port: self.port_stats(),
+            escalation: EscalationStats {
+                denied_now: self.deny.denied().len() as u64,
+                escalated: self.deny.escalated,
+                refused_allowed: self.deny.refused_allowed,
+                failed: self.deny.failed,
+                queue_dropped: self.quota.escalations().dropped(),
+            },
             snapshot_version: self.routes.load().version,
             upstreams: self
                 .stats

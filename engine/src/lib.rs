@@ -7,6 +7,7 @@ pub mod config;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod engine;
+pub mod escalation;
 pub mod handoff;
 pub mod io;
 pub mod io_error;
@@ -22,4 +23,4 @@ pub use engine::{Engine, EngineError, ReloadReport};
 pub use ferrogate_numa as numa;
 pub use io::{BackendKind, IoStats, PacketIo};
 pub use memio::{MemPeer, MemPort, mem_port};
-pub use stats::{EngineStats, WorkerStats};
+pub use stats::{EngineStats, EscalationStats, WorkerStats};

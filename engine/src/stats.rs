@@ -84,6 +84,22 @@ pub struct EngineStats {
     pub routes: RouteCounters,
     /// Port counters of the DPDK backend (`dpdk_port_*`, `dpdk_xstat_*`).
     pub port: Vec<(String, u64)>,
+    pub escalation: EscalationStats,
+}
+
+/// Sources escalated by L7 rate limits to the filter tier's deny set.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EscalationStats {
+    /// Denied now (a gauge).
+    pub denied_now: u64,
+    /// Sources denied so far.
+    pub escalated: u64,
+    /// Escalations of allow-listed or upstream sources, ignored.
+    pub refused_allowed: u64,
+    /// Escalations the deny set could not take (full).
+    pub failed: u64,
+    /// Escalations the workers' queue dropped (full).
+    pub queue_dropped: u64,
 }
 
 impl EngineStats {
@@ -169,6 +185,12 @@ impl EngineStats {
         for (k, v) in &self.port {
             let _ = writeln!(s, "{k} {v}");
         }
+        let e = &self.escalation;
+        let _ = writeln!(s, "escalation_denied_sources {}", e.denied_now);
+        let _ = writeln!(s, "escalation_escalated {}", e.escalated);
+        let _ = writeln!(s, "escalation_refused_allowed {}", e.refused_allowed);
+        let _ = writeln!(s, "escalation_failed {}", e.failed);
+        let _ = writeln!(s, "escalation_queue_dropped {}", e.queue_dropped);
         self.upstreams.render(&mut s);
         self.routes.render(&mut s);
         s

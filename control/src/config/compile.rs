@@ -137,6 +137,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
         pools.push((name, Arc::new(pool)));
     }
 
+    let rate_limits = check_rate_limits(cfg, rep);
     let mut listeners = Vec::new();
     let mut udp_listeners = Vec::new();
     let mut ports = HashSet::new();
@@ -174,6 +175,14 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
             );
         }
         let rules = check_rules(i, l, &mut rule_names, rep);
+        if !is_http && !l.rate_limits.is_empty() {
+            rep.at(
+                l.port.span(),
+                format!("listeners[{i}].rate_limits"),
+                "only HTTP listeners have L7 rate limits (use an XDP limit for TCP and UDP)",
+            );
+        }
+        let listener_limits = rate_limits.resolve(&l.rate_limits, &format!("listeners[{i}]"), rep);
         if udp {
             if let Some(u) = check_udp(i, l, &pools, rep) {
                 udp_listeners.push(u);
@@ -250,6 +259,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                         content_type: d.content_type.clone(),
                         body: d.body.clone().into_bytes(),
                         location: None,
+                        retry_after: None,
                     })))
                 }
                 _ => {
@@ -324,6 +334,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                     headers,
                     query,
                     client_cert_cn: r.client_cert_cn.as_ref().map(|c| c.get_ref().clone()),
+                    limits: rate_limits.resolve(&r.rate_limits, &field, rep),
                     ..Route::new(name, action)
                 });
             }
@@ -342,7 +353,8 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
         }
         let mut listener = Listener::new(port, routes)
             .with_http2(l.http2)
-            .with_rules(rules);
+            .with_rules(rules)
+            .with_limits(listener_limits);
         if let Some(tls) = check_listener_tls(i, l, rep) {
             listener = listener.with_tls(Arc::new(tls));
         }
@@ -354,10 +366,37 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     if !rep.errors.is_empty() {
         return None;
     }
-    let (filter, fail_mode) = filter?;
+    let (mut filter, fail_mode) = filter?;
+    for rule in rate_limits.xdp {
+        if filter.rate.iter().any(|r| r.id == rule.id) {
+            rep.at(
+                0..0,
+                "rate_limits",
+                format!(
+                    "{:?} names both a [[filter.rate]] rule and an XDP limit",
+                    rule.id
+                ),
+            );
+        }
+        filter.rate.push(rule);
+    }
+    if filter.rate.len() > ferrogate_ebpf::rules::MAX_RATE_RULES {
+        rep.at(
+            0..0,
+            "rate_limits",
+            format!(
+                "[[filter.rate]] rules and XDP limits together: at most {}",
+                ferrogate_ebpf::rules::MAX_RATE_RULES
+            ),
+        );
+    }
+    if !rep.errors.is_empty() {
+        return None;
+    }
     let routes = Arc::new(
         RouteTable::new(1, listeners, pools.iter().map(|(_, p)| p.clone()).collect())
-            .with_udp(udp_listeners),
+            .with_udp(udp_listeners)
+            .with_limits(rate_limits.l7),
     );
     let mut ec = EngineConfig::new(e.interface.clone(), vips, routes);
     ec.queues = *e.queues.get_ref();

@@ -270,6 +270,7 @@ fn check_action(field: &str, r: &RuleSection, rep: &mut Reporter<'_>) -> Option<
                 content_type: "text/plain".into(),
                 body: body.into_bytes(),
                 location: None,
+                retry_after: None,
             })))
         }
         "redirect" => {

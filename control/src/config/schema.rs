@@ -21,6 +21,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub limits: LimitSection,
     #[serde(default)]
+    pub rate_limits: Vec<RateLimitSection>,
+    #[serde(default)]
     pub numa: NumaSection,
     #[serde(default)]
     pub access_log: Option<AccessLogSection>,
@@ -432,6 +434,9 @@ pub struct ListenerSection {
     /// L7 rules evaluated before routing (HTTP listeners).
     #[serde(default)]
     pub rules: Vec<RuleSection>,
+    /// `[[rate_limits]]` (by name) every request of the listener takes from.
+    #[serde(default)]
+    pub rate_limits: Vec<Spanned<String>>,
 }
 
 /// `[listeners.tls]`. Paths are relative to the config file.
@@ -517,6 +522,9 @@ pub struct RouteSection {
     /// certificate has this subject common name.
     #[serde(default)]
     pub client_cert_cn: Option<Spanned<String>>,
+    /// `[[rate_limits]]` (by name) of this route, after the listener's.
+    #[serde(default)]
+    pub rate_limits: Vec<Spanned<String>>,
 }
 
 /// `[[listeners.rules]]` (see `configs/edge.example.toml`).
@@ -740,4 +748,46 @@ pub struct TimeoutSection {
     pub upstream_connect_ms: Option<u64>,
     pub upstream_response_ms: Option<u64>,
     pub upstream_read_ms: Option<u64>,
+}
+
+/// `[[rate_limits]]`: one token bucket definition, enforced at L7 (per key,
+/// 429 with `Retry-After`) or in XDP (per source prefix, dropped). Named
+/// `rate_limits` because `[limits]` already holds body limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    pub name: Spanned<String>,
+    /// Requests (L7), packets or connections (XDP) a second.
+    pub rate: Spanned<f64>,
+    /// Admitted at once from a full bucket (default: one second's worth).
+    #[serde(default)]
+    pub burst: Option<Spanned<u64>>,
+    /// `source` (default), `global`, `route`, `header:NAME`.
+    #[serde(default)]
+    pub key: Option<Spanned<String>>,
+    #[serde(default = "prefix4_default")]
+    pub prefix4: u8,
+    #[serde(default = "prefix6_default")]
+    pub prefix6: u8,
+    /// `l7` (default) or `xdp`.
+    #[serde(default)]
+    pub enforce: Option<Spanned<String>>,
+    /// XDP only: `packets` (default) or `connections` (TCP SYNs).
+    #[serde(default)]
+    pub unit: Option<Spanned<String>>,
+    /// Sources never limited nor escalated (CIDRs).
+    #[serde(default)]
+    pub exempt: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub escalate: Option<Spanned<EscalateSection>>,
+}
+
+/// `[rate_limits.escalate]`: a source offering `factor` times the rate for
+/// `after_s` seconds in a row is dropped in XDP for `ttl_s` seconds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalateSection {
+    pub factor: f64,
+    pub after_s: u64,
+    pub ttl_s: u64,
 }

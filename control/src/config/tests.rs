@@ -948,3 +948,153 @@ action = "allow"
         "{e:?}"
     );
 }
+
+const LIMITED: &str = r#"
+vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+
+[[upstreams]]
+name = "origin"
+endpoints = ["10.77.0.3:8080"]
+
+[[rate_limits]]
+name = "per-client"
+rate = 20
+prefix4 = 24
+exempt = ["10.0.0.0/8"]
+escalate = { factor = 5, after_s = 10, ttl_s = 300 }
+
+[[rate_limits]]
+name = "per-key"
+rate = 0.5
+burst = 3
+key = "header:X-Api-Key"
+
+[[rate_limits]]
+name = "syn-flood"
+enforce = "xdp"
+unit = "connections"
+rate = 100
+burst = 200
+
+[[listeners]]
+port = 80
+rate_limits = ["per-client"]
+[[listeners.routes]]
+name = "api"
+path_prefix = "/api/"
+upstream = "origin"
+rate_limits = ["per-key"]
+[[listeners.routes]]
+upstream = "origin"
+"#;
+
+#[test]
+fn rate_limits_compile_to_l7_limits_and_xdp_rate_rules() {
+    use ferrogate_proxy::limits::LimitKey;
+    let c = compiled(LIMITED);
+    let routes = &c.engine.routes;
+    let names: Vec<_> = routes.limits.iter().map(|l| &*l.name).collect();
+    assert_eq!(names, ["per-client", "per-key"]);
+    let per_client = &routes.limits[0];
+    assert_eq!(
+        per_client.key,
+        LimitKey::Source {
+            prefix4: 24,
+            prefix6: 128
+        }
+    );
+    assert_eq!(
+        (per_client.spec.burst, per_client.spec.interval_ns),
+        (20, 50_000_000)
+    );
+    let esc = per_client.escalate.as_ref().expect("escalates");
+    assert_eq!(
+        (esc.over_per_second, esc.windows, esc.ttl.as_secs()),
+        (100, 10, 300)
+    );
+    assert_eq!(routes.limits[1].key, LimitKey::Header("x-api-key".into()));
+    assert_eq!(routes.limits[1].spec.interval_ns, 2_000_000_000);
+    let l = routes.listener(80).unwrap();
+    assert_eq!(l.limits().len(), 1);
+    assert_eq!(l.routes()[0].limits[0].name.as_ref(), "per-key");
+    assert!(l.routes()[1].limits.is_empty());
+    let xdp = c
+        .engine
+        .filter
+        .rate
+        .iter()
+        .find(|r| r.id == "syn-flood")
+        .expect("the XDP limit is a filter rate rule");
+    assert!(xdp.syn_only && xdp.pps == 100 && xdp.burst_packets == 200);
+}
+
+#[test]
+fn rate_limit_errors_name_file_line_and_field() {
+    let bad = LIMITED
+        .replace("rate = 0.5\n", "rate = 0\n")
+        .replace("key = \"header:X-Api-Key\"", "key = \"cookie:x\"")
+        .replace("exempt = [\"10.0.0.0/8\"]", "exempt = [\"10.0.0.0/33\"]")
+        .replace("factor = 5,", "factor = 0.5,")
+        .replace("rate = 100\n", "rate = 100.5\n")
+        .replace("rate_limits = [\"per-key\"]", "rate_limits = [\"per-kee\"]");
+    let e = errors(&bad);
+    let has = |line: &str, field: &str, what: &str| {
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with(line) && l.contains(field) && l.contains(what)),
+            "{line} {field} {what}: {e:?}"
+        );
+    };
+    has(
+        "t.toml:15:",
+        "rate_limits[0].exempt[0]",
+        "not an address or CIDR",
+    );
+    has("t.toml:16:", "rate_limits[0].escalate.factor", "1..=1000");
+    has("t.toml:20:", "rate_limits[1].rate", "requests a second");
+    has("t.toml:22:", "rate_limits[1].key", "\"cookie:x\"");
+    has("t.toml:28:", "rate_limits[2].rate", "whole packets");
+    has(
+        "t.toml:38:",
+        "listeners[0].routes[0].rate_limits[0]",
+        "no [[rate_limits]] named \"per-kee\"",
+    );
+    assert_eq!(
+        e.len(),
+        6,
+        "no knock-on errors from the invalid limits: {e:?}"
+    );
+    let xdp_listed = LIMITED.replace(
+        "rate_limits = [\"per-key\"]",
+        "rate_limits = [\"syn-flood\"]",
+    );
+    assert!(
+        errors(&xdp_listed)
+            .iter()
+            .any(|l| l.starts_with("t.toml:38:") && l.contains("enforced in XDP")),
+        "{:?}",
+        errors(&xdp_listed)
+    );
+    let dup = LIMITED.replace("name = \"per-key\"", "name = \"per-client\"");
+    assert!(
+        errors(&dup)
+            .iter()
+            .any(|l| l.contains("rate_limits[1].name") && l.contains("duplicate")),
+        "{:?}",
+        errors(&dup)
+    );
+    let escalate_by_header = LIMITED.replace(
+        "burst = 3\n",
+        "burst = 3\nescalate = { factor = 2, after_s = 1, ttl_s = 1 }\n",
+    );
+    assert!(
+        errors(&escalate_by_header)
+            .iter()
+            .any(|l| l.contains("rate_limits[1].escalate") && l.contains("keyed by source")),
+        "{:?}",
+        errors(&escalate_by_header)
+    );
+}

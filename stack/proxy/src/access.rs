@@ -96,6 +96,8 @@ pub struct AccessRecord {
     /// The L7 rule the request matched, and its tag.
     pub rule: Field<48>,
     pub tag: Field<48>,
+    /// The rate limit that answered 429.
+    pub limit: Field<48>,
     pub upstream: Option<SocketAddr>,
     /// Upstream retries of this request.
     pub retries: u8,
@@ -120,6 +122,7 @@ impl AccessRecord {
         self.route.clear();
         self.rule.clear();
         self.tag.clear();
+        self.limit.clear();
         self.upstream = None;
         self.retries = 0;
         self.error = "";
@@ -168,6 +171,9 @@ impl AccessRecord {
         }
         if !self.tag.as_bytes().is_empty() {
             str_field(out, "tag", self.tag.as_bytes(), false);
+        }
+        if !self.limit.as_bytes().is_empty() {
+            str_field(out, "limit", self.limit.as_bytes(), false);
         }
         match self.upstream {
             Some(u) => {

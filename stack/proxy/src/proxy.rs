@@ -18,7 +18,9 @@ use crate::http::{BodyFraming, ByteBuf, ChunkedDecoder, RequestHead, RequestView
 use crate::lb::Upstream;
 use crate::lb::conn_pool::ConnPool;
 use crate::lb::{Balancer, UpstreamRegistry};
+use crate::limits;
 use crate::phases::{ProxyHttp, RequestInfo, ResponseInfo, Verdict};
+use crate::quota::Quota;
 use crate::route::{DirectResponse, RouteAction, RouteTable};
 use crate::route_stats::RouteCounters;
 use crate::rules::RuleAction;
@@ -137,6 +139,8 @@ pub(crate) struct Ctx<'a, P: ProxyHttp> {
     pub rr_cursor: &'a mut usize,
     /// Per-worker pool state: health, breakers, retry budgets, balancers.
     pub registry: &'a mut UpstreamRegistry,
+    /// The engine's rate-limit buckets, shared by its workers.
+    pub quota: &'a Quota,
     /// The worker's idle upstream connections, shared by its connections.
     pub conn_pool: &'a mut ConnPool,
     pub route_stats: &'a mut RouteCounters,
@@ -259,6 +263,9 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
     access
         .route
         .set(route.map(|r| r.name.as_bytes()).unwrap_or(b""));
+    if let Some(answer) = apply_limits(cx, info, route, access) {
+        return Routing::Respond(answer);
+    }
     match route {
         Some(route) => {
             cx.route_stats.get_mut(route.id).requests += 1;
@@ -268,10 +275,55 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
     }
 }
 
-/// A redirect's `Location`.
-pub(crate) fn location_line(r: &DirectResponse, lines: &mut crate::http::HeaderLines<'_>) {
+/// Takes the request from the listener's rate limits, then the route's;
+/// the first one it is over answers (429). Counts per limit, hands an
+/// escalated source to the engine (through the quota's queue).
+fn apply_limits<P: ProxyHttp>(
+    cx: &mut Ctx<'_, P>,
+    info: &RequestInfo<'_>,
+    route: Option<&crate::route::Route>,
+    access: &mut AccessRecord,
+) -> Option<Arc<DirectResponse>> {
+    let listener = cx.routes.listener(info.listener_port)?;
+    let on_route = route.map_or(&[][..], |r| &r.limits[..]);
+    if listener.limits().is_empty() && on_route.is_empty() {
+        return None;
+    }
+    let now_ns = cx.now.total_micros().max(0) as u64 * 1000;
+    let header = |name: &str| info.view.header(name);
+    let input = limits::KeyInput {
+        client: info.client_ip,
+        header: &header,
+        route: route.map_or("", |r| &r.name),
+    };
+    for limit in listener.limits().iter().chain(on_route) {
+        let mut escalated = false;
+        let verdict = limits::check(limit, cx.quota, &input, now_ns, &mut escalated);
+        let Some(counts) = cx.route_stats.limit_mut(limit.id) else {
+            continue;
+        };
+        counts.escalated += u64::from(escalated);
+        match verdict {
+            limits::Verdict::NotCounted => {}
+            limits::Verdict::Allowed => counts.allowed += 1,
+            limits::Verdict::Limited(answer) => {
+                counts.limited += 1;
+                access.limit.set(limit.name.as_bytes());
+                access.error = "rate_limited";
+                return Some(answer);
+            }
+        }
+    }
+    None
+}
+
+/// A redirect's `Location`, a 429's `Retry-After`.
+pub(crate) fn direct_lines(r: &DirectResponse, lines: &mut crate::http::HeaderLines<'_>) {
     if let Some(to) = &r.location {
         lines.add("Location", to.as_bytes());
+    }
+    if let Some(secs) = r.retry_after {
+        lines.add_display("Retry-After", secs);
     }
 }
 
@@ -303,6 +355,7 @@ fn apply_rules<P: ProxyHttp>(
                 content_type: "text/plain".into(),
                 body: Vec::new(),
                 location: Some(to),
+                retry_after: None,
             }))
         }
     }
@@ -719,7 +772,7 @@ impl<P: ProxyHttp> Conn<P> {
                 keep_alive: keep,
                 include_body: !info.is_head,
             },
-            |lines| location_line(r, lines),
+            |lines| direct_lines(r, lines),
             &mut 0,
             &mut self.bufs.to_client,
         );

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::http::RequestView;
 use crate::lb::Upstream;
+use crate::limits::Limit;
 use crate::router::RouteIndex;
 use crate::rules::{Rule, Rules};
 use crate::tls::ListenerTls;
@@ -24,6 +25,8 @@ pub struct RouteTable {
     /// UDP listeners (`protocol = "udp"`); a port may have a TCP or HTTP
     /// listener in `listeners` too.
     pub udp_listeners: Vec<UdpListener>,
+    /// Every L7 rate limit listeners and routes apply; `limits[i].id == i`.
+    pub limits: Vec<Arc<Limit>>,
 }
 
 /// A UDP listener: each client (address and port) is a session pinned to
@@ -62,6 +65,9 @@ pub struct Listener {
     pub l4: Option<L4Listener>,
     /// Evaluated before routing (see `rules`).
     rules: Rules,
+    /// L7 rate limits every request of the listener takes from, after
+    /// routing (a `route` key needs the route), before the route's own.
+    limits: Vec<Arc<Limit>>,
     routes: Vec<Route>,
     index: RouteIndex,
 }
@@ -139,6 +145,8 @@ pub struct Route {
     /// The verified client certificate's subject CN must equal this (mTLS
     /// listeners; a request without a client certificate never matches).
     pub client_cert_cn: Option<String>,
+    /// L7 rate limits of this route, after the listener's.
+    pub limits: Vec<Arc<Limit>>,
     pub action: RouteAction,
 }
 
@@ -182,6 +190,8 @@ pub struct DirectResponse {
     pub body: Vec<u8>,
     /// A `Location` field (redirects).
     pub location: Option<String>,
+    /// A `Retry-After` field in seconds (429 from a rate limit).
+    pub retry_after: Option<u64>,
 }
 
 impl RouteTable {
@@ -212,7 +222,20 @@ impl RouteTable {
             listeners,
             upstreams,
             udp_listeners: Vec::new(),
+            limits: Vec::new(),
         }
+    }
+
+    /// With the L7 limits its listeners and routes refer to.
+    ///
+    /// # Panics
+    /// If `limits[i].id != i` (a bug in the snapshot compiler).
+    pub fn with_limits(mut self, limits: Vec<Arc<Limit>>) -> Self {
+        for (i, l) in limits.iter().enumerate() {
+            assert_eq!(l.id, i, "limit {:?} out of place", l.name);
+        }
+        self.limits = limits;
+        self
     }
 
     /// With UDP listeners (their pools are among `upstreams`).
@@ -264,6 +287,7 @@ impl Listener {
             http2: false,
             l4: None,
             rules: Rules::default(),
+            limits: Vec::new(),
             routes,
             index,
         }
@@ -277,6 +301,16 @@ impl Listener {
 
     pub fn rules(&self) -> &Rules {
         &self.rules
+    }
+
+    /// With L7 rate limits for every request.
+    pub fn with_limits(mut self, limits: Vec<Arc<Limit>>) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &[Arc<Limit>] {
+        &self.limits
     }
 
     /// Terminates TLS on this listener.
@@ -338,6 +372,7 @@ impl Route {
             headers: Vec::new(),
             query: Vec::new(),
             client_cert_cn: None,
+            limits: Vec::new(),
             action,
         }
     }
@@ -431,6 +466,7 @@ mod tests {
                     content_type: "text/plain".into(),
                     body: name.as_bytes().to_vec(),
                     location: None,
+                    retry_after: None,
                 })),
             )
         }

@@ -48,12 +48,32 @@ impl RouteStats {
     }
 }
 
+/// Requests a rate limit counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitCounts {
+    pub allowed: u64,
+    /// Answered 429.
+    pub limited: u64,
+    /// Sources handed to the XDP deny set.
+    pub escalated: u64,
+}
+
+impl LimitCounts {
+    fn add(&mut self, o: &LimitCounts) {
+        self.allowed += o.allowed;
+        self.limited += o.limited;
+        self.escalated += o.escalated;
+    }
+}
+
 /// One worker's route counters, slot `Route::id` of its current snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct RouteCounters {
     pub routes: Vec<(String, RouteStats)>,
     /// Requests each L7 rule matched, slot `Rule::id`.
     pub rules: Vec<(String, u64)>,
+    /// What each L7 rate limit did, slot `Limit::id`.
+    pub limits: Vec<(String, LimitCounts)>,
     /// Takes the counts of a request routed by a snapshot a reload has
     /// since replaced with fewer routes (its id is past the end).
     stale: RouteStats,
@@ -86,6 +106,25 @@ impl RouteCounters {
                 (r.name.clone(), prev)
             })
             .collect();
+        let mut old = std::mem::take(&mut self.limits);
+        self.limits = table
+            .limits
+            .iter()
+            .map(|l| {
+                let prev = old
+                    .iter_mut()
+                    .find(|(n, _)| **n == *l.name)
+                    .map(|(_, c)| std::mem::take(c))
+                    .unwrap_or_default();
+                (l.name.to_string(), prev)
+            })
+            .collect();
+    }
+
+    /// The counters of limit `id` (`Limit::id`); a limit a reload removed
+    /// counts nowhere.
+    pub fn limit_mut(&mut self, id: usize) -> Option<&mut LimitCounts> {
+        self.limits.get_mut(id).map(|(_, c)| c)
     }
 
     /// Counts a request rule `id` (`Rule::id`) matched; O(1).
@@ -118,6 +157,12 @@ impl RouteCounters {
                 None => self.rules.push((name.clone(), *hits)),
             }
         }
+        for (name, c) in &o.limits {
+            match self.limits.iter_mut().find(|(n, _)| n == name) {
+                Some((_, mine)) => mine.add(c),
+                None => self.limits.push((name.clone(), *c)),
+            }
+        }
     }
 
     pub fn render(&self, out: &mut String) {
@@ -126,6 +171,11 @@ impl RouteCounters {
         }
         for (name, hits) in &self.rules {
             let _ = writeln!(out, "rule_{name}_hits {hits}");
+        }
+        for (name, c) in &self.limits {
+            let _ = writeln!(out, "limit_{name}_allowed {}", c.allowed);
+            let _ = writeln!(out, "limit_{name}_limited {}", c.limited);
+            let _ = writeln!(out, "limit_{name}_escalated {}", c.escalated);
         }
     }
 }
@@ -144,6 +194,7 @@ mod tests {
             content_type: "text/plain".into(),
             body: vec![],
             location: None,
+            retry_after: None,
         }));
         let table = RouteTable::new(
             1,

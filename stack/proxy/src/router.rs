@@ -131,6 +131,7 @@ mod tests {
                 content_type: "text/plain".into(),
                 body: Vec::new(),
                 location: None,
+                retry_after: None,
             })),
         )
     }

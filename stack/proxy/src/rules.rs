@@ -504,6 +504,7 @@ mod tests {
             content_type: "text/plain".into(),
             body: b"no\n".to_vec(),
             location: None,
+            retry_after: None,
         }))
     }
 

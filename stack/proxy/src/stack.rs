@@ -20,6 +20,7 @@ use crate::net::{App, Datagram, Instant, Net, NetError, Owner, StreamId, Streams
 use crate::phases::{ProxyHttp, StandardPhases};
 use crate::probe::{ProbeCtx, Prober};
 use crate::proxy::{Conn, ConnBufs, Ctx};
+use crate::quota::Quota;
 use crate::route::RouteTable;
 use crate::route_stats::RouteCounters;
 use crate::stats::StackStats;
@@ -79,6 +80,8 @@ struct ProxyApp<P: ProxyHttp> {
     rr_cursor: usize,
     /// Pool runtime state (health, breakers, budgets), survives snapshots.
     registry: UpstreamRegistry,
+    /// Rate-limit buckets, shared with the engine's other workers.
+    quota: Arc<Quota>,
     /// Idle upstream connections, reused across client connections.
     conn_pool: ConnPool,
     route_stats: RouteCounters,
@@ -272,6 +275,7 @@ impl<P: ProxyHttp> ProxyApp<P> {
             cfg: &self.cfg,
             rr_cursor: &mut self.rr_cursor,
             registry: &mut self.registry,
+            quota: &self.quota,
             conn_pool: &mut self.conn_pool,
             route_stats: &mut self.route_stats,
             request_seq: &mut self.request_seq,
@@ -432,6 +436,7 @@ impl<P: ProxyHttp> Stack<P> {
                 c
             },
             conn_pool: ConnPool::new(),
+            quota: Arc::default(),
             request_seq: 0,
             access: AccessSink::default(),
             prober: Prober::default(),
@@ -458,6 +463,12 @@ impl<P: ProxyHttp> Stack<P> {
     /// queue of this worker).
     pub fn set_access_log(&mut self, sink: AccessSink) {
         self.app.access = sink;
+    }
+
+    /// Shares `quota` (the engine's rate-limit buckets) with this worker;
+    /// a stack alone has buckets of its own.
+    pub fn set_quota(&mut self, quota: Arc<Quota>) {
+        self.app.quota = quota;
     }
 
     /// Replaces the routing snapshot. Listener ports are fixed at creation;

@@ -870,7 +870,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 keep_alive: true,
                 include_body: false,
             },
-            |lines| crate::proxy::location_line(d, lines),
+            |lines| crate::proxy::direct_lines(d, lines),
             &mut 0,
             &mut self.request_head,
         );

@@ -195,6 +195,7 @@ pub fn routes() -> Arc<RouteTable> {
                             content_type: "text/plain".into(),
                             body: b"hello from ferrogate".to_vec(),
                             location: None,
+                            retry_after: None,
                         })),
                     )
                 },
