@@ -12,6 +12,7 @@
 //! | `GET /stats` | the engine's `name value` counters |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /blocked` | sources L7 rate limits escalated to the XDP deny set: `source limit expires_in_s offered_per_s since` lines |
+//! | `POST /unblock/ADDR` | lifts ADDR's escalation deny now (404 when it is not denied) |
 //! | `POST /validate` (TOML body) | `ok` or the `file:line:col: field: message` lines (422) |
 //! | `POST /apply` (TOML body) | the new version, or the errors (422) and nothing changes |
 //! | `GET /diff` | running config vs the file on disk, per section |
@@ -48,6 +49,8 @@ pub enum Op {
     Metrics,
     /// `GET /blocked`: sources escalated to the XDP deny set.
     Blocked,
+    /// `POST /unblock/ADDR`: lift a source's escalation deny now.
+    Unblock(std::net::IpAddr),
     Apply {
         text: String,
         source: PathBuf,
@@ -520,11 +523,19 @@ pub fn check_protocol(req: &HttpRequest) -> Result<(), Reply> {
     }
 }
 
+/// The address of `POST /unblock/ADDR`.
+pub(crate) fn unblock_addr(path: &str) -> Result<std::net::IpAddr, Reply> {
+    let text = path.strip_prefix("/unblock/").unwrap_or("");
+    text.parse()
+        .map_err(|_| Reply::err(400, format!("{text:?} is not an IP address\n")))
+}
+
 const ENGINE_PATHS: &[&str] = &[
     "/status",
     "/stats",
     "/metrics",
     "/blocked",
+    "/unblock/ADDR",
     "/diff",
     "/validate",
     "/apply",
@@ -555,6 +566,10 @@ fn engine_dispatch(req: HttpRequest, tx: &mpsc::Sender<Request>) -> (Reply, &'st
         ("GET", "/stats") => Op::Stats,
         ("GET", "/metrics") => Op::Metrics,
         ("GET", "/blocked") => Op::Blocked,
+        ("POST", p) if p.starts_with("/unblock/") => match unblock_addr(p) {
+            Ok(a) => Op::Unblock(a),
+            Err(r) => return (r, "text/plain"),
+        },
         ("GET", "/diff") => Op::Diff,
         ("POST", "/validate") => {
             return (validate(&req.body, &source()), "text/plain");

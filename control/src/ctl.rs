@@ -14,6 +14,7 @@ pub enum CtlCmd {
     Stats,
     Metrics,
     Blocked,
+    Unblock(std::net::IpAddr),
     Validate(PathBuf),
     Apply(PathBuf),
     Diff,
@@ -40,6 +41,7 @@ pub fn ctl(ep: &admin::Endpoint, cmd: CtlCmd) -> Result<i32> {
         CtlCmd::Stats => admin::request(ep, "GET", "/stats", None)?,
         CtlCmd::Metrics => admin::request(ep, "GET", "/metrics", None)?,
         CtlCmd::Blocked => admin::request(ep, "GET", "/blocked", None)?,
+        CtlCmd::Unblock(a) => admin::request(ep, "POST", &format!("/unblock/{a}"), None)?,
         CtlCmd::Diff => admin::request(ep, "GET", "/diff", None)?,
         CtlCmd::Rollback => admin::request(ep, "POST", "/rollback", None)?,
         CtlCmd::Validate(p) => {

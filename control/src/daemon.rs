@@ -572,6 +572,10 @@ impl Daemon {
             ("GET", "/status") => self.status(),
             ("GET", "/stats") => self.forward("GET", "/stats"),
             ("GET", "/blocked") => self.forward("GET", "/blocked"),
+            ("POST", p) if p.starts_with("/unblock/") => match admin::unblock_addr(p) {
+                Ok(a) => self.forward("POST", &format!("/unblock/{a}")),
+                Err(r) => r,
+            },
             ("GET", "/metrics") => {
                 return (self.forward("GET", "/metrics"), "text/plain; version=0.0.4");
             }
@@ -592,6 +596,7 @@ impl Daemon {
                     "/stats",
                     "/metrics",
                     "/blocked",
+                    "/unblock/ADDR",
                     "/diff",
                     "/validate",
                     "/apply",

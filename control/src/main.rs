@@ -169,6 +169,8 @@ enum CtlSub {
     Metrics,
     /// Sources L7 rate limits escalated to the XDP deny set, with their TTL.
     Blocked,
+    /// Lift an escalated source's deny now.
+    Unblock { addr: std::net::IpAddr },
     /// Validate a config file against the running engine's schema.
     Validate { file: PathBuf },
     /// Validate and apply a config file as a new snapshot.
@@ -410,6 +412,7 @@ fn main() -> Result<()> {
                 CtlSub::Stats => CtlCmd::Stats,
                 CtlSub::Metrics => CtlCmd::Metrics,
                 CtlSub::Blocked => CtlCmd::Blocked,
+                CtlSub::Unblock { addr } => CtlCmd::Unblock(addr),
                 CtlSub::Validate { file } => CtlCmd::Validate(file),
                 CtlSub::Apply { file } => CtlCmd::Apply(file),
                 CtlSub::Diff => CtlCmd::Diff,

@@ -260,6 +260,13 @@ impl Runtime<'_> {
                 Reply::ok(text)
             }
             Op::Blocked => Reply::ok(blocked_list(self.engine.denied_sources())),
+            Op::Unblock(addr) => {
+                if self.engine.unblock(addr) {
+                    Reply::ok(format!("unblocked {addr}\n"))
+                } else {
+                    Reply::err(404, format!("{addr} is not denied by escalation\n"))
+                }
+            }
             Op::Metrics => {
                 let cur = self.current();
                 let info = crate::metrics::Info {

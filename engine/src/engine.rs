@@ -663,6 +663,16 @@ impl Engine {
         self.deny.tick(&self.quota, target, now);
     }
 
+    /// Lifts `source`'s escalation deny now; false if it had none.
+    pub fn unblock(&mut self, source: IpAddr) -> bool {
+        let target = match (self.xdp.as_mut(), self.soft_filter.as_ref()) {
+            (Some(x), _) => DenyTarget::Xdp(x),
+            (None, Some(sf)) => DenyTarget::Soft(&sf.blocked),
+            (None, None) => DenyTarget::None,
+        };
+        self.deny.lift(source, target)
+    }
+
     /// Sources denied by escalation, now.
     pub fn denied_sources(&self) -> &[DeniedSource] {
         self.deny.denied()

@@ -63,7 +63,8 @@ fn contains(prefix: (IpAddr, u8), ip: IpAddr) -> bool {
 
 impl DenySet {
     /// Takes the never-denied prefixes from the filter's rules (at start
-    /// and after each reload).
+    /// and after each reload); the next tick lifts denied sources they
+    /// now cover.
     pub fn set_rules(&mut self, rules: &FilterRules) {
         self.never = rules
             .cidr
@@ -77,6 +78,19 @@ impl DenySet {
         &self.denied
     }
 
+    /// Lifts the deny of `source` now (`ferrogate ctl unblock`); false if
+    /// it was not denied.
+    pub fn lift(&mut self, source: IpAddr, mut target: DenyTarget<'_>) -> bool {
+        let before = self.denied.len();
+        self.denied.retain(|d| d.source != source);
+        if self.denied.len() == before {
+            return false;
+        }
+        let _ = lift(&mut target, source);
+        tracing::info!(source = %source, "escalated source's deny lifted by the operator");
+        true
+    }
+
     /// Applies the queued escalations and lets expired ones go.
     pub fn tick(&mut self, quota: &Quota, mut target: DenyTarget<'_>, now: Instant) {
         while let Some(e) = quota.escalations().pop() {
@@ -84,14 +98,21 @@ impl DenySet {
                 self.refused_allowed += 1;
                 continue;
             }
-            let until = now + e.ttl;
+            if matches!(target, DenyTarget::None) {
+                // Nothing would drop it: not listed as denied.
+                self.failed += 1;
+                continue;
+            }
+            let known = self.denied.iter().position(|d| d.source == e.source);
+            // A second escalation (another limit) never shortens a deny.
+            let until = known.map_or(now + e.ttl, |i| self.denied[i].until.max(now + e.ttl));
             if let Err(err) = enforce(&mut target, e.source, until, now) {
                 self.failed += 1;
                 tracing::warn!(source = %e.source, limit = %e.limit, error = %err, "cannot deny an escalated source");
                 continue;
             }
-            match self.denied.iter_mut().find(|d| d.source == e.source) {
-                Some(d) => d.until = d.until.max(until),
+            match known {
+                Some(i) => self.denied[i].until = until,
                 None => {
                     self.escalated += 1;
                     tracing::warn!(
@@ -111,20 +132,24 @@ impl DenySet {
                 }
             }
         }
-        let before = self.denied.len();
-        let mut expired = Vec::new();
+        let never = &self.never;
+        let mut lifted = Vec::new();
         self.denied.retain(|d| {
-            let keep = d.until > now;
+            let allowed = never.iter().any(|p| contains(*p, d.source));
+            let keep = d.until > now && !allowed;
             if !keep {
-                expired.push(d.source);
+                lifted.push((d.source, allowed));
             }
             keep
         });
-        for source in expired {
+        for (source, allowed) in lifted {
             let _ = lift(&mut target, source);
-            tracing::info!(source = %source, "escalated source's deny expired");
+            if allowed {
+                tracing::info!(source = %source, "escalated source's deny lifted: the filter allows it now");
+            } else {
+                tracing::info!(source = %source, "escalated source's deny expired");
+            }
         }
-        debug_assert!(self.denied.len() <= before);
     }
 }
 
@@ -228,5 +253,36 @@ mod tests {
             t0 + Duration::from_secs(121),
         );
         assert!(set.denied().is_empty() && blocked.is_empty());
+    }
+
+    #[test]
+    fn an_allow_added_by_a_reload_or_the_operator_lifts_a_deny_at_once() {
+        let q = Quota::default();
+        let blocked = BlockedSources::default();
+        let mut set = DenySet::default();
+        escalate(&q, "192.0.2.7", 60_000);
+        escalate(&q, "192.0.2.8", 60_000);
+        let t0 = Instant::now();
+        set.tick(&q, DenyTarget::Soft(&blocked), t0);
+        assert_eq!(blocked.len(), 2);
+        set.set_rules(&FilterRules {
+            cidr: vec![CidrRule {
+                id: "rescued".into(),
+                action: CidrAction::Allow,
+                prefixes: vec![("192.0.2.7".parse().unwrap(), 32)],
+            }],
+            ..FilterRules::default()
+        });
+        set.tick(&q, DenyTarget::Soft(&blocked), t0);
+        assert_eq!(set.denied().len(), 1);
+        assert!(!blocked.is_blocked("192.0.2.7".parse().unwrap(), ferrogate_ebpf::monotonic_ns()));
+        assert!(set.lift("192.0.2.8".parse().unwrap(), DenyTarget::Soft(&blocked)));
+        assert!(!set.lift("192.0.2.8".parse().unwrap(), DenyTarget::Soft(&blocked)));
+        assert!(set.denied().is_empty() && blocked.is_empty());
+        // No filter tier: counted as not applied, not listed.
+        escalate(&q, "192.0.2.9", 60_000);
+        set.tick(&q, DenyTarget::None, t0);
+        assert!(set.denied().is_empty());
+        assert_eq!(set.failed, 1);
     }
 }

@@ -182,7 +182,8 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 "only HTTP listeners have L7 rate limits (use an XDP limit for TCP and UDP)",
             );
         }
-        let listener_limits = rate_limits.resolve(&l.rate_limits, &format!("listeners[{i}]"), rep);
+        let listener_limits =
+            rate_limits.resolve(&l.rate_limits, &[], &format!("listeners[{i}]"), rep);
         if udp {
             if let Some(u) = check_udp(i, l, &pools, rep) {
                 udp_listeners.push(u);
@@ -334,7 +335,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                     headers,
                     query,
                     client_cert_cn: r.client_cert_cn.as_ref().map(|c| c.get_ref().clone()),
-                    limits: rate_limits.resolve(&r.rate_limits, &field, rep),
+                    limits: rate_limits.resolve(&r.rate_limits, &listener_limits, &field, rep),
                     ..Route::new(name, action)
                 });
             }

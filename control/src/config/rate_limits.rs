@@ -67,9 +67,10 @@ pub(super) fn check_rate_limits(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Rat
             }
         };
         if r.prefix4 > 32 || r.prefix6 > 128 {
+            let which = if r.prefix4 > 32 { "prefix4" } else { "prefix6" };
             rep.at(
                 r.name.span(),
-                format!("{field}.prefix4"),
+                format!("{field}.{which}"),
                 "prefix4 <= 32, prefix6 <= 128",
             );
             out.by_name.insert(name.clone(), Compiled::Invalid);
@@ -94,10 +95,13 @@ pub(super) fn check_rate_limits(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Rat
 }
 
 impl RateLimits {
-    /// The L7 limits `names` (a listener's or route's `rate_limits`).
+    /// The L7 limits `names` (a listener's or route's `rate_limits`);
+    /// `listener`: those its listener applies already (a route listing
+    /// one again would take two tokens a request).
     pub(super) fn resolve(
         &self,
         names: &[Spanned<String>],
+        listener: &[Arc<Limit>],
         field: &str,
         rep: &mut Reporter<'_>,
     ) -> Vec<Arc<Limit>> {
@@ -105,6 +109,14 @@ impl RateLimits {
         for (j, n) in names.iter().enumerate() {
             let at = format!("{field}.rate_limits[{j}]");
             match self.by_name.get(n.get_ref()) {
+                Some(Compiled::L7(l)) if listener.iter().any(|o| o.id == l.id) => rep.at(
+                    n.span(),
+                    at,
+                    format!(
+                        "{:?} is already applied by the listener (each request would take two tokens)",
+                        n.get_ref()
+                    ),
+                ),
                 Some(Compiled::L7(l)) if out.iter().any(|o| o.id == l.id) => {
                     rep.at(n.span(), at, format!("{:?} is listed twice", n.get_ref()))
                 }
@@ -148,14 +160,19 @@ fn check_l7(field: &str, r: &RateLimitSection, id: usize, rep: &mut Reporter<'_>
     }
     let rate = *r.rate.get_ref();
     let burst = burst_of(r);
+    if let Some(b) = &r.burst
+        && !(1..=u64::from(ferrogate_proxy::quota::MAX_BURST)).contains(b.get_ref())
+    {
+        rep.at(b.span(), format!("{field}.burst"), "must be 1..=1000000");
+    }
     let spec = u32::try_from(burst)
         .ok()
         .and_then(|b| LimitSpec::per_second(rate, b));
-    if spec.is_none() {
+    if spec.is_none() && LimitSpec::per_second(rate, 1).is_none() {
         rep.at(
             r.rate.span(),
             format!("{field}.rate"),
-            "must be 0.000278..=1000000 requests a second (one an hour at the least), with a burst of 1..=1000000",
+            "must be 0.000278..=1000000 requests a second (one an hour at the least)",
         );
     }
     let key_text = r.key.as_ref().map_or("source", |k| k.get_ref().as_str());
@@ -203,6 +220,16 @@ fn check_l7(field: &str, r: &RateLimitSection, id: usize, rep: &mut Reporter<'_>
             );
             return None;
         }
+        // The deny set holds addresses: a bucket shared by a prefix would
+        // deny whichever address of it tipped the count.
+        if r.prefix4 != 32 || r.prefix6 != 128 {
+            rep.at(
+                span,
+                format!("{field}.escalate"),
+                "needs a bucket per address (prefix4 = 32, prefix6 = 128): the XDP deny set holds addresses",
+            );
+            return None;
+        }
         if !(e.factor.is_finite() && e.factor >= 1.0 && e.factor <= 1000.0) {
             rep.at(span, format!("{field}.escalate.factor"), "must be 1..=1000");
             return None;
@@ -224,7 +251,7 @@ fn check_l7(field: &str, r: &RateLimitSection, id: usize, rep: &mut Reporter<'_>
             return None;
         }
         Some(EscalateSpec {
-            over_per_second: (e.factor * rate).ceil().max(1.0) as u64,
+            over_per_second: (e.factor * rate).floor() as u64,
             windows: e.after_s as u32,
             ttl: Duration::from_secs(e.ttl_s),
         })

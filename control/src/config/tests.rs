@@ -962,7 +962,7 @@ endpoints = ["10.77.0.3:8080"]
 [[rate_limits]]
 name = "per-client"
 rate = 20
-prefix4 = 24
+prefix6 = 128
 exempt = ["10.0.0.0/8"]
 escalate = { factor = 5, after_s = 10, ttl_s = 300 }
 
@@ -1002,7 +1002,7 @@ fn rate_limits_compile_to_l7_limits_and_xdp_rate_rules() {
     assert_eq!(
         per_client.key,
         LimitKey::Source {
-            prefix4: 24,
+            prefix4: 32,
             prefix6: 128
         }
     );
@@ -1085,6 +1085,26 @@ fn rate_limit_errors_name_file_line_and_field() {
             .any(|l| l.contains("rate_limits[1].name") && l.contains("duplicate")),
         "{:?}",
         errors(&dup)
+    );
+    let shared_bucket = LIMITED.replace("prefix6 = 128\n", "prefix4 = 24\n");
+    assert!(
+        errors(&shared_bucket)
+            .iter()
+            .any(|l| l.contains("rate_limits[0].escalate") && l.contains("prefix4 = 32")),
+        "{:?}",
+        errors(&shared_bucket)
+    );
+    let twice = LIMITED.replace(
+        "rate_limits = [\"per-key\"]",
+        "rate_limits = [\"per-key\", \"per-client\"]",
+    );
+    assert!(
+        errors(&twice)
+            .iter()
+            .any(|l| l.contains("routes[0].rate_limits[1]")
+                && l.contains("already applied by the listener")),
+        "{:?}",
+        errors(&twice)
     );
     let escalate_by_header = LIMITED.replace(
         "burst = 3\n",

@@ -11,7 +11,7 @@ use crossbeam::queue::ArrayQueue;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// When a limit escalates: `windows` consecutive one-second windows in
-/// each of which a key offered at least `over_per_second` requests
+/// each of which a key offered more than `over_per_second` requests
 /// (admitted or not).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EscalateSpec {
@@ -91,7 +91,7 @@ pub(crate) fn count(
         }
         match window.compare_exchange_weak(cur, sec << 32 | 1, Relaxed, Relaxed) {
             Ok(_) => {
-                let over = n >= spec.over_per_second;
+                let over = n > spec.over_per_second;
                 let run = if over { streak.load(Relaxed) + 1 } else { 0 };
                 let fire = run >= spec.windows;
                 // Quiet seconds between the closed window and this one

@@ -56,9 +56,12 @@ impl LimitSpec {
     /// One request at `now` against a bucket whose TAT is `tat` (0: full):
     /// `Ok(new TAT)` if admitted, `Err(wait)` if not.
     pub fn step(&self, tat: u64, now: u64) -> Result<u64, u64> {
+        let tolerance = self.tolerance_ns();
+        // A TAT further ahead than this spec allows was left by a slower
+        // spec of the same limit before a reload: it counts as empty.
+        let tat = tat.min(now + tolerance);
         let next = tat.max(now) + self.interval_ns;
         let ahead = next - now;
-        let tolerance = self.tolerance_ns();
         if ahead > tolerance {
             Err(ahead - tolerance)
         } else {

@@ -22,6 +22,7 @@ pub mod proxy_header;
 pub mod route;
 pub mod route_stats;
 pub mod router;
+mod rule_index;
 pub mod rules;
 mod stack;
 pub mod stats;

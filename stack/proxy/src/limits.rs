@@ -25,9 +25,10 @@ pub enum LimitKey {
     Global,
 }
 
-/// Retry-After values answered from a prepared response (1..=this
-/// seconds); a longer wait builds its answer.
-const PREPARED_RETRY_AFTER: u64 = 60;
+/// Retry-After values answered from a prepared response: a wait is at
+/// most one interval (T), so `1..=ceil(T)` seconds covers every 429 of a
+/// limit down to one an hour (the slowest rate a limit may have).
+const PREPARED_RETRY_AFTER_MAX: u64 = 3600;
 
 /// A rate limit applied at L7 (`[[limits]]` with `enforce = "l7"`).
 #[derive(Debug)]
@@ -43,13 +44,17 @@ pub struct Limit {
     /// Push sources that exceed the limit by a factor into the XDP deny
     /// set (source keys only).
     pub escalate: Option<EscalateSpec>,
-    /// 429 answers with `Retry-After: 1..=PREPARED_RETRY_AFTER`.
+    /// 429 answers with `Retry-After: 1..=ceil(T)` seconds.
     answers: Vec<Arc<DirectResponse>>,
 }
 
 impl Limit {
     pub fn new(name: &str, id: usize, spec: LimitSpec, key: LimitKey) -> Self {
-        let answers = (1..=PREPARED_RETRY_AFTER).map(too_many_requests).collect();
+        let longest = spec
+            .interval_ns
+            .div_ceil(1_000_000_000)
+            .clamp(1, PREPARED_RETRY_AFTER_MAX);
+        let answers = (1..=longest).map(too_many_requests).collect();
         Self {
             name: name.into(),
             id,

@@ -299,9 +299,10 @@ fn apply_limits<P: ProxyHttp>(
     for limit in listener.limits().iter().chain(on_route) {
         let mut escalated = false;
         let verdict = limits::check(limit, cx.quota, &input, now_ns, &mut escalated);
-        let Some(counts) = cx.route_stats.limit_mut(limit.id) else {
-            continue;
-        };
+        // A limit always has its counters (the snapshot and the worker's
+        // counters change together); the verdict holds regardless.
+        let mut spare = crate::route_stats::LimitCounts::default();
+        let counts = cx.route_stats.limit_mut(limit.id).unwrap_or(&mut spare);
         counts.escalated += u64::from(escalated);
         match verdict {
             limits::Verdict::NotCounted => {}
@@ -309,7 +310,6 @@ fn apply_limits<P: ProxyHttp>(
             limits::Verdict::Limited(answer) => {
                 counts.limited += 1;
                 access.limit.set(limit.name.as_bytes());
-                access.error = "rate_limited";
                 return Some(answer);
             }
         }

@@ -18,6 +18,7 @@ use regex::bytes::{Regex, RegexSet};
 
 use crate::http::{Headers, RequestView};
 use crate::route::{DirectResponse, host_matches};
+use crate::rule_index::{self, RuleIndex};
 
 /// An address prefix (`10.0.0.0/8`, `2001:db8::/32`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,15 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+
     /// None when `len` is longer than the address.
     pub fn new(addr: IpAddr, len: u8) -> Option<Self> {
         let max = if addr.is_ipv4() { 32 } else { 128 };
@@ -168,6 +178,10 @@ impl Rule {
     pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
         self.tag = Some(tag.into());
         self
+    }
+
+    pub(crate) fn path_slot(&self) -> Option<usize> {
+        self.path_slot
     }
 
     /// Whether the rule applies. A request whose path normalizes to
@@ -387,6 +401,7 @@ impl Template {
 pub struct Rules {
     rules: Vec<Rule>,
     path_set: Option<RegexSet>,
+    index: RuleIndex,
 }
 
 /// Per-thread scratch of an evaluation, grown to the largest set and
@@ -399,6 +414,8 @@ struct Scratch {
     hits: Vec<bool>,
     decoded: Vec<u8>,
     path: Vec<u8>,
+    /// One bit per rule: the candidates of the index.
+    cand: Vec<u64>,
 }
 
 /// Which of the set's regexes match `path`, into `hits`.
@@ -442,7 +459,12 @@ impl Rules {
                     .build()?,
             )
         };
-        Ok(Self { rules, path_set })
+        let index = RuleIndex::build(&rules);
+        Ok(Self {
+            rules,
+            path_set,
+            index,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -459,6 +481,12 @@ impl Rules {
 
     /// The first rule whose conditions all hold, if any.
     pub fn evaluate(&self, req: &RequestView<'_>, client: IpAddr) -> Option<&Rule> {
+        self.evaluate_with(req, client, true)
+    }
+
+    /// `indexed`: only the index's candidates; else every rule (the
+    /// reference the index is tested against).
+    fn evaluate_with(&self, req: &RequestView<'_>, client: IpAddr, indexed: bool) -> Option<&Rule> {
         if self.rules.is_empty() {
             return None;
         }
@@ -469,6 +497,7 @@ impl Rules {
                 hits,
                 decoded,
                 path,
+                cand,
             } = &mut *guard;
             let set = self.path_set.as_ref();
             let raw = req.path.as_bytes();
@@ -477,19 +506,59 @@ impl Rules {
                 hits: set_hits(set, raw, raw_hits),
             };
             if !needs_normalizing(raw) {
-                return self
-                    .rules
-                    .iter()
-                    .find(|r| r.applies(req, client, &[raw_form]));
+                if !indexed {
+                    return self
+                        .rules
+                        .iter()
+                        .find(|r| r.applies(req, client, &[raw_form]));
+                }
+                return self.first(req, client, &[raw_form], cand);
             }
             normalize_path(raw, decoded, path);
             let normal = PathForm {
                 path: &path[..],
                 hits: set_hits(set, path, hits),
             };
-            let forms = [raw_form, normal];
-            self.rules.iter().find(|r| r.applies(req, client, &forms))
+            if !indexed {
+                let forms = [raw_form, normal];
+                return self.rules.iter().find(|r| r.applies(req, client, &forms));
+            }
+            self.first(req, client, &[raw_form, normal], cand)
         })
+    }
+
+    /// The first of the index's candidates that applies, in rule order.
+    fn first(
+        &self,
+        req: &RequestView<'_>,
+        client: IpAddr,
+        forms: &[PathForm<'_>],
+        cand: &mut Vec<u64>,
+    ) -> Option<&Rule> {
+        let index_forms = [forms.first(), forms.get(1)].map(|f| {
+            f.map(|f| rule_index::Form {
+                path: f.path,
+                hits: f.hits,
+            })
+        });
+        let index_forms: &[rule_index::Form<'_>] = match index_forms {
+            [Some(a), Some(b)] => &[a, b],
+            [Some(a), None] => &[a],
+            _ => &[],
+        };
+        self.index.candidates(req, client, index_forms, cand);
+        for (w, &word) in cand.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let i = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let r = &self.rules[i];
+                if r.applies(req, client, forms) {
+                    return Some(r);
+                }
+            }
+        }
+        None
     }
 }
 
@@ -835,5 +904,131 @@ mod tests {
                 .contains("unknown placeholder")
         );
         assert!(Template::parse("/{path").unwrap_err().contains("unclosed"));
+    }
+
+    /// The index only narrows: over many rules of every kind and requests
+    /// that hit, miss and straddle them, the indexed evaluation picks the
+    /// same rule as the full scan.
+    #[test]
+    fn the_index_picks_the_same_rule_as_a_full_scan() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let paths = [
+            "/a",
+            "/a/b",
+            "/admin",
+            "/admin/x",
+            "/b%61d",
+            "/x//y",
+            "/wp-login.php",
+            "/",
+        ];
+        let names = ["x-a", "X-B", "cookie", "user-agent"];
+        let sources = ["10.0.0.0/8", "10.1.2.3/32", "192.0.2.0/24", "2001:db8::/32"];
+        let mut rules = Vec::new();
+        for i in 0..60 {
+            let mut m = RuleMatch::default();
+            match next(6) {
+                0 => m.path = Some(PathTest::Exact(paths[next(7) as usize].into())),
+                1 => m.path = Some(PathTest::Prefix(paths[next(7) as usize].into())),
+                2 => m.path = Some(PathTest::Regex("/a.*|/ad[a-z]+".into())),
+                _ => {}
+            }
+            if next(3) == 0 {
+                let (a, l) = sources[next(4) as usize].split_once('/').unwrap();
+                m.sources
+                    .push(Cidr::new(a.parse().unwrap(), l.parse().unwrap()).unwrap());
+            }
+            if next(3) == 0 {
+                let t = match next(6) {
+                    0 | 1 => ValueTest::Present,
+                    2 => ValueTest::Absent,
+                    _ => ValueTest::Equals("v".into()),
+                };
+                m.headers.push((names[next(4) as usize].into(), t));
+            }
+            if next(5) == 0 {
+                m.cookies.push((
+                    "s".into(),
+                    if next(2) == 0 {
+                        ValueTest::Present
+                    } else {
+                        ValueTest::Absent
+                    },
+                ));
+            }
+            if next(4) == 0 {
+                m.methods.push("POST".into());
+            }
+            if m.path.is_none() && m.sources.is_empty() && m.headers.is_empty() {
+                let (a, l) = sources[next(4) as usize].split_once('/').unwrap();
+                m.sources
+                    .push(Cidr::new(a.parse().unwrap(), l.parse().unwrap()).unwrap());
+            }
+            let action = if next(3) == 0 {
+                RuleAction::Allow
+            } else {
+                deny()
+            };
+            rules.push(Rule::new(format!("r{i}"), m, action));
+        }
+        let rules = Rules::new(rules).unwrap();
+        let clients = [
+            "10.1.2.3",
+            "10.9.9.9",
+            "192.0.2.200",
+            "203.0.113.1",
+            "2001:db8::5",
+            "fd00::1",
+        ];
+        let fields: [&[(&str, &str)]; 5] = [
+            &[],
+            &[("X-A", "v")],
+            &[("x-b", "w"), ("Cookie", "s=1")],
+            &[("User-Agent", "v"), ("x-a", "v"), ("x-a", "u")],
+            &[("cookie", "t=2")],
+        ];
+        let (mut missed, mut distinct) = (0, std::collections::HashSet::new());
+        for _ in 0..4000 {
+            let method = if next(2) == 0 { "GET" } else { "POST" };
+            let target = format!(
+                "{}{}",
+                paths[next(8) as usize],
+                ["", "/", "x", "?q=1"][next(4) as usize]
+            );
+            let list: Vec<Header<'_>> = fields[next(5) as usize]
+                .iter()
+                .map(|&(n, v)| Header {
+                    name: n,
+                    value: v.as_bytes(),
+                })
+                .collect();
+            let view = RequestView::new(
+                method,
+                Some("a.example"),
+                &target,
+                Headers::from_list(&list),
+            );
+            let client: IpAddr = clients[next(6) as usize].parse().unwrap();
+            let indexed = rules.evaluate_with(&view, client, true).map(|r| &r.name);
+            let scanned = rules.evaluate_with(&view, client, false).map(|r| &r.name);
+            assert_eq!(indexed, scanned, "{method} {target} {client} {list:?}");
+            match scanned {
+                Some(name) => {
+                    distinct.insert(name.clone());
+                }
+                None => missed += 1,
+            }
+        }
+        assert!(
+            missed > 20 && distinct.len() > 10,
+            "the corpus hits many rules and misses: {missed} misses, {} rules",
+            distinct.len()
+        );
     }
 }
