@@ -23,6 +23,10 @@ path = "access.log"
 name = "origin"
 endpoints = ["10.77.0.3:8080"]
 
+[[upstreams]]
+name = "echo"
+endpoints = ["10.77.0.3:8091"]
+
 [[listeners]]
 port = 80
 http2 = true
@@ -66,6 +70,15 @@ name = "v6-admin"
 source = ["fd77::/64"]
 path_prefix = "/admin"
 action = "deny"
+
+[[listeners.rules]]
+name = "v1-api"
+path_prefix = "/v1/"
+action = "allow"
+rewrite_prefix = { from = "/v1/", to = "/" }
+pool = "echo"
+request_headers = { set = { "X-Env" = "edge" }, add = { "X-Via-Rule" = "v1-api" }, remove = ["X-Secret"] }
+response_headers = { add = { "X-Served-By" = "ferrogate" }, remove = ["X-Origin"] }
 
 [[listeners.routes]]
 name = "origin"
@@ -140,6 +153,41 @@ fn rules_deny_allow_and_redirect_before_routing_and_are_counted() {
         let (s, _, body) = get(&lab, &["-g", "http://[fd77::10]/admin"]);
         assert_eq!((s, body.as_str()), (403, "forbidden\n"));
 
+        // An allow rule that rewrites: the path's prefix, the pool, request
+        // fields set, added and removed, response fields added and
+        // removed — over HTTP/1.1 and h2c. The echo origin lists the
+        // fields it got (`/headers`) and sends `X-Origin`.
+        let _echo = lab.start_origin("echo", "10.77.0.3:8091");
+        for proto in ["--http1.1", "--http2-prior-knowledge"] {
+            let (s, head_and_body) = {
+                let mut argv = vec!["curl", "-sS", "-m", "5", "-D", "-", proto];
+                argv.extend_from_slice(&["-H", "X-Env: client", "-H", "X-Secret: s3cret"]);
+                let u = url("/v1/headers");
+                argv.push(&u);
+                let out = lab.exec("client", &argv).expect("curl");
+                let s = out
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse::<u16>().ok());
+                (s, out)
+            };
+            assert_eq!(s, Some(200), "{proto}: {head_and_body}");
+            let (head, body) = head_and_body
+                .split_once("\r\n\r\n")
+                .unwrap_or((&head_and_body, ""));
+            let head = head.to_ascii_lowercase();
+            assert!(head.contains("x-served-by: ferrogate"), "{proto}: {head}");
+            assert!(!head.contains("x-origin"), "{proto}: {head}");
+            let body = body.to_ascii_lowercase();
+            assert!(body.contains("x-env: edge"), "{proto}: {body}");
+            assert!(!body.contains("x-env: client"), "{proto}: {body}");
+            assert!(body.contains("x-via-rule: v1-api"), "{proto}: {body}");
+            assert!(!body.contains("s3cret"), "{proto}: {body}");
+        }
+        // The rewritten path reached the origin: `/v1/x` is `/x` upstream.
+        let (s, _, body) = get(&lab, &["-H", "X-Secret: s", &url("/v1/status/201")]);
+        assert_eq!(s, 201, "{body}");
+
         let stats = engine.stats_until(|s| s.get("rule_debug_hits") == Some(&1));
         let hits = |r: &str| stats.get(&format!("rule_{r}_hits")).copied();
         assert_eq!(hits("wp"), Some(1), "{stats:?}");
@@ -148,6 +196,7 @@ fn rules_deny_allow_and_redirect_before_routing_and_are_counted() {
         assert_eq!(hits("debug"), Some(1));
         assert_eq!(hits("old-docs"), Some(2));
         assert_eq!(hits("v6-admin"), Some(1));
+        assert_eq!(hits("v1-api"), Some(3));
 
         // The access log names the rule and its tag.
         let log = lab.state_dir().join("access.log");

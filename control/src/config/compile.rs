@@ -174,7 +174,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 "only HTTP listeners have rules",
             );
         }
-        let rules = check_rules(i, l, &mut rule_names, rep);
+        let rules = check_rules(i, l, &pools, &mut rule_names, rep);
         if !is_http && !l.rate_limits.is_empty() {
             rep.at(
                 l.port.span(),

@@ -2,7 +2,7 @@
 //! order before routing; the first whose conditions all hold applies.
 
 use ferrogate_proxy::rules::{
-    Cidr, PathTest, Rule, RuleAction, RuleMatch, Rules, Template, ValueTest, normalized,
+    Cidr, PathTest, Rewrite, Rule, RuleAction, RuleMatch, Rules, Template, ValueTest, normalized,
 };
 
 use super::*;
@@ -12,6 +12,7 @@ use super::*;
 pub(super) fn check_rules(
     i: usize,
     l: &ListenerSection,
+    pools: &[(String, Arc<Upstream>)],
     names: &mut HashSet<String>,
     rep: &mut Reporter<'_>,
 ) -> Rules {
@@ -29,7 +30,7 @@ pub(super) fn check_rules(
                 "needs a TLS listener with client certificates ([listeners.tls] client_ca)",
             );
         }
-        if let Some(rule) = check_rule(&field, r, names, rep) {
+        if let Some(rule) = check_rule(&field, r, pools, names, rep) {
             rules.push(rule);
         }
     }
@@ -56,6 +57,7 @@ pub(super) fn check_rules(
 fn check_rule(
     field: &str,
     r: &RuleSection,
+    pools: &[(String, Arc<Upstream>)],
     names: &mut HashSet<String>,
     rep: &mut Reporter<'_>,
 ) -> Option<Rule> {
@@ -127,12 +129,135 @@ fn check_rule(
         );
     }
     let action = check_action(field, r, rep);
+    let rewrite = check_rewrite(field, r, pools, rep);
     if rep.errors.len() > before {
         return None;
     }
     let mut rule = Rule::new(name.clone(), m, action?);
     rule.tag = r.tag.clone();
+    if let Some(rw) = rewrite {
+        rule = rule.with_rewrite(rw);
+    }
     Some(rule)
+}
+
+/// Fields a rule may not touch: they frame the message or the connection,
+/// or address the origin (the codec writes them).
+const CODEC_OWNED: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "host",
+];
+
+/// An allow rule's changes (None when it has none).
+fn check_rewrite(
+    field: &str,
+    r: &RuleSection,
+    pools: &[(String, Arc<Upstream>)],
+    rep: &mut Reporter<'_>,
+) -> Option<Rewrite> {
+    let any = r.request_headers.is_some()
+        || r.response_headers.is_some()
+        || r.rewrite_prefix.is_some()
+        || r.pool.is_some();
+    if !any {
+        return None;
+    }
+    if r.action.get_ref() != "allow" {
+        rep.at(
+            r.action.span(),
+            format!("{field}.action"),
+            "only an allow rule changes headers, the path or the pool",
+        );
+        return None;
+    }
+    let mut rw = Rewrite::default();
+    for (key, ops, remove, add) in [
+        (
+            "request_headers",
+            &r.request_headers,
+            &mut rw.request_remove,
+            &mut rw.request_add,
+        ),
+        (
+            "response_headers",
+            &r.response_headers,
+            &mut rw.response_remove,
+            &mut rw.response_add,
+        ),
+    ] {
+        let Some(ops) = ops else { continue };
+        let span = ops.span();
+        let ops = ops.get_ref();
+        let names = ops
+            .set
+            .keys()
+            .chain(ops.add.keys())
+            .chain(ops.remove.iter());
+        for n in names {
+            if !is_token(n) || CODEC_OWNED.contains(&n.to_ascii_lowercase().as_str()) {
+                rep.at(
+                    span.clone(),
+                    format!("{field}.{key}"),
+                    format!(
+                        "{n:?}: not a field name a rule may change (a token, not one that frames the message: content-length, transfer-encoding, connection, host, …)"
+                    ),
+                );
+            }
+        }
+        for (n, v) in ops.set.iter().chain(ops.add.iter()) {
+            if v.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                rep.at(
+                    span.clone(),
+                    format!("{field}.{key}.{n}"),
+                    "control characters cannot go in a field value",
+                );
+            }
+        }
+        remove.extend(
+            ops.set
+                .keys()
+                .chain(ops.remove.iter())
+                .map(|n| n.to_ascii_lowercase()),
+        );
+        add.extend(
+            ops.set
+                .iter()
+                .chain(ops.add.iter())
+                .map(|(n, v)| (n.clone(), v.clone())),
+        );
+    }
+    if let Some(p) = &r.rewrite_prefix {
+        let (from, to) = (&p.get_ref().from, &p.get_ref().to);
+        if !from.starts_with('/')
+            || !to.starts_with('/')
+            || to.chars().any(|c| c.is_control() || c == ' ')
+        {
+            rep.at(
+                p.span(),
+                format!("{field}.rewrite_prefix"),
+                "from and to are paths starting with `/`, without spaces or control characters",
+            );
+        }
+        rw.path_prefix = Some((from.clone(), to.clone()));
+    }
+    if let Some(name) = &r.pool {
+        match pools.iter().find(|(n, _)| n == name.get_ref()) {
+            Some((_, p)) => rw.pool = Some(p.clone()),
+            None => rep.at(
+                name.span(),
+                format!("{field}.pool"),
+                format!("no upstream named {:?}", name.get_ref()),
+            ),
+        }
+    }
+    Some(rw)
 }
 
 fn check_rule_path(field: &str, r: &RuleSection, rep: &mut Reporter<'_>) -> Option<PathTest> {

@@ -572,6 +572,38 @@ pub struct RuleSection {
     /// Written to the access log of matched requests.
     #[serde(default)]
     pub tag: Option<String>,
+    /// allow: fields changed in the upstream request.
+    #[serde(default)]
+    pub request_headers: Option<Spanned<HeaderOpsSection>>,
+    /// allow: fields changed in the response to the client.
+    #[serde(default)]
+    pub response_headers: Option<Spanned<HeaderOpsSection>>,
+    /// allow: `{ from = "/api/v1/", to = "/v1/" }`, the target's prefix
+    /// replaced upstream.
+    #[serde(default)]
+    pub rewrite_prefix: Option<Spanned<RewritePrefixSection>>,
+    /// allow: proxy to this pool instead of the route's.
+    #[serde(default)]
+    pub pool: Option<Spanned<String>>,
+}
+
+/// `set` replaces (remove + add), `add` appends, `remove` drops fields.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOpsSection {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewritePrefixSection {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1118,3 +1118,75 @@ fn rate_limit_errors_name_file_line_and_field() {
         errors(&escalate_by_header)
     );
 }
+
+#[test]
+fn rule_rewrites_compile_and_bad_ones_name_their_field() {
+    use ferrogate_proxy::rules::Rule;
+    let good = format!(
+        "{GOOD}{}",
+        r#"
+[[listeners.rules]]
+name = "api"
+path_prefix = "/v1/"
+action = "allow"
+rewrite_prefix = { from = "/v1/", to = "/" }
+pool = "origin"
+request_headers = { set = { "X-Env" = "edge" }, add = { "X-A" = "1" }, remove = ["X-Secret"] }
+response_headers = { remove = ["Server"] }
+"#
+    );
+    let c = compiled(&good);
+    let rule: &Rule = c.engine.routes.rules().next().expect("one rule");
+    let rw = rule.rewrite.as_ref().expect("a rewrite");
+    assert_eq!(rw.request_remove, ["x-env", "x-secret"]);
+    assert_eq!(rw.request_add.len(), 2);
+    assert_eq!(rw.response_remove, ["server"]);
+    assert_eq!(rw.pool.as_ref().map(|p| p.name.as_str()), Some("origin"));
+    let mut buf = String::new();
+    assert_eq!(rw.target("/v1/users?id=1", &mut buf), "/users?id=1");
+    assert_eq!(rw.target("/v2/x", &mut buf), "/v2/x");
+
+    let bad = format!(
+        "{GOOD}{}",
+        r#"
+[[listeners.rules]]
+name = "d"
+action = "deny"
+request_headers = { add = { "X-A" = "1" } }
+[[listeners.rules]]
+name = "a"
+action = "allow"
+pool = "nope"
+response_headers = { remove = ["Content-Length"] }
+rewrite_prefix = { from = "v1", to = "/" }
+"#
+    );
+    let e = errors(&bad);
+    let has = |line: &str, field: &str, what: &str| {
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with(line) && l.contains(field) && l.contains(what)),
+            "{line} {field} {what}: {e:?}"
+        );
+    };
+    has(
+        "t.toml:22:",
+        "listeners[0].rules[0].action",
+        "only an allow rule",
+    );
+    has(
+        "t.toml:27:",
+        "listeners[0].rules[1].pool",
+        "no upstream named \"nope\"",
+    );
+    has(
+        "t.toml:28:",
+        "listeners[0].rules[1].response_headers",
+        "\"Content-Length\"",
+    );
+    has(
+        "t.toml:29:",
+        "listeners[0].rules[1].rewrite_prefix",
+        "starting with `/`",
+    );
+}

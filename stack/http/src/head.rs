@@ -555,6 +555,7 @@ pub fn write_client_response(
     buf: &[u8],
     keep_client: bool,
     client_http10: bool,
+    strip: impl Fn(&str) -> bool,
     add: impl FnOnce(&ResponseView<'_>, &mut HeaderLines<'_>),
     refused: &mut u64,
     out: &mut ByteBuf,
@@ -571,7 +572,9 @@ pub fn write_client_response(
     let nominates = fields.contains("connection");
     for h in resp.headers.iter() {
         let upgrade = switching && h.name.eq_ignore_ascii_case("upgrade");
-        if (is_hop_by_hop(h.name) || (nominates && named_by_connection(fields, h.name))) && !upgrade
+        if ((is_hop_by_hop(h.name) || (nominates && named_by_connection(fields, h.name)))
+            && !upgrade)
+            || strip(h.name)
         {
             continue;
         }
@@ -831,6 +834,7 @@ mod tests {
             resp,
             true,
             false,
+            |_| false,
             |_, _| {},
             &mut 0,
             &mut out
@@ -850,6 +854,7 @@ mod tests {
             raw,
             true,
             false,
+            |_| false,
             |_, _| {},
             &mut 0,
             &mut out
@@ -886,6 +891,7 @@ mod tests {
             raw,
             false,
             false,
+            |_| false,
             |resp, l| {
                 seen = Some((
                     resp.status,

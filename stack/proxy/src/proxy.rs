@@ -23,7 +23,7 @@ use crate::phases::{ProxyHttp, RequestInfo, ResponseInfo, Verdict};
 use crate::quota::Quota;
 use crate::route::{DirectResponse, RouteAction, RouteTable};
 use crate::route_stats::RouteCounters;
-use crate::rules::RuleAction;
+use crate::rules::{Rewrite, RuleAction};
 use crate::stats::StackStats;
 
 /// Buffers of one connection, recycled between connections.
@@ -195,6 +195,11 @@ pub(crate) struct Conn<P: ProxyHttp> {
     /// preface (prior knowledge). Cleared once a request head came.
     h2c: bool,
     route_id: Option<usize>,
+    /// What the allow rule that matched the request in flight changes.
+    rewrite: Option<Arc<Rewrite>>,
+    /// The upstream target when a rule rewrites it (kept: no allocation
+    /// once grown).
+    target_buf: String,
     started: Instant,
     request_id: [u8; REQUEST_ID_MAX],
     request_id_len: usize,
@@ -243,14 +248,17 @@ pub(crate) enum Routing<'r> {
 
 /// Runs `request_filter` and `upstream_peer` for a parsed request (either
 /// protocol); records the route in the access record and its counters.
+/// `rewrite`: what the allow rule that matched changes (None if none).
 pub(crate) fn choose_route<'r, P: ProxyHttp>(
     cx: &mut Ctx<'r, P>,
     info: &RequestInfo<'_>,
     pctx: &mut P::Ctx,
     access: &mut AccessRecord,
+    rewrite: &mut Option<Arc<Rewrite>>,
 ) -> Routing<'r> {
     let (phases, routes) = (cx.phases, cx.routes);
-    if let Some(answer) = apply_rules(cx, info, access) {
+    *rewrite = None;
+    if let Some(answer) = apply_rules(cx, info, access, rewrite) {
         return Routing::Respond(answer);
     }
     let route = match phases.request_filter(info, pctx) {
@@ -317,6 +325,12 @@ fn apply_limits<P: ProxyHttp>(
     None
 }
 
+/// The pool a request goes to: the rule's choice, else the route's.
+pub(crate) fn rewritten_pool(rw: Option<&Rewrite>, route_pool: &Arc<Upstream>) -> Arc<Upstream> {
+    rw.and_then(|r| r.pool.clone())
+        .unwrap_or_else(|| route_pool.clone())
+}
+
 /// A redirect's `Location`, a 429's `Retry-After`.
 pub(crate) fn direct_lines(r: &DirectResponse, lines: &mut crate::http::HeaderLines<'_>) {
     if let Some(to) = &r.location {
@@ -333,6 +347,7 @@ fn apply_rules<P: ProxyHttp>(
     cx: &mut Ctx<'_, P>,
     info: &RequestInfo<'_>,
     access: &mut AccessRecord,
+    rewrite: &mut Option<Arc<Rewrite>>,
 ) -> Option<Arc<DirectResponse>> {
     let routes = cx.routes;
     let rule = routes
@@ -345,7 +360,10 @@ fn apply_rules<P: ProxyHttp>(
         access.tag.set(tag.as_bytes());
     }
     match &rule.action {
-        RuleAction::Allow => None,
+        RuleAction::Allow => {
+            rewrite.clone_from(&rule.rewrite);
+            None
+        }
         RuleAction::Deny(answer) => Some(answer.clone()),
         RuleAction::Redirect { status, location } => {
             let mut to = String::new();
@@ -418,6 +436,8 @@ impl<P: ProxyHttp> Conn<P> {
             upgrade: false,
             h2c: false,
             route_id: None,
+            rewrite: None,
+            target_buf: String::new(),
             started: now,
             request_id: [0; REQUEST_ID_MAX],
             request_id_len: 0,
@@ -688,7 +708,13 @@ impl<P: ProxyHttp> Conn<P> {
             a.path.set(req.target.as_bytes());
             a.request_id.set(info_req.request_id);
         }
-        let route = match choose_route(cx, &info_req, &mut self.pctx, &mut self.access) {
+        let route = match choose_route(
+            cx,
+            &info_req,
+            &mut self.pctx,
+            &mut self.access,
+            &mut self.rewrite,
+        ) {
             Routing::Route(route) => route,
             Routing::Respond(r) => {
                 self.bufs.from_client.consume(info.head_len);
@@ -713,7 +739,7 @@ impl<P: ProxyHttp> Conn<P> {
                 self.respond_direct(cx, &r, &info)
             }
             RouteAction::Proxy(upstream) => {
-                let upstream = upstream.clone();
+                let upstream = rewritten_pool(self.rewrite.as_deref(), upstream);
                 if let BodyFraming::Length(n) = info.framing
                     && cx.cfg.max_request_body > 0
                     && n > cx.cfg.max_request_body
@@ -726,11 +752,24 @@ impl<P: ProxyHttp> Conn<P> {
                 let has_host = req.headers.contains("host");
                 self.bufs.request_head.clear();
                 let pctx = &mut self.pctx;
+                let rw = self.rewrite.as_deref();
+                let upstream_req = crate::http::Request {
+                    target: rw.map_or(req.target, |r| r.target(req.target, &mut self.target_buf)),
+                    ..req
+                };
                 if !head::write_upstream_request(
-                    &req,
+                    &upstream_req,
                     self.upgrade,
-                    |name| phases.strip_request_header(&info_req, name),
-                    |lines| phases.upstream_request_filter(&info_req, pctx, lines),
+                    |name| {
+                        phases.strip_request_header(&info_req, name)
+                            || rw.is_some_and(|r| r.strips_request(name))
+                    },
+                    |lines| {
+                        phases.upstream_request_filter(&info_req, pctx, lines);
+                        if let Some(r) = rw {
+                            r.add_request(lines);
+                        }
+                    },
                     &mut cx.stats.header_lines_refused,
                     &mut self.bufs.request_head,
                 ) {
@@ -1052,11 +1091,18 @@ impl<P: ProxyHttp> Conn<P> {
                     now: cx.now,
                 };
                 let pctx = &mut self.pctx;
+                let rw = self.rewrite.as_deref();
                 let ok = head::write_client_response(
                     &self.bufs.from_upstream.filled()[..resp.head_len],
                     keep_client,
                     req.http10,
-                    |view, lines| phases.response_filter(view, &info, pctx, lines),
+                    |name| rw.is_some_and(|r| r.strips_response(name)),
+                    |view, lines| {
+                        phases.response_filter(view, &info, pctx, lines);
+                        if let Some(r) = rw {
+                            r.add_response(lines);
+                        }
+                    },
                     &mut cx.stats.header_lines_refused,
                     &mut self.bufs.to_client,
                 );

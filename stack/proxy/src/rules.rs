@@ -149,6 +149,67 @@ pub enum RuleAction {
     Redirect { status: u16, location: Template },
 }
 
+/// What an allow rule changes in the request it lets through and in its
+/// response: header fields removed, then added (a "set" is both), the
+/// path's prefix replaced, the pool. Shared by the requests it applies to
+/// (an `Arc` clone, no allocation).
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    /// Client fields left out of the upstream request (lower case).
+    pub request_remove: Vec<String>,
+    pub request_add: Vec<(String, String)>,
+    /// Upstream fields left out of the client's response (lower case).
+    pub response_remove: Vec<String>,
+    pub response_add: Vec<(String, String)>,
+    /// A target starting with `.0` goes upstream starting with `.1`.
+    pub path_prefix: Option<(String, String)>,
+    /// Proxy to this pool instead of the route's (routes that proxy).
+    pub pool: Option<Arc<crate::lb::Upstream>>,
+}
+
+impl Rewrite {
+    pub fn strips_request(&self, name: &str) -> bool {
+        self.request_remove
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    pub fn strips_response(&self, name: &str) -> bool {
+        self.response_remove
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    pub fn add_request(&self, lines: &mut crate::http::HeaderLines<'_>) {
+        for (n, v) in &self.request_add {
+            lines.add(n, v.as_bytes());
+        }
+    }
+
+    pub fn add_response(&self, lines: &mut crate::http::HeaderLines<'_>) {
+        for (n, v) in &self.response_add {
+            lines.add(n, v.as_bytes());
+        }
+    }
+
+    /// The upstream target: `target` with its prefix replaced (built in
+    /// `buf`), or `target` as it is.
+    pub fn target<'t>(&self, target: &'t str, buf: &'t mut String) -> &'t str {
+        match &self.path_prefix {
+            Some((from, to)) if target.starts_with(from.as_str()) => {
+                buf.clear();
+                buf.push_str(to);
+                buf.push_str(&target[from.len()..]);
+                if !buf.starts_with('/') {
+                    buf.insert(0, '/');
+                }
+                buf
+            }
+            _ => target,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
@@ -159,6 +220,8 @@ pub struct Rule {
     pub action: RuleAction,
     /// Written to the access record of a request the rule matched.
     pub tag: Option<String>,
+    /// Allow rules: what changes in the request and its response.
+    pub rewrite: Option<Arc<Rewrite>>,
     /// Index of its path regex in the listener's set.
     path_slot: Option<usize>,
 }
@@ -171,12 +234,18 @@ impl Rule {
             matches,
             action,
             tag: None,
+            rewrite: None,
             path_slot: None,
         }
     }
 
     pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
         self.tag = Some(tag.into());
+        self
+    }
+
+    pub fn with_rewrite(mut self, rewrite: Rewrite) -> Self {
+        self.rewrite = Some(Arc::new(rewrite));
         self
     }
 

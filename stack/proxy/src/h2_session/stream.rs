@@ -19,7 +19,8 @@ use crate::lb::Upstream;
 use crate::net::Instant;
 use crate::phases::{ProxyHttp, RequestInfo, ResponseInfo};
 use crate::proxy::{
-    Body, Ctx, REQUEST_ID_MAX, Routing, after, choose_route, emit_access, hash_key, set_request_id,
+    Body, Ctx, REQUEST_ID_MAX, Routing, after, choose_route, emit_access, hash_key, rewritten_pool,
+    set_request_id,
 };
 use crate::route::{DirectResponse, RouteAction};
 
@@ -108,6 +109,10 @@ pub(crate) struct H2Stream<P: ProxyHttp> {
     step: Step,
     local_body: Vec<u8>,
     route_id: Option<usize>,
+    /// What the allow rule that matched the request changes.
+    rewrite: Option<Arc<crate::rules::Rewrite>>,
+    /// The rewritten upstream target, when a rule rewrites it.
+    target_buf: String,
     started: Instant,
     deadline: Instant,
     request_id: [u8; REQUEST_ID_MAX],
@@ -161,6 +166,8 @@ impl<P: ProxyHttp> H2Stream<P> {
             step: Step::Done,
             local_body: Vec::new(),
             route_id: None,
+            rewrite: None,
+            target_buf: String::new(),
             started: now,
             deadline: now,
             request_id: [0; REQUEST_ID_MAX],
@@ -267,7 +274,13 @@ impl<P: ProxyHttp> H2Stream<P> {
         self.access.host.set(host.unwrap_or("").as_bytes());
         self.access.path.set(target.as_bytes());
         self.access.request_id.set(info.request_id);
-        let route = match choose_route(cx, &info, &mut self.pctx, &mut self.access) {
+        let route = match choose_route(
+            cx,
+            &info,
+            &mut self.pctx,
+            &mut self.access,
+            &mut self.rewrite,
+        ) {
             Routing::Route(route) => route,
             Routing::Respond(d) => return self.respond_direct(cx, h2, peer, &d),
             Routing::Fail(e) => return self.local_error(cx, h2, peer, e),
@@ -279,7 +292,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 let d = d.clone();
                 return self.respond_direct(cx, h2, peer, &d);
             }
-            RouteAction::Proxy(upstream) => upstream.clone(),
+            RouteAction::Proxy(upstream) => rewritten_pool(self.rewrite.as_deref(), upstream),
         };
         let max = cx.cfg.max_request_body;
         if max > 0 && r.content_length.is_some_and(|n| n > max) {
@@ -295,11 +308,24 @@ impl<P: ProxyHttp> H2Stream<P> {
         let phases = cx.phases;
         let pctx = &mut self.pctx;
         self.request_head.clear();
+        let rw = self.rewrite.as_deref();
+        let upstream_req = crate::http::Request {
+            target: rw.map_or(req.target, |r| r.target(req.target, &mut self.target_buf)),
+            ..req
+        };
         let written = head::write_upstream_request(
-            &req,
+            &upstream_req,
             false,
-            |name| phases.strip_request_header(&info, name),
-            |lines| phases.upstream_request_filter(&info, pctx, lines),
+            |name| {
+                phases.strip_request_header(&info, name)
+                    || rw.is_some_and(|r| r.strips_request(name))
+            },
+            |lines| {
+                phases.upstream_request_filter(&info, pctx, lines);
+                if let Some(r) = rw {
+                    r.add_request(lines);
+                }
+            },
             &mut cx.stats.header_lines_refused,
             &mut self.request_head,
         ) && (!chunked || {
@@ -614,11 +640,18 @@ impl<P: ProxyHttp> H2Stream<P> {
             now: cx.now,
         };
         let pctx = &mut self.pctx;
+        let rw = self.rewrite.as_deref();
         let ok = head::write_client_response(
             &self.from_upstream.filled()[..resp.head_len],
             true,
             false,
-            |view, lines| phases.response_filter(view, &info, pctx, lines),
+            |name| rw.is_some_and(|r| r.strips_response(name)),
+            |view, lines| {
+                phases.response_filter(view, &info, pctx, lines);
+                if let Some(r) = rw {
+                    r.add_response(lines);
+                }
+            },
             &mut cx.stats.header_lines_refused,
             &mut self.request_head,
         );
