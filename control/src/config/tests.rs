@@ -191,7 +191,20 @@ fn edge_example_compiles_every_new_key() {
         .unwrap_or_else(|e| panic!("{e}"));
     let t = &c.engine.routes;
     let rules: Vec<_> = t.rules().map(|r| r.name.as_str()).collect();
-    assert_eq!(rules, ["monitoring", "admin", "scanners", "old-docs"]);
+    assert_eq!(
+        rules,
+        ["monitoring", "admin", "scanners", "old-docs", "legacy-api"]
+    );
+    let legacy = t.rules().last().and_then(|r| r.rewrite.as_ref()).unwrap();
+    assert!(legacy.pool.is_some() && legacy.path_prefix.is_some());
+    assert_eq!(t.limits.len(), 2, "per-client and per-api-key (L7)");
+    assert!(
+        c.engine
+            .filter
+            .rate
+            .iter()
+            .any(|r| r.id == "syn-per-source" && r.syn_only)
+    );
     let api = t.upstreams.iter().find(|u| u.name == "api").unwrap();
     assert_eq!(api.policy.balancer, Balancer::Weighted);
     assert!(api.weights.iter().any(|&w| w > 1));
