@@ -184,11 +184,45 @@ fn rules_deny_allow_and_redirect_before_routing_and_are_counted() {
             assert!(body.contains("x-via-rule: v1-api"), "{proto}: {body}");
             assert!(!body.contains("s3cret"), "{proto}: {body}");
         }
+        // The next request on the same keep-alive connection is not
+        // rewritten (a rule's changes belong to its request).
+        let out = lab
+            .exec(
+                "client",
+                &[
+                    "curl",
+                    "-sS",
+                    "-m",
+                    "5",
+                    "-D",
+                    "-",
+                    &url("/v1/headers"),
+                    &url("/hello"),
+                ],
+            )
+            .expect("curl");
+        let second = out.rsplit("HTTP/1.1 ").next().unwrap_or("");
+        assert!(second.starts_with("200"), "{out}");
+        assert!(
+            second.contains("path=/hello"),
+            "the origin pool, not echo: {out}"
+        );
+        assert!(
+            !second.to_ascii_lowercase().contains("x-served-by"),
+            "{out}"
+        );
+        // A doubled slash after the prefix does not become `//host/...`
+        // upstream: the echo origin sees `/headers`.
+        let (s, _, body) = get(&lab, &["--path-as-is", &url("/v1//headers")]);
+        assert_eq!(s, 200, "{body}");
+        assert!(body.to_ascii_lowercase().contains("x-env: edge"), "{body}");
         // The rewritten path reached the origin: `/v1/x` is `/x` upstream.
         let (s, _, body) = get(&lab, &["-H", "X-Secret: s", &url("/v1/status/201")]);
         assert_eq!(s, 201, "{body}");
 
-        let stats = engine.stats_until(|s| s.get("rule_debug_hits") == Some(&1));
+        let stats = engine.stats_until(|s| {
+            s.get("rule_debug_hits") == Some(&1) && s.get("rule_v1-api_hits") == Some(&5)
+        });
         let hits = |r: &str| stats.get(&format!("rule_{r}_hits")).copied();
         assert_eq!(hits("wp"), Some(1), "{stats:?}");
         assert_eq!(hits("trusted"), Some(1));
@@ -196,7 +230,7 @@ fn rules_deny_allow_and_redirect_before_routing_and_are_counted() {
         assert_eq!(hits("debug"), Some(1));
         assert_eq!(hits("old-docs"), Some(2));
         assert_eq!(hits("v6-admin"), Some(1));
-        assert_eq!(hits("v1-api"), Some(3));
+        assert_eq!(hits("v1-api"), Some(5));
 
         // The access log names the rule and its tag.
         let log = lab.state_dir().join("access.log");

@@ -138,6 +138,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     }
 
     let rate_limits = check_rate_limits(cfg, rep);
+    let jwt_providers = check_jwt(cfg, rep);
     let mut listeners = Vec::new();
     let mut udp_listeners = Vec::new();
     let mut ports = HashSet::new();
@@ -172,6 +173,21 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 l.port.span(),
                 format!("listeners[{i}].rules"),
                 "only HTTP listeners have rules",
+            );
+        }
+        let jwt = listener_jwt(i, l, &jwt_providers, rep);
+        if !is_http && jwt.is_some() {
+            rep.at(
+                l.port.span(),
+                format!("listeners[{i}].jwt"),
+                "only HTTP listeners authenticate bearer tokens",
+            );
+        }
+        if jwt.is_none() && l.rules.iter().any(|r| !r.jwt_claims.is_empty()) {
+            rep.at(
+                l.port.span(),
+                format!("listeners[{i}].rules"),
+                "a rule with jwt_claims needs the listener's `jwt` provider",
             );
         }
         let rules = check_rules(i, l, &pools, &mut rule_names, rep);
@@ -261,6 +277,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                         body: d.body.clone().into_bytes(),
                         location: None,
                         retry_after: None,
+                        www_authenticate: None,
                     })))
                 }
                 _ => {
@@ -356,6 +373,9 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
             .with_http2(l.http2)
             .with_rules(rules)
             .with_limits(listener_limits);
+        if let Some(j) = jwt {
+            listener = listener.with_jwt(j);
+        }
         if let Some(tls) = check_listener_tls(i, l, rep) {
             listener = listener.with_tls(Arc::new(tls));
         }

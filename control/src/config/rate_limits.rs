@@ -184,6 +184,7 @@ fn check_l7(field: &str, r: &RateLimitSection, id: usize, rep: &mut Reporter<'_>
         }),
         "global" => Some(LimitKey::Global),
         "route" => Some(LimitKey::Route),
+        "jwt:sub" => Some(LimitKey::JwtSubject),
         other => match other.strip_prefix("header:") {
             Some(h) if is_token(h) => Some(LimitKey::Header(h.to_ascii_lowercase())),
             _ => {
@@ -191,7 +192,7 @@ fn check_l7(field: &str, r: &RateLimitSection, id: usize, rep: &mut Reporter<'_>
                     key_span.clone(),
                     format!("{field}.key"),
                     format!(
-                        "{other:?}: must be \"source\", \"global\", \"route\" or \"header:NAME\""
+                        "{other:?}: must be \"source\", \"global\", \"route\", \"jwt:sub\" or \"header:NAME\""
                     ),
                 );
                 None

@@ -118,6 +118,22 @@ fn check_rule(
     m.query = value_tests(field, "query", &r.query, false, rep);
     m.cookies = value_tests(field, "cookies", &r.cookies, false, rep);
     m.client_cert_cn = r.client_cert_cn.clone();
+    for (name, v) in &r.jwt_claims {
+        let text = match v.get_ref() {
+            toml::Value::String(s) => Some(s.clone()),
+            toml::Value::Integer(n) => Some(n.to_string()),
+            toml::Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        };
+        match text {
+            Some(t) => m.claims.push((name.clone(), t)),
+            None => rep.at(
+                v.span(),
+                format!("{field}.jwt_claims.{name}"),
+                "a claim is compared as text: a string, an integer or a boolean",
+            ),
+        }
+    }
     if r.tag
         .as_ref()
         .is_some_and(|t| t.len() > 48 || t.chars().any(char::is_control))
@@ -154,6 +170,25 @@ const CODEC_OWNED: [&str; 9] = [
     "trailer",
     "host",
 ];
+
+/// Fields the proxy writes itself (a rule cannot remove or replace what
+/// it adds after the rule's removals ran).
+const PROXY_OWNED: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "via",
+    "x-request-id",
+];
+
+/// Whether `to` is a path a rewrite may produce: RFC 3986 path characters,
+/// no query or fragment, no `.` or `..` segment.
+fn plain_path(to: &str) -> bool {
+    to.starts_with('/')
+        && to
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b))
+        && !to.split('/').any(|seg| seg == "." || seg == "..")
+}
 
 /// An allow rule's changes (None when it has none).
 fn check_rewrite(
@@ -201,7 +236,15 @@ fn check_rewrite(
             .chain(ops.add.keys())
             .chain(ops.remove.iter());
         for n in names {
-            if !is_token(n) || CODEC_OWNED.contains(&n.to_ascii_lowercase().as_str()) {
+            let lower = n.to_ascii_lowercase();
+            if PROXY_OWNED.contains(&lower.as_str()) {
+                rep.at(
+                    span.clone(),
+                    format!("{field}.{key}"),
+                    format!("{n:?}: ferrogate writes this field itself; a rule cannot change it"),
+                );
+            }
+            if !is_token(n) || CODEC_OWNED.contains(&lower.as_str()) {
                 rep.at(
                     span.clone(),
                     format!("{field}.{key}"),
@@ -235,20 +278,38 @@ fn check_rewrite(
     }
     if let Some(p) = &r.rewrite_prefix {
         let (from, to) = (&p.get_ref().from, &p.get_ref().to);
-        if !from.starts_with('/')
-            || !to.starts_with('/')
-            || to.chars().any(|c| c.is_control() || c == ' ')
-        {
+        if !plain_path(from) || !plain_path(to) || from.ends_with('/') != to.ends_with('/') {
             rep.at(
                 p.span(),
                 format!("{field}.rewrite_prefix"),
-                "from and to are paths starting with `/`, without spaces or control characters",
+                "from and to are paths starting with `/` (path characters only: no `?`, `#`, spaces, `.` or `..` segments), both ending in `/` or neither",
+            );
+        }
+        // Every request the rule lets through starts with `from`: the
+        // rewrite never silently skips one (e.g. an encoded variant).
+        let covered = r
+            .path_prefix
+            .as_ref()
+            .is_some_and(|pp| pp.get_ref().starts_with(from.as_str()));
+        if !covered {
+            rep.at(
+                p.span(),
+                format!("{field}.rewrite_prefix"),
+                "needs the rule's path_prefix to start with `from`",
             );
         }
         rw.path_prefix = Some((from.clone(), to.clone()));
     }
     if let Some(name) = &r.pool {
         match pools.iter().find(|(n, _)| n == name.get_ref()) {
+            Some((_, p)) if p.proxy_protocol.is_some() => rep.at(
+                name.span(),
+                format!("{field}.pool"),
+                format!(
+                    "pool {:?} sends a PROXY protocol header: only TCP listeners may use it",
+                    name.get_ref()
+                ),
+            ),
             Some((_, p)) => rw.pool = Some(p.clone()),
             None => rep.at(
                 name.span(),
@@ -396,6 +457,7 @@ fn check_action(field: &str, r: &RuleSection, rep: &mut Reporter<'_>) -> Option<
                 body: body.into_bytes(),
                 location: None,
                 retry_after: None,
+                www_authenticate: None,
             })))
         }
         "redirect" => {

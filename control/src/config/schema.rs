@@ -23,6 +23,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub rate_limits: Vec<RateLimitSection>,
     #[serde(default)]
+    pub jwt: Vec<JwtSection>,
+    #[serde(default)]
     pub numa: NumaSection,
     #[serde(default)]
     pub access_log: Option<AccessLogSection>,
@@ -437,6 +439,9 @@ pub struct ListenerSection {
     /// `[[rate_limits]]` (by name) every request of the listener takes from.
     #[serde(default)]
     pub rate_limits: Vec<Spanned<String>>,
+    /// A `[[jwt]]` provider (by name): every request needs its bearer token.
+    #[serde(default)]
+    pub jwt: Option<Spanned<String>>,
 }
 
 /// `[listeners.tls]`. Paths are relative to the config file.
@@ -585,6 +590,10 @@ pub struct RuleSection {
     /// allow: proxy to this pool instead of the route's.
     #[serde(default)]
     pub pool: Option<Spanned<String>>,
+    /// Claims of the verified bearer token (listeners with `jwt`): name =
+    /// "text" (numbers and booleans as printed).
+    #[serde(default)]
+    pub jwt_claims: BTreeMap<String, Spanned<toml::Value>>,
 }
 
 /// `set` replaces (remove + add), `add` appends, `remove` drops fields.
@@ -822,4 +831,28 @@ pub struct EscalateSection {
     pub factor: f64,
     pub after_s: u64,
     pub ttl_s: u64,
+}
+
+/// `[[jwt]]`: a bearer-token provider listeners name with `jwt = "…"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSection {
+    pub name: Spanned<String>,
+    /// A JWKS file (relative to the config); a change is applied as a
+    /// new snapshot.
+    pub jwks: Spanned<String>,
+    /// Accepted algorithms: "HS256", "RS256", "ES256" (default RS256, ES256).
+    #[serde(default)]
+    pub algorithms: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Leeway for exp and nbf, seconds (default 60).
+    #[serde(default = "jwt_skew_default")]
+    pub clock_skew_s: Spanned<u64>,
+}
+
+pub(super) fn jwt_skew_default() -> Spanned<u64> {
+    Spanned::new(0..0, 60)
 }

@@ -193,11 +193,24 @@ fn edge_example_compiles_every_new_key() {
     let rules: Vec<_> = t.rules().map(|r| r.name.as_str()).collect();
     assert_eq!(
         rules,
-        ["monitoring", "admin", "scanners", "old-docs", "legacy-api"]
+        [
+            "monitoring",
+            "admin",
+            "scanners",
+            "old-docs",
+            "legacy-api",
+            "partner-admin",
+            "partner-no-admin"
+        ]
     );
-    let legacy = t.rules().last().and_then(|r| r.rewrite.as_ref()).unwrap();
+    let legacy = t.rules().nth(4).and_then(|r| r.rewrite.as_ref()).unwrap();
     assert!(legacy.pool.is_some() && legacy.path_prefix.is_some());
-    assert_eq!(t.limits.len(), 2, "per-client and per-api-key (L7)");
+    assert_eq!(
+        t.limits.len(),
+        3,
+        "per-client, per-api-key, per-partner (L7)"
+    );
+    assert!(t.listener(8080).unwrap().jwt().is_some());
     assert!(
         c.engine
             .filter
@@ -1172,6 +1185,12 @@ action = "allow"
 pool = "nope"
 response_headers = { remove = ["Content-Length"] }
 rewrite_prefix = { from = "v1", to = "/" }
+[[listeners.rules]]
+name = "b"
+path_prefix = "/api/"
+action = "allow"
+request_headers = { remove = ["X-Forwarded-For"] }
+rewrite_prefix = { from = "/api/", to = "/x?y=/" }
 "#
     );
     let e = errors(&bad);
@@ -1201,5 +1220,20 @@ rewrite_prefix = { from = "v1", to = "/" }
         "t.toml:29:",
         "listeners[0].rules[1].rewrite_prefix",
         "starting with `/`",
+    );
+    has(
+        "t.toml:29:",
+        "listeners[0].rules[1].rewrite_prefix",
+        "path_prefix to start with",
+    );
+    has(
+        "t.toml:34:",
+        "listeners[0].rules[2].request_headers",
+        "writes this field itself",
+    );
+    has(
+        "t.toml:35:",
+        "listeners[0].rules[2].rewrite_prefix",
+        "no `?`",
     );
 }

@@ -13,6 +13,7 @@ mod client_io;
 pub mod config;
 pub mod error;
 mod h2_session;
+pub mod jwt;
 mod l4_session;
 pub mod limits;
 pub mod phases;

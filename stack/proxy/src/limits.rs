@@ -23,6 +23,9 @@ pub enum LimitKey {
     Route,
     /// One bucket for every request the limit sees.
     Global,
+    /// The verified JWT's `sub` (listeners with `jwt`); a request without
+    /// one is not counted by this limit.
+    JwtSubject,
 }
 
 /// Retry-After values answered from a prepared response: a wait is at
@@ -94,6 +97,7 @@ fn too_many_requests(retry_after: u64) -> Arc<DirectResponse> {
         body: b"Too Many Requests\n".to_vec(),
         location: None,
         retry_after: Some(retry_after),
+        www_authenticate: None,
     })
 }
 
@@ -111,6 +115,8 @@ pub struct KeyInput<'a> {
     pub client: IpAddr,
     pub header: &'a dyn Fn(&str) -> Option<&'a [u8]>,
     pub route: &'a str,
+    /// The verified bearer token's subject, if any.
+    pub jwt_sub: Option<&'a str>,
 }
 
 /// Takes one request from `limit`'s bucket for this request's key; pushes
@@ -138,6 +144,10 @@ pub fn check(
         },
         LimitKey::Route => quota.key(&limit.name, &[input.route.as_bytes()]),
         LimitKey::Global => quota.key(&limit.name, &[]),
+        LimitKey::JwtSubject => match input.jwt_sub {
+            Some(sub) => quota.key(&limit.name, &[sub.as_bytes()]),
+            None => return Verdict::NotCounted,
+        },
     };
     let out = quota.take(key, &limit.spec, limit.escalate.as_ref(), now_ns);
     if let (Some(offered), Some(e), LimitKey::Source { .. }) =
@@ -199,6 +209,7 @@ mod tests {
             client: client.parse().unwrap(),
             header: &|_| None,
             route: "r",
+            jwt_sub: None,
         }
     }
 
@@ -302,6 +313,7 @@ mod tests {
             client: "192.0.2.1".parse().unwrap(),
             header: &|n| (n == "x-api-key").then_some(&b"k1"[..]),
             route: "",
+            jwt_sub: None,
         };
         assert_eq!(
             check(&l, &q, &input("192.0.2.1"), SEC, &mut e),

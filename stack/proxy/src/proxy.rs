@@ -258,7 +258,20 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
 ) -> Routing<'r> {
     let (phases, routes) = (cx.phases, cx.routes);
     *rewrite = None;
-    if let Some(answer) = apply_rules(cx, info, access, rewrite) {
+    let claims = match routes.listener(info.listener_port).and_then(|l| l.jwt()) {
+        None => None,
+        Some(jwt) => match jwt.verify(info.view.header("authorization")) {
+            Ok(c) => {
+                cx.stats.jwt_verified += 1;
+                Some(c)
+            }
+            Err(answer) => {
+                cx.stats.jwt_rejected += 1;
+                return Routing::Respond(answer);
+            }
+        },
+    };
+    if let Some(answer) = apply_rules(cx, info, claims.as_ref(), access, rewrite) {
         return Routing::Respond(answer);
     }
     let route = match phases.request_filter(info, pctx) {
@@ -271,7 +284,7 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
     access
         .route
         .set(route.map(|r| r.name.as_bytes()).unwrap_or(b""));
-    if let Some(answer) = apply_limits(cx, info, route, access) {
+    if let Some(answer) = apply_limits(cx, info, route, claims.as_ref(), access) {
         return Routing::Respond(answer);
     }
     match route {
@@ -290,6 +303,7 @@ fn apply_limits<P: ProxyHttp>(
     cx: &mut Ctx<'_, P>,
     info: &RequestInfo<'_>,
     route: Option<&crate::route::Route>,
+    claims: Option<&crate::jwt::Claims>,
     access: &mut AccessRecord,
 ) -> Option<Arc<DirectResponse>> {
     let listener = cx.routes.listener(info.listener_port)?;
@@ -303,6 +317,7 @@ fn apply_limits<P: ProxyHttp>(
         client: info.client_ip,
         header: &header,
         route: route.map_or("", |r| &r.name),
+        jwt_sub: claims.and_then(|c| c.sub.as_deref()),
     };
     for limit in listener.limits().iter().chain(on_route) {
         let mut escalated = false;
@@ -339,6 +354,9 @@ pub(crate) fn direct_lines(r: &DirectResponse, lines: &mut crate::http::HeaderLi
     if let Some(secs) = r.retry_after {
         lines.add_display("Retry-After", secs);
     }
+    if let Some(challenge) = &r.www_authenticate {
+        lines.add("WWW-Authenticate", challenge.as_bytes());
+    }
 }
 
 /// Evaluates the listener's L7 rules: counts and records the rule that
@@ -346,6 +364,7 @@ pub(crate) fn direct_lines(r: &DirectResponse, lines: &mut crate::http::HeaderLi
 fn apply_rules<P: ProxyHttp>(
     cx: &mut Ctx<'_, P>,
     info: &RequestInfo<'_>,
+    claims: Option<&crate::jwt::Claims>,
     access: &mut AccessRecord,
     rewrite: &mut Option<Arc<Rewrite>>,
 ) -> Option<Arc<DirectResponse>> {
@@ -353,7 +372,7 @@ fn apply_rules<P: ProxyHttp>(
     let rule = routes
         .listener(info.listener_port)?
         .rules()
-        .evaluate(&info.view, info.client_ip)?;
+        .evaluate_with_claims(&info.view, info.client_ip, claims)?;
     cx.route_stats.rule_hit(rule.id);
     access.rule.set(rule.name.as_bytes());
     if let Some(tag) = &rule.tag {
@@ -374,6 +393,7 @@ fn apply_rules<P: ProxyHttp>(
                 body: Vec::new(),
                 location: Some(to),
                 retry_after: None,
+                www_authenticate: None,
             }))
         }
     }
@@ -1107,6 +1127,9 @@ impl<P: ProxyHttp> Conn<P> {
                     &mut self.bufs.to_client,
                 );
                 self.bufs.from_upstream.consume(resp.head_len);
+                // The head is written: the rule's changes are done (and its
+                // `Arc` does not pin an old snapshot's pool while idle).
+                self.rewrite = None;
                 if !ok {
                     return self
                         .upstream_failed(cx, ProxyError::BadResponse(head::HeadError::TooLarge));

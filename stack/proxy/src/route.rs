@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use crate::http::RequestView;
+use crate::jwt::JwtAuth;
 use crate::lb::Upstream;
 use crate::limits::Limit;
 use crate::router::RouteIndex;
@@ -68,6 +69,9 @@ pub struct Listener {
     /// L7 rate limits every request of the listener takes from, after
     /// routing (a `route` key needs the route), before the route's own.
     limits: Vec<Arc<Limit>>,
+    /// Every request needs a valid bearer token of this provider (checked
+    /// before the rules, whose conditions may test its claims).
+    jwt: Option<Arc<JwtAuth>>,
     routes: Vec<Route>,
     index: RouteIndex,
 }
@@ -192,6 +196,8 @@ pub struct DirectResponse {
     pub location: Option<String>,
     /// A `Retry-After` field in seconds (429 from a rate limit).
     pub retry_after: Option<u64>,
+    /// A `WWW-Authenticate` challenge (401 from a JWT provider).
+    pub www_authenticate: Option<String>,
 }
 
 impl RouteTable {
@@ -288,6 +294,7 @@ impl Listener {
             l4: None,
             rules: Rules::default(),
             limits: Vec::new(),
+            jwt: None,
             routes,
             index,
         }
@@ -311,6 +318,16 @@ impl Listener {
 
     pub fn limits(&self) -> &[Arc<Limit>] {
         &self.limits
+    }
+
+    /// Every request needs a valid bearer token of `jwt`.
+    pub fn with_jwt(mut self, jwt: Arc<JwtAuth>) -> Self {
+        self.jwt = Some(jwt);
+        self
+    }
+
+    pub fn jwt(&self) -> Option<&Arc<JwtAuth>> {
+        self.jwt.as_ref()
     }
 
     /// Terminates TLS on this listener.
@@ -467,6 +484,7 @@ mod tests {
                     body: name.as_bytes().to_vec(),
                     location: None,
                     retry_after: None,
+                    www_authenticate: None,
                 })),
             )
         }

@@ -195,6 +195,7 @@ mod tests {
             body: vec![],
             location: None,
             retry_after: None,
+            www_authenticate: None,
         }));
         let table = RouteTable::new(
             1,

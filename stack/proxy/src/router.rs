@@ -132,6 +132,7 @@ mod tests {
                 body: Vec::new(),
                 location: None,
                 retry_after: None,
+                www_authenticate: None,
             })),
         )
     }

@@ -9,6 +9,10 @@ pub struct StackStats {
     pub active_connections: u64,
     pub requests: u64,
     pub responses_local: u64,
+    /// Bearer tokens a listener's JWT provider accepted, and requests it
+    /// answered 401 (no token, or an invalid one).
+    pub jwt_verified: u64,
+    pub jwt_rejected: u64,
     /// Responses by status class: index 1 = 1xx ... 5 = 5xx.
     pub responses_by_class: [u64; 6],
     pub upstream_connects: u64,
@@ -301,6 +305,8 @@ impl StackStats {
         self.active_connections += o.active_connections;
         self.requests += o.requests;
         self.responses_local += o.responses_local;
+        self.jwt_verified += o.jwt_verified;
+        self.jwt_rejected += o.jwt_rejected;
         for (a, b) in self.responses_by_class.iter_mut().zip(o.responses_by_class) {
             *a += b;
         }
@@ -340,6 +346,8 @@ impl StackStats {
             ("active_connections", self.active_connections),
             ("requests", self.requests),
             ("responses_local", self.responses_local),
+            ("jwt_verified", self.jwt_verified),
+            ("jwt_rejected", self.jwt_rejected),
             ("responses_2xx", self.responses_by_class[2]),
             ("responses_3xx", self.responses_by_class[3]),
             ("responses_4xx", self.responses_by_class[4]),

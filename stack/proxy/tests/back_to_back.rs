@@ -1789,6 +1789,7 @@ fn custom_phases_answer_route_rewrite_watch_bodies_and_log_each_request() {
             body: b"admins only".to_vec(),
             location: None,
             retry_after: None,
+            www_authenticate: None,
         }),
     };
     let mut lab = Lab::with_phases(Origin::Serving, routes(), |_| {}, guard);

@@ -579,6 +579,12 @@ impl<P: ProxyHttp> H2Stream<P> {
         let head = &self.from_upstream.filled()[..head_len];
         let mut fields = Vec::new();
         if status != 100 && head::response_fields(head, &mut fields).is_some() {
+            // A rule's removals hold for early hints too.
+            if let Some(r) = &self.rewrite {
+                fields.retain(|(n, _)| {
+                    std::str::from_utf8(n).map_or(true, |n| !r.strips_response(n))
+                });
+            }
             let _ = h2.send_headers(self.id, status, &fields, false);
         }
         self.from_upstream.consume(head_len);

@@ -196,6 +196,7 @@ pub fn routes() -> Arc<RouteTable> {
                             body: b"hello from ferrogate".to_vec(),
                             location: None,
                             retry_after: None,
+                            www_authenticate: None,
                         })),
                     )
                 },
