@@ -90,6 +90,7 @@ fn unmatched_rules(n: usize) -> Rules {
         body: b"no\n".to_vec(),
         location: None,
         retry_after: None,
+        www_authenticate: None,
     }));
     let rules = (0..n)
         .map(|i| {

@@ -2,6 +2,7 @@
 //! baselines (nginx, HAProxy, iptables, nftables) on the lab, with an own
 //! packet generator and an own open-loop HTTP client. See bench/README.md.
 
+mod attack;
 mod ceiling;
 mod contenders;
 mod env;
@@ -264,6 +265,10 @@ enum Cmd {
     /// nginx, loss 0/0.5/1/3 % x RTT 10/50/150 ms on the lab's impairment
     /// relay; goodput, p50/p99 completion, failures, ratios.
     Loss(LossCli),
+    /// One abusive client over a per-source rate limit (issue #20): proxy
+    /// CPU per attack request answered 429 (nginx limit_req, ferrogate
+    /// L7) and after ferrogate escalates it into the XDP deny set.
+    Attack(Common),
     /// Every scenario, one lab (not `soak`, not `loss`).
     All(Common),
     /// ferrogate alone: req/s with 1 and 2 workers (2-queue lab), and
@@ -392,6 +397,7 @@ fn main() -> Result<()> {
         | Cmd::TlsHandshake(c)
         | Cmd::H2(c)
         | Cmd::L4(c)
+        | Cmd::Attack(c)
         | Cmd::All(c) => (c.clone(), &cli.cmd),
         Cmd::Soak(s) => (s.common.clone(), &cli.cmd),
         Cmd::Loss(l) => (l.common.clone(), &cli.cmd),
@@ -493,6 +499,7 @@ fn main() -> Result<()> {
         Cmd::TlsHandshake(_) => vec![("tls-handshake", tls::handshake)],
         Cmd::H2(_) => vec![("h2", h2::scenario)],
         Cmd::L4(_) => vec![("l4", l4::scenario)],
+        Cmd::Attack(_) => vec![("attack", attack::scenario)],
         Cmd::Soak(_) => vec![("soak", soak::scenario)],
         Cmd::Loss(_) => vec![("loss", loss::scenario)],
         Cmd::All(_) => vec![
