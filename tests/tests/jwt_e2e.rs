@@ -291,7 +291,10 @@ fn bearer_tokens_from_a_jwks_guard_the_listener() {
         // Forged (a flipped signature byte), expired, not yet valid, wrong
         // issuer, wrong audience, alg none: 401 invalid_token.
         let good = keys.token("RS256", "rsa1", &claims("u5", ""));
-        let forged = format!("{}A{}", &good[..good.len() - 2], &good[good.len() - 1..]);
+        // The signature's first character changed: its first 6 bits differ.
+        let (signed, sig) = good.rsplit_once('.').unwrap();
+        let swap = if sig.starts_with('A') { "B" } else { "A" };
+        let forged = format!("{signed}.{swap}{}", &sig[1..]);
         let expired = keys.token(
             "RS256",
             "rsa1",
@@ -342,6 +345,19 @@ fn bearer_tokens_from_a_jwks_guard_the_listener() {
             assert_eq!(s, 401, "{what}: {head}");
             assert!(head.contains("error=\"invalid_token\""), "{what}: {head}");
         }
+        // Two Authorization fields (the first valid): refused, an origin
+        // might read the other.
+        let (s2, head) = call(
+            &lab,
+            &[
+                "-H",
+                &bearer(&good),
+                "-H",
+                "Authorization: Bearer x",
+                &url("/a"),
+            ],
+        );
+        assert_eq!(s2, 401, "{head}");
         // A rule on a claim.
         let admin = keys.token("HS256", "hs1", &claims("boss", r#","role":"admin""#));
         let user = keys.token("HS256", "hs1", &claims("pleb", r#","role":"user""#));
@@ -368,9 +384,9 @@ fn bearer_tokens_from_a_jwks_guard_the_listener() {
         let other = keys.token("RS256", "rsa1", &claims("calm", ""));
         assert_eq!(call(&lab, &["-H", &bearer(&other), &url("/a")]).0, 200);
 
-        let st = engine.stats_until(|s| s.get("stack_jwt_rejected").copied().unwrap_or(0) >= 7);
-        // 1 without a token + 6 invalid, and the readiness probes.
-        assert!(st["stack_jwt_rejected"] >= 7, "{st:?}");
+        let st = engine.stats_until(|s| s.get("stack_jwt_rejected").copied().unwrap_or(0) >= 8);
+        // 1 without a token + 6 invalid + 1 doubled, and the readiness probes.
+        assert!(st["stack_jwt_rejected"] >= 8, "{st:?}");
         assert!(st["stack_jwt_verified"] >= 10);
 
         // The JWKS without the RSA key: applied by the daemon (the file is

@@ -369,6 +369,19 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
             }
             continue;
         }
+        let by_subject = |ls: &[Arc<ferrogate_proxy::limits::Limit>]| {
+            ls.iter()
+                .any(|l| l.key == ferrogate_proxy::limits::LimitKey::JwtSubject)
+        };
+        if jwt.is_none()
+            && (by_subject(&listener_limits) || routes.iter().any(|r| by_subject(&r.limits)))
+        {
+            rep.at(
+                l.port.span(),
+                format!("listeners[{i}].rate_limits"),
+                "a limit keyed by jwt:sub needs the listener's `jwt` provider (without it no request would be counted)",
+            );
+        }
         let mut listener = Listener::new(port, routes)
             .with_http2(l.http2)
             .with_rules(rules)

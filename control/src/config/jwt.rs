@@ -89,7 +89,12 @@ pub(super) fn check_jwt(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Vec<(String
             clock_skew_s: *j.clock_skew_s.get_ref(),
         };
         match JwtAuth::new(&settings, &text) {
-            Ok(a) => out.push((name.clone(), Arc::new(a))),
+            Ok((a, skipped)) => {
+                for note in skipped {
+                    tracing::warn!(provider = %name, jwks = %path.display(), "JWKS key skipped: {note}");
+                }
+                out.push((name.clone(), Arc::new(a)));
+            }
             Err(e) => rep.at(
                 j.jwks.span(),
                 format!("{field}.jwks"),

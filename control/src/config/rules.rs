@@ -188,6 +188,7 @@ fn plain_path(to: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b))
         && !to.split('/').any(|seg| seg == "." || seg == "..")
+        && !to.contains("//")
 }
 
 /// An allow rule's changes (None when it has none).
@@ -282,7 +283,7 @@ fn check_rewrite(
             rep.at(
                 p.span(),
                 format!("{field}.rewrite_prefix"),
-                "from and to are paths starting with `/` (path characters only: no `?`, `#`, spaces, `.` or `..` segments), both ending in `/` or neither",
+                "from and to are paths starting with `/` (path characters only: no `?`, `#`, spaces, `//`, `.` or `..` segments), both ending in `/` or neither",
             );
         }
         // Every request the rule lets through starts with `from`: the

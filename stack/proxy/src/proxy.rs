@@ -260,7 +260,13 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
     *rewrite = None;
     let claims = match routes.listener(info.listener_port).and_then(|l| l.jwt()) {
         None => None,
-        Some(jwt) => match jwt.verify(info.view.header("authorization")) {
+        Some(jwt) => match jwt.verify(
+            info.view
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
+                .map(|h| h.value),
+        ) {
             Ok(c) => {
                 cx.stats.jwt_verified += 1;
                 Some(c)

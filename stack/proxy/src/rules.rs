@@ -202,12 +202,22 @@ impl Rewrite {
     /// never the authority-like `//evil.example/x`).
     pub fn target<'t>(&self, target: &'t str, buf: &'t mut String) -> &'t str {
         match &self.path_prefix {
-            Some((from, to)) if target.starts_with(from.as_str()) => {
+            // A `from` without a trailing slash ends at a segment boundary:
+            // `/api` rewrites `/api/x` and `/api?q`, not `/apix`.
+            Some((from, to))
+                if target.starts_with(from.as_str())
+                    && (from.ends_with('/')
+                        || matches!(
+                            target.as_bytes().get(from.len()),
+                            None | Some(b'/' | b'?')
+                        )) =>
+            {
                 let rest = &target[from.len()..];
                 buf.clear();
                 buf.push_str(to);
                 if buf.ends_with('/') {
-                    buf.push_str(rest.trim_start_matches('/'));
+                    // `\` too: some origins read `/\host` as `//host`.
+                    buf.push_str(rest.trim_start_matches(['/', '\\']));
                 } else {
                     buf.push_str(rest);
                 }
@@ -1158,6 +1168,31 @@ mod tests {
             missed > 5 && distinct.len() > 10 && last >= 64,
             "the corpus hits many rules and misses: {missed} misses, {} rules, the last r{last}",
             distinct.len()
+        );
+    }
+
+    #[test]
+    fn a_rewritten_target_never_starts_with_two_slashes_and_keeps_segments() {
+        let rw = |from: &str, to: &str| Rewrite {
+            path_prefix: Some((from.into(), to.into())),
+            ..Rewrite::default()
+        };
+        let mut buf = String::new();
+        let r = rw("/v1/", "/");
+        assert_eq!(r.target("/v1/users?a=1", &mut buf), "/users?a=1");
+        assert_eq!(r.target("/v1//evil.example/x", &mut buf), "/evil.example/x");
+        assert_eq!(
+            r.target("/v1/\\evil.example/x", &mut buf),
+            "/evil.example/x"
+        );
+        assert_eq!(r.target("/v2/x", &mut buf), "/v2/x");
+        let r = rw("/api", "/v2");
+        assert_eq!(r.target("/api/x", &mut buf), "/v2/x");
+        assert_eq!(r.target("/api?q=1", &mut buf), "/v2?q=1");
+        assert_eq!(
+            r.target("/apix", &mut buf),
+            "/apix",
+            "not at a segment boundary"
         );
     }
 }
