@@ -100,6 +100,9 @@ struct Daemon {
     /// Serializes pushes (API applies, file changes, re-syncs).
     push: Mutex<()>,
     started: Instant,
+    /// Writes the applied file's hash off the apply's thread (a rename can
+    /// wait seconds on writeback while the apply's caller waits).
+    file_hash: crate::latest_file::LatestFile,
 }
 
 /// What `/v1/hello` says.
@@ -271,26 +274,7 @@ impl Daemon {
     }
 
     fn remember_file_hash(&self, hash: u64) {
-        let dir = &self.args.state_dir;
-        let tmp = dir.join(format!(".{FILE_HASH}.tmp"));
-        let ok = std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(&tmp, format!("{hash:016x}\n")))
-            .and_then(|_| std::fs::rename(&tmp, dir.join(FILE_HASH)));
-        // A full disk fails every apply: log the first failure of a run only.
-        static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        match ok {
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                if !FAILING.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::warn!(error = %e, dir = %dir.display(), "cannot record the applied file hash (logged once until it works again)");
-                }
-            }
-            Ok(()) => {
-                if FAILING.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::info!(dir = %dir.display(), "the applied file hash is recorded again");
-                }
-            }
-        }
+        self.file_hash.offer(format!("{hash:016x}\n"));
     }
 
     fn remembered_file_hash(&self) -> Option<u64> {
@@ -649,7 +633,29 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
 
+    let file_hash = crate::latest_file::LatestFile::start(
+        args.state_dir.join(FILE_HASH),
+        "fg-file-hash",
+        |path, r| {
+            // A full disk fails every apply: log the first failure of a run only.
+            static FAILING: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            match r {
+                Err(e) => {
+                    if !FAILING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(error = %e, file = %path.display(), "cannot record the applied file hash (logged once until it works again)");
+                    }
+                }
+                Ok(()) => {
+                    if FAILING.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::info!(file = %path.display(), "the applied file hash is recorded again");
+                    }
+                }
+            }
+        },
+    )?;
     let daemon = Arc::new(Daemon {
+        file_hash,
         args,
         state: Mutex::new(State::default()),
         push: Mutex::new(()),

@@ -8,6 +8,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod demo;
 pub mod lab;
+mod latest_file;
 pub mod metrics;
 pub mod run;
 pub mod snapshot;

@@ -48,13 +48,6 @@ pub fn enter_netns(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn write_stats(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    if std::fs::write(&tmp, text).is_ok() {
-        let _ = std::fs::rename(&tmp, path);
-    }
-}
-
 /// What was started from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -440,6 +433,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     tracing::info!(backend = %rt.engine.backend(), version = %rt.current().version(), "ferrogate engine serving");
     let mut last_stats = Instant::now();
+    // Off the loop, which also serves applies (a rename may wait on the
+    // disk's writeback for seconds).
+    let stats_file = match &args.stats_file {
+        Some(p) => Some(crate::latest_file::LatestFile::start(
+            p.clone(),
+            "fg-stats",
+            |_, _| {},
+        )?),
+        None => None,
+    };
     let mut failure = None;
     while !stop.load(Ordering::Relaxed) {
         match rx.recv_timeout(Duration::from_millis(50)) {
@@ -452,11 +455,11 @@ pub fn run(args: RunArgs) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(50))
             }
         }
-        if let Some(path) = &args.stats_file
+        if let Some(f) = &stats_file
             && last_stats.elapsed() >= Duration::from_millis(250)
         {
             last_stats = Instant::now();
-            write_stats(path, &rt.engine.stats().render());
+            f.offer(rt.engine.stats().render());
         }
         if reload.swap(false, Ordering::Relaxed) {
             rt.reload_file();
@@ -489,8 +492,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     persister.finish();
     let text = stats.render();
-    if let Some(path) = &args.stats_file {
-        write_stats(path, &text);
+    if let Some(f) = stats_file {
+        f.finish(text.clone());
     }
     println!("{text}");
     if let Some(f) = failure {

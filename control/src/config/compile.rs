@@ -344,8 +344,13 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                     "needs a TLS listener with client certificates ([listeners.tls] client_ca)",
                 );
             }
+            let canary = r
+                .canary
+                .as_ref()
+                .and_then(|c| check_canary(&field, &name, c, &action, &pools, rep));
             if let (Some(action), Some(path)) = (action, path) {
                 routes.push(Route {
+                    canary,
                     host: r.host.clone(),
                     path,
                     methods,
@@ -962,4 +967,110 @@ fn idle_timeout_of(
         }
         Some(ms) => std::time::Duration::from_millis(*ms.get_ref()),
     }
+}
+
+/// A route's `canary`: the pool (not the route's, not PROXY-protocol), the
+/// share, the cohort key and the brake.
+fn check_canary(
+    field: &str,
+    route: &str,
+    c: &Spanned<CanarySection>,
+    action: &Option<RouteAction>,
+    pools: &[(String, Arc<Upstream>)],
+    rep: &mut Reporter<'_>,
+) -> Option<Arc<ferrogate_proxy::canary::Canary>> {
+    use ferrogate_proxy::canary::{Brake, Canary, CohortKey};
+    let (span, s) = (c.span(), c.get_ref());
+    let field = format!("{field}.canary");
+    let before = rep.errors.len();
+    let base = match action {
+        Some(RouteAction::Proxy(p)) => Some(p.clone()),
+        Some(RouteAction::Respond(_)) => {
+            rep.at(
+                span.clone(),
+                field.clone(),
+                "only a route that proxies has a canary",
+            );
+            None
+        }
+        None => None,
+    };
+    let pool = match pools.iter().find(|(n, _)| *n == s.pool) {
+        None => {
+            rep.at(
+                span.clone(),
+                format!("{field}.pool"),
+                format!("no upstream named {:?}", s.pool),
+            );
+            None
+        }
+        Some((_, p)) if p.proxy_protocol.is_some() => {
+            rep.at(
+                span.clone(),
+                format!("{field}.pool"),
+                format!(
+                    "pool {:?} sends a PROXY protocol header: only TCP listeners may use it",
+                    s.pool
+                ),
+            );
+            None
+        }
+        Some((_, p)) if base.as_ref().is_some_and(|b| b.name == p.name) => {
+            rep.at(
+                span.clone(),
+                format!("{field}.pool"),
+                "is the route's own pool",
+            );
+            None
+        }
+        Some((_, p)) => Some(p.clone()),
+    };
+    if !(s.percent.is_finite() && (0.0..=100.0).contains(&s.percent)) {
+        rep.at(span.clone(), format!("{field}.percent"), "must be 0..=100");
+    }
+    let key = match s.key.as_deref() {
+        None => None,
+        Some(k) => match (k.strip_prefix("header:"), k.strip_prefix("cookie:")) {
+            (Some(h), _) if is_token(h) => Some(CohortKey::Header(h.to_ascii_lowercase())),
+            (_, Some(c)) if is_token(c) => Some(CohortKey::Cookie(c.to_string())),
+            _ => {
+                rep.at(
+                    span.clone(),
+                    format!("{field}.key"),
+                    format!("{k:?}: must be \"header:NAME\" or \"cookie:NAME\""),
+                );
+                None
+            }
+        },
+    };
+    let brake = s.brake.as_ref().and_then(|b| {
+        let ok = (0.0..=1.0).contains(&b.max_5xx_delta)
+            && b.max_p99_ratio.is_none_or(|r| r.is_finite() && r >= 1.0)
+            && (1..=3600).contains(&b.window_s)
+            && b.min_requests >= 1;
+        if !ok {
+            rep.at(
+                span.clone(),
+                format!("{field}.brake"),
+                "max_5xx_delta 0..=1, max_p99_ratio >= 1, window_s 1..=3600, min_requests >= 1",
+            );
+            return None;
+        }
+        Some(Brake {
+            max_5xx_delta: b.max_5xx_delta,
+            max_p99_ratio: b.max_p99_ratio,
+            window_us: b.window_s * 1_000_000,
+            min_requests: b.min_requests,
+        })
+    });
+    if rep.errors.len() != before {
+        return None;
+    }
+    Some(Arc::new(Canary::new(
+        route,
+        pool?,
+        (s.percent * 100.0).round() as u32,
+        key,
+        brake,
+    )))
 }

@@ -530,6 +530,49 @@ pub struct RouteSection {
     /// `[[rate_limits]]` (by name) of this route, after the listener's.
     #[serde(default)]
     pub rate_limits: Vec<Spanned<String>>,
+    /// A share of the route's requests to another pool, with a brake.
+    #[serde(default)]
+    pub canary: Option<Spanned<CanarySection>>,
+}
+
+/// `canary = { pool, percent, key, brake = { … } }` on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanarySection {
+    pub pool: String,
+    /// Share of requests, 0..=100 (two decimals).
+    pub percent: f64,
+    /// Sticky cohorts: "header:NAME" or "cookie:NAME".
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub brake: Option<BrakeSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrakeSection {
+    /// Trip when the canary's 5xx ratio exceeds the baseline's by more
+    /// than this (0..=1; e.g. 0.05 = five points).
+    #[serde(default = "brake_delta_default")]
+    pub max_5xx_delta: f64,
+    /// Trip when the canary's p99 exceeds the baseline's times this.
+    #[serde(default)]
+    pub max_p99_ratio: Option<f64>,
+    #[serde(default = "brake_window_default")]
+    pub window_s: u64,
+    #[serde(default = "brake_min_default")]
+    pub min_requests: u64,
+}
+
+pub(super) fn brake_delta_default() -> f64 {
+    0.05
+}
+pub(super) fn brake_window_default() -> u64 {
+    30
+}
+pub(super) fn brake_min_default() -> u64 {
+    20
 }
 
 /// `[[listeners.rules]]` (see `configs/edge.example.toml`).

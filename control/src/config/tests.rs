@@ -211,6 +211,12 @@ fn edge_example_compiles_every_new_key() {
         "per-client, per-api-key, per-partner (L7)"
     );
     assert!(t.listener(8080).unwrap().jwt().is_some());
+    let api_route = t.routes().find(|r| r.name == "api").unwrap();
+    let canary = api_route.canary.as_ref().expect("a canary");
+    assert_eq!(
+        (canary.per_10k, canary.pool.name.as_str()),
+        (500, "sessions")
+    );
     assert!(
         c.engine
             .filter
@@ -1236,4 +1242,55 @@ rewrite_prefix = { from = "/api/", to = "/x?y=/" }
         "listeners[0].rules[2].rewrite_prefix",
         "no `?`",
     );
+}
+
+#[test]
+fn canary_compiles_and_bad_ones_name_their_field() {
+    let good = GOOD.replace(
+        "[[listeners.routes]]\nupstream = \"origin\"\n",
+        "[[upstreams]]\nname = \"v2\"\nendpoints = [\"10.77.0.4:8080\"]\n[[listeners.routes]]\nupstream = \"origin\"\ncanary = { pool = \"v2\", percent = 12.5, key = \"header:X-User\", brake = { max_p99_ratio = 3.0 } }\n",
+    );
+    assert_ne!(good, GOOD);
+    let c = compiled(&good);
+    let route = c.engine.routes.routes().last().unwrap();
+    let canary = route.canary.as_ref().unwrap();
+    assert_eq!(canary.per_10k, 1250);
+    assert_eq!(
+        canary.key,
+        Some(ferrogate_proxy::canary::CohortKey::Header("x-user".into()))
+    );
+    let b = canary.brake.as_ref().unwrap();
+    assert_eq!(
+        (
+            b.max_5xx_delta,
+            b.max_p99_ratio,
+            b.window_us,
+            b.min_requests
+        ),
+        (0.05, Some(3.0), 30_000_000, 20)
+    );
+    for (bad, what) in [
+        ("pool = \"nope\", percent = 1", "no upstream named"),
+        ("pool = \"origin\", percent = 1", "the route's own pool"),
+        ("pool = \"v2\", percent = 101", "0..=100"),
+        (
+            "pool = \"v2\", percent = 1, key = \"query:x\"",
+            "\"header:NAME\" or \"cookie:NAME\"",
+        ),
+        (
+            "pool = \"v2\", percent = 1, brake = { window_s = 0 }",
+            "window_s 1..=3600",
+        ),
+    ] {
+        let text = good.replace(
+            "pool = \"v2\", percent = 12.5, key = \"header:X-User\", brake = { max_p99_ratio = 3.0 }",
+            bad,
+        );
+        let e = errors(&text);
+        assert!(
+            e.iter()
+                .any(|l| l.contains("listeners[0].routes[1].canary") && l.contains(what)),
+            "{bad}: {e:?}"
+        );
+    }
 }

@@ -9,6 +9,7 @@
 
 pub mod access;
 mod attempt;
+pub mod canary;
 mod client_io;
 pub mod config;
 pub mod error;

@@ -197,6 +197,8 @@ pub(crate) struct Conn<P: ProxyHttp> {
     route_id: Option<usize>,
     /// What the allow rule that matched the request in flight changes.
     rewrite: Option<Arc<Rewrite>>,
+    /// The route's canary split of the request in flight, and its arm.
+    canary: Option<(Arc<crate::canary::Canary>, bool)>,
     /// The upstream target when a rule rewrites it (kept: no allocation
     /// once grown).
     target_buf: String,
@@ -346,6 +348,48 @@ fn apply_limits<P: ProxyHttp>(
     None
 }
 
+/// Whether this request of a route with a canary goes to the canary: by
+/// the cohort key when the request carries it, else pseudo-randomly (the
+/// worker's request count, spread).
+pub(crate) fn canary_arm<P: ProxyHttp>(
+    c: &crate::canary::Canary,
+    info: &RequestInfo<'_>,
+    cx: &Ctx<'_, P>,
+) -> bool {
+    use crate::canary::CohortKey;
+    let key = match &c.key {
+        Some(CohortKey::Header(n)) => info.view.header(n),
+        Some(CohortKey::Cookie(n)) => crate::rules::cookie_values(&info.view.headers, n).next(),
+        None => None,
+    };
+    c.choose(key, cx.stats.requests ^ (u64::from(cx.id_tag) << 32))
+}
+
+/// Records a response of a request a canary split; logs and counts a trip.
+pub(crate) fn canary_record(
+    stats: &mut StackStats,
+    split: Option<(Arc<crate::canary::Canary>, bool)>,
+    status: u16,
+    latency_us: u64,
+    now_us: u64,
+) {
+    let Some((c, arm)) = split else { return };
+    if let Some(t) = c.record(arm, status, latency_us, now_us) {
+        stats.canary_brake_trips += 1;
+        tracing::warn!(
+            route = %c.route,
+            canary_pool = %c.pool.name,
+            reason = t.reason,
+            canary_requests = t.canary.requests,
+            canary_5xx_ratio = t.canary.error_ratio(),
+            baseline_5xx_ratio = t.baseline.error_ratio(),
+            canary_p99_us = t.canary.p99_us,
+            baseline_p99_us = t.baseline.p99_us,
+            "canary brake tripped: no requests to the canary until the next apply"
+        );
+    }
+}
+
 /// The pool a request goes to: the rule's choice, else the route's.
 pub(crate) fn rewritten_pool(rw: Option<&Rewrite>, route_pool: &Arc<Upstream>) -> Arc<Upstream> {
     rw.and_then(|r| r.pool.clone())
@@ -463,6 +507,7 @@ impl<P: ProxyHttp> Conn<P> {
             h2c: false,
             route_id: None,
             rewrite: None,
+            canary: None,
             target_buf: String::new(),
             started: now,
             request_id: [0; REQUEST_ID_MAX],
@@ -758,6 +803,7 @@ impl<P: ProxyHttp> Conn<P> {
             }
         };
         self.route_id = Some(route.id);
+        self.canary = None;
         match &route.action {
             RouteAction::Respond(r) => {
                 let r = r.clone();
@@ -765,7 +811,19 @@ impl<P: ProxyHttp> Conn<P> {
                 self.respond_direct(cx, &r, &info)
             }
             RouteAction::Proxy(upstream) => {
-                let upstream = rewritten_pool(self.rewrite.as_deref(), upstream);
+                let mut upstream = rewritten_pool(self.rewrite.as_deref(), upstream);
+                self.canary = None;
+                // A rule that chose the pool wins over the split.
+                if let Some(c) = &route.canary
+                    && self.rewrite.as_ref().is_none_or(|r| r.pool.is_none())
+                {
+                    let arm = canary_arm(c, &info_req, cx);
+                    if arm {
+                        upstream = c.pool.clone();
+                        cx.stats.canary_requests += 1;
+                    }
+                    self.canary = Some((c.clone(), arm));
+                }
                 if let BodyFraming::Length(n) = info.framing
                     && cx.cfg.max_request_body > 0
                     && n > cx.cfg.max_request_body
@@ -895,6 +953,8 @@ impl<P: ProxyHttp> Conn<P> {
         if let Some(id) = self.route_id {
             let us = (cx.now - self.started).total_micros();
             cx.route_stats.get_mut(id).count_response(status, us);
+            let now_us = cx.now.total_micros().max(0) as u64;
+            canary_record(cx.stats, self.canary.take(), status, us, now_us);
         }
     }
 

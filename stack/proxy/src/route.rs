@@ -151,6 +151,9 @@ pub struct Route {
     pub client_cert_cn: Option<String>,
     /// L7 rate limits of this route, after the listener's.
     pub limits: Vec<Arc<Limit>>,
+    /// A share of the requests to another pool, with a safety brake
+    /// (routes that proxy).
+    pub canary: Option<Arc<crate::canary::Canary>>,
     pub action: RouteAction,
 }
 
@@ -390,6 +393,7 @@ impl Route {
             query: Vec::new(),
             client_cert_cn: None,
             limits: Vec::new(),
+            canary: None,
             action,
         }
     }

@@ -356,7 +356,10 @@ fn query_values<'a>(query: Option<&'a str>, name: &'a str) -> impl Iterator<Item
 }
 
 /// The values of every cookie `name` in every `Cookie` field.
-fn cookie_values<'a>(headers: &'a Headers<'a>, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+pub(crate) fn cookie_values<'a>(
+    headers: &'a Headers<'a>,
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> {
     headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("cookie"))

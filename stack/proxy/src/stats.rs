@@ -13,6 +13,10 @@ pub struct StackStats {
     /// answered 401 (no token, or an invalid one).
     pub jwt_verified: u64,
     pub jwt_rejected: u64,
+    /// Requests a route's canary split sent to the canary pool, and the
+    /// canaries whose brake tripped.
+    pub canary_requests: u64,
+    pub canary_brake_trips: u64,
     /// Responses by status class: index 1 = 1xx ... 5 = 5xx.
     pub responses_by_class: [u64; 6],
     pub upstream_connects: u64,
@@ -307,6 +311,8 @@ impl StackStats {
         self.responses_local += o.responses_local;
         self.jwt_verified += o.jwt_verified;
         self.jwt_rejected += o.jwt_rejected;
+        self.canary_requests += o.canary_requests;
+        self.canary_brake_trips += o.canary_brake_trips;
         for (a, b) in self.responses_by_class.iter_mut().zip(o.responses_by_class) {
             *a += b;
         }
@@ -348,6 +354,8 @@ impl StackStats {
             ("responses_local", self.responses_local),
             ("jwt_verified", self.jwt_verified),
             ("jwt_rejected", self.jwt_rejected),
+            ("canary_requests", self.canary_requests),
+            ("canary_brake_trips", self.canary_brake_trips),
             ("responses_2xx", self.responses_by_class[2]),
             ("responses_3xx", self.responses_by_class[3]),
             ("responses_4xx", self.responses_by_class[4]),

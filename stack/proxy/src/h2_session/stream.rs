@@ -19,8 +19,8 @@ use crate::lb::Upstream;
 use crate::net::Instant;
 use crate::phases::{ProxyHttp, RequestInfo, ResponseInfo};
 use crate::proxy::{
-    Body, Ctx, REQUEST_ID_MAX, Routing, after, choose_route, emit_access, hash_key, rewritten_pool,
-    set_request_id,
+    Body, Ctx, REQUEST_ID_MAX, Routing, after, canary_arm, canary_record, choose_route,
+    emit_access, hash_key, rewritten_pool, set_request_id,
 };
 use crate::route::{DirectResponse, RouteAction};
 
@@ -111,6 +111,8 @@ pub(crate) struct H2Stream<P: ProxyHttp> {
     route_id: Option<usize>,
     /// What the allow rule that matched the request changes.
     rewrite: Option<Arc<crate::rules::Rewrite>>,
+    /// The route's canary split of this request, and its arm.
+    canary: Option<(Arc<crate::canary::Canary>, bool)>,
     /// The rewritten upstream target, when a rule rewrites it.
     target_buf: String,
     started: Instant,
@@ -167,6 +169,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             local_body: Vec::new(),
             route_id: None,
             rewrite: None,
+            canary: None,
             target_buf: String::new(),
             started: now,
             deadline: now,
@@ -292,7 +295,20 @@ impl<P: ProxyHttp> H2Stream<P> {
                 let d = d.clone();
                 return self.respond_direct(cx, h2, peer, &d);
             }
-            RouteAction::Proxy(upstream) => rewritten_pool(self.rewrite.as_deref(), upstream),
+            RouteAction::Proxy(upstream) => {
+                let mut pool = rewritten_pool(self.rewrite.as_deref(), upstream);
+                if let Some(c) = &route.canary
+                    && self.rewrite.as_ref().is_none_or(|r| r.pool.is_none())
+                {
+                    let arm = canary_arm(c, &info, cx);
+                    if arm {
+                        pool = c.pool.clone();
+                        cx.stats.canary_requests += 1;
+                    }
+                    self.canary = Some((c.clone(), arm));
+                }
+                pool
+            }
         };
         let max = cx.cfg.max_request_body;
         if max > 0 && r.content_length.is_some_and(|n| n > max) {
@@ -982,6 +998,8 @@ impl<P: ProxyHttp> H2Stream<P> {
         if let Some(id) = self.route_id {
             let us = (cx.now - self.started).total_micros();
             cx.route_stats.get_mut(id).count_response(status, us);
+            let now_us = cx.now.total_micros().max(0) as u64;
+            canary_record(cx.stats, self.canary.take(), status, us, now_us);
         }
     }
 
