@@ -103,6 +103,8 @@ struct Daemon {
     /// Writes the applied file's hash off the apply's thread (a rename can
     /// wait seconds on writeback while the apply's caller waits).
     file_hash: crate::latest_file::LatestFile,
+    /// The last hash recorded by this process.
+    last_hash: Mutex<Option<u64>>,
 }
 
 /// What `/v1/hello` says.
@@ -274,10 +276,16 @@ impl Daemon {
     }
 
     fn remember_file_hash(&self, hash: u64) {
+        *self.last_hash.lock().unwrap_or_else(|e| e.into_inner()) = Some(hash);
         self.file_hash.offer(format!("{hash:016x}\n"));
     }
 
+    /// The hash this process recorded last (the file may still be on its
+    /// way to the disk), else the one a previous run left.
     fn remembered_file_hash(&self) -> Option<u64> {
+        if let Some(h) = *self.last_hash.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Some(h);
+        }
         std::fs::read_to_string(self.args.state_dir.join(FILE_HASH))
             .ok()
             .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
@@ -656,6 +664,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     )?;
     let daemon = Arc::new(Daemon {
         file_hash,
+        last_hash: Mutex::new(None),
         args,
         state: Mutex::new(State::default()),
         push: Mutex::new(()),
@@ -721,6 +730,9 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     if let Some(p) = &daemon.args.socket {
         let _ = std::fs::remove_file(p);
     }
+    // The last applied file's hash reaches the disk before we go (a new
+    // daemon must not push the file over an apply made through the API).
+    daemon.file_hash.flush(Duration::from_secs(10));
     tracing::info!("control daemon stopped; the engine keeps serving");
     Ok(())
 }

@@ -14,6 +14,9 @@ use anyhow::{Context, Result};
 struct Slot {
     next: Option<String>,
     closed: bool,
+    /// Texts offered, and written (or failed): `flush` waits for equal.
+    offered: u64,
+    done: u64,
 }
 
 pub struct LatestFile {
@@ -47,17 +50,19 @@ impl LatestFile {
             .spawn(move || {
                 let (lock, cv) = &*shared;
                 loop {
-                    let text = {
+                    let (text, generation) = {
                         let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
                         while s.next.is_none() && !s.closed {
                             s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
                         }
                         match s.next.take() {
-                            Some(t) => t,
+                            Some(t) => (t, s.offered),
                             None => return,
                         }
                     };
                     on_result(&path, write_atomically(&path, &text));
+                    lock.lock().unwrap_or_else(|e| e.into_inner()).done = generation;
+                    cv.notify_all();
                 }
             })
             .with_context(|| format!("starting the {name} thread"))?;
@@ -70,8 +75,27 @@ impl LatestFile {
     /// Queues `text` (replacing any not yet written); never blocks on I/O.
     pub fn offer(&self, text: String) {
         let (lock, cv) = &*self.slot;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).next = Some(text);
-        cv.notify_one();
+        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        s.next = Some(text);
+        s.offered += 1;
+        cv.notify_all();
+    }
+
+    /// Waits (at most `limit`) until everything offered is written.
+    pub fn flush(&self, limit: std::time::Duration) {
+        let (lock, cv) = &*self.slot;
+        let deadline = std::time::Instant::now() + limit;
+        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while s.done < s.offered {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            s = cv
+                .wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Writes `last` and waits until it is written.
@@ -83,7 +107,7 @@ impl LatestFile {
     fn close(&mut self) {
         let (lock, cv) = &*self.slot;
         lock.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
-        cv.notify_one();
+        cv.notify_all();
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -108,6 +132,9 @@ mod tests {
         for i in 0..100 {
             f.offer(format!("v{i}\n"));
         }
+        f.offer("flushed\n".into());
+        f.flush(std::time::Duration::from_secs(10));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "flushed\n");
         f.finish("last\n".into());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "last\n");
         let _ = std::fs::remove_dir_all(&dir);

@@ -1025,8 +1025,14 @@ fn check_canary(
         }
         Some((_, p)) => Some(p.clone()),
     };
-    if !(s.percent.is_finite() && (0.0..=100.0).contains(&s.percent)) {
-        rep.at(span.clone(), format!("{field}.percent"), "must be 0..=100");
+    if !(s.percent.is_finite() && (0.0..=100.0).contains(&s.percent))
+        || (s.percent > 0.0 && (s.percent * 100.0).round() < 1.0)
+    {
+        rep.at(
+            span.clone(),
+            format!("{field}.percent"),
+            "must be 0..=100, in steps of 0.01",
+        );
     }
     let key = match s.key.as_deref() {
         None => None,
@@ -1044,15 +1050,23 @@ fn check_canary(
         },
     };
     let brake = s.brake.as_ref().and_then(|b| {
-        let ok = (0.0..=1.0).contains(&b.max_5xx_delta)
-            && b.max_p99_ratio.is_none_or(|r| r.is_finite() && r >= 1.0)
+        let ok = (0.0..1.0).contains(&b.max_5xx_delta)
+            && b.max_p99_ratio.is_none_or(|r| r.is_finite() && r >= 2.0)
             && (1..=3600).contains(&b.window_s)
             && b.min_requests >= 1;
         if !ok {
             rep.at(
                 span.clone(),
                 format!("{field}.brake"),
-                "max_5xx_delta 0..=1, max_p99_ratio >= 1, window_s 1..=3600, min_requests >= 1",
+                "max_5xx_delta 0..1, max_p99_ratio >= 2 (p99 is measured to a factor of two), window_s 1..=3600, min_requests >= 1",
+            );
+            return None;
+        }
+        if s.percent >= 100.0 {
+            rep.at(
+                span.clone(),
+                format!("{field}.brake"),
+                "a brake compares the canary with the baseline: percent must leave the baseline some requests (< 100)",
             );
             return None;
         }

@@ -6,13 +6,24 @@
 //! fresh one). Workers share the state through atomics: recording a
 //! response is a few relaxed increments; one worker closes each window.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use crate::lb::Upstream;
 
-/// Latency buckets: `[2^i, 2^(i+1))` µs, the last open-ended (~8.4 s).
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Latency buckets: `[2^i, 2^(i+1))` µs, the last open-ended (~8.4 s):
+/// p99 is known to a factor of two (a `max_p99_ratio` under 2 would trip
+/// on a bucket edge, so the config refuses it).
 const BUCKETS: usize = 24;
 
 /// What keeps a user on one arm.
@@ -59,7 +70,8 @@ impl ArmWindow {
 impl Arm {
     fn record(&self, status: u16, latency_us: u64) {
         self.requests.fetch_add(1, Relaxed);
-        if (500..600).contains(&status) {
+        // 499: the client gave up waiting (a hanging arm).
+        if (500..600).contains(&status) || status == 499 {
             self.errors.fetch_add(1, Relaxed);
         }
         let b = (64 - latency_us.max(1).leading_zeros() as usize - 1).min(BUCKETS - 1);
@@ -147,12 +159,10 @@ impl Canary {
             return false;
         }
         let point = match key_value {
-            Some(v) => {
-                // SipHash with fixed keys: stable across processes.
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                v.hash(&mut h);
-                h.finish()
-            }
+            // FNV-1a over the route's name and the value: a fixed
+            // algorithm (the same arm in every build and process), salted
+            // per route (not the same users in every canary).
+            Some(v) => fnv1a(fnv1a(FNV_OFFSET, self.route.as_bytes()) ^ 0xff, v) >> 11,
             None => random.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 17,
         };
         (point % 10_000) < u64::from(self.per_10k)
@@ -161,11 +171,12 @@ impl Canary {
     /// Records a response of either arm; closes the window when it is
     /// over (one caller does) and returns the trip if the brake tripped.
     pub fn record(&self, canary: bool, status: u16, latency_us: u64, now_us: u64) -> Option<Trip> {
-        self.arms[usize::from(canary)].record(status, latency_us);
+        // Nothing reads the arms without a live brake: no shared writes.
         let brake = self.brake.as_ref()?;
         if self.tripped() {
             return None;
         }
+        self.arms[usize::from(canary)].record(status, latency_us);
         let start = self.window_start_us.load(Relaxed);
         if start == u64::MAX {
             let _ = self

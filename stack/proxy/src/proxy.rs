@@ -822,7 +822,10 @@ impl<P: ProxyHttp> Conn<P> {
                         upstream = c.pool.clone();
                         cx.stats.canary_requests += 1;
                     }
-                    self.canary = Some((c.clone(), arm));
+                    // Only a live brake reads the arms.
+                    if c.brake.is_some() && !c.tripped() {
+                        self.canary = Some((c.clone(), arm));
+                    }
                 }
                 if let BodyFraming::Length(n) = info.framing
                     && cx.cfg.max_request_body > 0
@@ -1518,6 +1521,13 @@ impl<P: ProxyHttp> Conn<P> {
 
     /// Ends the connection now; `reset` aborts the client socket.
     fn finish(&mut self, cx: &mut Ctx<'_, P>, reset: bool) {
+        // A canary-split request the client gave up on before a response
+        // counts against its arm (a canary that hangs must trip the brake).
+        if self.canary.is_some() {
+            let us = (cx.now - self.started).total_micros();
+            let now_us = cx.now.total_micros().max(0) as u64;
+            canary_record(cx.stats, self.canary.take(), 499, us, now_us);
+        }
         // A pick the client left before it was judged is given back (its
         // in-flight slot, a half-open breaker probe), not leaked.
         self.settle(cx, None);

@@ -305,7 +305,9 @@ impl<P: ProxyHttp> H2Stream<P> {
                         pool = c.pool.clone();
                         cx.stats.canary_requests += 1;
                     }
-                    self.canary = Some((c.clone(), arm));
+                    if c.brake.is_some() && !c.tripped() {
+                        self.canary = Some((c.clone(), arm));
+                    }
                 }
                 pool
             }
@@ -1028,6 +1030,12 @@ impl<P: ProxyHttp> H2Stream<P> {
     /// ends, or the response broke): the pick is given back, the upstream
     /// connection closed (`reset`: aborted).
     pub(crate) fn finish(&mut self, cx: &mut Ctx<'_, P>, reset: bool) {
+        // Given up before a response: against its canary arm.
+        if self.canary.is_some() {
+            let us = (cx.now - self.started).total_micros();
+            let now_us = cx.now.total_micros().max(0) as u64;
+            canary_record(cx.stats, self.canary.take(), 499, us, now_us);
+        }
         self.att.settle(cx, None);
         self.att.close(cx, reset);
         self.from_upstream.clear();
