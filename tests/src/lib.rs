@@ -177,6 +177,20 @@ impl Lab {
             .args(argv))
     }
 
+    /// curl from the client namespace with `args` (URLs included): the
+    /// first response's status (0: none) and every response head.
+    pub fn status_head(&self, args: &[&str]) -> (u16, String) {
+        let mut argv = vec!["curl", "-sS", "-m", "5", "-D", "-", "-o", "/dev/null"];
+        argv.extend_from_slice(args);
+        let head = self.exec("client", &argv).unwrap_or_default();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, head)
+    }
+
     pub fn curl(&self, url: &str) -> Result<String> {
         self.exec(
             "client",

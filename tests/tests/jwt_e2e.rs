@@ -221,19 +221,6 @@ upstream = "origin"
     .to_string()
 }
 
-/// (status, head) of a curl from the client namespace.
-fn call(lab: &Lab, args: &[&str]) -> (u16, String) {
-    let mut argv = vec!["curl", "-sS", "-m", "5", "-D", "-", "-o", "/dev/null"];
-    argv.extend_from_slice(args);
-    let head = lab.exec("client", &argv).unwrap_or_default();
-    let s = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (s, head)
-}
-
 #[test]
 fn bearer_tokens_from_a_jwks_guard_the_listener() {
     lab_test("jwt", || {
@@ -247,7 +234,7 @@ fn bearer_tokens_from_a_jwks_guard_the_listener() {
         let engine = lab.start_engine_probe(&path, "af_xdp", 1, false);
         let url = |p: &str| format!("http://{VIP}{p}");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while call(&lab, &[&url("/ready")]).0 != 401 {
+        while lab.status_head(&[&url("/ready")]).0 != 401 {
             assert!(Instant::now() < deadline, "the engine never answered 401");
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -262,7 +249,7 @@ fn bearer_tokens_from_a_jwks_guard_the_listener() {
         let bearer = |tok: &str| format!("Authorization: Bearer {tok}");
 
         // No token: 401 with the challenge (no error: none was presented).
-        let (s, head) = call(&lab, &[&url("/a")]);
+        let (s, head) = lab.status_head(&[&url("/a")]);
         assert_eq!(s, 401, "{head}");
         assert!(
             head.contains("WWW-Authenticate: Bearer realm=\"users\"\r\n"),
@@ -275,17 +262,14 @@ fn bearer_tokens_from_a_jwks_guard_the_listener() {
             ("ES256", "ec1", "u3"),
         ] {
             let tok = keys.token(alg, kid, &claims(sub, ""));
-            let (s, head) = call(&lab, &["-H", &bearer(&tok), &url("/a")]);
+            let (s, head) = lab.status_head(&["-H", &bearer(&tok), &url("/a")]);
             assert_eq!(s, 200, "{alg}: {head}");
         }
         // Over h2 too.
         let tok = keys.token("ES256", "ec1", &claims("u4", ""));
         assert_eq!(
-            call(
-                &lab,
-                &["--http2-prior-knowledge", "-H", &bearer(&tok), &url("/a")]
-            )
-            .0,
+            lab.status_head(&["--http2-prior-knowledge", "-H", &bearer(&tok), &url("/a")])
+                .0,
             200
         );
         // Forged (a flipped signature byte), expired, not yet valid, wrong
@@ -341,31 +325,32 @@ fn bearer_tokens_from_a_jwks_guard_the_listener() {
             ("audience", &audience),
             ("alg none", &none),
         ] {
-            let (s, head) = call(&lab, &["-H", &bearer(tok), &url("/a")]);
+            let (s, head) = lab.status_head(&["-H", &bearer(tok), &url("/a")]);
             assert_eq!(s, 401, "{what}: {head}");
             assert!(head.contains("error=\"invalid_token\""), "{what}: {head}");
         }
         // Two Authorization fields (the first valid): refused, an origin
         // might read the other.
-        let (s2, head) = call(
-            &lab,
-            &[
-                "-H",
-                &bearer(&good),
-                "-H",
-                "Authorization: Bearer x",
-                &url("/a"),
-            ],
-        );
+        let (s2, head) = lab.status_head(&[
+            "-H",
+            &bearer(&good),
+            "-H",
+            "Authorization: Bearer x",
+            &url("/a"),
+        ]);
         assert_eq!(s2, 401, "{head}");
         // A rule on a claim.
         let admin = keys.token("HS256", "hs1", &claims("boss", r#","role":"admin""#));
         let user = keys.token("HS256", "hs1", &claims("pleb", r#","role":"user""#));
         assert_eq!(
-            call(&lab, &["-H", &bearer(&admin), &url("/admin/x")]).0,
+            lab.status_head(&["-H", &bearer(&admin), &url("/admin/x")])
+                .0,
             200
         );
-        assert_eq!(call(&lab, &["-H", &bearer(&user), &url("/admin/x")]).0, 403);
+        assert_eq!(
+            lab.status_head(&["-H", &bearer(&user), &url("/admin/x")]).0,
+            403
+        );
         // A rate limit per subject (1/s, burst 2): a third request at once
         // is 429 for that subject, another subject still passes.
         std::thread::sleep(Duration::from_millis(2100));
@@ -374,7 +359,7 @@ fn bearer_tokens_from_a_jwks_guard_the_listener() {
         let mut argv = vec!["-H", h.as_str()];
         let u = url("/a");
         argv.extend([u.as_str(), u.as_str(), u.as_str()]);
-        let (_, heads) = call(&lab, &argv);
+        let (_, heads) = lab.status_head(&argv);
         let statuses: Vec<&str> = heads
             .lines()
             .filter(|l| l.starts_with("HTTP/"))
@@ -382,7 +367,7 @@ fn bearer_tokens_from_a_jwks_guard_the_listener() {
             .collect();
         assert_eq!(statuses, ["200", "200", "429"], "{heads}");
         let other = keys.token("RS256", "rsa1", &claims("calm", ""));
-        assert_eq!(call(&lab, &["-H", &bearer(&other), &url("/a")]).0, 200);
+        assert_eq!(lab.status_head(&["-H", &bearer(&other), &url("/a")]).0, 200);
 
         let st = engine.stats_until(|s| s.get("stack_jwt_rejected").copied().unwrap_or(0) >= 8);
         // 1 without a token + 6 invalid + 1 doubled, and the readiness probes.
@@ -406,12 +391,12 @@ fn bearer_tokens_from_a_jwks_guard_the_listener() {
         .unwrap();
         let rsa = keys.token("RS256", "rsa1", &claims("late", ""));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while call(&lab, &["-H", &bearer(&rsa), &url("/b")]).0 != 401 {
+        while lab.status_head(&["-H", &bearer(&rsa), &url("/b")]).0 != 401 {
             assert!(Instant::now() < deadline, "the new JWKS was never applied");
             std::thread::sleep(Duration::from_millis(300));
         }
         let ec = keys.token("ES256", "ec1", &claims("late2", ""));
-        assert_eq!(call(&lab, &["-H", &bearer(&ec), &url("/b")]).0, 200);
+        assert_eq!(lab.status_head(&["-H", &bearer(&ec), &url("/b")]).0, 200);
         drop(engine);
     });
 }

@@ -82,18 +82,6 @@ for k, v in sorted(seen.items()):
     print(k, v)
 "#;
 
-fn curl_status(lab: &Lab, args: &[&str]) -> (u16, String) {
-    let mut argv = vec!["curl", "-sS", "-m", "3", "-D", "-", "-o", "/dev/null"];
-    argv.extend_from_slice(args);
-    let head = lab.exec("client", &argv).unwrap_or_default();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head)
-}
-
 #[test]
 fn limits_answer_429_then_escalate_an_abusive_source_into_xdp() {
     lab_test("limits", || {
@@ -124,8 +112,10 @@ fn limits_answer_429_then_escalate_an_abusive_source_into_xdp() {
         );
         // A header key: per API key, requests without the header are not counted by it.
         std::thread::sleep(Duration::from_millis(1500));
-        let k =
-            |key: &str| curl_status(&lab, &["-H", &format!("X-Api-Key: {key}"), &url("/api/x")]).0;
+        let k = |key: &str| {
+            lab.status_head(&["-H", &format!("X-Api-Key: {key}"), &url("/api/x")])
+                .0
+        };
         assert_eq!((k("k1"), k("k1"), k("k1")), (200, 200, 429));
         std::thread::sleep(Duration::from_millis(1500));
         assert_eq!(k("k2"), 200, "another key has its own bucket");
@@ -155,7 +145,7 @@ fn limits_answer_429_then_escalate_an_abusive_source_into_xdp() {
             let mut legit = Vec::new();
             let until = Instant::now() + Duration::from_secs(5);
             while Instant::now() < until {
-                legit.push(curl_status(&lab, &[&url("/legit")]).0);
+                legit.push(lab.status_head(&[&url("/legit")]).0);
                 std::thread::sleep(Duration::from_millis(500));
             }
             assert!(
@@ -199,7 +189,7 @@ fn limits_answer_429_then_escalate_an_abusive_source_into_xdp() {
         assert_eq!(lab.ctl(&["unblock", ATTACKER]).0, 1, "no longer denied");
         assert!(!ctl_ok(&lab, &["blocked"]).contains(ATTACKER));
         std::thread::sleep(Duration::from_millis(1200));
-        let (s, head) = curl_status(&lab, &["--interface", ATTACKER, &url("/again")]);
+        let (s, head) = lab.status_head(&["--interface", ATTACKER, &url("/again")]);
         assert_eq!(s, 200, "the attacker is served again: {head}");
         let st = engine.stats();
         assert_eq!(st.get("escalation_denied_sources"), Some(&0));

@@ -31,12 +31,7 @@ pub(super) fn check_rate_limits(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Rat
     for (i, r) in cfg.rate_limits.iter().enumerate() {
         let field = format!("rate_limits[{i}]");
         let name = r.name.get_ref();
-        if name.is_empty()
-            || name.len() > 48
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !counter_name(name) {
             rep.at(
                 r.name.span(),
                 format!("{field}.name"),

@@ -7,6 +7,14 @@ use ferrogate_proxy::rules::{
 
 use super::*;
 
+/// A name that goes into counter names: 1..=48 of `[A-Za-z0-9_-]`.
+pub(super) fn counter_name(name: &str) -> bool {
+    (1..=48).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Compiles listener `i`'s rules; `names` keeps rule names unique across
 /// the file (counters are kept by name).
 pub(super) fn check_rules(
@@ -63,12 +71,7 @@ fn check_rule(
 ) -> Option<Rule> {
     let before = rep.errors.len();
     let name = r.name.get_ref();
-    if name.is_empty()
-        || name.len() > 48
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if !counter_name(name) {
         rep.at(
             r.name.span(),
             format!("{field}.name"),
@@ -157,20 +160,6 @@ fn check_rule(
     Some(rule)
 }
 
-/// Fields a rule may not touch: they frame the message or the connection,
-/// or address the origin (the codec writes them).
-const CODEC_OWNED: [&str; 9] = [
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "upgrade",
-    "te",
-    "trailer",
-    "host",
-];
-
 /// Fields the proxy writes itself (a rule cannot remove or replace what
 /// it adds after the rule's removals ran).
 const PROXY_OWNED: [&str; 4] = [
@@ -245,7 +234,7 @@ fn check_rewrite(
                     format!("{n:?}: ferrogate writes this field itself; a rule cannot change it"),
                 );
             }
-            if !is_token(n) || CODEC_OWNED.contains(&lower.as_str()) {
+            if !is_token(n) || ferrogate_proxy::http::CODEC_OWNED.contains(&lower.as_str()) {
                 rep.at(
                     span.clone(),
                     format!("{field}.{key}"),

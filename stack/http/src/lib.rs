@@ -16,5 +16,5 @@ pub use head::{
     BodyFraming, HeadError, Header, HeaderSlots, Headers, Request, RequestHead, ResponseHead,
     ResponseView,
 };
-pub use lines::{HeaderLines, ValueWriter};
+pub use lines::{CODEC_OWNED, HeaderLines, ValueWriter};
 pub use view::RequestView;

@@ -17,7 +17,7 @@ pub struct HeaderLines<'a> {
 
 /// Fields only the codec writes: a phase adding one could frame the
 /// message twice (smuggling, desync) or address another host.
-const CODEC_OWNED: [&str; 9] = [
+pub const CODEC_OWNED: [&str; 9] = [
     "content-length",
     "transfer-encoding",
     "connection",
