@@ -183,14 +183,27 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 "only HTTP listeners authenticate bearer tokens",
             );
         }
-        if jwt.is_none() && l.rules.iter().any(|r| !r.jwt_claims.is_empty()) {
+        // Claims reach the listener's rules from its provider, or from the
+        // provider of the route a request is headed for.
+        let route_providers = l
+            .routes
+            .iter()
+            .any(|r| r.jwt.as_ref().is_some_and(|n| n.get_ref() != NO_JWT));
+        if jwt.is_none() && !route_providers && l.rules.iter().any(|r| !r.jwt_claims.is_empty()) {
             rep.at(
                 l.port.span(),
                 format!("listeners[{i}].rules"),
-                "a rule with jwt_claims needs the listener's `jwt` provider",
+                "a rule with jwt_claims needs a `jwt` provider (the listener's or one of its routes')",
             );
         }
-        let rules = check_rules(i, l, &pools, &mut rule_names, rep);
+        let rules = check_rules(
+            &format!("listeners[{i}]"),
+            &l.rules,
+            l,
+            &pools,
+            &mut rule_names,
+            rep,
+        );
         if !is_http && !l.rate_limits.is_empty() {
             rep.at(
                 l.port.span(),
@@ -206,6 +219,10 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
             }
             continue;
         }
+        let by_subject = |ls: &[Arc<ferrogate_proxy::limits::Limit>]| {
+            ls.iter()
+                .any(|l| l.key == ferrogate_proxy::limits::LimitKey::JwtSubject)
+        };
         let mut routes = Vec::new();
         for (j, r) in l.routes.iter().enumerate() {
             let field = format!("listeners[{i}].routes[{j}]");
@@ -348,6 +365,38 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 .canary
                 .as_ref()
                 .and_then(|c| check_canary(&field, &name, c, &action, &pools, rep));
+            let route_jwt = route_jwt(&field, r, jwt.is_some(), &jwt_providers, rep);
+            let has_token = match &route_jwt {
+                RouteJwt::Listener => jwt.is_some(),
+                RouteJwt::Exempt => false,
+                RouteJwt::Provider(_) => true,
+            };
+            for (k, rule) in r.rules.iter().enumerate() {
+                if !has_token && !rule.jwt_claims.is_empty() {
+                    rep.at(
+                        rule.name.span(),
+                        format!("{field}.rules[{k}].jwt_claims"),
+                        "needs a `jwt` provider on the route, or on its listener (and the route not exempt with \"none\")",
+                    );
+                }
+                if r.respond.is_some() && rewrites(rule) {
+                    rep.at(
+                        rule.name.span(),
+                        format!("{field}.rules[{k}]"),
+                        "a rule's changes (headers, rewrite_prefix, pool) apply to proxied requests: this route responds itself",
+                    );
+                }
+            }
+            let rules = check_rules(&field, &r.rules, l, &pools, &mut rule_names, rep);
+            let limits = rate_limits.resolve(&r.rate_limits, &listener_limits, &field, rep);
+            if !has_token && by_subject(&limits) {
+                let span = r.rate_limits.first().map_or(anchor.clone(), |n| n.span());
+                rep.at(
+                    span,
+                    format!("{field}.rate_limits"),
+                    "a limit keyed by jwt:sub needs a `jwt` provider for the route (its own, or its listener's and not \"none\"): without one no request would be counted",
+                );
+            }
             if let (Some(action), Some(path)) = (action, path) {
                 routes.push(Route {
                     canary,
@@ -357,7 +406,9 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                     headers,
                     query,
                     client_cert_cn: r.client_cert_cn.as_ref().map(|c| c.get_ref().clone()),
-                    limits: rate_limits.resolve(&r.rate_limits, &listener_limits, &field, rep),
+                    limits,
+                    rules,
+                    jwt: route_jwt,
                     ..Route::new(name, action)
                 });
             }
@@ -374,17 +425,11 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
             }
             continue;
         }
-        let by_subject = |ls: &[Arc<ferrogate_proxy::limits::Limit>]| {
-            ls.iter()
-                .any(|l| l.key == ferrogate_proxy::limits::LimitKey::JwtSubject)
-        };
-        if jwt.is_none()
-            && (by_subject(&listener_limits) || routes.iter().any(|r| by_subject(&r.limits)))
-        {
+        if jwt.is_none() && !route_providers && by_subject(&listener_limits) {
             rep.at(
                 l.port.span(),
                 format!("listeners[{i}].rate_limits"),
-                "a limit keyed by jwt:sub needs the listener's `jwt` provider (without it no request would be counted)",
+                "a limit keyed by jwt:sub needs a `jwt` provider, the listener's or its routes' (without one no request would be counted)",
             );
         }
         let mut listener = Listener::new(port, routes)

@@ -24,6 +24,14 @@ pub(super) fn check_jwt(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Vec<(String
             );
             continue;
         }
+        if name == NO_JWT {
+            rep.at(
+                j.name.span(),
+                format!("{field}.name"),
+                format!("{NO_JWT:?} is reserved: a route's `jwt = \"{NO_JWT}\"` exempts it from its listener's provider"),
+            );
+            continue;
+        }
         if out.iter().any(|(n, _)| n == name) {
             rep.at(
                 j.name.span(),
@@ -105,6 +113,29 @@ pub(super) fn check_jwt(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Vec<(String
     out
 }
 
+/// A route's `jwt` that exempts it from its listener's provider.
+pub(super) const NO_JWT: &str = "none";
+
+/// The provider a listener or route (`field`) names.
+fn named(
+    field: &str,
+    name: &Spanned<String>,
+    providers: &[(String, Arc<JwtAuth>)],
+    rep: &mut Reporter<'_>,
+) -> Option<Arc<JwtAuth>> {
+    match providers.iter().find(|(n, _)| n == name.get_ref()) {
+        Some((_, p)) => Some(p.clone()),
+        None => {
+            rep.at(
+                name.span(),
+                format!("{field}.jwt"),
+                format!("no [[jwt]] provider named {:?}", name.get_ref()),
+            );
+            None
+        }
+    }
+}
+
 /// The provider a listener names.
 pub(super) fn listener_jwt(
     i: usize,
@@ -112,16 +143,33 @@ pub(super) fn listener_jwt(
     providers: &[(String, Arc<JwtAuth>)],
     rep: &mut Reporter<'_>,
 ) -> Option<Arc<JwtAuth>> {
-    let name = l.jwt.as_ref()?;
-    match providers.iter().find(|(n, _)| n == name.get_ref()) {
-        Some((_, p)) => Some(p.clone()),
-        None => {
-            rep.at(
-                name.span(),
-                format!("listeners[{i}].jwt"),
-                format!("no [[jwt]] provider named {:?}", name.get_ref()),
-            );
-            None
-        }
+    named(&format!("listeners[{i}]"), l.jwt.as_ref()?, providers, rep)
+}
+
+/// A route's `jwt` (`field` = `listeners[i].routes[j]`): a provider, or
+/// `"none"` on a listener that has one. An unknown name is reported and
+/// taken as `"none"` (the file is refused anyway).
+pub(super) fn route_jwt(
+    field: &str,
+    r: &RouteSection,
+    listener_has_jwt: bool,
+    providers: &[(String, Arc<JwtAuth>)],
+    rep: &mut Reporter<'_>,
+) -> RouteJwt {
+    let Some(name) = &r.jwt else {
+        return RouteJwt::Listener;
+    };
+    if name.get_ref() != NO_JWT {
+        return named(field, name, providers, rep).map_or(RouteJwt::Exempt, RouteJwt::Provider);
     }
+    if !listener_has_jwt {
+        rep.at(
+            name.span(),
+            format!("{field}.jwt"),
+            format!(
+                "{NO_JWT:?} exempts a route from its listener's `jwt`, but the listener has none"
+            ),
+        );
+    }
+    RouteJwt::Exempt
 }

@@ -21,7 +21,7 @@ use ferrogate_proxy::lb::{
 };
 use ferrogate_proxy::{
     DirectResponse, HeaderMatch, L4Listener, Listener, PathMatch, QueryMatch, Route, RouteAction,
-    RouteTable, Timeouts, UdpListener, Upstream,
+    RouteJwt, RouteTable, Timeouts, UdpListener, Upstream,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -36,6 +36,8 @@ mod jwt;
 mod listener_tls;
 mod rate_limits;
 mod report;
+#[cfg(test)]
+mod route_rules_tests;
 mod routes;
 mod rules;
 mod schema;

@@ -1,5 +1,7 @@
-//! `[[listeners.rules]]`: a listener's L7 rules (WAF-lite), evaluated in
-//! order before routing; the first whose conditions all hold applies.
+//! `[[listeners.rules]]` and `[[listeners.routes.rules]]`: L7 rules
+//! (WAF-lite) of a listener, evaluated in order before routing, and of a
+//! route, evaluated once it is chosen; in each list the first whose
+//! conditions all hold applies. One parser for both.
 
 use ferrogate_proxy::rules::{
     Cidr, PathTest, Rewrite, Rule, RuleAction, RuleMatch, Rules, Template, ValueTest, normalized,
@@ -15,18 +17,22 @@ pub(super) fn counter_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Compiles listener `i`'s rules; `names` keeps rule names unique across
-/// the file (counters are kept by name).
+/// Compiles one list of rules: `[[listeners.rules]]` of listener `l`
+/// (`at` = `listeners[i]`) or `[[listeners.routes.rules]]` of one of its
+/// routes (`at` = `listeners[i].routes[j]`); `names` keeps rule names
+/// unique across the file, listeners and routes (counters are kept by
+/// name).
 pub(super) fn check_rules(
-    i: usize,
+    at: &str,
+    list: &[RuleSection],
     l: &ListenerSection,
     pools: &[(String, Arc<Upstream>)],
     names: &mut HashSet<String>,
     rep: &mut Reporter<'_>,
 ) -> Rules {
     let mut rules = Vec::new();
-    for (j, r) in l.rules.iter().enumerate() {
-        let field = format!("listeners[{i}].rules[{j}]");
+    for (j, r) in list.iter().enumerate() {
+        let field = format!("{at}.rules[{j}]");
         if r.client_cert_cn.is_some()
             && l.tls
                 .as_ref()
@@ -45,14 +51,13 @@ pub(super) fn check_rules(
     // Each path regex compiled alone above; together they may still
     // exceed the set's size limit.
     Rules::new(rules).unwrap_or_else(|e| {
-        let at = l
-            .rules
+        let span = list
             .iter()
             .find_map(|r| r.path_regex.as_ref().map(|p| p.span()))
             .unwrap_or(0..0);
         rep.at(
-            at,
-            format!("listeners[{i}].rules"),
+            span,
+            format!("{at}.rules"),
             format!(
                 "the path regexes together: {}",
                 e.to_string().replace('\n', " ")
@@ -60,6 +65,15 @@ pub(super) fn check_rules(
         );
         Rules::default()
     })
+}
+
+/// Whether a rule of the list changes what it lets through (headers, the
+/// path or the pool).
+pub(super) fn rewrites(r: &RuleSection) -> bool {
+    r.request_headers.is_some()
+        || r.response_headers.is_some()
+        || r.rewrite_prefix.is_some()
+        || r.pool.is_some()
 }
 
 fn check_rule(
@@ -187,11 +201,7 @@ fn check_rewrite(
     pools: &[(String, Arc<Upstream>)],
     rep: &mut Reporter<'_>,
 ) -> Option<Rewrite> {
-    let any = r.request_headers.is_some()
-        || r.response_headers.is_some()
-        || r.rewrite_prefix.is_some()
-        || r.pool.is_some();
-    if !any {
+    if !rewrites(r) {
         return None;
     }
     if r.action.get_ref() != "allow" {

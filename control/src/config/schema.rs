@@ -533,6 +533,13 @@ pub struct RouteSection {
     /// A share of the route's requests to another pool, with a brake.
     #[serde(default)]
     pub canary: Option<Spanned<CanarySection>>,
+    /// L7 rules evaluated once the route is chosen, after the listener's.
+    #[serde(default)]
+    pub rules: Vec<RuleSection>,
+    /// A `[[jwt]]` provider (by name) whose bearer token the route's
+    /// requests need instead of the listener's, or `"none"`: no token.
+    #[serde(default)]
+    pub jwt: Option<Spanned<String>>,
 }
 
 /// `canary = { pool, percent, key, brake = { … } }` on a route.
@@ -575,7 +582,8 @@ pub(super) fn brake_min_default() -> u64 {
     20
 }
 
-/// `[[listeners.rules]]` (see `configs/edge.example.toml`).
+/// `[[listeners.rules]]` and `[[listeners.routes.rules]]` (see
+/// `configs/edge.example.toml`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSection {
@@ -633,8 +641,8 @@ pub struct RuleSection {
     /// allow: proxy to this pool instead of the route's.
     #[serde(default)]
     pub pool: Option<Spanned<String>>,
-    /// Claims of the verified bearer token (listeners with `jwt`): name =
-    /// "text" (numbers and booleans as printed).
+    /// Claims of the verified bearer token (the listener's or the route's
+    /// `jwt`): name = "text" (numbers and booleans as printed).
     #[serde(default)]
     pub jwt_claims: BTreeMap<String, Spanned<toml::Value>>,
 }

@@ -199,10 +199,29 @@ fn edge_example_compiles_every_new_key() {
             "scanners",
             "old-docs",
             "legacy-api",
+            "api-delete-internal",
+            "api-no-delete",
             "partner-admin",
-            "partner-no-admin"
+            "partner-no-admin",
+            "partner-writes",
+            "partner-read-only"
         ]
     );
+    let ids: Vec<_> = t.rules().map(|r| r.id).collect();
+    assert_eq!(
+        ids,
+        (0..ids.len()).collect::<Vec<_>>(),
+        "ids in rules() order"
+    );
+    let partners = t.listener(8080).unwrap();
+    let health = partners
+        .routes()
+        .iter()
+        .find(|r| r.name == "partner-health");
+    assert!(matches!(health.unwrap().jwt, RouteJwt::Exempt));
+    assert!(partners.jwt_by_route());
+    let api_rules = t.routes().find(|r| r.name == "api").unwrap().rules.rules();
+    assert_eq!(api_rules.len(), 2);
     let legacy = t.rules().nth(4).and_then(|r| r.rewrite.as_ref()).unwrap();
     assert!(legacy.pool.is_some() && legacy.path_prefix.is_some());
     assert_eq!(

@@ -47,7 +47,7 @@ pub use net::{Duration, Instant};
 pub use phases::{ProxyHttp, RequestInfo, ResponseInfo, StandardPhases, Verdict};
 pub use route::{
     DirectResponse, HeaderMatch, L4Listener, Listener, PathMatch, QueryMatch, Route, RouteAction,
-    RouteTable, UdpListener,
+    RouteJwt, RouteTable, UdpListener,
 };
 pub use stack::{Stack, StackError};
 pub use stats::StackStats;

@@ -248,9 +248,23 @@ pub(crate) enum Routing<'r> {
     Fail(ProxyError),
 }
 
-/// Runs `request_filter` and `upstream_peer` for a parsed request (either
-/// protocol); records the route in the access record and its counters.
-/// `rewrite`: what the allow rule that matched changes (None if none).
+/// Runs the request phases for a parsed request (either protocol) and
+/// records the route in the access record and its counters. In order:
+///
+/// 1. bearer token: the provider of the route the request will take
+///    ([`Listener::jwt_for`]); only when some route of the listener has its
+///    own `jwt` is the route looked up for it first, with the default
+///    lookup (side-effect free, no phase runs);
+/// 2. the listener's rules (may test the token's claims);
+/// 3. [`ProxyHttp::request_filter`], then [`ProxyHttp::upstream_peer`]
+///    (routing); should the phases pick a route that needs another token
+///    than the one checked in 1, it is checked here;
+/// 4. the chosen route's rules;
+/// 5. rate limits, the listener's then the route's.
+///
+/// `rewrite`: what the allow rules that matched change (None if none).
+///
+/// [`Listener::jwt_for`]: crate::route::Listener::jwt_for
 pub(crate) fn choose_route<'r, P: ProxyHttp>(
     cx: &mut Ctx<'r, P>,
     info: &RequestInfo<'_>,
@@ -260,38 +274,51 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
 ) -> Routing<'r> {
     let (phases, routes) = (cx.phases, cx.routes);
     *rewrite = None;
-    let claims = match routes.listener(info.listener_port).and_then(|l| l.jwt()) {
-        None => None,
-        Some(jwt) => match jwt.verify(
-            info.view
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
-                .map(|h| h.value),
-        ) {
-            Ok(c) => {
-                cx.stats.jwt_verified += 1;
-                Some(c)
-            }
-            Err(answer) => {
-                cx.stats.jwt_rejected += 1;
-                return Routing::Respond(answer);
-            }
-        },
-    };
-    if let Some(answer) = apply_rules(cx, info, claims.as_ref(), access, rewrite) {
+    let listener = routes.listener(info.listener_port);
+    let by_route = listener.is_some_and(|l| l.jwt_by_route());
+    let provider = listener.and_then(|l| {
+        if by_route {
+            l.jwt_for(l.route_request(&info.view))
+        } else {
+            l.jwt()
+        }
+    });
+    let mut claims = None;
+    if let Some(jwt) = provider {
+        match verify_bearer(cx.stats, jwt, info) {
+            Ok(c) => claims = Some(c),
+            Err(answer) => return Routing::Respond(answer),
+        }
+    }
+    if let Some(l) = listener
+        && let Some(answer) = apply_rules(cx, l.rules(), info, claims.as_ref(), access, rewrite)
+    {
         return Routing::Respond(answer);
     }
     let route = match phases.request_filter(info, pctx) {
-        Verdict::Continue => routes
-            .listener(info.listener_port)
-            .and_then(|l| phases.upstream_peer(l, info, pctx)),
+        Verdict::Continue => listener.and_then(|l| phases.upstream_peer(l, info, pctx)),
         Verdict::Respond(r) => return Routing::Respond(r),
         Verdict::Fail(e) => return Routing::Fail(e),
     };
     access
         .route
         .set(route.map(|r| r.name.as_bytes()).unwrap_or(b""));
+    // The phases routed where the lookup above did not: that route's
+    // provider holds (a token of another provider does not do).
+    if by_route
+        && let Some(jwt) = listener.and_then(|l| l.jwt_for(route))
+        && !provider.is_some_and(|p| Arc::ptr_eq(p, jwt))
+    {
+        match verify_bearer(cx.stats, jwt, info) {
+            Ok(c) => claims = Some(c),
+            Err(answer) => return Routing::Respond(answer),
+        }
+    }
+    if let Some(r) = route
+        && let Some(answer) = apply_rules(cx, &r.rules, info, claims.as_ref(), access, rewrite)
+    {
+        return Routing::Respond(answer);
+    }
     if let Some(answer) = apply_limits(cx, info, route, claims.as_ref(), access) {
         return Routing::Respond(answer);
     }
@@ -301,6 +328,30 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
             Routing::Route(route)
         }
         None => Routing::NoRoute,
+    }
+}
+
+/// Checks the request's bearer token against `jwt`; counts either way.
+fn verify_bearer(
+    stats: &mut StackStats,
+    jwt: &crate::jwt::JwtAuth,
+    info: &RequestInfo<'_>,
+) -> Result<crate::jwt::Claims, Arc<DirectResponse>> {
+    let fields = info
+        .view
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
+        .map(|h| h.value);
+    match jwt.verify(fields) {
+        Ok(c) => {
+            stats.jwt_verified += 1;
+            Ok(c)
+        }
+        Err(answer) => {
+            stats.jwt_rejected += 1;
+            Err(answer)
+        }
     }
 }
 
@@ -409,28 +460,31 @@ pub(crate) fn direct_lines(r: &DirectResponse, lines: &mut crate::http::HeaderLi
     }
 }
 
-/// Evaluates the listener's L7 rules: counts and records the rule that
-/// matched; a deny or redirect is the answer.
+/// Evaluates a list of L7 rules (the listener's, then the route's): counts
+/// and records the rule that matched (the access record names the last
+/// one, with its tag); a deny or redirect is the answer. An allow with
+/// changes replaces those of an earlier allow (a route's rule is the more
+/// specific); one without keeps them.
 fn apply_rules<P: ProxyHttp>(
     cx: &mut Ctx<'_, P>,
+    rules: &crate::rules::Rules,
     info: &RequestInfo<'_>,
     claims: Option<&crate::jwt::Claims>,
     access: &mut AccessRecord,
     rewrite: &mut Option<Arc<Rewrite>>,
 ) -> Option<Arc<DirectResponse>> {
-    let routes = cx.routes;
-    let rule = routes
-        .listener(info.listener_port)?
-        .rules()
-        .evaluate_with_claims(&info.view, info.client_ip, claims)?;
+    let rule = rules.evaluate_with_claims(&info.view, info.client_ip, claims)?;
     cx.route_stats.rule_hit(rule.id);
     access.rule.set(rule.name.as_bytes());
-    if let Some(tag) = &rule.tag {
-        access.tag.set(tag.as_bytes());
+    match &rule.tag {
+        Some(tag) => access.tag.set(tag.as_bytes()),
+        None => access.tag.clear(),
     }
     match &rule.action {
         RuleAction::Allow => {
-            rewrite.clone_from(&rule.rewrite);
+            if rule.rewrite.is_some() {
+                rewrite.clone_from(&rule.rewrite);
+            }
             None
         }
         RuleAction::Deny(answer) => Some(answer.clone()),

@@ -70,8 +70,12 @@ pub struct Listener {
     /// routing (a `route` key needs the route), before the route's own.
     limits: Vec<Arc<Limit>>,
     /// Every request needs a valid bearer token of this provider (checked
-    /// before the rules, whose conditions may test its claims).
+    /// before the rules, whose conditions may test its claims), unless
+    /// its route says otherwise ([`Route::jwt`]).
     jwt: Option<Arc<JwtAuth>>,
+    /// Some route has its own `jwt` (a provider, or exempt): which token a
+    /// request needs depends on its route, looked up before the rules.
+    jwt_by_route: bool,
     routes: Vec<Route>,
     index: RouteIndex,
 }
@@ -154,7 +158,25 @@ pub struct Route {
     /// A share of the requests to another pool, with a safety brake
     /// (routes that proxy).
     pub canary: Option<Arc<crate::canary::Canary>>,
+    /// L7 rules evaluated once routing chose this route, after the
+    /// listener's (first match wins within the list).
+    pub rules: Rules,
+    /// Which bearer token the route's requests need.
+    pub jwt: RouteJwt,
     pub action: RouteAction,
+}
+
+/// A route's bearer-token requirement.
+#[derive(Debug, Clone, Default)]
+pub enum RouteJwt {
+    /// The listener's provider, if it has one.
+    #[default]
+    Listener,
+    /// None, even on a listener with a provider (health checks, ACME
+    /// challenges).
+    Exempt,
+    /// This provider's, instead of the listener's (with or without one).
+    Provider(Arc<JwtAuth>),
 }
 
 /// How a route matches the request path (the target without `?query`).
@@ -219,9 +241,13 @@ impl RouteTable {
                 id += 1;
             }
         }
+        // Rules in the order `rules()` lists them: a listener's, then
+        // those of each of its routes.
         let mut id = 0;
         for l in &mut listeners {
-            for r in l.rules.rules_mut() {
+            let Listener { rules, routes, .. } = l;
+            let on_routes = routes.iter_mut().flat_map(|r| r.rules.rules_mut());
+            for r in rules.rules_mut().iter_mut().chain(on_routes) {
                 r.id = id;
                 id += 1;
             }
@@ -280,9 +306,13 @@ impl RouteTable {
         self.listeners.iter().flat_map(|l| l.routes.iter())
     }
 
-    /// Every rule of every listener, in id order.
+    /// Every rule of every listener and route, in id order: a
+    /// listener's, then its routes'.
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
-        self.listeners.iter().flat_map(|l| l.rules.rules().iter())
+        self.listeners.iter().flat_map(|l| {
+            let on_routes = l.routes.iter().flat_map(|r| r.rules.rules().iter());
+            l.rules.rules().iter().chain(on_routes)
+        })
     }
 }
 
@@ -298,6 +328,7 @@ impl Listener {
             rules: Rules::default(),
             limits: Vec::new(),
             jwt: None,
+            jwt_by_route: routes.iter().any(|r| !matches!(r.jwt, RouteJwt::Listener)),
             routes,
             index,
         }
@@ -331,6 +362,22 @@ impl Listener {
 
     pub fn jwt(&self) -> Option<&Arc<JwtAuth>> {
         self.jwt.as_ref()
+    }
+
+    /// Some route has its own `jwt`: [`Listener::jwt_for`] depends on the
+    /// route (else it is always [`Listener::jwt`]).
+    pub fn jwt_by_route(&self) -> bool {
+        self.jwt_by_route
+    }
+
+    /// The provider whose token a request routed to `route` needs (None
+    /// for no route: the listener's).
+    pub fn jwt_for<'a>(&'a self, route: Option<&'a Route>) -> Option<&'a Arc<JwtAuth>> {
+        match route.map(|r| &r.jwt) {
+            None | Some(RouteJwt::Listener) => self.jwt.as_ref(),
+            Some(RouteJwt::Exempt) => None,
+            Some(RouteJwt::Provider(p)) => Some(p),
+        }
     }
 
     /// Terminates TLS on this listener.
@@ -394,6 +441,8 @@ impl Route {
             client_cert_cn: None,
             limits: Vec::new(),
             canary: None,
+            rules: Rules::default(),
+            jwt: RouteJwt::Listener,
             action,
         }
     }
@@ -530,6 +579,53 @@ mod tests {
         let ids: Vec<(usize, &str)> = t.routes().map(|r| (r.id, r.name.as_str())).collect();
         assert_eq!(ids, vec![(0, "a"), (1, "b"), (2, "c")]);
         assert_eq!(t.listener(81).unwrap().route(None, "/").unwrap().id, 2);
+    }
+
+    #[test]
+    fn rule_ids_follow_rules_order_a_listeners_then_its_routes() {
+        use crate::rules::{Rule, RuleAction, RuleMatch};
+        let rules = |names: &[&str]| {
+            let list = names
+                .iter()
+                .map(|n| Rule::new(*n, RuleMatch::default(), RuleAction::Allow))
+                .collect();
+            Rules::new(list).unwrap()
+        };
+        let with = |name: &str, r: &[&str]| Route {
+            rules: rules(r),
+            ..respond(name, None, "/")
+        };
+        let t = RouteTable::new(
+            1,
+            vec![
+                Listener::new(80, vec![with("a", &["a1", "a2"]), with("b", &["b1"])])
+                    .with_rules(rules(&["l80"])),
+                Listener::new(81, vec![with("c", &["c1"])]).with_rules(rules(&["l81"])),
+            ],
+            vec![],
+        );
+        let ids: Vec<(usize, &str)> = t.rules().map(|r| (r.id, r.name.as_str())).collect();
+        assert_eq!(
+            ids,
+            [
+                (0, "l80"),
+                (1, "a1"),
+                (2, "a2"),
+                (3, "b1"),
+                (4, "l81"),
+                (5, "c1")
+            ]
+        );
+        let l = t.listener(80).unwrap();
+        assert!(!l.jwt_by_route() && l.jwt_for(l.route(None, "/")).is_none());
+        let exempt = Listener::new(
+            80,
+            vec![Route {
+                jwt: RouteJwt::Exempt,
+                ..respond("health", None, "/")
+            }],
+        );
+        assert!(exempt.jwt_by_route());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! A listener's L7 rules (WAF-lite): ordered, first match wins, evaluated
-//! in the request phase before routing. A rule matches on the client's
+//! L7 rules (WAF-lite): ordered lists, first match wins — a listener's,
+//! evaluated in the request phase before routing, and a route's, evaluated
+//! once routing chose it (see `proxy::choose_route`). A rule matches on the client's
 //! address, the host, method, path, header, query-argument and cookie
 //! values and the verified client certificate's CN (all given conditions
 //! must hold); it allows (routing goes on, later rules are skipped),
@@ -136,8 +137,9 @@ pub struct RuleMatch {
     pub cookies: Vec<(String, ValueTest)>,
     /// The verified client certificate's subject CN (mTLS listeners).
     pub client_cert_cn: Option<String>,
-    /// Claims of the verified bearer token (listeners with `jwt`), each
-    /// equal to this text (numbers and booleans as printed).
+    /// Claims of the verified bearer token (a listener's or route's
+    /// `jwt`), each equal to this text (numbers and booleans as printed);
+    /// without a verified token (none needed) a claim test fails.
     pub claims: Vec<(String, String)>,
 }
 
@@ -243,7 +245,7 @@ pub struct Rule {
     pub tag: Option<String>,
     /// Allow rules: what changes in the request and its response.
     pub rewrite: Option<Arc<Rewrite>>,
-    /// Index of its path regex in the listener's set.
+    /// Index of its path regex in its list's set.
     path_slot: Option<usize>,
 }
 
@@ -504,7 +506,7 @@ impl Template {
     }
 }
 
-/// A listener's rules, compiled.
+/// A listener's or a route's rules, compiled.
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
     rules: Vec<Rule>,

@@ -1,0 +1,300 @@
+//! Per-route rules and per-route bearer tokens, back to back in memory
+//! (`common/`): the order of `choose_route` — the listener's rules, then
+//! routing, then the chosen route's rules; a route's own provider, and a
+//! route exempt from its listener's.
+
+mod common;
+
+use common::*;
+use ferrogate_proxy::RouteJwt;
+use ferrogate_proxy::jwt::{JwtAuth, JwtSettings};
+use ferrogate_proxy::rules::{PathTest, Rewrite, Rule, RuleAction, RuleMatch, Rules, ValueTest};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+
+const SECRET: &[u8] = b"route-rules-secret-of-32-bytes!!";
+
+fn answer(status: u16, body: &str) -> Arc<DirectResponse> {
+    Arc::new(DirectResponse {
+        status,
+        content_type: "text/plain".into(),
+        body: body.as_bytes().to_vec(),
+        location: None,
+        retry_after: None,
+        www_authenticate: None,
+    })
+}
+
+fn prefix(p: &str) -> RuleMatch {
+    RuleMatch {
+        path: Some(PathTest::Prefix(p.into())),
+        ..Default::default()
+    }
+}
+
+fn provider(name: &str) -> Arc<JwtAuth> {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut k = String::new();
+    for c in SECRET.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            k.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    let jwks = format!(r#"{{"keys":[{{"kty":"oct","k":"{k}"}}]}}"#);
+    let s = JwtSettings {
+        name: name.into(),
+        algorithms: vec![Algorithm::HS256],
+        issuer: None,
+        audience: None,
+        clock_skew_s: 0,
+    };
+    Arc::new(JwtAuth::new(&s, &jwks).expect("provider").0)
+}
+
+fn token(role: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = serde_json::json!({ "sub": "u1", "role": role, "exp": exp });
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+/// Port 80: listener rules (a deny, an allow by header), routes with
+/// rules of their own, one with its own provider. Port 81: a listener
+/// provider, an exempt route, a route rule on a claim.
+fn table() -> Arc<RouteTable> {
+    let origin = Arc::new(Upstream::simple(
+        "origin",
+        0,
+        &["10.0.0.3:8080".parse().unwrap()],
+    ));
+    let proxy = || RouteAction::Proxy(origin.clone());
+    let listener_rules = Rules::new(vec![
+        Rule::new(
+            "l-blocked",
+            prefix("/open/blocked/"),
+            RuleAction::Deny(answer(403, "listener says no")),
+        ),
+        Rule::new(
+            "l-trusted",
+            RuleMatch {
+                headers: vec![("x-trusted".into(), ValueTest::Equals("yes".into()))],
+                ..Default::default()
+            },
+            RuleAction::Allow,
+        )
+        .with_rewrite(Rewrite {
+            request_add: vec![("X-From".into(), "listener".into())],
+            ..Rewrite::default()
+        }),
+    ])
+    .unwrap();
+    let admin = Route {
+        path: PathMatch::Prefix("/admin/".into()),
+        rules: Rules::new(vec![
+            Rule::new(
+                "admin-deny",
+                prefix("/"),
+                RuleAction::Deny(answer(403, "route says no")),
+            )
+            .with_tag("admin"),
+        ])
+        .unwrap(),
+        ..Route::new("admin", proxy())
+    };
+    let v1 = Route {
+        path: PathMatch::Prefix("/v1/".into()),
+        rules: Rules::new(vec![
+            Rule::new("v1-rewrite", prefix("/v1/"), RuleAction::Allow).with_rewrite(Rewrite {
+                path_prefix: Some(("/v1/".into(), "/".into())),
+                request_add: vec![("X-From".into(), "route".into())],
+                ..Rewrite::default()
+            }),
+        ])
+        .unwrap(),
+        ..Route::new("v1", proxy())
+    };
+    let private = Route {
+        path: PathMatch::Prefix("/private/".into()),
+        jwt: RouteJwt::Provider(provider("private")),
+        ..Route::new("private", proxy())
+    };
+    let open = Route {
+        rules: Rules::new(vec![Rule::new(
+            "open-allow",
+            prefix("/"),
+            RuleAction::Allow,
+        )])
+        .unwrap(),
+        ..Route::new("open", proxy())
+    };
+    let acme = Route {
+        path: PathMatch::Prefix("/.well-known/acme-challenge/".into()),
+        jwt: RouteJwt::Exempt,
+        ..Route::new("acme", RouteAction::Respond(answer(200, "acme")))
+    };
+    let guarded = Route {
+        rules: Rules::new(vec![
+            Rule::new(
+                "g-admins",
+                RuleMatch {
+                    claims: vec![("role".into(), "admin".into())],
+                    ..Default::default()
+                },
+                RuleAction::Allow,
+            ),
+            Rule::new(
+                "g-others",
+                prefix("/"),
+                RuleAction::Deny(answer(403, "admins only")),
+            ),
+        ])
+        .unwrap(),
+        ..Route::new("guarded", proxy())
+    };
+    Arc::new(RouteTable::new(
+        1,
+        vec![
+            Listener::new(80, vec![admin, v1, private, open]).with_rules(listener_rules),
+            Listener::new(81, vec![acme, guarded]).with_jwt(provider("users")),
+        ],
+        vec![origin.clone()],
+    ))
+}
+
+fn hits(lab: &Lab, rule: &str) -> u64 {
+    let mut out = String::new();
+    lab.edge.route_stats().render(&mut out);
+    let key = format!("rule_{rule}_hits ");
+    out.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn route_rules_run_after_routing_and_the_listener_rules() {
+    let mut lab = Lab::with_routes(Origin::Serving, table(), |_| {});
+    let c = lab.connect_to(80);
+    let get = |lab: &mut Lab, c, path: &str, extra: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\n{extra}\r\n");
+        lab.exchange(c, req.as_bytes())
+    };
+    // The admin route's rule denies; another route is proxied.
+    let r = get(&mut lab, c, "/admin/x", "");
+    assert_eq!((r.status, r.body.as_slice()), (403, &b"route says no"[..]));
+    let r = get(&mut lab, c, "/open/x", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"origin:/open/x");
+    // A listener allow does not skip the route's rules.
+    let r = get(&mut lab, c, "/admin/x", "X-Trusted: yes\r\n");
+    assert_eq!(r.status, 403);
+    // A listener deny wins over the route's allow (never evaluated).
+    let r = get(&mut lab, c, "/open/blocked/x", "");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (403, &b"listener says no"[..])
+    );
+    // A route rule rewrites the path; its changes replace the listener
+    // allow's.
+    let before = lab.origin_requests.len();
+    let r = get(&mut lab, c, "/v1/item", "X-Trusted: yes\r\n");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"origin:/item"[..]));
+    let seen = &lab.origin_requests[before];
+    assert!(seen.contains("X-From: route\r\n"), "{seen}");
+    assert!(!seen.contains("X-From: listener"), "{seen}");
+    // Without the route's rule the listener allow's changes hold.
+    let before = lab.origin_requests.len();
+    assert_eq!(
+        get(&mut lab, c, "/open/y", "X-Trusted: yes\r\n").status,
+        200
+    );
+    assert!(lab.origin_requests[before].contains("X-From: listener\r\n"));
+    assert!(
+        lab.origin_requests.iter().all(|r| !r.contains("/admin/")),
+        "denied requests never went upstream"
+    );
+    assert_eq!(hits(&lab, "admin-deny"), 2);
+    assert_eq!(hits(&lab, "l-trusted"), 3);
+    assert_eq!(hits(&lab, "l-blocked"), 1);
+    assert_eq!(hits(&lab, "open-allow"), 2, "not for the listener's deny");
+    assert_eq!(hits(&lab, "v1-rewrite"), 1);
+}
+
+#[test]
+fn a_route_names_its_own_provider_or_is_exempt_from_the_listeners() {
+    let mut lab = Lab::with_routes(Origin::Serving, table(), |_| {});
+    let get = |lab: &mut Lab, port: u16, path: &str, tok: Option<&str>| {
+        let c = lab.connect_to(port);
+        let auth = tok.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\n{auth}\r\n");
+        lab.exchange(c, req.as_bytes())
+    };
+    let admin = token("admin");
+    let user = token("user");
+    // Port 80 has no provider; its private route has one.
+    let r = get(&mut lab, 80, "/private/x", None);
+    assert_eq!(r.status, 401);
+    assert!(r.head.contains("realm=\"private\""), "{}", r.head);
+    assert_eq!(get(&mut lab, 80, "/private/x", Some(&user)).status, 200);
+    assert_eq!(get(&mut lab, 80, "/open/x", None).status, 200);
+    // Port 81 needs the listener's token, except on the exempt route.
+    let r = get(&mut lab, 81, "/.well-known/acme-challenge/t", None);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"acme"[..]));
+    let r = get(&mut lab, 81, "/x", None);
+    assert_eq!(r.status, 401);
+    assert!(r.head.contains("realm=\"users\""), "{}", r.head);
+    // The claims reach the route's rules.
+    assert_eq!(get(&mut lab, 81, "/x", Some(&admin)).status, 200);
+    assert_eq!(get(&mut lab, 81, "/x", Some(&user)).status, 403);
+    let s = lab.edge.stats();
+    assert_eq!((s.jwt_verified, s.jwt_rejected), (3, 2));
+}
+
+/// Phases that route every request to the `private` route, whatever the
+/// default lookup says.
+struct ToPrivate;
+
+impl ProxyHttp for ToPrivate {
+    type Ctx = ();
+
+    fn upstream_peer<'t>(
+        &self,
+        listener: &'t Listener,
+        _req: &ferrogate_proxy::RequestInfo<'_>,
+        _ctx: &mut (),
+    ) -> Option<&'t Route> {
+        listener.routes().iter().find(|r| r.name == "private")
+    }
+}
+
+/// The token is checked before the rules with the default route lookup;
+/// phases that route elsewhere still get the chosen route's provider.
+#[test]
+fn phases_that_route_elsewhere_than_the_lookup_still_need_that_routes_token() {
+    let mut lab = Lab::with_phases(Origin::Serving, table(), |_| {}, ToPrivate);
+    let c = lab.connect_to(80);
+    let r = lab.exchange(c, b"GET /open/x HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    assert_eq!(r.status, 401, "{}", r.head);
+    assert!(r.head.contains("realm=\"private\""), "{}", r.head);
+    let c = lab.connect_to(80);
+    let req = format!(
+        "GET /open/x HTTP/1.1\r\nHost: a.example\r\nAuthorization: Bearer {}\r\n\r\n",
+        token("user")
+    );
+    assert_eq!(lab.exchange(c, req.as_bytes()).status, 200);
+    assert_eq!(
+        lab.origin_requests.len(),
+        1,
+        "only the request with a token"
+    );
+    assert_eq!(lab.edge.stats().jwt_rejected, 1);
+}
