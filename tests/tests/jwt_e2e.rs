@@ -2,7 +2,8 @@
 //! `openssl` with HS256, RS256 and ES256 against a JWKS file; 401 with
 //! `WWW-Authenticate` for a missing, forged, expired or wrongly-issued
 //! token; a rule on a claim; a rate limit per subject; a JWKS change
-//! applied without a restart.
+//! applied without a restart; a route exempt from its listener's provider,
+//! and a route with its own provider on a listener without one.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -214,8 +215,42 @@ name = "no-admin"
 path_prefix = "/admin/"
 action = "deny"
 
+# Exempt from the listener's provider (a health check, ACME).
+[[listeners.routes]]
+name = "health"
+path_exact = "/health"
+jwt = "none"
+upstream = "origin"
+
 [[listeners.routes]]
 name = "origin"
+upstream = "origin"
+
+# No provider on the listener; one route needs the partners' token, and
+# its rules see the claims.
+[[jwt]]
+name = "partners"
+jwks = "jwks.json"
+algorithms = ["HS256"]
+issuer = "https://issuer.lab"
+audience = "edge"
+
+[[listeners]]
+port = 81
+
+[[listeners.routes]]
+name = "partner"
+path_prefix = "/partner/"
+jwt = "partners"
+upstream = "origin"
+
+[[listeners.routes.rules]]
+name = "partner-no-users"
+jwt_claims = { role = "user" }
+action = "deny"
+
+[[listeners.routes]]
+name = "public"
 upstream = "origin"
 "#
     .to_string()
@@ -349,6 +384,28 @@ fn bearer_tokens_from_a_jwks_guard_the_listener() {
         );
         assert_eq!(
             lab.status_head(&["-H", &bearer(&user), &url("/admin/x")]).0,
+            403
+        );
+        // Per route: the exempt health route answers without a token
+        // (the others still need one); on a listener without a provider,
+        // a route with its own answers 401 without a token, and its rules
+        // test the claims.
+        let (s, head) = lab.status_head(&[&url("/health")]);
+        assert_eq!(s, 200, "{head}");
+        assert_eq!(lab.status_head(&[&url("/healthz")]).0, 401);
+        let on81 = |p: &str| format!("http://{VIP}:81{p}");
+        let (s, head) = lab.status_head(&[&on81("/partner/x")]);
+        assert_eq!(s, 401, "{head}");
+        assert!(head.contains("realm=\"partners\""), "{head}");
+        assert_eq!(lab.status_head(&[&on81("/x")]).0, 200);
+        assert_eq!(
+            lab.status_head(&["-H", &bearer(&admin), &on81("/partner/x")])
+                .0,
+            200
+        );
+        assert_eq!(
+            lab.status_head(&["-H", &bearer(&user), &on81("/partner/x")])
+                .0,
             403
         );
         // A rate limit per subject (1/s, burst 2): a third request at once

@@ -2,7 +2,9 @@
 //! match wins, before routing — deny by path regex, header regex, cookie +
 //! query + method, source prefix (IPv4 and IPv6); an allow rule ahead of a
 //! deny; a redirect with a templated location (HTTP/1.1 and h2c); counters
-//! per rule and the rule and tag in the access log.
+//! per rule and the rule and tag in the access log. A route's own rules
+//! after routing: a deny scoped to its route, a listener deny winning over
+//! the route's allow, a route rule's rewrite and pool.
 
 use std::time::Duration;
 
@@ -79,6 +81,32 @@ rewrite_prefix = { from = "/v1/", to = "/" }
 pool = "echo"
 request_headers = { set = { "X-Env" = "edge" }, add = { "X-Via-Rule" = "v1-api" }, remove = ["X-Secret"] }
 response_headers = { add = { "X-Served-By" = "ferrogate" }, remove = ["X-Origin"] }
+
+# A route with rules of its own, evaluated after the listener's.
+[[listeners.routes]]
+name = "shop"
+path_prefix = "/shop/"
+upstream = "origin"
+
+[[listeners.routes.rules]]
+name = "shop-no-debug"
+query = { debug = true }
+action = "deny"
+status = 409
+body = "no debugging the shop\n"
+tag = "shop"
+
+[[listeners.routes.rules]]
+name = "shop-v2"
+path_prefix = "/shop/v2/"
+action = "allow"
+rewrite_prefix = { from = "/shop/v2/", to = "/" }
+pool = "echo"
+request_headers = { add = { "X-Route-Rule" = "shop-v2" } }
+
+[[listeners.routes.rules]]
+name = "shop-open"
+action = "allow"
 
 [[listeners.routes]]
 name = "origin"
@@ -232,12 +260,40 @@ fn rules_deny_allow_and_redirect_before_routing_and_are_counted() {
         assert_eq!(hits("v6-admin"), Some(1));
         assert_eq!(hits("v1-api"), Some(5));
 
+        // Route rules (after routing, after the listener's): the shop
+        // route's rule denies, the same request on another route does not.
+        let (s, _, body) = get(&lab, &[&url("/shop/cart?debug=1")]);
+        assert_eq!((s, body.as_str()), (409, "no debugging the shop\n"));
+        let (s, _, body) = get(&lab, &[&url("/cart?debug=1")]);
+        assert_eq!(s, 200, "{body}");
+        // A listener allow does not skip them.
+        let (s, _, _) = get(&lab, &["-H", "X-Trusted: yes", &url("/shop/cart?debug=1")]);
+        assert_eq!(s, 409);
+        // A listener deny wins over the route's allow-all (never reached).
+        assert_eq!(get(&lab, &["-A", "sqlmap", &url("/shop/cart")]).0, 406);
+        let (s, _, body) = get(&lab, &[&url("/shop/cart")]);
+        assert_eq!(s, 200, "{body}");
+        assert!(body.contains("path=/shop/cart"), "{body}");
+        // A route rule's rewrite and pool, over HTTP/1.1 and h2c.
+        for proto in ["--http1.1", "--http2-prior-knowledge"] {
+            let (s, _, body) = get(&lab, &[proto, &url("/shop/v2/headers")]);
+            assert_eq!(s, 200, "{proto}: {body}");
+            let body = body.to_ascii_lowercase();
+            assert!(body.contains("x-route-rule: shop-v2"), "{proto}: {body}");
+        }
+        let stats = engine.stats_until(|s| s.get("rule_shop-v2_hits") == Some(&2));
+        let hits = |r: &str| stats.get(&format!("rule_{r}_hits")).copied();
+        assert_eq!(hits("shop-no-debug"), Some(2), "{stats:?}");
+        assert_eq!(hits("shop-open"), Some(1), "not for the listener's deny");
+        assert_eq!(hits("sqlmap"), Some(2));
+        assert_eq!(hits("trusted"), Some(2));
+
         // The access log names the rule and its tag.
         let log = lab.state_dir().join("access.log");
         let mut text = String::new();
         for _ in 0..50 {
             text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("\"tag\":\"scanner\"") {
+            if text.contains("\"tag\":\"scanner\"") && text.contains("\"tag\":\"shop\"") {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -248,6 +304,17 @@ fn rules_deny_allow_and_redirect_before_routing_and_are_counted() {
             .unwrap_or_else(|| panic!("no record of the wp rule in:\n{text}"));
         assert!(
             line.contains("\"tag\":\"scanner\"") && line.contains("\"status\":403"),
+            "{line}"
+        );
+        // A route rule's record: its name, its tag, the route.
+        let line = text
+            .lines()
+            .find(|l| l.contains("\"rule\":\"shop-no-debug\""))
+            .unwrap_or_else(|| panic!("no record of the shop-no-debug rule in:\n{text}"));
+        assert!(
+            line.contains("\"tag\":\"shop\"")
+                && line.contains("\"status\":409")
+                && line.contains("\"route\":\"shop\""),
             "{line}"
         );
         drop(engine);
