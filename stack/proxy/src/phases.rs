@@ -9,6 +9,11 @@
 //! (with [`ProxyHttp::strip_request_header`]) → [`ProxyHttp::request_body_filter`]
 //! for each body piece sent → [`ProxyHttp::response_filter`] →
 //! [`ProxyHttp::response_body_filter`] for each piece → [`ProxyHttp::logging`].
+//! Around the first two, the proxy's own request policy (`proxy::choose_route`):
+//! the bearer token and the listener's L7 rules before `request_filter`
+//! (the token of the route the default lookup finds, when a route has its
+//! own `jwt`), the chosen route's token (if the phases routed elsewhere),
+//! its rules and the rate limits after `upstream_peer`.
 //! A request the proxy answers itself (no route, a refused pick, an upstream
 //! failure) goes through [`ProxyHttp::error_response_filter`] instead of the
 //! response phases; [`ProxyHttp::logging`] sees every response.
