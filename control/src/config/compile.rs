@@ -365,7 +365,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 .canary
                 .as_ref()
                 .and_then(|c| check_canary(&field, &name, c, &action, &pools, rep));
-            let route_jwt = route_jwt(&field, r, jwt.is_some(), &jwt_providers, rep);
+            let route_jwt = route_jwt(&field, r, jwt.as_ref(), &jwt_providers, rep);
             let has_token = match &route_jwt {
                 RouteJwt::Listener => jwt.is_some(),
                 RouteJwt::Exempt => false,

@@ -147,12 +147,14 @@ pub(super) fn listener_jwt(
 }
 
 /// A route's `jwt` (`field` = `listeners[i].routes[j]`): a provider, or
-/// `"none"` on a listener that has one. An unknown name is reported and
-/// taken as `"none"` (the file is refused anyway).
+/// `"none"` on a listener that has one. The listener's own provider is
+/// taken as no `jwt` (no route lookup before the token for it). An
+/// unknown name is reported and taken as `"none"` (the file is refused
+/// anyway).
 pub(super) fn route_jwt(
     field: &str,
     r: &RouteSection,
-    listener_has_jwt: bool,
+    listener: Option<&Arc<JwtAuth>>,
     providers: &[(String, Arc<JwtAuth>)],
     rep: &mut Reporter<'_>,
 ) -> RouteJwt {
@@ -160,9 +162,13 @@ pub(super) fn route_jwt(
         return RouteJwt::Listener;
     };
     if name.get_ref() != NO_JWT {
-        return named(field, name, providers, rep).map_or(RouteJwt::Exempt, RouteJwt::Provider);
+        return match named(field, name, providers, rep) {
+            Some(p) if listener.is_some_and(|l| Arc::ptr_eq(l, &p)) => RouteJwt::Listener,
+            Some(p) => RouteJwt::Provider(p),
+            None => RouteJwt::Exempt,
+        };
     }
-    if !listener_has_jwt {
+    if listener.is_none() {
         rep.at(
             name.span(),
             format!("{field}.jwt"),

@@ -221,6 +221,11 @@ path_prefix = "/.well-known/acme-challenge/"
 jwt = "none"
 upstream = "origin"
 [[listeners.routes]]
+name = "same"
+path_prefix = "/same/"
+jwt = "partners"
+upstream = "origin"
+[[listeners.routes]]
 name = "guarded"
 upstream = "origin"
 "#
@@ -235,7 +240,11 @@ upstream = "origin"
     assert!(l80.jwt_for(Some(open)).is_none());
     assert!(l80.jwt_for(None).is_none());
     let l81 = t.listener(81).unwrap();
-    let (acme, guarded) = (&l81.routes()[0], &l81.routes()[1]);
+    let (acme, same, guarded) = (&l81.routes()[0], &l81.routes()[1], &l81.routes()[2]);
+    assert!(
+        matches!(same.jwt, RouteJwt::Listener),
+        "the listener's own provider"
+    );
     assert!(l81.jwt_for(Some(acme)).is_none());
     assert!(l81.jwt_for(Some(guarded)).is_some());
     assert!(l81.jwt_for(None).is_some(), "no route: the listener's");
