@@ -12,8 +12,11 @@
 //! Around the first two, the proxy's own request policy (`proxy::choose_route`):
 //! the bearer token and the listener's L7 rules before `request_filter`
 //! (the token of the route the default lookup finds, when a route has its
-//! own `jwt`), the chosen route's token (if the phases routed elsewhere),
-//! its rules and the rate limits after `upstream_peer`.
+//! own `jwt`; that lookup is refused with 400 when the normalized path
+//! routes elsewhere, and the default `upstream_peer` reuses it), the chosen
+//! route's token and the listener's rules again with its claims (if the
+//! phases routed to a route of another provider), its rules and the rate
+//! limits after `upstream_peer`.
 //! A request the proxy answers itself (no route, a refused pick, an upstream
 //! failure) goes through [`ProxyHttp::error_response_filter`] instead of the
 //! response phases; [`ProxyHttp::logging`] sees every response.
@@ -56,6 +59,22 @@ pub struct RequestInfo<'a> {
     /// `request_id` came from the client (it goes upstream untouched).
     pub client_sent_request_id: bool,
     pub now: Instant,
+    /// The default lookup's result (listener port, route index), when the
+    /// proxy already made it before the phases (a listener whose token or
+    /// rules depend on the route): the default `upstream_peer` reuses it
+    /// instead of routing twice.
+    pub(crate) looked_up: Option<(u16, Option<usize>)>,
+}
+
+impl RequestInfo<'_> {
+    /// The route the default lookup picks on `listener`
+    /// ([`Listener::route_request`]), looked up once per request.
+    pub fn default_route<'t>(&self, listener: &'t Listener) -> Option<&'t Route> {
+        match self.looked_up {
+            Some((port, i)) if port == listener.port => i.and_then(|i| listener.routes().get(i)),
+            _ => listener.route_request(&self.view),
+        }
+    }
 }
 
 /// What the response phases know of the request they answer.
@@ -100,7 +119,7 @@ pub trait ProxyHttp {
         req: &RequestInfo<'_>,
         _ctx: &mut Self::Ctx,
     ) -> Option<&'t Route> {
-        listener.route_request(&req.view)
+        req.default_route(listener)
     }
 
     /// Whether a client-sent field is left out of the upstream request
@@ -278,7 +297,38 @@ mod tests {
             request_id: b"w1-7",
             client_sent_request_id: false,
             now: Instant::from_millis(0),
+            looked_up: None,
         }
+    }
+
+    /// The default `upstream_peer` reuses the lookup `choose_route` made
+    /// before the phases (one lookup per request), for that listener only.
+    #[test]
+    fn the_default_upstream_peer_reuses_the_proxys_lookup() {
+        use crate::route::{DirectResponse, RouteAction};
+        let answer = Arc::new(DirectResponse {
+            status: 200,
+            content_type: "text/plain".into(),
+            body: Vec::new(),
+            location: None,
+            retry_after: None,
+            www_authenticate: None,
+        });
+        let route = |n: &str| Route::new(n, RouteAction::Respond(answer.clone()));
+        let l = Listener::new(80, vec![route("first"), route("second")]);
+        let mut req = info(Headers::EMPTY, None);
+        let name = |req: &RequestInfo<'_>| {
+            StandardPhases
+                .upstream_peer(&l, req, &mut ())
+                .map(|r| r.name.clone())
+        };
+        assert_eq!(name(&req).as_deref(), Some("first"));
+        req.looked_up = Some((80, Some(1)));
+        assert_eq!(name(&req).as_deref(), Some("second"));
+        req.looked_up = Some((80, None));
+        assert_eq!(name(&req), None);
+        req.looked_up = Some((81, Some(1)));
+        assert_eq!(name(&req).as_deref(), Some("first"), "another listener's");
     }
 
     fn lines_of(f: impl FnOnce(&mut HeaderLines<'_>)) -> String {

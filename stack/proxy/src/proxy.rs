@@ -23,7 +23,7 @@ use crate::phases::{ProxyHttp, RequestInfo, ResponseInfo, Verdict};
 use crate::quota::Quota;
 use crate::route::{DirectResponse, RouteAction, RouteTable};
 use crate::route_stats::RouteCounters;
-use crate::rules::{Rewrite, RuleAction};
+use crate::rules::{Rewrite, Rewrites, RuleAction};
 use crate::stats::StackStats;
 
 /// Buffers of one connection, recycled between connections.
@@ -195,8 +195,8 @@ pub(crate) struct Conn<P: ProxyHttp> {
     /// preface (prior knowledge). Cleared once a request head came.
     h2c: bool,
     route_id: Option<usize>,
-    /// What the allow rule that matched the request in flight changes.
-    rewrite: Option<Arc<Rewrite>>,
+    /// What the allow rules that matched the request in flight change.
+    rewrite: Rewrites,
     /// The route's canary split of the request in flight, and its arm.
     canary: Option<(Arc<crate::canary::Canary>, bool)>,
     /// The upstream target when a rule rewrites it (kept: no allocation
@@ -251,37 +251,53 @@ pub(crate) enum Routing<'r> {
 /// Runs the request phases for a parsed request (either protocol) and
 /// records the route in the access record and its counters. In order:
 ///
-/// 1. bearer token: the provider of the route the request will take
-///    ([`Listener::jwt_for`]); only when some route of the listener has its
-///    own `jwt` is the route looked up for it first, with the default
-///    lookup (side-effect free, no phase runs);
-/// 2. the listener's rules (may test the token's claims);
-/// 3. [`ProxyHttp::request_filter`], then [`ProxyHttp::upstream_peer`]
-///    (routing); should the phases pick a route that needs another token
-///    than the one checked in 1, it is checked here;
-/// 4. the chosen route's rules;
-/// 5. rate limits, the listener's then the route's.
+/// 1. when the listener's token or rules depend on the route (some route
+///    has its own `jwt` or rules), the route is looked up with the default
+///    lookup (side-effect free, no phase runs); should the path as origins
+///    resolve it (`%XX`, `//`, dot segments) route elsewhere, the request
+///    is refused (400, `ambiguous_paths`): the raw target goes upstream;
+/// 2. bearer token: the provider of the route looked up in 1
+///    ([`Listener::jwt_for`]), else the listener's;
+/// 3. the listener's rules (may test the token's claims);
+/// 4. [`ProxyHttp::request_filter`], then [`ProxyHttp::upstream_peer`]
+///    (routing; the default reuses the lookup of 1); should the phases
+///    pick a route that needs another token than the one checked in 2, it
+///    is checked here and the listener's rules run again with its claims;
+/// 5. the chosen route's rules;
+/// 6. rate limits, the listener's then the route's.
 ///
-/// `rewrite`: what the allow rules that matched change (None if none).
+/// `rewrite`: what the allow rules that matched change (the listener's
+/// and the route's, both applied).
 ///
 /// [`Listener::jwt_for`]: crate::route::Listener::jwt_for
 pub(crate) fn choose_route<'r, P: ProxyHttp>(
     cx: &mut Ctx<'r, P>,
-    info: &RequestInfo<'_>,
+    info: &mut RequestInfo<'_>,
     pctx: &mut P::Ctx,
     access: &mut AccessRecord,
-    rewrite: &mut Option<Arc<Rewrite>>,
+    rewrite: &mut Rewrites,
 ) -> Routing<'r> {
     let (phases, routes) = (cx.phases, cx.routes);
-    *rewrite = None;
+    rewrite.clear();
+    info.looked_up = None;
     let listener = routes.listener(info.listener_port);
-    let by_route = listener.is_some_and(|l| l.jwt_by_route());
-    let provider = listener.and_then(|l| {
-        if by_route {
-            l.jwt_for(l.route_request(&info.view))
-        } else {
-            l.jwt()
+    let mut looked_up = None;
+    if let Some(l) = listener
+        && l.route_policy()
+    {
+        let i = l.lookup(&info.view);
+        if !l.routes_alike_normalized(&info.view, i) {
+            cx.stats.ambiguous_paths += 1;
+            return Routing::Respond(ambiguous_path());
         }
+        info.looked_up = Some((l.port, i));
+        looked_up = Some(i.map(|i| &l.routes()[i]));
+    }
+    let info = &*info;
+    let by_route = listener.is_some_and(|l| l.jwt_by_route());
+    let provider = listener.and_then(|l| match looked_up {
+        Some(route) if by_route => l.jwt_for(route),
+        _ => l.jwt(),
     });
     let mut claims = None;
     if let Some(jwt) = provider {
@@ -291,7 +307,14 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
         }
     }
     if let Some(l) = listener
-        && let Some(answer) = apply_rules(cx, l.rules(), info, claims.as_ref(), access, rewrite)
+        && let Some(answer) = apply_rules(
+            cx,
+            l.rules(),
+            info,
+            claims.as_ref(),
+            access,
+            &mut rewrite.listener,
+        )
     {
         return Routing::Respond(answer);
     }
@@ -304,18 +327,40 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
         .route
         .set(route.map(|r| r.name.as_bytes()).unwrap_or(b""));
     // The phases routed where the lookup above did not: that route's
-    // provider holds (a token of another provider does not do).
+    // provider holds (a token of another provider does not do), and the
+    // listener's rules, which saw the other provider's claims (or none),
+    // run again with its own.
     if by_route
-        && let Some(jwt) = listener.and_then(|l| l.jwt_for(route))
+        && let Some(l) = listener
+        && let Some(jwt) = l.jwt_for(route)
         && !provider.is_some_and(|p| Arc::ptr_eq(p, jwt))
     {
         match verify_bearer(cx.stats, jwt, info) {
             Ok(c) => claims = Some(c),
             Err(answer) => return Routing::Respond(answer),
         }
+        access.rule.clear();
+        access.tag.clear();
+        if let Some(answer) = apply_rules(
+            cx,
+            l.rules(),
+            info,
+            claims.as_ref(),
+            access,
+            &mut rewrite.listener,
+        ) {
+            return Routing::Respond(answer);
+        }
     }
     if let Some(r) = route
-        && let Some(answer) = apply_rules(cx, &r.rules, info, claims.as_ref(), access, rewrite)
+        && let Some(answer) = apply_rules(
+            cx,
+            &r.rules,
+            info,
+            claims.as_ref(),
+            access,
+            &mut rewrite.route,
+        )
     {
         return Routing::Respond(answer);
     }
@@ -329,6 +374,22 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
         }
         None => Routing::NoRoute,
     }
+}
+
+/// The answer to a path that routes elsewhere once normalized: one
+/// shared response (no allocation per request).
+fn ambiguous_path() -> Arc<DirectResponse> {
+    static ANSWER: std::sync::LazyLock<Arc<DirectResponse>> = std::sync::LazyLock::new(|| {
+        Arc::new(DirectResponse {
+            status: 400,
+            content_type: "text/plain".into(),
+            body: b"bad request: ambiguous path\n".to_vec(),
+            location: None,
+            retry_after: None,
+            www_authenticate: None,
+        })
+    });
+    ANSWER.clone()
 }
 
 /// Checks the request's bearer token against `jwt`; counts either way.
@@ -442,9 +503,8 @@ pub(crate) fn canary_record(
 }
 
 /// The pool a request goes to: the rule's choice, else the route's.
-pub(crate) fn rewritten_pool(rw: Option<&Rewrite>, route_pool: &Arc<Upstream>) -> Arc<Upstream> {
-    rw.and_then(|r| r.pool.clone())
-        .unwrap_or_else(|| route_pool.clone())
+pub(crate) fn rewritten_pool(rw: &Rewrites, route_pool: &Arc<Upstream>) -> Arc<Upstream> {
+    rw.pool().unwrap_or(route_pool).clone()
 }
 
 /// A redirect's `Location`, a 429's `Retry-After`.
@@ -462,9 +522,9 @@ pub(crate) fn direct_lines(r: &DirectResponse, lines: &mut crate::http::HeaderLi
 
 /// Evaluates a list of L7 rules (the listener's, then the route's): counts
 /// and records the rule that matched (the access record names the last
-/// one, with its tag); a deny or redirect is the answer. An allow with
-/// changes replaces those of an earlier allow (a route's rule is the more
-/// specific); one without keeps them.
+/// one, with its tag); a deny or redirect is the answer. An allow's
+/// changes go to `rewrite`, the list's slot of [`Rewrites`] (both lists'
+/// apply).
 fn apply_rules<P: ProxyHttp>(
     cx: &mut Ctx<'_, P>,
     rules: &crate::rules::Rules,
@@ -473,6 +533,7 @@ fn apply_rules<P: ProxyHttp>(
     access: &mut AccessRecord,
     rewrite: &mut Option<Arc<Rewrite>>,
 ) -> Option<Arc<DirectResponse>> {
+    *rewrite = None;
     let rule = rules.evaluate_with_claims(&info.view, info.client_ip, claims)?;
     cx.route_stats.rule_hit(rule.id);
     access.rule.set(rule.name.as_bytes());
@@ -482,9 +543,7 @@ fn apply_rules<P: ProxyHttp>(
     }
     match &rule.action {
         RuleAction::Allow => {
-            if rule.rewrite.is_some() {
-                rewrite.clone_from(&rule.rewrite);
-            }
+            rewrite.clone_from(&rule.rewrite);
             None
         }
         RuleAction::Deny(answer) => Some(answer.clone()),
@@ -560,7 +619,7 @@ impl<P: ProxyHttp> Conn<P> {
             upgrade: false,
             h2c: false,
             route_id: None,
-            rewrite: None,
+            rewrite: Rewrites::default(),
             canary: None,
             target_buf: String::new(),
             started: now,
@@ -814,7 +873,7 @@ impl<P: ProxyHttp> Conn<P> {
         set_request_id(&mut self.request_id, &mut self.request_id_len, &req, cx);
         let mut view = RequestView::new(req.method, host, req.target, req.headers);
         view.client_cn = self.io.client_cn();
-        let info_req = RequestInfo {
+        let mut info_req = RequestInfo {
             view,
             target: req.target,
             http10: req.http10,
@@ -825,6 +884,7 @@ impl<P: ProxyHttp> Conn<P> {
             request_id: &self.request_id[..self.request_id_len],
             client_sent_request_id: head::request_id(&req).is_some(),
             now: cx.now,
+            looked_up: None,
         };
         {
             let a = &mut self.access;
@@ -835,7 +895,7 @@ impl<P: ProxyHttp> Conn<P> {
         }
         let route = match choose_route(
             cx,
-            &info_req,
+            &mut info_req,
             &mut self.pctx,
             &mut self.access,
             &mut self.rewrite,
@@ -865,11 +925,11 @@ impl<P: ProxyHttp> Conn<P> {
                 self.respond_direct(cx, &r, &info)
             }
             RouteAction::Proxy(upstream) => {
-                let mut upstream = rewritten_pool(self.rewrite.as_deref(), upstream);
+                let mut upstream = rewritten_pool(&self.rewrite, upstream);
                 self.canary = None;
                 // A rule that chose the pool wins over the split.
                 if let Some(c) = &route.canary
-                    && self.rewrite.as_ref().is_none_or(|r| r.pool.is_none())
+                    && self.rewrite.pool().is_none()
                 {
                     let arm = canary_arm(c, &info_req, cx);
                     if arm {
@@ -893,23 +953,18 @@ impl<P: ProxyHttp> Conn<P> {
                 let has_host = req.headers.contains("host");
                 self.bufs.request_head.clear();
                 let pctx = &mut self.pctx;
-                let rw = self.rewrite.as_deref();
+                let rw = &self.rewrite;
                 let upstream_req = crate::http::Request {
-                    target: rw.map_or(req.target, |r| r.target(req.target, &mut self.target_buf)),
+                    target: rw.target(req.target, &mut self.target_buf),
                     ..req
                 };
                 if !head::write_upstream_request(
                     &upstream_req,
                     self.upgrade,
-                    |name| {
-                        phases.strip_request_header(&info_req, name)
-                            || rw.is_some_and(|r| r.strips_request(name))
-                    },
+                    |name| phases.strip_request_header(&info_req, name) || rw.strips_request(name),
                     |lines| {
                         phases.upstream_request_filter(&info_req, pctx, lines);
-                        if let Some(r) = rw {
-                            r.add_request(lines);
-                        }
+                        rw.add_request(lines);
                     },
                     &mut cx.stats.header_lines_refused,
                     &mut self.bufs.request_head,
@@ -1234,17 +1289,15 @@ impl<P: ProxyHttp> Conn<P> {
                     now: cx.now,
                 };
                 let pctx = &mut self.pctx;
-                let rw = self.rewrite.as_deref();
+                let rw = &self.rewrite;
                 let ok = head::write_client_response(
                     &self.bufs.from_upstream.filled()[..resp.head_len],
                     keep_client,
                     req.http10,
-                    |name| rw.is_some_and(|r| r.strips_response(name)),
+                    |name| rw.strips_response(name),
                     |view, lines| {
                         phases.response_filter(view, &info, pctx, lines);
-                        if let Some(r) = rw {
-                            r.add_response(lines);
-                        }
+                        rw.add_response(lines);
                     },
                     &mut cx.stats.header_lines_refused,
                     &mut self.bufs.to_client,
@@ -1252,7 +1305,7 @@ impl<P: ProxyHttp> Conn<P> {
                 self.bufs.from_upstream.consume(resp.head_len);
                 // The head is written: the rule's changes are done (and its
                 // `Arc` does not pin an old snapshot's pool while idle).
-                self.rewrite = None;
+                self.rewrite.clear();
                 if !ok {
                     return self
                         .upstream_failed(cx, ProxyError::BadResponse(head::HeadError::TooLarge));

@@ -76,6 +76,10 @@ pub struct Listener {
     /// Some route has its own `jwt` (a provider, or exempt): which token a
     /// request needs depends on its route, looked up before the rules.
     jwt_by_route: bool,
+    /// Which token or rules apply depends on the route (a route's own
+    /// `jwt` or rules): the route is looked up before the phases, and a
+    /// path that routes elsewhere once normalized is refused.
+    route_policy: bool,
     routes: Vec<Route>,
     index: RouteIndex,
 }
@@ -329,6 +333,9 @@ impl Listener {
             limits: Vec::new(),
             jwt: None,
             jwt_by_route: routes.iter().any(|r| !matches!(r.jwt, RouteJwt::Listener)),
+            route_policy: routes
+                .iter()
+                .any(|r| !matches!(r.jwt, RouteJwt::Listener) || !r.rules.is_empty()),
             routes,
             index,
         }
@@ -370,6 +377,33 @@ impl Listener {
         self.jwt_by_route
     }
 
+    /// Some route has its own `jwt` or rules: the proxy looks the route
+    /// up before the token and the listener's rules, and checks that the
+    /// normalized path routes the same (`routes_alike_normalized`).
+    pub fn route_policy(&self) -> bool {
+        self.route_policy
+    }
+
+    /// Whether the path as origins resolve it (`%XX` decoded, `//` and
+    /// dot segments resolved, as rules see it) routes to `raw`, the route
+    /// of the path as sent. The raw target goes upstream: should the two
+    /// differ, the token and rules of the raw route would guard what the
+    /// origin serves as another route's path (`/public/../partner/x`).
+    /// No allocation (the rules' per-thread scratch).
+    /// `raw`: the index of that route ([`Listener::lookup`]).
+    pub(crate) fn routes_alike_normalized(
+        &self,
+        req: &RequestView<'_>,
+        raw: Option<usize>,
+    ) -> bool {
+        if !crate::rules::needs_normalizing(req.path.as_bytes()) {
+            return true;
+        }
+        crate::rules::with_normalized(req.path, |path| {
+            self.lookup(&RequestView { path, ..*req }) == raw
+        })
+    }
+
     /// The provider whose token a request routed to `route` needs (None
     /// for no route: the listener's).
     pub fn jwt_for<'a>(&'a self, route: Option<&'a Route>) -> Option<&'a Arc<JwtAuth>> {
@@ -407,11 +441,16 @@ impl Listener {
     /// First route, in configuration order, that matches the request. No
     /// allocation; only the routes that can match the host are examined.
     pub fn route_request(&self, req: &RequestView<'_>) -> Option<&Route> {
+        self.lookup(req).map(|i| &self.routes[i])
+    }
+
+    /// [`Listener::route_request`]'s index into [`Listener::routes`].
+    pub(crate) fn lookup(&self, req: &RequestView<'_>) -> Option<usize> {
         self.index
             .candidates(req.host)
             .iter()
-            .map(|&i| &self.routes[i as usize])
-            .find(|r| r.matches_rest(req))
+            .map(|&i| i as usize)
+            .find(|&i| self.routes[i].matches_rest(req))
     }
 
     /// Host and target only (method `GET`, no headers): the lookup of the

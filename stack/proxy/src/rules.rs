@@ -233,6 +233,85 @@ impl Rewrite {
     }
 }
 
+/// What the allow rules that matched a request change: the listener's
+/// rule's, then the route's. Both apply (a route rule's changes never undo
+/// the listener's header hygiene): the fields either removes are left
+/// out, the listener's additions come first unless the route's rule
+/// removes that name, then the route's; for `rewrite_prefix` and `pool`
+/// the route's rule wins when it sets one. Two `Arc` clones per request,
+/// no allocation.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrites {
+    pub listener: Option<Arc<Rewrite>>,
+    pub route: Option<Arc<Rewrite>>,
+}
+
+impl Rewrites {
+    pub fn clear(&mut self) {
+        self.listener = None;
+        self.route = None;
+    }
+
+    fn both(&self) -> impl Iterator<Item = &Rewrite> {
+        self.listener.iter().chain(self.route.iter()).map(|r| &**r)
+    }
+
+    /// The pool a rule chose (the route's rule's first).
+    pub fn pool(&self) -> Option<&Arc<crate::lb::Upstream>> {
+        let route = self.route.as_ref().and_then(|r| r.pool.as_ref());
+        route.or_else(|| self.listener.as_ref().and_then(|r| r.pool.as_ref()))
+    }
+
+    /// The upstream target: the route's rule's `rewrite_prefix` if it has
+    /// one, else the listener's (see [`Rewrite::target`]).
+    pub fn target<'t>(&self, target: &'t str, buf: &'t mut String) -> &'t str {
+        let with_prefix = |r: &&Arc<Rewrite>| r.path_prefix.is_some();
+        match self.route.as_ref().filter(with_prefix) {
+            Some(r) => r.target(target, buf),
+            None => match &self.listener {
+                Some(l) => l.target(target, buf),
+                None => target,
+            },
+        }
+    }
+
+    pub fn strips_request(&self, name: &str) -> bool {
+        self.both().any(|r| r.strips_request(name))
+    }
+
+    pub fn strips_response(&self, name: &str) -> bool {
+        self.both().any(|r| r.strips_response(name))
+    }
+
+    pub fn add_request(&self, lines: &mut crate::http::HeaderLines<'_>) {
+        let route = self.route.as_deref();
+        if let Some(l) = &self.listener {
+            for (n, v) in &l.request_add {
+                if !route.is_some_and(|r| r.strips_request(n)) {
+                    lines.add(n, v.as_bytes());
+                }
+            }
+        }
+        if let Some(r) = route {
+            r.add_request(lines);
+        }
+    }
+
+    pub fn add_response(&self, lines: &mut crate::http::HeaderLines<'_>) {
+        let route = self.route.as_deref();
+        if let Some(l) = &self.listener {
+            for (n, v) in &l.response_add {
+                if !route.is_some_and(|r| r.strips_response(n)) {
+                    lines.add(n, v.as_bytes());
+                }
+            }
+        }
+        if let Some(r) = route {
+            r.add_response(lines);
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
@@ -382,7 +461,7 @@ pub fn normalized(path: &str) -> String {
 }
 
 /// Whether the path needs `normalize_path` (a fast test: most do not).
-fn needs_normalizing(path: &[u8]) -> bool {
+pub(crate) fn needs_normalizing(path: &[u8]) -> bool {
     path.contains(&b'%') || path.windows(2).any(|w| w == b"//" || w == b"/.")
 }
 
@@ -544,6 +623,36 @@ fn set_hits<'h>(set: Option<&RegexSet>, path: &[u8], hits: &'h mut Vec<bool>) ->
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Calls `f` with `path` as origins resolve it (see `normalize_path`),
+/// built in this thread's scratch (no allocation once grown). Bytes that
+/// are not UTF-8 once decoded stay `%XX` (routes match text).
+pub(crate) fn with_normalized<R>(path: &str, f: impl FnOnce(&str) -> R) -> R {
+    SCRATCH.with(|scratch| {
+        let mut guard = scratch.borrow_mut();
+        let Scratch {
+            decoded, path: out, ..
+        } = &mut *guard;
+        normalize_path(path.as_bytes(), decoded, out);
+        if let Ok(text) = std::str::from_utf8(out) {
+            return f(text);
+        }
+        decoded.clear();
+        for chunk in out.utf8_chunks() {
+            decoded.extend_from_slice(chunk.valid().as_bytes());
+            for &b in chunk.invalid() {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                decoded.extend_from_slice(&[
+                    b'%',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 15)],
+                ]);
+            }
+        }
+        // Valid by construction; an empty path routes nowhere (fails closed).
+        f(std::str::from_utf8(decoded).unwrap_or(""))
+    })
 }
 
 impl Rules {
@@ -1016,6 +1125,19 @@ mod tests {
             normalize_path(raw.as_bytes(), &mut tmp, &mut out);
             assert_eq!(String::from_utf8_lossy(&out), want, "{raw}");
         }
+    }
+
+    #[test]
+    fn with_normalized_keeps_bytes_that_are_not_utf8_encoded() {
+        for (raw, want) in [
+            ("/public/../partner/x", "/partner/x"),
+            ("/%70artner/x", "/partner/x"),
+            ("//partner/x", "/partner/x"),
+            ("/p/%ff/../%c3%a9/%ff", "/p/é/%FF"),
+        ] {
+            assert_eq!(with_normalized(raw, str::to_string), want, "{raw}");
+        }
+        assert!(!needs_normalizing(b"/partner/x") && needs_normalizing(b"//partner/x"));
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub struct StackStats {
     /// answered 401 (no token, or an invalid one).
     pub jwt_verified: u64,
     pub jwt_rejected: u64,
+    /// Requests refused (400) because their path routes elsewhere once
+    /// normalized, on listeners whose token or rules depend on the route.
+    pub ambiguous_paths: u64,
     /// Requests a route's canary split sent to the canary pool, and the
     /// canaries whose brake tripped.
     pub canary_requests: u64,
@@ -311,6 +314,7 @@ impl StackStats {
         self.responses_local += o.responses_local;
         self.jwt_verified += o.jwt_verified;
         self.jwt_rejected += o.jwt_rejected;
+        self.ambiguous_paths += o.ambiguous_paths;
         self.canary_requests += o.canary_requests;
         self.canary_brake_trips += o.canary_brake_trips;
         for (a, b) in self.responses_by_class.iter_mut().zip(o.responses_by_class) {
@@ -354,6 +358,7 @@ impl StackStats {
             ("responses_local", self.responses_local),
             ("jwt_verified", self.jwt_verified),
             ("jwt_rejected", self.jwt_rejected),
+            ("ambiguous_paths", self.ambiguous_paths),
             ("canary_requests", self.canary_requests),
             ("canary_brake_trips", self.canary_brake_trips),
             ("responses_2xx", self.responses_by_class[2]),

@@ -11,7 +11,13 @@ use ferrogate_proxy::jwt::{JwtAuth, JwtSettings};
 use ferrogate_proxy::rules::{PathTest, Rewrite, Rule, RuleAction, RuleMatch, Rules, ValueTest};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 
-const SECRET: &[u8] = b"route-rules-secret-of-32-bytes!!";
+/// Two providers with their own secret and issuer: a token of one never
+/// verifies with the other.
+const USERS: (&str, &[u8]) = ("https://users.example", b"route-rules-users-secret-32bytes");
+const PRIVATE: (&str, &[u8]) = (
+    "https://private.example",
+    b"route-rules-private-secret-32byt",
+);
 
 fn answer(status: u16, body: &str) -> Arc<DirectResponse> {
     Arc::new(DirectResponse {
@@ -31,10 +37,10 @@ fn prefix(p: &str) -> RuleMatch {
     }
 }
 
-fn provider(name: &str) -> Arc<JwtAuth> {
+fn provider(name: &str, (issuer, secret): (&str, &[u8])) -> Arc<JwtAuth> {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut k = String::new();
-    for c in SECRET.chunks(3) {
+    for c in secret.chunks(3) {
         let n = (u32::from(c[0]) << 16)
             | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
             | u32::from(*c.get(2).unwrap_or(&0));
@@ -46,31 +52,34 @@ fn provider(name: &str) -> Arc<JwtAuth> {
     let s = JwtSettings {
         name: name.into(),
         algorithms: vec![Algorithm::HS256],
-        issuer: None,
-        audience: None,
+        issuer: Some(issuer.into()),
+        audience: Some("edge".into()),
         clock_skew_s: 0,
     };
     Arc::new(JwtAuth::new(&s, &jwks).expect("provider").0)
 }
 
-fn token(role: &str) -> String {
+fn token((issuer, secret): (&str, &[u8]), role: &str) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         + 600;
-    let claims = serde_json::json!({ "sub": "u1", "role": role, "exp": exp });
+    let claims = serde_json::json!({
+        "sub": "u1", "role": role, "exp": exp, "iss": issuer, "aud": "edge"
+    });
     encode(
         &Header::new(Algorithm::HS256),
         &claims,
-        &EncodingKey::from_secret(SECRET),
+        &EncodingKey::from_secret(secret),
     )
     .unwrap()
 }
 
-/// Port 80: listener rules (a deny, an allow by header), routes with
-/// rules of their own, one with its own provider. Port 81: a listener
-/// provider, an exempt route, a route rule on a claim.
+/// Port 80: listener rules (a claim deny, a deny, an allow by header),
+/// routes with rules of their own, one with its own provider. Port 81: a
+/// listener provider, an exempt route, a route with another provider, a
+/// route rule on a claim.
 fn table() -> Arc<RouteTable> {
     let origin = Arc::new(Upstream::simple(
         "origin",
@@ -79,6 +88,15 @@ fn table() -> Arc<RouteTable> {
     ));
     let proxy = || RouteAction::Proxy(origin.clone());
     let listener_rules = Rules::new(vec![
+        // No provider on the listener: only a route's token has claims.
+        Rule::new(
+            "l-banned",
+            RuleMatch {
+                claims: vec![("role".into(), "banned".into())],
+                ..Default::default()
+            },
+            RuleAction::Deny(answer(403, "listener: banned")),
+        ),
         Rule::new(
             "l-blocked",
             prefix("/open/blocked/"),
@@ -93,7 +111,11 @@ fn table() -> Arc<RouteTable> {
             RuleAction::Allow,
         )
         .with_rewrite(Rewrite {
-            request_add: vec![("X-From".into(), "listener".into())],
+            request_remove: vec!["x-secret".into()],
+            request_add: vec![
+                ("X-From".into(), "listener".into()),
+                ("X-Listener-Only".into(), "1".into()),
+            ],
             ..Rewrite::default()
         }),
     ])
@@ -116,6 +138,7 @@ fn table() -> Arc<RouteTable> {
         rules: Rules::new(vec![
             Rule::new("v1-rewrite", prefix("/v1/"), RuleAction::Allow).with_rewrite(Rewrite {
                 path_prefix: Some(("/v1/".into(), "/".into())),
+                request_remove: vec!["x-listener-only".into()],
                 request_add: vec![("X-From".into(), "route".into())],
                 ..Rewrite::default()
             }),
@@ -125,8 +148,15 @@ fn table() -> Arc<RouteTable> {
     };
     let private = Route {
         path: PathMatch::Prefix("/private/".into()),
-        jwt: RouteJwt::Provider(provider("private")),
+        jwt: RouteJwt::Provider(provider("private", PRIVATE)),
         ..Route::new("private", proxy())
+    };
+    // Port 81: the listener's provider is `users`; this route needs
+    // `private`'s token instead.
+    let partner = Route {
+        path: PathMatch::Prefix("/partner/".into()),
+        jwt: RouteJwt::Provider(provider("private", PRIVATE)),
+        ..Route::new("partner", proxy())
     };
     let open = Route {
         rules: Rules::new(vec![Rule::new(
@@ -165,13 +195,13 @@ fn table() -> Arc<RouteTable> {
         1,
         vec![
             Listener::new(80, vec![admin, v1, private, open]).with_rules(listener_rules),
-            Listener::new(81, vec![acme, guarded]).with_jwt(provider("users")),
+            Listener::new(81, vec![acme, partner, guarded]).with_jwt(provider("users", USERS)),
         ],
         vec![origin.clone()],
     ))
 }
 
-fn hits(lab: &Lab, rule: &str) -> u64 {
+fn hits<P: ProxyHttp>(lab: &Lab<P>, rule: &str) -> u64 {
     let mut out = String::new();
     lab.edge.route_stats().render(&mut out);
     let key = format!("rule_{rule}_hits ");
@@ -203,21 +233,43 @@ fn route_rules_run_after_routing_and_the_listener_rules() {
         (r.status, r.body.as_slice()),
         (403, &b"listener says no"[..])
     );
-    // A route rule rewrites the path; its changes replace the listener
-    // allow's.
+    // A route rule rewrites the path; the listener allow's changes apply
+    // too, first: its removal of X-Secret holds, its additions go up
+    // unless the route's rule removes them.
     let before = lab.origin_requests.len();
-    let r = get(&mut lab, c, "/v1/item", "X-Trusted: yes\r\n");
+    let r = get(
+        &mut lab,
+        c,
+        "/v1/item",
+        "X-Trusted: yes\r\nX-Secret: s3cr3t\r\n",
+    );
     assert_eq!((r.status, r.body.as_slice()), (200, &b"origin:/item"[..]));
     let seen = &lab.origin_requests[before];
-    assert!(seen.contains("X-From: route\r\n"), "{seen}");
-    assert!(!seen.contains("X-From: listener"), "{seen}");
+    let at = |h: &str| seen.find(h).unwrap_or_else(|| panic!("{h} in {seen}"));
+    assert!(
+        at("X-From: listener\r\n") < at("X-From: route\r\n"),
+        "{seen}"
+    );
+    assert!(!seen.contains("s3cr3t"), "{seen}");
+    assert!(!seen.contains("X-Listener-Only"), "{seen}");
     // Without the route's rule the listener allow's changes hold.
     let before = lab.origin_requests.len();
     assert_eq!(
-        get(&mut lab, c, "/open/y", "X-Trusted: yes\r\n").status,
+        get(
+            &mut lab,
+            c,
+            "/open/y",
+            "X-Trusted: yes\r\nX-Secret: s3cr3t\r\n"
+        )
+        .status,
         200
     );
-    assert!(lab.origin_requests[before].contains("X-From: listener\r\n"));
+    let seen = &lab.origin_requests[before];
+    assert!(
+        seen.contains("X-From: listener\r\nX-Listener-Only: 1\r\n"),
+        "{seen}"
+    );
+    assert!(!seen.contains("s3cr3t"), "{seen}");
     assert!(
         lab.origin_requests.iter().all(|r| !r.contains("/admin/")),
         "denied requests never went upstream"
@@ -229,6 +281,44 @@ fn route_rules_run_after_routing_and_the_listener_rules() {
     assert_eq!(hits(&lab, "v1-rewrite"), 1);
 }
 
+/// The route that decides the token and the rules is the one the origin
+/// serves: a path that routes elsewhere once normalized (`..`, `%XX`,
+/// `//`) is refused, on a listener with per-route tokens or rules.
+#[test]
+fn a_path_that_routes_elsewhere_once_normalized_is_refused() {
+    let mut lab = Lab::with_routes(Origin::Serving, table(), |_| {});
+    let get = |lab: &mut Lab, port: u16, path: &str| {
+        let c = lab.connect_to(port);
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\n\r\n");
+        lab.exchange(c, req.as_bytes())
+    };
+    for path in [
+        "/open/../private/x",
+        "/%70rivate/x",
+        "//private/x",
+        "/x/../admin/y",
+        "/open/%2e%2e/admin/y",
+    ] {
+        let r = get(&mut lab, 80, path);
+        assert_eq!(r.status, 400, "{path}: {}", r.head);
+    }
+    // The exempt ACME route does not exempt what its path resolves to.
+    let r = get(&mut lab, 81, "/.well-known/acme-challenge/../../x");
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert_eq!(lab.origin_requests.len(), 0, "{:?}", lab.origin_requests);
+    // A path that normalizes to the same route goes on (as sent).
+    let r = get(&mut lab, 80, "/open/a/../%41");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"origin:/open/a/../%41"[..])
+    );
+    let r = get(&mut lab, 81, "/.well-known/acme-challenge/t");
+    assert_eq!(r.status, 200);
+    let s = lab.edge.stats();
+    assert_eq!(s.ambiguous_paths, 6);
+    assert_eq!((s.jwt_verified, s.jwt_rejected), (0, 0));
+}
+
 #[test]
 fn a_route_names_its_own_provider_or_is_exempt_from_the_listeners() {
     let mut lab = Lab::with_routes(Origin::Serving, table(), |_| {});
@@ -238,13 +328,15 @@ fn a_route_names_its_own_provider_or_is_exempt_from_the_listeners() {
         let req = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\n{auth}\r\n");
         lab.exchange(c, req.as_bytes())
     };
-    let admin = token("admin");
-    let user = token("user");
+    let admin = token(USERS, "admin");
+    let user = token(USERS, "user");
+    let private = token(PRIVATE, "admin");
     // Port 80 has no provider; its private route has one.
     let r = get(&mut lab, 80, "/private/x", None);
     assert_eq!(r.status, 401);
     assert!(r.head.contains("realm=\"private\""), "{}", r.head);
-    assert_eq!(get(&mut lab, 80, "/private/x", Some(&user)).status, 200);
+    assert_eq!(get(&mut lab, 80, "/private/x", Some(&private)).status, 200);
+    assert_eq!(get(&mut lab, 80, "/private/x", Some(&admin)).status, 401);
     assert_eq!(get(&mut lab, 80, "/open/x", None).status, 200);
     // Port 81 needs the listener's token, except on the exempt route.
     let r = get(&mut lab, 81, "/.well-known/acme-challenge/t", None);
@@ -255,8 +347,17 @@ fn a_route_names_its_own_provider_or_is_exempt_from_the_listeners() {
     // The claims reach the route's rules.
     assert_eq!(get(&mut lab, 81, "/x", Some(&admin)).status, 200);
     assert_eq!(get(&mut lab, 81, "/x", Some(&user)).status, 403);
+    // A route with another provider than its listener's: only that
+    // provider's token opens it, and its token opens nothing else.
+    let r = get(&mut lab, 81, "/partner/x", Some(&admin));
+    assert_eq!(r.status, 401);
+    assert!(r.head.contains("realm=\"private\""), "{}", r.head);
+    assert_eq!(get(&mut lab, 81, "/partner/x", Some(&private)).status, 200);
+    let r = get(&mut lab, 81, "/x", Some(&private));
+    assert_eq!(r.status, 401);
+    assert!(r.head.contains("realm=\"users\""), "{}", r.head);
     let s = lab.edge.stats();
-    assert_eq!((s.jwt_verified, s.jwt_rejected), (3, 2));
+    assert_eq!((s.jwt_verified, s.jwt_rejected), (4, 5));
 }
 
 /// Phases that route every request to the `private` route, whatever the
@@ -277,24 +378,33 @@ impl ProxyHttp for ToPrivate {
 }
 
 /// The token is checked before the rules with the default route lookup;
-/// phases that route elsewhere still get the chosen route's provider.
+/// phases that route elsewhere still get the chosen route's provider, and
+/// the listener's rules run again with its claims.
 #[test]
 fn phases_that_route_elsewhere_than_the_lookup_still_need_that_routes_token() {
     let mut lab = Lab::with_phases(Origin::Serving, table(), |_| {}, ToPrivate);
-    let c = lab.connect_to(80);
-    let r = lab.exchange(c, b"GET /open/x HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    let get = |lab: &mut Lab<ToPrivate>, tok: Option<&str>| {
+        let c = lab.connect_to(80);
+        let auth = tok.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let req = format!("GET /open/x HTTP/1.1\r\nHost: a.example\r\n{auth}\r\n");
+        lab.exchange(c, req.as_bytes())
+    };
+    let r = get(&mut lab, None);
     assert_eq!(r.status, 401, "{}", r.head);
     assert!(r.head.contains("realm=\"private\""), "{}", r.head);
-    let c = lab.connect_to(80);
-    let req = format!(
-        "GET /open/x HTTP/1.1\r\nHost: a.example\r\nAuthorization: Bearer {}\r\n\r\n",
-        token("user")
+    assert_eq!(get(&mut lab, Some(&token(PRIVATE, "user"))).status, 200);
+    // The listener's claim rule saw no claims before routing (the lookup's
+    // route needs no token); it sees the private provider's after.
+    let r = get(&mut lab, Some(&token(PRIVATE, "banned")));
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (403, &b"listener: banned"[..])
     );
-    assert_eq!(lab.exchange(c, req.as_bytes()).status, 200);
     assert_eq!(
         lab.origin_requests.len(),
         1,
-        "only the request with a token"
+        "only the request with a good token"
     );
     assert_eq!(lab.edge.stats().jwt_rejected, 1);
+    assert_eq!(hits(&lab, "l-banned"), 1);
 }

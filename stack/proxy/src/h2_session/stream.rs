@@ -110,7 +110,7 @@ pub(crate) struct H2Stream<P: ProxyHttp> {
     local_body: Vec<u8>,
     route_id: Option<usize>,
     /// What the allow rule that matched the request changes.
-    rewrite: Option<Arc<crate::rules::Rewrite>>,
+    rewrite: crate::rules::Rewrites,
     /// The route's canary split of this request, and its arm.
     canary: Option<(Arc<crate::canary::Canary>, bool)>,
     /// The rewritten upstream target, when a rule rewrites it.
@@ -168,7 +168,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             step: Step::Done,
             local_body: Vec::new(),
             route_id: None,
-            rewrite: None,
+            rewrite: crate::rules::Rewrites::default(),
             canary: None,
             target_buf: String::new(),
             started: now,
@@ -262,7 +262,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             .client
             .map(|a| a.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let info = RequestInfo {
+        let mut info = RequestInfo {
             view,
             target,
             http10: false,
@@ -273,13 +273,14 @@ impl<P: ProxyHttp> H2Stream<P> {
             request_id: &self.request_id[..self.request_id_len],
             client_sent_request_id: head::request_id(&req).is_some(),
             now: cx.now,
+            looked_up: None,
         };
         self.access.host.set(host.unwrap_or("").as_bytes());
         self.access.path.set(target.as_bytes());
         self.access.request_id.set(info.request_id);
         let route = match choose_route(
             cx,
-            &info,
+            &mut info,
             &mut self.pctx,
             &mut self.access,
             &mut self.rewrite,
@@ -296,9 +297,9 @@ impl<P: ProxyHttp> H2Stream<P> {
                 return self.respond_direct(cx, h2, peer, &d);
             }
             RouteAction::Proxy(upstream) => {
-                let mut pool = rewritten_pool(self.rewrite.as_deref(), upstream);
+                let mut pool = rewritten_pool(&self.rewrite, upstream);
                 if let Some(c) = &route.canary
-                    && self.rewrite.as_ref().is_none_or(|r| r.pool.is_none())
+                    && self.rewrite.pool().is_none()
                 {
                     let arm = canary_arm(c, &info, cx);
                     if arm {
@@ -326,23 +327,18 @@ impl<P: ProxyHttp> H2Stream<P> {
         let phases = cx.phases;
         let pctx = &mut self.pctx;
         self.request_head.clear();
-        let rw = self.rewrite.as_deref();
+        let rw = &self.rewrite;
         let upstream_req = crate::http::Request {
-            target: rw.map_or(req.target, |r| r.target(req.target, &mut self.target_buf)),
+            target: rw.target(req.target, &mut self.target_buf),
             ..req
         };
         let written = head::write_upstream_request(
             &upstream_req,
             false,
-            |name| {
-                phases.strip_request_header(&info, name)
-                    || rw.is_some_and(|r| r.strips_request(name))
-            },
+            |name| phases.strip_request_header(&info, name) || rw.strips_request(name),
             |lines| {
                 phases.upstream_request_filter(&info, pctx, lines);
-                if let Some(r) = rw {
-                    r.add_request(lines);
-                }
+                rw.add_request(lines);
             },
             &mut cx.stats.header_lines_refused,
             &mut self.request_head,
@@ -598,11 +594,8 @@ impl<P: ProxyHttp> H2Stream<P> {
         let mut fields = Vec::new();
         if status != 100 && head::response_fields(head, &mut fields).is_some() {
             // A rule's removals hold for early hints too.
-            if let Some(r) = &self.rewrite {
-                fields.retain(|(n, _)| {
-                    std::str::from_utf8(n).map_or(true, |n| !r.strips_response(n))
-                });
-            }
+            let rw = &self.rewrite;
+            fields.retain(|(n, _)| std::str::from_utf8(n).map_or(true, |n| !rw.strips_response(n)));
             let _ = h2.send_headers(self.id, status, &fields, false);
         }
         self.from_upstream.consume(head_len);
@@ -664,17 +657,15 @@ impl<P: ProxyHttp> H2Stream<P> {
             now: cx.now,
         };
         let pctx = &mut self.pctx;
-        let rw = self.rewrite.as_deref();
+        let rw = &self.rewrite;
         let ok = head::write_client_response(
             &self.from_upstream.filled()[..resp.head_len],
             true,
             false,
-            |name| rw.is_some_and(|r| r.strips_response(name)),
+            |name| rw.strips_response(name),
             |view, lines| {
                 phases.response_filter(view, &info, pctx, lines);
-                if let Some(r) = rw {
-                    r.add_response(lines);
-                }
+                rw.add_response(lines);
             },
             &mut cx.stats.header_lines_refused,
             &mut self.request_head,
