@@ -183,19 +183,11 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 "only HTTP listeners authenticate bearer tokens",
             );
         }
-        // Claims reach the listener's rules from its provider, or from the
-        // provider of the route a request is headed for.
         let route_providers = l
             .routes
             .iter()
             .any(|r| r.jwt.as_ref().is_some_and(|n| n.get_ref() != NO_JWT));
-        if jwt.is_none() && !route_providers && l.rules.iter().any(|r| !r.jwt_claims.is_empty()) {
-            rep.at(
-                l.port.span(),
-                format!("listeners[{i}].rules"),
-                "a rule with jwt_claims needs a `jwt` provider (the listener's or one of its routes')",
-            );
-        }
+        check_listener_claims(i, l, rep);
         let rules = check_rules(
             &format!("listeners[{i}]"),
             &l.rules,
@@ -365,23 +357,34 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 .canary
                 .as_ref()
                 .and_then(|c| check_canary(&field, &name, c, &action, &pools, rep));
-            let route_jwt = route_jwt(&field, r, jwt.as_ref(), &jwt_providers, rep);
+            let route_jwt = route_jwt(
+                &field,
+                r,
+                l.jwt.is_some(),
+                jwt.as_ref(),
+                &jwt_providers,
+                rep,
+            );
             let has_token = match &route_jwt {
                 RouteJwt::Listener => jwt.is_some(),
                 RouteJwt::Exempt => false,
                 RouteJwt::Provider(_) => true,
             };
             for (k, rule) in r.rules.iter().enumerate() {
-                if !has_token && !rule.jwt_claims.is_empty() {
+                if let Some(claims) = claims_span(rule)
+                    && !has_token
+                {
                     rep.at(
-                        rule.name.span(),
+                        claims,
                         format!("{field}.rules[{k}].jwt_claims"),
                         "needs a `jwt` provider on the route, or on its listener (and the route not exempt with \"none\")",
                     );
                 }
-                if r.respond.is_some() && rewrites(rule) {
+                if r.respond.is_some()
+                    && let Some(changes) = changes_span(rule)
+                {
                     rep.at(
-                        rule.name.span(),
+                        changes,
                         format!("{field}.rules[{k}]"),
                         "a rule's changes (headers, rewrite_prefix, pool) apply to proxied requests: this route responds itself",
                     );

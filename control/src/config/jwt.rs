@@ -147,13 +147,16 @@ pub(super) fn listener_jwt(
 }
 
 /// A route's `jwt` (`field` = `listeners[i].routes[j]`): a provider, or
-/// `"none"` on a listener that has one. The listener's own provider is
+/// `"none"` on a listener that names one (`listener_named`: its `jwt` is
+/// set, even to an unknown provider, reported there). The listener's own
+/// provider is
 /// taken as no `jwt` (no route lookup before the token for it). An
 /// unknown name is reported and taken as `"none"` (the file is refused
 /// anyway).
 pub(super) fn route_jwt(
     field: &str,
     r: &RouteSection,
+    listener_named: bool,
     listener: Option<&Arc<JwtAuth>>,
     providers: &[(String, Arc<JwtAuth>)],
     rep: &mut Reporter<'_>,
@@ -168,7 +171,7 @@ pub(super) fn route_jwt(
             None => RouteJwt::Exempt,
         };
     }
-    if listener.is_none() {
+    if !listener_named {
         rep.at(
             name.span(),
             format!("{field}.jwt"),

@@ -160,15 +160,17 @@ pool = "nope"
         "listeners[0].routes[0].rules[1].path_regex",
         "invalid regex",
     );
+    // At the change (`pool`, line 36), not the rule's name (34).
     has(
         &e,
-        34,
+        36,
         "listeners[0].routes[0].rules[2]",
         "this route responds itself",
     );
+    // At `jwt_claims` (line 39), not the rule's name (38).
     has(
         &e,
-        38,
+        39,
         "listeners[0].routes[0].rules[3].jwt_claims",
         "needs a `jwt` provider",
     );
@@ -324,8 +326,115 @@ action = "allow"
     .unwrap_err();
     has(
         &e,
-        26,
+        27,
         "listeners[0].routes[0].rules[0].jwt_claims",
         "not exempt",
     );
+}
+
+/// A listener rule on claims sees the token its request was checked
+/// with: on a listener whose routes name another provider it would take
+/// that provider's claims for the listener's, so it is refused.
+#[test]
+fn listener_claim_rules_need_the_listeners_provider_and_no_route_naming_another() {
+    let e = try_compile(&format!(
+        "{BASE}{}",
+        r#"
+[[jwt]]
+name = "others"
+jwks = "jwks.example.json"
+
+[[listeners]]
+port = 80
+jwt = "partners"
+[[listeners.rules]]
+name = "admins"
+jwt_claims = { scope = "admin" }
+action = "allow"
+[[listeners.routes]]
+name = "other"
+path_prefix = "/other/"
+jwt = "others"
+upstream = "origin"
+[[listeners.routes]]
+name = "rest"
+upstream = "origin"
+
+[[listeners]]
+port = 81
+[[listeners.rules]]
+name = "writers"
+jwt_claims = { scope = "write" }
+action = "allow"
+[[listeners.routes]]
+name = "partner"
+jwt = "partners"
+upstream = "origin"
+"#
+    ))
+    .map(|_| ())
+    .unwrap_err();
+    has(
+        &e,
+        27,
+        "listeners[0].rules[0].jwt_claims",
+        "provider \"others\"",
+    );
+    has(
+        &e,
+        42,
+        "listeners[1].rules[0].jwt_claims",
+        "needs the listener's `jwt` provider",
+    );
+    assert_eq!(e.len(), 2, "{e:#?}");
+    // The listener's own provider named again, or "none", is fine.
+    try_compile(&format!(
+        "{BASE}{}",
+        r#"
+[[listeners]]
+port = 80
+jwt = "partners"
+[[listeners.rules]]
+name = "admins"
+jwt_claims = { scope = "admin" }
+action = "allow"
+[[listeners.routes]]
+name = "health"
+path_exact = "/health"
+jwt = "none"
+upstream = "origin"
+[[listeners.routes]]
+name = "same"
+jwt = "partners"
+upstream = "origin"
+"#
+    ))
+    .unwrap_or_else(|e| panic!("{e:#?}"));
+}
+
+/// An unknown listener provider is reported once, at the listener: a
+/// route's `jwt = "none"` there is not "a listener without one".
+#[test]
+fn none_on_a_listener_naming_an_unknown_provider_is_not_reported_again() {
+    let e = try_compile(&format!(
+        "{BASE}{}",
+        r#"
+[[listeners]]
+port = 80
+jwt = "nobody"
+[[listeners.routes]]
+name = "health"
+jwt = "none"
+upstream = "origin"
+"#
+    ))
+    .map(|_| ())
+    .unwrap_err();
+    has(
+        &e,
+        20,
+        "listeners[0].jwt",
+        "no [[jwt]] provider named \"nobody\"",
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
 }

@@ -70,10 +70,65 @@ pub(super) fn check_rules(
 /// Whether a rule of the list changes what it lets through (headers, the
 /// path or the pool).
 pub(super) fn rewrites(r: &RuleSection) -> bool {
-    r.request_headers.is_some()
-        || r.response_headers.is_some()
-        || r.rewrite_prefix.is_some()
-        || r.pool.is_some()
+    changes_span(r).is_some()
+}
+
+/// Where the first of a rule's changes (`request_headers`,
+/// `response_headers`, `rewrite_prefix`, `pool`) is written, if any.
+pub(super) fn changes_span(r: &RuleSection) -> Option<Range<usize>> {
+    [
+        r.request_headers.as_ref().map(|h| h.span()),
+        r.response_headers.as_ref().map(|h| h.span()),
+        r.rewrite_prefix.as_ref().map(|p| p.span()),
+        r.pool.as_ref().map(|p| p.span()),
+    ]
+    .into_iter()
+    .flatten()
+    .min_by_key(|s| s.start)
+}
+
+/// Where a rule's `jwt_claims` are written (its first claim), if it has
+/// any.
+pub(super) fn claims_span(r: &RuleSection) -> Option<Range<usize>> {
+    r.jwt_claims
+        .values()
+        .map(|v| v.span())
+        .min_by_key(|s| s.start)
+}
+
+/// A listener's rules on `jwt_claims` see the claims of the token the
+/// request was checked with: the listener's provider's, unless its route
+/// names another. Such a rule would then accept any provider's tokens for
+/// claims meant for the listener's (`scope = "admin"` of another issuer),
+/// so it needs the listener's provider and no route naming another; claims
+/// of a route's own provider are tested in that route's rules.
+pub(super) fn check_listener_claims(i: usize, l: &ListenerSection, rep: &mut Reporter<'_>) {
+    let listener = l.jwt.as_ref().map(|n| n.get_ref().as_str());
+    let other = l.routes.iter().find_map(|r| {
+        let name = r.jwt.as_ref()?.get_ref().as_str();
+        (name != super::jwt::NO_JWT && Some(name) != listener).then_some(name)
+    });
+    for (k, r) in l.rules.iter().enumerate() {
+        let Some(at) = claims_span(r) else {
+            continue;
+        };
+        let field = format!("listeners[{i}].rules[{k}].jwt_claims");
+        if listener.is_none() {
+            rep.at(
+                at,
+                field,
+                "a listener rule on jwt_claims needs the listener's `jwt` provider (claims of a route's own provider are tested in that route's rules)",
+            );
+        } else if let Some(other) = other {
+            rep.at(
+                at,
+                field,
+                format!(
+                    "a route of this listener needs provider {other:?}'s tokens: a listener rule on jwt_claims would accept that provider's claims too; test them in the routes' rules"
+                ),
+            );
+        }
+    }
 }
 
 fn check_rule(

@@ -204,7 +204,8 @@ fn edge_example_compiles_every_new_key() {
             "partner-admin",
             "partner-no-admin",
             "partner-writes",
-            "partner-read-only"
+            "partner-read-only",
+            "partner-no-forged-access"
         ]
     );
     let ids: Vec<_> = t.rules().map(|r| r.id).collect();
@@ -222,6 +223,13 @@ fn edge_example_compiles_every_new_key() {
     assert!(partners.jwt_by_route());
     let api_rules = t.routes().find(|r| r.name == "api").unwrap().rules.rules();
     assert_eq!(api_rules.len(), 2);
+    // The partner API's last rule strips a client-sent X-Partner-Access
+    // (only partner-writes sets it).
+    let partner_api = t.routes().find(|r| r.name == "partner-api").unwrap();
+    let last = partner_api.rules.rules().last().unwrap();
+    assert!(last.matches.path.is_none() && last.matches.methods.is_empty());
+    let strips = last.rewrite.as_ref().unwrap();
+    assert!(strips.strips_request("x-partner-access"));
     let legacy = t.rules().nth(4).and_then(|r| r.rewrite.as_ref()).unwrap();
     assert!(legacy.pool.is_some() && legacy.path_prefix.is_some());
     assert_eq!(
