@@ -237,6 +237,7 @@ audience = "edge"
 
 [[listeners]]
 port = 81
+http2 = true
 
 [[listeners.routes]]
 name = "partner"
@@ -408,6 +409,31 @@ fn bearer_tokens_from_a_jwks_guard_the_listener() {
                 .0,
             403
         );
+        // Over h2 too: the exempt route without a token, the route with
+        // its own provider without and with one.
+        let h2 = "--http2-prior-knowledge";
+        let (s, head) = lab.status_head(&[h2, &url("/health")]);
+        assert_eq!(s, 200, "{head}");
+        assert!(head.starts_with("HTTP/2 "), "{head}");
+        let (s, head) = lab.status_head(&[h2, &on81("/partner/x")]);
+        assert_eq!(s, 401, "{head}");
+        assert!(head.contains("realm=\"partners\""), "{head}");
+        let (s, head) = lab.status_head(&[h2, "-H", &bearer(&admin), &on81("/partner/x")]);
+        assert_eq!(s, 200, "{head}");
+        // A path the public route matches as sent, but the origin
+        // resolves under /partner/: refused (400), never the origin's
+        // /partner/x without a token; over HTTP/1.1 and h2.
+        for path in ["/public/../partner/x", "/%70artner/x", "//partner/x"] {
+            for proto in ["--http1.1", h2] {
+                let (s, head) = lab.status_head(&["--path-as-is", proto, &on81(path)]);
+                assert_eq!(s, 400, "{path} {proto}: {head}");
+            }
+        }
+        // One that resolves to the same route goes on.
+        let (s, head) = lab.status_head(&["--path-as-is", &on81("/public/../x")]);
+        assert_eq!(s, 200, "{head}");
+        let st = engine.stats_until(|s| s.get("stack_ambiguous_paths") == Some(&6));
+        assert_eq!(st["stack_ambiguous_paths"], 6, "{st:?}");
         // A rate limit per subject (1/s, burst 2): a third request at once
         // is 429 for that subject, another subject still passes.
         std::thread::sleep(Duration::from_millis(2100));

@@ -82,6 +82,13 @@ pool = "echo"
 request_headers = { set = { "X-Env" = "edge" }, add = { "X-Via-Rule" = "v1-api" }, remove = ["X-Secret"] }
 response_headers = { add = { "X-Served-By" = "ferrogate" }, remove = ["X-Origin"] }
 
+# Header hygiene for the shop, kept when a shop route rule has changes.
+[[listeners.rules]]
+name = "shop-hygiene"
+path_prefix = "/shop/"
+action = "allow"
+request_headers = { add = { "X-Hygiene" = "listener" }, remove = ["X-Secret"] }
+
 # A route with rules of its own, evaluated after the listener's.
 [[listeners.routes]]
 name = "shop"
@@ -274,19 +281,38 @@ fn rules_deny_allow_and_redirect_before_routing_and_are_counted() {
         let (s, _, body) = get(&lab, &[&url("/shop/cart")]);
         assert_eq!(s, 200, "{body}");
         assert!(body.contains("path=/shop/cart"), "{body}");
-        // A route rule's rewrite and pool, over HTTP/1.1 and h2c.
+        // A route rule's rewrite and pool, over HTTP/1.1 and h2c; the
+        // listener allow's changes apply too (X-Secret removed, its
+        // addition kept).
         for proto in ["--http1.1", "--http2-prior-knowledge"] {
-            let (s, _, body) = get(&lab, &[proto, &url("/shop/v2/headers")]);
+            let (s, _, body) = get(
+                &lab,
+                &[proto, "-H", "X-Secret: s3cret", &url("/shop/v2/headers")],
+            );
             assert_eq!(s, 200, "{proto}: {body}");
             let body = body.to_ascii_lowercase();
             assert!(body.contains("x-route-rule: shop-v2"), "{proto}: {body}");
+            assert!(body.contains("x-hygiene: listener"), "{proto}: {body}");
+            assert!(!body.contains("s3cret"), "{proto}: {body}");
         }
-        let stats = engine.stats_until(|s| s.get("rule_shop-v2_hits") == Some(&2));
+        // A path routed to the origin as sent but to the shop once
+        // resolved would skip the shop's rules: refused (400).
+        for path in ["/x/../shop/cart?debug=1", "/%73hop/cart?debug=1"] {
+            for proto in ["--http1.1", "--http2-prior-knowledge"] {
+                let (s, _, body) = get(&lab, &["--path-as-is", proto, &url(path)]);
+                assert_eq!(s, 400, "{path} {proto}: {body}");
+            }
+        }
+        let stats = engine.stats_until(|s| {
+            s.get("rule_shop-v2_hits") == Some(&2) && s.get("stack_ambiguous_paths") == Some(&4)
+        });
         let hits = |r: &str| stats.get(&format!("rule_{r}_hits")).copied();
         assert_eq!(hits("shop-no-debug"), Some(2), "{stats:?}");
         assert_eq!(hits("shop-open"), Some(1), "not for the listener's deny");
         assert_eq!(hits("sqlmap"), Some(2));
         assert_eq!(hits("trusted"), Some(2));
+        assert_eq!(hits("shop-hygiene"), Some(4), "{stats:?}");
+        assert_eq!(stats.get("stack_ambiguous_paths"), Some(&4), "{stats:?}");
 
         // The access log names the rule and its tag.
         let log = lab.state_dir().join("access.log");
