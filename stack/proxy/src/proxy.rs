@@ -15,6 +15,7 @@ use crate::error::ProxyError;
 use crate::http::HeaderSlots;
 use crate::http::head;
 use crate::http::{BodyFraming, ByteBuf, ChunkedDecoder, RequestHead, RequestView};
+use crate::jwt::JwtAuth;
 use crate::lb::Upstream;
 use crate::lb::conn_pool::ConnPool;
 use crate::lb::{Balancer, UpstreamRegistry};
@@ -327,18 +328,21 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
         .route
         .set(route.map(|r| r.name.as_bytes()).unwrap_or(b""));
     // The phases routed where the lookup above did not: that route's
-    // provider holds (a token of another provider does not do), and the
-    // listener's rules, which saw the other provider's claims (or none),
-    // run again with its own.
+    // provider holds (a token of another provider does not do; an exempt
+    // route has no claims), and the listener's rules, which saw the other
+    // provider's claims (or none), run again with its own.
     if by_route
         && let Some(l) = listener
-        && let Some(jwt) = l.jwt_for(route)
-        && !provider.is_some_and(|p| Arc::ptr_eq(p, jwt))
+        && let chosen = l.jwt_for(route)
+        && !same_provider(provider, chosen)
     {
-        match verify_bearer(cx.stats, jwt, info) {
-            Ok(c) => claims = Some(c),
-            Err(answer) => return Routing::Respond(answer),
-        }
+        claims = match chosen {
+            Some(jwt) => match verify_bearer(cx.stats, jwt, info) {
+                Ok(c) => Some(c),
+                Err(answer) => return Routing::Respond(answer),
+            },
+            None => None,
+        };
         access.rule.clear();
         access.tag.clear();
         if let Some(answer) = apply_rules(
@@ -373,6 +377,13 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
             Routing::Route(route)
         }
         None => Routing::NoRoute,
+    }
+}
+
+fn same_provider(a: Option<&Arc<JwtAuth>>, b: Option<&Arc<JwtAuth>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (a, b) => a.is_none() && b.is_none(),
     }
 }
 
