@@ -144,6 +144,9 @@ pub struct NetStats {
     /// the edge reclaimed, and took the SYN for a stray): reset and resent. Rare while timestamps are on (the origin sees the
     /// SYN's timestamp is newer and reuses the 4-tuple at once).
     pub tcp_syn_stale_acks: u64,
+    /// Segments refused by PAWS (RFC 7323: a timestamp older than the last
+    /// one taken — an old duplicate), answered by an ACK and dropped.
+    pub tcp_paws_rejected: u64,
     /// Transmit buffers grown because they capped a connection's flight.
     pub tcp_tx_buffers_grown: u64,
     /// Receive buffers grown because their window capped the peer's.
@@ -178,7 +181,7 @@ impl NetStats {
     }
 
     /// Name/value pairs in a stable order, for printing and metrics.
-    pub fn fields(&self) -> [(&'static str, u64); 29] {
+    pub fn fields(&self) -> [(&'static str, u64); 30] {
         let o = self.rx_outcomes();
         [
             ("rx_frames", self.rx_frames),
@@ -206,6 +209,7 @@ impl NetStats {
             ("tcp_fast_retransmits", self.tcp_fast_retransmits),
             ("tcp_retransmit_timeouts", self.tcp_retransmit_timeouts),
             ("tcp_syn_stale_acks", self.tcp_syn_stale_acks),
+            ("tcp_paws_rejected", self.tcp_paws_rejected),
             ("tcp_tx_buffers_grown", self.tcp_tx_buffers_grown),
             ("tcp_rx_buffers_grown", self.tcp_rx_buffers_grown),
             ("tcp_buffer_growth_refused", self.tcp_buffer_growth_refused),
@@ -243,6 +247,7 @@ impl NetStats {
             tcp_fast_retransmits,
             tcp_retransmit_timeouts,
             tcp_syn_stale_acks,
+            tcp_paws_rejected,
             tcp_tx_buffers_grown,
             tcp_rx_buffers_grown,
             tcp_buffer_growth_refused,
@@ -273,6 +278,7 @@ impl NetStats {
         self.tcp_fast_retransmits += tcp_fast_retransmits;
         self.tcp_retransmit_timeouts += tcp_retransmit_timeouts;
         self.tcp_syn_stale_acks += tcp_syn_stale_acks;
+        self.tcp_paws_rejected += tcp_paws_rejected;
         self.tcp_tx_buffers_grown += tcp_tx_buffers_grown;
         self.tcp_rx_buffers_grown += tcp_rx_buffers_grown;
         self.tcp_buffer_growth_refused += tcp_buffer_growth_refused;
@@ -478,6 +484,7 @@ impl Net {
             self.stats.tcp_fast_retransmits,
             self.stats.tcp_retransmit_timeouts,
             self.stats.tcp_syn_stale_acks,
+            self.stats.tcp_paws_rejected,
         ) = self.sockets.retransmissions();
         let growth = self.sockets.growth();
         self.stats.tcp_tx_buffers_grown = growth.tx_grown;

@@ -79,7 +79,7 @@ pub(crate) struct SocketTable {
     parked: usize,
     buffers_allocated: u64,
     /// Fast retransmits and retransmission timeouts of recycled sockets.
-    retransmissions: (u64, u64, u64),
+    retransmissions: (u64, u64, u64, u64),
     rx_size: usize,
     tx_size: usize,
     tx_size_max: usize,
@@ -153,7 +153,7 @@ impl SocketTable {
             spare: Vec::with_capacity(SPARE_BUFFERS),
             parked: 0,
             buffers_allocated: 0,
-            retransmissions: (0, 0, 0),
+            retransmissions: (0, 0, 0, 0),
             rx_size: cfg.tcp_rx_buffer,
             tx_size: cfg.tcp_tx_buffer,
             tx_size_max: cfg.tcp_tx_buffer_max.max(cfg.tcp_tx_buffer),
@@ -179,7 +179,7 @@ impl SocketTable {
 
     /// Fast retransmits and retransmission timeouts of the connections
     /// whose sockets were recycled so far.
-    pub(crate) fn retransmissions(&self) -> (u64, u64, u64) {
+    pub(crate) fn retransmissions(&self) -> (u64, u64, u64, u64) {
         self.retransmissions
     }
 
@@ -452,6 +452,7 @@ impl SocketTable {
         self.retransmissions.0 += u64::from(fast);
         self.retransmissions.1 += u64::from(timeouts);
         self.retransmissions.2 += u64::from(stale_syn_acks);
+        self.retransmissions.3 += u64::from(sock.take_paws_rejected());
         self.timers.cancel(id);
         self.park_if_idle(id);
         self.idle.push(id);

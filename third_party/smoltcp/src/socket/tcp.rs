@@ -19,6 +19,7 @@ use crate::wire::{
 };
 
 mod congestion;
+mod rack;
 mod scoreboard;
 
 macro_rules! tcp_trace {
@@ -565,13 +566,13 @@ pub struct Socket<'a> {
     /// In loss recovery until `local_seq_no` reaches this (the highest
     /// sequence number sent when it began: RFC 6582's `recover`).
     recovery_high: Option<TcpSeqNumber>,
-    /// The next sequence number loss recovery may retransmit from.
+    /// Without SACK (NewReno): the next sequence number loss recovery may
+    /// retransmit from.
     rexmit_next: TcpSeqNumber,
-    /// The highest sequence number sent when recovery last ran out of
-    /// holes to resend: three segments' worth SACKed above it (data sent
-    /// after those retransmissions) with the holes still open means a
-    /// retransmission was lost, and the holes are resent again.
-    rexmit_pass_high: Option<TcpSeqNumber>,
+    /// Send times of what is in flight and RACK's loss verdicts (RFC 8985;
+    /// with SACK), and when its reordering window next runs out.
+    rack: rack::Rack,
+    rack_at: Option<Instant>,
     /// After a retransmission timeout, the highest sequence number sent
     /// before it: duplicate ACKs below it are echoes of the old flight, not
     /// a new loss (RFC 6582 §4.1), and no probe or limited transmit runs.
@@ -605,6 +606,8 @@ pub struct Socket<'a> {
     /// SYNs a peer answered with an old connection's ACK (a 4-tuple it
     /// still holds in TIME-WAIT), reset and resent.
     stale_syn_acks: u32,
+    /// Segments PAWS refused (an old duplicate's timestamp).
+    paws_rejected: u32,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -711,7 +714,8 @@ impl<'a> Socket<'a> {
             scoreboard: scoreboard::Scoreboard::default(),
             recovery_high: None,
             rexmit_next: TcpSeqNumber::default(),
-            rexmit_pass_high: None,
+            rack: rack::Rack::default(),
+            rack_at: None,
             rto_recover: None,
             tlp_at: None,
             tlp_pending: false,
@@ -723,6 +727,7 @@ impl<'a> Socket<'a> {
             fast_retransmits: 0,
             timeouts: 0,
             stale_syn_acks: 0,
+            paws_rejected: 0,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -944,6 +949,16 @@ impl<'a> Socket<'a> {
         self.ts_enabled
     }
 
+    /// ferrogate patch: the peer's MSS option, at most what our own MTU
+    /// carries (every segment is cut to both anyway; windows and thresholds
+    /// counted in segments must count the segments sent).
+    fn usable_mss(cx: &Context, ip_repr: &IpRepr, announced: u16) -> usize {
+        let local = cx
+            .ip_mtu()
+            .saturating_sub(ip_repr.header_len() + TCP_HEADER_LEN);
+        usize::from(announced).min(local).max(MIN_REMOTE_MSS)
+    }
+
     /// ferrogate patch: the sender's maximum segment size (RFC 5681 SMSS):
     /// the peer's MSS less the timestamp option every segment carries, so
     /// windows and thresholds counted in segments count the ones sent (IW10
@@ -1000,6 +1015,31 @@ impl<'a> Socket<'a> {
         if not_older && not_ahead {
             self.last_remote_tsval = timestamp.tsval;
         }
+    }
+
+    /// PAWS (RFC 7323 §5.3 R1): a segment whose timestamp is older than
+    /// TS.Recent is an old duplicate (its sequence numbers may have wrapped
+    /// into the window) and is not acceptable. RSTs are exempt (as in
+    /// Linux: they should not carry timestamps), and TS.Recent is no longer
+    /// trusted after 24 days without a segment (§5.5).
+    fn paws_rejects(&self, repr: &TcpRepr, now: Instant) -> bool {
+        const TS_RECENT_LIFETIME: Duration = Duration::from_secs(24 * 24 * 3600);
+        let Some(ts) = repr.timestamp else {
+            return false;
+        };
+        self.ts_enabled
+            && repr.control != TcpControl::Rst
+            && self.last_remote_tsval != 0
+            && (ts.tsval.wrapping_sub(self.last_remote_tsval) as i32) < 0
+            && self
+                .remote_last_ts
+                .is_none_or(|t| now < t + TS_RECENT_LIFETIME)
+    }
+
+    /// Segments refused by PAWS since the last call (ferrogate patch:
+    /// harvested with the retransmission counts).
+    pub fn take_paws_rejected(&mut self) -> u32 {
+        mem::take(&mut self.paws_rejected)
     }
 
     /// Set an algorithm for congestion control.
@@ -1298,7 +1338,8 @@ impl<'a> Socket<'a> {
         self.pending_fast_retransmit = false;
         self.scoreboard.clear();
         self.recovery_high = None;
-        self.rexmit_pass_high = None;
+        self.rack = rack::Rack::default();
+        self.rack_at = None;
         self.rto_recover = None;
         self.tlp_at = None;
         self.tlp_pending = false;
@@ -1788,24 +1829,95 @@ impl<'a> Socket<'a> {
         self.remote_last_seq - self.local_seq_no
     }
 
-    /// The next retransmission of loss recovery, if it is due: the first
-    /// hole at or after `rexmit_next` the peer SACKed data above, or (no
-    /// SACK information) the segment at SND.UNA once per partial ACK.
+    /// The next retransmission of loss recovery, if it is due: with SACK
+    /// information, the first bytes RACK found lost or a hole below the
+    /// highest SACKed byte not resent yet; without, the segment at SND.UNA
+    /// once per partial ACK.
     fn next_rexmit(&self) -> Option<(TcpSeqNumber, usize)> {
         let high = self.recovery_high?;
-        let from = self.rexmit_next.max(self.local_seq_no);
-        if from >= high {
-            return None;
+        if !self.sack_recovery() {
+            let from = self.rexmit_next.max(self.local_seq_no);
+            return (from == self.local_seq_no && from < high).then(|| (from, high - from));
         }
-        if self.scoreboard.is_empty() {
-            return (from == self.local_seq_no).then(|| (from, high - from));
+        self.rack
+            .next_to_resend(self.local_seq_no, &self.scoreboard, self.fack_limit(high))
+    }
+
+    /// Tells RACK what an ACK delivered for the first time: the bytes it
+    /// acknowledges cumulatively that were not SACKed before (`old`: the
+    /// scoreboard before the ACK), and what its SACK blocks added to the
+    /// scoreboard (a block a full board dropped is not taken as delivered).
+    fn rack_delivered(
+        &mut self,
+        old: &scoreboard::Scoreboard,
+        ack_number: TcpSeqNumber,
+        repr: &TcpRepr,
+        now: Instant,
+    ) {
+        let echoed = self
+            .rtt_from_echo(now, repr)
+            .map(|ms| now - Duration::from_millis(u64::from(ms)));
+        let (rack, board) = (&mut self.rack, &self.scoreboard);
+        if ack_number > self.local_seq_no {
+            old.for_each_unsacked(self.local_seq_no, ack_number, |s, e| {
+                rack.on_delivered(s, e, now, echoed)
+            });
         }
-        // Once in recovery (three duplicate ACKs), every hole below the
-        // highest SACKed byte counts as lost (Linux's FACK): at the loss
-        // rates of real paths, waiting for three segments above each hole
-        // left the later holes to the retransmission timer.
-        let (start, len) = self.scoreboard.next_hole(from)?;
-        (start < high).then(|| (start, len.min(high - start)))
+        for &(left, right) in repr.sack_ranges.iter().flatten() {
+            let (start, end) = (TcpSeqNumber(left as i32), TcpSeqNumber(right as i32));
+            if end <= start || start < ack_number {
+                continue;
+            }
+            old.for_each_unsacked(start, end, |s, e| {
+                board.for_each_sacked(s, e, |s, e| rack.on_delivered(s, e, now, echoed))
+            });
+        }
+        rack.end_ack();
+        rack.advance(ack_number);
+    }
+
+    /// Loss recovery follows the SACK scoreboard and RACK's verdicts.
+    fn sack_recovery(&self) -> bool {
+        !self.scoreboard.is_empty() || self.rack.has_lost(&self.scoreboard)
+    }
+
+    /// Once in recovery every hole below the highest SACKed byte counts as
+    /// lost (Linux's FACK; RACK with no reordering window agrees): at the
+    /// loss rates of real paths, waiting for three segments above each
+    /// hole left the later holes to the retransmission timer.
+    fn fack_limit(&self, high: TcpSeqNumber) -> TcpSeqNumber {
+        self.scoreboard
+            .highest()
+            .map_or(self.local_seq_no, |h| h.min(high))
+    }
+
+    /// RACK's loss detection (RFC 8985 §6.2 step 5) after an ACK or when
+    /// its timer runs out: bytes found lost start recovery, or are resent
+    /// in it.
+    fn rack_detect(&mut self, now: Instant) {
+        self.rack_at = None;
+        if !self.remote_has_sack || self.rto_recover.is_some() {
+            return;
+        }
+        let certain = self.recovery_high.is_some()
+            || self.scoreboard.sacked_above(self.local_seq_no) >= 3 * self.smss();
+        let srtt = match self.rtte.have_measurement {
+            true => Duration::from_millis(u64::from(self.rtte.smoothed_rtt())),
+            false => Duration::MAX,
+        };
+        let reo_wnd = self.rack.reo_wnd(certain, srtt);
+        let v = self.rack.detect(now, &self.scoreboard, reo_wnd);
+        self.rack_at = v.timer;
+        if self.recovery_high.is_none() {
+            if (v.newly_lost || self.rack.has_lost(&self.scoreboard))
+                && self.flight_size() > 0
+                && !matches!(self.timer, Timer::FastRetransmit)
+            {
+                self.timer.set_for_fast_retransmit();
+            }
+        } else if v.newly_lost && self.may_rexmit() {
+            self.pending_fast_retransmit = true;
+        }
     }
 
     /// Arms the tail loss probe (RFC 8985 §7.2): PTO = 2·SRTT (at least
@@ -1836,16 +1948,15 @@ impl<'a> Socket<'a> {
     /// the flight size.
     fn pipe(&self) -> usize {
         let flight = self.flight_size();
-        if self.recovery_high.is_none() || self.scoreboard.is_empty() {
+        let Some(high) = self.recovery_high else {
+            return flight;
+        };
+        if !self.sack_recovery() {
             return flight;
         }
-        let from = self.rexmit_next.max(self.local_seq_no);
-        let lost = match self.scoreboard.highest() {
-            Some(high) if high > from => {
-                (high - from).saturating_sub(self.scoreboard.sacked_above(from))
-            }
-            _ => 0,
-        };
+        let lost =
+            self.rack
+                .to_resend_bytes(self.local_seq_no, &self.scoreboard, self.fack_limit(high));
         flight
             .saturating_sub(self.scoreboard.sacked_above(self.local_seq_no))
             .saturating_sub(lost)
@@ -1855,8 +1966,7 @@ impl<'a> Socket<'a> {
     /// first one of an episode goes regardless, on the duplicate ACKs).
     fn may_rexmit(&self) -> bool {
         self.next_rexmit().is_some()
-            && (self.scoreboard.is_empty()
-                || self.pipe() < self.congestion_controller.inner().window())
+            && (!self.sack_recovery() || self.pipe() < self.congestion_controller.inner().window())
     }
 
     /// Segments resent by loss recovery (fast retransmit and the holes
@@ -2248,8 +2358,16 @@ impl<'a> Socket<'a> {
             // In LISTEN and SYN-SENT states, we have not yet synchronized with the remote end.
             State::Listen | State::SynSent => (&[][..], 0),
             _ => {
+                // ferrogate patch: PAWS before the window test (RFC 7323
+                // §5.3 R1); a refused segment is answered as one outside
+                // the window (an ACK, rate-limited unless it holds data).
+                let paws_ok = !self.paws_rejects(repr, cx.now());
+                if !paws_ok {
+                    net_debug!("PAWS: timestamp older than TS.Recent, dropping");
+                    self.paws_rejected = self.paws_rejected.wrapping_add(1);
+                }
                 // https://www.rfc-editor.org/rfc/rfc9293.html#name-segment-acceptability-tests
-                let segment_in_window = match (
+                let segment_in_window = paws_ok && match (
                     segment_start == segment_end,
                     window_start == window_end,
                 ) {
@@ -2445,7 +2563,7 @@ impl<'a> Socket<'a> {
                 if let Some(max_seg_size) = repr.max_seg_size {
                     // Treat a zero MSS as if the option were absent, like Linux does.
                     if max_seg_size != 0 {
-                        self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
+                        self.remote_mss = Self::usable_mss(cx, ip_repr, max_seg_size);
                     }
                 }
 
@@ -2500,7 +2618,7 @@ impl<'a> Socket<'a> {
                 if let Some(max_seg_size) = repr.max_seg_size {
                     // Treat a zero MSS as if the option were absent, like Linux does.
                     if max_seg_size != 0 {
-                        self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
+                        self.remote_mss = Self::usable_mss(cx, ip_repr, max_seg_size);
                     }
                 }
 
@@ -2636,6 +2754,7 @@ impl<'a> Socket<'a> {
         if let Some(ack_number) = repr.ack_number
             && self.remote_has_sack
         {
+            let old = self.scoreboard;
             self.scoreboard.advance(ack_number);
             let limit = ack_number + self.tx_buffer.len();
             for &(left, right) in repr.sack_ranges.iter().flatten() {
@@ -2646,6 +2765,7 @@ impl<'a> Socket<'a> {
                     limit,
                 );
             }
+            self.rack_delivered(&old, ack_number, repr, cx.now());
         }
 
         if let Some(ack_number) = repr.ack_number {
@@ -2748,21 +2868,9 @@ impl<'a> Socket<'a> {
             if let Some(high) = self.recovery_high {
                 if ack_number >= high {
                     self.recovery_high = None;
-                    self.rexmit_pass_high = None;
                 } else {
-                    // A retransmission was lost: three segments' worth sent
-                    // after it arrived while a hole it was to fill stayed
-                    // open (RACK's rule, by sequence instead of send time:
-                    // data above `pass_high` was first sent after it).
-                    if let Some(pass_high) = self.rexmit_pass_high
-                        && self.scoreboard.sacked_above(pass_high) >= 3 * self.smss()
-                    {
-                        self.rexmit_next = ack_number;
-                        self.rexmit_pass_high = None;
-                    }
-                    if self.may_rexmit() {
-                        self.pending_fast_retransmit = true;
-                    }
+                    // (Also clears a pending one whose bytes arrived.)
+                    self.pending_fast_retransmit = self.may_rexmit();
                 }
             }
             if self.rto_recover.is_some_and(|h| ack_number >= h) {
@@ -2801,6 +2909,12 @@ impl<'a> Socket<'a> {
             && ack_number < self.remote_last_seq
         {
             self.timer.set_for_fast_retransmit();
+        }
+        // ferrogate patch: RACK's verdicts on what this ACK delivered (also
+        // after the timer update, which would turn a fast retransmit back
+        // into a retransmission timer).
+        if repr.ack_number.is_some() {
+            self.rack_detect(cx.now());
         }
 
         // start/stop the Zero Window Probe timer.
@@ -2913,7 +3027,11 @@ impl<'a> Socket<'a> {
 
     fn seq_to_transmit(&self, cx: &mut Context) -> bool {
         // Fast retransmits should always send, even if later congestion checks would disallow
-        if (self.pending_fast_retransmit || self.tlp_pending) && !self.tx_buffer.is_empty() {
+        // (ferrogate patch: a pending retransmission whose bytes were
+        // delivered since sends nothing; not a bare ACK either.)
+        if ((self.pending_fast_retransmit && self.next_rexmit().is_some()) || self.tlp_pending)
+            && !self.tx_buffer.is_empty()
+        {
             return true;
         }
 
@@ -3092,6 +3210,13 @@ impl<'a> Socket<'a> {
             .inner_mut()
             .pre_transmit(cx.now());
 
+        // ferrogate patch: RACK's reordering window ran out.
+        if let Some(at) = self.rack_at
+            && cx.now() >= at
+        {
+            self.rack_detect(cx.now());
+        }
+
         // Check if any state needs to be changed because of a timer.
         if self.timed_out(cx.now()) {
             // If a timeout expires, we should abort the connection.
@@ -3130,7 +3255,8 @@ impl<'a> Socket<'a> {
                 // come back with the resent data fill the board again.
                 self.scoreboard.clear();
                 self.recovery_high = None;
-                self.rexmit_pass_high = None;
+                self.rack.clear();
+                self.rack_at = None;
                 self.tlp_at = None;
                 self.timeouts = self.timeouts.wrapping_add(1);
 
@@ -3535,14 +3661,21 @@ impl<'a> Socket<'a> {
                 self.tlp_sent = true;
             } else {
                 self.rexmit_next = end;
-                if self.recovery_high.is_some() && self.next_rexmit().is_none() {
-                    // Every hole resent: what is SACKed above the highest
-                    // byte sent so far tells when one of them was lost.
-                    self.rexmit_pass_high = Some(self.remote_last_seq);
-                }
-                // More holes and room in the pipe: resend the next now.
-                self.pending_fast_retransmit = self.may_rexmit();
             }
+        }
+        // ferrogate patch: RACK's send times (with SACK, once data flows).
+        if repr.segment_len() > 0
+            && self.remote_has_sack
+            && !matches!(self.state, State::SynSent | State::SynReceived)
+        {
+            let resent = repr.seq_number < self.remote_last_seq
+                || self.rto_recover.is_some_and(|h| repr.seq_number < h);
+            let end = repr.seq_number + repr.segment_len();
+            self.rack.on_send(repr.seq_number, end, cx.now(), resent);
+        }
+        if rexmit_sent.is_some() && !probe {
+            // More to resend and room in the pipe: the next now.
+            self.pending_fast_retransmit = self.may_rexmit();
         }
 
         // We've sent a packet successfully, so we can update the internal state now.
@@ -3623,6 +3756,7 @@ impl<'a> Socket<'a> {
             };
 
             let tlp_poll_at = self.tlp_at.map_or(PollAt::Ingress, PollAt::Time);
+            let rack_poll_at = self.rack_at.map_or(PollAt::Ingress, PollAt::Time);
 
             // We wait for the earliest of our timers to fire.
             *[
@@ -3630,6 +3764,7 @@ impl<'a> Socket<'a> {
                 timeout_poll_at,
                 delayed_ack_poll_at,
                 tlp_poll_at,
+                rack_poll_at,
             ]
             .iter()
             .min()
@@ -4268,6 +4403,24 @@ mod test {
             }
         );
         sanity!(s, socket_syn_received());
+    }
+
+    #[test]
+    fn test_listen_syn_mss_above_our_mtu_is_cut_to_it() {
+        let mut s = socket_listen();
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                max_seg_size: Some(9000),
+                ..SEND_TEMPL
+            }
+        );
+        let ours = s.cx.ip_mtu() - SEND_IP_TEMPL.header_len() - TCP_HEADER_LEN;
+        assert!(ours < 9000);
+        assert_eq!(s.remote_mss, ours);
     }
 
     #[test]
@@ -8154,6 +8307,14 @@ mod test {
         let mut s = socket_with_six_segments_in_flight();
         send!(s, time 1050, dup_ack_with_sack(&[(3, 18)]));
         assert!(!s.scoreboard.is_empty());
+        // RACK: "aaa" was sent before what the ACK SACKed, a round trip
+        // ago: lost at once (one duplicate ACK).
+        recv!(s, time 1050, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
         // No more ACKs: the timer fires and goes back to SND.UNA.
         recv!(s, time 3000, Ok(TcpRepr {
             seq_number: LOCAL_SEQ + 1,
@@ -8180,6 +8341,38 @@ mod test {
             ..RECV_TEMPL
         }));
         recv_nothing!(s, time 3012);
+    }
+
+    #[test]
+    fn test_rack_marks_a_segment_lost_a_reordering_window_after_one_later_segment_arrived() {
+        let mut s = socket_established();
+        s.remote_mss = 3;
+        s.remote_has_sack = true;
+        s.send_slice(b"aaaBBB").unwrap();
+        for (i, chunk) in [&b"aaa"[..], &b"BBB"[..]].into_iter().enumerate() {
+            recv!(s, time 1000, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: chunk,
+                ..RECV_TEMPL
+            }));
+        }
+        // "aaa" is lost; "BBB" arrives 40 ms later: one duplicate ACK, far
+        // from three, and no tail probe yet (no RTT sample before).
+        send!(s, time 1040, dup_ack_with_sack(&[(3, 6)]));
+        // RACK: "aaa" was sent no later than "BBB" and is lost once a
+        // round trip (40 ms) and the reordering window (a quarter of the
+        // minimum round trip: 10 ms) have passed since it was sent.
+        assert_eq!(s.rack_at, Some(Instant::from_millis(1050)));
+        recv_nothing!(s, time 1049);
+        recv!(s, time 1050, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        assert!(s.recovery_high.is_some());
+        assert_eq!((s.fast_retransmits(), s.retransmit_timeouts()), (1, 0));
     }
 
     #[test]
@@ -11160,6 +11353,55 @@ mod test {
             }
         );
         assert_eq!(s.rtte.smoothed_rtt(), 50);
+    }
+
+    #[test]
+    fn test_paws_drops_a_segment_older_than_ts_recent_and_acks_it() {
+        let mut s = socket_established_with_timestamps();
+        send!(s, time 10, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"abcdef"[..],
+            timestamp: Some(TcpTimestampRepr::new(500, 0)),
+            ..SEND_TEMPL
+        });
+        // An old duplicate (TSval 400 < TS.Recent 500) whose sequence
+        // numbers fall in the window: refused, answered with an ACK of what
+        // was received, its bytes never delivered.
+        let reply = send(
+            &mut s,
+            Instant::from_millis(20),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"OLDOLD"[..],
+                timestamp: Some(TcpTimestampRepr::new(400, 0)),
+                ..SEND_TEMPL
+            },
+        )
+        .expect("an ACK for the refused segment");
+        assert_eq!(reply.ack_number, Some(REMOTE_SEQ + 1 + 6));
+        assert_eq!(s.rx_buffer.len(), 6);
+        assert_eq!(s.take_paws_rejected(), 1);
+        // The same bytes with a current timestamp are taken.
+        send!(s, time 30, TcpRepr {
+            seq_number: REMOTE_SEQ + 1 + 6,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"ghijkl"[..],
+            timestamp: Some(TcpTimestampRepr::new(501, 0)),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.rx_buffer.len(), 12);
+        // A RST is exempt (it passes or fails on its sequence number).
+        send!(s, time 40, TcpRepr {
+            control: TcpControl::Rst,
+            seq_number: REMOTE_SEQ + 1 + 12,
+            ack_number: None,
+            timestamp: Some(TcpTimestampRepr::new(1, 0)),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.state, State::Closed);
+        assert_eq!(s.take_paws_rejected(), 0);
     }
 
     #[test]

@@ -115,6 +115,55 @@ impl Scoreboard {
             .sum()
     }
 
+    /// Calls `f` with each run of `[start, end)` not SACKed.
+    pub fn for_each_unsacked(
+        &self,
+        start: TcpSeqNumber,
+        end: TcpSeqNumber,
+        mut f: impl FnMut(TcpSeqNumber, TcpSeqNumber),
+    ) {
+        let mut cur = start;
+        for &(s, e) in self.ranges() {
+            if cur >= end {
+                return;
+            }
+            if e <= cur {
+                continue;
+            }
+            if s > cur {
+                f(cur, s.min(end));
+            }
+            cur = e;
+        }
+        if cur < end {
+            f(cur, end);
+        }
+    }
+
+    /// Calls `f` with each SACKed run within `[start, end)`.
+    pub fn for_each_sacked(
+        &self,
+        start: TcpSeqNumber,
+        end: TcpSeqNumber,
+        mut f: impl FnMut(TcpSeqNumber, TcpSeqNumber),
+    ) {
+        for &(s, e) in self.ranges() {
+            let (s, e) = (s.max(start), e.min(end));
+            if s < e {
+                f(s, e);
+            }
+        }
+    }
+
+    /// Bytes SACKed within `[start, end)`.
+    pub fn sacked_between(&self, start: TcpSeqNumber, end: TcpSeqNumber) -> usize {
+        self.ranges()
+            .iter()
+            .filter(|&&(s, e)| e > start && s < end)
+            .map(|&(s, e)| e.min(end) - s.max(start))
+            .sum()
+    }
+
     /// If `seq` lies in a SACKed range, that range's end.
     pub fn covering(&self, seq: TcpSeqNumber) -> Option<TcpSeqNumber> {
         self.ranges()
@@ -205,6 +254,19 @@ mod test {
         assert_eq!(b.sacked_above(seq(0)), 200);
         assert_eq!(b.sacked_above(seq(350)), 50);
         assert_eq!(b.sacked_above(seq(400)), 0);
+    }
+
+    #[test]
+    fn test_runs_sacked_and_not_within_a_span() {
+        let b = board(&[(100, 200), (300, 400)]);
+        let mut runs = std::vec::Vec::new();
+        b.for_each_unsacked(seq(50), seq(350), |s, e| runs.push((s, e)));
+        assert_eq!(runs, [(seq(50), seq(100)), (seq(200), seq(300))]);
+        runs.clear();
+        b.for_each_sacked(seq(150), seq(350), |s, e| runs.push((s, e)));
+        assert_eq!(runs, [(seq(150), seq(200)), (seq(300), seq(350))]);
+        assert_eq!(b.sacked_between(seq(150), seq(350)), 100);
+        assert_eq!(b.sacked_between(seq(400), seq(500)), 0);
     }
 
     #[test]
