@@ -76,9 +76,10 @@ pub struct Listener {
     /// Some route has its own `jwt` (a provider, or exempt): which token a
     /// request needs depends on its route, looked up before the rules.
     jwt_by_route: bool,
-    /// Which token or rules apply depends on the route (a route's own
-    /// `jwt` or rules): the route is looked up before the phases, and a
-    /// path that routes elsewhere once normalized is refused.
+    /// Which token, rules or rate limits apply depends on the route (a
+    /// route's own `jwt`, rules or `rate_limits`): the route is looked up
+    /// before the phases, and a path that routes elsewhere once normalized
+    /// is refused (else `/x/../api/` would dodge the `api` route's policy).
     route_policy: bool,
     routes: Vec<Route>,
     index: RouteIndex,
@@ -333,9 +334,9 @@ impl Listener {
             limits: Vec::new(),
             jwt: None,
             jwt_by_route: routes.iter().any(|r| !matches!(r.jwt, RouteJwt::Listener)),
-            route_policy: routes
-                .iter()
-                .any(|r| !matches!(r.jwt, RouteJwt::Listener) || !r.rules.is_empty()),
+            route_policy: routes.iter().any(|r| {
+                !matches!(r.jwt, RouteJwt::Listener) || !r.rules.is_empty() || !r.limits.is_empty()
+            }),
             routes,
             index,
         }
@@ -377,7 +378,7 @@ impl Listener {
         self.jwt_by_route
     }
 
-    /// Some route has its own `jwt` or rules: the proxy looks the route
+    /// Some route has its own `jwt`, rules or rate limits: the proxy looks the route
     /// up before the token and the listener's rules, and checks that the
     /// normalized path routes the same (`routes_alike_normalized`).
     pub fn route_policy(&self) -> bool {
@@ -580,6 +581,36 @@ mod tests {
                 })),
             )
         }
+    }
+
+    #[test]
+    fn a_route_with_its_own_rate_limits_makes_the_route_a_policy_decision() {
+        // Without it `/x/../api/` would route to the catch-all and dodge
+        // the `api` route's limits while the origin serves `/api/`.
+        let plain = Listener::new(
+            80,
+            vec![respond("api", None, "/api/"), respond("any", None, "/")],
+        );
+        assert!(!plain.route_policy());
+        let spec = ferrogate_limits::LimitSpec {
+            interval_ns: 1_000_000_000,
+            burst: 1,
+        };
+        let limit = Arc::new(crate::limits::Limit::new(
+            "per-client",
+            0,
+            spec,
+            crate::limits::LimitKey::Source {
+                prefix4: 32,
+                prefix6: 128,
+            },
+        ));
+        let api = Route {
+            limits: vec![limit],
+            ..respond("api", None, "/api/")
+        };
+        let limited = Listener::new(80, vec![api, respond("any", None, "/")]);
+        assert!(limited.route_policy());
     }
 
     #[test]
