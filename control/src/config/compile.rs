@@ -240,7 +240,14 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 .map(|u| u.span())
                 .or_else(|| r.respond.as_ref().map(|x| x.span()))
                 .unwrap_or(0..0);
-            let path = check_path(r, &field, anchor.clone(), rep);
+            let policy = r.jwt.is_some()
+                || !r.rules.is_empty()
+                || !r.rate_limits.is_empty()
+                || r.respond.is_some()
+                || listener_limits
+                    .iter()
+                    .any(|l| l.key == ferrogate_proxy::limits::LimitKey::Route);
+            let path = check_path(r, &field, anchor.clone(), policy, rep);
             let action = match (&r.upstream, &r.respond) {
                 (Some(u), None) => match pools.iter().find(|(n, _)| n == u.get_ref()) {
                     Some((_, p)) if p.proxy_protocol.is_some() => {

@@ -438,3 +438,69 @@ upstream = "origin"
     );
     assert_eq!(e.len(), 1, "{e:#?}");
 }
+
+/// A route whose requests get a token, rules, limits or an answer of their
+/// own must name its path as origins resolve it: `/files%20a/` would be
+/// refused on every request (it routes elsewhere once normalized). A
+/// route without policy may keep any form.
+#[test]
+fn a_policy_routes_path_must_be_in_resolved_form() {
+    let e = try_compile(&format!(
+        "{BASE}{}",
+        r#"
+[[rate_limits]]
+name = "by-route"
+rate = 10
+key = "route"
+
+[[listeners]]
+port = 80
+[[listeners.routes]]
+name = "files"
+path_prefix = "/files%20a/"
+jwt = "partners"
+upstream = "origin"
+[[listeners.routes]]
+name = "blocked"
+path_exact = "/x/../admin"
+respond = { status = 403 }
+[[listeners.routes]]
+name = "plain"
+path_prefix = "/odd//form/"
+upstream = "origin"
+
+[[listeners]]
+port = 81
+rate_limits = ["by-route"]
+[[listeners.routes]]
+name = "keyed"
+path_prefix = "/a//b/"
+upstream = "origin"
+"#
+    ))
+    .map(|_| ())
+    .unwrap_err();
+    has(
+        &e,
+        27,
+        "listeners[0].routes[0].path_prefix",
+        "write it as origins resolve it: \"/files a/\"",
+    );
+    has(
+        &e,
+        32,
+        "listeners[0].routes[1].path_exact",
+        "write it as origins resolve it: \"/admin\"",
+    );
+    has(
+        &e,
+        44,
+        "listeners[1].routes[0].path_prefix",
+        "write it as origins resolve it: \"/a/b/\"",
+    );
+    assert!(
+        !e.iter().any(|e| e.contains("listeners[0].routes[2]")),
+        "a route without policy keeps its form: {e:#?}"
+    );
+    assert_eq!(e.len(), 3, "{e:#?}");
+}

@@ -29,10 +29,16 @@ pub(super) fn match_value(
     }
 }
 
+/// The route's path match. `policy`: the route decides more than the
+/// pool (its own `jwt`, rules, rate limits or `respond`, or its listener
+/// has a limit keyed by route): a prefix or exact path must be in the
+/// form origins resolve, else every request to it would be refused as
+/// routing elsewhere once normalized (`/files%20a/`).
 pub(super) fn check_path(
     r: &RouteSection,
     field: &str,
     anchor: Range<usize>,
+    policy: bool,
     rep: &mut Reporter<'_>,
 ) -> Option<PathMatch> {
     let set = [&r.path_prefix, &r.path_exact, &r.path_regex]
@@ -52,7 +58,7 @@ pub(super) fn check_path(
         if !ok {
             rep.at(p.span(), format!("{field}.{key}"), "must start with '/'");
         }
-        ok
+        ok && (!policy || super::rules::resolved_form(p, format!("{field}.{key}"), rep))
     };
     if let Some(p) = &r.path_exact {
         return slash(p, "path_exact", rep).then(|| PathMatch::Exact(p.get_ref().clone()));

@@ -376,6 +376,22 @@ fn check_rewrite(
     Some(rw)
 }
 
+/// Whether path `p` (starting with `/`) is in the form origins resolve
+/// (`normalized`); reports it at `field` if not.
+pub(super) fn resolved_form(p: &Spanned<String>, field: String, rep: &mut Reporter<'_>) -> bool {
+    let v = p.get_ref();
+    let want = normalized(v);
+    let ok = want == *v;
+    if !ok {
+        rep.at(
+            p.span(),
+            field,
+            format!("write it as origins resolve it: {want:?}"),
+        );
+    }
+    ok
+}
+
 fn check_rule_path(field: &str, r: &RuleSection, rep: &mut Reporter<'_>) -> Option<PathTest> {
     let given = [&r.path_prefix, &r.path_exact, &r.path_regex]
         .iter()
@@ -393,14 +409,10 @@ fn check_rule_path(field: &str, r: &RuleSection, rep: &mut Reporter<'_>) -> Opti
         let v = p.get_ref();
         if !v.starts_with('/') {
             rep.at(p.span(), format!("{field}.{key}"), "must start with '/'");
-        } else if normalized(v) != *v {
+        } else {
             // Requests are tested as the origin resolves their path too;
             // a configured path in another form would never match that.
-            rep.at(
-                p.span(),
-                format!("{field}.{key}"),
-                format!("write it as origins resolve it: {:?}", normalized(v)),
-            );
+            resolved_form(p, format!("{field}.{key}"), rep);
         }
         v.clone()
     };
