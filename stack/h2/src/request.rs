@@ -111,12 +111,19 @@ pub fn validate_request(stream: u32, fields: Vec<Field>) -> Result<Request, Fram
     if path.is_empty() {
         return Err(err("empty :path"));
     }
-    if scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https") {
-        // §8.3.1: origin-form, or "*" for OPTIONS only.
-        let asterisk = path == b"*" && method == b"OPTIONS";
-        if path[0] != b'/' && !asterisk {
-            return Err(err(":path is neither origin-form nor * for OPTIONS"));
-        }
+    // §8.3.1: origin-form, or "*" for OPTIONS only. For every scheme: the
+    // path becomes an HTTP/1.1 request line upstream, where a space,
+    // control byte or `#` would change what the origin reads (bytes as
+    // httparse takes a target: 0x21..=0x7E, `#` aside, and 0x80 up).
+    let asterisk = path == b"*" && method == b"OPTIONS";
+    if path[0] != b'/' && !asterisk {
+        return Err(err(":path is neither origin-form nor * for OPTIONS"));
+    }
+    if !path
+        .iter()
+        .all(|&b| ((0x21..=0x7e).contains(&b) && b != b'#') || b >= 0x80)
+    {
+        return Err(err(":path holds a space, control byte or '#'"));
     }
     let authority = authority.ok_or_else(|| err("neither :authority nor Host"))?;
     let content_length = content_length(&headers).map_err(err)?;

@@ -119,6 +119,36 @@ fn path_not_origin_form_is_malformed() {
 }
 
 #[test]
+fn path_bytes_must_fit_an_http1_request_line() {
+    for bad in [
+        &b"/a b"[..],
+        b"/a\tb",
+        b"/a\x7fb",
+        b"/a\x01",
+        b"/a#frag",
+        b"/a HTTP/1.1\x0bX: y",
+    ] {
+        let mut f = fields(&GET);
+        f[3].value = bad.to_vec();
+        rejected(f, ":path holds a space, control byte or '#'");
+    }
+    // Any scheme (it is written into an HTTP/1.1 request line just the same).
+    let mut f = fields(&GET);
+    f[1].value = b"foo".to_vec();
+    f[3].value = b"/a b".to_vec();
+    rejected(f, ":path holds a space, control byte or '#'");
+    let mut f = fields(&GET);
+    f[1].value = b"foo".to_vec();
+    f[3].value = b"a".to_vec();
+    rejected(f, ":path is neither origin-form nor * for OPTIONS");
+    for good in [&b"/a/%20?q=1&r=~"[..], "/é".as_bytes(), b"/[x]{y}|\\^`"] {
+        let mut f = fields(&GET);
+        f[3].value = good.to_vec();
+        validate_request(1, f).unwrap();
+    }
+}
+
+#[test]
 fn asterisk_path_is_accepted_for_options() {
     let mut f = fields(&GET);
     f[0].value = b"OPTIONS".to_vec();
