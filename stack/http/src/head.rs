@@ -417,12 +417,18 @@ pub fn valid_host(v: &[u8]) -> bool {
 }
 
 /// The Host header without a port, lower-cased comparison left to the router.
+/// One trailing `.` goes too: `partner.example.` (the name, fully
+/// qualified) is `partner.example` to routes and rules, as to DNS.
 pub fn request_host<'a>(req: &Request<'a>) -> Option<&'a str> {
     let v = std::str::from_utf8(req.headers.get("host")?).ok()?.trim();
     // Strip a port, but leave an IPv6 literal's brackets intact.
-    Some(match v.rfind(':') {
+    let host = match v.rfind(':') {
         Some(i) if !v[i..].contains(']') => &v[..i],
         _ => v,
+    };
+    Some(match host.strip_suffix('.') {
+        Some(name) if !name.is_empty() => name,
+        _ => host,
     })
 }
 
@@ -710,6 +716,29 @@ mod tests {
             parse_request(b"GET / HTTP/1.1\r\nHo", &mut h, true).unwrap_err(),
             HeadError::TooLarge
         );
+    }
+
+    #[test]
+    fn request_host_drops_the_port_and_one_trailing_dot() {
+        for (host, want) in [
+            ("partner.example", "partner.example"),
+            ("partner.example.", "partner.example"),
+            ("partner.example.:8080", "partner.example"),
+            ("[fd77::10]:443", "[fd77::10]"),
+            (".", "."),
+        ] {
+            let list = [Header {
+                name: "Host",
+                value: host.as_bytes(),
+            }];
+            let req = Request {
+                method: "GET",
+                target: "/",
+                http10: false,
+                headers: Headers::from_list(&list),
+            };
+            assert_eq!(request_host(&req), Some(want), "{host}");
+        }
     }
 
     #[test]
