@@ -23,7 +23,7 @@ pub enum LimitKey {
     Route,
     /// One bucket for every request the limit sees.
     Global,
-    /// The verified JWT's `sub` (listeners with `jwt`); a request without
+    /// The verified JWT's `sub`, per provider (listeners with `jwt`); a request without
     /// one is not counted by this limit.
     JwtSubject,
 }
@@ -115,8 +115,10 @@ pub struct KeyInput<'a> {
     pub client: IpAddr,
     pub header: &'a dyn Fn(&str) -> Option<&'a [u8]>,
     pub route: &'a str,
-    /// The verified bearer token's subject, if any.
-    pub jwt_sub: Option<&'a str>,
+    /// The verified bearer token's subject, if any, with the name of the
+    /// provider that verified it: one issuer's `alice` is not another's
+    /// (a limit shared by routes of different providers).
+    pub jwt_sub: Option<(&'a str, &'a str)>,
 }
 
 /// Takes one request from `limit`'s bucket for this request's key; pushes
@@ -145,7 +147,8 @@ pub fn check(
         LimitKey::Route => quota.key(&limit.name, &[input.route.as_bytes()]),
         LimitKey::Global => quota.key(&limit.name, &[]),
         LimitKey::JwtSubject => match input.jwt_sub {
-            Some(sub) => quota.key(&limit.name, &[sub.as_bytes()]),
+            // Both hashed into the key (length-prefixed): no allocation.
+            Some((provider, sub)) => quota.key(&limit.name, &[provider.as_bytes(), sub.as_bytes()]),
             None => return Verdict::NotCounted,
         },
     };
@@ -324,6 +327,37 @@ mod tests {
             check(&l, &q, &with, SEC, &mut e),
             Verdict::Limited(_)
         ));
+    }
+
+    #[test]
+    fn a_subject_key_is_per_provider() {
+        let l = Limit::new(
+            "per-sub",
+            0,
+            LimitSpec::per_second(1.0, 1).unwrap(),
+            LimitKey::JwtSubject,
+        );
+        let (q, mut e) = (Quota::default(), false);
+        let by = |provider: &'static str, sub: &'static str| KeyInput {
+            jwt_sub: Some((provider, sub)),
+            ..input("192.0.2.1")
+        };
+        assert_eq!(
+            check(&l, &q, &by("a", "alice"), SEC, &mut e),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            check(&l, &q, &by("a", "alice"), SEC, &mut e),
+            Verdict::Limited(_)
+        ));
+        // Issuer B's alice is someone else.
+        assert_eq!(
+            check(&l, &q, &by("b", "alice"), SEC, &mut e),
+            Verdict::Allowed
+        );
+        // Length-prefixed parts: ("ab", "c") is not ("a", "bc").
+        assert_eq!(check(&l, &q, &by("ab", "c"), SEC, &mut e), Verdict::Allowed);
+        assert_eq!(check(&l, &q, &by("a", "bc"), SEC, &mut e), Verdict::Allowed);
     }
 
     #[test]

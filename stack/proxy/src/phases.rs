@@ -59,11 +59,13 @@ pub struct RequestInfo<'a> {
     /// `request_id` came from the client (it goes upstream untouched).
     pub client_sent_request_id: bool,
     pub now: Instant,
-    /// The default lookup's result (listener port, route index), when the
-    /// proxy already made it before the phases (a listener whose token or
-    /// rules depend on the route): the default `upstream_peer` reuses it
-    /// instead of routing twice.
-    pub(crate) looked_up: Option<(u16, Option<usize>)>,
+    /// The default lookup's result (the listener it was made on, route
+    /// index), when the proxy already made it before the phases (a
+    /// listener whose token or rules depend on the route): the default
+    /// `upstream_peer` reuses it instead of routing twice. The listener by
+    /// address, not port: phases handed another snapshot's listener of the
+    /// same port look up again. Never dereferenced.
+    pub(crate) looked_up: Option<(*const Listener, Option<usize>)>,
 }
 
 impl RequestInfo<'_> {
@@ -71,7 +73,7 @@ impl RequestInfo<'_> {
     /// ([`Listener::route_request`]), looked up once per request.
     pub fn default_route<'t>(&self, listener: &'t Listener) -> Option<&'t Route> {
         match self.looked_up {
-            Some((port, i)) if port == listener.port => i.and_then(|i| listener.routes().get(i)),
+            Some((l, i)) if std::ptr::eq(l, listener) => i.and_then(|i| listener.routes().get(i)),
             _ => listener.route_request(&self.view),
         }
     }
@@ -323,11 +325,13 @@ mod tests {
                 .map(|r| r.name.clone())
         };
         assert_eq!(name(&req).as_deref(), Some("first"));
-        req.looked_up = Some((80, Some(1)));
+        req.looked_up = Some((&raw const l, Some(1)));
         assert_eq!(name(&req).as_deref(), Some("second"));
-        req.looked_up = Some((80, None));
+        req.looked_up = Some((&raw const l, None));
         assert_eq!(name(&req), None);
-        req.looked_up = Some((81, Some(1)));
+        // Same port, another listener (another snapshot's).
+        let other = Listener::new(80, vec![route("first"), route("second")]);
+        req.looked_up = Some((&raw const other, Some(1)));
         assert_eq!(name(&req).as_deref(), Some("first"), "another listener's");
     }
 

@@ -252,11 +252,12 @@ pub(crate) enum Routing<'r> {
 /// Runs the request phases for a parsed request (either protocol) and
 /// records the route in the access record and its counters. In order:
 ///
-/// 1. when the listener's token or rules depend on the route (some route
-///    has its own `jwt` or rules), the route is looked up with the default
-///    lookup (side-effect free, no phase runs); should the path as origins
-///    resolve it (`%XX`, `//`, dot segments) route elsewhere, the request
-///    is refused (400, `ambiguous_paths`): the raw target goes upstream;
+/// 1. when what happens depends on the route ([`Listener::route_policy`]),
+///    the route is looked up with the default lookup (side-effect free, no
+///    phase runs); should the path as origins resolve it (`%XX`, `//`, dot
+///    segments, `\`, `;params`) route elsewhere and either route have
+///    policy, the request is refused (400, `ambiguous_paths`): the raw
+///    target goes upstream;
 /// 2. bearer token: the provider of the route looked up in 1
 ///    ([`Listener::jwt_for`]), else the listener's;
 /// 3. the listener's rules (may test the token's claims);
@@ -265,12 +266,15 @@ pub(crate) enum Routing<'r> {
 ///    pick a route that needs another token than the one checked in 2, it
 ///    is checked here and the listener's rules run again with its claims;
 /// 5. the chosen route's rules;
-/// 6. rate limits, the listener's then the route's.
+/// 6. a path that resolves under an allow rule's `rewrite_prefix` but was
+///    sent outside it is refused (400, `ambiguous_paths`);
+/// 7. rate limits, the listener's then the route's.
 ///
 /// `rewrite`: what the allow rules that matched change (the listener's
 /// and the route's, both applied).
 ///
 /// [`Listener::jwt_for`]: crate::route::Listener::jwt_for
+/// [`Listener::route_policy`]: crate::route::Listener::route_policy
 pub(crate) fn choose_route<'r, P: ProxyHttp>(
     cx: &mut Ctx<'r, P>,
     info: &mut RequestInfo<'_>,
@@ -289,9 +293,10 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
         let i = l.lookup(&info.view);
         if !l.routes_alike_normalized(&info.view, i) {
             cx.stats.ambiguous_paths += 1;
+            access.tag.set(b"ambiguous_path");
             return Routing::Respond(ambiguous_path());
         }
-        info.looked_up = Some((l.port, i));
+        info.looked_up = Some((std::ptr::from_ref(l), i));
         looked_up = Some(i.map(|i| &l.routes()[i]));
     }
     let info = &*info;
@@ -300,21 +305,24 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
         Some(route) if by_route => l.jwt_for(route),
         _ => l.jwt(),
     });
+    // The claims with the provider that verified them.
     let mut claims = None;
     if let Some(jwt) = provider {
         match verify_bearer(cx.stats, jwt, info) {
-            Ok(c) => claims = Some(c),
+            Ok(c) => claims = Some((c, jwt)),
             Err(answer) => return Routing::Respond(answer),
         }
     }
+    let mut first_hit = None;
     if let Some(l) = listener
         && let Some(answer) = apply_rules(
             cx,
             l.rules(),
             info,
-            claims.as_ref(),
+            claims.as_ref().map(|(c, _)| c),
             access,
             &mut rewrite.listener,
+            &mut first_hit,
         )
     {
         return Routing::Respond(answer);
@@ -330,7 +338,9 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
     // The phases routed where the lookup above did not: that route's
     // provider holds (a token of another provider does not do; an exempt
     // route has no claims), and the listener's rules, which saw the other
-    // provider's claims (or none), run again with its own.
+    // provider's claims (or none), run again with its own when a rule
+    // tests claims (else the verdict is the same). The first run's hit is
+    // taken back: one request, one hit.
     if by_route
         && let Some(l) = listener
         && let chosen = l.jwt_for(route)
@@ -338,22 +348,28 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
     {
         claims = match chosen {
             Some(jwt) => match verify_bearer(cx.stats, jwt, info) {
-                Ok(c) => Some(c),
+                Ok(c) => Some((c, jwt)),
                 Err(answer) => return Routing::Respond(answer),
             },
             None => None,
         };
-        access.rule.clear();
-        access.tag.clear();
-        if let Some(answer) = apply_rules(
-            cx,
-            l.rules(),
-            info,
-            claims.as_ref(),
-            access,
-            &mut rewrite.listener,
-        ) {
-            return Routing::Respond(answer);
+        if l.rules().uses_claims() {
+            if let Some(id) = first_hit {
+                cx.route_stats.rule_unhit(id);
+            }
+            access.rule.clear();
+            access.tag.clear();
+            if let Some(answer) = apply_rules(
+                cx,
+                l.rules(),
+                info,
+                claims.as_ref().map(|(c, _)| c),
+                access,
+                &mut rewrite.listener,
+                &mut None,
+            ) {
+                return Routing::Respond(answer);
+            }
         }
     }
     if let Some(r) = route
@@ -361,12 +377,22 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
             cx,
             &r.rules,
             info,
-            claims.as_ref(),
+            claims.as_ref().map(|(c, _)| c),
             access,
             &mut rewrite.route,
+            &mut None,
         )
     {
         return Routing::Respond(answer);
+    }
+    // A path that resolves under a rewritten prefix but was sent in
+    // another form: the rewrite would not happen (see `dodges_rewrite`).
+    if listener.is_some_and(|l| l.rules().dodges_rewrite(info.view.path))
+        || route.is_some_and(|r| r.rules.dodges_rewrite(info.view.path))
+    {
+        cx.stats.ambiguous_paths += 1;
+        access.tag.set(b"ambiguous_path");
+        return Routing::Respond(ambiguous_path());
     }
     if let Some(answer) = apply_limits(cx, info, route, claims.as_ref(), access) {
         return Routing::Respond(answer);
@@ -434,7 +460,7 @@ fn apply_limits<P: ProxyHttp>(
     cx: &mut Ctx<'_, P>,
     info: &RequestInfo<'_>,
     route: Option<&crate::route::Route>,
-    claims: Option<&crate::jwt::Claims>,
+    claims: Option<&(crate::jwt::Claims, &Arc<JwtAuth>)>,
     access: &mut AccessRecord,
 ) -> Option<Arc<DirectResponse>> {
     let listener = cx.routes.listener(info.listener_port)?;
@@ -448,7 +474,7 @@ fn apply_limits<P: ProxyHttp>(
         client: info.client_ip,
         header: &header,
         route: route.map_or("", |r| &r.name),
-        jwt_sub: claims.and_then(|c| c.sub.as_deref()),
+        jwt_sub: claims.and_then(|(c, p)| Some((p.name.as_str(), c.sub.as_deref()?))),
     };
     for limit in listener.limits().iter().chain(on_route) {
         let mut escalated = false;
@@ -535,7 +561,7 @@ pub(crate) fn direct_lines(r: &DirectResponse, lines: &mut crate::http::HeaderLi
 /// and records the rule that matched (the access record names the last
 /// one, with its tag); a deny or redirect is the answer. An allow's
 /// changes go to `rewrite`, the list's slot of [`Rewrites`] (both lists'
-/// apply).
+/// apply). `hit`: the id of the rule that matched, if one did.
 fn apply_rules<P: ProxyHttp>(
     cx: &mut Ctx<'_, P>,
     rules: &crate::rules::Rules,
@@ -543,10 +569,12 @@ fn apply_rules<P: ProxyHttp>(
     claims: Option<&crate::jwt::Claims>,
     access: &mut AccessRecord,
     rewrite: &mut Option<Arc<Rewrite>>,
+    hit: &mut Option<usize>,
 ) -> Option<Arc<DirectResponse>> {
     *rewrite = None;
     let rule = rules.evaluate_with_claims(&info.view, info.client_ip, claims)?;
     cx.route_stats.rule_hit(rule.id);
+    *hit = Some(rule.id);
     access.rule.set(rule.name.as_bytes());
     match &rule.tag {
         Some(tag) => access.tag.set(tag.as_bytes()),

@@ -76,11 +76,16 @@ pub struct Listener {
     /// Some route has its own `jwt` (a provider, or exempt): which token a
     /// request needs depends on its route, looked up before the rules.
     jwt_by_route: bool,
-    /// Which token, rules or rate limits apply depends on the route (a
-    /// route's own `jwt`, rules or `rate_limits`): the route is looked up
-    /// before the phases, and a path that routes elsewhere once normalized
-    /// is refused (else `/x/../api/` would dodge the `api` route's policy).
+    /// Which token, rules, rate limits or answer apply depends on the route
+    /// (a route's own `jwt`, rules, `rate_limits` or `respond`, or a
+    /// listener limit keyed by route): the route is looked up before the
+    /// phases, and a path that routes elsewhere once normalized is refused
+    /// when either route has policy (else `/x/../api/` would dodge the
+    /// `api` route's policy).
     route_policy: bool,
+    /// A listener limit is keyed by route: any two routes count in
+    /// different buckets, so every route is policy.
+    limits_by_route: bool,
     routes: Vec<Route>,
     index: RouteIndex,
 }
@@ -334,9 +339,8 @@ impl Listener {
             limits: Vec::new(),
             jwt: None,
             jwt_by_route: routes.iter().any(|r| !matches!(r.jwt, RouteJwt::Listener)),
-            route_policy: routes.iter().any(|r| {
-                !matches!(r.jwt, RouteJwt::Listener) || !r.rules.is_empty() || !r.limits.is_empty()
-            }),
+            route_policy: routes.iter().any(Route::has_policy),
+            limits_by_route: false,
             routes,
             index,
         }
@@ -354,6 +358,10 @@ impl Listener {
 
     /// With L7 rate limits for every request.
     pub fn with_limits(mut self, limits: Vec<Arc<Limit>>) -> Self {
+        self.limits_by_route = limits
+            .iter()
+            .any(|l| l.key == crate::limits::LimitKey::Route);
+        self.route_policy |= self.limits_by_route;
         self.limits = limits;
         self
     }
@@ -378,19 +386,23 @@ impl Listener {
         self.jwt_by_route
     }
 
-    /// Some route has its own `jwt`, rules or rate limits: the proxy looks the route
-    /// up before the token and the listener's rules, and checks that the
-    /// normalized path routes the same (`routes_alike_normalized`).
+    /// Some route has policy ([`Route::has_policy`]) or a listener limit is
+    /// keyed by route: the proxy looks the route up before the token and
+    /// the listener's rules, and checks that the normalized path routes
+    /// the same (`routes_alike_normalized`).
     pub fn route_policy(&self) -> bool {
         self.route_policy
     }
 
     /// Whether the path as origins resolve it (`%XX` decoded, `//` and
     /// dot segments resolved, as rules see it) routes to `raw`, the route
-    /// of the path as sent. The raw target goes upstream: should the two
-    /// differ, the token and rules of the raw route would guard what the
-    /// origin serves as another route's path (`/public/../partner/x`).
-    /// No allocation (the rules' per-thread scratch).
+    /// of the path as sent, or to a route that decides nothing else. The
+    /// raw target goes upstream: should the two differ and either have
+    /// policy, the token, rules, limits or answer of the raw route would
+    /// stand for what the origin serves as another route's path
+    /// (`/public/../partner/x`); two routes without policy (`//assets/x`
+    /// to the catch-all rather than `assets`) pass. No allocation (the
+    /// rules' per-thread scratch).
     /// `raw`: the index of that route ([`Listener::lookup`]).
     pub(crate) fn routes_alike_normalized(
         &self,
@@ -400,8 +412,10 @@ impl Listener {
         if !crate::rules::needs_normalizing(req.path.as_bytes()) {
             return true;
         }
+        let policy = |i: Option<usize>| i.is_some_and(|i| self.routes[i].has_policy());
         crate::rules::with_normalized(req.path, |path| {
-            self.lookup(&RequestView { path, ..*req }) == raw
+            let normalized = self.lookup(&RequestView { path, ..*req });
+            normalized == raw || !(self.limits_by_route || policy(raw) || policy(normalized))
         })
     }
 
@@ -485,6 +499,18 @@ impl Route {
             jwt: RouteJwt::Listener,
             action,
         }
+    }
+
+    /// Whether what happens to a request depends on taking this route
+    /// rather than another: its own `jwt` (a route naming the listener's
+    /// provider is compiled without one), rules, rate limits, or an answer
+    /// of its own (`respond`: a route that blocks a path, `/admin/` → 403,
+    /// beside a catch-all that proxies).
+    pub fn has_policy(&self) -> bool {
+        !matches!(self.jwt, RouteJwt::Listener)
+            || !self.rules.is_empty()
+            || !self.limits.is_empty()
+            || matches!(self.action, RouteAction::Respond(_))
     }
 
     /// Whether the route matches, host included (the listener's index
@@ -587,10 +613,7 @@ mod tests {
     fn a_route_with_its_own_rate_limits_makes_the_route_a_policy_decision() {
         // Without it `/x/../api/` would route to the catch-all and dodge
         // the `api` route's limits while the origin serves `/api/`.
-        let plain = Listener::new(
-            80,
-            vec![respond("api", None, "/api/"), respond("any", None, "/")],
-        );
+        let plain = Listener::new(80, vec![proxy("api", "/api/"), proxy("any", "/")]);
         assert!(!plain.route_policy());
         let spec = ferrogate_limits::LimitSpec {
             interval_ns: 1_000_000_000,
@@ -607,10 +630,96 @@ mod tests {
         ));
         let api = Route {
             limits: vec![limit],
-            ..respond("api", None, "/api/")
+            ..proxy("api", "/api/")
         };
-        let limited = Listener::new(80, vec![api, respond("any", None, "/")]);
+        let limited = Listener::new(80, vec![api, proxy("any", "/")]);
         assert!(limited.route_policy());
+    }
+
+    fn proxy(name: &str, prefix: &str) -> Route {
+        let pool = Arc::new(Upstream::simple("p", 0, &["10.0.0.1:80".parse().unwrap()]));
+        Route {
+            path: PathMatch::Prefix(prefix.into()),
+            ..Route::new(name, RouteAction::Proxy(pool))
+        }
+    }
+
+    fn limit(key: crate::limits::LimitKey) -> Arc<crate::limits::Limit> {
+        let spec = ferrogate_limits::LimitSpec {
+            interval_ns: 1_000_000_000,
+            burst: 1,
+        };
+        Arc::new(crate::limits::Limit::new("l", 0, spec, key))
+    }
+
+    /// `routes_alike_normalized` on `target` (the raw lookup first).
+    fn alike(l: &Listener, target: &str) -> bool {
+        let req = RequestView::new("GET", None, target, crate::http::Headers::EMPTY);
+        l.routes_alike_normalized(&req, l.lookup(&req))
+    }
+
+    #[test]
+    fn paths_that_route_elsewhere_once_normalized_are_refused_only_where_policy_differs() {
+        // `admin` blocks a path beside a proxying catch-all; `limited`
+        // has its own rate limits; `assets` and the regex route decide
+        // nothing but the pool.
+        let regex = Route {
+            path: PathMatch::regex("/api/v4/projects/[^/]+/issues").unwrap(),
+            ..proxy("issues", "/")
+        };
+        let l = Listener::new(
+            80,
+            vec![
+                respond("admin", None, "/admin/"),
+                Route {
+                    limits: vec![limit(crate::limits::LimitKey::Global)],
+                    ..proxy("limited", "/limited/")
+                },
+                proxy("assets", "/assets/"),
+                regex,
+                proxy("any", "/"),
+            ],
+        );
+        assert!(l.route_policy());
+        // Raw: the catch-all; normalized: `assets` (no policy either).
+        assert!(alike(&l, "//assets/app.js"));
+        // Raw: the regex route; normalized: the catch-all.
+        assert!(alike(&l, "/api/v4/projects/group%2Fproj/issues"));
+        // Raw: the catch-all; normalized: the route that answers 403.
+        assert!(!alike(&l, "/x/../admin/"));
+        assert!(!alike(&l, "/%61dmin/"));
+        // Raw: the catch-all; normalized: the route with limits.
+        assert!(!alike(&l, "/x/../limited/y"));
+        // The other way round: raw `limited`, normalized the catch-all.
+        assert!(!alike(&l, "/limited/../y"));
+        assert!(alike(&l, "/admin/x/../y/"));
+    }
+
+    #[test]
+    fn a_listener_limit_keyed_by_route_makes_every_route_policy() {
+        let routes = || vec![proxy("api", "/api/"), proxy("any", "/")];
+        let source =
+            Listener::new(80, routes()).with_limits(vec![limit(crate::limits::LimitKey::Source {
+                prefix4: 32,
+                prefix6: 128,
+            })]);
+        assert!(!source.route_policy());
+        let by_route =
+            Listener::new(80, routes()).with_limits(vec![limit(crate::limits::LimitKey::Route)]);
+        assert!(by_route.route_policy());
+        // `/x/../api/y` would count in the catch-all's bucket.
+        assert!(!alike(&by_route, "/x/../api/y"));
+        assert!(alike(&by_route, "/api/y"));
+    }
+
+    #[test]
+    fn a_respond_route_is_policy() {
+        let l = Listener::new(
+            80,
+            vec![respond("admin", None, "/admin/"), proxy("any", "/")],
+        );
+        assert!(l.route_policy());
+        assert!(!alike(&l, "/x/../admin/"));
     }
 
     #[test]

@@ -134,6 +134,14 @@ impl RouteCounters {
         }
     }
 
+    /// Takes back a hit of rule `id` (its list ran again for the same
+    /// request with other claims); O(1).
+    pub fn rule_unhit(&mut self, id: usize) {
+        if let Some((_, hits)) = self.rules.get_mut(id) {
+            *hits = hits.saturating_sub(1);
+        }
+    }
+
     /// The counters of route `id` (`Route::id`); O(1).
     pub fn get_mut(&mut self, id: usize) -> &mut RouteStats {
         if id < self.routes.len() {

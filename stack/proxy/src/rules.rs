@@ -204,16 +204,7 @@ impl Rewrite {
     /// never the authority-like `//evil.example/x`).
     pub fn target<'t>(&self, target: &'t str, buf: &'t mut String) -> &'t str {
         match &self.path_prefix {
-            // A `from` without a trailing slash ends at a segment boundary:
-            // `/api` rewrites `/api/x` and `/api?q`, not `/apix`.
-            Some((from, to))
-                if target.starts_with(from.as_str())
-                    && (from.ends_with('/')
-                        || matches!(
-                            target.as_bytes().get(from.len()),
-                            None | Some(b'/' | b'?')
-                        )) =>
-            {
+            Some((from, to)) if starts_with_prefix(target, from) => {
                 let rest = &target[from.len()..];
                 buf.clear();
                 buf.push_str(to);
@@ -231,6 +222,15 @@ impl Rewrite {
             _ => target,
         }
     }
+}
+
+/// Whether `target` begins with `from`. A `from` without a trailing slash
+/// ends at a segment boundary: `/api` rewrites `/api/x` and `/api?q`, not
+/// `/apix`.
+fn starts_with_prefix(target: &str, from: &str) -> bool {
+    target.starts_with(from)
+        && (from.ends_with('/')
+            || matches!(target.as_bytes().get(from.len()), None | Some(b'/' | b'?')))
 }
 
 /// What the allow rules that matched a request change: the listener's
@@ -462,13 +462,17 @@ pub fn normalized(path: &str) -> String {
 
 /// Whether the path needs `normalize_path` (a fast test: most do not).
 pub(crate) fn needs_normalizing(path: &[u8]) -> bool {
-    path.contains(&b'%') || path.windows(2).any(|w| w == b"//" || w == b"/.")
+    path.iter().any(|&b| matches!(b, b'%' | b'\\' | b';'))
+        || path.windows(2).any(|w| w == b"//" || w == b"/.")
 }
 
 /// The path as an origin resolves it before matching its locations (as
 /// nginx does): `%XX` decoded, `//` merged, `.` and `..` segments resolved
-/// (RFC 3986 5.2.4). Rules match this, so `/%61dmin/`, `//admin/` or
-/// `/x/../admin/` cannot pass a rule on `/admin/`. `tmp` and `out` are
+/// (RFC 3986 5.2.4); and as the most lenient ones do: `\` (sent or
+/// `%5C`) is a separator (IIS), a segment's `;parameters` are dropped
+/// (Tomcat, Jetty, Spring: `/public/..;/partner/x` is `/partner/x`). Rules
+/// match this, so `/%61dmin/`, `//admin/`, `/x/../admin/`, `/x\..\admin/`
+/// or `/admin;x/` cannot pass a rule on `/admin/`. `tmp` and `out` are
 /// scratch (cleared here).
 fn normalize_path(raw: &[u8], tmp: &mut Vec<u8>, out: &mut Vec<u8>) {
     let hex = |b: u8| (b as char).to_digit(16);
@@ -481,11 +485,11 @@ fn normalize_path(raw: &[u8], tmp: &mut Vec<u8>, out: &mut Vec<u8>) {
             raw.get(i + 2).and_then(|&b| hex(b)),
         ) {
             (b'%', Some(h), Some(l)) => {
-                tmp.push((h * 16 + l) as u8);
+                tmp.push(separator((h * 16 + l) as u8));
                 i += 3;
             }
             (b, _, _) => {
-                tmp.push(b);
+                tmp.push(separator(b));
                 i += 1;
             }
         }
@@ -493,6 +497,7 @@ fn normalize_path(raw: &[u8], tmp: &mut Vec<u8>, out: &mut Vec<u8>) {
     out.clear();
     let mut ends_in_dir = false;
     for seg in tmp.split(|&b| b == b'/') {
+        let seg = seg.split(|&b| b == b';').next().unwrap_or_default();
         match seg {
             b"" | b"." => ends_in_dir = true,
             b".." => {
@@ -510,6 +515,11 @@ fn normalize_path(raw: &[u8], tmp: &mut Vec<u8>, out: &mut Vec<u8>) {
     if ends_in_dir || out.is_empty() {
         out.push(b'/');
     }
+}
+
+/// `\\` is a separator to some origins (IIS).
+fn separator(b: u8) -> u8 {
+    if b == b'\\' { b'/' } else { b }
 }
 
 /// A redirect location: literal text and `{scheme}`, `{host}`, `{path}`,
@@ -591,6 +601,10 @@ pub struct Rules {
     rules: Vec<Rule>,
     path_set: Option<RegexSet>,
     index: RuleIndex,
+    /// Some rule tests the token's claims (`Rules::uses_claims`).
+    uses_claims: bool,
+    /// The `rewrite_prefix` `from` of every allow rule that has one.
+    rewrite_froms: Vec<String>,
 }
 
 /// Per-thread scratch of an evaluation, grown to the largest set and
@@ -628,6 +642,9 @@ thread_local! {
 /// Calls `f` with `path` as origins resolve it (see `normalize_path`),
 /// built in this thread's scratch (no allocation once grown). Bytes that
 /// are not UTF-8 once decoded stay `%XX` (routes match text).
+/// The scratch stays borrowed while `f` runs (the path lives in it): `f`
+/// must not evaluate rules or call this again (the `RefCell` would panic);
+/// a route lookup does neither.
 pub(crate) fn with_normalized<R>(path: &str, f: impl FnOnce(&str) -> R) -> R {
     SCRATCH.with(|scratch| {
         let mut guard = scratch.borrow_mut();
@@ -679,15 +696,48 @@ impl Rules {
             )
         };
         let index = RuleIndex::build(&rules);
+        let uses_claims = rules.iter().any(|r| !r.matches.claims.is_empty());
+        let rewrite_froms = rules
+            .iter()
+            .filter(|r| matches!(r.action, RuleAction::Allow))
+            .filter_map(|r| r.rewrite.as_ref()?.path_prefix.as_ref())
+            .map(|(from, _)| from.clone())
+            .collect();
         Ok(Self {
             rules,
             path_set,
             index,
+            uses_claims,
+            rewrite_froms,
+        })
+    }
+
+    /// Whether `path` (as sent) resolves, as origins resolve it, under the
+    /// `from` of an allow rule's `rewrite_prefix` while it does not begin
+    /// with it as sent: an allow matches both forms, so the rule does not
+    /// apply, and the origin would serve the path the rewrite exists to
+    /// hide (`/x/../api/internal` beside a rule rewriting `/api/` to
+    /// `/public-api/`). No allocation (the per-thread scratch); only paths
+    /// that need normalizing, and only lists with such a rule, look.
+    pub fn dodges_rewrite(&self, path: &str) -> bool {
+        if self.rewrite_froms.is_empty() || !needs_normalizing(path.as_bytes()) {
+            return false;
+        }
+        with_normalized(path, |resolved| {
+            self.rewrite_froms
+                .iter()
+                .any(|from| starts_with_prefix(resolved, from) && !starts_with_prefix(path, from))
         })
     }
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// Some rule tests the token's claims: the verdict may change with
+    /// other claims (else it is the same with any token).
+    pub fn uses_claims(&self) -> bool {
+        self.uses_claims
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -1121,6 +1171,14 @@ mod tests {
             ("/%2e%2e/%41", "/A"),
             ("/%zz/%4", "/%zz/%4"),
             ("/", "/"),
+            // IIS: `\` (sent or `%5C`) separates.
+            ("/public\\..\\partner/x", "/partner/x"),
+            ("/public%5c..%5Cpartner/x", "/partner/x"),
+            // Tomcat, Jetty, Spring: `;parameters` end a segment.
+            ("/public/..;/partner/x", "/partner/x"),
+            ("/partner;x/y", "/partner/y"),
+            ("/a;b=c/d;e", "/a/d"),
+            ("/a/%3b/b", "/a/b"),
         ] {
             normalize_path(raw.as_bytes(), &mut tmp, &mut out);
             assert_eq!(String::from_utf8_lossy(&out), want, "{raw}");
@@ -1138,6 +1196,8 @@ mod tests {
             assert_eq!(with_normalized(raw, str::to_string), want, "{raw}");
         }
         assert!(!needs_normalizing(b"/partner/x") && needs_normalizing(b"//partner/x"));
+        assert!(needs_normalizing(b"/public\\..\\partner/x"));
+        assert!(needs_normalizing(b"/public/..;/partner/x"));
     }
 
     #[test]

@@ -407,4 +407,61 @@ fn phases_that_route_elsewhere_than_the_lookup_still_need_that_routes_token() {
     );
     assert_eq!(lab.edge.stats().jwt_rejected, 1);
     assert_eq!(hits(&lab, "l-banned"), 1);
+    // The listener's rules ran twice for this request (without claims,
+    // then with the private provider's): its allow counts once.
+    let c = lab.connect_to(80);
+    let req = format!(
+        "GET /open/x HTTP/1.1\r\nHost: a.example\r\nX-Trusted: yes\r\nAuthorization: Bearer {}\r\n\r\n",
+        token(PRIVATE, "user")
+    );
+    assert_eq!(lab.exchange(c, req.as_bytes()).status, 200);
+    assert_eq!(hits(&lab, "l-trusted"), 1, "one request, one hit");
+}
+
+/// A rule matches the path as origins resolve it too, but its
+/// `rewrite_prefix` can only change the target as sent: a target that
+/// reached the rule only once resolved (`/x/../api/internal`) would go up
+/// unrewritten, so it is refused.
+#[test]
+fn a_rewrite_whose_prefix_the_target_as_sent_lacks_is_refused() {
+    let origin = Arc::new(Upstream::simple(
+        "origin",
+        0,
+        &["10.0.0.3:8080".parse().unwrap()],
+    ));
+    let rules = Rules::new(vec![
+        Rule::new("api-public", prefix("/api/"), RuleAction::Allow).with_rewrite(Rewrite {
+            path_prefix: Some(("/api/".into(), "/public-api/".into())),
+            ..Rewrite::default()
+        }),
+    ])
+    .unwrap();
+    let table = Arc::new(RouteTable::new(
+        1,
+        vec![
+            Listener::new(
+                80,
+                vec![Route::new("all", RouteAction::Proxy(origin.clone()))],
+            )
+            .with_rules(rules),
+        ],
+        vec![origin.clone()],
+    ));
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let get = |lab: &mut Lab, path: &str| {
+        let c = lab.connect_to(80);
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\n\r\n");
+        lab.exchange(c, req.as_bytes())
+    };
+    let r = get(&mut lab, "/api/internal");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"origin:/public-api/internal"[..])
+    );
+    for path in ["/x/../api/internal", "/%61pi/internal", "//api/internal"] {
+        let r = get(&mut lab, path);
+        assert_eq!(r.status, 400, "{path}: {}", r.head);
+    }
+    assert_eq!(lab.origin_requests.len(), 1, "{:?}", lab.origin_requests);
+    assert_eq!(lab.edge.stats().ambiguous_paths, 3);
 }
