@@ -465,3 +465,105 @@ fn a_rewrite_whose_prefix_the_target_as_sent_lacks_is_refused() {
     assert_eq!(lab.origin_requests.len(), 1, "{:?}", lab.origin_requests);
     assert_eq!(lab.edge.stats().ambiguous_paths, 3);
 }
+
+/// A `jwt:sub` limit shared by routes of different providers keeps a
+/// bucket per provider and subject: the two providers' `u1` (every token
+/// here has `sub = "u1"`) are different users.
+#[test]
+fn a_subject_limit_keeps_a_bucket_per_provider() {
+    use ferrogate_proxy::limits::{Limit, LimitKey};
+    use ferrogate_proxy::quota::LimitSpec;
+    let origin = Arc::new(Upstream::simple(
+        "origin",
+        0,
+        &["10.0.0.3:8080".parse().unwrap()],
+    ));
+    let spec = LimitSpec::per_second(1.0 / 60.0, 1).unwrap();
+    let limit = Arc::new(Limit::new("per-sub", 0, spec, LimitKey::JwtSubject));
+    let partner = Route {
+        path: PathMatch::Prefix("/partner/".into()),
+        jwt: RouteJwt::Provider(provider("private", PRIVATE)),
+        ..Route::new("partner", RouteAction::Proxy(origin.clone()))
+    };
+    let table = Arc::new(
+        RouteTable::new(
+            1,
+            vec![
+                Listener::new(
+                    81,
+                    vec![
+                        partner,
+                        Route::new("all", RouteAction::Proxy(origin.clone())),
+                    ],
+                )
+                .with_jwt(provider("users", USERS))
+                .with_limits(vec![limit.clone()]),
+            ],
+            vec![origin.clone()],
+        )
+        .with_limits(vec![limit]),
+    );
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let get = |lab: &mut Lab, path: &str, tok: &str| {
+        let c = lab.connect_to(81);
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: a.example\r\nAuthorization: Bearer {tok}\r\n\r\n"
+        );
+        lab.exchange(c, req.as_bytes()).status
+    };
+    let (users, private) = (token(USERS, "user"), token(PRIVATE, "user"));
+    assert_eq!(get(&mut lab, "/x", &users), 200);
+    assert_eq!(
+        get(&mut lab, "/partner/x", &private),
+        200,
+        "another provider's u1"
+    );
+    assert_eq!(get(&mut lab, "/x", &users), 429);
+    assert_eq!(get(&mut lab, "/partner/x", &private), 429);
+}
+
+/// A `respond` route that blocks a path beside a catch-all that proxies:
+/// `/x/../admin/` is refused rather than handed to the origin, while a
+/// path that only moves between routes without policy goes on as sent.
+#[test]
+fn a_blocking_respond_route_is_not_dodged_and_plain_routes_pass() {
+    let origin = Arc::new(Upstream::simple(
+        "origin",
+        0,
+        &["10.0.0.3:8080".parse().unwrap()],
+    ));
+    let proxy = |name: &str, p: &str| Route {
+        path: PathMatch::Prefix(p.into()),
+        ..Route::new(name, RouteAction::Proxy(origin.clone()))
+    };
+    let admin = Route {
+        path: PathMatch::Prefix("/admin/".into()),
+        ..Route::new("admin", RouteAction::Respond(answer(403, "blocked")))
+    };
+    let table = Arc::new(RouteTable::new(
+        1,
+        vec![Listener::new(
+            80,
+            vec![admin, proxy("assets", "/assets/"), proxy("all", "/")],
+        )],
+        vec![origin.clone()],
+    ));
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let get = |lab: &mut Lab, path: &str| {
+        let c = lab.connect_to(80);
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\n\r\n");
+        lab.exchange(c, req.as_bytes())
+    };
+    assert_eq!(get(&mut lab, "/admin/").status, 403);
+    for path in ["/x/../admin/", "/%61dmin/", "//admin/", "/admin;x/"] {
+        let r = get(&mut lab, path);
+        assert_eq!(r.status, 400, "{path}: {}", r.head);
+    }
+    let r = get(&mut lab, "//assets/app.js");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"origin://assets/app.js"[..])
+    );
+    assert_eq!(lab.origin_requests.len(), 1, "{:?}", lab.origin_requests);
+    assert_eq!(lab.edge.stats().ambiguous_paths, 4);
+}
