@@ -1,0 +1,314 @@
+//! Whether a stored response may answer a request now (RFC 9111 §4.2,
+//! §4.2.4 and RFC 5861's stale-while-revalidate / stale-if-error).
+
+use std::time::SystemTime;
+
+use crate::directives::CacheControl;
+use crate::meta::CacheMeta;
+
+/// What to do with a stored response for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Serve it.
+    Fresh,
+    /// Stale, but it may be served now while one revalidation runs
+    /// (stale-while-revalidate, or a light purge).
+    ServeStaleWhileRevalidate,
+    /// Revalidate (conditional request) before serving. `stale_if_error`:
+    /// if that fails (5xx, connection error) the stored response may be
+    /// served instead.
+    Revalidate { stale_if_error: bool },
+}
+
+/// Judges a stored response for a request.
+///
+/// * `req`: the request's directives (after the route's
+///   `ignore_request_no_cache`); `validate`: the request asked for
+///   validation (`no-cache` or `Pragma: no-cache`).
+/// * `light_purged`: a light purge marked the object stale.
+pub fn evaluate(
+    meta: &CacheMeta,
+    req: &CacheControl,
+    validate: bool,
+    light_purged: bool,
+    now: SystemTime,
+) -> Verdict {
+    let age = meta.current_age(now);
+    let lifetime = meta.freshness_lifetime;
+    let d = meta.directives;
+    let staleness = age.saturating_sub(lifetime);
+    // Serving stale is forbidden by must-/proxy-revalidate and no-cache (§4.2.4).
+    let may_serve_stale = !d.revalidate_when_stale && !d.no_cache;
+    let within = |window: Option<u32>| window.is_some_and(|w| staleness <= u64::from(w));
+    let stale_if_error =
+        may_serve_stale && (within(d.stale_if_error) || within(req.stale_if_error));
+
+    if d.no_cache || validate {
+        return Verdict::Revalidate { stale_if_error };
+    }
+    if light_purged {
+        // A light purge: the content is known stale, one request revalidates,
+        // the rest are served what is stored (unless the origin forbade stale).
+        return if may_serve_stale {
+            Verdict::ServeStaleWhileRevalidate
+        } else {
+            Verdict::Revalidate {
+                stale_if_error: false,
+            }
+        };
+    }
+    let mut fresh = lifetime > age;
+    if let Some(max_age) = req.max_age {
+        fresh &= age <= u64::from(max_age);
+    }
+    if let Some(min_fresh) = req.min_fresh {
+        fresh &= lifetime.saturating_sub(age) >= u64::from(min_fresh);
+    }
+    if fresh {
+        return Verdict::Fresh;
+    }
+    // max-stale: the client accepts a stale response (not past must-revalidate).
+    if lifetime <= age && may_serve_stale && req.min_fresh.is_none() && req.max_age.is_none() {
+        match req.max_stale {
+            Some(None) => return Verdict::Fresh,
+            Some(Some(s)) if staleness <= u64::from(s) => return Verdict::Fresh,
+            _ => {}
+        }
+    }
+    if lifetime <= age && may_serve_stale && within(d.stale_while_revalidate) {
+        return Verdict::ServeStaleWhileRevalidate;
+    }
+    Verdict::Revalidate { stale_if_error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::tests::{T0, at, date};
+    use crate::policy::CachePolicyConfig;
+
+    fn meta(cc: &str) -> CacheMeta {
+        let d = date(T0);
+        CacheMeta::new(
+            200,
+            &[("Date", d.as_str()), ("Cache-Control", cc)],
+            at(T0),
+            at(T0),
+            &CachePolicyConfig::default(),
+        )
+    }
+
+    fn req(cc: &str) -> CacheControl {
+        CacheControl::parse(&[("Cache-Control", cc)])
+    }
+
+    const NO: fn() -> CacheControl = CacheControl::default;
+
+    #[test]
+    fn fresh_then_stale() {
+        let m = meta("max-age=60");
+        assert_eq!(
+            evaluate(&m, &NO(), false, false, at(T0 + 59)),
+            Verdict::Fresh
+        );
+        assert_eq!(
+            evaluate(&m, &NO(), false, false, at(T0 + 60)),
+            Verdict::Revalidate {
+                stale_if_error: false
+            }
+        );
+    }
+
+    #[test]
+    fn stale_while_revalidate_window() {
+        let m = meta("max-age=60, stale-while-revalidate=30");
+        assert_eq!(
+            evaluate(&m, &NO(), false, false, at(T0 + 60)),
+            Verdict::ServeStaleWhileRevalidate
+        );
+        assert_eq!(
+            evaluate(&m, &NO(), false, false, at(T0 + 90)),
+            Verdict::ServeStaleWhileRevalidate
+        );
+        assert_eq!(
+            evaluate(&m, &NO(), false, false, at(T0 + 91)),
+            Verdict::Revalidate {
+                stale_if_error: false
+            }
+        );
+    }
+
+    #[test]
+    fn stale_if_error_window_response_and_request() {
+        let m = meta("max-age=60, stale-if-error=100");
+        assert_eq!(
+            evaluate(&m, &NO(), false, false, at(T0 + 160)),
+            Verdict::Revalidate {
+                stale_if_error: true
+            }
+        );
+        assert_eq!(
+            evaluate(&m, &NO(), false, false, at(T0 + 161)),
+            Verdict::Revalidate {
+                stale_if_error: false
+            }
+        );
+        let m = meta("max-age=60");
+        assert_eq!(
+            evaluate(&m, &req("stale-if-error=10"), false, false, at(T0 + 65)),
+            Verdict::Revalidate {
+                stale_if_error: true
+            }
+        );
+    }
+
+    #[test]
+    fn must_revalidate_and_no_cache_forbid_stale() {
+        for cc in [
+            "max-age=60, stale-while-revalidate=30, stale-if-error=30, must-revalidate",
+            "max-age=60, stale-while-revalidate=30, stale-if-error=30, proxy-revalidate",
+        ] {
+            let m = meta(cc);
+            assert_eq!(
+                evaluate(&m, &NO(), false, false, at(T0 + 61)),
+                Verdict::Revalidate {
+                    stale_if_error: false
+                },
+                "{cc}"
+            );
+            assert_eq!(
+                evaluate(&m, &req("max-stale"), false, false, at(T0 + 61)),
+                Verdict::Revalidate {
+                    stale_if_error: false
+                },
+                "{cc}"
+            );
+            assert_eq!(
+                evaluate(&m, &NO(), false, true, at(T0 + 1)),
+                Verdict::Revalidate {
+                    stale_if_error: false
+                },
+                "{cc} light purge"
+            );
+        }
+        let m = meta("s-maxage=60, stale-while-revalidate=30, stale-if-error=30");
+        assert_eq!(
+            evaluate(&m, &NO(), false, false, at(T0 + 61)),
+            Verdict::Revalidate {
+                stale_if_error: false
+            },
+            "s-maxage implies proxy-revalidate"
+        );
+        let m = meta("no-cache, max-age=60, stale-if-error=60");
+        assert_eq!(
+            evaluate(&m, &NO(), false, false, at(T0)),
+            Verdict::Revalidate {
+                stale_if_error: false
+            }
+        );
+        let m = meta("no-cache=\"set-cookie\", max-age=60");
+        assert_eq!(
+            evaluate(&m, &NO(), false, false, at(T0)),
+            Verdict::Revalidate {
+                stale_if_error: false
+            },
+            "qualified no-cache"
+        );
+        let ign = CacheMeta::new(
+            200,
+            &[("Cache-Control", "no-cache, max-age=60")],
+            at(T0),
+            at(T0),
+            &CachePolicyConfig {
+                ignore_response_no_cache: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(evaluate(&ign, &NO(), false, false, at(T0)), Verdict::Fresh);
+    }
+
+    #[test]
+    fn request_directives() {
+        let m = meta("max-age=60, stale-if-error=600");
+        assert_eq!(
+            evaluate(&m, &NO(), true, false, at(T0)),
+            Verdict::Revalidate {
+                stale_if_error: true
+            },
+            "client no-cache: still fresh, a failed revalidation may fall back"
+        );
+        assert_eq!(
+            evaluate(&meta("max-age=60"), &NO(), true, false, at(T0)),
+            Verdict::Revalidate {
+                stale_if_error: false
+            }
+        );
+        assert_eq!(
+            evaluate(&m, &NO(), true, false, at(T0 + 70)),
+            Verdict::Revalidate {
+                stale_if_error: true
+            }
+        );
+        assert_eq!(
+            evaluate(&m, &req("max-age=10"), false, false, at(T0 + 10)),
+            Verdict::Fresh
+        );
+        assert_eq!(
+            evaluate(&m, &req("max-age=10"), false, false, at(T0 + 11)),
+            Verdict::Revalidate {
+                stale_if_error: true
+            }
+        );
+        assert_eq!(
+            evaluate(&m, &req("min-fresh=20"), false, false, at(T0 + 40)),
+            Verdict::Fresh
+        );
+        assert_eq!(
+            evaluate(&m, &req("min-fresh=20"), false, false, at(T0 + 41)),
+            Verdict::Revalidate {
+                stale_if_error: true
+            }
+        );
+        assert_eq!(
+            evaluate(&m, &req("max-stale=5"), false, false, at(T0 + 65)),
+            Verdict::Fresh
+        );
+        assert_eq!(
+            evaluate(&m, &req("max-stale=5"), false, false, at(T0 + 66)),
+            Verdict::Revalidate {
+                stale_if_error: true
+            }
+        );
+        assert_eq!(
+            evaluate(&m, &req("max-stale"), false, false, at(T0 + 100_000)),
+            Verdict::Fresh
+        );
+    }
+
+    #[test]
+    fn light_purge_serves_stale_while_one_revalidates() {
+        let m = meta("max-age=3600");
+        assert_eq!(
+            evaluate(&m, &NO(), false, true, at(T0 + 1)),
+            Verdict::ServeStaleWhileRevalidate
+        );
+    }
+
+    proptest::proptest! {
+        /// Time only moves a response away from fresh: once not `Fresh`, it
+        /// never becomes `Fresh` again; and it is fresh exactly while the
+        /// lifetime exceeds the age.
+        #[test]
+        fn verdict_is_monotonic_in_time(max_age in 0u32..1000, swr in proptest::option::of(0u32..500), sie in proptest::option::of(0u32..500), t in 0u64..3000) {
+            let mut cc = format!("max-age={max_age}");
+            if let Some(w) = swr { cc += &format!(", stale-while-revalidate={w}"); }
+            if let Some(e) = sie { cc += &format!(", stale-if-error={e}"); }
+            let m = meta(&cc);
+            let now = evaluate(&m, &NO(), false, false, at(T0 + t));
+            let later = evaluate(&m, &NO(), false, false, at(T0 + t + 1));
+            proptest::prop_assert_eq!(now == Verdict::Fresh, t < u64::from(max_age));
+            if now != Verdict::Fresh { proptest::prop_assert_ne!(later, Verdict::Fresh); }
+            if now == Verdict::ServeStaleWhileRevalidate { proptest::prop_assert!(t <= u64::from(max_age + swr.unwrap())); }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! ferrogate's HTTP cache core (issue #21): the RFC 9111 rules of a shared
+//! cache, cache keys, a memory tier shared by an engine's workers with
+//! streaming inserts, request coalescing and purge. Sans-IO: callers pass
+//! wall-clock times (`SystemTime`, for HTTP dates and ages) and deadlines
+//! (`Instant`); nothing here reads a clock, sleeps, or does I/O.
+//!
+//! # What it owns
+//!
+//! | module | job |
+//! |---|---|
+//! | [`directives`] | `Cache-Control` / `Pragma` parsing (quoted arguments, duplicates, malformed values) |
+//! | [`policy`] | what may be looked up / stored ([`CachePolicyConfig`] carries a route's overrides) |
+//! | [`meta`] | a stored response's metadata: freshness lifetime (s-maxage > max-age > Expires − Date > heuristic), corrected initial age |
+//! | [`freshness`] | fresh / stale-while-revalidate / revalidate (with stale-if-error) for one request |
+//! | [`revalidate`] | conditional request fields; merging a 304 into the stored headers |
+//! | [`key`] | primary key (scheme, host, path, normalized query, chosen headers) and Vary variant, keyed 128-bit hashes |
+//! | [`store`] | [`MemoryStore`]: sharded, byte budget, S3-FIFO, streaming objects, purge by key / prefix / tag |
+//! | [`lock`] | [`CacheLocks`]: one upstream fetch per key, waiters, take-over, deadlines |
+//! | [`stats`] | per-request outcomes ([`CacheStatus`], the `X-Cache` value) and per-worker counters |
+//!
+//! # Locking and sharing
+//!
+//! One [`MemoryStore`] and one [`CacheLocks`] per engine, cloned into each
+//! worker (`Send + Sync`, an `Arc` inside). Both are sharded by the primary
+//! key's hash; each shard is a `Mutex` held for a few map operations — a
+//! hit locks one shard once, allocates nothing (the key is hashed and
+//! compared in pieces) and clones an `Arc<Object>`. No lock is held across
+//! I/O: bodies are read through [`BodyReader`], lock-free once complete.
+//! Purges change the shared maps directly, so they are immediate for every
+//! worker. Request counters are per worker ([`CacheCounters`], summed on
+//! read); store counters (evictions, bytes) are atomics in the store.
+//!
+//! # What the proxy calls (per request, in the proxy's phases)
+//!
+//! 1. [`policy::request_decision`] → bypass, or look up with the request's
+//!    directives.
+//! 2. [`key::CacheKey::new`] with the route's [`KeyConfig`] and
+//!    [`MemoryStore::hasher`]; [`MemoryStore::lookup`] with the request
+//!    headers (the Vary variant is chosen inside).
+//! 3. On a hit, [`freshness::evaluate`] (`light_purged` from the object):
+//!    `Fresh` → serve (HEAD: headers only) with `Age:`
+//!    [`CacheMeta::age_header`]; `ServeStaleWhileRevalidate` → serve, and
+//!    start one background revalidation if [`CacheLocks::acquire`] gives a
+//!    permit; `Revalidate` → acquire the lock, send the request with
+//!    [`revalidate::conditional_request`]'s fields; a 304 →
+//!    [`revalidate::merge_not_modified`] + [`MemoryStore::refresh`]; a 5xx
+//!    or connection error with `stale_if_error` → serve the stored one.
+//! 4. On a miss, [`CacheLocks::acquire`]: a waiter polls its
+//!    [`lock::WaitTicket`] from the worker's timer pass and looks up again
+//!    on `Ready`; the fetcher checks [`policy::response_storable`], builds
+//!    [`CacheMeta::new`], calls [`MemoryStore::insert`] then
+//!    [`lock::FetchPermit::stored`] (or `uncacheable`), and feeds
+//!    [`ObjectWriter::append`] with each body chunk while serving its
+//!    own client from the same object.
+//! 5. [`CacheCounters::record`] with the outcome; the admin API calls
+//!    `purge_*`.
+
+pub mod directives;
+pub mod freshness;
+pub mod headers;
+pub mod key;
+pub mod lock;
+pub mod meta;
+pub mod policy;
+pub mod revalidate;
+pub mod stats;
+pub mod store;
+
+pub use directives::CacheControl;
+pub use freshness::{Verdict, evaluate};
+pub use headers::{HeaderView, StoredHeaders};
+pub use key::{CacheKey, KeyConfig, KeyHasher, KeyParts};
+pub use lock::{Acquired, CacheLocks, FetchPermit, Wait, WaitTicket};
+pub use meta::CacheMeta;
+pub use policy::{CachePolicyConfig, NotStorable, RequestDecision};
+pub use stats::{CacheCounters, CacheStatus};
+pub use store::{
+    BodyReader, Hit, InsertError, MemoryStore, Object, ObjectWriter, PurgeMode, Read, StoreConfig,
+    StoreStats,
+};

@@ -1,0 +1,408 @@
+//! The memory tier: one store per engine, shared by every worker.
+//!
+//! **Locking.** Objects live in `shards` (a power of two) chosen by the
+//! primary key's hash; every variant of a primary key lives in its shard.
+//! Each shard is one `Mutex` whose critical sections are a few hash-map
+//! operations and pointer moves: a hit takes the lock once (find, compare
+//! the full key, bump a frequency, clone an `Arc`), never across I/O, and
+//! objects evicted or replaced are dropped after the lock is released.
+//! Body chunks are read through the object's own body, not under
+//! the shard lock. Purges by prefix or tag visit the
+//! shards one at a time.
+//!
+//! **Eviction: S3-FIFO** (Yang et al., SOSP '23) per shard, by bytes: new
+//! objects enter a small FIFO (10 % of the budget); one not read again
+//! before it reaches the head goes to a ghost list of hashes and is
+//! dropped, one that was read moves to the main FIFO; the main FIFO
+//! reinserts an object while its 2-bit frequency is non-zero. An object
+//! whose hash is in the ghost list goes straight to main. A scan (objects
+//! read once) passes through the small FIFO without displacing the main one.
+//!
+//! Why not `quick_cache` (a maintained S3-FIFO-like cache) or `moka`
+//! (W-TinyLFU): an object being streamed in grows after insertion, and the
+//! Vary variants and surrogate-key index must change in the same critical
+//! section as an eviction; both crates weigh an entry once and report
+//! evictions through callbacks outside their shard lock, so the indexes
+//! would need a second lock and could disagree. moka also runs
+//! housekeeping and allocates per operation.
+
+mod object;
+mod shard;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+pub use object::{BodyReader, Object, Read};
+
+use crate::headers::HeaderView;
+use crate::key::{CacheKey, KeyHasher, variant_hash};
+use crate::meta::CacheMeta;
+use object::Body;
+use shard::{Id, Shard};
+
+/// Sizing and indexing of a [`MemoryStore`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Byte budget of the whole store (headers + bodies + bookkeeping).
+    pub max_bytes: usize,
+    /// Number of shards (rounded up to a power of two).
+    pub shards: usize,
+    /// Largest object kept; a bigger one is streamed to its readers but
+    /// leaves the store.
+    pub max_object_bytes: usize,
+    /// Response header whose space- or comma-separated values tag an object
+    /// for purge by surrogate key (e.g. `surrogate-key`, `cache-tag`).
+    pub tag_header: Option<String>,
+    /// Seed of the key hash.
+    pub key_seed: u128,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_bytes: 256 << 20,
+            shards: 16,
+            max_object_bytes: 8 << 20,
+            tag_header: Some("surrogate-key".into()),
+            key_seed: 0x5eed,
+        }
+    }
+}
+
+/// Light purge marks objects stale (served stale while one request
+/// revalidates); hard purge deletes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PurgeMode {
+    Light,
+    Hard,
+}
+
+/// Why an insert was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InsertError {
+    #[error("the object is larger than the largest object the store keeps")]
+    TooLarge,
+}
+
+/// Store-wide counters (atomics, updated under the shard locks).
+#[derive(Debug, Default)]
+pub(crate) struct StoreCounters {
+    pub inserted: AtomicU64,
+    pub evicted: AtomicU64,
+    pub bytes_evicted: AtomicU64,
+    pub bytes_inserted: AtomicU64,
+    pub purged: AtomicU64,
+    pub objects: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// A snapshot of the store's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub inserted: u64,
+    pub evicted: u64,
+    pub bytes_evicted: u64,
+    /// Bytes ever accounted to stored objects (headers and body).
+    pub bytes_inserted: u64,
+    pub purged: u64,
+    /// Objects and bytes stored now.
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+struct Inner {
+    shards: Box<[Mutex<Shard>]>,
+    shard_budget: usize,
+    max_object: usize,
+    tag_header: Option<String>,
+    hasher: KeyHasher,
+    counters: StoreCounters,
+}
+
+/// The shared memory tier. Cloning is cheap (one `Arc`).
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+/// A found object.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub object: Arc<Object>,
+    id: Id,
+}
+
+impl Hit {
+    pub fn meta(&self) -> &CacheMeta {
+        self.object.meta()
+    }
+}
+
+/// Appends the body of a new object; readers see chunks as they arrive.
+/// Dropped without [`ObjectWriter::finish`]: the body is aborted (readers
+/// get [`Read::Aborted`]) and the object leaves the store.
+pub struct ObjectWriter {
+    store: Arc<Inner>,
+    object: Arc<Object>,
+    id: Id,
+    generation: u64,
+    size: usize,
+    detached: bool,
+    finished: bool,
+}
+
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Objects dropped after a shard lock is released.
+type Dropped = SmallVec<[Arc<Object>; 4]>;
+
+impl MemoryStore {
+    pub fn new(cfg: &StoreConfig) -> Self {
+        let n = cfg.shards.max(1).next_power_of_two();
+        let shard_budget = (cfg.max_bytes / n).max(1);
+        MemoryStore {
+            inner: Arc::new(Inner {
+                shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+                shard_budget,
+                max_object: cfg.max_object_bytes.min(shard_budget),
+                tag_header: cfg.tag_header.as_ref().map(|t| t.to_ascii_lowercase()),
+                hasher: KeyHasher::new(cfg.key_seed),
+                counters: StoreCounters::default(),
+            }),
+        }
+    }
+
+    /// The store's key hasher (primary keys must be made with it).
+    pub fn hasher(&self) -> &KeyHasher {
+        &self.inner.hasher
+    }
+
+    fn shard(&self, primary: u128) -> &Mutex<Shard> {
+        self.inner.shard(primary)
+    }
+
+    /// Finds the object for a request: primary key, then the variant its
+    /// `Vary` names select from `req`. No allocation.
+    pub fn lookup(&self, key: &CacheKey<'_>, req: &dyn HeaderView) -> Option<Hit> {
+        let mut s = lock(self.shard(key.hash));
+        let p = s.primary(key.hash)?;
+        if !key.matches(&p.full_key) {
+            return None;
+        }
+        let v = variant_hash(&p.vary, req, &self.inner.hasher);
+        let id = (key.hash, v);
+        s.touch(id).map(|object| Hit { object, id })
+    }
+
+    /// Starts storing a response: the object is visible to lookups at once
+    /// and readers stream its body while it is written. `body_len`: the
+    /// length if known (`Content-Length`), to refuse what cannot fit.
+    pub fn insert(
+        &self,
+        key: &CacheKey<'_>,
+        req: &dyn HeaderView,
+        meta: CacheMeta,
+        body_len: Option<usize>,
+    ) -> Result<ObjectWriter, InsertError> {
+        let weight = meta.weight();
+        if weight + body_len.unwrap_or(0) > self.inner.max_object {
+            return Err(InsertError::TooLarge);
+        }
+        let tags = self.tags(&meta);
+        let v = variant_hash(&meta.vary, req, &self.inner.hasher);
+        let id = (key.hash, v);
+        let object = Arc::new(Object::new(meta, Arc::new(Body::new())));
+        let mut dropped = Dropped::new();
+        let generation = {
+            let mut s = lock(self.shard(key.hash));
+            let generation = s.insert(
+                id,
+                key,
+                Arc::clone(&object),
+                weight,
+                tags,
+                &self.inner.counters,
+                &mut dropped,
+            );
+            s.evict(self.inner.shard_budget, &self.inner.counters, &mut dropped);
+            generation
+        };
+        drop(dropped);
+        self.inner.counters.inserted.fetch_add(1, Ordering::Relaxed);
+        Ok(ObjectWriter {
+            store: Arc::clone(&self.inner),
+            object,
+            id,
+            generation,
+            size: weight,
+            detached: false,
+            finished: false,
+        })
+    }
+
+    /// Replaces a hit's metadata after a 304 (the body is kept and shared);
+    /// clears a light purge. False if the object was replaced or removed
+    /// meanwhile (the merged response can still be served).
+    pub fn refresh(&self, hit: &Hit, meta: CacheMeta) -> bool {
+        let new = Arc::new(Object::new(meta, Arc::clone(&hit.object.body)));
+        let old = {
+            let mut s = lock(self.shard(hit.id.0));
+            s.replace_object(hit.id, &hit.object, new)
+        };
+        old.is_some()
+    }
+
+    /// Hard-removes one stored object (e.g. an origin's answer showed it invalid).
+    pub fn remove(&self, hit: &Hit) -> bool {
+        let mut dropped = Dropped::new();
+        let mut s = lock(self.shard(hit.id.0));
+        let removed = s.remove_if(hit.id, &hit.object, &self.inner.counters, &mut dropped);
+        drop(s);
+        removed
+    }
+
+    /// Purges every variant of a key.
+    pub fn purge_key(&self, key: &CacheKey<'_>, mode: PurgeMode) -> usize {
+        let mut dropped = Dropped::new();
+        let mut s = lock(self.shard(key.hash));
+        let ok = s
+            .primary(key.hash)
+            .is_some_and(|p| key.matches(&p.full_key));
+        let n = if ok {
+            s.purge_primary(key.hash, mode, &self.inner.counters, &mut dropped)
+        } else {
+            0
+        };
+        drop(s);
+        n
+    }
+
+    /// Purges every object whose full key starts with `prefix` (see
+    /// [`crate::key::purge_prefix`]). Visits every shard.
+    pub fn purge_prefix(&self, prefix: &[u8], mode: PurgeMode) -> usize {
+        self.each_shard(|s, c, d| {
+            let hits: SmallVec<[u128; 16]> = s.primaries_with_prefix(prefix).collect();
+            hits.into_iter()
+                .map(|p| s.purge_primary(p, mode, c, d))
+                .sum()
+        })
+    }
+
+    /// Purges every object tagged `tag` by the configured tag header.
+    pub fn purge_tag(&self, tag: &[u8], mode: PurgeMode) -> usize {
+        self.each_shard(|s, c, d| {
+            let ids: SmallVec<[Id; 16]> = s.tagged(tag).collect();
+            ids.into_iter().map(|id| s.purge_id(id, mode, c, d)).sum()
+        })
+    }
+
+    fn each_shard(
+        &self,
+        mut f: impl FnMut(&mut Shard, &StoreCounters, &mut Dropped) -> usize,
+    ) -> usize {
+        let mut n = 0;
+        for m in self.inner.shards.iter() {
+            let mut dropped = Dropped::new();
+            let mut s = lock(m);
+            n += f(&mut *s, &self.inner.counters, &mut dropped);
+            drop(s);
+        }
+        n
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.inner.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StoreStats {
+            inserted: l(&c.inserted),
+            evicted: l(&c.evicted),
+            bytes_evicted: l(&c.bytes_evicted),
+            bytes_inserted: l(&c.bytes_inserted),
+            purged: l(&c.purged),
+            objects: l(&c.objects),
+            bytes: l(&c.bytes),
+        }
+    }
+
+    fn tags(&self, meta: &CacheMeta) -> SmallVec<[Bytes; 4]> {
+        let mut tags = SmallVec::new();
+        if let Some(h) = &self.inner.tag_header {
+            meta.headers.for_each_value(h, &mut |v| {
+                for t in v
+                    .split(|&b| b == b' ' || b == b',' || b == b'\t')
+                    .filter(|t| !t.is_empty())
+                {
+                    tags.push(Bytes::copy_from_slice(t));
+                }
+            });
+        }
+        tags
+    }
+}
+
+impl Inner {
+    fn shard(&self, primary: u128) -> &Mutex<Shard> {
+        // The low bits feed the shard's hash maps; use high ones here.
+        &self.shards[(primary >> 100) as usize & (self.shards.len() - 1)]
+    }
+}
+
+impl ObjectWriter {
+    /// The object being written (to serve the fetching client from too).
+    pub fn object(&self) -> &Arc<Object> {
+        &self.object
+    }
+
+    /// Appends a body chunk. Readers see it at once. An object that
+    /// outgrows the largest object size leaves the store (its readers keep
+    /// reading it to the end).
+    pub fn append(&mut self, chunk: Bytes) {
+        let n = chunk.len();
+        self.object.body.append(chunk);
+        if self.detached {
+            return;
+        }
+        self.size += n;
+        let mut dropped = Dropped::new();
+        let mut s = lock(self.store.shard(self.id.0));
+        if self.size > self.store.max_object {
+            s.remove_gen(self.id, self.generation, &self.store.counters, &mut dropped);
+            self.detached = true;
+        } else if s.grow(self.id, self.generation, n, &self.store.counters) {
+            s.evict(self.store.shard_budget, &self.store.counters, &mut dropped);
+        } else {
+            // Evicted or purged meanwhile: keep feeding the readers only.
+            self.detached = true;
+        }
+        drop(s);
+    }
+
+    /// The body is complete.
+    pub fn finish(mut self) {
+        self.finished = true;
+        self.object.body.finish();
+    }
+}
+
+impl Drop for ObjectWriter {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.object.body.abort();
+        if !self.detached {
+            let mut dropped = Dropped::new();
+            let mut s = lock(self.store.shard(self.id.0));
+            s.remove_gen(self.id, self.generation, &self.store.counters, &mut dropped);
+            drop(s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,378 @@
+//! One shard: the maps, the S3-FIFO queues and the indexes, all changed
+//! together under the shard's lock.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use foldhash::fast::FixedState;
+use smallvec::SmallVec;
+
+use super::object::Object;
+use super::{Dropped, PurgeMode, StoreCounters};
+use crate::key::CacheKey;
+
+/// (primary hash, variant hash).
+pub(crate) type Id = (u128, u128);
+
+/// Bytes of bookkeeping counted per object besides its metadata.
+const ENTRY_OVERHEAD: usize = 128;
+
+pub(crate) struct Primary {
+    pub full_key: Box<[u8]>,
+    pub vary: Vec<Bytes>,
+    variants: SmallVec<[u128; 2]>,
+}
+
+struct Entry {
+    object: Arc<Object>,
+    weight: usize,
+    freq: u8,
+    in_main: bool,
+    generation: u64,
+    tags: SmallVec<[Bytes; 4]>,
+}
+
+#[derive(Clone, Copy)]
+struct QRec {
+    id: Id,
+    generation: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Shard {
+    primaries: HashMap<u128, Primary, FixedState>,
+    objects: HashMap<Id, Entry, FixedState>,
+    small: VecDeque<QRec>,
+    main: VecDeque<QRec>,
+    small_bytes: usize,
+    main_bytes: usize,
+    ghost: VecDeque<Id>,
+    ghost_set: HashSet<Id, FixedState>,
+    tags: HashMap<Bytes, HashSet<Id, FixedState>, FixedState>,
+    next_generation: u64,
+}
+
+impl Shard {
+    pub fn primary(&self, p: u128) -> Option<&Primary> {
+        self.primaries.get(&p)
+    }
+
+    /// A hit: bumps the frequency (saturating at 3) and clones the object.
+    pub fn touch(&mut self, id: Id) -> Option<Arc<Object>> {
+        let e = self.objects.get_mut(&id)?;
+        e.freq = (e.freq + 1).min(3);
+        Some(Arc::clone(&e.object))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert(
+        &mut self,
+        id: Id,
+        key: &CacheKey<'_>,
+        object: Arc<Object>,
+        weight: usize,
+        tags: SmallVec<[Bytes; 4]>,
+        c: &StoreCounters,
+        dropped: &mut Dropped,
+    ) -> u64 {
+        let (p, v) = id;
+        // Another primary under the same hash (a collision), or a new Vary
+        // list: the old variants can no longer be found; drop them.
+        let stale = match self.primaries.get(&p) {
+            Some(old) => !key.matches(&old.full_key) || old.vary != object.meta.vary,
+            None => false,
+        };
+        if stale {
+            let variants: SmallVec<[u128; 4]> =
+                self.primaries[&p].variants.iter().copied().collect();
+            for v in variants {
+                if let Some(generation) = self.objects.get(&(p, v)).map(|e| e.generation) {
+                    self.remove_gen((p, v), generation, c, dropped);
+                }
+            }
+            // Variants whose objects are gone already leave the record behind.
+            self.primaries.remove(&p);
+        }
+        if let Some(old) = self.objects.get(&id) {
+            let generation = old.generation;
+            self.remove_gen(id, generation, c, dropped);
+        }
+        let prim = self.primaries.entry(p).or_insert_with(|| Primary {
+            full_key: key.to_bytes().into_boxed_slice(),
+            vary: object.meta.vary.clone(),
+            variants: SmallVec::new(),
+        });
+        prim.variants.push(v);
+        let weight = weight + ENTRY_OVERHEAD;
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        for t in &tags {
+            self.tags.entry(t.clone()).or_default().insert(id);
+        }
+        let in_main = self.ghost_set.remove(&id);
+        let rec = QRec { id, generation };
+        if in_main {
+            self.main.push_back(rec);
+            self.main_bytes += weight;
+        } else {
+            self.small.push_back(rec);
+            self.small_bytes += weight;
+        }
+        self.objects.insert(
+            id,
+            Entry {
+                object,
+                weight,
+                freq: 0,
+                in_main,
+                generation,
+                tags,
+            },
+        );
+        c.objects.fetch_add(1, Ordering::Relaxed);
+        c.bytes.fetch_add(weight as u64, Ordering::Relaxed);
+        c.bytes_inserted.fetch_add(weight as u64, Ordering::Relaxed);
+        generation
+    }
+
+    /// Adds `n` bytes to a growing object; false if it is no longer stored.
+    pub fn grow(&mut self, id: Id, generation: u64, n: usize, c: &StoreCounters) -> bool {
+        match self.objects.get_mut(&id) {
+            Some(e) if e.generation == generation => {
+                e.weight += n;
+                if e.in_main {
+                    self.main_bytes += n;
+                } else {
+                    self.small_bytes += n;
+                }
+                c.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                c.bytes_inserted.fetch_add(n as u64, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn replace_object(
+        &mut self,
+        id: Id,
+        old: &Arc<Object>,
+        new: Arc<Object>,
+    ) -> Option<Arc<Object>> {
+        let e = self.objects.get_mut(&id)?;
+        if !Arc::ptr_eq(&e.object, old) {
+            return None;
+        }
+        Some(std::mem::replace(&mut e.object, new))
+    }
+
+    pub fn remove_if(
+        &mut self,
+        id: Id,
+        obj: &Arc<Object>,
+        c: &StoreCounters,
+        dropped: &mut Dropped,
+    ) -> bool {
+        match self.objects.get(&id) {
+            Some(e) if Arc::ptr_eq(&e.object, obj) => {
+                let generation = e.generation;
+                self.remove_gen(id, generation, c, dropped)
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes the object `id` if it is generation `generation`; fixes the byte
+    /// counts, the tag index and its primary's variant list. The queue
+    /// record stays and is skipped when it reaches the head.
+    pub fn remove_gen(
+        &mut self,
+        id: Id,
+        generation: u64,
+        c: &StoreCounters,
+        dropped: &mut Dropped,
+    ) -> bool {
+        match self.objects.get(&id) {
+            Some(e) if e.generation == generation => {}
+            _ => return false,
+        }
+        let e = self.objects.remove(&id).expect("checked above");
+        if e.in_main {
+            self.main_bytes -= e.weight;
+        } else {
+            self.small_bytes -= e.weight;
+        }
+        c.objects.fetch_sub(1, Ordering::Relaxed);
+        c.bytes.fetch_sub(e.weight as u64, Ordering::Relaxed);
+        for t in &e.tags {
+            if let Some(set) = self.tags.get_mut(t) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.tags.remove(t);
+                }
+            }
+        }
+        if let Some(p) = self.primaries.get_mut(&id.0) {
+            p.variants.retain(|v| *v != id.1);
+            if p.variants.is_empty() {
+                self.primaries.remove(&id.0);
+            }
+        }
+        dropped.push(e.object);
+        self.compact();
+        true
+    }
+
+    /// Applies a purge to every variant of a primary key.
+    pub fn purge_primary(
+        &mut self,
+        p: u128,
+        mode: PurgeMode,
+        c: &StoreCounters,
+        dropped: &mut Dropped,
+    ) -> usize {
+        let variants: SmallVec<[u128; 4]> = match self.primaries.get(&p) {
+            Some(pr) => pr.variants.iter().copied().collect(),
+            None => return 0,
+        };
+        variants
+            .into_iter()
+            .map(|v| self.purge_id((p, v), mode, c, dropped))
+            .sum()
+    }
+
+    pub fn purge_id(
+        &mut self,
+        id: Id,
+        mode: PurgeMode,
+        c: &StoreCounters,
+        dropped: &mut Dropped,
+    ) -> usize {
+        let n = match (mode, self.objects.get(&id)) {
+            (_, None) => 0,
+            (PurgeMode::Light, Some(e)) => {
+                e.object.light_purged.store(true, Ordering::Release);
+                1
+            }
+            (PurgeMode::Hard, Some(e)) => {
+                let generation = e.generation;
+                usize::from(self.remove_gen(id, generation, c, dropped))
+            }
+        };
+        c.purged.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    pub fn primaries_with_prefix<'a>(
+        &'a self,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = u128> + 'a {
+        self.primaries
+            .iter()
+            .filter(move |(_, p)| p.full_key.starts_with(prefix))
+            .map(|(h, _)| *h)
+    }
+
+    pub fn tagged<'a>(&'a self, tag: &[u8]) -> impl Iterator<Item = Id> + 'a {
+        self.tags
+            .get(tag)
+            .into_iter()
+            .flat_map(|s| s.iter().copied())
+    }
+
+    fn live(&self, r: &QRec, main: bool) -> bool {
+        self.objects
+            .get(&r.id)
+            .is_some_and(|e| e.generation == r.generation && e.in_main == main)
+    }
+
+    /// S3-FIFO eviction down to `budget` bytes.
+    pub fn evict(&mut self, budget: usize, c: &StoreCounters, dropped: &mut Dropped) {
+        while self.small_bytes + self.main_bytes > budget {
+            let from_small =
+                !self.small.is_empty() && (self.small_bytes > budget / 10 || self.main.is_empty());
+            if from_small {
+                self.evict_small(c, dropped);
+            } else if !self.main.is_empty() {
+                self.evict_main(c, dropped);
+            } else {
+                debug_assert!(false, "bytes accounted but no queue records");
+                break;
+            }
+        }
+    }
+
+    fn evict_small(&mut self, c: &StoreCounters, dropped: &mut Dropped) {
+        let Some(r) = self.small.pop_front() else {
+            return;
+        };
+        if !self.live(&r, false) {
+            return;
+        }
+        let e = self.objects.get_mut(&r.id).expect("live");
+        if e.freq > 0 {
+            // Read again while in the small FIFO: promote.
+            e.freq = 0;
+            e.in_main = true;
+            self.small_bytes -= e.weight;
+            self.main_bytes += e.weight;
+            self.main.push_back(r);
+        } else {
+            self.evict_one(r, c, dropped);
+            self.ghost.push_back(r.id);
+            self.ghost_set.insert(r.id);
+            let cap = self.objects.len().max(64);
+            while self.ghost.len() > cap {
+                if let Some(g) = self.ghost.pop_front() {
+                    self.ghost_set.remove(&g);
+                }
+            }
+        }
+    }
+
+    fn evict_main(&mut self, c: &StoreCounters, dropped: &mut Dropped) {
+        let Some(r) = self.main.pop_front() else {
+            return;
+        };
+        if !self.live(&r, true) {
+            return;
+        }
+        let e = self.objects.get_mut(&r.id).expect("live");
+        if e.freq > 0 {
+            e.freq -= 1;
+            self.main.push_back(r);
+        } else {
+            self.evict_one(r, c, dropped);
+        }
+    }
+
+    fn evict_one(&mut self, r: QRec, c: &StoreCounters, dropped: &mut Dropped) {
+        let w = self.objects.get(&r.id).map_or(0, |e| e.weight);
+        if self.remove_gen(r.id, r.generation, c, dropped) {
+            c.evicted.fetch_add(1, Ordering::Relaxed);
+            c.bytes_evicted.fetch_add(w as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops dead queue records once they outnumber the live ones.
+    fn compact(&mut self) {
+        let live = self.objects.len();
+        if self.small.len() + self.main.len() > 2 * live + 64 {
+            let objects = &self.objects;
+            let ok = |r: &QRec, main: bool| {
+                objects
+                    .get(&r.id)
+                    .is_some_and(|e| e.generation == r.generation && e.in_main == main)
+            };
+            self.small.retain(|r| ok(r, false));
+            self.main.retain(|r| ok(r, true));
+        }
+    }
+
+    #[cfg(test)]
+    pub fn queue_bytes(&self) -> (usize, usize) {
+        (self.small_bytes, self.main_bytes)
+    }
+}

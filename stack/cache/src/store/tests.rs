@@ -1,0 +1,587 @@
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use super::*;
+use crate::key::{KeyConfig, KeyParts, purge_prefix};
+use crate::lock::{Acquired, CacheLocks, Wait};
+use crate::policy::CachePolicyConfig;
+
+/// Counts this thread's allocations, to check that a hit allocates nothing.
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.with(|a| a.set(a.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> usize {
+    ALLOCS.with(Cell::get)
+}
+
+const NONE: [(&str, &str); 0] = [];
+
+fn cfg() -> KeyConfig {
+    KeyConfig::default()
+}
+
+fn parts<'a>(path: &'a str, h: &'a dyn HeaderView) -> KeyParts<'a> {
+    KeyParts {
+        scheme: "https",
+        host: b"example.com",
+        path_and_query: path.as_bytes(),
+        headers: h,
+    }
+}
+
+fn meta(h: &[(&str, &str)]) -> CacheMeta {
+    let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    CacheMeta::new(200, h, t, t, &CachePolicyConfig::default())
+}
+
+fn small_store(max_bytes: usize, shards: usize) -> MemoryStore {
+    MemoryStore::new(&StoreConfig {
+        max_bytes,
+        shards,
+        max_object_bytes: max_bytes,
+        tag_header: Some("Surrogate-Key".into()),
+        key_seed: 1,
+    })
+}
+
+/// Stores a complete object of `n` body bytes under `path`.
+fn put(s: &MemoryStore, path: &str, h: &[(&str, &str)], n: usize) {
+    let c = cfg();
+    let k = CacheKey::new(parts(path, &NONE), &c, s.hasher());
+    let mut w = s.insert(&k, &NONE, meta(h), Some(n)).unwrap();
+    w.append(Bytes::from(vec![b'x'; n]));
+    w.finish();
+}
+
+fn get(s: &MemoryStore, path: &str, req: &dyn HeaderView) -> Option<Hit> {
+    let c = cfg();
+    let k = CacheKey::new(parts(path, &NONE), &c, s.hasher());
+    s.lookup(&k, req)
+}
+
+/// Reads to the end, waiting for the writer (bounded).
+fn drain(r: &mut BodyReader) -> Vec<u8> {
+    let mut v = Vec::new();
+    for _ in 0..10_000_000 {
+        match r.poll() {
+            Read::Chunk(c) => v.extend_from_slice(&c),
+            Read::Pending => std::thread::yield_now(),
+            Read::End => return v,
+            Read::Aborted => panic!("aborted"),
+        }
+    }
+    panic!("the writer never finished");
+}
+
+fn read_all(r: &mut BodyReader) -> (Vec<u8>, Read) {
+    let mut v = Vec::new();
+    loop {
+        match r.poll() {
+            Read::Chunk(c) => v.extend_from_slice(&c),
+            other => return (v, other),
+        }
+    }
+}
+
+#[test]
+fn store_is_send_and_sync() {
+    fn ok<T: Send + Sync + Clone>() {}
+    ok::<MemoryStore>();
+    ok::<CacheLocks>();
+    fn send<T: Send>() {}
+    send::<ObjectWriter>();
+    send::<BodyReader>();
+    send::<Hit>();
+}
+
+#[test]
+fn streaming_insert_readers_see_chunks_before_completion() {
+    let s = small_store(1 << 20, 4);
+    let c = cfg();
+    let k = CacheKey::new(parts("/big", &NONE), &c, s.hasher());
+    let mut w = s
+        .insert(&k, &NONE, meta(&[("Cache-Control", "max-age=60")]), None)
+        .unwrap();
+    let hit = get(&s, "/big", &NONE).expect("visible while in progress");
+    assert!(!hit.object.is_complete());
+    let mut r = hit.object.reader();
+    assert_eq!(r.poll(), Read::Pending);
+    assert!(!r.ready());
+    w.append(Bytes::from_static(b"hello "));
+    assert!(r.ready());
+    assert_eq!(r.poll(), Read::Chunk(Bytes::from_static(b"hello ")));
+    assert_eq!(r.poll(), Read::Pending);
+    w.append(Bytes::from_static(b"world"));
+    w.finish();
+    assert_eq!(read_all(&mut r), (b"world".to_vec(), Read::End));
+    // A reader that starts after completion reads the frozen list.
+    let hit = get(&s, "/big", &NONE).unwrap();
+    assert!(hit.object.is_complete());
+    assert_eq!(hit.object.body_len(), 11);
+    assert_eq!(
+        read_all(&mut hit.object.reader()),
+        (b"hello world".to_vec(), Read::End)
+    );
+}
+
+#[test]
+fn abandoned_writer_aborts_readers_and_leaves_the_store() {
+    let s = small_store(1 << 20, 4);
+    let c = cfg();
+    let k = CacheKey::new(parts("/a", &NONE), &c, s.hasher());
+    let mut w = s
+        .insert(&k, &NONE, meta(&[("Cache-Control", "max-age=60")]), None)
+        .unwrap();
+    w.append(Bytes::from_static(b"part"));
+    let mut r = get(&s, "/a", &NONE).unwrap().object.reader();
+    drop(w);
+    assert_eq!(read_all(&mut r), (b"part".to_vec(), Read::Aborted));
+    assert!(get(&s, "/a", &NONE).is_none());
+    assert_eq!(s.stats().objects, 0);
+    assert_eq!(s.stats().bytes, 0);
+}
+
+#[test]
+fn hit_does_not_allocate() {
+    let s = small_store(1 << 20, 4);
+    let c = cfg();
+    let req = [("Accept-Encoding", "gzip")];
+    let k = CacheKey::new(parts("/x?b=2&a=1", &req), &c, s.hasher());
+    let v = [("Cache-Control", "max-age=60"), ("Vary", "Accept-Encoding")];
+    let mut w = s.insert(&k, &req, meta(&v), None).unwrap();
+    w.append(Bytes::from(vec![7u8; 100]));
+    w.finish();
+    let p = parts("/x?a=1&b=2", &req);
+    // Warm up: thread-locals, and the first clone of a chunk made from a
+    // `Vec` (bytes promotes it to a shared buffer once per chunk).
+    let k = CacheKey::new(p, &c, s.hasher());
+    assert!(matches!(
+        s.lookup(&k, &req).unwrap().object.reader().poll(),
+        Read::Chunk(_)
+    ));
+    let before = allocs();
+    let k = CacheKey::new(p, &c, s.hasher());
+    let hit = s.lookup(&k, &req).expect("hit");
+    let mut r = hit.object.reader();
+    let chunk = r.poll();
+    let after = allocs();
+    assert!(matches!(chunk, Read::Chunk(_)));
+    assert_eq!(after - before, 0, "a hit allocated");
+}
+
+#[test]
+fn vary_selects_variants_and_a_new_vary_list_drops_old_ones() {
+    let s = small_store(1 << 20, 4);
+    let c = cfg();
+    let gz = [("Accept-Encoding", "gzip")];
+    let br = [("Accept-Encoding", "br")];
+    let v = [("Cache-Control", "max-age=60"), ("Vary", "Accept-Encoding")];
+    for (req, body) in [(&gz, "G"), (&br, "B")] {
+        let k = CacheKey::new(parts("/v", &NONE), &c, s.hasher());
+        let mut w = s.insert(&k, req, meta(&v), None).unwrap();
+        w.append(Bytes::from(body));
+        w.finish();
+    }
+    let body = |h: &dyn HeaderView| get(&s, "/v", h).map(|h| read_all(&mut h.object.reader()).0);
+    assert_eq!(body(&gz), Some(b"G".to_vec()));
+    assert_eq!(body(&[("accept-encoding", " gzip ")]), Some(b"G".to_vec()));
+    assert_eq!(body(&br), Some(b"B".to_vec()));
+    assert_eq!(body(&NONE), None);
+    assert_eq!(s.stats().objects, 2);
+    // The origin now varies on something else: the old variants go.
+    let k = CacheKey::new(parts("/v", &NONE), &c, s.hasher());
+    s.insert(
+        &k,
+        &gz,
+        meta(&[("Cache-Control", "max-age=60"), ("Vary", "Accept-Language")]),
+        None,
+    )
+    .unwrap()
+    .finish();
+    assert_eq!(s.stats().objects, 1);
+    assert!(
+        body(&br).is_some(),
+        "no Accept-Language either way: the new object"
+    );
+    assert_eq!(body(&br), Some(Vec::new()));
+}
+
+#[test]
+fn hash_collision_is_a_miss_not_a_wrong_answer() {
+    let s = small_store(1 << 20, 4);
+    put(&s, "/one", &[("Cache-Control", "max-age=60")], 3);
+    let c = cfg();
+    let one = CacheKey::new(parts("/one", &NONE), &c, s.hasher());
+    let forged = CacheKey {
+        hash: one.hash,
+        ..CacheKey::new(parts("/two", &NONE), &c, s.hasher())
+    };
+    assert!(s.lookup(&one, &NONE).is_some());
+    assert!(s.lookup(&forged, &NONE).is_none());
+    assert_eq!(s.purge_key(&forged, PurgeMode::Hard), 0);
+    // Storing under the colliding hash replaces the other key.
+    s.insert(
+        &forged,
+        &NONE,
+        meta(&[("Cache-Control", "max-age=60")]),
+        None,
+    )
+    .unwrap()
+    .finish();
+    assert!(s.lookup(&one, &NONE).is_none());
+    assert!(s.lookup(&forged, &NONE).is_some());
+    assert_eq!(s.stats().objects, 1);
+}
+
+#[test]
+fn purge_light_and_hard_by_key_prefix_and_tag() {
+    let s = small_store(1 << 20, 8);
+    let cc = ("Cache-Control", "max-age=60");
+    put(
+        &s,
+        "/img/a.png",
+        &[cc, ("Surrogate-Key", "img  product-1")],
+        10,
+    );
+    put(
+        &s,
+        "/img/b.png?x=1",
+        &[cc, ("Surrogate-Key", "img,product-2")],
+        10,
+    );
+    put(&s, "/imgs", &[cc], 10);
+    put(
+        &s,
+        "/css/site.css",
+        &[cc, ("Surrogate-Key", "product-1")],
+        10,
+    );
+    let c = cfg();
+
+    // Light by key: still served, marked stale.
+    let k = CacheKey::new(parts("/css/site.css", &NONE), &c, s.hasher());
+    assert_eq!(s.purge_key(&k, PurgeMode::Light), 1);
+    assert!(
+        get(&s, "/css/site.css", &NONE)
+            .unwrap()
+            .object
+            .light_purged()
+    );
+    assert!(!get(&s, "/imgs", &NONE).unwrap().object.light_purged());
+
+    // Light by tag marks both tagged objects.
+    assert_eq!(s.purge_tag(b"product-1", PurgeMode::Light), 2);
+    assert!(get(&s, "/img/a.png", &NONE).unwrap().object.light_purged());
+    assert!(
+        !get(&s, "/img/b.png?x=1", &NONE)
+            .unwrap()
+            .object
+            .light_purged()
+    );
+
+    // Hard by prefix "/img/" leaves "/imgs".
+    assert_eq!(
+        s.purge_prefix(
+            &purge_prefix("https", b"EXAMPLE.com", b"/img/"),
+            PurgeMode::Hard
+        ),
+        2
+    );
+    assert!(get(&s, "/img/a.png", &NONE).is_none());
+    assert!(get(&s, "/img/b.png?x=1", &NONE).is_none());
+    assert!(get(&s, "/imgs", &NONE).is_some());
+    assert_eq!(
+        s.purge_tag(b"img", PurgeMode::Hard),
+        0,
+        "the tag index forgot removed objects"
+    );
+
+    // Hard by tag and by key.
+    assert_eq!(s.purge_tag(b"product-1", PurgeMode::Hard), 1);
+    assert!(get(&s, "/css/site.css", &NONE).is_none());
+    let k = CacheKey::new(parts("/imgs", &NONE), &c, s.hasher());
+    assert_eq!(s.purge_key(&k, PurgeMode::Hard), 1);
+    assert_eq!(s.stats().objects, 0);
+    assert_eq!(s.stats().bytes, 0);
+    assert_eq!(s.stats().purged, 1 + 2 + 2 + 1 + 1);
+}
+
+#[test]
+fn refresh_keeps_body_and_clears_light_purge() {
+    let s = small_store(1 << 20, 4);
+    put(
+        &s,
+        "/r",
+        &[("Cache-Control", "max-age=1"), ("ETag", "\"1\"")],
+        5,
+    );
+    let c = cfg();
+    let k = CacheKey::new(parts("/r", &NONE), &c, s.hasher());
+    s.purge_key(&k, PurgeMode::Light);
+    let hit = get(&s, "/r", &NONE).unwrap();
+    assert!(hit.object.light_purged());
+    let t = UNIX_EPOCH + Duration::from_secs(1_700_000_100);
+    let merged = crate::revalidate::merge_not_modified(
+        hit.meta(),
+        &[("Cache-Control", "max-age=300"), ("ETag", "\"1\"")],
+        t,
+        t,
+        &CachePolicyConfig::default(),
+    )
+    .unwrap();
+    assert!(s.refresh(&hit, merged));
+    let again = get(&s, "/r", &NONE).unwrap();
+    assert!(!again.object.light_purged());
+    assert_eq!(again.meta().freshness_lifetime, 300);
+    assert_eq!(read_all(&mut again.object.reader()).0, b"xxxxx");
+    assert!(
+        !s.refresh(&hit, again.meta().clone()),
+        "a stale hit cannot overwrite a newer object"
+    );
+    assert!(s.remove(&again));
+    assert!(get(&s, "/r", &NONE).is_none());
+}
+
+#[test]
+fn byte_budget_holds_and_evictions_are_counted() {
+    let budget = 64 * 1024;
+    let s = small_store(budget, 1);
+    for i in 0..200 {
+        put(
+            &s,
+            &format!("/o/{i}"),
+            &[("Cache-Control", "max-age=60")],
+            1000,
+        );
+        assert!(s.stats().bytes as usize <= budget, "over budget after {i}");
+    }
+    let st = s.stats();
+    assert!(st.evicted > 100, "{st:?}");
+    assert_eq!(st.inserted, 200);
+    assert_eq!(st.objects, 200 - st.evicted);
+    assert_eq!(st.bytes_inserted - st.bytes_evicted, st.bytes);
+    let (small, main) = lock(&s.inner.shards[0]).queue_bytes();
+    assert_eq!((small + main) as u64, st.bytes);
+}
+
+#[test]
+fn too_large_objects_are_refused_or_detached() {
+    let s = MemoryStore::new(&StoreConfig {
+        max_bytes: 1 << 20,
+        shards: 1,
+        max_object_bytes: 4096,
+        tag_header: None,
+        key_seed: 0,
+    });
+    let c = cfg();
+    let k = CacheKey::new(parts("/huge", &NONE), &c, s.hasher());
+    assert_eq!(
+        s.insert(&k, &NONE, meta(&[]), Some(10_000)).err(),
+        Some(InsertError::TooLarge)
+    );
+    let mut w = s.insert(&k, &NONE, meta(&[]), None).unwrap();
+    let mut r = get(&s, "/huge", &NONE).unwrap().object.reader();
+    for _ in 0..10 {
+        w.append(Bytes::from(vec![0u8; 1000]));
+    }
+    w.finish();
+    assert!(
+        get(&s, "/huge", &NONE).is_none(),
+        "left the store when it outgrew the limit"
+    );
+    assert_eq!(s.stats().bytes, 0);
+    let (body, end) = read_all(&mut r);
+    assert_eq!(
+        (body.len(), end),
+        (10_000, Read::End),
+        "its reader still got everything"
+    );
+}
+
+/// A hot set read repeatedly survives a scan of one-time objects many
+/// times the budget (S3-FIFO: the scan passes through the small FIFO).
+#[test]
+fn scan_does_not_evict_the_hot_set() {
+    let budget = 200 * 1024;
+    let s = small_store(budget, 1);
+    let hot: Vec<String> = (0..60).map(|i| format!("/hot/{i}")).collect();
+    for p in &hot {
+        put(&s, p, &[("Cache-Control", "max-age=60")], 1000);
+        get(&s, p, &NONE).unwrap();
+    }
+    let mut hot_misses = 0;
+    for i in 0..5000 {
+        put(
+            &s,
+            &format!("/scan/{i}"),
+            &[("Cache-Control", "max-age=60")],
+            1000,
+        );
+        if i % 50 == 0 {
+            for p in &hot {
+                if get(&s, p, &NONE).is_none() {
+                    hot_misses += 1;
+                    put(&s, p, &[("Cache-Control", "max-age=60")], 1000);
+                }
+            }
+        }
+    }
+    assert_eq!(hot_misses, 0, "the scan evicted hot objects");
+    assert!(s.stats().evicted > 4000);
+    assert!(s.stats().bytes as usize <= budget);
+}
+
+/// The whole miss path across threads: 1,000 requests for one cold key,
+/// one fetcher, everyone else streams the object it stores.
+#[test]
+fn coalesced_miss_streams_to_waiters() {
+    let s = small_store(1 << 20, 4);
+    let locks = CacheLocks::new(4);
+    let c = cfg();
+    let fetches = std::sync::atomic::AtomicUsize::new(0);
+    let far = Instant::now() + Duration::from_secs(600);
+    let bodies: Vec<Vec<u8>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| {
+                let (s, locks, c, fetches) = (&s, &locks, &c, &fetches);
+                sc.spawn(move || {
+                    let mut out = Vec::new();
+                    for _ in 0..125 {
+                        let k = CacheKey::new(parts("/cold", &NONE), c, s.hasher());
+                        if let Some(h) = s.lookup(&k, &NONE) {
+                            out.push(h.object.reader());
+                            continue;
+                        }
+                        match locks.acquire(k.hash, far) {
+                            Acquired::Fetch(p) => {
+                                fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let mut w = s
+                                    .insert(
+                                        &k,
+                                        &NONE,
+                                        meta(&[("Cache-Control", "max-age=60")]),
+                                        None,
+                                    )
+                                    .unwrap();
+                                p.stored();
+                                out.push(w.object().reader());
+                                for i in 0..10u8 {
+                                    w.append(Bytes::from(vec![i; 100]));
+                                    std::thread::yield_now();
+                                }
+                                w.finish();
+                            }
+                            Acquired::Wait(mut t) => loop {
+                                match t.poll(Instant::now()) {
+                                    Wait::Pending => std::thread::yield_now(),
+                                    Wait::Ready => {
+                                        out.push(
+                                            s.lookup(&k, &NONE).expect("stored").object.reader(),
+                                        );
+                                        break;
+                                    }
+                                    other => panic!("{other:?}"),
+                                }
+                            },
+                        }
+                    }
+                    out.into_iter()
+                        .map(|mut r| drain(&mut r))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(bodies.len(), 1000);
+    let want: Vec<u8> = (0..10u8).flat_map(|i| vec![i; 100]).collect();
+    assert!(bodies.iter().all(|b| *b == want));
+    assert!(locks.is_empty());
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u8, u16),
+    Stream(u8, u8),
+    Get(u8),
+    Purge(u8, bool),
+    PurgeTag(u8, bool),
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (any::<u8>(), 0u16..3000).prop_map(|(k, n)| Op::Put(k % 64, n)),
+        (any::<u8>(), 0u8..6).prop_map(|(k, n)| Op::Stream(k % 64, n)),
+        any::<u8>().prop_map(|k| Op::Get(k % 64)),
+        (any::<u8>(), any::<bool>()).prop_map(|(k, h)| Op::Purge(k % 64, h)),
+        (any::<u8>(), any::<bool>()).prop_map(|(k, h)| Op::PurgeTag(k % 4, h)),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Random inserts (complete, streamed, abandoned), hits and purges keep
+    /// the accounting exact: bytes within budget, the counter equal to the
+    /// queues' sum, objects equal to what lookups can find.
+    #[test]
+    fn accounting_stays_exact(ops in proptest::collection::vec(op(), 1..200)) {
+        let budget = 40_000;
+        let s = small_store(budget, 1);
+        let c = cfg();
+        for o in ops {
+            match o {
+                Op::Put(k, n) => {
+                    let tag = format!("t{}", k % 4);
+                    put(&s, &format!("/k/{k}"), &[("Cache-Control", "max-age=60"), ("Surrogate-Key", &tag)], usize::from(n));
+                }
+                Op::Stream(k, n) => {
+                    let path = format!("/k/{k}");
+                    let key = CacheKey::new(parts(&path, &NONE), &c, s.hasher());
+                    if let Ok(mut w) = s.insert(&key, &NONE, meta(&[("Cache-Control", "max-age=60")]), None) {
+                        for _ in 0..n {
+                            w.append(Bytes::from(vec![1u8; 900]));
+                        }
+                        if n % 2 == 0 { w.finish() }
+                    }
+                }
+                Op::Get(k) => { get(&s, &format!("/k/{k}"), &NONE); }
+                Op::Purge(k, hard) => {
+                    let path = format!("/k/{k}");
+                    let key = CacheKey::new(parts(&path, &NONE), &c, s.hasher());
+                    s.purge_key(&key, if hard { PurgeMode::Hard } else { PurgeMode::Light });
+                }
+                Op::PurgeTag(t, hard) => {
+                    s.purge_tag(format!("t{t}").as_bytes(), if hard { PurgeMode::Hard } else { PurgeMode::Light });
+                }
+            }
+            let st = s.stats();
+            proptest::prop_assert!(st.bytes as usize <= budget);
+            let (small, main) = lock(&s.inner.shards[0]).queue_bytes();
+            proptest::prop_assert_eq!((small + main) as u64, st.bytes);
+            let found = (0..64).filter(|k| get(&s, &format!("/k/{k}"), &NONE).is_some()).count();
+            proptest::prop_assert_eq!(found as u64, st.objects);
+        }
+    }
+}
