@@ -152,16 +152,11 @@ impl CacheControl {
             if let Some(v) = delta(arg) {
                 self.min_fresh = Some(self.min_fresh.map_or(v, |m| m.max(v)));
             }
-        } else if is("max-stale") {
-            if !seen[4] {
-                seen[4] = true;
-                // RFC 9111 §5.2.1.2: without a value, any staleness; an
-                // invalid value accepts none.
-                self.max_stale = Some(match arg {
-                    None => None,
-                    Some(a) => Some(delta(Some(a)).unwrap_or(0)),
-                });
-            }
+        } else if is("max-stale") && !seen[4] {
+            seen[4] = true;
+            // RFC 9111 §5.2.1.2: without a value, any staleness; an
+            // invalid value accepts none.
+            self.max_stale = Some(arg.map(|a| delta(Some(a)).unwrap_or(0)));
         }
     }
 

@@ -92,10 +92,10 @@ pub fn merge_not_modified(
             not_modified.for_each_value("last-modified", &mut |v| {
                 lm.get_or_insert_with(|| trim(v).to_vec());
             });
-            if let Some(lm) = lm {
-                if stored.headers.get("last-modified").map(|v| trim(v)) != Some(&lm[..]) {
-                    return Err(ValidatorMismatch);
-                }
+            if let Some(lm) = lm
+                && stored.headers.get("last-modified").map(|v| trim(v)) != Some(&lm[..])
+            {
+                return Err(ValidatorMismatch);
             }
         }
     }

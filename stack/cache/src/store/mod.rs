@@ -309,7 +309,7 @@ impl MemoryStore {
         for m in self.inner.shards.iter() {
             let mut dropped = Dropped::new();
             let mut s = lock(m);
-            n += f(&mut *s, &self.inner.counters, &mut dropped);
+            n += f(&mut s, &self.inner.counters, &mut dropped);
             drop(s);
         }
         n
