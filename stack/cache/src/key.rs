@@ -127,11 +127,13 @@ impl<'a> KeyParts<'a> {
                 .split(|&b| b == b'&')
                 .filter(|p| !p.is_empty())
                 .filter(|p| {
-                    let name = p.split(|&b| b == b'=').next().unwrap_or_default();
+                    let name = param_name(p);
                     !cfg.ignore_params.iter().any(|i| &i[..] == name)
                 })
                 .collect();
-            params.sort_unstable();
+            // By name only, stably: repeated parameters keep their order
+            // (`?a=2&a=1` and `?a=1&a=2` may be different resources).
+            params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
             for (i, p) in params.iter().enumerate() {
                 out(if i == 0 { b"?" } else { b"&" });
                 out(p);
@@ -269,6 +271,11 @@ pub fn variant_hash(vary: &[Bytes], req: &dyn HeaderView, h: &KeyHasher) -> u128
     s.finish().max(1)
 }
 
+/// A query parameter's name (the bytes before `=`).
+fn param_name(p: &[u8]) -> &[u8] {
+    p.split(|&b| b == b'=').next().unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,7 +310,7 @@ mod tests {
         };
         assert_eq!(
             key("/a/b?z=1&a=2&&utm_source=x&a=1", &c),
-            b"https://example.com/a/b?a=1&a=2&z=1"
+            b"https://example.com/a/b?a=2&a=1&z=1"
         );
         assert_eq!(key("/a/b?utm_source=x", &c), b"https://example.com/a/b");
         assert_eq!(
@@ -346,6 +353,16 @@ mod tests {
         assert_ne!(
             hash_of("example.com", "/p?a=1", &NONE, &c),
             hash_of("example.com", "/p?a=2", &NONE, &c)
+        );
+        // Repeated parameters keep their order (origins may read them as a
+        // list); different names are sorted.
+        assert_ne!(
+            hash_of("example.com", "/p?a=2&a=1", &NONE, &c),
+            hash_of("example.com", "/p?a=1&a=2", &NONE, &c)
+        );
+        assert_eq!(
+            hash_of("example.com", "/p?b=1&a=2&a=1", &NONE, &c),
+            hash_of("example.com", "/p?a=2&b=1&a=1", &NONE, &c)
         );
         assert_ne!(
             hash_of("example.com", "/p", &NONE, &c),
@@ -421,6 +438,9 @@ mod tests {
         #[test]
         fn hash_independent_of_param_order(mut params in proptest::collection::vec("[a-z]{1,3}=[a-z0-9]{0,70}", 0..12)) {
             let c = KeyConfig::default();
+            // Distinct names (repeated names keep their order on purpose).
+            params.sort_by(|a, b| param_name(a.as_bytes()).cmp(param_name(b.as_bytes())));
+            params.dedup_by(|a, b| param_name(a.as_bytes()) == param_name(b.as_bytes()));
             let q1 = format!("/p?{}", params.join("&"));
             params.reverse();
             let q2 = format!("/p?{}", params.join("&"));

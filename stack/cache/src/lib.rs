@@ -47,7 +47,9 @@
 //!    or connection error with `stale_if_error` → serve the stored one.
 //! 4. On a miss, [`CacheLocks::acquire`]: a waiter polls its
 //!    [`lock::WaitTicket`] from the worker's timer pass and looks up again
-//!    on `Ready`; the fetcher checks [`policy::response_storable`], builds
+//!    on `Ready`; the fetcher first looks up again (another fetcher may
+//!    have stored the object and released the lock between the miss and
+//!    `acquire`: on a hit, `stored()` and serve it), then checks [`policy::response_storable`], builds
 //!    [`CacheMeta::new`], calls [`MemoryStore::insert`] then
 //!    [`lock::FetchPermit::stored`] (or `uncacheable`), and feeds
 //!    [`ObjectWriter::append`] with each body chunk while serving its

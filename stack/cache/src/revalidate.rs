@@ -106,7 +106,20 @@ pub fn merge_not_modified(
     });
     let mut updates: Vec<(Bytes, Bytes)> = Vec::new();
     not_modified.for_each_field(&mut |n, v| {
-        if storable_field(n, &connection_named) && !n.eq_ignore_ascii_case(b"content-length") {
+        // The stored body's framing and encoding stay (a 304 describes no
+        // body); a Set-Cookie is one client's, never merged into the shared
+        // copy unless the route stores cookies.
+        let kept = [
+            &b"content-length"[..],
+            b"content-encoding",
+            b"content-range",
+            b"content-type",
+        ];
+        let cookie = n.eq_ignore_ascii_case(b"set-cookie") && !cfg.store_set_cookie;
+        if storable_field(n, &connection_named)
+            && !kept.iter().any(|k| n.eq_ignore_ascii_case(k))
+            && !cookie
+        {
             updates.push((
                 Bytes::from(n.to_ascii_lowercase()),
                 Bytes::copy_from_slice(v),
@@ -180,6 +193,8 @@ mod tests {
                 ("Cache-Control", "max-age=300"),
                 ("Content-Length", "0"),
                 ("X-Old", "c"),
+                ("Set-Cookie", "session=one-clients"),
+                ("Content-Type", "application/octet-stream"),
                 ("Connection", "x-hop"),
                 ("X-Hop", "1"),
                 ("Age", "3"),
@@ -193,6 +208,10 @@ mod tests {
             "Content-Length not updated"
         );
         assert_eq!(m.headers.get("content-type").unwrap(), "text/html");
+        assert!(
+            m.headers.get("set-cookie").is_none(),
+            "one client's cookie merged into the shared copy"
+        );
         assert_eq!(m.headers.count("x-old"), 1);
         assert_eq!(m.headers.get("x-old").unwrap(), "c");
         assert!(m.headers.get("x-hop").is_none() && m.headers.get("connection").is_none());

@@ -150,6 +150,10 @@ pub struct ObjectWriter {
     id: Id,
     generation: u64,
     size: usize,
+    /// The body length the response declared (Content-Length), and what
+    /// was appended: a body cut short is never kept as complete.
+    declared: Option<usize>,
+    written: usize,
     detached: bool,
     finished: bool,
 }
@@ -240,6 +244,8 @@ impl MemoryStore {
             id,
             generation,
             size: weight,
+            declared: body_len,
+            written: 0,
             detached: false,
             finished: false,
         })
@@ -363,6 +369,7 @@ impl ObjectWriter {
     /// reading it to the end).
     pub fn append(&mut self, chunk: Bytes) {
         let n = chunk.len();
+        self.written += n;
         self.object.body.append(chunk);
         if self.detached {
             return;
@@ -382,8 +389,13 @@ impl ObjectWriter {
         drop(s);
     }
 
-    /// The body is complete.
+    /// The body is complete. If it is shorter or longer than the declared
+    /// length (upstream closed early), it is aborted instead: its readers
+    /// see `Aborted` and the object leaves the store.
     pub fn finish(mut self) {
+        if self.declared.is_some_and(|n| n != self.written) {
+            return;
+        }
         self.finished = true;
         self.object.body.finish();
     }

@@ -145,6 +145,11 @@ pub struct BodyReader {
 }
 
 impl BodyReader {
+    #[cfg(test)]
+    pub(crate) fn for_test(body: Arc<Body>) -> Self {
+        BodyReader { body, next: 0 }
+    }
+
     /// The next chunk, without blocking. A complete body costs no lock; an
     /// in-progress one a lock only when a chunk or the end has arrived.
     pub fn poll(&mut self) -> Read {
@@ -163,6 +168,18 @@ impl BodyReader {
             return Read::Pending;
         }
         let l = self.body.live.lock().unwrap_or_else(|e| e.into_inner());
+        if l.state == State::Done {
+            // `finish` moved the chunks to `frozen` after this reader's
+            // first look (it sets `frozen` before releasing the lock).
+            drop(l);
+            return match self.body.frozen.get().and_then(|all| all.get(self.next)) {
+                Some(c) => {
+                    self.next += 1;
+                    Read::Chunk(c.clone())
+                }
+                None => Read::End,
+            };
+        }
         if let Some(c) = l.chunks.get(self.next) {
             self.next += 1;
             return Read::Chunk(c.clone());

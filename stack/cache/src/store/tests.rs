@@ -474,6 +474,14 @@ fn coalesced_miss_streams_to_waiters() {
                         }
                         match locks.acquire(k.hash, far) {
                             Acquired::Fetch(p) => {
+                                // The protocol: look up again once holding
+                                // the lock (a fetcher may have stored it and
+                                // released the lock since our miss).
+                                if let Some(h) = s.lookup(&k, &NONE) {
+                                    p.stored();
+                                    out.push(h.object.reader());
+                                    continue;
+                                }
                                 fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 let mut w = s
                                     .insert(
@@ -583,5 +591,63 @@ proptest::proptest! {
             let found = (0..64).filter(|k| get(&s, &format!("/k/{k}"), &NONE).is_some()).count();
             proptest::prop_assert_eq!(found as u64, st.objects);
         }
+    }
+}
+
+/// A body that ends shorter than its declared length (upstream closed
+/// early) is aborted, not kept as complete.
+#[test]
+fn a_body_shorter_than_declared_is_aborted_and_leaves_the_store() {
+    let s = small_store(1 << 20, 1);
+    let c = cfg();
+    let k = CacheKey::new(parts("/short", &NONE), &c, s.hasher());
+    let mut w = s
+        .insert(
+            &k,
+            &NONE,
+            meta(&[("Cache-Control", "max-age=60")]),
+            Some(1_000),
+        )
+        .unwrap();
+    let mut r = w.object().reader();
+    w.append(Bytes::from(vec![7u8; 500]));
+    w.finish();
+    let (got, end) = read_all(&mut r);
+    assert_eq!((got.len(), end), (500, Read::Aborted));
+    assert!(s.lookup(&k, &NONE).is_none(), "a truncated body was kept");
+    // The declared length met: kept.
+    let mut w = s
+        .insert(
+            &k,
+            &NONE,
+            meta(&[("Cache-Control", "max-age=60")]),
+            Some(500),
+        )
+        .unwrap();
+    w.append(Bytes::from(vec![7u8; 500]));
+    w.finish();
+    let mut r = s.lookup(&k, &NONE).expect("stored").object.reader();
+    assert_eq!(drain(&mut r).len(), 500);
+}
+
+/// A reader racing the writer's `finish` never sees `End` before the last
+/// chunk (`finish` moves the chunks to the lock-free frozen copy).
+#[test]
+fn readers_racing_finish_read_every_chunk() {
+    for round in 0..300 {
+        let body = std::sync::Arc::new(super::object::Body::new());
+        let reader_body = std::sync::Arc::clone(&body);
+        let n = 1 + round % 7;
+        std::thread::scope(|sc| {
+            let r = sc.spawn(move || {
+                let mut r = BodyReader::for_test(reader_body);
+                drain(&mut r).len()
+            });
+            for _ in 0..n {
+                body.append(Bytes::from_static(b"0123456789"));
+            }
+            body.finish();
+            assert_eq!(r.join().unwrap(), 10 * n, "round {round}");
+        });
     }
 }
