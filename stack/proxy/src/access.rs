@@ -105,6 +105,8 @@ pub struct AccessRecord {
     /// for TCP connections, why the connection ended (`closed`,
     /// `idle_timeout`, `client_reset`, `upstream_reset`, an error code).
     pub error: &'static str,
+    /// What the response cache did (`HIT`, `MISS`, …), on caching routes.
+    pub cache: &'static str,
     /// TCP connections and UDP sessions: bytes client → upstream and
     /// upstream → client (written for protocols `TCP` and `UDP` only).
     pub bytes_up: u64,
@@ -126,6 +128,7 @@ impl AccessRecord {
         self.upstream = None;
         self.retries = 0;
         self.error = "";
+        self.cache = "";
     }
 
     /// Appends the record as one JSON object (no newline). `time` is the
@@ -194,6 +197,9 @@ impl AccessRecord {
                 ",\"bytes_up\":{},\"bytes_down\":{}",
                 self.bytes_up, self.bytes_down
             );
+        }
+        if !self.cache.is_empty() {
+            let _ = write!(out, ",\"cache\":\"{}\"", self.cache);
         }
         if !self.error.is_empty() {
             let _ = write!(out, ",\"error\":\"{}\"", self.error);

@@ -48,15 +48,18 @@ pub enum ProxyError {
     /// open (503).
     #[error("no healthy upstream endpoint")]
     NoHealthyEndpoint,
+    /// `Cache-Control: only-if-cached` and nothing usable stored (504,
+    /// RFC 9111 §5.2.1.7).
+    #[error("only-if-cached and not in the cache")]
+    NotCached,
 }
 
 impl ProxyError {
     pub fn side(&self) -> Side {
         use ProxyError::*;
         match self {
-            BadRequest(_) | BadRequestBody(_) | ClientHeaderTimeout | NoRoute | BodyTooLarge => {
-                Side::Client
-            }
+            BadRequest(_) | BadRequestBody(_) | ClientHeaderTimeout | NoRoute | BodyTooLarge
+            | NotCached => Side::Client,
             UpstreamConnectFailed
             | UpstreamConnectTimeout
             | UpstreamTls
@@ -102,6 +105,7 @@ impl ProxyError {
             Overloaded => "overloaded",
             BreakerOpen => "breaker_open",
             NoHealthyEndpoint => "no_healthy_endpoint",
+            NotCached => "not_cached",
         }
     }
 
@@ -119,7 +123,7 @@ impl ProxyError {
             | UpstreamClosedEarly
             | BadResponse(_)
             | BadResponseBody(_) => 502,
-            UpstreamConnectTimeout | UpstreamTimeout => 504,
+            UpstreamConnectTimeout | UpstreamTimeout | NotCached => 504,
             NoLocalPort | Overloaded | BreakerOpen | NoHealthyEndpoint => 503,
         }
     }

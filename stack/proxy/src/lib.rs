@@ -16,6 +16,7 @@ pub mod error;
 mod h2_session;
 pub mod jwt;
 mod l4_session;
+pub mod cache;
 pub mod limits;
 pub mod phases;
 mod probe;

@@ -142,6 +142,8 @@ pub(crate) struct Ctx<'a, P: ProxyHttp> {
     pub registry: &'a mut UpstreamRegistry,
     /// The engine's rate-limit buckets, shared by its workers.
     pub quota: &'a Quota,
+    /// The engine's response cache.
+    pub cache: &'a crate::cache::CacheHandle,
     /// The worker's idle upstream connections, shared by its connections.
     pub conn_pool: &'a mut ConnPool,
     pub route_stats: &'a mut RouteCounters,

@@ -173,6 +173,8 @@ pub struct Route {
     pub rules: Rules,
     /// Which bearer token the route's requests need.
     pub jwt: RouteJwt,
+    /// Response caching (routes that proxy); `None`: requests bypass the cache.
+    pub cache: Option<Arc<crate::cache::RouteCache>>,
     pub action: RouteAction,
 }
 
@@ -497,6 +499,7 @@ impl Route {
             canary: None,
             rules: Rules::default(),
             jwt: RouteJwt::Listener,
+            cache: None,
             action,
         }
     }

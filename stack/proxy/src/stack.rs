@@ -20,6 +20,7 @@ use crate::net::{App, Datagram, Instant, Net, NetError, Owner, StreamId, Streams
 use crate::phases::{ProxyHttp, StandardPhases};
 use crate::probe::{ProbeCtx, Prober};
 use crate::proxy::{Conn, ConnBufs, Ctx};
+use crate::cache::{CacheHandle, CacheSettings, ClockAnchor, EdgeCache};
 use crate::quota::Quota;
 use crate::route::RouteTable;
 use crate::route_stats::RouteCounters;
@@ -82,6 +83,8 @@ struct ProxyApp<P: ProxyHttp> {
     registry: UpstreamRegistry,
     /// Rate-limit buckets, shared with the engine's other workers.
     quota: Arc<Quota>,
+    /// The response cache, shared with the engine's other workers.
+    cache: CacheHandle,
     /// Idle upstream connections, reused across client connections.
     conn_pool: ConnPool,
     route_stats: RouteCounters,
@@ -276,6 +279,7 @@ impl<P: ProxyHttp> ProxyApp<P> {
             rr_cursor: &mut self.rr_cursor,
             registry: &mut self.registry,
             quota: &self.quota,
+            cache: &self.cache,
             conn_pool: &mut self.conn_pool,
             route_stats: &mut self.route_stats,
             request_seq: &mut self.request_seq,
@@ -437,6 +441,10 @@ impl<P: ProxyHttp> Stack<P> {
             },
             conn_pool: ConnPool::new(),
             quota: Arc::default(),
+            cache: CacheHandle {
+                edge: Arc::new(EdgeCache::new(CacheSettings::default())),
+                anchor: ClockAnchor::at(now),
+            },
             request_seq: 0,
             access: AccessSink::default(),
             prober: Prober::default(),
@@ -469,6 +477,21 @@ impl<P: ProxyHttp> Stack<P> {
     /// a stack alone has buckets of its own.
     pub fn set_quota(&mut self, quota: Arc<Quota>) {
         self.app.quota = quota;
+    }
+
+    /// Shares `cache` (the engine's response cache) with this worker;
+    /// `anchor` maps the stack's clock to wall time. A stack alone has a
+    /// cache of its own.
+    pub fn set_cache(&mut self, cache: Arc<EdgeCache>, anchor: ClockAnchor) {
+        self.app.cache = CacheHandle {
+            edge: cache,
+            anchor,
+        };
+    }
+
+    /// The response cache this worker uses.
+    pub fn cache(&self) -> &Arc<EdgeCache> {
+        &self.app.cache.edge
     }
 
     /// Replaces the routing snapshot. Listener ports are fixed at creation;

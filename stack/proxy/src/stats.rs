@@ -20,6 +20,8 @@ pub struct StackStats {
     /// canaries whose brake tripped.
     pub canary_requests: u64,
     pub canary_brake_trips: u64,
+    /// What the response cache did per request (hit, miss, stale, …).
+    pub cache: ferrogate_cache::CacheCounters,
     /// Responses by status class: index 1 = 1xx ... 5 = 5xx.
     pub responses_by_class: [u64; 6],
     pub upstream_connects: u64,
@@ -317,6 +319,7 @@ impl StackStats {
         self.ambiguous_paths += o.ambiguous_paths;
         self.canary_requests += o.canary_requests;
         self.canary_brake_trips += o.canary_brake_trips;
+        self.cache += o.cache;
         for (a, b) in self.responses_by_class.iter_mut().zip(o.responses_by_class) {
             *a += b;
         }
@@ -389,6 +392,13 @@ impl StackStats {
             ("access_log_dropped", self.access_log_dropped),
             ("early_responses", self.early_responses),
             ("header_lines_refused", self.header_lines_refused),
+            ("cache_hits", self.cache.hit),
+            ("cache_misses", self.cache.miss),
+            ("cache_stale", self.cache.stale),
+            ("cache_revalidated", self.cache.revalidated),
+            ("cache_expired", self.cache.expired),
+            ("cache_bypass", self.cache.bypass),
+            ("cache_bytes_served", self.cache.bytes_served),
         ]);
         v.extend(self.h2.fields());
         v.extend(self.l4.fields());

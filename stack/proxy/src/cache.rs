@@ -1,0 +1,726 @@
+//! The response cache in the proxy's phases (#21): what a request on a
+//! route with `cache` does — look up, serve, wait for another request's
+//! fetch, revalidate, store what comes back — on top of `ferrogate-cache`
+//! (policy, keys, the shared store, locks). The connection state machines
+//! call [`lookup`] once routing chose a caching route, [`on_response`] when
+//! the upstream's head arrives, and serve objects with [`CachedHead`].
+//!
+//! One [`EdgeCache`] per engine, shared by its workers; each stack holds it
+//! with the [`ClockAnchor`] that maps its clock to wall time (HTTP dates)
+//! and to the monotonic clock of the locks.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ferrogate_cache::policy::{RequestDecision, response_storable};
+use ferrogate_cache::{
+    Acquired, CacheControl, CacheKey, CacheLocks, CacheMeta, CachePolicyConfig, CacheStatus,
+    FetchPermit, HeaderView, Hit, KeyConfig, KeyParts, MemoryStore, Object, ObjectWriter,
+    PurgeMode, StoreConfig, StoredHeaders, Verdict, WaitTicket,
+};
+
+use crate::http::Headers;
+use crate::net::Instant;
+
+pub use ferrogate_cache as core;
+
+/// The engine's cache settings (`[cache]`).
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    pub store: StoreConfig,
+    /// Response header that names what the cache did (`X-Cache: HIT`);
+    /// `None` sends none.
+    pub status_header: Option<String>,
+    /// How long a request waits for another request's fetch of the same
+    /// key before it goes upstream itself.
+    pub lock_timeout: Duration,
+    /// How often a waiting request (or a reader ahead of a body being
+    /// stored) looks again.
+    pub wait_poll: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            store: StoreConfig::default(),
+            status_header: Some("x-cache".into()),
+            lock_timeout: Duration::from_secs(5),
+            wait_poll: Duration::from_millis(1),
+        }
+    }
+}
+
+/// The engine's cache: one store and one set of fetch locks, shared by
+/// every worker; purges act on it directly, so they are seen by every
+/// worker at once.
+pub struct EdgeCache {
+    pub store: MemoryStore,
+    pub locks: CacheLocks,
+    pub settings: CacheSettings,
+}
+
+impl std::fmt::Debug for EdgeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeCache")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EdgeCache {
+    pub fn new(settings: CacheSettings) -> Self {
+        EdgeCache {
+            store: MemoryStore::new(&settings.store),
+            locks: CacheLocks::new(settings.store.shards),
+            settings,
+        }
+    }
+
+    /// Runs one purge; returns how many objects it hit.
+    pub fn purge(&self, p: &Purge) -> Result<usize, PurgeError> {
+        match &p.target {
+            PurgeTarget::Tag(t) => {
+                if t.is_empty() {
+                    return Err(PurgeError::Empty);
+                }
+                Ok(self.store.purge_tag(t.as_bytes(), p.mode))
+            }
+            PurgeTarget::Url(u) | PurgeTarget::Prefix(u) => {
+                let (scheme, host, path) = split_url(u)?;
+                let prefix = ferrogate_cache::key::purge_prefix(scheme, host.as_bytes(), path);
+                if matches!(p.target, PurgeTarget::Prefix(_)) {
+                    return Ok(self.store.purge_prefix(&prefix, p.mode));
+                }
+                Ok(self.purge_exact(&prefix, p.mode))
+            }
+        }
+    }
+
+    /// Every key of exactly this URL: with or without chosen request
+    /// headers in the key (`\n` follows the URL part) and every variant.
+    fn purge_exact(&self, url_key: &[u8], mode: PurgeMode) -> usize {
+        let mut with_headers = url_key.to_vec();
+        with_headers.push(b'\n');
+        let (scheme, rest) = match url_key.iter().position(|&b| b == b':') {
+            Some(i) if &url_key[..i] == b"https" => ("https", &url_key[i + 3..]),
+            Some(i) => ("http", &url_key[i + 3..]),
+            None => return 0,
+        };
+        let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+        let no_fields: [(&str, &str); 0] = [];
+        let parts = KeyParts {
+            scheme,
+            host: &rest[..slash],
+            path_and_query: &rest[slash..],
+            headers: &no_fields,
+        };
+        let cfg = KeyConfig::default();
+        let key = CacheKey::new(parts, &cfg, self.store.hasher());
+        self.store.purge_key(&key, mode) + self.store.purge_prefix(&with_headers, mode)
+    }
+
+    pub fn stats(&self) -> ferrogate_cache::StoreStats {
+        self.store.stats()
+    }
+}
+
+/// What to purge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PurgeTarget {
+    /// `scheme://host/path?query`, exactly (all variants).
+    Url(String),
+    /// Every URL starting with `scheme://host/path-prefix`.
+    Prefix(String),
+    /// Every object tagged by the configured tag header.
+    Tag(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Purge {
+    pub mode: PurgeMode,
+    pub target: PurgeTarget,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PurgeError {
+    #[error("a purge URL is scheme://host/path (http or https), got {0:?}")]
+    BadUrl(String),
+    #[error("an empty purge target")]
+    Empty,
+}
+
+/// `http://Host:80/p?q` → ("http", "host", "/p?q"); the scheme's default
+/// port is dropped (keys never hold it).
+fn split_url(u: &str) -> Result<(&'static str, String, &[u8]), PurgeError> {
+    let bad = || PurgeError::BadUrl(u.to_string());
+    let (scheme, rest) = if let Some(r) = u.strip_prefix("https://") {
+        ("https", r)
+    } else if let Some(r) = u.strip_prefix("http://") {
+        ("http", r)
+    } else {
+        return Err(bad());
+    };
+    let slash = rest.find('/').ok_or_else(bad)?;
+    let (authority, path) = rest.split_at(slash);
+    if authority.is_empty() || authority.contains('@') {
+        return Err(bad());
+    }
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    let host = authority
+        .strip_suffix(default_port)
+        .unwrap_or(authority)
+        .to_ascii_lowercase();
+    Ok((scheme, host, path.as_bytes()))
+}
+
+/// A route's cache settings (`cache = { … }` on a route).
+#[derive(Clone, Debug, Default)]
+pub struct RouteCache {
+    pub policy: CachePolicyConfig,
+    pub key: KeyConfig,
+}
+
+/// Maps a stack's clock (µs since its start) to wall time and to the
+/// monotonic clock the locks use.
+#[derive(Clone, Copy, Debug)]
+pub struct ClockAnchor {
+    /// The monotonic instant of the stack's time zero.
+    pub mono: std::time::Instant,
+    /// The wall time at the stack's time zero.
+    pub wall: SystemTime,
+}
+
+impl ClockAnchor {
+    /// An anchor for a stack whose time zero is now.
+    pub fn now() -> Self {
+        ClockAnchor {
+            mono: std::time::Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// An anchor for a stack whose clock reads `now` at this moment.
+    pub fn at(now: Instant) -> Self {
+        let here = Self::now();
+        let d = Self::since_zero(now);
+        ClockAnchor {
+            mono: here.mono.checked_sub(d).unwrap_or(here.mono),
+            wall: here.wall.checked_sub(d).unwrap_or(here.wall),
+        }
+    }
+
+    fn since_zero(now: Instant) -> Duration {
+        Duration::from_micros(now.total_micros().max(0) as u64)
+    }
+
+    pub fn wall(&self, now: Instant) -> SystemTime {
+        self.wall + Self::since_zero(now)
+    }
+
+    pub fn mono(&self, now: Instant) -> std::time::Instant {
+        self.mono + Self::since_zero(now)
+    }
+}
+
+/// A stack's view of the engine's cache.
+#[derive(Clone, Debug)]
+pub(crate) struct CacheHandle {
+    pub edge: Arc<EdgeCache>,
+    pub anchor: ClockAnchor,
+}
+
+/// Request header fields as the cache reads them.
+#[derive(Clone, Copy)]
+pub(crate) struct FieldView<'a>(pub Headers<'a>);
+
+impl HeaderView for FieldView<'_> {
+    fn for_each_field(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        for h in self.0.iter() {
+            f(h.name.as_bytes(), h.value)
+        }
+    }
+}
+
+/// The parts of a request's key kept past its head (the request bytes
+/// are gone by the time a response or a waited-for fetch comes back).
+#[derive(Debug)]
+pub(crate) struct OwnedKey {
+    scheme: &'static str,
+    host: Vec<u8>,
+    target: Vec<u8>,
+    /// The request's fields, for keyed headers and `Vary`.
+    headers: StoredHeaders,
+}
+
+impl OwnedKey {
+    fn parts(&self) -> KeyParts<'_> {
+        KeyParts {
+            scheme: self.scheme,
+            host: &self.host,
+            path_and_query: &self.target,
+            headers: &self.headers,
+        }
+    }
+}
+
+/// One request's cache state from lookup to the end of its response.
+pub(crate) struct CacheReq {
+    pub route: Arc<RouteCache>,
+    key: OwnedKey,
+    hash: u128,
+    directives: CacheControl,
+    validate: bool,
+    /// This exchange may be stored (GET without `no-store`).
+    store: bool,
+    /// The request holds the key's fetch lock.
+    permit: Option<FetchPermit>,
+    /// The stored response being revalidated, and whether it may be
+    /// served if the origin fails (`stale-if-error`).
+    stale: Option<(Hit, bool)>,
+    /// When the request went upstream (the response's `request_time`).
+    sent_at: SystemTime,
+    /// What the cache did (the `X-Cache` value once known).
+    pub status: CacheStatus,
+}
+
+impl std::fmt::Debug for CacheReq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheReq")
+            .field("key", &self.key)
+            .field("status", &self.status)
+            .field("permit", &self.permit.is_some())
+            .field("stale", &self.stale.is_some())
+            .finish()
+    }
+}
+
+impl CacheReq {
+    /// Conditional fields for the upstream request when revalidating.
+    pub fn conditional(&self) -> Option<ferrogate_cache::revalidate::Conditional> {
+        let (hit, _) = self.stale.as_ref()?;
+        Some(ferrogate_cache::revalidate::conditional_request(hit.meta()))
+    }
+
+    /// Whether the upstream request is the cache's own fetch: the client's
+    /// validators are not forwarded (the cache needs a full response, or a
+    /// 304 for its own validators).
+    pub fn fetches(&self) -> bool {
+        self.permit.is_some() || self.stale.is_some()
+    }
+
+    /// The stored response, when the origin failed and it may stand in.
+    pub fn take_stale_for_error(&mut self) -> Option<Arc<Object>> {
+        match self.stale.take() {
+            Some((hit, true)) => {
+                if let Some(p) = self.permit.take() {
+                    // Waiters look up again and find it stored.
+                    p.stored();
+                }
+                self.status = CacheStatus::Stale;
+                Some(hit.object)
+            }
+            other => {
+                self.stale = other;
+                None
+            }
+        }
+    }
+}
+
+/// What the cache does with a request.
+pub(crate) enum Lookup {
+    /// Not for the cache: upstream as usual.
+    Bypass,
+    /// Answer from the cache with this status.
+    Serve(Arc<Object>, CacheStatus),
+    /// Go upstream (a miss, or a revalidation), then `on_response`.
+    Fetch(Box<CacheReq>),
+    /// Another request is fetching: wait, then `relookup`.
+    Wait(Box<CacheReq>, WaitTicket),
+    /// `only-if-cached` and nothing usable: 504 (RFC 9111 §5.2.1.7).
+    GatewayTimeout,
+}
+
+/// The request's scheme, host and target as the key sees them.
+pub(crate) struct RequestKey<'a> {
+    pub https: bool,
+    pub host: &'a str,
+    pub target: &'a str,
+    pub method: &'a str,
+    pub headers: Headers<'a>,
+    /// The request carries a body (never answered from the cache).
+    pub has_body: bool,
+}
+
+/// The cache's decision for a request on a caching route.
+pub(crate) fn lookup(
+    h: &CacheHandle,
+    route: &Arc<RouteCache>,
+    req: &RequestKey<'_>,
+    now: Instant,
+) -> Lookup {
+    let fields = FieldView(req.headers);
+    if req.has_body
+        || fields.has("authorization")
+        || fields.has("range")
+        || fields.has("if-range")
+    {
+        // Range and authorized requests go upstream untouched (not served
+        // from, nor stored in, this slice of the cache).
+        return Lookup::Bypass;
+    }
+    let (store, validate, directives) =
+        match ferrogate_cache::policy::request_decision(req.method, &fields, &route.policy) {
+            RequestDecision::Bypass(_) => return Lookup::Bypass,
+            RequestDecision::Lookup {
+                store,
+                validate,
+                directives,
+            } => (store, validate, directives),
+        };
+    let scheme = if req.https { "https" } else { "http" };
+    let parts = KeyParts {
+        scheme,
+        host: req.host.as_bytes(),
+        path_and_query: req.target.as_bytes(),
+        headers: &fields,
+    };
+    let key = CacheKey::new(parts, &route.key, h.edge.store.hasher());
+    let owned = || OwnedKey {
+        scheme,
+        host: req.host.as_bytes().to_vec(),
+        target: req.target.as_bytes().to_vec(),
+        headers: StoredHeaders::from_response(0, &fields),
+    };
+    decide(
+        h,
+        route,
+        &key,
+        &fields,
+        Decide {
+            directives,
+            validate,
+            store,
+        },
+        owned,
+        now,
+    )
+}
+
+struct Decide {
+    directives: CacheControl,
+    validate: bool,
+    store: bool,
+}
+
+fn decide(
+    h: &CacheHandle,
+    route: &Arc<RouteCache>,
+    key: &CacheKey<'_>,
+    fields: &dyn HeaderView,
+    d: Decide,
+    owned: impl FnOnce() -> OwnedKey,
+    now: Instant,
+) -> Lookup {
+    let edge = &h.edge;
+    let wall = h.anchor.wall(now);
+    let deadline = h.anchor.mono(now) + edge.settings.lock_timeout;
+    let req = |stale: Option<(Hit, bool)>, status| {
+        Box::new(CacheReq {
+            route: route.clone(),
+            key: owned(),
+            hash: key.hash,
+            directives: d.directives.clone(),
+            validate: d.validate,
+            store: d.store,
+            permit: None,
+            stale,
+            sent_at: wall,
+            status,
+        })
+    };
+    let only_if_cached = d.directives.only_if_cached;
+    if let Some(hit) = edge.store.lookup(key, fields) {
+        let light = hit.object.light_purged();
+        match ferrogate_cache::evaluate(hit.meta(), &d.directives, d.validate, light, wall) {
+            Verdict::Fresh => return Lookup::Serve(hit.object, CacheStatus::Hit),
+            _ if only_if_cached => return Lookup::GatewayTimeout,
+            Verdict::ServeStaleWhileRevalidate => {
+                return match edge.locks.acquire(key.hash, deadline) {
+                    // This request revalidates (the others are served stale).
+                    Acquired::Fetch(p) => {
+                        let mut r = req(Some((hit, true)), CacheStatus::Expired);
+                        r.permit = Some(p);
+                        Lookup::Fetch(r)
+                    }
+                    Acquired::Wait(_) => Lookup::Serve(hit.object, CacheStatus::Stale),
+                };
+            }
+            Verdict::Revalidate { stale_if_error } => {
+                if !d.store {
+                    // HEAD or no-store: revalidate for this request alone.
+                    return Lookup::Fetch(req(Some((hit, stale_if_error)), CacheStatus::Expired));
+                }
+                return match edge.locks.acquire(key.hash, deadline) {
+                    Acquired::Fetch(p) => {
+                        let mut r = req(Some((hit, stale_if_error)), CacheStatus::Expired);
+                        r.permit = Some(p);
+                        Lookup::Fetch(r)
+                    }
+                    Acquired::Wait(t) => Lookup::Wait(req(None, CacheStatus::Miss), t),
+                };
+            }
+        }
+    }
+    if only_if_cached {
+        return Lookup::GatewayTimeout;
+    }
+    if !d.store {
+        // HEAD and no-store requests never hold the lock: nothing of
+        // theirs would be stored for the waiters.
+        return Lookup::Fetch(req(None, CacheStatus::Miss));
+    }
+    match edge.locks.acquire(key.hash, deadline) {
+        Acquired::Fetch(p) => {
+            // A fetch may have stored and released between the miss and
+            // `acquire`: look again before going upstream.
+            if let Some(hit) = edge.store.lookup(key, fields)
+                && ferrogate_cache::evaluate(hit.meta(), &d.directives, d.validate, false, wall)
+                    == Verdict::Fresh
+            {
+                p.stored();
+                return Lookup::Serve(hit.object, CacheStatus::Hit);
+            }
+            let mut r = req(None, CacheStatus::Miss);
+            r.permit = Some(p);
+            Lookup::Fetch(r)
+        }
+        Acquired::Wait(t) => Lookup::Wait(req(None, CacheStatus::Miss), t),
+    }
+}
+
+/// A waiting request's next step.
+pub(crate) enum Waited {
+    Pending,
+    Lookup(Lookup),
+}
+
+/// Polls a waiting request's ticket.
+pub(crate) fn poll_wait(
+    h: &CacheHandle,
+    mut req: Box<CacheReq>,
+    ticket: &mut WaitTicket,
+    now: Instant,
+) -> (Waited, Option<Box<CacheReq>>) {
+    use ferrogate_cache::Wait;
+    match ticket.poll(h.anchor.mono(now)) {
+        Wait::Pending => (Waited::Pending, Some(req)),
+        Wait::Ready => (Waited::Lookup(relookup(h, req, now)), None),
+        Wait::TakeOver(p) => {
+            req.permit = Some(p);
+            (Waited::Lookup(Lookup::Fetch(req)), None)
+        }
+        // The fetch was not stored, or took too long: go upstream alone.
+        Wait::GoUpstream | Wait::TimedOut => {
+            req.store = false;
+            (Waited::Lookup(Lookup::Fetch(req)), None)
+        }
+    }
+}
+
+/// Looks a request up again (after waiting for another's fetch).
+pub(crate) fn relookup(h: &CacheHandle, req: Box<CacheReq>, now: Instant) -> Lookup {
+    let CacheReq {
+        route,
+        key: owned,
+        directives,
+        validate,
+        store,
+        ..
+    } = *req;
+    let key = CacheKey::new(owned.parts(), &route.key, h.edge.store.hasher());
+    let d = Decide {
+        directives,
+        validate,
+        store,
+    };
+    let fields = owned.headers.clone();
+    decide(
+        h,
+        &route,
+        &key,
+        &fields,
+        d,
+        || OwnedKey {
+            scheme: owned.scheme,
+            host: owned.host.clone(),
+            target: owned.target.clone(),
+            headers: owned.headers.clone(),
+        },
+        now,
+    )
+}
+
+/// What to do with an upstream response to a request the cache looked at.
+pub(crate) enum OnResponse {
+    /// Send it on; nothing stored.
+    Pass,
+    /// Send it on and store its body through the writer.
+    Store(ObjectWriter),
+    /// Drop it and answer from the cache (a 304 merged, or a stored
+    /// response standing in for an origin error).
+    Serve(Arc<Object>),
+}
+
+/// Decides on the upstream response `status`/`resp` (its fields as the
+/// origin sent them) to `req`; `body_len`: its `Content-Length`.
+pub(crate) fn on_response(
+    h: &CacheHandle,
+    req: &mut CacheReq,
+    status: u16,
+    resp: &StoredHeaders,
+    body_len: Option<u64>,
+    now: Instant,
+) -> OnResponse {
+    let edge = &h.edge;
+    let wall = h.anchor.wall(now);
+    let route = req.route.clone();
+    let policy = &route.policy;
+    if let Some((hit, stale_if_error)) = req.stale.take() {
+        if status == 304 {
+            if let Ok(meta) = ferrogate_cache::revalidate::merge_not_modified(
+                hit.meta(),
+                resp,
+                req.sent_at,
+                wall,
+                policy,
+            ) {
+                edge.store.refresh(&hit, meta);
+                if let Some(p) = req.permit.take() {
+                    p.stored();
+                }
+                req.status = CacheStatus::Revalidated;
+                let key = CacheKey::new(req.key.parts(), &req.route.key, edge.store.hasher());
+                let served = edge
+                    .store
+                    .lookup(&key, &req.key.headers)
+                    .map_or(hit.object, |h| h.object);
+                return OnResponse::Serve(served);
+            }
+            // A 304 that does not select the stored response: send it on.
+            req.status = CacheStatus::Expired;
+            return OnResponse::Pass;
+        }
+        if stale_if_error && matches!(status, 500 | 502 | 503 | 504) {
+            req.stale = Some((hit, true));
+            if let Some(o) = req.take_stale_for_error() {
+                return OnResponse::Serve(o);
+            }
+        }
+    }
+    let Some(permit) = req.permit.take() else {
+        return OnResponse::Pass;
+    };
+    if !req.store
+        || response_storable("GET", &req.key.headers, status, resp, policy).is_err()
+        || body_len.is_some_and(|n| n > usize::MAX as u64)
+    {
+        permit.uncacheable();
+        return OnResponse::Pass;
+    }
+    let meta = CacheMeta::from_stored(
+        resp.clone(),
+        ferrogate_cache::meta::age_value(resp),
+        ferrogate_cache::meta::unix_secs(req.sent_at),
+        ferrogate_cache::meta::unix_secs(wall),
+        policy,
+    );
+    let key = CacheKey::new(req.key.parts(), &req.route.key, edge.store.hasher());
+    match edge
+        .store
+        .insert(&key, &req.key.headers, meta, body_len.map(|n| n as usize))
+    {
+        Ok(w) => {
+            // The object is visible now: the waiters read it as it grows.
+            permit.stored();
+            OnResponse::Store(w)
+        }
+        Err(_) => {
+            permit.uncacheable();
+            OnResponse::Pass
+        }
+    }
+}
+
+/// Writes the head of a response served from the cache as an HTTP/1.1
+/// response head as an origin would send it (status, stored fields, `Age`,
+/// framing), for the client codec to rewrite like any upstream head.
+/// Returns how the body is framed: `Some(len)` with a length, `None` chunked.
+pub(crate) fn write_stored_head(
+    object: &Object,
+    now: SystemTime,
+    out: &mut crate::http::ByteBuf,
+) -> Option<Option<u64>> {
+    use std::fmt::Write as _;
+    let meta = object.meta();
+    let h = &meta.headers;
+    let known = if object.is_complete() {
+        Some(object.body_len() as u64)
+    } else {
+        h.get("content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let mut ok = write!(out, "HTTP/1.1 {} {}\r\n", h.status, reason(h.status)).is_ok();
+    for (n, v) in &h.fields {
+        if n.eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
+        ok &= out.extend(n) && out.extend(b": ") && out.extend(v) && out.extend(b"\r\n");
+    }
+    ok &= write!(out, "Age: {}\r\n", meta.age_header(now)).is_ok();
+    ok &= match known {
+        Some(n) => write!(out, "Content-Length: {n}\r\n").is_ok(),
+        None => out.extend(b"Transfer-Encoding: chunked\r\n"),
+    };
+    ok &= out.extend(b"\r\n");
+    ok.then_some(known)
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        206 => "Partial Content",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        308 => "Permanent Redirect",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        410 => "Gone",
+        414 => "URI Too Long",
+        501 => "Not Implemented",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_url_drops_default_port_and_lowercases_host() {
+        assert_eq!(
+            split_url("http://Example.COM:80/a?b").unwrap(),
+            ("http", "example.com".to_string(), &b"/a?b"[..])
+        );
+        assert_eq!(
+            split_url("https://h:8443/").unwrap(),
+            ("https", "h:8443".to_string(), &b"/"[..])
+        );
+        assert!(split_url("ftp://h/").is_err());
+        assert!(split_url("http://h").is_err());
+        assert!(split_url("http://u@h/").is_err());
+    }
+}
