@@ -267,7 +267,6 @@ impl OwnedKey {
 pub(crate) struct CacheReq {
     pub route: Arc<RouteCache>,
     key: OwnedKey,
-    hash: u128,
     directives: CacheControl,
     validate: bool,
     /// This exchange may be stored (GET without `no-store`).
@@ -299,13 +298,6 @@ impl CacheReq {
     pub fn conditional(&self) -> Option<ferrogate_cache::revalidate::Conditional> {
         let (hit, _) = self.stale.as_ref()?;
         Some(ferrogate_cache::revalidate::conditional_request(hit.meta()))
-    }
-
-    /// Whether the upstream request is the cache's own fetch: the client's
-    /// validators are not forwarded (the cache needs a full response, or a
-    /// 304 for its own validators).
-    pub fn fetches(&self) -> bool {
-        self.permit.is_some() || self.stale.is_some()
     }
 
     /// The stored response, when the origin failed and it may stand in.
@@ -360,10 +352,7 @@ pub(crate) fn lookup(
     now: Instant,
 ) -> Lookup {
     let fields = FieldView(req.headers);
-    if req.has_body
-        || fields.has("authorization")
-        || fields.has("range")
-        || fields.has("if-range")
+    if req.has_body || fields.has("authorization") || fields.has("range") || fields.has("if-range")
     {
         // Range and authorized requests go upstream untouched (not served
         // from, nor stored in, this slice of the cache).
@@ -429,7 +418,6 @@ fn decide(
         Box::new(CacheReq {
             route: route.clone(),
             key: owned(),
-            hash: key.hash,
             directives: d.directives.clone(),
             validate: d.validate,
             store: d.store,
@@ -659,6 +647,7 @@ pub(crate) fn on_response(
 pub(crate) fn write_stored_head(
     object: &Object,
     now: SystemTime,
+    allow_chunked: bool,
     out: &mut crate::http::ByteBuf,
 ) -> Option<Option<u64>> {
     use std::fmt::Write as _;
@@ -681,7 +670,8 @@ pub(crate) fn write_stored_head(
     ok &= write!(out, "Age: {}\r\n", meta.age_header(now)).is_ok();
     ok &= match known {
         Some(n) => write!(out, "Content-Length: {n}\r\n").is_ok(),
-        None => out.extend(b"Transfer-Encoding: chunked\r\n"),
+        None if allow_chunked => out.extend(b"Transfer-Encoding: chunked\r\n"),
+        None => true,
     };
     ok &= out.extend(b"\r\n");
     ok.then_some(known)

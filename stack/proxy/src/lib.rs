@@ -9,6 +9,7 @@
 
 pub mod access;
 mod attempt;
+pub mod cache;
 pub mod canary;
 mod client_io;
 pub mod config;
@@ -16,7 +17,6 @@ pub mod error;
 mod h2_session;
 pub mod jwt;
 mod l4_session;
-pub mod cache;
 pub mod limits;
 pub mod phases;
 mod probe;

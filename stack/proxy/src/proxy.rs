@@ -2,6 +2,8 @@
 //! between the client socket and an upstream socket of the same stack, parses
 //! heads, applies the route, and decides keep-alive, retries and errors.
 
+mod cached;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -102,6 +104,21 @@ enum Phase {
         body: Body,
         keep_client: bool,
         keep_upstream: bool,
+    },
+    /// Another request is fetching the same key: wait for it (polled at
+    /// the cache's `wait_poll`), then look up again.
+    CacheWait {
+        ticket: ferrogate_cache::WaitTicket,
+        upstream: Arc<Upstream>,
+        hash_key: u64,
+    },
+    /// A stored response's body going to the client (its head is in
+    /// `to_client`); `pending`: the part of a chunk not yet taken.
+    CacheServe {
+        reader: ferrogate_cache::BodyReader,
+        chunked: bool,
+        pending: bytes::Bytes,
+        keep_client: bool,
     },
     /// After `101 Switching Protocols`: bytes both ways until one side ends.
     Tunnel,
@@ -213,6 +230,12 @@ pub(crate) struct Conn<P: ProxyHttp> {
     access: AccessRecord,
     /// The phases' state for the request in flight.
     pctx: P::Ctx,
+    /// The cache's state for the request in flight (caching routes), what
+    /// it did (counted once the response head goes out), and the stored
+    /// object being written from the origin's body.
+    cache: Option<Box<crate::cache::CacheReq>>,
+    cache_status: Option<ferrogate_cache::CacheStatus>,
+    cache_writer: Option<ferrogate_cache::ObjectWriter>,
     phase: Phase,
     deadline: Instant,
     bufs: ConnBufs,
@@ -668,6 +691,9 @@ impl<P: ProxyHttp> Conn<P> {
             request_id_len: 0,
             access: AccessRecord::default(),
             pctx: P::Ctx::default(),
+            cache: None,
+            cache_status: None,
+            cache_writer: None,
             phase,
             deadline,
             bufs,
@@ -766,6 +792,8 @@ impl<P: ProxyHttp> Conn<P> {
                 Phase::SendRequest { .. } => self.send_request(cx),
                 Phase::ReadResponseHead => self.read_response_head(cx),
                 Phase::StreamResponse { .. } => self.stream_response(cx),
+                Phase::CacheWait { .. } => self.cache_wait(cx),
+                Phase::CacheServe { .. } => self.cache_serve(cx),
                 Phase::Tunnel => self.tunnel(cx),
                 Phase::Drain { .. } => self.drain(cx),
                 Phase::Close => self.close(cx),
@@ -909,6 +937,10 @@ impl<P: ProxyHttp> Conn<P> {
         cx.stats.requests += 1;
         self.started = cx.now;
         self.route_id = None;
+        self.cache = None;
+        self.cache_writer = None;
+        self.cache_status = None;
+        self.access.cache = "";
         let phases = cx.phases;
         let host = head::request_host(&req);
         set_request_id(&mut self.request_id, &mut self.request_id_len, &req, cx);
@@ -990,6 +1022,30 @@ impl<P: ProxyHttp> Conn<P> {
                     return self.fail_to_client(cx, ProxyError::BodyTooLarge);
                 }
                 let hash_key = hash_key(&upstream, &info_req);
+                let mut lookup = None;
+                if let Some(rc) = &route.cache {
+                    let key = crate::cache::RequestKey {
+                        https: self.io.stream.is_tls(),
+                        host: host.unwrap_or(""),
+                        target: req.target,
+                        method: req.method,
+                        headers: req.headers,
+                        has_body: info.framing != BodyFraming::None,
+                    };
+                    match crate::cache::lookup(cx.cache, rc, &key, cx.now) {
+                        crate::cache::Lookup::Serve(obj, s) => {
+                            self.bufs.from_client.consume(info.head_len);
+                            self.request = Some(info);
+                            return self.serve_cached(cx, &obj, s);
+                        }
+                        l => lookup = Some(l),
+                    }
+                }
+                // The cache fetches for itself: the client's validators
+                // would get a 304 it cannot store.
+                let caching = lookup
+                    .as_ref()
+                    .is_some_and(|l| !matches!(l, crate::cache::Lookup::Bypass));
                 self.upgrade = head::wants_upgrade(&req);
                 let has_host = req.headers.contains("host");
                 self.bufs.request_head.clear();
@@ -1002,7 +1058,11 @@ impl<P: ProxyHttp> Conn<P> {
                 if !head::write_upstream_request(
                     &upstream_req,
                     self.upgrade,
-                    |name| phases.strip_request_header(&info_req, name) || rw.strips_request(name),
+                    |name| {
+                        phases.strip_request_header(&info_req, name)
+                            || rw.strips_request(name)
+                            || (caching && cached::is_client_validator(name))
+                    },
                     |lines| {
                         phases.upstream_request_filter(&info_req, pctx, lines);
                         rw.add_request(lines);
@@ -1025,7 +1085,10 @@ impl<P: ProxyHttp> Conn<P> {
                 self.request = Some(info);
                 self.body_end_seen = false;
                 self.body_abandoned = false;
-                self.start_upstream(cx, upstream, hash_key)
+                match lookup {
+                    Some(l) => self.after_lookup(cx, l, upstream, hash_key),
+                    None => self.start_upstream(cx, upstream, hash_key),
+                }
             }
         }
     }
@@ -1319,6 +1382,13 @@ impl<P: ProxyHttp> Conn<P> {
                 true
             }
             Ok(Some(resp)) => {
+                if self.cache.is_some()
+                    && let Some(step) = self.cache_response(cx, &resp)
+                {
+                    return step;
+                }
+                let xcache = self.note_cache(cx);
+                let status_header = cx.cache.edge.settings.status_header.as_deref();
                 let req = self.request.expect("request in flight");
                 let keep_client = req.keep_alive
                     && resp.framing != BodyFraming::UntilClose
@@ -1339,6 +1409,9 @@ impl<P: ProxyHttp> Conn<P> {
                     |view, lines| {
                         phases.response_filter(view, &info, pctx, lines);
                         rw.add_response(lines);
+                        if let (Some(h), Some(s)) = (status_header, xcache) {
+                            lines.add(h, s.as_str().as_bytes());
+                        }
                     },
                     &mut cx.stats.header_lines_refused,
                     &mut self.bufs.to_client,
@@ -1489,9 +1562,16 @@ impl<P: ProxyHttp> Conn<P> {
             Body::Length(n) => {
                 let t = (*n).min(window.len() as u64) as usize;
                 *n -= t as u64;
+                if let Some(w) = &mut self.cache_writer {
+                    w.append(bytes::Bytes::copy_from_slice(&window[..t]));
+                }
                 (t, *n == 0)
             }
-            Body::Chunked(dec) => match dec.feed(window) {
+            Body::Chunked(dec) => match match &mut self.cache_writer {
+                // The object stores the payload, without the framing.
+                Some(w) => dec.feed_with(window, |d| w.append(bytes::Bytes::copy_from_slice(d))),
+                None => dec.feed(window),
+            } {
                 Ok(t) => (t, dec.is_done()),
                 Err(e) => {
                     cx.stats.upstream_errors += 1;
@@ -1500,7 +1580,12 @@ impl<P: ProxyHttp> Conn<P> {
                     return true;
                 }
             },
-            Body::UntilClose => (window.len(), !upstream_open && avail.len() == window.len()),
+            Body::UntilClose => {
+                if let Some(w) = &mut self.cache_writer {
+                    w.append(bytes::Bytes::copy_from_slice(window));
+                }
+                (window.len(), !upstream_open && avail.len() == window.len())
+            }
         };
         if take > 0 || done {
             cx.phases
@@ -1530,6 +1615,9 @@ impl<P: ProxyHttp> Conn<P> {
             moved = true;
         }
         if done {
+            if let Some(w) = self.cache_writer.take() {
+                w.finish();
+            }
             let keep_client = *keep_client;
             // Bytes past the end of the body mean the upstream is out of
             // step (an origin error, counted): that connection is dropped.
@@ -1587,6 +1675,7 @@ impl<P: ProxyHttp> Conn<P> {
     /// start from a fresh `Ctx` (also for an error before its head parses).
     fn next_request(&mut self, cx: &mut Ctx<'_, P>) {
         self.pctx = P::Ctx::default();
+        self.clear_cache();
         self.phase = Phase::ReadHead;
         self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
     }
@@ -1679,6 +1768,8 @@ impl<P: ProxyHttp> Conn<P> {
         // A pick the client left before it was judged is given back (its
         // in-flight slot, a half-open breaker probe), not leaked.
         self.settle(cx, None);
+        // A body being stored is aborted: its readers see it end short.
+        self.clear_cache();
         if reset {
             cx.net.stream(self.client).abort();
         } else {
@@ -1712,6 +1803,11 @@ impl<P: ProxyHttp> Conn<P> {
 
     /// Answers the client with the error's status and closes.
     fn fail_to_client(&mut self, cx: &mut Ctx<'_, P>, err: ProxyError) -> bool {
+        if err.side() == crate::error::Side::Upstream
+            && let Some(step) = self.stale_for_error(cx)
+        {
+            return step;
+        }
         if err.side() == crate::error::Side::Client {
             cx.stats.bad_requests += 1;
         }
@@ -1720,6 +1816,8 @@ impl<P: ProxyHttp> Conn<P> {
 
     fn local_error(&mut self, cx: &mut Ctx<'_, P>, err: ProxyError, keep: bool) -> bool {
         let status = err.status();
+        self.note_cache(cx);
+        self.cache = None;
         cx.stats.count_status(status);
         cx.stats.responses_local += 1;
         self.log_access(cx, status, err.code());

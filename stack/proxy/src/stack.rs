@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::access::AccessSink;
+use crate::cache::{CacheHandle, CacheSettings, ClockAnchor, EdgeCache};
 use crate::client_io::ClientIo;
 use crate::config::StackConfig;
 use crate::h2_session::H2Conn;
@@ -20,7 +21,6 @@ use crate::net::{App, Datagram, Instant, Net, NetError, Owner, StreamId, Streams
 use crate::phases::{ProxyHttp, StandardPhases};
 use crate::probe::{ProbeCtx, Prober};
 use crate::proxy::{Conn, ConnBufs, Ctx};
-use crate::cache::{CacheHandle, CacheSettings, ClockAnchor, EdgeCache};
 use crate::quota::Quota;
 use crate::route::RouteTable;
 use crate::route_stats::RouteCounters;

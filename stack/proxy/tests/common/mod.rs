@@ -154,6 +154,12 @@ pub struct Lab<P: ProxyHttp = StandardPhases> {
     /// Frames on the delayed link, with the time each arrives.
     delayed_to_edge: VecDeque<(Instant, Vec<u8>)>,
     delayed_from_edge: VecDeque<(Instant, Vec<u8>)>,
+    /// Paths under `/cached`: the `Cache-Control` they carry, their
+    /// version (in the body and the ETag `"vN"`; a request whose
+    /// If-None-Match names it gets 304), and whether they answer 503.
+    pub cache_control: String,
+    pub cached_version: u32,
+    pub cached_fail: bool,
 }
 
 pub fn tcp_socket() -> tcp::Socket<'static> {
@@ -269,6 +275,9 @@ impl<P: ProxyHttp> Lab<P> {
             client_delay_ms: 0,
             delayed_to_edge: VecDeque::new(),
             delayed_from_edge: VecDeque::new(),
+            cache_control: "max-age=60".into(),
+            cached_version: 1,
+            cached_fail: false,
         };
         if origin == Origin::Serving {
             for _ in 0..8 {
@@ -451,6 +460,38 @@ impl<P: ProxyHttp> Lab<P> {
                 c.buf.drain(..end + 4 + upload.as_ref().map_or(0, |u| u.0));
                 self.origin_requests.push(head.clone());
                 let resp: Vec<u8> = match path.as_str() {
+                    p if p.starts_with("/cached") => {
+                        let lower = head.to_ascii_lowercase();
+                        let etag = format!("\"v{}\"", self.cached_version);
+                        let inm = lower
+                            .lines()
+                            .find_map(|l| l.strip_prefix("if-none-match: "))
+                            .map(|v| v.trim().to_string());
+                        let vary = if p.contains("vary") { "Vary: Accept-Language\r\n" } else { "" };
+                        let lang = lower
+                            .lines()
+                            .find_map(|l| l.strip_prefix("accept-language: "))
+                            .unwrap_or("-")
+                            .trim()
+                            .to_string();
+                        let cc = &self.cache_control;
+                        if self.cached_fail {
+                            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown".to_vec()
+                        } else if inm.as_deref() == Some(etag.as_str()) {
+                            format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nCache-Control: {cc}\r\n{vary}\r\n").into_bytes()
+                        } else if p.contains("chunked") {
+                            let body = format!("v{} {p} {lang}", self.cached_version);
+                            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: {etag}\r\nCache-Control: {cc}\r\n{vary}\r\n3\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n", &body[..3], body.len() - 3, &body[3..]).into_bytes()
+                        } else if p.contains("big") {
+                            let body: Vec<u8> = (0..self.big_body).map(|i| b'a' + (i % 26) as u8).collect();
+                            let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\nCache-Control: {cc}\r\n\r\n", body.len()).into_bytes();
+                            r.extend(body);
+                            r
+                        } else {
+                            let body = format!("v{} {p} {lang}", self.cached_version);
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\nCache-Control: {cc}\r\nSurrogate-Key: all {}\r\n{vary}\r\n{body}", body.len(), p.trim_start_matches('/').replace('/', "-")).into_bytes()
+                        }
+                    }
                     _ if upload.is_some() => {
                         let (_, body) = upload.take().unwrap();
                         let text = format!("got {}: {}", body.len(), String::from_utf8_lossy(&body));

@@ -1,0 +1,393 @@
+//! The HTTP/1 connection's cache steps (#21): the lookup once routing
+//! chose a caching route, waiting for another request's fetch of the same
+//! key, deciding on the origin's response (store, 304 refresh,
+//! stale-if-error), and serving a stored response — from a complete body
+//! or from one still being stored, chunk by chunk.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use ferrogate_cache::{CacheStatus, Object, Read, StoredHeaders};
+
+use super::{Conn, Ctx, Phase, after};
+use crate::cache::{self, Lookup, OnResponse, Waited};
+use crate::error::ProxyError;
+use crate::http::{BodyFraming, ResponseHead, head};
+use crate::lb::Upstream;
+use crate::phases::{ProxyHttp, ResponseInfo};
+
+/// Request fields the cache's own fetches never forward: it needs a full
+/// response to store, or a 304 for its own validators.
+pub(super) fn is_client_validator(name: &str) -> bool {
+    name.eq_ignore_ascii_case("if-none-match") || name.eq_ignore_ascii_case("if-modified-since")
+}
+
+/// Most steps of one `cache_serve` run (each moves a chunk or its framing).
+const SERVE_STEPS: usize = 64;
+
+impl<P: ProxyHttp> Conn<P> {
+    /// Counts what the cache did for the request in flight (once) and
+    /// puts it in the access record; returns it for the `X-Cache` line.
+    pub(super) fn note_cache(&mut self, cx: &mut Ctx<'_, P>) -> Option<CacheStatus> {
+        let s = self.cache_status.take()?;
+        cx.stats.cache.record(s);
+        self.access.cache = s.as_str();
+        Some(s)
+    }
+
+    /// Forgets the cache state of the request in flight (a stored body
+    /// being written is aborted unless it was finished).
+    pub(super) fn clear_cache(&mut self) {
+        self.cache = None;
+        self.cache_writer = None;
+        self.cache_status = None;
+    }
+
+    /// Goes on from a cache decision: serve, wait, or send the request
+    /// (its head is in `request_head`) to `upstream`.
+    pub(super) fn after_lookup(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        lookup: Lookup,
+        upstream: Arc<Upstream>,
+        hash_key: u64,
+    ) -> bool {
+        match lookup {
+            Lookup::Serve(obj, s) => self.serve_cached(cx, &obj, s),
+            Lookup::GatewayTimeout => {
+                self.cache_status = Some(CacheStatus::Miss);
+                let keep = self.request.is_some_and(|r| r.keep_alive);
+                self.local_error(cx, ProxyError::NotCached, keep)
+            }
+            Lookup::Bypass => {
+                self.cache_status = Some(CacheStatus::Bypass);
+                self.start_upstream(cx, upstream, hash_key)
+            }
+            Lookup::Fetch(r) => {
+                if let Some(c) = r.conditional()
+                    && !self.add_request_fields(c.fields())
+                {
+                    return self
+                        .fail_to_client(cx, ProxyError::BadRequest(head::HeadError::TooLarge));
+                }
+                self.cache_status = Some(r.status);
+                self.cache = Some(r);
+                self.start_upstream(cx, upstream, hash_key)
+            }
+            Lookup::Wait(r, ticket) => {
+                self.cache_status = Some(r.status);
+                self.cache = Some(r);
+                self.phase = Phase::CacheWait {
+                    ticket,
+                    upstream,
+                    hash_key,
+                };
+                self.deadline = after(cx.now, cx.cache.edge.settings.wait_poll);
+                true
+            }
+        }
+    }
+
+    /// Adds fields to the upstream request head (before its blank line).
+    fn add_request_fields<'f>(
+        &mut self,
+        fields: impl Iterator<Item = (&'static str, &'f Bytes)>,
+    ) -> bool {
+        let out = &mut self.bufs.request_head;
+        let len = out.len();
+        out.truncate(len - 2);
+        let mut ok = true;
+        for (n, v) in fields {
+            ok &= out.extend(n.as_bytes())
+                && out.extend(b": ")
+                && out.extend(v)
+                && out.extend(b"\r\n");
+        }
+        ok &= out.extend(b"\r\n");
+        if let Some(at) = &mut self.host_at {
+            *at = out.len() - 2;
+        }
+        ok
+    }
+
+    /// Waits for another request's fetch of the same key.
+    pub(super) fn cache_wait(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        if self.client_gone(cx) {
+            self.finish(cx, false);
+            return true;
+        }
+        let Phase::CacheWait { ticket, .. } = &mut self.phase else {
+            unreachable!()
+        };
+        let Some(req) = self.cache.take() else {
+            unreachable!("a waiting request keeps its cache state")
+        };
+        let (next, back) = cache::poll_wait(cx.cache, req, ticket, cx.now);
+        self.cache = back;
+        let lookup = match next {
+            Waited::Pending => {
+                self.deadline = after(cx.now, cx.cache.edge.settings.wait_poll);
+                return false;
+            }
+            Waited::Lookup(l) => l,
+        };
+        let Phase::CacheWait {
+            upstream, hash_key, ..
+        } = std::mem::replace(&mut self.phase, Phase::Close)
+        else {
+            unreachable!()
+        };
+        self.after_lookup(cx, lookup, upstream, hash_key)
+    }
+
+    /// The origin's response head arrived for a request the cache looked
+    /// at: `Some(step)` when the cache answers instead (the response is
+    /// dropped), `None` to send it on (and store its body, if so decided).
+    pub(super) fn cache_response(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        resp: &ResponseHead,
+    ) -> Option<bool> {
+        let mut req = self.cache.take()?;
+        let stored = {
+            let raw = &self.bufs.from_upstream.filled()[..resp.head_len];
+            let mut fields = Vec::new();
+            head::response_fields(raw, &mut fields)?;
+            StoredHeaders::from_response(resp.status, fields.as_slice())
+        };
+        let body_len = match resp.framing {
+            BodyFraming::Length(n) => Some(n),
+            BodyFraming::None => Some(0),
+            BodyFraming::Chunked | BodyFraming::UntilClose => None,
+        };
+        let out = cache::on_response(cx.cache, &mut req, resp.status, &stored, body_len, cx.now);
+        self.cache_status = Some(req.status);
+        match out {
+            OnResponse::Pass => None,
+            OnResponse::Store(w) => {
+                self.cache_writer = Some(w);
+                None
+            }
+            OnResponse::Serve(obj) => {
+                let reusable = resp.reusable
+                    && resp.framing == BodyFraming::None
+                    && !self.body_abandoned
+                    && self.bufs.from_upstream.len() == resp.head_len;
+                self.bufs.from_upstream.consume(resp.head_len);
+                self.settle(cx, Some(!matches!(resp.status, 502..=504)));
+                if reusable {
+                    if let Some(up) = self.att.conn.as_mut() {
+                        up.served += 1;
+                    }
+                    self.release_upstream(cx);
+                } else {
+                    self.drop_upstream(cx, false);
+                }
+                Some(self.serve_cached(cx, &obj, req.status))
+            }
+        }
+    }
+
+    /// The origin failed: a stored response that may stand in for the
+    /// error (`stale-if-error`) is served instead.
+    pub(super) fn stale_for_error(&mut self, cx: &mut Ctx<'_, P>) -> Option<bool> {
+        let obj = self.cache.as_mut()?.take_stale_for_error()?;
+        self.settle(cx, None);
+        self.drop_upstream(cx, true);
+        Some(self.serve_cached(cx, &obj, CacheStatus::Stale))
+    }
+
+    /// Answers the request in flight from a stored object: its head goes
+    /// through the same client-side rewrite as an origin's (phases, rules,
+    /// `Connection`), then the body streams from the object.
+    pub(super) fn serve_cached(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        obj: &Arc<Object>,
+        s: CacheStatus,
+    ) -> bool {
+        let info = self.request.expect("request in flight");
+        self.cache = None;
+        self.cache_status = Some(s);
+        let wall = cx.cache.anchor.wall(cx.now);
+        // The stored head, as an origin would send it, in the (idle)
+        // upstream buffer; then rewritten into `to_client`.
+        self.bufs.from_upstream.clear();
+        let Some(length) =
+            cache::write_stored_head(obj, wall, !info.http10, &mut self.bufs.from_upstream)
+        else {
+            self.bufs.from_upstream.clear();
+            return self.local_error(
+                cx,
+                ProxyError::BadResponse(head::HeadError::TooLarge),
+                false,
+            );
+        };
+        // Length unknown (a body still being stored from a chunked
+        // origin): chunked to HTTP/1.1 clients, close-delimited to 1.0.
+        let chunked = length.is_none() && !info.http10;
+        let keep = info.keep_alive && (length.is_some() || chunked);
+        let xcache = self.note_cache(cx);
+        self.bufs.to_client.clear();
+        let phases = cx.phases;
+        let rinfo = ResponseInfo {
+            request_id: &self.request_id[..self.request_id_len],
+            now: cx.now,
+        };
+        let pctx = &mut self.pctx;
+        let rw = &self.rewrite;
+        let status_header = cx.cache.edge.settings.status_header.as_deref();
+        let ok = head::write_client_response(
+            self.bufs.from_upstream.filled(),
+            keep,
+            info.http10,
+            |name| rw.strips_response(name),
+            |view, lines| {
+                phases.response_filter(view, &rinfo, pctx, lines);
+                rw.add_response(lines);
+                if let (Some(h), Some(s)) = (status_header, xcache) {
+                    lines.add(h, s.as_str().as_bytes());
+                }
+            },
+            &mut cx.stats.header_lines_refused,
+            &mut self.bufs.to_client,
+        );
+        self.bufs.from_upstream.clear();
+        self.rewrite.clear();
+        if !ok {
+            return self.local_error(
+                cx,
+                ProxyError::BadResponse(head::HeadError::TooLarge),
+                false,
+            );
+        }
+        let status = obj.meta().headers.status;
+        cx.stats.count_status(status);
+        self.log_access(cx, status, "");
+        self.count_route_response(cx, status);
+        self.request = None;
+        self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+        if info.is_head {
+            self.phase = Phase::WriteLocal { keep };
+            return true;
+        }
+        self.phase = Phase::CacheServe {
+            reader: obj.reader(),
+            chunked,
+            pending: Bytes::new(),
+            keep_client: keep,
+        };
+        true
+    }
+
+    /// Streams a stored body to the client, as fast as the client takes
+    /// it and the object grows.
+    pub(super) fn cache_serve(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        if self.client_gone(cx) || !cx.net.stream(self.client).may_send() {
+            cx.stats.client_aborts += 1;
+            self.finish(cx, true);
+            return true;
+        }
+        enum Next {
+            Client,
+            Object,
+            Done,
+            Aborted,
+        }
+        let Phase::CacheServe {
+            reader,
+            chunked,
+            pending,
+            keep_client,
+        } = &mut self.phase
+        else {
+            unreachable!()
+        };
+        let keep = *keep_client;
+        let sock = &mut cx.net.stream(self.client);
+        let mut moved = false;
+        let mut next = Next::Client;
+        for _ in 0..SERVE_STEPS {
+            if !self.bufs.to_client.is_empty() {
+                let n = self.io.stream.send(sock, self.bufs.to_client.filled());
+                self.bufs.to_client.consume(n);
+                moved |= n > 0;
+                if !self.bufs.to_client.is_empty() {
+                    next = Next::Client;
+                    break;
+                }
+            }
+            if !pending.is_empty() {
+                let n = self.io.stream.send(sock, pending);
+                pending.advance(n);
+                cx.stats.cache.bytes_served += n as u64;
+                moved |= n > 0;
+                if !pending.is_empty() {
+                    next = Next::Client;
+                    break;
+                }
+                if *chunked {
+                    self.bufs.to_client.extend(b"\r\n");
+                }
+                continue;
+            }
+            match reader.poll() {
+                Read::Chunk(b) => {
+                    if b.is_empty() {
+                        continue;
+                    }
+                    if *chunked {
+                        let _ = write!(self.bufs.to_client, "{:x}\r\n", b.len());
+                    }
+                    *pending = b;
+                }
+                Read::Pending => {
+                    next = Next::Object;
+                    break;
+                }
+                Read::End => {
+                    if *chunked {
+                        self.bufs.to_client.extend(b"0\r\n\r\n");
+                    }
+                    next = Next::Done;
+                    break;
+                }
+                Read::Aborted => {
+                    next = Next::Aborted;
+                    break;
+                }
+            }
+        }
+        match next {
+            Next::Done => {
+                // `WriteLocal` sends what is left of the framing, then the
+                // next request (or the close).
+                self.phase = Phase::WriteLocal { keep };
+                true
+            }
+            Next::Aborted => {
+                // The fetch that was storing it failed: the client must
+                // see the body is short.
+                cx.stats.upstream_errors += 1;
+                self.finish(cx, true);
+                true
+            }
+            Next::Object => {
+                self.deadline = after(cx.now, cx.cache.edge.settings.wait_poll);
+                moved
+            }
+            Next::Client => {
+                if moved {
+                    self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+                } else if cx.now >= self.deadline {
+                    // The client took nothing for the idle timeout.
+                    cx.stats.client_aborts += 1;
+                    self.finish(cx, true);
+                    return true;
+                }
+                moved
+            }
+        }
+    }
+}

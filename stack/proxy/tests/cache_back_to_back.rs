@@ -1,0 +1,386 @@
+//! The response cache in the proxy's request path, back to back in memory
+//! (`common/`): hits, HEAD from GET, revalidation with 304, replacement,
+//! stale-if-error, coalesced misses, what is never stored, chunked and
+//! large bodies, Vary, purge, only-if-cached.
+
+mod common;
+
+use common::*;
+use ferrogate_proxy::cache::core::PurgeMode;
+use ferrogate_proxy::cache::{Purge, PurgeTarget, RouteCache};
+
+fn caching_routes() -> Arc<RouteTable> {
+    let upstream = Arc::new(Upstream::simple(
+        "origin",
+        0,
+        &["10.0.0.3:8080".parse().unwrap()],
+    ));
+    Arc::new(RouteTable::new(
+        1,
+        vec![Listener::new(
+            80,
+            vec![
+                Route {
+                    path: PathMatch::Prefix("/cached".into()),
+                    cache: Some(Arc::new(RouteCache::default())),
+                    ..Route::new("cached", RouteAction::Proxy(upstream.clone()))
+                },
+                Route::new("origin", RouteAction::Proxy(upstream.clone())),
+            ],
+        )],
+        vec![upstream],
+    ))
+}
+
+fn lab() -> Lab {
+    Lab::with_routes(Origin::Serving, caching_routes(), |_| {})
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: example.com\r\n\r\n").into_bytes()
+}
+
+fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+    r.head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn origin_hits(lab: &Lab, path: &str) -> usize {
+    lab.origin_requests
+        .iter()
+        .filter(|r| r.split(' ').nth(1) == Some(path))
+        .count()
+}
+
+#[test]
+fn second_get_is_a_hit_served_without_the_origin() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let r1 = lab.exchange(c, &get("/cached/a"));
+    assert_eq!(r1.status, 200);
+    assert_eq!(header(&r1, "x-cache"), Some("MISS"), "{}", r1.head);
+    let r2 = lab.exchange(c, &get("/cached/a"));
+    assert_eq!(r2.status, 200);
+    assert_eq!(header(&r2, "x-cache"), Some("HIT"), "{}", r2.head);
+    assert_eq!(r2.body, r1.body);
+    assert_eq!(header(&r2, "etag"), Some("\"v1\""));
+    assert!(header(&r2, "age").is_some(), "{}", r2.head);
+    assert_eq!(origin_hits(&lab, "/cached/a"), 1);
+    // Another client, another connection: the same object.
+    let c2 = lab.connect();
+    let r3 = lab.exchange(c2, &get("/cached/a"));
+    assert_eq!(header(&r3, "x-cache"), Some("HIT"));
+    assert_eq!(origin_hits(&lab, "/cached/a"), 1);
+    let s = lab.edge.stats();
+    assert_eq!((s.cache.hit, s.cache.miss), (2, 1));
+    assert_eq!(s.cache.bytes_served, 2 * r1.body.len() as u64);
+}
+
+#[test]
+fn head_is_served_from_a_stored_get() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let r1 = lab.exchange(c, &get("/cached/h"));
+    lab.send(c, b"HEAD /cached/h HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let raw = lab.read_until(c, 2_000, |b| find(b, b"\r\n\r\n").is_some());
+    let head = String::from_utf8_lossy(&raw).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("x-cache: hit"), "{head}");
+    assert!(
+        head.contains(&format!("Content-Length: {}", r1.body.len())),
+        "{head}"
+    );
+    assert!(
+        head.ends_with("\r\n\r\n"),
+        "a HEAD answer has no body: {head}"
+    );
+    // The connection goes on with the next request.
+    let r3 = lab.exchange(c, &get("/cached/h"));
+    assert_eq!(header(&r3, "x-cache"), Some("HIT"));
+    assert_eq!(origin_hits(&lab, "/cached/h"), 1);
+}
+
+#[test]
+fn stale_object_is_revalidated_with_its_etag_and_a_304_refreshes_it() {
+    let mut lab = lab();
+    lab.cache_control = "max-age=1".into();
+    let c = lab.connect();
+    let r1 = lab.exchange(c, &get("/cached/r"));
+    assert_eq!(header(&r1, "x-cache"), Some("MISS"));
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    let r2 = lab.exchange(c, &get("/cached/r"));
+    assert_eq!(r2.status, 200, "{}", r2.head);
+    assert_eq!(header(&r2, "x-cache"), Some("REVALIDATED"), "{}", r2.head);
+    assert_eq!(r2.body, r1.body);
+    let conditional = lab.origin_requests.last().unwrap().to_ascii_lowercase();
+    assert!(
+        conditional.contains("if-none-match: \"v1\""),
+        "{conditional}"
+    );
+    // Fresh again after the 304.
+    let r3 = lab.exchange(c, &get("/cached/r"));
+    assert_eq!(header(&r3, "x-cache"), Some("HIT"), "{}", r3.head);
+    assert_eq!(origin_hits(&lab, "/cached/r"), 2);
+    assert_eq!(lab.edge.stats().cache.revalidated, 1);
+}
+
+#[test]
+fn a_changed_resource_replaces_the_stored_one() {
+    let mut lab = lab();
+    lab.cache_control = "max-age=1".into();
+    let c = lab.connect();
+    let r1 = lab.exchange(c, &get("/cached/x"));
+    assert!(String::from_utf8_lossy(&r1.body).starts_with("v1"));
+    lab.cached_version = 2;
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    lab.cache_control = "max-age=60".into();
+    let r2 = lab.exchange(c, &get("/cached/x"));
+    assert_eq!(header(&r2, "x-cache"), Some("EXPIRED"), "{}", r2.head);
+    assert!(String::from_utf8_lossy(&r2.body).starts_with("v2"));
+    let r3 = lab.exchange(c, &get("/cached/x"));
+    assert_eq!(header(&r3, "x-cache"), Some("HIT"));
+    assert!(String::from_utf8_lossy(&r3.body).starts_with("v2"));
+}
+
+#[test]
+fn stale_if_error_serves_the_stored_response_when_the_origin_fails() {
+    let mut lab = lab();
+    lab.cache_control = "max-age=1, stale-if-error=600".into();
+    let c = lab.connect();
+    let r1 = lab.exchange(c, &get("/cached/e"));
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    lab.cached_fail = true;
+    let r2 = lab.exchange(c, &get("/cached/e"));
+    assert_eq!(r2.status, 200, "{}", r2.head);
+    assert_eq!(header(&r2, "x-cache"), Some("STALE"), "{}", r2.head);
+    assert_eq!(r2.body, r1.body);
+    // Without stale-if-error the origin's error goes through.
+    lab.cached_fail = false;
+    lab.cache_control = "max-age=1".into();
+    let _ = lab.exchange(c, &get("/cached/e2"));
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    lab.cached_fail = true;
+    let r3 = lab.exchange(c, &get("/cached/e2"));
+    assert_eq!(r3.status, 503, "{}", r3.head);
+}
+
+#[test]
+fn concurrent_misses_for_one_key_make_one_upstream_request() {
+    let mut lab = lab();
+    let clients: Vec<_> = (0..40).map(|_| lab.connect()).collect();
+    for _ in 0..20 {
+        lab.step(1);
+    }
+    for &c in &clients {
+        lab.sockets
+            .get_mut::<tcp::Socket>(c)
+            .send_slice(&get("/cached/hot"))
+            .unwrap();
+    }
+    let mut bodies = Vec::new();
+    for &c in &clients {
+        let raw = lab.read_until(c, 3_000, |b| Response::parse(b).is_some());
+        let r = Response::parse(&raw).expect("response");
+        assert_eq!(r.status, 200);
+        bodies.push(r.body);
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(
+        origin_hits(&lab, "/cached/hot"),
+        1,
+        "{:?}",
+        lab.origin_requests
+    );
+    let s = lab.edge.stats().cache;
+    assert_eq!(s.miss, 1, "{s:?}");
+    assert_eq!(s.hit, 39, "{s:?}");
+}
+
+#[test]
+fn responses_the_policy_refuses_are_not_stored() {
+    for cc in ["no-store", "private", "max-age=0", "no-cache, max-age=0"] {
+        let mut lab = lab();
+        lab.cache_control = cc.into();
+        let c = lab.connect();
+        let r1 = lab.exchange(c, &get("/cached/n"));
+        assert_eq!(header(&r1, "x-cache"), Some("MISS"), "{cc}");
+        let r2 = lab.exchange(c, &get("/cached/n"));
+        assert_ne!(header(&r2, "x-cache"), Some("HIT"), "{cc}: {}", r2.head);
+        assert_eq!(origin_hits(&lab, "/cached/n"), 2, "{cc}");
+    }
+    // A route without cache: no X-Cache at all.
+    let mut lab = lab();
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/other"));
+    assert_eq!(header(&r, "x-cache"), None);
+    // POST on a caching route: bypass.
+    let r = lab.exchange(
+        c,
+        b"POST /cached/p HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    assert_eq!(header(&r, "x-cache"), Some("BYPASS"), "{}", r.head);
+}
+
+#[test]
+fn a_chunked_origin_body_is_stored_without_its_framing() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let r1 = lab.exchange(c, &get("/cached/chunked"));
+    assert_eq!(header(&r1, "x-cache"), Some("MISS"));
+    let r2 = lab.exchange(c, &get("/cached/chunked"));
+    assert_eq!(header(&r2, "x-cache"), Some("HIT"), "{}", r2.head);
+    assert_eq!(r2.body, r1.body);
+    assert_eq!(
+        header(&r2, "content-length"),
+        Some(r1.body.len().to_string().as_str())
+    );
+    assert!(header(&r2, "transfer-encoding").is_none(), "{}", r2.head);
+}
+
+#[test]
+fn a_large_body_streams_from_the_store_to_a_slow_client() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let r1 = lab.exchange(c, &get("/cached/big"));
+    assert_eq!(r1.body.len(), 200_000);
+    // A client with a small receive window: the store's chunks go out as
+    // it takes them.
+    let small = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 4096]),
+        tcp::SocketBuffer::new(vec![0; 4096]),
+    );
+    let c2 = lab.connect_with(80, small);
+    let r2 = lab.exchange(c2, &get("/cached/big"));
+    assert_eq!(header(&r2, "x-cache"), Some("HIT"));
+    assert_eq!(r2.body, r1.body);
+    assert_eq!(origin_hits(&lab, "/cached/big"), 1);
+}
+
+#[test]
+fn vary_keeps_a_variant_per_listed_request_header() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let req = |lang: &str| {
+        format!("GET /cached/vary HTTP/1.1\r\nHost: example.com\r\nAccept-Language: {lang}\r\n\r\n")
+            .into_bytes()
+    };
+    let en = lab.exchange(c, &req("en"));
+    let de = lab.exchange(c, &req("de"));
+    assert!(String::from_utf8_lossy(&en.body).ends_with("en"));
+    assert!(String::from_utf8_lossy(&de.body).ends_with("de"));
+    assert_eq!(header(&de, "x-cache"), Some("MISS"));
+    let en2 = lab.exchange(c, &req("en"));
+    let de2 = lab.exchange(c, &req("de"));
+    assert_eq!(header(&en2, "x-cache"), Some("HIT"));
+    assert_eq!(header(&de2, "x-cache"), Some("HIT"));
+    assert_eq!(en2.body, en.body);
+    assert_eq!(de2.body, de.body);
+    assert_eq!(origin_hits(&lab, "/cached/vary"), 2);
+}
+
+#[test]
+fn purges_hard_and_light_by_url_prefix_and_tag() {
+    let mut lab = lab();
+    let c = lab.connect();
+    for p in ["/cached/p/1", "/cached/p/2", "/cached/q"] {
+        let _ = lab.exchange(c, &get(p));
+    }
+    let cache = lab.edge.cache().clone();
+    let hard = |target| Purge {
+        mode: PurgeMode::Hard,
+        target,
+    };
+    assert_eq!(
+        cache
+            .purge(&hard(PurgeTarget::Url(
+                "http://example.com/cached/p/1".into()
+            )))
+            .unwrap(),
+        1
+    );
+    let r = lab.exchange(c, &get("/cached/p/1"));
+    assert_eq!(header(&r, "x-cache"), Some("MISS"));
+    let r = lab.exchange(c, &get("/cached/p/2"));
+    assert_eq!(header(&r, "x-cache"), Some("HIT"));
+    assert_eq!(
+        cache
+            .purge(&hard(PurgeTarget::Prefix(
+                "http://example.com/cached/p/".into()
+            )))
+            .unwrap(),
+        2
+    );
+    let r = lab.exchange(c, &get("/cached/p/2"));
+    assert_eq!(header(&r, "x-cache"), Some("MISS"));
+    // By tag (Surrogate-Key: all cached-q).
+    assert_eq!(
+        cache
+            .purge(&hard(PurgeTarget::Tag("cached-q".into())))
+            .unwrap(),
+        1
+    );
+    let r = lab.exchange(c, &get("/cached/q"));
+    assert_eq!(header(&r, "x-cache"), Some("MISS"));
+    // Light: the next request revalidates (a 304 keeps the body).
+    let n = cache
+        .purge(&Purge {
+            mode: PurgeMode::Light,
+            target: PurgeTarget::Url("http://example.com/cached/q".into()),
+        })
+        .unwrap();
+    assert_eq!(n, 1);
+    let before = origin_hits(&lab, "/cached/q");
+    let r = lab.exchange(c, &get("/cached/q"));
+    assert_ne!(header(&r, "x-cache"), Some("HIT"), "{}", r.head);
+    assert_eq!(origin_hits(&lab, "/cached/q"), before + 1);
+    assert!(
+        cache
+            .purge(&hard(PurgeTarget::Url("ftp://x/".into())))
+            .is_err()
+    );
+}
+
+#[test]
+fn only_if_cached_without_a_stored_response_is_504() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let r = lab.exchange(
+        c,
+        b"GET /cached/o HTTP/1.1\r\nHost: example.com\r\nCache-Control: only-if-cached\r\n\r\n",
+    );
+    assert_eq!(r.status, 504, "{}", r.head);
+    assert_eq!(origin_hits(&lab, "/cached/o"), 0);
+    let _ = lab.exchange(c, &get("/cached/o"));
+    let r = lab.exchange(
+        c,
+        b"GET /cached/o HTTP/1.1\r\nHost: example.com\r\nCache-Control: only-if-cached\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(header(&r, "x-cache"), Some("HIT"));
+}
+
+#[test]
+fn client_validators_are_not_forwarded_on_cache_fetches() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let r = lab.exchange(
+        c,
+        b"GET /cached/v HTTP/1.1\r\nHost: example.com\r\nIf-None-Match: \"v1\"\r\n\r\n",
+    );
+    // The cache needs the full response to store it.
+    assert_eq!(r.status, 200, "{}", r.head);
+    let sent = lab.origin_requests.last().unwrap().to_ascii_lowercase();
+    assert!(!sent.contains("if-none-match"), "{sent}");
+    let r2 = lab.exchange(c, &get("/cached/v"));
+    assert_eq!(header(&r2, "x-cache"), Some("HIT"));
+}
