@@ -677,6 +677,32 @@ pub(crate) fn write_stored_head(
     ok.then_some(known)
 }
 
+/// Request fields the cache's own fetches never forward: it needs a full
+/// response to store, or a 304 for its own validators.
+pub(crate) fn is_client_validator(name: &str) -> bool {
+    name.eq_ignore_ascii_case("if-none-match") || name.eq_ignore_ascii_case("if-modified-since")
+}
+
+/// Adds fields to an upstream request head before its blank line;
+/// `host_at` (where a missing Host goes) moves with the blank line.
+pub(crate) fn add_request_fields<'f>(
+    out: &mut crate::http::ByteBuf,
+    host_at: Option<&mut usize>,
+    fields: impl Iterator<Item = (&'static str, &'f bytes::Bytes)>,
+) -> bool {
+    let len = out.len();
+    out.truncate(len - 2);
+    let mut ok = true;
+    for (n, v) in fields {
+        ok &= out.extend(n.as_bytes()) && out.extend(b": ") && out.extend(v) && out.extend(b"\r\n");
+    }
+    ok &= out.extend(b"\r\n");
+    if let Some(at) = host_at {
+        *at = out.len() - 2;
+    }
+    ok
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",

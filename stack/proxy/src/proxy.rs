@@ -1061,7 +1061,7 @@ impl<P: ProxyHttp> Conn<P> {
                     |name| {
                         phases.strip_request_header(&info_req, name)
                             || rw.strips_request(name)
-                            || (caching && cached::is_client_validator(name))
+                            || (caching && crate::cache::is_client_validator(name))
                     },
                     |lines| {
                         phases.upstream_request_filter(&info_req, pctx, lines);

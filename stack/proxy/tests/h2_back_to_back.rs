@@ -367,3 +367,97 @@ fn h2c_origin_silent_mid_body_is_reset_after_the_response_timeout_and_counted() 
     c.headers(&mut lab, 3, "GET", "/after", true);
     assert_eq!(c.response(&mut lab, 3).body, b"origin:/after");
 }
+
+/// h2 routes where `/cached` is cached.
+fn h2_cache_lab() -> Lab {
+    let upstream = origin_pool(|_| {});
+    let cached = Route {
+        path: PathMatch::Prefix("/cached".into()),
+        cache: Some(Arc::new(ferrogate_proxy::cache::RouteCache::default())),
+        ..Route::new("cached", RouteAction::Proxy(upstream.clone()))
+    };
+    let other = Route::new("origin", RouteAction::Proxy(upstream.clone()));
+    let listener = Listener::new(80, vec![cached, other]).with_http2(true);
+    let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
+    Lab::with_routes(Origin::Serving, routes, |_| {})
+}
+
+#[test]
+fn h2c_cached_route_serves_hits_from_the_store_within_flow_control() {
+    let mut lab = h2_cache_lab();
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/cached/a", true);
+    let r1 = c.response(&mut lab, 1);
+    assert_eq!(r1.status(), 200);
+    assert_eq!(r1.field("x-cache"), Some("MISS"), "{r1:?}");
+    c.headers(&mut lab, 3, "GET", "/cached/a", true);
+    let r2 = c.response(&mut lab, 3);
+    assert_eq!(r2.field("x-cache"), Some("HIT"), "{r2:?}");
+    assert_eq!(r2.body, r1.body);
+    assert_eq!(r2.field("etag"), Some("\"v1\""));
+    assert!(r2.field("age").is_some(), "{r2:?}");
+    assert_eq!(
+        r2.field("content-length"),
+        Some(r1.body.len().to_string().as_str())
+    );
+    // HEAD: the stored GET's head, END_STREAM on HEADERS.
+    c.headers(&mut lab, 5, "HEAD", "/cached/a", true);
+    let r3 = c.response(&mut lab, 5);
+    assert_eq!((r3.status(), r3.body.len()), (200, 0));
+    assert_eq!(r3.field("x-cache"), Some("HIT"));
+    // A body larger than the initial stream window (64 KiB), from a
+    // chunked origin: stored de-chunked, served as DATA as the window opens.
+    lab.big_body = 200_000;
+    c.headers(&mut lab, 7, "GET", "/cached/big", true);
+    let big1 = c.response(&mut lab, 7);
+    assert_eq!(big1.body.len(), 200_000);
+    c.headers(&mut lab, 9, "GET", "/cached/big", true);
+    let big2 = c.response(&mut lab, 9);
+    assert_eq!(big2.field("x-cache"), Some("HIT"));
+    assert_eq!(big2.body, big1.body);
+    c.headers(&mut lab, 11, "GET", "/cached/chunked", true);
+    let ch1 = c.response(&mut lab, 11);
+    c.headers(&mut lab, 13, "GET", "/cached/chunked", true);
+    let ch2 = c.response(&mut lab, 13);
+    assert_eq!(ch2.field("x-cache"), Some("HIT"), "{ch2:?}");
+    assert_eq!(ch2.body, ch1.body);
+    let hits = |p: &str| {
+        lab.origin_requests
+            .iter()
+            .filter(|r| r.split(' ').nth(1) == Some(p))
+            .count()
+    };
+    assert_eq!(
+        (
+            hits("/cached/a"),
+            hits("/cached/big"),
+            hits("/cached/chunked")
+        ),
+        (1, 1, 1)
+    );
+    let s = lab.edge.stats().cache;
+    assert_eq!((s.hit, s.miss), (4, 3), "{s:?}");
+}
+
+#[test]
+fn h2c_and_http1_share_the_store_and_revalidate_with_304() {
+    let mut lab = h2_cache_lab();
+    lab.cache_control = "max-age=1".into();
+    let h1 = lab.connect();
+    let r = lab.exchange(h1, b"GET /cached/s HTTP/1.1\r\nHost: x.example\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/cached/s", true);
+    let r1 = c.response(&mut lab, 1);
+    assert_eq!(r1.field("x-cache"), Some("HIT"), "{r1:?}");
+    assert_eq!(r1.body, r.body);
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    c.headers(&mut lab, 3, "GET", "/cached/s", true);
+    let r2 = c.response(&mut lab, 3);
+    assert_eq!(r2.field("x-cache"), Some("REVALIDATED"), "{r2:?}");
+    assert_eq!(r2.body, r.body);
+    let last = lab.origin_requests.last().unwrap().to_ascii_lowercase();
+    assert!(last.contains("if-none-match: \"v1\""), "{last}");
+}

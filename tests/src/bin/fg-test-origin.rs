@@ -14,11 +14,168 @@
 //! `/fault/KIND`: a misbehaving origin (`reset-mid-body`, `half-close`,
 //! `short-body`, `stall-mid-body`, `trickle`, `long-body`, `garbage`,
 //! `huge-head`; see `serve`).
+//! `/cache/...`: a cacheable resource for the cache tests, shaped by the
+//! origin-wide state that `POST /control/cache?cc=..&version=N&fail=0|1&delay=MS`
+//! sets (`cc` percent-decoded): body `v<version> <path> <accept-language>`
+//! (`/cache/big/N`: N bytes; a path with `chunked`: chunked framing),
+//! `Cache-Control: <cc>`, `ETag: "v<version>"` (a matching If-None-Match
+//! gets 304), `Surrogate-Key: <each path segment>`, `Vary: Accept-Language`
+//! on paths with `vary`; `fail=1`: 503; `delay`: wait before answering.
+//! `/control/count/<path>` answers how many requests `/<path>` got.
 //! Every response carries `X-Origin: NAME` and echoes `X-Request-Id`.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// What `/cache/...` answers (see the module doc).
+struct CacheState {
+    cc: String,
+    version: u32,
+    fail: bool,
+    delay_ms: u64,
+}
+
+static CACHE: Mutex<CacheState> = Mutex::new(CacheState {
+    cc: String::new(),
+    version: 1,
+    fail: false,
+    delay_ms: 0,
+});
+
+/// Requests per path (without the query), for `/control/count/`.
+static COUNTS: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or(""), 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn cache_response(req: &Request, common: &str) -> Vec<u8> {
+    let (cc, version, fail, delay) = {
+        let st = CACHE.lock().unwrap();
+        let cc = if st.cc.is_empty() {
+            "max-age=60".to_string()
+        } else {
+            st.cc.clone()
+        };
+        (cc, st.version, st.fail, st.delay_ms)
+    };
+    if delay > 0 {
+        std::thread::sleep(Duration::from_millis(delay));
+    }
+    if fail {
+        return format!(
+            "HTTP/1.1 503 Service Unavailable\r\n{common}Content-Length: 5\r\n\r\ndown\n"
+        )
+        .into_bytes();
+    }
+    let path = req.path.split('?').next().unwrap_or("");
+    let etag = format!("\"v{version}\"");
+    let vary = if path.contains("vary") {
+        "Vary: Accept-Language\r\n"
+    } else {
+        ""
+    };
+    let tags: Vec<&str> = path
+        .trim_start_matches('/')
+        .split('/')
+        .filter(|t| !t.is_empty())
+        .collect();
+    let head = format!(
+        "{common}ETag: {etag}\r\nCache-Control: {cc}\r\nLast-Modified: Mon, 30 Nov 2026 00:00:00 GMT\r\nSurrogate-Key: {}\r\n{vary}",
+        tags.join(" ")
+    );
+    if req.header("if-none-match") == Some(etag.as_str()) {
+        return format!("HTTP/1.1 304 Not Modified\r\n{head}\r\n").into_bytes();
+    }
+    let body: Vec<u8> = match path.strip_prefix("/cache/big/") {
+        Some(n) => {
+            let n: usize = n
+                .split('/')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1 << 20);
+            (0..n).map(|i| b'a' + (i % 26) as u8).collect()
+        }
+        None => format!(
+            "v{version} {path} {}\n",
+            req.header("accept-language").unwrap_or("-")
+        )
+        .into_bytes(),
+    };
+    let mut out = Vec::with_capacity(body.len() + 512);
+    if path.contains("chunked") {
+        out.extend(
+            format!("HTTP/1.1 200 OK\r\n{head}Transfer-Encoding: chunked\r\n\r\n").as_bytes(),
+        );
+        for c in body.chunks(1000).filter(|_| req.method != "HEAD") {
+            out.extend(format!("{:x}\r\n", c.len()).as_bytes());
+            out.extend(c);
+            out.extend(b"\r\n");
+        }
+        out.extend(b"0\r\n\r\n");
+    } else {
+        out.extend(
+            format!(
+                "HTTP/1.1 200 OK\r\n{head}Content-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        if req.method != "HEAD" {
+            out.extend(body);
+        }
+    }
+    out
+}
+
+/// `POST /control/cache?...` and `GET /control/count/<path>`.
+fn control(req: &Request) -> String {
+    if let Some(p) = req.path.strip_prefix("/control/count") {
+        let n = COUNTS
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|m| m.get(p).copied())
+            .unwrap_or(0);
+        return format!("{n}\n");
+    }
+    let query = req.path.split_once('?').map_or("", |(_, q)| q);
+    let mut st = CACHE.lock().unwrap();
+    for kv in query.split('&') {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let v = percent_decode(v);
+        match k {
+            "cc" => st.cc = v,
+            "version" => st.version = v.parse().unwrap_or(1),
+            "fail" => st.fail = v == "1",
+            "delay" => st.delay_ms = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    format!(
+        "cc={} version={} fail={} delay={}\n",
+        st.cc, st.version, st.fail, st.delay_ms
+    )
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -153,8 +310,28 @@ fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
             .unwrap_or_default();
         let common = format!("X-Origin: {name}\r\n{rid}");
         let path = req.path.clone();
+        {
+            let bare = path.split('?').next().unwrap_or("").to_string();
+            *COUNTS
+                .lock()
+                .unwrap()
+                .get_or_insert_with(HashMap::new)
+                .entry(bare)
+                .or_default() += 1;
+        }
         let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match seg[0] {
+            "cache" => {
+                w.write_all(&cache_response(&req, &common))?;
+            }
+            "control" => {
+                let body = control(&req);
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )?;
+            }
             "status" => {
                 let code: u16 = seg.get(1).and_then(|s| s.parse().ok()).unwrap_or(500);
                 let body = format!("status {code} from {name}\n");

@@ -4,6 +4,8 @@
 //! response comes back as HEADERS and DATA within the stream's and the
 //! connection's flow-control windows.
 
+mod cached;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -49,6 +51,18 @@ enum Step {
     Response {
         body: Body,
         keep_upstream: bool,
+    },
+    /// Another request is fetching the same key: wait, then look up again.
+    CacheWait {
+        ticket: ferrogate_cache::WaitTicket,
+        upstream: Arc<Upstream>,
+        hash_key: u64,
+    },
+    /// A stored body going out as DATA; `pending`: the part of a chunk
+    /// the window did not take yet.
+    CacheServe {
+        reader: ferrogate_cache::BodyReader,
+        pending: bytes::Bytes,
     },
     /// A local answer's body waits for window.
     Local {
@@ -121,6 +135,11 @@ pub(crate) struct H2Stream<P: ProxyHttp> {
     request_id_len: usize,
     access: AccessRecord,
     pctx: P::Ctx,
+    /// The cache's state for this request (caching routes), what it did,
+    /// and the stored object being written from the origin's body.
+    cache: Option<Box<crate::cache::CacheReq>>,
+    cache_status: Option<ferrogate_cache::CacheStatus>,
+    cache_writer: Option<ferrogate_cache::ObjectWriter>,
 }
 
 /// An HTTP/2 request as the HTTP/1-shaped view the phases and the router
@@ -177,6 +196,9 @@ impl<P: ProxyHttp> H2Stream<P> {
             request_id_len: 0,
             access: AccessRecord::default(),
             pctx: P::Ctx::default(),
+            cache: None,
+            cache_status: None,
+            cache_writer: None,
         }
     }
 
@@ -323,6 +345,27 @@ impl<P: ProxyHttp> H2Stream<P> {
             Some(n) => ReqBody::Length(n),
             None => ReqBody::Chunked,
         };
+        let key = hash_key(&upstream, &info);
+        let mut lookup = None;
+        if let Some(rc) = &route.cache {
+            let k = crate::cache::RequestKey {
+                https: peer.io.stream.is_tls(),
+                host: host.unwrap_or(""),
+                target,
+                method,
+                headers: req.headers,
+                has_body: self.body != ReqBody::None,
+            };
+            match crate::cache::lookup(cx.cache, rc, &k, cx.now) {
+                crate::cache::Lookup::Serve(obj, s) => {
+                    return self.serve_cached(cx, h2, peer, &obj, s);
+                }
+                l => lookup = Some(l),
+            }
+        }
+        let caching = lookup
+            .as_ref()
+            .is_some_and(|l| !matches!(l, crate::cache::Lookup::Bypass));
         let chunked = self.body == ReqBody::Chunked;
         let phases = cx.phases;
         let pctx = &mut self.pctx;
@@ -335,7 +378,11 @@ impl<P: ProxyHttp> H2Stream<P> {
         let written = head::write_upstream_request(
             &upstream_req,
             false,
-            |name| phases.strip_request_header(&info, name) || rw.strips_request(name),
+            |name| {
+                phases.strip_request_header(&info, name)
+                    || rw.strips_request(name)
+                    || (caching && crate::cache::is_client_validator(name))
+            },
             |lines| {
                 phases.upstream_request_filter(&info, pctx, lines);
                 rw.add_request(lines);
@@ -360,8 +407,10 @@ impl<P: ProxyHttp> H2Stream<P> {
             // Answered here, as for HTTP/1: the origin never sees Expect.
             let _ = h2.send_headers(self.id, 100, &[], false);
         }
-        let key = hash_key(&upstream, &info);
-        self.start_upstream(cx, h2, peer, upstream, key);
+        match lookup {
+            Some(l) => self.after_lookup(cx, h2, peer, l, upstream, key),
+            None => self.start_upstream(cx, h2, peer, upstream, key),
+        }
     }
 
     fn start_upstream(
@@ -445,6 +494,8 @@ impl<P: ProxyHttp> H2Stream<P> {
                 // One quantum per turn: the other streams get theirs first.
                 Step::Response { .. } => return self.stream_response(cx, h2) || moved,
                 Step::Local { .. } => self.send_local(cx, h2),
+                Step::CacheWait { .. } => self.cache_wait(cx, h2, peer),
+                Step::CacheServe { .. } => return self.cache_serve(cx, h2) || moved,
                 Step::Done => false,
             };
             if !step {
@@ -626,7 +677,12 @@ impl<P: ProxyHttp> H2Stream<P> {
                 self.upstream_failed(cx, h2, peer, e);
                 return true;
             }
-            Ok(Some(resp)) => resp,
+            Ok(Some(resp)) => {
+                if self.cache.is_some() && self.cache_response(cx, h2, peer, &resp) {
+                    return true;
+                }
+                resp
+            }
             Ok(None) => {
                 if !open {
                     let e = if self.from_upstream.is_empty() {
@@ -651,6 +707,8 @@ impl<P: ProxyHttp> H2Stream<P> {
         // The request head is not needed any more (no retry after a
         // response): its buffer holds the client's response head.
         self.request_head.clear();
+        let xcache = self.note_cache(cx);
+        let status_header = cx.cache.edge.settings.status_header.as_deref();
         let phases = cx.phases;
         let info = ResponseInfo {
             request_id: &self.request_id[..self.request_id_len],
@@ -666,6 +724,9 @@ impl<P: ProxyHttp> H2Stream<P> {
             |view, lines| {
                 phases.response_filter(view, &info, pctx, lines);
                 rw.add_response(lines);
+                if let (Some(h), Some(s)) = (status_header, xcache) {
+                    lines.add(h, s.as_str().as_bytes());
+                }
             },
             &mut cx.stats.header_lines_refused,
             &mut self.request_head,
@@ -737,6 +798,11 @@ impl<P: ProxyHttp> H2Stream<P> {
                 let t = (*n).min(window.len() as u64) as usize;
                 *n -= t as u64;
                 let end = *n == 0;
+                if let Some(w) = &mut self.cache_writer
+                    && t > 0
+                {
+                    w.append(bytes::Bytes::copy_from_slice(&window[..t]));
+                }
                 if t > 0 || end {
                     phases.response_body_filter(&window[..t], end, pctx);
                     sent_ok = h2.send_data(id, &window[..t], end).is_ok();
@@ -745,7 +811,13 @@ impl<P: ProxyHttp> H2Stream<P> {
             }
             Body::Chunked(dec) => {
                 // Framing costs no window: the whole input, a payload budget.
+                let writer = &mut self.cache_writer;
                 let fed = dec.feed_limited(chunked_input, cap, |data| {
+                    if let Some(w) = writer
+                        && !data.is_empty()
+                    {
+                        w.append(bytes::Bytes::copy_from_slice(data));
+                    }
                     if !data.is_empty() {
                         phases.response_body_filter(data, false, pctx);
                         sent_ok &= h2.send_data(id, data, false).is_ok();
@@ -771,6 +843,11 @@ impl<P: ProxyHttp> H2Stream<P> {
             }
             Body::UntilClose => {
                 let end = !open && avail.len() == window.len();
+                if let Some(w) = &mut self.cache_writer
+                    && !window.is_empty()
+                {
+                    w.append(bytes::Bytes::copy_from_slice(window));
+                }
                 if !window.is_empty() || end {
                     phases.response_body_filter(window, end, pctx);
                     sent_ok = h2.send_data(id, window, end).is_ok();
@@ -787,6 +864,9 @@ impl<P: ProxyHttp> H2Stream<P> {
             return true;
         }
         if done {
+            if let Some(w) = self.cache_writer.take() {
+                w.finish();
+            }
             if let Some(up) = self.att.conn.as_mut() {
                 up.served += 1;
             }
@@ -867,6 +947,11 @@ impl<P: ProxyHttp> H2Stream<P> {
         peer: &Peer<'_>,
         err: ProxyError,
     ) {
+        if err.side() == crate::error::Side::Upstream && self.stale_for_error(cx, h2, peer) {
+            return;
+        }
+        self.note_cache(cx);
+        self.cache = None;
         if err.side() == crate::error::Side::Client {
             cx.stats.bad_requests += 1;
         }
@@ -1030,6 +1115,9 @@ impl<P: ProxyHttp> H2Stream<P> {
         self.att.settle(cx, None);
         self.att.close(cx, reset);
         self.from_upstream.clear();
+        // A body being stored is aborted: its readers see it end short.
+        self.cache = None;
+        self.cache_writer = None;
         self.step = Step::Done;
     }
 }

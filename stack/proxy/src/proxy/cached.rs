@@ -17,12 +17,6 @@ use crate::http::{BodyFraming, ResponseHead, head};
 use crate::lb::Upstream;
 use crate::phases::{ProxyHttp, ResponseInfo};
 
-/// Request fields the cache's own fetches never forward: it needs a full
-/// response to store, or a 304 for its own validators.
-pub(super) fn is_client_validator(name: &str) -> bool {
-    name.eq_ignore_ascii_case("if-none-match") || name.eq_ignore_ascii_case("if-modified-since")
-}
-
 /// Most steps of one `cache_serve` run (each moves a chunk or its framing).
 const SERVE_STEPS: usize = 64;
 
@@ -66,7 +60,11 @@ impl<P: ProxyHttp> Conn<P> {
             }
             Lookup::Fetch(r) => {
                 if let Some(c) = r.conditional()
-                    && !self.add_request_fields(c.fields())
+                    && !cache::add_request_fields(
+                        &mut self.bufs.request_head,
+                        self.host_at.as_mut(),
+                        c.fields(),
+                    )
                 {
                     return self
                         .fail_to_client(cx, ProxyError::BadRequest(head::HeadError::TooLarge));
@@ -87,28 +85,6 @@ impl<P: ProxyHttp> Conn<P> {
                 true
             }
         }
-    }
-
-    /// Adds fields to the upstream request head (before its blank line).
-    fn add_request_fields<'f>(
-        &mut self,
-        fields: impl Iterator<Item = (&'static str, &'f Bytes)>,
-    ) -> bool {
-        let out = &mut self.bufs.request_head;
-        let len = out.len();
-        out.truncate(len - 2);
-        let mut ok = true;
-        for (n, v) in fields {
-            ok &= out.extend(n.as_bytes())
-                && out.extend(b": ")
-                && out.extend(v)
-                && out.extend(b"\r\n");
-        }
-        ok &= out.extend(b"\r\n");
-        if let Some(at) = &mut self.host_at {
-            *at = out.len() - 2;
-        }
-        ok
     }
 
     /// Waits for another request's fetch of the same key.

@@ -1,0 +1,306 @@
+//! An HTTP/2 stream's cache steps (#21), as on HTTP/1 (`proxy/cached.rs`):
+//! lookup after routing, waiting for another request's fetch, deciding on
+//! the origin's response, and serving a stored response as HEADERS and
+//! DATA within the stream's flow-control window.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use ferrogate_cache::{CacheStatus, Object, Read, StoredHeaders};
+use ferrogate_h2::{Connection, ErrorCode};
+
+use super::{H2Stream, Peer, SEND_QUANTUM, Step};
+use crate::cache::{self, Lookup, OnResponse, Waited};
+use crate::error::ProxyError;
+use crate::http::{BodyFraming, ResponseHead, head};
+use crate::lb::Upstream;
+use crate::phases::{ProxyHttp, ResponseInfo};
+use crate::proxy::{Ctx, after};
+
+impl<P: ProxyHttp> H2Stream<P> {
+    /// Counts what the cache did for the request (once); puts it in the
+    /// access record; returns it for the `X-Cache` field.
+    pub(super) fn note_cache(&mut self, cx: &mut Ctx<'_, P>) -> Option<CacheStatus> {
+        let s = self.cache_status.take()?;
+        cx.stats.cache.record(s);
+        self.access.cache = s.as_str();
+        Some(s)
+    }
+
+    pub(super) fn after_lookup(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+        lookup: Lookup,
+        upstream: Arc<Upstream>,
+        hash_key: u64,
+    ) {
+        match lookup {
+            Lookup::Serve(obj, s) => self.serve_cached(cx, h2, peer, &obj, s),
+            Lookup::GatewayTimeout => {
+                self.cache_status = Some(CacheStatus::Miss);
+                self.local_error(cx, h2, peer, ProxyError::NotCached)
+            }
+            Lookup::Bypass => {
+                self.cache_status = Some(CacheStatus::Bypass);
+                self.start_upstream(cx, h2, peer, upstream, hash_key)
+            }
+            Lookup::Fetch(r) => {
+                if let Some(c) = r.conditional()
+                    && !cache::add_request_fields(&mut self.request_head, None, c.fields())
+                {
+                    let e = ProxyError::BadRequest(head::HeadError::TooLarge);
+                    return self.local_error(cx, h2, peer, e);
+                }
+                self.cache_status = Some(r.status);
+                self.cache = Some(r);
+                self.start_upstream(cx, h2, peer, upstream, hash_key)
+            }
+            Lookup::Wait(r, ticket) => {
+                self.cache_status = Some(r.status);
+                self.cache = Some(r);
+                self.step = Step::CacheWait {
+                    ticket,
+                    upstream,
+                    hash_key,
+                };
+                self.deadline = after(cx.now, cx.cache.edge.settings.wait_poll);
+            }
+        }
+    }
+
+    /// Waits for another request's fetch of the same key.
+    pub(super) fn cache_wait(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+    ) -> bool {
+        let Step::CacheWait { ticket, .. } = &mut self.step else {
+            unreachable!()
+        };
+        let Some(req) = self.cache.take() else {
+            unreachable!("a waiting request keeps its cache state")
+        };
+        let (next, back) = cache::poll_wait(cx.cache, req, ticket, cx.now);
+        self.cache = back;
+        let lookup = match next {
+            Waited::Pending => {
+                self.deadline = after(cx.now, cx.cache.edge.settings.wait_poll);
+                return false;
+            }
+            Waited::Lookup(l) => l,
+        };
+        let Step::CacheWait {
+            upstream, hash_key, ..
+        } = std::mem::replace(&mut self.step, Step::Done)
+        else {
+            unreachable!()
+        };
+        self.after_lookup(cx, h2, peer, lookup, upstream, hash_key);
+        true
+    }
+
+    /// The origin's head arrived for a request the cache looked at: true
+    /// when the cache answered instead (the response is dropped).
+    pub(super) fn cache_response(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+        resp: &ResponseHead,
+    ) -> bool {
+        let Some(mut req) = self.cache.take() else {
+            return false;
+        };
+        let stored = {
+            let raw = &self.from_upstream.filled()[..resp.head_len];
+            let mut fields = Vec::new();
+            if head::response_fields(raw, &mut fields).is_none() {
+                return false;
+            }
+            StoredHeaders::from_response(resp.status, fields.as_slice())
+        };
+        let body_len = match resp.framing {
+            BodyFraming::Length(n) => Some(n),
+            BodyFraming::None => Some(0),
+            BodyFraming::Chunked | BodyFraming::UntilClose => None,
+        };
+        let out = cache::on_response(cx.cache, &mut req, resp.status, &stored, body_len, cx.now);
+        self.cache_status = Some(req.status);
+        match out {
+            OnResponse::Pass => false,
+            OnResponse::Store(w) => {
+                self.cache_writer = Some(w);
+                false
+            }
+            OnResponse::Serve(obj) => {
+                let reusable = resp.reusable
+                    && resp.framing == BodyFraming::None
+                    && !self.abandoned
+                    && self.from_upstream.len() == resp.head_len;
+                self.from_upstream.consume(resp.head_len);
+                self.att.settle(cx, Some(!matches!(resp.status, 502..=504)));
+                if reusable {
+                    if let Some(up) = self.att.conn.as_mut() {
+                        up.served += 1;
+                    }
+                    self.att.release(cx);
+                } else {
+                    self.from_upstream.clear();
+                    self.att.close(cx, false);
+                }
+                self.serve_cached(cx, h2, peer, &obj, req.status);
+                true
+            }
+        }
+    }
+
+    /// The origin failed: a stored response that may stand in for the
+    /// error (`stale-if-error`) is served instead.
+    pub(super) fn stale_for_error(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+    ) -> bool {
+        let Some(obj) = self.cache.as_mut().and_then(|c| c.take_stale_for_error()) else {
+            return false;
+        };
+        self.att.settle(cx, None);
+        self.att.close(cx, true);
+        self.from_upstream.clear();
+        self.serve_cached(cx, h2, peer, &obj, CacheStatus::Stale);
+        true
+    }
+
+    /// Answers from a stored object: the head rewritten like an origin's,
+    /// as HEADERS; the body from the object as DATA.
+    pub(super) fn serve_cached(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+        obj: &Arc<Object>,
+        s: CacheStatus,
+    ) {
+        self.cache = None;
+        self.cache_status = Some(s);
+        let wall = cx.cache.anchor.wall(cx.now);
+        self.from_upstream.clear();
+        let Some(length) = cache::write_stored_head(obj, wall, false, &mut self.from_upstream)
+        else {
+            self.from_upstream.clear();
+            let e = ProxyError::BadResponse(head::HeadError::TooLarge);
+            return self.local_error(cx, h2, peer, e);
+        };
+        let xcache = self.note_cache(cx);
+        self.request_head.clear();
+        let phases = cx.phases;
+        let rinfo = ResponseInfo {
+            request_id: &self.request_id[..self.request_id_len],
+            now: cx.now,
+        };
+        let pctx = &mut self.pctx;
+        let rw = &self.rewrite;
+        let status_header = cx.cache.edge.settings.status_header.as_deref();
+        let ok = head::write_client_response(
+            self.from_upstream.filled(),
+            true,
+            false,
+            |name| rw.strips_response(name),
+            |view, lines| {
+                phases.response_filter(view, &rinfo, pctx, lines);
+                rw.add_response(lines);
+                if let (Some(h), Some(s)) = (status_header, xcache) {
+                    lines.add(h, s.as_str().as_bytes());
+                }
+            },
+            &mut cx.stats.header_lines_refused,
+            &mut self.request_head,
+        );
+        self.from_upstream.clear();
+        if !ok {
+            let e = ProxyError::BadResponse(head::HeadError::TooLarge);
+            return self.local_error(cx, h2, peer, e);
+        }
+        let end = self.is_head || length == Some(0);
+        if !self.send_head(h2, end, length.is_some()) {
+            h2.reset_stream(self.id, ErrorCode::InternalError);
+            self.finish(cx, true);
+            return;
+        }
+        let status = obj.meta().headers.status;
+        cx.stats.count_status(status);
+        self.log_access(cx, peer, status, "");
+        self.count_route_response(cx, status);
+        if end {
+            self.step = Step::Done;
+            return;
+        }
+        self.step = Step::CacheServe {
+            reader: obj.reader(),
+            pending: Bytes::new(),
+        };
+        self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+    }
+
+    /// Streams a stored body as DATA, one quantum per turn.
+    pub(super) fn cache_serve(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+        let id = self.id;
+        let Step::CacheServe { reader, pending } = &mut self.step else {
+            unreachable!()
+        };
+        let mut budget = h2.send_capacity(id).min(SEND_QUANTUM);
+        let mut moved = false;
+        let mut waiting_on_object = false;
+        loop {
+            if !pending.is_empty() {
+                let n = pending.len().min(budget);
+                if n == 0 {
+                    break;
+                }
+                if h2.send_data(id, &pending[..n], false).is_err() {
+                    // The client reset the stream.
+                    self.finish(cx, true);
+                    return true;
+                }
+                pending.advance(n);
+                budget -= n;
+                cx.stats.cache.bytes_served += n as u64;
+                moved = true;
+                continue;
+            }
+            match reader.poll() {
+                Read::Chunk(b) => *pending = b,
+                Read::Pending => {
+                    waiting_on_object = true;
+                    break;
+                }
+                Read::End => {
+                    let _ = h2.send_data(id, &[], true);
+                    self.step = Step::Done;
+                    return true;
+                }
+                Read::Aborted => {
+                    cx.stats.upstream_errors += 1;
+                    h2.reset_stream(id, ErrorCode::InternalError);
+                    self.finish(cx, true);
+                    return true;
+                }
+            }
+        }
+        if waiting_on_object {
+            self.deadline = after(cx.now, cx.cache.edge.settings.wait_poll);
+        } else if moved {
+            self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+        } else if cx.now >= self.deadline {
+            cx.stats.h2.stalled_resets += 1;
+            h2.reset_stream(id, ErrorCode::Cancel);
+            self.finish(cx, true);
+            return true;
+        }
+        moved
+    }
+}
