@@ -325,6 +325,9 @@ pub(crate) enum Lookup {
     Bypass,
     /// Answer from the cache with this status.
     Serve(Arc<Object>, CacheStatus),
+    /// Answer a Range request from a fresh, complete stored response
+    /// (206 with this part).
+    ServeRange(Arc<Object>, ByteRange),
     /// Go upstream (a miss, or a revalidation), then `on_response`.
     Fetch(Box<CacheReq>),
     /// Another request is fetching: wait, then `relookup`.
@@ -352,10 +355,9 @@ pub(crate) fn lookup(
     now: Instant,
 ) -> Lookup {
     let fields = FieldView(req.headers);
-    if req.has_body || fields.has("authorization") || fields.has("range") || fields.has("if-range")
-    {
-        // Range and authorized requests go upstream untouched (not served
-        // from, nor stored in, this slice of the cache).
+    if req.has_body || fields.has("authorization") {
+        // Authorized requests go upstream untouched (RFC 9111 §3.5: a
+        // shared cache serves them only what the origin marked public).
         return Lookup::Bypass;
     }
     let (store, validate, directives) =
@@ -375,6 +377,9 @@ pub(crate) fn lookup(
         headers: &fields,
     };
     let key = CacheKey::new(parts, &route.key, h.edge.store.hasher());
+    if fields.has("range") {
+        return range_lookup(h, &key, &fields, &directives, validate, now);
+    }
     let owned = || OwnedKey {
         scheme,
         host: req.host.as_bytes().to_vec(),
@@ -394,6 +399,144 @@ pub(crate) fn lookup(
         owned,
         now,
     )
+}
+
+/// A Range request: served (206) from a fresh, complete stored response
+/// when its one range is satisfiable and `If-Range` (if any) names the
+/// stored validator; otherwise upstream untouched (not stored, no lock:
+/// the origin answers partial content, 416 or the whole).
+fn range_lookup(
+    h: &CacheHandle,
+    key: &CacheKey<'_>,
+    fields: &FieldView<'_>,
+    directives: &CacheControl,
+    validate: bool,
+    now: Instant,
+) -> Lookup {
+    let Some(hit) = h.edge.store.lookup(key, fields) else {
+        return Lookup::Bypass;
+    };
+    let wall = h.anchor.wall(now);
+    let fresh = ferrogate_cache::evaluate(
+        hit.meta(),
+        directives,
+        validate,
+        hit.object.light_purged(),
+        wall,
+    ) == Verdict::Fresh;
+    if !fresh || !hit.object.is_complete() || hit.meta().headers.status != 200 {
+        return Lookup::Bypass;
+    }
+    if let Some(v) = ferrogate_cache::headers::first_value(fields, "if-range")
+        && !if_range_matches(&v, &hit.meta().headers)
+    {
+        // The client's copy is another version: the whole response, fresh.
+        return Lookup::Serve(hit.object, CacheStatus::Hit);
+    }
+    let len = hit.object.body_len() as u64;
+    let spec = ferrogate_cache::headers::first_value(fields, "range").unwrap_or_default();
+    match ByteRange::parse(&spec, len) {
+        Some(r) => Lookup::ServeRange(hit.object, r),
+        None => Lookup::Bypass,
+    }
+}
+
+/// `If-Range` (RFC 9110 §13.1.5): a strong ETag equal to the stored one, or
+/// the stored `Last-Modified` exactly.
+fn if_range_matches(v: &[u8], stored: &StoredHeaders) -> bool {
+    let v = v.trim_ascii();
+    if v.starts_with(b"\"") {
+        return stored.get("etag").is_some_and(|e| e.trim_ascii() == v);
+    }
+    stored
+        .get("last-modified")
+        .is_some_and(|lm| lm.trim_ascii() == v)
+}
+
+/// One satisfiable byte range of a body of known length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    pub first: u64,
+    pub last: u64,
+    pub total: u64,
+}
+
+impl ByteRange {
+    /// `bytes=a-b`, `bytes=a-`, `bytes=-n` (one range; RFC 9110 §14.1.2).
+    /// `None`: several ranges, another unit, malformed or unsatisfiable —
+    /// the origin answers those.
+    pub fn parse(spec: &[u8], total: u64) -> Option<ByteRange> {
+        let spec = std::str::from_utf8(spec).ok()?.trim();
+        let (unit, set) = spec.split_once('=')?;
+        if !unit.trim().eq_ignore_ascii_case("bytes") || set.contains(',') || total == 0 {
+            return None;
+        }
+        let (a, b) = set.trim().split_once('-')?;
+        let num = |x: &str| -> Option<u64> {
+            (!x.is_empty() && x.bytes().all(|c| c.is_ascii_digit()))
+                .then(|| x.parse().ok())
+                .flatten()
+        };
+        let (first, last) = match (a.trim(), b.trim()) {
+            ("", n) => {
+                let n = num(n)?;
+                if n == 0 {
+                    return None;
+                }
+                (total.saturating_sub(n), total - 1)
+            }
+            (a, "") => (num(a)?, total - 1),
+            (a, b) => (num(a)?, num(b)?.min(total - 1)),
+        };
+        (first <= last && first < total).then_some(ByteRange { first, last, total })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.last - self.first + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// What of a stored body a response carries: all, or one range.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodySlice {
+    skip: u64,
+    left: u64,
+}
+
+impl BodySlice {
+    pub fn new(range: Option<ByteRange>) -> Self {
+        match range {
+            Some(r) => BodySlice {
+                skip: r.first,
+                left: r.len(),
+            },
+            None => BodySlice {
+                skip: 0,
+                left: u64::MAX,
+            },
+        }
+    }
+
+    /// The part of the next stored chunk that goes out (maybe empty).
+    pub fn cut(&mut self, mut b: bytes::Bytes) -> bytes::Bytes {
+        let skip = self.skip.min(b.len() as u64) as usize;
+        self.skip -= skip as u64;
+        let _ = b.split_to(skip);
+        if (b.len() as u64) > self.left {
+            b.truncate(self.left as usize);
+        }
+        self.left -= b.len() as u64;
+        b
+    }
+
+    /// The range is complete (nothing more to send).
+    pub fn done(&self) -> bool {
+        self.left == 0
+    }
 }
 
 struct Decide {
@@ -648,21 +791,35 @@ pub(crate) fn write_stored_head(
     object: &Object,
     now: SystemTime,
     allow_chunked: bool,
+    range: Option<ByteRange>,
     out: &mut crate::http::ByteBuf,
 ) -> Option<Option<u64>> {
     use std::fmt::Write as _;
     let meta = object.meta();
     let h = &meta.headers;
-    let known = if object.is_complete() {
+    let known = if let Some(r) = range {
+        Some(r.len())
+    } else if object.is_complete() {
         Some(object.body_len() as u64)
     } else {
         h.get("content-length")
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
-    let mut ok = write!(out, "HTTP/1.1 {} {}\r\n", h.status, reason(h.status)).is_ok();
+    let status = if range.is_some() { 206 } else { h.status };
+    let mut ok = write!(out, "HTTP/1.1 {} {}\r\n", status, reason(status)).is_ok();
+    if let Some(r) = range {
+        ok &= write!(
+            out,
+            "Content-Range: bytes {}-{}/{}\r\n",
+            r.first, r.last, r.total
+        )
+        .is_ok();
+    }
     for (n, v) in &h.fields {
-        if n.eq_ignore_ascii_case(b"content-length") {
+        if n.eq_ignore_ascii_case(b"content-length")
+            || (range.is_some() && n.eq_ignore_ascii_case(b"content-range"))
+        {
             continue;
         }
         ok &= out.extend(n) && out.extend(b": ") && out.extend(v) && out.extend(b"\r\n");
@@ -724,6 +881,35 @@ fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_ranges_are_one_satisfiable_range_or_none() {
+        let r = |s: &str, n| ByteRange::parse(s.as_bytes(), n).map(|r| (r.first, r.last));
+        assert_eq!(r("bytes=0-9", 100), Some((0, 9)));
+        assert_eq!(r("bytes=90-", 100), Some((90, 99)));
+        assert_eq!(r("bytes=-10", 100), Some((90, 99)));
+        assert_eq!(r("bytes=-1000", 100), Some((0, 99)));
+        assert_eq!(r("bytes=50-1000", 100), Some((50, 99)));
+        assert_eq!(r("BYTES = 1-2", 100), Some((1, 2)));
+        for bad in [
+            "bytes=100-",
+            "bytes=5-4",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=-0",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes=+1-2",
+        ] {
+            assert_eq!(r(bad, 100), None, "{bad}");
+        }
+        assert_eq!(r("bytes=0-9", 0), None);
+        let mut s = BodySlice::new(ByteRange::parse(b"bytes=3-7", 20));
+        assert_eq!(&s.cut(bytes::Bytes::from_static(b"0123"))[..], b"3");
+        assert_eq!(&s.cut(bytes::Bytes::from_static(b"456789"))[..], b"4567");
+        assert!(s.done());
+        assert!(s.cut(bytes::Bytes::from_static(b"abc")).is_empty());
+    }
 
     #[test]
     fn purge_url_drops_default_port_and_lowercases_host() {

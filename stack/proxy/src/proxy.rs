@@ -116,6 +116,7 @@ enum Phase {
     /// `to_client`); `pending`: the part of a chunk not yet taken.
     CacheServe {
         reader: ferrogate_cache::BodyReader,
+        slice: crate::cache::BodySlice,
         chunked: bool,
         pending: bytes::Bytes,
         keep_client: bool,
@@ -1036,7 +1037,7 @@ impl<P: ProxyHttp> Conn<P> {
                         crate::cache::Lookup::Serve(obj, s) => {
                             self.bufs.from_client.consume(info.head_len);
                             self.request = Some(info);
-                            return self.serve_cached(cx, &obj, s);
+                            return self.serve_cached(cx, &obj, s, None);
                         }
                         l => lookup = Some(l),
                     }

@@ -384,3 +384,48 @@ fn client_validators_are_not_forwarded_on_cache_fetches() {
     let r2 = lab.exchange(c, &get("/cached/v"));
     assert_eq!(header(&r2, "x-cache"), Some("HIT"));
 }
+
+#[test]
+fn range_requests_are_served_from_a_complete_stored_response() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let range = |r: &str, extra: &str| {
+        format!("GET /cached/big HTTP/1.1\r\nHost: example.com\r\nRange: {r}\r\n{extra}\r\n")
+            .into_bytes()
+    };
+    // Cold: upstream untouched (the sim origin ignores Range), not stored.
+    let r0 = lab.exchange(c, &range("bytes=0-9", ""));
+    assert_eq!(header(&r0, "x-cache"), Some("BYPASS"), "{}", r0.head);
+    let full = lab.exchange(c, &get("/cached/big"));
+    assert_eq!(full.body.len(), 200_000);
+    assert_eq!(origin_hits(&lab, "/cached/big"), 2);
+    // A range across the stored chunks.
+    let r = lab.exchange(c, &range("bytes=70000-140001", ""));
+    assert_eq!(r.status, 206, "{}", r.head);
+    assert_eq!(
+        header(&r, "content-range"),
+        Some("bytes 70000-140001/200000")
+    );
+    assert_eq!(r.body, full.body[70_000..=140_001]);
+    assert_eq!(header(&r, "x-cache"), Some("HIT"));
+    // Suffix and open-ended ranges.
+    let r = lab.exchange(c, &range("bytes=-5", ""));
+    assert_eq!((r.status, &r.body[..]), (206, &full.body[199_995..]));
+    let r = lab.exchange(c, &range("bytes=199998-", ""));
+    assert_eq!((r.status, &r.body[..]), (206, &full.body[199_998..]));
+    // If-Range naming another version: the whole response.
+    let r = lab.exchange(c, &range("bytes=0-9", "If-Range: \"v0\"\r\n"));
+    assert_eq!((r.status, r.body.len()), (200, 200_000));
+    let r = lab.exchange(c, &range("bytes=0-9", "If-Range: \"v1\"\r\n"));
+    assert_eq!((r.status, &r.body[..]), (206, &full.body[..10]));
+    // Several ranges, or none satisfiable: the origin answers.
+    let before = origin_hits(&lab, "/cached/big");
+    let r = lab.exchange(c, &range("bytes=0-1,5-6", ""));
+    assert_eq!(header(&r, "x-cache"), Some("BYPASS"));
+    let r = lab.exchange(c, &range("bytes=300000-", ""));
+    assert_eq!(header(&r, "x-cache"), Some("BYPASS"));
+    assert_eq!(origin_hits(&lab, "/cached/big"), before + 2);
+    // The connection is still in step.
+    let r = lab.exchange(c, &get("/cached/big"));
+    assert_eq!(r.body, full.body);
+}

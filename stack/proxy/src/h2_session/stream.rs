@@ -62,6 +62,7 @@ enum Step {
     /// the window did not take yet.
     CacheServe {
         reader: ferrogate_cache::BodyReader,
+        slice: crate::cache::BodySlice,
         pending: bytes::Bytes,
     },
     /// A local answer's body waits for window.
@@ -358,7 +359,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             };
             match crate::cache::lookup(cx.cache, rc, &k, cx.now) {
                 crate::cache::Lookup::Serve(obj, s) => {
-                    return self.serve_cached(cx, h2, peer, &obj, s);
+                    return self.serve_cached(cx, h2, peer, &obj, s, None);
                 }
                 l => lookup = Some(l),
             }

@@ -48,7 +48,8 @@ impl<P: ProxyHttp> Conn<P> {
         hash_key: u64,
     ) -> bool {
         match lookup {
-            Lookup::Serve(obj, s) => self.serve_cached(cx, &obj, s),
+            Lookup::Serve(obj, s) => self.serve_cached(cx, &obj, s, None),
+            Lookup::ServeRange(obj, r) => self.serve_cached(cx, &obj, CacheStatus::Hit, Some(r)),
             Lookup::GatewayTimeout => {
                 self.cache_status = Some(CacheStatus::Miss);
                 let keep = self.request.is_some_and(|r| r.keep_alive);
@@ -160,7 +161,7 @@ impl<P: ProxyHttp> Conn<P> {
                 } else {
                     self.drop_upstream(cx, false);
                 }
-                Some(self.serve_cached(cx, &obj, req.status))
+                Some(self.serve_cached(cx, &obj, req.status, None))
             }
         }
     }
@@ -171,7 +172,7 @@ impl<P: ProxyHttp> Conn<P> {
         let obj = self.cache.as_mut()?.take_stale_for_error()?;
         self.settle(cx, None);
         self.drop_upstream(cx, true);
-        Some(self.serve_cached(cx, &obj, CacheStatus::Stale))
+        Some(self.serve_cached(cx, &obj, CacheStatus::Stale, None))
     }
 
     /// Answers the request in flight from a stored object: its head goes
@@ -182,6 +183,7 @@ impl<P: ProxyHttp> Conn<P> {
         cx: &mut Ctx<'_, P>,
         obj: &Arc<Object>,
         s: CacheStatus,
+        range: Option<cache::ByteRange>,
     ) -> bool {
         let info = self.request.expect("request in flight");
         self.cache = None;
@@ -191,7 +193,7 @@ impl<P: ProxyHttp> Conn<P> {
         // upstream buffer; then rewritten into `to_client`.
         self.bufs.from_upstream.clear();
         let Some(length) =
-            cache::write_stored_head(obj, wall, !info.http10, &mut self.bufs.from_upstream)
+            cache::write_stored_head(obj, wall, !info.http10, range, &mut self.bufs.from_upstream)
         else {
             self.bufs.from_upstream.clear();
             return self.local_error(
@@ -250,6 +252,7 @@ impl<P: ProxyHttp> Conn<P> {
         }
         self.phase = Phase::CacheServe {
             reader: obj.reader(),
+            slice: cache::BodySlice::new(range),
             chunked,
             pending: Bytes::new(),
             keep_client: keep,
@@ -273,6 +276,7 @@ impl<P: ProxyHttp> Conn<P> {
         }
         let Phase::CacheServe {
             reader,
+            slice,
             chunked,
             pending,
             keep_client,
@@ -308,8 +312,13 @@ impl<P: ProxyHttp> Conn<P> {
                 }
                 continue;
             }
+            if slice.done() {
+                next = Next::Done;
+                break;
+            }
             match reader.poll() {
                 Read::Chunk(b) => {
+                    let b = slice.cut(b);
                     if b.is_empty() {
                         continue;
                     }
@@ -323,9 +332,6 @@ impl<P: ProxyHttp> Conn<P> {
                     break;
                 }
                 Read::End => {
-                    if *chunked {
-                        self.bufs.to_client.extend(b"0\r\n\r\n");
-                    }
                     next = Next::Done;
                     break;
                 }
@@ -337,6 +343,9 @@ impl<P: ProxyHttp> Conn<P> {
         }
         match next {
             Next::Done => {
+                if *chunked {
+                    self.bufs.to_client.extend(b"0\r\n\r\n");
+                }
                 // `WriteLocal` sends what is left of the framing, then the
                 // next request (or the close).
                 self.phase = Phase::WriteLocal { keep };

@@ -37,7 +37,10 @@ impl<P: ProxyHttp> H2Stream<P> {
         hash_key: u64,
     ) {
         match lookup {
-            Lookup::Serve(obj, s) => self.serve_cached(cx, h2, peer, &obj, s),
+            Lookup::Serve(obj, s) => self.serve_cached(cx, h2, peer, &obj, s, None),
+            Lookup::ServeRange(obj, r) => {
+                self.serve_cached(cx, h2, peer, &obj, CacheStatus::Hit, Some(r))
+            }
             Lookup::GatewayTimeout => {
                 self.cache_status = Some(CacheStatus::Miss);
                 self.local_error(cx, h2, peer, ProxyError::NotCached)
@@ -151,7 +154,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                     self.from_upstream.clear();
                     self.att.close(cx, false);
                 }
-                self.serve_cached(cx, h2, peer, &obj, req.status);
+                self.serve_cached(cx, h2, peer, &obj, req.status, None);
                 true
             }
         }
@@ -171,7 +174,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         self.att.settle(cx, None);
         self.att.close(cx, true);
         self.from_upstream.clear();
-        self.serve_cached(cx, h2, peer, &obj, CacheStatus::Stale);
+        self.serve_cached(cx, h2, peer, &obj, CacheStatus::Stale, None);
         true
     }
 
@@ -184,12 +187,14 @@ impl<P: ProxyHttp> H2Stream<P> {
         peer: &Peer<'_>,
         obj: &Arc<Object>,
         s: CacheStatus,
+        range: Option<cache::ByteRange>,
     ) {
         self.cache = None;
         self.cache_status = Some(s);
         let wall = cx.cache.anchor.wall(cx.now);
         self.from_upstream.clear();
-        let Some(length) = cache::write_stored_head(obj, wall, false, &mut self.from_upstream)
+        let Some(length) =
+            cache::write_stored_head(obj, wall, false, range, &mut self.from_upstream)
         else {
             self.from_upstream.clear();
             let e = ProxyError::BadResponse(head::HeadError::TooLarge);
@@ -241,6 +246,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         }
         self.step = Step::CacheServe {
             reader: obj.reader(),
+            slice: cache::BodySlice::new(range),
             pending: Bytes::new(),
         };
         self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
@@ -249,7 +255,12 @@ impl<P: ProxyHttp> H2Stream<P> {
     /// Streams a stored body as DATA, one quantum per turn.
     pub(super) fn cache_serve(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
         let id = self.id;
-        let Step::CacheServe { reader, pending } = &mut self.step else {
+        let Step::CacheServe {
+            reader,
+            slice,
+            pending,
+        } = &mut self.step
+        else {
             unreachable!()
         };
         let mut budget = h2.send_capacity(id).min(SEND_QUANTUM);
@@ -272,8 +283,13 @@ impl<P: ProxyHttp> H2Stream<P> {
                 moved = true;
                 continue;
             }
+            if slice.done() {
+                let _ = h2.send_data(id, &[], true);
+                self.step = Step::Done;
+                return true;
+            }
             match reader.poll() {
-                Read::Chunk(b) => *pending = b,
+                Read::Chunk(b) => *pending = slice.cut(b),
                 Read::Pending => {
                     waiting_on_object = true;
                     break;
