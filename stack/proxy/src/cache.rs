@@ -174,10 +174,70 @@ fn split_url(u: &str) -> Result<(&'static str, String, &[u8]), PurgeError> {
 }
 
 /// A route's cache settings (`cache = { … }` on a route).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RouteCache {
     pub policy: CachePolicyConfig,
-    pub key: KeyConfig,
+    /// Always starts with the route's scope (see [`SCOPE_FIELDS`]).
+    key: KeyConfig,
+}
+
+/// Pseudo-fields every caching route's key starts with: the route's name
+/// and listener port. Two routes (which may match on headers, go to other
+/// pools, sit on other listeners) never share an object. No client can
+/// send them (a field name has no `:`).
+pub const SCOPE_FIELDS: [&str; 2] = [":route", ":port"];
+
+impl RouteCache {
+    pub fn new(policy: CachePolicyConfig, mut key: KeyConfig) -> Self {
+        key.headers
+            .retain(|h| !SCOPE_FIELDS.iter().any(|s| h.as_ref() == s.as_bytes()));
+        for (i, s) in SCOPE_FIELDS.iter().enumerate() {
+            key.headers
+                .insert(i, bytes::Bytes::from_static(s.as_bytes()));
+        }
+        RouteCache { policy, key }
+    }
+
+    pub fn key(&self) -> &KeyConfig {
+        &self.key
+    }
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        Self::new(CachePolicyConfig::default(), KeyConfig::default())
+    }
+}
+
+/// A request's fields behind the route's scope pseudo-fields.
+pub(crate) struct ScopedFields<'a> {
+    fields: FieldView<'a>,
+    route: &'a str,
+    port: [u8; 5],
+    port_len: usize,
+}
+
+impl<'a> ScopedFields<'a> {
+    fn new(fields: FieldView<'a>, route: &'a str, port: u16) -> Self {
+        let mut buf = [0u8; 5];
+        let digits = port.to_string();
+        let port_len = digits.len();
+        buf[..port_len].copy_from_slice(digits.as_bytes());
+        ScopedFields {
+            fields,
+            route,
+            port: buf,
+            port_len,
+        }
+    }
+}
+
+impl HeaderView for ScopedFields<'_> {
+    fn for_each_field(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        f(SCOPE_FIELDS[0].as_bytes(), self.route.as_bytes());
+        f(SCOPE_FIELDS[1].as_bytes(), &self.port[..self.port_len]);
+        self.fields.for_each_field(f)
+    }
 }
 
 /// Maps a stack's clock (µs since its start) to wall time and to the
@@ -280,6 +340,8 @@ pub(crate) struct CacheReq {
     sent_at: SystemTime,
     /// What the cache did (the `X-Cache` value once known).
     pub status: CacheStatus,
+    /// An unsafe method's request: its success invalidates the target.
+    invalidate: bool,
 }
 
 impl std::fmt::Debug for CacheReq {
@@ -298,6 +360,23 @@ impl CacheReq {
     pub fn conditional(&self) -> Option<ferrogate_cache::revalidate::Conditional> {
         let (hit, _) = self.stale.as_ref()?;
         Some(ferrogate_cache::revalidate::conditional_request(hit.meta()))
+    }
+
+    /// The request goes upstream now: its `request_time`.
+    pub fn mark_sent(&mut self, wall: SystemTime) {
+        self.sent_at = wall;
+    }
+
+    /// This exchange may be stored (GET, no `no-store`): the client's own
+    /// validators are not forwarded (the cache needs a full response).
+    pub fn may_store(&self) -> bool {
+        self.store
+    }
+
+    /// The response must not be stored (e.g. it varies on a field the
+    /// proxy sets itself).
+    pub fn forbid_store(&mut self) {
+        self.store = false;
     }
 
     /// The stored response, when the origin failed and it may stand in.
@@ -334,6 +413,94 @@ pub(crate) enum Lookup {
     Wait(Box<CacheReq>, WaitTicket),
     /// `only-if-cached` and nothing usable: 504 (RFC 9111 §5.2.1.7).
     GatewayTimeout,
+    /// A fresh stored response the client's validators match: 304.
+    NotModified(Arc<Object>),
+    /// An unsafe method: upstream as is, and a success invalidates what is
+    /// stored for its target.
+    Invalidate(Box<CacheReq>),
+}
+
+impl Lookup {
+    /// Whether the request may end up storing what the origin sends.
+    pub fn may_store(&self) -> bool {
+        match self {
+            Lookup::Fetch(r) | Lookup::Wait(r, _) => r.may_store(),
+            _ => false,
+        }
+    }
+}
+
+/// What of a stored response goes to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    Whole,
+    /// 206 with one range.
+    Range(ByteRange),
+    /// 304: the client's validators match (its head only).
+    NotModified,
+}
+
+/// Fields a 304 carries from the stored response (RFC 9110 §15.4.5).
+const NOT_MODIFIED_FIELDS: [&[u8]; 6] = [
+    b"cache-control",
+    b"content-location",
+    b"date",
+    b"etag",
+    b"expires",
+    b"vary",
+];
+
+/// Request fields the proxy sets itself: a response varying on one would
+/// be stored under the client's value, not the one the origin saw.
+const PROXY_SET_FIELDS: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "via",
+    "x-request-id",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// Whether a response's `Vary` names a field the proxy sets or changes
+/// (`owned`: the listener's identity fields, a rule's changes).
+pub(crate) fn varies_on_proxy_field(h: &StoredHeaders, owned: impl Fn(&str) -> bool) -> bool {
+    let mut hit = false;
+    h.for_each_value("vary", &mut |v| {
+        for name in ferrogate_cache::headers::list_items(v) {
+            let name = std::str::from_utf8(name).unwrap_or("");
+            hit |= PROXY_SET_FIELDS
+                .iter()
+                .any(|p| name.eq_ignore_ascii_case(p))
+                || owned(name);
+        }
+    });
+    hit
+}
+
+/// Most fields a stored head keeps: serving adds `Age` (and a range's
+/// `Content-Range`) and the head is parsed again with a fixed number of
+/// slots.
+const MAX_STORED_FIELDS: usize = 90;
+
+/// The origin's response fields as the cache keeps them: no request id
+/// (each hit echoes its own), no `X-Cache` of the origin's (ours is
+/// added), and `Content-Length` only when it framed the body (a chunked
+/// response that also names a length is chunked, RFC 9112 §6.3). `None`:
+/// too many fields to store.
+pub(crate) fn stored_fields(
+    status: u16,
+    fields: &[(&[u8], &[u8])],
+    length_framed: bool,
+    status_header: Option<&str>,
+) -> (StoredHeaders, bool) {
+    let mut h = StoredHeaders::from_response(status, fields);
+    h.fields.retain(|(n, _)| {
+        !(n.eq_ignore_ascii_case(b"x-request-id")
+            || status_header.is_some_and(|s| n.eq_ignore_ascii_case(s.as_bytes()))
+            || (!length_framed && n.eq_ignore_ascii_case(b"content-length")))
+    });
+    let fits = h.fields.len() <= MAX_STORED_FIELDS;
+    (h, fits)
 }
 
 /// The request's scheme, host and target as the key sees them.
@@ -345,6 +512,19 @@ pub(crate) struct RequestKey<'a> {
     pub headers: Headers<'a>,
     /// The request carries a body (never answered from the cache).
     pub has_body: bool,
+    /// The route's name and listener port (the key's scope).
+    pub route: &'a str,
+    pub port: u16,
+    /// Not the route's plain request: a protocol upgrade, a canary arm, or
+    /// a rule that changed the pool, the target or the request's fields —
+    /// never answered from nor stored in the route's objects.
+    pub diverted: bool,
+}
+
+/// Methods that do not change the resource (RFC 9110 §9.2.1): others
+/// invalidate what is stored for their target on success (RFC 9111 §4.4).
+fn is_safe(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
 }
 
 /// The cache's decision for a request on a caching route.
@@ -354,8 +534,31 @@ pub(crate) fn lookup(
     req: &RequestKey<'_>,
     now: Instant,
 ) -> Lookup {
-    let fields = FieldView(req.headers);
-    if req.has_body || fields.has("authorization") {
+    let plain = FieldView(req.headers);
+    let fields = ScopedFields::new(plain, req.route, req.port);
+    let scheme = if req.https { "https" } else { "http" };
+    let owned = || OwnedKey {
+        scheme,
+        host: req.host.as_bytes().to_vec(),
+        target: req.target.as_bytes().to_vec(),
+        headers: StoredHeaders::from_response(0, &fields),
+    };
+    if !is_safe(req.method) {
+        // Upstream as is; a success invalidates the target (`on_response`).
+        return Lookup::Invalidate(Box::new(CacheReq {
+            route: route.clone(),
+            key: owned(),
+            directives: CacheControl::default(),
+            validate: false,
+            store: false,
+            permit: None,
+            stale: None,
+            sent_at: h.anchor.wall(now),
+            status: CacheStatus::Bypass,
+            invalidate: true,
+        }));
+    }
+    if req.has_body || req.diverted || plain.has("authorization") {
         // Authorized requests go upstream untouched (RFC 9111 §3.5: a
         // shared cache serves them only what the origin marked public).
         return Lookup::Bypass;
@@ -369,23 +572,16 @@ pub(crate) fn lookup(
                 directives,
             } => (store, validate, directives),
         };
-    let scheme = if req.https { "https" } else { "http" };
     let parts = KeyParts {
         scheme,
         host: req.host.as_bytes(),
         path_and_query: req.target.as_bytes(),
         headers: &fields,
     };
-    let key = CacheKey::new(parts, &route.key, h.edge.store.hasher());
-    if fields.has("range") {
+    let key = CacheKey::new(parts, route.key(), h.edge.store.hasher());
+    if plain.has("range") {
         return range_lookup(h, &key, &fields, &directives, validate, now);
     }
-    let owned = || OwnedKey {
-        scheme,
-        host: req.host.as_bytes().to_vec(),
-        target: req.target.as_bytes().to_vec(),
-        headers: StoredHeaders::from_response(0, &fields),
-    };
     decide(
         h,
         route,
@@ -408,7 +604,7 @@ pub(crate) fn lookup(
 fn range_lookup(
     h: &CacheHandle,
     key: &CacheKey<'_>,
-    fields: &FieldView<'_>,
+    fields: &ScopedFields<'_>,
     directives: &CacheControl,
     validate: bool,
     now: Instant,
@@ -539,6 +735,36 @@ impl BodySlice {
     }
 }
 
+/// Whether the client's validators select the stored response (RFC 9110
+/// §13.1.2 weak comparison for If-None-Match; If-Modified-Since only
+/// without it, against the stored Last-Modified).
+fn client_has_it(fields: &dyn HeaderView, meta: &CacheMeta) -> bool {
+    let weak = |t: &[u8]| t.strip_prefix(b"W/").unwrap_or(t).to_vec();
+    let stored_etag = meta.headers.get("etag").map(|e| weak(e.trim_ascii()));
+    let mut inm_seen = false;
+    let mut inm_match = false;
+    fields.for_each_value("if-none-match", &mut |v| {
+        inm_seen = true;
+        for t in ferrogate_cache::headers::list_items(v) {
+            if t == b"*" || stored_etag.as_deref() == Some(&weak(t)[..]) {
+                inm_match = true;
+            }
+        }
+    });
+    if inm_seen {
+        return inm_match;
+    }
+    let Some(ims) = ferrogate_cache::headers::first_value(fields, "if-modified-since")
+        .and_then(|v| ferrogate_cache::meta::parse_http_date(&v))
+    else {
+        return false;
+    };
+    meta.headers
+        .get("last-modified")
+        .and_then(|lm| ferrogate_cache::meta::parse_http_date(lm))
+        .is_some_and(|lm| lm <= ims)
+}
+
 struct Decide {
     directives: CacheControl,
     validate: bool,
@@ -568,14 +794,22 @@ fn decide(
             stale,
             sent_at: wall,
             status,
+            invalidate: false,
         })
     };
     let only_if_cached = d.directives.only_if_cached;
     if let Some(hit) = edge.store.lookup(key, fields) {
         let light = hit.object.light_purged();
         match ferrogate_cache::evaluate(hit.meta(), &d.directives, d.validate, light, wall) {
+            Verdict::Fresh if client_has_it(fields, hit.meta()) => {
+                return Lookup::NotModified(hit.object);
+            }
             Verdict::Fresh => return Lookup::Serve(hit.object, CacheStatus::Hit),
             _ if only_if_cached => return Lookup::GatewayTimeout,
+            Verdict::ServeStaleWhileRevalidate if !d.store => {
+                // HEAD or no-store: served what is stored, holds no lock.
+                return Lookup::Serve(hit.object, CacheStatus::Stale);
+            }
             Verdict::ServeStaleWhileRevalidate => {
                 return match edge.locks.acquire(key.hash, deadline) {
                     // This request revalidates (the others are served stale).
@@ -669,7 +903,7 @@ pub(crate) fn relookup(h: &CacheHandle, req: Box<CacheReq>, now: Instant) -> Loo
         store,
         ..
     } = *req;
-    let key = CacheKey::new(owned.parts(), &route.key, h.edge.store.hasher());
+    let key = CacheKey::new(owned.parts(), route.key(), h.edge.store.hasher());
     let d = Decide {
         directives,
         validate,
@@ -701,6 +935,9 @@ pub(crate) enum OnResponse {
     /// Drop it and answer from the cache (a 304 merged, or a stored
     /// response standing in for an origin error).
     Serve(Arc<Object>),
+    /// A 304 to the cache's own conditional request that selects nothing
+    /// stored: the client asked for no 304, so the exchange failed.
+    Mismatch,
 }
 
 /// Decides on the upstream response `status`/`resp` (its fields as the
@@ -717,30 +954,60 @@ pub(crate) fn on_response(
     let wall = h.anchor.wall(now);
     let route = req.route.clone();
     let policy = &route.policy;
+    if req.invalidate {
+        if status < 400 {
+            let key = CacheKey::new(req.key.parts(), req.route.key(), edge.store.hasher());
+            edge.store.purge_key(&key, PurgeMode::Hard);
+        }
+        return OnResponse::Pass;
+    }
     if let Some((hit, stale_if_error)) = req.stale.take() {
         if status == 304 {
-            if let Ok(meta) = ferrogate_cache::revalidate::merge_not_modified(
+            let Ok(meta) = ferrogate_cache::revalidate::merge_not_modified(
                 hit.meta(),
                 resp,
                 req.sent_at,
                 wall,
                 policy,
-            ) {
-                edge.store.refresh(&hit, meta);
+            ) else {
+                // Selects nothing stored: the object is of no use either.
+                edge.store.remove(&hit);
                 if let Some(p) = req.permit.take() {
-                    p.stored();
+                    p.uncacheable();
                 }
-                req.status = CacheStatus::Revalidated;
-                let key = CacheKey::new(req.key.parts(), &req.route.key, edge.store.hasher());
-                let served = edge
-                    .store
-                    .lookup(&key, &req.key.headers)
-                    .map_or(hit.object, |h| h.object);
-                return OnResponse::Serve(served);
+                return OnResponse::Mismatch;
+            };
+            req.status = CacheStatus::Revalidated;
+            let storable = req.store
+                && response_storable(
+                    "GET",
+                    &req.key.headers,
+                    meta.headers.status,
+                    &meta.headers,
+                    policy,
+                )
+                .is_ok();
+            if !storable {
+                // No longer for a shared cache (now private, no-store, …),
+                // or a request that may store nothing: served this once.
+                if req.store {
+                    edge.store.remove(&hit);
+                }
+                if let Some(p) = req.permit.take() {
+                    p.uncacheable();
+                }
+                return OnResponse::Serve(hit.object);
             }
-            // A 304 that does not select the stored response: send it on.
-            req.status = CacheStatus::Expired;
-            return OnResponse::Pass;
+            edge.store.refresh(&hit, meta);
+            if let Some(p) = req.permit.take() {
+                p.stored();
+            }
+            let key = CacheKey::new(req.key.parts(), req.route.key(), edge.store.hasher());
+            let served = edge
+                .store
+                .lookup(&key, &req.key.headers)
+                .map_or(hit.object, |h| h.object);
+            return OnResponse::Serve(served);
         }
         if stale_if_error && matches!(status, 500 | 502 | 503 | 504) {
             req.stale = Some((hit, true));
@@ -766,7 +1033,7 @@ pub(crate) fn on_response(
         ferrogate_cache::meta::unix_secs(wall),
         policy,
     );
-    let key = CacheKey::new(req.key.parts(), &req.route.key, edge.store.hasher());
+    let key = CacheKey::new(req.key.parts(), req.route.key(), edge.store.hasher());
     match edge
         .store
         .insert(&key, &req.key.headers, meta, body_len.map(|n| n as usize))
@@ -791,12 +1058,31 @@ pub(crate) fn write_stored_head(
     object: &Object,
     now: SystemTime,
     allow_chunked: bool,
-    range: Option<ByteRange>,
+    part: Part,
     out: &mut crate::http::ByteBuf,
 ) -> Option<Option<u64>> {
     use std::fmt::Write as _;
     let meta = object.meta();
     let h = &meta.headers;
+    let range = match part {
+        Part::Range(r) => Some(r),
+        _ => None,
+    };
+    if part == Part::NotModified {
+        let mut ok = out.extend(b"HTTP/1.1 304 Not Modified\r\n");
+        for (n, v) in &h.fields {
+            if NOT_MODIFIED_FIELDS
+                .iter()
+                .any(|f| n.eq_ignore_ascii_case(f))
+            {
+                ok &= out.extend(n) && out.extend(b": ") && out.extend(v) && out.extend(b"\r\n");
+            }
+        }
+        ok &= write!(out, "Age: {}\r\n\r\n", meta.age_header(now)).is_ok();
+        return ok.then_some(Some(0));
+    }
+    // No body by definition (RFC 9110 §6.4.1): no framing field either.
+    let bodiless = matches!(h.status, 204 | 304) || (100..200).contains(&h.status);
     let known = if let Some(r) = range {
         Some(r.len())
     } else if object.is_complete() {
@@ -826,6 +1112,7 @@ pub(crate) fn write_stored_head(
     }
     ok &= write!(out, "Age: {}\r\n", meta.age_header(now)).is_ok();
     ok &= match known {
+        _ if bodiless => true,
         Some(n) => write!(out, "Content-Length: {n}\r\n").is_ok(),
         None if allow_chunked => out.extend(b"Transfer-Encoding: chunked\r\n"),
         None => true,

@@ -11,6 +11,7 @@ use crate::net::{Instant, StreamId, StreamState, Streams};
 
 use crate::access::{AccessRecord, AccessSink};
 use crate::attempt::{Attempt, Connecting, Started};
+use crate::cache::Part;
 use crate::client_io::ClientIo;
 use crate::config::StackConfig;
 use crate::error::ProxyError;
@@ -116,6 +117,9 @@ enum Phase {
     /// `to_client`); `pending`: the part of a chunk not yet taken.
     CacheServe {
         reader: ferrogate_cache::BodyReader,
+        /// The deadline is the client's idle timeout (else the object's
+        /// poll interval).
+        client_wait: bool,
         slice: crate::cache::BodySlice,
         chunked: bool,
         pending: bytes::Bytes,
@@ -1001,11 +1005,13 @@ impl<P: ProxyHttp> Conn<P> {
             RouteAction::Proxy(upstream) => {
                 let mut upstream = rewritten_pool(&self.rewrite, upstream);
                 self.canary = None;
+                let mut canary_arm_taken = false;
                 // A rule that chose the pool wins over the split.
                 if let Some(c) = &route.canary
                     && self.rewrite.pool().is_none()
                 {
                     let arm = canary_arm(c, &info_req, cx);
+                    canary_arm_taken = arm;
                     if arm {
                         upstream = c.pool.clone();
                         cx.stats.canary_requests += 1;
@@ -1032,21 +1038,24 @@ impl<P: ProxyHttp> Conn<P> {
                         method: req.method,
                         headers: req.headers,
                         has_body: info.framing != BodyFraming::None,
+                        route: &route.name,
+                        port: self.listener_port,
+                        diverted: head::wants_upgrade(&req)
+                            || canary_arm_taken
+                            || self.rewrite.changes_request(),
                     };
                     match crate::cache::lookup(cx.cache, rc, &key, cx.now) {
                         crate::cache::Lookup::Serve(obj, s) => {
                             self.bufs.from_client.consume(info.head_len);
                             self.request = Some(info);
-                            return self.serve_cached(cx, &obj, s, None);
+                            return self.serve_cached(cx, &obj, s, Part::Whole);
                         }
                         l => lookup = Some(l),
                     }
                 }
-                // The cache fetches for itself: the client's validators
-                // would get a 304 it cannot store.
-                let caching = lookup
-                    .as_ref()
-                    .is_some_and(|l| !matches!(l, crate::cache::Lookup::Bypass));
+                // The cache fetches for itself what it may store: the
+                // client's validators would get a 304 it cannot store.
+                let caching = lookup.as_ref().is_some_and(crate::cache::Lookup::may_store);
                 self.upgrade = head::wants_upgrade(&req);
                 let has_host = req.headers.contains("host");
                 self.bufs.request_head.clear();
@@ -1207,6 +1216,9 @@ impl<P: ProxyHttp> Conn<P> {
 
     /// Starts sending the request over the attempt's connection.
     fn begin_send(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        if let Some(c) = self.cache.as_mut() {
+            c.mark_sent(cx.cache.anchor.wall(cx.now));
+        }
         if let (Some(at), Some(pool), Some(up)) = (self.host_at, &self.att.pool, &self.att.conn) {
             // Every HTTP/1.1 request carries Host (RFC 9112 §3.2); the
             // endpoint may differ from one attempt to the next.
@@ -1795,6 +1807,9 @@ impl<P: ProxyHttp> Conn<P> {
 
     fn upstream_failed(&mut self, cx: &mut Ctx<'_, P>, err: ProxyError) -> bool {
         self.bufs.from_upstream.clear();
+        // A body being stored came from this attempt's response: aborted
+        // (a retry's response is not appended to it).
+        self.cache_writer = None;
         let request = self.request.map(|r| (r.method, r.framing));
         match self.att.failed(cx, err, request, self.route_id) {
             Ok(ep) => self.use_endpoint(cx, ep),
@@ -1817,8 +1832,11 @@ impl<P: ProxyHttp> Conn<P> {
 
     fn local_error(&mut self, cx: &mut Ctx<'_, P>, err: ProxyError, keep: bool) -> bool {
         let status = err.status();
+        // A HEAD's answer carries no body, however it ends.
+        let is_head = self.request.is_some_and(|r| r.is_head);
         self.note_cache(cx);
         self.cache = None;
+        self.cache_writer = None;
         cx.stats.count_status(status);
         cx.stats.responses_local += 1;
         self.log_access(cx, status, err.code());
@@ -1845,7 +1863,7 @@ impl<P: ProxyHttp> Conn<P> {
                 content_type: "text/plain",
                 body,
                 keep_alive: keep,
-                include_body: true,
+                include_body: !is_head,
             },
             |lines| phases.error_response_filter(&err, &info, lines),
             &mut cx.stats.header_lines_refused,

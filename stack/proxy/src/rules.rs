@@ -279,6 +279,17 @@ impl Rewrites {
         self.both().any(|r| r.strips_request(name))
     }
 
+    /// Whether a rule changes what goes upstream (pool, target, fields):
+    /// such a request's response is not the route's plain one.
+    pub fn changes_request(&self) -> bool {
+        self.both().any(|r| {
+            r.pool.is_some()
+                || r.path_prefix.is_some()
+                || !r.request_add.is_empty()
+                || !r.request_remove.is_empty()
+        })
+    }
+
     pub fn strips_response(&self, name: &str) -> bool {
         self.both().any(|r| r.strips_response(name))
     }

@@ -62,6 +62,9 @@ enum Step {
     /// the window did not take yet.
     CacheServe {
         reader: ferrogate_cache::BodyReader,
+        /// The deadline is the client's window timeout (else the
+        /// object's poll interval).
+        client_wait: bool,
         slice: crate::cache::BodySlice,
         pending: bytes::Bytes,
     },
@@ -314,6 +317,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             Routing::NoRoute => return self.local_error(cx, h2, peer, ProxyError::NoRoute),
         };
         self.route_id = Some(route.id);
+        let mut canary_arm_taken = false;
         let upstream = match &route.action {
             RouteAction::Respond(d) => {
                 let d = d.clone();
@@ -325,6 +329,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                     && self.rewrite.pool().is_none()
                 {
                     let arm = canary_arm(c, &info, cx);
+                    canary_arm_taken = arm;
                     if arm {
                         pool = c.pool.clone();
                         cx.stats.canary_requests += 1;
@@ -356,17 +361,18 @@ impl<P: ProxyHttp> H2Stream<P> {
                 method,
                 headers: req.headers,
                 has_body: self.body != ReqBody::None,
+                route: &route.name,
+                port: peer.listener_port,
+                diverted: canary_arm_taken || self.rewrite.changes_request(),
             };
             match crate::cache::lookup(cx.cache, rc, &k, cx.now) {
                 crate::cache::Lookup::Serve(obj, s) => {
-                    return self.serve_cached(cx, h2, peer, &obj, s, None);
+                    return self.serve_cached(cx, h2, peer, &obj, s, crate::cache::Part::Whole);
                 }
                 l => lookup = Some(l),
             }
         }
-        let caching = lookup
-            .as_ref()
-            .is_some_and(|l| !matches!(l, crate::cache::Lookup::Bypass));
+        let caching = lookup.as_ref().is_some_and(crate::cache::Lookup::may_store);
         let chunked = self.body == ReqBody::Chunked;
         let phases = cx.phases;
         let pctx = &mut self.pctx;
@@ -449,6 +455,9 @@ impl<P: ProxyHttp> H2Stream<P> {
     /// Starts an attempt's request: the head, then the body from its start
     /// (an attempt after the first only comes before any body octet left).
     fn begin_send(&mut self, cx: &mut Ctx<'_, P>) {
+        if let Some(c) = self.cache.as_mut() {
+            c.mark_sent(cx.cache.anchor.wall(cx.now));
+        }
         debug_assert_eq!(self.body_sent, 0, "no retry once the body started");
         self.head_sent = 0;
         self.chunks = 0;
@@ -926,6 +935,8 @@ impl<P: ProxyHttp> H2Stream<P> {
         err: ProxyError,
     ) {
         self.from_upstream.clear();
+        // A body being stored came from this attempt's response.
+        self.cache_writer = None;
         let framing = match self.body {
             ReqBody::None => BodyFraming::None,
             ReqBody::Length(n) => BodyFraming::Length(n),
@@ -953,6 +964,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         }
         self.note_cache(cx);
         self.cache = None;
+        self.cache_writer = None;
         if err.side() == crate::error::Side::Client {
             cx.stats.bad_requests += 1;
         }

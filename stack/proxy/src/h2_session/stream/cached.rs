@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
-use ferrogate_cache::{CacheStatus, Object, Read, StoredHeaders};
+use ferrogate_cache::{CacheStatus, Object, Read};
 use ferrogate_h2::{Connection, ErrorCode};
 
 use super::{H2Stream, Peer, SEND_QUANTUM, Step};
-use crate::cache::{self, Lookup, OnResponse, Waited};
+use crate::cache::{self, Lookup, OnResponse, Part, Waited};
 use crate::error::ProxyError;
 use crate::http::{BodyFraming, ResponseHead, head};
 use crate::lb::Upstream;
@@ -37,9 +37,17 @@ impl<P: ProxyHttp> H2Stream<P> {
         hash_key: u64,
     ) {
         match lookup {
-            Lookup::Serve(obj, s) => self.serve_cached(cx, h2, peer, &obj, s, None),
+            Lookup::Serve(obj, s) => self.serve_cached(cx, h2, peer, &obj, s, Part::Whole),
             Lookup::ServeRange(obj, r) => {
-                self.serve_cached(cx, h2, peer, &obj, CacheStatus::Hit, Some(r))
+                self.serve_cached(cx, h2, peer, &obj, CacheStatus::Hit, Part::Range(r))
+            }
+            Lookup::NotModified(obj) => {
+                self.serve_cached(cx, h2, peer, &obj, CacheStatus::Hit, Part::NotModified)
+            }
+            Lookup::Invalidate(r) => {
+                self.cache_status = Some(CacheStatus::Bypass);
+                self.cache = Some(r);
+                self.start_upstream(cx, h2, peer, upstream, hash_key)
             }
             Lookup::GatewayTimeout => {
                 self.cache_status = Some(CacheStatus::Miss);
@@ -117,14 +125,25 @@ impl<P: ProxyHttp> H2Stream<P> {
         let Some(mut req) = self.cache.take() else {
             return false;
         };
-        let stored = {
+        let (stored, fits) = {
             let raw = &self.from_upstream.filled()[..resp.head_len];
             let mut fields = Vec::new();
             if head::response_fields(raw, &mut fields).is_none() {
                 return false;
             }
-            StoredHeaders::from_response(resp.status, fields.as_slice())
+            let length_framed = matches!(resp.framing, BodyFraming::Length(_));
+            let status_header = cx.cache.edge.settings.status_header.as_deref();
+            cache::stored_fields(resp.status, &fields, length_framed, status_header)
         };
+        let identity = peer.io.identity().map(|(h, _)| h);
+        let rw = &self.rewrite;
+        if !fits
+            || cache::varies_on_proxy_field(&stored, |n| {
+                identity.is_some_and(|h| h.is_identity_header(n)) || rw.strips_request(n)
+            })
+        {
+            req.forbid_store();
+        }
         let body_len = match resp.framing {
             BodyFraming::Length(n) => Some(n),
             BodyFraming::None => Some(0),
@@ -134,6 +153,13 @@ impl<P: ProxyHttp> H2Stream<P> {
         self.cache_status = Some(req.status);
         match out {
             OnResponse::Pass => false,
+            OnResponse::Mismatch => {
+                let e = ProxyError::BadResponse(head::HeadError::Malformed(
+                    "304 selecting no stored response",
+                ));
+                self.upstream_failed(cx, h2, peer, e);
+                true
+            }
             OnResponse::Store(w) => {
                 self.cache_writer = Some(w);
                 false
@@ -154,7 +180,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                     self.from_upstream.clear();
                     self.att.close(cx, false);
                 }
-                self.serve_cached(cx, h2, peer, &obj, req.status, None);
+                self.serve_cached(cx, h2, peer, &obj, req.status, Part::Whole);
                 true
             }
         }
@@ -174,7 +200,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         self.att.settle(cx, None);
         self.att.close(cx, true);
         self.from_upstream.clear();
-        self.serve_cached(cx, h2, peer, &obj, CacheStatus::Stale, None);
+        self.serve_cached(cx, h2, peer, &obj, CacheStatus::Stale, Part::Whole);
         true
     }
 
@@ -187,14 +213,17 @@ impl<P: ProxyHttp> H2Stream<P> {
         peer: &Peer<'_>,
         obj: &Arc<Object>,
         s: CacheStatus,
-        range: Option<cache::ByteRange>,
+        part: Part,
     ) {
         self.cache = None;
+        self.cache_writer = None;
         self.cache_status = Some(s);
+        self.att.retries = 0;
+        self.canary = None;
         let wall = cx.cache.anchor.wall(cx.now);
         self.from_upstream.clear();
         let Some(length) =
-            cache::write_stored_head(obj, wall, false, range, &mut self.from_upstream)
+            cache::write_stored_head(obj, wall, false, part, &mut self.from_upstream)
         else {
             self.from_upstream.clear();
             let e = ProxyError::BadResponse(head::HeadError::TooLarge);
@@ -230,7 +259,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             let e = ProxyError::BadResponse(head::HeadError::TooLarge);
             return self.local_error(cx, h2, peer, e);
         }
-        let end = self.is_head || length == Some(0);
+        let end = self.is_head || length == Some(0) || part == Part::NotModified;
         if !self.send_head(h2, end, length.is_some()) {
             h2.reset_stream(self.id, ErrorCode::InternalError);
             self.finish(cx, true);
@@ -244,8 +273,13 @@ impl<P: ProxyHttp> H2Stream<P> {
             self.step = Step::Done;
             return;
         }
+        let range = match part {
+            Part::Range(r) => Some(r),
+            _ => None,
+        };
         self.step = Step::CacheServe {
             reader: obj.reader(),
+            client_wait: true,
             slice: cache::BodySlice::new(range),
             pending: Bytes::new(),
         };
@@ -257,6 +291,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         let id = self.id;
         let Step::CacheServe {
             reader,
+            client_wait,
             slice,
             pending,
         } = &mut self.step
@@ -308,8 +343,10 @@ impl<P: ProxyHttp> H2Stream<P> {
             }
         }
         if waiting_on_object {
+            *client_wait = false;
             self.deadline = after(cx.now, cx.cache.edge.settings.wait_poll);
-        } else if moved {
+        } else if moved || !*client_wait {
+            *client_wait = true;
             self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
         } else if cx.now >= self.deadline {
             cx.stats.h2.stalled_resets += 1;
