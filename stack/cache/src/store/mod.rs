@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-pub use object::{BodyReader, Object, Read};
+pub use object::{Append, BodyReader, Object, Read};
 
 use crate::headers::HeaderView;
 use crate::key::{CacheKey, KeyHasher, variant_hash};
@@ -154,6 +154,8 @@ pub struct ObjectWriter {
     /// was appended: a body cut short is never kept as complete.
     declared: Option<usize>,
     written: usize,
+    /// Growth not yet accounted in the shard (see `GROW_BATCH`).
+    pending: usize,
     detached: bool,
     finished: bool,
 }
@@ -246,6 +248,7 @@ impl MemoryStore {
             size: weight,
             declared: body_len,
             written: 0,
+            pending: 0,
             detached: false,
             finished: false,
         })
@@ -358,35 +361,100 @@ impl Inner {
     }
 }
 
+/// Growth of a stored object is accounted in batches of this many bytes
+/// (one shard lock per batch, not per chunk).
+const GROW_BATCH: usize = 16 * 1024;
+
+/// Bytes counted per body chunk besides its data (the `Bytes` handle and
+/// its slot in the chunk list).
+pub(crate) const CHUNK_OVERHEAD: usize = 48;
+
+/// Chunks smaller than this are copied before they are kept: a small slice
+/// of a big `Bytes` would keep the whole allocation alive unaccounted.
+const COPY_BELOW: usize = 16 * 1024;
+
 impl ObjectWriter {
     /// The object being written (to serve the fetching client from too).
     pub fn object(&self) -> &Arc<Object> {
         &self.object
     }
 
-    /// Appends a body chunk. Readers see it at once. An object that
-    /// outgrows the largest object size leaves the store (its readers keep
-    /// reading it to the end).
-    pub fn append(&mut self, chunk: Bytes) {
+    /// Appends a body chunk; readers see it at once. Create the readers
+    /// (e.g. the fetching client's) before the first append: a body that
+    /// leaves the store with no reader stops buffering.
+    ///
+    /// An object that outgrows the largest object size, or is evicted,
+    /// replaced or purged meanwhile, leaves the store; its readers keep
+    /// reading it to the end, and chunks every reader has read are
+    /// released. The result says whether to keep feeding ([`Append`]).
+    /// Chunks under 16 KiB are copied (a small slice must not pin a big
+    /// buffer); bigger ones are kept as given and counted at their length.
+    pub fn append(&mut self, chunk: Bytes) -> Append {
+        let chunk = if chunk.len() < COPY_BELOW {
+            Bytes::copy_from_slice(&chunk)
+        } else {
+            chunk
+        };
         let n = chunk.len();
         self.written += n;
-        self.object.body.append(chunk);
+        let max = self.store.max_object;
         if self.detached {
-            return;
+            return self.object.body.append(chunk, max);
         }
-        self.size += n;
+        let cost = n + CHUNK_OVERHEAD;
+        self.size += cost;
+        if self.size > max {
+            self.leave_store();
+            return self.object.body.append(chunk, max);
+        }
+        let r = self.object.body.append(chunk, max);
+        self.pending += cost;
+        if self.pending >= GROW_BATCH && !self.flush() {
+            // Evicted, replaced or purged meanwhile: feed the readers only.
+            self.detached = true;
+            if !self.object.body.detach() {
+                return Append::Detached;
+            }
+            return Append::Streaming;
+        }
+        r
+    }
+
+    /// Body bytes buffered now (for a detached body: not yet read by every
+    /// reader); what a caller pausing on [`Append::Full`] waits to drop.
+    pub fn buffered(&self) -> usize {
+        self.object.body.held()
+    }
+
+    /// Whether the object left the store (its readers may still be fed).
+    pub fn is_detached(&self) -> bool {
+        self.detached
+    }
+
+    /// Accounts the pending growth; false if the object is no longer stored.
+    fn flush(&mut self) -> bool {
+        let n = std::mem::take(&mut self.pending);
+        if n == 0 {
+            return true;
+        }
         let mut dropped = Dropped::new();
         let mut s = lock(self.store.shard(self.id.0));
-        if self.size > self.store.max_object {
-            s.remove_gen(self.id, self.generation, &self.store.counters, &mut dropped);
-            self.detached = true;
-        } else if s.grow(self.id, self.generation, n, &self.store.counters) {
+        let ok = s.grow(self.id, self.generation, n, &self.store.counters);
+        if ok {
             s.evict(self.store.shard_budget, &self.store.counters, &mut dropped);
-        } else {
-            // Evicted or purged meanwhile: keep feeding the readers only.
-            self.detached = true;
         }
         drop(s);
+        ok
+    }
+
+    fn leave_store(&mut self) {
+        let mut dropped = Dropped::new();
+        let mut s = lock(self.store.shard(self.id.0));
+        s.remove_gen(self.id, self.generation, &self.store.counters, &mut dropped);
+        drop(s);
+        drop(dropped);
+        self.detached = true;
+        self.object.body.detach();
     }
 
     /// The body is complete. If it is shorter or longer than the declared
@@ -395,6 +463,9 @@ impl ObjectWriter {
     pub fn finish(mut self) {
         if self.declared.is_some_and(|n| n != self.written) {
             return;
+        }
+        if !self.detached && !self.flush() {
+            self.detached = true;
         }
         self.finished = true;
         self.object.body.finish();

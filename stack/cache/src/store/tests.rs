@@ -644,10 +644,118 @@ fn readers_racing_finish_read_every_chunk() {
                 drain(&mut r).len()
             });
             for _ in 0..n {
-                body.append(Bytes::from_static(b"0123456789"));
+                body.append(Bytes::from_static(b"0123456789"), usize::MAX);
             }
             body.finish();
             assert_eq!(r.join().unwrap(), 10 * n, "round {round}");
         });
     }
+}
+
+fn store_max_object(max_object_bytes: usize) -> MemoryStore {
+    MemoryStore::new(&StoreConfig {
+        max_bytes: 1 << 20,
+        shards: 1,
+        max_object_bytes,
+        tag_header: None,
+        key_seed: 0,
+    })
+}
+
+fn writer(s: &MemoryStore, path: &str) -> ObjectWriter {
+    let c = cfg();
+    let k = CacheKey::new(parts(path, &NONE), &c, s.hasher());
+    s.insert(&k, &NONE, meta(&[("Cache-Control", "max-age=60")]), None)
+        .unwrap()
+}
+
+/// Review #1: a writer whose object outgrew the store and has no reader
+/// stops buffering (and says so) instead of growing without bound.
+#[test]
+fn too_large_writer_without_readers_stops_buffering() {
+    let s = store_max_object(4096);
+    let mut w = writer(&s, "/huge");
+    let mut last = Append::Stored;
+    for _ in 0..1000 {
+        last = w.append(Bytes::from(vec![0u8; 1000]));
+        assert!(w.buffered() <= 4096 + 1000, "{}", w.buffered());
+    }
+    assert_eq!(last, Append::Detached);
+    assert!(w.is_detached());
+    assert_eq!(w.object().reader().poll(), Read::Aborted);
+}
+
+/// Review #1: an object purged (or evicted) while streaming, with no
+/// reader, stops buffering within one accounting batch.
+#[test]
+fn purged_writer_without_readers_stops_buffering() {
+    let s = small_store(1 << 20, 1);
+    let mut w = writer(&s, "/p");
+    let c = cfg();
+    let k = CacheKey::new(parts("/p", &NONE), &c, s.hasher());
+    assert_eq!(s.purge_key(&k, PurgeMode::Hard), 1);
+    let mut last = Append::Stored;
+    for _ in 0..1000 {
+        last = w.append(Bytes::from(vec![0u8; 1000]));
+        assert!(w.buffered() <= GROW_BATCH + 1000);
+    }
+    assert_eq!(last, Append::Detached);
+}
+
+/// Review #1: a detached body keeps only what some reader has not read;
+/// a reader lagging by more than the object size makes the writer pause.
+#[test]
+fn detached_body_releases_chunks_every_reader_read() {
+    let s = store_max_object(4096);
+    let mut w = writer(&s, "/stream");
+    let mut r = w.object().reader();
+    let mut got = 0;
+    for _ in 0..1000 {
+        assert_ne!(w.append(Bytes::from(vec![1u8; 1000])), Append::Detached);
+        while let Read::Chunk(c) = r.poll() {
+            got += c.len();
+        }
+        assert!(w.buffered() <= 4096, "{}", w.buffered());
+    }
+    assert!(w.is_detached());
+    // A reader starting now cannot get the released start: truncated.
+    assert_eq!(w.object().reader().poll(), Read::Aborted);
+    let mut w2 = writer(&s, "/slow");
+    let _lagging = w2.object().reader();
+    let mut last = Append::Stored;
+    for _ in 0..10 {
+        last = w2.append(Bytes::from(vec![1u8; 1000]));
+    }
+    assert_eq!(last, Append::Full);
+    w.finish();
+    assert_eq!(read_all(&mut r), (Vec::new(), Read::End));
+    assert_eq!(got, 1_000_000);
+}
+
+/// Review #9: a small slice of a big buffer is copied (it must not pin the
+/// buffer), and each chunk's overhead is counted.
+#[test]
+fn small_slices_are_copied_and_chunks_cost_overhead() {
+    let s = small_store(1 << 20, 1);
+    let mut w = writer(&s, "/slices");
+    let big = Bytes::from(vec![5u8; 1 << 20]);
+    let range = big.as_ptr() as usize..big.as_ptr() as usize + big.len();
+    w.append(big.slice(10..110));
+    for _ in 0..99 {
+        w.append(Bytes::from_static(b"x"));
+    }
+    w.finish();
+    let hit = get(&s, "/slices", &NONE).unwrap();
+    let Read::Chunk(c) = hit.object.reader().poll() else {
+        panic!()
+    };
+    assert!(
+        !range.contains(&(c.as_ptr() as usize)),
+        "the stored chunk shares the 1 MiB buffer"
+    );
+    assert!(
+        s.stats().bytes as usize >= 100 * CHUNK_OVERHEAD + 199,
+        "{:?}",
+        s.stats()
+    );
 }
