@@ -80,6 +80,18 @@ pub enum PurgeMode {
     Hard,
 }
 
+/// What [`MemoryStore::refresh_outcome`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// The stored object carries the merged metadata now.
+    Refreshed,
+    /// The object had been replaced or removed meanwhile; nothing changed.
+    Gone,
+    /// The merged response may not be stored (`no-store`, `private`,
+    /// `Vary: *`) or varies differently: the object was evicted.
+    Evicted,
+}
+
 /// Why an insert was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InsertError {
@@ -215,11 +227,11 @@ impl MemoryStore {
         meta: CacheMeta,
         body_len: Option<usize>,
     ) -> Result<ObjectWriter, InsertError> {
-        let weight = meta.weight();
+        let tags = self.tags(&meta);
+        let weight = meta.weight() + tags_weight(&tags);
         if weight + body_len.unwrap_or(0) > self.inner.max_object {
             return Err(InsertError::TooLarge);
         }
-        let tags = self.tags(&meta);
         let v = variant_hash(&meta.vary, req, &self.inner.hasher);
         let id = (key.hash, v);
         let object = Arc::new(Object::new(meta, Arc::new(Body::new())));
@@ -256,14 +268,48 @@ impl MemoryStore {
 
     /// Replaces a hit's metadata after a 304 (the body is kept and shared);
     /// clears a light purge. False if the object was replaced or removed
-    /// meanwhile (the merged response can still be served).
+    /// meanwhile, or had to be evicted (see [`MemoryStore::refresh_outcome`]);
+    /// the merged response can still be served.
     pub fn refresh(&self, hit: &Hit, meta: CacheMeta) -> bool {
+        self.refresh_outcome(hit, meta) == Refresh::Refreshed
+    }
+
+    /// [`MemoryStore::refresh`], saying what happened. The merged headers
+    /// decide the stored object's weight and tags from now on; a 304 whose
+    /// merged headers forbid storing (`no-store`, `private`, `Vary: *`) or
+    /// name a different `Vary` list evicts the object instead: serve the
+    /// merged response to this request only.
+    pub fn refresh_outcome(&self, hit: &Hit, meta: CacheMeta) -> Refresh {
+        if !crate::revalidate::keeps_stored(&meta) || meta.vary != hit.object.meta.vary {
+            return if self.remove(hit) {
+                Refresh::Evicted
+            } else {
+                Refresh::Gone
+            };
+        }
+        let tags = self.tags(&meta);
+        let meta_weight = meta.weight() + tags_weight(&tags);
         let new = Arc::new(Object::new(meta, Arc::clone(&hit.object.body)));
+        let mut dropped = Dropped::new();
         let old = {
             let mut s = lock(self.shard(hit.id.0));
-            s.replace_object(hit.id, &hit.object, new)
+            let old = s.refresh(
+                hit.id,
+                &hit.object,
+                new,
+                meta_weight,
+                tags,
+                &self.inner.counters,
+            );
+            if old.is_some() {
+                s.evict(self.inner.shard_budget, &self.inner.counters, &mut dropped);
+            }
+            old
         };
-        old.is_some()
+        match old {
+            Some(_) => Refresh::Refreshed,
+            None => Refresh::Gone,
+        }
     }
 
     /// Hard-removes one stored object (e.g. an origin's answer showed it invalid).
@@ -344,14 +390,28 @@ impl MemoryStore {
             meta.headers.for_each_value(h, &mut |v| {
                 for t in v
                     .split(|&b| b == b' ' || b == b',' || b == b'\t')
-                    .filter(|t| !t.is_empty())
+                    .filter(|t| !t.is_empty() && t.len() <= MAX_TAG_LEN)
                 {
-                    tags.push(Bytes::copy_from_slice(t));
+                    // Bounded: an origin cannot make the index grow without limit.
+                    if tags.len() < MAX_TAGS && !tags.iter().any(|x: &Bytes| x == t) {
+                        tags.push(Bytes::copy_from_slice(t));
+                    }
                 }
             });
         }
         tags
     }
+}
+
+/// Tags indexed per object (more are ignored).
+pub const MAX_TAGS: usize = 32;
+/// Longest tag indexed (longer ones are ignored).
+pub const MAX_TAG_LEN: usize = 256;
+
+/// Bytes the tag index costs for an object's tags (the key copy, the set
+/// entry and its share of the map).
+fn tags_weight(tags: &[Bytes]) -> usize {
+    tags.iter().map(|t| t.len() + 64).sum()
 }
 
 impl Inner {

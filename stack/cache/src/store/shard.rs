@@ -28,6 +28,9 @@ pub(crate) struct Primary {
 struct Entry {
     object: Arc<Object>,
     weight: usize,
+    /// The part of `weight` that the metadata and tags make (a 304 refresh
+    /// replaces it; the rest is the body and bookkeeping).
+    meta_weight: usize,
     freq: u8,
     in_main: bool,
     generation: u64,
@@ -72,7 +75,7 @@ impl Shard {
         id: Id,
         key: &CacheKey<'_>,
         object: Arc<Object>,
-        weight: usize,
+        meta_weight: usize,
         tags: SmallVec<[Bytes; 4]>,
         c: &StoreCounters,
         dropped: &mut Dropped,
@@ -105,7 +108,7 @@ impl Shard {
             variants: SmallVec::new(),
         });
         prim.variants.push(v);
-        let weight = weight + ENTRY_OVERHEAD;
+        let weight = meta_weight + ENTRY_OVERHEAD;
         let generation = self.next_generation;
         self.next_generation += 1;
         for t in &tags {
@@ -125,6 +128,7 @@ impl Shard {
             Entry {
                 object,
                 weight,
+                meta_weight,
                 freq: 0,
                 in_main,
                 generation,
@@ -155,17 +159,59 @@ impl Shard {
         }
     }
 
-    pub fn replace_object(
+    /// Swaps in a 304-refreshed object (same body) with its new metadata
+    /// weight and tags. None if `old` is no longer the stored object.
+    pub fn refresh(
         &mut self,
         id: Id,
         old: &Arc<Object>,
         new: Arc<Object>,
+        meta_weight: usize,
+        tags: SmallVec<[Bytes; 4]>,
+        c: &StoreCounters,
     ) -> Option<Arc<Object>> {
         let e = self.objects.get_mut(&id)?;
         if !Arc::ptr_eq(&e.object, old) {
             return None;
         }
-        Some(std::mem::replace(&mut e.object, new))
+        let before = e.weight;
+        e.weight = e.weight - e.meta_weight + meta_weight;
+        e.meta_weight = meta_weight;
+        let after = e.weight;
+        let in_main = e.in_main;
+        let old_tags = std::mem::replace(&mut e.tags, tags.clone());
+        let prev = std::mem::replace(&mut e.object, new);
+        let q = if in_main {
+            &mut self.main_bytes
+        } else {
+            &mut self.small_bytes
+        };
+        *q = *q + after - before;
+        c.bytes.fetch_add(after as u64, Ordering::Relaxed);
+        c.bytes.fetch_sub(before as u64, Ordering::Relaxed);
+        if after > before {
+            c.bytes_inserted
+                .fetch_add((after - before) as u64, Ordering::Relaxed);
+        } else {
+            c.bytes_inserted
+                .fetch_sub((before - after) as u64, Ordering::Relaxed);
+        }
+        self.untag(id, &old_tags);
+        for t in &tags {
+            self.tags.entry(t.clone()).or_default().insert(id);
+        }
+        Some(prev)
+    }
+
+    fn untag(&mut self, id: Id, tags: &[Bytes]) {
+        for t in tags {
+            if let Some(set) = self.tags.get_mut(t) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.tags.remove(t);
+                }
+            }
+        }
     }
 
     pub fn remove_if(
@@ -206,14 +252,7 @@ impl Shard {
         }
         c.objects.fetch_sub(1, Ordering::Relaxed);
         c.bytes.fetch_sub(e.weight as u64, Ordering::Relaxed);
-        for t in &e.tags {
-            if let Some(set) = self.tags.get_mut(t) {
-                set.remove(&id);
-                if set.is_empty() {
-                    self.tags.remove(t);
-                }
-            }
-        }
+        self.untag(id, &e.tags);
         if let Some(p) = self.primaries.get_mut(&id.0) {
             p.variants.retain(|v| *v != id.1);
             if p.variants.is_empty() {
@@ -369,6 +408,11 @@ impl Shard {
             self.small.retain(|r| ok(r, false));
             self.main.retain(|r| ok(r, true));
         }
+    }
+
+    #[cfg(test)]
+    pub fn tags_len(&self) -> usize {
+        self.tags.len()
     }
 
     #[cfg(test)]

@@ -759,3 +759,118 @@ fn small_slices_are_copied_and_chunks_cost_overhead() {
         s.stats()
     );
 }
+
+fn stored_hit(s: &MemoryStore, path: &str, h: &[(&str, &str)]) -> Hit {
+    put(s, path, h, 5);
+    get(s, path, &NONE).unwrap()
+}
+
+fn merged(hit: &Hit, not_modified: &[(&str, &str)]) -> CacheMeta {
+    let t = UNIX_EPOCH + Duration::from_secs(1_700_000_100);
+    crate::revalidate::merge_not_modified(
+        hit.meta(),
+        not_modified,
+        t,
+        t,
+        &CachePolicyConfig::default(),
+    )
+    .unwrap()
+}
+
+/// Review #2: a 304 carrying no-store, private or Vary: * evicts the
+/// stored object instead of freshening it.
+#[test]
+fn a_304_forbidding_storage_evicts() {
+    let s = small_store(1 << 20, 2);
+    let base = [("Cache-Control", "max-age=1"), ("ETag", "\"1\"")];
+    for extra in [
+        ("Cache-Control", "no-store"),
+        ("Cache-Control", "private, max-age=60"),
+        ("Vary", "*"),
+    ] {
+        let hit = stored_hit(&s, "/n", &base);
+        let m = merged(&hit, &[("ETag", "\"1\""), extra]);
+        assert_eq!(s.refresh_outcome(&hit, m), Refresh::Evicted, "{extra:?}");
+        assert!(get(&s, "/n", &NONE).is_none(), "{extra:?}");
+        assert_eq!(s.stats().objects, 0);
+        let hit = stored_hit(&s, "/n", &base);
+        assert!(!s.refresh(&hit, merged(&hit, &[("ETag", "\"1\""), extra])));
+        assert!(get(&s, "/n", &NONE).is_none(), "{extra:?} via refresh");
+    }
+    let hit = stored_hit(&s, "/n", &base);
+    let m = merged(&hit, &[("ETag", "\"1\""), ("Cache-Control", "max-age=9")]);
+    assert_eq!(s.refresh_outcome(&hit, m.clone()), Refresh::Refreshed);
+    assert_eq!(s.refresh_outcome(&hit, m), Refresh::Gone);
+}
+
+/// Review #10: a refresh takes weight, tags and Vary from the merged
+/// headers.
+#[test]
+fn refresh_updates_weight_tags_and_vary() {
+    let s = small_store(1 << 20, 1);
+    let hit = stored_hit(
+        &s,
+        "/w",
+        &[
+            ("Cache-Control", "max-age=1"),
+            ("ETag", "\"1\""),
+            ("Surrogate-Key", "old"),
+        ],
+    );
+    let before = s.stats().bytes;
+    let big = "v".repeat(5000);
+    let m = merged(
+        &hit,
+        &[("ETag", "\"1\""), ("X-Big", &big), ("Surrogate-Key", "new")],
+    );
+    assert!(s.refresh(&hit, m));
+    let after = s.stats().bytes;
+    assert!(after >= before + 5000, "{before} -> {after}");
+    let (small, main) = lock(&s.inner.shards[0]).queue_bytes();
+    assert_eq!((small + main) as u64, after);
+    assert_eq!(s.purge_tag(b"old", PurgeMode::Hard), 0, "old tag kept");
+    assert_eq!(s.purge_tag(b"new", PurgeMode::Hard), 1, "new tag missing");
+    assert_eq!(s.stats().bytes, 0);
+    // A different Vary list: the variant can no longer be found correctly.
+    let hit = stored_hit(
+        &s,
+        "/w",
+        &[("Cache-Control", "max-age=1"), ("ETag", "\"1\"")],
+    );
+    let m = merged(&hit, &[("ETag", "\"1\""), ("Vary", "Accept")]);
+    assert_eq!(s.refresh_outcome(&hit, m), Refresh::Evicted);
+}
+
+/// Review #12: the tag index is bounded per object and counted.
+#[test]
+fn tags_are_capped_and_counted() {
+    let s = small_store(1 << 20, 1);
+    let many: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+    let long = "x".repeat(MAX_TAG_LEN + 1);
+    let tags = format!("{} {long}", many.join(" "));
+    let plain = {
+        put(&s, "/plain", &[("Cache-Control", "max-age=60")], 0);
+        s.stats().bytes
+    };
+    put(
+        &s,
+        "/tagged",
+        &[("Cache-Control", "max-age=60"), ("Surrogate-Key", &tags)],
+        0,
+    );
+    let tagged = s.stats().bytes - plain;
+    assert!(
+        tagged as usize >= plain as usize + tags.len() + MAX_TAGS * 64,
+        "{plain} {tagged}"
+    );
+    assert_eq!(s.purge_tag(long.as_bytes(), PurgeMode::Light), 0);
+    assert_eq!(
+        s.purge_tag(format!("t{}", MAX_TAGS - 1).as_bytes(), PurgeMode::Light),
+        1
+    );
+    assert_eq!(
+        s.purge_tag(format!("t{MAX_TAGS}").as_bytes(), PurgeMode::Light),
+        0
+    );
+    assert_eq!(lock(&s.inner.shards[0]).tags_len(), MAX_TAGS);
+}
