@@ -11,13 +11,43 @@ use crate::meta::CacheMeta;
 pub enum Verdict {
     /// Serve it.
     Fresh,
-    /// Stale, but it may be served now while one revalidation runs
-    /// (stale-while-revalidate, or a light purge).
+    /// Stale, but it may be served now while one revalidation runs in the
+    /// background (stale-while-revalidate).
     ServeStaleWhileRevalidate,
     /// Revalidate (conditional request) before serving. `stale_if_error`:
     /// if that fails (5xx, connection error) the stored response may be
     /// served instead.
     Revalidate { stale_if_error: bool },
+    /// Stale, and the client accepts that (`max-stale`): serve it as stale
+    /// (`X-Cache: STALE`), no revalidation.
+    Stale,
+    /// A light purge marked it stale: it must be revalidated. Take the
+    /// cache lock: with a permit, revalidate before serving (as
+    /// `Revalidate`); if another request is already revalidating it (the
+    /// lock says wait), serve the stored response stale now instead of
+    /// waiting. So it is served stale only while one revalidation runs.
+    RevalidateOrServeStale { stale_if_error: bool },
+    /// `only-if-cached` and the stored response cannot be used without the
+    /// origin: answer 504 (Gateway Timeout, RFC 9111 §5.2.1.7).
+    GatewayTimeout,
+}
+
+/// What to do on a miss (nothing usable stored for the request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissVerdict {
+    /// Fetch from upstream.
+    Fetch,
+    /// `only-if-cached`: answer 504 (RFC 9111 §5.2.1.7).
+    GatewayTimeout,
+}
+
+/// A miss for a request with directives `req`.
+pub fn on_miss(req: &CacheControl) -> MissVerdict {
+    if req.only_if_cached {
+        MissVerdict::GatewayTimeout
+    } else {
+        MissVerdict::Fetch
+    }
 }
 
 /// Judges a stored response for a request.
@@ -25,7 +55,10 @@ pub enum Verdict {
 /// * `req`: the request's directives (after the route's
 ///   `ignore_request_no_cache`); `validate`: the request asked for
 ///   validation (`no-cache` or `Pragma: no-cache`).
-/// * `light_purged`: a light purge marked the object stale.
+/// * `light_purged`: a light purge marked the object stale. Such an object
+///   is never `Fresh`; it is `RevalidateOrServeStale`, or `Revalidate` when
+///   the origin forbids serving stale or the request's `max-age` /
+///   `min-fresh` asks for a fresh one.
 pub fn evaluate(
     meta: &CacheMeta,
     req: &CacheControl,
@@ -42,19 +75,45 @@ pub fn evaluate(
     let within = |window: Option<u32>| window.is_some_and(|w| staleness <= u64::from(w));
     let stale_if_error =
         may_serve_stale && (within(d.stale_if_error) || within(req.stale_if_error));
+    // only-if-cached: the origin may not be asked (§5.2.1.7).
+    let revalidate = |stale_if_error| {
+        if req.only_if_cached {
+            Verdict::GatewayTimeout
+        } else {
+            Verdict::Revalidate { stale_if_error }
+        }
+    };
+    // The client takes a stale response (max-stale), unless it asked for a
+    // minimum age or freshness too.
+    let client_takes_stale = |staleness: u64| {
+        may_serve_stale
+            && req.min_fresh.is_none()
+            && req.max_age.is_none()
+            && match req.max_stale {
+                Some(None) => true,
+                Some(Some(s)) => staleness <= u64::from(s),
+                None => false,
+            }
+    };
 
     if d.no_cache || validate {
-        return Verdict::Revalidate { stale_if_error };
+        return revalidate(stale_if_error);
     }
     if light_purged {
-        // A light purge: the content is known stale, one request revalidates,
-        // the rest are served what is stored (unless the origin forbade stale).
-        return if may_serve_stale {
-            Verdict::ServeStaleWhileRevalidate
+        // Known stale whatever its age: one request revalidates, the others
+        // are served what is stored meanwhile (unless the origin forbade
+        // stale or the client asked for a fresh response).
+        if req.only_if_cached {
+            return if client_takes_stale(staleness) {
+                Verdict::Stale
+            } else {
+                Verdict::GatewayTimeout
+            };
+        }
+        return if may_serve_stale && req.max_age.is_none() && req.min_fresh.is_none() {
+            Verdict::RevalidateOrServeStale { stale_if_error }
         } else {
-            Verdict::Revalidate {
-                stale_if_error: false,
-            }
+            Verdict::Revalidate { stale_if_error }
         };
     }
     let mut fresh = lifetime > age;
@@ -67,18 +126,13 @@ pub fn evaluate(
     if fresh {
         return Verdict::Fresh;
     }
-    // max-stale: the client accepts a stale response (not past must-revalidate).
-    if lifetime <= age && may_serve_stale && req.min_fresh.is_none() && req.max_age.is_none() {
-        match req.max_stale {
-            Some(None) => return Verdict::Fresh,
-            Some(Some(s)) if staleness <= u64::from(s) => return Verdict::Fresh,
-            _ => {}
-        }
+    if lifetime <= age && client_takes_stale(staleness) {
+        return Verdict::Stale;
     }
     if lifetime <= age && may_serve_stale && within(d.stale_while_revalidate) {
         return Verdict::ServeStaleWhileRevalidate;
     }
-    Verdict::Revalidate { stale_if_error }
+    revalidate(stale_if_error)
 }
 
 #[cfg(test)]
@@ -271,7 +325,7 @@ mod tests {
         );
         assert_eq!(
             evaluate(&m, &req("max-stale=5"), false, false, at(T0 + 65)),
-            Verdict::Fresh
+            Verdict::Stale
         );
         assert_eq!(
             evaluate(&m, &req("max-stale=5"), false, false, at(T0 + 66)),
@@ -281,17 +335,97 @@ mod tests {
         );
         assert_eq!(
             evaluate(&m, &req("max-stale"), false, false, at(T0 + 100_000)),
-            Verdict::Fresh
+            Verdict::Stale,
+            "review #15: served stale, not reported fresh"
         );
     }
 
+    /// Review #3: a light-purged object is revalidated (served stale only
+    /// while another request's revalidation runs), never `Fresh`, and the
+    /// request's max-age / min-fresh are honoured.
     #[test]
-    fn light_purge_serves_stale_while_one_revalidates() {
-        let m = meta("max-age=3600");
+    fn light_purge_revalidates_serving_stale_only_meanwhile() {
+        let m = meta("max-age=3600, stale-if-error=60");
         assert_eq!(
             evaluate(&m, &NO(), false, true, at(T0 + 1)),
+            Verdict::RevalidateOrServeStale {
+                stale_if_error: true
+            }
+        );
+        for r in ["max-age=100", "min-fresh=5", "max-age=0, max-stale"] {
+            assert_eq!(
+                evaluate(&m, &req(r), false, true, at(T0 + 1)),
+                Verdict::Revalidate {
+                    stale_if_error: true
+                },
+                "{r}"
+            );
+        }
+        assert_eq!(
+            evaluate(&m, &req("max-stale"), false, true, at(T0 + 1)),
+            Verdict::RevalidateOrServeStale {
+                stale_if_error: true
+            },
+            "max-stale does not skip the revalidation a purge asked for"
+        );
+        assert_eq!(
+            evaluate(&m, &req("only-if-cached"), false, true, at(T0 + 1)),
+            Verdict::GatewayTimeout
+        );
+        assert_eq!(
+            evaluate(
+                &m,
+                &req("only-if-cached, max-stale"),
+                false,
+                true,
+                at(T0 + 1)
+            ),
+            Verdict::Stale
+        );
+        let strict = meta("max-age=3600, must-revalidate");
+        assert_eq!(
+            evaluate(
+                &strict,
+                &req("only-if-cached, max-stale"),
+                false,
+                true,
+                at(T0 + 1)
+            ),
+            Verdict::GatewayTimeout
+        );
+    }
+
+    /// Review #11: only-if-cached never goes to the origin: 504 when the
+    /// stored response is not usable as is, or nothing is stored.
+    #[test]
+    fn only_if_cached_gives_gateway_timeout() {
+        let m = meta("max-age=60, stale-while-revalidate=30");
+        let oic = req("only-if-cached");
+        assert_eq!(evaluate(&m, &oic, false, false, at(T0 + 1)), Verdict::Fresh);
+        assert_eq!(
+            evaluate(&m, &oic, false, false, at(T0 + 70)),
             Verdict::ServeStaleWhileRevalidate
         );
+        assert_eq!(
+            evaluate(&m, &oic, false, false, at(T0 + 100)),
+            Verdict::GatewayTimeout
+        );
+        assert_eq!(
+            evaluate(
+                &m,
+                &req("only-if-cached, max-stale"),
+                false,
+                false,
+                at(T0 + 100)
+            ),
+            Verdict::Stale
+        );
+        assert_eq!(
+            evaluate(&m, &oic, true, false, at(T0 + 1)),
+            Verdict::GatewayTimeout
+        );
+        assert_eq!(on_miss(&oic), MissVerdict::GatewayTimeout);
+        assert_eq!(on_miss(&NO()), MissVerdict::Fetch);
     }
 
     proptest::proptest! {

@@ -41,10 +41,16 @@
 //!    `Fresh` → serve (HEAD: headers only) with `Age:`
 //!    [`CacheMeta::age_header`]; `ServeStaleWhileRevalidate` → serve, and
 //!    start one background revalidation if [`CacheLocks::acquire`] gives a
-//!    permit; `Revalidate` → acquire the lock, send the request with
+//!    permit; `Stale` (the client's `max-stale`) → serve, marked stale;
+//!    `Revalidate` → acquire the lock, send the request with
 //!    [`revalidate::conditional_request`]'s fields; a 304 →
-//!    [`revalidate::merge_not_modified`] + [`MemoryStore::refresh`]; a 5xx
-//!    or connection error with `stale_if_error` → serve the stored one.
+//!    [`revalidate::merge_not_modified`] + [`MemoryStore::refresh_outcome`]
+//!    (`Evicted`: serve the merged response, it is no longer stored); a 5xx
+//!    or connection error with `stale_if_error` → serve the stored one;
+//!    `RevalidateOrServeStale` (light purge) → acquire the lock: a permit
+//!    revalidates as `Revalidate`, a wait ticket serves the stored one stale
+//!    at once; `GatewayTimeout` (`only-if-cached`) → 504. On a miss,
+//!    [`freshness::on_miss`] says fetch or 504.
 //! 4. On a miss, [`CacheLocks::acquire`]: a waiter polls its
 //!    [`lock::WaitTicket`] from the worker's timer pass and looks up again
 //!    on `Ready`; the fetcher first looks up again (another fetcher may
@@ -69,7 +75,7 @@ pub mod stats;
 pub mod store;
 
 pub use directives::CacheControl;
-pub use freshness::{Verdict, evaluate};
+pub use freshness::{MissVerdict, Verdict, evaluate, on_miss};
 pub use headers::{HeaderView, StoredHeaders};
 pub use key::{CacheKey, KeyConfig, KeyHasher, KeyParts};
 pub use lock::{Acquired, CacheLocks, FetchPermit, Wait, WaitTicket};
