@@ -51,7 +51,9 @@
 //!    revalidates as `Revalidate`, a wait ticket serves the stored one stale
 //!    at once; `GatewayTimeout` (`only-if-cached`) → 504. On a miss,
 //!    [`freshness::on_miss`] says fetch or 504.
-//! 4. On a miss, [`CacheLocks::acquire`]: a waiter polls its
+//! 4. On a miss, if [`RequestDecision::takes_lock`] (else straight
+//!    upstream), [`CacheLocks::acquire_at`] (`Pass`: hit-for-pass, go
+//!    upstream without the lock): a waiter polls its
 //!    [`lock::WaitTicket`] from the worker's timer pass and looks up again
 //!    on `Ready`; the fetcher first looks up again (another fetcher may
 //!    have stored the object and released the lock between the miss and
@@ -78,7 +80,7 @@ pub use directives::CacheControl;
 pub use freshness::{MissVerdict, Verdict, evaluate, on_miss};
 pub use headers::{HeaderView, StoredHeaders};
 pub use key::{CacheKey, KeyConfig, KeyHasher, KeyParts};
-pub use lock::{Acquired, CacheLocks, FetchPermit, Wait, WaitTicket};
+pub use lock::{Acquired, CacheLocks, FetchPermit, LockConfig, Wait, WaitTicket};
 pub use meta::CacheMeta;
 pub use policy::{CachePolicyConfig, NotStorable, RequestDecision};
 pub use stats::{CacheCounters, CacheStatus};

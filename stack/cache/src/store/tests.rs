@@ -511,6 +511,7 @@ fn coalesced_miss_streams_to_waiters() {
                                     other => panic!("{other:?}"),
                                 }
                             },
+                            Acquired::Pass => unreachable!("acquire never passes"),
                         }
                     }
                     out.into_iter()
