@@ -254,6 +254,16 @@ fn emit_values(h: &dyn HeaderView, name: &[u8], out: &mut dyn FnMut(&[u8])) {
     }
 }
 
+/// Emits the variant key of `req` for `vary`: per name, `name ":" values "\n"`.
+fn emit_variant(vary: &[Bytes], req: &dyn HeaderView, out: &mut dyn FnMut(&[u8])) {
+    for name in vary {
+        out(name);
+        out(b":");
+        emit_values(req, name, out);
+        out(b"\n");
+    }
+}
+
 /// The variant hash of a request for a response whose `Vary` names are
 /// `vary` (lowercase, sorted); 0 when there are none.
 pub fn variant_hash(vary: &[Bytes], req: &dyn HeaderView, h: &KeyHasher) -> u128 {
@@ -261,14 +271,31 @@ pub fn variant_hash(vary: &[Bytes], req: &dyn HeaderView, h: &KeyHasher) -> u128
         return 0;
     }
     let mut s = h.sink();
-    for name in vary {
-        s.write(name);
-        s.write(b":");
-        emit_values(req, name, &mut |p| s.write(p));
-        s.write(b"\n");
-    }
+    emit_variant(vary, req, &mut |p| s.write(p));
     // Keep 0 for "no Vary".
     s.finish().max(1)
+}
+
+/// The variant key's bytes (kept with a stored object, so that a lookup
+/// compares the request's actual header values, not only their hash).
+pub fn variant_bytes(vary: &[Bytes], req: &dyn HeaderView) -> Vec<u8> {
+    let mut v = Vec::new();
+    emit_variant(vary, req, &mut |p| v.extend_from_slice(p));
+    v
+}
+
+/// Whether `req`'s variant key for `vary` equals `stored` (no allocation).
+pub fn variant_matches(vary: &[Bytes], req: &dyn HeaderView, stored: &[u8]) -> bool {
+    let mut rest = stored;
+    let mut ok = true;
+    emit_variant(vary, req, &mut |p| {
+        if ok && rest.starts_with(p) {
+            rest = &rest[p.len()..];
+        } else {
+            ok = false;
+        }
+    });
+    ok && rest.is_empty()
 }
 
 /// A query parameter's name (the bytes before `=`).
@@ -432,6 +459,26 @@ mod tests {
         );
         assert_eq!(variant_hash(&[], &[("Accept", "x")].as_slice(), &h), 0);
         assert_ne!(base, 0);
+        let a = [("Accept-Encoding", "gzip, br"), ("Accept-Language", "en")];
+        let stored = variant_bytes(&vary, &a);
+        assert!(variant_matches(
+            &vary,
+            &[("accept-language", "en"), ("accept-encoding", "gzip ,br")],
+            &stored
+        ));
+        assert!(!variant_matches(
+            &vary,
+            &[("Accept-Encoding", "gzip")],
+            &stored
+        ));
+        assert!(!variant_matches(
+            &vary,
+            &[
+                ("Accept-Encoding", "gzip, br"),
+                ("Accept-Language", "en-US")
+            ],
+            &stored
+        ));
     }
 
     proptest::proptest! {

@@ -38,7 +38,7 @@ use smallvec::SmallVec;
 pub use object::{Append, BodyReader, Object, Read};
 
 use crate::headers::HeaderView;
-use crate::key::{CacheKey, KeyHasher, variant_hash};
+use crate::key::{CacheKey, KeyHasher, variant_bytes, variant_hash, variant_matches};
 use crate::meta::CacheMeta;
 use object::Body;
 use shard::{Id, Shard};
@@ -56,7 +56,11 @@ pub struct StoreConfig {
     /// Response header whose space- or comma-separated values tag an object
     /// for purge by surrogate key (e.g. `surrogate-key`, `cache-tag`).
     pub tag_header: Option<String>,
-    /// Seed of the key hash.
+    /// Seed of the key and variant hashes. The engine must pass a random
+    /// seed (e.g. from the OS at startup): with a known seed, a client can
+    /// craft colliding keys and push out objects it wants gone. (Full keys
+    /// and variant bytes are compared, so a collision is a miss, never a
+    /// wrong answer.) The `Default` is fixed, for tests.
     pub key_seed: u128,
 }
 
@@ -205,16 +209,29 @@ impl MemoryStore {
     }
 
     /// Finds the object for a request: primary key, then the variant its
-    /// `Vary` names select from `req`. No allocation.
+    /// `Vary` names select from `req` (hashed outside the shard lock, then
+    /// compared byte for byte). No allocation.
     pub fn lookup(&self, key: &CacheKey<'_>, req: &dyn HeaderView) -> Option<Hit> {
-        let mut s = lock(self.shard(key.hash));
-        let p = s.primary(key.hash)?;
-        if !key.matches(&p.full_key) {
+        let shard = self.shard(key.hash);
+        let vary = {
+            let mut s = lock(shard);
+            let p = s.primary(key.hash)?;
+            if !key.matches(&p.full_key) {
+                return None;
+            }
+            if p.vary.is_empty() {
+                let id = (key.hash, 0);
+                return s.touch(id).map(|object| Hit { object, id });
+            }
+            Arc::clone(&p.vary)
+        };
+        let id = (key.hash, variant_hash(&vary, req, &self.inner.hasher));
+        let object = lock(shard).touch(id)?;
+        // The object's own Vary list: the primary's may have changed since.
+        if !variant_matches(&object.meta.vary, req, &object.variant) {
             return None;
         }
-        let v = variant_hash(&p.vary, req, &self.inner.hasher);
-        let id = (key.hash, v);
-        s.touch(id).map(|object| Hit { object, id })
+        Some(Hit { object, id })
     }
 
     /// Starts storing a response: the object is visible to lookups at once
@@ -228,21 +245,28 @@ impl MemoryStore {
         body_len: Option<usize>,
     ) -> Result<ObjectWriter, InsertError> {
         let tags = self.tags(&meta);
-        let weight = meta.weight() + tags_weight(&tags);
+        let meta_weight = meta.weight() + tags_weight(&tags);
+        let full_key = key.to_bytes().into_boxed_slice();
+        let variant: Arc<[u8]> = variant_bytes(&meta.vary, req).into();
+        // The key and variant bytes stay with the object through refreshes.
+        let fixed_weight = full_key.len() + variant.len();
+        let weight = meta_weight + fixed_weight;
         if weight + body_len.unwrap_or(0) > self.inner.max_object {
             return Err(InsertError::TooLarge);
         }
         let v = variant_hash(&meta.vary, req, &self.inner.hasher);
         let id = (key.hash, v);
-        let object = Arc::new(Object::new(meta, Arc::new(Body::new())));
+        let object = Arc::new(Object::new(meta, Arc::new(Body::new()), variant));
         let mut dropped = Dropped::new();
         let generation = {
             let mut s = lock(self.shard(key.hash));
             let generation = s.insert(
                 id,
                 key,
+                full_key,
                 Arc::clone(&object),
-                weight,
+                meta_weight,
+                fixed_weight,
                 tags,
                 &self.inner.counters,
                 &mut dropped,
@@ -289,7 +313,11 @@ impl MemoryStore {
         }
         let tags = self.tags(&meta);
         let meta_weight = meta.weight() + tags_weight(&tags);
-        let new = Arc::new(Object::new(meta, Arc::clone(&hit.object.body)));
+        let new = Arc::new(Object::new(
+            meta,
+            Arc::clone(&hit.object.body),
+            Arc::clone(&hit.object.variant),
+        ));
         let mut dropped = Dropped::new();
         let old = {
             let mut s = lock(self.shard(hit.id.0));

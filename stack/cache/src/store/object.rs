@@ -18,14 +18,18 @@ pub struct Object {
     pub(crate) meta: CacheMeta,
     pub(crate) body: Arc<Body>,
     pub(crate) light_purged: AtomicBool,
+    /// The variant key's bytes (the request's values of the `Vary` names):
+    /// a lookup compares them, so a variant-hash collision is a miss.
+    pub(crate) variant: Arc<[u8]>,
 }
 
 impl Object {
-    pub(crate) fn new(meta: CacheMeta, body: Arc<Body>) -> Self {
+    pub(crate) fn new(meta: CacheMeta, body: Arc<Body>, variant: Arc<[u8]>) -> Self {
         Object {
             meta,
             body,
             light_purged: AtomicBool::new(false),
+            variant,
         }
     }
 

@@ -21,7 +21,8 @@ const ENTRY_OVERHEAD: usize = 128;
 
 pub(crate) struct Primary {
     pub full_key: Box<[u8]>,
-    pub vary: Vec<Bytes>,
+    /// Shared so a lookup can hash the request's variant outside the lock.
+    pub vary: Arc<[Bytes]>,
     variants: SmallVec<[u128; 2]>,
 }
 
@@ -74,8 +75,10 @@ impl Shard {
         &mut self,
         id: Id,
         key: &CacheKey<'_>,
+        full_key: Box<[u8]>,
         object: Arc<Object>,
         meta_weight: usize,
+        fixed_weight: usize,
         tags: SmallVec<[Bytes; 4]>,
         c: &StoreCounters,
         dropped: &mut Dropped,
@@ -84,7 +87,7 @@ impl Shard {
         // Another primary under the same hash (a collision), or a new Vary
         // list: the old variants can no longer be found; drop them.
         let stale = match self.primaries.get(&p) {
-            Some(old) => !key.matches(&old.full_key) || old.vary != object.meta.vary,
+            Some(old) => !key.matches(&old.full_key) || *old.vary != object.meta.vary[..],
             None => false,
         };
         if stale {
@@ -103,12 +106,12 @@ impl Shard {
             self.remove_gen(id, generation, c, dropped);
         }
         let prim = self.primaries.entry(p).or_insert_with(|| Primary {
-            full_key: key.to_bytes().into_boxed_slice(),
-            vary: object.meta.vary.clone(),
+            full_key,
+            vary: object.meta.vary.clone().into(),
             variants: SmallVec::new(),
         });
         prim.variants.push(v);
-        let weight = meta_weight + ENTRY_OVERHEAD;
+        let weight = meta_weight + fixed_weight + ENTRY_OVERHEAD;
         let generation = self.next_generation;
         self.next_generation += 1;
         for t in &tags {
@@ -408,6 +411,13 @@ impl Shard {
             self.small.retain(|r| ok(r, false));
             self.main.retain(|r| ok(r, true));
         }
+    }
+
+    /// Moves an entry to another id (to fake a variant-hash collision).
+    #[cfg(test)]
+    pub fn rekey(&mut self, from: Id, to: Id) {
+        let e = self.objects.remove(&from).expect("stored");
+        self.objects.insert(to, e);
     }
 
     #[cfg(test)]

@@ -875,3 +875,21 @@ fn tags_are_capped_and_counted() {
     );
     assert_eq!(lock(&s.inner.shards[0]).tags_len(), MAX_TAGS);
 }
+
+/// Review #6: a variant is compared by its request-header bytes, not only
+/// by its hash (a forged variant-hash collision is a miss).
+#[test]
+fn variant_hash_collision_is_a_miss() {
+    let s = small_store(1 << 20, 1);
+    let c = cfg();
+    let gz = [("Accept-Encoding", "gzip")];
+    let br = [("Accept-Encoding", "br")];
+    let v = [("Cache-Control", "max-age=60"), ("Vary", "Accept-Encoding")];
+    let k = CacheKey::new(parts("/vc", &NONE), &c, s.hasher());
+    s.insert(&k, &gz, meta(&v), None).unwrap().finish();
+    let vary = [Bytes::from_static(b"accept-encoding")];
+    let from = (k.hash, variant_hash(&vary, &gz, s.hasher()));
+    let to = (k.hash, variant_hash(&vary, &br, s.hasher()));
+    lock(&s.inner.shards[0]).rekey(from, to);
+    assert!(s.lookup(&k, &br).is_none(), "served gzip's variant to br");
+}
