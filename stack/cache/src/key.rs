@@ -112,7 +112,7 @@ impl<'a> KeyParts<'a> {
     pub fn emit(&self, cfg: &KeyConfig, out: &mut dyn FnMut(&[u8])) {
         out(self.scheme.as_bytes());
         out(b"://");
-        emit_lower(self.host, out);
+        emit_lower(host_sans_default_port(self.scheme, self.host), out);
         let (path, query) = match self.path_and_query.iter().position(|&b| b == b'?') {
             Some(i) => (
                 &self.path_and_query[..i],
@@ -208,9 +208,34 @@ pub fn purge_prefix(scheme: &str, host: &[u8], path_prefix: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     v.extend_from_slice(scheme.as_bytes());
     v.extend_from_slice(b"://");
-    emit_lower(host, &mut |p| v.extend_from_slice(p));
+    emit_lower(host_sans_default_port(scheme, host), &mut |p| {
+        v.extend_from_slice(p)
+    });
     v.extend_from_slice(path_prefix);
     v
+}
+
+/// The URL part of a key (scheme, host, path, normalized query; no
+/// request headers): what an exact purge matches.
+pub fn url_bytes(parts: &KeyParts<'_>, cfg: &KeyConfig) -> Vec<u8> {
+    let mut v = parts.to_bytes(cfg);
+    if let Some(i) = v.iter().position(|&b| b == b'\n') {
+        v.truncate(i);
+    }
+    v
+}
+
+/// The host without the scheme's default port (`:80` for http, `:443` for
+/// https): `example.com:443` and `example.com` are one origin.
+fn host_sans_default_port<'h>(scheme: &str, host: &'h [u8]) -> &'h [u8] {
+    let port: &[u8] = if scheme.eq_ignore_ascii_case("http") {
+        b":80"
+    } else if scheme.eq_ignore_ascii_case("https") {
+        b":443"
+    } else {
+        return host;
+    };
+    host.strip_suffix(port).unwrap_or(host)
 }
 
 fn emit_lower(s: &[u8], out: &mut dyn FnMut(&[u8])) {
@@ -368,6 +393,21 @@ mod tests {
             headers: &NONE,
         };
         assert_eq!(p.to_bytes(&hk), b"http://h/\nx-device:\0");
+        // Review #7: default ports are not part of the key.
+        let port = |scheme, host: &'static [u8]| {
+            KeyParts {
+                scheme,
+                host,
+                path_and_query: b"/",
+                headers: &NONE,
+            }
+            .to_bytes(&KeyConfig::default())
+        };
+        assert_eq!(port("https", b"H:443"), b"https://h/");
+        assert_eq!(port("http", b"h:80"), b"http://h/");
+        assert_eq!(port("http", b"h:443"), b"http://h:443/");
+        assert_eq!(port("https", b"h:8443"), b"https://h:8443/");
+        assert_eq!(purge_prefix("https", b"H:443", b"/a"), b"https://h/a");
     }
 
     #[test]

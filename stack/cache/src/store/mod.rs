@@ -38,7 +38,7 @@ use smallvec::SmallVec;
 pub use object::{Append, BodyReader, Object, Read};
 
 use crate::headers::HeaderView;
-use crate::key::{CacheKey, KeyHasher, variant_bytes, variant_hash, variant_matches};
+use crate::key::{self, CacheKey, KeyHasher, variant_bytes, variant_hash, variant_matches};
 use crate::meta::CacheMeta;
 use object::Body;
 use shard::{Id, Shard};
@@ -246,7 +246,7 @@ impl MemoryStore {
     ) -> Result<ObjectWriter, InsertError> {
         let tags = self.tags(&meta);
         let meta_weight = meta.weight() + tags_weight(&tags);
-        let full_key = key.to_bytes().into_boxed_slice();
+        let full_key: Arc<[u8]> = key.to_bytes().into();
         let variant: Arc<[u8]> = variant_bytes(&meta.vary, req).into();
         // The key and variant bytes stay with the object through refreshes.
         let fixed_weight = full_key.len() + variant.len();
@@ -349,51 +349,77 @@ impl MemoryStore {
         removed
     }
 
-    /// Purges every variant of a key.
+    /// Purges every object stored under the key's URL: every Vary variant,
+    /// and every key made with other request headers (`KeyConfig::headers`)
+    /// whose scheme, host, path and query equal the key's. Visits every
+    /// shard (a range scan each), a bounded batch per lock hold.
     pub fn purge_key(&self, key: &CacheKey<'_>, mode: PurgeMode) -> usize {
-        let mut dropped = Dropped::new();
-        let mut s = lock(self.shard(key.hash));
-        let ok = s
-            .primary(key.hash)
-            .is_some_and(|p| key.matches(&p.full_key));
-        let n = if ok {
-            s.purge_primary(key.hash, mode, &self.inner.counters, &mut dropped)
-        } else {
-            0
-        };
-        drop(s);
+        let url = key::url_bytes(&key.parts, key.cfg);
+        self.purge_matching(&url, mode, |k| {
+            k.len() == url.len() || k[url.len()] == b'\n'
+        })
+    }
+
+    /// Purges every object whose key is under `prefix` (see
+    /// [`crate::key::purge_prefix`]) on a boundary: the prefix must end
+    /// where the key does or before a `/`, `?` or header part, or itself
+    /// end with `/` — `/img` purges `/img`, `/img/a` and `/img?x`, not
+    /// `/imgs` (and `https://host` not `https://host:8443`). Visits every
+    /// shard, a bounded batch per lock hold.
+    pub fn purge_prefix(&self, prefix: &[u8], mode: PurgeMode) -> usize {
+        self.purge_matching(prefix, mode, |k| {
+            prefix.last() == Some(&b'/')
+                || k.len() == prefix.len()
+                || matches!(k[prefix.len()], b'/' | b'?' | b'\n')
+        })
+    }
+
+    /// Purges the primaries whose full key starts with `prefix` and passes
+    /// `keep`, `PURGE_BATCH` keys per shard lock hold.
+    fn purge_matching(&self, prefix: &[u8], mode: PurgeMode, ok: impl Fn(&[u8]) -> bool) -> usize {
+        let mut n = 0;
+        let mut batch = Vec::with_capacity(PURGE_BATCH);
+        for m in self.inner.shards.iter() {
+            let mut from: Arc<[u8]> = prefix.into();
+            let mut after = false;
+            loop {
+                batch.clear();
+                let mut dropped = Dropped::new();
+                let mut s = lock(m);
+                s.keys_with_prefix(prefix, &from, after, PURGE_BATCH, &mut batch);
+                for (k, p) in &batch {
+                    if ok(k) {
+                        n += s.purge_primary(*p, mode, &self.inner.counters, &mut dropped);
+                    }
+                }
+                drop(s);
+                drop(dropped);
+                match batch.last() {
+                    Some((k, _)) if batch.len() == PURGE_BATCH => {
+                        from = Arc::clone(k);
+                        after = true;
+                    }
+                    _ => break,
+                }
+            }
+        }
         n
     }
 
-    /// Purges every object whose full key starts with `prefix` (see
-    /// [`crate::key::purge_prefix`]). Visits every shard.
-    pub fn purge_prefix(&self, prefix: &[u8], mode: PurgeMode) -> usize {
-        self.each_shard(|s, c, d| {
-            let hits: SmallVec<[u128; 16]> = s.primaries_with_prefix(prefix).collect();
-            hits.into_iter()
-                .map(|p| s.purge_primary(p, mode, c, d))
-                .sum()
-        })
-    }
-
-    /// Purges every object tagged `tag` by the configured tag header.
+    /// Purges every object tagged `tag` by the configured tag header,
+    /// a bounded batch per shard lock hold.
     pub fn purge_tag(&self, tag: &[u8], mode: PurgeMode) -> usize {
-        self.each_shard(|s, c, d| {
-            let ids: SmallVec<[Id; 16]> = s.tagged(tag).collect();
-            ids.into_iter().map(|id| s.purge_id(id, mode, c, d)).sum()
-        })
-    }
-
-    fn each_shard(
-        &self,
-        mut f: impl FnMut(&mut Shard, &StoreCounters, &mut Dropped) -> usize,
-    ) -> usize {
         let mut n = 0;
         for m in self.inner.shards.iter() {
-            let mut dropped = Dropped::new();
-            let mut s = lock(m);
-            n += f(&mut s, &self.inner.counters, &mut dropped);
-            drop(s);
+            let ids: Vec<Id> = lock(m).tagged(tag).collect();
+            for chunk in ids.chunks(PURGE_BATCH) {
+                let mut dropped = Dropped::new();
+                let mut s = lock(m);
+                for id in chunk {
+                    n += s.purge_id(*id, mode, &self.inner.counters, &mut dropped);
+                }
+                drop(s);
+            }
         }
         n
     }
@@ -448,6 +474,9 @@ impl Inner {
         &self.shards[(primary >> 100) as usize & (self.shards.len() - 1)]
     }
 }
+
+/// Keys a purge handles per shard lock hold (workers wait at most that long).
+const PURGE_BATCH: usize = 64;
 
 /// Growth of a stored object is accounted in batches of this many bytes
 /// (one shard lock per batch, not per chunk).

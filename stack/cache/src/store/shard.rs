@@ -1,7 +1,8 @@
 //! One shard: the maps, the S3-FIFO queues and the indexes, all changed
 //! together under the shard's lock.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -20,7 +21,7 @@ pub(crate) type Id = (u128, u128);
 const ENTRY_OVERHEAD: usize = 128;
 
 pub(crate) struct Primary {
-    pub full_key: Box<[u8]>,
+    pub full_key: Arc<[u8]>,
     /// Shared so a lookup can hash the request's variant outside the lock.
     pub vary: Arc<[Bytes]>,
     variants: SmallVec<[u128; 2]>,
@@ -55,6 +56,9 @@ pub(crate) struct Shard {
     ghost: VecDeque<Id>,
     ghost_set: HashSet<Id, FixedState>,
     tags: HashMap<Bytes, HashSet<Id, FixedState>, FixedState>,
+    /// Primaries by full key, for purges by prefix and by URL (a range
+    /// scan, not a walk over every object).
+    by_key: BTreeMap<Arc<[u8]>, u128>,
     next_generation: u64,
 }
 
@@ -75,7 +79,7 @@ impl Shard {
         &mut self,
         id: Id,
         key: &CacheKey<'_>,
-        full_key: Box<[u8]>,
+        full_key: Arc<[u8]>,
         object: Arc<Object>,
         meta_weight: usize,
         fixed_weight: usize,
@@ -99,16 +103,20 @@ impl Shard {
                 }
             }
             // Variants whose objects are gone already leave the record behind.
-            self.primaries.remove(&p);
+            self.remove_primary(p);
         }
         if let Some(old) = self.objects.get(&id) {
             let generation = old.generation;
             self.remove_gen(id, generation, c, dropped);
         }
-        let prim = self.primaries.entry(p).or_insert_with(|| Primary {
-            full_key,
-            vary: object.meta.vary.clone().into(),
-            variants: SmallVec::new(),
+        let by_key = &mut self.by_key;
+        let prim = self.primaries.entry(p).or_insert_with(|| {
+            by_key.insert(Arc::clone(&full_key), p);
+            Primary {
+                full_key,
+                vary: object.meta.vary.clone().into(),
+                variants: SmallVec::new(),
+            }
         });
         prim.variants.push(v);
         let weight = meta_weight + fixed_weight + ENTRY_OVERHEAD;
@@ -259,7 +267,7 @@ impl Shard {
         if let Some(p) = self.primaries.get_mut(&id.0) {
             p.variants.retain(|v| *v != id.1);
             if p.variants.is_empty() {
-                self.primaries.remove(&id.0);
+                self.remove_primary(id.0);
             }
         }
         dropped.push(e.object);
@@ -307,14 +315,36 @@ impl Shard {
         n
     }
 
-    pub fn primaries_with_prefix<'a>(
-        &'a self,
-        prefix: &'a [u8],
-    ) -> impl Iterator<Item = u128> + 'a {
-        self.primaries
-            .iter()
-            .filter(move |(_, p)| p.full_key.starts_with(prefix))
-            .map(|(h, _)| *h)
+    fn remove_primary(&mut self, p: u128) {
+        if let Some(pr) = self.primaries.remove(&p)
+            && self.by_key.get(&pr.full_key[..]) == Some(&p)
+        {
+            self.by_key.remove(&pr.full_key[..]);
+        }
+    }
+
+    /// Up to `max` full keys starting with `prefix`, from `from` on
+    /// (exclusive if `after`), in key order, with their primaries.
+    pub fn keys_with_prefix(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        after: bool,
+        max: usize,
+        out: &mut Vec<(Arc<[u8]>, u128)>,
+    ) {
+        let lo = if after {
+            Bound::Excluded(from)
+        } else {
+            Bound::Included(from)
+        };
+        out.extend(
+            self.by_key
+                .range::<[u8], _>((lo, Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .take(max)
+                .map(|(k, p)| (Arc::clone(k), *p)),
+        );
     }
 
     pub fn tagged<'a>(&'a self, tag: &[u8]) -> impl Iterator<Item = Id> + 'a {

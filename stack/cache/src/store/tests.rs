@@ -893,3 +893,66 @@ fn variant_hash_collision_is_a_miss() {
     lock(&s.inner.shards[0]).rekey(from, to);
     assert!(s.lookup(&k, &br).is_none(), "served gzip's variant to br");
 }
+
+/// Review #7: a prefix purge matches on a segment boundary.
+#[test]
+fn prefix_purge_matches_whole_segments() {
+    let s = small_store(1 << 20, 4);
+    let cc = [("Cache-Control", "max-age=60")];
+    for p in ["/img", "/img/a", "/img?x=1", "/imgs", "/img-old/a"] {
+        put(&s, p, &cc, 1);
+    }
+    let pre = purge_prefix("https", b"example.com:443", b"/img");
+    assert_eq!(s.purge_prefix(&pre, PurgeMode::Hard), 3);
+    assert!(get(&s, "/imgs", &NONE).is_some());
+    assert!(get(&s, "/img-old/a", &NONE).is_some());
+    let host_only = purge_prefix("https", b"example.com", b"");
+    assert_eq!(s.purge_prefix(&host_only, PurgeMode::Hard), 2);
+    assert_eq!(s.stats().objects, 0);
+}
+
+/// Review #7: an exact purge by URL reaches every key of that URL, also
+/// those made with request headers, and nothing else.
+#[test]
+fn exact_purge_reaches_header_keyed_keys() {
+    let s = small_store(1 << 20, 8);
+    let plain = cfg();
+    let by_device = KeyConfig {
+        headers: vec![Bytes::from_static(b"x-device")],
+        ..Default::default()
+    };
+    let meta60 = || meta(&[("Cache-Control", "max-age=60")]);
+    for (path, c, dev) in [
+        ("/p", &by_device, "mobile"),
+        ("/p", &by_device, "desktop"),
+        ("/p", &plain, ""),
+        ("/p?x=1", &by_device, "mobile"),
+        ("/p2", &plain, ""),
+    ] {
+        let h = [("X-Device", dev)];
+        let k = CacheKey::new(parts(path, &h), c, s.hasher());
+        s.insert(&k, &NONE, meta60(), None).unwrap().finish();
+    }
+    assert_eq!(s.stats().objects, 5);
+    let k = CacheKey::new(parts("/p", &NONE), &plain, s.hasher());
+    assert_eq!(s.purge_key(&k, PurgeMode::Hard), 3);
+    assert_eq!(s.stats().objects, 2);
+}
+
+/// Review #13: purges work in batches per lock hold and still reach
+/// every matching key.
+#[test]
+fn purges_in_batches_reach_everything() {
+    let s = small_store(4 << 20, 1);
+    let cc = ("Cache-Control", "max-age=60");
+    for i in 0..(3 * PURGE_BATCH + 5) {
+        put(&s, &format!("/b/{i}"), &[cc, ("Surrogate-Key", "all")], 1);
+    }
+    put(&s, "/c", &[cc, ("Surrogate-Key", "all")], 1);
+    let n = 3 * PURGE_BATCH + 5;
+    let pre = purge_prefix("https", b"example.com", b"/b/");
+    assert_eq!(s.purge_prefix(&pre, PurgeMode::Light), n);
+    assert_eq!(s.purge_tag(b"all", PurgeMode::Light), n + 1);
+    assert_eq!(s.purge_prefix(&pre, PurgeMode::Hard), n);
+    assert_eq!(s.stats().objects, 1);
+}
