@@ -57,11 +57,14 @@
 //!    [`lock::WaitTicket`] from the worker's timer pass and looks up again
 //!    on `Ready`; the fetcher first looks up again (another fetcher may
 //!    have stored the object and released the lock between the miss and
-//!    `acquire`: on a hit, `stored()` and serve it), then checks [`policy::response_storable`], builds
-//!    [`CacheMeta::new`], calls [`MemoryStore::insert`] then
-//!    [`lock::FetchPermit::stored`] (or `uncacheable`), and feeds
-//!    [`ObjectWriter::append`] with each body chunk while serving its
-//!    own client from the same object.
+//!    `acquire`: on a hit, `stored()` and serve it), reads
+//!    [`MemoryStore::purge_epoch`], then checks
+//!    [`policy::response_storable`], builds [`CacheMeta::new`], calls
+//!    [`MemoryStore::insert_since`] with that epoch (a purge that ran
+//!    meanwhile refuses it) then [`lock::FetchPermit::stored`] (or
+//!    `uncacheable_at`: hit-for-pass), creates its own client's reader and
+//!    feeds [`ObjectWriter::append`] with each body chunk (stop on
+//!    [`Append::Detached`], pause on [`Append::Full`]).
 //! 5. [`CacheCounters::record`] with the outcome; the admin API calls
 //!    `purge_*`.
 

@@ -128,6 +128,14 @@ impl CacheMeta {
         self.current_age(now).min(u64::from(DELTA_MAX))
     }
 
+    /// Whether storing it can ever save a fetch: it has a freshness
+    /// lifetime (and no `no-cache`), or a validator to revalidate with.
+    pub fn worth_storing(&self) -> bool {
+        (self.freshness_lifetime > 0 && !self.directives.no_cache)
+            || self.headers.get("etag").is_some()
+            || self.headers.get("last-modified").is_some()
+    }
+
     /// Bytes counted against the store's budget for the metadata.
     pub fn weight(&self) -> usize {
         self.headers.weight() + self.vary.iter().map(|v| v.len() + 8).sum::<usize>() + 96

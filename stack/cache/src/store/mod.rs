@@ -27,6 +27,7 @@
 //! housekeeping and allocates per operation.
 
 mod object;
+mod purge_log;
 mod shard;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,7 @@ use crate::headers::HeaderView;
 use crate::key::{self, CacheKey, KeyHasher, variant_bytes, variant_hash, variant_matches};
 use crate::meta::CacheMeta;
 use object::Body;
+use purge_log::{PurgeLog, Purged, Since};
 use shard::{Id, Shard};
 
 /// Sizing and indexing of a [`MemoryStore`].
@@ -101,6 +103,14 @@ pub enum Refresh {
 pub enum InsertError {
     #[error("the object is larger than the largest object the store keeps")]
     TooLarge,
+    /// A hard purge reached the key after the fetch started
+    /// ([`MemoryStore::insert_since`]): the response predates it.
+    #[error("the key was purged after the response was requested")]
+    Purged,
+    /// No freshness lifetime and no validator: it could never be served
+    /// without a full fetch.
+    #[error("the response is stale at once and has no validator")]
+    NotWorthStoring,
 }
 
 /// Store-wide counters (atomics, updated under the shard locks).
@@ -136,6 +146,7 @@ struct Inner {
     tag_header: Option<String>,
     hasher: KeyHasher,
     counters: StoreCounters,
+    purges: PurgeLog,
 }
 
 /// The shared memory tier. Cloning is cheap (one `Arc`).
@@ -195,6 +206,7 @@ impl MemoryStore {
                 tag_header: cfg.tag_header.as_ref().map(|t| t.to_ascii_lowercase()),
                 hasher: KeyHasher::new(cfg.key_seed),
                 counters: StoreCounters::default(),
+                purges: PurgeLog::default(),
             }),
         }
     }
@@ -237,6 +249,11 @@ impl MemoryStore {
     /// Starts storing a response: the object is visible to lookups at once
     /// and readers stream its body while it is written. `body_len`: the
     /// length if known (`Content-Length`), to refuse what cannot fit.
+    ///
+    /// A response with a freshness lifetime of 0 (or `no-cache`) and no
+    /// validator is refused ([`InsertError::NotWorthStoring`]). Prefer
+    /// [`MemoryStore::insert_since`], which also guards against purges
+    /// that ran while the response was being fetched.
     pub fn insert(
         &self,
         key: &CacheKey<'_>,
@@ -244,6 +261,43 @@ impl MemoryStore {
         meta: CacheMeta,
         body_len: Option<usize>,
     ) -> Result<ObjectWriter, InsertError> {
+        self.insert_inner(key, req, meta, body_len, None)
+    }
+
+    /// The purge epoch: capture it when a fetch starts (when the lock is
+    /// acquired, before the request goes upstream) and pass it to
+    /// [`MemoryStore::insert_since`].
+    pub fn purge_epoch(&self) -> u64 {
+        self.inner.purges.epoch()
+    }
+
+    /// [`MemoryStore::insert`] for a response whose fetch started at purge
+    /// epoch `since`: if a hard purge reached this key (by URL, prefix or
+    /// one of the response's tags) since, it is refused
+    /// ([`InsertError::Purged`]: serve it, do not store it); after a light
+    /// one it is stored marked light-purged (revalidated on its next use).
+    pub fn insert_since(
+        &self,
+        key: &CacheKey<'_>,
+        req: &dyn HeaderView,
+        meta: CacheMeta,
+        body_len: Option<usize>,
+        since: u64,
+    ) -> Result<ObjectWriter, InsertError> {
+        self.insert_inner(key, req, meta, body_len, Some(since))
+    }
+
+    fn insert_inner(
+        &self,
+        key: &CacheKey<'_>,
+        req: &dyn HeaderView,
+        meta: CacheMeta,
+        body_len: Option<usize>,
+        since: Option<u64>,
+    ) -> Result<ObjectWriter, InsertError> {
+        if !meta.worth_storing() {
+            return Err(InsertError::NotWorthStoring);
+        }
         let tags = self.tags(&meta);
         let meta_weight = meta.weight() + tags_weight(&tags);
         let full_key: Arc<[u8]> = key.to_bytes().into();
@@ -260,6 +314,14 @@ impl MemoryStore {
         let mut dropped = Dropped::new();
         let generation = {
             let mut s = lock(self.shard(key.hash));
+            // Under the shard lock: a purge records itself before scanning.
+            match since.map(|e| self.inner.purges.since(e, &full_key, &tags)) {
+                Some(Since::Hard) => return Err(InsertError::Purged),
+                Some(Since::Light) => object
+                    .light_purged
+                    .store(true, std::sync::atomic::Ordering::Release),
+                Some(Since::Clean) | None => {}
+            }
             let generation = s.insert(
                 id,
                 key,
@@ -355,9 +417,10 @@ impl MemoryStore {
     /// shard (a range scan each), a bounded batch per lock hold.
     pub fn purge_key(&self, key: &CacheKey<'_>, mode: PurgeMode) -> usize {
         let url = key::url_bytes(&key.parts, key.cfg);
-        self.purge_matching(&url, mode, |k| {
-            k.len() == url.len() || k[url.len()] == b'\n'
-        })
+        self.inner
+            .purges
+            .record(Purged::Url(url.clone().into()), mode);
+        self.purge_matching(&url, mode, |k| purge_log::url_matches(&url, k))
     }
 
     /// Purges every object whose key is under `prefix` (see
@@ -367,11 +430,10 @@ impl MemoryStore {
     /// `/imgs` (and `https://host` not `https://host:8443`). Visits every
     /// shard, a bounded batch per lock hold.
     pub fn purge_prefix(&self, prefix: &[u8], mode: PurgeMode) -> usize {
-        self.purge_matching(prefix, mode, |k| {
-            prefix.last() == Some(&b'/')
-                || k.len() == prefix.len()
-                || matches!(k[prefix.len()], b'/' | b'?' | b'\n')
-        })
+        self.inner
+            .purges
+            .record(Purged::Prefix(prefix.into()), mode);
+        self.purge_matching(prefix, mode, |k| purge_log::prefix_matches(prefix, k))
     }
 
     /// Purges the primaries whose full key starts with `prefix` and passes
@@ -409,6 +471,9 @@ impl MemoryStore {
     /// Purges every object tagged `tag` by the configured tag header,
     /// a bounded batch per shard lock hold.
     pub fn purge_tag(&self, tag: &[u8], mode: PurgeMode) -> usize {
+        self.inner
+            .purges
+            .record(Purged::Tag(Bytes::copy_from_slice(tag)), mode);
         let mut n = 0;
         for m in self.inner.shards.iter() {
             let ids: Vec<Id> = lock(m).tagged(tag).collect();

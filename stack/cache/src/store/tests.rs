@@ -396,10 +396,18 @@ fn too_large_objects_are_refused_or_detached() {
     let c = cfg();
     let k = CacheKey::new(parts("/huge", &NONE), &c, s.hasher());
     assert_eq!(
-        s.insert(&k, &NONE, meta(&[]), Some(10_000)).err(),
+        s.insert(
+            &k,
+            &NONE,
+            meta(&[("Cache-Control", "max-age=60")]),
+            Some(10_000)
+        )
+        .err(),
         Some(InsertError::TooLarge)
     );
-    let mut w = s.insert(&k, &NONE, meta(&[]), None).unwrap();
+    let mut w = s
+        .insert(&k, &NONE, meta(&[("Cache-Control", "max-age=60")]), None)
+        .unwrap();
     let mut r = get(&s, "/huge", &NONE).unwrap().object.reader();
     for _ in 0..10 {
         w.append(Bytes::from(vec![0u8; 1000]));
@@ -955,4 +963,106 @@ fn purges_in_batches_reach_everything() {
     assert_eq!(s.purge_tag(b"all", PurgeMode::Light), n + 1);
     assert_eq!(s.purge_prefix(&pre, PurgeMode::Hard), n);
     assert_eq!(s.stats().objects, 1);
+}
+
+/// Review #8: a response fetched before a purge is not stored after it.
+#[test]
+fn a_fetch_started_before_a_purge_does_not_store_after_it() {
+    let s = small_store(1 << 20, 4);
+    let c = cfg();
+    let m = || meta(&[("Cache-Control", "max-age=60"), ("Surrogate-Key", "t1")]);
+    let k = CacheKey::new(parts("/race", &NONE), &c, s.hasher());
+    let other = CacheKey::new(parts("/other", &NONE), &c, s.hasher());
+    let epoch = s.purge_epoch();
+    assert!(
+        s.insert_since(&k, &NONE, m(), None, epoch).is_ok(),
+        "no purge"
+    );
+    s.purge_key(&k, PurgeMode::Hard);
+    assert_eq!(
+        s.insert_since(&k, &NONE, m(), None, epoch).err(),
+        Some(InsertError::Purged)
+    );
+    let plain = meta(&[("Cache-Control", "max-age=60")]);
+    assert!(
+        s.insert_since(&other, &NONE, plain.clone(), None, epoch)
+            .is_ok()
+    );
+    let epoch = s.purge_epoch();
+    s.purge_tag(b"t1", PurgeMode::Hard);
+    assert_eq!(
+        s.insert_since(&other, &NONE, m(), None, epoch).err(),
+        Some(InsertError::Purged),
+        "tagged like the purge"
+    );
+    assert!(
+        s.insert_since(&other, &NONE, plain.clone(), None, epoch)
+            .is_ok()
+    );
+    let epoch = s.purge_epoch();
+    s.purge_prefix(
+        &purge_prefix("https", b"example.com", b"/ra"),
+        PurgeMode::Hard,
+    );
+    assert!(
+        s.insert_since(&k, &NONE, plain.clone(), None, epoch)
+            .is_ok(),
+        "/ra is not /race's segment"
+    );
+    s.purge_prefix(
+        &purge_prefix("https", b"example.com", b"/race"),
+        PurgeMode::Light,
+    );
+    s.insert_since(&k, &NONE, plain.clone(), None, epoch)
+        .unwrap()
+        .finish();
+    assert!(
+        s.lookup(&k, &NONE).unwrap().object.light_purged(),
+        "light: stored, marked"
+    );
+    let epoch = s.purge_epoch();
+    s.insert_since(&k, &NONE, plain, None, epoch)
+        .unwrap()
+        .finish();
+    assert!(!s.lookup(&k, &NONE).unwrap().object.light_purged());
+}
+
+/// Review #14: a response stale at once with no validator is not stored.
+#[test]
+fn useless_responses_are_not_stored() {
+    let s = small_store(1 << 20, 1);
+    let c = cfg();
+    let k = CacheKey::new(parts("/u", &NONE), &c, s.hasher());
+    for h in [
+        &[][..],
+        &[("Cache-Control", "max-age=0")],
+        &[("Cache-Control", "no-cache, max-age=60")],
+    ] {
+        assert_eq!(
+            s.insert(&k, &NONE, meta(h), None).err(),
+            Some(InsertError::NotWorthStoring),
+            "{h:?}"
+        );
+    }
+    assert!(
+        s.insert(
+            &k,
+            &NONE,
+            meta(&[("Cache-Control", "max-age=0"), ("ETag", "\"1\"")]),
+            None
+        )
+        .is_ok()
+    );
+    assert!(
+        s.insert(
+            &k,
+            &NONE,
+            meta(&[
+                ("Cache-Control", "no-cache"),
+                ("Last-Modified", "Sun, 06 Nov 1994 08:49:37 GMT")
+            ]),
+            None
+        )
+        .is_ok()
+    );
 }
