@@ -128,7 +128,7 @@ impl<'a> KeyParts<'a> {
                 .filter(|p| !p.is_empty())
                 .filter(|p| {
                     let name = param_name(p);
-                    !cfg.ignore_params.iter().any(|i| &i[..] == name)
+                    !cfg.ignore_params.iter().any(|i| decoded_eq(name, i))
                 })
                 .collect();
             // By name only, stably: repeated parameters keep their order
@@ -323,6 +323,35 @@ pub fn variant_matches(vary: &[Bytes], req: &dyn HeaderView, stored: &[u8]) -> b
     ok && rest.is_empty()
 }
 
+/// Whether the percent-encoded `raw` decodes to `want` (case-sensitive,
+/// RFC 3986 §6.2.2: `utm%5Fsource` is `utm_source`, `UTM_SOURCE` is not).
+/// No allocation.
+fn decoded_eq(raw: &[u8], want: &[u8]) -> bool {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut i = 0;
+    let mut w = want.iter();
+    while i < raw.len() {
+        let b = match (
+            raw[i],
+            raw.get(i + 1).copied().and_then(hex),
+            raw.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                i += 3;
+                h << 4 | l
+            }
+            (b, _, _) => {
+                i += 1;
+                b
+            }
+        };
+        if w.next() != Some(&b) {
+            return false;
+        }
+    }
+    w.next().is_none()
+}
+
 /// A query parameter's name (the bytes before `=`).
 fn param_name(p: &[u8]) -> &[u8] {
     p.split(|&b| b == b'=').next().unwrap_or_default()
@@ -365,6 +394,19 @@ mod tests {
             b"https://example.com/a/b?a=2&a=1&z=1"
         );
         assert_eq!(key("/a/b?utm_source=x", &c), b"https://example.com/a/b");
+        // Review #15: names compare percent-decoded, case-sensitively.
+        assert_eq!(
+            key("/a?utm%5Fsource=x&%75tm_source=y", &c),
+            b"https://example.com/a"
+        );
+        assert_eq!(
+            key("/a?UTM_SOURCE=x", &c),
+            b"https://example.com/a?UTM_SOURCE=x"
+        );
+        assert_eq!(
+            key("/a?utm_sourc%=x", &c),
+            b"https://example.com/a?utm_sourc%=x"
+        );
         assert_eq!(
             key("/A/B", &c),
             b"https://example.com/A/B",

@@ -53,8 +53,13 @@ pub(crate) struct Shard {
     main: VecDeque<QRec>,
     small_bytes: usize,
     main_bytes: usize,
-    ghost: VecDeque<Id>,
-    ghost_set: HashSet<Id, FixedState>,
+    /// Ghost records in FIFO order, each with the sequence number it had
+    /// when added; `ghost_set` maps a ghost to its latest one, so a stale
+    /// record (the id was re-inserted, then evicted again) neither counts
+    /// twice nor ends the newer ghost early.
+    ghost: VecDeque<(Id, u64)>,
+    ghost_set: HashMap<Id, u64, FixedState>,
+    ghost_seq: u64,
     tags: HashMap<Bytes, HashSet<Id, FixedState>, FixedState>,
     /// Primaries by full key, for purges by prefix and by URL (a range
     /// scan, not a walk over every object).
@@ -125,7 +130,7 @@ impl Shard {
         for t in &tags {
             self.tags.entry(t.clone()).or_default().insert(id);
         }
-        let in_main = self.ghost_set.remove(&id);
+        let in_main = self.ghost_set.remove(&id).is_some();
         let rec = QRec { id, generation };
         if in_main {
             self.main.push_back(rec);
@@ -393,13 +398,21 @@ impl Shard {
             self.main.push_back(r);
         } else {
             self.evict_one(r, c, dropped);
-            self.ghost.push_back(r.id);
-            self.ghost_set.insert(r.id);
-            let cap = self.objects.len().max(64);
-            while self.ghost.len() > cap {
-                if let Some(g) = self.ghost.pop_front() {
-                    self.ghost_set.remove(&g);
-                }
+            self.ghost_add(r.id);
+        }
+    }
+
+    fn ghost_add(&mut self, id: Id) {
+        self.ghost_seq += 1;
+        self.ghost.push_back((id, self.ghost_seq));
+        self.ghost_set.insert(id, self.ghost_seq);
+        let cap = self.objects.len().max(64);
+        while self.ghost.len() > cap || self.ghost.len() > 2 * self.ghost_set.len() + 64 {
+            let Some((g, seq)) = self.ghost.pop_front() else {
+                break;
+            };
+            if self.ghost_set.get(&g) == Some(&seq) {
+                self.ghost_set.remove(&g);
             }
         }
     }
@@ -458,5 +471,34 @@ impl Shard {
     #[cfg(test)]
     pub fn queue_bytes(&self) -> (usize, usize) {
         (self.small_bytes, self.main_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review #15: an id ghosted, re-inserted and ghosted again is one
+    /// ghost; its stale first record does not end it early.
+    #[test]
+    fn a_re_ghosted_id_is_not_dropped_by_its_stale_record() {
+        let mut s = Shard::default();
+        let a: Id = (1, 0);
+        s.ghost_add(a);
+        // What `insert` does when a ghost comes back.
+        assert!(s.ghost_set.remove(&a).is_some());
+        s.ghost_add(a);
+        assert_eq!(s.ghost_set.len(), 1);
+        // Push the first record of `a` out (cap: 64 while nothing is stored).
+        for i in 0..63u128 {
+            s.ghost_add((100 + i, 0));
+        }
+        assert!(s.ghost_set.contains_key(&a), "the newer ghost was dropped");
+        assert!(s.ghost.len() <= 64);
+        for i in 0..200u128 {
+            s.ghost_add((1000 + i, 0));
+        }
+        assert!(!s.ghost_set.contains_key(&a));
+        assert_eq!(s.ghost.len(), s.ghost_set.len());
     }
 }
