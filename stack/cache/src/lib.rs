@@ -37,7 +37,8 @@
 //! 2. [`key::CacheKey::new`] with the route's [`KeyConfig`] and
 //!    [`MemoryStore::hasher`]; [`MemoryStore::lookup`] with the request
 //!    headers (the Vary variant is chosen inside).
-//! 3. On a hit, [`freshness::evaluate`] (`light_purged` from the object):
+//! 3. On a hit, [`freshness::decide`] (or the coarser
+//!    [`freshness::evaluate`]; `light_purged` from the object):
 //!    `Fresh` → serve (HEAD: headers only) with `Age:`
 //!    [`CacheMeta::age_header`]; `ServeStaleWhileRevalidate` → serve, and
 //!    start one background revalidation if [`CacheLocks::acquire`] gives a
@@ -51,9 +52,9 @@
 //!    revalidates as `Revalidate`, a wait ticket serves the stored one stale
 //!    at once; `GatewayTimeout` (`only-if-cached`) → 504. On a miss,
 //!    [`freshness::on_miss`] says fetch or 504.
-//! 4. On a miss, if [`RequestDecision::takes_lock`] (else straight
-//!    upstream), [`CacheLocks::acquire_at`] (`Pass`: hit-for-pass, go
-//!    upstream without the lock): a waiter polls its
+//! 4. On a miss, if [`RequestDecision::takes_lock`] and not
+//!    [`CacheLocks::hit_for_pass`] (else straight upstream, no lock),
+//!    [`CacheLocks::acquire_at`]: a waiter polls its
 //!    [`lock::WaitTicket`] from the worker's timer pass and looks up again
 //!    on `Ready`; the fetcher first looks up again (another fetcher may
 //!    have stored the object and released the lock between the miss and
@@ -80,7 +81,7 @@ pub mod stats;
 pub mod store;
 
 pub use directives::CacheControl;
-pub use freshness::{MissVerdict, Verdict, evaluate, on_miss};
+pub use freshness::{Decision, MissVerdict, Verdict, decide, evaluate, on_miss};
 pub use headers::{HeaderView, StoredHeaders};
 pub use key::{CacheKey, KeyConfig, KeyHasher, KeyParts};
 pub use lock::{Acquired, CacheLocks, FetchPermit, LockConfig, Wait, WaitTicket};

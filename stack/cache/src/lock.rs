@@ -20,8 +20,8 @@
 //! over, and the old holder's release does nothing.
 //!
 //! **Hit-for-pass.** A key whose fetch turned out uncacheable is remembered
-//! for [`LockConfig::hit_for_pass`]: [`CacheLocks::acquire_at`] then answers
-//! [`Acquired::Pass`] and the request goes upstream without making others
+//! for [`LockConfig::hit_for_pass`]: [`CacheLocks::hit_for_pass`] is then
+//! true and the request goes upstream without the lock, making nobody
 //! wait (bounded: [`LockConfig::max_pass_keys`], oldest forgotten first).
 //!
 //! Only requests that may store take the lock: HEAD, `no-store` and Range
@@ -110,7 +110,7 @@ pub struct LockConfig {
     /// waiter or newcomer takes over. `None`: never.
     pub max_lock_age: Option<Duration>,
     /// How long a key whose fetch was uncacheable goes upstream without the
-    /// lock ([`Acquired::Pass`]). Zero: off.
+    /// lock ([`CacheLocks::hit_for_pass`]). Zero: off.
     pub hit_for_pass: Duration,
     /// Most hit-for-pass keys remembered (the oldest are forgotten first).
     pub max_pass_keys: usize,
@@ -150,10 +150,6 @@ pub enum Acquired {
     Fetch(FetchPermit),
     /// Another request is fetching: wait.
     Wait(WaitTicket),
-    /// The key's last fetch was uncacheable (hit-for-pass): go upstream
-    /// without the lock (store the response if it turns out storable).
-    /// Only [`CacheLocks::acquire_at`] answers this.
-    Pass,
 }
 
 /// What a waiter should do now.
@@ -255,17 +251,23 @@ impl CacheLocks {
         now.saturating_duration_since(started) > max
     }
 
+    /// Whether `key`'s last fetch was uncacheable less than
+    /// [`LockConfig::hit_for_pass`] ago: then go upstream without the lock
+    /// (and store the response if it turns out storable after all). Check
+    /// before [`CacheLocks::acquire_at`].
+    pub fn hit_for_pass(&self, key: u128, now: Instant) -> bool {
+        self.map(key).passing(key, now)
+    }
+
     /// Takes the lock for `key` (a primary key hash), or a ticket to wait
     /// until `deadline`. Prefer [`CacheLocks::acquire_at`]: without the
-    /// time, hit-for-pass is not consulted and a lock's age counts from
-    /// its first waiter's poll.
+    /// time, a lock's age counts from its first waiter's poll.
     pub fn acquire(&self, key: u128, deadline: Instant) -> Acquired {
         self.acquire_inner(key, None, deadline)
     }
 
-    /// [`CacheLocks::acquire`] at `now` (the caller's clock): also answers
-    /// [`Acquired::Pass`] for a hit-for-pass key, and takes over a lock held
-    /// past the maximum lock age.
+    /// [`CacheLocks::acquire`] at `now` (the caller's clock): also takes
+    /// over a lock held past the maximum lock age.
     pub fn acquire_at(&self, key: u128, now: Instant, deadline: Instant) -> Acquired {
         self.acquire_inner(key, Some(now), deadline)
     }
@@ -273,11 +275,6 @@ impl CacheLocks {
     fn acquire_inner(&self, key: u128, now: Option<Instant>, deadline: Instant) -> Acquired {
         let started = now.map_or(0, |t| self.ticks(t));
         let mut map = self.map(key);
-        if let Some(now) = now
-            && map.passing(key, now)
-        {
-            return Acquired::Pass;
-        }
         if let Some(l) = map.locks.get(&key) {
             // An abandoned lock nobody has taken over yet, or one held too
             // long: take it.
@@ -748,12 +745,10 @@ mod tests {
             panic!()
         };
         p.uncacheable_at(t0 + s(1));
-        assert!(matches!(l.acquire_at(5, t0 + s(2), far()), Acquired::Pass));
-        assert!(matches!(l.acquire_at(5, t0 + s(10), far()), Acquired::Pass));
-        assert!(matches!(
-            l.acquire_at(5, t0 + s(11), far()),
-            Acquired::Fetch(_)
-        ));
+        assert!(l.hit_for_pass(5, t0 + s(2)));
+        assert!(l.hit_for_pass(5, t0 + s(10)));
+        assert!(!l.hit_for_pass(5, t0 + s(11)));
+        assert!(!l.hit_for_pass(6, t0 + s(2)));
         for k in 100..120 {
             let Acquired::Fetch(p) = l.acquire_at(k, t0, far()) else {
                 panic!()
@@ -761,19 +756,13 @@ mod tests {
             p.uncacheable();
         }
         assert!(l.pass_len() <= 4, "{}", l.pass_len());
-        assert!(matches!(
-            l.acquire_at(119, t0 + s(1), far()),
-            Acquired::Pass
-        ));
-        assert!(matches!(
-            l.acquire_at(100, t0 + s(1), far()),
-            Acquired::Fetch(_)
-        ));
+        assert!(l.hit_for_pass(119, t0 + s(1)));
+        assert!(!l.hit_for_pass(100, t0 + s(1)));
         let Acquired::Fetch(p) = l.acquire_at(7, t0, far()) else {
             panic!()
         };
         p.stored();
-        assert!(matches!(l.acquire_at(7, t0, far()), Acquired::Fetch(_)));
+        assert!(!l.hit_for_pass(7, t0));
     }
 
     /// 1,000 concurrent lookups of one cold key from 8 threads: exactly one
@@ -798,7 +787,6 @@ mod tests {
                             match l.acquire(42, far()) {
                                 Acquired::Fetch(p) => f.push(p),
                                 Acquired::Wait(t) => w.push(t),
-                                Acquired::Pass => unreachable!(),
                             }
                         }
                         (f, w)

@@ -36,12 +36,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-pub use object::{Append, BodyReader, Object, Read};
-
 use crate::headers::HeaderView;
 use crate::key::{self, CacheKey, KeyHasher, variant_bytes, variant_hash, variant_matches};
 use crate::meta::CacheMeta;
 use object::Body;
+pub use object::{Append, BodyReader, Object, Read};
 use purge_log::{PurgeLog, Purged, Since};
 use shard::{Id, Shard};
 
@@ -183,6 +182,7 @@ pub struct ObjectWriter {
     written: usize,
     /// Growth not yet accounted in the shard (see `GROW_BATCH`).
     pending: usize,
+    last: Append,
     detached: bool,
     finished: bool,
 }
@@ -347,6 +347,7 @@ impl MemoryStore {
             declared: body_len,
             written: 0,
             pending: 0,
+            last: Append::Stored,
             detached: false,
             finished: false,
         })
@@ -561,7 +562,21 @@ impl ObjectWriter {
         &self.object
     }
 
-    /// Appends a body chunk; readers see it at once. Create the readers
+    /// Appends a body chunk; readers see it at once. [`ObjectWriter::push`]
+    /// also says whether to keep feeding; here [`ObjectWriter::status`]
+    /// tells it afterwards.
+    pub fn append(&mut self, chunk: Bytes) {
+        self.push(chunk);
+    }
+
+    /// What the last append did ([`Append::Stored`] before any): on
+    /// [`Append::Detached`] stop feeding, on [`Append::Full`] pause.
+    pub fn status(&self) -> Append {
+        self.last
+    }
+
+    /// Appends a body chunk and says whether to keep feeding; readers see
+    /// it at once. Create the readers
     /// (e.g. the fetching client's) before the first append: a body that
     /// leaves the store with no reader stops buffering.
     ///
@@ -571,7 +586,13 @@ impl ObjectWriter {
     /// released. The result says whether to keep feeding ([`Append`]).
     /// Chunks under 16 KiB are copied (a small slice must not pin a big
     /// buffer); bigger ones are kept as given and counted at their length.
-    pub fn append(&mut self, chunk: Bytes) -> Append {
+    pub fn push(&mut self, chunk: Bytes) -> Append {
+        let r = self.push_inner(chunk);
+        self.last = r;
+        r
+    }
+
+    fn push_inner(&mut self, chunk: Bytes) -> Append {
         let chunk = if chunk.len() < COPY_BELOW {
             Bytes::copy_from_slice(&chunk)
         } else {

@@ -106,7 +106,7 @@ pub(crate) struct Body {
     live: Mutex<Live>,
 }
 
-/// What became of an appended chunk (see [`crate::ObjectWriter::append`]).
+/// What became of an appended chunk (see [`crate::ObjectWriter::push`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Append {
     /// Stored with the object: keep feeding.

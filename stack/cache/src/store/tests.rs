@@ -519,7 +519,6 @@ fn coalesced_miss_streams_to_waiters() {
                                     other => panic!("{other:?}"),
                                 }
                             },
-                            Acquired::Pass => unreachable!("acquire never passes"),
                         }
                     }
                     out.into_iter()
@@ -686,10 +685,11 @@ fn too_large_writer_without_readers_stops_buffering() {
     let mut w = writer(&s, "/huge");
     let mut last = Append::Stored;
     for _ in 0..1000 {
-        last = w.append(Bytes::from(vec![0u8; 1000]));
+        last = w.push(Bytes::from(vec![0u8; 1000]));
         assert!(w.buffered() <= 4096 + 1000, "{}", w.buffered());
     }
     assert_eq!(last, Append::Detached);
+    assert_eq!(w.status(), Append::Detached);
     assert!(w.is_detached());
     assert_eq!(w.object().reader().poll(), Read::Aborted);
 }
@@ -705,7 +705,7 @@ fn purged_writer_without_readers_stops_buffering() {
     assert_eq!(s.purge_key(&k, PurgeMode::Hard), 1);
     let mut last = Append::Stored;
     for _ in 0..1000 {
-        last = w.append(Bytes::from(vec![0u8; 1000]));
+        last = w.push(Bytes::from(vec![0u8; 1000]));
         assert!(w.buffered() <= GROW_BATCH + 1000);
     }
     assert_eq!(last, Append::Detached);
@@ -720,7 +720,7 @@ fn detached_body_releases_chunks_every_reader_read() {
     let mut r = w.object().reader();
     let mut got = 0;
     for _ in 0..1000 {
-        assert_ne!(w.append(Bytes::from(vec![1u8; 1000])), Append::Detached);
+        assert_ne!(w.push(Bytes::from(vec![1u8; 1000])), Append::Detached);
         while let Read::Chunk(c) = r.poll() {
             got += c.len();
         }
@@ -733,7 +733,7 @@ fn detached_body_releases_chunks_every_reader_read() {
     let _lagging = w2.object().reader();
     let mut last = Append::Stored;
     for _ in 0..10 {
-        last = w2.append(Bytes::from(vec![1u8; 1000]));
+        last = w2.push(Bytes::from(vec![1u8; 1000]));
     }
     assert_eq!(last, Append::Full);
     w.finish();
