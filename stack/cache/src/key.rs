@@ -112,7 +112,7 @@ impl<'a> KeyParts<'a> {
     pub fn emit(&self, cfg: &KeyConfig, out: &mut dyn FnMut(&[u8])) {
         out(self.scheme.as_bytes());
         out(b"://");
-        emit_lower(self.host, out);
+        emit_lower(host_sans_default_port(self.scheme, self.host), out);
         let (path, query) = match self.path_and_query.iter().position(|&b| b == b'?') {
             Some(i) => (
                 &self.path_and_query[..i],
@@ -128,7 +128,7 @@ impl<'a> KeyParts<'a> {
                 .filter(|p| !p.is_empty())
                 .filter(|p| {
                     let name = param_name(p);
-                    !cfg.ignore_params.iter().any(|i| &i[..] == name)
+                    !cfg.ignore_params.iter().any(|i| decoded_eq(name, i))
                 })
                 .collect();
             // By name only, stably: repeated parameters keep their order
@@ -208,9 +208,34 @@ pub fn purge_prefix(scheme: &str, host: &[u8], path_prefix: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     v.extend_from_slice(scheme.as_bytes());
     v.extend_from_slice(b"://");
-    emit_lower(host, &mut |p| v.extend_from_slice(p));
+    emit_lower(host_sans_default_port(scheme, host), &mut |p| {
+        v.extend_from_slice(p)
+    });
     v.extend_from_slice(path_prefix);
     v
+}
+
+/// The URL part of a key (scheme, host, path, normalized query; no
+/// request headers): what an exact purge matches.
+pub fn url_bytes(parts: &KeyParts<'_>, cfg: &KeyConfig) -> Vec<u8> {
+    let mut v = parts.to_bytes(cfg);
+    if let Some(i) = v.iter().position(|&b| b == b'\n') {
+        v.truncate(i);
+    }
+    v
+}
+
+/// The host without the scheme's default port (`:80` for http, `:443` for
+/// https): `example.com:443` and `example.com` are one origin.
+fn host_sans_default_port<'h>(scheme: &str, host: &'h [u8]) -> &'h [u8] {
+    let port: &[u8] = if scheme.eq_ignore_ascii_case("http") {
+        b":80"
+    } else if scheme.eq_ignore_ascii_case("https") {
+        b":443"
+    } else {
+        return host;
+    };
+    host.strip_suffix(port).unwrap_or(host)
 }
 
 fn emit_lower(s: &[u8], out: &mut dyn FnMut(&[u8])) {
@@ -254,6 +279,16 @@ fn emit_values(h: &dyn HeaderView, name: &[u8], out: &mut dyn FnMut(&[u8])) {
     }
 }
 
+/// Emits the variant key of `req` for `vary`: per name, `name ":" values "\n"`.
+fn emit_variant(vary: &[Bytes], req: &dyn HeaderView, out: &mut dyn FnMut(&[u8])) {
+    for name in vary {
+        out(name);
+        out(b":");
+        emit_values(req, name, out);
+        out(b"\n");
+    }
+}
+
 /// The variant hash of a request for a response whose `Vary` names are
 /// `vary` (lowercase, sorted); 0 when there are none.
 pub fn variant_hash(vary: &[Bytes], req: &dyn HeaderView, h: &KeyHasher) -> u128 {
@@ -261,14 +296,60 @@ pub fn variant_hash(vary: &[Bytes], req: &dyn HeaderView, h: &KeyHasher) -> u128
         return 0;
     }
     let mut s = h.sink();
-    for name in vary {
-        s.write(name);
-        s.write(b":");
-        emit_values(req, name, &mut |p| s.write(p));
-        s.write(b"\n");
-    }
+    emit_variant(vary, req, &mut |p| s.write(p));
     // Keep 0 for "no Vary".
     s.finish().max(1)
+}
+
+/// The variant key's bytes (kept with a stored object, so that a lookup
+/// compares the request's actual header values, not only their hash).
+pub fn variant_bytes(vary: &[Bytes], req: &dyn HeaderView) -> Vec<u8> {
+    let mut v = Vec::new();
+    emit_variant(vary, req, &mut |p| v.extend_from_slice(p));
+    v
+}
+
+/// Whether `req`'s variant key for `vary` equals `stored` (no allocation).
+pub fn variant_matches(vary: &[Bytes], req: &dyn HeaderView, stored: &[u8]) -> bool {
+    let mut rest = stored;
+    let mut ok = true;
+    emit_variant(vary, req, &mut |p| {
+        if ok && rest.starts_with(p) {
+            rest = &rest[p.len()..];
+        } else {
+            ok = false;
+        }
+    });
+    ok && rest.is_empty()
+}
+
+/// Whether the percent-encoded `raw` decodes to `want` (case-sensitive,
+/// RFC 3986 §6.2.2: `utm%5Fsource` is `utm_source`, `UTM_SOURCE` is not).
+/// No allocation.
+fn decoded_eq(raw: &[u8], want: &[u8]) -> bool {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut i = 0;
+    let mut w = want.iter();
+    while i < raw.len() {
+        let b = match (
+            raw[i],
+            raw.get(i + 1).copied().and_then(hex),
+            raw.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                i += 3;
+                h << 4 | l
+            }
+            (b, _, _) => {
+                i += 1;
+                b
+            }
+        };
+        if w.next() != Some(&b) {
+            return false;
+        }
+    }
+    w.next().is_none()
 }
 
 /// A query parameter's name (the bytes before `=`).
@@ -313,6 +394,19 @@ mod tests {
             b"https://example.com/a/b?a=2&a=1&z=1"
         );
         assert_eq!(key("/a/b?utm_source=x", &c), b"https://example.com/a/b");
+        // Review #15: names compare percent-decoded, case-sensitively.
+        assert_eq!(
+            key("/a?utm%5Fsource=x&%75tm_source=y", &c),
+            b"https://example.com/a"
+        );
+        assert_eq!(
+            key("/a?UTM_SOURCE=x", &c),
+            b"https://example.com/a?UTM_SOURCE=x"
+        );
+        assert_eq!(
+            key("/a?utm_sourc%=x", &c),
+            b"https://example.com/a?utm_sourc%=x"
+        );
         assert_eq!(
             key("/A/B", &c),
             b"https://example.com/A/B",
@@ -341,6 +435,21 @@ mod tests {
             headers: &NONE,
         };
         assert_eq!(p.to_bytes(&hk), b"http://h/\nx-device:\0");
+        // Review #7: default ports are not part of the key.
+        let port = |scheme, host: &'static [u8]| {
+            KeyParts {
+                scheme,
+                host,
+                path_and_query: b"/",
+                headers: &NONE,
+            }
+            .to_bytes(&KeyConfig::default())
+        };
+        assert_eq!(port("https", b"H:443"), b"https://h/");
+        assert_eq!(port("http", b"h:80"), b"http://h/");
+        assert_eq!(port("http", b"h:443"), b"http://h:443/");
+        assert_eq!(port("https", b"h:8443"), b"https://h:8443/");
+        assert_eq!(purge_prefix("https", b"H:443", b"/a"), b"https://h/a");
     }
 
     #[test]
@@ -432,6 +541,26 @@ mod tests {
         );
         assert_eq!(variant_hash(&[], &[("Accept", "x")].as_slice(), &h), 0);
         assert_ne!(base, 0);
+        let a = [("Accept-Encoding", "gzip, br"), ("Accept-Language", "en")];
+        let stored = variant_bytes(&vary, &a);
+        assert!(variant_matches(
+            &vary,
+            &[("accept-language", "en"), ("accept-encoding", "gzip ,br")],
+            &stored
+        ));
+        assert!(!variant_matches(
+            &vary,
+            &[("Accept-Encoding", "gzip")],
+            &stored
+        ));
+        assert!(!variant_matches(
+            &vary,
+            &[
+                ("Accept-Encoding", "gzip, br"),
+                ("Accept-Language", "en-US")
+            ],
+            &stored
+        ));
     }
 
     proptest::proptest! {

@@ -37,23 +37,35 @@
 //! 2. [`key::CacheKey::new`] with the route's [`KeyConfig`] and
 //!    [`MemoryStore::hasher`]; [`MemoryStore::lookup`] with the request
 //!    headers (the Vary variant is chosen inside).
-//! 3. On a hit, [`freshness::evaluate`] (`light_purged` from the object):
+//! 3. On a hit, [`freshness::decide`] (or the coarser
+//!    [`freshness::evaluate`]; `light_purged` from the object):
 //!    `Fresh` → serve (HEAD: headers only) with `Age:`
 //!    [`CacheMeta::age_header`]; `ServeStaleWhileRevalidate` → serve, and
 //!    start one background revalidation if [`CacheLocks::acquire`] gives a
-//!    permit; `Revalidate` → acquire the lock, send the request with
+//!    permit; `Stale` (the client's `max-stale`) → serve, marked stale;
+//!    `Revalidate` → acquire the lock, send the request with
 //!    [`revalidate::conditional_request`]'s fields; a 304 →
-//!    [`revalidate::merge_not_modified`] + [`MemoryStore::refresh`]; a 5xx
-//!    or connection error with `stale_if_error` → serve the stored one.
-//! 4. On a miss, [`CacheLocks::acquire`]: a waiter polls its
+//!    [`revalidate::merge_not_modified`] + [`MemoryStore::refresh_outcome`]
+//!    (`Evicted`: serve the merged response, it is no longer stored); a 5xx
+//!    or connection error with `stale_if_error` → serve the stored one;
+//!    `RevalidateOrServeStale` (light purge) → acquire the lock: a permit
+//!    revalidates as `Revalidate`, a wait ticket serves the stored one stale
+//!    at once; `GatewayTimeout` (`only-if-cached`) → 504. On a miss,
+//!    [`freshness::on_miss`] says fetch or 504.
+//! 4. On a miss, if [`RequestDecision::takes_lock`] and not
+//!    [`CacheLocks::hit_for_pass`] (else straight upstream, no lock),
+//!    [`CacheLocks::acquire_at`]: a waiter polls its
 //!    [`lock::WaitTicket`] from the worker's timer pass and looks up again
 //!    on `Ready`; the fetcher first looks up again (another fetcher may
 //!    have stored the object and released the lock between the miss and
-//!    `acquire`: on a hit, `stored()` and serve it), then checks [`policy::response_storable`], builds
-//!    [`CacheMeta::new`], calls [`MemoryStore::insert`] then
-//!    [`lock::FetchPermit::stored`] (or `uncacheable`), and feeds
-//!    [`ObjectWriter::append`] with each body chunk while serving its
-//!    own client from the same object.
+//!    `acquire`: on a hit, `stored()` and serve it), reads
+//!    [`MemoryStore::purge_epoch`], then checks
+//!    [`policy::response_storable`], builds [`CacheMeta::new`], calls
+//!    [`MemoryStore::insert_since`] with that epoch (a purge that ran
+//!    meanwhile refuses it) then [`lock::FetchPermit::stored`] (or
+//!    `uncacheable_at`: hit-for-pass), creates its own client's reader and
+//!    feeds [`ObjectWriter::append`] with each body chunk (stop on
+//!    [`Append::Detached`], pause on [`Append::Full`]).
 //! 5. [`CacheCounters::record`] with the outcome; the admin API calls
 //!    `purge_*`.
 
@@ -69,14 +81,14 @@ pub mod stats;
 pub mod store;
 
 pub use directives::CacheControl;
-pub use freshness::{Verdict, evaluate};
+pub use freshness::{Decision, MissVerdict, Verdict, decide, evaluate, on_miss};
 pub use headers::{HeaderView, StoredHeaders};
 pub use key::{CacheKey, KeyConfig, KeyHasher, KeyParts};
-pub use lock::{Acquired, CacheLocks, FetchPermit, Wait, WaitTicket};
+pub use lock::{Acquired, CacheLocks, FetchPermit, LockConfig, Wait, WaitTicket};
 pub use meta::CacheMeta;
 pub use policy::{CachePolicyConfig, NotStorable, RequestDecision};
 pub use stats::{CacheCounters, CacheStatus};
 pub use store::{
-    BodyReader, Hit, InsertError, MemoryStore, Object, ObjectWriter, PurgeMode, Read, StoreConfig,
-    StoreStats,
+    Append, BodyReader, Hit, InsertError, MemoryStore, Object, ObjectWriter, PurgeMode, Read,
+    StoreConfig, StoreStats,
 };

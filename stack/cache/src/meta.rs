@@ -128,25 +128,34 @@ impl CacheMeta {
         self.current_age(now).min(u64::from(DELTA_MAX))
     }
 
+    /// Whether storing it can ever save a fetch: it has a freshness
+    /// lifetime (and no `no-cache`), or a validator to revalidate with.
+    pub fn worth_storing(&self) -> bool {
+        (self.freshness_lifetime > 0 && !self.directives.no_cache)
+            || self.headers.get("etag").is_some()
+            || self.headers.get("last-modified").is_some()
+    }
+
     /// Bytes counted against the store's budget for the metadata.
     pub fn weight(&self) -> usize {
         self.headers.weight() + self.vary.iter().map(|v| v.len() + 8).sum::<usize>() + 96
     }
 }
 
-/// The `Age` field's value (§5.1): a non-negative integer; invalid or absent is 0,
-/// several lines take the first valid one.
+/// The `Age` field's value (§5.1): a non-negative integer; invalid or absent is 0;
+/// several lines or a comma list (a singleton field sent as a list by a
+/// broken hop) take the first valid element; at most 2^31 (§1.2.2).
 pub fn age_value(h: &(impl HeaderView + ?Sized)) -> u64 {
     let mut out = None;
     h.for_each_value("age", &mut |v| {
-        if out.is_none() {
-            let v = crate::headers::trim(v);
-            if !v.is_empty() && v.iter().all(u8::is_ascii_digit) {
+        for v in list_items(v) {
+            if out.is_none() && v.iter().all(u8::is_ascii_digit) {
                 out = Some(
                     std::str::from_utf8(v)
                         .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(u64::from(DELTA_MAX)),
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(u64::MAX)
+                        .min(u64::from(DELTA_MAX)),
                 );
             }
         }
@@ -394,6 +403,10 @@ pub(crate) mod tests {
             age_value(&[("Age", "99999999999999999999999")]),
             u64::from(DELTA_MAX)
         );
+        // Review #15: capped at 2^31 even when it fits a u64; comma lists.
+        assert_eq!(age_value(&[("Age", "99999999999")]), u64::from(DELTA_MAX));
+        assert_eq!(age_value(&[("Age", "5, 9")]), 5);
+        assert_eq!(age_value(&[("Age", "x, 9")]), 9);
     }
 
     #[test]

@@ -56,7 +56,9 @@ impl Default for CachePolicyConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RequestDecision {
     /// Look the request up. `store` false: `no-store` asked that nothing of
-    /// this exchange be stored; `validate`: a stored response must be
+    /// this exchange be stored, or it is a HEAD or Range request (their
+    /// answers are not stored); then a miss must not take the cache lock
+    /// ([`RequestDecision::takes_lock`]). `validate`: a stored response must be
     /// revalidated before use (`no-cache`, `Pragma: no-cache`).
     Lookup {
         store: bool,
@@ -90,9 +92,19 @@ pub fn request_decision(
         cc.max_age = None;
     }
     RequestDecision::Lookup {
-        store: !cc.no_store && method == "GET",
+        // A Range request is answered 206 upstream, which is not stored.
+        store: !cc.no_store && method == "GET" && !h.has("range"),
         validate,
         directives: cc,
+    }
+}
+
+impl RequestDecision {
+    /// Whether a miss for this request takes the cache lock: only a request
+    /// that may store the response. HEAD, `no-store` and Range requests
+    /// never do — others would wait for a fetch that stores nothing.
+    pub fn takes_lock(&self) -> bool {
+        matches!(self, RequestDecision::Lookup { store: true, .. })
     }
 }
 
@@ -241,6 +253,22 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// Review #5: HEAD, no-store and Range requests do not take the lock.
+    #[test]
+    fn only_requests_that_may_store_take_the_lock() {
+        let c = CachePolicyConfig::default();
+        assert!(request_decision("GET", &NONE, &c).takes_lock());
+        assert!(!request_decision("HEAD", &NONE, &c).takes_lock());
+        assert!(!request_decision("GET", &[("Cache-Control", "no-store")], &c).takes_lock());
+        let range = request_decision("GET", &[("Range", "bytes=0-9")], &c);
+        assert!(!range.takes_lock());
+        assert!(matches!(
+            range,
+            RequestDecision::Lookup { store: false, .. }
+        ));
+        assert!(!request_decision("POST", &NONE, &c).takes_lock());
     }
 
     #[test]

@@ -147,6 +147,15 @@ pub fn merge_not_modified(
     ))
 }
 
+/// Whether a response whose (merged) headers are `meta`'s may stay stored
+/// by a shared cache: a 304 carrying `no-store`, `private` or `Vary: *`
+/// withdraws that permission (RFC 9111 §3, §4.3.4), so the stored object
+/// is evicted rather than freshened.
+pub fn keeps_stored(meta: &CacheMeta) -> bool {
+    let cc = crate::directives::CacheControl::parse(&meta.headers);
+    !cc.no_store && !cc.private && !crate::policy::vary_star(&meta.headers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,7 @@
 //! housekeeping and allocates per operation.
 
 mod object;
+mod purge_log;
 mod shard;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,12 +36,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-pub use object::{BodyReader, Object, Read};
-
 use crate::headers::HeaderView;
-use crate::key::{CacheKey, KeyHasher, variant_hash};
+use crate::key::{self, CacheKey, KeyHasher, variant_bytes, variant_hash, variant_matches};
 use crate::meta::CacheMeta;
 use object::Body;
+pub use object::{Append, BodyReader, Object, Read};
+use purge_log::{PurgeLog, Purged, Since};
 use shard::{Id, Shard};
 
 /// Sizing and indexing of a [`MemoryStore`].
@@ -56,7 +57,11 @@ pub struct StoreConfig {
     /// Response header whose space- or comma-separated values tag an object
     /// for purge by surrogate key (e.g. `surrogate-key`, `cache-tag`).
     pub tag_header: Option<String>,
-    /// Seed of the key hash.
+    /// Seed of the key and variant hashes. The engine must pass a random
+    /// seed (e.g. from the OS at startup): with a known seed, a client can
+    /// craft colliding keys and push out objects it wants gone. (Full keys
+    /// and variant bytes are compared, so a collision is a miss, never a
+    /// wrong answer.) The `Default` is fixed, for tests.
     pub key_seed: u128,
 }
 
@@ -80,11 +85,31 @@ pub enum PurgeMode {
     Hard,
 }
 
+/// What [`MemoryStore::refresh_outcome`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// The stored object carries the merged metadata now.
+    Refreshed,
+    /// The object had been replaced or removed meanwhile; nothing changed.
+    Gone,
+    /// The merged response may not be stored (`no-store`, `private`,
+    /// `Vary: *`) or varies differently: the object was evicted.
+    Evicted,
+}
+
 /// Why an insert was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InsertError {
     #[error("the object is larger than the largest object the store keeps")]
     TooLarge,
+    /// A hard purge reached the key after the fetch started
+    /// ([`MemoryStore::insert_since`]): the response predates it.
+    #[error("the key was purged after the response was requested")]
+    Purged,
+    /// No freshness lifetime and no validator: it could never be served
+    /// without a full fetch.
+    #[error("the response is stale at once and has no validator")]
+    NotWorthStoring,
 }
 
 /// Store-wide counters (atomics, updated under the shard locks).
@@ -120,6 +145,7 @@ struct Inner {
     tag_header: Option<String>,
     hasher: KeyHasher,
     counters: StoreCounters,
+    purges: PurgeLog,
 }
 
 /// The shared memory tier. Cloning is cheap (one `Arc`).
@@ -154,6 +180,9 @@ pub struct ObjectWriter {
     /// was appended: a body cut short is never kept as complete.
     declared: Option<usize>,
     written: usize,
+    /// Growth not yet accounted in the shard (see `GROW_BATCH`).
+    pending: usize,
+    last: Append,
     detached: bool,
     finished: bool,
 }
@@ -177,6 +206,7 @@ impl MemoryStore {
                 tag_header: cfg.tag_header.as_ref().map(|t| t.to_ascii_lowercase()),
                 hasher: KeyHasher::new(cfg.key_seed),
                 counters: StoreCounters::default(),
+                purges: PurgeLog::default(),
             }),
         }
     }
@@ -191,21 +221,39 @@ impl MemoryStore {
     }
 
     /// Finds the object for a request: primary key, then the variant its
-    /// `Vary` names select from `req`. No allocation.
+    /// `Vary` names select from `req` (hashed outside the shard lock, then
+    /// compared byte for byte). No allocation.
     pub fn lookup(&self, key: &CacheKey<'_>, req: &dyn HeaderView) -> Option<Hit> {
-        let mut s = lock(self.shard(key.hash));
-        let p = s.primary(key.hash)?;
-        if !key.matches(&p.full_key) {
+        let shard = self.shard(key.hash);
+        let vary = {
+            let mut s = lock(shard);
+            let p = s.primary(key.hash)?;
+            if !key.matches(&p.full_key) {
+                return None;
+            }
+            if p.vary.is_empty() {
+                let id = (key.hash, 0);
+                return s.touch(id).map(|object| Hit { object, id });
+            }
+            Arc::clone(&p.vary)
+        };
+        let id = (key.hash, variant_hash(&vary, req, &self.inner.hasher));
+        let object = lock(shard).touch(id)?;
+        // The object's own Vary list: the primary's may have changed since.
+        if !variant_matches(&object.meta.vary, req, &object.variant) {
             return None;
         }
-        let v = variant_hash(&p.vary, req, &self.inner.hasher);
-        let id = (key.hash, v);
-        s.touch(id).map(|object| Hit { object, id })
+        Some(Hit { object, id })
     }
 
     /// Starts storing a response: the object is visible to lookups at once
     /// and readers stream its body while it is written. `body_len`: the
     /// length if known (`Content-Length`), to refuse what cannot fit.
+    ///
+    /// A response with a freshness lifetime of 0 (or `no-cache`) and no
+    /// validator is refused ([`InsertError::NotWorthStoring`]). Prefer
+    /// [`MemoryStore::insert_since`], which also guards against purges
+    /// that ran while the response was being fetched.
     pub fn insert(
         &self,
         key: &CacheKey<'_>,
@@ -213,22 +261,74 @@ impl MemoryStore {
         meta: CacheMeta,
         body_len: Option<usize>,
     ) -> Result<ObjectWriter, InsertError> {
-        let weight = meta.weight();
+        self.insert_inner(key, req, meta, body_len, None)
+    }
+
+    /// The purge epoch: capture it when a fetch starts (when the lock is
+    /// acquired, before the request goes upstream) and pass it to
+    /// [`MemoryStore::insert_since`].
+    pub fn purge_epoch(&self) -> u64 {
+        self.inner.purges.epoch()
+    }
+
+    /// [`MemoryStore::insert`] for a response whose fetch started at purge
+    /// epoch `since`: if a hard purge reached this key (by URL, prefix or
+    /// one of the response's tags) since, it is refused
+    /// ([`InsertError::Purged`]: serve it, do not store it); after a light
+    /// one it is stored marked light-purged (revalidated on its next use).
+    pub fn insert_since(
+        &self,
+        key: &CacheKey<'_>,
+        req: &dyn HeaderView,
+        meta: CacheMeta,
+        body_len: Option<usize>,
+        since: u64,
+    ) -> Result<ObjectWriter, InsertError> {
+        self.insert_inner(key, req, meta, body_len, Some(since))
+    }
+
+    fn insert_inner(
+        &self,
+        key: &CacheKey<'_>,
+        req: &dyn HeaderView,
+        meta: CacheMeta,
+        body_len: Option<usize>,
+        since: Option<u64>,
+    ) -> Result<ObjectWriter, InsertError> {
+        if !meta.worth_storing() {
+            return Err(InsertError::NotWorthStoring);
+        }
+        let tags = self.tags(&meta);
+        let meta_weight = meta.weight() + tags_weight(&tags);
+        let full_key: Arc<[u8]> = key.to_bytes().into();
+        let variant: Arc<[u8]> = variant_bytes(&meta.vary, req).into();
+        // The key and variant bytes stay with the object through refreshes.
+        let fixed_weight = full_key.len() + variant.len();
+        let weight = meta_weight + fixed_weight;
         if weight + body_len.unwrap_or(0) > self.inner.max_object {
             return Err(InsertError::TooLarge);
         }
-        let tags = self.tags(&meta);
         let v = variant_hash(&meta.vary, req, &self.inner.hasher);
         let id = (key.hash, v);
-        let object = Arc::new(Object::new(meta, Arc::new(Body::new())));
+        let object = Arc::new(Object::new(meta, Arc::new(Body::new()), variant));
         let mut dropped = Dropped::new();
         let generation = {
             let mut s = lock(self.shard(key.hash));
+            // Under the shard lock: a purge records itself before scanning.
+            match since.map(|e| self.inner.purges.since(e, &full_key, &tags)) {
+                Some(Since::Hard) => return Err(InsertError::Purged),
+                Some(Since::Light) => object
+                    .light_purged
+                    .store(true, std::sync::atomic::Ordering::Release),
+                Some(Since::Clean) | None => {}
+            }
             let generation = s.insert(
                 id,
                 key,
+                full_key,
                 Arc::clone(&object),
-                weight,
+                meta_weight,
+                fixed_weight,
                 tags,
                 &self.inner.counters,
                 &mut dropped,
@@ -246,6 +346,8 @@ impl MemoryStore {
             size: weight,
             declared: body_len,
             written: 0,
+            pending: 0,
+            last: Append::Stored,
             detached: false,
             finished: false,
         })
@@ -253,14 +355,52 @@ impl MemoryStore {
 
     /// Replaces a hit's metadata after a 304 (the body is kept and shared);
     /// clears a light purge. False if the object was replaced or removed
-    /// meanwhile (the merged response can still be served).
+    /// meanwhile, or had to be evicted (see [`MemoryStore::refresh_outcome`]);
+    /// the merged response can still be served.
     pub fn refresh(&self, hit: &Hit, meta: CacheMeta) -> bool {
-        let new = Arc::new(Object::new(meta, Arc::clone(&hit.object.body)));
+        self.refresh_outcome(hit, meta) == Refresh::Refreshed
+    }
+
+    /// [`MemoryStore::refresh`], saying what happened. The merged headers
+    /// decide the stored object's weight and tags from now on; a 304 whose
+    /// merged headers forbid storing (`no-store`, `private`, `Vary: *`) or
+    /// name a different `Vary` list evicts the object instead: serve the
+    /// merged response to this request only.
+    pub fn refresh_outcome(&self, hit: &Hit, meta: CacheMeta) -> Refresh {
+        if !crate::revalidate::keeps_stored(&meta) || meta.vary != hit.object.meta.vary {
+            return if self.remove(hit) {
+                Refresh::Evicted
+            } else {
+                Refresh::Gone
+            };
+        }
+        let tags = self.tags(&meta);
+        let meta_weight = meta.weight() + tags_weight(&tags);
+        let new = Arc::new(Object::new(
+            meta,
+            Arc::clone(&hit.object.body),
+            Arc::clone(&hit.object.variant),
+        ));
+        let mut dropped = Dropped::new();
         let old = {
             let mut s = lock(self.shard(hit.id.0));
-            s.replace_object(hit.id, &hit.object, new)
+            let old = s.refresh(
+                hit.id,
+                &hit.object,
+                new,
+                meta_weight,
+                tags,
+                &self.inner.counters,
+            );
+            if old.is_some() {
+                s.evict(self.inner.shard_budget, &self.inner.counters, &mut dropped);
+            }
+            old
         };
-        old.is_some()
+        match old {
+            Some(_) => Refresh::Refreshed,
+            None => Refresh::Gone,
+        }
     }
 
     /// Hard-removes one stored object (e.g. an origin's answer showed it invalid).
@@ -272,51 +412,80 @@ impl MemoryStore {
         removed
     }
 
-    /// Purges every variant of a key.
+    /// Purges every object stored under the key's URL: every Vary variant,
+    /// and every key made with other request headers (`KeyConfig::headers`)
+    /// whose scheme, host, path and query equal the key's. Visits every
+    /// shard (a range scan each), a bounded batch per lock hold.
     pub fn purge_key(&self, key: &CacheKey<'_>, mode: PurgeMode) -> usize {
-        let mut dropped = Dropped::new();
-        let mut s = lock(self.shard(key.hash));
-        let ok = s
-            .primary(key.hash)
-            .is_some_and(|p| key.matches(&p.full_key));
-        let n = if ok {
-            s.purge_primary(key.hash, mode, &self.inner.counters, &mut dropped)
-        } else {
-            0
-        };
-        drop(s);
+        let url = key::url_bytes(&key.parts, key.cfg);
+        self.inner
+            .purges
+            .record(Purged::Url(url.clone().into()), mode);
+        self.purge_matching(&url, mode, |k| purge_log::url_matches(&url, k))
+    }
+
+    /// Purges every object whose key is under `prefix` (see
+    /// [`crate::key::purge_prefix`]) on a boundary: the prefix must end
+    /// where the key does or before a `/`, `?` or header part, or itself
+    /// end with `/` — `/img` purges `/img`, `/img/a` and `/img?x`, not
+    /// `/imgs` (and `https://host` not `https://host:8443`). Visits every
+    /// shard, a bounded batch per lock hold.
+    pub fn purge_prefix(&self, prefix: &[u8], mode: PurgeMode) -> usize {
+        self.inner
+            .purges
+            .record(Purged::Prefix(prefix.into()), mode);
+        self.purge_matching(prefix, mode, |k| purge_log::prefix_matches(prefix, k))
+    }
+
+    /// Purges the primaries whose full key starts with `prefix` and passes
+    /// `keep`, `PURGE_BATCH` keys per shard lock hold.
+    fn purge_matching(&self, prefix: &[u8], mode: PurgeMode, ok: impl Fn(&[u8]) -> bool) -> usize {
+        let mut n = 0;
+        let mut batch = Vec::with_capacity(PURGE_BATCH);
+        for m in self.inner.shards.iter() {
+            let mut from: Arc<[u8]> = prefix.into();
+            let mut after = false;
+            loop {
+                batch.clear();
+                let mut dropped = Dropped::new();
+                let mut s = lock(m);
+                s.keys_with_prefix(prefix, &from, after, PURGE_BATCH, &mut batch);
+                for (k, p) in &batch {
+                    if ok(k) {
+                        n += s.purge_primary(*p, mode, &self.inner.counters, &mut dropped);
+                    }
+                }
+                drop(s);
+                drop(dropped);
+                match batch.last() {
+                    Some((k, _)) if batch.len() == PURGE_BATCH => {
+                        from = Arc::clone(k);
+                        after = true;
+                    }
+                    _ => break,
+                }
+            }
+        }
         n
     }
 
-    /// Purges every object whose full key starts with `prefix` (see
-    /// [`crate::key::purge_prefix`]). Visits every shard.
-    pub fn purge_prefix(&self, prefix: &[u8], mode: PurgeMode) -> usize {
-        self.each_shard(|s, c, d| {
-            let hits: SmallVec<[u128; 16]> = s.primaries_with_prefix(prefix).collect();
-            hits.into_iter()
-                .map(|p| s.purge_primary(p, mode, c, d))
-                .sum()
-        })
-    }
-
-    /// Purges every object tagged `tag` by the configured tag header.
+    /// Purges every object tagged `tag` by the configured tag header,
+    /// a bounded batch per shard lock hold.
     pub fn purge_tag(&self, tag: &[u8], mode: PurgeMode) -> usize {
-        self.each_shard(|s, c, d| {
-            let ids: SmallVec<[Id; 16]> = s.tagged(tag).collect();
-            ids.into_iter().map(|id| s.purge_id(id, mode, c, d)).sum()
-        })
-    }
-
-    fn each_shard(
-        &self,
-        mut f: impl FnMut(&mut Shard, &StoreCounters, &mut Dropped) -> usize,
-    ) -> usize {
+        self.inner
+            .purges
+            .record(Purged::Tag(Bytes::copy_from_slice(tag)), mode);
         let mut n = 0;
         for m in self.inner.shards.iter() {
-            let mut dropped = Dropped::new();
-            let mut s = lock(m);
-            n += f(&mut s, &self.inner.counters, &mut dropped);
-            drop(s);
+            let ids: Vec<Id> = lock(m).tagged(tag).collect();
+            for chunk in ids.chunks(PURGE_BATCH) {
+                let mut dropped = Dropped::new();
+                let mut s = lock(m);
+                for id in chunk {
+                    n += s.purge_id(*id, mode, &self.inner.counters, &mut dropped);
+                }
+                drop(s);
+            }
         }
         n
     }
@@ -341,14 +510,28 @@ impl MemoryStore {
             meta.headers.for_each_value(h, &mut |v| {
                 for t in v
                     .split(|&b| b == b' ' || b == b',' || b == b'\t')
-                    .filter(|t| !t.is_empty())
+                    .filter(|t| !t.is_empty() && t.len() <= MAX_TAG_LEN)
                 {
-                    tags.push(Bytes::copy_from_slice(t));
+                    // Bounded: an origin cannot make the index grow without limit.
+                    if tags.len() < MAX_TAGS && !tags.iter().any(|x: &Bytes| x == t) {
+                        tags.push(Bytes::copy_from_slice(t));
+                    }
                 }
             });
         }
         tags
     }
+}
+
+/// Tags indexed per object (more are ignored).
+pub const MAX_TAGS: usize = 32;
+/// Longest tag indexed (longer ones are ignored).
+pub const MAX_TAG_LEN: usize = 256;
+
+/// Bytes the tag index costs for an object's tags (the key copy, the set
+/// entry and its share of the map).
+fn tags_weight(tags: &[Bytes]) -> usize {
+    tags.iter().map(|t| t.len() + 64).sum()
 }
 
 impl Inner {
@@ -358,35 +541,123 @@ impl Inner {
     }
 }
 
+/// Keys a purge handles per shard lock hold (workers wait at most that long).
+const PURGE_BATCH: usize = 64;
+
+/// Growth of a stored object is accounted in batches of this many bytes
+/// (one shard lock per batch, not per chunk).
+const GROW_BATCH: usize = 16 * 1024;
+
+/// Bytes counted per body chunk besides its data (the `Bytes` handle and
+/// its slot in the chunk list).
+pub(crate) const CHUNK_OVERHEAD: usize = 48;
+
+/// Chunks smaller than this are copied before they are kept: a small slice
+/// of a big `Bytes` would keep the whole allocation alive unaccounted.
+const COPY_BELOW: usize = 16 * 1024;
+
 impl ObjectWriter {
     /// The object being written (to serve the fetching client from too).
     pub fn object(&self) -> &Arc<Object> {
         &self.object
     }
 
-    /// Appends a body chunk. Readers see it at once. An object that
-    /// outgrows the largest object size leaves the store (its readers keep
-    /// reading it to the end).
+    /// Appends a body chunk; readers see it at once. [`ObjectWriter::push`]
+    /// also says whether to keep feeding; here [`ObjectWriter::status`]
+    /// tells it afterwards.
     pub fn append(&mut self, chunk: Bytes) {
+        self.push(chunk);
+    }
+
+    /// What the last append did ([`Append::Stored`] before any): on
+    /// [`Append::Detached`] stop feeding, on [`Append::Full`] pause.
+    pub fn status(&self) -> Append {
+        self.last
+    }
+
+    /// Appends a body chunk and says whether to keep feeding; readers see
+    /// it at once. Create the readers
+    /// (e.g. the fetching client's) before the first append: a body that
+    /// leaves the store with no reader stops buffering.
+    ///
+    /// An object that outgrows the largest object size, or is evicted,
+    /// replaced or purged meanwhile, leaves the store; its readers keep
+    /// reading it to the end, and chunks every reader has read are
+    /// released. The result says whether to keep feeding ([`Append`]).
+    /// Chunks under 16 KiB are copied (a small slice must not pin a big
+    /// buffer); bigger ones are kept as given and counted at their length.
+    pub fn push(&mut self, chunk: Bytes) -> Append {
+        let r = self.push_inner(chunk);
+        self.last = r;
+        r
+    }
+
+    fn push_inner(&mut self, chunk: Bytes) -> Append {
+        let chunk = if chunk.len() < COPY_BELOW {
+            Bytes::copy_from_slice(&chunk)
+        } else {
+            chunk
+        };
         let n = chunk.len();
         self.written += n;
-        self.object.body.append(chunk);
+        let max = self.store.max_object;
         if self.detached {
-            return;
+            return self.object.body.append(chunk, max);
         }
-        self.size += n;
+        let cost = n + CHUNK_OVERHEAD;
+        self.size += cost;
+        if self.size > max {
+            self.leave_store();
+            return self.object.body.append(chunk, max);
+        }
+        let r = self.object.body.append(chunk, max);
+        self.pending += cost;
+        if self.pending >= GROW_BATCH && !self.flush() {
+            // Evicted, replaced or purged meanwhile: feed the readers only.
+            self.detached = true;
+            if !self.object.body.detach() {
+                return Append::Detached;
+            }
+            return Append::Streaming;
+        }
+        r
+    }
+
+    /// Body bytes buffered now (for a detached body: not yet read by every
+    /// reader); what a caller pausing on [`Append::Full`] waits to drop.
+    pub fn buffered(&self) -> usize {
+        self.object.body.held()
+    }
+
+    /// Whether the object left the store (its readers may still be fed).
+    pub fn is_detached(&self) -> bool {
+        self.detached
+    }
+
+    /// Accounts the pending growth; false if the object is no longer stored.
+    fn flush(&mut self) -> bool {
+        let n = std::mem::take(&mut self.pending);
+        if n == 0 {
+            return true;
+        }
         let mut dropped = Dropped::new();
         let mut s = lock(self.store.shard(self.id.0));
-        if self.size > self.store.max_object {
-            s.remove_gen(self.id, self.generation, &self.store.counters, &mut dropped);
-            self.detached = true;
-        } else if s.grow(self.id, self.generation, n, &self.store.counters) {
+        let ok = s.grow(self.id, self.generation, n, &self.store.counters);
+        if ok {
             s.evict(self.store.shard_budget, &self.store.counters, &mut dropped);
-        } else {
-            // Evicted or purged meanwhile: keep feeding the readers only.
-            self.detached = true;
         }
         drop(s);
+        ok
+    }
+
+    fn leave_store(&mut self) {
+        let mut dropped = Dropped::new();
+        let mut s = lock(self.store.shard(self.id.0));
+        s.remove_gen(self.id, self.generation, &self.store.counters, &mut dropped);
+        drop(s);
+        drop(dropped);
+        self.detached = true;
+        self.object.body.detach();
     }
 
     /// The body is complete. If it is shorter or longer than the declared
@@ -395,6 +666,9 @@ impl ObjectWriter {
     pub fn finish(mut self) {
         if self.declared.is_some_and(|n| n != self.written) {
             return;
+        }
+        if !self.detached && !self.flush() {
+            self.detached = true;
         }
         self.finished = true;
         self.object.body.finish();

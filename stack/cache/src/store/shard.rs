@@ -1,7 +1,8 @@
 //! One shard: the maps, the S3-FIFO queues and the indexes, all changed
 //! together under the shard's lock.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -20,14 +21,18 @@ pub(crate) type Id = (u128, u128);
 const ENTRY_OVERHEAD: usize = 128;
 
 pub(crate) struct Primary {
-    pub full_key: Box<[u8]>,
-    pub vary: Vec<Bytes>,
+    pub full_key: Arc<[u8]>,
+    /// Shared so a lookup can hash the request's variant outside the lock.
+    pub vary: Arc<[Bytes]>,
     variants: SmallVec<[u128; 2]>,
 }
 
 struct Entry {
     object: Arc<Object>,
     weight: usize,
+    /// The part of `weight` that the metadata and tags make (a 304 refresh
+    /// replaces it; the rest is the body and bookkeeping).
+    meta_weight: usize,
     freq: u8,
     in_main: bool,
     generation: u64,
@@ -48,9 +53,17 @@ pub(crate) struct Shard {
     main: VecDeque<QRec>,
     small_bytes: usize,
     main_bytes: usize,
-    ghost: VecDeque<Id>,
-    ghost_set: HashSet<Id, FixedState>,
+    /// Ghost records in FIFO order, each with the sequence number it had
+    /// when added; `ghost_set` maps a ghost to its latest one, so a stale
+    /// record (the id was re-inserted, then evicted again) neither counts
+    /// twice nor ends the newer ghost early.
+    ghost: VecDeque<(Id, u64)>,
+    ghost_set: HashMap<Id, u64, FixedState>,
+    ghost_seq: u64,
     tags: HashMap<Bytes, HashSet<Id, FixedState>, FixedState>,
+    /// Primaries by full key, for purges by prefix and by URL (a range
+    /// scan, not a walk over every object).
+    by_key: BTreeMap<Arc<[u8]>, u128>,
     next_generation: u64,
 }
 
@@ -71,8 +84,10 @@ impl Shard {
         &mut self,
         id: Id,
         key: &CacheKey<'_>,
+        full_key: Arc<[u8]>,
         object: Arc<Object>,
-        weight: usize,
+        meta_weight: usize,
+        fixed_weight: usize,
         tags: SmallVec<[Bytes; 4]>,
         c: &StoreCounters,
         dropped: &mut Dropped,
@@ -81,7 +96,7 @@ impl Shard {
         // Another primary under the same hash (a collision), or a new Vary
         // list: the old variants can no longer be found; drop them.
         let stale = match self.primaries.get(&p) {
-            Some(old) => !key.matches(&old.full_key) || old.vary != object.meta.vary,
+            Some(old) => !key.matches(&old.full_key) || *old.vary != object.meta.vary[..],
             None => false,
         };
         if stale {
@@ -93,25 +108,29 @@ impl Shard {
                 }
             }
             // Variants whose objects are gone already leave the record behind.
-            self.primaries.remove(&p);
+            self.remove_primary(p);
         }
         if let Some(old) = self.objects.get(&id) {
             let generation = old.generation;
             self.remove_gen(id, generation, c, dropped);
         }
-        let prim = self.primaries.entry(p).or_insert_with(|| Primary {
-            full_key: key.to_bytes().into_boxed_slice(),
-            vary: object.meta.vary.clone(),
-            variants: SmallVec::new(),
+        let by_key = &mut self.by_key;
+        let prim = self.primaries.entry(p).or_insert_with(|| {
+            by_key.insert(Arc::clone(&full_key), p);
+            Primary {
+                full_key,
+                vary: object.meta.vary.clone().into(),
+                variants: SmallVec::new(),
+            }
         });
         prim.variants.push(v);
-        let weight = weight + ENTRY_OVERHEAD;
+        let weight = meta_weight + fixed_weight + ENTRY_OVERHEAD;
         let generation = self.next_generation;
         self.next_generation += 1;
         for t in &tags {
             self.tags.entry(t.clone()).or_default().insert(id);
         }
-        let in_main = self.ghost_set.remove(&id);
+        let in_main = self.ghost_set.remove(&id).is_some();
         let rec = QRec { id, generation };
         if in_main {
             self.main.push_back(rec);
@@ -125,6 +144,7 @@ impl Shard {
             Entry {
                 object,
                 weight,
+                meta_weight,
                 freq: 0,
                 in_main,
                 generation,
@@ -155,17 +175,59 @@ impl Shard {
         }
     }
 
-    pub fn replace_object(
+    /// Swaps in a 304-refreshed object (same body) with its new metadata
+    /// weight and tags. None if `old` is no longer the stored object.
+    pub fn refresh(
         &mut self,
         id: Id,
         old: &Arc<Object>,
         new: Arc<Object>,
+        meta_weight: usize,
+        tags: SmallVec<[Bytes; 4]>,
+        c: &StoreCounters,
     ) -> Option<Arc<Object>> {
         let e = self.objects.get_mut(&id)?;
         if !Arc::ptr_eq(&e.object, old) {
             return None;
         }
-        Some(std::mem::replace(&mut e.object, new))
+        let before = e.weight;
+        e.weight = e.weight - e.meta_weight + meta_weight;
+        e.meta_weight = meta_weight;
+        let after = e.weight;
+        let in_main = e.in_main;
+        let old_tags = std::mem::replace(&mut e.tags, tags.clone());
+        let prev = std::mem::replace(&mut e.object, new);
+        let q = if in_main {
+            &mut self.main_bytes
+        } else {
+            &mut self.small_bytes
+        };
+        *q = *q + after - before;
+        c.bytes.fetch_add(after as u64, Ordering::Relaxed);
+        c.bytes.fetch_sub(before as u64, Ordering::Relaxed);
+        if after > before {
+            c.bytes_inserted
+                .fetch_add((after - before) as u64, Ordering::Relaxed);
+        } else {
+            c.bytes_inserted
+                .fetch_sub((before - after) as u64, Ordering::Relaxed);
+        }
+        self.untag(id, &old_tags);
+        for t in &tags {
+            self.tags.entry(t.clone()).or_default().insert(id);
+        }
+        Some(prev)
+    }
+
+    fn untag(&mut self, id: Id, tags: &[Bytes]) {
+        for t in tags {
+            if let Some(set) = self.tags.get_mut(t) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.tags.remove(t);
+                }
+            }
+        }
     }
 
     pub fn remove_if(
@@ -206,18 +268,11 @@ impl Shard {
         }
         c.objects.fetch_sub(1, Ordering::Relaxed);
         c.bytes.fetch_sub(e.weight as u64, Ordering::Relaxed);
-        for t in &e.tags {
-            if let Some(set) = self.tags.get_mut(t) {
-                set.remove(&id);
-                if set.is_empty() {
-                    self.tags.remove(t);
-                }
-            }
-        }
+        self.untag(id, &e.tags);
         if let Some(p) = self.primaries.get_mut(&id.0) {
             p.variants.retain(|v| *v != id.1);
             if p.variants.is_empty() {
-                self.primaries.remove(&id.0);
+                self.remove_primary(id.0);
             }
         }
         dropped.push(e.object);
@@ -265,14 +320,36 @@ impl Shard {
         n
     }
 
-    pub fn primaries_with_prefix<'a>(
-        &'a self,
-        prefix: &'a [u8],
-    ) -> impl Iterator<Item = u128> + 'a {
-        self.primaries
-            .iter()
-            .filter(move |(_, p)| p.full_key.starts_with(prefix))
-            .map(|(h, _)| *h)
+    fn remove_primary(&mut self, p: u128) {
+        if let Some(pr) = self.primaries.remove(&p)
+            && self.by_key.get(&pr.full_key[..]) == Some(&p)
+        {
+            self.by_key.remove(&pr.full_key[..]);
+        }
+    }
+
+    /// Up to `max` full keys starting with `prefix`, from `from` on
+    /// (exclusive if `after`), in key order, with their primaries.
+    pub fn keys_with_prefix(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        after: bool,
+        max: usize,
+        out: &mut Vec<(Arc<[u8]>, u128)>,
+    ) {
+        let lo = if after {
+            Bound::Excluded(from)
+        } else {
+            Bound::Included(from)
+        };
+        out.extend(
+            self.by_key
+                .range::<[u8], _>((lo, Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .take(max)
+                .map(|(k, p)| (Arc::clone(k), *p)),
+        );
     }
 
     pub fn tagged<'a>(&'a self, tag: &[u8]) -> impl Iterator<Item = Id> + 'a {
@@ -321,13 +398,21 @@ impl Shard {
             self.main.push_back(r);
         } else {
             self.evict_one(r, c, dropped);
-            self.ghost.push_back(r.id);
-            self.ghost_set.insert(r.id);
-            let cap = self.objects.len().max(64);
-            while self.ghost.len() > cap {
-                if let Some(g) = self.ghost.pop_front() {
-                    self.ghost_set.remove(&g);
-                }
+            self.ghost_add(r.id);
+        }
+    }
+
+    fn ghost_add(&mut self, id: Id) {
+        self.ghost_seq += 1;
+        self.ghost.push_back((id, self.ghost_seq));
+        self.ghost_set.insert(id, self.ghost_seq);
+        let cap = self.objects.len().max(64);
+        while self.ghost.len() > cap || self.ghost.len() > 2 * self.ghost_set.len() + 64 {
+            let Some((g, seq)) = self.ghost.pop_front() else {
+                break;
+            };
+            if self.ghost_set.get(&g) == Some(&seq) {
+                self.ghost_set.remove(&g);
             }
         }
     }
@@ -371,8 +456,49 @@ impl Shard {
         }
     }
 
+    /// Moves an entry to another id (to fake a variant-hash collision).
+    #[cfg(test)]
+    pub fn rekey(&mut self, from: Id, to: Id) {
+        let e = self.objects.remove(&from).expect("stored");
+        self.objects.insert(to, e);
+    }
+
+    #[cfg(test)]
+    pub fn tags_len(&self) -> usize {
+        self.tags.len()
+    }
+
     #[cfg(test)]
     pub fn queue_bytes(&self) -> (usize, usize) {
         (self.small_bytes, self.main_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review #15: an id ghosted, re-inserted and ghosted again is one
+    /// ghost; its stale first record does not end it early.
+    #[test]
+    fn a_re_ghosted_id_is_not_dropped_by_its_stale_record() {
+        let mut s = Shard::default();
+        let a: Id = (1, 0);
+        s.ghost_add(a);
+        // What `insert` does when a ghost comes back.
+        assert!(s.ghost_set.remove(&a).is_some());
+        s.ghost_add(a);
+        assert_eq!(s.ghost_set.len(), 1);
+        // Push the first record of `a` out (cap: 64 while nothing is stored).
+        for i in 0..63u128 {
+            s.ghost_add((100 + i, 0));
+        }
+        assert!(s.ghost_set.contains_key(&a), "the newer ghost was dropped");
+        assert!(s.ghost.len() <= 64);
+        for i in 0..200u128 {
+            s.ghost_add((1000 + i, 0));
+        }
+        assert!(!s.ghost_set.contains_key(&a));
+        assert_eq!(s.ghost.len(), s.ghost_set.len());
     }
 }

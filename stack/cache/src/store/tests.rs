@@ -396,10 +396,18 @@ fn too_large_objects_are_refused_or_detached() {
     let c = cfg();
     let k = CacheKey::new(parts("/huge", &NONE), &c, s.hasher());
     assert_eq!(
-        s.insert(&k, &NONE, meta(&[]), Some(10_000)).err(),
+        s.insert(
+            &k,
+            &NONE,
+            meta(&[("Cache-Control", "max-age=60")]),
+            Some(10_000)
+        )
+        .err(),
         Some(InsertError::TooLarge)
     );
-    let mut w = s.insert(&k, &NONE, meta(&[]), None).unwrap();
+    let mut w = s
+        .insert(&k, &NONE, meta(&[("Cache-Control", "max-age=60")]), None)
+        .unwrap();
     let mut r = get(&s, "/huge", &NONE).unwrap().object.reader();
     for _ in 0..10 {
         w.append(Bytes::from(vec![0u8; 1000]));
@@ -644,10 +652,417 @@ fn readers_racing_finish_read_every_chunk() {
                 drain(&mut r).len()
             });
             for _ in 0..n {
-                body.append(Bytes::from_static(b"0123456789"));
+                body.append(Bytes::from_static(b"0123456789"), usize::MAX);
             }
             body.finish();
             assert_eq!(r.join().unwrap(), 10 * n, "round {round}");
         });
     }
+}
+
+fn store_max_object(max_object_bytes: usize) -> MemoryStore {
+    MemoryStore::new(&StoreConfig {
+        max_bytes: 1 << 20,
+        shards: 1,
+        max_object_bytes,
+        tag_header: None,
+        key_seed: 0,
+    })
+}
+
+fn writer(s: &MemoryStore, path: &str) -> ObjectWriter {
+    let c = cfg();
+    let k = CacheKey::new(parts(path, &NONE), &c, s.hasher());
+    s.insert(&k, &NONE, meta(&[("Cache-Control", "max-age=60")]), None)
+        .unwrap()
+}
+
+/// Review #1: a writer whose object outgrew the store and has no reader
+/// stops buffering (and says so) instead of growing without bound.
+#[test]
+fn too_large_writer_without_readers_stops_buffering() {
+    let s = store_max_object(4096);
+    let mut w = writer(&s, "/huge");
+    let mut last = Append::Stored;
+    for _ in 0..1000 {
+        last = w.push(Bytes::from(vec![0u8; 1000]));
+        assert!(w.buffered() <= 4096 + 1000, "{}", w.buffered());
+    }
+    assert_eq!(last, Append::Detached);
+    assert_eq!(w.status(), Append::Detached);
+    assert!(w.is_detached());
+    assert_eq!(w.object().reader().poll(), Read::Aborted);
+}
+
+/// Review #1: an object purged (or evicted) while streaming, with no
+/// reader, stops buffering within one accounting batch.
+#[test]
+fn purged_writer_without_readers_stops_buffering() {
+    let s = small_store(1 << 20, 1);
+    let mut w = writer(&s, "/p");
+    let c = cfg();
+    let k = CacheKey::new(parts("/p", &NONE), &c, s.hasher());
+    assert_eq!(s.purge_key(&k, PurgeMode::Hard), 1);
+    let mut last = Append::Stored;
+    for _ in 0..1000 {
+        last = w.push(Bytes::from(vec![0u8; 1000]));
+        assert!(w.buffered() <= GROW_BATCH + 1000);
+    }
+    assert_eq!(last, Append::Detached);
+}
+
+/// Review #1: a detached body keeps only what some reader has not read;
+/// a reader lagging by more than the object size makes the writer pause.
+#[test]
+fn detached_body_releases_chunks_every_reader_read() {
+    let s = store_max_object(4096);
+    let mut w = writer(&s, "/stream");
+    let mut r = w.object().reader();
+    let mut got = 0;
+    for _ in 0..1000 {
+        assert_ne!(w.push(Bytes::from(vec![1u8; 1000])), Append::Detached);
+        while let Read::Chunk(c) = r.poll() {
+            got += c.len();
+        }
+        assert!(w.buffered() <= 4096, "{}", w.buffered());
+    }
+    assert!(w.is_detached());
+    // A reader starting now cannot get the released start: truncated.
+    assert_eq!(w.object().reader().poll(), Read::Aborted);
+    let mut w2 = writer(&s, "/slow");
+    let _lagging = w2.object().reader();
+    let mut last = Append::Stored;
+    for _ in 0..10 {
+        last = w2.push(Bytes::from(vec![1u8; 1000]));
+    }
+    assert_eq!(last, Append::Full);
+    w.finish();
+    assert_eq!(read_all(&mut r), (Vec::new(), Read::End));
+    assert_eq!(got, 1_000_000);
+}
+
+/// Review #9: a small slice of a big buffer is copied (it must not pin the
+/// buffer), and each chunk's overhead is counted.
+#[test]
+fn small_slices_are_copied_and_chunks_cost_overhead() {
+    let s = small_store(1 << 20, 1);
+    let mut w = writer(&s, "/slices");
+    let big = Bytes::from(vec![5u8; 1 << 20]);
+    let range = big.as_ptr() as usize..big.as_ptr() as usize + big.len();
+    w.append(big.slice(10..110));
+    for _ in 0..99 {
+        w.append(Bytes::from_static(b"x"));
+    }
+    w.finish();
+    let hit = get(&s, "/slices", &NONE).unwrap();
+    let Read::Chunk(c) = hit.object.reader().poll() else {
+        panic!()
+    };
+    assert!(
+        !range.contains(&(c.as_ptr() as usize)),
+        "the stored chunk shares the 1 MiB buffer"
+    );
+    assert!(
+        s.stats().bytes as usize >= 100 * CHUNK_OVERHEAD + 199,
+        "{:?}",
+        s.stats()
+    );
+}
+
+fn stored_hit(s: &MemoryStore, path: &str, h: &[(&str, &str)]) -> Hit {
+    put(s, path, h, 5);
+    get(s, path, &NONE).unwrap()
+}
+
+fn merged(hit: &Hit, not_modified: &[(&str, &str)]) -> CacheMeta {
+    let t = UNIX_EPOCH + Duration::from_secs(1_700_000_100);
+    crate::revalidate::merge_not_modified(
+        hit.meta(),
+        not_modified,
+        t,
+        t,
+        &CachePolicyConfig::default(),
+    )
+    .unwrap()
+}
+
+/// Review #2: a 304 carrying no-store, private or Vary: * evicts the
+/// stored object instead of freshening it.
+#[test]
+fn a_304_forbidding_storage_evicts() {
+    let s = small_store(1 << 20, 2);
+    let base = [("Cache-Control", "max-age=1"), ("ETag", "\"1\"")];
+    for extra in [
+        ("Cache-Control", "no-store"),
+        ("Cache-Control", "private, max-age=60"),
+        ("Vary", "*"),
+    ] {
+        let hit = stored_hit(&s, "/n", &base);
+        let m = merged(&hit, &[("ETag", "\"1\""), extra]);
+        assert_eq!(s.refresh_outcome(&hit, m), Refresh::Evicted, "{extra:?}");
+        assert!(get(&s, "/n", &NONE).is_none(), "{extra:?}");
+        assert_eq!(s.stats().objects, 0);
+        let hit = stored_hit(&s, "/n", &base);
+        assert!(!s.refresh(&hit, merged(&hit, &[("ETag", "\"1\""), extra])));
+        assert!(get(&s, "/n", &NONE).is_none(), "{extra:?} via refresh");
+    }
+    let hit = stored_hit(&s, "/n", &base);
+    let m = merged(&hit, &[("ETag", "\"1\""), ("Cache-Control", "max-age=9")]);
+    assert_eq!(s.refresh_outcome(&hit, m.clone()), Refresh::Refreshed);
+    assert_eq!(s.refresh_outcome(&hit, m), Refresh::Gone);
+}
+
+/// Review #10: a refresh takes weight, tags and Vary from the merged
+/// headers.
+#[test]
+fn refresh_updates_weight_tags_and_vary() {
+    let s = small_store(1 << 20, 1);
+    let hit = stored_hit(
+        &s,
+        "/w",
+        &[
+            ("Cache-Control", "max-age=1"),
+            ("ETag", "\"1\""),
+            ("Surrogate-Key", "old"),
+        ],
+    );
+    let before = s.stats().bytes;
+    let big = "v".repeat(5000);
+    let m = merged(
+        &hit,
+        &[("ETag", "\"1\""), ("X-Big", &big), ("Surrogate-Key", "new")],
+    );
+    assert!(s.refresh(&hit, m));
+    let after = s.stats().bytes;
+    assert!(after >= before + 5000, "{before} -> {after}");
+    let (small, main) = lock(&s.inner.shards[0]).queue_bytes();
+    assert_eq!((small + main) as u64, after);
+    assert_eq!(s.purge_tag(b"old", PurgeMode::Hard), 0, "old tag kept");
+    assert_eq!(s.purge_tag(b"new", PurgeMode::Hard), 1, "new tag missing");
+    assert_eq!(s.stats().bytes, 0);
+    // A different Vary list: the variant can no longer be found correctly.
+    let hit = stored_hit(
+        &s,
+        "/w",
+        &[("Cache-Control", "max-age=1"), ("ETag", "\"1\"")],
+    );
+    let m = merged(&hit, &[("ETag", "\"1\""), ("Vary", "Accept")]);
+    assert_eq!(s.refresh_outcome(&hit, m), Refresh::Evicted);
+}
+
+/// Review #12: the tag index is bounded per object and counted.
+#[test]
+fn tags_are_capped_and_counted() {
+    let s = small_store(1 << 20, 1);
+    let many: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+    let long = "x".repeat(MAX_TAG_LEN + 1);
+    let tags = format!("{} {long}", many.join(" "));
+    let plain = {
+        put(&s, "/plain", &[("Cache-Control", "max-age=60")], 0);
+        s.stats().bytes
+    };
+    put(
+        &s,
+        "/tagged",
+        &[("Cache-Control", "max-age=60"), ("Surrogate-Key", &tags)],
+        0,
+    );
+    let tagged = s.stats().bytes - plain;
+    assert!(
+        tagged as usize >= plain as usize + tags.len() + MAX_TAGS * 64,
+        "{plain} {tagged}"
+    );
+    assert_eq!(s.purge_tag(long.as_bytes(), PurgeMode::Light), 0);
+    assert_eq!(
+        s.purge_tag(format!("t{}", MAX_TAGS - 1).as_bytes(), PurgeMode::Light),
+        1
+    );
+    assert_eq!(
+        s.purge_tag(format!("t{MAX_TAGS}").as_bytes(), PurgeMode::Light),
+        0
+    );
+    assert_eq!(lock(&s.inner.shards[0]).tags_len(), MAX_TAGS);
+}
+
+/// Review #6: a variant is compared by its request-header bytes, not only
+/// by its hash (a forged variant-hash collision is a miss).
+#[test]
+fn variant_hash_collision_is_a_miss() {
+    let s = small_store(1 << 20, 1);
+    let c = cfg();
+    let gz = [("Accept-Encoding", "gzip")];
+    let br = [("Accept-Encoding", "br")];
+    let v = [("Cache-Control", "max-age=60"), ("Vary", "Accept-Encoding")];
+    let k = CacheKey::new(parts("/vc", &NONE), &c, s.hasher());
+    s.insert(&k, &gz, meta(&v), None).unwrap().finish();
+    let vary = [Bytes::from_static(b"accept-encoding")];
+    let from = (k.hash, variant_hash(&vary, &gz, s.hasher()));
+    let to = (k.hash, variant_hash(&vary, &br, s.hasher()));
+    lock(&s.inner.shards[0]).rekey(from, to);
+    assert!(s.lookup(&k, &br).is_none(), "served gzip's variant to br");
+}
+
+/// Review #7: a prefix purge matches on a segment boundary.
+#[test]
+fn prefix_purge_matches_whole_segments() {
+    let s = small_store(1 << 20, 4);
+    let cc = [("Cache-Control", "max-age=60")];
+    for p in ["/img", "/img/a", "/img?x=1", "/imgs", "/img-old/a"] {
+        put(&s, p, &cc, 1);
+    }
+    let pre = purge_prefix("https", b"example.com:443", b"/img");
+    assert_eq!(s.purge_prefix(&pre, PurgeMode::Hard), 3);
+    assert!(get(&s, "/imgs", &NONE).is_some());
+    assert!(get(&s, "/img-old/a", &NONE).is_some());
+    let host_only = purge_prefix("https", b"example.com", b"");
+    assert_eq!(s.purge_prefix(&host_only, PurgeMode::Hard), 2);
+    assert_eq!(s.stats().objects, 0);
+}
+
+/// Review #7: an exact purge by URL reaches every key of that URL, also
+/// those made with request headers, and nothing else.
+#[test]
+fn exact_purge_reaches_header_keyed_keys() {
+    let s = small_store(1 << 20, 8);
+    let plain = cfg();
+    let by_device = KeyConfig {
+        headers: vec![Bytes::from_static(b"x-device")],
+        ..Default::default()
+    };
+    let meta60 = || meta(&[("Cache-Control", "max-age=60")]);
+    for (path, c, dev) in [
+        ("/p", &by_device, "mobile"),
+        ("/p", &by_device, "desktop"),
+        ("/p", &plain, ""),
+        ("/p?x=1", &by_device, "mobile"),
+        ("/p2", &plain, ""),
+    ] {
+        let h = [("X-Device", dev)];
+        let k = CacheKey::new(parts(path, &h), c, s.hasher());
+        s.insert(&k, &NONE, meta60(), None).unwrap().finish();
+    }
+    assert_eq!(s.stats().objects, 5);
+    let k = CacheKey::new(parts("/p", &NONE), &plain, s.hasher());
+    assert_eq!(s.purge_key(&k, PurgeMode::Hard), 3);
+    assert_eq!(s.stats().objects, 2);
+}
+
+/// Review #13: purges work in batches per lock hold and still reach
+/// every matching key.
+#[test]
+fn purges_in_batches_reach_everything() {
+    let s = small_store(4 << 20, 1);
+    let cc = ("Cache-Control", "max-age=60");
+    for i in 0..(3 * PURGE_BATCH + 5) {
+        put(&s, &format!("/b/{i}"), &[cc, ("Surrogate-Key", "all")], 1);
+    }
+    put(&s, "/c", &[cc, ("Surrogate-Key", "all")], 1);
+    let n = 3 * PURGE_BATCH + 5;
+    let pre = purge_prefix("https", b"example.com", b"/b/");
+    assert_eq!(s.purge_prefix(&pre, PurgeMode::Light), n);
+    assert_eq!(s.purge_tag(b"all", PurgeMode::Light), n + 1);
+    assert_eq!(s.purge_prefix(&pre, PurgeMode::Hard), n);
+    assert_eq!(s.stats().objects, 1);
+}
+
+/// Review #8: a response fetched before a purge is not stored after it.
+#[test]
+fn a_fetch_started_before_a_purge_does_not_store_after_it() {
+    let s = small_store(1 << 20, 4);
+    let c = cfg();
+    let m = || meta(&[("Cache-Control", "max-age=60"), ("Surrogate-Key", "t1")]);
+    let k = CacheKey::new(parts("/race", &NONE), &c, s.hasher());
+    let other = CacheKey::new(parts("/other", &NONE), &c, s.hasher());
+    let epoch = s.purge_epoch();
+    assert!(
+        s.insert_since(&k, &NONE, m(), None, epoch).is_ok(),
+        "no purge"
+    );
+    s.purge_key(&k, PurgeMode::Hard);
+    assert_eq!(
+        s.insert_since(&k, &NONE, m(), None, epoch).err(),
+        Some(InsertError::Purged)
+    );
+    let plain = meta(&[("Cache-Control", "max-age=60")]);
+    assert!(
+        s.insert_since(&other, &NONE, plain.clone(), None, epoch)
+            .is_ok()
+    );
+    let epoch = s.purge_epoch();
+    s.purge_tag(b"t1", PurgeMode::Hard);
+    assert_eq!(
+        s.insert_since(&other, &NONE, m(), None, epoch).err(),
+        Some(InsertError::Purged),
+        "tagged like the purge"
+    );
+    assert!(
+        s.insert_since(&other, &NONE, plain.clone(), None, epoch)
+            .is_ok()
+    );
+    let epoch = s.purge_epoch();
+    s.purge_prefix(
+        &purge_prefix("https", b"example.com", b"/ra"),
+        PurgeMode::Hard,
+    );
+    assert!(
+        s.insert_since(&k, &NONE, plain.clone(), None, epoch)
+            .is_ok(),
+        "/ra is not /race's segment"
+    );
+    s.purge_prefix(
+        &purge_prefix("https", b"example.com", b"/race"),
+        PurgeMode::Light,
+    );
+    s.insert_since(&k, &NONE, plain.clone(), None, epoch)
+        .unwrap()
+        .finish();
+    assert!(
+        s.lookup(&k, &NONE).unwrap().object.light_purged(),
+        "light: stored, marked"
+    );
+    let epoch = s.purge_epoch();
+    s.insert_since(&k, &NONE, plain, None, epoch)
+        .unwrap()
+        .finish();
+    assert!(!s.lookup(&k, &NONE).unwrap().object.light_purged());
+}
+
+/// Review #14: a response stale at once with no validator is not stored.
+#[test]
+fn useless_responses_are_not_stored() {
+    let s = small_store(1 << 20, 1);
+    let c = cfg();
+    let k = CacheKey::new(parts("/u", &NONE), &c, s.hasher());
+    for h in [
+        &[][..],
+        &[("Cache-Control", "max-age=0")],
+        &[("Cache-Control", "no-cache, max-age=60")],
+    ] {
+        assert_eq!(
+            s.insert(&k, &NONE, meta(h), None).err(),
+            Some(InsertError::NotWorthStoring),
+            "{h:?}"
+        );
+    }
+    assert!(
+        s.insert(
+            &k,
+            &NONE,
+            meta(&[("Cache-Control", "max-age=0"), ("ETag", "\"1\"")]),
+            None
+        )
+        .is_ok()
+    );
+    assert!(
+        s.insert(
+            &k,
+            &NONE,
+            meta(&[
+                ("Cache-Control", "no-cache"),
+                ("Last-Modified", "Sun, 06 Nov 1994 08:49:37 GMT")
+            ]),
+            None
+        )
+        .is_ok()
+    );
 }
