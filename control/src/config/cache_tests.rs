@@ -292,6 +292,18 @@ fn sizes_must_be_positive_and_fit_each_other() {
 }
 
 #[test]
+fn store_errors_are_reported_beside_route_errors() {
+    let text = format!("{BASE}cache = {{ heuristic_percent = 101 }}\n[cache]\nshards = 0\n");
+    let e = errors(&text);
+    assert!(
+        e.len() == 2
+            && e[0].contains("routes[1].cache.heuristic_percent")
+            && e[1].starts_with("t.toml:21:10: cache.shards"),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn header_names_are_checked() {
     let cases = [
         (

@@ -474,6 +474,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     let filter = check_filter(cfg, rep, &vips, &pools);
     let numa = check_numa(cfg, rep);
     let dpdk = check_dpdk(&e.dpdk, rep);
+    let (cache, cache_key_seed) = check_cache(&cfg.cache, rep);
     if !rep.errors.is_empty() {
         return None;
     }
@@ -586,7 +587,8 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
         upstream_read: cfg.timeouts.upstream_read_ms.map(Duration::from_millis),
     };
     ec.stack.h2 = check_http2(&cfg.http2, rep);
-    (ec.cache, ec.cache_key_seed) = check_cache(&cfg.cache, rep);
+    ec.cache = cache;
+    ec.cache_key_seed = cache_key_seed;
     Some(Compiled {
         netns: e.netns.clone(),
         engine: ec,
