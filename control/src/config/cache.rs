@@ -180,14 +180,14 @@ pub(super) fn check_route_cache(
     let ttl = secs(&t.ttl, "ttl", MAX_TTL, rep);
     let min_ttl = secs(&t.min_ttl, "min_ttl", MAX_TTL, rep);
     let max_ttl = secs(&t.max_ttl, "max_ttl", MAX_TTL, rep);
-    if let (Some(lo), Some(hi), Some(span)) = (min_ttl, max_ttl, t.max_ttl.as_ref()) {
-        if lo > hi {
-            rep.at(
-                span.span(),
-                format!("{field}.max_ttl"),
-                format!("smaller than min_ttl ({lo})"),
-            );
-        }
+    if let (Some(lo), Some(hi), Some(span)) = (min_ttl, max_ttl, t.max_ttl.as_ref())
+        && lo > hi
+    {
+        rep.at(
+            span.span(),
+            format!("{field}.max_ttl"),
+            format!("smaller than min_ttl ({lo})"),
+        );
     }
     let heuristic_percent = secs(&t.heuristic_percent, "heuristic_percent", 100, rep);
     let heuristic_max = secs(&t.heuristic_max, "heuristic_max", MAX_TTL, rep);

@@ -988,7 +988,7 @@ impl<'de> Deserialize<'de> for HeaderSetting {
 pub enum RouteCacheSetting {
     Off,
     Defaults,
-    Table(RouteCacheSection),
+    Table(Box<RouteCacheSection>),
 }
 
 impl<'de> Deserialize<'de> for RouteCacheSetting {
@@ -1013,7 +1013,7 @@ impl<'de> Deserialize<'de> for RouteCacheSetting {
                 map: A,
             ) -> Result<RouteCacheSetting, A::Error> {
                 RouteCacheSection::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(RouteCacheSetting::Table)
+                    .map(|t| RouteCacheSetting::Table(Box::new(t)))
             }
         }
         d.deserialize_any(V)
