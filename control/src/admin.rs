@@ -13,6 +13,7 @@
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /blocked` | sources L7 rate limits escalated to the XDP deny set: `source limit expires_in_s offered_per_s since` lines |
 //! | `POST /unblock/ADDR` | lifts ADDR's escalation deny now (404 when it is not denied) |
+//! | `POST /purge` (`key=value` lines: `url=`, `prefix=` or `tag=`, optional `mode=light\|hard`) | purges the response cache: `purged N` (400 naming the problem for a malformed request) |
 //! | `POST /validate` (TOML body) | `ok` or the `file:line:col: field: message` lines (422) |
 //! | `POST /apply` (TOML body) | the new version, or the errors (422) and nothing changes |
 //! | `GET /diff` | running config vs the file on disk, per section |
@@ -35,6 +36,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use ferrogate_proxy::cache::core::PurgeMode;
+use ferrogate_proxy::cache::{Purge, PurgeTarget};
 
 /// Default admin socket.
 pub const DEFAULT_SOCKET: &str = "/run/ferrogate/admin.sock";
@@ -51,6 +54,8 @@ pub enum Op {
     Blocked,
     /// `POST /unblock/ADDR`: lift a source's escalation deny now.
     Unblock(std::net::IpAddr),
+    /// `POST /purge`: purge the response cache.
+    Purge(Purge),
     Apply {
         text: String,
         source: PathBuf,
@@ -530,12 +535,82 @@ pub(crate) fn unblock_addr(path: &str) -> Result<std::net::IpAddr, Reply> {
         .map_err(|_| Reply::err(400, format!("{text:?} is not an IP address\n")))
 }
 
+/// The body of `POST /purge`: `key=value` lines, `url=`, `prefix=` or
+/// `tag=` (exactly one) and `mode=light|hard` (default light). A value is
+/// the rest of its line, taken as written (URLs hold `=` and `&`).
+pub fn parse_purge(body: &str) -> Result<Purge, Reply> {
+    let bad = |why: String| Reply::err(400, format!("bad purge request: {why}\n"));
+    let (mut mode, mut target) = (None, None);
+    for (n, line) in body.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(bad(format!("line {}: {line:?} is not key=value", n + 1)));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if v.is_empty() {
+            return Err(bad(format!("line {}: {k} is empty", n + 1)));
+        }
+        let t = match k {
+            "mode" => {
+                if mode.is_some() {
+                    return Err(bad("mode given twice".into()));
+                }
+                mode = Some(match v {
+                    "light" => PurgeMode::Light,
+                    "hard" => PurgeMode::Hard,
+                    _ => return Err(bad(format!("mode {v:?} is not light or hard"))),
+                });
+                continue;
+            }
+            "url" => PurgeTarget::Url(v.to_string()),
+            "prefix" => PurgeTarget::Prefix(v.to_string()),
+            "tag" => PurgeTarget::Tag(v.to_string()),
+            _ => {
+                return Err(bad(format!(
+                    "line {}: unknown key {k:?} (url, prefix, tag, mode)",
+                    n + 1
+                )));
+            }
+        };
+        if target.is_some() {
+            return Err(bad("one of url, prefix or tag, once".into()));
+        }
+        target = Some(t);
+    }
+    let Some(target) = target else {
+        return Err(bad("needs url=, prefix= or tag=".into()));
+    };
+    Ok(Purge {
+        mode: mode.unwrap_or(PurgeMode::Light),
+        target,
+    })
+}
+
+/// The `POST /purge` body of `p` (what `ctl purge` sends and the daemon
+/// forwards).
+pub fn purge_body(p: &Purge) -> String {
+    let mode = match p.mode {
+        PurgeMode::Light => "light",
+        PurgeMode::Hard => "hard",
+    };
+    let (k, v) = match &p.target {
+        PurgeTarget::Url(v) => ("url", v),
+        PurgeTarget::Prefix(v) => ("prefix", v),
+        PurgeTarget::Tag(v) => ("tag", v),
+    };
+    format!("mode={mode}\n{k}={v}\n")
+}
+
 const ENGINE_PATHS: &[&str] = &[
     "/status",
     "/stats",
     "/metrics",
     "/blocked",
     "/unblock/ADDR",
+    "/purge",
     "/diff",
     "/validate",
     "/apply",
@@ -568,6 +643,10 @@ fn engine_dispatch(req: HttpRequest, tx: &mpsc::Sender<Request>) -> (Reply, &'st
         ("GET", "/blocked") => Op::Blocked,
         ("POST", p) if p.starts_with("/unblock/") => match unblock_addr(p) {
             Ok(a) => Op::Unblock(a),
+            Err(r) => return (r, "text/plain"),
+        },
+        ("POST", "/purge") => match parse_purge(&req.body) {
+            Ok(p) => Op::Purge(p),
             Err(r) => return (r, "text/plain"),
         },
         ("GET", "/diff") => Op::Diff,
@@ -812,10 +891,68 @@ mod tests {
         .unwrap();
         assert_eq!(r.status, 422);
         assert!(r.body.starts_with("/x.toml:1:"), "{}", r.body);
+        let r = call(
+            &sock,
+            "POST",
+            "/purge",
+            Some(("tag=product-1\nmode=hard\n", Path::new(""))),
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Reply::ok("Purge(Purge { mode: Hard, target: Tag(\"product-1\") })\n")
+        );
+        let r = call(&sock, "POST", "/purge", Some(("mode=hard", Path::new("")))).unwrap();
+        assert_eq!(r.status, 400, "refused before the engine: {}", r.body);
+        assert!(r.body.contains("needs url=, prefix= or tag="), "{}", r.body);
+        assert_eq!(call(&sock, "GET", "/purge", None).unwrap().status, 405);
         assert_eq!(call(&sock, "GET", "/nope", None).unwrap().status, 404);
         assert_eq!(call(&sock, "GET", "/apply", None).unwrap().status, 405);
         assert!(bind(&sock).is_err(), "a live socket is not stolen");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn purge_requests_parse_and_malformed_ones_name_the_problem() {
+        let p = |mode, target| Purge { mode, target };
+        assert_eq!(
+            parse_purge("url=http://a.example/x?y=1&z=2\n"),
+            Ok(p(
+                PurgeMode::Light,
+                PurgeTarget::Url("http://a.example/x?y=1&z=2".into())
+            ))
+        );
+        assert_eq!(
+            parse_purge("\r\n mode = hard \r\nprefix=https://a.example/img/\r\n"),
+            Ok(p(
+                PurgeMode::Hard,
+                PurgeTarget::Prefix("https://a.example/img/".into())
+            ))
+        );
+        for (body, why) in [
+            ("", "needs url=, prefix= or tag="),
+            ("mode=hard", "needs url=, prefix= or tag="),
+            ("tag", "line 1: \"tag\" is not key=value"),
+            ("tag=", "line 1: tag is empty"),
+            ("mode=soft\ntag=a", "mode \"soft\" is not light or hard"),
+            ("mode=hard\nmode=light\ntag=a", "mode given twice"),
+            ("tag=a\nurl=http://a/", "one of url, prefix or tag, once"),
+            ("tag=a\nkey=b", "line 2: unknown key \"key\""),
+        ] {
+            let r = parse_purge(body).unwrap_err();
+            assert_eq!(r.status, 400, "{body:?}");
+            assert!(r.body.contains(why), "{body:?}: {}", r.body);
+        }
+        for target in [
+            PurgeTarget::Url("http://a.example/x=1".into()),
+            PurgeTarget::Prefix("https://a.example/".into()),
+            PurgeTarget::Tag("t".into()),
+        ] {
+            for mode in [PurgeMode::Light, PurgeMode::Hard] {
+                let want = p(mode, target.clone());
+                assert_eq!(parse_purge(&purge_body(&want)), Ok(want));
+            }
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub enum CtlCmd {
     Metrics,
     Blocked,
     Unblock(std::net::IpAddr),
+    /// `POST /purge`.
+    Purge(ferrogate_proxy::cache::Purge),
     Validate(PathBuf),
     Apply(PathBuf),
     Diff,
@@ -42,6 +44,10 @@ pub fn ctl(ep: &admin::Endpoint, cmd: CtlCmd) -> Result<i32> {
         CtlCmd::Metrics => admin::request(ep, "GET", "/metrics", None)?,
         CtlCmd::Blocked => admin::request(ep, "GET", "/blocked", None)?,
         CtlCmd::Unblock(a) => admin::request(ep, "POST", &format!("/unblock/{a}"), None)?,
+        CtlCmd::Purge(p) => {
+            let body = admin::purge_body(&p);
+            admin::request(ep, "POST", "/purge", Some((&body, Path::new(""))))?
+        }
         CtlCmd::Diff => admin::request(ep, "GET", "/diff", None)?,
         CtlCmd::Rollback => admin::request(ep, "POST", "/rollback", None)?,
         CtlCmd::Validate(p) => {

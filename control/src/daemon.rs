@@ -568,6 +568,18 @@ impl Daemon {
                 Ok(a) => self.forward("POST", &format!("/unblock/{a}")),
                 Err(r) => r,
             },
+            // Checked here (400 without a trip), forwarded in its canonical form.
+            ("POST", "/purge") => match admin::parse_purge(&req.body) {
+                Ok(p) => match self.engine(
+                    "POST",
+                    "/purge",
+                    Some((&admin::purge_body(&p), Path::new(""))),
+                ) {
+                    Ok(r) => r,
+                    Err(e) => Reply::err(503, format!("engine unreachable: {e:#}\n")),
+                },
+                Err(r) => r,
+            },
             ("GET", "/metrics") => {
                 return (self.forward("GET", "/metrics"), "text/plain; version=0.0.4");
             }
@@ -589,6 +601,7 @@ impl Daemon {
                     "/metrics",
                     "/blocked",
                     "/unblock/ADDR",
+                    "/purge",
                     "/diff",
                     "/validate",
                     "/apply",
@@ -735,4 +748,75 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     daemon.file_hash.flush(Duration::from_secs(10));
     tracing::info!("control daemon stopped; the engine keeps serving");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daemon whose engine is a fake answering on `engine_socket`.
+    fn daemon(dir: &Path) -> Daemon {
+        Daemon {
+            file_hash: crate::latest_file::LatestFile::start(
+                dir.join(FILE_HASH),
+                "fg-test-hash",
+                |_, _| {},
+            )
+            .unwrap(),
+            last_hash: Mutex::new(None),
+            args: DaemonArgs {
+                config: dir.join("edge.toml"),
+                engine_socket: dir.join("engine.sock"),
+                socket: None,
+                tcp: None,
+                token_file: None,
+                state_dir: dir.to_path_buf(),
+                watch: Duration::from_secs(1),
+            },
+            state: Mutex::new(State::default()),
+            push: Mutex::new(()),
+            started: Instant::now(),
+            named: Mutex::new(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn a_purge_is_checked_then_forwarded_to_the_engine_in_canonical_form() {
+        let dir = std::env::temp_dir().join(format!("fg-daemon-purge-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<admin::Request>();
+        admin::spawn(admin::bind(&dir.join("engine.sock")).unwrap(), tx).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for r in rx {
+                log.lock().unwrap().push(format!("{:?}", r.op));
+                let _ = r.reply.send(Reply::ok("purged 2\n"));
+            }
+        });
+        let d = daemon(&dir);
+        let post = |body: &str| {
+            d.handle(HttpRequest {
+                method: "POST".into(),
+                path: "/purge".into(),
+                body: body.into(),
+                ..Default::default()
+            })
+            .0
+        };
+        assert_eq!(
+            post("mode=hard\nprefix=https://a.example/img/\n"),
+            Reply::ok("purged 2\n")
+        );
+        let r = post("prefix=https://a.example/img/\ntag=x\n");
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("one of url, prefix or tag"), "{}", r.body);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["Purge(Purge { mode: Hard, target: Prefix(\"https://a.example/img/\") })"],
+            "the malformed one never reached the engine"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -171,6 +171,24 @@ enum CtlSub {
     Blocked,
     /// Lift an escalated source's deny now.
     Unblock { addr: std::net::IpAddr },
+    /// Purge the response cache: one URL (every variant), every URL under
+    /// a prefix, or every object tagged (surrogate key). Light (default)
+    /// marks objects stale, to be revalidated; --hard deletes them.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["url", "prefix", "tag"])))]
+    Purge {
+        /// scheme://host/path?query, exactly.
+        #[arg(long)]
+        url: Option<String>,
+        /// scheme://host/path-prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// A value of the configured tag header ([cache] tag_header).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Delete the objects instead of marking them stale.
+        #[arg(long)]
+        hard: bool,
+    },
     /// Validate a config file against the running engine's schema.
     Validate { file: PathBuf },
     /// Validate and apply a config file as a new snapshot.
@@ -413,6 +431,26 @@ fn main() -> Result<()> {
                 CtlSub::Metrics => CtlCmd::Metrics,
                 CtlSub::Blocked => CtlCmd::Blocked,
                 CtlSub::Unblock { addr } => CtlCmd::Unblock(addr),
+                CtlSub::Purge {
+                    url,
+                    prefix,
+                    tag,
+                    hard,
+                } => {
+                    use ferrogate_proxy::cache::{Purge, PurgeTarget, core::PurgeMode};
+                    let target = match (url, prefix, tag) {
+                        (Some(u), _, _) => PurgeTarget::Url(u),
+                        (_, Some(p), _) => PurgeTarget::Prefix(p),
+                        (_, _, Some(t)) => PurgeTarget::Tag(t),
+                        _ => unreachable!("clap requires one target"),
+                    };
+                    let mode = if hard {
+                        PurgeMode::Hard
+                    } else {
+                        PurgeMode::Light
+                    };
+                    CtlCmd::Purge(Purge { mode, target })
+                }
                 CtlSub::Validate { file } => CtlCmd::Validate(file),
                 CtlSub::Apply { file } => CtlCmd::Apply(file),
                 CtlSub::Diff => CtlCmd::Diff,

@@ -424,6 +424,19 @@ pub fn render(st: &EngineStats, info: &Info<'_>) -> String {
             c.escalated,
         );
     }
+    for (k, v) in st.cache_fields() {
+        let name = format!("ferrogate_cache_store_{k}");
+        if matches!(k, "objects" | "bytes") {
+            f.gauge(&name, "response cache store (engine-wide) now", &[], v);
+        } else {
+            f.counter(
+                &format!("{name}_total"),
+                "response cache store (engine-wide)",
+                &[],
+                v,
+            );
+        }
+    }
     let e = &st.escalation;
     f.gauge(
         "ferrogate_escalated_sources",
@@ -458,7 +471,8 @@ mod tests {
         w.stack.requests = 7;
         w.stack.net.rx_frames = 9;
         w.stack.active_connections = 2;
-        let st = EngineStats {
+        w.stack.cache.hit = 5;
+        let mut st = EngineStats {
             backend: ferrogate_engine::BackendKind::Memory,
             workers: vec![w],
             xdp: None,
@@ -469,7 +483,12 @@ mod tests {
             routes: Default::default(),
             port: vec![],
             escalation: Default::default(),
+            cache: Default::default(),
         };
+        st.cache.objects = 3;
+        st.cache.bytes = 4096;
+        st.cache.evicted = 2;
+        st.cache.purged = 1;
         let s = render(
             &st,
             &Info {
@@ -482,6 +501,13 @@ mod tests {
             "ferrogate_stack_requests_total{worker=\"0\"} 7",
             "ferrogate_stack_rx_frames_total{worker=\"0\"} 9",
             "ferrogate_stack_active_connections{worker=\"0\"} 2",
+            "ferrogate_stack_cache_hits_total{worker=\"0\"} 5",
+            "ferrogate_cache_store_objects 3",
+            "ferrogate_cache_store_bytes 4096",
+            "ferrogate_cache_store_evicted_total 2",
+            "ferrogate_cache_store_purged_total 1",
+            "ferrogate_cache_store_inserted_total 0",
+            "# TYPE ferrogate_cache_store_objects gauge",
         ] {
             assert!(s.contains(line), "{line} missing in:\n{s}");
         }

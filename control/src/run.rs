@@ -260,6 +260,13 @@ impl Runtime<'_> {
                     Reply::err(404, format!("{addr} is not denied by escalation\n"))
                 }
             }
+            Op::Purge(p) => match self.engine.purge(&p) {
+                Ok(n) => {
+                    tracing::info!(purge = ?p, purged = n, "cache purge");
+                    Reply::ok(format!("purged {n}\n"))
+                }
+                Err(e) => Reply::err(400, format!("bad purge request: {e}\n")),
+            },
             Op::Metrics => {
                 let cur = self.current();
                 let info = crate::metrics::Info {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrogate_ebpf::{AttachMode, FailMode, FilterRules};
+use ferrogate_proxy::cache::CacheSettings;
 use ferrogate_proxy::{RouteTable, StackConfig};
 
 /// Which packet source to use.
@@ -112,6 +113,13 @@ pub struct EngineConfig {
     pub access_log_queue: usize,
     /// `[engine.dpdk]` (used with `backend = dpdk`).
     pub dpdk: DpdkSettings,
+    /// `[cache]`: the response cache every worker shares. Read at start
+    /// only (a reload keeps the running store). `store.key_seed` is
+    /// replaced by `cache_key_seed`, or a random seed.
+    pub cache: CacheSettings,
+    /// The key hash's seed; None: random at each start (keys are not
+    /// predictable from outside; nothing is persisted across starts).
+    pub cache_key_seed: Option<u128>,
 }
 
 impl EngineConfig {
@@ -137,6 +145,8 @@ impl EngineConfig {
             numa: Default::default(),
             access_log_queue: 0,
             dpdk: DpdkSettings::default(),
+            cache: CacheSettings::default(),
+            cache_key_seed: None,
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::Instant as StdInstant;
 use arc_swap::ArcSwap;
 use ferrogate_ebpf::{VipAction, XdpFilter};
 use ferrogate_proxy::access::{AccessQueue, AccessSink};
+use ferrogate_proxy::cache::{CacheSettings, ClockAnchor, EdgeCache, Purge, PurgeError};
 use ferrogate_proxy::{Instant, RouteTable, Stack};
 use ferrogate_proxy::{lb::UpstreamStats, route_stats::RouteCounters};
 
@@ -85,6 +86,48 @@ struct Started {
     access_log: bool,
     tcp: TcpSettings,
     upstream_port_range: std::ops::Range<u16>,
+    cache: CacheShape,
+}
+
+/// What a `[cache]` change would change in the store (compared on reload:
+/// the store lives as long as the engine).
+#[derive(PartialEq)]
+struct CacheShape {
+    store: (usize, usize, usize, Option<String>),
+    status_header: Option<String>,
+    lock_timeout: std::time::Duration,
+    wait_poll: std::time::Duration,
+    key_seed: Option<u128>,
+}
+
+impl CacheShape {
+    fn of(cfg: &EngineConfig) -> Self {
+        let c = &cfg.cache;
+        Self {
+            store: (
+                c.store.max_bytes,
+                c.store.shards,
+                c.store.max_object_bytes,
+                c.store.tag_header.clone(),
+            ),
+            status_header: c.status_header.clone(),
+            lock_timeout: c.lock_timeout,
+            wait_poll: c.wait_poll,
+            key_seed: cfg.cache_key_seed,
+        }
+    }
+}
+
+/// The settings of the engine's cache: the configured key seed, else a
+/// random one (std's per-process random keys).
+fn cache_settings(cfg: &EngineConfig) -> CacheSettings {
+    use std::hash::{BuildHasher, Hasher};
+    let mut s = cfg.cache.clone();
+    s.store.key_seed = cfg.cache_key_seed.unwrap_or_else(|| {
+        let word = || std::hash::RandomState::new().build_hasher().finish();
+        u128::from(word()) << 64 | u128::from(word())
+    });
+    s
 }
 
 /// The per-socket TCP settings the workers' stacks were built with.
@@ -122,6 +165,8 @@ pub struct Engine {
     /// Per-worker access-log queues (index = worker), empty when off.
     access: Vec<Arc<AccessQueue>>,
     clock_start: StdInstant,
+    /// The response cache every worker's stack shares (purged from here).
+    cache: Arc<EdgeCache>,
     soft_filter: Option<SoftFilter>,
     /// Rate-limit buckets shared by the workers; their escalations.
     quota: Arc<Quota>,
@@ -484,6 +529,15 @@ impl Engine {
         let epoch = Arc::new(AtomicU64::new(0));
         let shutdown = Arc::new(AtomicBool::new(false));
         let clock_start = StdInstant::now();
+        // The workers' clocks count µs from `clock_start`: the cache maps
+        // them to wall time (HTTP dates) and to std's monotonic clock.
+        let anchor = ClockAnchor {
+            mono: clock_start,
+            wall: std::time::SystemTime::now()
+                .checked_sub(clock_start.elapsed())
+                .unwrap_or(std::time::UNIX_EPOCH),
+        };
+        let cache = Arc::new(EdgeCache::new(cache_settings(&cfg)));
         let mut meshes = handoff::mesh(workers_n, 1024).map_err(EngineError::Waker)?;
         let mut engine = Engine {
             started: Started {
@@ -494,6 +548,7 @@ impl Engine {
                 routes: cfg.routes.clone(),
                 tcp: TcpSettings::of(&cfg.stack.net),
                 upstream_port_range: cfg.upstream_port_range.clone(),
+                cache: CacheShape::of(&cfg),
             },
             backend,
             xdp,
@@ -504,6 +559,7 @@ impl Engine {
             epoch: epoch.clone(),
             access: Vec::new(),
             clock_start,
+            cache: cache.clone(),
             soft_filter,
             quota: Arc::new(Quota::default()),
             deny: DenySet::default(),
@@ -530,6 +586,7 @@ impl Engine {
             let mut stack = Stack::new(sc, cfg.routes.clone(), Instant::from_micros(0))
                 .map_err(|source| EngineError::Stack { worker: id, source })?;
             stack.set_quota(engine.quota.clone());
+            stack.set_cache(cache.clone(), anchor);
             if cfg.access_log_queue > 0 {
                 let q = Arc::new(AccessQueue::new(cfg.access_log_queue));
                 stack.set_access_log(AccessSink::new(q.clone()));
@@ -586,6 +643,17 @@ impl Engine {
         self.clock_start
     }
 
+    /// The response cache the workers share.
+    pub fn cache(&self) -> &Arc<EdgeCache> {
+        &self.cache
+    }
+
+    /// Purges cached objects (every worker sees it at once); returns how
+    /// many it hit.
+    pub fn purge(&self, p: &Purge) -> Result<usize, PurgeError> {
+        self.cache.purge(p)
+    }
+
     /// Swaps in a new routing snapshot; workers pick it up between batches.
     pub fn apply_routes(&self, routes: Arc<RouteTable>) {
         self.routes.store(routes);
@@ -622,6 +690,11 @@ impl Engine {
         }
         if cfg.upstream_port_range != self.started.upstream_port_range {
             ignored.push("engine.upstream_port_range");
+        }
+        if CacheShape::of(cfg) != self.started.cache {
+            // The store and its objects outlive reloads; a new size or
+            // seed would mean a new, empty store.
+            ignored.push("cache");
         }
         let filter = match (self.xdp.as_mut(), self.soft_filter.as_mut()) {
             (Some(x), _) => {
@@ -735,6 +808,7 @@ impl Engine {
                 queue_dropped: self.quota.escalations().dropped(),
             },
             snapshot_version: self.routes.load().version,
+            cache: self.cache.stats(),
             upstreams: self
                 .stats
                 .iter()

@@ -85,6 +85,8 @@ pub struct EngineStats {
     /// Port counters of the DPDK backend (`dpdk_port_*`, `dpdk_xstat_*`).
     pub port: Vec<(String, u64)>,
     pub escalation: EscalationStats,
+    /// The shared response cache's store (engine-wide, not per worker).
+    pub cache: ferrogate_proxy::cache::core::StoreStats,
 }
 
 /// Sources escalated by L7 rate limits to the filter tier's deny set.
@@ -191,8 +193,27 @@ impl EngineStats {
         let _ = writeln!(s, "escalation_refused_allowed {}", e.refused_allowed);
         let _ = writeln!(s, "escalation_failed {}", e.failed);
         let _ = writeln!(s, "escalation_queue_dropped {}", e.queue_dropped);
+        for (k, v) in self.cache_fields() {
+            let _ = writeln!(s, "cache_store_{k} {v}");
+        }
         self.upstreams.render(&mut s);
         self.routes.render(&mut s);
         s
+    }
+
+    /// The cache store's figures by name (`cache_store_<name>` in
+    /// `ferrogate ctl stats`, `ferrogate_cache_store_<name>` in metrics).
+    /// `objects` and `bytes` are gauges, the rest counters.
+    pub fn cache_fields(&self) -> [(&'static str, u64); 7] {
+        let c = &self.cache;
+        [
+            ("objects", c.objects),
+            ("bytes", c.bytes),
+            ("inserted", c.inserted),
+            ("bytes_inserted", c.bytes_inserted),
+            ("evicted", c.evicted),
+            ("bytes_evicted", c.bytes_evicted),
+            ("purged", c.purged),
+        ]
     }
 }

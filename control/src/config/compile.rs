@@ -205,6 +205,17 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
         }
         let listener_limits =
             rate_limits.resolve(&l.rate_limits, &[], &format!("listeners[{i}]"), rep);
+        if !is_http {
+            for (j, r) in l.routes.iter().enumerate() {
+                if let Some(c) = &r.cache {
+                    rep.at(
+                        c.span(),
+                        format!("listeners[{i}].routes[{j}].cache"),
+                        "only HTTP listeners cache responses",
+                    );
+                }
+            }
+        }
         if udp {
             if let Some(u) = check_udp(i, l, &pools, rep) {
                 udp_listeners.push(u);
@@ -398,6 +409,11 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 }
             }
             let rules = check_rules(&field, &r.rules, l, &pools, &mut rule_names, rep);
+            let cache = if is_http {
+                check_route_cache(&field, r, rep)
+            } else {
+                None
+            };
             let limits = rate_limits.resolve(&r.rate_limits, &listener_limits, &field, rep);
             if !has_token && by_subject(&limits) {
                 let span = r.rate_limits.first().map_or(anchor.clone(), |n| n.span());
@@ -419,6 +435,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                     limits,
                     rules,
                     jwt: route_jwt,
+                    cache,
                     ..Route::new(name, action)
                 });
             }
@@ -457,6 +474,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     let filter = check_filter(cfg, rep, &vips, &pools);
     let numa = check_numa(cfg, rep);
     let dpdk = check_dpdk(&e.dpdk, rep);
+    let (cache, cache_key_seed) = check_cache(&cfg.cache, rep);
     if !rep.errors.is_empty() {
         return None;
     }
@@ -569,6 +587,8 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
         upstream_read: cfg.timeouts.upstream_read_ms.map(Duration::from_millis),
     };
     ec.stack.h2 = check_http2(&cfg.http2, rep);
+    ec.cache = cache;
+    ec.cache_key_seed = cache_key_seed;
     Some(Compiled {
         netns: e.netns.clone(),
         engine: ec,

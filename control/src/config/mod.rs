@@ -29,6 +29,9 @@ use toml::Spanned;
 /// Largest body a `respond` route may carry (it must fit the head buffer).
 const MAX_DIRECT_BODY: usize = 8 * 1024;
 
+mod cache;
+#[cfg(test)]
+mod cache_tests;
 mod compile;
 mod engine;
 mod filter;
@@ -47,6 +50,7 @@ mod tests;
 mod tls_tests;
 mod upstream;
 
+use cache::*;
 use compile::*;
 use engine::*;
 use filter::*;

@@ -30,6 +30,9 @@ pub struct FileConfig {
     pub access_log: Option<AccessLogSection>,
     #[serde(default)]
     pub http2: Http2Section,
+    /// `[cache]`: the engine's response cache (routes opt in with `cache`).
+    #[serde(default)]
+    pub cache: CacheSection,
 }
 
 /// `[http2]`: settings and limits of HTTP/2 connections (listeners with
@@ -540,6 +543,9 @@ pub struct RouteSection {
     /// requests need instead of the listener's, or `"none"`: no token.
     #[serde(default)]
     pub jwt: Option<Spanned<String>>,
+    /// Response caching: `true` (defaults), `false`, or `{ ttl = …, … }`.
+    #[serde(default)]
+    pub cache: Option<Spanned<RouteCacheSetting>>,
 }
 
 /// `canary = { pool, percent, key, brake = { … } }` on a route.
@@ -906,4 +912,149 @@ pub struct JwtSection {
 
 pub(super) fn jwt_skew_default() -> Spanned<u64> {
     Spanned::new(0..0, 60)
+}
+
+/// `[cache]`: the engine's response cache, one store shared by every
+/// worker. Sizes are bytes. Read at engine start: a reload that changes it
+/// is reported ("needs a restart") and the running store stays.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Byte budget of the whole store (default 268435456 = 256 MiB).
+    #[serde(default)]
+    pub max_bytes: Option<Spanned<i64>>,
+    /// Largest object kept (default 8 MiB, at most max_bytes / shards).
+    #[serde(default)]
+    pub max_object_bytes: Option<Spanned<i64>>,
+    /// Store shards, rounded up to a power of two (default 16).
+    #[serde(default)]
+    pub shards: Option<Spanned<i64>>,
+    /// Response header whose values tag objects for purge by tag (default
+    /// "surrogate-key"; "" or false: no tags).
+    #[serde(default)]
+    pub tag_header: Option<Spanned<HeaderSetting>>,
+    /// Response header naming what the cache did (default "x-cache"; ""
+    /// or false: none).
+    #[serde(default)]
+    pub status_header: Option<Spanned<HeaderSetting>>,
+    /// How long a request waits for another's fetch of the same object
+    /// before going upstream itself (default 5000).
+    #[serde(default)]
+    pub lock_timeout_ms: Option<Spanned<i64>>,
+    /// Seed of the key hash: an integer or up to 32 hex digits (default:
+    /// random at each engine start).
+    #[serde(default)]
+    pub key_seed: Option<Spanned<toml::Value>>,
+}
+
+/// A header name, or none (`""` / `false`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderSetting {
+    Name(String),
+    Off,
+    /// `true`: reported (a header needs a name).
+    On,
+}
+
+impl<'de> Deserialize<'de> for HeaderSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = HeaderSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a header name, \"\" or false")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HeaderSetting, E> {
+                Ok(if v.is_empty() {
+                    HeaderSetting::Off
+                } else {
+                    HeaderSetting::Name(v.to_string())
+                })
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<HeaderSetting, E> {
+                Ok(if v {
+                    HeaderSetting::On
+                } else {
+                    HeaderSetting::Off
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A route's `cache`: `true` (the defaults), `false` (none), or a table.
+#[derive(Debug)]
+pub enum RouteCacheSetting {
+    Off,
+    Defaults,
+    Table(Box<RouteCacheSection>),
+}
+
+impl<'de> Deserialize<'de> for RouteCacheSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RouteCacheSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or a table of cache settings")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RouteCacheSetting, E> {
+                Ok(if v {
+                    RouteCacheSetting::Defaults
+                } else {
+                    RouteCacheSetting::Off
+                })
+            }
+            // The table goes through the file's own deserializer, so its
+            // keys keep their spans and unknown ones are located.
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RouteCacheSetting, A::Error> {
+                RouteCacheSection::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|t| RouteCacheSetting::Table(Box::new(t)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `cache = { … }` on a route (see `configs/edge.example.toml`). Times
+/// are seconds.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSection {
+    /// Freshness lifetime of every storable response, replacing the
+    /// origin's (responses that may not be stored still are not).
+    #[serde(default)]
+    pub ttl: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub min_ttl: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub max_ttl: Option<Spanned<i64>>,
+    /// Heuristic lifetime as a percentage of Date − Last-Modified (default
+    /// 10; 0: none).
+    #[serde(default)]
+    pub heuristic_percent: Option<Spanned<i64>>,
+    /// Cap of a heuristic lifetime (default 86400).
+    #[serde(default)]
+    pub heuristic_max: Option<Spanned<i64>>,
+    /// Leave the query out of the key.
+    #[serde(default)]
+    pub ignore_query: bool,
+    /// Query parameters left out of the key (e.g. "utm_source").
+    #[serde(default)]
+    pub ignore_params: Vec<Spanned<String>>,
+    /// Request headers whose values join the key.
+    #[serde(default)]
+    pub key_headers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub ignore_request_no_cache: bool,
+    #[serde(default)]
+    pub ignore_response_no_cache: bool,
+    /// Store responses with Set-Cookie (off: one user's cookie would be
+    /// handed to everyone).
+    #[serde(default)]
+    pub store_set_cookie: bool,
 }

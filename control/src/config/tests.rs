@@ -272,6 +272,16 @@ fn edge_example_compiles_every_new_key() {
     for (i, u) in t.upstreams.iter().enumerate() {
         assert_eq!(u.index, i);
     }
+    let assets = t.routes().find(|r| r.name == "assets").unwrap();
+    let cache = assets.cache.as_ref().expect("a cached route");
+    assert_eq!(
+        (cache.policy.min_ttl, cache.policy.max_ttl),
+        (60, Some(86400))
+    );
+    assert!(cache.policy.ignore_request_no_cache);
+    assert_eq!(cache.key.ignore_params.len(), 2);
+    assert_eq!(c.engine.cache.store.max_bytes, 256 << 20);
+    assert_eq!(c.engine.cache.status_header.as_deref(), Some("x-cache"));
 }
 
 #[test]
