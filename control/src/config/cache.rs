@@ -247,5 +247,5 @@ pub(super) fn check_route_cache(
         }
         key.headers.push(lower.into_bytes().into());
     }
-    (rep.errors.len() == before).then(|| Arc::new(RouteCache { policy, key }))
+    (rep.errors.len() == before).then(|| Arc::new(RouteCache::new(policy, key)))
 }

@@ -85,7 +85,7 @@ fn cache_true_is_the_defaults_and_false_is_none() {
     let c = compiled(&route_cache("true"));
     let rc = the_route_cache(&c).expect("cached");
     assert_eq!(rc.policy, CachePolicyConfig::default());
-    assert_eq!(rc.key, KeyConfig::default());
+    assert_eq!(rc.key(), RouteCache::default().key());
     assert!(the_route_cache(&compiled(&route_cache("false"))).is_none());
 }
 
@@ -111,12 +111,16 @@ fn a_full_cache_config_compiles_into_the_store_settings_and_the_route_cache() {
         }
     );
     assert_eq!(
-        rc.key,
-        KeyConfig {
-            ignore_params: vec!["utm_source".into(), "fbclid".into()],
-            ignore_query: false,
-            headers: vec!["accept-language".into()],
-        }
+        rc.key(),
+        RouteCache::new(
+            CachePolicyConfig::default(),
+            KeyConfig {
+                ignore_params: vec!["utm_source".into(), "fbclid".into()],
+                ignore_query: false,
+                headers: vec!["accept-language".into()],
+            },
+        )
+        .key()
     );
     let s = &c.engine.cache;
     assert_eq!(
@@ -137,7 +141,7 @@ fn a_full_cache_config_compiles_into_the_store_settings_and_the_route_cache() {
         route_cache("{ ignore_query = true }"),
         "[cache]\ntag_header = \"\"\nstatus_header = \"X-Edge-Cache\""
     ));
-    assert!(the_route_cache(&c).unwrap().key.ignore_query);
+    assert!(the_route_cache(&c).unwrap().key().ignore_query);
     assert_eq!(c.engine.cache.store.tag_header, None);
     assert_eq!(
         c.engine.cache.status_header.as_deref(),
@@ -153,11 +157,15 @@ fn a_route_cache_sub_table_compiles_and_its_unknown_key_is_located() {
     let rc = the_route_cache(&c).expect("cached");
     assert_eq!(rc.policy.ttl_override, Some(30));
     assert_eq!(
-        rc.key,
-        KeyConfig {
-            headers: vec!["x-tenant".into()],
-            ..KeyConfig::default()
-        }
+        rc.key(),
+        RouteCache::new(
+            CachePolicyConfig::default(),
+            KeyConfig {
+                headers: vec!["x-tenant".into()],
+                ..KeyConfig::default()
+            },
+        )
+        .key()
     );
     let e = errors(&format!(
         "{BASE}[listeners.routes.cache]\nttl = 30\nttll = 3\n"

@@ -279,7 +279,7 @@ fn edge_example_compiles_every_new_key() {
         (60, Some(86400))
     );
     assert!(cache.policy.ignore_request_no_cache);
-    assert_eq!(cache.key.ignore_params.len(), 2);
+    assert_eq!(cache.key().ignore_params.len(), 2);
     assert_eq!(c.engine.cache.store.max_bytes, 256 << 20);
     assert_eq!(c.engine.cache.status_header.as_deref(), Some("x-cache"));
 }

@@ -576,10 +576,14 @@ pub fn write_client_response(
     let switching = status == 101;
     let fields = Headers(Fields::Http1(resp.headers));
     let nominates = fields.contains("connection");
+    // Both framings: chunked wins, and a proxy forwarding it must drop the
+    // length (RFC 9112 §6.3) or a client trusting it reads out of step.
+    let chunked = fields.contains("transfer-encoding");
     for h in resp.headers.iter() {
         let upgrade = switching && h.name.eq_ignore_ascii_case("upgrade");
         if ((is_hop_by_hop(h.name) || (nominates && named_by_connection(fields, h.name)))
             && !upgrade)
+            || (chunked && h.name.eq_ignore_ascii_case("content-length"))
             || strip(h.name)
         {
             continue;

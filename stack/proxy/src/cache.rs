@@ -16,7 +16,7 @@ use ferrogate_cache::policy::{RequestDecision, response_storable};
 use ferrogate_cache::{
     Acquired, CacheControl, CacheKey, CacheLocks, CacheMeta, CachePolicyConfig, CacheStatus,
     FetchPermit, HeaderView, Hit, KeyConfig, KeyParts, MemoryStore, Object, ObjectWriter,
-    PurgeMode, StoreConfig, StoredHeaders, Verdict, WaitTicket,
+    PurgeMode, StoreConfig, StoredHeaders, WaitTicket,
 };
 
 use crate::http::Headers;
@@ -342,6 +342,8 @@ pub(crate) struct CacheReq {
     pub status: CacheStatus,
     /// An unsafe method's request: its success invalidates the target.
     invalidate: bool,
+    /// The store's purge epoch before the lookup (see `insert_since`).
+    epoch: u64,
 }
 
 impl std::fmt::Debug for CacheReq {
@@ -556,6 +558,7 @@ pub(crate) fn lookup(
             sent_at: h.anchor.wall(now),
             status: CacheStatus::Bypass,
             invalidate: true,
+            epoch: 0,
         }));
     }
     if req.has_body || req.diverted || plain.has("authorization") {
@@ -613,13 +616,13 @@ fn range_lookup(
         return Lookup::Bypass;
     };
     let wall = h.anchor.wall(now);
-    let fresh = ferrogate_cache::evaluate(
+    let fresh = ferrogate_cache::decide(
         hit.meta(),
         directives,
         validate,
         hit.object.light_purged(),
         wall,
-    ) == Verdict::Fresh;
+    ) == ferrogate_cache::Decision::Fresh;
     if !fresh || !hit.object.is_complete() || hit.meta().headers.status != 200 {
         return Lookup::Bypass;
     }
@@ -777,12 +780,17 @@ fn decide(
     key: &CacheKey<'_>,
     fields: &dyn HeaderView,
     d: Decide,
-    owned: impl FnOnce() -> OwnedKey,
+    owned: impl Fn() -> OwnedKey,
     now: Instant,
 ) -> Lookup {
+    use ferrogate_cache::Decision;
     let edge = &h.edge;
     let wall = h.anchor.wall(now);
-    let deadline = h.anchor.mono(now) + edge.settings.lock_timeout;
+    let mono = h.anchor.mono(now);
+    let deadline = mono + edge.settings.lock_timeout;
+    // Before the lookup: a hard purge from now on refuses what this
+    // request's fetch would store.
+    let epoch = edge.store.purge_epoch();
     let req = |stale: Option<(Hit, bool)>, status| {
         Box::new(CacheReq {
             route: route.clone(),
@@ -795,63 +803,68 @@ fn decide(
             sent_at: wall,
             status,
             invalidate: false,
+            epoch,
         })
+    };
+    // Holds the key's lock to revalidate `hit`, or serves it stale while
+    // another request does (`serve_stale`), or waits for that one.
+    let revalidate = |hit: Hit, stale_if_error: bool, serve_stale: bool| -> Lookup {
+        if !d.store {
+            // HEAD or no-store: nothing of theirs is stored for others;
+            // they revalidate (or are served stale) alone, holding no lock.
+            return if serve_stale {
+                Lookup::Serve(hit.object, CacheStatus::Stale)
+            } else {
+                Lookup::Fetch(req(Some((hit, stale_if_error)), CacheStatus::Expired))
+            };
+        }
+        match edge.locks.acquire_at(key.hash, mono, deadline) {
+            Acquired::Fetch(p) => {
+                let mut r = req(Some((hit, stale_if_error)), CacheStatus::Expired);
+                r.permit = Some(p);
+                Lookup::Fetch(r)
+            }
+            Acquired::Wait(_) if serve_stale => Lookup::Serve(hit.object, CacheStatus::Stale),
+            Acquired::Wait(t) => Lookup::Wait(req(None, CacheStatus::Miss), t),
+        }
     };
     let only_if_cached = d.directives.only_if_cached;
     if let Some(hit) = edge.store.lookup(key, fields) {
         let light = hit.object.light_purged();
-        match ferrogate_cache::evaluate(hit.meta(), &d.directives, d.validate, light, wall) {
-            Verdict::Fresh if client_has_it(fields, hit.meta()) => {
-                return Lookup::NotModified(hit.object);
+        return match ferrogate_cache::decide(hit.meta(), &d.directives, d.validate, light, wall) {
+            Decision::Fresh if client_has_it(fields, hit.meta()) => Lookup::NotModified(hit.object),
+            Decision::Fresh => Lookup::Serve(hit.object, CacheStatus::Hit),
+            // The client accepts it stale (max-stale).
+            Decision::Stale => Lookup::Serve(hit.object, CacheStatus::Stale),
+            Decision::GatewayTimeout => Lookup::GatewayTimeout,
+            _ if only_if_cached => Lookup::GatewayTimeout,
+            // This request revalidates; the others are served stale.
+            Decision::ServeStaleWhileRevalidate => revalidate(hit, true, true),
+            // A light purge: stale only while one revalidation runs.
+            Decision::RevalidateOrServeStale { stale_if_error } => {
+                revalidate(hit, stale_if_error, true)
             }
-            Verdict::Fresh => return Lookup::Serve(hit.object, CacheStatus::Hit),
-            _ if only_if_cached => return Lookup::GatewayTimeout,
-            Verdict::ServeStaleWhileRevalidate if !d.store => {
-                // HEAD or no-store: served what is stored, holds no lock.
-                return Lookup::Serve(hit.object, CacheStatus::Stale);
-            }
-            Verdict::ServeStaleWhileRevalidate => {
-                return match edge.locks.acquire(key.hash, deadline) {
-                    // This request revalidates (the others are served stale).
-                    Acquired::Fetch(p) => {
-                        let mut r = req(Some((hit, true)), CacheStatus::Expired);
-                        r.permit = Some(p);
-                        Lookup::Fetch(r)
-                    }
-                    Acquired::Wait(_) => Lookup::Serve(hit.object, CacheStatus::Stale),
-                };
-            }
-            Verdict::Revalidate { stale_if_error } => {
-                if !d.store {
-                    // HEAD or no-store: revalidate for this request alone.
-                    return Lookup::Fetch(req(Some((hit, stale_if_error)), CacheStatus::Expired));
-                }
-                return match edge.locks.acquire(key.hash, deadline) {
-                    Acquired::Fetch(p) => {
-                        let mut r = req(Some((hit, stale_if_error)), CacheStatus::Expired);
-                        r.permit = Some(p);
-                        Lookup::Fetch(r)
-                    }
-                    Acquired::Wait(t) => Lookup::Wait(req(None, CacheStatus::Miss), t),
-                };
-            }
-        }
+            Decision::Revalidate { stale_if_error } => revalidate(hit, stale_if_error, false),
+        };
     }
     if only_if_cached {
         return Lookup::GatewayTimeout;
     }
-    if !d.store {
-        // HEAD and no-store requests never hold the lock: nothing of
-        // theirs would be stored for the waiters.
-        return Lookup::Fetch(req(None, CacheStatus::Miss));
+    if !d.store || edge.locks.hit_for_pass(key.hash, mono) {
+        // HEAD and no-store requests never hold the lock (nothing of
+        // theirs is stored for the waiters); a key that just answered
+        // something uncacheable goes upstream without coalescing.
+        let mut r = req(None, CacheStatus::Miss);
+        r.store &= d.store;
+        return Lookup::Fetch(r);
     }
-    match edge.locks.acquire(key.hash, deadline) {
+    match edge.locks.acquire_at(key.hash, mono, deadline) {
         Acquired::Fetch(p) => {
             // A fetch may have stored and released between the miss and
             // `acquire`: look again before going upstream.
             if let Some(hit) = edge.store.lookup(key, fields)
-                && ferrogate_cache::evaluate(hit.meta(), &d.directives, d.validate, false, wall)
-                    == Verdict::Fresh
+                && ferrogate_cache::decide(hit.meta(), &d.directives, d.validate, false, wall)
+                    == Decision::Fresh
             {
                 p.stored();
                 return Lookup::Serve(hit.object, CacheStatus::Hit);
@@ -952,6 +965,7 @@ pub(crate) fn on_response(
 ) -> OnResponse {
     let edge = &h.edge;
     let wall = h.anchor.wall(now);
+    let mono = h.anchor.mono(now);
     let route = req.route.clone();
     let policy = &route.policy;
     if req.invalidate {
@@ -973,7 +987,7 @@ pub(crate) fn on_response(
                 // Selects nothing stored: the object is of no use either.
                 edge.store.remove(&hit);
                 if let Some(p) = req.permit.take() {
-                    p.uncacheable();
+                    p.uncacheable_at(mono);
                 }
                 return OnResponse::Mismatch;
             };
@@ -994,11 +1008,18 @@ pub(crate) fn on_response(
                     edge.store.remove(&hit);
                 }
                 if let Some(p) = req.permit.take() {
-                    p.uncacheable();
+                    p.uncacheable_at(mono);
                 }
                 return OnResponse::Serve(hit.object);
             }
-            edge.store.refresh(&hit, meta);
+            if edge.store.refresh_outcome(&hit, meta) != ferrogate_cache::store::Refresh::Refreshed
+            {
+                // Evicted (its new fields forbid keeping it) or gone: served once.
+                if let Some(p) = req.permit.take() {
+                    p.uncacheable_at(mono);
+                }
+                return OnResponse::Serve(hit.object);
+            }
             if let Some(p) = req.permit.take() {
                 p.stored();
             }
@@ -1023,7 +1044,7 @@ pub(crate) fn on_response(
         || response_storable("GET", &req.key.headers, status, resp, policy).is_err()
         || body_len.is_some_and(|n| n > usize::MAX as u64)
     {
-        permit.uncacheable();
+        permit.uncacheable_at(mono);
         return OnResponse::Pass;
     }
     let meta = CacheMeta::from_stored(
@@ -1034,17 +1055,20 @@ pub(crate) fn on_response(
         policy,
     );
     let key = CacheKey::new(req.key.parts(), req.route.key(), edge.store.hasher());
-    match edge
-        .store
-        .insert(&key, &req.key.headers, meta, body_len.map(|n| n as usize))
-    {
+    match edge.store.insert_since(
+        &key,
+        &req.key.headers,
+        meta,
+        body_len.map(|n| n as usize),
+        req.epoch,
+    ) {
         Ok(w) => {
             // The object is visible now: the waiters read it as it grows.
             permit.stored();
             OnResponse::Store(w)
         }
         Err(_) => {
-            permit.uncacheable();
+            permit.uncacheable_at(mono);
             OnResponse::Pass
         }
     }
@@ -1119,6 +1143,16 @@ pub(crate) fn write_stored_head(
     };
     ok &= out.extend(b"\r\n");
     ok.then_some(known)
+}
+
+/// Whether a writer's object should get no more of the body: it left the
+/// store and its readers lag by more than an object's size (`Full`), or
+/// none is left (`Detached`).
+pub(crate) fn stop_feeding(w: &ObjectWriter) -> bool {
+    matches!(
+        w.status(),
+        ferrogate_cache::Append::Full | ferrogate_cache::Append::Detached
+    )
 }
 
 /// Request fields the cache's own fetches never forward: it needs a full

@@ -1576,13 +1576,15 @@ impl<P: ProxyHttp> Conn<P> {
                 let t = (*n).min(window.len() as u64) as usize;
                 *n -= t as u64;
                 if let Some(w) = &mut self.cache_writer {
-                    w.append(bytes::Bytes::copy_from_slice(&window[..t]));
+                    let _ = w.push(bytes::Bytes::copy_from_slice(&window[..t]));
                 }
                 (t, *n == 0)
             }
             Body::Chunked(dec) => match match &mut self.cache_writer {
                 // The object stores the payload, without the framing.
-                Some(w) => dec.feed_with(window, |d| w.append(bytes::Bytes::copy_from_slice(d))),
+                Some(w) => dec.feed_with(window, |d| {
+                    let _ = w.push(bytes::Bytes::copy_from_slice(d));
+                }),
                 None => dec.feed(window),
             } {
                 Ok(t) => (t, dec.is_done()),
@@ -1595,11 +1597,20 @@ impl<P: ProxyHttp> Conn<P> {
             },
             Body::UntilClose => {
                 if let Some(w) = &mut self.cache_writer {
-                    w.append(bytes::Bytes::copy_from_slice(window));
+                    let _ = w.push(bytes::Bytes::copy_from_slice(window));
                 }
                 (window.len(), !upstream_open && avail.len() == window.len())
             }
         };
+        if self
+            .cache_writer
+            .as_ref()
+            .is_some_and(crate::cache::stop_feeding)
+        {
+            // Left the store with its readers far behind, or none left:
+            // this client's response goes on, the object's ends here.
+            self.cache_writer = None;
+        }
         if take > 0 || done {
             cx.phases
                 .response_body_filter(&window[..take], done, &mut self.pctx);

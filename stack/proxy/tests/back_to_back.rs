@@ -1843,3 +1843,15 @@ fn custom_phases_answer_route_rewrite_watch_bodies_and_log_each_request() {
     assert_eq!(r.status, 413);
     assert_eq!(seen.borrow().logged, vec![403, 404, 200, 413]);
 }
+
+#[test]
+fn a_response_with_both_framings_reaches_the_client_without_its_length() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    lab.send(c, b"GET /te-cl HTTP/1.1\r\nHost: x\r\n\r\n");
+    let raw = lab.read_until(c, 2_000, |b| find(b, b"0\r\n\r\n").is_some());
+    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(!text.contains("content-length"), "{text}");
+    assert!(text.ends_with("5\r\nhello\r\n0\r\n\r\n"), "{text}");
+}

@@ -429,3 +429,252 @@ fn range_requests_are_served_from_a_complete_stored_response() {
     let r = lab.exchange(c, &get("/cached/big"));
     assert_eq!(r.body, full.body);
 }
+
+/// Two caching routes for one path, told apart by a header, on two
+/// listeners: each keeps its own objects.
+#[test]
+fn routes_and_listeners_never_share_objects() {
+    let upstream = Arc::new(Upstream::simple(
+        "origin",
+        0,
+        &["10.0.0.3:8080".parse().unwrap()],
+    ));
+    let cached = |name: &str, mobile: bool| Route {
+        path: PathMatch::Prefix("/cached".into()),
+        headers: if mobile {
+            vec![ferrogate_proxy::HeaderMatch {
+                name: "x-device".into(),
+                value: Some("mobile".into()),
+            }]
+        } else {
+            vec![]
+        },
+        cache: Some(Arc::new(RouteCache::default())),
+        ..Route::new(name, RouteAction::Proxy(upstream.clone()))
+    };
+    let routes = Arc::new(RouteTable::new(
+        1,
+        vec![
+            Listener::new(80, vec![cached("mobile", true), cached("desktop", false)]),
+            Listener::new(81, vec![cached("desktop", false)]),
+        ],
+        vec![upstream.clone()],
+    ));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let c = lab.connect();
+    let mobile = b"GET /cached/s HTTP/1.1\r\nHost: example.com\r\nX-Device: mobile\r\n\r\n";
+    assert_eq!(header(&lab.exchange(c, mobile), "x-cache"), Some("MISS"));
+    assert_eq!(
+        header(&lab.exchange(c, &get("/cached/s")), "x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(header(&lab.exchange(c, mobile), "x-cache"), Some("HIT"));
+    let c81 = lab.connect_to(81);
+    assert_eq!(
+        header(&lab.exchange(c81, &get("/cached/s")), "x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        header(&lab.exchange(c81, &get("/cached/s")), "x-cache"),
+        Some("HIT")
+    );
+    assert_eq!(origin_hits(&lab, "/cached/s"), 3);
+}
+
+#[test]
+fn a_304_for_another_version_fails_the_exchange_and_drops_the_object() {
+    let mut lab = lab();
+    lab.cache_control = "max-age=1".into();
+    let c = lab.connect();
+    let _ = lab.exchange(c, &get("/cached/m"));
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    lab.cached_304_etag = Some("\"other\"".into());
+    let r = lab.exchange(c, &get("/cached/m"));
+    assert_eq!(
+        r.status, 502,
+        "never a 304 the client did not ask for: {}",
+        r.head
+    );
+    lab.cached_304_etag = None;
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/cached/m"));
+    assert_eq!(
+        (r.status, header(&r, "x-cache")),
+        (200, Some("MISS")),
+        "{}",
+        r.head
+    );
+}
+
+#[test]
+fn a_304_that_makes_the_response_private_is_served_once_and_evicted() {
+    let mut lab = lab();
+    lab.cache_control = "max-age=1".into();
+    let c = lab.connect();
+    let r1 = lab.exchange(c, &get("/cached/pv"));
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    lab.cache_control = "private, max-age=60".into();
+    let r2 = lab.exchange(c, &get("/cached/pv"));
+    assert_eq!((r2.status, &r2.body), (200, &r1.body));
+    let r3 = lab.exchange(c, &get("/cached/pv"));
+    assert_eq!(header(&r3, "x-cache"), Some("MISS"), "{}", r3.head);
+    let r4 = lab.exchange(c, &get("/cached/pv"));
+    assert_eq!(
+        header(&r4, "x-cache"),
+        Some("MISS"),
+        "private: never stored"
+    );
+}
+
+#[test]
+fn unsafe_methods_invalidate_their_target_on_success() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let _ = lab.exchange(c, &get("/cached/u"));
+    assert_eq!(
+        header(&lab.exchange(c, &get("/cached/u")), "x-cache"),
+        Some("HIT")
+    );
+    let r = lab.exchange(
+        c,
+        b"PUT /cached/u HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1\r\n\r\nx",
+    );
+    assert_eq!((r.status, header(&r, "x-cache")), (200, Some("BYPASS")));
+    assert_eq!(
+        header(&lab.exchange(c, &get("/cached/u")), "x-cache"),
+        Some("MISS")
+    );
+    // A failed one leaves it.
+    lab.cached_fail = true;
+    let r = lab.exchange(c, b"DELETE /cached/u HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    assert_eq!(r.status, 503);
+    lab.cached_fail = false;
+    assert_eq!(
+        header(&lab.exchange(c, &get("/cached/u")), "x-cache"),
+        Some("HIT")
+    );
+}
+
+#[test]
+fn a_fresh_hit_the_client_already_has_is_a_304_and_head_errors_carry_no_body() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let _ = lab.exchange(c, &get("/cached/nm"));
+    lab.send(
+        c,
+        b"GET /cached/nm HTTP/1.1\r\nHost: example.com\r\nIf-None-Match: W/\"v1\", \"x\"\r\n\r\n",
+    );
+    let raw = lab.read_until(c, 2_000, |b| find(b, b"\r\n\r\n").is_some());
+    let head = String::from_utf8_lossy(&raw).to_string();
+    assert!(head.starts_with("HTTP/1.1 304"), "{head}");
+    assert!(
+        head.contains("ETag: \"v1\"") || head.contains("etag: \"v1\""),
+        "{head}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length"),
+        "{head}"
+    );
+    assert!(head.ends_with("\r\n\r\n"));
+    // HEAD + only-if-cached, nothing stored: 504 without a body, and the
+    // connection stays in step.
+    lab.send(
+        c,
+        b"HEAD /cached/none HTTP/1.1\r\nHost: example.com\r\nCache-Control: only-if-cached\r\n\r\n",
+    );
+    let raw = lab.read_until(c, 2_000, |b| find(b, b"\r\n\r\n").is_some());
+    let head = String::from_utf8_lossy(&raw).to_string();
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert!(
+        head.ends_with("\r\n\r\n"),
+        "no body after a HEAD's head: {head:?}"
+    );
+    let r = lab.exchange(c, &get("/cached/nm"));
+    assert_eq!((r.status, header(&r, "x-cache")), (200, Some("HIT")));
+    assert_eq!(origin_hits(&lab, "/cached/nm"), 1);
+}
+
+#[test]
+fn what_the_proxy_sets_is_never_stored_or_replayed() {
+    let mut lab = lab();
+    let c = lab.connect();
+    // The origin echoes the request id: a hit must not replay the first one.
+    let with_id = |id: &str| {
+        format!("GET /cached/id HTTP/1.1\r\nHost: example.com\r\nX-Request-Id: {id}\r\n\r\n")
+            .into_bytes()
+    };
+    let r1 = lab.exchange(c, &with_id("first-id"));
+    assert_eq!(header(&r1, "x-request-id"), Some("first-id"));
+    let r2 = lab.exchange(c, &with_id("second-id"));
+    assert_eq!(header(&r2, "x-cache"), Some("HIT"));
+    assert_eq!(
+        header(&r2, "x-request-id"),
+        Some("second-id"),
+        "{}",
+        r2.head
+    );
+    // Varying on a field the proxy rewrites: not stored.
+    let _ = lab.exchange(c, &get("/cached/varyxff"));
+    let r = lab.exchange(c, &get("/cached/varyxff"));
+    assert_eq!(header(&r, "x-cache"), Some("MISS"), "{}", r.head);
+    // Chunked with a Content-Length too: stored by its chunked framing.
+    let r1 = lab.exchange(c, &get("/cached/tecl"));
+    assert_eq!(r1.body, b"hello world");
+    let r2 = lab.exchange(c, &get("/cached/tecl"));
+    assert_eq!(
+        (header(&r2, "x-cache"), &r2.body[..]),
+        (Some("HIT"), &b"hello world"[..])
+    );
+    assert_eq!(header(&r2, "content-length"), Some("11"));
+}
+
+#[test]
+fn waiters_read_a_slow_body_while_it_is_stored() {
+    for path in ["/cached/big", "/cached/bigchunked"] {
+        let mut lab = lab();
+        lab.origin_pace = Some(3000);
+        let clients: Vec<_> = (0..4).map(|_| lab.connect()).collect();
+        for _ in 0..20 {
+            lab.step(1);
+        }
+        for &c in &clients {
+            lab.sockets
+                .get_mut::<tcp::Socket>(c)
+                .send_slice(&get(path))
+                .unwrap();
+        }
+        let mut bodies = Vec::new();
+        for &c in &clients {
+            let raw = lab.read_until(c, 5_000, |b| Response::parse(b).is_some());
+            let r = Response::parse(&raw).unwrap_or_else(|| panic!("{path}: incomplete"));
+            assert_eq!(r.status, 200);
+            bodies.push(r.body);
+        }
+        assert_eq!(bodies[0].len(), 200_000, "{path}");
+        assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{path}");
+        assert_eq!(origin_hits(&lab, path), 1, "{path}");
+        let s = lab.edge.stats().cache;
+        assert_eq!((s.miss, s.hit), (1, 3), "{path}: {s:?}");
+    }
+}
+
+#[test]
+fn a_body_larger_than_an_object_reaches_its_client_and_is_not_kept() {
+    use ferrogate_proxy::cache::{CacheSettings, ClockAnchor, EdgeCache};
+    let mut lab = lab();
+    let mut settings = CacheSettings::default();
+    settings.store.max_object_bytes = 50_000;
+    lab.edge
+        .set_cache(Arc::new(EdgeCache::new(settings)), ClockAnchor::at(lab.now));
+    let c = lab.connect();
+    for _ in 0..2 {
+        let r = lab.exchange(c, &get("/cached/bigchunked"));
+        assert_eq!(r.body.len(), 200_000);
+        assert_eq!(header(&r, "x-cache"), Some("MISS"));
+    }
+    assert_eq!(lab.edge.cache().stats().objects, 0);
+}

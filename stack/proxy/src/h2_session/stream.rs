@@ -811,7 +811,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 if let Some(w) = &mut self.cache_writer
                     && t > 0
                 {
-                    w.append(bytes::Bytes::copy_from_slice(&window[..t]));
+                    let _ = w.push(bytes::Bytes::copy_from_slice(&window[..t]));
                 }
                 if t > 0 || end {
                     phases.response_body_filter(&window[..t], end, pctx);
@@ -826,7 +826,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                     if let Some(w) = writer
                         && !data.is_empty()
                     {
-                        w.append(bytes::Bytes::copy_from_slice(data));
+                        let _ = w.push(bytes::Bytes::copy_from_slice(data));
                     }
                     if !data.is_empty() {
                         phases.response_body_filter(data, false, pctx);
@@ -856,7 +856,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 if let Some(w) = &mut self.cache_writer
                     && !window.is_empty()
                 {
-                    w.append(bytes::Bytes::copy_from_slice(window));
+                    let _ = w.push(bytes::Bytes::copy_from_slice(window));
                 }
                 if !window.is_empty() || end {
                     phases.response_body_filter(window, end, pctx);
@@ -866,6 +866,13 @@ impl<P: ProxyHttp> H2Stream<P> {
             }
         };
         let keep_upstream = *keep_upstream;
+        if self
+            .cache_writer
+            .as_ref()
+            .is_some_and(crate::cache::stop_feeding)
+        {
+            self.cache_writer = None;
+        }
         self.from_upstream.consume(used);
         moved |= used > 0;
         if !sent_ok {

@@ -160,6 +160,11 @@ pub struct Lab<P: ProxyHttp = StandardPhases> {
     pub cache_control: String,
     pub cached_version: u32,
     pub cached_fail: bool,
+    /// Set: `/cached` answers any conditional request 304 with this ETag.
+    pub cached_304_etag: Option<String>,
+    /// Set: the origin sends at most this many bytes per step (a slow
+    /// body, read while it is being stored).
+    pub origin_pace: Option<usize>,
 }
 
 pub fn tcp_socket() -> tcp::Socket<'static> {
@@ -278,6 +283,8 @@ impl<P: ProxyHttp> Lab<P> {
             cache_control: "max-age=60".into(),
             cached_version: 1,
             cached_fail: false,
+            cached_304_etag: None,
+            origin_pace: None,
         };
         if origin == Origin::Serving {
             for _ in 0..8 {
@@ -475,10 +482,30 @@ impl<P: ProxyHttp> Lab<P> {
                             .trim()
                             .to_string();
                         let cc = &self.cache_control;
+                        let rid = lower
+                            .lines()
+                            .find_map(|l| l.strip_prefix("x-request-id: "))
+                            .map(|v| format!("X-Request-Id: {}\r\n", v.trim()))
+                            .unwrap_or_default();
+                        let vary = if p.contains("varyxff") { "Vary: X-Forwarded-For\r\n" } else { vary };
                         if self.cached_fail {
                             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown".to_vec()
+                        } else if let (Some(e), Some(_)) = (&self.cached_304_etag, &inm) {
+                            format!("HTTP/1.1 304 Not Modified\r\nETag: {e}\r\nCache-Control: {cc}\r\n\r\n").into_bytes()
                         } else if inm.as_deref() == Some(etag.as_str()) {
                             format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nCache-Control: {cc}\r\n{vary}\r\n").into_bytes()
+                        } else if p.contains("bigchunked") {
+                            let body: Vec<u8> = (0..self.big_body).map(|i| b'a' + (i % 26) as u8).collect();
+                            let mut r = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: {etag}\r\nCache-Control: {cc}\r\n\r\n").into_bytes();
+                            for c in body.chunks(3000) {
+                                r.extend(format!("{:x}\r\n", c.len()).as_bytes());
+                                r.extend(c);
+                                r.extend(b"\r\n");
+                            }
+                            r.extend(b"0\r\n\r\n");
+                            r
+                        } else if p.contains("tecl") {
+                            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nETag: {etag}\r\nCache-Control: {cc}\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").into_bytes()
                         } else if p.contains("chunked") {
                             let body = format!("v{} {p} {lang}", self.cached_version);
                             format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: {etag}\r\nCache-Control: {cc}\r\n{vary}\r\n3\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n", &body[..3], body.len() - 3, &body[3..]).into_bytes()
@@ -489,7 +516,7 @@ impl<P: ProxyHttp> Lab<P> {
                             r
                         } else {
                             let body = format!("v{} {p} {lang}", self.cached_version);
-                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\nCache-Control: {cc}\r\nSurrogate-Key: all {}\r\n{vary}\r\n{body}", body.len(), p.trim_start_matches('/').replace('/', "-")).into_bytes()
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\nCache-Control: {cc}\r\nSurrogate-Key: all {}\r\n{vary}{rid}\r\n{body}", body.len(), p.trim_start_matches('/').replace('/', "-")).into_bytes()
                         }
                     }
                     _ if upload.is_some() => {
@@ -544,7 +571,8 @@ impl<P: ProxyHttp> Lab<P> {
                     }
                 }
             } else if !c.out.is_empty() && s.may_send() {
-                let n = s.send_slice(&c.out).unwrap();
+                let pace = self.origin_pace.unwrap_or(usize::MAX).min(c.out.len());
+                let n = s.send_slice(&c.out[..pace]).unwrap();
                 c.out.drain(..n);
             }
             if c.out.is_empty() && c.close_after {
