@@ -125,6 +125,12 @@ enum Phase {
         pending: bytes::Bytes,
         keep_client: bool,
     },
+    /// The client left mid-body while the body was being stored: the
+    /// rest comes from the origin into the object, for its other readers.
+    CacheFill {
+        body: Body,
+        keep_upstream: bool,
+    },
     /// After `101 Switching Protocols`: bytes both ways until one side ends.
     Tunnel,
     /// The answer is out and our FIN sent, but the client may still be
@@ -799,6 +805,7 @@ impl<P: ProxyHttp> Conn<P> {
                 Phase::StreamResponse { .. } => self.stream_response(cx),
                 Phase::CacheWait { .. } => self.cache_wait(cx),
                 Phase::CacheServe { .. } => self.cache_serve(cx),
+                Phase::CacheFill { .. } => self.cache_fill(cx),
                 Phase::Tunnel => self.tunnel(cx),
                 Phase::Drain { .. } => self.drain(cx),
                 Phase::Close => self.close(cx),
@@ -1522,6 +1529,9 @@ impl<P: ProxyHttp> Conn<P> {
             // connection (and wake this stream) forever.
             cx.stats.client_aborts += 1;
             tracing::debug!("client took nothing for the idle timeout mid-response; resetting");
+            if self.fill_without_client(cx) {
+                return true;
+            }
         } else {
             cx.stats.upstream_errors += 1;
             tracing::debug!("upstream silent mid-body past the read timeout; resetting");
@@ -1533,7 +1543,9 @@ impl<P: ProxyHttp> Conn<P> {
     fn stream_response_step(&mut self, cx: &mut Ctx<'_, P>) -> bool {
         if self.client_gone(cx) || !cx.net.stream(self.client).may_send() {
             cx.stats.client_aborts += 1;
-            self.finish(cx, true);
+            if !self.fill_without_client(cx) {
+                self.finish(cx, true);
+            }
             return true;
         }
         // On TLS a pending response head waits for the body's first bytes

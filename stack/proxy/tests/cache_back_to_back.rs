@@ -678,3 +678,34 @@ fn a_body_larger_than_an_object_reaches_its_client_and_is_not_kept() {
     }
     assert_eq!(lab.edge.cache().stats().objects, 0);
 }
+
+#[test]
+fn waiters_get_the_whole_body_when_the_fetching_client_leaves() {
+    for path in ["/cached/big", "/cached/bigchunked"] {
+        let mut lab = lab();
+        lab.origin_pace = Some(2000);
+        let fetcher = lab.connect();
+        let waiter = lab.connect();
+        for _ in 0..20 {
+            lab.step(1);
+        }
+        lab.send(fetcher, &get(path));
+        for _ in 0..5 {
+            lab.step(1);
+        }
+        lab.send(waiter, &get(path));
+        // Some of the body is through, then the fetching client resets.
+        let _ = lab.read_until(fetcher, 30, |b| b.len() > 20_000);
+        lab.sockets.get_mut::<tcp::Socket>(fetcher).abort();
+        let raw = lab.read_until(waiter, 5_000, |b| Response::parse(b).is_some());
+        let r = Response::parse(&raw).unwrap_or_else(|| panic!("{path}: waiter's body incomplete"));
+        assert_eq!(r.body.len(), 200_000, "{path}");
+        assert_eq!(origin_hits(&lab, path), 1, "{path}");
+        // Stored whole: the next request is a hit.
+        let c = lab.connect();
+        let r2 = lab.exchange(c, &get(path));
+        assert_eq!(header(&r2, "x-cache"), Some("HIT"), "{path}");
+        assert_eq!(r2.body, r.body);
+        assert_eq!(lab.edge.stats().client_aborts, 1, "{path}");
+    }
+}

@@ -193,6 +193,112 @@ impl<P: ProxyHttp> Conn<P> {
         }
     }
 
+    /// The client of a response being stored is gone (or stopped reading):
+    /// its side ends with a reset, and the rest of the body is read into
+    /// the object for the requests reading it (bounded by the object size
+    /// and the origin's read timeout). False when nothing is being stored.
+    pub(super) fn fill_without_client(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        if self.cache_writer.is_none() {
+            return false;
+        }
+        let Phase::StreamResponse {
+            body,
+            keep_upstream,
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Close)
+        else {
+            return false;
+        };
+        cx.net.stream(self.client).abort();
+        self.bufs.to_client.clear();
+        self.phase = Phase::CacheFill {
+            body,
+            keep_upstream,
+        };
+        self.deadline = self.att.read_deadline(cx);
+        true
+    }
+
+    /// Reads the origin's body into the object (`Phase::CacheFill`).
+    pub(super) fn cache_fill(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        let got = self.fill_from_upstream(cx);
+        let open = self.upstream_may_recv(cx);
+        let Phase::CacheFill {
+            body,
+            keep_upstream,
+        } = &mut self.phase
+        else {
+            unreachable!()
+        };
+        let Some(w) = self.cache_writer.as_mut() else {
+            self.finish(cx, true);
+            return true;
+        };
+        let avail = self.bufs.from_upstream.filled();
+        let push = |w: &mut ferrogate_cache::ObjectWriter, d: &[u8]| {
+            if !d.is_empty() {
+                let _ = w.push(Bytes::copy_from_slice(d));
+            }
+        };
+        let (take, done) = match body {
+            super::Body::Done => (0, true),
+            super::Body::Length(n) => {
+                let t = (*n).min(avail.len() as u64) as usize;
+                *n -= t as u64;
+                push(w, &avail[..t]);
+                (t, *n == 0)
+            }
+            super::Body::Chunked(dec) => match dec.feed_with(avail, |d| push(w, d)) {
+                Ok(t) => (t, dec.is_done()),
+                Err(_) => {
+                    cx.stats.upstream_errors += 1;
+                    self.finish(cx, true);
+                    return true;
+                }
+            },
+            super::Body::UntilClose => {
+                push(w, avail);
+                (avail.len(), !open)
+            }
+        };
+        let keep_upstream = *keep_upstream;
+        self.bufs.from_upstream.consume(take);
+        if cache::stop_feeding(w) {
+            // Nobody reads it any more (or far behind): stop here.
+            self.finish(cx, true);
+            return true;
+        }
+        if done {
+            if let Some(w) = self.cache_writer.take() {
+                w.finish();
+            }
+            if let Some(up) = self.att.conn.as_mut() {
+                up.served += 1;
+            }
+            if keep_upstream && self.bufs.from_upstream.is_empty() {
+                self.release_upstream(cx);
+            }
+            self.finish(cx, false);
+            return true;
+        }
+        if !open && self.bufs.from_upstream.is_empty() {
+            // Truncated by the origin: the readers see it end short.
+            cx.stats.upstream_errors += 1;
+            self.finish(cx, true);
+            return true;
+        }
+        if got > 0 || take > 0 {
+            self.deadline = self.att.read_deadline(cx);
+            return true;
+        }
+        if cx.now >= self.deadline {
+            cx.stats.upstream_errors += 1;
+            self.finish(cx, true);
+            return true;
+        }
+        false
+    }
+
     /// The origin failed: a stored response that may stand in for the
     /// error (`stale-if-error`) is served instead.
     pub(super) fn stale_for_error(&mut self, cx: &mut Ctx<'_, P>) -> Option<bool> {
