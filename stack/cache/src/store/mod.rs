@@ -412,6 +412,31 @@ impl MemoryStore {
         removed
     }
 
+    /// Marks stale every variant stored under exactly this key (RFC 9111
+    /// §4.4, after an unsafe method succeeded): one shard, no purge log
+    /// entry (a request may do this; it must not cost every shard a scan
+    /// nor make in-flight fetches elsewhere refuse to store). Returns how
+    /// many objects it marked.
+    pub fn invalidate(&self, key: &CacheKey<'_>) -> usize {
+        let mut dropped = Dropped::new();
+        let mut s = lock(self.shard(key.hash));
+        let ok = s
+            .primary(key.hash)
+            .is_some_and(|p| key.matches(&p.full_key));
+        let n = if ok {
+            s.purge_primary(
+                key.hash,
+                PurgeMode::Light,
+                &self.inner.counters,
+                &mut dropped,
+            )
+        } else {
+            0
+        };
+        drop(s);
+        n
+    }
+
     /// Purges every object stored under the key's URL: every Vary variant,
     /// and every key made with other request headers (`KeyConfig::headers`)
     /// whose scheme, host, path and query equal the key's. Visits every

@@ -1066,3 +1066,23 @@ fn useless_responses_are_not_stored() {
         .is_ok()
     );
 }
+
+#[test]
+fn invalidate_marks_one_key_stale_without_a_purge_log_entry() {
+    let s = small_store(1 << 20, 4);
+    let h = [("cache-control", "max-age=60"), ("etag", "\"a\"")];
+    put(&s, "/a", &h, 10);
+    put(&s, "/b", &h, 10);
+    let epoch = s.purge_epoch();
+    let c = cfg();
+    let k = CacheKey::new(parts("/a", &NONE), &c, s.hasher());
+    assert_eq!(s.invalidate(&k), 1);
+    assert!(get(&s, "/a", &NONE).unwrap().object.light_purged());
+    assert!(!get(&s, "/b", &NONE).unwrap().object.light_purged());
+    // Not a purge: a fetch that started before may still store.
+    assert_eq!(s.purge_epoch(), epoch);
+    let kb = CacheKey::new(parts("/c", &NONE), &c, s.hasher());
+    assert!(s.insert_since(&kb, &NONE, meta(&h), Some(0), epoch).is_ok());
+    let none = CacheKey::new(parts("/none", &NONE), &c, s.hasher());
+    assert_eq!(s.invalidate(&none), 0);
+}

@@ -1,0 +1,393 @@
+//! A request's way through the cache before the origin: bypass, serve
+//! (whole, a range, 304), wait for another request's fetch, or fetch.
+
+use std::sync::Arc;
+
+use ferrogate_cache::policy::RequestDecision;
+use ferrogate_cache::{
+    Acquired, CacheControl, CacheKey, CacheMeta, CacheStatus, HeaderView, Hit, KeyParts, Object,
+    StoredHeaders, WaitTicket,
+};
+
+use super::*;
+use crate::net::Instant;
+
+/// What the cache does with a request.
+pub(crate) enum Lookup {
+    /// Not for the cache: upstream as usual.
+    Bypass,
+    /// Answer from the cache with this status.
+    Serve(Arc<Object>, CacheStatus),
+    /// Answer a Range request from a fresh, complete stored response
+    /// (206 with this part).
+    ServeRange(Arc<Object>, ByteRange),
+    /// Go upstream (a miss, or a revalidation), then `on_response`.
+    Fetch(Box<CacheReq>),
+    /// Another request is fetching: wait, then `relookup`.
+    Wait(Box<CacheReq>, WaitTicket),
+    /// `only-if-cached` and nothing usable: 504 (RFC 9111 §5.2.1.7).
+    GatewayTimeout,
+    /// A fresh stored response the client's validators match: 304.
+    NotModified(Arc<Object>),
+    /// An unsafe method: upstream as is, and a success invalidates what is
+    /// stored for its target.
+    Invalidate(Box<CacheReq>),
+}
+
+impl Lookup {
+    /// Whether the request may end up storing what the origin sends.
+    pub fn may_store(&self) -> bool {
+        match self {
+            Lookup::Fetch(r) | Lookup::Wait(r, _) => r.may_store(),
+            _ => false,
+        }
+    }
+}
+
+/// The request's scheme, host and target as the key sees them.
+pub(crate) struct RequestKey<'a> {
+    pub https: bool,
+    pub host: &'a str,
+    pub target: &'a str,
+    pub method: &'a str,
+    pub headers: Headers<'a>,
+    /// The request carries a body (never answered from the cache).
+    pub has_body: bool,
+    /// The route's name and listener port (the key's scope).
+    pub route: &'a str,
+    pub port: u16,
+    /// Not the route's plain request: a protocol upgrade, a canary arm, or
+    /// a rule that changed the pool, the target or the request's fields —
+    /// never answered from nor stored in the route's objects.
+    pub diverted: bool,
+}
+
+/// Methods that do not change the resource (RFC 9110 §9.2.1): others
+/// invalidate what is stored for their target on success (RFC 9111 §4.4).
+fn is_safe(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
+}
+
+/// The cache's decision for a request on a caching route.
+pub(crate) fn lookup(
+    h: &CacheHandle,
+    route: &Arc<RouteCache>,
+    req: &RequestKey<'_>,
+    now: Instant,
+) -> Lookup {
+    let plain = FieldView(req.headers);
+    let fields = ScopedFields::new(plain, req.route, req.port);
+    let scheme = if req.https { "https" } else { "http" };
+    let owned = || OwnedKey {
+        scheme,
+        host: req.host.as_bytes().to_vec(),
+        target: req.target.as_bytes().to_vec(),
+        headers: StoredHeaders::from_response(0, &fields),
+    };
+    if !is_safe(req.method) {
+        // Upstream as is; a success invalidates the target (`on_response`).
+        return Lookup::Invalidate(Box::new(CacheReq {
+            route: route.clone(),
+            key: owned(),
+            directives: CacheControl::default(),
+            validate: false,
+            store: false,
+            permit: None,
+            stale: None,
+            sent_at: h.anchor.wall(now),
+            status: CacheStatus::Bypass,
+            invalidate: true,
+            epoch: 0,
+        }));
+    }
+    if req.has_body || req.diverted || plain.has("authorization") {
+        // Authorized requests go upstream untouched (RFC 9111 §3.5: a
+        // shared cache serves them only what the origin marked public).
+        return Lookup::Bypass;
+    }
+    let (store, validate, directives) =
+        match ferrogate_cache::policy::request_decision(req.method, &fields, &route.policy) {
+            RequestDecision::Bypass(_) => return Lookup::Bypass,
+            RequestDecision::Lookup {
+                store,
+                validate,
+                directives,
+            } => (store, validate, directives),
+        };
+    let parts = KeyParts {
+        scheme,
+        host: req.host.as_bytes(),
+        path_and_query: req.target.as_bytes(),
+        headers: &fields,
+    };
+    let key = CacheKey::new(parts, route.key(), h.edge.store.hasher());
+    if plain.has("range") {
+        return range_lookup(h, &key, &fields, &directives, validate, now);
+    }
+    decide(
+        h,
+        route,
+        &key,
+        &fields,
+        Decide {
+            directives,
+            validate,
+            store,
+        },
+        owned,
+        now,
+    )
+}
+
+/// A Range request: served (206) from a fresh, complete stored response
+/// when its one range is satisfiable and `If-Range` (if any) names the
+/// stored validator; otherwise upstream untouched (not stored, no lock:
+/// the origin answers partial content, 416 or the whole).
+fn range_lookup(
+    h: &CacheHandle,
+    key: &CacheKey<'_>,
+    fields: &ScopedFields<'_>,
+    directives: &CacheControl,
+    validate: bool,
+    now: Instant,
+) -> Lookup {
+    let Some(hit) = h.edge.store.lookup(key, fields) else {
+        return Lookup::Bypass;
+    };
+    let wall = h.anchor.wall(now);
+    let fresh = ferrogate_cache::decide(
+        hit.meta(),
+        directives,
+        validate,
+        hit.object.light_purged(),
+        wall,
+    ) == ferrogate_cache::Decision::Fresh;
+    if !fresh || !hit.object.is_complete() || hit.meta().headers.status != 200 {
+        return Lookup::Bypass;
+    }
+    if let Some(v) = ferrogate_cache::headers::first_value(fields, "if-range")
+        && !if_range_matches(&v, &hit.meta().headers)
+    {
+        // The client's copy is another version: the whole response, fresh.
+        return Lookup::Serve(hit.object, CacheStatus::Hit);
+    }
+    let len = hit.object.body_len() as u64;
+    let spec = ferrogate_cache::headers::first_value(fields, "range").unwrap_or_default();
+    match ByteRange::parse(&spec, len) {
+        Some(r) => Lookup::ServeRange(hit.object, r),
+        None => Lookup::Bypass,
+    }
+}
+
+/// `If-Range` (RFC 9110 §13.1.5): a strong ETag equal to the stored one, or
+/// the stored `Last-Modified` exactly.
+fn if_range_matches(v: &[u8], stored: &StoredHeaders) -> bool {
+    let v = v.trim_ascii();
+    if v.starts_with(b"\"") {
+        return stored.get("etag").is_some_and(|e| e.trim_ascii() == v);
+    }
+    stored
+        .get("last-modified")
+        .is_some_and(|lm| lm.trim_ascii() == v)
+}
+
+/// Whether the client's validators select the stored response (RFC 9110
+/// §13.1.2 weak comparison for If-None-Match; If-Modified-Since only
+/// without it, against the stored Last-Modified).
+fn client_has_it(fields: &dyn HeaderView, meta: &CacheMeta) -> bool {
+    let weak = |t: &[u8]| t.strip_prefix(b"W/").unwrap_or(t).to_vec();
+    let stored_etag = meta.headers.get("etag").map(|e| weak(e.trim_ascii()));
+    let mut inm_seen = false;
+    let mut inm_match = false;
+    fields.for_each_value("if-none-match", &mut |v| {
+        inm_seen = true;
+        for t in ferrogate_cache::headers::list_items(v) {
+            if t == b"*" || stored_etag.as_deref() == Some(&weak(t)[..]) {
+                inm_match = true;
+            }
+        }
+    });
+    if inm_seen {
+        return inm_match;
+    }
+    let Some(ims) = ferrogate_cache::headers::first_value(fields, "if-modified-since")
+        .and_then(|v| ferrogate_cache::meta::parse_http_date(&v))
+    else {
+        return false;
+    };
+    meta.headers
+        .get("last-modified")
+        .and_then(|lm| ferrogate_cache::meta::parse_http_date(lm))
+        .is_some_and(|lm| lm <= ims)
+}
+
+struct Decide {
+    directives: CacheControl,
+    validate: bool,
+    store: bool,
+}
+
+fn decide(
+    h: &CacheHandle,
+    route: &Arc<RouteCache>,
+    key: &CacheKey<'_>,
+    fields: &dyn HeaderView,
+    d: Decide,
+    owned: impl Fn() -> OwnedKey,
+    now: Instant,
+) -> Lookup {
+    use ferrogate_cache::Decision;
+    let edge = &h.edge;
+    let wall = h.anchor.wall(now);
+    let mono = h.anchor.mono(now);
+    let deadline = mono + edge.settings.lock_timeout;
+    // Before the lookup: a hard purge from now on refuses what this
+    // request's fetch would store.
+    let epoch = edge.store.purge_epoch();
+    let req = |stale: Option<(Hit, bool)>, status| {
+        Box::new(CacheReq {
+            route: route.clone(),
+            key: owned(),
+            directives: d.directives.clone(),
+            validate: d.validate,
+            store: d.store,
+            permit: None,
+            stale,
+            sent_at: wall,
+            status,
+            invalidate: false,
+            epoch,
+        })
+    };
+    // Holds the key's lock to revalidate `hit`, or serves it stale while
+    // another request does (`serve_stale`), or waits for that one.
+    let revalidate = |hit: Hit, stale_if_error: bool, serve_stale: bool| -> Lookup {
+        if !d.store {
+            // HEAD or no-store: nothing of theirs is stored for others;
+            // they revalidate (or are served stale) alone, holding no lock.
+            return if serve_stale {
+                Lookup::Serve(hit.object, CacheStatus::Stale)
+            } else {
+                Lookup::Fetch(req(Some((hit, stale_if_error)), CacheStatus::Expired))
+            };
+        }
+        match edge.locks.acquire_at(key.hash, mono, deadline) {
+            Acquired::Fetch(p) => {
+                let mut r = req(Some((hit, stale_if_error)), CacheStatus::Expired);
+                r.permit = Some(p);
+                Lookup::Fetch(r)
+            }
+            Acquired::Wait(_) if serve_stale => Lookup::Serve(hit.object, CacheStatus::Stale),
+            Acquired::Wait(t) => Lookup::Wait(req(None, CacheStatus::Miss), t),
+        }
+    };
+    let only_if_cached = d.directives.only_if_cached;
+    if let Some(hit) = edge.store.lookup(key, fields) {
+        let light = hit.object.light_purged();
+        return match ferrogate_cache::decide(hit.meta(), &d.directives, d.validate, light, wall) {
+            Decision::Fresh if client_has_it(fields, hit.meta()) => Lookup::NotModified(hit.object),
+            Decision::Fresh => Lookup::Serve(hit.object, CacheStatus::Hit),
+            // The client accepts it stale (max-stale).
+            Decision::Stale => Lookup::Serve(hit.object, CacheStatus::Stale),
+            Decision::GatewayTimeout => Lookup::GatewayTimeout,
+            _ if only_if_cached => Lookup::GatewayTimeout,
+            // This request revalidates; the others are served stale.
+            Decision::ServeStaleWhileRevalidate => revalidate(hit, true, true),
+            // A light purge: stale only while one revalidation runs.
+            Decision::RevalidateOrServeStale { stale_if_error } => {
+                revalidate(hit, stale_if_error, true)
+            }
+            Decision::Revalidate { stale_if_error } => revalidate(hit, stale_if_error, false),
+        };
+    }
+    if only_if_cached {
+        return Lookup::GatewayTimeout;
+    }
+    if !d.store || edge.locks.hit_for_pass(key.hash, mono) {
+        // HEAD and no-store requests never hold the lock (nothing of
+        // theirs is stored for the waiters); a key that just answered
+        // something uncacheable goes upstream without coalescing.
+        let mut r = req(None, CacheStatus::Miss);
+        r.store &= d.store;
+        return Lookup::Fetch(r);
+    }
+    match edge.locks.acquire_at(key.hash, mono, deadline) {
+        Acquired::Fetch(p) => {
+            // A fetch may have stored and released between the miss and
+            // `acquire`: look again before going upstream.
+            if let Some(hit) = edge.store.lookup(key, fields)
+                && ferrogate_cache::decide(hit.meta(), &d.directives, d.validate, false, wall)
+                    == Decision::Fresh
+            {
+                p.stored();
+                return Lookup::Serve(hit.object, CacheStatus::Hit);
+            }
+            let mut r = req(None, CacheStatus::Miss);
+            r.permit = Some(p);
+            Lookup::Fetch(r)
+        }
+        Acquired::Wait(t) => Lookup::Wait(req(None, CacheStatus::Miss), t),
+    }
+}
+
+/// A waiting request's next step.
+pub(crate) enum Waited {
+    Pending,
+    Lookup(Lookup),
+}
+
+/// Polls a waiting request's ticket.
+pub(crate) fn poll_wait(
+    h: &CacheHandle,
+    mut req: Box<CacheReq>,
+    ticket: &mut WaitTicket,
+    now: Instant,
+) -> (Waited, Option<Box<CacheReq>>) {
+    use ferrogate_cache::Wait;
+    match ticket.poll(h.anchor.mono(now)) {
+        Wait::Pending => (Waited::Pending, Some(req)),
+        Wait::Ready => (Waited::Lookup(relookup(h, req, now)), None),
+        Wait::TakeOver(p) => {
+            req.permit = Some(p);
+            (Waited::Lookup(Lookup::Fetch(req)), None)
+        }
+        // The fetch was not stored, or took too long: go upstream alone.
+        Wait::GoUpstream | Wait::TimedOut => {
+            req.store = false;
+            (Waited::Lookup(Lookup::Fetch(req)), None)
+        }
+    }
+}
+
+/// Looks a request up again (after waiting for another's fetch).
+pub(crate) fn relookup(h: &CacheHandle, req: Box<CacheReq>, now: Instant) -> Lookup {
+    let CacheReq {
+        route,
+        key: owned,
+        directives,
+        validate,
+        store,
+        ..
+    } = *req;
+    let key = CacheKey::new(owned.parts(), route.key(), h.edge.store.hasher());
+    let d = Decide {
+        directives,
+        validate,
+        store,
+    };
+    let fields = owned.headers.clone();
+    decide(
+        h,
+        &route,
+        &key,
+        &fields,
+        d,
+        || OwnedKey {
+            scheme: owned.scheme,
+            host: owned.host.clone(),
+            target: owned.target.clone(),
+            headers: owned.headers.clone(),
+        },
+        now,
+    )
+}
