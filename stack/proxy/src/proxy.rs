@@ -1050,6 +1050,7 @@ impl<P: ProxyHttp> Conn<P> {
                         diverted: head::wants_upgrade(&req)
                             || canary_arm_taken
                             || self.rewrite.changes_request(),
+                        identity: self.io.identity().is_some_and(|(_, id)| id.is_some()),
                     };
                     match crate::cache::lookup(cx.cache, rc, &key, cx.now) {
                         crate::cache::Lookup::Serve(obj, s) => {
@@ -1062,7 +1063,9 @@ impl<P: ProxyHttp> Conn<P> {
                 }
                 // The cache fetches for itself what it may store: the
                 // client's validators would get a 304 it cannot store.
-                let caching = lookup.as_ref().is_some_and(crate::cache::Lookup::may_store);
+                let caching = lookup
+                    .as_ref()
+                    .is_some_and(crate::cache::Lookup::strips_client_validators);
                 self.upgrade = head::wants_upgrade(&req);
                 let has_host = req.headers.contains("host");
                 self.bufs.request_head.clear();

@@ -544,9 +544,19 @@ fn unsafe_methods_invalidate_their_target_on_success() {
         b"PUT /cached/u HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1\r\n\r\nx",
     );
     assert_eq!((r.status, header(&r, "x-cache")), (200, Some("BYPASS")));
+    // Marked stale: the next request revalidates with the origin.
+    let before = origin_hits(&lab, "/cached/u");
     assert_eq!(
         header(&lab.exchange(c, &get("/cached/u")), "x-cache"),
-        Some("MISS")
+        Some("REVALIDATED")
+    );
+    assert_eq!(origin_hits(&lab, "/cached/u"), before + 1);
+    // An unknown method goes upstream untouched and invalidates nothing.
+    let r = lab.exchange(c, b"FOO /cached/u HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    assert_eq!(header(&r, "x-cache"), Some("BYPASS"));
+    assert_eq!(
+        header(&lab.exchange(c, &get("/cached/u")), "x-cache"),
+        Some("HIT")
     );
     // A failed one leaves it.
     lab.cached_fail = true;
@@ -708,4 +718,150 @@ fn waiters_get_the_whole_body_when_the_fetching_client_leaves() {
         assert_eq!(r2.body, r.body);
         assert_eq!(lab.edge.stats().client_aborts, 1, "{path}");
     }
+}
+
+#[test]
+fn poisoning_vectors_are_not_stored() {
+    let mut lab = lab();
+    let c = lab.connect();
+    // The Host's port is part of the key (the origin sees it).
+    let with_host = |h: &str| format!("GET /cached/hp HTTP/1.1\r\nHost: {h}\r\n\r\n").into_bytes();
+    assert_eq!(
+        header(&lab.exchange(c, &with_host("example.com")), "x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        header(&lab.exchange(c, &with_host("example.com:1337")), "x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        header(&lab.exchange(c, &with_host("EXAMPLE.com:80")), "x-cache"),
+        Some("HIT")
+    );
+    assert_eq!(
+        header(&lab.exchange(c, &with_host("example.com:1337")), "x-cache"),
+        Some("HIT")
+    );
+    // Unkeyed overrides the origin may honour: upstream untouched.
+    for f in [
+        "X-Forwarded-Host: evil.example",
+        "X-HTTP-Method-Override: DELETE",
+        "If-Match: \"nope\"",
+    ] {
+        let r = lab.exchange(
+            c,
+            format!("GET /cached/ov HTTP/1.1\r\nHost: example.com\r\n{f}\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(header(&r, "x-cache"), Some("BYPASS"), "{f}");
+    }
+    assert_eq!(
+        header(&lab.exchange(c, &get("/cached/ov")), "x-cache"),
+        Some("MISS")
+    );
+    // An error with a lifetime is not stored (CPDoS).
+    for _ in 0..2 {
+        let r = lab.exchange(c, &get("/cached/err500"));
+        assert_eq!((r.status, header(&r, "x-cache")), (500, Some("MISS")));
+    }
+    // A close-delimited body is not stored (a cut one looks whole).
+    for _ in 0..2 {
+        let c = lab.connect();
+        lab.send(c, &get("/cached/closebody"));
+        let raw = lab.read_until(c, 2_000, |_| false);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        assert!(text.ends_with("until-close"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("x-cache: miss"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_stale_head_with_the_clients_own_validator_revalidates_with_ours_only() {
+    let mut lab = lab();
+    lab.cache_control = "max-age=1".into();
+    let c = lab.connect();
+    let _ = lab.exchange(c, &get("/cached/hv"));
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    lab.cached_version = 2;
+    lab.send(
+        c,
+        b"HEAD /cached/hv HTTP/1.1\r\nHost: example.com\r\nIf-None-Match: \"v2\"\r\n\r\n",
+    );
+    let raw = lab.read_until(c, 2_000, |b| find(b, b"\r\n\r\n").is_some());
+    let head = String::from_utf8_lossy(&raw).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let sent = lab.origin_requests.last().unwrap().to_ascii_lowercase();
+    assert_eq!(sent.matches("if-none-match").count(), 1, "{sent}");
+    assert!(sent.contains("if-none-match: \"v1\""), "{sent}");
+}
+
+#[test]
+fn waiters_use_a_response_fetched_since_they_arrived() {
+    let mut lab = lab();
+    // Must be revalidated before every use: without this, each waiter
+    // would revalidate in turn.
+    lab.cache_control = "no-cache".into();
+    lab.origin_pace = Some(40);
+    let clients: Vec<_> = (0..10).map(|_| lab.connect()).collect();
+    for _ in 0..20 {
+        lab.step(1);
+    }
+    for &c in &clients {
+        lab.sockets
+            .get_mut::<tcp::Socket>(c)
+            .send_slice(&get("/cached/nc"))
+            .unwrap();
+    }
+    for &c in &clients {
+        let raw = lab.read_until(c, 3_000, |b| Response::parse(b).is_some());
+        assert_eq!(Response::parse(&raw).expect("response").status, 200);
+    }
+    assert_eq!(
+        origin_hits(&lab, "/cached/nc"),
+        1,
+        "{:?}",
+        lab.origin_requests
+    );
+}
+
+#[test]
+fn query_cloaking_with_ignored_parameters_bypasses() {
+    use ferrogate_proxy::cache::core::{CachePolicyConfig, KeyConfig};
+    let upstream = Arc::new(Upstream::simple(
+        "origin",
+        0,
+        &["10.0.0.3:8080".parse().unwrap()],
+    ));
+    let rc = RouteCache::new(
+        CachePolicyConfig::default(),
+        KeyConfig {
+            ignore_params: vec!["utm".into()],
+            ..KeyConfig::default()
+        },
+    );
+    let route = Route {
+        cache: Some(Arc::new(rc)),
+        ..Route::new("cached", RouteAction::Proxy(upstream.clone()))
+    };
+    let routes = Arc::new(RouteTable::new(
+        1,
+        vec![Listener::new(80, vec![route])],
+        vec![upstream],
+    ));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let c = lab.connect();
+    assert_eq!(
+        header(&lab.exchange(c, &get("/cached/q?utm=1")), "x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        header(&lab.exchange(c, &get("/cached/q?utm=2")), "x-cache"),
+        Some("HIT")
+    );
+    let r = lab.exchange(c, &get("/cached/q?utm=1;admin=1"));
+    assert_eq!(header(&r, "x-cache"), Some("BYPASS"));
 }

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use ferrogate_cache::policy::RequestDecision;
+use std::time::SystemTime;
+
 use ferrogate_cache::{
     Acquired, CacheControl, CacheKey, CacheMeta, CacheStatus, HeaderView, Hit, KeyParts, Object,
     StoredHeaders, WaitTicket,
@@ -35,10 +37,12 @@ pub(crate) enum Lookup {
 }
 
 impl Lookup {
-    /// Whether the request may end up storing what the origin sends.
-    pub fn may_store(&self) -> bool {
+    /// Whether the client's own validators stay home: the cache may store
+    /// what comes back (it needs a full response), or adds validators of
+    /// its own (two sets would select neither).
+    pub fn strips_client_validators(&self) -> bool {
         match self {
-            Lookup::Fetch(r) | Lookup::Wait(r, _) => r.may_store(),
+            Lookup::Fetch(r) | Lookup::Wait(r, _) => r.may_store() || r.stale.is_some(),
             _ => false,
         }
     }
@@ -60,12 +64,49 @@ pub(crate) struct RequestKey<'a> {
     /// a rule that changed the pool, the target or the request's fields —
     /// never answered from nor stored in the route's objects.
     pub diverted: bool,
+    /// The listener forwards a verified client identity: the origin may
+    /// answer per client, so nothing is shared.
+    pub identity: bool,
 }
 
-/// Methods that do not change the resource (RFC 9110 §9.2.1): others
-/// invalidate what is stored for their target on success (RFC 9111 §4.4).
-fn is_safe(method: &str) -> bool {
-    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
+/// Methods whose success invalidates what is stored for their target
+/// (RFC 9111 §4.4); other methods go upstream untouched.
+fn invalidates(method: &str) -> bool {
+    matches!(method, "POST" | "PUT" | "PATCH" | "DELETE")
+}
+
+/// Request fields that reach the origin as sent, are not in the key, and
+/// that origins commonly honour (host and scheme overrides, URL and
+/// method overrides, preconditions): a response shaped by one must not
+/// be stored for everyone (cache poisoning, CPDoS), so such requests go
+/// upstream untouched.
+const UNKEYED_OVERRIDES: [&str; 15] = [
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "forwarded",
+    "x-real-ip",
+    "x-host",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "if-match",
+    "if-unmodified-since",
+];
+
+/// The authority the origin will see: the request's Host field as sent
+/// (HTTP/2: from `:authority`), trimmed; the key lowercases it and drops
+/// a default port.
+fn authority<'a>(fields: &FieldView<'a>, fallback: &'a str) -> &'a [u8] {
+    fields
+        .0
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .map_or(fallback.as_bytes(), |h| h.value.trim_ascii())
 }
 
 /// The cache's decision for a request on a caching route.
@@ -78,13 +119,15 @@ pub(crate) fn lookup(
     let plain = FieldView(req.headers);
     let fields = ScopedFields::new(plain, req.route, req.port);
     let scheme = if req.https { "https" } else { "http" };
+    let host = authority(&plain, req.host);
+    let wall = h.anchor.wall(now);
     let owned = || OwnedKey {
         scheme,
-        host: req.host.as_bytes().to_vec(),
+        host: host.to_vec(),
         target: req.target.as_bytes().to_vec(),
-        headers: StoredHeaders::from_response(0, &fields),
+        headers: copy_fields(&fields),
     };
-    if !is_safe(req.method) {
+    if invalidates(req.method) {
         // Upstream as is; a success invalidates the target (`on_response`).
         return Lookup::Invalidate(Box::new(CacheReq {
             route: route.clone(),
@@ -94,15 +137,30 @@ pub(crate) fn lookup(
             store: false,
             permit: None,
             stale: None,
-            sent_at: h.anchor.wall(now),
+            sent_at: wall,
             status: CacheStatus::Bypass,
             invalidate: true,
             epoch: 0,
+            arrived: wall,
+            lock_deadline: h.anchor.mono(now),
         }));
     }
-    if req.has_body || req.diverted || plain.has("authorization") {
+    let cloaked = !route.key().ignore_params.is_empty()
+        && req
+            .target
+            .split_once('?')
+            .is_some_and(|(_, q)| q.contains(';'));
+    if req.has_body
+        || req.diverted
+        || req.identity
+        || cloaked
+        || plain.has("authorization")
+        || UNKEYED_OVERRIDES.iter().any(|f| plain.has(f))
+    {
         // Authorized requests go upstream untouched (RFC 9111 §3.5: a
         // shared cache serves them only what the origin marked public).
+        // A `;` in a query whose parameters are partly ignored could hide
+        // one from the key that the origin reads (parameter cloaking).
         return Lookup::Bypass;
     }
     let (store, validate, directives) =
@@ -116,7 +174,7 @@ pub(crate) fn lookup(
         };
     let parts = KeyParts {
         scheme,
-        host: req.host.as_bytes(),
+        host,
         path_and_query: req.target.as_bytes(),
         headers: &fields,
     };
@@ -133,6 +191,8 @@ pub(crate) fn lookup(
             directives,
             validate,
             store,
+            arrived: wall,
+            lock_deadline: None,
         },
         owned,
         now,
@@ -225,6 +285,11 @@ struct Decide {
     directives: CacheControl,
     validate: bool,
     store: bool,
+    /// When the request first looked.
+    arrived: SystemTime,
+    /// Set once the request waited: its waits share one deadline, and a
+    /// response stored since it arrived serves it.
+    lock_deadline: Option<std::time::Instant>,
 }
 
 fn decide(
@@ -240,7 +305,9 @@ fn decide(
     let edge = &h.edge;
     let wall = h.anchor.wall(now);
     let mono = h.anchor.mono(now);
-    let deadline = mono + edge.settings.lock_timeout;
+    let deadline = d.lock_deadline.unwrap_or(mono + edge.settings.lock_timeout);
+    let waited = d.lock_deadline.is_some();
+    let arrived_secs = ferrogate_cache::meta::unix_secs(d.arrived);
     // Before the lookup: a hard purge from now on refuses what this
     // request's fetch would store.
     let epoch = edge.store.purge_epoch();
@@ -257,6 +324,8 @@ fn decide(
             status,
             invalidate: false,
             epoch,
+            arrived: d.arrived,
+            lock_deadline: deadline,
         })
     };
     // Holds the key's lock to revalidate `hit`, or serves it stale while
@@ -278,13 +347,27 @@ fn decide(
                 Lookup::Fetch(r)
             }
             Acquired::Wait(_) if serve_stale => Lookup::Serve(hit.object, CacheStatus::Stale),
-            Acquired::Wait(t) => Lookup::Wait(req(None, CacheStatus::Miss), t),
+            // Keeps the stored response: if the wait ends without a usable
+            // one, its own fetch may still fall back on it.
+            Acquired::Wait(t) => {
+                Lookup::Wait(req(Some((hit, stale_if_error)), CacheStatus::Miss), t)
+            }
         }
     };
     let only_if_cached = d.directives.only_if_cached;
     if let Some(hit) = edge.store.lookup(key, fields) {
         let light = hit.object.light_purged();
-        return match ferrogate_cache::decide(hit.meta(), &d.directives, d.validate, light, wall) {
+        let decision = ferrogate_cache::decide(hit.meta(), &d.directives, d.validate, light, wall);
+        // After a wait: a response the origin sent (or confirmed) since
+        // this request arrived is as good as its own revalidation.
+        let validated_since = waited
+            && hit.meta().response_time >= arrived_secs
+            && matches!(
+                decision,
+                Decision::Revalidate { .. } | Decision::RevalidateOrServeStale { .. }
+            );
+        return match decision {
+            _ if validated_since => Lookup::Serve(hit.object, CacheStatus::Hit),
             Decision::Fresh if client_has_it(fields, hit.meta()) => Lookup::NotModified(hit.object),
             Decision::Fresh => Lookup::Serve(hit.object, CacheStatus::Hit),
             // The client accepts it stale (max-stale).
@@ -308,7 +391,7 @@ fn decide(
         // theirs is stored for the waiters); a key that just answered
         // something uncacheable goes upstream without coalescing.
         let mut r = req(None, CacheStatus::Miss);
-        r.store &= d.store;
+        r.store = false;
         return Lookup::Fetch(r);
     }
     match edge.locks.acquire_at(key.hash, mono, deadline) {
@@ -316,8 +399,13 @@ fn decide(
             // A fetch may have stored and released between the miss and
             // `acquire`: look again before going upstream.
             if let Some(hit) = edge.store.lookup(key, fields)
-                && ferrogate_cache::decide(hit.meta(), &d.directives, d.validate, false, wall)
-                    == Decision::Fresh
+                && ferrogate_cache::decide(
+                    hit.meta(),
+                    &d.directives,
+                    d.validate,
+                    hit.object.light_purged(),
+                    wall,
+                ) == Decision::Fresh
             {
                 p.stored();
                 return Lookup::Serve(hit.object, CacheStatus::Hit);
@@ -367,6 +455,8 @@ pub(crate) fn relookup(h: &CacheHandle, req: Box<CacheReq>, now: Instant) -> Loo
         directives,
         validate,
         store,
+        arrived,
+        lock_deadline,
         ..
     } = *req;
     let key = CacheKey::new(owned.parts(), route.key(), h.edge.store.hasher());
@@ -374,6 +464,8 @@ pub(crate) fn relookup(h: &CacheHandle, req: Box<CacheReq>, now: Instant) -> Loo
         directives,
         validate,
         store,
+        arrived,
+        lock_deadline: Some(lock_deadline),
     };
     let fields = owned.headers.clone();
     decide(

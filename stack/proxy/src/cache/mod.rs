@@ -113,8 +113,6 @@ impl EdgeCache {
     /// Every key of exactly this URL: with or without chosen request
     /// headers in the key (`\n` follows the URL part) and every variant.
     fn purge_exact(&self, url_key: &[u8], mode: PurgeMode) -> usize {
-        let mut with_headers = url_key.to_vec();
-        with_headers.push(b'\n');
         let (scheme, rest) = match url_key.iter().position(|&b| b == b':') {
             Some(i) if &url_key[..i] == b"https" => ("https", &url_key[i + 3..]),
             Some(i) => ("http", &url_key[i + 3..]),
@@ -130,7 +128,9 @@ impl EdgeCache {
         };
         let cfg = KeyConfig::default();
         let key = CacheKey::new(parts, &cfg, self.store.hasher());
-        self.store.purge_key(&key, mode) + self.store.purge_prefix(&with_headers, mode)
+        // Every key of the URL (query parameters sorted as keys sort
+        // them): every route's, every variant, with or without keyed fields.
+        self.store.purge_key(&key, mode)
     }
 
     pub fn stats(&self) -> ferrogate_cache::StoreStats {
@@ -233,10 +233,19 @@ pub(crate) struct ScopedFields<'a> {
 
 impl<'a> ScopedFields<'a> {
     fn new(fields: FieldView<'a>, route: &'a str, port: u16) -> Self {
+        // The port's digits without a heap string.
         let mut buf = [0u8; 5];
-        let digits = port.to_string();
-        let port_len = digits.len();
-        buf[..port_len].copy_from_slice(digits.as_bytes());
+        let mut n = port;
+        let mut port_len = 0;
+        loop {
+            buf[port_len] = b'0' + (n % 10) as u8;
+            port_len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        buf[..port_len].reverse();
         ScopedFields {
             fields,
             route,
@@ -358,6 +367,12 @@ pub(crate) struct CacheReq {
     invalidate: bool,
     /// The store's purge epoch before the lookup (see `insert_since`).
     epoch: u64,
+    /// When the request first looked: a response fetched or refreshed
+    /// since then may serve it although it asks for validation.
+    arrived: SystemTime,
+    /// When waiting for other requests' fetches ends (one bound for all
+    /// the waits of a request).
+    lock_deadline: std::time::Instant,
 }
 
 impl std::fmt::Debug for CacheReq {
@@ -396,12 +411,14 @@ impl CacheReq {
     }
 
     /// The stored response, when the origin failed and it may stand in.
-    pub fn take_stale_for_error(&mut self) -> Option<Arc<Object>> {
+    pub fn take_stale_for_error(&mut self, mono: std::time::Instant) -> Option<Arc<Object>> {
         match self.stale.take() {
             Some((hit, true)) => {
                 if let Some(p) = self.permit.take() {
-                    // Waiters look up again and find it stored.
-                    p.stored();
+                    // Waiters go upstream themselves (with their own stale
+                    // copy to fall back on) rather than revalidate one by
+                    // one against a failing origin.
+                    p.uncacheable_at(mono);
                 }
                 self.status = CacheStatus::Stale;
                 Some(hit.object)
@@ -422,6 +439,20 @@ pub(crate) fn stop_feeding(w: &ObjectWriter) -> bool {
         w.status(),
         ferrogate_cache::Append::Full | ferrogate_cache::Append::Detached
     )
+}
+
+/// A request's fields as they were sent (names lowercased; nothing
+/// dropped: the key and the variant of a stored request must be the ones
+/// its lookup computed).
+pub(crate) fn copy_fields(h: &dyn HeaderView) -> StoredHeaders {
+    let mut fields = Vec::new();
+    h.for_each_field(&mut |n, v| {
+        fields.push((
+            bytes::Bytes::from(n.to_ascii_lowercase()),
+            bytes::Bytes::copy_from_slice(v),
+        ))
+    });
+    StoredHeaders { status: 0, fields }
 }
 
 /// Request fields the cache's own fetches never forward: it needs a full

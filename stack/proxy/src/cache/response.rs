@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use ferrogate_cache::policy::response_storable;
-use ferrogate_cache::{
-    CacheKey, CacheMeta, CacheStatus, HeaderView, Object, PurgeMode, StoredHeaders,
-};
+use ferrogate_cache::{CacheKey, CacheMeta, CacheStatus, HeaderView, Object, StoredHeaders};
 
 use super::*;
 use crate::net::Instant;
@@ -37,6 +35,11 @@ pub(crate) fn varies_on_proxy_field(h: &StoredHeaders, owned: impl Fn(&str) -> b
     });
     hit
 }
+
+/// Statuses stored, with explicit freshness or heuristically (RFC 9110
+/// §15.1's cacheable-by-default list, less 206: ranges are served from
+/// whole responses).
+const STORED_STATUSES: [u16; 10] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414];
 
 /// Most fields a stored head keeps: serving adds `Age` (and a range's
 /// `Content-Range`) and the head is parsed again with a fixed number of
@@ -95,8 +98,10 @@ pub(crate) fn on_response(
     let policy = &route.policy;
     if req.invalidate {
         if status < 400 {
+            // Marked stale (every variant of this key, one shard): the
+            // next request revalidates.
             let key = CacheKey::new(req.key.parts(), req.route.key(), edge.store.hasher());
-            edge.store.purge_key(&key, PurgeMode::Hard);
+            edge.store.invalidate(&key);
         }
         return OnResponse::Pass;
     }
@@ -157,7 +162,7 @@ pub(crate) fn on_response(
         }
         if stale_if_error && matches!(status, 500 | 502 | 503 | 504) {
             req.stale = Some((hit, true));
-            if let Some(o) = req.take_stale_for_error() {
+            if let Some(o) = req.take_stale_for_error(mono) {
                 return OnResponse::Serve(o);
             }
         }
@@ -165,6 +170,13 @@ pub(crate) fn on_response(
     let Some(permit) = req.permit.take() else {
         return OnResponse::Pass;
     };
+    if !STORED_STATUSES.contains(&status) {
+        // An error a client provoked (412, 400, 500, …) must not be what
+        // everyone gets for the response's lifetime (CPDoS), whatever its
+        // Cache-Control says.
+        permit.uncacheable_at(mono);
+        return OnResponse::Pass;
+    }
     if !req.store
         || response_storable("GET", &req.key.headers, status, resp, policy).is_err()
         || body_len.is_some_and(|n| n > usize::MAX as u64)

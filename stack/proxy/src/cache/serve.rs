@@ -15,6 +15,17 @@ pub(crate) enum Part {
     NotModified,
 }
 
+impl Part {
+    /// The status this part of a stored response goes out with.
+    pub fn status(self, stored: u16) -> u16 {
+        match self {
+            Part::Whole => stored,
+            Part::Range(_) => 206,
+            Part::NotModified => 304,
+        }
+    }
+}
+
 /// Fields a 304 carries from the stored response (RFC 9110 §15.4.5).
 const NOT_MODIFIED_FIELDS: [&[u8]; 6] = [
     b"cache-control",

@@ -364,6 +364,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 route: &route.name,
                 port: peer.listener_port,
                 diverted: canary_arm_taken || self.rewrite.changes_request(),
+                identity: peer.io.identity().is_some_and(|(_, id)| id.is_some()),
             };
             match crate::cache::lookup(cx.cache, rc, &k, cx.now) {
                 crate::cache::Lookup::Serve(obj, s) => {
@@ -372,7 +373,9 @@ impl<P: ProxyHttp> H2Stream<P> {
                 l => lookup = Some(l),
             }
         }
-        let caching = lookup.as_ref().is_some_and(crate::cache::Lookup::may_store);
+        let caching = lookup
+            .as_ref()
+            .is_some_and(crate::cache::Lookup::strips_client_validators);
         let chunked = self.body == ReqBody::Chunked;
         let phases = cx.phases;
         let pctx = &mut self.pctx;

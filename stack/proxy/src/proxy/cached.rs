@@ -147,7 +147,9 @@ impl<P: ProxyHttp> Conn<P> {
         };
         let identity = self.io.identity().map(|(h, _)| h);
         let rw = &self.rewrite;
-        if !fits
+        // A close-delimited body cut short looks like a whole one.
+        if resp.framing == BodyFraming::UntilClose
+            || !fits
             || cache::varies_on_proxy_field(&stored, |n| {
                 identity.is_some_and(|h| h.is_identity_header(n)) || rw.strips_request(n)
             })
@@ -302,7 +304,8 @@ impl<P: ProxyHttp> Conn<P> {
     /// The origin failed: a stored response that may stand in for the
     /// error (`stale-if-error`) is served instead.
     pub(super) fn stale_for_error(&mut self, cx: &mut Ctx<'_, P>) -> Option<bool> {
-        let obj = self.cache.as_mut()?.take_stale_for_error()?;
+        let mono = cx.cache.anchor.mono(cx.now);
+        let obj = self.cache.as_mut()?.take_stale_for_error(mono)?;
         self.settle(cx, None);
         self.drop_upstream(cx, true);
         Some(self.serve_cached(cx, &obj, CacheStatus::Stale, Part::Whole))
@@ -378,7 +381,7 @@ impl<P: ProxyHttp> Conn<P> {
                 false,
             );
         }
-        let status = obj.meta().headers.status;
+        let status = part.status(obj.meta().headers.status);
         cx.stats.count_status(status);
         self.log_access(cx, status, "");
         self.count_route_response(cx, status);

@@ -488,7 +488,11 @@ impl<P: ProxyHttp> Lab<P> {
                             .map(|v| format!("X-Request-Id: {}\r\n", v.trim()))
                             .unwrap_or_default();
                         let vary = if p.contains("varyxff") { "Vary: X-Forwarded-For\r\n" } else { vary };
-                        if self.cached_fail {
+                        if p.contains("err500") {
+                            format!("HTTP/1.1 500 Internal Server Error\r\nCache-Control: {cc}\r\nContent-Length: 4\r\n\r\nfail").into_bytes()
+                        } else if p.contains("closebody") {
+                            format!("HTTP/1.1 200 OK\r\nCache-Control: {cc}\r\nConnection: close\r\n\r\nuntil-close").into_bytes()
+                        } else if self.cached_fail {
                             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown".to_vec()
                         } else if let (Some(e), Some(_)) = (&self.cached_304_etag, &inm) {
                             format!("HTTP/1.1 304 Not Modified\r\nETag: {e}\r\nCache-Control: {cc}\r\n\r\n").into_bytes()
@@ -551,7 +555,7 @@ impl<P: ProxyHttp> Lab<P> {
                     }
                 };
                 c.out.extend(resp);
-                c.close_after |= path == "/close";
+                c.close_after |= path == "/close" || path.contains("closebody");
             }
             if let Some(t) = &mut c.tls {
                 if !c.out.is_empty() && !t.is_handshaking() {

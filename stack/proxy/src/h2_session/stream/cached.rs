@@ -137,7 +137,8 @@ impl<P: ProxyHttp> H2Stream<P> {
         };
         let identity = peer.io.identity().map(|(h, _)| h);
         let rw = &self.rewrite;
-        if !fits
+        if resp.framing == BodyFraming::UntilClose
+            || !fits
             || cache::varies_on_proxy_field(&stored, |n| {
                 identity.is_some_and(|h| h.is_identity_header(n)) || rw.strips_request(n)
             })
@@ -194,7 +195,12 @@ impl<P: ProxyHttp> H2Stream<P> {
         h2: &mut Connection,
         peer: &Peer<'_>,
     ) -> bool {
-        let Some(obj) = self.cache.as_mut().and_then(|c| c.take_stale_for_error()) else {
+        let mono = cx.cache.anchor.mono(cx.now);
+        let Some(obj) = self
+            .cache
+            .as_mut()
+            .and_then(|c| c.take_stale_for_error(mono))
+        else {
             return false;
         };
         self.att.settle(cx, None);
@@ -265,7 +271,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             self.finish(cx, true);
             return;
         }
-        let status = obj.meta().headers.status;
+        let status = part.status(obj.meta().headers.status);
         cx.stats.count_status(status);
         self.log_access(cx, peer, status, "");
         self.count_route_response(cx, status);
