@@ -226,6 +226,19 @@ pub(super) fn check_route_cache(
             key.ignore_params.push(name.clone().into_bytes().into());
         }
     }
+    // Fields the proxy sets, replaces or strips on the way upstream.
+    const PROXY_OWNED: [&str; 10] = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "via",
+        "x-request-id",
+        "host",
+        "authorization",
+        "x-client-cn",
+        "x-client-san",
+        "x-client-cert",
+        "x-client-verify",
+    ];
     for (k, h) in t.key_headers.iter().enumerate() {
         let name = h.get_ref();
         if !is_header_name(name) {
@@ -237,6 +250,18 @@ pub(super) fn check_route_cache(
             continue;
         }
         let lower = name.to_ascii_lowercase();
+        if PROXY_OWNED.contains(&lower.as_str()) {
+            // The key would hold the client's value while the origin sees
+            // the proxy's (or none): a client could pick another's entry.
+            rep.at(
+                h.span(),
+                format!("{field}.key_headers[{k}]"),
+                format!(
+                    "{name:?} is set or removed by the proxy (the origin never sees the client's value): it cannot key the cache"
+                ),
+            );
+            continue;
+        }
         if key.headers.iter().any(|b| b[..] == *lower.as_bytes()) {
             rep.at(
                 h.span(),

@@ -340,6 +340,11 @@ fn header_names_are_checked() {
             "key_headers[1]: \"accept\" is listed twice",
         ),
         (
+            route_cache("{ key_headers = [\"X-Forwarded-For\"] }"),
+            "t.toml:19:",
+            "key_headers[0]: \"X-Forwarded-For\" is set or removed by the proxy",
+        ),
+        (
             route_cache("{ ignore_params = [\"\"] }"),
             "t.toml:19:",
             "ignore_params[0]: \"\" is not a query parameter name",

@@ -110,6 +110,8 @@ enum Phase {
     /// the cache's `wait_poll`), then look up again.
     CacheWait {
         ticket: ferrogate_cache::WaitTicket,
+        /// Looks so far (the interval between them grows).
+        polls: u8,
         upstream: Arc<Upstream>,
         hash_key: u64,
     },

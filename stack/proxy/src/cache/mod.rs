@@ -431,6 +431,13 @@ impl CacheReq {
     }
 }
 
+/// How long a waiting request sleeps before its `polls`-th look: the
+/// configured interval, doubling up to 8 times it (thousands of waiters on
+/// one slow fetch must not wake their worker every millisecond).
+pub(crate) fn poll_delay(s: &CacheSettings, polls: u8) -> Duration {
+    s.wait_poll * (1u32 << polls.min(3))
+}
+
 /// Whether a writer's object should get no more of the body: it left the
 /// store and its readers lag by more than an object's size (`Full`), or
 /// none is left (`Detached`).

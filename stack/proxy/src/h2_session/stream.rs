@@ -55,6 +55,7 @@ enum Step {
     /// Another request is fetching the same key: wait, then look up again.
     CacheWait {
         ticket: ferrogate_cache::WaitTicket,
+        polls: u8,
         upstream: Arc<Upstream>,
         hash_key: u64,
     },

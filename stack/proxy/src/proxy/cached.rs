@@ -89,6 +89,7 @@ impl<P: ProxyHttp> Conn<P> {
                 self.cache = Some(r);
                 self.phase = Phase::CacheWait {
                     ticket,
+                    polls: 0,
                     upstream,
                     hash_key,
                 };
@@ -104,7 +105,7 @@ impl<P: ProxyHttp> Conn<P> {
             self.finish(cx, false);
             return true;
         }
-        let Phase::CacheWait { ticket, .. } = &mut self.phase else {
+        let Phase::CacheWait { ticket, polls, .. } = &mut self.phase else {
             unreachable!()
         };
         let Some(req) = self.cache.take() else {
@@ -114,7 +115,8 @@ impl<P: ProxyHttp> Conn<P> {
         self.cache = back;
         let lookup = match next {
             Waited::Pending => {
-                self.deadline = after(cx.now, cx.cache.edge.settings.wait_poll);
+                *polls = polls.saturating_add(1);
+                self.deadline = after(cx.now, cache::poll_delay(&cx.cache.edge.settings, *polls));
                 return false;
             }
             Waited::Lookup(l) => l,

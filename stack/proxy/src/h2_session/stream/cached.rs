@@ -73,6 +73,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 self.cache = Some(r);
                 self.step = Step::CacheWait {
                     ticket,
+                    polls: 0,
                     upstream,
                     hash_key,
                 };
@@ -88,7 +89,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         h2: &mut Connection,
         peer: &Peer<'_>,
     ) -> bool {
-        let Step::CacheWait { ticket, .. } = &mut self.step else {
+        let Step::CacheWait { ticket, polls, .. } = &mut self.step else {
             unreachable!()
         };
         let Some(req) = self.cache.take() else {
@@ -98,7 +99,8 @@ impl<P: ProxyHttp> H2Stream<P> {
         self.cache = back;
         let lookup = match next {
             Waited::Pending => {
-                self.deadline = after(cx.now, cx.cache.edge.settings.wait_poll);
+                *polls = polls.saturating_add(1);
+                self.deadline = after(cx.now, cache::poll_delay(&cx.cache.edge.settings, *polls));
                 return false;
             }
             Waited::Lookup(l) => l,
