@@ -166,11 +166,10 @@ fn start_cache(ctx: &Ctx, who: Contender) -> Result<Running> {
             bail!("{}: {p} again gave {len2} bytes, first {len}", who.name());
         }
         match who {
-            Contender::Haproxy => {
-                if hits(ctx, &run)?.0 <= h0.0 {
-                    bail!("haproxy: a second GET {p} was not a cache hit (cache_hits)");
-                }
+            Contender::Haproxy if hits(ctx, &run)?.0 <= h0.0 => {
+                bail!("haproxy: a second GET {p} was not a cache hit (cache_hits)");
             }
+            Contender::Haproxy => {}
             _ if !xc.eq_ignore_ascii_case("HIT") => {
                 bail!(
                     "{}: a second GET {p} said X-Cache {xc:?}, not HIT",
@@ -384,6 +383,7 @@ fn turn(ctx: &Ctx, run: &Running, variant: usize) -> Result<(Metrics, Vec<String
         measure::wrk_script(&ctx.lab, &url, o.warmup, o.conns, &script, &tag)?;
     }
     let h0 = hits(ctx, run)?;
+    let l0 = ctx.lab.link_stats("edge", "eth0");
     let w = measure::window_start(&ctx.lab, run);
     let (wm, cmd) = measure::wrk_script(&ctx.lab, &url, o.seconds, o.conns, &script, &tag)?;
     let prefixes = [
@@ -391,8 +391,15 @@ fn turn(ctx: &Ctx, run: &Running, variant: usize) -> Result<(Metrics, Vec<String
         "cache_store_",
         "stack_requests",
         "stack_upstream_",
+        "stack_tx_frames",
+        "stack_rx_frames",
+        "stack_socket_polls",
+        "stack_conn_drives",
+        "io_kicks",
+        "io_tx_ring_full",
     ];
     measure::window_totals(w, run, &prefixes, &mut m);
+    let l1 = ctx.lab.link_stats("edge", "eth0");
     let h1 = hits(ctx, run)?;
     cmds.push(cmd);
     m.extend(wm);
@@ -410,6 +417,31 @@ fn turn(ctx: &Ctx, run: &Running, variant: usize) -> Result<(Metrics, Vec<String
         _ => (reqs, h1.0 - h0.0, h1.1 - h0.1),
     };
     let cpu = m.get("proxy_cpu_s").copied().unwrap_or(0.0);
+    // Frames per request, where a 16 KiB answer's cost goes: ferrogate
+    // sends MSS-sized frames (its stack counters; each veth transmit runs
+    // the receiver's side on its core), the kernel proxies' edge eth0
+    // counts skbs (a GSO skb of up to 64 KiB once).
+    let (pkts_out, pkts_in) = match run.who {
+        Contender::Ferrogate => {
+            let g = |k: &str| m.get(k).copied().unwrap_or(0.0);
+            let tx = g("fg_stack_tx_frames");
+            let (kicks, polls, rx) = (
+                g("fg_io_kicks"),
+                g("fg_stack_socket_polls"),
+                g("fg_stack_rx_frames"),
+            );
+            m.insert("fg_ns_per_tx_frame".into(), cpu * 1e9 / tx.max(1.0));
+            m.insert("fg_kicks_per_req".into(), kicks / n.max(1.0));
+            m.insert("fg_socket_polls_per_req".into(), polls / n.max(1.0));
+            (tx, rx)
+        }
+        _ => (
+            l1.2.saturating_sub(l0.2) as f64,
+            l1.0.saturating_sub(l0.0) as f64,
+        ),
+    };
+    m.insert("pkts_out_per_req".into(), pkts_out / n.max(1.0));
+    m.insert("pkts_in_per_req".into(), pkts_in / n.max(1.0));
     m.insert("hits".into(), hit);
     m.insert("lookups".into(), lookups);
     m.insert("hit_ratio".into(), hit / lookups.max(1.0));
@@ -453,6 +485,8 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
         col("proxy_us_per_op", "proxy CPU ms/1k req", 1.0),
         col("proxy_us_per_hit", "proxy µs/hit", 1.0),
         col("cpu1_us_per_op", "CPU1 µs/req", 1.0),
+        col("pkts_out_per_req", "frames out/req", 1.0),
+        col("pkts_in_per_req", "frames in/req", 1.0),
         col("cpu1_busy_frac", "CPU1 busy", 1.0),
         col("cpu0_busy_frac", "CPU0 busy", 1.0),
     ];
@@ -475,6 +509,7 @@ pub fn scenario(ctx: &Ctx) -> Result<Report> {
     ));
     r.notes.push(format!("Hit ratio as each proxy saw it over the measured window: ferrogate Δ`stack_cache_hits` / Δ(hits + misses + stale + revalidated + expired + bypass) from its stats file; nginx (wrk's requests − non-HIT access log lines) / wrk's requests (only non-HITs are logged, `if=` on a map of `$upstream_cache_status`, so a hit writes nothing); HAProxy Δ`cache_hits` / Δ`cache_lookups` from its stats page. A turn below {MIN_HIT_RATIO} fails: the comparison only holds at comparable hit ratios."));
     r.notes.push("`proxy CPU ms/1k req` = the proxy's CPU per 1,000 requests in milliseconds (= µs per request; CPU-s per 1,000 requests is this ÷ 1,000): ferrogate Δ`workers_busy_ns` / Δ`stack_requests` (same stats snapshots), nginx/HAProxy utime+stime of every process in the edge namespace (nginx's cache manager and loader included) / wrk's requests. `proxy µs/hit` = the same CPU / hits. `CPU per hit vs nginx` is computed per round; issue #21's goal is ≤ 0.5.".into());
+    r.notes.push("`frames out/req`, `frames in/req`: what the proxy's edge NIC sent and received per request over the window (client and origin sides together). ferrogate: Δ`stack_tx_frames` / Δ`stack_rx_frames` ÷ Δ`stack_requests` (MSS-sized frames: no segmentation offload on AF_XDP); nginx/HAProxy: Δ tx/rx packets of the edge namespace's eth0 ÷ wrk's requests, where a GSO/TSO skb (up to 64 KiB) counts once. Each veth transmit runs the receiver's stack on the sending core, so every frame ferrogate sends also costs its core the client's receive path (PLATFORM.md). The JSON also has `fg_ns_per_tx_frame`, `fg_kicks_per_req`, `fg_socket_polls_per_req`.".into());
     r.notes.push(CPU_NOTE.into());
     let mut contenders = CONTENDERS.to_vec();
     if !ctx.opts.cache_haproxy {

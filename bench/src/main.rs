@@ -530,6 +530,7 @@ fn main() -> Result<()> {
             ("https", tls::https),
             ("tls-handshake", tls::handshake),
             ("h2", h2::scenario),
+            ("cache", cache::scenario),
             ("l4", l4::scenario),
         ],
         Cmd::Gen(_)
