@@ -3,6 +3,7 @@
 //! packet generator and an own open-loop HTTP client. See bench/README.md.
 
 mod attack;
+mod cache;
 mod ceiling;
 mod contenders;
 mod env;
@@ -85,6 +86,12 @@ struct Common {
     /// idle: ferrogate's engine.tcp_buffer (issue #15 measured 16384).
     #[arg(long, default_value_t = 16384)]
     tcp_buffer: usize,
+    /// cache: distinct keys per body size (default 10000; 500 with --smoke).
+    #[arg(long)]
+    cache_keys: Option<usize>,
+    /// cache: leave HAProxy's `cache` out (ferrogate vs nginx only).
+    #[arg(long)]
+    cache_no_haproxy: bool,
 }
 
 /// `soak`: the common options plus its own.
@@ -250,6 +257,11 @@ enum Cmd {
     /// HTTP/2 from the client (h2c, prior knowledge): h2load -c 50 -m 10,
     /// req/s, latency, proxy CPU/request (tiny and 16 KiB bodies).
     H2(Common),
+    /// Response cache (issue #21): ferrogate's cache vs nginx `proxy_cache`
+    /// (and HAProxy `cache`) on port 8083, every key filled first, then
+    /// wrk drawing Zipf(1.0) over 10,000 keys (tiny and 16 KiB bodies):
+    /// req/s, latency, hit ratio, proxy CPU per hit.
+    Cache(Common),
     /// L4 (issue #17): iperf3 Gbit/s both ways and proxy CPU per GB, TCP
     /// connections/s and CPU per connection (ferrogate, HAProxy `mode tcp`,
     /// nginx `stream`); UDP echoed datagrams/s and CPU per datagram
@@ -396,6 +408,7 @@ fn main() -> Result<()> {
         | Cmd::Https(c)
         | Cmd::TlsHandshake(c)
         | Cmd::H2(c)
+        | Cmd::Cache(c)
         | Cmd::L4(c)
         | Cmd::Attack(c)
         | Cmd::All(c) => (c.clone(), &cli.cmd),
@@ -436,6 +449,10 @@ fn main() -> Result<()> {
             .idle_conns
             .unwrap_or(if cli.smoke { 2000 } else { 100_000 }),
         tcp_buffer: cli.tcp_buffer,
+        cache_keys: cli
+            .cache_keys
+            .unwrap_or(if cli.smoke { 500 } else { 10_000 }),
+        cache_haproxy: !cli.cache_no_haproxy,
         soak: match cmd {
             Cmd::Soak(s) => soak::Opts {
                 duration: std::time::Duration::from_secs(
@@ -498,6 +515,7 @@ fn main() -> Result<()> {
         Cmd::Https(_) => vec![("https", tls::https)],
         Cmd::TlsHandshake(_) => vec![("tls-handshake", tls::handshake)],
         Cmd::H2(_) => vec![("h2", h2::scenario)],
+        Cmd::Cache(_) => vec![("cache", cache::scenario)],
         Cmd::L4(_) => vec![("l4", l4::scenario)],
         Cmd::Attack(_) => vec![("attack", attack::scenario)],
         Cmd::Soak(_) => vec![("soak", soak::scenario)],
@@ -512,6 +530,7 @@ fn main() -> Result<()> {
             ("https", tls::https),
             ("tls-handshake", tls::handshake),
             ("h2", h2::scenario),
+            ("cache", cache::scenario),
             ("l4", l4::scenario),
         ],
         Cmd::Gen(_)

@@ -62,6 +62,22 @@ pub fn wrk_paced(
     wrk_with(lab, url, seconds, conns, header, Some((delay_ms, tag)))
 }
 
+/// `wrk` with `script` (Lua: e.g. `init` / `request` choosing the paths)
+/// added to the reporting hook, written to the bench dir as
+/// `report-<tag>.lua`.
+pub fn wrk_script(
+    lab: &Lab,
+    url: &str,
+    seconds: u64,
+    conns: u32,
+    script: &str,
+    tag: &str,
+) -> Result<(Metrics, String)> {
+    let p = lab.bench_dir().join(format!("report-{tag}.lua"));
+    std::fs::write(&p, format!("{WRK_LUA}\n{script}\n"))?;
+    wrk_lua(lab, url, seconds, conns, None, &p)
+}
+
 fn wrk_with(
     lab: &Lab,
     url: &str,
@@ -85,6 +101,17 @@ fn wrk_with(
             p
         }
     };
+    wrk_lua(lab, url, seconds, conns, header, &lua)
+}
+
+fn wrk_lua(
+    lab: &Lab,
+    url: &str,
+    seconds: u64,
+    conns: u32,
+    header: Option<&str>,
+    lua: &std::path::Path,
+) -> Result<(Metrics, String)> {
     let mut argv: Vec<String> = vec![
         "wrk".into(),
         "-t1".into(),

@@ -31,6 +31,10 @@ pub struct Opts {
     pub idle_conns: usize,
     /// idle: ferrogate's `engine.tcp_buffer`.
     pub tcp_buffer: usize,
+    /// cache: distinct keys per body size.
+    pub cache_keys: usize,
+    /// cache: HAProxy's `cache` takes part.
+    pub cache_haproxy: bool,
     /// soak: its own options.
     pub soak: crate::soak::Opts,
     /// loss: the matrix.

@@ -1,5 +1,6 @@
 //! CI smoke: `ferrogate-bench all --smoke` (1 round, 1 s per measurement,
-//! 2,000 idle connections for `idle`, `l4`'s TCP and UDP variants)
+//! 2,000 idle connections for `idle`, 500 keys for `cache`, `l4`'s TCP and
+//! UDP variants)
 //! so the harness cannot rot. No assertion on speed; the bench itself fails
 //! when a contender returns errors or nothing. Needs root (namespaces, XDP,
 //! iptables); skipped with a message otherwise.
@@ -37,7 +38,7 @@ fn all_scenarios_smoke() {
         "the bench left namespaces behind: {left:?}"
     );
     assert!(st.success(), "ferrogate-bench all --smoke failed: {st}");
-    let expect: [(&str, &[&str]); 10] = [
+    let expect: [(&str, &[&str]); 11] = [
         ("http", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("http-latency", &["direct", "ferrogate", "nginx", "haproxy"]),
         ("conn", &["direct", "ferrogate", "nginx", "haproxy"]),
@@ -57,6 +58,8 @@ fn all_scenarios_smoke() {
             &["ferrogate", "nginx", "haproxy", "crypto floor"],
         ),
         ("h2", &["ferrogate", "nginx", "haproxy"]),
+        // 500 keys in smoke mode; every contender at a hit ratio ≥ 0.95.
+        ("cache", &["ferrogate", "nginx", "haproxy", "hit ratio"]),
         ("l4", &["direct", "ferrogate", "nginx", "haproxy"]),
     ];
     let files: Vec<String> = std::fs::read_dir(&out)
