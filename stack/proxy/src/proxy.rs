@@ -248,7 +248,7 @@ pub(crate) struct Conn<P: ProxyHttp> {
     /// object being written from the origin's body.
     cache: Option<Box<crate::cache::CacheReq>>,
     cache_status: Option<ferrogate_cache::CacheStatus>,
-    cache_writer: Option<ferrogate_cache::ObjectWriter>,
+    cache_writer: Option<crate::cache::Filler>,
     phase: Phase,
     deadline: Instant,
     bufs: ConnBufs,
@@ -1593,14 +1593,14 @@ impl<P: ProxyHttp> Conn<P> {
                 let t = (*n).min(window.len() as u64) as usize;
                 *n -= t as u64;
                 if let Some(w) = &mut self.cache_writer {
-                    let _ = w.push(bytes::Bytes::copy_from_slice(&window[..t]));
+                    w.push(&window[..t]);
                 }
                 (t, *n == 0)
             }
             Body::Chunked(dec) => match match &mut self.cache_writer {
                 // The object stores the payload, without the framing.
                 Some(w) => dec.feed_with(window, |d| {
-                    let _ = w.push(bytes::Bytes::copy_from_slice(d));
+                    w.push(d);
                 }),
                 None => dec.feed(window),
             } {
@@ -1614,7 +1614,7 @@ impl<P: ProxyHttp> Conn<P> {
             },
             Body::UntilClose => {
                 if let Some(w) = &mut self.cache_writer {
-                    let _ = w.push(bytes::Bytes::copy_from_slice(window));
+                    w.push(window);
                 }
                 (window.len(), !upstream_open && avail.len() == window.len())
             }
@@ -1622,7 +1622,7 @@ impl<P: ProxyHttp> Conn<P> {
         if self
             .cache_writer
             .as_ref()
-            .is_some_and(crate::cache::stop_feeding)
+            .is_some_and(crate::cache::Filler::stop)
         {
             // Left the store with its readers far behind, or none left:
             // this client's response goes on, the object's ends here.

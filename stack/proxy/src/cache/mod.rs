@@ -438,14 +438,56 @@ pub(crate) fn poll_delay(s: &CacheSettings, polls: u8) -> Duration {
     s.wait_poll * (1u32 << polls.min(3))
 }
 
-/// Whether a writer's object should get no more of the body: it left the
-/// store and its readers lag by more than an object's size (`Full`), or
-/// none is left (`Detached`).
-pub(crate) fn stop_feeding(w: &ObjectWriter) -> bool {
-    matches!(
-        w.status(),
-        ferrogate_cache::Append::Full | ferrogate_cache::Append::Detached
-    )
+/// Pieces a stored body is handed to the store in (but its last).
+const FILL_PIECE: usize = 16 * 1024;
+
+/// An object's writer fed segment by segment from the origin's body that
+/// hands the store pieces of [`FILL_PIECE`] bytes: a stored body is a few
+/// large chunks (one send each on a hit), not one per received segment.
+/// Readers of a body in progress see it a piece at a time.
+pub(crate) struct Filler {
+    writer: ObjectWriter,
+    buf: bytes::BytesMut,
+}
+
+impl Filler {
+    pub fn new(writer: ObjectWriter) -> Self {
+        Filler {
+            writer,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    pub fn push(&mut self, d: &[u8]) {
+        if d.is_empty() {
+            return;
+        }
+        if self.buf.is_empty() {
+            self.buf.reserve(FILL_PIECE);
+        }
+        self.buf.extend_from_slice(d);
+        if self.buf.len() >= FILL_PIECE {
+            let _ = self.writer.push(self.buf.split().freeze());
+        }
+    }
+
+    /// The body is complete: the rest goes in, and the object is whole.
+    pub fn finish(mut self) {
+        if !self.buf.is_empty() {
+            let _ = self.writer.push(self.buf.split().freeze());
+        }
+        self.writer.finish();
+    }
+
+    /// Whether the object should get no more of the body: it left the
+    /// store and its readers lag by more than an object's size (`Full`),
+    /// or none is left (`Detached`).
+    pub fn stop(&self) -> bool {
+        matches!(
+            self.writer.status(),
+            ferrogate_cache::Append::Full | ferrogate_cache::Append::Detached
+        )
+    }
 }
 
 /// A request's fields as they were sent (names lowercased; nothing

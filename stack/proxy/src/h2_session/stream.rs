@@ -144,7 +144,7 @@ pub(crate) struct H2Stream<P: ProxyHttp> {
     /// and the stored object being written from the origin's body.
     cache: Option<Box<crate::cache::CacheReq>>,
     cache_status: Option<ferrogate_cache::CacheStatus>,
-    cache_writer: Option<ferrogate_cache::ObjectWriter>,
+    cache_writer: Option<crate::cache::Filler>,
 }
 
 /// An HTTP/2 request as the HTTP/1-shaped view the phases and the router
@@ -815,7 +815,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 if let Some(w) = &mut self.cache_writer
                     && t > 0
                 {
-                    let _ = w.push(bytes::Bytes::copy_from_slice(&window[..t]));
+                    w.push(&window[..t]);
                 }
                 if t > 0 || end {
                     phases.response_body_filter(&window[..t], end, pctx);
@@ -830,7 +830,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                     if let Some(w) = writer
                         && !data.is_empty()
                     {
-                        let _ = w.push(bytes::Bytes::copy_from_slice(data));
+                        w.push(data);
                     }
                     if !data.is_empty() {
                         phases.response_body_filter(data, false, pctx);
@@ -860,7 +860,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 if let Some(w) = &mut self.cache_writer
                     && !window.is_empty()
                 {
-                    let _ = w.push(bytes::Bytes::copy_from_slice(window));
+                    w.push(window);
                 }
                 if !window.is_empty() || end {
                     phases.response_body_filter(window, end, pctx);
@@ -873,7 +873,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         if self
             .cache_writer
             .as_ref()
-            .is_some_and(crate::cache::stop_feeding)
+            .is_some_and(crate::cache::Filler::stop)
         {
             self.cache_writer = None;
         }

@@ -174,7 +174,7 @@ impl<P: ProxyHttp> Conn<P> {
                 Some(self.upstream_failed(cx, e))
             }
             OnResponse::Store(w) => {
-                self.cache_writer = Some(w);
+                self.cache_writer = Some(cache::Filler::new(w));
                 None
             }
             OnResponse::Serve(obj) => {
@@ -239,9 +239,9 @@ impl<P: ProxyHttp> Conn<P> {
             return true;
         };
         let avail = self.bufs.from_upstream.filled();
-        let push = |w: &mut ferrogate_cache::ObjectWriter, d: &[u8]| {
+        let push = |w: &mut cache::Filler, d: &[u8]| {
             if !d.is_empty() {
-                let _ = w.push(Bytes::copy_from_slice(d));
+                w.push(d);
             }
         };
         let (take, done) = match body {
@@ -267,7 +267,7 @@ impl<P: ProxyHttp> Conn<P> {
         };
         let keep_upstream = *keep_upstream;
         self.bufs.from_upstream.consume(take);
-        if cache::stop_feeding(w) {
+        if w.stop() {
             // Nobody reads it any more (or far behind): stop here.
             self.finish(cx, true);
             return true;

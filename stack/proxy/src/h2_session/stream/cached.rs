@@ -164,7 +164,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 true
             }
             OnResponse::Store(w) => {
-                self.cache_writer = Some(w);
+                self.cache_writer = Some(cache::Filler::new(w));
                 false
             }
             OnResponse::Serve(obj) => {
