@@ -126,6 +126,17 @@ fn cache_serves_hits_coalesces_revalidates_and_purges() {
         );
         assert_eq!(origin_count(&lab, "/cache/a"), 1);
 
+        // One range of a stored response: 206 from the store.
+        let (s, h, b) = get(&lab, &["-r", "1-4", &url("/cache/a")]);
+        assert_eq!((s, b.as_str()), (206, &b1[1..5]), "{h}");
+        assert_eq!(field(&h, "x-cache").as_deref(), Some("hit"), "{h}");
+        assert_eq!(
+            field(&h, "content-range"),
+            Some(format!("bytes 1-4/{}", b1.len())),
+            "{h}"
+        );
+        assert_eq!(origin_count(&lab, "/cache/a"), 1);
+
         // 1,000 concurrent requests for one cold key, the origin slow to
         // answer the first: exactly one upstream request.
         origin_set(&lab, "delay=1500");

@@ -54,14 +54,13 @@ fn burst(lab: &Lab, n: usize) -> Vec<u16> {
         "-o",
         "/dev/null",
         "-w",
-        "%{http_code}\n",
+        "'%{http_code}\\n'",
     ];
     argv.extend(std::iter::repeat_n(url.as_str(), n));
-    lab.exec("client", &argv)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
+    // Every transfer's status, also when one of them failed (curl then
+    // exits non-zero, and its "000" line says which).
+    let (_, out) = lab.client_sh(&argv.join(" "));
+    out.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 #[test]
@@ -75,15 +74,21 @@ fn a_failing_canary_trips_its_brake_and_the_next_apply_resets_it() {
         // Load until the brake trips (a window is 1 s; both arms need 5).
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut failed = 0;
+        let mut seen = Vec::new();
         loop {
-            failed += burst(&lab, 20).iter().filter(|&&s| s >= 500).count();
+            let statuses = burst(&lab, 20);
+            failed += statuses.iter().filter(|&&s| s >= 500).count();
+            seen.extend(statuses);
             if engine.stats().get("stack_canary_brake_trips").copied() == Some(1) {
                 break;
             }
             assert!(Instant::now() < deadline, "the brake never tripped");
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(failed > 0, "the canary took requests before the brake");
+        assert!(
+            failed > 0,
+            "the canary took requests before the brake: {seen:?}"
+        );
         // Off until the next apply: every request goes to the baseline.
         let after = burst(&lab, 60);
         assert_eq!(after.len(), 60, "{after:?}");
