@@ -15,6 +15,7 @@
 //! | [`revalidate`] | conditional request fields; merging a 304 into the stored headers |
 //! | [`key`] | primary key (scheme, host, path, normalized query, chosen headers) and Vary variant, keyed 128-bit hashes |
 //! | [`store`] | [`MemoryStore`]: sharded, byte budget, S3-FIFO, streaming objects, purge by key / prefix / tag |
+//! | [`disk`] | [`DiskTier`]: the optional disk tier, a directory with a byte budget that survives a restart; its own thread does all file I/O |
 //! | [`lock`] | [`CacheLocks`]: one upstream fetch per key, waiters, take-over, deadlines |
 //! | [`stats`] | per-request outcomes ([`CacheStatus`], the `X-Cache` value) and per-worker counters |
 //!
@@ -68,8 +69,20 @@
 //!    [`Append::Detached`], pause on [`Append::Full`]).
 //! 5. [`CacheCounters::record`] with the outcome; the admin API calls
 //!    `purge_*`.
+//!
+//! With a [`DiskTier`] (opened once at engine start with the engine's
+//! store; workers get a [`DiskHandle`]): completed objects are written and
+//! purges reach the disk without further calls. On a memory miss whose
+//! key and request [`DiskHandle::contains_variant`], acquire the key's
+//! lock; with a permit, [`DiskHandle::load`] it (a full queue hands it
+//! back: fetch with it), then acquire again and wait on the ticket like
+//! any waiter (`Ready`: look up again; `TakeOver`: the load failed, fetch
+//! with the new permit). A request tries the disk once: a miss after its
+//! load goes the usual miss way (else a key whose files do not answer it
+//! would load forever).
 
 pub mod directives;
+pub mod disk;
 pub mod freshness;
 pub mod headers;
 pub mod key;
@@ -81,6 +94,7 @@ pub mod stats;
 pub mod store;
 
 pub use directives::CacheControl;
+pub use disk::{DiskConfig, DiskError, DiskHandle, DiskStats, DiskTier};
 pub use freshness::{Decision, MissVerdict, Verdict, decide, evaluate, on_miss};
 pub use headers::{HeaderView, StoredHeaders};
 pub use key::{CacheKey, KeyConfig, KeyHasher, KeyParts};
