@@ -77,7 +77,8 @@
 //! lock; with a permit, [`DiskHandle::load`] it (a full queue hands it
 //! back: fetch with it), then acquire again and wait on the ticket like
 //! any waiter (`Ready`: look up again; `TakeOver`: the load failed, fetch
-//! with the new permit). A request tries the disk once: a miss after its
+//! with the new permit; `Fetch`: the load already ended, look up again
+//! first like any fetcher). A request tries the disk once: a miss after its
 //! load goes the usual miss way (else a key whose files do not answer it
 //! would load forever).
 

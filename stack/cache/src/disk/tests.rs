@@ -138,8 +138,16 @@ fn load_for(tier: &DiskTier, s: &MemoryStore, path: &str, req: &dyn HeaderView) 
         panic!("no one else holds it");
     };
     tier.load(h, permit).expect("queued");
-    let Acquired::Wait(mut ticket) = locks.acquire(h, far) else {
-        panic!("the load holds the lock");
+    let mut ticket = match locks.acquire(h, far) {
+        Acquired::Wait(t) => t,
+        // The load ended already: look up again, as any fetcher does first.
+        Acquired::Fetch(p) => {
+            let hit = get(s, path, req).is_some();
+            if hit {
+                p.stored();
+            }
+            return hit;
+        }
     };
     let mut outcome = Wait::Pending;
     wait_for("the load", || {
@@ -522,4 +530,90 @@ fn a_refresh_rewrites_the_disk_copy_with_the_merged_headers() {
     assert_eq!(hit.meta().freshness_lifetime, 999);
     assert_eq!(hit.meta().headers.get("x-new").unwrap(), "y");
     assert_eq!(body_of(&hit), b"body");
+}
+
+#[test]
+fn insert_loaded_keeps_what_memory_holds_and_marks_light_purges() {
+    let s = store(1);
+    let h = [("Cache-Control", "max-age=60")];
+    let key = b"https://example.com/m";
+    let e = s.purge_epoch();
+    assert_eq!(
+        s.insert_loaded(key, b"", meta(&h), Bytes::from_static(b"disk"), e),
+        Ok(true)
+    );
+    assert_eq!(body_of(&get(&s, "/m", &NONE).unwrap()), b"disk");
+    // Present already: kept, not replaced.
+    assert_eq!(
+        s.insert_loaded(key, b"", meta(&h), Bytes::from_static(b"other"), e),
+        Ok(false)
+    );
+    assert_eq!(body_of(&get(&s, "/m", &NONE).unwrap()), b"disk");
+    // Memory has the key under another Vary list: the disk's older
+    // variants do not push it out.
+    let vary = [("Cache-Control", "max-age=60"), ("Vary", "Accept")];
+    put(&s, "/v", &h, b"mem", &NONE);
+    assert_eq!(
+        s.insert_loaded(
+            b"https://example.com/v",
+            b"accept:x\n",
+            meta(&vary),
+            Bytes::new(),
+            e
+        ),
+        Ok(false)
+    );
+    assert_eq!(body_of(&get(&s, "/v", &NONE).unwrap()), b"mem");
+    // A light purge since: stored, marked stale.
+    let e = s.purge_epoch();
+    s.purge_prefix(b"https://example.com/l", PurgeMode::Light);
+    s.insert_loaded(b"https://example.com/l", b"", meta(&h), Bytes::new(), e)
+        .unwrap();
+    assert!(get(&s, "/l", &NONE).unwrap().object.light_purged());
+    // Bigger than the store keeps.
+    assert_eq!(
+        s.insert_loaded(
+            b"https://example.com/big",
+            b"",
+            meta(&h),
+            Bytes::from(vec![0; 5 << 20]),
+            s.purge_epoch()
+        ),
+        Err(InsertError::TooLarge)
+    );
+    // A body loaded whole is served in the proxy's 16 KiB pieces.
+    let body: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+    s.insert_loaded(
+        b"https://example.com/p",
+        b"",
+        meta(&h),
+        Bytes::from(body.clone()),
+        s.purge_epoch(),
+    )
+    .unwrap();
+    let hit = get(&s, "/p", &NONE).unwrap();
+    let mut r = hit.object.reader();
+    let mut sizes = Vec::new();
+    while let crate::store::Read::Chunk(c) = r.poll() {
+        sizes.push(c.len());
+    }
+    assert_eq!(sizes, [16_384, 16_384, 7_232]);
+    assert_eq!(body_of(&hit), body);
+}
+
+/// Workers never wait on the index: while it is held for writing (by the
+/// thread or a purge), `contains` answers "no" at once.
+#[test]
+fn contains_does_not_wait_for_the_index_lock() {
+    let dir = TempDir::new("nowait");
+    let s = store(1);
+    let tier = DiskTier::open(cfg(&dir.0, 1 << 20), s.clone()).unwrap();
+    put(&s, "/c", &[("Cache-Control", "max-age=60")], b"c", &NONE);
+    wait_for("the write", || tier.stats().written == 1);
+    let k = hash(&s, "/c");
+    assert!(tier.contains(k) && tier.contains_variant(k, &NONE));
+    let held = tier.handle.shared.write();
+    assert!(!tier.contains(k) && !tier.contains_variant(k, &NONE));
+    drop(held);
+    assert!(tier.contains(k));
 }
