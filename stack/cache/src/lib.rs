@@ -2,7 +2,9 @@
 //! cache, cache keys, a memory tier shared by an engine's workers with
 //! streaming inserts, request coalescing and purge. Sans-IO: callers pass
 //! wall-clock times (`SystemTime`, for HTTP dates and ages) and deadlines
-//! (`Instant`); nothing here reads a clock, sleeps, or does I/O.
+//! (`Instant`); nothing here reads a clock, sleeps, or does I/O — except
+//! the optional [`disk`] tier, whose own thread does all its file I/O
+//! (workers only enqueue to it and read its index).
 //!
 //! # What it owns
 //!

@@ -33,6 +33,11 @@
 //! deleted, keys are rehashed with the store's hasher (the seed may differ
 //! between runs), and the oldest files over the budget are deleted.
 //!
+//! **Locks.** The index `RwLock` is never held across I/O. Workers'
+//! `contains*` only try it (a writer holding it makes them answer "no":
+//! a miss). A purge holds it for writing while it removes its matches
+//! (O(matches), no I/O); [`MemoryStore::invalidate`] takes it for one key.
+//!
 //! Not crash-proof for purges: a purge's files are deleted by the thread
 //! shortly after (and before a clean shutdown ends); a crash in between
 //! leaves them, and a restart serves them again.
@@ -57,7 +62,9 @@ pub(crate) use index::Matcher;
 /// Where and how big the disk tier is.
 #[derive(Clone, Debug)]
 pub struct DiskConfig {
-    /// The directory (created if missing). Used by one tier at a time.
+    /// The directory (created if missing). One tier at a time: nothing
+    /// stops two processes sharing it, and they would delete each
+    /// other's files.
     pub dir: PathBuf,
     /// Byte budget of all files together.
     pub max_bytes: u64,
