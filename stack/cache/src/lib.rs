@@ -2,7 +2,9 @@
 //! cache, cache keys, a memory tier shared by an engine's workers with
 //! streaming inserts, request coalescing and purge. Sans-IO: callers pass
 //! wall-clock times (`SystemTime`, for HTTP dates and ages) and deadlines
-//! (`Instant`); nothing here reads a clock, sleeps, or does I/O.
+//! (`Instant`); nothing here reads a clock, sleeps, or does I/O — except
+//! the optional [`disk`] tier, whose own thread does all its file I/O
+//! (workers only enqueue to it and read its index).
 //!
 //! # What it owns
 //!
@@ -15,6 +17,7 @@
 //! | [`revalidate`] | conditional request fields; merging a 304 into the stored headers |
 //! | [`key`] | primary key (scheme, host, path, normalized query, chosen headers) and Vary variant, keyed 128-bit hashes |
 //! | [`store`] | [`MemoryStore`]: sharded, byte budget, S3-FIFO, streaming objects, purge by key / prefix / tag |
+//! | [`disk`] | [`DiskTier`]: the optional disk tier, a directory with a byte budget that survives a restart; its own thread does all file I/O |
 //! | [`lock`] | [`CacheLocks`]: one upstream fetch per key, waiters, take-over, deadlines |
 //! | [`stats`] | per-request outcomes ([`CacheStatus`], the `X-Cache` value) and per-worker counters |
 //!
@@ -68,8 +71,21 @@
 //!    [`Append::Detached`], pause on [`Append::Full`]).
 //! 5. [`CacheCounters::record`] with the outcome; the admin API calls
 //!    `purge_*`.
+//!
+//! With a [`DiskTier`] (opened once at engine start with the engine's
+//! store; workers get a [`DiskHandle`]): completed objects are written and
+//! purges reach the disk without further calls. On a memory miss whose
+//! key and request [`DiskHandle::contains_variant`], acquire the key's
+//! lock; with a permit, [`DiskHandle::load`] it (a full queue hands it
+//! back: fetch with it), then acquire again and wait on the ticket like
+//! any waiter (`Ready`: look up again; `TakeOver`: the load failed, fetch
+//! with the new permit; `Fetch`: the load already ended, look up again
+//! first like any fetcher). A request tries the disk once: a miss after its
+//! load goes the usual miss way (else a key whose files do not answer it
+//! would load forever).
 
 pub mod directives;
+pub mod disk;
 pub mod freshness;
 pub mod headers;
 pub mod key;
@@ -81,6 +97,7 @@ pub mod stats;
 pub mod store;
 
 pub use directives::CacheControl;
+pub use disk::{DiskConfig, DiskError, DiskHandle, DiskStats, DiskTier};
 pub use freshness::{Decision, MissVerdict, Verdict, decide, evaluate, on_miss};
 pub use headers::{HeaderView, StoredHeaders};
 pub use key::{CacheKey, KeyConfig, KeyHasher, KeyParts};

@@ -27,17 +27,20 @@
 //! housekeeping and allocates per operation.
 
 mod object;
-mod purge_log;
+pub(crate) mod purge_log;
 mod shard;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use smallvec::SmallVec;
 
+use crate::disk::{Matcher, Offer, Shared as DiskShared};
 use crate::headers::HeaderView;
-use crate::key::{self, CacheKey, KeyHasher, variant_bytes, variant_hash, variant_matches};
+use crate::key::{
+    self, CacheKey, KeyHasher, variant_bytes, variant_hash, variant_hash_of_bytes, variant_matches,
+};
 use crate::meta::CacheMeta;
 use object::Body;
 pub use object::{Append, BodyReader, Object, Read};
@@ -146,6 +149,8 @@ struct Inner {
     hasher: KeyHasher,
     counters: StoreCounters,
     purges: PurgeLog,
+    /// The disk tier, once attached: offered completed objects, told of purges.
+    disk: OnceLock<Arc<DiskShared>>,
 }
 
 /// The shared memory tier. Cloning is cheap (one `Arc`).
@@ -180,6 +185,8 @@ pub struct ObjectWriter {
     /// was appended: a body cut short is never kept as complete.
     declared: Option<usize>,
     written: usize,
+    /// The full key, kept only when a disk tier will be offered the object.
+    disk_key: Option<Arc<[u8]>>,
     /// Growth not yet accounted in the shard (see `GROW_BATCH`).
     pending: usize,
     last: Append,
@@ -207,6 +214,7 @@ impl MemoryStore {
                 hasher: KeyHasher::new(cfg.key_seed),
                 counters: StoreCounters::default(),
                 purges: PurgeLog::default(),
+                disk: OnceLock::new(),
             }),
         }
     }
@@ -310,7 +318,9 @@ impl MemoryStore {
         }
         let v = variant_hash(&meta.vary, req, &self.inner.hasher);
         let id = (key.hash, v);
-        let object = Arc::new(Object::new(meta, Arc::new(Body::new()), variant));
+        let epoch = self.inner.purges.epoch();
+        let object = Arc::new(Object::new(meta, Arc::new(Body::new()), variant, epoch));
+        let disk_key = self.inner.disk.get().map(|_| Arc::clone(&full_key));
         let mut dropped = Dropped::new();
         let generation = {
             let mut s = lock(self.shard(key.hash));
@@ -324,7 +334,6 @@ impl MemoryStore {
             }
             let generation = s.insert(
                 id,
-                key,
                 full_key,
                 Arc::clone(&object),
                 meta_weight,
@@ -345,6 +354,7 @@ impl MemoryStore {
             generation,
             size: weight,
             declared: body_len,
+            disk_key,
             written: 0,
             pending: 0,
             last: Append::Stored,
@@ -380,25 +390,47 @@ impl MemoryStore {
             meta,
             Arc::clone(&hit.object.body),
             Arc::clone(&hit.object.variant),
+            hit.object.epoch,
         ));
+        let disk = self.inner.disk.get();
         let mut dropped = Dropped::new();
-        let old = {
+        let (old, full_key) = {
             let mut s = lock(self.shard(hit.id.0));
             let old = s.refresh(
                 hit.id,
                 &hit.object,
-                new,
+                Arc::clone(&new),
                 meta_weight,
                 tags,
                 &self.inner.counters,
             );
+            let mut full_key = None;
             if old.is_some() {
+                if disk.is_some() {
+                    full_key = s.primary(hit.id.0).map(|p| Arc::clone(&p.full_key));
+                }
                 s.evict(self.inner.shard_budget, &self.inner.counters, &mut dropped);
             }
-            old
+            (old, full_key)
         };
         match old {
-            Some(_) => Refresh::Refreshed,
+            Some(_) => {
+                // The disk copy gets the merged headers too (else a restart
+                // serves the old ones, and revalidates for nothing).
+                if let (Some(d), Some(full_key)) = (disk, full_key)
+                    && new.is_complete()
+                {
+                    d.offer(Offer {
+                        epoch: new.epoch,
+                        bytes: new.body_len() as u64,
+                        object: new,
+                        primary: hit.id.0,
+                        variant: hit.id.1,
+                        full_key,
+                    });
+                }
+                Refresh::Refreshed
+            }
             None => Refresh::Gone,
         }
     }
@@ -418,6 +450,12 @@ impl MemoryStore {
     /// nor make in-flight fetches elsewhere refuse to store). Returns how
     /// many objects it marked.
     pub fn invalidate(&self, key: &CacheKey<'_>) -> usize {
+        if let Some(d) = self.inner.disk.get()
+            && d.contains(key.hash)
+        {
+            // A disk copy cannot be marked stale in place: it goes.
+            d.purge(Matcher::Key(key), || {});
+        }
         let mut dropped = Dropped::new();
         let mut s = lock(self.shard(key.hash));
         let ok = s
@@ -443,9 +481,7 @@ impl MemoryStore {
     /// shard (a range scan each), a bounded batch per lock hold.
     pub fn purge_key(&self, key: &CacheKey<'_>, mode: PurgeMode) -> usize {
         let url = key::url_bytes(&key.parts, key.cfg);
-        self.inner
-            .purges
-            .record(Purged::Url(url.clone().into()), mode);
+        self.record(Purged::Url(url.clone().into()), mode, Matcher::Url(&url));
         self.purge_matching(&url, mode, |k| purge_log::url_matches(&url, k))
     }
 
@@ -456,10 +492,105 @@ impl MemoryStore {
     /// `/imgs` (and `https://host` not `https://host:8443`). Visits every
     /// shard, a bounded batch per lock hold.
     pub fn purge_prefix(&self, prefix: &[u8], mode: PurgeMode) -> usize {
-        self.inner
-            .purges
-            .record(Purged::Prefix(prefix.into()), mode);
+        self.record(Purged::Prefix(prefix.into()), mode, Matcher::Prefix(prefix));
         self.purge_matching(prefix, mode, |k| purge_log::prefix_matches(prefix, k))
+    }
+
+    /// Records a purge in the purge log; with a disk tier, under its index
+    /// lock, and the disk tier's matching files go first (light or hard: a
+    /// file cannot be marked stale in place). Purge counts returned by
+    /// `purge_*` are memory objects only; the tier counts its own.
+    fn record(&self, what: Purged, mode: PurgeMode, m: Matcher<'_>) {
+        match self.inner.disk.get() {
+            Some(d) => {
+                d.purge(m, || self.inner.purges.record(what, mode));
+            }
+            None => self.inner.purges.record(what, mode),
+        }
+    }
+
+    pub(crate) fn has_disk(&self) -> bool {
+        self.inner.disk.get().is_some()
+    }
+
+    /// Attaches a disk tier (once per store).
+    pub(crate) fn attach_disk(&self, d: Arc<DiskShared>) -> bool {
+        self.inner.disk.set(d).is_ok()
+    }
+
+    /// Whether a purge since `epoch` reaches the key (light or hard).
+    pub(crate) fn purged_since(&self, epoch: u64, full_key: &[u8], tags: &[Bytes]) -> bool {
+        self.inner.purges.since(epoch, full_key, tags) != Since::Clean
+    }
+
+    /// Inserts a complete object read back from a lower tier (the disk):
+    /// its full key and variant bytes as stored, its metadata and whole
+    /// body. `since`: the purge epoch read before the object was looked up
+    /// there (a purge since refuses it, as in [`MemoryStore::insert_since`]).
+    /// An object already stored under the key and variant, or variants of
+    /// the key under another `Vary` list, are kept: `Ok(false)`.
+    pub fn insert_loaded(
+        &self,
+        full_key: &[u8],
+        variant: &[u8],
+        meta: CacheMeta,
+        body: Bytes,
+        since: u64,
+    ) -> Result<bool, InsertError> {
+        if !meta.worth_storing() {
+            return Err(InsertError::NotWorthStoring);
+        }
+        let primary = self.inner.hasher.hash_bytes(full_key);
+        let id = (
+            primary,
+            variant_hash_of_bytes(&meta.vary, variant, &self.inner.hasher),
+        );
+        let tags = self.tags(&meta);
+        let meta_weight = meta.weight() + tags_weight(&tags);
+        // In pieces as the proxy stores them (slices of one buffer).
+        let pieces = body.len().div_ceil(LOADED_PIECE);
+        let fixed_weight = full_key.len() + variant.len() + body.len() + pieces * CHUNK_OVERHEAD;
+        if meta_weight + fixed_weight > self.inner.max_object {
+            return Err(InsertError::TooLarge);
+        }
+        let b = Body::new();
+        for i in 0..pieces {
+            let end = ((i + 1) * LOADED_PIECE).min(body.len());
+            b.append(body.slice(i * LOADED_PIECE..end), usize::MAX);
+        }
+        b.finish();
+        let object = Arc::new(Object::new(meta, Arc::new(b), variant.into(), since));
+        let mut dropped = Dropped::new();
+        {
+            let mut s = lock(self.shard(primary));
+            // What memory holds under the key is as new or newer: another
+            // Vary list (or a colliding key) there is not replaced.
+            let other = s
+                .primary(primary)
+                .is_some_and(|p| *p.full_key != *full_key || p.vary[..] != object.meta.vary[..]);
+            if other || s.has(id) {
+                return Ok(false);
+            }
+            match self.inner.purges.since(since, full_key, &tags) {
+                Since::Hard => return Err(InsertError::Purged),
+                Since::Light => object.light_purged.store(true, Ordering::Release),
+                Since::Clean => {}
+            }
+            s.insert(
+                id,
+                full_key.into(),
+                object,
+                meta_weight,
+                fixed_weight,
+                tags,
+                &self.inner.counters,
+                &mut dropped,
+            );
+            s.evict(self.inner.shard_budget, &self.inner.counters, &mut dropped);
+        }
+        drop(dropped);
+        self.inner.counters.inserted.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Purges the primaries whose full key starts with `prefix` and passes
@@ -497,9 +628,11 @@ impl MemoryStore {
     /// Purges every object tagged `tag` by the configured tag header,
     /// a bounded batch per shard lock hold.
     pub fn purge_tag(&self, tag: &[u8], mode: PurgeMode) -> usize {
-        self.inner
-            .purges
-            .record(Purged::Tag(Bytes::copy_from_slice(tag)), mode);
+        self.record(
+            Purged::Tag(Bytes::copy_from_slice(tag)),
+            mode,
+            Matcher::Tag(tag),
+        );
         let mut n = 0;
         for m in self.inner.shards.iter() {
             let ids: Vec<Id> = lock(m).tagged(tag).collect();
@@ -529,7 +662,8 @@ impl MemoryStore {
         }
     }
 
-    fn tags(&self, meta: &CacheMeta) -> SmallVec<[Bytes; 4]> {
+    /// The tags the configured tag header gives an object.
+    pub(crate) fn tags(&self, meta: &CacheMeta) -> SmallVec<[Bytes; 4]> {
         let mut tags = SmallVec::new();
         if let Some(h) = &self.inner.tag_header {
             meta.headers.for_each_value(h, &mut |v| {
@@ -565,6 +699,10 @@ impl Inner {
         &self.shards[(primary >> 100) as usize & (self.shards.len() - 1)]
     }
 }
+
+/// Piece size of a body loaded whole ([`MemoryStore::insert_loaded`]): the
+/// proxy's fill size, so a hit from disk is sent like any other.
+const LOADED_PIECE: usize = 16 * 1024;
 
 /// Keys a purge handles per shard lock hold (workers wait at most that long).
 const PURGE_BATCH: usize = 64;
@@ -697,6 +835,18 @@ impl ObjectWriter {
         }
         self.finished = true;
         self.object.body.finish();
+        if !self.detached
+            && let (Some(d), Some(full_key)) = (self.store.disk.get(), self.disk_key.take())
+        {
+            d.offer(Offer {
+                object: Arc::clone(&self.object),
+                primary: self.id.0,
+                variant: self.id.1,
+                full_key,
+                epoch: self.object.epoch,
+                bytes: self.written as u64,
+            });
+        }
     }
 }
 

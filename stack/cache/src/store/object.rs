@@ -21,15 +21,20 @@ pub struct Object {
     /// The variant key's bytes (the request's values of the `Vary` names):
     /// a lookup compares them, so a variant-hash collision is a miss.
     pub(crate) variant: Arc<[u8]>,
+    /// A purge epoch no purge before which reaches this object (read
+    /// before it was stored; carried over by a 304 refresh): the disk tier
+    /// checks the purges since then before it keeps a copy.
+    pub(crate) epoch: u64,
 }
 
 impl Object {
-    pub(crate) fn new(meta: CacheMeta, body: Arc<Body>, variant: Arc<[u8]>) -> Self {
+    pub(crate) fn new(meta: CacheMeta, body: Arc<Body>, variant: Arc<[u8]>, epoch: u64) -> Self {
         Object {
             meta,
             body,
             light_purged: AtomicBool::new(false),
             variant,
+            epoch,
         }
     }
 

@@ -12,7 +12,6 @@ use smallvec::SmallVec;
 
 use super::object::Object;
 use super::{Dropped, PurgeMode, StoreCounters};
-use crate::key::CacheKey;
 
 /// (primary hash, variant hash).
 pub(crate) type Id = (u128, u128);
@@ -72,6 +71,10 @@ impl Shard {
         self.primaries.get(&p)
     }
 
+    pub fn has(&self, id: Id) -> bool {
+        self.objects.contains_key(&id)
+    }
+
     /// A hit: bumps the frequency (saturating at 3) and clones the object.
     pub fn touch(&mut self, id: Id) -> Option<Arc<Object>> {
         let e = self.objects.get_mut(&id)?;
@@ -83,7 +86,6 @@ impl Shard {
     pub fn insert(
         &mut self,
         id: Id,
-        key: &CacheKey<'_>,
         full_key: Arc<[u8]>,
         object: Arc<Object>,
         meta_weight: usize,
@@ -96,7 +98,7 @@ impl Shard {
         // Another primary under the same hash (a collision), or a new Vary
         // list: the old variants can no longer be found; drop them.
         let stale = match self.primaries.get(&p) {
-            Some(old) => !key.matches(&old.full_key) || *old.vary != object.meta.vary[..],
+            Some(old) => old.full_key != full_key || *old.vary != object.meta.vary[..],
             None => false,
         };
         if stale {

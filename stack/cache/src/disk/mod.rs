@@ -1,0 +1,463 @@
+//! The optional disk tier (issue #21): a directory with a byte budget whose
+//! objects survive a restart.
+//!
+//! **No file I/O on a worker.** All reads, writes and deletes run on one
+//! thread the tier owns. Workers only enqueue work (a bounded queue, no
+//! allocation per job) and read the index under a `RwLock`:
+//!
+//! * **Writes (write-on-complete).** The [`MemoryStore`] offers every
+//!   object whose body completed (and every 304-refreshed one) once a tier
+//!   is attached; the thread writes it to a temp file and renames it into
+//!   place. Write-on-evict would write fewer files but the store evicts
+//!   under its shard locks, mid-insert, and would lose everything still in
+//!   memory on a crash; write-on-complete is simpler and restart-safe. A
+//!   full queue drops the offer (counted).
+//! * **Reads.** [`DiskHandle::contains`] says whether a primary key has
+//!   files; [`DiskHandle::load`] with the key's [`FetchPermit`] queues a
+//!   load: the thread reads every variant file of the key, checks it and
+//!   inserts it into the store ([`MemoryStore::insert_loaded`]), then
+//!   releases the permit (`stored()`, or dropped on failure so one waiter
+//!   takes over and fetches).
+//! * **Purges.** The store calls the tier from every `purge_*` and from
+//!   `invalidate` (light or hard: a disk copy cannot be marked stale in
+//!   place, so it is deleted): the matching index entries go at once, the
+//!   files are deleted by the thread. The purge is recorded in the store's
+//!   purge log under the index's write lock, which makes a load (which
+//!   reads the purge epoch and the index under that lock) and a write
+//!   (which checks the log under it) either see the purge or be seen by it.
+//! * **Budget.** Total file bytes ≤ `max_bytes`, oldest written first out.
+//!
+//! Files: `<seq>.fgc` (16 hex digits, write order), written as
+//! `<seq>.tmp` first; see [`format`] for the layout. At open the directory
+//! is scanned (headers only): temp files and files that fail to parse are
+//! deleted, keys are rehashed with the store's hasher (the seed may differ
+//! between runs), and the oldest files over the budget are deleted.
+//!
+//! **Locks.** The index `RwLock` is never held across I/O. Workers'
+//! `contains*` only try it (a writer holding it makes them answer "no":
+//! a miss). A purge holds it for writing while it removes its matches
+//! (O(matches), no I/O); [`MemoryStore::invalidate`] takes it for one key.
+//!
+//! Not crash-proof for purges: a purge's files are deleted by the thread
+//! shortly after (and before a clean shutdown ends); a crash in between
+//! leaves them, and a restart serves them again.
+
+mod format;
+mod index;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::headers::HeaderView;
+use crate::lock::FetchPermit;
+use crate::store::{MemoryStore, Object};
+use index::Index;
+pub(crate) use index::Matcher;
+
+/// Where and how big the disk tier is.
+#[derive(Clone, Debug)]
+pub struct DiskConfig {
+    /// The directory (created if missing). One tier at a time: nothing
+    /// stops two processes sharing it, and they would delete each
+    /// other's files.
+    pub dir: PathBuf,
+    /// Byte budget of all files together.
+    pub max_bytes: u64,
+    /// Largest file written (bigger objects stay in memory only).
+    pub max_object_bytes: u64,
+    /// Jobs (writes and loads) queued for the thread; more are refused.
+    pub queue: usize,
+    /// Body bytes of the objects queued for writing (they stay in memory
+    /// until written, whatever the memory store evicts); more are refused.
+    pub max_queued_bytes: u64,
+    /// fsync each file before renaming it into place (survives power loss,
+    /// costs a disk flush per object).
+    pub fsync: bool,
+    /// How long dropping the tier waits for its thread.
+    pub shutdown_wait: Duration,
+}
+
+impl DiskConfig {
+    pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
+        DiskConfig {
+            dir: dir.into(),
+            max_bytes,
+            max_object_bytes: (max_bytes / 8).max(1),
+            queue: 1024,
+            max_queued_bytes: 64 << 20,
+            fsync: false,
+            shutdown_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the tier could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("cache directory {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("this memory store already has a disk tier")]
+    AlreadyAttached,
+    #[error("the disk tier's queue must hold at least one job")]
+    ZeroQueue,
+}
+
+/// A snapshot of the tier's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    /// Files and bytes on disk now.
+    pub files: u64,
+    pub bytes: u64,
+    pub written: u64,
+    /// Offers refused: queue full, too large, or purged before written.
+    pub write_dropped: u64,
+    /// Objects loaded into the memory store.
+    pub loaded: u64,
+    /// Loads that found nothing usable (queue full, file gone or bad, purged).
+    pub load_failed: u64,
+    /// Files deleted for the byte budget.
+    pub evicted: u64,
+    /// Files deleted because they failed to parse or check.
+    pub corrupt_deleted: u64,
+    /// Files deleted by purges.
+    pub purged: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    written: AtomicU64,
+    write_dropped: AtomicU64,
+    loaded: AtomicU64,
+    load_failed: AtomicU64,
+    evicted: AtomicU64,
+    corrupt_deleted: AtomicU64,
+    purged: AtomicU64,
+}
+
+/// A completed object to write.
+pub(crate) struct Offer {
+    pub object: Arc<Object>,
+    pub primary: u128,
+    pub variant: u128,
+    pub full_key: Arc<[u8]>,
+    /// The purge epoch the object is known clean at (see `Object::epoch`).
+    pub epoch: u64,
+    /// Its body length.
+    pub bytes: u64,
+}
+
+pub(crate) enum Job {
+    Write(Offer),
+    Load(u128, FetchPermit),
+    /// Nothing to do but look at the stop flag and pending deletes.
+    Wake,
+}
+
+/// What the tier's owner, its handles and the memory store share.
+pub(crate) struct Shared {
+    cfg: DiskConfig,
+    index: RwLock<Index>,
+    jobs: SyncSender<Job>,
+    /// Files (by seq) purged and not deleted yet; `closed` once the thread
+    /// has stopped (purges then delete in place).
+    deletes: Mutex<Deletes>,
+    stop: AtomicBool,
+    /// Body bytes of queued writes (see `DiskConfig::max_queued_bytes`).
+    queued_bytes: AtomicU64,
+    counters: Counters,
+    /// Called by the thread at points where a test wants to interleave.
+    #[cfg(test)]
+    hook: TestHook,
+}
+
+#[cfg(test)]
+type TestHook = Mutex<Option<Box<dyn FnMut(&'static str) + Send>>>;
+
+#[derive(Default)]
+struct Deletes {
+    seqs: Vec<u64>,
+    closed: bool,
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A worker must not wait on the index: if the thread or a purge
+    /// holds it for writing, the answer is "no" (a miss fetches upstream).
+    fn try_read(&self) -> Option<RwLockReadGuard<'_, Index>> {
+        match self.index.try_read() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    pub(crate) fn contains(&self, primary: u128) -> bool {
+        self.try_read().is_some_and(|ix| ix.contains(primary))
+    }
+
+    /// Queues a completed object (from the store; never blocks).
+    pub(crate) fn offer(&self, offer: Offer) {
+        let c = &self.counters;
+        if offer.object.light_purged() {
+            return;
+        }
+        let n = offer.bytes;
+        if n > self.cfg.max_object_bytes
+            || self.queued_bytes.fetch_add(n, Ordering::AcqRel) + n > self.cfg.max_queued_bytes
+        {
+            if n <= self.cfg.max_object_bytes {
+                self.queued_bytes.fetch_sub(n, Ordering::AcqRel);
+            }
+            c.write_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.jobs.try_send(Job::Write(offer)).is_err() {
+            self.queued_bytes.fetch_sub(n, Ordering::AcqRel);
+            c.write_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A queued write left the queue (written or not).
+    fn dequeued(&self, o: &Offer) {
+        self.queued_bytes.fetch_sub(o.bytes, Ordering::AcqRel);
+    }
+
+    /// Applies a purge to the disk tier: `record` (the store's purge-log
+    /// entry, if any) runs under the index write lock, then the matching
+    /// entries leave the index; their files are deleted by the thread.
+    pub(crate) fn purge(&self, m: Matcher<'_>, record: impl FnOnce()) -> usize {
+        let mut gone = Vec::new();
+        let n = {
+            let mut ix = self.write();
+            record();
+            ix.purge(m, &mut gone)
+        };
+        if n > 0 {
+            self.counters.purged.fetch_add(n as u64, Ordering::Relaxed);
+            self.delete_later(gone);
+        }
+        n
+    }
+
+    fn delete_later(&self, seqs: Vec<u64>) {
+        let mut d = self.deletes.lock().unwrap_or_else(|e| e.into_inner());
+        if d.closed {
+            // The thread is gone (shutdown): delete here.
+            for s in seqs {
+                let _ = std::fs::remove_file(worker::file_path(&self.cfg.dir, s));
+            }
+            return;
+        }
+        let first = d.seqs.is_empty();
+        d.seqs.extend(seqs);
+        drop(d);
+        // One wake per batch: a burst of purges must not fill the queue.
+        if first {
+            let _ = self.jobs.try_send(Job::Wake);
+        }
+    }
+
+    #[cfg(test)]
+    fn hook(&self, stage: &'static str) {
+        if let Some(h) = self.hook.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            h(stage)
+        }
+    }
+
+    fn take_deletes(&self) -> Vec<u64> {
+        std::mem::take(&mut self.deletes.lock().unwrap_or_else(|e| e.into_inner()).seqs)
+    }
+}
+
+/// A worker's handle on the disk tier (cheap to clone, `Send + Sync`).
+#[derive(Clone)]
+pub struct DiskHandle {
+    shared: Arc<Shared>,
+}
+
+impl DiskHandle {
+    /// Whether files exist for the primary key `hash` (any variant). One
+    /// read lock, never waited for (false while it is held for writing),
+    /// no allocation.
+    pub fn contains(&self, hash: u128) -> bool {
+        self.shared.contains(hash)
+    }
+
+    /// Whether a file of the primary key `hash` is the Vary variant `req`
+    /// selects: what to check on a memory miss (a key stored for other
+    /// `Accept-Encoding`s is not worth a load). As [`DiskHandle::contains`],
+    /// plus a comparison of the request's header values per file.
+    pub fn contains_variant(&self, hash: u128, req: &dyn HeaderView) -> bool {
+        self.shared
+            .try_read()
+            .is_some_and(|ix| ix.contains_variant(hash, req))
+    }
+
+    /// Queues loading the key's files into the memory store; the permit is
+    /// released when done (`stored()`: waiters look the store up again;
+    /// dropped on failure: one waiter takes over and fetches). A full
+    /// queue hands the permit back: fetch upstream with it.
+    pub fn load(&self, hash: u128, permit: FetchPermit) -> Result<(), FetchPermit> {
+        debug_assert_eq!(permit.key(), hash, "the permit must be the key's");
+        match self.shared.jobs.try_send(Job::Load(hash, permit)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                self.shared
+                    .counters
+                    .load_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                match job {
+                    Job::Load(_, p) => Err(p),
+                    _ => unreachable!("sent a load"),
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> DiskStats {
+        let (files, bytes) = {
+            let ix = self.shared.read();
+            (ix.files, ix.bytes)
+        };
+        let c = &self.shared.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DiskStats {
+            files,
+            bytes,
+            written: l(&c.written),
+            write_dropped: l(&c.write_dropped),
+            loaded: l(&c.loaded),
+            load_failed: l(&c.load_failed),
+            evicted: l(&c.evicted),
+            corrupt_deleted: l(&c.corrupt_deleted),
+            purged: l(&c.purged),
+        }
+    }
+}
+
+/// The disk tier: owns its thread; dropping it stops the thread (pending
+/// writes and loads are dropped, pending deletes done) and waits for it
+/// up to `shutdown_wait`.
+pub struct DiskTier {
+    handle: DiskHandle,
+    thread: Option<JoinHandle<()>>,
+    done: Receiver<()>,
+}
+
+impl DiskTier {
+    /// Opens (or creates) the directory, scans it (synchronously: this runs
+    /// at engine start, not on the data path), attaches the tier to `store`
+    /// (which from then on offers completed objects and reports purges)
+    /// and starts the thread.
+    pub fn open(cfg: DiskConfig, store: MemoryStore) -> Result<DiskTier, DiskError> {
+        if cfg.queue == 0 {
+            return Err(DiskError::ZeroQueue);
+        }
+        // Before the scan deletes anything in a directory another tier of
+        // this store may be using.
+        if store.has_disk() {
+            return Err(DiskError::AlreadyAttached);
+        }
+        let io = |source| DiskError::Io {
+            dir: cfg.dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&cfg.dir).map_err(io)?;
+        let mut corrupt = 0;
+        let (index, next_seq, evicted) = worker::scan(&cfg, &store, &mut corrupt).map_err(io)?;
+        let (tx, rx) = mpsc::sync_channel(cfg.queue);
+        let shared = Arc::new(Shared {
+            cfg,
+            index: RwLock::new(index),
+            jobs: tx,
+            deletes: Mutex::default(),
+            stop: AtomicBool::new(false),
+            queued_bytes: AtomicU64::new(0),
+            counters: Counters::default(),
+            #[cfg(test)]
+            hook: Mutex::new(None),
+        });
+        shared
+            .counters
+            .corrupt_deleted
+            .store(corrupt, Ordering::Relaxed);
+        shared.counters.evicted.store(evicted, Ordering::Relaxed);
+        if !store.attach_disk(Arc::clone(&shared)) {
+            return Err(DiskError::AlreadyAttached);
+        }
+        let (done_tx, done) = mpsc::sync_channel(1);
+        let w = worker::Worker::new(Arc::clone(&shared), store, rx, next_seq);
+        let thread = std::thread::Builder::new()
+            .name("fg-cache-disk".into())
+            .spawn(move || {
+                w.run();
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| DiskError::Io {
+                dir: shared.cfg.dir.clone(),
+                source: e,
+            })?;
+        Ok(DiskTier {
+            handle: DiskHandle { shared },
+            thread: Some(thread),
+            done,
+        })
+    }
+
+    /// A handle for the workers.
+    pub fn handle(&self) -> DiskHandle {
+        self.handle.clone()
+    }
+
+    /// See [`DiskHandle::contains`].
+    pub fn contains(&self, hash: u128) -> bool {
+        self.handle.contains(hash)
+    }
+
+    /// See [`DiskHandle::contains_variant`].
+    pub fn contains_variant(&self, hash: u128, req: &dyn HeaderView) -> bool {
+        self.handle.contains_variant(hash, req)
+    }
+
+    /// See [`DiskHandle::load`].
+    pub fn load(&self, hash: u128, permit: FetchPermit) -> Result<(), FetchPermit> {
+        self.handle.load(hash, permit)
+    }
+
+    pub fn stats(&self) -> DiskStats {
+        self.handle.stats()
+    }
+}
+
+impl Drop for DiskTier {
+    fn drop(&mut self) {
+        let s = &self.handle.shared;
+        s.stop.store(true, Ordering::Release);
+        let _ = s.jobs.try_send(Job::Wake);
+        // Bounded: a wedged disk must not hang the engine's shutdown.
+        if self.done.recv_timeout(s.cfg.shutdown_wait).is_ok()
+            && let Some(t) = self.thread.take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
