@@ -34,7 +34,7 @@ use crate::net::Instant;
 
 pub use ferrogate_cache as core;
 pub(crate) use lookup::{Lookup, RequestKey, Waited, lookup, poll_wait};
-pub(crate) use response::{OnResponse, on_response, stored_fields, varies_on_proxy_field};
+pub(crate) use response::{OnResponse, mismatch, origin_head};
 pub use serve::ByteRange;
 pub(crate) use serve::{BodySlice, Part, write_stored_head};
 

@@ -22,7 +22,7 @@ const PROXY_SET_FIELDS: [&str; 6] = [
 
 /// Whether a response's `Vary` names a field the proxy sets or changes
 /// (`owned`: the listener's identity fields, a rule's changes).
-pub(crate) fn varies_on_proxy_field(h: &StoredHeaders, owned: impl Fn(&str) -> bool) -> bool {
+fn varies_on_proxy_field(h: &StoredHeaders, owned: impl Fn(&str) -> bool) -> bool {
     let mut hit = false;
     h.for_each_value("vary", &mut |v| {
         for name in ferrogate_cache::headers::list_items(v) {
@@ -34,6 +34,47 @@ pub(crate) fn varies_on_proxy_field(h: &StoredHeaders, owned: impl Fn(&str) -> b
         }
     });
     hit
+}
+
+/// Reads the origin's response head (`raw`, parsed as `resp`) for the
+/// cache and decides on it (`on_response`): its fields as stored; not
+/// stored when close-delimited (a body cut short looks whole), too large a
+/// head, or varying on a field the proxy sets or `proxy_owned` names (the
+/// listener's identity fields, a rule's removals). `None`: the head does
+/// not parse here (the caller sends it on as usual).
+pub(crate) fn origin_head(
+    h: &CacheHandle,
+    req: &mut CacheReq,
+    raw: &[u8],
+    resp: &crate::http::ResponseHead,
+    proxy_owned: impl Fn(&str) -> bool,
+    now: Instant,
+) -> Option<OnResponse> {
+    use crate::http::BodyFraming;
+    let mut fields = Vec::new();
+    crate::http::head::response_fields(raw, &mut fields)?;
+    let length_framed = matches!(resp.framing, BodyFraming::Length(_));
+    let status_header = h.edge.settings.status_header.as_deref();
+    let (stored, fits) = stored_fields(resp.status, &fields, length_framed, status_header);
+    if resp.framing == BodyFraming::UntilClose
+        || !fits
+        || varies_on_proxy_field(&stored, proxy_owned)
+    {
+        req.forbid_store();
+    }
+    let body_len = match resp.framing {
+        BodyFraming::Length(n) => Some(n),
+        BodyFraming::None => Some(0),
+        BodyFraming::Chunked | BodyFraming::UntilClose => None,
+    };
+    Some(on_response(h, req, resp.status, &stored, body_len, now))
+}
+
+/// The failure of an exchange whose 304 selected nothing stored.
+pub(crate) fn mismatch() -> crate::error::ProxyError {
+    crate::error::ProxyError::BadResponse(crate::http::HeadError::Malformed(
+        "304 selecting no stored response",
+    ))
 }
 
 /// Statuses stored, with explicit freshness or heuristically (RFC 9110
@@ -51,7 +92,7 @@ const MAX_STORED_FIELDS: usize = 90;
 /// added), and `Content-Length` only when it framed the body (a chunked
 /// response that also names a length is chunked, RFC 9112 §6.3). `None`:
 /// too many fields to store.
-pub(crate) fn stored_fields(
+fn stored_fields(
     status: u16,
     fields: &[(&[u8], &[u8])],
     length_framed: bool,
@@ -83,7 +124,7 @@ pub(crate) enum OnResponse {
 
 /// Decides on the upstream response `status`/`resp` (its fields as the
 /// origin sent them) to `req`; `body_len`: its `Content-Length`.
-pub(crate) fn on_response(
+fn on_response(
     h: &CacheHandle,
     req: &mut CacheReq,
     status: u16,

@@ -139,40 +139,20 @@ impl<P: ProxyHttp> Conn<P> {
         resp: &ResponseHead,
     ) -> Option<bool> {
         let mut req = self.cache.take()?;
-        let (stored, fits) = {
-            let raw = &self.bufs.from_upstream.filled()[..resp.head_len];
-            let mut fields = Vec::new();
-            head::response_fields(raw, &mut fields)?;
-            let length_framed = matches!(resp.framing, BodyFraming::Length(_));
-            let status_header = cx.cache.edge.settings.status_header.as_deref();
-            cache::stored_fields(resp.status, &fields, length_framed, status_header)
-        };
         let identity = self.io.identity().map(|(h, _)| h);
         let rw = &self.rewrite;
-        // A close-delimited body cut short looks like a whole one.
-        if resp.framing == BodyFraming::UntilClose
-            || !fits
-            || cache::varies_on_proxy_field(&stored, |n| {
-                identity.is_some_and(|h| h.is_identity_header(n)) || rw.strips_request(n)
-            })
-        {
-            req.forbid_store();
-        }
-        let body_len = match resp.framing {
-            BodyFraming::Length(n) => Some(n),
-            BodyFraming::None => Some(0),
-            BodyFraming::Chunked | BodyFraming::UntilClose => None,
-        };
-        let out = cache::on_response(cx.cache, &mut req, resp.status, &stored, body_len, cx.now);
+        let out = cache::origin_head(
+            cx.cache,
+            &mut req,
+            &self.bufs.from_upstream.filled()[..resp.head_len],
+            resp,
+            |n| identity.is_some_and(|h| h.is_identity_header(n)) || rw.strips_request(n),
+            cx.now,
+        )?;
         self.cache_status = Some(req.status);
         match out {
             OnResponse::Pass => None,
-            OnResponse::Mismatch => {
-                let e = ProxyError::BadResponse(head::HeadError::Malformed(
-                    "304 selecting no stored response",
-                ));
-                Some(self.upstream_failed(cx, e))
-            }
+            OnResponse::Mismatch => Some(self.upstream_failed(cx, cache::mismatch())),
             OnResponse::Store(w) => {
                 self.cache_writer = Some(cache::Filler::new(w));
                 None

@@ -127,40 +127,23 @@ impl<P: ProxyHttp> H2Stream<P> {
         let Some(mut req) = self.cache.take() else {
             return false;
         };
-        let (stored, fits) = {
-            let raw = &self.from_upstream.filled()[..resp.head_len];
-            let mut fields = Vec::new();
-            if head::response_fields(raw, &mut fields).is_none() {
-                return false;
-            }
-            let length_framed = matches!(resp.framing, BodyFraming::Length(_));
-            let status_header = cx.cache.edge.settings.status_header.as_deref();
-            cache::stored_fields(resp.status, &fields, length_framed, status_header)
-        };
         let identity = peer.io.identity().map(|(h, _)| h);
         let rw = &self.rewrite;
-        if resp.framing == BodyFraming::UntilClose
-            || !fits
-            || cache::varies_on_proxy_field(&stored, |n| {
-                identity.is_some_and(|h| h.is_identity_header(n)) || rw.strips_request(n)
-            })
-        {
-            req.forbid_store();
-        }
-        let body_len = match resp.framing {
-            BodyFraming::Length(n) => Some(n),
-            BodyFraming::None => Some(0),
-            BodyFraming::Chunked | BodyFraming::UntilClose => None,
+        let Some(out) = cache::origin_head(
+            cx.cache,
+            &mut req,
+            &self.from_upstream.filled()[..resp.head_len],
+            resp,
+            |n| identity.is_some_and(|h| h.is_identity_header(n)) || rw.strips_request(n),
+            cx.now,
+        ) else {
+            return false;
         };
-        let out = cache::on_response(cx.cache, &mut req, resp.status, &stored, body_len, cx.now);
         self.cache_status = Some(req.status);
         match out {
             OnResponse::Pass => false,
             OnResponse::Mismatch => {
-                let e = ProxyError::BadResponse(head::HeadError::Malformed(
-                    "304 selecting no stored response",
-                ));
-                self.upstream_failed(cx, h2, peer, e);
+                self.upstream_failed(cx, h2, peer, cache::mismatch());
                 true
             }
             OnResponse::Store(w) => {
