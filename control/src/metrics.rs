@@ -437,6 +437,14 @@ pub fn render(st: &EngineStats, info: &Info<'_>) -> String {
             );
         }
     }
+    for (k, v) in st.cache_disk_fields() {
+        let name = format!("ferrogate_cache_disk_{k}");
+        if matches!(k, "files" | "bytes") {
+            f.gauge(&name, "response cache disk tier now", &[], v);
+        } else {
+            f.counter(&format!("{name}_total"), "response cache disk tier", &[], v);
+        }
+    }
     let e = &st.escalation;
     f.gauge(
         "ferrogate_escalated_sources",
@@ -484,8 +492,13 @@ mod tests {
             port: vec![],
             escalation: Default::default(),
             cache: Default::default(),
+            cache_disk: Some(Default::default()),
         };
         st.cache.objects = 3;
+        if let Some(d) = st.cache_disk.as_mut() {
+            d.files = 4;
+            d.loaded = 6;
+        }
         st.cache.bytes = 4096;
         st.cache.evicted = 2;
         st.cache.purged = 1;
@@ -503,6 +516,8 @@ mod tests {
             "ferrogate_stack_active_connections{worker=\"0\"} 2",
             "ferrogate_stack_cache_hits_total{worker=\"0\"} 5",
             "ferrogate_cache_store_objects 3",
+            "ferrogate_cache_disk_files 4",
+            "ferrogate_cache_disk_loaded_total 6",
             "ferrogate_cache_store_bytes 4096",
             "ferrogate_cache_store_evicted_total 2",
             "ferrogate_cache_store_purged_total 1",

@@ -55,6 +55,8 @@ pub enum EngineError {
     Dpdk(#[from] crate::dpdk::DpdkError),
     #[error("filter rules: {0}")]
     Filter(String),
+    #[error("response cache: {0}")]
+    Cache(#[from] ferrogate_proxy::cache::core::DiskError),
 }
 
 /// The software filter tier (backends without XDP): compiled rules swapped
@@ -98,6 +100,8 @@ struct CacheShape {
     lock_timeout: std::time::Duration,
     wait_poll: std::time::Duration,
     key_seed: Option<u128>,
+    /// The disk tier's directory and limits (opened once, at start).
+    disk: Option<(std::path::PathBuf, u64, u64, bool)>,
 }
 
 impl CacheShape {
@@ -114,6 +118,10 @@ impl CacheShape {
             lock_timeout: c.lock_timeout,
             wait_poll: c.wait_poll,
             key_seed: cfg.cache_key_seed,
+            disk: c
+                .disk
+                .as_ref()
+                .map(|d| (d.dir.clone(), d.max_bytes, d.max_object_bytes, d.fsync)),
         }
     }
 }
@@ -537,7 +545,7 @@ impl Engine {
                 .checked_sub(clock_start.elapsed())
                 .unwrap_or(std::time::UNIX_EPOCH),
         };
-        let cache = Arc::new(EdgeCache::new(cache_settings(&cfg)));
+        let cache = Arc::new(EdgeCache::open(cache_settings(&cfg))?);
         let mut meshes = handoff::mesh(workers_n, 1024).map_err(EngineError::Waker)?;
         let mut engine = Engine {
             started: Started {
@@ -809,6 +817,7 @@ impl Engine {
             },
             snapshot_version: self.routes.load().version,
             cache: self.cache.stats(),
+            cache_disk: self.cache.disk_stats(),
             upstreams: self
                 .stats
                 .iter()

@@ -87,6 +87,8 @@ pub struct EngineStats {
     pub escalation: EscalationStats,
     /// The shared response cache's store (engine-wide, not per worker).
     pub cache: ferrogate_proxy::cache::core::StoreStats,
+    /// Its disk tier, if configured.
+    pub cache_disk: Option<ferrogate_proxy::cache::core::DiskStats>,
 }
 
 /// Sources escalated by L7 rate limits to the filter tier's deny set.
@@ -196,6 +198,9 @@ impl EngineStats {
         for (k, v) in self.cache_fields() {
             let _ = writeln!(s, "cache_store_{k} {v}");
         }
+        for (k, v) in self.cache_disk_fields() {
+            let _ = writeln!(s, "cache_disk_{k} {v}");
+        }
         self.upstreams.render(&mut s);
         self.routes.render(&mut s);
         s
@@ -214,6 +219,25 @@ impl EngineStats {
             ("evicted", c.evicted),
             ("bytes_evicted", c.bytes_evicted),
             ("purged", c.purged),
+        ]
+    }
+
+    /// The disk tier's figures by name (`cache_disk_<name>`; none without
+    /// a disk tier). `files` and `bytes` are gauges, the rest counters.
+    pub fn cache_disk_fields(&self) -> Vec<(&'static str, u64)> {
+        let Some(d) = &self.cache_disk else {
+            return Vec::new();
+        };
+        vec![
+            ("files", d.files),
+            ("bytes", d.bytes),
+            ("written", d.written),
+            ("write_dropped", d.write_dropped),
+            ("loaded", d.loaded),
+            ("load_failed", d.load_failed),
+            ("evicted", d.evicted),
+            ("corrupt_deleted", d.corrupt_deleted),
+            ("purged", d.purged),
         ]
     }
 }

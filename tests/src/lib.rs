@@ -333,7 +333,7 @@ impl Lab {
             .stderr(logf)
             .spawn()
             .expect("spawn ferrogate run");
-        let e = Engine {
+        let mut e = Engine {
             child: Some(child),
             stats,
             log,
@@ -343,6 +343,14 @@ impl Lab {
         const START_WITHIN: Duration = Duration::from_secs(60);
         let deadline = Instant::now() + START_WITHIN;
         while Instant::now() < deadline && !e.log().contains("ferrogate engine serving") {
+            // A supervisor that gave up (the engine failed to start) ends
+            // the wait at once.
+            if let Some(Ok(Some(status))) = e.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "ferrogate run exited ({status}) before serving; log:\n{}",
+                    e.log()
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         assert!(

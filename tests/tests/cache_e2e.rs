@@ -237,3 +237,70 @@ fn cache_serves_hits_coalesces_revalidates_and_purges() {
         assert!(text.contains("\"cache\":\"STALE\""), "{text}");
     });
 }
+
+/// `[cache.disk]`: what one engine stored is served by the next after a
+/// crash (SIGKILL) without asking the origin; a hard purge reaches the
+/// files, so a restart does not bring a purged object back.
+#[test]
+fn cache_disk_tier_survives_a_crash_and_honours_purges() {
+    lab_test("cache-disk", || {
+        let lab = Lab::up(1);
+        let _origin = lab.start_origin("cache", ORIGIN);
+        let path = lab.state_dir().join("cache-disk.toml");
+        let disk = "\n[cache.disk]\ndir = \"cache-disk\"\nmax_bytes = 67108864\n";
+        // `[cache.disk]` after the whole file: a sub-table of `[cache]` may
+        // come anywhere after it.
+        std::fs::write(&path, format!("{}{disk}", config())).unwrap();
+        let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let mut bodies = Vec::new();
+        for p in ["/cache/d/1", "/cache/d/2"] {
+            let (s, h, b) = get(&lab, &[&url(p)]);
+            assert_eq!(s, 200, "{h}{b}");
+            assert_eq!(field(&h, "x-cache").as_deref(), Some("miss"), "{h}");
+            bodies.push(b);
+        }
+        let st = engine.stats_until(|s| s.get("cache_disk_written") == Some(&2));
+        assert_eq!(st.get("cache_disk_written"), Some(&2), "{st:?}");
+        let files = || {
+            std::fs::read_dir(lab.state_dir().join("cache-disk"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(files(), 2);
+
+        // A crash: the next engine finds both files.
+        engine.kill9();
+        let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let (s, h, b) = get(&lab, &[&url("/cache/d/1")]);
+        assert_eq!((s, b.as_str()), (200, bodies[0].as_str()), "{h}");
+        assert_eq!(field(&h, "x-cache").as_deref(), Some("hit"), "{h}");
+        // h2 reads the same disk copy.
+        let (s, h, b) = get(&lab, &["--http2-prior-knowledge", &url("/cache/d/2")]);
+        assert_eq!((s, b.as_str()), (200, bodies[1].as_str()), "{h}");
+        assert_eq!(field(&h, "x-cache").as_deref(), Some("hit"), "{h}");
+        assert_eq!(origin_count(&lab, "/cache/d/1"), 1);
+        assert_eq!(origin_count(&lab, "/cache/d/2"), 1);
+        let st = engine.stats_until(|s| s.get("cache_disk_loaded") == Some(&2));
+        assert_eq!(st.get("cache_disk_loaded"), Some(&2), "{st:?}");
+        assert_eq!(st.get("cache_disk_files"), Some(&2), "{st:?}");
+
+        // A hard purge deletes the file; after a clean stop and a start
+        // the purged URL is a miss, the other still a hit.
+        ctl_ok(&lab, &["purge", "--url", &url("/cache/d/1"), "--hard"]);
+        let st = engine.stats_until(|s| s.get("cache_disk_purged") == Some(&1));
+        assert_eq!(st.get("cache_disk_purged"), Some(&1), "{st:?}");
+        engine.stop();
+        assert_eq!(
+            files(),
+            1,
+            "the purged file is deleted by the time the engine stops"
+        );
+        let _engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let (_, h, _) = get(&lab, &[&url("/cache/d/1")]);
+        assert_eq!(field(&h, "x-cache").as_deref(), Some("miss"), "{h}");
+        let (_, h, _) = get(&lab, &[&url("/cache/d/2")]);
+        assert_eq!(field(&h, "x-cache").as_deref(), Some("hit"), "{h}");
+        assert_eq!(origin_count(&lab, "/cache/d/1"), 2);
+        assert_eq!(origin_count(&lab, "/cache/d/2"), 1);
+    });
+}

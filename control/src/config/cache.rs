@@ -1,7 +1,7 @@
 //! `[cache]` (the engine's store) and a route's `cache` (its policy and
 //! key), compiled into the proxy's `CacheSettings` and `RouteCache`.
 
-use ferrogate_proxy::cache::core::{CachePolicyConfig, KeyConfig, StoreConfig};
+use ferrogate_proxy::cache::core::{CachePolicyConfig, DiskConfig, KeyConfig, StoreConfig};
 use ferrogate_proxy::cache::{CacheSettings, RouteCache};
 
 use super::*;
@@ -102,7 +102,51 @@ pub(super) fn check_cache(
         }
         parsed
     });
+    s.disk = c.disk.as_ref().and_then(|d| check_disk(d, rep));
     (s, seed)
+}
+
+/// Largest disk budget accepted (64 TiB).
+const MAX_DISK_BYTES: i64 = 1 << 46;
+
+/// `[cache.disk]`; None when it has errors (reported).
+fn check_disk(d: &Spanned<CacheDiskSection>, rep: &mut Reporter<'_>) -> Option<DiskConfig> {
+    let before = rep.errors.len();
+    let t = d.get_ref();
+    let raw = t.dir.get_ref();
+    let base = rep.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = base.join(raw);
+    if raw.trim().is_empty() {
+        rep.at(t.dir.span(), "cache.disk.dir", "must name a directory");
+    } else if dir.exists() && !dir.is_dir() {
+        rep.at(
+            t.dir.span(),
+            "cache.disk.dir",
+            format!("{} exists and is not a directory", dir.display()),
+        );
+    }
+    let max = *t.max_bytes.get_ref();
+    if !(1..=MAX_DISK_BYTES).contains(&max) {
+        rep.at(
+            t.max_bytes.span(),
+            "cache.disk.max_bytes",
+            format!("must be 1..={MAX_DISK_BYTES} bytes"),
+        );
+    }
+    let mut cfg = DiskConfig::new(dir, max.max(1) as u64);
+    cfg.fsync = t.fsync;
+    if let Some(m) = &t.max_object_bytes {
+        let n = *m.get_ref();
+        if n < 1 || n > max {
+            rep.at(
+                m.span(),
+                "cache.disk.max_object_bytes",
+                format!("must be 1..=cache.disk.max_bytes ({max})"),
+            );
+        }
+        cfg.max_object_bytes = n.max(1) as u64;
+    }
+    (rep.errors.len() == before).then_some(cfg)
 }
 
 /// `tag_header` / `status_header`: a header name, or none.

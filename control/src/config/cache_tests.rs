@@ -380,3 +380,69 @@ fn route_cache_values_are_checked() {
         one_error(&route_cache(value), "t.toml:19:", text);
     }
 }
+
+/// `[cache.disk]` (its keys from line 21).
+fn disk_section(keys: &str) -> String {
+    section(&format!("[cache.disk]\n{keys}"))
+}
+
+#[test]
+fn a_disk_tier_compiles_with_its_directory_relative_to_the_config() {
+    let text = disk_section("dir = \"cache\"\nmax_bytes = 1048576\nfsync = true");
+    let c = compile(Path::new("/etc/ferrogate/edge.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let d = c.engine.cache.disk.as_ref().expect("a disk tier");
+    assert_eq!(d.dir, Path::new("/etc/ferrogate/cache"));
+    assert_eq!(
+        (d.max_bytes, d.max_object_bytes, d.fsync),
+        (1_048_576, 131_072, true)
+    );
+    let c = compiled(&disk_section(
+        "dir = \"/var/cache/fg\"\nmax_bytes = 1048576\nmax_object_bytes = 4096",
+    ));
+    let d = c.engine.cache.disk.as_ref().expect("a disk tier");
+    assert_eq!(d.dir, Path::new("/var/cache/fg"), "an absolute dir stays");
+    assert_eq!((d.max_object_bytes, d.fsync), (4096, false));
+    assert!(compiled(BASE).engine.cache.disk.is_none());
+}
+
+#[test]
+fn disk_tier_diagnostics_name_their_field() {
+    let not_a_dir = std::env::temp_dir().join(format!("fg-not-a-dir-{}", std::process::id()));
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let file_dir = format!(
+        "dir = {:?}\nmax_bytes = 10",
+        not_a_dir.display().to_string()
+    );
+    let cases = [
+        (
+            "dir = \"\"\nmax_bytes = 10",
+            "t.toml:21:7: cache.disk.dir:",
+            "must name a directory",
+        ),
+        (
+            "dir = \"d\"\nmax_bytes = 0",
+            "t.toml:22:13: cache.disk.max_bytes:",
+            "must be 1..=",
+        ),
+        (
+            "dir = \"d\"\nmax_bytes = 10\nmax_object_bytes = 11",
+            "t.toml:23:20: cache.disk.max_object_bytes:",
+            "must be 1..=cache.disk.max_bytes (10)",
+        ),
+        (
+            &file_dir,
+            "t.toml:21:7: cache.disk.dir:",
+            "is not a directory",
+        ),
+        ("dir = \"d\"", "t.toml:20:", "max_bytes"),
+        (
+            "dir = \"d\"\nmax_bytes = 10\nsize = 3",
+            "t.toml:23:",
+            "size",
+        ),
+    ];
+    for (keys, prefix, text) in cases {
+        one_error(&disk_section(keys), prefix, text);
+    }
+    let _ = std::fs::remove_file(&not_a_dir);
+}

@@ -945,6 +945,29 @@ pub struct CacheSection {
     /// random at each engine start).
     #[serde(default)]
     pub key_seed: Option<Spanned<toml::Value>>,
+    /// `[cache.disk]`: the optional disk tier.
+    #[serde(default)]
+    pub disk: Option<Spanned<CacheDiskSection>>,
+}
+
+/// `[cache.disk]`: a directory whose objects survive a restart. Every
+/// completed object is written there (by one thread of the engine's, off
+/// the data path); a memory miss loads it back.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDiskSection {
+    /// The directory (relative to the config file; created at engine
+    /// start). One engine per directory.
+    pub dir: Spanned<String>,
+    /// Byte budget of all files (the oldest written go first).
+    pub max_bytes: Spanned<i64>,
+    /// Largest object written (default max_bytes / 8).
+    #[serde(default)]
+    pub max_object_bytes: Option<Spanned<i64>>,
+    /// fsync every file before it counts (survives power loss; one disk
+    /// flush per object). Default false.
+    #[serde(default)]
+    pub fsync: bool,
 }
 
 /// A header name, or none (`""` / `false`).

@@ -865,3 +865,192 @@ fn query_cloaking_with_ignored_parameters_bypasses() {
     let r = lab.exchange(c, &get("/cached/q?utm=1;admin=1"));
     assert_eq!(header(&r, "x-cache"), Some("BYPASS"));
 }
+
+/// The disk tier under the proxy: objects written by one cache are served
+/// by the next one opened on the same directory (an engine restart).
+mod disk {
+    use super::*;
+    use ferrogate_proxy::cache::core::DiskConfig;
+    use ferrogate_proxy::cache::{CacheSettings, ClockAnchor, EdgeCache};
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant as WallClock};
+
+    /// A directory under the system temp dir, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let p =
+                std::env::temp_dir().join(format!("fg-proxy-disk-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A lab whose cache has a disk tier in `dir`.
+    fn disk_lab(dir: &TempDir) -> (Lab, Arc<EdgeCache>) {
+        let mut lab = lab();
+        let settings = CacheSettings {
+            disk: Some(DiskConfig::new(dir.0.clone(), 16 << 20)),
+            ..CacheSettings::default()
+        };
+        let edge = Arc::new(EdgeCache::open(settings).expect("the disk tier opens"));
+        lab.edge.set_cache(edge.clone(), ClockAnchor::at(lab.now));
+        (lab, edge)
+    }
+
+    /// Waits (real time: the tier's thread does the I/O) until `done`.
+    fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let start = WallClock::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "waited too long for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Reads a whole response, letting real time pass between the lab's
+    /// steps (a disk load runs on the tier's thread, not on the lab clock).
+    fn read_response(lab: &mut Lab, c: SocketHandle) -> Response {
+        let mut raw = Vec::new();
+        for _ in 0..3_000 {
+            raw.extend(lab.read_until(c, 1, |_| true));
+            if let Some(r) = Response::parse(&raw) {
+                return r;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        panic!("no complete response: {:?}", String::from_utf8_lossy(&raw))
+    }
+
+    /// Stores `path` through a first cache and closes it with its file
+    /// written; returns the body.
+    fn stored_on_disk(dir: &TempDir, paths: &[&str]) -> Vec<Vec<u8>> {
+        let (mut lab, edge) = disk_lab(dir);
+        let c = lab.connect();
+        let bodies = paths
+            .iter()
+            .map(|p| {
+                let r = lab.exchange(c, &get(p));
+                assert_eq!(header(&r, "x-cache"), Some("MISS"), "{}", r.head);
+                r.body
+            })
+            .collect();
+        until("the files", || {
+            edge.disk_stats().unwrap().written == paths.len() as u64
+        });
+        bodies
+    }
+
+    #[test]
+    fn a_restarted_cache_serves_what_the_last_one_wrote_without_the_origin() {
+        let dir = TempDir::new("restart");
+        let body = stored_on_disk(&dir, &["/cached/d"]).remove(0);
+        let (mut lab, edge) = disk_lab(&dir);
+        assert_eq!(edge.disk_stats().unwrap().files, 1);
+        assert_eq!(edge.stats().objects, 0, "memory starts empty");
+        let c = lab.connect();
+        lab.send(c, &get("/cached/d"));
+        let r = read_response(&mut lab, c);
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert_eq!(header(&r, "x-cache"), Some("HIT"), "{}", r.head);
+        assert_eq!(r.body, body);
+        assert_eq!(origin_hits(&lab, "/cached/d"), 0);
+        assert_eq!(edge.disk_stats().unwrap().loaded, 1);
+        // From memory now: no second load.
+        let r2 = lab.exchange(c, &get("/cached/d"));
+        assert_eq!(header(&r2, "x-cache"), Some("HIT"));
+        assert_eq!(edge.disk_stats().unwrap().loaded, 1);
+        assert_eq!(origin_hits(&lab, "/cached/d"), 0);
+    }
+
+    #[test]
+    fn concurrent_requests_for_a_key_on_disk_share_one_load() {
+        let dir = TempDir::new("coalesce");
+        let body = stored_on_disk(&dir, &["/cached/big"]).remove(0);
+        let (mut lab, edge) = disk_lab(&dir);
+        let clients: Vec<_> = (0..8).map(|_| lab.connect()).collect();
+        for _ in 0..20 {
+            lab.step(1);
+        }
+        for &c in &clients {
+            lab.send(c, &get("/cached/big"));
+        }
+        for &c in &clients {
+            let r = read_response(&mut lab, c);
+            assert_eq!(r.status, 200, "{}", r.head);
+            assert_eq!(r.body, body);
+        }
+        let d = edge.disk_stats().unwrap();
+        assert_eq!((d.loaded, d.load_failed), (1, 0), "{d:?}");
+        assert_eq!(origin_hits(&lab, "/cached/big"), 0);
+    }
+
+    #[test]
+    fn a_file_gone_since_the_scan_is_fetched_from_the_origin_once() {
+        let dir = TempDir::new("gone");
+        let body = stored_on_disk(&dir, &["/cached/g"]).remove(0);
+        let (mut lab, edge) = disk_lab(&dir);
+        assert_eq!(edge.disk_stats().unwrap().files, 1);
+        for f in std::fs::read_dir(&dir.0).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        let clients: Vec<_> = (0..4).map(|_| lab.connect()).collect();
+        for _ in 0..20 {
+            lab.step(1);
+        }
+        for &c in &clients {
+            lab.send(c, &get("/cached/g"));
+        }
+        for &c in &clients {
+            let r = read_response(&mut lab, c);
+            assert_eq!(r.status, 200, "{}", r.head);
+            assert_eq!(r.body, body);
+        }
+        assert_eq!(edge.disk_stats().unwrap().load_failed, 1);
+        assert_eq!(
+            origin_hits(&lab, "/cached/g"),
+            1,
+            "the waiters share the fetch"
+        );
+    }
+
+    #[test]
+    fn a_purge_reaches_the_disk_and_a_restart_does_not_bring_the_object_back() {
+        let dir = TempDir::new("purge");
+        stored_on_disk(&dir, &["/cached/p1", "/cached/p2"]);
+        {
+            let (_lab, edge) = disk_lab(&dir);
+            let n = edge
+                .purge(&Purge {
+                    mode: PurgeMode::Hard,
+                    target: PurgeTarget::Url("http://example.com/cached/p1".into()),
+                })
+                .unwrap();
+            assert_eq!(n, 0, "nothing in memory");
+            assert_eq!(edge.disk_stats().unwrap().purged, 1);
+            until("the purged file's delete", || {
+                std::fs::read_dir(&dir.0).unwrap().count() == 1
+            });
+        }
+        let (mut lab, edge) = disk_lab(&dir);
+        assert_eq!(edge.disk_stats().unwrap().files, 1);
+        let c = lab.connect();
+        lab.send(c, &get("/cached/p1"));
+        let r = read_response(&mut lab, c);
+        assert_eq!(header(&r, "x-cache"), Some("MISS"), "{}", r.head);
+        lab.send(c, &get("/cached/p2"));
+        let r = read_response(&mut lab, c);
+        assert_eq!(header(&r, "x-cache"), Some("HIT"), "{}", r.head);
+        assert_eq!(origin_hits(&lab, "/cached/p1"), 1);
+        assert_eq!(origin_hits(&lab, "/cached/p2"), 0);
+    }
+}

@@ -357,7 +357,9 @@ impl DiskHandle {
 pub struct DiskTier {
     handle: DiskHandle,
     thread: Option<JoinHandle<()>>,
-    done: Receiver<()>,
+    /// In a mutex only to make the tier `Sync` (the engine shares it with
+    /// its workers); used once, by `drop`.
+    done: Mutex<Receiver<()>>,
 }
 
 impl DiskTier {
@@ -416,7 +418,7 @@ impl DiskTier {
         Ok(DiskTier {
             handle: DiskHandle { shared },
             thread: Some(thread),
-            done,
+            done: Mutex::new(done),
         })
     }
 
@@ -445,13 +447,21 @@ impl DiskTier {
     }
 }
 
+// The engine shares its cache (and so the tier) with every worker.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<DiskTier>();
+    shared::<DiskHandle>();
+};
+
 impl Drop for DiskTier {
     fn drop(&mut self) {
         let s = &self.handle.shared;
         s.stop.store(true, Ordering::Release);
         let _ = s.jobs.try_send(Job::Wake);
         // Bounded: a wedged disk must not hang the engine's shutdown.
-        if self.done.recv_timeout(s.cfg.shutdown_wait).is_ok()
+        let done = self.done.get_mut().unwrap_or_else(|e| e.into_inner());
+        if done.recv_timeout(s.cfg.shutdown_wait).is_ok()
             && let Some(t) = self.thread.take()
         {
             let _ = t.join();

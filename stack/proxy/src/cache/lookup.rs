@@ -143,6 +143,7 @@ pub(crate) fn lookup(
             epoch: 0,
             arrived: wall,
             lock_deadline: h.anchor.mono(now),
+            disk_tried: false,
         }));
     }
     let cloaked = !route.key().ignore_params.is_empty()
@@ -193,6 +194,7 @@ pub(crate) fn lookup(
             store,
             arrived: wall,
             lock_deadline: None,
+            disk_tried: false,
         },
         owned,
         now,
@@ -212,6 +214,18 @@ fn range_lookup(
     now: Instant,
 ) -> Lookup {
     let Some(hit) = h.edge.store.lookup(key, fields) else {
+        // Upstream untouched; a disk copy is loaded for the next request
+        // (not waited for: the origin answers this one's range itself).
+        if let Some(disk) = h.edge.disk()
+            && disk.contains_variant(key.hash, fields)
+        {
+            let mono = h.anchor.mono(now);
+            let deadline = mono + h.edge.settings.lock_timeout;
+            if let Acquired::Fetch(p) = h.edge.locks.acquire_at(key.hash, mono, deadline) {
+                // A full queue hands the permit back: dropped, nothing waits.
+                let _ = disk.load(key.hash, p);
+            }
+        }
         return Lookup::Bypass;
     };
     let wall = h.anchor.wall(now);
@@ -290,6 +304,16 @@ struct Decide {
     /// Set once the request waited: its waits share one deadline, and a
     /// response stored since it arrived serves it.
     lock_deadline: Option<std::time::Instant>,
+    /// The request asked the disk tier already.
+    disk_tried: bool,
+}
+
+/// What one pass of [`decide_once`] came to.
+enum Step {
+    Done(Lookup),
+    /// A disk load ended before the request could wait for it: look again
+    /// (memory now holds what the disk had, if anything).
+    Loaded,
 }
 
 fn decide(
@@ -297,10 +321,28 @@ fn decide(
     route: &Arc<RouteCache>,
     key: &CacheKey<'_>,
     fields: &dyn HeaderView,
-    d: Decide,
+    mut d: Decide,
     owned: impl Fn() -> OwnedKey,
     now: Instant,
 ) -> Lookup {
+    loop {
+        match decide_once(h, route, key, fields, &d, &owned, now) {
+            Step::Done(l) => return l,
+            // Once: `disk_tried` keeps the next pass off the disk.
+            Step::Loaded => d.disk_tried = true,
+        }
+    }
+}
+
+fn decide_once(
+    h: &CacheHandle,
+    route: &Arc<RouteCache>,
+    key: &CacheKey<'_>,
+    fields: &dyn HeaderView,
+    d: &Decide,
+    owned: &impl Fn() -> OwnedKey,
+    now: Instant,
+) -> Step {
     use ferrogate_cache::Decision;
     let edge = &h.edge;
     let wall = h.anchor.wall(now);
@@ -326,6 +368,7 @@ fn decide(
             epoch,
             arrived: d.arrived,
             lock_deadline: deadline,
+            disk_tried: d.disk_tried,
         })
     };
     // Holds the key's lock to revalidate `hit`, or serves it stale while
@@ -366,7 +409,7 @@ fn decide(
                 decision,
                 Decision::Revalidate { .. } | Decision::RevalidateOrServeStale { .. }
             );
-        return match decision {
+        return Step::Done(match decision {
             _ if validated_since => Lookup::Serve(hit.object, CacheStatus::Hit),
             Decision::Fresh if client_has_it(fields, hit.meta()) => Lookup::NotModified(hit.object),
             Decision::Fresh => Lookup::Serve(hit.object, CacheStatus::Hit),
@@ -381,40 +424,66 @@ fn decide(
                 revalidate(hit, stale_if_error, true)
             }
             Decision::Revalidate { stale_if_error } => revalidate(hit, stale_if_error, false),
-        };
+        });
     }
     if only_if_cached {
-        return Lookup::GatewayTimeout;
+        // Memory only: waiting for a load could end in a take-over, which
+        // fetches.
+        return Step::Done(Lookup::GatewayTimeout);
     }
     if !d.store || edge.locks.hit_for_pass(key.hash, mono) {
         // HEAD and no-store requests never hold the lock (nothing of
-        // theirs is stored for the waiters); a key that just answered
-        // something uncacheable goes upstream without coalescing.
+        // theirs is stored for the waiters), so they do not load from disk
+        // either; a key that just answered something uncacheable goes
+        // upstream without coalescing.
         let mut r = req(None, CacheStatus::Miss);
         r.store = false;
-        return Lookup::Fetch(r);
+        return Step::Done(Lookup::Fetch(r));
     }
-    match edge.locks.acquire_at(key.hash, mono, deadline) {
-        Acquired::Fetch(p) => {
-            // A fetch may have stored and released between the miss and
-            // `acquire`: look again before going upstream.
-            if let Some(hit) = edge.store.lookup(key, fields)
-                && ferrogate_cache::decide(
-                    hit.meta(),
-                    &d.directives,
-                    d.validate,
-                    hit.object.light_purged(),
-                    wall,
-                ) == Decision::Fresh
-            {
+    // A memory miss the disk tier may answer (asked once per request).
+    let disk = edge
+        .disk()
+        .filter(|t| !d.disk_tried && t.contains_variant(key.hash, fields));
+    let miss = |permit: Option<FetchPermit>, disk_tried: bool| {
+        let mut r = req(None, CacheStatus::Miss);
+        r.permit = permit;
+        r.disk_tried |= disk_tried;
+        r
+    };
+    let p = match edge.locks.acquire_at(key.hash, mono, deadline) {
+        Acquired::Fetch(p) => p,
+        Acquired::Wait(t) => return Step::Done(Lookup::Wait(miss(None, false), t)),
+    };
+    // A fetch may have stored and released between the miss and
+    // `acquire`: look again before going upstream.
+    if let Some(hit) = edge.store.lookup(key, fields)
+        && ferrogate_cache::decide(
+            hit.meta(),
+            &d.directives,
+            d.validate,
+            hit.object.light_purged(),
+            wall,
+        ) == Decision::Fresh
+    {
+        p.stored();
+        return Step::Done(Lookup::Serve(hit.object, CacheStatus::Hit));
+    }
+    let Some(disk) = disk else {
+        return Step::Done(Lookup::Fetch(miss(Some(p), false)));
+    };
+    match disk.load(key.hash, p) {
+        // Wait for the load like any waiter: `Ready` looks again,
+        // `TakeOver` (the load failed) fetches.
+        Ok(()) => match edge.locks.acquire_at(key.hash, mono, deadline) {
+            Acquired::Wait(t) => Step::Done(Lookup::Wait(miss(None, true), t)),
+            // The load already ended.
+            Acquired::Fetch(p) => {
                 p.stored();
-                return Lookup::Serve(hit.object, CacheStatus::Hit);
+                Step::Loaded
             }
-            let mut r = req(None, CacheStatus::Miss);
-            r.permit = Some(p);
-            Lookup::Fetch(r)
-        }
-        Acquired::Wait(t) => Lookup::Wait(req(None, CacheStatus::Miss), t),
+        },
+        // A full queue hands the permit back: fetch with it.
+        Err(p) => Step::Done(Lookup::Fetch(miss(Some(p), true))),
     }
 }
 
@@ -457,6 +526,7 @@ pub(crate) fn relookup(h: &CacheHandle, req: Box<CacheReq>, now: Instant) -> Loo
         store,
         arrived,
         lock_deadline,
+        disk_tried,
         ..
     } = *req;
     let key = CacheKey::new(owned.parts(), route.key(), h.edge.store.hasher());
@@ -466,6 +536,7 @@ pub(crate) fn relookup(h: &CacheHandle, req: Box<CacheReq>, now: Instant) -> Loo
         store,
         arrived,
         lock_deadline: Some(lock_deadline),
+        disk_tried,
     };
     let fields = owned.headers.clone();
     decide(

@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ferrogate_cache::{
-    CacheControl, CacheKey, CacheLocks, CachePolicyConfig, CacheStatus, FetchPermit, HeaderView,
-    Hit, KeyConfig, KeyParts, MemoryStore, Object, ObjectWriter, PurgeMode, StoreConfig,
-    StoredHeaders,
+    CacheControl, CacheKey, CacheLocks, CachePolicyConfig, CacheStatus, DiskConfig, DiskError,
+    DiskStats, DiskTier, FetchPermit, HeaderView, Hit, KeyConfig, KeyParts, MemoryStore, Object,
+    ObjectWriter, PurgeMode, StoreConfig, StoredHeaders,
 };
 
 use crate::http::Headers;
@@ -51,6 +51,8 @@ pub struct CacheSettings {
     /// How often a waiting request (or a reader ahead of a body being
     /// stored) looks again.
     pub wait_poll: Duration,
+    /// The disk tier (`[cache.disk]`), opened by [`EdgeCache::open`].
+    pub disk: Option<DiskConfig>,
 }
 
 impl Default for CacheSettings {
@@ -60,6 +62,7 @@ impl Default for CacheSettings {
             status_header: Some("x-cache".into()),
             lock_timeout: Duration::from_secs(5),
             wait_poll: Duration::from_millis(1),
+            disk: None,
         }
     }
 }
@@ -71,6 +74,9 @@ pub struct EdgeCache {
     pub store: MemoryStore,
     pub locks: CacheLocks,
     pub settings: CacheSettings,
+    /// The disk tier, if configured: its thread writes completed objects
+    /// and loads them back on a memory miss (see `lookup`).
+    disk: Option<DiskTier>,
 }
 
 impl std::fmt::Debug for EdgeCache {
@@ -82,15 +88,41 @@ impl std::fmt::Debug for EdgeCache {
 }
 
 impl EdgeCache {
+    /// A memory-only cache (`settings.disk` is not opened: see
+    /// [`EdgeCache::open`]).
     pub fn new(settings: CacheSettings) -> Self {
         EdgeCache {
             store: MemoryStore::new(&settings.store),
             locks: CacheLocks::new(settings.store.shards),
             settings,
+            disk: None,
         }
     }
 
-    /// Runs one purge; returns how many objects it hit.
+    /// The cache with its disk tier when `settings.disk` names one: the
+    /// directory is created and scanned here (at engine start, before any
+    /// worker runs), so objects a previous run wrote are found again.
+    pub fn open(settings: CacheSettings) -> Result<Self, DiskError> {
+        let disk_cfg = settings.disk.clone();
+        let mut cache = Self::new(settings);
+        if let Some(cfg) = disk_cfg {
+            cache.disk = Some(DiskTier::open(cfg, cache.store.clone())?);
+        }
+        Ok(cache)
+    }
+
+    /// The disk tier, if any.
+    pub fn disk(&self) -> Option<&DiskTier> {
+        self.disk.as_ref()
+    }
+
+    /// The disk tier's counters (None: no disk tier).
+    pub fn disk_stats(&self) -> Option<DiskStats> {
+        self.disk.as_ref().map(DiskTier::stats)
+    }
+
+    /// Runs one purge; returns how many objects it hit in memory (the
+    /// disk tier counts its own: `DiskStats::purged`).
     pub fn purge(&self, p: &Purge) -> Result<usize, PurgeError> {
         match &p.target {
             PurgeTarget::Tag(t) => {
@@ -373,6 +405,9 @@ pub(crate) struct CacheReq {
     /// When waiting for other requests' fetches ends (one bound for all
     /// the waits of a request).
     lock_deadline: std::time::Instant,
+    /// The request asked the disk tier once (it asks at most once: a key
+    /// whose files do not answer it must not load again and again).
+    disk_tried: bool,
 }
 
 impl std::fmt::Debug for CacheReq {
