@@ -264,6 +264,13 @@ fn cache_disk_tier_survives_a_crash_and_honours_purges() {
         let files = || {
             std::fs::read_dir(lab.state_dir().join("cache-disk"))
                 .unwrap()
+                .filter(|f| {
+                    f.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|e| e == "fgc")
+                })
                 .count()
         };
         assert_eq!(files(), 2);

@@ -893,6 +893,31 @@ mod disk {
         }
     }
 
+    fn object_files(dir: &TempDir) -> usize {
+        std::fs::read_dir(&dir.0)
+            .unwrap()
+            .filter(|f| {
+                f.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|e| e == "fgc")
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_second_cache_on_a_directory_in_use_is_refused() {
+        let dir = TempDir::new("busy");
+        let (_lab, _edge) = disk_lab(&dir);
+        let settings = CacheSettings {
+            disk: Some(DiskConfig::new(dir.0.clone(), 16 << 20)),
+            ..CacheSettings::default()
+        };
+        let e = EdgeCache::open(settings).expect_err("refused");
+        assert!(e.to_string().contains("in use by another process"), "{e}");
+    }
+
     /// A lab whose cache has a disk tier in `dir`.
     fn disk_lab(dir: &TempDir) -> (Lab, Arc<EdgeCache>) {
         let mut lab = lab();
@@ -1001,7 +1026,10 @@ mod disk {
         let (mut lab, edge) = disk_lab(&dir);
         assert_eq!(edge.disk_stats().unwrap().files, 1);
         for f in std::fs::read_dir(&dir.0).unwrap() {
-            std::fs::remove_file(f.unwrap().path()).unwrap();
+            let path = f.unwrap().path();
+            if path.extension().is_some_and(|e| e == "fgc") {
+                std::fs::remove_file(path).unwrap();
+            }
         }
         let clients: Vec<_> = (0..4).map(|_| lab.connect()).collect();
         for _ in 0..20 {
@@ -1037,9 +1065,7 @@ mod disk {
                 .unwrap();
             assert_eq!(n, 0, "nothing in memory");
             assert_eq!(edge.disk_stats().unwrap().purged, 1);
-            until("the purged file's delete", || {
-                std::fs::read_dir(&dir.0).unwrap().count() == 1
-            });
+            until("the purged file's delete", || object_files(&dir) == 1);
         }
         let (mut lab, edge) = disk_lab(&dir);
         assert_eq!(edge.disk_stats().unwrap().files, 1);

@@ -28,7 +28,9 @@
 //! * **Budget.** Total file bytes ≤ `max_bytes`, oldest written first out.
 //!
 //! Files: `<seq>.fgc` (16 hex digits, write order), written as
-//! `<seq>.tmp` first; see [`format`] for the layout. At open the directory
+//! `<seq>.tmp` first; see [`format`] for the layout. A `lock` file is
+//! locked (`flock`) while a store uses the directory: a second tier (another
+//! engine) is refused with [`DiskError::Busy`]. At open the directory
 //! is scanned (headers only): temp files and files that fail to parse are
 //! deleted, keys are rehashed with the store's hasher (the seed may differ
 //! between runs), and the oldest files over the budget are deleted.
@@ -62,9 +64,8 @@ pub(crate) use index::Matcher;
 /// Where and how big the disk tier is.
 #[derive(Clone, Debug)]
 pub struct DiskConfig {
-    /// The directory (created if missing). One tier at a time: nothing
-    /// stops two processes sharing it, and they would delete each
-    /// other's files.
+    /// The directory (created if missing). One tier at a time (a lock
+    /// file refuses a second).
     pub dir: PathBuf,
     /// Byte budget of all files together.
     pub max_bytes: u64,
@@ -107,6 +108,8 @@ pub enum DiskError {
     },
     #[error("this memory store already has a disk tier")]
     AlreadyAttached,
+    #[error("cache directory {dir} is in use by another process (its lock file is held)")]
+    Busy { dir: PathBuf },
     #[error("the disk tier's queue must hold at least one job")]
     ZeroQueue,
 }
@@ -173,6 +176,11 @@ pub(crate) struct Shared {
     stop: AtomicBool,
     /// Body bytes of queued writes (see `DiskConfig::max_queued_bytes`).
     queued_bytes: AtomicU64,
+    /// The directory's lock file, locked (flock) as long as anything may
+    /// still write or delete there: the store keeps this alive after the
+    /// tier stops (purges then delete in place). A crashed process's lock
+    /// goes with it.
+    _dir_lock: std::fs::File,
     counters: Counters,
     /// Called by the thread at points where a test wants to interleave.
     #[cfg(test)]
@@ -381,6 +389,7 @@ impl DiskTier {
             source,
         };
         std::fs::create_dir_all(&cfg.dir).map_err(io)?;
+        let dir_lock = lock_dir(&cfg.dir)?;
         let mut corrupt = 0;
         let (index, next_seq, evicted) = worker::scan(&cfg, &store, &mut corrupt).map_err(io)?;
         let (tx, rx) = mpsc::sync_channel(cfg.queue);
@@ -391,6 +400,7 @@ impl DiskTier {
             deletes: Mutex::default(),
             stop: AtomicBool::new(false),
             queued_bytes: AtomicU64::new(0),
+            _dir_lock: dir_lock,
             counters: Counters::default(),
             #[cfg(test)]
             hook: Mutex::new(None),
@@ -444,6 +454,32 @@ impl DiskTier {
 
     pub fn stats(&self) -> DiskStats {
         self.handle.stats()
+    }
+}
+
+/// Name of the lock file in a tier's directory.
+const LOCK_FILE: &str = "lock";
+
+/// Locks the directory for this tier: two tiers (two engines, or an old
+/// engine still running beside its replacement) would delete each other's
+/// files.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, DiskError> {
+    let io = |source| DiskError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(io)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DiskError::Busy {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
     }
 }
 

@@ -487,21 +487,30 @@ fn a_clean_shutdown_leaves_no_temp_files_and_every_file_parses() {
     assert_eq!(files(&dir.0, ".tmp"), 0);
     let written = files(&dir.0, ".fgc");
     assert!(written > 0);
-    {
-        let tier = DiskTier::open(cfg(&dir.0, 8 << 20), store(1)).unwrap();
-        let st = tier.stats();
-        assert_eq!(st.corrupt_deleted, 0);
-        assert_eq!(st.files as usize, written);
-    }
-    // The first store keeps its stopped tier: a second one is refused
-    // (before it touches the directory), and a purge deletes in place.
+    // The first store keeps its stopped tier (it still deletes purged
+    // files in place), so it keeps the directory: another tier is refused,
+    // and a second tier on the same store too (before it touches the
+    // directory).
+    assert!(
+        matches!(
+            DiskTier::open(cfg(&dir.0, 8 << 20), store(1)),
+            Err(DiskError::Busy { .. })
+        ),
+        "the directory is still the first store's"
+    );
     assert!(matches!(
         DiskTier::open(cfg(&dir.0, 8 << 20), s.clone()),
         Err(DiskError::AlreadyAttached)
     ));
     assert_eq!(files(&dir.0, ".fgc"), written);
-    s.purge_prefix(b"https://example.com/", PurgeMode::Hard);
-    assert_eq!(files(&dir.0, ".fgc"), 0);
+    // The first file written (the queue is FIFO).
+    s.purge_prefix(b"https://example.com/s0", PurgeMode::Hard);
+    assert_eq!(files(&dir.0, ".fgc"), written - 1, "deleted in place");
+    drop(s);
+    let tier = DiskTier::open(cfg(&dir.0, 8 << 20), store(1)).unwrap();
+    let st = tier.stats();
+    assert_eq!(st.corrupt_deleted, 0);
+    assert_eq!(st.files as usize, written - 1);
 }
 
 #[test]
