@@ -14,6 +14,7 @@
 //! | `GET /blocked` | sources L7 rate limits escalated to the XDP deny set: `source limit expires_in_s offered_per_s since` lines |
 //! | `POST /unblock/ADDR` | lifts ADDR's escalation deny now (404 when it is not denied) |
 //! | `POST /purge` (`key=value` lines: `url=`, `prefix=` or `tag=`, optional `mode=light\|hard`) | purges the response cache: `purged N` (400 naming the problem for a malformed request) |
+//! | `POST /drain` | a graceful stop, as SIGTERM: new connections are refused, open ones finish (bounded by `timeouts.drain_ms`), then the engine exits |
 //! | `POST /validate` (TOML body) | `ok` or the `file:line:col: field: message` lines (422) |
 //! | `POST /apply` (TOML body) | the new version, or the errors (422) and nothing changes |
 //! | `GET /diff` | running config vs the file on disk, per section |
@@ -56,6 +57,8 @@ pub enum Op {
     Unblock(std::net::IpAddr),
     /// `POST /purge`: purge the response cache.
     Purge(Purge),
+    /// `POST /drain`: a graceful stop (as SIGTERM).
+    Drain,
     Apply {
         text: String,
         source: PathBuf,
@@ -611,6 +614,7 @@ const ENGINE_PATHS: &[&str] = &[
     "/blocked",
     "/unblock/ADDR",
     "/purge",
+    "/drain",
     "/diff",
     "/validate",
     "/apply",
@@ -649,6 +653,7 @@ fn engine_dispatch(req: HttpRequest, tx: &mpsc::Sender<Request>) -> (Reply, &'st
             Ok(p) => Op::Purge(p),
             Err(r) => return (r, "text/plain"),
         },
+        ("POST", "/drain") => Op::Drain,
         ("GET", "/diff") => Op::Diff,
         ("POST", "/validate") => {
             return (validate(&req.body, &source()), "text/plain");

@@ -17,6 +17,8 @@ pub enum CtlCmd {
     Unblock(std::net::IpAddr),
     /// `POST /purge`.
     Purge(ferrogate_proxy::cache::Purge),
+    /// `POST /drain`: a graceful stop.
+    Drain,
     Validate(PathBuf),
     Apply(PathBuf),
     Diff,
@@ -48,6 +50,7 @@ pub fn ctl(ep: &admin::Endpoint, cmd: CtlCmd) -> Result<i32> {
             let body = admin::purge_body(&p);
             admin::request(ep, "POST", "/purge", Some((&body, Path::new(""))))?
         }
+        CtlCmd::Drain => admin::request(ep, "POST", "/drain", None)?,
         CtlCmd::Diff => admin::request(ep, "GET", "/diff", None)?,
         CtlCmd::Rollback => admin::request(ep, "POST", "/rollback", None)?,
         CtlCmd::Validate(p) => {

@@ -583,6 +583,7 @@ impl Daemon {
             ("GET", "/metrics") => {
                 return (self.forward("GET", "/metrics"), "text/plain; version=0.0.4");
             }
+            ("POST", "/drain") => self.forward("POST", "/drain"),
             ("GET", "/diff") => self.diff(),
             ("POST", "/validate") => admin::validate(
                 &req.body,
@@ -602,6 +603,7 @@ impl Daemon {
                     "/blocked",
                     "/unblock/ADDR",
                     "/purge",
+                    "/drain",
                     "/diff",
                     "/validate",
                     "/apply",

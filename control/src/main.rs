@@ -189,6 +189,9 @@ enum CtlSub {
         #[arg(long)]
         hard: bool,
     },
+    /// Stop gracefully (as SIGTERM): refuse new connections, finish the
+    /// open ones (bounded by timeouts.drain_ms), then exit.
+    Drain,
     /// Validate a config file against the running engine's schema.
     Validate { file: PathBuf },
     /// Validate and apply a config file as a new snapshot.
@@ -453,6 +456,7 @@ fn main() -> Result<()> {
                 }
                 CtlSub::Validate { file } => CtlCmd::Validate(file),
                 CtlSub::Apply { file } => CtlCmd::Apply(file),
+                CtlSub::Drain => CtlCmd::Drain,
                 CtlSub::Diff => CtlCmd::Diff,
                 CtlSub::Rollback => CtlCmd::Rollback,
                 CtlSub::Top { interval_ms, count } => CtlCmd::Top {

@@ -65,6 +65,16 @@ struct Runtime<'a> {
     origin: Origin,
     access_log: Option<AccessLogWriter>,
     persister: snapshot::Persister,
+    /// The running config's `timeouts.drain_ms`.
+    drain_timeout: Duration,
+    /// When the graceful stop began and when it gives up (SIGTERM or
+    /// `POST /drain`).
+    drain: Option<Drain>,
+}
+
+struct Drain {
+    started: Instant,
+    until: Instant,
 }
 
 impl Runtime<'_> {
@@ -116,7 +126,28 @@ impl Runtime<'_> {
         if !r.ignored.is_empty() {
             tracing::warn!(ignored = ?r.ignored, "these changes need a restart");
         }
+        self.drain_timeout = compiled.drain_timeout;
         Ok(r.ignored)
+    }
+
+    /// Starts the graceful stop (once): the workers refuse new connections
+    /// and finish what is open; the main loop stops the engine once they
+    /// are done or `drain_timeout` has passed.
+    fn begin_drain(&mut self) {
+        if self.drain.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.engine.drain();
+        tracing::info!(
+            open_connections = self.engine.open_connections(),
+            timeout_ms = self.drain_timeout.as_millis() as u64,
+            "draining"
+        );
+        self.drain = Some(Drain {
+            started: now,
+            until: now + self.drain_timeout,
+        });
     }
 
     fn commit(&mut self, snap: Snapshot) {
@@ -259,6 +290,18 @@ impl Runtime<'_> {
                 } else {
                     Reply::err(404, format!("{addr} is not denied by escalation\n"))
                 }
+            }
+            Op::Drain => {
+                self.begin_drain();
+                let open = self.engine.open_connections();
+                let left = self.drain.as_ref().map_or(0.0, |d| {
+                    d.until
+                        .saturating_duration_since(Instant::now())
+                        .as_secs_f64()
+                });
+                Reply::ok(format!(
+                    "draining: {open} connections open; the engine stops when they are done or in {left:.1} s\n"
+                ))
             }
             Op::Purge(p) => match self.engine.purge(&p) {
                 Ok(n) => {
@@ -409,6 +452,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
     let access_target = compiled.access_log.clone();
+    let drain_timeout = compiled.drain_timeout;
     let engine = Engine::start(compiled.engine).context("starting the engine")?;
     let access_log = match access_target {
         Some(t) => Some(
@@ -425,6 +469,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         history: History::default(),
         started: Instant::now(),
         origin,
+        drain_timeout,
+        drain: None,
     };
     if origin == Origin::File {
         rt.commit(snap);
@@ -451,7 +497,29 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
     let mut failure = None;
-    while !stop.load(Ordering::Relaxed) {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            if rt.drain_timeout.is_zero() {
+                break;
+            }
+            rt.begin_drain();
+        }
+        if let Some(d) = &rt.drain {
+            if rt.engine.drained() {
+                tracing::info!(
+                    took_ms = d.started.elapsed().as_millis() as u64,
+                    "drained: every connection is done"
+                );
+                break;
+            }
+            if Instant::now() >= d.until {
+                tracing::warn!(
+                    cut_connections = rt.engine.open_connections(),
+                    "drain timed out; cutting what is still open"
+                );
+                break;
+            }
+        }
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(req) => {
                 let reply = rt.handle(req.op);

@@ -126,6 +126,16 @@ fn describe(st: ExitStatus) -> String {
     }
 }
 
+/// How long a stopping engine gets before SIGKILL: its drain bound (the
+/// config file's `timeouts.drain_ms`, else the default) and 15 s to detach
+/// and exit.
+fn engine_stop_grace(config: Option<&std::path::Path>) -> Duration {
+    let drain = config
+        .and_then(|p| crate::config::load(p).ok())
+        .map_or(crate::config::DEFAULT_DRAIN_TIMEOUT, |c| c.drain_timeout);
+    drain + Duration::from_secs(15)
+}
+
 pub fn run(args: SuperviseArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
@@ -270,7 +280,7 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
     if let Some(c) = control.as_mut() {
         c.stop(Duration::from_secs(5));
     }
-    if let Some(st) = engine.stop(Duration::from_secs(15))
+    if let Some(st) = engine.stop(engine_stop_grace(args.config.as_deref()))
         && !st.success()
         && result.is_ok()
         && !stop.load(Ordering::Relaxed)

@@ -168,6 +168,7 @@ pub struct Engine {
     workers: Vec<JoinHandle<()>>,
     stats: Vec<Arc<StatsCell>>,
     shutdown: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
     routes: Arc<ArcSwap<RouteTable>>,
     epoch: Arc<AtomicU64>,
     /// Per-worker access-log queues (index = worker), empty when off.
@@ -536,6 +537,7 @@ impl Engine {
         let routes = Arc::new(ArcSwap::from(cfg.routes.clone()));
         let epoch = Arc::new(AtomicU64::new(0));
         let shutdown = Arc::new(AtomicBool::new(false));
+        let draining = Arc::new(AtomicBool::new(false));
         let clock_start = StdInstant::now();
         // The workers' clocks count µs from `clock_start`: the cache maps
         // them to wall time (HTTP dates) and to std's monotonic clock.
@@ -563,6 +565,7 @@ impl Engine {
             workers: Vec::new(),
             stats: Vec::new(),
             shutdown: shutdown.clone(),
+            draining: draining.clone(),
             routes: routes.clone(),
             epoch: epoch.clone(),
             access: Vec::new(),
@@ -613,6 +616,7 @@ impl Engine {
                 routes: routes.clone(),
                 epoch: epoch.clone(),
                 shutdown: shutdown.clone(),
+                draining: draining.clone(),
                 stats: cell,
                 batch: cfg.batch_size,
                 polling: cfg.polling,
@@ -842,6 +846,30 @@ impl Engine {
             return p.stats();
         }
         Vec::new()
+    }
+
+    /// Starts a graceful stop on every worker (`Stack::begin_drain`): new
+    /// connections are refused, in-flight requests are answered, keep-alive
+    /// and HTTP/2 connections close once done. XDP keeps passing host
+    /// traffic. Poll [`Engine::drained`], then [`Engine::shutdown`].
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Every worker drains and has no client connection left.
+    pub fn drained(&self) -> bool {
+        self.stats.iter().all(|c| {
+            let w = c.read();
+            w.draining && w.drained
+        })
+    }
+
+    /// Client connections still open (summed over workers' last reports).
+    pub fn open_connections(&self) -> u64 {
+        self.stats
+            .iter()
+            .map(|c| c.read().stack.active_connections)
+            .sum()
     }
 
     /// Whether every worker thread is still running.

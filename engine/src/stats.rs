@@ -34,6 +34,10 @@ pub struct WorkerStats {
     /// Nanoseconds since the worker started (busy ratio = busy_ns / this).
     pub uptime_ns: u64,
     pub snapshot_version: u64,
+    /// The worker has begun a graceful stop, and has no client connection
+    /// left (see `Stack::begin_drain`).
+    pub draining: bool,
+    pub drained: bool,
 }
 
 /// Where a worker publishes its counters. The worker only `try_lock`s it,

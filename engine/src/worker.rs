@@ -65,6 +65,8 @@ pub(crate) struct Worker {
     pub routes: Arc<ArcSwap<RouteTable>>,
     pub epoch: Arc<AtomicU64>,
     pub shutdown: Arc<AtomicBool>,
+    /// A graceful stop: the stack drains (`Engine::drain`).
+    pub draining: Arc<AtomicBool>,
     pub stats: Arc<StatsCell>,
     pub batch: usize,
     pub polling: PollingMode,
@@ -107,6 +109,12 @@ impl Worker {
             // A new snapshot applies between batches, never inside one.
             let epoch = self.epoch.load(Ordering::Acquire);
             let mut switched = false;
+            if !s.draining && self.draining.load(Ordering::Relaxed) {
+                s.draining = true;
+                self.stack.begin_drain(now);
+                tracing::info!(worker = self.id, "draining");
+                switched = true;
+            }
             if epoch != seen_epoch {
                 seen_epoch = epoch;
                 let routes = self.routes.load_full();
@@ -166,6 +174,7 @@ impl Worker {
                 s.uptime_ns = wall.duration_since(self.clock_start).as_nanos() as u64;
                 s.stack = *self.stack.stats();
                 s.io = self.io.stats();
+                s.drained = self.stack.drained();
                 self.stats.publish(&s);
                 if wall.duration_since(last_l7_publish) >= L7_PUBLISH_EVERY {
                     last_l7_publish = wall;

@@ -614,6 +614,26 @@ impl Engine {
         self.signal_and_wait(libc::SIGTERM)
     }
 
+    /// SIGTERM without waiting (a graceful stop runs on while the caller
+    /// watches it).
+    pub fn sigterm(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.supervisor_pid(), libc::SIGTERM) };
+    }
+
+    /// Waits up to `within` for `ferrogate run` to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Asks the engine to re-read its configuration file.
     pub fn sighup(&self) {
         // SAFETY: kill(2) on our own child's pid.

@@ -589,11 +589,26 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     ec.stack.h2 = check_http2(&cfg.http2, rep);
     ec.cache = cache;
     ec.cache_key_seed = cache_key_seed;
+    let drain_timeout = match &cfg.timeouts.drain_ms {
+        None => DEFAULT_DRAIN_TIMEOUT,
+        Some(v) => {
+            let t = Duration::from_millis(*v.get_ref());
+            if t > MAX_DRAIN_TIMEOUT {
+                rep.at(
+                    v.span(),
+                    "timeouts.drain_ms",
+                    format!("must be 0..={}", MAX_DRAIN_TIMEOUT.as_millis()),
+                );
+            }
+            t.min(MAX_DRAIN_TIMEOUT)
+        }
+    };
     Some(Compiled {
         netns: e.netns.clone(),
         engine: ec,
         access_log,
         files: Vec::new(),
+        drain_timeout,
     })
 }
 

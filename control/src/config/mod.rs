@@ -87,7 +87,15 @@ pub struct Compiled {
     pub access_log: Option<AccessLogTarget>,
     /// Files the config names, whose changes the control daemon applies.
     pub files: Vec<PathBuf>,
+    /// `timeouts.drain_ms`: the bound of a graceful stop.
+    pub drain_timeout: Duration,
 }
+
+/// Default bound of a graceful stop.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest drain accepted: the supervisor waits this long (plus its own
+/// grace) before it kills an engine that does not stop.
+pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Id of the generated rule that lets upstream replies through.
 pub const UPSTREAM_RULE: &str = "upstreams";

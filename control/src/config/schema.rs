@@ -846,6 +846,11 @@ pub struct TimeoutSection {
     pub upstream_connect_ms: Option<u64>,
     pub upstream_response_ms: Option<u64>,
     pub upstream_read_ms: Option<u64>,
+    /// How long a graceful stop (SIGTERM, `ferrogate ctl drain`) waits for
+    /// in-flight requests and open connections before cutting them
+    /// (default 30000; 0: stop at once; at most 3600000).
+    #[serde(default)]
+    pub drain_ms: Option<Spanned<u64>>,
 }
 
 /// `[[rate_limits]]`: one token bucket definition, enforced at L7 (per key,

@@ -182,6 +182,9 @@ pub(crate) struct Ctx<'a, P: ProxyHttp> {
     pub request_seq: &'a mut u64,
     pub id_tag: u32,
     pub now: Instant,
+    /// The worker drains (a graceful stop): no response keeps its client
+    /// connection, idle connections close.
+    pub draining: bool,
 }
 
 impl<'a, P: ProxyHttp> Ctx<'a, P> {
@@ -249,6 +252,9 @@ pub(crate) struct Conn<P: ProxyHttp> {
     cache: Option<Box<crate::cache::CacheReq>>,
     cache_status: Option<ferrogate_cache::CacheStatus>,
     cache_writer: Option<crate::cache::Filler>,
+    /// A request head came on this connection: while draining, such a
+    /// connection closes once idle (a new one may still send its first).
+    had_request: bool,
     phase: Phase,
     deadline: Instant,
     bufs: ConnBufs,
@@ -707,6 +713,7 @@ impl<P: ProxyHttp> Conn<P> {
             cache: None,
             cache_status: None,
             cache_writer: None,
+            had_request: false,
             phase,
             deadline,
             bufs,
@@ -899,6 +906,11 @@ impl<P: ProxyHttp> Conn<P> {
         }
         let got = self.fill_from_client(cx);
         if self.bufs.from_client.is_empty() {
+            if cx.draining && self.had_request {
+                // An idle keep-alive connection of a draining worker.
+                self.phase = Phase::Close;
+                return true;
+            }
             let may_recv = self.client_may_recv(cx);
             let sock = &mut cx.net.stream(self.client);
             if sock.state() != StreamState::SynReceived && !may_recv {
@@ -933,7 +945,7 @@ impl<P: ProxyHttp> Conn<P> {
         let mut headers = HeaderSlots::new();
         let full = self.bufs.from_client.is_full();
         let parsed = head::parse_request(self.bufs.from_client.filled(), &mut headers, full);
-        let (req, info) = match parsed {
+        let (req, mut info) = match parsed {
             Ok(Some(p)) => p,
             Ok(None) => {
                 if !self.client_may_recv(cx) {
@@ -949,6 +961,9 @@ impl<P: ProxyHttp> Conn<P> {
             Err(e) => return self.fail_to_client(cx, ProxyError::BadRequest(e)),
         };
         cx.stats.requests += 1;
+        self.had_request = true;
+        // Draining: this response is the connection's last.
+        info.keep_alive &= !cx.draining;
         self.started = cx.now;
         self.route_id = None;
         self.cache = None;
@@ -1416,6 +1431,7 @@ impl<P: ProxyHttp> Conn<P> {
                 let status_header = cx.cache.edge.settings.status_header.as_deref();
                 let req = self.request.expect("request in flight");
                 let keep_client = req.keep_alive
+                    && !cx.draining
                     && resp.framing != BodyFraming::UntilClose
                     && !self.body_abandoned;
                 self.bufs.to_client.clear();

@@ -99,6 +99,9 @@ struct ProxyApp<P: ProxyHttp> {
     l4_scratch: Vec<u8>,
     /// UDP listeners' sessions.
     udp: UdpProxy,
+    /// A graceful stop: new connections are refused, responses close
+    /// their connections, idle ones close (`Stack::begin_drain`).
+    draining: bool,
 }
 
 /// The splice's copy unit.
@@ -110,6 +113,11 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
     }
 
     fn accept(&mut self, _net: Streams<'_>, id: StreamId, port: u16) -> Option<Owner> {
+        if self.draining {
+            // Reset: a client (or a balancer in front) goes elsewhere.
+            self.stats.drain_refused += 1;
+            return None;
+        }
         if let Some(listener) = self.routes.listener(port)
             && let Some(l4) = listener.l4.as_ref()
         {
@@ -286,6 +294,7 @@ impl<P: ProxyHttp> ProxyApp<P> {
             access: &self.access,
             id_tag: self.id_tag,
             now,
+            draining: self.draining,
         };
         let mut progressed = match session {
             Session::H1(conn) => conn.drive(&mut cx),
@@ -301,7 +310,9 @@ impl<P: ProxyHttp> ProxyApp<P> {
             let (client, io, port, bufs) = conn.into_h2();
             let received = Conn::<P>::received(&bufs);
             let mut h2 = Box::new(H2Conn::new(client, port, io, received, &mut cx));
-            if !self.routes.listener(port).is_some_and(|l| l.http2) {
+            if self.draining {
+                h2.go_away(b"shutdown");
+            } else if !self.routes.listener(port).is_some_and(|l| l.http2) {
                 // Chose h2 before a reload turned it off: drained at once.
                 h2.go_away(b"reload");
             }
@@ -457,6 +468,7 @@ impl<P: ProxyHttp> Stack<P> {
                 u.reserve(&routes);
                 u
             },
+            draining: false,
             routes,
             cfg,
         };
@@ -549,6 +561,7 @@ impl<P: ProxyHttp> Stack<P> {
     /// HTTP/2 clients get a GOAWAY (NO_ERROR, "shutdown") first, so they
     /// know no new stream will be served here.
     pub fn close_idle_upstreams(&mut self, now: Instant) {
+        self.cut_open_connections();
         let mut streams = self.net.streams();
         for slot in &mut self.app.conns {
             if let Some(Session::H2(c)) = &mut slot.conn {
@@ -560,6 +573,65 @@ impl<P: ProxyHttp> Stack<P> {
         let (udp, mut cx) = self.app.udp_cx();
         udp.end_all(&mut streams, &mut cx);
         self.poll(now);
+    }
+
+    /// Starts a graceful stop: new connections are reset (counted in
+    /// `drain_refused`), HTTP/2 clients get a GOAWAY (their open streams
+    /// finish), HTTP/1 responses from now on say `Connection: close`, and
+    /// keep-alive connections close once idle. TCP and UDP listener
+    /// sessions run on until they end. Poll until [`Stack::drained`].
+    pub fn begin_drain(&mut self, now: Instant) {
+        if self.app.draining {
+            return;
+        }
+        self.app.draining = true;
+        let mut streams = self.net.streams();
+        for slot in &mut self.app.conns {
+            match &mut slot.conn {
+                Some(Session::H2(c)) => {
+                    c.go_away(b"shutdown");
+                    streams.mark(c.client());
+                }
+                // Run once more: an idle one closes now.
+                Some(Session::H1(c)) => streams.mark(c.sockets().0),
+                _ => {}
+            }
+        }
+        self.poll(now);
+    }
+
+    /// Resets every client connection still open, and its upstream
+    /// sockets (a stop that cannot wait any longer): clients learn at once
+    /// that their exchange is cut, rather than wait out their timeouts on
+    /// an address nobody answers for. Counted in `drain_cut`.
+    fn cut_open_connections(&mut self) {
+        let mut streams = self.net.streams();
+        let mut cut = 0;
+        for slot in &mut self.app.conns {
+            let Some(session) = &slot.conn else { continue };
+            let (client, upstreams): (_, Vec<StreamId>) = match session {
+                Session::H1(c) => {
+                    let (client, up) = c.sockets();
+                    (client, up.into_iter().collect())
+                }
+                Session::H2(c) => (c.client(), c.upstream_sockets().collect()),
+                Session::Tcp(c) => (c.client(), c.upstream_socket().into_iter().collect()),
+            };
+            if !streams.stream(client).is_active() {
+                continue;
+            }
+            streams.stream(client).abort();
+            for u in upstreams {
+                streams.stream(u).abort();
+            }
+            cut += 1;
+        }
+        self.app.stats.drain_cut += cut;
+    }
+
+    /// Draining, and no client connection is left.
+    pub fn drained(&self) -> bool {
+        self.app.draining && self.app.active == 0
     }
 
     pub fn rx_pending(&self) -> usize {

@@ -69,6 +69,11 @@ pub struct StackStats {
     /// Responses the upstream sent before it had the whole request body:
     /// forwarded at once, the rest of the body was not sent.
     pub early_responses: u64,
+    /// New connections reset because the worker drains (a graceful stop).
+    pub drain_refused: u64,
+    /// Client connections still open when a stop could wait no longer
+    /// (the drain's bound, or a stop without one): reset.
+    pub drain_cut: u64,
     /// Header lines a proxy phase tried to add and the codec refused (bad
     /// bytes, a framing field).
     pub header_lines_refused: u64,
@@ -335,6 +340,8 @@ impl StackStats {
         self.retries += o.retries;
         self.bad_requests += o.bad_requests;
         self.client_aborts += o.client_aborts;
+        self.drain_refused += o.drain_refused;
+        self.drain_cut += o.drain_cut;
         self.conn_drives += o.conn_drives;
         self.conn_buffers_allocated += o.conn_buffers_allocated;
         self.tls_handshakes_full += o.tls_handshakes_full;
@@ -391,6 +398,8 @@ impl StackStats {
             ("access_log_queued", self.access_log_queued),
             ("access_log_dropped", self.access_log_dropped),
             ("early_responses", self.early_responses),
+            ("drain_refused", self.drain_refused),
+            ("drain_cut", self.drain_cut),
             ("header_lines_refused", self.header_lines_refused),
             ("cache_hits", self.cache.hit),
             ("cache_misses", self.cache.miss),

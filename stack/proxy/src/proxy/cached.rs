@@ -62,7 +62,7 @@ impl<P: ProxyHttp> Conn<P> {
             }
             Lookup::GatewayTimeout => {
                 self.cache_status = Some(CacheStatus::Miss);
-                let keep = self.request.is_some_and(|r| r.keep_alive);
+                let keep = self.request.is_some_and(|r| r.keep_alive) && !cx.draining;
                 self.local_error(cx, ProxyError::NotCached, keep)
             }
             Lookup::Bypass => {
@@ -328,7 +328,7 @@ impl<P: ProxyHttp> Conn<P> {
         // Length unknown (a body still being stored from a chunked
         // origin): chunked to HTTP/1.1 clients, close-delimited to 1.0.
         let chunked = length.is_none() && !info.http10;
-        let keep = info.keep_alive && (length.is_some() || chunked);
+        let keep = info.keep_alive && !cx.draining && (length.is_some() || chunked);
         let xcache = self.note_cache(cx);
         self.bufs.to_client.clear();
         let phases = cx.phases;
