@@ -1331,3 +1331,21 @@ fn canary_compiles_and_bad_ones_name_their_field() {
         );
     }
 }
+
+#[test]
+fn the_drain_bound_defaults_to_30_s_and_is_checked() {
+    assert_eq!(compiled(GOOD).drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+    let with = |ms: &str| format!("{GOOD}[timeouts]\ndrain_ms = {ms}\n");
+    assert_eq!(compiled(&with("0")).drain_timeout, Duration::ZERO);
+    assert_eq!(
+        compiled(&with("1500")).drain_timeout,
+        Duration::from_millis(1500)
+    );
+    let e = errors(&with("3600001"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:20:12: timeouts.drain_ms:")
+            && e[0].contains("must be 0..=3600000"),
+        "{e:?}"
+    );
+}
