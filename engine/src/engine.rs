@@ -55,8 +55,6 @@ pub enum EngineError {
     Dpdk(#[from] crate::dpdk::DpdkError),
     #[error("filter rules: {0}")]
     Filter(String),
-    #[error("response cache: {0}")]
-    Cache(#[from] ferrogate_proxy::cache::core::DiskError),
 }
 
 /// The software filter tier (backends without XDP): compiled rules swapped
@@ -136,6 +134,25 @@ fn cache_settings(cfg: &EngineConfig) -> CacheSettings {
         u128::from(word()) << 64 | u128::from(word())
     });
     s
+}
+
+/// The engine's cache, with its disk tier when configured. A disk tier
+/// that cannot open (a directory another engine holds, permissions, a
+/// file in the way) is logged and the engine serves with memory only: a
+/// cache directory must not keep the edge down (a reload may have named
+/// it, and a crash restart starts from that snapshot).
+fn open_cache(cfg: &EngineConfig) -> Arc<EdgeCache> {
+    let settings = cache_settings(cfg);
+    match EdgeCache::open(settings.clone()) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!(error = %e, "the response cache's disk tier did not open; serving with the memory tier only");
+            Arc::new(EdgeCache::new(CacheSettings {
+                disk: None,
+                ..settings
+            }))
+        }
+    }
 }
 
 /// The per-socket TCP settings the workers' stacks were built with.
@@ -448,12 +465,16 @@ impl Engine {
         PortPlan::check(&cfg.upstream_port_range, cfg.queues as usize)
             .map_err(EngineError::Config)?;
         let mut cfg = cfg;
+        // Before the NIC: once XDP steers the VIPs' frames to our queues,
+        // nothing may keep the workers from starting (the disk tier's scan
+        // reads every file's header).
+        let cache = open_cache(&cfg);
         let opened = if cfg.backend == BackendChoice::Dpdk {
             open_dpdk(&mut cfg)?
         } else {
             open_kernel(&mut cfg)?
         };
-        Self::start_opened(cfg, opened)
+        Self::start_opened(cfg, opened, cache)
     }
 
     /// Starts one worker per in-memory port ([`crate::memio`]): the whole
@@ -477,6 +498,7 @@ impl Engine {
         cfg.queues = ports.len() as u32;
         PortPlan::check(&cfg.upstream_port_range, ports.len()).map_err(EngineError::Config)?;
         let (cpus, _) = place_workers(&mut cfg, None)?;
+        let cache = open_cache(&cfg);
         let opened = Opened {
             mac: MEMORY_MAC,
             cpus,
@@ -489,10 +511,14 @@ impl Engine {
             #[cfg(feature = "dpdk")]
             dpdk: None,
         };
-        Self::start_opened(cfg, opened)
+        Self::start_opened(cfg, opened, cache)
     }
 
-    fn start_opened(cfg: EngineConfig, opened: Opened) -> Result<Engine, EngineError> {
+    fn start_opened(
+        cfg: EngineConfig,
+        opened: Opened,
+        cache: Arc<EdgeCache>,
+    ) -> Result<Engine, EngineError> {
         let Opened {
             mac,
             cpus,
@@ -547,7 +573,6 @@ impl Engine {
                 .checked_sub(clock_start.elapsed())
                 .unwrap_or(std::time::UNIX_EPOCH),
         };
-        let cache = Arc::new(EdgeCache::open(cache_settings(&cfg))?);
         let mut meshes = handoff::mesh(workers_n, 1024).map_err(EngineError::Waker)?;
         let mut engine = Engine {
             started: Started {

@@ -252,6 +252,8 @@ fn cache_disk_tier_survives_a_crash_and_honours_purges() {
         // come anywhere after it.
         std::fs::write(&path, format!("{}{disk}", config())).unwrap();
         let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        // Fresh across three engine starts, however slow the machine.
+        origin_set(&lab, "cc=max-age%3D3600");
         let mut bodies = Vec::new();
         for p in ["/cache/d/1", "/cache/d/2"] {
             let (s, h, b) = get(&lab, &[&url(p)]);

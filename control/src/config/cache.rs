@@ -115,7 +115,12 @@ fn check_disk(d: &Spanned<CacheDiskSection>, rep: &mut Reporter<'_>) -> Option<D
     let t = d.get_ref();
     let raw = t.dir.get_ref();
     let base = rep.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Absolute from here on: the engine compares it across reloads, and a
+    // start from the last-known-good copy must open the same directory
+    // whatever its working directory (a relative config path, or an
+    // admin-API body without one, resolves against this process's).
     let dir = base.join(raw);
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
     if raw.trim().is_empty() {
         rep.at(t.dir.span(), "cache.disk.dir", "must name a directory");
     } else if dir.exists() && !dir.is_dir() {

@@ -403,6 +403,11 @@ fn a_disk_tier_compiles_with_its_directory_relative_to_the_config() {
     assert_eq!(d.dir, Path::new("/var/cache/fg"), "an absolute dir stays");
     assert_eq!((d.max_object_bytes, d.fsync), (4096, false));
     assert!(compiled(BASE).engine.cache.disk.is_none());
+    // A relative config path: the directory is made absolute (against the
+    // working directory the config path is relative to).
+    let c = compiled(&disk_section("dir = \"d\"\nmax_bytes = 10"));
+    let d = c.engine.cache.disk.as_ref().expect("a disk tier");
+    assert_eq!(d.dir, std::env::current_dir().unwrap().join("d"));
 }
 
 #[test]

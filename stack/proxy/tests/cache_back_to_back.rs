@@ -1015,7 +1015,7 @@ mod disk {
             assert_eq!(r.body, body);
         }
         let d = edge.disk_stats().unwrap();
-        assert_eq!((d.loaded, d.load_failed), (1, 0), "{d:?}");
+        assert_eq!((d.load_jobs, d.loaded, d.load_failed), (1, 1, 0), "{d:?}");
         assert_eq!(origin_hits(&lab, "/cached/big"), 0);
     }
 
@@ -1049,6 +1049,27 @@ mod disk {
             1,
             "the waiters share the fetch"
         );
+    }
+
+    #[test]
+    fn a_successful_post_deletes_the_disk_copy() {
+        let dir = TempDir::new("post");
+        stored_on_disk(&dir, &["/cached/u"]);
+        let (mut lab, edge) = disk_lab(&dir);
+        assert_eq!(object_files(&dir), 1);
+        let c = lab.connect();
+        let r = lab.exchange(
+            c,
+            b"POST /cached/u HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(r.status, 200, "{}", r.head);
+        until("the invalidation", || {
+            edge.disk_stats().unwrap().invalidated == 1
+        });
+        until("the file's delete", || object_files(&dir) == 0);
+        lab.send(c, &get("/cached/u"));
+        let r = read_response(&mut lab, c);
+        assert_eq!(header(&r, "x-cache"), Some("MISS"), "{}", r.head);
     }
 
     #[test]

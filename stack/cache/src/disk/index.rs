@@ -12,7 +12,7 @@ use foldhash::fast::FixedState;
 use smallvec::SmallVec;
 
 use crate::headers::HeaderView;
-use crate::key::{CacheKey, variant_matches};
+use crate::key::variant_matches;
 use crate::store::purge_log::{prefix_matches, url_matches};
 
 /// (primary hash, variant hash), as in the memory store.
@@ -51,8 +51,6 @@ pub(crate) enum Matcher<'a> {
     Url(&'a [u8]),
     Prefix(&'a [u8]),
     Tag(&'a [u8]),
-    /// One primary key exactly (an invalidation).
-    Key(&'a CacheKey<'a>),
 }
 
 impl Index {
@@ -146,7 +144,7 @@ impl Index {
         true
     }
 
-    fn remove_primary(&mut self, primary: u128, gone: &mut Vec<u64>) -> usize {
+    pub fn remove_primary(&mut self, primary: u128, gone: &mut Vec<u64>) -> usize {
         let variants: SmallVec<[u128; 4]> = match self.by_primary.get(&primary) {
             Some(v) => v.iter().map(|e| e.variant).collect(),
             None => return 0,
@@ -169,18 +167,6 @@ impl Index {
                     .map(|s| s.iter().copied().collect())
                     .unwrap_or_default();
                 ids.into_iter().filter(|&id| self.remove(id, gone)).count()
-            }
-            Matcher::Key(key) => {
-                let same = self
-                    .by_primary
-                    .get(&key.hash)
-                    .and_then(|v| v.first())
-                    .is_some_and(|e| key.matches(&e.full_key));
-                if same {
-                    self.remove_primary(key.hash, gone)
-                } else {
-                    0
-                }
             }
         }
     }
@@ -282,19 +268,7 @@ mod tests {
         assert_eq!(gone, [4], "oldest first");
         assert_eq!((ix.files, ix.bytes), (2, 100));
         gone.clear();
-        let cfg = crate::key::KeyConfig::default();
-        let key = |path: &'static str| CacheKey {
-            parts: crate::key::KeyParts {
-                scheme: "https",
-                host: b"h",
-                path_and_query: path.as_bytes(),
-                headers: &[("a", "b")],
-            },
-            cfg: &cfg,
-            hash: 9,
-        };
-        assert_eq!(ix.purge(Matcher::Key(&key("/z")), &mut gone), 0);
-        assert_eq!(ix.purge(Matcher::Key(&key("/x")), &mut gone), 1);
+        assert_eq!(ix.remove_primary(9, &mut gone), 1, "an invalidation");
         assert_eq!(ix.purge(Matcher::Url(b"https://h/y"), &mut gone), 1);
         assert_eq!((ix.files, ix.bytes), (0, 0));
         assert!(ix.by_key.is_empty() && ix.tags.is_empty());

@@ -14,14 +14,19 @@
 //!   full queue drops the offer (counted).
 //! * **Reads.** [`DiskHandle::contains`] says whether a primary key has
 //!   files; [`DiskHandle::load`] with the key's [`FetchPermit`] queues a
-//!   load: the thread reads every variant file of the key, checks it and
+//!   load (a queue of its own, served before writes): the thread reads every variant file of the key, checks it and
 //!   inserts it into the store ([`MemoryStore::insert_loaded`]), then
 //!   releases the permit (`stored()`, or dropped on failure so one waiter
 //!   takes over and fetches).
-//! * **Purges.** The store calls the tier from every `purge_*` and from
-//!   `invalidate` (light or hard: a disk copy cannot be marked stale in
-//!   place, so it is deleted): the matching index entries go at once, the
-//!   files are deleted by the thread. The purge is recorded in the store's
+//! * **Purges.** The store calls the tier from every `purge_*` (light or
+//!   hard: a disk copy cannot be marked stale in place, so it is deleted):
+//!   the matching index entries go at once, the files are deleted by the
+//!   thread.
+//! * **Invalidations** (an unsafe method's success, a memory removal) come
+//!   from workers, which must not wait on the index: they bump the key's
+//!   generation bucket (a write or load that started before keeps
+//!   nothing fresh) and queue the key; the thread removes its files before
+//!   its next load or write. The purge is recorded in the store's
 //!   purge log under the index's write lock, which makes a load (which
 //!   reads the purge epoch and the index under that lock) and a write
 //!   (which checks the log under it) either see the purge or be seen by it.
@@ -35,10 +40,10 @@
 //! deleted, keys are rehashed with the store's hasher (the seed may differ
 //! between runs), and the oldest files over the budget are deleted.
 //!
-//! **Locks.** The index `RwLock` is never held across I/O. Workers'
-//! `contains*` only try it (a writer holding it makes them answer "no":
-//! a miss). A purge holds it for writing while it removes its matches
-//! (O(matches), no I/O); [`MemoryStore::invalidate`] takes it for one key.
+//! **Locks.** The index `RwLock` is never held across I/O, and never
+//! waited for on a worker: `contains*` only try it (a writer holding it
+//! makes them answer "no": a miss). A purge (the admin API's thread) holds
+//! it for writing while it removes its matches (O(matches), no I/O).
 //!
 //! Not crash-proof for purges: a purge's files are deleted by the thread
 //! shortly after (and before a clean shutdown ends); a crash in between
@@ -71,8 +76,12 @@ pub struct DiskConfig {
     pub max_bytes: u64,
     /// Largest file written (bigger objects stay in memory only).
     pub max_object_bytes: u64,
-    /// Jobs (writes and loads) queued for the thread; more are refused.
+    /// Writes queued for the thread; more are refused.
     pub queue: usize,
+    /// Loads queued for the thread (a queue of their own, served before
+    /// writes: a miss never waits behind a backlog of writes); more hand
+    /// their permit back.
+    pub load_queue: usize,
     /// Body bytes of the objects queued for writing (they stay in memory
     /// until written, whatever the memory store evicts); more are refused.
     pub max_queued_bytes: u64,
@@ -90,6 +99,7 @@ impl DiskConfig {
             max_bytes,
             max_object_bytes: (max_bytes / 8).max(1),
             queue: 1024,
+            load_queue: 256,
             max_queued_bytes: 64 << 20,
             fsync: false,
             shutdown_wait: Duration::from_secs(5),
@@ -110,7 +120,7 @@ pub enum DiskError {
     AlreadyAttached,
     #[error("cache directory {dir} is in use by another process (its lock file is held)")]
     Busy { dir: PathBuf },
-    #[error("the disk tier's queue must hold at least one job")]
+    #[error("the disk tier's queues must hold at least one job")]
     ZeroQueue,
 }
 
@@ -125,8 +135,17 @@ pub struct DiskStats {
     pub write_dropped: u64,
     /// Objects loaded into the memory store.
     pub loaded: u64,
-    /// Loads that found nothing usable (queue full, file gone or bad, purged).
+    /// Loads that found nothing usable (queue full, file gone or bad, purged,
+    /// too large for memory).
     pub load_failed: u64,
+    /// Load jobs the thread ran (each key's load counts once, whatever it found).
+    pub load_jobs: u64,
+    /// Keys whose files an unsafe method's success (or a memory removal)
+    /// deleted.
+    pub invalidated: u64,
+    /// Invalidations dropped because too many were queued (the thread is
+    /// stuck on the disk).
+    pub invalidate_dropped: u64,
     /// Files deleted for the byte budget.
     pub evicted: u64,
     /// Files deleted because they failed to parse or check.
@@ -141,6 +160,9 @@ struct Counters {
     write_dropped: AtomicU64,
     loaded: AtomicU64,
     load_failed: AtomicU64,
+    load_jobs: AtomicU64,
+    invalidated: AtomicU64,
+    invalidate_dropped: AtomicU64,
     evicted: AtomicU64,
     corrupt_deleted: AtomicU64,
     purged: AtomicU64,
@@ -156,20 +178,39 @@ pub(crate) struct Offer {
     pub epoch: u64,
     /// Its body length.
     pub bytes: u64,
+    /// The key's invalidation generation when the object was stored (see
+    /// `Shared::generation`): a newer one means an invalidation came
+    /// since, and the object is not written.
+    pub generation: u64,
 }
 
 pub(crate) enum Job {
     Write(Offer),
-    Load(u128, FetchPermit),
-    /// Nothing to do but look at the stop flag and pending deletes.
+    /// Nothing to do but look at the stop flag, pending deletes,
+    /// invalidations and loads.
     Wake,
 }
+
+/// Buckets of invalidation generations (a power of two): keys share one
+/// by hash, so an invalidation may also skip another key's write (a miss
+/// later, never a stale hit).
+const GENERATIONS: usize = 4096;
+/// Invalidations waiting for the thread; more are counted and dropped
+/// (their generation bump still stops writes and loads in flight).
+const MAX_PENDING_INVALIDATIONS: usize = 1 << 20;
 
 /// What the tier's owner, its handles and the memory store share.
 pub(crate) struct Shared {
     cfg: DiskConfig,
     index: RwLock<Index>,
     jobs: SyncSender<Job>,
+    loads: SyncSender<(u128, FetchPermit)>,
+    /// Invalidation generations by key hash bucket, bumped by workers
+    /// (no lock): writes and loads that started before a bump of their
+    /// key's bucket do not keep what they wrote or read.
+    generations: Box<[AtomicU64]>,
+    /// Keys whose files are to go (workers must not wait on the index).
+    invalidations: Mutex<Vec<u128>>,
     /// Files (by seq) purged and not deleted yet; `closed` once the thread
     /// has stopped (purges then delete in place).
     deletes: Mutex<Deletes>,
@@ -217,6 +258,37 @@ impl Shared {
 
     pub(crate) fn contains(&self, primary: u128) -> bool {
         self.try_read().is_some_and(|ix| ix.contains(primary))
+    }
+
+    /// The invalidation generation of `primary`'s bucket.
+    pub(crate) fn generation(&self, primary: u128) -> u64 {
+        self.generations[(primary as usize) & (GENERATIONS - 1)].load(Ordering::Acquire)
+    }
+
+    /// An unsafe method succeeded on the key (or memory removed it): its
+    /// files go. Called on a worker: a generation bump (writes and loads in
+    /// flight then keep nothing) and a queued request to the thread, which
+    /// removes the files before its next load or write; no index lock.
+    pub(crate) fn invalidate(&self, primary: u128) {
+        self.generations[(primary as usize) & (GENERATIONS - 1)].fetch_add(1, Ordering::AcqRel);
+        let mut v = self.invalidations.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() >= MAX_PENDING_INVALIDATIONS {
+            drop(v);
+            self.counters
+                .invalidate_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let first = v.is_empty();
+        v.push(primary);
+        drop(v);
+        if first {
+            let _ = self.jobs.try_send(Job::Wake);
+        }
+    }
+
+    fn take_invalidations(&self) -> Vec<u128> {
+        std::mem::take(&mut *self.invalidations.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Queues a completed object (from the store; never blocks).
@@ -323,17 +395,19 @@ impl DiskHandle {
     /// queue hands the permit back: fetch upstream with it.
     pub fn load(&self, hash: u128, permit: FetchPermit) -> Result<(), FetchPermit> {
         debug_assert_eq!(permit.key(), hash, "the permit must be the key's");
-        match self.shared.jobs.try_send(Job::Load(hash, permit)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+        match self.shared.loads.try_send((hash, permit)) {
+            Ok(()) => {
+                // A thread busy with a write looks at loads next; an idle
+                // one needs waking (a full write queue means it is busy).
+                let _ = self.shared.jobs.try_send(Job::Wake);
+                Ok(())
+            }
+            Err(TrySendError::Full((_, p)) | TrySendError::Disconnected((_, p))) => {
                 self.shared
                     .counters
                     .load_failed
                     .fetch_add(1, Ordering::Relaxed);
-                match job {
-                    Job::Load(_, p) => Err(p),
-                    _ => unreachable!("sent a load"),
-                }
+                Err(p)
             }
         }
     }
@@ -352,6 +426,9 @@ impl DiskHandle {
             write_dropped: l(&c.write_dropped),
             loaded: l(&c.loaded),
             load_failed: l(&c.load_failed),
+            load_jobs: l(&c.load_jobs),
+            invalidated: l(&c.invalidated),
+            invalidate_dropped: l(&c.invalidate_dropped),
             evicted: l(&c.evicted),
             corrupt_deleted: l(&c.corrupt_deleted),
             purged: l(&c.purged),
@@ -376,7 +453,7 @@ impl DiskTier {
     /// (which from then on offers completed objects and reports purges)
     /// and starts the thread.
     pub fn open(cfg: DiskConfig, store: MemoryStore) -> Result<DiskTier, DiskError> {
-        if cfg.queue == 0 {
+        if cfg.queue == 0 || cfg.load_queue == 0 {
             return Err(DiskError::ZeroQueue);
         }
         // Before the scan deletes anything in a directory another tier of
@@ -393,10 +470,14 @@ impl DiskTier {
         let mut corrupt = 0;
         let (index, next_seq, evicted) = worker::scan(&cfg, &store, &mut corrupt).map_err(io)?;
         let (tx, rx) = mpsc::sync_channel(cfg.queue);
+        let (loads_tx, loads_rx) = mpsc::sync_channel(cfg.load_queue);
         let shared = Arc::new(Shared {
             cfg,
             index: RwLock::new(index),
             jobs: tx,
+            loads: loads_tx,
+            generations: (0..GENERATIONS).map(|_| AtomicU64::new(0)).collect(),
+            invalidations: Mutex::default(),
             deletes: Mutex::default(),
             stop: AtomicBool::new(false),
             queued_bytes: AtomicU64::new(0),
@@ -414,7 +495,7 @@ impl DiskTier {
             return Err(DiskError::AlreadyAttached);
         }
         let (done_tx, done) = mpsc::sync_channel(1);
-        let w = worker::Worker::new(Arc::clone(&shared), store, rx, next_seq);
+        let w = worker::Worker::new(Arc::clone(&shared), store, rx, loads_rx, next_seq);
         let thread = std::thread::Builder::new()
             .name("fg-cache-disk".into())
             .spawn(move || {

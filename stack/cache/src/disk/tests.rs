@@ -352,8 +352,10 @@ fn purges_delete_files_and_a_restart_does_not_bring_them_back() {
         s.purge_key(&k, PurgeMode::Light);
         let k = CacheKey::new(parts("/inval"), &c, s.hasher());
         assert_eq!(s.invalidate(&k), 1);
+        // An invalidation (from a worker) is the thread's to apply.
+        wait_for("the invalidation", || tier.stats().invalidated == 1);
         let st = tier.stats();
-        assert_eq!((st.files, st.purged), (2, 7));
+        assert_eq!((st.files, st.purged, st.invalidated), (2, 6, 1));
         for p in ["/p?x=1", "/img/a", "/t1", "/light", "/inval"] {
             assert!(!tier.contains(hash(&s, p)), "{p}");
         }
@@ -435,6 +437,7 @@ fn a_full_queue_drops_offers_and_hands_back_load_permits() {
     let tier = DiskTier::open(
         DiskConfig {
             queue: 1,
+            load_queue: 1,
             ..cfg(&dir.0, 1 << 20)
         },
         s.clone(),
@@ -456,12 +459,20 @@ fn a_full_queue_drops_offers_and_hands_back_load_permits() {
     put(&s, "/3", &h, b"3", &NONE);
     put(&s, "/4", &h, b"4", &NONE);
     assert_eq!(tier.stats().write_dropped, 2);
+    // Loads have a queue of their own: one fits while writes are full,
+    // the next is handed back.
     let locks = CacheLocks::new(1);
-    let k = hash(&s, "/1");
-    let Acquired::Fetch(p) = locks.acquire(k, Instant::now() + Duration::from_secs(5)) else {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let Acquired::Fetch(p) = locks.acquire(hash(&s, "/0"), deadline) else {
         panic!()
     };
-    let p = tier.load(k, p).expect_err("the queue is full");
+    tier.load(hash(&s, "/0"), p)
+        .expect("the load queue has room");
+    let k = hash(&s, "/1");
+    let Acquired::Fetch(p) = locks.acquire(k, deadline) else {
+        panic!()
+    };
+    let p = tier.load(k, p).expect_err("the load queue is full");
     p.stored();
     assert_eq!(tier.stats().load_failed, 1);
     release.send(()).unwrap();
@@ -625,4 +636,95 @@ fn contains_does_not_wait_for_the_index_lock() {
     assert!(!tier.contains(k) && !tier.contains_variant(k, &NONE));
     drop(held);
     assert!(tier.contains(k));
+}
+
+/// an invalidation (unsafe method) landing while a completed
+/// object's write is queued/in progress must not leave a fresh disk copy.
+#[test]
+fn an_invalidation_racing_a_write_keeps_it_off_the_disk() {
+    let dir = TempDir::new("rev-invwrite");
+    let h = [("Cache-Control", "max-age=60")];
+    let s = store(1);
+    let tier = DiskTier::open(cfg(&dir.0, 1 << 20), s.clone()).unwrap();
+    let inv = s.clone();
+    *tier.handle.shared.hook.lock().unwrap() = Some(Box::new(move |stage| {
+        if stage == "write" {
+            let c = key_cfg();
+            let k = CacheKey::new(parts("/i"), &c, inv.hasher());
+            inv.invalidate(&k);
+        }
+    }));
+    put(&s, "/i", &h, b"old", &NONE);
+    wait_for("the write", || {
+        let st = tier.stats();
+        st.written + st.write_dropped == 1
+    });
+    assert!(
+        get(&s, "/i", &NONE).unwrap().object.light_purged(),
+        "memory copy is stale"
+    );
+    assert!(
+        !tier.contains(hash(&s, "/i")),
+        "an invalidated object was written to disk as fresh"
+    );
+}
+
+/// a load racing an invalidation inserts the pre-invalidation copy as fresh.
+#[test]
+fn an_invalidation_racing_a_load_leaves_the_loaded_copy_stale() {
+    let dir = TempDir::new("rev-invload");
+    let h = [("Cache-Control", "max-age=60")];
+    {
+        let s = store(1);
+        let tier = DiskTier::open(cfg(&dir.0, 1 << 20), s.clone()).unwrap();
+        put(&s, "/j", &h, b"old", &NONE);
+        wait_for("the write", || tier.stats().written == 1);
+    }
+    let s = store(1);
+    let tier = DiskTier::open(cfg(&dir.0, 1 << 20), s.clone()).unwrap();
+    let inv = s.clone();
+    *tier.handle.shared.hook.lock().unwrap() = Some(Box::new(move |stage| {
+        if stage == "read" {
+            let c = key_cfg();
+            let k = CacheKey::new(parts("/j"), &c, inv.hasher());
+            inv.invalidate(&k);
+        }
+    }));
+    let _ = load_via_lock(&tier, &s, "/j");
+    let hit = get(&s, "/j", &NONE).expect("loaded");
+    assert!(
+        hit.object.light_purged(),
+        "loaded as fresh after the invalidation"
+    );
+    wait_for("the file's removal", || !tier.contains(hash(&s, "/j")));
+    assert_eq!(tier.stats().invalidated, 1);
+}
+
+/// a file the memory store refuses (TooLarge) stays indexed and is
+/// read again by every load.
+#[test]
+fn a_file_memory_refuses_is_forgotten_after_one_load() {
+    let dir = TempDir::new("rev-toolarge");
+    let h = [("Cache-Control", "max-age=60")];
+    {
+        let s = store(1);
+        let tier = DiskTier::open(cfg(&dir.0, 8 << 20), s.clone()).unwrap();
+        put(&s, "/big", &h, &vec![7u8; 2 << 20], &NONE);
+        wait_for("the write", || tier.stats().written == 1);
+    }
+    // The next run has a smaller memory object limit.
+    let s = MemoryStore::new(&StoreConfig {
+        max_bytes: 16 << 20,
+        shards: 4,
+        max_object_bytes: 1 << 20,
+        tag_header: Some("Surrogate-Key".into()),
+        key_seed: 1,
+    });
+    let tier = DiskTier::open(cfg(&dir.0, 8 << 20), s.clone()).unwrap();
+    assert!(!load_via_lock(&tier, &s, "/big"));
+    assert!(
+        !tier.contains(hash(&s, "/big")),
+        "still indexed after a load memory refused"
+    );
+    assert_eq!(files(&dir.0, ".fgc"), 0);
 }

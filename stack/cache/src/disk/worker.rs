@@ -17,7 +17,7 @@ use super::index::{Entry, Index};
 use super::{DiskConfig, Job, Offer, Shared};
 use crate::key::variant_hash_of_bytes;
 use crate::lock::FetchPermit;
-use crate::store::{MemoryStore, Read};
+use crate::store::{InsertError, MemoryStore, Read};
 
 /// How often an idle thread looks at the stop flag and pending deletes.
 const TICK: Duration = Duration::from_millis(50);
@@ -162,15 +162,23 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     store: MemoryStore,
     rx: Receiver<Job>,
+    loads: Receiver<(u128, FetchPermit)>,
     next_seq: u64,
 }
 
 impl Worker {
-    pub fn new(shared: Arc<Shared>, store: MemoryStore, rx: Receiver<Job>, next_seq: u64) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        store: MemoryStore,
+        rx: Receiver<Job>,
+        loads: Receiver<(u128, FetchPermit)>,
+        next_seq: u64,
+    ) -> Self {
         Worker {
             shared,
             store,
             rx,
+            loads,
             next_seq,
         }
     }
@@ -185,18 +193,22 @@ impl Worker {
             if self.shared.stop.load(Ordering::Acquire) {
                 break;
             }
+            // Loads first: a miss waits on them, a write waits on nobody.
+            while let Ok((hash, permit)) = self.loads.try_recv() {
+                self.load(hash, permit);
+            }
             match self.rx.recv_timeout(TICK) {
                 Ok(Job::Write(o)) => {
                     self.shared.dequeued(&o);
                     self.write(o)
                 }
-                Ok(Job::Load(hash, permit)) => self.load(hash, permit),
                 Ok(Job::Wake) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         // Queued writes are dropped; queued loads release their permits
         // (dropped: one waiter takes over).
+        while self.loads.try_recv().is_ok() {}
         while let Ok(job) = self.rx.try_recv() {
             if let Job::Write(o) = job {
                 self.shared.dequeued(&o);
@@ -218,12 +230,38 @@ impl Worker {
     }
 
     fn delete_pending(&self) {
+        self.invalidate_pending();
         for seq in self.shared.take_deletes() {
             remove(&file_path(self.dir(), seq));
         }
     }
 
+    /// Removes the files of the keys workers invalidated (before any load
+    /// or write that comes after the invalidation).
+    fn invalidate_pending(&self) {
+        let keys = self.shared.take_invalidations();
+        if keys.is_empty() {
+            return;
+        }
+        let mut gone = Vec::new();
+        {
+            let mut ix = self.shared.write();
+            for k in keys {
+                if ix.remove_primary(k, &mut gone) > 0 {
+                    self.shared
+                        .counters
+                        .invalidated
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        for seq in gone {
+            remove(&file_path(self.dir(), seq));
+        }
+    }
+
     fn write(&mut self, o: Offer) {
+        self.invalidate_pending();
         let c = &self.shared.counters;
         let dropped = || c.write_dropped.fetch_add(1, Ordering::Relaxed);
         let mut chunks = Vec::new();
@@ -274,7 +312,13 @@ impl Worker {
             if cfg.fsync {
                 f.sync_data()?;
             }
-            fs::rename(&tmp, &path)
+            fs::rename(&tmp, &path)?;
+            if cfg.fsync {
+                // The rename itself survives power loss only once the
+                // directory is on disk too.
+                File::open(self.dir())?.sync_all()?;
+            }
+            Ok(())
         })();
         if written.is_err() {
             remove(&tmp);
@@ -287,8 +331,14 @@ impl Worker {
         let (kept, evicted) = {
             let mut ix = self.shared.write();
             // Under the index lock, where purges record themselves: either
-            // a purge is in the log now, or it will find this entry.
-            if self.store.purged_since(o.epoch, &o.full_key, &tags) {
+            // a purge is in the log now, or it will find this entry. An
+            // invalidation since the object was stored either marked it
+            // (light) or bumped its generation; one after this point finds
+            // the entry (it is queued, and runs before any later load).
+            if self.store.purged_since(o.epoch, &o.full_key, &tags)
+                || o.object.light_purged()
+                || self.shared.generation(o.primary) != o.generation
+            {
                 (false, 0)
             } else {
                 let entry = Entry {
@@ -317,12 +367,18 @@ impl Worker {
     }
 
     fn load(&mut self, hash: u128, permit: FetchPermit) {
+        self.invalidate_pending();
         let c = &self.shared.counters;
+        c.load_jobs.fetch_add(1, Ordering::Relaxed);
         // The epoch and the entries together, under the lock purges record
         // under: a purge after this is in the log for `insert_loaded`.
-        let (epoch, entries) = {
+        let (epoch, generation, entries) = {
             let ix = self.shared.read();
-            (self.store.purge_epoch(), ix.variants(hash))
+            (
+                self.store.purge_epoch(),
+                self.shared.generation(hash),
+                ix.variants(hash),
+            )
         };
         let mut found = false;
         if entries.is_empty() {
@@ -345,6 +401,12 @@ impl Worker {
                                 c.loaded.fetch_add(1, Ordering::Relaxed);
                             }
                         }
+                        Err(InsertError::TooLarge | InsertError::NotWorthStoring) => {
+                            // Memory will never take it (its limits changed
+                            // since): reading it on every miss is waste.
+                            c.load_failed.fetch_add(1, Ordering::Relaxed);
+                            self.forget((hash, e.variant), e.seq, &path);
+                        }
                         Err(_) => {
                             c.load_failed.fetch_add(1, Ordering::Relaxed);
                         }
@@ -361,6 +423,12 @@ impl Worker {
                     self.forget((hash, e.variant), e.seq, &path);
                 }
             }
+        }
+        if found && self.shared.generation(hash) != generation {
+            // Invalidated while it was read: what went into memory is as
+            // stale as what the worker marked (it may have found nothing
+            // to mark yet).
+            self.store.light_purge_primary(hash);
         }
         if found {
             permit.stored();

@@ -185,8 +185,9 @@ pub struct ObjectWriter {
     /// was appended: a body cut short is never kept as complete.
     declared: Option<usize>,
     written: usize,
-    /// The full key, kept only when a disk tier will be offered the object.
-    disk_key: Option<Arc<[u8]>>,
+    /// The full key and the key's disk invalidation generation when it was
+    /// stored, kept only when a disk tier will be offered the object.
+    disk_key: Option<(Arc<[u8]>, u64)>,
     /// Growth not yet accounted in the shard (see `GROW_BATCH`).
     pending: usize,
     last: Append,
@@ -320,7 +321,11 @@ impl MemoryStore {
         let id = (key.hash, v);
         let epoch = self.inner.purges.epoch();
         let object = Arc::new(Object::new(meta, Arc::new(Body::new()), variant, epoch));
-        let disk_key = self.inner.disk.get().map(|_| Arc::clone(&full_key));
+        let disk_key = self
+            .inner
+            .disk
+            .get()
+            .map(|d| (Arc::clone(&full_key), d.generation(key.hash)));
         let mut dropped = Dropped::new();
         let generation = {
             let mut s = lock(self.shard(key.hash));
@@ -406,8 +411,10 @@ impl MemoryStore {
             );
             let mut full_key = None;
             if old.is_some() {
-                if disk.is_some() {
-                    full_key = s.primary(hit.id.0).map(|p| Arc::clone(&p.full_key));
+                if let Some(d) = disk {
+                    full_key = s
+                        .primary(hit.id.0)
+                        .map(|p| (Arc::clone(&p.full_key), d.generation(hit.id.0)));
                 }
                 s.evict(self.inner.shard_budget, &self.inner.counters, &mut dropped);
             }
@@ -417,7 +424,7 @@ impl MemoryStore {
             Some(_) => {
                 // The disk copy gets the merged headers too (else a restart
                 // serves the old ones, and revalidates for nothing).
-                if let (Some(d), Some(full_key)) = (disk, full_key)
+                if let (Some(d), Some((full_key, generation))) = (disk, full_key)
                     && new.is_complete()
                 {
                     d.offer(Offer {
@@ -427,6 +434,7 @@ impl MemoryStore {
                         primary: hit.id.0,
                         variant: hit.id.1,
                         full_key,
+                        generation,
                     });
                 }
                 Refresh::Refreshed
@@ -435,8 +443,13 @@ impl MemoryStore {
         }
     }
 
-    /// Hard-removes one stored object (e.g. an origin's answer showed it invalid).
+    /// Hard-removes one stored object (e.g. an origin's answer showed it
+    /// invalid); the key's disk copies go too (else a later miss would
+    /// load the invalid one back).
     pub fn remove(&self, hit: &Hit) -> bool {
+        if let Some(d) = self.inner.disk.get() {
+            d.invalidate(hit.id.0);
+        }
         let mut dropped = Dropped::new();
         let mut s = lock(self.shard(hit.id.0));
         let removed = s.remove_if(hit.id, &hit.object, &self.inner.counters, &mut dropped);
@@ -450,11 +463,10 @@ impl MemoryStore {
     /// nor make in-flight fetches elsewhere refuse to store). Returns how
     /// many objects it marked.
     pub fn invalidate(&self, key: &CacheKey<'_>) -> usize {
-        if let Some(d) = self.inner.disk.get()
-            && d.contains(key.hash)
-        {
-            // A disk copy cannot be marked stale in place: it goes.
-            d.purge(Matcher::Key(key), || {});
+        if let Some(d) = self.inner.disk.get() {
+            // A disk copy cannot be marked stale in place: it goes (the
+            // tier's thread deletes it; a worker never waits on its index).
+            d.invalidate(key.hash);
         }
         let mut dropped = Dropped::new();
         let mut s = lock(self.shard(key.hash));
@@ -507,6 +519,19 @@ impl MemoryStore {
             }
             None => self.inner.purges.record(what, mode),
         }
+    }
+
+    /// Marks stale every variant stored under `primary` (the disk tier,
+    /// after loading what an invalidation reached meanwhile).
+    pub(crate) fn light_purge_primary(&self, primary: u128) {
+        let mut dropped = Dropped::new();
+        let mut s = lock(self.shard(primary));
+        s.purge_primary(
+            primary,
+            PurgeMode::Light,
+            &self.inner.counters,
+            &mut dropped,
+        );
     }
 
     pub(crate) fn has_disk(&self) -> bool {
@@ -836,7 +861,8 @@ impl ObjectWriter {
         self.finished = true;
         self.object.body.finish();
         if !self.detached
-            && let (Some(d), Some(full_key)) = (self.store.disk.get(), self.disk_key.take())
+            && let (Some(d), Some((full_key, generation))) =
+                (self.store.disk.get(), self.disk_key.take())
         {
             d.offer(Offer {
                 object: Arc::clone(&self.object),
@@ -845,6 +871,7 @@ impl ObjectWriter {
                 full_key,
                 epoch: self.object.epoch,
                 bytes: self.written as u64,
+                generation,
             });
         }
     }

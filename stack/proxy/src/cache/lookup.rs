@@ -195,6 +195,7 @@ pub(crate) fn lookup(
             arrived: wall,
             lock_deadline: None,
             disk_tried: false,
+            held: None,
         },
         owned,
         now,
@@ -216,10 +217,11 @@ fn range_lookup(
     let Some(hit) = h.edge.store.lookup(key, fields) else {
         // Upstream untouched; a disk copy is loaded for the next request
         // (not waited for: the origin answers this one's range itself).
+        let mono = h.anchor.mono(now);
         if let Some(disk) = h.edge.disk()
+            && !h.edge.locks.hit_for_pass(key.hash, mono)
             && disk.contains_variant(key.hash, fields)
         {
-            let mono = h.anchor.mono(now);
             let deadline = mono + h.edge.settings.lock_timeout;
             if let Acquired::Fetch(p) = h.edge.locks.acquire_at(key.hash, mono, deadline) {
                 // A full queue hands the permit back: dropped, nothing waits.
@@ -306,14 +308,17 @@ struct Decide {
     lock_deadline: Option<std::time::Instant>,
     /// The request asked the disk tier already.
     disk_tried: bool,
+    /// The key's lock, held again after a disk load (see `Step::Loaded`).
+    held: Option<FetchPermit>,
 }
 
 /// What one pass of [`decide_once`] came to.
 enum Step {
     Done(Lookup),
-    /// A disk load ended before the request could wait for it: look again
-    /// (memory now holds what the disk had, if anything).
-    Loaded,
+    /// A disk load ended before the request could wait for it, and the
+    /// request holds the key's lock again: look again with it (memory now
+    /// holds what the disk had, if anything).
+    Loaded(FetchPermit),
 }
 
 fn decide(
@@ -326,10 +331,13 @@ fn decide(
     now: Instant,
 ) -> Lookup {
     loop {
-        match decide_once(h, route, key, fields, &d, &owned, now) {
+        match decide_once(h, route, key, fields, &mut d, &owned, now) {
             Step::Done(l) => return l,
             // Once: `disk_tried` keeps the next pass off the disk.
-            Step::Loaded => d.disk_tried = true,
+            Step::Loaded(p) => {
+                d.disk_tried = true;
+                d.held = Some(p);
+            }
         }
     }
 }
@@ -339,10 +347,12 @@ fn decide_once(
     route: &Arc<RouteCache>,
     key: &CacheKey<'_>,
     fields: &dyn HeaderView,
-    d: &Decide,
+    d: &mut Decide,
     owned: &impl Fn() -> OwnedKey,
     now: Instant,
 ) -> Step {
+    let held = d.held.take();
+    let d = &*d;
     use ferrogate_cache::Decision;
     let edge = &h.edge;
     let wall = h.anchor.wall(now);
@@ -399,6 +409,12 @@ fn decide_once(
     };
     let only_if_cached = d.directives.only_if_cached;
     if let Some(hit) = edge.store.lookup(key, fields) {
+        // The load this request held the lock for stored it: the others
+        // look it up now (this request takes the lock anew if it must
+        // revalidate).
+        if let Some(p) = held {
+            p.stored();
+        }
         let light = hit.object.light_purged();
         let decision = ferrogate_cache::decide(hit.meta(), &d.directives, d.validate, light, wall);
         // After a wait: a response the origin sent (or confirmed) since
@@ -450,6 +466,11 @@ fn decide_once(
         r.disk_tried |= disk_tried;
         r
     };
+    if let Some(p) = held {
+        // The disk had nothing for this request: fetch with the lock held
+        // (the waiters keep waiting for this fetch).
+        return Step::Done(Lookup::Fetch(miss(Some(p), true)));
+    }
     let p = match edge.locks.acquire_at(key.hash, mono, deadline) {
         Acquired::Fetch(p) => p,
         Acquired::Wait(t) => return Step::Done(Lookup::Wait(miss(None, false), t)),
@@ -476,11 +497,8 @@ fn decide_once(
         // `TakeOver` (the load failed) fetches.
         Ok(()) => match edge.locks.acquire_at(key.hash, mono, deadline) {
             Acquired::Wait(t) => Step::Done(Lookup::Wait(miss(None, true), t)),
-            // The load already ended.
-            Acquired::Fetch(p) => {
-                p.stored();
-                Step::Loaded
-            }
+            // The load already ended: look again, holding the lock.
+            Acquired::Fetch(p) => Step::Loaded(p),
         },
         // A full queue hands the permit back: fetch with it.
         Err(p) => Step::Done(Lookup::Fetch(miss(Some(p), true))),
@@ -537,6 +555,7 @@ pub(crate) fn relookup(h: &CacheHandle, req: Box<CacheReq>, now: Instant) -> Loo
         arrived,
         lock_deadline: Some(lock_deadline),
         disk_tried,
+        held: None,
     };
     let fields = owned.headers.clone();
     decide(
