@@ -147,14 +147,27 @@ fn new_conn_client(path: &str, stop: &AtomicBool) -> Vec<Outcome> {
     out
 }
 
+/// The engine with `drain_ms`, serving.
+fn start(lab: &Lab, drain_ms: u64) -> ferrogate_tests::Engine {
+    let path = lab.state_dir().join("drain.toml");
+    std::fs::write(&path, config(drain_ms)).unwrap();
+    lab.start_engine_with(&path, "af_xdp", 1)
+}
+
+/// A counter of the stats the engine printed as it exited.
+fn final_stat(log: &str, name: &str) -> u64 {
+    log.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn sigterm_drains_keep_alive_new_connection_and_h2_load_without_failing_started_requests() {
     lab_test("drain", || {
         let lab = Lab::up(1);
         let _origin = lab.start_origin("drain", ORIGIN);
-        let path = lab.state_dir().join("drain.toml");
-        std::fs::write(&path, config(20_000)).unwrap();
-        let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let mut engine = start(&lab, 20_000);
         let stop = Arc::new(AtomicBool::new(false));
         let (signalled, keep_alive, new_conns, h2, probe) = lab.in_client(|| {
             std::thread::scope(|s| {
@@ -275,11 +288,7 @@ fn sigterm_drains_keep_alive_new_connection_and_h2_load_without_failing_started_
             "the h2 stream in flight: {h2_out} {}",
             String::from_utf8_lossy(&h2.stderr)
         );
-        let refused: u64 = log
-            .lines()
-            .find_map(|l| l.strip_prefix("stack_drain_refused "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        let refused = final_stat(&log, "stack_drain_refused");
         assert!(
             refused >= 1,
             "stack_drain_refused in the final stats:\n{log}"
@@ -292,9 +301,7 @@ fn ctl_drain_stops_gracefully_and_the_bound_cuts_what_is_left() {
     lab_test("drain-ctl", || {
         let lab = Lab::up(1);
         let _origin = lab.start_origin("drain", ORIGIN);
-        let path = lab.state_dir().join("drain.toml");
-        std::fs::write(&path, config(1_000)).unwrap();
-        let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let mut engine = start(&lab, 1_000);
         let (short, long, reply, took) = lab.in_client(|| {
             std::thread::scope(|s| {
                 let get = |p: &'static str| {
@@ -338,11 +345,7 @@ fn ctl_drain_stops_gracefully_and_the_bound_cuts_what_is_left() {
             log.contains("drain timed out; cutting what is still open"),
             "{log}"
         );
-        let cut: u64 = log
-            .lines()
-            .find_map(|l| l.strip_prefix("stack_drain_cut "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        let cut = final_stat(&log, "stack_drain_cut");
         assert_eq!(cut, 1, "the long request's connection was reset:\n{log}");
     });
 }
