@@ -792,7 +792,13 @@ certificates = [{ cert = "edge.crt", key = "edge.key" }]
                 s.write_all(
                     format!("PROXY TCP4 203.0.113.9 {VIP} 5555 {port}\r\nforged\n").as_bytes(),
                 )?;
-                s.shutdown(Shutdown::Write)?;
+                // The reset can come before the half-close: shutdown then
+                // says NotConnected and the read reports the reset.
+                if let Err(e) = s.shutdown(Shutdown::Write) {
+                    if e.kind() != std::io::ErrorKind::NotConnected {
+                        return Err(e);
+                    }
+                }
                 let mut back = Vec::new();
                 s.read_to_end(&mut back).map(|_| back)
             });
