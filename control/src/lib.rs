@@ -12,4 +12,5 @@ mod latest_file;
 pub mod metrics;
 pub mod run;
 pub mod snapshot;
+pub mod status;
 pub mod supervise;
