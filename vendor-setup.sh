@@ -37,6 +37,8 @@ packages=(
   # The status page's browser test: Debian's headless Chromium, driven by
   # playwright-core (npm, below) under node
   chromium nodejs
+  # packaging: `logrotate -d` checks packaging/logrotate/ferrogate
+  logrotate
 )
 missing=()
 for p in "${packages[@]}"; do
