@@ -34,6 +34,11 @@ packages=(
   # DPDK backend (engine/dpdk-sys: pkg-config libdpdk + bindgen, which needs
   # libclang); dpdk-dev has dpdk-testpmd, dpdk has dpdk-devbind.py
   libdpdk-dev dpdk dpdk-dev libclang-dev
+  # The status page's browser test: Debian's headless Chromium, driven by
+  # playwright-core (npm, below) under node
+  chromium nodejs
+  # packaging: `logrotate -d` checks packaging/logrotate/ferrogate
+  logrotate
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -80,6 +85,21 @@ fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "vendor-setup.sh: installing cargo-fuzz 0.13.2"
   cargo install cargo-fuzz --version 0.13.2 --locked --root /usr/local --quiet
+fi
+
+# npm: some nodejs builds bring their own (nodesource's), Debian's comes
+# apart and conflicts with those; install it only when there is none.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "vendor-setup.sh: installing npm"
+  apt-get install -y -qq --no-install-recommends npm
+fi
+
+# playwright-core for tests/browser (the status page's lab test), pinned by
+# its package-lock.json; it drives /usr/bin/chromium and downloads no browser.
+browser_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/tests/browser"
+if [ -f "$browser_dir/package-lock.json" ] && [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
+  echo "vendor-setup.sh: installing tests/browser's npm packages"
+  (cd "$browser_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
 fi
 
 # Rust toolchain: the machine's stable rustup toolchain; add components we use.

@@ -11,6 +11,8 @@
 //! | `GET /status` | `name value` lines: version, uptime, backend, workers, filter generation |
 //! | `GET /stats` | the engine's `name value` counters |
 //! | `GET /metrics` | Prometheus text exposition |
+//! | `GET /status.json`, `GET /stats.json` | the same as JSON (`{"control": …, "engine": …}` for status) |
+//! | `GET /ui` (or `/`) | the live status page (HTML; on TCP the token may come as `?token=`) |
 //! | `GET /blocked` | sources L7 rate limits escalated to the XDP deny set: `source limit expires_in_s offered_per_s since` lines |
 //! | `POST /unblock/ADDR` | lifts ADDR's escalation deny now (404 when it is not denied) |
 //! | `POST /purge` (`key=value` lines: `url=`, `prefix=` or `tag=`, optional `mode=light\|hard`) | purges the response cache: `purged N` (400 naming the problem for a malformed request) |
@@ -51,6 +53,10 @@ pub enum Op {
     Status,
     Stats,
     Metrics,
+    /// `GET /status.json`.
+    StatusJson,
+    /// `GET /stats.json`.
+    StatsJson,
     /// `GET /blocked`: sources escalated to the XDP deny set.
     Blocked,
     /// `POST /unblock/ADDR`: lift a source's escalation deny now.
@@ -118,6 +124,9 @@ pub struct HttpRequest {
     pub bearer: Option<String>,
     pub body: String,
 }
+
+/// Content type of the status page.
+pub const HTML: &str = "text/html";
 
 /// Answers one request: (reply, content type).
 pub type Handler = Arc<dyn Fn(HttpRequest) -> (Reply, &'static str) + Send + Sync>;
@@ -379,9 +388,10 @@ fn read_request<S: Read + Timeouts>(s: &mut S, token: Option<&str>) -> Result<Ht
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
         bail!("bad request line {line:?}");
     };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut req = HttpRequest {
         method: method.to_string(),
-        path: target.split('?').next().unwrap_or("").to_string(),
+        path: path.to_string(),
         ..Default::default()
     };
     let mut len = 0usize;
@@ -410,6 +420,15 @@ fn read_request<S: Read + Timeouts>(s: &mut S, token: Option<&str>) -> Result<Ht
                 .map(|t| t.trim().to_string());
         }
     }
+    // A browser's first load of the page cannot carry a header: the page
+    // (and only it, on GET) takes the token from the query; its script
+    // sends the header from then on.
+    if req.bearer.is_none()
+        && req.method == "GET"
+        && crate::status::PAGE_PATHS.contains(&req.path.as_str())
+    {
+        req.bearer = query_param(query, "token");
+    }
     if let Some(want) = token {
         match req.bearer.as_deref() {
             None => return Err(Unauthorized("missing").into()),
@@ -426,6 +445,34 @@ fn read_request<S: Read + Timeouts>(s: &mut S, token: Option<&str>) -> Result<Ht
     r.read_exact(&mut body)?;
     req.body = String::from_utf8(body).context("the body is not UTF-8")?;
     Ok(req)
+}
+
+/// The value of `key` in a query string, form-decoded (`+` is a space,
+/// `%XX` a byte), as a browser's `URLSearchParams` reads it.
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| form_decode(v))
+    })
+}
+
+fn form_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex = |i: usize| b.get(i).and_then(|&c| (c as char).to_digit(16));
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], hex(i + 1), hex(i + 2)) {
+            (b'+', _, _) => out.push(b' '),
+            (b'%', Some(h), Some(l)) => {
+                out.push((h << 4 | l) as u8);
+                i += 2;
+            }
+            (c, _, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn reason(status: u16) -> &'static str {
@@ -484,8 +531,16 @@ fn handle<S: Read + Write + Timeouts>(
     } else {
         ""
     };
+    // The page runs only its own inline script and talks only to this
+    // listener; nothing is cached (answers carry live counters, and the
+    // page may have come with the token in its URL).
+    let page = if ctype == HTML {
+        "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; frame-ancestors 'none'\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\nX-Content-Type-Options: nosniff\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {ctype}; charset=utf-8\r\nContent-Length: {}\r\n{auth}Ferrogate-Protocol: {PROTOCOL}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {ctype}; charset=utf-8\r\nContent-Length: {}\r\n{auth}{page}Cache-Control: no-store\r\nFerrogate-Protocol: {PROTOCOL}\r\nConnection: close\r\n\r\n",
         reply.status,
         reason(reply.status),
         reply.body.len()
@@ -611,6 +666,10 @@ const ENGINE_PATHS: &[&str] = &[
     "/status",
     "/stats",
     "/metrics",
+    "/status.json",
+    "/stats.json",
+    "/",
+    "/ui",
     "/blocked",
     "/unblock/ADDR",
     "/purge",
@@ -644,6 +703,11 @@ fn engine_dispatch(req: HttpRequest, tx: &mpsc::Sender<Request>) -> (Reply, &'st
         ("GET", "/status") => Op::Status,
         ("GET", "/stats") => Op::Stats,
         ("GET", "/metrics") => Op::Metrics,
+        ("GET", "/status.json") => Op::StatusJson,
+        ("GET", "/stats.json") => Op::StatsJson,
+        ("GET", p) if crate::status::PAGE_PATHS.contains(&p) => {
+            return (Reply::ok(crate::status::PAGE), HTML);
+        }
         ("GET", "/blocked") => Op::Blocked,
         ("POST", p) if p.starts_with("/unblock/") => match unblock_addr(p) {
             Ok(a) => Op::Unblock(a),
@@ -695,10 +759,10 @@ fn engine_dispatch(req: HttpRequest, tx: &mpsc::Sender<Request>) -> (Reply, &'st
         }
         (m, p) => return (unknown(m, p, ENGINE_PATHS), "text/plain"),
     };
-    let ctype = if matches!(op, Op::Metrics) {
-        "text/plain; version=0.0.4"
-    } else {
-        "text/plain"
+    let ctype = match op {
+        Op::Metrics => "text/plain; version=0.0.4",
+        Op::StatusJson | Op::StatsJson => crate::status::JSON,
+        _ => "text/plain",
     };
     let (rtx, rrx) = mpsc::channel();
     if tx.send(Request { op, reply: rtx }).is_err() {
@@ -999,5 +1063,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r, Reply::ok("served\n"));
+    }
+
+    #[test]
+    fn the_page_alone_takes_the_token_from_its_query() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let handler: Handler = Arc::new(|r: HttpRequest| (Reply::ok(r.path), "text/plain"));
+        spawn_tcp(l, "tok+en/0123456789ab".into(), handler).unwrap();
+        let get = |target: &str| {
+            let s = TcpStream::connect(addr).unwrap();
+            exchange(s, "GET", target, None, &[], Duration::from_secs(10)).unwrap()
+        };
+        // Form-encoded as a browser reads it: `+` is a space, %2B a plus.
+        assert_eq!(
+            get("/ui?x=1&token=tok%2Ben%2F0123456789ab"),
+            Reply::ok("/ui")
+        );
+        assert_eq!(get("/?token=tok%2Ben/0123456789ab"), Reply::ok("/"));
+        assert_eq!(get("/ui?token=tok+en/0123456789ab").status, 401);
+        assert_eq!(get("/ui?token=wrong").status, 401);
+        assert_eq!(get("/ui").status, 401);
+        // Every other endpoint needs the header.
+        assert_eq!(get("/stats.json?token=tok%2Ben/0123456789ab").status, 401);
+        assert_eq!(get("/status?token=tok%2Ben/0123456789ab").status, 401);
+        assert_eq!(form_decode("a%2b%zz%4"), "a+%zz%4");
     }
 }

@@ -478,6 +478,52 @@ impl Daemon {
         }
     }
 
+    /// `GET /status.json`: the daemon's part under `control`, the engine's
+    /// `/status.json` under `engine` (null, with `engine_error`, when the
+    /// engine does not answer).
+    fn status_json(&self) -> Reply {
+        let mut control = {
+            let st = self.state();
+            let in_sync = st
+                .desired
+                .as_ref()
+                .is_some_and(|d| st.engine_connected && d.hash == st.engine_hash);
+            serde_json::json!({
+                "pid": std::process::id(),
+                "config": self.args.config.display().to_string(),
+                "uptime_s": self.started.elapsed().as_secs_f64(),
+                "engine_socket": self.args.engine_socket.display().to_string(),
+                "engine_connected": st.engine_connected,
+                "desired_hash": st.desired.as_ref().map(|d| format!("{:016x}", d.hash)),
+                "in_sync": in_sync,
+                "file_changes_applied": st.file_applied,
+                "file_changes_rejected": st.file_rejected,
+                "pushes": st.pushes,
+                "admin_auth_failures": crate::admin::auth_failures(),
+                "last_error": st.last_error.as_deref().map(|e| e.lines().next().unwrap_or("")),
+            })
+        };
+        let (status, engine) = match self.engine("GET", "/status.json", None) {
+            Ok(r) if r.status == 200 => match serde_json::from_str::<serde_json::Value>(&r.body) {
+                Ok(mut v) => (200, v["engine"].take()),
+                Err(e) => {
+                    control["engine_error"] = format!("engine answered bad JSON: {e}").into();
+                    (502, serde_json::Value::Null)
+                }
+            },
+            Ok(r) => {
+                control["engine_error"] = r.body.trim_end().into();
+                (r.status, serde_json::Value::Null)
+            }
+            Err(e) => {
+                control["engine_error"] = format!("engine unreachable: {e:#}").into();
+                (503, serde_json::Value::Null)
+            }
+        };
+        let body = serde_json::json!({ "control": control, "engine": engine }).to_string();
+        Reply { status, body }
+    }
+
     fn forward(&self, method: &str, path: &str) -> Reply {
         match self.engine(method, path, None) {
             Ok(r) => r,
@@ -563,6 +609,13 @@ impl Daemon {
         let reply = match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/status") => self.status(),
             ("GET", "/stats") => self.forward("GET", "/stats"),
+            ("GET", "/status.json") => return (self.status_json(), crate::status::JSON),
+            ("GET", "/stats.json") => {
+                return (self.forward("GET", "/stats.json"), crate::status::JSON);
+            }
+            ("GET", p) if crate::status::PAGE_PATHS.contains(&p) => {
+                return (Reply::ok(crate::status::PAGE), admin::HTML);
+            }
             ("GET", "/blocked") => self.forward("GET", "/blocked"),
             ("POST", p) if p.starts_with("/unblock/") => match admin::unblock_addr(p) {
                 Ok(a) => self.forward("POST", &format!("/unblock/{a}")),
@@ -600,6 +653,10 @@ impl Daemon {
                     "/status",
                     "/stats",
                     "/metrics",
+                    "/status.json",
+                    "/stats.json",
+                    "/",
+                    "/ui",
                     "/blocked",
                     "/unblock/ADDR",
                     "/purge",

@@ -11,5 +11,7 @@ pub mod lab;
 mod latest_file;
 pub mod metrics;
 pub mod run;
+pub mod sd_notify;
 pub mod snapshot;
+pub mod status;
 pub mod supervise;

@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ferrogate_control::{admin, config, ctl, daemon, demo, lab, run, supervise};
 
 #[derive(Parser)]
@@ -111,6 +112,18 @@ enum Cmd {
     Lab {
         #[command(subcommand)]
         cmd: LabCmd,
+    },
+    /// Print a shell completion script (e.g. `ferrogate completions bash >
+    /// /usr/share/bash-completion/completions/ferrogate`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) generated from this CLI; with --out-dir,
+    /// write ferrogate.1 and one page per subcommand there.
+    Man {
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
     },
 }
 
@@ -484,6 +497,27 @@ fn main() -> Result<()> {
             }
         },
         Cmd::Numa { config, netns } => numa_plan(&config, netns.as_deref()),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "ferrogate",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Cmd::Man { out_dir } => match out_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                clap_mangen::generate_to(Cli::command(), &dir)
+                    .with_context(|| format!("writing man pages to {}", dir.display()))?;
+                Ok(())
+            }
+            None => clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("writing the man page"),
+        },
         Cmd::Xdp {
             cmd: XdpCmd::Detach { iface, netns },
         } => {

@@ -70,6 +70,8 @@ struct Runtime<'a> {
     /// When the graceful stop began and when it gives up (SIGTERM or
     /// `POST /drain`).
     drain: Option<Drain>,
+    /// What the last apply or rollback did (the status page shows it).
+    last_apply: Option<crate::status::LastApply>,
 }
 
 struct Drain {
@@ -155,7 +157,26 @@ impl Runtime<'_> {
         self.history.push(snap);
     }
 
+    /// Remembers what an apply or rollback answered.
+    fn record(&mut self, kind: &'static str, t0: Instant, r: &Reply) {
+        self.last_apply = Some(crate::status::LastApply {
+            at: std::time::SystemTime::now(),
+            ok: r.status == 200,
+            kind,
+            version: self.current().version(),
+            message: r.body.lines().next().unwrap_or("").to_string(),
+            took_ms: t0.elapsed().as_millis() as u64,
+        });
+    }
+
     fn apply(&mut self, text: String, source: PathBuf) -> Reply {
+        let t0 = Instant::now();
+        let r = self.apply_inner(text, source);
+        self.record("apply", t0, &r);
+        r
+    }
+
+    fn apply_inner(&mut self, text: String, source: PathBuf) -> Reply {
         let counter = self.current().counter + 1;
         let t0 = Instant::now();
         match self.apply_text(&text, &source, counter) {
@@ -208,6 +229,13 @@ impl Runtime<'_> {
     }
 
     fn rollback(&mut self) -> Reply {
+        let t0 = Instant::now();
+        let r = self.rollback_inner();
+        self.record("rollback", t0, &r);
+        r
+    }
+
+    fn rollback_inner(&mut self) -> Reply {
         let Some(prev) = self.history.previous().cloned() else {
             return Reply::err(409, "no previous version kept\n");
         };
@@ -266,23 +294,66 @@ impl Runtime<'_> {
         )
     }
 
+    /// `GET /status.json`: `/status` as JSON, under `engine` (`control`
+    /// is the daemon's part, null here).
+    fn status_json(&self) -> String {
+        let st = self.engine.stats();
+        let cur = self.current();
+        let v = serde_json::json!({
+            "control": null,
+            "engine": {
+                "version": cur.version(),
+                "counter": cur.counter,
+                "content_hash": format!("{:016x}", cur.hash),
+                "source": cur.source.display().to_string(),
+                "started_from": match self.origin {
+                    Origin::File => "file",
+                    Origin::LastKnownGood => "last-known-good",
+                },
+                "uptime_s": self.started.elapsed().as_secs_f64(),
+                "backend": st.backend.to_string(),
+                "workers": st.workers.len(),
+                "filter_generation": st.filter_generation,
+                "engine_snapshot_version": st.snapshot_version,
+                "workers_on_version": st
+                    .workers
+                    .iter()
+                    .filter(|w| w.snapshot_version == cur.counter)
+                    .count(),
+                "kept_versions": self.history.versions(),
+                "last_apply": self.last_apply.as_ref().map(|a| a.to_json()),
+                "pid": std::process::id(),
+            },
+        });
+        v.to_string()
+    }
+
+    /// Counters of this process that are not the engine's.
+    fn process_counters(&self) -> Vec<(&'static str, u64)> {
+        let mut v = vec![("snapshot_persist_errors", self.persister.errors())];
+        if let Some(w) = &self.access_log {
+            let (written, errors) = w.counts();
+            v.push(("access_log_written", written));
+            v.push(("access_log_write_errors", errors));
+        }
+        v
+    }
+
     fn handle(&mut self, op: Op) -> Reply {
         match op {
             Op::Status => Reply::ok(self.status()),
+            Op::StatusJson => Reply::ok(self.status_json()),
             Op::Stats => {
                 let mut text = self.engine.stats().render();
-                text.push_str(&format!(
-                    "snapshot_persist_errors {}\n",
-                    self.persister.errors()
-                ));
-                if let Some(w) = &self.access_log {
-                    let (written, errors) = w.counts();
-                    text.push_str(&format!(
-                        "access_log_written {written}\naccess_log_write_errors {errors}\n"
-                    ));
+                for (k, v) in self.process_counters() {
+                    text.push_str(&format!("{k} {v}\n"));
                 }
                 Reply::ok(text)
             }
+            Op::StatsJson => Reply::ok(
+                crate::status::stats_json(&self.engine.stats(), &self.process_counters())
+                    .to_string(),
+            ),
             Op::Blocked => Reply::ok(blocked_list(self.engine.denied_sources())),
             Op::Unblock(addr) => {
                 if self.engine.unblock(addr) {
@@ -471,6 +542,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         origin,
         drain_timeout,
         drain: None,
+        last_apply: None,
     };
     if origin == Origin::File {
         rt.commit(snap);

@@ -14,6 +14,11 @@
 //!
 //! Both children get PDEATHSIG=SIGTERM: a supervisor killed with SIGKILL
 //! does not leave an engine holding the NIC.
+//!
+//! Under systemd (`Type=notify`, `$NOTIFY_SOCKET` set) the supervisor is
+//! the unit's main process and speaks for it: `READY=1` once the engine
+//! answers on its socket (it serves then), `WATCHDOG=1` every half
+//! `$WATCHDOG_USEC` from its loop, `STOPPING=1` when asked to stop.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -101,6 +106,10 @@ fn spawn(name: &'static str, args: &[String]) -> Result<Child> {
     let exe = std::env::current_exe().context("locating the ferrogate binary")?;
     let mut cmd = Command::new(exe);
     cmd.args(args);
+    // Only the supervisor talks to systemd (NotifyAccess=main).
+    for k in crate::sd_notify::ENV {
+        cmd.env_remove(k);
+    }
     // SAFETY: the closure runs in the child between fork and exec and only
     // calls prctl(2), which is async-signal-safe.
     unsafe {
@@ -116,6 +125,85 @@ fn spawn(name: &'static str, args: &[String]) -> Result<Child> {
         .with_context(|| format!("starting the {name}"))?;
     tracing::info!(process = name, pid = child.id(), "started");
     Ok(child)
+}
+
+/// The supervisor's side of systemd's notify protocol (nothing without
+/// `$NOTIFY_SOCKET`).
+struct Systemd {
+    notifier: Option<crate::sd_notify::Notifier>,
+    ready: std::cell::Cell<bool>,
+    /// When the engine's socket was last asked whether it serves.
+    probed: std::cell::Cell<Option<Instant>>,
+    watchdog: Option<Duration>,
+    petted: std::cell::Cell<Option<Instant>>,
+}
+
+/// How often (and how long) an engine not yet ready is asked.
+const READY_PROBE: Duration = Duration::from_millis(200);
+
+impl Systemd {
+    fn from_env() -> Result<Self> {
+        let notifier = crate::sd_notify::Notifier::from_env()?;
+        let watchdog = notifier
+            .as_ref()
+            .and_then(|_| crate::sd_notify::watchdog_from_env());
+        if notifier.is_some() {
+            tracing::info!(
+                watchdog_ms = watchdog.map(|w| w.as_millis() as u64),
+                "systemd notify socket found"
+            );
+        }
+        Ok(Self {
+            notifier,
+            ready: false.into(),
+            probed: None.into(),
+            watchdog,
+            petted: None.into(),
+        })
+    }
+
+    fn send(&self, state: &str) {
+        if let Some(n) = &self.notifier
+            && let Err(e) = n.notify(state)
+        {
+            tracing::warn!(error = %e, state, "sd_notify");
+        }
+    }
+
+    /// Keep-alives when due; `READY=1` once the engine answers a hello on
+    /// `socket` (it answers from its main loop, which runs once it serves;
+    /// without a socket there is nothing to ask: ready once started).
+    fn tick(&self, socket: Option<&std::path::Path>, engine_running: bool) {
+        if self.notifier.is_none() {
+            return;
+        }
+        if let Some(every) = self.watchdog
+            && self.petted.get().is_none_or(|t| t.elapsed() >= every)
+        {
+            self.petted.set(Some(Instant::now()));
+            self.send("WATCHDOG=1");
+        }
+        if self.ready.get() || !engine_running {
+            return;
+        }
+        if self.probed.get().is_some_and(|t| t.elapsed() < READY_PROBE) {
+            return;
+        }
+        self.probed.set(Some(Instant::now()));
+        let serving = match socket {
+            None => true,
+            Some(p) => crate::admin::call_with(p, "GET", "/v1/hello", None, &[], READY_PROBE)
+                .is_ok_and(|r| r.status == 200),
+        };
+        if serving {
+            self.ready.set(true);
+            tracing::info!("the engine serves: READY=1 to systemd");
+            self.send(&format!(
+                "READY=1\nSTATUS=serving\nMAINPID={}",
+                std::process::id()
+            ));
+        }
+    }
 }
 
 fn describe(st: ExitStatus) -> String {
@@ -208,12 +296,15 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
         None
     };
 
+    let sd = Systemd::from_env()?;
     let mut result = Ok(());
     loop {
         if stop.load(Ordering::Relaxed) {
             tracing::info!("stopping");
+            sd.send("STOPPING=1");
             break;
         }
+        sd.tick(engine_socket.as_deref(), engine.child.is_some());
         if hup.swap(false, Ordering::Relaxed) {
             match &control {
                 Some(c) => c.signal(libc::SIGHUP),
