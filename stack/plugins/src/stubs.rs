@@ -110,6 +110,16 @@ pub(crate) fn define(
         )));
     }
     let what = format!("{module}::{name}");
+    // Answer in whatever result types the import declares: an i32 status
+    // first where there is one, zeros (or null references) elsewhere.
+    let mut answer: Vec<Val> = Vec::new();
+    for t in ty.results() {
+        answer.push(Val::default_for_ty(&t).ok_or_else(|| {
+            wasmtime::Error::msg(format!(
+                "import {what} returns a {t}, which a stub cannot make"
+            ))
+        })?);
+    }
     l.func_new(module, name, ty, move |mut c, params, results| {
         let status = match kind {
             StubKind::Unimplemented => Status::Unimplemented as i32,
@@ -120,15 +130,10 @@ pub(crate) fn define(
             }
             StubKind::Wasi(w) => wasi(&mut c, w, params)?,
         };
-        // Answer in whatever result types the import declares: an i32
-        // status where there is one, zeros elsewhere.
-        for (i, r) in results.iter_mut().enumerate() {
-            *r = match r {
+        for (i, (r, a)) in results.iter_mut().zip(&answer).enumerate() {
+            *r = match a {
                 Val::I32(_) if i == 0 => Val::I32(status),
-                Val::I64(_) => Val::I64(0),
-                Val::F32(_) => Val::F32(0),
-                Val::F64(_) => Val::F64(0),
-                _ => Val::I32(0),
+                a => a.clone(),
             };
         }
         Ok(())
