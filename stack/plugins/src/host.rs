@@ -589,13 +589,19 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
                 t if host.body_type == Some(t) => &host.body,
                 _ => return st(Status::NotFound),
             };
-            let start = start as usize;
-            if start > src.len() {
+            // proxy-wasm-cpp-host's rules: an overflowing range is a bad
+            // argument; past the end reads nothing; an empty read answers
+            // (0, 0) — SDKs (AssemblyScript's) rely on the zero size.
+            if start.checked_add(len).is_none() {
                 return st(Status::BadArgument);
             }
+            let start = (start as usize).min(src.len());
             let end = start.saturating_add(len as usize).min(src.len());
             if end == start {
-                // proxy-wasm-cpp-host writes nothing for an empty range.
+                let mem = memory(&c)?;
+                let data = mem.data_mut(&mut c);
+                write_u32(data, pp, 0)?;
+                write_u32(data, sp, 0)?;
                 return ok();
             }
             let mut scratch = std::mem::take(&mut host.scratch);

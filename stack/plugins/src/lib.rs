@@ -29,13 +29,19 @@
 //!
 //! # The proxy's four phases
 //!
-//! | proxy phase | when | calls |
+//! The calls are the same at every phase; where the proxy makes them
+//! decides the phase. The CDN's four hooks map onto proxy-wasm's request
+//! and response callbacks by where a plugin is attached (proposal for the
+//! config: `phase = "viewer"` (default) or `"origin"`), each attachment
+//! with its own HTTP context per request:
+//!
+//! | proxy phase | when the proxy calls | callbacks |
 //! |---|---|---|
-//! | viewer request | request head parsed, **before routing** | `on_request_headers`, then `on_request_body`/`on_request_trailers` as the body arrives |
-//! | origin request | **after the upstream is chosen**, before the upstream write | `on_request_headers` again is *not* called: the proxy fills `route_name`/`upstream.*` in [`PluginInstance::properties_mut`] and a later ABI-less hook may come; today plugins see the request once, in the viewer-request phase, and may read the chosen upstream in later callbacks |
-//! | origin response | response head from the origin | `on_response_headers`, then `on_response_body`/`on_response_trailers` |
-//! | viewer response | before the client write | the (possibly rewritten) response from the previous phase is written; `finish` after the last byte (`on_log` there) |
-//! | on launch | a snapshot loads the plugin | `PluginInstance::new`: `on_vm_start`, `on_configure` |
+//! | viewer request | request head parsed, **before routing** (and before a cache lookup) | `on_request_headers`, then `on_request_body`/`on_request_trailers` as the body arrives |
+//! | origin request | **after the upstream is chosen**, only when the origin is contacted (a cache miss); `route_name`, `cluster_name`, `upstream.address` filled via [`PluginInstance::properties_mut`] | `on_request_headers`/`_body`/`_trailers` of origin-attached plugins |
+//! | origin response | the origin's response head and body, before the cache stores them | `on_response_headers`/`_body`/`_trailers` of origin-attached plugins |
+//! | viewer response | **before the client write** (also for cache hits and local answers) | `on_response_headers`/`_body`/`_trailers` of viewer-attached plugins, then [`PluginInstance::finish`] (`on_done`, `on_log`, `on_delete`) after the last byte |
+//! | on launch | a snapshot loads the plugin | [`PluginInstance::new`] per worker: `_initialize`/`_start`, `on_vm_start`, `on_configure` |
 //!
 //! A `Pause` on headers holds the head until the body phase continues; a
 //! `Pause` on a body keeps buffering: the proxy calls the body callback

@@ -133,7 +133,7 @@ pub(crate) fn define(
         for (i, (r, a)) in results.iter_mut().zip(&answer).enumerate() {
             *r = match a {
                 Val::I32(_) if i == 0 => Val::I32(status),
-                a => a.clone(),
+                a => *a,
             };
         }
         Ok(())
@@ -203,13 +203,14 @@ fn wasi(c: &mut Caller<'_, Host>, w: Wasi, params: &[Val]) -> wasmtime::Result<i
             let (ptr, len) = (p32(params, 0)?, p32(params, 1)?);
             let (data, host) = mem.data_and_store_mut(&mut *c);
             slice(data, ptr, len)?;
-            for i in 0..len {
+            let (p, n) = (ptr as usize, len as usize);
+            for byte in data.iter_mut().skip(p).take(n) {
                 let mut x = host.rng;
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 host.rng = x;
-                data[(ptr + i) as usize] = x as u8;
+                *byte = x as u8;
             }
             Ok(0)
         }
