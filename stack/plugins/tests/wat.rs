@@ -615,3 +615,82 @@ fn instances_can_move_to_a_worker_thread() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn gauges_histograms_and_metric_reads() {
+    // 16: gauge id, 20: histogram id, 24: counter id, 32: get_metric out.
+    let bytes = wat(
+        r#"(import "env" "proxy_define_metric" (func $defm (param i32 i32 i32 i32) (result i32)))
+           (import "env" "proxy_increment_metric" (func $incm (param i32 i64) (result i32)))
+           (import "env" "proxy_record_metric" (func $recm (param i32 i64) (result i32)))
+           (import "env" "proxy_get_metric" (func $getm (param i32 i32) (result i32)))"#,
+        r#"(data (i32.const 256) "g")
+           (data (i32.const 260) "h")
+           (data (i32.const 264) "c")
+           (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+             (drop (call $defm (i32.const 1) (i32.const 256) (i32.const 1) (i32.const 16)))
+             (drop (call $defm (i32.const 2) (i32.const 260) (i32.const 1) (i32.const 20)))
+             (drop (call $defm (i32.const 0) (i32.const 264) (i32.const 1) (i32.const 24)))
+             (i32.const 1))
+           (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (drop (call $recm (i32.load (i32.const 16)) (i64.const 7)))
+             (drop (call $incm (i32.load (i32.const 16)) (i64.const -2)))
+             (drop (call $recm (i32.load (i32.const 20)) (i64.const 5)))
+             (drop (call $recm (i32.load (i32.const 20)) (i64.const 10)))
+             ;; A counter does not go down: BadArgument (2), value kept.
+             (drop (call $incm (i32.load (i32.const 24)) (i64.const 3)))
+             (if (i32.ne (call $incm (i32.load (i32.const 24)) (i64.const -1)) (i32.const 2))
+               (then unreachable))
+             ;; get_metric reads what the plugin wrote; unknown ids are NotFound (1).
+             (drop (call $getm (i32.load (i32.const 16)) (i32.const 32)))
+             (if (i64.ne (i64.load (i32.const 32)) (i64.const 5)) (then unreachable))
+             (if (i32.ne (call $getm (i32.const 999) (i32.const 32)) (i32.const 1)) (then unreachable))
+             (i32.const 0))"#,
+    );
+    let p = plugin(&bytes, &PluginLimits::default(), b"");
+    let mut inst = PluginInstance::new(&p, now(0)).unwrap();
+    let ctx = inst.create_http_context(Properties::new()).unwrap();
+    assert_eq!(
+        inst.on_request_headers(ctx, &mut h(&[]), true),
+        Outcome::Continue
+    );
+    let m = p.metrics();
+    let get = |n: &str| m.iter().find(|s| s.name == n).unwrap().clone();
+    assert_eq!((get("g").kind, get("g").value), (MetricKind::Gauge, 5));
+    let hist = get("h");
+    assert_eq!(
+        (hist.kind, hist.value, hist.count),
+        (MetricKind::Histogram, 15, 2)
+    );
+    assert_eq!((get("c").kind, get("c").value), (MetricKind::Counter, 3));
+}
+
+#[test]
+fn header_pairs_round_trip_through_the_guest() {
+    // Reads the pairs (checking the size call agrees), then replaces the
+    // map with the serialized one at 512.
+    let bytes = wat(
+        r#"(import "env" "proxy_get_header_map_pairs" (func $getp (param i32 i32 i32) (result i32)))
+           (import "env" "proxy_set_header_map_pairs" (func $setp (param i32 i32 i32) (result i32)))
+           (import "env" "proxy_get_header_map_size" (func $size (param i32 i32) (result i32)))"#,
+        r#"(data (i32.const 512) "\02\00\00\00\01\00\00\00\01\00\00\00\01\00\00\00\00\00\00\00a\00b\00c\00\00")
+           (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (drop (call $getp (i32.const 0) (i32.const 0) (i32.const 4)))
+             (drop (call $size (i32.const 0) (i32.const 8)))
+             (if (i32.ne (i32.load (i32.const 4)) (i32.load (i32.const 8))) (then unreachable))
+             ;; count == 1 for the one-header request
+             (if (i32.ne (i32.load (i32.load (i32.const 0))) (i32.const 1)) (then unreachable))
+             (drop (call $setp (i32.const 0) (i32.const 512) (i32.const 27)))
+             (i32.const 0))"#,
+    );
+    let p = plugin(&bytes, &PluginLimits::default(), b"");
+    let mut inst = PluginInstance::new(&p, now(0)).unwrap();
+    let ctx = inst.create_http_context(Properties::new()).unwrap();
+    let mut req = h(&[("old", "v")]);
+    assert_eq!(
+        inst.on_request_headers(ctx, &mut req, true),
+        Outcome::Continue
+    );
+    assert_eq!(req, h(&[("a", "b"), ("c", "")]));
+    assert_eq!(p.stats(), PluginStats::default());
+}
