@@ -99,6 +99,13 @@
 //!   changes.
 //! - TCP (network) filters, metadata callbacks, `ContinueAndEndStream`
 //!   (treated as Continue).
+//! - Proactive recycling: an instance is replaced only after a failure.
+//!   A guest whose heap creeps up per request hits the memory limit and
+//!   fails that one call (counted as out-of-memory) before it is replaced;
+//!   the AssemblyScript 0.17 + proxy-runtime 0.1.8 header adder does this
+//!   after about a million requests under the default 32 MiB. Recycling an
+//!   idle instance above a memory mark, or after N requests, would avoid
+//!   the failed call.
 
 mod abi;
 mod headers;
