@@ -694,3 +694,52 @@ fn header_pairs_round_trip_through_the_guest() {
     assert_eq!(req, h(&[("a", "b"), ("c", "")]));
     assert_eq!(p.stats(), PluginStats::default());
 }
+
+#[test]
+fn the_guest_reads_the_time_the_proxy_passed_in() {
+    // Writes proxy_get_current_time_nanoseconds at 32, WASI's realtime
+    // clock at 40 and its monotonic clock at 48, and hands the 24 bytes
+    // back as a local response's body; exercises the other WASI stubs.
+    let bytes = wat(
+        r#"(import "env" "proxy_get_current_time_nanoseconds" (func $now (param i32) (result i32)))
+           (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+           (import "wasi_snapshot_preview1" "random_get" (func $rand (param i32 i32) (result i32)))
+           (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+           (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+           (import "env" "proxy_send_local_response" (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 256) "hi\n")
+           (data (i32.const 264) "\00\01\00\00\03\00\00\00")
+           (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (drop (call $now (i32.const 32)))
+             (drop (call $clock (i32.const 0) (i64.const 1) (i32.const 40)))
+             (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 48)))
+             (if (call $rand (i32.const 64) (i32.const 16)) (then unreachable))
+             ;; fd_write of "hi\n" to stdout (logged), 3 bytes written.
+             (if (call $write (i32.const 1) (i32.const 264) (i32.const 1) (i32.const 80)) (then unreachable))
+             (if (i32.ne (i32.load (i32.const 80)) (i32.const 3)) (then unreachable))
+             ;; Other WASI calls answer ENOSYS (52).
+             (if (i32.ne (call $open (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                                     (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 0)) (i32.const 52))
+               (then unreachable))
+             (drop (call $local (i32.const 200) (i32.const 0) (i32.const 0) (i32.const 32) (i32.const 24)
+                                (i32.const 0) (i32.const 0) (i32.const -1)))
+             (i32.const 1))"#,
+    );
+    let p = plugin(&bytes, &PluginLimits::default(), b"");
+    let mut inst = PluginInstance::new(&p, now(0)).unwrap();
+    let t = Now {
+        monotonic_ms: 5_000,
+        unix_nanos: 1_234_567_890_123,
+    };
+    inst.set_time(t);
+    let ctx = inst.create_http_context(Properties::new()).unwrap();
+    match inst.on_request_headers(ctx, &mut h(&[]), true) {
+        Outcome::LocalResponse(r) => {
+            let word = |i: usize| u64::from_le_bytes(r.body[i * 8..i * 8 + 8].try_into().unwrap());
+            assert_eq!(word(0), t.unix_nanos);
+            assert_eq!(word(1), t.unix_nanos);
+            assert_eq!(word(2), 5_000 * 1_000_000);
+        }
+        other => panic!("expected the time back, got {other:?}"),
+    }
+}

@@ -21,4 +21,4 @@ for src in assembly/*.ts; do
   npx --no-install asc "$src" -b "build/$name.wasm" -t "build/$name.wat" \
     --use abort=abort_proc_exit --optimize
 done
-echo "build.sh: built $(ls build/*.wasm | wc -l) filters in $(pwd)/build"
+echo "build.sh: $(ls build/*.wasm | wc -l) filters up to date in $(pwd)/build"
