@@ -50,17 +50,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Plugin tests (stack/plugins): proxy-wasm filters written in AssemblyScript
-# against a real SDK, both from npm (pinned in tests/as/package-lock.json),
-# built into tests/as/build/ (skipped when up to date). Debian's nodejs+npm
-# where no node is installed yet.
-if ! command -v npm >/dev/null 2>&1; then
-  echo "vendor-setup.sh: installing nodejs npm"
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends nodejs npm
-fi
-"$(dirname "$0")/stack/plugins/tests/as/build.sh"
-
 # nginx is a lab peer and origin, started per test in namespaces; the distro
 # service must not hold port 80 on the host.
 if command -v systemctl >/dev/null 2>&1; then
@@ -104,6 +93,11 @@ if ! command -v npm >/dev/null 2>&1; then
   echo "vendor-setup.sh: installing npm"
   apt-get install -y -qq --no-install-recommends npm
 fi
+
+# Plugin tests (stack/plugins): proxy-wasm filters written in AssemblyScript
+# against a real SDK, both from npm (pinned in tests/as/package-lock.json),
+# built into tests/as/build/ (skipped when up to date).
+"$(dirname "$0")/stack/plugins/tests/as/build.sh"
 
 # playwright-core for tests/browser (the status page's lab test), pinned by
 # its package-lock.json; it drives /usr/bin/chromium and downloads no browser.
