@@ -794,10 +794,10 @@ certificates = [{ cert = "edge.crt", key = "edge.key" }]
                 )?;
                 // The reset can come before the half-close: shutdown then
                 // says NotConnected and the read reports the reset.
-                if let Err(e) = s.shutdown(Shutdown::Write) {
-                    if e.kind() != std::io::ErrorKind::NotConnected {
-                        return Err(e);
-                    }
+                if let Err(e) = s.shutdown(Shutdown::Write)
+                    && e.kind() != std::io::ErrorKind::NotConnected
+                {
+                    return Err(e);
                 }
                 let mut back = Vec::new();
                 s.read_to_end(&mut back).map(|_| back)

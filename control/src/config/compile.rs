@@ -139,6 +139,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
 
     let rate_limits = check_rate_limits(cfg, rep);
     let jwt_providers = check_jwt(cfg, rep);
+    let plugins = check_plugins(cfg, rep);
     let mut listeners = Vec::new();
     let mut udp_listeners = Vec::new();
     let mut ports = HashSet::new();
@@ -176,6 +177,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
             );
         }
         let jwt = listener_jwt(i, l, &jwt_providers, rep);
+        let listener_plugins = listener_plugins(i, l, is_http, &plugins, rep);
         if !is_http && jwt.is_some() {
             rep.at(
                 l.port.span(),
@@ -462,7 +464,8 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
         let mut listener = Listener::new(port, routes)
             .with_http2(l.http2)
             .with_rules(rules)
-            .with_limits(listener_limits);
+            .with_limits(listener_limits)
+            .with_plugins(listener_plugins);
         if let Some(j) = jwt {
             listener = listener.with_jwt(j);
         }

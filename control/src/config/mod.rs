@@ -37,6 +37,9 @@ mod engine;
 mod filter;
 mod jwt;
 mod listener_tls;
+#[cfg(test)]
+mod plugin_tests;
+mod plugins;
 mod rate_limits;
 mod report;
 #[cfg(test)]
@@ -56,6 +59,7 @@ use engine::*;
 use filter::*;
 use jwt::*;
 use listener_tls::*;
+use plugins::*;
 use rate_limits::*;
 use report::*;
 use routes::*;

@@ -33,6 +33,9 @@ pub struct FileConfig {
     /// `[cache]`: the engine's response cache (routes opt in with `cache`).
     #[serde(default)]
     pub cache: CacheSection,
+    /// `[[plugins]]`: proxy-wasm modules listeners run (`plugins = […]`).
+    #[serde(default)]
+    pub plugins: Vec<PluginSection>,
 }
 
 /// `[http2]`: settings and limits of HTTP/2 connections (listeners with
@@ -445,6 +448,10 @@ pub struct ListenerSection {
     /// A `[[jwt]]` provider (by name): every request needs its bearer token.
     #[serde(default)]
     pub jwt: Option<Spanned<String>>,
+    /// `[[plugins]]` (by name), in order: each sees every request before
+    /// routing and its response head before the client write.
+    #[serde(default)]
+    pub plugins: Vec<Spanned<String>>,
 }
 
 /// `[listeners.tls]`. Paths are relative to the config file.
@@ -913,6 +920,36 @@ pub struct JwtSection {
     /// Leeway for exp and nbf, seconds (default 60).
     #[serde(default = "jwt_skew_default")]
     pub clock_skew_s: Spanned<u64>,
+}
+
+/// `[[plugins]]`: a proxy-wasm (ABI 0.2.x) module, compiled when the
+/// snapshot is built; listeners name it in `plugins = […]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSection {
+    pub name: Spanned<String>,
+    /// The `.wasm` file (relative to the config); a change is applied as
+    /// a new snapshot.
+    pub wasm: Spanned<String>,
+    /// The root id SDKs register their root context under.
+    #[serde(default)]
+    pub root_id: String,
+    #[serde(default)]
+    pub vm_id: String,
+    /// What `proxy_on_configure` reads (often JSON).
+    #[serde(default)]
+    pub configuration: Option<Spanned<String>>,
+    /// A failed call (trap, fuel, memory, ABI) lets the request go on
+    /// instead of answering 500 (default false).
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Linear memory per instance, MiB (default 32, 1..=4096).
+    #[serde(default)]
+    pub memory_mb: Option<Spanned<u64>>,
+    /// Fuel (about one wasm instruction each) per callback (default
+    /// 10 000 000, 1000..=10^10).
+    #[serde(default)]
+    pub fuel_per_call: Option<Spanned<u64>>,
 }
 
 pub(super) fn jwt_skew_default() -> Spanned<u64> {

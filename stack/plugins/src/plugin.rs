@@ -79,6 +79,12 @@ impl Plugin {
         &self.inner.name
     }
 
+    /// Whether both are the same configured plugin (one compile of one
+    /// snapshot), not merely equal configurations.
+    pub fn ptr_eq(&self, other: &Plugin) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The shared-data store (keep it for the next snapshot's plugin).
     pub fn shared_data(&self) -> &Arc<SharedData> {
         &self.inner.shared

@@ -52,6 +52,10 @@ pub enum ProxyError {
     /// RFC 9111 §5.2.1.7).
     #[error("only-if-cached and not in the cache")]
     NotCached,
+    /// A proxy-wasm plugin's call failed (trap, fuel, memory, ABI) and the
+    /// plugin is not `fail_open` (500).
+    #[error("a plugin failed")]
+    PluginFailed,
 }
 
 impl ProxyError {
@@ -69,7 +73,7 @@ impl ProxyError {
             | BadResponseBody(_)
             | BreakerOpen
             | NoHealthyEndpoint => Side::Upstream,
-            NoLocalPort | Overloaded => Side::Internal,
+            NoLocalPort | Overloaded | PluginFailed => Side::Internal,
         }
     }
 
@@ -106,6 +110,7 @@ impl ProxyError {
             BreakerOpen => "breaker_open",
             NoHealthyEndpoint => "no_healthy_endpoint",
             NotCached => "not_cached",
+            PluginFailed => "plugin_failed",
         }
     }
 
@@ -125,6 +130,7 @@ impl ProxyError {
             | BadResponseBody(_) => 502,
             UpstreamConnectTimeout | UpstreamTimeout | NotCached => 504,
             NoLocalPort | Overloaded | BreakerOpen | NoHealthyEndpoint => 503,
+            PluginFailed => 500,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod jwt;
 mod l4_session;
 pub mod limits;
 pub mod phases;
+pub mod plugin_phase;
 mod probe;
 mod proxy;
 pub mod proxy_header;
@@ -36,6 +37,7 @@ pub use ferrogate_http as http;
 pub use ferrogate_lb as lb;
 pub use ferrogate_limits as quota;
 pub use ferrogate_net as net;
+pub use ferrogate_plugins as plugins;
 pub use ferrogate_tls as tls;
 pub use ferrogate_wire as wire;
 

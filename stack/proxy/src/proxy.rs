@@ -185,6 +185,8 @@ pub(crate) struct Ctx<'a, P: ProxyHttp> {
     /// The worker drains (a graceful stop): no response keeps its client
     /// connection, idle connections close.
     pub draining: bool,
+    /// The worker's proxy-wasm plugin instances.
+    pub plugins: &'a mut crate::plugin_phase::WorkerPlugins,
 }
 
 impl<'a, P: ProxyHttp> Ctx<'a, P> {
@@ -325,8 +327,13 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
     pctx: &mut P::Ctx,
     access: &mut AccessRecord,
     rewrite: &mut Rewrites,
+    protocol: &str,
+    has_body: bool,
 ) -> Routing<'r> {
     let (phases, routes) = (cx.phases, cx.routes);
+    // The previous request's plugin contexts, if it ended without a
+    // response head (an error answer, a client that left).
+    crate::plugin_phase::finish(cx.plugins, &mut rewrite.plugin);
     rewrite.clear();
     info.looked_up = None;
     let listener = routes.listener(info.listener_port);
@@ -370,6 +377,28 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
         )
     {
         return Routing::Respond(answer);
+    }
+    if let Some(l) = listener {
+        use crate::plugin_phase::{ViewerVerdict, viewer_request};
+        match viewer_request(
+            cx.plugins,
+            l.plugins(),
+            info,
+            protocol,
+            !has_body,
+            &mut rewrite.plugin,
+            cx.stats,
+        ) {
+            ViewerVerdict::Continue => {}
+            ViewerVerdict::Respond(r) => {
+                access.tag.set(b"plugin");
+                return Routing::Respond(r);
+            }
+            ViewerVerdict::Fail => {
+                access.tag.set(b"plugin_failed");
+                return Routing::Fail(ProxyError::PluginFailed);
+            }
+        }
     }
     let route = match phases.request_filter(info, pctx) {
         Verdict::Continue => listener.and_then(|l| phases.upstream_peer(l, info, pctx)),
@@ -1001,6 +1030,8 @@ impl<P: ProxyHttp> Conn<P> {
             &mut self.pctx,
             &mut self.access,
             &mut self.rewrite,
+            if req.http10 { "HTTP/1.0" } else { "HTTP/1.1" },
+            info.framing != BodyFraming::None,
         ) {
             Routing::Route(route) => route,
             Routing::Respond(r) => {
@@ -1148,10 +1179,15 @@ impl<P: ProxyHttp> Conn<P> {
                 keep_alive: keep,
                 include_body: !info.is_head,
             },
-            |lines| direct_lines(r, lines),
+            |lines| {
+                direct_lines(r, lines);
+                self.rewrite.plugin.add_response(lines);
+            },
             &mut 0,
             &mut self.bufs.to_client,
         );
+        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin);
+        self.rewrite.plugin.clear_edits();
         cx.stats.responses_local += 1;
         cx.stats.count_status(r.status);
         self.count_route_response(cx, r.status);
@@ -1435,6 +1471,19 @@ impl<P: ProxyHttp> Conn<P> {
                     && resp.framing != BodyFraming::UntilClose
                     && !self.body_abandoned;
                 self.bufs.to_client.clear();
+                let plugins = crate::plugin_phase::viewer_response(
+                    cx.plugins,
+                    &self.bufs.from_upstream.filled()[..resp.head_len],
+                    cx.now,
+                    &mut self.rewrite.plugin,
+                    cx.stats,
+                );
+                crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin);
+                if plugins.is_err() {
+                    self.bufs.from_upstream.clear();
+                    self.cache_writer = None;
+                    return self.fail_to_client(cx, ProxyError::PluginFailed);
+                }
                 let phases = cx.phases;
                 let info = ResponseInfo {
                     request_id: &self.request_id[..self.request_id_len],
@@ -1878,6 +1927,7 @@ impl<P: ProxyHttp> Conn<P> {
         let status = err.status();
         // A HEAD's answer carries no body, however it ends.
         let is_head = self.request.is_some_and(|r| r.is_head);
+        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin);
         self.note_cache(cx);
         self.cache = None;
         self.cache_writer = None;

@@ -88,6 +88,8 @@ pub struct Listener {
     limits_by_route: bool,
     routes: Vec<Route>,
     index: RouteIndex,
+    /// proxy-wasm plugins at the viewer phases, in order.
+    plugins: Vec<crate::plugin_phase::AttachedPlugin>,
 }
 
 /// What a TCP (L4) listener does with its connections.
@@ -313,6 +315,10 @@ impl RouteTable {
         self.listeners.iter().find(|l| l.port == port)
     }
 
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+
     /// Every route of every listener, in id order.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.listeners.iter().flat_map(|l| l.routes.iter())
@@ -345,7 +351,19 @@ impl Listener {
             limits_by_route: false,
             routes,
             index,
+            plugins: Vec::new(),
         }
+    }
+
+    /// With proxy-wasm plugins that see each request before routing and
+    /// its response before the client write.
+    pub fn with_plugins(mut self, plugins: Vec<crate::plugin_phase::AttachedPlugin>) -> Self {
+        self.plugins = plugins;
+        self
+    }
+
+    pub fn plugins(&self) -> &[crate::plugin_phase::AttachedPlugin] {
+        &self.plugins
     }
 
     /// With rules evaluated before routing.

@@ -244,12 +244,17 @@ fn starts_with_prefix(target: &str, from: &str) -> bool {
 pub struct Rewrites {
     pub listener: Option<Arc<Rewrite>>,
     pub route: Option<Arc<Rewrite>>,
+    /// What the listener's plugins changed (and their open contexts).
+    pub plugin: crate::plugin_phase::PluginEdits,
 }
 
 impl Rewrites {
+    /// Forgets the changes (a plugin's open contexts stay until
+    /// `plugin_phase::finish`).
     pub fn clear(&mut self) {
         self.listener = None;
         self.route = None;
+        self.plugin.clear_edits();
     }
 
     fn both(&self) -> impl Iterator<Item = &Rewrite> {
@@ -276,7 +281,7 @@ impl Rewrites {
     }
 
     pub fn strips_request(&self, name: &str) -> bool {
-        self.both().any(|r| r.strips_request(name))
+        self.both().any(|r| r.strips_request(name)) || self.plugin.strips_request(name)
     }
 
     /// Whether a rule changes what goes upstream (pool, target, fields):
@@ -287,11 +292,11 @@ impl Rewrites {
                 || r.path_prefix.is_some()
                 || !r.request_add.is_empty()
                 || !r.request_remove.is_empty()
-        })
+        }) || self.plugin.changes_request()
     }
 
     pub fn strips_response(&self, name: &str) -> bool {
-        self.both().any(|r| r.strips_response(name))
+        self.both().any(|r| r.strips_response(name)) || self.plugin.strips_response(name)
     }
 
     pub fn add_request(&self, lines: &mut crate::http::HeaderLines<'_>) {
@@ -306,6 +311,7 @@ impl Rewrites {
         if let Some(r) = route {
             r.add_request(lines);
         }
+        self.plugin.add_request(lines);
     }
 
     pub fn add_response(&self, lines: &mut crate::http::HeaderLines<'_>) {
@@ -320,6 +326,7 @@ impl Rewrites {
         if let Some(r) = route {
             r.add_response(lines);
         }
+        self.plugin.add_response(lines);
     }
 }
 

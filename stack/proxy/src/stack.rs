@@ -102,6 +102,8 @@ struct ProxyApp<P: ProxyHttp> {
     /// A graceful stop: new connections are refused, responses close
     /// their connections, idle ones close (`Stack::begin_drain`).
     draining: bool,
+    /// This worker's instances of the snapshot's proxy-wasm plugins.
+    plugins: crate::plugin_phase::WorkerPlugins,
 }
 
 /// The splice's copy unit.
@@ -295,6 +297,7 @@ impl<P: ProxyHttp> ProxyApp<P> {
             id_tag: self.id_tag,
             now,
             draining: self.draining,
+            plugins: &mut self.plugins,
         };
         let mut progressed = match session {
             Session::H1(conn) => conn.drive(&mut cx),
@@ -469,9 +472,12 @@ impl<P: ProxyHttp> Stack<P> {
                 u
             },
             draining: false,
+            plugins: Default::default(),
             routes,
             cfg,
         };
+        let mut app = app;
+        app.plugins.sync(&app.routes, now, &mut app.stats);
         Ok(Self { net, app })
     }
 
@@ -515,6 +521,7 @@ impl<P: ProxyHttp> Stack<P> {
         app.conn_pool
             .retain_current(&routes.upstreams, &mut self.net.streams());
         app.route_stats.sync(&routes);
+        app.plugins.sync(&routes, self.net.now(), &mut app.stats);
         self.net.set_neighbour_targets(endpoint_addresses(&routes));
         // HTTP/2 connections whose listener no longer speaks it (removed,
         // or `http2` turned off) are drained: GOAWAY, their streams finish,

@@ -74,6 +74,16 @@ pub struct StackStats {
     /// Client connections still open when a stop could wait no longer
     /// (the drain's bound, or a stop without one): reset.
     pub drain_cut: u64,
+    /// proxy-wasm plugins at the viewer phases: calls made, calls that
+    /// failed (trap, fuel, memory, ABI, a start that failed), of those the
+    /// ones a `fail_open` plugin let through, local answers, instances
+    /// started on this worker and replaced for holding too many contexts.
+    pub plugin_calls: u64,
+    pub plugin_failures: u64,
+    pub plugin_failed_open: u64,
+    pub plugin_local_responses: u64,
+    pub plugin_instances_started: u64,
+    pub plugin_instances_replaced: u64,
     /// Header lines a proxy phase tried to add and the codec refused (bad
     /// bytes, a framing field).
     pub header_lines_refused: u64,
@@ -342,6 +352,12 @@ impl StackStats {
         self.client_aborts += o.client_aborts;
         self.drain_refused += o.drain_refused;
         self.drain_cut += o.drain_cut;
+        self.plugin_calls += o.plugin_calls;
+        self.plugin_failures += o.plugin_failures;
+        self.plugin_failed_open += o.plugin_failed_open;
+        self.plugin_local_responses += o.plugin_local_responses;
+        self.plugin_instances_started += o.plugin_instances_started;
+        self.plugin_instances_replaced += o.plugin_instances_replaced;
         self.conn_drives += o.conn_drives;
         self.conn_buffers_allocated += o.conn_buffers_allocated;
         self.tls_handshakes_full += o.tls_handshakes_full;
@@ -400,6 +416,12 @@ impl StackStats {
             ("early_responses", self.early_responses),
             ("drain_refused", self.drain_refused),
             ("drain_cut", self.drain_cut),
+            ("plugin_calls", self.plugin_calls),
+            ("plugin_failures", self.plugin_failures),
+            ("plugin_failed_open", self.plugin_failed_open),
+            ("plugin_local_responses", self.plugin_local_responses),
+            ("plugin_instances_started", self.plugin_instances_started),
+            ("plugin_instances_replaced", self.plugin_instances_replaced),
             ("header_lines_refused", self.header_lines_refused),
             ("cache_hits", self.cache.hit),
             ("cache_misses", self.cache.miss),

@@ -311,6 +311,8 @@ impl<P: ProxyHttp> H2Stream<P> {
             &mut self.pctx,
             &mut self.access,
             &mut self.rewrite,
+            "HTTP/2",
+            !self.request_ended,
         ) {
             Routing::Route(route) => route,
             Routing::Respond(d) => return self.respond_direct(cx, h2, peer, &d),
@@ -721,6 +723,20 @@ impl<P: ProxyHttp> H2Stream<P> {
         // The request head is not needed any more (no retry after a
         // response): its buffer holds the client's response head.
         self.request_head.clear();
+        let plugins = crate::plugin_phase::viewer_response(
+            cx.plugins,
+            &self.from_upstream.filled()[..resp.head_len],
+            cx.now,
+            &mut self.rewrite.plugin,
+            cx.stats,
+        );
+        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin);
+        if plugins.is_err() {
+            self.from_upstream.clear();
+            self.cache_writer = None;
+            self.local_error(cx, h2, peer, ProxyError::PluginFailed);
+            return true;
+        }
         let xcache = self.note_cache(cx);
         let status_header = cx.cache.edge.settings.status_header.as_deref();
         let phases = cx.phases;
@@ -973,6 +989,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         if err.side() == crate::error::Side::Upstream && self.stale_for_error(cx, h2, peer) {
             return;
         }
+        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin);
         self.note_cache(cx);
         self.cache = None;
         self.cache_writer = None;
@@ -1027,10 +1044,15 @@ impl<P: ProxyHttp> H2Stream<P> {
                 keep_alive: true,
                 include_body: false,
             },
-            |lines| crate::proxy::direct_lines(d, lines),
+            |lines| {
+                crate::proxy::direct_lines(d, lines);
+                self.rewrite.plugin.add_response(lines);
+            },
             &mut 0,
             &mut self.request_head,
         );
+        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin);
+        self.rewrite.plugin.clear_edits();
         self.answer(cx, h2, peer, d.status, ok, &d.body, "");
     }
 

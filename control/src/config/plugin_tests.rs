@@ -1,0 +1,184 @@
+use super::*;
+
+/// A proxy-wasm module; `body` adds callbacks.
+fn module(body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+  (memory (export "memory") 2)
+  (global $bump (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (global.get $bump) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  {body})"#
+    ))
+    .unwrap()
+}
+
+fn config(plugins: &str, listener: &str) -> String {
+    format!(
+        r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+{plugins}
+[[listeners]]
+port = 80
+{listener}
+[[listeners.routes]]
+respond = {{ status = 200, body = "hi" }}
+"#
+    )
+}
+
+fn compile_in(d: &Path, text: &str) -> Result<Compiled, Vec<String>> {
+    let path = d.join("edge.toml");
+    std::fs::write(&path, text).unwrap();
+    load(&path).map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+}
+
+#[test]
+fn plugins_compile_relative_to_the_config_and_attach_in_order() {
+    let d = ferrogate_testkit::temp_dir("fg-cfg-plugins");
+    std::fs::write(d.join("a.wasm"), module("")).unwrap();
+    let text = config(
+        r#"
+[[plugins]]
+name = "a"
+wasm = "a.wasm"
+fail_open = true
+memory_mb = 8
+
+[[plugins]]
+name = "b"
+wasm = "a.wasm"
+"#,
+        r#"plugins = ["b", "a"]"#,
+    );
+    let c = compile_in(&d, &text).expect("compiles");
+    let l = &c.engine.routes.listeners()[0];
+    let names: Vec<_> = l.plugins().iter().map(|p| p.plugin.name()).collect();
+    assert_eq!(names, ["b", "a"]);
+    assert!(l.plugins()[1].fail_open && !l.plugins()[0].fail_open);
+}
+
+#[test]
+fn plugin_errors_name_file_line_and_field() {
+    let d = ferrogate_testkit::temp_dir("fg-cfg-plugins-bad");
+    std::fs::write(d.join("ok.wasm"), module("")).unwrap();
+    std::fs::write(d.join("junk.wasm"), b"not wasm").unwrap();
+    // Traps in proxy_on_configure: refused before any worker runs it.
+    std::fs::write(
+        d.join("refuses.wasm"),
+        module(r#"(func (export "proxy_on_configure") (param i32 i32) (result i32) unreachable)"#),
+    )
+    .unwrap();
+    let text = config(
+        r#"
+[[plugins]]
+name = "missing"
+wasm = "nowhere.wasm"
+
+[[plugins]]
+name = "junk"
+wasm = "junk.wasm"
+
+[[plugins]]
+name = "refuses"
+wasm = "refuses.wasm"
+configuration = "{}"
+
+[[plugins]]
+name = "big"
+wasm = "ok.wasm"
+memory_mb = 0
+
+[[plugins]]
+name = "ok"
+wasm = "ok.wasm"
+
+[[plugins]]
+name = "ok"
+wasm = "ok.wasm"
+"#,
+        r#"plugins = ["ok", "unknown"]"#,
+    );
+    let errs = compile_in(&d, &text).expect_err("refused");
+    let line = |needle: &str, last: bool| {
+        let at = if last {
+            text.rfind(needle)
+        } else {
+            text.find(needle)
+        };
+        text[..at.expect(needle)].matches('\n').count() + 1
+    };
+    let has = |line: usize, field: &str, what: &str| {
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(&format!("edge.toml:{line}:"))
+                    && e.contains(field)
+                    && e.contains(what)),
+            "no error at line {line} for {field} ({what}): {errs:#?}"
+        );
+    };
+    has(
+        line("\"nowhere.wasm\"", false),
+        "plugins[0].wasm",
+        "nowhere.wasm",
+    );
+    has(
+        line("\"junk.wasm\"", false),
+        "plugins[1].wasm",
+        "not a valid WebAssembly module",
+    );
+    has(
+        line("configuration = ", false),
+        "plugins[2].configuration",
+        "did not start",
+    );
+    has(
+        line("memory_mb = 0", false),
+        "plugins[3].memory_mb",
+        "1..=4096",
+    );
+    has(line("name = \"ok\"", true), "plugins[5].name", "duplicate");
+    has(
+        line("plugins = [", false),
+        "listeners[0].plugins[1]",
+        "no [[plugins]] named \"unknown\"",
+    );
+    assert_eq!(errs.len(), 6, "{errs:#?}");
+}
+
+#[test]
+fn tcp_listeners_run_no_plugins() {
+    let d = ferrogate_testkit::temp_dir("fg-cfg-plugins-tcp");
+    std::fs::write(d.join("ok.wasm"), module("")).unwrap();
+    let text = r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+
+[[plugins]]
+name = "ok"
+wasm = "ok.wasm"
+
+[[upstreams]]
+name = "db"
+endpoints = ["10.77.0.3:5432"]
+
+[[listeners]]
+port = 5432
+protocol = "tcp"
+upstream = "db"
+plugins = ["ok"]
+"#;
+    let errs = compile_in(&d, text).expect_err("refused");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("listeners[0].plugins[0]") && e.contains("only HTTP listeners")),
+        "{errs:#?}"
+    );
+}

@@ -1,0 +1,154 @@
+//! `[[plugins]]`: proxy-wasm modules, compiled and tried once when the
+//! snapshot is built (a module that does not load, or rejects its
+//! configuration, refuses the file); listeners name them.
+
+use ferrogate_proxy::plugin_phase::AttachedPlugin;
+use ferrogate_proxy::plugins::{
+    Now, Plugin, PluginConfig, PluginInstance, PluginLimits, PluginModule,
+};
+
+use super::*;
+
+pub(super) fn check_plugins(
+    cfg: &FileConfig,
+    rep: &mut Reporter<'_>,
+) -> Vec<(String, AttachedPlugin)> {
+    let mut out: Vec<(String, AttachedPlugin)> = Vec::new();
+    let base = rep.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    for (i, p) in cfg.plugins.iter().enumerate() {
+        let field = format!("plugins[{i}]");
+        let name = p.name.get_ref();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            rep.at(
+                p.name.span(),
+                format!("{field}.name"),
+                "must be letters, digits, `-`, `_` or `.` (it names the plugin in logs and metrics)",
+            );
+            continue;
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            rep.at(
+                p.name.span(),
+                format!("{field}.name"),
+                format!("duplicate plugin {name:?}"),
+            );
+            continue;
+        }
+        let mut limits = PluginLimits::default();
+        if let Some(mb) = &p.memory_mb {
+            if !(1..=4096).contains(mb.get_ref()) {
+                rep.at(
+                    mb.span(),
+                    format!("{field}.memory_mb"),
+                    "must be 1..=4096 MiB",
+                );
+                continue;
+            }
+            limits.memory_bytes = (*mb.get_ref() as usize) << 20;
+        }
+        if let Some(fuel) = &p.fuel_per_call {
+            if !(1000..=10_000_000_000).contains(fuel.get_ref()) {
+                rep.at(
+                    fuel.span(),
+                    format!("{field}.fuel_per_call"),
+                    "must be 1000..=10000000000",
+                );
+                continue;
+            }
+            limits.fuel_per_call = *fuel.get_ref();
+        }
+        let path = base.join(p.wasm.get_ref());
+        rep.uses(&path);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                rep.at(
+                    p.wasm.span(),
+                    format!("{field}.wasm"),
+                    format!("{}: {e}", path.display()),
+                );
+                continue;
+            }
+        };
+        let module = match PluginModule::compile(&bytes, &limits) {
+            Ok(m) => m,
+            Err(e) => {
+                rep.at(
+                    p.wasm.span(),
+                    format!("{field}.wasm"),
+                    format!("{}: {e}", path.display()),
+                );
+                continue;
+            }
+        };
+        let configuration = p
+            .configuration
+            .as_ref()
+            .map(|c| c.get_ref().clone().into_bytes());
+        let plugin = Plugin::new(
+            module,
+            PluginConfig {
+                name: name.clone(),
+                root_id: p.root_id.clone(),
+                vm_id: p.vm_id.clone(),
+                configuration: configuration.unwrap_or_default(),
+                vm_configuration: Vec::new(),
+            },
+        );
+        // A trial start: a plugin that traps at start or refuses its
+        // configuration is refused here, before any worker runs it.
+        if let Err(e) = PluginInstance::new(&plugin, Now::default()) {
+            let span = p.configuration.as_ref().map_or(p.wasm.span(), |c| c.span());
+            let at = if p.configuration.is_some() {
+                "configuration"
+            } else {
+                "wasm"
+            };
+            rep.at(
+                span,
+                format!("{field}.{at}"),
+                format!("the plugin did not start: {e}"),
+            );
+            continue;
+        }
+        out.push((
+            name.clone(),
+            AttachedPlugin {
+                plugin,
+                fail_open: p.fail_open,
+            },
+        ));
+    }
+    out
+}
+
+/// A listener's `plugins`, by name, in order.
+pub(super) fn listener_plugins(
+    i: usize,
+    l: &ListenerSection,
+    is_http: bool,
+    plugins: &[(String, AttachedPlugin)],
+    rep: &mut Reporter<'_>,
+) -> Vec<AttachedPlugin> {
+    let mut out = Vec::new();
+    for (k, name) in l.plugins.iter().enumerate() {
+        let field = format!("listeners[{i}].plugins[{k}]");
+        if !is_http {
+            rep.at(name.span(), field, "only HTTP listeners run plugins");
+            continue;
+        }
+        match plugins.iter().find(|(n, _)| n == name.get_ref()) {
+            Some((_, p)) => out.push(p.clone()),
+            None => rep.at(
+                name.span(),
+                field,
+                format!("no [[plugins]] named {:?}", name.get_ref()),
+            ),
+        }
+    }
+    out
+}
