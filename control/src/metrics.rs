@@ -468,6 +468,9 @@ pub fn render(st: &EngineStats, info: &Info<'_>) -> String {
 }
 
 #[cfg(test)]
+mod golden;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
