@@ -1,13 +1,16 @@
 //! The exposition of one fixed set of counters, kept as `golden.prom`: it
 //! was written by the hand-made text writer this crate had before it
-//! moved to `prometheus-client`, so every series name, label set and value
-//! of that writer is pinned. `FG_WRITE_GOLDEN=1 cargo test -p
-//! ferrogate-control golden` rewrites it (only for a deliberate change).
+//! moved to `prometheus-client`, so every series name, label set, type,
+//! help and value of that writer is pinned, and compared series by series
+//! with what is exported now.
 
 use ferrogate_engine::{EngineStats, WorkerStats};
 use ferrogate_proxy::lb::{EndpointStats, PoolStats};
 
+use std::collections::HashMap;
+
 use super::Info;
+use super::parse::{Sample, parse};
 
 pub const GOLDEN: &str = include_str!("golden.prom");
 
@@ -16,6 +19,7 @@ pub fn info() -> Info<'static> {
         version: "7-1a2b",
         counter: 7,
         uptime_s: 1.5,
+        ..Default::default()
     }
 }
 
@@ -142,13 +146,87 @@ pub fn stats() -> EngineStats {
     st
 }
 
+/// Families exported since the golden file was written (the control
+/// plane's state); anything else new fails.
+const ADDED: &[&str] = &[
+    "ferrogate_config_applies_total",
+    "ferrogate_config_last_apply_successful",
+    "ferrogate_config_last_apply_success_timestamp_seconds",
+    "ferrogate_config_last_apply_failure_timestamp_seconds",
+    "ferrogate_config_last_apply_duration_seconds",
+    "ferrogate_config_started_from_last_known_good",
+    "ferrogate_config_kept_versions",
+    "ferrogate_draining",
+];
+
+/// A series' identity: name and labels, `le` by its number (the old
+/// writer spelled 1048576 what `prometheus-client` spells 1.048576e+06,
+/// as Go's client does; Prometheus reads both as the same bound).
+fn key(s: &Sample) -> (String, Vec<(String, String)>) {
+    let labels = s
+        .labels
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "le" => (
+                k.clone(),
+                format!("{:?}", v.parse::<f64>().expect("le is a float")),
+            ),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    (s.name.clone(), labels)
+}
+
 #[test]
-fn the_exposition_matches_the_golden_file() {
-    let text = super::render(&stats(), &info());
-    if std::env::var_os("FG_WRITE_GOLDEN").is_some() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics/golden.prom");
-        std::fs::write(path, &text).unwrap();
-        return;
+fn every_series_of_the_old_writer_is_exported_with_its_name_labels_type_help_and_value() {
+    let old = parse(GOLDEN).expect("the golden file parses");
+    let new_text = super::render(&stats(), &info());
+    let new = parse(&new_text).unwrap_or_else(|e| panic!("{e}\n{new_text}"));
+    assert!(old.samples.len() > 150, "{} samples", old.samples.len());
+    let by_key: HashMap<_, _> = new.samples.iter().map(|s| (key(s), s)).collect();
+    assert_eq!(
+        by_key.len(),
+        new.samples.len(),
+        "a series is exported twice"
+    );
+    for s in &old.samples {
+        let n = by_key
+            .get(&key(s))
+            .unwrap_or_else(|| panic!("{} {:?} is gone", s.name, s.labels));
+        assert_eq!(n.value, s.value, "{} {:?}", s.name, s.labels);
     }
-    assert_eq!(text, GOLDEN);
+    for (fam, typ) in &old.types {
+        assert_eq!(new.types.get(fam), Some(typ), "type of {fam}");
+        assert_eq!(new.help.get(fam), old.help.get(fam), "help of {fam}");
+    }
+    // New families: the control plane's, and stack counters added to
+    // `StackStats` since (named by the same rule).
+    let stack: Vec<String> = stats().workers[0]
+        .stack
+        .fields()
+        .iter()
+        .flat_map(|(k, _)| {
+            [
+                format!("ferrogate_stack_{k}"),
+                format!("ferrogate_stack_{k}_total"),
+            ]
+        })
+        .collect();
+    for fam in new.types.keys() {
+        assert!(
+            old.types.contains_key(fam) || ADDED.contains(&fam.as_str()) || stack.contains(fam),
+            "{fam} is new: add it to ADDED (and to the dashboard if it matters)"
+        );
+    }
+    // What the text changed: only `le` spellings from 1 s up, and floats
+    // written as floats (`_sum` 123.0, uptime 1.5 for 1.500).
+    let le_old: Vec<&str> = old.samples.iter().filter_map(|s| s.label("le")).collect();
+    let le_new: Vec<&str> = new.samples.iter().filter_map(|s| s.label("le")).collect();
+    assert_eq!(le_old.len(), le_new.len());
+    for (o, n) in le_old.iter().zip(&le_new) {
+        if o.parse::<f64>().unwrap() < 1e6 || *o == "+Inf" {
+            assert_eq!(o, n);
+        }
+    }
+    assert!(le_new.contains(&"1.048576e+06"), "{le_new:?}");
 }
