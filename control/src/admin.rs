@@ -760,7 +760,7 @@ fn engine_dispatch(req: HttpRequest, tx: &mpsc::Sender<Request>) -> (Reply, &'st
         (m, p) => return (unknown(m, p, ENGINE_PATHS), "text/plain"),
     };
     let ctype = match op {
-        Op::Metrics => "text/plain; version=0.0.4",
+        Op::Metrics => crate::metrics::CONTENT_TYPE,
         Op::StatusJson | Op::StatsJson => crate::status::JSON,
         _ => "text/plain",
     };

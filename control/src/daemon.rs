@@ -77,6 +77,15 @@ struct State {
     last_error: Option<String>,
 }
 
+impl State {
+    /// The engine runs what the daemon wants.
+    fn in_sync(&self) -> bool {
+        self.desired
+            .as_ref()
+            .is_some_and(|d| self.engine_connected && d.hash == self.engine_hash)
+    }
+}
+
 /// What identifies a file's version without reading it: (mtime ns, size,
 /// inode); None when it is missing.
 type Fingerprint = Option<(i128, u64, u64)>;
@@ -442,10 +451,7 @@ impl Daemon {
 
     fn status(&self) -> Reply {
         let st = self.state();
-        let in_sync = st
-            .desired
-            .as_ref()
-            .is_some_and(|d| st.engine_connected && d.hash == st.engine_hash);
+        let in_sync = st.in_sync();
         let mut out = format!(
             "control_pid {}\ncontrol_config {}\ncontrol_uptime_s {:.1}\nengine_socket {}\nengine_connected {}\ndesired_hash {}\nin_sync {}\nfile_changes_applied {}\nfile_changes_rejected {}\npushes {}\nadmin_auth_failures {}\n",
             std::process::id(),
@@ -484,10 +490,7 @@ impl Daemon {
     fn status_json(&self) -> Reply {
         let mut control = {
             let st = self.state();
-            let in_sync = st
-                .desired
-                .as_ref()
-                .is_some_and(|d| st.engine_connected && d.hash == st.engine_hash);
+            let in_sync = st.in_sync();
             serde_json::json!({
                 "pid": std::process::id(),
                 "config": self.args.config.display().to_string(),
@@ -522,6 +525,38 @@ impl Daemon {
         };
         let body = serde_json::json!({ "control": control, "engine": engine }).to_string();
         Reply { status, body }
+    }
+
+    /// `GET /metrics`: the engine's exposition with the daemon's own
+    /// families after it. Without the engine the daemon's alone, still
+    /// 200: a scrape then says "engine not connected" instead of failing.
+    fn metrics(&self) -> Reply {
+        let (connected, mut body) = match self.engine("GET", "/metrics", None) {
+            Ok(r) if r.status == 200 => (true, r.body),
+            Ok(r) => (
+                false,
+                format!("# engine answered {}: {}\n", r.status, one_line(&r.body)),
+            ),
+            Err(e) => (
+                false,
+                format!("# engine unreachable: {}\n", one_line(&format!("{e:#}"))),
+            ),
+        };
+        let info = {
+            let st = self.state();
+            crate::metrics::ControlInfo {
+                engine_connected: connected,
+                in_sync: connected && st.in_sync(),
+                uptime_s: self.started.elapsed().as_secs_f64(),
+                file_changes_applied: st.file_applied,
+                file_changes_rejected: st.file_rejected,
+                pushes: st.pushes,
+                admin_auth_failures: crate::admin::auth_failures(),
+                last_change_failed: st.last_error.is_some(),
+            }
+        };
+        body.push_str(&crate::metrics::render_control(&info));
+        Reply::ok(body)
     }
 
     fn forward(&self, method: &str, path: &str) -> Reply {
@@ -633,9 +668,7 @@ impl Daemon {
                 },
                 Err(r) => r,
             },
-            ("GET", "/metrics") => {
-                return (self.forward("GET", "/metrics"), "text/plain; version=0.0.4");
-            }
+            ("GET", "/metrics") => return (self.metrics(), crate::metrics::CONTENT_TYPE),
             ("POST", "/drain") => self.forward("POST", "/drain"),
             ("GET", "/diff") => self.diff(),
             ("POST", "/validate") => admin::validate(
@@ -670,6 +703,11 @@ impl Daemon {
         };
         (reply, text)
     }
+}
+
+/// `s` as one comment-safe line.
+fn one_line(s: &str) -> String {
+    s.trim_end().replace(['\n', '\r'], " ")
 }
 
 /// Logs a warning when dropped more than a second after its start.
@@ -875,6 +913,97 @@ mod tests {
             *seen.lock().unwrap(),
             ["Purge(Purge { mode: Hard, target: Prefix(\"https://a.example/img/\") })"],
             "the malformed one never reached the engine"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn metrics_are_the_engines_then_the_daemons_and_answer_without_an_engine() {
+        use crate::metrics::parse::parse;
+        let dir = std::env::temp_dir().join(format!("fg-daemon-metrics-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let get = |d: &Daemon| {
+            d.handle(HttpRequest {
+                method: "GET".into(),
+                path: "/metrics".into(),
+                ..Default::default()
+            })
+        };
+        // No engine yet: the daemon's families alone, still 200.
+        let d = daemon(&dir);
+        d.state().file_rejected = 2;
+        d.state().last_error = Some("bad\nfile".into());
+        let (r, ctype) = get(&d);
+        assert_eq!(
+            (r.status, ctype),
+            (200, crate::metrics::CONTENT_TYPE),
+            "{}",
+            r.body
+        );
+        let e = parse(&r.body).unwrap_or_else(|err| panic!("{err}\n{}", r.body));
+        let v = |e: &crate::metrics::parse::Exposition, n: &str| {
+            e.samples
+                .iter()
+                .find(|s| s.name == n)
+                .unwrap_or_else(|| panic!("no {n}"))
+                .value
+        };
+        assert_eq!(v(&e, "ferrogate_control_engine_connected"), 0.0);
+        assert_eq!(v(&e, "ferrogate_control_file_changes_rejected_total"), 2.0);
+        assert_eq!(v(&e, "ferrogate_control_last_change_failed"), 1.0);
+        assert!(!e.types.contains_key("ferrogate_uptime_seconds"));
+        assert!(r.body.starts_with("# engine unreachable: "), "{}", r.body);
+
+        // An engine: its exposition first, then the daemon's.
+        let (tx, rx) = std::sync::mpsc::channel::<admin::Request>();
+        admin::spawn(admin::bind(&dir.join("engine.sock")).unwrap(), tx).unwrap();
+        std::thread::spawn(move || {
+            for r in rx {
+                let body = crate::metrics::render(
+                    &ferrogate_engine::EngineStats {
+                        backend: ferrogate_engine::BackendKind::Memory,
+                        workers: vec![],
+                        xdp: None,
+                        rules: vec![],
+                        filter_generation: None,
+                        snapshot_version: 4,
+                        upstreams: Default::default(),
+                        routes: Default::default(),
+                        port: vec![],
+                        escalation: Default::default(),
+                        cache: Default::default(),
+                        cache_disk: None,
+                    },
+                    &crate::metrics::Info {
+                        version: "4-ab",
+                        counter: 4,
+                        ..Default::default()
+                    },
+                );
+                let _ = r.reply.send(Reply::ok(body));
+            }
+        });
+        {
+            let mut st = d.state();
+            st.engine_connected = true;
+            st.engine_hash = 9;
+            st.desired = Some(Desired {
+                text: String::new(),
+                source: PathBuf::new(),
+                hash: 9,
+            });
+        }
+        let (r, _) = get(&d);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let e = parse(&r.body).unwrap_or_else(|err| panic!("{err}\n{}", r.body));
+        assert_eq!(v(&e, "ferrogate_snapshot_counter"), 4.0);
+        assert_eq!(v(&e, "ferrogate_control_engine_connected"), 1.0);
+        assert_eq!(v(&e, "ferrogate_control_in_sync"), 1.0);
+        assert!(
+            r.body.starts_with("# HELP ferrogate_snapshot_info "),
+            "{}",
+            r.body
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use ferrogate_engine::Engine;
@@ -72,6 +72,11 @@ struct Runtime<'a> {
     drain: Option<Drain>,
     /// What the last apply or rollback did (the status page shows it).
     last_apply: Option<crate::status::LastApply>,
+    /// Applies and rollbacks by outcome, and when the last of each
+    /// outcome was (`/metrics`).
+    applies: crate::metrics::ApplyCounts,
+    last_success: SystemTime,
+    last_failure: Option<SystemTime>,
 }
 
 struct Drain {
@@ -159,9 +164,16 @@ impl Runtime<'_> {
 
     /// Remembers what an apply or rollback answered.
     fn record(&mut self, kind: &'static str, t0: Instant, r: &Reply) {
+        let (at, ok) = (SystemTime::now(), r.status == 200);
+        self.applies.count(kind == "rollback", ok);
+        if ok {
+            self.last_success = at;
+        } else {
+            self.last_failure = Some(at);
+        }
         self.last_apply = Some(crate::status::LastApply {
-            at: std::time::SystemTime::now(),
-            ok: r.status == 200,
+            at,
+            ok,
             kind,
             version: self.current().version(),
             message: r.body.lines().next().unwrap_or("").to_string(),
@@ -328,6 +340,37 @@ impl Runtime<'_> {
         v.to_string()
     }
 
+    /// `GET /metrics`: the engine's counters and this process's state.
+    fn metrics(&self) -> String {
+        let unix = |t: SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        let cur = self.current();
+        let version = cur.version();
+        let process = self.process_counters();
+        let info = crate::metrics::Info {
+            version: &version,
+            counter: cur.counter,
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            config: crate::metrics::ConfigState {
+                applies: self.applies,
+                last_success_unix_s: unix(self.last_success),
+                last_failure_unix_s: self.last_failure.map_or(0.0, unix),
+                last_duration_s: self
+                    .last_apply
+                    .as_ref()
+                    .map_or(0.0, |a| a.took_ms as f64 / 1e3),
+                last_failed: self.last_apply.as_ref().is_some_and(|a| !a.ok),
+                started_from_last_known_good: self.origin == Origin::LastKnownGood,
+                kept_versions: self.history.versions().len(),
+                draining: self.drain.is_some(),
+            },
+            process: &process,
+        };
+        crate::metrics::render(&self.engine.stats(), &info)
+    }
+
     /// Counters of this process that are not the engine's.
     fn process_counters(&self) -> Vec<(&'static str, u64)> {
         let mut v = vec![("snapshot_persist_errors", self.persister.errors())];
@@ -381,15 +424,7 @@ impl Runtime<'_> {
                 }
                 Err(e) => Reply::err(400, format!("bad purge request: {e}\n")),
             },
-            Op::Metrics => {
-                let cur = self.current();
-                let info = crate::metrics::Info {
-                    version: &cur.version(),
-                    counter: cur.counter,
-                    uptime_s: self.started.elapsed().as_secs_f64(),
-                };
-                Reply::ok(crate::metrics::render(&self.engine.stats(), &info))
-            }
+            Op::Metrics => Reply::ok(self.metrics()),
             Op::Apply { text, source } => self.apply(text, source),
             Op::Rollback => self.rollback(),
             Op::Hello => {
@@ -543,6 +578,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         drain_timeout,
         drain: None,
         last_apply: None,
+        applies: Default::default(),
+        // The load at start is the first successful one.
+        last_success: SystemTime::now(),
+        last_failure: None,
     };
     if origin == Origin::File {
         rt.commit(snap);

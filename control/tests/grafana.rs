@@ -3,12 +3,13 @@
 //! of the annotations and template variables) is scanned for `ferrogate_…` names, and each
 //! must be a series name of `metrics::render` over counters in which every
 //! family is present (histograms as `_bucket`/`_sum`/`_count`, counters
-//! with `_total`, as exported). A renamed metric fails here, not on an
-//! operator's empty graph.
+//! with `_total`, as exported), or of `metrics::render_control` (the
+//! control daemon's state, which its `/metrics` adds). A renamed metric
+//! fails here, not on an operator's empty graph.
 
 use std::collections::BTreeSet;
 
-use ferrogate_control::metrics::{Info, render};
+use ferrogate_control::metrics::{ControlInfo, Info, render, render_control};
 use ferrogate_engine::{EngineStats, WorkerStats};
 use ferrogate_proxy::lb::{EndpointStats, PoolStats};
 use serde_json::Value;
@@ -52,8 +53,10 @@ fn exported() -> BTreeSet<String> {
             version: "1-0",
             counter: 1,
             uptime_s: 1.0,
+            process: &[("snapshot_persist_errors", 0)],
+            ..Default::default()
         },
-    );
+    ) + &render_control(&ControlInfo::default());
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {
@@ -189,6 +192,8 @@ fn the_check_catches_a_renamed_metric_and_reads_histograms_and_counters() {
         "ferrogate_pool_latency_microseconds_count",
         "ferrogate_xdp_packets_total",
         "ferrogate_endpoint_healthy",
+        "ferrogate_config_applies_total",
+        "ferrogate_control_engine_connected",
     ] {
         assert!(exported.contains(name), "{name} not in {exported:?}");
     }

@@ -107,6 +107,15 @@ fn parse_prometheus(text: &str) -> Vec<Sample> {
     samples
 }
 
+/// The value of a sample without labels.
+fn metric(samples: &[Sample], name: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && l.is_empty())
+        .map(|s| s.2)
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
 fn wait_body(lab: &Lab, path: &str, want: &str) -> Result<Duration, String> {
     let t0 = Instant::now();
     let mut last = String::new();
@@ -290,6 +299,46 @@ fn admin_api_answers_applies_refuses_and_rolls_back() {
         assert_eq!(code, 1, "nothing older than v1 is kept: {err}");
         assert!(err.contains("no previous version"), "{err}");
 
+        // /metrics counts what the engine answered: the applied version,
+        // and one rollback of each outcome, the last one failed (the
+        // invalid apply never reached it: `run`'s control daemon, which
+        // `ctl` talks to, refused it). The daemon adds its own state.
+        let m = parse_prometheus(&ctl_ok(&lab, &["metrics"]));
+        let applies = |kind: &str, result: &str| {
+            m.iter()
+                .find(|(n, l, _)| {
+                    n == "ferrogate_config_applies_total"
+                        && l.contains(&("kind".into(), kind.into()))
+                        && l.contains(&("result".into(), result.into()))
+                })
+                .map(|s| s.2)
+                .unwrap_or_else(|| panic!("no applies {kind} {result}"))
+        };
+        assert_eq!(applies("apply", "ok"), 1.0);
+        assert_eq!(applies("apply", "failed"), 0.0);
+        assert_eq!(applies("rollback", "ok"), 1.0);
+        assert_eq!(applies("rollback", "failed"), 1.0);
+        assert_eq!(metric(&m, "ferrogate_config_last_apply_successful"), 0.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        for t in [
+            "ferrogate_config_last_apply_success_timestamp_seconds",
+            "ferrogate_config_last_apply_failure_timestamp_seconds",
+        ] {
+            let v = metric(&m, t);
+            assert!(v > now - 120.0 && v <= now + 1.0, "{t} {v} vs now {now}");
+        }
+        assert_eq!(
+            metric(&m, "ferrogate_config_started_from_last_known_good"),
+            0.0
+        );
+        assert_eq!(metric(&m, "ferrogate_snapshot_persist_errors_total"), 0.0);
+        assert_eq!(metric(&m, "ferrogate_control_engine_connected"), 1.0);
+        assert_eq!(metric(&m, "ferrogate_control_in_sync"), 1.0);
+        assert!(metric(&m, "ferrogate_control_pushes_total") >= 1.0);
+
         // unknown socket: ctl fails
         let (code, _, _) = std::process::Command::new(ferrogate_tests::ferrogate_bin())
             .args(["ctl", "status", "--socket", "/nonexistent/x.sock"])
@@ -333,6 +382,12 @@ fn restart_with_only_the_state_dir_serves_the_last_applied_config() {
         let status = ctl_ok(&lab, &["status"]);
         assert_eq!(field(&status, "version"), version, "{status}");
         assert_eq!(field(&status, "started_from"), "last-known-good");
+        let m = parse_prometheus(&ctl_ok(&lab, &["metrics"]));
+        assert_eq!(
+            metric(&m, "ferrogate_config_started_from_last_known_good"),
+            1.0
+        );
+        assert_eq!(metric(&m, "ferrogate_config_last_apply_successful"), 1.0);
         engine.stop();
 
         // A config that fails validation also falls back to it.
