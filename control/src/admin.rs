@@ -15,7 +15,7 @@
 //! | `GET /ui` (or `/`) | the live status page (HTML; on TCP the token may come as `?token=`) |
 //! | `GET /blocked` | sources L7 rate limits escalated to the XDP deny set: `source limit expires_in_s offered_per_s since` lines |
 //! | `POST /unblock/ADDR` | lifts ADDR's escalation deny now (404 when it is not denied) |
-//! | `POST /purge` (`key=value` lines: `url=`, `prefix=` or `tag=`, optional `mode=light\|hard`) | purges the response cache: `purged N` (400 naming the problem for a malformed request) |
+//! | `POST /purge` (`key=value` lines: `url=`, `prefix=` or `tag=`, optional `mode=light\|hard`) | purges the response cache: `purged N in memory, M on disk` (400 naming the problem for a malformed request) |
 //! | `POST /drain` | a graceful stop, as SIGTERM: new connections are refused, open ones finish (bounded by `timeouts.drain_ms`), then the engine exits |
 //! | `POST /validate` (TOML body) | `ok` or the `file:line:col: field: message` lines (422) |
 //! | `POST /apply` (TOML body) | the new version, or the errors (422) and nothing changes |

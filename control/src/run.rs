@@ -419,8 +419,11 @@ impl Runtime<'_> {
             }
             Op::Purge(p) => match self.engine.purge(&p) {
                 Ok(n) => {
-                    tracing::info!(purge = ?p, purged = n, "cache purge");
-                    Reply::ok(format!("purged {n}\n"))
+                    tracing::info!(purge = ?p, memory = n.memory, disk = n.disk, "cache purge");
+                    Reply::ok(format!(
+                        "purged {} in memory, {} on disk\n",
+                        n.memory, n.disk
+                    ))
                 }
                 Err(e) => Reply::err(400, format!("bad purge request: {e}\n")),
             },

@@ -10,6 +10,7 @@ use std::time::Instant as StdInstant;
 use arc_swap::ArcSwap;
 use ferrogate_ebpf::{VipAction, XdpFilter};
 use ferrogate_proxy::access::{AccessQueue, AccessSink};
+use ferrogate_proxy::cache::core::PurgeCount;
 use ferrogate_proxy::cache::{CacheSettings, ClockAnchor, EdgeCache, Purge, PurgeError};
 use ferrogate_proxy::{Instant, RouteTable, Stack};
 use ferrogate_proxy::{lb::UpstreamStats, route_stats::RouteCounters};
@@ -686,8 +687,8 @@ impl Engine {
     }
 
     /// Purges cached objects (every worker sees it at once); returns how
-    /// many it hit.
-    pub fn purge(&self, p: &Purge) -> Result<usize, PurgeError> {
+    /// many objects it hit in memory and files on disk.
+    pub fn purge(&self, p: &Purge) -> Result<PurgeCount, PurgeError> {
         self.cache.purge(p)
     }
 

@@ -245,6 +245,7 @@ impl EngineStats {
             ("evicted", d.evicted),
             ("corrupt_deleted", d.corrupt_deleted),
             ("purged", d.purged),
+            ("journal_errors", d.journal_errors),
         ]
     }
 }

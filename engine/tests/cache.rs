@@ -74,14 +74,18 @@ fn every_worker_shares_the_engine_cache_which_counts_purges_and_outlives_reloads
 
     let purge = |mode, target| Purge { mode, target };
     assert_eq!(
-        engine.purge(&purge(PurgeMode::Hard, PurgeTarget::Tag("t1".into()))),
+        engine
+            .purge(&purge(PurgeMode::Hard, PurgeTarget::Tag("t1".into())))
+            .map(|n| n.memory),
         Ok(2)
     );
     assert_eq!(
-        engine.purge(&purge(
-            PurgeMode::Light,
-            PurgeTarget::Url("http://a.example/c".into())
-        )),
+        engine
+            .purge(&purge(
+                PurgeMode::Light,
+                PurgeTarget::Url("http://a.example/c".into())
+            ))
+            .map(|n| n.memory),
         Ok(1)
     );
     assert_eq!(

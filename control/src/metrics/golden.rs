@@ -149,6 +149,7 @@ pub fn stats() -> EngineStats {
 /// Families exported since the golden file was written (the control
 /// plane's state); anything else new fails.
 const ADDED: &[&str] = &[
+    "ferrogate_cache_disk_journal_errors_total",
     "ferrogate_config_applies_total",
     "ferrogate_config_last_apply_successful",
     "ferrogate_config_last_apply_success_timestamp_seconds",

@@ -106,6 +106,6 @@ pub use meta::CacheMeta;
 pub use policy::{CachePolicyConfig, NotStorable, RequestDecision};
 pub use stats::{CacheCounters, CacheStatus};
 pub use store::{
-    Append, BodyReader, Hit, InsertError, MemoryStore, Object, ObjectWriter, PurgeMode, Read,
-    StoreConfig, StoreStats,
+    Append, BodyReader, Hit, InsertError, MemoryStore, Object, ObjectWriter, PurgeCount, PurgeMode,
+    Read, StoreConfig, StoreStats,
 };

@@ -307,7 +307,8 @@ fn purges_hard_and_light_by_url_prefix_and_tag() {
             .purge(&hard(PurgeTarget::Url(
                 "http://example.com/cached/p/1".into()
             )))
-            .unwrap(),
+            .unwrap()
+            .memory,
         1
     );
     let r = lab.exchange(c, &get("/cached/p/1"));
@@ -319,7 +320,8 @@ fn purges_hard_and_light_by_url_prefix_and_tag() {
             .purge(&hard(PurgeTarget::Prefix(
                 "http://example.com/cached/p/".into()
             )))
-            .unwrap(),
+            .unwrap()
+            .memory,
         2
     );
     let r = lab.exchange(c, &get("/cached/p/2"));
@@ -328,7 +330,8 @@ fn purges_hard_and_light_by_url_prefix_and_tag() {
     assert_eq!(
         cache
             .purge(&hard(PurgeTarget::Tag("cached-q".into())))
-            .unwrap(),
+            .unwrap()
+            .memory,
         1
     );
     let r = lab.exchange(c, &get("/cached/q"));
@@ -340,7 +343,7 @@ fn purges_hard_and_light_by_url_prefix_and_tag() {
             target: PurgeTarget::Url("http://example.com/cached/q".into()),
         })
         .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(n.memory, 1);
     let before = origin_hits(&lab, "/cached/q");
     let r = lab.exchange(c, &get("/cached/q"));
     assert_ne!(header(&r, "x-cache"), Some("HIT"), "{}", r.head);
@@ -1086,7 +1089,11 @@ mod disk {
                     target: PurgeTarget::Url("http://example.com/cached/p1".into()),
                 })
                 .unwrap();
-            assert_eq!(n, 0, "nothing in memory");
+            assert_eq!(
+                (n.memory, n.disk),
+                (0, 1),
+                "nothing in memory, a file on disk"
+            );
             assert_eq!(edge.disk_stats().unwrap().purged, 1);
             until("the purged file's delete", || object_files(&dir) == 1);
         }

@@ -45,12 +45,15 @@
 //! makes them answer "no": a miss). A purge (the admin API's thread) holds
 //! it for writing while it removes its matches (O(matches), no I/O).
 //!
-//! Not crash-proof for purges: a purge's files are deleted by the thread
-//! shortly after (and before a clean shutdown ends); a crash in between
-//! leaves them, and a restart serves them again.
+//! **Purges survive a crash.** A purge's files are deleted by the thread
+//! shortly after (and before a clean shutdown ends); so that a crash in
+//! between cannot serve them again, the purge writes their names to a
+//! journal ([`journal`]) before it returns, and the next open deletes
+//! what the journal names before it scans.
 
 mod format;
 mod index;
+mod journal;
 mod worker;
 
 use std::path::PathBuf;
@@ -152,6 +155,9 @@ pub struct DiskStats {
     pub corrupt_deleted: u64,
     /// Files deleted by purges.
     pub purged: u64,
+    /// Purge journal writes that failed (those purges' files could come
+    /// back after a crash).
+    pub journal_errors: u64,
 }
 
 #[derive(Debug, Default)]
@@ -166,6 +172,7 @@ struct Counters {
     evicted: AtomicU64,
     corrupt_deleted: AtomicU64,
     purged: AtomicU64,
+    journal_errors: AtomicU64,
 }
 
 /// A completed object to write.
@@ -214,6 +221,9 @@ pub(crate) struct Shared {
     /// Files (by seq) purged and not deleted yet; `closed` once the thread
     /// has stopped (purges then delete in place).
     deletes: Mutex<Deletes>,
+    /// The files purges removed from the index and the thread has not
+    /// deleted yet (lock order: index, deletes, journal).
+    journal: Mutex<journal::Journal>,
     stop: AtomicBool,
     /// Body bytes of queued writes (see `DiskConfig::max_queued_bytes`).
     queued_bytes: AtomicU64,
@@ -321,18 +331,40 @@ impl Shared {
     /// Applies a purge to the disk tier: `record` (the store's purge-log
     /// entry, if any) runs under the index write lock, then the matching
     /// entries leave the index; their files are deleted by the thread.
+    /// The files are written to the journal and queued for deletion
+    /// under the same lock: the thread cannot empty the journal between.
     pub(crate) fn purge(&self, m: Matcher<'_>, record: impl FnOnce()) -> usize {
         let mut gone = Vec::new();
-        let n = {
-            let mut ix = self.write();
-            record();
-            ix.purge(m, &mut gone)
-        };
+        let mut ix = self.write();
+        record();
+        let n = ix.purge(m, &mut gone);
         if n > 0 {
+            if self.journal().append(&gone).is_err() {
+                self.counters.journal_errors.fetch_add(1, Ordering::Relaxed);
+            }
             self.counters.purged.fetch_add(n as u64, Ordering::Relaxed);
             self.delete_later(gone);
         }
+        drop(ix);
         n
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, journal::Journal> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Empties the journal once every purged file is deleted (the thread,
+    /// after its deletes). Takes the index's write lock only when the
+    /// journal holds something.
+    fn settle_journal(&self) {
+        if self.journal().is_empty() {
+            return;
+        }
+        let _ix = self.write();
+        let d = self.deletes.lock().unwrap_or_else(|e| e.into_inner());
+        if d.seqs.is_empty() && self.journal().clear().is_err() {
+            self.counters.journal_errors.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn delete_later(&self, seqs: Vec<u64>) {
@@ -432,6 +464,7 @@ impl DiskHandle {
             evicted: l(&c.evicted),
             corrupt_deleted: l(&c.corrupt_deleted),
             purged: l(&c.purged),
+            journal_errors: l(&c.journal_errors),
         }
     }
 }
@@ -467,8 +500,14 @@ impl DiskTier {
         };
         std::fs::create_dir_all(&cfg.dir).map_err(io)?;
         let dir_lock = lock_dir(&cfg.dir)?;
+        // Purges a crash interrupted finish before the scan sees their files.
+        let (journal, journal_max) = journal::Journal::replay(&cfg.dir, cfg.fsync, |seq| {
+            let _ = std::fs::remove_file(worker::file_path(&cfg.dir, seq));
+        })
+        .map_err(io)?;
         let mut corrupt = 0;
         let (index, next_seq, evicted) = worker::scan(&cfg, &store, &mut corrupt).map_err(io)?;
+        let next_seq = next_seq.max(journal_max + 1);
         let (tx, rx) = mpsc::sync_channel(cfg.queue);
         let (loads_tx, loads_rx) = mpsc::sync_channel(cfg.load_queue);
         let shared = Arc::new(Shared {
@@ -479,6 +518,7 @@ impl DiskTier {
             generations: (0..GENERATIONS).map(|_| AtomicU64::new(0)).collect(),
             invalidations: Mutex::default(),
             deletes: Mutex::default(),
+            journal: Mutex::new(journal),
             stop: AtomicBool::new(false),
             queued_bytes: AtomicU64::new(0),
             _dir_lock: dir_lock,

@@ -370,6 +370,87 @@ fn purges_delete_files_and_a_restart_does_not_bring_them_back() {
     assert!(tier.contains(hash(&s, "/imgs")) && tier.contains(hash(&s, "/keep")));
 }
 
+/// A crash after a purge returned and before the thread deleted its
+/// files: the directory as it was at that moment (copied while the thread
+/// is held in a write) opens without the purged objects.
+#[test]
+fn a_crash_before_the_purged_files_are_deleted_does_not_bring_them_back() {
+    let dir = TempDir::new("crashpurge");
+    let crashed = TempDir::new("crashpurge-copy");
+    let h = [("Cache-Control", "max-age=60")];
+    let c = key_cfg();
+    {
+        let s = store(1);
+        let tier = DiskTier::open(cfg(&dir.0, 1 << 20), s.clone()).unwrap();
+        put(&s, "/gone", &h, b"1", &NONE);
+        put(&s, "/gone/too", &h, b"2", &NONE);
+        put(&s, "/kept", &h, b"3", &NONE);
+        wait_for("3 writes", || tier.stats().written == 3);
+        // Hold the thread inside its next write: it deletes nothing meanwhile.
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        *tier.handle.shared.hook.lock().unwrap() = Some(Box::new(move |stage| {
+            if stage == "write" {
+                let _ = entered_tx.send(());
+                let _ = release_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(10));
+            }
+        }));
+        put(&s, "/later", &h, b"4", &NONE);
+        entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        let k = CacheKey::new(parts("/gone"), &c, s.hasher());
+        s.purge_key(&k, PurgeMode::Hard);
+        s.purge_prefix(
+            &purge_prefix("https", b"example.com", b"/gone/"),
+            PurgeMode::Light,
+        );
+        assert_eq!(tier.stats().purged, 2);
+        assert_eq!(
+            files(&dir.0, ".fgc"),
+            3,
+            "the thread is held: nothing deleted yet"
+        );
+        // The crash: what is on disk now is all the next run gets.
+        std::fs::create_dir_all(&crashed.0).unwrap();
+        for e in std::fs::read_dir(&dir.0).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            if name.ends_with(".fgc") || name == journal::JOURNAL_FILE {
+                std::fs::copy(e.path(), crashed.0.join(&name)).unwrap();
+            }
+        }
+        drop(release);
+        // Running on, the thread deletes the files and empties the journal.
+        wait_for("the deletes", || files(&dir.0, ".fgc") == 2);
+        wait_for("the journal emptied", || {
+            std::fs::metadata(dir.0.join(journal::JOURNAL_FILE))
+                .unwrap()
+                .len()
+                == 0
+        });
+    }
+    let s = store(2);
+    let tier = DiskTier::open(cfg(&crashed.0, 1 << 20), s.clone()).unwrap();
+    assert_eq!(tier.stats().files, 1, "only /kept survives the crash");
+    assert!(tier.contains(hash(&s, "/kept")));
+    assert!(!tier.contains(hash(&s, "/gone")) && !tier.contains(hash(&s, "/gone/too")));
+    assert_eq!(files(&crashed.0, ".fgc"), 1);
+    assert_eq!(
+        std::fs::metadata(crashed.0.join(journal::JOURNAL_FILE))
+            .unwrap()
+            .len(),
+        0,
+        "replayed and emptied"
+    );
+    // New files are numbered past every file the journal named.
+    put(&s, "/new", &h, b"5", &NONE);
+    wait_for("the write", || tier.stats().written == 1);
+    assert!(tier.contains(hash(&s, "/new")) && tier.contains(hash(&s, "/kept")));
+}
+
 /// A purge that lands while the thread has read a file but not yet
 /// inserted it: the object must not come back into memory.
 #[test]

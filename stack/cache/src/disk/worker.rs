@@ -234,6 +234,7 @@ impl Worker {
         for seq in self.shared.take_deletes() {
             remove(&file_path(self.dir(), seq));
         }
+        self.shared.settle_journal();
     }
 
     /// Removes the files of the keys workers invalidated (before any load

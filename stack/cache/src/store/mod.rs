@@ -80,6 +80,14 @@ impl Default for StoreConfig {
     }
 }
 
+/// What one purge reached: objects in memory and files of the disk tier
+/// (an object may be in both; after a restart, only on disk).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgeCount {
+    pub memory: usize,
+    pub disk: usize,
+}
+
 /// Light purge marks objects stale (served stale while one request
 /// revalidates); hard purge deletes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -492,9 +500,15 @@ impl MemoryStore {
     /// whose scheme, host, path and query equal the key's. Visits every
     /// shard (a range scan each), a bounded batch per lock hold.
     pub fn purge_key(&self, key: &CacheKey<'_>, mode: PurgeMode) -> usize {
+        self.purge_key_counted(key, mode).memory
+    }
+
+    /// [`Self::purge_key`], with the disk tier's files counted apart.
+    pub fn purge_key_counted(&self, key: &CacheKey<'_>, mode: PurgeMode) -> PurgeCount {
         let url = key::url_bytes(&key.parts, key.cfg);
-        self.record(Purged::Url(url.clone().into()), mode, Matcher::Url(&url));
-        self.purge_matching(&url, mode, |k| purge_log::url_matches(&url, k))
+        let disk = self.record(Purged::Url(url.clone().into()), mode, Matcher::Url(&url));
+        let memory = self.purge_matching(&url, mode, |k| purge_log::url_matches(&url, k));
+        PurgeCount { memory, disk }
     }
 
     /// Purges every object whose key is under `prefix` (see
@@ -504,20 +518,27 @@ impl MemoryStore {
     /// `/imgs` (and `https://host` not `https://host:8443`). Visits every
     /// shard, a bounded batch per lock hold.
     pub fn purge_prefix(&self, prefix: &[u8], mode: PurgeMode) -> usize {
-        self.record(Purged::Prefix(prefix.into()), mode, Matcher::Prefix(prefix));
-        self.purge_matching(prefix, mode, |k| purge_log::prefix_matches(prefix, k))
+        self.purge_prefix_counted(prefix, mode).memory
+    }
+
+    /// [`Self::purge_prefix`], with the disk tier's files counted apart.
+    pub fn purge_prefix_counted(&self, prefix: &[u8], mode: PurgeMode) -> PurgeCount {
+        let disk = self.record(Purged::Prefix(prefix.into()), mode, Matcher::Prefix(prefix));
+        let memory = self.purge_matching(prefix, mode, |k| purge_log::prefix_matches(prefix, k));
+        PurgeCount { memory, disk }
     }
 
     /// Records a purge in the purge log; with a disk tier, under its index
     /// lock, and the disk tier's matching files go first (light or hard: a
-    /// file cannot be marked stale in place). Purge counts returned by
-    /// `purge_*` are memory objects only; the tier counts its own.
-    fn record(&self, what: Purged, mode: PurgeMode, m: Matcher<'_>) {
+    /// file cannot be marked stale in place). Returns how many files that
+    /// was (`purge_*` return memory objects; `purge_*_counted` both).
+    fn record(&self, what: Purged, mode: PurgeMode, m: Matcher<'_>) -> usize {
         match self.inner.disk.get() {
-            Some(d) => {
-                d.purge(m, || self.inner.purges.record(what, mode));
+            Some(d) => d.purge(m, || self.inner.purges.record(what, mode)),
+            None => {
+                self.inner.purges.record(what, mode);
+                0
             }
-            None => self.inner.purges.record(what, mode),
         }
     }
 
@@ -653,7 +674,12 @@ impl MemoryStore {
     /// Purges every object tagged `tag` by the configured tag header,
     /// a bounded batch per shard lock hold.
     pub fn purge_tag(&self, tag: &[u8], mode: PurgeMode) -> usize {
-        self.record(
+        self.purge_tag_counted(tag, mode).memory
+    }
+
+    /// [`Self::purge_tag`], with the disk tier's files counted apart.
+    pub fn purge_tag_counted(&self, tag: &[u8], mode: PurgeMode) -> PurgeCount {
+        let disk = self.record(
             Purged::Tag(Bytes::copy_from_slice(tag)),
             mode,
             Matcher::Tag(tag),
@@ -670,7 +696,7 @@ impl MemoryStore {
                 drop(s);
             }
         }
-        n
+        PurgeCount { memory: n, disk }
     }
 
     pub fn stats(&self) -> StoreStats {

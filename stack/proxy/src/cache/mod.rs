@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use ferrogate_cache::{
     CacheControl, CacheKey, CacheLocks, CachePolicyConfig, CacheStatus, DiskConfig, DiskError,
     DiskStats, DiskTier, FetchPermit, HeaderView, Hit, KeyConfig, KeyParts, MemoryStore, Object,
-    ObjectWriter, PurgeMode, StoreConfig, StoredHeaders,
+    ObjectWriter, PurgeCount, PurgeMode, StoreConfig, StoredHeaders,
 };
 
 use crate::http::Headers;
@@ -121,21 +121,21 @@ impl EdgeCache {
         self.disk.as_ref().map(DiskTier::stats)
     }
 
-    /// Runs one purge; returns how many objects it hit in memory (the
-    /// disk tier counts its own: `DiskStats::purged`).
-    pub fn purge(&self, p: &Purge) -> Result<usize, PurgeError> {
+    /// Runs one purge; returns how many objects it hit in memory and how
+    /// many files of the disk tier.
+    pub fn purge(&self, p: &Purge) -> Result<PurgeCount, PurgeError> {
         match &p.target {
             PurgeTarget::Tag(t) => {
                 if t.is_empty() {
                     return Err(PurgeError::Empty);
                 }
-                Ok(self.store.purge_tag(t.as_bytes(), p.mode))
+                Ok(self.store.purge_tag_counted(t.as_bytes(), p.mode))
             }
             PurgeTarget::Url(u) | PurgeTarget::Prefix(u) => {
                 let (scheme, host, path) = split_url(u)?;
                 let prefix = ferrogate_cache::key::purge_prefix(scheme, host.as_bytes(), path);
                 if matches!(p.target, PurgeTarget::Prefix(_)) {
-                    return Ok(self.store.purge_prefix(&prefix, p.mode));
+                    return Ok(self.store.purge_prefix_counted(&prefix, p.mode));
                 }
                 Ok(self.purge_exact(&prefix, p.mode))
             }
@@ -144,11 +144,11 @@ impl EdgeCache {
 
     /// Every key of exactly this URL: with or without chosen request
     /// headers in the key (`\n` follows the URL part) and every variant.
-    fn purge_exact(&self, url_key: &[u8], mode: PurgeMode) -> usize {
+    fn purge_exact(&self, url_key: &[u8], mode: PurgeMode) -> PurgeCount {
         let (scheme, rest) = match url_key.iter().position(|&b| b == b':') {
             Some(i) if &url_key[..i] == b"https" => ("https", &url_key[i + 3..]),
             Some(i) => ("http", &url_key[i + 3..]),
-            None => return 0,
+            None => return PurgeCount::default(),
         };
         let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
         let no_fields: [(&str, &str); 0] = [];
@@ -162,7 +162,7 @@ impl EdgeCache {
         let key = CacheKey::new(parts, &cfg, self.store.hasher());
         // Every key of the URL (query parameters sorted as keys sort
         // them): every route's, every variant, with or without keyed fields.
-        self.store.purge_key(&key, mode)
+        self.store.purge_key_counted(&key, mode)
     }
 
     pub fn stats(&self) -> ferrogate_cache::StoreStats {
