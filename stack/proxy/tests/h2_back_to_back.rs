@@ -468,9 +468,18 @@ fn h2c_and_http1_share_the_store_and_revalidate_with_304() {
 /// responses (a request it changed would bypass the cache), HTTP/2 on, a
 /// cached route.
 fn plugin_lab() -> Lab {
+    plugin_lab_with(
+        r#"(drop (call $add (i32.const 2) (i32.const 256) (i32.const 8) (i32.const 264) (i32.const 1)))"#,
+        |_| {},
+    )
+}
+
+/// The plugin lab with `on_response` as the response callback's body and
+/// the stack's configuration `tune`d.
+fn plugin_lab_with(on_response: &str, tune: impl FnOnce(&mut StackConfig)) -> Lab {
     use ferrogate_proxy::plugin_phase::AttachedPlugin;
     use ferrogate_proxy::plugins::{Plugin, PluginConfig, PluginLimits, PluginModule};
-    let wasm = wat::parse_str(
+    let wasm = wat::parse_str(format!(
         r#"(module
   (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
@@ -486,9 +495,9 @@ fn plugin_lab() -> Lab {
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (i32.const 0))
   (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
-    (drop (call $add (i32.const 2) (i32.const 256) (i32.const 8) (i32.const 264) (i32.const 1)))
-    (i32.const 0)))"#,
-    )
+    {on_response}
+    (i32.const 0)))"#
+    ))
     .unwrap();
     let module = PluginModule::compile(&wasm, &PluginLimits::default()).unwrap();
     let plugin = Plugin::new(
@@ -512,7 +521,7 @@ fn plugin_lab() -> Lab {
             fail_open: false,
         }]);
     let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
-    Lab::with_routes(Origin::Serving, routes, |_| {})
+    Lab::with_routes(Origin::Serving, routes, tune)
 }
 
 /// Every plugin context a request starts ends (`on_done`, `on_log`,
@@ -565,4 +574,30 @@ fn plugin_contexts_end_on_every_path() {
     assert_eq!(s.plugin_contexts_created, 7, "{s:?}");
     assert_eq!(s.plugin_contexts_ended, s.plugin_contexts_created, "{s:?}");
     assert_eq!(s.plugin_failures, 0);
+}
+
+/// Lines a plugin adds that overflow the head buffer are the plugin's
+/// failure: 500 plugin_failed, no retry, nothing held against the origin.
+#[test]
+fn plugin_lines_that_overflow_the_head_are_a_plugin_failure() {
+    // `x-plugin: aaaa…` (6000 bytes: under the plugins' 8 KiB, over a
+    // 4 KiB head buffer).
+    let mut lab = plugin_lab_with(
+        r#"(memory.fill (i32.const 1024) (i32.const 97) (i32.const 6000))
+           (drop (call $add (i32.const 2) (i32.const 256) (i32.const 8) (i32.const 1024) (i32.const 6000)))"#,
+        |c| c.head_buffer = 4096,
+    );
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /hello HTTP/1.1\r\nHost: x.example\r\n\r\n");
+    assert_eq!(r.status, 500, "{}", r.head);
+    let s = lab.edge.stats();
+    assert_eq!((s.retries, s.upstream_errors), (0, 0), "{s:?}");
+    assert_eq!(s.plugin_failures, 1);
+    assert_eq!(lab.origin_requests.len(), 1);
+    let mut h2 = H2Client::connect(&mut lab);
+    h2.headers(&mut lab, 1, "GET", "/hello", true);
+    assert_eq!(h2.response(&mut lab, 1).status(), 500);
+    let s = lab.edge.stats();
+    assert_eq!((s.retries, s.upstream_errors), (0, 0), "{s:?}");
+    assert_eq!(s.plugin_failures, 2);
 }
