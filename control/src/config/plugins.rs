@@ -4,10 +4,16 @@
 
 use ferrogate_proxy::plugin_phase::AttachedPlugin;
 use ferrogate_proxy::plugins::{
-    Now, Plugin, PluginConfig, PluginInstance, PluginLimits, PluginModule,
+    FailureKind, Now, Plugin, PluginConfig, PluginInstance, PluginLimits, PluginModule,
 };
 
 use super::*;
+
+/// `fuel_per_call` bounds. The top is 10^9, not more: guest code runs on
+/// the worker thread that serves every other connection it owns, and a
+/// billion instructions is already on the order of a second of stall.
+const MIN_FUEL: u64 = 1000;
+const MAX_FUEL: u64 = 1_000_000_000;
 
 pub(super) fn check_plugins(
     cfg: &FileConfig,
@@ -51,11 +57,14 @@ pub(super) fn check_plugins(
             limits.memory_bytes = (*mb.get_ref() as usize) << 20;
         }
         if let Some(fuel) = &p.fuel_per_call {
-            if !(1000..=10_000_000_000).contains(fuel.get_ref()) {
+            if !(MIN_FUEL..=MAX_FUEL).contains(fuel.get_ref()) {
                 rep.at(
                     fuel.span(),
                     format!("{field}.fuel_per_call"),
-                    "must be 1000..=10000000000",
+                    format!(
+                        "must be {MIN_FUEL}..={MAX_FUEL} (a call runs on the worker that serves \
+                         every other connection; {MAX_FUEL} is already around a second of guest code)"
+                    ),
                 );
                 continue;
             }
@@ -102,17 +111,23 @@ pub(super) fn check_plugins(
         // A trial start: a plugin that traps at start or refuses its
         // configuration is refused here, before any worker runs it.
         if let Err(e) = PluginInstance::new(&plugin, Now::default()) {
-            let span = p.configuration.as_ref().map_or(p.wasm.span(), |c| c.span());
-            let at = if p.configuration.is_some() {
-                "configuration"
-            } else {
-                "wasm"
-            };
-            rep.at(
-                span,
-                format!("{field}.{at}"),
-                format!("the plugin did not start: {e}"),
-            );
+            // Only a refusal from `proxy_on_configure` is the
+            // configuration's doing; a trap, fuel, memory or ABI failure
+            // (or `proxy_on_vm_start` saying no) is the module's.
+            let refused_configuration =
+                e.kind == FailureKind::Rejected && e.reason.contains("proxy_on_configure");
+            match &p.configuration {
+                Some(c) if refused_configuration => rep.at(
+                    c.span(),
+                    format!("{field}.configuration"),
+                    format!("plugin {name:?} rejected its configuration: {e}"),
+                ),
+                _ => rep.at(
+                    p.wasm.span(),
+                    format!("{field}.wasm"),
+                    format!("plugin {name:?} did not start: {e}"),
+                ),
+            }
             continue;
         }
         out.push((
@@ -139,6 +154,17 @@ pub(super) fn listener_plugins(
         let field = format!("listeners[{i}].plugins[{k}]");
         if !is_http {
             rep.at(name.span(), field, "only HTTP listeners run plugins");
+            continue;
+        }
+        if l.plugins[..k].iter().any(|n| n.get_ref() == name.get_ref()) {
+            rep.at(
+                name.span(),
+                field,
+                format!(
+                    "plugin {:?} is named twice (each plugin runs once per request)",
+                    name.get_ref()
+                ),
+            );
             continue;
         }
         match plugins.iter().find(|(n, _)| n == name.get_ref()) {
