@@ -213,3 +213,41 @@ plugins = ["ok"]
         "{errs:#?}"
     );
 }
+
+/// A reload that leaves a plugin as it was hands the engine the same
+/// plugin (workers keep their instances and the requests in flight their
+/// contexts); a changed configuration or module is a new one.
+#[test]
+fn an_unchanged_plugin_is_the_same_plugin_after_a_reload() {
+    let d = ferrogate_testkit::temp_dir("fg-cfg-plugins-reuse");
+    std::fs::write(d.join("a.wasm"), module("")).unwrap();
+    let text = |configuration: &str| {
+        config(
+            &format!(
+                r#"
+[[plugins]]
+name = "reuse-test"
+wasm = "a.wasm"
+configuration = "{configuration}"
+"#
+            ),
+            r#"plugins = ["reuse-test"]"#,
+        )
+    };
+    let plugin = |c: &Compiled| c.engine.routes.listeners()[0].plugins()[0].plugin.clone();
+    let first = plugin(&compile_in(&d, &text("one")).unwrap());
+    let again = plugin(&compile_in(&d, &text("one")).unwrap());
+    assert!(first.ptr_eq(&again), "recompiled although unchanged");
+    let changed = plugin(&compile_in(&d, &text("two")).unwrap());
+    assert!(
+        !changed.ptr_eq(&again),
+        "a new configuration is a new plugin"
+    );
+    std::fs::write(
+        d.join("a.wasm"),
+        module(r#"(func (export "proxy_on_tick") (param i32))"#),
+    )
+    .unwrap();
+    let rebuilt = plugin(&compile_in(&d, &text("two")).unwrap());
+    assert!(!rebuilt.ptr_eq(&changed), "a new module is a new plugin");
+}
