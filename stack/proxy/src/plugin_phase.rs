@@ -875,6 +875,62 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_ending_a_request_is_counted() {
+        let p = plugin(
+            r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+                 (i32.const 0))
+               (func (export "proxy_on_done") (param i32) (result i32) unreachable)"#,
+        );
+        let (mut w, mut stats, mut edits): (WorkerPlugins, StackStats, PluginEdits) =
+            Default::default();
+        assert!(matches!(
+            run(&mut w, &[attach(&p, false)], &[], &mut edits, &mut stats),
+            ViewerVerdict::Continue
+        ));
+        assert_eq!(stats.plugin_failures, 0);
+        finish(&mut w, &mut edits, &mut stats);
+        assert_eq!(stats.plugin_failures, 1);
+        assert_eq!(stats.plugin_contexts_created, stats.plugin_contexts_ended);
+    }
+
+    #[test]
+    fn an_instance_full_of_live_contexts_is_not_replaced_under_them() {
+        let p = plugin(ADD_THEN_TRAP);
+        let (mut w, mut stats): (WorkerPlugins, StackStats) = Default::default();
+        let open = [attach(&p, true)];
+        let mut requests: Vec<PluginEdits> = (0..MAX_OPEN_CONTEXTS)
+            .map(|_| {
+                let mut e = PluginEdits::default();
+                assert!(matches!(
+                    run(&mut w, &open, &[], &mut e, &mut stats),
+                    ViewerVerdict::Continue
+                ));
+                e
+            })
+            .collect();
+        assert_eq!(stats.plugin_failures, 0);
+        // One more: refused (counted, let through), the others untouched.
+        let mut extra = PluginEdits::default();
+        assert!(matches!(
+            run(&mut w, &open, &[], &mut extra, &mut stats),
+            ViewerVerdict::Continue
+        ));
+        assert_eq!((stats.plugin_failures, stats.plugin_failed_open), (1, 1));
+        assert!(!extra.changes_request());
+        let first = &mut requests[0];
+        assert_eq!(
+            viewer_response(&mut w, RESPONSE, Instant::from_millis(0), first, &mut stats),
+            Ok(())
+        );
+        assert!(first.adds_response(), "the first request's context is live");
+        for e in &mut requests {
+            finish(&mut w, e, &mut stats);
+        }
+        assert_eq!(w.open_contexts(), 0);
+        assert_eq!(stats.plugin_failures, 1);
+    }
+
+    #[test]
     fn a_local_answer_past_its_bound_is_a_failure() {
         let mut edits = PluginEdits::default();
         let big = ferrogate_plugins::LocalResponse {
