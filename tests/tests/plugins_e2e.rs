@@ -194,5 +194,12 @@ fn wasm_filters_add_headers_authorize_and_fail_closed_or_open() {
         // One instance per plugin on the one worker, started with the
         // snapshot (a trapped one is replaced inside the plugin crate).
         assert_eq!(stats["stack_plugin_instances_started"], 4, "{stats:?}");
+        // Every request's contexts ended (the local 403, the 500, the
+        // responses, the trap let through).
+        assert_eq!(
+            stats["stack_plugin_contexts_created"], stats["stack_plugin_contexts_ended"],
+            "{stats:?}"
+        );
+        assert_eq!(delta("stack_plugin_contexts_created"), 8, "{stats:?}");
     });
 }

@@ -75,6 +75,11 @@ fn plugin_errors_name_file_line_and_field() {
         module(r#"(func (export "proxy_on_configure") (param i32 i32) (result i32) unreachable)"#),
     )
     .unwrap();
+    std::fs::write(
+        d.join("says-no.wasm"),
+        module(r#"(func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 0)"#),
+    )
+    .unwrap();
     let text = config(
         r#"
 [[plugins]]
@@ -102,8 +107,18 @@ wasm = "ok.wasm"
 [[plugins]]
 name = "ok"
 wasm = "ok.wasm"
+
+[[plugins]]
+name = "says-no"
+wasm = "says-no.wasm"
+configuration = "no"
+
+[[plugins]]
+name = "hungry"
+wasm = "ok.wasm"
+fuel_per_call = 10000000000
 "#,
-        r#"plugins = ["ok", "unknown"]"#,
+        r#"plugins = ["ok", "unknown", "ok"]"#,
     );
     let errs = compile_in(&d, &text).expect_err("refused");
     let line = |needle: &str, last: bool| {
@@ -133,10 +148,21 @@ wasm = "ok.wasm"
         "plugins[1].wasm",
         "not a valid WebAssembly module",
     );
+    // A trap at start is the module's, though it came in on_configure.
     has(
-        line("configuration = ", false),
-        "plugins[2].configuration",
-        "did not start",
+        line("\"refuses.wasm\"", false),
+        "plugins[2].wasm",
+        "plugin \"refuses\" did not start",
+    );
+    has(
+        line("configuration = \"no\"", false),
+        "plugins[6].configuration",
+        "plugin \"says-no\" rejected its configuration",
+    );
+    has(
+        line("fuel_per_call = ", false),
+        "plugins[7].fuel_per_call",
+        "1000..=1000000000",
     );
     has(
         line("memory_mb = 0", false),
@@ -149,7 +175,12 @@ wasm = "ok.wasm"
         "listeners[0].plugins[1]",
         "no [[plugins]] named \"unknown\"",
     );
-    assert_eq!(errs.len(), 6, "{errs:#?}");
+    has(
+        line("plugins = [", false),
+        "listeners[0].plugins[2]",
+        "named twice",
+    );
+    assert_eq!(errs.len(), 9, "{errs:#?}");
 }
 
 #[test]
@@ -181,4 +212,42 @@ plugins = ["ok"]
             .any(|e| e.contains("listeners[0].plugins[0]") && e.contains("only HTTP listeners")),
         "{errs:#?}"
     );
+}
+
+/// A reload that leaves a plugin as it was hands the engine the same
+/// plugin (workers keep their instances and the requests in flight their
+/// contexts); a changed configuration or module is a new one.
+#[test]
+fn an_unchanged_plugin_is_the_same_plugin_after_a_reload() {
+    let d = ferrogate_testkit::temp_dir("fg-cfg-plugins-reuse");
+    std::fs::write(d.join("a.wasm"), module("")).unwrap();
+    let text = |configuration: &str| {
+        config(
+            &format!(
+                r#"
+[[plugins]]
+name = "reuse-test"
+wasm = "a.wasm"
+configuration = "{configuration}"
+"#
+            ),
+            r#"plugins = ["reuse-test"]"#,
+        )
+    };
+    let plugin = |c: &Compiled| c.engine.routes.listeners()[0].plugins()[0].plugin.clone();
+    let first = plugin(&compile_in(&d, &text("one")).unwrap());
+    let again = plugin(&compile_in(&d, &text("one")).unwrap());
+    assert!(first.ptr_eq(&again), "recompiled although unchanged");
+    let changed = plugin(&compile_in(&d, &text("two")).unwrap());
+    assert!(
+        !changed.ptr_eq(&again),
+        "a new configuration is a new plugin"
+    );
+    std::fs::write(
+        d.join("a.wasm"),
+        module(r#"(func (export "proxy_on_tick") (param i32))"#),
+    )
+    .unwrap();
+    let rebuilt = plugin(&compile_in(&d, &text("two")).unwrap());
+    assert!(!rebuilt.ptr_eq(&changed), "a new module is a new plugin");
 }

@@ -947,7 +947,7 @@ pub struct PluginSection {
     #[serde(default)]
     pub memory_mb: Option<Spanned<u64>>,
     /// Fuel (about one wasm instruction each) per callback (default
-    /// 10 000 000, 1000..=10^10).
+    /// 10 000 000, 1000..=10^9: a call stalls its worker).
     #[serde(default)]
     pub fuel_per_call: Option<Spanned<u64>>,
 }

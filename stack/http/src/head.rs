@@ -637,7 +637,21 @@ pub struct LocalResponse<'a> {
     pub include_body: bool,
 }
 
-/// Writes a response the proxy itself generates (errors, direct routes).
+/// Whether a response with this status may carry content: 1xx, 204 and
+/// 304 end with their head (RFC 9112 §6.3), and a 205 must not carry any
+/// (RFC 9110 §15.3.6).
+pub fn status_allows_body(status: u16) -> bool {
+    !(status < 200 || status == 204 || status == 205 || status == 304)
+}
+
+/// Writes a response the proxy itself generates (errors, direct routes,
+/// plugins' local answers). Every field but the codec's own framing goes
+/// through [`HeaderLines`], so a content type or an added line with CR, LF
+/// or NUL (a plugin's, say) is left out and counted in `refused` instead of
+/// splitting the head. A status without content (1xx, 204, 205, 304) gets
+/// no body and no length (a 205 says `Content-Length: 0`: it is not among
+/// the statuses that end with their head, so a client would otherwise read
+/// to the close).
 pub fn write_local_response(
     r: &LocalResponse<'_>,
     add: impl FnOnce(&mut HeaderLines<'_>),
@@ -651,25 +665,29 @@ pub fn write_local_response(
         keep_alive,
         include_body,
     } = *r;
-    let close = if keep_alive {
-        ""
-    } else {
-        "Connection: close\r\n"
-    };
-    let ok = write!(
+    let allows_body = status_allows_body(status);
+    let mut ok = write!(
         out,
-        "HTTP/1.1 {} {}\r\nServer: ferrogate\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}",
+        "HTTP/1.1 {} {}\r\nServer: ferrogate\r\n",
         status,
-        reason(status),
-        content_type,
-        body.len(),
-        close
+        reason(status)
     )
     .is_ok();
+    if allows_body {
+        ok &= write!(out, "Content-Length: {}\r\n", body.len()).is_ok();
+    } else if status == 205 {
+        ok &= out.extend(b"Content-Length: 0\r\n");
+    }
+    if !keep_alive {
+        ok &= out.extend(b"Connection: close\r\n");
+    }
     let mut lines = HeaderLines::new(out);
+    if allows_body {
+        lines.add("Content-Type", content_type.as_bytes());
+    }
     add(&mut lines);
     *refused += u64::from(lines.refused());
-    ok && lines.fits() && out.extend(b"\r\n") && (!include_body || out.extend(body))
+    ok && lines.fits() && out.extend(b"\r\n") && (!include_body || !allows_body || out.extend(body))
 }
 
 pub fn reason(status: u16) -> &'static str {
@@ -697,6 +715,60 @@ pub fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn local(status: u16, content_type: &str, body: &[u8], refused: &mut u64) -> Vec<u8> {
+        let mut out = ByteBuf::with_capacity(512);
+        assert!(write_local_response(
+            &LocalResponse {
+                status,
+                content_type,
+                body,
+                keep_alive: true,
+                include_body: true,
+            },
+            |lines| {
+                lines.add("X-Evil", b"a\r\nSet-Cookie: owned=1");
+                lines.add("X-Ok", b"1");
+            },
+            refused,
+            &mut out,
+        ));
+        out.filled().to_vec()
+    }
+
+    #[test]
+    fn a_local_answer_refuses_a_content_type_or_line_that_would_split_its_head() {
+        let mut refused = 0;
+        let out = local(403, "text/html\r\nSet-Cookie: owned=1", b"no", &mut refused);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("Set-Cookie"), "{text}");
+        assert!(!text.contains("Content-Type"), "{text}");
+        assert!(text.contains("X-Ok: 1\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nno"), "{text}");
+        assert_eq!(refused, 2);
+        let mut refused = 0;
+        let text = String::from_utf8(local(200, "text/plain", b"ok", &mut refused)).unwrap();
+        assert!(
+            text.contains("Content-Type: text/plain\r\nX-Ok: 1\r\n"),
+            "{text}"
+        );
+        assert_eq!(refused, 1);
+    }
+
+    #[test]
+    fn a_local_answer_without_content_has_no_body_and_no_length() {
+        for status in [204, 304] {
+            let text = String::from_utf8(local(status, "text/plain", b"body", &mut 0)).unwrap();
+            assert!(text.ends_with("X-Ok: 1\r\n\r\n"), "{status}: {text}");
+            assert!(!text.contains("Content-Length"), "{status}: {text}");
+            assert!(!text.contains("Content-Type"), "{status}: {text}");
+        }
+        let text = String::from_utf8(local(205, "text/plain", b"body", &mut 0)).unwrap();
+        assert!(text.ends_with("X-Ok: 1\r\n\r\n"), "{text}");
+        assert!(text.contains("Content-Length: 0\r\n"), "{text}");
+        let text = String::from_utf8(local(200, "text/plain", b"body", &mut 0)).unwrap();
+        assert!(text.contains("Content-Length: 4\r\n") && text.ends_with("\r\n\r\nbody"));
+    }
 
     fn parse(raw: &[u8]) -> Result<Option<RequestHead>, HeadError> {
         let mut h = HeaderSlots::new();

@@ -1,5 +1,15 @@
 //! The header list the proxy hands to a plugin for one phase.
 
+/// The most fields a header map may hold while a plugin has it: the host
+/// refuses a call that goes past it (an ABI violation), so a guest cannot
+/// grow the proxy's memory or its per-request work (the proxy's diff of a
+/// map is bounded by this too).
+pub const MAX_MAP_FIELDS: usize = 256;
+
+/// The most bytes (names and values) a header map may hold while a plugin
+/// has it; see [`MAX_MAP_FIELDS`].
+pub const MAX_MAP_BYTES: usize = 64 * 1024;
+
 /// An ordered list of header fields, as byte pairs, that a plugin may read
 /// and change during a call.
 ///
@@ -34,6 +44,16 @@ impl HeaderList {
     /// The pairs, in order.
     pub fn pairs(&self) -> &[(Vec<u8>, Vec<u8>)] {
         &self.pairs
+    }
+
+    /// The bytes of every name and value.
+    pub fn bytes(&self) -> usize {
+        self.pairs.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
+    /// Within [`MAX_MAP_FIELDS`] and [`MAX_MAP_BYTES`].
+    pub fn within_limits(&self) -> bool {
+        self.pairs.len() <= MAX_MAP_FIELDS && self.bytes() <= MAX_MAP_BYTES
     }
 
     /// The pairs, giving up the list.
@@ -112,5 +132,18 @@ mod tests {
         h.remove(b"X-t");
         assert_eq!(h.get(b"x-t"), None);
         assert_eq!(h.len(), 3);
+    }
+
+    #[test]
+    fn limits_count_fields_and_bytes() {
+        let mut h = HeaderList::from_pairs([("ab", "cde")]);
+        assert_eq!(h.bytes(), 5);
+        assert!(h.within_limits());
+        for _ in 0..MAX_MAP_FIELDS {
+            h.add(b"x", b"");
+        }
+        assert!(!h.within_limits());
+        let h = HeaderList::from_pairs([("x", vec![b'a'; MAX_MAP_BYTES])]);
+        assert!(!h.within_limits());
     }
 }

@@ -33,6 +33,21 @@ pub(crate) fn abi_err(msg: impl Into<String>) -> wasmtime::Error {
     wasmtime::Error::new(HostAbort::Abi(msg.into()))
 }
 
+/// A map past [`crate::MAX_MAP_FIELDS`] or [`crate::MAX_MAP_BYTES`] ends
+/// the call as an ABI violation: the guest cannot grow what the proxy
+/// holds and walks per request without bound.
+fn within_limits(map: &HeaderList, call: &str) -> wasmtime::Result<()> {
+    if map.within_limits() {
+        Ok(())
+    } else {
+        Err(abi_err(format!(
+            "{call}: a header map holds at most {} fields and {} bytes",
+            crate::MAX_MAP_FIELDS,
+            crate::MAX_MAP_BYTES
+        )))
+    }
+}
+
 /// `StoreLimits` plus a note that a growth was refused, so a trap after it
 /// is counted as out-of-memory.
 pub(crate) struct Limiter {
@@ -403,13 +418,15 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
             if !(100..=999).contains(&status) {
                 return st(Status::BadArgument);
             }
+            let headers = HeaderList::from_pairs(pairs);
+            within_limits(&headers, "proxy_send_local_response")?;
             let Some(state) = host.http_state() else {
                 return st(Status::NotFound);
             };
             state.local = Some(LocalResponse {
                 status: status as u16,
                 details,
-                headers: HeaderList::from_pairs(pairs),
+                headers,
                 body,
                 grpc_status: grpc,
             });
@@ -459,6 +476,7 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
             match host.lent_map(ty) {
                 Ok(map) => {
                     map.add(key, value);
+                    within_limits(map, "proxy_add_header_map_value")?;
                     ok()
                 }
                 Err(s) => st(s),
@@ -476,6 +494,7 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
             match host.lent_map(ty) {
                 Ok(map) => {
                     map.replace(key, value);
+                    within_limits(map, "proxy_replace_header_map_value")?;
                     ok()
                 }
                 Err(s) => st(s),
@@ -555,6 +574,7 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
             match host.lent_map(ty) {
                 Ok(map) => {
                     map.set_pairs(pairs);
+                    within_limits(map, "proxy_set_header_map_pairs")?;
                     ok()
                 }
                 Err(s) => st(s),

@@ -123,6 +123,14 @@ pub struct PluginInstance {
     tick_base_ms: u64,
 }
 
+/// A generation no other instance in the process has used: a context id
+/// of a replaced instance (or of this one before it failed) is then never
+/// taken for one of a new instance's, though both count ids from 2.
+fn next_generation() -> u32 {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
 fn seed() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
     N.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
@@ -254,7 +262,7 @@ impl PluginInstance {
             store,
             cb,
             poisoned: false,
-            generation: 0,
+            generation: next_generation(),
             next_id: abi::ROOT_CONTEXT_ID + 1,
             tick_base_ms: now.monotonic_ms,
         })
@@ -292,7 +300,7 @@ impl PluginInstance {
 
     fn poison(&mut self) {
         self.poisoned = true;
-        self.generation = self.generation.wrapping_add(1);
+        self.generation = next_generation();
         self.store.data_mut().contexts.clear();
     }
 

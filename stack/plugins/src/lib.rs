@@ -119,7 +119,7 @@ mod shared_data;
 mod stubs;
 
 pub use abi::Status;
-pub use headers::HeaderList;
+pub use headers::{HeaderList, MAX_MAP_BYTES, MAX_MAP_FIELDS};
 pub use instance::{Failure, FailureKind, HttpContextId, LocalResponse, Outcome, PluginInstance};
 pub use metrics::{MetricKind, MetricSample, PluginStats};
 pub use module::{CompileError, PluginLimits, PluginModule};

@@ -743,3 +743,59 @@ fn the_guest_reads_the_time_the_proxy_passed_in() {
         other => panic!("expected the time back, got {other:?}"),
     }
 }
+
+#[test]
+fn a_guest_that_grows_a_header_map_past_its_limit_fails_the_call() {
+    // Adds `x: v` until the host says no (or the fuel runs out).
+    let bytes = wat(
+        r#"(import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 256) "xv")
+           (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (loop $l
+               (br_if $l (i32.eqz (call $add (i32.const 0) (i32.const 256) (i32.const 1) (i32.const 257) (i32.const 1)))))
+             (i32.const 0))"#,
+    );
+    // Fuel for thousands of adds, not millions: without the limit the call
+    // would run out of fuel instead.
+    let limits = PluginLimits {
+        fuel_per_call: 200_000,
+        ..PluginLimits::default()
+    };
+    let p = plugin(&bytes, &limits, b"");
+    let mut inst = PluginInstance::new(&p, now(0)).unwrap();
+    let ctx = inst.create_http_context(Properties::new()).unwrap();
+    let mut req = h(&[("a", "b")]);
+    match inst.on_request_headers(ctx, &mut req, true) {
+        Outcome::Failed(f) => {
+            assert_eq!(f.kind, FailureKind::AbiViolation, "{}", f.reason);
+            assert!(f.reason.contains("at most"), "{}", f.reason);
+        }
+        other => panic!("expected an ABI violation, got {other:?}"),
+    }
+    assert_eq!(p.stats().abi_errors, 1);
+    assert_eq!(p.stats().timeouts, 0);
+}
+
+#[test]
+fn a_new_instance_does_not_answer_for_an_old_instances_context() {
+    let bytes = wat(
+        "",
+        r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (i32.const 0))"#,
+    );
+    let p = plugin(&bytes, &PluginLimits::default(), b"");
+    let mut old = PluginInstance::new(&p, now(0)).unwrap();
+    let stale = old.create_http_context(Properties::new()).unwrap();
+    // A worker replaces `old` with a fresh instance of the same plugin: the
+    // fresh one hands out the same ids, but not the same contexts.
+    let mut new = PluginInstance::new(&p, now(0)).unwrap();
+    let fresh = new.create_http_context(Properties::new()).unwrap();
+    assert_eq!(stale.id(), fresh.id());
+    assert_ne!(stale, fresh);
+    match new.on_request_headers(stale, &mut h(&[]), true) {
+        Outcome::Failed(f) => assert_eq!(f.kind, FailureKind::Poisoned),
+        other => panic!("expected the old context refused, got {other:?}"),
+    }
+    assert!(new.finish(stale).is_err());
+    assert_eq!(new.open_contexts(), 1);
+}

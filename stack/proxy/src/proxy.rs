@@ -333,7 +333,7 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
     let (phases, routes) = (cx.phases, cx.routes);
     // The previous request's plugin contexts, if it ended without a
     // response head (an error answer, a client that left).
-    crate::plugin_phase::finish(cx.plugins, &mut rewrite.plugin);
+    crate::plugin_phase::finish(cx.plugins, &mut rewrite.plugin, cx.stats);
     rewrite.clear();
     info.looked_up = None;
     let listener = routes.listener(info.listener_port);
@@ -1139,8 +1139,15 @@ impl<P: ProxyHttp> Conn<P> {
                     &mut self.bufs.request_head,
                 ) {
                     self.bufs.from_client.consume(info.head_len);
-                    return self
-                        .fail_to_client(cx, ProxyError::BadRequest(head::HeadError::TooLarge));
+                    // Lines the plugins added that do not fit are theirs
+                    // to answer for, not the client's.
+                    let err = if self.rewrite.plugin.adds_request() {
+                        cx.stats.plugin_failures += 1;
+                        ProxyError::PluginFailed
+                    } else {
+                        ProxyError::BadRequest(head::HeadError::TooLarge)
+                    };
+                    return self.fail_to_client(cx, err);
                 }
                 // Before the blank line that ends the head.
                 self.host_at = (!has_host).then(|| self.bufs.request_head.len() - 2);
@@ -1183,15 +1190,17 @@ impl<P: ProxyHttp> Conn<P> {
                 direct_lines(r, lines);
                 self.rewrite.plugin.add_response(lines);
             },
-            &mut 0,
+            &mut cx.stats.header_lines_refused,
             &mut self.bufs.to_client,
         );
-        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin);
+        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
         self.rewrite.plugin.clear_edits();
+        // What goes out: a 500 when the answer did not fit.
+        let status = if ok { r.status } else { 500 };
         cx.stats.responses_local += 1;
-        cx.stats.count_status(r.status);
-        self.count_route_response(cx, r.status);
-        self.log_access(cx, r.status, "");
+        cx.stats.count_status(status);
+        self.count_route_response(cx, status);
+        self.log_access(cx, status, "");
         if !ok {
             // Direct body larger than the head buffer: configuration
             // validation bounds it, so this is an internal error.
@@ -1478,12 +1487,13 @@ impl<P: ProxyHttp> Conn<P> {
                     &mut self.rewrite.plugin,
                     cx.stats,
                 );
-                crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin);
+                crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
                 if plugins.is_err() {
                     self.bufs.from_upstream.clear();
                     self.cache_writer = None;
                     return self.fail_to_client(cx, ProxyError::PluginFailed);
                 }
+                let plugin_lines = self.rewrite.plugin.adds_response();
                 let phases = cx.phases;
                 let info = ResponseInfo {
                     request_id: &self.request_id[..self.request_id_len],
@@ -1510,6 +1520,14 @@ impl<P: ProxyHttp> Conn<P> {
                 // The head is written: the rule's changes are done (and its
                 // `Arc` does not pin an old snapshot's pool while idle).
                 self.rewrite.clear();
+                if !ok && plugin_lines {
+                    // The plugins' lines did not fit: their failure, not the
+                    // origin's (no retry, no breaker).
+                    cx.stats.plugin_failures += 1;
+                    self.bufs.from_upstream.clear();
+                    self.cache_writer = None;
+                    return self.fail_to_client(cx, ProxyError::PluginFailed);
+                }
                 if !ok {
                     return self
                         .upstream_failed(cx, ProxyError::BadResponse(head::HeadError::TooLarge));
@@ -1794,6 +1812,7 @@ impl<P: ProxyHttp> Conn<P> {
             }
             cx.net.stream(self.client).close();
         }
+        self.end_plugins(cx);
         self.drop_upstream(cx, false);
         self.phase = Phase::Finished;
         true
@@ -1876,6 +1895,7 @@ impl<P: ProxyHttp> Conn<P> {
         self.settle(cx, None);
         // A body being stored is aborted: its readers see it end short.
         self.clear_cache();
+        self.end_plugins(cx);
         if reset {
             cx.net.stream(self.client).abort();
         } else {
@@ -1883,6 +1903,11 @@ impl<P: ProxyHttp> Conn<P> {
         }
         self.drop_upstream(cx, reset);
         self.phase = Phase::Finished;
+    }
+
+    /// Ends the request's plugin contexts (see `plugin_phase::finish`).
+    pub(crate) fn end_plugins(&mut self, cx: &mut Ctx<'_, P>) {
+        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
     }
 
     fn release_upstream(&mut self, cx: &mut Ctx<'_, P>) {
@@ -1927,7 +1952,7 @@ impl<P: ProxyHttp> Conn<P> {
         let status = err.status();
         // A HEAD's answer carries no body, however it ends.
         let is_head = self.request.is_some_and(|r| r.is_head);
-        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin);
+        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
         self.note_cache(cx);
         self.cache = None;
         self.cache_writer = None;

@@ -240,7 +240,7 @@ fn starts_with_prefix(target: &str, from: &str) -> bool {
 /// removes that name, then the route's; for `rewrite_prefix` and `pool`
 /// the route's rule wins when it sets one. Two `Arc` clones per request,
 /// no allocation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Rewrites {
     pub listener: Option<Arc<Rewrite>>,
     pub route: Option<Arc<Rewrite>>,

@@ -323,6 +323,13 @@ impl<P: ProxyHttp> ProxyApp<P> {
             progressed |= h2.drive(&mut cx);
             slot.conn = Some(Session::H2(h2));
         }
+        if let Some(Session::H1(conn)) = &mut slot.conn
+            && conn.is_finished()
+        {
+            // Whatever path it ended by, its request's plugin contexts end
+            // with it.
+            conn.end_plugins(&mut cx);
+        }
         let mut net = cx.net;
         let session = slot.conn.as_mut().expect("driven connection");
         match session {

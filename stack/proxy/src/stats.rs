@@ -77,13 +77,21 @@ pub struct StackStats {
     /// proxy-wasm plugins at the viewer phases: calls made, calls that
     /// failed (trap, fuel, memory, ABI, a start that failed), of those the
     /// ones a `fail_open` plugin let through, local answers, instances
-    /// started on this worker and replaced for holding too many contexts.
+    /// started on this worker.
     pub plugin_calls: u64,
     pub plugin_failures: u64,
     pub plugin_failed_open: u64,
     pub plugin_local_responses: u64,
     pub plugin_instances_started: u64,
-    pub plugin_instances_replaced: u64,
+    /// HTTP contexts started (one per plugin per request) and ended
+    /// (`on_done`, `on_log`, `on_delete`): equal once no request is in
+    /// flight.
+    pub plugin_contexts_created: u64,
+    pub plugin_contexts_ended: u64,
+    /// Plugins' changes the proxy did not apply: framing fields, `Host`,
+    /// pseudo-headers, and the fields the proxy writes itself
+    /// (`X-Forwarded-For`, `X-Forwarded-Proto`, identity headers).
+    pub plugin_edits_ignored: u64,
     /// Header lines a proxy phase tried to add and the codec refused (bad
     /// bytes, a framing field).
     pub header_lines_refused: u64,
@@ -357,7 +365,9 @@ impl StackStats {
         self.plugin_failed_open += o.plugin_failed_open;
         self.plugin_local_responses += o.plugin_local_responses;
         self.plugin_instances_started += o.plugin_instances_started;
-        self.plugin_instances_replaced += o.plugin_instances_replaced;
+        self.plugin_contexts_created += o.plugin_contexts_created;
+        self.plugin_contexts_ended += o.plugin_contexts_ended;
+        self.plugin_edits_ignored += o.plugin_edits_ignored;
         self.conn_drives += o.conn_drives;
         self.conn_buffers_allocated += o.conn_buffers_allocated;
         self.tls_handshakes_full += o.tls_handshakes_full;
@@ -421,7 +431,9 @@ impl StackStats {
             ("plugin_failed_open", self.plugin_failed_open),
             ("plugin_local_responses", self.plugin_local_responses),
             ("plugin_instances_started", self.plugin_instances_started),
-            ("plugin_instances_replaced", self.plugin_instances_replaced),
+            ("plugin_contexts_created", self.plugin_contexts_created),
+            ("plugin_contexts_ended", self.plugin_contexts_ended),
+            ("plugin_edits_ignored", self.plugin_edits_ignored),
             ("header_lines_refused", self.header_lines_refused),
             ("cache_hits", self.cache.hit),
             ("cache_misses", self.cache.miss),

@@ -463,3 +463,141 @@ fn h2c_and_http1_share_the_store_and_revalidate_with_304() {
     let last = lab.origin_requests.last().unwrap().to_ascii_lowercase();
     assert!(last.contains("if-none-match: \"v1\""), "{last}");
 }
+
+/// A listener with a proxy-wasm plugin that adds `x-plugin: 1` to
+/// responses (a request it changed would bypass the cache), HTTP/2 on, a
+/// cached route.
+fn plugin_lab() -> Lab {
+    plugin_lab_with(
+        r#"(drop (call $add (i32.const 2) (i32.const 256) (i32.const 8) (i32.const 264) (i32.const 1)))"#,
+        |_| {},
+    )
+}
+
+/// The plugin lab with `on_response` as the response callback's body and
+/// the stack's configuration `tune`d.
+fn plugin_lab_with(on_response: &str, tune: impl FnOnce(&mut StackConfig)) -> Lab {
+    use ferrogate_proxy::plugin_phase::AttachedPlugin;
+    use ferrogate_proxy::plugins::{Plugin, PluginConfig, PluginLimits, PluginModule};
+    let wasm = wat::parse_str(format!(
+        r#"(module
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $bump (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (global.get $bump) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (data (i32.const 256) "x-plugin")
+  (data (i32.const 264) "1")
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    {on_response}
+    (i32.const 0)))"#
+    ))
+    .unwrap();
+    let module = PluginModule::compile(&wasm, &PluginLimits::default()).unwrap();
+    let plugin = Plugin::new(
+        module,
+        PluginConfig {
+            name: "adder".into(),
+            ..Default::default()
+        },
+    );
+    let upstream = origin_pool(|_| {});
+    let cached = Route {
+        path: PathMatch::Prefix("/cached".into()),
+        cache: Some(Arc::new(ferrogate_proxy::cache::RouteCache::default())),
+        ..Route::new("cached", RouteAction::Proxy(upstream.clone()))
+    };
+    let other = Route::new("origin", RouteAction::Proxy(upstream.clone()));
+    let listener = Listener::new(80, vec![cached, other])
+        .with_http2(true)
+        .with_plugins(vec![AttachedPlugin {
+            plugin,
+            fail_open: false,
+        }]);
+    let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
+    Lab::with_routes(Origin::Serving, routes, tune)
+}
+
+/// Every plugin context a request starts ends (`on_done`, `on_log`,
+/// `on_delete`) however the request ends: a response over keep-alive, a
+/// cache hit, a client that resets its connection mid-response, an h2
+/// stream reset, a cache hit on h2.
+#[test]
+fn plugin_contexts_end_on_every_path() {
+    let mut lab = plugin_lab();
+    let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: x.example\r\n\r\n").into_bytes();
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/hello"));
+    assert_eq!(r.status, 200);
+    assert!(r.head.contains("x-plugin: 1"), "{}", r.head);
+    assert_eq!(lab.exchange(c, &get("/cached/a")).status, 200);
+    // A hit, and the last request on this connection for now.
+    assert_eq!(lab.exchange(c, &get("/cached/a")).status, 200);
+    lab.step(10);
+    let s = lab.edge.stats();
+    assert_eq!(s.cache.hit, 1);
+    assert_eq!(
+        (s.plugin_contexts_created, s.plugin_contexts_ended),
+        (3, 3),
+        "a cache hit ends its contexts"
+    );
+    // A client that leaves mid-response.
+    let c2 = lab.connect();
+    lab.send(c2, &get("/big"));
+    for _ in 0..5 {
+        lab.step(1);
+    }
+    lab.sockets.get_mut::<tcp::Socket>(c2).abort();
+    for _ in 0..50 {
+        lab.step(1);
+    }
+    // HTTP/2: a response, a hit, a reset mid-response.
+    let mut h2 = H2Client::connect(&mut lab);
+    h2.headers(&mut lab, 1, "GET", "/hello", true);
+    assert_eq!(h2.response(&mut lab, 1).field("x-plugin"), Some("1"));
+    h2.headers(&mut lab, 3, "GET", "/cached/a", true);
+    assert_eq!(h2.response(&mut lab, 3).field("x-cache"), Some("HIT"));
+    h2.headers(&mut lab, 5, "GET", "/big", true);
+    h2.pump(&mut lab, 5);
+    let mut out = Vec::new();
+    emit::rst_stream(&mut out, 5, ErrorCode::Cancel);
+    lab.send(h2.h, &out);
+    h2.pump(&mut lab, 50);
+    let s = lab.edge.stats();
+    assert_eq!(s.h2.client_resets, 1, "{:?}", s.h2);
+    assert_eq!(s.plugin_contexts_created, 7, "{s:?}");
+    assert_eq!(s.plugin_contexts_ended, s.plugin_contexts_created, "{s:?}");
+    assert_eq!(s.plugin_failures, 0);
+}
+
+/// Lines a plugin adds that overflow the head buffer are the plugin's
+/// failure: 500 plugin_failed, no retry, nothing held against the origin.
+#[test]
+fn plugin_lines_that_overflow_the_head_are_a_plugin_failure() {
+    // `x-plugin: aaaa…` (6000 bytes: under the plugins' 8 KiB, over a
+    // 4 KiB head buffer).
+    let mut lab = plugin_lab_with(
+        r#"(memory.fill (i32.const 1024) (i32.const 97) (i32.const 6000))
+           (drop (call $add (i32.const 2) (i32.const 256) (i32.const 8) (i32.const 1024) (i32.const 6000)))"#,
+        |c| c.head_buffer = 4096,
+    );
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /hello HTTP/1.1\r\nHost: x.example\r\n\r\n");
+    assert_eq!(r.status, 500, "{}", r.head);
+    let s = lab.edge.stats();
+    assert_eq!((s.retries, s.upstream_errors), (0, 0), "{s:?}");
+    assert_eq!(s.plugin_failures, 1);
+    assert_eq!(lab.origin_requests.len(), 1);
+    let mut h2 = H2Client::connect(&mut lab);
+    h2.headers(&mut lab, 1, "GET", "/hello", true);
+    assert_eq!(h2.response(&mut lab, 1).status(), 500);
+    let s = lab.edge.stats();
+    assert_eq!((s.retries, s.upstream_errors), (0, 0), "{s:?}");
+    assert_eq!(s.plugin_failures, 2);
+}

@@ -186,7 +186,8 @@ impl<P: ProxyHttp> H2Conn<P> {
         let mut i = 0;
         while i < self.streams.len() {
             if self.streams[i].is_done() {
-                let st = self.streams.swap_remove(i);
+                let mut st = self.streams.swap_remove(i);
+                st.end_plugins(cx);
                 keep_spare(&mut self.spare, st.into_bufs());
             } else {
                 i += 1;
@@ -319,8 +320,9 @@ fn on_event<P: ProxyHttp>(
                 .spare
                 .pop()
                 .unwrap_or_else(|| StreamBufs::new(cx.cfg.head_buffer));
-            let st = H2Stream::start(cx, h2, peer, stream, request, end_stream, bufs);
+            let mut st = H2Stream::start(cx, h2, peer, stream, request, end_stream, bufs);
             if st.is_done() {
+                st.end_plugins(cx);
                 keep_spare(streams.spare, st.into_bufs());
             } else {
                 streams.live.push(st);

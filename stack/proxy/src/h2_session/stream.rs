@@ -410,7 +410,15 @@ impl<P: ProxyHttp> H2Stream<P> {
             out.extend(b"Transfer-Encoding: chunked\r\n\r\n")
         });
         if !written {
-            return self.local_error(cx, h2, peer, ProxyError::BadRequest(HeadError::TooLarge));
+            // Lines the plugins added that do not fit are theirs to answer
+            // for, not the client's.
+            let err = if self.rewrite.plugin.adds_request() {
+                cx.stats.plugin_failures += 1;
+                ProxyError::PluginFailed
+            } else {
+                ProxyError::BadRequest(HeadError::TooLarge)
+            };
+            return self.local_error(cx, h2, peer, err);
         }
         let expects_continue = !self.request_ended
             && req.headers.iter().any(|h| {
@@ -730,13 +738,14 @@ impl<P: ProxyHttp> H2Stream<P> {
             &mut self.rewrite.plugin,
             cx.stats,
         );
-        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin);
+        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
         if plugins.is_err() {
             self.from_upstream.clear();
             self.cache_writer = None;
             self.local_error(cx, h2, peer, ProxyError::PluginFailed);
             return true;
         }
+        let plugin_lines = self.rewrite.plugin.adds_response();
         let xcache = self.note_cache(cx);
         let status_header = cx.cache.edge.settings.status_header.as_deref();
         let phases = cx.phases;
@@ -762,6 +771,15 @@ impl<P: ProxyHttp> H2Stream<P> {
             &mut self.request_head,
         );
         self.from_upstream.consume(resp.head_len);
+        if !ok && plugin_lines {
+            // The plugins' lines did not fit: their failure, not the
+            // origin's (no retry, no breaker).
+            cx.stats.plugin_failures += 1;
+            self.from_upstream.clear();
+            self.cache_writer = None;
+            self.local_error(cx, h2, peer, ProxyError::PluginFailed);
+            return true;
+        }
         if !ok {
             self.upstream_failed(cx, h2, peer, ProxyError::BadResponse(HeadError::TooLarge));
             return true;
@@ -989,7 +1007,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         if err.side() == crate::error::Side::Upstream && self.stale_for_error(cx, h2, peer) {
             return;
         }
-        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin);
+        self.end_plugins(cx);
         self.note_cache(cx);
         self.cache = None;
         self.cache_writer = None;
@@ -1048,10 +1066,10 @@ impl<P: ProxyHttp> H2Stream<P> {
                 crate::proxy::direct_lines(d, lines);
                 self.rewrite.plugin.add_response(lines);
             },
-            &mut 0,
+            &mut cx.stats.header_lines_refused,
             &mut self.request_head,
         );
-        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin);
+        self.end_plugins(cx);
         self.rewrite.plugin.clear_edits();
         self.answer(cx, h2, peer, d.status, ok, &d.body, "");
     }
@@ -1072,7 +1090,12 @@ impl<P: ProxyHttp> H2Stream<P> {
         cx.stats.count_status(status);
         self.count_route_response(cx, status);
         self.log_access(cx, peer, status, code);
-        let body = if self.is_head { &[][..] } else { body };
+        // HEAD, and statuses without content (204, 205, 304), send none.
+        let body = if self.is_head || !head::status_allows_body(status) {
+            &[][..]
+        } else {
+            body
+        };
         if !head_ok || !self.send_head(h2, body.is_empty(), true) {
             // The phases' lines did not fit, or the stream is gone.
             if h2
@@ -1164,7 +1187,14 @@ impl<P: ProxyHttp> H2Stream<P> {
         // A body being stored is aborted: its readers see it end short.
         self.cache = None;
         self.cache_writer = None;
+        self.end_plugins(cx);
         self.step = Step::Done;
+    }
+
+    /// Ends the request's plugin contexts (see `plugin_phase::finish`):
+    /// every way a stream ends comes here.
+    pub(crate) fn end_plugins(&mut self, cx: &mut Ctx<'_, P>) {
+        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
     }
 }
 

@@ -304,6 +304,9 @@ impl<P: ProxyHttp> Conn<P> {
         part: Part,
     ) -> bool {
         let info = self.request.expect("request in flight");
+        // A stored answer does not go through the plugins' response phase
+        // (yet): the request's contexts end here.
+        self.end_plugins(cx);
         self.cache = None;
         self.cache_writer = None;
         self.cache_status = Some(s);

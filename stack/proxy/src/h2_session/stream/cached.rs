@@ -206,6 +206,9 @@ impl<P: ProxyHttp> H2Stream<P> {
         s: CacheStatus,
         part: Part,
     ) {
+        // A stored answer does not go through the plugins' response phase
+        // (yet): the request's contexts end here.
+        self.end_plugins(cx);
         self.cache = None;
         self.cache_writer = None;
         self.cache_status = Some(s);
