@@ -171,12 +171,13 @@ fn the_deb_ships_binary_unit_configs_dashboard_docs_and_its_unit_verifies() {
     let out = dir.join("out");
 
     // The package as build-deb.sh makes it, from the debug binary staged
-    // in a scratch target dir (`--fast`: a 300 MB debug binary to xz).
+    // in a scratch target dir; stripped and compressed fast (the debug
+    // binary is 300 MB: unstripped, the test would need 700 MB of disk).
     ok(Command::new("bash")
         .arg(workspace().join("packaging/build-deb.sh"))
         .args(["-o"])
         .arg(&out)
-        .args(["--fast", "--offline", "--quiet"])
+        .args(["--fast", "--strip", "--offline", "--quiet"])
         .env("FG_DEB_BIN", ferrogate_bin())
         .env("CARGO_TARGET_DIR", dir.join("target"))
         .current_dir(workspace()));
@@ -202,6 +203,14 @@ fn the_deb_ships_binary_unit_configs_dashboard_docs_and_its_unit_verifies() {
         "Version: {version}, the workspace is {upstream}"
     );
     assert_eq!(field("Section"), "net");
+    // The synopsis (the Description's first line) names what it is, not
+    // the package again, in at most 80 characters (Debian policy 3.4.1).
+    let description = field("Description");
+    let synopsis = description.lines().next().unwrap_or_default();
+    assert!(
+        !synopsis.to_lowercase().starts_with("ferrogate") && synopsis.len() <= 80,
+        "Description synopsis {synopsis:?}"
+    );
     let depends = field("Depends");
     let names = depends_names(&depends);
     // Every library the binary links comes from a package Depends names,
@@ -285,7 +294,20 @@ fn the_deb_ships_binary_unit_configs_dashboard_docs_and_its_unit_verifies() {
     let mut pages = 0;
     for e in std::fs::read_dir(&man_dir).unwrap() {
         let name = e.unwrap().file_name().into_string().unwrap();
-        mode(&format!("usr/share/man/man1/{name}.gz"));
+        let packaged = format!("usr/share/man/man1/{name}.gz");
+        mode(&packaged);
+        // NAME is "page \- what it does": apropos/whatis list it by that
+        // (a subcommand without a doc comment has none).
+        let page = ok(Command::new("gzip").arg("-dc").arg(root.join(&packaged)));
+        let name_line = page
+            .lines()
+            .skip_while(|l| *l != ".SH NAME")
+            .nth(1)
+            .unwrap_or_default();
+        assert!(
+            name_line.contains(" \\- "),
+            "{packaged}: NAME without a description: {name_line:?}"
+        );
         pages += 1;
     }
     assert!(pages > 1, "{pages} man pages generated");
