@@ -37,8 +37,12 @@ packages=(
   # The status page's browser test: Debian's headless Chromium, driven by
   # playwright-core (npm, below) under node
   chromium nodejs
-  # packaging: `logrotate -d` checks packaging/logrotate/ferrogate
-  logrotate
+  # packaging: `logrotate -d` checks packaging/logrotate/ferrogate; the .deb
+  # test (tests/tests/package_deb.rs) runs `systemd-analyze verify` on the
+  # packaged unit (systemd need not be PID 1), which looks its
+  # Documentation=man:ferrogate(1) up with man; readelf (binutils) lists the
+  # libraries the binary needs
+  logrotate systemd man-db binutils
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -85,6 +89,15 @@ fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "vendor-setup.sh: installing cargo-fuzz 0.13.2"
   cargo install cargo-fuzz --version 0.13.2 --locked --root /usr/local --quiet
+fi
+
+# cargo-deb: packaging/build-deb.sh and tests/tests/package_deb.rs build the
+# .deb with it; built from crates.io once, pinned (about 2 minutes on 2 cores;
+# skipped when this version is already installed).
+cargo_deb_version=3.8.0
+if [ "$(cargo-deb --version 2>/dev/null)" != "cargo-deb $cargo_deb_version" ]; then
+  echo "vendor-setup.sh: installing cargo-deb $cargo_deb_version"
+  cargo install cargo-deb --version "$cargo_deb_version" --locked --root /usr/local --quiet --force
 fi
 
 # npm: some nodejs builds bring their own (nodesource's), Debian's comes

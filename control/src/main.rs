@@ -239,6 +239,8 @@ enum XdpCmd {
 
 #[derive(Subcommand)]
 enum LabCmd {
+    /// Build the lab (network namespaces named PREFIX…, a veth with
+    /// --queues queues as the edge's NIC, an origin) and print its status.
     Up {
         #[arg(long, default_value = "fg-")]
         prefix: String,
@@ -275,10 +277,12 @@ enum LabCmd {
         #[arg(long)]
         side: String,
     },
+    /// Stop the lab's processes and remove its namespaces and links.
     Down {
         #[arg(long, default_value = "fg-")]
         prefix: String,
     },
+    /// The lab's namespaces, addresses and links (or that it is down).
     Status {
         #[arg(long, default_value = "fg-")]
         prefix: String,
