@@ -222,7 +222,7 @@ pub(crate) struct Shared {
     /// has stopped (purges then delete in place).
     deletes: Mutex<Deletes>,
     /// The files purges removed from the index and the thread has not
-    /// deleted yet (lock order: index, deletes, journal).
+    /// deleted yet (lock order: journal, then deletes).
     journal: Mutex<journal::Journal>,
     stop: AtomicBool,
     /// Body bytes of queued writes (see `DiskConfig::max_queued_bytes`).
@@ -330,22 +330,26 @@ impl Shared {
 
     /// Applies a purge to the disk tier: `record` (the store's purge-log
     /// entry, if any) runs under the index write lock, then the matching
-    /// entries leave the index; their files are deleted by the thread.
-    /// The files are written to the journal and queued for deletion
-    /// under the same lock: the thread cannot empty the journal between.
+    /// entries leave the index (no I/O under that lock: workers' lookups
+    /// only try it). Then, under the journal's lock, the files are written
+    /// to the journal and queued for deletion by the thread: the thread
+    /// cannot shrink the journal between the two (lock order: journal,
+    /// then deletes).
     pub(crate) fn purge(&self, m: Matcher<'_>, record: impl FnOnce()) -> usize {
         let mut gone = Vec::new();
-        let mut ix = self.write();
-        record();
-        let n = ix.purge(m, &mut gone);
+        let n = {
+            let mut ix = self.write();
+            record();
+            ix.purge(m, &mut gone)
+        };
         if n > 0 {
-            if self.journal().append(&gone).is_err() {
+            let mut j = self.journal();
+            if j.append(&gone).is_err() {
                 self.counters.journal_errors.fetch_add(1, Ordering::Relaxed);
             }
             self.counters.purged.fetch_add(n as u64, Ordering::Relaxed);
             self.delete_later(gone);
         }
-        drop(ix);
         n
     }
 
@@ -353,18 +357,32 @@ impl Shared {
         self.journal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Empties the journal once every purged file is deleted (the thread,
-    /// after its deletes). Takes the index's write lock only when the
-    /// journal holds something.
+    /// Shrinks the journal to the files still waiting to be deleted (the
+    /// thread, after its deletes).
     fn settle_journal(&self) {
-        if self.journal().is_empty() {
+        let mut j = self.journal();
+        let d = self.deletes.lock().unwrap_or_else(|e| e.into_inner());
+        // The journal names every pending file (unless an append failed):
+        // as many records as pending files means nothing to drop.
+        if j.records() == d.seqs.len() as u64 {
             return;
         }
-        let _ix = self.write();
-        let d = self.deletes.lock().unwrap_or_else(|e| e.into_inner());
-        if d.seqs.is_empty() && self.journal().clear().is_err() {
+        if j.rewrite(&d.seqs).is_err() {
             self.counters.journal_errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Puts back files whose delete failed (the thread retries them; the
+    /// journal keeps naming them).
+    fn delete_failed(&self, seqs: Vec<u64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        self.deletes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seqs
+            .extend(seqs);
     }
 
     fn delete_later(&self, seqs: Vec<u64>) {
@@ -501,13 +519,16 @@ impl DiskTier {
         std::fs::create_dir_all(&cfg.dir).map_err(io)?;
         let dir_lock = lock_dir(&cfg.dir)?;
         // Purges a crash interrupted finish before the scan sees their files.
-        let (journal, journal_max) = journal::Journal::replay(&cfg.dir, cfg.fsync, |seq| {
-            let _ = std::fs::remove_file(worker::file_path(&cfg.dir, seq));
+        let replayed = journal::Journal::replay(&cfg.dir, cfg.fsync, |seq| {
+            worker::remove_purged(&worker::file_path(&cfg.dir, seq))
         })
         .map_err(io)?;
         let mut corrupt = 0;
-        let (index, next_seq, evicted) = worker::scan(&cfg, &store, &mut corrupt).map_err(io)?;
-        let next_seq = next_seq.max(journal_max + 1);
+        // A purged file the replay could not delete is not indexed (the
+        // thread deletes it).
+        let (index, next_seq, evicted) =
+            worker::scan(&cfg, &store, &replayed.pending, &mut corrupt).map_err(io)?;
+        let next_seq = next_seq.max(replayed.max_seq.saturating_add(1));
         let (tx, rx) = mpsc::sync_channel(cfg.queue);
         let (loads_tx, loads_rx) = mpsc::sync_channel(cfg.load_queue);
         let shared = Arc::new(Shared {
@@ -517,8 +538,11 @@ impl DiskTier {
             loads: loads_tx,
             generations: (0..GENERATIONS).map(|_| AtomicU64::new(0)).collect(),
             invalidations: Mutex::default(),
-            deletes: Mutex::default(),
-            journal: Mutex::new(journal),
+            deletes: Mutex::new(Deletes {
+                seqs: replayed.pending,
+                closed: false,
+            }),
+            journal: Mutex::new(replayed.journal),
             stop: AtomicBool::new(false),
             queued_bytes: AtomicU64::new(0),
             _dir_lock: dir_lock,

@@ -382,10 +382,15 @@ fn a_crash_before_the_purged_files_are_deleted_does_not_bring_them_back() {
     {
         let s = store(1);
         let tier = DiskTier::open(cfg(&dir.0, 1 << 20), s.clone()).unwrap();
-        put(&s, "/gone", &h, b"1", &NONE);
-        put(&s, "/gone/too", &h, b"2", &NONE);
+        // Files 1, 2, 3: the purged ones are the newest, so only the
+        // journal keeps the next run from numbering new files 2 and 3.
         put(&s, "/kept", &h, b"3", &NONE);
+        wait_for("1 write", || tier.stats().written == 1);
+        put(&s, "/gone", &h, b"1", &NONE);
+        wait_for("2 writes", || tier.stats().written == 2);
+        put(&s, "/gone/too", &h, b"2", &NONE);
         wait_for("3 writes", || tier.stats().written == 3);
+        assert!(dir.0.join("0000000000000003.fgc").exists());
         // Hold the thread inside its next write: it deletes nothing meanwhile.
         let (entered_tx, entered) = mpsc::channel();
         let (release, release_rx) = mpsc::channel::<()>();
@@ -449,6 +454,36 @@ fn a_crash_before_the_purged_files_are_deleted_does_not_bring_them_back() {
     put(&s, "/new", &h, b"5", &NONE);
     wait_for("the write", || tier.stats().written == 1);
     assert!(tier.contains(hash(&s, "/new")) && tier.contains(hash(&s, "/kept")));
+    assert!(crashed.0.join("0000000000000004.fgc").exists());
+}
+
+#[test]
+fn a_journal_replay_keeps_naming_the_files_it_could_not_delete() {
+    let dir = TempDir::new("journal");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    {
+        let r = journal::Journal::replay(&dir.0, true, |_| true).unwrap();
+        let mut j = r.journal;
+        assert_eq!((r.max_seq, r.pending.len()), (0, 0));
+        j.append(&[5, 9, 7]).unwrap();
+        assert_eq!(j.records(), 3);
+    }
+    // A torn record (a crash mid-append) is ignored.
+    let path = dir.0.join(journal::JOURNAL_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[1, 2, 3]).unwrap();
+    drop(f);
+    let r = journal::Journal::replay(&dir.0, false, |seq| seq != 9).unwrap();
+    assert_eq!((r.max_seq, r.pending.clone()), (9, vec![9]));
+    assert_eq!(r.journal.records(), 1);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 8);
+    drop(r);
+    let r = journal::Journal::replay(&dir.0, false, |_| true).unwrap();
+    assert_eq!((r.max_seq, r.pending.len()), (9, 0));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
 }
 
 /// A purge that lands while the thread has read a file but not yet

@@ -42,6 +42,15 @@ fn remove(path: &Path) {
     let _ = fs::remove_file(path);
 }
 
+/// Deletes a purged file; false when it is still there (the journal keeps
+/// naming it and the thread tries again).
+pub(crate) fn remove_purged(path: &Path) -> bool {
+    match fs::remove_file(path) {
+        Ok(()) => true,
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    }
+}
+
 /// Why a file could not be used.
 #[derive(Debug)]
 enum Bad {
@@ -104,6 +113,7 @@ fn read_file(path: &Path) -> Result<(Header, Bytes), Bad> {
 pub(crate) fn scan(
     cfg: &DiskConfig,
     store: &MemoryStore,
+    purged: &[u64],
     corrupt: &mut u64,
 ) -> io::Result<(Index, u64, u64)> {
     let mut found = Vec::new();
@@ -125,6 +135,9 @@ pub(crate) fn scan(
             continue;
         };
         max_seq = max_seq.max(seq);
+        if purged.contains(&seq) {
+            continue;
+        }
         match read_header(&ent.path()) {
             Ok((h, size)) => found.push((seq, h, size)),
             Err(_) => {
@@ -231,9 +244,13 @@ impl Worker {
 
     fn delete_pending(&self) {
         self.invalidate_pending();
-        for seq in self.shared.take_deletes() {
-            remove(&file_path(self.dir(), seq));
-        }
+        let failed: Vec<u64> = self
+            .shared
+            .take_deletes()
+            .into_iter()
+            .filter(|&seq| !remove_purged(&file_path(self.dir(), seq)))
+            .collect();
+        self.shared.delete_failed(failed);
         self.shared.settle_journal();
     }
 
