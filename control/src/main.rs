@@ -476,15 +476,13 @@ fn main() -> Result<()> {
             state_dir,
             watch_ms,
         } => daemon::run(daemon::DaemonArgs {
-            fleet: match bootstrap {
-                Some(bootstrap) => Some(fleet::FleetArgs {
-                    etcd: fleet::cli::endpoints(&etcd).unwrap_or_default(),
-                    cluster,
-                    bootstrap,
-                    host,
-                }),
-                None => None,
-            },
+            fleet: bootstrap.map(|bootstrap| fleet::FleetArgs {
+                // Empty: the bootstrap file's endpoints.
+                etcd: fleet::cli::endpoints(&etcd).unwrap_or_default(),
+                cluster,
+                bootstrap,
+                host,
+            }),
             config: config.unwrap_or_default(),
             engine_socket,
             socket: socket_opt(socket),
