@@ -607,6 +607,17 @@ impl Daemon {
                 pushes: st.pushes,
                 admin_auth_failures: crate::admin::auth_failures(),
                 last_change_failed: st.last_error.is_some(),
+                fleet: self.fleet.as_ref().map(|f| {
+                    let fs = f.state();
+                    crate::metrics::FleetInfo {
+                        etcd_connected: fs.etcd_connected,
+                        in_sync: connected && st.in_sync() && f.bundle_in_sync(),
+                        revision: fs.applied_revision,
+                        bundles_applied: fs.bundles_applied,
+                        bundles_refused: fs.bundles_refused,
+                        compactions: fs.compactions,
+                    }
+                }),
             }
         };
         body.push_str(&crate::metrics::render_control(&info));

@@ -296,7 +296,10 @@ impl Fleet {
                 );
             }
         };
-        let restarted = self.lock().applied_revision == rev && eng.runs(&toml, &v.payload.config);
+        // Not under the fleet lock: the daemon's status takes its own lock,
+        // then this one.
+        let applied = self.lock().applied_revision;
+        let restarted = applied == rev && eng.runs(&toml, &v.payload.config);
         if !restarted {
             if let Err(e) = eng.apply_bundle(&toml, &v.payload.config) {
                 return self.refuse(rev, format!("version {version}: {e}"));
@@ -357,6 +360,8 @@ impl Fleet {
                     // waiting for `from` would miss every bundle.
                     if w.header.revision + 1 < from {
                         tracing::warn!(store = w.header.revision, from, "etcd's revision went back; reading the bundle anew");
+                        // Its bundle has a lower revision than what was seen.
+                        self.lock().latest_revision = 0;
                         reload = true;
                         return false;
                     }
@@ -517,4 +522,133 @@ pub fn start(fleet: Arc<Fleet>, eng: Arc<dyn FleetEngine>, stop: Arc<AtomicBool>
         .name("fg-fleet-status".into())
         .spawn(move || fleet.report(&*eng, &stop))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    /// Records what it was asked to apply; refuses TOML containing "refuse".
+    #[derive(Default)]
+    struct FakeEngine {
+        applied: Mutex<Vec<PathBuf>>,
+        running: Mutex<Option<(PathBuf, String)>>,
+    }
+
+    impl FleetEngine for FakeEngine {
+        fn apply_bundle(&self, toml: &Path, text: &str) -> std::result::Result<(), String> {
+            if text.contains("refuse") {
+                return Err("the engine refused it".into());
+            }
+            self.applied.lock().unwrap().push(toml.to_path_buf());
+            *self.running.lock().unwrap() = Some((toml.to_path_buf(), text.to_string()));
+            Ok(())
+        }
+
+        fn runs(&self, toml: &Path, text: &str) -> bool {
+            self.running
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|(p, t)| p == toml && t == text)
+        }
+
+        fn engine_state(&self) -> (bool, bool) {
+            (true, true)
+        }
+    }
+
+    fn fleet(dir: &Path, key: &SigningKey) -> Fleet {
+        let boot = Bootstrap {
+            cluster: "eu".into(),
+            etcd: vec!["http://127.0.0.1:1".into()],
+            host: "h".into(),
+            trusted: vec![key.verifying_key()],
+            status_ttl: Duration::from_secs(10),
+        };
+        Fleet::new(boot, dir).unwrap()
+    }
+
+    fn kv(rev: i64, value: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key: bundle_key("eu").into_bytes(),
+            value,
+            mod_revision: rev,
+            ..Default::default()
+        }
+    }
+
+    fn sealed(key: &SigningKey, config: &str) -> Vec<u8> {
+        bundle::seal(
+            &bundle::Payload {
+                format: bundle::FORMAT.into(),
+                cluster: "eu".into(),
+                version: config.into(),
+                created_unix_s: 1,
+                config_name: "edge.toml".into(),
+                config: config.into(),
+                files: Default::default(),
+            },
+            key,
+        )
+    }
+
+    #[test]
+    fn bundles_are_applied_once_refused_with_a_reason_and_not_pushed_again_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("fg-fleet-consider-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let eng = FakeEngine::default();
+        let f = fleet(&dir, &key);
+
+        f.consider(&eng, &kv(5, sealed(&key, "one")));
+        f.consider(&eng, &kv(5, sealed(&key, "one"))); // seen: nothing
+        let st = f.state();
+        assert_eq!((st.applied_revision, st.bundles_applied), (5, 1));
+        assert_eq!(eng.applied.lock().unwrap().len(), 1);
+        assert!(f.bundle_in_sync());
+
+        let rogue = SigningKey::from_bytes(&[8; 32]);
+        f.consider(&eng, &kv(6, sealed(&rogue, "two")));
+        let st = f.state();
+        assert_eq!((st.applied_revision, st.bundles_refused), (5, 1));
+        assert!(
+            st.last_refusal
+                .as_deref()
+                .unwrap()
+                .starts_with("revision 6: signed by an untrusted key")
+        );
+        assert!(
+            !f.bundle_in_sync(),
+            "the newest bundle is not the applied one"
+        );
+
+        f.consider(&eng, &kv(7, sealed(&key, "refuse me")));
+        let st = f.state();
+        assert_eq!((st.applied_revision, st.bundles_refused), (5, 2));
+        assert!(
+            st.last_refusal
+                .as_deref()
+                .unwrap()
+                .contains("the engine refused it")
+        );
+
+        f.consider(&eng, &kv(8, sealed(&key, "three")));
+        assert_eq!(f.state().applied_revision, 8);
+        assert_eq!(eng.applied.lock().unwrap().len(), 2);
+
+        // A new daemon on the same state dir, the engine running revision 8.
+        let again = fleet(&dir, &key);
+        assert_eq!(
+            again.state().applied_revision,
+            8,
+            "read back from the state dir"
+        );
+        again.consider(&eng, &kv(8, sealed(&key, "three")));
+        assert_eq!(eng.applied.lock().unwrap().len(), 2, "not pushed again");
+        assert_eq!(again.state().bundles_applied, 0);
+        assert!(again.bundle_in_sync());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
