@@ -626,8 +626,7 @@ fn etcd_outages_and_a_compaction_behind_a_cut_off_daemon_lose_nothing() {
 #[test]
 fn a_three_member_cluster_that_loses_a_member_still_delivers() {
     lab_test("fleet_three", || {
-        let etcd_cluster = Etcd::start(3);
-        let mut etcd = etcd_cluster;
+        let mut etcd = Etcd::start(3);
         let eps = etcd.endpoints();
         let publisher = Publisher::new();
         let (lab, _engine) = lab_and_engine();
@@ -636,6 +635,8 @@ fn a_three_member_cluster_that_loses_a_member_still_delivers() {
         wait_body(&lab, "one");
         // The first member (the one the daemon talks to first) goes.
         etcd.members[0].kill();
+        // If it led, the others elect a leader first (about a second).
+        etcd.wait_healthy();
         let free = free_port(); // nothing listens there: a dead endpoint too
         let publish_eps = format!("http://127.0.0.1:{free},{eps}");
         publisher.publish(&publish_eps, "two");
