@@ -249,6 +249,12 @@ enum CtlSub {
         /// default: the revision read just before.
         #[arg(long)]
         expect_revision: Option<i64>,
+        /// The bundle's serial (default: above the current bundle's and at
+        /// least the time in ms). Hosts
+        /// refuse a serial that is not newer than the one they run: set it
+        /// only when etcd lost its data.
+        #[arg(long)]
+        serial: Option<u64>,
     },
     /// Write a new ed25519 key pair for signing bundles: OUT (private,
     /// 0600) and OUT.pub.
@@ -500,6 +506,7 @@ fn main() -> Result<()> {
                     cluster,
                     version,
                     expect_revision,
+                    serial,
                 },
             ..
         } => {
@@ -510,6 +517,7 @@ fn main() -> Result<()> {
                 cluster,
                 version,
                 expect_revision,
+                serial,
             };
             match fleet::cli::publish(&args) {
                 Ok(out) => {

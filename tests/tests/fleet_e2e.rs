@@ -281,6 +281,7 @@ fn published_bundles_apply_and_bad_ones_are_refused_while_the_engine_keeps_servi
         // A signed bundle: applied, with the file it names unpacked beside it.
         let rev = publisher.publish(&eps, "one");
         let took = wait_body(&lab, "one");
+        let signed_one = etcd.get(&format!("/ferrogate/{CLUSTER}/bundle"));
         eprintln!(
             "publish -> engine serving: {:.0} ms",
             took.as_secs_f64() * 1e3
@@ -372,8 +373,19 @@ fn published_bundles_apply_and_bad_ones_are_refused_while_the_engine_keeps_servi
         wait_body(&lab, "three");
         let s = daemon.wait_status("in sync again", |s| s.contains("fleet_in_sync yes"));
         assert_eq!(field(&s, "fleet_bundles_applied"), "3", "{s}");
+
+        // An older bundle, validly signed, written back: a replay.
+        etcd.put(
+            &format!("/ferrogate/{CLUSTER}/bundle"),
+            String::from_utf8(signed_one).unwrap().trim_end().as_bytes(),
+        );
+        let s = daemon.wait_status("the replay refused", |s| {
+            s.contains("fleet_bundles_refused 4\n")
+        });
+        assert!(field(&s, "fleet_last_refusal").contains("not newer"), "{s}");
+        assert_eq!(lab.curl(&format!("http://{VIP}/v")).unwrap(), "three");
         let log = daemon.log();
-        assert_eq!(log.matches("fleet bundle refused").count(), 3, "{log}");
+        assert_eq!(log.matches("fleet bundle refused").count(), 4, "{log}");
     });
 }
 

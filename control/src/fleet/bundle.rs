@@ -63,6 +63,11 @@ pub struct Payload {
     pub format: String,
     pub cluster: String,
     pub version: String,
+    /// Above the bundle it replaced (publish reads it under the same
+    /// compare-and-swap) and at least the publish time in ms: hosts refuse
+    /// one not above what they run, so an older signed bundle written back
+    /// into etcd is not run again.
+    pub serial: u64,
     pub created_unix_s: u64,
     /// The TOML's file name; unpacked under this name.
     pub config_name: String,
@@ -102,6 +107,7 @@ pub fn build(
     config: &Path,
     cluster: &str,
     version: Option<String>,
+    serial: u64,
 ) -> Result<Payload, BundleError> {
     let text = std::fs::read_to_string(config).map_err(|e| BundleError::File {
         path: config.to_path_buf(),
@@ -138,6 +144,7 @@ pub fn build(
         format: FORMAT.into(),
         cluster: cluster.into(),
         version: String::new(),
+        serial,
         created_unix_s,
         config_name,
         config: text,
@@ -174,6 +181,14 @@ pub fn seal_unsigned(payload: &Payload) -> Vec<u8> {
         payload: serde_json::to_string(payload).expect("a payload serializes"),
     })
     .expect("an envelope serializes")
+}
+
+/// The serial an envelope's payload claims (unverified: only publish
+/// reads it, to number the next bundle).
+pub fn serial_of(bytes: &[u8]) -> Option<u64> {
+    let env: Envelope = serde_json::from_slice(bytes).ok()?;
+    let p: serde_json::Value = serde_json::from_str(&env.payload).ok()?;
+    p["serial"].as_u64()
 }
 
 /// A verified payload and who signed it.
@@ -401,6 +416,7 @@ mod tests {
             format: FORMAT.into(),
             cluster: "eu".into(),
             version: "v1".into(),
+            serial: 1,
             created_unix_s: 1,
             config_name: "edge.toml".into(),
             config: "[engine]\n".into(),

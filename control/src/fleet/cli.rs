@@ -16,6 +16,10 @@ pub struct PublishArgs {
     pub etcd: Vec<String>,
     pub cluster: String,
     pub version: Option<String>,
+    /// The bundle's serial (default: above the current one's, at least the
+    /// time in ms); only needed
+    /// when etcd lost its data and hosts still remember a higher one.
+    pub serial: Option<u64>,
     /// Publish only over this bundle revision (0: none may exist); by
     /// default the revision read just before writing.
     pub expect_revision: Option<i64>,
@@ -54,9 +58,33 @@ impl PublishError {
 pub fn publish(a: &PublishArgs) -> std::result::Result<String, PublishError> {
     let other = |e: anyhow::Error| PublishError::Other(e);
     check_name("cluster", &a.cluster).map_err(other)?;
-    let payload =
-        bundle::build(&a.file, &a.cluster, a.version.clone()).map_err(PublishError::Invalid)?;
+    // Checked before etcd is asked anything.
+    bundle::build(&a.file, &a.cluster, a.version.clone(), 0).map_err(PublishError::Invalid)?;
     let key = bundle::load_signing_key(&a.key).map_err(PublishError::Invalid)?;
+    let client = Client::new(&a.etcd, Duration::from_secs(5)).map_err(|e| other(e.into()))?;
+    let k = bundle_key(&a.cluster);
+    let (_, current) = client.get(k.as_bytes()).map_err(|e| other(e.into()))?;
+    let expected = a
+        .expect_revision
+        .unwrap_or_else(|| current.as_ref().map(|kv| kv.mod_revision).unwrap_or(0));
+    // Above the current bundle's (a newer one than `expected` makes the
+    // write below fail) and at least the time in ms: what etcd holds may
+    // be garbage (an unsigned or altered bundle) while hosts remember the
+    // serial they run.
+    let serial = a.serial.unwrap_or_else(|| {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        current
+            .as_ref()
+            .and_then(|kv| bundle::serial_of(&kv.value))
+            .unwrap_or(0)
+            .saturating_add(1)
+            .max(now_ms)
+    });
+    let payload = bundle::build(&a.file, &a.cluster, a.version.clone(), serial)
+        .map_err(PublishError::Invalid)?;
     let sealed = bundle::seal(&payload, &key);
     if sealed.len() > bundle::MAX_ENVELOPE {
         return Err(PublishError::Invalid(BundleError::TooLarge {
@@ -64,22 +92,14 @@ pub fn publish(a: &PublishArgs) -> std::result::Result<String, PublishError> {
             max: bundle::MAX_ENVELOPE,
         }));
     }
-    let client = Client::new(&a.etcd, Duration::from_secs(5)).map_err(|e| other(e.into()))?;
-    let k = bundle_key(&a.cluster);
-    let expected = match a.expect_revision {
-        Some(r) => r,
-        None => {
-            let (_, kv) = client.get(k.as_bytes()).map_err(|e| other(e.into()))?;
-            kv.map(|kv| kv.mod_revision).unwrap_or(0)
-        }
-    };
     match client
         .put_if_mod_revision(k.as_bytes(), &sealed, expected)
         .map_err(|e| other(e.into()))?
     {
         Cas::Written(h) => Ok(format!(
-            "published version {} to cluster {} at revision {} ({} files, {} bytes, signed by {})\n",
+            "published version {} (serial {}) to cluster {} at revision {} ({} files, {} bytes, signed by {})\n",
             payload.version,
+            payload.serial,
             a.cluster,
             h.revision,
             payload.files.len(),

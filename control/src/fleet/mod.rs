@@ -175,6 +175,7 @@ pub struct FleetState {
     /// The etcd member that answered last.
     pub applied_revision: i64,
     pub applied_version: Option<String>,
+    pub applied_serial: u64,
     pub applied_toml: Option<PathBuf>,
     /// The newest bundle revision seen (applied or not).
     pub latest_revision: i64,
@@ -207,6 +208,7 @@ impl Fleet {
             };
             st.applied_revision = get("revision").and_then(|r| r.parse().ok()).unwrap_or(0);
             st.applied_version = get("version");
+            st.applied_serial = get("serial").and_then(|r| r.parse().ok()).unwrap_or(0);
             st.applied_toml = get("config").map(PathBuf::from);
         }
         Ok(Fleet {
@@ -249,9 +251,9 @@ impl Fleet {
         st.etcd_error = Some(e.to_string());
     }
 
-    fn record_applied(&self, revision: i64, version: &str, toml: &Path) {
+    fn record_applied(&self, revision: i64, version: &str, serial: u64, toml: &Path) {
         let text = format!(
-            "revision {revision}\nversion {version}\nconfig {}\n",
+            "revision {revision}\nversion {version}\nserial {serial}\nconfig {}\n",
             toml.display()
         );
         let tmp = self.dir.join(format!(".{APPLIED}.tmp"));
@@ -287,6 +289,21 @@ impl Fleet {
         };
         let version = v.payload.version.clone();
         self.lock().latest_version = Some(version.clone());
+        let (applied, applied_serial) = {
+            let st = self.lock();
+            (st.applied_revision, st.applied_serial)
+        };
+        let serial = v.payload.serial;
+        // The same bundle (a restarted daemon) may come again; an older
+        // one, or another with the same serial, is a replay.
+        if serial < applied_serial || (serial == applied_serial && rev != applied) {
+            return self.refuse(
+                rev,
+                format!(
+                    "version {version}: serial {serial} is not newer than the running bundle's {applied_serial} (an older bundle written back?)"
+                ),
+            );
+        }
         let toml = match bundle::unpack(&v, &self.dir, rev) {
             Ok(t) => t,
             Err(e) => {
@@ -298,19 +315,19 @@ impl Fleet {
         };
         // Not under the fleet lock: the daemon's status takes its own lock,
         // then this one.
-        let applied = self.lock().applied_revision;
         let restarted = applied == rev && eng.runs(&toml, &v.payload.config);
         if !restarted {
             if let Err(e) = eng.apply_bundle(&toml, &v.payload.config) {
                 return self.refuse(rev, format!("version {version}: {e}"));
             }
             tracing::info!(revision = rev, %version, signer = %v.signer, config = %toml.display(), "fleet bundle applied");
-            self.record_applied(rev, &version, &toml);
+            self.record_applied(rev, &version, serial, &toml);
         }
         {
             let mut st = self.lock();
             st.applied_revision = rev;
             st.applied_version = Some(version);
+            st.applied_serial = serial;
             st.applied_toml = Some(toml.clone());
             if !restarted {
                 st.bundles_applied += 1;
@@ -580,11 +597,18 @@ mod tests {
     }
 
     fn sealed(key: &SigningKey, config: &str) -> Vec<u8> {
+        sealed_n(key, config, SERIAL.fetch_add(1, Ordering::Relaxed))
+    }
+
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+    fn sealed_n(key: &SigningKey, config: &str, serial: u64) -> Vec<u8> {
         bundle::seal(
             &bundle::Payload {
                 format: bundle::FORMAT.into(),
                 cluster: "eu".into(),
                 version: config.into(),
+                serial,
                 created_unix_s: 1,
                 config_name: "edge.toml".into(),
                 config: config.into(),
@@ -602,8 +626,9 @@ mod tests {
         let eng = FakeEngine::default();
         let f = fleet(&dir, &key);
 
-        f.consider(&eng, &kv(5, sealed(&key, "one")));
-        f.consider(&eng, &kv(5, sealed(&key, "one"))); // seen: nothing
+        let one = sealed(&key, "one");
+        f.consider(&eng, &kv(5, one.clone()));
+        f.consider(&eng, &kv(5, one.clone())); // seen: nothing
         let st = f.state();
         assert_eq!((st.applied_revision, st.bundles_applied), (5, 1));
         assert_eq!(eng.applied.lock().unwrap().len(), 1);
@@ -634,9 +659,25 @@ mod tests {
                 .contains("the engine refused it")
         );
 
-        f.consider(&eng, &kv(8, sealed(&key, "three")));
+        let three = sealed(&key, "three");
+        f.consider(&eng, &kv(8, three.clone()));
         assert_eq!(f.state().applied_revision, 8);
         assert_eq!(eng.applied.lock().unwrap().len(), 2);
+
+        // An older signed bundle written back: a replay, refused.
+        f.consider(&eng, &kv(9, one));
+        let st = f.state();
+        assert_eq!((st.applied_revision, st.bundles_refused), (8, 3));
+        assert!(
+            st.last_refusal.as_deref().unwrap().contains("not newer"),
+            "{st:?}"
+        );
+        f.consider(&eng, &kv(10, three.clone()));
+        assert_eq!(
+            f.state().bundles_refused,
+            4,
+            "the same serial again, elsewhere"
+        );
 
         // A new daemon on the same state dir, the engine running revision 8.
         let again = fleet(&dir, &key);
@@ -645,7 +686,7 @@ mod tests {
             8,
             "read back from the state dir"
         );
-        again.consider(&eng, &kv(8, sealed(&key, "three")));
+        again.consider(&eng, &kv(8, three));
         assert_eq!(eng.applied.lock().unwrap().len(), 2, "not pushed again");
         assert_eq!(again.state().bundles_applied, 0);
         assert!(again.bundle_in_sync());
