@@ -670,3 +670,53 @@ fn a_three_member_cluster_that_loses_a_member_still_delivers() {
         });
     });
 }
+
+/// Hosts as several labs on this machine (3; `FG_FLEET_HOSTS=N` for the
+/// README's figures): one publish reaches every engine.
+#[test]
+fn several_hosts_follow_one_publish() {
+    lab_test("fleet_hosts", || {
+        let n: usize = std::env::var("FG_FLEET_HOSTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        let etcd = Etcd::start(1);
+        let eps = etcd.endpoints();
+        let publisher = Publisher::new();
+        // Each host: its own lab (namespaces), engine and daemon; the
+        // engine stops before its lab goes.
+        let hosts: Vec<(Engine, Lab)> = (0..n)
+            .map(|_| {
+                let (lab, engine) = lab_and_engine();
+                (engine, lab)
+            })
+            .collect();
+        let daemons: Vec<Daemon> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, (_, lab))| Daemon::start(lab, &publisher, &eps, &format!("h{i}")))
+            .collect();
+        for d in &daemons {
+            d.wait_status("etcd", |s| s.contains("fleet_etcd_connected yes"));
+        }
+        for body in ["one", "two"] {
+            let t0 = Instant::now();
+            publisher.publish(&eps, body);
+            let mut each = Vec::new();
+            for (_, lab) in &hosts {
+                wait_body(lab, body);
+                each.push(t0.elapsed().as_millis());
+            }
+            eprintln!("publish {body} -> {n} engines serving it: {each:?} ms (polled in turn)");
+        }
+        let out = wait_fleet(&eps, "every host in sync", |code, _| code == Some(0));
+        for i in 0..n {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with(&format!("h{i} ")) && l.contains(" live ")),
+                "{out}"
+            );
+        }
+        drop(daemons);
+    });
+}
