@@ -43,6 +43,9 @@ packages=(
   # Documentation=man:ferrogate(1) up with man; readelf (binutils) lists the
   # libraries the binary needs
   logrotate systemd man-db binutils
+  # fleet mode: the fleet tests start their own etcd members (3.4 in
+  # bookworm) on loopback; etcdctl puts what a publisher would not
+  etcd-server etcd-client
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -58,6 +61,8 @@ fi
 # service must not hold port 80 on the host.
 if command -v systemctl >/dev/null 2>&1; then
   systemctl disable --now nginx >/dev/null 2>&1 || true
+  # Likewise etcd: the tests run their own members on free ports.
+  systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
 
 # bpffs for pinned maps (the engine does not pin by default, but operators do).

@@ -31,6 +31,8 @@ pub struct DaemonArgs {
     pub state_dir: PathBuf,
     /// How often the file and the engine are looked at.
     pub watch: Duration,
+    /// Fleet mode: the configuration comes from etcd, not `config`.
+    pub fleet: Option<crate::fleet::FleetArgs>,
 }
 
 /// File (under the state dir) holding the hash of the last file content the
@@ -114,6 +116,8 @@ struct Daemon {
     file_hash: crate::latest_file::LatestFile,
     /// The last hash recorded by this process.
     last_hash: Mutex<Option<u64>>,
+    /// Fleet mode's follower state (None: file mode).
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// What `/v1/hello` says.
@@ -133,6 +137,31 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 impl Daemon {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The configuration the daemon owns: the file, or in fleet mode the
+    /// last applied bundle's unpacked TOML.
+    fn config_path(&self) -> PathBuf {
+        match &self.fleet {
+            Some(f) => f
+                .state()
+                .applied_toml
+                .unwrap_or_else(|| PathBuf::from(format!("etcd:{}", f.boot.cluster))),
+            None => self.args.config.clone(),
+        }
+    }
+
+    /// API applies and rollbacks would be undone by the next bundle.
+    fn fleet_refusal(&self) -> Option<Reply> {
+        self.fleet.as_ref().map(|f| {
+            Reply::err(
+                409,
+                format!(
+                    "this daemon follows etcd cluster {}: publish with `ferrogate ctl publish`\n",
+                    f.boot.cluster
+                ),
+            )
+        })
     }
 
     fn watch_named(&self, files: Vec<PathBuf>) {
@@ -304,6 +333,9 @@ impl Daemon {
     /// invalid one is logged and the running version stays. Returns true
     /// when the watch saw a change that must hold still until the next look.
     fn check_file(&self, look: Look) -> bool {
+        if self.fleet.is_some() {
+            return false; // etcd owns the configuration
+        }
         let path = &self.args.config;
         let Ok(text) = std::fs::read_to_string(path) else {
             return false;
@@ -455,7 +487,7 @@ impl Daemon {
         let mut out = format!(
             "control_pid {}\ncontrol_config {}\ncontrol_uptime_s {:.1}\nengine_socket {}\nengine_connected {}\ndesired_hash {}\nin_sync {}\nfile_changes_applied {}\nfile_changes_rejected {}\npushes {}\nadmin_auth_failures {}\n",
             std::process::id(),
-            self.args.config.display(),
+            self.config_path().display(),
             self.started.elapsed().as_secs_f64(),
             self.args.engine_socket.display(),
             if st.engine_connected { "yes" } else { "no" },
@@ -474,6 +506,9 @@ impl Daemon {
             out.push_str(&format!("last_error {first}\n"));
         }
         drop(st);
+        if let Some(f) = &self.fleet {
+            out.push_str(&fleet_status_lines(f, in_sync));
+        }
         match self.engine("GET", "/status", None) {
             Ok(r) if r.status == 200 => {
                 out.push_str(&r.body);
@@ -493,7 +528,7 @@ impl Daemon {
             let in_sync = st.in_sync();
             serde_json::json!({
                 "pid": std::process::id(),
-                "config": self.args.config.display().to_string(),
+                "config": self.config_path().display().to_string(),
                 "uptime_s": self.started.elapsed().as_secs_f64(),
                 "engine_socket": self.args.engine_socket.display().to_string(),
                 "engine_connected": st.engine_connected,
@@ -506,6 +541,25 @@ impl Daemon {
                 "last_error": st.last_error.as_deref().map(|e| e.lines().next().unwrap_or("")),
             })
         };
+        if let Some(f) = &self.fleet {
+            let fs = f.state();
+            let in_sync = control["in_sync"].as_bool().unwrap_or(false);
+            control["fleet"] = serde_json::json!({
+                "cluster": f.boot.cluster,
+                "host": f.boot.host,
+                "etcd_connected": fs.etcd_connected,
+                "etcd_error": fs.etcd_error,
+                "revision": fs.applied_revision,
+                "version": fs.applied_version,
+                "latest_revision": fs.latest_revision,
+                "in_sync": in_sync && f.bundle_in_sync(),
+                "bundles_applied": fs.bundles_applied,
+                "bundles_refused": fs.bundles_refused,
+                "last_refusal": fs.last_refusal,
+                "compactions": fs.compactions,
+                "status_error": fs.status_error,
+            });
+        }
         let (status, engine) = match self.engine("GET", "/status.json", None) {
             Ok(r) if r.status == 200 => match serde_json::from_str::<serde_json::Value>(&r.body) {
                 Ok(mut v) => (200, v["engine"].take()),
@@ -553,6 +607,17 @@ impl Daemon {
                 pushes: st.pushes,
                 admin_auth_failures: crate::admin::auth_failures(),
                 last_change_failed: st.last_error.is_some(),
+                fleet: self.fleet.as_ref().map(|f| {
+                    let fs = f.state();
+                    crate::metrics::FleetInfo {
+                        etcd_connected: fs.etcd_connected,
+                        in_sync: connected && st.in_sync() && f.bundle_in_sync(),
+                        revision: fs.applied_revision,
+                        bundles_applied: fs.bundles_applied,
+                        bundles_refused: fs.bundles_refused,
+                        compactions: fs.compactions,
+                    }
+                }),
             }
         };
         body.push_str(&crate::metrics::render_control(&info));
@@ -567,6 +632,9 @@ impl Daemon {
     }
 
     fn apply(&self, req: &HttpRequest) -> Reply {
+        if let Some(r) = self.fleet_refusal() {
+            return r;
+        }
         let source = req
             .source
             .clone()
@@ -607,6 +675,9 @@ impl Daemon {
     }
 
     fn rollback(&self) -> Reply {
+        if let Some(r) = self.fleet_refusal() {
+            return r;
+        }
         let _one = self.push.lock().unwrap_or_else(|e| e.into_inner());
         let r = self.forward("POST", "/rollback");
         if r.status == 200
@@ -625,7 +696,7 @@ impl Daemon {
     }
 
     fn diff(&self) -> Reply {
-        let file = &self.args.config;
+        let file = &self.config_path();
         let disk = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => return Reply::err(404, format!("{}: {e}\n", file.display())),
@@ -705,6 +776,71 @@ impl Daemon {
     }
 }
 
+/// The fleet lines of `GET /status` (`in_sync`: the engine runs what the
+/// daemon wants).
+fn fleet_status_lines(f: &crate::fleet::Fleet, in_sync: bool) -> String {
+    let fs = f.state();
+    let one = |o: &Option<String>| {
+        o.as_deref()
+            .map(|s| s.lines().next().unwrap_or("").to_string())
+            .unwrap_or_else(|| "none".into())
+    };
+    format!(
+        "fleet_cluster {}\nfleet_host {}\nfleet_etcd_connected {}\nfleet_etcd_error {}\nfleet_revision {}\nfleet_version {}\nfleet_latest_revision {}\nfleet_in_sync {}\nfleet_bundles_applied {}\nfleet_bundles_refused {}\nfleet_last_refusal {}\nfleet_compactions {}\n",
+        f.boot.cluster,
+        f.boot.host,
+        if fs.etcd_connected { "yes" } else { "no" },
+        one(&fs.etcd_error),
+        fs.applied_revision,
+        fs.applied_version.as_deref().unwrap_or("none"),
+        fs.latest_revision,
+        if in_sync && f.bundle_in_sync() {
+            "yes"
+        } else {
+            "no"
+        },
+        fs.bundles_applied,
+        fs.bundles_refused,
+        one(&fs.last_refusal),
+        fs.compactions,
+    )
+}
+
+impl crate::fleet::FleetEngine for Daemon {
+    fn apply_bundle(&self, toml: &Path, text: &str) -> std::result::Result<(), String> {
+        // Validated here too: this host's ferrogate may refuse what the
+        // publisher's accepted (another version, a missing interface).
+        if let Err(e) = crate::config::compile(toml, text) {
+            return Err(format!(
+                "does not validate here: {}",
+                one_line(&e.to_string())
+            ));
+        }
+        match self.push(text, toml) {
+            Ok(r) if r.status == 200 => Ok(()),
+            Ok(r) => Err(format!("the engine refused it: {}", one_line(&r.body))),
+            Err(e) => {
+                // Pushed when the engine answers again (check_engine).
+                tracing::warn!(error = %format!("{e:#}"), "engine unreachable; the bundle waits for it");
+                self.adopt(text.to_string(), toml.to_path_buf(), content_hash(text));
+                Ok(())
+            }
+        }
+    }
+
+    fn runs(&self, toml: &Path, text: &str) -> bool {
+        let st = self.state();
+        st.engine_connected
+            && st.engine_hash == content_hash(text)
+            && st.desired.as_ref().is_some_and(|d| d.source == toml)
+    }
+
+    fn engine_state(&self) -> (bool, bool) {
+        let st = self.state();
+        (st.engine_connected, st.in_sync())
+    }
+}
+
 /// `s` as one comment-safe line.
 fn one_line(s: &str) -> String {
     s.trim_end().replace(['\n', '\r'], " ")
@@ -743,8 +879,17 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         (_, Some(p)) => Some(read_token(p)?),
         (None, None) => None,
     };
-    std::fs::metadata(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
+    let fleet = match &args.fleet {
+        Some(fa) => {
+            let boot = crate::fleet::load_bootstrap(fa)?;
+            Some(Arc::new(crate::fleet::Fleet::new(boot, &args.state_dir)?))
+        }
+        None => {
+            std::fs::metadata(&args.config)
+                .with_context(|| format!("reading {}", args.config.display()))?;
+            None
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
@@ -780,19 +925,31 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         push: Mutex::new(()),
         started: Instant::now(),
         named: Mutex::new(Vec::new()),
+        fleet,
     });
     // Connect first so a file the engine already runs is adopted, not pushed.
     daemon.check_engine();
+    if let Some(f) = &daemon.fleet {
+        tracing::info!(cluster = %f.boot.cluster, host = %f.boot.host, etcd = %f.boot.etcd.join(","), "fleet mode: following etcd");
+        let eng: Arc<dyn crate::fleet::FleetEngine> = daemon.clone();
+        crate::fleet::start(f.clone(), eng, stop.clone())?;
+    }
     // Which files the config names (a large prefix list takes seconds to
     // compile: after the engine is reached, not before). A file that does
     // not validate is reported, not fatal: the engine keeps its snapshot and
     // the daemon waits for a good one.
-    match std::fs::read_to_string(&daemon.args.config)
-        .map_err(|e| e.to_string())
-        .and_then(|t| crate::config::compile(&daemon.args.config, &t).map_err(|e| e.to_string()))
-    {
-        Ok(c) => daemon.watch_named(c.files),
-        Err(e) => {
+    // (Fleet mode: the bundle carries its files; nothing to watch.)
+    let compiled = daemon.fleet.is_none().then(|| {
+        std::fs::read_to_string(&daemon.args.config)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                crate::config::compile(&daemon.args.config, &t).map_err(|e| e.to_string())
+            })
+    });
+    match compiled {
+        None => {}
+        Some(Ok(c)) => daemon.watch_named(c.files),
+        Some(Err(e)) => {
             tracing::error!(config = %daemon.args.config.display(), errors = %e, "the configuration does not validate; waiting for a good one");
         }
     }
@@ -811,7 +968,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         admin::spawn_tcp(l, token, handler)?;
         tracing::info!(%addr, "control API listening on TCP (bearer token)");
     }
-    tracing::info!(config = %daemon.args.config.display(), engine = %daemon.args.engine_socket.display(), "ferrogate control daemon running");
+    tracing::info!(config = %daemon.config_path().display(), engine = %daemon.args.engine_socket.display(), "ferrogate control daemon running");
     // A change the watch sees is applied when a look this much later finds
     // the same content.
     let settle = daemon.args.watch.min(SETTLE);
@@ -869,11 +1026,13 @@ mod tests {
                 token_file: None,
                 state_dir: dir.to_path_buf(),
                 watch: Duration::from_secs(1),
+                fleet: None,
             },
             state: Mutex::new(State::default()),
             push: Mutex::new(()),
             started: Instant::now(),
             named: Mutex::new(Vec::new()),
+            fleet: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod demo;
+pub mod fleet;
 pub mod lab;
 mod latest_file;
 pub mod metrics;

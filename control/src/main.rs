@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
-use ferrogate_control::{admin, config, ctl, daemon, demo, lab, run, supervise};
+use ferrogate_control::{admin, config, ctl, daemon, demo, fleet, lab, run, supervise};
 
 #[derive(Parser)]
 #[command(name = "ferrogate", version, about = "Kernel-bypass edge proxy")]
@@ -60,10 +60,27 @@ enum Cmd {
         state_dir: PathBuf,
     },
     /// The control daemon alone (what `run` supervises): owns the config
-    /// file, pushes changes to the engine, serves the operator API.
+    /// file, pushes changes to the engine, serves the operator API. With
+    /// --etcd it follows a fleet's signed bundle in etcd instead of a file.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["config", "bootstrap"])))]
     Control {
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Fleet mode: etcd endpoints (http://HOST:PORT, comma-separated).
+        #[arg(long, value_delimiter = ',', requires = "bootstrap")]
+        etcd: Vec<String>,
+        /// Fleet mode: the cluster (keys under /ferrogate/NAME/); default
+        /// from the bootstrap file.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Fleet mode: the bootstrap file (trusted public keys, cluster,
+        /// endpoints, host name).
+        #[arg(long)]
+        bootstrap: Option<PathBuf>,
+        /// Fleet mode: this host's name in the fleet (default: bootstrap,
+        /// then the machine's host name).
+        #[arg(long)]
+        host: Option<String>,
         #[arg(long, default_value = "/run/ferrogate/engine.sock")]
         engine_socket: PathBuf,
         /// The operator API's Unix socket (mode 0600); `none` serves none.
@@ -213,6 +230,40 @@ enum CtlSub {
     Diff,
     /// Back to the previous kept version.
     Rollback,
+    /// Validate FILE like `check`, bundle it with the files it names,
+    /// sign it and write it to a fleet's etcd (compare-and-swap: a
+    /// concurrent publish makes this one fail with exit code 3).
+    Publish {
+        file: PathBuf,
+        /// The ed25519 private key (PKCS#8 PEM, `ctl keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+        #[arg(long)]
+        cluster: String,
+        /// The bundle's version string (default: time and digest).
+        #[arg(long)]
+        version: Option<String>,
+        /// Write only over this bundle revision (0: none published yet);
+        /// default: the revision read just before.
+        #[arg(long)]
+        expect_revision: Option<i64>,
+        /// The bundle's serial (default: above the current bundle's and at
+        /// least the time in ms). Hosts
+        /// refuse a serial that is not newer than the one they run: set it
+        /// only when etcd lost its data.
+        #[arg(long)]
+        serial: Option<u64>,
+    },
+    /// Write a new ed25519 key pair for signing bundles: OUT (private,
+    /// 0600) and OUT.pub.
+    Keygen { out: PathBuf },
+    /// A fleet's hosts as they report themselves in etcd.
+    Fleet {
+        #[command(subcommand)]
+        cmd: FleetSub,
+    },
     /// Live per-worker rates (packets, requests, busy %), refreshed.
     Top {
         /// Refresh interval in milliseconds.
@@ -221,6 +272,18 @@ enum CtlSub {
         /// Stop after this many refreshes (0 = until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         count: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetSub {
+    /// Hosts, their bundle version and revision, in sync or not, and the
+    /// ones gone silent; exit 1 unless all are live and in sync.
+    Status {
+        #[arg(long, value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+        #[arg(long)]
+        cluster: String,
     },
 }
 
@@ -412,6 +475,10 @@ fn main() -> Result<()> {
         }),
         Cmd::Control {
             config,
+            etcd,
+            cluster,
+            bootstrap,
+            host,
             engine_socket,
             socket,
             admin_tcp,
@@ -419,7 +486,14 @@ fn main() -> Result<()> {
             state_dir,
             watch_ms,
         } => daemon::run(daemon::DaemonArgs {
-            config,
+            fleet: bootstrap.map(|bootstrap| fleet::FleetArgs {
+                // Empty: the bootstrap file's endpoints.
+                etcd: fleet::cli::endpoints(&etcd).unwrap_or_default(),
+                cluster,
+                bootstrap,
+                host,
+            }),
+            config: config.unwrap_or_default(),
             engine_socket,
             socket: socket_opt(socket),
             tcp: admin_tcp,
@@ -427,6 +501,57 @@ fn main() -> Result<()> {
             state_dir,
             watch: Duration::from_millis(watch_ms.max(10)),
         }),
+        Cmd::Ctl {
+            cmd:
+                CtlSub::Publish {
+                    file,
+                    key,
+                    etcd,
+                    cluster,
+                    version,
+                    expect_revision,
+                    serial,
+                },
+            ..
+        } => {
+            let args = fleet::cli::PublishArgs {
+                file,
+                key,
+                etcd: fleet::cli::endpoints(&etcd)?,
+                cluster,
+                version,
+                expect_revision,
+                serial,
+            };
+            match fleet::cli::publish(&args) {
+                Ok(out) => {
+                    print!("{out}");
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(e.exit_code());
+                }
+            }
+        }
+        Cmd::Ctl {
+            cmd: CtlSub::Keygen { out },
+            ..
+        } => {
+            print!("{}", fleet::cli::keygen(&out)?);
+            Ok(())
+        }
+        Cmd::Ctl {
+            cmd:
+                CtlSub::Fleet {
+                    cmd: FleetSub::Status { etcd, cluster },
+                },
+            ..
+        } => {
+            let (code, out) = fleet::cli::fleet_status(&fleet::cli::endpoints(&etcd)?, &cluster)?;
+            print!("{out}");
+            std::process::exit(code);
+        }
         Cmd::Ctl {
             socket,
             tcp,
@@ -480,6 +605,9 @@ fn main() -> Result<()> {
                     interval: Duration::from_millis(interval_ms.max(100)),
                     count,
                 },
+                CtlSub::Publish { .. } | CtlSub::Keygen { .. } | CtlSub::Fleet { .. } => {
+                    unreachable!("handled above")
+                }
             };
             match ctl::ctl(&ep, cmd) {
                 Ok(code) => std::process::exit(code),

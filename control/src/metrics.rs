@@ -22,7 +22,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-pub use control::{ApplyCounts, ConfigState, ControlInfo};
+pub use control::{ApplyCounts, ConfigState, ControlInfo, FleetInfo};
 
 /// What `GET /metrics` is served as (the engine's and the daemon's): the
 /// text format 0.0.4 that `prometheus_text::encode` writes.

@@ -2,6 +2,7 @@
 //! (unique prefix), the `ferrogate` binary running in the edge namespace,
 //! clients in the client namespace, and teardown that runs even on panic.
 
+pub mod etcd;
 pub mod filter_cases;
 
 use std::collections::HashMap;

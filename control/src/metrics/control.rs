@@ -63,6 +63,21 @@ pub struct ControlInfo {
     pub admin_auth_failures: u64,
     /// The last push or file change failed (`/status`'s `last_error`).
     pub last_change_failed: bool,
+    /// Fleet mode only.
+    pub fleet: Option<FleetInfo>,
+}
+
+/// A fleet-mode daemon's view of etcd and its bundles.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FleetInfo {
+    pub etcd_connected: bool,
+    /// The engine runs the newest bundle.
+    pub in_sync: bool,
+    /// The etcd revision of the applied bundle.
+    pub revision: i64,
+    pub bundles_applied: u64,
+    pub bundles_refused: u64,
+    pub compactions: u64,
 }
 
 fn flag(b: bool) -> u64 {
@@ -188,4 +203,45 @@ pub(super) fn daemon(f: &mut Families, c: &ControlInfo) {
     ] {
         f.counter(name, help, &[], v);
     }
+    if let Some(fl) = &c.fleet {
+        fleet(f, fl);
+    }
+}
+
+fn fleet(f: &mut Families, fl: &FleetInfo) {
+    f.gauge(
+        "ferrogate_control_fleet_etcd_connected",
+        "1 while the fleet daemon reaches etcd",
+        &[],
+        flag(fl.etcd_connected),
+    );
+    f.gauge(
+        "ferrogate_control_fleet_in_sync",
+        "1 when the engine runs the fleet's newest bundle",
+        &[],
+        flag(fl.in_sync),
+    );
+    f.gauge(
+        "ferrogate_control_fleet_revision",
+        "etcd revision of the bundle this host applied (0: none)",
+        &[],
+        fl.revision.max(0) as u64,
+    );
+    for (result, n) in [
+        ("applied", fl.bundles_applied),
+        ("refused", fl.bundles_refused),
+    ] {
+        f.counter(
+            "ferrogate_control_fleet_bundles_total",
+            "fleet bundles this daemon applied, or refused (unsigned, untrusted key, bad signature, invalid here, refused by the engine)",
+            &[("result", result.into())],
+            n,
+        );
+    }
+    f.counter(
+        "ferrogate_control_fleet_watch_compactions_total",
+        "etcd watches that fell behind a compaction (each a full reload of the bundle)",
+        &[],
+        fl.compactions,
+    );
 }

@@ -273,8 +273,13 @@ fn the_daemon_exports_its_state_as_its_own_families() {
         pushes: 4,
         admin_auth_failures: 2,
         last_change_failed: true,
+        fleet: None,
     };
     let text = render_control(&c);
+    assert!(
+        !text.contains("fleet"),
+        "file mode has no fleet families: {text}"
+    );
     let e = parse(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
     assert_eq!(value(&e, "ferrogate_control_engine_connected", &[]), 1.0);
     assert_eq!(value(&e, "ferrogate_control_in_sync", &[]), 0.0);
@@ -297,6 +302,46 @@ fn the_daemon_exports_its_state_as_its_own_families() {
     // family twice).
     let engine = render(&super::golden::stats(), &super::golden::info());
     parse(&(engine + &text)).unwrap();
+
+    let fleet = ControlInfo {
+        fleet: Some(super::FleetInfo {
+            etcd_connected: false,
+            in_sync: true,
+            revision: 42,
+            bundles_applied: 5,
+            bundles_refused: 2,
+            compactions: 1,
+        }),
+        ..c
+    };
+    let text = render_control(&fleet);
+    let e = parse(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+    assert_eq!(
+        value(&e, "ferrogate_control_fleet_etcd_connected", &[]),
+        0.0
+    );
+    assert_eq!(value(&e, "ferrogate_control_fleet_in_sync", &[]), 1.0);
+    assert_eq!(value(&e, "ferrogate_control_fleet_revision", &[]), 42.0);
+    assert_eq!(
+        value(
+            &e,
+            "ferrogate_control_fleet_bundles_total",
+            &[("result", "refused")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &e,
+            "ferrogate_control_fleet_bundles_total",
+            &[("result", "applied")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        value(&e, "ferrogate_control_fleet_watch_compactions_total", &[]),
+        1.0
+    );
 }
 
 #[test]

@@ -1,0 +1,695 @@
+//! Fleet mode: many edges follow one configuration kept in etcd.
+//!
+//! Keys (under `/ferrogate/<cluster>/`):
+//! - `bundle`: the current signed bundle (`bundle.rs`), written by
+//!   `ferrogate ctl publish` with a compare-and-swap on its mod_revision;
+//! - `hosts/<host>`: each daemon's status (JSON) under a lease with a TTL,
+//!   so a host that dies disappears from it;
+//! - `members/<host>`: written once by each daemon, without a lease, so
+//!   `ferrogate ctl fleet status` can name the hosts that went silent.
+//!
+//! A daemon in fleet mode (`ferrogate control --etcd …`) reads the bundle,
+//! verifies it against the trusted keys of its bootstrap file, unpacks it
+//! into its state dir (a directory per revision) and hands the unpacked
+//! TOML to the same apply path as the file mode. Then it watches the key
+//! from the next revision; a broken stream is re-opened where it stopped,
+//! and a watch that fell behind a compaction reads the key anew (a full
+//! reload: only the newest bundle matters). etcd being away changes
+//! nothing for the engine, which keeps serving what it runs.
+
+pub mod bundle;
+pub mod cli;
+pub mod etcd;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ed25519_dalek::VerifyingKey;
+use serde::Deserialize;
+
+use etcd::{Client, EtcdError, EventType, KeyValue, WatchEnd};
+
+pub fn bundle_key(cluster: &str) -> String {
+    format!("/ferrogate/{cluster}/bundle")
+}
+
+pub fn host_key(cluster: &str, host: &str) -> String {
+    format!("/ferrogate/{cluster}/hosts/{host}")
+}
+
+pub fn member_key(cluster: &str, host: &str) -> String {
+    format!("/ferrogate/{cluster}/members/{host}")
+}
+
+/// Cluster and host names become key components: no `/`, nothing odd.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        bail!("{what} {name:?}: expected 1-128 characters of A-Z a-z 0-9 - _ .");
+    }
+    Ok(())
+}
+
+/// How long a watch may stay silent before it is re-opened (from where
+/// it was: nothing is lost).
+const WATCH_IDLE: Duration = Duration::from_secs(30);
+/// Retry bounds while etcd is away.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Unpacked bundles kept besides the running one (the engine restarts from
+/// its persisted snapshot, which names files in one of them).
+const KEEP_UNPACKED: usize = 4;
+/// The record of the last applied bundle, under the fleet dir.
+const APPLIED: &str = "applied";
+
+/// `ferrogate control --etcd … --cluster … --bootstrap …`.
+#[derive(Debug, Clone)]
+pub struct FleetArgs {
+    pub etcd: Vec<String>,
+    pub cluster: Option<String>,
+    pub bootstrap: PathBuf,
+    pub host: Option<String>,
+}
+
+/// The bootstrap file: what a host needs before it can trust etcd.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootstrapFile {
+    cluster: Option<String>,
+    #[serde(default)]
+    etcd: Vec<String>,
+    host: Option<String>,
+    /// Public keys (SPKI PEM files, relative to the bootstrap file).
+    trusted_keys: Vec<String>,
+    /// TTL of the host's status lease.
+    status_ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub cluster: String,
+    pub etcd: Vec<String>,
+    pub host: String,
+    pub trusted: Vec<VerifyingKey>,
+    pub status_ttl: Duration,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Reads the bootstrap file; the command line's `--etcd`, `--cluster` and
+/// `--host` win over it.
+pub fn load_bootstrap(args: &FleetArgs) -> Result<Bootstrap> {
+    let path = &args.bootstrap;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let f: BootstrapFile = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    let mut trusted = Vec::new();
+    for k in &f.trusted_keys {
+        trusted.push(bundle::load_verifying_key(&base.join(k))?);
+    }
+    if trusted.is_empty() {
+        bail!(
+            "{}: trusted_keys is empty: every bundle would be refused",
+            path.display()
+        );
+    }
+    let cluster = args
+        .cluster
+        .clone()
+        .or(f.cluster)
+        .with_context(|| format!("no --cluster and no `cluster` in {}", path.display()))?;
+    check_name("cluster", &cluster)?;
+    let etcd = if args.etcd.is_empty() {
+        f.etcd
+    } else {
+        args.etcd.clone()
+    };
+    if etcd.is_empty() {
+        bail!("no --etcd and no `etcd` in {}", path.display());
+    }
+    let host = args.host.clone().or(f.host).unwrap_or_else(hostname);
+    check_name("host", &host)?;
+    let ttl = f.status_ttl_s.unwrap_or(10);
+    if !(2..=3600).contains(&ttl) {
+        bail!("{}: status_ttl_s must be 2..=3600", path.display());
+    }
+    Ok(Bootstrap {
+        cluster,
+        etcd,
+        host,
+        trusted,
+        status_ttl: Duration::from_secs(ttl),
+    })
+}
+
+/// What the daemon's engine side does for the fleet.
+pub trait FleetEngine: Send + Sync {
+    /// Validates the unpacked TOML and pushes it; `Err` says why not. An
+    /// engine that is away is not an error: the daemon pushes it when the
+    /// engine returns.
+    fn apply_bundle(&self, toml: &Path, text: &str) -> std::result::Result<(), String>;
+    /// Whether the engine already runs exactly this (a restarted daemon
+    /// does not make a new version of it).
+    fn runs(&self, toml: &Path, text: &str) -> bool;
+    /// (engine connected, engine runs what the daemon wants).
+    fn engine_state(&self) -> (bool, bool);
+}
+
+/// What the daemon shows about the fleet.
+#[derive(Debug, Default, Clone)]
+pub struct FleetState {
+    pub etcd_connected: bool,
+    pub etcd_error: Option<String>,
+    /// The etcd member that answered last.
+    pub applied_revision: i64,
+    pub applied_version: Option<String>,
+    pub applied_serial: u64,
+    pub applied_toml: Option<PathBuf>,
+    /// The newest bundle revision seen (applied or not).
+    pub latest_revision: i64,
+    pub latest_version: Option<String>,
+    pub bundles_applied: u64,
+    pub bundles_refused: u64,
+    pub last_refusal: Option<String>,
+    /// Watches that fell behind a compaction (each a full reload).
+    pub compactions: u64,
+    pub status_error: Option<String>,
+}
+
+pub struct Fleet {
+    pub boot: Bootstrap,
+    client: Client,
+    dir: PathBuf,
+    state: Mutex<FleetState>,
+}
+
+impl Fleet {
+    /// `state_dir/fleet` holds the unpacked bundles and the applied record.
+    pub fn new(boot: Bootstrap, state_dir: &Path) -> Result<Fleet> {
+        let client = Client::new(&boot.etcd, WATCH_IDLE)?;
+        let dir = state_dir.join("fleet");
+        let mut st = FleetState::default();
+        if let Ok(text) = std::fs::read_to_string(dir.join(APPLIED)) {
+            let get = |k: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ').map(str::to_string))
+            };
+            st.applied_revision = get("revision").and_then(|r| r.parse().ok()).unwrap_or(0);
+            st.applied_version = get("version");
+            st.applied_serial = get("serial").and_then(|r| r.parse().ok()).unwrap_or(0);
+            st.applied_toml = get("config").map(PathBuf::from);
+        }
+        Ok(Fleet {
+            boot,
+            client,
+            dir,
+            state: Mutex::new(st),
+        })
+    }
+
+    pub fn state(&self) -> FleetState {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FleetState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The fleet's part of `in_sync`: the newest bundle is the applied one.
+    pub fn bundle_in_sync(&self) -> bool {
+        let st = self.lock();
+        st.latest_revision > 0 && st.applied_revision == st.latest_revision
+    }
+
+    fn connected(&self) {
+        let mut st = self.lock();
+        if !st.etcd_connected {
+            tracing::info!(endpoints = %self.boot.etcd.join(","), "connected to etcd");
+        }
+        st.etcd_connected = true;
+        st.etcd_error = None;
+    }
+
+    fn disconnected(&self, e: &EtcdError) {
+        let mut st = self.lock();
+        if st.etcd_connected || st.etcd_error.is_none() {
+            tracing::warn!(error = %e, "etcd unreachable; the engine keeps serving, retrying");
+        }
+        st.etcd_connected = false;
+        st.etcd_error = Some(e.to_string());
+    }
+
+    fn record_applied(&self, revision: i64, version: &str, serial: u64, toml: &Path) {
+        let text = format!(
+            "revision {revision}\nversion {version}\nserial {serial}\nconfig {}\n",
+            toml.display()
+        );
+        let tmp = self.dir.join(format!(".{APPLIED}.tmp"));
+        let r = std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, self.dir.join(APPLIED)));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, dir = %self.dir.display(), "cannot record the applied bundle revision");
+        }
+    }
+
+    fn refuse(&self, revision: i64, why: String) {
+        tracing::error!(revision, reason = %why, "fleet bundle refused; the engine keeps its running version");
+        let mut st = self.lock();
+        st.bundles_refused += 1;
+        st.last_refusal = Some(format!("revision {revision}: {why}"));
+    }
+
+    /// A bundle seen at `kv.mod_revision`: verified, unpacked, applied.
+    fn consider(&self, eng: &dyn FleetEngine, kv: &KeyValue) {
+        let rev = kv.mod_revision;
+        {
+            let mut st = self.lock();
+            if rev <= st.latest_revision {
+                return; // seen (applied or refused) already
+            }
+            st.latest_revision = rev;
+            st.latest_version = None;
+        }
+        let v = match bundle::verify(&kv.value, &self.boot.trusted, &self.boot.cluster) {
+            Ok(v) => v,
+            Err(r) => return self.refuse(rev, r.to_string()),
+        };
+        let version = v.payload.version.clone();
+        self.lock().latest_version = Some(version.clone());
+        let (applied, applied_serial) = {
+            let st = self.lock();
+            (st.applied_revision, st.applied_serial)
+        };
+        let serial = v.payload.serial;
+        // The same bundle (a restarted daemon) may come again; an older
+        // one, or another with the same serial, is a replay.
+        if serial < applied_serial || (serial == applied_serial && rev != applied) {
+            return self.refuse(
+                rev,
+                format!(
+                    "version {version}: serial {serial} is not newer than the running bundle's {applied_serial} (an older bundle written back?)"
+                ),
+            );
+        }
+        let toml = match bundle::unpack(&v, &self.dir, rev) {
+            Ok(t) => t,
+            Err(e) => {
+                return self.refuse(
+                    rev,
+                    format!("cannot unpack into {}: {e}", self.dir.display()),
+                );
+            }
+        };
+        // Not under the fleet lock: the daemon's status takes its own lock,
+        // then this one.
+        let restarted = applied == rev && eng.runs(&toml, &v.payload.config);
+        if !restarted {
+            if let Err(e) = eng.apply_bundle(&toml, &v.payload.config) {
+                return self.refuse(rev, format!("version {version}: {e}"));
+            }
+            tracing::info!(revision = rev, %version, signer = %v.signer, config = %toml.display(), "fleet bundle applied");
+            self.record_applied(rev, &version, serial, &toml);
+        }
+        {
+            let mut st = self.lock();
+            st.applied_revision = rev;
+            st.applied_version = Some(version);
+            st.applied_serial = serial;
+            st.applied_toml = Some(toml.clone());
+            if !restarted {
+                st.bundles_applied += 1;
+            }
+        }
+        bundle::prune(&self.dir, KEEP_UNPACKED, Some(&toml));
+    }
+
+    /// Reads the bundle key as it is now; returns the revision to watch from.
+    fn full_read(&self, eng: &dyn FleetEngine) -> std::result::Result<i64, EtcdError> {
+        let (h, kv) = self.client.get(bundle_key(&self.boot.cluster).as_bytes())?;
+        self.connected();
+        match kv {
+            Some(kv) => self.consider(eng, &kv),
+            None => tracing::info!(cluster = %self.boot.cluster, "no bundle published yet"),
+        }
+        Ok(h.revision + 1)
+    }
+
+    /// The follower: runs until `stop`.
+    pub fn follow(&self, eng: &dyn FleetEngine, stop: &AtomicBool) {
+        let key = bundle_key(&self.boot.cluster);
+        // None: read the key anew (start, compaction, a store that went back).
+        let mut next: Option<i64> = None;
+        let mut backoff = BACKOFF_MIN;
+        while !stop.load(Ordering::Relaxed) {
+            let from = match next {
+                Some(n) => n,
+                None => match self.full_read(eng) {
+                    Ok(n) => {
+                        backoff = BACKOFF_MIN;
+                        n
+                    }
+                    Err(e) => {
+                        self.disconnected(&e);
+                        sleep(stop, &mut backoff);
+                        continue;
+                    }
+                },
+            };
+            let mut reload = false;
+            let mut resume = from;
+            let r = self.client.watch(key.as_bytes(), from, stop, |w| {
+                if w.created {
+                    self.connected();
+                    // A store rebuilt from scratch restarts its revisions:
+                    // waiting for `from` would miss every bundle.
+                    if w.header.revision + 1 < from {
+                        tracing::warn!(store = w.header.revision, from, "etcd's revision went back; reading the bundle anew");
+                        // Its bundle has a lower revision than what was seen.
+                        self.lock().latest_revision = 0;
+                        reload = true;
+                        return false;
+                    }
+                }
+                // Only the newest bundle of a batch matters.
+                if let Some(ev) = w.events.iter().rev().find(|e| e.kind == EventType::Put) {
+                    self.consider(eng, &ev.kv);
+                }
+                if w.events.iter().any(|e| e.kind == EventType::Delete) {
+                    tracing::warn!(key = %key, "the bundle was deleted; the engine keeps its running version");
+                }
+                if let Some(last) = w.events.iter().map(|e| e.kv.mod_revision).max() {
+                    resume = resume.max(last + 1);
+                }
+                true
+            });
+            next = Some(resume);
+            match r {
+                Ok(WatchEnd::Stopped) => {
+                    if reload {
+                        next = None;
+                    }
+                }
+                Ok(WatchEnd::Canceled(w)) => {
+                    if w.compact_revision > 0 {
+                        tracing::warn!(
+                            from = resume,
+                            compacted_to = w.compact_revision,
+                            "the watch fell behind a compaction; reading the bundle anew"
+                        );
+                        self.lock().compactions += 1;
+                    } else {
+                        tracing::warn!(reason = %w.cancel_reason, "etcd cancelled the watch; reading the bundle anew");
+                    }
+                    next = None;
+                }
+                Ok(WatchEnd::Idle) => {} // re-opened where it was
+                Err(e) => {
+                    self.disconnected(&e);
+                    sleep(stop, &mut backoff);
+                }
+            }
+        }
+    }
+
+    /// The host's status as written under its lease.
+    fn host_status(&self, eng: &dyn FleetEngine) -> serde_json::Value {
+        let st = self.state();
+        let (engine_connected, engine_in_sync) = eng.engine_state();
+        let last_error = st.last_refusal.clone().or_else(|| st.etcd_error.clone());
+        serde_json::json!({
+            "host": self.boot.host,
+            "pid": std::process::id(),
+            "version": st.applied_version,
+            "revision": st.applied_revision,
+            "latest_revision": st.latest_revision,
+            "in_sync": engine_in_sync && st.latest_revision > 0 && st.applied_revision == st.latest_revision,
+            "engine_connected": engine_connected,
+            "bundles_refused": st.bundles_refused,
+            "last_error": last_error,
+        })
+    }
+
+    /// Keeps `hosts/<host>` current under a lease until `stop`.
+    pub fn report(&self, eng: &dyn FleetEngine, stop: &AtomicBool) {
+        let ttl = self.boot.status_ttl;
+        let c = &self.boot.cluster;
+        let mut lease: Option<i64> = None;
+        let mut sent: Option<serde_json::Value> = None;
+        let mut kept = Instant::now();
+        let mut registered = false;
+        let mut backoff = BACKOFF_MIN;
+        while !stop.load(Ordering::Relaxed) {
+            let status = self.host_status(eng);
+            let r = (|| -> std::result::Result<(), EtcdError> {
+                if !registered {
+                    let m = serde_json::json!({ "host": self.boot.host, "registered_unix_s": unix_now() });
+                    self.client.put(
+                        member_key(c, &self.boot.host).as_bytes(),
+                        m.to_string().as_bytes(),
+                        None,
+                    )?;
+                    registered = true;
+                }
+                let id = match lease {
+                    Some(id) => id,
+                    None => {
+                        let id = self.client.lease_grant(ttl.as_secs() as i64)?;
+                        lease = Some(id);
+                        kept = Instant::now();
+                        sent = None;
+                        id
+                    }
+                };
+                if kept.elapsed() >= ttl / 3 {
+                    let left = self.client.lease_keepalive(id)?;
+                    kept = Instant::now();
+                    if left <= 0 {
+                        // Expired while etcd (or this host) was away.
+                        lease = None;
+                        return Ok(());
+                    }
+                }
+                if sent.as_ref() != Some(&status) {
+                    let mut body = status.clone();
+                    body["updated_unix_s"] = unix_now().into();
+                    self.client.put(
+                        host_key(c, &self.boot.host).as_bytes(),
+                        body.to_string().as_bytes(),
+                        Some(id),
+                    )?;
+                    sent = Some(status);
+                }
+                Ok(())
+            })();
+            match r {
+                Ok(()) => {
+                    backoff = BACKOFF_MIN;
+                    self.lock().status_error = None;
+                    sleep_for(stop, Duration::from_millis(250));
+                }
+                Err(e) => {
+                    self.lock().status_error = Some(e.to_string());
+                    sleep(stop, &mut backoff);
+                }
+            }
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn sleep_for(stop: &AtomicBool, d: Duration) {
+    let t0 = Instant::now();
+    while t0.elapsed() < d && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20).min(d));
+    }
+}
+
+/// Sleeps `backoff` (interruptible) and doubles it up to the bound.
+fn sleep(stop: &AtomicBool, backoff: &mut Duration) {
+    sleep_for(stop, *backoff);
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+}
+
+/// Starts the follower and the status reporter threads.
+pub fn start(fleet: Arc<Fleet>, eng: Arc<dyn FleetEngine>, stop: Arc<AtomicBool>) -> Result<()> {
+    let (f, e, s) = (fleet.clone(), eng.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("fg-fleet-watch".into())
+        .spawn(move || f.follow(&*e, &s))?;
+    std::thread::Builder::new()
+        .name("fg-fleet-status".into())
+        .spawn(move || fleet.report(&*eng, &stop))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    /// Records what it was asked to apply; refuses TOML containing "refuse".
+    #[derive(Default)]
+    struct FakeEngine {
+        applied: Mutex<Vec<PathBuf>>,
+        running: Mutex<Option<(PathBuf, String)>>,
+    }
+
+    impl FleetEngine for FakeEngine {
+        fn apply_bundle(&self, toml: &Path, text: &str) -> std::result::Result<(), String> {
+            if text.contains("refuse") {
+                return Err("the engine refused it".into());
+            }
+            self.applied.lock().unwrap().push(toml.to_path_buf());
+            *self.running.lock().unwrap() = Some((toml.to_path_buf(), text.to_string()));
+            Ok(())
+        }
+
+        fn runs(&self, toml: &Path, text: &str) -> bool {
+            self.running
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|(p, t)| p == toml && t == text)
+        }
+
+        fn engine_state(&self) -> (bool, bool) {
+            (true, true)
+        }
+    }
+
+    fn fleet(dir: &Path, key: &SigningKey) -> Fleet {
+        let boot = Bootstrap {
+            cluster: "eu".into(),
+            etcd: vec!["http://127.0.0.1:1".into()],
+            host: "h".into(),
+            trusted: vec![key.verifying_key()],
+            status_ttl: Duration::from_secs(10),
+        };
+        Fleet::new(boot, dir).unwrap()
+    }
+
+    fn kv(rev: i64, value: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key: bundle_key("eu").into_bytes(),
+            value,
+            mod_revision: rev,
+            ..Default::default()
+        }
+    }
+
+    fn sealed(key: &SigningKey, config: &str) -> Vec<u8> {
+        sealed_n(key, config, SERIAL.fetch_add(1, Ordering::Relaxed))
+    }
+
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+    fn sealed_n(key: &SigningKey, config: &str, serial: u64) -> Vec<u8> {
+        bundle::seal(
+            &bundle::Payload {
+                format: bundle::FORMAT.into(),
+                cluster: "eu".into(),
+                version: config.into(),
+                serial,
+                created_unix_s: 1,
+                config_name: "edge.toml".into(),
+                config: config.into(),
+                files: Default::default(),
+            },
+            key,
+        )
+    }
+
+    #[test]
+    fn bundles_are_applied_once_refused_with_a_reason_and_not_pushed_again_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("fg-fleet-consider-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let eng = FakeEngine::default();
+        let f = fleet(&dir, &key);
+
+        let one = sealed(&key, "one");
+        f.consider(&eng, &kv(5, one.clone()));
+        f.consider(&eng, &kv(5, one.clone())); // seen: nothing
+        let st = f.state();
+        assert_eq!((st.applied_revision, st.bundles_applied), (5, 1));
+        assert_eq!(eng.applied.lock().unwrap().len(), 1);
+        assert!(f.bundle_in_sync());
+
+        let rogue = SigningKey::from_bytes(&[8; 32]);
+        f.consider(&eng, &kv(6, sealed(&rogue, "two")));
+        let st = f.state();
+        assert_eq!((st.applied_revision, st.bundles_refused), (5, 1));
+        assert!(
+            st.last_refusal
+                .as_deref()
+                .unwrap()
+                .starts_with("revision 6: signed by an untrusted key")
+        );
+        assert!(
+            !f.bundle_in_sync(),
+            "the newest bundle is not the applied one"
+        );
+
+        f.consider(&eng, &kv(7, sealed(&key, "refuse me")));
+        let st = f.state();
+        assert_eq!((st.applied_revision, st.bundles_refused), (5, 2));
+        assert!(
+            st.last_refusal
+                .as_deref()
+                .unwrap()
+                .contains("the engine refused it")
+        );
+
+        let three = sealed(&key, "three");
+        f.consider(&eng, &kv(8, three.clone()));
+        assert_eq!(f.state().applied_revision, 8);
+        assert_eq!(eng.applied.lock().unwrap().len(), 2);
+
+        // An older signed bundle written back: a replay, refused.
+        f.consider(&eng, &kv(9, one));
+        let st = f.state();
+        assert_eq!((st.applied_revision, st.bundles_refused), (8, 3));
+        assert!(
+            st.last_refusal.as_deref().unwrap().contains("not newer"),
+            "{st:?}"
+        );
+        f.consider(&eng, &kv(10, three.clone()));
+        assert_eq!(
+            f.state().bundles_refused,
+            4,
+            "the same serial again, elsewhere"
+        );
+
+        // A new daemon on the same state dir, the engine running revision 8.
+        let again = fleet(&dir, &key);
+        assert_eq!(
+            again.state().applied_revision,
+            8,
+            "read back from the state dir"
+        );
+        again.consider(&eng, &kv(8, three));
+        assert_eq!(eng.applied.lock().unwrap().len(), 2, "not pushed again");
+        assert_eq!(again.state().bundles_applied, 0);
+        assert!(again.bundle_in_sync());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
