@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferrogate_tests::etcd::{Etcd, free_port, temp_dir};
+use ferrogate_tests::etcd::{Etcd, temp_dir};
 use ferrogate_tests::{Engine, Lab, VIP, ferrogate_bin, lab_test, respond_config, status_field};
 
 const CLUSTER: &str = "edge";
@@ -479,6 +479,26 @@ fn two_publishers_racing_on_one_revision_one_wins_the_other_is_told() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("outside its directory"), "{}", text(&o));
     assert_eq!(etcd.revision(), before, "nothing was written");
+
+    // Someone with write access to etcd puts an unsigned envelope claiming
+    // the last serial there: the next publish does not number after it
+    // (it would leave hosts refusing every later bundle as a replay).
+    etcd.put(
+        &format!("/ferrogate/{CLUSTER}/bundle"),
+        br#"{"format":"ferrogate-bundle/1","payload":"{\"serial\":18446744073709551615}"}"#,
+    );
+    let o = p.publish_with(&eps, &a, "ops.key", &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let serial: u64 = text(&o)
+        .split("(serial ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a serial in {}", text(&o)));
+    assert!(
+        serial < u64::MAX / 2,
+        "serial {serial} taken from a forged bundle"
+    );
 }
 
 /// A TCP relay in front of etcd that the test can cut: the daemon loses
@@ -649,8 +669,9 @@ fn a_three_member_cluster_that_loses_a_member_still_delivers() {
         etcd.members[0].kill();
         // If it led, the others elect a leader first (about a second).
         etcd.wait_healthy();
-        let free = free_port(); // nothing listens there: a dead endpoint too
-        let publish_eps = format!("http://127.0.0.1:{free},{eps}");
+        // Port 1: nothing listens there (a released free port could be
+        // taken by another test's etcd meanwhile).
+        let publish_eps = format!("http://127.0.0.1:1,{eps}");
         publisher.publish(&publish_eps, "two");
         let took = wait_body(&lab, "two");
         eprintln!(

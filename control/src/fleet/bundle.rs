@@ -183,14 +183,6 @@ pub fn seal_unsigned(payload: &Payload) -> Vec<u8> {
     .expect("an envelope serializes")
 }
 
-/// The serial an envelope's payload claims (unverified: only publish
-/// reads it, to number the next bundle).
-pub fn serial_of(bytes: &[u8]) -> Option<u64> {
-    let env: Envelope = serde_json::from_slice(bytes).ok()?;
-    let p: serde_json::Value = serde_json::from_str(&env.payload).ok()?;
-    p["serial"].as_u64()
-}
-
 /// A verified payload and who signed it.
 #[derive(Debug, Clone)]
 pub struct Verified {

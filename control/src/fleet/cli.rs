@@ -68,9 +68,10 @@ pub fn publish(a: &PublishArgs) -> std::result::Result<String, PublishError> {
         .expect_revision
         .unwrap_or_else(|| current.as_ref().map(|kv| kv.mod_revision).unwrap_or(0));
     // Above the current bundle's (a newer one than `expected` makes the
-    // write below fail) and at least the time in ms: what etcd holds may
-    // be garbage (an unsigned or altered bundle) while hosts remember the
-    // serial they run.
+    // write below fail) and at least the time in ms. The current serial
+    // counts only from a bundle this key signed for this cluster: anyone
+    // who can write to etcd could otherwise put a serial of u64::MAX there
+    // and make every later publish a refused replay.
     let serial = a.serial.unwrap_or_else(|| {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -78,11 +79,16 @@ pub fn publish(a: &PublishArgs) -> std::result::Result<String, PublishError> {
             .unwrap_or(0);
         current
             .as_ref()
-            .and_then(|kv| bundle::serial_of(&kv.value))
-            .unwrap_or(0)
+            .and_then(|kv| bundle::verify(&kv.value, &[key.verifying_key()], &a.cluster).ok())
+            .map_or(0, |v| v.payload.serial)
             .saturating_add(1)
             .max(now_ms)
     });
+    if serial == u64::MAX {
+        return Err(other(anyhow::anyhow!(
+            "serial {serial} leaves no room for a next bundle"
+        )));
+    }
     let payload = bundle::build(&a.file, &a.cluster, a.version.clone(), serial)
         .map_err(PublishError::Invalid)?;
     let sealed = bundle::seal(&payload, &key);
