@@ -273,6 +273,12 @@ impl PluginInstance {
         &self.plugin
     }
 
+    /// Whether `ctx` was made by this instance (and has not been lost to a
+    /// failure since): of two instances of one plugin, the one to call.
+    pub fn owns(&self, ctx: HttpContextId) -> bool {
+        ctx.generation == self.generation
+    }
+
     /// Whether the last guest call failed and the instance waits to be
     /// replaced.
     pub fn is_poisoned(&self) -> bool {

@@ -73,13 +73,27 @@ impl WorkerPlugins {
             .position(|i| i.plugin().ptr_eq(plugin))
     }
 
-    /// The instance a request's context of `plugin` lives in: the current
-    /// one, or one retiring since a reload.
-    fn holder(&mut self, plugin: &Plugin) -> Option<&mut PluginInstance> {
+    /// The instance that made `ctx` (a context of `plugin`): the current
+    /// one, or one retiring since a reload. By the context, not the plugin
+    /// alone: the plugin may have a current instance as well as the one
+    /// holding the context. None: the context was lost to a failure.
+    fn holder(&mut self, plugin: &Plugin, ctx: HttpContextId) -> Option<&mut PluginInstance> {
         self.instances
             .iter_mut()
             .chain(self.retiring.iter_mut())
-            .find(|i| i.plugin().ptr_eq(plugin))
+            .find(|i| i.plugin().ptr_eq(plugin) && i.owns(ctx))
+    }
+
+    /// Brings back a retiring instance of `plugin` (a reload took it off
+    /// and a later one put it back while it still held contexts): a second
+    /// instance would leave those contexts to one that never ends them.
+    fn revive(&mut self, plugin: &Plugin) -> Option<usize> {
+        let k = self
+            .retiring
+            .iter()
+            .position(|i| i.plugin().ptr_eq(plugin))?;
+        self.instances.push(self.retiring.swap_remove(k));
+        Some(self.instances.len() - 1)
     }
 
     /// The worker's instance of `plugin`, made on first use.
@@ -89,7 +103,7 @@ impl WorkerPlugins {
         now: Now,
         stats: &mut StackStats,
     ) -> Result<&mut PluginInstance, String> {
-        let i = match self.position(plugin) {
+        let i = match self.position(plugin).or_else(|| self.revive(plugin)) {
             Some(i) => i,
             None => {
                 self.instances
@@ -134,6 +148,7 @@ impl WorkerPlugins {
         let plugins: Vec<Plugin> = attached().cloned().collect();
         for p in &plugins {
             if self.position(p).is_none()
+                && self.revive(p).is_none()
                 && let Err(e) = self.instance(p, now, stats)
             {
                 stats.plugin_failures += 1;
@@ -318,7 +333,7 @@ fn end_context(
     stats: &mut StackStats,
 ) {
     stats.plugin_contexts_ended += 1;
-    let Some(inst) = workers.holder(plugin) else {
+    let Some(inst) = workers.holder(plugin, ctx) else {
         return;
     };
     if let Err(f) = inst.finish(ctx)
@@ -469,7 +484,7 @@ pub(crate) fn viewer_response(
         let fail_open = edits.fail_open[i];
         stats.plugin_calls += 1;
         let saved = fail_open.then(|| headers.clone());
-        let outcome = match workers.holder(plugin) {
+        let outcome = match workers.holder(plugin, *ctx) {
             Some(inst) => {
                 inst.set_time(now);
                 if let Some(p) = inst.properties_mut(*ctx) {
@@ -479,7 +494,7 @@ pub(crate) fn viewer_response(
             }
             None => Outcome::Failed(ferrogate_plugins::Failure {
                 kind: FailureKind::UnknownContext,
-                reason: "the plugin's instance is gone".into(),
+                reason: "the context was lost to a failure of its instance".into(),
             }),
         };
         let reason = match outcome {
@@ -871,6 +886,73 @@ mod tests {
         assert_eq!(w.open_contexts(), 0);
         assert!(w.retiring.is_empty());
         assert_eq!(stats.plugin_contexts_created, stats.plugin_contexts_ended);
+        assert_eq!(stats.plugin_failures, 0);
+    }
+
+    #[test]
+    fn a_plugin_put_back_while_its_requests_are_in_flight_keeps_its_instance() {
+        use crate::route::{Listener, RouteTable};
+        let (p, q) = (plugin(ADD_THEN_TRAP), plugin(ADD_THEN_TRAP));
+        let table = |plugins: Vec<AttachedPlugin>| {
+            RouteTable::new(
+                1,
+                vec![Listener::new(80, Vec::new()).with_plugins(plugins)],
+                Vec::new(),
+            )
+        };
+        let (mut w, mut stats, mut edits): (WorkerPlugins, StackStats, PluginEdits) =
+            Default::default();
+        let t0 = Instant::from_millis(0);
+        w.sync(&table(vec![attach(&p, false)]), t0, &mut stats);
+        assert!(matches!(
+            run(&mut w, &[attach(&p, false)], &[], &mut edits, &mut stats),
+            ViewerVerdict::Continue
+        ));
+        // Taken off, then put back (the cache hands the same `Plugin`)
+        // while the request is in flight.
+        w.sync(&table(vec![attach(&q, false)]), t0, &mut stats);
+        assert_eq!(w.retiring.len(), 1);
+        w.sync(&table(vec![attach(&p, false)]), t0, &mut stats);
+        assert!(w.retiring.is_empty(), "p's instance is current again");
+        assert_eq!(stats.plugin_instances_started, 2, "p, q: no second p");
+        assert_eq!(
+            viewer_response(&mut w, RESPONSE, t0, &mut edits, &mut stats),
+            Ok(())
+        );
+        assert!(edits.adds_response(), "{edits:?}");
+        finish(&mut w, &mut edits, &mut stats);
+        assert_eq!(w.open_contexts(), 0);
+        assert!(w.retiring.is_empty());
+        assert_eq!(stats.plugin_failures, 0);
+        assert_eq!(stats.plugin_contexts_created, stats.plugin_contexts_ended);
+    }
+
+    #[test]
+    fn a_context_is_ended_by_the_instance_that_made_it() {
+        // Two instances of one plugin (however they came about): each
+        // request's context is found in its own.
+        let p = plugin(ADD_THEN_TRAP);
+        let (mut w, mut stats, mut old): (WorkerPlugins, StackStats, PluginEdits) =
+            Default::default();
+        assert!(matches!(
+            run(&mut w, &[attach(&p, false)], &[], &mut old, &mut stats),
+            ViewerVerdict::Continue
+        ));
+        w.retiring.push(w.instances.pop().unwrap());
+        let mut new = PluginEdits::default();
+        w.instances
+            .push(PluginInstance::new(&p, Now::default()).unwrap());
+        assert!(matches!(
+            run(&mut w, &[attach(&p, false)], &[], &mut new, &mut stats),
+            ViewerVerdict::Continue
+        ));
+        let t0 = Instant::from_millis(0);
+        for e in [&mut old, &mut new] {
+            assert_eq!(viewer_response(&mut w, RESPONSE, t0, e, &mut stats), Ok(()));
+            finish(&mut w, e, &mut stats);
+        }
+        assert!(w.retiring.is_empty());
+        assert_eq!(w.open_contexts(), 0);
         assert_eq!(stats.plugin_failures, 0);
     }
 
