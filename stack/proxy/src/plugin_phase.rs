@@ -25,7 +25,8 @@ use ferrogate_plugins::{
     FailureKind, HeaderList, HttpContextId, Now, Outcome, Plugin, PluginInstance, Properties,
 };
 
-use crate::http::{CODEC_OWNED, HeaderLines};
+use crate::error::ProxyError;
+use crate::http::{CODEC_OWNED, HeadError, HeaderLines};
 use crate::net::Instant;
 use crate::phases::RequestInfo;
 use crate::route::{DirectResponse, RouteTable};
@@ -249,6 +250,10 @@ pub(crate) enum ViewerVerdict {
     Continue,
     Respond(Arc<DirectResponse>),
     Fail,
+    /// The head has more fields or bytes than a plugin may be handed
+    /// ([`ferrogate_plugins::MAX_MAP_FIELDS`], `MAX_MAP_BYTES`): the
+    /// client's doing (431), no plugin was called.
+    TooLarge,
 }
 
 /// The request's properties for the guest.
@@ -371,6 +376,13 @@ pub(crate) fn viewer_request(
     }
     let now = guest_now(info.now);
     let before = request_map(info);
+    // Checked before any guest sees it: an HTTP/2 head may carry more
+    // fields than a map may hold, and a plugin must not be the one to
+    // find out (nor the instance the other requests' contexts live in).
+    if !before.within_limits() {
+        stats.plugin_heads_too_large += 1;
+        return ViewerVerdict::TooLarge;
+    }
     let mut headers = before.clone();
     for a in plugins {
         stats.plugin_calls += 1;
@@ -454,17 +466,19 @@ pub(crate) fn viewer_request(
 
 /// Viewer response: runs the request's plugins (in reverse, as Envoy runs
 /// response filters) on the response head in `head` (an HTTP/1 head as the
-/// origin sent it); their changes go to `edits`. Err: a call failed and its
-/// plugin is not `fail_open` (the client gets a 500 instead). A context
-/// the instance lost since the request's head (another request made it
-/// fail) is a failure too: the plugin cannot see this response.
+/// origin sent it); their changes go to `edits`. Err: what the client gets
+/// instead — `PluginFailed` (500) when a call failed and its plugin is not
+/// `fail_open`, a bad response (502) when the origin's head has more than
+/// a plugin may be handed (no plugin is called). A context the instance
+/// lost since the request's head (another request made it fail) is a
+/// failure too: the plugin cannot see this response.
 pub(crate) fn viewer_response(
     workers: &mut WorkerPlugins,
     head: &[u8],
     now: Instant,
     edits: &mut PluginEdits,
     stats: &mut StackStats,
-) -> Result<(), ()> {
+) -> Result<(), ProxyError> {
     if edits.contexts.is_empty() {
         return Ok(());
     }
@@ -476,6 +490,10 @@ pub(crate) fn viewer_response(
     before.add(b":status", code.to_string().as_bytes());
     for (n, v) in &fields {
         before.add(n, v);
+    }
+    if !before.within_limits() {
+        stats.plugin_heads_too_large += 1;
+        return Err(ProxyError::BadResponse(HeadError::TooManyHeaders));
     }
     let mut headers = before.clone();
     let now = guest_now(now);
@@ -508,7 +526,7 @@ pub(crate) fn viewer_response(
         stats.plugin_failures += 1;
         tracing::debug!(plugin = plugin.name(), %reason, "plugin call failed at the viewer response");
         if !fail_open {
-            return Err(());
+            return Err(ProxyError::PluginFailed);
         }
         stats.plugin_failed_open += 1;
         headers = saved.unwrap_or(headers);
@@ -528,7 +546,7 @@ pub(crate) fn viewer_response(
             stats.plugin_failures += 1;
             tracing::debug!(%reason, "plugins' response head refused");
             if fail_closed {
-                return Err(());
+                return Err(ProxyError::PluginFailed);
             }
             stats.plugin_failed_open += 1;
         }
@@ -805,7 +823,7 @@ mod tests {
             &mut first,
             &mut stats,
         );
-        assert_eq!(r, Err(()));
+        assert_eq!(r, Err(ProxyError::PluginFailed));
         assert_eq!(stats.plugin_failures, failures + 1);
         finish(&mut w, &mut first, &mut stats);
         assert_eq!(stats.plugin_contexts_created, stats.plugin_contexts_ended);
@@ -954,6 +972,52 @@ mod tests {
         assert!(w.retiring.is_empty());
         assert_eq!(w.open_contexts(), 0);
         assert_eq!(stats.plugin_failures, 0);
+    }
+
+    #[test]
+    fn a_head_past_the_map_limits_is_431_and_fails_no_plugin() {
+        let p = plugin(ADD_THEN_TRAP);
+        let (mut w, mut stats): (WorkerPlugins, StackStats) = Default::default();
+        let closed = [attach(&p, false)];
+        let t0 = Instant::from_millis(0);
+        // A request in flight on the instance.
+        let mut first = PluginEdits::default();
+        assert!(matches!(
+            run(&mut w, &closed, &[], &mut first, &mut stats),
+            ViewerVerdict::Continue
+        ));
+        // Another client's head with 300 fields (HTTP/2 lets that through).
+        let names: Vec<String> = (0..300).map(|i| format!("x-{i}")).collect();
+        let big: Vec<Header<'_>> = names
+            .iter()
+            .map(|name| Header {
+                name: name.as_str(),
+                value: b"1",
+            })
+            .collect();
+        let mut edits = PluginEdits::default();
+        assert!(matches!(
+            run(&mut w, &closed, &big, &mut edits, &mut stats),
+            ViewerVerdict::TooLarge
+        ));
+        finish(&mut w, &mut edits, &mut stats);
+        assert_eq!(stats.plugin_heads_too_large, 1);
+        assert_eq!((stats.plugin_failures, stats.plugin_calls), (0, 1));
+        // The first request's context is live; the next request passes.
+        assert_eq!(
+            viewer_response(&mut w, RESPONSE, t0, &mut first, &mut stats),
+            Ok(())
+        );
+        assert!(first.adds_response());
+        finish(&mut w, &mut first, &mut stats);
+        assert!(matches!(
+            run(&mut w, &closed, &[], &mut edits, &mut stats),
+            ViewerVerdict::Continue
+        ));
+        assert!(edits.changes_request());
+        finish(&mut w, &mut edits, &mut stats);
+        assert_eq!(stats.plugin_failures, 0);
+        assert_eq!(stats.plugin_contexts_created, stats.plugin_contexts_ended);
     }
 
     #[test]

@@ -398,6 +398,12 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
                 access.tag.set(b"plugin_failed");
                 return Routing::Fail(ProxyError::PluginFailed);
             }
+            ViewerVerdict::TooLarge => {
+                access.tag.set(b"plugin_head_too_large");
+                return Routing::Fail(ProxyError::BadRequest(
+                    crate::http::HeadError::TooManyHeaders,
+                ));
+            }
         }
     }
     let route = match phases.request_filter(info, pctx) {
@@ -1488,10 +1494,10 @@ impl<P: ProxyHttp> Conn<P> {
                     cx.stats,
                 );
                 crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
-                if plugins.is_err() {
+                if let Err(e) = plugins {
                     self.bufs.from_upstream.clear();
                     self.cache_writer = None;
-                    return self.fail_to_client(cx, ProxyError::PluginFailed);
+                    return self.fail_to_client(cx, e);
                 }
                 let plugin_lines = self.rewrite.plugin.adds_response();
                 let phases = cx.phases;

@@ -739,10 +739,10 @@ impl<P: ProxyHttp> H2Stream<P> {
             cx.stats,
         );
         crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
-        if plugins.is_err() {
+        if let Err(e) = plugins {
             self.from_upstream.clear();
             self.cache_writer = None;
-            self.local_error(cx, h2, peer, ProxyError::PluginFailed);
+            self.local_error(cx, h2, peer, e);
             return true;
         }
         let plugin_lines = self.rewrite.plugin.adds_response();
