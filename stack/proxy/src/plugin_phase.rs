@@ -202,6 +202,13 @@ impl PluginEdits {
         self.response_add.clear();
     }
 
+    /// The response head's edits: a retried request's next response goes
+    /// through the response phase afresh.
+    pub fn clear_response_edits(&mut self) {
+        self.response_strip.clear();
+        self.response_add.clear();
+    }
+
     pub fn strips_request(&self, name: &str) -> bool {
         self.request_strip
             .iter()

@@ -1493,7 +1493,6 @@ impl<P: ProxyHttp> Conn<P> {
                     &mut self.rewrite.plugin,
                     cx.stats,
                 );
-                crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
                 if let Err(e) = plugins {
                     self.bufs.from_upstream.clear();
                     self.cache_writer = None;
@@ -1523,9 +1522,6 @@ impl<P: ProxyHttp> Conn<P> {
                     &mut self.bufs.to_client,
                 );
                 self.bufs.from_upstream.consume(resp.head_len);
-                // The head is written: the rule's changes are done (and its
-                // `Arc` does not pin an old snapshot's pool while idle).
-                self.rewrite.clear();
                 if !ok && plugin_lines {
                     // The plugins' lines did not fit: their failure, not the
                     // origin's (no retry, no breaker).
@@ -1535,23 +1531,32 @@ impl<P: ProxyHttp> Conn<P> {
                     return self.fail_to_client(cx, ProxyError::PluginFailed);
                 }
                 if !ok {
+                    // Another endpoint may answer (a retry): its head goes
+                    // through the plugins and the rules afresh.
+                    self.rewrite.plugin.clear_response_edits();
                     return self
                         .upstream_failed(cx, ProxyError::BadResponse(head::HeadError::TooLarge));
                 }
+                if resp.status == 101 && !self.upgrade {
+                    self.rewrite.plugin.clear_response_edits();
+                    return self.upstream_failed(
+                        cx,
+                        ProxyError::BadResponse(head::HeadError::Unsupported(
+                            "101 without an upgrade request",
+                        )),
+                    );
+                }
+                // The head is committed: the plugins' contexts end, the
+                // rules' changes are done (and their `Arc` does not pin an
+                // old snapshot's pool while idle).
+                crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
+                self.rewrite.clear();
                 cx.stats.count_status(resp.status);
                 let endpoint_ok = !matches!(resp.status, 502..=504);
                 self.log_access(cx, resp.status, "");
                 self.settle(cx, Some(endpoint_ok));
                 self.count_route_response(cx, resp.status);
                 if resp.status == 101 {
-                    if !self.upgrade {
-                        return self.upstream_failed(
-                            cx,
-                            ProxyError::BadResponse(head::HeadError::Unsupported(
-                                "101 without an upgrade request",
-                            )),
-                        );
-                    }
                     self.phase = Phase::Tunnel;
                     self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
                     return true;
