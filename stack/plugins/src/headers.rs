@@ -1,9 +1,12 @@
 //! The header list the proxy hands to a plugin for one phase.
 
 /// The most fields a header map may hold while a plugin has it: the host
-/// refuses a call that goes past it (an ABI violation), so a guest cannot
-/// grow the proxy's memory or its per-request work (the proxy's diff of a
-/// map is bounded by this too).
+/// refuses a call that would grow a map past it (or past what the map held
+/// when the proxy handed it over, if more) with `BadArgument`, so a guest
+/// cannot grow the proxy's memory or its per-request work (the proxy's
+/// diff of a map is bounded by this too). A refusal is the guest's to
+/// handle, not a failure: one request's headers never poison the instance
+/// other requests' contexts live in.
 pub const MAX_MAP_FIELDS: usize = 256;
 
 /// The most bytes (names and values) a header map may hold while a plugin
@@ -54,6 +57,27 @@ impl HeaderList {
     /// Within [`MAX_MAP_FIELDS`] and [`MAX_MAP_BYTES`].
     pub fn within_limits(&self) -> bool {
         self.pairs.len() <= MAX_MAP_FIELDS && self.bytes() <= MAX_MAP_BYTES
+    }
+
+    /// The fields and bytes after [`HeaderList::add`] of `name: value`.
+    pub(crate) fn size_after_add(&self, name: &[u8], value: &[u8]) -> (usize, usize) {
+        (self.len() + 1, self.bytes() + name.len() + value.len())
+    }
+
+    /// The fields and bytes after [`HeaderList::replace`] of `name: value`
+    /// (every field of the name goes, one comes back; a kept first field's
+    /// stored name has the same length as `name`).
+    pub(crate) fn size_after_replace(&self, name: &[u8], value: &[u8]) -> (usize, usize) {
+        let (mut fields, mut bytes) = (self.len(), self.bytes());
+        for (k, v) in self
+            .pairs
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
+            fields -= 1;
+            bytes -= k.len() + v.len();
+        }
+        (fields + 1, bytes + name.len() + value.len())
     }
 
     /// The pairs, giving up the list.

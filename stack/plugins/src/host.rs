@@ -33,18 +33,30 @@ pub(crate) fn abi_err(msg: impl Into<String>) -> wasmtime::Error {
     wasmtime::Error::new(HostAbort::Abi(msg.into()))
 }
 
-/// A map past [`crate::MAX_MAP_FIELDS`] or [`crate::MAX_MAP_BYTES`] ends
-/// the call as an ABI violation: the guest cannot grow what the proxy
-/// holds and walks per request without bound.
-fn within_limits(map: &HeaderList, call: &str) -> wasmtime::Result<()> {
-    if map.within_limits() {
-        Ok(())
-    } else {
-        Err(abi_err(format!(
-            "{call}: a header map holds at most {} fields and {} bytes",
-            crate::MAX_MAP_FIELDS,
-            crate::MAX_MAP_BYTES
-        )))
+/// What a lent header map may grow to: [`crate::MAX_MAP_FIELDS`] and
+/// [`crate::MAX_MAP_BYTES`], or what it held when the proxy lent it, if
+/// more (the guest may change such a map but not add to it).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct MapCap {
+    fields: usize,
+    bytes: usize,
+}
+
+impl MapCap {
+    pub(crate) fn of(map: &HeaderList) -> Self {
+        Self {
+            fields: map.len().max(crate::MAX_MAP_FIELDS),
+            bytes: map.bytes().max(crate::MAX_MAP_BYTES),
+        }
+    }
+
+    /// The cap of a map the guest builds itself (a local answer's).
+    fn limits() -> Self {
+        Self::of(&HeaderList::new())
+    }
+
+    fn admits(&self, (fields, bytes): (usize, usize)) -> bool {
+        fields <= self.fields && bytes <= self.bytes
     }
 }
 
@@ -117,6 +129,8 @@ pub(crate) struct Host {
     /// The header map lent for this call, and its type.
     pub(crate) map_type: Option<u32>,
     pub(crate) map: HeaderList,
+    /// What `map` may grow to (a call past it answers `BadArgument`).
+    pub(crate) map_cap: MapCap,
     /// The body lent for this call, its type, and whether it ends the stream.
     pub(crate) body_type: Option<u32>,
     pub(crate) body: Vec<u8>,
@@ -142,6 +156,7 @@ impl Host {
             contexts: HashMap::new(),
             map_type: None,
             map: HeaderList::new(),
+            map_cap: MapCap::default(),
             body_type: None,
             body: Vec::new(),
             end_of_stream: false,
@@ -419,7 +434,9 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
                 return st(Status::BadArgument);
             }
             let headers = HeaderList::from_pairs(pairs);
-            within_limits(&headers, "proxy_send_local_response")?;
+            if !MapCap::limits().admits((headers.len(), headers.bytes())) {
+                return st(Status::BadArgument);
+            }
             let Some(state) = host.http_state() else {
                 return st(Status::NotFound);
             };
@@ -473,10 +490,11 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
             let mem = memory(&c)?;
             let (data, host) = mem.data_and_store_mut(&mut c);
             let (key, value) = (slice(data, kp, kn)?, slice(data, vp, vn)?);
+            let cap = host.map_cap;
             match host.lent_map(ty) {
+                Ok(map) if !cap.admits(map.size_after_add(key, value)) => st(Status::BadArgument),
                 Ok(map) => {
                     map.add(key, value);
-                    within_limits(map, "proxy_add_header_map_value")?;
                     ok()
                 }
                 Err(s) => st(s),
@@ -491,10 +509,13 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
             let mem = memory(&c)?;
             let (data, host) = mem.data_and_store_mut(&mut c);
             let (key, value) = (slice(data, kp, kn)?, slice(data, vp, vn)?);
+            let cap = host.map_cap;
             match host.lent_map(ty) {
+                Ok(map) if !cap.admits(map.size_after_replace(key, value)) => {
+                    st(Status::BadArgument)
+                }
                 Ok(map) => {
                     map.replace(key, value);
-                    within_limits(map, "proxy_replace_header_map_value")?;
                     ok()
                 }
                 Err(s) => st(s),
@@ -571,10 +592,15 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
             let (data, host) = mem.data_and_store_mut(&mut c);
             let pairs = abi::deserialize_pairs(slice(data, p, n)?)
                 .ok_or_else(|| abi_err("malformed header pairs in proxy_set_header_map_pairs"))?;
+            let cap = host.map_cap;
+            let size = (
+                pairs.len(),
+                pairs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>(),
+            );
             match host.lent_map(ty) {
+                Ok(_) if !cap.admits(size) => st(Status::BadArgument),
                 Ok(map) => {
                     map.set_pairs(pairs);
-                    within_limits(map, "proxy_set_header_map_pairs")?;
                     ok()
                 }
                 Err(s) => st(s),

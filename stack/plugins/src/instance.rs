@@ -8,7 +8,7 @@ use wasmtime::{Store, StoreLimitsBuilder, Trap, TypedFunc};
 use crate::Now;
 use crate::abi;
 use crate::headers::HeaderList;
-use crate::host::{Host, HostAbort, HttpState};
+use crate::host::{Host, HostAbort, HttpState, MapCap};
 use crate::plugin::{Plugin, PluginShared};
 use crate::properties::Properties;
 
@@ -271,6 +271,12 @@ impl PluginInstance {
     /// The plugin this instance runs.
     pub fn plugin(&self) -> &Plugin {
         &self.plugin
+    }
+
+    /// Whether `ctx` was made by this instance (and has not been lost to a
+    /// failure since): of two instances of one plugin, the one to call.
+    pub fn owns(&self, ctx: HttpContextId) -> bool {
+        ctx.generation == self.generation
     }
 
     /// Whether the last guest call failed and the instance waits to be
@@ -538,6 +544,7 @@ impl PluginInstance {
     ) -> Result<u32, Failure> {
         let host = self.store.data_mut();
         std::mem::swap(&mut host.map, list);
+        host.map_cap = MapCap::of(&host.map);
         host.map_type = Some(ty);
         host.effective = ctx.id;
         let r = self.call(f);

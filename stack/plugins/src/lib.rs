@@ -69,6 +69,11 @@
 //! - **ABI checks**: every guest pointer and length is bounds-checked,
 //!   header pairs are parsed strictly, callback results must be ABI
 //!   actions; a violation ends the call → `AbiViolation`.
+//! - **Header map limits** ([`MAX_MAP_FIELDS`], [`MAX_MAP_BYTES`], or the
+//!   size the map had when lent, if more): a change that would grow a map
+//!   past them answers `BadArgument` and the call goes on — one request's
+//!   headers never poison the instance the other requests' contexts live
+//!   in. The proxy refuses a head past them before any call.
 //! - A trap, timeout, out-of-memory or ABI violation is counted and
 //!   **poisons** the instance; the next request re-instantiates it (see
 //!   [`PluginInstance`]). Nothing the guest does panics the host.

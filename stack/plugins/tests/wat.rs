@@ -745,14 +745,18 @@ fn the_guest_reads_the_time_the_proxy_passed_in() {
 }
 
 #[test]
-fn a_guest_that_grows_a_header_map_past_its_limit_fails_the_call() {
-    // Adds `x: v` until the host says no (or the fuel runs out).
+fn a_guest_that_grows_a_header_map_past_its_limit_is_refused_not_failed() {
+    // Adds `x: v` until the host says no (or the fuel runs out), then
+    // traps unless the no was BadArgument (2).
     let bytes = wat(
         r#"(import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))"#,
         r#"(data (i32.const 256) "xv")
+           (global $st (mut i32) (i32.const 0))
            (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
              (loop $l
-               (br_if $l (i32.eqz (call $add (i32.const 0) (i32.const 256) (i32.const 1) (i32.const 257) (i32.const 1)))))
+               (global.set $st (call $add (i32.const 0) (i32.const 256) (i32.const 1) (i32.const 257) (i32.const 1)))
+               (br_if $l (i32.eqz (global.get $st))))
+             (if (i32.ne (global.get $st) (i32.const 2)) (then unreachable))
              (i32.const 0))"#,
     );
     // Fuel for thousands of adds, not millions: without the limit the call
@@ -763,17 +767,61 @@ fn a_guest_that_grows_a_header_map_past_its_limit_fails_the_call() {
     };
     let p = plugin(&bytes, &limits, b"");
     let mut inst = PluginInstance::new(&p, now(0)).unwrap();
+    let other = inst.create_http_context(Properties::new()).unwrap();
     let ctx = inst.create_http_context(Properties::new()).unwrap();
     let mut req = h(&[("a", "b")]);
-    match inst.on_request_headers(ctx, &mut req, true) {
-        Outcome::Failed(f) => {
-            assert_eq!(f.kind, FailureKind::AbiViolation, "{}", f.reason);
-            assert!(f.reason.contains("at most"), "{}", f.reason);
-        }
-        other => panic!("expected an ABI violation, got {other:?}"),
-    }
-    assert_eq!(p.stats().abi_errors, 1);
+    assert_eq!(
+        inst.on_request_headers(ctx, &mut req, true),
+        Outcome::Continue
+    );
+    assert_eq!(req.len(), ferrogate_plugins::MAX_MAP_FIELDS);
+    // Nothing failed: the other request's context is still live.
+    assert!(!inst.is_poisoned());
+    assert_eq!(p.stats().abi_errors, 0);
     assert_eq!(p.stats().timeouts, 0);
+    assert_eq!(
+        inst.on_request_headers(other, &mut h(&[]), true),
+        Outcome::Continue
+    );
+}
+
+#[test]
+fn a_map_handed_over_past_the_limit_may_change_but_not_grow() {
+    // Traps unless adding `x: v` answers BadArgument (2) and replacing
+    // `a` (there) with `v` (no bigger) answers Ok.
+    let bytes = wat(
+        r#"(import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+           (import "env" "proxy_replace_header_map_value" (func $replace (param i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 256) "xva")
+           (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (if (i32.ne (call $add (i32.const 0) (i32.const 256) (i32.const 1) (i32.const 257) (i32.const 1)) (i32.const 2))
+               (then unreachable))
+             (if (i32.ne (call $replace (i32.const 0) (i32.const 258) (i32.const 1) (i32.const 257) (i32.const 1)) (i32.const 0))
+               (then unreachable))
+             (i32.const 0))"#,
+    );
+    let p = plugin(&bytes, &PluginLimits::default(), b"");
+    let mut inst = PluginInstance::new(&p, now(0)).unwrap();
+    let ctx = inst.create_http_context(Properties::new()).unwrap();
+    let n = ferrogate_plugins::MAX_MAP_FIELDS + 44;
+    let mut req = HeaderList::from_pairs((0..n).map(|i| {
+        (
+            if i == 0 {
+                "a".to_string()
+            } else {
+                format!("h{i}")
+            },
+            "b",
+        )
+    }));
+    assert_eq!(
+        inst.on_request_headers(ctx, &mut req, true),
+        Outcome::Continue
+    );
+    assert_eq!(req.len(), n);
+    assert_eq!(req.get(b"a"), Some(&b"v"[..]));
+    assert!(!inst.is_poisoned());
+    assert_eq!(p.stats().abi_errors + p.stats().traps, 0);
 }
 
 #[test]

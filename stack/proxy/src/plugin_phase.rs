@@ -25,7 +25,8 @@ use ferrogate_plugins::{
     FailureKind, HeaderList, HttpContextId, Now, Outcome, Plugin, PluginInstance, Properties,
 };
 
-use crate::http::{CODEC_OWNED, HeaderLines};
+use crate::error::ProxyError;
+use crate::http::{CODEC_OWNED, HeadError, HeaderLines};
 use crate::net::Instant;
 use crate::phases::RequestInfo;
 use crate::route::{DirectResponse, RouteTable};
@@ -73,13 +74,27 @@ impl WorkerPlugins {
             .position(|i| i.plugin().ptr_eq(plugin))
     }
 
-    /// The instance a request's context of `plugin` lives in: the current
-    /// one, or one retiring since a reload.
-    fn holder(&mut self, plugin: &Plugin) -> Option<&mut PluginInstance> {
+    /// The instance that made `ctx` (a context of `plugin`): the current
+    /// one, or one retiring since a reload. By the context, not the plugin
+    /// alone: the plugin may have a current instance as well as the one
+    /// holding the context. None: the context was lost to a failure.
+    fn holder(&mut self, plugin: &Plugin, ctx: HttpContextId) -> Option<&mut PluginInstance> {
         self.instances
             .iter_mut()
             .chain(self.retiring.iter_mut())
-            .find(|i| i.plugin().ptr_eq(plugin))
+            .find(|i| i.plugin().ptr_eq(plugin) && i.owns(ctx))
+    }
+
+    /// Brings back a retiring instance of `plugin` (a reload took it off
+    /// and a later one put it back while it still held contexts): a second
+    /// instance would leave those contexts to one that never ends them.
+    fn revive(&mut self, plugin: &Plugin) -> Option<usize> {
+        let k = self
+            .retiring
+            .iter()
+            .position(|i| i.plugin().ptr_eq(plugin))?;
+        self.instances.push(self.retiring.swap_remove(k));
+        Some(self.instances.len() - 1)
     }
 
     /// The worker's instance of `plugin`, made on first use.
@@ -89,7 +104,7 @@ impl WorkerPlugins {
         now: Now,
         stats: &mut StackStats,
     ) -> Result<&mut PluginInstance, String> {
-        let i = match self.position(plugin) {
+        let i = match self.position(plugin).or_else(|| self.revive(plugin)) {
             Some(i) => i,
             None => {
                 self.instances
@@ -134,6 +149,7 @@ impl WorkerPlugins {
         let plugins: Vec<Plugin> = attached().cloned().collect();
         for p in &plugins {
             if self.position(p).is_none()
+                && self.revive(p).is_none()
                 && let Err(e) = self.instance(p, now, stats)
             {
                 stats.plugin_failures += 1;
@@ -186,6 +202,13 @@ impl PluginEdits {
         self.response_add.clear();
     }
 
+    /// The response head's edits: a retried request's next response goes
+    /// through the response phase afresh.
+    pub fn clear_response_edits(&mut self) {
+        self.response_strip.clear();
+        self.response_add.clear();
+    }
+
     pub fn strips_request(&self, name: &str) -> bool {
         self.request_strip
             .iter()
@@ -234,6 +257,10 @@ pub(crate) enum ViewerVerdict {
     Continue,
     Respond(Arc<DirectResponse>),
     Fail,
+    /// The head has more fields or bytes than a plugin may be handed
+    /// ([`ferrogate_plugins::MAX_MAP_FIELDS`], `MAX_MAP_BYTES`): the
+    /// client's doing (431), no plugin was called.
+    TooLarge,
 }
 
 /// The request's properties for the guest.
@@ -318,7 +345,7 @@ fn end_context(
     stats: &mut StackStats,
 ) {
     stats.plugin_contexts_ended += 1;
-    let Some(inst) = workers.holder(plugin) else {
+    let Some(inst) = workers.holder(plugin, ctx) else {
         return;
     };
     if let Err(f) = inst.finish(ctx)
@@ -356,6 +383,13 @@ pub(crate) fn viewer_request(
     }
     let now = guest_now(info.now);
     let before = request_map(info);
+    // Checked before any guest sees it: an HTTP/2 head may carry more
+    // fields than a map may hold, and a plugin must not be the one to
+    // find out (nor the instance the other requests' contexts live in).
+    if !before.within_limits() {
+        stats.plugin_heads_too_large += 1;
+        return ViewerVerdict::TooLarge;
+    }
     let mut headers = before.clone();
     for a in plugins {
         stats.plugin_calls += 1;
@@ -439,17 +473,19 @@ pub(crate) fn viewer_request(
 
 /// Viewer response: runs the request's plugins (in reverse, as Envoy runs
 /// response filters) on the response head in `head` (an HTTP/1 head as the
-/// origin sent it); their changes go to `edits`. Err: a call failed and its
-/// plugin is not `fail_open` (the client gets a 500 instead). A context
-/// the instance lost since the request's head (another request made it
-/// fail) is a failure too: the plugin cannot see this response.
+/// origin sent it); their changes go to `edits`. Err: what the client gets
+/// instead — `PluginFailed` (500) when a call failed and its plugin is not
+/// `fail_open`, a bad response (502) when the origin's head has more than
+/// a plugin may be handed (no plugin is called). A context the instance
+/// lost since the request's head (another request made it fail) is a
+/// failure too: the plugin cannot see this response.
 pub(crate) fn viewer_response(
     workers: &mut WorkerPlugins,
     head: &[u8],
     now: Instant,
     edits: &mut PluginEdits,
     stats: &mut StackStats,
-) -> Result<(), ()> {
+) -> Result<(), ProxyError> {
     if edits.contexts.is_empty() {
         return Ok(());
     }
@@ -462,6 +498,10 @@ pub(crate) fn viewer_response(
     for (n, v) in &fields {
         before.add(n, v);
     }
+    if !before.within_limits() {
+        stats.plugin_heads_too_large += 1;
+        return Err(ProxyError::BadResponse(HeadError::TooManyHeaders));
+    }
     let mut headers = before.clone();
     let now = guest_now(now);
     for i in (0..edits.contexts.len()).rev() {
@@ -469,7 +509,7 @@ pub(crate) fn viewer_response(
         let fail_open = edits.fail_open[i];
         stats.plugin_calls += 1;
         let saved = fail_open.then(|| headers.clone());
-        let outcome = match workers.holder(plugin) {
+        let outcome = match workers.holder(plugin, *ctx) {
             Some(inst) => {
                 inst.set_time(now);
                 if let Some(p) = inst.properties_mut(*ctx) {
@@ -479,7 +519,7 @@ pub(crate) fn viewer_response(
             }
             None => Outcome::Failed(ferrogate_plugins::Failure {
                 kind: FailureKind::UnknownContext,
-                reason: "the plugin's instance is gone".into(),
+                reason: "the context was lost to a failure of its instance".into(),
             }),
         };
         let reason = match outcome {
@@ -493,7 +533,7 @@ pub(crate) fn viewer_response(
         stats.plugin_failures += 1;
         tracing::debug!(plugin = plugin.name(), %reason, "plugin call failed at the viewer response");
         if !fail_open {
-            return Err(());
+            return Err(ProxyError::PluginFailed);
         }
         stats.plugin_failed_open += 1;
         headers = saved.unwrap_or(headers);
@@ -513,7 +553,7 @@ pub(crate) fn viewer_response(
             stats.plugin_failures += 1;
             tracing::debug!(%reason, "plugins' response head refused");
             if fail_closed {
-                return Err(());
+                return Err(ProxyError::PluginFailed);
             }
             stats.plugin_failed_open += 1;
         }
@@ -790,7 +830,7 @@ mod tests {
             &mut first,
             &mut stats,
         );
-        assert_eq!(r, Err(()));
+        assert_eq!(r, Err(ProxyError::PluginFailed));
         assert_eq!(stats.plugin_failures, failures + 1);
         finish(&mut w, &mut first, &mut stats);
         assert_eq!(stats.plugin_contexts_created, stats.plugin_contexts_ended);
@@ -872,6 +912,119 @@ mod tests {
         assert!(w.retiring.is_empty());
         assert_eq!(stats.plugin_contexts_created, stats.plugin_contexts_ended);
         assert_eq!(stats.plugin_failures, 0);
+    }
+
+    #[test]
+    fn a_plugin_put_back_while_its_requests_are_in_flight_keeps_its_instance() {
+        use crate::route::{Listener, RouteTable};
+        let (p, q) = (plugin(ADD_THEN_TRAP), plugin(ADD_THEN_TRAP));
+        let table = |plugins: Vec<AttachedPlugin>| {
+            RouteTable::new(
+                1,
+                vec![Listener::new(80, Vec::new()).with_plugins(plugins)],
+                Vec::new(),
+            )
+        };
+        let (mut w, mut stats, mut edits): (WorkerPlugins, StackStats, PluginEdits) =
+            Default::default();
+        let t0 = Instant::from_millis(0);
+        w.sync(&table(vec![attach(&p, false)]), t0, &mut stats);
+        assert!(matches!(
+            run(&mut w, &[attach(&p, false)], &[], &mut edits, &mut stats),
+            ViewerVerdict::Continue
+        ));
+        // Taken off, then put back (the cache hands the same `Plugin`)
+        // while the request is in flight.
+        w.sync(&table(vec![attach(&q, false)]), t0, &mut stats);
+        assert_eq!(w.retiring.len(), 1);
+        w.sync(&table(vec![attach(&p, false)]), t0, &mut stats);
+        assert!(w.retiring.is_empty(), "p's instance is current again");
+        assert_eq!(stats.plugin_instances_started, 2, "p, q: no second p");
+        assert_eq!(
+            viewer_response(&mut w, RESPONSE, t0, &mut edits, &mut stats),
+            Ok(())
+        );
+        assert!(edits.adds_response(), "{edits:?}");
+        finish(&mut w, &mut edits, &mut stats);
+        assert_eq!(w.open_contexts(), 0);
+        assert!(w.retiring.is_empty());
+        assert_eq!(stats.plugin_failures, 0);
+        assert_eq!(stats.plugin_contexts_created, stats.plugin_contexts_ended);
+    }
+
+    #[test]
+    fn a_context_is_ended_by_the_instance_that_made_it() {
+        // Two instances of one plugin (however they came about): each
+        // request's context is found in its own.
+        let p = plugin(ADD_THEN_TRAP);
+        let (mut w, mut stats, mut old): (WorkerPlugins, StackStats, PluginEdits) =
+            Default::default();
+        assert!(matches!(
+            run(&mut w, &[attach(&p, false)], &[], &mut old, &mut stats),
+            ViewerVerdict::Continue
+        ));
+        w.retiring.push(w.instances.pop().unwrap());
+        let mut new = PluginEdits::default();
+        w.instances
+            .push(PluginInstance::new(&p, Now::default()).unwrap());
+        assert!(matches!(
+            run(&mut w, &[attach(&p, false)], &[], &mut new, &mut stats),
+            ViewerVerdict::Continue
+        ));
+        let t0 = Instant::from_millis(0);
+        for e in [&mut old, &mut new] {
+            assert_eq!(viewer_response(&mut w, RESPONSE, t0, e, &mut stats), Ok(()));
+            finish(&mut w, e, &mut stats);
+        }
+        assert!(w.retiring.is_empty());
+        assert_eq!(w.open_contexts(), 0);
+        assert_eq!(stats.plugin_failures, 0);
+    }
+
+    #[test]
+    fn a_head_past_the_map_limits_is_431_and_fails_no_plugin() {
+        let p = plugin(ADD_THEN_TRAP);
+        let (mut w, mut stats): (WorkerPlugins, StackStats) = Default::default();
+        let closed = [attach(&p, false)];
+        let t0 = Instant::from_millis(0);
+        // A request in flight on the instance.
+        let mut first = PluginEdits::default();
+        assert!(matches!(
+            run(&mut w, &closed, &[], &mut first, &mut stats),
+            ViewerVerdict::Continue
+        ));
+        // Another client's head with 300 fields (HTTP/2 lets that through).
+        let names: Vec<String> = (0..300).map(|i| format!("x-{i}")).collect();
+        let big: Vec<Header<'_>> = names
+            .iter()
+            .map(|name| Header {
+                name: name.as_str(),
+                value: b"1",
+            })
+            .collect();
+        let mut edits = PluginEdits::default();
+        assert!(matches!(
+            run(&mut w, &closed, &big, &mut edits, &mut stats),
+            ViewerVerdict::TooLarge
+        ));
+        finish(&mut w, &mut edits, &mut stats);
+        assert_eq!(stats.plugin_heads_too_large, 1);
+        assert_eq!((stats.plugin_failures, stats.plugin_calls), (0, 1));
+        // The first request's context is live; the next request passes.
+        assert_eq!(
+            viewer_response(&mut w, RESPONSE, t0, &mut first, &mut stats),
+            Ok(())
+        );
+        assert!(first.adds_response());
+        finish(&mut w, &mut first, &mut stats);
+        assert!(matches!(
+            run(&mut w, &closed, &[], &mut edits, &mut stats),
+            ViewerVerdict::Continue
+        ));
+        assert!(edits.changes_request());
+        finish(&mut w, &mut edits, &mut stats);
+        assert_eq!(stats.plugin_failures, 0);
+        assert_eq!(stats.plugin_contexts_created, stats.plugin_contexts_ended);
     }
 
     #[test]

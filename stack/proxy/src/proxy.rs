@@ -398,6 +398,12 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
                 access.tag.set(b"plugin_failed");
                 return Routing::Fail(ProxyError::PluginFailed);
             }
+            ViewerVerdict::TooLarge => {
+                access.tag.set(b"plugin_head_too_large");
+                return Routing::Fail(ProxyError::BadRequest(
+                    crate::http::HeadError::TooManyHeaders,
+                ));
+            }
         }
     }
     let route = match phases.request_filter(info, pctx) {
@@ -1487,11 +1493,10 @@ impl<P: ProxyHttp> Conn<P> {
                     &mut self.rewrite.plugin,
                     cx.stats,
                 );
-                crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
-                if plugins.is_err() {
+                if let Err(e) = plugins {
                     self.bufs.from_upstream.clear();
                     self.cache_writer = None;
-                    return self.fail_to_client(cx, ProxyError::PluginFailed);
+                    return self.fail_to_client(cx, e);
                 }
                 let plugin_lines = self.rewrite.plugin.adds_response();
                 let phases = cx.phases;
@@ -1517,9 +1522,6 @@ impl<P: ProxyHttp> Conn<P> {
                     &mut self.bufs.to_client,
                 );
                 self.bufs.from_upstream.consume(resp.head_len);
-                // The head is written: the rule's changes are done (and its
-                // `Arc` does not pin an old snapshot's pool while idle).
-                self.rewrite.clear();
                 if !ok && plugin_lines {
                     // The plugins' lines did not fit: their failure, not the
                     // origin's (no retry, no breaker).
@@ -1529,23 +1531,32 @@ impl<P: ProxyHttp> Conn<P> {
                     return self.fail_to_client(cx, ProxyError::PluginFailed);
                 }
                 if !ok {
+                    // Another endpoint may answer (a retry): its head goes
+                    // through the plugins and the rules afresh.
+                    self.rewrite.plugin.clear_response_edits();
                     return self
                         .upstream_failed(cx, ProxyError::BadResponse(head::HeadError::TooLarge));
                 }
+                if resp.status == 101 && !self.upgrade {
+                    self.rewrite.plugin.clear_response_edits();
+                    return self.upstream_failed(
+                        cx,
+                        ProxyError::BadResponse(head::HeadError::Unsupported(
+                            "101 without an upgrade request",
+                        )),
+                    );
+                }
+                // The head is committed: the plugins' contexts end, the
+                // rules' changes are done (and their `Arc` does not pin an
+                // old snapshot's pool while idle).
+                crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
+                self.rewrite.clear();
                 cx.stats.count_status(resp.status);
                 let endpoint_ok = !matches!(resp.status, 502..=504);
                 self.log_access(cx, resp.status, "");
                 self.settle(cx, Some(endpoint_ok));
                 self.count_route_response(cx, resp.status);
                 if resp.status == 101 {
-                    if !self.upgrade {
-                        return self.upstream_failed(
-                            cx,
-                            ProxyError::BadResponse(head::HeadError::Unsupported(
-                                "101 without an upgrade request",
-                            )),
-                        );
-                    }
                     self.phase = Phase::Tunnel;
                     self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
                     return true;

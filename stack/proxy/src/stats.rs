@@ -92,6 +92,9 @@ pub struct StackStats {
     /// pseudo-headers, and the fields the proxy writes itself
     /// (`X-Forwarded-For`, `X-Forwarded-Proto`, identity headers).
     pub plugin_edits_ignored: u64,
+    /// Heads with more fields or bytes than a plugin may be handed, answered
+    /// without calling one (a request 431, a response 502).
+    pub plugin_heads_too_large: u64,
     /// Header lines a proxy phase tried to add and the codec refused (bad
     /// bytes, a framing field).
     pub header_lines_refused: u64,
@@ -368,6 +371,7 @@ impl StackStats {
         self.plugin_contexts_created += o.plugin_contexts_created;
         self.plugin_contexts_ended += o.plugin_contexts_ended;
         self.plugin_edits_ignored += o.plugin_edits_ignored;
+        self.plugin_heads_too_large += o.plugin_heads_too_large;
         self.conn_drives += o.conn_drives;
         self.conn_buffers_allocated += o.conn_buffers_allocated;
         self.tls_handshakes_full += o.tls_handshakes_full;
@@ -434,6 +438,7 @@ impl StackStats {
             ("plugin_contexts_created", self.plugin_contexts_created),
             ("plugin_contexts_ended", self.plugin_contexts_ended),
             ("plugin_edits_ignored", self.plugin_edits_ignored),
+            ("plugin_heads_too_large", self.plugin_heads_too_large),
             ("header_lines_refused", self.header_lines_refused),
             ("cache_hits", self.cache.hit),
             ("cache_misses", self.cache.miss),

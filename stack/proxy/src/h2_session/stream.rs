@@ -738,11 +738,10 @@ impl<P: ProxyHttp> H2Stream<P> {
             &mut self.rewrite.plugin,
             cx.stats,
         );
-        crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
-        if plugins.is_err() {
+        if let Err(e) = plugins {
             self.from_upstream.clear();
             self.cache_writer = None;
-            self.local_error(cx, h2, peer, ProxyError::PluginFailed);
+            self.local_error(cx, h2, peer, e);
             return true;
         }
         let plugin_lines = self.rewrite.plugin.adds_response();
@@ -781,9 +780,14 @@ impl<P: ProxyHttp> H2Stream<P> {
             return true;
         }
         if !ok {
+            // Another endpoint may answer (a retry): its head goes through
+            // the plugins afresh.
+            self.rewrite.plugin.clear_response_edits();
             self.upstream_failed(cx, h2, peer, ProxyError::BadResponse(HeadError::TooLarge));
             return true;
         }
+        // The head is committed: the plugins' contexts end.
+        self.end_plugins(cx);
         let body = Body::from_framing(resp.framing);
         let end = matches!(body, Body::Done);
         let length = matches!(resp.framing, BodyFraming::Length(_));
