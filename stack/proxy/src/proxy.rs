@@ -3,6 +3,7 @@
 //! heads, applies the route, and decides keep-alive, retries and errors.
 
 mod cached;
+pub(crate) use cached::feed_fill;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -370,6 +370,10 @@ fn h2c_origin_silent_mid_body_is_reset_after_the_response_timeout_and_counted() 
 
 /// h2 routes where `/cached` is cached.
 fn h2_cache_lab() -> Lab {
+    h2_cache_lab_with(|_| {})
+}
+
+fn h2_cache_lab_with(tune: impl FnOnce(&mut StackConfig)) -> Lab {
     let upstream = origin_pool(|_| {});
     let cached = Route {
         path: PathMatch::Prefix("/cached".into()),
@@ -379,7 +383,7 @@ fn h2_cache_lab() -> Lab {
     let other = Route::new("origin", RouteAction::Proxy(upstream.clone()));
     let listener = Listener::new(80, vec![cached, other]).with_http2(true);
     let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
-    Lab::with_routes(Origin::Serving, routes, |_| {})
+    Lab::with_routes(Origin::Serving, routes, tune)
 }
 
 #[test]
@@ -600,4 +604,108 @@ fn plugin_lines_that_overflow_the_head_are_a_plugin_failure() {
     let s = lab.edge.stats();
     assert_eq!((s.retries, s.upstream_errors), (0, 0), "{s:?}");
     assert_eq!(s.plugin_failures, 2);
+}
+
+/// Reads stream `stream` of `c` until more than `octets` of its body came.
+fn read_some(c: &mut H2Client, lab: &mut Lab, stream: u32, octets: usize) {
+    let mut r = H2Response::default();
+    for _ in 0..3_000 {
+        if c.read_frames(lab, stream, &mut r) || r.body.len() > octets {
+            break;
+        }
+    }
+    assert!(
+        r.body.len() > octets,
+        "stream {stream}: {} octets",
+        r.body.len()
+    );
+    assert!(r.body.len() < 200_000, "the body was all through already");
+}
+
+fn origin_hits(lab: &Lab, path: &str) -> usize {
+    lab.origin_requests
+        .iter()
+        .filter(|r| r.split(' ').nth(1) == Some(path))
+        .count()
+}
+
+#[test]
+fn h2c_client_reset_mid_store_reads_the_body_on_for_the_next_hit() {
+    for path in ["/cached/big", "/cached/bigchunked"] {
+        let mut lab = h2_cache_lab();
+        lab.origin_pace = Some(2000);
+        let mut c = H2Client::connect(&mut lab);
+        c.headers(&mut lab, 1, "GET", path, true);
+        read_some(&mut c, &mut lab, 1, 20_000);
+        let mut out = Vec::new();
+        emit::rst_stream(&mut out, 1, ErrorCode::Cancel);
+        lab.send(c.h, &out);
+        c.pump(&mut lab, 300);
+        c.headers(&mut lab, 3, "GET", path, true);
+        let r = c.response(&mut lab, 3);
+        assert_eq!(r.field("x-cache"), Some("HIT"), "{path}: {:?}", r.heads);
+        assert_eq!(r.body.len(), 200_000, "{path}");
+        assert_eq!(origin_hits(&lab, path), 1, "{path}");
+        let s = lab.edge.stats();
+        assert_eq!(s.h2.client_resets, 1, "{path}");
+        // The upstream connection went back to the pool or was closed.
+        c.pump(&mut lab, 50);
+        assert!(lab.edge.upstream_ports_in_use() <= 1, "{path}");
+    }
+}
+
+#[test]
+fn h2c_connection_gone_mid_store_reads_the_body_on_for_the_next_hit() {
+    let mut lab = h2_cache_lab();
+    lab.origin_pace = Some(2000);
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/cached/big", true);
+    read_some(&mut c, &mut lab, 1, 20_000);
+    lab.sockets.get_mut::<tcp::Socket>(c.h).abort();
+    for _ in 0..300 {
+        lab.step(1);
+    }
+    let h1 = lab.connect();
+    let r = lab.exchange(h1, b"GET /cached/big HTTP/1.1\r\nHost: x.example\r\n\r\n");
+    assert_eq!(r.body.len(), 200_000);
+    assert!(
+        r.head.to_ascii_lowercase().contains("x-cache: hit"),
+        "{}",
+        r.head
+    );
+    assert_eq!(origin_hits(&lab, "/cached/big"), 1);
+}
+
+#[test]
+fn h2c_client_that_stops_reading_mid_store_is_reset_and_the_body_read_on() {
+    let mut lab = h2_cache_lab_with(|c| c.timeouts.client_idle = std::time::Duration::from_secs(5));
+    lab.origin_pace = Some(2000);
+    // A stream window of 16 KiB the client never opens.
+    let h = lab.connect();
+    let mut out = PREFACE.to_vec();
+    emit::settings(&mut out, &[(SettingId::InitialWindowSize, 16_384)]);
+    lab.send(h, &out);
+    let mut c = H2Client {
+        h,
+        enc: loona_hpack::Encoder::new(),
+        dec: loona_hpack::Decoder::new(),
+        buf: Vec::new(),
+    };
+    c.headers(&mut lab, 1, "GET", "/cached/big", true);
+    for _ in 0..80 {
+        lab.step(100);
+    }
+    assert_eq!(lab.edge.stats().h2.stalled_resets, 1);
+    for _ in 0..300 {
+        lab.step(1);
+    }
+    let h1 = lab.connect();
+    let r = lab.exchange(h1, b"GET /cached/big HTTP/1.1\r\nHost: x.example\r\n\r\n");
+    assert_eq!(r.body.len(), 200_000);
+    assert!(
+        r.head.to_ascii_lowercase().contains("x-cache: hit"),
+        "{}",
+        r.head
+    );
+    assert_eq!(origin_hits(&lab, "/cached/big"), 1);
 }

@@ -46,6 +46,11 @@ pub(crate) struct H2Conn<P: ProxyHttp> {
     idle_deadline: Instant,
     /// The protocol's counters already added to the worker's.
     reported: ferrogate_h2::ConnStats,
+    /// Streams whose client is gone while their response is stored: the
+    /// rest of the body goes into the object for its other readers.
+    fills: Vec<H2Stream<P>>,
+    /// The client connection ended; only `fills` keep this alive.
+    client_gone: bool,
     finished: bool,
 }
 
@@ -80,6 +85,8 @@ impl<P: ProxyHttp> H2Conn<P> {
             turn: 0,
             idle_deadline: after(cx.now, cx.cfg.timeouts.client_idle),
             reported: Default::default(),
+            fills: Vec::new(),
+            client_gone: false,
             finished: false,
         }
     }
@@ -105,11 +112,18 @@ impl<P: ProxyHttp> H2Conn<P> {
 
     /// The upstream sockets of the streams in flight.
     pub(crate) fn upstream_sockets(&self) -> impl Iterator<Item = StreamId> + '_ {
-        self.streams.iter().filter_map(H2Stream::upstream_socket)
+        self.streams
+            .iter()
+            .chain(&self.fills)
+            .filter_map(H2Stream::upstream_socket)
     }
 
     /// The earliest of: the idle close, the protocol's timer, each stream's.
     pub(crate) fn deadline(&self) -> Instant {
+        let fills = self.fills.iter().map(H2Stream::deadline);
+        if self.client_gone {
+            return fills.min().unwrap_or(self.idle_deadline);
+        }
         let mut d = self.idle_deadline;
         if let Some(t) = self.h2.poll_timeout() {
             d = d.min(instant(t));
@@ -117,15 +131,20 @@ impl<P: ProxyHttp> H2Conn<P> {
         for st in &self.streams {
             d = d.min(st.deadline());
         }
-        d
+        fills.fold(d, Instant::min)
     }
 
     /// Runs the protocol and every stream until nothing moves (bounded).
     pub(crate) fn drive(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        if self.client_gone {
+            let moved = self.drive_fills(cx);
+            self.finished = self.fills.is_empty();
+            return moved;
+        }
         let mut progressed = false;
         self.io.stream.flush(&mut cx.net.stream(self.client));
         for _ in 0..16 {
-            if self.finished {
+            if self.client_gone {
                 break;
             }
             let moved = self.step(cx);
@@ -189,10 +208,17 @@ impl<P: ProxyHttp> H2Conn<P> {
                 let mut st = self.streams.swap_remove(i);
                 st.end_plugins(cx);
                 keep_spare(&mut self.spare, st.into_bufs());
+            } else if self.streams[i].is_detached() {
+                // Its client stream is gone: it no longer counts as the
+                // connection's (idle close, round robin).
+                let mut st = self.streams.swap_remove(i);
+                st.end_plugins(cx);
+                self.fills.push(st);
             } else {
                 i += 1;
             }
         }
+        moved |= self.drive_fills(cx);
         if self.h2.poll_timeout().is_some_and(|t| t <= now) {
             self.h2.handle_timeout(now);
             moved = true;
@@ -275,19 +301,44 @@ impl<P: ProxyHttp> H2Conn<P> {
         true
     }
 
-    /// Ends the connection now; `reset` aborts the client socket.
+    /// Ends the connection now; `reset` aborts the client socket. Bodies
+    /// being stored are read on (`fills`) before the session is finished.
     fn finish(&mut self, cx: &mut Ctx<'_, P>, reset: bool) {
-        for st in &mut self.streams {
-            st.finish(cx, true);
+        for mut st in self.streams.drain(..) {
+            if st.detach_fill(cx) {
+                st.end_plugins(cx);
+                self.fills.push(st);
+            } else {
+                st.finish(cx, true);
+            }
         }
-        self.streams.clear();
         if reset {
             cx.net.stream(self.client).abort();
         } else {
             cx.net.stream(self.client).close();
         }
         self.report(cx);
-        self.finished = true;
+        self.client_gone = true;
+        self.finished = self.fills.is_empty();
+    }
+
+    /// Reads on the bodies being stored without a client; drops the ones
+    /// that ended.
+    fn drive_fills(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        if self.fills.is_empty() {
+            return false;
+        }
+        let peer = Peer {
+            io: &self.io,
+            client: None,
+            listener_port: self.listener_port,
+        };
+        let mut moved = false;
+        for st in &mut self.fills {
+            moved |= st.drive(cx, &mut self.h2, &peer);
+        }
+        self.fills.retain(|st| !st.is_done());
+        moved
     }
 }
 
@@ -349,8 +400,12 @@ fn on_event<P: ProxyHttp>(
                     cx.stats.h2.client_resets += 1;
                     cx.stats.client_aborts += 1;
                 }
-                let mut st = streams.swap_remove(i);
-                st.finish(cx, true);
+                // A body being stored is read on for its other readers
+                // (moved to the connection's fills after this pass).
+                if !streams[i].detach_fill(cx) {
+                    let mut st = streams.swap_remove(i);
+                    st.finish(cx, true);
+                }
             }
         }
     }

@@ -69,6 +69,12 @@ enum Step {
         slice: crate::cache::BodySlice,
         pending: bytes::Bytes,
     },
+    /// The client is gone while the response is stored: the rest of the
+    /// origin's body goes into the object only.
+    CacheFill {
+        body: Body,
+        keep_upstream: bool,
+    },
     /// A local answer's body waits for window.
     Local {
         sent: usize,
@@ -520,6 +526,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 Step::Local { .. } => self.send_local(cx, h2),
                 Step::CacheWait { .. } => self.cache_wait(cx, h2, peer),
                 Step::CacheServe { .. } => return self.cache_serve(cx, h2) || moved,
+                Step::CacheFill { .. } => self.cache_fill(cx),
                 Step::Done => false,
             };
             if !step {
@@ -918,8 +925,11 @@ impl<P: ProxyHttp> H2Stream<P> {
         self.from_upstream.consume(used);
         moved |= used > 0;
         if !sent_ok {
-            // The stream is gone (the client reset it): nothing to send to.
-            self.finish(cx, true);
+            // The stream is gone (the client reset it): nothing to send to,
+            // but a body being stored is read on for its other readers.
+            if !self.detach_fill(cx) {
+                self.finish(cx, true);
+            }
             return true;
         }
         if done {
@@ -964,6 +974,11 @@ impl<P: ProxyHttp> H2Stream<P> {
             if waiting_on_client {
                 cx.stats.h2.stalled_resets += 1;
                 h2.reset_stream(id, ErrorCode::Cancel);
+                // The client stopped reading: the object is read on for
+                // its other readers.
+                if self.detach_fill(cx) {
+                    return true;
+                }
             } else {
                 // The origin went silent mid-body: the client must not
                 // take the short body as whole.

@@ -219,31 +219,10 @@ impl<P: ProxyHttp> Conn<P> {
             return true;
         };
         let avail = self.bufs.from_upstream.filled();
-        let push = |w: &mut cache::Filler, d: &[u8]| {
-            if !d.is_empty() {
-                w.push(d);
-            }
-        };
-        let (take, done) = match body {
-            super::Body::Done => (0, true),
-            super::Body::Length(n) => {
-                let t = (*n).min(avail.len() as u64) as usize;
-                *n -= t as u64;
-                push(w, &avail[..t]);
-                (t, *n == 0)
-            }
-            super::Body::Chunked(dec) => match dec.feed_with(avail, |d| push(w, d)) {
-                Ok(t) => (t, dec.is_done()),
-                Err(_) => {
-                    cx.stats.upstream_errors += 1;
-                    self.finish(cx, true);
-                    return true;
-                }
-            },
-            super::Body::UntilClose => {
-                push(w, avail);
-                (avail.len(), !open)
-            }
+        let Ok((take, done)) = feed_fill(body, avail, open, w) else {
+            cx.stats.upstream_errors += 1;
+            self.finish(cx, true);
+            return true;
         };
         let keep_upstream = *keep_upstream;
         self.bufs.from_upstream.consume(take);
@@ -511,4 +490,37 @@ impl<P: ProxyHttp> Conn<P> {
             }
         }
     }
+}
+
+/// Feeds the origin's body octets in `avail` to an object being stored with
+/// no client reading it (HTTP/1 and HTTP/2 alike): the octets taken and
+/// whether the body ended. `Err` when the chunk framing is broken.
+pub(crate) fn feed_fill(
+    body: &mut super::Body,
+    avail: &[u8],
+    open: bool,
+    w: &mut cache::Filler,
+) -> Result<(usize, bool), ()> {
+    let push = |w: &mut cache::Filler, d: &[u8]| {
+        if !d.is_empty() {
+            w.push(d);
+        }
+    };
+    Ok(match body {
+        super::Body::Done => (0, true),
+        super::Body::Length(n) => {
+            let t = (*n).min(avail.len() as u64) as usize;
+            *n -= t as u64;
+            push(w, &avail[..t]);
+            (t, *n == 0)
+        }
+        super::Body::Chunked(dec) => {
+            let t = dec.feed_with(avail, |d| push(w, d)).map_err(|_| ())?;
+            (t, dec.is_done())
+        }
+        super::Body::UntilClose => {
+            push(w, avail);
+            (avail.len(), !open)
+        }
+    })
 }

@@ -351,3 +351,95 @@ impl<P: ProxyHttp> H2Stream<P> {
         moved
     }
 }
+
+impl<P: ProxyHttp> H2Stream<P> {
+    /// The client of a response being stored is gone (it reset the stream,
+    /// or the connection ended): the rest of the body is read into the
+    /// object for the requests reading it, as on HTTP/1 (bounded by the
+    /// object size and the origin's read timeout). False when nothing is
+    /// being stored.
+    pub(crate) fn detach_fill(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        if self.cache_writer.is_none() || !matches!(self.step, Step::Response { .. }) {
+            return false;
+        }
+        let Step::Response {
+            body,
+            keep_upstream,
+        } = std::mem::replace(&mut self.step, Step::Done)
+        else {
+            unreachable!()
+        };
+        self.step = Step::CacheFill {
+            body,
+            keep_upstream,
+        };
+        self.deadline = self.att.read_deadline(cx);
+        true
+    }
+
+    /// Storing a body with no client (`Step::CacheFill`).
+    pub(crate) fn is_detached(&self) -> bool {
+        matches!(self.step, Step::CacheFill { .. })
+    }
+
+    /// Reads the origin's body into the object (`Step::CacheFill`).
+    pub(super) fn cache_fill(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        let got = self.att.fill(cx, &mut self.from_upstream);
+        let open = self.att.may_recv(cx);
+        let Step::CacheFill {
+            body,
+            keep_upstream,
+        } = &mut self.step
+        else {
+            unreachable!()
+        };
+        let Some(w) = self.cache_writer.as_mut() else {
+            self.finish(cx, true);
+            return true;
+        };
+        let avail = self.from_upstream.filled();
+        let Ok((take, done)) = crate::proxy::feed_fill(body, avail, open, w) else {
+            cx.stats.upstream_errors += 1;
+            self.finish(cx, true);
+            return true;
+        };
+        let keep_upstream = *keep_upstream;
+        self.from_upstream.consume(take);
+        if w.stop() {
+            // Nobody reads it any more (or far behind): stop here.
+            self.finish(cx, true);
+            return true;
+        }
+        if done {
+            if let Some(w) = self.cache_writer.take() {
+                w.finish();
+            }
+            if let Some(up) = self.att.conn.as_mut() {
+                up.served += 1;
+            }
+            if keep_upstream && self.from_upstream.is_empty() {
+                self.att.release(cx);
+            } else {
+                self.att.close(cx, false);
+            }
+            self.step = Step::Done;
+            return true;
+        }
+        if !open && self.from_upstream.is_empty() {
+            // Truncated by the origin: the readers see it end short.
+            cx.stats.upstream_errors += 1;
+            self.finish(cx, true);
+            return true;
+        }
+        if got > 0 || take > 0 {
+            self.deadline = self.att.read_deadline(cx);
+            return true;
+        }
+        if cx.now >= self.deadline {
+            cx.stats.upstream_errors += 1;
+            self.finish(cx, true);
+            return true;
+        }
+        false
+    }
+}
