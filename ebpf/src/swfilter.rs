@@ -536,6 +536,18 @@ fn parse_l4(l4: &[u8], l4_len: usize, pkt: &mut Pkt) -> Result<(), bool> {
     Ok(())
 }
 
+/// Where the filter sends a frame: what the XDP program's verdicts mean
+/// for a backend without one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Dropped (and counted).
+    Drop,
+    /// A VIP's: to the stack (`XDP_REDIRECT`).
+    Stack,
+    /// Not a VIP's: the host's (`XDP_PASS`).
+    Host,
+}
+
 /// The filter as one worker runs it: the current rules, the shared buckets,
 /// its own counters.
 pub struct SwFilter<'a> {
@@ -545,38 +557,39 @@ pub struct SwFilter<'a> {
 }
 
 impl SwFilter<'_> {
-    fn malformed(&self, reason: Counter, to_vip: bool, bytes: u64) -> bool {
+    fn malformed(&self, reason: Counter, to_vip: bool, bytes: u64) -> Admit {
         self.counters.count(reason, bytes);
         if to_vip {
             self.counters.count(Counter::DropMalformedVip, bytes);
-            return false;
+            return Admit::Drop;
         }
         self.counters.count(Counter::PassHost, bytes);
-        true
+        Admit::Host
     }
 
-    fn pass_host(&self, bytes: u64) -> bool {
+    fn pass_host(&self, bytes: u64) -> Admit {
         self.counters.count(Counter::PassHost, bytes);
-        true
+        Admit::Host
     }
 
     /// A well-formed VIP frame under a VLAN tag (`drop_vlan`): the stack
     /// speaks untagged Ethernet only.
-    fn drop_vlan(&self, bytes: u64) -> bool {
+    fn drop_vlan(&self, bytes: u64) -> Admit {
         self.counters.count(Counter::DropVlanVip, bytes);
-        false
+        Admit::Drop
     }
 
+    /// Counts a rule's drop; false (for `filter()`).
     fn drop(&self, verdict: Counter, rule: u32, bytes: u64) -> bool {
         self.counters.count(verdict, bytes);
         self.counters.count_rule(rule, bytes);
         false
     }
 
-    fn vip(&self, proto_counter: Counter, bytes: u64) -> bool {
+    fn vip(&self, proto_counter: Counter, bytes: u64) -> Admit {
         self.counters.count(proto_counter, bytes);
         self.counters.count(Counter::RedirectVip, bytes);
-        true
+        Admit::Stack
     }
 
     /// Whether the frame may reach the stack (`now_ns`: a monotonic clock
@@ -584,8 +597,15 @@ impl SwFilter<'_> {
     /// against [`monotonic_ns`](crate::monotonic_ns) itself).
     /// Non-VIP frames always pass (counted as `pass_host`), tagged or not;
     /// under DPDK they reach the stack, which counts and drops what is not
-    /// addressed to it (`stack_rx_drop_*`).
+    /// addressed to it (`stack_rx_drop_*`), or go to the host's exception
+    /// interface ([`admit_to`](Self::admit_to)).
     pub fn admit(&self, frame: &[u8], now_ns: u64) -> bool {
+        self.admit_to(frame, now_ns) != Admit::Drop
+    }
+
+    /// [`admit`](Self::admit), saying where an admitted frame goes: the
+    /// stack (a VIP's) or the host (what XDP passes to the kernel).
+    pub fn admit_to(&self, frame: &[u8], now_ns: u64) -> Admit {
         let bytes = frame.len() as u64;
         if frame.len() < 14 {
             return self.malformed(Counter::MalformedEth, false, bytes);
@@ -609,7 +629,7 @@ impl SwFilter<'_> {
         }
     }
 
-    fn arp(&self, a: &[u8], bytes: u64, tagged: bool) -> bool {
+    fn arp(&self, a: &[u8], bytes: u64, tagged: bool) -> Admit {
         if a.len() < 28 {
             return self.malformed(Counter::MalformedArp, false, bytes);
         }
@@ -625,7 +645,7 @@ impl SwFilter<'_> {
         self.vip(Counter::ArpVip, bytes)
     }
 
-    fn ipv4(&self, ip: &[u8], bytes: u64, tagged: bool, now: u64) -> bool {
+    fn ipv4(&self, ip: &[u8], bytes: u64, tagged: bool, now: u64) -> Admit {
         if ip.len() < 20 {
             return self.malformed(Counter::MalformedIpv4, false, bytes);
         }
@@ -642,7 +662,7 @@ impl SwFilter<'_> {
         }
         if be16(ip, 6) & 0x3fff != 0 {
             self.counters.count(Counter::DropFragmentVip, bytes);
-            return false;
+            return Admit::Drop;
         }
         let mut pkt = Pkt {
             bytes,
@@ -665,12 +685,12 @@ impl SwFilter<'_> {
             return self.drop_vlan(bytes);
         }
         if !self.filter(&pkt, now) {
-            return false;
+            return Admit::Drop;
         }
         self.vip(Counter::Ipv4Vip, bytes)
     }
 
-    fn ipv6(&self, ip: &[u8], bytes: u64, tagged: bool, now: u64) -> bool {
+    fn ipv6(&self, ip: &[u8], bytes: u64, tagged: bool, now: u64) -> Admit {
         if ip.len() < 40 {
             return self.malformed(Counter::MalformedIpv6, false, bytes);
         }
@@ -701,7 +721,7 @@ impl SwFilter<'_> {
                     return self.pass_host(bytes);
                 }
                 self.counters.count(Counter::DropFragmentVip, bytes);
-                return false;
+                return Admit::Drop;
             }
             let hl = ip[cur + 1] as usize;
             let len = if next == NEXTHDR_AUTH {
@@ -760,7 +780,7 @@ impl SwFilter<'_> {
             return self.drop_vlan(bytes);
         }
         if !self.filter(&pkt, now) {
-            return false;
+            return Admit::Drop;
         }
         self.vip(Counter::Ipv6Vip, bytes)
     }
@@ -926,6 +946,80 @@ mod tests {
         assert_eq!(t.pass_host.packets, 1);
         assert_eq!(c.rule(0).packets, 1, "deny-net counted");
         assert_eq!(c.rule(1).packets, 1, "allow-one counted");
+    }
+
+    fn arp_request(target: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 28];
+        f[..6].fill(0xff);
+        f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        let a = &mut f[14..];
+        a[..8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        a[14..18].copy_from_slice(&[10, 77, 0, 2]);
+        a[24..28].copy_from_slice(&target);
+        f
+    }
+
+    /// An IPv6 neighbour solicitation for `target`, to its solicited-node
+    /// multicast address.
+    fn ns6(target: std::net::Ipv6Addr) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40 + 24];
+        f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        let ip = &mut f[14..];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&24u16.to_be_bytes());
+        ip[6] = NEXTHDR_ICMPV6;
+        ip[7] = 255;
+        ip[8..24].copy_from_slice(&"fd77::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        let t = target.octets();
+        let mut dst = [0u8; 16];
+        dst[..2].copy_from_slice(&[0xff, 0x02]);
+        dst[11] = 1;
+        dst[12] = 0xff;
+        dst[13..].copy_from_slice(&t[13..]);
+        ip[24..40].copy_from_slice(&dst);
+        ip[40] = ICMPV6_NS;
+        ip[48..64].copy_from_slice(&t);
+        f
+    }
+
+    /// What an exception path needs: a VIP's frames to the stack, the
+    /// host's (its address, ARP and neighbour discovery for it) to the
+    /// host, filtered ones nowhere.
+    #[test]
+    fn admit_to_tells_the_stacks_frames_from_the_hosts() {
+        let rules = FilterRules {
+            cidr: vec![CidrRule {
+                id: "deny".into(),
+                action: CidrAction::Deny,
+                prefixes: vec![("10.77.0.22".parse().unwrap(), 32)],
+            }],
+            ..Default::default()
+        };
+        let (r, b, c) = setup(&rules);
+        let f = SwFilter {
+            rules: &r,
+            buckets: &b,
+            counters: &c,
+        };
+        let host = [10, 77, 0, 1];
+        assert_eq!(f.admit_to(&udp4([10, 77, 0, 2], VIP, 53), 0), Admit::Stack);
+        assert_eq!(f.admit_to(&udp4([10, 77, 0, 2], host, 53), 0), Admit::Host);
+        assert_eq!(f.admit_to(&udp4([10, 77, 0, 22], VIP, 53), 0), Admit::Drop);
+        // A denied source still reaches the host (XDP passes it too).
+        assert_eq!(f.admit_to(&udp4([10, 77, 0, 22], host, 53), 0), Admit::Host);
+        assert_eq!(f.admit_to(&arp_request(VIP), 0), Admit::Stack);
+        assert_eq!(f.admit_to(&arp_request(host), 0), Admit::Host);
+        assert_eq!(
+            f.admit_to(&ns6("fd77::10".parse().unwrap()), 0),
+            Admit::Stack
+        );
+        assert_eq!(f.admit_to(&ns6("fd77::1".parse().unwrap()), 0), Admit::Host);
+        // An Ethernet type the stack does not speak; a runt (the program
+        // passes what it cannot parse and is not a VIP's: the kernel decides).
+        let mut lldp = vec![0u8; 60];
+        lldp[12..14].copy_from_slice(&0x88ccu16.to_be_bytes());
+        assert_eq!(f.admit_to(&lldp, 0), Admit::Host);
+        assert_eq!(f.admit_to(&[0u8; 10], 0), Admit::Host);
     }
 
     #[test]

@@ -48,6 +48,11 @@ pub struct DpdkSettings {
     pub file_prefix: Option<String>,
     /// Extra EAL arguments, appended last (e.g. `--log-level=lib.eal:debug`).
     pub eal_args: Vec<String>,
+    /// The exception path: a multi-queue TAP (created if missing) that gets
+    /// the frames that are not a VIP's, and whose frames go out the port, so
+    /// the host keeps its own addresses on a NIC DPDK owns. None: such
+    /// frames reach the stack, which counts and drops them.
+    pub exception_iface: Option<String>,
 }
 
 impl Default for DpdkSettings {
@@ -63,6 +68,7 @@ impl Default for DpdkSettings {
             rx_desc: 1024,
             tx_desc: 1024,
             file_prefix: None,
+            exception_iface: None,
             eal_args: Vec::new(),
         }
     }

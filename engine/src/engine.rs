@@ -23,6 +23,7 @@ use crate::handoff;
 use crate::io::{BackendKind, PacketIo};
 use crate::stats::EscalationStats;
 use crate::stats::{EngineStats, StatsCell};
+use crate::tap::ExceptionTap;
 use crate::worker::{Worker, WorkerFilter};
 use ferrogate_ebpf::swfilter::{BlockedSources, Buckets, FilterCounters, RuleIndex, SwRules};
 use ferrogate_proxy::quota::Quota;
@@ -56,6 +57,11 @@ pub enum EngineError {
     Dpdk(#[from] crate::dpdk::DpdkError),
     #[error("filter rules: {0}")]
     Filter(String),
+    #[error("exception interface {iface}: {source}")]
+    ExceptionTap {
+        iface: String,
+        source: std::io::Error,
+    },
 }
 
 /// The software filter tier (backends without XDP): compiled rules swapped
@@ -154,6 +160,41 @@ fn open_cache(cfg: &EngineConfig) -> Arc<EdgeCache> {
             }))
         }
     }
+}
+
+/// One exception TAP queue per worker (index = worker) when a DPDK port has
+/// `exception_iface`; the first queue configures the interface.
+fn exception_taps(
+    cfg: &EngineConfig,
+    backend: BackendKind,
+    mac: [u8; 6],
+    workers: usize,
+    filtered: bool,
+) -> Result<Vec<Option<ExceptionTap>>, EngineError> {
+    let Some(iface) = cfg.dpdk.exception_iface.as_deref() else {
+        return Ok(Vec::new());
+    };
+    if backend != BackendKind::Dpdk || !filtered {
+        // Other backends leave the host's frames to the kernel already.
+        tracing::warn!(iface, backend = %backend, "engine.dpdk.exception_iface applies to a DPDK port only; ignored");
+        return Ok(Vec::new());
+    }
+    let taps = (0..workers)
+        .map(|id| {
+            ExceptionTap::open(iface, mac, id == 0)
+                .map(Some)
+                .map_err(|source| EngineError::ExceptionTap {
+                    iface: iface.to_string(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    tracing::info!(
+        iface,
+        queues = workers,
+        "exception path: the host's frames go through the TAP"
+    );
+    Ok(taps)
 }
 
 /// The per-socket TCP settings the workers' stacks were built with.
@@ -604,6 +645,7 @@ impl Engine {
             dpdk: dpdk_port,
         };
         engine.deny.set_rules(&cfg.filter);
+        let mut taps = exception_taps(&cfg, backend, mac, workers_n, engine.soft_filter.is_some())?;
         for (id, io) in ios.into_iter().enumerate().rev() {
             let mut sc = cfg.stack.clone();
             sc.net.mac = mac;
@@ -653,6 +695,7 @@ impl Engine {
                     buckets: f.buckets.clone(),
                     counters: f.counters[id].clone(),
                 }),
+                exception: taps.pop().flatten(),
             };
             let h = std::thread::Builder::new()
                 .name(format!("fg-worker-{id}"))

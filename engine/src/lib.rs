@@ -14,6 +14,7 @@ pub mod io_error;
 pub mod memio;
 pub mod netdev;
 pub mod stats;
+pub mod tap;
 pub mod wake;
 mod worker;
 

@@ -23,6 +23,12 @@ pub struct WorkerStats {
     pub handoff_dropped: u64,
     /// Sleeping workers this one woke (eventfd) after handing them frames.
     pub handoff_wakeups: u64,
+    /// The DPDK exception path: frames passed to the host's TAP, frames the
+    /// host sent out through the port, and ones either side refused (the
+    /// TAP's queue full, the tx ring full).
+    pub exception_to_host: u64,
+    pub exception_from_host: u64,
+    pub exception_dropped: u64,
     /// Loop iterations that moved frames, and ones that found nothing.
     pub busy_loops: u64,
     pub idle_loops: u64,
@@ -177,6 +183,14 @@ impl EngineStats {
         let _ = writeln!(s, "handoff_out {o}\nhandoff_in {i}\nhandoff_dropped {d}");
         let wakeups: u64 = self.workers.iter().map(|w| w.handoff_wakeups).sum();
         let _ = writeln!(s, "handoff_wakeups {wakeups}");
+        let sum = |f: fn(&WorkerStats) -> u64| self.workers.iter().map(f).sum::<u64>();
+        let _ = writeln!(
+            s,
+            "exception_to_host {}\nexception_from_host {}\nexception_dropped {}",
+            sum(|w| w.exception_to_host),
+            sum(|w| w.exception_from_host),
+            sum(|w| w.exception_dropped)
+        );
         if let Some(x) = &self.xdp {
             for (k, v) in x.iter() {
                 let _ = writeln!(s, "xdp_{k}_packets {}", v.packets);

@@ -13,10 +13,11 @@ use crate::config::{PollingMode, PortPlan};
 use crate::handoff::HandoffPorts;
 use crate::io::PacketIo;
 use crate::stats::{StatsCell, WorkerStats};
+use crate::tap::ExceptionTap;
 
 /// Flushes per pass while the tx ring is full (a kick each at most).
 const TX_FLUSH_ROUNDS: u32 = 4;
-use ferrogate_ebpf::swfilter::{Buckets, FilterCounters, SwFilter, SwRules};
+use ferrogate_ebpf::swfilter::{Admit, Buckets, FilterCounters, SwFilter, SwRules};
 
 /// The software filter tier a worker runs before its stack (backends
 /// without XDP).
@@ -42,6 +43,11 @@ const CLOSE_SETTLE: Duration = Duration::from_millis(20);
 /// Longest sleep in interrupt mode: a frame on the socket or a hand-off
 /// (the eventfd) wakes the worker at once.
 const INTERRUPT_SLEEP: Duration = Duration::from_millis(2);
+/// How often a worker reads the exception TAP (one read(2) per round, not
+/// per pass: the host's traffic waits at most this, plus a sleep).
+const EXCEPTION_POLL_EVERY: Duration = Duration::from_micros(200);
+/// Most frames the kernel's TAP queue gives per round.
+const EXCEPTION_BURST: usize = 64;
 /// Longest time between two polls of an idle stack (its `poll_at` is
 /// usually sooner): interface maintenance runs at least this often.
 const IDLE_POLL_MS: u64 = 50;
@@ -73,6 +79,10 @@ pub(crate) struct Worker {
     pub mac: [u8; 6],
     pub clock_start: StdInstant,
     pub filter: Option<WorkerFilter>,
+    /// The host's exception TAP queue (a DPDK port with
+    /// `engine.dpdk.exception_iface`): non-VIP frames go to the kernel
+    /// through it, and what the kernel sends through it goes out the port.
+    pub exception: Option<ExceptionTap>,
 }
 
 impl Worker {
@@ -97,6 +107,7 @@ impl Worker {
         let mut busy_from: Option<StdInstant> = None;
         let mut next_timer = Instant::from_micros(0);
         let mut rx_error_logged = false;
+        let mut last_exception_poll = StdInstant::now();
 
         while !self.shutdown.load(Ordering::Relaxed) {
             let wall = StdInstant::now();
@@ -134,7 +145,13 @@ impl Worker {
                 })
             };
             s.handoff_in += handed as u64;
-            let work = received + handed;
+            let mut work = received + handed;
+            if self.exception.is_some()
+                && wall.duration_since(last_exception_poll) >= EXCEPTION_POLL_EVERY
+            {
+                last_exception_poll = wall;
+                work += self.forward_host_frames(&mut s);
+            }
 
             if work > 0 || now >= next_timer {
                 self.stack.poll(now);
@@ -214,6 +231,26 @@ impl Worker {
         }
     }
 
+    /// Sends what the kernel wrote to the exception TAP out of the port;
+    /// the frames it moved.
+    fn forward_host_frames(&mut self, s: &mut WorkerStats) -> usize {
+        let Some(tap) = self.exception.as_mut() else {
+            return 0;
+        };
+        let io = &mut self.io;
+        let (mut sent, mut dropped) = (0u64, 0u64);
+        let n = tap.read_burst(EXCEPTION_BURST, |f| {
+            if io.tx_frame(f) {
+                sent += 1;
+            } else {
+                dropped += 1;
+            }
+        });
+        s.exception_from_host += sent;
+        s.exception_dropped += dropped;
+        n
+    }
+
     /// Sleeps on the port and on the hand-off eventfd, unless a hand-off
     /// arrived between the last receive and the announcement of the sleep.
     fn sleep(&mut self, s: &mut WorkerStats, timeout: Duration) {
@@ -282,11 +319,23 @@ impl Worker {
                 counters,
             }
         });
+        let exception = self.exception.as_ref();
+        let (mut to_host, mut host_dropped) = (0u64, 0u64);
         let r = self.io.rx_burst(self.batch, &mut |f| {
-            if let Some(filter) = &filter
-                && !filter.admit(f, now_ns)
-            {
-                return;
+            if let Some(filter) = &filter {
+                match filter.admit_to(f, now_ns) {
+                    Admit::Drop => return,
+                    // What XDP would pass to the kernel: the host's.
+                    Admit::Host if exception.is_some() => {
+                        if exception.is_some_and(|t| t.write(f)) {
+                            to_host += 1;
+                        } else {
+                            host_dropped += 1;
+                        }
+                        return;
+                    }
+                    Admit::Host | Admit::Stack => {}
+                }
             }
             // A TCP segment, a datagram or an ICMP error about one belongs
             // to the worker whose range holds our port (an upstream
@@ -349,6 +398,8 @@ impl Worker {
         });
         s.handoff_out += out;
         s.handoff_dropped += dropped;
+        s.exception_to_host += to_host;
+        s.exception_dropped += host_dropped;
         if out > 0 {
             s.handoff_wakeups += self.handoff.wake_receivers() as u64;
         }

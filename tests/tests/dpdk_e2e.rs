@@ -393,3 +393,106 @@ mbufs = 4095
         assert!(st.success(), "engine exit {st}; log:\n{}", engine.log());
     });
 }
+
+/// A process in one of the lab's namespaces, killed (by its PID) on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue #24's exception path: the af_xdp vdev takes every frame of the
+/// edge NIC (as DPDK takes a bound NIC), and the host's own addresses live
+/// on the exception TAP. The host answers ping (IPv4 and IPv6, through ARP
+/// and neighbour discovery) and serves HTTP through the port while the VIP
+/// is served by the stack on the same port.
+#[test]
+fn dpdk_exception_tap_carries_the_hosts_own_traffic_beside_the_vip() {
+    lab_test("dpdk_exception", || {
+        exception_case("net_af_xdp0,iface=eth0,start_queue=0,queue_count=1", 1)
+    });
+    // Two workers: a TAP queue each (IFF_MULTI_QUEUE).
+    lab_test("dpdk_exception_2q", || {
+        exception_case("net_af_packet0,iface=eth0,qpairs=2", 2)
+    });
+}
+
+fn exception_case(vdev: &str, queues: u32) {
+    let lab = Lab::up(queues);
+    let cfg = lab.config_with(
+        "exception.toml",
+        &format!(
+            "[engine.dpdk]\nvdevs = [\"{vdev}\"]\nhugepages = false\nmemory_mb = 256\nmbufs = 4095\nexception_iface = \"fgx0\"\n"
+        ),
+    );
+    // The host's addresses leave the NIC DPDK takes.
+    for a in ["10.77.0.1/24", "fd77::1/64"] {
+        lab.exec("edge", &["ip", "addr", "del", a, "dev", "eth0"])
+            .expect("ip addr del");
+    }
+    let mut engine = lab.start_engine_with(&cfg, "dpdk", queues);
+    let log = engine.log();
+    assert!(log.contains("exception path"), "{log}");
+    let mac = lab.edge_mac();
+    let link = lab
+        .exec("edge", &["ip", "-o", "link", "show", "dev", "fgx0"])
+        .expect("the engine made the TAP");
+    assert!(link.contains(&mac) && link.contains("UP"), "{link}");
+    lab.exec(
+        "edge",
+        &["ip", "addr", "add", "10.77.0.1/24", "dev", "fgx0"],
+    )
+    .unwrap();
+    lab.exec(
+        "edge",
+        &["ip", "addr", "add", "fd77::1/64", "dev", "fgx0", "nodad"],
+    )
+    .unwrap();
+    // No link-local address of its own: the stack's comes from the
+    // same MAC.
+    let addrs = lab
+        .exec("edge", &["ip", "-6", "-o", "addr", "show", "dev", "fgx0"])
+        .unwrap();
+    assert!(!addrs.contains("fe80:"), "{addrs}");
+    let server = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("edge")])
+        .arg(ferrogate_bin().with_file_name("fg-test-origin"))
+        .args(["--listen", "10.77.0.1:8099", "--name", "edge-host"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn fg-test-origin");
+    let _server = Child(server);
+    let before = engine.stats();
+    let (ok, out) = lab.client_sh("ping -c 3 -i 0.2 -W 2 10.77.0.1");
+    assert!(ok, "ping 10.77.0.1: {out}\nlog:\n{}", engine.log());
+    let (ok, out) = lab.client_sh("ping -6 -c 3 -i 0.2 -W 2 fd77::1");
+    assert!(ok, "ping fd77::1: {out}\nlog:\n{}", engine.log());
+    let mut host = String::new();
+    for _ in 0..50 {
+        if let Ok(b) = lab.curl("http://10.77.0.1:8099/host") {
+            host = b;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(host.contains("edge-host"), "host HTTP: {host:?}");
+    let vip = lab.curl(&format!("http://{VIP}/vip")).expect("curl VIP");
+    assert!(vip.contains("origin 10.77.0.3:8080"), "{vip:?}");
+    let (ok, errors) = keep_alive_load(&lab, 4, 25);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(ok, 100);
+    let after = engine.stats();
+    assert!(grew(&before, &after, "exception_to_host") >= 6, "{after:?}");
+    assert!(
+        grew(&before, &after, "exception_from_host") >= 6,
+        "{after:?}"
+    );
+    assert_eq!(after["exception_dropped"], 0, "{after:?}");
+    let st = engine.stop().expect("exit status");
+    assert!(st.success(), "engine exit {st}; log:\n{}", engine.log());
+}

@@ -99,6 +99,34 @@ pub(super) fn check_dpdk(
         }
         s.eal_args.push(a.get_ref().clone());
     }
+    if let Some(x) = &d.exception_iface {
+        let t = x.get_ref();
+        let valid = !t.is_empty()
+            && t.len() < 16
+            && t != "."
+            && t != ".."
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        // The vdev's own kernel interface would send every frame back in.
+        let ported = d
+            .vdevs
+            .iter()
+            .any(|v| v.get_ref().split(',').any(|kv| kv == format!("iface={t}")));
+        if !valid {
+            rep.at(
+                x.span(),
+                "engine.dpdk.exception_iface",
+                format!("{t:?}: an interface name of 1 to 15 letters, digits, '-', '_' or '.'"),
+            );
+        } else if ported {
+            rep.at(
+                x.span(),
+                "engine.dpdk.exception_iface",
+                format!("{t:?} is the port's own interface (a vdev's iface=): name a TAP of its own, e.g. \"fgx0\""),
+            );
+        }
+        s.exception_iface = Some(t.clone());
+    }
     s
 }
 

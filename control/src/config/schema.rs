@@ -320,6 +320,9 @@ pub struct DpdkSection {
     pub file_prefix: Option<Spanned<String>>,
     #[serde(default)]
     pub eal_args: Vec<Spanned<String>>,
+    /// The host's exception TAP (non-VIP frames to the kernel and back).
+    #[serde(default)]
+    pub exception_iface: Option<Spanned<String>>,
 }
 
 impl Default for DpdkSection {
@@ -336,6 +339,7 @@ impl Default for DpdkSection {
             tx_desc: None,
             file_prefix: None,
             eal_args: Vec::new(),
+            exception_iface: None,
         }
     }
 }

@@ -1349,3 +1349,32 @@ fn the_drain_bound_defaults_to_30_s_and_is_checked() {
         "{e:?}"
     );
 }
+
+#[test]
+fn dpdk_exception_iface_is_a_tap_name_other_than_the_ports() {
+    let with = |name: &str| {
+        format!(
+            "{GOOD}\n[engine.dpdk]\nvdevs = [\"net_af_packet0,iface=eth0\"]\nexception_iface = {name:?}\n"
+        )
+    };
+    let c = compile(Path::new("t.toml"), &with("fgx0")).unwrap();
+    assert_eq!(c.engine.dpdk.exception_iface.as_deref(), Some("fgx0"));
+    let line = with("x")
+        .lines()
+        .position(|l| l.starts_with("exception_iface"))
+        .unwrap()
+        + 1;
+    for bad in ["", "a/b", "sixteen-chars-xx", "sp ace", ".."] {
+        let e = errors(&with(bad));
+        assert!(
+            e.iter().any(|e| e.starts_with(&format!("t.toml:{line}:"))
+                && e.contains("engine.dpdk.exception_iface")),
+            "{bad:?}: {e:?}"
+        );
+    }
+    let e = errors(&with("eth0"));
+    assert!(
+        e.iter().any(|e| e.contains("the port's own interface")),
+        "{e:?}"
+    );
+}

@@ -107,6 +107,24 @@ pub(super) fn counters(f: &mut Families, st: &EngineStats, info: &Info<'_>) {
             &l,
             w.handoff_wakeups,
         );
+        f.counter(
+            "ferrogate_worker_exception_to_host_total",
+            "frames of a DPDK port passed to the host's exception TAP (not a VIP's)",
+            &l,
+            w.exception_to_host,
+        );
+        f.counter(
+            "ferrogate_worker_exception_from_host_total",
+            "frames the host sent out of the DPDK port through the exception TAP",
+            &l,
+            w.exception_from_host,
+        );
+        f.counter(
+            "ferrogate_worker_exception_dropped_total",
+            "exception frames refused (the TAP queue or the tx ring full)",
+            &l,
+            w.exception_dropped,
+        );
         f.counter("ferrogate_worker_sleeps_total", "idle sleeps", &l, w.sleeps);
         f.counter(
             "ferrogate_worker_busy_nanoseconds_total",

@@ -158,6 +158,9 @@ const ADDED: &[&str] = &[
     "ferrogate_config_started_from_last_known_good",
     "ferrogate_config_kept_versions",
     "ferrogate_draining",
+    "ferrogate_worker_exception_to_host_total",
+    "ferrogate_worker_exception_from_host_total",
+    "ferrogate_worker_exception_dropped_total",
 ];
 
 /// A series' identity: name and labels, `le` by its number (the old
