@@ -94,6 +94,7 @@ struct Started {
     tcp: TcpSettings,
     upstream_port_range: std::ops::Range<u16>,
     cache: CacheShape,
+    dpdk: crate::config::DpdkSettings,
 }
 
 /// What a `[cache]` change would change in the store (compared on reload:
@@ -626,6 +627,7 @@ impl Engine {
                 tcp: TcpSettings::of(&cfg.stack.net),
                 upstream_port_range: cfg.upstream_port_range.clone(),
                 cache: CacheShape::of(&cfg),
+                dpdk: cfg.dpdk.clone(),
             },
             backend,
             xdp,
@@ -771,6 +773,10 @@ impl Engine {
         }
         if cfg.upstream_port_range != self.started.upstream_port_range {
             ignored.push("engine.upstream_port_range");
+        }
+        if cfg.dpdk != self.started.dpdk {
+            // The EAL, the port and the exception TAP are set up once.
+            ignored.push("engine.dpdk");
         }
         if CacheShape::of(cfg) != self.started.cache {
             // The store and its objects outlive reloads; a new size or

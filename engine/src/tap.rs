@@ -26,13 +26,22 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 pub struct ExceptionTap {
     fd: OwnedFd,
     name: String,
-    /// One frame read from the kernel (the largest Ethernet frame a
-    /// 1500-byte MTU makes, with room for a VLAN tag).
-    buf: Box<[u8; 2048]>,
+    /// One frame read from the kernel: a 9000-byte MTU's frame fits; a
+    /// read that fills it whole was cut short and is dropped.
+    buf: Box<[u8; FRAME_BUF]>,
+    /// Frames the kernel sent that did not fit `buf` (dropped).
+    pub truncated: u64,
 }
 
+const FRAME_BUF: usize = 9216 + 64;
+
 fn ifreq_named(name: &str) -> io::Result<libc::ifreq> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
+    // `all` and `default` are the sysctl directories of every interface.
+    if name.is_empty()
+        || name.len() >= libc::IFNAMSIZ
+        || name.contains(['/', ' ', '\0'])
+        || matches!(name, "." | ".." | "all" | "default")
+    {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("bad interface name {name:?}"),
@@ -85,15 +94,38 @@ impl ExceptionTap {
         }
         // SAFETY: `fd` was just returned by open(2) and is ours.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let existed = iface_exists(name);
         req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as i16;
         // SAFETY: TUNSETIFF reads a valid ifreq (name and flags).
         let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
         if rc < 0 {
             let e = io::Error::last_os_error();
+            let why = match e.raw_os_error() {
+                Some(libc::EBUSY) => "the name belongs to an interface that is not a TAP",
+                Some(libc::EINVAL) => {
+                    "an existing TAP without multi_queue (`ip tuntap add NAME mode tap multi_queue`)"
+                }
+                Some(libc::EPERM) => "needs CAP_NET_ADMIN",
+                _ => "opening a TAP queue",
+            };
             return Err(io::Error::new(
                 e.kind(),
-                format!("TUNSETIFF {name} (a TAP with multi_queue is needed): {e}"),
+                format!("TUNSETIFF {name}: {why}: {e}"),
             ));
+        }
+        if !existed {
+            // A TAP we made outlives the engine, with the host's addresses
+            // the operator put on it: a crash or a restart must not take
+            // the host off the network.
+            // SAFETY: TUNSETPERSIST takes an int argument on an attached fd.
+            let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_int) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("TUNSETPERSIST {name}: {e}"),
+                ));
+            }
         }
         if configure {
             configure_iface(name, mac)?;
@@ -101,7 +133,8 @@ impl ExceptionTap {
         Ok(Self {
             fd,
             name: name.to_string(),
-            buf: Box::new([0; 2048]),
+            buf: Box::new([0; FRAME_BUF]),
+            truncated: 0,
         })
     }
 
@@ -133,11 +166,26 @@ impl ExceptionTap {
             if n <= 0 {
                 break;
             }
-            on_frame(&self.buf[..n as usize]);
             got += 1;
+            let n = n as usize;
+            if n >= self.buf.len() {
+                // Cut short (an MTU past the buffer): never sent as is.
+                self.truncated += 1;
+                continue;
+            }
+            on_frame(&self.buf[..n]);
         }
         got
     }
+}
+
+/// Whether an interface of that name exists in this network namespace.
+fn iface_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string; no other precondition.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
 }
 
 /// The TAP speaks with the port's MAC, generates no IPv6 address of its own
@@ -161,7 +209,8 @@ fn configure_iface(name: &str, mac: [u8; 6]) -> io::Result<()> {
             .map_err(|e| io::Error::new(e.kind(), format!("{gen_mode}: {e}")))?;
     }
     let mut req = ifreq_named(name)?;
-    if_ioctl(libc::SIOCGIFFLAGS, &mut req)?;
+    if_ioctl(libc::SIOCGIFFLAGS, &mut req)
+        .map_err(|e| io::Error::new(e.kind(), format!("reading {name}'s flags: {e}")))?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as i16;
@@ -175,7 +224,15 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused_before_any_syscall() {
-        for n in ["", "a/b", "sixteen-chars-xx", "sp ace"] {
+        for n in [
+            "",
+            "a/b",
+            "sixteen-chars-xx",
+            "sp ace",
+            "all",
+            "default",
+            "..",
+        ] {
             assert!(ifreq_named(n).is_err(), "{n:?}");
         }
         assert!(ifreq_named("fgx0").is_ok());

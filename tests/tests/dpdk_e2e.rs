@@ -495,4 +495,9 @@ fn exception_case(vdev: &str, queues: u32) {
     assert_eq!(after["exception_dropped"], 0, "{after:?}");
     let st = engine.stop().expect("exit status");
     assert!(st.success(), "engine exit {st}; log:\n{}", engine.log());
+    // The TAP the engine made outlives it, with the host's addresses.
+    let kept = lab
+        .exec("edge", &["ip", "-o", "addr", "show", "dev", "fgx0"])
+        .unwrap_or_default();
+    assert!(kept.contains("10.77.0.1/24"), "{kept:?}");
 }

@@ -101,10 +101,10 @@ pub(super) fn check_dpdk(
     }
     if let Some(x) = &d.exception_iface {
         let t = x.get_ref();
+        // `all` and `default` name every interface's sysctls.
         let valid = !t.is_empty()
             && t.len() < 16
-            && t != "."
-            && t != ".."
+            && !matches!(t.as_str(), "." | ".." | "all" | "default")
             && t.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         // The vdev's own kernel interface would send every frame back in.

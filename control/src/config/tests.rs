@@ -1364,7 +1364,15 @@ fn dpdk_exception_iface_is_a_tap_name_other_than_the_ports() {
         .position(|l| l.starts_with("exception_iface"))
         .unwrap()
         + 1;
-    for bad in ["", "a/b", "sixteen-chars-xx", "sp ace", ".."] {
+    for bad in [
+        "",
+        "a/b",
+        "sixteen-chars-xx",
+        "sp ace",
+        "..",
+        "all",
+        "default",
+    ] {
         let e = errors(&with(bad));
         assert!(
             e.iter().any(|e| e.starts_with(&format!("t.toml:{line}:"))

@@ -631,10 +631,15 @@ impl<P: ProxyHttp> Stack<P> {
                 Session::H2(c) => (c.client(), c.upstream_sockets().collect()),
                 Session::Tcp(c) => (c.client(), c.upstream_socket().into_iter().collect()),
             };
-            if !streams.stream(client).is_active() {
+            let client_active = streams.stream(client).is_active();
+            // A client gone while its response is stored still holds the
+            // upstream that fills it.
+            if !client_active && upstreams.is_empty() {
                 continue;
             }
-            streams.stream(client).abort();
+            if client_active {
+                streams.stream(client).abort();
+            }
             for u in upstreams {
                 streams.stream(u).abort();
             }

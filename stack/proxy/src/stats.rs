@@ -44,6 +44,10 @@ pub struct StackStats {
     pub retries: u64,
     pub bad_requests: u64,
     pub client_aborts: u64,
+    /// Responses being stored whose HTTP/2 client left while the
+    /// connection already read on as many as it may (`MAX_FILLS_PER_CONN`):
+    /// aborted instead, so one connection cannot hold many upstreams.
+    pub cache_fills_refused: u64,
     /// Runs of a connection's proxy state machine.
     pub conn_drives: u64,
     /// Connection buffer sets allocated because the worker had none spare
@@ -361,6 +365,7 @@ impl StackStats {
         self.retries += o.retries;
         self.bad_requests += o.bad_requests;
         self.client_aborts += o.client_aborts;
+        self.cache_fills_refused += o.cache_fills_refused;
         self.drain_refused += o.drain_refused;
         self.drain_cut += o.drain_cut;
         self.plugin_calls += o.plugin_calls;
@@ -417,6 +422,7 @@ impl StackStats {
             ("retries", self.retries),
             ("bad_requests", self.bad_requests),
             ("client_aborts", self.client_aborts),
+            ("cache_fills_refused", self.cache_fills_refused),
             ("conn_drives", self.conn_drives),
             ("conn_buffers_allocated", self.conn_buffers_allocated),
             ("tls_handshakes_full", self.tls_handshakes_full),

@@ -709,3 +709,57 @@ fn h2c_client_that_stops_reading_mid_store_is_reset_and_the_body_read_on() {
     );
     assert_eq!(origin_hits(&lab, "/cached/big"), 1);
 }
+
+#[test]
+fn h2c_one_connection_reads_on_a_bounded_number_of_stored_bodies() {
+    let mut lab = h2_cache_lab();
+    lab.origin_pace = Some(500);
+    // The lab's origin takes eight connections at once: room for twelve.
+    for _ in 0..8 {
+        let mut s = tcp_socket();
+        s.listen((IpAddress::from(Ipv4Address::from(ORIGIN)), 8080))
+            .unwrap();
+        let h = lab.sockets.add(s);
+        lab.origin_listeners.push(h);
+    }
+    let mut c = H2Client::connect(&mut lab);
+    let n = 12u32;
+    for k in 0..n {
+        c.headers(&mut lab, 1 + 2 * k, "GET", &format!("/cached/big{k}"), true);
+    }
+    // Every request reached the origin and its head came back (the paced
+    // bodies have barely begun).
+    for _ in 0..3_000 {
+        c.pump(&mut lab, 1);
+        if lab.origin_requests.len() == n as usize {
+            break;
+        }
+    }
+    assert_eq!(lab.origin_requests.len(), n as usize);
+    c.pump(&mut lab, 20);
+    let mut out = Vec::new();
+    for k in 0..n {
+        emit::rst_stream(&mut out, 1 + 2 * k, ErrorCode::Cancel);
+    }
+    lab.send(c.h, &out);
+    c.pump(&mut lab, 20);
+    let s = lab.edge.stats();
+    assert_eq!(s.h2.client_resets, u64::from(n), "{:?}", s.h2);
+    assert_eq!(s.cache_fills_refused, u64::from(n) - 8, "{s:?}");
+    // Eight bodies are read on: at most their eight upstreams stay busy.
+    assert!(lab.edge.upstream_ports_in_use() <= 8);
+    for _ in 0..2_000 {
+        lab.step(1);
+    }
+    let stored = (0..n)
+        .filter(|k| {
+            let h1 = lab.connect();
+            let r = lab.exchange(
+                h1,
+                format!("GET /cached/big{k} HTTP/1.1\r\nHost: x.example\r\n\r\n").as_bytes(),
+            );
+            r.head.to_ascii_lowercase().contains("x-cache: hit")
+        })
+        .count();
+    assert_eq!(stored, 8);
+}

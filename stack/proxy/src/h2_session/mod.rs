@@ -19,6 +19,10 @@ use stream::{H2Stream, Peer, StreamBufs};
 
 /// Buffer pairs a connection keeps from finished streams for its next ones.
 const SPARE_STREAM_BUFS: usize = 8;
+/// Most responses one connection reads on into the store after their
+/// client left: each holds an upstream connection and port, which HTTP/2's
+/// stream limit no longer bounds once the stream is reset.
+const MAX_FILLS_PER_CONN: usize = 8;
 
 /// The protocol's clock: the stack's, as a duration since its start.
 fn clock(now: Instant) -> Duration {
@@ -175,9 +179,11 @@ impl<P: ProxyHttp> H2Conn<P> {
             let mut events = false;
             while let Some(ev) = self.h2.poll_event() {
                 events = true;
+                let fills = self.fills.len();
                 let mut streams = Streams {
                     live: &mut self.streams,
                     spare: &mut self.spare,
+                    fills,
                 };
                 on_event(cx, &mut self.h2, &peer, &mut streams, ev);
             }
@@ -190,8 +196,15 @@ impl<P: ProxyHttp> H2Conn<P> {
         // Round robin: each pass starts one stream further on.
         let n = self.streams.len();
         self.turn = self.turn.wrapping_add(1);
+        let mut room = self.fill_room();
         for k in 0..n {
             let st = &mut self.streams[(self.turn + k) % n];
+            if st.is_detached() {
+                // Reset by the client this pass: a fill, moved below.
+                moved |= st.drive(cx, &mut self.h2, &peer);
+                continue;
+            }
+            st.fill_allowed = room > 0;
             if client_done && st.awaits_body() {
                 // The client closed its side with a body still owed: nothing
                 // sensible can go upstream (as HTTP/1 aborts).
@@ -201,6 +214,9 @@ impl<P: ProxyHttp> H2Conn<P> {
                 continue;
             }
             moved |= st.drive(cx, &mut self.h2, &peer);
+            if st.is_detached() {
+                room = room.saturating_sub(1);
+            }
         }
         let mut i = 0;
         while i < self.streams.len() {
@@ -301,11 +317,24 @@ impl<P: ProxyHttp> H2Conn<P> {
         true
     }
 
+    /// How many more streams may detach into fills.
+    fn fill_room(&self) -> usize {
+        let detached = self.streams.iter().filter(|s| s.is_detached()).count();
+        MAX_FILLS_PER_CONN.saturating_sub(self.fills.len() + detached)
+    }
+
     /// Ends the connection now; `reset` aborts the client socket. Bodies
     /// being stored are read on (`fills`) before the session is finished.
     fn finish(&mut self, cx: &mut Ctx<'_, P>, reset: bool) {
+        let mut room = self.fill_room();
         for mut st in self.streams.drain(..) {
+            if st.is_detached() {
+                self.fills.push(st);
+                continue;
+            }
+            st.fill_allowed = room > 0;
             if st.detach_fill(cx) {
+                room -= 1;
                 st.end_plugins(cx);
                 self.fills.push(st);
             } else {
@@ -352,6 +381,8 @@ fn keep_spare(spare: &mut Vec<StreamBufs>, bufs: StreamBufs) {
 struct Streams<'s, P: ProxyHttp> {
     live: &'s mut Vec<H2Stream<P>>,
     spare: &'s mut Vec<StreamBufs>,
+    /// The connection's fills (for the cap on detached streams).
+    fills: usize,
 }
 
 fn on_event<P: ProxyHttp>(
@@ -392,8 +423,14 @@ fn on_event<P: ProxyHttp>(
             }
         }
         Event::Reset { stream, .. } => {
+            let detached = streams.live.iter().filter(|s| s.is_detached()).count();
+            let room = MAX_FILLS_PER_CONN.saturating_sub(streams.fills + detached);
             let streams = &mut *streams.live;
-            if let Some(i) = streams.iter().position(|s| s.id == stream) {
+            if let Some(i) = streams
+                .iter()
+                .position(|s| s.id == stream && !s.is_detached())
+            {
+                streams[i].fill_allowed = room > 0;
                 // Our own connection error resets every stream too: not the
                 // client's doing.
                 if h2.error().is_none() {

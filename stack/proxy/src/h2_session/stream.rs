@@ -132,6 +132,9 @@ pub(crate) struct H2Stream<P: ProxyHttp> {
     /// The upstream answered before the whole request went up.
     abandoned: bool,
     step: Step,
+    /// The connection has room for one more fill (`detach_fill`); set by
+    /// the connection before the stream runs.
+    pub(crate) fill_allowed: bool,
     local_body: Vec<u8>,
     route_id: Option<usize>,
     /// What the allow rule that matched the request changes.
@@ -196,6 +199,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             from_upstream: bufs.from_upstream,
             abandoned: false,
             step: Step::Done,
+            fill_allowed: false,
             local_body: Vec::new(),
             route_id: None,
             rewrite: crate::rules::Rewrites::default(),

@@ -362,6 +362,11 @@ impl<P: ProxyHttp> H2Stream<P> {
         if self.cache_writer.is_none() || !matches!(self.step, Step::Response { .. }) {
             return false;
         }
+        if !self.fill_allowed {
+            // The connection reads on as many as it may already.
+            cx.stats.cache_fills_refused += 1;
+            return false;
+        }
         let Step::Response {
             body,
             keep_upstream,
