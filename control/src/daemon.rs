@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::admin::{self, Handler, HttpRequest, Reply};
+use crate::fleet::ApplyError;
 use crate::snapshot::{self, content_hash};
 
 pub struct DaemonArgs {
@@ -77,6 +78,10 @@ struct State {
     file_rejected: u64,
     pushes: u64,
     last_error: Option<String>,
+    /// A fleet push whose answer never came (a timeout, a cut): it may land
+    /// later. Until the engine is seen running it, or the fleet settles,
+    /// the re-sync pushes nothing: it would put the older config back.
+    unsettled: Option<Desired>,
 }
 
 impl State {
@@ -118,7 +123,12 @@ struct Daemon {
     last_hash: Mutex<Option<u64>>,
     /// Fleet mode's follower state (None: file mode).
     fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// How long a push may take.
+    push_timeout: Duration,
 }
+
+/// How long the engine may take to apply a snapshot.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What `/v1/hello` says.
 struct Hello {
@@ -210,7 +220,7 @@ impl Daemon {
             path,
             body,
             headers,
-            Duration::from_secs(30),
+            self.push_timeout,
         )
     }
 
@@ -470,6 +480,24 @@ impl Daemon {
                         }
                     }
                     Some(d) if d.hash != h.hash => {
+                        let unsettled = self.state().unsettled.clone();
+                        match unsettled {
+                            Some(u) if u.hash == h.hash => {
+                                // A fleet push that timed out landed: it is
+                                // the newer config, not one to undo.
+                                tracing::info!(engine = %h.version, "the engine runs the bundle whose push timed out; adopting it");
+                                let mut st = self.state();
+                                st.desired = Some(u);
+                                st.unsettled = None;
+                                return;
+                            }
+                            Some(_) => {
+                                // The fleet tries the newest bundle again
+                                // (reading the engine's hash first).
+                                return;
+                            }
+                            None => {}
+                        }
                         tracing::info!(engine = %h.version, want = %format!("{:016x}", d.hash), "engine runs another snapshot; pushing the desired one");
                         if let Err(e) = self.push_locked(&d.text, &d.source) {
                             tracing::warn!(error = %format!("{e:#}"), "re-sync push failed");
@@ -556,6 +584,8 @@ impl Daemon {
                 "bundles_applied": fs.bundles_applied,
                 "bundles_refused": fs.bundles_refused,
                 "last_refusal": fs.last_refusal,
+                "transient_failures": fs.transient_failures,
+                "last_transient": fs.last_transient,
                 "compactions": fs.compactions,
                 "status_error": fs.status_error,
             });
@@ -786,7 +816,7 @@ fn fleet_status_lines(f: &crate::fleet::Fleet, in_sync: bool) -> String {
             .unwrap_or_else(|| "none".into())
     };
     format!(
-        "fleet_cluster {}\nfleet_host {}\nfleet_etcd_connected {}\nfleet_etcd_error {}\nfleet_revision {}\nfleet_version {}\nfleet_latest_revision {}\nfleet_in_sync {}\nfleet_bundles_applied {}\nfleet_bundles_refused {}\nfleet_last_refusal {}\nfleet_compactions {}\n",
+        "fleet_cluster {}\nfleet_host {}\nfleet_etcd_connected {}\nfleet_etcd_error {}\nfleet_revision {}\nfleet_version {}\nfleet_latest_revision {}\nfleet_in_sync {}\nfleet_bundles_applied {}\nfleet_bundles_refused {}\nfleet_last_refusal {}\nfleet_transient_failures {}\nfleet_last_transient {}\nfleet_compactions {}\n",
         f.boot.cluster,
         f.boot.host,
         if fs.etcd_connected { "yes" } else { "no" },
@@ -802,28 +832,96 @@ fn fleet_status_lines(f: &crate::fleet::Fleet, in_sync: bool) -> String {
         fs.bundles_applied,
         fs.bundles_refused,
         one(&fs.last_refusal),
+        fs.transient_failures,
+        one(&fs.last_transient),
         fs.compactions,
     )
 }
 
+impl Daemon {
+    /// The engine runs `d`: it is what the daemon wants now.
+    fn settle(&self, d: Desired) {
+        let mut st = self.state();
+        st.engine_hash = d.hash;
+        st.desired = Some(d);
+        st.unsettled = None;
+        st.last_error = None;
+    }
+
+    /// A hello under the push lock: the engine's state as it is now.
+    fn hello_now(&self) -> Result<u64> {
+        match self.hello() {
+            Ok(h) => {
+                let mut st = self.state();
+                st.engine_connected = true;
+                st.engine_hash = h.hash;
+                st.engine_version = h.version;
+                Ok(h.hash)
+            }
+            Err(e) => {
+                self.state().engine_connected = false;
+                Err(e)
+            }
+        }
+    }
+}
+
 impl crate::fleet::FleetEngine for Daemon {
-    fn apply_bundle(&self, toml: &Path, text: &str) -> std::result::Result<(), String> {
+    fn apply_bundle(&self, toml: &Path, text: &str) -> std::result::Result<(), ApplyError> {
         // Validated here too: this host's ferrogate may refuse what the
         // publisher's accepted (another version, a missing interface).
         if let Err(e) = crate::config::compile(toml, text) {
-            return Err(format!(
+            return Err(ApplyError::Refused(format!(
                 "does not validate here: {}",
                 one_line(&e.to_string())
-            ));
+            )));
         }
-        match self.push(text, toml) {
-            Ok(r) if r.status == 200 => Ok(()),
-            Ok(r) => Err(format!("the engine refused it: {}", one_line(&r.body))),
+        let want = Desired {
+            text: text.to_string(),
+            source: toml.to_path_buf(),
+            hash: content_hash(text),
+        };
+        let _one = self.push.lock().unwrap_or_else(|e| e.into_inner());
+        // The engine's hash first: an earlier push that timed out may have
+        // landed (pushing again would make a new version of it).
+        match self.hello_now() {
             Err(e) => {
-                // Pushed when the engine answers again (check_engine).
-                tracing::warn!(error = %format!("{e:#}"), "engine unreachable; the bundle waits for it");
-                self.adopt(text.to_string(), toml.to_path_buf(), content_hash(text));
+                return Err(ApplyError::Transient(format!(
+                    "engine unreachable: {}",
+                    one_line(&format!("{e:#}"))
+                )));
+            }
+            Ok(h) if h == want.hash => {
+                self.settle(want);
+                return Ok(());
+            }
+            Ok(_) => {}
+        }
+        match self.push_locked(text, toml) {
+            Ok(r) if r.status == 200 => {
+                self.state().unsettled = None;
                 Ok(())
+            }
+            Ok(r) if r.status >= 500 => Err(ApplyError::Transient(format!(
+                "the engine answered {}: {}",
+                r.status,
+                one_line(&r.body)
+            ))),
+            Ok(r) => Err(ApplyError::Refused(format!(
+                "the engine refused it: {}",
+                one_line(&r.body)
+            ))),
+            Err(e) => {
+                // No answer: it may have landed, or may still land.
+                if self.hello_now().is_ok_and(|h| h == want.hash) {
+                    self.settle(want);
+                    return Ok(());
+                }
+                self.state().unsettled = Some(want);
+                Err(ApplyError::Transient(format!(
+                    "the push got no answer: {}",
+                    one_line(&format!("{e:#}"))
+                )))
             }
         }
     }
@@ -838,6 +936,19 @@ impl crate::fleet::FleetEngine for Daemon {
     fn engine_state(&self) -> (bool, bool) {
         let st = self.state();
         (st.engine_connected, st.in_sync())
+    }
+
+    fn engine_source(&self) -> Option<PathBuf> {
+        match self.running() {
+            Ok((_, source, _)) => Some(source),
+            // Not known now: the one it was last seen running.
+            Err(_) => {
+                let st = self.state();
+                st.in_sync()
+                    .then(|| st.desired.as_ref().map(|d| d.source.clone()))
+                    .flatten()
+            }
+        }
     }
 }
 
@@ -926,13 +1037,15 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         started: Instant::now(),
         named: Mutex::new(Vec::new()),
         fleet,
+        push_timeout: PUSH_TIMEOUT,
     });
     // Connect first so a file the engine already runs is adopted, not pushed.
     daemon.check_engine();
+    let mut fleet_reporter = None;
     if let Some(f) = &daemon.fleet {
         tracing::info!(cluster = %f.boot.cluster, host = %f.boot.host, etcd = %f.boot.etcd.join(","), "fleet mode: following etcd");
         let eng: Arc<dyn crate::fleet::FleetEngine> = daemon.clone();
-        crate::fleet::start(f.clone(), eng, stop.clone())?;
+        fleet_reporter = Some(crate::fleet::start(f.clone(), eng, stop.clone())?);
     }
     // Which files the config names (a large prefix list takes seconds to
     // compile: after the engine is reached, not before). A file that does
@@ -1000,6 +1113,10 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     // The last applied file's hash reaches the disk before we go (a new
     // daemon must not push the file over an apply made through the API).
     daemon.file_hash.flush(Duration::from_secs(10));
+    // The host's status lease is revoked (bounded: etcd may be away).
+    if let Some(done) = fleet_reporter {
+        let _ = done.recv_timeout(Duration::from_secs(5));
+    }
     tracing::info!("control daemon stopped; the engine keeps serving");
     Ok(())
 }
@@ -1033,6 +1150,7 @@ mod tests {
             started: Instant::now(),
             named: Mutex::new(Vec::new()),
             fleet: None,
+            push_timeout: PUSH_TIMEOUT,
         }
     }
 
@@ -1164,6 +1282,120 @@ mod tests {
             "{}",
             r.body
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A fake engine: answers hellos with the hash it runs; applies a push
+    /// `delay` after receiving it (its answer then comes too late for a
+    /// short push timeout); answers 503 to a text holding "busy" and 422 to
+    /// one holding "nope".
+    struct SlowEngine {
+        hash: Arc<Mutex<u64>>,
+        pushed: Arc<Mutex<Vec<String>>>,
+    }
+
+    fn slow_engine(dir: &Path, delay: Duration, running: &str) -> SlowEngine {
+        let (tx, rx) = std::sync::mpsc::channel::<admin::Request>();
+        admin::spawn(admin::bind(&dir.join("engine.sock")).unwrap(), tx).unwrap();
+        let hash = Arc::new(Mutex::new(content_hash(running)));
+        let pushed = Arc::new(Mutex::new(Vec::new()));
+        let (h, p) = (hash.clone(), pushed.clone());
+        std::thread::spawn(move || {
+            for r in rx {
+                match r.op {
+                    admin::Op::Hello => {
+                        let body = format!(
+                            "protocol {}\nversion v\ncontent_hash {:016x}\n",
+                            admin::PROTOCOL,
+                            *h.lock().unwrap()
+                        );
+                        let _ = r.reply.send(Reply::ok(body));
+                    }
+                    admin::Op::Apply { text, .. } => {
+                        p.lock().unwrap().push(text.clone());
+                        if text.contains("busy") {
+                            let _ = r.reply.send(Reply::err(503, "busy\n"));
+                            continue;
+                        }
+                        if text.contains("nope") {
+                            let _ = r.reply.send(Reply::err(422, "nope\n"));
+                            continue;
+                        }
+                        let h = h.clone();
+                        std::thread::spawn(move || {
+                            std::thread::sleep(delay);
+                            *h.lock().unwrap() = content_hash(&text);
+                            let _ = r.reply.send(Reply::ok("applied version 2\n"));
+                        });
+                    }
+                    _ => {
+                        let _ = r.reply.send(Reply::err(404, "no\n"));
+                    }
+                }
+            }
+        });
+        SlowEngine { hash, pushed }
+    }
+
+    fn config(body: &str) -> String {
+        format!(
+            "vips = [\"10.77.0.10/24\"]\n\n[engine]\ninterface = \"eth0\"\n\n[[listeners]]\nport = 80\n\n[[listeners.routes]]\nname = \"v\"\npath_prefix = \"/\"\nrespond = {{ status = 200, body = \"{body}\" }}\n"
+        )
+    }
+
+    #[test]
+    fn a_fleet_push_that_timed_out_is_never_undone_by_the_older_config() {
+        use crate::fleet::FleetEngine;
+        let dir = std::env::temp_dir().join(format!("fg-daemon-timeout-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (old, new) = (config("old"), config("new"));
+        let eng = slow_engine(&dir, Duration::from_millis(700), &old);
+        let mut d = daemon(&dir);
+        d.push_timeout = Duration::from_millis(250);
+        d.check_engine();
+        d.adopt(old.clone(), dir.join("old.toml"), content_hash(&old));
+        let toml = dir.join("new.toml");
+
+        // The push gets no answer in time, and the engine still runs the
+        // old config: not applied, for now.
+        let r = d.apply_bundle(&toml, &new);
+        assert!(matches!(r, Err(ApplyError::Transient(_))), "{r:?}");
+        assert_eq!(eng.pushed.lock().unwrap().len(), 1);
+        // It lands later. The daemon's re-sync must not push the old
+        // config back over it.
+        std::thread::sleep(Duration::from_millis(900));
+        assert_eq!(*eng.hash.lock().unwrap(), content_hash(&new));
+        d.check_engine();
+        d.check_engine();
+        assert_eq!(
+            *eng.pushed.lock().unwrap(),
+            std::slice::from_ref(&new),
+            "the old config was pushed back"
+        );
+        assert!(d.state().in_sync(), "the landed bundle is the desired one");
+        // The fleet's retry reads the engine's hash first: nothing pushed.
+        assert_eq!(d.apply_bundle(&toml, &new), Ok(()));
+        assert_eq!(eng.pushed.lock().unwrap().len(), 1);
+        assert!(d.runs(&toml, &new));
+
+        // A 5xx is for now, a 4xx for good.
+        let busy = config("busy");
+        assert!(matches!(
+            d.apply_bundle(&toml, &busy),
+            Err(ApplyError::Transient(_))
+        ));
+        let nope = config("nope");
+        assert!(matches!(
+            d.apply_bundle(&toml, &nope),
+            Err(ApplyError::Refused(_))
+        ));
+        // An engine that is away: for now.
+        let _ = std::fs::remove_file(dir.join("engine.sock"));
+        assert!(matches!(
+            d.apply_bundle(&toml, &config("later")),
+            Err(ApplyError::Transient(_))
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -173,6 +173,24 @@ impl Daemon {
         std::fs::read_to_string(self.dir.join("control.log")).unwrap_or_default()
     }
 
+    /// A clean stop (SIGTERM), waited for.
+    fn terminate(&mut self) {
+        let mut c = self.child.take().expect("running");
+        let t = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(t.success());
+        let t0 = Instant::now();
+        while c.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(15) {
+                let _ = c.kill();
+                panic!("the daemon did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `ctl status` through the daemon (engine lines after its own).
     fn status(&self) -> String {
         let o = ferrogate(&[
@@ -738,6 +756,26 @@ fn several_hosts_follow_one_publish() {
                 "{out}"
             );
         }
+        // A daemon stopped cleanly revokes its status lease: its host is
+        // silent at once, not a TTL (3 s) later.
+        let mut daemons = daemons;
+        daemons[0].terminate();
+        let o = ferrogate(&[
+            "ctl",
+            "fleet",
+            "status",
+            "--etcd",
+            &eps,
+            "--cluster",
+            CLUSTER,
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("h0 ") && l.contains("SILENT")),
+            "h0 still live after a clean stop:\n{out}\n{}",
+            daemons[0].log()
+        );
         drop(daemons);
     });
 }

@@ -311,10 +311,11 @@ pub fn unpack(v: &Verified, base: &Path, revision: i64) -> std::io::Result<PathB
     r.map(|()| toml)
 }
 
-/// Removes unpacked bundles but the `keep` newest (by revision) and
-/// `running` (the engine may restart from it), and leftovers of unpacks
-/// that did not finish.
-pub fn prune(base: &Path, keep: usize, running: Option<&Path>) {
+/// Removes unpacked bundles but the `keep` newest (by revision) and the
+/// ones holding a file of `running` (the applied bundle's TOML, the one the
+/// engine's persisted snapshot names: it may restart from it), and
+/// leftovers of unpacks that did not finish.
+pub fn prune(base: &Path, keep: usize, running: &[&Path]) {
     let Ok(rd) = std::fs::read_dir(base) else {
         return;
     };
@@ -330,7 +331,7 @@ pub fn prune(base: &Path, keep: usize, running: Option<&Path>) {
     revs.sort(); // zero-padded revisions sort by name
     let n = revs.len();
     for old in revs.into_iter().take(n.saturating_sub(keep)) {
-        if running.is_some_and(|r| r.starts_with(&old)) {
+        if running.iter().any(|r| r.starts_with(&old)) {
             continue;
         }
         let _ = std::fs::remove_dir_all(old);
@@ -515,7 +516,7 @@ mod tests {
         for rev in [8, 9, 10] {
             dirs.push(unpack(&v, &base, rev).unwrap());
         }
-        prune(&base, 2, Some(&toml));
+        prune(&base, 2, &[&toml]);
         let mut left: Vec<String> = std::fs::read_dir(&base)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -152,8 +152,10 @@ pub struct WatchResponse {
 
 /// Parses one line of a gateway stream: `{"result": …}` or `{"error": …}`.
 pub fn parse_stream_line<T: serde::de::DeserializeOwned>(line: &str) -> Result<T> {
+    // A message can be megabytes: errors quote its start only.
+    let short = || super::bounded(line, 256);
     let v: Value =
-        serde_json::from_str(line).map_err(|e| EtcdError::Json(format!("{e}: {line}")))?;
+        serde_json::from_str(line).map_err(|e| EtcdError::Json(format!("{e}: {}", short())))?;
     if let Some(err) = v.get("error") {
         let message = err
             .get("message")
@@ -169,8 +171,8 @@ pub fn parse_stream_line<T: serde::de::DeserializeOwned>(line: &str) -> Result<T
     }
     let r = v
         .get("result")
-        .ok_or_else(|| EtcdError::Json(format!("no result in {line}")))?;
-    serde_json::from_value(r.clone()).map_err(|e| EtcdError::Json(format!("{e}: {line}")))
+        .ok_or_else(|| EtcdError::Json(format!("no result in {}", short())))?;
+    serde_json::from_value(r.clone()).map_err(|e| EtcdError::Json(format!("{e}: {}", short())))
 }
 
 /// The message of a gateway error body (`{"error": "...", "message": ...}`).
@@ -215,6 +217,57 @@ pub enum WatchEnd {
     Canceled(WatchResponse),
     /// Nothing arrived for the idle bound: re-open from the next revision.
     Idle,
+    /// A message longer than the bound (its length so far): dropped, and
+    /// the watch with it; the caller reads the key instead.
+    TooLong(usize),
+}
+
+/// The longest watch message read. A bundle is at most 1 MiB (about 1.4
+/// MiB as base64 in JSON), but a watch replaying history batches many
+/// revisions into one message, which could grow without end.
+pub const MAX_WATCH_LINE: usize = 4 << 20;
+
+/// How reading one line ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A line (its newline included) is in the buffer.
+    Read,
+    /// The stream ended (a last unterminated line may be in the buffer).
+    Eof,
+    /// Past `max` bytes without a newline: the buffer holds the first ones.
+    TooLong(usize),
+}
+
+/// `BufRead::read_line` with a bound: no more than `max` bytes are held.
+pub fn read_line_capped(
+    r: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok(Line::Eof);
+        }
+        let (take, done) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (avail.len(), false),
+        };
+        if buf.len() + take > max {
+            let n = buf.len() + take;
+            r.consume(take);
+            return Ok(Line::TooLong(n));
+        }
+        buf.extend_from_slice(&avail[..take]);
+        r.consume(take);
+        if done {
+            return Ok(Line::Read);
+        }
+    }
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {
@@ -231,6 +284,8 @@ pub struct Client {
     watch_agent: ureq::Agent,
     /// The member that answered last: tried first.
     current: AtomicUsize,
+    /// Bound of one watch message.
+    max_line: usize,
 }
 
 /// Bound of one unary call (a member without quorum answers after its
@@ -277,11 +332,25 @@ impl Client {
                 .build()
                 .new_agent(),
             current: AtomicUsize::new(0),
+            max_line: MAX_WATCH_LINE,
         })
     }
 
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
+    }
+
+    /// The next call tries the member after the one that answered last
+    /// (that one lags behind the others).
+    pub fn skip_current(&self) {
+        let n = self.endpoints.len();
+        let k = self.current.load(Ordering::Relaxed);
+        self.current.store((k + 1) % n, Ordering::Relaxed);
+    }
+
+    /// The member tried first.
+    pub fn current(&self) -> &str {
+        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()]
     }
 
     /// The members in the order to try them: the last one that answered first.
@@ -430,6 +499,12 @@ impl Client {
         Ok(k.ttl)
     }
 
+    /// Revokes a lease: the keys attached to it go at once.
+    pub fn lease_revoke(&self, lease: i64) -> Result<()> {
+        self.call("/v3/lease/revoke", &json!({ "ID": lease.to_string() }))?;
+        Ok(())
+    }
+
     /// Compacts the store's history up to `revision` (operators and tests).
     pub fn compact(&self, revision: i64) -> Result<()> {
         self.call(
@@ -485,20 +560,21 @@ impl Client {
             });
         };
         let mut reader = BufReader::new(resp.into_body().into_reader());
-        let mut line = String::new();
+        let mut buf = Vec::new();
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(WatchEnd::Stopped);
             }
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) => {
+            buf.clear();
+            match read_line_capped(&mut reader, &mut buf, self.max_line) {
+                Ok(Line::Eof) => {
                     return Err(EtcdError::Unreachable {
                         tried: ep,
                         last: "the watch stream ended".into(),
                     });
                 }
-                Ok(_) => {}
+                Ok(Line::TooLong(n)) => return Ok(WatchEnd::TooLong(n)),
+                Ok(Line::Read) => {}
                 Err(e) if is_timeout(&e) => return Ok(WatchEnd::Idle),
                 Err(e) => {
                     return Err(EtcdError::Unreachable {
@@ -507,6 +583,7 @@ impl Client {
                     });
                 }
             }
+            let line = String::from_utf8_lossy(&buf);
             if line.trim().is_empty() {
                 continue;
             }
@@ -636,5 +713,44 @@ mod tests {
         // Nothing listens there: every member is tried, then a clear error.
         let e = c.get(b"k").unwrap_err();
         assert!(matches!(e, EtcdError::Unreachable { .. }), "{e}");
+    }
+
+    #[test]
+    fn watch_lines_are_read_up_to_a_bound() {
+        let mut r = BufReader::with_capacity(
+            8,
+            std::io::Cursor::new(b"short\n0123456789abcdef\nafter\nend".to_vec()),
+        );
+        let mut buf = Vec::new();
+        assert_eq!(read_line_capped(&mut r, &mut buf, 10).unwrap(), Line::Read);
+        assert_eq!(buf, b"short\n");
+        buf.clear();
+        // Past the bound: told, and no more than it is held.
+        match read_line_capped(&mut r, &mut buf, 10).unwrap() {
+            Line::TooLong(n) => assert!(n > 10),
+            other => panic!("{other:?}"),
+        }
+        assert!(buf.len() <= 10);
+        buf.clear();
+        // A line exactly at the bound fits.
+        let mut r = std::io::Cursor::new(b"123456789\nend".to_vec());
+        assert_eq!(read_line_capped(&mut r, &mut buf, 10).unwrap(), Line::Read);
+        buf.clear();
+        assert_eq!(read_line_capped(&mut r, &mut buf, 10).unwrap(), Line::Eof);
+        assert_eq!(buf, b"end");
+    }
+
+    #[test]
+    fn a_lagging_member_is_skipped() {
+        let c = Client::new(
+            &["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(c.current(), "http://127.0.0.1:1");
+        c.skip_current();
+        assert_eq!(c.current(), "http://127.0.0.1:2");
+        c.skip_current();
+        assert_eq!(c.current(), "http://127.0.0.1:1");
     }
 }

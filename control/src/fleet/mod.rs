@@ -60,9 +60,13 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
 /// How long a watch may stay silent before it is re-opened (from where
 /// it was: nothing is lost).
 const WATCH_IDLE: Duration = Duration::from_secs(30);
-/// Retry bounds while etcd is away.
+/// Retry bounds while etcd is away, a bundle failed for a passing reason
+/// (unpack I/O, engine away or slow), or a member lags.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Refusal and failure text built from unverified data (an envelope's
+/// fields) is cut to this many bytes in logs and status.
+const MAX_REASON: usize = 256;
 /// Unpacked bundles kept besides the running one (the engine restarts from
 /// its persisted snapshot, which names files in one of them).
 const KEEP_UNPACKED: usize = 4;
@@ -154,17 +158,57 @@ pub fn load_bootstrap(args: &FleetArgs) -> Result<Bootstrap> {
     })
 }
 
+/// Why a bundle was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyError {
+    /// For good (it does not validate here, the engine refused it): the
+    /// revision is settled, counted as refused.
+    Refused(String),
+    /// For now (the engine is away, slow or answered 5xx): the revision is
+    /// tried again with backoff.
+    Transient(String),
+}
+
+/// What became of one bundle revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Settled before (applied or refused).
+    Seen,
+    Applied,
+    /// The bundle the engine runs, seen again (a restart, or the same
+    /// bundle under a new revision after a snapshot restore or a mirror).
+    AlreadyApplied,
+    Refused,
+    /// Not settled: to be tried again.
+    Transient,
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary), marked.
+pub fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
 /// What the daemon's engine side does for the fleet.
 pub trait FleetEngine: Send + Sync {
-    /// Validates the unpacked TOML and pushes it; `Err` says why not. An
-    /// engine that is away is not an error: the daemon pushes it when the
-    /// engine returns.
-    fn apply_bundle(&self, toml: &Path, text: &str) -> std::result::Result<(), String>;
+    /// Validates the unpacked TOML and pushes it, unless the engine already
+    /// runs it (its hash is read first: a push that timed out may have
+    /// landed).
+    fn apply_bundle(&self, toml: &Path, text: &str) -> std::result::Result<(), ApplyError>;
     /// Whether the engine already runs exactly this (a restarted daemon
     /// does not make a new version of it).
     fn runs(&self, toml: &Path, text: &str) -> bool;
     /// (engine connected, engine runs what the daemon wants).
     fn engine_state(&self) -> (bool, bool);
+    /// The configuration file the engine's snapshot names (it persists it
+    /// and restarts from it): pruning keeps its directory.
+    fn engine_source(&self) -> Option<PathBuf>;
 }
 
 /// What the daemon shows about the fleet.
@@ -176,13 +220,23 @@ pub struct FleetState {
     pub applied_revision: i64,
     pub applied_version: Option<String>,
     pub applied_serial: u64,
+    /// With the serial, what names a bundle (the same bundle can come back
+    /// under another revision).
+    pub applied_digest: Option<String>,
     pub applied_toml: Option<PathBuf>,
     /// The newest bundle revision seen (applied or not).
     pub latest_revision: i64,
+    /// The newest revision settled (applied or refused); a revision that
+    /// failed for a passing reason is not, and is tried again.
+    pub settled_revision: i64,
     pub latest_version: Option<String>,
     pub bundles_applied: u64,
     pub bundles_refused: u64,
     pub last_refusal: Option<String>,
+    /// Failures for a passing reason (each retried with backoff).
+    pub transient_failures: u64,
+    /// The current one (cleared when a bundle is applied).
+    pub last_transient: Option<String>,
     /// Watches that fell behind a compaction (each a full reload).
     pub compactions: u64,
     pub status_error: Option<String>,
@@ -209,6 +263,7 @@ impl Fleet {
             st.applied_revision = get("revision").and_then(|r| r.parse().ok()).unwrap_or(0);
             st.applied_version = get("version");
             st.applied_serial = get("serial").and_then(|r| r.parse().ok()).unwrap_or(0);
+            st.applied_digest = get("digest");
             st.applied_toml = get("config").map(PathBuf::from);
         }
         Ok(Fleet {
@@ -251,9 +306,9 @@ impl Fleet {
         st.etcd_error = Some(e.to_string());
     }
 
-    fn record_applied(&self, revision: i64, version: &str, serial: u64, toml: &Path) {
+    fn record_applied(&self, revision: i64, version: &str, serial: u64, digest: &str, toml: &Path) {
         let text = format!(
-            "revision {revision}\nversion {version}\nserial {serial}\nconfig {}\n",
+            "revision {revision}\nversion {version}\nserial {serial}\ndigest {digest}\nconfig {}\n",
             toml.display()
         );
         let tmp = self.dir.join(format!(".{APPLIED}.tmp"));
@@ -265,100 +320,175 @@ impl Fleet {
         }
     }
 
-    fn refuse(&self, revision: i64, why: String) {
+    fn refuse(&self, revision: i64, why: &str) -> Outcome {
+        let why = bounded(why, MAX_REASON);
         tracing::error!(revision, reason = %why, "fleet bundle refused; the engine keeps its running version");
         let mut st = self.lock();
         st.bundles_refused += 1;
         st.last_refusal = Some(format!("revision {revision}: {why}"));
+        st.settled_revision = st.settled_revision.max(revision);
+        Outcome::Refused
+    }
+
+    /// A failure for a passing reason: counted, shown, not settled.
+    fn transient(&self, revision: i64, why: &str) -> Outcome {
+        let why = bounded(why, MAX_REASON);
+        tracing::warn!(revision, reason = %why, "fleet bundle not applied for now; retrying with backoff");
+        let mut st = self.lock();
+        st.transient_failures += 1;
+        st.last_transient = Some(format!("revision {revision}: {why}"));
+        Outcome::Transient
     }
 
     /// A bundle seen at `kv.mod_revision`: verified, unpacked, applied.
-    fn consider(&self, eng: &dyn FleetEngine, kv: &KeyValue) {
+    pub fn consider(&self, eng: &dyn FleetEngine, kv: &KeyValue) -> Outcome {
         let rev = kv.mod_revision;
         {
             let mut st = self.lock();
-            if rev <= st.latest_revision {
-                return; // seen (applied or refused) already
+            if rev <= st.settled_revision {
+                return Outcome::Seen;
             }
-            st.latest_revision = rev;
-            st.latest_version = None;
+            if rev > st.latest_revision {
+                st.latest_revision = rev;
+                st.latest_version = None;
+            }
         }
         let v = match bundle::verify(&kv.value, &self.boot.trusted, &self.boot.cluster) {
             Ok(v) => v,
-            Err(r) => return self.refuse(rev, r.to_string()),
+            Err(r) => return self.refuse(rev, &r.to_string()),
         };
         let version = v.payload.version.clone();
         self.lock().latest_version = Some(version.clone());
-        let (applied, applied_serial) = {
+        let (applied, applied_serial, applied_digest, applied_toml) = {
             let st = self.lock();
-            (st.applied_revision, st.applied_serial)
+            (
+                st.applied_revision,
+                st.applied_serial,
+                st.applied_digest.clone(),
+                st.applied_toml.clone(),
+            )
         };
         let serial = v.payload.serial;
-        // The same bundle (a restarted daemon) may come again; an older
-        // one, or another with the same serial, is a replay.
-        if serial < applied_serial || (serial == applied_serial && rev != applied) {
+        // A bundle is (serial, digest): the running one may come again under
+        // its revision (a restarted daemon) or another (a snapshot restore,
+        // a mirror). An older one, or another with its serial, is a replay.
+        let same = serial == applied_serial
+            && match &applied_digest {
+                Some(d) => *d == v.digest,
+                // A record from before digests were kept.
+                None => rev == applied,
+            };
+        if same {
+            // Not under the fleet lock: the daemon's status takes its own
+            // lock, then this one.
+            if let Some(toml) = applied_toml.filter(|t| eng.runs(t, &v.payload.config)) {
+                if rev != applied {
+                    tracing::info!(revision = rev, was = applied, %version, "the running bundle under a new revision; nothing to push");
+                    self.record_applied(rev, &version, serial, &v.digest, &toml);
+                }
+                let mut st = self.lock();
+                st.applied_revision = rev;
+                st.applied_digest = Some(v.digest.clone());
+                st.applied_version = Some(version);
+                st.settled_revision = st.settled_revision.max(rev);
+                st.last_transient = None;
+                return Outcome::AlreadyApplied;
+            }
+            // The engine lost it: pushed again below.
+        } else if serial <= applied_serial {
             return self.refuse(
                 rev,
-                format!(
+                &format!(
                     "version {version}: serial {serial} is not newer than the running bundle's {applied_serial} (an older bundle written back?)"
                 ),
             );
         }
         let toml = match bundle::unpack(&v, &self.dir, rev) {
             Ok(t) => t,
+            // Signed but undecodable: it will not get better.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return self.refuse(rev, &format!("cannot unpack: {e}"));
+            }
             Err(e) => {
-                return self.refuse(
+                return self.transient(
                     rev,
-                    format!("cannot unpack into {}: {e}", self.dir.display()),
+                    &format!("cannot unpack into {}: {e}", self.dir.display()),
                 );
             }
         };
-        // Not under the fleet lock: the daemon's status takes its own lock,
-        // then this one.
-        let restarted = applied == rev && eng.runs(&toml, &v.payload.config);
-        if !restarted {
-            if let Err(e) = eng.apply_bundle(&toml, &v.payload.config) {
-                return self.refuse(rev, format!("version {version}: {e}"));
+        match eng.apply_bundle(&toml, &v.payload.config) {
+            Ok(()) => {}
+            Err(ApplyError::Refused(e)) => {
+                return self.refuse(rev, &format!("version {version}: {e}"));
             }
-            tracing::info!(revision = rev, %version, signer = %v.signer, config = %toml.display(), "fleet bundle applied");
-            self.record_applied(rev, &version, serial, &toml);
+            Err(ApplyError::Transient(e)) => {
+                return self.transient(rev, &format!("version {version}: {e}"));
+            }
         }
+        tracing::info!(revision = rev, %version, signer = %v.signer, config = %toml.display(), "fleet bundle applied");
+        self.record_applied(rev, &version, serial, &v.digest, &toml);
         {
             let mut st = self.lock();
             st.applied_revision = rev;
             st.applied_version = Some(version);
             st.applied_serial = serial;
+            st.applied_digest = Some(v.digest.clone());
             st.applied_toml = Some(toml.clone());
-            if !restarted {
-                st.bundles_applied += 1;
-            }
+            st.settled_revision = st.settled_revision.max(rev);
+            st.last_transient = None;
+            st.bundles_applied += 1;
         }
-        bundle::prune(&self.dir, KEEP_UNPACKED, Some(&toml));
+        // The engine persists the snapshot it runs and restarts from it: its
+        // files stay even when it does not run the newest bundle.
+        let engine = eng.engine_source();
+        let keep: Vec<&Path> = std::iter::once(toml.as_path())
+            .chain(engine.as_deref())
+            .collect();
+        bundle::prune(&self.dir, KEEP_UNPACKED, &keep);
+        Outcome::Applied
     }
 
-    /// Reads the bundle key as it is now; returns the revision to watch from.
-    fn full_read(&self, eng: &dyn FleetEngine) -> std::result::Result<i64, EtcdError> {
+    /// Reads the bundle key as it is now; returns the revision to watch
+    /// from and what became of the bundle.
+    fn full_read(
+        &self,
+        eng: &dyn FleetEngine,
+    ) -> std::result::Result<(i64, Option<Outcome>), EtcdError> {
         let (h, kv) = self.client.get(bundle_key(&self.boot.cluster).as_bytes())?;
         self.connected();
-        match kv {
-            Some(kv) => self.consider(eng, &kv),
-            None => tracing::info!(cluster = %self.boot.cluster, "no bundle published yet"),
-        }
-        Ok(h.revision + 1)
+        let out = match kv {
+            Some(kv) => Some(self.consider(eng, &kv)),
+            None => {
+                tracing::info!(cluster = %self.boot.cluster, "no bundle published yet");
+                None
+            }
+        };
+        Ok((h.revision + 1, out))
     }
 
     /// The follower: runs until `stop`.
     pub fn follow(&self, eng: &dyn FleetEngine, stop: &AtomicBool) {
         let key = bundle_key(&self.boot.cluster);
-        // None: read the key anew (start, compaction, a store that went back).
+        // None: read the key anew (start, compaction, a store that went
+        // back, a bundle to try again, a watch message past its bound).
         let mut next: Option<i64> = None;
         let mut backoff = BACKOFF_MIN;
+        // Between tries of a bundle that failed for a passing reason.
+        let mut retry = BACKOFF_MIN;
+        // Members in a row whose watch started below what was applied.
+        let mut behind = 0usize;
+        let mut lag = BACKOFF_MIN;
         while !stop.load(Ordering::Relaxed) {
             let from = match next {
                 Some(n) => n,
                 None => match self.full_read(eng) {
-                    Ok(n) => {
+                    Ok((n, out)) => {
                         backoff = BACKOFF_MIN;
+                        if out == Some(Outcome::Transient) {
+                            sleep(stop, &mut retry);
+                            continue;
+                        }
+                        retry = BACKOFF_MIN;
                         n
                     }
                     Err(e) => {
@@ -368,24 +498,25 @@ impl Fleet {
                     }
                 },
             };
-            let mut reload = false;
+            let mut then = After::Resume;
             let mut resume = from;
+            let members = self.client.endpoints().len();
             let r = self.client.watch(key.as_bytes(), from, stop, |w| {
                 if w.created {
                     self.connected();
-                    // A store rebuilt from scratch restarts its revisions:
-                    // waiting for `from` would miss every bundle.
                     if w.header.revision + 1 < from {
-                        tracing::warn!(store = w.header.revision, from, "etcd's revision went back; reading the bundle anew");
-                        // Its bundle has a lower revision than what was seen.
-                        self.lock().latest_revision = 0;
-                        reload = true;
+                        then = After::Behind(w.header.revision);
                         return false;
                     }
+                    behind = 0;
+                    lag = BACKOFF_MIN;
                 }
                 // Only the newest bundle of a batch matters.
-                if let Some(ev) = w.events.iter().rev().find(|e| e.kind == EventType::Put) {
-                    self.consider(eng, &ev.kv);
+                if let Some(ev) = w.events.iter().rev().find(|e| e.kind == EventType::Put)
+                    && self.consider(eng, &ev.kv) == Outcome::Transient
+                {
+                    then = After::Retry;
+                    return false;
                 }
                 if w.events.iter().any(|e| e.kind == EventType::Delete) {
                     tracing::warn!(key = %key, "the bundle was deleted; the engine keeps its running version");
@@ -397,11 +528,44 @@ impl Fleet {
             });
             next = Some(resume);
             match r {
-                Ok(WatchEnd::Stopped) => {
-                    if reload {
+                Ok(WatchEnd::Stopped) => match then {
+                    After::Resume => {}
+                    After::Retry => {
+                        sleep(stop, &mut retry);
                         next = None;
                     }
-                }
+                    After::Behind(store) => {
+                        behind += 1;
+                        if behind < members {
+                            // A member that lags (it rejoined, or is cut
+                            // off): another one is asked, after a pause.
+                            tracing::warn!(
+                                store,
+                                from,
+                                "an etcd member is behind what was applied; asking another"
+                            );
+                            self.client.skip_current();
+                            sleep(stop, &mut lag);
+                        } else {
+                            // Every member says so: the store was rebuilt
+                            // and restarts its revisions; waiting for
+                            // `from` would miss every bundle.
+                            tracing::warn!(
+                                store,
+                                from,
+                                "etcd's revision went back; reading the bundle anew"
+                            );
+                            {
+                                let mut st = self.lock();
+                                st.latest_revision = 0;
+                                st.settled_revision = 0;
+                            }
+                            behind = 0;
+                            sleep(stop, &mut lag);
+                            next = None;
+                        }
+                    }
+                },
                 Ok(WatchEnd::Canceled(w)) => {
                     if w.compact_revision > 0 {
                         tracing::warn!(
@@ -411,11 +575,20 @@ impl Fleet {
                         );
                         self.lock().compactions += 1;
                     } else {
-                        tracing::warn!(reason = %w.cancel_reason, "etcd cancelled the watch; reading the bundle anew");
+                        tracing::warn!(reason = %bounded(&w.cancel_reason, MAX_REASON), "etcd cancelled the watch; reading the bundle anew");
                     }
                     next = None;
                 }
                 Ok(WatchEnd::Idle) => {} // re-opened where it was
+                Ok(WatchEnd::TooLong(n)) => {
+                    // A history replay (or garbage) past the bound: only
+                    // the newest bundle matters, and a range read has it.
+                    tracing::warn!(
+                        bytes = n,
+                        "a watch message is past its bound; reading the bundle anew"
+                    );
+                    next = None;
+                }
                 Err(e) => {
                     self.disconnected(&e);
                     sleep(stop, &mut backoff);
@@ -428,7 +601,11 @@ impl Fleet {
     fn host_status(&self, eng: &dyn FleetEngine) -> serde_json::Value {
         let st = self.state();
         let (engine_connected, engine_in_sync) = eng.engine_state();
-        let last_error = st.last_refusal.clone().or_else(|| st.etcd_error.clone());
+        let last_error = st
+            .last_transient
+            .clone()
+            .or_else(|| st.last_refusal.clone())
+            .or_else(|| st.etcd_error.clone());
         serde_json::json!({
             "host": self.boot.host,
             "pid": std::process::id(),
@@ -438,6 +615,7 @@ impl Fleet {
             "in_sync": engine_in_sync && st.latest_revision > 0 && st.applied_revision == st.latest_revision,
             "engine_connected": engine_connected,
             "bundles_refused": st.bundles_refused,
+            "transient_failures": st.transient_failures,
             "last_error": last_error,
         })
     }
@@ -449,24 +627,24 @@ impl Fleet {
         let mut lease: Option<i64> = None;
         let mut sent: Option<serde_json::Value> = None;
         let mut kept = Instant::now();
-        let mut registered = false;
         let mut backoff = BACKOFF_MIN;
         while !stop.load(Ordering::Relaxed) {
             let status = self.host_status(eng);
             let r = (|| -> std::result::Result<(), EtcdError> {
-                if !registered {
-                    let m = serde_json::json!({ "host": self.boot.host, "registered_unix_s": unix_now() });
-                    self.client.put(
-                        member_key(c, &self.boot.host).as_bytes(),
-                        m.to_string().as_bytes(),
-                        None,
-                    )?;
-                    registered = true;
-                }
                 let id = match lease {
                     Some(id) => id,
                     None => {
                         let id = self.client.lease_grant(ttl.as_secs() as i64)?;
+                        // With each new lease (a start, a lease lost while
+                        // etcd was away, a store restored without it) the
+                        // member entry is written again: `fleet status`
+                        // names silent hosts from it.
+                        let m = serde_json::json!({ "host": self.boot.host, "registered_unix_s": unix_now() });
+                        self.client.put(
+                            member_key(c, &self.boot.host).as_bytes(),
+                            m.to_string().as_bytes(),
+                            None,
+                        )?;
                         lease = Some(id);
                         kept = Instant::now();
                         sent = None;
@@ -506,6 +684,12 @@ impl Fleet {
                 }
             }
         }
+        // A clean stop: the host's status goes now, not a TTL later.
+        if let Some(id) = lease
+            && let Err(e) = self.client.lease_revoke(id)
+        {
+            tracing::warn!(error = %e, "cannot revoke the status lease; it expires with its TTL");
+        }
     }
 }
 
@@ -529,16 +713,34 @@ fn sleep(stop: &AtomicBool, backoff: &mut Duration) {
     *backoff = (*backoff * 2).min(BACKOFF_MAX);
 }
 
-/// Starts the follower and the status reporter threads.
-pub fn start(fleet: Arc<Fleet>, eng: Arc<dyn FleetEngine>, stop: Arc<AtomicBool>) -> Result<()> {
+/// What the follower does once a watch stopped itself.
+enum After {
+    Resume,
+    /// A bundle failed for a passing reason: read the key again later.
+    Retry,
+    /// The member's store is at this revision, below what was applied.
+    Behind(i64),
+}
+
+/// Starts the follower and the status reporter threads. The receiver
+/// hears when the reporter ended (after `stop`, its lease revoked).
+pub fn start(
+    fleet: Arc<Fleet>,
+    eng: Arc<dyn FleetEngine>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::sync::mpsc::Receiver<()>> {
     let (f, e, s) = (fleet.clone(), eng.clone(), stop.clone());
     std::thread::Builder::new()
         .name("fg-fleet-watch".into())
         .spawn(move || f.follow(&*e, &s))?;
+    let (done, ended) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("fg-fleet-status".into())
-        .spawn(move || fleet.report(&*eng, &stop))?;
-    Ok(())
+        .spawn(move || {
+            fleet.report(&*eng, &stop);
+            let _ = done.send(());
+        })?;
+    Ok(ended)
 }
 
 #[cfg(test)]
@@ -546,17 +748,24 @@ mod tests {
     use super::*;
     use ed25519_dalek::SigningKey;
 
-    /// Records what it was asked to apply; refuses TOML containing "refuse".
+    /// Records what it was asked to apply; refuses TOML containing
+    /// "refuse"; fails for now while `away` is set.
     #[derive(Default)]
     struct FakeEngine {
         applied: Mutex<Vec<PathBuf>>,
         running: Mutex<Option<(PathBuf, String)>>,
+        away: AtomicBool,
+        /// What its persisted snapshot names (None: what it runs).
+        persisted: Mutex<Option<PathBuf>>,
     }
 
     impl FleetEngine for FakeEngine {
-        fn apply_bundle(&self, toml: &Path, text: &str) -> std::result::Result<(), String> {
+        fn apply_bundle(&self, toml: &Path, text: &str) -> std::result::Result<(), ApplyError> {
             if text.contains("refuse") {
-                return Err("the engine refused it".into());
+                return Err(ApplyError::Refused("the engine refused it".into()));
+            }
+            if self.away.load(Ordering::Relaxed) {
+                return Err(ApplyError::Transient("engine unreachable".into()));
             }
             self.applied.lock().unwrap().push(toml.to_path_buf());
             *self.running.lock().unwrap() = Some((toml.to_path_buf(), text.to_string()));
@@ -573,6 +782,11 @@ mod tests {
 
         fn engine_state(&self) -> (bool, bool) {
             (true, true)
+        }
+
+        fn engine_source(&self) -> Option<PathBuf> {
+            let p = self.persisted.lock().unwrap().clone();
+            p.or_else(|| self.running.lock().unwrap().as_ref().map(|r| r.0.clone()))
         }
     }
 
@@ -672,12 +886,10 @@ mod tests {
             st.last_refusal.as_deref().unwrap().contains("not newer"),
             "{st:?}"
         );
-        f.consider(&eng, &kv(10, three.clone()));
-        assert_eq!(
-            f.state().bundles_refused,
-            4,
-            "the same serial again, elsewhere"
-        );
+        // Another bundle with the running one's serial: a replay too.
+        let twin = sealed_n(&key, "three bis", f.state().applied_serial);
+        assert_eq!(f.consider(&eng, &kv(10, twin)), Outcome::Refused);
+        assert_eq!(f.state().bundles_refused, 4);
 
         // A new daemon on the same state dir, the engine running revision 8.
         let again = fleet(&dir, &key);
@@ -690,6 +902,151 @@ mod tests {
         assert_eq!(eng.applied.lock().unwrap().len(), 2, "not pushed again");
         assert_eq!(again.state().bundles_applied, 0);
         assert!(again.bundle_in_sync());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fg-fleet-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_bundle_that_failed_for_a_passing_reason_is_tried_again_not_marked_seen() {
+        let dir = temp("transient");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let eng = FakeEngine::default();
+        let f = fleet(&dir, &key);
+        let one = kv(5, sealed(&key, "one"));
+        eng.away.store(true, Ordering::Relaxed);
+        assert_eq!(f.consider(&eng, &one), Outcome::Transient);
+        assert_eq!(f.consider(&eng, &one), Outcome::Transient);
+        let st = f.state();
+        assert_eq!(
+            (
+                st.applied_revision,
+                st.bundles_refused,
+                st.transient_failures
+            ),
+            (0, 0, 2),
+            "not refused, not applied: {st:?}"
+        );
+        assert!(
+            st.last_transient
+                .as_deref()
+                .unwrap()
+                .contains("engine unreachable")
+        );
+        assert!(!f.bundle_in_sync());
+        // The engine is back: the same revision applies.
+        eng.away.store(false, Ordering::Relaxed);
+        assert_eq!(f.consider(&eng, &one), Outcome::Applied);
+        let st = f.state();
+        assert_eq!((st.applied_revision, st.bundles_applied), (5, 1));
+        assert_eq!(st.last_transient, None);
+        assert!(f.bundle_in_sync());
+        assert_eq!(f.consider(&eng, &one), Outcome::Seen);
+
+        // An unpack that fails (the fleet dir is a file for a moment): for now.
+        let fdir = dir.join("fleet");
+        std::fs::rename(&fdir, dir.join("moved")).unwrap();
+        std::fs::write(&fdir, "in the way").unwrap();
+        let two = kv(6, sealed(&key, "two"));
+        assert_eq!(f.consider(&eng, &two), Outcome::Transient);
+        std::fs::remove_file(&fdir).unwrap();
+        std::fs::rename(dir.join("moved"), &fdir).unwrap();
+        assert_eq!(f.consider(&eng, &two), Outcome::Applied);
+        assert_eq!(f.state().bundles_refused, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_running_bundle_under_a_new_revision_is_already_applied_not_a_replay() {
+        let dir = temp("restored");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let eng = FakeEngine::default();
+        let f = fleet(&dir, &key);
+        let b = sealed(&key, "one");
+        assert_eq!(f.consider(&eng, &kv(40, b.clone())), Outcome::Applied);
+        // A store restored from a snapshot (or a mirror) holds it at another
+        // revision, lower or higher.
+        {
+            // As after "etcd's revision went back".
+            let mut st = f.lock();
+            st.settled_revision = 0;
+            st.latest_revision = 0;
+        }
+        assert_eq!(f.consider(&eng, &kv(7, b.clone())), Outcome::AlreadyApplied);
+        let st = f.state();
+        assert_eq!(
+            (st.applied_revision, st.bundles_refused, st.bundles_applied),
+            (7, 0, 1)
+        );
+        assert!(f.bundle_in_sync());
+        assert_eq!(f.consider(&eng, &kv(9, b.clone())), Outcome::AlreadyApplied);
+        assert_eq!(eng.applied.lock().unwrap().len(), 1, "never pushed again");
+        // Remembered across a restart, under the new revision.
+        let again = fleet(&dir, &key);
+        assert_eq!(again.state().applied_revision, 9);
+        assert_eq!(again.consider(&eng, &kv(12, b)), Outcome::AlreadyApplied);
+        assert_eq!(eng.applied.lock().unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pruning_keeps_the_directory_the_engines_persisted_snapshot_names() {
+        let dir = temp("prune");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let eng = FakeEngine::default();
+        let f = fleet(&dir, &key);
+        assert_eq!(
+            f.consider(&eng, &kv(3, sealed(&key, "first"))),
+            Outcome::Applied
+        );
+        let first = f.state().applied_toml.unwrap();
+        // The engine restarted from its persisted snapshot (the first
+        // bundle) and the daemon applied many after it.
+        *eng.persisted.lock().unwrap() = Some(first.clone());
+        for rev in 4..12 {
+            let name = format!("n{rev}");
+            assert_eq!(
+                f.consider(&eng, &kv(rev, sealed(&key, &name))),
+                Outcome::Applied
+            );
+        }
+        assert!(first.exists(), "{} was pruned", first.display());
+        let n = std::fs::read_dir(dir.join("fleet"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("rev-")
+            })
+            .count();
+        assert_eq!(n, KEEP_UNPACKED + 1, "the newest and the engine's");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn refusals_built_from_unverified_data_are_bounded() {
+        let dir = temp("bounded");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let eng = FakeEngine::default();
+        let f = fleet(&dir, &key);
+        let huge = format!(
+            "{{\"format\":\"{}\",\"payload\":\"x\"}}",
+            "é".repeat(100_000)
+        );
+        assert_eq!(
+            f.consider(&eng, &kv(3, huge.into_bytes())),
+            Outcome::Refused
+        );
+        let r = f.state().last_refusal.unwrap();
+        assert!(r.len() < MAX_REASON + 64, "{} bytes", r.len());
+        assert!(r.contains("bytes)"), "{r}");
+        assert_eq!(bounded("short", 256), "short");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
