@@ -128,7 +128,9 @@ struct Daemon {
 }
 
 /// How long the engine may take to apply a snapshot.
-const PUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Above the engine's own 30 s wait for its loop, so its answer (a 503
+/// while the apply is still queued) arrives before this gives up.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(35);
 
 /// What `/v1/hello` says.
 struct Hello {
@@ -902,15 +904,34 @@ impl crate::fleet::FleetEngine for Daemon {
                 self.state().unsettled = None;
                 Ok(())
             }
-            Ok(r) if r.status >= 500 => Err(ApplyError::Transient(format!(
-                "the engine answered {}: {}",
-                r.status,
-                one_line(&r.body)
-            ))),
-            Ok(r) => Err(ApplyError::Refused(format!(
-                "the engine refused it: {}",
-                one_line(&r.body)
-            ))),
+            Ok(r) if r.status >= 500 => {
+                // The engine's admin side answers 503 when its loop did not
+                // take the apply in time: it is still queued and may land.
+                if self.hello_now().is_ok_and(|h| h == want.hash) {
+                    self.settle(want);
+                    return Ok(());
+                }
+                self.state().unsettled = Some(want);
+                Err(ApplyError::Transient(format!(
+                    "the engine answered {}: {}",
+                    r.status,
+                    one_line(&r.body)
+                )))
+            }
+            Ok(r) => {
+                // The engine handles one request at a time: an earlier push
+                // left unsettled has been taken or failed by now.
+                let earlier = self.state().unsettled.take();
+                if let Some(p) = earlier
+                    && self.hello_now().is_ok_and(|h| h == p.hash)
+                {
+                    self.settle(p);
+                }
+                Err(ApplyError::Refused(format!(
+                    "the engine refused it: {}",
+                    one_line(&r.body)
+                )))
+            }
             Err(e) => {
                 // No answer: it may have landed, or may still land.
                 if self.hello_now().is_ok_and(|h| h == want.hash) {
@@ -1321,6 +1342,17 @@ mod tests {
                             let _ = r.reply.send(Reply::err(422, "nope\n"));
                             continue;
                         }
+                        if text.contains("late503") {
+                            // The admin side gave up waiting; the apply is
+                            // still queued and lands later.
+                            let _ = r.reply.send(Reply::err(503, "the engine did not answer\n"));
+                            let h = h.clone();
+                            std::thread::spawn(move || {
+                                std::thread::sleep(delay);
+                                *h.lock().unwrap() = content_hash(&text);
+                            });
+                            continue;
+                        }
                         let h = h.clone();
                         std::thread::spawn(move || {
                             std::thread::sleep(delay);
@@ -1390,6 +1422,25 @@ mod tests {
             d.apply_bundle(&toml, &nope),
             Err(ApplyError::Refused(_))
         ));
+        // A 503 while the apply is still queued in the engine: it lands
+        // later, and the re-sync must not push the older config over it.
+        let late = config("late503");
+        assert!(matches!(
+            d.apply_bundle(&toml, &late),
+            Err(ApplyError::Transient(_))
+        ));
+        let pushes = eng.pushed.lock().unwrap().len();
+        std::thread::sleep(Duration::from_millis(900));
+        assert_eq!(*eng.hash.lock().unwrap(), content_hash(&late));
+        d.check_engine();
+        d.check_engine();
+        assert_eq!(
+            eng.pushed.lock().unwrap().len(),
+            pushes,
+            "the older config was pushed back over the late one"
+        );
+        assert_eq!(d.apply_bundle(&toml, &late), Ok(()));
+        assert_eq!(eng.pushed.lock().unwrap().len(), pushes);
         // An engine that is away: for now.
         let _ = std::fs::remove_file(dir.join("engine.sock"));
         assert!(matches!(

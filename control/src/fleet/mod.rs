@@ -382,7 +382,9 @@ impl Fleet {
             // Not under the fleet lock: the daemon's status takes its own
             // lock, then this one.
             if let Some(toml) = applied_toml.filter(|t| eng.runs(t, &v.payload.config)) {
-                if rev != applied {
+                // An old record without a digest gets one (a later restore
+                // under another revision is then known as this bundle).
+                if rev != applied || applied_digest.is_none() {
                     tracing::info!(revision = rev, was = applied, %version, "the running bundle under a new revision; nothing to push");
                     self.record_applied(rev, &version, serial, &v.digest, &toml);
                 }
@@ -576,6 +578,9 @@ impl Fleet {
                         self.lock().compactions += 1;
                     } else {
                         tracing::warn!(reason = %bounded(&w.cancel_reason, MAX_REASON), "etcd cancelled the watch; reading the bundle anew");
+                        // A store that cancels every watch (permissions,
+                        // limits) must not get a read and a watch in a loop.
+                        sleep(stop, &mut backoff);
                     }
                     next = None;
                 }
