@@ -392,6 +392,12 @@ fn plugin_metrics_reach_prometheus_and_runaway_guests_are_contained() {
         // loop-open, grow-open.
         assert_eq!(delta("stack_plugin_failures"), 5, "{stats:?}");
         assert_eq!(delta("stack_plugin_failed_open"), 2, "{stats:?}");
+        // The worker publishes its instances' linear memory: five plugins,
+        // each at least the 2 pages (128 KiB) its module declares.
+        assert!(
+            stats["stack_plugin_memory_bytes"] >= 5 * 128 * 1024,
+            "{stats:?}"
+        );
         let (_, metrics, _) = lab.ctl(&["metrics"]);
         let failures = |plugin: &str, kind: &str| {
             series(

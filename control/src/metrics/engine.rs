@@ -18,6 +18,7 @@ fn is_gauge(stack_field: &str) -> bool {
             | "tcp_buffer_grown_bytes"
             | "l4_active"
             | "udp_active"
+            | "plugin_memory_bytes"
     )
 }
 
