@@ -709,7 +709,7 @@ struct MemSnap {
     tcp_mem_pages: u64,
 }
 
-fn proc_status_kb(pid: i32, key: &str) -> u64 {
+pub(crate) fn proc_status_kb(pid: i32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()

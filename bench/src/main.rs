@@ -17,6 +17,7 @@ mod loopback;
 mod loss;
 mod measure;
 mod pktgen;
+mod plugins;
 mod report;
 mod scenarios;
 mod soak;
@@ -281,6 +282,10 @@ enum Cmd {
     /// CPU per attack request answered 429 (nginx limit_req, ferrogate
     /// L7) and after ferrogate escalates it into the XDP deny set.
     Attack(Common),
+    /// proxy-wasm plugins (issue #22): proxy CPU per request with the
+    /// AssemblyScript header adder on the listener vs without, alternating,
+    /// their difference, and the plugin's memory per worker.
+    Plugins(Common),
     /// Every scenario, one lab (not `soak`, not `loss`).
     All(Common),
     /// ferrogate alone: req/s with 1 and 2 workers (2-queue lab), and
@@ -411,6 +416,7 @@ fn main() -> Result<()> {
         | Cmd::Cache(c)
         | Cmd::L4(c)
         | Cmd::Attack(c)
+        | Cmd::Plugins(c)
         | Cmd::All(c) => (c.clone(), &cli.cmd),
         Cmd::Soak(s) => (s.common.clone(), &cli.cmd),
         Cmd::Loss(l) => (l.common.clone(), &cli.cmd),
@@ -518,6 +524,7 @@ fn main() -> Result<()> {
         Cmd::Cache(_) => vec![("cache", cache::scenario)],
         Cmd::L4(_) => vec![("l4", l4::scenario)],
         Cmd::Attack(_) => vec![("attack", attack::scenario)],
+        Cmd::Plugins(_) => vec![("plugins", plugins::scenario)],
         Cmd::Soak(_) => vec![("soak", soak::scenario)],
         Cmd::Loss(_) => vec![("loss", loss::scenario)],
         Cmd::All(_) => vec![

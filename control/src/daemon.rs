@@ -1272,6 +1272,7 @@ mod tests {
                         escalation: Default::default(),
                         cache: Default::default(),
                         cache_disk: None,
+                        plugins: Vec::new(),
                     },
                     &crate::metrics::Info {
                         version: "4-ab",

@@ -46,6 +46,7 @@ pub struct Info<'a> {
 pub fn render(st: &EngineStats, info: &Info<'_>) -> String {
     let mut f = Families::default();
     engine::counters(&mut f, st, info);
+    engine::plugins(&mut f, st);
     control::config(&mut f, info);
     encode(f)
 }
@@ -74,7 +75,12 @@ type Labels = Vec<(&'static str, String)>;
 #[derive(Debug)]
 enum Value {
     Int(u64),
+    /// A gauge that may go below zero (a plugin's).
+    Signed(i64),
     Float(f64),
+    /// A histogram known only by its sum and count (a plugin's: proxy-wasm
+    /// records values, not buckets), exported with the `+Inf` bucket alone.
+    SumCount(f64, u64),
     Histogram(Box<LatencyHistogram>),
     /// An info metric's sample (its value is 1).
     One,
@@ -149,6 +155,28 @@ impl Families {
         self.push(name, MetricType::Gauge, help, l, Value::Int(v));
     }
 
+    fn gauge_i64(&mut self, name: &str, help: &str, l: &[(&'static str, String)], v: i64) {
+        self.push(name, MetricType::Gauge, help, l, Value::Signed(v));
+    }
+
+    /// A histogram of `count` values adding up to `sum`, without buckets.
+    fn sum_count(
+        &mut self,
+        name: &str,
+        help: &str,
+        l: &[(&'static str, String)],
+        sum: f64,
+        count: u64,
+    ) {
+        self.push(
+            name,
+            MetricType::Histogram,
+            help,
+            l,
+            Value::SumCount(sum, count),
+        );
+    }
+
     fn gauge_f64(&mut self, name: &str, help: &str, l: &[(&'static str, String)], v: f64) {
         self.push(name, MetricType::Gauge, help, l, Value::Float(v));
     }
@@ -186,7 +214,16 @@ impl Collector for Families {
                         ConstCounter::new(*n).encode(m.encode_family(labels)?)?
                     }
                     Value::Int(n) => ConstGauge::new(*n).encode(m.encode_family(labels)?)?,
+                    Value::Signed(n) => ConstGauge::new(*n).encode(m.encode_family(labels)?)?,
                     Value::Float(x) => ConstGauge::new(*x).encode(m.encode_family(labels)?)?,
+                    Value::SumCount(sum, count) => {
+                        m.encode_family(labels)?.encode_histogram::<NoLabelSet>(
+                            *sum,
+                            *count,
+                            &[(f64::INFINITY, *count)],
+                            None,
+                        )?
+                    }
                     Value::Histogram(h) => {
                         // Per-bucket counts; the encoder makes them cumulative.
                         let buckets: Vec<(f64, u64)> = h

@@ -267,6 +267,7 @@ mod tests {
             escalation: Default::default(),
             cache: Default::default(),
             cache_disk: None,
+            plugins: Vec::new(),
         };
         st.upstreams.pools.push(("origin".into(), pool));
         st

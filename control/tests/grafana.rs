@@ -37,6 +37,7 @@ fn populated() -> EngineStats {
         escalation: Default::default(),
         cache: Default::default(),
         cache_disk: Some(Default::default()),
+        plugins: Vec::new(),
     };
     st.upstreams.pools.push(("origin".into(), pool));
     st.routes.routes.push(("r".into(), Default::default()));

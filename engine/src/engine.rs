@@ -246,6 +246,27 @@ pub struct Engine {
     dpdk: Option<crate::dpdk::DpdkPort>,
 }
 
+/// The plugins the listeners of `routes` run, once each (a plugin on two
+/// listeners is one plugin), read without stopping a worker: their
+/// metrics are atomics the instances write and this sums.
+fn plugin_readings(routes: &RouteTable) -> Vec<crate::stats::PluginReading> {
+    let mut seen: Vec<&ferrogate_proxy::plugins::Plugin> = Vec::new();
+    for l in routes.listeners() {
+        for a in l.plugins() {
+            if !seen.iter().any(|p| p.ptr_eq(&a.plugin)) {
+                seen.push(&a.plugin);
+            }
+        }
+    }
+    seen.into_iter()
+        .map(|p| crate::stats::PluginReading {
+            name: p.name().to_string(),
+            metrics: p.metrics(),
+            stats: p.stats(),
+        })
+        .collect()
+}
+
 /// What opening a backend produced.
 /// The stack's MAC address on in-memory ports (locally administered).
 pub const MEMORY_MAC: [u8; 6] = [0x02, 0xfe, 0, 0, 0, 0x01];
@@ -897,6 +918,7 @@ impl Engine {
             snapshot_version: self.routes.load().version,
             cache: self.cache.stats(),
             cache_disk: self.cache.disk_stats(),
+            plugins: plugin_readings(&self.routes.load()),
             upstreams: self
                 .stats
                 .iter()

@@ -24,4 +24,4 @@ pub use engine::{Engine, EngineError, ReloadReport};
 pub use ferrogate_numa as numa;
 pub use io::{BackendKind, IoStats, PacketIo};
 pub use memio::{MemPeer, MemPort, mem_port};
-pub use stats::{EngineStats, EscalationStats, WorkerStats};
+pub use stats::{EngineStats, EscalationStats, PluginReading, WorkerStats};

@@ -99,6 +99,17 @@ pub struct EngineStats {
     pub cache: ferrogate_proxy::cache::core::StoreStats,
     /// Its disk tier, if configured.
     pub cache_disk: Option<ferrogate_proxy::cache::core::DiskStats>,
+    /// The running snapshot's plugins: what they defined (`define_metric`)
+    /// and their failures, each summed over its instances when read.
+    pub plugins: Vec<PluginReading>,
+}
+
+/// One plugin's metrics and failure counters at one moment.
+#[derive(Debug, Clone)]
+pub struct PluginReading {
+    pub name: String,
+    pub metrics: Vec<ferrogate_proxy::plugins::MetricSample>,
+    pub stats: ferrogate_proxy::plugins::PluginStats,
 }
 
 /// Sources escalated by L7 rate limits to the filter tier's deny set.

@@ -193,6 +193,7 @@ impl Worker {
                 last_publish = wall;
                 s.uptime_ns = wall.duration_since(self.clock_start).as_nanos() as u64;
                 s.stack = *self.stack.stats();
+                s.stack.plugin_memory_bytes = self.stack.plugin_memory_bytes();
                 s.io = self.io.stats();
                 s.drained = self.stack.drained();
                 self.stats.publish(&s);
@@ -211,6 +212,7 @@ impl Worker {
             self.stack.route_stats().clone(),
         );
         s.stack = *self.stack.stats();
+        s.stack.plugin_memory_bytes = self.stack.plugin_memory_bytes();
         s.io = self.io.stats();
         self.stats.publish(&s);
         tracing::info!(worker = self.id, "worker stopped");

@@ -203,3 +203,218 @@ fn wasm_filters_add_headers_authorize_and_fail_closed_or_open() {
         assert_eq!(delta("stack_plugin_contexts_created"), 8, "{stats:?}");
     });
 }
+
+/// Loops forever in `proxy_on_request_headers`: the fuel deadline stops it.
+const LOOP_WAT: &str = r#"(module
+  (memory (export "memory") 2)
+  (global $bump (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (global.get $bump) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (loop $forever (br $forever))
+    (i32.const 0)))"#;
+
+/// Grows its memory 1 MiB at a time for as long as it is let:
+/// the instance memory limit stops it.
+const GROW_WAT: &str = r#"(module
+  (memory (export "memory") 2)
+  (global $bump (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (global.get $bump) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (loop $more
+      (drop (memory.grow (i32.const 16)))
+      (br $more))
+    (i32.const 0)))"#;
+
+/// The value of the series `name{labels}` (labels as written) in an
+/// exposition; None when absent.
+fn series(text: &str, name_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_labels)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn sandbox_config(looper: &str, grower: &str) -> String {
+    let counter = as_filter("counter");
+    let mut c = format!(
+        r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+queues = 1
+polling = "adaptive"
+
+[[plugins]]
+name = "counter"
+wasm = "{counter}"
+root_id = "counter"
+configuration = "{{}}"
+
+[[plugins]]
+name = "loop"
+wasm = "{looper}"
+fuel_per_call = 5000000
+
+[[plugins]]
+name = "loop-open"
+wasm = "{looper}"
+fuel_per_call = 5000000
+fail_open = true
+
+[[plugins]]
+name = "grow"
+wasm = "{grower}"
+memory_mb = 4
+
+[[plugins]]
+name = "grow-open"
+wasm = "{grower}"
+memory_mb = 4
+fail_open = true
+
+[[upstreams]]
+name = "origin"
+endpoints = ["{ORIGIN}"]
+
+[[listeners]]
+port = 80
+
+[[listeners.routes]]
+path_prefix = "/"
+upstream = "origin"
+
+[[listeners]]
+port = 8085
+http2 = true
+plugins = ["counter"]
+
+[[listeners.routes]]
+path_prefix = "/"
+upstream = "origin"
+"#
+    );
+    for (port, plugin) in [
+        (8080, "loop"),
+        (8081, "loop-open"),
+        (8083, "grow"),
+        (8084, "grow-open"),
+    ] {
+        c.push_str(&format!(
+            r#"
+[[listeners]]
+port = {port}
+plugins = ["{plugin}"]
+
+[[listeners.routes]]
+path_prefix = "/"
+upstream = "origin"
+"#
+        ));
+    }
+    c
+}
+
+/// The AssemblyScript counter's `define_metric` counter reaches the
+/// engine's `/metrics` exactly; a guest that loops forever or grows its
+/// memory without bound answers 500 (200 under `fail_open`), is counted,
+/// and the one worker serves the next request at once.
+#[test]
+fn plugin_metrics_reach_prometheus_and_runaway_guests_are_contained() {
+    lab_test("plugsbx", || {
+        let lab = Lab::up(1);
+        let _origin = lab.start_origin("plugins", ORIGIN);
+        let looper = lab.state_dir().join("loop.wasm");
+        std::fs::write(&looper, wat::parse_str(LOOP_WAT).expect("loop module")).unwrap();
+        let grower = lab.state_dir().join("grow.wasm");
+        std::fs::write(&grower, wat::parse_str(GROW_WAT).expect("grow module")).unwrap();
+        let path = lab.state_dir().join("sandbox.toml");
+        std::fs::write(
+            &path,
+            sandbox_config(&looper.display().to_string(), &grower.display().to_string()),
+        )
+        .unwrap();
+        let engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let base = engine.stats();
+
+        // N requests through the counter plugin, over both protocols.
+        const N: usize = 5;
+        for i in 0..N {
+            let proto = if i % 2 == 0 {
+                "--http1.1"
+            } else {
+                "--http2-prior-knowledge"
+            };
+            let (status, out) = curl(&lab, &format!("{proto} http://{VIP}:8085/"));
+            assert_eq!(status, 200, "{proto}: {out}");
+        }
+        let (code, metrics, err) = lab.ctl(&["metrics"]);
+        assert_eq!(code, 0, "{err}");
+        let counted =
+            r#"ferrogate_plugin_counter_total{plugin="counter",name="as_requests_total"}"#;
+        assert_eq!(series(&metrics, counted), Some(N as f64), "{metrics}");
+
+        // Runaway guests: each answers 500 fail-closed, 200 fail-open, and
+        // a normal request on another listener right after is served
+        // promptly by the same (only) worker.
+        for (port, expect, what) in [
+            (8080, 500, "loop"),
+            (8081, 200, "loop-open"),
+            (8083, 500, "grow"),
+            (8084, 200, "grow-open"),
+        ] {
+            let (status, out) = curl(&lab, &format!("http://{VIP}:{port}/"));
+            assert_eq!(status, expect, "{what}: {out}");
+            let t = std::time::Instant::now();
+            let (status, out) = curl(&lab, &format!("http://{VIP}/"));
+            assert_eq!(status, 200, "after {what}: {out}");
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(2),
+                "after {what}: the next request took {:?}",
+                t.elapsed()
+            );
+        }
+        // And the failing plugins serve again (a fresh instance), still failing.
+        let (status, _) = curl(&lab, &format!("http://{VIP}:8080/"));
+        assert_eq!(status, 500);
+
+        let stats = engine.stats_until(|s| s["stack_plugin_failed_open"] >= 2);
+        let delta = |k: &str| stats[k] - base[k];
+        // Every failure, the ones let through included: loop ×2, grow,
+        // loop-open, grow-open.
+        assert_eq!(delta("stack_plugin_failures"), 5, "{stats:?}");
+        assert_eq!(delta("stack_plugin_failed_open"), 2, "{stats:?}");
+        // The worker publishes its instances' linear memory: five plugins,
+        // each at least the 2 pages (128 KiB) its module declares.
+        assert!(
+            stats["stack_plugin_memory_bytes"] >= 5 * 128 * 1024,
+            "{stats:?}"
+        );
+        let (_, metrics, _) = lab.ctl(&["metrics"]);
+        let failures = |plugin: &str, kind: &str| {
+            series(
+                &metrics,
+                &format!(r#"ferrogate_plugin_failures_total{{plugin="{plugin}",kind="{kind}"}}"#),
+            )
+        };
+        assert_eq!(failures("loop", "timeout"), Some(2.0), "{metrics}");
+        assert_eq!(failures("loop-open", "timeout"), Some(1.0), "{metrics}");
+        assert_eq!(failures("grow", "out_of_memory"), Some(1.0), "{metrics}");
+        assert_eq!(
+            failures("grow-open", "out_of_memory"),
+            Some(1.0),
+            "{metrics}"
+        );
+        assert_eq!(failures("counter", "trap"), Some(0.0), "{metrics}");
+        // The counter saw none of this.
+        assert_eq!(series(&metrics, counted), Some(N as f64), "{metrics}");
+    });
+}

@@ -3,6 +3,7 @@
 //! response cache and escalations.
 
 use ferrogate_engine::EngineStats;
+use ferrogate_proxy::plugins::MetricKind;
 
 use super::{Families, Info};
 
@@ -17,6 +18,7 @@ fn is_gauge(stack_field: &str) -> bool {
             | "tcp_buffer_grown_bytes"
             | "l4_active"
             | "udp_active"
+            | "plugin_memory_bytes"
     )
 }
 
@@ -371,6 +373,64 @@ pub(super) fn counters(f: &mut Families, st: &EngineStats, info: &Info<'_>) {
             "escalations not applied: allow-listed source, full deny set, full queue",
             &[("reason", what.into())],
             n,
+        );
+    }
+}
+
+/// The running plugins' own metrics (`proxy_define_metric`), by plugin and
+/// name, one family per proxy-wasm kind, and their failures.
+pub(super) fn plugins(f: &mut Families, st: &EngineStats) {
+    for p in &st.plugins {
+        for m in &p.metrics {
+            let l = [("plugin", p.name.clone()), ("name", m.name.clone())];
+            match m.kind {
+                MetricKind::Counter => f.counter(
+                    "ferrogate_plugin_counter_total",
+                    "a plugin's counter (proxy-wasm define_metric), summed over workers",
+                    &l,
+                    m.value.max(0) as u64,
+                ),
+                MetricKind::Gauge => f.gauge_i64(
+                    "ferrogate_plugin_gauge",
+                    "a plugin's gauge (proxy-wasm define_metric)",
+                    &l,
+                    m.value,
+                ),
+                MetricKind::Histogram => f.sum_count(
+                    "ferrogate_plugin_histogram",
+                    "a plugin's histogram (proxy-wasm define_metric): sum and count of the recorded values, no buckets",
+                    &l,
+                    m.value as f64,
+                    m.count,
+                ),
+            }
+        }
+        let s = &p.stats;
+        for (kind, n) in [
+            ("trap", s.traps),
+            ("timeout", s.timeouts),
+            ("out_of_memory", s.out_of_memory),
+            ("abi_violation", s.abi_errors),
+        ] {
+            f.counter(
+                "ferrogate_plugin_failures_total",
+                "guest calls of a plugin stopped by the sandbox, by cause",
+                &[("plugin", p.name.clone()), ("kind", kind.into())],
+                n,
+            );
+        }
+        let l = [("plugin", p.name.clone())];
+        f.counter(
+            "ferrogate_plugin_reinstantiations_total",
+            "failed plugin instances replaced by a fresh one",
+            &l,
+            s.reinstantiations,
+        );
+        f.counter(
+            "ferrogate_plugin_metrics_refused_total",
+            "metric definitions refused (past the per-plugin bound, a bad name, or another kind)",
+            &l,
+            s.metrics_refused,
         );
     }
 }

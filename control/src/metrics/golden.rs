@@ -6,6 +6,7 @@
 
 use ferrogate_engine::{EngineStats, WorkerStats};
 use ferrogate_proxy::lb::{EndpointStats, PoolStats};
+use ferrogate_proxy::plugins::{MetricKind, MetricSample};
 
 use std::collections::HashMap;
 
@@ -20,6 +21,15 @@ pub fn info() -> Info<'static> {
         counter: 7,
         uptime_s: 1.5,
         ..Default::default()
+    }
+}
+
+fn sample(name: &str, kind: MetricKind, value: i64, count: u64) -> MetricSample {
+    MetricSample {
+        name: name.into(),
+        kind,
+        value,
+        count,
     }
 }
 
@@ -113,6 +123,22 @@ pub fn stats() -> EngineStats {
         },
         cache: Default::default(),
         cache_disk: Some(Default::default()),
+        plugins: vec![ferrogate_engine::PluginReading {
+            name: "wasm\"x".into(),
+            metrics: vec![
+                sample("requests", MetricKind::Counter, 131, 0),
+                sample("in_flight", MetricKind::Gauge, -2, 0),
+                sample("size", MetricKind::Histogram, 1500, 3),
+            ],
+            stats: ferrogate_proxy::plugins::PluginStats {
+                traps: 132,
+                timeouts: 133,
+                out_of_memory: 134,
+                abi_errors: 135,
+                reinstantiations: 136,
+                metrics_refused: 137,
+            },
+        }],
     };
     st.cache.objects = 91;
     st.cache.bytes = 92;
@@ -161,6 +187,12 @@ const ADDED: &[&str] = &[
     "ferrogate_worker_exception_to_host_total",
     "ferrogate_worker_exception_from_host_total",
     "ferrogate_worker_exception_dropped_total",
+    "ferrogate_plugin_counter_total",
+    "ferrogate_plugin_gauge",
+    "ferrogate_plugin_histogram",
+    "ferrogate_plugin_failures_total",
+    "ferrogate_plugin_reinstantiations_total",
+    "ferrogate_plugin_metrics_refused_total",
 ];
 
 /// A series' identity: name and labels, `le` by its number (the old
@@ -225,7 +257,13 @@ fn every_series_of_the_old_writer_is_exported_with_its_name_labels_type_help_and
     // What the text changed: only `le` spellings from 1 s up, and floats
     // written as floats (`_sum` 123.0, uptime 1.5 for 1.500).
     let le_old: Vec<&str> = old.samples.iter().filter_map(|s| s.label("le")).collect();
-    let le_new: Vec<&str> = new.samples.iter().filter_map(|s| s.label("le")).collect();
+    // (Of the old families: the added ones have buckets of their own.)
+    let le_new: Vec<&str> = new
+        .samples
+        .iter()
+        .filter(|s| old.samples.iter().any(|o| o.name == s.name))
+        .filter_map(|s| s.label("le"))
+        .collect();
     assert_eq!(le_old.len(), le_new.len());
     for (o, n) in le_old.iter().zip(&le_new) {
         if o.parse::<f64>().unwrap() < 1e6 || *o == "+Inf" {

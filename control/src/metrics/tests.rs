@@ -31,6 +31,7 @@ fn stack_counters_keep_their_exported_names() {
         escalation: Default::default(),
         cache: Default::default(),
         cache_disk: Some(Default::default()),
+        plugins: Vec::new(),
     };
     st.cache.objects = 3;
     if let Some(d) = st.cache_disk.as_mut() {
@@ -171,6 +172,7 @@ fn an_empty_engine_still_renders_valid_text() {
         escalation: Default::default(),
         cache: Default::default(),
         cache_disk: None,
+        plugins: Vec::new(),
     };
     let e = parse(&render(&st, &Info::default())).unwrap();
     assert!(!e.types.contains_key("ferrogate_worker_rx_frames_total"));
@@ -356,5 +358,54 @@ fn one_type_line_per_family_whatever_the_sample_order() {
         s,
         "# HELP a_total h\n# TYPE a_total counter\na_total{pool=\"p1\"} 1\na_total{pool=\"p2\"} 2\n\
          # HELP b h\n# TYPE b gauge\nb 3\n"
+    );
+}
+
+/// A plugin's metrics come out per kind under its name and the plugin's
+/// (a negative gauge stays negative, a histogram is its sum and count),
+/// beside the plugin's failure counters.
+#[test]
+fn plugin_metrics_are_exported_by_plugin_and_name() {
+    let st = super::golden::stats();
+    let text = render(&st, &super::golden::info());
+    let e = parse(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+    let l = |n: &'static str| [("plugin", "wasm\"x"), ("name", n)];
+    assert_eq!(
+        value(&e, "ferrogate_plugin_counter_total", &l("requests")),
+        131.0
+    );
+    assert_eq!(value(&e, "ferrogate_plugin_gauge", &l("in_flight")), -2.0);
+    assert_eq!(
+        value(&e, "ferrogate_plugin_histogram_sum", &l("size")),
+        1500.0
+    );
+    assert_eq!(
+        value(&e, "ferrogate_plugin_histogram_count", &l("size")),
+        3.0
+    );
+    let inf = [("plugin", "wasm\"x"), ("name", "size"), ("le", "+Inf")];
+    assert_eq!(value(&e, "ferrogate_plugin_histogram_bucket", &inf), 3.0);
+    assert_eq!(e.types["ferrogate_plugin_counter_total"], "counter");
+    assert_eq!(e.types["ferrogate_plugin_gauge"], "gauge");
+    assert_eq!(e.types["ferrogate_plugin_histogram"], "histogram");
+    let p = [("plugin", "wasm\"x")];
+    let failures = |k: &'static str| {
+        value(
+            &e,
+            "ferrogate_plugin_failures_total",
+            &[("plugin", "wasm\"x"), ("kind", k)],
+        )
+    };
+    assert_eq!(failures("trap"), 132.0);
+    assert_eq!(failures("timeout"), 133.0);
+    assert_eq!(failures("out_of_memory"), 134.0);
+    assert_eq!(failures("abi_violation"), 135.0);
+    assert_eq!(
+        value(&e, "ferrogate_plugin_reinstantiations_total", &p),
+        136.0
+    );
+    assert_eq!(
+        value(&e, "ferrogate_plugin_metrics_refused_total", &p),
+        137.0
     );
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter, StoreLimits, TypedFunc};
 
@@ -137,6 +138,8 @@ pub(crate) struct Host {
     pub(crate) end_of_stream: bool,
     /// Cells of metrics this instance defined or used, by id.
     pub(crate) metric_cache: Vec<Option<Arc<MetricCell>>>,
+    /// The stripe of each metric this instance writes (see `metrics.rs`).
+    pub(crate) metric_stripe: usize,
     /// Reused buffer for bytes on their way into guest memory.
     pub(crate) scratch: Vec<u8>,
     /// xorshift state for WASI `random_get` (not cryptographic).
@@ -145,6 +148,7 @@ pub(crate) struct Host {
 
 impl Host {
     pub(crate) fn new(plugin: Arc<PluginShared>, limits: StoreLimits, now: Now, seed: u64) -> Self {
+        let metric_stripe = plugin.metrics.take_stripe();
         Self {
             plugin,
             limiter: Limiter { limits, hit: false },
@@ -161,6 +165,7 @@ impl Host {
             body: Vec::new(),
             end_of_stream: false,
             metric_cache: Vec::new(),
+            metric_stripe,
             scratch: Vec::new(),
             rng: seed | 1,
         }
@@ -723,9 +728,13 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
             };
             let mem = memory(&c)?;
             let (data, host) = mem.data_and_store_mut(&mut c);
-            let name = String::from_utf8_lossy(slice(data, np, nn)?);
-            let Some((id, cell)) = host.plugin.metrics.define(kind, &name) else {
-                return st(Status::BadArgument);
+            let (id, cell) = match host.plugin.metrics.define(kind, slice(data, np, nn)?) {
+                Ok(d) => d,
+                Err(why) => {
+                    host.plugin.stats.metrics_refused.fetch_add(1, Relaxed);
+                    tracing::debug!(plugin = %host.plugin.name, ?why, "metric definition refused");
+                    return st(Status::BadArgument);
+                }
             };
             write_u32(data, idp, id)?;
             host.cache_metric(id, cell);
@@ -737,8 +746,9 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
         M,
         "proxy_increment_metric",
         |mut c: C<'_>, id: u32, off: i64| -> R {
-            match c.data_mut().metric(id) {
-                Some(cell) if cell.increment(off) => ok(),
+            let h = c.data_mut();
+            match h.metric(id) {
+                Some(cell) if cell.increment(h.metric_stripe, off) => ok(),
                 Some(_) => st(Status::BadArgument),
                 None => st(Status::NotFound),
             }
@@ -749,9 +759,10 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
         M,
         "proxy_record_metric",
         |mut c: C<'_>, id: u32, v: u64| -> R {
-            match c.data_mut().metric(id) {
+            let h = c.data_mut();
+            match h.metric(id) {
                 Some(cell) => {
-                    cell.record(v);
+                    cell.record(h.metric_stripe, v);
                     ok()
                 }
                 None => st(Status::NotFound),

@@ -88,7 +88,9 @@
 //! get/set pairs, size) for the phase's map, body buffers (get, status,
 //! set — any range; `(0, len)` replaces the body), the configuration
 //! buffers, `proxy_send_local_response`, shared data with CAS, metrics
-//! (define, increment, record, get), `proxy_continue_stream`,
+//! (define, increment, record, get; at most [`MAX_METRICS`] per plugin,
+//! written per instance without contention and summed on read),
+//! `proxy_continue_stream`,
 //! `proxy_clear_route_cache` (no-ops: nothing waits, routing comes later),
 //! `proxy_set_effective_context`.
 //!
@@ -126,7 +128,7 @@ mod stubs;
 pub use abi::Status;
 pub use headers::{HeaderList, MAX_MAP_BYTES, MAX_MAP_FIELDS};
 pub use instance::{Failure, FailureKind, HttpContextId, LocalResponse, Outcome, PluginInstance};
-pub use metrics::{MetricKind, MetricSample, PluginStats};
+pub use metrics::{MAX_METRIC_NAME, MAX_METRICS, MetricKind, MetricSample, PluginStats};
 pub use module::{CompileError, PluginLimits, PluginModule};
 pub use plugin::{Plugin, PluginConfig};
 pub use properties::Properties;

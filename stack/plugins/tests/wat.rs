@@ -847,3 +847,88 @@ fn a_new_instance_does_not_answer_for_an_old_instances_context() {
     assert!(new.finish(stale).is_err());
     assert_eq!(new.open_contexts(), 1);
 }
+
+#[test]
+fn a_plugin_defining_metrics_in_a_loop_is_bounded_and_counted() {
+    // Defines 100 counters "A0".."J9" at start: the first MAX_METRICS
+    // succeed, the rest answer BadArgument (2) and are counted. The 10th
+    // name is also redefined as a gauge (refused: another kind).
+    let bytes = wat(
+        r#"(import "env" "proxy_define_metric" (func $defm (param i32 i32 i32 i32) (result i32)))"#,
+        r#"(func (export "proxy_on_vm_start") (param i32 i32) (result i32) (local $i i32) (local $bad i32)
+             (loop $l
+               (i32.store8 (i32.const 256) (i32.add (i32.const 65) (i32.div_u (local.get $i) (i32.const 10))))
+               (i32.store8 (i32.const 257) (i32.add (i32.const 48) (i32.rem_u (local.get $i) (i32.const 10))))
+               (if (i32.eq (call $defm (i32.const 0) (i32.const 256) (i32.const 2) (i32.const 16)) (i32.const 2))
+                 (then (local.set $bad (i32.add (local.get $bad) (i32.const 1)))))
+               (local.set $i (i32.add (local.get $i) (i32.const 1)))
+               (br_if $l (i32.lt_u (local.get $i) (i32.const 100))))
+             (if (i32.ne (local.get $bad) (i32.const 36)) (then unreachable))
+             ;; "A9" again, as a gauge.
+             (i32.store8 (i32.const 256) (i32.const 65))
+             (i32.store8 (i32.const 257) (i32.const 57))
+             (if (i32.ne (call $defm (i32.const 1) (i32.const 256) (i32.const 2) (i32.const 16)) (i32.const 2))
+               (then unreachable))
+             ;; An empty name.
+             (if (i32.ne (call $defm (i32.const 0) (i32.const 256) (i32.const 0) (i32.const 16)) (i32.const 2))
+               (then unreachable))
+             (i32.const 1))"#,
+    );
+    let p = plugin(&bytes, &PluginLimits::default(), b"");
+    let _inst = PluginInstance::new(&p, now(0)).unwrap();
+    assert_eq!(p.metrics().len(), ferrogate_plugins::MAX_METRICS);
+    assert_eq!(p.stats().metrics_refused, 36 + 2);
+}
+
+#[test]
+fn metrics_written_by_many_instances_sum_and_a_counter_record_sets_the_sum() {
+    // Each request adds 2 to "c" and records 9 into "h"; a request with
+    // `x-set` records 100 into "c" (sets it).
+    let bytes = wat(
+        r#"(import "env" "proxy_define_metric" (func $defm (param i32 i32 i32 i32) (result i32)))
+           (import "env" "proxy_increment_metric" (func $incm (param i32 i64) (result i32)))
+           (import "env" "proxy_record_metric" (func $recm (param i32 i64) (result i32)))
+           (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 256) "c")
+           (data (i32.const 260) "h")
+           (data (i32.const 264) "x-set")
+           (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+             (drop (call $defm (i32.const 0) (i32.const 256) (i32.const 1) (i32.const 16)))
+             (drop (call $defm (i32.const 2) (i32.const 260) (i32.const 1) (i32.const 20)))
+             (i32.const 1))
+           (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (if (i32.eqz (call $get (i32.const 0) (i32.const 264) (i32.const 5) (i32.const 0) (i32.const 4)))
+               (then (drop (call $recm (i32.load (i32.const 16)) (i64.const 100))))
+               (else (drop (call $incm (i32.load (i32.const 16)) (i64.const 2)))))
+             (drop (call $recm (i32.load (i32.const 20)) (i64.const 9)))
+             (i32.const 0))"#,
+    );
+    let p = plugin(&bytes, &PluginLimits::default(), b"");
+    // More instances than stripes: some share one, the sums stay exact.
+    let mut insts: Vec<PluginInstance> = (0..20)
+        .map(|_| PluginInstance::new(&p, now(0)).unwrap())
+        .collect();
+    let request = |inst: &mut PluginInstance, set: bool| {
+        let ctx = inst.create_http_context(Properties::new()).unwrap();
+        let mut hd = if set { h(&[("x-set", "1")]) } else { h(&[]) };
+        assert_eq!(
+            inst.on_request_headers(ctx, &mut hd, true),
+            Outcome::Continue
+        );
+        inst.finish(ctx).unwrap();
+    };
+    for (i, inst) in insts.iter_mut().enumerate() {
+        for _ in 0..=i {
+            request(inst, false);
+        }
+    }
+    let get = |n: &str| p.metrics().into_iter().find(|s| s.name == n).unwrap();
+    // 1 + 2 + … + 20 = 210 requests.
+    assert_eq!(get("c").value, 2 * 210);
+    assert_eq!((get("h").value, get("h").count), (9 * 210, 210));
+    // A record on a counter sets the plugin's value, whichever instance.
+    request(&mut insts[7], true);
+    assert_eq!(get("c").value, 100);
+    request(&mut insts[3], false);
+    assert_eq!(get("c").value, 102);
+}

@@ -158,6 +158,15 @@ impl WorkerPlugins {
         }
     }
 
+    /// Linear memory of every instance (current and retiring), in bytes.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.instances
+            .iter()
+            .chain(&self.retiring)
+            .map(PluginInstance::memory_bytes)
+            .sum()
+    }
+
     /// Contexts open in every instance (current and retiring).
     #[cfg(test)]
     pub(crate) fn open_contexts(&self) -> usize {

@@ -706,6 +706,11 @@ impl<P: ProxyHttp> Stack<P> {
         &self.app.stats
     }
 
+    /// Linear memory of this stack's plugin instances now, in bytes.
+    pub fn plugin_memory_bytes(&self) -> u64 {
+        self.app.plugins.memory_bytes() as u64
+    }
+
     pub fn active_connections(&self) -> usize {
         self.app.active
     }

@@ -99,6 +99,9 @@ pub struct StackStats {
     /// Heads with more fields or bytes than a plugin may be handed, answered
     /// without calling one (a request 431, a response 502).
     pub plugin_heads_too_large: u64,
+    /// Linear memory of this worker's plugin instances now, in bytes (a
+    /// gauge; set by the worker when it publishes).
+    pub plugin_memory_bytes: u64,
     /// Header lines a proxy phase tried to add and the codec refused (bad
     /// bytes, a framing field).
     pub header_lines_refused: u64,
@@ -377,6 +380,7 @@ impl StackStats {
         self.plugin_contexts_ended += o.plugin_contexts_ended;
         self.plugin_edits_ignored += o.plugin_edits_ignored;
         self.plugin_heads_too_large += o.plugin_heads_too_large;
+        self.plugin_memory_bytes += o.plugin_memory_bytes;
         self.conn_drives += o.conn_drives;
         self.conn_buffers_allocated += o.conn_buffers_allocated;
         self.tls_handshakes_full += o.tls_handshakes_full;
@@ -445,6 +449,7 @@ impl StackStats {
             ("plugin_contexts_ended", self.plugin_contexts_ended),
             ("plugin_edits_ignored", self.plugin_edits_ignored),
             ("plugin_heads_too_large", self.plugin_heads_too_large),
+            ("plugin_memory_bytes", self.plugin_memory_bytes),
             ("header_lines_refused", self.header_lines_refused),
             ("cache_hits", self.cache.hit),
             ("cache_misses", self.cache.miss),
