@@ -339,7 +339,12 @@ plugins = ["b"]
 "#,
     );
     let errs = compile_in(&d, &text).expect_err("refused");
-    let line = |needle: &str| text[..text.find(needle).expect(needle)].matches('\n').count() + 1;
+    let line = |needle: &str| {
+        text[..text.find(needle).expect(needle)]
+            .matches('\n')
+            .count()
+            + 1
+    };
     let has = |line: usize, field: &str, what: &str| {
         assert!(
             errs.iter()
@@ -387,8 +392,9 @@ plugins = ["a"]
     );
     let errs = compile_in(&d, &text).expect_err("refused");
     assert!(
-        errs.iter().any(|e| e.contains("listeners[0].routes[0].plugins[0]")
-            && e.contains("only HTTP listeners")),
+        errs.iter()
+            .any(|e| e.contains("listeners[0].routes[0].plugins[0]")
+                && e.contains("only HTTP listeners")),
         "{errs:#?}"
     );
 }

@@ -231,7 +231,9 @@ pub(super) fn route_plugins(
     let refuse = if !is_http {
         Some("only HTTP listeners' routes run plugins")
     } else if r.respond.is_some() {
-        Some("a route's plugins run at the origin phases: this route responds itself (name them on its listener)")
+        Some(
+            "a route's plugins run at the origin phases: this route responds itself (name them on its listener)",
+        )
     } else {
         None
     };

@@ -11,7 +11,10 @@
 //! A request's contexts are kept in the order they were made (listener's,
 //! then route's), so one reverse walk at the response head is both
 //! response phases. Answers the proxy makes itself (errors, local
-//! answers) skip the response phases; so does a cache hit.
+//! answers) skip the response phases. A cache hit's stored head goes
+//! through both, as the miss's did: the plugins' edits are applied at the
+//! client write, never stored. (The route's plugins run before the cache
+//! lookup; a request any plugin changed bypasses the cache.)
 //!
 //! What a plugin changes in a head becomes edits the existing header
 //! writers apply (names to leave out, lines to add; [`PluginEdits`], kept in
@@ -434,6 +437,11 @@ pub(crate) fn request_phase(
     edits: &mut PluginEdits,
     stats: &mut StackStats,
 ) -> ViewerVerdict {
+    if route.is_none() {
+        // A new request: nothing carries over from the last one's head.
+        edits.request_now = None;
+        edits.request_ignored = 0;
+    }
     if plugins.is_empty() {
         return ViewerVerdict::Continue;
     }
@@ -451,10 +459,7 @@ pub(crate) fn request_phase(
     } else {
         "viewer request"
     };
-    let mut headers = edits
-        .request_now
-        .take()
-        .unwrap_or_else(|| before.clone());
+    let mut headers = edits.request_now.take().unwrap_or_else(|| before.clone());
     for a in plugins {
         stats.plugin_calls += 1;
         // What to go back to should the call fail and the plugin let the

@@ -195,9 +195,9 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
             self.udp.next_expiry(),
             self.plugins.next_tick(),
         ]
-            .into_iter()
-            .flatten()
-            .min()
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn datagram(&mut self, mut net: Streams<'_>, d: &Datagram<'_>) {

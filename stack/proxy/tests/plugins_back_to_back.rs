@@ -159,7 +159,18 @@ fn a_snapshot_that_replaces_the_plugin_leaves_a_request_in_flight_whole() {
 /// the request it also copies the `route_name` property, when there is
 /// one, into `x-route`. With `trap`, the request call traps instead.
 fn tagging_plugin(name: &str, tag: char, trap: bool) -> Plugin {
+    tagger(name, tag, trap, true)
+}
+
+/// [`tagging_plugin`]; without `on_request`, the request head is left as
+/// it is (a changed one bypasses the cache).
+fn tagger(name: &str, tag: char, trap: bool, on_request: bool) -> Plugin {
     let trap = if trap { "unreachable" } else { "" };
+    let skip = if on_request {
+        ""
+    } else {
+        "(return (i32.const 0))"
+    };
     let text = format!(
         r#"(module
   (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
@@ -178,6 +189,7 @@ fn tagging_plugin(name: &str, tag: char, trap: bool) -> Plugin {
   (data (i32.const 280) "route_name")
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     {trap}
+    {skip}
     (drop (call $add (i32.const 0) (i32.const 256) (i32.const 7) (i32.const 264) (i32.const 1)))
     (if (i32.eqz (call $prop (i32.const 280) (i32.const 10) (i32.const 0) (i32.const 4)))
       (then (drop (call $add (i32.const 0) (i32.const 272) (i32.const 7)
@@ -249,7 +261,10 @@ fn values(head: &str, name: &str) -> Vec<String> {
 
 #[test]
 fn a_routes_plugins_run_after_the_listeners_on_the_request_and_before_them_on_the_response() {
-    let (l, r) = (tagging_plugin("l", 'L', false), tagging_plugin("r", 'R', false));
+    let (l, r) = (
+        tagging_plugin("l", 'L', false),
+        tagging_plugin("r", 'R', false),
+    );
     let routes = table_with_route_plugins(vec![attach(&l, false)], vec![attach(&r, false)]);
     let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
     let c = lab.connect();
@@ -263,14 +278,20 @@ fn a_routes_plugins_run_after_the_listeners_on_the_request_and_before_them_on_th
     // Origin response (the route's) before viewer response (the listener's).
     assert_eq!(values(&resp.head, "x-order"), ["R", "L"], "{}", resp.head);
     let s = lab.edge.stats();
-    assert_eq!(s.plugin_instances_started, 2, "route plugins start at the swap");
+    assert_eq!(
+        s.plugin_instances_started, 2,
+        "route plugins start at the swap"
+    );
     assert_eq!((s.plugin_contexts_created, s.plugin_contexts_ended), (2, 2));
     assert_eq!(s.plugin_failures, 0);
 }
 
 #[test]
 fn a_route_without_plugins_runs_only_the_listeners() {
-    let (l, r) = (tagging_plugin("l", 'L', false), tagging_plugin("r", 'R', false));
+    let (l, r) = (
+        tagging_plugin("l", 'L', false),
+        tagging_plugin("r", 'R', false),
+    );
     let routes = table_with_route_plugins(vec![attach(&l, false)], vec![attach(&r, false)]);
     let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
     let c = lab.connect();
@@ -285,7 +306,10 @@ fn a_route_without_plugins_runs_only_the_listeners() {
 
 #[test]
 fn a_failing_route_plugin_answers_500_and_ends_the_listeners_context() {
-    let (l, r) = (tagging_plugin("l", 'L', false), tagging_plugin("r", 'R', true));
+    let (l, r) = (
+        tagging_plugin("l", 'L', false),
+        tagging_plugin("r", 'R', true),
+    );
     let routes = table_with_route_plugins(vec![attach(&l, false)], vec![attach(&r, false)]);
     let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
     let c = lab.connect();
@@ -299,7 +323,10 @@ fn a_failing_route_plugin_answers_500_and_ends_the_listeners_context() {
 
 #[test]
 fn a_fail_open_route_plugin_that_fails_leaves_the_listeners_edits() {
-    let (l, r) = (tagging_plugin("l", 'L', false), tagging_plugin("r", 'R', true));
+    let (l, r) = (
+        tagging_plugin("l", 'L', false),
+        tagging_plugin("r", 'R', true),
+    );
     let routes = table_with_route_plugins(vec![attach(&l, false)], vec![attach(&r, true)]);
     let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
     let c = lab.connect();
@@ -329,4 +356,55 @@ fn route_plugin_ticks_run_too() {
     assert_eq!(lab.exchange(c, &get("/")).status, 200);
     assert_eq!(metric(&plugin, "created"), 1);
     assert_eq!(metric(&plugin, "deleted"), 1);
+}
+
+#[test]
+fn a_cache_hit_goes_through_the_response_phases_like_the_miss() {
+    let (l, r) = (
+        tagger("l", 'L', false, false),
+        tagger("r", 'R', false, false),
+    );
+    let upstream = Arc::new(Upstream::simple(
+        "origin",
+        0,
+        &["10.0.0.3:8080".parse().unwrap()],
+    ));
+    let routes = Arc::new(RouteTable::new(
+        1,
+        vec![
+            Listener::new(
+                80,
+                vec![Route {
+                    cache: Some(Arc::new(ferrogate_proxy::cache::RouteCache::default())),
+                    plugins: vec![attach(&r, false)],
+                    ..Route::new("cached", RouteAction::Proxy(upstream.clone()))
+                }],
+            )
+            .with_plugins(vec![attach(&l, false)]),
+        ],
+        vec![upstream],
+    ));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let c = lab.connect();
+    let miss = lab.exchange(c, &get("/cached/a"));
+    let hit = lab.exchange(c, &get("/cached/a"));
+    assert_eq!((miss.status, hit.status), (200, 200));
+    assert_eq!(values(&miss.head, "x-cache"), ["MISS"], "{}", miss.head);
+    assert_eq!(values(&hit.head, "x-cache"), ["HIT"], "{}", hit.head);
+    assert_eq!(lab.origin_requests.len(), 1, "{:?}", lab.origin_requests);
+    for resp in [&miss, &hit] {
+        assert_eq!(values(&resp.head, "x-order"), ["R", "L"], "{}", resp.head);
+    }
+    // A conditional request the store answers (304) too.
+    let cond = b"GET /cached/a HTTP/1.1\r\nHost: example.com\r\nIf-None-Match: \"v1\"\r\n\r\n";
+    lab.send(c, cond);
+    let raw = lab.read_until(c, 500, |b| find(b, b"\r\n\r\n").is_some());
+    let head = String::from_utf8_lossy(&raw).to_string();
+    assert!(head.starts_with("HTTP/1.1 304"), "{head}");
+    assert_eq!(values(&head, "x-order"), ["R", "L"], "{head}");
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_failures, 0);
+    assert_eq!((s.plugin_contexts_created, s.plugin_contexts_ended), (6, 6));
+    // Each context: its request head and its response head.
+    assert_eq!(s.plugin_calls, 12);
 }
