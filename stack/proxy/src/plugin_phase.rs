@@ -948,6 +948,62 @@ mod tests {
     }
 
     #[test]
+    fn the_origin_phase_goes_on_from_the_viewer_phases_head_and_counts_an_ignored_edit_once() {
+        use crate::route::{Route, RouteAction};
+        let listener = plugin(
+            r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+                 (drop (call $replace (i32.const 0) (i32.const 288) (i32.const 15) (i32.const 304) (i32.const 7)))
+                 (drop (call $add (i32.const 0) (i32.const 256) (i32.const 7) (i32.const 264) (i32.const 1)))
+                 (i32.const 0))"#,
+        );
+        // Adds `x-resp: 1` to the request: the route's own edit.
+        let route_plugin = plugin(
+            r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+                 (drop (call $add (i32.const 0) (i32.const 312) (i32.const 6) (i32.const 264) (i32.const 1)))
+                 (i32.const 0))"#,
+        );
+        let route = Route::new(
+            "r",
+            RouteAction::Respond(Arc::new(DirectResponse {
+                status: 200,
+                content_type: "text/plain".into(),
+                body: Vec::new(),
+                location: None,
+                retry_after: None,
+                www_authenticate: None,
+            })),
+        );
+        let (mut w, mut stats, mut edits): (WorkerPlugins, StackStats, PluginEdits) =
+            Default::default();
+        let info = request(&[]);
+        for (plugins, route) in [
+            (vec![attach(&listener, false)], None),
+            (vec![attach(&route_plugin, false)], Some(&route)),
+        ] {
+            let v = request_phase(
+                &mut w, &plugins, &info, route, "HTTP/1.1", true, &mut edits, &mut stats,
+            );
+            assert!(matches!(v, ViewerVerdict::Continue));
+        }
+        // Both phases' additions go upstream; the proxy's own field is not
+        // touched, and its edit was counted once.
+        assert_eq!(
+            edits.request_add,
+            [
+                ("x-added".to_string(), b"1".to_vec()),
+                ("x-resp".to_string(), b"1".to_vec())
+            ]
+        );
+        assert!(!edits.strips_request("x-forwarded-for"));
+        assert_eq!(stats.plugin_edits_ignored, 1);
+        finish(&mut w, &mut edits, &mut stats);
+        assert_eq!(
+            (stats.plugin_contexts_created, stats.plugin_contexts_ended),
+            (2, 2)
+        );
+    }
+
+    #[test]
     fn an_instance_a_reload_drops_keeps_its_contexts_until_they_end() {
         use crate::route::{Listener, RouteTable};
         let p = plugin(ADD_THEN_TRAP);
