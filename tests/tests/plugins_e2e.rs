@@ -3,7 +3,9 @@
 //! on a listener at the viewer phases over HTTP/1.1 and HTTP/2 — a header
 //! adder (request and response headers) and an authorizer (a local 403) —
 //! and a module that traps answers 500, or lets the request through when
-//! the plugin is `fail_open`, with every failure counted.
+//! the plugin is `fail_open`, with every failure counted; and on routes at
+//! the origin phases, after the listener's plugins on the request and
+//! before them on the response.
 
 use ferrogate_tests::{Lab, VIP, lab_test, workspace};
 
@@ -416,5 +418,162 @@ fn plugin_metrics_reach_prometheus_and_runaway_guests_are_contained() {
         assert_eq!(failures("counter", "trap"), Some(0.0), "{metrics}");
         // The counter saw none of this.
         assert_eq!(series(&metrics, counted), Some(N as f64), "{metrics}");
+    });
+}
+
+/// Adds `x-order: <tag>` to the request head and to the response head.
+fn tag_wat(tag: char) -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $bump (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (global.get $bump) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (data (i32.const 256) "x-order")
+  (data (i32.const 264) "{tag}")
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 0) (i32.const 256) (i32.const 7) (i32.const 264) (i32.const 1)))
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 256) (i32.const 7) (i32.const 264) (i32.const 1)))
+    (i32.const 0)))"#
+    )
+}
+
+/// :80 — the AssemblyScript adder on the route only; :8083 — the adder
+/// and the tagger `L` on the listener, the adder (another configuration)
+/// and the tagger `R` on the route.
+fn route_config(tag_l: &str, tag_r: &str) -> String {
+    let adder = as_filter("header_adder");
+    format!(
+        r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+queues = 1
+polling = "adaptive"
+
+[[plugins]]
+name = "adder-listener"
+wasm = "{adder}"
+root_id = "header_adder"
+configuration = "from-listener"
+
+[[plugins]]
+name = "adder-route"
+wasm = "{adder}"
+root_id = "header_adder"
+configuration = "from-route"
+
+[[plugins]]
+name = "tag-l"
+wasm = "{tag_l}"
+
+[[plugins]]
+name = "tag-r"
+wasm = "{tag_r}"
+
+[[upstreams]]
+name = "origin"
+endpoints = ["{ORIGIN}"]
+
+[[listeners]]
+port = 80
+http2 = true
+
+[[listeners.routes]]
+path_prefix = "/"
+upstream = "origin"
+plugins = ["adder-route"]
+
+[[listeners]]
+port = 8083
+http2 = true
+plugins = ["adder-listener", "tag-l"]
+
+[[listeners.routes]]
+path_prefix = "/"
+upstream = "origin"
+plugins = ["adder-route", "tag-r"]
+"#
+    )
+}
+
+/// The values of header `name` in `lines` (`Name: value` lines), in order.
+fn values(lines: &str, name: &str) -> Vec<String> {
+    lines
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn route_plugins_run_at_the_origin_phases_inside_the_listeners() {
+    lab_test("plugins-route", || {
+        let lab = Lab::up(1);
+        let _origin = lab.start_origin("plugins", ORIGIN);
+        let mut tags = Vec::new();
+        for tag in ['L', 'R'] {
+            let p = lab.state_dir().join(format!("tag-{tag}.wasm"));
+            std::fs::write(&p, wat::parse_str(tag_wat(tag)).expect("tag module")).unwrap();
+            tags.push(p.display().to_string());
+        }
+        let path = lab.state_dir().join("route-plugins.toml");
+        std::fs::write(&path, route_config(&tags[0], &tags[1])).unwrap();
+        let engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let base = engine.stats();
+
+        for proto in ["--http1.1", "--http2-prior-knowledge"] {
+            // The route's adder alone: its request header reaches the
+            // origin (which echoes the lines it got), its response header
+            // the client.
+            let (status, out) = curl(&lab, &format!("{proto} http://{VIP}/headers"));
+            assert_eq!(status, 200, "{proto}: {out}");
+            let (head, body) = out.split_once("\r\n\r\n").expect("a head");
+            assert_eq!(values(body, "x-plugin"), ["from-route"], "{proto}: {out}");
+            assert_eq!(
+                values(head, "x-served-through"),
+                ["ferrogate-wasm"],
+                "{proto}: {out}"
+            );
+
+            // Listener and route: viewer request, then origin request on
+            // the head as the listener's plugins left it; origin response,
+            // then viewer response (each side's plugins in reverse).
+            let (status, out) = curl(&lab, &format!("{proto} http://{VIP}:8083/headers"));
+            assert_eq!(status, 200, "{proto}: {out}");
+            let (head, body) = out.split_once("\r\n\r\n").expect("a head");
+            assert_eq!(
+                values(body, "x-plugin"),
+                ["from-listener", "from-route"],
+                "{proto}: {out}"
+            );
+            assert_eq!(values(body, "x-order"), ["L", "R"], "{proto}: {out}");
+            assert_eq!(values(head, "x-order"), ["R", "L"], "{proto}: {out}");
+            assert_eq!(values(head, "x-served-through").len(), 2, "{proto}: {out}");
+        }
+
+        let stats = engine.stats_until(|s| {
+            s["stack_plugin_contexts_ended"] - base["stack_plugin_contexts_ended"] >= 10
+        });
+        let delta = |k: &str| stats[k] - base[k];
+        assert_eq!(delta("stack_plugin_failures"), 0, "{stats:?}");
+        // Per protocol: :80 one context, :8083 four.
+        assert_eq!(delta("stack_plugin_contexts_created"), 10, "{stats:?}");
+        assert_eq!(
+            stats["stack_plugin_contexts_created"], stats["stack_plugin_contexts_ended"],
+            "{stats:?}"
+        );
+        // Each context: its request head and its response head.
+        assert_eq!(delta("stack_plugin_calls"), 20, "{stats:?}");
+        // The route's plugins start with the snapshot like the listener's.
+        assert_eq!(stats["stack_plugin_instances_started"], 4, "{stats:?}");
     });
 }

@@ -417,6 +417,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                 None
             };
             let limits = rate_limits.resolve(&r.rate_limits, &listener_limits, &field, rep);
+            let route_plugins = route_plugins(&field, r, l, is_http, &plugins, rep);
             if !has_token && by_subject(&limits) {
                 let span = r.rate_limits.first().map_or(anchor.clone(), |n| n.span());
                 rep.at(
@@ -438,6 +439,7 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
                     rules,
                     jwt: route_jwt,
                     cache,
+                    plugins: route_plugins,
                     ..Route::new(name, action)
                 });
             }

@@ -251,3 +251,150 @@ configuration = "{configuration}"
     let rebuilt = plugin(&compile_in(&d, &text("two")).unwrap());
     assert!(!rebuilt.ptr_eq(&changed), "a new module is a new plugin");
 }
+
+/// `[[upstreams]] origin` and a listener on 80 with `listener` in it,
+/// then `routes` (whole `[[listeners.routes]]` tables).
+fn route_config(plugins: &str, listener: &str, routes: &str) -> String {
+    format!(
+        r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+{plugins}
+[[upstreams]]
+name = "origin"
+endpoints = ["10.77.0.3:8080"]
+
+[[listeners]]
+port = 80
+{listener}
+{routes}"#
+    )
+}
+
+const TWO_PLUGINS: &str = r#"
+[[plugins]]
+name = "a"
+wasm = "a.wasm"
+
+[[plugins]]
+name = "b"
+wasm = "a.wasm"
+fail_open = true
+"#;
+
+#[test]
+fn route_plugins_reach_the_snapshots_route_in_order() {
+    let d = ferrogate_testkit::temp_dir("fg-cfg-route-plugins");
+    std::fs::write(d.join("a.wasm"), module("")).unwrap();
+    let text = route_config(
+        TWO_PLUGINS,
+        r#"plugins = ["a"]"#,
+        r#"
+[[listeners.routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "origin"
+plugins = ["b"]
+
+[[listeners.routes]]
+name = "rest"
+upstream = "origin"
+"#,
+    );
+    let c = compile_in(&d, &text).expect("compiles");
+    let l = &c.engine.routes.listeners()[0];
+    let names = |ps: &[ferrogate_proxy::plugin_phase::AttachedPlugin]| -> Vec<String> {
+        ps.iter().map(|p| p.plugin.name().to_string()).collect()
+    };
+    assert_eq!(names(l.plugins()), ["a"]);
+    let api = l.routes().iter().find(|r| r.name == "api").unwrap();
+    let rest = l.routes().iter().find(|r| r.name == "rest").unwrap();
+    assert_eq!(names(&api.plugins), ["b"]);
+    assert!(api.plugins[0].fail_open);
+    assert!(rest.plugins.is_empty());
+}
+
+#[test]
+fn route_plugin_errors_name_file_line_and_field() {
+    let d = ferrogate_testkit::temp_dir("fg-cfg-route-plugins-bad");
+    std::fs::write(d.join("a.wasm"), module("")).unwrap();
+    let text = route_config(
+        TWO_PLUGINS,
+        r#"plugins = ["a"]"#,
+        r#"
+[[listeners.routes]]
+path_prefix = "/x"
+upstream = "origin"
+plugins = ["b", "nope", "b"]
+
+[[listeners.routes]]
+path_prefix = "/y"
+upstream = "origin"
+plugins = ["a"]
+
+[[listeners.routes]]
+respond = { status = 200, body = "hi" }
+plugins = ["b"]
+"#,
+    );
+    let errs = compile_in(&d, &text).expect_err("refused");
+    let line = |needle: &str| {
+        text[..text.find(needle).expect(needle)]
+            .matches('\n')
+            .count()
+            + 1
+    };
+    let has = |line: usize, field: &str, what: &str| {
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(&format!("edge.toml:{line}:"))
+                    && e.contains(field)
+                    && e.contains(what)),
+            "no error at line {line} for {field} ({what}): {errs:#?}"
+        );
+    };
+    has(
+        line(r#"plugins = ["b", "nope""#),
+        "listeners[0].routes[0].plugins[1]",
+        "no [[plugins]] named \"nope\"",
+    );
+    has(
+        line(r#"plugins = ["b", "nope""#),
+        "listeners[0].routes[0].plugins[2]",
+        "named twice",
+    );
+    has(
+        line("/y") + 2,
+        "listeners[0].routes[1].plugins[0]",
+        "on the listener too",
+    );
+    has(
+        line("respond = {") + 1,
+        "listeners[0].routes[2].plugins[0]",
+        "responds itself",
+    );
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+}
+
+#[test]
+fn tcp_listeners_routes_run_no_plugins() {
+    let d = ferrogate_testkit::temp_dir("fg-cfg-route-plugins-tcp");
+    std::fs::write(d.join("a.wasm"), module("")).unwrap();
+    let text = route_config(
+        TWO_PLUGINS,
+        r#"protocol = "tcp""#,
+        r#"
+[[listeners.routes]]
+upstream = "origin"
+plugins = ["a"]
+"#,
+    );
+    let errs = compile_in(&d, &text).expect_err("refused");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("listeners[0].routes[0].plugins[0]")
+                && e.contains("only HTTP listeners")),
+        "{errs:#?}"
+    );
+}

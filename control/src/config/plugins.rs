@@ -207,19 +207,75 @@ pub(super) fn listener_plugins(
     plugins: &[(String, AttachedPlugin)],
     rep: &mut Reporter<'_>,
 ) -> Vec<AttachedPlugin> {
-    let mut out = Vec::new();
-    for (k, name) in l.plugins.iter().enumerate() {
-        let field = format!("listeners[{i}].plugins[{k}]");
-        if !is_http {
+    if !is_http {
+        for (k, name) in l.plugins.iter().enumerate() {
+            let field = format!("listeners[{i}].plugins[{k}]");
             rep.at(name.span(), field, "only HTTP listeners run plugins");
-            continue;
         }
-        if l.plugins[..k].iter().any(|n| n.get_ref() == name.get_ref()) {
+        return Vec::new();
+    }
+    named_plugins(&format!("listeners[{i}]"), &l.plugins, &[], plugins, rep)
+}
+
+/// A route's `plugins` (`field`: the route's), by name, in order; none on
+/// a route that answers itself (no origin phase) or of a listener that is
+/// not HTTP, nor one its listener runs already.
+pub(super) fn route_plugins(
+    field: &str,
+    r: &RouteSection,
+    l: &ListenerSection,
+    is_http: bool,
+    plugins: &[(String, AttachedPlugin)],
+    rep: &mut Reporter<'_>,
+) -> Vec<AttachedPlugin> {
+    let refuse = if !is_http {
+        Some("only HTTP listeners' routes run plugins")
+    } else if r.respond.is_some() {
+        Some(
+            "a route's plugins run at the origin phases: this route responds itself (name them on its listener)",
+        )
+    } else {
+        None
+    };
+    if let Some(why) = refuse {
+        for (k, name) in r.plugins.iter().enumerate() {
+            rep.at(name.span(), format!("{field}.plugins[{k}]"), why);
+        }
+        return Vec::new();
+    }
+    named_plugins(field, &r.plugins, &l.plugins, plugins, rep)
+}
+
+/// `names` (the `plugins` of `owner`) resolved in order; a name given
+/// twice, also in `outer` (the listener's, for a route), or not a
+/// `[[plugins]]` is reported at its own `owner.plugins[k]`.
+fn named_plugins(
+    owner: &str,
+    names: &[Spanned<String>],
+    outer: &[Spanned<String>],
+    plugins: &[(String, AttachedPlugin)],
+    rep: &mut Reporter<'_>,
+) -> Vec<AttachedPlugin> {
+    let mut out = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        let field = format!("{owner}.plugins[{k}]");
+        if names[..k].iter().any(|n| n.get_ref() == name.get_ref()) {
             rep.at(
                 name.span(),
                 field,
                 format!(
                     "plugin {:?} is named twice (each plugin runs once per request)",
+                    name.get_ref()
+                ),
+            );
+            continue;
+        }
+        if outer.iter().any(|n| n.get_ref() == name.get_ref()) {
+            rep.at(
+                name.span(),
+                field,
+                format!(
+                    "plugin {:?} is on the listener too (each plugin runs once per request)",
                     name.get_ref()
                 ),
             );

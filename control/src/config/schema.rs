@@ -33,7 +33,7 @@ pub struct FileConfig {
     /// `[cache]`: the engine's response cache (routes opt in with `cache`).
     #[serde(default)]
     pub cache: CacheSection,
-    /// `[[plugins]]`: proxy-wasm modules listeners run (`plugins = […]`).
+    /// `[[plugins]]`: proxy-wasm modules listeners and routes run (`plugins = […]`).
     #[serde(default)]
     pub plugins: Vec<PluginSection>,
 }
@@ -557,6 +557,12 @@ pub struct RouteSection {
     /// Response caching: `true` (defaults), `false`, or `{ ttl = …, … }`.
     #[serde(default)]
     pub cache: Option<Spanned<RouteCacheSetting>>,
+    /// `[[plugins]]` (by name), in order: each sees the request head once
+    /// this route is chosen (origin request, after the listener's plugins)
+    /// and the origin's response head before the listener's plugins do
+    /// (origin response).
+    #[serde(default)]
+    pub plugins: Vec<Spanned<String>>,
 }
 
 /// `canary = { pool, percent, key, brake = { … } }` on a route.

@@ -1,7 +1,20 @@
-//! proxy-wasm plugins (`ferrogate-plugins`) at the viewer phases: a
-//! listener's plugins see each request's head before routing (viewer
-//! request) and its response head before the client write (viewer
-//! response), on HTTP/1 and HTTP/2 alike.
+//! proxy-wasm plugins (`ferrogate-plugins`) at the request phases, on
+//! HTTP/1 and HTTP/2 alike:
+//!
+//! | phase | plugins | when |
+//! |---|---|---|
+//! | viewer request | the listener's, in order | the request head, before routing |
+//! | origin request | the route's, in order | once the route (and its pool) is chosen, on the head as the listener's left it |
+//! | origin response | the route's, in reverse | the origin's response head as it arrives |
+//! | viewer response | the listener's, in reverse | then, before the client write |
+//!
+//! A request's contexts are kept in the order they were made (listener's,
+//! then route's), so one reverse walk at the response head is both
+//! response phases. Answers the proxy makes itself (errors, local
+//! answers) skip the response phases. A cache hit's stored head goes
+//! through both, as the miss's did: the plugins' edits are applied at the
+//! client write, never stored. (The route's plugins run before the cache
+//! lookup; a request any plugin changed bypasses the cache.)
 //!
 //! What a plugin changes in a head becomes edits the existing header
 //! writers apply (names to leave out, lines to add; [`PluginEdits`], kept in
@@ -15,9 +28,11 @@
 //! that fails answers 500 (`plugin_failed`), or goes on when the plugin is
 //! attached with `fail_open`; both are counted.
 //!
+//! Ticks (`proxy_set_tick_period_milliseconds`) run from the worker's poll,
+//! on its clock, per instance.
+//!
 //! Left out for now (the plugin crate has the calls): request and response
-//! bodies and trailers, the origin phases (route-attached plugins),
-//! cached responses (a hit is served without the response phase), ticks.
+//! bodies and trailers.
 
 use std::sync::Arc;
 
@@ -29,10 +44,10 @@ use crate::error::ProxyError;
 use crate::http::{CODEC_OWNED, HeadError, HeaderLines};
 use crate::net::Instant;
 use crate::phases::RequestInfo;
-use crate::route::{DirectResponse, RouteTable};
+use crate::route::{DirectResponse, Route, RouteAction, RouteTable};
 use crate::stats::StackStats;
 
-/// A plugin on a listener.
+/// A plugin on a listener or a route.
 #[derive(Debug, Clone)]
 pub struct AttachedPlugin {
     pub plugin: Plugin,
@@ -123,15 +138,40 @@ impl WorkerPlugins {
         Ok(inst)
     }
 
-    /// Keeps the instances of the plugins `routes` uses, starts the ones it
-    /// adds (off the request path: a snapshot swap); the rest retire once
-    /// their requests in flight end.
+    /// When the next plugin tick is due (`proxy_set_tick_period_milliseconds`).
+    pub(crate) fn next_tick(&self) -> Option<Instant> {
+        self.instances
+            .iter()
+            .filter_map(PluginInstance::next_tick)
+            .min()
+            .map(|ms| Instant::from_millis(ms.min(i64::MAX as u64) as i64))
+    }
+
+    /// Calls `proxy_on_tick` on every instance whose period is up. A failed
+    /// tick is counted; the instance is replaced at its next use (the
+    /// plugin crate's rule), the worker goes on.
+    pub(crate) fn tick(&mut self, now: Instant, stats: &mut StackStats) {
+        let guest = guest_now(now);
+        for inst in &mut self.instances {
+            if inst.tick_due(guest) {
+                stats.plugin_calls += 1;
+                if let Err(e) = inst.on_tick(guest) {
+                    stats.plugin_failures += 1;
+                    tracing::debug!(plugin = inst.plugin().name(), error = %e, "plugin tick failed");
+                }
+            }
+        }
+    }
+
+    /// Keeps the instances of the plugins `routes` uses (on listeners and
+    /// routes), starts the ones it adds (off the request path: a snapshot
+    /// swap); the rest retire once their requests in flight end.
     pub(crate) fn sync(&mut self, routes: &RouteTable, now: Instant, stats: &mut StackStats) {
         let attached = || {
-            routes
-                .listeners()
-                .iter()
-                .flat_map(|l| l.plugins().iter().map(|a| &a.plugin))
+            routes.listeners().iter().flat_map(|l| {
+                let on_routes = l.routes().iter().flat_map(|r| r.plugins.iter());
+                l.plugins().iter().chain(on_routes).map(|a| &a.plugin)
+            })
         };
         let mut k = 0;
         while k < self.instances.len() {
@@ -200,11 +240,18 @@ pub struct PluginEdits {
     response_add: Vec<(String, Vec<u8>)>,
     /// Which attachment each context belongs to (fail_open per context).
     fail_open: Vec<bool>,
+    /// The request head as the plugins so far left it: the route's
+    /// plugins (origin request) go on from the listener's.
+    request_now: Option<HeaderList>,
+    /// Edits to proxy-owned fields the earlier phase already counted.
+    request_ignored: u64,
 }
 
 impl PluginEdits {
     /// The header edits (not the contexts: [`finish`] ends those).
     pub fn clear_edits(&mut self) {
+        self.request_now = None;
+        self.request_ignored = 0;
         self.request_strip.clear();
         self.request_add.clear();
         self.response_strip.clear();
@@ -261,7 +308,7 @@ impl PluginEdits {
     }
 }
 
-/// What the viewer request phase decided.
+/// What a request phase (viewer or origin) decided.
 pub(crate) enum ViewerVerdict {
     Continue,
     Respond(Arc<DirectResponse>),
@@ -272,8 +319,9 @@ pub(crate) enum ViewerVerdict {
     TooLarge,
 }
 
-/// The request's properties for the guest.
-fn request_properties(info: &RequestInfo<'_>, protocol: &str) -> Properties {
+/// The request's properties for the guest (with the route's and its
+/// pool's names at the origin request phase).
+fn request_properties(info: &RequestInfo<'_>, protocol: &str, route: Option<&Route>) -> Properties {
     let mut p = Properties::new();
     let path = info.target;
     p.set("request.path", path)
@@ -285,6 +333,12 @@ fn request_properties(info: &RequestInfo<'_>, protocol: &str) -> Properties {
         .set("request.id", info.request_id)
         .set("source.address", info.client_ip.to_string())
         .set_u64("destination.port", u64::from(info.listener_port));
+    if let Some(r) = route {
+        p.set("route_name", r.name.as_str());
+        if let RouteAction::Proxy(pool) = &r.action {
+            p.set("cluster_name", pool.name.as_str());
+        }
+    }
     p
 }
 
@@ -371,22 +425,32 @@ fn stale(kind: FailureKind) -> bool {
     matches!(kind, FailureKind::Poisoned | FailureKind::UnknownContext)
 }
 
-/// Viewer request: runs `plugins` in order on the request head; their
-/// changes go to `edits`, their contexts stay open for the response.
+/// A request head's plugin phase: the listener's plugins before routing
+/// (viewer request, `route` None) or the chosen route's (origin request,
+/// on the head as the listener's plugins left it). Runs `plugins` in
+/// order; what all of them changed so far goes to `edits`, their contexts
+/// stay open for the response.
 ///
 /// A call fails on a trap, fuel, memory or ABI error, a start that failed,
 /// a `Pause` (no body phase yet holds the head), or a local answer too
 /// large to send. A `fail_open` plugin's failure undoes what that call
 /// changed and ends its context; any other ends the request (500).
-pub(crate) fn viewer_request(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn request_phase(
     workers: &mut WorkerPlugins,
     plugins: &[AttachedPlugin],
     info: &RequestInfo<'_>,
+    route: Option<&Route>,
     protocol: &str,
     end_of_stream: bool,
     edits: &mut PluginEdits,
     stats: &mut StackStats,
 ) -> ViewerVerdict {
+    if route.is_none() {
+        // A new request: nothing carries over from the last one's head.
+        edits.request_now = None;
+        edits.request_ignored = 0;
+    }
     if plugins.is_empty() {
         return ViewerVerdict::Continue;
     }
@@ -399,7 +463,12 @@ pub(crate) fn viewer_request(
         stats.plugin_heads_too_large += 1;
         return ViewerVerdict::TooLarge;
     }
-    let mut headers = before.clone();
+    let phase = if route.is_some() {
+        "origin request"
+    } else {
+        "viewer request"
+    };
+    let mut headers = edits.request_now.take().unwrap_or_else(|| before.clone());
     for a in plugins {
         stats.plugin_calls += 1;
         // What to go back to should the call fail and the plugin let the
@@ -407,7 +476,7 @@ pub(crate) fn viewer_request(
         let saved = a.fail_open.then(|| headers.clone());
         let mut created = None;
         let outcome = match workers.instance(&a.plugin, now, stats) {
-            Ok(inst) => match inst.create_http_context(request_properties(info, protocol)) {
+            Ok(inst) => match inst.create_http_context(request_properties(info, protocol, route)) {
                 Ok(ctx) => {
                     stats.plugin_contexts_created += 1;
                     edits.contexts.push((a.plugin.clone(), ctx));
@@ -441,7 +510,7 @@ pub(crate) fn viewer_request(
         };
         let Some(reason) = failure else { continue };
         stats.plugin_failures += 1;
-        tracing::debug!(plugin = a.plugin.name(), %reason, "plugin call failed at the viewer request");
+        tracing::debug!(plugin = a.plugin.name(), %reason, phase, "plugin call failed");
         if !a.fail_open {
             return ViewerVerdict::Fail;
         }
@@ -458,6 +527,9 @@ pub(crate) fn viewer_request(
         std::str::from_utf8(n).is_ok_and(|n| crate::phases::strips_proxy_owned_header(info, n))
     };
     let fail_closed = plugins.iter().any(|a| !a.fail_open);
+    // The edits say what every phase so far changed from the client's head.
+    edits.request_strip.clear();
+    edits.request_add.clear();
     match diff(
         &before,
         &headers,
@@ -465,12 +537,19 @@ pub(crate) fn viewer_request(
         &mut edits.request_strip,
         &mut edits.request_add,
     ) {
-        Ok(ignored) => stats.plugin_edits_ignored += ignored,
+        Ok(ignored) => {
+            // Counted once per request, not again at the origin phase.
+            stats.plugin_edits_ignored += ignored.saturating_sub(edits.request_ignored);
+            edits.request_ignored = ignored;
+            edits.request_now = Some(headers);
+        }
         Err(reason) => {
+            // Nothing of it goes upstream; the next phase starts over from
+            // the client's head.
             edits.request_strip.clear();
             edits.request_add.clear();
             stats.plugin_failures += 1;
-            tracing::debug!(%reason, "plugins' request head refused");
+            tracing::debug!(%reason, phase, "plugins' request head refused");
             if fail_closed {
                 return ViewerVerdict::Fail;
             }
@@ -480,8 +559,9 @@ pub(crate) fn viewer_request(
     ViewerVerdict::Continue
 }
 
-/// Viewer response: runs the request's plugins (in reverse, as Envoy runs
-/// response filters) on the response head in `head` (an HTTP/1 head as the
+/// Origin response, then viewer response: runs the request's plugins (in
+/// reverse, as Envoy runs response filters: the route's, then the
+/// listener's) on the response head in `head` (an HTTP/1 head as the
 /// origin sent it); their changes go to `edits`. Err: what the client gets
 /// instead — `PluginFailed` (500) when a call failed and its plugin is not
 /// `fail_open`, a bad response (502) when the origin's head has more than
@@ -540,7 +620,7 @@ pub(crate) fn viewer_response(
             Outcome::Failed(f) => f.to_string(),
         };
         stats.plugin_failures += 1;
-        tracing::debug!(plugin = plugin.name(), %reason, "plugin call failed at the viewer response");
+        tracing::debug!(plugin = plugin.name(), %reason, "plugin call failed at the response head");
         if !fail_open {
             return Err(ProxyError::PluginFailed);
         }
@@ -754,10 +834,11 @@ mod tests {
         edits: &mut PluginEdits,
         stats: &mut StackStats,
     ) -> ViewerVerdict {
-        viewer_request(
+        request_phase(
             w,
             plugins,
             &request(headers),
+            None,
             "HTTP/1.1",
             true,
             edits,
@@ -873,6 +954,62 @@ mod tests {
             edits.clear_edits();
         }
         assert_eq!(stats.plugin_edits_ignored, 2);
+    }
+
+    #[test]
+    fn the_origin_phase_goes_on_from_the_viewer_phases_head_and_counts_an_ignored_edit_once() {
+        use crate::route::{Route, RouteAction};
+        let listener = plugin(
+            r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+                 (drop (call $replace (i32.const 0) (i32.const 288) (i32.const 15) (i32.const 304) (i32.const 7)))
+                 (drop (call $add (i32.const 0) (i32.const 256) (i32.const 7) (i32.const 264) (i32.const 1)))
+                 (i32.const 0))"#,
+        );
+        // Adds `x-resp: 1` to the request: the route's own edit.
+        let route_plugin = plugin(
+            r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+                 (drop (call $add (i32.const 0) (i32.const 312) (i32.const 6) (i32.const 264) (i32.const 1)))
+                 (i32.const 0))"#,
+        );
+        let route = Route::new(
+            "r",
+            RouteAction::Respond(Arc::new(DirectResponse {
+                status: 200,
+                content_type: "text/plain".into(),
+                body: Vec::new(),
+                location: None,
+                retry_after: None,
+                www_authenticate: None,
+            })),
+        );
+        let (mut w, mut stats, mut edits): (WorkerPlugins, StackStats, PluginEdits) =
+            Default::default();
+        let info = request(&[]);
+        for (plugins, route) in [
+            (vec![attach(&listener, false)], None),
+            (vec![attach(&route_plugin, false)], Some(&route)),
+        ] {
+            let v = request_phase(
+                &mut w, &plugins, &info, route, "HTTP/1.1", true, &mut edits, &mut stats,
+            );
+            assert!(matches!(v, ViewerVerdict::Continue));
+        }
+        // Both phases' additions go upstream; the proxy's own field is not
+        // touched, and its edit was counted once.
+        assert_eq!(
+            edits.request_add,
+            [
+                ("x-added".to_string(), b"1".to_vec()),
+                ("x-resp".to_string(), b"1".to_vec())
+            ]
+        );
+        assert!(!edits.strips_request("x-forwarded-for"));
+        assert_eq!(stats.plugin_edits_ignored, 1);
+        finish(&mut w, &mut edits, &mut stats);
+        assert_eq!(
+            (stats.plugin_contexts_created, stats.plugin_contexts_ended),
+            (2, 2)
+        );
     }
 
     #[test]

@@ -307,7 +307,8 @@ pub(crate) enum Routing<'r> {
 ///    target goes upstream;
 /// 2. bearer token: the provider of the route looked up in 1
 ///    ([`Listener::jwt_for`]), else the listener's;
-/// 3. the listener's rules (may test the token's claims);
+/// 3. the listener's rules (may test the token's claims), then the
+///    listener's plugins (viewer request);
 /// 4. [`ProxyHttp::request_filter`], then [`ProxyHttp::upstream_peer`]
 ///    (routing; the default reuses the lookup of 1); should the phases
 ///    pick a route that needs another token than the one checked in 2, it
@@ -315,7 +316,9 @@ pub(crate) enum Routing<'r> {
 /// 5. the chosen route's rules;
 /// 6. a path that resolves under an allow rule's `rewrite_prefix` but was
 ///    sent outside it is refused (400, `ambiguous_paths`);
-/// 7. rate limits, the listener's then the route's.
+/// 7. rate limits, the listener's then the route's;
+/// 8. the route's plugins (origin request), on the head as the listener's
+///    plugins left it.
 ///
 /// `rewrite`: what the allow rules that matched change (the listener's
 /// and the route's, both applied).
@@ -379,33 +382,19 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
     {
         return Routing::Respond(answer);
     }
-    if let Some(l) = listener {
-        use crate::plugin_phase::{ViewerVerdict, viewer_request};
-        match viewer_request(
-            cx.plugins,
+    if let Some(l) = listener
+        && let Some(answer) = plugin_request_phase(
+            cx,
             l.plugins(),
             info,
+            None,
             protocol,
-            !has_body,
-            &mut rewrite.plugin,
-            cx.stats,
-        ) {
-            ViewerVerdict::Continue => {}
-            ViewerVerdict::Respond(r) => {
-                access.tag.set(b"plugin");
-                return Routing::Respond(r);
-            }
-            ViewerVerdict::Fail => {
-                access.tag.set(b"plugin_failed");
-                return Routing::Fail(ProxyError::PluginFailed);
-            }
-            ViewerVerdict::TooLarge => {
-                access.tag.set(b"plugin_head_too_large");
-                return Routing::Fail(ProxyError::BadRequest(
-                    crate::http::HeadError::TooManyHeaders,
-                ));
-            }
-        }
+            has_body,
+            access,
+            rewrite,
+        )
+    {
+        return answer;
     }
     let route = match phases.request_filter(info, pctx) {
         Verdict::Continue => listener.and_then(|l| phases.upstream_peer(l, info, pctx)),
@@ -479,10 +468,64 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
     }
     match route {
         Some(route) => {
+            if let Some(answer) = plugin_request_phase(
+                cx,
+                &route.plugins,
+                info,
+                Some(route),
+                protocol,
+                has_body,
+                access,
+                rewrite,
+            ) {
+                return answer;
+            }
             cx.route_stats.get_mut(route.id).requests += 1;
             Routing::Route(route)
         }
         None => Routing::NoRoute,
+    }
+}
+
+/// The viewer (the listener's plugins, `route` None) or origin (the
+/// route's) request phase; Some: the plugins answered or failed.
+#[allow(clippy::too_many_arguments)]
+fn plugin_request_phase<'r, P: ProxyHttp>(
+    cx: &mut Ctx<'r, P>,
+    plugins: &[crate::plugin_phase::AttachedPlugin],
+    info: &RequestInfo<'_>,
+    route: Option<&crate::route::Route>,
+    protocol: &str,
+    has_body: bool,
+    access: &mut AccessRecord,
+    rewrite: &mut Rewrites,
+) -> Option<Routing<'r>> {
+    use crate::plugin_phase::{ViewerVerdict, request_phase};
+    match request_phase(
+        cx.plugins,
+        plugins,
+        info,
+        route,
+        protocol,
+        !has_body,
+        &mut rewrite.plugin,
+        cx.stats,
+    ) {
+        ViewerVerdict::Continue => None,
+        ViewerVerdict::Respond(r) => {
+            access.tag.set(b"plugin");
+            Some(Routing::Respond(r))
+        }
+        ViewerVerdict::Fail => {
+            access.tag.set(b"plugin_failed");
+            Some(Routing::Fail(ProxyError::PluginFailed))
+        }
+        ViewerVerdict::TooLarge => {
+            access.tag.set(b"plugin_head_too_large");
+            Some(Routing::Fail(ProxyError::BadRequest(
+                crate::http::HeadError::TooManyHeaders,
+            )))
+        }
     }
 }
 

@@ -177,6 +177,9 @@ pub struct Route {
     pub jwt: RouteJwt,
     /// Response caching (routes that proxy); `None`: requests bypass the cache.
     pub cache: Option<Arc<crate::cache::RouteCache>>,
+    /// proxy-wasm plugins run once the route is chosen (origin request)
+    /// and on its responses (origin response), after the listener's.
+    pub plugins: Vec<crate::plugin_phase::AttachedPlugin>,
     pub action: RouteAction,
 }
 
@@ -518,6 +521,7 @@ impl Route {
             rules: Rules::default(),
             jwt: RouteJwt::Listener,
             cache: None,
+            plugins: Vec::new(),
             action,
         }
     }

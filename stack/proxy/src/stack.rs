@@ -171,6 +171,9 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
 
     fn poll(&mut self, mut net: Streams<'_>) {
         let now = net.now();
+        if self.plugins.next_tick().is_some_and(|t| t <= now) {
+            self.plugins.tick(now, &mut self.stats);
+        }
         if self.udp.next_expiry().is_some_and(|t| t <= now) {
             let (udp, mut cx) = self.udp_cx();
             udp.expire(&mut net, &mut cx);
@@ -187,10 +190,14 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
     }
 
     fn poll_at(&self) -> Option<Instant> {
-        [self.prober.next_at(&self.routes), self.udp.next_expiry()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.prober.next_at(&self.routes),
+            self.udp.next_expiry(),
+            self.plugins.next_tick(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn datagram(&mut self, mut net: Streams<'_>, d: &Datagram<'_>) {

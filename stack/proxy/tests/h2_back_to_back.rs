@@ -580,6 +580,32 @@ fn plugin_contexts_end_on_every_path() {
     assert_eq!(s.plugin_failures, 0);
 }
 
+/// A cache hit's stored head goes through the response phase as the
+/// miss's did, on h2 (and HTTP/1 from the same store).
+#[test]
+fn plugin_response_phase_runs_on_cache_hits() {
+    let mut lab = plugin_lab();
+    let mut h2 = H2Client::connect(&mut lab);
+    h2.headers(&mut lab, 1, "GET", "/cached/a", true);
+    let miss = h2.response(&mut lab, 1);
+    assert_eq!(miss.field("x-cache"), Some("MISS"), "{miss:?}");
+    assert_eq!(miss.field("x-plugin"), Some("1"), "{miss:?}");
+    h2.headers(&mut lab, 3, "GET", "/cached/a", true);
+    let hit = h2.response(&mut lab, 3);
+    assert_eq!(hit.field("x-cache"), Some("HIT"), "{hit:?}");
+    assert_eq!(hit.field("x-plugin"), Some("1"), "{hit:?}");
+    let c = lab.connect();
+    let r = lab.exchange(c, b"GET /cached/a HTTP/1.1\r\nHost: x.example\r\n\r\n");
+    assert!(r.head.contains("x-cache: HIT"), "{}", r.head);
+    assert!(r.head.contains("x-plugin: 1"), "{}", r.head);
+    let s = lab.edge.stats();
+    assert_eq!(s.cache.hit, 2);
+    assert_eq!((s.plugin_contexts_created, s.plugin_contexts_ended), (3, 3));
+    // One request call and one response call per request.
+    assert_eq!(s.plugin_calls, 6);
+    assert_eq!(s.plugin_failures, 0);
+}
+
 /// Lines a plugin adds that overflow the head buffer are the plugin's
 /// failure: 500 plugin_failed, no retry, nothing held against the origin.
 #[test]

@@ -283,9 +283,6 @@ impl<P: ProxyHttp> Conn<P> {
         part: Part,
     ) -> bool {
         let info = self.request.expect("request in flight");
-        // A stored answer does not go through the plugins' response phase
-        // (yet): the request's contexts end here.
-        self.end_plugins(cx);
         self.cache = None;
         self.cache_writer = None;
         self.cache_status = Some(s);
@@ -311,6 +308,19 @@ impl<P: ProxyHttp> Conn<P> {
         // origin): chunked to HTTP/1.1 clients, close-delimited to 1.0.
         let chunked = length.is_none() && !info.http10;
         let keep = info.keep_alive && !cx.draining && (length.is_some() || chunked);
+        // The stored head goes through the response phases as the origin's
+        // did (their edits are not stored: a hit looks like the miss).
+        if let Err(e) = crate::plugin_phase::viewer_response(
+            cx.plugins,
+            self.bufs.from_upstream.filled(),
+            cx.now,
+            &mut self.rewrite.plugin,
+            cx.stats,
+        ) {
+            self.bufs.from_upstream.clear();
+            return self.local_error(cx, e, false);
+        }
+        let plugin_lines = self.rewrite.plugin.adds_response();
         let xcache = self.note_cache(cx);
         self.bufs.to_client.clear();
         let phases = cx.phases;
@@ -337,13 +347,18 @@ impl<P: ProxyHttp> Conn<P> {
             &mut self.bufs.to_client,
         );
         self.bufs.from_upstream.clear();
+        // The head is committed (or refused): the contexts end.
+        self.end_plugins(cx);
         self.rewrite.clear();
         if !ok {
-            return self.local_error(
-                cx,
-                ProxyError::BadResponse(head::HeadError::TooLarge),
-                false,
-            );
+            // Lines the plugins added that do not fit are theirs.
+            let e = if plugin_lines {
+                cx.stats.plugin_failures += 1;
+                ProxyError::PluginFailed
+            } else {
+                ProxyError::BadResponse(head::HeadError::TooLarge)
+            };
+            return self.local_error(cx, e, false);
         }
         let status = part.status(obj.meta().headers.status);
         cx.stats.count_status(status);

@@ -206,9 +206,6 @@ impl<P: ProxyHttp> H2Stream<P> {
         s: CacheStatus,
         part: Part,
     ) {
-        // A stored answer does not go through the plugins' response phase
-        // (yet): the request's contexts end here.
-        self.end_plugins(cx);
         self.cache = None;
         self.cache_writer = None;
         self.cache_status = Some(s);
@@ -223,6 +220,19 @@ impl<P: ProxyHttp> H2Stream<P> {
             let e = ProxyError::BadResponse(head::HeadError::TooLarge);
             return self.local_error(cx, h2, peer, e);
         };
+        // The stored head goes through the response phases as the origin's
+        // did (their edits are not stored: a hit looks like the miss).
+        if let Err(e) = crate::plugin_phase::viewer_response(
+            cx.plugins,
+            self.from_upstream.filled(),
+            cx.now,
+            &mut self.rewrite.plugin,
+            cx.stats,
+        ) {
+            self.from_upstream.clear();
+            return self.local_error(cx, h2, peer, e);
+        }
+        let plugin_lines = self.rewrite.plugin.adds_response();
         let xcache = self.note_cache(cx);
         self.request_head.clear();
         let phases = cx.phases;
@@ -249,8 +259,17 @@ impl<P: ProxyHttp> H2Stream<P> {
             &mut self.request_head,
         );
         self.from_upstream.clear();
+        // The head is committed (or refused): the contexts end.
+        self.end_plugins(cx);
+        self.rewrite.plugin.clear_edits();
         if !ok {
-            let e = ProxyError::BadResponse(head::HeadError::TooLarge);
+            // Lines the plugins added that do not fit are theirs.
+            let e = if plugin_lines {
+                cx.stats.plugin_failures += 1;
+                ProxyError::PluginFailed
+            } else {
+                ProxyError::BadResponse(head::HeadError::TooLarge)
+            };
             return self.local_error(cx, h2, peer, e);
         }
         let end = self.is_head || length == Some(0) || part == Part::NotModified;
