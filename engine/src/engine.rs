@@ -251,11 +251,15 @@ pub struct Engine {
 /// metrics are atomics the instances write and this sums.
 fn plugin_readings(routes: &RouteTable) -> Vec<crate::stats::PluginReading> {
     let mut seen: Vec<&ferrogate_proxy::plugins::Plugin> = Vec::new();
-    for l in routes.listeners() {
-        for a in l.plugins() {
-            if !seen.iter().any(|p| p.ptr_eq(&a.plugin)) {
-                seen.push(&a.plugin);
-            }
+    // Listeners' plugins (viewer phases), then routes' (origin phases).
+    let attached = routes
+        .listeners()
+        .iter()
+        .flat_map(|l| l.plugins())
+        .chain(routes.routes().flat_map(|r| r.plugins.iter()));
+    for a in attached {
+        if !seen.iter().any(|p| p.ptr_eq(&a.plugin)) {
+            seen.push(&a.plugin);
         }
     }
     seen.into_iter()

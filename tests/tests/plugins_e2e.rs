@@ -575,5 +575,12 @@ fn route_plugins_run_at_the_origin_phases_inside_the_listeners() {
         assert_eq!(delta("stack_plugin_calls"), 20, "{stats:?}");
         // The route's plugins start with the snapshot like the listener's.
         assert_eq!(stats["stack_plugin_instances_started"], 4, "{stats:?}");
+        // A plugin only routes run is in /metrics like a listener's.
+        let (code, metrics, err) = lab.ctl(&["metrics"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            metrics.contains(r#"ferrogate_plugin_failures_total{plugin="tag-r",kind="trap"} 0"#),
+            "{metrics}"
+        );
     });
 }
