@@ -870,14 +870,6 @@ impl Daemon {
 
 impl crate::fleet::FleetEngine for Daemon {
     fn apply_bundle(&self, toml: &Path, text: &str) -> std::result::Result<(), ApplyError> {
-        // Validated here too: this host's ferrogate may refuse what the
-        // publisher's accepted (another version, a missing interface).
-        if let Err(e) = crate::config::compile(toml, text) {
-            return Err(ApplyError::Refused(format!(
-                "does not validate here: {}",
-                one_line(&e.to_string())
-            )));
-        }
         let want = Desired {
             text: text.to_string(),
             source: toml.to_path_buf(),
@@ -898,6 +890,16 @@ impl crate::fleet::FleetEngine for Daemon {
                 return Ok(());
             }
             Ok(_) => {}
+        }
+        // Validated here too: this host's ferrogate may refuse what the
+        // publisher's accepted (another version, a missing interface).
+        // After the hello: a retry while the engine is away costs no
+        // compile (large prefix lists take seconds).
+        if let Err(e) = crate::config::compile(toml, text) {
+            return Err(ApplyError::Refused(format!(
+                "does not validate here: {}",
+                one_line(&e.to_string())
+            )));
         }
         match self.push_locked(text, toml) {
             Ok(r) if r.status == 200 => {

@@ -250,6 +250,28 @@ pub fn verify(bytes: &[u8], trusted: &[VerifyingKey], cluster: &str) -> Result<V
     {
         return Err(Refusal::UnsafePath(payload.config_name.clone()));
     }
+    // Names that could never unpack (a file where another needs a
+    // directory, a component past NAME_MAX) are refused here: an unpack
+    // error would be taken for a passing one and tried again forever.
+    let names: std::collections::BTreeSet<&str> = std::iter::once(payload.config_name.as_str())
+        .chain(payload.files.keys().map(String::as_str))
+        .collect();
+    for name in std::iter::once(&payload.config_name).chain(payload.files.keys()) {
+        let mut parts = name.split('/').peekable();
+        let mut prefix = String::new();
+        while let Some(part) = parts.next() {
+            if part.len() > 255 {
+                return Err(Refusal::UnsafePath(name.clone()));
+            }
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            if parts.peek().is_some() && names.contains(prefix.as_str()) {
+                return Err(Refusal::UnsafePath(name.clone()));
+            }
+        }
+    }
     let digest = hex(&Sha256::digest(env.payload.as_bytes())[..8]);
     Ok(Verified {
         payload,
@@ -492,6 +514,30 @@ mod tests {
             verify(&seal(&p, &k), &[k.verifying_key()], "eu"),
             Err(Refusal::UnsafePath(_))
         ));
+    }
+
+    /// Names that could never unpack are refused, not retried forever as
+    /// an I/O error: a file where another needs a directory, a component
+    /// past NAME_MAX.
+    #[test]
+    fn names_that_cannot_unpack_are_refused() {
+        let k = key(6);
+        let long = format!("certs/{}", "x".repeat(256));
+        for (bad, refused) in [
+            ("certs", "certs/a.pem"),
+            ("edge.toml/x", "edge.toml/x"),
+            (long.as_str(), long.as_str()),
+        ] {
+            let mut p = payload();
+            p.files.insert(bad.into(), B64.encode(b"x"));
+            let r = verify(&seal(&p, &k), &[k.verifying_key()], "eu");
+            assert_eq!(r.unwrap_err(), Refusal::UnsafePath(refused.into()), "{bad}");
+        }
+        // Siblings that only share a prefix are fine.
+        let mut p = payload();
+        p.files.insert("certs-old/a.pem".into(), B64.encode(b"x"));
+        p.files.insert("cert".into(), B64.encode(b"x"));
+        assert!(verify(&seal(&p, &k), &[k.verifying_key()], "eu").is_ok());
     }
 
     #[test]

@@ -185,13 +185,20 @@ impl Host {
         self.contexts.get_mut(&self.effective)
     }
 
-    fn metric(&mut self, id: u32) -> Option<Arc<MetricCell>> {
-        if let Some(Some(cell)) = self.metric_cache.get(id as usize) {
-            return Some(cell.clone());
+    /// The metric `id`, borrowed from this instance's cache: no shared
+    /// reference count is touched per update (every worker would write
+    /// that one cache line), and an id past the limit never takes the
+    /// plugin's lock.
+    fn metric(&mut self, id: u32) -> Option<&MetricCell> {
+        let i = id as usize;
+        if !matches!(self.metric_cache.get(i), Some(Some(_))) {
+            if i >= crate::metrics::MAX_METRICS {
+                return None;
+            }
+            let cell = self.plugin.metrics.get(id)?;
+            self.cache_metric(id, cell);
         }
-        let cell = self.plugin.metrics.get(id)?;
-        self.cache_metric(id, cell.clone());
-        Some(cell)
+        self.metric_cache[i].as_deref()
     }
 
     fn cache_metric(&mut self, id: u32, cell: Arc<MetricCell>) {
@@ -747,8 +754,9 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
         "proxy_increment_metric",
         |mut c: C<'_>, id: u32, off: i64| -> R {
             let h = c.data_mut();
+            let stripe = h.metric_stripe;
             match h.metric(id) {
-                Some(cell) if cell.increment(h.metric_stripe, off) => ok(),
+                Some(cell) if cell.increment(stripe, off) => ok(),
                 Some(_) => st(Status::BadArgument),
                 None => st(Status::NotFound),
             }
@@ -760,9 +768,10 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
         "proxy_record_metric",
         |mut c: C<'_>, id: u32, v: u64| -> R {
             let h = c.data_mut();
+            let stripe = h.metric_stripe;
             match h.metric(id) {
                 Some(cell) => {
-                    cell.record(h.metric_stripe, v);
+                    cell.record(stripe, v);
                     ok()
                 }
                 None => st(Status::NotFound),

@@ -377,11 +377,20 @@ fn local_answer(
         .unwrap_or_else(|| "text/plain".into());
     edits.response_add.clear();
     edits.response_strip.clear();
+    let mut added = 0;
     for (n, v) in r.headers.pairs() {
         let name = String::from_utf8_lossy(n);
         if !name.eq_ignore_ascii_case("content-type") && !name.starts_with(':') {
+            added += n.len() + v.len() + 4;
             edits.response_add.push((name.into_owned(), v.clone()));
         }
+    }
+    // As for edits (`diff`): the lines must fit beside the head.
+    if added > MAX_ADDED_BYTES {
+        edits.response_add.clear();
+        return Err(format!(
+            "a local answer with {added} bytes of fields (at most {MAX_ADDED_BYTES})"
+        ));
     }
     let status = if (200..=599).contains(&r.status) {
         r.status
@@ -469,6 +478,9 @@ pub(crate) fn request_phase(
         "viewer request"
     };
     let mut headers = edits.request_now.take().unwrap_or_else(|| before.clone());
+    // What the earlier phases made of the head, and their edits: kept
+    // should this phase's plugins together fail the limits below.
+    let start = route.is_some().then(|| headers.clone());
     for a in plugins {
         stats.plugin_calls += 1;
         // What to go back to should the call fail and the plugin let the
@@ -528,26 +540,26 @@ pub(crate) fn request_phase(
     };
     let fail_closed = plugins.iter().any(|a| !a.fail_open);
     // The edits say what every phase so far changed from the client's head.
-    edits.request_strip.clear();
-    edits.request_add.clear();
-    match diff(
-        &before,
-        &headers,
-        owned,
-        &mut edits.request_strip,
-        &mut edits.request_add,
-    ) {
+    let mut strip = Vec::new();
+    let mut add = Vec::new();
+    match diff(&before, &headers, owned, &mut strip, &mut add) {
         Ok(ignored) => {
             // Counted once per request, not again at the origin phase.
             stats.plugin_edits_ignored += ignored.saturating_sub(edits.request_ignored);
             edits.request_ignored = ignored;
+            edits.request_strip = strip;
+            edits.request_add = add;
             edits.request_now = Some(headers);
         }
         Err(reason) => {
-            // Nothing of it goes upstream; the next phase starts over from
-            // the client's head.
-            edits.request_strip.clear();
-            edits.request_add.clear();
+            // Nothing of this phase goes upstream; what the earlier phase
+            // made of the head stays (a listener plugin's strip of a
+            // client's field must hold when the route's fail open).
+            if start.is_none() {
+                edits.request_strip.clear();
+                edits.request_add.clear();
+            }
+            edits.request_now = start;
             stats.plugin_failures += 1;
             tracing::debug!(%reason, phase, "plugins' request head refused");
             if fail_closed {
@@ -1005,6 +1017,59 @@ mod tests {
         );
         assert!(!edits.strips_request("x-forwarded-for"));
         assert_eq!(stats.plugin_edits_ignored, 1);
+        finish(&mut w, &mut edits, &mut stats);
+        assert_eq!(
+            (stats.plugin_contexts_created, stats.plugin_contexts_ended),
+            (2, 2)
+        );
+    }
+
+    /// A route's fail-open plugins whose edits together are past the
+    /// limits lose their own edits only: the listener's stay.
+    #[test]
+    fn route_edits_past_the_limits_keep_the_listeners_edits() {
+        use crate::route::{Route, RouteAction};
+        let listener = plugin(
+            r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+                 (drop (call $add (i32.const 0) (i32.const 256) (i32.const 7) (i32.const 264) (i32.const 1)))
+                 (i32.const 0))"#,
+        );
+        let long = "v".repeat(9000);
+        let route_plugin = plugin(&format!(
+            r#"(data (i32.const 16384) "{long}")
+               (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+                 (drop (call $add (i32.const 0) (i32.const 312) (i32.const 6) (i32.const 16384) (i32.const 9000)))
+                 (i32.const 0))"#
+        ));
+        let route = Route::new(
+            "r",
+            RouteAction::Respond(Arc::new(DirectResponse {
+                status: 200,
+                content_type: "text/plain".into(),
+                body: Vec::new(),
+                location: None,
+                retry_after: None,
+                www_authenticate: None,
+            })),
+        );
+        let (mut w, mut stats, mut edits): (WorkerPlugins, StackStats, PluginEdits) =
+            Default::default();
+        let info = request(&[]);
+        for (plugins, route) in [
+            (vec![attach(&listener, false)], None),
+            (vec![attach(&route_plugin, true)], Some(&route)),
+        ] {
+            let v = request_phase(
+                &mut w, &plugins, &info, route, "HTTP/1.1", true, &mut edits, &mut stats,
+            );
+            assert!(matches!(v, ViewerVerdict::Continue));
+        }
+        assert_eq!(
+            edits.request_add,
+            [("x-added".to_string(), b"1".to_vec())],
+            "the listener's edit is gone"
+        );
+        assert_eq!((stats.plugin_failures, stats.plugin_failed_open), (1, 1));
         finish(&mut w, &mut edits, &mut stats);
         assert_eq!(
             (stats.plugin_contexts_created, stats.plugin_contexts_ended),

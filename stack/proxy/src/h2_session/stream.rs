@@ -1109,22 +1109,23 @@ impl<P: ProxyHttp> H2Stream<P> {
         body: &[u8],
         code: &'static str,
     ) {
-        cx.stats.responses_local += 1;
-        cx.stats.count_status(status);
-        self.count_route_response(cx, status);
-        self.log_access(cx, peer, status, code);
         // HEAD, and statuses without content (204, 205, 304), send none.
         let body = if self.is_head || !head::status_allows_body(status) {
             &[][..]
         } else {
             body
         };
-        if !head_ok || !self.send_head(h2, body.is_empty(), true) {
+        let sent = head_ok && self.send_head(h2, body.is_empty(), true);
+        // Counted and logged as what goes out: a head that did not fit is
+        // answered with a bare 500.
+        let status = if sent { status } else { status.max(500) };
+        cx.stats.responses_local += 1;
+        cx.stats.count_status(status);
+        self.count_route_response(cx, status);
+        self.log_access(cx, peer, status, code);
+        if !sent {
             // The phases' lines did not fit, or the stream is gone.
-            if h2
-                .send_headers(self.id, status.max(500), &[], true)
-                .is_err()
-            {
+            if h2.send_headers(self.id, status, &[], true).is_err() {
                 h2.reset_stream(self.id, ErrorCode::InternalError);
             }
             self.step = Step::Done;
