@@ -16,3 +16,4 @@ pub mod sd_notify;
 pub mod snapshot;
 pub mod status;
 pub mod supervise;
+pub mod upgrade;

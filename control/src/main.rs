@@ -58,6 +58,11 @@ enum Cmd {
         admin_socket: PathBuf,
         #[arg(long, default_value = "/var/lib/ferrogate")]
         state_dir: PathBuf,
+        /// Take over from the engine running with this --state-dir (a
+        /// binary upgrade: its connections finish through this one, new
+        /// ones come here; `ferrogate run` does this on SIGUSR2).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// The control daemon alone (what `run` supervises): owns the config
     /// file, pushes changes to the engine, serves the operator API. With
@@ -463,6 +468,7 @@ fn main() -> Result<()> {
             engine,
             admin_socket,
             state_dir,
+            upgrade,
         } => run::run(run::RunArgs {
             config,
             netns: engine.netns,
@@ -472,6 +478,7 @@ fn main() -> Result<()> {
             backend: engine.backend.as_deref().map(parse_backend).transpose()?,
             admin_socket: socket_opt(admin_socket),
             state_dir,
+            upgrade,
         }),
         Cmd::Control {
             config,

@@ -30,6 +30,9 @@ pub struct RunArgs {
     pub admin_socket: Option<PathBuf>,
     /// Where the last applied snapshot is persisted.
     pub state_dir: PathBuf,
+    /// Start as the successor of the engine serving `state_dir` (a binary
+    /// upgrade): take its NIC queues over without dropping a connection.
+    pub upgrade: bool,
 }
 
 /// Moves this process (it must not have spawned threads yet) into a named
@@ -553,16 +556,47 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Bound before the engine starts, and fatal: an engine nobody can reach
     // cannot be managed, and a control daemon would talk to whichever engine
     // owns the path.
-    let listener = match &args.admin_socket {
-        Some(path) => Some((
-            path.clone(),
-            admin::bind(path).context("the engine's API socket")?,
-        )),
-        None => None,
+    // A successor binds it once its predecessor freed the path.
+    let bind_admin = || -> Result<_> {
+        Ok(match &args.admin_socket {
+            Some(path) => Some((
+                path.clone(),
+                admin::bind(path).context("the engine's API socket")?,
+            )),
+            None => None,
+        })
     };
+    let mut listener = if args.upgrade { None } else { bind_admin()? };
     let access_target = compiled.access_log.clone();
     let drain_timeout = compiled.drain_timeout;
-    let engine = Engine::start(compiled.engine).context("starting the engine")?;
+    let engine = if args.upgrade {
+        let mut session = None;
+        let state_dir = args.state_dir.clone();
+        let engine = Engine::start_successor(compiled.engine, &mut |queues| {
+            let (pred, stream) = crate::upgrade::take_over(&state_dir, queues)?;
+            session = Some(stream);
+            Ok(pred)
+        })
+        .context("taking over from the running engine")?;
+        listener = bind_admin()?;
+        if let Some(s) = session {
+            crate::upgrade::confirm(s);
+        }
+        tracing::info!(
+            "binary upgrade: the NIC queues are ours; the predecessor drains through us"
+        );
+        engine
+    } else {
+        Engine::start(compiled.engine).context("starting the engine")?
+    };
+    // Where a later successor finds us (one engine per state directory).
+    let upgrades = match crate::upgrade::listen(&args.state_dir) {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "binary upgrades unavailable");
+            None
+        }
+    };
     let access_log = match access_target {
         Some(t) => Some(
             AccessLogWriter::start(engine.access_queues().to_vec(), engine.clock_start(), t)
@@ -611,7 +645,34 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
     let mut failure = None;
+    // Set once a successor took the NIC queues: this engine only drains.
+    let mut handed_over = false;
     loop {
+        if let Some(req) = upgrades.as_ref().and_then(|u| u.try_recv().ok()) {
+            match rt.engine.hand_over(&req.relay) {
+                Ok(h) => {
+                    handed_over = true;
+                    // The successor binds these paths next.
+                    if let Some(p) = socket.take() {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    let _ = std::fs::remove_file(crate::upgrade::socket_path(&args.state_dir));
+                    tracing::info!(
+                        successor_pid = req.successor_pid,
+                        "handed the NIC queues to the successor; draining"
+                    );
+                    let _ = req.reply.send(Ok(h));
+                    if rt.drain_timeout.is_zero() {
+                        break;
+                    }
+                    rt.begin_drain();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "refusing the binary upgrade; keeping everything");
+                    let _ = req.reply.send(Err(e.to_string()));
+                }
+            }
+        }
         if stop.load(Ordering::Relaxed) {
             if rt.drain_timeout.is_zero() {
                 break;
@@ -644,7 +705,8 @@ pub fn run(args: RunArgs) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(50))
             }
         }
-        if let Some(f) = &stats_file
+        // The stats file is the successor's now.
+        if let Some(f) = stats_file.as_ref().filter(|_| !handed_over)
             && last_stats.elapsed() >= Duration::from_millis(250)
         {
             last_stats = Instant::now();
@@ -681,7 +743,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     persister.finish();
     let text = stats.render();
-    if let Some(f) = stats_file {
+    if let Some(f) = stats_file.filter(|_| !handed_over) {
         f.finish(text.clone());
     }
     println!("{text}");

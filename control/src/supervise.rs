@@ -10,7 +10,13 @@
 //!   does one that fails during its first start (a config or NIC error is
 //!   not fixed by retrying);
 //! - SIGTERM/SIGINT stop both (daemon first), SIGHUP goes to the daemon
-//!   (re-read the file), or to the engine when there is no daemon.
+//!   (re-read the file), or to the engine when there is no daemon;
+//! - SIGUSR2 is a binary upgrade: a new engine process (from the binary
+//!   now at ferrogate's path) starts with `--upgrade` beside the running
+//!   one, takes over its NIC queues, and becomes the engine once the old
+//!   one drained and exited. A successor that fails leaves the old engine
+//!   serving (or, if it failed after taking over, the engine is restarted
+//!   once the old one is done).
 //!
 //! Both children get PDEATHSIG=SIGTERM: a supervisor killed with SIGKILL
 //! does not leave an engine holding the NIC.
@@ -102,8 +108,21 @@ impl Proc {
     }
 }
 
-fn spawn(name: &'static str, args: &[String]) -> Result<Child> {
+/// The ferrogate binary to start: the path this process was started from.
+/// After a package upgrade replaced the file, `/proc/self/exe` names the
+/// old inode as "PATH (deleted)": the path is the new binary's, which is
+/// what a restart and a binary upgrade want.
+fn exe_path() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the ferrogate binary")?;
+    let s = exe.to_string_lossy();
+    Ok(match s.strip_suffix(" (deleted)") {
+        Some(p) => PathBuf::from(p),
+        None => exe,
+    })
+}
+
+fn spawn(name: &'static str, args: &[String]) -> Result<Child> {
+    let exe = exe_path()?;
     let mut cmd = Command::new(exe);
     cmd.args(args);
     // Only the supervisor talks to systemd (NotifyAccess=main).
@@ -230,6 +249,8 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
+    let usr2 = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR2, usr2.clone())?;
 
     let with_control = args.control && args.config.is_some();
     let engine_socket = if with_control {
@@ -298,6 +319,11 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
 
     let sd = Systemd::from_env()?;
     let mut result = Ok(());
+    // A binary upgrade's new engine, until the old one exits.
+    let mut successor: Option<Child> = None;
+    // A successor failed: when the old engine (which may have handed its
+    // queues over already) exits, start a fresh one rather than end.
+    let mut restart_after_old = false;
     loop {
         if stop.load(Ordering::Relaxed) {
             tracing::info!("stopping");
@@ -311,8 +337,48 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
                 None => engine.signal(libc::SIGHUP),
             }
         }
+        if usr2.swap(false, Ordering::Relaxed) {
+            if successor.is_some() {
+                tracing::warn!("a binary upgrade is under way already; SIGUSR2 ignored");
+            } else if engine.child.is_some() {
+                let mut argv = engine_argv(!with_control);
+                argv.push("--upgrade".into());
+                match spawn("engine (successor)", &argv) {
+                    Ok(c) => {
+                        tracing::info!(pid = c.id(), "binary upgrade: successor started");
+                        successor = Some(c);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "binary upgrade: cannot start the successor")
+                    }
+                }
+            }
+        }
+        if let Some(c) = successor.as_mut()
+            && let Ok(Some(st)) = c.try_wait()
+        {
+            tracing::error!(status = %describe(st), "binary upgrade failed: the successor exited; the running engine keeps serving");
+            successor = None;
+            restart_after_old = true;
+        }
         if let Some(st) = engine.try_exit() {
+            if let Some(c) = successor.take() {
+                tracing::info!(old = %describe(st), pid = c.id(), "binary upgrade complete: the successor is the engine");
+                engine.child = Some(c);
+                engine.started = Instant::now();
+                restart_after_old = false;
+                continue;
+            }
             let first = engine.restarts == 0 && engine.started.elapsed() < FIRST_START_GRACE;
+            if st.success() && std::mem::take(&mut restart_after_old) {
+                tracing::warn!(
+                    "the engine that outlived a failed upgrade exited; starting a new one"
+                );
+                engine.child = Some(spawn("engine", &engine_argv(false))?);
+                engine.started = Instant::now();
+                engine.restarts += 1;
+                continue;
+            }
             if st.success() {
                 tracing::info!("engine exited");
                 break;
@@ -370,6 +436,16 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
     }
     if let Some(c) = control.as_mut() {
         c.stop(Duration::from_secs(5));
+    }
+    if let Some(c) = successor {
+        let mut p = Proc {
+            name: "engine (successor)",
+            child: Some(c),
+            started: Instant::now(),
+            restarts: 0,
+            recent: Default::default(),
+        };
+        p.stop(engine_stop_grace(args.config.as_deref()));
     }
     if let Some(st) = engine.stop(engine_stop_grace(args.config.as_deref()))
         && !st.success()

@@ -23,8 +23,8 @@ pub use clock::monotonic_ns;
 pub use counters::{Counter, Verdict, XdpCounters};
 pub use error::EbpfError;
 pub use loader::{
-    ApplyReport, MAX_BLOCKED_SOURCES, MAX_QUEUES, MAX_VIPS, NOT_ALLOWED_RULE, OBJECT, OBJECT_PATH,
-    PROGRAM_NAME, XdpConfig, XdpFilter,
+    ApplyReport, CounterTotals, MAX_BLOCKED_SOURCES, MAX_QUEUES, MAX_VIPS, NOT_ALLOWED_RULE,
+    OBJECT, OBJECT_PATH, PROGRAM_NAME, XdpConfig, XdpFilter,
 };
 pub use rules::{CidrAction, CidrRule, FilterRules, L4Rule, RateKey, RateRule};
 

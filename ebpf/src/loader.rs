@@ -95,6 +95,13 @@ pub struct ApplyReport {
 /// Id of the pseudo-rule counting allow-list-mode drops.
 pub const NOT_ALLOWED_RULE: &str = "not-allow-listed";
 
+/// Counter totals carried across a binary upgrade.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CounterTotals {
+    pub program: Vec<(String, Verdict)>,
+    pub rules: Vec<(String, Verdict)>,
+}
+
 /// The loaded XDP program attached to one interface. Dropping it detaches.
 pub struct XdpFilter {
     iface: String,
@@ -926,6 +933,59 @@ impl XdpFilter {
         Ok(XdpCounters::from_per_cpu(
             per_counter.iter().map(|(c, v)| (*c, &v[..])),
         ))
+    }
+
+    /// Every counter's totals (the program's by name, the rules' by id): what
+    /// a binary upgrade's predecessor hands to its successor.
+    pub fn counter_totals(&self) -> Result<CounterTotals, EbpfError> {
+        let c = self.counters()?;
+        Ok(CounterTotals {
+            program: Counter::ALL
+                .iter()
+                .map(|&k| (k.name().to_owned(), c.get(k)))
+                .collect(),
+            rules: self.rule_counters()?,
+        })
+    }
+
+    /// Starts this program's counters at `totals` (a predecessor's), so they
+    /// run on across a binary upgrade instead of restarting at zero. Call it
+    /// before attaching: the values go to one CPU's slot, and the program
+    /// adds to every CPU's. Names and rule ids this program does not have
+    /// are skipped.
+    pub fn seed_counters(&mut self, totals: &CounterTotals) -> Result<(), EbpfError> {
+        let one_cpu = |v: Verdict| {
+            let mut values = vec![Verdict::default(); nr_cpus()];
+            values[0] = v;
+            PerCpuValues::try_from(values).expect("one value per possible CPU")
+        };
+        for (name, v) in &totals.program {
+            let Some(k) = Counter::ALL.iter().find(|k| k.name() == name) else {
+                continue;
+            };
+            let res = self.counters.set(k.index(), one_cpu(*v), 0);
+            res.map_err(self.map_err(format!("seeding counter {name}")))?;
+        }
+        for (id, v) in &totals.rules {
+            let Some(&idx) = self.rule_index.get(id) else {
+                continue;
+            };
+            let res = self.rule_counters.set(idx, one_cpu(*v), 0);
+            res.map_err(self.map_err(format!("seeding counters of rule {id:?}")))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches a program made by [`load`](Self::load) (a binary upgrade
+    /// loads and checks everything first, and attaches once its predecessor
+    /// let go of the NIC queues).
+    pub fn attach_prepared(
+        &mut self,
+        mode: AttachMode,
+        vips: usize,
+        action: VipAction,
+    ) -> Result<(), EbpfError> {
+        self.attach_loaded(mode, vips, action)
     }
 
     /// Detaches the program from the interface (and unloads it), unless

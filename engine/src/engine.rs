@@ -5,10 +5,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant as StdInstant;
+use std::time::{Duration, Instant as StdInstant};
 
 use arc_swap::ArcSwap;
-use ferrogate_ebpf::{VipAction, XdpFilter};
+use ferrogate_ebpf::{FailMode, VipAction, XdpFilter};
 use ferrogate_proxy::access::{AccessQueue, AccessSink};
 use ferrogate_proxy::cache::core::PurgeCount;
 use ferrogate_proxy::cache::{CacheSettings, ClockAnchor, EdgeCache, Purge, PurgeError};
@@ -21,9 +21,11 @@ use crate::config::{BackendChoice, EngineConfig, PollingMode, PortPlan};
 use crate::escalation::{DeniedSource, DenySet, DenyTarget};
 use crate::handoff;
 use crate::io::{BackendKind, PacketIo};
+use crate::relay::RelayShm;
 use crate::stats::EscalationStats;
 use crate::stats::{EngineStats, StatsCell};
 use crate::tap::ExceptionTap;
+use crate::upgrade::{HandedOver, HandoverSlot, Predecessor};
 use crate::worker::{Worker, WorkerFilter};
 use ferrogate_ebpf::swfilter::{BlockedSources, Buckets, FilterCounters, RuleIndex, SwRules};
 use ferrogate_proxy::quota::Quota;
@@ -62,7 +64,19 @@ pub enum EngineError {
         iface: String,
         source: std::io::Error,
     },
+    #[error("binary upgrade: {0}")]
+    Upgrade(String),
 }
+
+/// A successor's hook, called once everything is loaded and checked and
+/// before it touches the NIC: asks the predecessor to let go (the number of
+/// queues) and returns what it handed over.
+pub type TakeOver<'a> = &'a mut dyn FnMut(u32) -> Result<Predecessor, EngineError>;
+
+/// How long a successor retries binding a queue its predecessor is closing.
+const BIND_WAIT: Duration = Duration::from_secs(2);
+/// How long a predecessor's workers get to swap their sockets.
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 
 /// The software filter tier (backends without XDP): compiled rules swapped
 /// atomically, token buckets shared by the workers, counters per worker.
@@ -240,6 +254,10 @@ pub struct Engine {
     /// Rate-limit buckets shared by the workers; their escalations.
     quota: Arc<Quota>,
     deny: DenySet,
+    /// Per worker: where a binary upgrade offers the relay port.
+    handovers: Vec<Arc<HandoverSlot>>,
+    /// This engine handed its NIC queues to a successor.
+    handed_over: bool,
     /// Dropped after the workers (Drop joins them first): stops and closes
     /// the port, frees the mempools, cleans up the EAL.
     #[cfg(feature = "dpdk")]
@@ -363,6 +381,7 @@ fn open_af_xdp(
     cfg: &EngineConfig,
     xdp: &mut XdpFilter,
     umem_node: Option<usize>,
+    bind_wait: Duration,
 ) -> Result<Vec<Box<dyn PacketIo>>, EngineError> {
     let mut out: Vec<Box<dyn PacketIo>> = Vec::new();
     for q in 0..cfg.queues {
@@ -371,7 +390,18 @@ fn open_af_xdp(
         c.ring_size = cfg.ring_size;
         c.hugepages = cfg.hugepages;
         c.numa_node = umem_node;
-        let sock = AfXdpSocket::open(&c)?;
+        // A predecessor's socket may still be closing (EBUSY).
+        let deadline = StdInstant::now() + bind_wait;
+        let sock = loop {
+            match AfXdpSocket::open(&c) {
+                Ok(s) => break s,
+                Err(e) if StdInstant::now() < deadline => {
+                    tracing::debug!(queue = q, error = %e, "queue not free yet; retrying");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         xdp.register_xsk(q, sock.fd())?;
         tracing::info!(
             queue = q,
@@ -394,7 +424,10 @@ fn open_af_packet(cfg: &EngineConfig) -> Result<Vec<Box<dyn PacketIo>>, EngineEr
 }
 
 /// AF_XDP / AF_PACKET on a kernel interface, with the XDP program.
-fn open_kernel(cfg: &mut EngineConfig) -> Result<Opened, EngineError> {
+fn open_kernel(
+    cfg: &mut EngineConfig,
+    take_over: Option<TakeOver<'_>>,
+) -> Result<(Opened, Option<Predecessor>), EngineError> {
     let mac = crate::netdev::mac_address(&cfg.iface).map_err(|source| EngineError::Interface {
         iface: cfg.iface.clone(),
         source,
@@ -423,6 +456,42 @@ fn open_kernel(cfg: &mut EngineConfig) -> Result<Opened, EngineError> {
     let (cpus, umem_node) = place_workers(cfg, ferrogate_numa::nic_node(&cfg.iface))?;
     let vips = vip_addrs(cfg);
 
+    if let Some(take_over) = take_over {
+        if !matches!(cfg.backend, BackendChoice::AfXdp | BackendChoice::Auto) {
+            return Err(EngineError::Upgrade(format!(
+                "a binary upgrade needs the af_xdp backend, not {:?}",
+                cfg.backend
+            )));
+        }
+        // Everything is loaded and checked before the predecessor lets go;
+        // until our sockets are in the map, VIP frames are dropped (TCP
+        // retransmits them), never passed to the kernel.
+        let mut xdp = XdpFilter::load(
+            &cfg.iface,
+            &vips,
+            VipAction::RedirectToXsk,
+            FailMode::Closed,
+            &cfg.filter,
+        )?;
+        let pred = take_over(cfg.queues)?;
+        if let Some(t) = &pred.handed_over.xdp_counters {
+            xdp.seed_counters(t)?;
+        }
+        xdp.attach_prepared(cfg.xdp_mode, vips.len(), VipAction::RedirectToXsk)?;
+        let ios = open_af_xdp(cfg, &mut xdp, umem_node, BIND_WAIT)?;
+        xdp.set_fail_mode(cfg.fail_mode)?;
+        let opened = Opened {
+            mac,
+            cpus,
+            backend: BackendKind::AfXdp,
+            xdp: Some(xdp),
+            ios,
+            #[cfg(feature = "dpdk")]
+            dpdk: None,
+        };
+        return Ok((opened, Some(pred)));
+    }
+
     let (backend, xdp, ios) = match cfg.backend {
         BackendChoice::AfXdp => {
             let mut xdp = XdpFilter::attach_with_rules(
@@ -433,7 +502,7 @@ fn open_kernel(cfg: &mut EngineConfig) -> Result<Opened, EngineError> {
                 cfg.fail_mode,
                 &cfg.filter,
             )?;
-            let ios = open_af_xdp(cfg, &mut xdp, umem_node)?;
+            let ios = open_af_xdp(cfg, &mut xdp, umem_node, Duration::ZERO)?;
             (BackendKind::AfXdp, Some(xdp), ios)
         }
         BackendChoice::Auto => {
@@ -445,7 +514,7 @@ fn open_kernel(cfg: &mut EngineConfig) -> Result<Opened, EngineError> {
                 cfg.fail_mode,
                 &cfg.filter,
             )?;
-            match open_af_xdp(cfg, &mut xdp, umem_node) {
+            match open_af_xdp(cfg, &mut xdp, umem_node, Duration::ZERO) {
                 Ok(ios) => (BackendKind::AfXdp, Some(xdp), ios),
                 Err(e) => {
                     tracing::warn!(error = %e, "AF_XDP unavailable, falling back to AF_PACKET");
@@ -468,15 +537,18 @@ fn open_kernel(cfg: &mut EngineConfig) -> Result<Opened, EngineError> {
             (BackendKind::AfPacket, xdp, open_af_packet(cfg)?)
         }
     };
-    Ok(Opened {
-        mac,
-        cpus,
-        backend,
-        xdp,
-        ios,
-        #[cfg(feature = "dpdk")]
-        dpdk: None,
-    })
+    Ok((
+        Opened {
+            mac,
+            cpus,
+            backend,
+            xdp,
+            ios,
+            #[cfg(feature = "dpdk")]
+            dpdk: None,
+        },
+        None,
+    ))
 }
 
 /// DPDK: EAL, port on its NUMA node, one queue per worker; no XDP.
@@ -521,6 +593,25 @@ fn open_dpdk(_cfg: &mut EngineConfig) -> Result<Opened, EngineError> {
 
 impl Engine {
     pub fn start(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        Self::start_kernel(cfg, None)
+    }
+
+    /// Starts as a binary upgrade's successor: loads and checks everything,
+    /// then `take_over` has the predecessor let go of the NIC queues; binds
+    /// them, takes over the XDP link (and its counters), and relays the
+    /// predecessor's flows to it until it is done. A failure before
+    /// `take_over` leaves the predecessor untouched.
+    pub fn start_successor(
+        cfg: EngineConfig,
+        take_over: TakeOver<'_>,
+    ) -> Result<Engine, EngineError> {
+        Self::start_kernel(cfg, Some(take_over))
+    }
+
+    fn start_kernel(
+        cfg: EngineConfig,
+        take_over: Option<TakeOver<'_>>,
+    ) -> Result<Engine, EngineError> {
         if cfg.queues == 0 || cfg.queues as usize > ferrogate_ebpf::MAX_QUEUES as usize {
             return Err(EngineError::Config(format!(
                 "queues must be 1..={}",
@@ -537,12 +628,17 @@ impl Engine {
         // nothing may keep the workers from starting (the disk tier's scan
         // reads every file's header).
         let cache = open_cache(&cfg);
-        let opened = if cfg.backend == BackendChoice::Dpdk {
-            open_dpdk(&mut cfg)?
+        let (opened, predecessor) = if cfg.backend == BackendChoice::Dpdk {
+            if take_over.is_some() {
+                return Err(EngineError::Upgrade(
+                    "a binary upgrade needs the af_xdp backend, not dpdk".into(),
+                ));
+            }
+            (open_dpdk(&mut cfg)?, None)
         } else {
-            open_kernel(&mut cfg)?
+            open_kernel(&mut cfg, take_over)?
         };
-        Self::start_opened(cfg, opened, cache)
+        Self::start_opened(cfg, opened, cache, predecessor)
     }
 
     /// Starts one worker per in-memory port ([`crate::memio`]): the whole
@@ -579,13 +675,14 @@ impl Engine {
             #[cfg(feature = "dpdk")]
             dpdk: None,
         };
-        Self::start_opened(cfg, opened, cache)
+        Self::start_opened(cfg, opened, cache, None)
     }
 
     fn start_opened(
         cfg: EngineConfig,
         opened: Opened,
         cache: Arc<EdgeCache>,
+        predecessor: Option<Predecessor>,
     ) -> Result<Engine, EngineError> {
         let Opened {
             mac,
@@ -668,6 +765,8 @@ impl Engine {
             soft_filter,
             quota: Arc::new(Quota::default()),
             deny: DenySet::default(),
+            handovers: Vec::new(),
+            handed_over: false,
             #[cfg(feature = "dpdk")]
             dpdk: dpdk_port,
         };
@@ -692,6 +791,13 @@ impl Engine {
             let mut stack = Stack::new(sc, cfg.routes.clone(), Instant::from_micros(0))
                 .map_err(|source| EngineError::Stack { worker: id, source })?;
             stack.set_quota(engine.quota.clone());
+            let relay = predecessor.as_ref().map(|p| {
+                let held = p.handed_over.held_ports.get(id).map_or(&[][..], |h| &h[..]);
+                stack.begin_port_split_successor(held);
+                p.relay.successor_link(id as u32)
+            });
+            let handover = Arc::new(HandoverSlot::default());
+            engine.handovers.push(handover.clone());
             stack.set_cache(cache.clone(), anchor);
             if cfg.access_log_queue > 0 {
                 let q = Arc::new(AccessQueue::new(cfg.access_log_queue));
@@ -723,6 +829,8 @@ impl Engine {
                     counters: f.counters[id].clone(),
                 }),
                 exception: taps.pop().flatten(),
+                handover,
+                relay,
             };
             let h = std::thread::Builder::new()
                 .name(format!("fg-worker-{id}"))
@@ -732,6 +840,7 @@ impl Engine {
         }
         engine.stats.reverse();
         engine.access.reverse();
+        engine.handovers.reverse();
         Ok(engine)
     }
 
@@ -947,6 +1056,84 @@ impl Engine {
             return p.stats();
         }
         Vec::new()
+    }
+
+    /// A binary upgrade's predecessor lets go of its NIC queues: the XDP
+    /// link is pinned with VIP frames dropped while no socket is bound (the
+    /// successor takes the link over), each worker swaps its AF_XDP socket
+    /// for its queue's port on `relay`, and the ports they hold and the XDP
+    /// counters are returned for the successor. The engine then serves its
+    /// flows through the successor; drain it next.
+    pub fn hand_over(&mut self, relay: &Arc<RelayShm>) -> Result<HandedOver, EngineError> {
+        if self.handed_over {
+            return Err(EngineError::Upgrade(
+                "the NIC queues were handed over already".into(),
+            ));
+        }
+        if self.backend != BackendKind::AfXdp {
+            return Err(EngineError::Upgrade(format!(
+                "a binary upgrade needs the af_xdp backend; this engine runs {}",
+                self.backend
+            )));
+        }
+        if relay.queues() as usize != self.handovers.len() {
+            return Err(EngineError::Upgrade(format!(
+                "the successor has {} queue(s), this engine {}: start it with the same engine.queues",
+                relay.queues(),
+                self.handovers.len()
+            )));
+        }
+        let Some(xdp) = self.xdp.as_mut() else {
+            return Err(EngineError::Upgrade("no XDP program to hand over".into()));
+        };
+        xdp.set_fail_mode(FailMode::Closed)?;
+        if xdp.pinned().is_none() {
+            return Err(EngineError::Upgrade(
+                "the XDP link could not be pinned for the successor (is bpffs mounted at /sys/fs/bpf?)".into(),
+            ));
+        }
+        for (q, slot) in self.handovers.iter().enumerate() {
+            slot.offer(Box::new(relay.predecessor_port(q as u32)));
+        }
+        let deadline = StdInstant::now() + HANDOVER_WAIT;
+        let mut held = Vec::with_capacity(self.handovers.len());
+        for (q, slot) in self.handovers.iter().enumerate() {
+            loop {
+                if let Some(h) = slot.held() {
+                    held.push(h);
+                    break;
+                }
+                if StdInstant::now() >= deadline {
+                    return Err(EngineError::Upgrade(format!(
+                        "worker {q} did not let go of its queue within {HANDOVER_WAIT:?}"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.handed_over = true;
+        // Read last: what the program counted until the successor attaches
+        // is all but these few milliseconds.
+        let xdp = self.xdp.take().expect("checked above");
+        let xdp_counters = match xdp.counter_totals() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the XDP counters for the successor; they restart at zero");
+                None
+            }
+        };
+        // Closes our link fd only: the pin keeps the program attached.
+        drop(xdp);
+        tracing::info!(queues = held.len(), "NIC queues handed to the successor");
+        Ok(HandedOver {
+            held_ports: held,
+            xdp_counters,
+        })
+    }
+
+    /// Whether this engine handed its NIC queues to a successor.
+    pub fn handed_over(&self) -> bool {
+        self.handed_over
     }
 
     /// Starts a graceful stop on every worker (`Stack::begin_drain`): new

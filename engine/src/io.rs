@@ -14,6 +14,9 @@ pub enum BackendKind {
     Dpdk,
     /// In-memory port ([`crate::memio`]): no NIC, no kernel.
     Memory,
+    /// A binary upgrade's predecessor: frames through its successor
+    /// ([`crate::relay`]).
+    Relay,
 }
 
 impl std::fmt::Display for BackendKind {
@@ -23,6 +26,7 @@ impl std::fmt::Display for BackendKind {
             BackendKind::AfPacket => "af_packet",
             BackendKind::Dpdk => "dpdk",
             BackendKind::Memory => "memory",
+            BackendKind::Relay => "relay",
         })
     }
 }

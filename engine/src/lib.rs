@@ -13,8 +13,10 @@ pub mod io;
 pub mod io_error;
 pub mod memio;
 pub mod netdev;
+pub mod relay;
 pub mod stats;
 pub mod tap;
+mod upgrade;
 pub mod wake;
 mod worker;
 
@@ -25,3 +27,4 @@ pub use ferrogate_numa as numa;
 pub use io::{BackendKind, IoStats, PacketIo};
 pub use memio::{MemPeer, MemPort, mem_port};
 pub use stats::{EngineStats, EscalationStats, PluginReading, WorkerStats};
+pub use upgrade::{HandedOver, Predecessor};

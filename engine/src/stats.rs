@@ -29,6 +29,12 @@ pub struct WorkerStats {
     pub exception_to_host: u64,
     pub exception_from_host: u64,
     pub exception_dropped: u64,
+    /// A binary upgrade's successor: frames of the predecessor's flows
+    /// relayed to it, the predecessor's frames sent out for it, and relays
+    /// refused (its ring full).
+    pub upgrade_relayed_out: u64,
+    pub upgrade_relayed_in: u64,
+    pub upgrade_relay_dropped: u64,
     /// Loop iterations that moved frames, and ones that found nothing.
     pub busy_loops: u64,
     pub idle_loops: u64,
@@ -201,6 +207,13 @@ impl EngineStats {
             sum(|w| w.exception_to_host),
             sum(|w| w.exception_from_host),
             sum(|w| w.exception_dropped)
+        );
+        let _ = writeln!(
+            s,
+            "upgrade_relayed_out {}\nupgrade_relayed_in {}\nupgrade_relay_dropped {}",
+            sum(|w| w.upgrade_relayed_out),
+            sum(|w| w.upgrade_relayed_in),
+            sum(|w| w.upgrade_relay_dropped)
         );
         if let Some(x) = &self.xdp {
             for (k, v) in x.iter() {

@@ -12,8 +12,10 @@ use ferrogate_wire::{self as wire, FrameClass};
 use crate::config::{PollingMode, PortPlan};
 use crate::handoff::HandoffPorts;
 use crate::io::PacketIo;
+use crate::relay::RelayLink;
 use crate::stats::{StatsCell, WorkerStats};
 use crate::tap::ExceptionTap;
+use crate::upgrade::HandoverSlot;
 
 /// Flushes per pass while the tx ring is full (a kick each at most).
 const TX_FLUSH_ROUNDS: u32 = 4;
@@ -86,6 +88,30 @@ pub(crate) struct Worker {
     /// `engine.dpdk.exception_iface`): non-VIP frames go to the kernel
     /// through it, and what the kernel sends through it goes out the port.
     pub exception: Option<ExceptionTap>,
+    /// A binary upgrade's predecessor: where the engine offers the relay
+    /// port this worker swaps its NIC socket for.
+    pub handover: Arc<HandoverSlot>,
+    /// A binary upgrade's successor: frames of the predecessor's flows go
+    /// through it, and the predecessor's frames come back to go out, until
+    /// the predecessor is done.
+    pub relay: Option<RelayLink>,
+}
+
+/// How long a worker relaying for a predecessor sleeps at most: the
+/// predecessor's frames do not wake it.
+const RELAY_SLEEP: Duration = Duration::from_micros(200);
+
+/// Hands a frame to this worker's stack, or, while a binary upgrade's
+/// predecessor still serves its flows, to the predecessor when it is not
+/// one of ours.
+fn deliver(stack: &mut Stack, relay: &mut Option<RelayLink>, class: &FrameClass, f: &[u8]) {
+    if let Some(r) = relay.as_mut()
+        && !stack.claims(class)
+    {
+        r.send(f);
+        return;
+    }
+    stack.handle_frame(f);
 }
 
 impl Worker {
@@ -129,6 +155,10 @@ impl Worker {
                 tracing::info!(worker = self.id, "draining");
                 switched = true;
             }
+            if self.handover.pending() {
+                self.let_go_of_the_nic();
+                switched = true;
+            }
             if epoch != seen_epoch {
                 seen_epoch = epoch;
                 let routes = self.routes.load_full();
@@ -143,12 +173,30 @@ impl Worker {
             let received = self.receive_burst(&mut s, &mut rx_error_logged, now_ns);
             let handed = {
                 let stack = &mut self.stack;
+                let relay = &mut self.relay;
                 self.handoff.receive(self.batch, |f| {
-                    stack.handle_frame(f);
+                    deliver(stack, relay, &wire::classify(f), f);
                 })
             };
             s.handoff_in += handed as u64;
             let mut work = received + handed;
+            if let Some(r) = self.relay.as_mut() {
+                let io = &mut self.io;
+                work += r.forward(self.batch, |f| io.tx_frame(f));
+                s.upgrade_relayed_out = r.relayed_out;
+                s.upgrade_relayed_in = r.relayed_in;
+                s.upgrade_relay_dropped = r.dropped;
+                if r.finished() {
+                    self.relay = None;
+                    self.stack.end_port_split();
+                    tracing::info!(
+                        worker = self.id,
+                        relayed_out = s.upgrade_relayed_out,
+                        relayed_in = s.upgrade_relayed_in,
+                        "the predecessor is done: the whole NIC queue and port range are ours"
+                    );
+                }
+            }
             if self.exception.is_some()
                 && wall.duration_since(last_exception_poll) >= EXCEPTION_POLL_EVERY
             {
@@ -184,6 +232,10 @@ impl Worker {
                     }
                     PollingMode::Interrupt => Some(INTERRUPT_SLEEP),
                 };
+                let cap = match self.relay {
+                    Some(_) => cap.map(|c| c.min(RELAY_SLEEP)),
+                    None => cap,
+                };
                 if let Some(cap) = cap {
                     self.sleep(&mut s, until(now, next_timer, cap));
                 }
@@ -216,6 +268,25 @@ impl Worker {
         s.io = self.io.stats();
         self.stats.publish(&s);
         tracing::info!(worker = self.id, "worker stopped");
+    }
+
+    /// A binary upgrade: swaps the NIC socket for the relay port the engine
+    /// offered (closing the socket here, between bursts, so no frame is in
+    /// its hands), keeps to even upstream ports from now on, and reports
+    /// the ports it holds.
+    fn let_go_of_the_nic(&mut self) {
+        let Some(port) = self.handover.take() else {
+            return;
+        };
+        let socket = std::mem::replace(&mut self.io, port);
+        drop(socket);
+        let held = self.stack.begin_port_split_predecessor();
+        tracing::info!(
+            worker = self.id,
+            held_ports = held.len(),
+            "NIC queue handed to the successor; relaying through it"
+        );
+        self.handover.done(held);
     }
 
     /// Moves the stack's queued frames into the tx ring and kicks it. A
@@ -327,6 +398,7 @@ impl Worker {
             }
         });
         let exception = self.exception.as_ref();
+        let relay = &mut self.relay;
         let (mut to_host, mut host_dropped) = (0u64, 0u64);
         let r = self.io.rx_burst(self.batch, &mut |f| {
             if let Some(filter) = &filter {
@@ -372,15 +444,25 @@ impl Worker {
                             dropped += 1;
                         }
                     }
-                    _ => {
-                        stack.handle_frame(f);
-                    }
+                    _ => deliver(stack, relay, &class, f),
                 }
                 return;
             }
             match class {
                 FrameClass::Arp { request } => {
                     stack.handle_frame(f);
+                    if let Some(r) = relay.as_mut() {
+                        // The predecessor still connects to origins: it
+                        // needs the neighbour too (a request answers here).
+                        let mut copy = [0u8; 128];
+                        if let Some(c) = copy.get_mut(..f.len()) {
+                            c.copy_from_slice(f);
+                            if request {
+                                wire::arp_request_to_learning_reply(c, mac);
+                            }
+                            r.send(c);
+                        }
+                    }
                     // Every worker needs the neighbour's address; only the one
                     // that received a request answers it.
                     for w in (0..handoff.workers()).filter(|&w| w != me) {
@@ -398,6 +480,9 @@ impl Worker {
                 }
                 FrameClass::NeighborAdvert => {
                     stack.handle_frame(f);
+                    if let Some(r) = relay.as_mut() {
+                        r.send(f);
+                    }
                     for w in (0..handoff.workers()).filter(|&w| w != me) {
                         if handoff.send(w, f) {
                             out += 1;

@@ -127,6 +127,24 @@ pub(super) fn counters(f: &mut Families, st: &EngineStats, info: &Info<'_>) {
             &l,
             w.exception_dropped,
         );
+        f.counter(
+            "ferrogate_worker_upgrade_relayed_out_total",
+            "binary upgrade: frames of the predecessor's flows relayed to it",
+            &l,
+            w.upgrade_relayed_out,
+        );
+        f.counter(
+            "ferrogate_worker_upgrade_relayed_in_total",
+            "binary upgrade: frames of the predecessor sent out of the NIC for it",
+            &l,
+            w.upgrade_relayed_in,
+        );
+        f.counter(
+            "ferrogate_worker_upgrade_relay_dropped_total",
+            "binary upgrade: relays refused (the predecessor's ring full)",
+            &l,
+            w.upgrade_relay_dropped,
+        );
         f.counter("ferrogate_worker_sleeps_total", "idle sleeps", &l, w.sleeps);
         f.counter(
             "ferrogate_worker_busy_nanoseconds_total",

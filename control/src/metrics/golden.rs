@@ -193,6 +193,9 @@ const ADDED: &[&str] = &[
     "ferrogate_plugin_failures_total",
     "ferrogate_plugin_reinstantiations_total",
     "ferrogate_plugin_metrics_refused_total",
+    "ferrogate_worker_upgrade_relayed_out_total",
+    "ferrogate_worker_upgrade_relayed_in_total",
+    "ferrogate_worker_upgrade_relay_dropped_total",
 ];
 
 /// A series' identity: name and labels, `le` by its number (the old

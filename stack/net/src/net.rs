@@ -448,6 +448,43 @@ impl Net {
         }
     }
 
+    /// Whether a frame of `class` belongs to this stack while another
+    /// engine (a binary upgrade's predecessor) still serves its own flows:
+    /// a SYN to a listener, a segment of one of our sockets, a datagram to
+    /// a listener or to a port we bound, and everything that is no flow's
+    /// (ARP, ICMP, NDP). The rest is the predecessor's.
+    pub fn claims(&self, class: &FrameClass) -> bool {
+        match class {
+            FrameClass::Tcp(m) => {
+                (m.syn_only && self.listen_ports.contains(&m.key.local_port))
+                    || self.sockets.lookup(&m.key).is_some()
+            }
+            FrameClass::Udp(m) => self.udp.takes(m.key.local_port),
+            FrameClass::UdpUnreachable(k) => self.udp.takes(k.local_port),
+            _ => true,
+        }
+    }
+
+    /// A binary upgrade's successor: until [`end_port_split`](Self::end_port_split),
+    /// upstream connections use odd ports only and none of `held` (the
+    /// predecessor's ports when it handed over).
+    pub fn begin_port_split_successor(&mut self, held: &[u16]) {
+        self.ports.keep_parity(1);
+        self.ports.reserve_for_peer(held);
+    }
+
+    /// A binary upgrade's predecessor: from now on even ports only; returns
+    /// the ports it holds (any parity), for the successor to avoid.
+    pub fn begin_port_split_predecessor(&mut self) -> Vec<u16> {
+        self.ports.keep_parity(0);
+        self.ports.held()
+    }
+
+    /// The other engine is gone: the whole range is ours again.
+    pub fn end_port_split(&mut self) {
+        self.ports.end_split();
+    }
+
     pub fn rx_pending(&self) -> usize {
         self.rx.len()
     }

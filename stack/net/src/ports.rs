@@ -9,6 +9,13 @@ pub struct PortAllocator {
     in_use: Vec<u64>,
     cursor: u16,
     used: usize,
+    /// During a binary upgrade both engines connect from one range: each
+    /// hands out ports of one parity only (the predecessor even, the
+    /// successor odd), so their 4-tuples never meet at an origin.
+    parity: Option<u16>,
+    /// Ports the predecessor held when it handed over (any parity): the
+    /// successor skips them until the predecessor is gone.
+    peer: Vec<u64>,
 }
 
 impl PortAllocator {
@@ -20,6 +27,8 @@ impl PortAllocator {
             range,
             in_use: vec![0; words],
             used: 0,
+            parity: None,
+            peer: Vec::new(),
         }
     }
 
@@ -41,6 +50,44 @@ impl PortAllocator {
         self.used
     }
 
+    /// From now on, hands out only ports whose low bit is `parity` (an
+    /// engine handing over to, or taking over from, another).
+    pub fn keep_parity(&mut self, parity: u16) {
+        self.parity = Some(parity & 1);
+    }
+
+    /// The ports handed out and not freed (an upgrade's hand-over: the
+    /// successor must not use them while this engine lives).
+    pub fn held(&self) -> Vec<u16> {
+        (0..self.range.len())
+            .filter(|&i| self.in_use[i / 64] & (1 << (i % 64)) != 0)
+            .map(|i| self.range.start + i as u16)
+            .collect()
+    }
+
+    /// Skips `held` (the predecessor's ports) until [`end_split`](Self::end_split).
+    pub fn reserve_for_peer(&mut self, held: &[u16]) {
+        self.peer = vec![0; self.in_use.len()];
+        for &port in held.iter().filter(|p| self.range.contains(p)) {
+            let i = (port - self.range.start) as usize;
+            self.peer[i / 64] |= 1 << (i % 64);
+        }
+    }
+
+    /// The other engine is gone: every port is this one's again.
+    pub fn end_split(&mut self) {
+        self.parity = None;
+        self.peer = Vec::new();
+    }
+
+    fn skipped(&self, port: u16, i: usize) -> bool {
+        self.parity.is_some_and(|p| port & 1 != p)
+            || self
+                .peer
+                .get(i / 64)
+                .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
     /// Next free port after the last one handed out (spreads reuse in time).
     pub fn alloc(&mut self) -> Option<u16> {
         let len = self.range.len();
@@ -55,7 +102,7 @@ impl PortAllocator {
                 self.cursor + 1
             };
             let i = (port - self.range.start) as usize;
-            if self.in_use[i / 64] & (1 << (i % 64)) == 0 {
+            if self.in_use[i / 64] & (1 << (i % 64)) == 0 && !self.skipped(port, i) {
                 self.in_use[i / 64] |= 1 << (i % 64);
                 self.used += 1;
                 return Some(port);
@@ -91,6 +138,26 @@ mod tests {
         assert_eq!(p.alloc(), None);
         let mut q = PortAllocator::starting_at(100..110, u64::MAX);
         assert!((100..110).contains(&q.alloc().unwrap()));
+    }
+
+    #[test]
+    fn an_upgrade_split_keeps_the_two_engines_ports_apart_until_it_ends() {
+        let mut old = PortAllocator::new(100..110);
+        let early: Vec<u16> = (0..3).map(|_| old.alloc().unwrap()).collect();
+        assert_eq!(early, vec![100, 101, 102]);
+        old.keep_parity(0);
+        let held = old.held();
+        assert_eq!(held, vec![100, 101, 102]);
+        let mut new = PortAllocator::new(100..110);
+        new.keep_parity(1);
+        new.reserve_for_peer(&held);
+        let new_ports: Vec<u16> = std::iter::from_fn(|| new.alloc()).collect();
+        assert_eq!(new_ports, vec![103, 105, 107, 109], "odd, without 101");
+        let old_ports: Vec<u16> = std::iter::from_fn(|| old.alloc()).collect();
+        assert_eq!(old_ports, vec![104, 106, 108], "even only");
+        new.end_split();
+        let rest: Vec<u16> = std::iter::from_fn(|| new.alloc()).collect();
+        assert_eq!(rest, vec![100, 101, 102, 104, 106, 108]);
     }
 
     #[test]

@@ -258,6 +258,8 @@ pub(crate) struct Conn<P: ProxyHttp> {
     /// A request head came on this connection: while draining, such a
     /// connection closes once idle (a new one may still send its first).
     had_request: bool,
+    /// When the connection last went idle between two requests.
+    idle_since: Instant,
     phase: Phase,
     deadline: Instant,
     bufs: ConnBufs,
@@ -750,6 +752,10 @@ pub(crate) fn hash_key(pool: &Upstream, info: &RequestInfo<'_>) -> u64 {
     }
 }
 
+/// How long a draining worker keeps an idle keep-alive connection open
+/// for a request the client may already have sent.
+const DRAIN_IDLE_GRACE: crate::net::Duration = crate::net::Duration::from_millis(500);
+
 pub(crate) fn after(now: Instant, d: std::time::Duration) -> Instant {
     now + crate::net::Duration::from_micros(d.as_micros() as u64)
 }
@@ -793,6 +799,7 @@ impl<P: ProxyHttp> Conn<P> {
             cache_status: None,
             cache_writer: None,
             had_request: false,
+            idle_since: now,
             phase,
             deadline,
             bufs,
@@ -986,9 +993,16 @@ impl<P: ProxyHttp> Conn<P> {
         let got = self.fill_from_client(cx);
         if self.bufs.from_client.is_empty() {
             if cx.draining && self.had_request {
-                // An idle keep-alive connection of a draining worker.
-                self.phase = Phase::Close;
-                return true;
+                // An idle keep-alive connection of a draining worker closes,
+                // but not at once: a next request already on the wire would
+                // meet a closed connection and fail. One that comes within
+                // the grace is answered (with `Connection: close`).
+                let close_at = self.idle_since + DRAIN_IDLE_GRACE;
+                if cx.now >= close_at {
+                    self.phase = Phase::Close;
+                    return true;
+                }
+                self.deadline = self.deadline.min(close_at);
             }
             let may_recv = self.client_may_recv(cx);
             let sock = &mut cx.net.stream(self.client);
@@ -1856,6 +1870,7 @@ impl<P: ProxyHttp> Conn<P> {
         self.pctx = P::Ctx::default();
         self.clear_cache();
         self.phase = Phase::ReadHead;
+        self.idle_since = cx.now;
         self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
     }
 

@@ -575,6 +575,27 @@ impl<P: ProxyHttp> Stack<P> {
         self.net.handle_frame(frame)
     }
 
+    /// Whether a frame of `class` is this stack's while a binary upgrade's
+    /// predecessor still serves its own flows ([`Net::claims`](ferrogate_net::Net::claims)).
+    pub fn claims(&self, class: &ferrogate_wire::FrameClass) -> bool {
+        self.net.claims(class)
+    }
+
+    /// See [`Net::begin_port_split_successor`](ferrogate_net::Net::begin_port_split_successor).
+    pub fn begin_port_split_successor(&mut self, held: &[u16]) {
+        self.net.begin_port_split_successor(held);
+    }
+
+    /// See [`Net::begin_port_split_predecessor`](ferrogate_net::Net::begin_port_split_predecessor).
+    pub fn begin_port_split_predecessor(&mut self) -> Vec<u16> {
+        self.net.begin_port_split_predecessor()
+    }
+
+    /// The other engine of an upgrade is gone.
+    pub fn end_port_split(&mut self) {
+        self.net.end_port_split();
+    }
+
     /// For a clean stop: ends every idle pooled upstream connection with a
     /// FIN, so origins do not keep them open until their own timeout (and
     /// a new engine's first connections never meet their 4-tuples). Keep

@@ -1,0 +1,225 @@
+//! The binary-upgrade handshake between two `ferrogate engine` processes
+//! over `<state_dir>/upgrade.sock`:
+//!
+//! 1. the successor, with everything loaded and checked, connects and sends
+//!    `{"queues":N,"pid":P,"version":V}` with the relay region's memfd
+//!    (SCM_RIGHTS);
+//! 2. the running engine lets go of its NIC queues
+//!    ([`Engine::hand_over`](ferrogate_engine::Engine::hand_over)), frees its
+//!    socket paths, and answers with the ports its workers hold and the XDP
+//!    counters (or `{"ok":false,"error":…}`, keeping everything);
+//! 3. the successor binds the queues and answers `serving`; the old engine
+//!    drains through the relay and exits.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ferrogate_engine::relay::{RelayShm, recv_fd, send_fd};
+use ferrogate_engine::{EngineError, HandedOver, Predecessor};
+use serde::{Deserialize, Serialize};
+
+/// How long either side waits for the other's next message.
+const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("upgrade.sock")
+}
+
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    queues: u32,
+    pid: u32,
+    version: String,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Reply {
+    ok: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    error: String,
+    #[serde(default)]
+    held_ports: Vec<Vec<u16>>,
+    /// `[name, packets, bytes]`.
+    #[serde(default)]
+    xdp_program: Vec<(String, u64, u64)>,
+    #[serde(default)]
+    xdp_rules: Vec<(String, u64, u64)>,
+    #[serde(default)]
+    xdp_counters: bool,
+}
+
+impl Reply {
+    fn of(h: &HandedOver) -> Self {
+        let flat = |v: &[(String, ferrogate_ebpf::Verdict)]| {
+            v.iter()
+                .map(|(k, c)| (k.clone(), c.packets, c.bytes))
+                .collect()
+        };
+        Reply {
+            ok: true,
+            held_ports: h.held_ports.clone(),
+            xdp_program: h
+                .xdp_counters
+                .as_ref()
+                .map(|t| flat(&t.program))
+                .unwrap_or_default(),
+            xdp_rules: h
+                .xdp_counters
+                .as_ref()
+                .map(|t| flat(&t.rules))
+                .unwrap_or_default(),
+            xdp_counters: h.xdp_counters.is_some(),
+            ..Default::default()
+        }
+    }
+
+    fn handed_over(self) -> HandedOver {
+        let unflat = |v: Vec<(String, u64, u64)>| {
+            v.into_iter()
+                .map(|(k, packets, bytes)| (k, ferrogate_ebpf::Verdict { packets, bytes }))
+                .collect()
+        };
+        HandedOver {
+            held_ports: self.held_ports,
+            xdp_counters: self.xdp_counters.then(|| ferrogate_ebpf::CounterTotals {
+                program: unflat(self.xdp_program),
+                rules: unflat(self.xdp_rules),
+            }),
+        }
+    }
+}
+
+/// A successor asking the running engine (the main loop owns it) to let go.
+pub struct Request {
+    pub relay: Arc<RelayShm>,
+    pub successor_pid: u32,
+    pub reply: mpsc::Sender<std::result::Result<HandedOver, String>>,
+}
+
+/// Serves `<state_dir>/upgrade.sock` on a thread; requests come out of the
+/// returned channel, for the loop that owns the engine.
+pub fn listen(state_dir: &Path) -> Result<mpsc::Receiver<Request>> {
+    let path = socket_path(state_dir);
+    let listener = crate::admin::bind(&path).context("the binary-upgrade socket")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("fg-upgrade".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                // One upgrade at a time: a successor holds the loop.
+                if let Err(e) = session(stream, &tx) {
+                    tracing::error!(error = %format!("{e:#}"), "binary upgrade refused");
+                }
+            }
+        })
+        .context("spawning the upgrade listener")?;
+    Ok(rx)
+}
+
+fn session(stream: UnixStream, tx: &mpsc::Sender<Request>) -> Result<()> {
+    stream.set_read_timeout(Some(STEP_TIMEOUT))?;
+    let mut buf = vec![0u8; 4096];
+    let (n, fd) = recv_fd(stream.as_raw_fd(), &mut buf).context("reading the successor's hello")?;
+    let mut w = stream.try_clone()?;
+    let refuse = |w: &mut UnixStream, why: String| -> Result<()> {
+        let r = Reply {
+            error: why.clone(),
+            ..Default::default()
+        };
+        let _ = writeln!(w, "{}", serde_json::to_string(&r)?);
+        anyhow::bail!(why)
+    };
+    let hello: Hello = match serde_json::from_slice(&buf[..n]) {
+        Ok(h) => h,
+        Err(e) => return refuse(&mut w, format!("bad hello: {e}")),
+    };
+    let Some(fd) = fd else {
+        return refuse(&mut w, "the hello carried no relay region".into());
+    };
+    let relay = match RelayShm::open(fd, hello.queues) {
+        Ok(r) => r,
+        Err(e) => return refuse(&mut w, format!("relay region: {e}")),
+    };
+    tracing::info!(successor_pid = hello.pid, successor_version = %hello.version, queues = hello.queues, "a successor asks for the NIC queues");
+    let (rtx, rrx) = mpsc::channel();
+    tx.send(Request {
+        relay,
+        successor_pid: hello.pid,
+        reply: rtx,
+    })
+    .context("the engine loop has ended")?;
+    let handed = match rrx.recv_timeout(STEP_TIMEOUT) {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return refuse(&mut w, e),
+        Err(_) => return refuse(&mut w, "the engine loop did not answer".into()),
+    };
+    writeln!(w, "{}", serde_json::to_string(&Reply::of(&handed))?)
+        .context("answering the successor")?;
+    let mut line = String::new();
+    let got = BufReader::new(stream).read_line(&mut line);
+    match got {
+        Ok(_) if line.trim() == "serving" => {
+            tracing::info!(successor_pid = hello.pid, "the successor serves; draining")
+        }
+        _ => tracing::error!(
+            successor_pid = hello.pid,
+            "the successor did not confirm it serves; this engine's flows go on through the relay while it lives"
+        ),
+    }
+    Ok(())
+}
+
+/// The successor's side: asks the engine serving `state_dir` to let go of
+/// its `queues` NIC queues. The stream returned gets [`confirm`] once the
+/// successor serves.
+pub fn take_over(
+    state_dir: &Path,
+    queues: u32,
+) -> std::result::Result<(Predecessor, UnixStream), EngineError> {
+    let err = |what: String| EngineError::Upgrade(what);
+    let path = socket_path(state_dir);
+    let stream = UnixStream::connect(&path)
+        .map_err(|e| err(format!("no running engine at {}: {e}", path.display())))?;
+    stream
+        .set_read_timeout(Some(STEP_TIMEOUT))
+        .map_err(|e| err(e.to_string()))?;
+    let relay = RelayShm::create(queues).map_err(|e| err(format!("relay region: {e}")))?;
+    let hello = Hello {
+        queues,
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let hello = serde_json::to_vec(&hello).map_err(|e| err(e.to_string()))?;
+    send_fd(stream.as_raw_fd(), &hello, relay.fd())
+        .map_err(|e| err(format!("sending the hello: {e}")))?;
+    let mut line = String::new();
+    let reader = stream.try_clone().map_err(|e| err(e.to_string()))?;
+    BufReader::new(reader)
+        .read_line(&mut line)
+        .map_err(|e| err(format!("waiting for the running engine: {e}")))?;
+    let reply: Reply = serde_json::from_str(line.trim())
+        .map_err(|e| err(format!("the running engine's answer {line:?}: {e}")))?;
+    if !reply.ok {
+        return Err(err(format!("the running engine refused: {}", reply.error)));
+    }
+    Ok((
+        Predecessor {
+            relay,
+            handed_over: reply.handed_over(),
+        },
+        stream,
+    ))
+}
+
+/// Tells the predecessor the successor serves.
+pub fn confirm(mut stream: UnixStream) {
+    if let Err(e) = stream.write_all(b"serving\n") {
+        tracing::warn!(error = %e, "telling the predecessor we serve");
+    }
+}

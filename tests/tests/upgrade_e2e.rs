@@ -1,0 +1,198 @@
+//! Zero-downtime binary upgrade (issue #24) in the lab: SIGUSR2 to
+//! `ferrogate run` starts a successor engine that takes the NIC queues over
+//! while the old one finishes its connections through it. Ten upgrades in a
+//! row under wrk keep-alive load and new-connection load: no failed
+//! request, no reset connection, and the XDP counters run on.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferrogate_tests::{Lab, VIP, lab_test};
+
+const ORIGIN: &str = "10.77.0.3:8095";
+const UPGRADES: usize = 10;
+
+fn config() -> String {
+    format!(
+        r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+queues = 2
+polling = "adaptive"
+
+[timeouts]
+drain_ms = 15000
+
+[[upstreams]]
+name = "origin"
+endpoints = ["{ORIGIN}"]
+
+[[listeners]]
+port = 80
+
+[[listeners.routes]]
+path_prefix = "/"
+upstream = "origin"
+"#
+    )
+}
+
+/// wrk in the client namespace until SIGINT (it then prints its summary).
+fn wrk(lab: &Lab, connections: &str, extra: &[&str], path: &str) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.ns("client"), "wrk", "-t1", "-c"])
+        .arg(connections)
+        .args(["-d300s", "--timeout", "10s"])
+        .args(extra)
+        .arg(format!("http://{VIP}{path}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wrk")
+}
+
+/// Stops wrk (SIGINT: it reports what it did) and returns its output.
+fn finish(mut w: Child) -> String {
+    // SAFETY: kill(2) on our own child (`ip netns exec` execs wrk in place).
+    unsafe { libc::kill(w.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = w.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = w.kill();
+    let out = w.wait_with_output().expect("wrk output");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn wrk_requests(out: &str) -> u64 {
+    out.lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The client namespace's TCP counters (`Tcp:` of /proc/net/snmp).
+fn client_tcp(lab: &Lab) -> HashMap<String, u64> {
+    let snmp = lab
+        .exec("client", &["cat", "/proc/net/snmp"])
+        .expect("read /proc/net/snmp");
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap_or(""), tcp.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+fn xdp_counters(s: &HashMap<String, u64>) -> Vec<(String, u64)> {
+    let mut v: Vec<_> = s
+        .iter()
+        .filter(|(k, _)| k.starts_with("xdp_") && k.ends_with("_packets"))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn ten_binary_upgrades_under_keep_alive_and_new_connection_load_fail_and_reset_nothing() {
+    lab_test("upgrade", || {
+        let lab = Lab::up(2);
+        let _origin = lab.start_origin("upgrade", ORIGIN);
+        let path = lab.state_dir().join("upgrade.toml");
+        std::fs::write(&path, config()).unwrap();
+        let mut engine = lab.start_engine_with(&path, "af_xdp", 2);
+        let resets_before = client_tcp(&lab);
+
+        let keep_alive = wrk(&lab, "8", &[], "/slow/2");
+        let new_conns = wrk(&lab, "2", &["-H", "Connection: close"], "/slow/1");
+        std::thread::sleep(Duration::from_secs(1));
+
+        let mut xdp_before = xdp_counters(&engine.stats());
+        let mut relayed = Vec::new();
+        let mut took = Vec::new();
+        for i in 1..=UPGRADES {
+            let t0 = Instant::now();
+            // SAFETY: kill(2) on the supervisor this test started.
+            unsafe { libc::kill(engine.supervisor_pid(), libc::SIGUSR2) };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while engine.log().matches("binary upgrade complete").count() < i {
+                assert!(
+                    Instant::now() < deadline,
+                    "upgrade {i} did not complete; log:\n{}",
+                    engine.log()
+                );
+                assert!(
+                    !engine.log().contains("binary upgrade failed"),
+                    "upgrade {i} failed; log:\n{}",
+                    engine.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            took.push(t0.elapsed());
+            let stats = engine.stats();
+            relayed.push(stats.get("upgrade_relayed_out").copied().unwrap_or(0));
+            let xdp_after = xdp_counters(&stats);
+            assert_eq!(
+                xdp_before.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                xdp_after.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                "the same XDP counters after upgrade {i}"
+            );
+            for ((k, before), (_, after)) in xdp_before.iter().zip(&xdp_after) {
+                assert!(
+                    after >= before,
+                    "XDP counter {k} went back across upgrade {i}: {before} -> {after}"
+                );
+            }
+            xdp_before = xdp_after;
+        }
+        // Load on the last engine too.
+        std::thread::sleep(Duration::from_millis(500));
+        let resets_after = client_tcp(&lab);
+        let (ka, nc) = (finish(keep_alive), finish(new_conns));
+        let log = engine.log();
+
+        for (what, out) in [("keep-alive", &ka), ("new-connection", &nc)] {
+            assert!(
+                wrk_requests(out) > 0,
+                "{what} wrk did not run:\n{out}\n{log}"
+            );
+            assert!(
+                !out.contains("Non-2xx") && !out.contains("Socket errors"),
+                "{what} wrk saw failures across the upgrades:\n{out}"
+            );
+        }
+        let resets = resets_after.get("EstabResets").copied().unwrap_or(0)
+            - resets_before.get("EstabResets").copied().unwrap_or(0);
+        assert_eq!(resets, 0, "client connections reset across the upgrades");
+        assert!(
+            relayed.iter().all(|&n| n > 0),
+            "each successor relayed its predecessor's flows: {relayed:?}"
+        );
+        let redirected = xdp_before
+            .iter()
+            .find(|(k, _)| k.contains("redirect"))
+            .map_or(0, |(_, v)| *v);
+        assert!(redirected > 0, "XDP counters: {xdp_before:?}");
+        assert!(engine.is_running(), "the supervisor runs on:\n{log}");
+        eprintln!(
+            "{UPGRADES} upgrades under load: keep-alive {} + new-connection {} requests, none failed, 0 resets; relayed per upgrade {relayed:?}; SIGUSR2 → old engine gone: {took:?}",
+            wrk_requests(&ka),
+            wrk_requests(&nc)
+        );
+        engine.stop();
+        assert!(lab.edge_xdp_gone(), "XDP left behind after the stop");
+    });
+}
