@@ -469,17 +469,33 @@ fn main() -> Result<()> {
             admin_socket,
             state_dir,
             upgrade,
-        } => run::run(run::RunArgs {
-            config,
-            netns: engine.netns,
-            stats_file: engine.stats_file,
-            duration: engine.duration.map(Duration::from_secs),
-            queues: engine.queues,
-            backend: engine.backend.as_deref().map(parse_backend).transpose()?,
-            admin_socket: socket_opt(admin_socket),
-            state_dir,
-            upgrade,
-        }),
+        } => {
+            let r = run::run(run::RunArgs {
+                config,
+                netns: engine.netns,
+                stats_file: engine.stats_file,
+                duration: engine.duration.map(Duration::from_secs),
+                queues: engine.queues,
+                backend: engine.backend.as_deref().map(parse_backend).transpose()?,
+                admin_socket: socket_opt(admin_socket),
+                state_dir,
+                upgrade,
+            });
+            match r {
+                // A successor that failed before the running engine let go
+                // of anything says so by its exit code (the supervisor keeps
+                // that engine as it is).
+                Err(e)
+                    if upgrade
+                        && e.downcast_ref::<ferrogate_control::upgrade::TookOver>()
+                            .is_none() =>
+                {
+                    eprintln!("Error: {e:?}");
+                    std::process::exit(ferrogate_control::upgrade::UNTOUCHED_EXIT);
+                }
+                r => r,
+            }
+        }
         Cmd::Control {
             config,
             etcd,

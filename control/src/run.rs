@@ -576,9 +576,18 @@ pub fn run(args: RunArgs) -> Result<()> {
             let (pred, stream) = crate::upgrade::take_over(&state_dir, queues)?;
             session = Some(stream);
             Ok(pred)
-        })
-        .context("taking over from the running engine")?;
-        listener = bind_admin()?;
+        });
+        let took_over = session.is_some();
+        let engine = match engine {
+            Ok(e) => e,
+            Err(e) if took_over => {
+                return Err(anyhow::Error::new(e)
+                    .context(crate::upgrade::TookOver)
+                    .context("taking over from the running engine"));
+            }
+            Err(e) => return Err(e).context("taking over from the running engine"),
+        };
+        listener = bind_admin().context(crate::upgrade::TookOver)?;
         if let Some(s) = session {
             crate::upgrade::confirm(s);
         }
@@ -647,11 +656,19 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut failure = None;
     // Set once a successor took the NIC queues: this engine only drains.
     let mut handed_over = false;
+    let mut successor_failed = Arc::new(AtomicBool::new(false));
     loop {
+        if successor_failed.load(Ordering::Relaxed) {
+            // Nothing reaches us without it: end, so that the supervisor
+            // starts a fresh engine now rather than after the drain bound.
+            failure = Some("the successor failed after the NIC hand-over");
+            break;
+        }
         if let Some(req) = upgrades.as_ref().and_then(|u| u.try_recv().ok()) {
             match rt.engine.hand_over(&req.relay) {
                 Ok(h) => {
                     handed_over = true;
+                    successor_failed = req.successor_failed.clone();
                     // The successor binds these paths next.
                     if let Some(p) = socket.take() {
                         let _ = std::fs::remove_file(p);

@@ -357,9 +357,15 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
         if let Some(c) = successor.as_mut()
             && let Ok(Some(st)) = c.try_wait()
         {
-            tracing::error!(status = %describe(st), "binary upgrade failed: the successor exited; the running engine keeps serving");
             successor = None;
-            restart_after_old = true;
+            if st.code() == Some(crate::upgrade::UNTOUCHED_EXIT) {
+                tracing::error!(status = %describe(st), "binary upgrade failed: the successor exited before the hand-over; the running engine keeps serving");
+            } else {
+                // It took the NIC queues: the old engine ends soon (it
+                // notices), and a fresh one starts then.
+                tracing::error!(status = %describe(st), "binary upgrade failed: the successor exited after the hand-over; restarting the engine once the old one is gone");
+                restart_after_old = true;
+            }
         }
         if let Some(st) = engine.try_exit() {
             if let Some(c) = successor.take() {
@@ -370,7 +376,7 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
                 continue;
             }
             let first = engine.restarts == 0 && engine.started.elapsed() < FIRST_START_GRACE;
-            if st.success() && std::mem::take(&mut restart_after_old) {
+            if std::mem::take(&mut restart_after_old) {
                 tracing::warn!(
                     "the engine that outlived a failed upgrade exited; starting a new one"
                 );

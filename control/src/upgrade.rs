@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
@@ -25,6 +26,21 @@ use serde::{Deserialize, Serialize};
 
 /// How long either side waits for the other's next message.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A successor's exit code when it failed before its predecessor let go of
+/// anything: the running engine serves on untouched.
+pub const UNTOUCHED_EXIT: i32 = 3;
+
+/// Marks an error a successor met after its predecessor had let go of the
+/// NIC queues (any other failure of a successor left it untouched).
+#[derive(Debug)]
+pub struct TookOver;
+
+impl std::fmt::Display for TookOver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the running engine had handed its NIC queues over")
+    }
+}
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("upgrade.sock")
@@ -99,6 +115,9 @@ pub struct Request {
     pub relay: Arc<RelayShm>,
     pub successor_pid: u32,
     pub reply: mpsc::Sender<std::result::Result<HandedOver, String>>,
+    /// Set when the successor went away after the hand-over without
+    /// confirming it serves: nothing reaches this engine any more.
+    pub successor_failed: Arc<AtomicBool>,
 }
 
 /// Serves `<state_dir>/upgrade.sock` on a thread; requests come out of the
@@ -148,10 +167,12 @@ fn session(stream: UnixStream, tx: &mpsc::Sender<Request>) -> Result<()> {
     };
     tracing::info!(successor_pid = hello.pid, successor_version = %hello.version, queues = hello.queues, "a successor asks for the NIC queues");
     let (rtx, rrx) = mpsc::channel();
+    let failed = Arc::new(AtomicBool::new(false));
     tx.send(Request {
         relay,
         successor_pid: hello.pid,
         reply: rtx,
+        successor_failed: failed.clone(),
     })
     .context("the engine loop has ended")?;
     let handed = match rrx.recv_timeout(STEP_TIMEOUT) {
@@ -167,10 +188,13 @@ fn session(stream: UnixStream, tx: &mpsc::Sender<Request>) -> Result<()> {
         Ok(_) if line.trim() == "serving" => {
             tracing::info!(successor_pid = hello.pid, "the successor serves; draining")
         }
-        _ => tracing::error!(
-            successor_pid = hello.pid,
-            "the successor did not confirm it serves; this engine's flows go on through the relay while it lives"
-        ),
+        _ => {
+            tracing::error!(
+                successor_pid = hello.pid,
+                "the successor did not confirm it serves after the hand-over"
+            );
+            failed.store(true, Ordering::Relaxed);
+        }
     }
     Ok(())
 }

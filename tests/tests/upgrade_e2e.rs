@@ -120,6 +120,37 @@ fn ten_binary_upgrades_under_keep_alive_and_new_connection_load_fail_and_reset_n
         let new_conns = wrk(&lab, "2", &["-H", "Connection: close"], "/slow/1");
         std::thread::sleep(Duration::from_secs(1));
 
+        // A successor that fails its start-up checks (here: the snapshot
+        // it starts from does not validate) leaves the running engine
+        // serving, untouched.
+        let snapshot = lab.engine_state_dir().join("last-good.toml");
+        let good = std::fs::read(&snapshot).expect("the persisted snapshot");
+        std::fs::write(&snapshot, b"# ferrogate-snapshot version=9-x\nvips = 1\n").unwrap();
+        // SAFETY: kill(2) on the supervisor this test started.
+        unsafe { libc::kill(engine.supervisor_pid(), libc::SIGUSR2) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !engine.log().contains("binary upgrade failed") {
+            assert!(
+                Instant::now() < deadline,
+                "no failed upgrade:\n{}",
+                engine.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::fs::write(&snapshot, good).unwrap();
+        let log = engine.log();
+        assert!(
+            log.contains(
+                "the successor exited before the hand-over; the running engine keeps serving"
+            ),
+            "{log}"
+        );
+        assert!(!log.contains("binary upgrade complete"), "{log}");
+        assert!(
+            lab.curl(&format!("http://{VIP}/slow/1")).is_ok(),
+            "the old engine serves"
+        );
+
         let mut xdp_before = xdp_counters(&engine.stats());
         let mut relayed = Vec::new();
         let mut took = Vec::new();
@@ -135,7 +166,7 @@ fn ten_binary_upgrades_under_keep_alive_and_new_connection_load_fail_and_reset_n
                     engine.log()
                 );
                 assert!(
-                    !engine.log().contains("binary upgrade failed"),
+                    engine.log().matches("binary upgrade failed").count() == 1,
                     "upgrade {i} failed; log:\n{}",
                     engine.log()
                 );

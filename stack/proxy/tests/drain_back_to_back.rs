@@ -1,5 +1,6 @@
 //! A graceful stop (`Stack::begin_drain`), back to back in memory: new
-//! connections are reset, idle keep-alive connections close, a response in
+//! connections are reset, idle keep-alive connections close (after a grace
+//! for a request already on its way), a response in
 //! flight is finished and closes its connection, and the stack reports
 //! `drained` once no client connection is left.
 
@@ -24,7 +25,7 @@ fn wait_closed_by_edge(lab: &mut Lab, c: SocketHandle) -> bool {
 }
 
 #[test]
-fn draining_closes_idle_keep_alive_connections_and_resets_new_ones() {
+fn draining_closes_idle_keep_alive_connections_after_a_grace_and_resets_new_ones() {
     let mut lab = Lab::new(Origin::Serving);
     let idle = lab.connect();
     let r = lab.exchange(idle, &get("/"));
@@ -32,9 +33,17 @@ fn draining_closes_idle_keep_alive_connections_and_resets_new_ones() {
     assert!(!r.head.to_ascii_lowercase().contains("connection: close"));
     assert!(!lab.edge.drained(), "not draining yet");
     lab.edge.begin_drain(lab.now);
+    // Not at once: a request the client sent meanwhile would fail.
+    for _ in 0..400 {
+        lab.step(1);
+    }
+    assert!(
+        lab.sockets.get::<tcp::Socket>(idle).may_recv(),
+        "an idle connection is kept for the grace"
+    );
     assert!(
         wait_closed_by_edge(&mut lab, idle),
-        "the idle connection is closed"
+        "the idle connection is closed after the grace"
     );
     // A new connection is refused (reset), and counted.
     let fresh = lab.connect();
