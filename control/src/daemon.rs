@@ -1029,6 +1029,12 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
+    // SIGUSR2 upgrades the engine: it is `ferrogate run`'s. One sent to
+    // every process of the unit must not end this one (the default action).
+    signal_hook::flag::register(
+        signal_hook::consts::SIGUSR2,
+        Arc::new(AtomicBool::new(false)),
+    )?;
 
     let file_hash = crate::latest_file::LatestFile::start(
         args.state_dir.join(FILE_HASH),

@@ -552,6 +552,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
+    // SIGUSR2 upgrades the engine: it is `ferrogate run`'s. One sent to
+    // every process of the unit must not end this one (the default action).
+    signal_hook::flag::register(
+        signal_hook::consts::SIGUSR2,
+        Arc::new(AtomicBool::new(false)),
+    )?;
 
     // Bound before the engine starts, and fatal: an engine nobody can reach
     // cannot be managed, and a control daemon would talk to whichever engine
