@@ -470,7 +470,7 @@ fn main() -> Result<()> {
             state_dir,
             upgrade,
         } => {
-            let r = run::run(run::RunArgs {
+            let args = run::RunArgs {
                 config,
                 netns: engine.netns,
                 stats_file: engine.stats_file,
@@ -480,16 +480,16 @@ fn main() -> Result<()> {
                 admin_socket: socket_opt(admin_socket),
                 state_dir,
                 upgrade,
-            });
+            };
+            // A panic is a failure like any other: the exit code says
+            // whether the running engine was touched.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run::run(args)))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the engine panicked")));
             match r {
                 // A successor that failed before the running engine let go
                 // of anything says so by its exit code (the supervisor keeps
                 // that engine as it is).
-                Err(e)
-                    if upgrade
-                        && e.downcast_ref::<ferrogate_control::upgrade::TookOver>()
-                            .is_none() =>
-                {
+                Err(e) if upgrade && !ferrogate_control::upgrade::may_have_touched() => {
                     eprintln!("Error: {e:?}");
                     std::process::exit(ferrogate_control::upgrade::UNTOUCHED_EXIT);
                 }

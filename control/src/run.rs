@@ -562,6 +562,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Bound before the engine starts, and fatal: an engine nobody can reach
     // cannot be managed, and a control daemon would talk to whichever engine
     // owns the path.
+    // A binary upgrade's stream to the predecessor, confirmed once serving.
+    let mut upgrade_session = None;
     // A successor binds it once its predecessor freed the path.
     let bind_admin = || -> Result<_> {
         Ok(match &args.admin_socket {
@@ -583,23 +585,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             session = Some(stream);
             Ok(pred)
         });
-        let took_over = session.is_some();
-        let engine = match engine {
-            Ok(e) => e,
-            Err(e) if took_over => {
-                return Err(anyhow::Error::new(e)
-                    .context(crate::upgrade::TookOver)
-                    .context("taking over from the running engine"));
-            }
-            Err(e) => return Err(e).context("taking over from the running engine"),
-        };
-        listener = bind_admin().context(crate::upgrade::TookOver)?;
-        if let Some(s) = session {
-            crate::upgrade::confirm(s);
-        }
-        tracing::info!(
-            "binary upgrade: the NIC queues are ours; the predecessor drains through us"
-        );
+        let engine = engine.context("taking over from the running engine")?;
+        listener = bind_admin()?;
+        upgrade_session = session;
         engine
     } else {
         Engine::start(compiled.engine).context("starting the engine")?
@@ -648,6 +636,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         socket = Some(path);
     }
     tracing::info!(backend = %rt.engine.backend(), version = %rt.current().version(), "ferrogate engine serving");
+    // Everything started: the predecessor may count on us now.
+    let mut predecessor = upgrade_session.map(|s| {
+        tracing::info!(
+            "binary upgrade: the NIC queues are ours; the predecessor drains through us"
+        );
+        crate::upgrade::PredecessorLink::confirm(s)
+    });
     let mut last_stats = Instant::now();
     // Off the loop, which also serves applies (a rename may wait on the
     // disk's writeback for seconds).
@@ -670,7 +665,16 @@ pub fn run(args: RunArgs) -> Result<()> {
             failure = Some("the successor failed after the NIC hand-over");
             break;
         }
-        if let Some(req) = upgrades.as_ref().and_then(|u| u.try_recv().ok()) {
+        if predecessor.as_mut().is_some_and(|p| p.just_gone()) {
+            tracing::info!("the predecessor has ended; its relay is closed");
+            rt.engine.predecessor_gone();
+            predecessor = None;
+        }
+        if let Some(req) = upgrades
+            .as_ref()
+            .and_then(|u| u.try_recv().ok())
+            .filter(|r| r.take())
+        {
             match rt.engine.hand_over(&req.relay) {
                 Ok(h) => {
                     handed_over = true;

@@ -108,17 +108,29 @@ impl Proc {
     }
 }
 
-/// The ferrogate binary to start: the path this process was started from.
-/// After a package upgrade replaced the file, `/proc/self/exe` names the
-/// old inode as "PATH (deleted)": the path is the new binary's, which is
-/// what a restart and a binary upgrade want.
+/// The ferrogate binary to start: the path this process was started by
+/// (argv[0], made absolute but not resolved), so that a restart or a binary
+/// upgrade runs what is at that path now: a package upgrade replaces the
+/// file, a symlink flip changes where it points. `/proc/self/exe` would
+/// name the old inode ("PATH (deleted)", or the resolved old target).
 fn exe_path() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the ferrogate binary")?;
-    let s = exe.to_string_lossy();
-    Ok(match s.strip_suffix(" (deleted)") {
-        Some(p) => PathBuf::from(p),
-        None => exe,
-    })
+    static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = EXE.get() {
+        return Ok(p.clone());
+    }
+    let argv0 = std::env::args_os().next().map(PathBuf::from);
+    let exe = match argv0.filter(|p| p.components().count() > 1) {
+        Some(p) => std::path::absolute(p).context("locating the ferrogate binary")?,
+        None => {
+            let exe = std::env::current_exe().context("locating the ferrogate binary")?;
+            let s = exe.to_string_lossy();
+            match s.strip_suffix(" (deleted)") {
+                Some(p) => PathBuf::from(p),
+                None => exe,
+            }
+        }
+    };
+    Ok(EXE.get_or_init(|| exe).clone())
 }
 
 fn spawn(name: &'static str, args: &[String]) -> Result<Child> {
@@ -249,6 +261,8 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
+    // Before any upgrade can have replaced the binary.
+    exe_path()?;
     let usr2 = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR2, usr2.clone())?;
 
@@ -324,6 +338,9 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
     // A successor failed: when the old engine (which may have handed its
     // queues over already) exits, start a fresh one rather than end.
     let mut restart_after_old = false;
+    // The engine is a promoted successor: not a first start (its failure
+    // is restarted, not taken for a config or NIC error).
+    let mut promoted = false;
     loop {
         if stop.load(Ordering::Relaxed) {
             tracing::info!("stopping");
@@ -368,14 +385,24 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
             }
         }
         if let Some(st) = engine.try_exit() {
-            if let Some(c) = successor.take() {
+            if let Some(mut c) = successor.take() {
+                if let Ok(Some(died)) = c.try_wait() {
+                    // Both ended: nothing to promote.
+                    tracing::error!(status = %describe(died), "binary upgrade failed: the successor exited after the hand-over; starting a new one");
+                    engine.child = Some(spawn("engine", &engine_argv(false))?);
+                    engine.started = Instant::now();
+                    engine.restarts += 1;
+                    continue;
+                }
                 tracing::info!(old = %describe(st), pid = c.id(), "binary upgrade complete: the successor is the engine");
                 engine.child = Some(c);
                 engine.started = Instant::now();
                 restart_after_old = false;
+                promoted = true;
                 continue;
             }
-            let first = engine.restarts == 0 && engine.started.elapsed() < FIRST_START_GRACE;
+            let first =
+                !promoted && engine.restarts == 0 && engine.started.elapsed() < FIRST_START_GRACE;
             if std::mem::take(&mut restart_after_old) {
                 tracing::warn!(
                     "the engine that outlived a failed upgrade exited; starting a new one"

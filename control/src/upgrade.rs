@@ -11,11 +11,12 @@
 //! 3. the successor binds the queues and answers `serving`; the old engine
 //!    drains through the relay and exits.
 
+use std::io::Read;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
@@ -31,16 +32,24 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 /// anything: the running engine serves on untouched.
 pub const UNTOUCHED_EXIT: i32 = 3;
 
-/// Marks an error a successor met after its predecessor had let go of the
-/// NIC queues (any other failure of a successor left it untouched).
-#[derive(Debug)]
-pub struct TookOver;
+/// Set once a successor sent its hello: from then on the running engine may
+/// have let go, and a failure is not "untouched" (unless it refused).
+static HELLO_SENT: AtomicBool = AtomicBool::new(false);
 
-impl std::fmt::Display for TookOver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the running engine had handed its NIC queues over")
-    }
+/// Whether a failure of this (successor) process may have touched the
+/// running engine.
+pub fn may_have_touched() -> bool {
+    HELLO_SENT.load(Ordering::SeqCst)
 }
+
+/// How long a predecessor waits for the successor to say it serves (its
+/// bind wait and start-up after the hand-over are far shorter).
+const SERVING_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A request's fate, decided once by whichever side gets there first.
+const PENDING: u8 = 0;
+const TAKEN: u8 = 1;
+const CANCELLED: u8 = 2;
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("upgrade.sock")
@@ -115,9 +124,20 @@ pub struct Request {
     pub relay: Arc<RelayShm>,
     pub successor_pid: u32,
     pub reply: mpsc::Sender<std::result::Result<HandedOver, String>>,
-    /// Set when the successor went away after the hand-over without
-    /// confirming it serves: nothing reaches this engine any more.
+    /// Set when the successor failed or went away after the hand-over:
+    /// nothing reaches this engine any more.
     pub successor_failed: Arc<AtomicBool>,
+    state: Arc<AtomicU8>,
+}
+
+impl Request {
+    /// Claims the request for the hand-over; false when the successor's
+    /// session gave up on it meanwhile (then it must not be acted on).
+    pub fn take(&self) -> bool {
+        self.state
+            .compare_exchange(PENDING, TAKEN, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
 }
 
 /// Serves `<state_dir>/upgrade.sock` on a thread; requests come out of the
@@ -168,34 +188,64 @@ fn session(stream: UnixStream, tx: &mpsc::Sender<Request>) -> Result<()> {
     tracing::info!(successor_pid = hello.pid, successor_version = %hello.version, queues = hello.queues, "a successor asks for the NIC queues");
     let (rtx, rrx) = mpsc::channel();
     let failed = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(AtomicU8::new(PENDING));
     tx.send(Request {
         relay,
         successor_pid: hello.pid,
         reply: rtx,
         successor_failed: failed.clone(),
+        state: state.clone(),
     })
     .context("the engine loop has ended")?;
-    let handed = match rrx.recv_timeout(STEP_TIMEOUT) {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => return refuse(&mut w, e),
-        Err(_) => return refuse(&mut w, "the engine loop did not answer".into()),
+    let answer = match rrx.recv_timeout(STEP_TIMEOUT) {
+        Ok(a) => a,
+        Err(_) => {
+            if state
+                .compare_exchange(PENDING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return refuse(&mut w, "the engine loop did not answer".into());
+            }
+            // The loop took it just now: the hand-over is under way (and
+            // bounded); its answer is the one that counts.
+            rrx.recv()
+                .unwrap_or_else(|_| Err("the engine loop has ended".into()))
+        }
     };
-    writeln!(w, "{}", serde_json::to_string(&Reply::of(&handed))?)
-        .context("answering the successor")?;
+    let handed = match answer {
+        Ok(h) => h,
+        Err(e) => return refuse(&mut w, e),
+    };
+    // The NIC is the successor's from here: any failure of its now leaves
+    // this engine with nothing, so it must end (and a fresh one start).
+    let fail = |why: &str| {
+        tracing::error!(successor_pid = hello.pid, "{why} after the hand-over");
+        failed.store(true, Ordering::Relaxed);
+    };
+    let sent = serde_json::to_string(&Reply::of(&handed))
+        .map_err(std::io::Error::other)
+        .and_then(|r| writeln!(w, "{r}"));
+    if sent.is_err() {
+        fail("the successor could not be answered");
+        return Ok(());
+    }
+    let mut reader = BufReader::new(stream);
+    let _ = reader.get_ref().set_read_timeout(Some(SERVING_TIMEOUT));
     let mut line = String::new();
-    let got = BufReader::new(stream).read_line(&mut line);
-    match got {
+    match reader.read_line(&mut line) {
         Ok(_) if line.trim() == "serving" => {
             tracing::info!(successor_pid = hello.pid, "the successor serves; draining")
         }
         _ => {
-            tracing::error!(
-                successor_pid = hello.pid,
-                "the successor did not confirm it serves after the hand-over"
-            );
-            failed.store(true, Ordering::Relaxed);
+            fail("the successor did not confirm it serves");
+            return Ok(());
         }
     }
+    // It keeps the stream open while it lives: EOF is its end.
+    let _ = reader.get_ref().set_read_timeout(None);
+    let mut rest = [0u8; 64];
+    while matches!(reader.read(&mut rest), Ok(n) if n > 0) {}
+    fail("the successor went away");
     Ok(())
 }
 
@@ -220,6 +270,7 @@ pub fn take_over(
         version: env!("CARGO_PKG_VERSION").into(),
     };
     let hello = serde_json::to_vec(&hello).map_err(|e| err(e.to_string()))?;
+    HELLO_SENT.store(true, Ordering::SeqCst);
     send_fd(stream.as_raw_fd(), &hello, relay.fd())
         .map_err(|e| err(format!("sending the hello: {e}")))?;
     let mut line = String::new();
@@ -230,6 +281,8 @@ pub fn take_over(
     let reply: Reply = serde_json::from_str(line.trim())
         .map_err(|e| err(format!("the running engine's answer {line:?}: {e}")))?;
     if !reply.ok {
+        // It refuses before it changes anything.
+        HELLO_SENT.store(false, Ordering::SeqCst);
         return Err(err(format!("the running engine refused: {}", reply.error)));
     }
     Ok((
@@ -241,9 +294,38 @@ pub fn take_over(
     ))
 }
 
-/// Tells the predecessor the successor serves.
-pub fn confirm(mut stream: UnixStream) {
-    if let Err(e) = stream.write_all(b"serving\n") {
-        tracing::warn!(error = %e, "telling the predecessor we serve");
+/// The successor's end of the upgrade stream, kept open while it lives:
+/// the predecessor takes its EOF for the successor's end, and the
+/// successor takes the predecessor's for its.
+pub struct PredecessorLink {
+    stream: UnixStream,
+    gone: bool,
+}
+
+impl PredecessorLink {
+    /// Tells the predecessor the successor serves.
+    pub fn confirm(mut stream: UnixStream) -> Self {
+        if let Err(e) = stream.write_all(b"serving\n") {
+            tracing::warn!(error = %e, "telling the predecessor we serve");
+        }
+        let _ = stream.set_nonblocking(true);
+        PredecessorLink {
+            stream,
+            gone: false,
+        }
+    }
+
+    /// True once, when the predecessor's process has ended (exited or died).
+    pub fn just_gone(&mut self) -> bool {
+        if self.gone {
+            return false;
+        }
+        let mut buf = [0u8; 64];
+        self.gone = match self.stream.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        self.gone
     }
 }

@@ -472,6 +472,15 @@ impl XdpFilter {
     }
 
     /// What VIP frames do on a queue whose socket is gone.
+    pub fn fail_mode(&self) -> FailMode {
+        if self.cfg.vip_miss == 1 {
+            FailMode::Closed
+        } else {
+            FailMode::Open
+        }
+    }
+
+    /// What VIP frames do on a queue whose socket is gone.
     pub fn set_fail_mode(&mut self, mode: FailMode) -> Result<(), EbpfError> {
         self.cfg.vip_miss = match mode {
             FailMode::Open => 0,

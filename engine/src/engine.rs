@@ -258,6 +258,9 @@ pub struct Engine {
     handovers: Vec<Arc<HandoverSlot>>,
     /// This engine handed its NIC queues to a successor.
     handed_over: bool,
+    /// A successor's relay to its predecessor (closed here should the
+    /// predecessor die without closing it).
+    relay: Option<Arc<RelayShm>>,
     /// Dropped after the workers (Drop joins them first): stops and closes
     /// the port, frees the mempools, cleans up the EAL.
     #[cfg(feature = "dpdk")]
@@ -473,6 +476,14 @@ fn open_kernel(
             FailMode::Closed,
             &cfg.filter,
         )?;
+        // What this binary checks of the config beyond `compile` (a newer
+        // one may be stricter) fails here, not after the hand-over.
+        let mut sc = cfg.stack.clone();
+        sc.net.mac = mac;
+        sc.net.upstream_ports =
+            PortPlan::new(cfg.upstream_port_range.clone(), cfg.queues as usize).range_of(0);
+        Stack::new(sc, cfg.routes.clone(), Instant::from_micros(0))
+            .map_err(|source| EngineError::Stack { worker: 0, source })?;
         let pred = take_over(cfg.queues)?;
         if let Some(t) = &pred.handed_over.xdp_counters {
             xdp.seed_counters(t)?;
@@ -767,11 +778,17 @@ impl Engine {
             deny: DenySet::default(),
             handovers: Vec::new(),
             handed_over: false,
+            relay: None,
             #[cfg(feature = "dpdk")]
             dpdk: dpdk_port,
         };
         engine.deny.set_rules(&cfg.filter);
         let mut taps = exception_taps(&cfg, backend, mac, workers_n, engine.soft_filter.is_some())?;
+        let held_by_predecessor: Vec<u16> = predecessor
+            .iter()
+            .flat_map(|p| p.handed_over.held_ports.iter().flatten().copied())
+            .collect();
+        engine.relay = predecessor.as_ref().map(|p| p.relay.clone());
         for (id, io) in ios.into_iter().enumerate().rev() {
             let mut sc = cfg.stack.clone();
             sc.net.mac = mac;
@@ -792,8 +809,8 @@ impl Engine {
                 .map_err(|source| EngineError::Stack { worker: id, source })?;
             stack.set_quota(engine.quota.clone());
             let relay = predecessor.as_ref().map(|p| {
-                let held = p.handed_over.held_ports.get(id).map_or(&[][..], |h| &h[..]);
-                stack.begin_port_split_successor(held);
+                // Every worker's: the two engines' port plans may differ.
+                stack.begin_port_split_successor(&held_by_predecessor);
                 p.relay.successor_link(id as u32)
             });
             let handover = Arc::new(HandoverSlot::default());
@@ -1086,8 +1103,10 @@ impl Engine {
         let Some(xdp) = self.xdp.as_mut() else {
             return Err(EngineError::Upgrade("no XDP program to hand over".into()));
         };
+        let configured = xdp.fail_mode();
         xdp.set_fail_mode(FailMode::Closed)?;
         if xdp.pinned().is_none() {
+            xdp.set_fail_mode(configured)?;
             return Err(EngineError::Upgrade(
                 "the XDP link could not be pinned for the successor (is bpffs mounted at /sys/fs/bpf?)".into(),
             ));
@@ -1095,6 +1114,10 @@ impl Engine {
         for (q, slot) in self.handovers.iter().enumerate() {
             slot.offer(Box::new(relay.predecessor_port(q as u32)));
         }
+        // From the first offer on there is no way back: a worker that is
+        // late swaps when it gets there (the successor's bind waits for
+        // its socket), its held ports unknown (parity still keeps the two
+        // engines apart on every port it opens from now on).
         let deadline = StdInstant::now() + HANDOVER_WAIT;
         let mut held = Vec::with_capacity(self.handovers.len());
         for (q, slot) in self.handovers.iter().enumerate() {
@@ -1104,9 +1127,12 @@ impl Engine {
                     break;
                 }
                 if StdInstant::now() >= deadline {
-                    return Err(EngineError::Upgrade(format!(
-                        "worker {q} did not let go of its queue within {HANDOVER_WAIT:?}"
-                    )));
+                    tracing::error!(
+                        worker = q,
+                        "a worker did not let go of its queue in time; handing over without its ports"
+                    );
+                    held.push(Vec::new());
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -1134,6 +1160,15 @@ impl Engine {
     /// Whether this engine handed its NIC queues to a successor.
     pub fn handed_over(&self) -> bool {
         self.handed_over
+    }
+
+    /// A successor's predecessor is gone (it exited or died without
+    /// closing its relay): the workers stop relaying, and frames of its
+    /// flows meet our stack (a reset) rather than a dead ring.
+    pub fn predecessor_gone(&mut self) {
+        if let Some(r) = self.relay.take() {
+            r.close_all();
+        }
     }
 
     /// Starts a graceful stop on every worker (`Stack::begin_drain`): new

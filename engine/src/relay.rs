@@ -68,7 +68,12 @@ impl RelayShm {
     /// A fresh region for `queues` queues (the successor's side).
     pub fn create(queues: u32) -> io::Result<Arc<RelayShm>> {
         // SAFETY: memfd_create with a NUL-terminated name and flags.
-        let fd = unsafe { libc::memfd_create(c"ferrogate-relay".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"ferrogate-relay".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -79,12 +84,28 @@ impl RelayShm {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        // Sealed at its size: the other process maps it, and a region that
+        // shrank under it would fault (SIGBUS) instead of failing here.
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on our own memfd.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Self::map(fd, queues)
     }
 
     /// Maps a region received from the successor (the predecessor's side);
     /// its size must be that of `queues` queues.
     pub fn open(fd: OwnedFd, queues: u32) -> io::Result<Arc<RelayShm>> {
+        // SAFETY: fcntl on a descriptor we own.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        let need = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        if seals < 0 || seals & need != need {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the relay region is not a memfd sealed at its size",
+            ));
+        }
         // SAFETY: fstat into a zeroed struct we own.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above, on a descriptor we own.
@@ -134,6 +155,14 @@ impl RelayShm {
 
     pub fn queues(&self) -> u32 {
         self.queues
+    }
+
+    /// Marks every queue's predecessor-to-successor ring closed (the
+    /// predecessor died without doing it).
+    pub fn close_all(self: &Arc<Self>) {
+        for q in 0..self.queues {
+            self.ring(q, true).close();
+        }
     }
 
     fn ring(self: &Arc<Self>, queue: u32, to_successor: bool) -> Ring {
@@ -432,16 +461,28 @@ pub fn recv_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut fd = None;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if !cmsg.is_null()
-            && (*cmsg).cmsg_level == libc::SOL_SOCKET
-            && (*cmsg).cmsg_type == libc::SCM_RIGHTS
-        {
-            let raw = libc::CMSG_DATA(cmsg).cast::<RawFd>().read_unaligned();
-            fd = Some(OwnedFd::from_raw_fd(raw));
+        // Every descriptor that came is owned (closed on drop); one is
+        // expected.
+        let mut fds = Vec::new();
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let bytes = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    let raw = data.cast::<RawFd>().add(i).read_unaligned();
+                    fds.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
-        Ok((n as usize, fd))
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more descriptors than one relay region",
+            ));
+        }
+        Ok((n as usize, fds.pop()))
     }
 }
 

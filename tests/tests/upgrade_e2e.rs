@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferrogate_tests::{Lab, VIP, lab_test};
+use ferrogate_tests::{Lab, VIP, children_of, lab_test};
 
 const ORIGIN: &str = "10.77.0.3:8095";
 const UPGRADES: usize = 10;
@@ -39,9 +39,21 @@ upstream = "origin"
     )
 }
 
+/// A wrk run, killed if the test ends before [`finish`] (a failed assert).
+struct Wrk(Option<Child>);
+
+impl Drop for Wrk {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// wrk in the client namespace until SIGINT (it then prints its summary).
-fn wrk(lab: &Lab, connections: &str, extra: &[&str], path: &str) -> Child {
-    Command::new("ip")
+fn wrk(lab: &Lab, connections: &str, extra: &[&str], path: &str) -> Wrk {
+    let child = Command::new("ip")
         .args(["netns", "exec", &lab.ns("client"), "wrk", "-t1", "-c"])
         .arg(connections)
         .args(["-d300s", "--timeout", "10s"])
@@ -50,11 +62,13 @@ fn wrk(lab: &Lab, connections: &str, extra: &[&str], path: &str) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn wrk")
+        .expect("spawn wrk");
+    Wrk(Some(child))
 }
 
 /// Stops wrk (SIGINT: it reports what it did) and returns its output.
-fn finish(mut w: Child) -> String {
+fn finish(mut w: Wrk) -> String {
+    let mut w = w.0.take().expect("running");
     // SAFETY: kill(2) on our own child (`ip netns exec` execs wrk in place).
     unsafe { libc::kill(w.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -94,6 +108,40 @@ fn client_tcp(lab: &Lab) -> HashMap<String, u64> {
         .skip(1)
         .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
         .collect()
+}
+
+/// The supervisor's engine processes.
+fn engines(supervisor: i32) -> Vec<i32> {
+    children_of(supervisor)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| cmd.split(|&b| b == 0).nth(1) == Some(b"engine".as_slice()))
+        })
+        .collect()
+}
+
+fn wait_log(engine: &ferrogate_tests::Engine, what: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while engine.log().matches(what).count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "no {what:?} (×{count}) in the log:\n{}",
+            engine.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn serves(lab: &Lab) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if lab.curl(&format!("http://{VIP}/slow/1")).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
 }
 
 fn xdp_counters(s: &HashMap<String, u64>) -> Vec<(String, u64)> {
@@ -218,6 +266,64 @@ fn ten_binary_upgrades_under_keep_alive_and_new_connection_load_fail_and_reset_n
             .map_or(0, |(_, v)| *v);
         assert!(redirected > 0, "XDP counters: {xdp_before:?}");
         assert!(engine.is_running(), "the supervisor runs on:\n{log}");
+
+        // The old engine dies (SIGKILL) while a connection of its is still
+        // open through the relay: the successor closes the relay and serves.
+        let sup = engine.supervisor_pid();
+        // A request that keeps the old engine draining (it is lost with it).
+        let slow_request = || {
+            let ns = lab.ns("client");
+            let slow = std::thread::spawn(move || {
+                Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &ns,
+                        "curl",
+                        "-s",
+                        "-m",
+                        "8",
+                        "-o",
+                        "/dev/null",
+                    ])
+                    .arg(format!("http://{VIP}/slow/6000"))
+                    .status()
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            slow
+        };
+        let slow = slow_request();
+        let old = engines(sup);
+        assert_eq!(old.len(), 1, "one engine before the upgrade");
+        let old = old[0];
+        // SAFETY: kill(2) on the supervisor this test started.
+        unsafe { libc::kill(sup, libc::SIGUSR2) };
+        wait_log(&engine, "the NIC queues are ours", UPGRADES + 1);
+        // SAFETY: kill(2) on an engine process our supervisor started.
+        unsafe { libc::kill(old, libc::SIGKILL) };
+        wait_log(&engine, "the predecessor has ended; its relay is closed", 1);
+        wait_log(&engine, "binary upgrade complete", UPGRADES + 1);
+        assert!(serves(&lab), "the successor serves:\n{}", engine.log());
+        let _ = slow.join();
+
+        // The successor dies after the hand-over: the old engine notices and
+        // ends, and the supervisor starts a fresh engine.
+        let slow = slow_request();
+        let old = engines(sup);
+        // SAFETY: as above.
+        unsafe { libc::kill(sup, libc::SIGUSR2) };
+        wait_log(&engine, "the NIC queues are ours", UPGRADES + 2);
+        let new = engines(sup)
+            .into_iter()
+            .find(|p| !old.contains(p))
+            .expect("the successor");
+        // SAFETY: kill(2) on an engine process our supervisor started.
+        unsafe { libc::kill(new, libc::SIGKILL) };
+        wait_log(&engine, "the successor exited after the hand-over", 1);
+        wait_log(&engine, "starting a new one", 1);
+        assert!(serves(&lab), "a fresh engine serves:\n{}", engine.log());
+        assert!(engine.is_running(), "{}", engine.log());
+        let _ = slow.join();
         eprintln!(
             "{UPGRADES} upgrades under load: keep-alive {} + new-connection {} requests, none failed, 0 resets; relayed per upgrade {relayed:?}; SIGUSR2 → old engine gone: {took:?}",
             wrk_requests(&ka),

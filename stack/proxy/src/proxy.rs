@@ -258,8 +258,12 @@ pub(crate) struct Conn<P: ProxyHttp> {
     /// A request head came on this connection: while draining, such a
     /// connection closes once idle (a new one may still send its first).
     had_request: bool,
-    /// When the connection last went idle between two requests.
+    /// When the connection last went idle between two requests (or the
+    /// drain began, if later).
     idle_since: Instant,
+    /// The deadline was brought forward to close an idle connection of a
+    /// draining worker: a request that starts arriving gets its own.
+    drain_deadline: bool,
     phase: Phase,
     deadline: Instant,
     bufs: ConnBufs,
@@ -800,6 +804,7 @@ impl<P: ProxyHttp> Conn<P> {
             cache_writer: None,
             had_request: false,
             idle_since: now,
+            drain_deadline: false,
             phase,
             deadline,
             bufs,
@@ -865,6 +870,11 @@ impl<P: ProxyHttp> Conn<P> {
 
     pub(crate) fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// A drain begins: an idle connection's grace counts from now.
+    pub(crate) fn drain_begins(&mut self, now: Instant) {
+        self.idle_since = self.idle_since.max(now);
     }
 
     /// The client socket and the current upstream socket, if any.
@@ -1002,7 +1012,10 @@ impl<P: ProxyHttp> Conn<P> {
                     self.phase = Phase::Close;
                     return true;
                 }
-                self.deadline = self.deadline.min(close_at);
+                if close_at < self.deadline {
+                    self.deadline = close_at;
+                    self.drain_deadline = true;
+                }
             }
             let may_recv = self.client_may_recv(cx);
             let sock = &mut cx.net.stream(self.client);
@@ -1017,6 +1030,10 @@ impl<P: ProxyHttp> Conn<P> {
                 return true;
             }
             return got > 0;
+        }
+        if std::mem::take(&mut self.drain_deadline) {
+            // A request arrives within the grace: it is read like any other.
+            self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
         }
         if self.h2c {
             let buf = self.bufs.from_client.filled();

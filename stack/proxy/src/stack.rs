@@ -635,7 +635,10 @@ impl<P: ProxyHttp> Stack<P> {
                     streams.mark(c.client());
                 }
                 // Run once more: an idle one closes now.
-                Some(Session::H1(c)) => streams.mark(c.sockets().0),
+                Some(Session::H1(c)) => {
+                    c.drain_begins(now);
+                    streams.mark(c.sockets().0);
+                }
                 _ => {}
             }
         }
