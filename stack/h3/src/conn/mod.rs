@@ -266,27 +266,30 @@ impl H3Conn {
             return;
         }
         if is_client_bidi(stream) {
-            if let Some(s) = self.requests.remove(&stream) {
-                if s.head_delivered {
-                    self.events.push_back(Event::PeerReset {
-                        stream,
-                        code: ErrorCode::from_u64(code),
-                    });
-                }
+            if let Some(s) = self.requests.remove(&stream)
+                && s.head_delivered
+            {
+                self.events.push_back(Event::PeerReset {
+                    stream,
+                    code: ErrorCode::from_u64(code),
+                });
+            }
+            // Also one never fed: its id must not hold back `ended_below`.
+            if !self.has_ended(stream) {
                 self.mark_ended(stream);
             }
             return;
         }
         if self.uni.get(&stream).is_some_and(UniStream::is_critical) {
-            self.fail(H3Error::connection(
+            return self.fail(H3Error::connection(
                 ErrorCode::ClosedCriticalStream,
                 "critical stream reset",
             ));
         }
+        self.uni.remove(&stream);
     }
 
     fn accept(&mut self, stream: u64) -> bool {
-        self.highest_accepted = Some(self.highest_accepted.map_or(stream, |h| h.max(stream)));
         let refused = self.goaway.is_some_and(|g| stream >= g)
             || self.requests.len() >= self.config.max_concurrent_requests;
         if refused {
@@ -299,6 +302,7 @@ impl H3Conn {
             ));
             return false;
         }
+        self.highest_accepted = Some(self.highest_accepted.map_or(stream, |h| h.max(stream)));
         self.requests.insert(stream, ReqStream::default());
         true
     }
@@ -339,6 +343,7 @@ impl H3Conn {
         }
         self.error = Some(e);
         self.requests.clear();
+        self.uni.clear();
         self.events.push_back(Event::ConnectionError {
             code: e.code,
             reason: e.reason,

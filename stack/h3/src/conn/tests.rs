@@ -672,3 +672,54 @@ fn response_calls_out_of_order_are_refused() {
     c.send_trailers(0, &[(b"x-t", b"1")]).unwrap();
     assert_eq!(c.send_data(0, b"x"), Err(SendError::Finished));
 }
+
+#[test]
+fn ended_streams_stay_bounded_when_one_is_reset_before_any_data() {
+    let mut c = conn();
+    c.handle_stream_data(0, &get("/"), true);
+    c.handle_stream_reset(4, 0x10c);
+    c.handle_stream_data(8, &get("/"), true);
+    for id in [0, 8] {
+        c.send_response_head(id, 204, &[]).unwrap();
+        c.finish(id).unwrap();
+        take_frames(&mut c, SendStream::Request(id));
+    }
+    assert_eq!(c.open_requests(), 0);
+    assert!(c.ended.is_empty(), "{:?}", c.ended);
+    assert_eq!(c.ended_below, 12);
+}
+
+#[test]
+fn closed_ignored_uni_streams_stop_counting_toward_the_limit() {
+    let mut c = conn();
+    for i in 0..40u64 {
+        c.handle_uni_stream(10 + 4 * i, &[0x21, 0xaa], true);
+    }
+    assert!(c.error().is_none());
+    // Open ones do count.
+    for i in 0..40u64 {
+        c.handle_uni_stream(1002 + 4 * i, &[0x21], false);
+    }
+    assert_eq!(connection_error(&mut c), ErrorCode::ExcessiveLoad);
+}
+
+#[test]
+fn request_head_encoded_by_ls_qpack_is_accepted() {
+    // The GET section of qpack::tests (pylsqpack 1.0.0, table capacity 0).
+    let hex = "0000d1d750882f91d35d055c87a7518860d5485f2bce9a685f508825b650c3cbb6b83fdd";
+    let section: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let mut bytes = Vec::new();
+    emit_headers(&section, &mut bytes);
+    let mut c = conn();
+    c.handle_stream_data(0, &bytes, true);
+    let ev = events(&mut c);
+    let Event::RequestHead { request, .. } = &ev[0] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(request.path.as_deref(), Some(&b"/index.html"[..]));
+    assert_eq!(request.headers[0], Field::new("user-agent", "curl/8.5.0"));
+    assert_eq!(ev[1], Event::RequestEnd { stream: 0 });
+}

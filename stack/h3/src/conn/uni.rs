@@ -69,7 +69,7 @@ impl H3Conn {
             let Some((kind, n)) = varint::decode(&head[..*len]) else {
                 // A stream that ends before its type is dropped (§6.2).
                 if fin {
-                    self.uni.insert(id, UniStream::Ignored);
+                    self.uni.remove(&id);
                 }
                 return Ok(());
             };
@@ -106,11 +106,15 @@ impl H3Conn {
                 ErrorCode::QpackDecoderStreamError,
             )?,
         }
-        if fin && self.uni.get(&id).is_some_and(UniStream::is_critical) {
-            return Err(H3Error::connection(
-                ErrorCode::ClosedCriticalStream,
-                "control or QPACK stream closed",
-            ));
+        if fin {
+            if self.uni.get(&id).is_some_and(UniStream::is_critical) {
+                return Err(H3Error::connection(
+                    ErrorCode::ClosedCriticalStream,
+                    "control or QPACK stream closed",
+                ));
+            }
+            // Nothing follows a FIN: an ignored stream stops counting.
+            self.uni.remove(&id);
         }
         Ok(())
     }
