@@ -131,6 +131,8 @@ pub struct ConnStats {
     pub refused_streams: u64,
     /// Unknown and grease frames skipped, on any stream.
     pub frames_skipped: u64,
+    /// Encoded field-section octets received (HEADERS payloads decoded).
+    pub field_section_bytes: u64,
 }
 
 /// The server side of one HTTP/3 connection.
@@ -216,6 +218,8 @@ impl H3Conn {
     }
 
     /// The request body octets received on `stream` and not yet taken.
+    /// Not bounded here: the QUIC layer reads a stream no faster than the
+    /// application takes its body, so stream flow control bounds it.
     pub fn request_body(&mut self, stream: u64) -> Option<&mut Vec<u8>> {
         self.requests.get_mut(&stream).map(|s| &mut s.body)
     }
@@ -366,7 +370,8 @@ impl H3Conn {
         self.goaway.is_some() && self.requests.is_empty()
     }
 
-    /// Queues the response head on `stream`.
+    /// Queues a response head on `stream`: interim ones (1xx, not 101,
+    /// which HTTP/3 does not have, §4.5), then the final one.
     pub fn send_response_head(
         &mut self,
         stream: u64,
@@ -377,7 +382,8 @@ impl H3Conn {
         if s.head_sent {
             return Err(SendError::HeadSent);
         }
-        s.head_sent = true;
+        // Interim (1xx) heads may come first, any number of them (§4.1).
+        s.head_sent = status >= 200;
         self.section.clear();
         qpack::encode_response(status, headers, &mut self.section);
         frame::emit_headers(&self.section, &mut s.out);

@@ -155,6 +155,7 @@ impl H3Conn {
                     }
                 }
                 Read::Frame { payload, .. } => {
+                    self.stats.field_section_bytes += payload.len() as u64;
                     let trailers = s.recv == Recv::Body;
                     match qpack::decode_section(payload, limit) {
                         Err(DecodeError::Failed(reason)) => {

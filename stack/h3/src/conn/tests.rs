@@ -662,6 +662,21 @@ fn peer_reset_drops_the_stream_and_late_data_is_ignored() {
 }
 
 #[test]
+fn interim_heads_may_precede_the_final_one() {
+    let mut c = conn();
+    c.handle_stream_data(0, &get("/"), false);
+    c.send_response_head(0, 103, &[(b"link", b"</s.css>; rel=preload")])
+        .unwrap();
+    c.send_response_head(0, 200, &[]).unwrap();
+    c.finish(0).unwrap();
+    let (frames, fin) = take_frames(&mut c, SendStream::Request(0));
+    assert!(fin);
+    let status = |f: &(FrameType, Vec<u8>)| decode_section(&f.1, 1 << 20).unwrap()[0].clone();
+    assert_eq!(status(&frames[0]), Field::new(":status", "103"));
+    assert_eq!(status(&frames[1]), Field::new(":status", "200"));
+}
+
+#[test]
 fn response_calls_out_of_order_are_refused() {
     let mut c = conn();
     c.handle_stream_data(0, &get("/"), false);
@@ -722,4 +737,44 @@ fn request_head_encoded_by_ls_qpack_is_accepted() {
     assert_eq!(request.path.as_deref(), Some(&b"/index.html"[..]));
     assert_eq!(request.headers[0], Field::new("user-agent", "curl/8.5.0"));
     assert_eq!(ev[1], Event::RequestEnd { stream: 0 });
+}
+
+proptest::proptest! {
+    #[test]
+    fn a_request_split_anywhere_gives_the_same_events(cuts in proptest::collection::vec(0usize..200, 0..6)) {
+        let mut bytes = headers(&[
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":authority", "example.com"),
+            (":path", "/p"),
+            ("content-length", "10"),
+        ]);
+        bytes.extend(raw_frame(0x21, b"grease"));
+        bytes.extend(data(b"01234"));
+        bytes.extend(data(b"56789"));
+        bytes.extend(headers(&[("x-t", "1")]));
+
+        let mut whole = conn();
+        whole.handle_stream_data(0, &bytes, true);
+        let want = events(&mut whole);
+        proptest::prop_assert_eq!(want.len(), 4);
+
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.push(bytes.len());
+        cuts.sort_unstable();
+        let mut c = conn();
+        let mut got = Vec::new();
+        let mut at = 0;
+        for (i, &cut) in cuts.iter().enumerate() {
+            c.handle_stream_data(0, &bytes[at..cut], i + 1 == cuts.len());
+            at = cut;
+            got.extend(events(&mut c));
+        }
+        // Data events coalesce only while unpolled, so compare without them.
+        let strip = |ev: Vec<Event>| -> Vec<Event> {
+            ev.into_iter().filter(|e| !matches!(e, Event::RequestData { .. })).collect()
+        };
+        proptest::prop_assert_eq!(strip(got), strip(want));
+        proptest::prop_assert_eq!(&c.request_body(0).unwrap()[..], b"0123456789");
+    }
 }
