@@ -176,6 +176,33 @@ impl HuffmanDecoder {
     }
 }
 
+/// ferrogate: the octets `src` takes under HPACK's Huffman code.
+pub fn encoded_len(src: &[u8]) -> usize {
+    let bits: usize = src.iter().map(|&b| HUFFMAN_CODE_TABLE[b as usize].1 as usize).sum();
+    bits.div_ceil(8)
+}
+
+/// ferrogate: appends `src` Huffman-coded (RFC 7541 §5.2) to `out`, the last
+/// octet padded with the high bits of EOS (all ones).
+pub fn encode_into(src: &[u8], out: &mut Vec<u8>) {
+    // At most 7 pending bits plus one code of at most 30 fit in 64.
+    let mut acc: u64 = 0;
+    let mut bits: u32 = 0;
+    for &b in src {
+        let (code, len) = HUFFMAN_CODE_TABLE[b as usize];
+        acc = (acc << len) | u64::from(code);
+        bits += u32::from(len);
+        while bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+        acc &= (1 << bits) - 1;
+    }
+    if bits > 0 {
+        out.push(((acc << (8 - bits)) as u8) | (0xff >> bits));
+    }
+}
+
 /// A helper struct that represents an iterator over individual bits of all
 /// bytes found in a wrapped Iterator over bytes.
 /// Bits are represented as `bool`s, where `true` corresponds to a set bit and
