@@ -163,8 +163,14 @@ fn cache_settings(cfg: &EngineConfig) -> CacheSettings {
 /// file in the way) is logged and the engine serves with memory only: a
 /// cache directory must not keep the edge down (a reload may have named
 /// it, and a crash restart starts from that snapshot).
-fn open_cache(cfg: &EngineConfig) -> Arc<EdgeCache> {
+fn open_cache(cfg: &EngineConfig, successor: bool) -> Arc<EdgeCache> {
     let settings = cache_settings(cfg);
+    if successor && settings.disk.is_some() {
+        // The predecessor holds the directory until it exits; the tier
+        // is attached then (`Engine::attach_disk_tier`).
+        tracing::info!("binary upgrade: the disk tier is attached once the predecessor is gone");
+        return Arc::new(EdgeCache::new(settings));
+    }
     match EdgeCache::open(settings.clone()) {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -638,7 +644,7 @@ impl Engine {
         // Before the NIC: once XDP steers the VIPs' frames to our queues,
         // nothing may keep the workers from starting (the disk tier's scan
         // reads every file's header).
-        let cache = open_cache(&cfg);
+        let cache = open_cache(&cfg, take_over.is_some());
         let (opened, predecessor) = if cfg.backend == BackendChoice::Dpdk {
             if take_over.is_some() {
                 return Err(EngineError::Upgrade(
@@ -673,7 +679,7 @@ impl Engine {
         cfg.queues = ports.len() as u32;
         PortPlan::check(&cfg.upstream_port_range, ports.len()).map_err(EngineError::Config)?;
         let (cpus, _) = place_workers(&mut cfg, None)?;
-        let cache = open_cache(&cfg);
+        let cache = open_cache(&cfg, false);
         let opened = Opened {
             mac: MEMORY_MAC,
             cpus,
@@ -1168,6 +1174,29 @@ impl Engine {
     pub fn predecessor_gone(&mut self) {
         if let Some(r) = self.relay.take() {
             r.close_all();
+        }
+        self.attach_disk_tier();
+    }
+
+    /// A successor's disk tier, once the predecessor let go of the
+    /// directory: opened (and scanned) on a thread of its own, the workers
+    /// serve from memory meanwhile.
+    fn attach_disk_tier(&self) {
+        let Some(cfg) = self.cache.settings.disk.clone() else {
+            return;
+        };
+        if self.cache.disk().is_some() {
+            return;
+        }
+        let cache = self.cache.clone();
+        let spawned = std::thread::Builder::new()
+            .name("fg-disk-attach".into())
+            .spawn(move || match cache.attach_disk(cfg) {
+                Ok(()) => tracing::info!("the response cache's disk tier is attached"),
+                Err(e) => tracing::error!(error = %e, "the response cache's disk tier did not open; serving with the memory tier only"),
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot attach the disk tier");
         }
     }
 

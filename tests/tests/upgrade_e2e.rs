@@ -333,3 +333,82 @@ fn ten_binary_upgrades_under_keep_alive_and_new_connection_load_fail_and_reset_n
         assert!(lab.edge_xdp_gone(), "XDP left behind after the stop");
     });
 }
+
+/// The successor attaches the disk cache tier once its predecessor, which
+/// held the directory, is gone: what the old engine stored is a hit.
+#[test]
+fn an_upgrade_keeps_the_disk_cache_tier() {
+    lab_test("upgrade-cache", || {
+        let lab = Lab::up(1);
+        let _origin = lab.start_origin("upgrade-cache", ORIGIN);
+        let path = lab.state_dir().join("upgrade-cache.toml");
+        let cfg = format!(
+            r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+queues = 1
+polling = "adaptive"
+
+[cache]
+max_bytes = 67108864
+status_header = "x-cache"
+
+[cache.disk]
+dir = "cache-disk"
+max_bytes = 67108864
+
+[[upstreams]]
+name = "origin"
+endpoints = ["{ORIGIN}"]
+
+[[listeners]]
+port = 80
+
+[[listeners.routes]]
+path_prefix = "/cache/"
+upstream = "origin"
+cache = true
+
+[[listeners.routes]]
+path_prefix = "/"
+upstream = "origin"
+"#
+        );
+        std::fs::write(&path, cfg).unwrap();
+        let engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let curl = |args: &[&str]| {
+            let mut argv = vec!["curl", "-sS", "-m", "10", "-D", "-"];
+            argv.extend_from_slice(args);
+            lab.exec("client", &argv).expect("curl")
+        };
+        let ok = curl(&[
+            "-X",
+            "POST",
+            &format!("http://{VIP}/control/cache?cc=max-age%3D3600"),
+        ]);
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        let first = curl(&[&format!("http://{VIP}/cache/u/1")]);
+        assert!(
+            first.to_ascii_lowercase().contains("x-cache: miss"),
+            "{first}"
+        );
+        let st = engine.stats_until(|s| s.get("cache_disk_written") == Some(&1));
+        assert_eq!(st.get("cache_disk_written"), Some(&1), "{st:?}");
+
+        // SAFETY: kill(2) on the supervisor this test started.
+        unsafe { libc::kill(engine.supervisor_pid(), libc::SIGUSR2) };
+        wait_log(&engine, "binary upgrade complete", 1);
+        wait_log(&engine, "the response cache's disk tier is attached", 1);
+        let again = curl(&[&format!("http://{VIP}/cache/u/1")]);
+        assert!(
+            again.to_ascii_lowercase().contains("x-cache: hit"),
+            "{again}"
+        );
+        let count = curl(&[&format!("http://{VIP}/control/count/cache/u/1")]);
+        assert!(
+            count.trim_end().ends_with("\r\n\r\n1"),
+            "origin asked once: {count}"
+        );
+    });
+}

@@ -75,8 +75,11 @@ pub struct EdgeCache {
     pub locks: CacheLocks,
     pub settings: CacheSettings,
     /// The disk tier, if configured: its thread writes completed objects
-    /// and loads them back on a memory miss (see `lookup`).
-    disk: Option<DiskTier>,
+    /// and loads them back on a memory miss (see `lookup`). Set at most
+    /// once, possibly after the workers started (a binary upgrade's
+    /// successor attaches it once its predecessor let go of the directory);
+    /// reading it is one atomic load.
+    disk: std::sync::OnceLock<DiskTier>,
 }
 
 impl std::fmt::Debug for EdgeCache {
@@ -95,7 +98,7 @@ impl EdgeCache {
             store: MemoryStore::new(&settings.store),
             locks: CacheLocks::new(settings.store.shards),
             settings,
-            disk: None,
+            disk: std::sync::OnceLock::new(),
         }
     }
 
@@ -104,21 +107,30 @@ impl EdgeCache {
     /// worker runs), so objects a previous run wrote are found again.
     pub fn open(settings: CacheSettings) -> Result<Self, DiskError> {
         let disk_cfg = settings.disk.clone();
-        let mut cache = Self::new(settings);
+        let cache = Self::new(settings);
         if let Some(cfg) = disk_cfg {
-            cache.disk = Some(DiskTier::open(cfg, cache.store.clone())?);
+            cache.attach_disk(cfg)?;
         }
         Ok(cache)
     }
 
+    /// Opens (creates and scans) the disk tier `cfg` and serves from it
+    /// from now on; a cache that has one already keeps it.
+    pub fn attach_disk(&self, cfg: DiskConfig) -> Result<(), DiskError> {
+        if self.disk.get().is_none() {
+            let _ = self.disk.set(DiskTier::open(cfg, self.store.clone())?);
+        }
+        Ok(())
+    }
+
     /// The disk tier, if any.
     pub fn disk(&self) -> Option<&DiskTier> {
-        self.disk.as_ref()
+        self.disk.get()
     }
 
     /// The disk tier's counters (None: no disk tier).
     pub fn disk_stats(&self) -> Option<DiskStats> {
-        self.disk.as_ref().map(DiskTier::stats)
+        self.disk.get().map(DiskTier::stats)
     }
 
     /// Runs one purge; returns how many objects it hit in memory and how
