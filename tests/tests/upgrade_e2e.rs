@@ -13,25 +13,35 @@ use ferrogate_tests::{Lab, VIP, children_of, lab_test};
 const ORIGIN: &str = "10.77.0.3:8095";
 const UPGRADES: usize = 10;
 
-fn config() -> String {
+/// The lab config: `queues` workers, one origin; with `cache`, a cached
+/// route with a disk tier in front of the catch-all one.
+fn config(queues: u32, cache: bool) -> String {
+    let (cache_tables, cache_route) = if cache {
+        (
+            "\n[cache]\nmax_bytes = 67108864\nstatus_header = \"x-cache\"\n\n[cache.disk]\ndir = \"cache-disk\"\nmax_bytes = 67108864\n",
+            "\n[[listeners.routes]]\npath_prefix = \"/cache/\"\nupstream = \"origin\"\ncache = true\n",
+        )
+    } else {
+        ("", "")
+    };
     format!(
         r#"vips = ["10.77.0.10/24"]
 
 [engine]
 interface = "eth0"
-queues = 2
+queues = {queues}
 polling = "adaptive"
 
 [timeouts]
 drain_ms = 15000
-
+{cache_tables}
 [[upstreams]]
 name = "origin"
 endpoints = ["{ORIGIN}"]
 
 [[listeners]]
 port = 80
-
+{cache_route}
 [[listeners.routes]]
 path_prefix = "/"
 upstream = "origin"
@@ -160,7 +170,7 @@ fn ten_binary_upgrades_under_keep_alive_and_new_connection_load_fail_and_reset_n
         let lab = Lab::up(2);
         let _origin = lab.start_origin("upgrade", ORIGIN);
         let path = lab.state_dir().join("upgrade.toml");
-        std::fs::write(&path, config()).unwrap();
+        std::fs::write(&path, config(2, false)).unwrap();
         let mut engine = lab.start_engine_with(&path, "af_xdp", 2);
         let resets_before = client_tcp(&lab);
 
@@ -342,39 +352,7 @@ fn an_upgrade_keeps_the_disk_cache_tier() {
         let lab = Lab::up(1);
         let _origin = lab.start_origin("upgrade-cache", ORIGIN);
         let path = lab.state_dir().join("upgrade-cache.toml");
-        let cfg = format!(
-            r#"vips = ["10.77.0.10/24"]
-
-[engine]
-interface = "eth0"
-queues = 1
-polling = "adaptive"
-
-[cache]
-max_bytes = 67108864
-status_header = "x-cache"
-
-[cache.disk]
-dir = "cache-disk"
-max_bytes = 67108864
-
-[[upstreams]]
-name = "origin"
-endpoints = ["{ORIGIN}"]
-
-[[listeners]]
-port = 80
-
-[[listeners.routes]]
-path_prefix = "/cache/"
-upstream = "origin"
-cache = true
-
-[[listeners.routes]]
-path_prefix = "/"
-upstream = "origin"
-"#
-        );
+        let cfg = config(1, true);
         std::fs::write(&path, cfg).unwrap();
         let engine = lab.start_engine_with(&path, "af_xdp", 1);
         let curl = |args: &[&str]| {
