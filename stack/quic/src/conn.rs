@@ -197,7 +197,9 @@ impl Conn {
                 stream: handle(stream),
                 code,
             }),
-            H::StreamError { stream, code: c, .. } => {
+            H::StreamError {
+                stream, code: c, ..
+            } => {
                 self.reset(stream, c);
                 events.push_back(Event::StreamAborted {
                     stream: handle(stream),

@@ -109,7 +109,10 @@ impl QuicEndpoint {
         let data = BytesMut::from(datagram);
         self.scratch.clear();
         let mut buf = std::mem::take(&mut self.scratch);
-        match self.endpoint.handle(now, remote, local, ecn, data, &mut buf) {
+        match self
+            .endpoint
+            .handle(now, remote, local, ecn, data, &mut buf)
+        {
             None => {}
             Some(DatagramEvent::Response(t)) => self.queue_response(t, &buf),
             Some(DatagramEvent::NewConnection(incoming)) => self.incoming(now, incoming, &mut buf),

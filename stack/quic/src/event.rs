@@ -43,7 +43,10 @@ pub enum Event {
     RequestEnd(StreamHandle),
     /// The stream is gone: the peer reset it or stopped our response, or
     /// it broke an HTTP/3 rule and we reset it with `code`.
-    StreamAborted { stream: StreamHandle, code: ErrorCode },
+    StreamAborted {
+        stream: StreamHandle,
+        code: ErrorCode,
+    },
     /// The connection ended; no further events for it.
     ConnectionLost {
         conn: ConnectionHandle,
