@@ -83,3 +83,39 @@ impl ConnectionIdGenerator for WorkerCidGenerator {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_carry_the_worker_and_differ() {
+        let mut g = WorkerCidGenerator::new(7);
+        let a = g.generate_cid();
+        let b = g.generate_cid();
+        assert_eq!(a.len(), CID_LEN);
+        assert_eq!(owner_of(&a), Some(7));
+        assert_ne!(a, b, "random tail");
+        assert!(g.validate(&a).is_ok());
+        assert!(WorkerCidGenerator::new(6).validate(&a).is_err());
+    }
+
+    #[test]
+    fn datagram_owner_from_headers() {
+        let mut short = vec![0x40];
+        short.extend_from_slice(&[5, 1, 2, 3, 4, 5, 6, 7]);
+        short.extend_from_slice(&[0; 20]);
+        assert_eq!(owner_of_datagram(&short), Some(5));
+        // Handshake (type 2), version 1, DCID of ours.
+        let mut hs = vec![0xe0, 0, 0, 0, 1, 8, 9, 0, 0, 0, 0, 0, 0, 0, 0];
+        hs.extend_from_slice(&[0; 20]);
+        assert_eq!(owner_of_datagram(&hs), Some(9));
+        // Initial (type 0): the client's random DCID says nothing.
+        hs[0] = 0xc0;
+        assert_eq!(owner_of_datagram(&hs), None);
+        // Truncated or empty: no panic, no owner.
+        assert_eq!(owner_of_datagram(&short[..4]), None);
+        assert_eq!(owner_of_datagram(&[]), None);
+        assert_eq!(owner_of_datagram(&[0xe0, 0, 0, 0, 1, 200]), None);
+    }
+}

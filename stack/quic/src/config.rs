@@ -27,6 +27,10 @@ pub struct QuicConfig {
     pub max_bidi_streams: u32,
     /// Concurrent peer unidirectional streams (control, QPACK, others).
     pub max_uni_streams: u32,
+    /// Request body octets buffered per stream before the endpoint stops
+    /// reading it (QUIC flow control then holds the client back) until the
+    /// application takes them.
+    pub max_buffered_body: usize,
     pub h3: ferrogate_h3::Config,
 }
 
@@ -40,6 +44,7 @@ impl Default for QuicConfig {
             idle_timeout: Duration::from_secs(30),
             max_bidi_streams: h3.max_concurrent_requests as u32,
             max_uni_streams: h3.max_uni_streams as u32,
+            max_buffered_body: 64 * 1024,
             h3,
         }
     }

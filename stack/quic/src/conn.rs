@@ -24,6 +24,11 @@ pub(crate) struct Conn {
     pub lost: bool,
     /// Reused list of H3 streams with output.
     pending: Vec<SendStream>,
+    /// Request streams left unread because their body buffer is full:
+    /// the data stays in quinn, so stream flow control holds the client.
+    paused: Vec<StreamId>,
+    /// Most request body octets buffered per stream.
+    max_body: usize,
 }
 
 pub(crate) fn stream_id(id: u64) -> Option<StreamId> {
@@ -36,7 +41,7 @@ pub(crate) fn code(c: ErrorCode) -> VarInt {
 }
 
 impl Conn {
-    pub fn new(quic: Connection, h3: ferrogate_h3::Config) -> Self {
+    pub fn new(quic: Connection, h3: ferrogate_h3::Config, max_body: usize) -> Self {
         Self {
             quic,
             h3: H3Conn::new(h3),
@@ -44,6 +49,8 @@ impl Conn {
             dirty: true,
             lost: false,
             pending: Vec::new(),
+            paused: Vec::new(),
+            max_body: max_body.max(1),
         }
     }
 
@@ -51,6 +58,11 @@ impl Conn {
     /// out (to `events`) and H3's output into quinn.
     pub fn drive(&mut self, ch: ConnectionHandle, now: Instant, events: &mut VecDeque<Event>) {
         self.dirty = false;
+        // Streams paused on a full body buffer: the application may have
+        // taken some of it since.
+        for id in std::mem::take(&mut self.paused) {
+            self.read(id);
+        }
         while let Some(ev) = self.quic.poll() {
             self.on_quic_event(ch, now, ev, events);
         }
@@ -131,11 +143,29 @@ impl Conn {
         }
     }
 
-    /// Feeds everything readable on `id` into H3.
+    /// Feeds what is readable on `id` into H3: all of it on a
+    /// unidirectional stream (H3 bounds those), on a request stream no more
+    /// than the room left in its body buffer.
     fn read(&mut self, id: StreamId) {
-        let Self { quic, h3, .. } = self;
+        let Self {
+            quic,
+            h3,
+            paused,
+            max_body,
+            ..
+        } = self;
         let sid = u64::from(id);
         let bidi = id.dir() == Dir::Bi;
+        let mut room = if bidi {
+            let buffered = h3.request_body(sid).map_or(0, |b| b.len());
+            max_body.saturating_sub(buffered)
+        } else {
+            usize::MAX
+        };
+        if room == 0 {
+            paused.push(id);
+            return;
+        }
         let mut feed = |data: &[u8], fin: bool| {
             if bidi {
                 h3.handle_stream_data(sid, data, fin);
@@ -149,8 +179,15 @@ impl Conn {
             return;
         };
         loop {
-            match chunks.next(usize::MAX) {
-                Ok(Some(chunk)) => feed(&chunk.bytes, false),
+            match chunks.next(room) {
+                Ok(Some(chunk)) => {
+                    room -= chunk.bytes.len();
+                    feed(&chunk.bytes, false);
+                    if room == 0 {
+                        paused.push(id);
+                        break;
+                    }
+                }
                 Ok(None) => {
                     feed(&[], true);
                     break;

@@ -154,8 +154,10 @@ impl QuicEndpoint {
         match self.endpoint.accept(incoming, now, buf, None) {
             Ok((ch, quic)) => {
                 self.stats.accepted += 1;
-                self.conns
-                    .insert(ch, Conn::new(quic, self.config.h3.clone()));
+                self.conns.insert(
+                    ch,
+                    Conn::new(quic, self.config.h3.clone(), self.config.max_buffered_body),
+                );
                 self.drive(ch, now);
             }
             Err(e) => {
@@ -248,9 +250,13 @@ impl QuicEndpoint {
         Ok(c)
     }
 
-    /// Request body octets received on `s` and not yet taken.
+    /// Request body octets received on `s` and not yet taken: drain what
+    /// is used; a stream whose buffer was full is read again on the next
+    /// `poll_transmit`.
     pub fn request_body(&mut self, s: StreamHandle) -> Option<&mut Vec<u8>> {
-        self.conns.get_mut(&s.conn)?.h3.request_body(s.stream)
+        let c = self.conns.get_mut(&s.conn)?;
+        c.dirty = true;
+        c.h3.request_body(s.stream)
     }
 
     pub fn send_response_head(

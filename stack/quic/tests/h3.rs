@@ -223,3 +223,103 @@ fn connections_past_the_limit_are_refused() {
         Some(ConnectionError::ConnectionClosed(_))
     ));
 }
+
+#[test]
+fn large_upload_is_read_no_faster_than_taken() {
+    let config = QuicConfig {
+        max_buffered_body: 16 * 1024,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let body = big_body();
+    let s = p.post("/upload", &body);
+    for _ in 0..1000 {
+        p.drive();
+        if p.response(s).is_some() {
+            break;
+        }
+        p.advance();
+    }
+    let r = p.response(s).expect("the upload was answered");
+    assert_eq!(r.body, format!("{} {}", BIG, checksum(&body)).into_bytes());
+    // The endpoint never buffered more than the limit for the application.
+    assert!(p.max_buffered_seen > 0);
+    assert!(
+        p.max_buffered_seen <= 16 * 1024,
+        "buffered {}",
+        p.max_buffered_seen
+    );
+}
+
+#[test]
+fn app_close_reaches_the_client_and_drains() {
+    let mut p = connected(QuicConfig::default());
+    let conn = match p.server_events[0] {
+        Event::Connected(c) => c,
+        _ => unreachable!(),
+    };
+    p.server
+        .close(p.now, conn, ErrorCode::NoError)
+        .expect("an open connection");
+    p.drive();
+    match &p.client_lost {
+        Some(ConnectionError::ApplicationClosed(c)) => {
+            assert_eq!(c.error_code, pair::varint(ErrorCode::NoError.to_u64()))
+        }
+        other => panic!("expected an application close, got {other:?}"),
+    }
+    assert!(p.server_events.iter().any(|e| matches!(
+        e,
+        Event::ConnectionLost {
+            reason: CloseReason::Local(ErrorCode::NoError),
+            ..
+        }
+    )));
+    // Closed, then drained after the draining period: forgotten.
+    for _ in 0..100 {
+        if p.server.connections() == 0 {
+            break;
+        }
+        p.advance();
+    }
+    assert_eq!(p.server.connections(), 0);
+    assert!(p.server.close(p.now, conn, ErrorCode::NoError).is_err());
+}
+
+#[test]
+fn stop_sending_from_the_client_resets_the_response() {
+    let mut p = connected(QuicConfig::default());
+    // The response has started and is still open when the client says it
+    // no longer wants it.
+    let s = p.get("/hold");
+    p.drive();
+    let got = p.client_streams.get(&s).expect("response started");
+    assert!(!got.fin && !got.data.is_empty());
+    let handle = p
+        .server_events
+        .iter()
+        .find_map(|e| match e {
+            Event::RequestEnd(h) => Some(*h),
+            _ => None,
+        })
+        .unwrap();
+    let id = ferrogate_quic::quinn_proto::StreamId::from(pair::varint(s));
+    let code = ErrorCode::RequestCancelled.to_u64();
+    p.quic().recv_stream(id).stop(pair::varint(code)).unwrap();
+    p.drive();
+    assert!(
+        p.server_events.iter().any(|e| matches!(
+            e,
+            Event::StreamAborted { stream, code: ErrorCode::RequestCancelled } if *stream == handle
+        )),
+        "{:?}",
+        p.server_events
+    );
+    // The stream is gone for the application...
+    assert!(p.server.send_data(handle, b"more").is_err());
+    // ...and the connection is still usable.
+    assert!(p.client_lost.is_none());
+    let after = p.get("/after");
+    p.drive();
+    assert_eq!(p.response(after).unwrap().body, b"you asked for /after");
+}

@@ -107,6 +107,12 @@ pub struct Pair {
     pub client_lost: Option<ConnectionError>,
     pub client_connected: bool,
     paths: HashMap<StreamHandle, Vec<u8>>,
+    /// Request bodies the server application took, per stream.
+    bodies: HashMap<StreamHandle, Vec<u8>>,
+    /// The most body octets the server ever had buffered on one stream.
+    pub max_buffered_seen: usize,
+    /// Client request bytes not yet taken by its send stream.
+    uploads: HashMap<StreamId, (Vec<u8>, usize)>,
 }
 
 impl Pair {
@@ -130,6 +136,9 @@ impl Pair {
             client_lost: None,
             client_connected: false,
             paths: HashMap::new(),
+            bodies: HashMap::new(),
+            max_buffered_seen: 0,
+            uploads: HashMap::new(),
         }
     }
 
@@ -177,6 +186,46 @@ impl Pair {
         u64::from(id)
     }
 
+    /// A POST with `body` in one DATA frame, written as flow control
+    /// allows.
+    pub fn post(&mut self, path: &str, body: &[u8]) -> u64 {
+        let mut section = vec![0, 0];
+        let len = body.len().to_string();
+        for (n, v) in [
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"https"),
+            (b":authority", b"localhost"),
+            (b":path", path.as_bytes()),
+            (b"content-length", len.as_bytes()),
+        ] {
+            qpack::encoder::encode_field(n, v, &mut section);
+        }
+        let mut out = Vec::new();
+        frame::emit_headers(&section, &mut out);
+        frame::emit_data_header(body.len(), &mut out);
+        out.extend_from_slice(body);
+        let id = self.quic().streams().open(Dir::Bi).unwrap();
+        self.uploads.insert(id, (out, 0));
+        u64::from(id)
+    }
+
+    fn write_uploads(&mut self) {
+        let Some((_, conn)) = self.conn.as_mut() else {
+            return;
+        };
+        self.uploads.retain(|&id, (data, off)| {
+            let mut send = conn.send_stream(id);
+            if let Ok(n) = send.write(&data[*off..]) {
+                *off += n;
+            }
+            if *off < data.len() {
+                return true;
+            }
+            send.finish().unwrap();
+            false
+        });
+    }
+
     pub fn get(&mut self, path: &str) -> u64 {
         self.request_fields(&[
             (b":method", b"GET"),
@@ -219,6 +268,7 @@ impl Pair {
     pub fn step(&mut self) -> bool {
         let mut moved = false;
         let mut buf = Vec::new();
+        self.write_uploads();
         if let Some((ch, conn)) = self.conn.as_mut() {
             loop {
                 buf.clear();
@@ -244,7 +294,9 @@ impl Pair {
                 &d,
             );
         }
-        self.serve();
+        // Events the application handled count as progress: answering
+        // them may need another round even when no datagram moved.
+        moved |= self.serve();
         while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
             assert_eq!(t.destination, self.client_addr);
             self.to_client.push_back(buf[..t.size].to_vec());
@@ -330,17 +382,40 @@ impl Pair {
     }
 
     /// The test server: answers each request once it ended, by path.
-    fn serve(&mut self) {
+    /// Returns whether there were events.
+    fn serve(&mut self) -> bool {
+        let mut any = false;
         while let Some(ev) = self.server.poll_event() {
+            any = true;
             match &ev {
                 Event::RequestHead { stream, request } => {
                     let path = request.path.clone().unwrap_or_default();
                     self.paths.insert(*stream, path);
                 }
+                Event::RequestData(stream) => {
+                    let Some(body) = self.server.request_body(*stream) else {
+                        panic!(
+                            "no body for {stream:?}; events so far {:?}",
+                            self.server_events
+                        );
+                    };
+                    self.max_buffered_seen = self.max_buffered_seen.max(body.len());
+                    let taken = std::mem::take(body);
+                    self.bodies.entry(*stream).or_default().extend(taken);
+                }
                 Event::RequestEnd(stream) => {
                     let path = self.paths.remove(stream).unwrap_or_default();
+                    let got = self.bodies.remove(stream).unwrap_or_default();
+                    if path == b"/hold" {
+                        // A response that has started and does not end.
+                        self.server.send_response_head(*stream, 200, &[]).unwrap();
+                        self.server.send_data(*stream, b"partial").unwrap();
+                        self.server_events.push(ev);
+                        continue;
+                    }
                     let body = match &path[..] {
                         b"/big" => big_body(),
+                        b"/upload" => format!("{} {}", got.len(), checksum(&got)).into_bytes(),
                         p => [b"you asked for ", p].concat(),
                     };
                     let len = body.len().to_string();
@@ -354,6 +429,7 @@ impl Pair {
             }
             self.server_events.push(ev);
         }
+        any
     }
 }
 
