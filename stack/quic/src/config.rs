@@ -31,6 +31,10 @@ pub struct QuicConfig {
     /// reading it (QUIC flow control then holds the client back) until the
     /// application takes them.
     pub max_buffered_body: usize,
+    /// Path MTU discovery (RFC 9000 §14.3): only when the UDP path sends
+    /// with the don't-fragment bit set, or probes would be fragmented and
+    /// look successful.
+    pub mtu_discovery: bool,
     pub h3: ferrogate_h3::Config,
 }
 
@@ -45,6 +49,7 @@ impl Default for QuicConfig {
             max_bidi_streams: h3.max_concurrent_requests as u32,
             max_uni_streams: h3.max_uni_streams as u32,
             max_buffered_body: 64 * 1024,
+            mtu_discovery: false,
             h3,
         }
     }

@@ -60,9 +60,7 @@ impl QuicEndpoint {
         let endpoint = Endpoint::new(
             Arc::new(config.endpoint_config()),
             Some(server),
-            // Userspace UDP: no IP_DONTFRAG guarantee, so no PMTU probing
-            // beyond the minimum unless the worker says otherwise later.
-            false,
+            config.mtu_discovery,
             None,
         );
         Ok(Self {
@@ -269,6 +267,17 @@ impl QuicEndpoint {
             .conn(s.conn)?
             .h3
             .send_response_head(s.stream, status, headers)?)
+    }
+
+    /// Response octets queued on `s` and not yet taken by QUIC flow
+    /// control: a proxy stops reading its upstream while this is large.
+    pub fn queued_output(&self, s: StreamHandle) -> Option<usize> {
+        let c = self.conns.get(&s.conn)?;
+        Some(
+            c.h3.pending_output(ferrogate_h3::SendStream::Request(s.stream))
+                .0
+                .len(),
+        )
     }
 
     /// Queues `data` as one DATA frame; it goes out as flow control allows.
