@@ -1,0 +1,309 @@
+//! One connection: quinn-proto's `Connection` with an `H3Conn` on its
+//! streams. Peer stream bytes go into H3Conn, its queued output into
+//! quinn's send streams, and H3's errors become QUIC resets and closes.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::Bytes;
+use ferrogate_h3::{ErrorCode, H3Conn, SendStream};
+use quinn_proto::{
+    Connection, ConnectionHandle, Dir, ReadError, StreamEvent, StreamId, VarInt, WriteError,
+};
+
+use crate::event::{CloseReason, Event, StreamHandle};
+
+pub(crate) struct Conn {
+    pub quic: Connection,
+    pub h3: H3Conn,
+    /// Our HTTP/3 control stream, opened once the handshake completes.
+    control: Option<StreamId>,
+    /// Something may be left to write or to report: drive before sending.
+    pub dirty: bool,
+    /// ConnectionLost was reported (once).
+    pub lost: bool,
+    /// Reused list of H3 streams with output.
+    pending: Vec<SendStream>,
+    /// Request streams left unread because their body buffer is full:
+    /// the data stays in quinn, so stream flow control holds the client.
+    paused: Vec<StreamId>,
+    /// Most request body octets buffered per stream.
+    max_body: usize,
+}
+
+pub(crate) fn stream_id(id: u64) -> Option<StreamId> {
+    VarInt::from_u64(id).ok().map(StreamId::from)
+}
+
+pub(crate) fn code(c: ErrorCode) -> VarInt {
+    // Every H3 code (and every code a peer sent us) fits a varint.
+    VarInt::from_u64(c.to_u64()).unwrap_or(VarInt::from_u32(0x102))
+}
+
+impl Conn {
+    pub fn new(quic: Connection, h3: ferrogate_h3::Config, max_body: usize) -> Self {
+        Self {
+            quic,
+            h3: H3Conn::new(h3),
+            control: None,
+            dirty: true,
+            lost: false,
+            pending: Vec::new(),
+            paused: Vec::new(),
+            max_body: max_body.max(1),
+        }
+    }
+
+    /// Runs everything that is ready: quinn's events into H3, H3's events
+    /// out (to `events`) and H3's output into quinn.
+    pub fn drive(&mut self, ch: ConnectionHandle, now: Instant, events: &mut VecDeque<Event>) {
+        self.dirty = false;
+        // Streams paused on a full body buffer: the application may have
+        // taken some of it since.
+        for id in std::mem::take(&mut self.paused) {
+            self.read(id);
+        }
+        while let Some(ev) = self.quic.poll() {
+            self.on_quic_event(ch, now, ev, events);
+        }
+        while let Some(ev) = self.h3.poll_event() {
+            self.on_h3_event(ch, now, ev, events);
+        }
+        if !self.lost {
+            self.flush(ch, now, events);
+        }
+    }
+
+    /// Closes the connection (CONNECTION_CLOSE with `c`) and reports it.
+    pub fn close(
+        &mut self,
+        ch: ConnectionHandle,
+        now: Instant,
+        c: ErrorCode,
+        reason: CloseReason,
+        events: &mut VecDeque<Event>,
+    ) {
+        if self.lost {
+            return;
+        }
+        let text = match &reason {
+            CloseReason::H3 { reason, .. } => Bytes::from_static(reason.as_bytes()),
+            _ => Bytes::new(),
+        };
+        self.quic.close(now, code(c), text);
+        self.lost(ch, reason, events);
+    }
+
+    fn lost(&mut self, conn: ConnectionHandle, reason: CloseReason, events: &mut VecDeque<Event>) {
+        if !self.lost {
+            self.lost = true;
+            events.push_back(Event::ConnectionLost { conn, reason });
+        }
+    }
+
+    fn on_quic_event(
+        &mut self,
+        ch: ConnectionHandle,
+        now: Instant,
+        ev: quinn_proto::Event,
+        events: &mut VecDeque<Event>,
+    ) {
+        use quinn_proto::Event as Q;
+        match ev {
+            Q::Connected => {
+                self.control = self.quic.streams().open(Dir::Uni);
+                events.push_back(Event::Connected(ch));
+            }
+            Q::ConnectionLost { reason } => self.lost(ch, CloseReason::Quic(reason), events),
+            Q::Stream(StreamEvent::Opened { dir }) => {
+                while let Some(id) = self.quic.streams().accept(dir) {
+                    self.read(id);
+                }
+            }
+            Q::Stream(StreamEvent::Readable { id }) => self.read(id),
+            Q::Stream(StreamEvent::Stopped { id, error_code }) => {
+                if Some(id) == self.control {
+                    // §6.2.1: our control stream must stay open.
+                    let reason = CloseReason::H3 {
+                        code: ErrorCode::ClosedCriticalStream,
+                        reason: "control stream stopped",
+                    };
+                    self.close(ch, now, ErrorCode::ClosedCriticalStream, reason, events);
+                } else {
+                    // The client no longer wants the response: drop it and
+                    // reset our side with its code (RFC 9000 §3.5).
+                    let _ = self.quic.send_stream(id).reset(error_code);
+                    self.h3
+                        .handle_stream_reset(u64::from(id), error_code.into_inner());
+                }
+            }
+            // Writable: the next flush writes. Finished, Available,
+            // HandshakeDataReady, datagrams: nothing to do.
+            _ => {}
+        }
+    }
+
+    /// Feeds what is readable on `id` into H3: all of it on a
+    /// unidirectional stream (H3 bounds those), on a request stream no more
+    /// than the room left in its body buffer.
+    fn read(&mut self, id: StreamId) {
+        let Self {
+            quic,
+            h3,
+            paused,
+            max_body,
+            ..
+        } = self;
+        let sid = u64::from(id);
+        let bidi = id.dir() == Dir::Bi;
+        let mut room = if bidi {
+            let buffered = h3.request_body(sid).map_or(0, |b| b.len());
+            max_body.saturating_sub(buffered)
+        } else {
+            usize::MAX
+        };
+        if room == 0 {
+            paused.push(id);
+            return;
+        }
+        let mut feed = |data: &[u8], fin: bool| {
+            if bidi {
+                h3.handle_stream_data(sid, data, fin);
+            } else {
+                h3.handle_uni_stream(sid, data, fin);
+            }
+        };
+        let mut recv = quic.recv_stream(id);
+        // Closed already (stopped, or fully read): nothing more to feed.
+        let Ok(mut chunks) = recv.read(true) else {
+            return;
+        };
+        loop {
+            match chunks.next(room) {
+                Ok(Some(chunk)) => {
+                    room -= chunk.bytes.len();
+                    feed(&chunk.bytes, false);
+                    if room == 0 {
+                        paused.push(id);
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    feed(&[], true);
+                    break;
+                }
+                Err(ReadError::Blocked) => break,
+                Err(ReadError::Reset(c)) => {
+                    h3.handle_stream_reset(sid, c.into_inner());
+                    break;
+                }
+            }
+        }
+        // Whether to send MAX_STREAM_DATA is the transmit path's business.
+        let _ = chunks.finalize();
+    }
+
+    fn on_h3_event(
+        &mut self,
+        ch: ConnectionHandle,
+        now: Instant,
+        ev: ferrogate_h3::Event,
+        events: &mut VecDeque<Event>,
+    ) {
+        use ferrogate_h3::Event as H;
+        let handle = |stream| StreamHandle { conn: ch, stream };
+        match ev {
+            H::RequestHead { stream, request } => events.push_back(Event::RequestHead {
+                stream: handle(stream),
+                request,
+            }),
+            H::RequestData { stream } => events.push_back(Event::RequestData(handle(stream))),
+            H::RequestTrailers { stream, fields } => events.push_back(Event::RequestTrailers {
+                stream: handle(stream),
+                fields,
+            }),
+            H::RequestEnd { stream } => events.push_back(Event::RequestEnd(handle(stream))),
+            H::HeadTooLarge { stream } => {
+                // The 431 goes out; the rest of the request is not read
+                // (§4.1.2).
+                if let Some(id) = stream_id(stream) {
+                    let _ = self.quic.recv_stream(id).stop(code(ErrorCode::NoError));
+                }
+            }
+            H::PeerReset { stream, code } => events.push_back(Event::StreamAborted {
+                stream: handle(stream),
+                code,
+            }),
+            H::StreamError {
+                stream, code: c, ..
+            } => {
+                self.reset(stream, c);
+                events.push_back(Event::StreamAborted {
+                    stream: handle(stream),
+                    code: c,
+                });
+            }
+            H::ConnectionError { code: c, reason } => {
+                let reason = CloseReason::H3 { code: c, reason };
+                self.close(ch, now, c, reason, events);
+            }
+        }
+    }
+
+    /// Aborts both directions of `stream` with `c` (RESET_STREAM and
+    /// STOP_SENDING).
+    pub fn reset(&mut self, stream: u64, c: ErrorCode) {
+        let Some(id) = stream_id(stream) else {
+            return;
+        };
+        let _ = self.quic.recv_stream(id).stop(code(c));
+        let _ = self.quic.send_stream(id).reset(code(c));
+    }
+
+    /// Writes H3's queued output into quinn's send streams, as much as
+    /// flow control takes; the rest waits for the next drive.
+    fn flush(&mut self, ch: ConnectionHandle, now: Instant, events: &mut VecDeque<Event>) {
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.clear();
+        pending.extend(self.h3.pending_streams());
+        for &to in &pending {
+            let id = match to {
+                SendStream::Control => self.control,
+                SendStream::Request(id) => stream_id(id),
+            };
+            let Some(id) = id else { continue };
+            let (data, fin) = self.h3.pending_output(to);
+            let mut send = self.quic.send_stream(id);
+            let written = if data.is_empty() {
+                Ok(0)
+            } else {
+                send.write(data)
+            };
+            let all = data.len();
+            match written {
+                Ok(n) => {
+                    if fin && n == all {
+                        let _ = send.finish();
+                    }
+                    self.h3.consume_output(to, n);
+                }
+                Err(WriteError::Blocked) => {}
+                Err(WriteError::Stopped(_) | WriteError::ClosedStream) => match to {
+                    SendStream::Control => {
+                        let reason = CloseReason::H3 {
+                            code: ErrorCode::ClosedCriticalStream,
+                            reason: "control stream closed",
+                        };
+                        self.close(ch, now, ErrorCode::ClosedCriticalStream, reason, events);
+                        break;
+                    }
+                    // Dropped: the Stopped event (or the reset) tells H3.
+                    SendStream::Request(sid) => self
+                        .h3
+                        .handle_stream_reset(sid, ErrorCode::RequestCancelled.to_u64()),
+                },
+            }
+        }
+        self.pending = pending;
+    }
+}

@@ -1,0 +1,330 @@
+//! One worker's QUIC endpoint: quinn-proto's `Endpoint` and its
+//! connections, each with HTTP/3 on top, driven with datagrams and a
+//! clock the caller supplies (quinn's style: handle, poll_transmit,
+//! poll_timeout, handle_timeout). No socket, no clock read here.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use ferrogate_h3::ErrorCode;
+use quinn_proto::{
+    ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Incoming, ServerConfig, Transmit,
+};
+
+use crate::config::{ConfigError, QuicConfig};
+use crate::conn::Conn;
+use crate::event::{CloseReason, Event, StreamHandle};
+
+/// Why a call about a stream or connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("no such connection")]
+    UnknownConnection,
+    #[error(transparent)]
+    H3(#[from] ferrogate_h3::SendError),
+}
+
+/// Endpoint counters for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub accepted: u64,
+    /// Refused past `max_connections`.
+    pub refused: u64,
+    /// Retry packets sent (address validation).
+    pub retries: u64,
+    /// Stateless packets sent: version negotiation, stateless reset,
+    /// Retry, refusals.
+    pub stateless_sent: u64,
+}
+
+pub struct QuicEndpoint {
+    endpoint: Endpoint,
+    config: QuicConfig,
+    conns: HashMap<ConnectionHandle, Conn>,
+    /// Stateless responses (retry, refusal, version negotiation, reset)
+    /// waiting for `poll_transmit`; rare, so an owned buffer each.
+    responses: VecDeque<(Transmit, Vec<u8>)>,
+    events: VecDeque<Event>,
+    scratch: Vec<u8>,
+    handles: Vec<ConnectionHandle>,
+    stats: EndpointStats,
+}
+
+impl QuicEndpoint {
+    /// An endpoint serving HTTP/3 with `tls` (its ALPN is replaced by "h3").
+    pub fn new(config: QuicConfig, tls: rustls::ServerConfig) -> Result<Self, ConfigError> {
+        let server: Arc<ServerConfig> = Arc::new(config.server_config(tls)?);
+        let endpoint = Endpoint::new(
+            Arc::new(config.endpoint_config()),
+            Some(server),
+            config.mtu_discovery,
+            None,
+        );
+        Ok(Self {
+            endpoint,
+            config,
+            conns: HashMap::new(),
+            responses: VecDeque::new(),
+            events: VecDeque::new(),
+            scratch: Vec::new(),
+            handles: Vec::new(),
+            stats: EndpointStats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &QuicConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    /// Live connections (handshaking, open or draining).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// quinn's counters for one connection.
+    pub fn connection_stats(&self, conn: ConnectionHandle) -> Option<quinn_proto::ConnectionStats> {
+        self.conns.get(&conn).map(|c| c.quic.stats())
+    }
+
+    /// One received UDP datagram, addressed to `local` (the VIP) from
+    /// `remote`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local: Option<IpAddr>,
+        ecn: Option<EcnCodepoint>,
+        datagram: &[u8],
+    ) {
+        // quinn decrypts in place: the datagram is copied out of the rx ring.
+        let data = BytesMut::from(datagram);
+        self.scratch.clear();
+        let mut buf = std::mem::take(&mut self.scratch);
+        match self
+            .endpoint
+            .handle(now, remote, local, ecn, data, &mut buf)
+        {
+            None => {}
+            Some(DatagramEvent::Response(t)) => self.queue_response(t, &buf),
+            Some(DatagramEvent::NewConnection(incoming)) => self.incoming(now, incoming, &mut buf),
+            Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
+                if let Some(c) = self.conns.get_mut(&ch) {
+                    c.quic.handle_event(ev);
+                    self.drive(ch, now);
+                }
+            }
+        }
+        self.scratch = buf;
+    }
+
+    fn queue_response(&mut self, t: Transmit, buf: &[u8]) {
+        self.stats.stateless_sent += 1;
+        let bytes = buf[..t.size.min(buf.len())].to_vec();
+        self.responses.push_back((t, bytes));
+    }
+
+    fn incoming(&mut self, now: Instant, incoming: Incoming, buf: &mut Vec<u8>) {
+        if self.conns.len() >= self.config.max_connections {
+            self.stats.refused += 1;
+            buf.clear();
+            let t = self.endpoint.refuse(incoming, buf);
+            return self.queue_response(t, buf);
+        }
+        if self.config.retry && !incoming.remote_address_validated() {
+            buf.clear();
+            match self.endpoint.retry(incoming, buf) {
+                Ok(t) => {
+                    self.stats.retries += 1;
+                    self.queue_response(t, buf);
+                }
+                Err(e) => self.endpoint.ignore(e.into_incoming()),
+            }
+            return;
+        }
+        buf.clear();
+        match self.endpoint.accept(incoming, now, buf, None) {
+            Ok((ch, quic)) => {
+                self.stats.accepted += 1;
+                self.conns.insert(
+                    ch,
+                    Conn::new(quic, self.config.h3.clone(), self.config.max_buffered_body),
+                );
+                self.drive(ch, now);
+            }
+            Err(e) => {
+                if let Some(t) = e.response {
+                    self.queue_response(t, buf);
+                }
+            }
+        }
+    }
+
+    /// Runs one connection and its endpoint events; forgets it once drained.
+    fn drive(&mut self, ch: ConnectionHandle, now: Instant) {
+        let Some(c) = self.conns.get_mut(&ch) else {
+            return;
+        };
+        c.drive(ch, now, &mut self.events);
+        let mut drained = false;
+        while let Some(ev) = c.quic.poll_endpoint_events() {
+            drained |= ev.is_drained();
+            if let Some(ev) = self.endpoint.handle_event(ch, ev) {
+                c.quic.handle_event(ev);
+            }
+        }
+        if drained {
+            self.conns.remove(&ch);
+        }
+    }
+
+    /// The next datagram to send, written into `buf` (cleared first): one
+    /// datagram per call (no GSO on the rings).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        buf.clear();
+        if let Some((t, bytes)) = self.responses.pop_front() {
+            buf.extend_from_slice(&bytes);
+            return Some(t);
+        }
+        self.handles.clear();
+        self.handles.extend(
+            self.conns
+                .iter()
+                .filter(|(_, c)| c.dirty)
+                .map(|(&ch, _)| ch),
+        );
+        for i in 0..self.handles.len() {
+            self.drive(self.handles[i], now);
+        }
+        // Congestion control bounds how long one connection goes first.
+        for c in self.conns.values_mut() {
+            if let Some(t) = c.quic.poll_transmit(now, 1, buf) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// When `handle_timeout` is next due.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.conns
+            .values_mut()
+            .filter_map(|c| c.quic.poll_timeout())
+            .min()
+    }
+
+    /// Runs every connection's timers due at `now` (loss detection, idle,
+    /// draining).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.handles.clear();
+        for (&ch, c) in self.conns.iter_mut() {
+            if c.quic.poll_timeout().is_some_and(|t| t <= now) {
+                c.quic.handle_timeout(now);
+                self.handles.push(ch);
+            }
+        }
+        for i in 0..self.handles.len() {
+            self.drive(self.handles[i], now);
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn conn(&mut self, conn: ConnectionHandle) -> Result<&mut Conn, SendError> {
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .filter(|c| !c.lost)
+            .ok_or(SendError::UnknownConnection)?;
+        c.dirty = true;
+        Ok(c)
+    }
+
+    /// Request body octets received on `s` and not yet taken: drain what
+    /// is used; a stream whose buffer was full is read again on the next
+    /// `poll_transmit`.
+    pub fn request_body(&mut self, s: StreamHandle) -> Option<&mut Vec<u8>> {
+        let c = self.conns.get_mut(&s.conn)?;
+        c.dirty = true;
+        c.h3.request_body(s.stream)
+    }
+
+    pub fn send_response_head(
+        &mut self,
+        s: StreamHandle,
+        status: u16,
+        headers: &[(&[u8], &[u8])],
+    ) -> Result<(), SendError> {
+        Ok(self
+            .conn(s.conn)?
+            .h3
+            .send_response_head(s.stream, status, headers)?)
+    }
+
+    /// Response octets queued on `s` and not yet taken by QUIC flow
+    /// control: a proxy stops reading its upstream while this is large.
+    pub fn queued_output(&self, s: StreamHandle) -> Option<usize> {
+        let c = self.conns.get(&s.conn)?;
+        Some(
+            c.h3.pending_output(ferrogate_h3::SendStream::Request(s.stream))
+                .0
+                .len(),
+        )
+    }
+
+    /// Queues `data` as one DATA frame; it goes out as flow control allows.
+    pub fn send_data(&mut self, s: StreamHandle, data: &[u8]) -> Result<(), SendError> {
+        Ok(self.conn(s.conn)?.h3.send_data(s.stream, data)?)
+    }
+
+    pub fn send_trailers(
+        &mut self,
+        s: StreamHandle,
+        headers: &[(&[u8], &[u8])],
+    ) -> Result<(), SendError> {
+        Ok(self.conn(s.conn)?.h3.send_trailers(s.stream, headers)?)
+    }
+
+    /// Ends the response (FIN after what is queued).
+    pub fn finish(&mut self, s: StreamHandle) -> Result<(), SendError> {
+        Ok(self.conn(s.conn)?.h3.finish(s.stream)?)
+    }
+
+    /// Aborts a request stream both ways with `code` (e.g.
+    /// H3_REQUEST_CANCELLED when the upstream failed mid-body).
+    pub fn reset_stream(&mut self, s: StreamHandle, code: ErrorCode) -> Result<(), SendError> {
+        let c = self.conn(s.conn)?;
+        c.reset(s.stream, code);
+        c.h3.handle_stream_reset(s.stream, code.to_u64());
+        Ok(())
+    }
+
+    /// Starts a graceful drain of `conn` (HTTP/3 GOAWAY).
+    pub fn goaway(&mut self, conn: ConnectionHandle) -> Result<(), SendError> {
+        self.conn(conn)?.h3.send_goaway();
+        Ok(())
+    }
+
+    /// Closes `conn` with `code` now (CONNECTION_CLOSE).
+    pub fn close(
+        &mut self,
+        now: Instant,
+        conn: ConnectionHandle,
+        code: ErrorCode,
+    ) -> Result<(), SendError> {
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| !c.lost) else {
+            return Err(SendError::UnknownConnection);
+        };
+        c.close(conn, now, code, CloseReason::Local(code), &mut self.events);
+        self.drive(conn, now);
+        Ok(())
+    }
+}

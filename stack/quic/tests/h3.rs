@@ -1,0 +1,325 @@
+//! The endpoint against a quinn-proto client in memory (see `pair`).
+
+mod pair;
+
+use std::time::Duration;
+
+use ferrogate_h3::ErrorCode;
+use ferrogate_quic::quinn_proto::ConnectionError;
+use ferrogate_quic::{CloseReason, Event, QuicConfig, owner_of, owner_of_datagram};
+use pair::{BIG, Pair, big_body, checksum, short_dcid};
+
+fn connected(config: QuicConfig) -> Pair {
+    let mut p = Pair::new(config);
+    p.connect();
+    assert!(p.client_connected, "handshake did not complete");
+    assert!(matches!(p.server_events.first(), Some(Event::Connected(_))));
+    p.open_control();
+    p
+}
+
+#[test]
+fn get_is_answered_with_a_body() {
+    let mut p = connected(QuicConfig::default());
+    let s = p.get("/hello");
+    p.drive();
+    let r = p.response(s).expect("a complete response");
+    assert_eq!(r.status, b"200");
+    assert_eq!(r.body, b"you asked for /hello");
+    let head = p.server_events.iter().find_map(|e| match e {
+        Event::RequestHead { request, .. } => Some(request.clone()),
+        _ => None,
+    });
+    let head = head.expect("a request head event");
+    assert_eq!(head.method, b"GET");
+    assert_eq!(head.authority, b"localhost");
+    assert!(
+        p.server_events
+            .iter()
+            .any(|e| matches!(e, Event::RequestEnd(h) if h.stream == s))
+    );
+    // The server's control stream (server-initiated uni id 3) carried
+    // its SETTINGS.
+    let control = p.client_streams.get(&3).expect("server control stream");
+    assert_eq!(control.data.first(), Some(&0x00));
+}
+
+#[test]
+fn several_streams_at_once() {
+    let mut p = connected(QuicConfig::default());
+    let ids: Vec<u64> = (0..10).map(|i| p.get(&format!("/s{i}"))).collect();
+    p.drive();
+    for (i, id) in ids.iter().enumerate() {
+        let r = p.response(*id).expect("every stream answered");
+        assert_eq!(r.status, b"200");
+        assert_eq!(r.body, format!("you asked for /s{i}").as_bytes());
+    }
+    let heads = p
+        .server_events
+        .iter()
+        .filter(|e| matches!(e, Event::RequestHead { .. }))
+        .count();
+    assert_eq!(heads, 10);
+}
+
+#[test]
+fn large_response_arrives_whole() {
+    let mut p = connected(QuicConfig::default());
+    let s = p.get("/big");
+    // Flow control and congestion control pace it: timers (ACK delay,
+    // loss detection) may be needed along the way.
+    for _ in 0..1000 {
+        p.drive();
+        if p.response(s).is_some() {
+            break;
+        }
+        p.advance();
+    }
+    let r = p.response(s).expect("the whole 1 MiB response");
+    assert_eq!(r.body.len(), BIG);
+    assert_eq!(checksum(&r.body), checksum(&big_body()));
+}
+
+#[test]
+fn connection_ids_name_the_worker() {
+    let config = QuicConfig {
+        worker: 3,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let s = p.get("/x");
+    p.drive();
+    assert!(p.response(s).is_some());
+    // The client's first Initial carries its own random DCID: no owner.
+    assert_eq!(owner_of_datagram(&p.sent_to_server[0]), None);
+    let short: Vec<&Vec<u8>> = p
+        .sent_to_server
+        .iter()
+        .filter(|d| short_dcid(d).is_some())
+        .collect();
+    assert!(!short.is_empty(), "no 1-RTT packets");
+    for d in &short {
+        assert_eq!(owner_of(short_dcid(d).unwrap()), Some(3));
+        assert_eq!(owner_of_datagram(d), Some(3));
+    }
+    assert_eq!(owner_of(&[3, 1, 2]), None, "wrong length");
+
+    // Another worker's endpoint drops such a packet silently (no
+    // stateless reset that would kill the live connection)...
+    let certs = pair::certs();
+    let other = |worker| {
+        let config = QuicConfig {
+            worker,
+            ..QuicConfig::default()
+        };
+        ferrogate_quic::QuicEndpoint::new(config, pair::server_tls(&certs)).unwrap()
+    };
+    let mut buf = Vec::new();
+    let mut w1 = other(1);
+    w1.handle_datagram(p.now, p.client_addr, None, None, short[0]);
+    assert!(w1.poll_transmit(p.now, &mut buf).is_none());
+    // ...while the owner's index with no such connection answers with one,
+    // so the check above is not vacuous.
+    let mut w3 = other(3);
+    w3.handle_datagram(p.now, p.client_addr, None, None, short[0]);
+    assert!(w3.poll_transmit(p.now, &mut buf).is_some());
+}
+
+#[test]
+fn idle_connection_times_out() {
+    let config = QuicConfig {
+        idle_timeout: Duration::from_secs(5),
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let start = p.now;
+    for _ in 0..100 {
+        if p.server.connections() == 0 {
+            break;
+        }
+        assert!(p.advance(), "no timer while a connection is open");
+    }
+    assert_eq!(p.server.connections(), 0);
+    let lost = p.server_events.iter().find_map(|e| match e {
+        Event::ConnectionLost { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(lost, Some(CloseReason::Quic(ConnectionError::TimedOut)));
+    let waited = p.elapsed_since(start);
+    assert!(
+        waited >= Duration::from_secs(5),
+        "timed out early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(6),
+        "timed out late: {waited:?}"
+    );
+}
+
+#[test]
+fn malformed_request_resets_the_stream() {
+    let mut p = connected(QuicConfig::default());
+    // No :method: malformed (RFC 9114 §4.3.1), a stream error.
+    let bad = p.request_fields(&[
+        (b":scheme", b"https"),
+        (b":authority", b"localhost"),
+        (b":path", b"/"),
+    ]);
+    p.drive();
+    let code = ErrorCode::MessageError.to_u64();
+    let s = p.client_streams.get(&bad).expect("the stream saw a reset");
+    assert_eq!(s.reset, Some(code), "RESET_STREAM with H3_MESSAGE_ERROR");
+    assert!(p.server_events.iter().any(|e| matches!(
+        e,
+        Event::StreamAborted { stream, code: ErrorCode::MessageError } if stream.stream == bad
+    )));
+    // The connection goes on.
+    let good = p.get("/after");
+    p.drive();
+    assert_eq!(p.response(good).unwrap().body, b"you asked for /after");
+    assert!(p.client_lost.is_none());
+}
+
+#[test]
+fn connection_error_closes_with_the_h3_code() {
+    let mut p = connected(QuicConfig::default());
+    // A second control stream is H3_STREAM_CREATION_ERROR (§6.2.1).
+    p.open_control();
+    p.drive();
+    let code = ErrorCode::StreamCreationError.to_u64();
+    match &p.client_lost {
+        Some(ConnectionError::ApplicationClosed(c)) => {
+            assert_eq!(c.error_code, pair::varint(code))
+        }
+        other => panic!("expected an application close, got {other:?}"),
+    }
+}
+
+#[test]
+fn retry_validates_the_address_first() {
+    let config = QuicConfig {
+        retry: true,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    assert_eq!(p.server.stats().retries, 1);
+    let s = p.get("/r");
+    p.drive();
+    assert_eq!(p.response(s).unwrap().status, b"200");
+}
+
+#[test]
+fn connections_past_the_limit_are_refused() {
+    let config = QuicConfig {
+        max_connections: 0,
+        ..QuicConfig::default()
+    };
+    let mut p = Pair::new(config);
+    p.connect();
+    assert!(!p.client_connected);
+    assert_eq!(p.server.stats().refused, 1);
+    assert!(matches!(
+        p.client_lost,
+        Some(ConnectionError::ConnectionClosed(_))
+    ));
+}
+
+#[test]
+fn large_upload_is_read_no_faster_than_taken() {
+    let config = QuicConfig {
+        max_buffered_body: 16 * 1024,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let body = big_body();
+    let s = p.post("/upload", &body);
+    for _ in 0..1000 {
+        p.drive();
+        if p.response(s).is_some() {
+            break;
+        }
+        p.advance();
+    }
+    let r = p.response(s).expect("the upload was answered");
+    assert_eq!(r.body, format!("{} {}", BIG, checksum(&body)).into_bytes());
+    // The endpoint never buffered more than the limit for the application.
+    assert!(p.max_buffered_seen > 0);
+    assert!(
+        p.max_buffered_seen <= 16 * 1024,
+        "buffered {}",
+        p.max_buffered_seen
+    );
+}
+
+#[test]
+fn app_close_reaches_the_client_and_drains() {
+    let mut p = connected(QuicConfig::default());
+    let conn = match p.server_events[0] {
+        Event::Connected(c) => c,
+        _ => unreachable!(),
+    };
+    p.server
+        .close(p.now, conn, ErrorCode::NoError)
+        .expect("an open connection");
+    p.drive();
+    match &p.client_lost {
+        Some(ConnectionError::ApplicationClosed(c)) => {
+            assert_eq!(c.error_code, pair::varint(ErrorCode::NoError.to_u64()))
+        }
+        other => panic!("expected an application close, got {other:?}"),
+    }
+    assert!(p.server_events.iter().any(|e| matches!(
+        e,
+        Event::ConnectionLost {
+            reason: CloseReason::Local(ErrorCode::NoError),
+            ..
+        }
+    )));
+    // Closed, then drained after the draining period: forgotten.
+    for _ in 0..100 {
+        if p.server.connections() == 0 {
+            break;
+        }
+        p.advance();
+    }
+    assert_eq!(p.server.connections(), 0);
+    assert!(p.server.close(p.now, conn, ErrorCode::NoError).is_err());
+}
+
+#[test]
+fn stop_sending_from_the_client_resets_the_response() {
+    let mut p = connected(QuicConfig::default());
+    // The response has started and is still open when the client says it
+    // no longer wants it.
+    let s = p.get("/hold");
+    p.drive();
+    let got = p.client_streams.get(&s).expect("response started");
+    assert!(!got.fin && !got.data.is_empty());
+    let handle = p
+        .server_events
+        .iter()
+        .find_map(|e| match e {
+            Event::RequestEnd(h) => Some(*h),
+            _ => None,
+        })
+        .unwrap();
+    let id = ferrogate_quic::quinn_proto::StreamId::from(pair::varint(s));
+    let code = ErrorCode::RequestCancelled.to_u64();
+    p.quic().recv_stream(id).stop(pair::varint(code)).unwrap();
+    p.drive();
+    assert!(
+        p.server_events.iter().any(|e| matches!(
+            e,
+            Event::StreamAborted { stream, code: ErrorCode::RequestCancelled } if *stream == handle
+        )),
+        "{:?}",
+        p.server_events
+    );
+    // The stream is gone for the application...
+    assert!(p.server.send_data(handle, b"more").is_err());
+    // ...and the connection is still usable.
+    assert!(p.client_lost.is_none());
+    let after = p.get("/after");
+    p.drive();
+    assert_eq!(p.response(after).unwrap().body, b"you asked for /after");
+}
