@@ -174,8 +174,14 @@ impl Worker {
             let handed = {
                 let stack = &mut self.stack;
                 let relay = &mut self.relay;
+                // Only a relaying worker must tell its own flows apart;
+                // otherwise a handed-off frame is not classified twice.
                 self.handoff.receive(self.batch, |f| {
-                    deliver(stack, relay, &wire::classify(f), f);
+                    if relay.is_some() {
+                        deliver(stack, relay, &wire::classify(f), f);
+                    } else {
+                        stack.handle_frame(f);
+                    }
                 })
             };
             s.handoff_in += handed as u64;

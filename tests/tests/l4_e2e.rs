@@ -580,14 +580,22 @@ max_sessions = 50
         let echo = start_udp_echo(&lab, 7200, stop.clone());
         let mut engine = lab.start_engine_with(&cfg, "af_xdp", 2);
 
-        for (name, want) in [("a.example", "10.1.2.3"), ("b.example", "10.4.5.6")] {
-            let (ok, out) =
-                lab.client_sh(&format!("dig @{VIP} -p 53 {name} +short +time=2 +tries=3"));
+        // Each dig from its own fixed source port: the kernel's random
+        // ephemeral ports may repeat one that already has a live session
+        // (birthday odds of a few percent over 42 digs), and the session
+        // count below must not depend on that.
+        for (port, name, want) in [
+            (21_001, "a.example", "10.1.2.3"),
+            (21_002, "b.example", "10.4.5.6"),
+        ] {
+            let (ok, out) = lab.client_sh(&format!(
+                "dig -b 10.77.0.2#{port} @{VIP} -p 53 {name} +short +time=2 +tries=3"
+            ));
             assert!(ok && out.trim() == want, "dig {name}: {out}");
         }
         // 40 clients at once (each dig its own source port: a session).
         let (ok, out) = lab.client_sh(&format!(
-            "for i in $(seq 40); do dig @{VIP} -p 53 a.example +short +time=2 +tries=3 & done; wait"
+            "for i in $(seq 40); do dig -b 10.77.0.2#$((21100 + i)) @{VIP} -p 53 a.example +short +time=2 +tries=3 & done; wait"
         ));
         assert!(ok, "{out}");
         let answers = out.lines().filter(|l| l.trim() == "10.1.2.3").count();
