@@ -191,8 +191,10 @@ fn wasm_filters_add_headers_authorize_and_fail_closed_or_open() {
         // the authorizer's 403 (1), then both heads and both responses
         // (4); :8080: the trap, then a head and a response call (3);
         // :8081: the trap let through (its response call skipped: the
-        // context went with the instance) (1).
-        assert_eq!(delta("stack_plugin_calls"), 13, "{stats:?}");
+        // context went with the instance) (1). Plus the body phase of the
+        // AssemblyScript filters (they export it) on HTTP/1, once per
+        // short body: :80's adder (1), :8082's authorizer and adder (2).
+        assert_eq!(delta("stack_plugin_calls"), 13 + 3, "{stats:?}");
         // One instance per plugin on the one worker, started with the
         // snapshot (a trapped one is replaced inside the plugin crate).
         assert_eq!(stats["stack_plugin_instances_started"], 4, "{stats:?}");
@@ -567,8 +569,10 @@ fn route_plugins_run_at_the_origin_phases_inside_the_listeners() {
             stats["stack_plugin_contexts_created"], stats["stack_plugin_contexts_ended"],
             "{stats:?}"
         );
-        // Each context: its request head and its response head.
-        assert_eq!(delta("stack_plugin_calls"), 20, "{stats:?}");
+        // Each context: its request head and its response head; on HTTP/1
+        // the adders' body phase too, once per short body (the `tag`
+        // modules have none): :80 one, :8083 two.
+        assert_eq!(delta("stack_plugin_calls"), 20 + 3, "{stats:?}");
         // The route's plugins start with the snapshot like the listener's.
         assert_eq!(stats["stack_plugin_instances_started"], 4, "{stats:?}");
         // A plugin only routes run is in /metrics like a listener's.
@@ -577,6 +581,135 @@ fn route_plugins_run_at_the_origin_phases_inside_the_listeners() {
         assert!(
             metrics.contains(r#"ferrogate_plugin_failures_total{plugin="tag-r",kind="trap"} 0"#),
             "{metrics}"
+        );
+    });
+}
+
+/// Listener 80: the AssemblyScript body rewriter (buffers the response
+/// body until its end, then replaces "origin" with "edge"); listener 8086:
+/// the header adder, whose default body callback passes every piece on.
+fn body_config() -> String {
+    let rewriter = as_filter("body_rewriter");
+    let adder = as_filter("header_adder");
+    format!(
+        r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+queues = 1
+polling = "adaptive"
+
+[[plugins]]
+name = "rewriter"
+wasm = "{rewriter}"
+root_id = "body_rewriter"
+configuration = "{{}}"
+# A whole-body rewrite is millions of guest instructions, not a header
+# filter's thousands.
+fuel_per_call = 1_000_000_000
+
+[[plugins]]
+name = "adder"
+wasm = "{adder}"
+root_id = "header_adder"
+configuration = "from-wasm"
+
+[[upstreams]]
+name = "nginx"
+endpoints = ["10.77.0.3:8080"]
+
+[[listeners]]
+port = 80
+plugins = ["rewriter"]
+
+[[listeners.routes]]
+path_prefix = "/"
+upstream = "nginx"
+
+[[listeners]]
+port = 8086
+plugins = ["adder"]
+
+[[listeners.routes]]
+path_prefix = "/"
+upstream = "nginx"
+"#
+    )
+}
+
+#[test]
+fn a_body_plugin_rewrites_whole_bodies_and_a_pass_through_one_streams_them_intact() {
+    lab_test("plugbody", || {
+        let lab = Lab::up(1);
+        // Files the lab's nginx origin serves under /files/: a text body
+        // many reads long, and one past what a plugin may hold.
+        let www = lab.state_dir().join("www");
+        let text: String = (0..20_000).map(|i| format!("origin line {i}\n")).collect();
+        std::fs::write(www.join("text.txt"), &text).unwrap();
+        std::fs::write(www.join("big.txt"), "origin\n".repeat(300_000)).unwrap();
+        let path = lab.state_dir().join("body.toml");
+        std::fs::write(&path, body_config()).unwrap();
+        let engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let base = engine.stats();
+        let want = text.replace("origin", "edge");
+        let dir = lab.state_dir().display().to_string();
+
+        // HTTP/1.1: the rewritten body, re-framed (chunked, no length).
+        let (ok, head) = lab.client_sh(&format!(
+            "curl -sS -m 20 -D - -o {dir}/fg-body-11.txt http://{VIP}/files/text.txt"
+        ));
+        assert!(ok, "{head}");
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        assert!(!head.contains("content-length"), "{head}");
+        let got = std::fs::read_to_string(lab.state_dir().join("fg-body-11.txt")).unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the rewritten body differs");
+
+        // HTTP/1.0: close-delimited.
+        let (ok, head) = lab.client_sh(&format!(
+            "curl -0 -sS -m 20 -D - -o {dir}/fg-body-10.txt http://{VIP}/files/text.txt"
+        ));
+        assert!(ok, "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        let got = std::fs::read_to_string(lab.state_dir().join("fg-body-10.txt")).unwrap();
+        assert!(got == want, "the HTTP/1.0 body differs");
+
+        // Past what the rewriter may hold (it buffers to the end): its
+        // failure, counted; the client sees the body cut, and the next
+        // request is served.
+        let (ok, out) = lab.client_sh(&format!(
+            "curl -sS -m 20 -o /dev/null http://{VIP}/files/big.txt"
+        ));
+        assert!(!ok, "a cut body must fail the client: {out}");
+        let (ok, out) = lab.client_sh(&format!("curl -sS -m 20 http://{VIP}/hello"));
+        assert!(ok && out.contains("edge"), "{out}");
+
+        // The header adder passes each piece on: 1 MiB of random bytes
+        // arrive intact, through several plugin calls.
+        let (ok, head) = lab.client_sh(&format!(
+            "curl -sS -m 20 -D - -o {dir}/fg-body-1m http://{VIP}:8086/files/1m"
+        ));
+        assert!(ok, "{head}");
+        let got = std::fs::read(lab.state_dir().join("fg-body-1m")).unwrap();
+        let origin = std::fs::read(www.join("1m")).unwrap();
+        assert_eq!(got.len(), origin.len());
+        assert!(got == origin, "the 1 MiB body differs");
+
+        let stats =
+            engine.stats_until(|s| s["stack_plugin_failures"] > base["stack_plugin_failures"]);
+        assert_eq!(
+            stats["stack_plugin_failures"] - base["stack_plugin_failures"],
+            1,
+            "the oversized body is the one failure: {stats:?}"
+        );
+        assert!(
+            stats["stack_plugin_calls"] - base["stack_plugin_calls"] > 16,
+            "{stats:?}"
         );
     });
 }

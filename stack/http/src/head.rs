@@ -611,6 +611,23 @@ pub fn write_client_response(
     ok && out.extend(b"\r\n")
 }
 
+/// Turns a head that `write_client_response` wrote (its framing fields
+/// left out by the caller's `strip`) into a chunked one: the proxy re-frames
+/// a body whose length it does not know in advance. False: no room.
+pub fn frame_head_chunked(out: &mut ByteBuf) -> bool {
+    let n = out.len();
+    if !out.filled().ends_with(b"\r\n\r\n") {
+        return false;
+    }
+    out.truncate(n - 2);
+    if out.extend(b"Transfer-Encoding: chunked\r\n\r\n") {
+        return true;
+    }
+    out.truncate(n - 2);
+    let _ = out.extend(b"\r\n");
+    false
+}
+
 /// The status and fields of a complete response head (one written by
 /// `write_client_response`), for a client codec that frames fields itself
 /// (HTTP/2): `out` gets every field in order, borrowed from `buf`.

@@ -460,6 +460,13 @@ impl PluginInstance {
         )
     }
 
+    /// Whether the module exports `proxy_on_response_body`: the proxy then
+    /// streams the response body through it (and re-frames it, since the
+    /// plugin may change its length).
+    pub fn has_response_body_phase(&self) -> bool {
+        self.cb.response_body.is_some()
+    }
+
     /// `proxy_on_response_body` with the body buffered so far.
     pub fn on_response_body(
         &mut self,

@@ -31,8 +31,10 @@
 //! Ticks (`proxy_set_tick_period_milliseconds`) run from the worker's poll,
 //! on its clock, per instance.
 //!
-//! Left out for now (the plugin crate has the calls): request and response
-//! bodies and trailers.
+//! Response bodies go through `proxy_on_response_body` (`body`). Left out
+//! for now (the plugin crate has the calls): request bodies and trailers.
+
+mod body;
 
 use std::sync::Arc;
 
@@ -46,6 +48,9 @@ use crate::net::Instant;
 use crate::phases::RequestInfo;
 use crate::route::{DirectResponse, Route, RouteAction, RouteTable};
 use crate::stats::StackStats;
+
+pub use body::MAX_HELD;
+pub(crate) use body::{ResponseBody, wants_response_body};
 
 /// A plugin on a listener or a route.
 #[derive(Debug, Clone)]

@@ -3,6 +3,7 @@
 //! heads, applies the route, and decides keep-alive, retries and errors.
 
 mod cached;
+mod plugin_body;
 pub(crate) use cached::feed_fill;
 
 use std::net::IpAddr;
@@ -255,6 +256,8 @@ pub(crate) struct Conn<P: ProxyHttp> {
     cache: Option<Box<crate::cache::CacheReq>>,
     cache_status: Option<ferrogate_cache::CacheStatus>,
     cache_writer: Option<crate::cache::Filler>,
+    /// The response body in flight goes through plugins' body phase.
+    plugin_body: Option<Box<plugin_body::PluginBody>>,
     /// A request head came on this connection: while draining, such a
     /// connection closes once idle (a new one may still send its first).
     had_request: bool,
@@ -802,6 +805,7 @@ impl<P: ProxyHttp> Conn<P> {
             cache: None,
             cache_status: None,
             cache_writer: None,
+            plugin_body: None,
             had_request: false,
             idle_since: now,
             drain_deadline: false,
@@ -1176,9 +1180,15 @@ impl<P: ProxyHttp> Conn<P> {
                         has_body: info.framing != BodyFraming::None,
                         route: &route.name,
                         port: self.listener_port,
+                        // A body plugin's output is not the origin's:
+                        // such a route is not served from the store.
                         diverted: head::wants_upgrade(&req)
                             || canary_arm_taken
-                            || self.rewrite.changes_request(),
+                            || self.rewrite.changes_request()
+                            || crate::plugin_phase::wants_response_body(
+                                cx.plugins,
+                                &self.rewrite.plugin,
+                            ),
                         identity: self.io.identity().is_some_and(|(_, id)| id.is_some()),
                     };
                     match crate::cache::lookup(cx.cache, rc, &key, cx.now) {
@@ -1556,10 +1566,16 @@ impl<P: ProxyHttp> Conn<P> {
                 let xcache = self.note_cache(cx);
                 let status_header = cx.cache.edge.settings.status_header.as_deref();
                 let req = self.request.expect("request in flight");
+                // A body plugin may change the length: the body is
+                // re-framed (chunked; close-delimited for HTTP/1.0).
+                let body_plugins = resp.framing != BodyFraming::None
+                    && resp.status != 101
+                    && crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin);
                 let keep_client = req.keep_alive
                     && !cx.draining
                     && resp.framing != BodyFraming::UntilClose
-                    && !self.body_abandoned;
+                    && !self.body_abandoned
+                    && !(body_plugins && req.http10);
                 self.bufs.to_client.clear();
                 let plugins = crate::plugin_phase::viewer_response(
                     cx.plugins,
@@ -1581,11 +1597,16 @@ impl<P: ProxyHttp> Conn<P> {
                 };
                 let pctx = &mut self.pctx;
                 let rw = &self.rewrite;
-                let ok = head::write_client_response(
+                let mut ok = head::write_client_response(
                     &self.bufs.from_upstream.filled()[..resp.head_len],
                     keep_client,
                     req.http10,
-                    |name| rw.strips_response(name),
+                    |name| {
+                        rw.strips_response(name)
+                            || (body_plugins
+                                && (name.eq_ignore_ascii_case("content-length")
+                                    || name.eq_ignore_ascii_case("transfer-encoding")))
+                    },
                     |view, lines| {
                         phases.response_filter(view, &info, pctx, lines);
                         rw.add_response(lines);
@@ -1596,6 +1617,9 @@ impl<P: ProxyHttp> Conn<P> {
                     &mut cx.stats.header_lines_refused,
                     &mut self.bufs.to_client,
                 );
+                if ok && body_plugins && !req.http10 {
+                    ok = head::frame_head_chunked(&mut self.bufs.to_client);
+                }
                 self.bufs.from_upstream.consume(resp.head_len);
                 if !ok && plugin_lines {
                     // The plugins' lines did not fit: their failure, not the
@@ -1621,10 +1645,15 @@ impl<P: ProxyHttp> Conn<P> {
                         )),
                     );
                 }
-                // The head is committed: the plugins' contexts end, the
-                // rules' changes are done (and their `Arc` does not pin an
-                // old snapshot's pool while idle).
-                crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
+                // The head is committed: the plugins' contexts end (with
+                // the body when they see it), the rules' changes are done
+                // (and their `Arc` does not pin an old snapshot's pool
+                // while idle).
+                if body_plugins {
+                    self.plugin_body = Some(plugin_body::PluginBody::new(!req.http10));
+                } else {
+                    crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
+                }
                 self.rewrite.clear();
                 cx.stats.count_status(resp.status);
                 let endpoint_ok = !matches!(resp.status, 502..=504);
@@ -1686,7 +1715,8 @@ impl<P: ProxyHttp> Conn<P> {
             return moved;
         }
         let waiting_on_client = !self.bufs.from_upstream.is_empty()
-            || (!self.bufs.to_client.is_empty() && !self.io.stream.is_tls());
+            || (!self.bufs.to_client.is_empty() && !self.io.stream.is_tls())
+            || self.plugin_body.as_ref().is_some_and(|p| p.pending());
         if moved {
             self.deadline = if waiting_on_client {
                 after(cx.now, cx.cfg.timeouts.client_idle)
@@ -1721,6 +1751,9 @@ impl<P: ProxyHttp> Conn<P> {
                 self.finish(cx, true);
             }
             return true;
+        }
+        if self.plugin_body.is_some() {
+            return self.plugin_body_step(cx);
         }
         // On TLS a pending response head waits for the body's first bytes
         // so both go out in one record (one seal instead of two).
@@ -1885,6 +1918,7 @@ impl<P: ProxyHttp> Conn<P> {
     /// start from a fresh `Ctx` (also for an error before its head parses).
     fn next_request(&mut self, cx: &mut Ctx<'_, P>) {
         self.pctx = P::Ctx::default();
+        self.plugin_body = None;
         self.clear_cache();
         self.phase = Phase::ReadHead;
         self.idle_since = cx.now;
@@ -1982,6 +2016,7 @@ impl<P: ProxyHttp> Conn<P> {
         self.settle(cx, None);
         // A body being stored is aborted: its readers see it end short.
         self.clear_cache();
+        self.plugin_body = None;
         self.end_plugins(cx);
         if reset {
             cx.net.stream(self.client).abort();
