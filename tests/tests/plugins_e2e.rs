@@ -192,9 +192,9 @@ fn wasm_filters_add_headers_authorize_and_fail_closed_or_open() {
         // (4); :8080: the trap, then a head and a response call (3);
         // :8081: the trap let through (its response call skipped: the
         // context went with the instance) (1). Plus the body phase of the
-        // AssemblyScript filters (they export it) on HTTP/1, once per
-        // short body: :80's adder (1), :8082's authorizer and adder (2).
-        assert_eq!(delta("stack_plugin_calls"), 13 + 3, "{stats:?}");
+        // AssemblyScript filters (they export it), once per short body:
+        // :80's adder on each protocol (2), :8082's authorizer and adder (2).
+        assert_eq!(delta("stack_plugin_calls"), 13 + 4, "{stats:?}");
         // One instance per plugin on the one worker, started with the
         // snapshot (a trapped one is replaced inside the plugin crate).
         assert_eq!(stats["stack_plugin_instances_started"], 4, "{stats:?}");
@@ -569,10 +569,10 @@ fn route_plugins_run_at_the_origin_phases_inside_the_listeners() {
             stats["stack_plugin_contexts_created"], stats["stack_plugin_contexts_ended"],
             "{stats:?}"
         );
-        // Each context: its request head and its response head; on HTTP/1
-        // the adders' body phase too, once per short body (the `tag`
-        // modules have none): :80 one, :8083 two.
-        assert_eq!(delta("stack_plugin_calls"), 20 + 3, "{stats:?}");
+        // Each context: its request head and its response head; the
+        // adders' body phase too, once per short body (the `tag` modules
+        // have none): per protocol :80 one, :8083 two.
+        assert_eq!(delta("stack_plugin_calls"), 20 + 6, "{stats:?}");
         // The route's plugins start with the snapshot like the listener's.
         assert_eq!(stats["stack_plugin_instances_started"], 4, "{stats:?}");
         // A plugin only routes run is in /metrics like a listener's.
@@ -620,6 +620,7 @@ endpoints = ["10.77.0.3:8080"]
 
 [[listeners]]
 port = 80
+http2 = true
 plugins = ["rewriter"]
 
 [[listeners.routes]]
@@ -666,6 +667,19 @@ fn a_body_plugin_rewrites_whole_bodies_and_a_pass_through_one_streams_them_intac
         let got = std::fs::read_to_string(lab.state_dir().join("fg-body-11.txt")).unwrap();
         assert_eq!(got.len(), want.len());
         assert!(got == want, "the rewritten body differs");
+
+        // HTTP/2: the same body as DATA, no length announced.
+        let (ok, head) = lab.client_sh(&format!(
+            "curl --http2-prior-knowledge -sS -m 20 -D - -o {dir}/fg-body-h2.txt http://{VIP}/files/text.txt"
+        ));
+        assert!(ok, "{head}");
+        assert!(head.starts_with("HTTP/2 200"), "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("content-length"),
+            "{head}"
+        );
+        let got = std::fs::read_to_string(lab.state_dir().join("fg-body-h2.txt")).unwrap();
+        assert!(got == want, "the HTTP/2 body differs");
 
         // HTTP/1.0: close-delimited.
         let (ok, head) = lab.client_sh(&format!(

@@ -3,7 +3,7 @@
 //! heads, applies the route, and decides keep-alive, retries and errors.
 
 mod cached;
-mod plugin_body;
+pub(crate) mod plugin_body;
 pub(crate) use cached::feed_fill;
 
 use std::net::IpAddr;

@@ -789,3 +789,44 @@ fn h2c_one_connection_reads_on_a_bounded_number_of_stored_bodies() {
         .count();
     assert_eq!(stored, 8);
 }
+
+/// The response body phase on HTTP/2: the plugins' output goes out as
+/// DATA with no `content-length` (they may change the length), for a
+/// chunked and a long body alike, and the contexts end with the body.
+#[test]
+fn h2c_body_plugin_output_goes_out_as_data_without_a_length() {
+    use ferrogate_proxy::plugin_phase::AttachedPlugin;
+    let upstream = origin_pool(|_| {});
+    let listener = Listener::new(
+        80,
+        vec![Route::new("origin", RouteAction::Proxy(upstream.clone()))],
+    )
+    .with_http2(true)
+    .with_plugins(vec![AttachedPlugin {
+        plugin: body_wrapper("square", '[', ']'),
+        fail_open: false,
+    }]);
+    let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let mut h2 = H2Client::connect(&mut lab);
+    h2.headers(&mut lab, 1, "GET", "/chunked", true);
+    let r = h2.response(&mut lab, 1);
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(r.body, b"[hello, world]", "{r:?}");
+    h2.headers(&mut lab, 3, "GET", "/hello", true);
+    let r = h2.response(&mut lab, 3);
+    assert_eq!(r.field("content-length"), None, "{r:?}");
+    assert!(r.body.starts_with(b"[") && r.body.ends_with(b"]"), "{r:?}");
+    h2.headers(&mut lab, 5, "GET", "/big", true);
+    let r = h2.response(&mut lab, 5);
+    let big: Vec<u8> = (0..lab.big_body).map(|i| b'a' + (i % 26) as u8).collect();
+    assert_eq!(r.body.len(), big.len() + 2, "{:?}", r.reset);
+    assert!(
+        r.body[1..r.body.len() - 1] == big[..],
+        "the body in between differs"
+    );
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_failures, 0);
+    assert_eq!(s.plugin_contexts_created, 3);
+    assert_eq!(s.plugin_contexts_ended, 3);
+}

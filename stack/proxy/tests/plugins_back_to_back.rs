@@ -409,43 +409,10 @@ fn a_cache_hit_goes_through_the_response_phases_like_the_miss() {
     assert_eq!(s.plugin_calls, 12);
 }
 
-/// Holds the response body to its end (StopIterationAndBuffer), then
-/// wraps it: `open` prepended, `close` appended.
-fn wrapper(name: &str, open: char, close: char) -> Plugin {
-    let text = format!(
-        r#"(module
-  (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
-  (global $bump (mut i32) (i32.const 4096))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
-    (local.set $p (global.get $bump))
-    (global.set $bump (i32.add (global.get $bump) (local.get $n)))
-    (local.get $p))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (data (i32.const 256) "{open}{close}")
-  (func (export "proxy_on_response_body") (param $ctx i32) (param $len i32) (param $eos i32) (result i32)
-    (if (i32.eqz (local.get $eos)) (then (return (i32.const 1))))
-    (drop (call $set (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 256) (i32.const 1)))
-    (drop (call $set (i32.const 1) (i32.add (local.get $len) (i32.const 1)) (i32.const 0)
-      (i32.const 257) (i32.const 1)))
-    (i32.const 0)))"#
-    );
-    let bytes = wat::parse_str(&text).unwrap();
-    let module = PluginModule::compile(&bytes, &PluginLimits::default()).expect("compile");
-    Plugin::new(
-        module,
-        PluginConfig {
-            name: name.into(),
-            ..PluginConfig::default()
-        },
-    )
-}
-
 #[test]
 fn a_body_plugin_sees_the_whole_body_once_and_the_client_gets_it_rechunked() {
-    let listener = wrapper("square", '[', ']');
-    let route = wrapper("round", '(', ')');
+    let listener = body_wrapper("square", '[', ']');
+    let route = body_wrapper("round", '(', ')');
     let table =
         table_with_route_plugins(vec![attach(&listener, false)], vec![attach(&route, false)]);
     let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
@@ -488,7 +455,7 @@ fn a_body_plugin_sees_the_whole_body_once_and_the_client_gets_it_rechunked() {
 
 #[test]
 fn a_body_plugin_holding_more_than_its_bound_fails_and_cuts_the_response() {
-    let square = wrapper("square", '[', ']');
+    let square = body_wrapper("square", '[', ']');
     let table = table_with_route_plugins(vec![attach(&square, false)], vec![]);
     let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
     lab.big_body = (ferrogate_proxy::plugin_phase::MAX_HELD + 100_000) as u32;

@@ -20,6 +20,7 @@ use crate::http::{BodyFraming, ByteBuf, RequestView};
 use crate::lb::Upstream;
 use crate::net::Instant;
 use crate::phases::{ProxyHttp, RequestInfo, ResponseInfo};
+use crate::proxy::plugin_body::{PluginBody, Pulled};
 use crate::proxy::{
     Body, Ctx, REQUEST_ID_MAX, Routing, after, canary_arm, canary_record, choose_route,
     emit_access, hash_key, rewritten_pool, set_request_id,
@@ -154,6 +155,8 @@ pub(crate) struct H2Stream<P: ProxyHttp> {
     cache: Option<Box<crate::cache::CacheReq>>,
     cache_status: Option<ferrogate_cache::CacheStatus>,
     cache_writer: Option<crate::cache::Filler>,
+    /// The response body goes through plugins' body phase.
+    plugin_body: Option<Box<PluginBody>>,
 }
 
 /// An HTTP/2 request as the HTTP/1-shaped view the phases and the router
@@ -214,6 +217,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             cache: None,
             cache_status: None,
             cache_writer: None,
+            plugin_body: None,
         }
     }
 
@@ -376,7 +380,11 @@ impl<P: ProxyHttp> H2Stream<P> {
                 has_body: self.body != ReqBody::None,
                 route: &route.name,
                 port: peer.listener_port,
-                diverted: canary_arm_taken || self.rewrite.changes_request(),
+                // A body plugin's output is not the origin's: not served
+                // from the store.
+                diverted: canary_arm_taken
+                    || self.rewrite.changes_request()
+                    || crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin),
                 identity: peer.io.identity().is_some_and(|(_, id)| id.is_some()),
             };
             match crate::cache::lookup(cx.cache, rc, &k, cx.now) {
@@ -797,11 +805,18 @@ impl<P: ProxyHttp> H2Stream<P> {
             self.upstream_failed(cx, h2, peer, ProxyError::BadResponse(HeadError::TooLarge));
             return true;
         }
-        // The head is committed: the plugins' contexts end.
-        self.end_plugins(cx);
         let body = Body::from_framing(resp.framing);
         let end = matches!(body, Body::Done);
-        let length = matches!(resp.framing, BodyFraming::Length(_));
+        // A body plugin may change the length: none is announced, and the
+        // contexts end with the body; else they end with the head.
+        let body_plugins =
+            !end && crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin);
+        if body_plugins {
+            self.plugin_body = Some(PluginBody::new(false));
+        } else {
+            self.end_plugins(cx);
+        }
+        let length = matches!(resp.framing, BodyFraming::Length(_)) && !body_plugins;
         if !self.send_head(h2, end, length) {
             // The stream is gone, or the head has more fields than fit.
             cx.stats.upstream_errors += 1;
@@ -838,6 +853,9 @@ impl<P: ProxyHttp> H2Stream<P> {
     }
 
     fn stream_response(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+        if self.plugin_body.is_some() {
+            return self.stream_plugin_body(cx, h2);
+        }
         let mut moved = self.att.fill(cx, &mut self.from_upstream) > 0;
         let open = self.att.may_recv(cx);
         let id = self.id;
@@ -937,24 +955,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             return true;
         }
         if done {
-            if let Some(w) = self.cache_writer.take() {
-                w.finish();
-            }
-            if let Some(up) = self.att.conn.as_mut() {
-                up.served += 1;
-            }
-            // Bytes past the end of the body mean the upstream is out of
-            // step (an origin error, counted as on HTTP/1).
-            let out_of_step = !self.from_upstream.is_empty();
-            if out_of_step && keep_upstream {
-                cx.stats.upstream_errors += 1;
-            }
-            if keep_upstream && !out_of_step {
-                self.att.release(cx);
-            } else {
-                self.att.close(cx, false);
-            }
-            self.step = Step::Done;
+            self.response_done(cx, keep_upstream);
             return true;
         }
         if !open && self.from_upstream.is_empty() {
@@ -986,6 +987,111 @@ impl<P: ProxyHttp> H2Stream<P> {
             } else {
                 // The origin went silent mid-body: the client must not
                 // take the short body as whole.
+                cx.stats.upstream_errors += 1;
+                h2.reset_stream(id, ErrorCode::InternalError);
+            }
+            self.finish(cx, true);
+            return true;
+        }
+        moved
+    }
+
+    /// The whole body went out: the upstream connection is kept or
+    /// closed, the stream is done.
+    fn response_done(&mut self, cx: &mut Ctx<'_, P>, keep_upstream: bool) {
+        if let Some(w) = self.cache_writer.take() {
+            w.finish();
+        }
+        if let Some(up) = self.att.conn.as_mut() {
+            up.served += 1;
+        }
+        // Bytes past the end of the body mean the upstream is out of
+        // step (an origin error, counted as on HTTP/1).
+        let out_of_step = !self.from_upstream.is_empty();
+        if out_of_step && keep_upstream {
+            cx.stats.upstream_errors += 1;
+        }
+        if keep_upstream && !out_of_step {
+            self.att.release(cx);
+        } else {
+            self.att.close(cx, false);
+        }
+        self.step = Step::Done;
+    }
+
+    /// One quantum of a response whose body the plugins see (see
+    /// `proxy::plugin_body`): their output goes out as DATA.
+    fn stream_plugin_body(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+        let Some(mut pb) = self.plugin_body.take() else {
+            return false;
+        };
+        let id = self.id;
+        let mut moved = false;
+        loop {
+            if pb.pending() || (pb.ended && !pb.end_sent) {
+                let cap = h2.send_capacity(id).min(SEND_QUANTUM);
+                let rest = &pb.out[pb.sent..];
+                let n = rest.len().min(cap);
+                let last = pb.ended && n == rest.len();
+                if n == 0 && !last {
+                    break;
+                }
+                if h2.send_data(id, &rest[..n], last).is_err() {
+                    // The client reset the stream.
+                    self.finish(cx, true);
+                    return true;
+                }
+                pb.sent += n;
+                pb.end_sent = last;
+                moved = true;
+                if pb.pending() {
+                    // One quantum per turn: the other streams get theirs.
+                    break;
+                }
+            }
+            if pb.end_sent {
+                let Step::Response { keep_upstream, .. } = self.step else {
+                    unreachable!("plugin body outside a response")
+                };
+                self.end_plugins(cx);
+                self.response_done(cx, keep_upstream);
+                return true;
+            }
+            moved |= self.att.fill(cx, &mut self.from_upstream) > 0;
+            let open = self.att.may_recv(cx);
+            let Step::Response { body, .. } = &mut self.step else {
+                unreachable!("plugin body outside a response")
+            };
+            match pb.pull(
+                cx,
+                &self.rewrite.plugin,
+                body,
+                &mut self.from_upstream,
+                open,
+                &mut self.pctx,
+            ) {
+                Pulled::Nothing => break,
+                Pulled::Piece => moved = true,
+                Pulled::Broken | Pulled::PluginFailed => {
+                    h2.reset_stream(id, ErrorCode::InternalError);
+                    self.finish(cx, true);
+                    return true;
+                }
+            }
+        }
+        let waiting_on_client = pb.pending();
+        self.plugin_body = Some(pb);
+        if moved {
+            self.deadline = if waiting_on_client {
+                after(cx.now, cx.cfg.timeouts.client_idle)
+            } else {
+                self.att.read_deadline(cx)
+            };
+        } else if cx.now >= self.deadline {
+            if waiting_on_client {
+                cx.stats.h2.stalled_resets += 1;
+                h2.reset_stream(id, ErrorCode::Cancel);
+            } else {
                 cx.stats.upstream_errors += 1;
                 h2.reset_stream(id, ErrorCode::InternalError);
             }
@@ -1199,6 +1305,7 @@ impl<P: ProxyHttp> H2Stream<P> {
     /// ends, or the response broke): the pick is given back, the upstream
     /// connection closed (`reset`: aborted).
     pub(crate) fn finish(&mut self, cx: &mut Ctx<'_, P>, reset: bool) {
+        self.plugin_body = None;
         // Given up before a response: against its canary arm.
         if self.canary.is_some() {
             let us = (cx.now - self.started).total_micros();

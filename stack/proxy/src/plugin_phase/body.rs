@@ -43,10 +43,10 @@ pub(crate) struct ResponseBody {
 
 impl ResponseBody {
     /// Hands `data` (the origin's payload, without framing) through the
-    /// contexts; what comes out at the end is appended to `out`. `eos`: the
-    /// body ends with `data` (every context is called, with all it holds).
-    /// Err: a plugin that is not `fail_open` failed; the response must be
-    /// cut (its head is out).
+    /// contexts; Ok: what comes out at the end (often nothing while a
+    /// context holds the body). `eos`: the body ends with `data` (every
+    /// context is called, with all it holds). Err: a plugin that is not
+    /// `fail_open` failed; the response must be cut (its head is out).
     pub(crate) fn feed(
         &mut self,
         workers: &mut WorkerPlugins,
@@ -54,9 +54,8 @@ impl ResponseBody {
         data: &[u8],
         eos: bool,
         now: Instant,
-        out: &mut Vec<u8>,
         stats: &mut StackStats,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<&[u8], ProxyError> {
         let n = edits.contexts.len();
         self.held.resize_with(n, Vec::new);
         self.carry.clear();
@@ -108,7 +107,7 @@ impl ResponseBody {
                 Outcome::Pause if eos => None,
                 Outcome::Pause => {
                     // Held for the next piece; the later contexts wait.
-                    return Ok(());
+                    return Ok(&[]);
                 }
                 Outcome::LocalResponse(_) => {
                     Some("a local answer at the response body phase (the head is out)".to_string())
@@ -125,7 +124,6 @@ impl ResponseBody {
             }
             std::mem::swap(&mut self.carry, held);
         }
-        out.append(&mut self.carry);
-        Ok(())
+        Ok(&self.carry)
     }
 }

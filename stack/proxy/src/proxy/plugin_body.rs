@@ -20,16 +20,30 @@ const STEP: usize = 16 * 1024;
 pub(crate) struct PluginBody {
     chain: ResponseBody,
     /// Framed bytes for the client, sent from `sent` on.
-    out: Vec<u8>,
-    sent: usize,
-    /// The origin's payload of one step, and what the plugins made of it.
+    pub(crate) out: Vec<u8>,
+    pub(crate) sent: usize,
+    /// The origin's payload of one step.
     payload: Vec<u8>,
-    data: Vec<u8>,
-    /// Chunked to the client (else close-delimited).
+    /// Chunked to the client (else as the plugins left it: close-delimited
+    /// on HTTP/1.0, DATA frames on HTTP/2).
     chunked: bool,
     /// The last piece went through the plugins: once `out` is sent, the
     /// response is complete.
-    ended: bool,
+    pub(crate) ended: bool,
+    /// HTTP/2: END_STREAM went out.
+    pub(crate) end_sent: bool,
+}
+
+/// What [`PluginBody::pull`] did.
+pub(crate) enum Pulled {
+    /// Nothing new from the origin yet.
+    Nothing,
+    /// A piece went through the plugins (its output is in `out`).
+    Piece,
+    /// The origin's body is broken (bad chunking) or ended short.
+    Broken,
+    /// A plugin that is not `fail_open` failed.
+    PluginFailed,
 }
 
 impl PluginBody {
@@ -43,6 +57,79 @@ impl PluginBody {
     /// Bytes wait for the client.
     pub(crate) fn pending(&self) -> bool {
         self.sent < self.out.len()
+    }
+
+    /// Takes up to [`STEP`] of the origin's body from `from_upstream`
+    /// (framing off), hands it through the plugins and frames what they
+    /// pass on into `out` (which must be sent: it is replaced).
+        pub(crate) fn pull<P: ProxyHttp>(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        edits: &crate::plugin_phase::PluginEdits,
+        body: &mut Body,
+        from_upstream: &mut crate::http::ByteBuf,
+        upstream_open: bool,
+        pctx: &mut P::Ctx,
+    ) -> Pulled {
+        self.out.clear();
+        self.sent = 0;
+        let avail = from_upstream.filled();
+        let window = &avail[..avail.len().min(STEP)];
+        self.payload.clear();
+        let payload = &mut self.payload;
+        let (take, done) = match body {
+            Body::Done => (0, true),
+            Body::Length(n) => {
+                let t = (*n).min(window.len() as u64) as usize;
+                *n -= t as u64;
+                payload.extend_from_slice(&window[..t]);
+                (t, *n == 0)
+            }
+            Body::Chunked(dec) => match dec.feed_with(window, |d| payload.extend_from_slice(d)) {
+                Ok(t) => (t, dec.is_done()),
+                Err(e) => {
+                    cx.stats.upstream_errors += 1;
+                    tracing::debug!(error = %ProxyError::BadResponseBody(e), "aborting response");
+                    return Pulled::Broken;
+                }
+            },
+            Body::UntilClose => {
+                payload.extend_from_slice(window);
+                (window.len(), !upstream_open && avail.len() == window.len())
+            }
+        };
+        if take == 0 && !done {
+            if !upstream_open && from_upstream.is_empty() {
+                // The origin closed before the body was complete.
+                cx.stats.upstream_errors += 1;
+                return Pulled::Broken;
+            }
+            return Pulled::Nothing;
+        }
+        from_upstream.consume(take);
+        if !self.payload.is_empty() {
+            cx.phases.response_body_filter(&self.payload, false, pctx);
+        }
+        let Ok(data) = self
+            .chain
+            .feed(cx.plugins, edits, &self.payload, done, cx.now, cx.stats)
+        else {
+            return Pulled::PluginFailed;
+        };
+        if self.chunked {
+            if !data.is_empty() {
+                let _ = write!(self.out, "{:x}\r\n", data.len());
+                self.out.extend_from_slice(data);
+                self.out.extend_from_slice(b"\r\n");
+            }
+            if done {
+                self.out.extend_from_slice(b"0\r\n\r\n");
+            }
+        } else {
+            self.out.extend_from_slice(data);
+        }
+        self.ended = done;
+        Pulled::Piece
     }
 }
 
@@ -97,8 +184,6 @@ impl<P: ProxyHttp> Conn<P> {
                     return Step::Wait(moved);
                 }
             }
-            pb.out.clear();
-            pb.sent = 0;
             if pb.ended {
                 return Step::Complete;
             }
@@ -107,76 +192,22 @@ impl<P: ProxyHttp> Conn<P> {
             let Phase::StreamResponse { body, .. } = &mut self.phase else {
                 unreachable!("plugin body outside a streamed response")
             };
-            let avail = self.bufs.from_upstream.filled();
-            let window = &avail[..avail.len().min(STEP)];
-            pb.payload.clear();
-            let (take, done) = match body {
-                Body::Done => (0, true),
-                Body::Length(n) => {
-                    let t = (*n).min(window.len() as u64) as usize;
-                    *n -= t as u64;
-                    pb.payload.extend_from_slice(&window[..t]);
-                    (t, *n == 0)
-                }
-                Body::Chunked(dec) => match dec.feed_with(window, |d| {
-                    pb.payload.extend_from_slice(d);
-                }) {
-                    Ok(t) => (t, dec.is_done()),
-                    Err(e) => {
-                        cx.stats.upstream_errors += 1;
-                        tracing::debug!(error = %ProxyError::BadResponseBody(e), "aborting response");
-                        self.finish(cx, true);
-                        return Step::Cut;
-                    }
-                },
-                Body::UntilClose => {
-                    pb.payload.extend_from_slice(window);
-                    (window.len(), !upstream_open && avail.len() == window.len())
-                }
-            };
-            if take == 0 && !done {
-                if !upstream_open && self.bufs.from_upstream.is_empty() {
-                    // The origin closed before the body was complete.
-                    cx.stats.upstream_errors += 1;
+            match pb.pull(
+                cx,
+                &self.rewrite.plugin,
+                body,
+                &mut self.bufs.from_upstream,
+                upstream_open,
+                &mut self.pctx,
+            ) {
+                Pulled::Nothing => return Step::Wait(moved),
+                Pulled::Piece => moved = true,
+                // The head is out: the client sees the body cut.
+                Pulled::Broken | Pulled::PluginFailed => {
                     self.finish(cx, true);
                     return Step::Cut;
                 }
-                return Step::Wait(moved);
             }
-            self.bufs.from_upstream.consume(take);
-            if !pb.payload.is_empty() {
-                cx.phases
-                    .response_body_filter(&pb.payload, false, &mut self.pctx);
-            }
-            pb.data.clear();
-            let fed = pb.chain.feed(
-                cx.plugins,
-                &self.rewrite.plugin,
-                &pb.payload,
-                done,
-                cx.now,
-                &mut pb.data,
-                cx.stats,
-            );
-            if fed.is_err() {
-                // The head is out: the client sees the body cut.
-                self.finish(cx, true);
-                return Step::Cut;
-            }
-            if pb.chunked {
-                if !pb.data.is_empty() {
-                    let _ = write!(pb.out, "{:x}\r\n", pb.data.len());
-                    pb.out.extend_from_slice(&pb.data);
-                    pb.out.extend_from_slice(b"\r\n");
-                }
-                if done {
-                    pb.out.extend_from_slice(b"0\r\n\r\n");
-                }
-            } else {
-                pb.out.extend_from_slice(&pb.data);
-            }
-            pb.ended = done;
-            moved = true;
         }
     }
 }

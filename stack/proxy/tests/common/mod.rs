@@ -702,3 +702,40 @@ impl Response {
         None
     }
 }
+
+/// Holds the response body to its end (StopIterationAndBuffer), then
+/// wraps it: `open` prepended, `close` appended.
+pub fn body_wrapper(name: &str, open: char, close: char) -> ferrogate_proxy::plugins::Plugin {
+    let text = format!(
+        r#"(module
+  (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $bump (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (global.get $bump) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (data (i32.const 256) "{open}{close}")
+  (func (export "proxy_on_response_body") (param $ctx i32) (param $len i32) (param $eos i32) (result i32)
+    (if (i32.eqz (local.get $eos)) (then (return (i32.const 1))))
+    (drop (call $set (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 256) (i32.const 1)))
+    (drop (call $set (i32.const 1) (i32.add (local.get $len) (i32.const 1)) (i32.const 0)
+      (i32.const 257) (i32.const 1)))
+    (i32.const 0)))"#
+    );
+    let bytes = wat::parse_str(&text).unwrap();
+    let module = ferrogate_proxy::plugins::PluginModule::compile(
+        &bytes,
+        &ferrogate_proxy::plugins::PluginLimits::default(),
+    )
+    .expect("compile");
+    ferrogate_proxy::plugins::Plugin::new(
+        module,
+        ferrogate_proxy::plugins::PluginConfig {
+            name: name.into(),
+            ..Default::default()
+        },
+    )
+}
