@@ -1180,15 +1180,9 @@ impl<P: ProxyHttp> Conn<P> {
                         has_body: info.framing != BodyFraming::None,
                         route: &route.name,
                         port: self.listener_port,
-                        // A body plugin's output is not the origin's:
-                        // such a route is not served from the store.
                         diverted: head::wants_upgrade(&req)
                             || canary_arm_taken
-                            || self.rewrite.changes_request()
-                            || crate::plugin_phase::wants_response_body(
-                                cx.plugins,
-                                &self.rewrite.plugin,
-                            ),
+                            || self.rewrite.changes_request(),
                         identity: self.io.identity().is_some_and(|(_, id)| id.is_some()),
                     };
                     match crate::cache::lookup(cx.cache, rc, &key, cx.now) {

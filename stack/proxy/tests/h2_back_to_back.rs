@@ -830,3 +830,56 @@ fn h2c_body_plugin_output_goes_out_as_data_without_a_length() {
     assert_eq!(s.plugin_contexts_created, 3);
     assert_eq!(s.plugin_contexts_ended, 3);
 }
+
+/// A cached route with a body plugin: the object stores the origin's
+/// body, and a hit goes through the plugin as the miss did (one wrap, not
+/// two), on HTTP/1 and HTTP/2 alike.
+#[test]
+fn body_plugin_runs_on_cache_hits_and_the_store_keeps_the_origins_body() {
+    use ferrogate_proxy::plugin_phase::AttachedPlugin;
+    let upstream = origin_pool(|_| {});
+    let cached = Route {
+        path: PathMatch::Prefix("/cached".into()),
+        cache: Some(Arc::new(ferrogate_proxy::cache::RouteCache::default())),
+        ..Route::new("cached", RouteAction::Proxy(upstream.clone()))
+    };
+    let listener = Listener::new(80, vec![cached])
+        .with_http2(true)
+        .with_plugins(vec![AttachedPlugin {
+            plugin: body_wrapper("square", '[', ']'),
+            fail_open: false,
+        }]);
+    let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: x.example\r\n\r\n").into_bytes();
+    let c = lab.connect();
+    let miss = lab.exchange(c, &get("/cached/a"));
+    assert!(miss.head.contains("x-cache: MISS"), "{}", miss.head);
+    assert!(
+        miss.body.starts_with(b"[") && miss.body.ends_with(b"]"),
+        "{miss:?}"
+    );
+    let hit = lab.exchange(c, &get("/cached/a"));
+    assert!(hit.head.contains("x-cache: HIT"), "{}", hit.head);
+    assert_eq!(hit.body, miss.body, "a hit looks like the miss");
+    assert_eq!(values_of(&hit.head, "transfer-encoding"), ["chunked"]);
+    let mut h2 = H2Client::connect(&mut lab);
+    h2.headers(&mut lab, 1, "GET", "/cached/a", true);
+    let r = h2.response(&mut lab, 1);
+    assert_eq!(r.field("x-cache"), Some("HIT"), "{r:?}");
+    assert_eq!(r.field("content-length"), None, "{r:?}");
+    assert_eq!(r.body, miss.body);
+    let s = lab.edge.stats();
+    assert_eq!(s.cache.hit, 2);
+    assert_eq!(s.plugin_failures, 0);
+    assert_eq!(s.plugin_contexts_created, 3);
+    assert_eq!(s.plugin_contexts_ended, 3);
+}
+
+fn values_of(head: &str, name: &str) -> Vec<String> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}

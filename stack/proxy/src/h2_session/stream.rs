@@ -380,11 +380,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 has_body: self.body != ReqBody::None,
                 route: &route.name,
                 port: peer.listener_port,
-                // A body plugin's output is not the origin's: not served
-                // from the store.
-                diverted: canary_arm_taken
-                    || self.rewrite.changes_request()
-                    || crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin),
+                diverted: canary_arm_taken || self.rewrite.changes_request(),
                 identity: peer.io.identity().is_some_and(|(_, id)| id.is_some()),
             };
             match crate::cache::lookup(cx.cache, rc, &k, cx.now) {
@@ -1037,8 +1033,12 @@ impl<P: ProxyHttp> H2Stream<P> {
                     break;
                 }
                 if h2.send_data(id, &rest[..n], last).is_err() {
-                    // The client reset the stream.
-                    self.finish(cx, true);
+                    // The client reset the stream: a body being stored is
+                    // read on for its other readers, as without plugins.
+                    self.end_plugins(cx);
+                    if !self.detach_fill(cx) {
+                        self.finish(cx, true);
+                    }
                     return true;
                 }
                 pb.sent += n;
@@ -1068,6 +1068,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 body,
                 &mut self.from_upstream,
                 open,
+                &mut self.cache_writer,
                 &mut self.pctx,
             ) {
                 Pulled::Nothing => break,

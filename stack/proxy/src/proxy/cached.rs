@@ -18,7 +18,7 @@ use crate::lb::Upstream;
 use crate::phases::{ProxyHttp, ResponseInfo};
 
 /// Most steps of one `cache_serve` run (each moves a chunk or its framing).
-const SERVE_STEPS: usize = 64;
+pub(super) const SERVE_STEPS: usize = 64;
 
 impl<P: ProxyHttp> Conn<P> {
     /// Counts what the cache did for the request in flight (once) and
@@ -304,10 +304,17 @@ impl<P: ProxyHttp> Conn<P> {
                 false,
             );
         };
+        // A body plugin sees the stored body as it saw the origin's, and
+        // may change its length (see `plugin_body`).
+        let body_plugins = !info.is_head
+            && part != Part::NotModified
+            && crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin);
         // Length unknown (a body still being stored from a chunked
-        // origin): chunked to HTTP/1.1 clients, close-delimited to 1.0.
-        let chunked = length.is_none() && !info.http10;
-        let keep = info.keep_alive && !cx.draining && (length.is_some() || chunked);
+        // origin, or one a plugin rewrites): chunked to HTTP/1.1 clients,
+        // close-delimited to 1.0.
+        let chunked = (length.is_none() || body_plugins) && !info.http10;
+        let keep =
+            info.keep_alive && !cx.draining && ((length.is_some() && !body_plugins) || chunked);
         // The stored head goes through the response phases as the origin's
         // did (their edits are not stored: a hit looks like the miss).
         if let Err(e) = crate::plugin_phase::viewer_response(
@@ -331,11 +338,16 @@ impl<P: ProxyHttp> Conn<P> {
         let pctx = &mut self.pctx;
         let rw = &self.rewrite;
         let status_header = cx.cache.edge.settings.status_header.as_deref();
-        let ok = head::write_client_response(
+        let mut ok = head::write_client_response(
             self.bufs.from_upstream.filled(),
             keep,
             info.http10,
-            |name| rw.strips_response(name),
+            |name| {
+                rw.strips_response(name)
+                    || (body_plugins
+                        && (name.eq_ignore_ascii_case("content-length")
+                            || name.eq_ignore_ascii_case("transfer-encoding")))
+            },
             |view, lines| {
                 phases.response_filter(view, &rinfo, pctx, lines);
                 rw.add_response(lines);
@@ -346,9 +358,17 @@ impl<P: ProxyHttp> Conn<P> {
             &mut cx.stats.header_lines_refused,
             &mut self.bufs.to_client,
         );
+        if ok && chunked && body_plugins {
+            ok = head::frame_head_chunked(&mut self.bufs.to_client);
+        }
         self.bufs.from_upstream.clear();
-        // The head is committed (or refused): the contexts end.
-        self.end_plugins(cx);
+        // The head is committed (or refused): the contexts end, with the
+        // body when a plugin sees it.
+        if ok && body_plugins {
+            self.plugin_body = Some(super::plugin_body::PluginBody::new(chunked));
+        } else {
+            self.end_plugins(cx);
+        }
         self.rewrite.clear();
         if !ok {
             // Lines the plugins added that do not fit are theirs.
@@ -392,6 +412,9 @@ impl<P: ProxyHttp> Conn<P> {
             cx.stats.client_aborts += 1;
             self.finish(cx, true);
             return true;
+        }
+        if self.plugin_body.is_some() {
+            return self.cache_serve_through_plugins(cx);
         }
         enum Next {
             Client,

@@ -60,23 +60,24 @@ impl PluginBody {
     }
 
     /// Takes up to [`STEP`] of the origin's body from `from_upstream`
-    /// (framing off), hands it through the plugins and frames what they
-    /// pass on into `out` (which must be sent: it is replaced).
-        pub(crate) fn pull<P: ProxyHttp>(
+    /// (framing off; a copy to the object `writer` stores, if any), hands
+    /// it through the plugins and frames what they pass on into `out`
+    /// (which must be sent: it is replaced).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn pull<P: ProxyHttp>(
         &mut self,
         cx: &mut Ctx<'_, P>,
         edits: &crate::plugin_phase::PluginEdits,
         body: &mut Body,
         from_upstream: &mut crate::http::ByteBuf,
         upstream_open: bool,
+        writer: &mut Option<crate::cache::Filler>,
         pctx: &mut P::Ctx,
     ) -> Pulled {
-        self.out.clear();
-        self.sent = 0;
         let avail = from_upstream.filled();
         let window = &avail[..avail.len().min(STEP)];
-        self.payload.clear();
-        let payload = &mut self.payload;
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.clear();
         let (take, done) = match body {
             Body::Done => (0, true),
             Body::Length(n) => {
@@ -99,6 +100,7 @@ impl PluginBody {
             }
         };
         if take == 0 && !done {
+            self.payload = payload;
             if !upstream_open && from_upstream.is_empty() {
                 // The origin closed before the body was complete.
                 cx.stats.upstream_errors += 1;
@@ -107,14 +109,42 @@ impl PluginBody {
             return Pulled::Nothing;
         }
         from_upstream.consume(take);
-        if !self.payload.is_empty() {
-            cx.phases.response_body_filter(&self.payload, false, pctx);
+        if !payload.is_empty() {
+            cx.phases.response_body_filter(&payload, false, pctx);
+            // The object stores the origin's body, not the plugins' (a hit
+            // goes through them again).
+            if let Some(w) = writer {
+                w.push(&payload);
+            }
         }
-        let Ok(data) = self
-            .chain
-            .feed(cx.plugins, edits, &self.payload, done, cx.now, cx.stats)
-        else {
-            return Pulled::PluginFailed;
+        if writer.as_ref().is_some_and(crate::cache::Filler::stop) {
+            *writer = None;
+        }
+        let pushed = self.push(cx.plugins, edits, &payload, done, cx.now, cx.stats);
+        self.payload = payload;
+        if pushed {
+            Pulled::Piece
+        } else {
+            Pulled::PluginFailed
+        }
+    }
+
+    /// Hands `data` (payload, no framing) through the plugins and frames
+    /// what they pass on into `out` (replaced: it must have been sent).
+    /// False: a plugin that is not `fail_open` failed.
+    pub(crate) fn push(
+        &mut self,
+        workers: &mut crate::plugin_phase::WorkerPlugins,
+        edits: &crate::plugin_phase::PluginEdits,
+        data: &[u8],
+        done: bool,
+        now: crate::net::Instant,
+        stats: &mut crate::stats::StackStats,
+    ) -> bool {
+        self.out.clear();
+        self.sent = 0;
+        let Ok(data) = self.chain.feed(workers, edits, data, done, now, stats) else {
+            return false;
         };
         if self.chunked {
             if !data.is_empty() {
@@ -129,7 +159,7 @@ impl PluginBody {
             self.out.extend_from_slice(data);
         }
         self.ended = done;
-        Pulled::Piece
+        true
     }
 }
 
@@ -198,6 +228,7 @@ impl<P: ProxyHttp> Conn<P> {
                 body,
                 &mut self.bufs.from_upstream,
                 upstream_open,
+                &mut self.cache_writer,
                 &mut self.pctx,
             ) {
                 Pulled::Nothing => return Step::Wait(moved),
@@ -207,6 +238,122 @@ impl<P: ProxyHttp> Conn<P> {
                     self.finish(cx, true);
                     return Step::Cut;
                 }
+            }
+        }
+    }
+
+    /// A stored body through the plugins (a cache hit whose request has a
+    /// body plugin): each chunk of the object, as the store serves it,
+    /// takes the way the origin's did.
+    pub(super) fn cache_serve_through_plugins(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        use ferrogate_cache::Read;
+        enum Next {
+            Client,
+            Object,
+            Done,
+            Cut,
+        }
+        let Some(mut pb) = self.plugin_body.take() else {
+            return false;
+        };
+        // The head first.
+        let (flushed, mut moved) = self.flush_to_client(cx);
+        if !flushed {
+            self.plugin_body = Some(pb);
+            return moved;
+        }
+        let Phase::CacheServe {
+            reader,
+            client_wait,
+            slice,
+            keep_client,
+            ..
+        } = &mut self.phase
+        else {
+            unreachable!("plugin body outside a cache serve")
+        };
+        let keep = *keep_client;
+        let mut next = Next::Client;
+        for _ in 0..super::cached::SERVE_STEPS {
+            if pb.pending() {
+                let client = &mut cx.net.stream(self.client);
+                let n = self.io.stream.send(client, &pb.out[pb.sent..]);
+                pb.sent += n;
+                moved |= n > 0;
+                if pb.pending() {
+                    break;
+                }
+            }
+            if pb.ended {
+                next = Next::Done;
+                break;
+            }
+            let (data, end) = if slice.done() {
+                (bytes::Bytes::new(), true)
+            } else {
+                match reader.poll() {
+                    Read::Chunk(b) => {
+                        let b = slice.cut(b);
+                        if b.is_empty() {
+                            continue;
+                        }
+                        cx.stats.cache.bytes_served += b.len() as u64;
+                        (b, false)
+                    }
+                    Read::Pending => {
+                        next = Next::Object;
+                        break;
+                    }
+                    Read::End => (bytes::Bytes::new(), true),
+                    Read::Aborted => {
+                        // The fetch that was storing it failed.
+                        cx.stats.upstream_errors += 1;
+                        next = Next::Cut;
+                        break;
+                    }
+                }
+            };
+            if !pb.push(
+                cx.plugins,
+                &self.rewrite.plugin,
+                &data,
+                end,
+                cx.now,
+                cx.stats,
+            ) {
+                next = Next::Cut;
+                break;
+            }
+            moved = true;
+        }
+        match next {
+            Next::Done => {
+                self.end_plugins(cx);
+                self.phase = Phase::WriteLocal { keep };
+                true
+            }
+            Next::Cut => {
+                self.finish(cx, true);
+                true
+            }
+            Next::Object => {
+                *client_wait = false;
+                self.deadline = super::after(cx.now, cx.cache.edge.settings.wait_poll);
+                self.plugin_body = Some(pb);
+                moved
+            }
+            Next::Client => {
+                self.plugin_body = Some(pb);
+                if moved || !*client_wait {
+                    *client_wait = true;
+                    self.deadline = super::after(cx.now, cx.cfg.timeouts.client_idle);
+                } else if cx.now >= self.deadline {
+                    // The client took nothing for the idle timeout.
+                    cx.stats.client_aborts += 1;
+                    self.finish(cx, true);
+                    return true;
+                }
+                moved
             }
         }
     }

@@ -15,6 +15,7 @@ use crate::error::ProxyError;
 use crate::http::{BodyFraming, ResponseHead, head};
 use crate::lb::Upstream;
 use crate::phases::{ProxyHttp, ResponseInfo};
+use crate::proxy::plugin_body::PluginBody;
 use crate::proxy::{Ctx, after};
 
 impl<P: ProxyHttp> H2Stream<P> {
@@ -259,8 +260,18 @@ impl<P: ProxyHttp> H2Stream<P> {
             &mut self.request_head,
         );
         self.from_upstream.clear();
-        // The head is committed (or refused): the contexts end.
-        self.end_plugins(cx);
+        let end = self.is_head || length == Some(0) || part == Part::NotModified;
+        // A body plugin sees the stored body as it saw the origin's (see
+        // `proxy::plugin_body`): no length, the contexts end with the body.
+        let body_plugins = ok
+            && !end
+            && crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin);
+        if body_plugins {
+            self.plugin_body = Some(PluginBody::new(false));
+        } else {
+            // The head is committed (or refused): the contexts end.
+            self.end_plugins(cx);
+        }
         self.rewrite.plugin.clear_edits();
         if !ok {
             // Lines the plugins added that do not fit are theirs.
@@ -272,8 +283,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             };
             return self.local_error(cx, h2, peer, e);
         }
-        let end = self.is_head || length == Some(0) || part == Part::NotModified;
-        if !self.send_head(h2, end, length.is_some()) {
+        if !self.send_head(h2, end, length.is_some() && !body_plugins) {
             h2.reset_stream(self.id, ErrorCode::InternalError);
             self.finish(cx, true);
             return;
@@ -301,6 +311,9 @@ impl<P: ProxyHttp> H2Stream<P> {
 
     /// Streams a stored body as DATA, one quantum per turn.
     pub(super) fn cache_serve(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+        if self.plugin_body.is_some() {
+            return self.cache_serve_through_plugins(cx, h2);
+        }
         let id = self.id;
         let Step::CacheServe {
             reader,
@@ -372,6 +385,106 @@ impl<P: ProxyHttp> H2Stream<P> {
 }
 
 impl<P: ProxyHttp> H2Stream<P> {
+    /// A stored body through the plugins (a hit whose request has a body
+    /// plugin), one quantum per turn: each chunk of the object takes the
+    /// way the origin's did, and their output goes out as DATA.
+    fn cache_serve_through_plugins(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+        let Some(mut pb) = self.plugin_body.take() else {
+            return false;
+        };
+        let id = self.id;
+        let Step::CacheServe {
+            reader,
+            client_wait,
+            slice,
+            ..
+        } = &mut self.step
+        else {
+            unreachable!()
+        };
+        let mut moved = false;
+        let mut waiting_on_object = false;
+        loop {
+            if pb.pending() || (pb.ended && !pb.end_sent) {
+                let cap = h2.send_capacity(id).min(SEND_QUANTUM);
+                let rest = &pb.out[pb.sent..];
+                let n = rest.len().min(cap);
+                let last = pb.ended && n == rest.len();
+                if n == 0 && !last {
+                    break;
+                }
+                if h2.send_data(id, &rest[..n], last).is_err() {
+                    // The client reset the stream.
+                    self.finish(cx, true);
+                    return true;
+                }
+                pb.sent += n;
+                pb.end_sent = last;
+                moved = true;
+                if pb.pending() {
+                    break;
+                }
+            }
+            if pb.end_sent {
+                self.end_plugins(cx);
+                self.step = Step::Done;
+                return true;
+            }
+            let (data, end) = if slice.done() {
+                (Bytes::new(), true)
+            } else {
+                match reader.poll() {
+                    Read::Chunk(b) => {
+                        let b = slice.cut(b);
+                        if b.is_empty() {
+                            continue;
+                        }
+                        cx.stats.cache.bytes_served += b.len() as u64;
+                        (b, false)
+                    }
+                    Read::Pending => {
+                        waiting_on_object = true;
+                        break;
+                    }
+                    Read::End => (Bytes::new(), true),
+                    Read::Aborted => {
+                        cx.stats.upstream_errors += 1;
+                        h2.reset_stream(id, ErrorCode::InternalError);
+                        self.finish(cx, true);
+                        return true;
+                    }
+                }
+            };
+            if !pb.push(
+                cx.plugins,
+                &self.rewrite.plugin,
+                &data,
+                end,
+                cx.now,
+                cx.stats,
+            ) {
+                h2.reset_stream(id, ErrorCode::InternalError);
+                self.finish(cx, true);
+                return true;
+            }
+            moved = true;
+        }
+        self.plugin_body = Some(pb);
+        if waiting_on_object {
+            *client_wait = false;
+            self.deadline = after(cx.now, cx.cache.edge.settings.wait_poll);
+        } else if moved || !*client_wait {
+            *client_wait = true;
+            self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+        } else if cx.now >= self.deadline {
+            cx.stats.h2.stalled_resets += 1;
+            h2.reset_stream(id, ErrorCode::Cancel);
+            self.finish(cx, true);
+            return true;
+        }
+        moved
+    }
+
     /// The client of a response being stored is gone (it reset the stream,
     /// or the connection ended): the rest of the body is read into the
     /// object for the requests reading it, as on HTTP/1 (bounded by the
