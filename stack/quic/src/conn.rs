@@ -26,6 +26,8 @@ pub(crate) struct Conn {
     pending: Vec<SendStream>,
     /// Request streams left unread because their body buffer is full:
     /// the data stays in quinn, so stream flow control holds the client.
+    /// Each at most once (every STREAM frame on a paused stream makes it
+    /// readable again), so it is bounded by the open streams.
     paused: Vec<StreamId>,
     /// Most request body octets buffered per stream.
     max_body: usize,
@@ -38,6 +40,14 @@ pub(crate) fn stream_id(id: u64) -> Option<StreamId> {
 pub(crate) fn code(c: ErrorCode) -> VarInt {
     // Every H3 code (and every code a peer sent us) fits a varint.
     VarInt::from_u64(c.to_u64()).unwrap_or(VarInt::from_u32(0x102))
+}
+
+/// Remembers `id` as paused once: a linear check is cheap at the bound
+/// (open request streams, MAX_STREAMS).
+fn pause(paused: &mut Vec<StreamId>, id: StreamId) {
+    if !paused.contains(&id) {
+        paused.push(id);
+    }
 }
 
 impl Conn {
@@ -163,7 +173,7 @@ impl Conn {
             usize::MAX
         };
         if room == 0 {
-            paused.push(id);
+            pause(paused, id);
             return;
         }
         let mut feed = |data: &[u8], fin: bool| {
@@ -184,7 +194,7 @@ impl Conn {
                     room -= chunk.bytes.len();
                     feed(&chunk.bytes, false);
                     if room == 0 {
-                        paused.push(id);
+                        pause(paused, id);
                         break;
                     }
                 }
@@ -201,6 +211,11 @@ impl Conn {
         }
         // Whether to send MAX_STREAM_DATA is the transmit path's business.
         let _ = chunks.finalize();
+    }
+
+    /// Request streams waiting for the application to take body octets.
+    pub fn paused_streams(&self) -> usize {
+        self.paused.len()
     }
 
     fn on_h3_event(

@@ -93,6 +93,12 @@ impl QuicEndpoint {
         self.conns.get(&conn).map(|c| c.quic.stats())
     }
 
+    /// Request streams of `conn` whose reading waits for the application
+    /// to take their body (`request_body`), for metrics.
+    pub fn paused_streams(&self, conn: ConnectionHandle) -> Option<usize> {
+        self.conns.get(&conn).map(Conn::paused_streams)
+    }
+
     /// One received UDP datagram, addressed to `local` (the VIP) from
     /// `remote`.
     pub fn handle_datagram(

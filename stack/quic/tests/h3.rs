@@ -323,3 +323,30 @@ fn stop_sending_from_the_client_resets_the_response() {
     p.drive();
     assert_eq!(p.response(after).unwrap().body, b"you asked for /after");
 }
+
+fn conn_handle(p: &Pair) -> ferrogate_quic::ConnectionHandle {
+    match p.server_events[0] {
+        Event::Connected(c) => c,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_paused_stream_is_listed_once_however_many_frames_arrive() {
+    let config = QuicConfig {
+        max_buffered_body: 16 * 1024,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let conn = conn_handle(&p);
+    // The application never takes this body: the stream pauses while
+    // STREAM frames keep arriving on it (each one a readable event).
+    let s = p.post("/stall", &big_body());
+    p.run_for(Duration::from_secs(5));
+    assert!(
+        p.server_events
+            .iter()
+            .any(|e| matches!(e, Event::RequestData(h) if h.stream == s))
+    );
+    assert_eq!(p.server.paused_streams(conn), Some(1));
+}
