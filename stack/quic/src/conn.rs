@@ -244,6 +244,9 @@ impl Conn {
                 if let Some(id) = stream_id(stream) {
                     let _ = self.quic.recv_stream(id).stop(code(ErrorCode::NoError));
                 }
+                // No FIN will be read now: H3 must not wait for one to
+                // free the request slot.
+                self.h3.stop_receiving(stream);
             }
             H::PeerReset { stream, code } => events.push_back(Event::StreamAborted {
                 stream: handle(stream),

@@ -350,3 +350,43 @@ fn a_paused_stream_is_listed_once_however_many_frames_arrive() {
     );
     assert_eq!(p.server.paused_streams(conn), Some(1));
 }
+
+#[test]
+fn refused_heads_release_their_request_slots() {
+    let h3 = ferrogate_h3::Config {
+        max_concurrent_requests: 2,
+        ..ferrogate_h3::Config::default()
+    };
+    let config = QuicConfig {
+        h3,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    // Heads past the 16 KiB limit, spread over several packets: the 431
+    // goes out and the stream is stopped before its FIN is read.
+    let big = "x".repeat(40 * 1024);
+    let mut refused = Vec::new();
+    for i in 0..5 {
+        let s = p.request_fields(&[
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":authority", b"localhost"),
+            (b":path", format!("/{i}").as_bytes()),
+            (b"x-big", big.as_bytes()),
+        ]);
+        p.run_for(Duration::from_secs(1));
+        refused.push(s);
+    }
+    for s in refused {
+        let r = p
+            .response(s)
+            .expect("a 431 with FIN, not a reset for lack of request slots");
+        assert_eq!(r.status, b"431");
+    }
+    let s = p.get("/after");
+    p.run_for(Duration::from_secs(1));
+    let r = p
+        .response(s)
+        .expect("served, not refused for lack of slots");
+    assert_eq!(r.body, b"you asked for /after");
+}

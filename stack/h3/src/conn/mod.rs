@@ -293,6 +293,19 @@ impl H3Conn {
         self.uni.remove(&stream);
     }
 
+    /// The QUIC layer stopped reading request stream `stream`
+    /// (STOP_SENDING, after a 431 or when the application abandons the
+    /// body): no FIN will be fed, so its receiving side is done now and
+    /// its buffered body dropped. The stream is forgotten once its
+    /// response is written, releasing its request slot.
+    pub fn stop_receiving(&mut self, stream: u64) {
+        let Some(s) = self.requests.get_mut(&stream) else {
+            return;
+        };
+        s.stop_receiving();
+        self.reap(stream);
+    }
+
     fn accept(&mut self, stream: u64) -> bool {
         let refused = self.goaway.is_some_and(|g| stream >= g)
             || self.requests.len() >= self.config.max_concurrent_requests;

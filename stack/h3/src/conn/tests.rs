@@ -321,6 +321,47 @@ fn assert_431(c: &mut H3Conn, stream: u64) {
 }
 
 #[test]
+fn stopping_a_refused_stream_releases_its_request_slot() {
+    let mut c = H3Conn::new(Config {
+        max_field_section_size: 200,
+        max_concurrent_requests: 1,
+        ..Config::default()
+    });
+    let big = "x".repeat(300);
+    // The QUIC layer stops reading after the 431, so no FIN is ever fed.
+    c.handle_stream_data(0, &get(&format!("/{big}"))[..10], false);
+    assert_431(&mut c, 0);
+    assert_eq!(c.open_requests(), 1, "still waiting for a FIN");
+    c.stop_receiving(0);
+    assert_eq!(c.open_requests(), 0);
+    c.handle_stream_data(4, &get("/"), true);
+    assert!(matches!(
+        events(&mut c)[..],
+        [
+            Event::RequestHead { stream: 4, .. },
+            Event::RequestEnd { stream: 4 }
+        ]
+    ));
+}
+
+#[test]
+fn stop_receiving_drops_the_body_and_waits_for_the_response() {
+    let mut c = conn();
+    c.handle_stream_data(0, &get("/"), false);
+    c.handle_stream_data(0, &data(b"unwanted"), false);
+    events(&mut c);
+    c.stop_receiving(0);
+    assert_eq!(c.request_body(0).map(|b| b.len()), Some(0));
+    // Still open: the response goes out, then the stream is forgotten.
+    c.send_response_head(0, 204, &[]).unwrap();
+    c.finish(0).unwrap();
+    take_frames(&mut c, SendStream::Request(0));
+    assert_eq!(c.open_requests(), 0);
+    c.handle_stream_data(0, &data(b"late"), true);
+    assert!(events(&mut c).is_empty());
+}
+
+#[test]
 fn head_past_the_limit_gets_431_whether_seen_in_the_frame_or_decoded() {
     let config = Config {
         max_field_section_size: 200,
