@@ -73,6 +73,21 @@ impl QuicConfig {
         config
     }
 
+    /// quinn's transport parameters and limits.
+    fn transport_config(&self) -> Result<TransportConfig, ConfigError> {
+        let mut transport = TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                IdleTimeout::try_from(self.idle_timeout).map_err(|_| ConfigError::IdleTimeout)?,
+            ))
+            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_bidi_streams))
+            .max_concurrent_uni_streams(VarInt::from_u32(self.max_uni_streams))
+            // HTTP/3 here uses no QUIC datagrams: not advertising them
+            // keeps peers from making us buffer any.
+            .datagram_receive_buffer_size(None);
+        Ok(transport)
+    }
+
     /// quinn's server configuration from `tls`: ALPN is set to "h3" and
     /// early data off (0-RTT needs replay protection first).
     pub(crate) fn server_config(
@@ -82,13 +97,7 @@ impl QuicConfig {
         tls.alpn_protocols = vec![ALPN_H3.to_vec()];
         tls.max_early_data_size = 0;
         let crypto = QuicServerConfig::try_from(tls)?;
-        let mut transport = TransportConfig::default();
-        transport
-            .max_idle_timeout(Some(
-                IdleTimeout::try_from(self.idle_timeout).map_err(|_| ConfigError::IdleTimeout)?,
-            ))
-            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_bidi_streams))
-            .max_concurrent_uni_streams(VarInt::from_u32(self.max_uni_streams));
+        let transport = self.transport_config()?;
         let mut config = ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport));
         Ok(config)

@@ -390,3 +390,16 @@ fn refused_heads_release_their_request_slots() {
         .expect("served, not refused for lack of slots");
     assert_eq!(r.body, b"you asked for /after");
 }
+
+#[test]
+fn quic_datagrams_are_not_offered() {
+    let mut p = connected(QuicConfig::default());
+    // No max_datagram_frame_size transport parameter from the server: the
+    // client may not send any (RFC 9221 §3).
+    assert_eq!(p.quic().datagrams().max_size(), None);
+    let sent = p
+        .quic()
+        .datagrams()
+        .send(bytes::Bytes::from_static(b"x"), false);
+    assert!(sent.is_err(), "{sent:?}");
+}
