@@ -403,3 +403,29 @@ fn quic_datagrams_are_not_offered() {
         .send(bytes::Bytes::from_static(b"x"), false);
     assert!(sent.is_err(), "{sent:?}");
 }
+
+#[test]
+fn a_client_faster_than_the_application_is_held_by_flow_control() {
+    let max_body = 64 * 1024;
+    let config = QuicConfig {
+        max_buffered_body: max_body,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let conn = conn_handle(&p);
+    // The application takes none of this 1 MiB body.
+    let s = p.post("/stall", &big_body());
+    p.run_for(Duration::from_secs(5));
+    let handle = ferrogate_quic::StreamHandle { conn, stream: s };
+    let buffered = p.server.request_body(handle).expect("open").len();
+    assert_eq!(buffered, max_body, "the body buffer is full");
+    // What the client could send past that is what QUIC holds unread for
+    // us: one stream window (about the body buffer), not quinn's default.
+    let sent = p.uploaded(s).expect("the upload is still held back");
+    let head = 64;
+    assert!(
+        sent <= buffered + max_body + head,
+        "client sent {sent}, {} past the application's buffer",
+        sent - buffered
+    );
+}

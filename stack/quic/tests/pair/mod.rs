@@ -209,6 +209,13 @@ impl Pair {
         u64::from(id)
     }
 
+    /// Request octets (frames included) the client's QUIC stream took so
+    /// far for a POST still being written: what flow control allowed.
+    pub fn uploaded(&self, stream: u64) -> Option<usize> {
+        let id = StreamId::from(varint(stream));
+        self.uploads.get(&id).map(|(_, off)| *off)
+    }
+
     fn write_uploads(&mut self) {
         let Some((_, conn)) = self.conn.as_mut() else {
             return;
