@@ -50,6 +50,21 @@ fn pause(paused: &mut Vec<StreamId>, id: StreamId) {
     }
 }
 
+/// The peer reset its side of `id` (RESET_STREAM): H3 drops the stream,
+/// and on a request stream whose response is not complete our side is
+/// reset too (H3_REQUEST_CANCELLED), so no one sends a response nobody
+/// reads and QUIC frees the stream, and with it the peer's stream credit.
+/// A complete response still in flight is left to arrive.
+fn on_peer_reset(quic: &mut Connection, h3: &mut H3Conn, id: StreamId, c: VarInt) {
+    let sid = u64::from(id);
+    if id.dir() == Dir::Bi && !h3.response_complete(sid) {
+        let _ = quic
+            .send_stream(id)
+            .reset(code(ErrorCode::RequestCancelled));
+    }
+    h3.handle_stream_reset(sid, c.into_inner());
+}
+
 impl Conn {
     pub fn new(quic: Connection, h3: ferrogate_h3::Config, max_body: usize) -> Self {
         Self {
@@ -173,9 +188,16 @@ impl Conn {
             usize::MAX
         };
         if room == 0 {
-            pause(paused, id);
+            // A reset must not wait for the application to take the body.
+            let reset = quic.recv_stream(id).received_reset();
+            match reset {
+                Ok(Some(c)) => on_peer_reset(quic, h3, id, c),
+                Ok(None) => pause(paused, id),
+                Err(_) => {}
+            }
             return;
         }
+        let mut reset = None;
         let mut feed = |data: &[u8], fin: bool| {
             if bidi {
                 h3.handle_stream_data(sid, data, fin);
@@ -204,13 +226,16 @@ impl Conn {
                 }
                 Err(ReadError::Blocked) => break,
                 Err(ReadError::Reset(c)) => {
-                    h3.handle_stream_reset(sid, c.into_inner());
+                    reset = Some(c);
                     break;
                 }
             }
         }
         // Whether to send MAX_STREAM_DATA is the transmit path's business.
         let _ = chunks.finalize();
+        if let Some(c) = reset {
+            on_peer_reset(quic, h3, id, c);
+        }
     }
 
     /// Request streams waiting for the application to take body octets.

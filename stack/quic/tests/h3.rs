@@ -429,3 +429,61 @@ fn a_client_faster_than_the_application_is_held_by_flow_control() {
         sent - buffered
     );
 }
+
+#[test]
+fn a_reset_request_resets_the_response_and_frees_the_stream() {
+    let h3 = ferrogate_h3::Config {
+        max_concurrent_requests: 1,
+        ..ferrogate_h3::Config::default()
+    };
+    let config = QuicConfig {
+        max_bidi_streams: 1,
+        max_buffered_body: 16 * 1024,
+        h3,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let conn = conn_handle(&p);
+    let cancelled = ErrorCode::RequestCancelled.to_u64();
+    // Twice, each time on the only stream allowed: a body the application
+    // takes none of (its stream is paused on a full buffer), then one it
+    // takes and answers only at its end.
+    for path in ["/stall", "/upload"] {
+        let s = p.post(path, &big_body());
+        if path == "/stall" {
+            p.run_for(Duration::from_secs(1));
+            assert_eq!(p.server.paused_streams(conn), Some(1));
+        } else {
+            // A few rounds: the head and some of the body, not all of it.
+            for _ in 0..3 {
+                p.step();
+            }
+        }
+        assert!(
+            p.server_events
+                .iter()
+                .any(|e| matches!(e, Event::RequestHead { stream, .. } if stream.stream == s))
+        );
+        assert!(p.response(s).is_none());
+        p.reset_request(s, cancelled);
+        p.run_for(Duration::from_secs(1));
+        let handle = ferrogate_quic::StreamHandle { conn, stream: s };
+        assert!(
+            p.server_events.iter().any(|e| matches!(
+                e,
+                Event::StreamAborted { stream, code: ErrorCode::RequestCancelled } if *stream == handle
+            )),
+            "{path}: {:?}",
+            p.server_events
+        );
+        assert_eq!(p.server.paused_streams(conn), Some(0));
+        // Our response side was reset as well...
+        let got = p.client_streams.get(&s).map(|c| c.reset);
+        assert_eq!(got, Some(Some(cancelled)), "{path}");
+        assert!(p.server.send_response_head(handle, 200, &[]).is_err());
+    }
+    // ...so QUIC freed the stream and the client may open the next one.
+    let s = p.get("/after");
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.response(s).unwrap().body, b"you asked for /after");
+}

@@ -443,6 +443,12 @@ impl H3Conn {
         Ok(())
     }
 
+    /// The whole response on `stream`, FIN included, was handed to the
+    /// QUIC layer (so a reset of the request need not cut it short).
+    pub fn response_complete(&self, stream: u64) -> bool {
+        self.requests.get(&stream).is_some_and(|s| s.fin_sent)
+    }
+
     /// Streams with octets (or a FIN) to write.
     pub fn pending_streams(&self) -> impl Iterator<Item = SendStream> + '_ {
         let control = (!self.control_out.is_empty()).then_some(SendStream::Control);

@@ -703,6 +703,19 @@ fn peer_reset_drops_the_stream_and_late_data_is_ignored() {
 }
 
 #[test]
+fn response_is_complete_once_its_fin_is_handed_over() {
+    let mut c = conn();
+    c.handle_stream_data(0, &get("/"), false);
+    assert!(!c.response_complete(0));
+    c.send_response_head(0, 204, &[]).unwrap();
+    c.finish(0).unwrap();
+    assert!(!c.response_complete(0), "queued, not written");
+    take_frames(&mut c, SendStream::Request(0));
+    assert!(c.response_complete(0));
+    assert!(!c.response_complete(4));
+}
+
+#[test]
 fn interim_heads_may_precede_the_final_one() {
     let mut c = conn();
     c.handle_stream_data(0, &get("/"), false);

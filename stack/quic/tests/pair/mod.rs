@@ -186,6 +186,14 @@ impl Pair {
         u64::from(id)
     }
 
+    /// Resets the client's sending side of `stream` (RESET_STREAM) and
+    /// stops writing its upload.
+    pub fn reset_request(&mut self, stream: u64, code: u64) {
+        let id = StreamId::from(varint(stream));
+        self.uploads.remove(&id);
+        self.quic().send_stream(id).reset(varint(code)).unwrap();
+    }
+
     /// A POST with `body` in one DATA frame, written as flow control
     /// allows.
     pub fn post(&mut self, path: &str, body: &[u8]) -> u64 {
