@@ -85,14 +85,23 @@ impl Conn {
         self.dirty = false;
         // Streams paused on a full body buffer: the application may have
         // taken some of it since.
+        if self.lost {
+            self.paused.clear();
+        }
         for id in std::mem::take(&mut self.paused) {
             self.read(id);
         }
+        // Nothing is reported after ConnectionLost (the application has
+        // forgotten the connection), not even what was read just before.
         while let Some(ev) = self.quic.poll() {
-            self.on_quic_event(ch, now, ev, events);
+            if !self.lost {
+                self.on_quic_event(ch, now, ev, events);
+            }
         }
         while let Some(ev) = self.h3.poll_event() {
-            self.on_h3_event(ch, now, ev, events);
+            if !self.lost {
+                self.on_h3_event(ch, now, ev, events);
+            }
         }
         if !self.lost {
             self.flush(ch, now, events);

@@ -487,3 +487,37 @@ fn a_reset_request_resets_the_response_and_frees_the_stream() {
     p.run_for(Duration::from_secs(1));
     assert_eq!(p.response(s).unwrap().body, b"you asked for /after");
 }
+
+#[test]
+fn no_events_after_connection_lost() {
+    let config = QuicConfig {
+        max_buffered_body: 16 * 1024,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let conn = conn_handle(&p);
+    let s = p.post("/stall", &big_body());
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.server.paused_streams(conn), Some(1));
+    // The client goes away while the stream is paused...
+    let now = p.now;
+    p.quic().close(now, pair::varint(0), bytes::Bytes::new());
+    p.drive();
+    let lost = p
+        .server_events
+        .iter()
+        .position(|e| matches!(e, Event::ConnectionLost { .. }))
+        .expect("the close was reported");
+    // ...and the application, still working through earlier events, takes
+    // the body, which would have the paused stream read again.
+    let handle = ferrogate_quic::StreamHandle { conn, stream: s };
+    if let Some(body) = p.server.request_body(handle) {
+        body.clear();
+    }
+    p.drive();
+    // What the last round queued, not yet served.
+    let late = std::iter::from_fn(|| p.server.poll_event());
+    let mut after = p.server_events.split_off(lost + 1);
+    after.extend(late);
+    assert_eq!(after, [], "events after ConnectionLost");
+}
