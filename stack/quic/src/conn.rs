@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::Bytes;
-use ferrogate_h3::{ErrorCode, H3Conn, SendStream};
+use ferrogate_h3::{ErrorCode, H3Conn, SendError, SendStream};
 use quinn_proto::{
     Connection, ConnectionHandle, Dir, ReadError, StreamEvent, StreamId, VarInt, WriteError,
 };
@@ -300,6 +300,20 @@ impl Conn {
                 self.close(ch, now, c, reason, events);
             }
         }
+    }
+
+    /// Stops reading the request body of `stream` (STOP_SENDING with `c`):
+    /// its buffered body is dropped and no more body events come; the
+    /// response may still be sent, and the request slot is freed once it is.
+    pub fn stop_reading(&mut self, stream: u64, c: ErrorCode) -> Result<(), SendError> {
+        let id = stream_id(stream).filter(|_| self.h3.request_body(stream).is_some());
+        let Some(id) = id else {
+            return Err(SendError::UnknownStream(stream));
+        };
+        let _ = self.quic.recv_stream(id).stop(code(c));
+        self.paused.retain(|&p| p != id);
+        self.h3.stop_receiving(stream);
+        Ok(())
     }
 
     /// Aborts both directions of `stream` with `c` (RESET_STREAM and

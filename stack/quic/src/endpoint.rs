@@ -304,6 +304,15 @@ impl QuicEndpoint {
         Ok(self.conn(s.conn)?.h3.finish(s.stream)?)
     }
 
+    /// Stops reading the request body of `s` with `code` (STOP_SENDING):
+    /// for an application that abandons the body, e.g. H3_NO_ERROR once a
+    /// complete response does not need the rest (RFC 9114 §4.1.2). What is
+    /// buffered is dropped and no more body events come; the response may
+    /// still be sent.
+    pub fn stop_reading(&mut self, s: StreamHandle, code: ErrorCode) -> Result<(), SendError> {
+        Ok(self.conn(s.conn)?.stop_reading(s.stream, code)?)
+    }
+
     /// Aborts a request stream both ways with `code` (e.g.
     /// H3_REQUEST_CANCELLED when the upstream failed mid-body).
     pub fn reset_stream(&mut self, s: StreamHandle, code: ErrorCode) -> Result<(), SendError> {

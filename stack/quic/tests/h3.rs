@@ -521,3 +521,45 @@ fn no_events_after_connection_lost() {
     after.extend(late);
     assert_eq!(after, [], "events after ConnectionLost");
 }
+
+#[test]
+fn stop_reading_an_abandoned_body_frees_the_stream_after_the_response() {
+    let h3 = ferrogate_h3::Config {
+        max_concurrent_requests: 1,
+        ..ferrogate_h3::Config::default()
+    };
+    let config = QuicConfig {
+        max_bidi_streams: 1,
+        max_buffered_body: 16 * 1024,
+        h3,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let conn = conn_handle(&p);
+    let s = p.post("/stall", &big_body());
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.server.paused_streams(conn), Some(1));
+    let handle = ferrogate_quic::StreamHandle { conn, stream: s };
+    // The application answers without the rest of the body.
+    p.server.stop_reading(handle, ErrorCode::NoError).unwrap();
+    assert_eq!(p.server.paused_streams(conn), Some(0));
+    assert_eq!(p.server.request_body(handle).map(|b| b.len()), Some(0));
+    p.server.send_response_head(handle, 413, &[]).unwrap();
+    p.server.finish(handle).unwrap();
+    let data_events = |p: &Pair| {
+        p.server_events
+            .iter()
+            .filter(|e| matches!(e, Event::RequestData(_)))
+            .count()
+    };
+    let before = data_events(&p);
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(data_events(&p), before, "no body read after stop_reading");
+    assert_eq!(p.response(s).expect("the response").status, b"413");
+    assert!(p.uploaded(s).is_none(), "the client was told to stop");
+    // Request slot and QUIC stream are free again.
+    let next = p.get("/next");
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.response(next).unwrap().body, b"you asked for /next");
+    assert!(p.server.stop_reading(handle, ErrorCode::NoError).is_err());
+}

@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use ferrogate_h3::{Frame, frame, qpack};
 use ferrogate_quic::quinn_proto::{
     self, ClientConfig, Connection, ConnectionError, ConnectionHandle, DatagramEvent, Dir,
-    Endpoint, EndpointConfig, ReadError, StreamEvent, StreamId, VarInt,
+    Endpoint, EndpointConfig, ReadError, StreamEvent, StreamId, VarInt, WriteError,
     crypto::rustls::QuicClientConfig,
 };
 use ferrogate_quic::{Event, QuicConfig, QuicEndpoint, StreamHandle};
@@ -230,8 +230,14 @@ impl Pair {
         };
         self.uploads.retain(|&id, (data, off)| {
             let mut send = conn.send_stream(id);
-            if let Ok(n) = send.write(&data[*off..]) {
-                *off += n;
+            match send.write(&data[*off..]) {
+                Ok(n) => *off += n,
+                // STOP_SENDING: answered with RESET_STREAM (RFC 9000 §3.5).
+                Err(WriteError::Stopped(code)) => {
+                    let _ = send.reset(code);
+                    return false;
+                }
+                Err(_) => {}
             }
             if *off < data.len() {
                 return true;
