@@ -7,13 +7,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ferrogate_h3::{ErrorCode, H3Conn, SendError, SendStream};
-use quinn_proto::{
-    Connection, ConnectionHandle, Dir, ReadError, StreamEvent, StreamId, VarInt, WriteError,
-};
+use quinn_proto::{Connection, Dir, ReadError, StreamEvent, StreamId, VarInt, WriteError};
 
-use crate::event::{CloseReason, Event, StreamHandle};
+use crate::event::{CloseReason, ConnId, Event, StreamHandle};
 
 pub(crate) struct Conn {
+    /// What the application knows this connection by.
+    pub id: ConnId,
     pub quic: Connection,
     pub h3: H3Conn,
     /// Our HTTP/3 control stream, opened once the handshake completes.
@@ -66,8 +66,9 @@ fn on_peer_reset(quic: &mut Connection, h3: &mut H3Conn, id: StreamId, c: VarInt
 }
 
 impl Conn {
-    pub fn new(quic: Connection, h3: ferrogate_h3::Config, max_body: usize) -> Self {
+    pub fn new(id: ConnId, quic: Connection, h3: ferrogate_h3::Config, max_body: usize) -> Self {
         Self {
+            id,
             quic,
             h3: H3Conn::new(h3),
             control: None,
@@ -81,7 +82,7 @@ impl Conn {
 
     /// Runs everything that is ready: quinn's events into H3, H3's events
     /// out (to `events`) and H3's output into quinn.
-    pub fn drive(&mut self, ch: ConnectionHandle, now: Instant, events: &mut VecDeque<Event>) {
+    pub fn drive(&mut self, ch: ConnId, now: Instant, events: &mut VecDeque<Event>) {
         self.dirty = false;
         // Streams paused on a full body buffer: the application may have
         // taken some of it since.
@@ -111,7 +112,7 @@ impl Conn {
     /// Closes the connection (CONNECTION_CLOSE with `c`) and reports it.
     pub fn close(
         &mut self,
-        ch: ConnectionHandle,
+        ch: ConnId,
         now: Instant,
         c: ErrorCode,
         reason: CloseReason,
@@ -128,7 +129,7 @@ impl Conn {
         self.lost(ch, reason, events);
     }
 
-    fn lost(&mut self, conn: ConnectionHandle, reason: CloseReason, events: &mut VecDeque<Event>) {
+    fn lost(&mut self, conn: ConnId, reason: CloseReason, events: &mut VecDeque<Event>) {
         if !self.lost {
             self.lost = true;
             events.push_back(Event::ConnectionLost { conn, reason });
@@ -137,7 +138,7 @@ impl Conn {
 
     fn on_quic_event(
         &mut self,
-        ch: ConnectionHandle,
+        ch: ConnId,
         now: Instant,
         ev: quinn_proto::Event,
         events: &mut VecDeque<Event>,
@@ -254,7 +255,7 @@ impl Conn {
 
     fn on_h3_event(
         &mut self,
-        ch: ConnectionHandle,
+        ch: ConnId,
         now: Instant,
         ev: ferrogate_h3::Event,
         events: &mut VecDeque<Event>,
@@ -328,7 +329,7 @@ impl Conn {
 
     /// Writes H3's queued output into quinn's send streams, as much as
     /// flow control takes; the rest waits for the next drive.
-    fn flush(&mut self, ch: ConnectionHandle, now: Instant, events: &mut VecDeque<Event>) {
+    fn flush(&mut self, ch: ConnId, now: Instant, events: &mut VecDeque<Event>) {
         let mut pending = std::mem::take(&mut self.pending);
         pending.clear();
         pending.extend(self.h3.pending_streams());

@@ -324,7 +324,7 @@ fn stop_sending_from_the_client_resets_the_response() {
     assert_eq!(p.response(after).unwrap().body, b"you asked for /after");
 }
 
-fn conn_handle(p: &Pair) -> ferrogate_quic::ConnectionHandle {
+fn conn_handle(p: &Pair) -> ferrogate_quic::ConnId {
     match p.server_events[0] {
         Event::Connected(c) => c,
         _ => unreachable!(),
@@ -562,4 +562,56 @@ fn stop_reading_an_abandoned_body_frees_the_stream_after_the_response() {
     p.run_for(Duration::from_secs(1));
     assert_eq!(p.response(next).unwrap().body, b"you asked for /next");
     assert!(p.server.stop_reading(handle, ErrorCode::NoError).is_err());
+}
+
+#[test]
+fn a_handle_kept_past_its_connection_does_not_reach_the_next_one() {
+    let mut p = connected(QuicConfig::default());
+    let first = conn_handle(&p);
+    let s = p.post("/stall", &big_body());
+    p.drive();
+    let old = ferrogate_quic::StreamHandle {
+        conn: first,
+        stream: s,
+    };
+    assert!(p.server.request_body(old).is_some());
+    p.server.close(p.now, first, ErrorCode::NoError).unwrap();
+    for _ in 0..100 {
+        if p.server.connections() == 0 {
+            break;
+        }
+        p.advance();
+    }
+    assert_eq!(p.server.connections(), 0);
+    // A new connection takes the freed slot, with a request on the same
+    // stream id.
+    p.connect();
+    let second = p
+        .server_events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Connected(c) => Some(*c),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(second.handle, first.handle, "the slot is reused");
+    assert_ne!(second, first);
+    p.open_control();
+    let s2 = p.post("/stall", &big_body());
+    p.drive();
+    assert_eq!(s2, s);
+    // The old handle is gone: no answer lands on the new client's stream.
+    assert!(p.server.request_body(old).is_none());
+    assert_eq!(
+        p.server.send_response_head(old, 200, &[]),
+        Err(ferrogate_quic::SendError::UnknownConnection)
+    );
+    assert!(p.server.queued_output(old).is_none());
+    assert!(p.server.close(p.now, first, ErrorCode::NoError).is_err());
+    let new = ferrogate_quic::StreamHandle {
+        conn: second,
+        stream: s,
+    };
+    assert!(p.server.request_body(new).is_some_and(|b| !b.is_empty()));
 }
