@@ -754,8 +754,54 @@ fn ended_streams_stay_bounded_when_one_is_reset_before_any_data() {
         take_frames(&mut c, SendStream::Request(id));
     }
     assert_eq!(c.open_requests(), 0);
-    assert!(c.ended.is_empty(), "{:?}", c.ended);
-    assert_eq!(c.ended_below, 12);
+    assert!(c.unseen.is_empty(), "{:?}", c.unseen);
+    assert_eq!(c.next_new, 12);
+}
+
+#[test]
+fn ended_streams_stay_bounded_behind_a_long_lived_one() {
+    let mut c = conn();
+    // Stream 0 stays open; a thousand after it come and go.
+    c.handle_stream_data(0, &get("/held"), false);
+    for i in 1..=1000u64 {
+        let id = 4 * i;
+        c.handle_stream_data(id, &get("/"), true);
+        c.send_response_head(id, 204, &[]).unwrap();
+        c.finish(id).unwrap();
+        take_frames(&mut c, SendStream::Request(id));
+    }
+    assert_eq!(c.open_requests(), 1);
+    assert!(c.unseen.is_empty(), "{} tracked", c.unseen.len());
+    events(&mut c);
+    // Ended ones stay ended, the held one is still served.
+    c.handle_stream_data(40, &get("/late"), true);
+    assert!(events(&mut c).is_empty());
+    c.handle_stream_data(0, &[], true);
+    assert_eq!(events(&mut c), [Event::RequestEnd { stream: 0 }]);
+}
+
+#[test]
+fn a_stream_fed_after_a_higher_one_is_a_new_request() {
+    let mut c = conn();
+    c.handle_stream_data(8, &get("/8"), true);
+    c.send_response_head(8, 204, &[]).unwrap();
+    c.finish(8).unwrap();
+    take_frames(&mut c, SendStream::Request(8));
+    events(&mut c);
+    // 0 and 4 were opened implicitly by 8; their octets come late.
+    c.handle_stream_data(4, &get("/4"), true);
+    assert!(matches!(
+        events(&mut c)[..],
+        [
+            Event::RequestHead { stream: 4, .. },
+            Event::RequestEnd { stream: 4 }
+        ]
+    ));
+    assert_eq!(c.unseen.iter().copied().collect::<Vec<_>>(), [0]);
+    c.handle_stream_reset(0, 0x10c);
+    assert!(c.unseen.is_empty());
+    c.handle_stream_data(0, &get("/0"), true);
+    assert!(events(&mut c).is_empty(), "reset before any data: ended");
 }
 
 #[test]
