@@ -29,7 +29,8 @@ pub struct QuicConfig {
     pub max_uni_streams: u32,
     /// Request body octets buffered per stream before the endpoint stops
     /// reading it (QUIC flow control then holds the client back) until the
-    /// application takes them.
+    /// application takes them. It is also the QUIC stream receive window
+    /// (at least 16 KiB), what QUIC holds unread on top of it.
     pub max_buffered_body: usize,
     /// Path MTU discovery (RFC 9000 §14.3): only when the UDP path sends
     /// with the don't-fragment bit set, or probes would be fragmented and

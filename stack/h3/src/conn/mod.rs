@@ -13,7 +13,8 @@
 //! - `StreamError`: reset the stream (RESET_STREAM and STOP_SENDING with the
 //!   code); its queued output is dropped.
 //! - `HeadTooLarge`: a 431 response with FIN is queued on the stream; stop
-//!   reading it with H3_NO_ERROR (§4.1.2), the rest of the request is dropped.
+//!   reading it with H3_NO_ERROR (§4.1.2) and call `stop_receiving`, so the
+//!   stream is forgotten once the 431 is written without waiting for a FIN.
 //!
 //! Request streams are client-initiated bidirectional ones; one fed after
 //! it ended (both sides done, or reset) is ignored, so late data does not
