@@ -29,7 +29,8 @@ pub struct QuicConfig {
     pub max_uni_streams: u32,
     /// Request body octets buffered per stream before the endpoint stops
     /// reading it (QUIC flow control then holds the client back) until the
-    /// application takes them.
+    /// application takes them. It is also the QUIC stream receive window
+    /// (at least 16 KiB), what QUIC holds unread on top of it.
     pub max_buffered_body: usize,
     /// Path MTU discovery (RFC 9000 §14.3): only when the UDP path sends
     /// with the don't-fragment bit set, or probes would be fragmented and
@@ -64,13 +65,52 @@ pub enum ConfigError {
     IdleTimeout,
 }
 
+/// Most octets one connection may send ahead of what the worker has read,
+/// over all its streams.
+const MAX_CONNECTION_WINDOW: u64 = 4 << 20;
+
+/// Smallest stream window, so a request head of the default size limit
+/// arrives in one round trip whatever the body buffer.
+const MIN_STREAM_WINDOW: u64 = 16 << 10;
+
 impl QuicConfig {
+    /// QUIC receive windows (stream, connection): a stream may send about
+    /// its body buffer ahead of the application; a connection no more than
+    /// all its streams' windows and at most a few MiB, so one connection
+    /// cannot make the worker buffer unbounded data.
+    pub(crate) fn receive_windows(&self) -> (u64, u64) {
+        let stream = (self.max_buffered_body as u64).max(MIN_STREAM_WINDOW);
+        let streams = u64::from(self.max_bidi_streams) + u64::from(self.max_uni_streams);
+        let connection = stream
+            .saturating_mul(streams.max(1))
+            .min(MAX_CONNECTION_WINDOW.max(stream));
+        (stream, connection)
+    }
+
     /// quinn's endpoint configuration: this worker's connection ids.
     pub(crate) fn endpoint_config(&self) -> EndpointConfig {
         let worker = self.worker;
         let mut config = EndpointConfig::default();
         config.cid_generator(move || Box::new(WorkerCidGenerator::new(worker)));
         config
+    }
+
+    /// quinn's transport parameters and limits.
+    fn transport_config(&self) -> Result<TransportConfig, ConfigError> {
+        let (stream_window, connection_window) = self.receive_windows();
+        let mut transport = TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                IdleTimeout::try_from(self.idle_timeout).map_err(|_| ConfigError::IdleTimeout)?,
+            ))
+            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_bidi_streams))
+            .max_concurrent_uni_streams(VarInt::from_u32(self.max_uni_streams))
+            .stream_receive_window(varint(stream_window))
+            .receive_window(varint(connection_window))
+            // HTTP/3 here uses no QUIC datagrams: not advertising them
+            // keeps peers from making us buffer any.
+            .datagram_receive_buffer_size(None);
+        Ok(transport)
     }
 
     /// quinn's server configuration from `tls`: ALPN is set to "h3" and
@@ -82,15 +122,43 @@ impl QuicConfig {
         tls.alpn_protocols = vec![ALPN_H3.to_vec()];
         tls.max_early_data_size = 0;
         let crypto = QuicServerConfig::try_from(tls)?;
-        let mut transport = TransportConfig::default();
-        transport
-            .max_idle_timeout(Some(
-                IdleTimeout::try_from(self.idle_timeout).map_err(|_| ConfigError::IdleTimeout)?,
-            ))
-            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_bidi_streams))
-            .max_concurrent_uni_streams(VarInt::from_u32(self.max_uni_streams));
+        let transport = self.transport_config()?;
         let mut config = ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport));
         Ok(config)
+    }
+}
+
+fn varint(v: u64) -> VarInt {
+    VarInt::from_u64(v).unwrap_or(VarInt::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receive_windows_follow_the_body_buffer_and_stay_bounded() {
+        let config = QuicConfig::default();
+        let (stream, connection) = config.receive_windows();
+        assert_eq!(stream, config.max_buffered_body as u64);
+        assert_eq!(
+            connection, MAX_CONNECTION_WINDOW,
+            "a few MiB, not unbounded"
+        );
+        // Few streams: no more than all of their windows.
+        let few = QuicConfig {
+            max_bidi_streams: 2,
+            max_uni_streams: 3,
+            ..QuicConfig::default()
+        };
+        assert_eq!(few.receive_windows(), (stream, 5 * stream));
+        // A tiny body buffer still lets a request head through.
+        let tiny = QuicConfig {
+            max_buffered_body: 1,
+            ..QuicConfig::default()
+        };
+        assert_eq!(tiny.receive_windows().0, MIN_STREAM_WINDOW);
+        assert!(config.transport_config().is_ok());
     }
 }

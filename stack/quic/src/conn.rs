@@ -6,14 +6,14 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::Bytes;
-use ferrogate_h3::{ErrorCode, H3Conn, SendStream};
-use quinn_proto::{
-    Connection, ConnectionHandle, Dir, ReadError, StreamEvent, StreamId, VarInt, WriteError,
-};
+use ferrogate_h3::{ErrorCode, H3Conn, SendError, SendStream};
+use quinn_proto::{Connection, Dir, ReadError, StreamEvent, StreamId, VarInt, WriteError};
 
-use crate::event::{CloseReason, Event, StreamHandle};
+use crate::event::{CloseReason, ConnId, Event, StreamHandle};
 
 pub(crate) struct Conn {
+    /// What the application knows this connection by.
+    pub id: ConnId,
     pub quic: Connection,
     pub h3: H3Conn,
     /// Our HTTP/3 control stream, opened once the handshake completes.
@@ -26,6 +26,8 @@ pub(crate) struct Conn {
     pending: Vec<SendStream>,
     /// Request streams left unread because their body buffer is full:
     /// the data stays in quinn, so stream flow control holds the client.
+    /// Each at most once (every STREAM frame on a paused stream makes it
+    /// readable again), so it is bounded by the open streams.
     paused: Vec<StreamId>,
     /// Most request body octets buffered per stream.
     max_body: usize,
@@ -40,9 +42,33 @@ pub(crate) fn code(c: ErrorCode) -> VarInt {
     VarInt::from_u64(c.to_u64()).unwrap_or(VarInt::from_u32(0x102))
 }
 
+/// Remembers `id` as paused once: a linear check is cheap at the bound
+/// (open request streams, MAX_STREAMS).
+fn pause(paused: &mut Vec<StreamId>, id: StreamId) {
+    if !paused.contains(&id) {
+        paused.push(id);
+    }
+}
+
+/// The peer reset its side of `id` (RESET_STREAM): H3 drops the stream,
+/// and on a request stream whose response is not complete our side is
+/// reset too (H3_REQUEST_CANCELLED), so no one sends a response nobody
+/// reads and QUIC frees the stream, and with it the peer's stream credit.
+/// A complete response still in flight is left to arrive.
+fn on_peer_reset(quic: &mut Connection, h3: &mut H3Conn, id: StreamId, c: VarInt) {
+    let sid = u64::from(id);
+    if id.dir() == Dir::Bi && !h3.response_complete(sid) {
+        let _ = quic
+            .send_stream(id)
+            .reset(code(ErrorCode::RequestCancelled));
+    }
+    h3.handle_stream_reset(sid, c.into_inner());
+}
+
 impl Conn {
-    pub fn new(quic: Connection, h3: ferrogate_h3::Config, max_body: usize) -> Self {
+    pub fn new(id: ConnId, quic: Connection, h3: ferrogate_h3::Config, max_body: usize) -> Self {
         Self {
+            id,
             quic,
             h3: H3Conn::new(h3),
             control: None,
@@ -56,18 +82,27 @@ impl Conn {
 
     /// Runs everything that is ready: quinn's events into H3, H3's events
     /// out (to `events`) and H3's output into quinn.
-    pub fn drive(&mut self, ch: ConnectionHandle, now: Instant, events: &mut VecDeque<Event>) {
+    pub fn drive(&mut self, ch: ConnId, now: Instant, events: &mut VecDeque<Event>) {
         self.dirty = false;
         // Streams paused on a full body buffer: the application may have
         // taken some of it since.
+        if self.lost {
+            self.paused.clear();
+        }
         for id in std::mem::take(&mut self.paused) {
             self.read(id);
         }
+        // Nothing is reported after ConnectionLost (the application has
+        // forgotten the connection), not even what was read just before.
         while let Some(ev) = self.quic.poll() {
-            self.on_quic_event(ch, now, ev, events);
+            if !self.lost {
+                self.on_quic_event(ch, now, ev, events);
+            }
         }
         while let Some(ev) = self.h3.poll_event() {
-            self.on_h3_event(ch, now, ev, events);
+            if !self.lost {
+                self.on_h3_event(ch, now, ev, events);
+            }
         }
         if !self.lost {
             self.flush(ch, now, events);
@@ -77,7 +112,7 @@ impl Conn {
     /// Closes the connection (CONNECTION_CLOSE with `c`) and reports it.
     pub fn close(
         &mut self,
-        ch: ConnectionHandle,
+        ch: ConnId,
         now: Instant,
         c: ErrorCode,
         reason: CloseReason,
@@ -94,7 +129,7 @@ impl Conn {
         self.lost(ch, reason, events);
     }
 
-    fn lost(&mut self, conn: ConnectionHandle, reason: CloseReason, events: &mut VecDeque<Event>) {
+    fn lost(&mut self, conn: ConnId, reason: CloseReason, events: &mut VecDeque<Event>) {
         if !self.lost {
             self.lost = true;
             events.push_back(Event::ConnectionLost { conn, reason });
@@ -103,7 +138,7 @@ impl Conn {
 
     fn on_quic_event(
         &mut self,
-        ch: ConnectionHandle,
+        ch: ConnId,
         now: Instant,
         ev: quinn_proto::Event,
         events: &mut VecDeque<Event>,
@@ -163,9 +198,16 @@ impl Conn {
             usize::MAX
         };
         if room == 0 {
-            paused.push(id);
+            // A reset must not wait for the application to take the body.
+            let reset = quic.recv_stream(id).received_reset();
+            match reset {
+                Ok(Some(c)) => on_peer_reset(quic, h3, id, c),
+                Ok(None) => pause(paused, id),
+                Err(_) => {}
+            }
             return;
         }
+        let mut reset = None;
         let mut feed = |data: &[u8], fin: bool| {
             if bidi {
                 h3.handle_stream_data(sid, data, fin);
@@ -184,7 +226,7 @@ impl Conn {
                     room -= chunk.bytes.len();
                     feed(&chunk.bytes, false);
                     if room == 0 {
-                        paused.push(id);
+                        pause(paused, id);
                         break;
                     }
                 }
@@ -194,18 +236,26 @@ impl Conn {
                 }
                 Err(ReadError::Blocked) => break,
                 Err(ReadError::Reset(c)) => {
-                    h3.handle_stream_reset(sid, c.into_inner());
+                    reset = Some(c);
                     break;
                 }
             }
         }
         // Whether to send MAX_STREAM_DATA is the transmit path's business.
         let _ = chunks.finalize();
+        if let Some(c) = reset {
+            on_peer_reset(quic, h3, id, c);
+        }
+    }
+
+    /// Request streams waiting for the application to take body octets.
+    pub fn paused_streams(&self) -> usize {
+        self.paused.len()
     }
 
     fn on_h3_event(
         &mut self,
-        ch: ConnectionHandle,
+        ch: ConnId,
         now: Instant,
         ev: ferrogate_h3::Event,
         events: &mut VecDeque<Event>,
@@ -229,6 +279,9 @@ impl Conn {
                 if let Some(id) = stream_id(stream) {
                     let _ = self.quic.recv_stream(id).stop(code(ErrorCode::NoError));
                 }
+                // No FIN will be read now: H3 must not wait for one to
+                // free the request slot.
+                self.h3.stop_receiving(stream);
             }
             H::PeerReset { stream, code } => events.push_back(Event::StreamAborted {
                 stream: handle(stream),
@@ -250,6 +303,20 @@ impl Conn {
         }
     }
 
+    /// Stops reading the request body of `stream` (STOP_SENDING with `c`):
+    /// its buffered body is dropped and no more body events come; the
+    /// response may still be sent, and the request slot is freed once it is.
+    pub fn stop_reading(&mut self, stream: u64, c: ErrorCode) -> Result<(), SendError> {
+        let id = stream_id(stream).filter(|_| self.h3.request_body(stream).is_some());
+        let Some(id) = id else {
+            return Err(SendError::UnknownStream(stream));
+        };
+        let _ = self.quic.recv_stream(id).stop(code(c));
+        self.paused.retain(|&p| p != id);
+        self.h3.stop_receiving(stream);
+        Ok(())
+    }
+
     /// Aborts both directions of `stream` with `c` (RESET_STREAM and
     /// STOP_SENDING).
     pub fn reset(&mut self, stream: u64, c: ErrorCode) {
@@ -262,7 +329,7 @@ impl Conn {
 
     /// Writes H3's queued output into quinn's send streams, as much as
     /// flow control takes; the rest waits for the next drive.
-    fn flush(&mut self, ch: ConnectionHandle, now: Instant, events: &mut VecDeque<Event>) {
+    fn flush(&mut self, ch: ConnId, now: Instant, events: &mut VecDeque<Event>) {
         let mut pending = std::mem::take(&mut self.pending);
         pending.clear();
         pending.extend(self.h3.pending_streams());

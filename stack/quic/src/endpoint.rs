@@ -16,7 +16,7 @@ use quinn_proto::{
 
 use crate::config::{ConfigError, QuicConfig};
 use crate::conn::Conn;
-use crate::event::{CloseReason, Event, StreamHandle};
+use crate::event::{CloseReason, ConnId, Event, StreamHandle};
 
 /// Why a call about a stream or connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +51,8 @@ pub struct QuicEndpoint {
     scratch: Vec<u8>,
     handles: Vec<ConnectionHandle>,
     stats: EndpointStats,
+    /// The serial number of the next connection (see `ConnId`).
+    next_serial: u64,
 }
 
 impl QuicEndpoint {
@@ -72,6 +74,7 @@ impl QuicEndpoint {
             scratch: Vec::new(),
             handles: Vec::new(),
             stats: EndpointStats::default(),
+            next_serial: 0,
         })
     }
 
@@ -88,9 +91,24 @@ impl QuicEndpoint {
         self.conns.len()
     }
 
+    /// `conn` if it is still the connection in its slot.
+    fn get(&self, conn: ConnId) -> Option<&Conn> {
+        self.conns.get(&conn.handle).filter(|c| c.id == conn)
+    }
+
+    fn get_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(&conn.handle).filter(|c| c.id == conn)
+    }
+
     /// quinn's counters for one connection.
-    pub fn connection_stats(&self, conn: ConnectionHandle) -> Option<quinn_proto::ConnectionStats> {
-        self.conns.get(&conn).map(|c| c.quic.stats())
+    pub fn connection_stats(&self, conn: ConnId) -> Option<quinn_proto::ConnectionStats> {
+        self.get(conn).map(|c| c.quic.stats())
+    }
+
+    /// Request streams of `conn` whose reading waits for the application
+    /// to take their body (`request_body`), for metrics.
+    pub fn paused_streams(&self, conn: ConnId) -> Option<usize> {
+        self.get(conn).map(Conn::paused_streams)
     }
 
     /// One received UDP datagram, addressed to `local` (the VIP) from
@@ -152,10 +170,13 @@ impl QuicEndpoint {
         match self.endpoint.accept(incoming, now, buf, None) {
             Ok((ch, quic)) => {
                 self.stats.accepted += 1;
-                self.conns.insert(
-                    ch,
-                    Conn::new(quic, self.config.h3.clone(), self.config.max_buffered_body),
-                );
+                let id = ConnId {
+                    handle: ch,
+                    serial: self.next_serial,
+                };
+                self.next_serial += 1;
+                let (h3, max_body) = (self.config.h3.clone(), self.config.max_buffered_body);
+                self.conns.insert(ch, Conn::new(id, quic, h3, max_body));
                 self.drive(ch, now);
             }
             Err(e) => {
@@ -171,7 +192,7 @@ impl QuicEndpoint {
         let Some(c) = self.conns.get_mut(&ch) else {
             return;
         };
-        c.drive(ch, now, &mut self.events);
+        c.drive(c.id, now, &mut self.events);
         let mut drained = false;
         while let Some(ev) = c.quic.poll_endpoint_events() {
             drained |= ev.is_drained();
@@ -238,10 +259,9 @@ impl QuicEndpoint {
         self.events.pop_front()
     }
 
-    fn conn(&mut self, conn: ConnectionHandle) -> Result<&mut Conn, SendError> {
+    fn conn(&mut self, conn: ConnId) -> Result<&mut Conn, SendError> {
         let c = self
-            .conns
-            .get_mut(&conn)
+            .get_mut(conn)
             .filter(|c| !c.lost)
             .ok_or(SendError::UnknownConnection)?;
         c.dirty = true;
@@ -252,7 +272,7 @@ impl QuicEndpoint {
     /// is used; a stream whose buffer was full is read again on the next
     /// `poll_transmit`.
     pub fn request_body(&mut self, s: StreamHandle) -> Option<&mut Vec<u8>> {
-        let c = self.conns.get_mut(&s.conn)?;
+        let c = self.get_mut(s.conn)?;
         c.dirty = true;
         c.h3.request_body(s.stream)
     }
@@ -272,7 +292,7 @@ impl QuicEndpoint {
     /// Response octets queued on `s` and not yet taken by QUIC flow
     /// control: a proxy stops reading its upstream while this is large.
     pub fn queued_output(&self, s: StreamHandle) -> Option<usize> {
-        let c = self.conns.get(&s.conn)?;
+        let c = self.get(s.conn)?;
         Some(
             c.h3.pending_output(ferrogate_h3::SendStream::Request(s.stream))
                 .0
@@ -298,6 +318,15 @@ impl QuicEndpoint {
         Ok(self.conn(s.conn)?.h3.finish(s.stream)?)
     }
 
+    /// Stops reading the request body of `s` with `code` (STOP_SENDING):
+    /// for an application that abandons the body, e.g. H3_NO_ERROR once a
+    /// complete response does not need the rest (RFC 9114 §4.1.2). What is
+    /// buffered is dropped and no more body events come; the response may
+    /// still be sent.
+    pub fn stop_reading(&mut self, s: StreamHandle, code: ErrorCode) -> Result<(), SendError> {
+        Ok(self.conn(s.conn)?.stop_reading(s.stream, code)?)
+    }
+
     /// Aborts a request stream both ways with `code` (e.g.
     /// H3_REQUEST_CANCELLED when the upstream failed mid-body).
     pub fn reset_stream(&mut self, s: StreamHandle, code: ErrorCode) -> Result<(), SendError> {
@@ -308,23 +337,22 @@ impl QuicEndpoint {
     }
 
     /// Starts a graceful drain of `conn` (HTTP/3 GOAWAY).
-    pub fn goaway(&mut self, conn: ConnectionHandle) -> Result<(), SendError> {
+    pub fn goaway(&mut self, conn: ConnId) -> Result<(), SendError> {
         self.conn(conn)?.h3.send_goaway();
         Ok(())
     }
 
     /// Closes `conn` with `code` now (CONNECTION_CLOSE).
-    pub fn close(
-        &mut self,
-        now: Instant,
-        conn: ConnectionHandle,
-        code: ErrorCode,
-    ) -> Result<(), SendError> {
-        let Some(c) = self.conns.get_mut(&conn).filter(|c| !c.lost) else {
+    pub fn close(&mut self, now: Instant, conn: ConnId, code: ErrorCode) -> Result<(), SendError> {
+        let Some(c) = self
+            .conns
+            .get_mut(&conn.handle)
+            .filter(|c| c.id == conn && !c.lost)
+        else {
             return Err(SendError::UnknownConnection);
         };
         c.close(conn, now, code, CloseReason::Local(code), &mut self.events);
-        self.drive(conn, now);
+        self.drive(conn.handle, now);
         Ok(())
     }
 }

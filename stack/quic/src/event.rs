@@ -3,10 +3,20 @@
 use ferrogate_h3::{ErrorCode, Field, Request};
 use quinn_proto::ConnectionHandle;
 
+/// One connection of the endpoint: quinn's handle, a slab index reused
+/// once the connection is gone, and a serial number that is never reused,
+/// so an id kept past its connection is refused rather than reaching the
+/// next connection in that slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub handle: ConnectionHandle,
+    pub serial: u64,
+}
+
 /// One request stream of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StreamHandle {
-    pub conn: ConnectionHandle,
+    pub conn: ConnId,
     pub stream: u64,
 }
 
@@ -27,7 +37,7 @@ pub enum CloseReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The handshake completed.
-    Connected(ConnectionHandle),
+    Connected(ConnId),
     /// A request head, once per stream, before its other events.
     RequestHead {
         stream: StreamHandle,
@@ -48,8 +58,5 @@ pub enum Event {
         code: ErrorCode,
     },
     /// The connection ended; no further events for it.
-    ConnectionLost {
-        conn: ConnectionHandle,
-        reason: CloseReason,
-    },
+    ConnectionLost { conn: ConnId, reason: CloseReason },
 }

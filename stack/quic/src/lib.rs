@@ -16,5 +16,5 @@ pub mod event;
 pub use cid::{CID_LEN, WorkerCidGenerator, owner_of, owner_of_datagram};
 pub use config::{ALPN_H3, ConfigError, QuicConfig};
 pub use endpoint::{EndpointStats, QuicEndpoint, SendError};
-pub use event::{CloseReason, Event, StreamHandle};
+pub use event::{CloseReason, ConnId, Event, StreamHandle};
 pub use quinn_proto::{self, ConnectionHandle, EcnCodepoint, Transmit};

@@ -323,3 +323,295 @@ fn stop_sending_from_the_client_resets_the_response() {
     p.drive();
     assert_eq!(p.response(after).unwrap().body, b"you asked for /after");
 }
+
+fn conn_handle(p: &Pair) -> ferrogate_quic::ConnId {
+    match p.server_events[0] {
+        Event::Connected(c) => c,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_paused_stream_is_listed_once_however_many_frames_arrive() {
+    let config = QuicConfig {
+        max_buffered_body: 16 * 1024,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let conn = conn_handle(&p);
+    // The application never takes this body: the stream pauses while
+    // STREAM frames keep arriving on it (each one a readable event).
+    let s = p.post("/stall", &big_body());
+    p.run_for(Duration::from_secs(5));
+    assert!(
+        p.server_events
+            .iter()
+            .any(|e| matches!(e, Event::RequestData(h) if h.stream == s))
+    );
+    assert_eq!(p.server.paused_streams(conn), Some(1));
+}
+
+#[test]
+fn refused_heads_release_their_request_slots() {
+    let h3 = ferrogate_h3::Config {
+        max_concurrent_requests: 2,
+        ..ferrogate_h3::Config::default()
+    };
+    let config = QuicConfig {
+        h3,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    // Heads past the 16 KiB limit, spread over several packets: the 431
+    // goes out and the stream is stopped before its FIN is read.
+    let big = "x".repeat(40 * 1024);
+    let mut refused = Vec::new();
+    for i in 0..5 {
+        let s = p.request_fields(&[
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":authority", b"localhost"),
+            (b":path", format!("/{i}").as_bytes()),
+            (b"x-big", big.as_bytes()),
+        ]);
+        p.run_for(Duration::from_secs(1));
+        refused.push(s);
+    }
+    for s in refused {
+        let r = p
+            .response(s)
+            .expect("a 431 with FIN, not a reset for lack of request slots");
+        assert_eq!(r.status, b"431");
+    }
+    let s = p.get("/after");
+    p.run_for(Duration::from_secs(1));
+    let r = p
+        .response(s)
+        .expect("served, not refused for lack of slots");
+    assert_eq!(r.body, b"you asked for /after");
+}
+
+#[test]
+fn quic_datagrams_are_not_offered() {
+    let mut p = connected(QuicConfig::default());
+    // No max_datagram_frame_size transport parameter from the server: the
+    // client may not send any (RFC 9221 §3).
+    assert_eq!(p.quic().datagrams().max_size(), None);
+    let sent = p
+        .quic()
+        .datagrams()
+        .send(bytes::Bytes::from_static(b"x"), false);
+    assert!(sent.is_err(), "{sent:?}");
+}
+
+#[test]
+fn a_client_faster_than_the_application_is_held_by_flow_control() {
+    let max_body = 64 * 1024;
+    let config = QuicConfig {
+        max_buffered_body: max_body,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let conn = conn_handle(&p);
+    // The application takes none of this 1 MiB body.
+    let s = p.post("/stall", &big_body());
+    p.run_for(Duration::from_secs(5));
+    let handle = ferrogate_quic::StreamHandle { conn, stream: s };
+    let buffered = p.server.request_body(handle).expect("open").len();
+    assert_eq!(buffered, max_body, "the body buffer is full");
+    // What the client could send past that is what QUIC holds unread for
+    // us: one stream window (about the body buffer), not quinn's default.
+    let sent = p.uploaded(s).expect("the upload is still held back");
+    let head = 64;
+    assert!(
+        sent <= buffered + max_body + head,
+        "client sent {sent}, {} past the application's buffer",
+        sent - buffered
+    );
+}
+
+#[test]
+fn a_reset_request_resets_the_response_and_frees_the_stream() {
+    let h3 = ferrogate_h3::Config {
+        max_concurrent_requests: 1,
+        ..ferrogate_h3::Config::default()
+    };
+    let config = QuicConfig {
+        max_bidi_streams: 1,
+        max_buffered_body: 16 * 1024,
+        h3,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let conn = conn_handle(&p);
+    let cancelled = ErrorCode::RequestCancelled.to_u64();
+    // Twice, each time on the only stream allowed: a body the application
+    // takes none of (its stream is paused on a full buffer), then one it
+    // takes and answers only at its end.
+    for path in ["/stall", "/upload"] {
+        let s = p.post(path, &big_body());
+        if path == "/stall" {
+            p.run_for(Duration::from_secs(1));
+            assert_eq!(p.server.paused_streams(conn), Some(1));
+        } else {
+            // A few rounds: the head and some of the body, not all of it.
+            for _ in 0..3 {
+                p.step();
+            }
+        }
+        assert!(
+            p.server_events
+                .iter()
+                .any(|e| matches!(e, Event::RequestHead { stream, .. } if stream.stream == s))
+        );
+        assert!(p.response(s).is_none());
+        p.reset_request(s, cancelled);
+        p.run_for(Duration::from_secs(1));
+        let handle = ferrogate_quic::StreamHandle { conn, stream: s };
+        assert!(
+            p.server_events.iter().any(|e| matches!(
+                e,
+                Event::StreamAborted { stream, code: ErrorCode::RequestCancelled } if *stream == handle
+            )),
+            "{path}: {:?}",
+            p.server_events
+        );
+        assert_eq!(p.server.paused_streams(conn), Some(0));
+        // Our response side was reset as well...
+        let got = p.client_streams.get(&s).map(|c| c.reset);
+        assert_eq!(got, Some(Some(cancelled)), "{path}");
+        assert!(p.server.send_response_head(handle, 200, &[]).is_err());
+    }
+    // ...so QUIC freed the stream and the client may open the next one.
+    let s = p.get("/after");
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.response(s).unwrap().body, b"you asked for /after");
+}
+
+#[test]
+fn no_events_after_connection_lost() {
+    let config = QuicConfig {
+        max_buffered_body: 16 * 1024,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let conn = conn_handle(&p);
+    let s = p.post("/stall", &big_body());
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.server.paused_streams(conn), Some(1));
+    // The client goes away while the stream is paused...
+    let now = p.now;
+    p.quic().close(now, pair::varint(0), bytes::Bytes::new());
+    p.drive();
+    let lost = p
+        .server_events
+        .iter()
+        .position(|e| matches!(e, Event::ConnectionLost { .. }))
+        .expect("the close was reported");
+    // ...and the application, still working through earlier events, takes
+    // the body, which would have the paused stream read again.
+    let handle = ferrogate_quic::StreamHandle { conn, stream: s };
+    if let Some(body) = p.server.request_body(handle) {
+        body.clear();
+    }
+    p.drive();
+    // What the last round queued, not yet served.
+    let late = std::iter::from_fn(|| p.server.poll_event());
+    let mut after = p.server_events.split_off(lost + 1);
+    after.extend(late);
+    assert_eq!(after, [], "events after ConnectionLost");
+}
+
+#[test]
+fn stop_reading_an_abandoned_body_frees_the_stream_after_the_response() {
+    let h3 = ferrogate_h3::Config {
+        max_concurrent_requests: 1,
+        ..ferrogate_h3::Config::default()
+    };
+    let config = QuicConfig {
+        max_bidi_streams: 1,
+        max_buffered_body: 16 * 1024,
+        h3,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let conn = conn_handle(&p);
+    let s = p.post("/stall", &big_body());
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.server.paused_streams(conn), Some(1));
+    let handle = ferrogate_quic::StreamHandle { conn, stream: s };
+    // The application answers without the rest of the body.
+    p.server.stop_reading(handle, ErrorCode::NoError).unwrap();
+    assert_eq!(p.server.paused_streams(conn), Some(0));
+    assert_eq!(p.server.request_body(handle).map(|b| b.len()), Some(0));
+    p.server.send_response_head(handle, 413, &[]).unwrap();
+    p.server.finish(handle).unwrap();
+    let data_events = |p: &Pair| {
+        p.server_events
+            .iter()
+            .filter(|e| matches!(e, Event::RequestData(_)))
+            .count()
+    };
+    let before = data_events(&p);
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(data_events(&p), before, "no body read after stop_reading");
+    assert_eq!(p.response(s).expect("the response").status, b"413");
+    assert!(p.uploaded(s).is_none(), "the client was told to stop");
+    // Request slot and QUIC stream are free again.
+    let next = p.get("/next");
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.response(next).unwrap().body, b"you asked for /next");
+    assert!(p.server.stop_reading(handle, ErrorCode::NoError).is_err());
+}
+
+#[test]
+fn a_handle_kept_past_its_connection_does_not_reach_the_next_one() {
+    let mut p = connected(QuicConfig::default());
+    let first = conn_handle(&p);
+    let s = p.post("/stall", &big_body());
+    p.drive();
+    let old = ferrogate_quic::StreamHandle {
+        conn: first,
+        stream: s,
+    };
+    assert!(p.server.request_body(old).is_some());
+    p.server.close(p.now, first, ErrorCode::NoError).unwrap();
+    for _ in 0..100 {
+        if p.server.connections() == 0 {
+            break;
+        }
+        p.advance();
+    }
+    assert_eq!(p.server.connections(), 0);
+    // A new connection takes the freed slot, with a request on the same
+    // stream id.
+    p.connect();
+    let second = p
+        .server_events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Connected(c) => Some(*c),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(second.handle, first.handle, "the slot is reused");
+    assert_ne!(second, first);
+    p.open_control();
+    let s2 = p.post("/stall", &big_body());
+    p.drive();
+    assert_eq!(s2, s);
+    // The old handle is gone: no answer lands on the new client's stream.
+    assert!(p.server.request_body(old).is_none());
+    assert_eq!(
+        p.server.send_response_head(old, 200, &[]),
+        Err(ferrogate_quic::SendError::UnknownConnection)
+    );
+    assert!(p.server.queued_output(old).is_none());
+    assert!(p.server.close(p.now, first, ErrorCode::NoError).is_err());
+    let new = ferrogate_quic::StreamHandle {
+        conn: second,
+        stream: s,
+    };
+    assert!(p.server.request_body(new).is_some_and(|b| !b.is_empty()));
+}

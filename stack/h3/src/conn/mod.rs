@@ -13,7 +13,8 @@
 //! - `StreamError`: reset the stream (RESET_STREAM and STOP_SENDING with the
 //!   code); its queued output is dropped.
 //! - `HeadTooLarge`: a 431 response with FIN is queued on the stream; stop
-//!   reading it with H3_NO_ERROR (§4.1.2), the rest of the request is dropped.
+//!   reading it with H3_NO_ERROR (§4.1.2) and call `stop_receiving`, so the
+//!   stream is forgotten once the 431 is written without waiting for a FIN.
 //!
 //! Request streams are client-initiated bidirectional ones; one fed after
 //! it ended (both sides done, or reset) is ignored, so late data does not
@@ -36,6 +37,10 @@ use crate::settings::{LocalSettings, PeerSettings};
 use crate::stream::{UniStreamType, is_client_bidi};
 use request::ReqStream;
 use uni::UniStream;
+
+/// Most request stream ids tracked as skipped and not yet fed; QUIC's
+/// MAX_STREAMS normally keeps far below it.
+const MAX_UNSEEN: usize = 4096;
 
 /// What the server advertises and enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,10 +144,16 @@ pub struct ConnStats {
 pub struct H3Conn {
     config: Config,
     requests: HashMap<u64, ReqStream>,
-    /// Client bidirectional ids below this have all ended; `ended` holds
-    /// those at or above it that have, so both stay bounded.
-    ended_below: u64,
-    ended: BTreeSet<u64>,
+    /// Client bidirectional ids below this have been seen (fed, refused
+    /// or reset): each has ended unless still in `requests` or `unseen`.
+    /// Only open streams are tracked, so a long-lived request does not make
+    /// the ones after it pile up.
+    next_new: u64,
+    /// Ids below `next_new` not fed yet: QUIC opens lower streams
+    /// implicitly and their first octets may come later. These are open
+    /// QUIC streams, so MAX_STREAMS bounds them; `MAX_UNSEEN` caps them
+    /// should the QUIC layer not.
+    unseen: BTreeSet<u64>,
     /// The highest request stream id accepted, for GOAWAY.
     highest_accepted: Option<u64>,
     uni: HashMap<u64, UniStream>,
@@ -172,8 +183,8 @@ impl H3Conn {
         Self {
             config,
             requests: HashMap::new(),
-            ended_below: 0,
-            ended: BTreeSet::new(),
+            next_new: 0,
+            unseen: BTreeSet::new(),
             highest_accepted: None,
             uni: HashMap::new(),
             opened: Vec::new(),
@@ -278,10 +289,8 @@ impl H3Conn {
                     code: ErrorCode::from_u64(code),
                 });
             }
-            // Also one never fed: its id must not hold back `ended_below`.
-            if !self.has_ended(stream) {
-                self.mark_ended(stream);
-            }
+            // Also one never fed: it has ended too.
+            self.mark_seen(stream);
             return;
         }
         if self.uni.get(&stream).is_some_and(UniStream::is_critical) {
@@ -291,6 +300,19 @@ impl H3Conn {
             ));
         }
         self.uni.remove(&stream);
+    }
+
+    /// The QUIC layer stopped reading request stream `stream`
+    /// (STOP_SENDING, after a 431 or when the application abandons the
+    /// body): no FIN will be fed, so its receiving side is done now and
+    /// its buffered body dropped. The stream is forgotten once its
+    /// response is written, releasing its request slot.
+    pub fn stop_receiving(&mut self, stream: u64) {
+        let Some(s) = self.requests.get_mut(&stream) else {
+            return;
+        };
+        s.stop_receiving();
+        self.reap(stream);
     }
 
     fn accept(&mut self, stream: u64) -> bool {
@@ -308,18 +330,33 @@ impl H3Conn {
         }
         self.highest_accepted = Some(self.highest_accepted.map_or(stream, |h| h.max(stream)));
         self.requests.insert(stream, ReqStream::default());
+        self.mark_seen(stream);
         true
     }
 
     fn has_ended(&self, stream: u64) -> bool {
-        stream < self.ended_below || self.ended.contains(&stream)
+        stream < self.next_new
+            && !self.requests.contains_key(&stream)
+            && !self.unseen.contains(&stream)
     }
 
-    fn mark_ended(&mut self, stream: u64) {
-        self.ended.insert(stream);
-        while self.ended.remove(&self.ended_below) {
-            self.ended_below += 4;
+    /// `stream` was fed, refused or reset: it is open while in `requests`,
+    /// ended once out of it.
+    fn mark_seen(&mut self, stream: u64) {
+        if stream < self.next_new {
+            self.unseen.remove(&stream);
+            return;
         }
+        // The ids skipped over, newest first: past the cap the oldest
+        // count as ended (the QUIC layer let through more than it allows).
+        let skipped = (stream - self.next_new) / 4;
+        for i in 1..=skipped.min(MAX_UNSEEN as u64) {
+            if self.unseen.len() >= MAX_UNSEEN {
+                break;
+            }
+            self.unseen.insert(stream - 4 * i);
+        }
+        self.next_new = stream + 4;
     }
 
     /// A stream error: the stream is forgotten and the QUIC layer resets it.
@@ -329,7 +366,7 @@ impl H3Conn {
         };
         self.stats.stream_errors += 1;
         self.requests.remove(&stream);
-        self.mark_ended(stream);
+        self.mark_seen(stream);
         self.events.push_back(Event::StreamError {
             stream,
             code: e.code,
@@ -430,6 +467,12 @@ impl H3Conn {
         Ok(())
     }
 
+    /// The whole response on `stream`, FIN included, was handed to the
+    /// QUIC layer (so a reset of the request need not cut it short).
+    pub fn response_complete(&self, stream: u64) -> bool {
+        self.requests.get(&stream).is_some_and(|s| s.fin_sent)
+    }
+
     /// Streams with octets (or a FIN) to write.
     pub fn pending_streams(&self) -> impl Iterator<Item = SendStream> + '_ {
         let control = (!self.control_out.is_empty()).then_some(SendStream::Control);
@@ -479,7 +522,7 @@ impl H3Conn {
             .is_some_and(|s| s.fin_sent && s.recv_done())
         {
             self.requests.remove(&stream);
-            self.mark_ended(stream);
+            self.mark_seen(stream);
         }
     }
 }

@@ -48,6 +48,14 @@ impl ReqStream {
     pub fn recv_done(&self) -> bool {
         matches!(self.recv, Recv::Ended | Recv::DiscardEnded)
     }
+
+    /// Nothing more will be read: the rest of the request is dropped.
+    pub fn stop_receiving(&mut self) {
+        if !self.recv_done() {
+            self.recv = Recv::DiscardEnded;
+        }
+        self.body.clear();
+    }
 }
 
 fn unexpected(reason: &'static str) -> H3Error {

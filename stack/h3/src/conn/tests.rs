@@ -321,6 +321,47 @@ fn assert_431(c: &mut H3Conn, stream: u64) {
 }
 
 #[test]
+fn stopping_a_refused_stream_releases_its_request_slot() {
+    let mut c = H3Conn::new(Config {
+        max_field_section_size: 200,
+        max_concurrent_requests: 1,
+        ..Config::default()
+    });
+    let big = "x".repeat(300);
+    // The QUIC layer stops reading after the 431, so no FIN is ever fed.
+    c.handle_stream_data(0, &get(&format!("/{big}"))[..10], false);
+    assert_431(&mut c, 0);
+    assert_eq!(c.open_requests(), 1, "still waiting for a FIN");
+    c.stop_receiving(0);
+    assert_eq!(c.open_requests(), 0);
+    c.handle_stream_data(4, &get("/"), true);
+    assert!(matches!(
+        events(&mut c)[..],
+        [
+            Event::RequestHead { stream: 4, .. },
+            Event::RequestEnd { stream: 4 }
+        ]
+    ));
+}
+
+#[test]
+fn stop_receiving_drops_the_body_and_waits_for_the_response() {
+    let mut c = conn();
+    c.handle_stream_data(0, &get("/"), false);
+    c.handle_stream_data(0, &data(b"unwanted"), false);
+    events(&mut c);
+    c.stop_receiving(0);
+    assert_eq!(c.request_body(0).map(|b| b.len()), Some(0));
+    // Still open: the response goes out, then the stream is forgotten.
+    c.send_response_head(0, 204, &[]).unwrap();
+    c.finish(0).unwrap();
+    take_frames(&mut c, SendStream::Request(0));
+    assert_eq!(c.open_requests(), 0);
+    c.handle_stream_data(0, &data(b"late"), true);
+    assert!(events(&mut c).is_empty());
+}
+
+#[test]
 fn head_past_the_limit_gets_431_whether_seen_in_the_frame_or_decoded() {
     let config = Config {
         max_field_section_size: 200,
@@ -662,6 +703,19 @@ fn peer_reset_drops_the_stream_and_late_data_is_ignored() {
 }
 
 #[test]
+fn response_is_complete_once_its_fin_is_handed_over() {
+    let mut c = conn();
+    c.handle_stream_data(0, &get("/"), false);
+    assert!(!c.response_complete(0));
+    c.send_response_head(0, 204, &[]).unwrap();
+    c.finish(0).unwrap();
+    assert!(!c.response_complete(0), "queued, not written");
+    take_frames(&mut c, SendStream::Request(0));
+    assert!(c.response_complete(0));
+    assert!(!c.response_complete(4));
+}
+
+#[test]
 fn interim_heads_may_precede_the_final_one() {
     let mut c = conn();
     c.handle_stream_data(0, &get("/"), false);
@@ -700,8 +754,54 @@ fn ended_streams_stay_bounded_when_one_is_reset_before_any_data() {
         take_frames(&mut c, SendStream::Request(id));
     }
     assert_eq!(c.open_requests(), 0);
-    assert!(c.ended.is_empty(), "{:?}", c.ended);
-    assert_eq!(c.ended_below, 12);
+    assert!(c.unseen.is_empty(), "{:?}", c.unseen);
+    assert_eq!(c.next_new, 12);
+}
+
+#[test]
+fn ended_streams_stay_bounded_behind_a_long_lived_one() {
+    let mut c = conn();
+    // Stream 0 stays open; a thousand after it come and go.
+    c.handle_stream_data(0, &get("/held"), false);
+    for i in 1..=1000u64 {
+        let id = 4 * i;
+        c.handle_stream_data(id, &get("/"), true);
+        c.send_response_head(id, 204, &[]).unwrap();
+        c.finish(id).unwrap();
+        take_frames(&mut c, SendStream::Request(id));
+    }
+    assert_eq!(c.open_requests(), 1);
+    assert!(c.unseen.is_empty(), "{} tracked", c.unseen.len());
+    events(&mut c);
+    // Ended ones stay ended, the held one is still served.
+    c.handle_stream_data(40, &get("/late"), true);
+    assert!(events(&mut c).is_empty());
+    c.handle_stream_data(0, &[], true);
+    assert_eq!(events(&mut c), [Event::RequestEnd { stream: 0 }]);
+}
+
+#[test]
+fn a_stream_fed_after_a_higher_one_is_a_new_request() {
+    let mut c = conn();
+    c.handle_stream_data(8, &get("/8"), true);
+    c.send_response_head(8, 204, &[]).unwrap();
+    c.finish(8).unwrap();
+    take_frames(&mut c, SendStream::Request(8));
+    events(&mut c);
+    // 0 and 4 were opened implicitly by 8; their octets come late.
+    c.handle_stream_data(4, &get("/4"), true);
+    assert!(matches!(
+        events(&mut c)[..],
+        [
+            Event::RequestHead { stream: 4, .. },
+            Event::RequestEnd { stream: 4 }
+        ]
+    ));
+    assert_eq!(c.unseen.iter().copied().collect::<Vec<_>>(), [0]);
+    c.handle_stream_reset(0, 0x10c);
+    assert!(c.unseen.is_empty());
+    c.handle_stream_data(0, &get("/0"), true);
+    assert!(events(&mut c).is_empty(), "reset before any data: ended");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use ferrogate_h3::{Frame, frame, qpack};
 use ferrogate_quic::quinn_proto::{
     self, ClientConfig, Connection, ConnectionError, ConnectionHandle, DatagramEvent, Dir,
-    Endpoint, EndpointConfig, ReadError, StreamEvent, StreamId, VarInt,
+    Endpoint, EndpointConfig, ReadError, StreamEvent, StreamId, VarInt, WriteError,
     crypto::rustls::QuicClientConfig,
 };
 use ferrogate_quic::{Event, QuicConfig, QuicEndpoint, StreamHandle};
@@ -186,6 +186,14 @@ impl Pair {
         u64::from(id)
     }
 
+    /// Resets the client's sending side of `stream` (RESET_STREAM) and
+    /// stops writing its upload.
+    pub fn reset_request(&mut self, stream: u64, code: u64) {
+        let id = StreamId::from(varint(stream));
+        self.uploads.remove(&id);
+        self.quic().send_stream(id).reset(varint(code)).unwrap();
+    }
+
     /// A POST with `body` in one DATA frame, written as flow control
     /// allows.
     pub fn post(&mut self, path: &str, body: &[u8]) -> u64 {
@@ -209,14 +217,27 @@ impl Pair {
         u64::from(id)
     }
 
+    /// Request octets (frames included) the client's QUIC stream took so
+    /// far for a POST still being written: what flow control allowed.
+    pub fn uploaded(&self, stream: u64) -> Option<usize> {
+        let id = StreamId::from(varint(stream));
+        self.uploads.get(&id).map(|(_, off)| *off)
+    }
+
     fn write_uploads(&mut self) {
         let Some((_, conn)) = self.conn.as_mut() else {
             return;
         };
         self.uploads.retain(|&id, (data, off)| {
             let mut send = conn.send_stream(id);
-            if let Ok(n) = send.write(&data[*off..]) {
-                *off += n;
+            match send.write(&data[*off..]) {
+                Ok(n) => *off += n,
+                // STOP_SENDING: answered with RESET_STREAM (RFC 9000 §3.5).
+                Err(WriteError::Stopped(code)) => {
+                    let _ = send.reset(code);
+                    return false;
+                }
+                Err(_) => {}
             }
             if *off < data.len() {
                 return true;
@@ -350,6 +371,24 @@ impl Pair {
         true
     }
 
+    /// Drives and runs the timers due within `d` of now, and no later
+    /// ones (the idle timeout of a stalled connection stays in the future).
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        for _ in 0..10_000 {
+            self.drive();
+            let client = self.conn.as_mut().and_then(|(_, c)| c.poll_timeout());
+            let server = self.server.poll_timeout();
+            match [client, server].into_iter().flatten().min() {
+                Some(next) if next <= end => {
+                    self.advance();
+                }
+                _ => return,
+            }
+        }
+        panic!("timers keep firing");
+    }
+
     pub fn elapsed_since(&self, start: Instant) -> Duration {
         self.now - start
     }
@@ -393,6 +432,11 @@ impl Pair {
                     self.paths.insert(*stream, path);
                 }
                 Event::RequestData(stream) => {
+                    if self.paths.get(stream).is_some_and(|p| p == b"/stall") {
+                        // An application that does not take the body.
+                        self.server_events.push(ev);
+                        continue;
+                    }
                     let Some(body) = self.server.request_body(*stream) else {
                         panic!(
                             "no body for {stream:?}; events so far {:?}",
