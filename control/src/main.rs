@@ -493,6 +493,12 @@ fn main() -> Result<()> {
                     eprintln!("Error: {e:?}");
                     std::process::exit(ferrogate_control::upgrade::UNTOUCHED_EXIT);
                 }
+                // It handed the NIC over and the successor failed: the
+                // supervisor starts a fresh engine on this code.
+                Err(e) if e.is::<ferrogate_control::upgrade::Orphaned>() => {
+                    eprintln!("Error: {e:?}");
+                    std::process::exit(ferrogate_control::upgrade::ORPHANED_EXIT);
+                }
                 r => r,
             }
         }

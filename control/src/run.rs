@@ -655,6 +655,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
     let mut failure = None;
+    let mut orphaned = false;
     // Set once a successor took the NIC queues: this engine only drains.
     let mut handed_over = false;
     let mut successor_failed = Arc::new(AtomicBool::new(false));
@@ -662,7 +663,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         if successor_failed.load(Ordering::Relaxed) {
             // Nothing reaches us without it: end, so that the supervisor
             // starts a fresh engine now rather than after the drain bound.
-            failure = Some("the successor failed after the NIC hand-over");
+            orphaned = true;
             break;
         }
         if predecessor.as_mut().is_some_and(|p| p.just_gone()) {
@@ -774,6 +775,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         f.finish(text.clone());
     }
     println!("{text}");
+    if orphaned {
+        return Err(crate::upgrade::Orphaned.into());
+    }
     if let Some(f) = failure {
         bail!("engine failed: {f}");
     }

@@ -335,9 +335,6 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
     let mut result = Ok(());
     // A binary upgrade's new engine, until the old one exits.
     let mut successor: Option<Child> = None;
-    // A successor failed: when the old engine (which may have handed its
-    // queues over already) exits, start a fresh one rather than end.
-    let mut restart_after_old = false;
     // The engine is a promoted successor: not a first start (its failure
     // is restarted, not taken for a config or NIC error).
     let mut promoted = false;
@@ -378,10 +375,11 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
             if st.code() == Some(crate::upgrade::UNTOUCHED_EXIT) {
                 tracing::error!(status = %describe(st), "binary upgrade failed: the successor exited before the hand-over; the running engine keeps serving");
             } else {
-                // It took the NIC queues: the old engine ends soon (it
-                // notices), and a fresh one starts then.
-                tracing::error!(status = %describe(st), "binary upgrade failed: the successor exited after the hand-over; restarting the engine once the old one is gone");
-                restart_after_old = true;
+                // Whether it had taken the NIC queues only the old engine
+                // knows: if so it ends now with ORPHANED_EXIT and a fresh
+                // one starts; if not (a binary without `--upgrade`, a crash
+                // before its hello) it serves on.
+                tracing::error!(status = %describe(st), "binary upgrade failed: the successor exited; a running engine that handed over ends and is replaced, one that did not keeps serving");
             }
         }
         if let Some(st) = engine.try_exit() {
@@ -397,15 +395,14 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
                 tracing::info!(old = %describe(st), pid = c.id(), "binary upgrade complete: the successor is the engine");
                 engine.child = Some(c);
                 engine.started = Instant::now();
-                restart_after_old = false;
                 promoted = true;
                 continue;
             }
             let first =
                 !promoted && engine.restarts == 0 && engine.started.elapsed() < FIRST_START_GRACE;
-            if std::mem::take(&mut restart_after_old) {
+            if st.code() == Some(crate::upgrade::ORPHANED_EXIT) {
                 tracing::warn!(
-                    "the engine that outlived a failed upgrade exited; starting a new one"
+                    "the engine that handed over to a failed successor exited; starting a new one"
                 );
                 engine.child = Some(spawn("engine", &engine_argv(false))?);
                 engine.started = Instant::now();

@@ -32,6 +32,17 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 /// anything: the running engine serves on untouched.
 pub const UNTOUCHED_EXIT: i32 = 3;
 
+/// An engine's exit code when it handed its NIC queues to a successor that
+/// then failed: nothing reaches it any more, and the supervisor starts a
+/// fresh engine (any other exit after a failed upgrade is judged as usual).
+pub const ORPHANED_EXIT: i32 = 4;
+
+/// Why an engine that handed its NIC queues over ended: its successor
+/// failed (`main` exits with [`ORPHANED_EXIT`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the successor failed after the NIC hand-over")]
+pub struct Orphaned;
+
 /// Set once a successor sent its hello: from then on the running engine may
 /// have let go, and a failure is not "untouched" (unless it refused).
 static HELLO_SENT: AtomicBool = AtomicBool::new(false);

@@ -329,8 +329,14 @@ fn ten_binary_upgrades_under_keep_alive_and_new_connection_load_fail_and_reset_n
             .expect("the successor");
         // SAFETY: kill(2) on an engine process our supervisor started.
         unsafe { libc::kill(new, libc::SIGKILL) };
-        wait_log(&engine, "the successor exited after the hand-over", 1);
-        wait_log(&engine, "starting a new one", 1);
+        // The old engine ends with ORPHANED_EXIT: only that exit makes the
+        // supervisor start a fresh one.
+        wait_log(&engine, "binary upgrade failed: the successor exited", 1);
+        wait_log(
+            &engine,
+            "handed over to a failed successor exited; starting a new one",
+            1,
+        );
         assert!(serves(&lab), "a fresh engine serves:\n{}", engine.log());
         assert!(engine.is_running(), "{}", engine.log());
         let _ = slow.join();
