@@ -585,9 +585,10 @@ fn route_plugins_run_at_the_origin_phases_inside_the_listeners() {
     });
 }
 
-/// Listener 80: the AssemblyScript body rewriter (buffers the response
-/// body until its end, then replaces "origin" with "edge"); listener 8086:
-/// the header adder, whose default body callback passes every piece on.
+/// Listener 80: the AssemblyScript body rewriter (removes content-length
+/// at the head, buffers the response body until its end, then replaces
+/// "origin" with "edge"); listener 8086: the header adder, whose default
+/// body callback passes every piece on.
 fn body_config() -> String {
     let rewriter = as_filter("body_rewriter");
     let adder = as_filter("header_adder");
@@ -709,6 +710,12 @@ fn a_body_plugin_rewrites_whole_bodies_and_a_pass_through_one_streams_them_intac
             "curl -sS -m 20 -D - -o {dir}/fg-body-1m http://{VIP}:8086/files/1m"
         ));
         assert!(ok, "{head}");
+        // It changes nothing: the origin's length stands (no re-framing).
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-length: 1048576"),
+            "{head}"
+        );
         let got = std::fs::read(lab.state_dir().join("fg-body-1m")).unwrap();
         let origin = std::fs::read(www.join("1m")).unwrap();
         assert_eq!(got.len(), origin.len());

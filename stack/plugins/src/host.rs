@@ -718,6 +718,11 @@ pub(crate) fn define(l: &mut Linker<Host>) -> wasmtime::Result<&'static [&'stati
             // Replaces [start, start+len): (0, len) replaces the whole body,
             // (len, 0) appends, (0, 0) prepends — Envoy's cases and the rest.
             let end = start.saturating_add(len as usize).min(host.body.len());
+            // A guest splicing in a loop must not grow host memory past
+            // what its sandbox bounds.
+            if host.body.len() - (end - start) + bytes.len() > crate::MAX_BODY_BUFFER {
+                return st(Status::BadArgument);
+            }
             host.body.splice(start..end, bytes.iter().copied());
             ok()
         },

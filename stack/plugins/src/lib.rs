@@ -125,6 +125,11 @@ mod properties;
 mod shared_data;
 mod stubs;
 
+/// The most a body buffer may grow to inside one call
+/// (`proxy_set_buffer_bytes` past it answers BadArgument): the host's
+/// copy lives outside the sandbox's memory limit.
+pub const MAX_BODY_BUFFER: usize = 4 << 20;
+
 pub use abi::Status;
 pub use headers::{HeaderList, MAX_MAP_BYTES, MAX_MAP_FIELDS};
 pub use instance::{Failure, FailureKind, HttpContextId, LocalResponse, Outcome, PluginInstance};

@@ -250,6 +250,10 @@ pub struct PluginEdits {
     request_now: Option<HeaderList>,
     /// Edits to proxy-owned fields the earlier phase already counted.
     request_ignored: u64,
+    /// A response phase removed the origin's `content-length` (proxy-wasm's
+    /// way of saying a body plugin will change the length): the body is
+    /// re-framed; otherwise the length stands and the plugins must keep it.
+    response_unframed: bool,
 }
 
 impl PluginEdits {
@@ -261,6 +265,7 @@ impl PluginEdits {
         self.request_add.clear();
         self.response_strip.clear();
         self.response_add.clear();
+        self.response_unframed = false;
     }
 
     /// The response head's edits: a retried request's next response goes
@@ -268,6 +273,12 @@ impl PluginEdits {
     pub fn clear_response_edits(&mut self) {
         self.response_strip.clear();
         self.response_add.clear();
+        self.response_unframed = false;
+    }
+
+    /// Whether a response phase removed the origin's `content-length`.
+    pub fn response_unframed(&self) -> bool {
+        self.response_unframed
     }
 
     pub fn strips_request(&self, name: &str) -> bool {
@@ -592,6 +603,7 @@ pub(crate) fn viewer_response(
     edits: &mut PluginEdits,
     stats: &mut StackStats,
 ) -> Result<(), ProxyError> {
+    edits.response_unframed = false;
     if edits.contexts.is_empty() {
         return Ok(());
     }
@@ -645,6 +657,8 @@ pub(crate) fn viewer_response(
         headers = saved.unwrap_or(headers);
     }
     let fail_closed = edits.fail_open.iter().any(|f| !f);
+    edits.response_unframed =
+        before.get(b"content-length").is_some() && headers.get(b"content-length").is_none();
     match diff(
         &before,
         &headers,

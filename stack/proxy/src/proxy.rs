@@ -1560,16 +1560,6 @@ impl<P: ProxyHttp> Conn<P> {
                 let xcache = self.note_cache(cx);
                 let status_header = cx.cache.edge.settings.status_header.as_deref();
                 let req = self.request.expect("request in flight");
-                // A body plugin may change the length: the body is
-                // re-framed (chunked; close-delimited for HTTP/1.0).
-                let body_plugins = resp.framing != BodyFraming::None
-                    && resp.status != 101
-                    && crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin);
-                let keep_client = req.keep_alive
-                    && !cx.draining
-                    && resp.framing != BodyFraming::UntilClose
-                    && !self.body_abandoned
-                    && !(body_plugins && req.http10);
                 self.bufs.to_client.clear();
                 let plugins = crate::plugin_phase::viewer_response(
                     cx.plugins,
@@ -1583,6 +1573,23 @@ impl<P: ProxyHttp> Conn<P> {
                     self.cache_writer = None;
                     return self.fail_to_client(cx, e);
                 }
+                // The body goes through the plugins' body phase. An
+                // announced length stands unless a plugin removed it (it
+                // will change the body): then the body is re-framed
+                // (chunked; close-delimited for HTTP/1.0).
+                let body_plugins = resp.framing != BodyFraming::None
+                    && resp.status != 101
+                    && crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin);
+                let kept_length = match resp.framing {
+                    BodyFraming::Length(n) if !self.rewrite.plugin.response_unframed() => Some(n),
+                    _ => None,
+                };
+                let reframe = body_plugins && kept_length.is_none();
+                let keep_client = req.keep_alive
+                    && !cx.draining
+                    && resp.framing != BodyFraming::UntilClose
+                    && !self.body_abandoned
+                    && !(reframe && req.http10);
                 let plugin_lines = self.rewrite.plugin.adds_response();
                 let phases = cx.phases;
                 let info = ResponseInfo {
@@ -1597,7 +1604,7 @@ impl<P: ProxyHttp> Conn<P> {
                     req.http10,
                     |name| {
                         rw.strips_response(name)
-                            || (body_plugins
+                            || (reframe
                                 && (name.eq_ignore_ascii_case("content-length")
                                     || name.eq_ignore_ascii_case("transfer-encoding")))
                     },
@@ -1611,7 +1618,7 @@ impl<P: ProxyHttp> Conn<P> {
                     &mut cx.stats.header_lines_refused,
                     &mut self.bufs.to_client,
                 );
-                if ok && body_plugins && !req.http10 {
+                if ok && reframe && !req.http10 {
                     ok = head::frame_head_chunked(&mut self.bufs.to_client);
                 }
                 self.bufs.from_upstream.consume(resp.head_len);
@@ -1644,7 +1651,10 @@ impl<P: ProxyHttp> Conn<P> {
                 // (and their `Arc` does not pin an old snapshot's pool
                 // while idle).
                 if body_plugins {
-                    self.plugin_body = Some(plugin_body::PluginBody::new(!req.http10));
+                    self.plugin_body = Some(plugin_body::PluginBody::new(
+                        reframe && !req.http10,
+                        kept_length,
+                    ));
                 } else {
                     crate::plugin_phase::finish(cx.plugins, &mut self.rewrite.plugin, cx.stats);
                 }

@@ -883,3 +883,49 @@ fn values_of(head: &str, name: &str) -> Vec<String> {
         .map(|(_, v)| v.trim().to_string())
         .collect()
 }
+
+/// A cached 204 (or a HEAD) through a body plugin has no body to re-frame:
+/// on a kept-alive HTTP/1.1 connection the next response is read in step.
+#[test]
+fn body_plugin_leaves_a_cached_204_without_a_body() {
+    use ferrogate_proxy::plugin_phase::AttachedPlugin;
+    let upstream = origin_pool(|_| {});
+    let cached = Route {
+        path: PathMatch::Prefix("/cached".into()),
+        cache: Some(Arc::new(ferrogate_proxy::cache::RouteCache::default())),
+        ..Route::new("cached", RouteAction::Proxy(upstream.clone()))
+    };
+    let listener = Listener::new(80, vec![cached]).with_plugins(vec![AttachedPlugin {
+        plugin: body_wrapper("square", '[', ']'),
+        fail_open: false,
+    }]);
+    let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: x.example\r\n\r\n").into_bytes();
+    let c = lab.connect();
+    for want in ["MISS", "HIT"] {
+        let r = lab.exchange(c, &get("/cached/nocontent"));
+        assert_eq!(r.status, 204, "{r:?}");
+        assert!(r.head.contains(&format!("x-cache: {want}")), "{}", r.head);
+        assert!(
+            values_of(&r.head, "transfer-encoding").is_empty(),
+            "{}",
+            r.head
+        );
+    }
+    // In step: the next response on the connection is whole.
+    let r = lab.exchange(c, &get("/cached/a"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.starts_with(b"[") && r.body.ends_with(b"]"), "{r:?}");
+    // HEAD: the head alone (its content-length announces no body here).
+    lab.send(c, b"HEAD /cached/a HTTP/1.1\r\nHost: x.example\r\n\r\n");
+    let head = lab.read_until(c, 3_000, |b| find(b, b"\r\n\r\n").is_some());
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    assert!(
+        head.ends_with(b"\r\n\r\n"),
+        "no body after a HEAD's head: {head:?}"
+    );
+    let r = lab.exchange(c, &get("/cached/a"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(lab.edge.stats().plugin_failures, 0);
+}

@@ -471,3 +471,129 @@ fn a_body_plugin_holding_more_than_its_bound_fails_and_cuts_the_response() {
     assert_eq!(s.plugin_failures, 1);
     assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
 }
+
+/// A body plugin that passes every piece on unchanged.
+fn body_passer(name: &str) -> Plugin {
+    let text = r#"(module
+  (memory (export "memory") 2)
+  (global $bump (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (global.get $bump) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32)
+    (i32.const 0)))"#;
+    let bytes = wat::parse_str(text).unwrap();
+    let module = PluginModule::compile(&bytes, &PluginLimits::default()).expect("compile");
+    Plugin::new(
+        module,
+        PluginConfig {
+            name: name.into(),
+            ..PluginConfig::default()
+        },
+    )
+}
+
+#[test]
+fn a_body_plugin_that_keeps_the_length_keeps_the_origins_framing() {
+    let passer = body_passer("passer");
+    let table = table_with_route_plugins(vec![attach(&passer, false)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/big"));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        values(&r.head, "content-length"),
+        [lab.big_body.to_string()],
+        "{}",
+        r.head
+    );
+    assert!(
+        values(&r.head, "transfer-encoding").is_empty(),
+        "{}",
+        r.head
+    );
+    let big: Vec<u8> = (0..lab.big_body).map(|i| b'a' + (i % 26) as u8).collect();
+    assert!(r.body == big, "the body differs");
+    // Many pieces, each through the plugin.
+    assert!(lab.edge.stats().plugin_calls > 10);
+    // HTTP/1.0 keeps its keep-alive: the length still frames the body.
+    let r = lab.exchange(
+        c,
+        b"GET / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert!(!values(&r.head, "content-length").is_empty(), "{}", r.head);
+    assert_eq!(values(&r.head, "connection"), ["keep-alive"], "{}", r.head);
+    assert_eq!(lab.edge.stats().plugin_failures, 0);
+}
+
+#[test]
+fn a_body_plugin_that_changes_a_length_it_left_in_place_fails() {
+    let wrapper = body_wrapper_that("square", '[', ']', false);
+    let table = table_with_route_plugins(vec![attach(&wrapper, false)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    lab.send(c, &get("/"));
+    let raw = lab.read_until(c, 3_000, |b| Response::parse(b).is_some());
+    assert!(
+        Response::parse(&raw).is_none(),
+        "a cut body, not a whole response"
+    );
+    assert_eq!(lab.edge.stats().plugin_failures, 1);
+    // A chunked origin announces no length: that body may change.
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/chunked"));
+    assert_eq!(r.body, b"[hello, world]");
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_failures, 1);
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}
+
+/// Changes the piece it is handed (prepends `X`), then traps.
+fn body_trap(name: &str) -> Plugin {
+    let text = r#"(module
+  (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $bump (mut i32) (i32.const 4096))
+  (data (i32.const 256) "X")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (global.get $bump) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32)
+    (drop (call $set (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 256) (i32.const 1)))
+    unreachable))"#;
+    let bytes = wat::parse_str(text).unwrap();
+    let module = PluginModule::compile(&bytes, &PluginLimits::default()).expect("compile");
+    Plugin::new(
+        module,
+        PluginConfig {
+            name: name.into(),
+            ..PluginConfig::default()
+        },
+    )
+}
+
+#[test]
+fn a_fail_open_body_plugin_that_traps_is_passed_by_once_with_the_body_as_it_came() {
+    let trap = body_trap("trap");
+    let table = table_with_route_plugins(vec![attach(&trap, true)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/big"));
+    assert_eq!(r.status, 200);
+    let big: Vec<u8> = (0..lab.big_body).map(|i| b'a' + (i % 26) as u8).collect();
+    assert!(
+        r.body == big,
+        "the body as it came, without the guest's change"
+    );
+    let s = lab.edge.stats();
+    // One failure for the whole body, not one per piece.
+    assert_eq!((s.plugin_failures, s.plugin_failed_open), (1, 1), "{s:?}");
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}

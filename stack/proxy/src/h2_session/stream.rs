@@ -803,16 +803,22 @@ impl<P: ProxyHttp> H2Stream<P> {
         }
         let body = Body::from_framing(resp.framing);
         let end = matches!(body, Body::Done);
-        // A body plugin may change the length: none is announced, and the
-        // contexts end with the body; else they end with the head.
+        // With a body plugin the contexts end with the body, else with the
+        // head. The announced length stands unless a plugin removed it (it
+        // will change the body): then none goes out.
         let body_plugins =
             !end && crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin);
+        let kept_length = match resp.framing {
+            BodyFraming::Length(n) if !self.rewrite.plugin.response_unframed() => Some(n),
+            _ => None,
+        };
         if body_plugins {
-            self.plugin_body = Some(PluginBody::new(false));
+            self.plugin_body = Some(PluginBody::new(false, kept_length));
         } else {
             self.end_plugins(cx);
         }
-        let length = matches!(resp.framing, BodyFraming::Length(_)) && !body_plugins;
+        let length = matches!(resp.framing, BodyFraming::Length(_))
+            && (!body_plugins || kept_length.is_some());
         if !self.send_head(h2, end, length) {
             // The stream is gone, or the head has more fields than fit.
             cx.stats.upstream_errors += 1;
@@ -1035,7 +1041,6 @@ impl<P: ProxyHttp> H2Stream<P> {
                 if h2.send_data(id, &rest[..n], last).is_err() {
                     // The client reset the stream: a body being stored is
                     // read on for its other readers, as without plugins.
-                    self.end_plugins(cx);
                     if !self.detach_fill(cx) {
                         self.finish(cx, true);
                     }
@@ -1053,6 +1058,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 let Step::Response { keep_upstream, .. } = self.step else {
                     unreachable!("plugin body outside a response")
                 };
+                cx.phases.response_body_filter(&[], true, &mut self.pctx);
                 self.end_plugins(cx);
                 self.response_done(cx, keep_upstream);
                 return true;
@@ -1073,9 +1079,18 @@ impl<P: ProxyHttp> H2Stream<P> {
             ) {
                 Pulled::Nothing => break,
                 Pulled::Piece => moved = true,
-                Pulled::Broken | Pulled::PluginFailed => {
+                Pulled::Broken => {
                     h2.reset_stream(id, ErrorCode::InternalError);
                     self.finish(cx, true);
+                    return true;
+                }
+                // This client's plugin failed, not the origin: a body
+                // being stored is read on for its other readers.
+                Pulled::PluginFailed => {
+                    h2.reset_stream(id, ErrorCode::InternalError);
+                    if !self.detach_fill(cx) {
+                        self.finish(cx, true);
+                    }
                     return true;
                 }
             }
@@ -1092,6 +1107,11 @@ impl<P: ProxyHttp> H2Stream<P> {
             if waiting_on_client {
                 cx.stats.h2.stalled_resets += 1;
                 h2.reset_stream(id, ErrorCode::Cancel);
+                // The client stopped reading: the object is read on for
+                // its other readers.
+                if self.detach_fill(cx) {
+                    return true;
+                }
             } else {
                 cx.stats.upstream_errors += 1;
                 h2.reset_stream(id, ErrorCode::InternalError);

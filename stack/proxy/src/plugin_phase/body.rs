@@ -36,9 +36,22 @@ pub(crate) fn wants_response_body(workers: &mut WorkerPlugins, edits: &PluginEdi
 /// context first).
 #[derive(Debug, Default)]
 pub(crate) struct ResponseBody {
-    held: Vec<Vec<u8>>,
+    contexts: Vec<Held>,
     /// Scratch for what moves from one context to the next.
     carry: Vec<u8>,
+}
+
+/// One context's share of the body.
+#[derive(Debug, Default)]
+struct Held {
+    /// What it holds (it paused on), as it left it.
+    bytes: Vec<u8>,
+    /// Under `fail_open`: the same bytes as they came, for a failed call
+    /// to pass on unchanged (appended to, never copied whole).
+    came: Vec<u8>,
+    /// It failed under `fail_open`: the rest of the body passes it by,
+    /// uncalled and uncounted.
+    bypassed: bool,
 }
 
 impl ResponseBody {
@@ -47,6 +60,8 @@ impl ResponseBody {
     /// context holds the body). `eos`: the body ends with `data` (every
     /// context is called, with all it holds). Err: a plugin that is not
     /// `fail_open` failed; the response must be cut (its head is out).
+    /// What a context holds after a call, and what one call makes of the
+    /// body, are bounded by [`MAX_HELD`] (past it: that plugin's failure).
     pub(crate) fn feed(
         &mut self,
         workers: &mut WorkerPlugins,
@@ -57,7 +72,7 @@ impl ResponseBody {
         stats: &mut StackStats,
     ) -> Result<&[u8], ProxyError> {
         let n = edits.contexts.len();
-        self.held.resize_with(n, Vec::new);
+        self.contexts.resize_with(n, Held::default);
         self.carry.clear();
         self.carry.extend_from_slice(data);
         let now = guest_now(now);
@@ -66,41 +81,39 @@ impl ResponseBody {
             let i = n - 1 - k;
             let (plugin, ctx) = &edits.contexts[i];
             let fail_open = edits.fail_open[i];
-            let held = &mut self.held[k];
-            held.append(&mut self.carry);
-            if held.is_empty() && !eos {
+            let held = &mut self.contexts[k];
+            if held.bypassed {
                 continue;
             }
-            let outcome = if held.len() > MAX_HELD {
-                Outcome::Failed(ferrogate_plugins::Failure {
-                    kind: FailureKind::AbiViolation,
-                    reason: format!("held more than {MAX_HELD} bytes of the response body"),
-                })
-            } else {
-                match workers.holder(plugin, *ctx) {
-                    // Without the callback the bytes pass straight on.
-                    Some(inst) if !inst.has_response_body_phase() => Outcome::Continue,
-                    Some(inst) => {
-                        stats.plugin_calls += 1;
-                        inst.set_time(now);
-                        // Under fail_open a failed call leaves the body as
-                        // it came (the guest may have half-changed it).
-                        let saved = fail_open.then(|| held.clone());
-                        let o = inst.on_response_body(*ctx, held, eos);
-                        if let (Outcome::Failed(_), Some(saved)) = (&o, saved) {
-                            *held = saved;
-                        }
-                        o
-                    }
-                    None => {
-                        stats.plugin_calls += 1;
-                        Outcome::Failed(ferrogate_plugins::Failure {
-                            kind: FailureKind::UnknownContext,
-                            reason: "the context was lost to a failure of its instance".into(),
-                        })
-                    }
+            let inst = workers.holder(plugin, *ctx);
+            // Without the callback the bytes pass straight on.
+            if inst.as_ref().is_some_and(|i| !i.has_response_body_phase()) {
+                continue;
+            }
+            if fail_open {
+                held.came.extend_from_slice(&self.carry);
+            }
+            held.bytes.append(&mut self.carry);
+            if held.bytes.is_empty() && !eos {
+                continue;
+            }
+            stats.plugin_calls += 1;
+            let mut outcome = match inst {
+                Some(inst) => {
+                    inst.set_time(now);
+                    inst.on_response_body(*ctx, &mut held.bytes, eos)
                 }
+                None => Outcome::Failed(ferrogate_plugins::Failure {
+                    kind: FailureKind::UnknownContext,
+                    reason: "the context was lost to a failure of its instance".into(),
+                }),
             };
+            if held.bytes.len() > MAX_HELD && !matches!(outcome, Outcome::Failed(_)) {
+                outcome = Outcome::Failed(ferrogate_plugins::Failure {
+                    kind: FailureKind::AbiViolation,
+                    reason: format!("held or made more than {MAX_HELD} bytes of the response body"),
+                });
+            }
             let reason = match outcome {
                 Outcome::Continue => None,
                 // Nothing more will come: holding on means nothing.
@@ -121,8 +134,13 @@ impl ResponseBody {
                     return Err(ProxyError::PluginFailed);
                 }
                 stats.plugin_failed_open += 1;
+                // What it held goes on as it came; the rest passes it by.
+                std::mem::swap(&mut held.bytes, &mut held.came);
+                held.bypassed = true;
             }
-            std::mem::swap(&mut self.carry, held);
+            held.came.clear();
+            std::mem::swap(&mut self.carry, &mut held.bytes);
+            held.bytes.clear();
         }
         Ok(&self.carry)
     }

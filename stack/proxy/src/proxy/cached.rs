@@ -195,6 +195,9 @@ impl<P: ProxyHttp> Conn<P> {
         };
         cx.net.stream(self.client).abort();
         self.bufs.to_client.clear();
+        // No client: a body phase in flight ends here (its contexts too).
+        self.plugin_body = None;
+        self.end_plugins(cx);
         self.phase = Phase::CacheFill {
             body,
             keep_upstream,
@@ -283,6 +286,17 @@ impl<P: ProxyHttp> Conn<P> {
         part: Part,
     ) -> bool {
         let info = self.request.expect("request in flight");
+        // A body plugin sees (and may rewrite) the whole body: a slice of
+        // the rewrite is not the rewrite of a slice, so a Range request
+        // gets all of it (RFC 9110 §14.2 lets a server ignore Range).
+        let part = match part {
+            Part::Range(_)
+                if crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin) =>
+            {
+                Part::Whole
+            }
+            p => p,
+        };
         self.cache = None;
         self.cache_writer = None;
         self.cache_status = Some(s);
@@ -304,17 +318,6 @@ impl<P: ProxyHttp> Conn<P> {
                 false,
             );
         };
-        // A body plugin sees the stored body as it saw the origin's, and
-        // may change its length (see `plugin_body`).
-        let body_plugins = !info.is_head
-            && part != Part::NotModified
-            && crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin);
-        // Length unknown (a body still being stored from a chunked
-        // origin, or one a plugin rewrites): chunked to HTTP/1.1 clients,
-        // close-delimited to 1.0.
-        let chunked = (length.is_none() || body_plugins) && !info.http10;
-        let keep =
-            info.keep_alive && !cx.draining && ((length.is_some() && !body_plugins) || chunked);
         // The stored head goes through the response phases as the origin's
         // did (their edits are not stored: a hit looks like the miss).
         if let Err(e) = crate::plugin_phase::viewer_response(
@@ -327,6 +330,20 @@ impl<P: ProxyHttp> Conn<P> {
             self.bufs.from_upstream.clear();
             return self.local_error(cx, e, false);
         }
+        // A body plugin sees the stored body as it saw the origin's; the
+        // length stands unless a plugin removed it (see `plugin_body`).
+        let body_plugins = !info.is_head
+            && part != Part::NotModified
+            && length != Some(0)
+            && head::status_allows_body(part.status(obj.meta().headers.status))
+            && crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin);
+        let kept_length = length.filter(|_| !self.rewrite.plugin.response_unframed());
+        let reframe = body_plugins && kept_length.is_none();
+        // Length unknown (a body still being stored from a chunked
+        // origin, or one a plugin rewrites): chunked to HTTP/1.1 clients,
+        // close-delimited to 1.0.
+        let chunked = (length.is_none() || reframe) && !info.http10;
+        let keep = info.keep_alive && !cx.draining && ((length.is_some() && !reframe) || chunked);
         let plugin_lines = self.rewrite.plugin.adds_response();
         let xcache = self.note_cache(cx);
         self.bufs.to_client.clear();
@@ -344,7 +361,7 @@ impl<P: ProxyHttp> Conn<P> {
             info.http10,
             |name| {
                 rw.strips_response(name)
-                    || (body_plugins
+                    || (reframe
                         && (name.eq_ignore_ascii_case("content-length")
                             || name.eq_ignore_ascii_case("transfer-encoding")))
             },
@@ -358,14 +375,17 @@ impl<P: ProxyHttp> Conn<P> {
             &mut cx.stats.header_lines_refused,
             &mut self.bufs.to_client,
         );
-        if ok && chunked && body_plugins {
+        if ok && chunked && reframe {
             ok = head::frame_head_chunked(&mut self.bufs.to_client);
         }
         self.bufs.from_upstream.clear();
         // The head is committed (or refused): the contexts end, with the
         // body when a plugin sees it.
         if ok && body_plugins {
-            self.plugin_body = Some(super::plugin_body::PluginBody::new(chunked));
+            self.plugin_body = Some(super::plugin_body::PluginBody::new(
+                chunked && reframe,
+                kept_length.filter(|_| !reframe),
+            ));
         } else {
             self.end_plugins(cx);
         }

@@ -32,6 +32,9 @@ pub(crate) struct PluginBody {
     pub(crate) ended: bool,
     /// HTTP/2: END_STREAM went out.
     pub(crate) end_sent: bool,
+    /// The length the head announced, still to come: the plugins left
+    /// `content-length` in place, so their output must match it.
+    length_left: Option<u64>,
 }
 
 /// What [`PluginBody::pull`] did.
@@ -47,9 +50,12 @@ pub(crate) enum Pulled {
 }
 
 impl PluginBody {
-    pub(crate) fn new(chunked: bool) -> Box<Self> {
+    /// `chunked`: re-framed to the client; `length`: the announced length
+    /// the output must keep (the head kept `content-length`).
+    pub(crate) fn new(chunked: bool, length: Option<u64>) -> Box<Self> {
         Box::new(Self {
             chunked,
+            length_left: length,
             ..Self::default()
         })
     }
@@ -109,18 +115,22 @@ impl PluginBody {
             return Pulled::Nothing;
         }
         from_upstream.consume(take);
-        if !payload.is_empty() {
-            cx.phases.response_body_filter(&payload, false, pctx);
-            // The object stores the origin's body, not the plugins' (a hit
-            // goes through them again).
-            if let Some(w) = writer {
-                w.push(&payload);
-            }
+        // The object stores the origin's body, not the plugins' (a hit
+        // goes through them again).
+        if let Some(w) = writer
+            && !payload.is_empty()
+        {
+            w.push(&payload);
         }
         if writer.as_ref().is_some_and(crate::cache::Filler::stop) {
             *writer = None;
         }
-        let pushed = self.push(cx.plugins, edits, &payload, done, cx.now, cx.stats);
+        // The phases see the body as it goes to the client (its end comes
+        // with the response's).
+        let phases = cx.phases;
+        let pushed = self.push(cx.plugins, edits, &payload, done, cx.now, cx.stats, |d| {
+            phases.response_body_filter(d, false, pctx)
+        });
         self.payload = payload;
         if pushed {
             Pulled::Piece
@@ -132,6 +142,7 @@ impl PluginBody {
     /// Hands `data` (payload, no framing) through the plugins and frames
     /// what they pass on into `out` (replaced: it must have been sent).
     /// False: a plugin that is not `fail_open` failed.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn push(
         &mut self,
         workers: &mut crate::plugin_phase::WorkerPlugins,
@@ -140,12 +151,27 @@ impl PluginBody {
         done: bool,
         now: crate::net::Instant,
         stats: &mut crate::stats::StackStats,
+        on_output: impl FnOnce(&[u8]),
     ) -> bool {
         self.out.clear();
         self.sent = 0;
         let Ok(data) = self.chain.feed(workers, edits, data, done, now, stats) else {
             return false;
         };
+        if let Some(left) = &mut self.length_left {
+            let n = data.len() as u64;
+            if n > *left || (done && n != *left) {
+                // proxy-wasm: a plugin that changes the length removes
+                // `content-length` at the head; these kept it.
+                stats.plugin_failures += 1;
+                tracing::debug!("plugins changed a response body whose length the head announces");
+                return false;
+            }
+            *left -= n;
+        }
+        if !data.is_empty() {
+            on_output(data);
+        }
         if self.chunked {
             if !data.is_empty() {
                 let _ = write!(self.out, "{:x}\r\n", data.len());
@@ -234,8 +260,16 @@ impl<P: ProxyHttp> Conn<P> {
                 Pulled::Nothing => return Step::Wait(moved),
                 Pulled::Piece => moved = true,
                 // The head is out: the client sees the body cut.
-                Pulled::Broken | Pulled::PluginFailed => {
+                Pulled::Broken => {
                     self.finish(cx, true);
+                    return Step::Cut;
+                }
+                // This client's plugin failed, not the origin: a body
+                // being stored is read on for its other readers.
+                Pulled::PluginFailed => {
+                    if !self.fill_without_client(cx) {
+                        self.finish(cx, true);
+                    }
                     return Step::Cut;
                 }
             }
@@ -320,6 +354,7 @@ impl<P: ProxyHttp> Conn<P> {
                 end,
                 cx.now,
                 cx.stats,
+                |_| {},
             ) {
                 next = Next::Cut;
                 break;

@@ -498,6 +498,8 @@ impl<P: ProxyHttp> Lab<P> {
                             format!("HTTP/1.1 304 Not Modified\r\nETag: {e}\r\nCache-Control: {cc}\r\n\r\n").into_bytes()
                         } else if inm.as_deref() == Some(etag.as_str()) {
                             format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nCache-Control: {cc}\r\n{vary}\r\n").into_bytes()
+                        } else if p.contains("nocontent") {
+                            format!("HTTP/1.1 204 No Content\r\nETag: {etag}\r\nCache-Control: {cc}\r\n\r\n").into_bytes()
                         } else if p.contains("bigchunked") {
                             let body: Vec<u8> = (0..self.big_body).map(|i| b'a' + (i % 26) as u8).collect();
                             let mut r = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: {etag}\r\nCache-Control: {cc}\r\n\r\n").into_bytes();
@@ -669,6 +671,14 @@ impl Response {
         let status = head.split(' ').nth(1)?.parse().ok()?;
         let rest = &raw[end + 4..];
         let lower = head.to_ascii_lowercase();
+        // No body, whatever the head says (RFC 9112 §6.3).
+        if status == 204 || status == 304 {
+            return Some(Response {
+                status,
+                head,
+                body: Vec::new(),
+            });
+        }
         if let Some(cl) = lower
             .lines()
             .find_map(|l| l.strip_prefix("content-length: "))
@@ -704,12 +714,35 @@ impl Response {
 }
 
 /// Holds the response body to its end (StopIterationAndBuffer), then
-/// wraps it: `open` prepended, `close` appended.
+/// wraps it: `open` prepended, `close` appended. It removes
+/// `content-length` at the response head, as a proxy-wasm filter that
+/// changes the length must.
 pub fn body_wrapper(name: &str, open: char, close: char) -> ferrogate_proxy::plugins::Plugin {
+    body_wrapper_that(name, open, close, true)
+}
+
+/// [`body_wrapper`]; `drop_length` false: one that forgets to remove
+/// `content-length` (its change of the length is its failure).
+pub fn body_wrapper_that(
+    name: &str,
+    open: char,
+    close: char,
+    drop_length: bool,
+) -> ferrogate_proxy::plugins::Plugin {
+    let on_headers = if drop_length {
+        "(drop (call $remove (i32.const 2) (i32.const 272) (i32.const 14)))"
+    } else {
+        ""
+    };
     let text = format!(
         r#"(module
   (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
+  (data (i32.const 272) "content-length")
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    {on_headers}
+    (i32.const 0))
   (global $bump (mut i32) (i32.const 4096))
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "malloc") (param $n i32) (result i32) (local $p i32)

@@ -2,6 +2,7 @@
 export * from "@solo-io/proxy-runtime/proxy";
 import {
   RootContext, Context, registerRootContext, FilterDataStatusValues,
+  FilterHeadersStatusValues, stream_context,
 } from "@solo-io/proxy-runtime";
 import { get_buffer_bytes, BufferTypeValues } from "@solo-io/proxy-runtime/runtime";
 
@@ -19,6 +20,13 @@ class BodyRewriterRoot extends RootContext {
 class BodyRewriter extends Context {
   constructor(context_id: u32, root_context: BodyRewriterRoot) {
     super(context_id, root_context);
+  }
+
+  // The rewrite changes the length: as with Envoy, a filter that does so
+  // removes content-length at the head (the proxy then re-frames the body).
+  onResponseHeaders(headers: u32, end_of_stream: bool): FilterHeadersStatusValues {
+    stream_context.headers.response.remove("content-length");
+    return FilterHeadersStatusValues.Continue;
   }
 
   onResponseBody(body_buffer_length: usize, end_of_stream: bool): FilterDataStatusValues {

@@ -207,6 +207,15 @@ impl<P: ProxyHttp> H2Stream<P> {
         s: CacheStatus,
         part: Part,
     ) {
+        // As on HTTP/1: a body plugin gets the whole body, not a Range.
+        let part = match part {
+            Part::Range(_)
+                if crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin) =>
+            {
+                Part::Whole
+            }
+            p => p,
+        };
         self.cache = None;
         self.cache_writer = None;
         self.cache_status = Some(s);
@@ -262,12 +271,15 @@ impl<P: ProxyHttp> H2Stream<P> {
         self.from_upstream.clear();
         let end = self.is_head || length == Some(0) || part == Part::NotModified;
         // A body plugin sees the stored body as it saw the origin's (see
-        // `proxy::plugin_body`): no length, the contexts end with the body.
+        // `proxy::plugin_body`); the contexts end with the body, and the
+        // length stands unless a plugin removed it.
         let body_plugins = ok
             && !end
+            && head::status_allows_body(part.status(obj.meta().headers.status))
             && crate::plugin_phase::wants_response_body(cx.plugins, &self.rewrite.plugin);
+        let kept_length = length.filter(|_| !self.rewrite.plugin.response_unframed());
         if body_plugins {
-            self.plugin_body = Some(PluginBody::new(false));
+            self.plugin_body = Some(PluginBody::new(false, kept_length));
         } else {
             // The head is committed (or refused): the contexts end.
             self.end_plugins(cx);
@@ -283,7 +295,11 @@ impl<P: ProxyHttp> H2Stream<P> {
             };
             return self.local_error(cx, h2, peer, e);
         }
-        if !self.send_head(h2, end, length.is_some() && !body_plugins) {
+        if !self.send_head(
+            h2,
+            end,
+            length.is_some() && (!body_plugins || kept_length.is_some()),
+        ) {
             h2.reset_stream(self.id, ErrorCode::InternalError);
             self.finish(cx, true);
             return;
@@ -462,6 +478,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 end,
                 cx.now,
                 cx.stats,
+                |_| {},
             ) {
                 h2.reset_stream(id, ErrorCode::InternalError);
                 self.finish(cx, true);
@@ -506,6 +523,9 @@ impl<P: ProxyHttp> H2Stream<P> {
         else {
             unreachable!()
         };
+        // No client: a body phase in flight ends here (its contexts too).
+        self.plugin_body = None;
+        self.end_plugins(cx);
         self.step = Step::CacheFill {
             body,
             keep_upstream,
