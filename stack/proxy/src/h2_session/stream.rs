@@ -1029,6 +1029,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         };
         let id = self.id;
         let mut moved = false;
+        let mut turn = 0;
         loop {
             if pb.pending() || (pb.ended && !pb.end_sent) {
                 let cap = h2.send_capacity(id).min(SEND_QUANTUM);
@@ -1049,8 +1050,9 @@ impl<P: ProxyHttp> H2Stream<P> {
                 pb.sent += n;
                 pb.end_sent = last;
                 moved = true;
-                if pb.pending() {
-                    // One quantum per turn: the other streams get theirs.
+                turn += n;
+                // One quantum per turn: the other streams get theirs.
+                if pb.pending() || turn >= SEND_QUANTUM {
                     break;
                 }
             }

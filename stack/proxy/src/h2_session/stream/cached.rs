@@ -419,6 +419,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             unreachable!()
         };
         let mut moved = false;
+        let mut turn = 0;
         let mut waiting_on_object = false;
         loop {
             if pb.pending() || (pb.ended && !pb.end_sent) {
@@ -437,7 +438,9 @@ impl<P: ProxyHttp> H2Stream<P> {
                 pb.sent += n;
                 pb.end_sent = last;
                 moved = true;
-                if pb.pending() {
+                turn += n;
+                // One quantum per turn: the other streams get theirs.
+                if pb.pending() || turn >= SEND_QUANTUM {
                     break;
                 }
             }
