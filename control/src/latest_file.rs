@@ -24,9 +24,11 @@ pub struct LatestFile {
     writer: Option<JoinHandle<()>>,
 }
 
-/// tmp + rename: readers see the old file or the new one.
+/// tmp + rename: readers see the old file or the new one. The tmp name is
+/// the process's own: during a binary upgrade two engines may write the
+/// same file at once, and one must not rename the other's half-written tmp.
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -137,6 +139,20 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "flushed\n");
         f.finish("last\n".into());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "last\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn another_writers_tmp_file_is_left_alone() {
+        let dir = std::env::temp_dir().join(format!("fg-latest-tmp-{}", std::process::id()));
+        let path = dir.join("engine.stats");
+        std::fs::create_dir_all(&dir).unwrap();
+        // Another engine (another pid) is half-way through its write.
+        let theirs = dir.join("engine.tmp.1");
+        std::fs::write(&theirs, "half").unwrap();
+        write_atomically(&path, "mine\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine\n");
+        assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "half");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
