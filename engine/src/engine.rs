@@ -113,7 +113,7 @@ struct Started {
 
 /// What a `[cache]` change would change in the store (compared on reload:
 /// the store lives as long as the engine).
-#[derive(PartialEq)]
+#[derive(PartialEq, Clone)]
 struct CacheShape {
     store: (usize, usize, usize, Option<String>),
     status_header: Option<String>,
@@ -143,6 +143,18 @@ impl CacheShape {
                 .as_ref()
                 .map(|d| (d.dir.clone(), d.max_bytes, d.max_object_bytes, d.fsync)),
         }
+    }
+
+    /// `new` is this shape plus a disk tier where none was: the one cache
+    /// change a reload can make (the tier attaches beside the store).
+    fn only_adds_disk(&self, new: &CacheShape) -> bool {
+        self.disk.is_none()
+            && new.disk.is_some()
+            && *self
+                == CacheShape {
+                    disk: None,
+                    ..new.clone()
+                }
     }
 }
 
@@ -935,10 +947,19 @@ impl Engine {
             // The EAL, the port and the exception TAP are set up once.
             ignored.push("engine.dpdk");
         }
-        if CacheShape::of(cfg) != self.started.cache {
-            // The store and its objects outlive reloads; a new size or
-            // seed would mean a new, empty store.
-            ignored.push("cache");
+        let cache = CacheShape::of(cfg);
+        if cache != self.started.cache {
+            match &cfg.cache.disk {
+                // A disk tier where none ran: opened (and scanned) in the
+                // background, the store serving on meanwhile.
+                Some(disk) if self.started.cache.only_adds_disk(&cache) => {
+                    self.spawn_disk_attach(disk.clone());
+                    self.started.cache = cache;
+                }
+                // The store and its objects outlive reloads; a new size
+                // or seed would mean a new, empty store.
+                _ => ignored.push("cache"),
+            }
         }
         let filter = match (self.xdp.as_mut(), self.soft_filter.as_mut()) {
             (Some(x), _) => {
@@ -1182,9 +1203,14 @@ impl Engine {
     /// directory: opened (and scanned) on a thread of its own, the workers
     /// serve from memory meanwhile.
     fn attach_disk_tier(&self) {
-        let Some(cfg) = self.cache.settings.disk.clone() else {
-            return;
-        };
+        if let Some(cfg) = self.cache.settings.disk.clone() {
+            self.spawn_disk_attach(cfg);
+        }
+    }
+
+    /// Opens the disk tier `cfg` on a thread of its own (a scan of a big
+    /// directory must not hold the caller); none if the cache has one.
+    fn spawn_disk_attach(&self, cfg: ferrogate_proxy::cache::core::DiskConfig) {
         if self.cache.disk().is_some() {
             return;
         }

@@ -313,3 +313,38 @@ fn cache_disk_tier_survives_a_crash_and_honours_purges() {
         assert_eq!(origin_count(&lab, "/cache/d/2"), 1);
     });
 }
+
+/// A reload that adds `[cache.disk]` to a running cache attaches the tier
+/// (no restart): what is stored from then on is written to the directory.
+/// Any other change of `[cache]` still needs a restart, and says so.
+#[test]
+fn a_reload_that_adds_the_disk_tier_attaches_it() {
+    lab_test("cache-disk-reload", || {
+        let lab = Lab::up(1);
+        let _origin = lab.start_origin("cache", ORIGIN);
+        let path = lab.state_dir().join("cache-mem.toml");
+        std::fs::write(&path, config()).unwrap();
+        let engine = lab.start_engine_with(&path, "af_xdp", 1);
+        origin_set(&lab, "cc=max-age%3D3600");
+        let with_disk = lab.state_dir().join("cache-disk.toml");
+        let disk = "\n[cache.disk]\ndir = \"cache-disk\"\nmax_bytes = 67108864\n";
+        std::fs::write(&with_disk, format!("{}{disk}", config())).unwrap();
+        let out = ctl_ok(&lab, &["apply", with_disk.to_str().unwrap()]);
+        assert!(!out.contains("needs a restart"), "{out}");
+        let st = engine.stats_until(|s| s.contains_key("cache_disk_files"));
+        assert!(
+            st.contains_key("cache_disk_files"),
+            "the tier attached: {st:?}"
+        );
+        let (s, h, b) = get(&lab, &[&url("/cache/r/1")]);
+        assert_eq!(s, 200, "{h}{b}");
+        let st = engine.stats_until(|s| s.get("cache_disk_written") == Some(&1));
+        assert_eq!(st.get("cache_disk_written"), Some(&1), "{st:?}");
+        // A new store size is not a reload's to make.
+        let bigger = lab.state_dir().join("cache-bigger.toml");
+        let text = config().replacen("max_bytes = 67108864", "max_bytes = 134217728", 1);
+        std::fs::write(&bigger, format!("{text}{disk}")).unwrap();
+        let out = ctl_ok(&lab, &["apply", bigger.to_str().unwrap()]);
+        assert!(out.contains("cache changed; needs a restart"), "{out}");
+    });
+}

@@ -968,7 +968,8 @@ pub(super) fn jwt_skew_default() -> Spanned<u64> {
 
 /// `[cache]`: the engine's response cache, one store shared by every
 /// worker. Sizes are bytes. Read at engine start: a reload that changes it
-/// is reported ("needs a restart") and the running store stays.
+/// is reported ("needs a restart") and the running store stays, except one
+/// that only adds `[cache.disk]` (the tier is attached).
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSection {
