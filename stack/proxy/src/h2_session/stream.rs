@@ -1031,29 +1031,16 @@ impl<P: ProxyHttp> H2Stream<P> {
         let mut moved = false;
         let mut turn = 0;
         loop {
-            if pb.pending() || (pb.ended && !pb.end_sent) {
-                let cap = h2.send_capacity(id).min(SEND_QUANTUM);
-                let rest = &pb.out[pb.sent..];
-                let n = rest.len().min(cap);
-                let last = pb.ended && n == rest.len();
-                if n == 0 && !last {
-                    break;
-                }
-                if h2.send_data(id, &rest[..n], last).is_err() {
+            match send_plugin_output(&mut pb, h2, id, &mut turn, &mut moved) {
+                SendStep::Go => {}
+                SendStep::Wait => break,
+                SendStep::Reset => {
                     // The client reset the stream: a body being stored is
                     // read on for its other readers, as without plugins.
                     if !self.detach_fill(cx) {
                         self.finish(cx, true);
                     }
                     return true;
-                }
-                pb.sent += n;
-                pb.end_sent = last;
-                moved = true;
-                turn += n;
-                // One quantum per turn: the other streams get theirs.
-                if pb.pending() || turn >= SEND_QUANTUM {
-                    break;
                 }
             }
             if pb.end_sent {
@@ -1361,4 +1348,49 @@ fn chunk_prefix(after_chunk: bool, size: usize, out: &mut [u8; CHUNK_FRAMING]) -
     let crlf = if after_chunk { "\r\n" } else { "" };
     let _ = write!(w, "{crlf}{size:x}\r\n");
     before - w.len()
+}
+
+/// What sending a plugin body's output as DATA left to do.
+pub(super) enum SendStep {
+    /// All sent (or nothing to send): take the next piece.
+    Go,
+    /// Flow control or this turn's quantum: the next turn goes on.
+    Wait,
+    /// The client reset the stream.
+    Reset,
+}
+
+/// Sends what the plugins made (`pb.out`), and END_STREAM once it ended,
+/// within the stream's window and one [`SEND_QUANTUM`] per turn (`turn`:
+/// sent so far this turn).
+pub(super) fn send_plugin_output(
+    pb: &mut PluginBody,
+    h2: &mut Connection,
+    id: u32,
+    turn: &mut usize,
+    moved: &mut bool,
+) -> SendStep {
+    if !pb.pending() && (!pb.ended || pb.end_sent) {
+        return SendStep::Go;
+    }
+    let cap = h2.send_capacity(id).min(SEND_QUANTUM);
+    let rest = &pb.out[pb.sent..];
+    let n = rest.len().min(cap);
+    let last = pb.ended && n == rest.len();
+    if n == 0 && !last {
+        return SendStep::Wait;
+    }
+    if h2.send_data(id, &rest[..n], last).is_err() {
+        return SendStep::Reset;
+    }
+    pb.sent += n;
+    pb.end_sent = last;
+    *moved = true;
+    *turn += n;
+    // One quantum per turn: the other streams get theirs.
+    if pb.pending() || *turn >= SEND_QUANTUM {
+        SendStep::Wait
+    } else {
+        SendStep::Go
+    }
 }

@@ -422,26 +422,12 @@ impl<P: ProxyHttp> H2Stream<P> {
         let mut turn = 0;
         let mut waiting_on_object = false;
         loop {
-            if pb.pending() || (pb.ended && !pb.end_sent) {
-                let cap = h2.send_capacity(id).min(SEND_QUANTUM);
-                let rest = &pb.out[pb.sent..];
-                let n = rest.len().min(cap);
-                let last = pb.ended && n == rest.len();
-                if n == 0 && !last {
-                    break;
-                }
-                if h2.send_data(id, &rest[..n], last).is_err() {
-                    // The client reset the stream.
+            match super::send_plugin_output(&mut pb, h2, id, &mut turn, &mut moved) {
+                super::SendStep::Go => {}
+                super::SendStep::Wait => break,
+                super::SendStep::Reset => {
                     self.finish(cx, true);
                     return true;
-                }
-                pb.sent += n;
-                pb.end_sent = last;
-                moved = true;
-                turn += n;
-                // One quantum per turn: the other streams get theirs.
-                if pb.pending() || turn >= SEND_QUANTUM {
-                    break;
                 }
             }
             if pb.end_sent {
