@@ -81,6 +81,11 @@ impl Plugin {
 
     /// Whether both are the same configured plugin (one compile of one
     /// snapshot), not merely equal configurations.
+    /// The linear-memory limit of each instance (`memory_mb`).
+    pub fn memory_limit(&self) -> usize {
+        self.inner.module.limits().memory_bytes
+    }
+
     pub fn ptr_eq(&self, other: &Plugin) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }

@@ -133,6 +133,19 @@ impl WorkerPlugins {
                 self.instances.len() - 1
             }
         };
+        // An idle instance whose guest heap grew past half its limit
+        // starts over (on_vm_start, on_configure): the AssemblyScript
+        // runtime's heap creeps with every request and never shrinks. A
+        // fresh one that cannot start leaves the old one serving.
+        let idle = &self.instances[i];
+        if idle.open_contexts() == 0
+            && idle.memory_bytes() > plugin.memory_limit() / 2
+            && let Ok(fresh) = PluginInstance::new(plugin, now)
+        {
+            self.instances[i] = fresh;
+            stats.plugin_instances_started += 1;
+            stats.plugin_instances_recycled += 1;
+        }
         let inst = &mut self.instances[i];
         if inst.open_contexts() >= MAX_OPEN_CONTEXTS {
             return Err(format!(

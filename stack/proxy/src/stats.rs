@@ -87,6 +87,9 @@ pub struct StackStats {
     pub plugin_failed_open: u64,
     pub plugin_local_responses: u64,
     pub plugin_instances_started: u64,
+    /// Idle instances started afresh because their guest heap grew past
+    /// half its limit (a heap that only grows starts over).
+    pub plugin_instances_recycled: u64,
     /// HTTP contexts started (one per plugin per request) and ended
     /// (`on_done`, `on_log`, `on_delete`): equal once no request is in
     /// flight.
@@ -376,6 +379,7 @@ impl StackStats {
         self.plugin_failed_open += o.plugin_failed_open;
         self.plugin_local_responses += o.plugin_local_responses;
         self.plugin_instances_started += o.plugin_instances_started;
+        self.plugin_instances_recycled += o.plugin_instances_recycled;
         self.plugin_contexts_created += o.plugin_contexts_created;
         self.plugin_contexts_ended += o.plugin_contexts_ended;
         self.plugin_edits_ignored += o.plugin_edits_ignored;
@@ -445,6 +449,7 @@ impl StackStats {
             ("plugin_failed_open", self.plugin_failed_open),
             ("plugin_local_responses", self.plugin_local_responses),
             ("plugin_instances_started", self.plugin_instances_started),
+            ("plugin_instances_recycled", self.plugin_instances_recycled),
             ("plugin_contexts_created", self.plugin_contexts_created),
             ("plugin_contexts_ended", self.plugin_contexts_ended),
             ("plugin_edits_ignored", self.plugin_edits_ignored),

@@ -597,3 +597,45 @@ fn a_fail_open_body_plugin_that_traps_is_passed_by_once_with_the_body_as_it_came
     assert_eq!((s.plugin_failures, s.plugin_failed_open), (1, 1), "{s:?}");
     assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
 }
+
+#[test]
+fn an_idle_instance_whose_heap_grew_past_half_its_limit_starts_over() {
+    // Each context grows the guest's memory by a page (64 KiB), as a heap
+    // that creeps with every request; the limit is 1 MiB.
+    let text = r#"(module
+  (memory (export "memory") 2)
+  (global $bump (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (global.get $bump) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param $id i32) (param $parent i32)
+    (if (i32.ne (local.get $parent) (i32.const 0))
+      (then (drop (memory.grow (i32.const 1)))))))"#;
+    let limits = PluginLimits {
+        memory_bytes: 1 << 20,
+        ..PluginLimits::default()
+    };
+    let module = PluginModule::compile(&wat::parse_str(text).unwrap(), &limits).expect("compile");
+    let plugin = Plugin::new(
+        module,
+        PluginConfig {
+            name: "creep".into(),
+            ..PluginConfig::default()
+        },
+    );
+    let mut lab = Lab::with_routes(Origin::Serving, table(1, &plugin), |_| {});
+    let c = lab.connect();
+    // 2 pages at start, one more per request: past 8 pages (half of 16)
+    // after 7 requests, recycled at the next; 30 requests never reach the
+    // limit (which would fail a request).
+    for i in 0..30 {
+        assert_eq!(lab.exchange(c, &get("/")).status, 200, "request {i}");
+    }
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_failures, 0, "{s:?}");
+    assert!(s.plugin_instances_recycled >= 3, "{s:?}");
+    assert_eq!(s.plugin_instances_started, 1 + s.plugin_instances_recycled);
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}
