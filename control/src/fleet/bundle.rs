@@ -55,10 +55,12 @@ pub enum Refusal {
     WrongCluster { want: String, got: String },
     #[error("bundle names an unsafe path {0:?}")]
     UnsafePath(String),
+    #[error("{0}")]
+    BadPlan(super::rollout::PlanError),
 }
 
 /// What is signed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Payload {
     pub format: String,
     pub cluster: String,
@@ -74,6 +76,11 @@ pub struct Payload {
     pub config: String,
     /// Path relative to the TOML's directory → base64 content.
     pub files: BTreeMap<String, String>,
+    /// A progressive rollout (`rollout.rs`); none: every host applies it
+    /// at once. Signed with the rest, so nobody with write access to etcd
+    /// can change the waves or the gates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::rollout::Plan>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,6 +156,7 @@ pub fn build(
         config_name,
         config: text,
         files,
+        rollout: None,
     };
     p.version = version.unwrap_or_else(|| {
         // When, and what: two publishes of the same content differ in time only.
@@ -232,6 +240,9 @@ pub fn verify(bytes: &[u8], trusted: &[VerifyingKey], cluster: &str) -> Result<V
             "payload format {:?}",
             payload.format
         )));
+    }
+    if let Some(plan) = &payload.rollout {
+        plan.validate().map_err(Refusal::BadPlan)?;
     }
     if payload.cluster != cluster {
         return Err(Refusal::WrongCluster {
@@ -436,6 +447,7 @@ mod tests {
             config_name: "edge.toml".into(),
             config: "[engine]\n".into(),
             files: BTreeMap::from([("certs/a.pem".to_string(), B64.encode(b"PEM"))]),
+            rollout: None,
         }
     }
 
@@ -495,6 +507,34 @@ mod tests {
         let bytes = serde_json::to_vec(&env).unwrap();
         assert!(matches!(
             verify(&bytes, &[k.verifying_key(), other.verifying_key()], "eu"),
+            Err(Refusal::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn a_signed_plan_travels_with_the_bundle_and_a_bad_one_is_refused() {
+        let k = key(9);
+        let mut p = payload();
+        p.rollout = Some(crate::fleet::rollout::Plan::new("1,25%,100%"));
+        let v = verify(&seal(&p, &k), &[k.verifying_key()], "eu").unwrap();
+        assert_eq!(v.payload.rollout, p.rollout);
+        // Signed, but not a plan a host can follow.
+        p.rollout = Some(crate::fleet::rollout::Plan::new("1,0%"));
+        assert!(matches!(
+            verify(&seal(&p, &k), &[k.verifying_key()], "eu"),
+            Err(Refusal::BadPlan(_))
+        ));
+        // A plan added to a signed bundle in etcd breaks its signature.
+        let sealed = seal(&payload(), &k);
+        let mut env: Envelope = serde_json::from_slice(&sealed).unwrap();
+        env.payload = env.payload.replace(
+            "\"files\"",
+            "\"rollout\":{\"waves\":\"100%\",\"max_error_ratio\":1.0,\"max_p99_ratio\":100.0,\"bake_s\":0,\"min_requests\":1},\"files\"",
+        );
+        assert!(env.payload.contains("rollout"));
+        let bytes = serde_json::to_vec(&env).unwrap();
+        assert!(matches!(
+            verify(&bytes, &[k.verifying_key()], "eu"),
             Err(Refusal::BadSignature(_))
         ));
     }

@@ -20,6 +20,8 @@
 pub mod bundle;
 pub mod cli;
 pub mod etcd;
+mod progress;
+pub mod rollout;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +44,12 @@ pub fn host_key(cluster: &str, host: &str) -> String {
 
 pub fn member_key(cluster: &str, host: &str) -> String {
     format!("/ferrogate/{cluster}/members/{host}")
+}
+
+/// Written once (create-only) by the first host that sees a rollout's
+/// gate fail: `{"stopped": reason, "by": host, …}`.
+pub fn rollout_key(cluster: &str, serial: u64) -> String {
+    format!("/ferrogate/{cluster}/rollout/{serial}")
 }
 
 /// Cluster and host names become key components: no `/`, nothing odd.
@@ -72,6 +80,9 @@ const MAX_REASON: usize = 256;
 const KEEP_UNPACKED: usize = 4;
 /// The record of the last applied bundle, under the fleet dir.
 const APPLIED: &str = "applied";
+/// The record of the bundle a rollout replaced: what a failed gate goes
+/// back to (kept across a restart of the daemon).
+const PRIOR: &str = "prior";
 
 /// `ferrogate control --etcd … --cluster … --bootstrap …`.
 #[derive(Debug, Clone)]
@@ -181,6 +192,9 @@ pub enum Outcome {
     Refused,
     /// Not settled: to be tried again.
     Transient,
+    /// Verified and unpacked, with a rollout plan: applied when this
+    /// host's wave comes (`progress.rs`).
+    Held,
 }
 
 /// `s` cut to at most `max` bytes (on a character boundary), marked.
@@ -209,6 +223,11 @@ pub trait FleetEngine: Send + Sync {
     /// The configuration file the engine's snapshot names (it persists it
     /// and restarts from it): pruning keeps its directory.
     fn engine_source(&self) -> Option<PathBuf>;
+    /// The engine's `/stats.json` (route counters for the health summary);
+    /// None when it cannot be read now.
+    fn engine_stats(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// What the daemon shows about the fleet.
@@ -240,6 +259,35 @@ pub struct FleetState {
     /// Watches that fell behind a compaction (each a full reload).
     pub compactions: u64,
     pub status_error: Option<String>,
+    /// The rollout this host takes part in (None: the bundle had no plan).
+    pub rollout: Option<progress::RolloutStatus>,
+    /// The engine's recent health (responses, 5xx, p99).
+    pub health: Option<rollout::Health>,
+}
+
+/// What `applied` and `prior` hold.
+#[derive(Debug, Clone)]
+struct Record {
+    revision: i64,
+    version: Option<String>,
+    serial: u64,
+    digest: Option<String>,
+    toml: Option<PathBuf>,
+}
+
+fn read_record(path: &Path) -> Option<Record> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ').map(str::to_string))
+    };
+    Some(Record {
+        revision: get("revision").and_then(|r| r.parse().ok()).unwrap_or(0),
+        version: get("version"),
+        serial: get("serial").and_then(|r| r.parse().ok()).unwrap_or(0),
+        digest: get("digest"),
+        toml: get("config").map(PathBuf::from),
+    })
 }
 
 pub struct Fleet {
@@ -247,6 +295,14 @@ pub struct Fleet {
     client: Client,
     dir: PathBuf,
     state: Mutex<FleetState>,
+    /// The held bundle of a rollout (immutable; its progress is in
+    /// `FleetState::rollout`).
+    held: Mutex<Option<Arc<progress::Held>>>,
+    /// Serializes pushes of bundles: the follower's, the rollout's, a
+    /// rollback.
+    apply: Mutex<()>,
+    /// Recent samples of the engine's counters (health windows).
+    samples: Mutex<std::collections::VecDeque<(Instant, rollout::Sample)>>,
 }
 
 impl Fleet {
@@ -255,22 +311,21 @@ impl Fleet {
         let client = Client::new(&boot.etcd, WATCH_IDLE)?;
         let dir = state_dir.join("fleet");
         let mut st = FleetState::default();
-        if let Ok(text) = std::fs::read_to_string(dir.join(APPLIED)) {
-            let get = |k: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ').map(str::to_string))
-            };
-            st.applied_revision = get("revision").and_then(|r| r.parse().ok()).unwrap_or(0);
-            st.applied_version = get("version");
-            st.applied_serial = get("serial").and_then(|r| r.parse().ok()).unwrap_or(0);
-            st.applied_digest = get("digest");
-            st.applied_toml = get("config").map(PathBuf::from);
+        if let Some(r) = read_record(&dir.join(APPLIED)) {
+            st.applied_revision = r.revision;
+            st.applied_version = r.version;
+            st.applied_serial = r.serial;
+            st.applied_digest = r.digest;
+            st.applied_toml = r.toml;
         }
         Ok(Fleet {
             boot,
             client,
             dir,
             state: Mutex::new(st),
+            held: Mutex::new(None),
+            apply: Mutex::new(()),
+            samples: Mutex::default(),
         })
     }
 
@@ -307,14 +362,26 @@ impl Fleet {
     }
 
     fn record_applied(&self, revision: i64, version: &str, serial: u64, digest: &str, toml: &Path) {
+        self.write_record(APPLIED, revision, version, serial, digest, toml);
+    }
+
+    fn write_record(
+        &self,
+        name: &str,
+        revision: i64,
+        version: &str,
+        serial: u64,
+        digest: &str,
+        toml: &Path,
+    ) {
         let text = format!(
             "revision {revision}\nversion {version}\nserial {serial}\ndigest {digest}\nconfig {}\n",
             toml.display()
         );
-        let tmp = self.dir.join(format!(".{APPLIED}.tmp"));
+        let tmp = self.dir.join(format!(".{name}.tmp"));
         let r = std::fs::write(&tmp, text)
             .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, self.dir.join(APPLIED)));
+            .and_then(|()| std::fs::rename(&tmp, self.dir.join(name)));
         if let Err(e) = r {
             tracing::warn!(error = %e, dir = %self.dir.display(), "cannot record the applied bundle revision");
         }
@@ -340,8 +407,10 @@ impl Fleet {
         Outcome::Transient
     }
 
-    /// A bundle seen at `kv.mod_revision`: verified, unpacked, applied.
+    /// A bundle seen at `kv.mod_revision`: verified, unpacked, applied
+    /// (or held for its rollout wave).
     pub fn consider(&self, eng: &dyn FleetEngine, kv: &KeyValue) -> Outcome {
+        let _one = self.apply.lock().unwrap_or_else(|e| e.into_inner());
         let rev = kv.mod_revision;
         {
             let mut st = self.lock();
@@ -388,12 +457,21 @@ impl Fleet {
                     tracing::info!(revision = rev, was = applied, %version, "the running bundle under a new revision; nothing to push");
                     self.record_applied(rev, &version, serial, &v.digest, &toml);
                 }
-                let mut st = self.lock();
-                st.applied_revision = rev;
-                st.applied_digest = Some(v.digest.clone());
-                st.applied_version = Some(version);
-                st.settled_revision = st.settled_revision.max(rev);
-                st.last_transient = None;
+                {
+                    let mut st = self.lock();
+                    st.applied_revision = rev;
+                    st.applied_digest = Some(v.digest.clone());
+                    st.applied_version = Some(version);
+                    st.settled_revision = st.settled_revision.max(rev);
+                    st.last_transient = None;
+                }
+                // A daemon restarted amid a rollout of what it runs: it
+                // bakes again and keeps watching for a failed gate.
+                if let Some(plan) = v.payload.rollout.clone() {
+                    self.hold(rev, &v, toml, plan, true);
+                } else {
+                    self.drop_rollout();
+                }
                 return Outcome::AlreadyApplied;
             }
             // The engine lost it: pushed again below.
@@ -418,7 +496,21 @@ impl Fleet {
                 );
             }
         };
-        match eng.apply_bundle(&toml, &v.payload.config) {
+        if let Some(plan) = v.payload.rollout.clone() {
+            return self.hold(rev, &v, toml, plan, false);
+        }
+        let out = self.push_bundle(eng, rev, &v, &toml);
+        if out == Outcome::Applied {
+            self.drop_rollout();
+        }
+        out
+    }
+
+    /// Pushes a verified, unpacked bundle to the engine and records it.
+    fn push_bundle(&self, eng: &dyn FleetEngine, rev: i64, v: &bundle::Verified, toml: &Path) -> Outcome {
+        let version = v.payload.version.clone();
+        let serial = v.payload.serial;
+        match eng.apply_bundle(toml, &v.payload.config) {
             Ok(()) => {}
             Err(ApplyError::Refused(e)) => {
                 return self.refuse(rev, &format!("version {version}: {e}"));
@@ -428,14 +520,14 @@ impl Fleet {
             }
         }
         tracing::info!(revision = rev, %version, signer = %v.signer, config = %toml.display(), "fleet bundle applied");
-        self.record_applied(rev, &version, serial, &v.digest, &toml);
+        self.record_applied(rev, &version, serial, &v.digest, toml);
         {
             let mut st = self.lock();
             st.applied_revision = rev;
             st.applied_version = Some(version);
             st.applied_serial = serial;
             st.applied_digest = Some(v.digest.clone());
-            st.applied_toml = Some(toml.clone());
+            st.applied_toml = Some(toml.to_path_buf());
             st.settled_revision = st.settled_revision.max(rev);
             st.last_transient = None;
             st.bundles_applied += 1;
@@ -443,8 +535,11 @@ impl Fleet {
         // The engine persists the snapshot it runs and restarts from it: its
         // files stay even when it does not run the newest bundle.
         let engine = eng.engine_source();
-        let keep: Vec<&Path> = std::iter::once(toml.as_path())
+        // The prior bundle stays too: a failed gate goes back to it.
+        let prior = read_record(&self.dir.join(PRIOR)).and_then(|r| r.toml);
+        let keep: Vec<&Path> = std::iter::once(toml)
             .chain(engine.as_deref())
+            .chain(prior.as_deref())
             .collect();
         bundle::prune(&self.dir, KEEP_UNPACKED, &keep);
         Outcome::Applied
@@ -622,6 +717,8 @@ impl Fleet {
             "bundles_refused": st.bundles_refused,
             "transient_failures": st.transient_failures,
             "last_error": last_error,
+            "health": st.health,
+            "rollout": st.rollout,
         })
     }
 
@@ -738,6 +835,10 @@ pub fn start(
     std::thread::Builder::new()
         .name("fg-fleet-watch".into())
         .spawn(move || f.follow(&*e, &s))?;
+    let (f, e, s) = (fleet.clone(), eng.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("fg-fleet-rollout".into())
+        .spawn(move || f.drive(&*e, &s))?;
     let (done, ended) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("fg-fleet-status".into())
@@ -832,6 +933,7 @@ mod tests {
                 config_name: "edge.toml".into(),
                 config: config.into(),
                 files: Default::default(),
+                rollout: None,
             },
             key,
         )

@@ -1,0 +1,530 @@
+//! A daemon's part in a rollout (see `rollout.rs` for the plan, the waves
+//! and the gate): hold the bundle until this host's wave comes, apply it,
+//! bake, judge, and stop and roll back when any host's gate failed.
+//! Driven by its own thread, which polls the cluster's keys while a
+//! rollout is on (a few small reads every 250 ms) and samples the
+//! engine's counters once a second.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::etcd::{Cas, EtcdError};
+use super::rollout::{self, Health, Plan, Sample, Verdict, WaveSize};
+use super::{
+    Fleet, FleetEngine, MAX_REASON, Outcome, PRIOR, bounded, bundle, read_record, rollout_key,
+    sleep_for, unix_now,
+};
+
+/// How often the engine's counters are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// The window of the health summary in the host's status, and of the
+/// "before" a gate compares with.
+const HEALTH_WINDOW: Duration = Duration::from_secs(30);
+/// How often the health summary in the status changes (each change is a
+/// write to etcd).
+const HEALTH_REPORT: Duration = Duration::from_secs(5);
+const STEP_EVERY: Duration = Duration::from_millis(250);
+
+/// A bundle held for its wave: verified and unpacked.
+#[derive(Debug)]
+pub struct Held {
+    pub rev: i64,
+    pub verified: bundle::Verified,
+    pub toml: PathBuf,
+    pub plan: Plan,
+    pub waves: Vec<WaveSize>,
+}
+
+/// Where this host is in a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Waiting for the earlier waves.
+    Pending,
+    /// Applied; the gate is judged after the bake.
+    Baking,
+    Passed,
+    /// The gate failed (or the engine refused the bundle); rolling back.
+    Failed,
+    /// Back on the bundle it ran before.
+    RolledBack,
+    /// Stopped before this host applied it.
+    Stopped,
+    /// Every member passed.
+    Complete,
+}
+
+impl Phase {
+    fn done(self) -> bool {
+        matches!(self, Phase::RolledBack | Phase::Stopped | Phase::Complete)
+    }
+}
+
+/// The rollout as this host's status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutStatus {
+    pub serial: u64,
+    pub version: String,
+    pub plan: String,
+    pub wave: Option<usize>,
+    pub waves: Option<usize>,
+    pub state: Phase,
+    /// `passed: …` or `failed: …` once judged.
+    pub gate: Option<String>,
+    /// What it waits for, or why the rollout stopped.
+    pub reason: Option<String>,
+    pub applied_unix_ms: Option<u64>,
+    pub passed_unix_ms: Option<u64>,
+    pub before: Option<Health>,
+    pub after: Option<Health>,
+    #[serde(skip)]
+    since: Option<Instant>,
+    #[serde(skip)]
+    start: Option<Sample>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A host's rollout entry, as read from its status in etcd.
+fn host_rollout(status: &serde_json::Value, serial: u64) -> Option<&serde_json::Value> {
+    let r = &status["rollout"];
+    (r["serial"].as_u64() == Some(serial)).then_some(r)
+}
+
+/// The host passed its gate for `serial` (and still runs it).
+pub fn passed(status: Option<&serde_json::Value>, serial: u64) -> bool {
+    status
+        .and_then(|s| host_rollout(s, serial))
+        .and_then(|r| r["state"].as_str())
+        .is_some_and(|s| s == "passed" || s == "complete")
+}
+
+/// The host's gate for `serial` failed: why.
+pub fn failed(status: &serde_json::Value, serial: u64) -> Option<String> {
+    let g = host_rollout(status, serial)?["gate"].as_str()?;
+    g.starts_with("failed").then(|| g.to_string())
+}
+
+impl Fleet {
+    /// Holds `v` for its wave (`running`: the engine already runs it, a
+    /// daemon restarted amid the rollout: it bakes again).
+    pub(super) fn hold(
+        &self,
+        rev: i64,
+        v: &bundle::Verified,
+        toml: PathBuf,
+        plan: Plan,
+        running: bool,
+    ) -> Outcome {
+        let waves = match plan.validate() {
+            Ok(w) => w,
+            // `verify` checked it; a plan that stops validating is refused.
+            Err(e) => return self.refuse(rev, &e.to_string()),
+        };
+        let serial = v.payload.serial;
+        let same = self
+            .lock()
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.serial == serial);
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Held {
+            rev,
+            verified: v.clone(),
+            toml,
+            plan: plan.clone(),
+            waves,
+        }));
+        let mut st = self.lock();
+        st.settled_revision = st.settled_revision.max(rev);
+        st.last_transient = None;
+        if !same {
+            tracing::info!(revision = rev, serial, version = %v.payload.version, plan = %plan.describe(), "a bundle with a rollout plan: held until this host's wave");
+            st.rollout = Some(RolloutStatus {
+                serial,
+                version: v.payload.version.clone(),
+                plan: plan.describe(),
+                wave: None,
+                waves: None,
+                state: if running {
+                    Phase::Baking
+                } else {
+                    Phase::Pending
+                },
+                gate: None,
+                reason: None,
+                applied_unix_ms: running.then(unix_ms),
+                passed_unix_ms: None,
+                before: None,
+                after: None,
+                since: running.then(Instant::now),
+                start: running.then(|| self.latest_sample()).flatten(),
+            });
+        }
+        Outcome::Held
+    }
+
+    /// A bundle without a plan was applied: no rollout any more.
+    pub(super) fn drop_rollout(&self) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.lock().rollout = None;
+    }
+
+    fn latest_sample(&self) -> Option<Sample> {
+        let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        s.back().map(|(_, x)| x.clone())
+    }
+
+    /// The health of the last `window` (or what the samples cover).
+    fn recent_health(&self, window: Duration) -> Option<Health> {
+        let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let (t1, last) = s.back()?;
+        let (t0, first) = s
+            .iter()
+            .find(|(t, _)| t1.duration_since(*t) <= window)
+            .unwrap_or(s.front()?);
+        Some(rollout::health(
+            first,
+            last,
+            t1.duration_since(*t0).as_secs(),
+        ))
+    }
+
+    fn sample(&self, eng: &dyn FleetEngine) {
+        let Some(s) = eng.engine_stats().as_ref().and_then(Sample::from_stats) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut q = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        q.push_back((now, s));
+        while q
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > HEALTH_WINDOW * 2)
+        {
+            q.pop_front();
+        }
+    }
+
+    /// The rollout thread: samples the engine and drives a held bundle.
+    pub fn drive(&self, eng: &dyn FleetEngine, stop: &AtomicBool) {
+        let mut sampled: Option<Instant> = None;
+        let mut reported: Option<Instant> = None;
+        while !stop.load(Ordering::Relaxed) {
+            if sampled.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY) {
+                self.sample(eng);
+                sampled = Some(Instant::now());
+            }
+            if reported.is_none_or(|t| t.elapsed() >= HEALTH_REPORT) {
+                let h = self.recent_health(HEALTH_WINDOW);
+                if h.is_some() {
+                    self.lock().health = h;
+                    reported = Some(Instant::now());
+                }
+            }
+            let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(h) = held
+                && let Err(e) = self.step(eng, &h)
+            {
+                tracing::debug!(error = %e, "rollout step: etcd unreachable; retrying");
+            }
+            sleep_for(stop, STEP_EVERY);
+        }
+    }
+
+    /// Changes this host's rollout entry if it is still about `serial`.
+    fn update(&self, serial: u64, f: impl FnOnce(&mut RolloutStatus)) {
+        let mut st = self.lock();
+        if let Some(r) = st.rollout.as_mut().filter(|r| r.serial == serial) {
+            f(r);
+        }
+    }
+
+    fn phase(&self, serial: u64) -> Option<Phase> {
+        let st = self.lock();
+        st.rollout
+            .as_ref()
+            .filter(|r| r.serial == serial)
+            .map(|r| r.state)
+    }
+
+    fn list(&self, sub: &str) -> Result<Vec<(String, Vec<u8>)>, EtcdError> {
+        let prefix = format!("/ferrogate/{}/{sub}/", self.boot.cluster);
+        let r = self.client.get_prefix(prefix.as_bytes())?;
+        Ok(r.kvs
+            .into_iter()
+            .map(|kv| {
+                let k = String::from_utf8_lossy(&kv.key);
+                (k.trim_start_matches(prefix.as_str()).to_string(), kv.value)
+            })
+            .collect())
+    }
+
+    fn step(&self, eng: &dyn FleetEngine, h: &Held) -> Result<(), EtcdError> {
+        let serial = h.verified.payload.serial;
+        let Some(phase) = self.phase(serial) else {
+            return Ok(());
+        };
+        if phase.done() {
+            return Ok(());
+        }
+        let key = rollout_key(&self.boot.cluster, serial);
+        let (_, stopped) = self.client.get(key.as_bytes())?;
+        let hosts: Vec<(String, serde_json::Value)> = self
+            .list("hosts")?
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, serde_json::from_slice(&v).ok()?)))
+            .collect();
+        let failure = stopped
+            .as_ref()
+            .map(|kv| {
+                let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+                v["stopped"]
+                    .as_str()
+                    .map(|s| bounded(s, MAX_REASON))
+                    .unwrap_or_else(|| "stopped".into())
+            })
+            .or_else(|| {
+                hosts
+                    .iter()
+                    .find_map(|(name, s)| failed(s, serial).map(|g| format!("{name}: {g}")))
+            });
+        if let Some(reason) = failure {
+            self.stop_rollout(eng, h, &reason, stopped.is_none());
+            return Ok(());
+        }
+        match phase {
+            Phase::Pending => {
+                let mut members: Vec<String> =
+                    self.list("members")?.into_iter().map(|(k, _)| k).collect();
+                if !members.contains(&self.boot.host) {
+                    members.push(self.boot.host.clone());
+                }
+                let waves = rollout::assign(&members, serial, &h.waves);
+                let mine = waves
+                    .iter()
+                    .find(|(n, _)| *n == self.boot.host)
+                    .map_or(0, |(_, w)| *w);
+                let total = waves.iter().map(|(_, w)| w + 1).max();
+                let blocking: Vec<String> = waves
+                    .iter()
+                    .filter(|(_, w)| *w < mine)
+                    .filter_map(|(name, _)| {
+                        let s = hosts.iter().find(|(n, _)| n == name).map(|(_, s)| s);
+                        if passed(s, serial) {
+                            return None;
+                        }
+                        let what = match s {
+                            None => "silent".to_string(),
+                            Some(s) => host_rollout(s, serial)
+                                .and_then(|r| r["state"].as_str())
+                                .unwrap_or("not started")
+                                .to_string(),
+                        };
+                        Some(format!("{name} ({what})"))
+                    })
+                    .collect();
+                let reason = (!blocking.is_empty())
+                    .then(|| format!("waiting for {}", blocking.join(", ")));
+                self.update(serial, |r| {
+                    r.wave = Some(mine);
+                    r.waves = total;
+                    r.reason = reason.clone();
+                });
+                if blocking.is_empty() {
+                    self.rollout_apply(eng, h);
+                }
+            }
+            Phase::Baking => self.judge(eng, h),
+            Phase::Passed => {
+                let members: Vec<String> =
+                    self.list("members")?.into_iter().map(|(k, _)| k).collect();
+                let all = members.iter().all(|m| {
+                    passed(
+                        hosts.iter().find(|(n, _)| n == m).map(|(_, s)| s),
+                        serial,
+                    )
+                });
+                if all {
+                    tracing::info!(serial, "rollout complete: every member passed its gate");
+                    self.update(serial, |r| r.state = Phase::Complete);
+                }
+            }
+            Phase::Failed => self.stop_rollout(eng, h, "this host's gate failed", true),
+            Phase::RolledBack | Phase::Stopped | Phase::Complete => {}
+        }
+        Ok(())
+    }
+
+    /// This host's wave came: remember what runs now, apply, start baking.
+    fn rollout_apply(&self, eng: &dyn FleetEngine, h: &Held) {
+        let _one = self.apply.lock().unwrap_or_else(|e| e.into_inner());
+        let serial = h.verified.payload.serial;
+        if self.phase(serial) != Some(Phase::Pending) {
+            return; // superseded meanwhile
+        }
+        let st = self.state();
+        if st.applied_serial != serial
+            && let (Some(toml), Some(version)) = (&st.applied_toml, &st.applied_version)
+        {
+            self.write_record(
+                PRIOR,
+                st.applied_revision,
+                version,
+                st.applied_serial,
+                st.applied_digest.as_deref().unwrap_or("-"),
+                toml,
+            );
+        }
+        // A fresh sample: the bake counts from here.
+        self.sample(eng);
+        let before = self.recent_health(HEALTH_WINDOW);
+        let start = self.latest_sample();
+        match self.push_bundle(eng, h.rev, &h.verified, &h.toml) {
+            Outcome::Applied | Outcome::AlreadyApplied => {
+                tracing::info!(serial, bake_s = h.plan.bake_s, "rollout: applied; baking");
+                self.update(serial, |r| {
+                    r.state = Phase::Baking;
+                    r.reason = None;
+                    r.applied_unix_ms = Some(unix_ms());
+                    r.since = Some(Instant::now());
+                    r.before = before;
+                    r.start = start;
+                });
+            }
+            Outcome::Transient => {} // tried again next step
+            _ => {
+                // The engine (or this host's validation) refused it: a
+                // failed gate, for every host.
+                let why = self.state().last_refusal.unwrap_or_default();
+                self.update(serial, |r| {
+                    r.state = Phase::Failed;
+                    r.gate = Some(format!("failed: refused here: {why}"));
+                });
+            }
+        }
+    }
+
+    fn judge(&self, eng: &dyn FleetEngine, h: &Held) {
+        let serial = h.verified.payload.serial;
+        let (since, start, before) = {
+            let st = self.lock();
+            let Some(r) = st.rollout.as_ref().filter(|r| r.serial == serial) else {
+                return;
+            };
+            (r.since, r.start.clone(), r.before.clone())
+        };
+        let bake = Duration::from_secs(h.plan.bake_s);
+        if since.is_some_and(|t| t.elapsed() < bake) {
+            return;
+        }
+        self.sample(eng);
+        let after = match (start, self.latest_sample()) {
+            (Some(a), Some(b)) => rollout::health(&a, &b, h.plan.bake_s),
+            // No counters from the engine: nothing to judge by.
+            _ => Health::default(),
+        };
+        let verdict = rollout::gate(&h.plan, before.as_ref(), &after);
+        match &verdict {
+            Verdict::Pass(note) => {
+                tracing::info!(serial, %note, "rollout: gate passed");
+                self.update(serial, |r| {
+                    r.state = Phase::Passed;
+                    r.gate = Some(format!("passed: {note}"));
+                    r.passed_unix_ms = Some(unix_ms());
+                    r.after = Some(after);
+                });
+            }
+            Verdict::Fail(why) => {
+                tracing::error!(serial, reason = %why, "rollout: gate failed; stopping the rollout");
+                self.update(serial, |r| {
+                    r.state = Phase::Failed;
+                    r.gate = Some(format!("failed: {why}"));
+                    r.after = Some(after);
+                });
+                let reason = format!("{}: gate failed: {why}", self.boot.host);
+                self.stop_rollout(eng, h, &reason, true);
+            }
+        }
+    }
+
+    /// The rollout stopped (`reason`): say so in etcd (first writer wins),
+    /// and go back to the prior bundle if this host applied it.
+    fn stop_rollout(&self, eng: &dyn FleetEngine, h: &Held, reason: &str, write: bool) {
+        let serial = h.verified.payload.serial;
+        if write {
+            let body = serde_json::json!({
+                "stopped": reason,
+                "by": self.boot.host,
+                "at_unix_s": unix_now(),
+            });
+            let key = rollout_key(&self.boot.cluster, serial);
+            match self
+                .client
+                .put_if_mod_revision(key.as_bytes(), body.to_string().as_bytes(), 0)
+            {
+                Ok(Cas::Written(_)) => {
+                    tracing::warn!(serial, %reason, "rollout stopped")
+                }
+                Ok(Cas::Conflict(_)) => {} // another host said it first
+                // This host's status says failed: the others stop on that.
+                Err(e) => tracing::warn!(error = %e, "cannot write the rollout's stop"),
+            }
+        }
+        let _one = self.apply.lock().unwrap_or_else(|e| e.into_inner());
+        if self.phase(serial).is_none_or(Phase::done) {
+            return;
+        }
+        if self.state().applied_serial != serial {
+            tracing::warn!(serial, %reason, "rollout stopped before this host's wave; not applying it");
+            self.update(serial, |r| {
+                r.state = Phase::Stopped;
+                r.reason = Some(format!("stopped: {reason}"));
+            });
+            return;
+        }
+        match self.roll_back(eng) {
+            Ok(version) => {
+                tracing::warn!(serial, %reason, back_to = %version, "rollout stopped; rolled back");
+                self.update(serial, |r| {
+                    r.state = Phase::RolledBack;
+                    r.reason = Some(format!("stopped: {reason}; back on {version}"));
+                });
+            }
+            Err(e) => {
+                tracing::error!(serial, error = %e, "rollout stopped but the rollback failed; trying again");
+                self.update(serial, |r| {
+                    r.state = Phase::Failed;
+                    r.reason = Some(bounded(&format!("rollback failed: {e}"), MAX_REASON));
+                });
+            }
+        }
+    }
+
+    /// Re-applies the bundle recorded before the rollout's apply.
+    fn roll_back(&self, eng: &dyn FleetEngine) -> Result<String, String> {
+        let prior = read_record(&self.dir.join(PRIOR))
+            .ok_or("no record of the bundle before the rollout")?;
+        let toml = prior.toml.ok_or("the prior record names no config")?;
+        let text = std::fs::read_to_string(&toml)
+            .map_err(|e| format!("{}: {e}", toml.display()))?;
+        eng.apply_bundle(&toml, &text).map_err(|e| format!("{e:?}"))?;
+        let version = prior.version.unwrap_or_else(|| "?".into());
+        let digest = prior.digest.unwrap_or_else(|| "-".into());
+        self.record_applied(prior.revision, &version, prior.serial, &digest, &toml);
+        let mut st = self.lock();
+        st.applied_revision = prior.revision;
+        st.applied_version = Some(version.clone());
+        st.applied_serial = prior.serial;
+        st.applied_digest = Some(digest);
+        st.applied_toml = Some(toml);
+        Ok(version)
+    }
+}
