@@ -38,6 +38,8 @@ pub enum BundleError {
     Key { path: PathBuf, message: String },
     #[error("the bundle is {size} bytes; at most {max} fit one etcd request")]
     TooLarge { size: usize, max: usize },
+    #[error("{0}")]
+    Plan(#[from] super::rollout::PlanError),
 }
 
 /// Why a daemon refused a bundle (shown in its status, counted).

@@ -507,7 +507,13 @@ impl Fleet {
     }
 
     /// Pushes a verified, unpacked bundle to the engine and records it.
-    fn push_bundle(&self, eng: &dyn FleetEngine, rev: i64, v: &bundle::Verified, toml: &Path) -> Outcome {
+    fn push_bundle(
+        &self,
+        eng: &dyn FleetEngine,
+        rev: i64,
+        v: &bundle::Verified,
+        toml: &Path,
+    ) -> Outcome {
         let version = v.payload.version.clone();
         let serial = v.payload.serial;
         match eng.apply_bundle(toml, &v.payload.config) {

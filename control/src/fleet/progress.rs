@@ -331,8 +331,8 @@ impl Fleet {
                         Some(format!("{name} ({what})"))
                     })
                     .collect();
-                let reason = (!blocking.is_empty())
-                    .then(|| format!("waiting for {}", blocking.join(", ")));
+                let reason =
+                    (!blocking.is_empty()).then(|| format!("waiting for {}", blocking.join(", ")));
                 self.update(serial, |r| {
                     r.wave = Some(mine);
                     r.waves = total;
@@ -346,12 +346,9 @@ impl Fleet {
             Phase::Passed => {
                 let members: Vec<String> =
                     self.list("members")?.into_iter().map(|(k, _)| k).collect();
-                let all = members.iter().all(|m| {
-                    passed(
-                        hosts.iter().find(|(n, _)| n == m).map(|(_, s)| s),
-                        serial,
-                    )
-                });
+                let all = members
+                    .iter()
+                    .all(|m| passed(hosts.iter().find(|(n, _)| n == m).map(|(_, s)| s), serial));
                 if all {
                     tracing::info!(serial, "rollout complete: every member passed its gate");
                     self.update(serial, |r| r.state = Phase::Complete);
@@ -513,9 +510,10 @@ impl Fleet {
         let prior = read_record(&self.dir.join(PRIOR))
             .ok_or("no record of the bundle before the rollout")?;
         let toml = prior.toml.ok_or("the prior record names no config")?;
-        let text = std::fs::read_to_string(&toml)
-            .map_err(|e| format!("{}: {e}", toml.display()))?;
-        eng.apply_bundle(&toml, &text).map_err(|e| format!("{e:?}"))?;
+        let text =
+            std::fs::read_to_string(&toml).map_err(|e| format!("{}: {e}", toml.display()))?;
+        eng.apply_bundle(&toml, &text)
+            .map_err(|e| format!("{e:?}"))?;
         let version = prior.version.unwrap_or_else(|| "?".into());
         let digest = prior.digest.unwrap_or_else(|| "-".into());
         self.record_applied(prior.revision, &version, prior.serial, &digest, &toml);
@@ -526,5 +524,24 @@ impl Fleet {
         st.applied_digest = Some(digest);
         st.applied_toml = Some(toml);
         Ok(version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_hosts_entries_count_only_for_the_same_serial() {
+        let s =
+            serde_json::json!({"rollout": {"serial": 7, "state": "passed", "gate": "passed: ok"}});
+        assert!(passed(Some(&s), 7));
+        assert!(!passed(Some(&s), 8), "an older rollout's pass");
+        assert!(!passed(None, 7), "a silent host");
+        assert_eq!(failed(&s, 7), None);
+        let f = serde_json::json!({"rollout": {"serial": 7, "state": "rolled_back", "gate": "failed: error ratio 1.000"}});
+        assert_eq!(failed(&f, 7).as_deref(), Some("failed: error ratio 1.000"));
+        assert_eq!(failed(&f, 6), None);
+        assert!(!passed(Some(&f), 7));
     }
 }
