@@ -926,6 +926,7 @@ fn a_healthy_rollout_reaches_the_canary_first_then_the_others() {
             code == Some(0) && out.contains(": complete\n")
         });
         assert!(out.contains("rollout serial "), "{out}");
+        eprintln!("{out}");
     });
 }
 
@@ -1037,6 +1038,7 @@ fn a_canary_that_fails_its_gate_stops_the_rollout_and_is_rolled_back() {
         let out = wait_fleet(&eps, "the stopped rollout", |code, out| {
             code == Some(1) && out.contains("STOPPED by ")
         });
+        eprintln!("{out}");
         assert!(out.contains("error ratio"), "{out}");
         assert!(
             out.contains(&format!("h{canary_host} ")) && out.contains("rolled_back"),

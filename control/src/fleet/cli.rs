@@ -296,7 +296,11 @@ pub fn fleet_status(etcd: &[String], cluster: &str) -> Result<(i32, String)> {
         };
         let mut last = r.last_error.clone();
         if !gate.is_empty() {
-            last = format!("gate {gate}; {last}");
+            last = if last == "-" {
+                format!("gate {gate}")
+            } else {
+                format!("gate {gate}; {last}")
+            };
         }
         out.push_str(&format!(
             "{:<24} {:<7} {:<24} {:>9} {:<7} {:<4} {:<12} {}\n",

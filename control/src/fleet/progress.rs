@@ -2,7 +2,7 @@
 //! and the gate): hold the bundle until this host's wave comes, apply it,
 //! bake, judge, and stop and roll back when any host's gate failed.
 //! Driven by its own thread, which polls the cluster's keys while a
-//! rollout is on (a few small reads every 250 ms) and samples the
+//! rollout is on (a few small reads every 500 ms) and samples the
 //! engine's counters once a second.
 
 use std::path::PathBuf;
@@ -27,7 +27,9 @@ const HEALTH_WINDOW: Duration = Duration::from_secs(30);
 /// How often the health summary in the status changes (each change is a
 /// write to etcd).
 const HEALTH_REPORT: Duration = Duration::from_secs(5);
-const STEP_EVERY: Duration = Duration::from_millis(250);
+/// Between reads of the cluster's keys during a rollout: short next to
+/// any bake, and N hosts make N² status reads per step.
+const STEP_EVERY: Duration = Duration::from_millis(500);
 
 /// A bundle held for its wave: verified and unpacked.
 #[derive(Debug)]
@@ -446,7 +448,8 @@ impl Fleet {
                     r.gate = Some(format!("failed: {why}"));
                     r.after = Some(after);
                 });
-                let reason = format!("{}: gate failed: {why}", self.boot.host);
+                // The key's `by` names this host.
+                let reason = format!("gate failed: {why}");
                 self.stop_rollout(eng, h, &reason, true);
             }
         }
@@ -496,10 +499,16 @@ impl Fleet {
                 });
             }
             Err(e) => {
-                tracing::error!(serial, error = %e, "rollout stopped but the rollback failed; trying again");
+                let reason = bounded(&format!("rollback failed: {e}"), MAX_REASON);
+                // Tried again every step: logged when it changes only.
+                let again = self.lock().rollout.as_ref().and_then(|r| r.reason.clone())
+                    == Some(reason.clone());
+                if !again {
+                    tracing::error!(serial, error = %e, "rollout stopped but the rollback failed; trying again");
+                }
                 self.update(serial, |r| {
                     r.state = Phase::Failed;
-                    r.reason = Some(bounded(&format!("rollback failed: {e}"), MAX_REASON));
+                    r.reason = Some(reason);
                 });
             }
         }
