@@ -939,7 +939,7 @@ fn a_canary_that_fails_its_gate_stops_the_rollout_and_is_rolled_back() {
         let etcd = Etcd::start(1);
         let eps = etcd.endpoints();
         let publisher = Publisher::new();
-        let (hosts, _daemons) = three_hosts(&etcd, &publisher);
+        let (hosts, daemons) = three_hosts(&etcd, &publisher);
         publisher.publish(&eps, "one");
         for (_, lab) in &hosts {
             wait_body(lab, "one");
@@ -1043,6 +1043,33 @@ fn a_canary_that_fails_its_gate_stops_the_rollout_and_is_rolled_back() {
         assert!(
             out.contains(&format!("h{canary_host} ")) && out.contains("rolled_back"),
             "{out}"
+        );
+
+        // A restarted canary daemon reads the stop again: it stays on the
+        // old bundle.
+        let mut daemons = daemons;
+        daemons[canary_host].terminate();
+        daemons[canary_host].owns_dir = false;
+        let dir = daemons[canary_host].dir.clone();
+        let mut again = Daemon::start_in(
+            &hosts[canary_host].1,
+            &publisher,
+            &eps,
+            &format!("h{canary_host}"),
+            dir,
+        );
+        again.owns_dir = true;
+        daemons[canary_host] = again;
+        let st = daemons[canary_host].wait_status("the stopped rollout after a restart", |s| {
+            s.contains("fleet_rollout_state stopped\n")
+        });
+        assert_eq!(field(&st, "fleet_version"), "one", "{st}");
+        assert_eq!(
+            hosts[canary_host]
+                .1
+                .curl(&format!("http://{VIP}/v"))
+                .unwrap(),
+            "one"
         );
 
         // A new publish supersedes the stopped rollout.
