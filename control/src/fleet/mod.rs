@@ -7,6 +7,8 @@
 //!   so a host that dies disappears from it;
 //! - `members/<host>`: written once by each daemon, without a lease, so
 //!   `ferrogate ctl fleet status` can name the hosts that went silent.
+//! - `rollout/<serial>`: written once (create-only) by the first host
+//!   that sees a gate of that bundle's rollout fail (`progress.rs`).
 //!
 //! A daemon in fleet mode (`ferrogate control --etcd …`) reads the bundle,
 //! verifies it against the trusted keys of its bootstrap file, unpacks it
