@@ -886,6 +886,18 @@ fn a_healthy_rollout_reaches_the_canary_first_then_the_others() {
             wait_body(lab, "one");
         }
         let cfg = publisher.write("two", "two");
+        // A plan no host could follow is refused before etcd, like an
+        // invalid config.
+        let before = etcd.revision();
+        for bad in [
+            &["--rollout", "1,0%"][..],
+            &["--rollout", "1", "--gate-max-p99-ratio", "0.5"],
+        ] {
+            let o = publisher.publish_with(&eps, &cfg, "ops.key", bad);
+            assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+            assert!(text(&o).contains("rollout plan"), "{}", text(&o));
+        }
+        assert_eq!(etcd.revision(), before, "nothing was written");
         let o = publisher.publish_with(
             &eps,
             &cfg,
