@@ -305,6 +305,9 @@ pub struct Fleet {
     apply: Mutex<()>,
     /// Recent samples of the engine's counters (health windows).
     samples: Mutex<std::collections::VecDeque<(Instant, rollout::Sample)>>,
+    /// Engine restarts seen in the samples: a bake that spans one starts
+    /// again.
+    restarts: std::sync::atomic::AtomicU64,
 }
 
 impl Fleet {
@@ -328,6 +331,7 @@ impl Fleet {
             held: Mutex::new(None),
             apply: Mutex::new(()),
             samples: Mutex::default(),
+            restarts: Default::default(),
         })
     }
 
@@ -865,12 +869,14 @@ mod tests {
     /// Records what it was asked to apply; refuses TOML containing
     /// "refuse"; fails for now while `away` is set.
     #[derive(Default)]
-    struct FakeEngine {
-        applied: Mutex<Vec<PathBuf>>,
-        running: Mutex<Option<(PathBuf, String)>>,
-        away: AtomicBool,
+    pub(super) struct FakeEngine {
+        pub applied: Mutex<Vec<PathBuf>>,
+        pub running: Mutex<Option<(PathBuf, String)>>,
+        pub away: AtomicBool,
         /// What its persisted snapshot names (None: what it runs).
-        persisted: Mutex<Option<PathBuf>>,
+        pub persisted: Mutex<Option<PathBuf>>,
+        /// Its `/stats.json` (None: cannot be read now).
+        pub stats: Mutex<Option<serde_json::Value>>,
     }
 
     impl FleetEngine for FakeEngine {
@@ -902,9 +908,13 @@ mod tests {
             let p = self.persisted.lock().unwrap().clone();
             p.or_else(|| self.running.lock().unwrap().as_ref().map(|r| r.0.clone()))
         }
+
+        fn engine_stats(&self) -> Option<serde_json::Value> {
+            self.stats.lock().unwrap().clone()
+        }
     }
 
-    fn fleet(dir: &Path, key: &SigningKey) -> Fleet {
+    pub(super) fn fleet(dir: &Path, key: &SigningKey) -> Fleet {
         let boot = Bootstrap {
             cluster: "eu".into(),
             etcd: vec!["http://127.0.0.1:1".into()],
@@ -915,7 +925,7 @@ mod tests {
         Fleet::new(boot, dir).unwrap()
     }
 
-    fn kv(rev: i64, value: Vec<u8>) -> KeyValue {
+    pub(super) fn kv(rev: i64, value: Vec<u8>) -> KeyValue {
         KeyValue {
             key: bundle_key("eu").into_bytes(),
             value,
@@ -931,6 +941,15 @@ mod tests {
     static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
     fn sealed_n(key: &SigningKey, config: &str, serial: u64) -> Vec<u8> {
+        sealed_plan(key, config, serial, None)
+    }
+
+    pub(super) fn sealed_plan(
+        key: &SigningKey,
+        config: &str,
+        serial: u64,
+        rollout: Option<rollout::Plan>,
+    ) -> Vec<u8> {
         bundle::seal(
             &bundle::Payload {
                 format: bundle::FORMAT.into(),
@@ -941,7 +960,7 @@ mod tests {
                 config_name: "edge.toml".into(),
                 config: config.into(),
                 files: Default::default(),
-                rollout: None,
+                rollout,
             },
             key,
         )
@@ -1020,7 +1039,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    fn temp(name: &str) -> PathBuf {
+    pub(super) fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("fg-fleet-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir

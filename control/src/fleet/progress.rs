@@ -31,6 +31,12 @@ const HEALTH_REPORT: Duration = Duration::from_secs(5);
 /// any bake, and N hosts make N² status reads per step.
 const STEP_EVERY: Duration = Duration::from_millis(500);
 
+/// How long a bake waits for the engine's counters before its gate fails
+/// for want of them.
+fn no_data_deadline(bake: Duration) -> Duration {
+    bake * 2
+}
+
 /// A bundle held for its wave: verified and unpacked.
 #[derive(Debug)]
 pub struct Held {
@@ -87,6 +93,9 @@ pub struct RolloutStatus {
     since: Option<Instant>,
     #[serde(skip)]
     start: Option<Sample>,
+    /// `Fleet::restarts` when `start` was taken.
+    #[serde(skip)]
+    epoch: u64,
 }
 
 fn unix_ms() -> u64 {
@@ -168,7 +177,10 @@ impl Fleet {
                 before: None,
                 after: None,
                 since: running.then(Instant::now),
-                start: running.then(|| self.latest_sample()).flatten(),
+                start: running
+                    .then(|| self.latest_sample().map(|(_, s)| s))
+                    .flatten(),
+                epoch: self.restarts.load(Ordering::Relaxed),
             });
         }
         Outcome::Held
@@ -180,9 +192,9 @@ impl Fleet {
         self.lock().rollout = None;
     }
 
-    fn latest_sample(&self) -> Option<Sample> {
+    fn latest_sample(&self) -> Option<(Instant, Sample)> {
         let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        s.back().map(|(_, x)| x.clone())
+        s.back().cloned()
     }
 
     /// The health of the last `window` (or what the samples cover).
@@ -200,12 +212,23 @@ impl Fleet {
         ))
     }
 
-    fn sample(&self, eng: &dyn FleetEngine) {
-        let Some(s) = eng.engine_stats().as_ref().and_then(Sample::from_stats) else {
-            return;
-        };
+    /// Takes a sample now; None when the engine's counters cannot be read.
+    fn sample(&self, eng: &dyn FleetEngine) -> Option<(Instant, Sample)> {
+        let s = eng.engine_stats().as_ref().and_then(Sample::from_stats)?;
         let now = Instant::now();
+        self.push_sample(now, s.clone());
+        Some((now, s))
+    }
+
+    fn push_sample(&self, now: Instant, s: Sample) {
         let mut q = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if q.back().is_some_and(|(_, last)| s.restarted_since(last)) {
+            // The engine restarted: its counters start over, and so do
+            // the windows.
+            tracing::info!("the engine restarted; health windows start again");
+            q.clear();
+            self.restarts.fetch_add(1, Ordering::Relaxed);
+        }
         q.push_back((now, s));
         while q
             .front()
@@ -221,7 +244,7 @@ impl Fleet {
         let mut reported: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             if sampled.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY) {
-                self.sample(eng);
+                let _ = self.sample(eng);
                 sampled = Some(Instant::now());
             }
             if reported.is_none_or(|t| t.elapsed() >= HEALTH_REPORT) {
@@ -382,10 +405,11 @@ impl Fleet {
                 toml,
             );
         }
-        // A fresh sample: the bake counts from here.
-        self.sample(eng);
+        // A fresh sample: the bake counts from here (none: the judge
+        // takes one and bakes from there).
+        let start = self.sample(eng).map(|(_, s)| s);
         let before = self.recent_health(HEALTH_WINDOW);
-        let start = self.latest_sample();
+        let epoch = self.restarts.load(Ordering::Relaxed);
         match self.push_bundle(eng, h.rev, &h.verified, &h.toml) {
             Outcome::Applied | Outcome::AlreadyApplied => {
                 tracing::info!(serial, bake_s = h.plan.bake_s, "rollout: applied; baking");
@@ -396,6 +420,7 @@ impl Fleet {
                     r.since = Some(Instant::now());
                     r.before = before;
                     r.start = start;
+                    r.epoch = epoch;
                 });
             }
             Outcome::Transient => {} // tried again next step
@@ -413,22 +438,52 @@ impl Fleet {
 
     fn judge(&self, eng: &dyn FleetEngine, h: &Held) {
         let serial = h.verified.payload.serial;
-        let (since, start, before) = {
+        let (since, start, before, epoch) = {
             let st = self.lock();
             let Some(r) = st.rollout.as_ref().filter(|r| r.serial == serial) else {
                 return;
             };
-            (r.since, r.start.clone(), r.before.clone())
+            (r.since, r.start.clone(), r.before.clone(), r.epoch)
         };
+        let Some(since) = since else { return };
         let bake = Duration::from_secs(h.plan.bake_s);
-        if since.is_some_and(|t| t.elapsed() < bake) {
+        if since.elapsed() < bake {
             return;
         }
-        self.sample(eng);
-        let after = match (start, self.latest_sample()) {
-            (Some(a), Some(b)) => rollout::health(&a, &b, h.plan.bake_s),
-            // No counters from the engine: nothing to judge by.
-            _ => Health::default(),
+        let fresh = self.sample(eng);
+        let restarts = self.restarts.load(Ordering::Relaxed);
+        let after = match (start, fresh) {
+            // No sample at the start (a daemon restarted mid-bake, the
+            // engine away at the apply), or the engine restarted during
+            // the bake: the bake starts again from this sample.
+            (start, Some((t, s))) if start.is_none() || epoch != restarts => {
+                tracing::info!(
+                    serial,
+                    "rollout: no counters from the bake's start (or the engine restarted); baking again"
+                );
+                self.update(serial, |r| {
+                    r.since = Some(t);
+                    r.start = Some(s);
+                    r.epoch = restarts;
+                });
+                return;
+            }
+            // A sample taken after the whole bake: judged.
+            (Some(a), Some((t, b))) if t >= since + bake => {
+                rollout::health(&a, &b, t.duration_since(since).as_secs())
+            }
+            // No counters now: the gate waits for them, not forever.
+            _ => {
+                if since.elapsed() < no_data_deadline(bake) {
+                    return;
+                }
+                let why = format!(
+                    "no health data: no engine counters within {} s of the apply",
+                    no_data_deadline(bake).as_secs()
+                );
+                self.fail(eng, h, &why, Health::default());
+                return;
+            }
         };
         let verdict = rollout::gate(&h.plan, before.as_ref(), &after);
         match &verdict {
@@ -441,18 +496,21 @@ impl Fleet {
                     r.after = Some(after);
                 });
             }
-            Verdict::Fail(why) => {
-                tracing::error!(serial, reason = %why, "rollout: gate failed; stopping the rollout");
-                self.update(serial, |r| {
-                    r.state = Phase::Failed;
-                    r.gate = Some(format!("failed: {why}"));
-                    r.after = Some(after);
-                });
-                // The key's `by` names this host.
-                let reason = format!("gate failed: {why}");
-                self.stop_rollout(eng, h, &reason, true);
-            }
+            Verdict::Fail(why) => self.fail(eng, h, why, after),
         }
+    }
+
+    fn fail(&self, eng: &dyn FleetEngine, h: &Held, why: &str, after: Health) {
+        let serial = h.verified.payload.serial;
+        tracing::error!(serial, reason = %why, "rollout: gate failed; stopping the rollout");
+        self.update(serial, |r| {
+            r.state = Phase::Failed;
+            r.gate = Some(format!("failed: {why}"));
+            r.after = Some(after);
+        });
+        // The key's `by` names this host.
+        let reason = format!("gate failed: {why}");
+        self.stop_rollout(eng, h, &reason, true);
     }
 
     /// The rollout stopped (`reason`): say so in etcd (first writer wins),
@@ -538,7 +596,145 @@ impl Fleet {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{FakeEngine, fleet, kv, sealed_plan, temp};
     use super::*;
+    use ed25519_dalek::SigningKey;
+
+    /// An engine's `/stats.json` with one route.
+    fn stats(route: &str, responses: u64, errors: u64, uptime_ns: u64) -> serde_json::Value {
+        serde_json::json!({
+            "routes": [{"name": route, "responses": {"2xx": responses - errors, "5xx": errors},
+                        "latency": {"counts": [responses, 0]}}],
+            "latency_bounds_us": [1000, null],
+            "workers": [{"uptime_ns": uptime_ns}],
+        })
+    }
+
+    /// A fleet running plain bundle serial 1, holding serial 2 with a
+    /// plan (bake 1 s, 20 responses minimum).
+    fn held(name: &str) -> (Fleet, FakeEngine, Arc<Held>, PathBuf) {
+        let dir = temp(name);
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let eng = FakeEngine::default();
+        let f = fleet(&dir, &key);
+        assert_eq!(
+            f.consider(&eng, &kv(3, sealed_plan(&key, "one", 1, None))),
+            Outcome::Applied
+        );
+        let mut plan = Plan::new("1,100%");
+        plan.bake_s = 1;
+        assert_eq!(
+            f.consider(&eng, &kv(4, sealed_plan(&key, "two", 2, Some(plan)))),
+            Outcome::Held
+        );
+        let h = f.held.lock().unwrap().clone().unwrap();
+        (f, eng, h, dir)
+    }
+
+    /// Moves the bake's start back: as if `secs` had passed.
+    fn age(f: &Fleet, secs: u64) {
+        f.update(2, |r| {
+            r.since = r.since.map(|t| t - Duration::from_secs(secs));
+        });
+    }
+
+    fn rollout(f: &Fleet) -> RolloutStatus {
+        f.state().rollout.unwrap()
+    }
+
+    #[test]
+    fn a_bake_without_a_start_sample_bakes_again_instead_of_passing() {
+        let (f, eng, h, dir) = held("nostart");
+        // The engine's counters cannot be read at the apply.
+        f.rollout_apply(&eng, &h);
+        assert_eq!(rollout(&f).state, Phase::Baking);
+        assert!(rollout(&f).start.is_none());
+        age(&f, 5);
+        // Now they can: 1000 responses, all 5xx, since the engine started.
+        *eng.stats.lock().unwrap() = Some(stats("r", 1000, 1000, 10));
+        f.judge(&eng, &h);
+        let r = rollout(&f);
+        assert_eq!(r.state, Phase::Baking, "judged without a start: {r:?}");
+        assert!(r.start.is_some());
+        // The bake from that sample: 100 more responses, all 5xx.
+        age(&f, 5);
+        *eng.stats.lock().unwrap() = Some(stats("r", 1100, 1100, 20));
+        f.judge(&eng, &h);
+        let r = rollout(&f);
+        assert!(
+            r.gate
+                .as_deref()
+                .unwrap()
+                .starts_with("failed: error ratio 1.000"),
+            "{r:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_restarted_daemon_bakes_from_a_fresh_sample() {
+        let (f, eng, h, dir) = held("restarted");
+        // As after a restart amid the bake: running, no samples yet.
+        let toml = h.toml.clone();
+        f.lock().rollout = None;
+        f.hold(h.rev, &h.verified, toml, h.plan.clone(), true);
+        assert!(rollout(&f).start.is_none());
+        age(&f, 5);
+        *eng.stats.lock().unwrap() = Some(stats("r", 50, 50, 10));
+        f.judge(&eng, &h);
+        assert_eq!(rollout(&f).state, Phase::Baking, "{:?}", rollout(&f));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_engine_unreachable_at_the_end_of_the_bake_is_not_a_pass() {
+        let (f, eng, h, dir) = held("unreachable");
+        *eng.stats.lock().unwrap() = Some(stats("r", 10, 0, 10));
+        f.rollout_apply(&eng, &h);
+        assert!(rollout(&f).start.is_some());
+        // The engine's counters are gone for the rest of the bake.
+        *eng.stats.lock().unwrap() = None;
+        age(&f, 1);
+        f.judge(&eng, &h);
+        assert_eq!(rollout(&f).state, Phase::Baking, "judged on stale data");
+        // Past twice the bake: failed for want of data.
+        age(&f, 2);
+        f.judge(&eng, &h);
+        let r = rollout(&f);
+        assert!(
+            r.gate
+                .as_deref()
+                .unwrap()
+                .starts_with("failed: no health data"),
+            "{r:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_engine_restart_during_the_bake_starts_it_again() {
+        let (f, eng, h, dir) = held("enginerestart");
+        *eng.stats.lock().unwrap() = Some(stats("r", 5000, 0, 9_000_000_000));
+        f.rollout_apply(&eng, &h);
+        age(&f, 5);
+        // Restarted: its counters are small again, and its uptime too.
+        *eng.stats.lock().unwrap() = Some(stats("r", 6000, 0, 1_000));
+        f.judge(&eng, &h);
+        let r = rollout(&f);
+        assert_eq!(r.state, Phase::Baking, "{r:?}");
+        age(&f, 5);
+        *eng.stats.lock().unwrap() = Some(stats("r", 6100, 100, 6_000_000_000));
+        f.judge(&eng, &h);
+        let r = rollout(&f);
+        assert!(
+            r.gate
+                .as_deref()
+                .unwrap()
+                .starts_with("failed: error ratio 1.000"),
+            "the bake after the restart: {r:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn other_hosts_entries_count_only_for_the_same_serial() {

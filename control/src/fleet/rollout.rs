@@ -72,6 +72,12 @@ impl Plan {
                 self.max_p99_ratio
             )));
         }
+        if self.bake_s < MIN_BAKE_S {
+            return Err(PlanError(format!(
+                "bake {} s is under the minimum of {MIN_BAKE_S} s",
+                self.bake_s
+            )));
+        }
         if self.bake_s > 24 * 3600 {
             return Err(PlanError(format!("bake {} s is over a day", self.bake_s)));
         }
@@ -172,43 +178,64 @@ pub fn assign(members: &[String], serial: u64, waves: &[WaveSize]) -> Vec<(Strin
         .collect()
 }
 
-/// Cumulative counters of the engine's routes at one moment (from its
-/// `/stats.json`: responses by class and the latency histogram).
+/// One route's cumulative counters.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Sample {
+pub struct RouteCounters {
     pub responses: u64,
     pub errors: u64,
+    /// Latency histogram bucket counts.
     pub counts: Vec<u64>,
+}
+
+/// Cumulative counters of the engine's routes at one moment (from its
+/// `/stats.json`: responses by class and the latency histogram, by route
+/// name, since a bundle may rename or remove routes).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sample {
+    pub routes: std::collections::BTreeMap<String, RouteCounters>,
     /// Upper bounds (µs) of the histogram buckets; None: the overflow one.
     pub bounds: Vec<Option<u64>>,
+    /// The engine's workers' longest uptime: going down is a restart.
+    pub uptime_ns: Option<u64>,
 }
 
 impl Sample {
     pub fn from_stats(v: &serde_json::Value) -> Option<Sample> {
-        let routes = v["routes"].as_array()?;
         let mut s = Sample::default();
-        for r in routes {
+        for (i, r) in v["routes"].as_array()?.iter().enumerate() {
+            let mut c = RouteCounters::default();
             if let Some(classes) = r["responses"].as_object() {
                 for (k, n) in classes {
                     let n = n.as_u64().unwrap_or(0);
-                    s.responses += n;
+                    c.responses += n;
                     if k == "5xx" {
-                        s.errors += n;
+                        c.errors += n;
                     }
                 }
             }
+            c.counts = r["latency"]["counts"]
+                .as_array()
+                .map(|a| a.iter().map(|c| c.as_u64().unwrap_or(0)).collect())
+                .unwrap_or_default();
+            let name = r["name"]
+                .as_str()
+                .map_or_else(|| format!("#{i}"), str::to_string);
+            s.routes.insert(name, c);
         }
-        s.counts = v["latency"]["counts"]
-            .as_array()?
-            .iter()
-            .map(|c| c.as_u64().unwrap_or(0))
-            .collect();
         s.bounds = v["latency_bounds_us"]
             .as_array()?
             .iter()
             .map(|b| b.as_u64())
             .collect();
+        s.uptime_ns = v["workers"]
+            .as_array()
+            .and_then(|w| w.iter().filter_map(|w| w["uptime_ns"].as_u64()).max());
         Some(s)
+    }
+
+    /// The engine restarted between `earlier` and this sample.
+    pub fn restarted_since(&self, earlier: &Sample) -> bool {
+        matches!((earlier.uptime_ns, self.uptime_ns), (Some(a), Some(b)) if b < a)
     }
 }
 
@@ -223,19 +250,43 @@ pub struct Health {
     pub p99_us: Option<u64>,
 }
 
-/// The health between `a` and the later `b`. Counters that went down (an
-/// engine restart) count from zero.
+/// The health between `a` and the later `b`, route by route: a route only
+/// in `b` (new or renamed) counts from zero, one only in `a` (removed) is
+/// left out, and a route whose counters went down (reset) or an engine
+/// that restarted counts from zero.
 pub fn health(a: &Sample, b: &Sample, window_s: u64) -> Health {
-    let reset = b.responses < a.responses;
-    let d = |x: u64, y: u64| if reset { y } else { y.saturating_sub(x) };
-    let responses = d(a.responses, b.responses);
-    let errors = d(a.errors, b.errors).min(responses);
-    let counts: Vec<u64> = b
-        .counts
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| d(a.counts.get(i).copied().unwrap_or(0), c))
-        .collect();
+    let restarted = b.restarted_since(a);
+    let zero = RouteCounters::default();
+    let mut responses = 0u64;
+    let mut errors = 0u64;
+    let mut counts = vec![0u64; b.bounds.len()];
+    for (name, rb) in &b.routes {
+        let mut ra = if restarted {
+            &zero
+        } else {
+            a.routes.get(name).unwrap_or(&zero)
+        };
+        let went_down = rb.responses < ra.responses
+            || rb.errors < ra.errors
+            || rb
+                .counts
+                .iter()
+                .enumerate()
+                .any(|(i, &c)| c < ra.counts.get(i).copied().unwrap_or(0));
+        if went_down {
+            ra = &zero;
+        }
+        let dr = rb.responses - ra.responses;
+        responses += dr;
+        errors += (rb.errors - ra.errors).min(dr);
+        for (i, &c) in rb.counts.iter().enumerate() {
+            let d = c - ra.counts.get(i).copied().unwrap_or(0);
+            match counts.get_mut(i) {
+                Some(x) => *x += d,
+                None => counts.push(d),
+            }
+        }
+    }
     let total: u64 = counts.iter().sum();
     let mut p99_us = None;
     if total > 0 {
@@ -263,6 +314,13 @@ pub fn health(a: &Sample, b: &Sample, window_s: u64) -> Health {
     }
 }
 
+/// A bake answering less than this share of the rate before the apply
+/// fails (when the window before had enough responses to tell).
+pub const TRAFFIC_DROP: f64 = 0.2;
+
+/// The shortest bake: a sample must be taken after the apply.
+pub const MIN_BAKE_S: u64 = 1;
+
 /// What the gate says of a host after its bake.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -273,21 +331,34 @@ pub enum Verdict {
 
 /// The gate. Too few responses in the bake: passed with a note, since
 /// nothing can be told (a host without traffic must not hold a rollout
-/// forever, and a handful of requests makes any ratio noise). The p99 is
+/// forever, and a handful of requests makes any ratio noise) — unless the
+/// window before the apply had enough and the bake answered under a
+/// fifth of its rate (a bundle that breaks traffic). The p99 is
 /// compared only when the window before the apply had enough responses
 /// too and both p99 fall within the histogram's bounds.
 pub fn gate(plan: &Plan, before: Option<&Health>, after: &Health) -> Verdict {
     let min = plan.min_requests.max(1);
+    if after.responses >= min && after.error_ratio > plan.max_error_ratio {
+        return Verdict::Fail(format!(
+            "error ratio {:.3} ({} of {} responses 5xx) over {}",
+            after.error_ratio, after.errors_5xx, after.responses, plan.max_error_ratio
+        ));
+    }
+    // A bundle that breaks traffic entirely answers nothing: too few
+    // responses to judge, but not "fine".
+    if let Some(b) = before.filter(|b| b.responses >= min && b.window_s > 0) {
+        let rate_before = b.responses as f64 / b.window_s as f64;
+        let rate_after = after.responses as f64 / after.window_s.max(1) as f64;
+        if rate_after < TRAFFIC_DROP * rate_before {
+            return Verdict::Fail(format!(
+                "traffic dropped: {rate_after:.1} responses/s in the bake, {rate_before:.1}/s before"
+            ));
+        }
+    }
     if after.responses < min {
         return Verdict::Pass(format!(
             "not judged: {} responses in the bake, fewer than {min}",
             after.responses
-        ));
-    }
-    if after.error_ratio > plan.max_error_ratio {
-        return Verdict::Fail(format!(
-            "error ratio {:.3} ({} of {} responses 5xx) over {}",
-            after.error_ratio, after.errors_5xx, after.responses, plan.max_error_ratio
         ));
     }
     let judged_p99 = match before {
@@ -346,6 +417,11 @@ mod tests {
         assert!(p.validate().is_err());
         p.max_p99_ratio = f64::NAN;
         assert!(p.validate().is_err());
+        let mut p = Plan::new("1,100%");
+        p.bake_s = 0;
+        assert!(p.validate().is_err(), "a bake of 0 s judges nothing");
+        p.bake_s = MIN_BAKE_S;
+        assert!(p.validate().is_ok());
     }
 
     #[test]
@@ -386,12 +462,68 @@ mod tests {
     }
 
     fn sample(responses: u64, errors: u64, counts: &[u64]) -> Sample {
+        routes(&[("r", responses, errors, counts)])
+    }
+
+    fn routes(r: &[(&str, u64, u64, &[u64])]) -> Sample {
         Sample {
-            responses,
-            errors,
-            counts: counts.to_vec(),
+            routes: r
+                .iter()
+                .map(|&(n, responses, errors, counts)| {
+                    let c = RouteCounters {
+                        responses,
+                        errors,
+                        counts: counts.to_vec(),
+                    };
+                    (n.to_string(), c)
+                })
+                .collect(),
             bounds: vec![Some(100), Some(1000), Some(10_000), None],
+            uptime_ns: None,
         }
+    }
+
+    #[test]
+    fn a_renamed_or_removed_route_and_an_engine_restart_are_counted_per_route() {
+        let a = routes(&[
+            ("old", 1000, 0, &[1000, 0, 0, 0]),
+            ("keep", 500, 0, &[500, 0, 0, 0]),
+        ]);
+        // The bundle renamed `old` to `new`: the engine dropped `old`'s
+        // counters and `new` starts at 0. Summed over routes, the total
+        // went down (1500 -> 560) and was taken for a reset: the whole
+        // history (0 % errors) was judged instead of the bake's 60 %.
+        let b = routes(&[
+            ("new", 50, 50, &[0, 0, 50, 0]),
+            ("keep", 510, 0, &[510, 0, 0, 0]),
+        ]);
+        let h = health(&a, &b, 10);
+        assert_eq!((h.responses, h.errors_5xx), (60, 50));
+        assert_eq!(h.p99_us, Some(10_000));
+        // A route that only went down was reset: it counts from 0.
+        let c = routes(&[
+            ("new", 60, 50, &[10, 0, 50, 0]),
+            ("keep", 5, 0, &[5, 0, 0, 0]),
+        ]);
+        let h = health(&b, &c, 10);
+        assert_eq!((h.responses, h.errors_5xx), (15, 0));
+        // An engine restart (worker uptime went down) counts from 0
+        // everywhere, even where a counter grew past the old value.
+        let mut d = routes(&[("keep", 600, 0, &[600, 0, 0, 0])]);
+        d.uptime_ns = Some(1_000);
+        let mut e = a.clone();
+        e.uptime_ns = Some(9_000_000);
+        assert!(d.restarted_since(&e));
+        assert_eq!(health(&e, &d, 10).responses, 600);
+        let stats = serde_json::json!({
+            "routes": [{"name": "x", "responses": {"2xx": 3, "5xx": 1}, "latency": {"counts": [4, 0]}}],
+            "latency_bounds_us": [100, null],
+            "workers": [{"uptime_ns": 5}, {"uptime_ns": 7}],
+        });
+        let s = Sample::from_stats(&stats).unwrap();
+        assert_eq!(s.uptime_ns, Some(7));
+        assert_eq!(s.routes["x"].responses, 4);
+        assert_eq!(s.routes["x"].errors, 1);
     }
 
     #[test]
@@ -445,8 +577,9 @@ mod tests {
             gate(&plan, Some(&before), &h(100, 5, Some(2000))),
             Verdict::Pass(_)
         ));
-        // Too few responses in the bake: not judged, even all failing.
-        let Verdict::Pass(note) = gate(&plan, Some(&before), &h(5, 5, Some(9000))) else {
+        // Too few responses in the bake (and before): not judged, even
+        // all failing.
+        let Verdict::Pass(note) = gate(&plan, Some(&h(5, 0, None)), &h(5, 5, Some(9000))) else {
             panic!("a tiny sample failed the gate");
         };
         assert!(note.contains("not judged"), "{note}");
@@ -459,6 +592,35 @@ mod tests {
         assert!(matches!(
             gate(&plan, None, &h(100, 20, Some(10))),
             Verdict::Fail(_)
+        ));
+    }
+
+    #[test]
+    fn a_bundle_that_stops_traffic_fails_the_gate() {
+        let plan = Plan::new("1,100%"); // 20 responses minimum
+        // 100 responses in 5 s before; none in the bake.
+        let before = h(100, 0, Some(1000));
+        let Verdict::Fail(why) = gate(&plan, Some(&before), &h(0, 0, None)) else {
+            panic!("no responses at all passed");
+        };
+        assert!(why.contains("traffic dropped"), "{why}");
+        // A tenth of the rate: failed, even above min_requests.
+        let mut after = h(50, 0, Some(1000));
+        after.window_s = 25;
+        assert!(matches!(
+            gate(&plan, Some(&before), &after),
+            Verdict::Fail(_)
+        ));
+        // Half the rate: passed.
+        after.window_s = 10;
+        assert!(matches!(
+            gate(&plan, Some(&before), &after),
+            Verdict::Pass(_)
+        ));
+        // Nothing before either: not judged.
+        assert!(matches!(
+            gate(&plan, Some(&h(3, 0, None)), &h(0, 0, None)),
+            Verdict::Pass(_)
         ));
     }
 }
