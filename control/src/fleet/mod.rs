@@ -245,6 +245,9 @@ pub struct FleetState {
     /// under another revision).
     pub applied_digest: Option<String>,
     pub applied_toml: Option<PathBuf>,
+    /// The applied bundle came without a plan or passed its gate here:
+    /// only such a bundle becomes a rollout's rollback target.
+    pub applied_vetted: bool,
     /// The newest bundle revision seen (applied or not).
     pub latest_revision: i64,
     /// The newest revision settled (applied or refused); a revision that
@@ -275,6 +278,9 @@ struct Record {
     serial: u64,
     digest: Option<String>,
     toml: Option<PathBuf>,
+    /// `vetted no`: a rollout's bundle not (yet) passed here. Records
+    /// from before the line: vetted.
+    vetted: bool,
 }
 
 fn read_record(path: &Path) -> Option<Record> {
@@ -289,6 +295,7 @@ fn read_record(path: &Path) -> Option<Record> {
         serial: get("serial").and_then(|r| r.parse().ok()).unwrap_or(0),
         digest: get("digest"),
         toml: get("config").map(PathBuf::from),
+        vetted: get("vetted").is_none_or(|v| v != "no"),
     })
 }
 
@@ -322,6 +329,7 @@ impl Fleet {
             st.applied_serial = r.serial;
             st.applied_digest = r.digest;
             st.applied_toml = r.toml;
+            st.applied_vetted = r.vetted;
         }
         Ok(Fleet {
             boot,
@@ -367,10 +375,20 @@ impl Fleet {
         st.etcd_error = Some(e.to_string());
     }
 
-    fn record_applied(&self, revision: i64, version: &str, serial: u64, digest: &str, toml: &Path) {
-        self.write_record(APPLIED, revision, version, serial, digest, toml);
+    #[allow(clippy::too_many_arguments)]
+    fn record_applied(
+        &self,
+        revision: i64,
+        version: &str,
+        serial: u64,
+        digest: &str,
+        toml: &Path,
+        vetted: bool,
+    ) {
+        self.write_record(APPLIED, revision, version, serial, digest, toml, vetted);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn write_record(
         &self,
         name: &str,
@@ -379,10 +397,12 @@ impl Fleet {
         serial: u64,
         digest: &str,
         toml: &Path,
+        vetted: bool,
     ) {
         let text = format!(
-            "revision {revision}\nversion {version}\nserial {serial}\ndigest {digest}\nconfig {}\n",
-            toml.display()
+            "revision {revision}\nversion {version}\nserial {serial}\ndigest {digest}\nconfig {}\nvetted {}\n",
+            toml.display(),
+            if vetted { "yes" } else { "no" }
         );
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let r = std::fs::write(&tmp, text)
@@ -461,7 +481,8 @@ impl Fleet {
                 // under another revision is then known as this bundle).
                 if rev != applied || applied_digest.is_none() {
                     tracing::info!(revision = rev, was = applied, %version, "the running bundle under a new revision; nothing to push");
-                    self.record_applied(rev, &version, serial, &v.digest, &toml);
+                    let vetted = self.lock().applied_vetted;
+                    self.record_applied(rev, &version, serial, &v.digest, &toml, vetted);
                 }
                 {
                     let mut st = self.lock();
@@ -474,7 +495,7 @@ impl Fleet {
                 // A daemon restarted amid a rollout of what it runs: it
                 // bakes again and keeps watching for a failed gate.
                 if let Some(plan) = v.payload.rollout.clone() {
-                    self.hold(rev, &v, toml, plan, true);
+                    self.hold(eng, rev, &v, toml, plan, true);
                 } else {
                     self.drop_rollout();
                 }
@@ -503,7 +524,7 @@ impl Fleet {
             }
         };
         if let Some(plan) = v.payload.rollout.clone() {
-            return self.hold(rev, &v, toml, plan, false);
+            return self.hold(eng, rev, &v, toml, plan, false);
         }
         let out = self.push_bundle(eng, rev, &v, &toml);
         if out == Outcome::Applied {
@@ -532,7 +553,9 @@ impl Fleet {
             }
         }
         tracing::info!(revision = rev, %version, signer = %v.signer, config = %toml.display(), "fleet bundle applied");
-        self.record_applied(rev, &version, serial, &v.digest, toml);
+        // A rollout's bundle is vetted once it passed its gate here.
+        let vetted = v.payload.rollout.is_none();
+        self.record_applied(rev, &version, serial, &v.digest, toml, vetted);
         {
             let mut st = self.lock();
             st.applied_revision = rev;
@@ -540,6 +563,7 @@ impl Fleet {
             st.applied_serial = serial;
             st.applied_digest = Some(v.digest.clone());
             st.applied_toml = Some(toml.to_path_buf());
+            st.applied_vetted = vetted;
             st.settled_revision = st.settled_revision.max(rev);
             st.last_transient = None;
             st.bundles_applied += 1;

@@ -130,6 +130,7 @@ impl Fleet {
     /// daemon restarted amid the rollout: it bakes again).
     pub(super) fn hold(
         &self,
+        eng: &dyn FleetEngine,
         rev: i64,
         v: &bundle::Verified,
         toml: PathBuf,
@@ -147,6 +148,9 @@ impl Fleet {
             .rollout
             .as_ref()
             .is_some_and(|r| r.serial == serial);
+        if !same && !running {
+            self.back_from_failed(eng, serial);
+        }
         *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Held {
             rev,
             verified: v.clone(),
@@ -184,6 +188,41 @@ impl Fleet {
             });
         }
         Outcome::Held
+    }
+
+    /// A newer bundle supersedes a rollout: if the engine runs that
+    /// rollout's bundle, not passed here, and it failed (here, or by its
+    /// stop key), go back to the prior bundle first: the newer rollout
+    /// must neither keep serving it nor take it for its rollback target.
+    fn back_from_failed(&self, eng: &dyn FleetEngine, serial: u64) {
+        let (applied, vetted, failed_here) = {
+            let st = self.lock();
+            let failed_here = st
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.serial == st.applied_serial && r.state == Phase::Failed);
+            (st.applied_serial, st.applied_vetted, failed_here)
+        };
+        if vetted || applied == serial || applied == 0 {
+            return;
+        }
+        let stopped = failed_here || {
+            let key = rollout_key(&self.boot.cluster, applied);
+            // etcd away: not known to have failed; the newer rollout
+            // still does not take it for its rollback target.
+            matches!(self.client.get(key.as_bytes()), Ok((_, Some(_))))
+        };
+        if !stopped {
+            return;
+        }
+        match self.roll_back(eng) {
+            Ok(version) => {
+                tracing::warn!(failed = applied, back_to = %version, "a newer bundle arrived while this host ran a failed rollout's bundle: rolled back first")
+            }
+            Err(e) => {
+                tracing::error!(failed = applied, error = %e, "a newer bundle arrived while this host ran a failed rollout's bundle, and the rollback failed")
+            }
+        }
     }
 
     /// A bundle without a plan was applied: no rollout any more.
@@ -393,7 +432,10 @@ impl Fleet {
             return; // superseded meanwhile
         }
         let st = self.state();
+        // Only a bundle that came without a plan or passed its gate here is
+        // a rollback target; otherwise the prior one stays.
         if st.applied_serial != serial
+            && st.applied_vetted
             && let (Some(toml), Some(version)) = (&st.applied_toml, &st.applied_version)
         {
             self.write_record(
@@ -403,6 +445,7 @@ impl Fleet {
                 st.applied_serial,
                 st.applied_digest.as_deref().unwrap_or("-"),
                 toml,
+                true,
             );
         }
         // A fresh sample: the bake counts from here (none: the judge
@@ -489,6 +532,7 @@ impl Fleet {
         match &verdict {
             Verdict::Pass(note) => {
                 tracing::info!(serial, %note, "rollout: gate passed");
+                self.vetted(serial);
                 self.update(serial, |r| {
                     r.state = Phase::Passed;
                     r.gate = Some(format!("passed: {note}"));
@@ -498,6 +542,26 @@ impl Fleet {
             }
             Verdict::Fail(why) => self.fail(eng, h, why, after),
         }
+    }
+
+    /// The running bundle `serial` passed here: a rollback target from now.
+    fn vetted(&self, serial: u64) {
+        let _one = self.apply.lock().unwrap_or_else(|e| e.into_inner());
+        let st = self.state();
+        if st.applied_serial != serial || st.applied_vetted {
+            return;
+        }
+        if let (Some(toml), Some(version)) = (&st.applied_toml, &st.applied_version) {
+            self.record_applied(
+                st.applied_revision,
+                version,
+                serial,
+                st.applied_digest.as_deref().unwrap_or("-"),
+                toml,
+                true,
+            );
+        }
+        self.lock().applied_vetted = true;
     }
 
     fn fail(&self, eng: &dyn FleetEngine, h: &Held, why: &str, after: Health) {
@@ -583,13 +647,14 @@ impl Fleet {
             .map_err(|e| format!("{e:?}"))?;
         let version = prior.version.unwrap_or_else(|| "?".into());
         let digest = prior.digest.unwrap_or_else(|| "-".into());
-        self.record_applied(prior.revision, &version, prior.serial, &digest, &toml);
+        self.record_applied(prior.revision, &version, prior.serial, &digest, &toml, true);
         let mut st = self.lock();
         st.applied_revision = prior.revision;
         st.applied_version = Some(version.clone());
         st.applied_serial = prior.serial;
         st.applied_digest = Some(digest);
         st.applied_toml = Some(toml);
+        st.applied_vetted = true;
         Ok(version)
     }
 }
@@ -633,13 +698,68 @@ mod tests {
 
     /// Moves the bake's start back: as if `secs` had passed.
     fn age(f: &Fleet, secs: u64) {
-        f.update(2, |r| {
+        age_serial(f, 2, secs)
+    }
+
+    fn age_serial(f: &Fleet, serial: u64, secs: u64) {
+        f.update(serial, |r| {
             r.since = r.since.map(|t| t - Duration::from_secs(secs));
         });
     }
 
     fn rollout(f: &Fleet) -> RolloutStatus {
         f.state().rollout.unwrap()
+    }
+
+    fn prior_serial(dir: &std::path::Path) -> u64 {
+        read_record(&dir.join("fleet").join(PRIOR)).unwrap().serial
+    }
+
+    #[test]
+    fn an_unvetted_bundle_is_never_a_rollback_target_and_a_failed_one_is_left_first() {
+        let (f, eng, h2, dir) = held("unvetted");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mut plan = Plan::new("1,100%");
+        plan.bake_s = 1;
+        f.rollout_apply(&eng, &h2);
+        assert_eq!(prior_serial(&dir), 1);
+        assert_eq!(f.state().applied_serial, 2);
+        assert!(!f.state().applied_vetted);
+        // Serial 3 (with a plan) arrives while 2 still bakes: 2 was not
+        // judged, so 1 stays the rollback target.
+        assert_eq!(
+            f.consider(
+                &eng,
+                &kv(5, sealed_plan(&key, "three", 3, Some(plan.clone())))
+            ),
+            Outcome::Held
+        );
+        let h3 = f.held.lock().unwrap().clone().unwrap();
+        f.rollout_apply(&eng, &h3);
+        assert_eq!(f.state().applied_serial, 3);
+        assert_eq!(prior_serial(&dir), 1, "an unjudged bundle became PRIOR");
+        // 3 fails here (its rollback pending), then 4 arrives: the host
+        // goes back to 1 first instead of serving 3 on.
+        f.update(3, |r| r.state = Phase::Failed);
+        assert_eq!(
+            f.consider(&eng, &kv(6, sealed_plan(&key, "four", 4, Some(plan)))),
+            Outcome::Held
+        );
+        let st = f.state();
+        assert_eq!((st.applied_serial, st.applied_vetted), (1, true));
+        assert_eq!(eng.running.lock().unwrap().as_ref().unwrap().1, "one");
+        // And a bundle that passed its gate becomes one.
+        let h4 = f.held.lock().unwrap().clone().unwrap();
+        *eng.stats.lock().unwrap() = Some(stats("r", 10, 0, 10));
+        f.rollout_apply(&eng, &h4);
+        age_serial(&f, 4, 5);
+        *eng.stats.lock().unwrap() = Some(stats("r", 11, 0, 20));
+        f.judge(&eng, &h4);
+        assert_eq!(rollout(&f).state, Phase::Passed, "{:?}", rollout(&f));
+        assert!(f.state().applied_vetted);
+        let again = fleet(&dir, &key);
+        assert!(again.state().applied_vetted, "read back from the record");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -677,7 +797,7 @@ mod tests {
         // As after a restart amid the bake: running, no samples yet.
         let toml = h.toml.clone();
         f.lock().rollout = None;
-        f.hold(h.rev, &h.verified, toml, h.plan.clone(), true);
+        f.hold(&eng, h.rev, &h.verified, toml, h.plan.clone(), true);
         assert!(rollout(&f).start.is_none());
         age(&f, 5);
         *eng.stats.lock().unwrap() = Some(stats("r", 50, 50, 10));
