@@ -898,21 +898,51 @@ fn a_healthy_rollout_reaches_the_canary_first_then_the_others() {
             assert!(text(&o).contains("rollout plan"), "{}", text(&o));
         }
         assert_eq!(etcd.revision(), before, "nothing was written");
-        let o = publisher.publish_with(
-            &eps,
-            &cfg,
-            "ops.key",
-            &["--version", "two", "--rollout", "1,100%", "--bake-s", "3"],
-        );
-        assert!(o.status.success(), "{}", text(&o));
-        assert!(text(&o).contains("rollout plan 1,100%"), "{}", text(&o));
-        for (_, lab) in &hosts {
-            wait_body(lab, "two");
-        }
-        let all = wait_hosts(&etcd, 3, "every host passed", |all| {
-            all.iter()
-                .all(|s| matches!(rollout_state(s), "passed" | "complete"))
+        // Traffic on every host throughout: a bake that answers much less
+        // than the window before it fails its gate ("traffic dropped").
+        let stop = AtomicBool::new(false);
+        let all = std::thread::scope(|s| {
+            let _stop = StopOnDrop(&stop);
+            let loads: Vec<_> = hosts
+                .iter()
+                .map(|(_, lab)| load_counts(s, lab, &stop))
+                .collect();
+            std::thread::sleep(Duration::from_secs(2));
+            let o = publisher.publish_with(
+                &eps,
+                &cfg,
+                "ops.key",
+                &[
+                    "--version",
+                    "two",
+                    "--rollout",
+                    "1,100%",
+                    "--bake-s",
+                    "3",
+                    // Latency buckets of a loaded lab are noise.
+                    "--gate-max-p99-ratio",
+                    "50",
+                ],
+            );
+            assert!(o.status.success(), "{}", text(&o));
+            assert!(text(&o).contains("rollout plan 1,100%"), "{}", text(&o));
+            for (_, lab) in &hosts {
+                wait_body(lab, "two");
+            }
+            let all = wait_hosts(&etcd, 3, "every host passed", |all| {
+                all.iter()
+                    .all(|s| matches!(rollout_state(s), "passed" | "complete"))
+            });
+            stop.store(true, Ordering::Relaxed);
+            for l in loads {
+                l.join().unwrap();
+            }
+            all
         });
+        for s in &all {
+            let gate = s["rollout"]["gate"].as_str().unwrap_or("");
+            assert!(gate.starts_with("passed: error ratio"), "judged: {s:#}");
+        }
         let canary: Vec<&serde_json::Value> = all
             .iter()
             .filter(|s| s["rollout"]["wave"].as_u64() == Some(0))
