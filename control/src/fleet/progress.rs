@@ -105,6 +105,25 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The `reason` of a pending host: the first few hosts it waits for
+/// (a wave may hold hundreds), bounded.
+fn waiting_for(blocking: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = format!(
+        "waiting for {}",
+        blocking
+            .iter()
+            .take(SHOWN)
+            .map(|h| bounded(h, 64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if blocking.len() > SHOWN {
+        s.push_str(&format!(" +{} more", blocking.len() - SHOWN));
+    }
+    bounded(&s, MAX_REASON)
+}
+
 /// A host's rollout entry, as read from its status in etcd.
 fn host_rollout(status: &serde_json::Value, serial: u64) -> Option<&serde_json::Value> {
     let r = &status["rollout"];
@@ -395,8 +414,7 @@ impl Fleet {
                         Some(format!("{name} ({what})"))
                     })
                     .collect();
-                let reason =
-                    (!blocking.is_empty()).then(|| format!("waiting for {}", blocking.join(", ")));
+                let reason = (!blocking.is_empty()).then(|| waiting_for(&blocking));
                 self.update(serial, |r| {
                     r.wave = Some(mine);
                     r.waves = total;
@@ -854,6 +872,16 @@ mod tests {
             "the bake after the restart: {r:?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_hosts_waited_for_are_bounded() {
+        let many: Vec<String> = (0..40).map(|i| format!("host-{i} (baking)")).collect();
+        let r = waiting_for(&many);
+        assert!(r.starts_with("waiting for host-0 (baking), host-1"), "{r}");
+        assert!(r.ends_with(" +35 more"), "{r}");
+        assert!(!r.contains("host-5 "), "{r}");
+        assert_eq!(waiting_for(&many[..1]), "waiting for host-0 (baking)");
     }
 
     #[test]
