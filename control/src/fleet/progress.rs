@@ -96,6 +96,9 @@ pub struct RolloutStatus {
     /// `Fleet::restarts` when `start` was taken.
     #[serde(skip)]
     epoch: u64,
+    /// The stop key was written (or another host's was there).
+    #[serde(skip)]
+    stop_written: bool,
 }
 
 fn unix_ms() -> u64 {
@@ -204,6 +207,7 @@ impl Fleet {
                     .then(|| self.latest_sample().map(|(_, s)| s))
                     .flatten(),
                 epoch: self.restarts.load(Ordering::Relaxed),
+                stop_written: false,
             });
         }
         Outcome::Held
@@ -225,7 +229,7 @@ impl Fleet {
         if vetted || applied == serial || applied == 0 {
             return;
         }
-        let stopped = failed_here || {
+        let stopped = failed_here || self.local_stop(applied).is_some() || {
             let key = rollout_key(&self.boot.cluster, applied);
             // etcd away: not known to have failed; the newer rollout
             // still does not take it for its rollback target.
@@ -300,6 +304,7 @@ impl Fleet {
     pub fn drive(&self, eng: &dyn FleetEngine, stop: &AtomicBool) {
         let mut sampled: Option<Instant> = None;
         let mut reported: Option<Instant> = None;
+        let mut last_error = None;
         while !stop.load(Ordering::Relaxed) {
             if sampled.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY) {
                 let _ = self.sample(eng);
@@ -313,10 +318,20 @@ impl Fleet {
                 }
             }
             let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if let Some(h) = held
-                && let Err(e) = self.step(eng, &h)
-            {
-                tracing::debug!(error = %e, "rollout step: etcd unreachable; retrying");
+            if let Some(h) = held {
+                match self.step(eng, &h) {
+                    Ok(()) => last_error = None,
+                    Err(e) => {
+                        // Every 0.5 s while etcd is away: said once per kind.
+                        let kind = std::mem::discriminant(&e);
+                        if last_error != Some(kind) {
+                            tracing::warn!(error = %e, "rollout step: cannot read the cluster's keys; this host's own gate is still judged; retrying");
+                            last_error = Some(kind);
+                        } else {
+                            tracing::debug!(error = %e, "rollout step: retrying");
+                        }
+                    }
+                }
             }
             sleep_for(stop, STEP_EVERY);
         }
@@ -355,9 +370,33 @@ impl Fleet {
         let Some(phase) = self.phase(serial) else {
             return Ok(());
         };
+        // Stopped here before (recorded in the state dir: a restart, or
+        // etcd away when it happened): say so in etcd until it lands, and
+        // never apply or keep it.
+        if let Some(reason) = self.local_stop(serial) {
+            let written = self.lock().rollout.as_ref().is_some_and(|r| r.stop_written);
+            if !(written && phase.done()) {
+                self.stop_rollout(eng, h, &reason, !written);
+            }
+            return Ok(());
+        }
         if phase.done() {
             return Ok(());
         }
+        // This host's own gate needs no etcd: judged (and rolled back)
+        // first, the stop written when etcd answers.
+        if phase == Phase::Baking {
+            self.judge(eng, h);
+            if self
+                .phase(serial)
+                .is_none_or(|p| p != Phase::Baking && p != Phase::Passed)
+            {
+                return Ok(());
+            }
+        }
+        let Some(phase) = self.phase(serial) else {
+            return Ok(());
+        };
         let key = rollout_key(&self.boot.cluster, serial);
         let (_, stopped) = self.client.get(key.as_bytes())?;
         let hosts: Vec<(String, serde_json::Value)> = self
@@ -424,7 +463,7 @@ impl Fleet {
                     self.rollout_apply(eng, h);
                 }
             }
-            Phase::Baking => self.judge(eng, h),
+            Phase::Baking => {} // judged above
             Phase::Passed => {
                 let members: Vec<String> =
                     self.list("members")?.into_iter().map(|(k, _)| k).collect();
@@ -599,6 +638,7 @@ impl Fleet {
     /// and go back to the prior bundle if this host applied it.
     fn stop_rollout(&self, eng: &dyn FleetEngine, h: &Held, reason: &str, write: bool) {
         let serial = h.verified.payload.serial;
+        self.record_stop(serial, reason);
         if write {
             let body = serde_json::json!({
                 "stopped": reason,
@@ -606,17 +646,24 @@ impl Fleet {
                 "at_unix_s": unix_now(),
             });
             let key = rollout_key(&self.boot.cluster, serial);
-            match self
-                .client
-                .put_if_mod_revision(key.as_bytes(), body.to_string().as_bytes(), 0)
-            {
+            let landed = match self.client.put_if_mod_revision(
+                key.as_bytes(),
+                body.to_string().as_bytes(),
+                0,
+            ) {
                 Ok(Cas::Written(_)) => {
-                    tracing::warn!(serial, %reason, "rollout stopped")
+                    tracing::warn!(serial, %reason, "rollout stopped");
+                    true
                 }
-                Ok(Cas::Conflict(_)) => {} // another host said it first
-                // This host's status says failed: the others stop on that.
-                Err(e) => tracing::warn!(error = %e, "cannot write the rollout's stop"),
-            }
+                Ok(Cas::Conflict(_)) => true, // another host said it first
+                // This host's status says failed (the others stop on
+                // that); the key is tried again every step.
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot write the rollout's stop yet");
+                    false
+                }
+            };
+            self.update(serial, |r| r.stop_written = landed);
         }
         let _one = self.apply.lock().unwrap_or_else(|e| e.into_inner());
         if self.phase(serial).is_none_or(Phase::done) {
@@ -651,6 +698,32 @@ impl Fleet {
                     r.reason = Some(reason);
                 });
             }
+        }
+    }
+
+    fn stop_path(&self, serial: u64) -> PathBuf {
+        self.dir.join("stopped").join(serial.to_string())
+    }
+
+    /// Why the rollout of `serial` stopped, if this host saw it stop.
+    pub(super) fn local_stop(&self, serial: u64) -> Option<String> {
+        std::fs::read_to_string(self.stop_path(serial)).ok()
+    }
+
+    /// Remembers in the state dir that the rollout of `serial` stopped: a
+    /// restarted daemon neither bakes nor applies it again, even with
+    /// etcd away or the stop key never written.
+    fn record_stop(&self, serial: u64, reason: &str) {
+        let path = self.stop_path(serial);
+        if path.exists() {
+            return;
+        }
+        let tmp = path.with_extension("tmp");
+        let r = std::fs::create_dir_all(self.dir.join("stopped"))
+            .and_then(|()| std::fs::write(&tmp, bounded(reason, MAX_REASON)))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, path = %path.display(), "cannot record the rollout's stop");
         }
     }
 
@@ -704,12 +777,7 @@ mod tests {
             f.consider(&eng, &kv(3, sealed_plan(&key, "one", 1, None))),
             Outcome::Applied
         );
-        let mut plan = Plan::new("1,100%");
-        plan.bake_s = 1;
-        assert_eq!(
-            f.consider(&eng, &kv(4, sealed_plan(&key, "two", 2, Some(plan)))),
-            Outcome::Held
-        );
+        assert_eq!(f.consider(&eng, &kv(4, h_bytes(&key))), Outcome::Held);
         let h = f.held.lock().unwrap().clone().unwrap();
         (f, eng, h, dir)
     }
@@ -778,6 +846,53 @@ mod tests {
         let again = fleet(&dir, &key);
         assert!(again.state().applied_vetted, "read back from the record");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn with_etcd_away_a_failing_host_judges_rolls_back_and_remembers_the_stop() {
+        // The fleet's etcd (127.0.0.1:1) never answers.
+        let (f, eng, h, dir) = held("etcdaway");
+        *eng.stats.lock().unwrap() = Some(stats("r", 100, 0, 10));
+        f.rollout_apply(&eng, &h);
+        age(&f, 5);
+        *eng.stats.lock().unwrap() = Some(stats("r", 200, 100, 20));
+        // The step cannot read etcd, yet judges its own gate.
+        let _ = f.step(&eng, &h);
+        let r = rollout(&f);
+        assert_eq!(r.state, Phase::RolledBack, "{r:?}");
+        assert!(
+            r.gate
+                .as_deref()
+                .unwrap()
+                .starts_with("failed: error ratio")
+        );
+        assert!(!r.stop_written, "etcd is away");
+        assert_eq!(eng.running.lock().unwrap().as_ref().unwrap().1, "one");
+        let why = f
+            .local_stop(2)
+            .expect("the stop is recorded in the state dir");
+        assert!(why.contains("error ratio"), "{why}");
+        // A restarted daemon (etcd still away) holds serial 2 again: it
+        // never applies it.
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let again = fleet(&dir, &key);
+        assert_eq!(again.consider(&eng, &kv(4, h_bytes(&key))), Outcome::Held);
+        let h2 = again.held.lock().unwrap().clone().unwrap();
+        let _ = again.step(&eng, &h2);
+        assert_eq!(
+            rollout(&again).state,
+            Phase::Stopped,
+            "{:?}",
+            rollout(&again)
+        );
+        assert_eq!(eng.applied.lock().unwrap().len(), 3, "one, two, one");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn h_bytes(key: &SigningKey) -> Vec<u8> {
+        let mut plan = Plan::new("1,100%");
+        plan.bake_s = 1;
+        sealed_plan(key, "two", 2, Some(plan))
     }
 
     #[test]
