@@ -901,6 +901,8 @@ mod tests {
         pub persisted: Mutex<Option<PathBuf>>,
         /// Its `/stats.json` (None: cannot be read now).
         pub stats: Mutex<Option<serde_json::Value>>,
+        /// How often `/stats.json` was asked for.
+        pub stats_calls: std::sync::atomic::AtomicUsize,
     }
 
     impl FleetEngine for FakeEngine {
@@ -934,6 +936,7 @@ mod tests {
         }
 
         fn engine_stats(&self) -> Option<serde_json::Value> {
+            self.stats_calls.fetch_add(1, Ordering::Relaxed);
             self.stats.lock().unwrap().clone()
         }
     }

@@ -99,6 +99,10 @@ pub struct RolloutStatus {
     /// The stop key was written (or another host's was there).
     #[serde(skip)]
     stop_written: bool,
+    /// When this host started holding it (the engine is sampled from
+    /// then: the window before the apply).
+    #[serde(skip)]
+    held_at: Option<Instant>,
 }
 
 fn unix_ms() -> u64 {
@@ -208,6 +212,7 @@ impl Fleet {
                     .flatten(),
                 epoch: self.restarts.load(Ordering::Relaxed),
                 stop_written: false,
+                held_at: Some(Instant::now()),
             });
         }
         Outcome::Held
@@ -306,18 +311,33 @@ impl Fleet {
         let mut reported: Option<Instant> = None;
         let mut last_error = None;
         while !stop.load(Ordering::Relaxed) {
-            if sampled.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY) {
+            let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            // The engine is sampled, and the health in the status (a write
+            // to etcd each change) refreshed, only while a rollout is on
+            // here; after it the last health stays as it was.
+            let active = held.as_ref().is_some_and(|h| {
+                self.phase(h.verified.payload.serial)
+                    .is_some_and(|p| !p.done())
+            });
+            if !active {
+                sampled = None;
+                reported = None;
+                self.samples
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+            }
+            if active && sampled.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY) {
                 let _ = self.sample(eng);
                 sampled = Some(Instant::now());
             }
-            if reported.is_none_or(|t| t.elapsed() >= HEALTH_REPORT) {
+            if active && reported.is_none_or(|t| t.elapsed() >= HEALTH_REPORT) {
                 let h = self.recent_health(HEALTH_WINDOW);
                 if h.is_some() {
                     self.lock().health = h;
                     reported = Some(Instant::now());
                 }
             }
-            let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(h) = held {
                 match self.step(eng, &h) {
                     Ok(()) => last_error = None,
@@ -453,13 +473,27 @@ impl Fleet {
                         Some(format!("{name} ({what})"))
                     })
                     .collect();
-                let reason = (!blocking.is_empty()).then(|| waiting_for(&blocking));
+                // The engine is sampled only while a rollout is on: the
+                // window before the apply (what the gate compares with)
+                // is as long as the bake, up to the health window.
+                let pre = Duration::from_secs(h.plan.bake_s).min(HEALTH_WINDOW);
+                let sampling = self
+                    .lock()
+                    .rollout
+                    .as_ref()
+                    .and_then(|r| r.held_at)
+                    .is_some_and(|t| t.elapsed() < pre);
+                let reason = if !blocking.is_empty() {
+                    Some(waiting_for(&blocking))
+                } else {
+                    sampling.then(|| "sampling the engine before the apply".to_string())
+                };
                 self.update(serial, |r| {
                     r.wave = Some(mine);
                     r.waves = total;
                     r.reason = reason.clone();
                 });
-                if blocking.is_empty() {
+                if blocking.is_empty() && !sampling {
                     self.rollout_apply(eng, h);
                 }
             }
@@ -893,6 +927,40 @@ mod tests {
         let mut plan = Plan::new("1,100%");
         plan.bake_s = 1;
         sealed_plan(key, "two", 2, Some(plan))
+    }
+
+    /// Runs the rollout thread for a while; how often it read the stats.
+    fn drive_for(f: &Fleet, eng: &FakeEngine, d: Duration) -> usize {
+        let before = eng.stats_calls.load(Ordering::Relaxed);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| f.drive(eng, &stop));
+            std::thread::sleep(d);
+            stop.store(true, Ordering::Relaxed);
+        });
+        eng.stats_calls.load(Ordering::Relaxed) - before
+    }
+
+    #[test]
+    fn the_engine_is_sampled_and_health_reported_only_during_a_rollout() {
+        let dir = temp("idle");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let eng = FakeEngine::default();
+        *eng.stats.lock().unwrap() = Some(stats("r", 10, 0, 10));
+        let f = fleet(&dir, &key);
+        f.consider(&eng, &kv(3, sealed_plan(&key, "one", 1, None)));
+        // No rollout: no samples, no health to write to etcd.
+        assert_eq!(drive_for(&f, &eng, Duration::from_millis(1200)), 0);
+        assert!(f.state().health.is_none());
+        // A held plan bundle: sampled (the window before its apply).
+        assert_eq!(f.consider(&eng, &kv(4, h_bytes(&key))), Outcome::Held);
+        assert!(drive_for(&f, &eng, Duration::from_millis(1200)) >= 1);
+        assert!(f.state().health.is_some());
+        // Over (stopped here): no more samples; the last health stays.
+        f.update(2, |r| r.state = Phase::Stopped);
+        assert_eq!(drive_for(&f, &eng, Duration::from_millis(1200)), 0);
+        assert!(f.state().health.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
