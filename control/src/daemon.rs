@@ -837,7 +837,38 @@ fn fleet_status_lines(f: &crate::fleet::Fleet, in_sync: bool) -> String {
         fs.transient_failures,
         one(&fs.last_transient),
         fs.compactions,
-    )
+    ) + &fleet_rollout_lines(&fs)
+}
+
+/// The rollout and health lines of `GET /status` in fleet mode.
+fn fleet_rollout_lines(fs: &crate::fleet::FleetState) -> String {
+    let mut out = String::new();
+    match &fs.health {
+        Some(h) => out.push_str(&format!(
+            "fleet_health_window_s {}\nfleet_health_responses {}\nfleet_health_errors_5xx {}\nfleet_health_error_ratio {:.4}\nfleet_health_p99_us {}\n",
+            h.window_s,
+            h.responses,
+            h.errors_5xx,
+            h.error_ratio,
+            h.p99_us.map_or("none".into(), |p| p.to_string()),
+        )),
+        None => out.push_str("fleet_health_window_s none\n"),
+    }
+    match &fs.rollout {
+        Some(r) => {
+            let v = serde_json::to_value(r).unwrap_or_default();
+            out.push_str(&format!(
+                "fleet_rollout_serial {}\nfleet_rollout_state {}\nfleet_rollout_wave {}\nfleet_rollout_gate {}\nfleet_rollout_reason {}\n",
+                r.serial,
+                v["state"].as_str().unwrap_or("?"),
+                r.wave.map_or("unknown".into(), |w| w.to_string()),
+                one_line(r.gate.as_deref().unwrap_or("none")),
+                one_line(r.reason.as_deref().unwrap_or("none")),
+            ));
+        }
+        None => out.push_str("fleet_rollout_state none\n"),
+    }
+    out
 }
 
 impl Daemon {
@@ -959,6 +990,23 @@ impl crate::fleet::FleetEngine for Daemon {
     fn engine_state(&self) -> (bool, bool) {
         let st = self.state();
         (st.engine_connected, st.in_sync())
+    }
+
+    fn engine_stats(&self) -> Option<serde_json::Value> {
+        // Short: a sample that cannot be had now is skipped.
+        let r = admin::call_with(
+            &self.args.engine_socket,
+            "GET",
+            "/stats.json",
+            None,
+            &[],
+            Self::HELLO_TIMEOUT,
+        )
+        .ok()?;
+        if r.status != 200 {
+            return None;
+        }
+        serde_json::from_str(&r.body).ok()
     }
 
     fn engine_source(&self) -> Option<PathBuf> {

@@ -260,6 +260,26 @@ enum CtlSub {
         /// only when etcd lost its data.
         #[arg(long)]
         serial: Option<u64>,
+        /// Roll out progressively: cumulative wave sizes, e.g. `1,25%,100%`
+        /// (a host count or a share of the cluster's members). Each wave
+        /// applies once every host of the earlier ones passed its gate; a
+        /// failed gate stops the rollout and rolls the updated hosts back.
+        #[arg(long)]
+        rollout: Option<String>,
+        /// Gate: largest share of 5xx responses during the bake.
+        #[arg(long, requires = "rollout", default_value_t = 0.05)]
+        gate_max_error_ratio: f64,
+        /// Gate: largest p99 during the bake, as a multiple of the same
+        /// host's p99 before the apply.
+        #[arg(long, requires = "rollout", default_value_t = 2.0)]
+        gate_max_p99_ratio: f64,
+        /// Gate: fewer responses than this in a window and it is not
+        /// judged (passes with a note).
+        #[arg(long, requires = "rollout", default_value_t = 20)]
+        gate_min_requests: u64,
+        /// How long each host runs the bundle before its gate is judged.
+        #[arg(long, requires = "rollout", default_value_t = 30)]
+        bake_s: u64,
     },
     /// Write a new ed25519 key pair for signing bundles: OUT (private,
     /// 0600) and OUT.pub.
@@ -540,9 +560,21 @@ fn main() -> Result<()> {
                     version,
                     expect_revision,
                     serial,
+                    rollout,
+                    gate_max_error_ratio,
+                    gate_max_p99_ratio,
+                    gate_min_requests,
+                    bake_s,
                 },
             ..
         } => {
+            let rollout = rollout.map(|waves| fleet::rollout::Plan {
+                max_error_ratio: gate_max_error_ratio,
+                max_p99_ratio: gate_max_p99_ratio,
+                min_requests: gate_min_requests,
+                bake_s,
+                ..fleet::rollout::Plan::new(&waves)
+            });
             let args = fleet::cli::PublishArgs {
                 file,
                 key,
@@ -551,6 +583,7 @@ fn main() -> Result<()> {
                 version,
                 expect_revision,
                 serial,
+                rollout,
             };
             match fleet::cli::publish(&args) {
                 Ok(out) => {

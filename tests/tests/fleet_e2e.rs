@@ -779,3 +779,350 @@ fn several_hosts_follow_one_publish() {
         drop(daemons);
     });
 }
+
+/// A host's status as it wrote it to etcd (null: none).
+fn host_status(etcd: &Etcd, host: &str) -> serde_json::Value {
+    let v = etcd.get(&format!("/ferrogate/{CLUSTER}/hosts/{host}"));
+    serde_json::from_slice(String::from_utf8_lossy(&v).trim().as_bytes()).unwrap_or_default()
+}
+
+/// Polls the hosts' statuses in etcd until `pred` holds (60 s at most: a
+/// rollout waits for bakes).
+fn wait_hosts(
+    etcd: &Etcd,
+    n: usize,
+    what: &str,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let t0 = Instant::now();
+    loop {
+        let all: Vec<serde_json::Value> = (0..n)
+            .map(|i| host_status(etcd, &format!("h{i}")))
+            .collect();
+        if pred(&all) {
+            return all;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the hosts' statuses never showed {what}: {all:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn rollout_state(s: &serde_json::Value) -> &str {
+    s["rollout"]["state"].as_str().unwrap_or("")
+}
+
+/// Three hosts (labs, engines, daemons) following one etcd.
+fn three_hosts(etcd: &Etcd, publisher: &Publisher) -> (Vec<(Engine, Lab)>, Vec<Daemon>) {
+    let eps = etcd.endpoints();
+    let hosts: Vec<(Engine, Lab)> = (0..3)
+        .map(|_| {
+            let (lab, engine) = lab_and_engine();
+            (engine, lab)
+        })
+        .collect();
+    let daemons: Vec<Daemon> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, (_, lab))| Daemon::start(lab, publisher, &eps, &format!("h{i}")))
+        .collect();
+    for d in &daemons {
+        d.wait_status("etcd", |s| s.contains("fleet_etcd_connected yes"));
+    }
+    (hosts, daemons)
+}
+
+/// Sets its flag when dropped (also while unwinding).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// GETs `/v` on the lab's VIP (a few hundred a second at most) until
+/// `stop`; counts what came back by (status, body), 0 for a failure.
+fn load_counts<'s>(
+    s: &'s std::thread::Scope<'s, '_>,
+    lab: &'s Lab,
+    stop: &'s AtomicBool,
+) -> std::thread::ScopedJoinHandle<'s, std::collections::BTreeMap<(u16, String), u64>> {
+    s.spawn(move || {
+        ferrogate_tests::enter_netns(&lab.ns("client")).unwrap();
+        let mut seen = std::collections::BTreeMap::new();
+        let mut conn = None;
+        while !stop.load(Ordering::Relaxed) {
+            if conn.is_none() {
+                conn = ferrogate_tests::HttpConn::connect(&format!("{VIP}:80")).ok();
+            }
+            let got = match conn.as_mut().map(|c| c.get("lab", "/v")) {
+                Some(Ok((status, body))) => (status, body),
+                _ => {
+                    conn = None;
+                    (0, String::new())
+                }
+            };
+            *seen.entry(got).or_insert(0u64) += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        seen
+    })
+}
+
+/// A plan `1,100%`: the canary (wave 0) applies first; the others only
+/// once it passed its gate; all in sync at the end.
+#[test]
+fn a_healthy_rollout_reaches_the_canary_first_then_the_others() {
+    lab_test("fleet_rollout_ok", || {
+        let etcd = Etcd::start(1);
+        let eps = etcd.endpoints();
+        let publisher = Publisher::new();
+        let (hosts, _daemons) = three_hosts(&etcd, &publisher);
+        publisher.publish(&eps, "one");
+        for (_, lab) in &hosts {
+            wait_body(lab, "one");
+        }
+        let cfg = publisher.write("two", "two");
+        // A plan no host could follow is refused before etcd, like an
+        // invalid config.
+        // The bundle key, not the store's revision: the hosts' statuses
+        // may change meanwhile.
+        let bundle_key = format!("/ferrogate/{CLUSTER}/bundle");
+        let before = etcd.get(&bundle_key);
+        assert!(!before.is_empty());
+        for bad in [
+            &["--rollout", "1,0%"][..],
+            &["--rollout", "1", "--gate-max-p99-ratio", "0.5"],
+        ] {
+            let o = publisher.publish_with(&eps, &cfg, "ops.key", bad);
+            assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+            assert!(text(&o).contains("rollout plan"), "{}", text(&o));
+        }
+        assert!(etcd.get(&bundle_key) == before, "nothing was written");
+        // Traffic on every host throughout: a bake that answers much less
+        // than the window before it fails its gate ("traffic dropped").
+        let stop = AtomicBool::new(false);
+        let all = std::thread::scope(|s| {
+            let _stop = StopOnDrop(&stop);
+            let loads: Vec<_> = hosts
+                .iter()
+                .map(|(_, lab)| load_counts(s, lab, &stop))
+                .collect();
+            std::thread::sleep(Duration::from_secs(2));
+            let o = publisher.publish_with(
+                &eps,
+                &cfg,
+                "ops.key",
+                &[
+                    "--version",
+                    "two",
+                    "--rollout",
+                    "1,100%",
+                    "--bake-s",
+                    "3",
+                    // Latency buckets of a loaded lab are noise.
+                    "--gate-max-p99-ratio",
+                    "50",
+                ],
+            );
+            assert!(o.status.success(), "{}", text(&o));
+            assert!(text(&o).contains("rollout plan 1,100%"), "{}", text(&o));
+            for (_, lab) in &hosts {
+                wait_body(lab, "two");
+            }
+            let all = wait_hosts(&etcd, 3, "every host passed", |all| {
+                all.iter()
+                    .all(|s| matches!(rollout_state(s), "passed" | "complete"))
+            });
+            stop.store(true, Ordering::Relaxed);
+            for l in loads {
+                l.join().unwrap();
+            }
+            all
+        });
+        for s in &all {
+            let gate = s["rollout"]["gate"].as_str().unwrap_or("");
+            assert!(gate.starts_with("passed: error ratio"), "judged: {s:#}");
+        }
+        let canary: Vec<&serde_json::Value> = all
+            .iter()
+            .filter(|s| s["rollout"]["wave"].as_u64() == Some(0))
+            .collect();
+        assert_eq!(canary.len(), 1, "one canary: {all:#?}");
+        let passed = canary[0]["rollout"]["passed_unix_ms"].as_u64().unwrap();
+        for s in all
+            .iter()
+            .filter(|s| s["rollout"]["wave"].as_u64() == Some(1))
+        {
+            let applied = s["rollout"]["applied_unix_ms"].as_u64().unwrap();
+            assert!(
+                applied >= passed,
+                "{} applied before the canary passed: {all:#?}",
+                s["host"]
+            );
+        }
+        // The health summary is in each host's status.
+        for s in &all {
+            assert!(s["health"]["window_s"].is_u64(), "{s:#}");
+        }
+        let out = wait_fleet(&eps, "the rollout complete", |code, out| {
+            code == Some(0) && out.contains(": complete\n")
+        });
+        assert!(out.contains("rollout serial "), "{out}");
+        eprintln!("{out}");
+    });
+}
+
+/// The canary's new config sends `/v` to an upstream that refuses: its
+/// gate fails under load, the rollout stops, the canary goes back to the
+/// old config and the other hosts never apply the bundle.
+#[test]
+fn a_canary_that_fails_its_gate_stops_the_rollout_and_is_rolled_back() {
+    lab_test("fleet_rollout_fail", || {
+        let etcd = Etcd::start(1);
+        let eps = etcd.endpoints();
+        let publisher = Publisher::new();
+        let (hosts, daemons) = three_hosts(&etcd, &publisher);
+        publisher.publish(&eps, "one");
+        for (_, lab) in &hosts {
+            wait_body(lab, "one");
+        }
+        // Port 9 of the origin namespace: nothing listens, connects are
+        // refused, the engine answers 502.
+        let dir = publisher.dir.join("broken");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("edge.toml");
+        let text_cfg = respond_config(
+            "broken",
+            "\n[[upstreams]]\nname = \"dead\"\nendpoints = [\"10.77.0.3:9\"]\n",
+        );
+        let broken = text_cfg.replace(
+            "respond = { status = 200, body = \"broken\" }",
+            "upstream = \"dead\"",
+        );
+        assert_ne!(broken, text_cfg);
+        std::fs::write(&cfg, broken).unwrap();
+
+        let stop = AtomicBool::new(false);
+        let (counts, canary_host) = std::thread::scope(|s| {
+            // The load stops also when an assertion below fails (the scope
+            // would wait for it forever).
+            let _stop = StopOnDrop(&stop);
+            let loads: Vec<_> = hosts
+                .iter()
+                .map(|(_, lab)| load_counts(s, lab, &stop))
+                .collect();
+            // A baseline on the old bundle first.
+            std::thread::sleep(Duration::from_secs(3));
+            let o = publisher.publish_with(
+                &eps,
+                &cfg,
+                "ops.key",
+                &[
+                    "--version",
+                    "broken",
+                    "--rollout",
+                    "1,100%",
+                    "--bake-s",
+                    "3",
+                    "--gate-min-requests",
+                    "5",
+                ],
+            );
+            assert!(o.status.success(), "{}", text(&o));
+            let all = wait_hosts(&etcd, 3, "the canary rolled back", |all| {
+                all.iter().any(|s| rollout_state(s) == "rolled_back")
+            });
+            let canary = all
+                .iter()
+                .position(|s| rollout_state(s) == "rolled_back")
+                .unwrap();
+            // Its engine serves the old config again.
+            wait_body(&hosts[canary].1, "one");
+            std::thread::sleep(Duration::from_secs(1));
+            stop.store(true, Ordering::Relaxed);
+            let counts: Vec<_> = loads.into_iter().map(|h| h.join().unwrap()).collect();
+            (counts, canary)
+        });
+        let all = wait_hosts(&etcd, 3, "the others stopped", |all| {
+            all.iter()
+                .enumerate()
+                .all(|(i, s)| i == canary_host || rollout_state(s) == "stopped")
+        });
+        let c = &all[canary_host];
+        let gate = c["rollout"]["gate"].as_str().unwrap_or("");
+        assert!(gate.starts_with("failed: error ratio"), "{c:#}");
+        assert_eq!(c["rollout"]["wave"].as_u64(), Some(0), "{c:#}");
+        assert_eq!(c["version"].as_str(), Some("one"), "{c:#}");
+        // The canary served the broken config for a while (the gate had
+        // something to judge), then the old one again.
+        let bad: u64 = counts[canary_host]
+            .iter()
+            .filter(|((st, _), _)| *st >= 500)
+            .map(|(_, n)| n)
+            .sum();
+        assert!(bad > 0, "no 5xx on the canary: {:?}", counts[canary_host]);
+        for (i, s) in all.iter().enumerate() {
+            if i == canary_host {
+                continue;
+            }
+            assert!(s["rollout"]["applied_unix_ms"].is_null(), "{s:#}");
+            assert_eq!(s["version"].as_str(), Some("one"), "{s:#}");
+            // Nothing but the old body on the hosts that never applied it.
+            assert!(
+                counts[i]
+                    .keys()
+                    .all(|(st, body)| *st == 0 || (*st == 200 && body == "one")),
+                "host h{i} served something else: {:?}",
+                counts[i]
+            );
+            assert_eq!(hosts[i].1.curl(&format!("http://{VIP}/v")).unwrap(), "one");
+        }
+        let out = wait_fleet(&eps, "the stopped rollout", |code, out| {
+            code == Some(1) && out.contains("STOPPED by ")
+        });
+        eprintln!("{out}");
+        assert!(out.contains("error ratio"), "{out}");
+        assert!(
+            out.contains(&format!("h{canary_host} ")) && out.contains("rolled_back"),
+            "{out}"
+        );
+
+        // A restarted canary daemon reads the stop again: it stays on the
+        // old bundle.
+        let mut daemons = daemons;
+        daemons[canary_host].terminate();
+        daemons[canary_host].owns_dir = false;
+        let dir = daemons[canary_host].dir.clone();
+        let mut again = Daemon::start_in(
+            &hosts[canary_host].1,
+            &publisher,
+            &eps,
+            &format!("h{canary_host}"),
+            dir,
+        );
+        again.owns_dir = true;
+        daemons[canary_host] = again;
+        let st = daemons[canary_host].wait_status("the stopped rollout after a restart", |s| {
+            s.contains("fleet_rollout_state stopped\n")
+        });
+        assert_eq!(field(&st, "fleet_version"), "one", "{st}");
+        assert_eq!(
+            hosts[canary_host]
+                .1
+                .curl(&format!("http://{VIP}/v"))
+                .unwrap(),
+            "one"
+        );
+
+        // A new publish supersedes the stopped rollout.
+        publisher.publish(&eps, "three");
+        for (_, lab) in &hosts {
+            wait_body(lab, "three");
+        }
+        wait_fleet(&eps, "all in sync", |code, _| code == Some(0));
+    });
+}

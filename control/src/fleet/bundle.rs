@@ -19,6 +19,19 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const FORMAT: &str = "ferrogate-bundle/1";
+/// A bundle with a rollout plan: daemons from before rollouts refuse it
+/// (they know only /1, and would apply it everywhere at once, never
+/// reporting a gate), newer ones accept both.
+pub const FORMAT_ROLLOUT: &str = "ferrogate-bundle/2";
+
+/// The format a payload is sealed in: /2 with a rollout plan.
+pub fn format_for(payload: &Payload) -> &'static str {
+    if payload.rollout.is_some() {
+        FORMAT_ROLLOUT
+    } else {
+        FORMAT
+    }
+}
 
 /// Largest envelope `publish` writes: etcd's default request limit is
 /// 1.5 MiB, and the put carries the envelope base64-encoded in JSON.
@@ -38,6 +51,8 @@ pub enum BundleError {
     Key { path: PathBuf, message: String },
     #[error("the bundle is {size} bytes; at most {max} fit one etcd request")]
     TooLarge { size: usize, max: usize },
+    #[error("{0}")]
+    Plan(#[from] super::rollout::PlanError),
 }
 
 /// Why a daemon refused a bundle (shown in its status, counted).
@@ -55,10 +70,12 @@ pub enum Refusal {
     WrongCluster { want: String, got: String },
     #[error("bundle names an unsafe path {0:?}")]
     UnsafePath(String),
+    #[error("{0}")]
+    BadPlan(super::rollout::PlanError),
 }
 
 /// What is signed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Payload {
     pub format: String,
     pub cluster: String,
@@ -74,6 +91,11 @@ pub struct Payload {
     pub config: String,
     /// Path relative to the TOML's directory → base64 content.
     pub files: BTreeMap<String, String>,
+    /// A progressive rollout (`rollout.rs`); none: every host applies it
+    /// at once. Signed with the rest, so nobody with write access to etcd
+    /// can change the waves or the gates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::rollout::Plan>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,6 +171,7 @@ pub fn build(
         config_name,
         config: text,
         files,
+        rollout: None,
     };
     p.version = version.unwrap_or_else(|| {
         // When, and what: two publishes of the same content differ in time only.
@@ -160,10 +183,18 @@ pub fn build(
 
 /// The envelope etcd stores: `payload` signed with `key`.
 pub fn seal(payload: &Payload, key: &SigningKey) -> Vec<u8> {
-    let text = serde_json::to_string(payload).expect("a payload serializes");
+    let format = format_for(payload);
+    let text = if payload.format == format {
+        serde_json::to_string(payload)
+    } else {
+        let mut p = payload.clone();
+        p.format = format.into();
+        serde_json::to_string(&p)
+    }
+    .expect("a payload serializes");
     let sig: Signature = key.sign(text.as_bytes());
     serde_json::to_vec(&Envelope {
-        format: FORMAT.into(),
+        format: format.into(),
         key: Some(B64.encode(key.verifying_key().as_bytes())),
         signature: Some(B64.encode(sig.to_bytes())),
         payload: text,
@@ -175,12 +206,16 @@ pub fn seal(payload: &Payload, key: &SigningKey) -> Vec<u8> {
 /// might write); only tests and the refusal path need it.
 pub fn seal_unsigned(payload: &Payload) -> Vec<u8> {
     serde_json::to_vec(&Envelope {
-        format: FORMAT.into(),
+        format: format_for(payload).into(),
         key: None,
         signature: None,
         payload: serde_json::to_string(payload).expect("a payload serializes"),
     })
     .expect("an envelope serializes")
+}
+
+fn bounded_fmt(s: &str) -> String {
+    super::bounded(s, 64)
 }
 
 /// A verified payload and who signed it.
@@ -198,9 +233,9 @@ pub struct Verified {
 pub fn verify(bytes: &[u8], trusted: &[VerifyingKey], cluster: &str) -> Result<Verified, Refusal> {
     let env: Envelope =
         serde_json::from_slice(bytes).map_err(|e| Refusal::NotABundle(e.to_string()))?;
-    if env.format != FORMAT {
+    if env.format != FORMAT && env.format != FORMAT_ROLLOUT {
         return Err(Refusal::NotABundle(format!(
-            "format {:?}, expected {FORMAT:?}",
+            "format {:?}, expected {FORMAT:?} or {FORMAT_ROLLOUT:?}",
             env.format
         )));
     }
@@ -227,11 +262,22 @@ pub fn verify(bytes: &[u8], trusted: &[VerifyingKey], cluster: &str) -> Result<V
         .map_err(|_| Refusal::BadSignature(fp.clone()))?;
     let payload: Payload = serde_json::from_str(&env.payload)
         .map_err(|e| Refusal::NotABundle(format!("payload: {e}")))?;
-    if payload.format != FORMAT {
+    // The signed format is the envelope's, and /2 exactly when a plan is
+    // in it (a /1 with a plan would be applied at once by an older daemon).
+    if payload.format != env.format || payload.format != format_for(&payload) {
         return Err(Refusal::NotABundle(format!(
-            "payload format {:?}",
-            payload.format
+            "payload format {:?} in a {:?} envelope, {} rollout plan",
+            bounded_fmt(&payload.format),
+            bounded_fmt(&env.format),
+            if payload.rollout.is_some() {
+                "with a"
+            } else {
+                "without"
+            }
         )));
+    }
+    if let Some(plan) = &payload.rollout {
+        plan.validate().map_err(Refusal::BadPlan)?;
     }
     if payload.cluster != cluster {
         return Err(Refusal::WrongCluster {
@@ -436,6 +482,7 @@ mod tests {
             config_name: "edge.toml".into(),
             config: "[engine]\n".into(),
             files: BTreeMap::from([("certs/a.pem".to_string(), B64.encode(b"PEM"))]),
+            rollout: None,
         }
     }
 
@@ -496,6 +543,68 @@ mod tests {
         assert!(matches!(
             verify(&bytes, &[k.verifying_key(), other.verifying_key()], "eu"),
             Err(Refusal::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn a_signed_plan_travels_with_the_bundle_and_a_bad_one_is_refused() {
+        let k = key(9);
+        let mut p = payload();
+        p.rollout = Some(crate::fleet::rollout::Plan::new("1,25%,100%"));
+        let v = verify(&seal(&p, &k), &[k.verifying_key()], "eu").unwrap();
+        assert_eq!(v.payload.rollout, p.rollout);
+        // Signed, but not a plan a host can follow.
+        p.rollout = Some(crate::fleet::rollout::Plan::new("1,0%"));
+        assert!(matches!(
+            verify(&seal(&p, &k), &[k.verifying_key()], "eu"),
+            Err(Refusal::BadPlan(_))
+        ));
+        // A plan added to a signed bundle in etcd breaks its signature.
+        let sealed = seal(&payload(), &k);
+        let mut env: Envelope = serde_json::from_slice(&sealed).unwrap();
+        env.payload = env.payload.replace(
+            "\"files\"",
+            "\"rollout\":{\"waves\":\"100%\",\"max_error_ratio\":1.0,\"max_p99_ratio\":100.0,\"bake_s\":0,\"min_requests\":1},\"files\"",
+        );
+        assert!(env.payload.contains("rollout"));
+        let bytes = serde_json::to_vec(&env).unwrap();
+        assert!(matches!(
+            verify(&bytes, &[k.verifying_key()], "eu"),
+            Err(Refusal::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn a_bundle_with_a_plan_is_format_2_which_older_daemons_refuse() {
+        let k = key(9);
+        let plain = seal(&payload(), &k);
+        let env: Envelope = serde_json::from_slice(&plain).unwrap();
+        assert_eq!(env.format, FORMAT);
+        let mut p = payload();
+        p.rollout = Some(crate::fleet::rollout::Plan::new("1,100%"));
+        let sealed = seal(&p, &k);
+        let env: Envelope = serde_json::from_slice(&sealed).unwrap();
+        // A daemon from before rollouts checks for exactly /1.
+        assert_eq!(env.format, FORMAT_ROLLOUT);
+        assert!(env.payload.contains("\"format\":\"ferrogate-bundle/2\""));
+        let v = verify(&sealed, &[k.verifying_key()], "eu").unwrap();
+        assert_eq!(v.payload.format, FORMAT_ROLLOUT);
+        assert!(verify(&plain, &[k.verifying_key()], "eu").is_ok());
+        // A plan signed into a /1 payload (another tool): refused.
+        let mut p1 = p.clone();
+        p1.format = FORMAT.into();
+        let text = serde_json::to_string(&p1).unwrap();
+        let sig: Signature = k.sign(text.as_bytes());
+        let bytes = serde_json::to_vec(&Envelope {
+            format: FORMAT.into(),
+            key: Some(B64.encode(k.verifying_key().as_bytes())),
+            signature: Some(B64.encode(sig.to_bytes())),
+            payload: text,
+        })
+        .unwrap();
+        assert!(matches!(
+            verify(&bytes, &[k.verifying_key()], "eu"),
+            Err(Refusal::NotABundle(_))
         ));
     }
 

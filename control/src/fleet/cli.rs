@@ -23,6 +23,8 @@ pub struct PublishArgs {
     /// Publish only over this bundle revision (0: none may exist); by
     /// default the revision read just before writing.
     pub expect_revision: Option<i64>,
+    /// A progressive rollout (signed into the bundle).
+    pub rollout: Option<super::rollout::Plan>,
 }
 
 /// Why a publish did not happen, for the exit code.
@@ -59,6 +61,10 @@ pub fn publish(a: &PublishArgs) -> std::result::Result<String, PublishError> {
     let other = |e: anyhow::Error| PublishError::Other(e);
     check_name("cluster", &a.cluster).map_err(other)?;
     // Checked before etcd is asked anything.
+    if let Some(plan) = &a.rollout {
+        plan.validate()
+            .map_err(|e| PublishError::Invalid(e.into()))?;
+    }
     bundle::build(&a.file, &a.cluster, a.version.clone(), 0).map_err(PublishError::Invalid)?;
     let key = bundle::load_signing_key(&a.key).map_err(PublishError::Invalid)?;
     let client = Client::new(&a.etcd, Duration::from_secs(5)).map_err(|e| other(e.into()))?;
@@ -72,14 +78,16 @@ pub fn publish(a: &PublishArgs) -> std::result::Result<String, PublishError> {
     // counts only from a bundle this key signed for this cluster: anyone
     // who can write to etcd could otherwise put a serial of u64::MAX there
     // and make every later publish a refused replay.
+    let current_verified = current
+        .as_ref()
+        .and_then(|kv| bundle::verify(&kv.value, &[key.verifying_key()], &a.cluster).ok());
     let serial = a.serial.unwrap_or_else(|| {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        current
+        current_verified
             .as_ref()
-            .and_then(|kv| bundle::verify(&kv.value, &[key.verifying_key()], &a.cluster).ok())
             .map_or(0, |v| v.payload.serial)
             .saturating_add(1)
             .max(now_ms)
@@ -89,8 +97,18 @@ pub fn publish(a: &PublishArgs) -> std::result::Result<String, PublishError> {
             "serial {serial} leaves no room for a next bundle"
         )));
     }
-    let payload = bundle::build(&a.file, &a.cluster, a.version.clone(), serial)
+    let mut payload = bundle::build(&a.file, &a.cluster, a.version.clone(), serial)
         .map_err(PublishError::Invalid)?;
+    // The bundle a rollout replaces, named in it for the operator (each
+    // host goes back to what it ran itself).
+    payload.rollout = a.rollout.clone().map(|mut plan| {
+        plan.previous = current_verified.as_ref().map(|v| super::rollout::Previous {
+            serial: v.payload.serial,
+            digest: v.digest.clone(),
+            version: v.payload.version.clone(),
+        });
+        plan
+    });
     let sealed = bundle::seal(&payload, &key);
     if sealed.len() > bundle::MAX_ENVELOPE {
         return Err(PublishError::Invalid(BundleError::TooLarge {
@@ -103,7 +121,7 @@ pub fn publish(a: &PublishArgs) -> std::result::Result<String, PublishError> {
         .map_err(|e| other(e.into()))?
     {
         Cas::Written(h) => Ok(format!(
-            "published version {} (serial {}) to cluster {} at revision {} ({} files, {} bytes, signed by {})\n",
+            "published version {} (serial {}) to cluster {} at revision {} ({} files, {} bytes, signed by {}){}\n",
             payload.version,
             payload.serial,
             a.cluster,
@@ -111,6 +129,11 @@ pub fn publish(a: &PublishArgs) -> std::result::Result<String, PublishError> {
             payload.files.len(),
             sealed.len(),
             bundle::fingerprint(&key.verifying_key()),
+            payload
+                .rollout
+                .as_ref()
+                .map(|p| format!("; rollout {}", p.describe()))
+                .unwrap_or_default(),
         )),
         Cas::Conflict(now) => Err(PublishError::Conflict {
             cluster: a.cluster.clone(),
@@ -142,6 +165,10 @@ pub struct HostRow {
     pub revision: i64,
     pub in_sync: bool,
     pub last_error: String,
+    /// The host's rollout entry: its state and gate for that serial.
+    pub rollout: Option<(u64, String, String)>,
+    /// Its wave in the current bundle's rollout.
+    pub wave: Option<usize>,
 }
 
 /// Hosts from `members/` and their live status from `hosts/`: a member
@@ -173,6 +200,8 @@ pub fn rows(
                     revision: 0,
                     in_sync: false,
                     last_error: "no status: the host went silent (its lease expired)".into(),
+                    rollout: None,
+                    wave: None,
                 },
                 Some(s) => {
                     let revision = s["revision"].as_i64().unwrap_or(0);
@@ -184,6 +213,15 @@ pub fn rows(
                         in_sync: s["in_sync"].as_bool().unwrap_or(false)
                             && revision == bundle_revision,
                         last_error: s["last_error"].as_str().unwrap_or("-").into(),
+                        rollout: s["rollout"]["serial"].as_u64().map(|serial| {
+                            let r = &s["rollout"];
+                            (
+                                serial,
+                                r["state"].as_str().unwrap_or("?").to_string(),
+                                r["gate"].as_str().unwrap_or("").to_string(),
+                            )
+                        }),
+                        wave: None,
                     }
                 }
             }
@@ -209,38 +247,111 @@ pub fn fleet_status(etcd: &[String], cluster: &str) -> Result<(i32, String)> {
             .collect())
     };
     let (members, hosts) = (list("members")?, list("hosts")?);
+    // Shown as etcd holds it: not verified here (the hosts do that).
+    let payload = bundle.as_ref().and_then(|kv| {
+        serde_json::from_slice::<serde_json::Value>(&kv.value)
+            .ok()
+            .and_then(|e| serde_json::from_str::<serde_json::Value>(e["payload"].as_str()?).ok())
+    });
     let (rev, version) = match &bundle {
         None => (0, "none".to_string()),
         Some(kv) => {
-            let v = serde_json::from_slice::<serde_json::Value>(&kv.value)
-                .ok()
-                .and_then(|e| {
-                    serde_json::from_str::<serde_json::Value>(e["payload"].as_str()?).ok()
-                })
+            let v = payload
+                .as_ref()
                 .and_then(|p| p["version"].as_str().map(str::to_string))
                 .unwrap_or_else(|| "?".into());
             (kv.mod_revision, v)
         }
     };
-    let rows = rows(&members, &hosts, rev);
+    let mut rows = rows(&members, &hosts, rev);
     let mut out = format!("cluster {cluster} bundle {version} revision {rev}\n");
+    let plan = payload.as_ref().and_then(|p| {
+        let plan: super::rollout::Plan = serde_json::from_value(p["rollout"].clone()).ok()?;
+        Some((p["serial"].as_u64()?, plan))
+    });
+    if let Some((serial, plan)) = &plan {
+        let stopped = client
+            .get(super::rollout_key(cluster, *serial).as_bytes())?
+            .1
+            .and_then(|kv| serde_json::from_slice::<serde_json::Value>(&kv.value).ok());
+        out.push_str(&rollout_line(*serial, plan, stopped.as_ref(), &rows));
+        if let Ok(waves) = plan.validate() {
+            let names: Vec<String> = rows.iter().map(|r| r.host.clone()).collect();
+            for (host, wave) in super::rollout::assign(&names, *serial, &waves) {
+                if let Some(r) = rows.iter_mut().find(|r| r.host == host) {
+                    r.wave = Some(wave);
+                }
+            }
+        }
+    }
     out.push_str(&format!(
-        "{:<24} {:<7} {:<24} {:>9} {:<7} {}\n",
-        "HOST", "STATE", "VERSION", "REVISION", "IN_SYNC", "LAST_ERROR"
+        "{:<24} {:<7} {:<24} {:>9} {:<7} {:<4} {:<12} {}\n",
+        "HOST", "STATE", "VERSION", "REVISION", "IN_SYNC", "WAVE", "ROLLOUT", "LAST_ERROR"
     ));
+    let serial = plan.as_ref().map(|p| p.0);
     for r in &rows {
+        let (state, gate) = match (&r.rollout, serial) {
+            (Some((s, state, gate)), Some(want)) if *s == want => (state.as_str(), gate.as_str()),
+            _ => ("-", ""),
+        };
+        let mut last = r.last_error.clone();
+        if !gate.is_empty() {
+            last = if last == "-" {
+                format!("gate {gate}")
+            } else {
+                format!("gate {gate}; {last}")
+            };
+        }
         out.push_str(&format!(
-            "{:<24} {:<7} {:<24} {:>9} {:<7} {}\n",
+            "{:<24} {:<7} {:<24} {:>9} {:<7} {:<4} {:<12} {}\n",
             r.host,
             if r.live { "live" } else { "SILENT" },
             r.version,
             r.revision,
             if r.in_sync { "yes" } else { "no" },
-            r.last_error
+            r.wave.map_or("-".into(), |w| w.to_string()),
+            state,
+            last
         ));
     }
     let ok = !rows.is_empty() && rows.iter().all(|r| r.live && r.in_sync);
     Ok((if ok { 0 } else { 1 }, out))
+}
+
+/// The rollout's summary line of `fleet status`.
+pub fn rollout_line(
+    serial: u64,
+    plan: &super::rollout::Plan,
+    stopped: Option<&serde_json::Value>,
+    rows: &[HostRow],
+) -> String {
+    fn of_this(r: &HostRow, serial: u64) -> Option<&(u64, String, String)> {
+        r.rollout.as_ref().filter(|x| x.0 == serial)
+    }
+    let state = if let Some(s) = stopped {
+        format!(
+            "STOPPED by {}: {}",
+            s["by"].as_str().unwrap_or("?"),
+            s["stopped"].as_str().unwrap_or("?")
+        )
+    } else if !rows.is_empty()
+        && rows
+            .iter()
+            .all(|r| of_this(r, serial).is_some_and(|x| x.1 == "passed" || x.1 == "complete"))
+    {
+        "complete".into()
+    } else {
+        "in progress".into()
+    };
+    let previous = plan
+        .previous
+        .as_ref()
+        .map(|p| format!(" (replaces {} serial {})", p.version, p.serial))
+        .unwrap_or_default();
+    format!(
+        "rollout serial {serial} {}{previous}: {state}\n",
+        plan.describe()
+    )
 }
 
 /// `--etcd a,b` as given once or repeated.
@@ -285,6 +396,42 @@ mod tests {
         assert!(r[0].live && r[0].in_sync && r[0].version == "v2");
         assert!(!r[1].live && r[1].last_error.contains("silent"));
         assert!(r[2].live && !r[2].in_sync, "behind the current bundle");
+    }
+
+    #[test]
+    fn the_rollout_line_says_stopped_complete_or_in_progress() {
+        let s = |v: &str| v.as_bytes().to_vec();
+        let members = vec![("a".to_string(), s("{}")), ("b".to_string(), s("{}"))];
+        let status = |state: &str| {
+            s(&format!(
+                r#"{{"version":"v2","revision":9,"in_sync":true,"rollout":{{"serial":7,"state":"{state}","gate":"passed: ok"}}}}"#
+            ))
+        };
+        let plan = crate::fleet::rollout::Plan::new("1,100%");
+        let hosts = vec![
+            ("a".to_string(), status("passed")),
+            ("b".to_string(), status("baking")),
+        ];
+        let r = rows(&members, &hosts, 9);
+        assert_eq!(
+            r[0].rollout,
+            Some((7, "passed".into(), "passed: ok".into()))
+        );
+        assert!(rollout_line(7, &plan, None, &r).ends_with(": in progress\n"));
+        let hosts = vec![
+            ("a".to_string(), status("passed")),
+            ("b".to_string(), status("complete")),
+        ];
+        let r = rows(&members, &hosts, 9);
+        assert!(rollout_line(7, &plan, None, &r).ends_with(": complete\n"));
+        // Entries of an older rollout do not count for this one.
+        assert!(rollout_line(8, &plan, None, &r).ends_with(": in progress\n"));
+        let stop = serde_json::json!({"stopped": "a: gate failed: error ratio 1.000", "by": "a"});
+        let line = rollout_line(7, &plan, Some(&stop), &r);
+        assert!(
+            line.contains("STOPPED by a: a: gate failed: error ratio"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!   so a host that dies disappears from it;
 //! - `members/<host>`: written once by each daemon, without a lease, so
 //!   `ferrogate ctl fleet status` can name the hosts that went silent.
+//! - `rollout/<serial>`: written once (create-only) by the first host
+//!   that sees a gate of that bundle's rollout fail (`progress.rs`).
 //!
 //! A daemon in fleet mode (`ferrogate control --etcd …`) reads the bundle,
 //! verifies it against the trusted keys of its bootstrap file, unpacks it
@@ -20,6 +22,8 @@
 pub mod bundle;
 pub mod cli;
 pub mod etcd;
+mod progress;
+pub mod rollout;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +46,12 @@ pub fn host_key(cluster: &str, host: &str) -> String {
 
 pub fn member_key(cluster: &str, host: &str) -> String {
     format!("/ferrogate/{cluster}/members/{host}")
+}
+
+/// Written once (create-only) by the first host that sees a rollout's
+/// gate fail: `{"stopped": reason, "by": host, …}`.
+pub fn rollout_key(cluster: &str, serial: u64) -> String {
+    format!("/ferrogate/{cluster}/rollout/{serial}")
 }
 
 /// Cluster and host names become key components: no `/`, nothing odd.
@@ -72,6 +82,9 @@ const MAX_REASON: usize = 256;
 const KEEP_UNPACKED: usize = 4;
 /// The record of the last applied bundle, under the fleet dir.
 const APPLIED: &str = "applied";
+/// The record of the bundle a rollout replaced: what a failed gate goes
+/// back to (kept across a restart of the daemon).
+const PRIOR: &str = "prior";
 
 /// `ferrogate control --etcd … --cluster … --bootstrap …`.
 #[derive(Debug, Clone)]
@@ -181,6 +194,9 @@ pub enum Outcome {
     Refused,
     /// Not settled: to be tried again.
     Transient,
+    /// Verified and unpacked, with a rollout plan: applied when this
+    /// host's wave comes (`progress.rs`).
+    Held,
 }
 
 /// `s` cut to at most `max` bytes (on a character boundary), marked.
@@ -209,6 +225,11 @@ pub trait FleetEngine: Send + Sync {
     /// The configuration file the engine's snapshot names (it persists it
     /// and restarts from it): pruning keeps its directory.
     fn engine_source(&self) -> Option<PathBuf>;
+    /// The engine's `/stats.json` (route counters for the health summary);
+    /// None when it cannot be read now.
+    fn engine_stats(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// What the daemon shows about the fleet.
@@ -224,6 +245,9 @@ pub struct FleetState {
     /// under another revision).
     pub applied_digest: Option<String>,
     pub applied_toml: Option<PathBuf>,
+    /// The applied bundle came without a plan or passed its gate here:
+    /// only such a bundle becomes a rollout's rollback target.
+    pub applied_vetted: bool,
     /// The newest bundle revision seen (applied or not).
     pub latest_revision: i64,
     /// The newest revision settled (applied or refused); a revision that
@@ -240,6 +264,39 @@ pub struct FleetState {
     /// Watches that fell behind a compaction (each a full reload).
     pub compactions: u64,
     pub status_error: Option<String>,
+    /// The rollout this host takes part in (None: the bundle had no plan).
+    pub rollout: Option<progress::RolloutStatus>,
+    /// The engine's recent health (responses, 5xx, p99).
+    pub health: Option<rollout::Health>,
+}
+
+/// What `applied` and `prior` hold.
+#[derive(Debug, Clone)]
+struct Record {
+    revision: i64,
+    version: Option<String>,
+    serial: u64,
+    digest: Option<String>,
+    toml: Option<PathBuf>,
+    /// `vetted no`: a rollout's bundle not (yet) passed here. Records
+    /// from before the line: vetted.
+    vetted: bool,
+}
+
+fn read_record(path: &Path) -> Option<Record> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ').map(str::to_string))
+    };
+    Some(Record {
+        revision: get("revision").and_then(|r| r.parse().ok()).unwrap_or(0),
+        version: get("version"),
+        serial: get("serial").and_then(|r| r.parse().ok()).unwrap_or(0),
+        digest: get("digest"),
+        toml: get("config").map(PathBuf::from),
+        vetted: get("vetted").is_none_or(|v| v != "no"),
+    })
 }
 
 pub struct Fleet {
@@ -247,6 +304,17 @@ pub struct Fleet {
     client: Client,
     dir: PathBuf,
     state: Mutex<FleetState>,
+    /// The held bundle of a rollout (immutable; its progress is in
+    /// `FleetState::rollout`).
+    held: Mutex<Option<Arc<progress::Held>>>,
+    /// Serializes pushes of bundles: the follower's, the rollout's, a
+    /// rollback.
+    apply: Mutex<()>,
+    /// Recent samples of the engine's counters (health windows).
+    samples: Mutex<std::collections::VecDeque<(Instant, rollout::Sample)>>,
+    /// Engine restarts seen in the samples: a bake that spans one starts
+    /// again.
+    restarts: std::sync::atomic::AtomicU64,
 }
 
 impl Fleet {
@@ -255,22 +323,23 @@ impl Fleet {
         let client = Client::new(&boot.etcd, WATCH_IDLE)?;
         let dir = state_dir.join("fleet");
         let mut st = FleetState::default();
-        if let Ok(text) = std::fs::read_to_string(dir.join(APPLIED)) {
-            let get = |k: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ').map(str::to_string))
-            };
-            st.applied_revision = get("revision").and_then(|r| r.parse().ok()).unwrap_or(0);
-            st.applied_version = get("version");
-            st.applied_serial = get("serial").and_then(|r| r.parse().ok()).unwrap_or(0);
-            st.applied_digest = get("digest");
-            st.applied_toml = get("config").map(PathBuf::from);
+        if let Some(r) = read_record(&dir.join(APPLIED)) {
+            st.applied_revision = r.revision;
+            st.applied_version = r.version;
+            st.applied_serial = r.serial;
+            st.applied_digest = r.digest;
+            st.applied_toml = r.toml;
+            st.applied_vetted = r.vetted;
         }
         Ok(Fleet {
             boot,
             client,
             dir,
             state: Mutex::new(st),
+            held: Mutex::new(None),
+            apply: Mutex::new(()),
+            samples: Mutex::default(),
+            restarts: Default::default(),
         })
     }
 
@@ -306,15 +375,39 @@ impl Fleet {
         st.etcd_error = Some(e.to_string());
     }
 
-    fn record_applied(&self, revision: i64, version: &str, serial: u64, digest: &str, toml: &Path) {
+    #[allow(clippy::too_many_arguments)]
+    fn record_applied(
+        &self,
+        revision: i64,
+        version: &str,
+        serial: u64,
+        digest: &str,
+        toml: &Path,
+        vetted: bool,
+    ) {
+        self.write_record(APPLIED, revision, version, serial, digest, toml, vetted);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_record(
+        &self,
+        name: &str,
+        revision: i64,
+        version: &str,
+        serial: u64,
+        digest: &str,
+        toml: &Path,
+        vetted: bool,
+    ) {
         let text = format!(
-            "revision {revision}\nversion {version}\nserial {serial}\ndigest {digest}\nconfig {}\n",
-            toml.display()
+            "revision {revision}\nversion {version}\nserial {serial}\ndigest {digest}\nconfig {}\nvetted {}\n",
+            toml.display(),
+            if vetted { "yes" } else { "no" }
         );
-        let tmp = self.dir.join(format!(".{APPLIED}.tmp"));
+        let tmp = self.dir.join(format!(".{name}.tmp"));
         let r = std::fs::write(&tmp, text)
             .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, self.dir.join(APPLIED)));
+            .and_then(|()| std::fs::rename(&tmp, self.dir.join(name)));
         if let Err(e) = r {
             tracing::warn!(error = %e, dir = %self.dir.display(), "cannot record the applied bundle revision");
         }
@@ -340,8 +433,10 @@ impl Fleet {
         Outcome::Transient
     }
 
-    /// A bundle seen at `kv.mod_revision`: verified, unpacked, applied.
+    /// A bundle seen at `kv.mod_revision`: verified, unpacked, applied
+    /// (or held for its rollout wave).
     pub fn consider(&self, eng: &dyn FleetEngine, kv: &KeyValue) -> Outcome {
+        let _one = self.apply.lock().unwrap_or_else(|e| e.into_inner());
         let rev = kv.mod_revision;
         {
             let mut st = self.lock();
@@ -386,14 +481,24 @@ impl Fleet {
                 // under another revision is then known as this bundle).
                 if rev != applied || applied_digest.is_none() {
                     tracing::info!(revision = rev, was = applied, %version, "the running bundle under a new revision; nothing to push");
-                    self.record_applied(rev, &version, serial, &v.digest, &toml);
+                    let vetted = self.lock().applied_vetted;
+                    self.record_applied(rev, &version, serial, &v.digest, &toml, vetted);
                 }
-                let mut st = self.lock();
-                st.applied_revision = rev;
-                st.applied_digest = Some(v.digest.clone());
-                st.applied_version = Some(version);
-                st.settled_revision = st.settled_revision.max(rev);
-                st.last_transient = None;
+                {
+                    let mut st = self.lock();
+                    st.applied_revision = rev;
+                    st.applied_digest = Some(v.digest.clone());
+                    st.applied_version = Some(version);
+                    st.settled_revision = st.settled_revision.max(rev);
+                    st.last_transient = None;
+                }
+                // A daemon restarted amid a rollout of what it runs: it
+                // bakes again and keeps watching for a failed gate.
+                if let Some(plan) = v.payload.rollout.clone() {
+                    self.hold(eng, rev, &v, toml, plan, true);
+                } else {
+                    self.drop_rollout();
+                }
                 return Outcome::AlreadyApplied;
             }
             // The engine lost it: pushed again below.
@@ -418,7 +523,27 @@ impl Fleet {
                 );
             }
         };
-        match eng.apply_bundle(&toml, &v.payload.config) {
+        if let Some(plan) = v.payload.rollout.clone() {
+            return self.hold(eng, rev, &v, toml, plan, false);
+        }
+        let out = self.push_bundle(eng, rev, &v, &toml);
+        if out == Outcome::Applied {
+            self.drop_rollout();
+        }
+        out
+    }
+
+    /// Pushes a verified, unpacked bundle to the engine and records it.
+    fn push_bundle(
+        &self,
+        eng: &dyn FleetEngine,
+        rev: i64,
+        v: &bundle::Verified,
+        toml: &Path,
+    ) -> Outcome {
+        let version = v.payload.version.clone();
+        let serial = v.payload.serial;
+        match eng.apply_bundle(toml, &v.payload.config) {
             Ok(()) => {}
             Err(ApplyError::Refused(e)) => {
                 return self.refuse(rev, &format!("version {version}: {e}"));
@@ -428,14 +553,17 @@ impl Fleet {
             }
         }
         tracing::info!(revision = rev, %version, signer = %v.signer, config = %toml.display(), "fleet bundle applied");
-        self.record_applied(rev, &version, serial, &v.digest, &toml);
+        // A rollout's bundle is vetted once it passed its gate here.
+        let vetted = v.payload.rollout.is_none();
+        self.record_applied(rev, &version, serial, &v.digest, toml, vetted);
         {
             let mut st = self.lock();
             st.applied_revision = rev;
             st.applied_version = Some(version);
             st.applied_serial = serial;
             st.applied_digest = Some(v.digest.clone());
-            st.applied_toml = Some(toml.clone());
+            st.applied_toml = Some(toml.to_path_buf());
+            st.applied_vetted = vetted;
             st.settled_revision = st.settled_revision.max(rev);
             st.last_transient = None;
             st.bundles_applied += 1;
@@ -443,8 +571,11 @@ impl Fleet {
         // The engine persists the snapshot it runs and restarts from it: its
         // files stay even when it does not run the newest bundle.
         let engine = eng.engine_source();
-        let keep: Vec<&Path> = std::iter::once(toml.as_path())
+        // The prior bundle stays too: a failed gate goes back to it.
+        let prior = read_record(&self.dir.join(PRIOR)).and_then(|r| r.toml);
+        let keep: Vec<&Path> = std::iter::once(toml)
             .chain(engine.as_deref())
+            .chain(prior.as_deref())
             .collect();
         bundle::prune(&self.dir, KEEP_UNPACKED, &keep);
         Outcome::Applied
@@ -622,6 +753,8 @@ impl Fleet {
             "bundles_refused": st.bundles_refused,
             "transient_failures": st.transient_failures,
             "last_error": last_error,
+            "health": st.health,
+            "rollout": st.rollout,
         })
     }
 
@@ -738,6 +871,10 @@ pub fn start(
     std::thread::Builder::new()
         .name("fg-fleet-watch".into())
         .spawn(move || f.follow(&*e, &s))?;
+    let (f, e, s) = (fleet.clone(), eng.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("fg-fleet-rollout".into())
+        .spawn(move || f.drive(&*e, &s))?;
     let (done, ended) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("fg-fleet-status".into())
@@ -756,12 +893,16 @@ mod tests {
     /// Records what it was asked to apply; refuses TOML containing
     /// "refuse"; fails for now while `away` is set.
     #[derive(Default)]
-    struct FakeEngine {
-        applied: Mutex<Vec<PathBuf>>,
-        running: Mutex<Option<(PathBuf, String)>>,
-        away: AtomicBool,
+    pub(super) struct FakeEngine {
+        pub applied: Mutex<Vec<PathBuf>>,
+        pub running: Mutex<Option<(PathBuf, String)>>,
+        pub away: AtomicBool,
         /// What its persisted snapshot names (None: what it runs).
-        persisted: Mutex<Option<PathBuf>>,
+        pub persisted: Mutex<Option<PathBuf>>,
+        /// Its `/stats.json` (None: cannot be read now).
+        pub stats: Mutex<Option<serde_json::Value>>,
+        /// How often `/stats.json` was asked for.
+        pub stats_calls: std::sync::atomic::AtomicUsize,
     }
 
     impl FleetEngine for FakeEngine {
@@ -793,9 +934,14 @@ mod tests {
             let p = self.persisted.lock().unwrap().clone();
             p.or_else(|| self.running.lock().unwrap().as_ref().map(|r| r.0.clone()))
         }
+
+        fn engine_stats(&self) -> Option<serde_json::Value> {
+            self.stats_calls.fetch_add(1, Ordering::Relaxed);
+            self.stats.lock().unwrap().clone()
+        }
     }
 
-    fn fleet(dir: &Path, key: &SigningKey) -> Fleet {
+    pub(super) fn fleet(dir: &Path, key: &SigningKey) -> Fleet {
         let boot = Bootstrap {
             cluster: "eu".into(),
             etcd: vec!["http://127.0.0.1:1".into()],
@@ -806,7 +952,7 @@ mod tests {
         Fleet::new(boot, dir).unwrap()
     }
 
-    fn kv(rev: i64, value: Vec<u8>) -> KeyValue {
+    pub(super) fn kv(rev: i64, value: Vec<u8>) -> KeyValue {
         KeyValue {
             key: bundle_key("eu").into_bytes(),
             value,
@@ -822,6 +968,15 @@ mod tests {
     static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
     fn sealed_n(key: &SigningKey, config: &str, serial: u64) -> Vec<u8> {
+        sealed_plan(key, config, serial, None)
+    }
+
+    pub(super) fn sealed_plan(
+        key: &SigningKey,
+        config: &str,
+        serial: u64,
+        rollout: Option<rollout::Plan>,
+    ) -> Vec<u8> {
         bundle::seal(
             &bundle::Payload {
                 format: bundle::FORMAT.into(),
@@ -832,6 +987,7 @@ mod tests {
                 config_name: "edge.toml".into(),
                 config: config.into(),
                 files: Default::default(),
+                rollout,
             },
             key,
         )
@@ -910,7 +1066,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    fn temp(name: &str) -> PathBuf {
+    pub(super) fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("fg-fleet-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
