@@ -460,6 +460,12 @@ impl PluginInstance {
         )
     }
 
+    /// Whether the module exports `proxy_on_request_body`: the proxy then
+    /// streams the request body through it.
+    pub fn has_request_body_phase(&self) -> bool {
+        self.cb.request_body.is_some()
+    }
+
     /// Whether the module exports `proxy_on_response_body`: the proxy then
     /// streams the response body through it (and re-frames it, since the
     /// plugin may change its length).

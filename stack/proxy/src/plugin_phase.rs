@@ -31,8 +31,9 @@
 //! Ticks (`proxy_set_tick_period_milliseconds`) run from the worker's poll,
 //! on its clock, per instance.
 //!
-//! Response bodies go through `proxy_on_response_body` (`body`). Left out
-//! for now (the plugin crate has the calls): request bodies and trailers.
+//! Request and response bodies go through `proxy_on_request_body` and
+//! `proxy_on_response_body` (`body`). Left out for now (the plugin crate
+//! has the calls): trailers.
 
 mod body;
 
@@ -50,7 +51,7 @@ use crate::route::{DirectResponse, Route, RouteAction, RouteTable};
 use crate::stats::StackStats;
 
 pub use body::MAX_HELD;
-pub(crate) use body::{ResponseBody, wants_response_body};
+pub(crate) use body::{ResponseBody, wants_request_body, wants_response_body};
 
 /// A plugin on a listener or a route.
 #[derive(Debug, Clone)]
@@ -263,6 +264,9 @@ pub struct PluginEdits {
     request_now: Option<HeaderList>,
     /// Edits to proxy-owned fields the earlier phase already counted.
     request_ignored: u64,
+    /// A request phase removed the client's `content-length`: the request
+    /// body is re-framed (chunked) to the upstream.
+    request_unframed: bool,
     /// A response phase removed the origin's `content-length` (proxy-wasm's
     /// way of saying a body plugin will change the length): the body is
     /// re-framed; otherwise the length stands and the plugins must keep it.
@@ -287,6 +291,11 @@ impl PluginEdits {
         self.response_strip.clear();
         self.response_add.clear();
         self.response_unframed = false;
+    }
+
+    /// Whether a request phase removed the client's `content-length`.
+    pub fn request_unframed(&self) -> bool {
+        self.request_unframed
     }
 
     /// Whether a response phase removed the origin's `content-length`.
@@ -488,6 +497,7 @@ pub(crate) fn request_phase(
         // A new request: nothing carries over from the last one's head.
         edits.request_now = None;
         edits.request_ignored = 0;
+        edits.request_unframed = false;
     }
     if plugins.is_empty() {
         return ViewerVerdict::Continue;
@@ -571,6 +581,9 @@ pub(crate) fn request_phase(
     // The edits say what every phase so far changed from the client's head.
     let mut strip = Vec::new();
     let mut add = Vec::new();
+    // Every phase so far, as `headers` carries their edits on.
+    edits.request_unframed =
+        before.get(b"content-length").is_some() && headers.get(b"content-length").is_none();
     match diff(&before, &headers, owned, &mut strip, &mut add) {
         Ok(ignored) => {
             // Counted once per request, not again at the origin phase.

@@ -258,6 +258,8 @@ pub(crate) struct Conn<P: ProxyHttp> {
     cache_writer: Option<crate::cache::Filler>,
     /// The response body in flight goes through plugins' body phase.
     plugin_body: Option<Box<plugin_body::PluginBody>>,
+    /// The request body in flight goes through plugins' body phase.
+    request_plugin_body: Option<Box<plugin_body::PluginBody>>,
     /// A request head came on this connection: while draining, such a
     /// connection closes once idle (a new one may still send its first).
     had_request: bool,
@@ -806,6 +808,7 @@ impl<P: ProxyHttp> Conn<P> {
             cache_status: None,
             cache_writer: None,
             plugin_body: None,
+            request_plugin_body: None,
             had_request: false,
             idle_since: now,
             drain_deadline: false,
@@ -1201,6 +1204,18 @@ impl<P: ProxyHttp> Conn<P> {
                     .is_some_and(crate::cache::Lookup::strips_client_validators);
                 self.upgrade = head::wants_upgrade(&req);
                 let has_host = req.headers.contains("host");
+                // A plugin with a request body phase sees the body on its
+                // way up. The client's length stands unless a request
+                // phase removed it (the body will change): then the body
+                // goes up chunked.
+                let body_plugins = info.framing != BodyFraming::None
+                    && !self.upgrade
+                    && crate::plugin_phase::wants_request_body(cx.plugins, &self.rewrite.plugin);
+                let kept_length = match info.framing {
+                    BodyFraming::Length(n) if !self.rewrite.plugin.request_unframed() => Some(n),
+                    _ => None,
+                };
+                let reframe = body_plugins && kept_length.is_none();
                 self.bufs.request_head.clear();
                 let pctx = &mut self.pctx;
                 let rw = &self.rewrite;
@@ -1215,6 +1230,9 @@ impl<P: ProxyHttp> Conn<P> {
                         phases.strip_request_header(&info_req, name)
                             || rw.strips_request(name)
                             || (caching && crate::cache::is_client_validator(name))
+                            || (reframe
+                                && (name.eq_ignore_ascii_case("content-length")
+                                    || name.eq_ignore_ascii_case("transfer-encoding")))
                     },
                     |lines| {
                         phases.upstream_request_filter(&info_req, pctx, lines);
@@ -1222,7 +1240,8 @@ impl<P: ProxyHttp> Conn<P> {
                     },
                     &mut cx.stats.header_lines_refused,
                     &mut self.bufs.request_head,
-                ) {
+                ) || (reframe && !head::frame_head_chunked(&mut self.bufs.request_head))
+                {
                     self.bufs.from_client.consume(info.head_len);
                     // Lines the plugins added that do not fit are theirs
                     // to answer for, not the client's.
@@ -1245,6 +1264,8 @@ impl<P: ProxyHttp> Conn<P> {
                 self.request = Some(info);
                 self.body_end_seen = false;
                 self.body_abandoned = false;
+                self.request_plugin_body = body_plugins
+                    .then(|| plugin_body::PluginBody::for_request(reframe, kept_length));
                 match lookup {
                     Some(l) => self.after_lookup(cx, l, upstream, hash_key),
                     None => self.start_upstream(cx, upstream, hash_key),
@@ -1437,6 +1458,9 @@ impl<P: ProxyHttp> Conn<P> {
             if *head_sent < head.len() {
                 return moved;
             }
+        }
+        if self.request_plugin_body.is_some() {
+            return self.request_body_through_plugins(cx) || moved;
         }
         // Stream the request body from the client, bounded by its framing.
         let space = upc.io.send_space(up);
@@ -1923,6 +1947,7 @@ impl<P: ProxyHttp> Conn<P> {
     fn next_request(&mut self, cx: &mut Ctx<'_, P>) {
         self.pctx = P::Ctx::default();
         self.plugin_body = None;
+        self.request_plugin_body = None;
         self.clear_cache();
         self.phase = Phase::ReadHead;
         self.idle_since = cx.now;
@@ -2021,6 +2046,7 @@ impl<P: ProxyHttp> Conn<P> {
         // A body being stored is aborted: its readers see it end short.
         self.clear_cache();
         self.plugin_body = None;
+        self.request_plugin_body = None;
         self.end_plugins(cx);
         if reset {
             cx.net.stream(self.client).abort();

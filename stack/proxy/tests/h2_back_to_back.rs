@@ -4,9 +4,12 @@
 //! exact bytes upstream, retries, and framings the real origins never send.
 
 mod common;
+#[path = "common/wasm.rs"]
+mod wasm;
 
 use common::*;
 use ferrogate_proxy::h2::{ErrorCode, FrameHeader, FrameType, PREFACE, SettingId, emit, flags};
+use wasm::*;
 
 /// The harness's routes with HTTP/2 on the listener.
 fn h2_routes() -> Arc<RouteTable> {
@@ -928,4 +931,34 @@ fn body_plugin_leaves_a_cached_204_without_a_body() {
     let r = lab.exchange(c, &get("/cached/a"));
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(lab.edge.stats().plugin_failures, 0);
+}
+
+/// The request body phase on HTTP/2: the client's DATA through the plugin,
+/// up to the origin chunked (the plugin removed the length).
+#[test]
+fn h2c_request_body_plugin_output_goes_up_chunked() {
+    use ferrogate_proxy::plugin_phase::AttachedPlugin;
+    let upstream = origin_pool(|_| {});
+    let listener = Listener::new(
+        80,
+        vec![Route::new("origin", RouteAction::Proxy(upstream.clone()))],
+    )
+    .with_http2(true)
+    .with_plugins(vec![AttachedPlugin {
+        plugin: request_body_wrapper("req-wrap", true),
+        fail_open: false,
+    }]);
+    let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let mut h2 = H2Client::connect(&mut lab);
+    h2.headers(&mut lab, 1, "POST", "/upload", false);
+    h2.data(&mut lab, 1, b"hel", false);
+    h2.pump(&mut lab, 5);
+    h2.data(&mut lab, 1, b"lo", true);
+    let r = h2.response(&mut lab, 1);
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(r.body, b"got 7: [hello]", "{r:?}");
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_failures, 0, "{s:?}");
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
 }

@@ -5,11 +5,14 @@
 //! at the origin phases in the documented order around the listener's.
 
 mod common;
+#[path = "common/wasm.rs"]
+mod wasm;
 
 use common::*;
 use ferrogate_proxy::plugin_phase::AttachedPlugin;
 use ferrogate_proxy::plugins::{Plugin, PluginConfig, PluginLimits, PluginModule};
 use ferrogate_proxy::{Listener, Route, RouteAction, RouteTable, Upstream};
+use wasm::*;
 
 /// Counts contexts created (not the root), deleted, and ticks (every
 /// 100 ms), in three counters.
@@ -637,5 +640,52 @@ fn an_idle_instance_whose_heap_grew_past_half_its_limit_starts_over() {
     assert_eq!(s.plugin_failures, 0, "{s:?}");
     assert!(s.plugin_instances_recycled >= 3, "{s:?}");
     assert_eq!(s.plugin_instances_started, 1 + s.plugin_instances_recycled);
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}
+
+#[test]
+fn a_request_body_plugin_sees_the_body_on_its_way_up() {
+    let wrapper = request_body_wrapper("req-wrap", true);
+    let table = table_with_route_plugins(vec![attach(&wrapper, false)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    // A length it removed: the body goes up chunked, wrapped.
+    let r = lab.exchange(
+        c,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, b"got 7: [hello]", "{r:?}");
+    let up = lab.origin_requests.last().unwrap().to_ascii_lowercase();
+    assert!(up.contains("transfer-encoding: chunked"), "{up}");
+    assert!(!up.contains("content-length"), "{up}");
+    // A chunked body from the client, in two chunks: one call at its end.
+    let r = lab.exchange(
+        c,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.body, b"got 7: [abcde]", "{r:?}");
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_failures, 0, "{s:?}");
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}
+
+#[test]
+fn a_request_body_plugin_that_changes_a_length_it_left_in_place_fails_with_500() {
+    let wrapper = request_body_wrapper("req-wrap", false);
+    let table = table_with_route_plugins(vec![attach(&wrapper, false)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    let r = lab.exchange(
+        c,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(r.status, 500, "{r:?}");
+    assert!(
+        lab.origin_bodies.iter().all(|b| b.len() <= 5),
+        "nothing longer went up"
+    );
+    let s = lab.edge.stats();
+    assert!(s.plugin_failures >= 1, "{s:?}");
     assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
 }

@@ -157,6 +157,8 @@ pub(crate) struct H2Stream<P: ProxyHttp> {
     cache_writer: Option<crate::cache::Filler>,
     /// The response body goes through plugins' body phase.
     plugin_body: Option<Box<PluginBody>>,
+    /// The request body goes through plugins' body phase.
+    request_plugin_body: Option<Box<PluginBody>>,
 }
 
 /// An HTTP/2 request as the HTTP/1-shaped view the phases and the router
@@ -218,6 +220,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             cache_status: None,
             cache_writer: None,
             plugin_body: None,
+            request_plugin_body: None,
         }
     }
 
@@ -368,6 +371,21 @@ impl<P: ProxyHttp> H2Stream<P> {
             Some(n) => ReqBody::Length(n),
             None => ReqBody::Chunked,
         };
+        // A plugin with a request body phase sees the body on its way up;
+        // the client's length stands unless a request phase removed it
+        // (the body will change): then it goes up chunked.
+        let body_plugins = self.body != ReqBody::None
+            && crate::plugin_phase::wants_request_body(cx.plugins, &self.rewrite.plugin);
+        let kept_length = match self.body {
+            ReqBody::Length(n) if !self.rewrite.plugin.request_unframed() => Some(n),
+            _ => None,
+        };
+        let reframe = body_plugins && kept_length.is_none();
+        if reframe {
+            self.body = ReqBody::Chunked;
+        }
+        self.request_plugin_body =
+            body_plugins.then(|| PluginBody::for_request(reframe, kept_length));
         let key = hash_key(&upstream, &info);
         let mut lookup = None;
         if let Some(rc) = &route.cache {
@@ -409,6 +427,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 phases.strip_request_header(&info, name)
                     || rw.strips_request(name)
                     || (caching && crate::cache::is_client_validator(name))
+                    || (reframe && name.eq_ignore_ascii_case("content-length"))
             },
             |lines| {
                 phases.upstream_request_filter(&info, pctx, lines);
@@ -563,6 +582,9 @@ impl<P: ProxyHttp> H2Stream<P> {
             moved |= n > 0;
         }
         let head_done = self.head_sent == self.request_head.len();
+        if head_done && self.request_plugin_body.is_some() {
+            return self.request_body_through_plugins(cx, h2, peer) || moved;
+        }
         let space = if head_done { upc.io.send_space(up) } else { 0 };
         let avail = h2.request_body(self.id);
         let max = cx.cfg.max_request_body;
@@ -637,6 +659,96 @@ impl<P: ProxyHttp> H2Stream<P> {
             // Body octets wait for an upstream that stopped reading, or none
             // come from the client.
             let e = if head_done && h2.request_body(self.id).is_empty() {
+                ProxyError::ClientHeaderTimeout
+            } else {
+                ProxyError::UpstreamTimeout
+            };
+            self.local_error(cx, h2, peer, e);
+            return true;
+        }
+        moved
+    }
+
+    /// The request body through the plugins (see `proxy::plugin_body`),
+    /// once the head went up: the client's DATA, piece by piece, takes the
+    /// plugins' way, and what they pass on goes up framed.
+    fn request_body_through_plugins(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        h2: &mut Connection,
+        peer: &Peer<'_>,
+    ) -> bool {
+        let Some(mut pb) = self.request_plugin_body.take() else {
+            return false;
+        };
+        let mut moved = false;
+        let max = cx.cfg.max_request_body;
+        loop {
+            if pb.pending() {
+                let upc = self.att.conn.as_mut().expect("upstream");
+                let up = &mut cx.net.stream(upc.handle);
+                let n = upc.io.send(up, &pb.out[pb.sent..]);
+                pb.sent += n;
+                moved |= n > 0;
+                if pb.pending() {
+                    break;
+                }
+            }
+            if pb.ended {
+                self.body_done = true;
+                self.await_response(cx);
+                return true;
+            }
+            let avail = h2.request_body(self.id);
+            let take = avail.len().min(SEND_QUANTUM);
+            let done = self.request_ended && take == avail.len();
+            if take == 0 && !done {
+                break;
+            }
+            if max > 0 && self.body_sent + take as u64 > max {
+                self.local_error(cx, h2, peer, ProxyError::BodyTooLarge);
+                return true;
+            }
+            let mut payload = std::mem::take(&mut pb.payload);
+            payload.clear();
+            payload.extend_from_slice(&avail[..take]);
+            h2.consume_body(self.id, take);
+            self.body_sent += take as u64;
+            // Bytes of the body are the plugins' now: no retry can resend
+            // them.
+            self.att.body_started = true;
+            let end = done && !self.body_end_seen;
+            if !payload.is_empty() || end {
+                if let Err(e) = cx.phases.request_body_filter(&payload, end, &mut self.pctx) {
+                    self.local_error(cx, h2, peer, e);
+                    return true;
+                }
+                self.body_end_seen |= end;
+            }
+            let pushed = pb.push(
+                cx.plugins,
+                &self.rewrite.plugin,
+                &payload,
+                done,
+                cx.now,
+                cx.stats,
+                |_| {},
+            );
+            pb.payload = payload;
+            if !pushed {
+                // No response has begun: the client gets the plugin's 500.
+                self.local_error(cx, h2, peer, ProxyError::PluginFailed);
+                return true;
+            }
+            moved = true;
+        }
+        self.request_plugin_body = Some(pb);
+        if moved {
+            self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
+        } else if cx.now >= self.deadline {
+            // Body octets wait for an upstream that stopped reading, or none
+            // come from the client.
+            let e = if h2.request_body(self.id).is_empty() {
                 ProxyError::ClientHeaderTimeout
             } else {
                 ProxyError::UpstreamTimeout
@@ -1316,6 +1428,7 @@ impl<P: ProxyHttp> H2Stream<P> {
     /// connection closed (`reset`: aborted).
     pub(crate) fn finish(&mut self, cx: &mut Ctx<'_, P>, reset: bool) {
         self.plugin_body = None;
+        self.request_plugin_body = None;
         // Given up before a response: against its canary arm.
         if self.canary.is_some() {
             let us = (cx.now - self.started).total_micros();

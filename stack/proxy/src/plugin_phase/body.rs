@@ -25,17 +25,46 @@ pub const MAX_HELD: usize = 1 << 20;
 /// Whether a plugin of this request handles response bodies: its response
 /// is then streamed through [`ResponseBody`].
 pub(crate) fn wants_response_body(workers: &mut WorkerPlugins, edits: &PluginEdits) -> bool {
+    wants(workers, edits, Direction::Response)
+}
+
+/// Whether a plugin of this request handles request bodies (the request
+/// body then goes up through [`ResponseBody`] with [`Direction::Request`]).
+pub(crate) fn wants_request_body(workers: &mut WorkerPlugins, edits: &PluginEdits) -> bool {
+    wants(workers, edits, Direction::Request)
+}
+
+fn wants(workers: &mut WorkerPlugins, edits: &PluginEdits, dir: Direction) -> bool {
     edits.contexts.iter().any(|(plugin, ctx)| {
         workers
             .holder(plugin, *ctx)
-            .is_some_and(|i| i.has_response_body_phase())
+            .is_some_and(|i| dir.has_phase(i))
     })
+}
+
+/// Which body a chain carries: the request's goes through the contexts in
+/// order (the listener's, then the route's), the response's in reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Direction {
+    Request,
+    #[default]
+    Response,
+}
+
+impl Direction {
+    fn has_phase(self, i: &ferrogate_plugins::PluginInstance) -> bool {
+        match self {
+            Direction::Request => i.has_request_body_phase(),
+            Direction::Response => i.has_response_body_phase(),
+        }
+    }
 }
 
 /// The bytes each context holds, in call order (the response's: the last
 /// context first).
 #[derive(Debug, Default)]
 pub(crate) struct ResponseBody {
+    dir: Direction,
     contexts: Vec<Held>,
     /// Scratch for what moves from one context to the next.
     carry: Vec<u8>,
@@ -55,6 +84,14 @@ struct Held {
 }
 
 impl ResponseBody {
+    /// A chain for the request's body (the default is the response's).
+    pub(crate) fn request() -> Self {
+        Self {
+            dir: Direction::Request,
+            ..Self::default()
+        }
+    }
+
     /// Hands `data` (the origin's payload, without framing) through the
     /// contexts; Ok: what comes out at the end (often nothing while a
     /// context holds the body). `eos`: the body ends with `data` (every
@@ -78,7 +115,10 @@ impl ResponseBody {
         let now = guest_now(now);
         for k in 0..n {
             // Response order: the last attached context first.
-            let i = n - 1 - k;
+            let i = match self.dir {
+                Direction::Request => k,
+                Direction::Response => n - 1 - k,
+            };
             let (plugin, ctx) = &edits.contexts[i];
             let fail_open = edits.fail_open[i];
             let held = &mut self.contexts[k];
@@ -87,7 +127,7 @@ impl ResponseBody {
             }
             let inst = workers.holder(plugin, *ctx);
             // Without the callback the bytes pass straight on.
-            if inst.as_ref().is_some_and(|i| !i.has_response_body_phase()) {
+            if inst.as_ref().is_some_and(|i| !self.dir.has_phase(i)) {
                 continue;
             }
             if fail_open {
@@ -101,7 +141,10 @@ impl ResponseBody {
             let mut outcome = match inst {
                 Some(inst) => {
                     inst.set_time(now);
-                    inst.on_response_body(*ctx, &mut held.bytes, eos)
+                    match self.dir {
+                        Direction::Request => inst.on_request_body(*ctx, &mut held.bytes, eos),
+                        Direction::Response => inst.on_response_body(*ctx, &mut held.bytes, eos),
+                    }
                 }
                 None => Outcome::Failed(ferrogate_plugins::Failure {
                     kind: FailureKind::UnknownContext,
@@ -111,7 +154,7 @@ impl ResponseBody {
             if held.bytes.len() > MAX_HELD && !matches!(outcome, Outcome::Failed(_)) {
                 outcome = Outcome::Failed(ferrogate_plugins::Failure {
                     kind: FailureKind::AbiViolation,
-                    reason: format!("held or made more than {MAX_HELD} bytes of the response body"),
+                    reason: format!("held or made more than {MAX_HELD} bytes of a body"),
                 });
             }
             let reason = match outcome {
@@ -123,13 +166,13 @@ impl ResponseBody {
                     return Ok(&[]);
                 }
                 Outcome::LocalResponse(_) => {
-                    Some("a local answer at the response body phase (the head is out)".to_string())
+                    Some("a local answer at a body phase (not supported)".to_string())
                 }
                 Outcome::Failed(f) => Some(f.to_string()),
             };
             if let Some(reason) = reason {
                 stats.plugin_failures += 1;
-                tracing::debug!(plugin = plugin.name(), %reason, "plugin call failed at the response body");
+                tracing::debug!(plugin = plugin.name(), %reason, dir = ?self.dir, "plugin call failed at a body phase");
                 if !fail_open {
                     return Err(ProxyError::PluginFailed);
                 }

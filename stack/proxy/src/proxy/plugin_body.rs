@@ -23,7 +23,7 @@ pub(crate) struct PluginBody {
     pub(crate) out: Vec<u8>,
     pub(crate) sent: usize,
     /// The origin's payload of one step.
-    payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
     /// Chunked to the client (else as the plugins left it: close-delimited
     /// on HTTP/1.0, DATA frames on HTTP/2).
     chunked: bool,
@@ -60,7 +60,19 @@ impl PluginBody {
         })
     }
 
-    /// Bytes wait for the client.
+    /// The request body's way up: the chain in request order; `chunked`:
+    /// re-framed to the upstream; `length`: the client's, kept.
+    pub(crate) fn for_request(chunked: bool, length: Option<u64>) -> Box<Self> {
+        Box::new(Self {
+            chain: ResponseBody::request(),
+            chunked,
+            length_left: length,
+            ..Self::default()
+        })
+    }
+
+    /// Bytes wait for the peer (the client, or the upstream for a
+    /// request body).
     pub(crate) fn pending(&self) -> bool {
         self.sent < self.out.len()
     }
@@ -390,6 +402,102 @@ impl<P: ProxyHttp> Conn<P> {
                 }
                 moved
             }
+        }
+    }
+
+    /// The request body through the plugins, once the head went up: each
+    /// piece the client sends (framing off) takes the plugins' way, and
+    /// what they pass on goes up framed. True on progress or an end.
+    pub(super) fn request_body_through_plugins(&mut self, cx: &mut Ctx<'_, P>) -> bool {
+        let Some(mut pb) = self.request_plugin_body.take() else {
+            return false;
+        };
+        let mut moved = false;
+        let max_body = cx.cfg.max_request_body;
+        loop {
+            if pb.pending() {
+                let upc = self.att.conn.as_mut().expect("upstream");
+                let up = &mut cx.net.stream(upc.handle);
+                let n = upc.io.send(up, &pb.out[pb.sent..]);
+                pb.sent += n;
+                moved |= n > 0;
+                if pb.pending() {
+                    self.request_plugin_body = Some(pb);
+                    return moved;
+                }
+            }
+            if pb.ended {
+                self.phase = Phase::ReadResponseHead;
+                self.deadline = self.att.response_deadline(cx);
+                return true;
+            }
+            let Phase::SendRequest { body, .. } = &mut self.phase else {
+                unreachable!("request body outside a request being sent")
+            };
+            let avail = self.bufs.from_client.filled();
+            let window = &avail[..avail.len().min(STEP)];
+            let mut payload = std::mem::take(&mut pb.payload);
+            payload.clear();
+            let (take, done) = match body {
+                Body::Done => (0, true),
+                Body::Length(n) => {
+                    let t = (*n).min(window.len() as u64) as usize;
+                    *n -= t as u64;
+                    payload.extend_from_slice(&window[..t]);
+                    (t, *n == 0)
+                }
+                Body::Chunked(dec) => {
+                    if max_body > 0 && dec.bytes_seen() > max_body {
+                        return self.fail_to_client(cx, ProxyError::BodyTooLarge);
+                    }
+                    match dec.feed_with(window, |d| payload.extend_from_slice(d)) {
+                        Ok(t) => (t, dec.is_done()),
+                        Err(e) => return self.fail_to_client(cx, ProxyError::BadRequestBody(e)),
+                    }
+                }
+                Body::UntilClose => unreachable!("requests are never close-delimited"),
+            };
+            if take == 0 && !done {
+                pb.payload = payload;
+                if self.fill_from_client(cx) > 0 {
+                    moved = true;
+                    continue;
+                }
+                if !self.client_may_recv(cx) && self.bufs.from_client.is_empty() {
+                    // The client stopped sending mid-body.
+                    cx.stats.client_aborts += 1;
+                    self.finish(cx, true);
+                    return true;
+                }
+                self.request_plugin_body = Some(pb);
+                return moved;
+            }
+            self.bufs.from_client.consume(take);
+            // Bytes of the body are the plugins' now: no retry can resend
+            // them.
+            self.att.body_started = true;
+            let end = done && !self.body_end_seen;
+            if !payload.is_empty() || end {
+                if let Err(e) = cx.phases.request_body_filter(&payload, end, &mut self.pctx) {
+                    return self.fail_to_client(cx, e);
+                }
+                self.body_end_seen |= end;
+            }
+            let pushed = pb.push(
+                cx.plugins,
+                &self.rewrite.plugin,
+                &payload,
+                done,
+                cx.now,
+                cx.stats,
+                |_| {},
+            );
+            pb.payload = payload;
+            if !pushed {
+                // No response has begun: the client gets the plugin's 500.
+                return self.fail_to_client(cx, ProxyError::PluginFailed);
+            }
+            moved = true;
         }
     }
 }
