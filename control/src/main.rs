@@ -310,6 +310,16 @@ enum FleetSub {
         #[arg(long)]
         cluster: String,
     },
+    /// Remove a decommissioned host from the fleet's members (it must
+    /// have stopped reporting): `status` stops naming it silent and
+    /// rollouts stop waiting for it.
+    Forget {
+        #[arg(long, value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+        #[arg(long)]
+        cluster: String,
+        host: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -611,6 +621,23 @@ fn main() -> Result<()> {
             ..
         } => {
             let (code, out) = fleet::cli::fleet_status(&fleet::cli::endpoints(&etcd)?, &cluster)?;
+            print!("{out}");
+            std::process::exit(code);
+        }
+        Cmd::Ctl {
+            cmd:
+                CtlSub::Fleet {
+                    cmd:
+                        FleetSub::Forget {
+                            etcd,
+                            cluster,
+                            host,
+                        },
+                },
+            ..
+        } => {
+            let (code, out) =
+                fleet::cli::fleet_forget(&fleet::cli::endpoints(&etcd)?, &cluster, &host)?;
             print!("{out}");
             std::process::exit(code);
         }

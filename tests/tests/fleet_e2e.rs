@@ -756,6 +756,12 @@ fn several_hosts_follow_one_publish() {
                 "{out}"
             );
         }
+        // Without any rollout each host still reports its engine's health
+        // (sampled every 5 s; reported once two samples make a window).
+        let all = wait_hosts(&etcd, n, "a health summary on every host", |all| {
+            all.iter().all(|s| s["health"]["window_s"].is_u64())
+        });
+        assert!(all.iter().all(|s| s["rollout"].is_null()), "{all:#?}");
         // A daemon stopped cleanly revokes its status lease: its host is
         // silent at once, not a TTL (3 s) later.
         let mut daemons = daemons;
@@ -776,6 +782,33 @@ fn several_hosts_follow_one_publish() {
             "h0 still live after a clean stop:\n{out}\n{}",
             daemons[0].log()
         );
+        // A live host cannot be forgotten; the stopped one can, and
+        // `fleet status` stops naming it (exit 0: the rest are in sync).
+        let forget = |host: &str| {
+            ferrogate(&[
+                "ctl",
+                "fleet",
+                "forget",
+                "--etcd",
+                &eps,
+                "--cluster",
+                CLUSTER,
+                host,
+            ])
+        };
+        if n > 1 {
+            let o = forget("h1");
+            assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+            assert!(text(&o).contains("is live"), "{}", text(&o));
+        }
+        let o = forget("h0");
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let o = forget("h0");
+        assert!(text(&o).contains("not a member"), "{}", text(&o));
+        // (With one host there are none left: exit 1.)
+        wait_fleet(&eps, "h0 forgotten", |code, out| {
+            !out.lines().any(|l| l.starts_with("h0 ")) && (n == 1 || code == Some(0))
+        });
         drop(daemons);
     });
 }

@@ -156,6 +156,33 @@ pub fn keygen(out: &Path) -> Result<String> {
     ))
 }
 
+/// `ctl fleet forget HOST`: removes a decommissioned host from the
+/// members, so `fleet status` stops naming it silent and rollouts stop
+/// waiting for it. A host still reporting is refused (it is not gone; its
+/// daemon would register again with its next lease). Exit 0 forgotten,
+/// 1 refused or not a member.
+pub fn fleet_forget(etcd: &[String], cluster: &str, host: &str) -> Result<(i32, String)> {
+    check_name("cluster", cluster)?;
+    check_name("host", host)?;
+    let client = Client::new(etcd, Duration::from_secs(5))?;
+    let (_, live) = client.get(super::host_key(cluster, host).as_bytes())?;
+    if live.is_some() {
+        return Ok((
+            1,
+            format!(
+                "host {host} is live (it reports its status); stop its daemon first, then forget it\n"
+            ),
+        ));
+    }
+    if client.delete(super::member_key(cluster, host).as_bytes())? == 0 {
+        return Ok((
+            1,
+            format!("host {host} is not a member of cluster {cluster}\n"),
+        ));
+    }
+    Ok((0, format!("forgot host {host} of cluster {cluster}\n")))
+}
+
 /// One host as `fleet status` shows it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct HostRow {
@@ -267,17 +294,32 @@ pub fn fleet_status(etcd: &[String], cluster: &str) -> Result<(i32, String)> {
     let mut out = format!("cluster {cluster} bundle {version} revision {rev}\n");
     let plan = payload.as_ref().and_then(|p| {
         let plan: super::rollout::Plan = serde_json::from_value(p["rollout"].clone()).ok()?;
-        Some((p["serial"].as_u64()?, plan))
+        Some((
+            p["serial"].as_u64()?,
+            p["created_unix_s"].as_u64().unwrap_or(0),
+            plan,
+        ))
     });
-    if let Some((serial, plan)) = &plan {
+    if let Some((serial, created, plan)) = &plan {
         let stopped = client
             .get(super::rollout_key(cluster, *serial).as_bytes())?
             .1
             .and_then(|kv| serde_json::from_slice::<serde_json::Value>(&kv.value).ok());
         out.push_str(&rollout_line(*serial, plan, stopped.as_ref(), &rows));
         if let Ok(waves) = plan.validate() {
-            let names: Vec<String> = rows.iter().map(|r| r.host.clone()).collect();
-            for (host, wave) in super::rollout::assign(&names, *serial, &waves) {
+            // As the hosts compute them: who registered by the bundle's
+            // creation, then the joiners.
+            let listed: Vec<(String, Option<u64>)> = rows
+                .iter()
+                .map(|r| {
+                    let at = members
+                        .iter()
+                        .find(|(m, _)| *m == r.host)
+                        .and_then(|(_, v)| super::rollout::registered_unix_s(v));
+                    (r.host.clone(), at)
+                })
+                .collect();
+            for (host, wave) in super::rollout::assign_members(&listed, *created, *serial, &waves) {
                 if let Some(r) = rows.iter_mut().find(|r| r.host == host) {
                     r.wave = Some(wave);
                 }

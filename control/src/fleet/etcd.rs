@@ -449,6 +449,19 @@ impl Client {
         Ok(p.header)
     }
 
+    /// Deletes `key`; how many keys went (0: it was not there).
+    pub fn delete(&self, key: &[u8]) -> Result<u64> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Deleted {
+            // The gateway writes int64 as a string, and leaves out zero.
+            deleted: Option<String>,
+        }
+        let d: Deleted =
+            self.call_json("/v3/kv/deleterange", &json!({ "key": B64.encode(key) }))?;
+        Ok(d.deleted.and_then(|n| n.parse().ok()).unwrap_or(0))
+    }
+
     /// Writes `key` only if its mod_revision is still `expected` (0: the
     /// key must not exist), in one transaction.
     pub fn put_if_mod_revision(&self, key: &[u8], value: &[u8], expected: i64) -> Result<Cas> {

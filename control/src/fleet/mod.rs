@@ -776,8 +776,15 @@ impl Fleet {
                         // With each new lease (a start, a lease lost while
                         // etcd was away, a store restored without it) the
                         // member entry is written again: `fleet status`
-                        // names silent hosts from it.
-                        let m = serde_json::json!({ "host": self.boot.host, "registered_unix_s": unix_now() });
+                        // names silent hosts from it. The first
+                        // registration's time stays: rollouts put hosts
+                        // that joined after a bundle into a last wave.
+                        let (_, had) =
+                            self.client.get(member_key(c, &self.boot.host).as_bytes())?;
+                        let since = had
+                            .and_then(|kv| rollout::registered_unix_s(&kv.value))
+                            .unwrap_or_else(unix_now);
+                        let m = serde_json::json!({ "host": self.boot.host, "registered_unix_s": since });
                         self.client.put(
                             member_key(c, &self.boot.host).as_bytes(),
                             m.to_string().as_bytes(),

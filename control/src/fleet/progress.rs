@@ -27,9 +27,36 @@ const HEALTH_WINDOW: Duration = Duration::from_secs(30);
 /// How often the health summary in the status changes (each change is a
 /// write to etcd).
 const HEALTH_REPORT: Duration = Duration::from_secs(5);
+/// Without a rollout here the engine is sampled and its health reported
+/// less often: `fleet status` still shows each host's recent health, and
+/// the next rollout starts with a window before its apply.
+const IDLE_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+const IDLE_HEALTH_REPORT: Duration = Duration::from_secs(60);
 /// Between reads of the cluster's keys during a rollout: short next to
 /// any bake, and N hosts make N² status reads per step.
 const STEP_EVERY: Duration = Duration::from_millis(500);
+
+/// Stopped rollouts remembered in the state dir. Only the newest matter:
+/// serials only grow, and a stop guards a bundle that etcd may still
+/// hold, which is always among the last ones published.
+const KEEP_STOPS: usize = 16;
+
+/// Removes all but the `keep` highest serials' stop files.
+fn prune_stops(dir: &std::path::Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut serials: Vec<u64> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    if serials.len() <= keep {
+        return;
+    }
+    serials.sort_unstable_by(|a, b| b.cmp(a));
+    for old in &serials[keep..] {
+        let _ = std::fs::remove_file(dir.join(old.to_string()));
+    }
+}
 
 /// How long a bake waits for the engine's counters before its gate fails
 /// for want of them.
@@ -264,6 +291,16 @@ impl Fleet {
         s.back().cloned()
     }
 
+    /// Whether the samples reach back `window` from now.
+    fn samples_cover(&self, window: Duration) -> bool {
+        let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        s.front().is_some_and(|(t, _)| t.elapsed() >= window)
+    }
+
+    fn sample_count(&self) -> usize {
+        self.samples.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// The health of the last `window` (or what the samples cover).
     fn recent_health(&self, window: Duration) -> Option<Health> {
         let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
@@ -313,25 +350,24 @@ impl Fleet {
         while !stop.load(Ordering::Relaxed) {
             let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
             // The engine is sampled, and the health in the status (a write
-            // to etcd each change) refreshed, only while a rollout is on
-            // here; after it the last health stays as it was.
+            // to etcd each change) refreshed, often while a rollout is on
+            // here and seldom otherwise.
             let active = held.as_ref().is_some_and(|h| {
                 self.phase(h.verified.payload.serial)
                     .is_some_and(|p| !p.done())
             });
-            if !active {
-                sampled = None;
-                reported = None;
-                self.samples
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clear();
-            }
-            if active && sampled.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY) {
+            let (sample_every, report_every) = if active {
+                (SAMPLE_EVERY, HEALTH_REPORT)
+            } else {
+                (IDLE_SAMPLE_EVERY, IDLE_HEALTH_REPORT)
+            };
+            if sampled.is_none_or(|t| t.elapsed() >= sample_every) {
                 let _ = self.sample(eng);
                 sampled = Some(Instant::now());
             }
-            if active && reported.is_none_or(|t| t.elapsed() >= HEALTH_REPORT) {
+            // The first report waits for two samples: one alone is a
+            // window of nothing.
+            if reported.is_none_or(|t| t.elapsed() >= report_every) && self.sample_count() >= 2 {
                 let h = self.recent_health(HEALTH_WINDOW);
                 if h.is_some() {
                     self.lock().health = h;
@@ -444,12 +480,21 @@ impl Fleet {
         }
         match phase {
             Phase::Pending => {
-                let mut members: Vec<String> =
-                    self.list("members")?.into_iter().map(|(k, _)| k).collect();
-                if !members.contains(&self.boot.host) {
-                    members.push(self.boot.host.clone());
+                let mut members: Vec<(String, Option<u64>)> = self
+                    .list("members")?
+                    .into_iter()
+                    .map(|(k, v)| (k, rollout::registered_unix_s(&v)))
+                    .collect();
+                if !members.iter().any(|(m, _)| *m == self.boot.host) {
+                    // Not registered yet: it joins now.
+                    members.push((self.boot.host.clone(), None));
                 }
-                let waves = rollout::assign(&members, serial, &h.waves);
+                let waves = rollout::assign_members(
+                    &members,
+                    h.verified.payload.created_unix_s,
+                    serial,
+                    &h.waves,
+                );
                 let mine = waves
                     .iter()
                     .find(|(n, _)| *n == self.boot.host)
@@ -473,16 +518,20 @@ impl Fleet {
                         Some(format!("{name} ({what})"))
                     })
                     .collect();
-                // The engine is sampled only while a rollout is on: the
-                // window before the apply (what the gate compares with)
-                // is as long as the bake, up to the health window.
+                // The window before the apply (what the gate compares
+                // with) is as long as the bake, up to the health window:
+                // the samples taken while idle usually cover it already;
+                // otherwise (a daemon just started) the host samples until
+                // they do, or for that long when the engine's counters
+                // cannot be read.
                 let pre = Duration::from_secs(h.plan.bake_s).min(HEALTH_WINDOW);
-                let sampling = self
-                    .lock()
-                    .rollout
-                    .as_ref()
-                    .and_then(|r| r.held_at)
-                    .is_some_and(|t| t.elapsed() < pre);
+                let sampling = !self.samples_cover(pre)
+                    && self
+                        .lock()
+                        .rollout
+                        .as_ref()
+                        .and_then(|r| r.held_at)
+                        .is_some_and(|t| t.elapsed() < pre);
                 let reason = if !blocking.is_empty() {
                     Some(waiting_for(&blocking))
                 } else {
@@ -759,6 +808,7 @@ impl Fleet {
         if let Err(e) = r {
             tracing::warn!(error = %e, path = %path.display(), "cannot record the rollout's stop");
         }
+        prune_stops(&self.dir.join("stopped"), KEEP_STOPS);
     }
 
     /// Re-applies the bundle recorded before the rollout's apply.
@@ -942,24 +992,50 @@ mod tests {
     }
 
     #[test]
-    fn the_engine_is_sampled_and_health_reported_only_during_a_rollout() {
+    fn the_engine_is_sampled_every_second_during_a_rollout_and_every_five_otherwise() {
         let dir = temp("idle");
         let key = SigningKey::from_bytes(&[7; 32]);
         let eng = FakeEngine::default();
         *eng.stats.lock().unwrap() = Some(stats("r", 10, 0, 10));
         let f = fleet(&dir, &key);
         f.consider(&eng, &kv(3, sealed_plan(&key, "one", 1, None)));
-        // No rollout: no samples, no health to write to etcd.
-        assert_eq!(drive_for(&f, &eng, Duration::from_millis(1200)), 0);
+        // No rollout: one sample now, the next 5 s later; one sample is
+        // no window, so no health yet.
+        assert_eq!(drive_for(&f, &eng, Duration::from_millis(1200)), 1);
         assert!(f.state().health.is_none());
-        // A held plan bundle: sampled (the window before its apply).
+        // Two samples 5 s apart: the idle health is reported.
+        *eng.stats.lock().unwrap() = Some(stats("r", 20, 1, 15));
+        assert_eq!(drive_for(&f, &eng, Duration::from_millis(5300)), 2);
+        let h = f.state().health.expect("idle health reported");
+        assert_eq!((h.responses, h.errors_5xx), (10, 1));
+        // A held plan bundle: sampled every second (the window before
+        // its apply).
         assert_eq!(f.consider(&eng, &kv(4, h_bytes(&key))), Outcome::Held);
-        assert!(drive_for(&f, &eng, Duration::from_millis(1200)) >= 1);
-        assert!(f.state().health.is_some());
-        // Over (stopped here): no more samples; the last health stays.
+        assert!(drive_for(&f, &eng, Duration::from_millis(1200)) >= 2);
+        // Over (stopped here): seldom again.
         f.update(2, |r| r.state = Phase::Stopped);
-        assert_eq!(drive_for(&f, &eng, Duration::from_millis(1200)), 0);
+        assert_eq!(drive_for(&f, &eng, Duration::from_millis(1200)), 1);
         assert!(f.state().health.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_the_newest_stops_are_kept() {
+        let dir = temp("stops");
+        std::fs::create_dir_all(&dir).unwrap();
+        for serial in 1..=20u64 {
+            std::fs::write(dir.join(serial.to_string()), "why").unwrap();
+        }
+        std::fs::write(dir.join("x.tmp"), "").unwrap();
+        prune_stops(&dir, KEEP_STOPS);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), KEEP_STOPS + 1, "{left:?}");
+        assert!(left.contains(&"20".to_string()) && left.contains(&"5".to_string()));
+        assert!(!left.contains(&"4".to_string()), "{left:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -178,6 +178,42 @@ pub fn assign(members: &[String], serial: u64, waves: &[WaveSize]) -> Vec<(Strin
         .collect()
 }
 
+/// When a member first registered, from its `members/` value (None:
+/// unreadable, or not registered yet).
+pub fn registered_unix_s(value: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(value)
+        .ok()?
+        .get("registered_unix_s")?
+        .as_u64()
+}
+
+/// The waves of a bundle created at `created_unix_s`: the members that
+/// registered by then are ordered and cut into waves as `assign` does; a
+/// host that joined later (or whose registration is unknown) goes into
+/// one wave after them all. So a host joining mid-rollout neither moves
+/// the others between waves (a waiting host must not become a second
+/// canary) nor takes the new bundle before the hosts that were there.
+pub fn assign_members(
+    members: &[(String, Option<u64>)],
+    created_unix_s: u64,
+    serial: u64,
+    waves: &[WaveSize],
+) -> Vec<(String, usize)> {
+    let (there, late): (Vec<_>, Vec<_>) = members
+        .iter()
+        .partition(|(_, at)| at.is_some_and(|t| t <= created_unix_s));
+    let there: Vec<String> = there.into_iter().map(|(h, _)| h.clone()).collect();
+    let mut out = assign(&there, serial, waves);
+    let last = out.iter().map(|(_, w)| w + 1).max().unwrap_or(0);
+    let late: Vec<String> = late
+        .into_iter()
+        .map(|(h, _)| h.clone())
+        .filter(|h| !there.contains(h))
+        .collect();
+    out.extend(order(&late, serial).into_iter().map(|h| (h, last)));
+    out
+}
+
 /// One route's cumulative counters.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteCounters {
@@ -290,14 +326,25 @@ pub fn health(a: &Sample, b: &Sample, window_s: u64) -> Health {
     let total: u64 = counts.iter().sum();
     let mut p99_us = None;
     if total > 0 {
-        // The bucket holding the 99th percentile response.
+        // The bucket holding the 99th percentile response, and within it
+        // a linear guess (as Prometheus' histogram_quantile): the bucket's
+        // upper bound alone would make a 2x gate a coin toss whenever the
+        // p99 sits near a bound.
         let want = (total * 99).div_ceil(100);
         let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= want {
-                p99_us = b.bounds.get(i).copied().flatten();
+        let mut lower = 0u64;
+        for (i, &c) in counts.iter().enumerate() {
+            let upper = b.bounds.get(i).copied().flatten();
+            if c > 0 && seen + c >= want {
+                p99_us = upper.map(|hi| {
+                    let into = (want - seen) as f64 / c as f64;
+                    lower + ((hi.saturating_sub(lower)) as f64 * into).round() as u64
+                });
                 break;
+            }
+            seen += c;
+            if let Some(hi) = upper {
+                lower = hi;
             }
         }
     }
@@ -527,14 +574,44 @@ mod tests {
     }
 
     #[test]
+    fn a_member_that_joined_after_the_bundle_waits_for_every_wave_and_moves_none() {
+        let waves = parse_waves("1,50%,100%").unwrap();
+        let at = |t: u64| -> Vec<(String, Option<u64>)> {
+            members(4).into_iter().map(|h| (h, Some(t))).collect()
+        };
+        let before = assign_members(&at(100), 100, 7, &waves);
+        assert_eq!(before, assign(&members(4), 7, &waves));
+        // Two hosts join after the bundle was created (one not even
+        // readable): the first four keep their waves; the joiners come
+        // last, after the last wave.
+        let mut with = at(100);
+        with.push(("late".into(), Some(101)));
+        with.push(("odd".into(), None));
+        let after = assign_members(&with, 100, 7, &waves);
+        for (h, w) in &before {
+            assert!(after.contains(&(h.clone(), *w)), "{h} moved: {after:?}");
+        }
+        let last = before.iter().map(|(_, w)| *w).max().unwrap();
+        for h in ["late", "odd"] {
+            assert!(after.contains(&(h.to_string(), last + 1)), "{after:?}");
+        }
+        assert_eq!(
+            registered_unix_s(br#"{"host":"a","registered_unix_s":5}"#),
+            Some(5)
+        );
+        assert_eq!(registered_unix_s(b"junk"), None);
+    }
+
+    #[test]
     fn health_is_the_difference_of_two_samples() {
         let a = sample(100, 1, &[90, 10, 0, 0]);
         let b = sample(300, 21, &[180, 110, 10, 0]);
         let h = health(&a, &b, 10);
         assert_eq!((h.responses, h.errors_5xx), (200, 20));
         assert!((h.error_ratio - 0.1).abs() < 1e-9);
-        // 90 + 100 = 190 < 198 within 1 ms: the p99 is in the 10 ms bucket.
-        assert_eq!(h.p99_us, Some(10_000));
+        // 90 + 100 = 190 < 198 within 1 ms: the p99 is in the 10 ms bucket,
+        // 8 of its 10 responses in: 1 ms + 0.8 x 9 ms.
+        assert_eq!(h.p99_us, Some(8_200));
         // An engine restart: counters start over.
         let h = health(&b, &sample(5, 0, &[5, 0, 0, 0]), 10);
         assert_eq!((h.responses, h.p99_us), (5, Some(100)));
