@@ -68,19 +68,21 @@ pub const ROOT_CONTEXT_ID: u32 = 1;
 
 /// Size of a header map in the wire format: a u32 count, a (u32 key length,
 /// u32 value length) per pair, then each key and value followed by a NUL.
-pub fn pairs_size(pairs: &[(Vec<u8>, Vec<u8>)]) -> usize {
+pub fn pairs_size<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> usize {
     4 + pairs
-        .iter()
         .map(|(k, v)| 8 + k.len() + 1 + v.len() + 1)
         .sum::<usize>()
 }
 
 /// Serializes a header map into `out` (cleared first).
-pub fn serialize_pairs(pairs: &[(Vec<u8>, Vec<u8>)], out: &mut Vec<u8>) {
+pub fn serialize_pairs<'a, I>(pairs: I, out: &mut Vec<u8>)
+where
+    I: ExactSizeIterator<Item = (&'a [u8], &'a [u8])> + Clone,
+{
     out.clear();
-    out.reserve(pairs_size(pairs));
+    out.reserve(pairs_size(pairs.clone()));
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
+    for (k, v) in pairs.clone() {
         out.extend_from_slice(&(k.len() as u32).to_le_bytes());
         out.extend_from_slice(&(v.len() as u32).to_le_bytes());
     }
@@ -144,8 +146,9 @@ mod tests {
     fn pairs_round_trip_in_the_cpp_host_layout() {
         let pairs = vec![p(":path", "/x"), p("a", "")];
         let mut out = Vec::new();
-        serialize_pairs(&pairs, &mut out);
-        assert_eq!(out.len(), pairs_size(&pairs));
+        let refs = pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()));
+        serialize_pairs(refs.clone(), &mut out);
+        assert_eq!(out.len(), pairs_size(refs));
         let mut want = Vec::new();
         for n in [2u32, 5, 2, 1, 0] {
             want.extend_from_slice(&n.to_le_bytes());
@@ -158,7 +161,7 @@ mod tests {
     #[test]
     fn broken_pairs_are_rejected() {
         let mut out = Vec::new();
-        serialize_pairs(&[p("key", "value")], &mut out);
+        serialize_pairs([(&b"key"[..], &b"value"[..])].into_iter(), &mut out);
         assert!(deserialize_pairs(&out[..out.len() - 1]).is_none());
         let mut bad_nul = out.clone();
         bad_nul[4 + 8 + 3] = b'x';

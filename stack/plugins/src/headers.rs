@@ -21,10 +21,61 @@ pub const MAX_MAP_BYTES: usize = 64 * 1024;
 /// (`:method`, `:path`, `:authority`, `:scheme`) and the response's `:status`,
 /// since proxy-wasm filters read them as headers. Names compare ASCII
 /// case-insensitively; the plugin sees them as stored.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// The bytes of every field live in one buffer: a request's list is built,
+/// cloned and dropped with two allocations, not two per field (per field
+/// they were most of what a plugin cost the proxy per request). A replaced
+/// or removed field leaves its bytes behind until the buffer is compacted.
+#[derive(Clone, Debug, Default)]
 pub struct HeaderList {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    buf: Vec<u8>,
+    fields: Vec<Field>,
+    /// Bytes of the live fields' names and values.
+    live: usize,
 }
+
+#[derive(Clone, Copy, Debug)]
+struct Field {
+    name_at: u32,
+    name_len: u32,
+    value_at: u32,
+    value_len: u32,
+}
+
+impl PartialEq for HeaderList {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.pairs().eq(other.pairs())
+    }
+}
+
+impl Eq for HeaderList {}
+
+/// The fields of a [`HeaderList`], in order, as `(name, value)`.
+#[derive(Clone)]
+pub struct Pairs<'a> {
+    list: &'a HeaderList,
+    next: usize,
+    end: usize,
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next == self.end {
+            return None;
+        }
+        self.next += 1;
+        Some(self.list.field(self.next - 1))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.end - self.next;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Pairs<'_> {}
 
 impl HeaderList {
     /// An empty list.
@@ -33,30 +84,42 @@ impl HeaderList {
     }
 
     /// A list of these pairs, in order.
-    pub fn from_pairs<K: Into<Vec<u8>>, V: Into<Vec<u8>>>(
+    pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
-        Self {
-            pairs: pairs
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
+        let mut h = Self::new();
+        for (k, v) in pairs {
+            h.add(k.as_ref(), v.as_ref());
         }
+        h
     }
 
     /// The pairs, in order.
-    pub fn pairs(&self) -> &[(Vec<u8>, Vec<u8>)] {
-        &self.pairs
+    pub fn pairs(&self) -> Pairs<'_> {
+        Pairs {
+            list: self,
+            next: 0,
+            end: self.fields.len(),
+        }
+    }
+
+    /// The `i`th field (panics past [`HeaderList::len`]).
+    pub fn field(&self, i: usize) -> (&[u8], &[u8]) {
+        let f = self.fields[i];
+        (
+            &self.buf[f.name_at as usize..][..f.name_len as usize],
+            &self.buf[f.value_at as usize..][..f.value_len as usize],
+        )
     }
 
     /// The bytes of every name and value.
     pub fn bytes(&self) -> usize {
-        self.pairs.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.live
     }
 
     /// Within [`MAX_MAP_FIELDS`] and [`MAX_MAP_BYTES`].
     pub fn within_limits(&self) -> bool {
-        self.pairs.len() <= MAX_MAP_FIELDS && self.bytes() <= MAX_MAP_BYTES
+        self.fields.len() <= MAX_MAP_FIELDS && self.live <= MAX_MAP_BYTES
     }
 
     /// The fields and bytes after [`HeaderList::add`] of `name: value`.
@@ -69,11 +132,7 @@ impl HeaderList {
     /// stored name has the same length as `name`).
     pub(crate) fn size_after_replace(&self, name: &[u8], value: &[u8]) -> (usize, usize) {
         let (mut fields, mut bytes) = (self.len(), self.bytes());
-        for (k, v) in self
-            .pairs
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
+        for (k, v) in self.pairs().filter(|(k, _)| k.eq_ignore_ascii_case(name)) {
             fields -= 1;
             bytes -= k.len() + v.len();
         }
@@ -82,48 +141,69 @@ impl HeaderList {
 
     /// The pairs, giving up the list.
     pub fn into_pairs(self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.pairs
+        self.pairs()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
     }
 
     /// How many fields.
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        self.fields.len()
     }
 
     /// No fields.
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.fields.is_empty()
+    }
+
+    /// Empties the list, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.fields.clear();
+        self.live = 0;
     }
 
     /// The first value of `name`.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.pairs
-            .iter()
+        self.pairs()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, v)| v)
+    }
+
+    /// Where `bytes` start once appended to the buffer.
+    fn push_bytes(&mut self, bytes: &[u8]) -> u32 {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        // The limits keep a map far below 4 GiB; the proxy checks them
+        // before it hands a map over, and the host before it grows one.
+        u32::try_from(at).expect("a header map past 4 GiB")
     }
 
     /// Appends a field (a repeated name stays repeated).
     pub fn add(&mut self, name: &[u8], value: &[u8]) {
-        self.pairs.push((name.to_vec(), value.to_vec()));
+        let name_at = self.push_bytes(name);
+        let value_at = self.push_bytes(value);
+        self.fields.push(Field {
+            name_at,
+            name_len: name.len() as u32,
+            value_at,
+            value_len: value.len() as u32,
+        });
+        self.live += name.len() + value.len();
     }
 
     /// Sets `name` to one value: the first field keeps its place and gets the
     /// value, later ones go; appended when absent (proxy-wasm's replace).
     pub fn replace(&mut self, name: &[u8], value: &[u8]) {
-        match self
-            .pairs
-            .iter()
-            .position(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
+        match self.pairs().position(|(k, _)| k.eq_ignore_ascii_case(name)) {
             Some(first) => {
-                self.pairs[first].1 = value.to_vec();
-                let mut i = 0;
-                self.pairs.retain(|(k, _)| {
-                    let keep = i <= first || !k.eq_ignore_ascii_case(name);
-                    i += 1;
-                    keep
-                });
+                let old = self.fields[first].value_len as usize;
+                let value_at = self.push_bytes(value);
+                let f = &mut self.fields[first];
+                f.value_at = value_at;
+                f.value_len = value.len() as u32;
+                self.live = self.live - old + value.len();
+                self.remove_from(name, first + 1);
             }
             None => self.add(name, value),
         }
@@ -131,11 +211,44 @@ impl HeaderList {
 
     /// Removes every field named `name`.
     pub fn remove(&mut self, name: &[u8]) {
-        self.pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.remove_from(name, 0);
+    }
+
+    /// Removes the fields named `name` from index `from` on.
+    fn remove_from(&mut self, name: &[u8], from: usize) {
+        let buf = &self.buf;
+        let mut gone = 0;
+        let mut i = 0;
+        self.fields.retain(|f| {
+            let keep = i < from
+                || !buf[f.name_at as usize..][..f.name_len as usize].eq_ignore_ascii_case(name);
+            if !keep {
+                gone += (f.name_len + f.value_len) as usize;
+            }
+            i += 1;
+            keep
+        });
+        self.live -= gone;
+        self.compact_if_sparse();
+    }
+
+    /// Rewrites the buffer when most of it is left-behind bytes, so a
+    /// plugin that replaces a field over and over does not grow it.
+    fn compact_if_sparse(&mut self) {
+        if self.buf.len() <= 2 * self.live + 1024 {
+            return;
+        }
+        let old = std::mem::take(self);
+        for (k, v) in old.pairs() {
+            self.add(k, v);
+        }
     }
 
     pub(crate) fn set_pairs(&mut self, pairs: Vec<(Vec<u8>, Vec<u8>)>) {
-        self.pairs = pairs;
+        self.clear();
+        for (k, v) in &pairs {
+            self.add(k, v);
+        }
     }
 }
 
@@ -156,6 +269,23 @@ mod tests {
         h.remove(b"X-t");
         assert_eq!(h.get(b"x-t"), None);
         assert_eq!(h.len(), 3);
+        assert_eq!(h.bytes(), 8);
+    }
+
+    #[test]
+    fn replacing_over_and_over_does_not_grow_the_buffer() {
+        let mut h = HeaderList::from_pairs([("a", "1"), ("b", "2")]);
+        for i in 0..10_000 {
+            h.replace(b"b", format!("{i:04}").as_bytes());
+            h.add(b"c", b"x");
+            h.remove(b"c");
+        }
+        assert_eq!(h, HeaderList::from_pairs([("a", "1"), ("b", "9999")]));
+        assert_eq!(h.bytes(), 7);
+        assert!(h.buf.len() <= 2 * h.live + 1024 + 16, "{}", h.buf.len());
+        let pairs: Vec<_> = h.pairs().collect();
+        assert_eq!(pairs, [(&b"a"[..], &b"1"[..]), (&b"b"[..], &b"9999"[..])]);
+        assert_eq!(h.pairs().len(), 2);
     }
 
     #[test]

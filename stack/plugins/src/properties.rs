@@ -1,5 +1,7 @@
 //! The property bag behind `proxy_get_property`.
 
+use std::borrow::Cow;
+
 /// Properties of one request, filled by the proxy and read by the plugin with
 /// `proxy_get_property`. Keys are the proxy-wasm (Envoy attribute) paths with
 /// `.` between segments: a guest path `request\0path\0` reads `request.path`.
@@ -11,7 +13,9 @@
 /// the same bag.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Properties {
-    entries: Vec<(String, Vec<u8>)>,
+    /// The proxy's keys are literals (no allocation per request); a
+    /// guest's `proxy_set_property` brings its own.
+    entries: Vec<(Cow<'static, str>, Vec<u8>)>,
 }
 
 impl Properties {
@@ -21,17 +25,28 @@ impl Properties {
     }
 
     /// Sets `key` to `value` (replacing an earlier value).
-    pub fn set(&mut self, key: &str, value: impl Into<Vec<u8>>) -> &mut Self {
+    pub fn set(
+        &mut self,
+        key: impl Into<Cow<'static, str>>,
+        value: impl Into<Vec<u8>>,
+    ) -> &mut Self {
+        let key = key.into();
         let value = value.into();
-        match self.entries.iter_mut().find(|(k, _)| k == key) {
+        match self.entries.iter_mut().find(|(k, _)| *k == key) {
             Some(e) => e.1 = value,
-            None => self.entries.push((key.to_owned(), value)),
+            None => {
+                if self.entries.is_empty() {
+                    // What the proxy sets for a request, at once.
+                    self.entries.reserve(12);
+                }
+                self.entries.push((key, value))
+            }
         }
         self
     }
 
     /// Sets `key` to an integer, encoded as Envoy does (8 bytes, little-endian).
-    pub fn set_u64(&mut self, key: &str, value: u64) -> &mut Self {
+    pub fn set_u64(&mut self, key: impl Into<Cow<'static, str>>, value: u64) -> &mut Self {
         self.set(key, value.to_le_bytes().to_vec())
     }
 
@@ -59,7 +74,7 @@ impl Properties {
             .iter()
             .map(|&b| if b == 0 { '.' } else { b as char })
             .collect();
-        self.set(&key, value.to_vec());
+        self.set(key, value.to_vec());
     }
 }
 
