@@ -38,6 +38,8 @@ struct H2Response {
     heads: Vec<(u16, Vec<(String, String)>)>,
     body: Vec<u8>,
     reset: Option<u32>,
+    /// Trailing HEADERS (no `:status`), if the stream ended with them.
+    trailers: Option<Vec<(String, String)>>,
 }
 
 impl H2Response {
@@ -158,7 +160,11 @@ impl H2Client {
                                 list.push((n, v));
                             }
                         }
-                        r.heads.push((status, list));
+                        if status == 0 && !r.heads.is_empty() {
+                            r.trailers = Some(list);
+                        } else {
+                            r.heads.push((status, list));
+                        }
                         if end {
                             return true;
                         }
@@ -961,4 +967,60 @@ fn h2c_request_body_plugin_output_goes_up_chunked() {
     let s = lab.edge.stats();
     assert_eq!(s.plugin_failures, 0, "{s:?}");
     assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}
+
+/// A chunked origin's trailers end the HTTP/2 stream as trailing HEADERS:
+/// names lower-cased, framing and hop-by-hop fields left out; through a
+/// body plugin (the body re-framed) as without one.
+#[test]
+fn h2c_chunked_origin_trailers_reach_the_client_as_trailing_headers() {
+    use ferrogate_proxy::plugin_phase::AttachedPlugin;
+    let want = Some(vec![
+        ("x-checksum".to_string(), "abc".to_string()),
+        ("grpc-status".to_string(), "0".to_string()),
+    ]);
+    let mut lab = h2_lab();
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/trailers", true);
+    let r = c.response(&mut lab, 1);
+    assert_eq!((r.status(), &r.body[..]), (200, &b"hello"[..]), "{r:?}");
+    assert_eq!(r.trailers, want, "{r:?}");
+    // A response without trailers still ends with DATA.
+    c.headers(&mut lab, 3, "GET", "/chunked", true);
+    let r = c.response(&mut lab, 3);
+    assert_eq!((r.trailers, r.reset), (None, None));
+    assert_eq!(lab.edge.stats().trailers_forwarded, 1);
+
+    let upstream = origin_pool(|_| {});
+    let listener = Listener::new(
+        80,
+        vec![Route::new("origin", RouteAction::Proxy(upstream.clone()))],
+    )
+    .with_http2(true)
+    .with_plugins(vec![AttachedPlugin {
+        plugin: body_wrapper("square", '[', ']'),
+        fail_open: false,
+    }]);
+    let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/trailers", true);
+    let r = c.response(&mut lab, 1);
+    assert_eq!((r.status(), &r.body[..]), (200, &b"[hello]"[..]), "{r:?}");
+    assert_eq!(r.trailers, want, "{r:?}");
+    assert_eq!(lab.edge.stats().trailers_forwarded, 1);
+}
+
+/// A trailer section past 32 fields is dropped and counted; the body
+/// still arrives whole and the stream ends cleanly.
+#[test]
+fn h2c_an_oversized_trailer_section_is_dropped_and_counted() {
+    let mut lab = h2_lab();
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/trailers-many", true);
+    let r = c.response(&mut lab, 1);
+    assert_eq!((r.status(), &r.body[..]), (200, &b"hello"[..]), "{r:?}");
+    assert_eq!((r.trailers, r.reset), (None, None));
+    let s = lab.edge.stats();
+    assert_eq!((s.trailers_dropped, s.trailers_forwarded), (1, 0));
 }

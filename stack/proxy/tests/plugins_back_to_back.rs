@@ -689,3 +689,41 @@ fn a_request_body_plugin_that_changes_a_length_it_left_in_place_fails_with_500()
     assert!(s.plugin_failures >= 1, "{s:?}");
     assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
 }
+
+/// An HTTP/1.1 client gets a chunked origin's trailers: unchanged on the
+/// plain path (the chunked bytes pass through), in the chunked end the
+/// proxy writes when a body plugin re-frames the body (framing and
+/// hop-by-hop fields left out).
+#[test]
+fn chunked_origin_trailers_reach_an_http1_client_with_and_without_a_body_plugin() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/trailers"));
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+    assert_eq!(
+        r.trailers,
+        [
+            "X-Checksum: abc",
+            "Content-Length: 5",
+            "Proxy-Thing: p",
+            "Grpc-Status: 0"
+        ]
+    );
+
+    let square = body_wrapper("square", '[', ']');
+    let table = table_with_route_plugins(vec![attach(&square, false)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/trailers"));
+    assert_eq!((r.status, &r.body[..]), (200, &b"[hello]"[..]));
+    assert_eq!(r.trailers, ["x-checksum: abc", "grpc-status: 0"]);
+    assert_eq!(lab.edge.stats().trailers_forwarded, 1);
+    // Past the bound: dropped and counted, the body whole, the connection
+    // goes on.
+    let r = lab.exchange(c, &get("/trailers-many"));
+    assert_eq!((r.status, &r.body[..]), (200, &b"[hello]"[..]));
+    assert!(r.trailers.is_empty(), "{:?}", r.trailers);
+    assert_eq!(lab.edge.stats().trailers_dropped, 1);
+    let r = lab.exchange(c, &get("/chunked"));
+    assert_eq!(r.body, b"[hello, world]");
+}

@@ -913,7 +913,12 @@ impl<P: ProxyHttp> H2Stream<P> {
             self.upstream_failed(cx, h2, peer, ProxyError::BadResponse(HeadError::TooLarge));
             return true;
         }
-        let body = Body::from_framing(resp.framing);
+        let mut body = Body::from_framing(resp.framing);
+        if let Body::Chunked(dec) = &mut body {
+            // An HTTP/2 client gets a chunked origin's trailers as trailing
+            // HEADERS.
+            dec.capture_trailers();
+        }
         let end = matches!(body, Body::Done);
         // With a body plugin the contexts end with the body, else with the
         // head. The announced length stands unless a plugin removed it (it
@@ -1023,7 +1028,13 @@ impl<P: ProxyHttp> H2Stream<P> {
                         let end = dec.is_done();
                         if end {
                             phases.response_body_filter(&[], true, pctx);
-                            sent_ok &= h2.send_data(id, &[], true).is_ok();
+                            let trailers = crate::trailers::take(dec, cx.stats);
+                            sent_ok &= if trailers.is_empty() {
+                                h2.send_data(id, &[], true).is_ok()
+                            } else {
+                                cx.stats.trailers_forwarded += 1;
+                                crate::trailers::send_h2(h2, id, &trailers).is_ok()
+                            };
                         }
                         (n, end)
                     }
@@ -1143,7 +1154,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         let mut moved = false;
         let mut turn = 0;
         loop {
-            match send_plugin_output(&mut pb, h2, id, &mut turn, &mut moved) {
+            match send_plugin_output(&mut pb, h2, cx.stats, id, &mut turn, &mut moved) {
                 SendStep::Go => {}
                 SendStep::Wait => break,
                 SendStep::Reset => {
@@ -1479,6 +1490,7 @@ pub(super) enum SendStep {
 pub(super) fn send_plugin_output(
     pb: &mut PluginBody,
     h2: &mut Connection,
+    stats: &mut crate::stats::StackStats,
     id: u32,
     turn: &mut usize,
     moved: &mut bool,
@@ -1493,8 +1505,16 @@ pub(super) fn send_plugin_output(
     if n == 0 && !last {
         return SendStep::Wait;
     }
-    if h2.send_data(id, &rest[..n], last).is_err() {
+    // Trailers end the stream themselves (trailing HEADERS).
+    let trailers = last && !pb.trailers.is_empty();
+    if (n > 0 || !trailers) && h2.send_data(id, &rest[..n], last && !trailers).is_err() {
         return SendStep::Reset;
+    }
+    if trailers {
+        if crate::trailers::send_h2(h2, id, &pb.trailers).is_err() {
+            return SendStep::Reset;
+        }
+        stats.trailers_forwarded += 1;
     }
     pb.sent += n;
     pb.end_sent = last;

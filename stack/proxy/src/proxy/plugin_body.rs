@@ -35,6 +35,10 @@ pub(crate) struct PluginBody {
     /// The length the head announced, still to come: the plugins left
     /// `content-length` in place, so their output must match it.
     length_left: Option<u64>,
+    /// The origin's trailers (a chunked body's trailer section), once the
+    /// body ended: they go after the body (the chunked end, or HTTP/2
+    /// trailing HEADERS).
+    pub(crate) trailers: Vec<crate::http::TrailerField>,
 }
 
 /// What [`PluginBody::pull`] did.
@@ -104,14 +108,24 @@ impl PluginBody {
                 payload.extend_from_slice(&window[..t]);
                 (t, *n == 0)
             }
-            Body::Chunked(dec) => match dec.feed_with(window, |d| payload.extend_from_slice(d)) {
-                Ok(t) => (t, dec.is_done()),
-                Err(e) => {
-                    cx.stats.upstream_errors += 1;
-                    tracing::debug!(error = %ProxyError::BadResponseBody(e), "aborting response");
-                    return Pulled::Broken;
+            Body::Chunked(dec) => {
+                // The body is re-framed here: its trailers must be kept
+                // to go on.
+                dec.capture_trailers();
+                match dec.feed_with(window, |d| payload.extend_from_slice(d)) {
+                    Ok(t) => {
+                        if dec.is_done() {
+                            self.trailers = crate::trailers::take(dec, cx.stats);
+                        }
+                        (t, dec.is_done())
+                    }
+                    Err(e) => {
+                        cx.stats.upstream_errors += 1;
+                        tracing::debug!(error = %ProxyError::BadResponseBody(e), "aborting response");
+                        return Pulled::Broken;
+                    }
                 }
-            },
+            }
             Body::UntilClose => {
                 payload.extend_from_slice(window);
                 (window.len(), !upstream_open && avail.len() == window.len())
@@ -191,7 +205,10 @@ impl PluginBody {
                 self.out.extend_from_slice(b"\r\n");
             }
             if done {
-                self.out.extend_from_slice(b"0\r\n\r\n");
+                if !self.trailers.is_empty() {
+                    stats.trailers_forwarded += 1;
+                }
+                crate::trailers::write_chunked_end(&self.trailers, &mut self.out);
             }
         } else {
             self.out.extend_from_slice(data);
