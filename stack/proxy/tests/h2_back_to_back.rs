@@ -1024,3 +1024,39 @@ fn h2c_an_oversized_trailer_section_is_dropped_and_counted() {
     let s = lab.edge.stats();
     assert_eq!((s.trailers_dropped, s.trailers_forwarded), (1, 0));
 }
+
+/// A trailers plugin's output is what an HTTP/2 client gets as trailing
+/// HEADERS.
+#[test]
+fn h2c_a_trailers_plugin_changes_the_trailing_headers() {
+    use ferrogate_proxy::plugin_phase::AttachedPlugin;
+    let upstream = origin_pool(|_| {});
+    let listener = Listener::new(
+        80,
+        vec![Route::new("origin", RouteAction::Proxy(upstream.clone()))],
+    )
+    .with_http2(true)
+    .with_plugins(vec![AttachedPlugin {
+        plugin: trailer_editor("editor", false),
+        fail_open: false,
+    }]);
+    let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/trailers", true);
+    let r = c.response(&mut lab, 1);
+    assert_eq!((r.status(), &r.body[..]), (200, &b"hello"[..]), "{r:?}");
+    let mut got = r.trailers.clone().expect("trailers");
+    got.sort();
+    let want: Vec<(String, String)> = [
+        ("grpc-status", "0"),
+        ("x-checksum", "def"),
+        ("x-plugin", "yes"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}

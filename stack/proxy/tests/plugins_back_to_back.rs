@@ -727,3 +727,70 @@ fn chunked_origin_trailers_reach_an_http1_client_with_and_without_a_body_plugin(
     let r = lab.exchange(c, &get("/chunked"));
     assert_eq!(r.body, b"[hello, world]");
 }
+
+/// A plugin at `proxy_on_response_trailers` reads, replaces and adds
+/// trailers; the client gets its output (less the fields that never go as
+/// trailers); the contexts end.
+#[test]
+fn a_trailers_plugin_replaces_and_adds_response_trailers() {
+    let editor = trailer_editor("editor", false);
+    let table = table_with_route_plugins(vec![attach(&editor, false)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/trailers"));
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+    let mut got = r.trailers.clone();
+    got.sort();
+    assert_eq!(
+        got,
+        ["grpc-status: 0", "x-checksum: def", "x-plugin: yes"],
+        "{:?}",
+        r.trailers
+    );
+    // No trailers from the origin: the plugin is not called for them.
+    let r = lab.exchange(c, &get("/chunked"));
+    assert_eq!((r.body, r.trailers), (b"hello, world".to_vec(), vec![]));
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_failures, 0);
+    assert_eq!(s.plugin_edits_ignored, 1, "content-length left out");
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}
+
+/// A plugin that traps at the trailers: fail-closed, the response is cut
+/// (no chunked end); under `fail_open` the trailers go on as they came,
+/// one failure counted.
+#[test]
+fn a_trailers_plugin_that_traps_cuts_the_response_unless_fail_open() {
+    let trap = trailer_editor("trap", true);
+    let table = table_with_route_plugins(vec![attach(&trap, false)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    lab.send(c, &get("/trailers"));
+    let raw = lab.read_until(c, 3_000, |b| Response::parse(b).is_some());
+    // The reset may take the unsent head with it: no whole response.
+    assert!(
+        Response::parse(&raw).is_none(),
+        "a cut body, not a whole response: {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(
+        matches!(
+            lab.client_state(c),
+            tcp::State::Closed | tcp::State::CloseWait | tcp::State::TimeWait
+        ),
+        "{:?}",
+        lab.client_state(c)
+    );
+    let s = lab.edge.stats();
+    assert_eq!((s.plugin_failures, s.plugin_failed_open), (1, 0));
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+
+    let table = table_with_route_plugins(vec![attach(&trap, true)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/trailers"));
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+    assert_eq!(r.trailers, ["x-checksum: abc", "grpc-status: 0"]);
+    let s = lab.edge.stats();
+    assert_eq!((s.plugin_failures, s.plugin_failed_open), (1, 1));
+}

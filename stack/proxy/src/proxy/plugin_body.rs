@@ -181,7 +181,18 @@ impl PluginBody {
     ) -> bool {
         self.out.clear();
         self.sent = 0;
-        let Ok(data) = self.chain.feed(workers, edits, data, done, now, stats) else {
+        // Trailers to a chain that takes them: the body's last call says
+        // more follows, then the trailers go through (Envoy's order).
+        let with_trailers = done
+            && !self.trailers.is_empty()
+            && crate::plugin_phase::wants_trailers(workers, edits, self.chain.direction());
+        let out = if with_trailers {
+            self.chain
+                .end_with_trailers(workers, edits, data, &mut self.trailers, now, stats)
+        } else {
+            self.chain.feed(workers, edits, data, done, now, stats)
+        };
+        let Ok(data) = out else {
             return false;
         };
         if let Some(left) = &mut self.length_left {
