@@ -95,6 +95,20 @@ impl H2Client {
         lab.send(self.h, &out);
     }
 
+    /// Trailing HEADERS (END_STREAM) with `fields`.
+    fn trailers(&mut self, lab: &mut Lab, stream: u32, fields: &[(&str, &str)]) {
+        let mut block = Vec::new();
+        self.enc
+            .encode_into(
+                fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+                &mut block,
+            )
+            .unwrap();
+        let mut out = Vec::new();
+        emit::headers(&mut out, stream, &block, true, 16_384);
+        lab.send(self.h, &out);
+    }
+
     fn data(&mut self, lab: &mut Lab, stream: u32, bytes: &[u8], end: bool) {
         let mut out = Vec::new();
         emit::data(&mut out, stream, bytes, end, 16_384);
@@ -1058,5 +1072,60 @@ fn h2c_a_trailers_plugin_changes_the_trailing_headers() {
     .collect();
     assert_eq!(got, want);
     let s = lab.edge.stats();
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}
+
+/// An HTTP/2 client's trailing HEADERS go up in the chunked trailer
+/// section (the upstream request is chunked: no length), cleaned of the
+/// fields that never go as trailers; through a trailers plugin, as it
+/// left them.
+#[test]
+fn h2c_request_trailers_reach_the_origin_in_the_chunked_trailer_section() {
+    use ferrogate_proxy::plugin_phase::AttachedPlugin;
+    let mut lab = h2_lab();
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "POST", "/upload", false);
+    c.data(&mut lab, 1, b"hello", false);
+    c.pump(&mut lab, 5);
+    c.trailers(&mut lab, 1, &[("x-checksum", "abc"), ("te", "trailers")]);
+    let r = c.response(&mut lab, 1);
+    assert_eq!(
+        (r.status(), &r.body[..]),
+        (200, &b"got 5: hello"[..]),
+        "{r:?}"
+    );
+    let sent = String::from_utf8_lossy(&lab.origin_bodies[0]).to_string();
+    assert!(sent.ends_with("0\r\nx-checksum: abc\r\n\r\n"), "{sent:?}");
+    assert_eq!(lab.edge.stats().trailers_forwarded, 1);
+
+    let upstream = origin_pool(|_| {});
+    let listener = Listener::new(
+        80,
+        vec![Route::new("origin", RouteAction::Proxy(upstream.clone()))],
+    )
+    .with_http2(true)
+    .with_plugins(vec![AttachedPlugin {
+        plugin: trailer_editor("editor", false),
+        fail_open: false,
+    }]);
+    let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "POST", "/upload", false);
+    c.data(&mut lab, 1, b"hello", false);
+    c.pump(&mut lab, 5);
+    c.trailers(&mut lab, 1, &[("x-checksum", "abc")]);
+    let r = c.response(&mut lab, 1);
+    assert_eq!(
+        (r.status(), &r.body[..]),
+        (200, &b"got 5: hello"[..]),
+        "{r:?}"
+    );
+    let sent = String::from_utf8_lossy(&lab.origin_bodies[0]).to_string();
+    assert!(sent.contains("x-checksum: def\r\n"), "{sent:?}");
+    assert!(sent.contains("x-plugin: yes\r\n"), "{sent:?}");
+    assert!(!sent.contains("content-length"), "{sent:?}");
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_failures, 0, "{s:?}");
     assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
 }

@@ -794,3 +794,26 @@ fn a_trailers_plugin_that_traps_cuts_the_response_unless_fail_open() {
     let s = lab.edge.stats();
     assert_eq!((s.plugin_failures, s.plugin_failed_open), (1, 1));
 }
+
+/// An HTTP/1.1 client's chunked trailers go through
+/// `proxy_on_request_trailers` and up in the chunked trailer section as the
+/// plugin left them.
+#[test]
+fn a_chunked_requests_trailers_go_through_the_trailers_plugin_to_the_origin() {
+    let editor = trailer_editor("editor", false);
+    let table = table_with_route_plugins(vec![attach(&editor, false)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    let r = lab.exchange(
+        c,
+        b"POST /upload HTTP/1.1\r\nHost: x.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc\r\n\r\n",
+    );
+    assert_eq!((r.status, &r.body[..]), (200, &b"got 5: hello"[..]));
+    let sent = String::from_utf8_lossy(&lab.origin_bodies[0]).to_string();
+    assert!(sent.contains("x-checksum: def\r\n"), "{sent:?}");
+    assert!(sent.contains("x-plugin: yes\r\n"), "{sent:?}");
+    assert!(!sent.contains("abc"), "{sent:?}");
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_failures, 0, "{s:?}");
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}

@@ -122,6 +122,9 @@ pub(crate) struct H2Stream<P: ProxyHttp> {
     body_done: bool,
     /// The client ended the request (END_STREAM, or trailers).
     pub(crate) request_ended: bool,
+    /// The client's trailers (trailing HEADERS), cleaned and bounded: they
+    /// go up in the chunked end when the upstream request is chunked.
+    pub(crate) request_trailers: Vec<crate::http::TrailerField>,
     /// `request_body_filter` was told the body ended.
     body_end_seen: bool,
     body_sent: u64,
@@ -221,6 +224,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             cache_writer: None,
             plugin_body: None,
             request_plugin_body: None,
+            request_trailers: Vec::new(),
         }
     }
 
@@ -634,7 +638,21 @@ impl<P: ProxyHttp> H2Stream<P> {
             moved = true;
         }
         if head_done && all_taken && !self.body_done {
-            if self.body == ReqBody::Chunked {
+            if self.body == ReqBody::Chunked && !self.request_trailers.is_empty() {
+                // The chunked end with the client's trailers (kept for a
+                // retry, which sends them again).
+                let mut end = Vec::with_capacity(256);
+                if self.chunks > 0 {
+                    end.extend_from_slice(b"\r\n");
+                }
+                crate::trailers::write_chunked_end(&self.request_trailers, &mut end);
+                if upc.io.send_space(up) >= end.len() {
+                    upc.io.send(up, &end);
+                    self.body_done = true;
+                    moved = true;
+                    cx.stats.trailers_forwarded += 1;
+                }
+            } else if self.body == ReqBody::Chunked {
                 let end: &[u8] = if self.chunks > 0 {
                     CHUNKED_END
                 } else {
@@ -724,6 +742,11 @@ impl<P: ProxyHttp> H2Stream<P> {
                     return true;
                 }
                 self.body_end_seen |= end;
+            }
+            if done {
+                // The client's trailers go through the plugins' trailers
+                // phase and up in the chunked end.
+                pb.trailers = std::mem::take(&mut self.request_trailers);
             }
             let pushed = pb.push(
                 cx.plugins,

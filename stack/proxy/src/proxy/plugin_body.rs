@@ -478,8 +478,16 @@ impl<P: ProxyHttp> Conn<P> {
                     if max_body > 0 && dec.bytes_seen() > max_body {
                         return self.fail_to_client(cx, ProxyError::BodyTooLarge);
                     }
+                    // Re-framed here: the client's trailers are kept to
+                    // go through the plugins and up.
+                    dec.capture_trailers();
                     match dec.feed_with(window, |d| payload.extend_from_slice(d)) {
-                        Ok(t) => (t, dec.is_done()),
+                        Ok(t) => {
+                            if dec.is_done() {
+                                pb.trailers = crate::trailers::take(dec, cx.stats);
+                            }
+                            (t, dec.is_done())
+                        }
                         Err(e) => return self.fail_to_client(cx, ProxyError::BadRequestBody(e)),
                     }
                 }
