@@ -35,6 +35,23 @@ enum State {
 const MAX_SIZE_DIGITS: u8 = 15;
 const MAX_LINE: u32 = 4096;
 
+/// Bounds on a captured trailer section: past either, the trailers are
+/// dropped (the body is still whole; RFC 9110 §6.5.1 lets a recipient
+/// discard them).
+pub const MAX_TRAILER_BYTES: usize = 8 * 1024;
+pub const MAX_TRAILER_FIELDS: usize = 32;
+
+/// One trailer field as it came (name as sent, value trimmed of OWS).
+pub type TrailerField = (Vec<u8>, Vec<u8>);
+
+/// The trailer section being kept: its raw lines, CRLF-terminated.
+#[derive(Debug, Clone, Default)]
+struct Capture {
+    raw: Vec<u8>,
+    fields: usize,
+    over: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct ChunkedDecoder {
     state: State,
@@ -44,6 +61,10 @@ pub struct ChunkedDecoder {
     last_chunk: bool,
     /// Bytes of framing and data consumed so far (body size limits).
     seen: u64,
+    /// The trailer section, when asked for (allocated once per body, at
+    /// its first trailer byte).
+    capture: Option<Box<Capture>>,
+    capturing: bool,
 }
 
 impl Default for ChunkedDecoder {
@@ -61,7 +82,71 @@ impl ChunkedDecoder {
             line_len: 0,
             last_chunk: false,
             seen: 0,
+            capture: None,
+            capturing: false,
         }
+    }
+
+    /// Keeps the trailer section (bounded by [`MAX_TRAILER_BYTES`] and
+    /// [`MAX_TRAILER_FIELDS`]) for [`Self::take_trailers`].
+    pub fn capture_trailers(&mut self) {
+        self.capturing = true;
+    }
+
+    /// Whether a captured trailer section went over its bounds (and was
+    /// dropped).
+    pub fn trailers_over_limit(&self) -> bool {
+        self.capture.as_ref().is_some_and(|c| c.over)
+    }
+
+    /// The captured trailer fields once the body is done: empty when
+    /// there were none, when capture was not asked for, or when they went
+    /// over the bounds. Lines that are no field (no colon, a bad name,
+    /// obs-fold) are left out.
+    pub fn take_trailers(&mut self) -> Vec<TrailerField> {
+        let done = self.is_done();
+        let Some(c) = self.capture.as_mut() else {
+            return Vec::new();
+        };
+        if c.over || !done {
+            return Vec::new();
+        }
+        let raw = std::mem::take(&mut c.raw);
+        parse_fields(&raw)
+    }
+
+    /// One trailer byte (CR and LF are the line's end, not kept here).
+    fn keep_trailer_byte(&mut self, b: u8) {
+        if !self.capturing {
+            return;
+        }
+        let c = self.capture.get_or_insert_with(Default::default);
+        if c.over {
+            return;
+        }
+        if c.raw.len() + 2 > MAX_TRAILER_BYTES {
+            c.over = true;
+            c.raw = Vec::new();
+            return;
+        }
+        c.raw.push(b);
+    }
+
+    /// The end of one trailer line.
+    fn end_trailer_line(&mut self) {
+        let Some(c) = self.capture.as_mut().filter(|_| self.capturing) else {
+            return;
+        };
+        if c.over {
+            return;
+        }
+        c.fields += 1;
+        if c.fields > MAX_TRAILER_FIELDS || c.raw.len() + 2 > MAX_TRAILER_BYTES {
+            c.over = true;
+            c.raw = Vec::new();
+            return;
+        }
+        c.raw.extend_from_slice(b"\r\n");
     }
 
     pub fn is_done(&self) -> bool {
@@ -202,6 +287,7 @@ impl ChunkedDecoder {
                         return Err(ChunkError::BadLineEnding);
                     } else {
                         self.line_len = 1;
+                        self.keep_trailer_byte(b);
                         self.state = State::Trailer;
                     }
                 }
@@ -214,12 +300,15 @@ impl ChunkedDecoder {
                         self.state = State::TrailerLf;
                     } else if b == b'\n' {
                         return Err(ChunkError::BadLineEnding);
+                    } else {
+                        self.keep_trailer_byte(b);
                     }
                 }
                 State::TrailerLf => {
                     if b != b'\n' {
                         return Err(ChunkError::BadLineEnding);
                     }
+                    self.end_trailer_line();
                     self.state = State::TrailerStart;
                 }
                 State::FinalLf => {
@@ -235,6 +324,63 @@ impl ChunkedDecoder {
         }
         Ok(i)
     }
+}
+
+/// Fields of CRLF-terminated `name: value` lines; a line that is none is
+/// left out (a trailer is advisory: dropping one beats failing a body
+/// that is already out).
+pub fn parse_fields(raw: &[u8]) -> Vec<TrailerField> {
+    let mut out = Vec::new();
+    for line in raw.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            continue;
+        }
+        let value = trim_ows(&line[colon + 1..]);
+        if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+            continue;
+        }
+        out.push((name.to_vec(), value.to_vec()));
+    }
+    out
+}
+
+/// Fields that never travel as trailers through the proxy: framing,
+/// routing and hop-by-hop fields (RFC 9110 §6.5.1, RFC 9113 §8.2.2).
+pub fn forbidden_trailer(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 8] = [
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"te",
+        b"host",
+        b"keep-alive",
+        b"upgrade",
+        b"trailer",
+    ];
+    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+        || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+        || name.first() == Some(&b':')
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -313,6 +459,99 @@ mod tests {
     fn trailers_are_consumed() {
         let body = b"1\r\na\r\n0\r\nX-Trailer: v\r\n\r\n";
         assert_eq!(feed_all(body).unwrap(), (body.len(), true));
+    }
+
+    #[test]
+    fn trailers_are_kept_when_asked_across_every_split() {
+        let body = b"1\r\na\r\n0\r\nX-Check: abc \r\ngrpc-status:0\r\nbad line\r\n\r\n";
+        for split in 0..=body.len() {
+            let mut d = ChunkedDecoder::new();
+            d.capture_trailers();
+            let a = d.feed(&body[..split]).unwrap();
+            let b = d.feed(&body[split..]).unwrap();
+            assert_eq!(a + b, body.len(), "split {split}");
+            assert!(d.is_done());
+            assert!(!d.trailers_over_limit());
+            assert_eq!(
+                d.take_trailers(),
+                vec![
+                    (b"X-Check".to_vec(), b"abc".to_vec()),
+                    (b"grpc-status".to_vec(), b"0".to_vec())
+                ],
+                "split {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn framing_and_hop_by_hop_fields_are_forbidden_trailers() {
+        for n in [
+            "Content-Length",
+            "transfer-encoding",
+            "TE",
+            "proxy-authorization",
+            ":status",
+        ] {
+            assert!(forbidden_trailer(n.as_bytes()), "{n}");
+        }
+        for n in ["grpc-status", "x-checksum", "proxy"] {
+            assert!(!forbidden_trailer(n.as_bytes()), "{n}");
+        }
+    }
+
+    #[test]
+    fn trailers_are_not_kept_unless_asked() {
+        let mut d = ChunkedDecoder::new();
+        d.feed(b"0\r\nx: 1\r\n\r\n").unwrap();
+        assert!(d.is_done());
+        assert!(d.take_trailers().is_empty());
+    }
+
+    #[test]
+    fn too_many_trailer_fields_are_dropped_and_the_body_still_ends() {
+        let mut body = b"1\r\na\r\n0\r\n".to_vec();
+        for i in 0..=MAX_TRAILER_FIELDS {
+            body.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        let mut d = ChunkedDecoder::new();
+        d.capture_trailers();
+        assert_eq!(d.feed(&body).unwrap(), body.len());
+        assert!(d.is_done());
+        assert!(d.trailers_over_limit());
+        assert!(d.take_trailers().is_empty());
+
+        // One fewer fits.
+        let mut body = b"0\r\n".to_vec();
+        for i in 0..MAX_TRAILER_FIELDS {
+            body.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        let mut d = ChunkedDecoder::new();
+        d.capture_trailers();
+        d.feed(&body).unwrap();
+        assert!(!d.trailers_over_limit());
+        assert_eq!(d.take_trailers().len(), MAX_TRAILER_FIELDS);
+    }
+
+    #[test]
+    fn a_trailer_section_past_its_byte_bound_is_dropped() {
+        let value = "v".repeat(3000);
+        let mut body = b"0\r\n".to_vec();
+        for i in 0..3 {
+            body.extend_from_slice(format!("x-{i}: {value}\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        for split in [0, 5, 3000, 6100, body.len() - 1] {
+            let mut d = ChunkedDecoder::new();
+            d.capture_trailers();
+            let a = d.feed(&body[..split]).unwrap();
+            let b = d.feed(&body[split..]).unwrap();
+            assert_eq!(a + b, body.len());
+            assert!(d.is_done());
+            assert!(d.trailers_over_limit(), "split {split}");
+            assert!(d.take_trailers().is_empty());
+        }
     }
 
     #[test]

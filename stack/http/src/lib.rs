@@ -11,7 +11,7 @@ mod lines;
 mod view;
 
 pub use buf::ByteBuf;
-pub use chunked::{ChunkError, ChunkedDecoder};
+pub use chunked::{ChunkError, ChunkedDecoder, TrailerField};
 pub use head::{
     BodyFraming, HeadError, Header, HeaderSlots, Headers, Request, RequestHead, ResponseHead,
     ResponseView,

@@ -473,6 +473,16 @@ impl PluginInstance {
         self.cb.response_body.is_some()
     }
 
+    /// Whether the module exports `proxy_on_request_trailers`.
+    pub fn has_request_trailers_phase(&self) -> bool {
+        self.cb.request_trailers.is_some()
+    }
+
+    /// Whether the module exports `proxy_on_response_trailers`.
+    pub fn has_response_trailers_phase(&self) -> bool {
+        self.cb.response_trailers.is_some()
+    }
+
     /// `proxy_on_response_body` with the body buffered so far.
     pub fn on_response_body(
         &mut self,

@@ -30,6 +30,7 @@ mod rule_index;
 pub mod rules;
 mod stack;
 pub mod stats;
+mod trailers;
 mod udp_session;
 
 pub use ferrogate_h2 as h2;

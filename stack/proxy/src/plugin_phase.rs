@@ -51,7 +51,7 @@ use crate::route::{DirectResponse, Route, RouteAction, RouteTable};
 use crate::stats::StackStats;
 
 pub use body::MAX_HELD;
-pub(crate) use body::{ResponseBody, wants_request_body, wants_response_body};
+pub(crate) use body::{ResponseBody, wants_request_body, wants_response_body, wants_trailers};
 
 /// A plugin on a listener or a route.
 #[derive(Debug, Clone)]

@@ -108,6 +108,11 @@ pub struct StackStats {
     /// Header lines a proxy phase tried to add and the codec refused (bad
     /// bytes, a framing field).
     pub header_lines_refused: u64,
+    /// Trailer sections handed on (to an HTTP/2 client as trailing
+    /// HEADERS, or re-framed in a chunked body), and ones dropped because
+    /// they went past 8 KiB or 32 fields (the body still went whole).
+    pub trailers_forwarded: u64,
+    pub trailers_dropped: u64,
     /// HTTP/2 connections and their protocol counters.
     pub h2: H2Stats,
     /// TCP (L4) listeners' connections.
@@ -397,6 +402,8 @@ impl StackStats {
         self.access_log_dropped += o.access_log_dropped;
         self.early_responses += o.early_responses;
         self.header_lines_refused += o.header_lines_refused;
+        self.trailers_forwarded += o.trailers_forwarded;
+        self.trailers_dropped += o.trailers_dropped;
         self.h2.add(&o.h2);
         self.l4.add(&o.l4);
         self.udp.add(&o.udp);
@@ -456,6 +463,8 @@ impl StackStats {
             ("plugin_heads_too_large", self.plugin_heads_too_large),
             ("plugin_memory_bytes", self.plugin_memory_bytes),
             ("header_lines_refused", self.header_lines_refused),
+            ("trailers_forwarded", self.trailers_forwarded),
+            ("trailers_dropped", self.trailers_dropped),
             ("cache_hits", self.cache.hit),
             ("cache_misses", self.cache.miss),
             ("cache_stale", self.cache.stale),

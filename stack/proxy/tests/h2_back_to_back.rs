@@ -38,6 +38,8 @@ struct H2Response {
     heads: Vec<(u16, Vec<(String, String)>)>,
     body: Vec<u8>,
     reset: Option<u32>,
+    /// Trailing HEADERS (no `:status`), if the stream ended with them.
+    trailers: Option<Vec<(String, String)>>,
 }
 
 impl H2Response {
@@ -90,6 +92,20 @@ impl H2Client {
             .unwrap();
         let mut out = Vec::new();
         emit::headers(&mut out, stream, &block, end, 16_384);
+        lab.send(self.h, &out);
+    }
+
+    /// Trailing HEADERS (END_STREAM) with `fields`.
+    fn trailers(&mut self, lab: &mut Lab, stream: u32, fields: &[(&str, &str)]) {
+        let mut block = Vec::new();
+        self.enc
+            .encode_into(
+                fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+                &mut block,
+            )
+            .unwrap();
+        let mut out = Vec::new();
+        emit::headers(&mut out, stream, &block, true, 16_384);
         lab.send(self.h, &out);
     }
 
@@ -158,7 +174,11 @@ impl H2Client {
                                 list.push((n, v));
                             }
                         }
-                        r.heads.push((status, list));
+                        if status == 0 && !r.heads.is_empty() {
+                            r.trailers = Some(list);
+                        } else {
+                            r.heads.push((status, list));
+                        }
                         if end {
                             return true;
                         }
@@ -958,6 +978,153 @@ fn h2c_request_body_plugin_output_goes_up_chunked() {
     let r = h2.response(&mut lab, 1);
     assert_eq!(r.status(), 200, "{r:?}");
     assert_eq!(r.body, b"got 7: [hello]", "{r:?}");
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_failures, 0, "{s:?}");
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}
+
+/// A chunked origin's trailers end the HTTP/2 stream as trailing HEADERS:
+/// names lower-cased, framing and hop-by-hop fields left out; through a
+/// body plugin (the body re-framed) as without one.
+#[test]
+fn h2c_chunked_origin_trailers_reach_the_client_as_trailing_headers() {
+    use ferrogate_proxy::plugin_phase::AttachedPlugin;
+    let want = Some(vec![
+        ("x-checksum".to_string(), "abc".to_string()),
+        ("grpc-status".to_string(), "0".to_string()),
+    ]);
+    let mut lab = h2_lab();
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/trailers", true);
+    let r = c.response(&mut lab, 1);
+    assert_eq!((r.status(), &r.body[..]), (200, &b"hello"[..]), "{r:?}");
+    assert_eq!(r.trailers, want, "{r:?}");
+    // A response without trailers still ends with DATA.
+    c.headers(&mut lab, 3, "GET", "/chunked", true);
+    let r = c.response(&mut lab, 3);
+    assert_eq!((r.trailers, r.reset), (None, None));
+    assert_eq!(lab.edge.stats().trailers_forwarded, 1);
+
+    let upstream = origin_pool(|_| {});
+    let listener = Listener::new(
+        80,
+        vec![Route::new("origin", RouteAction::Proxy(upstream.clone()))],
+    )
+    .with_http2(true)
+    .with_plugins(vec![AttachedPlugin {
+        plugin: body_wrapper("square", '[', ']'),
+        fail_open: false,
+    }]);
+    let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/trailers", true);
+    let r = c.response(&mut lab, 1);
+    assert_eq!((r.status(), &r.body[..]), (200, &b"[hello]"[..]), "{r:?}");
+    assert_eq!(r.trailers, want, "{r:?}");
+    assert_eq!(lab.edge.stats().trailers_forwarded, 1);
+}
+
+/// A trailer section past 32 fields is dropped and counted; the body
+/// still arrives whole and the stream ends cleanly.
+#[test]
+fn h2c_an_oversized_trailer_section_is_dropped_and_counted() {
+    let mut lab = h2_lab();
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/trailers-many", true);
+    let r = c.response(&mut lab, 1);
+    assert_eq!((r.status(), &r.body[..]), (200, &b"hello"[..]), "{r:?}");
+    assert_eq!((r.trailers, r.reset), (None, None));
+    let s = lab.edge.stats();
+    assert_eq!((s.trailers_dropped, s.trailers_forwarded), (1, 0));
+}
+
+/// A trailers plugin's output is what an HTTP/2 client gets as trailing
+/// HEADERS.
+#[test]
+fn h2c_a_trailers_plugin_changes_the_trailing_headers() {
+    use ferrogate_proxy::plugin_phase::AttachedPlugin;
+    let upstream = origin_pool(|_| {});
+    let listener = Listener::new(
+        80,
+        vec![Route::new("origin", RouteAction::Proxy(upstream.clone()))],
+    )
+    .with_http2(true)
+    .with_plugins(vec![AttachedPlugin {
+        plugin: trailer_editor("editor", false),
+        fail_open: false,
+    }]);
+    let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/trailers", true);
+    let r = c.response(&mut lab, 1);
+    assert_eq!((r.status(), &r.body[..]), (200, &b"hello"[..]), "{r:?}");
+    let mut got = r.trailers.clone().expect("trailers");
+    got.sort();
+    let want: Vec<(String, String)> = [
+        ("grpc-status", "0"),
+        ("x-checksum", "def"),
+        ("x-plugin", "yes"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}
+
+/// An HTTP/2 client's trailing HEADERS go up in the chunked trailer
+/// section (the upstream request is chunked: no length), cleaned of the
+/// fields that never go as trailers; through a trailers plugin, as it
+/// left them.
+#[test]
+fn h2c_request_trailers_reach_the_origin_in_the_chunked_trailer_section() {
+    use ferrogate_proxy::plugin_phase::AttachedPlugin;
+    let mut lab = h2_lab();
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "POST", "/upload", false);
+    c.data(&mut lab, 1, b"hello", false);
+    c.pump(&mut lab, 5);
+    c.trailers(&mut lab, 1, &[("x-checksum", "abc"), ("te", "trailers")]);
+    let r = c.response(&mut lab, 1);
+    assert_eq!(
+        (r.status(), &r.body[..]),
+        (200, &b"got 5: hello"[..]),
+        "{r:?}"
+    );
+    let sent = String::from_utf8_lossy(&lab.origin_bodies[0]).to_string();
+    assert!(sent.ends_with("0\r\nx-checksum: abc\r\n\r\n"), "{sent:?}");
+    assert_eq!(lab.edge.stats().trailers_forwarded, 1);
+
+    let upstream = origin_pool(|_| {});
+    let listener = Listener::new(
+        80,
+        vec![Route::new("origin", RouteAction::Proxy(upstream.clone()))],
+    )
+    .with_http2(true)
+    .with_plugins(vec![AttachedPlugin {
+        plugin: trailer_editor("editor", false),
+        fail_open: false,
+    }]);
+    let routes = Arc::new(RouteTable::new(1, vec![listener], vec![upstream]));
+    let mut lab = Lab::with_routes(Origin::Serving, routes, |_| {});
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "POST", "/upload", false);
+    c.data(&mut lab, 1, b"hello", false);
+    c.pump(&mut lab, 5);
+    c.trailers(&mut lab, 1, &[("x-checksum", "abc")]);
+    let r = c.response(&mut lab, 1);
+    assert_eq!(
+        (r.status(), &r.body[..]),
+        (200, &b"got 5: hello"[..]),
+        "{r:?}"
+    );
+    let sent = String::from_utf8_lossy(&lab.origin_bodies[0]).to_string();
+    assert!(sent.contains("x-checksum: def\r\n"), "{sent:?}");
+    assert!(sent.contains("x-plugin: yes\r\n"), "{sent:?}");
+    assert!(!sent.contains("content-length"), "{sent:?}");
     let s = lab.edge.stats();
     assert_eq!(s.plugin_failures, 0, "{s:?}");
     assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);

@@ -689,3 +689,131 @@ fn a_request_body_plugin_that_changes_a_length_it_left_in_place_fails_with_500()
     assert!(s.plugin_failures >= 1, "{s:?}");
     assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
 }
+
+/// An HTTP/1.1 client gets a chunked origin's trailers: unchanged on the
+/// plain path (the chunked bytes pass through), in the chunked end the
+/// proxy writes when a body plugin re-frames the body (framing and
+/// hop-by-hop fields left out).
+#[test]
+fn chunked_origin_trailers_reach_an_http1_client_with_and_without_a_body_plugin() {
+    let mut lab = Lab::new(Origin::Serving);
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/trailers"));
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+    assert_eq!(
+        r.trailers,
+        [
+            "X-Checksum: abc",
+            "Content-Length: 5",
+            "Proxy-Thing: p",
+            "Grpc-Status: 0"
+        ]
+    );
+
+    let square = body_wrapper("square", '[', ']');
+    let table = table_with_route_plugins(vec![attach(&square, false)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/trailers"));
+    assert_eq!((r.status, &r.body[..]), (200, &b"[hello]"[..]));
+    assert_eq!(r.trailers, ["x-checksum: abc", "grpc-status: 0"]);
+    assert_eq!(lab.edge.stats().trailers_forwarded, 1);
+    // Past the bound: dropped and counted, the body whole, the connection
+    // goes on.
+    let r = lab.exchange(c, &get("/trailers-many"));
+    assert_eq!((r.status, &r.body[..]), (200, &b"[hello]"[..]));
+    assert!(r.trailers.is_empty(), "{:?}", r.trailers);
+    assert_eq!(lab.edge.stats().trailers_dropped, 1);
+    let r = lab.exchange(c, &get("/chunked"));
+    assert_eq!(r.body, b"[hello, world]");
+}
+
+/// A plugin at `proxy_on_response_trailers` reads, replaces and adds
+/// trailers; the client gets its output (less the fields that never go as
+/// trailers); the contexts end.
+#[test]
+fn a_trailers_plugin_replaces_and_adds_response_trailers() {
+    let editor = trailer_editor("editor", false);
+    let table = table_with_route_plugins(vec![attach(&editor, false)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/trailers"));
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+    let mut got = r.trailers.clone();
+    got.sort();
+    assert_eq!(
+        got,
+        ["grpc-status: 0", "x-checksum: def", "x-plugin: yes"],
+        "{:?}",
+        r.trailers
+    );
+    // No trailers from the origin: the plugin is not called for them.
+    let r = lab.exchange(c, &get("/chunked"));
+    assert_eq!((r.body, r.trailers), (b"hello, world".to_vec(), vec![]));
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_failures, 0);
+    assert_eq!(s.plugin_edits_ignored, 1, "content-length left out");
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}
+
+/// A plugin that traps at the trailers: fail-closed, the response is cut
+/// (no chunked end); under `fail_open` the trailers go on as they came,
+/// one failure counted.
+#[test]
+fn a_trailers_plugin_that_traps_cuts_the_response_unless_fail_open() {
+    let trap = trailer_editor("trap", true);
+    let table = table_with_route_plugins(vec![attach(&trap, false)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    lab.send(c, &get("/trailers"));
+    let raw = lab.read_until(c, 3_000, |b| Response::parse(b).is_some());
+    // The reset may take the unsent head with it: no whole response.
+    assert!(
+        Response::parse(&raw).is_none(),
+        "a cut body, not a whole response: {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(
+        matches!(
+            lab.client_state(c),
+            tcp::State::Closed | tcp::State::CloseWait | tcp::State::TimeWait
+        ),
+        "{:?}",
+        lab.client_state(c)
+    );
+    let s = lab.edge.stats();
+    assert_eq!((s.plugin_failures, s.plugin_failed_open), (1, 0));
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+
+    let table = table_with_route_plugins(vec![attach(&trap, true)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/trailers"));
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+    assert_eq!(r.trailers, ["x-checksum: abc", "grpc-status: 0"]);
+    let s = lab.edge.stats();
+    assert_eq!((s.plugin_failures, s.plugin_failed_open), (1, 1));
+}
+
+/// An HTTP/1.1 client's chunked trailers go through
+/// `proxy_on_request_trailers` and up in the chunked trailer section as the
+/// plugin left them.
+#[test]
+fn a_chunked_requests_trailers_go_through_the_trailers_plugin_to_the_origin() {
+    let editor = trailer_editor("editor", false);
+    let table = table_with_route_plugins(vec![attach(&editor, false)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    let r = lab.exchange(
+        c,
+        b"POST /upload HTTP/1.1\r\nHost: x.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc\r\n\r\n",
+    );
+    assert_eq!((r.status, &r.body[..]), (200, &b"got 5: hello"[..]));
+    let sent = String::from_utf8_lossy(&lab.origin_bodies[0]).to_string();
+    assert!(sent.contains("x-checksum: def\r\n"), "{sent:?}");
+    assert!(sent.contains("x-plugin: yes\r\n"), "{sent:?}");
+    assert!(!sent.contains("abc"), "{sent:?}");
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_failures, 0, "{s:?}");
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}

@@ -415,11 +415,25 @@ fn on_event<P: ProxyHttp>(
                 st.request_ended |= end_stream;
             }
         }
-        // Request trailers have no HTTP/1.1 upstream form short of a
-        // chunked trailer section; the body is complete.
-        Event::Trailers { stream, .. } => {
+        // The body is complete; the trailers go up in the chunked trailer
+        // section when the upstream request is chunked (else they are
+        // dropped: a length-framed HTTP/1.1 request has no place for them).
+        Event::Trailers { stream, fields } => {
             if let Some(st) = streams.live.iter_mut().find(|s| s.id == stream) {
                 st.request_ended = true;
+                let bytes: usize = fields
+                    .iter()
+                    .map(|f| f.name.len() + f.value.len() + 4)
+                    .sum();
+                if fields.len() > crate::http::chunked::MAX_TRAILER_FIELDS
+                    || bytes > crate::http::chunked::MAX_TRAILER_BYTES
+                {
+                    cx.stats.trailers_dropped += 1;
+                } else {
+                    let mut t: Vec<_> = fields.into_iter().map(|f| (f.name, f.value)).collect();
+                    crate::trailers::clean(&mut t);
+                    st.request_trailers = t;
+                }
             }
         }
         Event::Reset { stream, .. } => {

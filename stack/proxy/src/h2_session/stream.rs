@@ -122,6 +122,9 @@ pub(crate) struct H2Stream<P: ProxyHttp> {
     body_done: bool,
     /// The client ended the request (END_STREAM, or trailers).
     pub(crate) request_ended: bool,
+    /// The client's trailers (trailing HEADERS), cleaned and bounded: they
+    /// go up in the chunked end when the upstream request is chunked.
+    pub(crate) request_trailers: Vec<crate::http::TrailerField>,
     /// `request_body_filter` was told the body ended.
     body_end_seen: bool,
     body_sent: u64,
@@ -221,6 +224,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             cache_writer: None,
             plugin_body: None,
             request_plugin_body: None,
+            request_trailers: Vec::new(),
         }
     }
 
@@ -634,7 +638,21 @@ impl<P: ProxyHttp> H2Stream<P> {
             moved = true;
         }
         if head_done && all_taken && !self.body_done {
-            if self.body == ReqBody::Chunked {
+            if self.body == ReqBody::Chunked && !self.request_trailers.is_empty() {
+                // The chunked end with the client's trailers (kept for a
+                // retry, which sends them again).
+                let mut end = Vec::with_capacity(256);
+                if self.chunks > 0 {
+                    end.extend_from_slice(b"\r\n");
+                }
+                crate::trailers::write_chunked_end(&self.request_trailers, &mut end);
+                if upc.io.send_space(up) >= end.len() {
+                    upc.io.send(up, &end);
+                    self.body_done = true;
+                    moved = true;
+                    cx.stats.trailers_forwarded += 1;
+                }
+            } else if self.body == ReqBody::Chunked {
                 let end: &[u8] = if self.chunks > 0 {
                     CHUNKED_END
                 } else {
@@ -724,6 +742,11 @@ impl<P: ProxyHttp> H2Stream<P> {
                     return true;
                 }
                 self.body_end_seen |= end;
+            }
+            if done {
+                // The client's trailers go through the plugins' trailers
+                // phase and up in the chunked end.
+                pb.trailers = std::mem::take(&mut self.request_trailers);
             }
             let pushed = pb.push(
                 cx.plugins,
@@ -913,7 +936,12 @@ impl<P: ProxyHttp> H2Stream<P> {
             self.upstream_failed(cx, h2, peer, ProxyError::BadResponse(HeadError::TooLarge));
             return true;
         }
-        let body = Body::from_framing(resp.framing);
+        let mut body = Body::from_framing(resp.framing);
+        if let Body::Chunked(dec) = &mut body {
+            // An HTTP/2 client gets a chunked origin's trailers as trailing
+            // HEADERS.
+            dec.capture_trailers();
+        }
         let end = matches!(body, Body::Done);
         // With a body plugin the contexts end with the body, else with the
         // head. The announced length stands unless a plugin removed it (it
@@ -1023,7 +1051,13 @@ impl<P: ProxyHttp> H2Stream<P> {
                         let end = dec.is_done();
                         if end {
                             phases.response_body_filter(&[], true, pctx);
-                            sent_ok &= h2.send_data(id, &[], true).is_ok();
+                            let trailers = crate::trailers::take(dec, cx.stats);
+                            sent_ok &= if trailers.is_empty() {
+                                h2.send_data(id, &[], true).is_ok()
+                            } else {
+                                cx.stats.trailers_forwarded += 1;
+                                crate::trailers::send_h2(h2, id, &trailers).is_ok()
+                            };
                         }
                         (n, end)
                     }
@@ -1143,7 +1177,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         let mut moved = false;
         let mut turn = 0;
         loop {
-            match send_plugin_output(&mut pb, h2, id, &mut turn, &mut moved) {
+            match send_plugin_output(&mut pb, h2, cx.stats, id, &mut turn, &mut moved) {
                 SendStep::Go => {}
                 SendStep::Wait => break,
                 SendStep::Reset => {
@@ -1479,6 +1513,7 @@ pub(super) enum SendStep {
 pub(super) fn send_plugin_output(
     pb: &mut PluginBody,
     h2: &mut Connection,
+    stats: &mut crate::stats::StackStats,
     id: u32,
     turn: &mut usize,
     moved: &mut bool,
@@ -1493,8 +1528,16 @@ pub(super) fn send_plugin_output(
     if n == 0 && !last {
         return SendStep::Wait;
     }
-    if h2.send_data(id, &rest[..n], last).is_err() {
+    // Trailers end the stream themselves (trailing HEADERS).
+    let trailers = last && !pb.trailers.is_empty();
+    if (n > 0 || !trailers) && h2.send_data(id, &rest[..n], last && !trailers).is_err() {
         return SendStep::Reset;
+    }
+    if trailers {
+        if crate::trailers::send_h2(h2, id, &pb.trailers).is_err() {
+            return SendStep::Reset;
+        }
+        stats.trailers_forwarded += 1;
     }
     pb.sent += n;
     pb.end_sent = last;

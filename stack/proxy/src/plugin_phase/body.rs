@@ -38,7 +38,20 @@ fn wants(workers: &mut WorkerPlugins, edits: &PluginEdits, dir: Direction) -> bo
     edits.contexts.iter().any(|(plugin, ctx)| {
         workers
             .holder(plugin, *ctx)
-            .is_some_and(|i| dir.has_phase(i))
+            .is_some_and(|i| dir.has_phase(i) || dir.has_trailers_phase(i))
+    })
+}
+
+/// Whether a plugin of this request takes the trailers of `dir`'s body.
+pub(crate) fn wants_trailers(
+    workers: &mut WorkerPlugins,
+    edits: &PluginEdits,
+    dir: Direction,
+) -> bool {
+    edits.contexts.iter().any(|(plugin, ctx)| {
+        workers
+            .holder(plugin, *ctx)
+            .is_some_and(|i| dir.has_trailers_phase(i))
     })
 }
 
@@ -56,6 +69,13 @@ impl Direction {
         match self {
             Direction::Request => i.has_request_body_phase(),
             Direction::Response => i.has_response_body_phase(),
+        }
+    }
+
+    fn has_trailers_phase(self, i: &ferrogate_plugins::PluginInstance) -> bool {
+        match self {
+            Direction::Request => i.has_request_trailers_phase(),
+            Direction::Response => i.has_response_trailers_phase(),
         }
     }
 }
@@ -185,6 +205,129 @@ impl ResponseBody {
             std::mem::swap(&mut self.carry, &mut held.bytes);
             held.bytes.clear();
         }
+        Ok(&self.carry)
+    }
+
+    /// The direction of this chain.
+    pub(crate) fn direction(&self) -> Direction {
+        self.dir
+    }
+
+    /// The end of a body that has trailers, for a chain that takes them
+    /// (as Envoy: the last body call had `end_of_stream` false): each
+    /// context in call order gets the last of the body (`data`, what the
+    /// earlier ones released), then the trailers (`proxy_on_*_trailers`,
+    /// which may read, replace, add and remove them); then what it held is
+    /// released to the next. Ok: the rest of the body, to go before the
+    /// trailers. Err: a plugin that is not `fail_open` failed (at its body
+    /// or its trailers); under `fail_open` a failed call's bytes and
+    /// trailers go on as they came to it, counted once.
+    pub(crate) fn end_with_trailers(
+        &mut self,
+        workers: &mut WorkerPlugins,
+        edits: &PluginEdits,
+        data: &[u8],
+        trailers: &mut Vec<crate::http::TrailerField>,
+        now: Instant,
+        stats: &mut StackStats,
+    ) -> Result<&[u8], ProxyError> {
+        let n = edits.contexts.len();
+        self.contexts.resize_with(n, Held::default);
+        self.carry.clear();
+        self.carry.extend_from_slice(data);
+        let now = guest_now(now);
+        for k in 0..n {
+            let i = match self.dir {
+                Direction::Request => k,
+                Direction::Response => n - 1 - k,
+            };
+            let (plugin, ctx) = &edits.contexts[i];
+            let fail_open = edits.fail_open[i];
+            let held = &mut self.contexts[k];
+            if held.bypassed {
+                continue;
+            }
+            let dir = self.dir;
+            let Some(inst) = workers.holder(plugin, *ctx) else {
+                stats.plugin_failures += 1;
+                if !fail_open {
+                    return Err(ProxyError::PluginFailed);
+                }
+                stats.plugin_failed_open += 1;
+                held.bypassed = true;
+                continue;
+            };
+            inst.set_time(now);
+            let mut failed: Option<String> = None;
+            if dir.has_phase(inst) {
+                if fail_open {
+                    held.came.extend_from_slice(&self.carry);
+                }
+                held.bytes.append(&mut self.carry);
+                if !held.bytes.is_empty() {
+                    stats.plugin_calls += 1;
+                    let outcome = match dir {
+                        Direction::Request => inst.on_request_body(*ctx, &mut held.bytes, false),
+                        Direction::Response => inst.on_response_body(*ctx, &mut held.bytes, false),
+                    };
+                    failed = match outcome {
+                        // Paused: what it holds goes on after its trailers.
+                        Outcome::Continue | Outcome::Pause => None,
+                        Outcome::LocalResponse(_) => {
+                            Some("a local answer at a body phase (not supported)".to_string())
+                        }
+                        Outcome::Failed(f) => Some(f.to_string()),
+                    };
+                    if failed.is_none() && held.bytes.len() > MAX_HELD {
+                        failed = Some(format!("held or made more than {MAX_HELD} bytes of a body"));
+                    }
+                }
+            } else {
+                held.bytes.append(&mut self.carry);
+            }
+            if failed.is_none() && dir.has_trailers_phase(inst) {
+                let came = fail_open.then(|| trailers.clone());
+                let mut list = ferrogate_plugins::HeaderList::from_pairs(std::mem::take(trailers));
+                stats.plugin_calls += 1;
+                let outcome = match dir {
+                    Direction::Request => inst.on_request_trailers(*ctx, &mut list),
+                    Direction::Response => inst.on_response_trailers(*ctx, &mut list),
+                };
+                *trailers = list.into_pairs();
+                failed = match outcome {
+                    // Nothing more will come: holding on means nothing.
+                    Outcome::Continue | Outcome::Pause => None,
+                    Outcome::LocalResponse(_) => {
+                        Some("a local answer at a trailers phase (not supported)".to_string())
+                    }
+                    Outcome::Failed(f) => Some(f.to_string()),
+                };
+                if failed.is_some()
+                    && let Some(came) = came
+                {
+                    *trailers = came;
+                }
+            }
+            if let Some(reason) = failed {
+                stats.plugin_failures += 1;
+                tracing::debug!(plugin = plugin.name(), %reason, ?dir, "plugin call failed at the end of a body");
+                if !fail_open {
+                    return Err(ProxyError::PluginFailed);
+                }
+                stats.plugin_failed_open += 1;
+                if dir.has_phase(inst) {
+                    std::mem::swap(&mut held.bytes, &mut held.came);
+                }
+                held.bypassed = true;
+            }
+            held.came.clear();
+            std::mem::swap(&mut self.carry, &mut held.bytes);
+            held.bytes.clear();
+        }
+        // The plugins' trailers go on as the proxy may send them.
+        let before = trailers.len();
+        crate::trailers::clean(trailers);
+        stats.plugin_edits_ignored += (before - trailers.len()) as u64;
         Ok(&self.carry)
     }
 }

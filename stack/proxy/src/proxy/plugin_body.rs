@@ -35,6 +35,10 @@ pub(crate) struct PluginBody {
     /// The length the head announced, still to come: the plugins left
     /// `content-length` in place, so their output must match it.
     length_left: Option<u64>,
+    /// The origin's trailers (a chunked body's trailer section), once the
+    /// body ended: they go after the body (the chunked end, or HTTP/2
+    /// trailing HEADERS).
+    pub(crate) trailers: Vec<crate::http::TrailerField>,
 }
 
 /// What [`PluginBody::pull`] did.
@@ -104,14 +108,24 @@ impl PluginBody {
                 payload.extend_from_slice(&window[..t]);
                 (t, *n == 0)
             }
-            Body::Chunked(dec) => match dec.feed_with(window, |d| payload.extend_from_slice(d)) {
-                Ok(t) => (t, dec.is_done()),
-                Err(e) => {
-                    cx.stats.upstream_errors += 1;
-                    tracing::debug!(error = %ProxyError::BadResponseBody(e), "aborting response");
-                    return Pulled::Broken;
+            Body::Chunked(dec) => {
+                // The body is re-framed here: its trailers must be kept
+                // to go on.
+                dec.capture_trailers();
+                match dec.feed_with(window, |d| payload.extend_from_slice(d)) {
+                    Ok(t) => {
+                        if dec.is_done() {
+                            self.trailers = crate::trailers::take(dec, cx.stats);
+                        }
+                        (t, dec.is_done())
+                    }
+                    Err(e) => {
+                        cx.stats.upstream_errors += 1;
+                        tracing::debug!(error = %ProxyError::BadResponseBody(e), "aborting response");
+                        return Pulled::Broken;
+                    }
                 }
-            },
+            }
             Body::UntilClose => {
                 payload.extend_from_slice(window);
                 (window.len(), !upstream_open && avail.len() == window.len())
@@ -167,7 +181,18 @@ impl PluginBody {
     ) -> bool {
         self.out.clear();
         self.sent = 0;
-        let Ok(data) = self.chain.feed(workers, edits, data, done, now, stats) else {
+        // Trailers to a chain that takes them: the body's last call says
+        // more follows, then the trailers go through (Envoy's order).
+        let with_trailers = done
+            && !self.trailers.is_empty()
+            && crate::plugin_phase::wants_trailers(workers, edits, self.chain.direction());
+        let out = if with_trailers {
+            self.chain
+                .end_with_trailers(workers, edits, data, &mut self.trailers, now, stats)
+        } else {
+            self.chain.feed(workers, edits, data, done, now, stats)
+        };
+        let Ok(data) = out else {
             return false;
         };
         if let Some(left) = &mut self.length_left {
@@ -191,7 +216,10 @@ impl PluginBody {
                 self.out.extend_from_slice(b"\r\n");
             }
             if done {
-                self.out.extend_from_slice(b"0\r\n\r\n");
+                if !self.trailers.is_empty() {
+                    stats.trailers_forwarded += 1;
+                }
+                crate::trailers::write_chunked_end(&self.trailers, &mut self.out);
             }
         } else {
             self.out.extend_from_slice(data);
@@ -450,8 +478,16 @@ impl<P: ProxyHttp> Conn<P> {
                     if max_body > 0 && dec.bytes_seen() > max_body {
                         return self.fail_to_client(cx, ProxyError::BodyTooLarge);
                     }
+                    // Re-framed here: the client's trailers are kept to
+                    // go through the plugins and up.
+                    dec.capture_trailers();
                     match dec.feed_with(window, |d| payload.extend_from_slice(d)) {
-                        Ok(t) => (t, dec.is_done()),
+                        Ok(t) => {
+                            if dec.is_done() {
+                                pb.trailers = crate::trailers::take(dec, cx.stats);
+                            }
+                            (t, dec.is_done())
+                        }
                         Err(e) => return self.fail_to_client(cx, ProxyError::BadRequestBody(e)),
                     }
                 }

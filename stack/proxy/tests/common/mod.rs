@@ -534,6 +534,17 @@ impl<P: ProxyHttp> Lab<P> {
                     "/te-cl" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
                     "/hints" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
                     "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n".to_vec(),
+                    // Trailers, two that go on and two that never may.
+                    "/trailers" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc\r\nContent-Length: 5\r\nProxy-Thing: p\r\nGrpc-Status: 0\r\n\r\n".to_vec(),
+                    // 40 trailer fields: past the proxy's bound of 32.
+                    "/trailers-many" => {
+                        let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n".to_vec();
+                        for i in 0..40 {
+                            r.extend(format!("X-T{i}: v\r\n").as_bytes());
+                        }
+                        r.extend(b"\r\n");
+                        r
+                    }
                     "/big" => {
                         let body: Vec<u8> = (0..self.big_body).map(|i| b'a' + (i % 26) as u8).collect();
                         let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
@@ -661,6 +672,8 @@ pub struct Response {
     pub status: u16,
     pub head: String,
     pub body: Vec<u8>,
+    /// A chunked body's trailer lines, as sent.
+    pub trailers: Vec<String>,
 }
 
 impl Response {
@@ -677,6 +690,7 @@ impl Response {
                 status,
                 head,
                 body: Vec::new(),
+                trailers: Vec::new(),
             });
         }
         if let Some(cl) = lower
@@ -688,6 +702,7 @@ impl Response {
                 status,
                 head,
                 body: rest[..n].to_vec(),
+                trailers: Vec::new(),
             });
         }
         if lower.contains("transfer-encoding: chunked") {
@@ -698,9 +713,20 @@ impl Response {
                 let n = usize::from_str_radix(std::str::from_utf8(&r[..e]).ok()?, 16).ok()?;
                 r = &r[e + 2..];
                 if n == 0 {
-                    return r
-                        .starts_with(b"\r\n")
-                        .then_some(Response { status, head, body });
+                    let mut trailers = vec![];
+                    loop {
+                        let e = find(r, b"\r\n")?;
+                        if e == 0 {
+                            return Some(Response {
+                                status,
+                                head,
+                                body,
+                                trailers,
+                            });
+                        }
+                        trailers.push(String::from_utf8_lossy(&r[..e]).to_string());
+                        r = &r[e + 2..];
+                    }
                 }
                 if r.len() < n + 2 {
                     return None;

@@ -108,3 +108,54 @@ pub fn request_body_wrapper(name: &str, drop_length: bool) -> ferrogate_proxy::p
         },
     )
 }
+
+/// At `proxy_on_response_trailers` (and `proxy_on_request_trailers`):
+/// replaces `x-checksum` with `def`, adds `x-plugin: yes` and
+/// `content-length: y` (a field that never goes as a trailer: the proxy
+/// leaves it out); `trap`: then traps. It has no body callbacks.
+pub fn trailer_editor(name: &str, trap: bool) -> ferrogate_proxy::plugins::Plugin {
+    let trap = if trap { "unreachable" } else { "" };
+    let body = format!(
+        r#"
+    (drop (call $rep (local.get $map) (i32.const 256) (i32.const 10) (i32.const 272) (i32.const 3)))
+    (drop (call $add (local.get $map) (i32.const 288) (i32.const 8) (i32.const 304) (i32.const 3)))
+    (drop (call $add (local.get $map) (i32.const 320) (i32.const 14) (i32.const 304) (i32.const 1)))
+    {trap}
+    (i32.const 0)"#
+    );
+    let text = format!(
+        r#"(module
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_replace_header_map_value" (func $rep (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $bump (mut i32) (i32.const 4096))
+  (data (i32.const 256) "x-checksum")
+  (data (i32.const 272) "def")
+  (data (i32.const 288) "x-plugin")
+  (data (i32.const 304) "yes")
+  (data (i32.const 320) "content-length")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (global.get $bump) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_response_trailers") (param i32 i32) (result i32) (local $map i32)
+    (local.set $map (i32.const 3)){body})
+  (func (export "proxy_on_request_trailers") (param i32 i32) (result i32) (local $map i32)
+    (local.set $map (i32.const 1)){body}))"#
+    );
+    let bytes = wat::parse_str(&text).unwrap();
+    let module = ferrogate_proxy::plugins::PluginModule::compile(
+        &bytes,
+        &ferrogate_proxy::plugins::PluginLimits::default(),
+    )
+    .expect("compile");
+    ferrogate_proxy::plugins::Plugin::new(
+        module,
+        ferrogate_proxy::plugins::PluginConfig {
+            name: name.into(),
+            ..Default::default()
+        },
+    )
+}

@@ -422,7 +422,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         let mut turn = 0;
         let mut waiting_on_object = false;
         loop {
-            match super::send_plugin_output(&mut pb, h2, id, &mut turn, &mut moved) {
+            match super::send_plugin_output(&mut pb, h2, cx.stats, id, &mut turn, &mut moved) {
                 super::SendStep::Go => {}
                 super::SendStep::Wait => break,
                 super::SendStep::Reset => {
