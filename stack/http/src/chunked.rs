@@ -341,7 +341,7 @@ pub fn parse_fields(raw: &[u8]) -> Vec<TrailerField> {
             continue;
         }
         let value = trim_ows(&line[colon + 1..]);
-        if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+        if !valid_trailer(name, value) {
             continue;
         }
         out.push((name.to_vec(), value.to_vec()));
@@ -350,9 +350,11 @@ pub fn parse_fields(raw: &[u8]) -> Vec<TrailerField> {
 }
 
 /// Fields that never travel as trailers through the proxy: framing,
-/// routing and hop-by-hop fields (RFC 9110 §6.5.1, RFC 9113 §8.2.2).
+/// routing, request modifiers, authentication, response control and
+/// content processing (RFC 9110 §6.5.1), hop-by-hop fields (RFC 9113
+/// §8.2.2). Go's net/http refuses the same list.
 pub fn forbidden_trailer(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 8] = [
+    const NAMES: [&[u8]; 21] = [
         b"content-length",
         b"transfer-encoding",
         b"connection",
@@ -361,10 +363,36 @@ pub fn forbidden_trailer(name: &[u8]) -> bool {
         b"keep-alive",
         b"upgrade",
         b"trailer",
+        b"authorization",
+        b"www-authenticate",
+        b"cache-control",
+        b"content-encoding",
+        b"content-range",
+        b"content-type",
+        b"expect",
+        b"max-forwards",
+        b"pragma",
+        b"range",
+        b"set-cookie",
+        b"cookie",
+        b"location",
     ];
     NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
         || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
         || name.first() == Some(&b':')
+}
+
+/// A field that can be written as it is: a token name, a value without
+/// control bytes (HTAB allowed) and without surrounding whitespace. What a
+/// plugin hands back is checked with this before it reaches a peer, as
+/// what the decoder parsed was.
+pub fn valid_trailer(name: &[u8], value: &[u8]) -> bool {
+    !name.is_empty()
+        && name.iter().all(|&b| is_tchar(b))
+        && value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+        && trim_ows(value).len() == value.len()
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {

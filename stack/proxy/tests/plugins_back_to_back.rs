@@ -756,6 +756,27 @@ fn a_trailers_plugin_replaces_and_adds_response_trailers() {
     assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
 }
 
+/// A body plugin that waits for the end of the body makes the same body
+/// whether or not a trailers plugin is attached beside it: it has no
+/// trailers callback, so its last call says the body ended.
+#[test]
+fn a_body_plugin_beside_a_trailers_plugin_still_sees_the_end_of_the_body() {
+    let square = body_wrapper("square", '[', ']');
+    let editor = trailer_editor("editor", false);
+    let table =
+        table_with_route_plugins(vec![attach(&square, false), attach(&editor, false)], vec![]);
+    let mut lab = Lab::with_routes(Origin::Serving, table, |_| {});
+    let c = lab.connect();
+    let r = lab.exchange(c, &get("/trailers"));
+    assert_eq!((r.status, &r.body[..]), (200, &b"[hello]"[..]), "{r:?}");
+    let mut got = r.trailers.clone();
+    got.sort();
+    assert_eq!(got, ["grpc-status: 0", "x-checksum: def", "x-plugin: yes"]);
+    let s = lab.edge.stats();
+    assert_eq!(s.plugin_failures, 0);
+    assert_eq!(s.plugin_contexts_created, s.plugin_contexts_ended);
+}
+
 /// A plugin that traps at the trailers: fail-closed, the response is cut
 /// (no chunked end); under `fail_open` the trailers go on as they came,
 /// one failure counted.

@@ -421,19 +421,11 @@ fn on_event<P: ProxyHttp>(
         Event::Trailers { stream, fields } => {
             if let Some(st) = streams.live.iter_mut().find(|s| s.id == stream) {
                 st.request_ended = true;
-                let bytes: usize = fields
-                    .iter()
-                    .map(|f| f.name.len() + f.value.len() + 4)
-                    .sum();
-                if fields.len() > crate::http::chunked::MAX_TRAILER_FIELDS
-                    || bytes > crate::http::chunked::MAX_TRAILER_BYTES
-                {
-                    cx.stats.trailers_dropped += 1;
-                } else {
-                    let mut t: Vec<_> = fields.into_iter().map(|f| (f.name, f.value)).collect();
-                    crate::trailers::clean(&mut t);
-                    st.request_trailers = t;
-                }
+                // Bounded and checked as an origin's are (an over-bound
+                // section is dropped whole and counted).
+                let mut t: Vec<_> = fields.into_iter().map(|f| (f.name, f.value)).collect();
+                crate::trailers::clean(&mut t, cx.stats);
+                st.request_trailers = t;
             }
         }
         Event::Reset { stream, .. } => {

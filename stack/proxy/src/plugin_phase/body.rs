@@ -214,7 +214,8 @@ impl ResponseBody {
     }
 
     /// The end of a body that has trailers, for a chain that takes them
-    /// (as Envoy: the last body call had `end_of_stream` false): each
+    /// (as Envoy: the last body call has `end_of_stream` false for a
+    /// context with a trailers callback, true for one without): each
     /// context in call order gets the last of the body (`data`, what the
     /// earlier ones released), then the trailers (`proxy_on_*_trailers`,
     /// which may read, replace, add and remove them); then what it held is
@@ -264,11 +265,16 @@ impl ResponseBody {
                     held.came.extend_from_slice(&self.carry);
                 }
                 held.bytes.append(&mut self.carry);
-                if !held.bytes.is_empty() {
+                // As Envoy, `end_of_stream` is false when trailers follow,
+                // for a context that gets them; one that cannot (no
+                // trailers callback) is told the body ended, so what a
+                // body plugin makes does not depend on the others.
+                let eos = !dir.has_trailers_phase(inst);
+                if !held.bytes.is_empty() || eos {
                     stats.plugin_calls += 1;
                     let outcome = match dir {
-                        Direction::Request => inst.on_request_body(*ctx, &mut held.bytes, false),
-                        Direction::Response => inst.on_response_body(*ctx, &mut held.bytes, false),
+                        Direction::Request => inst.on_request_body(*ctx, &mut held.bytes, eos),
+                        Direction::Response => inst.on_response_body(*ctx, &mut held.bytes, eos),
                     };
                     failed = match outcome {
                         // Paused: what it holds goes on after its trailers.
@@ -325,9 +331,8 @@ impl ResponseBody {
             held.bytes.clear();
         }
         // The plugins' trailers go on as the proxy may send them.
-        let before = trailers.len();
-        crate::trailers::clean(trailers);
-        stats.plugin_edits_ignored += (before - trailers.len()) as u64;
+        let went = crate::trailers::clean(trailers, stats);
+        stats.plugin_edits_ignored += went as u64;
         Ok(&self.carry)
     }
 }
