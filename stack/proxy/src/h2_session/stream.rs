@@ -664,6 +664,12 @@ impl<P: ProxyHttp> H2Stream<P> {
                     moved = true;
                 }
             } else {
+                // A body that goes up with its length has no place for
+                // the client's trailers: dropped, and counted.
+                if !self.request_trailers.is_empty() {
+                    self.request_trailers.clear();
+                    cx.stats.trailers_dropped += 1;
+                }
                 self.body_done = true;
             }
         }
