@@ -991,6 +991,31 @@ mod tests {
         eng.stats_calls.load(Ordering::Relaxed) - before
     }
 
+    /// Runs the rollout thread until `done` holds (checked every 20 ms) or
+    /// `max` passed; how often it read the stats, and for how long it ran.
+    fn drive_until(
+        f: &Fleet,
+        eng: &FakeEngine,
+        max: Duration,
+        done: impl Fn(&Fleet, usize) -> bool,
+    ) -> (usize, Duration) {
+        let before = eng.stats_calls.load(Ordering::Relaxed);
+        let calls = || eng.stats_calls.load(Ordering::Relaxed) - before;
+        let stop = AtomicBool::new(false);
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| f.drive(eng, &stop));
+            while t0.elapsed() < max && !done(f, calls()) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        (calls(), t0.elapsed())
+    }
+
+    // The cadences are checked as bounds (never more samples than the
+    // interval allows, and the next one comes well within a generous
+    // deadline), so a slow machine cannot fail the test.
     #[test]
     fn the_engine_is_sampled_every_second_during_a_rollout_and_every_five_otherwise() {
         let dir = temp("idle");
@@ -1000,18 +1025,32 @@ mod tests {
         let f = fleet(&dir, &key);
         f.consider(&eng, &kv(3, sealed_plan(&key, "one", 1, None)));
         // No rollout: one sample now, the next 5 s later; one sample is
-        // no window, so no health yet.
-        assert_eq!(drive_for(&f, &eng, Duration::from_millis(1200)), 1);
-        assert!(f.state().health.is_none());
-        // Two samples 5 s apart: the idle health is reported.
-        *eng.stats.lock().unwrap() = Some(stats("r", 20, 1, 15));
-        assert_eq!(drive_for(&f, &eng, Duration::from_millis(5300)), 2);
+        // no window, so no health until the second.
+        let health_after_one = std::cell::Cell::new(None);
+        let (calls, took) = drive_until(&f, &eng, Duration::from_secs(30), |f, n| {
+            if n == 1 && health_after_one.get().is_none() {
+                health_after_one.set(Some(f.state().health.is_some()));
+                *eng.stats.lock().unwrap() = Some(stats("r", 20, 1, 15));
+            }
+            n >= 2
+        });
+        assert_eq!(health_after_one.get(), Some(false));
+        assert_eq!(calls, 2);
+        assert!(
+            took >= Duration::from_secs(5),
+            "idle samples {took:?} apart"
+        );
         let h = f.state().health.expect("idle health reported");
         assert_eq!((h.responses, h.errors_5xx), (10, 1));
         // A held plan bundle: sampled every second (the window before
-        // its apply).
+        // its apply): two samples long before the idle cadence's 5 s.
         assert_eq!(f.consider(&eng, &kv(4, h_bytes(&key))), Outcome::Held);
-        assert!(drive_for(&f, &eng, Duration::from_millis(1200)) >= 2);
+        let (calls, took) = drive_until(&f, &eng, Duration::from_secs(30), |_, n| n >= 2);
+        assert!(calls >= 2, "{calls} samples in {took:?}");
+        assert!(
+            took < Duration::from_millis(4500),
+            "two samples took {took:?}"
+        );
         // Over (stopped here): seldom again.
         f.update(2, |r| r.state = Phase::Stopped);
         assert_eq!(drive_for(&f, &eng, Duration::from_millis(1200)), 1);
