@@ -34,11 +34,13 @@ mod trailers;
 mod udp_session;
 
 pub use ferrogate_h2 as h2;
+pub use ferrogate_h3 as h3;
 pub use ferrogate_http as http;
 pub use ferrogate_lb as lb;
 pub use ferrogate_limits as quota;
 pub use ferrogate_net as net;
 pub use ferrogate_plugins as plugins;
+pub use ferrogate_quic as quic;
 pub use ferrogate_tls as tls;
 pub use ferrogate_wire as wire;
 

@@ -61,6 +61,9 @@ pub struct Listener {
     /// HTTP/2 beside HTTP/1.1: ALPN `h2` on TLS (the TLS config offers
     /// it), the h2c preface (prior knowledge) on plain connections.
     pub http2: bool,
+    /// HTTP/3 on the same port over UDP (QUIC), with this listener's
+    /// certificates, routes and policy; advertised by `Alt-Svc`.
+    pub http3: Option<Arc<Http3Listener>>,
     /// A TCP listener (`protocol = "tcp"`): every connection is spliced to
     /// this pool; such a listener has no routes.
     pub l4: Option<L4Listener>,
@@ -90,6 +93,18 @@ pub struct Listener {
     index: RouteIndex,
     /// proxy-wasm plugins at the viewer phases, in order.
     plugins: Vec<crate::plugin_phase::AttachedPlugin>,
+}
+
+/// HTTP/3 on a TLS listener's port: what each worker's QUIC endpoint for
+/// it is built from. The TLS config is the listener's (same certificates
+/// and SNI selection), with ALPN `h3` and TLS 1.3 only.
+#[derive(Debug, Clone)]
+pub struct Http3Listener {
+    /// The endpoint's limits; `quic.worker` is set by each worker.
+    pub quic: ferrogate_quic::QuicConfig,
+    /// `Alt-Svc: h3=":<port>"; ma=<this>` on the listener's HTTP/1.1 and
+    /// HTTP/2 responses; 0: not advertised.
+    pub alt_svc_max_age: u32,
 }
 
 /// What a TCP (L4) listener does with its connections.
@@ -345,6 +360,7 @@ impl Listener {
             port,
             tls: None,
             http2: false,
+            http3: None,
             l4: None,
             rules: Rules::default(),
             limits: Vec::new(),
@@ -469,6 +485,12 @@ impl Listener {
     /// Accepts HTTP/2 too (see `http2`).
     pub fn with_http2(mut self, on: bool) -> Self {
         self.http2 = on;
+        self
+    }
+
+    /// Serves HTTP/3 on this port too (a TLS listener).
+    pub fn with_http3(mut self, http3: Option<Arc<Http3Listener>>) -> Self {
+        self.http3 = http3;
         self
     }
 
