@@ -266,13 +266,27 @@ impl Conn {
             H::RequestHead { stream, request } => events.push_back(Event::RequestHead {
                 stream: handle(stream),
                 request,
+                end_stream: false,
             }),
             H::RequestData { stream } => events.push_back(Event::RequestData(handle(stream))),
             H::RequestTrailers { stream, fields } => events.push_back(Event::RequestTrailers {
                 stream: handle(stream),
                 fields,
             }),
-            H::RequestEnd { stream } => events.push_back(Event::RequestEnd(handle(stream))),
+            H::RequestEnd { stream } => {
+                // The end right behind its head: said on the head.
+                if let Some(Event::RequestHead {
+                    stream: s,
+                    end_stream,
+                    ..
+                }) = events.back_mut()
+                    && *s == handle(stream)
+                {
+                    *end_stream = true;
+                } else {
+                    events.push_back(Event::RequestEnd(handle(stream)));
+                }
+            }
             H::HeadTooLarge { stream } => {
                 // The 431 goes out; the rest of the request is not read
                 // (§4.1.2).

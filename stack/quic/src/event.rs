@@ -39,9 +39,13 @@ pub enum Event {
     /// The handshake completed.
     Connected(ConnId),
     /// A request head, once per stream, before its other events.
+    /// `end_stream`: the request ended with it (its FIN came in the same
+    /// read), so no body or `RequestEnd` follows — a proxy knows at once
+    /// that a GET has no body, as HTTP/2's END_STREAM on HEADERS says.
     RequestHead {
         stream: StreamHandle,
         request: Request,
+        end_stream: bool,
     },
     /// Body octets wait in `QuicEndpoint::request_body`.
     RequestData(StreamHandle),

@@ -8,6 +8,8 @@
 //! worker's queue can be handed to its owner.
 
 pub mod cid;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod config;
 mod conn;
 pub mod endpoint;

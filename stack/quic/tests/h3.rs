@@ -12,7 +12,7 @@ use pair::{BIG, Pair, big_body, checksum, short_dcid};
 fn connected(config: QuicConfig) -> Pair {
     let mut p = Pair::new(config);
     p.connect();
-    assert!(p.client_connected, "handshake did not complete");
+    assert!(p.client.connected, "handshake did not complete");
     assert!(matches!(p.server_events.first(), Some(Event::Connected(_))));
     p.open_control();
     p
@@ -34,13 +34,14 @@ fn get_is_answered_with_a_body() {
     assert_eq!(head.method, b"GET");
     assert_eq!(head.authority, b"localhost");
     assert!(
-        p.server_events
-            .iter()
-            .any(|e| matches!(e, Event::RequestEnd(h) if h.stream == s))
+        p.server_events.iter().any(
+            |e| matches!(e, Event::RequestHead { stream: h, end_stream: true, .. } if h.stream == s)
+        ),
+        "a GET's FIN rides with its head: the head says the request ended"
     );
     // The server's control stream (server-initiated uni id 3) carried
     // its SETTINGS.
-    let control = p.client_streams.get(&3).expect("server control stream");
+    let control = p.client.streams.get(&3).expect("server control stream");
     assert_eq!(control.data.first(), Some(&0x00));
 }
 
@@ -167,7 +168,7 @@ fn malformed_request_resets_the_stream() {
     ]);
     p.drive();
     let code = ErrorCode::MessageError.to_u64();
-    let s = p.client_streams.get(&bad).expect("the stream saw a reset");
+    let s = p.client.streams.get(&bad).expect("the stream saw a reset");
     assert_eq!(s.reset, Some(code), "RESET_STREAM with H3_MESSAGE_ERROR");
     assert!(p.server_events.iter().any(|e| matches!(
         e,
@@ -177,7 +178,7 @@ fn malformed_request_resets_the_stream() {
     let good = p.get("/after");
     p.drive();
     assert_eq!(p.response(good).unwrap().body, b"you asked for /after");
-    assert!(p.client_lost.is_none());
+    assert!(p.client.lost.is_none());
 }
 
 #[test]
@@ -187,7 +188,7 @@ fn connection_error_closes_with_the_h3_code() {
     p.open_control();
     p.drive();
     let code = ErrorCode::StreamCreationError.to_u64();
-    match &p.client_lost {
+    match &p.client.lost {
         Some(ConnectionError::ApplicationClosed(c)) => {
             assert_eq!(c.error_code, pair::varint(code))
         }
@@ -216,10 +217,10 @@ fn connections_past_the_limit_are_refused() {
     };
     let mut p = Pair::new(config);
     p.connect();
-    assert!(!p.client_connected);
+    assert!(!p.client.connected);
     assert_eq!(p.server.stats().refused, 1);
     assert!(matches!(
-        p.client_lost,
+        p.client.lost,
         Some(ConnectionError::ConnectionClosed(_))
     ));
 }
@@ -262,7 +263,7 @@ fn app_close_reaches_the_client_and_drains() {
         .close(p.now, conn, ErrorCode::NoError)
         .expect("an open connection");
     p.drive();
-    match &p.client_lost {
+    match &p.client.lost {
         Some(ConnectionError::ApplicationClosed(c)) => {
             assert_eq!(c.error_code, pair::varint(ErrorCode::NoError.to_u64()))
         }
@@ -293,13 +294,13 @@ fn stop_sending_from_the_client_resets_the_response() {
     // no longer wants it.
     let s = p.get("/hold");
     p.drive();
-    let got = p.client_streams.get(&s).expect("response started");
+    let got = p.client.streams.get(&s).expect("response started");
     assert!(!got.fin && !got.data.is_empty());
     let handle = p
         .server_events
         .iter()
         .find_map(|e| match e {
-            Event::RequestEnd(h) => Some(*h),
+            Event::RequestHead { stream: h, .. } => Some(*h),
             _ => None,
         })
         .unwrap();
@@ -318,7 +319,7 @@ fn stop_sending_from_the_client_resets_the_response() {
     // The stream is gone for the application...
     assert!(p.server.send_data(handle, b"more").is_err());
     // ...and the connection is still usable.
-    assert!(p.client_lost.is_none());
+    assert!(p.client.lost.is_none());
     let after = p.get("/after");
     p.drive();
     assert_eq!(p.response(after).unwrap().body, b"you asked for /after");
@@ -478,7 +479,7 @@ fn a_reset_request_resets_the_response_and_frees_the_stream() {
         );
         assert_eq!(p.server.paused_streams(conn), Some(0));
         // Our response side was reset as well...
-        let got = p.client_streams.get(&s).map(|c| c.reset);
+        let got = p.client.streams.get(&s).map(|c| c.reset);
         assert_eq!(got, Some(Some(cancelled)), "{path}");
         assert!(p.server.send_response_head(handle, 200, &[]).is_err());
     }
