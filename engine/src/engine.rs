@@ -811,6 +811,7 @@ impl Engine {
             let mut sc = cfg.stack.clone();
             sc.net.mac = mac;
             sc.net.upstream_ports = ports.range_of(id);
+            sc.worker = u8::try_from(id).expect("config allows at most MAX_QUEUES (64) workers");
             if io.checksum_offload() {
                 sc.net.verify_rx_checksums = false;
                 sc.net.tx_checksum_offload = true;

@@ -174,6 +174,21 @@ pub struct Streams<'a> {
 }
 
 impl Streams<'_> {
+    /// The same streams for a shorter call, so one poll can lend them to
+    /// several owners in turn.
+    pub fn reborrow(&mut self) -> Streams<'_> {
+        Streams {
+            sockets: self.sockets,
+            iface: self.iface,
+            ports: self.ports,
+            cfg: self.cfg,
+            now: self.now,
+            pass: self.pass,
+            tx: self.tx,
+            udp: self.udp,
+        }
+    }
+
     pub fn now(&self) -> Instant {
         self.now
     }
@@ -251,6 +266,13 @@ impl Streams<'_> {
             self.udp.set_bound(port, false);
             self.ports.free(port);
         }
+    }
+
+    /// Frames the transmit queue still takes before this poll's frames
+    /// are sent: an application with many datagrams to send stops here
+    /// rather than have them dropped (`SendDrop::QueueFull`).
+    pub fn tx_room(&self) -> usize {
+        self.tx.capacity() - self.tx.len()
     }
 
     /// Sends one datagram from `local` (one of our addresses) to `remote`,

@@ -21,6 +21,9 @@ pub struct StackConfig {
     pub timeouts: Timeouts,
     /// HTTP/2 settings and limits (listeners with `http2`).
     pub h2: ferrogate_h2::ServerConfig,
+    /// This worker's index in its engine: HTTP/3 connection ids carry it,
+    /// so a datagram RSS put on another queue can be handed to its owner.
+    pub worker: u8,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +60,7 @@ impl StackConfig {
             max_request_body: 0,
             timeouts: Timeouts::default(),
             h2: ferrogate_h2::ServerConfig::default(),
+            worker: 0,
         }
     }
 }

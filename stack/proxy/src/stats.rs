@@ -115,6 +115,8 @@ pub struct StackStats {
     pub trailers_dropped: u64,
     /// HTTP/2 connections and their protocol counters.
     pub h2: H2Stats,
+    /// HTTP/3 listeners: QUIC datagrams, connections, requests.
+    pub h3: H3Stats,
     /// TCP (L4) listeners' connections.
     pub l4: L4Stats,
     /// UDP listeners' sessions and datagrams.
@@ -341,6 +343,65 @@ impl H2Stats {
     }
 }
 
+/// Counters of a worker's HTTP/3 listeners. Every datagram to an HTTP/3
+/// port is given to QUIC (which counts its own drops in the endpoint's
+/// figures); every datagram QUIC builds is sent or counted as dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct H3Stats {
+    pub datagrams_received: u64,
+    pub datagrams_sent: u64,
+    /// Built by QUIC and not sent (no next hop, too big for the link);
+    /// QUIC's loss recovery sends the data again.
+    pub datagrams_dropped: u64,
+    /// Handshakes accepted, refused past `max_connections`, and answered
+    /// with a Retry (address validation).
+    pub connections: u64,
+    pub connections_refused: u64,
+    pub retries: u64,
+    /// Stateless packets sent: Retry, version negotiation, refusals, resets.
+    pub stateless_sent: u64,
+    pub requests: u64,
+    /// Streams the client reset (or stopped) before their response ended,
+    /// and ones reset because the response stalled.
+    pub client_resets: u64,
+    pub stalled_resets: u64,
+    /// Client link-layer addresses forgotten to stay within the table's
+    /// bound (a flood of sources); their replies go by the neighbour cache.
+    pub mac_evictions: u64,
+}
+
+impl H3Stats {
+    fn add(&mut self, o: &H3Stats) {
+        self.datagrams_received += o.datagrams_received;
+        self.datagrams_sent += o.datagrams_sent;
+        self.datagrams_dropped += o.datagrams_dropped;
+        self.connections += o.connections;
+        self.connections_refused += o.connections_refused;
+        self.retries += o.retries;
+        self.stateless_sent += o.stateless_sent;
+        self.requests += o.requests;
+        self.client_resets += o.client_resets;
+        self.stalled_resets += o.stalled_resets;
+        self.mac_evictions += o.mac_evictions;
+    }
+
+    fn fields(&self) -> [(&'static str, u64); 11] {
+        [
+            ("h3_datagrams_received", self.datagrams_received),
+            ("h3_datagrams_sent", self.datagrams_sent),
+            ("h3_datagrams_dropped", self.datagrams_dropped),
+            ("h3_connections", self.connections),
+            ("h3_connections_refused", self.connections_refused),
+            ("h3_retries", self.retries),
+            ("h3_stateless_sent", self.stateless_sent),
+            ("h3_requests", self.requests),
+            ("h3_client_resets", self.client_resets),
+            ("h3_stalled_resets", self.stalled_resets),
+            ("h3_mac_evictions", self.mac_evictions),
+        ]
+    }
+}
+
 impl StackStats {
     pub fn count_status(&mut self, status: u16) {
         let class = (status / 100) as usize;
@@ -405,6 +466,7 @@ impl StackStats {
         self.trailers_forwarded += o.trailers_forwarded;
         self.trailers_dropped += o.trailers_dropped;
         self.h2.add(&o.h2);
+        self.h3.add(&o.h3);
         self.l4.add(&o.l4);
         self.udp.add(&o.udp);
     }
@@ -474,6 +536,7 @@ impl StackStats {
             ("cache_bytes_served", self.cache.bytes_served),
         ]);
         v.extend(self.h2.fields());
+        v.extend(self.h3.fields());
         v.extend(self.l4.fields());
         v.extend(self.udp.fields());
         v

@@ -107,6 +107,12 @@ impl Conn {
         if !self.lost {
             self.flush(ch, now, events);
         }
+        // After our GOAWAY, the last request done and said: close now
+        // rather than wait out the idle timeout (a drain ends sooner).
+        if !self.lost && self.h3.is_drained() && self.h3.pending_streams().next().is_none() {
+            let done = CloseReason::Local(ErrorCode::NoError);
+            self.close(ch, now, ErrorCode::NoError, done, events);
+        }
     }
 
     /// Closes the connection (CONNECTION_CLOSE with `c`) and reports it.

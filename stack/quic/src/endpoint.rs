@@ -100,6 +100,26 @@ impl QuicEndpoint {
         self.conns.get_mut(&conn.handle).filter(|c| c.id == conn)
     }
 
+    /// Where `conn`'s client is now (it changes when the client migrates).
+    pub fn remote_address(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.get(conn).map(|c| c.quic.remote_address())
+    }
+
+    /// New handshakes use `config`'s limits and `tls` from now on (a
+    /// reload); established connections keep theirs. The worker index and
+    /// the connection ids stay as they were.
+    pub fn reconfigure(
+        &mut self,
+        mut config: QuicConfig,
+        tls: rustls::ServerConfig,
+    ) -> Result<(), ConfigError> {
+        config.worker = self.config.worker;
+        let server = config.server_config(tls)?;
+        self.endpoint.set_server_config(Some(Arc::new(server)));
+        self.config = config;
+        Ok(())
+    }
+
     /// quinn's counters for one connection.
     pub fn connection_stats(&self, conn: ConnId) -> Option<quinn_proto::ConnectionStats> {
         self.get(conn).map(|c| c.quic.stats())
@@ -340,6 +360,15 @@ impl QuicEndpoint {
     pub fn goaway(&mut self, conn: ConnId) -> Result<(), SendError> {
         self.conn(conn)?.h3.send_goaway();
         Ok(())
+    }
+
+    /// A graceful drain of every connection (HTTP/3 GOAWAY): open
+    /// requests finish, no new ones are taken.
+    pub fn goaway_all(&mut self) {
+        for c in self.conns.values_mut().filter(|c| !c.lost) {
+            c.h3.send_goaway();
+            c.dirty = true;
+        }
     }
 
     /// Closes `conn` with `code` now (CONNECTION_CLOSE).

@@ -616,3 +616,33 @@ fn a_handle_kept_past_its_connection_does_not_reach_the_next_one() {
     };
     assert!(p.server.request_body(new).is_some_and(|b| !b.is_empty()));
 }
+
+#[test]
+fn goaway_closes_the_connection_once_its_last_request_is_answered() {
+    let mut p = connected(QuicConfig::default());
+    let held = p.get("/hold");
+    p.drive();
+    p.server.goaway_all();
+    p.drive();
+    // A response is still open: the connection stays.
+    assert!(p.client.lost.is_none(), "closed with a response open");
+    assert_eq!(p.server.connections(), 1);
+    // The client gives up on it; nothing is left: closed at once with
+    // H3_NO_ERROR, not after the idle timeout.
+    p.reset_request(held, ErrorCode::RequestCancelled.to_u64());
+    let id = ferrogate_quic::quinn_proto::StreamId::from(pair::varint(held));
+    let code = pair::varint(ErrorCode::RequestCancelled.to_u64());
+    p.quic().recv_stream(id).stop(code).unwrap();
+    p.drive();
+    let lost = p.server_events.iter().find_map(|e| match e {
+        Event::ConnectionLost { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(lost, Some(CloseReason::Local(ErrorCode::NoError)));
+    match &p.client.lost {
+        Some(ConnectionError::ApplicationClosed(c)) => {
+            assert_eq!(c.error_code, pair::varint(ErrorCode::NoError.to_u64()))
+        }
+        other => panic!("client saw {other:?}"),
+    }
+}
