@@ -935,6 +935,18 @@ impl Engine {
         if udp_ports(&cfg.routes) != udp_ports(&self.started.routes) {
             ignored.push("listeners (UDP ports)");
         }
+        // A listener gaining or losing `http3` changes the UDP ports the
+        // stacks claim (set once, at start), as a UDP listener's would.
+        let h3_ports = |t: &RouteTable| {
+            t.listeners
+                .iter()
+                .filter(|l| l.http3.is_some())
+                .map(|l| l.port)
+                .collect::<Vec<_>>()
+        };
+        if h3_ports(&cfg.routes) != h3_ports(&self.started.routes) {
+            ignored.push("listeners (HTTP/3 ports)");
+        }
         if (cfg.access_log_queue > 0) != self.started.access_log {
             ignored.push("access_log (on/off)");
         }

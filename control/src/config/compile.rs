@@ -140,6 +140,14 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
     let rate_limits = check_rate_limits(cfg, rep);
     let jwt_providers = check_jwt(cfg, rep);
     let plugins = check_plugins(cfg, rep);
+    let http3 = Arc::new(check_http3(&cfg.http3, rep));
+    // A UDP listener's port is claimed by its sessions: HTTP/3 cannot share it.
+    let udp_ports: HashSet<u16> = cfg
+        .listeners
+        .iter()
+        .filter(|l| l.protocol.as_ref().is_some_and(|p| p.get_ref() == "udp"))
+        .map(|l| *l.port.get_ref())
+        .collect();
     let mut listeners = Vec::new();
     let mut udp_listeners = Vec::new();
     let mut ports = HashSet::new();
@@ -471,7 +479,11 @@ pub(super) fn check(cfg: &FileConfig, rep: &mut Reporter<'_>) -> Option<Compiled
         if let Some(j) = jwt {
             listener = listener.with_jwt(j);
         }
-        if let Some(tls) = check_listener_tls(i, l, rep) {
+        let tls = check_listener_tls(i, l, rep);
+        if let Some(h3) = listener_http3(i, l, tls.as_ref(), &http3, &udp_ports, rep) {
+            listener = listener.with_http3(Some(h3));
+        }
+        if let Some(tls) = tls {
             listener = listener.with_tls(Arc::new(tls));
         }
         listeners.push(listener);
@@ -699,6 +711,133 @@ fn check_http2(h: &Http2Section, rep: &mut Reporter<'_>) -> ferrogate_proxy::h2:
     c
 }
 
+/// `[http3]`: each key within its range, compiled into what the QUIC
+/// endpoint of every `http3 = true` listener is built from (worker 0: each
+/// worker sets its own index).
+fn check_http3(h: &Http3Section, rep: &mut Reporter<'_>) -> Http3Listener {
+    fn ranged<T: PartialOrd + Copy + std::fmt::Display>(
+        rep: &mut Reporter<'_>,
+        v: &Option<Spanned<T>>,
+        name: &str,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Option<T> {
+        let v = v.as_ref()?;
+        if range.contains(v.get_ref()) {
+            return Some(*v.get_ref());
+        }
+        rep.at(
+            v.span(),
+            format!("http3.{name}"),
+            format!("must be {}..={}", range.start(), range.end()),
+        );
+        None
+    }
+    let mut quic = ferrogate_proxy::quic::QuicConfig::default();
+    if let Some(r) = &h.retry {
+        quic.retry = *r.get_ref();
+    }
+    if let Some(n) = ranged(rep, &h.max_connections, "max_connections", 1..=1_000_000) {
+        quic.max_connections = n;
+    }
+    if let Some(ms) = ranged(rep, &h.idle_timeout_ms, "idle_timeout_ms", 1000..=600_000) {
+        quic.idle_timeout = Duration::from_millis(ms);
+    }
+    // QUIC's MAX_STREAMS (bidi) and HTTP/3's request bound are one limit:
+    // a stream QUIC admits past the latter would only be rejected.
+    if let Some(n) = ranged(
+        rep,
+        &h.max_concurrent_streams,
+        "max_concurrent_streams",
+        1..=10_000,
+    ) {
+        quic.max_bidi_streams = n;
+        quic.h3.max_concurrent_requests = n as usize;
+    }
+    if let Some(n) = ranged(
+        rep,
+        &h.max_buffered_body,
+        "max_buffered_body",
+        1024..=16 << 20,
+    ) {
+        quic.max_buffered_body = n;
+    }
+    if let Some(n) = ranged(
+        rep,
+        &h.max_field_section_size,
+        "max_field_section_size",
+        1024..=1 << 20,
+    ) {
+        quic.h3.max_field_section_size = n;
+    }
+    let alt_svc_max_age = ranged(rep, &h.alt_svc_max_age, "alt_svc_max_age", 0..=31_536_000)
+        .unwrap_or(DEFAULT_ALT_SVC_MAX_AGE);
+    Http3Listener {
+        quic,
+        alt_svc_max_age,
+    }
+}
+
+/// `Alt-Svc` max-age when `[http3]` sets none: one day.
+pub(super) const DEFAULT_ALT_SVC_MAX_AGE: u32 = 86_400;
+
+/// An HTTP listener's `http3 = true`: it needs TLS without client
+/// certificates, a UDP port of its own, and a TLS config QUIC can use
+/// (checked by building the endpoint once). None when off or refused
+/// (reported).
+fn listener_http3(
+    i: usize,
+    l: &ListenerSection,
+    tls: Option<&ferrogate_proxy::tls::ListenerTls>,
+    http3: &Arc<Http3Listener>,
+    udp_ports: &HashSet<u16>,
+    rep: &mut Reporter<'_>,
+) -> Option<Arc<Http3Listener>> {
+    let on = l.http3.as_ref().filter(|h| *h.get_ref())?;
+    let field = format!("listeners[{i}].http3");
+    let errors_before = rep.errors.len();
+    let Some(t) = &l.tls else {
+        rep.at(
+            on.span(),
+            field,
+            "needs [listeners.tls]: HTTP/3 runs over QUIC, which is always TLS 1.3",
+        );
+        return None;
+    };
+    let t = t.get_ref();
+    let none = t
+        .client_auth
+        .as_ref()
+        .is_some_and(|m| m.get_ref() == "none");
+    let client_certs = !none && (t.client_ca.is_some() || t.client_auth.is_some());
+    if client_certs {
+        rep.at(
+            on.span(),
+            field.clone(),
+            "not with client certificates (client_ca / client_auth): mTLS over QUIC is not supported yet",
+        );
+    }
+    let port = *l.port.get_ref();
+    if udp_ports.contains(&port) {
+        rep.at(
+            on.span(),
+            field.clone(),
+            format!(
+                "UDP port {port} is a UDP listener's (protocol = \"udp\"): HTTP/3 would claim it twice"
+            ),
+        );
+    }
+    // Without a TLS config its errors are reported already.
+    let tls = tls.filter(|_| rep.errors.len() == errors_before)?;
+    match ferrogate_proxy::quic::QuicEndpoint::new(http3.quic.clone(), (*tls.server.config).clone())
+    {
+        Ok(_) => Some(http3.clone()),
+        Err(e) => {
+            rep.at(on.span(), field, e.to_string());
+            None
+        }
+    }
+}
+
 /// A listener's `protocol` and the keys of TCP listeners. None: an HTTP
 /// listener (TCP-only keys on it are reported); Some(None): a TCP listener
 /// with errors; Some(Some(l4)): a TCP listener.
@@ -794,6 +933,14 @@ fn check_l4(
     }
     if l.http2 {
         rep.at(anchor.clone(), field("http2"), "not for a TCP listener");
+        ok = false;
+    }
+    if let Some(h3) = l.http3.as_ref().filter(|h| *h.get_ref()) {
+        rep.at(
+            h3.span(),
+            field("http3"),
+            "not for a TCP listener (HTTP/3 needs an HTTP listener with [listeners.tls])",
+        );
         ok = false;
     }
     if let Some(m) = &l.max_sessions {
@@ -934,6 +1081,14 @@ fn check_udp(
     }
     if l.http2 {
         refuse(rep, "http2", anchor.clone(), "not for a UDP listener");
+    }
+    if let Some(h3) = l.http3.as_ref().filter(|h| *h.get_ref()) {
+        refuse(
+            rep,
+            "http3",
+            h3.span(),
+            "not for a UDP listener (HTTP/3 needs an HTTP listener with [listeners.tls])",
+        );
     }
     if l.mtls_headers.is_some() {
         refuse(

@@ -19,6 +19,7 @@ use ferrogate_proxy::lb::{
     Balancer, BreakerPolicy, CheckKind, Endpoint, HashOn, HealthCheck, MAX_ENDPOINTS,
     PassivePolicy, PoolPolicy, RetryPolicy, UpstreamTimeouts,
 };
+use ferrogate_proxy::route::Http3Listener;
 use ferrogate_proxy::{
     DirectResponse, HeaderMatch, L4Listener, Listener, PathMatch, QueryMatch, Route, RouteAction,
     RouteJwt, RouteTable, Timeouts, UdpListener, Upstream,

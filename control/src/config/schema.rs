@@ -30,6 +30,9 @@ pub struct FileConfig {
     pub access_log: Option<AccessLogSection>,
     #[serde(default)]
     pub http2: Http2Section,
+    /// `[http3]`: limits of the QUIC endpoints of `http3 = true` listeners.
+    #[serde(default)]
+    pub http3: Http3Section,
     /// `[cache]`: the engine's response cache (routes opt in with `cache`).
     #[serde(default)]
     pub cache: CacheSection,
@@ -69,6 +72,37 @@ pub struct Http2Section {
     /// per second before GOAWAY ENHANCE_YOUR_CALM (default 1000).
     #[serde(default)]
     pub max_control_frames_per_second: Option<Spanned<u32>>,
+}
+
+/// `[http3]`: the QUIC endpoint (and HTTP/3) limits of listeners with
+/// `http3 = true`; one endpoint per worker, so connection bounds are per
+/// worker.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Http3Section {
+    /// Address validation (a Retry) before every new connection (default
+    /// false): a spoofed source then costs one stateless packet.
+    #[serde(default)]
+    pub retry: Option<Spanned<bool>>,
+    /// QUIC connections at once per worker (default 10000).
+    #[serde(default)]
+    pub max_connections: Option<Spanned<usize>>,
+    /// No packet either way for this long closes a connection (default 30000).
+    #[serde(default)]
+    pub idle_timeout_ms: Option<Spanned<u64>>,
+    /// Request streams at once per connection (default 100).
+    #[serde(default)]
+    pub max_concurrent_streams: Option<Spanned<u32>>,
+    /// Request-body octets buffered per stream (default 65536).
+    #[serde(default)]
+    pub max_buffered_body: Option<Spanned<usize>>,
+    /// Largest request header section, octets (default 16384; 431 above).
+    #[serde(default)]
+    pub max_field_section_size: Option<Spanned<u64>>,
+    /// `Alt-Svc: h3=":port"; ma=<this>` on HTTP/1.1 and HTTP/2 responses,
+    /// seconds (default 86400; 0: not advertised).
+    #[serde(default)]
+    pub alt_svc_max_age: Option<Spanned<u32>>,
 }
 
 /// JSON access log, one line per response, written off the data path.
@@ -411,6 +445,10 @@ pub struct ListenerSection {
     /// on plain listeners (default false).
     #[serde(default)]
     pub http2: bool,
+    /// HTTP/3 (QUIC) on the same port over UDP, with this listener's
+    /// certificates (default false; TLS listeners only, see `[http3]`).
+    #[serde(default)]
+    pub http3: Option<Spanned<bool>>,
     /// `"http"` (default), `"tcp"` or `"udp"`: a TCP listener splices
     /// every connection to `upstream`, a UDP listener forwards each
     /// client's datagrams to one endpoint of it; neither has routes.

@@ -1386,3 +1386,158 @@ fn dpdk_exception_iface_is_a_tap_name_other_than_the_ports() {
         "{e:?}"
     );
 }
+
+/// A TLS listener on 443 with `http3 = true` (line 12), `tls_extra` in its
+/// [listeners.tls] (line 15), a UDP listener on `udp_port` and `tail`
+/// after it (line 23 on).
+fn h3_config(udp_port: u16, tls_extra: &str, tail: &str) -> String {
+    let d = ferrogate_testkit::temp_dir("fg-cfg-h3");
+    let p = ferrogate_testkit::Pem::self_signed("a.example");
+    let (cert, key, ca) = (d.join("a.crt"), d.join("a.key"), d.join("ca.pem"));
+    std::fs::write(&cert, &p.cert).unwrap();
+    std::fs::write(&key, &p.key).unwrap();
+    std::fs::write(&ca, ferrogate_testkit::Pem::self_signed("client ca").cert).unwrap();
+    let tls_extra = tls_extra.replace("CA", &ca.display().to_string());
+    format!(
+        r#"vips = ["10.77.0.10/24"]
+
+[engine]
+interface = "eth0"
+
+[[upstreams]]
+name = "dns"
+endpoints = ["10.77.0.3:53"]
+
+[[listeners]]
+port = 443
+http3 = true
+[listeners.tls]
+certificates = [{{ cert = "{}", key = "{}" }}]
+{tls_extra}
+[[listeners.routes]]
+respond = {{ status = 200, body = "hi" }}
+
+[[listeners]]
+port = {udp_port}
+protocol = "udp"
+upstream = "dns"
+{tail}"#,
+        cert.display(),
+        key.display()
+    )
+}
+
+#[test]
+fn http3_listener_and_limits_compile_into_its_quic_endpoint_config() {
+    let tail = "\n[http3]\nretry = true\nmax_connections = 500\nidle_timeout_ms = 5000\nmax_concurrent_streams = 50\nmax_buffered_body = 131072\nmax_field_section_size = 32768\nalt_svc_max_age = 3600\n";
+    let c = compile(Path::new("t.toml"), &h3_config(53, "", tail)).unwrap();
+    let routes = &c.engine.routes;
+    let l = routes.listener(443).unwrap();
+    let h3 = l.http3.as_ref().expect("http3 on 443");
+    let q = &h3.quic;
+    assert_eq!(q.worker, 0);
+    assert!(q.retry);
+    assert_eq!(q.max_connections, 500);
+    assert_eq!(q.idle_timeout, Duration::from_millis(5000));
+    assert_eq!(q.max_bidi_streams, 50);
+    assert_eq!(q.h3.max_concurrent_requests, 50);
+    assert_eq!(q.max_buffered_body, 131_072);
+    assert_eq!(q.h3.max_field_section_size, 32_768);
+    assert_eq!(h3.alt_svc_max_age, 3600);
+    // The TCP listener's ALPN is its own: h3 is the QUIC endpoint's.
+    let tls = l.tls.as_ref().unwrap();
+    assert_eq!(tls.server.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    assert!(routes.udp_listener(53).is_some());
+
+    // Without [http3]: the endpoint's defaults and a day of Alt-Svc.
+    let c = compile(Path::new("t.toml"), &h3_config(53, "", "")).unwrap();
+    let h3 = c
+        .engine
+        .routes
+        .listener(443)
+        .unwrap()
+        .http3
+        .clone()
+        .unwrap();
+    let d = ferrogate_proxy::quic::QuicConfig::default();
+    assert_eq!(
+        (
+            h3.quic.retry,
+            h3.quic.max_connections,
+            h3.quic.idle_timeout,
+            h3.quic.max_bidi_streams,
+            h3.quic.max_buffered_body,
+            h3.quic.h3.max_field_section_size,
+        ),
+        (
+            false,
+            10_000,
+            Duration::from_secs(30),
+            100,
+            65_536,
+            d.h3.max_field_section_size,
+        )
+    );
+    assert_eq!(h3.alt_svc_max_age, 86_400);
+    // client_auth = "none" beside a client_ca asks for no certificate.
+    let none = h3_config(53, "client_ca = \"CA\"\nclient_auth = \"none\"", "");
+    assert!(errors(&none).is_empty(), "{:?}", errors(&none));
+    // Off unless asked for.
+    let c = compile(Path::new("t.toml"), GOOD).unwrap();
+    assert!(c.engine.routes.listeners[0].http3.is_none());
+    let off = h3_config(53, "", "").replace("http3 = true", "http3 = false");
+    let c = compile(Path::new("t.toml"), &off).unwrap();
+    assert!(c.engine.routes.listener(443).unwrap().http3.is_none());
+}
+
+#[test]
+fn http3_where_quic_cannot_serve_names_its_line() {
+    let cases = [
+        (
+            GOOD.replace("port = 80\n", "port = 80\nhttp3 = true\n"),
+            "t.toml:14:9: listeners[0].http3: needs [listeners.tls]",
+        ),
+        (
+            TCP.to_string() + "http3 = true\n",
+            "t.toml:26:9: listeners[1].http3: not for a TCP listener",
+        ),
+        (
+            h3_config(53, "", "http3 = true\n"),
+            "t.toml:23:9: listeners[1].http3: not for a UDP listener",
+        ),
+        (
+            h3_config(53, "client_ca = \"CA\"", ""),
+            "t.toml:12:9: listeners[0].http3: not with client certificates (client_ca / client_auth): mTLS over QUIC is not supported yet",
+        ),
+        (
+            h3_config(443, "", ""),
+            "t.toml:12:9: listeners[0].http3: UDP port 443 is a UDP listener's",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = errors(&text);
+        assert!(e.iter().any(|e| e.starts_with(want)), "{want}: {e:#?}");
+    }
+}
+
+#[test]
+fn http3_limits_out_of_range_or_unknown_name_their_line() {
+    let bad = GOOD.to_string()
+        + "\n[http3]\nmax_connections = 0\nidle_timeout_ms = 999\nmax_concurrent_streams = 10001\nmax_buffered_body = 1023\nmax_field_section_size = 100\nalt_svc_max_age = 31536001\n";
+    let e = errors(&bad);
+    let has = |needle: &str| {
+        assert!(e.iter().any(|l| l.contains(needle)), "{needle}: {e:#?}");
+    };
+    has("t.toml:21:19: http3.max_connections: must be 1..=1000000");
+    has("t.toml:22:19: http3.idle_timeout_ms: must be 1000..=600000");
+    has("t.toml:23:26: http3.max_concurrent_streams: must be 1..=10000");
+    has("t.toml:24:21: http3.max_buffered_body: must be 1024..=16777216");
+    has("t.toml:25:26: http3.max_field_section_size: must be 1024..=1048576");
+    has("t.toml:26:19: http3.alt_svc_max_age: must be 0..=31536000");
+    assert_eq!(e.len(), 6, "{e:#?}");
+    let e = errors(&(GOOD.to_string() + "\n[http3]\nmax_streams = 1\n"));
+    assert!(
+        e[0].starts_with("t.toml:21:1") && e[0].contains("unknown field `max_streams`"),
+        "{e:?}"
+    );
+}
