@@ -59,6 +59,7 @@ pub enum Protocol {
     #[default]
     Http1,
     Http2,
+    Http3,
     /// A TCP listener's connection (one record per connection).
     Tcp,
     /// A UDP listener's session (one record per session, at its end).
@@ -70,6 +71,7 @@ impl Protocol {
         match self {
             Protocol::Http1 => "HTTP/1.1",
             Protocol::Http2 => "HTTP/2",
+            Protocol::Http3 => "HTTP/3",
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
         }
@@ -317,6 +319,19 @@ mod tests {
         r.protocol = Protocol::Http1;
         s.clear();
         r.write_json(0, "t", &mut s);
+        assert!(!s.contains("bytes_up"), "{s}");
+    }
+
+    #[test]
+    fn http3_records_say_http3_and_carry_no_byte_counts() {
+        let r = AccessRecord {
+            protocol: Protocol::Http3,
+            bytes_up: 12,
+            ..Default::default()
+        };
+        let mut s = String::new();
+        r.write_json(0, "t", &mut s);
+        assert!(s.contains(r#""protocol":"HTTP/3""#), "{s}");
         assert!(!s.contains("bytes_up"), "{s}");
     }
 

@@ -5,6 +5,7 @@
 //! (an HTTP/1.1 client on the plain path) the origin's chunked bytes pass
 //! through unchanged, trailers and all, and nothing is kept.
 
+use crate::client_side::{ClientSide, StreamGone};
 use crate::http::chunked::{
     MAX_TRAILER_BYTES, MAX_TRAILER_FIELDS, forbidden_trailer, valid_trailer,
 };
@@ -55,14 +56,14 @@ pub(crate) fn write_chunked_end(fields: &[TrailerField], out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Ends an HTTP/2 response with `fields` as its trailing HEADERS.
-pub(crate) fn send_h2(
-    h2: &mut ferrogate_h2::Connection,
-    id: u32,
+/// Ends an HTTP/2 or HTTP/3 response with `fields` as its trailer section.
+pub(crate) fn send<C: ClientSide>(
+    client: &mut C,
+    id: C::Id,
     fields: &[TrailerField],
-) -> Result<(), ferrogate_h2::SendError> {
+) -> Result<(), StreamGone> {
     let list: Vec<(&[u8], &[u8])> = fields.iter().map(|(n, v)| (&n[..], &v[..])).collect();
-    h2.send_trailers(id, &list)
+    client.send_trailers(id, &list)
 }
 
 #[cfg(test)]

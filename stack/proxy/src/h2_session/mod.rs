@@ -1,9 +1,8 @@
 //! An HTTP/2 client connection (ALPN `h2` on TLS listeners, or the h2c
 //! preface on plain listeners with `http2` on): the sans-IO protocol from
-//! `ferrogate-h2` over the client's byte stream, and one [`H2Stream`]
-//! exchange per request, each with its own upstream attempt.
-
-mod stream;
+//! `ferrogate-h2` over the client's byte stream, and one [`MuxStream`]
+//! exchange per request, each with its own upstream attempt (the
+//! connection is the streams' [`crate::client_side::ClientSide`]).
 
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use crate::net::{Instant, StreamId};
 use crate::phases::ProxyHttp;
 use crate::proxy::{Ctx, after};
 
-use stream::{H2Stream, Peer, StreamBufs};
+use crate::mux_stream::{MuxStream, Peer, StreamBufs};
 
 /// Buffer pairs a connection keeps from finished streams for its next ones.
 const SPARE_STREAM_BUFS: usize = 8;
@@ -40,7 +39,7 @@ pub(crate) struct H2Conn<P: ProxyHttp> {
     h2: Connection,
     /// Received plaintext not yet taken by the protocol (at most a frame).
     from_client: ByteBuf,
-    streams: Vec<H2Stream<P>>,
+    streams: Vec<MuxStream<P, Connection>>,
     /// Buffers of finished streams, for the next ones: a busy connection
     /// does not allocate per request.
     spare: Vec<StreamBufs>,
@@ -52,7 +51,7 @@ pub(crate) struct H2Conn<P: ProxyHttp> {
     reported: ferrogate_h2::ConnStats,
     /// Streams whose client is gone while their response is stored: the
     /// rest of the body goes into the object for its other readers.
-    fills: Vec<H2Stream<P>>,
+    fills: Vec<MuxStream<P, Connection>>,
     /// The client connection ended; only `fills` keep this alive.
     client_gone: bool,
     finished: bool,
@@ -119,12 +118,12 @@ impl<P: ProxyHttp> H2Conn<P> {
         self.streams
             .iter()
             .chain(&self.fills)
-            .filter_map(H2Stream::upstream_socket)
+            .filter_map(MuxStream::upstream_socket)
     }
 
     /// The earliest of: the idle close, the protocol's timer, each stream's.
     pub(crate) fn deadline(&self) -> Instant {
-        let fills = self.fills.iter().map(H2Stream::deadline);
+        let fills = self.fills.iter().map(MuxStream::deadline);
         if self.client_gone {
             return fills.min().unwrap_or(self.idle_deadline);
         }
@@ -168,11 +167,11 @@ impl<P: ProxyHttp> H2Conn<P> {
         }
         let now = clock(cx.now);
         let mut moved = self.fill(cx) > 0;
-        let peer = Peer {
-            io: &self.io,
-            client: cx.net.stream(self.client).remote(),
-            listener_port: self.listener_port,
-        };
+        let peer = Peer::of_io(
+            &self.io,
+            cx.net.stream(self.client).remote(),
+            self.listener_port,
+        );
         loop {
             let used = self.h2.recv(self.from_client.filled(), now);
             self.from_client.consume(used);
@@ -357,11 +356,7 @@ impl<P: ProxyHttp> H2Conn<P> {
         if self.fills.is_empty() {
             return false;
         }
-        let peer = Peer {
-            io: &self.io,
-            client: None,
-            listener_port: self.listener_port,
-        };
+        let peer = Peer::of_io(&self.io, None, self.listener_port);
         let mut moved = false;
         for st in &mut self.fills {
             moved |= st.drive(cx, &mut self.h2, &peer);
@@ -379,7 +374,7 @@ fn keep_spare(spare: &mut Vec<StreamBufs>, bufs: StreamBufs) {
 
 /// The connection's streams and their spare buffers.
 struct Streams<'s, P: ProxyHttp> {
-    live: &'s mut Vec<H2Stream<P>>,
+    live: &'s mut Vec<MuxStream<P, Connection>>,
     spare: &'s mut Vec<StreamBufs>,
     /// The connection's fills (for the cap on detached streams).
     fills: usize,
@@ -402,7 +397,7 @@ fn on_event<P: ProxyHttp>(
                 .spare
                 .pop()
                 .unwrap_or_else(|| StreamBufs::new(cx.cfg.head_buffer));
-            let mut st = H2Stream::start(cx, h2, peer, stream, request, end_stream, bufs);
+            let mut st = MuxStream::start(cx, h2, peer, stream, request, end_stream, bufs);
             if st.is_done() {
                 st.end_plugins(cx);
                 keep_spare(streams.spare, st.into_bufs());

@@ -1,16 +1,16 @@
-//! An HTTP/2 stream's cache steps (#21), as on HTTP/1 (`proxy/cached.rs`):
-//! lookup after routing, waiting for another request's fetch, deciding on
-//! the origin's response, and serving a stored response as HEADERS and
-//! DATA within the stream's flow-control window.
+//! An HTTP/2 or HTTP/3 stream's cache steps (#21), as on HTTP/1
+//! (`proxy/cached.rs`): lookup after routing, waiting for another
+//! request's fetch, deciding on the origin's response, and serving a stored
+//! response as HEADERS and DATA within what the stream may send.
 
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use ferrogate_cache::{CacheStatus, Object, Read};
-use ferrogate_h2::{Connection, ErrorCode};
 
-use super::{H2Stream, Peer, SEND_QUANTUM, Step};
+use super::{MuxStream, Peer, SEND_QUANTUM, Step};
 use crate::cache::{self, Lookup, OnResponse, Part, Waited};
+use crate::client_side::{ClientSide, StreamAbort};
 use crate::error::ProxyError;
 use crate::http::{BodyFraming, ResponseHead, head};
 use crate::lb::Upstream;
@@ -18,7 +18,7 @@ use crate::phases::{ProxyHttp, ResponseInfo};
 use crate::proxy::plugin_body::PluginBody;
 use crate::proxy::{Ctx, after};
 
-impl<P: ProxyHttp> H2Stream<P> {
+impl<P: ProxyHttp, C: ClientSide> MuxStream<P, C> {
     /// Counts what the cache did for the request (once); puts it in the
     /// access record; returns it for the `X-Cache` field.
     pub(super) fn note_cache(&mut self, cx: &mut Ctx<'_, P>) -> Option<CacheStatus> {
@@ -31,43 +31,43 @@ impl<P: ProxyHttp> H2Stream<P> {
     pub(super) fn after_lookup(
         &mut self,
         cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
+        client: &mut C,
         peer: &Peer<'_>,
         lookup: Lookup,
         upstream: Arc<Upstream>,
         hash_key: u64,
     ) {
         match lookup {
-            Lookup::Serve(obj, s) => self.serve_cached(cx, h2, peer, &obj, s, Part::Whole),
+            Lookup::Serve(obj, s) => self.serve_cached(cx, client, peer, &obj, s, Part::Whole),
             Lookup::ServeRange(obj, r) => {
-                self.serve_cached(cx, h2, peer, &obj, CacheStatus::Hit, Part::Range(r))
+                self.serve_cached(cx, client, peer, &obj, CacheStatus::Hit, Part::Range(r))
             }
             Lookup::NotModified(obj) => {
-                self.serve_cached(cx, h2, peer, &obj, CacheStatus::Hit, Part::NotModified)
+                self.serve_cached(cx, client, peer, &obj, CacheStatus::Hit, Part::NotModified)
             }
             Lookup::Invalidate(r) => {
                 self.cache_status = Some(CacheStatus::Bypass);
                 self.cache = Some(r);
-                self.start_upstream(cx, h2, peer, upstream, hash_key)
+                self.start_upstream(cx, client, peer, upstream, hash_key)
             }
             Lookup::GatewayTimeout => {
                 self.cache_status = Some(CacheStatus::Miss);
-                self.local_error(cx, h2, peer, ProxyError::NotCached)
+                self.local_error(cx, client, peer, ProxyError::NotCached)
             }
             Lookup::Bypass => {
                 self.cache_status = Some(CacheStatus::Bypass);
-                self.start_upstream(cx, h2, peer, upstream, hash_key)
+                self.start_upstream(cx, client, peer, upstream, hash_key)
             }
             Lookup::Fetch(r) => {
                 if let Some(c) = r.conditional()
                     && !cache::add_request_fields(&mut self.request_head, None, c.fields())
                 {
                     let e = ProxyError::BadRequest(head::HeadError::TooLarge);
-                    return self.local_error(cx, h2, peer, e);
+                    return self.local_error(cx, client, peer, e);
                 }
                 self.cache_status = Some(r.status);
                 self.cache = Some(r);
-                self.start_upstream(cx, h2, peer, upstream, hash_key)
+                self.start_upstream(cx, client, peer, upstream, hash_key)
             }
             Lookup::Wait(r, ticket) => {
                 self.cache_status = Some(r.status);
@@ -87,7 +87,7 @@ impl<P: ProxyHttp> H2Stream<P> {
     pub(super) fn cache_wait(
         &mut self,
         cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
+        client: &mut C,
         peer: &Peer<'_>,
     ) -> bool {
         let Step::CacheWait { ticket, polls, .. } = &mut self.step else {
@@ -112,7 +112,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         else {
             unreachable!()
         };
-        self.after_lookup(cx, h2, peer, lookup, upstream, hash_key);
+        self.after_lookup(cx, client, peer, lookup, upstream, hash_key);
         true
     }
 
@@ -121,14 +121,14 @@ impl<P: ProxyHttp> H2Stream<P> {
     pub(super) fn cache_response(
         &mut self,
         cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
+        client: &mut C,
         peer: &Peer<'_>,
         resp: &ResponseHead,
     ) -> bool {
         let Some(mut req) = self.cache.take() else {
             return false;
         };
-        let identity = peer.io.identity().map(|(h, _)| h);
+        let identity = peer.identity.map(|(h, _)| h);
         let rw = &self.rewrite;
         let Some(out) = cache::origin_head(
             cx.cache,
@@ -144,7 +144,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         match out {
             OnResponse::Pass => false,
             OnResponse::Mismatch => {
-                self.upstream_failed(cx, h2, peer, cache::mismatch());
+                self.upstream_failed(cx, client, peer, cache::mismatch());
                 true
             }
             OnResponse::Store(w) => {
@@ -167,7 +167,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                     self.from_upstream.clear();
                     self.att.close(cx, false);
                 }
-                self.serve_cached(cx, h2, peer, &obj, req.status, Part::Whole);
+                self.serve_cached(cx, client, peer, &obj, req.status, Part::Whole);
                 true
             }
         }
@@ -178,7 +178,7 @@ impl<P: ProxyHttp> H2Stream<P> {
     pub(super) fn stale_for_error(
         &mut self,
         cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
+        client: &mut C,
         peer: &Peer<'_>,
     ) -> bool {
         let mono = cx.cache.anchor.mono(cx.now);
@@ -192,7 +192,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         self.att.settle(cx, None);
         self.att.close(cx, true);
         self.from_upstream.clear();
-        self.serve_cached(cx, h2, peer, &obj, CacheStatus::Stale, Part::Whole);
+        self.serve_cached(cx, client, peer, &obj, CacheStatus::Stale, Part::Whole);
         true
     }
 
@@ -201,7 +201,7 @@ impl<P: ProxyHttp> H2Stream<P> {
     pub(super) fn serve_cached(
         &mut self,
         cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
+        client: &mut C,
         peer: &Peer<'_>,
         obj: &Arc<Object>,
         s: CacheStatus,
@@ -228,7 +228,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         else {
             self.from_upstream.clear();
             let e = ProxyError::BadResponse(head::HeadError::TooLarge);
-            return self.local_error(cx, h2, peer, e);
+            return self.local_error(cx, client, peer, e);
         };
         // The stored head goes through the response phases as the origin's
         // did (their edits are not stored: a hit looks like the miss).
@@ -240,7 +240,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             cx.stats,
         ) {
             self.from_upstream.clear();
-            return self.local_error(cx, h2, peer, e);
+            return self.local_error(cx, client, peer, e);
         }
         let plugin_lines = self.rewrite.plugin.adds_response();
         let xcache = self.note_cache(cx);
@@ -293,14 +293,14 @@ impl<P: ProxyHttp> H2Stream<P> {
             } else {
                 ProxyError::BadResponse(head::HeadError::TooLarge)
             };
-            return self.local_error(cx, h2, peer, e);
+            return self.local_error(cx, client, peer, e);
         }
         if !self.send_head(
-            h2,
+            client,
             end,
             length.is_some() && (!body_plugins || kept_length.is_some()),
         ) {
-            h2.reset_stream(self.id, ErrorCode::InternalError);
+            client.reset(self.id, StreamAbort::Internal);
             self.finish(cx, true);
             return;
         }
@@ -326,9 +326,9 @@ impl<P: ProxyHttp> H2Stream<P> {
     }
 
     /// Streams a stored body as DATA, one quantum per turn.
-    pub(super) fn cache_serve(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+    pub(super) fn cache_serve(&mut self, cx: &mut Ctx<'_, P>, client: &mut C) -> bool {
         if self.plugin_body.is_some() {
-            return self.cache_serve_through_plugins(cx, h2);
+            return self.cache_serve_through_plugins(cx, client);
         }
         let id = self.id;
         let Step::CacheServe {
@@ -340,7 +340,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         else {
             unreachable!()
         };
-        let mut budget = h2.send_capacity(id).min(SEND_QUANTUM);
+        let mut budget = client.send_capacity(id).min(SEND_QUANTUM);
         let mut moved = false;
         let mut waiting_on_object = false;
         loop {
@@ -349,7 +349,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 if n == 0 {
                     break;
                 }
-                if h2.send_data(id, &pending[..n], false).is_err() {
+                if client.send_data(id, &pending[..n], false).is_err() {
                     // The client reset the stream.
                     self.finish(cx, true);
                     return true;
@@ -361,7 +361,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 continue;
             }
             if slice.done() {
-                let _ = h2.send_data(id, &[], true);
+                let _ = client.send_data(id, &[], true);
                 self.step = Step::Done;
                 return true;
             }
@@ -372,13 +372,13 @@ impl<P: ProxyHttp> H2Stream<P> {
                     break;
                 }
                 Read::End => {
-                    let _ = h2.send_data(id, &[], true);
+                    let _ = client.send_data(id, &[], true);
                     self.step = Step::Done;
                     return true;
                 }
                 Read::Aborted => {
                     cx.stats.upstream_errors += 1;
-                    h2.reset_stream(id, ErrorCode::InternalError);
+                    client.reset(id, StreamAbort::Internal);
                     self.finish(cx, true);
                     return true;
                 }
@@ -391,8 +391,8 @@ impl<P: ProxyHttp> H2Stream<P> {
             *client_wait = true;
             self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
         } else if cx.now >= self.deadline {
-            cx.stats.h2.stalled_resets += 1;
-            h2.reset_stream(id, ErrorCode::Cancel);
+            C::count_stalled_reset(cx.stats);
+            client.reset(id, StreamAbort::Cancel);
             self.finish(cx, true);
             return true;
         }
@@ -400,11 +400,11 @@ impl<P: ProxyHttp> H2Stream<P> {
     }
 }
 
-impl<P: ProxyHttp> H2Stream<P> {
+impl<P: ProxyHttp, C: ClientSide> MuxStream<P, C> {
     /// A stored body through the plugins (a hit whose request has a body
     /// plugin), one quantum per turn: each chunk of the object takes the
     /// way the origin's did, and their output goes out as DATA.
-    fn cache_serve_through_plugins(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+    fn cache_serve_through_plugins(&mut self, cx: &mut Ctx<'_, P>, client: &mut C) -> bool {
         let Some(mut pb) = self.plugin_body.take() else {
             return false;
         };
@@ -422,7 +422,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         let mut turn = 0;
         let mut waiting_on_object = false;
         loop {
-            match super::send_plugin_output(&mut pb, h2, cx.stats, id, &mut turn, &mut moved) {
+            match super::send_plugin_output(&mut pb, client, cx.stats, id, &mut turn, &mut moved) {
                 super::SendStep::Go => {}
                 super::SendStep::Wait => break,
                 super::SendStep::Reset => {
@@ -454,7 +454,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                     Read::End => (Bytes::new(), true),
                     Read::Aborted => {
                         cx.stats.upstream_errors += 1;
-                        h2.reset_stream(id, ErrorCode::InternalError);
+                        client.reset(id, StreamAbort::Internal);
                         self.finish(cx, true);
                         return true;
                     }
@@ -469,7 +469,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 cx.stats,
                 |_| {},
             ) {
-                h2.reset_stream(id, ErrorCode::InternalError);
+                client.reset(id, StreamAbort::Internal);
                 self.finish(cx, true);
                 return true;
             }
@@ -483,8 +483,8 @@ impl<P: ProxyHttp> H2Stream<P> {
             *client_wait = true;
             self.deadline = after(cx.now, cx.cfg.timeouts.client_idle);
         } else if cx.now >= self.deadline {
-            cx.stats.h2.stalled_resets += 1;
-            h2.reset_stream(id, ErrorCode::Cancel);
+            C::count_stalled_reset(cx.stats);
+            client.reset(id, StreamAbort::Cancel);
             self.finish(cx, true);
             return true;
         }

@@ -1,19 +1,21 @@
-//! One HTTP/2 stream's exchange: the request goes through the same phases,
-//! router, pools, retries and limits as an HTTP/1 request, and upstream as
-//! HTTP/1.1 over a connection of the worker's pool ([`Attempt`]); the
-//! response comes back as HEADERS and DATA within the stream's and the
-//! connection's flow-control windows.
+//! One HTTP/2 or HTTP/3 stream's exchange: the request goes through the
+//! same phases, router, pools, retries and limits as an HTTP/1 request, and
+//! upstream as HTTP/1.1 over a connection of the worker's pool
+//! ([`Attempt`]); the response comes back as HEADERS and DATA within what
+//! the client side lets the stream send ([`ClientSide::send_capacity`]:
+//! flow-control windows, output room). The protocol is behind
+//! [`ClientSide`]: the HTTP/2 session drives these streams over
+//! `ferrogate_h2::Connection`.
 
 mod cached;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use ferrogate_h2::{Connection, ErrorCode, Request};
-
 use crate::access::AccessRecord;
 use crate::attempt::{Attempt, Connecting, Started};
 use crate::client_io::ClientIo;
+use crate::client_side::{ClientSide, StreamAbort};
 use crate::error::ProxyError;
 use crate::http::head::{self, HeadError, Header, Headers};
 use crate::http::{BodyFraming, ByteBuf, RequestView};
@@ -26,12 +28,36 @@ use crate::proxy::{
     emit_access, hash_key, rewritten_pool, set_request_id,
 };
 use crate::route::{DirectResponse, RouteAction};
+use crate::tls::{ClientIdentity, IdentityHeaders};
+
+/// A request as HTTP/2 and HTTP/3 both decode it (`ferrogate_h3::Request`
+/// is this type).
+type Request = crate::h2::Request;
 
 /// What a stream knows of its connection.
 pub(crate) struct Peer<'a> {
-    pub io: &'a ClientIo,
+    /// The client connection is TLS (QUIC always is).
+    pub tls: bool,
+    /// The verified client certificate's common name.
+    pub client_cn: Option<&'a str>,
+    /// The listener's identity headers and the verified client identity,
+    /// on TLS (as [`ClientIo::identity`]).
+    pub identity: Option<(&'a IdentityHeaders, Option<&'a ClientIdentity>)>,
     pub client: Option<SocketAddr>,
     pub listener_port: u16,
+}
+
+impl<'a> Peer<'a> {
+    /// The peer of a TCP client connection (HTTP/2).
+    pub(crate) fn of_io(io: &'a ClientIo, client: Option<SocketAddr>, listener_port: u16) -> Self {
+        Self {
+            tls: io.stream.is_tls(),
+            client_cn: io.client_cn(),
+            identity: io.identity(),
+            client,
+            listener_port,
+        }
+    }
 }
 
 /// How the request body goes upstream (fixed per request; every attempt
@@ -109,8 +135,8 @@ impl StreamBufs {
     }
 }
 
-pub(crate) struct H2Stream<P: ProxyHttp> {
-    pub(crate) id: u32,
+pub(crate) struct MuxStream<P: ProxyHttp, C: ClientSide> {
+    pub(crate) id: C::Id,
     att: Attempt,
     method: &'static str,
     is_head: bool,
@@ -129,7 +155,7 @@ pub(crate) struct H2Stream<P: ProxyHttp> {
     body_end_seen: bool,
     body_sent: u64,
     /// The upstream request head (kept for retries); once the response head
-    /// arrived, the scratch space its HTTP/2 fields are read from.
+    /// arrived, the scratch space its response fields are read from.
     request_head: ByteBuf,
     head_sent: usize,
     from_upstream: ByteBuf,
@@ -164,8 +190,9 @@ pub(crate) struct H2Stream<P: ProxyHttp> {
     request_plugin_body: Option<Box<PluginBody>>,
 }
 
-/// An HTTP/2 request as the HTTP/1-shaped view the phases and the router
-/// read: Host from `:authority` when the client sent none (RFC 9113 §8.3.1).
+/// An HTTP/2 or HTTP/3 request as the HTTP/1-shaped view the phases and
+/// the router read: Host from `:authority` when the client sent none
+/// (RFC 9113 §8.3.1, RFC 9114 §4.3.1).
 fn fields<'a>(request: &'a Request) -> Result<Vec<Header<'a>>, ProxyError> {
     let bad = |why| ProxyError::BadRequest(HeadError::Malformed(why));
     let mut list = Vec::with_capacity(request.headers.len() + 1);
@@ -186,8 +213,8 @@ fn fields<'a>(request: &'a Request) -> Result<Vec<Header<'a>>, ProxyError> {
     Ok(list)
 }
 
-impl<P: ProxyHttp> H2Stream<P> {
-    fn new(id: u32, now: Instant, mut bufs: StreamBufs) -> Self {
+impl<P: ProxyHttp, C: ClientSide> MuxStream<P, C> {
+    fn new(id: C::Id, now: Instant, mut bufs: StreamBufs) -> Self {
         bufs.request_head.clear();
         bufs.from_upstream.clear();
         Self {
@@ -256,22 +283,22 @@ impl<P: ProxyHttp> H2Stream<P> {
     /// A new request: routes it and starts its upstream attempt, or answers it.
     pub(crate) fn start(
         cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
+        client: &mut C,
         peer: &Peer<'_>,
-        id: u32,
+        id: C::Id,
         request: Request,
         end_stream: bool,
         bufs: StreamBufs,
     ) -> Self {
         let mut st = Self::new(id, cx.now, bufs);
         cx.stats.requests += 1;
-        cx.stats.h2.requests += 1;
+        C::count_request(cx.stats);
         st.request_ended = end_stream;
-        st.route(cx, h2, peer, &request);
+        st.route(cx, client, peer, &request);
         st
     }
 
-    fn route(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection, peer: &Peer<'_>, r: &Request) {
+    fn route(&mut self, cx: &mut Ctx<'_, P>, client: &mut C, peer: &Peer<'_>, r: &Request) {
         let bad = |why| ProxyError::BadRequest(HeadError::Malformed(why));
         let method = std::str::from_utf8(&r.method).unwrap_or("");
         self.method = crate::http::head::static_method(method);
@@ -281,17 +308,17 @@ impl<P: ProxyHttp> H2Stream<P> {
             // CONNECT (RFC 9113 §8.5): a tunnel, which this proxy does not open.
             return self.local_error(
                 cx,
-                h2,
+                client,
                 peer,
                 ProxyError::BadRequest(HeadError::Unsupported("CONNECT")),
             );
         };
         let list = match fields(r) {
             Ok(l) => l,
-            Err(e) => return self.local_error(cx, h2, peer, e),
+            Err(e) => return self.local_error(cx, client, peer, e),
         };
         let Ok(target) = std::str::from_utf8(path) else {
-            return self.local_error(cx, h2, peer, bad(":path is not UTF-8"));
+            return self.local_error(cx, client, peer, bad(":path is not UTF-8"));
         };
         let req = crate::http::Request {
             method,
@@ -301,11 +328,11 @@ impl<P: ProxyHttp> H2Stream<P> {
         };
         let host = head::request_host(&req);
         if host.is_none_or(|h| !head::valid_host(h.as_bytes())) {
-            return self.local_error(cx, h2, peer, bad("invalid :authority"));
+            return self.local_error(cx, client, peer, bad("invalid :authority"));
         }
         set_request_id(&mut self.request_id, &mut self.request_id_len, &req, cx);
         let mut view = RequestView::new(method, host, target, req.headers);
-        view.client_cn = peer.io.client_cn();
+        view.client_cn = peer.client_cn;
         let client_ip = peer
             .client
             .map(|a| a.ip())
@@ -316,8 +343,8 @@ impl<P: ProxyHttp> H2Stream<P> {
             http10: false,
             client_ip,
             listener_port: peer.listener_port,
-            https: peer.io.stream.is_tls(),
-            identity: peer.io.identity(),
+            https: peer.tls,
+            identity: peer.identity,
             request_id: &self.request_id[..self.request_id_len],
             client_sent_request_id: head::request_id(&req).is_some(),
             now: cx.now,
@@ -332,20 +359,20 @@ impl<P: ProxyHttp> H2Stream<P> {
             &mut self.pctx,
             &mut self.access,
             &mut self.rewrite,
-            "HTTP/2",
+            C::PROTOCOL.as_str(),
             !self.request_ended,
         ) {
             Routing::Route(route) => route,
-            Routing::Respond(d) => return self.respond_direct(cx, h2, peer, &d),
-            Routing::Fail(e) => return self.local_error(cx, h2, peer, e),
-            Routing::NoRoute => return self.local_error(cx, h2, peer, ProxyError::NoRoute),
+            Routing::Respond(d) => return self.respond_direct(cx, client, peer, &d),
+            Routing::Fail(e) => return self.local_error(cx, client, peer, e),
+            Routing::NoRoute => return self.local_error(cx, client, peer, ProxyError::NoRoute),
         };
         self.route_id = Some(route.id);
         let mut canary_arm_taken = false;
         let upstream = match &route.action {
             RouteAction::Respond(d) => {
                 let d = d.clone();
-                return self.respond_direct(cx, h2, peer, &d);
+                return self.respond_direct(cx, client, peer, &d);
             }
             RouteAction::Proxy(upstream) => {
                 let mut pool = rewritten_pool(&self.rewrite, upstream);
@@ -367,7 +394,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         };
         let max = cx.cfg.max_request_body;
         if max > 0 && r.content_length.is_some_and(|n| n > max) {
-            return self.local_error(cx, h2, peer, ProxyError::BodyTooLarge);
+            return self.local_error(cx, client, peer, ProxyError::BodyTooLarge);
         }
         self.body = match r.content_length {
             _ if self.request_ended => ReqBody::None,
@@ -394,7 +421,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         let mut lookup = None;
         if let Some(rc) = &route.cache {
             let k = crate::cache::RequestKey {
-                https: peer.io.stream.is_tls(),
+                https: peer.tls,
                 host: host.unwrap_or(""),
                 target,
                 method,
@@ -403,11 +430,11 @@ impl<P: ProxyHttp> H2Stream<P> {
                 route: &route.name,
                 port: peer.listener_port,
                 diverted: canary_arm_taken || self.rewrite.changes_request(),
-                identity: peer.io.identity().is_some_and(|(_, id)| id.is_some()),
+                identity: peer.identity.is_some_and(|(_, id)| id.is_some()),
             };
             match crate::cache::lookup(cx.cache, rc, &k, cx.now) {
                 crate::cache::Lookup::Serve(obj, s) => {
-                    return self.serve_cached(cx, h2, peer, &obj, s, crate::cache::Part::Whole);
+                    return self.serve_cached(cx, client, peer, &obj, s, crate::cache::Part::Whole);
                 }
                 l => lookup = Some(l),
             }
@@ -455,7 +482,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             } else {
                 ProxyError::BadRequest(HeadError::TooLarge)
             };
-            return self.local_error(cx, h2, peer, err);
+            return self.local_error(cx, client, peer, err);
         }
         let expects_continue = !self.request_ended
             && req.headers.iter().any(|h| {
@@ -463,43 +490,37 @@ impl<P: ProxyHttp> H2Stream<P> {
             });
         if expects_continue {
             // Answered here, as for HTTP/1: the origin never sees Expect.
-            let _ = h2.send_headers(self.id, 100, &[], false);
+            client.send_interim(self.id, 100);
         }
         match lookup {
-            Some(l) => self.after_lookup(cx, h2, peer, l, upstream, key),
-            None => self.start_upstream(cx, h2, peer, upstream, key),
+            Some(l) => self.after_lookup(cx, client, peer, l, upstream, key),
+            None => self.start_upstream(cx, client, peer, upstream, key),
         }
     }
 
     fn start_upstream(
         &mut self,
         cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
+        client: &mut C,
         peer: &Peer<'_>,
         pool: Arc<Upstream>,
         key: u64,
     ) {
         self.att.begin(cx, pool, key);
         match self.att.pick(cx) {
-            Ok(ep) => self.use_endpoint(cx, h2, peer, ep),
-            Err(e) => self.local_error(cx, h2, peer, e.into()),
+            Ok(ep) => self.use_endpoint(cx, client, peer, ep),
+            Err(e) => self.local_error(cx, client, peer, e.into()),
         }
     }
 
-    fn use_endpoint(
-        &mut self,
-        cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
-        peer: &Peer<'_>,
-        ep: usize,
-    ) {
+    fn use_endpoint(&mut self, cx: &mut Ctx<'_, P>, client: &mut C, peer: &Peer<'_>, ep: usize) {
         match self.att.start(cx, ep) {
             Ok(Started::Reused) => self.begin_send(cx),
             Ok(Started::Connecting { deadline }) => {
                 self.step = Step::Connect;
                 self.deadline = deadline;
             }
-            Err(e) => self.local_error(cx, h2, peer, e),
+            Err(e) => self.local_error(cx, client, peer, e),
         }
     }
 
@@ -522,12 +543,7 @@ impl<P: ProxyHttp> H2Stream<P> {
     }
 
     /// Moves the exchange on; true if anything moved.
-    pub(crate) fn drive(
-        &mut self,
-        cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
-        peer: &Peer<'_>,
-    ) -> bool {
+    pub(crate) fn drive(&mut self, cx: &mut Ctx<'_, P>, client: &mut C, peer: &Peer<'_>) -> bool {
         let mut moved = false;
         if let Some(up) = self.att.conn.as_mut() {
             up.io.flush(&mut cx.net.stream(up.handle));
@@ -545,18 +561,18 @@ impl<P: ProxyHttp> H2Stream<P> {
                         }
                         Connecting::Pending => false,
                         Connecting::Failed(e) => {
-                            self.upstream_failed(cx, h2, peer, e);
+                            self.upstream_failed(cx, client, peer, e);
                             true
                         }
                     }
                 }
-                Step::Send => self.send_request(cx, h2, peer),
-                Step::ReadHead => self.read_response_head(cx, h2, peer),
+                Step::Send => self.send_request(cx, client, peer),
+                Step::ReadHead => self.read_response_head(cx, client, peer),
                 // One quantum per turn: the other streams get theirs first.
-                Step::Response { .. } => return self.stream_response(cx, h2) || moved,
-                Step::Local { .. } => self.send_local(cx, h2),
-                Step::CacheWait { .. } => self.cache_wait(cx, h2, peer),
-                Step::CacheServe { .. } => return self.cache_serve(cx, h2) || moved,
+                Step::Response { .. } => return self.stream_response(cx, client) || moved,
+                Step::Local { .. } => self.send_local(cx, client),
+                Step::CacheWait { .. } => self.cache_wait(cx, client, peer),
+                Step::CacheServe { .. } => return self.cache_serve(cx, client) || moved,
                 Step::CacheFill { .. } => self.cache_fill(cx),
                 Step::Done => false,
             };
@@ -568,14 +584,14 @@ impl<P: ProxyHttp> H2Stream<P> {
         moved
     }
 
-    fn send_request(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection, peer: &Peer<'_>) -> bool {
-        if self.early_response(cx, h2) {
+    fn send_request(&mut self, cx: &mut Ctx<'_, P>, client: &mut C, peer: &Peer<'_>) -> bool {
+        if self.early_response(cx, client) {
             return true;
         }
         let upc = self.att.conn.as_mut().expect("upstream");
         let up = &mut cx.net.stream(upc.handle);
         if !up.may_send() || upc.io.failed() {
-            self.upstream_failed(cx, h2, peer, ProxyError::UpstreamClosedEarly);
+            self.upstream_failed(cx, client, peer, ProxyError::UpstreamClosedEarly);
             return true;
         }
         let mut moved = false;
@@ -587,10 +603,10 @@ impl<P: ProxyHttp> H2Stream<P> {
         }
         let head_done = self.head_sent == self.request_head.len();
         if head_done && self.request_plugin_body.is_some() {
-            return self.request_body_through_plugins(cx, h2, peer) || moved;
+            return self.request_body_through_plugins(cx, client, peer) || moved;
         }
         let space = if head_done { upc.io.send_space(up) } else { 0 };
-        let avail = h2.request_body(self.id);
+        let avail = client.request_body(self.id);
         let max = cx.cfg.max_request_body;
         let take = match self.body {
             _ if !head_done || self.body_done => 0,
@@ -600,7 +616,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         };
         if max > 0 && self.body_sent + take as u64 > max {
             // Already streaming: the client gets 413, the upstream a reset.
-            self.local_error(cx, h2, peer, ProxyError::BodyTooLarge);
+            self.local_error(cx, client, peer, ProxyError::BodyTooLarge);
             return true;
         }
         let all_taken = match self.body {
@@ -614,7 +630,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 .phases
                 .request_body_filter(&avail[..take], end, &mut self.pctx)
             {
-                self.local_error(cx, h2, peer, e);
+                self.local_error(cx, client, peer, e);
                 return true;
             }
             self.body_end_seen |= end;
@@ -632,7 +648,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 upc.io.send(up, &avail[..take])
             };
             debug_assert_eq!(sent, take);
-            h2.consume_body(self.id, take);
+            client.consume_body(self.id, take);
             self.body_sent += take as u64;
             self.att.body_started = true;
             moved = true;
@@ -682,12 +698,12 @@ impl<P: ProxyHttp> H2Stream<P> {
         } else if cx.now >= self.deadline {
             // Body octets wait for an upstream that stopped reading, or none
             // come from the client.
-            let e = if head_done && h2.request_body(self.id).is_empty() {
+            let e = if head_done && client.request_body(self.id).is_empty() {
                 ProxyError::ClientHeaderTimeout
             } else {
                 ProxyError::UpstreamTimeout
             };
-            self.local_error(cx, h2, peer, e);
+            self.local_error(cx, client, peer, e);
             return true;
         }
         moved
@@ -699,7 +715,7 @@ impl<P: ProxyHttp> H2Stream<P> {
     fn request_body_through_plugins(
         &mut self,
         cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
+        client: &mut C,
         peer: &Peer<'_>,
     ) -> bool {
         let Some(mut pb) = self.request_plugin_body.take() else {
@@ -723,20 +739,20 @@ impl<P: ProxyHttp> H2Stream<P> {
                 self.await_response(cx);
                 return true;
             }
-            let avail = h2.request_body(self.id);
+            let avail = client.request_body(self.id);
             let take = avail.len().min(SEND_QUANTUM);
             let done = self.request_ended && take == avail.len();
             if take == 0 && !done {
                 break;
             }
             if max > 0 && self.body_sent + take as u64 > max {
-                self.local_error(cx, h2, peer, ProxyError::BodyTooLarge);
+                self.local_error(cx, client, peer, ProxyError::BodyTooLarge);
                 return true;
             }
             let mut payload = std::mem::take(&mut pb.payload);
             payload.clear();
             payload.extend_from_slice(&avail[..take]);
-            h2.consume_body(self.id, take);
+            client.consume_body(self.id, take);
             self.body_sent += take as u64;
             // Bytes of the body are the plugins' now: no retry can resend
             // them.
@@ -744,7 +760,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             let end = done && !self.body_end_seen;
             if !payload.is_empty() || end {
                 if let Err(e) = cx.phases.request_body_filter(&payload, end, &mut self.pctx) {
-                    self.local_error(cx, h2, peer, e);
+                    self.local_error(cx, client, peer, e);
                     return true;
                 }
                 self.body_end_seen |= end;
@@ -766,7 +782,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             pb.payload = payload;
             if !pushed {
                 // No response has begun: the client gets the plugin's 500.
-                self.local_error(cx, h2, peer, ProxyError::PluginFailed);
+                self.local_error(cx, client, peer, ProxyError::PluginFailed);
                 return true;
             }
             moved = true;
@@ -777,12 +793,12 @@ impl<P: ProxyHttp> H2Stream<P> {
         } else if cx.now >= self.deadline {
             // Body octets wait for an upstream that stopped reading, or none
             // come from the client.
-            let e = if h2.request_body(self.id).is_empty() {
+            let e = if client.request_body(self.id).is_empty() {
                 ProxyError::ClientHeaderTimeout
             } else {
                 ProxyError::UpstreamTimeout
             };
-            self.local_error(cx, h2, peer, e);
+            self.local_error(cx, client, peer, e);
             return true;
         }
         moved
@@ -793,7 +809,7 @@ impl<P: ProxyHttp> H2Stream<P> {
     /// Then the rest of the body stays with the client and the answer goes
     /// out. 1xx heads on the way are handled as in `read_response_head`; an
     /// incomplete head keeps the request going.
-    fn early_response(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+    fn early_response(&mut self, cx: &mut Ctx<'_, P>, client: &mut C) -> bool {
         self.att.fill(cx, &mut self.from_upstream);
         loop {
             if self.from_upstream.is_empty() {
@@ -802,7 +818,7 @@ impl<P: ProxyHttp> H2Stream<P> {
             let full = self.from_upstream.is_full();
             match head::parse_response(self.from_upstream.filled(), self.is_head, full) {
                 Ok(Some(resp)) if resp.interim && resp.status != 101 => {
-                    self.forward_interim(h2, resp.status, resp.head_len)
+                    self.forward_interim(client, resp.status, resp.head_len)
                 }
                 Ok(None) => return false,
                 // A final head, or a broken one: read_response_head says which.
@@ -819,15 +835,16 @@ impl<P: ProxyHttp> H2Stream<P> {
     }
 
     /// Sends a 1xx head from the origin on (103 Early Hints and the like:
-    /// HTTP/2 carries any number of them); 100 Continue was ours to send.
-    fn forward_interim(&mut self, h2: &mut Connection, status: u16, head_len: usize) {
+    /// HTTP/2 and HTTP/3 carry any number of them); 100 Continue was ours to
+    /// send.
+    fn forward_interim(&mut self, client: &mut C, status: u16, head_len: usize) {
         let head = &self.from_upstream.filled()[..head_len];
         let mut fields = Vec::new();
         if status != 100 && head::response_fields(head, &mut fields).is_some() {
             // A rule's removals hold for early hints too.
             let rw = &self.rewrite;
             fields.retain(|(n, _)| std::str::from_utf8(n).map_or(true, |n| !rw.strips_response(n)));
-            let _ = h2.send_headers(self.id, status, &fields, false);
+            let _ = client.send_head(self.id, status, &fields, false);
         }
         self.from_upstream.consume(head_len);
     }
@@ -837,28 +854,28 @@ impl<P: ProxyHttp> H2Stream<P> {
         self.deadline = self.att.response_deadline(cx);
     }
 
-    fn read_response_head(
-        &mut self,
-        cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
-        peer: &Peer<'_>,
-    ) -> bool {
+    fn read_response_head(&mut self, cx: &mut Ctx<'_, P>, client: &mut C, peer: &Peer<'_>) -> bool {
         let got = self.att.fill(cx, &mut self.from_upstream);
         let open = self.att.may_recv(cx);
         let full = self.from_upstream.is_full();
         let resp = match head::parse_response(self.from_upstream.filled(), self.is_head, full) {
             Ok(Some(resp)) if resp.interim => {
-                self.forward_interim(h2, resp.status, resp.head_len);
+                self.forward_interim(client, resp.status, resp.head_len);
                 return true;
             }
             Ok(Some(resp)) if resp.status == 101 => {
-                // No upgrade was asked for: HTTP/2 has no protocol switch.
-                let e = ProxyError::BadResponse(HeadError::Unsupported("101 to an HTTP/2 request"));
-                self.upstream_failed(cx, h2, peer, e);
+                // No upgrade was asked for: HTTP/2 (and HTTP/3) has no protocol
+                // switch.
+                let why = match C::PROTOCOL {
+                    crate::access::Protocol::Http3 => "101 to an HTTP/3 request",
+                    _ => "101 to an HTTP/2 request",
+                };
+                let e = ProxyError::BadResponse(HeadError::Unsupported(why));
+                self.upstream_failed(cx, client, peer, e);
                 return true;
             }
             Ok(Some(resp)) => {
-                if self.cache.is_some() && self.cache_response(cx, h2, peer, &resp) {
+                if self.cache.is_some() && self.cache_response(cx, client, peer, &resp) {
                     return true;
                 }
                 resp
@@ -870,17 +887,17 @@ impl<P: ProxyHttp> H2Stream<P> {
                     } else {
                         ProxyError::BadResponse(HeadError::Malformed("truncated head"))
                     };
-                    self.upstream_failed(cx, h2, peer, e);
+                    self.upstream_failed(cx, client, peer, e);
                     return true;
                 }
                 if cx.now >= self.deadline {
-                    self.upstream_failed(cx, h2, peer, ProxyError::UpstreamTimeout);
+                    self.upstream_failed(cx, client, peer, ProxyError::UpstreamTimeout);
                     return true;
                 }
                 return got > 0;
             }
             Err(e) => {
-                self.upstream_failed(cx, h2, peer, ProxyError::BadResponse(e));
+                self.upstream_failed(cx, client, peer, ProxyError::BadResponse(e));
                 return true;
             }
         };
@@ -897,7 +914,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         if let Err(e) = plugins {
             self.from_upstream.clear();
             self.cache_writer = None;
-            self.local_error(cx, h2, peer, e);
+            self.local_error(cx, client, peer, e);
             return true;
         }
         let plugin_lines = self.rewrite.plugin.adds_response();
@@ -932,20 +949,25 @@ impl<P: ProxyHttp> H2Stream<P> {
             cx.stats.plugin_failures += 1;
             self.from_upstream.clear();
             self.cache_writer = None;
-            self.local_error(cx, h2, peer, ProxyError::PluginFailed);
+            self.local_error(cx, client, peer, ProxyError::PluginFailed);
             return true;
         }
         if !ok {
             // Another endpoint may answer (a retry): its head goes through
             // the plugins afresh.
             self.rewrite.plugin.clear_response_edits();
-            self.upstream_failed(cx, h2, peer, ProxyError::BadResponse(HeadError::TooLarge));
+            self.upstream_failed(
+                cx,
+                client,
+                peer,
+                ProxyError::BadResponse(HeadError::TooLarge),
+            );
             return true;
         }
         let mut body = Body::from_framing(resp.framing);
         if let Body::Chunked(dec) = &mut body {
-            // An HTTP/2 client gets a chunked origin's trailers as trailing
-            // HEADERS.
+            // An HTTP/2 or HTTP/3 client gets a chunked origin's trailers as
+            // a trailing HEADERS section.
             dec.capture_trailers();
         }
         let end = matches!(body, Body::Done);
@@ -965,10 +987,10 @@ impl<P: ProxyHttp> H2Stream<P> {
         }
         let length = matches!(resp.framing, BodyFraming::Length(_))
             && (!body_plugins || kept_length.is_some());
-        if !self.send_head(h2, end, length) {
+        if !self.send_head(client, end, length) {
             // The stream is gone, or the head has more fields than fit.
             cx.stats.upstream_errors += 1;
-            h2.reset_stream(self.id, ErrorCode::InternalError);
+            client.reset(self.id, StreamAbort::Internal);
             self.finish(cx, true);
             return true;
         }
@@ -988,8 +1010,9 @@ impl<P: ProxyHttp> H2Stream<P> {
     /// Sends the HTTP/1 head in `request_head` as HEADERS. `content-length`
     /// goes only with a body of that length: an origin's chunked response
     /// that also names a length (RFC 9112 §6.3 says chunked wins) would
-    /// otherwise be a malformed HTTP/2 response (RFC 9113 §8.1.1).
-    fn send_head(&mut self, h2: &mut Connection, end_stream: bool, length: bool) -> bool {
+    /// otherwise be a malformed HTTP/2 response (RFC 9113 §8.1.1; RFC 9114
+    /// §4.1.2 for HTTP/3).
+    fn send_head(&mut self, client: &mut C, end_stream: bool, length: bool) -> bool {
         let mut list = Vec::with_capacity(16);
         let Some(status) = head::response_fields(self.request_head.filled(), &mut list) else {
             return false;
@@ -997,17 +1020,17 @@ impl<P: ProxyHttp> H2Stream<P> {
         if !length {
             list.retain(|(n, _)| !n.eq_ignore_ascii_case(b"content-length"));
         }
-        h2.send_headers(self.id, status, &list, end_stream).is_ok()
+        client.send_head(self.id, status, &list, end_stream).is_ok()
     }
 
-    fn stream_response(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+    fn stream_response(&mut self, cx: &mut Ctx<'_, P>, client: &mut C) -> bool {
         if self.plugin_body.is_some() {
-            return self.stream_plugin_body(cx, h2);
+            return self.stream_plugin_body(cx, client);
         }
         let mut moved = self.att.fill(cx, &mut self.from_upstream) > 0;
         let open = self.att.may_recv(cx);
         let id = self.id;
-        let cap = h2.send_capacity(id).min(SEND_QUANTUM);
+        let cap = client.send_capacity(id).min(SEND_QUANTUM);
         let Step::Response {
             body,
             keep_upstream,
@@ -1034,7 +1057,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 }
                 if t > 0 || end {
                     phases.response_body_filter(&window[..t], end, pctx);
-                    sent_ok = h2.send_data(id, &window[..t], end).is_ok();
+                    sent_ok = client.send_data(id, &window[..t], end).is_ok();
                 }
                 (t, end)
             }
@@ -1049,7 +1072,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                     }
                     if !data.is_empty() {
                         phases.response_body_filter(data, false, pctx);
-                        sent_ok &= h2.send_data(id, data, false).is_ok();
+                        sent_ok &= client.send_data(id, data, false).is_ok();
                     }
                 });
                 match fed {
@@ -1059,18 +1082,18 @@ impl<P: ProxyHttp> H2Stream<P> {
                             phases.response_body_filter(&[], true, pctx);
                             let trailers = crate::trailers::take(dec, cx.stats);
                             sent_ok &= if trailers.is_empty() {
-                                h2.send_data(id, &[], true).is_ok()
+                                client.send_data(id, &[], true).is_ok()
                             } else {
                                 cx.stats.trailers_forwarded += 1;
-                                crate::trailers::send_h2(h2, id, &trailers).is_ok()
+                                crate::trailers::send(client, id, &trailers).is_ok()
                             };
                         }
                         (n, end)
                     }
                     Err(e) => {
                         cx.stats.upstream_errors += 1;
-                        tracing::debug!(error = %ProxyError::BadResponseBody(e), "aborting HTTP/2 response");
-                        h2.reset_stream(id, ErrorCode::InternalError);
+                        tracing::debug!(error = %ProxyError::BadResponseBody(e), "aborting {} response", C::PROTOCOL.as_str());
+                        client.reset(id, StreamAbort::Internal);
                         self.finish(cx, true);
                         return true;
                     }
@@ -1085,7 +1108,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 }
                 if !window.is_empty() || end {
                     phases.response_body_filter(window, end, pctx);
-                    sent_ok = h2.send_data(id, window, end).is_ok();
+                    sent_ok = client.send_data(id, window, end).is_ok();
                 }
                 (window.len(), end)
             }
@@ -1115,7 +1138,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         if !open && self.from_upstream.is_empty() {
             // Truncated by the origin: the client must not take it as whole.
             cx.stats.upstream_errors += 1;
-            h2.reset_stream(id, ErrorCode::InternalError);
+            client.reset(id, StreamAbort::Internal);
             self.finish(cx, true);
             return true;
         }
@@ -1131,8 +1154,8 @@ impl<P: ProxyHttp> H2Stream<P> {
             };
         } else if cx.now >= self.deadline {
             if waiting_on_client {
-                cx.stats.h2.stalled_resets += 1;
-                h2.reset_stream(id, ErrorCode::Cancel);
+                C::count_stalled_reset(cx.stats);
+                client.reset(id, StreamAbort::Cancel);
                 // The client stopped reading: the object is read on for
                 // its other readers.
                 if self.detach_fill(cx) {
@@ -1142,7 +1165,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 // The origin went silent mid-body: the client must not
                 // take the short body as whole.
                 cx.stats.upstream_errors += 1;
-                h2.reset_stream(id, ErrorCode::InternalError);
+                client.reset(id, StreamAbort::Internal);
             }
             self.finish(cx, true);
             return true;
@@ -1175,7 +1198,7 @@ impl<P: ProxyHttp> H2Stream<P> {
 
     /// One quantum of a response whose body the plugins see (see
     /// `proxy::plugin_body`): their output goes out as DATA.
-    fn stream_plugin_body(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+    fn stream_plugin_body(&mut self, cx: &mut Ctx<'_, P>, client: &mut C) -> bool {
         let Some(mut pb) = self.plugin_body.take() else {
             return false;
         };
@@ -1183,7 +1206,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         let mut moved = false;
         let mut turn = 0;
         loop {
-            match send_plugin_output(&mut pb, h2, cx.stats, id, &mut turn, &mut moved) {
+            match send_plugin_output(&mut pb, client, cx.stats, id, &mut turn, &mut moved) {
                 SendStep::Go => {}
                 SendStep::Wait => break,
                 SendStep::Reset => {
@@ -1221,14 +1244,14 @@ impl<P: ProxyHttp> H2Stream<P> {
                 Pulled::Nothing => break,
                 Pulled::Piece => moved = true,
                 Pulled::Broken => {
-                    h2.reset_stream(id, ErrorCode::InternalError);
+                    client.reset(id, StreamAbort::Internal);
                     self.finish(cx, true);
                     return true;
                 }
                 // This client's plugin failed, not the origin: a body
                 // being stored is read on for its other readers.
                 Pulled::PluginFailed => {
-                    h2.reset_stream(id, ErrorCode::InternalError);
+                    client.reset(id, StreamAbort::Internal);
                     if !self.detach_fill(cx) {
                         self.finish(cx, true);
                     }
@@ -1246,8 +1269,8 @@ impl<P: ProxyHttp> H2Stream<P> {
             };
         } else if cx.now >= self.deadline {
             if waiting_on_client {
-                cx.stats.h2.stalled_resets += 1;
-                h2.reset_stream(id, ErrorCode::Cancel);
+                C::count_stalled_reset(cx.stats);
+                client.reset(id, StreamAbort::Cancel);
                 // The client stopped reading: the object is read on for
                 // its other readers.
                 if self.detach_fill(cx) {
@@ -1255,7 +1278,7 @@ impl<P: ProxyHttp> H2Stream<P> {
                 }
             } else {
                 cx.stats.upstream_errors += 1;
-                h2.reset_stream(id, ErrorCode::InternalError);
+                client.reset(id, StreamAbort::Internal);
             }
             self.finish(cx, true);
             return true;
@@ -1266,7 +1289,7 @@ impl<P: ProxyHttp> H2Stream<P> {
     fn upstream_failed(
         &mut self,
         cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
+        client: &mut C,
         peer: &Peer<'_>,
         err: ProxyError,
     ) {
@@ -1282,8 +1305,8 @@ impl<P: ProxyHttp> H2Stream<P> {
             .att
             .failed(cx, err, Some((self.method, framing)), self.route_id)
         {
-            Ok(ep) => self.use_endpoint(cx, h2, peer, ep),
-            Err(e) => self.local_error(cx, h2, peer, e),
+            Ok(ep) => self.use_endpoint(cx, client, peer, ep),
+            Err(e) => self.local_error(cx, client, peer, e),
         }
     }
 
@@ -1291,11 +1314,11 @@ impl<P: ProxyHttp> H2Stream<P> {
     fn local_error(
         &mut self,
         cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
+        client: &mut C,
         peer: &Peer<'_>,
         err: ProxyError,
     ) {
-        if err.side() == crate::error::Side::Upstream && self.stale_for_error(cx, h2, peer) {
+        if err.side() == crate::error::Side::Upstream && self.stale_for_error(cx, client, peer) {
             return;
         }
         self.end_plugins(cx);
@@ -1334,13 +1357,13 @@ impl<P: ProxyHttp> H2Stream<P> {
             &mut self.request_head,
         );
         cx.stats.header_lines_refused += refused;
-        self.answer(cx, h2, peer, status, ok, body, err.code());
+        self.answer(cx, client, peer, status, ok, body, err.code());
     }
 
     fn respond_direct(
         &mut self,
         cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
+        client: &mut C,
         peer: &Peer<'_>,
         d: &DirectResponse,
     ) {
@@ -1362,7 +1385,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         );
         self.end_plugins(cx);
         self.rewrite.plugin.clear_edits();
-        self.answer(cx, h2, peer, d.status, ok, &d.body, "");
+        self.answer(cx, client, peer, d.status, ok, &d.body, "");
     }
 
     /// Sends a local answer whose head is in `request_head`.
@@ -1370,7 +1393,7 @@ impl<P: ProxyHttp> H2Stream<P> {
     fn answer(
         &mut self,
         cx: &mut Ctx<'_, P>,
-        h2: &mut Connection,
+        client: &mut C,
         peer: &Peer<'_>,
         status: u16,
         head_ok: bool,
@@ -1383,7 +1406,7 @@ impl<P: ProxyHttp> H2Stream<P> {
         } else {
             body
         };
-        let sent = head_ok && self.send_head(h2, body.is_empty(), true);
+        let sent = head_ok && self.send_head(client, body.is_empty(), true);
         // Counted and logged as what goes out: a head that did not fit is
         // answered with a bare 500.
         let status = if sent { status } else { status.max(500) };
@@ -1393,8 +1416,8 @@ impl<P: ProxyHttp> H2Stream<P> {
         self.log_access(cx, peer, status, code);
         if !sent {
             // The phases' lines did not fit, or the stream is gone.
-            if h2.send_headers(self.id, status, &[], true).is_err() {
-                h2.reset_stream(self.id, ErrorCode::InternalError);
+            if client.send_head(self.id, status, &[], true).is_err() {
+                client.reset(self.id, StreamAbort::Internal);
             }
             self.step = Step::Done;
             return;
@@ -1409,23 +1432,23 @@ impl<P: ProxyHttp> H2Stream<P> {
         }
     }
 
-    fn send_local(&mut self, cx: &mut Ctx<'_, P>, h2: &mut Connection) -> bool {
+    fn send_local(&mut self, cx: &mut Ctx<'_, P>, client: &mut C) -> bool {
         let Step::Local { sent } = &mut self.step else {
             unreachable!()
         };
         let rest = &self.local_body[*sent..];
-        let n = rest.len().min(h2.send_capacity(self.id));
+        let n = rest.len().min(client.send_capacity(self.id));
         if n == 0 {
             if cx.now >= self.deadline {
-                cx.stats.h2.stalled_resets += 1;
-                h2.reset_stream(self.id, ErrorCode::Cancel);
+                C::count_stalled_reset(cx.stats);
+                client.reset(self.id, StreamAbort::Cancel);
                 self.step = Step::Done;
                 return true;
             }
             return false;
         }
         let end = n == rest.len();
-        if h2.send_data(self.id, &rest[..n], end).is_err() || end {
+        if client.send_data(self.id, &rest[..n], end).is_err() || end {
             self.step = Step::Done;
             return true;
         }
@@ -1455,8 +1478,8 @@ impl<P: ProxyHttp> H2Stream<P> {
         a.status = status;
         a.client = peer.client;
         a.listener_port = peer.listener_port;
-        a.tls = peer.io.stream.is_tls();
-        a.protocol = crate::access::Protocol::Http2;
+        a.tls = peer.tls;
+        a.protocol = C::PROTOCOL;
         a.upstream = self.att.conn.as_ref().map(|u| u.endpoint);
         a.retries = self.att.retries;
         a.error = error;
@@ -1504,7 +1527,7 @@ fn chunk_prefix(after_chunk: bool, size: usize, out: &mut [u8; CHUNK_FRAMING]) -
 }
 
 /// What sending a plugin body's output as DATA left to do.
-pub(super) enum SendStep {
+enum SendStep {
     /// All sent (or nothing to send): take the next piece.
     Go,
     /// Flow control or this turn's quantum: the next turn goes on.
@@ -1516,18 +1539,18 @@ pub(super) enum SendStep {
 /// Sends what the plugins made (`pb.out`), and END_STREAM once it ended,
 /// within the stream's window and one [`SEND_QUANTUM`] per turn (`turn`:
 /// sent so far this turn).
-pub(super) fn send_plugin_output(
+fn send_plugin_output<C: ClientSide>(
     pb: &mut PluginBody,
-    h2: &mut Connection,
+    client: &mut C,
     stats: &mut crate::stats::StackStats,
-    id: u32,
+    id: C::Id,
     turn: &mut usize,
     moved: &mut bool,
 ) -> SendStep {
     if !pb.pending() && (!pb.ended || pb.end_sent) {
         return SendStep::Go;
     }
-    let cap = h2.send_capacity(id).min(SEND_QUANTUM);
+    let cap = client.send_capacity(id).min(SEND_QUANTUM);
     let rest = &pb.out[pb.sent..];
     let n = rest.len().min(cap);
     let last = pb.ended && n == rest.len();
@@ -1536,11 +1559,11 @@ pub(super) fn send_plugin_output(
     }
     // Trailers end the stream themselves (trailing HEADERS).
     let trailers = last && !pb.trailers.is_empty();
-    if (n > 0 || !trailers) && h2.send_data(id, &rest[..n], last && !trailers).is_err() {
+    if (n > 0 || !trailers) && client.send_data(id, &rest[..n], last && !trailers).is_err() {
         return SendStep::Reset;
     }
     if trailers {
-        if crate::trailers::send_h2(h2, id, &pb.trailers).is_err() {
+        if crate::trailers::send(client, id, &pb.trailers).is_err() {
             return SendStep::Reset;
         }
         stats.trailers_forwarded += 1;
