@@ -16,6 +16,7 @@ mod client_side;
 pub mod config;
 pub mod error;
 mod h2_session;
+mod h3_session;
 pub mod jwt;
 mod l4_session;
 pub mod limits;

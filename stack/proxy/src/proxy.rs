@@ -352,6 +352,11 @@ pub(crate) fn choose_route<'r, P: ProxyHttp>(
     rewrite.clear();
     info.looked_up = None;
     let listener = routes.listener(info.listener_port);
+    // Whatever answers this request, HTTP/3 on the port is advertised
+    // to a client that is not using it.
+    if protocol != "HTTP/3" {
+        rewrite.alt_svc = listener.and_then(|l| l.alt_svc().cloned());
+    }
     let mut looked_up = None;
     if let Some(l) = listener
         && l.route_policy()
@@ -1295,6 +1300,7 @@ impl<P: ProxyHttp> Conn<P> {
             |lines| {
                 direct_lines(r, lines);
                 self.rewrite.plugin.add_response(lines);
+                self.rewrite.add_alt_svc(lines);
             },
             &mut cx.stats.header_lines_refused,
             &mut self.bufs.to_client,

@@ -64,6 +64,9 @@ pub struct Listener {
     /// HTTP/3 on the same port over UDP (QUIC), with this listener's
     /// certificates, routes and policy; advertised by `Alt-Svc`.
     pub http3: Option<Arc<Http3Listener>>,
+    /// The `Alt-Svc` value its HTTP/1.1 and HTTP/2 responses carry when
+    /// HTTP/3 is on (`h3=":443"; ma=86400`).
+    alt_svc: Option<Arc<str>>,
     /// A TCP listener (`protocol = "tcp"`): every connection is spliced to
     /// this pool; such a listener has no routes.
     pub l4: Option<L4Listener>,
@@ -361,6 +364,7 @@ impl Listener {
             tls: None,
             http2: false,
             http3: None,
+            alt_svc: None,
             l4: None,
             rules: Rules::default(),
             limits: Vec::new(),
@@ -490,8 +494,18 @@ impl Listener {
 
     /// Serves HTTP/3 on this port too (a TLS listener).
     pub fn with_http3(mut self, http3: Option<Arc<Http3Listener>>) -> Self {
+        self.alt_svc = http3
+            .as_ref()
+            .filter(|h| h.alt_svc_max_age > 0)
+            .map(|h| format!("h3=\":{}\"; ma={}", self.port, h.alt_svc_max_age).into());
         self.http3 = http3;
         self
+    }
+
+    /// What `Alt-Svc` says on this listener's HTTP/1.1 and HTTP/2
+    /// responses (None: HTTP/3 off, or not advertised).
+    pub fn alt_svc(&self) -> Option<&Arc<str>> {
+        self.alt_svc.as_ref()
     }
 
     pub fn routes(&self) -> &[Route] {

@@ -246,6 +246,9 @@ pub struct Rewrites {
     pub route: Option<Arc<Rewrite>>,
     /// What the listener's plugins changed (and their open contexts).
     pub plugin: crate::plugin_phase::PluginEdits,
+    /// The listener's `Alt-Svc` (HTTP/3 on), for a response that did not
+    /// come over HTTP/3.
+    pub alt_svc: Option<Arc<str>>,
 }
 
 impl Rewrites {
@@ -254,7 +257,17 @@ impl Rewrites {
     pub fn clear(&mut self) {
         self.listener = None;
         self.route = None;
+        self.alt_svc = None;
         self.plugin.clear_edits();
+    }
+
+    /// Advertises HTTP/3 (RFC 7838), unless a rule strips `alt-svc`.
+    pub fn add_alt_svc(&self, lines: &mut crate::http::HeaderLines<'_>) {
+        if let Some(v) = &self.alt_svc
+            && !self.strips_response("alt-svc")
+        {
+            lines.add("alt-svc", v.as_bytes());
+        }
     }
 
     fn both(&self) -> impl Iterator<Item = &Rewrite> {
@@ -327,6 +340,7 @@ impl Rewrites {
             r.add_response(lines);
         }
         self.plugin.add_response(lines);
+        self.add_alt_svc(lines);
     }
 }
 

@@ -14,6 +14,7 @@ use crate::cache::{CacheHandle, CacheSettings, ClockAnchor, EdgeCache};
 use crate::client_io::ClientIo;
 use crate::config::StackConfig;
 use crate::h2_session::H2Conn;
+use crate::h3_session::QuicListener;
 use crate::l4_session::L4Conn;
 use crate::lb::conn_pool::{ConnPool, POOLED};
 use crate::lb::{UpstreamRegistry, UpstreamStats};
@@ -38,22 +39,27 @@ enum Session<P: ProxyHttp> {
     H2(Box<H2Conn<P>>),
     /// A TCP listener's connection, spliced to its pool.
     Tcp(Box<L4Conn>),
+    /// An HTTP/3 port's QUIC endpoint and its requests: no client TCP
+    /// stream; its timers ride on `App::poll_at`.
+    H3(Box<QuicListener<P>>),
 }
 
 impl<P: ProxyHttp> Session<P> {
-    fn client(&self) -> StreamId {
+    fn client(&self) -> Option<StreamId> {
         match self {
-            Session::H1(c) => c.sockets().0,
-            Session::H2(c) => c.client(),
-            Session::Tcp(c) => c.client(),
+            Session::H1(c) => Some(c.sockets().0),
+            Session::H2(c) => Some(c.client()),
+            Session::Tcp(c) => Some(c.client()),
+            Session::H3(_) => None,
         }
     }
 
-    fn deadline(&self) -> Instant {
+    fn deadline(&self) -> Option<Instant> {
         match self {
-            Session::H1(c) => c.deadline(),
-            Session::H2(c) => c.deadline(),
-            Session::Tcp(c) => c.deadline(),
+            Session::H1(c) => Some(c.deadline()),
+            Session::H2(c) => Some(c.deadline()),
+            Session::Tcp(c) => Some(c.deadline()),
+            Session::H3(_) => None,
         }
     }
 }
@@ -99,6 +105,8 @@ struct ProxyApp<P: ProxyHttp> {
     l4_scratch: Vec<u8>,
     /// UDP listeners' sessions.
     udp: UdpProxy,
+    /// The slots of the HTTP/3 ports' endpoints (`Session::H3`).
+    h3: Vec<u32>,
     /// A graceful stop: new connections are refused, responses close
     /// their connections, idle ones close (`Stack::begin_drain`).
     draining: bool,
@@ -165,8 +173,8 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
         self.conns[owner as usize]
             .conn
             .as_ref()
-            .filter(|c| c.client() == id)
-            .map(Session::deadline)
+            .filter(|c| c.client() == Some(id))
+            .and_then(Session::deadline)
     }
 
     fn poll(&mut self, mut net: Streams<'_>) {
@@ -178,6 +186,18 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
             let (udp, mut cx) = self.udp_cx();
             udp.expire(&mut net, &mut cx);
         }
+        for i in 0..self.h3.len() {
+            let idx = self.h3[i];
+            let due = match &self.conns[idx as usize].conn {
+                Some(Session::H3(l)) => l.due(now),
+                _ => false,
+            };
+            if due {
+                self.drive(idx, net.reborrow());
+            }
+        }
+        self.h3
+            .retain(|&idx| self.conns[idx as usize].conn.is_some());
         self.prober.run(
             &mut ProbeCtx {
                 net,
@@ -194,6 +214,7 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
             self.prober.next_at(&self.routes),
             self.udp.next_expiry(),
             self.plugins.next_tick(),
+            self.h3_next(),
         ]
         .into_iter()
         .flatten()
@@ -201,6 +222,15 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
     }
 
     fn datagram(&mut self, mut net: Streams<'_>, d: &Datagram<'_>) {
+        for &idx in &self.h3 {
+            if let Some(Session::H3(l)) = &mut self.conns[idx as usize].conn
+                && l.port() == d.local.port()
+            {
+                // Answered in this poll, once the burst is in.
+                l.datagram(d, net.now(), &mut self.stats);
+                return;
+            }
+        }
         let (udp, mut cx) = self.udp_cx();
         udp.datagram(&mut net, &mut cx, d);
     }
@@ -217,8 +247,12 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
 
     fn end_pass(&mut self, mut net: Streams<'_>) {
         for idx in self.redrive.drain(..) {
-            if let Some(c) = &self.conns[idx as usize].conn {
-                net.mark(c.client());
+            if let Some(client) = self.conns[idx as usize]
+                .conn
+                .as_ref()
+                .and_then(Session::client)
+            {
+                net.mark(client);
             }
         }
     }
@@ -235,6 +269,17 @@ fn keep_spare(spare: &mut Vec<ConnBufs>, bufs: ConnBufs) {
 }
 
 impl<P: ProxyHttp> ProxyApp<P> {
+    /// When an HTTP/3 endpoint must run next.
+    fn h3_next(&self) -> Option<Instant> {
+        self.h3
+            .iter()
+            .filter_map(|&idx| match &self.conns[idx as usize].conn {
+                Some(Session::H3(l)) => l.next_at(),
+                _ => None,
+            })
+            .min()
+    }
+
     /// The UDP sessions and what their events need, borrowed apart.
     fn udp_cx(&mut self) -> (&mut UdpProxy, UdpCx<'_>) {
         (
@@ -310,6 +355,7 @@ impl<P: ProxyHttp> ProxyApp<P> {
             Session::H1(conn) => conn.drive(&mut cx),
             Session::H2(conn) => conn.drive(&mut cx),
             Session::Tcp(conn) => conn.drive(&mut cx, &mut self.l4_scratch),
+            Session::H3(l) => l.drive(&mut cx),
         };
         if let Some(Session::H1(conn)) = &slot.conn
             && conn.wants_h2()
@@ -372,6 +418,20 @@ impl<P: ProxyHttp> ProxyApp<P> {
                 slot.conn = None;
                 self.free_conns.push(idx);
                 self.active -= 1;
+                return;
+            }
+            Session::H3(l) if l.is_finished() => {
+                // Drained: its requests gave their upstream sockets back.
+                slot.conn = None;
+                self.free_conns.push(idx);
+                self.active -= 1;
+                return;
+            }
+            Session::H3(l) => {
+                for u in l.upstream_sockets() {
+                    net.mark(u);
+                }
+                // Its timers ride on `poll_at`, which `drive` set.
                 return;
             }
             Session::Tcp(conn) => {
@@ -446,7 +506,11 @@ impl<P: ProxyHttp> Stack<P> {
         let routes = worker_copy(&routes);
         let listen_ports = routes.listeners.iter().map(|l| l.port).collect();
         let mut net = Net::new(cfg.net.clone(), listen_ports, now)?;
-        net.set_udp_ports(routes.udp_listeners.iter().map(|l| l.port).collect())?;
+        // HTTP/3 ports are UDP ports too (the config check keeps them apart
+        // from UDP listeners').
+        let http3_ports = routes.listeners.iter().filter(|l| l.http3.is_some());
+        let udp_ports = routes.udp_listeners.iter().map(|l| l.port);
+        net.set_udp_ports(udp_ports.chain(http3_ports.map(|l| l.port)).collect())?;
         net.set_neighbour_targets(endpoint_addresses(&routes));
         let max = cfg.net.max_connections;
         let app = ProxyApp {
@@ -485,6 +549,7 @@ impl<P: ProxyHttp> Stack<P> {
                 u.reserve(&routes);
                 u
             },
+            h3: Vec::new(),
             draining: false,
             plugins: Default::default(),
             routes,
@@ -492,6 +557,17 @@ impl<P: ProxyHttp> Stack<P> {
         };
         let mut app = app;
         app.plugins.sync(&app.routes, now, &mut app.stats);
+        let worker = app.cfg.worker;
+        let listeners: Vec<_> = app
+            .routes
+            .listeners
+            .iter()
+            .filter_map(|l| QuicListener::new(l, worker, now))
+            .collect();
+        for l in listeners {
+            let idx = app.insert(Session::H3(Box::new(l)));
+            app.h3.push(idx);
+        }
         Ok(Self { net, app })
     }
 
@@ -542,11 +618,21 @@ impl<P: ProxyHttp> Stack<P> {
         // the client reconnects to what the new snapshot serves.
         let mut streams = self.net.streams();
         for slot in &mut app.conns {
-            if let Some(Session::H2(c)) = &mut slot.conn
-                && !routes.listener(c.listener_port()).is_some_and(|l| l.http2)
-            {
-                c.go_away(b"reload");
-                streams.mark(c.client());
+            match &mut slot.conn {
+                Some(Session::H2(c))
+                    if !routes.listener(c.listener_port()).is_some_and(|l| l.http2) =>
+                {
+                    c.go_away(b"reload");
+                    streams.mark(c.client());
+                }
+                // HTTP/3 ports are fixed at start (a change needs a
+                // restart); certificates and limits follow the reload.
+                Some(Session::H3(l)) => {
+                    if let Some(listener) = routes.listener(l.port()) {
+                        l.sync(listener);
+                    }
+                }
+                _ => {}
             }
         }
         app.routes = routes;
@@ -606,9 +692,13 @@ impl<P: ProxyHttp> Stack<P> {
         self.cut_open_connections();
         let mut streams = self.net.streams();
         for slot in &mut self.app.conns {
-            if let Some(Session::H2(c)) = &mut slot.conn {
-                c.go_away(b"shutdown");
-                streams.mark(c.client());
+            match &mut slot.conn {
+                Some(Session::H2(c)) => {
+                    c.go_away(b"shutdown");
+                    streams.mark(c.client());
+                }
+                Some(Session::H3(l)) => l.go_away(),
+                _ => {}
             }
         }
         self.app.conn_pool.close_all(&mut streams);
@@ -639,6 +729,8 @@ impl<P: ProxyHttp> Stack<P> {
                     c.drain_begins(now);
                     streams.mark(c.sockets().0);
                 }
+                // Driven by this poll (`due`).
+                Some(Session::H3(l)) => l.go_away(),
                 _ => {}
             }
         }
@@ -661,6 +753,18 @@ impl<P: ProxyHttp> Stack<P> {
                 }
                 Session::H2(c) => (c.client(), c.upstream_sockets().collect()),
                 Session::Tcp(c) => (c.client(), c.upstream_socket().into_iter().collect()),
+                Session::H3(l) => {
+                    // QUIC has no socket to reset: its connections end by
+                    // idle timeout once nobody answers them.
+                    let upstreams: Vec<StreamId> = l.upstream_sockets().collect();
+                    if !upstreams.is_empty() {
+                        cut += 1;
+                    }
+                    for u in upstreams {
+                        streams.stream(u).abort();
+                    }
+                    continue;
+                }
             };
             let client_active = streams.stream(client).is_active();
             // A client gone while its response is stored still holds the

@@ -12,11 +12,7 @@ use common::*;
 use ferrogate_proxy::UdpListener;
 use ferrogate_proxy::access::{AccessQueue, AccessSink};
 use ferrogate_proxy::wire::{FrameClass, classify};
-use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket,
-    UdpRepr,
-};
+use smoltcp::wire::{IpProtocol, Ipv4Repr};
 
 const DNS: u16 = 53;
 const ORIGIN_PORT: u16 = 5353;
@@ -54,63 +50,6 @@ struct UdpLab {
     icmp_to_client: usize,
 }
 
-/// Ethernet (peer → edge) + IPv4 `src` → `dst`, its payload written by
-/// `l4` (`l4_len` bytes).
-fn ipv4_frame(
-    src: std::net::Ipv4Addr,
-    dst: std::net::Ipv4Addr,
-    proto: IpProtocol,
-    l4_len: usize,
-    l4: impl FnOnce(&mut [u8], &ChecksumCapabilities),
-) -> Vec<u8> {
-    let caps = ChecksumCapabilities::default();
-    let mut buf = vec![0u8; 14 + 20 + l4_len];
-    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-    EthernetRepr {
-        src_addr: EthernetAddress(PEER_MAC),
-        dst_addr: EthernetAddress(EDGE_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut eth);
-    let ip = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: proto,
-        payload_len: l4_len,
-        hop_limit: 64,
-    };
-    let mut p = Ipv4Packet::new_unchecked(eth.payload_mut());
-    ip.emit(&mut p, &caps);
-    l4(p.payload_mut(), &caps);
-    buf
-}
-
-fn frame(from: SocketAddr, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let (SocketAddr::V4(f), SocketAddr::V4(t)) = (from, to) else {
-        panic!("v4 only")
-    };
-    ipv4_frame(
-        *f.ip(),
-        *t.ip(),
-        IpProtocol::Udp,
-        8 + payload.len(),
-        |l4, caps| {
-            UdpRepr {
-                src_port: f.port(),
-                dst_port: t.port(),
-            }
-            .emit(
-                &mut UdpPacket::new_unchecked(l4),
-                &(*f.ip()).into(),
-                &(*t.ip()).into(),
-                payload.len(),
-                |b| b.copy_from_slice(payload),
-                caps,
-            )
-        },
-    )
-}
-
 fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
     (ip, port).into()
 }
@@ -128,7 +67,7 @@ impl UdpLab {
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
-        assert!(self.lab.edge.handle_frame(&frame(from, to, payload)));
+        assert!(self.lab.edge.handle_frame(&udp_frame(from, to, payload)));
     }
 
     /// Runs the edge; delivers what it sent: UDP to the client or origin
@@ -151,7 +90,7 @@ impl UdpLab {
                     if self.origin_echo {
                         let mut re = b"re:".to_vec();
                         re.extend_from_slice(&seen.payload);
-                        assert!(lab.edge.handle_frame(&frame(seen.to, seen.from, &re)));
+                        assert!(lab.edge.handle_frame(&udp_frame(seen.to, seen.from, &re)));
                     }
                     self.at_origin.push(seen);
                     continue;
@@ -427,7 +366,7 @@ fn an_icmp_error_not_from_the_endpoint_or_about_another_flow_ends_nothing() {
 fn a_datagram_with_a_bad_checksum_or_a_source_no_reply_may_go_to_is_dropped() {
     let mut u = UdpLab::new(udp_table(|_| {}));
     u.run(3);
-    let mut corrupt = frame(addr(CLIENT, 4000), addr(VIP, DNS), b"query");
+    let mut corrupt = udp_frame(addr(CLIENT, 4000), addr(VIP, DNS), b"query");
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0x01;
     assert!(u.lab.edge.handle_frame(&corrupt));
@@ -438,14 +377,18 @@ fn a_datagram_with_a_bad_checksum_or_a_source_no_reply_may_go_to_is_dropped() {
         addr([224, 0, 0, 1], 4000),
         addr(CLIENT, 0),
     ] {
-        assert!(u.lab.edge.handle_frame(&frame(from, addr(VIP, DNS), b"q")));
+        assert!(
+            u.lab
+                .edge
+                .handle_frame(&udp_frame(from, addr(VIP, DNS), b"q"))
+        );
     }
     u.run(3);
     assert_eq!(u.lab.edge.stats().net.rx_drop_bad_datagram, 6);
     assert_eq!(u.udp().sessions, 0);
     assert!(u.at_origin.is_empty());
     // IPv4's "no checksum" (zero) is accepted.
-    let mut none = frame(addr(CLIENT, 4001), addr(VIP, DNS), b"q");
+    let mut none = udp_frame(addr(CLIENT, 4001), addr(VIP, DNS), b"q");
     none[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
     assert!(u.lab.edge.handle_frame(&none));
     u.run(3);

@@ -18,6 +18,12 @@ pub use smoltcp::socket::tcp;
 pub use smoltcp::time::Duration;
 pub use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
 
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket,
+    UdpRepr,
+};
+
 pub const EDGE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const VIP: [u8; 4] = [10, 0, 0, 10];
@@ -165,6 +171,9 @@ pub struct Lab<P: ProxyHttp = StandardPhases> {
     /// Set: the origin sends at most this many bytes per step (a slow
     /// body, read while it is being stored).
     pub origin_pace: Option<usize>,
+    /// Set: UDP frames to the client are taken here (an HTTP/3 client
+    /// reads them) rather than given to the peer interface.
+    pub udp_to_client: Option<Vec<Vec<u8>>>,
 }
 
 pub fn tcp_socket() -> tcp::Socket<'static> {
@@ -285,6 +294,7 @@ impl<P: ProxyHttp> Lab<P> {
             cached_fail: false,
             cached_304_etag: None,
             origin_pace: None,
+            udp_to_client: None,
         };
         if origin == Origin::Serving {
             for _ in 0..8 {
@@ -359,6 +369,7 @@ impl<P: ProxyHttp> Lab<P> {
         let dev = &mut self.dev;
         let lossy = &mut self.lossy;
         let delayed = &mut self.delayed_from_edge;
+        let udp_to_client = &mut self.udp_to_client;
         self.edge.drain_tx(|f| {
             // IPv4 destination at 30..34; ARP target at 38..42.
             let ipv4 = f.len() >= 34 && f[12..14] == [8, 0];
@@ -369,6 +380,15 @@ impl<P: ProxyHttp> Lab<P> {
                 && l.drop_next()
             {
                 l.dropped_from_edge += 1;
+                return;
+            }
+            // IPv4 protocol at 23 (17: UDP).
+            if let Some(udp) = udp_to_client
+                && ipv4
+                && f[23] == 17
+                && f[30..34] == CLIENT
+            {
+                udp.push(f.to_vec());
                 return;
             }
             if ipv4 && !to_origin && delay > Duration::ZERO {
@@ -737,4 +757,62 @@ impl Response {
         }
         None
     }
+}
+
+/// Ethernet (peer → edge) + IPv4 `src` → `dst`, its payload written by
+/// `l4` (`l4_len` bytes).
+pub fn ipv4_frame(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    proto: IpProtocol,
+    l4_len: usize,
+    l4: impl FnOnce(&mut [u8], &ChecksumCapabilities),
+) -> Vec<u8> {
+    let caps = ChecksumCapabilities::default();
+    let mut buf = vec![0u8; 14 + 20 + l4_len];
+    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+    EthernetRepr {
+        src_addr: EthernetAddress(PEER_MAC),
+        dst_addr: EthernetAddress(EDGE_MAC),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut eth);
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len: l4_len,
+        hop_limit: 64,
+    };
+    let mut p = Ipv4Packet::new_unchecked(eth.payload_mut());
+    ip.emit(&mut p, &caps);
+    l4(p.payload_mut(), &caps);
+    buf
+}
+
+/// A UDP datagram from the client side (peer → edge) as an Ethernet frame.
+pub fn udp_frame(from: std::net::SocketAddr, to: std::net::SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let (std::net::SocketAddr::V4(f), std::net::SocketAddr::V4(t)) = (from, to) else {
+        panic!("v4 only")
+    };
+    ipv4_frame(
+        *f.ip(),
+        *t.ip(),
+        IpProtocol::Udp,
+        8 + payload.len(),
+        |l4, caps| {
+            UdpRepr {
+                src_port: f.port(),
+                dst_port: t.port(),
+            }
+            .emit(
+                &mut UdpPacket::new_unchecked(l4),
+                &(*f.ip()).into(),
+                &(*t.ip()).into(),
+                payload.len(),
+                |b| b.copy_from_slice(payload),
+                caps,
+            )
+        },
+    )
 }
