@@ -850,6 +850,13 @@ impl Engine {
                 stack,
                 handoff: meshes.pop().expect("one mesh end per worker"),
                 ports: ports.clone(),
+                h3_ports: cfg
+                    .routes
+                    .listeners
+                    .iter()
+                    .filter(|l| l.http3.is_some())
+                    .map(|l| l.port)
+                    .collect(),
                 routes: routes.clone(),
                 epoch: epoch.clone(),
                 shutdown: shutdown.clone(),

@@ -21,7 +21,7 @@ pub mod wake;
 mod worker;
 
 pub use config::{BackendChoice, DpdkSettings, EngineConfig, PollingMode, PortPlan};
-pub use engine::{Engine, EngineError, ReloadReport};
+pub use engine::{Engine, EngineError, MEMORY_MAC, ReloadReport};
 /// Topology and placement, for the control plane (`control → engine`).
 pub use ferrogate_numa as numa;
 pub use io::{BackendKind, IoStats, PacketIo};

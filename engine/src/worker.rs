@@ -73,6 +73,9 @@ pub(crate) struct Worker {
     pub stack: Stack,
     pub handoff: HandoffPorts,
     pub ports: PortPlan,
+    /// The HTTP/3 ports (fixed at start): a QUIC datagram whose
+    /// connection id names another worker goes to that worker.
+    pub h3_ports: Vec<u16>,
     pub routes: Arc<ArcSwap<RouteTable>>,
     pub epoch: Arc<AtomicU64>,
     pub shutdown: Arc<AtomicBool>,
@@ -393,6 +396,7 @@ impl Worker {
         let stack = &mut self.stack;
         let handoff = &self.handoff;
         let ports = &self.ports;
+        let h3_ports = &self.h3_ports;
         let (mut out, mut dropped) = (0u64, 0u64);
         // One snapshot of the rules per burst (no allocation, no lock).
         let filter = self.filter.as_mut().map(|f| {
@@ -439,6 +443,22 @@ impl Worker {
             // connection or UDP session); to a listener port, to whoever
             // received it.
             let class = wire::classify(f);
+            // A QUIC datagram of a connection another worker owns (the
+            // client's address changed, so RSS chose another queue): its
+            // connection id names the owner.
+            if let FrameClass::Udp(m) = &class
+                && h3_ports.contains(&m.key.local_port)
+                && let Some(owner) = ferrogate_proxy::quic::owner_of_datagram(m.payload(f))
+                && owner != me
+                && owner < handoff.workers()
+            {
+                if handoff.send(owner, f) {
+                    out += 1;
+                } else {
+                    dropped += 1;
+                }
+                return;
+            }
             let our_port = match class {
                 FrameClass::Tcp(m) => Some(m.key.local_port),
                 FrameClass::Udp(m) => Some(m.key.local_port),
