@@ -742,6 +742,7 @@ impl<P: ProxyHttp> Stack<P> {
     /// that their exchange is cut, rather than wait out their timeouts on
     /// an address nobody answers for. Counted in `drain_cut`.
     fn cut_open_connections(&mut self) {
+        let now = self.net.now();
         let mut streams = self.net.streams();
         let mut cut = 0;
         for slot in &mut self.app.conns {
@@ -753,16 +754,17 @@ impl<P: ProxyHttp> Stack<P> {
                 }
                 Session::H2(c) => (c.client(), c.upstream_sockets().collect()),
                 Session::Tcp(c) => (c.client(), c.upstream_socket().into_iter().collect()),
-                Session::H3(l) => {
-                    // QUIC has no socket to reset: its connections end by
-                    // idle timeout once nobody answers them.
-                    let upstreams: Vec<StreamId> = l.upstream_sockets().collect();
-                    if !upstreams.is_empty() {
-                        cut += 1;
-                    }
-                    for u in upstreams {
+                Session::H3(_) => {
+                    let Some(Session::H3(l)) = &mut slot.conn else {
+                        unreachable!()
+                    };
+                    // CONNECTION_CLOSE to every client (sent by the poll
+                    // that follows); the requests end on the next drive.
+                    cut += l.connections() as u64;
+                    for u in l.upstream_sockets().collect::<Vec<_>>() {
                         streams.stream(u).abort();
                     }
+                    l.close_all(now);
                     continue;
                 }
             };

@@ -358,8 +358,10 @@ pub struct H3Stats {
     pub connections: u64,
     pub connections_refused: u64,
     pub retries: u64,
-    /// Stateless packets sent: Retry, version negotiation, refusals, resets.
+    /// Stateless packets sent: Retry, version negotiation, refusals, resets;
+    /// and ones dropped because too many were waiting (a flood).
     pub stateless_sent: u64,
+    pub stateless_dropped: u64,
     pub requests: u64,
     /// Streams the client reset (or stopped) before their response ended,
     /// and ones reset because the response stalled.
@@ -379,13 +381,14 @@ impl H3Stats {
         self.connections_refused += o.connections_refused;
         self.retries += o.retries;
         self.stateless_sent += o.stateless_sent;
+        self.stateless_dropped += o.stateless_dropped;
         self.requests += o.requests;
         self.client_resets += o.client_resets;
         self.stalled_resets += o.stalled_resets;
         self.mac_evictions += o.mac_evictions;
     }
 
-    fn fields(&self) -> [(&'static str, u64); 11] {
+    fn fields(&self) -> [(&'static str, u64); 12] {
         [
             ("h3_datagrams_received", self.datagrams_received),
             ("h3_datagrams_sent", self.datagrams_sent),
@@ -394,6 +397,7 @@ impl H3Stats {
             ("h3_connections_refused", self.connections_refused),
             ("h3_retries", self.retries),
             ("h3_stateless_sent", self.stateless_sent),
+            ("h3_stateless_dropped", self.stateless_dropped),
             ("h3_requests", self.requests),
             ("h3_client_resets", self.client_resets),
             ("h3_stalled_resets", self.stalled_resets),

@@ -343,3 +343,91 @@ fn http3_is_advertised_on_the_tcp_listeners_responses_and_not_over_http3() {
     let r = h.response(s, 300);
     assert_eq!(r.header("alt-svc"), None, "{:?}", r.headers);
 }
+
+#[test]
+fn an_origins_trailers_reach_the_http3_client_and_the_upstream_is_kept() {
+    let mut h = H3Lab::new();
+    h.connect();
+    for _ in 0..2 {
+        let s = h.client.get("edge.example", "/trailers");
+        let r = h.response(s, 300);
+        assert_eq!(r.status, b"200");
+        assert_eq!(r.body, b"hello");
+        let names: Vec<&[u8]> = r.trailers.iter().map(|(n, _)| &n[..]).collect();
+        assert!(names.contains(&&b"x-checksum"[..]), "{:?}", r.trailers);
+        // RFC 9110 §6.5.1: framing and hop-by-hop names never pass.
+        assert!(!names.contains(&&b"content-length"[..]), "{:?}", r.trailers);
+    }
+    let st = h.lab.edge.stats();
+    assert_eq!(st.trailers_forwarded, 2);
+    // The second exchange reused the first one's upstream connection: the
+    // stream ended cleanly, it did not reset the origin.
+    assert_eq!(st.upstream_connects, 1, "{st:?}");
+}
+
+#[test]
+fn an_answer_before_the_whole_upload_releases_the_request_slot() {
+    let mut quic = QuicConfig {
+        max_bidi_streams: 2,
+        ..QuicConfig::default()
+    };
+    quic.h3.max_concurrent_requests = 2;
+    let mut h = H3Lab::with_quic(quic);
+    h.connect();
+    // A direct route answers at the head; 300 kB of body are left unread.
+    // Without STOP_SENDING each upload would hold its stream: the third
+    // could not open.
+    let body = vec![7u8; 300_000];
+    for _ in 0..5 {
+        let s = h.client.post("edge.example", "/direct", &body);
+        let r = h.response(s, 2_000);
+        assert_eq!(r.status, b"200");
+        assert_eq!(r.body, b"hello from ferrogate");
+        // STOP_SENDING, the client's RESET_STREAM, MAX_STREAMS: a few
+        // round trips.
+        h.run(20);
+    }
+    assert_eq!(h.client.uploads_pending(), 0, "uploads were stopped");
+}
+
+#[test]
+fn cookie_crumbs_go_upstream_as_one_field() {
+    let mut h = H3Lab::new();
+    h.connect();
+    let s = h.client.request_fields(
+        &[
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":authority", b"edge.example"),
+            (b":path", b"/headers"),
+            (b"cookie", b"a=1"),
+            (b"cookie", b"b=2"),
+        ],
+        None,
+    );
+    let r = h.response(s, 300);
+    let head = String::from_utf8_lossy(&r.body).to_ascii_lowercase();
+    assert_eq!(head.matches("cookie:").count(), 1, "{head}");
+    assert!(head.contains("cookie: a=1; b=2\r\n"), "{head}");
+}
+
+#[test]
+fn a_drain_lets_a_download_in_flight_finish_whole() {
+    let mut h = H3Lab::new();
+    h.lab.big_body = 1_000_000;
+    h.connect();
+    let s = h.client.get("edge.example", "/big");
+    h.run(15);
+    assert!(h.client.response(s).is_none(), "already complete");
+    let now = h.lab.now;
+    h.lab.edge.begin_drain(now);
+    for _ in 0..5_000 {
+        if h.lab.edge.drained() {
+            break;
+        }
+        h.step();
+    }
+    let r = h.client.response(s).expect("the download finished");
+    assert_eq!(r.body.len(), 1_000_000);
+    assert!(h.lab.edge.drained(), "HTTP/3 kept the stack from draining");
+}

@@ -69,6 +69,11 @@ pub enum ConfigError {
 /// over all its streams.
 const MAX_CONNECTION_WINDOW: u64 = 4 << 20;
 
+/// Most response octets one connection keeps unacknowledged (quinn's
+/// default is ~10 MB): a client that grants large windows and acknowledges
+/// slowly holds this much of the worker's memory, not more.
+const SEND_WINDOW: u64 = 1 << 20;
+
 /// Smallest stream window, so a request head of the default size limit
 /// arrives in one round trip whatever the body buffer.
 const MIN_STREAM_WINDOW: u64 = 16 << 10;
@@ -107,6 +112,7 @@ impl QuicConfig {
             .max_concurrent_uni_streams(VarInt::from_u32(self.max_uni_streams))
             .stream_receive_window(varint(stream_window))
             .receive_window(varint(connection_window))
+            .send_window(SEND_WINDOW)
             // HTTP/3 here uses no QUIC datagrams: not advertising them
             // keeps peers from making us buffer any.
             .datagram_receive_buffer_size(None);

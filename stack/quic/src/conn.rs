@@ -107,9 +107,16 @@ impl Conn {
         if !self.lost {
             self.flush(ch, now, events);
         }
-        // After our GOAWAY, the last request done and said: close now
-        // rather than wait out the idle timeout (a drain ends sooner).
-        if !self.lost && self.h3.is_drained() && self.h3.pending_streams().next().is_none() {
+        // After our GOAWAY, the last request done and every response
+        // acknowledged (a close drops what is unacknowledged: only our
+        // control stream may be left): close now rather than wait out the
+        // idle timeout, so a drain ends sooner.
+        let control_only = usize::from(self.control.is_some());
+        if !self.lost
+            && self.h3.is_drained()
+            && self.h3.pending_streams().next().is_none()
+            && self.quic.streams().send_streams() <= control_only
+        {
             let done = CloseReason::Local(ErrorCode::NoError);
             self.close(ch, now, ErrorCode::NoError, done, events);
         }

@@ -38,6 +38,8 @@ pub struct EndpointStats {
     /// Stateless packets sent: version negotiation, stateless reset,
     /// Retry, refusals.
     pub stateless_sent: u64,
+    /// Stateless packets not sent: too many waiting already.
+    pub stateless_dropped: u64,
 }
 
 pub struct QuicEndpoint {
@@ -53,7 +55,13 @@ pub struct QuicEndpoint {
     stats: EndpointStats,
     /// The serial number of the next connection (see `ConnId`).
     next_serial: u64,
+    /// A graceful stop: new connections are refused.
+    draining: bool,
 }
+
+/// Stateless responses queued at most (a flood of spoofed Initials while
+/// the transmit queue is full): beyond, they are dropped and counted.
+const MAX_QUEUED_RESPONSES: usize = 256;
 
 impl QuicEndpoint {
     /// An endpoint serving HTTP/3 with `tls` (its ALPN is replaced by "h3").
@@ -75,6 +83,7 @@ impl QuicEndpoint {
             handles: Vec::new(),
             stats: EndpointStats::default(),
             next_serial: 0,
+            draining: false,
         })
     }
 
@@ -163,13 +172,17 @@ impl QuicEndpoint {
     }
 
     fn queue_response(&mut self, t: Transmit, buf: &[u8]) {
+        if self.responses.len() >= MAX_QUEUED_RESPONSES {
+            self.stats.stateless_dropped += 1;
+            return;
+        }
         self.stats.stateless_sent += 1;
         let bytes = buf[..t.size.min(buf.len())].to_vec();
         self.responses.push_back((t, bytes));
     }
 
     fn incoming(&mut self, now: Instant, incoming: Incoming, buf: &mut Vec<u8>) {
-        if self.conns.len() >= self.config.max_connections {
+        if self.draining || self.conns.len() >= self.config.max_connections {
             self.stats.refused += 1;
             buf.clear();
             let t = self.endpoint.refuse(incoming, buf);
@@ -365,9 +378,26 @@ impl QuicEndpoint {
     /// A graceful drain of every connection (HTTP/3 GOAWAY): open
     /// requests finish, no new ones are taken.
     pub fn goaway_all(&mut self) {
+        self.draining = true;
         for c in self.conns.values_mut().filter(|c| !c.lost) {
             c.h3.send_goaway();
             c.dirty = true;
+        }
+    }
+
+    /// Closes every connection now (CONNECTION_CLOSE with `code`): a stop
+    /// that cannot wait.
+    pub fn close_all(&mut self, now: Instant, code: ErrorCode) {
+        self.draining = true;
+        self.handles.clear();
+        self.handles.extend(self.conns.keys().copied());
+        for i in 0..self.handles.len() {
+            let ch = self.handles[i];
+            if let Some(c) = self.conns.get_mut(&ch) {
+                let id = c.id;
+                c.close(id, now, code, CloseReason::Local(code), &mut self.events);
+            }
+            self.drive(ch, now);
         }
     }
 

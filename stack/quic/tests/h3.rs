@@ -633,12 +633,62 @@ fn goaway_closes_the_connection_once_its_last_request_is_answered() {
     let id = ferrogate_quic::quinn_proto::StreamId::from(pair::varint(held));
     let code = pair::varint(ErrorCode::RequestCancelled.to_u64());
     p.quic().recv_stream(id).stop(code).unwrap();
-    p.drive();
+    // Closed once our reset is acknowledged (a delayed ACK away).
+    p.run_for(Duration::from_millis(200));
     let lost = p.server_events.iter().find_map(|e| match e {
         Event::ConnectionLost { reason, .. } => Some(reason.clone()),
         _ => None,
     });
     assert_eq!(lost, Some(CloseReason::Local(ErrorCode::NoError)));
+    match &p.client.lost {
+        Some(ConnectionError::ApplicationClosed(c)) => {
+            assert_eq!(c.error_code, pair::varint(ErrorCode::NoError.to_u64()))
+        }
+        other => panic!("client saw {other:?}"),
+    }
+}
+
+#[test]
+fn a_draining_endpoint_refuses_new_connections() {
+    let mut p = connected(QuicConfig::default());
+    p.server.goaway_all();
+    p.drive();
+    // A second client arrives after the drain began.
+    let c = pair::certs();
+    let config = ferrogate_quic::client::client_config(&[c.cert]);
+    p.client = ferrogate_quic::client::H3Client::new(config, p.server_addr);
+    p.client_addr = "10.77.0.3:50001".parse().unwrap();
+    p.connect();
+    for _ in 0..20 {
+        if p.client.lost.is_some() {
+            break;
+        }
+        p.advance();
+    }
+    assert!(!p.client.connected, "accepted while draining");
+    assert!(
+        matches!(p.client.lost, Some(ConnectionError::ConnectionClosed(_))),
+        "{:?}",
+        p.client.lost
+    );
+    assert_eq!(p.server.stats().refused, 1);
+}
+
+#[test]
+fn a_drain_lets_a_response_in_flight_arrive_whole_before_closing() {
+    let mut p = connected(QuicConfig::default());
+    let s = p.get("/big");
+    // The head and part of the body are out when the drain begins.
+    for _ in 0..3 {
+        p.step();
+    }
+    assert!(p.response(s).is_none(), "already complete");
+    p.server.goaway_all();
+    p.run_for(Duration::from_secs(2));
+    let r = p.response(s).expect("the response in flight completed");
+    assert_eq!(r.body.len(), BIG);
+    assert_eq!(checksum(&r.body), checksum(&big_body()));
+    // Then the connection closed with H3_NO_ERROR, not at idle timeout.
     match &p.client.lost {
         Some(ConnectionError::ApplicationClosed(c)) => {
             assert_eq!(c.error_code, pair::varint(ErrorCode::NoError.to_u64()))

@@ -2,7 +2,7 @@
 //! optional trailers, with unknown frames skipped anywhere; the frame
 //! sequence, the limits, and the request rules.
 
-use ferrogate_h2::{validate_request, validate_trailers};
+use ferrogate_h2::{join_cookies, validate_request, validate_trailers};
 
 use super::reader::{FrameReader, Mode, Read};
 use super::{Event, H3Conn};
@@ -179,7 +179,10 @@ impl H3Conn {
                                 ErrorCode::MessageError,
                                 e.reason,
                             )),
-                            Ok(request) => {
+                            Ok(mut request) => {
+                                // RFC 9114 §4.2.1: crumbs are one field
+                                // again before an HTTP/1.1 upstream.
+                                join_cookies(&mut request.headers);
                                 s.recv = Recv::Body;
                                 s.content_length = request.content_length;
                                 s.head_delivered = true;

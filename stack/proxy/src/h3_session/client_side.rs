@@ -60,8 +60,8 @@ impl ClientSide for QuicEndpoint {
         id: StreamHandle,
         fields: &[(&[u8], &[u8])],
     ) -> Result<(), StreamGone> {
-        QuicEndpoint::send_trailers(self, id, fields).map_err(|_| StreamGone)?;
-        self.finish(id).map_err(|_| StreamGone)
+        // Trailers end the stream (the endpoint finishes it).
+        QuicEndpoint::send_trailers(self, id, fields).map_err(|_| StreamGone)
     }
 
     fn send_capacity(&self, id: StreamHandle) -> usize {

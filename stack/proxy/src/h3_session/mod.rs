@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrogate_h3::ErrorCode;
 use ferrogate_quic::{EndpointStats, Event, QuicEndpoint, StreamHandle};
 
 use crate::mux_stream::{MuxStream, Peer, StreamBufs};
@@ -52,9 +53,11 @@ impl QuicClock {
         self.std_base + Duration::from_micros(micros)
     }
 
+    /// Rounded up, so a timer converted back is never before quinn's.
     fn stack(&self, t: std::time::Instant) -> Instant {
         let d = t.saturating_duration_since(self.std_base);
-        self.base + crate::net::Duration::from_micros(d.as_micros() as u64)
+        let micros = d.as_nanos().div_ceil(1_000) as u64;
+        self.base + crate::net::Duration::from_micros(micros)
     }
 }
 
@@ -154,6 +157,11 @@ impl<P: ProxyHttp> QuicListener<P> {
         self.port
     }
 
+    /// Live QUIC connections.
+    pub(crate) fn connections(&self) -> usize {
+        self.endpoint.connections()
+    }
+
     /// A reload: new handshakes use the listener's new certificates and
     /// limits; connections keep theirs.
     pub(crate) fn sync(&mut self, listener: &Listener) {
@@ -216,6 +224,15 @@ impl<P: ProxyHttp> QuicListener<P> {
     pub(crate) fn go_away(&mut self) {
         self.draining = true;
         self.endpoint.goaway_all();
+        self.dirty = true;
+    }
+
+    /// A stop that cannot wait: every connection is closed now (the
+    /// requests end with them on the next drive, their upstreams reset).
+    pub(crate) fn close_all(&mut self, now: Instant) {
+        self.draining = true;
+        let now = self.clock.quic(now);
+        self.endpoint.close_all(now, ErrorCode::NoError);
         self.dirty = true;
     }
 
@@ -320,8 +337,13 @@ impl<P: ProxyHttp> QuicListener<P> {
                 }
             }
             Event::StreamAborted { stream, .. } => {
-                cx.stats.h3.client_resets += 1;
-                self.abort(cx, |h| h == stream);
+                // Only a request still being answered: our own resets (a
+                // stalled or failed response) and refused streams come
+                // back here too, with no live request.
+                if self.live(stream).is_some() {
+                    cx.stats.h3.client_resets += 1;
+                    self.abort(cx, |h| h == stream);
+                }
             }
             Event::ConnectionLost { conn, .. } => self.abort(cx, |h| h.conn == conn),
         }
@@ -362,17 +384,28 @@ impl<P: ProxyHttp> QuicListener<P> {
         let mut moved = false;
         let n = self.streams.len();
         self.turn = self.turn.wrapping_add(1);
+        let mut room = MAX_FILLS.saturating_sub(self.fills.len());
         for k in 0..n {
             let st = &mut self.streams[(self.turn + k) % n];
             let client = self.endpoint.remote_address(st.id.conn);
             let peer = Self::peer(&self.tls, client, self.port);
-            st.fill_allowed = self.fills.len() < MAX_FILLS;
+            st.fill_allowed = room > 0;
             moved |= st.drive(cx, &mut self.endpoint, &peer);
+            if st.is_detached() {
+                room = room.saturating_sub(1);
+            }
         }
         let mut i = 0;
         while i < self.streams.len() {
             if self.streams[i].is_done() {
                 let mut st = self.streams.swap_remove(i);
+                if !st.request_ended {
+                    // Answered before the whole body came (413, a direct
+                    // answer, an early origin response): the rest is not
+                    // read (RFC 9114 §4.1.2), so the request slot and the
+                    // client's upload are released.
+                    let _ = self.endpoint.stop_reading(st.id, ErrorCode::NoError);
+                }
                 st.end_plugins(cx);
                 keep_spare(&mut self.spare, st.into_bufs());
             } else if self.streams[i].is_detached() {
@@ -432,6 +465,7 @@ impl<P: ProxyHttp> QuicListener<P> {
         h3.connections_refused += now.refused - self.reported.refused;
         h3.retries += now.retries - self.reported.retries;
         h3.stateless_sent += now.stateless_sent - self.reported.stateless_sent;
+        h3.stateless_dropped += now.stateless_dropped - self.reported.stateless_dropped;
         self.reported = now;
     }
 
