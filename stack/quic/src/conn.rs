@@ -20,6 +20,8 @@ pub(crate) struct Conn {
     control: Option<StreamId>,
     /// Something may be left to write or to report: drive before sending.
     pub dirty: bool,
+    /// In the endpoint's ready queue (may have datagrams to send).
+    pub ready: bool,
     /// ConnectionLost was reported (once).
     pub lost: bool,
     /// Reused list of H3 streams with output.
@@ -29,6 +31,8 @@ pub(crate) struct Conn {
     /// Each at most once (every STREAM frame on a paused stream makes it
     /// readable again), so it is bounded by the open streams.
     paused: Vec<StreamId>,
+    /// `paused` being read again (kept, so a drive allocates nothing).
+    resumed: Vec<StreamId>,
     /// Most request body octets buffered per stream.
     max_body: usize,
 }
@@ -73,9 +77,11 @@ impl Conn {
             h3: H3Conn::new(h3),
             control: None,
             dirty: true,
+            ready: false,
             lost: false,
             pending: Vec::new(),
             paused: Vec::new(),
+            resumed: Vec::new(),
             max_body: max_body.max(1),
         }
     }
@@ -89,9 +95,11 @@ impl Conn {
         if self.lost {
             self.paused.clear();
         }
-        for id in std::mem::take(&mut self.paused) {
-            self.read(id);
+        std::mem::swap(&mut self.paused, &mut self.resumed);
+        for i in 0..self.resumed.len() {
+            self.read(self.resumed[i]);
         }
+        self.resumed.clear();
         // Nothing is reported after ConnectionLost (the application has
         // forgotten the connection), not even what was read just before.
         while let Some(ev) = self.quic.poll() {

@@ -50,6 +50,9 @@ pub struct QuicEndpoint {
     /// waiting for `poll_transmit`; rare, so an owned buffer each.
     responses: VecDeque<(Transmit, Vec<u8>)>,
     events: VecDeque<Event>,
+    /// Connections that may have datagrams to send (each once): only
+    /// these are asked, so sending costs no scan of every connection.
+    ready: VecDeque<ConnectionHandle>,
     scratch: Vec<u8>,
     handles: Vec<ConnectionHandle>,
     stats: EndpointStats,
@@ -79,6 +82,7 @@ impl QuicEndpoint {
             conns: HashMap::new(),
             responses: VecDeque::new(),
             events: VecDeque::new(),
+            ready: VecDeque::new(),
             scratch: Vec::new(),
             handles: Vec::new(),
             stats: EndpointStats::default(),
@@ -103,10 +107,6 @@ impl QuicEndpoint {
     /// `conn` if it is still the connection in its slot.
     fn get(&self, conn: ConnId) -> Option<&Conn> {
         self.conns.get(&conn.handle).filter(|c| c.id == conn)
-    }
-
-    fn get_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(&conn.handle).filter(|c| c.id == conn)
     }
 
     /// Where `conn`'s client is now (it changes when the client migrates).
@@ -235,6 +235,10 @@ impl QuicEndpoint {
         }
         if drained {
             self.conns.remove(&ch);
+        } else if !c.ready {
+            // Whatever moved it may have given it something to send.
+            c.ready = true;
+            self.ready.push_back(ch);
         }
     }
 
@@ -246,21 +250,22 @@ impl QuicEndpoint {
             buf.extend_from_slice(&bytes);
             return Some(t);
         }
-        self.handles.clear();
-        self.handles.extend(
-            self.conns
-                .iter()
-                .filter(|(_, c)| c.dirty)
-                .map(|(&ch, _)| ch),
-        );
-        for i in 0..self.handles.len() {
-            self.drive(self.handles[i], now);
-        }
         // Congestion control bounds how long one connection goes first.
-        for c in self.conns.values_mut() {
+        while let Some(&ch) = self.ready.front() {
+            if self.conns.get(&ch).is_some_and(|c| c.dirty) {
+                self.drive(ch, now);
+            }
+            // Gone (drained) since it was queued.
+            let Some(c) = self.conns.get_mut(&ch) else {
+                self.ready.pop_front();
+                continue;
+            };
             if let Some(t) = c.quic.poll_transmit(now, 1, buf) {
                 return Some(t);
             }
+            // Nothing more until an event, a timer or a call wakes it.
+            c.ready = false;
+            self.ready.pop_front();
         }
         None
     }
@@ -294,10 +299,15 @@ impl QuicEndpoint {
 
     fn conn(&mut self, conn: ConnId) -> Result<&mut Conn, SendError> {
         let c = self
-            .get_mut(conn)
-            .filter(|c| !c.lost)
+            .conns
+            .get_mut(&conn.handle)
+            .filter(|c| c.id == conn && !c.lost)
             .ok_or(SendError::UnknownConnection)?;
         c.dirty = true;
+        if !c.ready {
+            c.ready = true;
+            self.ready.push_back(conn.handle);
+        }
         Ok(c)
     }
 
@@ -305,8 +315,19 @@ impl QuicEndpoint {
     /// is used; a stream whose buffer was full is read again on the next
     /// `poll_transmit`.
     pub fn request_body(&mut self, s: StreamHandle) -> Option<&mut Vec<u8>> {
-        let c = self.get_mut(s.conn)?;
-        c.dirty = true;
+        let c = self
+            .conns
+            .get_mut(&s.conn.handle)
+            .filter(|c| c.id == s.conn)?;
+        // Taking body octets matters to QUIC only when a stream waits for
+        // room (its reading resumes, its window reopens).
+        if c.paused_streams() > 0 {
+            c.dirty = true;
+            if !c.ready {
+                c.ready = true;
+                self.ready.push_back(s.conn.handle);
+            }
+        }
         c.h3.request_body(s.stream)
     }
 
@@ -379,9 +400,13 @@ impl QuicEndpoint {
     /// requests finish, no new ones are taken.
     pub fn goaway_all(&mut self) {
         self.draining = true;
-        for c in self.conns.values_mut().filter(|c| !c.lost) {
+        for (&ch, c) in self.conns.iter_mut().filter(|(_, c)| !c.lost) {
             c.h3.send_goaway();
             c.dirty = true;
+            if !c.ready {
+                c.ready = true;
+                self.ready.push_back(ch);
+            }
         }
     }
 
