@@ -18,6 +18,9 @@ packages=(
   # lab and tests
   iproute2 ethtool iputils-ping procps psmisc nginx-light curl wrk
   python3 python3-scapy tcpdump
+  # HTTP/3 client for the lab test (tests/scripts/h3_client.py): aioquic
+  # from PyPI (below) in a venv
+  python3-venv
   # TLS tests: curl/openssl s_client clients, testssl.sh (installs `testssl`)
   openssl testssl.sh
   # bench/: the kernel baselines ferrogate is compared with
@@ -123,6 +126,17 @@ browser_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/tests/browser"
 if [ -f "$browser_dir/package-lock.json" ] && [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
   echo "vendor-setup.sh: installing tests/browser's npm packages"
   (cd "$browser_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
+fi
+
+# aioquic (PyPI; not packaged by Debian) for tests/scripts/h3_client.py, the
+# HTTP/3 client of tests/tests/h3_e2e.rs, in a venv of Debian's python3,
+# pinned; skipped when that version is already there.
+aioquic_version=1.7.2
+fg_py=/opt/ferrogate/py
+if [ "$("$fg_py/bin/python" -c 'import importlib.metadata as m; print(m.version("aioquic"))' 2>/dev/null)" != "$aioquic_version" ]; then
+  echo "vendor-setup.sh: installing aioquic $aioquic_version into $fg_py"
+  [ -x "$fg_py/bin/pip" ] || /usr/bin/python3 -m venv "$fg_py"
+  "$fg_py/bin/pip" install --quiet --disable-pip-version-check "aioquic==$aioquic_version"
 fi
 
 # Rust toolchain: the machine's stable rustup toolchain; add components we use.
