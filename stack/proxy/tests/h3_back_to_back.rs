@@ -431,3 +431,39 @@ fn a_drain_lets_a_download_in_flight_finish_whole() {
     assert_eq!(r.body.len(), 1_000_000);
     assert!(h.lab.edge.drained(), "HTTP/3 kept the stack from draining");
 }
+
+#[test]
+fn an_origins_early_hints_reach_the_http3_client_before_the_response() {
+    let mut h = H3Lab::new();
+    h.connect();
+    let s = h.client.get("edge.example", "/hints");
+    let r = h.response(s, 300);
+    assert_eq!(r.interim, vec![b"103".to_vec()]);
+    assert_eq!(r.status, b"200");
+    assert_eq!(r.body, b"ok");
+}
+
+#[test]
+fn expect_100_continue_is_answered_over_http3_and_not_sent_upstream() {
+    let mut h = H3Lab::new();
+    h.connect();
+    let body = b"hello upload";
+    let len = body.len().to_string();
+    let s = h.client.request_fields(
+        &[
+            (b":method", b"POST"),
+            (b":scheme", b"https"),
+            (b":authority", b"edge.example"),
+            (b":path", b"/upload"),
+            (b"content-length", len.as_bytes()),
+            (b"expect", b"100-continue"),
+        ],
+        Some(body),
+    );
+    let r = h.response(s, 500);
+    assert_eq!(r.interim, vec![b"100".to_vec()]);
+    assert_eq!(r.status, b"200");
+    let up = h.lab.origin_requests.last().unwrap().to_ascii_lowercase();
+    assert!(!up.contains("expect:"), "{up}");
+    assert_eq!(h.lab.origin_bodies.last().unwrap(), body);
+}

@@ -33,6 +33,8 @@ pub struct ClientStream {
 #[derive(Debug, Default)]
 pub struct Response {
     pub status: Vec<u8>,
+    /// The statuses of interim (1xx) heads before it.
+    pub interim: Vec<Vec<u8>>,
     /// Fields of the final head, pseudo-headers left out.
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     pub body: Vec<u8>,
@@ -314,6 +316,7 @@ pub fn parse_response(mut buf: &[u8]) -> Option<Response> {
                 } else {
                     let status = fields.iter().find(|f| f.name == b":status")?;
                     if status.value.first() == Some(&b'1') {
+                        r.interim.push(status.value.clone());
                         buf = &buf[n..];
                         continue;
                     }

@@ -15,10 +15,9 @@ impl ClientSide for QuicEndpoint {
     type Id = StreamHandle;
     const PROTOCOL: crate::access::Protocol = crate::access::Protocol::Http3;
 
-    // HTTP/3 has interim responses, but the endpoint sends one head per
-    // stream; a client that sent `Expect: 100-continue` sends the body
-    // after its own timeout (RFC 9110 §10.1.1).
-    fn send_interim(&mut self, _id: StreamHandle, _status: u16) {}
+    fn send_interim(&mut self, id: StreamHandle, status: u16) {
+        let _ = self.send_response_head(id, status, &[]);
+    }
 
     fn send_head(
         &mut self,
@@ -27,11 +26,8 @@ impl ClientSide for QuicEndpoint {
         fields: &[(&[u8], &[u8])],
         end_stream: bool,
     ) -> Result<(), StreamGone> {
-        // A forwarded 1xx (103 Early Hints): the endpoint sends one head
-        // per stream, so it is left out; the final head follows.
-        if (100..200).contains(&status) {
-            return Ok(());
-        }
+        // A 1xx (103 Early Hints) is an interim head: the final one
+        // follows on the same stream (RFC 9114 §4.1).
         self.send_response_head(id, status, fields)
             .map_err(|_| StreamGone)?;
         if end_stream {
