@@ -54,6 +54,8 @@ pub struct QuicEndpoint {
     /// these are asked, so sending costs no scan of every connection.
     ready: VecDeque<ConnectionHandle>,
     scratch: Vec<u8>,
+    /// Received datagrams are copied into parts of this buffer.
+    rx: BytesMut,
     handles: Vec<ConnectionHandle>,
     stats: EndpointStats,
     /// The serial number of the next connection (see `ConnId`).
@@ -61,6 +63,10 @@ pub struct QuicEndpoint {
     /// A graceful stop: new connections are refused.
     draining: bool,
 }
+
+/// What the datagram buffer grows by: several datagrams per allocation
+/// while quinn still holds earlier ones.
+const RX_CHUNK: usize = 64 * 1024;
 
 /// Stateless responses queued at most (a flood of spoofed Initials while
 /// the transmit queue is full): beyond, they are dropped and counted.
@@ -84,6 +90,7 @@ impl QuicEndpoint {
             events: VecDeque::new(),
             ready: VecDeque::new(),
             scratch: Vec::new(),
+            rx: BytesMut::new(),
             handles: Vec::new(),
             stats: EndpointStats::default(),
             next_serial: 0,
@@ -150,8 +157,15 @@ impl QuicEndpoint {
         ecn: Option<EcnCodepoint>,
         datagram: &[u8],
     ) {
-        // quinn decrypts in place: the datagram is copied out of the rx ring.
-        let data = BytesMut::from(datagram);
+        // quinn decrypts in place: the datagram is copied out of the rx
+        // ring, into a buffer split off a reused one (reserve reclaims it
+        // once quinn has let go of the earlier datagrams: no allocation
+        // per datagram in the steady state).
+        if self.rx.capacity() < datagram.len() {
+            self.rx.reserve(datagram.len().max(RX_CHUNK));
+        }
+        self.rx.extend_from_slice(datagram);
+        let data = self.rx.split();
         self.scratch.clear();
         let mut buf = std::mem::take(&mut self.scratch);
         match self
