@@ -165,14 +165,10 @@ fn flush(c: &mut Conn, now: Instant, buf: &mut Vec<u8>, t: &mut Tally) {
 /// Reads every queued datagram, then settles finished requests.
 fn receive(c: &mut Conn, now: Instant, buf: &mut [u8], t: &mut Tally) {
     let from = c.h3.server;
-    loop {
-        match c.sock.recv(buf) {
-            Ok(n) => {
-                t.received += 1;
-                c.h3.handle_datagram(now, from, &buf[..n]);
-            }
-            Err(_) => break,
-        }
+    // Until EAGAIN (or an ICMP error, which ends this pass the same way).
+    while let Ok(n) = c.sock.recv(buf) {
+        t.received += 1;
+        c.h3.handle_datagram(now, from, &buf[..n]);
     }
     settle(c, now, t);
 }
@@ -426,4 +422,67 @@ pub fn run(a: &H3LoadArgs) -> Result<H3LoadReport> {
         datagrams_received: t.received - recv0,
         send_drops: t.send_drops,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(status: &str) -> Vec<u8> {
+        let mut section = vec![0, 0];
+        qpack::encoder::encode_field(b":status", status.as_bytes(), &mut section);
+        let mut out = Vec::new();
+        frame::emit_headers(&section, &mut out);
+        out
+    }
+
+    fn data(n: usize, out: &mut Vec<u8>) {
+        frame::emit_data_header(n, out);
+        out.extend(std::iter::repeat_n(b'x', n));
+    }
+
+    #[test]
+    fn final_status_and_body_length_of_a_response_stream() {
+        let mut s = head("103");
+        s.extend(head("200"));
+        data(1000, &mut s);
+        data(24, &mut s);
+        assert_eq!(status_and_body(&s), Some((200, 1024)));
+        let mut e = head("502");
+        data(3, &mut e);
+        assert_eq!(status_and_body(&e), Some((502, 3)));
+    }
+
+    #[test]
+    fn a_stream_without_a_final_head_or_cut_in_a_frame_is_not_a_response() {
+        assert_eq!(status_and_body(&head("100")), None);
+        let mut s = head("200");
+        data(10, &mut s);
+        s.truncate(s.len() - 1);
+        assert_eq!(status_and_body(&s), None);
+    }
+
+    #[test]
+    fn the_get_is_one_headers_frame_with_the_four_pseudo_headers() {
+        let req = encode_get("bench.ferrogate.test", "/files/1m");
+        let (f, n) = frame::parse(&req, u64::MAX).unwrap().unwrap();
+        assert_eq!(n, req.len());
+        let Frame::Headers(section) = f else {
+            panic!("not HEADERS")
+        };
+        let fields: Vec<(Vec<u8>, Vec<u8>)> = qpack::decode_section(section, 1 << 20)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.name, f.value))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (b":method".to_vec(), b"GET".to_vec()),
+                (b":scheme".to_vec(), b"https".to_vec()),
+                (b":authority".to_vec(), b"bench.ferrogate.test".to_vec()),
+                (b":path".to_vec(), b"/files/1m".to_vec()),
+            ]
+        );
+    }
 }
