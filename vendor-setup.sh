@@ -30,6 +30,8 @@ packages=(
   libnginx-mod-stream
   # HTTP/2 clients: h2load, nghttp (the h2 tests and bench scenario)
   nghttp2-client
+  # bench `h3`: Caddy (2.6 in bookworm) is the HTTP/3 reference peer
+  caddy
   # L4 (TCP listener) tests: iperf3, and redis-server driven by redis-benchmark
   iperf3 redis-server redis-tools
   # UDP listener tests: dig (bind9-dnsutils) against a dnsmasq origin
@@ -66,6 +68,8 @@ if command -v systemctl >/dev/null 2>&1; then
   systemctl disable --now nginx >/dev/null 2>&1 || true
   # Likewise etcd: the tests run their own members on free ports.
   systemctl disable --now etcd >/dev/null 2>&1 || true
+  # And caddy (its package starts caddy.service on :80): the h3 bench runs its own.
+  systemctl disable --now caddy >/dev/null 2>&1 || true
 fi
 
 # bpffs for pinned maps (the engine does not pin by default, but operators do).

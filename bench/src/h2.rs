@@ -148,7 +148,7 @@ pub(crate) fn counts(out: &str, prefix: &str) -> Vec<(String, f64)> {
 /// p50 / p99 / p99.9 (µs) of the 2xx responses in h2load's `--log-file`
 /// (tab-separated: start µs since the epoch, status, µs to the end of the
 /// response); h2load's own summary has mean and sd, no percentiles.
-fn percentiles(log: &Path, m: &mut Metrics) -> Result<()> {
+pub(crate) fn percentiles(log: &Path, m: &mut Metrics) -> Result<()> {
     let text = std::fs::read_to_string(log).with_context(|| format!("{}", log.display()))?;
     let mut us: Vec<f64> = text
         .lines()

@@ -8,6 +8,8 @@ mod ceiling;
 mod contenders;
 mod env;
 mod h2;
+mod h3;
+mod h3load;
 mod handshake;
 mod idle;
 mod l4;
@@ -258,6 +260,11 @@ enum Cmd {
     /// HTTP/2 from the client (h2c, prior knowledge): h2load -c 50 -m 10,
     /// req/s, latency, proxy CPU/request (tiny and 16 KiB bodies).
     H2(Common),
+    /// HTTP/3 (issue #26): ferrogate over HTTP/3 (`h3-load`), HTTP/2
+    /// (h2load) and HTTP/1.1 (h2load --h1), all over TLS 1.3, and Caddy's
+    /// HTTP/3 as the reference: req/s, proxy CPU per request (and per GB
+    /// with 1 MiB bodies), ratios.
+    H3(Common),
     /// Response cache (issue #21): ferrogate's cache vs nginx `proxy_cache`
     /// (and HAProxy `cache`) on port 8083, every key filled first, then
     /// wrk drawing Zipf(1.0) over 10,000 keys (tiny and 16 KiB bodies):
@@ -314,6 +321,9 @@ enum Cmd {
     /// UDP echo client: N sockets with a window of numbered datagrams each
     /// (prints JSON: datagrams/s, loss, RTT percentiles).
     UdpClient(l4gen::UdpArgs),
+    /// The closed-loop HTTP/3 client alone (run it inside the client
+    /// namespace; prints JSON).
+    H3Load(h3load::H3LoadArgs),
 }
 
 fn meta() -> BTreeMap<String, String> {
@@ -372,6 +382,7 @@ fn main() -> Result<()> {
         Cmd::L4Origin(a) => return l4gen::run_origin(a),
         Cmd::TcpConnClient(a) => return print_json(&l4gen::run_tcp_conn(a)?),
         Cmd::UdpClient(a) => return print_json(&l4gen::run_udp(a)?),
+        Cmd::H3Load(a) => return print_json(&h3load::run(a)?),
         Cmd::Ceiling(c) => {
             let o = ceiling::Opts {
                 rounds: if c.smoke { 1 } else { c.rounds.max(1) },
@@ -413,6 +424,7 @@ fn main() -> Result<()> {
         | Cmd::Https(c)
         | Cmd::TlsHandshake(c)
         | Cmd::H2(c)
+        | Cmd::H3(c)
         | Cmd::Cache(c)
         | Cmd::L4(c)
         | Cmd::Attack(c)
@@ -428,7 +440,8 @@ fn main() -> Result<()> {
         | Cmd::TlsFloor(_)
         | Cmd::L4Origin(_)
         | Cmd::TcpConnClient(_)
-        | Cmd::UdpClient(_) => unreachable!(),
+        | Cmd::UdpClient(_)
+        | Cmd::H3Load(_) => unreachable!(),
     };
     let (cli, cmd) = cli;
     // SAFETY: geteuid has no preconditions.
@@ -521,6 +534,7 @@ fn main() -> Result<()> {
         Cmd::Https(_) => vec![("https", tls::https)],
         Cmd::TlsHandshake(_) => vec![("tls-handshake", tls::handshake)],
         Cmd::H2(_) => vec![("h2", h2::scenario)],
+        Cmd::H3(_) => vec![("h3", h3::scenario)],
         Cmd::Cache(_) => vec![("cache", cache::scenario)],
         Cmd::L4(_) => vec![("l4", l4::scenario)],
         Cmd::Attack(_) => vec![("attack", attack::scenario)],
@@ -548,7 +562,8 @@ fn main() -> Result<()> {
         | Cmd::TlsFloor(_)
         | Cmd::L4Origin(_)
         | Cmd::TcpConnClient(_)
-        | Cmd::UdpClient(_) => unreachable!(),
+        | Cmd::UdpClient(_)
+        | Cmd::H3Load(_) => unreachable!(),
     };
     let mut failures = Vec::new();
     let mut ctx = ctx;
