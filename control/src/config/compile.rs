@@ -739,6 +739,22 @@ fn check_http3(h: &Http3Section, rep: &mut Reporter<'_>) -> Http3Listener {
     if let Some(n) = ranged(rep, &h.max_connections, "max_connections", 1..=1_000_000) {
         quic.max_connections = n;
     }
+    if let Some(n) = ranged(
+        rep,
+        &h.max_connections_per_source,
+        "max_connections_per_source",
+        1..=1_000_000,
+    ) {
+        quic.max_connections_per_source = n;
+    }
+    if let Some(n) = ranged(
+        rep,
+        &h.retry_above_handshakes,
+        "retry_above_handshakes",
+        0..=1_000_000,
+    ) {
+        quic.retry_above_handshakes = n;
+    }
     if let Some(ms) = ranged(rep, &h.idle_timeout_ms, "idle_timeout_ms", 1000..=600_000) {
         quic.idle_timeout = Duration::from_millis(ms);
     }

@@ -87,6 +87,14 @@ pub struct Http3Section {
     /// QUIC connections at once per worker (default 10000).
     #[serde(default)]
     pub max_connections: Option<Spanned<usize>>,
+    /// QUIC connections at once from one source address, per worker
+    /// (default 100).
+    #[serde(default)]
+    pub max_connections_per_source: Option<Spanned<u32>>,
+    /// Handshakes in progress per worker above which every new
+    /// connection must first prove its address with a Retry (default 256).
+    #[serde(default)]
+    pub retry_above_handshakes: Option<Spanned<usize>>,
     /// No packet either way for this long closes a connection (default 30000).
     #[serde(default)]
     pub idle_timeout_ms: Option<Spanned<u64>>,

@@ -1429,7 +1429,7 @@ upstream = "dns"
 
 #[test]
 fn http3_listener_and_limits_compile_into_its_quic_endpoint_config() {
-    let tail = "\n[http3]\nretry = true\nmax_connections = 500\nidle_timeout_ms = 5000\nmax_concurrent_streams = 50\nmax_buffered_body = 131072\nmax_field_section_size = 32768\nalt_svc_max_age = 3600\n";
+    let tail = "\n[http3]\nretry = true\nmax_connections = 500\nidle_timeout_ms = 5000\nmax_concurrent_streams = 50\nmax_buffered_body = 131072\nmax_field_section_size = 32768\nalt_svc_max_age = 3600\nmax_connections_per_source = 7\nretry_above_handshakes = 9\n";
     let c = compile(Path::new("t.toml"), &h3_config(53, "", tail)).unwrap();
     let routes = &c.engine.routes;
     let l = routes.listener(443).unwrap();
@@ -1444,6 +1444,8 @@ fn http3_listener_and_limits_compile_into_its_quic_endpoint_config() {
     assert_eq!(q.max_buffered_body, 131_072);
     assert_eq!(q.h3.max_field_section_size, 32_768);
     assert_eq!(h3.alt_svc_max_age, 3600);
+    assert_eq!(q.max_connections_per_source, 7);
+    assert_eq!(q.retry_above_handshakes, 9);
     // The TCP listener's ALPN is its own: h3 is the QUIC endpoint's.
     let tls = l.tls.as_ref().unwrap();
     assert_eq!(tls.server.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
@@ -1523,7 +1525,7 @@ fn http3_where_quic_cannot_serve_names_its_line() {
 #[test]
 fn http3_limits_out_of_range_or_unknown_name_their_line() {
     let bad = GOOD.to_string()
-        + "\n[http3]\nmax_connections = 0\nidle_timeout_ms = 999\nmax_concurrent_streams = 10001\nmax_buffered_body = 1023\nmax_field_section_size = 100\nalt_svc_max_age = 31536001\n";
+        + "\n[http3]\nmax_connections = 0\nidle_timeout_ms = 999\nmax_concurrent_streams = 10001\nmax_buffered_body = 1023\nmax_field_section_size = 100\nalt_svc_max_age = 31536001\nmax_connections_per_source = 0\n";
     let e = errors(&bad);
     let has = |needle: &str| {
         assert!(e.iter().any(|l| l.contains(needle)), "{needle}: {e:#?}");
@@ -1534,7 +1536,8 @@ fn http3_limits_out_of_range_or_unknown_name_their_line() {
     has("t.toml:24:21: http3.max_buffered_body: must be 1024..=16777216");
     has("t.toml:25:26: http3.max_field_section_size: must be 1024..=1048576");
     has("t.toml:26:19: http3.alt_svc_max_age: must be 0..=31536000");
-    assert_eq!(e.len(), 6, "{e:#?}");
+    has("t.toml:27:30: http3.max_connections_per_source: must be 1..=1000000");
+    assert_eq!(e.len(), 7, "{e:#?}");
     let e = errors(&(GOOD.to_string() + "\n[http3]\nmax_streams = 1\n"));
     assert!(
         e[0].starts_with("t.toml:21:1") && e[0].contains("unknown field `max_streams`"),

@@ -357,6 +357,8 @@ pub struct H3Stats {
     /// with a Retry (address validation).
     pub connections: u64,
     pub connections_refused: u64,
+    /// Refused because their source had `max_connections_per_source`.
+    pub connections_refused_per_source: u64,
     pub retries: u64,
     /// Stateless packets sent: Retry, version negotiation, refusals, resets;
     /// and ones dropped because too many were waiting (a flood).
@@ -379,6 +381,7 @@ impl H3Stats {
         self.datagrams_dropped += o.datagrams_dropped;
         self.connections += o.connections;
         self.connections_refused += o.connections_refused;
+        self.connections_refused_per_source += o.connections_refused_per_source;
         self.retries += o.retries;
         self.stateless_sent += o.stateless_sent;
         self.stateless_dropped += o.stateless_dropped;
@@ -388,13 +391,17 @@ impl H3Stats {
         self.mac_evictions += o.mac_evictions;
     }
 
-    fn fields(&self) -> [(&'static str, u64); 12] {
+    fn fields(&self) -> [(&'static str, u64); 13] {
         [
             ("h3_datagrams_received", self.datagrams_received),
             ("h3_datagrams_sent", self.datagrams_sent),
             ("h3_datagrams_dropped", self.datagrams_dropped),
             ("h3_connections", self.connections),
             ("h3_connections_refused", self.connections_refused),
+            (
+                "h3_connections_refused_per_source",
+                self.connections_refused_per_source,
+            ),
             ("h3_retries", self.retries),
             ("h3_stateless_sent", self.stateless_sent),
             ("h3_stateless_dropped", self.stateless_dropped),

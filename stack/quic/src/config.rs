@@ -22,6 +22,14 @@ pub struct QuicConfig {
     pub retry: bool,
     /// Connections past this are refused (CONNECTION_REFUSED).
     pub max_connections: usize,
+    /// Connections at once from one source address; a new one past it is
+    /// refused (CONNECTION_REFUSED), so one client cannot take them all.
+    pub max_connections_per_source: u32,
+    /// Handshakes in progress above which every new connection must
+    /// first prove its address with a Retry, as `retry` asks always: a
+    /// flood of spoofed Initials then costs one stateless packet each and
+    /// no connection state.
+    pub retry_above_handshakes: usize,
     pub idle_timeout: Duration,
     /// Concurrent request streams per connection (QUIC MAX_STREAMS, bidi).
     pub max_bidi_streams: u32,
@@ -46,6 +54,8 @@ impl Default for QuicConfig {
             worker: 0,
             retry: false,
             max_connections: 10_000,
+            max_connections_per_source: 100,
+            retry_above_handshakes: 256,
             idle_timeout: Duration::from_secs(30),
             max_bidi_streams: h3.max_concurrent_requests as u32,
             max_uni_streams: h3.max_uni_streams as u32,

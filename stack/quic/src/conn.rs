@@ -24,6 +24,12 @@ pub(crate) struct Conn {
     pub ready: bool,
     /// ConnectionLost was reported (once).
     pub lost: bool,
+    /// The handshake completed (`Connected`).
+    pub established: bool,
+    /// Counted in the endpoint's handshakes in progress.
+    pub handshaking: bool,
+    /// Where the connection came from (its per-source count).
+    pub source: std::net::IpAddr,
     /// Reused list of H3 streams with output.
     pending: Vec<SendStream>,
     /// Request streams left unread because their body buffer is full:
@@ -71,7 +77,11 @@ fn on_peer_reset(quic: &mut Connection, h3: &mut H3Conn, id: StreamId, c: VarInt
 
 impl Conn {
     pub fn new(id: ConnId, quic: Connection, h3: ferrogate_h3::Config, max_body: usize) -> Self {
+        let source = quic.remote_address().ip();
         Self {
+            established: false,
+            handshaking: true,
+            source,
             id,
             quic,
             h3: H3Conn::new(h3),
@@ -167,6 +177,7 @@ impl Conn {
         use quinn_proto::Event as Q;
         match ev {
             Q::Connected => {
+                self.established = true;
                 self.control = self.quic.streams().open(Dir::Uni);
                 events.push_back(Event::Connected(ch));
             }

@@ -31,8 +31,10 @@ pub enum SendError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EndpointStats {
     pub accepted: u64,
-    /// Refused past `max_connections`.
+    /// Refused past `max_connections` (or while draining).
     pub refused: u64,
+    /// Refused past `max_connections_per_source`.
+    pub refused_per_source: u64,
     /// Retry packets sent (address validation).
     pub retries: u64,
     /// Stateless packets sent: version negotiation, stateless reset,
@@ -62,6 +64,11 @@ pub struct QuicEndpoint {
     next_serial: u64,
     /// A graceful stop: new connections are refused.
     draining: bool,
+    /// Live connections per source address (entries only for sources
+    /// with one: bounded by the connections).
+    per_source: HashMap<IpAddr, u32>,
+    /// Connections whose handshake has not completed.
+    handshaking: usize,
 }
 
 /// What the datagram buffer grows by: several datagrams per allocation
@@ -95,6 +102,8 @@ impl QuicEndpoint {
             stats: EndpointStats::default(),
             next_serial: 0,
             draining: false,
+            per_source: HashMap::new(),
+            handshaking: 0,
         })
     }
 
@@ -196,13 +205,22 @@ impl QuicEndpoint {
     }
 
     fn incoming(&mut self, now: Instant, incoming: Incoming, buf: &mut Vec<u8>) {
-        if self.draining || self.conns.len() >= self.config.max_connections {
-            self.stats.refused += 1;
+        let source = incoming.remote_address().ip();
+        let from_source = self.per_source.get(&source).copied().unwrap_or(0);
+        let over_source = from_source >= self.config.max_connections_per_source;
+        if self.draining || self.conns.len() >= self.config.max_connections || over_source {
+            if over_source {
+                self.stats.refused_per_source += 1;
+            } else {
+                self.stats.refused += 1;
+            }
             buf.clear();
             let t = self.endpoint.refuse(incoming, buf);
             return self.queue_response(t, buf);
         }
-        if self.config.retry && !incoming.remote_address_validated() {
+        // Under a handshake flood, a source proves its address first.
+        let validate = self.config.retry || self.handshaking >= self.config.retry_above_handshakes;
+        if validate && !incoming.remote_address_validated() {
             buf.clear();
             match self.endpoint.retry(incoming, buf) {
                 Ok(t) => {
@@ -223,7 +241,10 @@ impl QuicEndpoint {
                 };
                 self.next_serial += 1;
                 let (h3, max_body) = (self.config.h3.clone(), self.config.max_buffered_body);
-                self.conns.insert(ch, Conn::new(id, quic, h3, max_body));
+                let conn = Conn::new(id, quic, h3, max_body);
+                *self.per_source.entry(conn.source).or_default() += 1;
+                self.handshaking += 1;
+                self.conns.insert(ch, conn);
                 self.drive(ch, now);
             }
             Err(e) => {
@@ -247,8 +268,21 @@ impl QuicEndpoint {
                 c.quic.handle_event(ev);
             }
         }
+        if c.established && c.handshaking {
+            c.handshaking = false;
+            self.handshaking -= 1;
+        }
         if drained {
-            self.conns.remove(&ch);
+            let c = self.conns.remove(&ch).expect("driven connection");
+            if c.handshaking {
+                self.handshaking -= 1;
+            }
+            if let Some(n) = self.per_source.get_mut(&c.source) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&c.source);
+                }
+            }
         } else if !c.ready {
             // Whatever moved it may have given it something to send.
             c.ready = true;

@@ -696,3 +696,41 @@ fn a_drain_lets_a_response_in_flight_arrive_whole_before_closing() {
         other => panic!("client saw {other:?}"),
     }
 }
+
+#[test]
+fn one_source_may_hold_only_its_share_of_connections() {
+    let config = QuicConfig {
+        max_connections_per_source: 1,
+        ..QuicConfig::default()
+    };
+    let mut p = connected(config);
+    let cert = pair::certs().cert;
+    // A second connection from the same address: refused.
+    p.client = ferrogate_quic::client::H3Client::new(
+        ferrogate_quic::client::client_config(&[cert.clone()]),
+        p.server_addr,
+    );
+    p.connect();
+    p.run_for(Duration::from_millis(500));
+    assert!(!p.client.connected, "a second connection from one source");
+    assert_eq!(p.server.stats().refused_per_source, 1);
+    // Another source is still served.
+    p.client_addr = "10.77.0.3:50000".parse().unwrap();
+    p.client = ferrogate_quic::client::H3Client::new(
+        ferrogate_quic::client::client_config(&[cert]),
+        p.server_addr,
+    );
+    p.connect();
+    assert_eq!(p.server.stats().accepted, 2, "{:?}", p.server.stats());
+}
+
+#[test]
+fn past_the_handshake_threshold_new_connections_prove_their_address_first() {
+    let config = QuicConfig {
+        retry_above_handshakes: 0,
+        ..QuicConfig::default()
+    };
+    let p = connected(config);
+    let s = p.server.stats();
+    assert_eq!((s.retries, s.accepted), (1, 1), "{s:?}");
+}

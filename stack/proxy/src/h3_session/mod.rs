@@ -463,6 +463,8 @@ impl<P: ProxyHttp> QuicListener<P> {
         let h3 = &mut cx.stats.h3;
         h3.connections += now.accepted - self.reported.accepted;
         h3.connections_refused += now.refused - self.reported.refused;
+        h3.connections_refused_per_source +=
+            now.refused_per_source - self.reported.refused_per_source;
         h3.retries += now.retries - self.reported.retries;
         h3.stateless_sent += now.stateless_sent - self.reported.stateless_sent;
         h3.stateless_dropped += now.stateless_dropped - self.reported.stateless_dropped;
