@@ -707,7 +707,7 @@ fn one_source_may_hold_only_its_share_of_connections() {
     let cert = pair::certs().cert;
     // A second connection from the same address: refused.
     p.client = ferrogate_quic::client::H3Client::new(
-        ferrogate_quic::client::client_config(&[cert.clone()]),
+        ferrogate_quic::client::client_config(std::slice::from_ref(&cert)),
         p.server_addr,
     );
     p.connect();
