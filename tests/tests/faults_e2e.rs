@@ -438,16 +438,23 @@ fn full_disk_then_sigkilled_engine_the_data_path_serves_errors_are_counted_and_l
         let restarted_at: Mutex<Option<Instant>> = Mutex::new(None);
         let stop = AtomicBool::new(false);
         let host_requests = AtomicU64::new(0);
+        // Successes so far of each client: the load goes on until both
+        // have been served by the restarted engine.
+        let (keep_ok, fresh_ok) = (AtomicU64::new(0), AtomicU64::new(0));
         let (keep, fresh, host_failures) = std::thread::scope(|s| {
             let _guard = StopOnDrop(&stop);
             let (stop, kill_at, ns) = (&stop, &kill_at, &ns);
+            let (keep_ok, fresh_ok) = (&keep_ok, &fresh_ok);
             let keep = s.spawn(move || {
                 enter_netns(ns).unwrap();
                 let mut t = Tally::default();
                 let mut conn = None;
                 while !stop.load(Ordering::Relaxed) {
                     match get_on(&mut conn, &format!("{VIP}:80"), "/v") {
-                        Ok((200, b)) if b == "c" => t.ok(),
+                        Ok((200, b)) if b == "c" => {
+                            t.ok();
+                            keep_ok.fetch_add(1, Ordering::Relaxed);
+                        }
                         Ok(r) => t.wrong.push(format!("{r:?}")),
                         Err(_) => {
                             t.failed(kill_at);
@@ -463,7 +470,10 @@ fn full_disk_then_sigkilled_engine_the_data_path_serves_errors_are_counted_and_l
                 while !stop.load(Ordering::Relaxed) {
                     let mut conn = None;
                     match get_on(&mut conn, &format!("{VIP}:80"), "/v") {
-                        Ok((200, b)) if b == "c" => t.ok(),
+                        Ok((200, b)) if b == "c" => {
+                            t.ok();
+                            fresh_ok.fetch_add(1, Ordering::Relaxed);
+                        }
                         Ok(r) => t.wrong.push(format!("{r:?}")),
                         Err(_) => {
                             t.failed(kill_at);
@@ -500,8 +510,21 @@ fn full_disk_then_sigkilled_engine_the_data_path_serves_errors_are_counted_and_l
                 std::thread::sleep(Duration::from_millis(50));
             }
             *restarted_at.lock().unwrap() = Some(Instant::now());
-            // Load goes on after the restart.
-            std::thread::sleep(Duration::from_secs(2));
+            // Load goes on after the restart until both clients were
+            // served again (a client whose SYN met the dead engine waits
+            // out its retransmission first; bounded), then a little more.
+            let (k0, f0) = (
+                keep_ok.load(Ordering::Relaxed),
+                fresh_ok.load(Ordering::Relaxed),
+            );
+            let t0 = Instant::now();
+            while (keep_ok.load(Ordering::Relaxed) < k0 + 3
+                || fresh_ok.load(Ordering::Relaxed) < f0 + 3)
+                && t0.elapsed() < Duration::from_secs(20)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::thread::sleep(Duration::from_secs(1));
             stop.store(true, Ordering::Relaxed);
             (
                 keep.join().unwrap(),
