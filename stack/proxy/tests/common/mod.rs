@@ -103,7 +103,7 @@ impl Lossy {
     }
 
     /// xorshift64: deterministic, no dependency.
-    fn drop_next(&mut self) -> bool {
+    pub fn drop_next(&mut self) -> bool {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
