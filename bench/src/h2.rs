@@ -185,6 +185,16 @@ fn h2load(ctx: &Ctx, url: &str, seconds: u64, log: Option<&Path>) -> Result<(Met
         argv.push(format!("--log-file={}", l.display()));
     }
     argv.push(url.into());
+    run_h2load(ctx, &argv)
+}
+
+/// Runs the h2load command line `argv` pinned to LOAD_CPU in the client
+/// namespace and reads its summary: `duration_s`, `rps` (succeeded /
+/// duration), `requests` (succeeded), `non2xx`, `errors` (h2load's
+/// `failed` = errored + timed out; streams the run's end cut are
+/// neither) and every `requests:` count as `h2load_<kind>`; with the
+/// command as run.
+pub(crate) fn run_h2load(ctx: &Ctx, argv: &[String]) -> Result<(Metrics, String)> {
     let refs: Vec<&str> = argv.iter().map(|s| s.as_str()).collect();
     let mut c = ctx.lab.pinned("client", LOAD_CPU, &refs);
     let cmd = measure::cmdline(&c);
@@ -195,39 +205,26 @@ fn h2load(ctx: &Ctx, url: &str, seconds: u64, log: Option<&Path>) -> Result<(Met
         .lines()
         .find_map(|l| l.strip_prefix("finished in "))
         .with_context(|| format!("no summary in h2load's output:\n{out}"))?;
-    let mut f = fin.split(',').map(str::trim);
-    let secs = f
+    let secs = fin
+        .split(',')
         .next()
-        .and_then(|s| s.strip_suffix('s')?.parse::<f64>().ok());
-    let rps = f
-        .next()
-        .and_then(|s| s.strip_suffix(" req/s")?.parse::<f64>().ok());
-    let (Some(secs), Some(rps)) = (secs, rps) else {
-        bail!("cannot read h2load's `finished in {fin}`");
-    };
-    m.insert("duration_s".into(), secs);
-    m.insert("rps".into(), rps);
+        .and_then(|s| s.trim().strip_suffix('s')?.parse::<f64>().ok())
+        .with_context(|| format!("cannot read h2load's `finished in {fin}`"))?;
     for (k, v) in counts(&out, "requests:") {
         m.insert(format!("h2load_{k}"), v);
     }
-    let status = counts(&out, "status codes:");
-    let non2xx: f64 = status
+    let non2xx: f64 = counts(&out, "status codes:")
         .iter()
         .filter(|(k, _)| k != "2xx")
         .map(|(_, v)| v)
         .sum();
-    // The keys check_http reads: successes, non-2xx, and failed requests
-    // (h2load's `failed` = errored + timed out; streams it started but
-    // the run's end cut are neither).
-    m.insert(
-        "requests".into(),
-        m.get("h2load_succeeded").copied().unwrap_or(0.0),
-    );
+    let ok = m.get("h2load_succeeded").copied().unwrap_or(0.0);
+    let failed = m.get("h2load_failed").copied().unwrap_or(0.0);
+    m.insert("duration_s".into(), secs);
+    m.insert("rps".into(), ok / secs.max(1e-9));
+    m.insert("requests".into(), ok);
     m.insert("non2xx".into(), non2xx);
-    m.insert(
-        "errors".into(),
-        m.get("h2load_failed").copied().unwrap_or(0.0),
-    );
+    m.insert("errors".into(), failed);
     Ok((m, cmd))
 }
 

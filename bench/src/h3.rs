@@ -313,36 +313,7 @@ fn h2load(
         argv.push(format!("--log-file={}", l.display()));
     }
     argv.push(format!("https://{VIP}:{PORT}{}", b.path));
-    let refs: Vec<&str> = argv.iter().map(|s| s.as_str()).collect();
-    let mut cmd = ctx.lab.pinned("client", LOAD_CPU, &refs);
-    let line = measure::cmdline(&cmd);
-    let out = env::run(&mut cmd)?;
-    let mut mm = Metrics::new();
-    let fin = out
-        .lines()
-        .find_map(|l| l.strip_prefix("finished in "))
-        .with_context(|| format!("no summary in h2load's output:\n{out}"))?;
-    let mut f = fin.split(',').map(str::trim);
-    let secs = f
-        .next()
-        .and_then(|s| s.strip_suffix('s')?.parse::<f64>().ok())
-        .with_context(|| format!("h2load's `finished in {fin}`"))?;
-    let mut req = std::collections::BTreeMap::new();
-    for (k, v) in crate::h2::counts(&out, "requests:") {
-        req.insert(k, v);
-    }
-    let ok = req.get("succeeded").copied().unwrap_or(0.0);
-    let non2xx: f64 = crate::h2::counts(&out, "status codes:")
-        .iter()
-        .filter(|(k, _)| k != "2xx")
-        .map(|(_, v)| v)
-        .sum();
-    mm.insert("duration_s".into(), secs);
-    mm.insert("rps".into(), ok / secs.max(1e-9));
-    mm.insert("requests".into(), ok);
-    mm.insert("non2xx".into(), non2xx);
-    mm.insert("errors".into(), req.get("failed").copied().unwrap_or(0.0));
-    Ok((mm, line))
+    crate::h2::run_h2load(ctx, &argv)
 }
 
 /// The load run of `who` for `seconds`, with its metrics (requests,
