@@ -273,7 +273,7 @@ fn a_drain_sends_goaway_and_the_stack_is_drained_once_requests_end() {
 }
 
 #[test]
-fn spoofed_initials_are_answered_with_retry_when_asked() {
+fn with_retry_on_a_new_connection_proves_its_address_first() {
     let mut h = H3Lab::with_quic(QuicConfig {
         retry: true,
         ..QuicConfig::default()
