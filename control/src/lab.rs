@@ -107,6 +107,13 @@ impl Lab {
         for ns in self.namespaces() {
             ip(&["netns", "add", &ns])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            // A kernel TCP socket picks a new flow hash after an RTO or a
+            // spurious retransmission (net.core.txrehash). The veth keeps that
+            // hash into the edge's port, so the flow would move to another
+            // edge queue, whose worker has no socket for it and answers RST.
+            // A NIC's RSS hashes the 4-tuple and never moves a flow that way.
+            run_in(&ns, &["sysctl", "-qw", "net.core.txrehash=0"])
+                .context("sysctl net.core.txrehash=0")?;
         }
         let wire = self.wire();
         ip(&["-n", &wire, "link", "add", "br0", "type", "bridge"])?;

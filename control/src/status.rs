@@ -81,6 +81,7 @@ pub fn stats_json(st: &EngineStats, extra: &[(&str, u64)]) -> Value {
                 "handoff_out": w.handoff_out,
                 "handoff_in": w.handoff_in,
                 "handoff_dropped": w.handoff_dropped,
+                "handoff_strays": w.handoff_strays,
                 "sleeps": w.sleeps,
                 "busy_ns": w.busy_ns,
                 "uptime_ns": w.uptime_ns,

@@ -17,6 +17,9 @@ pub const HANDOFF_FRAME: usize = 2048;
 
 pub struct HandoffFrame {
     len: u16,
+    /// Workers a stray segment has already been through (0: a frame handed
+    /// straight to its owner).
+    hops: u8,
     data: [u8; HANDOFF_FRAME],
 }
 
@@ -28,6 +31,7 @@ impl HandoffFrame {
         }
         let mut f = HandoffFrame {
             len: frame.len() as u16,
+            hops: 0,
             data: [0; HANDOFF_FRAME],
         };
         f.data[..frame.len()].copy_from_slice(frame);
@@ -94,12 +98,34 @@ impl HandoffPorts {
 
     /// Like `send`, letting `edit` change the copy (e.g. an ARP rewrite).
     pub fn send_with(&self, to: usize, frame: &[u8], edit: impl FnOnce(&mut [u8])) -> bool {
+        self.push(to, frame, 0, edit)
+    }
+
+    /// A segment no socket of this worker holds, to the next worker, as
+    /// its `hops`-th try (see [`next_for_stray`](Self::next_for_stray)).
+    pub fn send_stray(&self, frame: &[u8], hops: u8) -> bool {
+        match self.next_for_stray(hops) {
+            Some(to) => self.push(to, frame, hops, |_| {}),
+            None => false,
+        }
+    }
+
+    /// Where a stray goes on its `hops`-th try: round the ring of workers,
+    /// so each other worker sees it once; None once all have (it is
+    /// nobody's, and this worker answers it).
+    pub fn next_for_stray(&self, hops: u8) -> Option<usize> {
+        let n = self.workers();
+        (hops >= 1 && (hops as usize) < n).then(|| (self.me + 1) % n)
+    }
+
+    fn push(&self, to: usize, frame: &[u8], hops: u8, edit: impl FnOnce(&mut [u8])) -> bool {
         let Some(ring) = self.outbound.get(to).and_then(|r| r.as_ref()) else {
             return false;
         };
         let Some(mut f) = HandoffFrame::copy_of(frame) else {
             return false;
         };
+        f.hops = hops;
         edit(f.bytes_mut());
         let ok = ring.push(f).is_ok();
         if ok {
@@ -131,14 +157,15 @@ impl HandoffPorts {
         self.inbound.iter().any(|r| !r.is_empty())
     }
 
-    /// Hands up to `max` inbound frames to `on_frame`; returns how many.
-    pub fn receive(&self, max: usize, mut on_frame: impl FnMut(&[u8])) -> usize {
+    /// Hands up to `max` inbound frames to `on_frame` with their hop count
+    /// (0 unless a stray); returns how many.
+    pub fn receive(&self, max: usize, mut on_frame: impl FnMut(&[u8], u8)) -> usize {
         let mut n = 0;
         for ring in &self.inbound {
             while n < max {
                 match ring.pop() {
                     Some(f) => {
-                        on_frame(f.bytes());
+                        on_frame(f.bytes(), f.hops);
                         n += 1;
                     }
                     None => break,
@@ -159,9 +186,25 @@ mod tests {
         assert!(m[0].send(2, b"to-two"));
         assert!(!m[0].send(0, b"self"), "no ring to itself");
         let mut got = vec![];
-        assert_eq!(m[1].receive(8, |f| got.push(f.to_vec())), 0);
-        assert_eq!(m[2].receive(8, |f| got.push(f.to_vec())), 1);
+        assert_eq!(m[1].receive(8, |f, _| got.push(f.to_vec())), 0);
+        assert_eq!(m[2].receive(8, |f, _| got.push(f.to_vec())), 1);
         assert_eq!(got, vec![b"to-two".to_vec()]);
+    }
+
+    #[test]
+    fn a_stray_goes_round_every_other_worker_once() {
+        let m = mesh(3, 4).unwrap();
+        // Worker 1 misses it first; then 2, then 0, which answers it.
+        assert!(m[1].send_stray(b"seg", 1));
+        let mut hops = vec![];
+        assert_eq!(m[2].receive(8, |_, h| hops.push(h)), 1);
+        assert!(m[2].send_stray(b"seg", hops[0] + 1));
+        assert_eq!(m[0].receive(8, |_, h| hops.push(h)), 1);
+        assert_eq!(hops, vec![1, 2]);
+        assert_eq!(m[0].next_for_stray(hops[1] + 1), None, "all have seen it");
+        assert!(!m[0].send_stray(b"seg", 3));
+        // A lone worker has nobody to ask.
+        assert_eq!(mesh(1, 4).unwrap()[0].next_for_stray(1), None);
     }
 
     #[test]

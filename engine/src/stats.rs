@@ -19,6 +19,10 @@ pub struct WorkerStats {
     pub handoff_out: u64,
     /// Frames other workers passed to this one.
     pub handoff_in: u64,
+    /// Segments of a listener's connection this worker held no socket for,
+    /// passed on to the next worker (also in `handoff_out` when received
+    /// from the port).
+    pub handoff_strays: u64,
     /// Hand-offs refused because the target's ring was full.
     pub handoff_dropped: u64,
     /// Sleeping workers this one woke (eventfd) after handing them frames.
@@ -198,6 +202,8 @@ impl EngineStats {
         }
         let (o, i, d) = self.handoff_total();
         let _ = writeln!(s, "handoff_out {o}\nhandoff_in {i}\nhandoff_dropped {d}");
+        let strays: u64 = self.workers.iter().map(|w| w.handoff_strays).sum();
+        let _ = writeln!(s, "handoff_strays {strays}");
         let wakeups: u64 = self.workers.iter().map(|w| w.handoff_wakeups).sum();
         let _ = writeln!(s, "handoff_wakeups {wakeups}");
         let sum = |f: fn(&WorkerStats) -> u64| self.workers.iter().map(f).sum::<u64>();

@@ -174,19 +174,35 @@ impl Worker {
 
             let now_ns = since_start.as_nanos() as u64;
             let received = self.receive_burst(&mut s, &mut rx_error_logged, now_ns);
+            let strays_before = s.handoff_strays;
             let handed = {
                 let stack = &mut self.stack;
                 let relay = &mut self.relay;
                 // Only a relaying worker must tell its own flows apart;
                 // otherwise a handed-off frame is not classified twice.
-                self.handoff.receive(self.batch, |f| {
+                let handoff = &self.handoff;
+                let strays = &mut s.handoff_strays;
+                handoff.receive(self.batch, |f, hops| {
                     if relay.is_some() {
                         deliver(stack, relay, &wire::classify(f), f);
-                    } else {
-                        stack.handle_frame(f);
+                        return;
                     }
+                    // A stray this worker has no socket for either goes on
+                    // round the workers; the last one answers it.
+                    if hops > 0
+                        && let FrameClass::Tcp(m) = wire::classify(f)
+                        && stack.is_stray(&m)
+                        && handoff.send_stray(f, hops + 1)
+                    {
+                        *strays += 1;
+                        return;
+                    }
+                    stack.handle_frame(f);
                 })
             };
+            if s.handoff_strays != strays_before {
+                s.handoff_wakeups += self.handoff.wake_receivers() as u64;
+            }
             s.handoff_in += handed as u64;
             let mut work = received + handed;
             if let Some(r) = self.relay.as_mut() {
@@ -397,7 +413,7 @@ impl Worker {
         let handoff = &self.handoff;
         let ports = &self.ports;
         let h3_ports = &self.h3_ports;
-        let (mut out, mut dropped) = (0u64, 0u64);
+        let (mut out, mut dropped, mut strays) = (0u64, 0u64, 0u64);
         // One snapshot of the rules per burst (no allocation, no lock).
         let filter = self.filter.as_mut().map(|f| {
             let WorkerFilter {
@@ -474,6 +490,22 @@ impl Worker {
                             dropped += 1;
                         }
                     }
+                    // A client's segment on a queue whose worker holds no
+                    // socket for it (the flow's hash changed: a new RSS
+                    // table, or a veth peer's rehash after a timeout): the
+                    // other workers are asked before it meets a RST.
+                    None if relay.is_none()
+                        && let FrameClass::Tcp(m) = &class
+                        && handoff.next_for_stray(1).is_some()
+                        && stack.is_stray(m) =>
+                    {
+                        if handoff.send_stray(f, 1) {
+                            out += 1;
+                            strays += 1;
+                        } else {
+                            dropped += 1;
+                        }
+                    }
                     _ => deliver(stack, relay, &class, f),
                 }
                 return;
@@ -528,6 +560,7 @@ impl Worker {
         });
         s.handoff_out += out;
         s.handoff_dropped += dropped;
+        s.handoff_strays += strays;
         s.exception_to_host += to_host;
         s.exception_dropped += host_dropped;
         if out > 0 {

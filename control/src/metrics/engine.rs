@@ -98,6 +98,12 @@ pub(super) fn counters(f: &mut Families, st: &EngineStats, info: &Info<'_>) {
             w.handoff_in,
         );
         f.counter(
+            "ferrogate_worker_handoff_strays_total",
+            "client segments this worker held no socket for, asked of the next worker",
+            &l,
+            w.handoff_strays,
+        );
+        f.counter(
             "ferrogate_worker_handoff_dropped_total",
             "hand-offs dropped (ring full)",
             &l,

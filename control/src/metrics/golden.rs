@@ -196,6 +196,7 @@ const ADDED: &[&str] = &[
     "ferrogate_worker_upgrade_relayed_out_total",
     "ferrogate_worker_upgrade_relayed_in_total",
     "ferrogate_worker_upgrade_relay_dropped_total",
+    "ferrogate_worker_handoff_strays_total",
 ];
 
 /// A series' identity: name and labels, `le` by its number (the old

@@ -16,7 +16,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
-use ferrogate_wire::{self as wire, FrameClass, RxDrop};
+use ferrogate_wire::{self as wire, FrameClass, RxDrop, TcpMeta};
 
 use crate::config::NetConfig;
 use crate::datagram::{Datagram, UdpPorts};
@@ -463,6 +463,16 @@ impl Net {
             FrameClass::UdpUnreachable(k) => self.udp.takes(k.local_port),
             _ => true,
         }
+    }
+
+    /// A segment of a listener's connection that no socket of this stack
+    /// holds (not a SYN that may open one): another worker's, when the
+    /// flow came in on this worker's queue (an RSS table or a peer's flow
+    /// hash changed). Unanswered here it would meet a RST.
+    pub fn is_stray(&self, m: &TcpMeta) -> bool {
+        !m.syn_only
+            && self.listen_ports.contains(&m.key.local_port)
+            && self.sockets.lookup(&m.key).is_none()
     }
 
     /// A binary upgrade's successor: until [`end_port_split`](Self::end_port_split),

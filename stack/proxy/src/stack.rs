@@ -667,6 +667,11 @@ impl<P: ProxyHttp> Stack<P> {
         self.net.claims(class)
     }
 
+    /// See [`Net::is_stray`](ferrogate_net::Net::is_stray).
+    pub fn is_stray(&self, m: &ferrogate_wire::TcpMeta) -> bool {
+        self.net.is_stray(m)
+    }
+
     /// See [`Net::begin_port_split_successor`](ferrogate_net::Net::begin_port_split_successor).
     pub fn begin_port_split_successor(&mut self, held: &[u16]) {
         self.net.begin_port_split_successor(held);
