@@ -708,7 +708,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             rt.begin_drain();
         }
         if let Some(d) = &rt.drain {
-            if rt.engine.drained() {
+            // A successor stopped while its predecessor drains carries the
+            // predecessor's frames: it ends after it (or at the deadline).
+            if rt.engine.drained() && !rt.engine.relaying() {
                 tracing::info!(
                     took_ms = d.started.elapsed().as_millis() as u64,
                     "drained: every connection is done"

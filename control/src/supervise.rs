@@ -467,17 +467,25 @@ pub fn run(args: SuperviseArgs) -> Result<()> {
     if let Some(c) = control.as_mut() {
         c.stop(Duration::from_secs(5));
     }
-    if let Some(c) = successor {
-        let mut p = Proc {
-            name: "engine (successor)",
-            child: Some(c),
-            started: Instant::now(),
-            restarts: 0,
-            recent: Default::default(),
-        };
+    // Mid-upgrade both engines drain at once: the old one's flows run
+    // through the new one's queues, so the new one ends last (it waits for
+    // the old one's exit itself), and the stop takes one drain, not two.
+    let mut successor = successor.map(|c| Proc {
+        name: "engine (successor)",
+        child: Some(c),
+        started: Instant::now(),
+        restarts: 0,
+        recent: Default::default(),
+    });
+    if let Some(p) = &successor {
+        p.signal(libc::SIGTERM);
+        engine.signal(libc::SIGTERM);
+    }
+    let engine_exit = engine.stop(engine_stop_grace(args.config.as_deref()));
+    if let Some(p) = successor.as_mut() {
         p.stop(engine_stop_grace(args.config.as_deref()));
     }
-    if let Some(st) = engine.stop(engine_stop_grace(args.config.as_deref()))
+    if let Some(st) = engine_exit
         && !st.success()
         && result.is_ok()
         && !stop.load(Ordering::Relaxed)

@@ -1209,6 +1209,12 @@ impl Engine {
         self.handed_over
     }
 
+    /// A successor whose predecessor still serves flows through it: its
+    /// frames come in and go out through this engine's queues.
+    pub fn relaying(&self) -> bool {
+        self.relay.is_some()
+    }
+
     /// A successor's predecessor is gone (it exited or died without
     /// closing its relay): the workers stop relaying, and frames of its
     /// flows meet our stack (a reset) rather than a dead ring.

@@ -47,6 +47,20 @@ pub struct IoStats {
     pub kicks: u64,
 }
 
+impl IoStats {
+    /// Counts a frame offered to a tx ring: sent, or refused by a full ring
+    /// (the caller keeps it for the next try). Returns `sent`.
+    pub fn count_tx(&mut self, sent: bool, len: usize) -> bool {
+        if sent {
+            self.tx_frames += 1;
+            self.tx_bytes += len as u64;
+        } else {
+            self.tx_ring_full += 1;
+        }
+        sent
+    }
+}
+
 /// One NIC queue's frame source and sink.
 ///
 /// The per-frame methods must not allocate, lock or make a syscall; syscalls

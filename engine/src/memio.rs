@@ -141,14 +141,8 @@ impl PacketIo for MemPort {
     }
 
     fn tx_frame(&mut self, frame: &[u8]) -> bool {
-        if self.shared.to_peer.send(frame) {
-            self.stats.tx_frames += 1;
-            self.stats.tx_bytes += frame.len() as u64;
-            true
-        } else {
-            self.stats.tx_ring_full += 1;
-            false
-        }
+        let sent = self.shared.to_peer.send(frame);
+        self.stats.count_tx(sent, frame.len())
     }
 
     fn tx_flush(&mut self) -> io::Result<()> {

@@ -324,14 +324,8 @@ impl PacketIo for RelayPort {
             self.stats.tx_ring_full += 1;
             return true;
         }
-        if self.tx.push(frame) {
-            self.stats.tx_frames += 1;
-            self.stats.tx_bytes += frame.len() as u64;
-            true
-        } else {
-            self.stats.tx_ring_full += 1;
-            false
-        }
+        let sent = self.tx.push(frame);
+        self.stats.count_tx(sent, frame.len())
     }
 
     fn tx_flush(&mut self) -> io::Result<()> {

@@ -396,3 +396,50 @@ fn an_upgrade_keeps_the_disk_cache_tier() {
         );
     });
 }
+
+/// SIGTERM while the old engine of an upgrade still answers a request
+/// through its successor: both engines drain at once, the successor last
+/// (the old engine's frames go through its queues), so the request is
+/// answered whole and the stop takes one drain, not a cut.
+#[test]
+fn a_stop_mid_upgrade_lets_the_old_engines_request_finish() {
+    lab_test("upgrade-stop", || {
+        let lab = Lab::up(1);
+        let _origin = lab.start_origin("upgrade-stop", ORIGIN);
+        let path = lab.state_dir().join("upgrade-stop.toml");
+        std::fs::write(&path, config(1, false)).unwrap();
+        let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let ns = lab.ns("client");
+        // 3 s at the origin: it is still in flight on the old engine when
+        // the stop comes, well inside the 15 s drain.
+        let slow = std::thread::spawn(move || {
+            Command::new("ip")
+                .args(["netns", "exec", &ns, "curl", "-sS", "-m", "12"])
+                .args(["-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(format!("http://{VIP}/slow/3000"))
+                .output()
+                .expect("curl")
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: kill(2) on the supervisor this test started.
+        unsafe { libc::kill(engine.supervisor_pid(), libc::SIGUSR2) };
+        wait_log(&engine, "the NIC queues are ours", 1);
+        engine.sigterm();
+        let out = slow.join().expect("curl thread");
+        let exit = engine.wait_exit(Duration::from_secs(45));
+        let log = engine.log();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "the old engine's request was cut by the stop: {}\n{log}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            exit.is_some_and(|st| st.success()),
+            "ferrogate run: {exit:?}\n{log}"
+        );
+        assert!(!log.contains("did not stop in time"), "{log}");
+        assert!(!log.contains("drain timed out"), "{log}");
+        assert!(lab.edge_xdp_gone(), "XDP left behind after the stop");
+    });
+}
