@@ -170,29 +170,20 @@ fn cache_settings(cfg: &EngineConfig) -> CacheSettings {
     s
 }
 
-/// The engine's cache, with its disk tier when configured. A disk tier
-/// that cannot open (a directory another engine holds, permissions, a
-/// file in the way) is logged and the engine serves with memory only: a
-/// cache directory must not keep the edge down (a reload may have named
-/// it, and a crash restart starts from that snapshot).
+/// The engine's cache, memory only at first: a configured disk tier is
+/// opened and scanned on a thread of its own once the workers serve
+/// (`Engine::attach_disk_tier`), so a big cache directory does not hold a
+/// start or a crash restart (its objects are found once the scan is done;
+/// meanwhile misses go to the origin). A tier that cannot open (a
+/// directory another engine holds, permissions, a file in the way) is
+/// logged, and the engine serves with memory only.
 fn open_cache(cfg: &EngineConfig, successor: bool) -> Arc<EdgeCache> {
     let settings = cache_settings(cfg);
     if successor && settings.disk.is_some() {
-        // The predecessor holds the directory until it exits; the tier
-        // is attached then (`Engine::attach_disk_tier`).
+        // The predecessor holds the directory until it exits.
         tracing::info!("binary upgrade: the disk tier is attached once the predecessor is gone");
-        return Arc::new(EdgeCache::new(settings));
     }
-    match EdgeCache::open(settings.clone()) {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            tracing::error!(error = %e, "the response cache's disk tier did not open; serving with the memory tier only");
-            Arc::new(EdgeCache::new(CacheSettings {
-                disk: None,
-                ..settings
-            }))
-        }
-    }
+    Arc::new(EdgeCache::new(settings))
 }
 
 /// One exception TAP queue per worker (index = worker) when a DPDK port has
@@ -653,9 +644,6 @@ impl Engine {
         PortPlan::check(&cfg.upstream_port_range, cfg.queues as usize)
             .map_err(EngineError::Config)?;
         let mut cfg = cfg;
-        // Before the NIC: once XDP steers the VIPs' frames to our queues,
-        // nothing may keep the workers from starting (the disk tier's scan
-        // reads every file's header).
         let cache = open_cache(&cfg, take_over.is_some());
         let (opened, predecessor) = if cfg.backend == BackendChoice::Dpdk {
             if take_over.is_some() {
@@ -884,6 +872,9 @@ impl Engine {
         engine.stats.reverse();
         engine.access.reverse();
         engine.handovers.reverse();
+        if predecessor.is_none() {
+            engine.attach_disk_tier();
+        }
         Ok(engine)
     }
 

@@ -567,6 +567,24 @@ impl Engine {
     /// Counters once `done` holds of them, re-read at each publication for
     /// up to 10 s; the last read otherwise, for the caller's assert to show.
     /// For exact counts that a worker may still be catching up on.
+    /// Waits until the engine's disk cache tier is attached: it is scanned
+    /// on a thread of its own while the workers already serve, and until
+    /// then misses are stored in memory only.
+    pub fn wait_disk_tier(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self
+            .log()
+            .contains("the response cache's disk tier is attached")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the disk tier did not attach; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn stats_until(
         &self,
         done: impl Fn(&HashMap<String, u64>) -> bool,

@@ -252,6 +252,7 @@ fn cache_disk_tier_survives_a_crash_and_honours_purges() {
         // come anywhere after it.
         std::fs::write(&path, format!("{}{disk}", config())).unwrap();
         let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        engine.wait_disk_tier();
         // Fresh across three engine starts, however slow the machine.
         origin_set(&lab, "cc=max-age%3D3600");
         let mut bodies = Vec::new();
@@ -280,6 +281,7 @@ fn cache_disk_tier_survives_a_crash_and_honours_purges() {
         // A crash: the next engine finds both files.
         engine.kill9();
         let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        engine.wait_disk_tier();
         let (s, h, b) = get(&lab, &[&url("/cache/d/1")]);
         assert_eq!((s, b.as_str()), (200, bodies[0].as_str()), "{h}");
         assert_eq!(field(&h, "x-cache").as_deref(), Some("hit"), "{h}");
@@ -304,7 +306,8 @@ fn cache_disk_tier_survives_a_crash_and_honours_purges() {
             1,
             "the purged file is deleted by the time the engine stops"
         );
-        let _engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let engine = lab.start_engine_with(&path, "af_xdp", 1);
+        engine.wait_disk_tier();
         let (_, h, _) = get(&lab, &[&url("/cache/d/1")]);
         assert_eq!(field(&h, "x-cache").as_deref(), Some("miss"), "{h}");
         let (_, h, _) = get(&lab, &[&url("/cache/d/2")]);

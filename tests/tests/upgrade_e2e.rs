@@ -361,6 +361,7 @@ fn an_upgrade_keeps_the_disk_cache_tier() {
         let cfg = config(1, true);
         std::fs::write(&path, cfg).unwrap();
         let engine = lab.start_engine_with(&path, "af_xdp", 1);
+        engine.wait_disk_tier();
         let curl = |args: &[&str]| {
             let mut argv = vec!["curl", "-sS", "-m", "10", "-D", "-"];
             argv.extend_from_slice(args);
@@ -383,7 +384,7 @@ fn an_upgrade_keeps_the_disk_cache_tier() {
         // SAFETY: kill(2) on the supervisor this test started.
         unsafe { libc::kill(engine.supervisor_pid(), libc::SIGUSR2) };
         wait_log(&engine, "binary upgrade complete", 1);
-        wait_log(&engine, "the response cache's disk tier is attached", 1);
+        wait_log(&engine, "the response cache's disk tier is attached", 2);
         let again = curl(&[&format!("http://{VIP}/cache/u/1")]);
         assert!(
             again.to_ascii_lowercase().contains("x-cache: hit"),

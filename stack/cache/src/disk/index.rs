@@ -190,6 +190,15 @@ impl Index {
             .sum()
     }
 
+    /// Removes every entry (a purge that can no longer be told apart).
+    pub fn purge_all(&mut self, gone: &mut Vec<u64>) -> usize {
+        let primaries: Vec<u128> = self.by_primary.keys().copied().collect();
+        primaries
+            .into_iter()
+            .map(|p| self.remove_primary(p, gone))
+            .sum()
+    }
+
     /// Removes the oldest files until at most `budget` bytes remain.
     pub fn evict_to(&mut self, budget: u64, gone: &mut Vec<u64>) -> usize {
         let mut n = 0;

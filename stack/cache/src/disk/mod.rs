@@ -342,6 +342,12 @@ impl Shared {
             record();
             ix.purge(m, &mut gone)
         };
+        self.purged(n, gone)
+    }
+
+    /// Journals and queues for deletion the `n` files a purge took out of
+    /// the index (`gone`).
+    fn purged(&self, n: usize, gone: Vec<u64>) -> usize {
         if n > 0 {
             let mut j = self.journal();
             if j.append(&gone).is_err() {
@@ -555,9 +561,27 @@ impl DiskTier {
             .corrupt_deleted
             .store(corrupt, Ordering::Relaxed);
         shared.counters.evicted.store(evicted, Ordering::Relaxed);
-        if !store.attach_disk(Arc::clone(&shared)) {
-            return Err(DiskError::AlreadyAttached);
+        // The store served (and was purged) before this tier attached: at
+        // engine start the scan runs beside the workers. Those purges
+        // reached the memory tier only, and every file here predates them
+        // (a store attaches one tier, once), so each applies to the index,
+        // under its write lock with the tier attached (a purge from now on
+        // finds it) and no worker loading one of their files meanwhile
+        // (lookups only try the lock).
+        let (mut gone, mut n) = (Vec::new(), 0);
+        {
+            let mut ix = shared.write();
+            if !store.attach_disk(Arc::clone(&shared)) {
+                return Err(DiskError::AlreadyAttached);
+            }
+            let replayed = store.replay_purges_since(0, |m| n += ix.purge(m, &mut gone));
+            if !replayed {
+                // More purges than the log keeps: which reached what is
+                // unknown, so nothing found by the scan is served.
+                n += ix.purge_all(&mut gone);
+            }
         }
+        shared.purged(n, gone);
         let (done_tx, done) = mpsc::sync_channel(1);
         let w = worker::Worker::new(Arc::clone(&shared), store, rx, loads_rx, next_seq);
         let thread = std::thread::Builder::new()

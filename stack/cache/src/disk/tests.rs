@@ -370,6 +370,75 @@ fn purges_delete_files_and_a_restart_does_not_bring_them_back() {
     assert!(tier.contains(hash(&s, "/imgs")) && tier.contains(hash(&s, "/keep")));
 }
 
+/// The engine serves (and is purged) while its disk tier is still being
+/// scanned: purges the store ran before the tier attached apply to the
+/// files found, which neither load nor come back at the next open.
+#[test]
+fn purges_before_the_tier_attaches_reach_its_files() {
+    let dir = TempDir::new("purge-before");
+    let tagged = [("Cache-Control", "max-age=60"), ("Surrogate-Key", "news")];
+    let plain = [("Cache-Control", "max-age=60")];
+    let c = key_cfg();
+    {
+        let s = store(1);
+        let tier = DiskTier::open(cfg(&dir.0, 1 << 20), s.clone()).unwrap();
+        for p in ["/u", "/img/a", "/t", "/keep"] {
+            let h: &[(&str, &str)] = if p == "/t" { &tagged } else { &plain };
+            put(&s, p, h, p.as_bytes(), &NONE);
+        }
+        wait_for("4 writes", || tier.stats().written == 4);
+    }
+    // The store holds its tier (and the directory lock) while it lives.
+    {
+        let s = store(1);
+        let k = CacheKey::new(parts("/u"), &c, s.hasher());
+        s.purge_key(&k, PurgeMode::Light);
+        s.purge_prefix(
+            &purge_prefix("https", b"example.com", b"/img"),
+            PurgeMode::Hard,
+        );
+        s.purge_tag(b"news", PurgeMode::Hard);
+        {
+            let tier = DiskTier::open(cfg(&dir.0, 1 << 20), s.clone()).unwrap();
+            let st = tier.stats();
+            assert_eq!((st.files, st.purged), (1, 3), "{st:?}");
+            for p in ["/u", "/img/a", "/t"] {
+                assert!(!tier.contains(hash(&s, p)), "{p}");
+                assert!(!load_via_lock(&tier, &s, p), "{p} loaded after its purge");
+            }
+            assert!(load_via_lock(&tier, &s, "/keep"));
+            wait_for("the deletes", || files(&dir.0, ".fgc") == 1);
+        }
+    }
+    let tier = DiskTier::open(cfg(&dir.0, 1 << 20), store(1)).unwrap();
+    assert_eq!(tier.stats().files, 1);
+}
+
+/// More purges before the tier attaches than the store remembers: which
+/// reached which file is unknown, so none of them is served.
+#[test]
+fn purges_past_the_log_before_the_tier_attaches_drop_every_file() {
+    let dir = TempDir::new("purge-overflow");
+    let plain = [("Cache-Control", "max-age=60")];
+    {
+        let s = store(1);
+        let tier = DiskTier::open(cfg(&dir.0, 1 << 20), s.clone()).unwrap();
+        put(&s, "/a", &plain, b"a", &NONE);
+        put(&s, "/b", &plain, b"b", &NONE);
+        wait_for("2 writes", || tier.stats().written == 2);
+    }
+    let s = store(1);
+    let c = key_cfg();
+    for i in 0..1100 {
+        let path = format!("/other/{i}");
+        let k = CacheKey::new(parts(&path), &c, s.hasher());
+        s.purge_key(&k, PurgeMode::Hard);
+    }
+    let tier = DiskTier::open(cfg(&dir.0, 1 << 20), s.clone()).unwrap();
+    assert_eq!(tier.stats().files, 0);
+    assert!(!load_via_lock(&tier, &s, "/a"));
+}
+
 /// A crash after a purge returned and before the thread deleted its
 /// files: the directory as it was at that moment (copied while the thread
 /// is held in a write) opens without the purged objects.

@@ -537,9 +537,22 @@ impl MemoryStore {
             Some(d) => d.purge(m, || self.inner.purges.record(what, mode)),
             None => {
                 self.inner.purges.record(what, mode);
-                0
+                // A tier attached meanwhile replayed the log before this
+                // entry was in it, or sees it: its files go either way.
+                self.inner.disk.get().map_or(0, |d| d.purge(m, || {}))
             }
         }
+    }
+
+    /// Calls `f` with a matcher for each purge recorded after `since`
+    /// (a disk tier that was scanning while they ran); false when the log
+    /// no longer reaches back that far.
+    pub(crate) fn replay_purges_since(&self, since: u64, mut f: impl FnMut(Matcher<'_>)) -> bool {
+        self.inner.purges.replay_since(since, |p| match p {
+            Purged::Url(u) => f(Matcher::Url(u)),
+            Purged::Prefix(p) => f(Matcher::Prefix(p)),
+            Purged::Tag(t) => f(Matcher::Tag(t)),
+        })
     }
 
     /// Marks stale every variant stored under `primary` (the disk tier,

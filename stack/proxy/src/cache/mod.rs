@@ -103,8 +103,9 @@ impl EdgeCache {
     }
 
     /// The cache with its disk tier when `settings.disk` names one: the
-    /// directory is created and scanned here (at engine start, before any
-    /// worker runs), so objects a previous run wrote are found again.
+    /// directory is created and scanned here, so objects a previous run
+    /// wrote are found again (the engine starts with [`EdgeCache::new`]
+    /// and attaches the tier from a thread: [`EdgeCache::attach_disk`]).
     pub fn open(settings: CacheSettings) -> Result<Self, DiskError> {
         let disk_cfg = settings.disk.clone();
         let cache = Self::new(settings);
