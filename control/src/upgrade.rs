@@ -87,6 +87,9 @@ struct Reply {
     xdp_rules: Vec<(String, u64, u64)>,
     #[serde(default)]
     xdp_counters: bool,
+    /// The predecessor's QUIC generation (an older binary: 0).
+    #[serde(default)]
+    quic_generation: u8,
 }
 
 impl Reply {
@@ -110,6 +113,7 @@ impl Reply {
                 .map(|t| flat(&t.rules))
                 .unwrap_or_default(),
             xdp_counters: h.xdp_counters.is_some(),
+            quic_generation: h.quic_generation,
             ..Default::default()
         }
     }
@@ -126,6 +130,7 @@ impl Reply {
                 program: unflat(self.xdp_program),
                 rules: unflat(self.xdp_rules),
             }),
+            quic_generation: self.quic_generation,
         }
     }
 }

@@ -267,6 +267,8 @@ pub struct Engine {
     handovers: Vec<Arc<HandoverSlot>>,
     /// This engine handed its NIC queues to a successor.
     handed_over: bool,
+    /// This engine's QUIC generation (see `ferrogate_quic::generation_of`).
+    quic_generation: u8,
     /// A successor's relay to its predecessor (closed here should the
     /// predecessor die without closing it).
     relay: Option<Arc<RelayShm>>,
@@ -785,6 +787,7 @@ impl Engine {
             handovers: Vec::new(),
             handed_over: false,
             relay: None,
+            quic_generation: 0,
             #[cfg(feature = "dpdk")]
             dpdk: dpdk_port,
         };
@@ -795,11 +798,16 @@ impl Engine {
             .flat_map(|p| p.handed_over.held_ports.iter().flatten().copied())
             .collect();
         engine.relay = predecessor.as_ref().map(|p| p.relay.clone());
+        // A successor's HTTP/3 connection ids carry the other generation.
+        engine.quic_generation = predecessor
+            .as_ref()
+            .map_or(0, |p| (p.handed_over.quic_generation & 1) ^ 1);
         for (id, io) in ios.into_iter().enumerate().rev() {
             let mut sc = cfg.stack.clone();
             sc.net.mac = mac;
             sc.net.upstream_ports = ports.range_of(id);
             sc.worker = u8::try_from(id).expect("config allows at most MAX_QUEUES (64) workers");
+            sc.quic_generation = engine.quic_generation;
             if io.checksum_offload() {
                 sc.net.verify_rx_checksums = false;
                 sc.net.tx_checksum_offload = true;
@@ -845,6 +853,7 @@ impl Engine {
                     .filter(|l| l.http3.is_some())
                     .map(|l| l.port)
                     .collect(),
+                quic_generation: engine.quic_generation,
                 routes: routes.clone(),
                 epoch: epoch.clone(),
                 shutdown: shutdown.clone(),
@@ -1192,6 +1201,7 @@ impl Engine {
         Ok(HandedOver {
             held_ports: held,
             xdp_counters,
+            quic_generation: self.quic_generation,
         })
     }
 

@@ -21,6 +21,9 @@ pub struct HandedOver {
     pub held_ports: Vec<Vec<u16>>,
     /// The XDP program's counters when it let go.
     pub xdp_counters: Option<CounterTotals>,
+    /// The predecessor's QUIC generation: the successor issues connection
+    /// ids with the other one.
+    pub quic_generation: u8,
 }
 
 /// What a successor starts from.

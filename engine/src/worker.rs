@@ -76,6 +76,10 @@ pub(crate) struct Worker {
     /// The HTTP/3 ports (fixed at start): a QUIC datagram whose
     /// connection id names another worker goes to that worker.
     pub h3_ports: Vec<u16>,
+    /// This engine's QUIC generation: while a binary upgrade's predecessor
+    /// still serves, datagrams whose connection ids carry the other one
+    /// are its, and are relayed to it.
+    pub quic_generation: u8,
     pub routes: Arc<ArcSwap<RouteTable>>,
     pub epoch: Arc<AtomicU64>,
     pub shutdown: Arc<AtomicBool>,
@@ -413,6 +417,7 @@ impl Worker {
         let handoff = &self.handoff;
         let ports = &self.ports;
         let h3_ports = &self.h3_ports;
+        let generation = self.quic_generation;
         let (mut out, mut dropped, mut strays) = (0u64, 0u64, 0u64);
         // One snapshot of the rules per burst (no allocation, no lock).
         let filter = self.filter.as_mut().map(|f| {
@@ -459,21 +464,34 @@ impl Worker {
             // connection or UDP session); to a listener port, to whoever
             // received it.
             let class = wire::classify(f);
-            // A QUIC datagram of a connection another worker owns (the
-            // client's address changed, so RSS chose another queue): its
-            // connection id names the owner.
             if let FrameClass::Udp(m) = &class
                 && h3_ports.contains(&m.key.local_port)
-                && let Some(owner) = ferrogate_proxy::quic::owner_of_datagram(m.payload(f))
-                && owner != me
-                && owner < handoff.workers()
             {
-                if handoff.send(owner, f) {
-                    out += 1;
-                } else {
-                    dropped += 1;
+                let datagram = m.payload(f);
+                // A QUIC datagram of a connection the predecessor of a
+                // binary upgrade still serves: its connection id carries
+                // the other generation.
+                if let Some(r) = relay.as_mut()
+                    && ferrogate_proxy::quic::generation_of_datagram(datagram)
+                        .is_some_and(|g| g != generation)
+                {
+                    r.send(f);
+                    return;
                 }
-                return;
+                // A connection another worker owns (the client's address
+                // changed, so RSS chose another queue): its connection id
+                // names the owner.
+                if let Some(owner) = ferrogate_proxy::quic::owner_of_datagram(datagram)
+                    && owner != me
+                    && owner < handoff.workers()
+                {
+                    if handoff.send(owner, f) {
+                        out += 1;
+                    } else {
+                        dropped += 1;
+                    }
+                    return;
+                }
             }
             let our_port = match class {
                 FrameClass::Tcp(m) => Some(m.key.local_port),

@@ -385,3 +385,53 @@ fn h3_migration_keeps_serving_with_two_workers() {
         assert!(h3["stack_h3_requests"] >= 2 * RUNS as u64, "{h3:?}");
     });
 }
+
+/// A binary upgrade (SIGUSR2 to `ferrogate run`) while an HTTP/3 request
+/// is in flight: the new engine takes the NIC queue, and the datagrams of
+/// the old engine's QUIC connection (their connection ids carry its
+/// generation) go on to the old engine through the relay, so the response
+/// arrives whole; a connection made after the upgrade is the new engine's.
+#[test]
+fn an_http3_request_in_flight_across_a_binary_upgrade_completes() {
+    lab_test("h3-upgrade", || {
+        if !have_aioquic("an_http3_request_in_flight_across_a_binary_upgrade_completes") {
+            return;
+        }
+        let lab = Lab::up(1);
+        let _o = lab.start_origin("t1", "10.77.0.3:9001");
+        let dir = certs(&lab);
+        let config = write_config(&lab);
+        let engine = lab.start_engine_with(&config, "af_xdp", 1);
+        let report = std::thread::scope(|s| {
+            // 4 MiB over 4 s: the old engine still sends most of it after
+            // the hand-over, which needs the client's ACKs to reach it.
+            let slow = s.spawn(|| h3_client(&lab, &dir, "--download /drip/4194304/4000"));
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            // SAFETY: kill(2) on the supervisor this test started.
+            unsafe { libc::kill(engine.supervisor_pid(), libc::SIGUSR2) };
+            slow.join().expect("h3 client thread")
+        });
+        let log = engine.log();
+        assert!(
+            log.contains("the NIC queues are ours"),
+            "no upgrade:\n{log}"
+        );
+        let r = responses(&report, "download");
+        assert_eq!(r.len(), 1, "{report}");
+        assert_eq!(r[0]["status"], 200, "{report}\n{log}");
+        assert_eq!(r[0]["length"], 4194304, "{report}");
+        assert_eq!(
+            r[0]["sha256"],
+            sha256_hex(&origin_bytes(4194304)),
+            "{report}"
+        );
+        // The old engine drains and exits; a new connection is served.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !engine.log().contains("binary upgrade complete") {
+            assert!(std::time::Instant::now() < deadline, "{}", engine.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let after = h3_client(&lab, &dir, "--get /after");
+        assert_eq!(responses(&after, "get")[0]["status"], 200, "{after}");
+    });
+}

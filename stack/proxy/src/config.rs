@@ -24,6 +24,10 @@ pub struct StackConfig {
     /// This worker's index in its engine: HTTP/3 connection ids carry it,
     /// so a datagram RSS put on another queue can be handed to its owner.
     pub worker: u8,
+    /// The engine's generation (0 or 1), also in HTTP/3 connection ids: a
+    /// binary upgrade's successor runs with the other one, so datagrams of
+    /// its predecessor's connections are told apart (and relayed).
+    pub quic_generation: u8,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +65,7 @@ impl StackConfig {
             timeouts: Timeouts::default(),
             h2: ferrogate_h2::ServerConfig::default(),
             worker: 0,
+            quic_generation: 0,
         }
     }
 }

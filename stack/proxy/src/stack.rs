@@ -557,12 +557,12 @@ impl<P: ProxyHttp> Stack<P> {
         };
         let mut app = app;
         app.plugins.sync(&app.routes, now, &mut app.stats);
-        let worker = app.cfg.worker;
+        let (worker, generation) = (app.cfg.worker, app.cfg.quic_generation);
         let listeners: Vec<_> = app
             .routes
             .listeners
             .iter()
-            .filter_map(|l| QuicListener::new(l, worker, now))
+            .filter_map(|l| QuicListener::new(l, worker, generation, now))
             .collect();
         for l in listeners {
             let idx = app.insert(Session::H3(Box::new(l)));

@@ -17,6 +17,9 @@ pub const ALPN_H3: &[u8] = b"h3";
 pub struct QuicConfig {
     /// This worker's index, written into every connection id it issues.
     pub worker: u8,
+    /// The engine's generation (0 or 1), also in every connection id: a
+    /// binary upgrade's successor has the other one than its predecessor.
+    pub generation: u8,
     /// Answer an Initial without a valid token with a Retry (RFC 9000
     /// §8.1.2), so a spoofed source costs one stateless packet.
     pub retry: bool,
@@ -52,6 +55,7 @@ impl Default for QuicConfig {
         let h3 = ferrogate_h3::Config::default();
         Self {
             worker: 0,
+            generation: 0,
             retry: false,
             max_connections: 10_000,
             max_connections_per_source: 100,
@@ -104,9 +108,9 @@ impl QuicConfig {
 
     /// quinn's endpoint configuration: this worker's connection ids.
     pub(crate) fn endpoint_config(&self) -> EndpointConfig {
-        let worker = self.worker;
+        let (worker, generation) = (self.worker, self.generation);
         let mut config = EndpointConfig::default();
-        config.cid_generator(move || Box::new(WorkerCidGenerator::new(worker)));
+        config.cid_generator(move || Box::new(WorkerCidGenerator::new(worker, generation)));
         config
     }
 

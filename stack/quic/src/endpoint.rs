@@ -139,6 +139,7 @@ impl QuicEndpoint {
         tls: rustls::ServerConfig,
     ) -> Result<(), ConfigError> {
         config.worker = self.config.worker;
+        config.generation = self.config.generation;
         let server = config.server_config(tls)?;
         self.endpoint.set_server_config(Some(Arc::new(server)));
         self.config = config;

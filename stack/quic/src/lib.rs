@@ -15,7 +15,9 @@ mod conn;
 pub mod endpoint;
 pub mod event;
 
-pub use cid::{CID_LEN, WorkerCidGenerator, owner_of, owner_of_datagram};
+pub use cid::{
+    CID_LEN, WorkerCidGenerator, generation_of, generation_of_datagram, owner_of, owner_of_datagram,
+};
 pub use config::{ALPN_H3, ConfigError, QuicConfig};
 pub use endpoint::{EndpointStats, QuicEndpoint, SendError};
 pub use event::{CloseReason, ConnId, Event, StreamHandle};

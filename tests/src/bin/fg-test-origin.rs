@@ -6,6 +6,7 @@
 //! Paths: `/` and anything else → 200 "origin NAME path=..."; `/status/NNN`;
 //! `/slow/MS` (waits before answering); `/reset` (RST, no response);
 //! `/close` (close-delimited body); `/bytes/N` (N bytes, Content-Length);
+//! `/drip/N/MS` (the same N bytes, written over MS milliseconds);
 //! `/chunked/N` (N bytes, chunked); `/echo` (answers with the request body's
 //! length and a checksum); `/ws` (101 Switching Protocols, then echoes bytes);
 //! `/headers` (the request's header lines, `Name: value` one per line);
@@ -349,6 +350,19 @@ fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
                     "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n{common}Content-Length: {}\r\n\r\n{body}",
                     body.len()
                 )?;
+            }
+            "drip" => {
+                // `/bytes/N`'s bytes, in 16 KiB writes spread over MS.
+                let n: usize = seg.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let ms: u64 = seg.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
+                write!(w, "HTTP/1.1 200 OK\r\n{common}Content-Length: {n}\r\n\r\n")?;
+                let body: Vec<u8> = (0..n).map(|i| b'a' + ((i % 65536) % 26) as u8).collect();
+                let pieces = n.div_ceil(16384).max(1) as u64;
+                for piece in body.chunks(16384) {
+                    w.write_all(piece)?;
+                    w.flush()?;
+                    std::thread::sleep(Duration::from_millis(ms / pieces));
+                }
             }
             "slow" => {
                 let ms: u64 = seg.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);

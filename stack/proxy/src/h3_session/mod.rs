@@ -120,11 +120,17 @@ pub(crate) struct QuicListener<P: ProxyHttp> {
 impl<P: ProxyHttp> QuicListener<P> {
     /// The endpoint for `listener`'s HTTP/3; None (logged) when it has
     /// none or its TLS cannot do QUIC (`ferrogate check` refuses that).
-    pub(crate) fn new(listener: &Listener, worker: u8, now: Instant) -> Option<Self> {
+    pub(crate) fn new(
+        listener: &Listener,
+        worker: u8,
+        generation: u8,
+        now: Instant,
+    ) -> Option<Self> {
         let http3 = listener.http3.clone()?;
         let tls = listener.tls.clone()?;
         let mut quic = http3.quic.clone();
         quic.worker = worker;
+        quic.generation = generation;
         let endpoint = match QuicEndpoint::new(quic, (*tls.server.config).clone()) {
             Ok(e) => e,
             Err(e) => {
