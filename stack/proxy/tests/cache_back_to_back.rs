@@ -1297,3 +1297,31 @@ fn a_drain_does_not_wait_for_a_background_revalidation() {
     // Its lock went with it.
     assert!(lab.edge.cache().locks.is_empty());
 }
+
+#[test]
+fn background_revalidations_are_bounded_per_worker_and_the_rest_skipped() {
+    let mut lab = lab();
+    let c = lab.connect();
+    lab.cache_control = "max-age=1, stale-while-revalidate=60".into();
+    let paths: Vec<String> = (0..66).map(|i| format!("/cached/bound/{i}")).collect();
+    for p in &paths {
+        let r = lab.exchange(c, &get(p));
+        assert_eq!(header(&r, "x-cache"), Some("MISS"), "{}", r.head);
+    }
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    // The origin holds every answer: 64 revalidations stay in flight.
+    lab.origin = Origin::BlackHole;
+    for p in &paths {
+        let r = stale_at_once(&mut lab, c, p, 50);
+        assert_eq!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+    }
+    let s = lab.edge.stats();
+    assert_eq!(
+        (s.cache_background_revalidations, s.cache_background_skipped),
+        (64, 2)
+    );
+    // A skipped key holds no lock: its next stale hit may revalidate.
+    assert_eq!(lab.edge.cache().locks.len(), 64);
+}
