@@ -818,8 +818,14 @@ impl<P: ProxyHttp> Stack<P> {
                 }
                 Session::H2(c) => (c.client(), c.upstream_sockets().collect()),
                 Session::Tcp(c) => (c.client(), c.upstream_socket().into_iter().collect()),
-                // Ended by `begin_drain`, which comes first.
-                Session::Revalidation(_) => continue,
+                // No client: its upstream is reset, and its next run ends
+                // it (a drain ended it already).
+                Session::Revalidation(r) => {
+                    if let Some((u, _)) = r.upstream() {
+                        streams.stream(u).abort();
+                    }
+                    continue;
+                }
                 Session::H3(_) => {
                     let Some(Session::H3(l)) = &mut slot.conn else {
                         unreachable!()
