@@ -351,3 +351,75 @@ fn a_reload_that_adds_the_disk_tier_attaches_it() {
         assert!(out.contains("cache changed; needs a restart"), "{out}");
     });
 }
+
+/// `stale-while-revalidate` (RFC 5861): once stale, a request is answered
+/// `stale` at once although the origin takes 2 s to answer, over HTTP/1.1
+/// and h2; one conditional request revalidates in the background (its
+/// 304 refreshes the object), after which the object is a `hit` again.
+#[test]
+fn stale_while_revalidate_answers_at_once_and_revalidates_in_the_background() {
+    lab_test("cache-swr", || {
+        let lab = Lab::up(1);
+        let _origin = lab.start_origin("cache", ORIGIN);
+        let path = lab.state_dir().join("cache-swr.toml");
+        std::fs::write(&path, config()).unwrap();
+        let engine = lab.start_engine_with(&path, "af_xdp", 1);
+        origin_set(&lab, "cc=max-age%3D1%2C%20stale-while-revalidate%3D60");
+        let (s, h, body) = get(&lab, &[&url("/cache/swr")]);
+        assert_eq!(s, 200, "{h}{body}");
+        assert_eq!(field(&h, "x-cache").as_deref(), Some("miss"), "{h}");
+        std::thread::sleep(Duration::from_millis(2500));
+        // The origin is slow now, and keeps the object fresh once asked.
+        origin_set(&lab, "delay=2000&cc=max-age%3D600");
+        for h2 in [false, true] {
+            let started = std::time::Instant::now();
+            let mut args = vec![];
+            if h2 {
+                args.push("--http2-prior-knowledge");
+            }
+            let u = url("/cache/swr");
+            args.push(&u);
+            let (s, h, b) = get(&lab, &args);
+            let took = started.elapsed();
+            assert_eq!((s, b.as_str()), (200, body.as_str()), "{h}");
+            assert_eq!(field(&h, "x-cache").as_deref(), Some("stale"), "{h}");
+            assert!(
+                took < Duration::from_millis(1500),
+                "h2 {h2}: {took:?}: waited for the origin"
+            );
+        }
+        // The background revalidation's 304 arrives after the delay.
+        let stats = engine.stats_until(|s| s.get("stack_cache_background_refreshed") == Some(&1));
+        assert_eq!(
+            stats.get("stack_cache_background_refreshed"),
+            Some(&1),
+            "{stats:?}"
+        );
+        assert_eq!(
+            stats.get("stack_cache_background_revalidations"),
+            Some(&1),
+            "{stats:?}"
+        );
+        origin_set(&lab, "delay=0");
+        let (s, h, b) = get(&lab, &[&url("/cache/swr")]);
+        assert_eq!((s, b.as_str()), (200, body.as_str()), "{h}");
+        assert_eq!(field(&h, "x-cache").as_deref(), Some("hit"), "{h}");
+        assert_eq!(
+            field(&h, "cache-control").as_deref(),
+            Some("max-age=600"),
+            "{h}"
+        );
+        // The miss and one conditional request.
+        assert_eq!(origin_count(&lab, "/cache/swr"), 2);
+        let log = lab.state_dir().join("access.log");
+        let mut text = String::new();
+        for _ in 0..50 {
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.matches("\"cache\":\"STALE\"").count() >= 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(text.matches("\"cache\":\"STALE\"").count(), 2, "{text}");
+    });
+}

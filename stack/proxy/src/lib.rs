@@ -26,6 +26,7 @@ pub mod plugin_phase;
 mod probe;
 mod proxy;
 pub mod proxy_header;
+mod revalidation;
 pub mod route;
 pub mod route_stats;
 pub mod router;

@@ -189,6 +189,8 @@ pub(crate) struct Ctx<'a, P: ProxyHttp> {
     pub draining: bool,
     /// The worker's proxy-wasm plugin instances.
     pub plugins: &'a mut crate::plugin_phase::WorkerPlugins,
+    /// Background revalidations asked for (started after this drive).
+    pub background: &'a mut crate::revalidation::Background,
 }
 
 impl<'a, P: ProxyHttp> Ctx<'a, P> {

@@ -23,6 +23,7 @@ use crate::phases::{ProxyHttp, StandardPhases};
 use crate::probe::{ProbeCtx, Prober};
 use crate::proxy::{Conn, ConnBufs, Ctx};
 use crate::quota::Quota;
+use crate::revalidation::{Background, Revalidation};
 use crate::route::RouteTable;
 use crate::route_stats::RouteCounters;
 use crate::stats::StackStats;
@@ -42,6 +43,9 @@ enum Session<P: ProxyHttp> {
     /// An HTTP/3 port's QUIC endpoint and its requests: no client TCP
     /// stream; its timers ride on `App::poll_at`.
     H3(Box<QuicListener<P>>),
+    /// A background revalidation (`stale-while-revalidate`): one upstream
+    /// exchange feeding the cache, no client. Not counted in `active`.
+    Revalidation(Box<Revalidation>),
 }
 
 impl<P: ProxyHttp> Session<P> {
@@ -50,7 +54,15 @@ impl<P: ProxyHttp> Session<P> {
             Session::H1(c) => Some(c.sockets().0),
             Session::H2(c) => Some(c.client()),
             Session::Tcp(c) => Some(c.client()),
-            Session::H3(_) => None,
+            Session::H3(_) | Session::Revalidation(_) => None,
+        }
+    }
+
+    /// The stream that wakes the session to run again (`end_pass`).
+    fn wake(&self) -> Option<StreamId> {
+        match self {
+            Session::Revalidation(r) => r.upstream().map(|(h, _)| h),
+            s => s.client(),
         }
     }
 
@@ -59,7 +71,7 @@ impl<P: ProxyHttp> Session<P> {
             Session::H1(c) => Some(c.deadline()),
             Session::H2(c) => Some(c.deadline()),
             Session::Tcp(c) => Some(c.deadline()),
-            Session::H3(_) => None,
+            Session::H3(_) | Session::Revalidation(_) => None,
         }
     }
 }
@@ -112,6 +124,8 @@ struct ProxyApp<P: ProxyHttp> {
     draining: bool,
     /// This worker's instances of the snapshot's proxy-wasm plugins.
     plugins: crate::plugin_phase::WorkerPlugins,
+    /// Background revalidations asked for and running.
+    background: Background,
 }
 
 /// The splice's copy unit.
@@ -169,11 +183,13 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
         if owner == POOLED {
             return self.conn_pool.idle_until(id);
         }
-        // The connection's own deadline rides on its client stream.
-        self.conns[owner as usize]
-            .conn
-            .as_ref()
-            .filter(|c| c.client() == Some(id))
+        // The connection's own deadline rides on its client stream; a
+        // background revalidation's on its upstream socket.
+        let conn = self.conns[owner as usize].conn.as_ref();
+        if let Some(Session::Revalidation(r)) = conn {
+            return (r.upstream().map(|(h, _)| h) == Some(id)).then(|| r.deadline());
+        }
+        conn.filter(|c| c.client() == Some(id))
             .and_then(Session::deadline)
     }
 
@@ -250,7 +266,7 @@ impl<P: ProxyHttp> App for ProxyApp<P> {
             if let Some(client) = self.conns[idx as usize]
                 .conn
                 .as_ref()
-                .and_then(Session::client)
+                .and_then(Session::wake)
             {
                 net.mark(client);
             }
@@ -296,7 +312,14 @@ impl<P: ProxyHttp> ProxyApp<P> {
 
     /// Stores a new connection; its index is the owner of its streams.
     fn insert(&mut self, conn: Session<P>) -> u32 {
-        let idx = match self.free_conns.pop() {
+        let idx = self.insert_slot(conn);
+        self.active += 1;
+        idx
+    }
+
+    /// Stores a session in a free slot (not counted as a connection).
+    fn insert_slot(&mut self, conn: Session<P>) -> u32 {
+        match self.free_conns.pop() {
             Some(i) => {
                 self.conns[i as usize].conn = Some(conn);
                 i
@@ -308,13 +331,22 @@ impl<P: ProxyHttp> ProxyApp<P> {
                 });
                 (self.conns.len() - 1) as u32
             }
-        };
-        self.active += 1;
-        idx
+        }
     }
 
-    /// Runs one connection's state machine; releases it when it has finished.
-    fn drive(&mut self, idx: u32, net: Streams<'_>) {
+    /// Runs one connection's state machine (releases it when it has
+    /// finished), then starts the background revalidations it asked for.
+    fn drive(&mut self, idx: u32, mut net: Streams<'_>) {
+        self.drive_one(idx, net.reborrow());
+        while let Some(f) = self.background.pending.pop() {
+            let r = Revalidation::new(f, self.cfg.head_buffer, net.now());
+            let idx = self.insert_slot(Session::Revalidation(Box::new(r)));
+            self.background.running += 1;
+            self.drive_one(idx, net.reborrow());
+        }
+    }
+
+    fn drive_one(&mut self, idx: u32, net: Streams<'_>) {
         let slot = &mut self.conns[idx as usize];
         slot.pass = net.pass();
         let Some(session) = slot.conn.as_mut() else {
@@ -350,12 +382,14 @@ impl<P: ProxyHttp> ProxyApp<P> {
             now,
             draining: self.draining,
             plugins: &mut self.plugins,
+            background: &mut self.background,
         };
         let mut progressed = match session {
             Session::H1(conn) => conn.drive(&mut cx),
             Session::H2(conn) => conn.drive(&mut cx),
             Session::Tcp(conn) => conn.drive(&mut cx, &mut self.l4_scratch),
             Session::H3(l) => l.drive(&mut cx),
+            Session::Revalidation(r) => r.drive(&mut cx),
         };
         if let Some(Session::H1(conn)) = &slot.conn
             && conn.wants_h2()
@@ -419,6 +453,19 @@ impl<P: ProxyHttp> ProxyApp<P> {
                 self.free_conns.push(idx);
                 self.active -= 1;
                 return;
+            }
+            Session::Revalidation(r) if r.is_finished() => {
+                // Its socket went back to the pool or was closed; its lock
+                // (if still held) is released with it.
+                slot.conn = None;
+                self.free_conns.push(idx);
+                self.background.running -= 1;
+                return;
+            }
+            Session::Revalidation(r) => {
+                if let Some((u, _)) = r.upstream() {
+                    net.mark(u);
+                }
             }
             Session::H3(l) if l.is_finished() => {
                 // Drained: its requests gave their upstream sockets back.
@@ -551,6 +598,7 @@ impl<P: ProxyHttp> Stack<P> {
             },
             h3: Vec::new(),
             draining: false,
+            background: Background::default(),
             plugins: Default::default(),
             routes,
             cfg,
@@ -723,7 +771,7 @@ impl<P: ProxyHttp> Stack<P> {
         }
         self.app.draining = true;
         let mut streams = self.net.streams();
-        for slot in &mut self.app.conns {
+        for (idx, slot) in self.app.conns.iter_mut().enumerate() {
             match &mut slot.conn {
                 Some(Session::H2(c)) => {
                     c.go_away(b"shutdown");
@@ -736,6 +784,17 @@ impl<P: ProxyHttp> Stack<P> {
                 }
                 // Driven by this poll (`due`).
                 Some(Session::H3(l)) => l.go_away(),
+                // No client waits for it: it ends now (the stale copy
+                // stays, the lock is released).
+                Some(Session::Revalidation(r)) => {
+                    if let Some((u, port)) = r.upstream() {
+                        streams.retire(u, Some(port), true);
+                    }
+                    r.abandon();
+                    slot.conn = None;
+                    self.app.free_conns.push(idx as u32);
+                    self.app.background.running -= 1;
+                }
                 _ => {}
             }
         }
@@ -759,6 +818,14 @@ impl<P: ProxyHttp> Stack<P> {
                 }
                 Session::H2(c) => (c.client(), c.upstream_sockets().collect()),
                 Session::Tcp(c) => (c.client(), c.upstream_socket().into_iter().collect()),
+                // No client: its upstream is reset, and its next run ends
+                // it (a drain ended it already).
+                Session::Revalidation(r) => {
+                    if let Some((u, _)) = r.upstream() {
+                        streams.stream(u).abort();
+                    }
+                    continue;
+                }
                 Session::H3(_) => {
                     let Some(Session::H3(l)) = &mut slot.conn else {
                         unreachable!()

@@ -48,6 +48,15 @@ pub struct StackStats {
     /// connection already read on as many as it may (`MAX_FILLS_PER_CONN`):
     /// aborted instead, so one connection cannot hold many upstreams.
     pub cache_fills_refused: u64,
+    /// Background revalidations (`stale-while-revalidate`) started; of
+    /// those, refreshed by a 304, replaced by a new response, failed (an
+    /// error or an uncacheable answer: the stale copy stays); and those
+    /// not started (the worker ran its maximum, or drained).
+    pub cache_background_revalidations: u64,
+    pub cache_background_refreshed: u64,
+    pub cache_background_replaced: u64,
+    pub cache_background_failed: u64,
+    pub cache_background_skipped: u64,
     /// Runs of a connection's proxy state machine.
     pub conn_drives: u64,
     /// Connection buffer sets allocated because the worker had none spare
@@ -449,6 +458,11 @@ impl StackStats {
         self.bad_requests += o.bad_requests;
         self.client_aborts += o.client_aborts;
         self.cache_fills_refused += o.cache_fills_refused;
+        self.cache_background_revalidations += o.cache_background_revalidations;
+        self.cache_background_refreshed += o.cache_background_refreshed;
+        self.cache_background_replaced += o.cache_background_replaced;
+        self.cache_background_failed += o.cache_background_failed;
+        self.cache_background_skipped += o.cache_background_skipped;
         self.drain_refused += o.drain_refused;
         self.drain_cut += o.drain_cut;
         self.plugin_calls += o.plugin_calls;
@@ -545,6 +559,17 @@ impl StackStats {
             ("cache_expired", self.cache.expired),
             ("cache_bypass", self.cache.bypass),
             ("cache_bytes_served", self.cache.bytes_served),
+            (
+                "cache_background_revalidations",
+                self.cache_background_revalidations,
+            ),
+            (
+                "cache_background_refreshed",
+                self.cache_background_refreshed,
+            ),
+            ("cache_background_replaced", self.cache_background_replaced),
+            ("cache_background_failed", self.cache_background_failed),
+            ("cache_background_skipped", self.cache_background_skipped),
         ]);
         v.extend(self.h2.fields());
         v.extend(self.h3.fields());

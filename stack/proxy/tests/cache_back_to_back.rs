@@ -1110,3 +1110,218 @@ mod disk {
         assert_eq!(origin_hits(&lab, "/cached/p2"), 0);
     }
 }
+
+/// Stores `path` with `max-age=1, stale-while-revalidate=60` and lets it
+/// go stale (3 s); returns the stored body.
+fn stored_then_stale(lab: &mut Lab, c: SocketHandle, path: &str) -> Vec<u8> {
+    lab.cache_control = "max-age=1, stale-while-revalidate=60".into();
+    let r = lab.exchange(c, &get(path));
+    assert_eq!(header(&r, "x-cache"), Some("MISS"), "{}", r.head);
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    r.body
+}
+
+/// A stale GET answered within `steps` ms (the origin is not waited for).
+fn stale_at_once(lab: &mut Lab, c: SocketHandle, path: &str, steps: usize) -> Response {
+    lab.send(c, &get(path));
+    let raw = lab.read_until(c, steps, |b| Response::parse(b).is_some());
+    Response::parse(&raw).unwrap_or_else(|| {
+        panic!(
+            "no response within {steps} ms (waits for the origin?): {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    })
+}
+
+/// The conditional requests the origin got for `path`.
+fn conditional_hits(lab: &Lab, path: &str) -> usize {
+    lab.origin_requests
+        .iter()
+        .filter(|r| r.split(' ').nth(1) == Some(path))
+        .filter(|r| r.to_ascii_lowercase().contains("if-none-match: \"v1\""))
+        .count()
+}
+
+#[test]
+fn stale_while_revalidate_serves_stale_at_once_and_revalidates_once_in_the_background() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let body = stored_then_stale(&mut lab, c, "/cached/swr");
+    // The origin holds its answer: nothing reaches it until released.
+    lab.origin = Origin::BlackHole;
+    lab.cache_control = "max-age=60".into();
+    let r = stale_at_once(&mut lab, c, "/cached/swr", 50);
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+    assert_eq!(r.body, body);
+    // More stale hits, on other connections, while it runs: served stale,
+    // no second revalidation.
+    let others: Vec<_> = (0..4).map(|_| lab.connect()).collect();
+    for &o in &others {
+        let r = stale_at_once(&mut lab, o, "/cached/swr", 50);
+        assert_eq!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+        assert_eq!(r.body, body);
+    }
+    assert_eq!(origin_hits(&lab, "/cached/swr"), 1);
+    // Released: the one conditional request gets its 304, which refreshes
+    // the stored object (its new Cache-Control included).
+    lab.origin = Origin::Serving;
+    for _ in 0..100 {
+        lab.step(100);
+        if conditional_hits(&lab, "/cached/swr") > 0 {
+            break;
+        }
+    }
+    for _ in 0..10 {
+        lab.step(10);
+    }
+    assert_eq!(
+        conditional_hits(&lab, "/cached/swr"),
+        1,
+        "{:?}",
+        lab.origin_requests
+    );
+    assert_eq!(origin_hits(&lab, "/cached/swr"), 2);
+    let r = lab.exchange(c, &get("/cached/swr"));
+    assert_eq!(header(&r, "x-cache"), Some("HIT"), "{}", r.head);
+    assert_eq!(
+        header(&r, "cache-control"),
+        Some("max-age=60"),
+        "{}",
+        r.head
+    );
+    assert_eq!(r.body, body);
+    assert_eq!(origin_hits(&lab, "/cached/swr"), 2);
+    let s = lab.edge.stats();
+    assert_eq!(s.cache.stale, 5, "{:?}", s.cache);
+    assert_eq!(s.cache.revalidated, 0, "{:?}", s.cache);
+    assert_eq!(
+        (
+            s.cache_background_revalidations,
+            s.cache_background_refreshed,
+            s.cache_background_replaced,
+            s.cache_background_failed,
+            s.cache_background_skipped
+        ),
+        (1, 1, 0, 0, 0)
+    );
+    // No lock left behind.
+    assert!(lab.edge.cache().locks.is_empty());
+}
+
+#[test]
+fn stale_while_revalidate_replaces_a_changed_object_in_the_background() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let body = stored_then_stale(&mut lab, c, "/cached/swr2");
+    lab.cached_version = 2;
+    lab.cache_control = "max-age=60".into();
+    let r = stale_at_once(&mut lab, c, "/cached/swr2", 50);
+    assert_eq!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+    assert_eq!(r.body, body);
+    for _ in 0..20 {
+        lab.step(10);
+    }
+    let r = lab.exchange(c, &get("/cached/swr2"));
+    assert_eq!(header(&r, "x-cache"), Some("HIT"), "{}", r.head);
+    assert!(String::from_utf8_lossy(&r.body).starts_with("v2"), "{r:?}");
+    assert_eq!(header(&r, "etag"), Some("\"v2\""));
+    assert_eq!(origin_hits(&lab, "/cached/swr2"), 2);
+    let s = lab.edge.stats();
+    assert_eq!(
+        (s.cache_background_replaced, s.cache_background_refreshed),
+        (1, 0)
+    );
+}
+
+#[test]
+fn a_failing_background_revalidation_keeps_the_stale_copy_and_the_next_stale_hit_retries() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let body = stored_then_stale(&mut lab, c, "/cached/swr3");
+    lab.cached_fail = true;
+    for round in 1..=2 {
+        let r = stale_at_once(&mut lab, c, "/cached/swr3", 50);
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert_eq!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+        assert_eq!(r.body, body);
+        for _ in 0..20 {
+            lab.step(10);
+        }
+        // The origin's 503 came back and was dropped: one per stale hit
+        // that found the lock free.
+        assert_eq!(origin_hits(&lab, "/cached/swr3"), 1 + round);
+        assert_eq!(lab.edge.stats().cache_background_failed, round as u64);
+    }
+    // The origin is back: the next stale hit's revalidation refreshes it.
+    lab.cached_fail = false;
+    lab.cache_control = "max-age=60".into();
+    let r = stale_at_once(&mut lab, c, "/cached/swr3", 50);
+    assert_eq!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+    for _ in 0..20 {
+        lab.step(10);
+    }
+    let r = lab.exchange(c, &get("/cached/swr3"));
+    assert_eq!(header(&r, "x-cache"), Some("HIT"), "{}", r.head);
+    assert_eq!(r.body, body);
+    let s = lab.edge.stats();
+    assert_eq!(
+        (
+            s.cache_background_revalidations,
+            s.cache_background_refreshed,
+            s.cache_background_failed
+        ),
+        (3, 1, 2)
+    );
+}
+
+#[test]
+fn a_drain_does_not_wait_for_a_background_revalidation() {
+    let mut lab = lab();
+    let c = lab.connect();
+    stored_then_stale(&mut lab, c, "/cached/swr4");
+    lab.origin = Origin::BlackHole;
+    let r = stale_at_once(&mut lab, c, "/cached/swr4", 50);
+    assert_eq!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+    let now = lab.now;
+    lab.edge.begin_drain(now);
+    for _ in 0..100 {
+        lab.step(10);
+        if lab.edge.drained() {
+            break;
+        }
+    }
+    assert!(lab.edge.drained(), "{:?}", lab.edge.stats());
+    // Its lock went with it.
+    assert!(lab.edge.cache().locks.is_empty());
+}
+
+#[test]
+fn background_revalidations_are_bounded_per_worker_and_the_rest_skipped() {
+    let mut lab = lab();
+    let c = lab.connect();
+    lab.cache_control = "max-age=1, stale-while-revalidate=60".into();
+    let paths: Vec<String> = (0..66).map(|i| format!("/cached/bound/{i}")).collect();
+    for p in &paths {
+        let r = lab.exchange(c, &get(p));
+        assert_eq!(header(&r, "x-cache"), Some("MISS"), "{}", r.head);
+    }
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    // The origin holds every answer: 64 revalidations stay in flight.
+    lab.origin = Origin::BlackHole;
+    for p in &paths {
+        let r = stale_at_once(&mut lab, c, p, 50);
+        assert_eq!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+    }
+    let s = lab.edge.stats();
+    assert_eq!(
+        (s.cache_background_revalidations, s.cache_background_skipped),
+        (64, 2)
+    );
+    // A skipped key holds no lock: its next stale hit may revalidate.
+    assert_eq!(lab.edge.cache().locks.len(), 64);
+}

@@ -507,6 +507,64 @@ fn h2c_and_http1_share_the_store_and_revalidate_with_304() {
     assert!(last.contains("if-none-match: \"v1\""), "{last}");
 }
 
+#[test]
+fn h2c_stale_while_revalidate_serves_stale_at_once_and_refreshes_in_the_background() {
+    let mut lab = h2_cache_lab();
+    lab.cache_control = "max-age=1, stale-while-revalidate=60".into();
+    let mut c = H2Client::connect(&mut lab);
+    c.headers(&mut lab, 1, "GET", "/cached/swr", true);
+    let r1 = c.response(&mut lab, 1);
+    assert_eq!(r1.field("x-cache"), Some("MISS"), "{r1:?}");
+    for _ in 0..30 {
+        lab.step(100);
+    }
+    // The origin holds its answer; two stale requests are answered within
+    // 50 ms anyway.
+    lab.origin = Origin::BlackHole;
+    lab.cache_control = "max-age=60".into();
+    for id in [3, 5] {
+        c.headers(&mut lab, id, "GET", "/cached/swr", true);
+        let mut r = H2Response::default();
+        let ended = (0..50).any(|_| c.read_frames(&mut lab, id, &mut r));
+        assert!(ended, "stream {id} waits for the origin: {r:?}");
+        assert_eq!(r.field("x-cache"), Some("STALE"), "{r:?}");
+        assert_eq!(r.body, r1.body);
+    }
+    let hits = |lab: &Lab| {
+        lab.origin_requests
+            .iter()
+            .filter(|r| r.split(' ').nth(1) == Some("/cached/swr"))
+            .count()
+    };
+    assert_eq!(hits(&lab), 1);
+    lab.origin = Origin::Serving;
+    for _ in 0..100 {
+        lab.step(100);
+        if hits(&lab) > 1 {
+            break;
+        }
+    }
+    for _ in 0..10 {
+        lab.step(10);
+    }
+    assert_eq!(hits(&lab), 2, "{:?}", lab.origin_requests);
+    let last = lab.origin_requests.last().unwrap().to_ascii_lowercase();
+    assert!(last.contains("if-none-match: \"v1\""), "{last}");
+    c.headers(&mut lab, 7, "GET", "/cached/swr", true);
+    let r = c.response(&mut lab, 7);
+    assert_eq!(r.field("x-cache"), Some("HIT"), "{r:?}");
+    assert_eq!(r.field("cache-control"), Some("max-age=60"), "{r:?}");
+    assert_eq!(r.body, r1.body);
+    let s = lab.edge.stats();
+    assert_eq!(
+        (
+            s.cache_background_revalidations,
+            s.cache_background_refreshed
+        ),
+        (1, 1)
+    );
+}
+
 /// A listener with a proxy-wasm plugin that adds `x-plugin: 1` to
 /// responses (a request it changed would bypass the cache), HTTP/2 on, a
 /// cached route.

@@ -34,6 +34,10 @@ pub(crate) enum Lookup {
     /// An unsafe method: upstream as is, and a success invalidates what is
     /// stored for its target.
     Invalidate(Box<CacheReq>),
+    /// Stale within `stale-while-revalidate`: served stale at once, and
+    /// the request (holding the key's lock) revalidates in the background,
+    /// with no client waiting (`crate::revalidation`).
+    Background(Arc<Object>, Box<CacheReq>),
 }
 
 impl Lookup {
@@ -43,6 +47,8 @@ impl Lookup {
     pub fn strips_client_validators(&self) -> bool {
         match self {
             Lookup::Fetch(r) | Lookup::Wait(r, _) => r.may_store() || r.stale.is_some(),
+            // Its head goes upstream in the background with our validators.
+            Lookup::Background(..) => true,
             _ => false,
         }
     }
@@ -407,6 +413,24 @@ fn decide_once(
             }
         }
     };
+    // stale-while-revalidate: the one request that gets the lock is served
+    // stale too; its conditional request runs in the background.
+    let background = |hit: Hit| -> Lookup {
+        if !d.store {
+            return Lookup::Serve(hit.object, CacheStatus::Stale);
+        }
+        match edge.locks.acquire_at(key.hash, mono, deadline) {
+            Acquired::Fetch(p) => {
+                let object = hit.object.clone();
+                // No stale-if-error: a failing origin leaves the stale copy
+                // stored, and nobody is answered from this exchange.
+                let mut r = req(Some((hit, false)), CacheStatus::Stale);
+                r.permit = Some(p);
+                Lookup::Background(object, r)
+            }
+            Acquired::Wait(_) => Lookup::Serve(hit.object, CacheStatus::Stale),
+        }
+    };
     let only_if_cached = d.directives.only_if_cached;
     if let Some(hit) = edge.store.lookup(key, fields) {
         // The load this request held the lock for stored it: the others
@@ -433,8 +457,8 @@ fn decide_once(
             Decision::Stale => Lookup::Serve(hit.object, CacheStatus::Stale),
             Decision::GatewayTimeout => Lookup::GatewayTimeout,
             _ if only_if_cached => Lookup::GatewayTimeout,
-            // This request revalidates; the others are served stale.
-            Decision::ServeStaleWhileRevalidate => revalidate(hit, true, true),
+            // Served stale; one revalidation runs in the background.
+            Decision::ServeStaleWhileRevalidate => background(hit),
             // A light purge: stale only while one revalidation runs.
             Decision::RevalidateOrServeStale { stale_if_error } => {
                 revalidate(hit, stale_if_error, true)

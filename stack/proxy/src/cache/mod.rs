@@ -8,7 +8,7 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | `lookup` | bypass, serve (whole, range, 304), wait, or fetch |
+//! | `lookup` | bypass, serve (whole, range, 304), wait, fetch, or serve stale and revalidate in the background (`crate::revalidation`) |
 //! | `response` | store, refresh with a 304, stale-if-error, pass |
 //! | `serve` | a stored response's head and the part of its body that goes out |
 //!

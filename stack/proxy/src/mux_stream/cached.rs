@@ -17,6 +17,7 @@ use crate::lb::Upstream;
 use crate::phases::{ProxyHttp, ResponseInfo};
 use crate::proxy::plugin_body::PluginBody;
 use crate::proxy::{Ctx, after};
+use crate::revalidation::BgFetch;
 
 impl<P: ProxyHttp, C: ClientSide> MuxStream<P, C> {
     /// Counts what the cache did for the request (once); puts it in the
@@ -68,6 +69,17 @@ impl<P: ProxyHttp, C: ClientSide> MuxStream<P, C> {
                 self.cache_status = Some(r.status);
                 self.cache = Some(r);
                 self.start_upstream(cx, client, peer, upstream, hash_key)
+            }
+            Lookup::Background(obj, r) => {
+                // The conditional request goes up from a session of its
+                // own; this client has the stale copy at once.
+                let identity = peer.identity.map(|(h, _)| h.clone());
+                let head = self.request_head.filled();
+                match BgFetch::new(head, None, upstream, hash_key, r, identity) {
+                    Some(f) => cx.background.offer(f, cx.stats, cx.draining),
+                    None => cx.stats.cache_background_skipped += 1,
+                }
+                self.serve_cached(cx, client, peer, &obj, CacheStatus::Stale, Part::Whole)
             }
             Lookup::Wait(r, ticket) => {
                 self.cache_status = Some(r.status);

@@ -16,6 +16,7 @@ use crate::error::ProxyError;
 use crate::http::{BodyFraming, ResponseHead, head};
 use crate::lb::Upstream;
 use crate::phases::{ProxyHttp, ResponseInfo};
+use crate::revalidation::BgFetch;
 
 /// Most steps of one `cache_serve` run (each moves a chunk or its framing).
 pub(super) const SERVE_STEPS: usize = 64;
@@ -83,6 +84,17 @@ impl<P: ProxyHttp> Conn<P> {
                 self.cache_status = Some(r.status);
                 self.cache = Some(r);
                 self.start_upstream(cx, upstream, hash_key)
+            }
+            Lookup::Background(obj, r) => {
+                // The conditional request goes up from a session of its
+                // own; this client has the stale copy at once.
+                let identity = self.io.identity().map(|(h, _)| h.clone());
+                let head = self.bufs.request_head.filled();
+                match BgFetch::new(head, self.host_at, upstream, hash_key, r, identity) {
+                    Some(f) => cx.background.offer(f, cx.stats, cx.draining),
+                    None => cx.stats.cache_background_skipped += 1,
+                }
+                self.serve_cached(cx, &obj, CacheStatus::Stale, Part::Whole)
             }
             Lookup::Wait(r, ticket) => {
                 self.cache_status = Some(r.status);
