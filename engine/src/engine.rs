@@ -1134,6 +1134,13 @@ impl Engine {
                 "the NIC queues were handed over already".into(),
             ));
         }
+        // Its successor would take its predecessor's QUIC generation (and
+        // the predecessor's flows would have nobody to go to).
+        if self.relaying() {
+            return Err(EngineError::Upgrade(
+                "this engine still relays for its own predecessor: upgrade again once that upgrade completed".into(),
+            ));
+        }
         if self.backend != BackendKind::AfXdp {
             return Err(EngineError::Upgrade(format!(
                 "a binary upgrade needs the af_xdp backend; this engine runs {}",

@@ -182,26 +182,32 @@ impl Worker {
             let handed = {
                 let stack = &mut self.stack;
                 let relay = &mut self.relay;
-                // Only a relaying worker must tell its own flows apart;
-                // otherwise a handed-off frame is not classified twice.
                 let handoff = &self.handoff;
-                let strays = &mut s.handoff_strays;
+                let (strays, dropped) = (&mut s.handoff_strays, &mut s.handoff_dropped);
                 handoff.receive(self.batch, |f, hops| {
-                    if relay.is_some() {
-                        deliver(stack, relay, &wire::classify(f), f);
-                        return;
-                    }
                     // A stray this worker has no socket for either goes on
-                    // round the workers; the last one answers it.
+                    // round the workers (dropped and counted if the next
+                    // one's ring is full); the last one delivers it.
                     if hops > 0
                         && let FrameClass::Tcp(m) = wire::classify(f)
                         && stack.is_stray(&m)
-                        && handoff.send_stray(f, hops + 1)
+                        && handoff.next_for_stray(hops + 1).is_some()
                     {
-                        *strays += 1;
+                        if handoff.send_stray(f, hops + 1) {
+                            *strays += 1;
+                        } else {
+                            *dropped += 1;
+                        }
                         return;
                     }
-                    stack.handle_frame(f);
+                    // Only a relaying worker must tell its own flows apart
+                    // (a frame nobody here holds goes to the predecessor);
+                    // otherwise a handed-off frame is not classified again.
+                    if relay.is_some() {
+                        deliver(stack, relay, &wire::classify(f), f);
+                    } else {
+                        stack.handle_frame(f);
+                    }
                 })
             };
             if s.handoff_strays != strays_before {
@@ -511,9 +517,9 @@ impl Worker {
                     // A client's segment on a queue whose worker holds no
                     // socket for it (the flow's hash changed: a new RSS
                     // table, or a veth peer's rehash after a timeout): the
-                    // other workers are asked before it meets a RST.
-                    None if relay.is_none()
-                        && let FrameClass::Tcp(m) = &class
+                    // other workers are asked before it meets a RST (or,
+                    // during an upgrade's relay, goes to the predecessor).
+                    None if let FrameClass::Tcp(m) = &class
                         && handoff.next_for_stray(1).is_some()
                         && stack.is_stray(m) =>
                     {

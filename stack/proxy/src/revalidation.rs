@@ -140,6 +140,12 @@ impl Revalidation {
         self.att.conn.as_ref().map(|u| (u.handle, u.local_port))
     }
 
+    /// Reading a replacing body into the store: other requests may be
+    /// streaming the new object already.
+    pub fn is_filling(&self) -> bool {
+        matches!(self.step, Step::Fill { .. })
+    }
+
     /// A drain: the exchange ends here (its socket is reset by the caller);
     /// the lock is released and the stale copy stays.
     pub fn abandon(&mut self) {

@@ -785,8 +785,9 @@ impl<P: ProxyHttp> Stack<P> {
                 // Driven by this poll (`due`).
                 Some(Session::H3(l)) => l.go_away(),
                 // No client waits for it: it ends now (the stale copy
-                // stays, the lock is released).
-                Some(Session::Revalidation(r)) => {
+                // stays, the lock is released) — unless it fills a new
+                // object others may be reading: that one finishes.
+                Some(Session::Revalidation(r)) if !r.is_filling() => {
                     if let Some((u, port)) = r.upstream() {
                         streams.retire(u, Some(port), true);
                     }
@@ -809,7 +810,7 @@ impl<P: ProxyHttp> Stack<P> {
         let now = self.net.now();
         let mut streams = self.net.streams();
         let mut cut = 0;
-        for slot in &mut self.app.conns {
+        for (idx, slot) in self.app.conns.iter_mut().enumerate() {
             let Some(session) = &slot.conn else { continue };
             let (client, upstreams): (_, Vec<StreamId>) = match session {
                 Session::H1(c) => {
@@ -818,12 +819,18 @@ impl<P: ProxyHttp> Stack<P> {
                 }
                 Session::H2(c) => (c.client(), c.upstream_sockets().collect()),
                 Session::Tcp(c) => (c.client(), c.upstream_socket().into_iter().collect()),
-                // No client: its upstream is reset, and its next run ends
-                // it (a drain ended it already).
+                // No client: its upstream is reset and it ends here (a
+                // later run could otherwise retry on a new connection).
                 Session::Revalidation(r) => {
                     if let Some((u, _)) = r.upstream() {
                         streams.stream(u).abort();
                     }
+                    if let Some(Session::Revalidation(r)) = &mut slot.conn {
+                        r.abandon();
+                    }
+                    slot.conn = None;
+                    self.app.free_conns.push(idx as u32);
+                    self.app.background.running -= 1;
                     continue;
                 }
                 Session::H3(_) => {

@@ -1277,6 +1277,30 @@ fn a_failing_background_revalidation_keeps_the_stale_copy_and_the_next_stale_hit
     );
 }
 
+/// The origin's new answer may no longer be stored (`no-store`): the
+/// stale copy is not served on for the rest of its window.
+#[test]
+fn a_background_revalidation_that_gets_an_uncacheable_answer_ends_the_stale_copy() {
+    let mut lab = lab();
+    let c = lab.connect();
+    stored_then_stale(&mut lab, c, "/cached/swr5");
+    lab.cache_control = "no-store".into();
+    let r = stale_at_once(&mut lab, c, "/cached/swr5", 50);
+    assert_eq!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+    for _ in 0..20 {
+        lab.step(10);
+    }
+    assert_eq!(origin_hits(&lab, "/cached/swr5"), 2);
+    // Not stale again, also once the key's hit-for-pass (10 s) is over
+    // and well inside the 60 s window: requests go to the origin.
+    for _ in 0..15 {
+        lab.step(1000);
+    }
+    let r = lab.exchange(c, &get("/cached/swr5"));
+    assert_ne!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+    assert_eq!(origin_hits(&lab, "/cached/swr5"), 3);
+}
+
 #[test]
 fn a_drain_does_not_wait_for_a_background_revalidation() {
     let mut lab = lab();

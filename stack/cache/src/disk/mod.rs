@@ -575,9 +575,18 @@ impl DiskTier {
                 return Err(DiskError::AlreadyAttached);
             }
             let replayed = store.replay_purges_since(0, |m| n += ix.purge(m, &mut gone));
-            if !replayed {
-                // More purges than the log keeps: which reached what is
-                // unknown, so nothing found by the scan is served.
+            // Keys invalidated meanwhile (an unsafe method's success, an
+            // origin that showed a copy invalid) go as well.
+            let invalidated = store.take_pre_attach();
+            if let Some(keys) = &invalidated {
+                for &p in keys {
+                    n += ix.remove_primary(p, &mut gone);
+                }
+            }
+            if !replayed || invalidated.is_none() {
+                // More purges or invalidations than are remembered: which
+                // reached what is unknown, so nothing the scan found is
+                // served.
                 n += ix.purge_all(&mut gone);
             }
         }

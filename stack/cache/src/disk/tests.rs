@@ -414,6 +414,32 @@ fn purges_before_the_tier_attaches_reach_its_files() {
     assert_eq!(tier.stats().files, 1);
 }
 
+/// An unsafe method's success (or an origin that showed a copy invalid)
+/// while the tier was being scanned: its disk copy is not served after.
+#[test]
+fn invalidations_before_the_tier_attaches_reach_its_files() {
+    let dir = TempDir::new("inval-before");
+    let plain = [("Cache-Control", "max-age=60")];
+    {
+        let s = store(1);
+        let tier = DiskTier::open(cfg(&dir.0, 1 << 20), s.clone()).unwrap();
+        put(&s, "/a", &plain, b"a", &NONE);
+        put(&s, "/b", &plain, b"b", &NONE);
+        wait_for("2 writes", || tier.stats().written == 2);
+    }
+    let s = store(1);
+    let c = key_cfg();
+    let k = CacheKey::new(parts("/a"), &c, s.hasher());
+    assert_eq!(s.invalidate(&k), 0, "nothing in memory");
+    let tier = DiskTier::open(cfg(&dir.0, 1 << 20), s.clone()).unwrap();
+    assert!(!tier.contains(hash(&s, "/a")));
+    assert!(
+        !load_via_lock(&tier, &s, "/a"),
+        "loaded after its invalidation"
+    );
+    assert!(load_via_lock(&tier, &s, "/b"));
+}
+
 /// More purges before the tier attaches than the store remembers: which
 /// reached which file is unknown, so none of them is served.
 #[test]

@@ -159,7 +159,15 @@ struct Inner {
     purges: PurgeLog,
     /// The disk tier, once attached: offered completed objects, told of purges.
     disk: OnceLock<Arc<DiskShared>>,
+    /// Keys invalidated or removed while no disk tier was attached (None:
+    /// more than [`PRE_ATTACH_KEYS`]): a tier attaching later drops their
+    /// files, which predate them.
+    pre_attach: Mutex<Option<Vec<u128>>>,
 }
+
+/// Invalidated keys remembered for a disk tier not attached yet; past it,
+/// nothing the tier's scan found is kept.
+const PRE_ATTACH_KEYS: usize = 4096;
 
 /// The shared memory tier. Cloning is cheap (one `Arc`).
 #[derive(Clone)]
@@ -224,6 +232,7 @@ impl MemoryStore {
                 counters: StoreCounters::default(),
                 purges: PurgeLog::default(),
                 disk: OnceLock::new(),
+                pre_attach: Mutex::new(Some(Vec::new())),
             }),
         }
     }
@@ -455,9 +464,7 @@ impl MemoryStore {
     /// invalid); the key's disk copies go too (else a later miss would
     /// load the invalid one back).
     pub fn remove(&self, hit: &Hit) -> bool {
-        if let Some(d) = self.inner.disk.get() {
-            d.invalidate(hit.id.0);
-        }
+        self.invalidate_on_disk(hit.id.0);
         let mut dropped = Dropped::new();
         let mut s = lock(self.shard(hit.id.0));
         let removed = s.remove_if(hit.id, &hit.object, &self.inner.counters, &mut dropped);
@@ -471,11 +478,8 @@ impl MemoryStore {
     /// nor make in-flight fetches elsewhere refuse to store). Returns how
     /// many objects it marked.
     pub fn invalidate(&self, key: &CacheKey<'_>) -> usize {
-        if let Some(d) = self.inner.disk.get() {
-            // A disk copy cannot be marked stale in place: it goes (the
-            // tier's thread deletes it; a worker never waits on its index).
-            d.invalidate(key.hash);
-        }
+        // A disk copy cannot be marked stale in place: it goes.
+        self.invalidate_on_disk(key.hash);
         let mut dropped = Dropped::new();
         let mut s = lock(self.shard(key.hash));
         let ok = s
@@ -526,6 +530,46 @@ impl MemoryStore {
         let disk = self.record(Purged::Prefix(prefix.into()), mode, Matcher::Prefix(prefix));
         let memory = self.purge_matching(prefix, mode, |k| purge_log::prefix_matches(prefix, k));
         PurgeCount { memory, disk }
+    }
+
+    /// The disk copies of `primary` go: the tier's thread deletes them (a
+    /// worker never waits on its index); before a tier attaches, the key
+    /// is remembered for it (`take_pre_attach`).
+    fn invalidate_on_disk(&self, primary: u128) {
+        if let Some(d) = self.inner.disk.get() {
+            d.invalidate(primary);
+            return;
+        }
+        {
+            let mut keys = self
+                .inner
+                .pre_attach
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = keys.as_mut() {
+                if v.len() < PRE_ATTACH_KEYS {
+                    v.push(primary);
+                } else {
+                    *keys = None;
+                }
+            }
+        }
+        // A tier attached meanwhile took the list before this key was in
+        // it, or finds it there: its files go either way.
+        if let Some(d) = self.inner.disk.get() {
+            d.invalidate(primary);
+        }
+    }
+
+    /// The keys invalidated before a disk tier attached (None: too many to
+    /// name); from now on they go to the tier.
+    pub(crate) fn take_pre_attach(&self) -> Option<Vec<u128>> {
+        let mut keys = self
+            .inner
+            .pre_attach
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        keys.replace(Vec::new())
     }
 
     /// Records a purge in the purge log; with a disk tier, under its index
