@@ -117,12 +117,22 @@ impl Controller for Cubic {
             // many more round trips (1 MSS per ACK grew by half per round).
             // Not past ssthresh (Linux too): after a timeout one
             // cumulative ACK may cover a whole flight.
-            self.cwnd = self
-                .cwnd
-                .saturating_add(len)
-                .min(self.ssthresh)
-                .min(self.rwnd)
-                .max(self.mss);
+            //
+            // ferrogate patch: while the window is at most twice the
+            // flight this ACK ends (Linux's tcp_is_cwnd_limited in slow
+            // start), not capped at the largest receive window seen: a
+            // Linux receiver opens its window a round trip after the data
+            // came (DRS), so a sender capped at the old window starts each
+            // round from it, one doubling behind. An application-limited
+            // flow (flight under half the window) does not grow.
+            let flight = in_flight.saturating_add(len);
+            if self.cwnd < flight.saturating_mul(2) {
+                self.cwnd = self
+                    .cwnd
+                    .saturating_add(len)
+                    .min(self.ssthresh)
+                    .max(self.mss);
+            }
             return;
         }
 
@@ -371,6 +381,26 @@ mod test {
         let (one, three) = (grow(MSS), grow(3 * MSS));
         assert!(one > 0.0);
         assert!((three - 3.0 * one).abs() < 1e-6, "{one} {three}");
+    }
+
+    #[test]
+    fn slow_start_runs_ahead_of_the_receive_window_up_to_twice_the_flight() {
+        let mut cubic = Cubic::new();
+        cubic.set_mss(MSS);
+        cubic.set_remote_window(MSS * 40);
+        cubic.cwnd = MSS * 40;
+        // The receiver's window held the flight at 40 segments; their ACKs
+        // grow the window past it, ready for the window the receiver opens.
+        for i in 0..40 {
+            let in_flight = MSS * (39 - i);
+            cubic.on_ack(Instant::from_millis(i as i64), MSS, in_flight, &rtte());
+        }
+        assert!(cubic.window() > MSS * 40, "{}", cubic.window());
+        // Application-limited: a flight of 4 segments does not grow a
+        // window of 80.
+        let before = cubic.window();
+        cubic.on_ack(Instant::from_millis(50), MSS, MSS * 3, &rtte());
+        assert_eq!(cubic.window(), before);
     }
 
     #[test]
