@@ -52,17 +52,12 @@ upstream = "origin"
 /// Statuses of `n` requests on one keep-alive connection.
 fn burst(lab: &Lab, n: usize) -> Vec<u16> {
     let url = format!("http://{VIP}/app/x");
-    let mut argv = vec![
-        "curl",
-        "-sS",
-        "-m",
-        "10",
-        "-o",
-        "/dev/null",
-        "-w",
-        "'%{http_code}\\n'",
-    ];
-    argv.extend(std::iter::repeat_n(url.as_str(), n));
+    let mut argv = vec!["curl", "-sS", "-m", "10", "-w", "'%{http_code}\\n'"];
+    // `-o` per URL: one applies to one transfer only, and a later body on
+    // stdout ("Bad Gateway", no newline) would run into its status line.
+    for _ in 0..n {
+        argv.extend(["-o", "/dev/null", url.as_str()]);
+    }
     // Every transfer's status, also when one of them failed (curl then
     // exits non-zero, and its "000" line says which).
     let (_, out) = lab.client_sh(&argv.join(" "));
