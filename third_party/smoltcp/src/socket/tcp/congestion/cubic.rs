@@ -30,6 +30,14 @@ pub struct Cubic {
     // again (RFC 5681 section 3.1).
     in_rto_recovery: bool,
     idle_start: Option<Instant>, // RFC 9438 §4.2: when in-flight last hit 0
+
+    // ferrogate patch: the largest flight an ACK ended in this round trip
+    // and in the one before (Linux's max_packets_out): whether slow start
+    // is window-limited is judged on them, not on the flight one ACK of a
+    // batch leaves (ACKs handled back to back see it shrink).
+    flight_high: usize,
+    flight_high_prev: usize,
+    round_start: Option<Instant>,
 }
 
 impl Cubic {
@@ -49,6 +57,10 @@ impl Cubic {
             in_fast_recovery: false,
             in_rto_recovery: false,
             idle_start: None,
+
+            flight_high: 0,
+            flight_high_prev: 0,
+            round_start: None,
         };
         cubic.recompute_k();
         cubic
@@ -70,6 +82,22 @@ impl Cubic {
             self.recovery_start = Some(start + (now - idle));
         }
         self.idle_start = None;
+    }
+
+    /// Notes the flight an ACK ended; returns the largest of this round
+    /// trip's and the previous one's.
+    fn note_flight(&mut self, now: Instant, flight: usize, rtt: &RttEstimator) -> usize {
+        let round = crate::time::Duration::from_millis(u64::from(rtt.smoothed_rtt().max(1)));
+        match self.round_start {
+            Some(start) if now < start + round => {}
+            _ => {
+                self.round_start = Some(now);
+                self.flight_high_prev = self.flight_high;
+                self.flight_high = 0;
+            }
+        }
+        self.flight_high = self.flight_high.max(flight);
+        self.flight_high.max(self.flight_high_prev)
     }
 }
 
@@ -119,13 +147,14 @@ impl Controller for Cubic {
             // cumulative ACK may cover a whole flight.
             //
             // ferrogate patch: while the window is at most twice the
-            // flight this ACK ends (Linux's tcp_is_cwnd_limited in slow
-            // start), not capped at the largest receive window seen: a
-            // Linux receiver opens its window a round trip after the data
-            // came (DRS), so a sender capped at the old window starts each
-            // round from it, one doubling behind. An application-limited
-            // flow (flight under half the window) does not grow.
-            let flight = in_flight.saturating_add(len);
+            // largest flight of the last round trips (Linux's
+            // tcp_is_cwnd_limited in slow start: max_packets_out), not
+            // capped at the largest receive window seen: a Linux receiver
+            // opens its window a round trip after the data came (DRS), so a
+            // sender capped at the old window starts each round from it,
+            // one doubling behind. An application-limited flow (flight
+            // under half the window) does not grow.
+            let flight = self.note_flight(now, in_flight.saturating_add(len), rtt);
             if self.cwnd < flight.saturating_mul(2) {
                 self.cwnd = self
                     .cwnd
@@ -401,6 +430,35 @@ mod test {
         let before = cubic.window();
         cubic.on_ack(Instant::from_millis(50), MSS, MSS * 3, &rtte());
         assert_eq!(cubic.window(), before);
+    }
+
+    #[test]
+    fn slow_start_grows_by_every_ack_of_a_batch_that_drains_the_flight() {
+        let mut rtt = RttEstimator::default();
+        rtt.sample(50);
+        let mut cubic = Cubic::new();
+        cubic.set_mss(MSS);
+        cubic.set_remote_window(MSS * 64);
+        cubic.cwnd = MSS * 10;
+        // The initial window's ten segments ACKed in pairs, the ACKs
+        // handled back to back (nothing sent between them): the flight an
+        // ACK leaves falls to 0, yet the window was full. Grown by all ten,
+        // as Linux: a round of 20 next (it was 14).
+        for i in 0..5 {
+            cubic.on_ack(
+                Instant::from_millis(100 + i),
+                2 * MSS,
+                MSS * (8 - 2 * i as usize),
+                &rtt,
+            );
+        }
+        assert_eq!(cubic.window(), MSS * 20);
+        // Application-limited for round trips after: flights of 3 segments
+        // do not grow a window of 20.
+        for i in 0..6 {
+            cubic.on_ack(Instant::from_millis(200 + 25 * i), MSS, MSS * 2, &rtt);
+        }
+        assert_eq!(cubic.window(), MSS * 20);
     }
 
     #[test]
