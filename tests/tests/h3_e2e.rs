@@ -409,6 +409,18 @@ fn an_http3_request_in_flight_across_a_binary_upgrade_completes() {
             std::thread::sleep(std::time::Duration::from_millis(500));
             // SAFETY: kill(2) on the supervisor this test started.
             unsafe { libc::kill(engine.supervisor_pid(), libc::SIGUSR2) };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !engine.log().contains("the NIC queues are ours") {
+                assert!(std::time::Instant::now() < deadline, "{}", engine.log());
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            // Otherwise the test would pass without a download across the
+            // hand-over.
+            assert!(
+                !slow.is_finished(),
+                "the download ended before the hand-over:\n{}",
+                engine.log()
+            );
             slow.join().expect("h3 client thread")
         });
         let log = engine.log();

@@ -411,13 +411,13 @@ fn a_stop_mid_upgrade_lets_the_old_engines_request_finish() {
         std::fs::write(&path, config(1, false)).unwrap();
         let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
         let ns = lab.ns("client");
-        // 3 s at the origin: it is still in flight on the old engine when
-        // the stop comes, well inside the 15 s drain.
+        // 6 s at the origin: it is still in flight on the old engine when
+        // the stop comes (checked below), well inside the 15 s drain.
         let slow = std::thread::spawn(move || {
             Command::new("ip")
-                .args(["netns", "exec", &ns, "curl", "-sS", "-m", "12"])
+                .args(["netns", "exec", &ns, "curl", "-sS", "-m", "20"])
                 .args(["-o", "/dev/null", "-w", "%{http_code}"])
-                .arg(format!("http://{VIP}/slow/3000"))
+                .arg(format!("http://{VIP}/slow/6000"))
                 .output()
                 .expect("curl")
         });
@@ -426,6 +426,12 @@ fn a_stop_mid_upgrade_lets_the_old_engines_request_finish() {
         unsafe { libc::kill(engine.supervisor_pid(), libc::SIGUSR2) };
         wait_log(&engine, "the NIC queues are ours", 1);
         engine.sigterm();
+        // Otherwise the test would pass without a request on the old engine.
+        assert!(
+            !slow.is_finished(),
+            "the request ended before the hand-over:\n{}",
+            engine.log()
+        );
         let out = slow.join().expect("curl thread");
         let exit = engine.wait_exit(Duration::from_secs(45));
         let log = engine.log();
