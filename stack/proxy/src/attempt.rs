@@ -322,6 +322,16 @@ impl Attempt {
         cx.net.mark(handle);
     }
 
+    /// Ends the connection after a whole response: to the worker's pool
+    /// when `reuse`, else closed with a FIN.
+    pub(crate) fn release_or_close<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>, reuse: bool) {
+        if reuse {
+            self.release(cx);
+        } else {
+            self.close(cx, false);
+        }
+    }
+
     /// Moves the connection to the stack's closing list (FIN, or a reset).
     /// The caller clears what it buffered from it: bytes an origin sent past
     /// its response must not prefix the next upstream's.
