@@ -305,8 +305,15 @@ impl Revalidation {
         self.from_upstream.consume(resp.head_len);
         match out {
             Some(OnResponse::Serve(_)) if resp.status == 304 => {
-                // The stored object has the 304's fields and freshness.
-                cx.stats.cache_background_refreshed += 1;
+                if self.fetch.req.refreshed() {
+                    // The stored object has the 304's fields and freshness.
+                    cx.stats.cache_background_refreshed += 1;
+                } else {
+                    // Nothing refreshed: the merged response may no longer
+                    // be stored (the stale copy went with it), or the
+                    // object was evicted or replaced meanwhile.
+                    cx.stats.cache_background_failed += 1;
+                }
                 if reusable_304 {
                     if let Some(up) = self.att.conn.as_mut() {
                         up.served += 1;

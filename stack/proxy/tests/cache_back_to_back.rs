@@ -1301,6 +1301,39 @@ fn a_background_revalidation_that_gets_an_uncacheable_answer_ends_the_stale_copy
     assert_eq!(origin_hits(&lab, "/cached/swr5"), 3);
 }
 
+/// A 304 that makes the response private refreshes nothing (the stale
+/// copy is evicted): the revalidation failed, it did not refresh.
+#[test]
+fn a_background_304_that_refreshes_nothing_is_counted_failed_not_refreshed() {
+    let mut lab = lab();
+    let c = lab.connect();
+    stored_then_stale(&mut lab, c, "/cached/swr6");
+    lab.cache_control = "private, max-age=60".into();
+    let r = stale_at_once(&mut lab, c, "/cached/swr6", 50);
+    assert_eq!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+    for _ in 0..20 {
+        lab.step(10);
+    }
+    assert_eq!(
+        conditional_hits(&lab, "/cached/swr6"),
+        1,
+        "{:?}",
+        lab.origin_requests
+    );
+    let s = lab.edge.stats();
+    assert_eq!(
+        (
+            s.cache_background_revalidations,
+            s.cache_background_refreshed,
+            s.cache_background_failed
+        ),
+        (1, 0, 1)
+    );
+    let r = lab.exchange(c, &get("/cached/swr6"));
+    assert_eq!(header(&r, "x-cache"), Some("MISS"), "{}", r.head);
+    assert!(lab.edge.cache().locks.is_empty());
+}
+
 #[test]
 fn a_drain_does_not_wait_for_a_background_revalidation() {
     let mut lab = lab();
