@@ -17,7 +17,7 @@ use crate::cache::{self, CacheReq, OnResponse};
 use crate::detached_fill::{DetachedFill, FillStep};
 use crate::error::ProxyError;
 use crate::http::{BodyFraming, ByteBuf, head};
-use crate::lb::Upstream;
+use crate::lb::{Upstream, UpstreamRegistry};
 use crate::net::{Instant, StreamId};
 use crate::phases::ProxyHttp;
 use crate::proxy::{Body, Ctx};
@@ -144,9 +144,11 @@ impl Revalidation {
         matches!(self.step, Step::Fill { .. })
     }
 
-    /// A drain: the exchange ends here (its socket is reset by the caller);
-    /// the lock is released and the stale copy stays.
-    pub fn abandon(&mut self) {
+    /// A drain or a stop: the exchange ends here (its socket is reset by
+    /// the caller); its pick, if not yet judged, goes back to the pool
+    /// unjudged, the lock is released and the stale copy stays.
+    pub fn abandon(&mut self, registry: &mut UpstreamRegistry, now: Instant) {
+        self.att.cancel(registry, now);
         self.att.conn = None;
         self.writer = None;
         self.step = Step::Done;
@@ -379,6 +381,9 @@ impl Revalidation {
     fn fail<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>, err: ProxyError) {
         tracing::debug!(error = %err, "background revalidation failed");
         cx.stats.cache_background_failed += 1;
+        // A pick that failed was judged already (`Attempt::failed`); one
+        // never sent (no Host fits) goes back unjudged.
+        self.att.settle(cx, None);
         self.att.close(cx, true);
         self.step = Step::Done;
     }
