@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::error::ProxyError;
 use crate::http::{BodyFraming, ByteBuf};
 use crate::lb::conn_pool::{DEFAULT_IDLE, PoolKey, UpstreamConn};
-use crate::lb::{PickError, RequestBody, Upstream};
+use crate::lb::{PickError, RequestBody, Upstream, UpstreamRegistry};
 use crate::net::{Instant, StreamState};
 use crate::phases::ProxyHttp;
 use crate::proxy::{Ctx, after};
@@ -268,22 +268,32 @@ impl Attempt {
     /// Reports the attempt's outcome to the pool (health, breaker); `None`
     /// gives back a pick that was never judged.
     pub(crate) fn settle<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>, ok: Option<bool>) {
+        let Some(ok) = ok else {
+            return self.cancel(cx.registry, cx.now);
+        };
         let (Some(ep), Some(pool)) = (self.ep.take(), self.pool.clone()) else {
             return;
         };
-        if let Some(p) = cx.registry.pool_mut(&pool) {
-            let ejected = match ok {
-                Some(ok) => p.finish(&pool, ep, ok, cx.now),
-                None => {
-                    p.cancel(&pool, ep, cx.now);
-                    false
-                }
-            };
-            if ejected && let Some(&addr) = pool.endpoints.get(ep) {
-                // Its idle connections leave rotation with it.
-                let (conn_pool, net) = cx.conn_pool();
-                conn_pool.evict_endpoint(&pool, addr, net);
-            }
+        if let Some(p) = cx.registry.pool_mut(&pool)
+            && p.finish(&pool, ep, ok, cx.now)
+            && let Some(&addr) = pool.endpoints.get(ep)
+        {
+            // Ejected: its idle connections leave rotation with it.
+            let (conn_pool, net) = cx.conn_pool();
+            conn_pool.evict_endpoint(&pool, addr, net);
+        }
+    }
+
+    /// Gives back a pick that was never judged (its in-flight slot, a
+    /// half-open breaker probe): `settle(None)`, also where no `Ctx` is at
+    /// hand (a session the stack ends from outside its drive). Once: a
+    /// settled pick is not given back again.
+    pub(crate) fn cancel(&mut self, registry: &mut UpstreamRegistry, now: Instant) {
+        let (Some(ep), Some(pool)) = (self.ep.take(), self.pool.as_ref()) else {
+            return;
+        };
+        if let Some(p) = registry.pool_mut(pool) {
+            p.cancel(pool, ep, now);
         }
     }
 
@@ -320,6 +330,16 @@ impl Attempt {
         conn_pool.release(key, up, tls, limit, max_requests, idle, net);
         // Its idle timer (or its FIN) is armed in this pass.
         cx.net.mark(handle);
+    }
+
+    /// Ends the connection after a whole response: to the worker's pool
+    /// when `reuse`, else closed with a FIN.
+    pub(crate) fn release_or_close<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>, reuse: bool) {
+        if reuse {
+            self.release(cx);
+        } else {
+            self.close(cx, false);
+        }
     }
 
     /// Moves the connection to the stack's closing list (FIN, or a reset).
@@ -410,5 +430,40 @@ impl Attempt {
         // opens a fresh one (Pingora's `ReusedOnly`).
         self.fresh_only = stale_keep_alive;
         self.pick(cx).map_err(ProxyError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_gives_a_pick_back_once() {
+        let pool = Arc::new(Upstream::simple(
+            "origin",
+            0,
+            &["10.0.0.3:8080".parse().unwrap()],
+        ));
+        let now = Instant::from_millis(0);
+        let mut reg = UpstreamRegistry::new();
+        reg.sync(std::slice::from_ref(&pool), now);
+        let in_flight = |reg: &UpstreamRegistry| reg.stats(now).pools[0].1.endpoints[0].in_flight;
+        let pick = |reg: &mut UpstreamRegistry| {
+            let p = reg.pool_mut(&pool).unwrap();
+            p.pick(&pool, 0, &[], now).unwrap()
+        };
+        let mut att = Attempt {
+            pool: Some(pool.clone()),
+            ep: Some(pick(&mut reg)),
+            ..Attempt::default()
+        };
+        assert_eq!(in_flight(&reg), 1);
+        att.cancel(&mut reg, now);
+        assert_eq!(in_flight(&reg), 0);
+        // Another request's pick of the same endpoint is not given back by
+        // a second end of this one.
+        pick(&mut reg);
+        att.cancel(&mut reg, now);
+        assert_eq!(in_flight(&reg), 1);
     }
 }

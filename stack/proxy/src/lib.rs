@@ -14,6 +14,7 @@ pub mod canary;
 mod client_io;
 mod client_side;
 pub mod config;
+mod detached_fill;
 pub mod error;
 mod h2_session;
 mod h3_session;

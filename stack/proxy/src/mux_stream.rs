@@ -98,10 +98,7 @@ enum Step {
     },
     /// The client is gone while the response is stored: the rest of the
     /// origin's body goes into the object only.
-    CacheFill {
-        body: Body,
-        keep_upstream: bool,
-    },
+    CacheFill(crate::detached_fill::DetachedFill),
     /// A local answer's body waits for window.
     Local {
         sent: usize,

@@ -4,7 +4,6 @@
 
 mod cached;
 pub(crate) mod plugin_body;
-pub(crate) use cached::feed_fill;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -131,10 +130,7 @@ enum Phase {
     },
     /// The client left mid-body while the body was being stored: the
     /// rest comes from the origin into the object, for its other readers.
-    CacheFill {
-        body: Body,
-        keep_upstream: bool,
-    },
+    CacheFill(crate::detached_fill::DetachedFill),
     /// After `101 Switching Protocols`: bytes both ways until one side ends.
     Tunnel,
     /// The answer is out and our FIN sent, but the client may still be

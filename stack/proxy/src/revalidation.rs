@@ -6,7 +6,7 @@
 //! (one revalidation per key at a time); a 304 refreshes the stored object
 //! and a cacheable response replaces it, both through the cache's usual
 //! response path (`cache::origin_head`), the new body read into the store
-//! as a detached fill reads it (`proxy::feed_fill`). An error or an
+//! as a detached fill reads it (`detached_fill`). An error or an
 //! uncacheable answer leaves the stale copy; the lock is released, so a
 //! later stale hit tries again. At most [`MAX_BACKGROUND`] run per worker.
 
@@ -14,9 +14,10 @@ use std::sync::Arc;
 
 use crate::attempt::{Attempt, Connecting, Started};
 use crate::cache::{self, CacheReq, OnResponse};
+use crate::detached_fill::{DetachedFill, FillStep};
 use crate::error::ProxyError;
 use crate::http::{BodyFraming, ByteBuf, head};
-use crate::lb::Upstream;
+use crate::lb::{Upstream, UpstreamRegistry};
 use crate::net::{Instant, StreamId};
 use crate::phases::ProxyHttp;
 use crate::proxy::{Body, Ctx};
@@ -98,10 +99,7 @@ enum Step {
     },
     ReadHead,
     /// A replacing response's body into the store.
-    Fill {
-        body: Body,
-        keep_upstream: bool,
-    },
+    Fill(DetachedFill),
     Done,
 }
 
@@ -146,9 +144,11 @@ impl Revalidation {
         matches!(self.step, Step::Fill { .. })
     }
 
-    /// A drain: the exchange ends here (its socket is reset by the caller);
-    /// the lock is released and the stale copy stays.
-    pub fn abandon(&mut self) {
+    /// A drain or a stop: the exchange ends here (its socket is reset by
+    /// the caller); its pick, if not yet judged, goes back to the pool
+    /// unjudged, the lock is released and the stale copy stays.
+    pub fn abandon(&mut self, registry: &mut UpstreamRegistry, now: Instant) {
+        self.att.cancel(registry, now);
         self.att.conn = None;
         self.writer = None;
         self.step = Step::Done;
@@ -307,8 +307,15 @@ impl Revalidation {
         self.from_upstream.consume(resp.head_len);
         match out {
             Some(OnResponse::Serve(_)) if resp.status == 304 => {
-                // The stored object has the 304's fields and freshness.
-                cx.stats.cache_background_refreshed += 1;
+                if self.fetch.req.refreshed() {
+                    // The stored object has the 304's fields and freshness.
+                    cx.stats.cache_background_refreshed += 1;
+                } else {
+                    // Nothing refreshed: the merged response may no longer
+                    // be stored (the stale copy went with it), or the
+                    // object was evicted or replaced meanwhile.
+                    cx.stats.cache_background_failed += 1;
+                }
                 if reusable_304 {
                     if let Some(up) = self.att.conn.as_mut() {
                         up.served += 1;
@@ -322,10 +329,8 @@ impl Revalidation {
             Some(OnResponse::Store(w)) => {
                 cx.stats.cache_background_replaced += 1;
                 self.writer = Some(cache::Filler::new(w));
-                self.step = Step::Fill {
-                    body: Body::from_framing(resp.framing),
-                    keep_upstream: resp.reusable,
-                };
+                let body = Body::from_framing(resp.framing);
+                self.step = Step::Fill(DetachedFill::new(body, resp.reusable));
                 self.deadline = self.att.read_deadline(cx);
             }
             // An error, an uncacheable answer, a 304 selecting nothing:
@@ -339,73 +344,25 @@ impl Revalidation {
         true
     }
 
-    /// Reads the new body into the object (as `Step::CacheFill` does for a
-    /// client that left).
+    /// Reads the new body into the object (as a client that left has it
+    /// read, `detached_fill`).
     fn fill<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) -> bool {
-        let got = self.att.fill(cx, &mut self.from_upstream);
-        let open = self.att.may_recv(cx);
-        let Step::Fill {
-            body,
-            keep_upstream,
-        } = &mut self.step
-        else {
+        let Step::Fill(fill) = &mut self.step else {
             unreachable!()
         };
-        let Some(w) = self.writer.as_mut() else {
-            self.end_fill(cx);
-            return true;
-        };
-        let avail = self.from_upstream.filled();
-        let Ok((take, done)) = crate::proxy::feed_fill(body, avail, open, w) else {
-            cx.stats.upstream_errors += 1;
-            self.end_fill(cx);
-            return true;
-        };
-        let keep_upstream = *keep_upstream;
-        self.from_upstream.consume(take);
-        if w.stop() {
-            self.end_fill(cx);
-            return true;
-        }
-        if done {
-            if let Some(w) = self.writer.take() {
-                w.finish();
+        let (buf, writer) = (&mut self.from_upstream, &mut self.writer);
+        match fill.step(cx, &mut self.att, buf, writer, &mut self.deadline) {
+            FillStep::Running(moved) => return moved,
+            FillStep::Done { reuse } => self.att.release_or_close(cx, reuse),
+            FillStep::Failed => {
+                // The object is aborted (its readers see it end short), the
+                // connection reset.
+                self.writer = None;
+                self.att.close(cx, true);
             }
-            if let Some(up) = self.att.conn.as_mut() {
-                up.served += 1;
-            }
-            if keep_upstream && self.from_upstream.is_empty() {
-                self.att.release(cx);
-            } else {
-                self.att.close(cx, false);
-            }
-            self.step = Step::Done;
-            return true;
         }
-        if !open && self.from_upstream.is_empty() {
-            // Truncated by the origin: the readers see it end short.
-            cx.stats.upstream_errors += 1;
-            self.end_fill(cx);
-            return true;
-        }
-        if got > 0 || take > 0 {
-            self.deadline = self.att.read_deadline(cx);
-            return true;
-        }
-        if cx.now >= self.deadline {
-            cx.stats.upstream_errors += 1;
-            self.end_fill(cx);
-            return true;
-        }
-        false
-    }
-
-    /// A fill that cannot finish: the object is aborted (its readers see
-    /// it end short), the connection reset.
-    fn end_fill<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>) {
-        self.writer = None;
-        self.att.close(cx, true);
         self.step = Step::Done;
+        true
     }
 
     /// The attempt failed: retried as the pool allows (a GET without a
@@ -424,6 +381,9 @@ impl Revalidation {
     fn fail<P: ProxyHttp>(&mut self, cx: &mut Ctx<'_, P>, err: ProxyError) {
         tracing::debug!(error = %err, "background revalidation failed");
         cx.stats.cache_background_failed += 1;
+        // A pick that failed was judged already (`Attempt::failed`); one
+        // never sent (no Host fits) goes back unjudged.
+        self.att.settle(cx, None);
         self.att.close(cx, true);
         self.step = Step::Done;
     }

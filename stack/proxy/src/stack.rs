@@ -791,7 +791,7 @@ impl<P: ProxyHttp> Stack<P> {
                     if let Some((u, port)) = r.upstream() {
                         streams.retire(u, Some(port), true);
                     }
-                    r.abandon();
+                    r.abandon(&mut self.app.registry, now);
                     slot.conn = None;
                     self.app.free_conns.push(idx as u32);
                     self.app.background.running -= 1;
@@ -826,7 +826,7 @@ impl<P: ProxyHttp> Stack<P> {
                         streams.stream(u).abort();
                     }
                     if let Some(Session::Revalidation(r)) = &mut slot.conn {
-                        r.abandon();
+                        r.abandon(&mut self.app.registry, now);
                     }
                     slot.conn = None;
                     self.app.free_conns.push(idx as u32);

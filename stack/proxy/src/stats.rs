@@ -49,9 +49,10 @@ pub struct StackStats {
     /// aborted instead, so one connection cannot hold many upstreams.
     pub cache_fills_refused: u64,
     /// Background revalidations (`stale-while-revalidate`) started; of
-    /// those, refreshed by a 304, replaced by a new response, failed (an
-    /// error or an uncacheable answer: the stale copy stays); and those
-    /// not started (the worker ran its maximum, or drained).
+    /// those, refreshed by a 304 (the stored object took it), replaced by
+    /// a new response, failed (an error, an uncacheable answer, a 304 that
+    /// refreshed nothing); and those not started (the worker ran its
+    /// maximum, or drained).
     pub cache_background_revalidations: u64,
     pub cache_background_refreshed: u64,
     pub cache_background_replaced: u64,

@@ -1301,6 +1301,77 @@ fn a_background_revalidation_that_gets_an_uncacheable_answer_ends_the_stale_copy
     assert_eq!(origin_hits(&lab, "/cached/swr5"), 3);
 }
 
+/// A 304 that makes the response private refreshes nothing (the stale
+/// copy is evicted): the revalidation failed, it did not refresh.
+#[test]
+fn a_background_304_that_refreshes_nothing_is_counted_failed_not_refreshed() {
+    let mut lab = lab();
+    let c = lab.connect();
+    stored_then_stale(&mut lab, c, "/cached/swr6");
+    lab.cache_control = "private, max-age=60".into();
+    let r = stale_at_once(&mut lab, c, "/cached/swr6", 50);
+    assert_eq!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+    for _ in 0..20 {
+        lab.step(10);
+    }
+    assert_eq!(
+        conditional_hits(&lab, "/cached/swr6"),
+        1,
+        "{:?}",
+        lab.origin_requests
+    );
+    let s = lab.edge.stats();
+    assert_eq!(
+        (
+            s.cache_background_revalidations,
+            s.cache_background_refreshed,
+            s.cache_background_failed
+        ),
+        (1, 0, 1)
+    );
+    let r = lab.exchange(c, &get("/cached/swr6"));
+    assert_eq!(header(&r, "x-cache"), Some("MISS"), "{}", r.head);
+    assert!(lab.edge.cache().locks.is_empty());
+}
+
+/// The balancer's in-flight picks on the origin pool's one endpoint.
+fn in_flight(lab: &Lab) -> u64 {
+    lab.edge.upstream_stats().pools[0].1.endpoints[0].in_flight
+}
+
+/// A stale hit's background revalidation waits on an origin that never
+/// answers (its pick is out) until `end` ends it: the pick goes back to
+/// the balancer, the lock is released.
+fn revalidation_ended_gives_its_pick_back(path: &str, end: impl FnOnce(&mut Lab)) {
+    let mut lab = lab();
+    let c = lab.connect();
+    stored_then_stale(&mut lab, c, path);
+    assert_eq!(in_flight(&lab), 0);
+    lab.origin = Origin::BlackHole;
+    let r = stale_at_once(&mut lab, c, path, 50);
+    assert_eq!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+    assert_eq!(in_flight(&lab), 1, "the revalidation's pick");
+    end(&mut lab);
+    assert_eq!(in_flight(&lab), 0, "least-connections would shun it");
+    assert!(lab.edge.cache().locks.is_empty());
+}
+
+#[test]
+fn a_background_revalidation_a_drain_ends_gives_its_pick_back() {
+    revalidation_ended_gives_its_pick_back("/cached/swr7", |lab| {
+        let now = lab.now;
+        lab.edge.begin_drain(now);
+    });
+}
+
+#[test]
+fn a_background_revalidation_a_stop_cuts_gives_its_pick_back() {
+    revalidation_ended_gives_its_pick_back("/cached/swr8", |lab| {
+        let now = lab.now;
+        lab.edge.close_idle_upstreams(now);
+    });
+}
+
 #[test]
 fn a_drain_does_not_wait_for_a_background_revalidation() {
     let mut lab = lab();

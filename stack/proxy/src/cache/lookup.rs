@@ -150,6 +150,7 @@ pub(crate) fn lookup(
             arrived: wall,
             lock_deadline: h.anchor.mono(now),
             disk_tried: false,
+            refreshed: false,
         }));
     }
     let cloaked = !route.key().ignore_params.is_empty()
@@ -385,6 +386,7 @@ fn decide_once(
             arrived: d.arrived,
             lock_deadline: deadline,
             disk_tried: d.disk_tried,
+            refreshed: false,
         })
     };
     // Holds the key's lock to revalidate `hit`, or serves it stale while

@@ -421,6 +421,9 @@ pub(crate) struct CacheReq {
     /// The request asked the disk tier once (it asks at most once: a key
     /// whose files do not answer it must not load again and again).
     disk_tried: bool,
+    /// A 304 refreshed the stored object (not just served it once: the
+    /// object may have become unstorable, been evicted or replaced).
+    refreshed: bool,
 }
 
 impl std::fmt::Debug for CacheReq {
@@ -439,6 +442,12 @@ impl CacheReq {
     pub fn conditional(&self) -> Option<ferrogate_cache::revalidate::Conditional> {
         let (hit, _) = self.stale.as_ref()?;
         Some(ferrogate_cache::revalidate::conditional_request(hit.meta()))
+    }
+
+    /// Whether the origin's 304 refreshed the stored object (see
+    /// `OnResponse::Serve`: it may also serve it once without).
+    pub fn refreshed(&self) -> bool {
+        self.refreshed
     }
 
     /// The request goes upstream now: its `request_time`.

@@ -191,6 +191,7 @@ fn on_response(
                 }
                 return OnResponse::Serve(hit.object);
             }
+            req.refreshed = true;
             if let Some(p) = req.permit.take() {
                 p.stored();
             }

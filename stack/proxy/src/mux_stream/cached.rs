@@ -11,6 +11,7 @@ use ferrogate_cache::{CacheStatus, Object, Read};
 use super::{MuxStream, Peer, SEND_QUANTUM, Step};
 use crate::cache::{self, Lookup, OnResponse, Part, Waited};
 use crate::client_side::{ClientSide, StreamAbort};
+use crate::detached_fill::{DetachedFill, FillStep};
 use crate::error::ProxyError;
 use crate::http::{BodyFraming, ResponseHead, head};
 use crate::lb::Upstream;
@@ -527,10 +528,7 @@ impl<P: ProxyHttp, C: ClientSide> MuxStream<P, C> {
         // No client: a body phase in flight ends here (its contexts too).
         self.plugin_body = None;
         self.end_plugins(cx);
-        self.step = Step::CacheFill {
-            body,
-            keep_upstream,
-        };
+        self.step = Step::CacheFill(DetachedFill::new(body, keep_upstream));
         self.deadline = self.att.read_deadline(cx);
         true
     }
@@ -542,62 +540,27 @@ impl<P: ProxyHttp, C: ClientSide> MuxStream<P, C> {
 
     /// Reads the origin's body into the object (`Step::CacheFill`).
     pub(super) fn cache_fill(&mut self, cx: &mut Ctx<'_, P>) -> bool {
-        let got = self.att.fill(cx, &mut self.from_upstream);
-        let open = self.att.may_recv(cx);
-        let Step::CacheFill {
-            body,
-            keep_upstream,
-        } = &mut self.step
-        else {
+        let Step::CacheFill(fill) = &mut self.step else {
             unreachable!()
         };
-        let Some(w) = self.cache_writer.as_mut() else {
-            self.finish(cx, true);
-            return true;
-        };
-        let avail = self.from_upstream.filled();
-        let Ok((take, done)) = crate::proxy::feed_fill(body, avail, open, w) else {
-            cx.stats.upstream_errors += 1;
-            self.finish(cx, true);
-            return true;
-        };
-        let keep_upstream = *keep_upstream;
-        self.from_upstream.consume(take);
-        if w.stop() {
-            // Nobody reads it any more (or far behind): stop here.
-            self.finish(cx, true);
-            return true;
-        }
-        if done {
-            if let Some(w) = self.cache_writer.take() {
-                w.finish();
+        let writer = &mut self.cache_writer;
+        match fill.step(
+            cx,
+            &mut self.att,
+            &mut self.from_upstream,
+            writer,
+            &mut self.deadline,
+        ) {
+            FillStep::Running(moved) => moved,
+            FillStep::Done { reuse } => {
+                self.att.release_or_close(cx, reuse);
+                self.step = Step::Done;
+                true
             }
-            if let Some(up) = self.att.conn.as_mut() {
-                up.served += 1;
+            FillStep::Failed => {
+                self.finish(cx, true);
+                true
             }
-            if keep_upstream && self.from_upstream.is_empty() {
-                self.att.release(cx);
-            } else {
-                self.att.close(cx, false);
-            }
-            self.step = Step::Done;
-            return true;
         }
-        if !open && self.from_upstream.is_empty() {
-            // Truncated by the origin: the readers see it end short.
-            cx.stats.upstream_errors += 1;
-            self.finish(cx, true);
-            return true;
-        }
-        if got > 0 || take > 0 {
-            self.deadline = self.att.read_deadline(cx);
-            return true;
-        }
-        if cx.now >= self.deadline {
-            cx.stats.upstream_errors += 1;
-            self.finish(cx, true);
-            return true;
-        }
-        false
     }
 }

@@ -12,6 +12,7 @@ use ferrogate_cache::{CacheStatus, Object, Read};
 
 use super::{Conn, Ctx, Phase, after};
 use crate::cache::{self, Lookup, OnResponse, Part, Waited};
+use crate::detached_fill::{DetachedFill, FillStep};
 use crate::error::ProxyError;
 use crate::http::{BodyFraming, ResponseHead, head};
 use crate::lb::Upstream;
@@ -210,71 +211,31 @@ impl<P: ProxyHttp> Conn<P> {
         // No client: a body phase in flight ends here (its contexts too).
         self.plugin_body = None;
         self.end_plugins(cx);
-        self.phase = Phase::CacheFill {
-            body,
-            keep_upstream,
-        };
+        self.phase = Phase::CacheFill(DetachedFill::new(body, keep_upstream));
         self.deadline = self.att.read_deadline(cx);
         true
     }
 
     /// Reads the origin's body into the object (`Phase::CacheFill`).
     pub(super) fn cache_fill(&mut self, cx: &mut Ctx<'_, P>) -> bool {
-        let got = self.fill_from_upstream(cx);
-        let open = self.upstream_may_recv(cx);
-        let Phase::CacheFill {
-            body,
-            keep_upstream,
-        } = &mut self.phase
-        else {
+        let Phase::CacheFill(fill) = &mut self.phase else {
             unreachable!()
         };
-        let Some(w) = self.cache_writer.as_mut() else {
-            self.finish(cx, true);
-            return true;
-        };
-        let avail = self.bufs.from_upstream.filled();
-        let Ok((take, done)) = feed_fill(body, avail, open, w) else {
-            cx.stats.upstream_errors += 1;
-            self.finish(cx, true);
-            return true;
-        };
-        let keep_upstream = *keep_upstream;
-        self.bufs.from_upstream.consume(take);
-        if w.stop() {
-            // Nobody reads it any more (or far behind): stop here.
-            self.finish(cx, true);
-            return true;
-        }
-        if done {
-            if let Some(w) = self.cache_writer.take() {
-                w.finish();
+        let (buf, writer) = (&mut self.bufs.from_upstream, &mut self.cache_writer);
+        match fill.step(cx, &mut self.att, buf, writer, &mut self.deadline) {
+            FillStep::Running(moved) => moved,
+            FillStep::Done { reuse } => {
+                if reuse {
+                    self.release_upstream(cx);
+                }
+                self.finish(cx, false);
+                true
             }
-            if let Some(up) = self.att.conn.as_mut() {
-                up.served += 1;
+            FillStep::Failed => {
+                self.finish(cx, true);
+                true
             }
-            if keep_upstream && self.bufs.from_upstream.is_empty() {
-                self.release_upstream(cx);
-            }
-            self.finish(cx, false);
-            return true;
         }
-        if !open && self.bufs.from_upstream.is_empty() {
-            // Truncated by the origin: the readers see it end short.
-            cx.stats.upstream_errors += 1;
-            self.finish(cx, true);
-            return true;
-        }
-        if got > 0 || take > 0 {
-            self.deadline = self.att.read_deadline(cx);
-            return true;
-        }
-        if cx.now >= self.deadline {
-            cx.stats.upstream_errors += 1;
-            self.finish(cx, true);
-            return true;
-        }
-        false
     }
 
     /// The origin failed: a stored response that may stand in for the
@@ -560,37 +521,4 @@ impl<P: ProxyHttp> Conn<P> {
             }
         }
     }
-}
-
-/// Feeds the origin's body octets in `avail` to an object being stored with
-/// no client reading it (HTTP/1 and HTTP/2 alike): the octets taken and
-/// whether the body ended. `Err` when the chunk framing is broken.
-pub(crate) fn feed_fill(
-    body: &mut super::Body,
-    avail: &[u8],
-    open: bool,
-    w: &mut cache::Filler,
-) -> Result<(usize, bool), ()> {
-    let push = |w: &mut cache::Filler, d: &[u8]| {
-        if !d.is_empty() {
-            w.push(d);
-        }
-    };
-    Ok(match body {
-        super::Body::Done => (0, true),
-        super::Body::Length(n) => {
-            let t = (*n).min(avail.len() as u64) as usize;
-            *n -= t as u64;
-            push(w, &avail[..t]);
-            (t, *n == 0)
-        }
-        super::Body::Chunked(dec) => {
-            let t = dec.feed_with(avail, |d| push(w, d)).map_err(|_| ())?;
-            (t, dec.is_done())
-        }
-        super::Body::UntilClose => {
-            push(w, avail);
-            (avail.len(), !open)
-        }
-    })
 }
