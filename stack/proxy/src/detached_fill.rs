@@ -47,8 +47,25 @@ impl DetachedFill {
 
     /// Reads what the origin sent over `att`'s connection into
     /// `from_upstream` and feeds the body's octets to `writer`. `deadline`
-    /// is the origin's read deadline, renewed whenever octets move.
+    /// is the origin's read deadline, renewed whenever octets move. On
+    /// `Failed` the writer is dropped (the object aborted: its readers see
+    /// it end short) whatever the caller does next.
     pub(crate) fn step<P: ProxyHttp>(
+        &mut self,
+        cx: &mut Ctx<'_, P>,
+        att: &mut Attempt,
+        from_upstream: &mut ByteBuf,
+        writer: &mut Option<Filler>,
+        deadline: &mut Instant,
+    ) -> FillStep {
+        let step = self.advance(cx, att, from_upstream, writer, deadline);
+        if matches!(step, FillStep::Failed) {
+            *writer = None;
+        }
+        step
+    }
+
+    fn advance<P: ProxyHttp>(
         &mut self,
         cx: &mut Ctx<'_, P>,
         att: &mut Attempt,

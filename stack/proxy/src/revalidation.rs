@@ -326,8 +326,9 @@ impl Revalidation {
                 }
                 self.step = Step::Done;
             }
+            // Counted replaced once the store has the whole new body
+            // (`fill`), failed if it ends short.
             Some(OnResponse::Store(w)) => {
-                cx.stats.cache_background_replaced += 1;
                 self.writer = Some(cache::Filler::new(w));
                 let body = Body::from_framing(resp.framing);
                 self.step = Step::Fill(DetachedFill::new(body, resp.reusable));
@@ -353,10 +354,14 @@ impl Revalidation {
         let (buf, writer) = (&mut self.from_upstream, &mut self.writer);
         match fill.step(cx, &mut self.att, buf, writer, &mut self.deadline) {
             FillStep::Running(moved) => return moved,
-            FillStep::Done { reuse } => self.att.release_or_close(cx, reuse),
+            FillStep::Done { reuse } => {
+                cx.stats.cache_background_replaced += 1;
+                self.att.release_or_close(cx, reuse);
+            }
             FillStep::Failed => {
                 // The object is aborted (its readers see it end short), the
                 // connection reset.
+                cx.stats.cache_background_failed += 1;
                 self.writer = None;
                 self.att.close(cx, true);
             }

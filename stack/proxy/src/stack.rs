@@ -822,8 +822,10 @@ impl<P: ProxyHttp> Stack<P> {
                 // No client: its upstream is reset and it ends here (a
                 // later run could otherwise retry on a new connection).
                 Session::Revalidation(r) => {
-                    if let Some((u, _)) = r.upstream() {
-                        streams.stream(u).abort();
+                    // Reset and given back with its port: the slot is freed
+                    // here, so no socket may point at it after.
+                    if let Some((u, port)) = r.upstream() {
+                        streams.retire(u, Some(port), true);
                     }
                     if let Some(Session::Revalidation(r)) = &mut slot.conn {
                         r.abandon(&mut self.app.registry, now);

@@ -50,9 +50,11 @@ pub struct StackStats {
     pub cache_fills_refused: u64,
     /// Background revalidations (`stale-while-revalidate`) started; of
     /// those, refreshed by a 304 (the stored object took it), replaced by
-    /// a new response, failed (an error, an uncacheable answer, a 304 that
-    /// refreshed nothing); and those not started (the worker ran its
-    /// maximum, or drained).
+    /// a new response (the store took all of its body), failed (an error,
+    /// an uncacheable answer, a 304 that refreshed nothing, a new body
+    /// that ended short); and those not started (the worker ran its
+    /// maximum, or drained). One a drain or stop ends counts in none of
+    /// the three.
     pub cache_background_revalidations: u64,
     pub cache_background_refreshed: u64,
     pub cache_background_replaced: u64,

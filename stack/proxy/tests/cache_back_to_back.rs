@@ -1237,6 +1237,37 @@ fn stale_while_revalidate_replaces_a_changed_object_in_the_background() {
 }
 
 #[test]
+fn a_background_revalidation_whose_new_body_ends_short_is_counted_failed_not_replaced() {
+    let mut lab = lab();
+    let c = lab.connect();
+    let body = stored_then_stale(&mut lab, c, "/cached/swr-short");
+    lab.cached_version = 2;
+    lab.cached_short_body = true;
+    let r = stale_at_once(&mut lab, c, "/cached/swr-short", 50);
+    assert_eq!(header(&r, "x-cache"), Some("STALE"), "{}", r.head);
+    assert_eq!(r.body, body);
+    for _ in 0..50 {
+        lab.step(10);
+    }
+    assert_eq!(origin_hits(&lab, "/cached/swr-short"), 2);
+    let s = lab.edge.stats();
+    assert_eq!(
+        (
+            s.cache_background_revalidations,
+            s.cache_background_replaced,
+            s.cache_background_failed
+        ),
+        (1, 0, 1)
+    );
+    // The cut object is never served as a hit.
+    lab.cached_short_body = false;
+    let r = lab.exchange(c, &get("/cached/swr-short"));
+    assert!(!r.body.starts_with(b"short"), "{r:?}");
+    assert!(r.body == body || r.body.starts_with(b"v2"), "{r:?}");
+    assert!(lab.edge.cache().locks.is_empty());
+}
+
+#[test]
 fn a_failing_background_revalidation_keeps_the_stale_copy_and_the_next_stale_hit_retries() {
     let mut lab = lab();
     let c = lab.connect();

@@ -168,6 +168,9 @@ pub struct Lab<P: ProxyHttp = StandardPhases> {
     pub cached_fail: bool,
     /// Set: `/cached` answers any conditional request 304 with this ETag.
     pub cached_304_etag: Option<String>,
+    /// Set: `/cached` answers 200 with a body cut short (Content-Length
+    /// past what is sent, then the connection closes).
+    pub cached_short_body: bool,
     /// Set: the origin sends at most this many bytes per step (a slow
     /// body, read while it is being stored).
     pub origin_pace: Option<usize>,
@@ -293,6 +296,7 @@ impl<P: ProxyHttp> Lab<P> {
             cached_version: 1,
             cached_fail: false,
             cached_304_etag: None,
+            cached_short_body: false,
             origin_pace: None,
             udp_to_client: None,
         };
@@ -514,6 +518,8 @@ impl<P: ProxyHttp> Lab<P> {
                             format!("HTTP/1.1 200 OK\r\nCache-Control: {cc}\r\nConnection: close\r\n\r\nuntil-close").into_bytes()
                         } else if self.cached_fail {
                             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown".to_vec()
+                        } else if self.cached_short_body {
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: 100\r\nETag: {etag}\r\nCache-Control: {cc}\r\n\r\nshort").into_bytes()
                         } else if let (Some(e), Some(_)) = (&self.cached_304_etag, &inm) {
                             format!("HTTP/1.1 304 Not Modified\r\nETag: {e}\r\nCache-Control: {cc}\r\n\r\n").into_bytes()
                         } else if inm.as_deref() == Some(etag.as_str()) {
@@ -588,7 +594,9 @@ impl<P: ProxyHttp> Lab<P> {
                     }
                 };
                 c.out.extend(resp);
-                c.close_after |= path == "/close" || path.contains("closebody");
+                c.close_after |= path == "/close"
+                    || path.contains("closebody")
+                    || (self.cached_short_body && path.starts_with("/cached"));
             }
             if let Some(t) = &mut c.tls {
                 if !c.out.is_empty() && !t.is_handshaking() {
