@@ -176,14 +176,28 @@ fn cache_settings(cfg: &EngineConfig) -> CacheSettings {
 /// start or a crash restart (its objects are found once the scan is done;
 /// meanwhile misses go to the origin). A tier that cannot open (a
 /// directory another engine holds, permissions, a file in the way) is
-/// logged, and the engine serves with memory only.
+/// logged, and the engine serves with memory only. Purges made until
+/// the attach are written to the directory's `purges.pending` as well, so
+/// a stop or a crash before it does not forget them.
 fn open_cache(cfg: &EngineConfig, successor: bool) -> Arc<EdgeCache> {
     let settings = cache_settings(cfg);
     if successor && settings.disk.is_some() {
-        // The predecessor holds the directory until it exits.
+        // The predecessor holds the directory until it exits (it leaves
+        // `purges.pending` to the tier's next open: this one's).
         tracing::info!("binary upgrade: the disk tier is attached once the predecessor is gone");
     }
-    Arc::new(EdgeCache::new(settings))
+    let cache = Arc::new(EdgeCache::new(settings));
+    if let Some(d) = &cache.settings.disk {
+        journal_purges_until_attached(&cache, &d.dir);
+    }
+    cache
+}
+
+/// See `MemoryStore::journal_purges_until_attached`.
+fn journal_purges_until_attached(cache: &EdgeCache, dir: &std::path::Path) {
+    if let Err(e) = cache.store.journal_purges_until_attached(dir) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot write the purges made so far to the disk tier's directory; a stop before the tier attaches forgets them");
+    }
 }
 
 /// One exception TAP queue per worker (index = worker) when a DPDK port has
@@ -1248,11 +1262,24 @@ impl Engine {
         if self.cache.disk().is_some() {
             return;
         }
+        // A reload that adds the tier: purges from now until the attach
+        // are written down too.
+        journal_purges_until_attached(&self.cache, &cfg.dir);
         let cache = self.cache.clone();
         let spawned = std::thread::Builder::new()
             .name("fg-disk-attach".into())
             .spawn(move || match cache.attach_disk(cfg) {
-                Ok(()) => tracing::info!("the response cache's disk tier is attached"),
+                Ok(()) => {
+                    tracing::info!("the response cache's disk tier is attached");
+                    if let Some(d) = cache.disk_stats()
+                        && d.pending_unreadable > 0
+                    {
+                        tracing::warn!(
+                            applied = d.pending_applied,
+                            "purges.pending in the cache directory ended in an unreadable record: a torn last append was ignored, or, if it was unreadable beyond that, every file of the disk tier was dropped"
+                        );
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "the response cache's disk tier did not open; serving with the memory tier only"),
             });
         if let Err(e) = spawned {

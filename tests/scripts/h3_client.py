@@ -37,8 +37,9 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
 
-# Headers reported per response (alt-svc must not appear on HTTP/3).
-INTERESTING = {"alt-svc", "content-length", "content-type", "x-origin", "via", "server"}
+# Headers reported per response (alt-svc must not appear on HTTP/3;
+# x-cache and age for the cache test).
+INTERESTING = {"alt-svc", "content-length", "content-type", "x-origin", "via", "server", "x-cache", "age"}
 # Bodies up to this size are printed as text.
 SHORT_BODY = 512
 

@@ -317,6 +317,55 @@ fn cache_disk_tier_survives_a_crash_and_honours_purges() {
     });
 }
 
+/// A purge made while the disk tier is not attached (here: its directory
+/// is locked by another holder, so the tier cannot open) survives a crash
+/// before the attach: the next engine does not serve the purged file.
+#[test]
+fn a_purge_before_the_disk_tier_attaches_survives_a_crash() {
+    lab_test("cache-disk-pending", || {
+        let lab = Lab::up(1);
+        let _origin = lab.start_origin("cache", ORIGIN);
+        let path = lab.state_dir().join("cache-disk.toml");
+        let disk = "\n[cache.disk]\ndir = \"cache-disk\"\nmax_bytes = 67108864\n";
+        std::fs::write(&path, format!("{}{disk}", config())).unwrap();
+        let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        engine.wait_disk_tier();
+        origin_set(&lab, "cc=max-age%3D3600");
+        for p in ["/cache/q/1", "/cache/q/2"] {
+            let (s, h, _) = get(&lab, &[&url(p)]);
+            assert_eq!(field(&h, "x-cache").as_deref(), Some("miss"), "{s} {h}");
+        }
+        let st = engine.stats_until(|s| s.get("cache_disk_written") == Some(&2));
+        assert_eq!(st.get("cache_disk_written"), Some(&2), "{st:?}");
+        engine.stop();
+        // Another holder of the directory: the next engine serves from
+        // memory only, its tier never attaching.
+        let lock = std::fs::File::open(lab.state_dir().join("cache-disk/lock")).unwrap();
+        lock.lock().unwrap();
+        let mut engine = lab.start_engine_with(&path, "af_xdp", 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !engine.log().contains("disk tier did not open") {
+            assert!(std::time::Instant::now() < deadline, "{}", engine.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ctl_ok(&lab, &["purge", "--url", &url("/cache/q/1"), "--hard"]);
+        engine.kill9();
+        drop(lock);
+        let engine = lab.start_engine_with(&path, "af_xdp", 1);
+        engine.wait_disk_tier();
+        let (_, h, _) = get(&lab, &[&url("/cache/q/1")]);
+        assert_eq!(field(&h, "x-cache").as_deref(), Some("miss"), "purged: {h}");
+        let (_, h, _) = get(&lab, &[&url("/cache/q/2")]);
+        assert_eq!(field(&h, "x-cache").as_deref(), Some("hit"), "{h}");
+        assert_eq!(origin_count(&lab, "/cache/q/1"), 2);
+        assert_eq!(origin_count(&lab, "/cache/q/2"), 1);
+        assert!(
+            !lab.state_dir().join("cache-disk/purges.pending").exists(),
+            "applied and removed"
+        );
+    });
+}
+
 /// A reload that adds `[cache.disk]` to a running cache attaches the tier
 /// (no restart): what is stored from then on is written to the directory.
 /// Any other change of `[cache]` still needs a restart, and says so.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use ferrogate_testkit::Ca;
-use ferrogate_tests::{Engine, Lab, VIP, lab_test, workspace};
+use ferrogate_tests::{Engine, Lab, VIP, ctl_ok, lab_test, workspace};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -49,6 +49,12 @@ fn have_aioquic(test: &str) -> bool {
 }
 
 fn write_config(lab: &Lab) -> PathBuf {
+    write_config_with(lab, "", "")
+}
+
+/// The lab's config with `routes` first on the TLS listener and `tables`
+/// at the end.
+fn write_config_with(lab: &Lab, routes: &str, tables: &str) -> PathBuf {
     let path = lab.state_dir().join("h3.toml");
     std::fs::write(
         &path,
@@ -73,13 +79,14 @@ http2 = true
 http3 = true
 [listeners.tls]
 certificates = [{{ cert = "a.crt", key = "a.key", names = ["a.example"] }}]
+{routes}
 [[listeners.routes]]
 name = "origin"
 upstream = "t"
 
 [http3]
 alt_svc_max_age = {ALT_SVC_MAX_AGE}
-"#
+{tables}"#
         ),
     )
     .unwrap();
@@ -445,5 +452,69 @@ fn an_http3_request_in_flight_across_a_binary_upgrade_completes() {
         }
         let after = h3_client(&lab, &dir, "--get /after");
         assert_eq!(responses(&after, "get")[0]["status"], 200, "{after}");
+    });
+}
+
+/// A cached route answered over HTTP/3 (issue #21): a MISS, then a HIT
+/// from the store (`x-cache`) with the origin asked once, and after a
+/// hard purge by URL through `ferrogate ctl purge` a MISS again. One
+/// client connection per request: the hit is not one connection's.
+#[test]
+fn a_cached_route_over_http3_misses_then_hits_and_misses_after_a_purge() {
+    lab_test("h3-cache", || {
+        if !have_aioquic("a_cached_route_over_http3_misses_then_hits_and_misses_after_a_purge") {
+            return;
+        }
+        let lab = Lab::up(1);
+        let _o = lab.start_origin("t1", "10.77.0.3:9001");
+        let dir = certs(&lab);
+        let cfg = write_config_with(
+            &lab,
+            r#"[[listeners.routes]]
+name = "cached"
+path_prefix = "/cache/"
+upstream = "t"
+cache = true
+"#,
+            "\n[cache]\nstatus_header = \"x-cache\"\n",
+        );
+        let mut engine = lab.start_engine_with(&cfg, "af_xdp", 1);
+        const PATH: &str = "/cache/h3/a";
+        let get = |want: &str| {
+            let report = h3_client(&lab, &dir, &format!("--get {PATH}"));
+            let r = responses(&report, "get");
+            assert_eq!(r.len(), 1, "{report}");
+            assert_served(r[0], &report);
+            assert_eq!(r[0]["headers"]["x-cache"], want, "{report}");
+            r[0]["body"].as_str().expect("a short body").to_string()
+        };
+        // What the origin got for the path, through the uncached listener.
+        let origin_count = || {
+            let (ok, out) = lab.client_sh(&format!(
+                "curl -sS -m 10 --fail-with-body http://{VIP}/control/count{PATH}"
+            ));
+            assert!(ok, "{out}");
+            out.trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{out}"))
+        };
+        let first = get("MISS");
+        let second = get("HIT");
+        assert_eq!(first, second, "the stored body");
+        assert_eq!(origin_count(), 1, "asked once");
+        let out = ctl_ok(
+            &lab,
+            &[
+                "purge",
+                "--url",
+                &format!("https://a.example{PATH}"),
+                "--hard",
+            ],
+        );
+        assert!(out.contains('1'), "the purge reached the object: {out}");
+        get("MISS");
+        assert_eq!(origin_count(), 2, "fetched again after the purge");
+        get("HIT");
+        assert!(engine.is_running());
     });
 }

@@ -74,7 +74,10 @@
 //!
 //! With a [`DiskTier`] (opened once at engine start with the engine's
 //! store; workers get a [`DiskHandle`]): completed objects are written and
-//! purges reach the disk without further calls. On a memory miss whose
+//! purges reach the disk without further calls. An engine that serves
+//! before the tier attaches calls
+//! [`MemoryStore::journal_purges_until_attached`] with its directory first,
+//! so that the purges made meanwhile survive a stop before the attach. On a memory miss whose
 //! key and request [`DiskHandle::contains_variant`], acquire the key's
 //! lock; with a permit, [`DiskHandle::load`] it (a full queue hands it
 //! back: fetch with it), then acquire again and wait on the ticket like

@@ -50,10 +50,21 @@
 //! between cannot serve them again, the purge writes their names to a
 //! journal ([`journal`]) before it returns, and the next open deletes
 //! what the journal names before it scans.
+//!
+//! **So do purges made before the attach** (the engine serves while the
+//! tier is scanned): told the directory
+//! ([`MemoryStore::journal_purges_until_attached`]), the store appends
+//! each one, fsynced, to `purges.pending` there ([`pending`]) before it
+//! returns; the open applies that file to the index before it attaches
+//! (and so before anything is served), and removes it once the purged
+//! files are named by the (flushed) journal. Invalidations before the
+//! attach are not written down: they come from workers, which do no file
+//! I/O, and name keys by a hash whose seed may change at the next start.
 
 mod format;
 mod index;
 mod journal;
+mod pending;
 mod worker;
 
 use std::path::PathBuf;
@@ -68,6 +79,7 @@ use crate::lock::FetchPermit;
 use crate::store::{MemoryStore, Object};
 use index::Index;
 pub(crate) use index::Matcher;
+pub(crate) use pending::PendingWriter;
 
 /// Where and how big the disk tier is.
 #[derive(Clone, Debug)]
@@ -156,8 +168,16 @@ pub struct DiskStats {
     /// Files deleted by purges.
     pub purged: u64,
     /// Purge journal writes that failed (those purges' files could come
-    /// back after a crash).
+    /// back after a crash), `purges.pending` appends before the attach
+    /// included.
     pub journal_errors: u64,
+    /// Purges made before a tier attached (this run's or an earlier
+    /// run's, from `purges.pending`) that the open applied.
+    pub pending_applied: u64,
+    /// `purges.pending` records the open could not read: a torn last
+    /// append (a crash while it was written: ignored), or a file unreadable
+    /// beyond that (every file the scan found was dropped).
+    pub pending_unreadable: u64,
 }
 
 #[derive(Debug, Default)]
@@ -173,6 +193,8 @@ struct Counters {
     corrupt_deleted: AtomicU64,
     purged: AtomicU64,
     journal_errors: AtomicU64,
+    pending_applied: AtomicU64,
+    pending_unreadable: AtomicU64,
 }
 
 /// A completed object to write.
@@ -489,6 +511,8 @@ impl DiskHandle {
             corrupt_deleted: l(&c.corrupt_deleted),
             purged: l(&c.purged),
             journal_errors: l(&c.journal_errors),
+            pending_applied: l(&c.pending_applied),
+            pending_unreadable: l(&c.pending_unreadable),
         }
     }
 }
@@ -561,6 +585,16 @@ impl DiskTier {
             .corrupt_deleted
             .store(corrupt, Ordering::Relaxed);
         shared.counters.evicted.store(evicted, Ordering::Relaxed);
+        // Purges made before a tier attached, written down by this store
+        // or by an earlier run's that stopped or crashed before its attach
+        // (`pending`). Read with the store's writer held: a purge now waits
+        // for the attach, after which the tier has it.
+        let mut writer = store.pending_writer();
+        let pending_file =
+            pending::Pending::open(&shared.cfg.dir).map_err(|source| DiskError::Io {
+                dir: shared.cfg.dir.clone(),
+                source,
+            })?;
         // The store served (and was purged) before this tier attached: at
         // engine start the scan runs beside the workers. Those purges
         // reached the memory tier only, and every file here predates them
@@ -571,10 +605,26 @@ impl DiskTier {
         let (mut gone, mut n) = (Vec::new(), 0);
         {
             let mut ix = shared.write();
+            if let Some(p) = &pending_file {
+                let p = &p.parsed;
+                let c = &shared.counters;
+                c.pending_applied
+                    .store(p.records.len() as u64, Ordering::Relaxed);
+                c.pending_unreadable
+                    .store(u64::from(p.torn || p.corrupt), Ordering::Relaxed);
+                if p.all {
+                    n += ix.purge_all(&mut gone);
+                }
+                for r in &p.records {
+                    if let Some(m) = r.matcher() {
+                        n += ix.purge(m, &mut gone);
+                    }
+                }
+            }
             if !store.attach_disk(Arc::clone(&shared)) {
                 return Err(DiskError::AlreadyAttached);
             }
-            let replayed = store.replay_purges_since(0, |m| n += ix.purge(m, &mut gone));
+            let replayed = store.replay_purges_since(0, |m, _| n += ix.purge(m, &mut gone));
             // Keys invalidated meanwhile (an unsafe method's success, an
             // origin that showed a copy invalid) go as well.
             let invalidated = store.take_pre_attach();
@@ -590,7 +640,31 @@ impl DiskTier {
                 n += ix.purge_all(&mut gone);
             }
         }
+        let errors = || shared.counters.journal_errors.load(Ordering::Relaxed);
+        let before = errors();
         shared.purged(n, gone);
+        let journaled = errors() == before;
+        // From now on purges reach the tier (and its journal), not the file.
+        if let Some(w) = writer.take() {
+            shared
+                .counters
+                .journal_errors
+                .fetch_add(w.errors, Ordering::Relaxed);
+        }
+        drop(writer);
+        if let Some(p) = pending_file {
+            // The file goes once what it purged is on disk: the files it
+            // reached are named by the journal (flushed whatever `fsync`
+            // says; purges are rare). Else it stays, to be applied again
+            // (a second time only drops files again).
+            let durable = journaled && shared.journal().sync().is_ok();
+            if !durable || p.remove().is_err() {
+                shared
+                    .counters
+                    .journal_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let (done_tx, done) = mpsc::sync_channel(1);
         let w = worker::Worker::new(Arc::clone(&shared), store, rx, loads_rx, next_seq);
         let thread = std::thread::Builder::new()

@@ -30,13 +30,14 @@ mod object;
 pub(crate) mod purge_log;
 mod shard;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-use crate::disk::{Matcher, Offer, Shared as DiskShared};
+use crate::disk::{Matcher, Offer, PendingWriter, Shared as DiskShared};
 use crate::headers::HeaderView;
 use crate::key::{
     self, CacheKey, KeyHasher, variant_bytes, variant_hash, variant_hash_of_bytes, variant_matches,
@@ -163,6 +164,9 @@ struct Inner {
     /// more than [`PRE_ATTACH_KEYS`]): a tier attaching later drops their
     /// files, which predate them.
     pre_attach: Mutex<Option<Vec<u128>>>,
+    /// Where purges go on disk until a tier attaches (see
+    /// [`MemoryStore::journal_purges_until_attached`]); taken by the attach.
+    pending: Mutex<Option<PendingWriter>>,
 }
 
 /// Invalidated keys remembered for a disk tier not attached yet; past it,
@@ -233,6 +237,7 @@ impl MemoryStore {
                 purges: PurgeLog::default(),
                 disk: OnceLock::new(),
                 pre_attach: Mutex::new(Some(Vec::new())),
+                pending: Mutex::new(None),
             }),
         }
     }
@@ -581,6 +586,7 @@ impl MemoryStore {
             Some(d) => d.purge(m, || self.inner.purges.record(what, mode)),
             None => {
                 self.inner.purges.record(what, mode);
+                self.journal_pending(Some(m), mode);
                 // A tier attached meanwhile replayed the log before this
                 // entry was in it, or sees it: its files go either way.
                 self.inner.disk.get().map_or(0, |d| d.purge(m, || {}))
@@ -588,14 +594,86 @@ impl MemoryStore {
         }
     }
 
+    /// Writes a purge made while no tier is attached to the tier's
+    /// pending file (if the store was told its directory), before the
+    /// purge returns: a stop or crash before the attach does not forget
+    /// it. A failure is counted (`DiskStats::journal_errors` once the
+    /// tier attaches); the purge still holds in memory.
+    fn journal_pending(&self, m: Option<Matcher<'_>>, mode: PurgeMode) {
+        let mut w = self.pending_writer();
+        // An attach holds this lock from before it reads the file until it
+        // took the writer away; after that, the tier has this purge.
+        if self.inner.disk.get().is_none()
+            && let Some(w) = w.as_mut()
+        {
+            let _ = w.append(m, mode);
+        }
+    }
+
+    /// The pending file's writer (the attach holds it while it reads and
+    /// removes the file).
+    pub(crate) fn pending_writer(&self) -> MutexGuard<'_, Option<PendingWriter>> {
+        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the purges made before a disk tier attaches survive a stop or
+    /// a crash: from now until a tier attaches to this store, each purge is
+    /// also appended to `purges.pending` in `dir` (the tier's directory,
+    /// created if missing) and flushed to disk before it returns, and the
+    /// purges already made are written now. The tier's open (this run's,
+    /// or the next start's) applies that file to the files it finds
+    /// before serving any, then removes it. Call before the tier's open
+    /// starts (the engine scans the directory beside its workers). Does
+    /// nothing once a tier is attached or a directory was given; the
+    /// error is that of writing the purges already made (later ones are
+    /// still written).
+    pub fn journal_purges_until_attached(&self, dir: impl Into<PathBuf>) -> std::io::Result<()> {
+        let mut slot = self.pending_writer();
+        if self.inner.disk.get().is_some() || slot.is_some() {
+            return Ok(());
+        }
+        let mut w = PendingWriter::new(dir.into());
+        // Copied out first: no file I/O under the purge log's lock (workers
+        // read it while storing). A purge recorded meanwhile waits for
+        // `slot` and is written after these.
+        let mut made = Vec::new();
+        let whole = self.replay_purges_since(0, |m, mode| {
+            made.push(match m {
+                Matcher::Url(v) => (0, v.to_vec(), mode),
+                Matcher::Prefix(v) => (1, v.to_vec(), mode),
+                Matcher::Tag(v) => (2, v.to_vec(), mode),
+            })
+        });
+        let mut r = Ok(());
+        for (kind, v, mode) in &made {
+            let m = match kind {
+                0 => Matcher::Url(v),
+                1 => Matcher::Prefix(v),
+                _ => Matcher::Tag(v),
+            };
+            if let Err(e) = w.append(Some(m), *mode) {
+                r = Err(e);
+            }
+        }
+        if !whole && let Err(e) = w.append(None, PurgeMode::Hard) {
+            r = Err(e);
+        }
+        *slot = Some(w);
+        r
+    }
+
     /// Calls `f` with a matcher for each purge recorded after `since`
     /// (a disk tier that was scanning while they ran); false when the log
     /// no longer reaches back that far.
-    pub(crate) fn replay_purges_since(&self, since: u64, mut f: impl FnMut(Matcher<'_>)) -> bool {
-        self.inner.purges.replay_since(since, |p| match p {
-            Purged::Url(u) => f(Matcher::Url(u)),
-            Purged::Prefix(p) => f(Matcher::Prefix(p)),
-            Purged::Tag(t) => f(Matcher::Tag(t)),
+    pub(crate) fn replay_purges_since(
+        &self,
+        since: u64,
+        mut f: impl FnMut(Matcher<'_>, PurgeMode),
+    ) -> bool {
+        self.inner.purges.replay_since(since, |p, mode| match p {
+            Purged::Url(u) => f(Matcher::Url(u), mode),
+            Purged::Prefix(p) => f(Matcher::Prefix(p), mode),
+            Purged::Tag(t) => f(Matcher::Tag(t), mode),
         })
     }
 

@@ -92,14 +92,14 @@ impl PurgeLog {
 impl PurgeLog {
     /// Calls `f` with each purge recorded after `since`, oldest first;
     /// false (and no call) when the log no longer reaches back that far.
-    pub fn replay_since(&self, since: u64, mut f: impl FnMut(&Purged)) -> bool {
+    pub fn replay_since(&self, since: u64, mut f: impl FnMut(&Purged, PurgeMode)) -> bool {
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         if self.epoch() > since && log.front().is_none_or(|r| r.epoch > since + 1) {
             return false;
         }
         log.iter()
             .filter(|r| r.epoch > since)
-            .for_each(|r| f(&r.what));
+            .for_each(|r| f(&r.what, r.mode));
         true
     }
 }
