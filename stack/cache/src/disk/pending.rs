@@ -49,6 +49,28 @@ const MAX_VALUE: usize = 64 * 1024;
 const MAX_RECORD: usize = HEAD + FIXED + MAX_VALUE;
 /// Records a file holds; the last one is "all".
 pub(crate) const MAX_RECORDS: usize = 1024;
+/// The most a file of ours can hold: a bigger one (garbage, a sparse
+/// file) is not read into memory but taken as unreadable.
+const MAX_FILE: u64 = (MAGIC.len() + MAX_RECORDS * MAX_RECORD) as u64;
+
+/// The file's bytes, or None when it is bigger than any file of ours.
+fn read_bounded(f: &mut File) -> io::Result<Option<Vec<u8>>> {
+    if f.metadata()?.len() > MAX_FILE {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= MAX_FILE).then_some(bytes))
+}
+
+/// What an oversized file stands for: every file goes.
+fn oversized() -> Parsed {
+    Parsed {
+        all: true,
+        corrupt: true,
+        ..Parsed::default()
+    }
+}
 
 const URL: u8 = 0;
 const PREFIX: u8 = 1;
@@ -235,9 +257,7 @@ impl PendingWriter {
                 // An open applied and unlinked it between our open and lock.
                 continue;
             }
-            let mut bytes = Vec::new();
-            f.read_to_end(&mut bytes)?;
-            let p = parse(&bytes);
+            let p = read_bounded(&mut f)?.map_or_else(oversized, |b| parse(&b));
             if p.all {
                 // Every file goes already.
                 return Ok(());
@@ -286,13 +306,12 @@ impl Pending {
             Err(e) => return Err(e),
         };
         f.lock()?;
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes)?;
+        let parsed = read_bounded(&mut f)?.map_or_else(oversized, |b| parse(&b));
         Ok(Some(Pending {
             _file: f,
             path,
             dir: dir.to_path_buf(),
-            parsed: parse(&bytes),
+            parsed,
         }))
     }
 

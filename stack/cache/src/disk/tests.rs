@@ -631,6 +631,22 @@ fn an_unreadable_pending_file_drops_every_file() {
     assert!(!pending_path(&dir.0).exists());
 }
 
+#[test]
+fn a_pending_file_bigger_than_any_of_ours_is_not_read_and_drops_every_file() {
+    let dir = TempDir::new("pending-huge");
+    four_files(&dir.0);
+    // Sparse: 1 TiB, which an open that read it whole could not allocate.
+    let f = std::fs::File::create(pending_path(&dir.0)).unwrap();
+    f.set_len(1 << 40).unwrap();
+    drop(f);
+    let s = store(1);
+    let tier = DiskTier::open(cfg(&dir.0, 1 << 20), s.clone()).unwrap();
+    let st = tier.stats();
+    assert_eq!((st.files, st.pending_unreadable), (0, 1), "{st:?}");
+    assert!(!load_via_lock(&tier, &s, "/keep"));
+    assert!(!pending_path(&dir.0).exists());
+}
+
 /// A crash after a purge returned and before the thread deleted its
 /// files: the directory as it was at that moment (copied while the thread
 /// is held in a write) opens without the purged objects.
