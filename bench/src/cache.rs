@@ -913,7 +913,7 @@ mod tests {
         assert_eq!(offload_shards(3), 1);
         // max_object_bytes never above one shard's share (config check).
         for objects in [1, 5, 50, 1000] {
-            for v in 0..BODIES.len() {
+            for (v, body) in BODY_BYTES.iter().enumerate() {
                 let (b, bytes) = offload_budget(Contender::Ferrogate, v, objects);
                 let share = bytes / offload_shards(objects);
                 let max_obj: u64 = b
@@ -923,7 +923,7 @@ mod tests {
                     .unwrap()
                     .parse()
                     .unwrap();
-                assert!(max_obj <= share && max_obj >= BODY_BYTES[v] + HEAD_BYTES);
+                assert!(max_obj <= share && max_obj >= body + HEAD_BYTES);
             }
         }
     }
