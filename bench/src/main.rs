@@ -95,6 +95,11 @@ struct Common {
     /// cache: leave HAProxy's `cache` out (ferrogate vs nginx only).
     #[arg(long)]
     cache_no_haproxy: bool,
+    /// cache: the offload rows' cache budget, in % of the keys (each
+    /// contender starts cold, the same Zipf run for --seconds, origin
+    /// requests counted at the origin); 0 leaves the offload rows out.
+    #[arg(long, default_value_t = 10.0)]
+    offload_budget_pct: f64,
 }
 
 /// `soak`: the common options plus its own.
@@ -268,7 +273,9 @@ enum Cmd {
     /// Response cache (issue #21): ferrogate's cache vs nginx `proxy_cache`
     /// (and HAProxy `cache`) on port 8083, every key filled first, then
     /// wrk drawing Zipf(1.0) over 10,000 keys (tiny and 16 KiB bodies):
-    /// req/s, latency, hit ratio, proxy CPU per hit.
+    /// req/s, latency, hit ratio, proxy CPU per hit; then the offload rows:
+    /// from a cold cache smaller than the key space, origin requests per
+    /// client request.
     Cache(Common),
     /// L4 (issue #17): iperf3 Gbit/s both ways and proxy CPU per GB, TCP
     /// connections/s and CPU per connection (ferrogate, HAProxy `mode tcp`,
@@ -472,6 +479,7 @@ fn main() -> Result<()> {
             .cache_keys
             .unwrap_or(if cli.smoke { 500 } else { 10_000 }),
         cache_haproxy: !cli.cache_no_haproxy,
+        offload_budget_pct: cli.offload_budget_pct.clamp(0.0, 100.0),
         soak: match cmd {
             Cmd::Soak(s) => soak::Opts {
                 duration: std::time::Duration::from_secs(

@@ -35,6 +35,8 @@ pub struct Opts {
     pub cache_keys: usize,
     /// cache: HAProxy's `cache` takes part.
     pub cache_haproxy: bool,
+    /// cache: the offload rows' budget in % of the keys (0: no offload rows).
+    pub offload_budget_pct: f64,
     /// soak: its own options.
     pub soak: crate::soak::Opts,
     /// loss: the matrix.

@@ -226,6 +226,8 @@ impl Lab {
     }
 
     /// The origin: answers every request with a body naming itself.
+    /// `/_origin_status` is nginx's `stub_status`: its `requests` counter
+    /// is what reached the origin (the bench's cache offload counts there).
     fn start_origin(&self) -> Result<()> {
         let www = self.state_dir().join("www");
         std::fs::create_dir_all(&www)?;
@@ -247,6 +249,7 @@ impl Lab {
             "  server {{\n    listen {ORIGIN_IP}:8080 reuseport;\n    location = /16k {{ root {www}; }}\n    \
              location /files/ {{ alias {www}/; }}\n    \
              location = /upload {{ client_max_body_size 1g; proxy_pass http://127.0.0.1:8089; }}\n    \
+             location = /_origin_status {{ stub_status; }}\n    \
              location / {{ default_type text/plain; return 200 \"origin {ORIGIN_IP}:8080 {origin} path=$request_uri\\n\"; }}\n  }}\n  \
              server {{\n    listen 127.0.0.1:8089;\n    \
              location / {{ default_type text/plain; return 200 \"uploaded $content_length\\n\"; }}\n  }}",
