@@ -32,6 +32,9 @@ pub struct CircuitBreaker {
     window: Window,
     consecutive: u32,
     open_until_us: i64,
+    /// When the current half-open phase began: a pick made before it took
+    /// no probe slot of this phase, so its cancel gives none back.
+    half_open_since_us: i64,
     probes_started: u32,
     probes_ok: u32,
     /// Times the breaker opened.
@@ -47,6 +50,7 @@ impl Default for CircuitBreaker {
             window: Window::default(),
             consecutive: 0,
             open_until_us: 0,
+            half_open_since_us: 0,
             probes_started: 0,
             probes_ok: 0,
             opens: 0,
@@ -72,6 +76,7 @@ impl CircuitBreaker {
     pub fn allow(&mut self, p: &BreakerPolicy, now: Instant) -> bool {
         if self.state == BreakerState::Open && now.total_micros() >= self.open_until_us {
             self.state = BreakerState::HalfOpen;
+            self.half_open_since_us = now.total_micros();
             self.probes_started = 0;
             self.probes_ok = 0;
         }
@@ -126,9 +131,13 @@ impl CircuitBreaker {
         }
     }
 
-    /// Gives back a half-open probe slot taken by a request never sent.
-    pub(crate) fn release_probe(&mut self) {
-        if self.state == BreakerState::HalfOpen {
+    /// Gives back the half-open probe slot of a request picked at
+    /// `picked_at` and never sent; none when it was picked before this
+    /// half-open phase (closed, or an earlier phase): it took no slot here.
+    pub(crate) fn release_probe(&mut self, picked_at: Instant) {
+        if self.state == BreakerState::HalfOpen
+            && picked_at.total_micros() >= self.half_open_since_us
+        {
             self.probes_started = self.probes_started.saturating_sub(1);
         }
     }

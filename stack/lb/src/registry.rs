@@ -201,16 +201,17 @@ impl PoolState {
         false
     }
 
-    /// Gives back a pick that was never sent (e.g. no local port): frees its
-    /// in-flight slot and a half-open probe slot, without judging anyone.
-    pub fn cancel(&mut self, pool: &Upstream, ep: usize, now: Instant) {
+    /// Gives back a pick made at `picked_at` that was never sent (e.g. no
+    /// local port): frees its in-flight slot and, if it took one, a
+    /// half-open probe slot, without judging anyone.
+    pub fn cancel(&mut self, pool: &Upstream, ep: usize, picked_at: Instant, now: Instant) {
         if let Some(i) = self.slot(pool, ep) {
             let e = &mut self.endpoints[i];
             e.in_flight = e.in_flight.saturating_sub(1);
             e.stats.attempts = e.stats.attempts.saturating_sub(1);
         }
         if pool.policy.breaker.is_some() && self.breaker.state(now) == BreakerState::HalfOpen {
-            self.breaker.release_probe();
+            self.breaker.release_probe(picked_at);
         }
     }
 

@@ -308,7 +308,7 @@ fn open_breaker_refuses_picks_with_503_until_cooldown() {
         "one probe at a time"
     );
     // A probe that was never sent gives its slot back.
-    s.cancel(&p, probe, t);
+    s.cancel(&p, probe, t, t);
     let probe = s.pick(&p, 0, &[], t).unwrap();
     s.finish(&p, probe, true, t);
     assert_eq!(s.breaker_state(t), BreakerState::Closed);
@@ -316,6 +316,44 @@ fn open_breaker_refuses_picks_with_503_until_cooldown() {
     assert_eq!(
         (st.breaker_opens, st.breaker_rejected, st.breaker_open),
         (1, 2, 0)
+    );
+}
+
+#[test]
+fn cancel_of_a_pick_made_before_half_open_gives_back_no_probe_slot() {
+    let p = pool(
+        &[1, 1],
+        PoolPolicy {
+            breaker: Some(BreakerPolicy {
+                consecutive_failures: 2,
+                cooldown: Duration::from_secs(1),
+                half_open_probes: 1,
+                ..BreakerPolicy::default()
+            }),
+            ..PoolPolicy::default()
+        },
+    );
+    let mut s = PoolState::new(&p, T0);
+    // Picked while closed, still unsent when the breaker trips.
+    let early = s.pick(&p, 0, &[], T0).unwrap();
+    for _ in 0..2 {
+        let i = s.pick(&p, 0, &[], T0).unwrap();
+        s.finish(&p, i, false, T0);
+    }
+    let t = Instant::from_secs(1);
+    let probe = s.pick(&p, 0, &[], t).unwrap();
+    // The early pick is given back in the half-open phase: it held no
+    // probe slot of this phase, so the one probe stays the only one.
+    s.cancel(&p, early, T0, t);
+    assert_eq!(
+        s.pick(&p, 0, &[], t),
+        Err(PickError::BreakerOpen),
+        "still one probe at a time"
+    );
+    s.cancel(&p, probe, t, t);
+    assert!(
+        s.pick(&p, 0, &[], t).is_ok(),
+        "the probe's own slot comes back"
     );
 }
 

@@ -43,6 +43,9 @@ pub(crate) struct Attempt {
     pub(crate) retries: u8,
     /// The endpoint (index into the pool) of the attempt in flight.
     ep: Option<usize>,
+    /// When `ep` was picked (a cancel gives back a breaker probe slot only
+    /// to the half-open phase the pick took it from).
+    picked_at: Option<Instant>,
     tried: [usize; MAX_TRIES],
     tried_len: usize,
     pub(crate) hash_key: u64,
@@ -119,6 +122,7 @@ impl Attempt {
             return Err(ProxyError::NoHealthyEndpoint);
         };
         self.ep = Some(ep);
+        self.picked_at = Some(cx.now);
         if !self.fresh_only && !self.l4 {
             let key = PoolKey::new(&pool, endpoint);
             let (conn_pool, net) = cx.conn_pool();
@@ -293,7 +297,7 @@ impl Attempt {
             return;
         };
         if let Some(p) = registry.pool_mut(pool) {
-            p.cancel(pool, ep, now);
+            p.cancel(pool, ep, self.picked_at.unwrap_or(now), now);
         }
     }
 

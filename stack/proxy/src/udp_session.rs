@@ -140,7 +140,7 @@ impl UdpProxy {
         let port = source.and_then(|_| net.bind_udp());
         let (Some(source), Some(port)) = (source, port) else {
             if let Some(p) = cx.registry.pool_mut(pool) {
-                p.cancel(pool, endpoint, now);
+                p.cancel(pool, endpoint, now, now);
             }
             cx.stats.udp.drop_no_port += 1;
             return None;
