@@ -625,7 +625,7 @@ fn offload_window(ctx: &Ctx, run: &Running, variant: usize) -> Result<(Metrics, 
     let (wm, cmd) = measure::wrk_script(
         &ctx.lab,
         &url,
-        o.seconds,
+        o.offload_seconds,
         o.conns,
         &script,
         &format!("offload-{name}"),
@@ -681,6 +681,17 @@ fn offload_window(ctx: &Ctx, run: &Running, variant: usize) -> Result<(Metrics, 
     };
     if held.is_finite() {
         m.insert("objects_held".into(), held);
+        // What a cache holding the `held` most popular keys all along would
+        // offload: the bar for each contender at the size it really kept
+        // (nginx may hold more than its budget between its manager's
+        // passes).
+        let n = keys(ctx);
+        let ideal = zipf_top_share(n, (held as usize).min(n));
+        m.insert("ideal_offload_for_held".into(), ideal);
+        m.insert(
+            "offload_of_ideal".into(),
+            (1.0 - origin / reqs.max(1.0)) / ideal.max(1e-9),
+        );
     }
     let cpu = m.get("proxy_cpu_s").copied().unwrap_or(0.0);
     m.insert("client_requests".into(), reqs);
@@ -714,6 +725,12 @@ fn offload_report(ctx: &Ctx, r: &mut Report, contenders: &[Contender]) {
             col("offload", "offload", 1.0),
             col("hit_ratio", "proxy hit ratio", 1.0),
             col("objects_held", "objects held at end", 1.0),
+            col(
+                "ideal_offload_for_held",
+                "top-k offload for objects held",
+                1.0,
+            ),
+            col("offload_of_ideal", "offload / top-k", 1.0),
             col("client_rps", "req/s", 1.0),
             col("client_p99_us", "p99 ms", 1e-3),
             col("proxy_us_per_op", "proxy µs/req", 1.0),
@@ -749,8 +766,8 @@ fn offload_report(ctx: &Ctx, r: &mut Report, contenders: &[Contender]) {
         ),
     );
     r.notes.push(format!(
-        "**Offload** rows (`offload tiny`, `offload 16k`): each contender is started again per body size with an **empty** cache whose budget holds {pct} % of the {n} keys ({objects} objects, `--offload-budget-pct`), sized by what one object costs in that proxy's own accounting (body + {HEAD_BYTES} bytes of head, key and index; nginx rounds each cache file up to a 4 KiB tmpfs block, HAProxy to 1 KiB blocks), so every proxy has room for the same number of objects (see the `offload budget` setting; ferrogate's store shards drop below 16 when a shard would hold < 4 objects). One probe request outside the key space (k = 0) checks the listener, then the same seeded Zipf(s = {ZIPF_S}) wrk run as the hit rows for {} s with **no** fill and no warm-up. `client requests` = wrk's completed requests; `origin requests` = Δ`requests` of the lab origin's nginx `stub_status` (`http://{ORIGIN_IP}:8080{ORIGIN_STATUS}`, read from the client namespace before and 0.5 s after the run, minus the second read itself): counted **at the origin**, the same way for every contender; `offload` = 1 − origin requests / client requests (a cold start's compulsory misses included: with Zipf s = 1 the top {objects} of {n} keys get {:.0} % of the requests). `proxy hit ratio` as in the hit rows (ferrogate's counters, nginx's non-HIT log lines vs wrk's requests, HAProxy's stats page); `objects held at end` = ferrogate `cache_store_objects`, nginx's cache files on tmpfs. nginx enforces `max_size` lazily: its cache manager removes the least recently used files only when it wakes (`manager_sleep` 50 ms, up to `manager_files` 100 files per pass), so between passes nginx may hold more than its budget (its held objects at the end show by how much); ferrogate evicts as it inserts (S3-FIFO in each shard, down to the shard's share of `max_bytes`). Eviction policies differ (nginx: LRU by its manager; ferrogate: S3-FIFO, which keeps one-hit keys out of its main queue): that difference is part of what the offload compares. `proxy_cache_lock on` (nginx) and ferrogate's request coalescing both send one fetch per key at a time.",
-        o.seconds,
+        "**Offload** rows (`offload tiny`, `offload 16k`): each contender is started again per body size with an **empty** cache whose budget holds {pct} % of the {n} keys ({objects} objects, `--offload-budget-pct`), sized by what one object costs in that proxy's own accounting (body + {HEAD_BYTES} bytes of head, key and index; nginx rounds each cache file up to a 4 KiB tmpfs block, HAProxy to 1 KiB blocks), so every proxy has room for the same number of objects (see the `offload budget` setting; ferrogate's store shards drop below 16 when a shard would hold < 4 objects). One probe request outside the key space (k = 0) checks the listener, then the same seeded Zipf(s = {ZIPF_S}) wrk run as the hit rows for {} s (`--offload-seconds`) with **no** fill and no warm-up. `client requests` = wrk's completed requests; `origin requests` = Δ`requests` of the lab origin's nginx `stub_status` (`http://{ORIGIN_IP}:8080{ORIGIN_STATUS}`, read from the client namespace before and 0.5 s after the run, minus the second read itself): counted **at the origin**, the same way for every contender; `offload` = 1 − origin requests / client requests (a cold start's compulsory misses included: with Zipf s = 1 the top {objects} of {n} keys get {:.0} % of the requests). `proxy hit ratio` as in the hit rows (ferrogate's counters, nginx's non-HIT log lines vs wrk's requests, HAProxy's stats page); `objects held at end` = ferrogate `cache_store_objects`, nginx's cache files on tmpfs. `top-k offload for objects held` = the Zipf share of the most popular k keys, k = objects held at end: what a cache that had held exactly those keys all along would offload, the bar for each contender at the size it really kept; `offload / top-k` = offload over that bar (the eviction policy's efficiency, cold-start misses included). nginx enforces `max_size` lazily: only its cache manager process removes files, and it sleeps up to 10 s between passes (`ngx_http_file_cache_expire` returns min(10 s, the oldest entry's inactive time), and the manager sleeps that long when the cache was under `max_size` at its last pass; `manager_sleep` 50 ms applies only while it is still over), so from a cold start it enforces nothing in the first ~10 s and later holds up to 10 s of inserts above its budget (its held objects at the end show by how much); hence the offload run is longer than the hit rows' measurement. ferrogate evicts as it inserts (S3-FIFO in each shard, down to the shard's share of `max_bytes`). Eviction policies differ (nginx: LRU by its manager; ferrogate: S3-FIFO, which keeps one-hit keys out of its main queue): that difference is part of what the offload compares. `proxy_cache_lock on` (nginx) and ferrogate's request coalescing both send one fetch per key at a time.",
+        o.offload_seconds,
         zipf_top_share(n, objects as usize) * 100.0
     ));
 }

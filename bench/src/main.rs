@@ -100,6 +100,11 @@ struct Common {
     /// requests counted at the origin); 0 leaves the offload rows out.
     #[arg(long, default_value_t = 10.0)]
     offload_budget_pct: f64,
+    /// cache: seconds of each offload run (longer than --seconds: nginx's
+    /// cache manager enforces `max_size` only when it wakes, every 10 s
+    /// at most, so a short run measures nginx without its budget).
+    #[arg(long, default_value_t = 40)]
+    offload_seconds: u64,
 }
 
 /// `soak`: the common options plus its own.
@@ -480,6 +485,11 @@ fn main() -> Result<()> {
             .unwrap_or(if cli.smoke { 500 } else { 10_000 }),
         cache_haproxy: !cli.cache_no_haproxy,
         offload_budget_pct: cli.offload_budget_pct.clamp(0.0, 100.0),
+        offload_seconds: if cli.smoke {
+            1
+        } else {
+            cli.offload_seconds.max(1)
+        },
         soak: match cmd {
             Cmd::Soak(s) => soak::Opts {
                 duration: std::time::Duration::from_secs(

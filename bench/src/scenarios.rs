@@ -37,6 +37,8 @@ pub struct Opts {
     pub cache_haproxy: bool,
     /// cache: the offload rows' budget in % of the keys (0: no offload rows).
     pub offload_budget_pct: f64,
+    /// cache: seconds of each offload run.
+    pub offload_seconds: u64,
     /// soak: its own options.
     pub soak: crate::soak::Opts,
     /// loss: the matrix.
