@@ -186,7 +186,22 @@ impl ChunkedDecoder {
         budget: usize,
         data: impl FnMut(&[u8]),
     ) -> Result<usize, ChunkError> {
-        let n = self.feed_inner(input, budget, data)?;
+        let n = self.feed_inner(input, budget, false, data)?;
+        self.seen += n as u64;
+        Ok(n)
+    }
+
+    /// As `feed_limited`, but returns right after the first run of payload
+    /// octets it hands out: a caller whose capacity shrinks with each send
+    /// (an HTTP/2 connection's output room, which every DATA frame's header
+    /// also takes) checks it again before the next run.
+    pub fn feed_piece(
+        &mut self,
+        input: &[u8],
+        budget: usize,
+        data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
+        let n = self.feed_inner(input, budget, true, data)?;
         self.seen += n as u64;
         Ok(n)
     }
@@ -195,6 +210,7 @@ impl ChunkedDecoder {
         &mut self,
         input: &[u8],
         mut budget: usize,
+        one_piece: bool,
         mut data: impl FnMut(&[u8]),
     ) -> Result<usize, ChunkError> {
         let mut i = 0;
@@ -215,6 +231,9 @@ impl ChunkedDecoder {
                     i += take;
                     if self.remaining == 0 {
                         self.state = State::DataCr;
+                    }
+                    if one_piece {
+                        break;
                     }
                     continue;
                 }
@@ -428,6 +447,31 @@ mod tests {
         let mut d = ChunkedDecoder::new();
         let n = d.feed(input)?;
         Ok((n, d.is_done()))
+    }
+
+    #[test]
+    fn feed_piece_hands_out_one_run_per_call_and_ends_the_body() {
+        let body = b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        let mut d = ChunkedDecoder::new();
+        let mut runs = Vec::new();
+        let mut at = 0;
+        while !d.is_done() {
+            let mut got = Vec::new();
+            let n = d
+                .feed_piece(&body[at..], usize::MAX, |p| got.push(p.to_vec()))
+                .unwrap();
+            assert!(n > 0, "progress at {at}");
+            assert!(got.len() <= 1, "one run per call: {got:?}");
+            runs.extend(got);
+            at += n;
+        }
+        assert_eq!(runs, vec![b"abc".to_vec(), b"de".to_vec()]);
+        assert_eq!(at, body.len());
+        // A budget splits a run; framing goes on with none left.
+        let mut d = ChunkedDecoder::new();
+        let mut got = Vec::new();
+        let n = d.feed_piece(body, 2, |p| got.extend_from_slice(p)).unwrap();
+        assert_eq!((n, got.as_slice()), (5, &b"ab"[..]));
     }
 
     #[test]

@@ -1059,19 +1059,34 @@ impl<P: ProxyHttp, C: ClientSide> MuxStream<P, C> {
                 (t, end)
             }
             Body::Chunked(dec) => {
-                // Framing costs no window: the whole input, a payload budget.
+                // Framing costs no window: the whole input, a payload
+                // budget. Run by run: every DATA frame's header takes output
+                // room too, so the capacity is read again before each run
+                // (one grant spent over several sends would pass it).
                 let writer = &mut self.cache_writer;
-                let fed = dec.feed_limited(chunked_input, cap, |data| {
-                    if let Some(w) = writer
-                        && !data.is_empty()
-                    {
-                        w.push(data);
-                    }
-                    if !data.is_empty() {
+                let mut quantum = SEND_QUANTUM;
+                let mut taken = 0;
+                let fed = loop {
+                    let budget = client.send_capacity(id).min(quantum);
+                    let piece = dec.feed_piece(&chunked_input[taken..], budget, |data| {
+                        if let Some(w) = writer.as_mut() {
+                            w.push(data);
+                        }
                         phases.response_body_filter(data, false, pctx);
                         sent_ok &= client.send_data(id, data, false).is_ok();
+                        quantum -= data.len();
+                    });
+                    match piece {
+                        Ok(0) => break Ok(taken),
+                        Ok(n) => {
+                            taken += n;
+                            if dec.is_done() || !sent_ok {
+                                break Ok(taken);
+                            }
+                        }
+                        Err(e) => break Err(e),
                     }
-                });
+                };
                 match fed {
                     Ok(n) => {
                         let end = dec.is_done();

@@ -331,6 +331,36 @@ fn h2c_chunked_response_ends_although_the_client_window_is_spent_by_the_payload(
     assert_eq!(r.reset, None);
 }
 
+/// A chunked body of many chunks to a client that reads late: the
+/// connection's output room fills (the client's TCP window is shut), then
+/// opens a little at a time. Each chunk is sent against the room the
+/// previous one's DATA frame header left (a capacity read once per turn and
+/// spent over several sends passed it: `send_data` asserts in debug builds,
+/// a worker panicked in the lab).
+#[test]
+fn h2c_chunked_body_of_many_chunks_fills_the_output_room_and_arrives_whole() {
+    let mut lab = h2_cache_lab();
+    lab.big_body = 900_000;
+    let mut c = H2Client::connect(&mut lab);
+    // Connection window wide open: only the output room binds.
+    let mut out = Vec::new();
+    emit::window_update(&mut out, 0, 1 << 24);
+    lab.send(c.h, &out);
+    let want: Vec<u8> = (0..900_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    // From the origin (a miss), then from the store (a hit, served in
+    // pieces of the stored body: the same room, the same headers).
+    for stream in [1, 3] {
+        c.headers(&mut lab, stream, "GET", "/cached/bigchunked", true);
+        for _ in 0..300 {
+            lab.step(1);
+        }
+        let r = c.response(&mut lab, stream);
+        assert_eq!((r.status(), r.body.len(), r.reset), (200, 900_000, None));
+        assert!(r.body == want, "stream {stream}: the body differs");
+    }
+    assert_eq!(origin_hits(&lab, "/cached/bigchunked"), 1);
+}
+
 #[test]
 fn h2c_client_reset_mid_response_gives_the_upstream_back_and_counts() {
     let mut lab = h2_lab();

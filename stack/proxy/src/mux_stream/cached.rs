@@ -353,12 +353,14 @@ impl<P: ProxyHttp, C: ClientSide> MuxStream<P, C> {
         else {
             unreachable!()
         };
-        let mut budget = client.send_capacity(id).min(SEND_QUANTUM);
+        // One quantum per turn; the capacity is read again before each
+        // send, as every DATA frame's header takes output room too.
+        let mut quantum = SEND_QUANTUM;
         let mut moved = false;
         let mut waiting_on_object = false;
         loop {
             if !pending.is_empty() {
-                let n = pending.len().min(budget);
+                let n = pending.len().min(client.send_capacity(id).min(quantum));
                 if n == 0 {
                     break;
                 }
@@ -368,7 +370,7 @@ impl<P: ProxyHttp, C: ClientSide> MuxStream<P, C> {
                     return true;
                 }
                 pending.advance(n);
-                budget -= n;
+                quantum -= n;
                 cx.stats.cache.bytes_served += n as u64;
                 moved = true;
                 continue;
