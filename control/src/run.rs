@@ -747,6 +747,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         rt.engine.tick();
         if !rt.engine.healthy() {
+            for how in rt.engine.reap_finished_workers() {
+                tracing::error!("{how}");
+            }
             failure = Some("a worker thread exited");
             break;
         }

@@ -1316,6 +1316,31 @@ impl Engine {
         self.workers.iter().all(|w| !w.is_finished())
     }
 
+    /// How the workers that ended on their own ended, for the log once
+    /// [`Self::healthy`] is false: each is joined and reported as
+    /// `fg-worker-N panicked: <message>` or `fg-worker-N returned`.
+    pub fn reap_finished_workers(&mut self) -> Vec<String> {
+        let (done, running): (Vec<_>, Vec<_>) =
+            self.workers.drain(..).partition(|w| w.is_finished());
+        self.workers = running;
+        done.into_iter()
+            .map(|w| {
+                let name = w.thread().name().unwrap_or("worker").to_string();
+                match w.join() {
+                    Ok(()) => format!("{name} returned"),
+                    Err(p) => {
+                        let msg = p
+                            .downcast_ref::<&str>()
+                            .map(|m| m.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "(not a string)".into());
+                        format!("{name} panicked: {msg}")
+                    }
+                }
+            })
+            .collect()
+    }
+
     /// Stops the workers, then detaches XDP (so no frame is redirected to a
     /// closed socket in between: unbound queues fall back to the kernel).
     pub fn shutdown(mut self) -> Result<EngineStats, EngineError> {

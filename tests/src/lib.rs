@@ -747,10 +747,10 @@ impl Drop for Engine {
 /// A `name value` line of a stats dump.
 fn is_stats_line(line: &str) -> bool {
     line.split_once(' ').is_some_and(|(k, v)| {
-        !k.is_empty()
-            && k.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            && v.trim().parse::<f64>().is_ok()
+        // Keys name pools, endpoints and routes too (`pool_t_endpoint_
+        // 10.77.0.3:9001_attempts`, `route_80:1_requests`): any key without
+        // a space; a log line's second word is never a bare number.
+        !k.is_empty() && v.trim().parse::<f64>().is_ok()
     })
 }
 
