@@ -290,6 +290,8 @@ impl EngineStats {
             ("corrupt_deleted", d.corrupt_deleted),
             ("purged", d.purged),
             ("journal_errors", d.journal_errors),
+            ("pending_applied", d.pending_applied),
+            ("pending_unreadable", d.pending_unreadable),
         ]
     }
 }

@@ -363,6 +363,16 @@ fn a_purge_before_the_disk_tier_attaches_survives_a_crash() {
             !lab.state_dir().join("cache-disk/purges.pending").exists(),
             "applied and removed"
         );
+        // The operator sees it: one purge applied from the file, none lost.
+        let st = engine.stats_until(|s| s.contains_key("cache_disk_pending_applied"));
+        assert_eq!(
+            (
+                st.get("cache_disk_pending_applied"),
+                st.get("cache_disk_pending_unreadable")
+            ),
+            (Some(&1), Some(&0)),
+            "{st:?}"
+        );
     });
 }
 

@@ -176,6 +176,8 @@ pub fn stats() -> EngineStats {
 /// plane's state); anything else new fails.
 const ADDED: &[&str] = &[
     "ferrogate_cache_disk_journal_errors_total",
+    "ferrogate_cache_disk_pending_applied_total",
+    "ferrogate_cache_disk_pending_unreadable_total",
     "ferrogate_config_applies_total",
     "ferrogate_config_last_apply_successful",
     "ferrogate_config_last_apply_success_timestamp_seconds",

@@ -37,6 +37,7 @@ fn stack_counters_keep_their_exported_names() {
     if let Some(d) = st.cache_disk.as_mut() {
         d.files = 4;
         d.loaded = 6;
+        d.pending_applied = 8;
     }
     st.cache.bytes = 4096;
     st.cache.evicted = 2;
@@ -58,6 +59,7 @@ fn stack_counters_keep_their_exported_names() {
         "ferrogate_cache_store_objects 3",
         "ferrogate_cache_disk_files 4",
         "ferrogate_cache_disk_loaded_total 6",
+        "ferrogate_cache_disk_pending_applied_total 8",
         "ferrogate_cache_store_bytes 4096",
         "ferrogate_cache_store_evicted_total 2",
         "ferrogate_cache_store_purged_total 1",
