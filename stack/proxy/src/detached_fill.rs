@@ -78,7 +78,8 @@ impl DetachedFill {
         let Some(w) = writer.as_mut() else {
             return FillStep::Failed;
         };
-        let Ok((take, done)) = feed_fill(&mut self.body, from_upstream.filled(), open, w) else {
+        let fed = feed_fill(&mut self.body, from_upstream.filled(), open, |d| w.push(d));
+        let Ok((take, done)) = fed else {
             cx.stats.upstream_errors += 1;
             return FillStep::Failed;
         };
@@ -115,17 +116,19 @@ impl DetachedFill {
     }
 }
 
-/// Feeds the origin's body octets in `avail` to `w`: the octets taken and
-/// whether the body ended. `Err` when the chunk framing is broken.
+/// Feeds the origin's body octets in `avail` to `push` (never an empty
+/// slice): the octets taken and whether the body ended. Octets past the
+/// body's end are not taken (they are the origin's, and mean the
+/// connection cannot be reused). `Err` when the chunk framing is broken.
 fn feed_fill(
     body: &mut Body,
     avail: &[u8],
     open: bool,
-    w: &mut Filler,
+    mut push: impl FnMut(&[u8]),
 ) -> Result<(usize, bool), ()> {
-    let push = |w: &mut Filler, d: &[u8]| {
+    let mut push = |d: &[u8]| {
         if !d.is_empty() {
-            w.push(d);
+            push(d);
         }
     };
     Ok(match body {
@@ -133,16 +136,100 @@ fn feed_fill(
         Body::Length(n) => {
             let t = (*n).min(avail.len() as u64) as usize;
             *n -= t as u64;
-            push(w, &avail[..t]);
+            push(&avail[..t]);
             (t, *n == 0)
         }
         Body::Chunked(dec) => {
-            let t = dec.feed_with(avail, |d| push(w, d)).map_err(|_| ())?;
+            let t = dec.feed_with(avail, push).map_err(|_| ())?;
             (t, dec.is_done())
         }
         Body::UntilClose => {
-            push(w, avail);
+            push(avail);
             (avail.len(), !open)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrogate_http::ChunkedDecoder;
+
+    /// Feeds `parts` one after the other (as successive reads): what was
+    /// pushed, the octets taken from each part, and whether the body ended.
+    fn feed(body: &mut Body, parts: &[&[u8]], open: bool) -> (Vec<u8>, Vec<usize>, bool) {
+        let mut out = Vec::new();
+        let mut taken = Vec::new();
+        let mut done = false;
+        for p in parts {
+            let (t, d) = feed_fill(body, p, open, |d| {
+                assert!(!d.is_empty(), "no empty pushes");
+                out.extend_from_slice(d);
+            })
+            .unwrap();
+            taken.push(t);
+            done = d;
+        }
+        (out, taken, done)
+    }
+
+    #[test]
+    fn length_body_ends_at_its_length_and_leaves_what_follows() {
+        let mut body = Body::Length(8);
+        let (out, taken, done) = feed(&mut body, &[b"abc", b"defgh", b""], true);
+        assert_eq!(
+            (out.as_slice(), taken, done),
+            (&b"abcdefgh"[..], vec![3, 5, 0], true)
+        );
+        // Octets after the body (a pipelined answer, garbage) stay unread:
+        // the caller sees them and does not reuse the connection.
+        let mut body = Body::Length(3);
+        let (out, taken, done) = feed(&mut body, &[b"abcXYZ"], true);
+        assert_eq!((out.as_slice(), taken, done), (&b"abc"[..], vec![3], true));
+    }
+
+    #[test]
+    fn length_body_cut_short_is_not_done() {
+        let mut body = Body::Length(10);
+        let (out, _, done) = feed(&mut body, &[b"abcd"], false);
+        assert_eq!((out.as_slice(), done), (&b"abcd"[..], false));
+        assert!(matches!(body, Body::Length(6)));
+    }
+
+    #[test]
+    fn chunked_body_yields_the_payload_across_splits_and_ends_at_the_last_chunk() {
+        let wire = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        for split in 1..wire.len() {
+            let mut body = Body::Chunked(ChunkedDecoder::new());
+            let (out, taken, done) = feed(&mut body, &[&wire[..split], &wire[split..]], true);
+            assert_eq!(out, b"hello world", "split {split}");
+            assert_eq!(taken.iter().sum::<usize>(), wire.len(), "split {split}");
+            assert!(done, "split {split}");
+        }
+    }
+
+    #[test]
+    fn chunked_body_with_broken_framing_is_an_error() {
+        let mut body = Body::Chunked(ChunkedDecoder::new());
+        assert!(feed_fill(&mut body, b"zz\r\nhello\r\n", true, |_| {}).is_err());
+    }
+
+    #[test]
+    fn body_until_close_ends_only_when_the_origin_closes() {
+        let mut body = Body::UntilClose;
+        let (out, taken, done) = feed(&mut body, &[b"abc", b"de"], true);
+        assert_eq!(
+            (out.as_slice(), taken, done),
+            (&b"abcde"[..], vec![3, 2], false)
+        );
+        let (out, _, done) = feed(&mut body, &[b"f"], false);
+        assert_eq!((out.as_slice(), done), (&b"f"[..], true));
+    }
+
+    #[test]
+    fn empty_body_is_done_at_once_and_takes_nothing() {
+        let mut body = Body::Done;
+        let (out, taken, done) = feed(&mut body, &[b"HTTP/1.1 200"], true);
+        assert_eq!((out.len(), taken, done), (0, vec![0], true));
+    }
 }
