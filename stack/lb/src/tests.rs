@@ -280,9 +280,10 @@ fn all_endpoints_down_fails_open_by_default_and_closed_when_configured() {
     }
 }
 
-#[test]
-fn open_breaker_refuses_picks_with_503_until_cooldown() {
-    let p = pool(
+/// Two endpoints behind a breaker that opens after 2 failures in a row,
+/// cools down for 1 s and lets one probe through half-open.
+fn one_probe_breaker_pool() -> Upstream {
+    pool(
         &[1, 1],
         PoolPolicy {
             breaker: Some(BreakerPolicy {
@@ -293,7 +294,12 @@ fn open_breaker_refuses_picks_with_503_until_cooldown() {
             }),
             ..PoolPolicy::default()
         },
-    );
+    )
+}
+
+#[test]
+fn open_breaker_refuses_picks_with_503_until_cooldown() {
+    let p = one_probe_breaker_pool();
     let mut s = PoolState::new(&p, T0);
     for _ in 0..2 {
         let i = s.pick(&p, 0, &[], T0).unwrap();
@@ -321,18 +327,7 @@ fn open_breaker_refuses_picks_with_503_until_cooldown() {
 
 #[test]
 fn cancel_of_a_pick_made_before_half_open_gives_back_no_probe_slot() {
-    let p = pool(
-        &[1, 1],
-        PoolPolicy {
-            breaker: Some(BreakerPolicy {
-                consecutive_failures: 2,
-                cooldown: Duration::from_secs(1),
-                half_open_probes: 1,
-                ..BreakerPolicy::default()
-            }),
-            ..PoolPolicy::default()
-        },
-    );
+    let p = one_probe_breaker_pool();
     let mut s = PoolState::new(&p, T0);
     // Picked while closed, still unsent when the breaker trips.
     let early = s.pick(&p, 0, &[], T0).unwrap();
